@@ -1,0 +1,7 @@
+"""``python -m certs`` runs the ``qemud-certs`` CLI (for checkouts without the console script)."""
+
+import sys
+
+from certs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,483 @@
+"""The client connection: one socket, one reader thread, calls in order.
+
+The protocol is synchronous (one call in flight per connection), so calls from several
+threads are serialised by a lock: a Connection may be shared between threads, and each
+call waits its turn. A reader thread owns the receiving side: it matches replies to
+calls by serial, answers the daemon's keepalive pings, queues events (so events that
+arrive while a call waits for its reply are never lost) and notices a dead daemon —
+at once on EOF, or after ``keepalive_count`` silent keepalive intervals.
+
+Event callbacks run on a separate dispatch thread, so a callback may make calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import protocol as P
+from protocol import payloads as pl
+from protocol.constants import SUPPORTED_VERSIONS, EventId, ListFlags
+from protocol.fields import Payload
+
+from .domain import Domain
+from .errors import ConnectionLost, QemudClientError, from_payload
+from .transport import open_socket
+from .uri import ParsedURI, default_uri, parse_uri
+
+__all__ = ["Connection", "connect", "EventRecord", "Stream", "NodeInfo", "ClientInfo"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=Payload)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One event as delivered to callbacks and iterators."""
+
+    event_id: EventId
+    domain: Domain
+    callback_id: int
+    event: int = 0  # lifecycle: LifecycleEvent; watchdog: action
+    detail: int = 0  # lifecycle: the detail enum value
+    kind: str = ""  # appliance events
+    text: str = ""  # appliance events
+
+
+NodeInfo = pl.NodeInfoReply
+ClientInfo = pl.ClientInfo
+
+
+class Stream:
+    """A byte stream opened by a call (the serial console)."""
+
+    def __init__(self, conn: Connection, procedure: P.Procedure, serial: int) -> None:
+        self._conn = conn
+        self.procedure = procedure
+        self.serial = serial
+        self._queue: queue.Queue[bytes | None | QemudClientError] = queue.Queue()
+        self.closed = False
+
+    def _deliver(self, item: bytes | None | QemudClientError) -> None:
+        self._queue.put(item)
+
+    def recv(self, timeout: float | None = None) -> bytes | None:
+        """Next chunk; ``b""`` on timeout, None at the end of the stream."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return b""
+        if isinstance(item, QemudClientError):
+            raise item
+        if item is None:
+            self.closed = True
+        return item
+
+    def send(self, data: bytes) -> None:
+        self._conn._send_raw(self._conn._proto.send(P.StreamData(self.procedure, self.serial,
+                                                                  data)))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._conn._send_raw(self._conn._proto.send(
+                    P.StreamEnd(self.procedure, self.serial)))
+            except QemudClientError:
+                pass
+            self._conn._streams.pop(self.serial, None)
+
+
+class Connection:
+    """A connection to one qemud. Use :func:`connect` to make one."""
+
+    def __init__(self, sock: socket.socket, uri: ParsedURI, readonly: bool,
+                 keepalive_count: int = 5, client_name: str = "qemud-client") -> None:
+        self.uri_info = uri
+        self.readonly = readonly
+        self._sock = sock
+        self._proto = P.Connection(P.Role.CLIENT)
+        self._serials = itertools.count(1)
+        self._call_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._replies: dict[int, P.Reply | P.ErrorReply] = {}
+        self._lost: QemudClientError | None = None
+        self._closed = False
+        self._keepalive_count = keepalive_count
+        self.keepalive_interval = 0.0
+        self._last_rx = time.monotonic()
+        self._events: queue.Queue[EventRecord] = queue.Queue()
+        self._callbacks: dict[int, Callable[[EventRecord], None] | None] = {}
+        self._dispatch_queue: queue.Queue[tuple[Callable[[EventRecord], None], EventRecord]
+                                          | None] = queue.Queue()
+        self._streams: dict[int, Stream] = {}
+        self._reader = threading.Thread(target=self._read_loop, name="qemud-client-reader",
+                                        daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop,
+                                            name="qemud-client-events", daemon=True)
+        self._reader.start()
+        self._dispatcher.start()
+        hello = self._call(P.Procedure.HELLO, pl.HelloArgs(list(SUPPORTED_VERSIONS),
+                                                           client_name), pl.HelloReply)
+        self.protocol_version = hello.version
+        self.server_name = hello.server_name
+        self.keepalive_interval = float(hello.keepalive_interval)
+        if hello.readonly and not readonly:
+            self.readonly = True  # e.g. a TLS certificate with the read-only role
+
+    # -- the call machinery --------------------------------------------------------------
+
+    def _send_raw(self, data: bytes) -> None:
+        if self._lost is not None:
+            raise self._lost
+        try:
+            with self._send_lock:
+                self._sock.sendall(data)
+        except OSError as exc:
+            self._mark_lost(ConnectionLost(f"connection to {self.uri_info.uri} lost: {exc}"))
+            assert self._lost is not None
+            raise self._lost from None
+
+    def _call(self, procedure: P.Procedure, args: Payload, reply_type: type[T],
+              timeout: float | None = None) -> T:
+        """Send one call and wait for its reply; raises the mapped error on failure."""
+        with self._call_lock:
+            serial = next(self._serials)
+            self._send_raw(self._proto.send(P.Call(procedure, serial, args)))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cond:
+                while serial not in self._replies:
+                    if self._lost is not None:
+                        raise self._lost
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ConnectionLost(f"no reply to {procedure.name} within {timeout} s")
+                    self._cond.wait(remaining)
+                reply = self._replies.pop(serial)
+        if isinstance(reply, P.ErrorReply):
+            raise from_payload(reply.error)
+        result = reply.result
+        assert isinstance(result, reply_type), (procedure, result)
+        return result
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        try:
+            while not self._closed:
+                check = self.keepalive_interval or 1.0
+                sock.settimeout(check)
+                try:
+                    data = sock.recv(262144)
+                except TimeoutError:
+                    self._check_keepalive()
+                    continue
+                except OSError as exc:
+                    raise ConnectionLost(f"connection to {self.uri_info.uri} lost: {exc}") \
+                        from None
+                if not data:
+                    raise ConnectionLost(f"connection to {self.uri_info.uri} lost: the daemon "
+                                         "closed it")
+                self._last_rx = time.monotonic()
+                self._proto.receive_data(data)
+                while True:
+                    msg = self._proto.next_message()
+                    if msg is P.NEED_DATA or msg is P.CLOSED:
+                        break
+                    self._on_message(msg)  # type: ignore[arg-type]
+        except QemudClientError as exc:
+            self._mark_lost(exc)
+        except P.ProtocolError as exc:
+            self._mark_lost(ConnectionLost(f"protocol error from the daemon: {exc}"))
+        except Exception as exc:  # never die silently: waiters must wake up
+            log.exception("client reader failed")
+            self._mark_lost(ConnectionLost(f"client reader failed: {exc!r}"))
+
+    def _check_keepalive(self) -> None:
+        if not self.keepalive_interval or self._closed:
+            return
+        silent = time.monotonic() - self._last_rx
+        limit = self.keepalive_interval * (self._keepalive_count + 1)
+        if silent > limit:
+            raise ConnectionLost(f"connection to {self.uri_info.uri} lost: no keepalive from "
+                                 f"the daemon for {silent:.0f} s")
+        if silent > self.keepalive_interval:
+            try:
+                self._send_raw(self._proto.send(P.Ping()))
+            except QemudClientError:
+                pass
+
+    def _on_message(self, msg: P.Message) -> None:
+        if isinstance(msg, P.Reply | P.ErrorReply):
+            if msg.serial == 0 and isinstance(msg, P.ErrorReply):
+                # the daemon refuses the whole connection (limits, TLS identity)
+                raise from_payload(msg.error)
+            with self._cond:
+                self._replies[msg.serial] = msg
+                self._cond.notify_all()
+        elif isinstance(msg, P.Ping):
+            self._send_raw(self._proto.send(P.Pong()))
+        elif isinstance(msg, P.Pong):
+            pass
+        elif isinstance(msg, P.Event):
+            self._on_event(msg)
+        elif isinstance(msg, P.StreamData | P.StreamEnd | P.StreamAbort):
+            stream = self._streams.get(msg.serial)
+            if stream is None:
+                return
+            if isinstance(msg, P.StreamData):
+                stream._deliver(msg.data)
+            elif isinstance(msg, P.StreamEnd):
+                stream._deliver(None)
+                self._streams.pop(msg.serial, None)
+            else:
+                stream._deliver(from_payload(msg.error))
+                self._streams.pop(msg.serial, None)
+
+    def _on_event(self, msg: P.Event) -> None:
+        body: Any = msg.body
+        dom = Domain(self, body.dom)
+        if isinstance(body, pl.LifecycleEventMsg):
+            record = EventRecord(EventId.LIFECYCLE, dom, body.callback_id, body.event,
+                                 body.detail)
+        elif isinstance(body, pl.RebootEventMsg):
+            record = EventRecord(EventId.REBOOT, dom, body.callback_id)
+        elif isinstance(body, pl.WatchdogEventMsg):
+            record = EventRecord(EventId.WATCHDOG, dom, body.callback_id, body.action)
+        elif isinstance(body, pl.ApplianceEventMsg):
+            record = EventRecord(EventId.APPLIANCE, dom, body.callback_id, kind=body.kind,
+                                 text=body.detail)
+        else:  # pragma: no cover - the table has no other events
+            return
+        callback = self._callbacks.get(body.callback_id)
+        if callback is None:
+            self._events.put(record)
+        else:
+            self._dispatch_queue.put((callback, record))
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            item = self._dispatch_queue.get()
+            if item is None:
+                return
+            callback, record = item
+            try:
+                callback(record)
+            except Exception:
+                log.exception("event callback raised")
+
+    def _mark_lost(self, exc: QemudClientError) -> None:
+        with self._cond:
+            if self._lost is None:
+                self._lost = exc
+            self._cond.notify_all()
+        for stream in list(self._streams.values()):
+            stream._deliver(exc)
+        self._streams.clear()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._lost is None and not self._closed
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye and close; idempotent."""
+        if self._closed:
+            return
+        if self._lost is None:
+            try:
+                self._call(P.Procedure.CLOSE, P.Empty(), P.Empty, timeout=5)
+            except QemudClientError:
+                pass
+        self._closed = True
+        self._mark_lost(ConnectionLost("connection closed"))
+        self._dispatch_queue.put(None)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connection-level calls ----------------------------------------------------------
+
+    def hostname(self) -> str:
+        return self._call(P.Procedure.GET_HOSTNAME, P.Empty(), pl.StringReply).value
+
+    def uri(self) -> str:
+        return self._call(P.Procedure.GET_URI, P.Empty(), pl.StringReply).value
+
+    def version(self) -> pl.VersionReply:
+        return self._call(P.Procedure.GET_VERSION, P.Empty(), pl.VersionReply)
+
+    def node_info(self) -> pl.NodeInfoReply:
+        return self._call(P.Procedure.NODE_INFO, P.Empty(), pl.NodeInfoReply)
+
+    def capabilities(self) -> str:
+        return self._call(P.Procedure.CAPABILITIES, P.Empty(), pl.StringReply).value
+
+    def node_stats(self) -> dict[str, int | float | str]:
+        reply = self._call(P.Procedure.NODE_STATS, P.Empty(), pl.NodeStatsReply)
+        return params_to_dict(reply.params)
+
+    # -- domains -------------------------------------------------------------------------
+
+    def list_domains(self, flags: int = 0) -> list[Domain]:
+        """Domains matching ``flags`` (libvirt's VIR_CONNECT_LIST_DOMAINS_*; 0 = all)."""
+        reply = self._call(P.Procedure.DOMAIN_LIST, pl.ListDomainsArgs(int(flags)),
+                           pl.ListDomainsReply)
+        return [Domain(self, s.dom, summary=s) for s in reply.domains]
+
+    def list_all(self) -> list[Domain]:
+        return self.list_domains(0)
+
+    def list_active(self) -> list[Domain]:
+        return self.list_domains(ListFlags.ACTIVE)
+
+    def lookup_by_name(self, name: str) -> Domain:
+        return Domain(self, self._call(P.Procedure.DOMAIN_LOOKUP_BY_NAME, pl.NameArgs(name),
+                                       pl.DomainReply).dom)
+
+    def lookup_by_uuid(self, uuid: str | bytes) -> Domain:
+        raw = uuid if isinstance(uuid, bytes) else uuidlib.UUID(uuid).bytes
+        return Domain(self, self._call(P.Procedure.DOMAIN_LOOKUP_BY_UUID, pl.UUIDArgs(raw),
+                                       pl.DomainReply).dom)
+
+    def lookup_by_id(self, id: int) -> Domain:
+        return Domain(self, self._call(P.Procedure.DOMAIN_LOOKUP_BY_ID, pl.IdArgs(id),
+                                       pl.DomainReply).dom)
+
+    def lookup(self, key: str) -> Domain:
+        """By name, then uuid, then id — what virsh accepts for a domain argument."""
+        from .errors import NoDomainError
+        try:
+            return self.lookup_by_name(key)
+        except NoDomainError:
+            pass
+        try:
+            return self.lookup_by_uuid(str(uuidlib.UUID(key)))
+        except (ValueError, NoDomainError):
+            pass
+        if key.isdigit():
+            try:
+                return self.lookup_by_id(int(key))
+            except NoDomainError:
+                pass
+        raise NoDomainError(f"failed to get domain '{key}': no domain with matching name, "
+                            "uuid or id", code=42, domain=10)
+
+    def define_xml(self, xml: str, flags: int = 0) -> Domain:
+        return Domain(self, self._call(P.Procedure.DOMAIN_DEFINE_XML,
+                                       pl.XMLFlagsArgs(xml, flags), pl.DomainReply).dom)
+
+    def create_xml(self, xml: str, flags: int = 0) -> Domain:
+        return Domain(self, self._call(P.Procedure.DOMAIN_CREATE_XML,
+                                       pl.XMLFlagsArgs(xml, flags), pl.DomainReply).dom)
+
+    def restore(self, path: str, flags: int = 0) -> Domain:
+        return Domain(self, self._call(P.Procedure.DOMAIN_RESTORE, pl.RestoreArgs(path, flags),
+                                       pl.DomainReply).dom)
+
+    def domain_stats(self, domains: list[Domain] | None = None, flags: int = 0
+                     ) -> list[tuple[Domain, dict[str, int | float | str]]]:
+        refs = [d.ref for d in domains or []]
+        reply = self._call(P.Procedure.DOMAIN_STATS, pl.StatsArgs(refs, flags), pl.StatsReply)
+        return [(Domain(self, r.dom), params_to_dict(r.params)) for r in reply.records]
+
+    # -- events --------------------------------------------------------------------------
+
+    def register_event(self, event_id: EventId | int = EventId.LIFECYCLE,
+                       callback: Callable[[EventRecord], None] | None = None,
+                       domain: Domain | None = None) -> int:
+        """Subscribe; events go to ``callback`` (on the dispatch thread) or to
+        :meth:`next_event` / :meth:`iter_events` when no callback is given."""
+        reply = self._call(P.Procedure.EVENT_REGISTER, pl.EventRegisterArgs(
+            int(event_id), domain.uuid_bytes if domain else b""), pl.CallbackReply)
+        self._callbacks[reply.callback_id] = callback
+        return reply.callback_id
+
+    def deregister_event(self, callback_id: int) -> None:
+        self._call(P.Procedure.EVENT_DEREGISTER, pl.CallbackArgs(callback_id), P.Empty)
+        self._callbacks.pop(callback_id, None)
+
+    def next_event(self, timeout: float | None = None) -> EventRecord | None:
+        """The next queued event, or None after ``timeout`` seconds."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            if self._lost is not None and not self._closed:
+                raise self._lost from None
+            return None
+
+    def iter_events(self, timeout: float) -> Iterator[EventRecord]:
+        """Events until none arrives for ``timeout`` seconds."""
+        while True:
+            record = self.next_event(timeout)
+            if record is None:
+                return
+            yield record
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def client_list(self) -> list[pl.ClientInfo]:
+        return self._call(P.Procedure.ADMIN_CLIENT_LIST, P.Empty(), pl.ClientListReply).clients
+
+    def client_disconnect(self, client_id: int) -> None:
+        self._call(P.Procedure.ADMIN_CLIENT_DISCONNECT, pl.ClientIdArgs(client_id), P.Empty)
+
+    # -- used by Domain ------------------------------------------------------------------
+
+    def open_stream(self, procedure: P.Procedure, args: Payload) -> Stream:
+        with self._call_lock:
+            serial = next(self._serials)
+            stream = Stream(self, procedure, serial)
+            self._streams[serial] = stream
+            self._send_raw(self._proto.send(P.Call(procedure, serial, args)))
+            with self._cond:
+                while serial not in self._replies:
+                    if self._lost is not None:
+                        raise self._lost
+                    self._cond.wait()
+                reply = self._replies.pop(serial)
+        if isinstance(reply, P.ErrorReply):
+            self._streams.pop(serial, None)
+            raise from_payload(reply.error)
+        return stream
+
+
+def params_to_dict(params: list[pl.TypedParam]) -> dict[str, int | float | str]:
+    out: dict[str, int | float | str] = {}
+    for p in params:
+        if p.kind == P.constants.TypedParamKind.INT:
+            out[p.name] = p.int_value
+        elif p.kind == P.constants.TypedParamKind.FLOAT:
+            out[p.name] = p.float_value
+        else:
+            out[p.name] = p.str_value
+    return out
+
+
+def connect(uri: str | None = None, readonly: bool = False, *, keepalive_count: int = 5,
+            client_name: str = "qemud-client", timeout: float = 10.0) -> Connection:
+    """Connect to a daemon; ``uri`` defaults as :func:`client.uri.default_uri` says."""
+    parsed = parse_uri(uri or default_uri())
+    sock = open_socket(parsed, readonly, timeout)
+    try:
+        return Connection(sock, parsed, readonly, keepalive_count, client_name)
+    except BaseException:
+        sock.close()
+        raise

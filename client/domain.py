@@ -1,0 +1,183 @@
+"""The Domain object: a handle on one guest, by name and uuid, like libvirt's virDomain."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import protocol as P
+from protocol import payloads as pl
+from protocol.constants import DomainState, ShutdownFlags
+
+if TYPE_CHECKING:
+    from .connection import Connection, Stream
+
+__all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "AFFECT_LIVE", "AFFECT_CONFIG"]
+
+#: libvirt's VIR_DOMAIN_XML_INACTIVE
+XML_INACTIVE = 2
+#: libvirt's VIR_DOMAIN_AFFECT_LIVE / _CONFIG
+AFFECT_LIVE = 1
+AFFECT_CONFIG = 2
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """libvirt's virDomainInfo: state, max memory, memory (KiB), vCPUs, CPU time (ns)."""
+
+    state: DomainState
+    max_mem_kib: int
+    memory_kib: int
+    vcpus: int
+    cpu_time_ns: int
+
+
+class Domain:
+    def __init__(self, conn: Connection, ref: pl.DomainRef,
+                 summary: pl.DomainSummary | None = None) -> None:
+        self._conn = conn
+        self.ref = ref
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name} {self.uuid}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Domain) and other.ref.uuid == self.ref.uuid
+
+    def __hash__(self) -> int:
+        return hash(self.ref.uuid)
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def uuid(self) -> str:
+        return str(uuidlib.UUID(bytes=self.ref.uuid))
+
+    @property
+    def uuid_bytes(self) -> bytes:
+        return self.ref.uuid
+
+    @property
+    def id(self) -> int:
+        """The id when this handle was obtained (-1 if it was not running then)."""
+        return self.ref.id
+
+    def refresh(self) -> Domain:
+        """A fresh handle (current id)."""
+        return self._conn.lookup_by_uuid(self.ref.uuid)
+
+    # -- information ---------------------------------------------------------------------
+
+    def info(self) -> DomainInfo:
+        r = self._conn._call(P.Procedure.DOMAIN_GET_INFO, pl.DomainArgs(self.ref),
+                             pl.DomainInfoReply)
+        return DomainInfo(DomainState(r.state), r.max_mem_kib, r.memory_kib, r.vcpus,
+                          r.cpu_time_ns)
+
+    def state(self) -> tuple[DomainState, int]:
+        """(state, reason) with libvirt's numbers."""
+        r = self._conn._call(P.Procedure.DOMAIN_GET_STATE, pl.DomainFlagsArgs(self.ref),
+                             pl.DomainStateReply)
+        return DomainState(r.state), r.reason
+
+    def is_active(self) -> bool:
+        return self.state()[0] not in (DomainState.SHUTOFF, DomainState.NOSTATE)
+
+    def xml(self, flags: int = 0) -> str:
+        return self._conn._call(P.Procedure.DOMAIN_GET_XML, pl.DomainFlagsArgs(self.ref, flags),
+                                pl.StringReply).value
+
+    def autostart(self) -> bool:
+        return self._conn._call(P.Procedure.DOMAIN_GET_AUTOSTART, pl.DomainArgs(self.ref),
+                                pl.BoolReply).value
+
+    def set_autostart(self, enabled: bool) -> None:
+        self._conn._call(P.Procedure.DOMAIN_SET_AUTOSTART,
+                         pl.AutostartArgs(self.ref, enabled), P.Empty)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def create(self, flags: int = 0) -> Domain:
+        """Start the domain; returns a handle with its new id."""
+        self.ref = self._conn._call(P.Procedure.DOMAIN_CREATE,
+                                    pl.DomainFlagsArgs(self.ref, flags), pl.DomainReply).dom
+        return self
+
+    start = create
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """ACPI power button; with ``timeout``, destroy if not off by then (waits for it)."""
+        flags = int(ShutdownFlags.ACPI_POWER_BTN)
+        ms = 0
+        if timeout is not None:
+            flags |= ShutdownFlags.DESTROY_ON_TIMEOUT
+            ms = int(timeout * 1000)
+        self._conn._call(P.Procedure.DOMAIN_SHUTDOWN, pl.ShutdownArgs(self.ref, flags, ms),
+                         P.Empty, timeout=None)
+
+    def reboot(self, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_REBOOT, pl.DomainFlagsArgs(self.ref, flags),
+                         P.Empty)
+
+    def destroy(self, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_DESTROY, pl.DomainFlagsArgs(self.ref, flags),
+                         P.Empty)
+
+    def suspend(self) -> None:
+        self._conn._call(P.Procedure.DOMAIN_SUSPEND, pl.DomainArgs(self.ref), P.Empty)
+
+    def resume(self) -> None:
+        self._conn._call(P.Procedure.DOMAIN_RESUME, pl.DomainArgs(self.ref), P.Empty)
+
+    def undefine(self, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_UNDEFINE, pl.DomainFlagsArgs(self.ref, flags),
+                         P.Empty)
+
+    def save(self, path: str, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_SAVE, pl.SaveArgs(self.ref, path, flags), P.Empty)
+
+    # -- devices -------------------------------------------------------------------------
+
+    def attach_device(self, xml: str, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_ATTACH_DEVICE, pl.DeviceArgs(self.ref, xml, flags),
+                         P.Empty)
+
+    def detach_device(self, xml: str, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_DETACH_DEVICE, pl.DeviceArgs(self.ref, xml, flags),
+                         P.Empty)
+
+    def change_media(self, target: str, source: str | None, flags: int = 0) -> None:
+        """Insert ``source`` into CD-ROM ``target``; None or "" ejects."""
+        self._conn._call(P.Procedure.DOMAIN_CHANGE_MEDIA,
+                         pl.ChangeMediaArgs(self.ref, target, source or "", flags), P.Empty)
+
+    def open_console(self, device: str = "") -> Stream:
+        return self._conn.open_stream(P.Procedure.DOMAIN_OPEN_CONSOLE,
+                                      pl.ConsoleArgs(self.ref, device))
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def snapshot_create(self, name: str = "", description: str = "", flags: int = 0) -> str:
+        return self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_CREATE, pl.SnapshotCreateArgs(
+            self.ref, name, description, flags), pl.StringReply).value
+
+    def snapshots(self) -> list[pl.SnapshotInfo]:
+        return self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_LIST, pl.DomainArgs(self.ref),
+                                pl.SnapshotListReply).snapshots
+
+    def snapshot_revert(self, name: str, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_REVERT,
+                         pl.SnapshotArgs(self.ref, name, flags), P.Empty)
+
+    def snapshot_delete(self, name: str, flags: int = 0) -> None:
+        self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_DELETE,
+                         pl.SnapshotArgs(self.ref, name, flags), P.Empty)
+
+    # -- stats ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | float | str]:
+        return self._conn.domain_stats([self])[0][1]

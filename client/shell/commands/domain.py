@@ -1,0 +1,453 @@
+"""Domain management and monitoring commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from protocol.constants import DomainState, ListFlags
+
+from ...domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE, Domain
+from ...format import key_values, reason_name, state_name, state_text, table
+from ..context import Shell
+from ..diskxml import build_disk_xml, find_disk_xml, graphics_display, os_type
+from ..progress import Progress
+from ..registry import DOMAIN, FILE, Arg, Args, CommandError, Opt, UsageError, command
+
+DOM = Arg("domain", "domain name, id or uuid", complete=DOMAIN)
+
+LIVE = Opt("live", "affect the running domain")
+CONFIG = Opt("config", "affect the persistent definition")
+CURRENT = Opt("current", "affect the current state of the domain (the default)")
+PERSISTENT = Opt("persistent", "make the live change persistent too")
+
+
+def _read_file(path: str, context: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise CommandError(context, f"cannot read '{path}': {exc.strerror or exc}") from None
+
+
+def _affect_flags(sh: Shell, args: Args, dom: Domain) -> int:
+    """virsh's --live/--config/--current/--persistent → VIR_DOMAIN_AFFECT_* flags."""
+    live, config = args.flag("live"), args.flag("config")
+    current, persistent = args.flag("current"), args.flag("persistent")
+    if current and (live or config):
+        raise UsageError("Options --current and --live/--config are mutually exclusive")
+    if persistent and current:
+        raise UsageError("Options --persistent and --current are mutually exclusive")
+    flags = 0
+    if live:
+        flags |= AFFECT_LIVE
+    if config:
+        flags |= AFFECT_CONFIG
+    if persistent:
+        flags |= AFFECT_CONFIG
+        with sh.failing(f"failed to get state of domain '{dom.name}'"):
+            if dom.is_active():
+                flags |= AFFECT_LIVE
+    return flags
+
+
+def _id_text(dom_id: int) -> str:
+    return "-" if dom_id < 0 else str(dom_id)
+
+
+# -- listing -----------------------------------------------------------------------------
+
+@command("list", "monitor", "list domains", description=(
+    "Returns the list of domains: active ones by default, with --all every one. The "
+    "--state-*, --persistent/--transient and --autostart/--no-autostart filters combine."),
+    opts=(
+        Opt("inactive", "list inactive domains"),
+        Opt("all", "list inactive & active domains"),
+        Opt("transient", "list transient domains"),
+        Opt("persistent", "list persistent domains"),
+        Opt("with-snapshot", "(accepted for virsh compatibility; ignored)"),
+        Opt("state-running", "list domains in running state"),
+        Opt("state-paused", "list domains in paused state"),
+        Opt("state-shutoff", "list domains in shutoff state"),
+        Opt("state-other", "list domains in other states"),
+        Opt("autostart", "list domains with autostart enabled"),
+        Opt("no-autostart", "list domains with autostart disabled"),
+        Opt("uuid", "list uuid's only"),
+        Opt("name", "list domain names only"),
+        Opt("id", "list domain IDs only"),
+        Opt("table", "list table (default)"),
+    ), json=True)
+def cmd_list(sh: Shell, args: Args) -> None:
+    states = {"state-running": ListFlags.RUNNING, "state-paused": ListFlags.PAUSED,
+              "state-shutoff": ListFlags.SHUTOFF, "state-other": ListFlags.OTHER}
+    flags = 0
+    if args.flag("all"):
+        pass
+    elif args.flag("inactive"):
+        flags |= ListFlags.INACTIVE
+    elif not any(args.flag(s) for s in states):
+        flags |= ListFlags.ACTIVE
+    for name, bit in (*states.items(), ("persistent", ListFlags.PERSISTENT),
+                      ("transient", ListFlags.TRANSIENT), ("autostart", ListFlags.AUTOSTART),
+                      ("no-autostart", ListFlags.NO_AUTOSTART)):
+        if args.flag(name):
+            flags |= bit
+    if args.flag("table") and (args.flag("name") or args.flag("uuid") or args.flag("id")):
+        raise UsageError("Options --table and --name/--uuid/--id are mutually exclusive")
+    with sh.failing("failed to list domains"):
+        doms = sh.conn().list_domains(int(flags))
+    # virsh order: running domains by id, then the others by name
+    doms.sort(key=lambda d: (d.id < 0, d.id if d.id >= 0 else 0, d.name))
+    if sh.want_json(args):
+        sh.print_json([_summary_json(d) for d in doms])
+        return
+    if args.flag("id"):
+        for d in doms:
+            if d.id >= 0:
+                sh.print(str(d.id))
+        return
+    if args.flag("uuid") and args.flag("name"):
+        for d in doms:
+            sh.print(f"{d.uuid}  {d.name}")
+        return
+    if args.flag("uuid") or args.flag("name"):
+        for d in doms:
+            sh.print(d.uuid if args.flag("uuid") else d.name)
+        return
+    rows = []
+    for d in doms:
+        state = d.summary.state if d.summary else int(DomainState.NOSTATE)
+        rows.append([_id_text(d.id), d.name, state_name(state)])
+    sh.write(table(["Id", "Name", "State"], rows))
+    sh.print()
+
+
+def _summary_json(d: Domain) -> dict[str, Any]:
+    s = d.summary
+    out: dict[str, Any] = {"id": d.id if d.id >= 0 else None, "name": d.name, "uuid": d.uuid}
+    if s is not None:
+        out.update(state=state_name(s.state), reason=reason_name(s.state, s.reason),
+                   state_code=s.state, reason_code=s.reason, persistent=bool(s.persistent),
+                   autostart=bool(s.autostart))
+    return out
+
+
+# -- information -------------------------------------------------------------------------
+
+@command("dominfo", "monitor", "domain information", description=(
+    "Returns basic information about the domain."), args=(DOM,), json=True)
+def cmd_dominfo(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"failed to get information of domain '{dom.name}'"):
+        info = dom.info()
+        xml = dom.xml()
+        autostart = dom.autostart()
+        persistent: bool | None = None
+        for d in sh.conn().list_domains(0):
+            if d.uuid == dom.uuid and d.summary is not None:
+                persistent = bool(d.summary.persistent)
+    dom_id = dom.id
+    active = info.state not in (DomainState.SHUTOFF, DomainState.NOSTATE)
+    try:
+        ostype = os_type(xml) or "-"
+    except Exception:  # a domain XML the shell cannot read is no reason to fail
+        ostype = "-"
+    if sh.want_json(args):
+        sh.print_json({
+            "id": dom_id if dom_id >= 0 else None, "name": dom.name, "uuid": dom.uuid,
+            "os_type": ostype, "state": state_name(info.state), "state_code": int(info.state),
+            "vcpus": info.vcpus, "cpu_time_ns": info.cpu_time_ns if active else None,
+            "max_memory_kib": info.max_mem_kib, "used_memory_kib": info.memory_kib,
+            "persistent": persistent, "autostart": autostart,
+        })
+        return
+    pairs: list[tuple[str, object]] = [
+        ("Id:", _id_text(dom_id)), ("Name:", dom.name), ("UUID:", dom.uuid),
+        ("OS Type:", ostype), ("State:", state_name(info.state)), ("CPU(s):", info.vcpus),
+    ]
+    if active:
+        pairs.append(("CPU time:", f"{info.cpu_time_ns / 1e9:.1f}s"))
+    pairs += [
+        ("Max memory:", f"{info.max_mem_kib} KiB"), ("Used memory:", f"{info.memory_kib} KiB"),
+        ("Persistent:", "unknown" if persistent is None else "yes" if persistent else "no"),
+        ("Autostart:", "enable" if autostart else "disable"),
+    ]
+    sh.write(key_values(pairs))
+    sh.print()
+
+
+@command("domstate", "monitor", "domain state", description=(
+    "Returns the state of a domain; with --reason also why it is in that state."),
+    args=(DOM,), opts=(Opt("reason", "also print reason for the state"),), json=True)
+def cmd_domstate(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"failed to get state of domain '{dom.name}'"):
+        state, reason = dom.state()
+    if sh.want_json(args):
+        sh.print_json({"state": state_name(state), "reason": reason_name(state, reason),
+                       "state_code": int(state), "reason_code": reason})
+        return
+    sh.print(state_text(state, reason if args.flag("reason") else None))
+
+
+@command("domid", "domain", "convert a domain name or UUID to domain id", args=(DOM,))
+def cmd_domid(sh: Shell, args: Args) -> None:
+    sh.print(_id_text(sh.domain(args.req("domain")).id))
+
+
+@command("domname", "domain", "convert a domain id or UUID to domain name", args=(DOM,))
+def cmd_domname(sh: Shell, args: Args) -> None:
+    sh.print(sh.domain(args.req("domain")).name)
+
+
+@command("domuuid", "domain", "convert a domain name or id to domain UUID", args=(DOM,))
+def cmd_domuuid(sh: Shell, args: Args) -> None:
+    sh.print(sh.domain(args.req("domain")).uuid)
+
+
+@command("dumpxml", "domain", "domain information in XML", description=(
+    "Output the domain information as an XML dump to stdout: the live definition of a "
+    "running domain, or with --inactive the persistent one."),
+    args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),))
+def cmd_dumpxml(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
+        xml = dom.xml(XML_INACTIVE if args.flag("inactive") else 0)
+    sh.write(xml if xml.endswith("\n") else xml + "\n")
+
+
+@command("vncdisplay", "monitor", "vnc display", description=(
+    "Output the IP address and display number for the VNC display of a running domain "
+    "(':N' when it listens on every address; the port is 5900 + N)."), args=(DOM,))
+def cmd_vncdisplay(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
+        xml = dom.xml()
+    display = graphics_display(xml, "vnc")
+    if display is None:
+        raise CommandError(f"no VNC display for domain '{dom.name}' (is it running with a "
+                           "<graphics type='vnc'> device?)")
+    sh.print(display)
+
+
+# -- definition --------------------------------------------------------------------------
+
+@command("define", "domain", "define (but don't start) a domain from an XML file",
+         args=(Arg("file", "file containing an XML domain description", complete=FILE),))
+def cmd_define(sh: Shell, args: Args) -> None:
+    path = args.req("file")
+    context = f"Failed to define domain from {path}"
+    xml = _read_file(path, context)
+    with sh.failing(context):
+        dom = sh.conn().define_xml(xml)
+    sh.print(f"Domain '{dom.name}' defined from {path}")
+
+
+@command("undefine", "domain", "undefine a domain", description=(
+    "Undefine an inactive domain, or convert a persistent running domain to transient."),
+    args=(DOM,), opts=(Opt("snapshots-metadata", "remove all domain snapshot metadata too"),))
+def cmd_undefine(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    flags = 2 if args.flag("snapshots-metadata") else 0  # UndefineFlags.SNAPSHOTS_METADATA
+    with sh.failing(f"Failed to undefine domain '{dom.name}'"):
+        dom.undefine(flags)
+    sh.print(f"Domain '{dom.name}' has been undefined")
+
+
+@command("create", "domain", "create a domain from an XML file", description=(
+    "Create and start a transient domain from an XML file."),
+    args=(Arg("file", "file containing an XML domain description", complete=FILE),))
+def cmd_create(sh: Shell, args: Args) -> None:
+    path = args.req("file")
+    context = f"Failed to create domain from {path}"
+    xml = _read_file(path, context)
+    with sh.failing(context):
+        dom = sh.conn().create_xml(xml)
+    sh.print(f"Domain '{dom.name}' created from {path}")
+
+
+@command("autostart", "domain", "autostart a domain", description=(
+    "Configure a domain to be automatically started when the daemon starts."),
+    args=(DOM,), opts=(Opt("disable", "disable autostarting"),))
+def cmd_autostart(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    enable = not args.flag("disable")
+    verb = "mark" if enable else "unmark"
+    with sh.failing(f"Failed to {verb} domain '{dom.name}' as autostarted"):
+        dom.set_autostart(enable)
+    sh.print(f"Domain '{dom.name}' {verb}ed as autostarted")
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+@command("start", "domain", "start a (previously defined) inactive domain", args=(DOM,))
+def cmd_start(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"Failed to start domain '{dom.name}'"):
+        dom.create()
+    sh.print(f"Domain '{dom.name}' started")
+
+
+@command("shutdown", "domain", "gracefully shutdown a domain", description=(
+    "Press the ACPI power button of the domain. With --timeout N, wait up to N seconds "
+    "for it to stop and destroy it if it has not."),
+    args=(DOM,), opts=(Opt("timeout", "seconds before the domain is destroyed", "seconds",
+                           integer=True),))
+def cmd_shutdown(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    timeout = args.int("timeout")
+    if timeout is not None and timeout <= 0:
+        raise UsageError("command 'shutdown': --timeout must be a positive number of seconds")
+    with sh.failing(f"Failed to shutdown domain '{dom.name}'"):
+        if timeout is None:
+            dom.shutdown()
+        else:
+            with Progress(sh.err, f"Shutting down domain '{dom.name}'"):
+                dom.shutdown(float(timeout))
+    if timeout is None:
+        sh.print(f"Domain '{dom.name}' is being shutdown")
+    else:
+        sh.print(f"Domain '{dom.name}' is shut off")
+
+
+@command("reboot", "domain", "reboot a domain", args=(DOM,))
+def cmd_reboot(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"Failed to reboot domain '{dom.name}'"):
+        dom.reboot()
+    sh.print(f"Domain '{dom.name}' is being rebooted")
+
+
+@command("destroy", "domain", "destroy (stop) a domain", description=(
+    "Immediately terminate the domain, like pulling the power cord."), args=(DOM,))
+def cmd_destroy(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"Failed to destroy domain '{dom.name}'"):
+        dom.destroy()
+    sh.print(f"Domain '{dom.name}' destroyed")
+
+
+@command("suspend", "domain", "suspend a domain", description=(
+    "Suspend a running domain (its vCPUs stop; it stays in memory)."), args=(DOM,))
+def cmd_suspend(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"Failed to suspend domain '{dom.name}'"):
+        dom.suspend()
+    sh.print(f"Domain '{dom.name}' suspended")
+
+
+@command("resume", "domain", "resume a domain", args=(DOM,))
+def cmd_resume(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"Failed to resume domain '{dom.name}'"):
+        dom.resume()
+    sh.print(f"Domain '{dom.name}' resumed")
+
+
+@command("save", "domain", "save a domain state to a file", description=(
+    "Save the RAM state of a running domain to a file and stop it."),
+    args=(DOM, Arg("file", "where to save the data", complete=FILE)))
+def cmd_save(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    path = args.req("file")
+    with sh.failing(f"Failed to save domain '{dom.name}' to {path}"), \
+            Progress(sh.err, f"Saving domain '{dom.name}'"):
+        dom.save(path)
+    sh.print(f"Domain '{dom.name}' saved to {path}")
+
+
+@command("restore", "domain", "restore a domain from a saved state in a file",
+         args=(Arg("file", "the state to restore", complete=FILE),))
+def cmd_restore(sh: Shell, args: Args) -> None:
+    path = args.req("file")
+    conn = sh.conn()
+    with sh.failing(f"Failed to restore domain from {path}"), \
+            Progress(sh.err, f"Restoring domain from {path}"):
+        conn.restore(path)
+    sh.print(f"Domain restored from {path}")
+
+
+# -- devices -----------------------------------------------------------------------------
+
+@command("attach-disk", "domain", "attach disk device", description=(
+    "Attach a new disk device to the domain; the <disk> XML is built from the options "
+    "(--print-xml shows it without attaching)."),
+    args=(DOM, Arg("source", "source of disk device (file or /dev path)", complete=FILE),
+          Arg("target", "target of disk device (e.g. vdb)")),
+    opts=(
+        Opt("driver", "driver of disk device", "string", suggest=("qemu",)),
+        Opt("subdriver", "subdriver of disk device (image format)", "string",
+            suggest=("raw", "qcow2")),
+        Opt("type", "target device type", "string", suggest=("disk", "cdrom")),
+        Opt("mode", "mode of device reading and writing", "string",
+            choices=("readonly", "shareable")),
+        Opt("sourcetype", "type of source (block|file)", "string", choices=("file", "block")),
+        Opt("targetbus", "target bus of disk device", "string",
+            suggest=("virtio", "sata", "scsi", "ide", "usb")),
+        Opt("print-xml", "print XML document rather than attach the disk"),
+        PERSISTENT, CONFIG, LIVE, CURRENT,
+    ))
+def cmd_attach_disk(sh: Shell, args: Args) -> None:
+    try:
+        xml = build_disk_xml(
+            args.req("source"), args.req("target"), driver=args.get("driver"),
+            subdriver=args.get("subdriver"), device=args.get("type"), mode=args.get("mode"),
+            targetbus=args.get("targetbus"), sourcetype=args.get("sourcetype"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.flag("print-xml"):
+        sh.write(xml)
+        return
+    dom = sh.domain(args.req("domain"))
+    flags = _affect_flags(sh, args, dom)
+    with sh.failing("Failed to attach disk"):
+        dom.attach_device(xml, flags)
+    sh.print("Disk attached successfully")
+
+
+@command("detach-disk", "domain", "detach disk device", description=(
+    "Detach the disk whose target (or source path) is TARGET from the domain."),
+    args=(DOM, Arg("target", "target of disk device (e.g. vdb)")),
+    opts=(PERSISTENT, CONFIG, LIVE, CURRENT))
+def cmd_detach_disk(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    target = args.req("target")
+    flags = _affect_flags(sh, args, dom)
+    only_config = flags & AFFECT_CONFIG and not flags & AFFECT_LIVE
+    with sh.failing("Failed to detach disk"):
+        xml = dom.xml(XML_INACTIVE if only_config else 0)
+    disk = find_disk_xml(xml, target)
+    if disk is None:
+        raise CommandError("Failed to detach disk",
+                           f"No disk found whose source path or target is {target}")
+    with sh.failing("Failed to detach disk"):
+        dom.detach_device(disk, flags)
+    sh.print("Disk detached successfully")
+
+
+@command("change-media", "domain", "change media of CD or floppy drive", description=(
+    "Insert, update or eject the medium of a CD-ROM drive. Without --eject/--insert/"
+    "--update: update when SOURCE is given, eject otherwise."),
+    args=(DOM, Arg("path", "fully-qualified path or target of disk device"),
+          Arg("source", "source of the media", required=False, complete=FILE)),
+    opts=(Opt("eject", "eject the media"), Opt("insert", "insert the media"),
+          Opt("update", "update the media"), LIVE, CONFIG, CURRENT,
+          Opt("force", "(accepted for virsh compatibility)")))
+def cmd_change_media(sh: Shell, args: Args) -> None:
+    actions = [a for a in ("eject", "insert", "update") if args.flag(a)]
+    if len(actions) > 1:
+        raise UsageError(f"Options --{actions[0]} and --{actions[1]} are mutually exclusive")
+    source = args.get("source")
+    action = actions[0] if actions else "update"
+    if action == "eject" and source:
+        raise UsageError("command 'change-media': --eject takes no <source>")
+    if action == "insert" and not source:
+        raise UsageError("command 'change-media': --insert requires <source>")
+    dom = sh.domain(args.req("domain"))
+    flags = _affect_flags(sh, args, dom)
+    target = args.req("path")
+    if action == "update" and not source:
+        action = "eject"
+    with sh.failing(f"Failed to complete action {action} on media"):
+        dom.change_media(target, source if action != "eject" else None, flags)
+    words = {"eject": "ejected", "insert": "inserted", "update": "updated"}
+    sh.print(f"Successfully {words[action]} media.")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything qemud and its tests need on a fresh Debian 12 machine (as root),
+# create the virtualenv in .venv and install the project into it. Idempotent: a second
+# run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+# Debian packages: QEMU for the three architectures the driver supports, qemu-img,
+# libvirt's headers for libvirt-python (and libvirt0's RelaxNG schemas), the test-guest
+# builder's tools, and a compiler for libvirt-python's C extension.
+packages=(qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-utils libvirt-dev
+          pkg-config gcc busybox-static cpio kmod zstd xz-utils)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.qemud-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "setup: installing qemud and its test dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test,dev]"
+  touch "$stamp"
+fi

@@ -1,0 +1,365 @@
+"""Payload dataclasses: the typed body of each procedure's call, reply or event.
+
+One class per distinct shape; procedures share shapes where the data is the same
+(e.g. every "act on one domain" call takes :class:`DomainFlagsArgs`). Field order is
+wire order; new fields are only ever appended (docs/PROTOCOL.md, "Evolution").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .fields import F64, S32, S64, U8, U16, U32, U64, Blob, Bool, Empty, Payload, Str, UUIDBytes
+
+__all__ = [
+    "Empty", "ErrorPayload", "HelloArgs", "HelloReply", "VersionReply", "StringReply",
+    "NodeInfoReply", "DomainRef", "DomainArgs", "DomainFlagsArgs", "NameArgs", "UUIDArgs",
+    "IdArgs", "XMLArgs", "XMLFlagsArgs", "DomainReply", "ListDomainsArgs", "DomainSummary",
+    "ListDomainsReply", "ShutdownArgs", "DomainInfoReply", "DomainStateReply",
+    "AutostartArgs", "BoolReply", "DeviceArgs", "ChangeMediaArgs", "SaveArgs", "RestoreArgs",
+    "SnapshotCreateArgs", "SnapshotArgs", "SnapshotInfo", "SnapshotListReply", "ConsoleArgs",
+    "TypedParam", "StatsRecord", "StatsArgs", "StatsReply", "NodeStatsReply", "EventRegisterArgs",
+    "CallbackReply", "CallbackArgs", "LifecycleEventMsg", "RebootEventMsg",
+    "WatchdogEventMsg", "ApplianceEventMsg", "ClientInfo", "ClientListReply", "ClientIdArgs",
+    "StreamChunk",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPayload(Payload):
+    """The body of every reply (or stream frame) whose status is ERROR."""
+
+    code: U32
+    domain: U32
+    level: U16
+    message: Str
+
+
+# --- connection -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HelloArgs(Payload):
+    """Versions the client speaks, and who it is (free text, for logs)."""
+
+    versions: list[U16]
+    client_name: Str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply(Payload):
+    version: U16
+    server_name: Str
+    readonly: Bool
+    keepalive_interval: U32  # seconds; 0 = the server never pings
+
+
+@dataclass(frozen=True, slots=True)
+class VersionReply(Payload):
+    """Daemon and hypervisor versions, libvirt-encoded (major*1e6 + minor*1e3 + micro)."""
+
+    daemon_version: U64
+    hypervisor_version: U64
+    daemon_version_string: Str
+    hypervisor: Str
+
+
+@dataclass(frozen=True, slots=True)
+class StringReply(Payload):
+    value: Str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfoReply(Payload):
+    """libvirt's virNodeInfo, with fixed widths."""
+
+    model: Str
+    memory_kib: U64
+    cpus: U32
+    mhz: U32
+    nodes: U32
+    sockets: U32
+    cores: U32
+    threads: U32
+
+
+# --- domains ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DomainRef(Payload):
+    """How a domain travels: name, uuid, and id (-1 when not running)."""
+
+    name: Str
+    uuid: UUIDBytes
+    id: S32
+
+
+@dataclass(frozen=True, slots=True)
+class DomainArgs(Payload):
+    dom: DomainRef
+
+
+@dataclass(frozen=True, slots=True)
+class DomainFlagsArgs(Payload):
+    dom: DomainRef
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NameArgs(Payload):
+    name: Str
+
+
+@dataclass(frozen=True, slots=True)
+class UUIDArgs(Payload):
+    uuid: UUIDBytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdArgs(Payload):
+    id: S32
+
+
+@dataclass(frozen=True, slots=True)
+class XMLArgs(Payload):
+    xml: Str
+
+
+@dataclass(frozen=True, slots=True)
+class XMLFlagsArgs(Payload):
+    xml: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DomainReply(Payload):
+    dom: DomainRef
+
+
+@dataclass(frozen=True, slots=True)
+class ListDomainsArgs(Payload):
+    flags: U32 = 0  # ListFlags; 0 = all
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSummary(Payload):
+    dom: DomainRef
+    state: U8
+    reason: U8
+    persistent: Bool
+    autostart: Bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListDomainsReply(Payload):
+    domains: list[DomainSummary]
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownArgs(Payload):
+    dom: DomainRef
+    flags: U32 = 0
+    timeout_ms: U32 = 0  # with ShutdownFlags.DESTROY_ON_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfoReply(Payload):
+    """libvirt's virDomainInfo."""
+
+    state: U8
+    max_mem_kib: U64
+    memory_kib: U64
+    vcpus: U16
+    cpu_time_ns: U64
+
+
+@dataclass(frozen=True, slots=True)
+class DomainStateReply(Payload):
+    state: U8
+    reason: U8
+
+
+@dataclass(frozen=True, slots=True)
+class AutostartArgs(Payload):
+    dom: DomainRef
+    autostart: Bool
+
+
+@dataclass(frozen=True, slots=True)
+class BoolReply(Payload):
+    value: Bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceArgs(Payload):
+    dom: DomainRef
+    xml: Str
+    flags: U32 = 0  # libvirt's VIR_DOMAIN_AFFECT_* (LIVE=1, CONFIG=2); 0 = current
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeMediaArgs(Payload):
+    dom: DomainRef
+    target: Str  # disk target dev, e.g. "sda"
+    source: Str  # new medium path; "" ejects
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SaveArgs(Payload):
+    dom: DomainRef
+    path: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreArgs(Payload):
+    path: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCreateArgs(Payload):
+    dom: DomainRef
+    name: Str
+    description: Str = ""
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotArgs(Payload):
+    dom: DomainRef
+    name: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo(Payload):
+    name: Str
+    description: Str
+    creation_time: U64  # unix seconds
+    state: U8  # DomainState at creation
+    parent: Str  # "" when none
+    current: Bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotListReply(Payload):
+    snapshots: list[SnapshotInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleArgs(Payload):
+    dom: DomainRef
+    device: Str = ""  # "" = first serial/console
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TypedParam(Payload):
+    """One stats field. ``kind`` (TypedParamKind) says which value member is meaningful."""
+
+    name: Str
+    kind: U8
+    int_value: S64 = 0
+    float_value: F64 = 0.0
+    str_value: Str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRecord(Payload):
+    dom: DomainRef
+    params: list[TypedParam]
+
+
+@dataclass(frozen=True, slots=True)
+class StatsArgs(Payload):
+    domains: list[DomainRef] = field(default_factory=list)  # empty = all
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply(Payload):
+    records: list[StatsRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatsReply(Payload):
+    params: list[TypedParam]
+
+
+# --- events -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EventRegisterArgs(Payload):
+    event_id: U32  # EventId
+    uuid: Blob = b""  # 16 bytes to follow one domain, empty for all
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackReply(Payload):
+    callback_id: U32
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackArgs(Payload):
+    callback_id: U32
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEventMsg(Payload):
+    callback_id: U32
+    dom: DomainRef
+    event: U32  # LifecycleEvent
+    detail: U32  # the matching *Detail enum
+
+
+@dataclass(frozen=True, slots=True)
+class RebootEventMsg(Payload):
+    callback_id: U32
+    dom: DomainRef
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogEventMsg(Payload):
+    callback_id: U32
+    dom: DomainRef
+    action: U32  # libvirt's VIR_DOMAIN_EVENT_WATCHDOG_*
+
+
+@dataclass(frozen=True, slots=True)
+class ApplianceEventMsg(Payload):
+    """qemud's appliance duties (power-cycle, hotplug, heartbeat, update) report here."""
+
+    callback_id: U32
+    dom: DomainRef
+    kind: Str  # e.g. "heartbeat-missed", "power-action", "hotplug-attached"
+    detail: Str  # human-readable detail
+
+
+# --- admin ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo(Payload):
+    id: U64
+    transport: Str  # "unix", "unix-ro", "tls"
+    identity: Str  # "pid=123 uid=0" or the certificate DN
+    readonly: Bool
+    connected_since: U64  # unix seconds
+    calls: U64
+
+
+@dataclass(frozen=True, slots=True)
+class ClientListReply(Payload):
+    clients: list[ClientInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdArgs(Payload):
+    id: U64
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk(Payload):
+    """Not encoded with construct: STREAM frames carry raw bytes (documented here for the table)."""
+
+    data: Blob

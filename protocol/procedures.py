@@ -1,0 +1,185 @@
+"""The procedure table: number, payload types and access class of every procedure.
+
+This table is the single source of truth for what a read-only connection may call:
+the daemon refuses any procedure whose entry says ``mutates`` or ``admin`` on a read-only
+connection, and nothing else in the daemon decides that. docs/PROTOCOL.md is generated
+from the same information (``python -m protocol.doc``) and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import payloads as p
+from .fields import Empty, Payload
+
+__all__ = ["Procedure", "ProcedureSpec", "PROCEDURES", "spec_for"]
+
+
+class Procedure(enum.IntEnum):
+    """Procedure numbers. Numbers are never reused; new ones are appended."""
+
+    # connection
+    HELLO = 1
+    CLOSE = 2
+    GET_VERSION = 3
+    GET_HOSTNAME = 4
+    GET_URI = 5
+    NODE_INFO = 6
+    CAPABILITIES = 7
+    # domains: lookup and listing
+    DOMAIN_LOOKUP_BY_NAME = 20
+    DOMAIN_LOOKUP_BY_UUID = 21
+    DOMAIN_LOOKUP_BY_ID = 22
+    DOMAIN_LIST = 23
+    # domains: definition
+    DOMAIN_DEFINE_XML = 30
+    DOMAIN_UNDEFINE = 31
+    DOMAIN_CREATE_XML = 32
+    DOMAIN_GET_XML = 33
+    DOMAIN_SET_AUTOSTART = 34
+    DOMAIN_GET_AUTOSTART = 35
+    # domains: lifecycle
+    DOMAIN_CREATE = 40
+    DOMAIN_SHUTDOWN = 41
+    DOMAIN_REBOOT = 42
+    DOMAIN_DESTROY = 43
+    DOMAIN_SUSPEND = 44
+    DOMAIN_RESUME = 45
+    DOMAIN_GET_INFO = 46
+    DOMAIN_GET_STATE = 47
+    DOMAIN_SAVE = 48
+    DOMAIN_RESTORE = 49
+    # domains: devices
+    DOMAIN_ATTACH_DEVICE = 60
+    DOMAIN_DETACH_DEVICE = 61
+    DOMAIN_CHANGE_MEDIA = 62
+    DOMAIN_OPEN_CONSOLE = 63
+    # snapshots
+    DOMAIN_SNAPSHOT_CREATE = 70
+    DOMAIN_SNAPSHOT_LIST = 71
+    DOMAIN_SNAPSHOT_REVERT = 72
+    DOMAIN_SNAPSHOT_DELETE = 73
+    # stats
+    DOMAIN_STATS = 80
+    NODE_STATS = 81
+    # events
+    EVENT_REGISTER = 90
+    EVENT_DEREGISTER = 91
+    EVENT_LIFECYCLE = 100
+    EVENT_REBOOT = 101
+    EVENT_WATCHDOG = 102
+    EVENT_APPLIANCE = 103
+    # admin
+    ADMIN_CLIENT_LIST = 120
+    ADMIN_CLIENT_DISCONNECT = 121
+
+
+class Kind(enum.Enum):
+    CALL = "call"  # client calls, server replies
+    EVENT = "event"  # server sends, nobody replies
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureSpec:
+    """One row of the table."""
+
+    procedure: Procedure
+    args: type[Payload]
+    reply: type[Payload]
+    mutates: bool
+    admin: bool = False
+    kind: Kind = Kind.CALL
+    since: int = 1  # protocol version that introduced it
+    doc: str = ""
+
+    @property
+    def readonly_ok(self) -> bool:
+        """May a read-only connection call this?"""
+        return not (self.mutates or self.admin)
+
+
+def _call(proc: Procedure, args: type[Payload], reply: type[Payload], *, mutates: bool,
+          admin: bool = False, doc: str = "") -> ProcedureSpec:
+    return ProcedureSpec(proc, args, reply, mutates, admin, Kind.CALL, 1, doc)
+
+
+def _event(proc: Procedure, body: type[Payload], doc: str) -> ProcedureSpec:
+    return ProcedureSpec(proc, body, Empty, False, False, Kind.EVENT, 1, doc)
+
+
+P = Procedure
+_TABLE = [
+    _call(P.HELLO, p.HelloArgs, p.HelloReply, mutates=False,
+          doc="Version negotiation; must be the first call on a connection."),
+    _call(P.CLOSE, Empty, Empty, mutates=False,
+          doc="Polite goodbye; the server replies then closes."),
+    _call(P.GET_VERSION, Empty, p.VersionReply, mutates=False, doc="Daemon and QEMU versions."),
+    _call(P.GET_HOSTNAME, Empty, p.StringReply, mutates=False, doc="The host's name."),
+    _call(P.GET_URI, Empty, p.StringReply, mutates=False,
+          doc="The canonical URI of this daemon."),
+    _call(P.NODE_INFO, Empty, p.NodeInfoReply, mutates=False, doc="Host CPU and memory."),
+    _call(P.CAPABILITIES, Empty, p.StringReply, mutates=False,
+          doc="Capabilities XML in libvirt's shape."),
+    _call(P.DOMAIN_LOOKUP_BY_NAME, p.NameArgs, p.DomainReply, mutates=False, doc=""),
+    _call(P.DOMAIN_LOOKUP_BY_UUID, p.UUIDArgs, p.DomainReply, mutates=False, doc=""),
+    _call(P.DOMAIN_LOOKUP_BY_ID, p.IdArgs, p.DomainReply, mutates=False, doc=""),
+    _call(P.DOMAIN_LIST, p.ListDomainsArgs, p.ListDomainsReply, mutates=False,
+          doc="All domains matching ListFlags (0 = all), with state and reason."),
+    _call(P.DOMAIN_DEFINE_XML, p.XMLFlagsArgs, p.DomainReply, mutates=True,
+          doc="Define (or update) a persistent domain."),
+    _call(P.DOMAIN_UNDEFINE, p.DomainFlagsArgs, p.Empty, mutates=True,
+          doc="Remove a persistent definition; a running domain becomes transient."),
+    _call(P.DOMAIN_CREATE_XML, p.XMLFlagsArgs, p.DomainReply, mutates=True,
+          doc="Create and start a transient domain."),
+    _call(P.DOMAIN_GET_XML, p.DomainFlagsArgs, p.StringReply, mutates=False,
+          doc="Domain XML; flags bit 2 (VIR_DOMAIN_XML_INACTIVE) asks for the persistent one."),
+    _call(P.DOMAIN_SET_AUTOSTART, p.AutostartArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_GET_AUTOSTART, p.DomainArgs, p.BoolReply, mutates=False, doc=""),
+    _call(P.DOMAIN_CREATE, p.DomainFlagsArgs, p.DomainReply, mutates=True,
+          doc="Start a defined domain; the reply carries its new id."),
+    _call(P.DOMAIN_SHUTDOWN, p.ShutdownArgs, Empty, mutates=True,
+          doc="ACPI power button; optional destroy after timeout_ms."),
+    _call(P.DOMAIN_REBOOT, p.DomainFlagsArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_DESTROY, p.DomainFlagsArgs, Empty, mutates=True, doc="Hard stop."),
+    _call(P.DOMAIN_SUSPEND, p.DomainArgs, Empty, mutates=True, doc="Pause vCPUs."),
+    _call(P.DOMAIN_RESUME, p.DomainArgs, Empty, mutates=True, doc="Resume vCPUs."),
+    _call(P.DOMAIN_GET_INFO, p.DomainArgs, p.DomainInfoReply, mutates=False, doc=""),
+    _call(P.DOMAIN_GET_STATE, p.DomainFlagsArgs, p.DomainStateReply, mutates=False, doc=""),
+    _call(P.DOMAIN_SAVE, p.SaveArgs, Empty, mutates=True,
+          doc="Save memory state to a file and stop the domain."),
+    _call(P.DOMAIN_RESTORE, p.RestoreArgs, p.DomainReply, mutates=True,
+          doc="Start a domain from a saved state file."),
+    _call(P.DOMAIN_ATTACH_DEVICE, p.DeviceArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_DETACH_DEVICE, p.DeviceArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_CHANGE_MEDIA, p.ChangeMediaArgs, Empty, mutates=True,
+          doc="Insert (source set) or eject (source empty) CD-ROM media."),
+    _call(P.DOMAIN_OPEN_CONSOLE, p.ConsoleArgs, Empty, mutates=True,
+          doc="Open the serial console as a stream (STREAM frames with this call's serial)."),
+    _call(P.DOMAIN_SNAPSHOT_CREATE, p.SnapshotCreateArgs, p.StringReply, mutates=True, doc=""),
+    _call(P.DOMAIN_SNAPSHOT_LIST, p.DomainArgs, p.SnapshotListReply, mutates=False, doc=""),
+    _call(P.DOMAIN_SNAPSHOT_REVERT, p.SnapshotArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_SNAPSHOT_DELETE, p.SnapshotArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_STATS, p.StatsArgs, p.StatsReply, mutates=False,
+          doc="Per-domain stats (cpu, memory, block, net) as typed params."),
+    _call(P.NODE_STATS, Empty, p.NodeStatsReply, mutates=False, doc="Host CPU and memory stats."),
+    _call(P.EVENT_REGISTER, p.EventRegisterArgs, p.CallbackReply, mutates=False,
+          doc="Subscribe to an EventId, for one domain or all."),
+    _call(P.EVENT_DEREGISTER, p.CallbackArgs, Empty, mutates=False, doc=""),
+    _event(P.EVENT_LIFECYCLE, p.LifecycleEventMsg, "Lifecycle change (libvirt kinds/details)."),
+    _event(P.EVENT_REBOOT, p.RebootEventMsg, "The guest rebooted."),
+    _event(P.EVENT_WATCHDOG, p.WatchdogEventMsg, "A watchdog device fired."),
+    _event(P.EVENT_APPLIANCE, p.ApplianceEventMsg, "An appliance duty acted."),
+    _call(P.ADMIN_CLIENT_LIST, Empty, p.ClientListReply, mutates=False, admin=True,
+          doc="Connected clients (privileged connections only)."),
+    _call(P.ADMIN_CLIENT_DISCONNECT, p.ClientIdArgs, Empty, mutates=True, admin=True, doc=""),
+]
+
+PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}
+assert len(PROCEDURES) == len(Procedure), "every Procedure needs exactly one table entry"
+
+
+def spec_for(number: int) -> ProcedureSpec | None:
+    """The table entry for a procedure number, or None if unknown."""
+    return PROCEDURES.get(number)

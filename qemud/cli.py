@@ -1,0 +1,117 @@
+"""``qemud``: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from .config import Config, load_config
+from .errors import QemudError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qemud",
+        description="Manage QEMU guests and virtual appliances; clients connect with qemush "
+                    "or the client library. Every config key is in docs/CONFIG.md.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--session", dest="mode", action="store_const", const="session",
+                      help="per-user daemon: sockets in $XDG_RUNTIME_DIR/qemud, guests in "
+                           "~/.config/qemud (default for non-root users)")
+    mode.add_argument("--system", dest="mode", action="store_const", const="system",
+                      help="system daemon: /run/qemud, /etc/qemud, /var/lib/qemud, "
+                           "/var/log/qemud (default for root)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML config file (default: /etc/qemud/qemud.toml or "
+                             "~/.config/qemud/qemud.toml if present)")
+    parser.add_argument("--run-dir", type=Path, help="override paths.run_dir")
+    parser.add_argument("--config-dir", type=Path, help="override paths.config_dir")
+    parser.add_argument("--state-dir", type=Path, help="override paths.state_dir")
+    parser.add_argument("--log-dir", type=Path, help="override paths.log_dir")
+    parser.add_argument("--listen-tls", action="store_true",
+                        help="enable the TLS TCP listener (listen.tls)")
+    parser.add_argument("--tls-port", type=int, help="override listen.tls_port")
+    parser.add_argument("--tls-address", help="override listen.tls_address")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, including every frame in and out")
+    parser.add_argument("--log-file", help="log to this file instead of stderr")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override log.level")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    import os
+    mode = args.mode or ("system" if os.geteuid() == 0 else "session")
+    overrides: dict[str, dict[str, object]] = {}
+    paths = {k: v for k, v in (("run_dir", args.run_dir), ("config_dir", args.config_dir),
+                               ("state_dir", args.state_dir), ("log_dir", args.log_dir))
+             if v is not None}
+    if paths:
+        overrides["paths"] = {k: str(v) for k, v in paths.items()}
+    listen: dict[str, object] = {}
+    if args.listen_tls:
+        listen["tls"] = True
+    if args.tls_port is not None:
+        listen["tls_port"] = args.tls_port
+    if args.tls_address:
+        listen["tls_address"] = args.tls_address
+    if listen:
+        overrides["listen"] = listen
+    log_over: dict[str, object] = {}
+    if args.log_file:
+        log_over["file"] = args.log_file
+    if args.verbose:
+        log_over["level"] = "debug"
+    elif args.log_level:
+        log_over["level"] = args.log_level
+    if log_over:
+        overrides["log"] = log_over
+    return load_config(mode, args.config, overrides)
+
+
+def setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log.level.upper())
+    handler: logging.Handler
+    if config.log.file:
+        Path(config.log.file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(config.log.file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    audit_path = Path(config.log.audit_file) if config.log.audit_file else \
+        config.paths.log_dir / "audit.log"
+    audit_path.parent.mkdir(parents=True, exist_ok=True)
+    audit = logging.getLogger("qemud.audit")
+    audit_handler = logging.handlers.WatchedFileHandler(audit_path)
+    audit_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    audit.handlers[:] = [audit_handler]
+    audit.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        setup_logging(config)
+        from .daemon import Daemon
+        Daemon(config).run()
+    except QemudError as exc:
+        print(f"qemud: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What every modelled device shares: alias, semantic checks, matching for detach, output.
+
+Why a common base: the QEMU layer handles devices generically for hotplug
+(``dom.add_device(dev)`` / ``dom.remove_device(dev)``) and needs each kind to answer the same
+questions — is it valid on its own, which device of a domain does a detach request mean,
+what is runtime-only state that must not leak into the persistent definition.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar, Self
+
+from ..xmlmodel import XMLModel, XMLProperty, serialize
+
+__all__ = ["USER_ALIAS_PREFIX", "Device"]
+
+USER_ALIAS_PREFIX = "ua-"
+"""libvirt keeps aliases starting with this in persistent XML; others are runtime-assigned."""
+
+# libvirt's allowed characters for a user alias (virDomainDeviceAliasIsUserAlias + schema).
+_ALIAS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+class Device(XMLModel):
+    """Base class of the devices the model understands (disk, interface, graphics, ...).
+
+    Devices the model does not know (controllers, video, ...) are not wrapped at all; they
+    simply stay in the tree.
+    """
+
+    __slots__ = ()
+
+    XML_TAGS: ClassVar[tuple[str, ...]] = ()
+    """Element names this class models (several for character devices)."""
+
+    alias = XMLProperty(
+        "./alias/@name",
+        doc="Device alias (``<alias name>``): QEMU's device id, assigned at start-up or "
+        "given by the user with a 'ua-' prefix.",
+    )
+
+    @property
+    def tag(self) -> str:
+        """Element name (``disk``, ``serial``, ``channel``, ...)."""
+        tag: str = self.node.tag
+        return tag
+
+    def describe(self) -> str:
+        """Short human description used in messages (``disk 'vda'``)."""
+        return self.tag
+
+    def check(self) -> None:
+        """Semantic checks of this device on its own; raise :class:`DefinitionError`.
+
+        Cross-device checks (duplicates) belong to the domain.  Architecture-specific
+        checks (which bus exists) belong to the QEMU layer's per-arch strategy, not here.
+        """
+        alias = self.alias
+        if alias is not None and (not alias or not set(alias) <= _ALIAS_CHARS):
+            raise self._error(f"invalid alias '{alias}'", "alias")
+
+    def matches(self, other: Device) -> bool:
+        """Whether ``other`` (typically parsed from a detach request) designates ``self``.
+
+        Subclasses refine this with libvirt's matching rules (disk by target dev, NIC by
+        MAC, ...).  The alias, when given, always decides.
+        """
+        if type(other) is not type(self) or other.tag != self.tag:
+            return False
+        if other.alias is not None:
+            return other.alias == self.alias
+        return True
+
+    def strip_runtime(self) -> None:
+        """Remove runtime-only state, for the inactive (persistent) form of the XML.
+
+        Called on a copy by ``to_xml(live=False)``.  Runtime aliases go; user aliases
+        ('ua-' prefix) stay, as in libvirt.
+        """
+        alias = self.alias
+        if alias is not None and not alias.startswith(USER_ALIAS_PREFIX):
+            self.alias = None
+
+    def normalise(self) -> None:
+        """Bring values to canonical spelling after a successful parse (no-op by default)."""
+
+    def copy(self) -> Self:
+        """A detached deep copy (for adding the same device to live and persistent defs)."""
+        node = copy.deepcopy(self.node)
+        node.tail = None
+        return type(self)(node)
+
+    def to_xml(self, live: bool = False) -> str:
+        """Canonical text of this device; ``live=False`` drops runtime-only state."""
+        dup = self.copy()
+        if not live:
+            dup.strip_runtime()
+        return serialize(dup.node)
+
+    def _check_choice(
+        self, value: str | None, allowed: tuple[str, ...], what: str, sub: str | None = None
+    ) -> None:
+        if value not in allowed:
+            choices = ", ".join(f"'{a}'" for a in allowed)
+            shown = "missing" if value is None else f"'{value}'"
+            raise self._error(f"unsupported {what} {shown} (expected one of {choices})", sub)
+
+    def _check_positive(self, value: int | None, what: str, sub: str) -> None:
+        if value is not None and value < 1:
+            raise self._error(f"{what} must be a positive integer, got '{value}'", sub)
+

@@ -1,0 +1,251 @@
+"""Daemon configuration: defaults, the TOML file, and command-line overrides.
+
+Every key is documented in docs/CONFIG.md and in contrib/qemud.toml.example; a test
+checks that each dataclass field below appears in both, so neither can go stale.
+Unknown keys are an error naming the key (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.constants import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME
+
+from .errors import ConfigError
+
+__all__ = ["Config", "Paths", "Limits", "Listen", "TLSConfig", "QemuConfig", "LogConfig",
+           "load_config", "session_paths", "system_paths", "DEFAULT_SYSTEM_CONFIG"]
+
+DEFAULT_SYSTEM_CONFIG = Path("/etc/qemud/qemud.toml")
+
+#: The smallest limits.max_frame accepted: below this even an error reply may not fit.
+MIN_MAX_FRAME = 1024
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
+               Path: "a path (string)"}
+
+
+@dataclass
+class Paths:
+    """Where the daemon keeps things. Session and system modes differ only here."""
+
+    run_dir: Path  # sockets, pidfile, per-guest runtime state (survives daemon restarts)
+    config_dir: Path  # qemud.toml, domains/*.xml (persistent guests), autostart/
+    state_dir: Path  # saved memory images, snapshots metadata, appliance images
+    log_dir: Path  # daemon log, audit log, qemu/<guest>.log
+
+    @property
+    def rw_socket(self) -> Path:
+        return self.run_dir / "qemud-sock"
+
+    @property
+    def ro_socket(self) -> Path:
+        return self.run_dir / "qemud-sock-ro"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "qemud.pid"
+
+    @property
+    def domains_dir(self) -> Path:
+        return self.config_dir / "domains"
+
+    @property
+    def autostart_dir(self) -> Path:
+        return self.config_dir / "autostart"
+
+    @property
+    def guest_run_dir(self) -> Path:
+        return self.run_dir / "qemu"
+
+    @property
+    def guest_log_dir(self) -> Path:
+        return self.log_dir / "qemu"
+
+
+def session_paths(env: dict[str, str] | None = None) -> Paths:
+    """Per-user paths, XDG style: runtime under $XDG_RUNTIME_DIR, config under ~/.config."""
+    env = dict(os.environ) if env is None else env
+    home = Path(env.get("HOME", str(Path.home())))
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/tmp/qemud-{os.getuid()}"
+    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "qemud"
+    state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "qemud"
+    return Paths(run_dir=Path(runtime) / "qemud", config_dir=config, state_dir=state,
+                 log_dir=state / "log")
+
+
+def system_paths() -> Paths:
+    return Paths(run_dir=Path("/run/qemud"), config_dir=Path("/etc/qemud"),
+                 state_dir=Path("/var/lib/qemud"), log_dir=Path("/var/log/qemud"))
+
+
+@dataclass
+class Listen:
+    unix_rw: bool = True
+    unix_ro: bool = True
+    rw_socket_mode: int = 0o600
+    ro_socket_mode: int = 0o666
+    tls: bool = False
+    tls_address: str = "0.0.0.0"
+    tls_port: int = 16514
+
+
+@dataclass
+class Limits:
+    """Bounds on what clients can make the daemon hold; hitting one is logged."""
+
+    max_clients: int = 5000
+    max_frame: int = DEFAULT_MAX_FRAME
+    frame_deadline: float = 10.0  # seconds a partially received frame may take
+    keepalive_interval: int = 5  # seconds of client silence before a ping; 0 = never
+    keepalive_count: int = 5  # unanswered pings before the client is dropped
+    max_queued_bytes: int = 8 * 1024 * 1024  # unsent replies+events per client
+    tls_handshake_deadline: float = 10.0
+    call_deadline: float = 300.0  # a deferred call (QEMU work) is failed after this
+
+
+@dataclass
+class TLSConfig:
+    ca_file: str = "/etc/pki/CA/cacert.pem"
+    cert_file: str = "/etc/pki/qemud/servercert.pem"
+    key_file: str = "/etc/pki/qemud/private/serverkey.pem"
+    #: list of {pattern = "CN=admin*,O=Example", role = "full" | "readonly"}
+    allowed_dn: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class QemuConfig:
+    vnc_port_min: int = 5900
+    vnc_port_max: int = 6899
+    destroy_grace: float = 3.0  # seconds between SIGTERM and SIGKILL
+    log_max_bytes: int = 1024 * 1024  # per-guest log rotated past this
+    emulator_dirs: list[str] = field(default_factory=list)  # extra dirs searched first
+    cache_dir: str = ""  # capabilities cache; "" = <state_dir>/cache
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    file: str = ""  # "" = stderr
+    audit_file: str = ""  # "" = <log_dir>/audit.log
+
+
+@dataclass
+class Config:
+    mode: str  # "session" | "system"
+    paths: Paths
+    listen: Listen = field(default_factory=Listen)
+    limits: Limits = field(default_factory=Limits)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    qemu: QemuConfig = field(default_factory=QemuConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None  # the file it was read from
+
+    def validate(self) -> None:
+        lim = self.limits
+        if not MIN_MAX_FRAME <= lim.max_frame <= ABSOLUTE_MAX_FRAME:
+            raise ConfigError(f"limits.max_frame must be between {MIN_MAX_FRAME} and "
+                              f"{ABSOLUTE_MAX_FRAME}, got {lim.max_frame}")
+        for name in ("max_clients", "keepalive_count", "max_queued_bytes"):
+            if getattr(lim, name) < 1:
+                raise ConfigError(f"limits.{name} must be at least 1")
+        for name in ("frame_deadline", "tls_handshake_deadline", "call_deadline"):
+            if getattr(lim, name) <= 0:
+                raise ConfigError(f"limits.{name} must be positive")
+        if lim.keepalive_interval < 0:
+            raise ConfigError("limits.keepalive_interval must be >= 0 (0 disables pings)")
+        for name in ("rw_socket_mode", "ro_socket_mode"):
+            if not 0 <= getattr(self.listen, name) <= 0o777:
+                raise ConfigError(f"listen.{name} must be a permission mode such as 0o600, "
+                                  f"got {getattr(self.listen, name)!r}")
+        if not 0 < self.listen.tls_port < 65536:
+            raise ConfigError(f"listen.tls_port out of range: {self.listen.tls_port}")
+        q = self.qemu
+        if not 5900 <= q.vnc_port_min <= q.vnc_port_max <= 65535:
+            raise ConfigError("qemu.vnc_port_min/max must satisfy 5900 <= min <= max <= 65535")
+        if self.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log.level must be debug/info/warning/error, not {self.log.level!r}")
+        for i, entry in enumerate(self.tls.allowed_dn):
+            if set(entry) != {"pattern", "role"} or entry["role"] not in ("full", "readonly"):
+                raise ConfigError(f"tls.allowed_dn[{i}] must be {{pattern = \"...\", role = "
+                                  f"\"full\"|\"readonly\"}}, got {entry!r}")
+
+
+_SECTIONS = {"paths": Paths, "listen": Listen, "limits": Limits, "tls": TLSConfig,
+             "qemu": QemuConfig, "log": LogConfig}
+
+
+def load_config(mode: str, path: Path | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults for ``mode``, then the TOML file (if any), then ``overrides`` (from flags)."""
+    if mode not in ("session", "system"):
+        raise ConfigError(f"mode must be session or system, not {mode!r}")
+    paths = session_paths() if mode == "session" else system_paths()
+    config = Config(mode=mode, paths=paths)
+    if path is None:
+        default = (paths.config_dir / "qemud.toml") if mode == "session" else DEFAULT_SYSTEM_CONFIG
+        path = default if default.exists() else None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        config.source = path
+    for section_name, values in list(data.items()) + list((overrides or {}).items()):
+        _apply(config, section_name, values, path)
+    try:
+        config.validate()
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {exc.message}") from None
+    return config
+
+
+def _apply(config: Config, section_name: str, values: Any, path: Path | None) -> None:
+    where = f"{path}: " if path else ""
+    if section_name not in _SECTIONS:
+        raise ConfigError(f"{where}unknown section [{section_name}] "
+                          f"(known: {', '.join(sorted(_SECTIONS))})")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}[{section_name}] must be a table")
+    section = getattr(config, section_name)
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}unknown key {section_name}.{key} "
+                              f"(known: {', '.join(sorted(fields))})")
+        current = getattr(section, key)
+        expected = Path if isinstance(current, Path) else type(current)
+        if isinstance(current, Path) and isinstance(value, str):
+            value = Path(os.path.expanduser(value))
+        elif isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}{section_name}.{key} must be true or false, "
+                                  f"got {value!r}")
+        elif isinstance(current, float) and isinstance(value, int) and \
+                not isinstance(value, bool):
+            value = float(value)
+        elif type(current) is not type(value) and current is not None:
+            raise ConfigError(f"{where}{section_name}.{key} must be "
+                              f"{_TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")
+        if isinstance(value, list):
+            item_type = _LIST_ITEMS.get((section_name, key))
+            for item in value:
+                if item_type is not None and not isinstance(item, item_type):
+                    raise ConfigError(f"{where}{section_name}.{key}: every item must be "
+                                      f"{_TYPE_NAMES.get(item_type, 'a table')}, got {item!r}")
+        setattr(section, key, value)
+
+
+#: element types of the list-valued keys
+_LIST_ITEMS: dict[tuple[str, str], type] = {("tls", "allowed_dn"): dict,
+                                             ("qemu", "emulator_dirs"): str}

@@ -1,0 +1,196 @@
+"""Call dispatch: the procedure table's access rules, handler lookup, error mapping, audit.
+
+Handlers are plain functions ``handler(ctx, args) -> Payload | Deferred``. A handler that
+needs QEMU to answer first returns a :class:`Deferred`; the server stops reading from that
+client until the deferred completes (the protocol is synchronous per client) while every
+other client carries on. Whether a read-only connection may call a procedure is decided
+here, from the table's flags, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from protocol import Call, ErrorReply, Procedure, Reply, spec_for
+from protocol.constants import ErrorLevel
+from protocol.errors import UnsupportedVersion
+from protocol.fields import Payload
+from protocol.payloads import ErrorPayload, HelloArgs, HelloReply
+
+from .errors import InternalError, NoSupport, OperationDenied, QemudError
+
+__all__ = ["Deferred", "Dispatcher", "CallContext", "Handler", "error_payload"]
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("qemud.audit")
+
+
+class CallContext(Protocol):
+    """What a handler may know about its caller (the server's client object)."""
+
+    id: int
+    kind: str
+    identity: str
+    readonly: bool
+
+
+Handler = Callable[[Any, Any], "Payload | Deferred"]
+
+
+class Deferred:
+    """A reply that becomes ready later, from inside the loop (e.g. a QMP answer)."""
+
+    __slots__ = ("_callbacks", "result", "error", "done")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Deferred], None]] = []
+        self.result: Any = None
+        self.error: QemudError | None = None
+        self.done = False
+
+    def resolve(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def fail(self, error: QemudError) -> None:
+        self._finish(None, error)
+
+    def _finish(self, result: Any, error: QemudError | None) -> None:
+        if self.done:
+            return  # e.g. a deadline already failed it
+        self.done, self.result, self.error = True, result, error
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    def add_done_callback(self, cb: Callable[[Deferred], None]) -> None:
+        if self.done:
+            cb(self)
+        else:
+            self._callbacks.append(cb)
+
+    def chain(self, other: Deferred, transform: Callable[[Any], Any] | None = None
+              ) -> None:
+        """Complete ``other`` when this completes (optionally mapping the result)."""
+        def done(d: Deferred) -> None:
+            if d.error is not None:
+                other.fail(d.error)
+            else:
+                other.resolve(transform(d.result) if transform else d.result)
+        self.add_done_callback(done)
+
+    @classmethod
+    def resolved(cls, result: Any) -> Deferred:
+        d = cls()
+        d.resolve(result)
+        return d
+
+    @classmethod
+    def failed(cls, error: QemudError) -> Deferred:
+        d = cls()
+        d.fail(error)
+        return d
+
+
+def error_payload(exc: QemudError) -> ErrorPayload:
+    return ErrorPayload(code=int(exc.code), domain=int(exc.domain),
+                        level=int(ErrorLevel.ERROR), message=exc.message)
+
+
+@dataclass
+class HelloPolicy:
+    server_name: str
+    keepalive_interval: int
+
+
+class Dispatcher:
+    """Maps procedures to handlers and turns outcomes into reply messages."""
+
+    def __init__(self, hello: HelloPolicy) -> None:
+        self._handlers: dict[Procedure, Handler] = {}
+        self.hello = hello
+
+    def register(self, procedure: Procedure, handler: Handler) -> None:
+        if procedure in self._handlers:
+            raise ValueError(f"{procedure.name} registered twice")
+        self._handlers[procedure] = handler
+
+    def register_all(self, handlers: dict[Procedure, Handler]) -> None:
+        for procedure, handler in handlers.items():
+            self.register(procedure, handler)
+
+    @property
+    def handled(self) -> frozenset[Procedure]:
+        return frozenset(self._handlers)
+
+    def dispatch(self, ctx: Any, call: Call) -> Reply | ErrorReply | Deferred:
+        """Run ``call`` for client ``ctx``: a reply now, or a Deferred for later."""
+        spec = spec_for(call.procedure)
+        assert spec is not None  # the protocol layer only yields known calls
+        if call.procedure is Procedure.HELLO:
+            return self._hello(ctx, call)
+        if ctx.readonly and not spec.readonly_ok:
+            exc = OperationDenied("operation forbidden: read-only connection")
+            self.audit(ctx, call, exc)
+            return ErrorReply(call.procedure, call.serial, error_payload(exc))
+        handler = self._handlers.get(call.procedure)
+        try:
+            if handler is None:
+                raise NoSupport(f"procedure {call.procedure.name} is not supported by this "
+                                "daemon")
+            result = handler(ctx, call.args)
+        except QemudError as exc:
+            if spec.mutates:
+                self.audit(ctx, call, exc)
+            log.debug("client %s: %s failed: %s", ctx.id, call.procedure.name, exc.message)
+            return ErrorReply(call.procedure, call.serial, error_payload(exc))
+        except Exception as exc:  # a bug: keep serving, tell the client what broke
+            log.exception("client %s: %s crashed", ctx.id, call.procedure.name)
+            err = InternalError(f"internal error in {call.procedure.name}: {exc!r}")
+            if spec.mutates:
+                self.audit(ctx, call, err)  # it may have changed something before crashing
+            return ErrorReply(call.procedure, call.serial, error_payload(err))
+        if isinstance(result, Deferred):
+            if spec.mutates:
+                result.add_done_callback(lambda d: self.audit(ctx, call, d.error))
+            return result
+        if spec.mutates:
+            self.audit(ctx, call, None)
+        return Reply(call.procedure, call.serial, result)
+
+    def _hello(self, ctx: Any, call: Call) -> Reply | ErrorReply:
+        args = call.args
+        assert isinstance(args, HelloArgs)
+        try:
+            version = ctx.conn.accept_hello(args, call.serial)
+        except UnsupportedVersion as exc:
+            log.info("client %s: %s", ctx.id, exc.message)
+            return ErrorReply(call.procedure, call.serial, ErrorPayload(
+                code=1001, domain=7, level=int(ErrorLevel.ERROR), message=exc.message))
+        if args.client_name:
+            ctx.client_name = args.client_name[:200]
+        return Reply(call.procedure, call.serial, HelloReply(
+            version=version, server_name=self.hello.server_name, readonly=ctx.readonly,
+            keepalive_interval=self.hello.keepalive_interval))
+
+    @staticmethod
+    def audit(ctx: Any, call: Call, error: QemudError | None) -> None:
+        """One line per mutating call (and per refusal): who, what, on what, outcome."""
+        target = _target_of(call.args)
+        outcome = "ok" if error is None else f"error code={int(error.code)} {error.message!r}"
+        audit_log.info("client=%s transport=%s identity=%r proc=%s%s result=%s",
+                       ctx.id, ctx.kind, ctx.identity, call.procedure.name,
+                       f" target={target!r}" if target else "", outcome)
+
+
+def _target_of(args: object) -> str:
+    dom = getattr(args, "dom", None)
+    if dom is not None:
+        return str(dom.name)
+    for name in ("name", "path", "id"):
+        value = getattr(args, name, None)
+        if value not in (None, ""):
+            return str(value)
+    return ""

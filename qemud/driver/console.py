@@ -1,0 +1,129 @@
+"""Serial console streams: a guest's serial chardev relayed to one client, both ways."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from protocol import Procedure, StreamData, StreamEnd
+from qemud.dispatch import Deferred
+from qemud.errors import OperationFailed, OperationInvalid
+from qemud.loop import READ, WRITE, EventLoop
+from qemud.server import StreamHandler
+
+from .domain import DomainObj
+
+if TYPE_CHECKING:
+    from qemud.server import Client, Server
+
+__all__ = ["ConsoleManager"]
+
+log = logging.getLogger(__name__)
+
+
+class ConsoleStream(StreamHandler):
+    def __init__(self, manager: ConsoleManager, dom: DomainObj, client: Client, serial: int,
+                 fd: int, sock: socket.socket | None) -> None:
+        self.manager, self.dom, self.client, self.serial = manager, dom, client, serial
+        self.fd, self.sock = fd, sock
+        self.out = bytearray()
+        self.closed = False
+        manager.loop.add(fd, READ, self._on_io)
+
+    def _on_io(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if mask & READ:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close(notify=True)
+                return
+            self.manager.server.send_stream(self.client, StreamData(
+                Procedure.DOMAIN_OPEN_CONSOLE, self.serial, data))
+
+    def on_data(self, data: bytes) -> None:
+        self.out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.out and not self.closed:
+            try:
+                n = os.write(self.fd, self.out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.close(notify=True)
+                return
+            del self.out[:n]
+        if not self.closed:
+            self.manager.loop.add(self.fd, READ | (WRITE if self.out else 0), self._on_io)
+
+    def on_end(self) -> None:
+        self.close(notify=False)
+
+    def close(self, notify: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.manager.loop.remove(self.fd)
+        if self.sock is not None:
+            self.sock.close()
+        else:
+            os.close(self.fd)
+        self.manager.active.pop(self.dom.uuid, None)
+        self.client.streams.pop(self.serial, None)
+        if notify:
+            self.manager.server.send_stream(self.client, StreamEnd(
+                Procedure.DOMAIN_OPEN_CONSOLE, self.serial))
+
+
+class ConsoleManager:
+    def __init__(self, loop: EventLoop, server: Server) -> None:
+        self.loop = loop
+        self.server = server
+        self.active: dict[str, ConsoleStream] = {}
+
+    def open(self, dom: DomainObj, client: Any, serial: int, device: str,
+             chardev_paths: dict[str, str]) -> Deferred:
+        """Attach ``client`` to the console ``device`` ("" = first serial/console)."""
+        if dom.uuid in self.active:
+            raise OperationInvalid(f"operation failed: an active console session exists for "
+                                   f"domain '{dom.name}'")
+        if not chardev_paths:
+            raise OperationInvalid(f"domain '{dom.name}' has no serial console to open")
+        key = device or next(iter(chardev_paths))
+        path = chardev_paths.get(key)
+        if path is None:
+            raise OperationInvalid(f"cannot find console device '{device}' (have: "
+                                   f"{', '.join(chardev_paths)})")
+        sock: socket.socket | None = None
+        try:
+            if path.startswith("unix:"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.connect(path[5:])
+                fd = sock.fileno()
+            else:
+                fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            raise OperationFailed(f"cannot open console {key} of '{dom.name}' ({path}): "
+                                  f"{exc.strerror or exc}") from None
+        stream = ConsoleStream(self, dom, client, serial, fd, sock)
+        self.active[dom.uuid] = stream
+        client.streams[serial] = stream
+        from protocol import Empty
+        return Deferred.resolved(Empty())
+
+    def close_for(self, dom: DomainObj) -> None:
+        stream = self.active.get(dom.uuid)
+        if stream is not None:
+            stream.close(notify=True)

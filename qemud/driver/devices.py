@@ -1,0 +1,239 @@
+"""Live device changes over QMP: disk hotplug/unplug and CD-ROM media.
+
+Block nodes and device ids come from :mod:`qemud.qemu.naming`, the same names the argv
+builder used at start, so a disk added at start and one hot-added later look alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qemud.conf import ConfError, Disk, parse_device_xml
+from qemud.dispatch import Deferred
+from qemud.errors import (
+    ConfigUnsupported,
+    InvalidArg,
+    OperationInvalid,
+    OperationTimeout,
+    QemudError,
+    XMLError,
+)
+from qemud.qemu import naming
+
+from .domain import DomainObj
+
+if TYPE_CHECKING:
+    from .driver import QemuDriver
+
+__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG"]
+
+AFFECT_LIVE = 1
+AFFECT_CONFIG = 2
+UNPLUG_TIMEOUT = 15.0
+_FORMATS = {"raw", "qcow2"}
+
+
+class Devices:
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+
+    def _parse_disk(self, xml: str) -> Disk:
+        try:
+            dev = parse_device_xml(xml)
+        except ConfError as exc:
+            raise XMLError(f"XML error: {exc}") from None
+        if not isinstance(dev, Disk):
+            raise ConfigUnsupported("unsupported configuration: only <disk> devices can be "
+                                    "attached or detached here")
+        return dev
+
+    @staticmethod
+    def _targets(dom: DomainObj, flags: int) -> tuple[bool, bool]:
+        """(live, config) as libvirt's VIR_DOMAIN_AFFECT_* flags say (0 = current)."""
+        live = bool(flags & AFFECT_LIVE) or (flags & (AFFECT_LIVE | AFFECT_CONFIG) == 0
+                                             and dom.active)
+        config = bool(flags & AFFECT_CONFIG) or (flags & (AFFECT_LIVE | AFFECT_CONFIG) == 0
+                                                 and not dom.active)
+        if live and not dom.active:
+            raise OperationInvalid(f"domain '{dom.name}' is not running: cannot change its "
+                                   "live devices (use --config)")
+        if config and not dom.persistent:
+            raise OperationInvalid(f"cannot change the persistent config of transient domain "
+                                   f"'{dom.name}'")
+        return live, config
+
+    # -- attach --------------------------------------------------------------------------
+
+    def attach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
+        disk = self._parse_disk(xml)
+        live, config = self._targets(dom, flags)
+        if config:
+            definition = (dom.next_definition or dom.definition).copy()
+            self._add(definition, disk)
+            self.driver.registry.check_for_host(definition)
+            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
+            if dom.next_definition is not None or dom.active:
+                dom.next_definition = definition
+            else:
+                dom.definition = definition
+        if not live:
+            return None
+        assert dom.live is not None
+        self._add(dom.live.copy(), disk)  # checks the target is free before touching QEMU
+        return self._hotplug(dom, disk)
+
+    @staticmethod
+    def _add(definition: Any, disk: Disk) -> None:
+        try:
+            definition.add_device(disk.copy() if hasattr(disk, "copy") else disk)
+        except ConfError as exc:
+            raise XMLError(f"XML error: {exc}") from None
+
+    def _hotplug(self, dom: DomainObj, disk: Disk) -> Deferred:
+        self.driver.lifecycle.require_active(dom)
+        assert dom.monitor is not None and dom.live is not None
+        if disk.device != "disk" or (disk.target_bus or "virtio") != "virtio":
+            raise ConfigUnsupported("unsupported configuration: only virtio disks can be "
+                                    f"hot-plugged (got device={disk.device} bus="
+                                    f"{disk.target_bus})")
+        if not disk.source:
+            raise InvalidArg("a hot-plugged disk needs a source")
+        fmt = disk.driver_type or "raw"
+        if fmt not in _FORMATS:
+            raise ConfigUnsupported(f"unsupported disk format '{fmt}'")
+        disk.target_bus = "virtio"
+        storage, node = naming.disk_node_names(disk.target_dev)
+        device_id = naming.disk_device_id(disk.target_dev)
+        monitor = dom.monitor
+        result = Deferred()
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("blockdev-add", {"driver": "host_device" if disk.type == "block" else "file",
+                              "filename": disk.source, "node-name": storage,
+                              "read-only": bool(disk.readonly)}),
+            ("blockdev-add", {"driver": fmt, "file": storage, "node-name": node,
+                              "read-only": bool(disk.readonly)}),
+            ("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id}),
+        ]
+        rollback = [("blockdev-del", {"node-name": node}),
+                    ("blockdev-del", {"node-name": storage})]
+
+        def run(index: int) -> None:
+            if index == len(steps):
+                live = dom.live
+                if live is not None:
+                    self._add(live, disk)
+                    self.driver.lifecycle.save_status(dom)
+                result.resolve(None)
+                return
+            command, args = steps[index]
+            step = monitor.execute(command, args)
+            step.add_done_callback(lambda d: run(index + 1) if d.error is None
+                                   else undo(index, d.error))
+
+        def undo(failed_at: int, error: QemudError) -> None:
+            for command, args in rollback[2 - min(failed_at, 2):]:
+                monitor.execute(command, args)
+            result.fail(error)
+
+        run(0)
+        return result
+
+    # -- detach --------------------------------------------------------------------------
+
+    def detach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
+        wanted = self._parse_disk(xml)
+        live, config = self._targets(dom, flags)
+        if config:
+            definition = (dom.next_definition or dom.definition).copy()
+            found = self._find(definition, wanted.target_dev, dom.name)
+            definition.remove_device(found)
+            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
+            if dom.active:
+                dom.next_definition = definition
+            else:
+                dom.definition = definition
+        if not live:
+            return None
+        self.driver.lifecycle.require_active(dom)
+        assert dom.live is not None and dom.monitor is not None
+        disk = self._find(dom.live, wanted.target_dev, dom.name)
+        device_id = naming.disk_device_id(disk.target_dev)
+        storage, node = naming.disk_node_names(disk.target_dev)
+        monitor = dom.monitor
+        result = Deferred()
+        gone = Deferred()
+        dom.device_waiters[device_id] = gone
+        timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, lambda: gone.fail(OperationTimeout(
+            f"the guest did not release disk {disk.target_dev} within {UNPLUG_TIMEOUT:g} s")))
+
+        def released(d: Deferred) -> None:
+            timer.cancel()
+            dom.device_waiters.pop(device_id, None)
+            if d.error is not None:
+                result.fail(d.error)
+                return
+            monitor.execute("blockdev-del", {"node-name": node}).add_done_callback(
+                lambda _: monitor.execute("blockdev-del", {"node-name": storage}))
+            if dom.live is not None:
+                dom.live.remove_device(disk)
+                self.driver.lifecycle.save_status(dom)
+            result.resolve(None)
+
+        gone.add_done_callback(released)
+        monitor.execute("device_del", {"id": device_id}).add_done_callback(
+            lambda d: gone.fail(d.error) if d.error is not None else None)
+        return result
+
+    @staticmethod
+    def _find(definition: Any, target: str, name: str) -> Disk:
+        for disk in definition.disks:
+            if disk.target_dev == target:
+                return disk  # type: ignore[no-any-return]
+        raise InvalidArg(f"no disk with target '{target}' in domain '{name}'")
+
+    # -- media ---------------------------------------------------------------------------
+
+    def change_media(self, dom: DomainObj, target: str, source: str, flags: int
+                     ) -> Deferred | None:
+        live, config = self._targets(dom, flags)
+        if config:
+            definition = (dom.next_definition or dom.definition).copy()
+            disk = self._cdrom(definition, target, dom.name)
+            disk.source = source or None
+            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
+            if dom.active:
+                dom.next_definition = definition
+            else:
+                dom.definition = definition
+        if not live:
+            return None
+        self.driver.lifecycle.require_active(dom)
+        assert dom.live is not None and dom.monitor is not None
+        disk = self._cdrom(dom.live, target, dom.name)
+        device_id = naming.disk_device_id(target)
+        if source:
+            step = dom.monitor.execute("blockdev-change-medium", {
+                "id": device_id, "filename": source, "format": disk.driver_type or "raw",
+                "read-only-mode": "read-only"})
+        else:
+            step = dom.monitor.execute("eject", {"id": device_id, "force": True})
+        result = Deferred()
+
+        def done(d: Deferred) -> None:
+            if d.error is not None:
+                result.fail(d.error)
+                return
+            disk.source = source or None
+            self.driver.lifecycle.save_status(dom)
+            result.resolve(None)
+        step.add_done_callback(done)
+        return result
+
+    @staticmethod
+    def _cdrom(definition: Any, target: str, name: str) -> Disk:
+        for disk in definition.disks:
+            if disk.target_dev == target:
+                if disk.device != "cdrom":
+                    raise OperationInvalid(f"disk '{target}' of '{name}' is not a CD-ROM")
+                return disk  # type: ignore[no-any-return]
+        raise InvalidArg(f"no CD-ROM with target '{target}' in domain '{name}'")

@@ -1,0 +1,69 @@
+"""One guest as the driver tracks it: definitions, state, process, monitor, waiters."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from protocol.constants import DomainState, ShutoffReason
+from protocol.payloads import DomainRef
+from qemud.conf import DomainDef
+from qemud.dispatch import Deferred
+
+from .monitor import Monitor
+from .process import QemuProcess
+
+__all__ = ["DomainObj", "StopIntent"]
+
+
+@dataclass
+class StopIntent:
+    """Why the driver expects QEMU to exit (set before it does)."""
+
+    shutoff_reason: ShutoffReason
+    event_detail: int  # StoppedDetail
+
+
+@dataclass
+class DomainObj:
+    definition: DomainDef  # the persistent definition (or the transient one)
+    persistent: bool
+    autostart: bool = False
+    state: DomainState = DomainState.SHUTOFF
+    reason: int = int(ShutoffReason.UNKNOWN)
+    id: int = -1
+    live: DomainDef | None = None  # running configuration, with runtime values
+    next_definition: DomainDef | None = None  # defined while running: applies at stop
+    process: QemuProcess | None = None
+    monitor: Monitor | None = None
+    job: str | None = None  # an operation that excludes others ("start", "save", ...)
+    stop_intent: StopIntent | None = None
+    guest_shutdown: bool = False  # the guest powered itself off (QMP SHUTDOWN guest=true)
+    fake_reboot: bool = False  # reboot requested by ACPI: reset instead of stopping
+    started_at: float = 0.0
+    stop_waiters: list[Deferred] = field(default_factory=list)
+    device_waiters: dict[str, Deferred] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)  # automatic restarts (budget)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> str:
+        return self.definition.uuid
+
+    @property
+    def uuid_bytes(self) -> bytes:
+        return uuidlib.UUID(self.definition.uuid).bytes
+
+    @property
+    def active(self) -> bool:
+        return self.id != -1
+
+    def ref(self) -> DomainRef:
+        return DomainRef(self.name, self.uuid_bytes, self.id)
+
+    def current(self) -> DomainDef:
+        """The definition that describes the guest now (live when running)."""
+        return self.live if self.live is not None else self.definition

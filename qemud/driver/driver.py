@@ -1,0 +1,587 @@
+"""The QEMU driver: the procedure handlers for domains, on top of registry + lifecycle.
+
+Each handler checks its arguments, finds the domain, and either answers at once (info,
+XML, listing) or returns a Deferred that completes when QEMU has done the work (start,
+destroy, save...). Policy for what the guest does on its own (power-off, reset, crash)
+lives in :meth:`on_guest_power` and friends, so the appliance layer can hook in there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import Empty, Procedure
+from protocol import payloads as pl
+from protocol.constants import (
+    DomainState,
+    RunningReason,
+    ShutdownFlags,
+    ShutoffReason,
+    StartedDetail,
+    StoppedDetail,
+    TypedParamKind,
+)
+from qemud.conf import ConfError, parse_domain_xml
+from qemud.dispatch import Deferred, Handler
+from qemud.errors import (
+    InvalidArg,
+
+    OperationFailed,
+    OperationInvalid,
+    XMLError,
+)
+from qemud.qemu.capabilities import Capabilities, probe_capabilities
+
+from .console import ConsoleManager
+from .devices import Devices
+from .domain import DomainObj, StopIntent
+from .lifecycle import CLK_TCK, Lifecycle
+from .ports import PortAllocator
+from .registry import Registry
+from .store import DomainStore
+
+if TYPE_CHECKING:
+    from qemud.daemon import Daemon
+
+__all__ = ["QemuDriver"]
+
+log = logging.getLogger(__name__)
+
+XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
+SAVE_MAGIC = b"QEMUD-SAVE-1\n"
+RESTART_BUDGET = (3, 60.0)  # at most 3 automatic restarts per 60 s
+
+GuestHook = Callable[[DomainObj, str], bool]
+
+
+class QemuDriver:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.loop = daemon.loop
+        self.config = daemon.config
+        self.events = daemon.events
+        paths = self.config.paths
+        cache = Path(self.config.qemu.cache_dir) if self.config.qemu.cache_dir else \
+            paths.state_dir / "cache"
+        started = time.monotonic()
+        self.caps: Capabilities = probe_capabilities(
+            cache, search_dirs=self.config.qemu.emulator_dirs or None)
+        log.info("capabilities probed in %.2f s: %s; KVM %s (%s)", time.monotonic() - started,
+                 ", ".join(f"{a} {e.version_string if hasattr(e, 'version_string') else ''}"
+                           for a, e in self.caps.emulators.items()) or "no emulators",
+                 "usable" if self.caps.kvm_usable else "not usable", self.caps.kvm_reason)
+        x86 = self.caps.emulator("x86_64") or next(iter(self.caps.emulators.values()), None)
+        self.hypervisor_version = ".".join(map(str, x86.version)) if x86 else "0.0.0"
+        self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir)
+        self.registry = Registry(self.store, self.caps, self.events)
+        self.ports = PortAllocator(self.config.qemu.vnc_port_min, self.config.qemu.vnc_port_max)
+        self.consoles = ConsoleManager(self.loop, daemon.server)
+        self.lifecycle = Lifecycle(self)
+        self.devices = Devices(self)
+        #: appliance-layer hooks; a hook returning True has handled the guest's action
+        self.power_hooks: list[GuestHook] = []
+        self.reset_hooks: list[GuestHook] = []
+        self.stop_hooks: list[Callable[[DomainObj, ShutoffReason], None]] = []
+        self._restart_after_stop: set[str] = set()
+
+    # -- daemon interface ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.registry.load()
+        self.lifecycle.reconnect_all()
+
+    def autostart(self) -> None:
+        for dom in self.registry:
+            if dom.autostart and not dom.active:
+                log.info("autostarting %s", dom.name)
+                try:
+                    started = self.lifecycle.start(dom)
+                except Exception as exc:
+                    log.error("autostart of %s failed: %s", dom.name, exc)
+                    continue
+                started.add_done_callback(lambda d, n=dom.name: log.error(
+                    "autostart of %s failed: %s", n, d.error.message) if d.error else None)
+
+    def shutdown(self) -> None:
+        self.lifecycle.detach_all()
+
+    def capabilities_xml(self) -> str:
+        return self.caps.to_xml()
+
+    # -- guest-initiated actions (policy) ------------------------------------------------
+
+    def on_guest_power(self, dom: DomainObj, reason: str) -> None:
+        """The guest powered off (or reset with on_reboot=destroy): apply on_poweroff."""
+        for hook in self.power_hooks:
+            if hook(dom, reason):
+                return
+        policy = dom.current().on_reboot if reason == "guest-reset" else \
+            dom.current().on_poweroff
+        if policy in ("restart", "rename-restart"):
+            self._restart_after_stop.add(dom.uuid)
+        if dom.process is not None:
+            dom.stop_intent = StopIntent(ShutoffReason.SHUTDOWN, StoppedDetail.SHUTDOWN)
+            dom.process.terminate(self.config.qemu.destroy_grace)
+
+    def on_guest_reset(self, dom: DomainObj, reason: str) -> None:
+        for hook in self.reset_hooks:
+            if hook(dom, reason):
+                return
+
+    def on_guest_crash(self, dom: DomainObj) -> None:
+        policy = dom.current().on_crash
+        if policy == "preserve" or dom.process is None:
+            return
+        if policy in ("restart", "coredump-restart", "rename-restart"):
+            self._restart_after_stop.add(dom.uuid)
+        dom.stop_intent = StopIntent(ShutoffReason.CRASHED, StoppedDetail.CRASHED)
+        dom.process.terminate(self.config.qemu.destroy_grace)
+
+    def on_watchdog(self, dom: DomainObj, action: str) -> None:
+        log.warning("domain %s: watchdog fired (action %s)", dom.name, action)
+
+    def after_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
+        for hook in self.stop_hooks:
+            hook(dom, reason)
+        if dom.uuid in self._restart_after_stop:
+            self._restart_after_stop.discard(dom.uuid)
+            self.restart_within_budget(dom, "on_poweroff/on_crash policy")
+
+    def restart_within_budget(self, dom: DomainObj, why: str) -> bool:
+        """Start ``dom`` again unless it already restarted too often (crash-loop guard)."""
+        count, window = RESTART_BUDGET
+        now = time.monotonic()
+        dom.restarts = [t for t in dom.restarts if now - t < window]
+        if len(dom.restarts) >= count:
+            log.error("domain %s: not restarting (%s): %d restarts in %g s", dom.name, why,
+                      count, window)
+            self.events.appliance(dom.ref(), "restart-budget-exhausted",
+                                  f"{count} automatic restarts within {window:g} s")
+            return False
+        dom.restarts.append(now)
+        if dom.uuid not in {d.uuid for d in self.registry}:
+            self.registry.add(dom)
+        try:
+            self.lifecycle.start(dom).add_done_callback(lambda d: log.error(
+                "restart of %s failed: %s", dom.name, d.error.message) if d.error else None)
+        except Exception as exc:
+            log.error("restart of %s failed: %s", dom.name, exc)
+            return False
+        return True
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def handlers(self) -> dict[Procedure, Handler]:
+        P = Procedure
+        return {
+            P.DOMAIN_LOOKUP_BY_NAME: lambda c, a: pl.DomainReply(
+                self.registry.by_name(a.name).ref()),
+            P.DOMAIN_LOOKUP_BY_UUID: lambda c, a: pl.DomainReply(
+                self.registry.by_uuid(a.uuid).ref()),
+            P.DOMAIN_LOOKUP_BY_ID: lambda c, a: pl.DomainReply(self.registry.by_id(a.id).ref()),
+            P.DOMAIN_LIST: self._list,
+            P.DOMAIN_DEFINE_XML: lambda c, a: pl.DomainReply(self.registry.define(a.xml).ref()),
+            P.DOMAIN_UNDEFINE: self._undefine,
+            P.DOMAIN_CREATE_XML: self._create_xml,
+            P.DOMAIN_GET_XML: self._get_xml,
+            P.DOMAIN_SET_AUTOSTART: self._set_autostart,
+            P.DOMAIN_GET_AUTOSTART: lambda c, a: pl.BoolReply(self._dom(a).autostart),
+            P.DOMAIN_CREATE: self._create,
+            P.DOMAIN_SHUTDOWN: self._shutdown,
+            P.DOMAIN_REBOOT: self._reboot,
+            P.DOMAIN_DESTROY: self._destroy,
+            P.DOMAIN_SUSPEND: self._suspend,
+            P.DOMAIN_RESUME: self._resume,
+            P.DOMAIN_GET_INFO: self._get_info,
+            P.DOMAIN_GET_STATE: lambda c, a: pl.DomainStateReply(
+                int(self._dom(a).state), self._dom(a).reason),
+            P.DOMAIN_SAVE: self._save,
+            P.DOMAIN_RESTORE: self._restore,
+            P.DOMAIN_ATTACH_DEVICE: lambda c, a: self._empty_or(
+                self.devices.attach(self._dom(a), a.xml, a.flags)),
+            P.DOMAIN_DETACH_DEVICE: lambda c, a: self._empty_or(
+                self.devices.detach(self._dom(a), a.xml, a.flags)),
+            P.DOMAIN_CHANGE_MEDIA: lambda c, a: self._empty_or(
+                self.devices.change_media(self._dom(a), a.target, a.source, a.flags)),
+            P.DOMAIN_OPEN_CONSOLE: self._open_console,
+            P.DOMAIN_STATS: self._domain_stats,
+            P.NODE_STATS: self._node_stats,
+        }
+
+    def _dom(self, args: Any) -> DomainObj:
+        return self.registry.find(args.dom.name, args.dom.uuid)
+
+    @staticmethod
+    def _empty_or(deferred: Deferred | None) -> Any:
+        if deferred is None:
+            return Empty()
+        out = Deferred()
+        deferred.chain(out, lambda _: Empty())
+        return out
+
+    def _list(self, ctx: Any, args: pl.ListDomainsArgs) -> pl.ListDomainsReply:
+        return pl.ListDomainsReply([
+            pl.DomainSummary(d.ref(), int(d.state), d.reason, d.persistent, d.autostart)
+            for d in self.registry.matching(args.flags)])
+
+    def _undefine(self, ctx: Any, args: pl.DomainFlagsArgs) -> Empty:
+        self.registry.undefine(self._dom(args))
+        return Empty()
+
+    def _create_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> Deferred:
+        definition = self.registry.parse(args.xml)
+        existing = self.registry.check_clash(definition)
+        if existing is not None:
+            if existing.active:
+                raise OperationInvalid(f"domain '{existing.name}' is already running")
+            dom = existing
+        else:
+            dom = DomainObj(definition, persistent=False)
+            self.registry.add(dom)
+        try:
+            started = self.lifecycle.start(dom, definition)
+        except Exception:
+            if not dom.persistent:
+                self.registry.remove(dom)
+            raise
+        return self._ref_reply(started)
+
+    @staticmethod
+    def _ref_reply(deferred: Deferred) -> Deferred:
+        out = Deferred()
+        deferred.chain(out, lambda ref: pl.DomainReply(ref))
+        return out
+
+    def _get_xml(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.StringReply:
+        dom = self._dom(args)
+        if args.flags & XML_INACTIVE or dom.live is None:
+            return pl.StringReply((dom.next_definition or dom.definition).to_xml())
+        return pl.StringReply(dom.live.to_xml(live=True))
+
+    def _set_autostart(self, ctx: Any, args: pl.AutostartArgs) -> Empty:
+        dom = self._dom(args)
+        if not dom.persistent:
+            raise OperationInvalid("cannot set autostart for transient domain")
+        try:
+            self.store.set_autostart(dom.name, args.autostart)
+        except OSError as exc:
+            raise OperationFailed(f"cannot change autostart of '{dom.name}': {exc}") from None
+        dom.autostart = args.autostart
+        return Empty()
+
+    def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
+        return self._ref_reply(self.lifecycle.start(self._dom(args), paused=bool(args.flags & 1)))
+
+    def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Deferred:
+        dom = self._dom(args)
+        self.lifecycle.require_active(dom)
+        assert dom.monitor is not None
+        if dom.state == DomainState.PAUSED:
+            raise OperationInvalid(f"domain '{dom.name}' is paused: resume it before an ACPI "
+                                   "shutdown (or destroy it)")
+        request = dom.monitor.execute("system_powerdown")
+        if not args.flags & ShutdownFlags.DESTROY_ON_TIMEOUT:
+            return self._empty_or(request)
+        done = Deferred()
+        dom.stop_waiters.append(done)
+        timeout = max(args.timeout_ms, 1) / 1000.0
+
+        def expire() -> None:
+            if not done.done and dom.process is not None:
+                log.info("domain %s did not power off within %g s: destroying", dom.name,
+                         timeout)
+                self.lifecycle.destroy(dom)
+        timer = self.loop.call_later(timeout, expire)
+        done.add_done_callback(lambda d: timer.cancel())
+        request.add_done_callback(lambda d: done.fail(d.error) if d.error else None)
+        return self._empty_or(done)
+
+    def _reboot(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
+        dom = self._dom(args)
+        self.lifecycle.require_active(dom)
+        assert dom.monitor is not None
+        dom.fake_reboot = True  # like libvirt: ACPI power-off, then reset instead of stopping
+        return self._empty_or(dom.monitor.execute("system_powerdown"))
+
+    def _destroy(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
+        return self._empty_or(self.lifecycle.destroy(self._dom(args)))
+
+    def _suspend(self, ctx: Any, args: pl.DomainArgs) -> Deferred:
+        dom = self._dom(args)
+        self.lifecycle.require_active(dom)
+        self.lifecycle.require_no_job(dom)
+        if dom.state == DomainState.PAUSED:
+            raise OperationInvalid(f"domain '{dom.name}' is already paused")
+        assert dom.monitor is not None
+        return self._pause_resume(dom, "stop")
+
+    def _resume(self, ctx: Any, args: pl.DomainArgs) -> Deferred:
+        dom = self._dom(args)
+        self.lifecycle.require_active(dom)
+        self.lifecycle.require_no_job(dom)
+        if dom.state != DomainState.PAUSED:
+            raise OperationInvalid(f"domain '{dom.name}' is not paused")
+        return self._pause_resume(dom, "cont")
+
+    def _pause_resume(self, dom: DomainObj, command: str) -> Deferred:
+        from protocol.constants import (
+            LifecycleEvent,
+            PausedReason,
+            ResumedDetail,
+            SuspendedDetail,
+        )
+        assert dom.monitor is not None
+        dom.job = command
+        out = Deferred()
+
+        def done(d: Deferred) -> None:
+            dom.job = None
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            if command == "stop":
+                dom.state, dom.reason = DomainState.PAUSED, int(PausedReason.USER)
+                self.events.lifecycle(dom.ref(), LifecycleEvent.SUSPENDED, SuspendedDetail.PAUSED)
+            else:
+                dom.state, dom.reason = DomainState.RUNNING, int(RunningReason.UNPAUSED)
+                self.events.lifecycle(dom.ref(), LifecycleEvent.RESUMED, ResumedDetail.UNPAUSED)
+            self.lifecycle.save_status(dom)
+            out.resolve(Empty())
+        dom.monitor.execute(command).add_done_callback(done)
+        return out
+
+    def _get_info(self, ctx: Any, args: pl.DomainArgs) -> pl.DomainInfoReply:
+        dom = self._dom(args)
+        current = dom.current()
+        return pl.DomainInfoReply(
+            state=int(dom.state), max_mem_kib=current.memory_kib,
+            memory_kib=current.current_memory_kib if dom.active else current.memory_kib,
+            vcpus=current.vcpus, cpu_time_ns=self._cpu_time_ns(dom))
+
+    @staticmethod
+    def _cpu_time_ns(dom: DomainObj) -> int:
+        if dom.process is None:
+            return 0
+        try:
+            raw = Path(f"/proc/{dom.process.pid}/stat").read_text()
+        except OSError:
+            return 0
+        fields = raw[raw.rfind(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLK_TCK
+
+    # -- save / restore ------------------------------------------------------------------
+
+    def _save(self, ctx: Any, args: pl.SaveArgs) -> Deferred:
+        dom = self._dom(args)
+        self.lifecycle.require_active(dom)
+        self.lifecycle.require_no_job(dom)
+        assert dom.monitor is not None and dom.live is not None
+        target = Path(args.path)
+        if not target.is_absolute():
+            raise InvalidArg(f"save path must be absolute, got '{args.path}'")
+        partial = target.with_name(target.name + ".part")
+        xml = dom.live.to_xml().encode()
+        try:
+            partial.write_bytes(SAVE_MAGIC + f"{len(xml)}\n".encode() + xml)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write save file {partial}: {exc.strerror}") from None
+        dom.job = "save"
+        monitor = dom.monitor
+        out = Deferred()
+        finished = Deferred()
+        dom.device_waiters["__migration__"] = finished
+
+        def fail(error: Any) -> None:
+            dom.job = None
+            dom.device_waiters.pop("__migration__", None)
+            partial.unlink(missing_ok=True)
+            if dom.state == DomainState.PAUSED and dom.monitor is not None:
+                dom.monitor.execute("cont")
+            out.fail(error)
+
+        def migrated(d: Deferred) -> None:
+            if d.error is not None:
+                fail(d.error)
+                return
+            dom.job = None
+            stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
+                                                             StoppedDetail.SAVED))
+
+            def moved(_: Deferred) -> None:
+                try:
+                    os.replace(partial, target)
+                except OSError as exc:
+                    out.fail(OperationFailed(f"cannot finish save file {target}: {exc}"))
+                    return
+                out.resolve(Empty())
+            stopped.add_done_callback(moved)
+
+        finished.add_done_callback(migrated)
+        monitor.execute("stop").add_done_callback(lambda d: fail(d.error) if d.error else (
+            monitor.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "events", "state": True}]}),
+            monitor.execute("migrate", {"uri": "exec:cat >> " + shlex.quote(str(partial))})
+            .add_done_callback(lambda m: fail(m.error) if m.error else None)))
+        return out
+
+    def _restore(self, ctx: Any, args: pl.RestoreArgs) -> Deferred:
+        path = Path(args.path)
+        try:
+            with path.open("rb") as f:
+                if f.readline() != SAVE_MAGIC:
+                    raise InvalidArg(f"{path} is not a qemud save file")
+                length = int(f.readline())
+                xml = f.read(length).decode()
+                offset = f.tell()
+        except OSError as exc:
+            raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
+        except ValueError:
+            raise InvalidArg(f"{path} is not a valid qemud save file") from None
+        try:
+            definition = parse_domain_xml(xml, validate_schema=False)
+        except ConfError as exc:
+            raise XMLError(f"save file {path} holds bad XML: {exc}") from None
+        existing = self.registry.check_clash(definition)
+        if existing is not None and existing.active:
+            raise OperationInvalid(f"domain '{existing.name}' is already running")
+        dom = existing or DomainObj(definition, persistent=False)
+        if existing is None:
+            self.registry.add(dom)
+        incoming = f"exec:tail -c +{offset + 1} {shlex.quote(str(path))}"
+        try:
+            started = self.lifecycle.start(dom, definition, incoming=incoming,
+                                           reason=RunningReason.RESTORED,
+                                           detail=StartedDetail.RESTORED)
+        except Exception:
+            if existing is None:
+                self.registry.remove(dom)
+            raise
+        return self._ref_reply(started)
+
+    # -- console -------------------------------------------------------------------------
+
+    def _open_console(self, ctx: Any, args: pl.ConsoleArgs) -> Deferred:
+        dom = self._dom(args)
+        self.lifecycle.require_active(dom)
+        assert dom.monitor is not None
+        serial = ctx.current_serial
+        out = Deferred()
+
+        def got(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            paths: dict[str, str] = {}
+            for entry in d.result or []:
+                label, filename = entry.get("label", ""), entry.get("filename", "")
+                if label.startswith(("charserial", "charconsole")):
+                    device = label[4:]
+                    if filename.startswith("pty:"):
+                        paths[device] = filename[4:]
+                    elif filename.startswith("unix:"):
+                        paths[device] = "unix:" + filename[5:].split(",")[0]
+            try:
+                self.consoles.open(dom, ctx, serial, args.device, dict(sorted(paths.items())))
+            except Exception as exc:
+                out.fail(exc if hasattr(exc, "code") else OperationFailed(str(exc)))
+                return
+            out.resolve(Empty())
+        dom.monitor.execute("query-chardev").add_done_callback(got)
+        return out
+
+    # -- stats ---------------------------------------------------------------------------
+
+    def _domain_stats(self, ctx: Any, args: pl.StatsArgs) -> Deferred:
+        doms = [self.registry.find(r.name, r.uuid) for r in args.domains] if args.domains \
+            else list(self.registry)
+        records: dict[str, list[pl.TypedParam]] = {d.uuid: self._basic_stats(d) for d in doms}
+        out = Deferred()
+        pending = [d for d in doms if d.monitor is not None and not d.monitor.closed]
+
+        def finish() -> None:
+            out.resolve(pl.StatsReply([pl.StatsRecord(d.ref(), records[d.uuid]) for d in doms]))
+
+        if not pending:
+            finish()
+            return out
+        remaining = [len(pending)]
+
+        def got(dom: DomainObj, d: Deferred) -> None:
+            if d.error is None:
+                records[dom.uuid] += _block_stats(d.result)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                finish()
+        for dom in pending:
+            assert dom.monitor is not None
+            dom.monitor.execute("query-blockstats").add_done_callback(
+                lambda d, dom=dom: got(dom, d))
+        return out
+
+    def _basic_stats(self, dom: DomainObj) -> list[pl.TypedParam]:
+        current = dom.current()
+        params = [_int("state.state", int(dom.state)), _int("state.reason", dom.reason),
+                  _int("cpu.time", self._cpu_time_ns(dom)),
+                  _int("balloon.maximum", current.memory_kib),
+                  _int("balloon.current", current.current_memory_kib if dom.active else 0),
+                  _int("vcpu.current", current.vcpus if dom.active else 0),
+                  _int("vcpu.maximum", current.vcpus)]
+        if dom.process is not None:
+            params.append(_int("memory.rss", _rss_kib(dom.process.pid)))
+        return params
+
+    def _node_stats(self, ctx: Any, args: Empty) -> pl.NodeStatsReply:
+        params: list[pl.TypedParam] = []
+        try:
+            first = Path("/proc/stat").read_text().splitlines()[0].split()
+            names = ["user", "nice", "kernel", "idle", "iowait", "irq", "softirq"]
+            for name, value in zip(names, first[1:8], strict=False):
+                params.append(_int(f"cpu.{name}", int(value) * 1_000_000_000 // CLK_TCK))
+        except (OSError, IndexError, ValueError):
+            pass
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemFree", "Buffers", "Cached", "MemAvailable"):
+                    params.append(_int(f"memory.{key.lower()}", int(rest.split()[0])))
+        except OSError:
+            pass
+        return pl.NodeStatsReply(params)
+
+
+def _int(name: str, value: int) -> pl.TypedParam:
+    return pl.TypedParam(name, int(TypedParamKind.INT), int_value=value)
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _block_stats(result: Any) -> list[pl.TypedParam]:
+    params: list[pl.TypedParam] = []
+    devices = [d for d in result or [] if d.get("qdev") or d.get("device")]
+    params.append(_int("block.count", len(devices)))
+    for i, dev in enumerate(devices):
+        stats = dev.get("stats", {})
+        name = str(dev.get("qdev") or dev.get("device") or "")
+        name = name.split("/")[-2] if name.count("/") >= 2 else name
+        params.append(pl.TypedParam(f"block.{i}.name", int(TypedParamKind.STRING),
+                                    str_value=name.removeprefix("disk-")))
+        for key, wire in (("rd_operations", "rd.reqs"), ("rd_bytes", "rd.bytes"),
+                          ("wr_operations", "wr.reqs"), ("wr_bytes", "wr.bytes")):
+            params.append(_int(f"block.{i}.{wire}", int(stats.get(key, 0))))
+    return params
+
+

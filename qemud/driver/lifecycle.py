@@ -1,0 +1,427 @@
+"""Starting, stopping and watching guests; re-attaching to them after a daemon restart.
+
+Nothing here waits. A start launches QEMU paused (``-S``), connects QMP from timers,
+negotiates, and sends ``cont``; each step continues in a callback. Why a guest stopped
+is decided from what was seen, never guessed: our own stop intent (destroy, save), the
+guest's QMP SHUTDOWN event (``guest: true``), or else an unexpected exit (crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from protocol.constants import (
+    CrashedDetail,
+    CrashedReason,
+    DomainState,
+    LifecycleEvent,
+    PausedReason,
+    ResumedDetail,
+    RunningReason,
+    ShutdownDetail,
+    ShutoffReason,
+    StartedDetail,
+    StoppedDetail,
+    SuspendedDetail,
+)
+from qemud.conf import DomainDef
+from qemud.dispatch import Deferred
+from qemud.errors import (
+    ConfigUnsupported,
+    OperationFailed,
+    OperationInvalid,
+    QemudError,
+)
+from qemud.qemu.arch import get_strategy
+from qemud.qemu.command import GuestPaths, build_argv
+from qemud.qemu.errors import QemuError
+from qemud.qemu.qmp import QMPEvent
+
+from .domain import DomainObj, StopIntent
+from .monitor import Monitor
+from .process import GuestLog, QemuProcess, proc_cmdline, proc_start_ticks
+from .store import StatusRecord
+
+if TYPE_CHECKING:
+    from .driver import QemuDriver
+
+__all__ = ["Lifecycle"]
+
+log = logging.getLogger(__name__)
+
+MONITOR_TIMEOUT = 30.0
+QMP_TIMEOUT = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: libvirt's VIR_DOMAIN_EVENT_WATCHDOG_* by QEMU's WATCHDOG event action
+WATCHDOG_ACTIONS = {"none": 0, "pause": 1, "reset": 2, "poweroff": 3, "shutdown": 4,
+                    "debug": 5, "inject-nmi": 6}
+
+
+class Lifecycle:
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+        self.loop = driver.loop
+        self.events = driver.events
+        self.registry = driver.registry
+        self.config = driver.config
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def guest_paths(self, name: str) -> GuestPaths:
+        p = self.config.paths
+        return GuestPaths.under(p.guest_run_dir, p.guest_log_dir, name)
+
+    def _set_state(self, dom: DomainObj, state: DomainState, reason: int) -> None:
+        dom.state, dom.reason = state, int(reason)
+
+    def require_active(self, dom: DomainObj) -> None:
+        if not dom.active:
+            raise OperationInvalid(f"domain '{dom.name}' is not running")
+        if dom.monitor is None or dom.monitor.closed:
+            raise OperationInvalid(f"domain '{dom.name}' is not ready (no QEMU monitor)")
+
+    def require_no_job(self, dom: DomainObj) -> None:
+        if dom.job is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
+
+    # -- start ---------------------------------------------------------------------------
+
+    def start(self, dom: DomainObj, definition: DomainDef | None = None, *,
+              paused: bool = False, incoming: str | None = None,
+              reason: RunningReason = RunningReason.BOOTED,
+              detail: StartedDetail = StartedDetail.BOOTED) -> Deferred:
+        """Launch ``dom``; the Deferred resolves with its DomainRef once vCPUs run."""
+        if dom.active:
+            raise OperationInvalid(f"domain '{dom.name}' is already running")
+        self.require_no_job(dom)
+        live = (definition or dom.definition).copy()
+        strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+        paths = self.guest_paths(dom.name)
+        self.driver.ports.assign(live)
+        try:
+            argv = build_argv(live, strategy, self.driver.caps, paths)
+        except QemuError as exc:
+            self.driver.ports.release(live)
+            raise ConfigUnsupported(f"unsupported configuration: {exc}") from None
+        if incoming is not None:
+            argv += ["-incoming", "defer"]
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (paths.qmp_socket, paths.pidfile):
+            try:
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        guest_log = GuestLog(paths.log_file, self.config.qemu.log_max_bytes)
+        try:
+            process = QemuProcess.launch(self.loop, argv, dom.name, guest_log)
+        except OSError as exc:
+            guest_log.close()
+            self.driver.ports.release(live)
+            raise OperationFailed(f"cannot start QEMU for '{dom.name}': {argv[0]}: "
+                                  f"{exc.strerror or exc}") from None
+        dom.job = "start"
+        self.registry.assign_id(dom)
+        live.id = dom.id
+        dom.live, dom.process = live, process
+        dom.guest_shutdown = dom.fake_reboot = False
+        dom.stop_intent = None
+        dom.started_at = time.time()
+        self._set_state(dom, DomainState.PAUSED, PausedReason.STARTING_UP)
+        result = Deferred()
+        monitor = Monitor(self.loop, str(paths.qmp_socket), dom.name,
+                          on_event=lambda ev: self._on_qmp_event(dom, ev),
+                          on_close=lambda why: None)
+        dom.monitor = monitor
+
+        def fail(error: QemudError) -> None:
+            # dom.job stays set: _on_exit then knows the start failed (no STOPPED event)
+            if result.done:
+                return
+            log.warning("start of %s failed: %s", dom.name, error.message)
+            dom.stop_intent = StopIntent(ShutoffReason.FAILED, StoppedDetail.FAILED)
+            if process.alive:
+                process.kill()
+                process.add_exit_callback(lambda p: result.fail(self._start_error(error, p)))
+            else:
+                result.fail(self._start_error(error, process))
+
+        def ready(_: Any) -> None:
+            if incoming is not None:
+                monitor.execute("migrate-set-capabilities", {"capabilities": [
+                    {"capability": "events", "state": True}]})
+                dom.job = "restore"
+                step = monitor.execute("migrate-incoming", {"uri": incoming})
+                step.add_done_callback(lambda d: fail(d.error) if d.error else None)
+                self._after_incoming(dom, lambda err: fail(err) if err else resume())
+            elif paused:
+                running(paused_now=True)
+            else:
+                resume()
+
+        def resume() -> None:
+            cont = monitor.execute("cont", timeout=QMP_TIMEOUT)
+            cont.add_done_callback(lambda d: fail(d.error) if d.error else running())
+
+        def running(paused_now: bool = False) -> None:
+            dom.job = None
+            if paused_now:
+                self._set_state(dom, DomainState.PAUSED, PausedReason.USER)
+            else:
+                self._set_state(dom, DomainState.RUNNING, reason)
+            self.save_status(dom)
+            log.info("domain %s started (id %d, pid %d)", dom.name, dom.id, process.pid)
+            self.events.lifecycle(dom.ref(), LifecycleEvent.STARTED, detail)
+            if paused_now:
+                self.events.lifecycle(dom.ref(), LifecycleEvent.SUSPENDED,
+                                      SuspendedDetail.PAUSED)
+            result.resolve(dom.ref())
+
+        # registered before _on_exit, which clears the job: a QEMU that dies while
+        # starting fails the start with its own error text
+        process.add_exit_callback(lambda proc: fail(OperationFailed("QEMU exited during start"))
+                                  if dom.job in ("start", "restore") else None)
+        process.add_exit_callback(lambda proc: self._on_exit(dom, proc))
+        connected = monitor.connect(MONITOR_TIMEOUT, alive=lambda: process.alive)
+        connected.add_done_callback(lambda d: fail(d.error) if d.error else ready(d.result))
+        return result
+
+    def _start_error(self, error: QemudError, process: QemuProcess) -> QemudError:
+        text = process.output_text()
+        if text:
+            return OperationFailed(f"internal error: QEMU failed to start: {text}")
+        return error
+
+    def _after_incoming(self, dom: DomainObj, done: Callable[[QemudError | None], None]
+                        ) -> None:
+        dom.device_waiters["__migration__"] = waiter = Deferred()
+        waiter.add_done_callback(lambda d: done(d.error))
+
+    # -- status file (for reconnect) -----------------------------------------------------
+
+    def save_status(self, dom: DomainObj) -> None:
+        if dom.process is None or dom.live is None:
+            return
+        ticks = proc_start_ticks(dom.process.pid) or 0
+        record = StatusRecord(
+            name=dom.name, uuid=dom.uuid, id=dom.id, pid=dom.process.pid, start_ticks=ticks,
+            qmp_path=str(self.guest_paths(dom.name).qmp_socket),
+            log_path=str(dom.process.log.path), live_xml=dom.live.to_xml(live=True),
+            persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
+            started_at=dom.started_at)
+        try:
+            self.driver.store.save_status(record)
+        except OSError as exc:
+            log.error("cannot write status of %s: %s (a daemon restart will not find it)",
+                      dom.name, exc)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def destroy(self, dom: DomainObj, intent: StopIntent | None = None) -> Deferred:
+        """Stop QEMU now (SIGTERM, then SIGKILL after the grace period)."""
+        if not dom.active or dom.process is None:
+            raise OperationInvalid(f"domain '{dom.name}' is not running")
+        dom.stop_intent = intent or StopIntent(ShutoffReason.DESTROYED, StoppedDetail.DESTROYED)
+        waiter = Deferred()
+        dom.stop_waiters.append(waiter)
+        dom.process.terminate(self.config.qemu.destroy_grace)
+        return waiter
+
+    def _on_exit(self, dom: DomainObj, process: QemuProcess) -> None:
+        if dom.process is not process:
+            return
+        was_starting = dom.job in ("start", "restore")
+        if dom.stop_intent is not None:
+            reason, detail = dom.stop_intent.shutoff_reason, dom.stop_intent.event_detail
+        elif dom.guest_shutdown:
+            reason, detail = ShutoffReason.SHUTDOWN, StoppedDetail.SHUTDOWN
+        else:
+            reason, detail = ShutoffReason.CRASHED, StoppedDetail.FAILED
+            log.warning("domain %s: QEMU exited unexpectedly (%s)", dom.name,
+                        process.describe_exit())
+        ref = dom.ref()
+        self._cleanup(dom)
+        self._set_state(dom, DomainState.SHUTOFF, reason)
+        if not was_starting or reason != ShutoffReason.FAILED:
+            self.events.lifecycle(ref, LifecycleEvent.STOPPED, detail)
+        if dom.next_definition is not None:
+            dom.definition, dom.next_definition = dom.next_definition, None
+        if not dom.persistent:
+            self.registry.remove(dom)
+        waiters, dom.stop_waiters = dom.stop_waiters, []
+        for waiter in waiters:
+            waiter.resolve(None)
+        self.driver.after_stop(dom, reason)
+
+    def _cleanup(self, dom: DomainObj) -> None:
+        if dom.monitor is not None:
+            dom.monitor.close()
+        if dom.process is not None:
+            dom.process.log.close()
+        if dom.live is not None:
+            self.driver.ports.release(dom.live)
+        paths = self.guest_paths(dom.name)
+        for path in (paths.qmp_socket, paths.pidfile):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self.driver.store.delete_status(dom.name)
+        for waiter in dom.device_waiters.values():
+            waiter.fail(OperationFailed(f"domain '{dom.name}' stopped"))
+        dom.device_waiters.clear()
+        self.driver.consoles.close_for(dom)
+        self.registry.release_id(dom)
+        dom.live = dom.process = dom.monitor = None
+        dom.job = None
+
+    # -- QMP events ----------------------------------------------------------------------
+
+    def _on_qmp_event(self, dom: DomainObj, event: QMPEvent) -> None:
+        data = event.data
+        name = event.name
+        if name == "SHUTDOWN":
+            if data.get("guest") and dom.fake_reboot:
+                dom.fake_reboot = False
+                self._reset_and_continue(dom)
+                return
+            if data.get("guest"):
+                dom.guest_shutdown = True
+                self.events.lifecycle(dom.ref(), LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST)
+                self.driver.on_guest_power(dom, str(data.get("reason", "guest-shutdown")))
+            return
+        if name == "RESET":
+            if data.get("guest", True):
+                self.events.reboot(dom.ref())
+                self.driver.on_guest_reset(dom, str(data.get("reason", "guest-reset")))
+            return
+        if name == "STOP":
+            if dom.state == DomainState.RUNNING and dom.job is None and not dom.guest_shutdown:
+                self._set_state(dom, DomainState.PAUSED, PausedReason.UNKNOWN)
+                self.events.lifecycle(dom.ref(), LifecycleEvent.SUSPENDED,
+                                      SuspendedDetail.PAUSED)
+                self.save_status(dom)
+            return
+        if name == "RESUME":
+            if dom.state == DomainState.PAUSED and dom.job is None:
+                self._set_state(dom, DomainState.RUNNING, RunningReason.UNPAUSED)
+                self.events.lifecycle(dom.ref(), LifecycleEvent.RESUMED,
+                                      ResumedDetail.UNPAUSED)
+                self.save_status(dom)
+            return
+        if name == "GUEST_PANICKED":
+            self._set_state(dom, DomainState.CRASHED, CrashedReason.PANICKED)
+            self.events.lifecycle(dom.ref(), LifecycleEvent.CRASHED, CrashedDetail.PANICKED)
+            self.driver.on_guest_crash(dom)
+            return
+        if name == "WATCHDOG":
+            action = WATCHDOG_ACTIONS.get(str(data.get("action", "none")), 0)
+            self.events.watchdog(dom.ref(), action)
+            self.driver.on_watchdog(dom, str(data.get("action", "")))
+            return
+        if name == "DEVICE_DELETED":
+            device = str(data.get("device", ""))
+            waiter = dom.device_waiters.pop(device, None)
+            if waiter is not None:
+                waiter.resolve(None)
+            return
+        if name == "MIGRATION":
+            status = str(data.get("status", ""))
+            waiter = dom.device_waiters.get("__migration__")
+            if waiter is not None and status in ("completed", "failed", "cancelled"):
+                dom.device_waiters.pop("__migration__", None)
+                if status == "completed":
+                    waiter.resolve(None)
+                else:
+                    waiter.fail(OperationFailed(f"migration {status}"))
+
+    def _reset_and_continue(self, dom: DomainObj) -> None:
+        assert dom.monitor is not None
+        self.events.reboot(dom.ref())
+        dom.monitor.execute("system_reset").add_done_callback(
+            lambda d: dom.monitor.execute("cont") if dom.monitor and not d.error else None)
+
+    # -- reconnect -----------------------------------------------------------------------
+
+    def reconnect_all(self) -> None:
+        """Find every QEMU a previous daemon left running and re-attach to it."""
+        for path, record in self.driver.store.statuses():
+            if record is None:
+                continue
+            try:
+                self._reconnect(record)
+            except Exception:
+                log.exception("cannot reconnect to %s (status file %s)", record.name, path)
+
+    def _reconnect(self, record: StatusRecord) -> None:
+        from qemud.conf import ConfError, parse_domain_xml
+        try:
+            live = parse_domain_xml(record.live_xml, validate_schema=False)
+        except ConfError as exc:
+            log.error("status of %s unreadable (%s); leaving its QEMU alone", record.name, exc)
+            return
+        dom = self.registry._by_uuid.get(record.uuid)
+        if dom is None:
+            dom = DomainObj(live.copy(), persistent=False)
+            self.registry.add(dom)
+        alive = proc_start_ticks(record.pid) == record.start_ticks and \
+            f"guest={record.name}" in " ".join(proc_cmdline(record.pid))
+        if not alive:
+            log.warning("domain %s: QEMU (pid %d) is gone since the last daemon ran: marking "
+                        "it shut off (crashed)", record.name, record.pid)
+            self.driver.store.delete_status(record.name)
+            self._set_state(dom, DomainState.SHUTOFF, ShutoffReason.CRASHED)
+            if not dom.persistent:
+                self.registry.remove(dom)
+            self.events.lifecycle(dom.ref(), LifecycleEvent.STOPPED, StoppedDetail.FAILED)
+            return
+        guest_log = GuestLog(self.guest_paths(dom.name).log_file,
+                             self.config.qemu.log_max_bytes)
+        guest_log.note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} qemud re-attached to pid "
+                       f"{record.pid}")
+        process = QemuProcess(self.loop, record.pid, dom.name, guest_log)
+        self.registry.assign_id(dom, record.id)
+        live.id = dom.id
+        dom.live, dom.process, dom.started_at = live, process, record.started_at
+        self.driver.ports.claim(live)
+        self._set_state(dom, DomainState(record.state), record.reason)
+        monitor = Monitor(self.loop, record.qmp_path, dom.name,
+                          on_event=lambda ev: self._on_qmp_event(dom, ev),
+                          on_close=lambda why: None)
+        dom.monitor = monitor
+        process.add_exit_callback(lambda proc: self._on_exit(dom, proc))
+
+        def refresh(_: Any) -> None:
+            status = monitor.execute("query-status")
+            status.add_done_callback(lambda d: self._apply_status(dom, d.result)
+                                     if d.error is None else None)
+        monitor.connect(MONITOR_TIMEOUT, alive=lambda: process.alive).add_done_callback(
+            lambda d: refresh(d.result) if d.error is None else log.error(
+                "domain %s: cannot re-attach QMP: %s", dom.name, d.error.message))
+        log.info("re-attached to domain %s (id %d, pid %d)", dom.name, dom.id, record.pid)
+
+    def _apply_status(self, dom: DomainObj, status: Any) -> None:
+        if not isinstance(status, dict):
+            return
+        if status.get("running"):
+            if dom.state != DomainState.RUNNING:
+                self._set_state(dom, DomainState.RUNNING, RunningReason.UNPAUSED)
+        elif status.get("status") == "shutdown":
+            dom.guest_shutdown = True
+            self.driver.on_guest_power(dom, "guest-shutdown")
+        elif dom.state == DomainState.RUNNING:
+            self._set_state(dom, DomainState.PAUSED, PausedReason.UNKNOWN)
+        self.save_status(dom)
+
+    def detach_all(self) -> None:
+        """Daemon shutdown: stop watching, leave every guest running."""
+        for dom in self.registry:
+            if dom.active:
+                self.save_status(dom)
+            if dom.monitor is not None:
+                dom.monitor.close()
+            if dom.process is not None:
+                dom.process.detach()

@@ -1,0 +1,205 @@
+"""QMP in the daemon's loop: a non-blocking unix socket around the sans-IO QMPProtocol.
+
+Connecting is retried from timers until QEMU has created its socket (it does so a few
+milliseconds after exec), so launching never blocks the loop. Commands return a
+:class:`~qemud.dispatch.Deferred` resolved with QMP's ``return`` value or failed with
+:class:`~qemud.errors.OperationFailed` carrying QEMU's error text.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from qemud.dispatch import Deferred
+from qemud.errors import OperationFailed, OperationTimeout
+from qemud.loop import READ, WRITE, EventLoop, Timer
+from qemud.qemu.errors import QemuError
+from qemud.qemu.qmp import QMPErrorReply, QMPEvent, QMPGreeting, QMPProtocol, QMPReturn
+
+__all__ = ["Monitor"]
+
+CONNECT_RETRY = 0.005
+
+
+class Monitor:
+    """One QMP connection, owned by the loop."""
+
+    def __init__(self, loop: EventLoop, path: str, name: str,
+                 on_event: Callable[[QMPEvent], None],
+                 on_close: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.path = path
+        self.name = name
+        self.on_event = on_event
+        self.on_close = on_close
+        self.log = logging.getLogger(f"qemud.qemu.monitor.{name}")
+        self.sock: socket.socket | None = None
+        self.qmp = QMPProtocol()
+        self._out = bytearray()
+        self._pending: dict[int, tuple[Deferred, str]] = {}
+        self._ready = Deferred()
+        self._retry: Timer | None = None
+        self.closed = False
+
+    # -- connecting ----------------------------------------------------------------------
+
+    def connect(self, timeout: float, alive: Callable[[], bool] = lambda: True) -> Deferred:
+        """Connect and negotiate; resolves (with the greeting) once commands may be sent.
+
+        ``alive`` is asked before each retry, so a QEMU that died at start fails fast.
+        """
+        deadline = time.monotonic() + timeout
+        self._attempt(deadline, alive)
+        return self._ready
+
+    def _attempt(self, deadline: float, alive: Callable[[], bool]) -> None:
+        self._retry = None
+        if self.closed:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        err = sock.connect_ex(self.path)
+        if err == 0:
+            self.sock = sock
+            self.loop.add(sock.fileno(), READ, self._on_io)
+            self.log.debug("connected to %s", self.path)
+            return
+        sock.close()
+        if err not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+            self._fail_connect(f"cannot connect to QEMU monitor {self.path}: "
+                               f"{errno.errorcode.get(err, err)}")
+            return
+        if not alive():
+            self._fail_connect("QEMU exited before its monitor was ready")
+            return
+        if time.monotonic() > deadline:
+            self._fail_connect(f"QEMU monitor {self.path} did not appear in time")
+            return
+        self._retry = self.loop.call_later(CONNECT_RETRY, lambda: self._attempt(deadline, alive))
+
+    def _fail_connect(self, message: str) -> None:
+        self.closed = True
+        self._ready.fail(OperationFailed(message))
+
+    # -- commands ------------------------------------------------------------------------
+
+    def execute(self, command: str, arguments: Mapping[str, Any] | None = None,
+                timeout: float | None = None) -> Deferred:
+        result = Deferred()
+        if self.closed or self.sock is None:
+            result.fail(OperationFailed(f"QEMU monitor of {self.name} is not connected"))
+            return result
+        try:
+            cmd_id, data = self.qmp.command(command, arguments)
+        except (QemuError, ValueError, TypeError) as exc:
+            result.fail(OperationFailed(f"cannot send {command} to QEMU: {exc}"))
+            return result
+        self._pending[cmd_id] = (result, command)
+        self.log.debug("--> %s %s", command, arguments or "")
+        self._write(data)
+        if timeout is not None:
+            timer = self.loop.call_later(timeout, lambda: result.fail(OperationTimeout(
+                f"QEMU did not answer {command} within {timeout:g} s")))
+            result.add_done_callback(lambda d: timer.cancel())
+        return result
+
+    def _write(self, data: bytes) -> None:
+        self._out += data
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.sock is None:
+            return
+        while self._out:
+            try:
+                sent = self.sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._closed(f"write to QEMU monitor failed: {exc}")
+                return
+            del self._out[:sent]
+        self.loop.add(self.sock.fileno(), READ | (WRITE if self._out else 0), self._on_io)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _on_io(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if not mask & READ or self.sock is None:
+            return
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._closed(f"read from QEMU monitor failed: {exc}")
+            return
+        try:
+            self.qmp.receive_data(data)
+        except QemuError as exc:
+            self._closed(f"QEMU monitor protocol error: {exc}")
+            return
+        while True:
+            msg = self.qmp.next_event()
+            if msg is None:
+                break
+            self._on_message(msg)
+        if not data:
+            self._closed("QEMU closed its monitor")
+
+    def _on_message(self, msg: object) -> None:
+        if isinstance(msg, QMPGreeting):
+            cmd_id, data = self.qmp.command("qmp_capabilities")
+            self._pending[cmd_id] = (Deferred(), "qmp_capabilities")
+            self._pending[cmd_id][0].add_done_callback(
+                lambda d: self._ready.resolve(msg) if d.error is None else
+                self._ready.fail(d.error))
+            self._write(data)
+        elif isinstance(msg, QMPReturn):
+            pending = self._pending.pop(msg.id, None)
+            if pending is not None:
+                self.log.debug("<-- %s ok", pending[1])
+                pending[0].resolve(msg.value)
+        elif isinstance(msg, QMPErrorReply):
+            pending = self._pending.pop(msg.id, None)
+            if pending is not None:
+                self.log.debug("<-- %s error %s: %s", pending[1], msg.error_class, msg.desc)
+                pending[0].fail(OperationFailed(f"QEMU: {msg.desc}"))
+        elif isinstance(msg, QMPEvent):
+            self.log.debug("<-- event %s %s", msg.name, dict(msg.data))
+            self.on_event(msg)
+
+    def _closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.log.debug("monitor closed: %s", reason)
+        if self.sock is not None:
+            self.loop.remove(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        pending, self._pending = self._pending, {}
+        for deferred, command in pending.values():
+            deferred.fail(OperationFailed(f"{command}: {reason}"))
+        if not self._ready.done:
+            self._ready.fail(OperationFailed(reason))
+        self.on_close(reason)
+
+    def close(self) -> None:
+        """Detach without telling QEMU anything (the guest keeps running)."""
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.sock is not None:
+            self.loop.remove(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for deferred, command in pending.values():
+            deferred.fail(OperationFailed(f"{command}: monitor detached"))

@@ -1,0 +1,243 @@
+"""The set of known domains: lookup, listing, definition and undefinition.
+
+Persistent definitions are written to disk before memory changes, so a failed write
+(disk full, permissions) leaves both exactly as they were and the caller gets the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import uuid as uuidlib
+from collections.abc import Iterator
+
+from protocol.constants import (
+    DefinedDetail,
+    DomainState,
+    LifecycleEvent,
+    ListFlags,
+    UndefinedDetail,
+)
+from qemud.conf import ConfError, DomainDef, parse_domain_xml
+from qemud.errors import (
+    ConfigUnsupported,
+    DomainExists,
+    NoDomain,
+    OperationFailed,
+    OperationInvalid,
+    XMLError,
+)
+from qemud.events import EventBus
+from qemud.qemu.arch import get_strategy
+from qemud.qemu.capabilities import Capabilities
+from qemud.qemu.errors import QemuError
+
+from .domain import DomainObj
+from .store import DomainStore
+
+__all__ = ["Registry"]
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    def __init__(self, store: DomainStore, caps: Capabilities, events: EventBus) -> None:
+        self.store = store
+        self.caps = caps
+        self.events = events
+        self._by_name: dict[str, DomainObj] = {}
+        self._by_uuid: dict[str, DomainObj] = {}
+        self._by_id: dict[int, DomainObj] = {}
+        self._next_id = 1
+
+    # -- lookup --------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[DomainObj]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def by_name(self, name: str) -> DomainObj:
+        dom = self._by_name.get(name)
+        if dom is None:
+            raise NoDomain(f"domain not found: no domain with matching name '{name}'")
+        return dom
+
+    def by_uuid(self, uuid: bytes | str) -> DomainObj:
+        key = str(uuidlib.UUID(bytes=uuid)) if isinstance(uuid, bytes) else uuid
+        dom = self._by_uuid.get(key)
+        if dom is None:
+            raise NoDomain(f"domain not found: no domain with matching uuid '{key}'")
+        return dom
+
+    def by_id(self, id: int) -> DomainObj:
+        dom = self._by_id.get(id)
+        if dom is None:
+            raise NoDomain(f"domain not found: no domain with matching id {id}")
+        return dom
+
+    def find(self, name: str, uuid: bytes) -> DomainObj:
+        """Resolve a DomainRef from the wire: uuid first, name as the fallback."""
+        if len(uuid) == 16 and uuid != bytes(16):
+            dom = self._by_uuid.get(str(uuidlib.UUID(bytes=uuid)))
+            if dom is not None:
+                return dom
+            raise NoDomain(f"domain not found: no domain with matching uuid "
+                           f"'{uuidlib.UUID(bytes=uuid)}' (name '{name}')")
+        return self.by_name(name)
+
+    def matching(self, flags: int) -> list[DomainObj]:
+        """Domains selected by libvirt's list flags (groups ANDed, bits in a group ORed)."""
+        out = []
+        for dom in self._by_name.values():
+            if flags & (ListFlags.ACTIVE | ListFlags.INACTIVE):
+                if not ((flags & ListFlags.ACTIVE and dom.active) or
+                        (flags & ListFlags.INACTIVE and not dom.active)):
+                    continue
+            if flags & (ListFlags.PERSISTENT | ListFlags.TRANSIENT):
+                if not ((flags & ListFlags.PERSISTENT and dom.persistent) or
+                        (flags & ListFlags.TRANSIENT and not dom.persistent)):
+                    continue
+            state_bits = ListFlags.RUNNING | ListFlags.PAUSED | ListFlags.SHUTOFF | \
+                ListFlags.OTHER
+            if flags & state_bits:
+                s = dom.state
+                if not ((flags & ListFlags.RUNNING and s == DomainState.RUNNING) or
+                        (flags & ListFlags.PAUSED and s == DomainState.PAUSED) or
+                        (flags & ListFlags.SHUTOFF and s == DomainState.SHUTOFF) or
+                        (flags & ListFlags.OTHER and s not in (
+                            DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF))):
+                    continue
+            if flags & (ListFlags.AUTOSTART | ListFlags.NO_AUTOSTART):
+                if not ((flags & ListFlags.AUTOSTART and dom.autostart) or
+                        (flags & ListFlags.NO_AUTOSTART and not dom.autostart)):
+                    continue
+            out.append(dom)
+        out.sort(key=lambda d: (not d.active, d.id if d.active else 0, d.name))
+        return out
+
+    # -- ids -----------------------------------------------------------------------------
+
+    def assign_id(self, dom: DomainObj, id: int | None = None) -> None:
+        dom.id = self._next_id if id is None else id
+        self._next_id = max(self._next_id, dom.id + 1)
+        self._by_id[dom.id] = dom
+
+    def release_id(self, dom: DomainObj) -> None:
+        self._by_id.pop(dom.id, None)
+        dom.id = -1
+
+    # -- parsing and checking ------------------------------------------------------------
+
+    def parse(self, xml: str) -> DomainDef:
+        """XML -> checked definition, with arch defaults and generated ids filled in."""
+        try:
+            definition = parse_domain_xml(xml)
+        except ConfError as exc:
+            raise XMLError(f"XML error: {exc}") from None
+        self.check_for_host(definition)
+        definition.assign_missing_ids()
+        return definition
+
+    def check_for_host(self, definition: DomainDef) -> None:
+        arch = definition.os.arch or platform.machine()
+        try:
+            strategy = get_strategy(arch)
+            strategy.fill_defaults(definition)
+            strategy.validate(definition)
+        except QemuError as exc:
+            raise ConfigUnsupported(f"unsupported configuration: {exc}") from None
+        if self.caps.emulator(arch) is None and definition.emulator is None:
+            raise ConfigUnsupported(f"unsupported configuration: no emulator for arch "
+                                    f"'{arch}' on this host (qemu-system-{arch} not found)")
+        if definition.type == "kvm" and not self.caps.kvm_usable_for(arch):
+            raise ConfigUnsupported(f"unsupported configuration: domain type 'kvm' is not "
+                                    f"available here: {self.caps.kvm_reason} (use "
+                                    "<domain type='qemu'>)")
+
+    # -- define / undefine ---------------------------------------------------------------
+
+    def add(self, dom: DomainObj) -> None:
+        self._by_name[dom.name] = dom
+        self._by_uuid[dom.uuid] = dom
+
+    def remove(self, dom: DomainObj) -> None:
+        self._by_name.pop(dom.name, None)
+        self._by_uuid.pop(dom.uuid, None)
+        if dom.active:
+            self.release_id(dom)
+
+    def check_clash(self, definition: DomainDef) -> DomainObj | None:
+        """The existing domain this definition updates, or None; raises on a clash."""
+        same_name = self._by_name.get(definition.name)
+        same_uuid = self._by_uuid.get(definition.uuid)
+        if same_name is not None and same_name.uuid != definition.uuid:
+            raise DomainExists(f"operation failed: domain '{definition.name}' already exists "
+                               f"with uuid {same_name.uuid}")
+        if same_uuid is not None and same_uuid.name != definition.name:
+            raise DomainExists(f"operation failed: domain '{same_uuid.name}' already exists "
+                               f"with uuid {definition.uuid} (renaming is not supported)")
+        return same_name
+
+    def define(self, xml: str) -> DomainObj:
+        definition = self.parse(xml)
+        existing = self.check_clash(definition)
+        self._save(definition)
+        if existing is None:
+            dom = DomainObj(definition, persistent=True)
+            self.add(dom)
+            detail = DefinedDetail.ADDED
+        else:
+            dom = existing
+            if dom.active:
+                dom.next_definition = definition
+            else:
+                dom.definition = definition
+            dom.persistent = True
+            detail = DefinedDetail.UPDATED
+        self.events.lifecycle(dom.ref(), LifecycleEvent.DEFINED, detail)
+        return dom
+
+    def _save(self, definition: DomainDef) -> None:
+        try:
+            self.store.save_definition(definition.name, definition.to_xml())
+        except OSError as exc:
+            raise OperationFailed(f"cannot save the definition of '{definition.name}': "
+                                  f"{exc.strerror or exc} (nothing was changed)") from None
+
+    def save(self, dom: DomainObj) -> None:
+        self._save(dom.next_definition or dom.definition)
+
+    def undefine(self, dom: DomainObj) -> None:
+        if not dom.persistent:
+            raise OperationInvalid("cannot undefine transient domain")
+        try:
+            self.store.delete_definition(dom.name)
+        except OSError as exc:
+            raise OperationFailed(f"cannot delete the definition of '{dom.name}': "
+                                  f"{exc.strerror or exc}") from None
+        dom.autostart = False
+        dom.next_definition = None
+        if dom.active:
+            dom.persistent = False  # it runs on as a transient domain
+        else:
+            self.remove(dom)
+        self.events.lifecycle(dom.ref(), LifecycleEvent.UNDEFINED, UndefinedDetail.REMOVED)
+
+    def load(self) -> None:
+        """Read every saved definition; bad files are logged and left alone."""
+        for path, text in self.store.definitions():
+            try:
+                definition = parse_domain_xml(text)
+                if definition.name != path.stem:
+                    raise ConfError(f"file name {path.name} does not match domain name "
+                                    f"'{definition.name}'")
+                self.check_clash(definition)
+            except (ConfError, DomainExists) as exc:
+                log.error("skipping domain definition %s: %s (file left in place)", path, exc)
+                continue
+            dom = DomainObj(definition, persistent=True,
+                            autostart=self.store.autostart(definition.name))
+            self.add(dom)
+        log.info("loaded %d persistent domain(s)", len(self))

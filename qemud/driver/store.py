@@ -1,0 +1,171 @@
+"""What the driver keeps on disk, written so that a crash never loses or tears it.
+
+* ``<config_dir>/domains/<name>.xml``: persistent definitions (the XML the user gave,
+  canonicalised, plus generated uuid/MACs);
+* ``<config_dir>/autostart/<name>``: an empty flag file per autostarted domain;
+* ``<run_dir>/qemu/<name>.status.json``: one per running guest (pid, QMP path, start
+  time, id, the live XML), so a restarted daemon can find and re-attach to it.
+
+Every write is temp file + fsync + rename + fsync of the directory (:func:`atomic_write`).
+A definition that fails to parse at load time is logged and left where it is, never
+deleted: the admin may want it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "DomainStore", "StatusRecord", "fault_before_rename"]
+
+log = logging.getLogger(__name__)
+
+#: Test hook: called between writing+fsyncing the temp file and renaming it over the
+#: target. Fault-injection tests set it to raise, to prove the old file survives.
+fault_before_rename: Callable[[Path], None] | None = None
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    Either the old content or the new content is there afterwards, never a mix, even
+    if the daemon is killed or the disk fills up half-way (the temp file is removed).
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if fault_before_rename is not None:
+            fault_before_rename(path)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass
+class StatusRecord:
+    """Enough to re-attach to a running QEMU after a daemon restart."""
+
+    name: str
+    uuid: str
+    id: int
+    pid: int
+    start_ticks: int  # /proc/PID/stat field 22: tells a reused pid from ours
+    qmp_path: str
+    log_path: str
+    live_xml: str
+    persistent: bool
+    state: int
+    reason: int
+    started_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> StatusRecord:
+        data: dict[str, Any] = json.loads(text)
+        return cls(**data)
+
+
+class DomainStore:
+    """Files of persistent definitions, autostart flags and runtime status."""
+
+    def __init__(self, domains_dir: Path, autostart_dir: Path, status_dir: Path) -> None:
+        self.domains_dir = domains_dir
+        self.autostart_dir = autostart_dir
+        self.status_dir = status_dir
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def definition_path(self, name: str) -> Path:
+        return self.domains_dir / f"{name}.xml"
+
+    def save_definition(self, name: str, xml: str) -> None:
+        atomic_write(self.definition_path(name), xml)
+
+    def delete_definition(self, name: str) -> None:
+        for path in (self.definition_path(name), self.autostart_dir / name):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        _fsync_dir(self.domains_dir)
+
+    def definitions(self) -> Iterator[tuple[Path, str]]:
+        """(path, xml text) of every saved definition; unreadable files are logged."""
+        for path in sorted(self.domains_dir.glob("*.xml")):
+            try:
+                yield path, path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("cannot read domain definition %s: %s (left in place)", path, exc)
+
+    # -- autostart -----------------------------------------------------------------------
+
+    def autostart(self, name: str) -> bool:
+        return (self.autostart_dir / name).exists()
+
+    def set_autostart(self, name: str, enabled: bool) -> None:
+        flag = self.autostart_dir / name
+        if enabled:
+            atomic_write(flag, b"", 0o644)
+        else:
+            try:
+                flag.unlink()
+            except FileNotFoundError:
+                pass
+            _fsync_dir(self.autostart_dir)
+
+    # -- runtime status ------------------------------------------------------------------
+
+    def status_path(self, name: str) -> Path:
+        return self.status_dir / f"{name}.status.json"
+
+    def save_status(self, record: StatusRecord) -> None:
+        atomic_write(self.status_path(record.name), record.to_json())
+
+    def delete_status(self, name: str) -> None:
+        try:
+            self.status_path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+    def statuses(self) -> Iterator[tuple[Path, StatusRecord | None]]:
+        for path in sorted(self.status_dir.glob("*.status.json")):
+            try:
+                yield path, StatusRecord.from_json(path.read_text())
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("cannot read status file %s: %s", path, exc)
+                yield path, None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,204 @@
+"""The daemon's one event loop: every fd, every timer, every signal, every child exit.
+
+Follows CPython's selectors idiom: the handler lives in the selector key's data and the
+loop calls ``key.data(mask)``. Signals arrive through ``signal.set_wakeup_fd`` on a
+socketpair, so the loop never polls and never sleeps longer than the next timer. Child
+processes (QEMU) are reaped on SIGCHLD with ``waitpid(WNOHANG)``, never by waiting.
+
+A handler that raises is logged and, if it registered a ``on_error`` for its fd, told so;
+one bad connection must not take the daemon down.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+FdHandler = Callable[[int], None]  # called with the ready mask
+
+
+@dataclass(order=True)
+class Timer:
+    """A scheduled callback; ``cancel()`` makes it a no-op."""
+
+    when: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """Selector + timer heap + signal and child-exit dispatch, single-threaded."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._running = False
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._child_handlers: dict[int, Callable[[int], None]] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._old_wakeup_fd: int | None = None
+        self._old_signal_handlers: dict[int, Any] = {}
+        self.add_reader(self._wake_r.fileno(), self._on_wakeup)
+
+    # -- fds -----------------------------------------------------------------------------
+
+    def add(self, fd: int, events: int, handler: FdHandler) -> None:
+        """Watch ``fd`` for ``events`` (READ|WRITE); replaces any previous registration."""
+        try:
+            self._selector.modify(fd, events, handler)
+        except KeyError:
+            self._selector.register(fd, events, handler)
+
+    def add_reader(self, fd: int, handler: Callable[[], None]) -> None:
+        self.add(fd, READ, lambda mask: handler())
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd`` (no error if it was not watched)."""
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def watching(self, fd: int) -> bool:
+        try:
+            self._selector.get_key(fd)
+            return True
+        except (KeyError, ValueError):
+            return False
+
+    # -- timers --------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_soon(self, callback: Callable[[], None]) -> Timer:
+        return self.call_later(0.0, callback)
+
+    # -- signals and children ------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, handler: Callable[[int], None]) -> None:
+        """Run ``handler(signum)`` from the loop (not from the signal context)."""
+        self._signal_handlers[signum] = handler
+        previous = signal.signal(signum, _noop_signal_handler)
+        self._old_signal_handlers.setdefault(signum, previous)
+        if self._old_wakeup_fd is None:
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(),
+                                                       warn_on_full_buffer=False)
+
+    def watch_child(self, pid: int, handler: Callable[[int], None]) -> None:
+        """Call ``handler(wait_status)`` once ``pid`` exits; reaped without blocking."""
+        if signal.SIGCHLD not in self._signal_handlers:
+            self.add_signal_handler(signal.SIGCHLD, lambda _s: self._reap_children())
+        self._child_handlers[pid] = handler
+        self.call_soon(self._reap_children)  # it may already be gone
+
+    def forget_child(self, pid: int) -> None:
+        self._child_handlers.pop(pid, None)
+
+    def _reap_children(self) -> None:
+        for pid in list(self._child_handlers):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0  # reaped elsewhere or not our child
+            if done == pid:
+                handler = self._child_handlers.pop(pid)
+                self._guard(lambda: handler(status), f"child {pid} exit handler")
+
+    def _on_wakeup(self) -> None:
+        while True:
+            try:
+                data = self._wake_r.recv(512)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                handler = self._signal_handlers.get(signum)
+                if handler is not None:
+                    self._guard(lambda h=handler, s=signum: h(s), f"signal {signum} handler")
+
+    # -- running -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        """Dispatch until :meth:`stop` is called."""
+        self._running = True
+        while self._running:
+            self.run_once()
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        timeout = self._next_timeout()
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        try:
+            ready = self._selector.select(timeout)
+        except OSError as exc:  # pragma: no cover - EINTR is retried by select()
+            if exc.errno != errno.EINTR:
+                raise
+            ready = []
+        for key, mask in ready:
+            handler: FdHandler = key.data
+            self._guard(lambda h=handler, m=mask: h(m), f"fd {key.fd} handler")
+        self._run_timers()
+
+    def _next_timeout(self) -> float | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0].when - time.monotonic())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._guard(timer.callback, "timer")
+
+    @staticmethod
+    def _guard(fn: Callable[[], None], what: str) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("unhandled error in %s", what)
+
+    def close(self) -> None:
+        if self._old_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+        for signum in self._signal_handlers:  # restore what was there before us
+            previous = self._old_signal_handlers.get(signum)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _noop_signal_handler(signum: int, frame: object) -> None:
+    """Installed so the signal interrupts select(); the byte on the wakeup fd does the work."""

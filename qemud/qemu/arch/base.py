@@ -1,0 +1,386 @@
+"""Base class of the per-architecture strategies.
+
+Architectures differ in facts (kept in devices.toml and exposed here through
+:class:`~qemud.qemu.arch.table.ArchTable`) and in a few behaviours (how a
+serial port is wired, mostly).  The command builder never asks "which arch
+is this?": it calls the hooks below, and each subclass overrides only what
+is really different for it.  That is the point of the strategy objects: no
+``if arch == ...`` chains anywhere, and a new arch is one class + one table.
+
+Bus behaviour is arch-independent (an IDE bus is an IDE bus everywhere) and
+lives in the small ``_BUSES`` table; *which* buses exist is per arch/machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from qemud.qemu import naming
+from qemud.qemu.arch.table import ArchTable, MachineProfile
+from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
+from qemud.qemu.errors import GuestConfigError, UnsupportedForArch
+
+__all__ = ["ACCELS", "ArchStrategy", "DiskBus", "disk_path"]
+
+#: Accelerators a strategy can build for, keyed by libvirt ``<domain type>``.
+ACCELS: Final = {"qemu": "tcg", "kvm": "kvm"}
+
+# Target dev prefixes that imply a bus, as in libvirt.
+_PREFIX_BUS: Final = {"hd": "ide", "sd": "scsi", "vd": "virtio"}
+
+
+def disk_path(position: int, leaf: str = "target") -> str:
+    """Element path of the ``position``-th (0-based) disk, 1-based like XPath."""
+    return f"devices/disk[{position + 1}]/{leaf}"
+
+
+@dataclass(frozen=True)
+class DiskBus:
+    """What a disk bus can do; ``max_units`` is None when effectively unbounded."""
+
+    name: str
+    cdrom: bool
+    readonly_disk: bool
+    max_units: int | None
+    # (strategy, profile, media 'hd'|'cd', unit index) -> -device props up to the drive
+    placement: Callable[[ArchStrategy, MachineProfile, str, int], list[str]]
+
+
+def _place_virtio(
+    strategy: ArchStrategy, profile: MachineProfile, media: str, unit: int
+) -> list[str]:
+    return [strategy.table.devices.virtio_blk]
+
+
+def _place_ide(strategy: ArchStrategy, profile: MachineProfile, media: str, unit: int) -> list[str]:
+    return [f"ide-{media}", f"bus={profile.builtin_ide}.{unit // 2}", f"unit={unit % 2}"]
+
+
+def _place_sata(
+    strategy: ArchStrategy, profile: MachineProfile, media: str, unit: int
+) -> list[str]:
+    prefix = profile.builtin_sata or naming.SATA_ID
+    return [f"ide-{media}", f"bus={prefix}.{unit}"]
+
+
+def _place_scsi(
+    strategy: ArchStrategy, profile: MachineProfile, media: str, unit: int
+) -> list[str]:
+    return [f"scsi-{media}", f"bus={naming.SCSI_ID}.0", "channel=0", f"scsi-id={unit}", "lun=0"]
+
+
+def _place_usb(strategy: ArchStrategy, profile: MachineProfile, media: str, unit: int) -> list[str]:
+    return ["usb-storage", f"bus={naming.USB_ID}.0"]
+
+
+_BUSES: Final = {
+    bus.name: bus
+    for bus in (
+        DiskBus("virtio", cdrom=False, readonly_disk=True, max_units=None, placement=_place_virtio),
+        # ide-hd/ide-cd refuse read-only block nodes for hard disks.
+        DiskBus("ide", cdrom=True, readonly_disk=False, max_units=4, placement=_place_ide),
+        DiskBus("sata", cdrom=True, readonly_disk=False, max_units=6, placement=_place_sata),
+        DiskBus("scsi", cdrom=True, readonly_disk=True, max_units=256, placement=_place_scsi),
+        DiskBus("usb", cdrom=False, readonly_disk=True, max_units=None, placement=_place_usb),
+    )
+}
+
+
+class ArchStrategy:
+    """Everything the QEMU driver needs to know that depends on the guest arch.
+
+    Subclasses set :attr:`name` (the libvirt arch name, which is also the
+    devices.toml table name) and register with
+    :func:`qemud.qemu.arch.register`.  Instances are stateless.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, table: ArchTable) -> None:
+        if table.name != self.name:
+            raise ValueError(f"{type(self).__name__} got the table of {table.name!r}")
+        self.table = table
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    # -- facts ----------------------------------------------------------------
+
+    @property
+    def binary(self) -> str:
+        return self.table.binary
+
+    @property
+    def wordsize(self) -> int:
+        return self.table.wordsize
+
+    def kvm_possible_on(self, host_arch: str) -> bool:
+        """Whether KVM on a ``host_arch`` host can run guests of this arch."""
+        return host_arch in self.table.kvm_host_archs
+
+    def machine_type(self, dom: DomainView) -> str:
+        return dom.os.machine or self.table.default_machine
+
+    def profile(self, dom: DomainView) -> MachineProfile:
+        return self.table.profile(self.machine_type(dom))
+
+    def memory_kib(self, dom: DomainView) -> int:
+        """Guest RAM rounded up to what the machine accepts."""
+        align = self.table.memory_align_kib
+        return -(-dom.memory_kib // align) * align
+
+    def disk_bus(self, dom: DomainView, disk: DiskView) -> str:
+        """The bus ``disk`` sits on: explicit, else implied by its name, else default."""
+        if disk.target_bus:
+            return disk.target_bus
+        profile = self.profile(dom)
+        parsed = naming.split_target_dev(disk.target_dev)
+        implied = _PREFIX_BUS.get(parsed[0]) if parsed else None
+        if disk.device == "cdrom":
+            if implied in profile.disk_buses and _BUSES[implied].cdrom:
+                return implied
+            return profile.cdrom_bus
+        if implied in profile.disk_buses:
+            return implied
+        return self.table.default_disk_bus
+
+    def nic_model(self, iface: InterfaceView) -> str:
+        return iface.model or self.table.default_nic_model
+
+    # -- definition-time hooks ----------------------------------------------
+
+    def fill_defaults(self, dom: DomainView) -> None:
+        """Write the arch defaults into ``dom`` (arch, machine, disk buses, NIC models).
+
+        Done once at define time, like libvirt's post-parse callbacks, so the
+        persistent XML shows what the guest really gets and later changes of
+        the defaults do not silently change existing guests.
+        """
+        if dom.os.arch is None:
+            dom.os.arch = self.name
+        if dom.os.machine is None:
+            dom.os.machine = self.table.default_machine
+        for disk in dom.disks:
+            if disk.target_bus is None:
+                disk.target_bus = self.disk_bus(dom, disk)
+        for iface in dom.interfaces:
+            if iface.model is None:
+                iface.model = self.table.default_nic_model
+
+    def validate(self, dom: DomainView) -> None:
+        """Raise :class:`UnsupportedForArch` for anything this arch cannot run.
+
+        Does not modify ``dom``; works on definitions with or without
+        :meth:`fill_defaults` applied.
+        """
+        if dom.os.arch is not None and dom.os.arch != self.name:
+            raise GuestConfigError(
+                "os/type", f"arch {dom.os.arch!r} given to the {self.name} strategy"
+            )
+        if dom.os.type != "hvm":
+            raise UnsupportedForArch("os/type", "OS type", dom.os.type, self.name, ["hvm"])
+        self._validate_disks(dom)
+        self._validate_interfaces(dom)
+        self._validate_chardevs(dom)
+        for position, graphics in enumerate(dom.graphics, start=1):
+            if graphics.type not in self.table.graphics:
+                raise UnsupportedForArch(
+                    f"devices/graphics[{position}]",
+                    "graphics type",
+                    graphics.type,
+                    self.name,
+                    self.table.graphics,
+                )
+        watchdog = dom.watchdog
+        if watchdog is not None and watchdog.model not in self.table.watchdog_models:
+            raise UnsupportedForArch(
+                "devices/watchdog",
+                "watchdog model",
+                watchdog.model,
+                self.name,
+                list(self.table.watchdog_models),
+            )
+
+    def _validate_disks(self, dom: DomainView) -> None:
+        profile = self.profile(dom)
+        where = f"{self.name} machine '{self.machine_type(dom)}'"
+        taken: dict[tuple[str, int], str] = {}
+        for position, disk in enumerate(dom.disks):
+            path = disk_path(position)
+            if disk.device not in ("disk", "cdrom"):
+                raise GuestConfigError(
+                    f"devices/disk[{position + 1}]", f"unsupported disk device {disk.device!r}"
+                )
+            bus_name = self.disk_bus(dom, disk)
+            if bus_name not in profile.disk_buses or bus_name not in _BUSES:
+                supported = [b for b in profile.disk_buses if b in _BUSES]
+                raise UnsupportedForArch(path, "bus", bus_name, where, supported)
+            bus = _BUSES[bus_name]
+            unit = naming.disk_index(disk.target_dev)
+            if unit is None:
+                raise GuestConfigError(path, f"invalid target dev {disk.target_dev!r}")
+            if disk.device == "cdrom" and not bus.cdrom:
+                cd_buses = [b for b in profile.disk_buses if b in _BUSES and _BUSES[b].cdrom]
+                raise UnsupportedForArch(path, "cdrom bus", bus_name, where, cd_buses)
+            if disk.device == "disk" and disk.readonly and not bus.readonly_disk:
+                raise GuestConfigError(
+                    path, f"read-only disks are not supported on bus {bus_name!r}"
+                )
+            if bus.max_units is not None and unit >= bus.max_units:
+                raise GuestConfigError(
+                    path,
+                    f"target dev {disk.target_dev!r} is unit {unit}, "
+                    f"but bus {bus_name!r} has only {bus.max_units} units",
+                )
+            if bus.max_units is not None:
+                other = taken.setdefault((bus_name, unit), disk.target_dev)
+                if other != disk.target_dev:
+                    raise GuestConfigError(
+                        path,
+                        f"target dev {disk.target_dev!r} and {other!r} "
+                        f"both map to {bus_name} unit {unit}",
+                    )
+
+    def _validate_interfaces(self, dom: DomainView) -> None:
+        for position, iface in enumerate(dom.interfaces, start=1):
+            model = self.nic_model(iface)
+            if model not in self.table.nic_models:
+                raise UnsupportedForArch(
+                    f"devices/interface[{position}]/model",
+                    "NIC model",
+                    model,
+                    self.name,
+                    list(self.table.nic_models),
+                )
+
+    def _validate_chardevs(self, dom: DomainView) -> None:
+        max_serials = self.table.max_serials
+        ports: set[int] = set()
+        for position, serial in enumerate(dom.serials, start=1):
+            port = serial.target_port if serial.target_port is not None else position - 1
+            if not 0 <= port < max_serials:
+                raise GuestConfigError(
+                    f"devices/serial[{position}]/target",
+                    f"serial port {port} is out of range: {self.name} has "
+                    f"{max_serials} serial port(s)",
+                )
+            if port in ports:
+                raise GuestConfigError(
+                    f"devices/serial[{position}]/target", f"duplicate serial port {port}"
+                )
+            ports.add(port)
+        for position, console in enumerate(dom.consoles, start=1):
+            where = f"devices/console[{position}]/target"
+            if console.target_type not in (None, "serial", "virtio"):
+                raise UnsupportedForArch(
+                    where,
+                    "console target type",
+                    str(console.target_type),
+                    self.name,
+                    ["serial", "virtio"],
+                )
+            if console.target_type != "virtio" and position > 1:
+                raise GuestConfigError(where, "only the first console can be a serial console")
+            if console.target_type != "virtio" and max_serials < 1:
+                raise UnsupportedForArch(
+                    where, "console target type", "serial", self.name, ["virtio"]
+                )
+        for position, channel in enumerate(dom.channels, start=1):
+            if channel.target_type != "virtio":
+                raise UnsupportedForArch(
+                    f"devices/channel[{position}]/target",
+                    "channel target type",
+                    str(channel.target_type),
+                    self.name,
+                    ["virtio"],
+                )
+
+    # -- argv hooks -----------------------------------------------------------
+
+    def machine_args(self, dom: DomainView, accel: str) -> list[str]:
+        """``-machine TYPE,accel=ACCEL[,props]``."""
+        profile = self.profile(dom)
+        props = [self.machine_type(dom), f"accel={accel}", *profile.machine_props]
+        if accel == "tcg":
+            props.extend(profile.tcg_machine_props)
+        return ["-machine", ",".join(props)]
+
+    def cpu_args(self, dom: DomainView, accel: str) -> list[str]:
+        return ["-cpu", self.table.kvm_cpu if accel == "kvm" else self.table.tcg_cpu]
+
+    def controller_args(self, dom: DomainView) -> list[str]:
+        """Controllers the disks need that the machine does not have built in."""
+        profile = self.profile(dom)
+        used = {self.disk_bus(dom, disk) for disk in dom.disks}
+        devices = self.table.devices
+        argv: list[str] = []
+        if "sata" in used and profile.builtin_sata is None:
+            argv += ["-device", f"{devices.sata_controller},id={naming.SATA_ID}"]
+        if "scsi" in used:
+            argv += ["-device", f"{devices.virtio_scsi},id={naming.SCSI_ID}"]
+        if "usb" in used:
+            argv += ["-device", f"{devices.usb_controller},id={naming.USB_ID}"]
+        return argv
+
+    def disk_device(self, dom: DomainView, disk: DiskView, drive: str, device_id: str) -> str:
+        """``-device`` value for a hard disk backed by block node ``drive``."""
+        return ",".join(
+            [*self._placement(dom, disk, "hd"), f"drive={drive}", f"id={device_id}"]
+            + _bootindex(disk)
+        )
+
+    def cdrom_device(
+        self, dom: DomainView, disk: DiskView, drive: str | None, device_id: str
+    ) -> str:
+        """``-device`` value for a cdrom; ``drive`` is None for an empty tray."""
+        props = self._placement(dom, disk, "cd")
+        if drive is not None:
+            props.append(f"drive={drive}")
+        return ",".join([*props, f"id={device_id}", *_bootindex(disk)])
+
+    def _placement(self, dom: DomainView, disk: DiskView, media: str) -> list[str]:
+        bus = _BUSES[self.disk_bus(dom, disk)]
+        unit = naming.disk_index(disk.target_dev)
+        if unit is None:  # validate() rejects this first
+            raise GuestConfigError("devices/disk/target", f"invalid target dev {disk.target_dev!r}")
+        return bus.placement(self, self.profile(dom), media, unit)
+
+    def nic_device(self, iface: InterfaceView, mac: str, device_id: str, netdev_id: str) -> str:
+        model = self.table.nic_models[self.nic_model(iface)]
+        return f"{model},netdev={netdev_id},id={device_id},mac={mac}"
+
+    def serial_args(self, chardev_id: str, device_id: str, port: int) -> list[str]:
+        """Wire serial port ``port`` to chardev ``chardev_id``; subclasses decide how."""
+        raise NotImplementedError(f"{type(self).__name__} must implement serial_args")
+
+    def console_args(
+        self, console: CharDeviceView, chardev_id: str, device_id: str, port: int
+    ) -> list[str]:
+        """A ``<console>`` that is not a mirror of a ``<serial>``.
+
+        ``port`` is the serial port for serial consoles and the
+        virtio-serial port number for virtio ones.
+        """
+        if console.target_type == "virtio":
+            bus = f"{naming.VIRTIO_SERIAL_ID}.0"
+            return [
+                "-device",
+                f"virtconsole,bus={bus},nr={port},chardev={chardev_id},id={device_id}",
+            ]
+        return self.serial_args(chardev_id, device_id, port)
+
+    def virtio_serial_controller(self) -> str:
+        return f"{self.table.devices.virtio_serial},id={naming.VIRTIO_SERIAL_ID}"
+
+    def video_device(self) -> str | None:
+        model = self.table.video_model
+        return None if model is None else f"{model},id={naming.VIDEO_ID}"
+
+    def watchdog_device(self, model: str) -> str:
+        return f"{self.table.watchdog_models[model]},id={naming.WATCHDOG_ID}"
+
+
+def _bootindex(disk: DiskView) -> list[str]:
+    return [] if disk.boot_order is None else [f"bootindex={disk.boot_order}"]

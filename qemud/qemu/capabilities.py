@@ -1,0 +1,430 @@
+"""Host and emulator capabilities, probed once at daemon start.
+
+What the daemon can offer depends on the host: which ``qemu-system-*``
+binaries exist, their versions and machine types, and whether KVM really
+runs guests (see :mod:`qemud.qemu.kvmprobe`).  Probing blocks, which is
+acceptable at start-up only, so it is made cheap:
+
+* every binary is run (``-version``, ``-machine help``) concurrently, and
+  concurrently with the KVM probe, so the wall time is that of the slowest
+  child rather than the sum;
+* per-binary results are cached in a JSON file keyed by the binary's path,
+  mtime and size, so an unchanged QEMU is not re-run at all.  KVM is never
+  cached: it is a property of the running host, not of a file.
+
+Which binaries to look for comes from the arch strategies (their table's
+``binary``), so adding an architecture needs no change here.
+
+The result renders as libvirt-shaped capabilities XML
+(:func:`capabilities_xml`) for ``virsh capabilities``-like clients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from lxml import etree
+
+from qemud.qemu.arch import get_strategy, registered_archs
+from qemud.qemu.errors import CapabilitiesError
+from qemud.qemu.kvmprobe import DEFAULT_TIMEOUT, KvmProbe, KvmStatus
+
+__all__ = [
+    "CACHE_FILE",
+    "Capabilities",
+    "EmulatorCaps",
+    "KvmStatus",
+    "MachineType",
+    "capabilities_xml",
+    "find_emulators",
+    "host_uuid",
+    "parse_machine_help",
+    "parse_version",
+    "probe_capabilities",
+    "probe_emulator",
+]
+
+_log = logging.getLogger(__name__)
+
+CACHE_FILE: Final = "qemu-capabilities.json"
+# Bump when parsing changes so stale cache entries are re-probed.
+_CACHE_FORMAT: Final = 1
+_BINARY_TIMEOUT: Final = 10.0
+_VERSION_RE: Final = re.compile(
+    r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?\S*(?:\s*\((?P<package>[^)]*)\))?"
+)
+_MACHINE_RE: Final = re.compile(r"(?P<name>\S+)\s+(?P<desc>.*?)\s*\Z")
+_SUFFIX_RE: Final = re.compile(r"\s*\((?P<tag>default|deprecated|alias of (?P<alias>[^)]+))\)\Z")
+
+
+@dataclass(frozen=True)
+class MachineType:
+    """One line of ``-machine help``."""
+
+    name: str
+    description: str
+    alias_of: str | None = None
+    is_default: bool = False
+    deprecated: bool = False
+
+
+@dataclass(frozen=True)
+class EmulatorCaps:
+    """What one ``qemu-system-ARCH`` binary can do."""
+
+    arch: str
+    path: str
+    version: tuple[int, int, int]
+    version_string: str
+    machines: tuple[MachineType, ...]
+
+    @property
+    def default_machine(self) -> str | None:
+        """The binary's own default machine (aarch64 has none)."""
+        return next((m.name for m in self.machines if m.is_default), None)
+
+    def find_machine(self, name: str) -> MachineType | None:
+        return next((m for m in self.machines if m.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "path": self.path,
+            "version": list(self.version),
+            "version_string": self.version_string,
+            "machines": [
+                {
+                    "name": m.name,
+                    "description": m.description,
+                    "alias_of": m.alias_of,
+                    "default": m.is_default,
+                    "deprecated": m.deprecated,
+                }
+                for m in self.machines
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmulatorCaps:
+        major, minor, micro = (int(part) for part in data["version"])
+        return cls(
+            arch=str(data["arch"]),
+            path=str(data["path"]),
+            version=(major, minor, micro),
+            version_string=str(data["version_string"]),
+            machines=tuple(
+                MachineType(
+                    name=str(m["name"]),
+                    description=str(m["description"]),
+                    alias_of=None if m["alias_of"] is None else str(m["alias_of"]),
+                    is_default=bool(m["default"]),
+                    deprecated=bool(m["deprecated"]),
+                )
+                for m in data["machines"]
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Everything probed: host facts, emulators by guest arch, KVM verdict."""
+
+    host_arch: str
+    host_uuid: str
+    emulators: Mapping[str, EmulatorCaps]
+    kvm: KvmStatus
+    #: Binaries found but not usable, as human-readable messages.
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def kvm_usable(self) -> bool:
+        return self.kvm.usable
+
+    @property
+    def kvm_reason(self) -> str:
+        return self.kvm.reason
+
+    def emulator(self, arch: str) -> EmulatorCaps | None:
+        return self.emulators.get(arch)
+
+    def kvm_usable_for(self, arch: str) -> bool:
+        """KVM works on this host *and* can run ``arch`` guests here."""
+        return self.kvm.usable and get_strategy(arch).kvm_possible_on(self.host_arch)
+
+    def to_xml(self) -> str:
+        return capabilities_xml(self)
+
+
+# -- parsing ----------------------------------------------------------------------
+
+
+def parse_version(text: str) -> tuple[tuple[int, int, int], str]:
+    """Parse ``qemu-system-* -version`` output into ``((7, 2, 22), "7.2.22 (...)")``."""
+    match = _VERSION_RE.search(text)
+    if match is None:
+        raise ValueError(f"no QEMU version in {text[:200]!r}")
+    major, minor, micro = (int(match.group(i) or 0) for i in (1, 2, 3))
+    return (major, minor, micro), match.group(0).removeprefix("QEMU emulator version ")
+
+
+def parse_machine_help(text: str) -> tuple[MachineType, ...]:
+    """Parse ``-machine help`` output (first line is a header)."""
+    machines: list[MachineType] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("Supported machines"):
+            continue
+        match = _MACHINE_RE.match(line.strip())
+        if match is None:
+            continue
+        desc, alias, default, deprecated = match.group("desc"), None, False, False
+        while (suffix := _SUFFIX_RE.search(desc)) is not None:
+            tag = suffix.group("tag")
+            if tag == "default":
+                default = True
+            elif tag == "deprecated":
+                deprecated = True
+            else:
+                alias = suffix.group("alias")
+            desc = desc[: suffix.start()]
+        machines.append(MachineType(match.group("name"), desc, alias, default, deprecated))
+    if not machines:
+        raise ValueError("no machine types in -machine help output")
+    return tuple(machines)
+
+
+# -- probing ----------------------------------------------------------------------
+
+
+def find_emulators(
+    search_dirs: Sequence[str] | None = None, archs: Iterable[str] | None = None
+) -> dict[str, str]:
+    """Map guest arch -> path of its emulator binary found on ``search_dirs``.
+
+    ``search_dirs`` defaults to ``$PATH``; tests point it at fake binaries.
+    """
+    path = os.pathsep.join(search_dirs) if search_dirs is not None else None
+    found: dict[str, str] = {}
+    for arch in archs if archs is not None else registered_archs():
+        binary = shutil.which(get_strategy(arch).binary, path=path)
+        if binary is not None:
+            found[arch] = os.path.abspath(binary)
+    return found
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LC_ALL": "C"},
+        start_new_session=True,
+    )
+
+
+def _collect(binary: str, what: str, proc: subprocess.Popen[str], deadline: float) -> str:
+    try:
+        out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise CapabilitiesError(binary, f"{what} timed out") from None
+    if proc.returncode != 0:
+        detail = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+        raise CapabilitiesError(binary, f"{what} failed: {detail}")
+    return out
+
+
+class _EmulatorProbe:
+    """``-version`` and ``-machine help`` of one binary, started together."""
+
+    def __init__(self, arch: str, binary: str) -> None:
+        self.arch = arch
+        self.binary = binary
+        self._version = _spawn([binary, "-version"])
+        self._machines = _spawn([binary, "-machine", "help"])
+
+    def result(self, deadline: float) -> EmulatorCaps:
+        version_text = _collect(self.binary, "-version", self._version, deadline)
+        machine_text = _collect(self.binary, "-machine help", self._machines, deadline)
+        try:
+            version, version_string = parse_version(version_text)
+            machines = parse_machine_help(machine_text)
+        except ValueError as exc:
+            raise CapabilitiesError(self.binary, str(exc)) from None
+        return EmulatorCaps(self.arch, self.binary, version, version_string, machines)
+
+
+def probe_emulator(arch: str, binary: str, timeout: float = _BINARY_TIMEOUT) -> EmulatorCaps:
+    """Probe one binary now (no cache).  Raises :class:`CapabilitiesError`."""
+    try:
+        probe = _EmulatorProbe(arch, binary)
+    except OSError as exc:
+        raise CapabilitiesError(binary, f"cannot run: {exc}") from None
+    return probe.result(time.monotonic() + timeout)
+
+
+def host_uuid() -> str:
+    """A stable host UUID: DMI product UUID, else /etc/machine-id, else hostname."""
+    for source in ("/sys/class/dmi/id/product_uuid", "/etc/machine-id"):
+        try:
+            text = Path(source).read_text().strip()
+            return str(uuid.UUID(text))
+        except (OSError, ValueError):
+            continue
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, platform.node() or "localhost"))
+
+
+def _stat_key(binary: str) -> dict[str, int]:
+    st = os.stat(binary)
+    return {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _log.warning("ignoring unreadable capabilities cache %s: %s", path, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        return {}
+    entries = data.get("emulators")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _save_cache(path: Path, entries: Mapping[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as stream:
+            json.dump({"format": _CACHE_FORMAT, "emulators": entries}, stream, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _log.warning("cannot write capabilities cache %s: %s", path, exc)
+
+
+def _cached(entries: Mapping[str, Any], arch: str, binary: str) -> EmulatorCaps | None:
+    entry = entries.get(binary)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        if entry.get("key") != _stat_key(binary):
+            return None
+        caps = EmulatorCaps.from_json(entry["caps"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return caps if caps.arch == arch else None
+
+
+def probe_capabilities(
+    cache_dir: str | os.PathLike[str] | None,
+    *,
+    search_dirs: Sequence[str] | None = None,
+    archs: Iterable[str] | None = None,
+    kvm_device: str = "/dev/kvm",
+    kvm_timeout: float = DEFAULT_TIMEOUT,
+    kvm_command: Sequence[str] | None = None,
+    host_arch: str | None = None,
+    uuid_: str | None = None,
+) -> Capabilities:
+    """Probe the host once (blocking; meant for daemon start-up).
+
+    Binaries that fail to probe are left out and listed in
+    :attr:`Capabilities.problems`; the daemon decides whether that is fatal.
+    ``cache_dir=None`` disables the cache.
+    """
+    arch_of_host = host_arch if host_arch is not None else platform.machine()
+    cache_path = Path(cache_dir, CACHE_FILE) if cache_dir is not None else None
+    entries = _load_cache(cache_path) if cache_path is not None else {}
+    kvm_probe = KvmProbe(kvm_device, kvm_timeout, kvm_command, arch_of_host)
+
+    emulators: dict[str, EmulatorCaps] = {}
+    problems: list[str] = []
+    running: list[_EmulatorProbe] = []
+    for arch, binary in find_emulators(search_dirs, archs).items():
+        cached = _cached(entries, arch, binary)
+        if cached is not None:
+            emulators[arch] = cached
+            continue
+        try:
+            running.append(_EmulatorProbe(arch, binary))
+        except OSError as exc:
+            problems.append(f"{binary}: cannot run: {exc}")
+
+    deadline = time.monotonic() + _BINARY_TIMEOUT
+    fresh: dict[str, Any] = {}
+    for probe in running:
+        try:
+            caps = probe.result(deadline)
+        except CapabilitiesError as exc:
+            problems.append(str(exc))
+            continue
+        emulators[probe.arch] = caps
+        try:
+            fresh[probe.binary] = {"key": _stat_key(probe.binary), "caps": caps.to_json()}
+        except OSError:
+            continue
+    if cache_path is not None and fresh:
+        kept = {b: e for b, e in entries.items() if b in {c.path for c in emulators.values()}}
+        _save_cache(cache_path, {**kept, **fresh})
+    for problem in problems:
+        _log.warning("capabilities: %s", problem)
+
+    return Capabilities(
+        host_arch=arch_of_host,
+        host_uuid=uuid_ if uuid_ is not None else host_uuid(),
+        emulators=dict(sorted(emulators.items())),
+        kvm=kvm_probe.result(),
+        problems=tuple(problems),
+    )
+
+
+# -- XML --------------------------------------------------------------------------
+
+
+def capabilities_xml(caps: Capabilities) -> str:
+    """libvirt-shaped ``<capabilities>`` document.
+
+    ``<domain type='kvm'/>`` is listed only where KVM passed the run probe
+    and the host can run that guest arch natively, so clients never offer a
+    guest type that would hang.
+    """
+    root = etree.Element("capabilities")
+    host = etree.SubElement(root, "host")
+    etree.SubElement(host, "uuid").text = caps.host_uuid
+    cpu = etree.SubElement(host, "cpu")
+    etree.SubElement(cpu, "arch").text = caps.host_arch
+    for arch, emulator in caps.emulators.items():
+        strategy = get_strategy(arch)
+        guest = etree.SubElement(root, "guest")
+        etree.SubElement(guest, "os_type").text = "hvm"
+        arch_el = etree.SubElement(guest, "arch", name=arch)
+        etree.SubElement(arch_el, "wordsize").text = str(strategy.wordsize)
+        etree.SubElement(arch_el, "emulator").text = emulator.path
+        for machine in emulator.machines:
+            machine_el = etree.SubElement(arch_el, "machine")
+            if machine.alias_of is not None:
+                machine_el.set("canonical", machine.alias_of)
+            if machine.deprecated:
+                machine_el.set("deprecated", "yes")
+            machine_el.text = machine.name
+        etree.SubElement(arch_el, "domain", type="qemu")
+        if caps.kvm_usable_for(arch):
+            etree.SubElement(arch_el, "domain", type="kvm")
+    return str(etree.tostring(root, pretty_print=True, encoding="unicode"))

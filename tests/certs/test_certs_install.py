@@ -1,0 +1,80 @@
+"""certs.install: validated installation into a PKIPaths layout."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certs.errors import CertFileExistsError, CertMismatchError, CertParamError
+from certs.install import install_files
+from certs.issue import make_client_cert, write_cert, write_key
+from certs.paths import PKIPaths
+
+CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_system_server_install(pki: PKIPaths, tmp_path: Path) -> None:
+    target = PKIPaths.system(prefix=tmp_path / "root")
+    done = install_files(target, "server", ca=pki.ca_cert, cert=pki.server_cert,
+                         key=pki.server_key)
+    assert [(i.target, i.mode) for i in done] == [
+        (target.ca_cert, 0o644), (target.server_cert, 0o644), (target.server_key, 0o600)]
+    assert target.server_key.read_bytes() == pki.server_key.read_bytes()
+    assert mode(target.server_key) == 0o600 and mode(target.server_key.parent) == 0o700
+    assert mode(target.server_cert) == 0o644 and mode(target.ca_cert) == 0o644
+
+
+def test_session_dir_holding_a_key_is_private(pki: PKIPaths, tmp_path: Path) -> None:
+    target = PKIPaths.session(home=tmp_path)
+    install_files(target, "client", ca=pki.ca_cert, cert=pki.client_cert, key=pki.client_key)
+    assert mode(target.client_key.parent) == 0o700
+    assert target.client_cert.read_bytes() == pki.client_cert.read_bytes()
+
+
+def test_refuses_overwrite_and_writes_nothing(pki: PKIPaths, tmp_path: Path) -> None:
+    target = PKIPaths.session(home=tmp_path)
+    target.client_key.parent.mkdir(parents=True)
+    target.client_key.write_text("precious")
+    with pytest.raises(CertFileExistsError, match="clientkey.pem"):
+        install_files(target, "client", ca=pki.ca_cert, cert=pki.client_cert,
+                      key=pki.client_key)
+    assert not target.ca_cert.exists() and target.client_key.read_text() == "precious"
+    install_files(target, "client", ca=pki.ca_cert, cert=pki.client_cert,
+                  key=pki.client_key, force=True)
+    assert target.client_key.read_bytes() == pki.client_key.read_bytes()
+
+
+def test_pair_checked_against_installed_ca(pki: PKIPaths, tmp_path: Path,
+                                           other_ca: CA) -> None:
+    target = PKIPaths.session(home=tmp_path)
+    install_files(target, "client", ca=pki.ca_cert)
+    key, cert = make_client_cert(*other_ca, "x")
+    write_key(tmp_path / "k.pem", key)
+    write_cert(tmp_path / "c.pem", cert)
+    with pytest.raises(CertMismatchError, match=f"not issued by CA {target.ca_cert}"):
+        install_files(target, "client", cert=tmp_path / "c.pem", key=tmp_path / "k.pem")
+    assert not target.client_cert.exists()
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"cert": "client_cert"}, CertParamError, "installed together"),
+    ({}, CertParamError, "nothing to install"),
+    ({"ca": "server_cert"}, CertMismatchError, "not a CA"),
+    ({"cert": "client_cert", "key": "server_key"}, CertMismatchError, "does not match"),
+    ({"cert": "server_cert", "key": "server_key"}, CertMismatchError, "lacks clientAuth"),
+])
+def test_invalid_installs(pki: PKIPaths, tmp_path: Path, kwargs: dict[str, str],
+                          exc: type[Exception], match: str) -> None:
+    target = PKIPaths.session(home=tmp_path / "home")
+    args = {k: getattr(pki, v) for k, v in kwargs.items()}
+    with pytest.raises(exc, match=match):
+        install_files(target, "client", **args)
+    assert not (tmp_path / "home").exists()

@@ -1,0 +1,268 @@
+"""certs.tls: real TLS handshakes on loopback between server_context and client_context.
+
+The server runs in a thread with blocking sockets; the test thread is the client.
+With TLS 1.3 a client learns that the server refused its certificate only on its
+first read after the handshake, so refusals are asserted on the server's side (which
+is the side whose policy is under test) and the client merely must not get data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certs.allowlist import AllowList, Role
+from certs.errors import CertFileError, CertMismatchError
+from certs.issue import make_client_cert, make_server_cert, write_cert, write_key
+from certs.paths import PKIPaths
+from certs.tls import client_context, peer_dn, server_context
+
+CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
+TIMEOUT = 10.0
+
+
+@dataclass
+class Outcome:
+    server_dn: str | None = None
+    server_dict_dn: str | None = None
+    server_error: BaseException | None = None
+    client_error: BaseException | None = None
+    client_got: bytes = b""
+    tls_version: str | None = None
+
+
+def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+              server_hostname: str | None = "localhost") -> Outcome:
+    """One connection: server thread greets the client with its DN; returns both views."""
+    out = Outcome()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            conn.settimeout(TIMEOUT)
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                out.server_dn = peer_dn(tls.getpeercert(binary_form=True))
+                out.server_dict_dn = peer_dn(tls.getpeercert())
+                out.tls_version = tls.version()
+                tls.sendall(b"hello " + out.server_dn.encode())
+                tls.recv(16)  # wait for the client's goodbye before closing
+        except BaseException as e:  # noqa: BLE001 - reported to the test thread
+            out.server_error = e
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+            with client_ctx.wrap_socket(raw, server_hostname=server_hostname) as tls:
+                out.client_got = tls.recv(1024)
+                tls.sendall(b"bye")
+    except (ssl.SSLError, OSError) as e:
+        out.client_error = e
+    finally:
+        thread.join(TIMEOUT)
+        listener.close()
+    assert not thread.is_alive(), "server thread hung"
+    return out
+
+
+def assert_refused_by_server(out: Outcome, reason: str) -> None:
+    assert out.server_dn is None
+    assert isinstance(out.server_error, ssl.SSLError), out.server_error
+    assert reason.lower() in str(out.server_error).lower(), out.server_error
+    assert out.client_got == b""
+
+
+def with_client(paths: PKIPaths, tmp_path: Path, key: ec.EllipticCurvePrivateKey,
+                cert: x509.Certificate) -> PKIPaths:
+    """``paths`` but presenting ``key``/``cert`` as the client identity."""
+    write_key(tmp_path / "k.pem", key)
+    write_cert(tmp_path / "c.pem", cert)
+    return dataclasses.replace(paths, client_cert=tmp_path / "c.pem",
+                               client_key=tmp_path / "k.pem")
+
+
+def with_server(paths: PKIPaths, tmp_path: Path, key: ec.EllipticCurvePrivateKey,
+                cert: x509.Certificate) -> PKIPaths:
+    write_key(tmp_path / "sk.pem", key)
+    write_cert(tmp_path / "sc.pem", cert)
+    return dataclasses.replace(paths, server_cert=tmp_path / "sc.pem",
+                               server_key=tmp_path / "sk.pem")
+
+
+# ------------------------------------------------------------------ good paths
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_good_client_is_accepted_and_server_sees_dn(pki: PKIPaths,
+                                                    version: ssl.TLSVersion) -> None:
+    cctx = client_context(pki)
+    cctx.maximum_version = version
+    out = handshake(server_context(pki), cctx)
+    assert out.server_error is None and out.client_error is None
+    assert out.server_dn == "O=Example,CN=admin1"
+    assert out.server_dict_dn == out.server_dn  # getpeercert() dict gives the same string
+    assert out.client_got == b"hello O=Example,CN=admin1"
+    assert out.tls_version == {ssl.TLSVersion.TLSv1_2: "TLSv1.2",
+                               ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+    assert AllowList([("O=Example,CN=admin*", "full")]).role_for(out.server_dn) is Role.FULL
+
+
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1"])
+def test_server_name_and_ip_sans_verify(pki: PKIPaths, name: str) -> None:
+    out = handshake(server_context(pki), client_context(pki), server_hostname=name)
+    assert out.client_error is None and out.server_dn == "O=Example,CN=admin1"
+
+
+def test_contexts_policy(pki: PKIPaths) -> None:
+    s, c = server_context(pki), client_context(pki)
+    assert s.minimum_version == c.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert s.verify_mode == ssl.CERT_REQUIRED
+    assert c.verify_mode == ssl.CERT_REQUIRED and c.check_hostname
+    nv = client_context(pki, verify=False)
+    assert nv.verify_mode == ssl.CERT_NONE and not nv.check_hostname
+
+
+# ------------------------------------------------------------ server refusals
+
+
+def test_client_without_certificate_is_refused(pki: PKIPaths) -> None:
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    bare.load_verify_locations(cafile=str(pki.ca_cert))
+    out = handshake(server_context(pki), bare)
+    assert_refused_by_server(out, "peer did not return a certificate")
+
+
+def test_client_cert_from_another_ca_is_refused(pki: PKIPaths, other_ca: CA,
+                                                tmp_path: Path) -> None:
+    key, cert = make_client_cert(*other_ca, "admin1", org="Example")  # same DN, wrong CA
+    out = handshake(server_context(pki), client_context(with_client(pki, tmp_path, key, cert)))
+    assert_refused_by_server(out, "unable to get local issuer certificate")
+
+
+def test_expired_client_cert_is_refused(pki: PKIPaths, ca: CA, tmp_path: Path,
+                                        days_ago: Callable[[int], datetime]) -> None:
+    key, cert = make_client_cert(*ca, "admin1", not_before=days_ago(30),
+                                 not_after=days_ago(1))
+    out = handshake(server_context(pki), client_context(with_client(pki, tmp_path, key, cert)))
+    assert_refused_by_server(out, "certificate has expired")
+
+
+def test_not_yet_valid_client_cert_is_refused(pki: PKIPaths, ca: CA, tmp_path: Path,
+                                              days_ago: Callable[[int], datetime]) -> None:
+    key, cert = make_client_cert(*ca, "admin1", not_before=days_ago(-1),
+                                 not_after=days_ago(-30))
+    out = handshake(server_context(pki), client_context(with_client(pki, tmp_path, key, cert)))
+    assert_refused_by_server(out, "certificate is not yet valid")
+
+
+def test_server_certificate_cannot_be_used_as_client_certificate(
+        pki: PKIPaths, ca: CA, tmp_path: Path) -> None:
+    key, cert = make_server_cert(*ca, ["admin1.example"])
+    # client_context itself refuses such a pair; bypass it to test the server's check.
+    paths = with_client(pki, tmp_path, key, cert)
+    with pytest.raises(CertMismatchError, match="clientAuth"):
+        client_context(paths)
+    raw = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    raw.load_verify_locations(cafile=str(paths.ca_cert))
+    raw.load_cert_chain(paths.client_cert, paths.client_key)
+    out = handshake(server_context(pki), raw)
+    assert_refused_by_server(out, "unsuitable certificate purpose")
+
+
+# ------------------------------------------------------------ client refusals
+
+
+def test_wrong_hostname_is_refused_by_client(pki: PKIPaths) -> None:
+    out = handshake(server_context(pki), client_context(pki), server_hostname="wrong.example")
+    assert isinstance(out.client_error, ssl.SSLCertVerificationError), out.client_error
+    assert "hostname mismatch" in out.client_error.verify_message.lower()
+    assert out.server_dn is None and out.client_got == b""
+
+
+def test_hostname_check_can_be_disabled_but_chain_is_still_verified(
+        pki: PKIPaths, other_ca: CA, tmp_path: Path) -> None:
+    out = handshake(server_context(pki), client_context(pki, server_hostname_check=False),
+                    server_hostname="wrong.example")
+    assert out.client_error is None and out.server_dn == "O=Example,CN=admin1"
+
+    key, cert = make_server_cert(*other_ca, ["localhost"])
+    rogue = server_context(dataclasses.replace(
+        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert))
+    out = handshake(rogue, client_context(pki, server_hostname_check=False))
+    assert isinstance(out.client_error, ssl.SSLCertVerificationError)
+    assert out.server_dn is None
+
+
+def test_server_cert_from_another_ca_is_refused_by_client(
+        pki: PKIPaths, other_ca: CA, tmp_path: Path) -> None:
+    key, cert = make_server_cert(*other_ca, ["localhost"])
+    rogue = server_context(dataclasses.replace(
+        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert))
+    out = handshake(rogue, client_context(pki))
+    assert isinstance(out.client_error, ssl.SSLCertVerificationError)
+    assert "unable to get local issuer certificate" in out.client_error.verify_message
+    assert out.server_dn is None
+
+
+def test_no_verify_accepts_any_server_and_still_presents_client_cert(
+        pki: PKIPaths, other_ca: CA, tmp_path: Path) -> None:
+    key, cert = make_server_cert(*other_ca, ["elsewhere.example"])
+    rogue = server_context(dataclasses.replace(
+        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert))
+    no_ca = dataclasses.replace(pki, ca_cert=tmp_path / "missing-cacert.pem")
+    out = handshake(rogue, client_context(no_ca, verify=False), server_hostname="localhost")
+    assert out.client_error is None
+    assert out.server_dn == "O=Example,CN=admin1"
+
+
+# --------------------------------------------------------- context building
+
+
+def test_missing_files_are_named(pki: PKIPaths, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    for field, build in [("ca_cert", server_context), ("server_cert", server_context),
+                         ("server_key", server_context), ("ca_cert", client_context),
+                         ("client_cert", client_context), ("client_key", client_context)]:
+        with pytest.raises(CertFileError, match=str(missing)) as info:
+            build(dataclasses.replace(pki, **{field: missing}))
+        assert info.value.path == missing
+
+
+def test_key_not_matching_cert_is_named(pki: PKIPaths) -> None:
+    swapped = dataclasses.replace(pki, server_key=pki.client_key)
+    with pytest.raises(CertMismatchError) as info:
+        server_context(swapped)
+    assert str(pki.client_key) in str(info.value) and str(pki.server_cert) in str(info.value)
+
+
+def test_leaf_given_as_ca_is_refused(pki: PKIPaths) -> None:
+    with pytest.raises(CertMismatchError, match="not a CA certificate"):
+        server_context(dataclasses.replace(pki, ca_cert=pki.server_cert))
+
+
+def test_client_cert_refused_as_server_identity(pki: PKIPaths) -> None:
+    both_client = dataclasses.replace(pki, server_cert=pki.client_cert,
+                                      server_key=pki.client_key)
+    with pytest.raises(CertMismatchError, match="serverAuth"):
+        server_context(both_client)
+
+
+def test_garbage_ca_file(pki: PKIPaths, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(CertFileError, match="bad.pem"):
+        client_context(dataclasses.replace(pki, ca_cert=bad))
+

@@ -1,0 +1,1 @@
+"""Shared test helpers (real daemons in temp dirs, waiting utilities)."""

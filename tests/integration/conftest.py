@@ -1,0 +1,69 @@
+"""Fixtures for integration tests that need a real bootable guest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "contrib" / "build-test-guest"
+# First build downloads a ~27 MB kernel package; later runs take ~1 s.
+BUILD_TIMEOUT = 900
+
+
+@dataclass(frozen=True)
+class TestGuest:
+    """A tiny busybox guest built by contrib/build-test-guest.
+
+    Boot it with ``-kernel kernel -initrd initrd -append "console=ttyS0 quiet"``;
+    see the header of contrib/build-test-guest for the serial-line protocol.
+    """
+
+    __test__ = False  # not a test class, despite the name
+
+    dir: Path
+    kernel: Path
+    initrd: Path
+    version: str
+
+
+@pytest.fixture(scope="session")
+def test_guest() -> TestGuest:
+    """Build (or reuse) the test guest once per session.
+
+    Output goes to $QEMUD_GUEST_DIR, else ~/.cache/qemud/test-guest (the
+    script's default).  A failing build is a test error, not a skip.
+    """
+    try:
+        proc = subprocess.run(
+            [str(BUILD_SCRIPT)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            env=dict(os.environ),
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{BUILD_SCRIPT} did not finish within {BUILD_TIMEOUT} s: {exc.stderr!r}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{BUILD_SCRIPT} failed with exit code {proc.returncode}:\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+        )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"{BUILD_SCRIPT} printed no output directory; stderr:\n{proc.stderr}"
+    guest_dir = Path(lines[-1])
+    guest = TestGuest(
+        dir=guest_dir,
+        kernel=guest_dir / "vmlinuz",
+        initrd=guest_dir / "initramfs.img",
+        version=(guest_dir / "VERSION").read_text().strip(),
+    )
+    for path in (guest.kernel, guest.initrd):
+        assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
+    return guest
