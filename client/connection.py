@@ -198,6 +198,9 @@ class Connection:
         except P.ProtocolError as exc:
             self._mark_lost(ConnectionLost(f"protocol error from the daemon: {exc}"))
         except Exception as exc:  # never die silently: waiters must wake up
+            if self._closed:  # close() shut the socket under us (e.g. EBADF): not a bug
+                self._mark_lost(ConnectionLost("connection closed"))
+                return
             log.exception("client reader failed")
             self._mark_lost(ConnectionLost(f"client reader failed: {exc!r}"))
 

@@ -5,46 +5,124 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConnectFailed
 from .uri import ParsedURI
 
+if TYPE_CHECKING:
+    from certs.paths import PKIPaths
+
 __all__ = ["open_socket"]
 
+#: X509_V_ERR_* codes meaning "not issued by a CA we trust"
+_UNTRUSTED = {2, 18, 19, 20, 21, 30}
+_HOSTNAME_MISMATCH = 62
+#: TLS alerts by which the daemon refuses this client's certificate
+_REFUSAL_ALERTS = {
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the certificate has expired",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the certificate is not signed by the daemon's CA",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "a client certificate is required",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate unknown",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the certificate is revoked",
+    "TLSV1_ALERT_ACCESS_DENIED": "access denied",
+    "TLSV1_ALERT_DECRYPT_ERROR": "decrypt error",
+}
 
-def _pki_files(uri: ParsedURI) -> tuple[Path, Path, Path]:
-    """(cacert, clientcert, clientkey) for a TLS URI, libvirt's layout."""
-    if uri.pkipath is not None:
-        base = uri.pkipath
-        return base / "cacert.pem", base / "clientcert.pem", base / "clientkey.pem"
-    home = Path.home() / ".pki" / "qemud"
-    if (home / "clientcert.pem").exists():
-        return home / "cacert.pem", home / "clientcert.pem", home / "clientkey.pem"
-    return (Path("/etc/pki/CA/cacert.pem"), Path("/etc/pki/qemud/clientcert.pem"),
-            Path("/etc/pki/qemud/private/clientkey.pem"))
 
-
-def _tls_context(uri: ParsedURI) -> ssl.SSLContext:
-    ca, cert, key = _pki_files(uri)
-    for what, path in (("CA certificate", ca), ("client certificate", cert),
-                       ("client key", key)):
-        if not path.exists():
-            raise ConnectFailed(f"cannot connect to {uri.uri}: {what} {path} not found "
-                                "(create one with qemud-certs, or pass ?pkipath=DIR)")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_verify_locations(cafile=str(ca))
-        ctx.load_cert_chain(str(cert), str(key))
-    except (ssl.SSLError, OSError) as exc:
-        raise ConnectFailed(f"cannot load TLS files for {uri.uri}: {exc}") from None
+def _tls_context(uri: ParsedURI, paths: PKIPaths) -> ssl.SSLContext:
+    """The client context from certs.tls (one TLS policy for daemon and client)."""
+    from certs.errors import CertError
+    from certs.tls import client_context
     if uri.no_verify:
         print(f"warning: {uri.uri}: server certificate NOT verified (no_verify=1)",
               file=sys.stderr)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    try:
+        return client_context(paths, server_hostname_check=not uri.no_verify,
+                              verify=not uri.no_verify)
+    except CertError as exc:
+        raise ConnectFailed(f"cannot connect to {uri.uri}: {exc} (create certificates with "
+                            "qemud-certs, or pass ?pkipath=DIR)") from None
+
+
+def _local_validity(cert_path: Path) -> str:
+    """A note for the message when our own certificate is outside its validity window."""
+    try:
+        from certs.pem import load_cert
+        from certs.validity import Validity, not_after, not_before, validity_status
+        cert = load_cert(cert_path)
+        status = validity_status(cert)
+    except Exception:  # only a diagnosis: never hide the real error behind another
+        return ""
+    if status is Validity.EXPIRED:
+        return f"; it expired on {not_after(cert):%Y-%m-%d %H:%M} UTC"
+    if status is Validity.NOT_YET_VALID:
+        return (f"; it is not valid before {not_before(cert):%Y-%m-%d %H:%M} UTC (check "
+                "the clocks)")
+    return ""
+
+
+def _refusal(uri: ParsedURI, cert_path: Path, exc: BaseException) -> ConnectFailed | None:
+    """ConnectFailed for a daemon refusing us during/just after the handshake, else None.
+
+    With TLS 1.3 the daemon checks the client certificate after the client considers the
+    handshake done, so its verdict (an alert) arrives on the first read.
+    """
+    where = f"{uri.host}:{uri.port}"
+    reason = getattr(exc, "reason", None)
+    if reason in _REFUSAL_ALERTS:
+        return ConnectFailed(
+            f"TLS: the daemon at {where} refused the client certificate {cert_path}: "
+            f"{_REFUSAL_ALERTS[reason]}{_local_validity(cert_path)} (inspect it with "
+            "'qemud-certs show'; the daemon's log gives its reason)")
+    if isinstance(exc, ssl.SSLEOFError | ConnectionError) or reason == \
+            "UNEXPECTED_EOF_WHILE_READING":
+        return ConnectFailed(
+            f"TLS: the daemon at {where} closed the connection during the TLS handshake "
+            f"(it may refuse the client certificate {cert_path}, or be at max_clients; "
+            "its log says why)")
+    return None
+
+
+class _TLSSocket(ssl.SSLSocket):
+    """Turns the daemon's refusal, read before any reply, into a ConnectFailed."""
+
+    _qemud_explain: Callable[[BaseException], ConnectFailed | None] | None = None
+    _qemud_answered = False
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        if self._qemud_answered or self._qemud_explain is None:
+            return super().recv(buflen, flags)
+        try:
+            data = super().recv(buflen, flags)
+        except (ssl.SSLError, ConnectionError) as exc:
+            failure = self._qemud_explain(exc)
+            if failure is None:
+                raise
+            raise failure from None
+        if not data:
+            failure = self._qemud_explain(ssl.SSLEOFError())
+            assert failure is not None
+            raise failure
+        self._qemud_answered = True
+        return data
+
+
+def _server_rejected(uri: ParsedURI, ca_cert: Path, exc: ssl.SSLCertVerificationError) -> str:
+    message = f"TLS: server certificate of {uri.host} rejected: {exc.verify_message}"
+    if exc.verify_code == _HOSTNAME_MISMATCH:
+        return (f"{message} (connect with a name or address listed in the daemon's "
+                "certificate -- 'qemud-certs show servercert.pem' -- or reissue it with "
+                "qemud-certs server --hostname/--ip)")
+    if exc.verify_code in _UNTRUSTED:
+        return f"{message} (it is not signed by the CA in {ca_cert})"
+    if exc.verify_code == 10:
+        return f"{message} (the daemon's certificate must be renewed)"
+    return message
 
 
 def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket.socket:
@@ -68,7 +146,10 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
         sock.settimeout(None)
         return sock
     assert uri.host is not None
-    ctx = _tls_context(uri)
+    from certs.paths import PKIPaths
+    paths = PKIPaths.from_dir(uri.pkipath) if uri.pkipath else PKIPaths.default("client")
+    ctx = _tls_context(uri, paths)
+    ctx.sslsocket_class = _TLSSocket
     try:
         raw = socket.create_connection((uri.host, uri.port), timeout=timeout)
     except OSError as exc:
@@ -78,11 +159,15 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
         tls = ctx.wrap_socket(raw, server_hostname=uri.host)
     except ssl.SSLCertVerificationError as exc:
         raw.close()
-        raise ConnectFailed(f"TLS: server certificate of {uri.host} rejected: "
-                            f"{exc.verify_message}") from None
+        raise ConnectFailed(_server_rejected(uri, paths.ca_cert, exc)) from None
     except (ssl.SSLError, OSError) as exc:
         raw.close()
+        refusal = _refusal(uri, paths.client_cert, exc)
+        if refusal is not None:
+            raise refusal from None
         raise ConnectFailed(f"TLS handshake with {uri.host}:{uri.port} failed: {exc} (the "
                             "server may refuse this client's certificate)") from None
+    assert isinstance(tls, _TLSSocket)
+    tls._qemud_explain = lambda exc: _refusal(uri, paths.client_cert, exc)
     tls.settimeout(None)
     return tls

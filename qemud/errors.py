@@ -17,6 +17,7 @@
      +-- NoSnapshot              no snapshot by that name
      +-- NoSupport               not implemented here
      +-- InternalError           a bug; the message says where
+     +-- AuthFailed              a TLS client certificate or DN was refused
 
 Handlers raise these; the dispatcher turns them into error replies. Anything else that
 escapes a handler is logged with its traceback and sent as INTERNAL_ERROR.
@@ -101,3 +102,8 @@ class NoSupport(QemudError):
 
 class InternalError(QemudError):
     code = ErrorCode.INTERNAL_ERROR
+
+
+class AuthFailed(QemudError):
+    code = ErrorCode.AUTH_FAILED
+    domain = ErrorDomain.REMOTE

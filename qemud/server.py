@@ -54,7 +54,7 @@ from .config import Config
 from .dispatch import Deferred, Dispatcher, error_payload
 from .errors import OperationTimeout, QemudError
 from .loop import READ, WRITE, EventLoop, Timer
-from .transport import TLSTransport, Transport, UnixTransport, WouldBlock
+from .transport import TLSTransport, Transport, UnixTransport, WouldBlock, tls_failure_reason
 
 __all__ = ["Server", "Client", "Listener"]
 
@@ -301,7 +301,7 @@ class Server:
             client.interest = -1  # not the I/O handler: force re-registration later
             return
         except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or str(exc)
+            reason = tls_failure_reason(exc)
             client.log.warning("TLS handshake with %s refused: %s", client.identity, reason)
             self.close_client(client, f"TLS handshake failed: {reason}")
             return

@@ -203,37 +203,65 @@ def _attr_name(attr: str) -> str:
 def _locate(
     schema: etree.RelaxNG, doc: etree._Element, start: etree._Element
 ) -> tuple[etree._Element, str | None] | None:
-    """Descend from ``start`` to the deepest element (or attribute) whose removal alone
-    makes ``doc`` valid.  None when no single removal below ``start`` helps (several
-    independent errors)."""
+    """Find the deepest element (or attribute) below ``start`` whose removal alone makes
+    ``doc`` valid.  None when no single removal helps (several independent errors)."""
     node = start
     descended = False
     while True:
-        hit: etree._Element | None = None
-        for child in list(node):
-            if not isinstance(child.tag, str):
-                continue
-            index = node.index(child)
-            node.remove(child)
-            ok = schema.validate(doc)
-            node.insert(index, child)
-            if ok:
-                hit = child
-                break
+        hit = _removable_child(schema, doc, node)
         if hit is not None:
             node = hit
             descended = True
             continue
-        items = list(node.attrib.items())
-        for name, _value in items:
-            del node.attrib[name]
-            ok = schema.validate(doc)
-            node.attrib.clear()
-            for key, value in items:
-                node.set(key, value)
-            if ok:
-                return node, str(name)
-        return (node, None) if descended else None
+        attr = _removable_attribute(schema, doc, node)
+        if attr is not None:
+            return node, attr
+        if not descended:
+            return None
+        # The culprit is inside a required part (e.g. a bad value on <target>, which the
+        # disk cannot do without): look deeper, below any child.
+        for inner in node.iterdescendants():
+            if not isinstance(inner.tag, str):
+                continue
+            attr = _removable_attribute(schema, doc, inner)
+            if attr is not None:
+                return inner, attr
+            hit = _removable_child(schema, doc, inner)
+            if hit is not None:
+                node = hit
+                break
+        else:
+            return node, None
+
+
+def _removable_child(
+    schema: etree.RelaxNG, doc: etree._Element, node: etree._Element
+) -> etree._Element | None:
+    for child in list(node):
+        if not isinstance(child.tag, str):
+            continue
+        index = node.index(child)
+        node.remove(child)
+        ok = schema.validate(doc)
+        node.insert(index, child)
+        if ok:
+            return child
+    return None
+
+
+def _removable_attribute(
+    schema: etree.RelaxNG, doc: etree._Element, node: etree._Element
+) -> str | None:
+    items = list(node.attrib.items())
+    for name, _value in items:
+        del node.attrib[name]
+        ok = schema.validate(doc)
+        node.attrib.clear()
+        for key, value in items:
+            node.set(key, value)
+        if ok:
+            return str(name)
+    return None
 
 
 def _fallback(

@@ -189,9 +189,15 @@ def first_child(node: etree._Element, tag: str) -> etree._Element | None:
     return _walk(node, (tag,))
 
 
-# While a read-only pass (semantic checks) runs, child lookups are memoised per element:
-# element -> {tag: first child}.  Only valid while nothing writes the tree, hence the scope.
-_read_scope: dict[Any, dict[Any, etree._Element]] | None = None
+class _Scope(threading.local):
+    # While a read-only pass (semantic checks) runs in this thread, child lookups are
+    # memoised per element: element -> {tag: first child}.  Only valid while nothing
+    # writes the tree, hence the explicit scope; per thread, so another thread's edits
+    # never read through it.
+    kids: dict[Any, dict[Any, etree._Element]] | None = None
+
+
+_scope = _Scope()
 
 
 @contextmanager
@@ -201,15 +207,14 @@ def read_only_scope() -> Iterator[None]:
     Roughly halves the cost of a full semantic check; writing inside the scope would read
     stale children, so only read-only code may use it.  Nested scopes share the outer one.
     """
-    global _read_scope
-    if _read_scope is not None:
+    if _scope.kids is not None:
         yield
         return
-    _read_scope = {}
+    _scope.kids = {}
     try:
         yield
     finally:
-        _read_scope = None
+        _scope.kids = None
 
 
 def _kids(scope: dict[Any, dict[Any, etree._Element]], node: etree._Element) -> dict[Any, Any]:
@@ -225,7 +230,7 @@ def _kids(scope: dict[Any, dict[Any, etree._Element]], node: etree._Element) -> 
 def _walk(node: etree._Element, steps: Sequence[str]) -> etree._Element | None:
     # Hot path (every property read): iterchildren(tag) matches in C and is ~3x faster
     # than find(), which goes through lxml's Python-level ElementPath.
-    scope = _read_scope
+    scope = _scope.kids
     for tag in steps:
         if scope is not None:
             found: etree._Element | None = _kids(scope, node).get(tag)
@@ -433,7 +438,7 @@ class _ValueProperty(XMLPropertyBase, Generic[_T]):
             return self
         node = obj._node
         if self.steps:
-            if _read_scope is not None:
+            if _scope.kids is not None:
                 found = _walk(node, self.steps)
                 if found is None:
                     return self.default

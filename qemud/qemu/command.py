@@ -276,16 +276,17 @@ class _Builder:
     def _disks(self) -> None:
         seen: set[str] = set()
         for position, disk in enumerate(self.dom.disks):
-            if disk.target_dev in seen:
-                raise GuestConfigError(
-                    disk_path(position), f"duplicate target dev {disk.target_dev!r}"
-                )
-            seen.add(disk.target_dev)
+            target = disk.target_dev
+            if not target:  # validate() rejects this first
+                raise GuestConfigError(disk_path(position), "disk has no target dev")
+            if target in seen:
+                raise GuestConfigError(disk_path(position), f"duplicate target dev {target!r}")
+            seen.add(target)
             try:
-                storage, fmt = naming.disk_node_names(disk.target_dev)
+                storage, fmt = naming.disk_node_names(target)
             except ValueError as exc:
                 raise GuestConfigError(disk_path(position), str(exc)) from None
-            device_id = naming.disk_device_id(disk.target_dev)
+            device_id = naming.disk_device_id(target)
             is_cdrom = disk.device == "cdrom"
             if disk.source is None:
                 if not is_cdrom:

@@ -1,4 +1,8 @@
-"""Fixtures for the domain XML layer's tests (qemud/conf)."""
+"""Fixtures for the domain XML layer's tests (qemud/conf).
+
+Test modules do not import from here (pytest injects fixtures), so a conftest.py elsewhere
+in tests/ cannot shadow these.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from qemud.conf import schema
-
-DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
@@ -28,16 +30,13 @@ def no_schema(isolated_schema: None) -> None:
     schema.set_schema_path(None)
 
 
-def installed_schema() -> Path | None:
-    """libvirt's domain.rng if this machine has it (Debian: package libvirt0)."""
+@pytest.fixture
+def installed_schema() -> Path:
+    """libvirt's domain.rng on this machine; skips the test where it is not installed."""
     for path in schema.DEFAULT_SCHEMA_PATHS:
         if path.is_file():
             return path
-    return None
-
-
-requires_schema = pytest.mark.skipif(
-    installed_schema() is None,
-    reason="libvirt's RelaxNG schema (/usr/share/libvirt/schemas/domain.rng, Debian package"
-    " libvirt0) is not installed; schema validation cannot be tested here",
-)
+    pytest.skip(
+        "libvirt's RelaxNG schema (/usr/share/libvirt/schemas/domain.rng, Debian package"
+        " libvirt0) is not installed; schema validation cannot be tested here"
+    )

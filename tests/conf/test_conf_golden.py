@@ -14,9 +14,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import DATA
 
 from qemud.conf import Device, DomainDef, parse_device_xml, parse_domain_xml
+
+DATA = Path(__file__).parent / "data"
 
 REGENERATE = bool(os.environ.get("QEMUD_REGENERATE_GOLDEN"))
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from conftest import DATA
 from lxml import etree
 
 from qemud.conf import DefinitionError, DomainDef, parse_domain_xml
+
+DATA = Path(__file__).parent / "data"
 
 APP = "https://qemud.example/appliance/1"
 TAGS = "https://example.org/tags"

@@ -6,14 +6,24 @@ handling, so adding a property without golden data fails here.
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA
 from lxml import etree
 
-from qemud.conf import CharDevice, Disk, DomainDef, Graphics, Interface, OSDef, Watchdog
-from qemud.conf import parse_device_xml, parse_domain_xml
+from qemud.conf import (
+    CharDevice,
+    Disk,
+    DomainDef,
+    Graphics,
+    Interface,
+    OSDef,
+    Watchdog,
+    parse_device_xml,
+    parse_domain_xml,
+)
 from qemud.conf.xmlmodel import (
     XMLIntProperty,
     XMLListProperty,
@@ -25,7 +35,10 @@ from qemud.conf.xmlmodel import (
     all_properties,
     element_path,
     iter_model_properties,
+    read_only_scope,
 )
+
+DATA = Path(__file__).parent / "data"
 
 
 def _golden_models() -> list[XMLModel]:
@@ -185,3 +198,21 @@ def test_bad_property_paths_are_refused() -> None:
     for bad in ("os/type", "./a[1]", "./@", "./a/@b/c"):
         with pytest.raises(ValueError):
             XMLProperty(bad)
+
+
+def test_read_only_scope_is_per_thread() -> None:
+    """A check running in one thread must not serve stale lookups to another thread."""
+    dom = DomainDef.new("scoped")
+    seen: list[str | None] = []
+
+    def edit() -> None:
+        dom.title = "set in another thread"
+        seen.append(dom.title)
+
+    with read_only_scope():
+        assert dom.title is None
+        worker = threading.Thread(target=edit)
+        worker.start()
+        worker.join()
+    assert seen == ["set in another thread"]
+    assert dom.title == "set in another thread"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,9 @@ def test_guest() -> TestGuest:
     try:
         proc = subprocess.run(
             [str(BUILD_SCRIPT)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
             timeout=BUILD_TIMEOUT,
-            env=dict(os.environ),
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -158,18 +157,43 @@ class QMP:
 class Guest:
     """One QEMU process running the test guest (TCG, serial on stdio pipes)."""
 
-    def __init__(self, tg: Any, workdir: Path, machine: str = "pc",
-                 append: str = "", extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        tg: Any,
+        workdir: Path,
+        machine: str = "pc",
+        append: str = "",
+        extra: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.qmp_path = workdir / "qmp.sock"
         self.stderr_path = workdir / "qemu.stderr"
         cmd = [
-            QEMU, "-accel", "tcg", "-machine", machine, "-m", "256", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none",
-            "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-kernel", str(tg.kernel), "-initrd", str(tg.initrd),
-            "-append", f"console=ttyS0 quiet {append}".strip(),
+            QEMU,
+            "-accel",
+            "tcg",
+            "-machine",
+            machine,
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-chardev",
+            "stdio,id=ser0,signal=off",
+            "-serial",
+            "chardev:ser0",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+            "-kernel",
+            str(tg.kernel),
+            "-initrd",
+            str(tg.initrd),
+            "-append",
+            f"console=ttyS0 quiet {append}".strip(),
             *(extra or []),
         ]
         self.started = time.monotonic()
@@ -259,8 +283,13 @@ def test_build_is_idempotent(test_guest: Any) -> None:
     script = Path(__file__).resolve().parents[2] / "contrib" / "build-test-guest"
     before = test_guest.initrd.stat().st_mtime_ns
     t0 = time.monotonic()
-    out = subprocess.run([str(script), "--out", str(test_guest.dir)], capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [str(script), "--out", str(test_guest.dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     elapsed = time.monotonic() - t0
     assert out.stdout.strip().splitlines()[-1] == str(test_guest.dir)
     assert test_guest.initrd.stat().st_mtime_ns == before, "up-to-date guest was rebuilt"
@@ -273,17 +302,30 @@ def test_ready_marker_devices_and_commands(boot: Any, workdir: Path) -> None:
     disks = [workdir / "vd.raw", workdir / "sd.raw"]
     for disk in disks:
         disk.write_bytes(b"\0" * (1 << 20))
-    g = boot(extra=[
-        "-drive", f"if=none,id=d0,file={disks[0]},format=raw",
-        "-device", "virtio-blk-pci,drive=d0",
-        "-device", "virtio-scsi-pci,id=scsi0",
-        "-drive", f"if=none,id=d1,file={disks[1]},format=raw",
-        "-device", "scsi-hd,drive=d1,bus=scsi0.0",
-        "-drive", "if=none,id=cd0,media=cdrom",
-        "-device", "ide-cd,drive=cd0,bus=ide.1",
-        "-device", "virtio-net-pci,netdev=n0", "-netdev", "user,id=n0",
-        "-device", "pvpanic",
-    ])
+    g = boot(
+        extra=[
+            "-drive",
+            f"if=none,id=d0,file={disks[0]},format=raw",
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+            "-drive",
+            f"if=none,id=d1,file={disks[1]},format=raw",
+            "-device",
+            "scsi-hd,drive=d1,bus=scsi0.0",
+            "-drive",
+            "if=none,id=cd0,media=cdrom",
+            "-device",
+            "ide-cd,drive=cd0,bus=ide.1",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "pvpanic",
+        ]
+    )
     uptime = g.wait_ready()
     wall = time.monotonic() - g.started
     print(f"ready marker after {wall:.2f} s wall clock, guest uptime {uptime:.2f} s")
@@ -298,8 +340,9 @@ def test_ready_marker_devices_and_commands(boot: Any, workdir: Path) -> None:
     assert not [line for line in g.serial.lines if "qemud-init" in line], g.serial.lines
 
     assert g.command("ping", r"QEMUD-PONG uptime=[\d.]+")
-    assert g.command("frobnicate now", r"QEMUD-UNKNOWN .*").group(0) == \
-        "QEMUD-UNKNOWN frobnicate now"
+    assert (
+        g.command("frobnicate now", r"QEMUD-UNKNOWN .*").group(0) == "QEMUD-UNKNOWN frobnicate now"
+    )
     assert g.command("read-disk nosuchdisk 4", r"QEMUD-ERROR .*")
     assert g.qmp.execute("query-status")["status"] == "running"
 
@@ -321,9 +364,12 @@ def test_acpi_powerdown_powers_off(boot: Any) -> None:
 
 def _heartbeat_args(path: Path) -> list[str]:
     return [
-        "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=hb,path={path},server=on,wait=off",
-        "-device", "virtserialport,bus=vser0.0,chardev=hb,name=org.qemud.heartbeat.0",
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        f"socket,id=hb,path={path},server=on,wait=off",
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=hb,name=org.qemud.heartbeat.0",
     ]
 
 
@@ -437,11 +483,16 @@ def test_block_hotplug_disk_io_and_poweroff_command(boot: Any, workdir: Path) ->
     iso = workdir / "medium.iso"
     iso.write_bytes(b"\0" * (2 << 20))  # 2 MiB = 4096 sectors of 512 bytes
     hb_path = workdir / "hb.sock"
-    g = boot(append="qemud.noheartbeat", extra=[
-        "-drive", "if=none,id=cd0,media=cdrom",
-        "-device", "ide-cd,drive=cd0,id=cd0dev,bus=ide.1",
-        *_heartbeat_args(hb_path),
-    ])
+    g = boot(
+        append="qemud.noheartbeat",
+        extra=[
+            "-drive",
+            "if=none,id=cd0,media=cdrom",
+            "-device",
+            "ide-cd,drive=cd0,id=cd0dev,bus=ide.1",
+            *_heartbeat_args(hb_path),
+        ],
+    )
     hb = LineReader(hb_path, STEP_TIMEOUT)
     try:
         g.wait_ready()
@@ -450,24 +501,30 @@ def test_block_hotplug_disk_io_and_poweroff_command(boot: Any, workdir: Path) ->
 
         # hot-add a virtio-blk disk
         start = g.serial.mark()
-        g.qmp.execute("blockdev-add", driver="raw", **{"node-name": "hot0"},
-                      file={"driver": "file", "filename": str(disk)})
+        g.qmp.execute(
+            "blockdev-add",
+            driver="raw",
+            **{"node-name": "hot0"},
+            file={"driver": "file", "filename": str(disk)},
+        )
         g.qmp.execute("device_add", driver="virtio-blk-pci", drive="hot0", id="vdisk0")
         _, m = g.serial.wait_for(BLOCK_RE, STEP_TIMEOUT, start)
         assert block_names(m) == ["sr0:0", "vda"]
 
         # the guest reads what the host wrote, and the host sees the guest's write
-        assert g.command("read-disk vda 8", r"QEMUD-READ vda .*").group(0) == \
-            "QEMUD-READ vda HOSTDATA"
+        assert (
+            g.command("read-disk vda 8", r"QEMUD-READ vda .*").group(0) == "QEMUD-READ vda HOSTDATA"
+        )
         g.command("write-disk vda hello from  the guest", "QEMUD-WROTE vda")
         assert disk.read_bytes()[:25] == b"hello from  the guest\0\0\0\0"
-        assert g.command("read-disk vda 23", r"QEMUD-READ vda .*").group(0) == \
-            "QEMUD-READ vda hello from  the guest.."
+        assert (
+            g.command("read-disk vda 23", r"QEMUD-READ vda .*").group(0)
+            == "QEMUD-READ vda hello from  the guest.."
+        )
 
         # CD-ROM medium insert and eject are reported with the medium size
         start = g.serial.mark()
-        g.qmp.execute("blockdev-change-medium", id="cd0dev", filename=str(iso),
-                      format="raw")
+        g.qmp.execute("blockdev-change-medium", id="cd0dev", filename=str(iso), format="raw")
         _, m = g.serial.wait_for(BLOCK_RE, STEP_TIMEOUT, start)
         assert block_names(m) == ["sr0:4096", "vda"]
         start = g.serial.mark()

@@ -21,16 +21,19 @@ def _audit_lines(daemon) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_each_ro_refusal_is_audited(daemon) -> None:
+def test_each_ro_refusal_is_audited(shared_daemon) -> None:
+    daemon = shared_daemon
     identity = f"pid={os.getpid()} uid={os.getuid()}"
+    before = len(_audit_lines(daemon))
     with RawClient(daemon.ro_socket) as ro:
         for spec in FORBIDDEN:
             ro.call(spec.procedure, minimal_instance(spec.args))
         ro.call(Procedure.NODE_INFO)  # reads are not audited
-    lines = wait_for(lambda: [ln for ln in _audit_lines(daemon) if "transport=unix-ro" in ln]
-                     if len([ln for ln in _audit_lines(daemon)
-                             if "transport=unix-ro" in ln]) >= len(FORBIDDEN) else None,
-                     timeout=5, message="audit lines for every refusal")
+
+    def new_lines() -> list[str] | None:
+        lines = _audit_lines(daemon)[before:]
+        return lines if len(lines) >= len(FORBIDDEN) else None
+    lines = wait_for(new_lines, timeout=5, message="audit lines for every refusal")
     assert len(lines) == len(FORBIDDEN), "\n".join(lines)
     for spec, line in zip(FORBIDDEN, lines, strict=True):
         assert f"identity='{identity}'" in line
@@ -39,7 +42,8 @@ def test_each_ro_refusal_is_audited(daemon) -> None:
     assert not any("NODE_INFO" in ln for ln in _audit_lines(daemon))
 
 
-def test_mutating_call_on_rw_is_audited(daemon) -> None:
+def test_mutating_call_on_rw_is_audited(shared_daemon) -> None:
+    daemon = shared_daemon
     with RawClient(daemon.rw_socket) as admin, RawClient(daemon.rw_socket) as victim:
         clients = admin.call(Procedure.ADMIN_CLIENT_LIST).result.clients
         victim_id = max(c.id for c in clients)

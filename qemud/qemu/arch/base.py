@@ -136,7 +136,7 @@ class ArchStrategy:
         if disk.target_bus:
             return disk.target_bus
         profile = self.profile(dom)
-        parsed = naming.split_target_dev(disk.target_dev)
+        parsed = naming.split_target_dev(disk.target_dev or "")
         implied = _PREFIX_BUS.get(parsed[0]) if parsed else None
         if disk.device == "cdrom":
             if implied in profile.disk_buses and _BUSES[implied].cdrom:
@@ -205,7 +205,6 @@ class ArchStrategy:
 
     def _validate_disks(self, dom: DomainView) -> None:
         profile = self.profile(dom)
-        where = f"{self.name} machine '{self.machine_type(dom)}'"
         taken: dict[tuple[str, int], str] = {}
         for position, disk in enumerate(dom.disks):
             path = disk_path(position)
@@ -214,10 +213,13 @@ class ArchStrategy:
                     f"devices/disk[{position + 1}]", f"unsupported disk device {disk.device!r}"
                 )
             bus_name = self.disk_bus(dom, disk)
+            where = self._where(dom, bus_name)
             if bus_name not in profile.disk_buses or bus_name not in _BUSES:
                 supported = [b for b in profile.disk_buses if b in _BUSES]
                 raise UnsupportedForArch(path, "bus", bus_name, where, supported)
             bus = _BUSES[bus_name]
+            if not disk.target_dev:
+                raise GuestConfigError(path, "disk has no target dev")
             unit = naming.disk_index(disk.target_dev)
             if unit is None:
                 raise GuestConfigError(path, f"invalid target dev {disk.target_dev!r}")
@@ -242,6 +244,14 @@ class ArchStrategy:
                         f"target dev {disk.target_dev!r} and {other!r} "
                         f"both map to {bus_name} unit {unit}",
                     )
+
+    def _where(self, dom: DomainView, bus: str) -> str:
+        """Name the arch, or the arch's machine when some other machine has ``bus``."""
+        profiles = [self.table.base_profile]
+        profiles += [self.table.profile(family.patterns[0]) for family in self.table.families]
+        if any(bus in profile.disk_buses for profile in profiles):
+            return f"{self.name} machine '{self.machine_type(dom)}'"
+        return self.name
 
     def _validate_interfaces(self, dom: DomainView) -> None:
         for position, iface in enumerate(dom.interfaces, start=1):
@@ -342,7 +352,7 @@ class ArchStrategy:
 
     def _placement(self, dom: DomainView, disk: DiskView, media: str) -> list[str]:
         bus = _BUSES[self.disk_bus(dom, disk)]
-        unit = naming.disk_index(disk.target_dev)
+        unit = naming.disk_index(disk.target_dev or "")
         if unit is None:  # validate() rejects this first
             raise GuestConfigError("devices/disk/target", f"invalid target dev {disk.target_dev!r}")
         return bus.placement(self, self.profile(dom), media, unit)

@@ -1,0 +1,320 @@
+"""The QEMU driver against real QEMU and the real test guest, under TCG.
+
+One daemon serves the module (starting one costs a capabilities probe); each test uses
+its own guest name so they do not interfere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from protocol.constants import (
+    DomainState,
+    LifecycleEvent,
+    PausedReason,
+    RunningReason,
+    ShutdownDetail,
+    ShutoffReason,
+    StartedDetail,
+    StoppedDetail,
+)
+from tests.helpers.daemon import DaemonProcess, wait_for
+
+from tests.integration.domains import READY, bare_xml, guest_xml
+from tests.integration.serial import SerialPort
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    root = tmp_path_factory.mktemp("qemud-driver")
+    daemon = DaemonProcess(root, {"limits": {"keepalive_interval": 2}})
+    daemon.start()
+    yield daemon
+    try:
+        with daemon.connect() as conn:
+            for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                dom.destroy()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
+    with qemud.connect() as c:
+        yield c
+
+
+def lifecycle_events(conn: client.Connection, dom: client.Domain, count: int,
+                     timeout: float = 60.0) -> list[tuple[int, int]]:
+    """The next ``count`` lifecycle events of ``dom`` as (event, detail)."""
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        record = conn.next_event(max(0.1, deadline - time.monotonic()))
+        if record is None:
+            raise TimeoutError(f"only saw {seen} of {count} events for {dom.name}")
+        if record.event_id == client.EventId.LIFECYCLE and record.domain.name == dom.name:
+            seen.append((record.event, record.detail))
+    return seen
+
+
+def qemu_pids(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"guest={name},"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_full_lifecycle(conn: client.Connection, test_guest, tmp_path: Path) -> None:
+    sock = tmp_path / "serial.sock"
+    dom = conn.define_xml(guest_xml("life", test_guest, sock))
+    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+    assert lifecycle_events(conn, dom, 0) == []
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.UNKNOWN)
+
+    dom.create()
+    assert dom.refresh().id > 0
+    assert dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+
+    dom.suspend()
+    assert dom.state() == (DomainState.PAUSED, PausedReason.USER)
+    dom.resume()
+    assert dom.state() == (DomainState.RUNNING, RunningReason.UNPAUSED)
+    assert lifecycle_events(conn, dom, 2) == [(LifecycleEvent.SUSPENDED, 0),
+                                              (LifecycleEvent.RESUMED, 0)]
+
+    mark = serial.mark()
+    dom.shutdown()  # ACPI power button: the guest powers itself off
+    serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
+    assert lifecycle_events(conn, dom, 2) == [
+        (LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
+        (LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert dom.refresh().id == -1
+    serial.close()
+
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    conn.register_event(client.EventId.REBOOT, domain=dom)
+    mark = serial.mark()
+    serial.send("reboot")  # the guest reboots itself
+    serial.wait_for(READY, start=mark)
+    reboot = wait_for(lambda: conn.next_event(1.0), timeout=30, message="reboot event")
+    # the STARTED event of this boot may be queued first: skip lifecycle events
+    while reboot.event_id != client.EventId.REBOOT:
+        reboot = wait_for(lambda: conn.next_event(1.0), timeout=30, message="reboot event")
+    assert reboot.domain.name == "life"
+    assert dom.state()[0] == DomainState.RUNNING
+
+    dom.destroy()
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+    assert qemu_pids("life") == []
+    dom.undefine()
+    with pytest.raises(client.NoDomainError):
+        conn.lookup_by_name("life")
+
+
+def test_wrong_state_errors_name_the_cause(conn: client.Connection, test_guest,
+                                          tmp_path: Path) -> None:
+    dom = conn.define_xml(guest_xml("wrongstate", test_guest, tmp_path / "s.sock"))
+    with pytest.raises(client.OperationInvalid, match="not running"):
+        dom.destroy()
+    with pytest.raises(client.OperationInvalid, match="not running"):
+        dom.suspend()
+    dom.create()
+    with pytest.raises(client.OperationInvalid, match="already running"):
+        dom.create()
+    with pytest.raises(client.OperationInvalid, match="not paused"):
+        dom.resume()
+    dom.destroy()
+    dom.undefine()
+
+
+def test_transient_guest_is_never_written(conn: client.Connection, qemud: DaemonProcess,
+                                          test_guest, tmp_path: Path) -> None:
+    dom = conn.create_xml(guest_xml("transient1", test_guest, tmp_path / "s.sock"))
+    assert dom.state()[0] == DomainState.RUNNING
+    assert not (qemud.config_dir / "domains" / "transient1.xml").exists()
+    with pytest.raises(client.OperationInvalid, match="transient"):
+        dom.undefine()
+    with pytest.raises(client.OperationInvalid, match="transient"):
+        dom.set_autostart(True)
+    dom.destroy()
+    with pytest.raises(client.NoDomainError):
+        conn.lookup_by_name("transient1")
+
+
+def test_guest_killed_from_outside_is_reported_crashed(conn: client.Connection, test_guest,
+                                                       tmp_path: Path) -> None:
+    dom = conn.define_xml(guest_xml("victim", test_guest, tmp_path / "s.sock"))
+    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+    dom.create()
+    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+    (pid,) = qemu_pids("victim")
+    os.kill(pid, signal.SIGKILL)
+    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STOPPED, StoppedDetail.FAILED)]
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.CRASHED)
+    dom.undefine()
+
+
+def test_failed_start_returns_qemu_error_and_leaves_nothing(
+        conn: client.Connection, qemud: DaemonProcess, test_guest, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-disk.img"
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{missing}'/><target dev='vda' bus='virtio'/></disk>")
+    dom = conn.define_xml(guest_xml("broken", test_guest, tmp_path / "s.sock", extra=disk))
+    with pytest.raises(client.OperationFailed) as info:
+        dom.create()
+    assert "no-such-disk.img" in str(info.value)  # QEMU's own text
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.FAILED)
+    assert qemu_pids("broken") == []
+    assert not list((qemud.run_dir / "qemu" / "broken").glob("*.sock"))
+    dom.undefine()
+
+
+def test_hotplug_disk_is_seen_by_the_guest(conn: client.Connection, test_guest,
+                                           tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    image = tmp_path / "extra.img"
+    image.write_bytes(b"\0" * (8 << 20))
+    dom = conn.create_xml(guest_xml("hotplug", test_guest, sock))
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    mark = serial.mark()
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{image}'/><target dev='vdb' bus='virtio'/></disk>")
+    dom.attach_device(disk)
+    serial.wait_for(r"QEMUD-BLOCK: [^\n]*vda", start=mark)  # the first virtio disk is vda
+    assert "vdb" in dom.xml() and str(image) in dom.xml()
+    mark = serial.mark()
+    dom.detach_device(disk)
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark)
+    assert str(image) not in dom.xml()
+    dom.destroy()
+
+
+def test_cdrom_media_change(conn: client.Connection, test_guest, tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    media = tmp_path / "media.iso"
+    media.write_bytes(b"\1" * (2 << 20))
+    cdrom = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+             "<target dev='hdc' bus='ide'/><readonly/></disk>")
+    dom = conn.create_xml(guest_xml("cdrom", test_guest, sock, extra=cdrom))
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    mark = serial.mark()
+    dom.change_media("hdc", str(media))
+    serial.wait_for(r"sr0:4096", start=mark)  # 2 MiB = 4096 sectors of 512 bytes
+    assert str(media) in dom.xml()
+    mark = serial.mark()
+    dom.change_media("hdc", None)
+    serial.wait_for(r"sr0:0", start=mark)
+    assert str(media) not in dom.xml()
+    dom.destroy()
+
+
+def test_save_and_restore(conn: client.Connection, test_guest, tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    dom = conn.define_xml(guest_xml("saver", test_guest, sock))
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    state_file = tmp_path / "saver.state"
+    dom.save(str(state_file))
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+    assert state_file.stat().st_size > 1 << 20
+    assert qemu_pids("saver") == []
+    serial.close()
+    restored = conn.restore(str(state_file))
+    assert restored.name == "saver"
+    assert dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
+    serial = SerialPort(sock)
+    serial.send("hello-after-restore")  # the guest's init answers unknown commands
+    serial.wait_for("QEMUD-UNKNOWN hello-after-restore", timeout=30)
+    dom.destroy()
+    dom.undefine()
+
+
+@pytest.mark.parametrize("arch", ["aarch64", "ppc64"])
+def test_other_architectures_start_paused(conn: client.Connection, arch: str) -> None:
+    dom = conn.define_xml(bare_xml(f"arch-{arch}", arch))
+    dom.create(flags=1)  # VIR_DOMAIN_START_PAUSED
+    assert dom.state() == (DomainState.PAUSED, PausedReason.USER)
+    xml = dom.xml()
+    assert f"arch='{arch}'" in xml or f'arch="{arch}"' in xml
+    dom.destroy()
+    dom.undefine()
+
+
+def test_arch_rejects_unsupported_bus(conn: client.Connection) -> None:
+    xml = bare_xml("ppc-ide", "ppc64").replace(
+        "</os>", "</os><devices><disk type='file' device='disk'><source file='/dev/null'/>"
+        "<target dev='hda' bus='ide'/></disk></devices>")
+    with pytest.raises(client.ConfigUnsupportedError, match="ide"):
+        conn.define_xml(xml)
+
+
+def test_daemon_killed_and_restarted_reconnects_running_guests(
+        tmp_path: Path, test_guest) -> None:
+    daemon = DaemonProcess(tmp_path / "d", {"limits": {"keepalive_interval": 2}})
+    daemon.start()
+    try:
+        with daemon.connect() as conn:
+            persistent = conn.define_xml(guest_xml("keep1", test_guest, tmp_path / "1.sock"))
+            persistent.create()
+            conn.create_xml(guest_xml("keep2", test_guest, tmp_path / "2.sock"))
+            ids = {d.name: d.refresh().id for d in conn.list_domains()}
+        daemon.kill()  # kill -9: no chance to clean up
+        assert qemu_pids("keep1") and qemu_pids("keep2")
+        daemon.start()
+        with daemon.connect() as conn:
+            running = {d.name: d for d in conn.list_domains(client.ListFlags.ACTIVE)}
+            assert set(running) == {"keep1", "keep2"}
+            assert {n: d.id for n, d in running.items()} == ids
+            keep1 = running["keep1"]
+            wait_for(lambda: keep1.state()[0] == DomainState.RUNNING, message="keep1 running")
+            keep1.suspend()
+            assert keep1.state()[0] == DomainState.PAUSED
+            keep1.resume()
+            for dom in running.values():
+                dom.destroy()
+            assert qemu_pids("keep1") == [] and qemu_pids("keep2") == []
+            assert conn.lookup_by_name("keep1").state()[0] == DomainState.SHUTOFF
+            with pytest.raises(client.NoDomainError):
+                conn.lookup_by_name("keep2")  # transient: gone once stopped
+    finally:
+        for name in ("keep1", "keep2"):
+            for pid in qemu_pids(name):
+                os.kill(pid, signal.SIGKILL)
+        daemon.stop()
+
+
+def test_guest_that_died_while_daemon_was_down_is_marked_crashed(
+        tmp_path: Path, test_guest) -> None:
+    daemon = DaemonProcess(tmp_path / "d")
+    daemon.start()
+    try:
+        with daemon.connect() as conn:
+            conn.define_xml(guest_xml("gone", test_guest, tmp_path / "g.sock")).create()
+        daemon.kill()
+        for pid in qemu_pids("gone"):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not qemu_pids("gone"), message="qemu gone")
+        daemon.start()
+        with daemon.connect() as conn:
+            assert conn.lookup_by_name("gone").state() == (DomainState.SHUTOFF,
+                                                          ShutoffReason.CRASHED)
+    finally:
+        daemon.stop()
