@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -36,6 +38,9 @@ from .uri import ParsedURI, default_uri, parse_uri
 __all__ = ["Connection", "connect", "EventRecord", "Stream", "NodeInfo", "ClientInfo"]
 
 log = logging.getLogger(__name__)
+#: after a call, the background reader waits this long before polling again, so a
+#: caller making calls back to back never has to wake it
+IDLE_GRACE = 0.05
 T = TypeVar("T", bound=Payload)
 
 
@@ -120,6 +125,16 @@ class Connection:
         self._dispatch_queue: queue.Queue[tuple[Callable[[EventRecord], None], EventRecord]
                                           | None] = queue.Queue()
         self._streams: dict[int, Stream] = {}
+        # Who reads the socket: the thread waiting for a reply reads it itself (no hand-off
+        # between threads on the hot path); the background reader polls only while no call
+        # is in flight, and a byte on the wake pipe gets it out of the way.
+        self._rx_lock = threading.Lock()
+        self._in_call = False
+        self._polling = False
+        self._last_call_end = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._reader = threading.Thread(target=self._read_loop, name="qemud-client-reader",
                                         daemon=True)
         self._dispatcher = threading.Thread(target=self._dispatch_loop,
@@ -151,56 +166,107 @@ class Connection:
               timeout: float | None = None) -> T:
         """Send one call and wait for its reply; raises the mapped error on failure."""
         with self._call_lock:
-            serial = next(self._serials)
-            self._send_raw(self._proto.send(P.Call(procedure, serial, args)))
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with self._cond:
-                while serial not in self._replies:
-                    if self._lost is not None:
-                        raise self._lost
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise ConnectionLost(f"no reply to {procedure.name} within {timeout} s")
-                    self._cond.wait(remaining)
-                reply = self._replies.pop(serial)
+            reply = self._exchange(P.Call(procedure, next(self._serials), args), timeout)
         if isinstance(reply, P.ErrorReply):
             raise from_payload(reply.error)
         result = reply.result
         assert isinstance(result, reply_type), (procedure, result)
         return result
 
-    def _read_loop(self) -> None:
-        sock = self._sock
+    def _exchange(self, call: P.Call, timeout: float | None) -> P.Reply | P.ErrorReply:
+        """Send ``call`` and read until its reply is in (this thread does the reading)."""
+        if self._lost is not None:
+            raise self._lost
+        self._in_call = True
+        if self._polling:
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self._closed:
-                check = self.keepalive_interval or 1.0
-                sock.settimeout(check)
-                try:
-                    data = sock.recv(262144)
-                except TimeoutError:
-                    self._check_keepalive()
+            with self._rx_lock:
+                self._send_raw(self._proto.send(call))
+                while call.serial not in self._replies:
+                    if self._lost is not None:
+                        raise self._lost
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise ConnectionLost(f"no reply to {call.procedure.name} within "
+                                             f"{timeout} s")
+                    self._receive(block=True)
+                return self._replies.pop(call.serial)
+        except QemudClientError as exc:
+            # raised while reading: the connection itself failed or was refused
+            self._mark_lost(exc)
+            raise
+        finally:
+            self._last_call_end = time.monotonic()
+            self._in_call = False
+
+    def _receive(self, block: bool) -> None:
+        """One recv (waiting up to the keepalive check interval if ``block``) + dispatch.
+
+        The caller holds ``_rx_lock``.
+        """
+        sock = self._sock
+        sock.settimeout((self.keepalive_interval or 1.0) if block else 0.0)
+        try:
+            data = sock.recv(262144)
+            while hasattr(sock, "pending") and sock.pending():  # TLS: decrypted leftovers
+                data += sock.recv(262144)
+        except (TimeoutError, BlockingIOError):
+            self._check_keepalive()
+            return
+        except OSError as exc:
+            raise ConnectionLost(f"connection to {self.uri_info.uri} lost: {exc}") from None
+        if not data:
+            raise ConnectionLost(f"connection to {self.uri_info.uri} lost: the daemon closed "
+                                 "it")
+        self._last_rx = time.monotonic()
+        self._proto.receive_data(data)
+        while True:
+            try:
+                msg = self._proto.next_message()
+            except P.ProtocolError as exc:
+                raise ConnectionLost(f"protocol error from the daemon: {exc}") from None
+            if msg is P.NEED_DATA or msg is P.CLOSED:
+                return
+            self._on_message(msg)  # type: ignore[arg-type]
+
+    def _read_loop(self) -> None:
+        """Background reading while the connection is idle: events, pings, dead daemons."""
+        try:
+            while not self._closed and self._lost is None:
+                if self._in_call or time.monotonic() - self._last_call_end < IDLE_GRACE:
+                    time.sleep(IDLE_GRACE / 2)  # back-to-back calls: stay out of the way
                     continue
-                except OSError as exc:
-                    raise ConnectionLost(f"connection to {self.uri_info.uri} lost: {exc}") \
-                        from None
-                if not data:
-                    raise ConnectionLost(f"connection to {self.uri_info.uri} lost: the daemon "
-                                         "closed it")
-                self._last_rx = time.monotonic()
-                self._proto.receive_data(data)
-                while True:
-                    msg = self._proto.next_message()
-                    if msg is P.NEED_DATA or msg is P.CLOSED:
-                        break
-                    self._on_message(msg)  # type: ignore[arg-type]
+                self._polling = True
+                try:
+                    ready, _, _ = select.select([self._sock, self._wake_r], [], [],
+                                                self.keepalive_interval or 1.0)
+                finally:
+                    self._polling = False
+                if self._wake_r in ready:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                if self._in_call or self._closed:
+                    continue
+                with self._rx_lock:
+                    if self._in_call:
+                        continue
+                    if self._sock in ready:
+                        self._receive(block=False)
+                    else:
+                        self._check_keepalive()
         except QemudClientError as exc:
             self._mark_lost(exc)
-        except P.ProtocolError as exc:
-            self._mark_lost(ConnectionLost(f"protocol error from the daemon: {exc}"))
+        except (OSError, ValueError) as exc:
+            if not self._closed:
+                self._mark_lost(ConnectionLost(f"connection to {self.uri_info.uri} lost: "
+                                               f"{exc}"))
         except Exception as exc:  # never die silently: waiters must wake up
-            if self._closed:  # close() shut the socket under us (e.g. EBADF): not a bug
-                self._mark_lost(ConnectionLost("connection closed"))
-                return
             log.exception("client reader failed")
             self._mark_lost(ConnectionLost(f"client reader failed: {exc!r}"))
 
@@ -303,6 +369,10 @@ class Connection:
                 pass
         self._closed = True
         self._mark_lost(ConnectionLost("connection closed"))
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
         self._dispatch_queue.put(None)
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -449,13 +519,7 @@ class Connection:
             serial = next(self._serials)
             stream = Stream(self, procedure, serial)
             self._streams[serial] = stream
-            self._send_raw(self._proto.send(P.Call(procedure, serial, args)))
-            with self._cond:
-                while serial not in self._replies:
-                    if self._lost is not None:
-                        raise self._lost
-                    self._cond.wait()
-                reply = self._replies.pop(serial)
+            reply = self._exchange(P.Call(procedure, serial, args), None)
         if isinstance(reply, P.ErrorReply):
             self._streams.pop(serial, None)
             raise from_payload(reply.error)

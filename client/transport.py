@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectFailed
 from .uri import ParsedURI
@@ -19,7 +20,10 @@ __all__ = ["open_socket"]
 
 #: X509_V_ERR_* codes meaning "not issued by a CA we trust"
 _UNTRUSTED = {2, 18, 19, 20, 21, 30}
-_HOSTNAME_MISMATCH = 62
+#: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = {62, 64}
+#: seconds a failed first send waits for the reader thread to see why the daemon hung up
+_DIAGNOSIS_WAIT = 2.0
 #: TLS alerts by which the daemon refuses this client's certificate
 _REFUSAL_ALERTS = {
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the certificate has expired",
@@ -88,33 +92,90 @@ def _refusal(uri: ParsedURI, cert_path: Path, exc: BaseException) -> ConnectFail
     return None
 
 
+class _WantRead(ssl.SSLWantReadError, BlockingIOError):
+    """Nothing to read yet on a non-blocking TLS socket (both exception types, so code
+    written for plain sockets sees the BlockingIOError it expects)."""
+
+
+class _WantWrite(ssl.SSLWantWriteError, BlockingIOError):
+    """The non-blocking TLS socket cannot proceed until it can write."""
+
+
 class _TLSSocket(ssl.SSLSocket):
-    """Turns the daemon's refusal, read before any reply, into a ConnectFailed."""
+    """Turns the daemon's refusal, seen before its first reply, into a ConnectFailed.
+
+    The reader thread's ``recv`` gets the refusal (an alert, or the connection closing).
+    The HELLO ``sendall`` can fail first when the daemon has already closed the
+    connection; it then waits briefly for the reader's diagnosis rather than reporting a
+    bare "broken pipe".
+    """
 
     _qemud_explain: Callable[[BaseException], ConnectFailed | None] | None = None
     _qemud_answered = False
+    _qemud_failure: ConnectFailed | None = None
+    _qemud_failed: threading.Event | None = None
+
+    def _qemud_arm(self, explain: Callable[[BaseException], ConnectFailed | None]) -> None:
+        self._qemud_failed = threading.Event()
+        self._qemud_explain = explain
+
+    def _qemud_fail(self, exc: BaseException) -> ConnectFailed | None:
+        assert self._qemud_explain is not None and self._qemud_failed is not None
+        failure = self._qemud_explain(exc)
+        if failure is not None and self._qemud_failure is None:
+            self._qemud_failure = failure
+        self._qemud_failed.set()
+        return failure
+
+    def _recv(self, buflen: int, flags: int) -> bytes:
+        # Readable does not mean application data with TLS (e.g. TLS 1.3 session tickets
+        # arrive after the handshake): a non-blocking recv then has nothing to return.
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLWantReadError as exc:
+            raise _WantRead(*exc.args) from None
+        except ssl.SSLWantWriteError as exc:
+            raise _WantWrite(*exc.args) from None
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         if self._qemud_answered or self._qemud_explain is None:
-            return super().recv(buflen, flags)
+            return self._recv(buflen, flags)
         try:
-            data = super().recv(buflen, flags)
+            data = self._recv(buflen, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TimeoutError):
+            raise
         except (ssl.SSLError, ConnectionError) as exc:
-            failure = self._qemud_explain(exc)
+            failure = self._qemud_fail(exc)
             if failure is None:
                 raise
             raise failure from None
         if not data:
-            failure = self._qemud_explain(ssl.SSLEOFError())
+            failure = self._qemud_fail(ssl.SSLEOFError())
             assert failure is not None
             raise failure
         self._qemud_answered = True
         return data
 
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        if self._qemud_answered or self._qemud_explain is None:
+            return super().sendall(data, flags)
+        try:
+            return super().sendall(data, flags)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TimeoutError):
+            raise
+        except (ssl.SSLError, ConnectionError) as exc:
+            assert self._qemud_failed is not None
+            if self._qemud_failed.wait(_DIAGNOSIS_WAIT) and self._qemud_failure is not None:
+                raise self._qemud_failure from None
+            failure = self._qemud_explain(exc)
+            if failure is None:
+                raise
+            raise failure from None
+
 
 def _server_rejected(uri: ParsedURI, ca_cert: Path, exc: ssl.SSLCertVerificationError) -> str:
     message = f"TLS: server certificate of {uri.host} rejected: {exc.verify_message}"
-    if exc.verify_code == _HOSTNAME_MISMATCH:
+    if exc.verify_code in _NAME_MISMATCH:
         return (f"{message} (connect with a name or address listed in the daemon's "
                 "certificate -- 'qemud-certs show servercert.pem' -- or reissue it with "
                 "qemud-certs server --hostname/--ip)")
@@ -168,6 +229,6 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
         raise ConnectFailed(f"TLS handshake with {uri.host}:{uri.port} failed: {exc} (the "
                             "server may refuse this client's certificate)") from None
     assert isinstance(tls, _TLSSocket)
-    tls._qemud_explain = lambda exc: _refusal(uri, paths.client_cert, exc)
+    tls._qemud_arm(lambda exc: _refusal(uri, paths.client_cert, exc))
     tls.settimeout(None)
     return tls

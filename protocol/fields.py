@@ -44,12 +44,13 @@ F64 = Annotated[float, cs.Float64b]
 # construct 2.10's compiled code reads Flag, Bytes and length-prefixed data with a bare
 # io.read(n), which silently returns fewer bytes at the end of a payload (an empty Flag
 # even reads as True), and writes Bytes(16) without checking the length. These instances
-# emit construct's checked stream_read/stream_write instead, so a truncated payload is a
-# ValueError (BadPayload) and a uuid that is not 16 bytes cannot be sent.
+# emit checked reads and writes instead (struct.unpack raises unless it gets exactly the
+# bytes it wants), so a truncated payload is a ValueError (BadPayload) and a uuid that is
+# not 16 bytes cannot be sent.
 _flag = type(cs.Flag)()
-_flag._emitparse = lambda code: "(stream_read(io, 1, '(bool)') != b'\\x00')"
+_flag._emitparse = lambda code: "struct.unpack('?', io.read(1))[0]"
 _uuid = cs.Bytes(16)
-_uuid._emitparse = lambda code: "stream_read(io, 16, '(uuid)')"
+_uuid._emitparse = lambda code: "struct.unpack('16s', io.read(16))[0]"
 _uuid._emitbuild = lambda code: "(stream_write(io, obj, 16, '(uuid)'), obj)[1]"
 _string = cs.PascalString(_string_len, "utf8")
 _string._emitparse = lambda code: (

@@ -21,7 +21,9 @@ __all__ = [
     "TypedParam", "StatsRecord", "StatsArgs", "StatsReply", "NodeStatsReply", "EventRegisterArgs",
     "CallbackReply", "CallbackArgs", "LifecycleEventMsg", "RebootEventMsg",
     "WatchdogEventMsg", "ApplianceEventMsg", "ClientInfo", "ClientListReply", "ClientIdArgs",
-    "StreamChunk",
+    "StreamChunk", "RenderArgs", "BackupArgs", "ImportArgs", "DeployArgs", "UpdateArgs",
+    "ApplianceInfo", "ApplianceListReply", "HotplugInfo", "HotplugListReply",
+    "NodeStatsReply",
 ]
 
 
@@ -356,6 +358,75 @@ class ClientListReply(Payload):
 @dataclass(frozen=True, slots=True)
 class ClientIdArgs(Payload):
     id: U64
+
+
+# --- appliance layer ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RenderArgs(Payload):
+    """An appliance template (domain XML with a qemud formula section) to render."""
+
+    template: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BackupArgs(Payload):
+    dom: DomainRef
+    target: Str  # file (one disk) or directory (several) the backup is written to
+    disk: Str = ""  # target dev; "" = every disk
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportArgs(Payload):
+    path: Str  # appliance tarball on the daemon's host
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeployArgs(Payload):
+    name: Str
+    version: Str  # "" = newest
+    vm_name: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateArgs(Payload):
+    dom: DomainRef
+    version: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApplianceInfo(Payload):
+    name: Str
+    version: Str
+    arch: Str
+    path: Str
+    vms: list[Str]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplianceListReply(Payload):
+    appliances: list[ApplianceInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class HotplugInfo(Payload):
+    """A host device a udev rule attached (or will attach) to a guest."""
+
+    rule: Str
+    device: Str  # host node, e.g. /dev/loop3
+    domain: Str
+    target: Str  # guest target dev, "" when not attached
+    attached: Bool
+
+
+@dataclass(frozen=True, slots=True)
+class HotplugListReply(Payload):
+    devices: list[HotplugInfo]
 
 
 @dataclass(frozen=True, slots=True)

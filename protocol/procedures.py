@@ -74,6 +74,17 @@ class Procedure(enum.IntEnum):
     # admin
     ADMIN_CLIENT_LIST = 120
     ADMIN_CLIENT_DISCONNECT = 121
+    # appliance layer
+    HOST_INSPECT = 130
+    APPLIANCE_RENDER = 131
+    DOMAIN_BACKUP = 132
+    APPLIANCE_IMPORT = 133
+    APPLIANCE_DEPLOY = 134
+    APPLIANCE_UPDATE = 135
+    APPLIANCE_RESET = 136
+    APPLIANCE_LIST = 137
+    HOTPLUG_LIST = 138
+    SUPPORT_BUNDLE = 139
 
 
 class Kind(enum.Enum):
@@ -174,6 +185,26 @@ _TABLE = [
     _call(P.ADMIN_CLIENT_LIST, Empty, p.ClientListReply, mutates=False, admin=True,
           doc="Connected clients (privileged connections only)."),
     _call(P.ADMIN_CLIENT_DISCONNECT, p.ClientIdArgs, Empty, mutates=True, admin=True, doc=""),
+    _call(P.HOST_INSPECT, Empty, p.StringReply, mutates=False,
+          doc="What the appliance layer sees of the host (JSON: memory, cores, NICs, DMI)."),
+    _call(P.APPLIANCE_RENDER, p.RenderArgs, p.StringReply, mutates=False,
+          doc="Render an appliance template against the host; returns domain XML."),
+    _call(P.DOMAIN_BACKUP, p.BackupArgs, Empty, mutates=True,
+          doc="Copy a consistent point-in-time image of the disk(s); progress as events."),
+    _call(P.APPLIANCE_IMPORT, p.ImportArgs, p.StringReply, mutates=True,
+          doc="Check an appliance tarball against the host and store it; returns NAME:VERSION."),
+    _call(P.APPLIANCE_DEPLOY, p.DeployArgs, p.DomainReply, mutates=True,
+          doc="Create a VM from a stored appliance (overlays on read-only originals)."),
+    _call(P.APPLIANCE_UPDATE, p.UpdateArgs, Empty, mutates=True,
+          doc="A/B update of a VM's system disk to another appliance version."),
+    _call(P.APPLIANCE_RESET, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="Factory reset: discard the system overlay, keep data disks."),
+    _call(P.APPLIANCE_LIST, Empty, p.ApplianceListReply, mutates=False,
+          doc="Stored appliances and the VMs deployed from them."),
+    _call(P.HOTPLUG_LIST, Empty, p.HotplugListReply, mutates=False,
+          doc="Host devices matched by udev hotplug rules and where they are attached."),
+    _call(P.SUPPORT_BUNDLE, Empty, Empty, mutates=False, admin=True,
+          doc="A tar.gz of logs, XML, capabilities and versions, sent as STREAM frames."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

@@ -19,6 +19,7 @@ from protocol.constants import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME
 from .errors import ConfigError
 
 __all__ = ["Config", "Paths", "Limits", "Listen", "TLSConfig", "QemuConfig", "LogConfig",
+           "ApplianceConfig",
            "load_config", "session_paths", "system_paths", "DEFAULT_SYSTEM_CONFIG"]
 
 DEFAULT_SYSTEM_CONFIG = Path("/etc/qemud/qemud.toml")
@@ -129,6 +130,22 @@ class QemuConfig:
 
 
 @dataclass
+class ApplianceConfig:
+    """The appliance layer's host-wide settings (per-guest ones live in domain metadata)."""
+
+    inspect_root: str = "/"  # where /proc and /sys are read from (tests use a fake tree)
+    host_reserve_mib: int = 512  # host.reserve in templates: memory kept for the host
+    shutdown_host_command: list[str] = field(
+        default_factory=lambda: ["systemctl", "poweroff"])
+    reboot_host_command: list[str] = field(default_factory=lambda: ["systemctl", "reboot"])
+    restart_budget: int = 3  # automatic restarts allowed per restart_window
+    restart_window: float = 60.0
+    hotplug_rules: str = ""  # TOML file of udev hotplug rules; "" = <config_dir>/hotplug.toml
+    image_store: str = ""  # appliance images; "" = <state_dir>/images
+    update_deadline: float = 120.0  # heartbeats must resume this soon after an A/B update
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     file: str = ""  # "" = stderr
@@ -144,6 +161,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     qemu: QemuConfig = field(default_factory=QemuConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
     source: Path | None = None  # the file it was read from
 
     def validate(self) -> None:
@@ -177,7 +195,7 @@ class Config:
 
 
 _SECTIONS = {"paths": Paths, "listen": Listen, "limits": Limits, "tls": TLSConfig,
-             "qemu": QemuConfig, "log": LogConfig}
+             "qemu": QemuConfig, "log": LogConfig, "appliance": ApplianceConfig}
 
 
 def load_config(mode: str, path: Path | None = None,

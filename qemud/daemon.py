@@ -82,6 +82,8 @@ class Daemon:
             self.hypervisor_version = self.driver.hypervisor_version
             self.driver.start()
             self.dispatcher.register_all(self.driver.handlers())
+            from .appliance import install as install_appliance
+            self.dispatcher.register_all(install_appliance(self, self.driver))  # type: ignore[arg-type]
         self.dispatcher.register_all(core_handlers(self))
         listen = self.config.listen
         if listen.unix_rw:

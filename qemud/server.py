@@ -61,6 +61,8 @@ __all__ = ["Server", "Client", "Listener"]
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 256 * 1024
+#: seconds a refused TLS client gets to read the alert/error frame before we close
+TLS_LINGER = 2.0
 #: seconds a listener is left alone after accept() failed for lack of fds or memory
 ACCEPT_PAUSE = 0.25
 _client_ids = itertools.count(1)
@@ -106,6 +108,8 @@ class Client:
         self.busy: Deferred | None = None  # the call whose reply is still being computed
         self.closing = False
         self.closed = False
+        #: TLS: (deadline, reason) while closing and waiting for the client's EOF
+        self.linger: tuple[float, str] | None = None
         self.since = time.time()
         self.accepted_at = time.monotonic()
         self.calls = 0
@@ -303,7 +307,7 @@ class Server:
         except (ssl.SSLError, OSError) as exc:
             reason = tls_failure_reason(exc)
             client.log.warning("TLS handshake with %s refused: %s", client.identity, reason)
-            self.close_client(client, f"TLS handshake failed: {reason}")
+            self._linger(client, f"TLS handshake failed: {reason}")
             return
         assert self.tls_identify is not None
         try:
@@ -489,9 +493,36 @@ class Server:
         if client.out:
             return True
         if client.closing:
-            self.close_client(client, "closed after final reply")
+            if isinstance(client.transport, TLSTransport):
+                self._linger(client, "closed after final reply")
+            else:
+                self.close_client(client, "closed after final reply")
             return False
         return True
+
+    def _linger(self, client: Client, reason: str) -> None:
+        """Close a TLS client once it has read what we sent last (at most TLS_LINGER s).
+
+        Closing at once, with the client's HELLO or handshake records still unread, makes
+        the kernel send RST, and the client may then never see the alert or error frame
+        that says why it was refused.
+        """
+        assert isinstance(client.transport, TLSTransport)
+        transport = client.transport
+        client.closing = True
+        try:
+            transport.shutdown_write()
+        except OSError:
+            self.close_client(client, reason)
+            return
+        client.linger = (time.monotonic() + TLS_LINGER, reason)
+
+        def drain(mask: int, c: Client = client) -> None:
+            if transport.drain():
+                self.close_client(c, reason)
+
+        self.loop.add(transport.fileno(), READ, drain)
+        client.interest = -1
 
     def _flush(self, client: Client) -> None:
         if client.closed:
@@ -565,10 +596,16 @@ class Server:
         now = time.monotonic()
         lim = self.config.limits
         for client in list(self.clients.values()):
+            if client.linger is not None:
+                if now > client.linger[0]:
+                    self.close_client(client, client.linger[1])
+                continue
             if not client.transport.handshake_done:
                 if now - client.accepted_at > lim.tls_handshake_deadline:
-                    client.log.warning("TLS handshake from %s not finished within %g s",
-                                       client.identity, lim.tls_handshake_deadline)
+                    client.log.warning("TLS handshake from %s not finished within %g s "
+                                       "(tls_handshake_deadline): it sent nothing or stalled "
+                                       "mid-handshake", client.identity,
+                                       lim.tls_handshake_deadline)
                     self.close_client(client, "TLS handshake deadline")
                 continue
             if client.partial_since is not None and now - client.partial_since > \

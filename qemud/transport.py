@@ -127,6 +127,25 @@ class TLSTransport(Transport):
     def peer_certificate(self) -> bytes | None:
         return self.sock.getpeercert(binary_form=True)
 
+    def shutdown_write(self) -> None:
+        """Send FIN after our last words (an alert or error frame); TLS is done with.
+
+        Closing with unread input would make the kernel answer with RST, which can
+        destroy those last words before the client reads them: see :meth:`drain`.
+        """
+        self.sock.shutdown(socket.SHUT_WR)  # also detaches the SSL object: raw from here
+
+    def drain(self) -> bool:
+        """Discard what the client still sends; True once it has closed its side."""
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
 
 #: X509_V_ERR_* codes meaning "not issued by a CA we trust"
 _UNTRUSTED = {2, 18, 19, 20, 21, 30}

@@ -8,7 +8,7 @@ arguments may also be given by name (``dominfo --domain demo``); ``--`` ends opt
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -260,8 +260,8 @@ def parse_args(cmd: Command, argv: Sequence[str]) -> Args:
     for a in cmd.args:
         if a.required and a.name not in values:
             raise UsageError(f"command '{cmd.name}' requires <{a.name}> option")
-        value = values.get(a.name)
-        if a.choices and isinstance(value, str) and value not in a.choices:
-            raise UsageError(f"command '{cmd.name}': invalid value '{value}' for <{a.name}> "
+        given = values.get(a.name)
+        if a.choices and isinstance(given, str) and given not in a.choices:
+            raise UsageError(f"command '{cmd.name}': invalid value '{given}' for <{a.name}> "
                              f"(expected {'|'.join(a.choices)})")
     return Args(cmd, values)

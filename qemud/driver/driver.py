@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
-RESTART_BUDGET = (3, 60.0)  # at most 3 automatic restarts per 60 s
 
 GuestHook = Callable[[DomainObj, str], bool]
 
@@ -155,7 +154,8 @@ class QemuDriver:
 
     def restart_within_budget(self, dom: DomainObj, why: str) -> bool:
         """Start ``dom`` again unless it already restarted too often (crash-loop guard)."""
-        count, window = RESTART_BUDGET
+        count = self.config.appliance.restart_budget
+        window = self.config.appliance.restart_window
         now = time.monotonic()
         dom.restarts = [t for t in dom.restarts if now - t < window]
         if len(dom.restarts) >= count:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from protocol.constants import (
     DefinedDetail,
@@ -49,6 +49,8 @@ class Registry:
         self._by_uuid: dict[str, DomainObj] = {}
         self._by_id: dict[int, DomainObj] = {}
         self._next_id = 1
+        #: extra checks run on every new definition (the appliance layer's metadata)
+        self.validators: list[Callable[[DomainDef], None]] = []
 
     # -- lookup --------------------------------------------------------------------------
 
@@ -137,6 +139,8 @@ class Registry:
         except ConfError as exc:
             raise XMLError(f"XML error: {exc}") from None
         self.check_for_host(definition)
+        for validate in self.validators:
+            validate(definition)
         definition.assign_missing_ids()
         return definition
 
@@ -229,7 +233,8 @@ class Registry:
         """Read every saved definition; bad files are logged and left alone."""
         for path, text in self.store.definitions():
             try:
-                definition = parse_domain_xml(text)
+                # our own files: the schema was checked when they were defined
+                definition = parse_domain_xml(text, validate_schema=False)
                 if definition.name != path.stem:
                     raise ConfError(f"file name {path.name} does not match domain name "
                                     f"'{definition.name}'")

@@ -14,6 +14,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 Qemush = Callable[..., subprocess.CompletedProcess[str]]
 
+READONLY_REFUSAL = "error: operation forbidden: read-only connection"
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    """stdout of a successful run (with a useful message when it was not)."""
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr == "", proc.stderr
+    return proc.stdout
+
 
 @pytest.fixture
 def shell_env(tmp_path: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 from client import errors as E
 from client.shell.context import Shell
 from client.shell.main import execute
-from client.shell.registry import REGISTRY, Args, CommandError, Command
+from client.shell.registry import REGISTRY, Args, Command, CommandError
 from protocol.constants import ErrorCode, ErrorDomain, ErrorLevel
 from protocol.payloads import ErrorPayload
 

@@ -68,8 +68,11 @@ def feed(receiver: protocol.Connection, chunks: list[bytes]) -> list[object]:
     """Feed chunks one by one, draining after each; then EOF."""
     out: list[object] = []
     for chunk in chunks:
+        if not chunk:
+            continue  # b"" would mean EOF
         receiver.receive_data(chunk)
         while (msg := receiver.next_message()) is not NEED_DATA:
+            assert msg is not CLOSED
             out.append(msg)
     receiver.receive_data(b"")
     out.append(receiver.next_message())

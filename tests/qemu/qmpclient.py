@@ -18,9 +18,19 @@ from qemud.qemu.qmp import QMPErrorReply, QMPEvent, QMPGreeting, QMPProtocol, QM
 
 class QMPTestClient:
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(str(path))
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                # QEMU binds the socket a moment before it listens on it.
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.proto = QMPProtocol()
         self.events: list[QMPEvent] = []
         self.greeting = self._greeting()

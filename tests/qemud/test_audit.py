@@ -62,15 +62,6 @@ def test_mutating_call_on_rw_is_audited(shared_daemon) -> None:
     assert len(failed) == 1 and "result=error code=8" in failed[0], failed
 
 
-def test_audit_file_is_configurable(daemon_factory, tmp_path) -> None:
-    audit = tmp_path / "elsewhere" / "audit.log"
-    d = daemon_factory(config={"log": {"audit_file": str(audit)}})
-    with RawClient(d.ro_socket) as ro:
-        ro.call(Procedure.ADMIN_CLIENT_LIST)
-    wait_for(lambda: audit.exists() and "ADMIN_CLIENT_LIST" in audit.read_text(), timeout=5,
-             message="audit line in the configured file")
-
-
 def test_crashing_mutating_handler_is_still_audited(caplog) -> None:
     # in-process: a handler bug must not leave a mutation unaudited
     disp = Dispatcher(HelloPolicy("test", 0))

@@ -49,20 +49,22 @@ def nofile() -> Iterator[None]:
 
 # -- many clients -------------------------------------------------------------------------
 
-def test_thousand_idle_connections_do_not_slow_others(daemon_factory, nofile) -> None:
-    d = daemon_factory(config={"limits": {"keepalive_interval": 0}})
+def test_thousand_idle_connections_do_not_slow_others(quiet_daemon, nofile) -> None:
+    d = quiet_daemon
     idle: list[RawClient] = []
+    # (connected first: the library's reader uses select(), which cannot watch fds >= 1024)
+    conn = d.connect()
     try:
         for _ in range(1000):
             idle.append(RawClient(d.rw_socket))
         rss = d.rss_kib()
-        with d.connect() as conn:
+        with conn:
             started = time.monotonic()
             for _ in range(200):
                 assert conn.node_info().cpus >= 1
             elapsed = time.monotonic() - started
             listed = conn.client_list()
-        assert len(listed) == 1001
+        assert len(listed) == 1001, len(listed)
         assert elapsed < 5.0, f"200 calls took {elapsed:.2f} s with 1,000 idle clients " \
                               f"(daemon RSS {rss} KiB)"
         # every idle client is still there and still served
@@ -104,16 +106,8 @@ def test_max_clients_refuses_with_error_frame(daemon_factory) -> None:
 
 # -- frames -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def deadline_daemon(tmp_path_factory) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("deadline"),
-                      {"limits": {"frame_deadline": 1.0, "keepalive_interval": 0}}).start()
-    yield d
-    d.stop()
-
-
-def test_slow_drip_client_does_not_block_others_and_is_dropped(deadline_daemon) -> None:
-    d = deadline_daemon
+def test_slow_drip_client_does_not_block_others_and_is_dropped(quiet_daemon) -> None:
+    d = quiet_daemon
     drip = RawClient(d.rw_socket)
     payload = frame(Procedure.NODE_INFO, 2)
     result: dict[str, float] = {}
@@ -149,9 +143,9 @@ def test_slow_drip_client_does_not_block_others_and_is_dropped(deadline_daemon) 
              message="a log line naming frame_deadline")
 
 
-def test_steady_traffic_never_hits_frame_deadline(deadline_daemon) -> None:
+def test_steady_traffic_never_hits_frame_deadline(quiet_daemon) -> None:
     """Frames that each complete quickly are fine even if the buffer never empties."""
-    d = deadline_daemon
+    d = quiet_daemon
     with RawClient(d.rw_socket) as c:
         calls = [frame(Procedure.NODE_INFO, serial) for serial in range(100, 112)]
         half = len(calls[0]) // 2
@@ -266,10 +260,11 @@ def test_connection_churn_does_not_grow_memory(shared_daemon) -> None:
         for _ in range(n):
             with RawClient(shared_daemon.rw_socket):
                 pass
-    churn(1500)  # warm up allocator pools
+    churn(1000)  # warm up allocator pools
     wait_for(lambda: _client_count(shared_daemon) == 0, timeout=5, message="churn done")
     before = shared_daemon.rss_kib()
-    churn(4000)
+    churn(3000)
     wait_for(lambda: _client_count(shared_daemon) == 0, timeout=5, message="churn done")
     grown = shared_daemon.rss_kib() - before
-    assert grown < 1024, f"RSS grew {grown} KiB over 4,000 connections ({before} KiB before)"
+    # (a leak of one logger per connection, ~750 bytes, would be over 2 MiB here)
+    assert grown < 1024, f"RSS grew {grown} KiB over 3,000 connections ({before} KiB before)"

@@ -1,0 +1,274 @@
+"""qemush domain commands end to end (subprocess + real daemon), without starting QEMU:
+define, list, dumpxml, dominfo, domstate, domid/domname/domuuid, autostart, undefine,
+domstats, event — and read-only refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from client.format import state_text
+from client.shell.completion import Completer
+from client.shell.context import Shell
+from tests.client.conftest import READONLY_REFUSAL, REPO_ROOT, Qemush, ok
+from tests.helpers.daemon import DaemonProcess, wait_for
+
+TINY = ("<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>\n")
+
+
+@pytest.fixture
+def xml_file(tmp_path: Path) -> Path:
+    path = tmp_path / "t1.xml"
+    path.write_text(TINY.format(name="t1"))
+    return path
+
+
+def define(qemush: Qemush, daemon: DaemonProcess, path: Path, name: str = "t1") -> None:
+    assert ok(qemush("-c", daemon.uri, "define", str(path))) == \
+        f"Domain '{name}' defined from {path}\n"
+
+
+def test_define_list_undefine(daemon: DaemonProcess, qemush: Qemush, xml_file: Path) -> None:
+    empty = " Id   Name   State\n--------------------\n\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all")) == empty
+
+    define(qemush, daemon, xml_file)
+    # active only by default: t1 is shut off
+    assert ok(qemush("-c", daemon.uri, "list")) == empty
+    assert ok(qemush("-c", daemon.uri, "list", "--all")) == (
+        " Id   Name   State\n"
+        "-----------------------\n"
+        " -    t1     shut off\n"
+        "\n"
+    )
+    assert ok(qemush("-c", daemon.uri, "list", "--inactive", "--name")) == "t1\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--persistent", "--name")) == "t1\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--transient", "--name")) == ""
+    assert ok(qemush("-c", daemon.uri, "list", "--state-shutoff", "--name")) == "t1\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--state-running", "--name")) == ""
+    assert ok(qemush("-c", daemon.uri, "list", "--state-running", "--state-shutoff",
+                     "--name")) == "t1\n"
+    with daemon.connect() as conn:
+        uuid = conn.lookup_by_name("t1").uuid
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--uuid")) == f"{uuid}\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--id")) == ""  # not running
+
+    data = json.loads(ok(qemush("-c", daemon.uri, "list", "--all", "--json")))
+    assert data == [{"id": None, "name": "t1", "uuid": uuid, "state": "shut off",
+                     "reason": data[0]["reason"], "state_code": 5,
+                     "reason_code": data[0]["reason_code"], "persistent": True,
+                     "autostart": False}]
+    assert json.loads(ok(qemush("--json", "-c", daemon.uri, "list", "--all"))) == data
+
+    assert ok(qemush("-c", daemon.uri, "undefine", "t1")) == \
+        "Domain 't1' has been undefined\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all")) == empty
+    proc = qemush("-c", daemon.uri, "dominfo", "t1")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: failed to get domain 't1'\nerror: ")
+
+
+def test_dumpxml_dominfo_domstate(daemon: DaemonProcess, qemush: Qemush,
+                                  xml_file: Path) -> None:
+    define(qemush, daemon, xml_file)
+    with daemon.connect() as conn:
+        dom = conn.lookup_by_name("t1")
+        state, reason = dom.state()
+
+    for extra in ([], ["--inactive"]):
+        root = ET.fromstring(ok(qemush("-c", daemon.uri, "dumpxml", "t1", *extra)))
+        assert root.tag == "domain" and root.get("type") == "qemu"
+        assert root.findtext("name") == "t1"
+        assert root.findtext("uuid") == dom.uuid
+        mem = root.find("memory")
+        assert mem is not None
+        factor = {"KiB": 1, "MiB": 1024}[mem.get("unit", "KiB")]
+        assert int(mem.text or 0) * factor == 65536
+
+    info = ok(qemush("-c", daemon.uri, "dominfo", "t1"))
+    assert info == (
+        "Id:             -\n"
+        "Name:           t1\n"
+        f"UUID:           {dom.uuid}\n"
+        "OS Type:        hvm\n"
+        "State:          shut off\n"
+        "CPU(s):         1\n"
+        "Max memory:     65536 KiB\n"
+        "Used memory:    65536 KiB\n"
+        "Persistent:     yes\n"
+        "Autostart:      disable\n"
+        "\n"
+    )
+    data = json.loads(ok(qemush("-c", daemon.uri, "dominfo", "t1", "--json")))
+    assert data == {"id": None, "name": "t1", "uuid": dom.uuid, "os_type": "hvm",
+                    "state": "shut off", "state_code": 5, "vcpus": 1, "cpu_time_ns": None,
+                    "max_memory_kib": 65536, "used_memory_kib": 65536, "persistent": True,
+                    "autostart": False}
+    # a domain may be named by uuid too
+    assert ok(qemush("-c", daemon.uri, "dominfo", dom.uuid)) == info
+
+    assert ok(qemush("-c", daemon.uri, "domstate", "t1")) == "shut off\n"
+    with_reason = ok(qemush("-c", daemon.uri, "domstate", "t1", "--reason"))
+    assert with_reason == state_text(state, reason) + "\n"
+    assert re.fullmatch(r"shut off \([a-z ]+\)\n", with_reason)
+    data = json.loads(ok(qemush("-c", daemon.uri, "domstate", "t1", "--json")))
+    assert data["state"] == "shut off" and data["state_code"] == 5
+    assert data["reason_code"] == reason
+
+    assert ok(qemush("-c", daemon.uri, "domid", "t1")) == "-\n"
+    assert ok(qemush("-c", daemon.uri, "domuuid", "t1")) == dom.uuid + "\n"
+    assert ok(qemush("-c", daemon.uri, "domname", dom.uuid)) == "t1\n"
+
+
+def test_autostart(daemon: DaemonProcess, qemush: Qemush, xml_file: Path) -> None:
+    define(qemush, daemon, xml_file)
+    assert ok(qemush("-c", daemon.uri, "autostart", "t1")) == \
+        "Domain 't1' marked as autostarted\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--autostart", "--name")) == "t1\n"
+    assert "Autostart:      enable\n" in ok(qemush("-c", daemon.uri, "dominfo", "t1"))
+    with daemon.connect() as conn:
+        assert conn.lookup_by_name("t1").autostart() is True
+    assert ok(qemush("-c", daemon.uri, "autostart", "--disable", "t1")) == \
+        "Domain 't1' unmarked as autostarted\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--autostart", "--name")) == ""
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--no-autostart", "--name")) == \
+        "t1\n"
+
+
+def test_define_errors(daemon: DaemonProcess, qemush: Qemush, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.xml"
+    proc = qemush("-c", daemon.uri, "define", str(missing))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == f"error: Failed to define domain from {missing}"
+    assert str(missing) in proc.stderr.splitlines()[1]
+
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<domain type='qemu'><name>x</name>")
+    proc = qemush("-c", daemon.uri, "define", str(bad))
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"error: Failed to define domain from {bad}"
+    assert len(lines) == 2 and lines[1].startswith("error: ")
+
+
+def test_read_only_refuses_mutations(daemon: DaemonProcess, qemush: Qemush,
+                                     xml_file: Path) -> None:
+    proc = qemush("-r", "-c", daemon.uri, "define", str(xml_file))
+    assert proc.returncode == 1 and READONLY_REFUSAL in proc.stderr.splitlines()
+
+    define(qemush, daemon, xml_file)
+    for argv in (["undefine", "t1"], ["autostart", "t1"], ["start", "t1"],
+                 ["destroy", "t1"], ["suspend", "t1"]):
+        proc = qemush("-r", "-c", daemon.uri, *argv)
+        assert proc.returncode == 1, argv
+        assert READONLY_REFUSAL in proc.stderr.splitlines(), (argv, proc.stderr)
+        assert proc.stdout == ""
+    # reading is fine, and nothing changed
+    assert ok(qemush("-r", "-c", daemon.uri, "list", "--all", "--name")) == "t1\n"
+    assert "Autostart:      disable" in ok(qemush("-r", "-c", daemon.uri, "dominfo", "t1"))
+
+
+def test_domstats(daemon: DaemonProcess, qemush: Qemush, xml_file: Path) -> None:
+    define(qemush, daemon, xml_file)
+    text = ok(qemush("-c", daemon.uri, "domstats", "t1"))
+    lines = text.splitlines()
+    assert lines[0] == "Domain: 't1'"
+    assert "  state.state=5" in lines
+    assert all(re.fullmatch(r"  [\w.]+=\S*", line) for line in lines[1:-1])
+    assert text.endswith("\n\n")
+    data = json.loads(ok(qemush("-c", daemon.uri, "domstats", "--json")))
+    assert [d["domain"] for d in data] == ["t1"]
+    assert data[0]["stats"]["state.state"] == 5
+    assert json.loads(ok(qemush("-c", daemon.uri, "domstats", "--all", "--json"))) == data
+    proc = qemush("-c", daemon.uri, "domstats", "t1", "--all")
+    assert proc.returncode == 1 and "mutually exclusive" in proc.stderr
+
+
+def test_nodestats(daemon: DaemonProcess, qemush: Qemush) -> None:
+    data = json.loads(ok(qemush("-c", daemon.uri, "nodestats", "--json")))
+    assert isinstance(data, dict) and data
+    text = ok(qemush("-c", daemon.uri, "nodestats"))
+    assert {line.partition("=")[0] for line in text.splitlines()} == set(data)
+
+
+def test_event_lifecycle(daemon: DaemonProcess, shell_env: dict[str, str],
+                         xml_file: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.shell", "-c", daemon.uri, "event", "--event",
+         "lifecycle", "--loop", "--timeout", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env,
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+    try:
+        with daemon.connect() as conn:
+            # registered once its connection made HELLO + EVENT_REGISTER
+            wait_for(lambda: any(c.identity.startswith(f"pid={proc.pid} ") and c.calls >= 2
+                                 for c in conn.client_list()), timeout=20,
+                     message="qemush event registered")
+            dom = conn.define_xml(xml_file.read_text())
+            dom.undefine()
+        time.sleep(1.0)  # let the events reach qemush, then stop it as Ctrl+C would
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert err == ""
+    assert proc.returncode == 0
+    assert out.splitlines() == [
+        "event 'lifecycle' for domain 't1': Defined Added",
+        "event 'lifecycle' for domain 't1': Undefined Removed",
+        "event loop interrupted",
+        "events received: 2",
+    ]
+
+
+def test_event_one_shot_and_timeout(daemon: DaemonProcess, qemush: Qemush) -> None:
+    assert ok(qemush("-c", daemon.uri, "event", "--all", "--timeout", "1")) == \
+        "event loop timed out\nevents received: 0\n"
+    assert ok(qemush("-c", daemon.uri, "event", "--list")) == \
+        "lifecycle\nreboot\nwatchdog\nappliance\n"
+    proc = qemush("-c", daemon.uri, "event", "--event", "bogus")
+    assert proc.returncode == 1 and "--event" in proc.stderr
+
+
+def test_domain_name_completion_from_the_daemon(daemon: DaemonProcess, xml_file: Path
+                                                ) -> None:
+    sh = Shell(uri=daemon.uri)
+    try:
+        completer = Completer(sh.domain_names, sh.snapshot_names)
+        assert completer.candidates("dominfo t") == []  # no domains yet
+        with daemon.connect() as conn:
+            conn.define_xml(xml_file.read_text())
+            conn.define_xml(TINY.format(name="t2"))
+        sh.forget_names()  # the shell does this after every command
+        assert completer.candidates("dominfo ") == ["t1", "t2"]
+        assert completer.candidates("start t") == ["t1", "t2"]
+        assert completer.candidates("undefine t2") == ["t2"]
+    finally:
+        sh.disconnect()
+
+
+def test_interactive_domain_session(daemon: DaemonProcess, qemush: Qemush,
+                                    xml_file: Path) -> None:
+    script = (f"define {xml_file}\n"
+              "domstate nope\n"
+              "domstate t1; domid t1\n"
+              "autostart t1\n"
+              "list --all --autostart --name\n"
+              "undefine t1\n"
+              "list --all --name\n")
+    proc = qemush("-c", daemon.uri, input=script)
+    assert proc.returncode == 0
+    assert proc.stdout == (f"Domain 't1' defined from {xml_file}\n"
+                           "shut off\n-\n"
+                           "Domain 't1' marked as autostarted\n"
+                           "t1\n"
+                           "Domain 't1' has been undefined\n")
+    assert proc.stderr.startswith("error: failed to get domain 'nope'\n")

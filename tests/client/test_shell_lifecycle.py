@@ -1,0 +1,124 @@
+"""qemush lifecycle commands against a daemon that really starts QEMU (a diskless guest
+with nothing to boot: enough for start/suspend/resume/save/restore/destroy)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.conftest import REPO_ROOT, Qemush, ok
+from tests.helpers.daemon import DaemonProcess
+
+pytestmark = pytest.mark.integration
+
+GUEST = """<domain type='qemu'>
+  <name>life</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>
+    <serial type='pty'/>
+    <console type='pty'/>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+  </devices>
+</domain>
+"""
+
+
+def state(qemush: Qemush, daemon: DaemonProcess) -> str:
+    return ok(qemush("-c", daemon.uri, "domstate", "life", "--reason")).strip()
+
+
+def test_lifecycle(daemon: DaemonProcess, qemush: Qemush, shell_env: dict[str, str],
+                   tmp_path: Path) -> None:
+    xml = tmp_path / "life.xml"
+    xml.write_text(GUEST)
+    u = daemon.uri
+    ok(qemush("-c", u, "define", str(xml)))
+    try:
+        assert ok(qemush("-c", u, "start", "life")) == "Domain 'life' started\n"
+        assert state(qemush, daemon) == "running (booted)"
+        dom_id = ok(qemush("-c", u, "domid", "life")).strip()
+        assert dom_id.isdigit()
+        assert re.search(rf"^ {dom_id} +life +running$",
+                         ok(qemush("-c", u, "list")), re.M)
+        assert ok(qemush("-c", u, "list", "--id")) == f"{dom_id}\n"
+        assert re.fullmatch(r"127\.0\.0\.1:\d+\n", ok(qemush("-c", u, "vncdisplay", "life")))
+        assert re.search(r"^CPU time: +\d+\.\ds$", ok(qemush("-c", u, "dominfo", "life")),
+                         re.M)
+
+        assert ok(qemush("-c", u, "suspend", "life")) == "Domain 'life' suspended\n"
+        assert state(qemush, daemon) == "paused (user)"
+        assert ok(qemush("-c", u, "resume", "life")) == "Domain 'life' resumed\n"
+        assert state(qemush, daemon) == "running (unpaused)"
+
+        cdrom = tmp_path / "cd.iso"
+        cdrom.write_bytes(b"\0" * 65536)
+        assert ok(qemush("-c", u, "change-media", "life", "sda", str(cdrom), "--insert")) == \
+            "Successfully inserted media.\n"
+        assert str(cdrom) in ok(qemush("-c", u, "dumpxml", "life"))
+        assert ok(qemush("-c", u, "change-media", "life", "sda", "--eject")) == \
+            "Successfully ejected media.\n"
+
+        # the serial console, piped: stdin to the guest, nothing to read back from a
+        # guest without an OS, and the command ends once stdin has ended
+        proc = qemush("-c", u, "console", "life", input="\n", timeout=30)
+        assert proc.returncode == 0, proc.stderr
+
+        # save with stderr on a terminal: the progress line is drawn, then erased
+        saved = tmp_path / "life.save"
+        out, err = _run_with_tty_stderr(["-c", u, "save", "life", str(saved)], shell_env)
+        assert out == f"Domain 'life' saved to {saved}\n"
+        assert "Saving domain 'life' ... " in err and err.endswith("\r\x1b[K")
+        assert state(qemush, daemon) == "shut off (saved)"
+        # and without a terminal nothing but the result (ok() checks stderr is empty)
+        assert ok(qemush("-c", u, "restore", str(saved))) == f"Domain restored from {saved}\n"
+        assert state(qemush, daemon) == "running (restored)"
+
+        assert ok(qemush("-c", u, "destroy", "life")) == "Domain 'life' destroyed\n"
+        assert state(qemush, daemon) == "shut off (destroyed)"
+        assert ok(qemush("-c", u, "domid", "life")) == "-\n"
+
+        proc = qemush("-c", u, "resume", "life")
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[0] == "error: Failed to resume domain 'life'"
+
+        ok(qemush("-c", u, "start", "life"))
+        assert ok(qemush("-c", u, "shutdown", "life", "--timeout", "1")) == \
+            "Domain 'life' is shut off\n"
+        assert state(qemush, daemon).startswith("shut off")
+    finally:
+        qemush("-c", u, "destroy", "life")
+        qemush("-c", u, "undefine", "life")
+
+
+def _run_with_tty_stderr(args: list[str], env: dict[str, str]) -> tuple[str, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "client.shell", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                            env=env, cwd=REPO_ROOT, text=True)
+    os.close(slave)
+    err = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        err += chunk
+    out = proc.communicate(timeout=60)[0]
+    os.close(master)
+    assert proc.returncode == 0, (out, err)
+    return out, err.decode()

@@ -1,0 +1,204 @@
+"""qemud.config: path defaults per mode, the TOML file, flags, and errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qemud.cli import build_parser, config_from_args
+from qemud.config import (
+    DEFAULT_SYSTEM_CONFIG,
+    Limits,
+    load_config,
+    session_paths,
+    system_paths,
+)
+from qemud.errors import ConfigError
+
+
+# -- paths --------------------------------------------------------------------------------
+
+def test_session_paths_follow_xdg() -> None:
+    env = {"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1000",
+           "XDG_CONFIG_HOME": "/cfg", "XDG_STATE_HOME": "/st"}
+    p = session_paths(env)
+    assert p.run_dir == Path("/run/user/1000/qemud")
+    assert p.config_dir == Path("/cfg/qemud")
+    assert p.state_dir == Path("/st/qemud")
+    assert p.log_dir == Path("/st/qemud/log")
+    assert p.rw_socket == Path("/run/user/1000/qemud/qemud-sock")
+    assert p.ro_socket == Path("/run/user/1000/qemud/qemud-sock-ro")
+    assert p.pidfile == Path("/run/user/1000/qemud/qemud.pid")
+    assert p.domains_dir == Path("/cfg/qemud/domains")
+    assert p.autostart_dir == Path("/cfg/qemud/autostart")
+    assert p.guest_run_dir == Path("/run/user/1000/qemud/qemu")
+    assert p.guest_log_dir == Path("/st/qemud/log/qemu")
+
+
+def test_session_paths_fallbacks() -> None:
+    p = session_paths({"HOME": "/home/u"})
+    assert p.run_dir == Path(f"/tmp/qemud-{os.getuid()}/qemud")
+    assert p.config_dir == Path("/home/u/.config/qemud")
+    assert p.state_dir == Path("/home/u/.local/state/qemud")
+    # empty variables count as unset
+    p = session_paths({"HOME": "/h", "XDG_RUNTIME_DIR": "", "XDG_CONFIG_HOME": ""})
+    assert p.run_dir == Path(f"/tmp/qemud-{os.getuid()}/qemud")
+    assert p.config_dir == Path("/h/.config/qemud")
+
+
+def test_session_paths_read_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/somewhere")
+    assert session_paths().run_dir == Path("/somewhere/qemud")
+
+
+def test_system_paths() -> None:
+    p = system_paths()
+    assert (p.run_dir, p.config_dir, p.state_dir, p.log_dir) == (
+        Path("/run/qemud"), Path("/etc/qemud"), Path("/var/lib/qemud"), Path("/var/log/qemud"))
+    assert p.rw_socket == Path("/run/qemud/qemud-sock")
+    assert DEFAULT_SYSTEM_CONFIG == Path("/etc/qemud/qemud.toml")
+
+
+def test_load_config_modes(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    c = load_config("session")
+    assert c.mode == "session" and c.source is None
+    assert c.paths.config_dir == tmp_path / ".config" / "qemud"
+    assert c.limits == Limits()
+    # the session default file is picked up when present
+    (tmp_path / ".config" / "qemud").mkdir(parents=True)
+    (tmp_path / ".config" / "qemud" / "qemud.toml").write_text("[limits]\nmax_clients = 9\n")
+    c = load_config("session")
+    assert c.limits.max_clients == 9 and c.source == tmp_path / ".config/qemud/qemud.toml"
+    with pytest.raises(ConfigError, match="mode must be session or system"):
+        load_config("user")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "qemud.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_path_overridable_in_file_and_flags_beat_file(tmp_path) -> None:
+    f = _write(tmp_path, "[paths]\nrun_dir = '/r'\nconfig_dir = '/c'\nstate_dir = '/s'\n"
+                         "log_dir = '~/l'\n")
+    c = load_config("system", f)
+    assert (c.paths.run_dir, c.paths.config_dir, c.paths.state_dir) == (
+        Path("/r"), Path("/c"), Path("/s"))
+    assert c.paths.log_dir == Path(os.path.expanduser("~/l"))
+    args = build_parser().parse_args(["--system", "--config", str(f), "--run-dir", "/R",
+                                      "--log-dir", "/L", "--log-level", "warning",
+                                      "--listen-tls", "--tls-port", "1234"])
+    c = config_from_args(args)
+    assert c.paths.run_dir == Path("/R") and c.paths.log_dir == Path("/L")
+    assert c.paths.config_dir == Path("/c")  # not overridden: the file's value
+    assert c.log.level == "warning" and c.listen.tls and c.listen.tls_port == 1234
+    assert config_from_args(build_parser().parse_args(
+        ["--config", str(f), "-v", "--log-level", "error"])).log.level == "debug"
+
+
+def test_default_mode_depends_on_uid(tmp_path) -> None:
+    f = _write(tmp_path, "")
+    c = config_from_args(build_parser().parse_args(["--config", str(f)]))
+    assert c.mode == ("system" if os.geteuid() == 0 else "session")
+
+
+def test_values_of_the_right_type_are_taken(tmp_path) -> None:
+    f = _write(tmp_path, """
+[listen]
+rw_socket_mode = 0o640
+unix_ro = false
+[limits]
+max_clients = 7
+frame_deadline = 2      # an integer is fine for a float
+keepalive_interval = 0
+[qemu]
+emulator_dirs = ["/opt/qemu/bin"]
+[tls]
+allowed_dn = [{pattern = "CN=admin*", role = "full"}]
+""")
+    c = load_config("session", f)
+    assert c.listen.rw_socket_mode == 0o640 and c.listen.unix_ro is False
+    assert c.limits.max_clients == 7 and c.limits.frame_deadline == 2.0
+    assert isinstance(c.limits.frame_deadline, float)
+    assert c.qemu.emulator_dirs == ["/opt/qemu/bin"]
+    assert c.source == f
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[limits]\nmax_clientz = 5\n", "unknown key limits.max_clientz"),
+    ("[limit]\nmax_clients = 5\n", "unknown section [limit]"),
+    ("limits = 5\n", "[limits] must be a table"),
+    ("[limits]\nmax_clients = '5'\n", "limits.max_clients must be an integer, got '5'"),
+    ("[limits]\nmax_clients = 5.5\n", "limits.max_clients must be an integer"),
+    ("[limits]\nmax_clients = true\n", "limits.max_clients must be an integer"),
+    ("[limits]\nframe_deadline = 'soon'\n", "limits.frame_deadline must be a number"),
+    ("[limits]\nframe_deadline = true\n", "limits.frame_deadline must be a number"),
+    ("[listen]\nunix_ro = 1\n", "listen.unix_ro must be true or false"),
+    ("[paths]\nrun_dir = 5\n", "paths.run_dir must be a path"),
+    ("[log]\nfile = 3\n", "log.file must be a string"),
+    ("[qemu]\nemulator_dirs = '/opt'\n", "qemu.emulator_dirs must be a list"),
+    ("[qemu]\nemulator_dirs = [1]\n", "qemu.emulator_dirs: every item must be a string"),
+    ("[tls]\nallowed_dn = ['CN=x']\n", "tls.allowed_dn: every item must be a table"),
+    ("[tls]\nallowed_dn = [{pattern = 'x', role = 'god'}]\n", "tls.allowed_dn[0]"),
+    ("[limits]\nmax_frame = 100\n", "limits.max_frame must be between 1024"),
+    ("[limits]\nmax_frame = 1000000000\n", "limits.max_frame must be between"),
+    ("[limits]\nmax_clients = 0\n", "limits.max_clients must be at least 1"),
+    ("[limits]\nkeepalive_count = 0\n", "limits.keepalive_count must be at least 1"),
+    ("[limits]\nmax_queued_bytes = 0\n", "limits.max_queued_bytes must be at least 1"),
+    ("[limits]\nframe_deadline = 0\n", "limits.frame_deadline must be positive"),
+    ("[limits]\ncall_deadline = -1\n", "limits.call_deadline must be positive"),
+    ("[limits]\ntls_handshake_deadline = 0\n", "limits.tls_handshake_deadline must be positive"),
+    ("[limits]\nkeepalive_interval = -1\n", "limits.keepalive_interval must be >= 0"),
+    ("[listen]\ntls_port = 70000\n", "listen.tls_port out of range"),
+    ("[listen]\nro_socket_mode = 0o7777\n", "listen.ro_socket_mode must be a permission mode"),
+    ("[qemu]\nvnc_port_min = 100\n", "qemu.vnc_port_min/max"),
+    ("[log]\nlevel = 'loud'\n", "log.level must be debug/info/warning/error"),
+    ("[limits\n", "qemud.toml"),  # TOML syntax error names the file
+])
+def test_bad_config_is_an_error_naming_the_key(tmp_path, text, message) -> None:
+    f = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config("session", f)
+    assert message in info.value.message
+    assert str(f) in info.value.message  # every message says which file
+
+
+def test_missing_config_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file .*nope.toml"):
+        load_config("session", tmp_path / "nope.toml")
+
+
+def _run_qemud(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qemud", "--session", "--run-dir", str(tmp_path / "run"),
+         "--config-dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "lib"),
+         "--log-dir", str(tmp_path / "log"), *args],
+        capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[limits]\nmax_clientz = 5\n", "unknown key limits.max_clientz"),
+    ("[limits]\nmax_clients = 'many'\n", "limits.max_clients must be an integer"),
+])
+def test_daemon_refuses_to_start_with_bad_config(tmp_path, text, message) -> None:
+    f = _write(tmp_path, text)
+    proc = _run_qemud(tmp_path, "--config", str(f))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("qemud: error: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "qemud-sock").exists()
+
+
+def test_daemon_refuses_bad_flags(tmp_path) -> None:
+    proc = _run_qemud(tmp_path, "--log-level", "loud")
+    assert proc.returncode == 2 and "invalid choice: 'loud'" in proc.stderr
+    proc = _run_qemud(tmp_path, "--session", "--system")
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr

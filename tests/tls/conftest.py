@@ -1,0 +1,161 @@
+"""A throw-away PKI and a TLS-listening qemud, shared by the tests in this folder.
+
+Certificates are minted at test time with :mod:`certs.issue` (EC keys: milliseconds).
+Every client gets its own ``pkipath`` directory (cacert.pem, clientcert.pem,
+clientkey.pem), exactly what ``qemud+tls://...?pkipath=DIR`` expects.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+import client
+from certs.issue import make_ca, make_client_cert, make_server_cert, write_cert, write_key
+from tests.helpers.daemon import DaemonProcess, wait_for
+
+ALLOWED_DN = [
+    {"pattern": "O=Example,CN=admin*", "role": "full"},
+    {"pattern": "O=Example,CN=viewer*", "role": "readonly"},
+]
+HANDSHAKE_DEADLINE = 1.0
+KEEPALIVE_INTERVAL = 1
+
+
+@dataclass
+class PKI:
+    root: Path
+    ca_key: Any
+    ca_cert: x509.Certificate
+    server: dict[str, Path] = field(default_factory=dict)  # ca_file/cert_file/key_file
+    clients: dict[str, Path] = field(default_factory=dict)  # name -> pkipath
+
+    def client_dir(self, name: str, key: Any, cert: x509.Certificate,
+                   ca_cert: x509.Certificate | None = None) -> Path:
+        d = self.root / name
+        write_cert(d / "cacert.pem", ca_cert or self.ca_cert)
+        write_key(d / "clientkey.pem", key)
+        write_cert(d / "clientcert.pem", cert)
+        self.clients[name] = d
+        return d
+
+    def server_files(self, name: str, hostnames: list[str], ips: list[str]) -> dict[str, Path]:
+        d = self.root / name
+        key, cert = make_server_cert(self.ca_key, self.ca_cert, hostnames, ips)
+        write_cert(d / "cacert.pem", self.ca_cert)
+        write_key(d / "serverkey.pem", key)
+        write_cert(d / "servercert.pem", cert)
+        return {"ca_file": d / "cacert.pem", "cert_file": d / "servercert.pem",
+                "key_file": d / "serverkey.pem"}
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    root = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = make_ca("qemud test CA")
+    p = PKI(root, ca_key, ca_cert)
+    p.server = p.server_files("server", ["localhost"], ["127.0.0.1"])
+    now = datetime.now(UTC)
+    p.client_dir("admin", *make_client_cert(ca_key, ca_cert, "admin1", "Example"))
+    p.client_dir("viewer", *make_client_cert(ca_key, ca_cert, "viewer1", "Example"))
+    p.client_dir("stranger", *make_client_cert(ca_key, ca_cert, "mallory", "Other"))
+    p.client_dir("expired", *make_client_cert(
+        ca_key, ca_cert, "admin2", "Example", not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1)))
+    p.client_dir("future", *make_client_cert(
+        ca_key, ca_cert, "admin3", "Example", not_before=now + timedelta(days=1),
+        not_after=now + timedelta(days=30)))
+    other_key, other_ca = make_ca("some other CA")
+    # signed by another CA, but trusts the daemon's CA (so only the daemon objects)
+    p.client_dir("foreign", *make_client_cert(other_key, other_ca, "admin4", "Example"))
+    # a good client certificate, but the wrong CA file to check the daemon with
+    p.client_dir("wrong-cacert", *make_client_cert(ca_key, ca_cert, "admin5", "Example"),
+                 ca_cert=other_ca)
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TLSDaemon(DaemonProcess):
+    """A qemud with its TLS listener on 127.0.0.1:``tls_port``."""
+
+    tls_port: int
+
+    def tls_uri(self, pkipath: Path, host: str = "localhost", extra: str = "") -> str:
+        return f"qemud+tls://{host}:{self.tls_port}/session?pkipath={pkipath}{extra}"
+
+
+def start_tls_daemon(root: Path, server: dict[str, Path],
+                     limits: dict[str, Any] | None = None) -> TLSDaemon:
+    port = free_port()
+    d = TLSDaemon(root, {
+        "listen": {"tls": True, "tls_address": "127.0.0.1", "tls_port": port},
+        "limits": {"tls_handshake_deadline": HANDSHAKE_DEADLINE, **(limits or {})},
+        "tls": {**{k: str(v) for k, v in server.items()}, "allowed_dn": ALLOWED_DN},
+    })
+    d.tls_port = port
+    d.start()
+    # the unix socket comes first; the TLS listener follows it
+    wait_for(lambda: f"listening for TLS on 127.0.0.1:{port}" in d.log_text(),
+             message="TLS listener up")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tls_daemon(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSDaemon]:
+    d = start_tls_daemon(tmp_path_factory.mktemp("qemud-tls"), pki.server,
+                         {"keepalive_interval": KEEPALIVE_INTERVAL})
+    yield d
+    try:
+        d.stop()
+    except Exception:
+        d.kill()
+
+
+class LogWatch:
+    """The daemon log written since this object was made."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+        self.offset = len(daemon.log_text())
+
+    def text(self) -> str:
+        return self.daemon.log_text()[self.offset:]
+
+    def wait(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the new log text, waiting for it to appear."""
+        found: list[re.Match[str]] = []
+
+        def look() -> bool:
+            m = re.search(pattern, self.text())
+            if m:
+                found.append(m)
+            return m is not None
+        try:
+            wait_for(look, timeout=timeout, message=f"log line /{pattern}/")
+        except TimeoutError:
+            raise AssertionError(f"no log line matching /{pattern}/ in:\n{self.text()}") \
+                from None
+        return found[0]
+
+
+def assert_served_promptly(daemon: TLSDaemon, pki: PKI, within: float = 1.0) -> None:
+    """A good client connects and gets an answer within ``within`` seconds."""
+    start = time.monotonic()
+    with client.connect(daemon.tls_uri(pki.clients["admin"]), timeout=within) as conn:
+        assert conn.node_info().cpus >= 1
+        elapsed = time.monotonic() - start
+    assert elapsed < within, f"good client took {elapsed:.2f} s"

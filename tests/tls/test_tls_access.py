@@ -1,0 +1,59 @@
+"""Allowed TLS clients: the allow-list's roles, over a real mutual-TLS connection."""
+
+from __future__ import annotations
+
+import pytest
+
+import client
+from tests.tls.conftest import PKI, LogWatch, TLSDaemon
+
+
+def test_full_role_client_works_and_is_listed_by_dn(tls_daemon: TLSDaemon, pki: PKI) -> None:
+    log = LogWatch(tls_daemon)
+    with client.connect(tls_daemon.tls_uri(pki.clients["admin"])) as conn:
+        assert not conn.readonly
+        assert conn.node_info().cpus >= 1
+        assert isinstance(conn.list_domains(), list)
+        mine = [c for c in conn.client_list() if c.identity == "O=Example,CN=admin1"]
+        assert len(mine) == 1, conn.client_list()
+        assert mine[0].transport == "tls"
+        assert not mine[0].readonly
+    log.wait(r"connected via tls \(addr=127\.0\.0\.1:\d+\)")
+    log.wait(r"TLS client identified as O=Example,CN=admin1 \(full\)")
+
+
+def test_readonly_role_reads_but_cannot_change(tls_daemon: TLSDaemon, pki: PKI) -> None:
+    log = LogWatch(tls_daemon)
+    # the client asks for a read-write connection; its certificate's role decides
+    with client.connect(tls_daemon.tls_uri(pki.clients["viewer"])) as conn:
+        assert conn.readonly, "the daemon's HELLO reply must report the read-only role"
+        assert conn.node_info().cpus >= 1
+        assert isinstance(conn.list_domains(), list)
+        assert conn.hostname()
+        with pytest.raises(client.ReadOnlyError,
+                           match="operation forbidden: read-only connection"):
+            conn.define_xml("<domain type='qemu'><name>nope</name></domain>")
+        with pytest.raises(client.ReadOnlyError,
+                           match="operation forbidden: read-only connection"):
+            conn.client_list()  # admin procedures need the full role
+        with pytest.raises(client.ReadOnlyError,
+                           match="operation forbidden: read-only connection"):
+            conn.client_disconnect(1)
+        assert conn.node_info().cpus >= 1  # refused calls leave the connection usable
+    log.wait(r"TLS client identified as O=Example,CN=viewer1 \(read-only\)")
+    # the audit trail names the certificate, not an address
+    log.wait(r"identity='O=Example,CN=viewer1' proc=DOMAIN_DEFINE_XML result=error")
+
+
+def test_full_client_sees_readonly_client_with_its_dn(tls_daemon: TLSDaemon, pki: PKI) -> None:
+    with client.connect(tls_daemon.tls_uri(pki.clients["viewer"])) as viewer, \
+            client.connect(tls_daemon.tls_uri(pki.clients["admin"])) as admin:
+        assert viewer.node_info()
+        listed = {c.identity: c for c in admin.client_list()}
+        assert listed["O=Example,CN=viewer1"].readonly
+        assert listed["O=Example,CN=viewer1"].transport == "tls"
+        # and a full client may disconnect it
+        admin.client_disconnect(listed["O=Example,CN=viewer1"].id)
+        with pytest.raises(client.ConnectionLost):
+            for _ in range(50):
+                viewer.node_info()

@@ -1,0 +1,120 @@
+"""Clients the TLS listener must refuse, each logged with the peer and a reason an admin
+can act on, none of them holding up the next good client."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import client
+import protocol as P
+from protocol import payloads as pl
+from protocol.constants import SUPPORTED_VERSIONS
+from tests.tls.conftest import HANDSHAKE_DEADLINE, PKI, LogWatch, TLSDaemon, \
+    assert_served_promptly
+
+ADDR = r"addr=127\.0\.0\.1:\d+"
+
+
+def _connect_with(daemon: TLSDaemon, pkipath: Path) -> None:
+    with client.connect(daemon.tls_uri(pkipath), timeout=5) as conn:
+        conn.node_info()
+
+
+@pytest.mark.parametrize("name, error, client_says, log_says", [
+    ("foreign", client.ConnectFailed,
+     r"refused the client certificate .*clientcert\.pem: the certificate is not signed by "
+     r"the daemon's CA",
+     rf"TLS handshake with {ADDR} refused: client certificate is not signed by the CA in "
+     r"tls\.ca_file"),
+    ("expired", client.ConnectFailed,
+     r"refused the client certificate .*clientcert\.pem: the certificate has expired; it "
+     r"expired on",
+     rf"TLS handshake with {ADDR} refused: client certificate has expired \(issue a new one"),
+    ("future", client.ConnectFailed,
+     r"refused the client certificate .*clientcert\.pem: .*it is not valid before",
+     rf"TLS handshake with {ADDR} refused: client certificate is not yet valid \(check the "
+     r"clocks"),
+    ("stranger", client.AuthError,
+     r"access denied: certificate DN 'O=Other,CN=mallory' is not in the daemon's "
+     r"tls\.allowed_dn list",
+     rf"TLS client {ADDR} refused: access denied: certificate DN 'O=Other,CN=mallory' is "
+     r"not in the daemon's tls\.allowed_dn list"),
+])
+def test_refused_certificate(tls_daemon: TLSDaemon, pki: PKI, name: str,
+                             error: type[Exception], client_says: str, log_says: str) -> None:
+    log = LogWatch(tls_daemon)
+    with pytest.raises(error, match=client_says):
+        _connect_with(tls_daemon, pki.clients[name])
+    log.wait(log_says)
+    assert "Traceback" not in log.text()
+    assert_served_promptly(tls_daemon, pki)
+
+
+def _no_certificate(daemon: TLSDaemon, pki: PKI) -> int:
+    ctx = ssl.create_default_context(cafile=str(pki.server["ca_file"]))  # no load_cert_chain
+    with socket.create_connection(("127.0.0.1", daemon.tls_port), timeout=5) as raw:
+        port = int(raw.getsockname()[1])
+        with pytest.raises(OSError):  # ssl.SSLError "certificate required", or a reset
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"\0" * 16)
+                if not tls.recv(100):
+                    raise ConnectionResetError("closed")
+    return port
+
+
+def _plaintext_hello(daemon: TLSDaemon, pki: PKI) -> int:
+    frame = P.Connection(P.Role.CLIENT).send(P.Call(
+        P.Procedure.HELLO, 1, pl.HelloArgs(list(SUPPORTED_VERSIONS), "plaintext")))
+    with socket.create_connection(("127.0.0.1", daemon.tls_port), timeout=5) as raw:
+        port = int(raw.getsockname()[1])
+        raw.sendall(frame)
+        try:
+            assert raw.recv(100) == b"", "the daemon answered plaintext on its TLS port"
+        except ConnectionResetError:
+            pass
+    return port
+
+
+@pytest.mark.parametrize("attempt, log_says", [
+    (_no_certificate, r"refused: client presented no certificate \(a client needs "
+                      r"clientcert\.pem and clientkey\.pem"),
+    (_plaintext_hello, r"refused: not a TLS client \(\w+\): plaintext or another protocol "
+                       r"was sent to the TLS port"),
+], ids=["no-certificate", "plaintext"])
+def test_refused_connection(tls_daemon: TLSDaemon, pki: PKI,
+                            attempt: Callable[[TLSDaemon, PKI], int], log_says: str) -> None:
+    log = LogWatch(tls_daemon)
+    port = attempt(tls_daemon, pki)
+    log.wait(rf"TLS handshake with addr=127\.0\.0\.1:{port} {log_says}")
+    assert "Traceback" not in log.text()
+    assert_served_promptly(tls_daemon, pki)
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01\x02\x00"],
+                         ids=["silent", "partial-client-hello"])
+def test_stalled_handshake_is_dropped_and_blocks_nobody(tls_daemon: TLSDaemon, pki: PKI,
+                                                        sent: bytes) -> None:
+    log = LogWatch(tls_daemon)
+    with socket.create_connection(("127.0.0.1", tls_daemon.tls_port)) as stalled:
+        opened = time.monotonic()
+        port = int(stalled.getsockname()[1])
+        stalled.sendall(sent)
+        # while it stalls, other TLS clients are served at once
+        assert_served_promptly(tls_daemon, pki)
+        assert_served_promptly(tls_daemon, pki)
+        stalled.settimeout(HANDSHAKE_DEADLINE + 5)
+        try:
+            assert stalled.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        waited = time.monotonic() - opened
+    assert HANDSHAKE_DEADLINE * 0.9 <= waited < HANDSHAKE_DEADLINE + 1.5, waited
+    log.wait(rf"TLS handshake from addr=127\.0\.0\.1:{port} not finished within "
+             rf"{HANDSHAKE_DEADLINE:g} s")
+    assert_served_promptly(tls_daemon, pki)
