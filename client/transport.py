@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,6 @@ __all__ = ["open_socket"]
 _UNTRUSTED = {2, 18, 19, 20, 21, 30}
 #: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 _NAME_MISMATCH = {62, 64}
-#: seconds a failed first send waits for the reader thread to see why the daemon hung up
-_DIAGNOSIS_WAIT = 2.0
 #: TLS alerts by which the daemon refuses this client's certificate
 _REFUSAL_ALERTS = {
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the certificate has expired",
@@ -104,28 +101,13 @@ class _WantWrite(ssl.SSLWantWriteError, BlockingIOError):
 class _TLSSocket(ssl.SSLSocket):
     """Turns the daemon's refusal, seen before its first reply, into a ConnectFailed.
 
-    The reader thread's ``recv`` gets the refusal (an alert, or the connection closing).
-    The HELLO ``sendall`` can fail first when the daemon has already closed the
-    connection; it then waits briefly for the reader's diagnosis rather than reporting a
-    bare "broken pipe".
+    With TLS 1.3 the daemon checks the client certificate after the client's handshake
+    has completed, so its verdict -- an alert, or an error frame for a DN not on the
+    allow-list -- arrives on the first read (or, if it already hung up, the first write).
     """
 
     _qemud_explain: Callable[[BaseException], ConnectFailed | None] | None = None
     _qemud_answered = False
-    _qemud_failure: ConnectFailed | None = None
-    _qemud_failed: threading.Event | None = None
-
-    def _qemud_arm(self, explain: Callable[[BaseException], ConnectFailed | None]) -> None:
-        self._qemud_failed = threading.Event()
-        self._qemud_explain = explain
-
-    def _qemud_fail(self, exc: BaseException) -> ConnectFailed | None:
-        assert self._qemud_explain is not None and self._qemud_failed is not None
-        failure = self._qemud_explain(exc)
-        if failure is not None and self._qemud_failure is None:
-            self._qemud_failure = failure
-        self._qemud_failed.set()
-        return failure
 
     def _recv(self, buflen: int, flags: int) -> bytes:
         # Readable does not mean application data with TLS (e.g. TLS 1.3 session tickets
@@ -145,12 +127,12 @@ class _TLSSocket(ssl.SSLSocket):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TimeoutError):
             raise
         except (ssl.SSLError, ConnectionError) as exc:
-            failure = self._qemud_fail(exc)
+            failure = self._qemud_explain(exc)
             if failure is None:
                 raise
             raise failure from None
         if not data:
-            failure = self._qemud_fail(ssl.SSLEOFError())
+            failure = self._qemud_explain(ssl.SSLEOFError())
             assert failure is not None
             raise failure
         self._qemud_answered = True
@@ -164,9 +146,6 @@ class _TLSSocket(ssl.SSLSocket):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TimeoutError):
             raise
         except (ssl.SSLError, ConnectionError) as exc:
-            assert self._qemud_failed is not None
-            if self._qemud_failed.wait(_DIAGNOSIS_WAIT) and self._qemud_failure is not None:
-                raise self._qemud_failure from None
             failure = self._qemud_explain(exc)
             if failure is None:
                 raise
@@ -214,8 +193,13 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
     try:
         raw = socket.create_connection((uri.host, uri.port), timeout=timeout)
     except OSError as exc:
+        hint = ""
+        if isinstance(exc, ConnectionRefusedError | TimeoutError):
+            hint = (" (is qemud running with its TLS listener -- listen.tls = true or "
+                    "--listen-tls -- on that address and port, and does the firewall let "
+                    "the port through?)")
         raise ConnectFailed(f"cannot connect to {uri.host}:{uri.port}: "
-                            f"{exc.strerror or exc}") from None
+                            f"{exc.strerror or exc}{hint}") from None
     try:
         tls = ctx.wrap_socket(raw, server_hostname=uri.host)
     except ssl.SSLCertVerificationError as exc:
@@ -229,6 +213,6 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
         raise ConnectFailed(f"TLS handshake with {uri.host}:{uri.port} failed: {exc} (the "
                             "server may refuse this client's certificate)") from None
     assert isinstance(tls, _TLSSocket)
-    tls._qemud_arm(lambda exc: _refusal(uri, paths.client_cert, exc))
+    tls._qemud_explain = lambda exc: _refusal(uri, paths.client_cert, exc)
     tls.settimeout(None)
     return tls

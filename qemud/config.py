@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,7 @@ def _apply(config: Config, section_name: str, values: Any, path: Path | None) ->
             raise ConfigError(f"{where}{section_name}.{key} must be "
                               f"{_TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")
         if isinstance(value, list):
-            item_type = _LIST_ITEMS.get((section_name, key))
+            item_type = _list_item_type(type(section), key)
             for item in value:
                 if item_type is not None and not isinstance(item, item_type):
                     raise ConfigError(f"{where}{section_name}.{key}: every item must be "
@@ -264,6 +265,11 @@ def _apply(config: Config, section_name: str, values: Any, path: Path | None) ->
         setattr(section, key, value)
 
 
-#: element types of the list-valued keys
-_LIST_ITEMS: dict[tuple[str, str], type] = {("tls", "allowed_dn"): dict,
-                                             ("qemu", "emulator_dirs"): str}
+def _list_item_type(cls: type, key: str) -> type | None:
+    """``str`` for a ``list[str]`` field, ``dict`` for ``list[dict[...]]``, else None."""
+    hint = typing.get_type_hints(cls).get(key)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is not list or len(args) != 1:
+        return None
+    item = typing.get_origin(args[0]) or args[0]
+    return item if isinstance(item, type) else None

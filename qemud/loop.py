@@ -127,7 +127,7 @@ class EventLoop:
                 done, status = pid, 0  # reaped elsewhere or not our child
             if done == pid:
                 handler = self._child_handlers.pop(pid)
-                self._guard(lambda: handler(status), f"child {pid} exit handler")
+                self._guard(lambda h=handler, s=status: h(s), f"child {pid} exit handler")
 
     def _on_wakeup(self) -> None:
         while True:

@@ -170,7 +170,7 @@ class Args:
             raise UsageError(f"command '{self.cmd.name}' requires <{name}> option")
         return value
 
-    def int(self, name: str) -> int | None:
+    def number(self, name: str) -> int | None:
         value = self._values.get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 

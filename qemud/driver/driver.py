@@ -27,7 +27,7 @@ from protocol.constants import (
     StoppedDetail,
     TypedParamKind,
 )
-from qemud.conf import ConfError, parse_domain_xml
+from qemud.conf import ConfError, DomainDef, parse_domain_xml
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     InvalidArg,
@@ -87,6 +87,11 @@ class QemuDriver:
         self.power_hooks: list[GuestHook] = []
         self.reset_hooks: list[GuestHook] = []
         self.stop_hooks: list[Callable[[DomainObj, ShutoffReason], None]] = []
+        #: called with (dom, live definition) before the QEMU command line is built; a hook
+        #: may add devices to the live definition (the heartbeat channel)
+        self.start_hooks: list[Callable[[DomainObj, DomainDef], None]] = []
+        #: extra DOMAIN_STATS params of a domain (the heartbeat state)
+        self.stats_hooks: list[Callable[[DomainObj], list[pl.TypedParam]]] = []
         self._restart_after_stop: set[str] = set()
 
     # -- daemon interface ----------------------------------------------------------------
@@ -534,6 +539,8 @@ class QemuDriver:
                   _int("vcpu.maximum", current.vcpus)]
         if dom.process is not None:
             params.append(_int("memory.rss", _rss_kib(dom.process.pid)))
+        for hook in self.stats_hooks:
+            params += hook(dom)
         return params
 
     def _node_stats(self, ctx: Any, args: Empty) -> pl.NodeStatsReply:

@@ -99,6 +99,8 @@ class Lifecycle:
             raise OperationInvalid(f"domain '{dom.name}' is already running")
         self.require_no_job(dom)
         live = (definition or dom.definition).copy()
+        for hook in self.driver.start_hooks:
+            hook(dom, live)
         strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
         paths = self.guest_paths(dom.name)
         self.driver.ports.assign(live)

@@ -1,7 +1,8 @@
 """QEMU driver: the pure parts (no daemon I/O), split like libvirt's qemu driver.
 
 * :mod:`qemud.qemu.qmp` – sans-IO QMP client protocol
-* :mod:`qemud.qemu.capabilities` – emulator/KVM probing and capabilities XML
+* :mod:`qemud.qemu.capabilities` – emulator probing (cached) and capabilities XML
+* :mod:`qemud.qemu.kvmprobe` – does KVM really run guests? (a timed tiny guest)
 * :mod:`qemud.qemu.arch` – per-architecture strategies and their device table
 * :mod:`qemud.qemu.command` – domain definition → QEMU argv
 * :mod:`qemud.qemu.domain` – the slice of the domain model this layer reads

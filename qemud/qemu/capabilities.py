@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -236,12 +237,27 @@ def _spawn(argv: list[str]) -> subprocess.Popen[str]:
     )
 
 
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """End ``proc`` (and its session: a wrapper's children hold the pipes), close pipes."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        try:
+            proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            _log.warning("probe child %d did not die after SIGKILL", proc.pid)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def _collect(binary: str, what: str, proc: subprocess.Popen[str], deadline: float) -> str:
     try:
         out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        _kill(proc)
         raise CapabilitiesError(binary, f"{what} timed out") from None
     if proc.returncode != 0:
         detail = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
@@ -259,8 +275,12 @@ class _EmulatorProbe:
         self._machines = _spawn([binary, "-machine", "help"])
 
     def result(self, deadline: float) -> EmulatorCaps:
-        version_text = _collect(self.binary, "-version", self._version, deadline)
-        machine_text = _collect(self.binary, "-machine help", self._machines, deadline)
+        try:
+            version_text = _collect(self.binary, "-version", self._version, deadline)
+            machine_text = _collect(self.binary, "-machine help", self._machines, deadline)
+        finally:
+            _kill(self._version)
+            _kill(self._machines)
         try:
             version, version_string = parse_version(version_text)
             machines = parse_machine_help(machine_text)

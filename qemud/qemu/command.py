@@ -38,7 +38,7 @@ from qemud.qemu.capabilities import Capabilities, EmulatorCaps
 from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
 
-__all__ = ["GuestPaths", "build_argv", "qemu_opt_escape"]
+__all__ = ["GuestPaths", "argv_to_text", "build_argv", "qemu_opt_escape"]
 
 _VNC_BASE_PORT: Final = 5900
 _UNIX_PATH_MAX: Final = 107  # sizeof(sockaddr_un.sun_path) - 1

@@ -113,14 +113,14 @@ class WatchdogView(Protocol):
 
 
 class DomainView(Protocol):
+    memory_kib: int
+
     @property
     def type(self) -> str: ...
     @property
     def name(self) -> str: ...
     @property
     def uuid(self) -> str: ...
-    @property
-    def memory_kib(self) -> int: ...
     @property
     def vcpus(self) -> int: ...
     @property

@@ -27,6 +27,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+__all__ = [
+    "AccelUnavailable",
+    "ArchTableError",
+    "CapabilitiesError",
+    "GuestConfigError",
+    "QMPBufferOverflow",
+    "QMPCommandFailed",
+    "QMPError",
+    "QMPProtocolError",
+    "QemuError",
+    "StateError",
+    "UnknownArchError",
+    "UnsupportedForArch",
+]
+
 
 class QemuError(Exception):
     """Root of every error raised deliberately by ``qemud.qemu``."""

@@ -21,11 +21,20 @@ from typing import Final
 
 __all__ = [
     "MONITOR_CHARDEV",
+    "MONITOR_ID",
+    "SATA_ID",
+    "SCSI_ID",
+    "USB_ID",
+    "VIDEO_ID",
+    "VIRTIO_SERIAL_ID",
+    "WATCHDOG_ID",
+    "chardev_ids",
     "disk_device_id",
     "disk_index",
     "disk_node_names",
     "is_valid_id",
     "nic_ids",
+    "split_target_dev",
 ]
 
 MONITOR_CHARDEV: Final = "charmonitor"

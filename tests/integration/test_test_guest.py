@@ -351,17 +351,6 @@ def test_ready_marker_devices_and_commands(boot: Any, workdir: Path) -> None:
     g.qmp.wait_event("GUEST_PANICKED")
 
 
-def test_acpi_powerdown_powers_off(boot: Any) -> None:
-    g = boot()
-    g.wait_ready()
-    start = g.serial.mark()
-    g.qmp.execute("system_powerdown")
-    g.serial.wait_for("QEMUD-GUEST-POWEROFF", STEP_TIMEOUT, start)
-    assert g.wait_exit(STEP_TIMEOUT) == 0, g.stderr()
-    ev = g.qmp.wait_event("SHUTDOWN", timeout=1)
-    assert ev["data"]["guest"] is True
-
-
 def _heartbeat_args(path: Path) -> list[str]:
     return [
         "-device",
@@ -463,7 +452,7 @@ def test_heartbeat_and_stop_heartbeat_command(boot: Any, workdir: Path) -> None:
         hb.close()
 
 
-def test_heartbeat_stop_after_cmdline(boot: Any, workdir: Path) -> None:
+def test_heartbeat_stop_after_cmdline_then_acpi_powerdown(boot: Any, workdir: Path) -> None:
     hb_path = workdir / "hb.sock"
     g = boot(append="qemud.heartbeat_stop_after=2", extra=_heartbeat_args(hb_path))
     hb = LineReader(hb_path, STEP_TIMEOUT)
@@ -475,6 +464,14 @@ def test_heartbeat_stop_after_cmdline(boot: Any, workdir: Path) -> None:
         assert 2 <= len(beats) <= 4, beats
     finally:
         hb.close()
+
+    # ACPI power button (QMP system_powerdown) -> marker, clean power-off
+    start = g.serial.mark()
+    g.qmp.execute("system_powerdown")
+    g.serial.wait_for("QEMUD-GUEST-POWEROFF", STEP_TIMEOUT, start)
+    assert g.wait_exit(STEP_TIMEOUT) == 0, g.stderr()
+    ev = g.qmp.wait_event("SHUTDOWN", timeout=1)
+    assert ev["data"]["guest"] is True
 
 
 def test_block_hotplug_disk_io_and_poweroff_command(boot: Any, workdir: Path) -> None:

@@ -213,7 +213,13 @@ def _good_call(serial: int = 100) -> bytes:
            status=Status.CONTINUE, version=0, serial=77), errors.VersionMismatch),
     (frame(KeepaliveProc.PING, msg_type=MessageType.KEEPALIVE, version=7, serial=77),
      errors.VersionMismatch),
-], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+], ids=[
+    "program", "type-9", "client-sends-reply", "client-sends-event", "call-status-error",
+    "call-status-continue", "call-status-9", "stream-status-9", "keepalive-status-error",
+    "procedure-9999", "procedure-0", "event-as-call", "stream-procedure-9999",
+    "keepalive-procedure-7", "short-payload", "bad-utf8", "version-call",
+    "version-hello-again", "version-stream", "version-keepalive",
+])
 def test_non_fatal_errors_on_the_server(bad: bytes, exc_type: type[errors.ProtocolError]) -> None:
     server = ConnectionPair().server
     server.receive_data(bad + _good_call())
@@ -245,7 +251,11 @@ def test_non_fatal_errors_on_the_server(bad: bytes, exc_type: type[errors.Protoc
            status=Status.ERROR, serial=77), errors.BadPayload),  # error payload too short
     (frame(Procedure.DOMAIN_OPEN_CONSOLE, b"\x00", msg_type=MessageType.STREAM,
            status=Status.ERROR, serial=77), errors.BadPayload),
-], ids=lambda v: v.__name__ if isinstance(v, type) else None)
+], ids=[
+    "server-sends-call", "reply-status-continue", "event-status-error",
+    "reply-procedure-9999", "reply-for-an-event", "call-number-as-event", "short-reply",
+    "short-error-payload", "short-stream-abort",
+])
 def test_non_fatal_errors_on_the_client(bad: bytes, exc_type: type[errors.ProtocolError]) -> None:
     client = ConnectionPair().client
     good = frame(Procedure.DOMAIN_GET_STATE, b"\x01\x02", msg_type=MessageType.REPLY,
@@ -283,7 +293,8 @@ def test_calls_before_hello_are_refused_then_hello_works() -> None:
     # keepalive is allowed before the hello
     assert pair.send_to_server(Ping()) == Ping()
     assert pair.hello() == 1
-    assert pair.send_to_server(Call(Procedure.NODE_INFO, 6, protocol.Empty())).serial == 6
+    call = Call(Procedure.NODE_INFO, 6, protocol.Empty())
+    assert pair.send_to_server(call) == call
 
 
 def test_the_client_cannot_call_before_hello() -> None:

@@ -58,7 +58,7 @@ class Everything(Payload):
     inners: list[Inner]
 
 
-def one_field(tp: Any) -> type[Payload]:
+def one_field(tp: Any) -> type[Any]:
     return dataclasses.make_dataclass("One", [("value", tp)], bases=(Payload,), frozen=True)
 
 
@@ -130,7 +130,8 @@ def test_integer_ranges(tp: Any, lo: int, hi: int) -> None:
         codec.encode(cls(1.5))
 
 
-@pytest.mark.parametrize("bad", [b"\x00" * 15, b"\x00" * 17, b"", "0" * 16, 16, None])
+@pytest.mark.parametrize("bad", [b"\x00" * 15, b"\x00" * 17, b"", "0" * 16, 16, None],
+                         ids=["15-bytes", "17-bytes", "empty", "str", "int", "none"])
 def test_uuid_must_be_16_bytes_on_send(bad: Any) -> None:
     with pytest.raises(ValueError):
         codec_for(p.UUIDArgs).encode(p.UUIDArgs(bad))
@@ -181,7 +182,7 @@ def _peak_during(fn: Any) -> int:
      + struct.pack(">iI", -1, MAX_LIST + 1)),  # nested list count
 ], ids=["str", "str-max-u32", "blob", "list", "list-max-u32", "nested-list"])
 def test_length_over_limit_is_rejected_without_allocating(cls: type, data: bytes) -> None:
-    codec = codec_for(cls)
+    codec: Codec[Any] = codec_for(cls)
 
     def decode() -> None:
         with pytest.raises(ValueError, match="validation"):
@@ -196,7 +197,7 @@ def test_length_over_limit_is_rejected_without_allocating(cls: type, data: bytes
 ], ids=["str", "list"])
 def test_length_at_limit_but_truncated_is_rejected_without_allocating(
         cls: type, data: bytes) -> None:
-    codec = codec_for(cls)
+    codec: Codec[Any] = codec_for(cls)
 
     def decode() -> None:
         with pytest.raises(ValueError):
@@ -216,9 +217,12 @@ def test_every_proper_prefix_of_a_payload_is_rejected(cls: type, data: st.DataOb
     b"" decoded as BoolReply(True) and a 3-byte uuid was accepted.)
     """
     value = data.draw(strategy_for(cls))
-    codec = codec_for(cls)
+    codec: Codec[Any] = codec_for(cls)
     encoded = codec.encode(value)
-    for cut in range(len(encoded)):
+    cuts: typing.Sequence[int] = range(len(encoded))
+    if len(encoded) > 200:  # keep it linear: a spread of cuts plus the last 16 bytes
+        cuts = sorted({*range(0, len(encoded), len(encoded) // 150), *cuts[-16:]})
+    for cut in cuts:
         with pytest.raises(ValueError):
             codec.decode(encoded[:cut])
 
@@ -229,7 +233,7 @@ def test_every_proper_prefix_of_a_payload_is_rejected(cls: type, data: st.DataOb
 def test_trailing_bytes_are_ignored(cls: type, data: st.DataObject) -> None:
     value = data.draw(strategy_for(cls))
     extra = data.draw(st.binary(min_size=1, max_size=16))
-    codec = codec_for(cls)
+    codec: Codec[Any] = codec_for(cls)
     assert wire_equal(codec.decode(codec.encode(value) + extra), value)
 
 

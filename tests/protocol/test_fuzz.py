@@ -67,7 +67,7 @@ KINDS = st.sampled_from(["fresh-server", "server", "client"])
 MAX_FRAMES = st.sampled_from([SMALL_FRAME, protocol.DEFAULT_MAX_FRAME])
 
 
-@settings(FAST, max_examples=150)
+@settings(FAST, max_examples=300)
 @given(data=st.data(), raw=st.binary(max_size=2048), kind=KINDS, max_frame=MAX_FRAMES)
 def test_random_bytes(data: st.DataObject, raw: bytes, kind: str, max_frame: int) -> None:
     feed_hostile(_connection(kind, max_frame), chunked(data, raw))
@@ -98,8 +98,8 @@ def valid_frames(draw: st.DrawFn) -> bytes:
             out.append(pair.client.send(protocol.StreamData(spec.procedure, serial,
                                                             draw(st.binary(max_size=40)))))
         else:
-            out.append(pair.server.send(draw(st.sampled_from([protocol.Ping(),
-                                                              protocol.Pong()]))))
+            keepalive: list[protocol.Message] = [protocol.Ping(), protocol.Pong()]
+            out.append(pair.server.send(draw(st.sampled_from(keepalive))))
     return b"".join(out)
 
 
@@ -129,7 +129,7 @@ def mutated(draw: st.DrawFn, raw: bytes) -> bytes:
     return bytes(buf)
 
 
-@settings(FAST, max_examples=150)
+@settings(FAST, max_examples=400)
 @given(data=st.data(), kind=KINDS, max_frame=MAX_FRAMES)
 def test_mutated_valid_frames(data: st.DataObject, kind: str, max_frame: int) -> None:
     raw = data.draw(valid_frames(), label="frames")

@@ -167,8 +167,8 @@ def test_oversized_message_is_a_local_error() -> None:
     pair = ConnectionPair(max_frame=1024)
     with pytest.raises(errors.LocalProtocolError, match="frame limit"):
         pair.server.send(protocol.Reply(Procedure.GET_HOSTNAME, 1, p.StringReply("x" * 1024)))
-    assert pair.send_to_client(protocol.Reply(Procedure.GET_HOSTNAME, 2,
-                                              p.StringReply("x" * 900))).serial == 2
+    reply = protocol.Reply(Procedure.GET_HOSTNAME, 2, p.StringReply("x" * 900))
+    assert pair.send_to_client(reply) == reply
 
 
 # --- bounds on receive (bytes crafted by hand) -------------------------------------------

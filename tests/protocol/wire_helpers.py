@@ -23,7 +23,7 @@ from protocol import fields
 from protocol.payloads import HelloArgs, HelloReply
 
 #: default settings for property tests in this folder (the whole folder runs in seconds)
-FAST = settings(max_examples=40, deadline=None,
+FAST = settings(max_examples=30, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 _INT_RANGES: list[tuple[Any, int, int]] = [

@@ -182,7 +182,7 @@ def _table_text(**replace: str) -> str:
 @pytest.mark.parametrize(
     ("old", "new", "match"),
     [
-        ('wordsize = 64', 'wordsize = "64"', "wordsize: expected an integer"),
+        ("wordsize = 64", 'wordsize = "64"', "wordsize: expected an integer"),
         ("acpi = true", "acpi = 1", "acpi: expected a boolean"),
         ('default_disk_bus = "virtio"', 'default_disk_bus = "ide"', "default_disk_bus"),
         ('default_nic_model = "virtio"', 'default_nic_model = "ne2k"', "default_nic_model"),
@@ -205,8 +205,7 @@ def test_ide_on_ppc64_names_element_and_alternatives() -> None:
     with pytest.raises(UnsupportedForArch) as info:
         get_strategy("ppc64").validate(dom)
     assert str(info.value) == (
-        "devices/disk[1]/target: bus 'ide' is not supported on ppc64 "
-        "(supported: scsi, usb, virtio)"
+        "devices/disk[1]/target: bus 'ide' is not supported on ppc64 (supported: scsi, usb, virtio)"
     )
     assert info.value.path == "devices/disk[1]/target"
     assert info.value.supported == ("scsi", "usb", "virtio")
@@ -252,8 +251,12 @@ INVALID = [
     ),
     (
         "x86_64",
-        {"disks": [FakeDisk(target_dev="sda", target_bus="sata"), FakeDisk(target_dev="vda",
-                                                                             target_bus="sata")]},
+        {
+            "disks": [
+                FakeDisk(target_dev="sda", target_bus="sata"),
+                FakeDisk(target_dev="vda", target_bus="sata"),
+            ]
+        },
         GuestConfigError,
         r"disk\[2\]/target: target dev 'vda' and 'sda' both map to sata unit 0",
     ),
@@ -261,7 +264,8 @@ INVALID = [
         "aarch64",
         {"interfaces": [FakeInterface(model="e1000")]},
         UnsupportedForArch,
-        r"interface\[1\]/model: NIC model 'e1000' is not supported on aarch64 \(supported: virtio\)",
+        r"interface\[1\]/model: NIC model 'e1000' is not supported on aarch64 "
+        r"\(supported: virtio\)",
     ),
     (
         "aarch64",
@@ -279,7 +283,8 @@ INVALID = [
         "aarch64",
         {"watchdog": FakeWatchdog("i6300esb")},
         UnsupportedForArch,
-        r"devices/watchdog: watchdog model 'i6300esb' is not supported on aarch64 \(supported: none\)",
+        r"devices/watchdog: watchdog model 'i6300esb' is not supported on aarch64 "
+        r"\(supported: none\)",
     ),
     (
         "x86_64",
@@ -354,8 +359,10 @@ def test_fill_defaults(arch: str, machine: str, cdrom_bus: str) -> None:
 def test_fill_defaults_keeps_explicit_values_and_machine_decides_cdrom_bus() -> None:
     dom = FakeDomain(
         os=FakeOS(arch="x86_64", machine="pc"),
-        disks=[FakeDisk(target_dev="hdc", device="cdrom"), FakeDisk(target_dev="sdd",
-                                                                     device="cdrom")],
+        disks=[
+            FakeDisk(target_dev="hdc", device="cdrom"),
+            FakeDisk(target_dev="sdd", device="cdrom"),
+        ],
         interfaces=[FakeInterface(model="e1000")],
     )
     get_strategy("x86_64").fill_defaults(dom)
@@ -397,6 +404,12 @@ def test_serial_wiring_differs_per_arch() -> None:
         "-device",
         "spapr-vty,chardev=charserial1,id=serial1,reg=0x30001000",
     ]
+
+
+def test_fill_defaults_aligns_memory() -> None:
+    dom = FakeDomain(memory_kib=300 * 1024)
+    get_strategy("ppc64").fill_defaults(dom)
+    assert dom.memory_kib == 512 * 1024
 
 
 def test_memory_alignment() -> None:

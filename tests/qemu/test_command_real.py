@@ -24,16 +24,14 @@ from qemud.qemu.arch import get_strategy
 from qemud.qemu.capabilities import Capabilities, probe_capabilities
 from qemud.qemu.command import GuestPaths, build_argv
 from qemud.qemu.errors import AccelUnavailable
-from tests.qemu.qmpclient import QMPTestClient, stop_process, wait_for_socket
+from tests.qemu.qmpclient import QMPTestClient, wait_for_socket
 
 conf = pytest.importorskip("qemud.conf")
 
 pytestmark = pytest.mark.integration
 
 ARCHS = ("x86_64", "aarch64", "ppc64")
-GUEST_DIR = Path(
-    os.environ.get("QEMUD_GUEST_DIR", Path.home() / ".cache" / "qemud" / "test-guest")
-)
+GUEST_DIR = Path(os.environ.get("QEMUD_GUEST_DIR", Path.home() / ".cache" / "qemud" / "test-guest"))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +63,7 @@ class Running:
         )
         self.paths = paths
         try:
-            wait_for_socket(paths.qmp_socket, self.proc)  # type: ignore[arg-type]
+            wait_for_socket(paths.qmp_socket, self.proc)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{paths.log_file.read_text()}") from None
         self.qmp = QMPTestClient(paths.qmp_socket)
@@ -258,7 +256,7 @@ def test_kvm_guest_only_when_the_probe_says_so(
 def test_x86_64_default_machine_boots_the_test_guest(
     caps: Capabilities, tmp_path: Path, start: Any
 ) -> None:
-    """The table's x86_64 defaults boot a real kernel, and ACPI power-off is seen."""
+    """The table's x86_64 defaults (q35, qemu64, isa-serial) boot a real kernel."""
     need(caps, "x86_64")
     serial_log = tmp_path / "serial.log"
     dom = conf.parse_domain_xml(f"""
@@ -287,10 +285,6 @@ def test_x86_64_default_machine_boots_the_test_guest(
             time.sleep(0.1)
 
     wait_serial("QEMUD-GUEST-READY")
-    guest.qmp.execute("system_powerdown")
-    event = guest.qmp.wait_event("SHUTDOWN")
-    assert event.data["guest"] is True
-    wait_serial("QEMUD-GUEST-POWEROFF", 10)
-    # -no-shutdown: QEMU stays, paused in 'shutdown', for the daemon to decide.
-    assert guest.qmp.execute("query-status")["status"] == "shutdown"
+    status = guest.qmp.execute("query-status")
+    assert (status["status"], status["running"]) == ("running", True)
     guest.quit()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qemud.qemu.qmp import RunState
+from qemud.qemu.qmp import QMPProtocol, RunState
 from tests.qemu.qmpclient import QMPTestClient, stop_process, wait_for_socket
 
 pytestmark = [
@@ -18,6 +18,10 @@ pytestmark = [
         shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed"
     ),
 ]
+
+
+def state(proto: QMPProtocol) -> RunState:
+    return proto.state
 
 
 @pytest.fixture
@@ -48,9 +52,9 @@ def test_conversation_with_real_qemu(qemu: tuple[subprocess.Popen[bytes], Path])
     client = QMPTestClient(sock)
     try:
         assert client.greeting.version.major >= 6
-        assert client.proto.state is RunState.NEGOTIATING
+        assert state(client.proto) is RunState.NEGOTIATING
         assert client.execute("qmp_capabilities") == {}
-        assert client.proto.state is RunState.READY
+        assert state(client.proto) is RunState.READY
 
         status = client.execute("query-status")
         assert status["status"] == "prelaunch"
@@ -72,7 +76,7 @@ def test_conversation_with_real_qemu(qemu: tuple[subprocess.Popen[bytes], Path])
         except ConnectionError:
             pass
         client.read_to_eof()
-        assert client.proto.state is RunState.CLOSED
+        assert state(client.proto) is RunState.CLOSED
         shutdown = [e for e in client.events if e.name == "SHUTDOWN"]
         assert shutdown and shutdown[0].data["reason"] == "host-qmp-quit"
     finally:

@@ -19,7 +19,6 @@ from qemud.config import (
 )
 from qemud.errors import ConfigError
 
-
 # -- paths --------------------------------------------------------------------------------
 
 def test_session_paths_follow_xdg() -> None:

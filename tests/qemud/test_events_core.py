@@ -10,7 +10,7 @@ import pytest
 
 import client
 from protocol import EventId, Procedure, Reply
-from protocol.payloads import CallbackArgs, DomainRef, EventRegisterArgs
+from protocol.payloads import DomainRef, EventRegisterArgs
 from qemud.config import Config, Paths
 from qemud.dispatch import Dispatcher, HelloPolicy
 from qemud.events import EventBus

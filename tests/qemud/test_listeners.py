@@ -13,7 +13,7 @@ import pytest
 
 from protocol import Procedure, Reply
 from protocol.payloads import ClientIdArgs
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import wait_for
 from tests.qemud.wire import RawClient
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import fcntl
 import subprocess
+import sys
+import time
 
 import pytest
 
+import client
 import qemud.lockfile as lockfile
-from protocol import Reply
+from protocol import Procedure, Reply
 from qemud.errors import AlreadyRunning
 from tests.helpers.daemon import DaemonProcess
 from tests.qemud.wire import RawClient
-from protocol import Procedure
 
 
 def test_second_daemon_on_same_run_dir_refuses(shared_daemon, tmp_path) -> None:
@@ -30,10 +32,19 @@ def test_second_daemon_on_same_run_dir_refuses(shared_daemon, tmp_path) -> None:
     assert pidfile.read_text().strip() == str(first.pid())
 
 
-def test_killed_daemon_leaves_nothing_that_blocks_a_restart(daemon_factory) -> None:
+def test_killed_daemon_is_noticed_and_leaves_nothing_that_blocks_a_restart(
+        daemon_factory) -> None:
     d = daemon_factory()
+    conn = d.connect()
     old_pid = d.pid()
     d.kill()  # pidfile and sockets stay behind, the flock dies with the process
+    started = time.monotonic()
+    with pytest.raises(client.ConnectionLost):  # EOF: the library notices at once
+        while True:
+            conn.next_event(timeout=0.05)
+            assert time.monotonic() - started < 1.0, "SIGKILL not noticed within 1 s"
+    with pytest.raises(client.ConnectionLost):
+        conn.node_info()
     assert (d.run_dir / "qemud.pid").exists() and d.rw_socket.exists()
     d.start()
     assert d.pid() != old_pid
@@ -87,7 +98,7 @@ def test_cli_reports_lock_holder(tmp_path) -> None:
     holder.acquire()
     try:
         proc = subprocess.run(
-            [__import__("sys").executable, "-m", "qemud", "--session",
+            [sys.executable, "-m", "qemud", "--session",
              "--run-dir", str(tmp_path / "run"), "--config-dir", str(tmp_path / "c"),
              "--state-dir", str(tmp_path / "s"), "--log-dir", str(tmp_path / "l"),
              "--log-file", str(tmp_path / "qemud.log")],

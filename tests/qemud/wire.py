@@ -138,7 +138,7 @@ class RawClient:
                 data = self.sock.recv(65536)
             except (ConnectionResetError, BrokenPipeError):
                 data = b""
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise TimeoutError("no complete message from the daemon") from None
             if not data:
                 self.eof = True

@@ -100,8 +100,14 @@ class TLSDaemon(DaemonProcess):
 
 def start_tls_daemon(root: Path, server: dict[str, Path],
                      limits: dict[str, Any] | None = None) -> TLSDaemon:
+    """Start a daemon listening for TLS on 127.0.0.1 and wait for the listener.
+
+    All of them share one QEMU capabilities cache (next to ``root``), so only the first
+    pays for probing the emulators.
+    """
     port = free_port()
     d = TLSDaemon(root, {
+        "qemu": {"cache_dir": str(root.parent / "qemu-caps-cache")},
         "listen": {"tls": True, "tls_address": "127.0.0.1", "tls_port": port},
         "limits": {"tls_handshake_deadline": HANDSHAKE_DEADLINE, **(limits or {})},
         "tls": {**{k: str(v) for k, v in server.items()}, "allowed_dn": ALLOWED_DN},

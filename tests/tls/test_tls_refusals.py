@@ -15,8 +15,13 @@ import client
 import protocol as P
 from protocol import payloads as pl
 from protocol.constants import SUPPORTED_VERSIONS
-from tests.tls.conftest import HANDSHAKE_DEADLINE, PKI, LogWatch, TLSDaemon, \
-    assert_served_promptly
+from tests.tls.conftest import (
+    HANDSHAKE_DEADLINE,
+    PKI,
+    LogWatch,
+    TLSDaemon,
+    assert_served_promptly,
+)
 
 ADDR = r"addr=127\.0\.0\.1:\d+"
 
@@ -118,3 +123,26 @@ def test_stalled_handshake_is_dropped_and_blocks_nobody(tls_daemon: TLSDaemon, p
     log.wait(rf"TLS handshake from addr=127\.0\.0\.1:{port} not finished within "
              rf"{HANDSHAKE_DEADLINE:g} s")
     assert_served_promptly(tls_daemon, pki)
+
+
+def test_tls12_client_gets_the_same_answers(tls_daemon: TLSDaemon, pki: PKI,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TLS 1.2 the daemon's verdict on the certificate comes inside the handshake."""
+    import certs.tls
+
+    original = certs.tls.client_context
+
+    def tls12(*args: object, **kwargs: object) -> ssl.SSLContext:
+        ctx = original(*args, **kwargs)  # type: ignore[arg-type]
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    monkeypatch.setattr(certs.tls, "client_context", tls12)
+    with client.connect(tls_daemon.tls_uri(pki.clients["admin"])) as conn:
+        assert conn.node_info().cpus >= 1
+    with pytest.raises(client.ConnectFailed, match="the certificate has expired; it expired"):
+        _connect_with(tls_daemon, pki.clients["expired"])
+    with pytest.raises(client.ConnectFailed, match="not signed by the daemon's CA"):
+        _connect_with(tls_daemon, pki.clients["foreign"])
+    with pytest.raises(client.AuthError, match="O=Other,CN=mallory"):
+        _connect_with(tls_daemon, pki.clients["stranger"])

@@ -294,7 +294,7 @@ def cmd_start(sh: Shell, args: Args) -> None:
                            integer=True),))
 def cmd_shutdown(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
-    timeout = args.int("timeout")
+    timeout = args.number("timeout")
     if timeout is not None and timeout <= 0:
         raise UsageError("command 'shutdown': --timeout must be a positive number of seconds")
     with sh.failing(f"Failed to shutdown domain '{dom.name}'"):

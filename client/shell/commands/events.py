@@ -61,7 +61,7 @@ def cmd_event(sh: Shell, args: Args) -> None:
         return
     if args.flag("all") and args.get("event"):
         raise UsageError("Options --all and --event are mutually exclusive")
-    timeout = args.int("timeout")
+    timeout = args.number("timeout")
     if timeout is not None and timeout <= 0:
         raise UsageError("command 'event': --timeout must be a positive number of seconds")
     kinds = list(EVENT_TYPES.values()) if args.flag("all") else \

@@ -152,7 +152,7 @@ class ArchStrategy:
     # -- definition-time hooks ----------------------------------------------
 
     def fill_defaults(self, dom: DomainView) -> None:
-        """Write the arch defaults into ``dom`` (arch, machine, disk buses, NIC models).
+        """Write the arch defaults into ``dom`` (arch, machine, buses, NIC models, RAM size).
 
         Done once at define time, like libvirt's post-parse callbacks, so the
         persistent XML shows what the guest really gets and later changes of
@@ -162,6 +162,9 @@ class ArchStrategy:
             dom.os.arch = self.name
         if dom.os.machine is None:
             dom.os.machine = self.table.default_machine
+        aligned = self.memory_kib(dom)
+        if aligned != dom.memory_kib:
+            dom.memory_kib = aligned
         for disk in dom.disks:
             if disk.target_bus is None:
                 disk.target_bus = self.disk_bus(dom, disk)

@@ -1,0 +1,1368 @@
+#!/usr/bin/env python3
+"""Benchmark qemud against libvirtd on this machine and check the performance goals.
+
+    .venv/bin/python bench/run.py [--only WORKLOAD[,WORKLOAD]] [--quick] [--json FILE]
+                                  [--markdown FILE] [--guests N] [--idle-clients N]
+
+Starts a private qemud (tests.helpers.daemon.DaemonProcess: its own temp dir and TOML
+config) and a private libvirtd + virtlogd (own libvirtd.conf and qemu.conf, sockets in the
+temp dir, /etc/libvirt, /var/lib/libvirt, /run/libvirt, /var/log/libvirt and
+/var/cache/libvirt replaced by temp dirs in a private mount namespace; libvirt-python as
+the client), runs each workload against both, prints
+
+    workload | qemud | libvirtd | ratio | goal | met?
+
+and stops everything it started (also on Ctrl-C or an error). Every loop is bounded in
+count and time; all traffic stays on this machine (unix sockets, TLS on 127.0.0.1).
+When libvirtd cannot run (not root, not installed, fails to start) the qemud column is
+still filled in and the libvirtd column says why. bench/setup-libvirtd.sh installs
+libvirtd (run automatically when it is missing and we are root, unless --no-install).
+
+Workloads (``--only`` names): memory, rpc, list, define, lifecycle, idle, guests, events.
+See docs/PERFORMANCE.md for the method and the latest results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+WORKLOADS = ["memory", "rpc", "list", "define", "lifecycle", "idle", "guests", "events"]
+SIDES = ("qemud", "libvirtd")
+LIFECYCLE_SUSPENDED = 3  # VIR_DOMAIN_EVENT_SUSPENDED (qemud uses libvirt's numbers)
+LIFECYCLE_RESUMED = 4
+START_PAUSED = 1  # VIR_DOMAIN_START_PAUSED
+CLIENT_CN, CLIENT_ORG = "bench", "qemud-bench"
+
+
+# -- sizes ------------------------------------------------------------------------------
+
+@dataclass
+class Sizes:
+    rpc_seconds: float = 2.0  # per measurement round
+    rpc_rounds: int = 3  # rounds alternate between the daemons; the median is reported
+    list_counts: tuple[int, int] = (50, 1000)
+    list_seconds: float = 2.0
+    define_seconds: float = 3.0
+    lifecycle_runs: int = 10
+    idle_clients: int = 1000
+    idle_rounds: int = 3
+    running_guests: int = 20
+    guest_mib: int = 64
+    guests_running: bool = False  # False: started paused
+    event_runs: int = 20
+    max_calls: int = 2_000_000  # hard cap on any rate loop
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(rpc_seconds=0.5, rpc_rounds=1, list_counts=(50, 200), list_seconds=0.5,
+                   define_seconds=1.0, lifecycle_runs=3, idle_clients=200, idle_rounds=1,
+                   running_guests=4, event_runs=5)
+
+
+# -- results ----------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One line of the table. ``check`` says how ``met?`` is decided:
+
+    ``min_ratio``: qemud/libvirtd >= target; ``max_ratio``: qemud/libvirtd <= target;
+    ``max_qemud``: qemud's own value <= target; "" = informational.
+    """
+
+    workload: str
+    unit: str
+    check: str = ""
+    target: float = 0.0
+    goal: str = ""
+    values: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(SIDES))
+    notes: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SIDES, ""))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ratio(self) -> float | None:
+        q, lv = self.values["qemud"], self.values["libvirtd"]
+        if q is None or lv is None or lv == 0 or self.check == "max_qemud":
+            return None
+        return q / lv
+
+    def met(self) -> bool | None:
+        if self.check == "max_qemud":
+            q = self.values["qemud"]
+            return None if q is None else q <= self.target
+        r = self.ratio()
+        if r is None or not self.check:
+            return None
+        return r >= self.target if self.check == "min_ratio" else r <= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workload": self.workload, "unit": self.unit, "qemud": self.values["qemud"],
+                "libvirtd": self.values["libvirtd"], "ratio": self.ratio(), "goal": self.goal,
+                "met": self.met(), "notes": {k: v for k, v in self.notes.items() if v},
+                **({"extra": self.extra} if self.extra else {})}
+
+
+def fmt_value(value: float | None, unit: str, note: str) -> str:
+    if value is None:
+        return note or "n/a"
+    if unit in ("calls/s", "pairs/s"):
+        text = f"{value:,.0f}/s" if value >= 100 else f"{value:,.1f}/s"
+    elif unit == "ms":
+        text = f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+    elif unit == "MiB":
+        text = f"{value:,.1f} MiB"
+    elif unit == "%":
+        text = f"{value:.1f} %"
+    elif unit == "KiB":
+        text = f"{value:,.1f} KiB"
+    elif unit == "us":
+        text = f"{value:,.0f} µs"
+    else:
+        text = f"{value:,.0f}"
+    return text
+
+
+def table_cells(rows: list[Row]) -> list[list[str]]:
+    out = [["workload", "qemud", "libvirtd", "ratio", "goal", "met?"]]
+    for row in rows:
+        r = row.ratio()
+        met = row.met()
+        out.append([row.workload,
+                    fmt_value(row.values["qemud"], row.unit, row.notes["qemud"]),
+                    fmt_value(row.values["libvirtd"], row.unit, row.notes["libvirtd"]),
+                    "-" if r is None else f"{r:.2f}x",
+                    row.goal or "-",
+                    "-" if met is None else ("yes" if met else "NO")])
+    return out
+
+
+def render_text(rows: list[Row]) -> str:
+    cells = table_cells(rows)
+    width = [min(60, max(len(c[i]) for c in cells)) for i in range(6)]
+
+    def line(c: list[str]) -> str:
+        return " | ".join((s if len(s) <= 60 else s[:57] + "...").ljust(width[i])
+                          for i, s in enumerate(c)).rstrip()
+    sep = "-+-".join("-" * w for w in width)
+    return "\n".join([line(cells[0]), sep] + [line(c) for c in cells[1:]])
+
+
+def render_markdown(rows: list[Row]) -> str:
+    cells = table_cells(rows)
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+    lines = ["| " + " | ".join(cells[0]) + " |",
+             "|" + "|".join(["---", "---:", "---:", "---:", "---", "---"]) + "|"]
+    lines += ["| " + " | ".join(esc(s) for s in c) + " |" for c in cells[1:]]
+    return "\n".join(lines)
+
+
+# -- process helpers --------------------------------------------------------------------
+
+def proc_status(pid: int) -> tuple[int, int]:
+    """(VmRSS KiB, thread count) of a process."""
+    rss = threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    return rss, threads
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def raise_nofile(want: int = 20000) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, max(soft, want)) if hard != resource.RLIM_INFINITY else max(soft, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def kill_pid_if(pid: int, must_contain: str, sig: int = signal.SIGKILL) -> bool:
+    """Signal ``pid`` only if its command line still contains ``must_contain``."""
+    if pid > 1 and must_contain in cmdline(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            return True
+    return False
+
+
+def kill_qemu_from_pidfiles(pidfiles: list[Path], root: Path) -> int:
+    """SIGKILL QEMUs that a daemon left behind (their command line names our temp dir)."""
+    n = 0
+    for pidfile in pidfiles:
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if "qemu-system" in cmdline(pid) and kill_pid_if(pid, str(root)):
+            n += 1
+    return n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"error: {text[:150]}"
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def measure_rate(fn: Callable[[], Any], seconds: float, pid: int | None,
+                 max_calls: int) -> tuple[float, float | None]:
+    """Calls/s of ``fn`` back to back for ``seconds``; also the daemon's CPU µs per call."""
+    warm_until = time.perf_counter() + min(0.2, seconds / 5)
+    while time.perf_counter() < warm_until:
+        fn()
+    cpu0 = proc_cpu(pid) if pid else None
+    n = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while n < max_calls:
+        fn()
+        n += 1
+        if not n & 7 and time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - t0
+    cpu_us = None
+    if pid and cpu0 is not None:
+        cpu_us = (proc_cpu(pid) - cpu0) / n * 1e6
+    return n / elapsed, cpu_us
+
+
+# -- guest XML --------------------------------------------------------------------------
+
+def bare_xml(name: str, mib: int) -> str:
+    """A diskless x86_64 TCG guest without a kernel: boots to firmware (or stays paused)."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{mib}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+</domain>
+"""
+
+
+def test_guest_xml(name: str, guest_dir: Path, serial_sock: Path) -> str:
+    """tests/integration/domains.guest_xml, the same text for both daemons."""
+    from tests.integration.domains import guest_xml
+
+    class _Guest:
+        kernel = guest_dir / "vmlinuz"
+        initrd = guest_dir / "initramfs.img"
+    return guest_xml(name, _Guest(), serial_sock)
+
+
+def find_test_guest() -> tuple[Path | None, str]:
+    """Build (or reuse) the test guest with contrib/build-test-guest; (dir, why not)."""
+    script = REPO / "contrib" / "build-test-guest"
+    try:
+        proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=900,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"build-test-guest failed: {exc}"
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return None, f"build-test-guest failed ({proc.returncode}): {tail}"
+    d = Path(lines[-1])
+    if not (d / "vmlinuz").is_file() or not (d / "initramfs.img").is_file():
+        return None, f"test guest incomplete in {d}"
+    return d, ""
+
+
+# -- PKI --------------------------------------------------------------------------------
+
+@dataclass
+class PKI:
+    server_dir: Path  # cacert.pem servercert.pem serverkey.pem
+    client_dir: Path  # cacert.pem clientcert.pem clientkey.pem (qemud's pkipath)
+    libvirt_client_dir: Path  # the same with libvirt's client key usage (see below)
+
+    @classmethod
+    def create(cls, root: Path) -> PKI:
+        from certs.issue import (
+            make_ca,
+            make_client_cert,
+            make_server_cert,
+            write_cert,
+            write_key,
+        )
+        ca_key, ca_cert = make_ca("qemud-bench CA")
+        s_key, s_cert = make_server_cert(ca_key, ca_cert, ["localhost"], ["127.0.0.1"])
+        c_key, c_cert = make_client_cert(ca_key, ca_cert, CLIENT_CN, CLIENT_ORG)
+        p = cls(root / "server", root / "client", root / "client-libvirt")
+        write_cert(p.server_dir / "cacert.pem", ca_cert)
+        write_cert(p.server_dir / "servercert.pem", s_cert)
+        write_key(p.server_dir / "serverkey.pem", s_key)
+        write_cert(p.client_dir / "cacert.pem", ca_cert)
+        write_cert(p.client_dir / "clientcert.pem", c_cert)
+        write_key(p.client_dir / "clientkey.pem", c_key)
+        # libvirt's client refuses its own certificate unless keyUsage has keyEncipherment
+        # too (virNetTLSContextCheckCertKeyUsage: "usage does not permit key encipherment")
+        # and qemud-certs issues client certificates with digitalSignature only; so the
+        # libvirt client gets one with libvirt's (certtool template) profile, same CA.
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        from certs import issue
+        start, end = issue._window(365, None, None)
+        lk, lc = issue._sign_leaf(ca_key, ca_cert, x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, CLIENT_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, CLIENT_CN)]), start, end, [
+            (issue._key_usage(digital_signature=True, key_encipherment=True), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)])
+        write_cert(p.libvirt_client_dir / "cacert.pem", ca_cert)
+        write_cert(p.libvirt_client_dir / "clientcert.pem", lc)
+        write_key(p.libvirt_client_dir / "clientkey.pem", lk)
+        return p
+
+
+# -- the two daemons --------------------------------------------------------------------
+
+class Unavailable(Exception):
+    """The daemon cannot run here; the message says why."""
+
+
+class Side:
+    """One daemon and its client library, behind the same small interface."""
+
+    name = ""
+
+    def __init__(self, root: Path, pki: PKI) -> None:
+        self.root = root
+        self.pki = pki
+        self.why_not = ""  # set when the daemon is unavailable
+
+    @property
+    def ok(self) -> bool:
+        return not self.why_not
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def pid(self) -> int: raise NotImplementedError
+    def connect(self, kind: str = "rw") -> Any: raise NotImplementedError
+    def close(self, conn: Any) -> None: raise NotImplementedError
+    def node_info(self, conn: Any) -> Any: raise NotImplementedError
+    def list_all(self, conn: Any) -> list[Any]: raise NotImplementedError
+    def define(self, conn: Any, xml: str) -> Any: raise NotImplementedError
+    def undefine(self, dom: Any) -> None: raise NotImplementedError
+    def create(self, dom: Any, paused: bool = False) -> None: raise NotImplementedError
+    def destroy(self, dom: Any) -> None: raise NotImplementedError
+    def suspend(self, dom: Any) -> None: raise NotImplementedError
+    def resume(self, dom: Any) -> None: raise NotImplementedError
+    def is_active(self, dom: Any) -> bool: raise NotImplementedError
+    def domain_name(self, dom: Any) -> str: raise NotImplementedError
+    def watch_lifecycle(self, conn: Any, callback: Callable[[int], None]) -> Any:
+        raise NotImplementedError
+    def unwatch(self, conn: Any, handle: Any) -> None: raise NotImplementedError
+    def holder_args(self) -> list[str]: raise NotImplementedError
+
+    def rss_threads(self) -> tuple[float, int]:
+        rss, threads = proc_status(self.pid())
+        return rss / 1024, threads
+
+    def cleanup_domains(self, prefix: str = "bench-") -> None:
+        """Destroy and undefine every bench guest (best effort, bounded)."""
+        conn = self.connect()
+        try:
+            for dom in self.list_all(conn):
+                if not self.domain_name(dom).startswith(prefix):
+                    continue
+                with contextlib.suppress(Exception):
+                    if self.is_active(dom):
+                        self.destroy(dom)
+                with contextlib.suppress(Exception):
+                    self.undefine(dom)
+        finally:
+            self.close(conn)
+
+
+class QemudSide(Side):
+    name = "qemud"
+
+    def start(self) -> None:
+        from tests.helpers.daemon import DaemonProcess, wait_for
+        self.tls_port = free_port()
+        sd = self.pki.server_dir
+        self.daemon = DaemonProcess(self.root, {
+            # 0 = no pings: the idle-client workload holds raw connections that never pong
+            "limits": {"keepalive_interval": 0, "max_clients": 5000},
+            "listen": {"tls": True, "tls_address": "127.0.0.1", "tls_port": self.tls_port},
+            "tls": {"ca_file": str(sd / "cacert.pem"), "cert_file": str(sd / "servercert.pem"),
+                    "key_file": str(sd / "serverkey.pem"),
+                    "allowed_dn": [{"pattern": f"O={CLIENT_ORG},CN={CLIENT_CN}*",
+                                    "role": "full"}]},
+            "log": {"level": "info"},  # the shipped default; the helper's debug costs time
+        })
+        self.daemon.start()
+        wait_for(lambda: f"listening for TLS on 127.0.0.1:{self.tls_port}"
+                 in self.daemon.log_text(), timeout=30, message="qemud TLS listener")
+
+    def stop(self) -> None:
+        d = getattr(self, "daemon", None)
+        if d is None or d.proc is None:
+            return
+        if d.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.cleanup_domains()
+            try:
+                d.stop(timeout=20)
+            except Exception:
+                d.kill()
+        kill_qemu_from_pidfiles(list((d.run_dir / "qemu").glob("*/qemu.pid")), self.root)
+
+    def pid(self) -> int:
+        return self.daemon.pid()
+
+    def connect(self, kind: str = "rw") -> Any:
+        import client
+        if kind == "tls":
+            return client.connect(f"qemud+tls://localhost:{self.tls_port}/session?pkipath="
+                                  f"{self.pki.client_dir}")
+        return self.daemon.connect(readonly=kind == "ro")
+
+    def close(self, conn: Any) -> None:
+        conn.close()
+
+    def node_info(self, conn: Any) -> Any:
+        return conn.node_info()
+
+    def list_all(self, conn: Any) -> list[Any]:
+        return conn.list_domains(0)
+
+    def define(self, conn: Any, xml: str) -> Any:
+        return conn.define_xml(xml)
+
+    def undefine(self, dom: Any) -> None:
+        dom.undefine()
+
+    def create(self, dom: Any, paused: bool = False) -> None:
+        dom.create(START_PAUSED if paused else 0)
+
+    def destroy(self, dom: Any) -> None:
+        dom.destroy()
+
+    def suspend(self, dom: Any) -> None:
+        dom.suspend()
+
+    def resume(self, dom: Any) -> None:
+        dom.resume()
+
+    def is_active(self, dom: Any) -> bool:
+        return bool(dom.is_active())
+
+    def domain_name(self, dom: Any) -> str:
+        return str(dom.name)
+
+    def watch_lifecycle(self, conn: Any, callback: Callable[[int], None]) -> Any:
+        from protocol.constants import EventId
+        return conn.register_event(EventId.LIFECYCLE, lambda rec: callback(int(rec.event)))
+
+    def unwatch(self, conn: Any, handle: Any) -> None:
+        conn.deregister_event(handle)
+
+    def holder_args(self) -> list[str]:
+        return ["qemud", str(self.daemon.rw_socket)]
+
+
+class LibvirtSide(Side):
+    """libvirtd + virtlogd as root, on a private configuration in a private mount namespace.
+
+    The QEMU driver of a root libvirtd always uses /etc/libvirt, /var/lib/libvirt,
+    /run/libvirt, /var/log/libvirt and /var/cache/libvirt, and needs the libvirt-qemu
+    user to exist (it resolves it before reading qemu.conf). ``unshare -m`` gives
+    libvirtd its own view where those directories, /etc/passwd and /etc/group are bind
+    mounts of files in our temp dir: nothing outside the temp dir is touched (apart from
+    creating those mount points if missing: empty directories).
+    """
+
+    name = "libvirtd"
+    BIND_DIRS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "run": "/run/libvirt",
+                 "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"}
+
+    def __init__(self, root: Path, pki: PKI, install: bool = True) -> None:
+        super().__init__(root, pki)
+        self.install = install
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.event_thread: threading.Thread | None = None
+
+    def _check(self) -> None:
+        if os.geteuid() != 0:
+            raise Unavailable("not run: needs root (qemu:///system with a private config)")
+        if not shutil.which("libvirtd") or not shutil.which("virtlogd"):
+            if self.install:
+                script = REPO / "bench" / "setup-libvirtd.sh"
+                proc = subprocess.run([str(script)], capture_output=True, text=True,
+                                      timeout=900, check=False)
+                if proc.returncode != 0:
+                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    raise Unavailable(f"not run: setup-libvirtd.sh failed: {tail}")
+            if not shutil.which("libvirtd") or not shutil.which("virtlogd"):
+                raise Unavailable("not run: libvirtd not installed (bench/setup-libvirtd.sh)")
+        if not shutil.which("unshare") or not shutil.which("mount"):
+            raise Unavailable("not run: needs unshare(1) and mount(8) for a private config")
+        try:
+            import libvirt  # noqa: F401
+        except ImportError:
+            raise Unavailable("not run: libvirt-python missing (bench/setup-libvirtd.sh)") \
+                from None
+
+    def _write_config(self) -> Path:
+        r = self.root
+        for d in [*self.BIND_DIRS, "sock"]:
+            (r / d).mkdir(parents=True, exist_ok=True)
+        self.sock_dir = r / "sock"
+        self.tls_port = free_port()
+        sd = self.pki.server_dir
+        (r / "etc" / "libvirtd.conf").write_text(f"""\
+unix_sock_dir = "{self.sock_dir}"
+unix_sock_group = "root"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0700"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+listen_tcp = 0
+listen_tls = 1
+listen_addr = "127.0.0.1"
+tls_port = "{self.tls_port}"
+auth_tls = "none"
+ca_file = "{sd / 'cacert.pem'}"
+cert_file = "{sd / 'servercert.pem'}"
+key_file = "{sd / 'serverkey.pem'}"
+max_clients = 5000
+max_anonymous_clients = 5000
+max_queued_clients = 1000
+log_outputs = "3:file:{r / 'libvirtd.log'}"
+""")
+        # Debian's defaults otherwise (workers, cgroups, virtlogd for guest output).
+        # user/group root: there is no libvirt-qemu user outside the namespace's passwd;
+        # no security driver and no per-guest mount namespace (containers may lack them).
+        (r / "etc" / "qemu.conf").write_text("""\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+security_driver = "none"
+namespaces = [ ]
+remember_owner = 0
+""")
+        passwd = Path("/etc/passwd").read_text()
+        group = Path("/etc/group").read_text()
+        if "\nlibvirt-qemu:" not in "\n" + passwd:
+            passwd += "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/bin/false\n"
+        if "\nlibvirt-qemu:" not in "\n" + group:
+            group += "libvirt-qemu:x:64055:\n"
+        if "\nkvm:" not in "\n" + group:
+            group += "kvm:x:64056:\n"
+        if "\nlibvirt:" not in "\n" + group:
+            group += "libvirt:x:64057:\n"
+        (r / "passwd").write_text(passwd)
+        (r / "group").write_text(group)
+        lines = ["set -e"]
+        for src, dst in self.BIND_DIRS.items():
+            lines += [f"mkdir -p {dst}", f"mount --bind {r / src} {dst}"]
+        lines += [f"mount --bind {r / 'passwd'} /etc/passwd",
+                  f"mount --bind {r / 'group'} /etc/group",
+                  f"virtlogd -p {r / 'virtlogd.pid'} &",
+                  f"exec libvirtd --listen -f {r / 'etc' / 'libvirtd.conf'} "
+                  f"-p {r / 'libvirtd.pid'}"]
+        script = r / "start.sh"
+        script.write_text("\n".join(lines) + "\n")
+        return script
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.sock_dir / 'libvirt-sock'}"
+
+    @property
+    def ro_uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.sock_dir / 'libvirt-sock-ro'}"
+
+    @property
+    def tls_uri(self) -> str:
+        return (f"qemu+tls://localhost:{self.tls_port}/system?pkipath="
+                f"{self.pki.libvirt_client_dir}")
+
+    def start(self) -> None:
+        self._check()
+        import libvirt
+        libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised anyway
+        script = self._write_config()
+        out = open(self.root / "libvirtd.stderr", "ab")  # noqa: SIM115 - owned by the proc
+        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh",
+                                      str(script)], stdout=out, stderr=out,
+                                     start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + 60
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"not run: libvirtd exited with {self.proc.returncode}: "
+                                  f"{self._log_tail()}")
+            if (self.sock_dir / "libvirt-sock").exists():
+                try:
+                    conn = libvirt.open(self.uri)
+                    conn.getInfo()
+                    conn.close()
+                    break
+                except libvirt.libvirtError as exc:
+                    last = exc
+            time.sleep(0.1)
+        else:
+            raise Unavailable(f"not run: libvirtd not ready in 60 s ({last}): "
+                              f"{self._log_tail()}")
+        # the TLS listener is set up before the unix one is served; check it answers
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.tls_port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # the TLS row will say what failed
+                time.sleep(0.1)
+
+    def _log_tail(self) -> str:
+        texts = []
+        for name in ("libvirtd.stderr", "libvirtd.log"):
+            p = self.root / name
+            if p.exists():
+                texts += [ln for ln in p.read_text(errors="replace").splitlines()
+                          if " error : " in ln or not ln.startswith("20")]
+        return " / ".join(texts[-2:])[:300] or "no log"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.cleanup_domains()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.root / "virtlogd.pid").read_text().split()[0])
+            if kill_pid_if(pid, "virtlogd", signal.SIGTERM):
+                for _ in range(50):
+                    if "virtlogd" not in cmdline(pid):
+                        break
+                    time.sleep(0.1)
+                kill_pid_if(pid, "virtlogd")
+        kill_qemu_from_pidfiles(list((self.root / "run" / "qemu").glob("*.pid")), self.root)
+
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid  # unshare and sh exec: this is libvirtd
+
+    def virtlogd_pid(self) -> int | None:
+        try:
+            return int((self.root / "virtlogd.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def connect(self, kind: str = "rw") -> Any:
+        import libvirt
+        if kind == "ro":
+            return libvirt.openReadOnly(self.ro_uri)
+        return libvirt.open(self.tls_uri if kind == "tls" else self.uri)
+
+    def close(self, conn: Any) -> None:
+        conn.close()
+
+    def node_info(self, conn: Any) -> Any:
+        return conn.getInfo()
+
+    def list_all(self, conn: Any) -> list[Any]:
+        return list(conn.listAllDomains(0))
+
+    def define(self, conn: Any, xml: str) -> Any:
+        return conn.defineXML(xml)
+
+    def undefine(self, dom: Any) -> None:
+        dom.undefine()
+
+    def create(self, dom: Any, paused: bool = False) -> None:
+        dom.createWithFlags(START_PAUSED if paused else 0)
+
+    def destroy(self, dom: Any) -> None:
+        dom.destroy()
+
+    def suspend(self, dom: Any) -> None:
+        dom.suspend()
+
+    def resume(self, dom: Any) -> None:
+        dom.resume()
+
+    def is_active(self, dom: Any) -> bool:
+        return bool(dom.isActive())
+
+    def domain_name(self, dom: Any) -> str:
+        return str(dom.name())
+
+    def ensure_event_loop(self) -> None:
+        """libvirt's default event loop on a thread (needed before opening the connection)."""
+        if self.event_thread is not None:
+            return
+        import libvirt
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+        self.event_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        self.event_thread.start()
+
+    def watch_lifecycle(self, conn: Any, callback: Callable[[int], None]) -> Any:
+        import libvirt
+        return conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            lambda _c, _d, event, _detail, _o: callback(int(event)), None)
+
+    def unwatch(self, conn: Any, handle: Any) -> None:
+        conn.domainEventDeregisterAny(handle)
+
+    def holder_args(self) -> list[str]:
+        return ["libvirt", self.uri]
+
+
+# -- idle-connection holder (a child process) -------------------------------------------
+
+def hold_main(kind: str, target: str, count: int) -> int:
+    """Open ``count`` connections, print "ready N", keep them until stdin closes."""
+    raise_nofile(count + 1000)
+    conns: list[Any] = []
+    if kind == "qemud":
+        import protocol as P
+        from protocol import payloads as pl
+        for _ in range(count):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(target)
+            proto = P.Connection(P.Role.CLIENT)
+            s.sendall(proto.send(P.Call(P.Procedure.HELLO, 1, pl.HelloArgs(
+                list(P.SUPPORTED_VERSIONS), "bench-idle"))))
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    raise ConnectionError("qemud closed an idle connection during HELLO")
+                proto.receive_data(data)
+                msg = proto.next_message()
+                if isinstance(msg, P.ErrorReply):
+                    raise ConnectionError(f"HELLO refused: {msg.error}")
+                if msg is not P.NEED_DATA:
+                    break
+            conns.append(s)
+    else:
+        import libvirt
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        for _ in range(count):
+            conns.append(libvirt.open(target))
+    print(f"ready {len(conns)}", flush=True)
+    sys.stdin.read()
+    return 0
+
+
+@contextlib.contextmanager
+def idle_clients(side: Side, count: int, bench: Bench) -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_hold",
+                             *side.holder_args(), str(count)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bench.children.append(proc)
+    try:
+        assert proc.stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()),
+                                  daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(180)
+        if not ready or not ready[0].startswith("ready"):
+            proc.kill()
+            err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
+            raise RuntimeError(f"idle clients not connected: {(err or ['timeout'])[-1]}")
+        time.sleep(1.0)  # let the daemon settle (accept backlog, HELLOs, allocations)
+        yield
+    finally:
+        if proc.stdin:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        bench.children.remove(proc)
+
+
+# -- the benchmark ----------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sizes = Sizes.quick() if args.quick else Sizes()
+        if args.guests is not None:
+            self.sizes.running_guests = args.guests
+        if args.idle_clients is not None:
+            self.sizes.idle_clients = args.idle_clients
+        if args.guests_running:
+            self.sizes.guests_running = True
+        self.rows: list[Row] = []
+        self.children: list[subprocess.Popen[str]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="qemud-bench-"))
+        self.sides: list[Side] = []
+        self.guest_dir: Path | None = None
+        self.guest_why = ""
+        self.notes: list[str] = []
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def row(self, workload: str, unit: str, check: str = "", target: float = 0.0,
+            goal: str = "") -> Row:
+        r = Row(workload, unit, check, target, goal)
+        for side in self.sides:
+            if not side.ok:
+                r.notes[side.name] = side.why_not
+        self.rows.append(r)
+        return r
+
+    def live(self) -> list[Side]:
+        return [s for s in self.sides if s.ok]
+
+    # -- set-up / tear-down -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.log(f"temp dir {self.tmp}")
+        raise_nofile()
+        pki = PKI.create(self.tmp / "pki")
+        q = QemudSide(self.tmp / "qemud", pki)
+        lv = LibvirtSide(self.tmp / "libvirt", pki, install=not self.args.no_install)
+        self.sides = [q, lv]
+        for side in self.sides:
+            if side.name == "libvirtd" and self.args.no_libvirtd:
+                side.why_not = "not run: --no-libvirtd"
+                continue
+            self.log(f"starting {side.name}")
+            try:
+                side.start()
+            except Unavailable as exc:
+                side.why_not = str(exc)
+            except Exception as exc:
+                side.why_not = f"not run: start failed: {short_error(exc)[7:]}"
+            if side.why_not:
+                self.log(f"{side.name}: {side.why_not}")
+        if not q.ok:
+            raise SystemExit(f"qemud could not start: {q.why_not}")
+
+    def stop(self) -> None:
+        for proc in list(self.children):
+            with contextlib.suppress(Exception):
+                proc.kill()
+                proc.wait(10)
+        for side in reversed(self.sides):
+            self.log(f"stopping {side.name}")
+            try:
+                side.stop()
+            except Exception as exc:
+                self.log(f"stopping {side.name}: {short_error(exc)}")
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            self.log(f"kept {self.tmp}")
+
+    def test_guest(self) -> Path | None:
+        if self.guest_dir is None and not self.guest_why:
+            self.guest_dir, self.guest_why = find_test_guest()
+        return self.guest_dir
+
+    # -- workloads ----------------------------------------------------------------------
+
+    def run_for_sides(self, rows: list[Row], fn: Callable[[Side], None]) -> None:
+        """Run ``fn`` per live daemon; an exception marks that daemon's cells."""
+        for side in self.live():
+            try:
+                fn(side)
+            except Exception as exc:
+                self.log(f"{side.name}: {short_error(exc)}")
+                for r in rows:
+                    if r.values[side.name] is None and not r.notes[side.name]:
+                        r.notes[side.name] = short_error(exc)
+
+    def wl_memory(self) -> None:
+        rss = self.row("daemon RSS, idle", "MiB", "max_ratio", 1.0, "<= 1x")
+        thr = self.row("daemon threads, idle", "threads")
+
+        def run(side: Side) -> None:
+            conn = side.connect()
+            side.node_info(conn)
+            side.close(conn)
+            time.sleep(0.5)
+            rss.values[side.name], thr.values[side.name] = side.rss_threads()
+            if isinstance(side, LibvirtSide) and side.virtlogd_pid():
+                rss.extra["virtlogd_rss_mib"] = proc_status(side.virtlogd_pid() or 0)[0] / 1024
+        self.run_for_sides([rss, thr], run)
+
+    def wl_rpc(self) -> None:
+        sz = self.sizes
+        rows = {k: self.row(f"node info calls/s, {label}", "calls/s", "min_ratio", 2.0,
+                            ">= 2x")
+                for k, label in (("rw", "unix rw"), ("ro", "unix ro"), ("tls", "TLS"))}
+        cpu = self.row("daemon CPU per node-info call (rw)", "us")
+        conns: dict[tuple[str, str], Any] = {}
+        for side in self.live():
+            for kind in rows:
+                try:
+                    conns[side.name, kind] = side.connect(kind)
+                except Exception as exc:
+                    rows[kind].notes[side.name] = short_error(exc)
+        samples: dict[tuple[str, str], list[float]] = {}
+        cpus: dict[str, list[float]] = {}
+        try:
+            for _ in range(sz.rpc_rounds):
+                for kind in rows:
+                    for side in self.live():
+                        conn = conns.get((side.name, kind))
+                        if conn is None:
+                            continue
+                        try:
+                            rate, cpu_us = measure_rate(lambda s=side, c=conn: s.node_info(c),
+                                                        sz.rpc_seconds, side.pid(), sz.max_calls)
+                        except Exception as exc:
+                            rows[kind].notes[side.name] = short_error(exc)
+                            conns.pop((side.name, kind), None)
+                            continue
+                        samples.setdefault((side.name, kind), []).append(rate)
+                        if kind == "rw" and cpu_us is not None:
+                            cpus.setdefault(side.name, []).append(cpu_us)
+                self.log("rpc round done: " + ", ".join(
+                    f"{s}/{k} {v[-1]:,.0f}/s" for (s, k), v in samples.items()))
+        finally:
+            for conn in conns.values():
+                with contextlib.suppress(Exception):
+                    conn.close()
+        for (side_name, kind), xs in samples.items():
+            rows[kind].values[side_name] = median(xs)
+            rows[kind].extra[side_name] = [round(x, 1) for x in xs]
+        for side_name, xs in cpus.items():
+            cpu.values[side_name] = median(xs)
+
+    def wl_list(self) -> None:
+        sz = self.sizes
+        small, big = sz.list_counts
+        r_small = self.row(f"list all domains, {small} defined", "calls/s", "min_ratio", 2.0,
+                           ">= 2x")
+        r_big = self.row(f"list all domains, {big:,} defined", "calls/s", "min_ratio", 2.0,
+                         ">= 2x")
+        r_rss = self.row(f"daemon RSS, {big:,} defined guests", "MiB", "max_ratio", 1.0,
+                         "<= 1x")
+        r_growth = self.row(f"RSS growth per defined guest (10 -> {big:,})", "KiB")
+        rows = [r_small, r_big, r_rss, r_growth]
+
+        def run(side: Side) -> None:
+            conn = side.connect()
+            doms: list[Any] = []
+            try:
+                def define_up_to(n: int) -> float:
+                    t0 = time.perf_counter()
+                    while len(doms) < n:
+                        doms.append(side.define(conn, bare_xml(f"bench-list-{len(doms):04d}",
+                                                               sz.guest_mib)))
+                    return time.perf_counter() - t0
+                define_up_to(10)
+                time.sleep(0.5)
+                rss10 = side.rss_threads()[0]
+                for n, row in ((small, r_small), (big, r_big)):
+                    took = define_up_to(n)
+                    row.extra[f"{side.name}_define_s"] = round(took, 2)
+                    got = len(side.list_all(conn))
+                    if got < n:
+                        raise RuntimeError(f"listed {got} domains, expected >= {n}")
+                    row.values[side.name], cpu_us = measure_rate(
+                        lambda: side.list_all(conn), sz.list_seconds, side.pid(), sz.max_calls)
+                    row.extra[f"{side.name}_daemon_cpu_us_per_call"] = round(cpu_us or 0)
+                    self.log(f"{side.name}: list {n}: {row.values[side.name]:,.1f}/s")
+                time.sleep(0.5)
+                rss_big = side.rss_threads()[0]
+                r_rss.values[side.name] = rss_big
+                r_growth.values[side.name] = (rss_big - rss10) * 1024 / (big - 10)
+            finally:
+                deadline = time.monotonic() + 300
+                for dom in doms:
+                    if time.monotonic() > deadline:
+                        break
+                    with contextlib.suppress(Exception):
+                        side.undefine(dom)
+                side.close(conn)
+        self.run_for_sides(rows, run)
+
+    def wl_define(self) -> None:
+        sz = self.sizes
+        row = self.row("define + undefine pairs/s", "pairs/s", "min_ratio", 2.0, ">= 2x")
+
+        def run(side: Side) -> None:
+            conn = side.connect()
+            try:
+                i = 0
+
+                def pair() -> None:
+                    nonlocal i
+                    dom = side.define(conn, bare_xml(f"bench-def-{i:06d}", sz.guest_mib))
+                    i += 1
+                    side.undefine(dom)
+                row.values[side.name], cpu_us = measure_rate(pair, sz.define_seconds, side.pid(),
+                                                             100_000)
+                row.extra[f"{side.name}_daemon_cpu_us_per_pair"] = round(cpu_us or 0)
+                self.log(f"{side.name}: define+undefine {row.values[side.name]:,.1f}/s")
+            finally:
+                side.close(conn)
+        self.run_for_sides([row], run)
+
+    def wl_lifecycle(self) -> None:
+        sz = self.sizes
+        r_start = self.row("start latency (test guest, TCG), median", "ms", "max_ratio", 0.5,
+                           "<= 0.5x")
+        r_destroy = self.row("destroy latency, median", "ms", "max_ratio", 0.05, "<= 0.05x")
+        rows = [r_start, r_destroy]
+        guest_dir = self.test_guest()
+        if guest_dir is None:
+            for r in rows:
+                for s in SIDES:
+                    r.notes[s] = r.notes[s] or f"not run: {self.guest_why}"
+            return
+
+        def run(side: Side) -> None:
+            conn = side.connect()
+            sock = self.tmp / f"{side.name}-serial.sock"
+            dom = side.define(conn, test_guest_xml("bench-life", guest_dir, sock))
+            starts: list[float] = []
+            destroys: list[float] = []
+            try:
+                for i in range(sz.lifecycle_runs + 1):  # the first is a warm-up (caps probe)
+                    t0 = time.perf_counter()
+                    side.create(dom)
+                    t1 = time.perf_counter()
+                    time.sleep(0.3)
+                    t2 = time.perf_counter()
+                    side.destroy(dom)
+                    t3 = time.perf_counter()
+                    if i:
+                        starts.append((t1 - t0) * 1000)
+                        destroys.append((t3 - t2) * 1000)
+                    time.sleep(0.2)
+            finally:
+                with contextlib.suppress(Exception):
+                    if side.is_active(dom):
+                        side.destroy(dom)
+                with contextlib.suppress(Exception):
+                    side.undefine(dom)
+                side.close(conn)
+            r_start.values[side.name] = median(starts)
+            r_destroy.values[side.name] = median(destroys)
+            r_start.extra[side.name] = [round(x, 1) for x in starts]
+            r_destroy.extra[side.name] = [round(x, 1) for x in destroys]
+            self.log(f"{side.name}: start {median(starts):.0f} ms, destroy "
+                     f"{median(destroys):.0f} ms")
+        self.run_for_sides(rows, run)
+
+    def wl_idle(self) -> None:
+        sz = self.sizes
+        n = sz.idle_clients
+        r_base = self.row("node info calls/s, no idle clients", "calls/s")
+        r_load = self.row(f"node info calls/s, {n:,} idle clients", "calls/s", "min_ratio",
+                          2.0, ">= 2x")
+        r_loss = self.row(f"throughput loss with {n:,} idle clients", "%", "max_qemud", 10.0,
+                          "qemud <= 10 %")
+        r_rss = self.row(f"daemon RSS, {n:,} idle clients", "MiB", "max_ratio", 1.0, "<= 1x")
+        r_thr = self.row(f"daemon threads, {n:,} idle clients", "threads")
+        rows = [r_base, r_load, r_loss, r_rss, r_thr]
+
+        def rate(side: Side, conn: Any) -> float:
+            xs = [measure_rate(lambda: side.node_info(conn), sz.rpc_seconds, None,
+                               sz.max_calls)[0] for _ in range(sz.idle_rounds)]
+            return median(xs)
+
+        def run(side: Side) -> None:
+            conn = side.connect()
+            try:
+                base = rate(side, conn)
+                with idle_clients(side, n, self):
+                    r_rss.values[side.name], r_thr.values[side.name] = side.rss_threads()
+                    loaded = rate(side, conn)
+                base2 = rate(side, conn)  # the baseline again: drift on a shared machine
+                r_base.values[side.name] = (base + base2) / 2
+                r_base.extra[side.name] = [round(base, 1), round(base2, 1)]
+                r_load.values[side.name] = loaded
+                r_loss.values[side.name] = max(0.0, (1 - loaded / ((base + base2) / 2)) * 100)
+                self.log(f"{side.name}: idle clients: base {base:,.0f}/{base2:,.0f}, "
+                         f"loaded {loaded:,.0f}")
+            finally:
+                side.close(conn)
+        self.run_for_sides(rows, run)
+
+    def wl_guests(self) -> None:
+        sz = self.sizes
+        n = sz.running_guests
+        how = "running (firmware)" if sz.guests_running else "paused"
+        r_rss = self.row(f"daemon RSS, {n} active guests ({how})", "MiB", "max_ratio", 1.0,
+                         "<= 1x")
+        r_thr = self.row(f"daemon threads, {n} active guests", "threads")
+        r_time = self.row(f"time to start {n} guests ({how}), total", "ms")
+        rows = [r_rss, r_thr, r_time]
+
+        def run(side: Side) -> None:
+            conn = side.connect()
+            doms: list[Any] = []
+            try:
+                for i in range(n):
+                    doms.append(side.define(conn, bare_xml(f"bench-run-{i:03d}", sz.guest_mib)))
+                t0 = time.perf_counter()
+                for dom in doms:
+                    side.create(dom, paused=not sz.guests_running)
+                r_time.values[side.name] = (time.perf_counter() - t0) * 1000
+                time.sleep(2.0)
+                r_rss.values[side.name], r_thr.values[side.name] = side.rss_threads()
+                self.log(f"{side.name}: {n} guests: {r_rss.values[side.name]:.1f} MiB, "
+                         f"{r_thr.values[side.name]} threads")
+            finally:
+                for dom in doms:
+                    with contextlib.suppress(Exception):
+                        if side.is_active(dom):
+                            side.destroy(dom)
+                    with contextlib.suppress(Exception):
+                        side.undefine(dom)
+                side.close(conn)
+        self.run_for_sides(rows, run)
+
+    def wl_events(self) -> None:
+        sz = self.sizes
+        row = self.row("event latency: suspend/resume call -> lifecycle callback, median",
+                       "ms")
+
+        def run(side: Side) -> None:
+            if isinstance(side, LibvirtSide):
+                side.ensure_event_loop()
+            conn = side.connect()
+            got: list[tuple[float, int]] = []
+            cond = threading.Condition()
+
+            def on_event(event: int) -> None:
+                with cond:
+                    got.append((time.perf_counter(), event))
+                    cond.notify_all()
+            handle = side.watch_lifecycle(conn, on_event)
+            dom = side.define(conn, bare_xml("bench-events", sz.guest_mib))
+            lat: list[float] = []
+            try:
+                side.create(dom)
+                time.sleep(1.0)
+
+                def timed(call: Callable[[], None], want: int) -> float:
+                    with cond:
+                        got.clear()
+                    t0 = time.perf_counter()
+                    call()
+                    with cond:
+                        ok = cond.wait_for(lambda: any(e == want for _, e in got), timeout=10)
+                        if not ok:
+                            raise TimeoutError(f"no lifecycle event {want} within 10 s")
+                        t1 = next(t for t, e in got if e == want)
+                    return (t1 - t0) * 1000
+                for _ in range(sz.event_runs):
+                    lat.append(timed(lambda: side.suspend(dom), LIFECYCLE_SUSPENDED))
+                    time.sleep(0.05)
+                    lat.append(timed(lambda: side.resume(dom), LIFECYCLE_RESUMED))
+                    time.sleep(0.05)
+            finally:
+                with contextlib.suppress(Exception):
+                    side.unwatch(conn, handle)
+                with contextlib.suppress(Exception):
+                    if side.is_active(dom):
+                        side.destroy(dom)
+                with contextlib.suppress(Exception):
+                    side.undefine(dom)
+                side.close(conn)
+            row.values[side.name] = median(lat)
+            row.extra[side.name] = {"p90": sorted(lat)[int(len(lat) * 0.9) - 1],
+                                    "min": min(lat), "n": len(lat)}
+            self.log(f"{side.name}: event latency median {median(lat):.2f} ms")
+        self.run_for_sides([row], run)
+
+    def run(self, only: list[str]) -> None:
+        for name in WORKLOADS:
+            if name not in only:
+                continue
+            self.log(f"workload {name}")
+            getattr(self, f"wl_{name}")()
+
+
+# -- reporting --------------------------------------------------------------------------
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        return (out.stdout.strip().splitlines() or [""])[0]
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    libvirt_py = ""
+    with contextlib.suppress(Exception):
+        import libvirt
+        v = libvirt.getVersion()
+        libvirt_py = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(), "memory": mem, "cpu": cpu, "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "qemu": _first_line(["qemu-system-x86_64", "--version"]),
+        "libvirtd": _first_line(["libvirtd", "--version"]) if shutil.which("libvirtd") else "",
+        "libvirt_library": libvirt_py,
+        "kvm": os.path.exists("/dev/kvm"),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def markdown_report(info: dict[str, Any], rows: list[Row], sizes: Sizes,
+                    command: str) -> str:
+    lines = [f"Run on {info['date']}: `{command}`", "",
+             f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, "
+             f"kernel {info['kernel']}, {info['os']}",
+             f"- {info['qemu']}; {info['libvirtd'] or 'libvirtd not installed'}; "
+             f"Python {info['python']}",
+             f"- sizes: {sizes.rpc_rounds} x {sizes.rpc_seconds:g} s per RPC rate, "
+             f"{sizes.lifecycle_runs} start/destroy runs, {sizes.idle_clients} idle clients, "
+             f"{sizes.running_guests} x {sizes.guest_mib} MiB guests "
+             f"({'running' if sizes.guests_running else 'paused'}), "
+             f"{sizes.event_runs} suspend/resume pairs",
+             f"- load average at start: {' '.join(info['loadavg_at_start'])}", "",
+             render_markdown(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_hold"]:
+        return hold_main(argv[1], argv[2], int(argv[3]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", default=[],
+                    help=f"workload(s) to run, comma-separated or repeated: "
+                         f"{', '.join(WORKLOADS)}")
+    ap.add_argument("--quick", action="store_true", help="short runs, smaller counts")
+    ap.add_argument("--json", type=Path, help="write the results as JSON here")
+    ap.add_argument("--markdown", type=Path, help="write the table (and machine) as Markdown")
+    ap.add_argument("--guests", type=int, help="active guests for the RSS workload (20)")
+    ap.add_argument("--guests-running", action="store_true",
+                    help="boot those guests to firmware instead of starting them paused")
+    ap.add_argument("--idle-clients", type=int, help="idle connections (1000)")
+    ap.add_argument("--no-libvirtd", action="store_true", help="qemud only")
+    ap.add_argument("--no-install", action="store_true",
+                    help="do not run bench/setup-libvirtd.sh when libvirtd is missing")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = ap.parse_args(argv)
+    only = [w.strip() for item in args.only for w in item.split(",") if w.strip()] \
+        or list(WORKLOADS)
+    unknown = set(only) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workload(s) {', '.join(sorted(unknown))}; known: "
+                 f"{', '.join(WORKLOADS)}")
+
+    bench = Bench(args)
+    info = machine_info()
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    interrupted = False
+    try:
+        bench.start()
+        bench.run(only)
+    except KeyboardInterrupt:
+        interrupted = True
+        bench.log("interrupted: stopping everything")
+    finally:
+        bench.stop()
+    command = ".venv/bin/python bench/run.py " + " ".join(argv)
+    print()
+    print(render_text(bench.rows))
+    for side in bench.sides:
+        if side.why_not:
+            print(f"\n{side.name}: {side.why_not}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": info, "command": command.strip(), "sizes": bench.sizes.__dict__,
+            "rows": [r.as_dict() for r in bench.rows],
+            "unavailable": {s.name: s.why_not for s in bench.sides if s.why_not},
+            "interrupted": interrupted}, indent=2, default=str) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown_report(info, bench.rows, bench.sizes,
+                                                 command.strip()))
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Power-cycle following against a real daemon and the real test guest (TCG).
+
+One daemon serves the module, with restart_budget=1 (per guest) and harmless scripts as
+the host shutdown/reboot commands; every test uses its own guest.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from client.domain import Domain
+from protocol.constants import DomainState, ShutoffReason
+from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.integration.domains import READY, guest_xml
+from tests.integration.serial import SerialPort
+
+from .conftest import BOOT_TIMEOUT, EventLog, wait_state
+
+pytestmark = pytest.mark.integration
+
+NS = "http://qemud.org/xmlns/appliance/1"
+
+
+def power_metadata(shutdown: str = "default", reboot: str = "default", hook: str = "") -> str:
+    hook_attr = f" hook='{hook}'" if hook else ""
+    return (f"<metadata><qemud:appliance xmlns:qemud='{NS}'><qemud:power "
+            f"guest-shutdown='{shutdown}' guest-reboot='{reboot}'{hook_attr}/>"
+            "</qemud:appliance></metadata>")
+
+
+def script(path: Path, out: Path) -> Path:
+    """An executable that appends its arguments and QEMUD_* variables to ``out``."""
+    path.write_text("#!/bin/sh\n"
+                    f'echo "$* event=$QEMUD_EVENT domain=$QEMUD_DOMAIN uuid=$QEMUD_UUID '
+                    f'action=$QEMUD_ACTION" >> {out}\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("power-scripts")
+    out = root / "host-commands.log"
+    return {"dir": root, "host_out": out,
+            "host": script(root / "host-command", out)}
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory, scripts: dict[str, Path]
+          ) -> Iterator[DaemonProcess]:
+    root = tmp_path_factory.mktemp("qemud-power")
+    daemon = DaemonProcess(root, {"appliance": {
+        "restart_budget": 1, "restart_window": 600.0,
+        "shutdown_host_command": [str(scripts["host"]), "shutdown-host"],
+        "reboot_host_command": [str(scripts["host"]), "reboot-host"]}})
+    daemon.start()
+    yield daemon
+    try:
+        with daemon.connect() as conn:
+            for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                dom.destroy()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
+    with qemud.connect() as c:
+        yield c
+
+
+@pytest.fixture
+def events(conn: client.Connection) -> EventLog:
+    conn.register_event(client.EventId.APPLIANCE)
+    return EventLog(conn)
+
+
+def boot(conn: client.Connection, name: str, guest: object, sock: Path,
+         metadata: str) -> tuple[Domain, SerialPort]:
+    dom = conn.define_xml(guest_xml(name, guest, sock, metadata=metadata))
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
+    return dom, serial
+
+
+def qemu_pid(qemud: DaemonProcess, name: str) -> int:
+    return int((qemud.run_dir / "qemu" / name / "qemu.pid").read_text())
+
+
+def test_restart_after_poweroff_then_budget_exhausted(conn: client.Connection,
+                                                      events: EventLog, test_guest,
+                                                      qemud: DaemonProcess,
+                                                      tmp_path: Path) -> None:
+    sock = tmp_path / "serial.sock"
+    dom, serial = boot(conn, "pw-restart", test_guest, sock, power_metadata(shutdown="restart"))
+    first_pid = qemu_pid(qemud, "pw-restart")
+    serial.send("poweroff")
+    serial.wait_for("QEMUD-GUEST-POWEROFF")
+    action = events.wait("pw-restart", "power-action")[0]
+    assert action.text == "restart after guest shutdown"
+    # a new QEMU boots the guest again: the new boot's ready marker
+    wait_for(lambda: os.path.exists(f"/proc/{first_pid}") is False, timeout=30,
+             message="first QEMU gone")
+    wait_state(dom, DomainState.RUNNING)
+    serial.close()
+    serial = SerialPort(sock, timeout=30)
+    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
+    assert qemu_pid(qemud, "pw-restart") != first_pid
+    assert dom.state()[0] == DomainState.RUNNING
+
+    # restart_budget=1: the second power-off in the window leaves it off
+    serial.send("poweroff")
+    serial.wait_for("QEMUD-GUEST-POWEROFF")
+    events.wait("pw-restart", "power-action", count=2)
+    budget = events.wait("pw-restart", "restart-budget-exhausted")[0]
+    assert "1 automatic restarts" in budget.text
+    wait_state(dom, DomainState.SHUTOFF)
+    events.drain(1.0)
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    audit = qemud.audit_file.read_text()
+    assert "appliance power domain='pw-restart'" in audit
+    assert "result=refused (restart budget exhausted" in audit
+
+
+def test_reboot_policy_none_leaves_guest_off(conn: client.Connection, events: EventLog,
+                                            test_guest, qemud: DaemonProcess,
+                                            tmp_path: Path) -> None:
+    sock = tmp_path / "serial.sock"
+    dom, serial = boot(conn, "pw-none", test_guest, sock, power_metadata(reboot="none"))
+    pid = qemu_pid(qemud, "pw-none")
+    # a reboot the host asks for (qemush reboot) is not the guest's: it reboots in place
+    # even though QEMU runs with set-action reboot=shutdown for this guest
+    mark = serial.mark()
+    dom.reboot()
+    serial.wait_for(READY, start=mark, timeout=BOOT_TIMEOUT)
+    assert dom.state()[0] == DomainState.RUNNING
+    assert qemu_pid(qemud, "pw-none") == pid
+    assert events.appliance("pw-none") == []
+
+    serial.send("reboot")
+    serial.wait_for("QEMUD-GUEST-REBOOT")
+    action = events.wait("pw-none", "power-action")[0]
+    assert action.text.startswith("none after guest reboot")
+    wait_state(dom, DomainState.SHUTOFF)
+    events.drain(3.0)  # and it stays off
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert not os.path.exists(f"/proc/{pid}/cmdline") or "pw-none" not in \
+        Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+
+
+def test_hook_runs_with_event_in_env(conn: client.Connection, events: EventLog, test_guest,
+                                     qemud: DaemonProcess, scripts: dict[str, Path],
+                                     tmp_path: Path) -> None:
+    out = tmp_path / "hook.log"
+    hook = script(tmp_path / "hook", out)
+    sock = tmp_path / "serial.sock"
+    dom, serial = boot(conn, "pw-hook", test_guest, sock,
+                       power_metadata(shutdown="hook", reboot="hook", hook=str(hook)))
+    pid = qemu_pid(qemud, "pw-hook")
+
+    # guest reboot: the hook runs, the guest reboots in place (on_reboot=restart)
+    mark = serial.mark()
+    serial.send("reboot")
+    serial.wait_for(READY, start=mark, timeout=BOOT_TIMEOUT)
+    wait_for(lambda: out.exists() and "guest-reboot" in out.read_text(), timeout=10,
+             message="hook ran for the reboot")
+    assert f"event=guest-reboot domain=pw-hook uuid={dom.uuid}" in out.read_text()
+    assert qemu_pid(qemud, "pw-hook") == pid
+    assert dom.state()[0] == DomainState.RUNNING
+
+    # guest power-off: the hook runs, the guest stays off (on_poweroff=destroy)
+    serial.send("poweroff")
+    wait_for(lambda: "guest-shutdown" in out.read_text(), timeout=30,
+             message="hook ran for the power-off")
+    assert f"event=guest-shutdown domain=pw-hook uuid={dom.uuid}" in out.read_text()
+    wait_state(dom, DomainState.SHUTOFF)
+    texts = [r.text for r in events.wait("pw-hook", "power-action", count=2)]
+    assert texts[0].startswith("hook after guest reboot")
+    assert texts[1].startswith("hook after guest shutdown")
+    wait_for(lambda: "exited with 0" in qemud.log_text() and "power hook" in qemud.log_text(),
+             timeout=10, message="hook exit logged")
+
+
+def test_shutdown_and_reboot_host_commands(conn: client.Connection, events: EventLog,
+                                           test_guest, qemud: DaemonProcess,
+                                           scripts: dict[str, Path], tmp_path: Path) -> None:
+    out = scripts["host_out"]
+    sock = tmp_path / "serial.sock"
+    dom, serial = boot(conn, "pw-host", test_guest, sock,
+                       power_metadata(shutdown="shutdown-host", reboot="reboot-host"))
+    serial.send("reboot")
+    wait_for(lambda: out.exists() and "reboot-host event=guest-reboot domain=pw-host" in
+             out.read_text(), timeout=30, message="reboot_host_command ran")
+    assert dom.state()[0] == DomainState.SHUTOFF  # the guest was stopped first
+    assert events.wait("pw-host", "power-action")[0].text == \
+        "reboot-host after guest reboot"
+
+    serial.close()
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
+    serial.send("poweroff")
+    wait_for(lambda: "shutdown-host event=guest-shutdown domain=pw-host" in out.read_text(),
+             timeout=30, message="shutdown_host_command ran")
+    assert dom.state()[0] == DomainState.SHUTOFF
+    assert "action=shutdown-host" in out.read_text()
+    assert events.wait("pw-host", "power-action", count=2)[1].text == \
+        "shutdown-host after guest shutdown"
+    time.sleep(0.2)
+    assert "action=shutdown-host" in qemud.audit_file.read_text()
