@@ -61,6 +61,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 CACHE_FILE: Final = "qemu-capabilities.json"
+#: the KVM run probe's verdict, valid for one boot (keyed by boot_id and the device node)
+KVM_CACHE_FILE: Final = "kvm-verdict.json"
 # Bump when parsing changes so stale cache entries are re-probed.
 _CACHE_FORMAT: Final = 1
 _BINARY_TIMEOUT: Final = 10.0
@@ -372,7 +374,11 @@ def probe_capabilities(
     arch_of_host = host_arch if host_arch is not None else platform.machine()
     cache_path = Path(cache_dir, CACHE_FILE) if cache_dir is not None else None
     entries = _load_cache(cache_path) if cache_path is not None else {}
-    kvm_probe = KvmProbe(kvm_device, kvm_timeout, kvm_command, arch_of_host)
+    kvm_cache = Path(cache_dir, KVM_CACHE_FILE) if cache_dir is not None and \
+        kvm_command is None else None
+    kvm_known = _cached_kvm(kvm_cache, kvm_device) if kvm_cache is not None else None
+    kvm_probe = None if kvm_known is not None else \
+        KvmProbe(kvm_device, kvm_timeout, kvm_command, arch_of_host)
 
     emulators: dict[str, EmulatorCaps] = {}
     problems: list[str] = []
@@ -406,13 +412,56 @@ def probe_capabilities(
     for problem in problems:
         _log.warning("capabilities: %s", problem)
 
+    if kvm_probe is not None:
+        kvm_known = kvm_probe.result()
+        if kvm_cache is not None:
+            _save_kvm(kvm_cache, kvm_device, kvm_known)
+    assert kvm_known is not None
     return Capabilities(
         host_arch=arch_of_host,
         host_uuid=uuid_ if uuid_ is not None else host_uuid(),
         emulators=dict(sorted(emulators.items())),
-        kvm=kvm_probe.result(),
+        kvm=kvm_known,
         problems=tuple(problems),
     )
+
+
+def _kvm_key(device: str) -> dict[str, Any] | None:
+    """What must not change for a KVM verdict to stay valid: this boot, this device node."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        st = os.stat(device)
+    except OSError:
+        return None
+    return {"boot_id": boot_id, "device": device, "rdev": st.st_rdev, "ino": st.st_ino,
+            "ctime_ns": st.st_ctime_ns}
+
+
+def _cached_kvm(path: Path, device: str) -> KvmStatus | None:
+    """The verdict of an earlier probe in this boot (the run probe costs up to seconds)."""
+    key = _kvm_key(device)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if key is None or not isinstance(data, dict) or data.get("key") != key:
+        return None
+    return KvmStatus(bool(data.get("usable")), f"{data.get('reason', '')} (probed earlier "
+                     "in this boot)")
+
+
+def _save_kvm(path: Path, device: str, status: KvmStatus) -> None:
+    key = _kvm_key(device)
+    if key is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as stream:
+            json.dump({"key": key, "usable": status.usable, "reason": status.reason}, stream)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _log.warning("cannot write KVM verdict cache %s: %s", path, exc)
 
 
 # -- XML --------------------------------------------------------------------------

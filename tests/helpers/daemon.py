@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import client
 
 STARTUP_TIMEOUT = 30.0
+SHARED_CACHE = Path(tempfile.gettempdir()) / f"qemud-test-cache-{os.getuid()}"
 
 
 def _toml_value(value: Any) -> str:
@@ -50,6 +52,9 @@ class DaemonProcess:
             "paths": {"run_dir": str(self.run_dir), "config_dir": str(self.config_dir),
                       "state_dir": str(self.state_dir), "log_dir": str(self.log_dir)},
             "log": {"level": "debug", "file": str(root / "qemud.log")},
+            # one capabilities/KVM cache for every test daemon: the KVM run probe costs
+            # up to seconds and its verdict holds for the whole boot
+            "qemu": {"cache_dir": str(SHARED_CACHE)},
         }
         for section, values in (config or {}).items():
             self.config.setdefault(section, {}).update(values)

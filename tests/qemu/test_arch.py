@@ -125,7 +125,7 @@ def test_strategy_refuses_another_archs_table() -> None:
 def test_table_facts() -> None:
     x86, arm, ppc = (get_strategy(a).table for a in ("x86_64", "aarch64", "ppc64"))
     assert (x86.default_machine, arm.default_machine, ppc.default_machine) == (
-        "q35",
+        "pc",
         "virt",
         "pseries",
     )
@@ -213,7 +213,11 @@ def test_ide_on_ppc64_names_element_and_alternatives() -> None:
 
 
 def test_ide_on_q35_names_the_machine() -> None:
-    dom = dom_for("x86_64", disks=[FakeDisk(), FakeDisk(target_dev="hdb", target_bus="ide")])
+    dom = dom_for(
+        "x86_64",
+        machine="q35",
+        disks=[FakeDisk(), FakeDisk(target_dev="hdb", target_bus="ide")],
+    )
     with pytest.raises(UnsupportedForArch, match=r"disk\[2\].*x86_64 machine 'q35'"):
         get_strategy("x86_64").validate(dom)
     get_strategy("x86_64").validate(dom_for("x86_64", machine="pc", disks=dom.disks))
@@ -230,9 +234,15 @@ INVALID = [
     ("x86_64", {"os": FakeOS(type="xen")}, UnsupportedForArch, "OS type 'xen'"),
     (
         "x86_64",
+        {"machine": "q35", "disks": [FakeDisk(device="cdrom", target_bus="virtio")]},
+        UnsupportedForArch,
+        r"disk\[1\]/target: cdrom bus 'virtio' .* machine 'q35' \(supported: sata, scsi\)",
+    ),
+    (
+        "x86_64",
         {"disks": [FakeDisk(device="cdrom", target_bus="virtio")]},
         UnsupportedForArch,
-        r"disk\[1\]/target: cdrom bus 'virtio' .* \(supported: sata, scsi\)",
+        r"disk\[1\]/target: cdrom bus 'virtio' .* machine 'pc' \(supported: ide, sata, scsi\)",
     ),
     ("x86_64", {"disks": [FakeDisk(device="floppy")]}, GuestConfigError, "disk device 'floppy'"),
     ("x86_64", {"disks": [FakeDisk(target_dev=None)]}, GuestConfigError, "no target dev"),
@@ -331,11 +341,17 @@ def test_validate_rejects(
 
 
 @pytest.mark.parametrize(
-    ("arch", "machine", "cdrom_bus"),
-    [("x86_64", "q35", "sata"), ("aarch64", "virt", "scsi"), ("ppc64", "pseries", "scsi")],
+    ("arch", "given_machine", "machine", "cdrom_bus"),
+    [
+        ("x86_64", None, "pc", "ide"),
+        ("x86_64", "q35", "q35", "sata"),
+        ("aarch64", None, "virt", "scsi"),
+        ("ppc64", None, "pseries", "scsi"),
+    ],
 )
-def test_fill_defaults(arch: str, machine: str, cdrom_bus: str) -> None:
+def test_fill_defaults(arch: str, given_machine: str | None, machine: str, cdrom_bus: str) -> None:
     dom = FakeDomain(
+        os=FakeOS(machine=given_machine),
         disks=[
             FakeDisk(target_dev="vda"),
             FakeDisk(target_dev="sdb"),
@@ -421,7 +437,7 @@ def test_memory_alignment() -> None:
 def test_disk_placement_per_bus() -> None:
     x86 = get_strategy("x86_64")
     pc = dom_for("x86_64", machine="pc")
-    q35 = dom_for("x86_64")
+    q35 = dom_for("x86_64", machine="q35")
     disk = FakeDisk
     assert x86.disk_device(pc, disk("hdd", "ide"), "n", "d") == (
         "ide-hd,bus=ide.1,unit=1,drive=n,id=d"
@@ -447,7 +463,9 @@ def test_disk_placement_per_bus() -> None:
 
 def test_controllers_only_for_buses_in_use() -> None:
     x86 = get_strategy("x86_64")
-    q35 = dom_for("x86_64", disks=[FakeDisk("sda", "sata"), FakeDisk("sdb", "scsi")])
+    q35 = dom_for(
+        "x86_64", machine="q35", disks=[FakeDisk("sda", "sata"), FakeDisk("sdb", "scsi")]
+    )
     assert x86.controller_args(q35) == ["-device", "virtio-scsi-pci,id=scsi0"]
     pc = dom_for("x86_64", machine="pc", disks=[FakeDisk("sda", "sata"), FakeDisk("sdb", "usb")])
     assert x86.controller_args(pc) == [

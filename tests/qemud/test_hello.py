@@ -17,7 +17,7 @@ from tests.helpers.daemon import wait_for
 from tests.qemud.wire import RawClient, error_of, frame, hello_frame
 
 
-def _served_promptly(daemon, limit: float = 1.0) -> None:
+def _served_promptly(daemon, limit: float = 2.0) -> None:
     started = time.monotonic()
     with RawClient(daemon.rw_socket, timeout=limit) as other:
         reply = other.call(Procedure.NODE_INFO, timeout=limit)

@@ -1,5 +1,12 @@
-"""Importing this package registers every command in :data:`client.shell.registry.REGISTRY`."""
+"""Importing this package registers every command in :data:`client.shell.registry.REGISTRY`.
 
-from . import console, domain, events, host, shell, snapshot
+Every module in this package is imported, so a new group of commands (e.g. an appliance
+duty) is one new module here and nothing else.
+"""
 
-__all__ = ["console", "domain", "events", "host", "shell", "snapshot"]
+import importlib
+import pkgutil
+
+__all__ = sorted(m.name for m in pkgutil.iter_modules(__path__))
+for _name in __all__:
+    importlib.import_module(f"{__name__}.{_name}")
