@@ -238,6 +238,13 @@ def kill_qemu_from_pidfiles(pidfiles: list[Path], root: Path) -> int:
     return n
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of ``pid`` (threads made later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task), cpus)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -247,6 +254,18 @@ def free_port() -> int:
 def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"error: {text[:150]}"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def wait_quiet(limit: float, max_wait: float, log: Callable[[str], None]) -> None:
+    """Wait (at most ``max_wait`` s) until the 1-minute load average is below ``limit``."""
+    deadline = time.monotonic() + max_wait
+    while float(loadavg().split()[0]) >= limit and time.monotonic() < deadline:
+        log(f"waiting for a quieter machine: load average {loadavg()} (want < {limit})")
+        time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
 
 
 def median(xs: list[float]) -> float:
@@ -433,6 +452,7 @@ class QemudSide(Side):
         from tests.helpers.daemon import DaemonProcess, wait_for
         self.tls_port = free_port()
         sd = self.pki.server_dir
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # qemud wants it private
         self.daemon = DaemonProcess(self.root, {
             # 0 = no pings: the idle-client workload holds raw connections that never pong
             "limits": {"keepalive_interval": 0, "max_clients": 5000},
@@ -532,7 +552,8 @@ class LibvirtSide(Side):
     def __init__(self, root: Path, pki: PKI, install: bool = True) -> None:
         super().__init__(root, pki)
         self.install = install
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the reaper
+        self.libvirtd_pid: int | None = None
         self.event_thread: threading.Thread | None = None
 
     def _check(self) -> None:
@@ -637,9 +658,10 @@ remember_owner = 0
         libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised anyway
         script = self._write_config()
         out = open(self.root / "libvirtd.stderr", "ab")  # noqa: SIM115 - owned by the proc
-        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh",
-                                      str(script)], stdout=out, stderr=out,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                      "--_reaper", "unshare", "-m", "--propagation",
+                                      "private", "sh", str(script)],
+                                     stdout=out, stderr=out, start_new_session=True)
         out.close()
         deadline = time.monotonic() + 60
         last: Exception | None = None
@@ -647,11 +669,12 @@ remember_owner = 0
             if self.proc.poll() is not None:
                 raise Unavailable(f"not run: libvirtd exited with {self.proc.returncode}: "
                                   f"{self._log_tail()}")
-            if (self.sock_dir / "libvirt-sock").exists():
+            if (self.sock_dir / "libvirt-sock").exists() and self._pidfile_pid():
                 try:
                     conn = libvirt.open(self.uri)
                     conn.getInfo()
                     conn.close()
+                    self.libvirtd_pid = self._pidfile_pid()
                     break
                 except libvirt.libvirtError as exc:
                     last = exc
@@ -670,6 +693,13 @@ remember_owner = 0
                     break  # the TLS row will say what failed
                 time.sleep(0.1)
 
+    def _pidfile_pid(self) -> int | None:
+        try:
+            pid = int((self.root / "libvirtd.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if "libvirtd" in cmdline(pid) else None
+
     def _log_tail(self) -> str:
         texts = []
         for name in ("libvirtd.stderr", "libvirtd.log"):
@@ -685,13 +715,14 @@ remember_owner = 0
         if self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 self.cleanup_domains()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with contextlib.suppress(OSError, ValueError):
+            self.proc.send_signal(signal.SIGTERM)  # the reaper passes it on to libvirtd
+            pid = getattr(self, "libvirtd_pid", None)
+            deadline = time.monotonic() + 20
+            while pid and "libvirtd" in cmdline(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid:
+                kill_pid_if(pid, "libvirtd")
+        with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((self.root / "virtlogd.pid").read_text().split()[0])
             if kill_pid_if(pid, "virtlogd", signal.SIGTERM):
                 for _ in range(50):
@@ -700,10 +731,15 @@ remember_owner = 0
                     time.sleep(0.1)
                 kill_pid_if(pid, "virtlogd")
         kill_qemu_from_pidfiles(list((self.root / "run" / "qemu").glob("*.pid")), self.root)
+        try:
+            self.proc.wait(10)  # the reaper ends when nothing is left below it
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid  # unshare and sh exec: this is libvirtd
+        assert self.libvirtd_pid is not None
+        return self.libvirtd_pid
 
     def virtlogd_pid(self) -> int | None:
         try:
@@ -774,6 +810,47 @@ remember_owner = 0
 
     def holder_args(self) -> list[str]:
         return ["libvirt", self.uri]
+
+
+# -- a subreaper for libvirtd (a child process) -----------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def reaper_main(cmd: list[str]) -> int:
+    """Run ``cmd`` as a child subreaper and reap every orphan below it at once.
+
+    libvirtd daemonizes its QEMUs, so they are reparented to the nearest subreaper, and
+    libvirt's destroy polls kill(pid, 0) every 200 ms until the QEMU is *gone* -- a
+    zombie still counts. On a normal host systemd (PID 1) reaps orphans immediately; the
+    PID 1 of some sandboxes reaps them only every couple of seconds, which would add that
+    delay to every libvirt destroy. This process plays systemd's part for libvirtd.
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("warning: PR_SET_CHILD_SUBREAPER failed", file=sys.stderr)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execvp(cmd[0], cmd)
+        finally:
+            os._exit(127)
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    rc = 0
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if done == pid:
+            rc = os.waitstatus_to_exitcode(status)
+    return rc
 
 
 # -- idle-connection holder (a child process) -------------------------------------------
@@ -901,8 +978,19 @@ class Bench:
                 side.why_not = f"not run: start failed: {short_error(exc)[7:]}"
             if side.why_not:
                 self.log(f"{side.name}: {side.why_not}")
-        if not q.ok:
-            raise SystemExit(f"qemud could not start: {q.why_not}")
+            if not q.ok:
+                raise SystemExit(f"qemud could not start: {q.why_not}")
+        pin = self.args.pin
+        if pin != "none":
+            ncpu = len(os.sched_getaffinity(0))
+            if ncpu < 2 and pin == "split":
+                raise SystemExit("--pin split needs 2 CPUs")
+            cpus = sorted(os.sched_getaffinity(0))
+            daemon_cpu, bench_cpu = cpus[0], cpus[0] if pin == "same" else cpus[1]
+            for side in self.live():
+                pin_process(side.pid(), {daemon_cpu})
+            pin_process(os.getpid(), {bench_cpu})
+            self.log(f"pinned: daemons on CPU {daemon_cpu}, this process on CPU {bench_cpu}")
 
     def stop(self) -> None:
         for proc in list(self.children):
@@ -1127,26 +1215,35 @@ class Bench:
         rows = [r_base, r_load, r_loss, r_rss, r_thr]
 
         def rate(side: Side, conn: Any) -> float:
-            xs = [measure_rate(lambda: side.node_info(conn), sz.rpc_seconds, None,
-                               sz.max_calls)[0] for _ in range(sz.idle_rounds)]
-            return median(xs)
+            return measure_rate(lambda: side.node_info(conn), sz.rpc_seconds, None,
+                                sz.max_calls)[0]
 
         def run(side: Side) -> None:
             conn = side.connect()
+            bases: list[float] = []
+            loads: list[float] = []
+            losses: list[float] = []
             try:
-                base = rate(side, conn)
-                with idle_clients(side, n, self):
-                    r_rss.values[side.name], r_thr.values[side.name] = side.rss_threads()
-                    loaded = rate(side, conn)
-                base2 = rate(side, conn)  # the baseline again: drift on a shared machine
-                r_base.values[side.name] = (base + base2) / 2
-                r_base.extra[side.name] = [round(base, 1), round(base2, 1)]
-                r_load.values[side.name] = loaded
-                r_loss.values[side.name] = max(0.0, (1 - loaded / ((base + base2) / 2)) * 100)
-                self.log(f"{side.name}: idle clients: base {base:,.0f}/{base2:,.0f}, "
-                         f"loaded {loaded:,.0f}")
+                # rounds of (no idle clients, N idle clients): the machine may be shared,
+                # so each round compares two measurements taken seconds apart
+                for i in range(sz.idle_rounds):
+                    base = rate(side, conn)
+                    with idle_clients(side, n, self):
+                        if i == 0:
+                            r_rss.values[side.name], r_thr.values[side.name] = \
+                                side.rss_threads()
+                        loaded = rate(side, conn)
+                    bases.append(base)
+                    loads.append(loaded)
+                    losses.append((1 - loaded / base) * 100)
+                    self.log(f"{side.name}: idle clients round {i + 1}: base {base:,.0f}/s, "
+                             f"with {n} idle {loaded:,.0f}/s")
             finally:
                 side.close(conn)
+            r_base.values[side.name] = median(bases)
+            r_load.values[side.name] = median(loads)
+            r_loss.values[side.name] = max(0.0, median(losses))
+            r_loss.extra[side.name] = [round(x, 1) for x in losses]
         self.run_for_sides(rows, run)
 
     def wl_guests(self) -> None:
@@ -1241,8 +1338,11 @@ class Bench:
         for name in WORKLOADS:
             if name not in only:
                 continue
-            self.log(f"workload {name}")
+            self.log(f"workload {name} (load average {loadavg()})")
+            first = len(self.rows)
             getattr(self, f"wl_{name}")()
+            for row in self.rows[first:]:
+                row.extra.setdefault("loadavg_before", loadavg())
 
 
 # -- reporting --------------------------------------------------------------------------
@@ -1282,6 +1382,11 @@ def machine_info() -> dict[str, Any]:
         "libvirt_library": libvirt_py,
         "kvm": os.path.exists("/dev/kvm"),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "git_head": _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "git_dirty": [ln[3:] for ln in subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "protocol", "qemud",
+             "client", "certs"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()],
     }
 
 
@@ -1297,7 +1402,12 @@ def markdown_report(info: dict[str, Any], rows: list[Row], sizes: Sizes,
              f"{sizes.running_guests} x {sizes.guest_mib} MiB guests "
              f"({'running' if sizes.guests_running else 'paused'}), "
              f"{sizes.event_runs} suspend/resume pairs",
-             f"- load average at start: {' '.join(info['loadavg_at_start'])}", "",
+             f"- code: git {info['git_head']}"
+             + (f" plus uncommitted changes to {', '.join(info['git_dirty'])}"
+                if info["git_dirty"] else ""),
+             f"- CPU pinning: {info.get('pin', 'none')}",
+             f"- load average (1/5/15 min) at start: {' '.join(info['loadavg_at_start'])}"
+             f", at end: {' '.join(info.get('loadavg_at_end', ['?']))}", "",
              render_markdown(rows)]
     return "\n".join(lines) + "\n"
 
@@ -1306,6 +1416,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_hold"]:
         return hold_main(argv[1], argv[2], int(argv[3]))
+    if argv[:1] == ["--_reaper"]:
+        return reaper_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[],
@@ -1322,6 +1434,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true",
                     help="do not run bench/setup-libvirtd.sh when libvirtd is missing")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the 1-min load average to drop "
+                         "below --quiet-load (a shared machine skews every number)")
+    ap.add_argument("--quiet-load", type=float, default=1.0)
+    ap.add_argument("--pin", choices=["none", "same", "split"], default="none",
+                    help="CPU affinity: daemons and this process on one CPU (same), on two "
+                         "(split), or left to the scheduler (none, the default)")
     args = ap.parse_args(argv)
     only = [w.strip() for item in args.only for w in item.split(",") if w.strip()] \
         or list(WORKLOADS)
@@ -1332,6 +1451,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args)
     info = machine_info()
+    info["pin"] = args.pin
 
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1339,8 +1459,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, on_term)
     interrupted = False
     try:
+        if args.wait_quiet > 0:
+            wait_quiet(args.quiet_load, min(args.wait_quiet, 3600.0), bench.log)
+        info["loadavg_at_start"] = loadavg().split()
         bench.start()
         bench.run(only)
+        info["loadavg_at_end"] = loadavg().split()
     except KeyboardInterrupt:
         interrupted = True
         bench.log("interrupted: stopping everything")

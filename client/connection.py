@@ -18,6 +18,7 @@ import os
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
 import uuid as uuidlib
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import protocol as P
 from protocol import payloads as pl
-from protocol.constants import SUPPORTED_VERSIONS, EventId, ListFlags
+from protocol.constants import SUPPORTED_VERSIONS, EventId, HelloFlags, ListFlags
 from protocol.fields import Payload
 
 from .domain import Domain
@@ -109,6 +110,7 @@ class Connection:
         self.uri_info = uri
         self.readonly = readonly
         self._sock = sock
+        sock.settimeout(1.0)
         self._proto = P.Connection(P.Role.CLIENT)
         self._serials = itertools.count(1)
         self._call_lock = threading.Lock()
@@ -141,11 +143,15 @@ class Connection:
                                             name="qemud-client-events", daemon=True)
         self._reader.start()
         self._dispatcher.start()
+        flags = int(HelloFlags.READONLY) if readonly else 0
         hello = self._call(P.Procedure.HELLO, pl.HelloArgs(list(SUPPORTED_VERSIONS),
-                                                           client_name), pl.HelloReply)
+                                                           client_name, flags), pl.HelloReply)
         self.protocol_version = hello.version
         self.server_name = hello.server_name
         self.keepalive_interval = float(hello.keepalive_interval)
+        # The socket stays in blocking mode with this timeout for good: toggling it to
+        # non-blocking would break a concurrent sendall() from another thread.
+        self._sock.settimeout(self.keepalive_interval or 1.0)
         if hello.readonly and not readonly:
             self.readonly = True  # e.g. a TLS certificate with the read-only role
 
@@ -158,7 +164,10 @@ class Connection:
             with self._send_lock:
                 self._sock.sendall(data)
         except OSError as exc:
-            self._mark_lost(ConnectionLost(f"connection to {self.uri_info.uri} lost: {exc}"))
+            # The daemon may have refused us (max_clients) with an error frame and closed:
+            # that frame, not "broken pipe", is what the user needs to see.
+            self._mark_lost(self._refusal() or ConnectionLost(
+                f"connection to {self.uri_info.uri} lost: {exc}"))
             assert self._lost is not None
             raise self._lost from None
 
@@ -203,19 +212,48 @@ class Connection:
             self._last_call_end = time.monotonic()
             self._in_call = False
 
+    def _refusal(self) -> QemudClientError | None:
+        """An error frame (serial 0) the daemon left in the socket before closing, if any."""
+        try:
+            ready = _readable([self._sock.fileno()], 0.5)
+            data = self._sock.recv(65536) if ready else b""
+        except (OSError, ValueError):
+            return None
+        probe = P.Connection(P.Role.CLIENT)
+        probe.receive_data(data)
+        try:
+            msg = probe.next_message()
+        except P.ProtocolError:
+            return None
+        if isinstance(msg, P.ErrorReply) and msg.serial == 0:
+            return from_payload(msg.error)
+        return None
+
     def _receive(self, block: bool) -> None:
         """One recv (waiting up to the keepalive check interval if ``block``) + dispatch.
 
         The caller holds ``_rx_lock``.
         """
         sock = self._sock
-        sock.settimeout((self.keepalive_interval or 1.0) if block else 0.0)
         try:
-            data = sock.recv(262144)
+            if block:
+                data = sock.recv(262144)
+            else:
+                # Readable is not "has data" with TLS (a 1.3 session ticket makes the
+                # socket readable and yields no bytes): read without blocking. The timeout
+                # is switched under the send lock so no concurrent sendall() sees it.
+                with self._send_lock:
+                    sock.settimeout(0.0)
+                    try:
+                        data = sock.recv(262144)
+                    finally:
+                        sock.settimeout(self.keepalive_interval or 1.0)
             while hasattr(sock, "pending") and sock.pending():  # TLS: decrypted leftovers
                 data += sock.recv(262144)
         except (TimeoutError, BlockingIOError):
             self._check_keepalive()
+            return
+        except ssl.SSLWantReadError:
             return
         except OSError as exc:
             raise ConnectionLost(f"connection to {self.uri_info.uri} lost: {exc}") from None
@@ -242,8 +280,8 @@ class Connection:
                     continue
                 self._polling = True
                 try:
-                    ready, _, _ = select.select([self._sock, self._wake_r], [], [],
-                                                self.keepalive_interval or 1.0)
+                    ready = _readable([self._sock.fileno(), self._wake_r],
+                                      self.keepalive_interval or 1.0)
                 finally:
                     self._polling = False
                 if self._wake_r in ready:
@@ -256,7 +294,7 @@ class Connection:
                 with self._rx_lock:
                     if self._in_call:
                         continue
-                    if self._sock in ready:
+                    if self._sock.fileno() in ready:
                         self._receive(block=False)
                     else:
                         self._check_keepalive()
@@ -504,6 +542,13 @@ class Connection:
                 return
             yield record
 
+    # -- appliance -----------------------------------------------------------------------
+
+    def hotplug_list(self) -> list[pl.HotplugInfo]:
+        """Host devices matched by the daemon's udev hotplug rules, and where they are
+        attached (``target`` is "" when not attached)."""
+        return self._call(P.Procedure.HOTPLUG_LIST, P.Empty(), pl.HotplugListReply).devices
+
     # -- admin ---------------------------------------------------------------------------
 
     def client_list(self) -> list[pl.ClientInfo]:
@@ -524,6 +569,14 @@ class Connection:
             self._streams.pop(serial, None)
             raise from_payload(reply.error)
         return stream
+
+
+def _readable(fds: list[int], timeout: float) -> set[int]:
+    """The fds of ``fds`` readable within ``timeout`` s (poll: fds >= 1024 work too)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(timeout * 1000)}
 
 
 def params_to_dict(params: list[pl.TypedParam]) -> dict[str, int | float | str]:

@@ -177,6 +177,13 @@ class Domain:
         self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_DELETE,
                          pl.SnapshotArgs(self.ref, name, flags), P.Empty)
 
+    def backup(self, target: str, disk: str = "", flags: int = 0) -> None:
+        """Copy a point-in-time image of ``disk`` (every disk if "") to ``target`` (a file,
+        or a directory for several disks); returns when done, progress comes as
+        ``backup-progress`` appliance events."""
+        self._conn._call(P.Procedure.DOMAIN_BACKUP,
+                         pl.BackupArgs(self.ref, target, disk, flags), P.Empty)
+
     # -- stats ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int | float | str]:

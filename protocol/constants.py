@@ -51,6 +51,14 @@ class KeepaliveProc(enum.IntEnum):
     PONG = 2
 
 
+class HelloFlags(enum.IntFlag):
+    """HELLO flags."""
+
+    #: the client wants a read-only session even where its identity allows more
+    #: (e.g. ``qemush -r`` with a full-role TLS certificate)
+    READONLY = 1
+
+
 class ErrorCode(enum.IntEnum):
     """Error codes; values are libvirt's ``VIR_ERR_*`` where one exists."""
 

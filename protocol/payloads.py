@@ -23,7 +23,6 @@ __all__ = [
     "WatchdogEventMsg", "ApplianceEventMsg", "ClientInfo", "ClientListReply", "ClientIdArgs",
     "StreamChunk", "RenderArgs", "BackupArgs", "ImportArgs", "DeployArgs", "UpdateArgs",
     "ApplianceInfo", "ApplianceListReply", "HotplugInfo", "HotplugListReply",
-    "NodeStatsReply",
 ]
 
 
@@ -45,6 +44,7 @@ class HelloArgs(Payload):
 
     versions: list[U16]
     client_name: Str = ""
+    flags: U32 = 0  # HelloFlags: READONLY = 1 asks for a read-only session on any socket
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,13 @@ import signal
 import socket
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Protocol
 
 from protocol import Procedure
 
 from .config import Config
+from .errors import ConfigError
 from .dispatch import Dispatcher, Handler, HelloPolicy
 from .events import EventBus
 from .handlers import core_handlers
@@ -71,6 +73,8 @@ class Daemon:
 
     def start(self) -> None:
         paths = self.config.paths
+        if self.config.mode == "session":
+            _check_private_parent(paths.run_dir)
         paths.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(paths.run_dir, 0o755)  # the read-only socket must be reachable
         self.lock.acquire()
@@ -165,6 +169,19 @@ class Daemon:
     def _tls_identify(self, transport: object) -> tuple[str, bool]:
         from .tls import identify_tls_client
         return identify_tls_client(self.config, transport)
+
+
+def _check_private_parent(run_dir: Path) -> None:
+    """A session daemon's runtime dir must be ours: without $XDG_RUNTIME_DIR it falls back
+    to /tmp/qemud-$UID, which another user could have created first to take our sockets."""
+    parent = run_dir.parent
+    if parent != Path(f"/tmp/qemud-{os.getuid()}"):
+        return
+    parent.mkdir(mode=0o700, exist_ok=True)
+    st = parent.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ConfigError(f"{parent} is not private to this user (owner uid {st.st_uid}, "
+                          f"mode {st.st_mode & 0o777:o}); remove it or set XDG_RUNTIME_DIR")
 
 
 def _sd_notify(message: str) -> None:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol import Call, ErrorReply, Procedure, Reply, spec_for
-from protocol.constants import ErrorLevel
+from protocol.constants import ErrorLevel, HelloFlags
 from protocol.errors import UnsupportedVersion
 from protocol.fields import Payload
 from protocol.payloads import ErrorPayload, HelloArgs, HelloReply
 
-from .errors import InternalError, NoSupport, OperationDenied, QemudError
+from .errors import InternalError, NoSupport, OperationDenied, OperationInvalid, QemudError
 
 __all__ = ["Deferred", "Dispatcher", "CallContext", "Handler", "error_payload"]
 
@@ -163,6 +163,10 @@ class Dispatcher:
     def _hello(self, ctx: Any, call: Call) -> Reply | ErrorReply:
         args = call.args
         assert isinstance(args, HelloArgs)
+        if ctx.conn.version is not None:
+            exc = OperationInvalid("HELLO was already done on this connection; the protocol "
+                                   "version cannot change mid-connection")
+            return ErrorReply(call.procedure, call.serial, error_payload(exc))
         try:
             version = ctx.conn.accept_hello(args, call.serial)
         except UnsupportedVersion as exc:
@@ -171,6 +175,9 @@ class Dispatcher:
                 code=1001, domain=7, level=int(ErrorLevel.ERROR), message=exc.message))
         if args.client_name:
             ctx.client_name = args.client_name[:200]
+        if args.flags & HelloFlags.READONLY and not ctx.readonly:
+            ctx.readonly = True  # a client may always give up rights, never gain them
+            log.info("client %s: read-only session requested", ctx.id)
         return Reply(call.procedure, call.serial, HelloReply(
             version=version, server_name=self.hello.server_name, readonly=ctx.readonly,
             keepalive_interval=self.hello.keepalive_interval))

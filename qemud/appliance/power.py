@@ -59,7 +59,7 @@ from .metadata import PowerPolicy, read_settings
 if TYPE_CHECKING:
     from qemud.dispatch import Handler
     from qemud.driver.domain import DomainObj
-    from qemud.loop import EventLoop
+    from qemud.loop import EventLoop, Timer
 
     from . import ApplianceContext
 
@@ -67,6 +67,11 @@ __all__ = ["PowerDuty", "ProgramRunner", "install"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
+
+#: how long after a reset the daemon made a guest reset counts as the firmware's...
+SETTLE_TIMEOUT = 5.0
+#: ... and how long after the firmware's last reset
+SETTLE_QUIET = 1.0
 
 
 class ProgramRunner:
@@ -139,6 +144,8 @@ class PowerDuty:
         #: guests that run with set-action reboot=shutdown
         self._reboot_as_shutdown: set[str] = set()
         self._own_reset: set[str] = set()
+        #: uuid -> ("starting" | "settling", timer): a reset is under way (see _settle)
+        self._settle: dict[str, tuple[str, Timer]] = {}
 
     def install(self) -> None:
         self.driver.power_hooks.append(self.on_guest_power)
@@ -200,9 +207,8 @@ class PowerDuty:
             self.events.reboot(dom.ref())
         finally:
             self._own_reset.discard(dom.uuid)
-        monitor.execute("set-action", {"reboot": "reset"})
+        self._begin_settle(dom, "settling")
         reset = monitor.execute("system_reset")
-        monitor.execute("set-action", {"reboot": "shutdown"})
 
         def resume(d: Any) -> None:
             if d.error is not None:
@@ -215,6 +221,39 @@ class PowerDuty:
                     lambda c: log.error("domain %s: cont after reboot failed: %s", dom.name,
                                         c.error.message) if c.error else None)
         reset.add_done_callback(resume)
+
+    # -- resets the daemon does ------------------------------------------------------------
+    #
+    # With set-action reboot=shutdown, QEMU turns *every* reset into a shutdown, the ones
+    # the host asks for (system_reset) included. And after a warm reset SeaBIOS resets the
+    # machine again (a "hard reboot": two guest resets ~0.1 s later). So around a reset
+    # the daemon makes (qemush reboot, a reboot in place) the guest runs with reboot=reset
+    # until those firmware resets went by (SETTLE_QUIET after the last one, SETTLE_TIMEOUT
+    # if none comes); a guest reset in that window is the firmware's, not a guest reboot.
+
+    def _begin_settle(self, dom: DomainObj, state: str) -> None:
+        old = self._settle.pop(dom.uuid, None)
+        if old is not None:
+            old[1].cancel()
+        elif dom.uuid in self._reboot_as_shutdown and dom.monitor is not None:
+            dom.monitor.execute("set-action", {"reboot": "reset"})
+        uuid = dom.uuid
+        timer = self.loop.call_later(SETTLE_TIMEOUT, lambda: self._end_settle(dom, uuid))
+        self._settle[uuid] = (state, timer)
+
+    def _end_settle(self, dom: DomainObj, uuid: str) -> None:
+        entry = self._settle.pop(uuid, None)
+        if entry is None:
+            return
+        entry[1].cancel()
+        if uuid in self._reboot_as_shutdown and dom.monitor is not None and \
+                not dom.monitor.closed:
+            dom.monitor.execute("set-action", {"reboot": "shutdown"})
+
+    def _promote(self, uuid: str) -> None:
+        entry = self._settle.get(uuid)
+        if entry is not None and entry[0] == "starting":
+            self._settle[uuid] = ("settling", entry[1])
 
     # -- driver hooks --------------------------------------------------------------------
 
@@ -246,10 +285,23 @@ class PowerDuty:
         return True
 
     def on_guest_reset(self, dom: DomainObj, reason: str) -> bool:
-        """A guest reset QEMU did by itself: set-action did not get there first."""
+        """A guest reset QEMU did by itself: the firmware's after a reset the daemon made,
+        or a reboot that came before set-action got through."""
+        entry = self._settle.get(dom.uuid)
+        if entry is not None and entry[0] == "settling":
+            # the firmware's (SeaBIOS resets twice, 20 ms apart): the window closes once
+            # resets have been quiet for SETTLE_QUIET
+            log.debug("domain %s: firmware reset after a host reset", dom.name)
+            entry[1].cancel()
+            uuid = dom.uuid
+            self._settle[uuid] = ("settling", self.loop.call_later(
+                SETTLE_QUIET, lambda: self._end_settle(dom, uuid)))
+            return True
         policy = self.policy(dom)
         if policy is None or policy.guest_reboot == "default":
             return False
+        # the firmware resets once more after this one: not a second reboot
+        self._begin_settle(dom, "settling")
         action = policy.guest_reboot
         log.info("domain %s: guest reset before set-action applied; policy %s", dom.name,
                  action)
@@ -268,6 +320,9 @@ class PowerDuty:
 
     def on_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
         self._reboot_as_shutdown.discard(dom.uuid)
+        entry = self._settle.pop(dom.uuid, None)
+        if entry is not None:
+            entry[1].cancel()
         then = self._after_stop.pop(dom.uuid, None)
         if then is not None:
             then(dom)
@@ -308,18 +363,18 @@ class PowerDuty:
                                       dom.name))
 
     def _host_reset(self, ref: DomainRef) -> None:
-        """The driver is about to reset the guest (qemush reboot): with reboot=shutdown,
-        QEMU would turn that reset into a shutdown. The driver sends system_reset right
-        after emitting the REBOOT event, so reset=reset goes first and the old action is
-        put back once the driver's command is queued."""
+        """A reboot event: the driver is about to reset the guest (qemush reboot: it sends
+        system_reset right after emitting the event, so reboot=reset gets there first), or
+        QEMU reset it (then on_guest_reset follows at once, in this same event)."""
         dom = self._find(ref)
-        if dom is None or dom.uuid not in self._reboot_as_shutdown or \
-                dom.uuid in self._own_reset or dom.monitor is None:
+        if dom is None or dom.uuid in self._own_reset or dom.monitor is None or \
+                dom.uuid in self._settle:
             return
-        monitor = dom.monitor
-        monitor.execute("set-action", {"reboot": "reset"})
-        self.loop.call_soon(lambda: monitor.execute("set-action", {"reboot": "shutdown"})
-                            if not monitor.closed else None)
+        if dom.uuid not in self._reboot_as_shutdown:
+            return
+        self._begin_settle(dom, "starting")
+        uuid = dom.uuid
+        self.loop.call_soon(lambda: self._promote(uuid))
 
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:

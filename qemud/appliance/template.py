@@ -392,14 +392,17 @@ def _substitute(text: str, names: Mapping[str, Value], where: str) -> str:
     return _PLACEHOLDER_RE.sub(one, text)
 
 
-def _formulas(root: etree._Element, names: dict[str, Value]) -> None:
-    for section in list(root.iter(f"{_Q}formulas")):
+def _formulas(root: etree._Element, names: dict[str, Value]) -> list[etree._Element]:
+    """Evaluate every <qemud:set> into ``names``; returns the sections (removed later)."""
+    sections = list(root.iter(f"{_Q}formulas"))
+    for section in sections:
         for child in section:
-            if not isinstance(child.tag, str):
-                continue
+            if not isinstance(child.tag, str) or child.tag in (f"{_Q}nics", f"{_Q}smbios"):
+                continue  # comments; directives may live here too
             if child.tag != f"{_Q}set":
                 raise TemplateError(f"{_where(child)}: unexpected element in qemud:formulas "
-                                    "(only <qemud:set name=... value=...>)")
+                                    "(<qemud:set name=... value=...>, <qemud:nics>, "
+                                    "<qemud:smbios>)")
             name, value = child.get("name"), child.get("value")
             if not name or value is None:
                 raise TemplateError(f"{_where(child)}: <qemud:set> needs name and value "
@@ -413,7 +416,7 @@ def _formulas(root: etree._Element, names: dict[str, Value]) -> None:
             except ExpressionError as exc:
                 raise TemplateError(f"formula '{name}' (value \"{value}\"), position "
                                     f"{exc.position}: {exc.message}") from None
-        _remove(section)
+    return sections
 
 
 def _remove(node: etree._Element) -> None:
@@ -550,18 +553,18 @@ def render(template: str, host: HostInventory, reserve_mib: int = 512) -> str:
     if root.tag != "domain":
         raise TemplateError(f"template: expected a <domain> document, got <{root.tag}>")
     names = host_names(host, reserve_mib)
-    _formulas(root, names)
-    _nics(root, host)
-    _smbios(root, host)
+    sections = _formulas(root, names)
     leftover = next((el for el in root.iter() if isinstance(el.tag, str) and
-                     el.tag.startswith(_Q) and el.getparent() is not None and
-                     _outside_metadata(el)), None)
+                     el.tag.startswith(_Q) and _outside_metadata(el) and el.tag not in
+                     (f"{_Q}nics", f"{_Q}smbios")), None)
     if leftover is not None:
         raise TemplateError(f"{_where(leftover)}: unknown template directive "
                             f"<qemud:{etree.QName(leftover).localname}> (known: formulas, "
                             "nics, smbios)")
+    # placeholders first, so the content the directives generate (DMI strings) is
+    # never taken for a placeholder
     for el in root.iter():
-        if not isinstance(el.tag, str):
+        if not isinstance(el.tag, str) or el.tag == f"{_Q}set":
             continue
         where = _where(el)
         if el.text and "{{" in el.text:
@@ -571,6 +574,10 @@ def render(template: str, host: HostInventory, reserve_mib: int = 512) -> str:
         for attr, value in el.attrib.items():
             if "{{" in value:
                 el.set(attr, _substitute(value, names, f"{where}/@{attr}"))
+    _nics(root, host)
+    _smbios(root, host)
+    for section in sections:
+        _remove(section)
     etree.cleanup_namespaces(root)
     for el in root.iter():  # whitespace left by removed elements: let serialize re-indent
         if isinstance(el.tag, str) and len(el):

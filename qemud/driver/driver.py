@@ -37,6 +37,7 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.qemu.capabilities import Capabilities, probe_capabilities
+from qemud.qemu.qmp import QMPEvent
 
 from .console import ConsoleManager
 from .devices import Devices
@@ -92,6 +93,8 @@ class QemuDriver:
         self.start_hooks: list[Callable[[DomainObj, DomainDef], None]] = []
         #: extra DOMAIN_STATS params of a domain (the heartbeat state)
         self.stats_hooks: list[Callable[[DomainObj], list[pl.TypedParam]]] = []
+        #: every QMP event of every guest, before the driver's own handling (block jobs)
+        self.qmp_event_hooks: list[Callable[[DomainObj, QMPEvent], None]] = []
         self._restart_after_stop: set[str] = set()
 
     # -- daemon interface ----------------------------------------------------------------

@@ -283,6 +283,11 @@ class Lifecycle:
     # -- QMP events ----------------------------------------------------------------------
 
     def _on_qmp_event(self, dom: DomainObj, event: QMPEvent) -> None:
+        for hook in list(self.driver.qmp_event_hooks):
+            try:
+                hook(dom, event)
+            except Exception:
+                log.exception("domain %s: QMP event hook failed on %s", dom.name, event.name)
         data = event.data
         name = event.name
         if name == "SHUTDOWN":

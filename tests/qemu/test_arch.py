@@ -463,9 +463,7 @@ def test_disk_placement_per_bus() -> None:
 
 def test_controllers_only_for_buses_in_use() -> None:
     x86 = get_strategy("x86_64")
-    q35 = dom_for(
-        "x86_64", machine="q35", disks=[FakeDisk("sda", "sata"), FakeDisk("sdb", "scsi")]
-    )
+    q35 = dom_for("x86_64", machine="q35", disks=[FakeDisk("sda", "sata"), FakeDisk("sdb", "scsi")])
     assert x86.controller_args(q35) == ["-device", "virtio-scsi-pci,id=scsi0"]
     pc = dom_for("x86_64", machine="pc", disks=[FakeDisk("sda", "sata"), FakeDisk("sdb", "usb")])
     assert x86.controller_args(pc) == [

@@ -46,7 +46,7 @@ def test_minimal_x86_64() -> None:
         "-chardev", "socket,id=charmonitor,path=/run/qemud/guest/monitor.sock,server=on,wait=off",
         "-mon", "chardev=charmonitor,id=monitor,mode=control",
         "-pidfile", "/run/qemud/guest/qemu.pid",
-        "-machine", "q35,accel=tcg",
+        "-machine", "pc,accel=tcg",
         "-cpu", "qemu64",
         "-m", "size=131072k",
         "-smp", "1",
@@ -100,6 +100,28 @@ def test_argv_text_format() -> None:
 # -- accelerator, emulator, machine ----------------------------------------------------
 
 
+def test_x86_64_default_machine_is_pc_and_a_cdrom_without_bus_is_on_its_ide() -> None:
+    assert get_strategy("x86_64").table.default_machine == "pc"
+    dom = FakeDomain(
+        disks=[
+            # no bus and a name that implies none: the machine's cdrom bus
+            FakeDisk("xvda", device="cdrom", source="/iso/a.iso"),
+            FakeDisk("hdd", device="cdrom", source=None),
+        ]
+    )
+    args = argv(dom)
+    assert option(args, "-machine") == ["pc,accel=tcg"]
+    # i440FX's built-in PIIX IDE (ide.0/ide.1, two units each): no controller is added
+    assert option(args, "-device") == [
+        "ide-cd,bus=ide.0,unit=0,drive=drive-xvda-format,id=disk-xvda",
+        "ide-cd,bus=ide.1,unit=1,id=disk-hdd",
+    ]
+    get_strategy("x86_64").fill_defaults(dom)
+    assert (dom.os.arch, dom.os.machine) == ("x86_64", "pc")
+    assert [d.target_bus for d in dom.disks] == ["ide", "ide"]
+    assert argv(dom) == args
+
+
 def test_kvm_requires_a_usable_kvm() -> None:
     with pytest.raises(AccelUnavailable) as info:
         argv(FakeDomain(type="kvm"))
@@ -109,7 +131,7 @@ def test_kvm_requires_a_usable_kvm() -> None:
 
 def test_kvm_when_usable() -> None:
     args = argv(FakeDomain(type="kvm"), kvm=True)
-    assert option(args, "-machine") == ["q35,accel=kvm"]
+    assert option(args, "-machine") == ["pc,accel=kvm"]
     assert option(args, "-cpu") == ["host"]
 
 
@@ -238,10 +260,11 @@ def test_readonly_block_device_and_raw_default() -> None:
 def test_cdroms() -> None:
     args = argv(
         FakeDomain(
+            os=FakeOS(machine="q35"),
             disks=[
                 FakeDisk("sda", device="cdrom", target_bus="sata", source="/iso/a.iso"),
                 FakeDisk("sdb", device="cdrom", target_bus="sata", source=None),
-            ]
+            ],
         )
     )
     blockdevs = [json.loads(v) for v in option(args, "-blockdev")]

@@ -256,7 +256,7 @@ def test_kvm_guest_only_when_the_probe_says_so(
 def test_x86_64_default_machine_boots_the_test_guest(
     caps: Capabilities, tmp_path: Path, start: Any
 ) -> None:
-    """The table's x86_64 defaults (q35, qemu64, isa-serial) boot a real kernel."""
+    """The table's x86_64 defaults (pc, qemu64, isa-serial) boot a real kernel."""
     need(caps, "x86_64")
     serial_log = tmp_path / "serial.log"
     dom = conf.parse_domain_xml(f"""

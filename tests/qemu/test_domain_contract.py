@@ -69,7 +69,7 @@ def test_fill_defaults_writes_through_to_the_xml() -> None:
     dom.assign_missing_ids()
     get_strategy("x86_64").fill_defaults(dom)
     reparsed = conf.parse_domain_xml(dom.to_xml())
-    assert reparsed.os.machine == "q35"
+    assert reparsed.os.machine == "pc"
     assert reparsed.disks[0].target_bus == "scsi"
     assert reparsed.interfaces[0].model == "virtio"
     ppc = conf.parse_domain_xml(

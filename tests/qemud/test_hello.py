@@ -187,4 +187,6 @@ def test_hello_reply_fields(shared_daemon) -> None:
         h = c.hello_reply
         assert h.server_name.startswith("qemud ") and h.readonly is False
         assert h.keepalive_interval == 5  # the default limits.keepalive_interval
-        assert isinstance(c.call(Procedure.HELLO, HelloArgs([CURRENT_VERSION])), Reply)
+        # a second HELLO (accepted or refused) leaves the connection usable
+        c.call(Procedure.HELLO, HelloArgs([CURRENT_VERSION]))
+        assert isinstance(c.call(Procedure.NODE_INFO), Reply)

@@ -163,7 +163,7 @@ def test_steady_traffic_never_hits_frame_deadline(quiet_daemon) -> None:
 def test_oversized_frame_gets_error_then_close(daemon_factory) -> None:
     d = daemon_factory(config={"limits": {"max_frame": 4096, "max_queued_bytes": 2048,
                                           "keepalive_interval": 0}})
-    with RawClient(d.rw_socket) as c:
+    with RawClient(d.rw_socket, hello=False) as c:
         # exactly max_frame is fine (HELLO's client_name pads it)
         base = len(c.proto.send(Call(Procedure.HELLO, 50, HelloArgs([1], ""))))
         big_hello = c.proto.send(Call(Procedure.HELLO, 50, HelloArgs([1], "x" * (4096 - base))))

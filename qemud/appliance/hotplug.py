@@ -1,0 +1,748 @@
+"""udev hotplug: host block devices handed to guests as they come and go.
+
+Rules (a TOML file, ``appliance.hotplug_rules``; ``""`` is ``<config_dir>/hotplug.toml``)
+say which host block devices go to which guest, and how::
+
+    [[rule]]
+    name = "usb-storage"
+    match = { ID_BUS = "usb", DEVTYPE = "disk" }   # udev properties; fnmatch globs
+    domain = "appliance1"
+    target = "virtio-disk"        # or "cdrom:hdc": mirror the medium into CD-ROM hdc
+    readonly = false
+
+The first rule whose every ``match`` entry matches a device's udev property (exactly, or
+as an ``fnmatch`` glob; a missing property never matches) wins. A bad rule is a start-up
+error naming the rule and the key. The full format is in docs/HOTPLUG.md.
+
+How it runs, inside the daemon's one loop:
+
+* a pyudev netlink monitor (source ``udev`` when udevd runs, i.e. ``/run/udev/control``
+  exists, else the kernel's own uevents), filtered to subsystem ``block``, is one more
+  fd in the loop; its handler drains it with ``poll(timeout=0)``.
+* every host device matching a rule is tracked. Whether it is attached is never stored
+  separately: it is read from the guest's live definition (a disk whose source is the
+  device; for a CD-ROM rule, the CD-ROM whose source it is), which the driver keeps and
+  which survives daemon restarts.
+* a device with a medium (``size`` in sysfs > 0; for CD-ROMs ``ID_CDROM_MEDIA`` when udev
+  provides it) whose guest runs is hot-added as a virtio disk on the first free ``vdX``
+  of the live definition (``Devices.attach``, AFFECT_LIVE), or for ``cdrom:`` rules put
+  into that CD-ROM (``Devices.change_media``). A device that loses its medium or goes
+  away (``remove``) is detached cleanly (device_del, then the block nodes), or ejected.
+* loop devices: ``losetup`` raises ``add``/``change`` before and after the backing file
+  is attached, so only the size counts. ``losetup -d`` on a device QEMU holds open only
+  sets the kernel's auto-clear flag and raises no uevent until the last close, so while
+  a loop device is attached the daemon reads its ``loop/autoclear`` every second; the
+  flag turning on counts as removal.
+* devices present when a guest starts are attached then (LIFECYCLE STARTED, after a fresh
+  enumeration with ``Context.list_devices``), and at daemon start for running guests once
+  their monitor is back. What the daemon attached is also recorded in
+  ``<run_dir>/hotplug.json``, so a device that vanished while the daemon was down is
+  detached when it comes back.
+* never attached: a device (or one of its partitions) mounted, used as swap or held by
+  another block device (dm, md) on the host: that is a ``hotplug-failed`` event.
+
+Every attach/detach emits an appliance event ``hotplug-attached`` / ``hotplug-detached``
+("/dev/loop3 as vdb") and writes an audit line; a failure is logged with its cause and
+emitted as ``hotplug-failed`` ("attach /dev/loop3 as vdb: <cause>"), and the same action is
+not retried for that device until its next uevent or the guest's next start.
+HOTPLUG_LIST lists every matched host device: rule, device, domain, target, attached.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import Procedure
+from protocol import payloads as pl
+from protocol.constants import EventId, LifecycleEvent
+from qemud.dispatch import Deferred
+from qemud.driver.devices import AFFECT_LIVE
+from qemud.errors import ConfigError, QemudError
+from qemud.loop import Timer
+
+if TYPE_CHECKING:
+    from qemud.dispatch import Handler
+    from qemud.driver.domain import DomainObj
+
+    from . import ApplianceContext
+
+__all__ = ["Rule", "HostDevice", "HotplugDuty", "parse_rules", "load_rules", "first_match",
+           "target_name", "next_target", "install", "DISK_TARGET"]
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("qemud.audit")
+
+DISK_TARGET = "virtio-disk"
+RULE_KEYS = ("name", "match", "domain", "target", "readonly")
+_CDROM_TARGET = re.compile(r"cdrom:((?:hd|sd|vd|xvd)[a-z]+)")
+_RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]*")
+#: seconds between reads of loop/autoclear of attached loop devices
+LOOP_POLL = 1.0
+#: how long to wait for the monitor of a guest re-attached at daemon start
+READY_TIMEOUT = 60.0
+READY_RETRY = 0.2
+#: uevents handled per wake-up (the rest on the next one: other fds get their turn)
+MAX_UEVENTS = 256
+STATE_FILE = "hotplug.json"
+
+
+# -- rules -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: tuple[tuple[str, str], ...]
+    domain: str
+    target: str = DISK_TARGET
+    readonly: bool = False
+
+    @property
+    def cdrom(self) -> str | None:
+        """The guest CD-ROM target of a ``cdrom:`` rule, None for a disk rule."""
+        m = _CDROM_TARGET.fullmatch(self.target)
+        return m.group(1) if m else None
+
+    def matches(self, properties: Mapping[str, str]) -> bool:
+        for key, pattern in self.match:
+            value = properties.get(key)
+            if value is None or not fnmatch.fnmatchcase(str(value), pattern):
+                return False
+        return True
+
+
+def parse_rules(text: str, source: str = "hotplug rules") -> list[Rule]:
+    """The rules of a TOML text; ConfigError naming the rule and the key if one is bad."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    unknown = sorted(set(data) - {"rule"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (rules are [[rule]] tables)")
+    entries = data.get("rule", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries, 1):
+        rules.append(_parse_rule(entry, index, source, seen))
+    return rules
+
+
+def _parse_rule(entry: dict[str, Any], index: int, source: str, seen: set[str]) -> Rule:
+    name = entry.get("name")
+    label = f"rule #{index}" + (f" ({name!r})" if isinstance(name, str) else "")
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: {label}: key {key!r} {why}")
+
+    for key in entry:
+        if key not in RULE_KEYS:
+            raise bad(key, f"is unknown (known: {', '.join(RULE_KEYS)})")
+    for key in ("name", "match", "domain"):
+        if key not in entry:
+            raise bad(key, "is missing")
+    if not isinstance(name, str) or not _RULE_NAME.fullmatch(name):
+        raise bad("name", f"must be a non-empty name (letters, digits, '_.:@+-'), got "
+                          f"{name!r}")
+    if name in seen:
+        raise bad("name", "is used by an earlier rule")
+    seen.add(name)
+    match = entry["match"]
+    if not isinstance(match, dict) or not match:
+        raise bad("match", "must be a non-empty table of udev properties, e.g. "
+                           "{ ID_BUS = \"usb\", DEVTYPE = \"disk\" } (an empty match would "
+                           "take every block device of the host)")
+    for prop, pattern in match.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise bad("match", f"entry {prop!r} must be a non-empty string (an exact value "
+                               f"or an fnmatch glob), got {pattern!r}")
+    domain = entry["domain"]
+    if not isinstance(domain, str) or not domain:
+        raise bad("domain", f"must be a domain name, got {domain!r}")
+    target = entry.get("target", DISK_TARGET)
+    if not isinstance(target, str) or not (target == DISK_TARGET or
+                                           _CDROM_TARGET.fullmatch(target)):
+        raise bad("target", f"must be {DISK_TARGET!r} or 'cdrom:<CD-ROM target dev>' such "
+                            f"as 'cdrom:hdc', got {target!r}")
+    readonly = entry.get("readonly", False)
+    if not isinstance(readonly, bool):
+        raise bad("readonly", f"must be true or false, got {readonly!r}")
+    return Rule(name=name, match=tuple(sorted(match.items())), domain=domain, target=target,
+                readonly=readonly)
+
+
+def load_rules(path: Path, required: bool = True) -> list[Rule]:
+    """Rules of ``path``; a missing file is no rules unless ``required``."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"hotplug rules file {path} does not exist "
+                              "(appliance.hotplug_rules)") from None
+        return []
+    except OSError as exc:
+        raise ConfigError(f"cannot read hotplug rules file {path}: "
+                          f"{exc.strerror or exc}") from None
+    return parse_rules(text, f"hotplug rules {path}")
+
+
+def first_match(rules: Iterable[Rule], properties: Mapping[str, str]) -> Rule | None:
+    for rule in rules:
+        if rule.matches(properties):
+            return rule
+    return None
+
+
+def target_name(index: int, prefix: str = "vd") -> str:
+    """libvirt's disk names: 0 -> vda, 25 -> vdz, 26 -> vdaa, 701 -> vdzz, 702 -> vdaaa."""
+    letters = ""
+    index += 1
+    while index > 0:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return prefix + letters
+
+
+def next_target(used: Iterable[str], prefix: str = "vd") -> str:
+    taken = set(used)
+    index = 0
+    while target_name(index, prefix) in taken:
+        index += 1
+    return target_name(index, prefix)
+
+
+# -- host devices ----------------------------------------------------------------------
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class HostDevice:
+    """A host block device one of the rules matched."""
+
+    devname: str  # /dev/loop3
+    sys_path: str  # /sys/devices/virtual/block/loop3
+    rule: Rule
+    size: int = 0  # 512-byte sectors
+    cdrom_media: str | None = None  # udev's ID_CDROM_MEDIA, when udev provides it
+    present: bool = True
+    released: bool = False  # a loop device detached on the host (auto-clear set)
+    autoclear: bool = False  # loop/autoclear when its medium appeared
+    busy: bool = False  # an attach/detach/media change in flight
+    failed: str = ""  # the action that failed; not retried before a new uevent
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sys_name(self) -> str:
+        return os.path.basename(self.sys_path)
+
+    @property
+    def is_loop(self) -> bool:
+        return self.sys_name.startswith("loop")
+
+    @property
+    def has_medium(self) -> bool:
+        if not self.present or self.released:
+            return False
+        if self.cdrom_media is not None:
+            return self.cdrom_media == "1" and self.size > 0
+        return self.size > 0
+
+    def refresh_size(self) -> None:
+        self.size = _read_int(Path(self.sys_path) / "size") or 0
+
+    def read_autoclear(self) -> bool:
+        return bool(_read_int(Path(self.sys_path) / "loop" / "autoclear"))
+
+    def host_use(self) -> str | None:
+        """Why the host itself uses this device (mounted, swap, held), or None."""
+        sys_path = Path(self.sys_path)
+        nodes = {self.devname}
+        dirs = [sys_path]
+        try:
+            for child in sys_path.iterdir():
+                if (child / "partition").exists():
+                    nodes.add("/dev/" + child.name)
+                    dirs.append(child)
+        except OSError:
+            pass
+        for d in dirs:
+            try:
+                holders = sorted(p.name for p in (d / "holders").iterdir())
+            except OSError:
+                holders = []
+            if holders:
+                return f"held by {', '.join(holders)} on the host"
+        real = {os.path.realpath(n) for n in nodes}
+        for table in ("/proc/self/mounts", "/proc/swaps"):
+            try:
+                lines = Path(table).read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if not fields or not fields[0].startswith("/dev/") or \
+                        os.path.realpath(fields[0]) not in real:
+                    continue
+                if table == "/proc/swaps":
+                    return f"{fields[0]} is used as swap on the host"
+                return f"{fields[0]} is mounted on {fields[1]} on the host"
+        return None
+
+
+def _device_properties(device: Any) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in device.properties.items()}
+    except Exception:  # a device removed while being read
+        return {}
+
+
+# -- the duty --------------------------------------------------------------------------
+
+
+class HotplugDuty:
+    def __init__(self, ctx: ApplianceContext, rules: list[Rule]) -> None:
+        self.driver = ctx.driver
+        self.loop = ctx.driver.loop
+        self.events = ctx.driver.events
+        self.config = ctx.daemon.config
+        self.rules = rules
+        self.devices: dict[str, HostDevice] = {}  # by devname
+        self.context: Any = None  # pyudev.Context
+        self.monitor: Any = None  # pyudev.Monitor
+        self.source = ""
+        self._reserved: dict[str, set[str]] = {}  # domain uuid -> targets being attached
+        self._poll_timer: Timer | None = None
+        self.state_path = self.config.paths.run_dir / STATE_FILE
+        #: devices the daemon attached: devname -> (rule, domain uuid, target)
+        self._ours: dict[str, tuple[str, str, str]] = {}
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def install(self) -> None:
+        import pyudev
+        self.context = pyudev.Context()
+        self.events.add_listener(self.on_event)
+        self._open_monitor(pyudev)
+        self._load_state()
+        self.scan()
+        for dom in list(self.driver.registry):  # guests re-attached after a daemon restart
+            if dom.active and dom.name in {r.domain for r in self.rules}:
+                self._when_ready(dom, lambda d: self.reconcile_domain(d, fresh=True))
+        log.info("hotplug: %d rule(s), %s uevents, %d matching device(s) now", len(self.rules),
+                 self.source or "no", len(self.devices))
+
+    def _open_monitor(self, pyudev: Any) -> None:
+        sources = ["udev", "kernel"] if Path("/run/udev/control").exists() else ["kernel"]
+        errors = []
+        for source in sources:
+            try:
+                monitor = pyudev.Monitor.from_netlink(self.context, source=source)
+                monitor.filter_by("block")
+                try:
+                    monitor.set_receive_buffer_size(4 * 1024 * 1024)
+                except Exception:  # needs CAP_NET_ADMIN; the default still works
+                    pass
+                monitor.start()
+            except Exception as exc:
+                errors.append(f"{source}: {exc}")
+                continue
+            self.monitor, self.source = monitor, source
+            self.loop.add_reader(monitor.fileno(), self._on_uevents)
+            log.debug("hotplug: listening to %s uevents of subsystem block", source)
+            return
+        log.error("hotplug: cannot listen to uevents (%s): devices are attached only when "
+                  "their guest starts", "; ".join(errors))
+
+    def handlers(self) -> dict[Procedure, Handler]:
+        return {Procedure.HOTPLUG_LIST: self._list}
+
+    # -- state file (what we attached, for daemon restarts) ------------------------------
+
+    def _load_state(self) -> None:
+        try:
+            entries = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("hotplug: ignoring %s: %s", self.state_path, exc)
+            return
+        rules = {r.name: r for r in self.rules}
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                devname, rule_name = str(entry["device"]), str(entry["rule"])
+                uuid, target = str(entry["uuid"]), str(entry["target"])
+            except (KeyError, TypeError):
+                continue
+            try:
+                dom = self.driver.registry.by_uuid(uuid)
+            except QemudError:
+                continue
+            if not dom.active:
+                continue
+            self._ours[devname] = (rule_name, uuid, target)
+            rule = rules.get(rule_name) or Rule(rule_name, (), dom.name)
+            # present=False until the enumeration finds it: gone while we were down
+            self.devices[devname] = HostDevice(devname, f"/sys/class/block/"
+                                               f"{os.path.basename(devname)}", rule,
+                                               present=False)
+
+    def _save_state(self) -> None:
+        entries = [{"device": dev, "rule": rule, "uuid": uuid, "target": target}
+                   for dev, (rule, uuid, target) in sorted(self._ours.items())]
+        tmp = self.state_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(entries, indent=1) + "\n")
+            tmp.replace(self.state_path)
+        except OSError as exc:
+            log.error("hotplug: cannot write %s: %s", self.state_path, exc)
+
+    # -- uevents -------------------------------------------------------------------------
+
+    def _on_uevents(self) -> None:
+        for _ in range(MAX_UEVENTS):
+            try:
+                device = self.monitor.poll(timeout=0)
+            except OSError as exc:  # ENOBUFS: uevents were lost; look at sysfs again
+                log.warning("hotplug: uevent receive failed (%s): rescanning", exc)
+                self.scan()
+                self.reconcile_all()
+                return
+            if device is None:
+                return
+            self.on_device(device.action or "change", device)
+
+    def on_device(self, action: str, device: Any) -> None:
+        """One uevent (or one device of an enumeration, ``action`` "scan")."""
+        properties = _device_properties(device)
+        devname = properties.get("DEVNAME") or (device.device_node or "")
+        if not devname:
+            return
+        known = self.devices.get(devname)
+        if action == "remove":
+            if known is not None:
+                log.info("hotplug: %s removed", devname)
+                known.present = False
+                known.failed = ""
+                self.reconcile(known)
+            return
+        rule = first_match(self.rules, properties)
+        if rule is None:
+            if known is not None and known.rule.match:  # it no longer matches: gone for us
+                known.present = False
+                self.reconcile(known)
+            elif action != "scan":
+                log.debug("hotplug: %s %s matches no rule: ignored", action, devname)
+            return
+        if known is None or not known.rule.match:
+            known = self.devices[devname] = HostDevice(devname, str(device.sys_path), rule)
+        had_medium = known.has_medium
+        known.present = True
+        known.properties = properties
+        known.sys_path = str(device.sys_path)
+        known.cdrom_media = properties.get("ID_CDROM_MEDIA")
+        known.refresh_size()
+        if known.size == 0:
+            known.released = False
+        if known.has_medium and not had_medium and known.is_loop:
+            known.autoclear = known.read_autoclear()
+        if action != "scan":
+            known.failed = ""
+            log.info("hotplug: %s %s (rule %s, %d sectors)", action, devname, rule.name,
+                     known.size)
+        self.reconcile(known)
+
+    def scan(self) -> None:
+        """Enumerate the block devices of the host now (sysfs, no uevent needed)."""
+        seen: set[str] = set()
+        try:
+            devices = list(self.context.list_devices(subsystem="block"))
+        except Exception as exc:
+            log.error("hotplug: cannot enumerate block devices: %s", exc)
+            return
+        for device in devices:
+            self.on_device("scan", device)
+            seen.add(_device_properties(device).get("DEVNAME") or device.device_node or "")
+        for devname, known in list(self.devices.items()):
+            if devname not in seen and known.present:
+                known.present = False
+                self.reconcile(known)
+
+    # -- guests --------------------------------------------------------------------------
+
+    def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[object, ...]) -> None:
+        if event_id != EventId.LIFECYCLE or not data:
+            return
+        if data[0] == LifecycleEvent.STARTED:
+            dom = self._find(ref.name)
+            if dom is not None and dom.name in {r.domain for r in self.rules}:
+                self.reconcile_domain(dom, fresh=True)
+        elif data[0] == LifecycleEvent.STOPPED:
+            self._reserved.pop(_uuid_str(ref.uuid), None)
+            changed = False
+            for devname, (_, uuid, _) in list(self._ours.items()):
+                if uuid == _uuid_str(ref.uuid):
+                    del self._ours[devname]
+                    changed = True
+            if changed:
+                self._save_state()
+            for known in list(self.devices.values()):
+                if known.rule.domain == ref.name:
+                    self._forget_if_done(known)
+
+    def reconcile_domain(self, dom: DomainObj, fresh: bool) -> None:
+        if fresh:
+            for known in self.devices.values():
+                if known.rule.domain == dom.name:
+                    known.failed = ""
+            self.scan()
+        for known in list(self.devices.values()):
+            if known.rule.domain == dom.name:
+                self.reconcile(known)
+
+    def reconcile_all(self) -> None:
+        for known in list(self.devices.values()):
+            self.reconcile(known)
+
+    def _find(self, name: str) -> DomainObj | None:
+        try:
+            return self.driver.registry.by_name(name)
+        except QemudError:
+            return None
+
+    @staticmethod
+    def _ready(dom: DomainObj | None) -> bool:
+        monitor = dom.monitor if dom is not None else None
+        if dom is None or not dom.active or dom.live is None or monitor is None or \
+                monitor.closed or monitor.sock is None:
+            return False
+        ready = getattr(monitor, "_ready", None)  # QMP negotiated (see _when_ready)
+        return ready is None or (ready.done and ready.error is None)
+
+    def _when_ready(self, dom: DomainObj, then: Callable[[DomainObj], None],
+                    waited: float = 0.0) -> None:
+        """Run ``then`` once the QMP monitor of a re-attached guest is negotiated."""
+        if self._ready(dom):
+            then(dom)
+            return
+        if not dom.active or waited >= READY_TIMEOUT:
+            if dom.active:
+                log.warning("hotplug: monitor of %s not ready after %g s: its devices are "
+                            "handled from its next uevent", dom.name, waited)
+            return
+        self.loop.call_later(READY_RETRY, lambda: self._when_ready(dom, then,
+                                                                   waited + READY_RETRY))
+
+    def attached_target(self, dom: DomainObj | None, known: HostDevice) -> str | None:
+        """The guest target the device is attached as (from the live definition)."""
+        if dom is None or not dom.active or dom.live is None:
+            return None
+        cdrom = known.rule.cdrom
+        for disk in dom.live.disks:
+            if cdrom is not None:
+                if disk.target_dev == cdrom and disk.device == "cdrom" and \
+                        disk.source == known.devname:
+                    return str(disk.target_dev)
+            elif disk.device == "disk" and disk.source == known.devname:
+                return str(disk.target_dev)
+        return None
+
+    # -- reconciling: what should be vs what is ------------------------------------------
+
+    def reconcile(self, known: HostDevice) -> None:
+        if known.busy:
+            return
+        dom = self._find(known.rule.domain)
+        if dom is not None and self._ready(dom):
+            target = self.attached_target(dom, known)
+            if known.has_medium and target is None and known.failed != "attach":
+                self._attach(dom, known)
+            elif not known.has_medium and target is not None and known.failed != "detach":
+                self._detach(dom, known, target)
+        self._forget_if_done(known)
+        self._arm_poll()
+
+    def _forget_if_done(self, known: HostDevice) -> None:
+        if known.present or known.busy:
+            return
+        if self.attached_target(self._find(known.rule.domain), known) is None:
+            self.devices.pop(known.devname, None)
+
+    def _attach(self, dom: DomainObj, known: HostDevice) -> None:
+        cdrom = known.rule.cdrom
+        reserved = self._reserved.setdefault(dom.uuid, set())
+        assert dom.live is not None
+        if cdrom is not None:
+            target = cdrom
+        else:
+            target = next_target([str(d.target_dev) for d in dom.live.disks] + list(reserved))
+        why = known.host_use()
+        if why is not None:
+            self._failed(dom, known, "attach", target, why)
+            return
+        if cdrom is not None:
+            self._run(dom, known, "attach", target, lambda: self.driver.devices.change_media(
+                dom, cdrom, known.devname, AFFECT_LIVE))
+            return
+        readonly = "<readonly/>" if known.rule.readonly else ""
+        xml = (f"<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+               f"<source dev='{_xml_attr(known.devname)}'/>"
+               f"<target dev='{target}' bus='virtio'/>{readonly}</disk>")
+        reserved.add(target)
+        self._run(dom, known, "attach", target, lambda: self.driver.devices.attach(
+            dom, xml, AFFECT_LIVE), release=lambda: reserved.discard(target))
+
+    def _detach(self, dom: DomainObj, known: HostDevice, target: str) -> None:
+        if known.rule.cdrom is not None:
+            self._run(dom, known, "detach", target, lambda: self.driver.devices.change_media(
+                dom, target, "", AFFECT_LIVE))
+            return
+        xml = (f"<disk type='block' device='disk'><source dev='{_xml_attr(known.devname)}'/>"
+               f"<target dev='{target}' bus='virtio'/></disk>")
+        self._run(dom, known, "detach", target, lambda: self.driver.devices.detach(
+            dom, xml, AFFECT_LIVE))
+
+    def _run(self, dom: DomainObj, known: HostDevice, action: str, target: str,
+             start: Callable[[], Deferred | None],
+             release: Callable[[], None] | None = None) -> None:
+        log.info("hotplug: %s %s as %s of %s (rule %s)", action, known.devname, target,
+                 dom.name, known.rule.name)
+        known.busy = True
+
+        def done(error: QemudError | None) -> None:
+            known.busy = False
+            if release is not None:
+                release()
+            if error is None:
+                self._succeeded(dom, known, action, target)
+            elif dom.active:
+                self._failed(dom, known, action, target, error.message)
+            else:
+                log.debug("hotplug: %s %s: %s stopped meanwhile (%s)", action, known.devname,
+                          dom.name, error.message)
+            self.reconcile(known)
+
+        try:
+            deferred = start()
+        except QemudError as exc:
+            done(exc)
+            return
+        if deferred is None:
+            done(None)
+        else:
+            deferred.add_done_callback(lambda d: done(d.error))
+
+    def _succeeded(self, dom: DomainObj, known: HostDevice, action: str, target: str) -> None:
+        kind = "hotplug-attached" if action == "attach" else "hotplug-detached"
+        if action == "attach":
+            self._ours[known.devname] = (known.rule.name, dom.uuid, target)
+        else:
+            self._ours.pop(known.devname, None)
+        self._save_state()
+        self.events.appliance(dom.ref(), kind, f"{known.devname} as {target}")
+        audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s target=%s "
+                       "action=%s result=ok", dom.name, dom.uuid, known.rule.name,
+                       known.devname, target, action)
+
+    def _failed(self, dom: DomainObj, known: HostDevice, action: str, target: str,
+                why: str) -> None:
+        known.failed = action
+        log.error("hotplug: cannot %s %s as %s of %s (rule %s): %s", action, known.devname,
+                  target, dom.name, known.rule.name, why)
+        self.events.appliance(dom.ref(), "hotplug-failed",
+                              f"{action} {known.devname} as {target}: {why}")
+        audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s target=%s "
+                       "action=%s result=error %r", dom.name, dom.uuid, known.rule.name,
+                       known.devname, target, action, why)
+
+    # -- loop devices released on the host -----------------------------------------------
+
+    def _watched_loops(self) -> list[HostDevice]:
+        out = []
+        for known in self.devices.values():
+            if known.is_loop and known.has_medium and not known.autoclear and \
+                    self.attached_target(self._find(known.rule.domain), known) is not None:
+                out.append(known)
+        return out
+
+    def _arm_poll(self) -> None:
+        if self._poll_timer is None and self._watched_loops():
+            self._poll_timer = self.loop.call_later(LOOP_POLL, self._poll_loops)
+
+    def _poll_loops(self) -> None:
+        self._poll_timer = None
+        for known in self._watched_loops():
+            if known.read_autoclear():
+                log.info("hotplug: %s was detached on the host (loop auto-clear set): "
+                         "detaching it from the guest", known.devname)
+                known.released = True
+                known.failed = ""
+                self.reconcile(known)
+        self._arm_poll()
+
+    # -- HOTPLUG_LIST --------------------------------------------------------------------
+
+    def rows(self) -> list[pl.HotplugInfo]:
+        out = []
+        for devname in sorted(self.devices, key=_natural):
+            known = self.devices[devname]
+            target = self.attached_target(self._find(known.rule.domain), known)
+            if target is None and not (known.present and
+                                       (known.has_medium or known.rule.cdrom is not None)):
+                continue
+            out.append(pl.HotplugInfo(rule=known.rule.name, device=devname,
+                                      domain=known.rule.domain, target=target or "",
+                                      attached=target is not None))
+        return out
+
+    def _list(self, ctx: Any, args: Any) -> pl.HotplugListReply:
+        return pl.HotplugListReply(self.rows())
+
+
+def _uuid_str(raw: bytes) -> str:
+    import uuid
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _xml_attr(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
+            .replace(">", "&gt;"))
+
+
+def rules_path(config: Any) -> tuple[Path, bool]:
+    """The rules file and whether it must exist (it must when configured explicitly)."""
+    configured = config.appliance.hotplug_rules
+    if configured:
+        return Path(os.path.expanduser(configured)), True
+    return config.paths.config_dir / "hotplug.toml", False
+
+
+def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
+    path, required = rules_path(ctx.daemon.config)
+    rules = load_rules(path, required)
+    if not rules:
+        log.debug("hotplug: no rules (%s): not listening to uevents", path)
+        return {Procedure.HOTPLUG_LIST: lambda c, a: pl.HotplugListReply([])}
+    duty = HotplugDuty(ctx, rules)
+    duty.install()
+    return duty.handlers()

@@ -1,0 +1,91 @@
+"""HOST_INSPECT and APPLIANCE_RENDER through a real daemon reading a fake host tree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import client
+from client import appliance
+from tests.helpers.daemon import DaemonProcess
+
+from .conftest import TEMPLATES
+
+DaemonFactory = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def fake_host_daemon(daemon_factory: DaemonFactory, host_tree: Callable[[str], Path]
+                     ) -> DaemonProcess:
+    return daemon_factory(config={"appliance": {
+        "inspect_root": str(host_tree("server-ht")), "host_reserve_mib": 1024}})
+
+
+def test_host_inspect_reads_the_configured_tree(fake_host_daemon: DaemonProcess) -> None:
+    with fake_host_daemon.connect() as conn:
+        host = appliance.host_inspect(conn)
+    assert host["memory_kib"] == 32768000
+    assert (host["cores"], host["logical_cpus"], host["sockets"]) == (4, 8, 1)
+    assert [n["name"] for n in host["nics"]] == ["eth0", "eth1", "eth10"]
+    assert host["nics"][0]["mac"] == "00:1e:67:aa:bb:01"
+    assert host["dmi"]["sys_vendor"] == "Acme Appliances Inc."
+
+
+def test_host_inspect_allowed_read_only(fake_host_daemon: DaemonProcess) -> None:
+    with fake_host_daemon.connect(readonly=True) as conn:
+        assert appliance.host_inspect(conn)["cores"] == 4
+        xml = appliance.render(conn, (TEMPLATES / "router.xml").read_text())
+    assert "<vcpu>4</vcpu>" in xml
+
+
+def test_render_then_define(fake_host_daemon: DaemonProcess) -> None:
+    template = (TEMPLATES / "router.xml").read_text()
+    with fake_host_daemon.connect() as conn:
+        xml = appliance.render(conn, template)
+        # host.reserve is 1024 MiB here: 32000 MiB - 1024 MiB
+        assert "<memory unit=\"MiB\">30976</memory>" in xml
+        assert "<entry name=\"serial\">SN12345</entry>" in xml
+        assert "{{" not in xml and "qemud:formulas" not in xml
+        dom = conn.define_xml(xml)
+        defined = dom.xml(client.XML_INACTIVE)
+    assert "<vcpu>4</vcpu>" in defined
+    assert "00:1e:67:aa:bb:01" in defined  # the first NIC's physical MAC
+    assert defined.count("<interface type=\"bridge\">") == 3
+    assert "<smbios mode=\"sysinfo\"/>" in defined and "<sysinfo type=\"smbios\">" in defined
+    assert "guest-shutdown=\"shutdown-host\"" in defined  # the appliance metadata stays
+
+
+def test_render_errors_name_formula_and_position(fake_host_daemon: DaemonProcess) -> None:
+    template = (TEMPLATES / "router.xml").read_text().replace(
+        'value="min(host.cores, 8)"', 'value="min(host.cores, 8) * hots.cores"')
+    with fake_host_daemon.connect() as conn:
+        with pytest.raises(client.QemudClientError) as info:
+            appliance.render(conn, template)
+        message = str(info.value)
+        assert "formula 'vcpus'" in message and "position 22" in message
+        assert "unknown name 'hots.cores'" in message and "host.cores" in message
+        # a rendered result that is not a valid domain is refused, saying so
+        fractional = template.replace(" * hots.cores", "").replace(
+            "<vcpu>{{vcpus}}</vcpu>", "<vcpu>{{vcpus / 3}}</vcpu>")
+        with pytest.raises(client.QemudClientError, match="rendered template is not a valid"):
+            appliance.render(conn, fractional)
+
+
+def test_render_without_dmi(daemon_factory: DaemonFactory,
+                            host_tree: Callable[[str], Path]) -> None:
+    daemon = daemon_factory(config={"appliance": {"inspect_root": str(
+        host_tree("nodmi-cpuinfo"))}})
+    with daemon.connect() as conn:
+        assert appliance.host_inspect(conn)["dmi"] is None
+        xml = appliance.render(conn, (TEMPLATES / "router.xml").read_text())
+        assert "sysinfo" not in xml and "smbios" not in xml
+        conn.define_xml(xml)
+
+
+def test_real_host_inspection(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        host = appliance.host_inspect(conn)
+    assert host["memory_kib"] > 0 and host["cores"] >= 1
+    assert host["logical_cpus"] >= host["cores"]
