@@ -244,6 +244,7 @@ class HostDevice:
     present: bool = True
     released: bool = False  # a loop device detached on the host (auto-clear set)
     autoclear: bool = False  # loop/autoclear when its medium appeared
+    baseline_known: bool = False  # autoclear comes from the state file (daemon restart)
     busy: bool = False  # an attach/detach/media change in flight
     failed: str = ""  # the action that failed; not retried before a new uevent
     properties: dict[str, str] = field(default_factory=dict)
@@ -398,14 +399,19 @@ class HotplugDuty:
                 continue
             self._ours[devname] = (rule_name, uuid, target)
             rule = rules.get(rule_name) or Rule(rule_name, (), dom.name)
-            # present=False until the enumeration finds it: gone while we were down
-            self.devices[devname] = HostDevice(devname, f"/sys/class/block/"
-                                               f"{os.path.basename(devname)}", rule,
-                                               present=False)
+            # present=False until the enumeration finds it: gone while we were down; the
+            # auto-clear flag as it was at attach time tells a `losetup -d` meanwhile
+            self.devices[devname] = HostDevice(
+                devname, f"/sys/class/block/{os.path.basename(devname)}", rule,
+                present=False, autoclear=bool(entry.get("autoclear", False)),
+                baseline_known=True)
 
     def _save_state(self) -> None:
-        entries = [{"device": dev, "rule": rule, "uuid": uuid, "target": target}
-                   for dev, (rule, uuid, target) in sorted(self._ours.items())]
+        entries = []
+        for dev, (rule, uuid, target) in sorted(self._ours.items()):
+            known = self.devices.get(dev)
+            entries.append({"device": dev, "rule": rule, "uuid": uuid, "target": target,
+                            "autoclear": bool(known is not None and known.autoclear)})
         tmp = self.state_path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(entries, indent=1) + "\n")
@@ -461,7 +467,10 @@ class HotplugDuty:
         if known.size == 0:
             known.released = False
         if known.has_medium and not had_medium and known.is_loop:
-            known.autoclear = known.read_autoclear()
+            if known.baseline_known:
+                known.baseline_known = False
+            else:
+                known.autoclear = known.read_autoclear()
         if action != "scan":
             known.failed = ""
             log.info("hotplug: %s %s (rule %s, %d sectors)", action, devname, rule.name,

@@ -131,6 +131,9 @@ class DomainSnapshots:
     current: str = ""
     snapshots: dict[str, SnapshotRecord] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
+    #: uuid of a previous domain of the same name whose metadata file is still there
+    #: (undefined, then a new domain defined): set aside, never reused, at the next save
+    stale_uuid: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"version": META_VERSION, "domain": self.domain, "uuid": self.uuid,
@@ -186,14 +189,23 @@ class SnapshotStore:
             raise OperationFailed(f"snapshot metadata {path} is damaged ({exc}); fix or "
                                   "move it away") from None
         if meta.uuid and meta.uuid != dom.uuid:
-            log.warning("snapshot metadata %s belongs to uuid %s, domain %s has %s", path,
-                        meta.uuid, dom.name, dom.uuid)
+            log.warning("snapshot metadata %s belongs to an earlier domain '%s' (uuid %s), "
+                        "not to uuid %s: ignored (kept aside at the next change)", path,
+                        dom.name, meta.uuid, dom.uuid)
+            return DomainSnapshots(dom.name, dom.uuid, stale_uuid=meta.uuid)
         return meta
 
     def save(self, meta: DomainSnapshots) -> None:
         path = self.index(meta.domain)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if meta.stale_uuid:  # never overwrite another domain's record: keep it aside
+                aside = path.with_name(f"snapshots.{meta.stale_uuid}.json")
+                if path.exists():
+                    os.replace(path, aside)
+                    log.warning("snapshot metadata of the earlier domain '%s' moved to %s",
+                                meta.domain, aside)
+                meta.stale_uuid = ""
             atomic_write(path, meta.to_json())
         except OSError as exc:
             raise OperationFailed(f"cannot write snapshot metadata {path}: "

@@ -318,3 +318,55 @@ def test_guest_that_died_while_daemon_was_down_is_marked_crashed(
                                                           ShutoffReason.CRASHED)
     finally:
         daemon.stop()
+
+
+def test_autostart_guests_start_with_the_daemon(tmp_path: Path, test_guest) -> None:
+    daemon = DaemonProcess(tmp_path / "d")
+    daemon.start()
+    try:
+        with daemon.connect() as conn:
+            auto = conn.define_xml(guest_xml("auto1", test_guest, tmp_path / "a.sock"))
+            conn.define_xml(guest_xml("manual1", test_guest, tmp_path / "m.sock"))
+            auto.set_autostart(True)
+            assert auto.autostart()
+            assert (daemon.config_dir / "autostart" / "auto1").exists()
+        daemon.stop()
+        daemon.start()
+        with daemon.connect() as conn:
+            auto = conn.lookup_by_name("auto1")
+            wait_for(lambda: auto.state()[0] == DomainState.RUNNING, timeout=30,
+                     message="autostarted guest running")
+            assert conn.lookup_by_name("manual1").state()[0] == DomainState.SHUTOFF
+            listed = conn.list_domains(client.ListFlags.AUTOSTART)
+            assert [d.name for d in listed] == ["auto1"]
+            auto.set_autostart(False)
+            assert not (daemon.config_dir / "autostart" / "auto1").exists()
+            auto.destroy()
+    finally:
+        for pid in qemu_pids("auto1"):
+            os.kill(pid, signal.SIGKILL)
+        daemon.stop()
+
+
+def test_event_order_start_suspend_resume_destroy(conn: client.Connection, test_guest,
+                                                  tmp_path: Path) -> None:
+    seen: list[tuple[str, int, int]] = []
+    done = __import__("threading").Event()
+
+    def callback(record: client.EventRecord) -> None:
+        seen.append((record.domain.name, record.event, record.detail))
+        if record.event == LifecycleEvent.STOPPED:
+            done.set()
+
+    dom = conn.define_xml(guest_xml("ordered", test_guest, tmp_path / "o.sock"))
+    conn.register_event(client.EventId.LIFECYCLE, callback, domain=dom)
+    dom.create()
+    dom.suspend()
+    dom.resume()
+    dom.destroy()
+    assert done.wait(30)
+    assert seen == [("ordered", LifecycleEvent.STARTED, StartedDetail.BOOTED),
+                    ("ordered", LifecycleEvent.SUSPENDED, 0),
+                    ("ordered", LifecycleEvent.RESUMED, 0),
+                    ("ordered", LifecycleEvent.STOPPED, StoppedDetail.DESTROYED)]
+    dom.undefine()

@@ -256,7 +256,8 @@ def test_kvm_guest_only_when_the_probe_says_so(
 def test_x86_64_default_machine_boots_the_test_guest(
     caps: Capabilities, tmp_path: Path, start: Any
 ) -> None:
-    """The table's x86_64 defaults (pc, qemu64, isa-serial) boot a real kernel."""
+    """The table's x86_64 defaults (pc, qemu64, isa-serial) boot a real kernel, and ACPI
+    power-off is seen."""
     need(caps, "x86_64")
     serial_log = tmp_path / "serial.log"
     dom = conf.parse_domain_xml(f"""
@@ -287,4 +288,10 @@ def test_x86_64_default_machine_boots_the_test_guest(
     wait_serial("QEMUD-GUEST-READY")
     status = guest.qmp.execute("query-status")
     assert (status["status"], status["running"]) == ("running", True)
+    guest.qmp.execute("system_powerdown")
+    event = guest.qmp.wait_event("SHUTDOWN")
+    assert event.data["guest"] is True
+    wait_serial("QEMUD-GUEST-POWEROFF", 10)
+    # -no-shutdown: QEMU stays, paused in 'shutdown', for the daemon to decide.
+    assert guest.qmp.execute("query-status")["status"] == "shutdown"
     guest.quit()

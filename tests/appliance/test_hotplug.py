@@ -1,0 +1,335 @@
+"""udev hotplug against a real daemon, real kernel uevents and the real test guest (TCG).
+
+The host devices are loop devices of our own: created at unused numbers through
+/dev/loop-control (LOOP_CTL_ADD raises a real ``add`` uevent, with size 0), bound to files
+in tmp with ``losetup`` (a ``change`` uevent with the size), unbound with ``losetup -d``
+and removed again at the end, whatever happens. The rules match each one by its exact
+DEVNAME, so no other loop device of the host is ever touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from client.domain import Domain
+from protocol.constants import DomainState
+from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.integration.domains import READY, guest_xml
+from tests.integration.serial import SerialPort
+
+from .conftest import BOOT_TIMEOUT, EventLog, wait_state
+
+pytestmark = pytest.mark.integration
+
+LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
+FIRST_NUMBER = 96  # well above what `losetup -f` hands out on this host
+ROLES = ("live", "boot", "cd", "other")
+#: uevent -> attach -> the guest's block monitor (polls every 0.5 s) under TCG
+ATTACH_TIMEOUT = 45.0
+#: losetup -d -> auto-clear poll (1 s) -> device_del -> ACPI unplug in the guest
+DETACH_TIMEOUT = 60.0
+CDROM = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+         "<target dev='hdc' bus='ide'/><readonly/></disk>")
+
+
+class LoopDevices:
+    """Loop devices this test created; ``cleanup`` unbinds and removes every one."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        fd = os.open("/dev/loop-control", os.O_RDWR)
+        try:
+            for number in range(FIRST_NUMBER, FIRST_NUMBER + 400):
+                if os.path.exists(f"/sys/block/loop{number}"):
+                    continue
+                try:
+                    fcntl.ioctl(fd, LOOP_CTL_ADD, number)
+                except OSError as exc:
+                    if exc.errno == errno.EEXIST:  # another process was quicker
+                        continue
+                    raise
+                dev = f"/dev/loop{number}"
+                self.created.append(dev)
+                wait_for(lambda d=dev: os.path.exists(d), timeout=10, message=f"{dev} node")
+                return dev
+        finally:
+            os.close(fd)
+        raise RuntimeError("no unused loop device number")
+
+    def bind(self, dev: str, backing: Path) -> None:
+        assert dev in self.created
+        subprocess.run(["losetup", dev, str(backing)], check=True, capture_output=True)
+
+    def unbind(self, dev: str) -> None:
+        assert dev in self.created
+        subprocess.run(["losetup", "-d", dev], check=True, capture_output=True)
+
+    @staticmethod
+    def bound(dev: str) -> bool:
+        return os.path.exists(f"/sys/block/{os.path.basename(dev)}/loop")
+
+    def cleanup(self) -> None:
+        for dev in self.created:
+            if self.bound(dev):
+                subprocess.run(["losetup", "-d", dev], capture_output=True)
+        fd = os.open("/dev/loop-control", os.O_RDWR)
+        try:
+            for dev in self.created:
+                number = int(dev.removeprefix("/dev/loop"))
+                deadline = time.monotonic() + 15
+                while True:
+                    try:
+                        fcntl.ioctl(fd, LOOP_CTL_REMOVE, number)
+                        break
+                    except OSError as exc:
+                        if exc.errno == errno.ENODEV:
+                            break
+                        if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                            print(f"cannot remove {dev}: {exc}", file=sys.stderr)
+                            break
+                        time.sleep(0.1)  # still open (QEMU exiting): auto-clear pending
+        finally:
+            os.close(fd)
+
+
+def image(path: Path, mib: int, fill: bytes = b"\0") -> Path:
+    path.write_bytes(fill * (mib << 20))
+    return path
+
+
+@pytest.fixture(scope="module")
+def loops() -> Iterator[dict[str, str]]:
+    devices = LoopDevices()
+    try:
+        yield {role: devices.create() for role in ROLES} | {"_": devices}  # type: ignore
+    finally:
+        devices.cleanup()
+
+
+def loopctl(loops: dict[str, object]) -> LoopDevices:
+    devices = loops["_"]
+    assert isinstance(devices, LoopDevices)
+    return devices
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory, loops: dict[str, str]
+          ) -> Iterator[DaemonProcess]:
+    root = tmp_path_factory.mktemp("qemud-hotplug")
+    rules = root / "hotplug.toml"
+    rules.write_text(f"""
+[[rule]]
+name = "live"
+match = {{ SUBSYSTEM = "block", DEVTYPE = "disk", DEVNAME = "{loops['live']}" }}
+domain = "hp-live"
+target = "virtio-disk"
+
+[[rule]]
+name = "boot"
+match = {{ DEVNAME = "{loops['boot']}" }}
+domain = "hp-boot"
+
+[[rule]]
+name = "cd"
+match = {{ DEVNAME = "{loops['cd']}" }}
+domain = "hp-cd"
+target = "cdrom:hdc"
+""")
+    daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}})
+    daemon.start()
+    yield daemon
+    try:
+        with daemon.connect() as conn:
+            for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                dom.destroy()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
+    with qemud.connect() as c:
+        yield c
+
+
+@pytest.fixture
+def events(conn: client.Connection) -> EventLog:
+    conn.register_event(client.EventId.APPLIANCE)
+    return EventLog(conn)
+
+
+def boot(conn: client.Connection, name: str, guest: object, sock: Path, extra: str = ""
+         ) -> tuple[Domain, SerialPort]:
+    dom = conn.define_xml(guest_xml(name, guest, sock, extra=extra))
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
+    return dom, serial
+
+
+def row(conn: client.Connection, dev: str) -> client.connection.pl.HotplugInfo | None:
+    for info in conn.hotplug_list():
+        if info.device == dev:
+            return info
+    return None
+
+
+def test_hot_add_and_remove_a_loop_device(conn: client.Connection, events: EventLog,
+                                          test_guest, qemud: DaemonProcess,
+                                          loops: dict[str, str], tmp_path: Path) -> None:
+    dev, other = loops["live"], loops["other"]
+    ctl = loopctl(loops)
+    dom, serial = boot(conn, "hp-live", test_guest, tmp_path / "serial.sock")
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)")  # no disk at all
+    assert row(conn, dev) is None  # the loop device exists, but has no medium: size 0
+
+    mark = serial.mark()
+    ctl.bind(dev, image(tmp_path / "disk.img", 8))
+    ctl.bind(other, image(tmp_path / "other.img", 8))  # matches no rule
+    serial.wait_for(r"QEMUD-BLOCK: [^\n]*\bvda\b", start=mark, timeout=ATTACH_TIMEOUT)
+    attached = events.wait("hp-live", "hotplug-attached", timeout=10)[0]
+    assert attached.text == f"{dev} as vda"
+    info = row(conn, dev)
+    assert info is not None
+    assert (info.rule, info.domain, info.target, info.attached) == ("live", "hp-live", "vda",
+                                                                    True)
+    xml = dom.xml()
+    assert f"<source dev='{dev}'" in xml or f'<source dev="{dev}"' in xml
+    assert other not in xml and row(conn, other) is None
+    assert f"{other} matches no rule: ignored" in qemud.log_text()
+
+    # the guest really writes to the host's device
+    serial.send("write-disk vda HELLO-FROM-THE-GUEST")
+    serial.wait_for("QEMUD-WROTE vda")
+    assert (tmp_path / "disk.img").read_bytes()[:20] == b"HELLO-FROM-THE-GUEST"
+
+    # the shell shows it too
+    shell = subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri,
+                            "hotplug-list", "--json"], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    assert shell.returncode == 0, shell.stderr
+    assert {"rule": "live", "device": dev, "domain": "hp-live", "target": "vda",
+            "attached": True} in json.loads(shell.stdout)
+    text = subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri,
+                           "hotplug-list"], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL).stdout
+    assert any(line.split()[:5] == [dev, "live", "hp-live", "vda", "yes"]
+               for line in text.splitlines())
+
+    # losetup -d while QEMU holds it: the kernel only sets auto-clear (no uevent yet)
+    mark = serial.mark()
+    ctl.unbind(dev)
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark, timeout=DETACH_TIMEOUT)
+    detached = events.wait("hp-live", "hotplug-detached", timeout=20)[0]
+    assert detached.text == f"{dev} as vda"
+    assert dev not in dom.xml()
+    wait_for(lambda: row(conn, dev) is None, timeout=10, message="device gone from the list")
+    # QEMU closed it, so the kernel finished the detach
+    wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")
+    assert events.appliance("hp-live", "hotplug-failed") == []
+    assert [r.kind for r in events.appliance("hp-live")] == ["hotplug-attached",
+                                                             "hotplug-detached"]
+    audit = qemud.audit_file.read_text()
+    assert (f"appliance hotplug domain='hp-live' uuid={dom.uuid} rule='live' device={dev} "
+            "target=vda action=attach result=ok") in audit
+    assert f"device={dev} target=vda action=detach result=ok" in audit
+    ctl.unbind(other)
+    dom.destroy()
+
+
+def test_device_present_before_start_and_daemon_restart(
+        conn: client.Connection, events: EventLog, test_guest, qemud: DaemonProcess,
+        loops: dict[str, str], tmp_path: Path) -> None:
+    dev = loops["boot"]
+    ctl = loopctl(loops)
+    ctl.bind(dev, image(tmp_path / "boot.img", 4))
+    # matched and listed, not attached: its guest does not run yet
+    info = wait_for(lambda: row(conn, dev), timeout=10, message="device listed")
+    assert (info.rule, info.domain, info.target, info.attached) == ("boot", "hp-boot", "",
+                                                                    False)
+    dom, serial = boot(conn, "hp-boot", test_guest, tmp_path / "serial.sock")
+    serial.wait_for(r"QEMUD-BLOCK: [^\n]*\bvda\b", timeout=ATTACH_TIMEOUT)
+    assert events.wait("hp-boot", "hotplug-attached", timeout=10)[0].text == f"{dev} as vda"
+    assert row(conn, dev).attached  # type: ignore[union-attr]
+
+    # a restarted daemon finds the attachment in the live definition and keeps it
+    conn.close()
+    qemud.stop()
+    qemud.start()
+    with qemud.connect() as again:
+        again.register_event(client.EventId.APPLIANCE)
+        log = EventLog(again)
+        info = wait_for(lambda: row(again, dev), timeout=10, message="device listed")
+        assert (info.target, info.attached) == ("vda", True)
+        log.drain(1.5)
+        assert log.appliance("hp-boot") == []  # nothing attached twice
+
+    # the host lets go of it while the daemon is down: detached when it is back
+    qemud.stop()
+    mark = serial.mark()
+    ctl.unbind(dev)
+    qemud.start()
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark, timeout=DETACH_TIMEOUT)
+    wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")
+    assert "hotplug-detached: " + f"{dev} as vda" in qemud.log_text()
+    with qemud.connect() as again:
+        again.register_event(client.EventId.APPLIANCE)
+        log = EventLog(again)
+        assert row(again, dev) is None
+        dom = again.lookup_by_name("hp-boot")
+
+        # hot-added again; a guest stopping takes its devices along: listed as not attached
+        mark = serial.mark()
+        ctl.bind(dev, image(tmp_path / "boot2.img", 4))
+        serial.wait_for(r"QEMUD-BLOCK: [^\n]*\bvda\b", start=mark, timeout=ATTACH_TIMEOUT)
+        assert log.wait("hp-boot", "hotplug-attached", timeout=10)[0].text == f"{dev} as vda"
+        dom.destroy()
+        wait_state(dom, DomainState.SHUTOFF)
+        info = wait_for(lambda: (r := row(again, dev)) is not None and not r.attached and r,
+                        timeout=10, message="listed as not attached")
+        assert info.target == ""
+        ctl.unbind(dev)
+        wait_for(lambda: row(again, dev) is None, timeout=10, message="device unlisted")
+    assert json.loads((qemud.run_dir / "hotplug.json").read_text()) == []
+
+
+def test_cdrom_medium_mirrored(conn: client.Connection, events: EventLog, test_guest,
+                               loops: dict[str, str], tmp_path: Path) -> None:
+    dev = loops["cd"]
+    ctl = loopctl(loops)
+    dom, serial = boot(conn, "hp-cd", test_guest, tmp_path / "serial.sock", extra=CDROM)
+    serial.wait_for(r"QEMUD-BLOCK: [^\n]*sr0:0\b")
+    # a "drive" with no medium is listed (it is a drive), not attached
+    info = row(conn, dev)
+    assert info is not None and (info.target, info.attached) == ("", False)
+
+    mark = serial.mark()
+    ctl.bind(dev, image(tmp_path / "disc.iso", 4, b"\1"))
+    serial.wait_for(r"sr0:8192\b", start=mark, timeout=ATTACH_TIMEOUT)  # 4 MiB
+    assert events.wait("hp-cd", "hotplug-attached", timeout=10)[0].text == f"{dev} as hdc"
+    info = row(conn, dev)
+    assert info is not None and (info.target, info.attached) == ("hdc", True)
+    assert dev in dom.xml()
+
+    mark = serial.mark()
+    ctl.unbind(dev)
+    serial.wait_for(r"sr0:0\b", start=mark, timeout=DETACH_TIMEOUT)
+    assert events.wait("hp-cd", "hotplug-detached", timeout=20)[0].text == f"{dev} as hdc"
+    assert dev not in dom.xml()
+    wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")
+    assert events.appliance("hp-cd", "hotplug-failed") == []
+    dom.destroy()

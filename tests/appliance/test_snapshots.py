@@ -1,0 +1,291 @@
+"""External snapshots, revert, delete and backup against a real daemon and guest (TCG).
+
+One daemon serves the module; each test defines its own guests and disk images. The test
+guest writes/reads the first bytes of a disk on serial commands (``write-disk``,
+``read-disk``); shut-off disks are written with ``qemu-io``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from client.domain import Domain
+from client.errors import ConfigUnsupportedError, NoSnapshotError, OperationInvalid
+from protocol.constants import DomainState
+from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
+from tests.integration.conftest import TestGuest
+from tests.integration.domains import READY, guest_xml
+from tests.integration.serial import SerialPort
+
+from .conftest import BOOT_TIMEOUT, wait_state
+
+pytestmark = pytest.mark.integration
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def make_image(path: Path, fmt: str = "qcow2", size: str = "16M") -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
+    return path
+
+
+def disk_xml(path: Path, fmt: str = "qcow2", dev: str = "vda") -> str:
+    return (f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
+            f"<source file='{path}'/><target dev='{dev}' bus='virtio'/></disk>")
+
+
+def disk_source(xml: str, dev: str = "vda") -> str:
+    from lxml import etree
+    root = etree.fromstring(xml.encode())
+    for disk in root.iter("disk"):
+        if disk.find("target").get("dev") == dev:
+            return str(disk.find("source").get("file"))
+    raise AssertionError(f"no disk {dev} in {xml}")
+
+
+def qemu_io_write(image: str, text: str) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                    f"write -P {ord(text[0])} 0 512", image], check=True,
+                   capture_output=True)
+
+
+def first_bytes(image: Path | str, fmt: str, n: int) -> bytes:
+    """The first ``n`` bytes of the guest-visible disk (raw: the file itself)."""
+    if fmt == "raw":
+        with open(image, "rb") as f:
+            return f.read(n)
+    out = Path(str(image) + ".raw")
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(image), str(out)],
+                   check=True)
+    try:
+        with open(out, "rb") as f:
+            return f.read(n)
+    finally:
+        out.unlink()
+
+
+class Guest:
+    """A running test guest with a serial line to command it."""
+
+    def __init__(self, conn: client.Connection, guest: TestGuest, name: str, tmp: Path,
+                 disks: str) -> None:
+        self.sock = tmp / f"{name}.serial"
+        self.dom: Domain = conn.define_xml(guest_xml(name, guest, self.sock, extra=disks))
+        self.serial: SerialPort | None = None
+
+    def boot(self) -> Guest:
+        self.dom = self.dom.create()
+        return self.attach()
+
+    def attach(self) -> Guest:
+        if self.serial is not None:
+            self.serial.close()
+        self.serial = SerialPort(self.sock)
+        self.serial.wait_for(READY, BOOT_TIMEOUT)
+        return self
+
+    def command(self, line: str, answer: str) -> str:
+        assert self.serial is not None
+        mark = self.serial.mark()
+        self.serial.send(line)
+        return self.serial.wait_for(answer, 30, start=mark).group(0)
+
+    def write(self, text: str) -> None:
+        self.command(f"write-disk vda {text}", r"QEMUD-WROTE vda")
+
+    def read(self, n: int) -> str:
+        line = self.command(f"read-disk vda {n}", r"QEMUD-READ vda [^\n]*\n")
+        return line.rstrip("\n").split(" ", 2)[2]
+
+    def close(self) -> None:
+        if self.serial is not None:
+            self.serial.close()
+        try:
+            if self.dom.is_active():
+                self.dom.destroy()
+            self.dom.undefine()
+        except client.QemudClientError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-snap"))
+    daemon.start()
+    yield daemon
+    try:
+        with daemon.connect() as conn:
+            for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                dom.destroy()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
+    with qemud.connect() as c:
+        yield c
+
+
+def qemush(qemud: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri, *args],
+                          capture_output=True, text=True, timeout=120,
+                          env=env_without_daemon_vars(), stdin=subprocess.DEVNULL)
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+def test_snapshot_revert_delete_running(conn: client.Connection, qemud: DaemonProcess,
+                                        test_guest: TestGuest, tmp_path: Path) -> None:
+    data = make_image(tmp_path / "data.qcow2")
+    g = Guest(conn, test_guest, "snap-run", tmp_path, disk_xml(data)).boot()
+    try:
+        dom = g.dom
+        g.write("MARK-ONE")
+        assert dom.snapshot_create("s1", "first mark") == "s1"
+        assert dom.state()[0] == DomainState.RUNNING  # the guest kept running
+        live_top = disk_source(dom.xml())
+        assert live_top != str(data) and live_top.endswith(".qcow2")
+        assert disk_source(dom.xml(client.XML_INACTIVE)) == live_top  # a restart uses it
+        g.write("MARK-TWO")
+        assert g.read(8) == "MARK-TWO"
+        assert dom.snapshot_create("s2") == "s2"
+
+        snaps = {s.name: s for s in dom.snapshots()}
+        assert set(snaps) == {"s1", "s2"}
+        assert (snaps["s1"].parent, snaps["s1"].current) == ("", False)
+        assert (snaps["s2"].parent, snaps["s2"].current) == ("s1", True)
+        assert snaps["s1"].description == "first mark"
+        assert snaps["s1"].state == DomainState.RUNNING
+        with pytest.raises(OperationInvalid, match="already exists"):
+            dom.snapshot_create("s1")
+
+        dom.snapshot_revert("s1")
+        wait_state(dom, DomainState.RUNNING)
+        g.attach()  # a new QEMU: a new serial socket
+        assert g.read(8) == "MARK-ONE"
+        snaps = {s.name: s for s in dom.snapshots()}
+        assert snaps["s1"].current and not snaps["s2"].current
+        assert disk_source(dom.xml(client.XML_INACTIVE)) == disk_source(dom.xml())
+
+        # revert is repeatable: the snapshot's image stays frozen
+        g.write("MARK-3RD")
+        dom.snapshot_revert("s1")
+        g.attach()
+        assert g.read(8) == "MARK-ONE"
+
+        with pytest.raises(NoSnapshotError, match="nope"):
+            dom.snapshot_revert("nope")
+        dom.snapshot_delete("s2")
+        assert [(s.name, s.parent, s.current) for s in dom.snapshots()] == [("s1", "", True)]
+        dom.snapshot_delete("s1")
+        assert dom.snapshots() == []
+        # the guest's chain is intact: only files nothing needs were removed
+        assert g.read(8) == "MARK-ONE"
+        assert data.is_file()
+        images = qemud.state_dir / "snapshots" / "snap-run" / "images"
+        assert sorted(p.name for p in images.iterdir()) == [Path(disk_source(dom.xml())).name]
+    finally:
+        g.close()
+
+
+def test_snapshot_refuses_raw_disk(conn: client.Connection, test_guest: TestGuest,
+                                   tmp_path: Path) -> None:
+    raw = make_image(tmp_path / "data.img", "raw")
+    g = Guest(conn, test_guest, "snap-raw", tmp_path, disk_xml(raw, "raw"))
+    try:
+        g.dom = g.dom.create()
+        with pytest.raises(ConfigUnsupportedError) as info:
+            g.dom.snapshot_create("s1")
+        message = str(info.value)
+        assert "'vda'" in message and "raw" in message and "qcow2" in message, message
+        assert g.dom.snapshots() == []
+        assert g.dom.state()[0] == DomainState.RUNNING
+        assert disk_source(g.dom.xml()) == str(raw)
+    finally:
+        g.close()
+
+
+def test_backup_running_guest(conn: client.Connection, qemud: DaemonProcess,
+                              test_guest: TestGuest, tmp_path: Path) -> None:
+    data = make_image(tmp_path / "data.qcow2")
+    g = Guest(conn, test_guest, "backup-run", tmp_path, disk_xml(data)).boot()
+    try:
+        dom = g.dom
+        g.write("BACKUP-MARK-1")
+        callback = conn.register_event(client.EventId.APPLIANCE, None, dom)
+        target = tmp_path / "vda.raw"
+        dom.backup(str(target))
+        seen = [(r.kind, r.text) for r in conn.iter_events(1.0)]
+        conn.deregister_event(callback)
+        assert ("backup-progress", "0%") in seen and ("backup-progress", "100%") in seen
+        assert ("backup-completed", str(target)) in seen, seen
+        assert first_bytes(target, "raw", 13) == b"BACKUP-MARK-1"
+        assert dom.state()[0] == DomainState.RUNNING
+        g.command("ping", r"QEMUD-PONG")
+        with pytest.raises(OperationInvalid, match="already exists"):
+            dom.backup(str(target))
+
+        # from the shell, to a qcow2 file, after a snapshot (the top is an overlay)
+        dom.snapshot_create("before-backup")
+        g.write("BACKUP-MARK-2")
+        qcow = tmp_path / "vda.qcow2"
+        proc = qemush(qemud, "backup", "backup-run", str(qcow), "--disk", "vda")
+        assert proc.returncode == 0, proc.stderr
+        assert "backup: 100%" in proc.stderr.splitlines(), proc.stderr
+        assert f"backed up to {qcow}" in proc.stdout
+        assert first_bytes(qcow, "qcow2", 13) == b"BACKUP-MARK-2"
+        g.command("ping", r"QEMUD-PONG")
+    finally:
+        g.close()
+
+
+def test_shell_snapshot_commands_shut_off(conn: client.Connection, qemud: DaemonProcess,
+                                          test_guest: TestGuest, tmp_path: Path) -> None:
+    data = make_image(tmp_path / "data.qcow2")
+    g = Guest(conn, test_guest, "snap-shell", tmp_path, disk_xml(data))
+    try:
+        qemu_io_write(str(data), "A")
+        proc = qemush(qemud, "snapshot-create-as", "snap-shell", "first",
+                      "--description", "offline")
+        assert proc.returncode == 0, proc.stderr
+        assert "Domain snapshot first created" in proc.stdout
+        top = disk_source(g.dom.xml(client.XML_INACTIVE))
+        assert top != str(data)
+        qemu_io_write(top, "B")
+        assert first_bytes(top, "qcow2", 1) == b"B"
+
+        proc = qemush(qemud, "snapshot-list", "snap-shell", "--parent")
+        assert proc.returncode == 0, proc.stderr
+        assert "first" in proc.stdout and "shutoff" in proc.stdout, proc.stdout
+
+        proc = qemush(qemud, "snapshot-revert", "snap-shell", "first")
+        assert proc.returncode == 0, proc.stderr
+        assert "reverted to snapshot first" in proc.stdout
+        assert g.dom.state()[0] == DomainState.SHUTOFF
+        new_top = disk_source(g.dom.xml(client.XML_INACTIVE))
+        assert first_bytes(new_top, "qcow2", 1) == b"A"
+        assert not Path(top).exists()  # the discarded state is gone
+
+        # an offline backup goes through qemu-img convert
+        proc = qemush(qemud, "backup", "snap-shell", str(tmp_path / "off.raw"))
+        assert proc.returncode == 0, proc.stderr
+        assert first_bytes(tmp_path / "off.raw", "raw", 1) == b"A"
+
+        proc = qemush(qemud, "snapshot-delete", "snap-shell", "first")
+        assert proc.returncode == 0, proc.stderr
+        assert "Domain snapshot first deleted" in proc.stdout
+        proc = qemush(qemud, "snapshot-list", "snap-shell", "--name")
+        assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout
+        proc = qemush(qemud, "snapshot-revert", "snap-shell", "first")
+        assert proc.returncode != 0 and "first" in proc.stderr, proc.stderr
+    finally:
+        g.close()
