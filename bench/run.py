@@ -1028,6 +1028,7 @@ class Bench:
 
     def wl_memory(self) -> None:
         rss = self.row("daemon RSS, idle", "MiB", "max_ratio", 1.0, "<= 1x")
+        total = self.row("  idle RSS, libvirtd + virtlogd (the QEMU driver needs both)", "MiB")
         thr = self.row("daemon threads, idle", "threads")
 
         def run(side: Side) -> None:
@@ -1036,9 +1037,15 @@ class Bench:
             side.close(conn)
             time.sleep(0.5)
             rss.values[side.name], thr.values[side.name] = side.rss_threads()
-            if isinstance(side, LibvirtSide) and side.virtlogd_pid():
-                rss.extra["virtlogd_rss_mib"] = proc_status(side.virtlogd_pid() or 0)[0] / 1024
-        self.run_for_sides([rss, thr], run)
+            total.values[side.name] = rss.values[side.name]
+            if isinstance(side, LibvirtSide):
+                vpid = side.virtlogd_pid()
+                if vpid and "virtlogd" in cmdline(vpid):
+                    total.values[side.name] = rss.values[side.name] + proc_status(vpid)[0] / 1024
+                else:
+                    total.values[side.name] = None
+                    total.notes[side.name] = "virtlogd not found"
+        self.run_for_sides([rss, total, thr], run)
 
     def wl_rpc(self) -> None:
         sz = self.sizes

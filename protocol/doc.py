@@ -173,6 +173,7 @@ LIBVIRT_EQUIVALENTS: list[tuple[type[enum.Enum], str | None, Callable[[enum.Enum
     (c.MessageType, None, _never),
     (c.Status, None, _never),
     (c.KeepaliveProc, None, _never),
+    (c.HelloFlags, None, _never),
     (c.ErrorCode, "VIR_ERR_", _own_above(1000)),
     (c.ErrorDomain, "VIR_FROM_", _own_above(1000)),
     (c.ErrorLevel, "VIR_ERR_", _never),

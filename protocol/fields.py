@@ -96,6 +96,9 @@ class Codec(Generic[P]):
         self._buildfunc = compiled.buildfunc
         #: payloads without fields skip construct entirely (most calls have no arguments)
         self._empty = not struct.subcons
+        #: parsers for the same payload without its trailing defaulted fields, longest
+        #: first: what an older peer sends, from before those fields were appended
+        self._older = [compiled_prefix.parsefunc for compiled_prefix in _older_forms(cls)]
 
     def encode(self, obj: P) -> bytes:
         """Bytes for ``obj``; a value outside its field's range is a ValueError."""
@@ -118,9 +121,26 @@ class Codec(Generic[P]):
             container = self._parsefunc(io.BytesIO(data), _PARSE_CONTEXT)
         except (cs.ConstructError, UnicodeError, OverflowError, ValueError,
                 struct_error) as exc:
-            raise ValueError(f"{self.cls.__name__}: {exc}") from exc
+            container = self._decode_older(data)
+            if container is None:
+                raise ValueError(f"{self.cls.__name__}: {exc}") from exc
         result = self._from_wire(container)
         return result
+
+    def _decode_older(self, data: bytes) -> Any:
+        """Parse ``data`` as an older peer's payload (trailing defaulted fields absent)."""
+        for parsefunc in self._older:
+            stream = io.BytesIO(data)
+            try:
+                container = parsefunc(stream, _PARSE_CONTEXT)
+            except (cs.ConstructError, UnicodeError, OverflowError, ValueError,
+                    struct_error):
+                continue
+            # Only a payload that ends exactly where the older form ends is an older
+            # peer's; leftover bytes mean a malformed newer field, not an absent one.
+            if stream.tell() == len(data):
+                return container
+        return None
 
 
 def _make_context(parsing: bool) -> cs.Container:
@@ -189,13 +209,37 @@ def _describe(tp: Any) -> tuple[cs.Construct, Converter | None, Converter | None
             return wire
 
         def from_wire(container: Any) -> Any:
-            values = {n: container[n] for n in names}
+            try:
+                values = {n: container[n] for n in names}
+            except KeyError:  # an older peer's payload: absent fields take their defaults
+                values = {n: container[n] for n in names if n in container}
             for name, inn in ins:
-                values[name] = inn(values[name])
+                if name in values:
+                    values[name] = inn(values[name])
             return cls(**values)
 
         return struct, to_wire, from_wire
     raise TypeError(f"unsupported wire type {tp!r}: use U32, Str, list[...] or a dataclass")
+
+
+def _older_forms(cls: type) -> list[Any]:
+    """Compiled structs for ``cls`` minus 1, 2, ... trailing fields that have defaults.
+
+    Fields are only ever appended, and appended fields carry defaults (the evolution
+    rule in docs/PROTOCOL.md), so a payload from a peer that predates them is one of
+    these prefixes; from_wire then leaves the missing fields at their defaults.
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        return []
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = list(dataclasses.fields(cls))
+    forms = []
+    while fields and (fields[-1].default is not dataclasses.MISSING or
+                      fields[-1].default_factory is not dataclasses.MISSING):
+        fields.pop()
+        forms.append(cs.Struct(*[f.name / _describe(hints[f.name])[0] for f in fields])
+                     .compile())
+    return forms
 
 
 def _identity(value: Any) -> Any:

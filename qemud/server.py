@@ -65,6 +65,9 @@ RECV_SIZE = 256 * 1024
 TLS_LINGER = 2.0
 #: seconds a listener is left alone after accept() failed for lack of fds or memory
 ACCEPT_PAUSE = 0.25
+#: messages handled for one client before the loop serves the others: a client that
+#: pipelines thousands of small calls (and reads the replies) must not stall everyone
+MESSAGES_PER_TURN = 64
 _client_ids = itertools.count(1)
 _CLIENT_LOG = logging.getLogger("qemud.client")
 
@@ -116,6 +119,8 @@ class Client:
         self.last_rx = time.monotonic()
         self.pings = 0
         self.partial_since: float | None = None
+        #: continuation of a turn cut at MESSAGES_PER_TURN (no reading until it ran)
+        self.turn: Timer | None = None
         #: event registrations: callback_id -> (event_id, uuid filter or b"")
         self.callbacks: dict[int, tuple[int, bytes]] = {}
         #: open streams by the serial of the call that opened them
@@ -284,7 +289,8 @@ class Server:
         events = 0
         if client.out:
             events |= WRITE
-        if not client.closing and client.busy is None and (not client.out or client.streams):
+        if not client.closing and client.busy is None and client.turn is None and (
+                not client.out or client.streams):
             events |= READ
         if events == client.interest:
             return
@@ -355,8 +361,14 @@ class Server:
 
     def _process(self, client: Client) -> None:
         """Handle buffered messages while the client is allowed another call."""
+        handled = 0
         while not client.closed and not client.closing and client.busy is None and (
                 not client.out or client.streams):
+            if handled == MESSAGES_PER_TURN:
+                if client.turn is None:  # the rest after the other clients had theirs
+                    client.turn = self.loop.call_soon(lambda c=client: self._next_turn(c))
+                break
+            handled += 1
             try:
                 msg = client.conn.next_message()
             except ProtocolError as exc:
@@ -379,6 +391,11 @@ class Server:
             if client.out and not self._write_out(client):
                 return  # optimistic write failed hard: the client is gone
         self._flush(client)
+
+    def _next_turn(self, client: Client) -> None:
+        client.turn = None
+        if not client.closed:
+            self._process(client)  # (its _flush re-enables reading once the buffer is done)
 
     def _handle(self, client: Client, msg: Message) -> None:
         if isinstance(msg, Call):
@@ -551,6 +568,9 @@ class Server:
         if client.closed:
             return
         client.closed = True
+        if client.turn is not None:
+            client.turn.cancel()
+            client.turn = None
         self.loop.remove(client.transport.fileno())
         client.transport.close()
         self.clients.pop(client.id, None)

@@ -156,8 +156,8 @@ class Watcher:
 
     def check(self, now: float) -> None:
         dom = self.dom
-        if dom.state != DomainState.RUNNING or dom.job is not None:
-            # paused (or busy saving, ...): no heartbeat is expected meanwhile
+        if dom.state != DomainState.RUNNING or dom.job is not None or dom.guest_shutdown:
+            # paused, powered off (QEMU about to go), busy saving...: no heartbeat expected
             self.due = max(self.due, now + self.policy.interval)
             return
         if self.acted:

@@ -337,7 +337,11 @@ class HotplugDuty:
     # -- set-up --------------------------------------------------------------------------
 
     def install(self) -> None:
-        import pyudev
+        try:
+            import pyudev
+        except ImportError as exc:
+            raise ConfigError(f"hotplug rules are configured but pyudev cannot be imported: "
+                              f"{exc}") from None
         self.context = pyudev.Context()
         self.events.add_listener(self.on_event)
         self._open_monitor(pyudev)

@@ -28,8 +28,9 @@ reboot=shutdown`` as soon as it has started, so a reboot stops the guest like a 
 watchdog with action ``reset`` then counts as a guest reboot too.) Should a reboot happen
 before that command got through, the RESET event that follows is handled the same way,
 after the fact. ``set-action`` applies to host-requested resets as well, so around every
-reset the daemon itself asks for (``qemush reboot``, a ``hook`` reboot) it switches back
-to ``reboot=reset`` for that one reset.
+reset the daemon itself makes (``qemush reboot``, a ``hook`` reboot in place) it switches
+back to ``reboot=reset`` until the firmware's own follow-up resets (SeaBIOS resets a
+warm-reset machine once more) are over; see ``_begin_settle``.
 
 Each action emits an appliance event ``power-action`` ("restart after guest shutdown")
 and writes one line to the audit log. Programs (hooks, host commands) are started with
@@ -57,6 +58,7 @@ from qemud.errors import QemudError
 from .metadata import PowerPolicy, read_settings
 
 if TYPE_CHECKING:
+    from qemud.conf import DomainDef
     from qemud.dispatch import Handler
     from qemud.driver.domain import DomainObj
     from qemud.loop import EventLoop, Timer
@@ -127,6 +129,11 @@ class ProgramRunner:
         return child.pid
 
 
+def check_definition(definition: DomainDef) -> None:
+    """Define-time check: appliance metadata with a bad value is refused, naming it."""
+    read_settings(definition)
+
+
 def guest_env(dom: DomainObj, event: str) -> dict[str, str]:
     return {"QEMUD_EVENT": event, "QEMUD_DOMAIN": dom.name, "QEMUD_UUID": dom.uuid}
 
@@ -151,8 +158,18 @@ class PowerDuty:
         self.driver.power_hooks.append(self.on_guest_power)
         self.driver.reset_hooks.append(self.on_guest_reset)
         self.driver.stop_hooks.append(self.on_stop)
-        self.driver.registry.validators.append(read_settings)  # bad metadata: refused
+        self.driver.registry.validators.append(check_definition)  # bad metadata: refused
         self.events.add_listener(self.on_event)
+        for dom in self.driver.registry:  # re-attached after a daemon restart: QEMU kept
+            if dom.active and self._reboots_stop(dom):  # the action set at its start
+                self._reboot_as_shutdown.add(dom.uuid)
+
+    def _reboots_stop(self, dom: DomainObj) -> bool:
+        """Whether QEMU runs this guest with reboot=shutdown (set-action, or the command
+        line's ``-action reboot=shutdown`` for ``<on_reboot>destroy``)."""
+        policy = self.policy(dom)
+        return (policy is not None and policy.guest_reboot != "default") or \
+            dom.current().on_reboot == "destroy"
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -351,6 +368,11 @@ class PowerDuty:
     def _started(self, ref: DomainRef) -> None:
         dom = self._find(ref)
         if dom is None or dom.monitor is None:
+            return
+        if dom.current().on_reboot == "destroy":
+            # the command line has -action reboot=shutdown already; host resets need the
+            # same care (qemush reboot would otherwise leave the guest stopped for good)
+            self._reboot_as_shutdown.add(dom.uuid)
             return
         policy = self.policy(dom)
         if policy is None or policy.guest_reboot == "default":

@@ -673,7 +673,8 @@ class SnapshotDuty:
                 raise OperationFailed(f"cannot revert to snapshot '{snap.name}': image "
                                       f"{d.base} of disk '{d.target}' is missing")
         qemu_img = self.qemu_img()
-        was_running = dom.active
+        stopping = dom.active and dom.stop_intent is not None  # already on its way down
+        was_running = dom.active and not stopping
         was_paused = dom.state == DomainState.PAUSED
         out = Deferred()
         created: list[Path] = []
@@ -734,6 +735,11 @@ class SnapshotDuty:
         if was_running:
             dom.job = "snapshot-revert"
             self.lifecycle.destroy(dom).add_done_callback(stopped)
+        elif stopping:  # let it finish stopping (keeps its reason); it stays off after
+            dom.job = "snapshot-revert"
+            waiter = Deferred()
+            dom.stop_waiters.append(waiter)
+            waiter.add_done_callback(stopped)
         else:
             stopped()
         return out
@@ -816,7 +822,7 @@ class SnapshotDuty:
         if backup.timer is not None:
             backup.timer.cancel()
         monitor = dom.monitor
-        if monitor is not None and not monitor.closed:
+        if monitor is not None and not monitor.closed and dom.stop_intent is None:
             for t in backup.targets:
                 if error is not None and t.job and not t.done:
                     monitor.execute("block-job-cancel", {"device": t.job, "force": True})
@@ -964,8 +970,9 @@ class SnapshotDuty:
         if t is None:
             return
         if event.name == "BLOCK_JOB_CANCELLED":
-            self._finish_backup(backup, OperationFailed(f"backup of disk '{t.target}' was "
-                                                        "cancelled"))
+            why = f"domain '{dom.name}' stopped during the backup" if dom.stop_intent \
+                else f"backup of disk '{t.target}' was cancelled"
+            self._finish_backup(backup, OperationFailed(why))
             return
         error = event.data.get("error")
         if error:

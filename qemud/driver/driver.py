@@ -25,7 +25,6 @@ from protocol.constants import (
     ShutoffReason,
     StartedDetail,
     StoppedDetail,
-    TypedParamKind,
 )
 from qemud.conf import ConfError, DomainDef, parse_domain_xml
 from qemud.dispatch import Deferred, Handler
@@ -45,6 +44,7 @@ from .domain import DomainObj, StopIntent
 from .lifecycle import CLK_TCK, Lifecycle
 from .ports import PortAllocator
 from .registry import Registry
+from .stats import domain_stats, node_stats
 from .store import DomainStore
 
 if TYPE_CHECKING:
@@ -218,8 +218,8 @@ class QemuDriver:
             P.DOMAIN_CHANGE_MEDIA: lambda c, a: self._empty_or(
                 self.devices.change_media(self._dom(a), a.target, a.source, a.flags)),
             P.DOMAIN_OPEN_CONSOLE: self._open_console,
-            P.DOMAIN_STATS: self._domain_stats,
-            P.NODE_STATS: self._node_stats,
+            P.DOMAIN_STATS: lambda c, a: domain_stats(self, a),
+            P.NODE_STATS: lambda c, a: node_stats(a),
         }
 
     def _dom(self, args: Any) -> DomainObj:
@@ -502,96 +502,3 @@ class QemuDriver:
             out.resolve(Empty())
         dom.monitor.execute("query-chardev").add_done_callback(got)
         return out
-
-    # -- stats ---------------------------------------------------------------------------
-
-    def _domain_stats(self, ctx: Any, args: pl.StatsArgs) -> Deferred:
-        doms = [self.registry.find(r.name, r.uuid) for r in args.domains] if args.domains \
-            else list(self.registry)
-        records: dict[str, list[pl.TypedParam]] = {d.uuid: self._basic_stats(d) for d in doms}
-        out = Deferred()
-        pending = [d for d in doms if d.monitor is not None and not d.monitor.closed]
-
-        def finish() -> None:
-            out.resolve(pl.StatsReply([pl.StatsRecord(d.ref(), records[d.uuid]) for d in doms]))
-
-        if not pending:
-            finish()
-            return out
-        remaining = [len(pending)]
-
-        def got(dom: DomainObj, d: Deferred) -> None:
-            if d.error is None:
-                records[dom.uuid] += _block_stats(d.result)
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                finish()
-        for dom in pending:
-            assert dom.monitor is not None
-            dom.monitor.execute("query-blockstats").add_done_callback(
-                lambda d, dom=dom: got(dom, d))
-        return out
-
-    def _basic_stats(self, dom: DomainObj) -> list[pl.TypedParam]:
-        current = dom.current()
-        params = [_int("state.state", int(dom.state)), _int("state.reason", dom.reason),
-                  _int("cpu.time", self._cpu_time_ns(dom)),
-                  _int("balloon.maximum", current.memory_kib),
-                  _int("balloon.current", current.current_memory_kib if dom.active else 0),
-                  _int("vcpu.current", current.vcpus if dom.active else 0),
-                  _int("vcpu.maximum", current.vcpus)]
-        if dom.process is not None:
-            params.append(_int("memory.rss", _rss_kib(dom.process.pid)))
-        for hook in self.stats_hooks:
-            params += hook(dom)
-        return params
-
-    def _node_stats(self, ctx: Any, args: Empty) -> pl.NodeStatsReply:
-        params: list[pl.TypedParam] = []
-        try:
-            first = Path("/proc/stat").read_text().splitlines()[0].split()
-            names = ["user", "nice", "kernel", "idle", "iowait", "irq", "softirq"]
-            for name, value in zip(names, first[1:8], strict=False):
-                params.append(_int(f"cpu.{name}", int(value) * 1_000_000_000 // CLK_TCK))
-        except (OSError, IndexError, ValueError):
-            pass
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                key, _, rest = line.partition(":")
-                if key in ("MemTotal", "MemFree", "Buffers", "Cached", "MemAvailable"):
-                    params.append(_int(f"memory.{key.lower()}", int(rest.split()[0])))
-        except OSError:
-            pass
-        return pl.NodeStatsReply(params)
-
-
-def _int(name: str, value: int) -> pl.TypedParam:
-    return pl.TypedParam(name, int(TypedParamKind.INT), int_value=value)
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _block_stats(result: Any) -> list[pl.TypedParam]:
-    params: list[pl.TypedParam] = []
-    devices = [d for d in result or [] if d.get("qdev") or d.get("device")]
-    params.append(_int("block.count", len(devices)))
-    for i, dev in enumerate(devices):
-        stats = dev.get("stats", {})
-        name = str(dev.get("qdev") or dev.get("device") or "")
-        name = name.split("/")[-2] if name.count("/") >= 2 else name
-        params.append(pl.TypedParam(f"block.{i}.name", int(TypedParamKind.STRING),
-                                    str_value=name.removeprefix("disk-")))
-        for key, wire in (("rd_operations", "rd.reqs"), ("rd_bytes", "rd.bytes"),
-                          ("wr_operations", "wr.reqs"), ("wr_bytes", "wr.bytes")):
-            params.append(_int(f"block.{i}.{wire}", int(stats.get(key, 0))))
-    return params
-
-

@@ -24,14 +24,25 @@ class PortAllocator:
         return True
 
     def assign(self, live: DomainDef) -> None:
-        """Give every auto-port VNC display of ``live`` a free port (written into it)."""
-        for graphics in live.graphics:
-            if graphics.type != "vnc":
-                continue
-            if graphics.autoport or graphics.port in (None, -1):
-                graphics.port = self._take()
-            else:
-                self._used.add(int(graphics.port))
+        """Give every auto-port VNC display of ``live`` a free port (written into it).
+
+        All or nothing: if one display finds no port, the ports taken for the others are
+        given back (the caller never gets to :meth:`release` a start that failed here).
+        """
+        taken: list[int] = []
+        try:
+            for graphics in live.graphics:
+                if graphics.type != "vnc":
+                    continue
+                if graphics.autoport or graphics.port in (None, -1):
+                    graphics.port = self._take()
+                    taken.append(graphics.port)
+                elif int(graphics.port) not in self._used:
+                    self._used.add(int(graphics.port))
+                    taken.append(int(graphics.port))
+        except BaseException:
+            self._used.difference_update(taken)
+            raise
 
     def _take(self) -> int:
         for port in range(self.low, self.high + 1):

@@ -187,6 +187,8 @@ class Registry:
     def define(self, xml: str) -> DomainObj:
         definition = self.parse(xml)
         existing = self.check_clash(definition)
+        if existing is None or not existing.persistent:
+            self._drop_stale_autostart(definition.name)
         self._save(definition)
         if existing is None:
             dom = DomainObj(definition, persistent=True)
@@ -202,6 +204,21 @@ class Registry:
             detail = DefinedDetail.UPDATED
         self.events.lifecycle(dom.ref(), LifecycleEvent.DEFINED, detail)
         return dom
+
+    def _drop_stale_autostart(self, name: str) -> None:
+        """A new definition starts without autostart, on disk as in memory.
+
+        A flag left without its definition (an undefine cut short, a hand edit) would
+        otherwise make the next daemon autostart a domain nobody asked to autostart.
+        """
+        if not self.store.autostart(name):
+            return
+        log.warning("removing stale autostart flag of '%s' (it had no definition)", name)
+        try:
+            self.store.set_autostart(name, False)
+        except OSError as exc:
+            raise OperationFailed(f"cannot remove the stale autostart flag of '{name}': "
+                                  f"{exc.strerror or exc} (nothing was changed)") from None
 
     def _save(self, definition: DomainDef) -> None:
         try:

@@ -13,6 +13,7 @@ deleted: the admin may want it back.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,6 +30,13 @@ log = logging.getLogger(__name__)
 #: Test hook: called between writing+fsyncing the temp file and renaming it over the
 #: target. Fault-injection tests set it to raise, to prove the old file survives.
 fault_before_rename: Callable[[Path], None] | None = None
+
+#: Test hook for a daemon run as a subprocess, where the global above cannot be set: with
+#: ``QEMUD_FAULT_BEFORE_RENAME=<text>`` in the daemon's environment (read once, at
+#: import), every :func:`atomic_write` whose target path contains ``<text>`` fails with
+#: EIO at the same point. For tests/faults only; never set it in production.
+FAULT_ENV = "QEMUD_FAULT_BEFORE_RENAME"
+_fault_env_match = os.environ.get(FAULT_ENV, "")
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
@@ -49,6 +57,9 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         os.chmod(tmp, mode)
         if fault_before_rename is not None:
             fault_before_rename(path)
+        if _fault_env_match and _fault_env_match in str(path):
+            log.warning("%s: failing the write of %s before its rename", FAULT_ENV, path)
+            raise OSError(errno.EIO, f"injected fault before rename ({FAULT_ENV})", str(path))
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -106,11 +117,14 @@ class DomainStore:
         atomic_write(self.definition_path(name), xml)
 
     def delete_definition(self, name: str) -> None:
-        for path in (self.definition_path(name), self.autostart_dir / name):
+        # the flag first: a crash in between must not leave a flag that a later domain
+        # of the same name would inherit (see Registry.define)
+        for path in (self.autostart_dir / name, self.definition_path(name)):
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
+        _fsync_dir(self.autostart_dir)
         _fsync_dir(self.domains_dir)
 
     def definitions(self) -> Iterator[tuple[Path, str]]:

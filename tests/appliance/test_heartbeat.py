@@ -106,6 +106,8 @@ def test_silent_guest_restarted_healthy_one_left_alone(conn: client.Connection,
     assert "appliance heartbeat domain='hb-sick'" in qemud.audit_file.read_text()
     sick.destroy()
     healthy.destroy()
+    sick_serial.close()
+    healthy_serial.close()
 
 
 def test_hook_action_and_resume(conn: client.Connection, events: EventLog, test_guest,
@@ -136,3 +138,4 @@ def test_hook_action_and_resume(conn: client.Connection, events: EventLog, test_
     assert qemu_pid(qemud, "hb-hook") == pid  # a hook does not restart the guest
     assert out.read_text().count("heartbeat-missed") == 1  # once per outage
     dom.destroy()
+    serial.close()

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 FIRST_NUMBER = 96  # well above what `losetup -f` hands out on this host
-ROLES = ("live", "boot", "cd", "other")
+ROLES = ("live", "boot", "cd", "bad", "other")
 #: uevent -> attach -> the guest's block monitor (polls every 0.5 s) under TCG
 ATTACH_TIMEOUT = 45.0
 #: losetup -d -> auto-clear poll (1 s) -> device_del -> ACPI unplug in the guest
@@ -148,6 +148,12 @@ name = "cd"
 match = {{ DEVNAME = "{loops['cd']}" }}
 domain = "hp-cd"
 target = "cdrom:hdc"
+
+[[rule]]
+name = "bad"
+match = {{ DEVNAME = "{loops['bad']}" }}
+domain = "hp-live"
+target = "cdrom:hdd"
 """)
     daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}})
     daemon.start()
@@ -217,6 +223,20 @@ def test_hot_add_and_remove_a_loop_device(conn: client.Connection, events: Event
     serial.wait_for("QEMUD-WROTE vda")
     assert (tmp_path / "disk.img").read_bytes()[:20] == b"HELLO-FROM-THE-GUEST"
 
+    # a failure is reported with its cause, and not retried in a loop
+    bad = loops["bad"]
+    ctl.bind(bad, image(tmp_path / "bad.img", 1))
+    failed = events.wait("hp-live", "hotplug-failed", timeout=10)[0]
+    assert failed.text == f"attach {bad} as hdd: no CD-ROM with target 'hdd' in domain 'hp-live'"
+    events.drain(2.0)
+    assert len(events.appliance("hp-live", "hotplug-failed")) == 1
+    info = row(conn, bad)
+    assert info is not None and (info.rule, info.attached) == ("bad", False)
+    assert f"hotplug: cannot attach {bad} as hdd of hp-live (rule bad)" in qemud.log_text()
+    assert f"device={bad} target=hdd action=attach result=error" in \
+        qemud.audit_file.read_text()
+    ctl.unbind(bad)
+
     # the shell shows it too
     shell = subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri,
                             "hotplug-list", "--json"], capture_output=True, text=True,
@@ -240,9 +260,8 @@ def test_hot_add_and_remove_a_loop_device(conn: client.Connection, events: Event
     wait_for(lambda: row(conn, dev) is None, timeout=10, message="device gone from the list")
     # QEMU closed it, so the kernel finished the detach
     wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")
-    assert events.appliance("hp-live", "hotplug-failed") == []
-    assert [r.kind for r in events.appliance("hp-live")] == ["hotplug-attached",
-                                                             "hotplug-detached"]
+    assert [r.kind for r in events.appliance("hp-live")] == [
+        "hotplug-attached", "hotplug-failed", "hotplug-detached"]
     audit = qemud.audit_file.read_text()
     assert (f"appliance hotplug domain='hp-live' uuid={dom.uuid} rule='live' device={dev} "
             "target=vda action=attach result=ok") in audit

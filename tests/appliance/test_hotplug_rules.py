@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,24 @@ def test_medium_from_size_and_cdrom_media(tmp_path: Path) -> None:
     dev.present = False
     assert not dev.has_medium
     assert dev.host_use() is None
+
+
+def test_host_use_refuses_mounted_devices() -> None:
+    mounted = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()
+               if line.startswith("/dev/")]
+    disks = [(f[0], f[1]) for f in mounted
+             if os.path.isdir(f"/sys/class/block/{os.path.basename(f[0])}")]
+    if not disks:
+        pytest.skip("no /dev block device mounted on this host")
+    node, where = disks[0]
+    sys_path = os.path.realpath(f"/sys/class/block/{os.path.basename(node)}")
+    if os.path.exists(os.path.join(sys_path, "partition")):  # the whole disk holds it
+        sys_path = os.path.dirname(sys_path)
+    dev = HostDevice("/dev/" + os.path.basename(sys_path), sys_path,
+                     Rule("r", (("DEVTYPE", "disk"),), "d"))
+    assert dev.host_use() in (f"{node} is mounted on {where} on the host",
+                              *(f"held by {h} on the host" for h in
+                                os.listdir(os.path.join(sys_path, "holders"))))
 
 
 def test_bad_rules_file_is_a_startup_error(daemon_factory: DaemonFactory,

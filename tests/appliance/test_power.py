@@ -128,32 +128,47 @@ def test_restart_after_poweroff_then_budget_exhausted(conn: client.Connection,
     audit = qemud.audit_file.read_text()
     assert "appliance power domain='pw-restart'" in audit
     assert "result=refused (restart budget exhausted" in audit
+    serial.close()
 
 
 def test_reboot_policy_none_leaves_guest_off(conn: client.Connection, events: EventLog,
                                             test_guest, qemud: DaemonProcess,
                                             tmp_path: Path) -> None:
-    sock = tmp_path / "serial.sock"
-    dom, serial = boot(conn, "pw-none", test_guest, sock, power_metadata(reboot="none"))
+    """Policy guest-reboot=none (QEMU told set-action reboot=shutdown at start), next to
+    a guest without policy but <on_reboot>destroy (-action reboot=shutdown on the command
+    line): a host reboot (qemush reboot) reboots both in place, a guest reboot stops both."""
+    sock, other_sock = tmp_path / "serial.sock", tmp_path / "other.sock"
+    dom = conn.define_xml(guest_xml("pw-none", test_guest, sock,
+                                    metadata=power_metadata(reboot="none")))
+    other = conn.define_xml(guest_xml("pw-destroy", test_guest, other_sock,
+                                      on_reboot="destroy"))
+    dom.create()
+    other.create()
+    serial, other_serial = SerialPort(sock), SerialPort(other_sock)
+    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
+    other_serial.wait_for(READY, timeout=BOOT_TIMEOUT)
     pid = qemu_pid(qemud, "pw-none")
-    # a reboot the host asks for (qemush reboot) is not the guest's: it reboots in place
-    # even though QEMU runs with set-action reboot=shutdown for this guest
-    mark = serial.mark()
+    marks = serial.mark(), other_serial.mark()
     dom.reboot()
-    serial.wait_for(READY, start=mark, timeout=BOOT_TIMEOUT)
-    assert dom.state()[0] == DomainState.RUNNING
+    other.reboot()
+    serial.wait_for(READY, start=marks[0], timeout=BOOT_TIMEOUT)
+    other_serial.wait_for(READY, start=marks[1], timeout=BOOT_TIMEOUT)
+    assert dom.state()[0] == other.state()[0] == DomainState.RUNNING
     assert qemu_pid(qemud, "pw-none") == pid
     assert events.appliance("pw-none") == []
 
     serial.send("reboot")
+    other_serial.send("reboot")
     serial.wait_for("QEMUD-GUEST-REBOOT")
     action = events.wait("pw-none", "power-action")[0]
     assert action.text.startswith("none after guest reboot")
     wait_state(dom, DomainState.SHUTOFF)
-    events.drain(3.0)  # and it stays off
+    wait_state(other, DomainState.SHUTOFF)
+    events.drain(1.5)  # and it stays off
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
-    assert not os.path.exists(f"/proc/{pid}/cmdline") or "pw-none" not in \
-        Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    assert events.appliance("pw-destroy") == []
+    serial.close()
+    other_serial.close()
 
 
 def test_hook_runs_with_event_in_env(conn: client.Connection, events: EventLog, test_guest,
@@ -187,32 +202,38 @@ def test_hook_runs_with_event_in_env(conn: client.Connection, events: EventLog, 
     assert texts[1].startswith("hook after guest shutdown")
     wait_for(lambda: "exited with 0" in qemud.log_text() and "power hook" in qemud.log_text(),
              timeout=10, message="hook exit logged")
+    serial.close()
 
 
 def test_shutdown_and_reboot_host_commands(conn: client.Connection, events: EventLog,
                                            test_guest, qemud: DaemonProcess,
                                            scripts: dict[str, Path], tmp_path: Path) -> None:
     out = scripts["host_out"]
-    sock = tmp_path / "serial.sock"
-    dom, serial = boot(conn, "pw-host", test_guest, sock,
-                       power_metadata(shutdown="shutdown-host", reboot="reboot-host"))
-    serial.send("reboot")
-    wait_for(lambda: out.exists() and "reboot-host event=guest-reboot domain=pw-host" in
+    socks = {name: tmp_path / f"{name}.sock" for name in ("pw-host-r", "pw-host-s")}
+    meta = power_metadata(shutdown="shutdown-host", reboot="reboot-host")
+    doms = {name: conn.define_xml(guest_xml(name, test_guest, sock, metadata=meta))
+            for name, sock in socks.items()}
+    for dom in doms.values():
+        dom.create()
+    serials = {name: SerialPort(sock) for name, sock in socks.items()}
+    for serial in serials.values():
+        serial.wait_for(READY, timeout=BOOT_TIMEOUT)
+
+    serials["pw-host-r"].send("reboot")
+    wait_for(lambda: out.exists() and "reboot-host event=guest-reboot domain=pw-host-r" in
              out.read_text(), timeout=30, message="reboot_host_command ran")
-    assert dom.state()[0] == DomainState.SHUTOFF  # the guest was stopped first
-    assert events.wait("pw-host", "power-action")[0].text == \
+    assert doms["pw-host-r"].state()[0] == DomainState.SHUTOFF  # the guest was stopped first
+    assert events.wait("pw-host-r", "power-action")[0].text == \
         "reboot-host after guest reboot"
 
-    serial.close()
-    dom.create()
-    serial = SerialPort(sock)
-    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
-    serial.send("poweroff")
-    wait_for(lambda: "shutdown-host event=guest-shutdown domain=pw-host" in out.read_text(),
+    serials["pw-host-s"].send("poweroff")
+    wait_for(lambda: "shutdown-host event=guest-shutdown domain=pw-host-s" in out.read_text(),
              timeout=30, message="shutdown_host_command ran")
-    assert dom.state()[0] == DomainState.SHUTOFF
+    assert doms["pw-host-s"].state()[0] == DomainState.SHUTOFF
     assert "action=shutdown-host" in out.read_text()
-    assert events.wait("pw-host", "power-action", count=2)[1].text == \
+    assert events.wait("pw-host-s", "power-action")[0].text == \
         "shutdown-host after guest shutdown"
     time.sleep(0.2)
     assert "action=shutdown-host" in qemud.audit_file.read_text()
+    for serial in serials.values():
+        serial.close()

@@ -89,3 +89,15 @@ def test_real_host_inspection(daemon: DaemonProcess) -> None:
         host = appliance.host_inspect(conn)
     assert host["memory_kib"] > 0 and host["cores"] >= 1
     assert host["logical_cpus"] >= host["cores"]
+
+
+def test_bad_appliance_metadata_refused_at_define(daemon: DaemonProcess) -> None:
+    xml = ("<domain type='qemu'><name>bad</name><memory unit='MiB'>64</memory>"
+           "<metadata><qemud:appliance xmlns:qemud='http://qemud.org/xmlns/appliance/1'>"
+           "<qemud:power guest-shutdown='explode'/></qemud:appliance></metadata>"
+           "<os><type arch='x86_64'>hvm</type></os></domain>")
+    with daemon.connect() as conn:
+        with pytest.raises(client.QemudClientError, match="guest-shutdown: 'explode'"):
+            conn.define_xml(xml)
+        with pytest.raises(client.QemudClientError, match="needs a hook="):
+            conn.define_xml(xml.replace("explode", "hook"))

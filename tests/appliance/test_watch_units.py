@@ -29,6 +29,7 @@ class FakeDom:
     uuid: str = "11111111-2222-3333-4444-555555555555"
     state: DomainState = DomainState.RUNNING
     job: str | None = None
+    guest_shutdown: bool = False
 
     def ref(self) -> DomainRef:
         return DomainRef(self.name, uuidlib.UUID(self.uuid).bytes, 1)

@@ -90,9 +90,33 @@ def test_a_ping_frame_byte_for_byte() -> None:
 def test_a_hello_call_byte_for_byte() -> None:
     conn = protocol.Connection(CLIENT, versions=(1, 3, 2))
     raw = conn.send(Call(Procedure.HELLO, 1, p.HelloArgs([1, 2, 3], "me")))
-    assert raw == (bytes.fromhex("00000024 51454d44 0003 00 00 00000001 00000001")
-                   + bytes.fromhex("00000003 0001 0002 0003") + b"\x00\x00\x00\x02me")
-    assert len(raw) == 0x24 == 20 + 4 + 3 * 2 + 4 + 2
+    assert raw == (bytes.fromhex("00000028 51454d44 0003 00 00 00000001 00000001")
+                   + bytes.fromhex("00000003 0001 0002 0003") + b"\x00\x00\x00\x02me"
+                   + bytes.fromhex("00000000"))
+    assert len(raw) == 0x28 == 20 + 4 + 3 * 2 + 4 + 2 + 4
+
+
+def test_a_hello_from_before_the_flags_field_still_decodes() -> None:
+    """Rule 4a: a payload may end before trailing fields that have defaults."""
+    body = bytes.fromhex("00000001 0001") + b"\x00\x00\x00\x04oldc"
+    old_hello = ((20 + len(body)).to_bytes(4, "big")
+                 + bytes.fromhex("51454d44 0001 00 00 00000001 00000001") + body)
+    server = protocol.Connection(SERVER)
+    server.receive_data(old_hello)
+    msg = server.next_message()
+    assert isinstance(msg, Call)
+    assert msg.args == p.HelloArgs([1], "oldc", 0)
+
+
+def test_a_payload_missing_a_field_without_default_is_malformed() -> None:
+    server = protocol.Connection(SERVER)
+    server.version = 1
+    body = b""  # DomainArgs needs its DomainRef: no default
+    header = bytes.fromhex("00000014 51454d44 0001 00 00") + \
+        int(Procedure.DOMAIN_GET_INFO).to_bytes(4, "big") + (7).to_bytes(4, "big")
+    server.receive_data(header + body)
+    with pytest.raises(errors.BadPayload):
+        server.next_message()
 
 
 def test_max_frame_bounds() -> None:

@@ -1,0 +1,443 @@
+"""Support bundle: one tar.gz with what a support engineer asks for first.
+
+SUPPORT_BUNDLE (admin) answers with an empty reply, then sends the archive as STREAM
+frames carrying the call's serial, then a STREAM end (or a STREAM abort saying why it
+failed). The archive holds one directory ``qemud-support-<host>-<time>/``::
+
+    MANIFEST.txt          what is in here, what was left out and why
+    versions.txt          qemud, QEMU (per emulator), KVM verdict, kernel, Python
+    config.toml           the effective configuration, secrets redacted
+    capabilities.xml      the capabilities XML
+    domains.txt           every domain: state, id, persistent, autostart
+    domains/NAME.xml      persistent definition (secrets redacted)
+    domains/NAME.live.xml live definition of a running guest (secrets redacted)
+    appliances.json       stored appliance images and deployed VMs' image state
+    logs/qemud.log        the daemon log (log.file), last 1 MiB
+    logs/audit.log        the audit log, last 1 MiB
+    logs/appliance-hooks.log
+    logs/qemu/NAME.log    each guest's QEMU log (and the rotated .log.1), last 1 MiB each
+
+Never included: private keys. A file is skipped if it is a TLS key file, lies under the
+directory of one (``tls.key_file``), or its name matches ``*key*.pem``; values of
+configuration keys and XML attributes named like ``*password*``, ``*passwd*`` or
+``*secret*`` are replaced by ``<redacted>``.
+
+Nothing blocks the loop: the small generated files are written to a private staging
+directory, then one child (``sh`` running ``tail -c`` per log, then ``exec tar czf -``)
+copies the capped logs and writes the archive to a pipe the loop relays to the client.
+Relaying pauses while the client has more than 1 MiB unsent, so a slow reader never
+makes the daemon hold the whole archive (nor trips ``limits.max_queued_bytes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from protocol import Empty, Procedure, StreamAbort, StreamData, StreamEnd
+from protocol.constants import DomainState
+from qemud.dispatch import error_payload
+from qemud.errors import OperationFailed, QemudError
+from qemud.loop import READ, Timer
+from qemud.server import StreamHandler
+
+if TYPE_CHECKING:
+    from qemud.config import Config
+    from qemud.dispatch import Handler
+    from qemud.server import Client
+
+    from . import ApplianceContext
+
+__all__ = ["BundleDuty", "install", "redact_config", "redact_xml", "is_private_key_path",
+           "LOG_CAP"]
+
+log = logging.getLogger(__name__)
+
+#: bytes kept of each log file (its end)
+LOG_CAP = 1024 * 1024
+#: relaying pauses while the client has more than this unsent
+QUEUE_HIGH = 1024 * 1024
+CHUNK = 256 * 1024
+SECRET_RE = re.compile(r"passw(or)?d|secret", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+_SCRIPT = r"""
+set -u
+dir=$1; top=$2; cap=$3; shift 3
+while [ $# -ge 2 ]; do
+    tail -c "$cap" -- "$1" > "$dir/$top/$2" 2>/dev/null || rm -f -- "$dir/$top/$2"
+    shift 2
+done
+exec tar -czf - -C "$dir" -- "$top"
+"""
+
+
+# -- what may go in ----------------------------------------------------------------------
+
+
+def is_private_key_path(path: Path, key_files: list[str]) -> bool:
+    """True for a TLS key file, anything under a key file's directory, or *key*.pem."""
+    if fnmatch.fnmatch(path.name.lower(), "*key*.pem"):
+        return True
+    resolved = _resolve(path)
+    for key in key_files:
+        if not key:
+            continue
+        key_path = _resolve(Path(key))
+        if resolved == key_path or key_path.parent in resolved.parents:
+            return True
+    return False
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if key and SECRET_RE.search(key):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
+
+
+def redact_config(config: Config) -> str:
+    """The effective configuration as TOML, values of secret-like keys redacted."""
+    lines = [f"# effective qemud configuration ({config.mode} mode)",
+             f"# read from: {config.source or '(defaults only)'}", ""]
+    for section in ("paths", "listen", "limits", "tls", "qemu", "log", "appliance"):
+        values = getattr(config, section)
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(values):
+            value = _redact(getattr(values, f.name), f.name)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def redact_xml(xml: str) -> str:
+    """Domain XML with secret-like attributes (VNC ``passwd``...) and elements redacted."""
+    try:
+        root = etree.fromstring(xml.encode())
+    except etree.XMLSyntaxError:
+        return xml
+    for el in root.iter():
+        if not isinstance(el.tag, str):
+            continue
+        for name in list(el.attrib):
+            if SECRET_RE.search(str(name)):
+                el.set(name, REDACTED)
+        if SECRET_RE.search(etree.QName(el).localname) and (el.text or "").strip():
+            el.text = REDACTED
+    return str(etree.tostring(root, encoding="unicode"))
+
+
+# -- the stream --------------------------------------------------------------------------
+
+
+class BundleStream(StreamHandler):
+    """Relays the archive child's stdout to one client as STREAM frames."""
+
+    def __init__(self, duty: BundleDuty, client: Client, serial: int,
+                 child: subprocess.Popen[bytes], staging: Path, errors: Any) -> None:
+        self.duty = duty
+        self.loop = duty.loop
+        self.server = duty.server
+        self.client = client
+        self.serial = serial
+        self.child = child
+        self.staging = staging
+        self.errors = errors
+        assert child.stdout is not None
+        self.fd = child.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.eof = False
+        self.status: int | None = None
+        self.sent = 0
+        self.done = False
+        self.timer: Timer | None = None
+        self.started = time.monotonic()
+        client.streams[serial] = self
+        self.loop.add(self.fd, READ, self._on_read)
+        self.loop.watch_child(child.pid, self._exited)
+
+    def _on_read(self, mask: int) -> None:
+        if self.done:
+            return
+        if self.client.closed:
+            self.abort("client gone")
+            return
+        if len(self.client.out) > QUEUE_HIGH:
+            self.loop.remove(self.fd)
+            self.timer = self.loop.call_later(0.05, self._resume)
+            return
+        try:
+            data = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("support bundle: reading the archive failed: %s", exc)
+            data = b""
+        if not data:
+            self.loop.remove(self.fd)
+            self.eof = True
+            self._maybe_finish()
+            return
+        self.sent += len(data)
+        self.server.send_stream(self.client, StreamData(Procedure.SUPPORT_BUNDLE, self.serial,
+                                                        data))
+
+    def _resume(self) -> None:
+        self.timer = None
+        if not self.done and not self.eof:
+            self.loop.add(self.fd, READ, self._on_read)
+
+    def _exited(self, status: int) -> None:
+        self.status = os.waitstatus_to_exitcode(status)
+        self.child.returncode = self.status
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.done or not self.eof or self.status is None:
+            return
+        self.done = True
+        self.errors.seek(0)
+        text = self.errors.read(8192).decode(errors="replace").strip()
+        self._cleanup()
+        self.client.streams.pop(self.serial, None)
+        if self.status == 0:
+            log.info("support bundle for client %s: %d bytes in %.1f s", self.client.id,
+                     self.sent, time.monotonic() - self.started)
+            self.server.send_stream(self.client, StreamEnd(Procedure.SUPPORT_BUNDLE,
+                                                           self.serial))
+        else:
+            message = f"support bundle: tar failed (exit {self.status}): {text or 'no message'}"
+            log.error("%s", message)
+            self.server.send_stream(self.client, StreamAbort(
+                Procedure.SUPPORT_BUNDLE, self.serial, error_payload(OperationFailed(message))))
+
+    def abort(self, why: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        log.info("support bundle for client %s abandoned: %s", self.client.id, why)
+        try:
+            os.killpg(self.child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        # the loop still reaps it (watch_child); _exited then finds done set
+        self._cleanup()
+        self.client.streams.pop(self.serial, None)
+
+    def _cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.loop.remove(self.fd)
+        try:
+            assert self.child.stdout is not None
+            self.child.stdout.close()
+        except OSError:
+            pass
+        self.errors.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.duty.active.discard(self)
+
+    # -- StreamHandler: the client's side --------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        pass  # nothing to receive: the stream goes one way
+
+    def on_end(self) -> None:
+        self.abort("client ended the stream")
+
+
+# -- the duty ----------------------------------------------------------------------------
+
+
+class BundleDuty:
+    def __init__(self, ctx: ApplianceContext) -> None:
+        self.daemon = ctx.daemon
+        self.driver = ctx.driver
+        self.loop = ctx.driver.loop
+        self.server = ctx.daemon.server
+        self.config = ctx.daemon.config
+        self.active: set[BundleStream] = set()
+
+    def install(self) -> dict[Procedure, Handler]:
+        for stale in self.config.paths.state_dir.glob(".bundle-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return {Procedure.SUPPORT_BUNDLE: self.handle}
+
+    def handle(self, ctx: Any, args: Empty) -> Empty:
+        """Prepare the bundle and start the child; the reply goes out before any frame
+        (the pipe is read from a later loop turn)."""
+        serial = ctx.current_serial
+        paths = self.config.paths
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+        top = f"qemud-support-{host}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=paths.state_dir))
+        except OSError as exc:
+            raise OperationFailed(f"cannot prepare the support bundle: "
+                                  f"{exc.strerror or exc}") from None
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the stream
+        try:
+            logs = self._prepare(staging / top)
+            argv = ["sh", "-c", _SCRIPT, "qemud-bundle", str(staging), top, str(LOG_CAP)]
+            for src, dst in logs:
+                argv += [str(src), dst]
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=errors, close_fds=True, start_new_session=True)
+        except (OSError, QemudError) as exc:
+            errors.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, QemudError):
+                raise
+            raise OperationFailed(f"cannot prepare the support bundle: "
+                                  f"{exc.strerror or exc}") from None
+        self.active.add(BundleStream(self, ctx, serial, child, staging, errors))
+        log.info("support bundle for client %s (%s): %d log file(s)", ctx.id, ctx.identity,
+                 len(logs))
+        return Empty()
+
+    # -- contents ------------------------------------------------------------------------
+
+    def _prepare(self, out: Path) -> list[tuple[Path, str]]:
+        """Write the generated files under ``out``; returns (log file, member) to copy."""
+        config = self.config
+        paths = config.paths
+        (out / "domains").mkdir(parents=True)
+        (out / "logs" / "qemu").mkdir(parents=True)
+        key_files = [config.tls.key_file]
+        manifest: list[str] = []
+        skipped: list[str] = []
+
+        def write(name: str, text: str) -> None:
+            (out / name).write_text(text)
+            manifest.append(name)
+
+        write("versions.txt", self._versions())
+        write("config.toml", redact_config(config))
+        write("capabilities.xml", self.driver.capabilities_xml())
+        rows = []
+        for dom in sorted(self.driver.registry, key=lambda d: d.name):
+            rows.append(f"{dom.name}\tstate={DomainState(dom.state).name.lower()}\t"
+                        f"id={dom.id}\tpersistent={'yes' if dom.persistent else 'no'}\t"
+                        f"autostart={'yes' if dom.autostart else 'no'}\tuuid={dom.uuid}")
+            safe = _member_name(dom.name)
+            if dom.persistent:
+                write(f"domains/{safe}.xml",
+                      redact_xml((dom.next_definition or dom.definition).to_xml()))
+            if dom.live is not None:
+                write(f"domains/{safe}.live.xml", redact_xml(dom.live.to_xml(live=True)))
+        write("domains.txt", "\n".join(rows) + ("\n" if rows else ""))
+        write("appliances.json", json.dumps(self._appliances(), indent=1) + "\n")
+
+        logs: list[tuple[Path, str]] = []
+
+        def add_log(src: Path, member: str) -> None:
+            if is_private_key_path(src, key_files):
+                skipped.append(f"{src}: private key material (TLS key path or *key*.pem)")
+                return
+            if not src.is_file():
+                return
+            logs.append((src, member))
+            manifest.append(f"{member} (last {LOG_CAP} bytes of {src})")
+
+        if config.log.file:
+            add_log(Path(config.log.file), "logs/qemud.log")
+        else:
+            skipped.append("daemon log: the daemon logs to stderr (log.file is not set)")
+        audit = Path(config.log.audit_file) if config.log.audit_file else \
+            paths.log_dir / "audit.log"
+        add_log(audit, "logs/audit.log")
+        add_log(paths.log_dir / "appliance-hooks.log", "logs/appliance-hooks.log")
+        try:
+            guest_logs = sorted(paths.guest_log_dir.iterdir())
+        except OSError:
+            guest_logs = []
+        for path in guest_logs:
+            if path.name.endswith((".log", ".log.1")):
+                add_log(path, f"logs/qemu/{_member_name(path.name)}")
+        text = [f"qemud support bundle, made {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
+                "included:"] + [f"  {m}" for m in manifest + ["MANIFEST.txt"]]
+        if skipped:
+            text += ["", "left out:"] + [f"  {s}" for s in skipped]
+        text += ["", "secrets: values of keys/attributes named like *password*, *passwd*, "
+                     "*secret* are redacted; private keys are never included", ""]
+        (out / "MANIFEST.txt").write_text("\n".join(text))
+        return logs
+
+    def _versions(self) -> str:
+        caps = self.driver.caps
+        uname = os.uname()
+        lines = [f"qemud: {self.daemon.version}",
+                 f"python: {sys.version.split()[0]} ({platform.python_implementation()})",
+                 f"kernel: {uname.sysname} {uname.release} {uname.version} {uname.machine}",
+                 f"host arch: {caps.host_arch}",
+                 f"kvm: {'usable' if caps.kvm_usable else 'not usable'} ({caps.kvm_reason})"]
+        for arch, emulator in sorted(caps.emulators.items()):
+            lines.append(f"qemu {arch}: {emulator.version_string} ({emulator.path})")
+        for problem in caps.problems:
+            lines.append(f"emulator problem: {problem}")
+        return "\n".join(lines) + "\n"
+
+    def _appliances(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"images": [], "vms": {}}
+        try:
+            from .images import STATE_NAME, ImageStore
+        except ImportError:  # pragma: no cover - the images duty is optional
+            return out
+        store = self.config.appliance.image_store
+        images = ImageStore(Path(store) if store else self.config.paths.state_dir / "images")
+        out["images"] = [{"name": d.name, "version": d.version, "arch": d.arch,
+                          "path": str(p)} for d, p in images.entries()]
+        vms_dir = self.config.paths.state_dir / "vms"
+        for dom in self.driver.registry:
+            state = vms_dir / dom.name / STATE_NAME
+            try:
+                out["vms"][dom.name] = json.loads(state.read_text())
+            except (OSError, ValueError):
+                continue
+        return out
+
+
+def _member_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "_"
+
+
+def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
+    return BundleDuty(ctx).install()

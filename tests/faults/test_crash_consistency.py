@@ -1,0 +1,268 @@
+"""kill -9 of the daemon in the middle of config changes, then a restart.
+
+A daemon with ~20 defined domains and 3 running test guests (TCG) is hammered by two
+clients (define, redefine with new memory, undefine, autostart on/off; each client owns
+its own names, so the expected outcome of every acknowledged call is known) and killed
+with SIGKILL at a random moment; then restarted, checked, hammered and killed again, for
+a few rounds. After every restart:
+
+* the persistent domains listed are exactly the ``domains/*.xml`` files, each one's XML
+  (live and inactive) parses and names it, and the temp files a killed write leaves
+  behind (plus ones planted by the test) are never taken for domains;
+* every acknowledged change survived: a name is defined or not, with the memory and
+  autostart flag it was last given; only the one call in flight at the kill may have
+  gone either way;
+* the three guests are reconnected: listed running, with their ids, and controllable
+  (the final round suspends, resumes and destroys them, and checks no QEMU is left).
+
+The random seed is printed (and can be forced with QEMUD_FAULT_SEED) to replay a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import client
+from protocol.constants import DomainState
+from tests.helpers.daemon import DaemonProcess, wait_for
+
+from tests.integration.domains import guest_xml
+
+from .conftest import assert_log_clean, bare_domain_xml, guest_name, qemu_pids
+
+ROUNDS = 3
+NAMES_PER_CLIENT = 14
+DEFINED_AT_START = 10  # per client: 20 in all
+GUESTS = 3
+EMULATOR = "/nonexistent/qemu-crash-test"  # autostart after a restart launches nothing
+
+#: (defined, memory MiB, autostart) of one name
+State = tuple[bool, int, bool]
+UNDEFINED: State = (False, 0, False)
+
+
+@dataclass
+class Owner:
+    """One hammering client: its names and what the daemon acknowledged for each."""
+
+    label: str
+    names: list[str]
+    expected: dict[str, set[State]] = field(default_factory=dict)
+    calls: int = 0
+    failure: BaseException | None = None
+
+    def certain(self, name: str) -> State:
+        (state,) = self.expected[name]
+        return state
+
+
+def _xml(name: str, memory: int) -> str:
+    return bare_domain_xml(name, memory_mib=memory, emulator=EMULATOR)
+
+
+def _hammer(d: DaemonProcess, owner: Owner, rng: random.Random, stop: threading.Event
+            ) -> None:
+    """Random changes until the daemon dies under us (or ``stop``)."""
+    try:
+        conn = d.connect()
+    except client.QemudClientError:
+        return
+    try:
+        while not stop.is_set():
+            name = rng.choice(owner.names)
+            before = owner.certain(name)
+            defined, memory, autostart = before
+            if not defined:
+                after: State = (True, rng.randrange(32, 256), False)
+                op = lambda: conn.define_xml(_xml(name, after[1]))  # noqa: E731
+            else:
+                kind = rng.choice(["undefine", "redefine", "autostart", "autostart"])
+                dom = conn.lookup_by_name(name)
+                if kind == "undefine":
+                    after = UNDEFINED
+                    op = dom.undefine
+                elif kind == "redefine":
+                    after = (True, rng.randrange(32, 256), autostart)
+                    xml = _xml(name, after[1]).replace(
+                        "<domain type='qemu'>", f"<domain type='qemu'><uuid>{dom.uuid}</uuid>")
+                    op = lambda xml=xml: conn.define_xml(xml)  # noqa: E731
+                else:
+                    after = (True, memory, not autostart)
+                    op = lambda dom=dom, a=after[2]: dom.set_autostart(a)  # noqa: E731
+            owner.expected[name] = {before, after}  # in flight: either outcome
+            op()
+            owner.expected[name] = {after}
+            owner.calls += 1
+    except (client.ConnectionLost, client.ConnectFailed, OSError):
+        pass  # the kill: the call in flight stays undecided
+    except BaseException as exc:  # noqa: BLE001 - a wrong answer; reported by the test
+        owner.failure = exc
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _plant_debris(domains: Path, ghost: str, victim: str) -> None:
+    """Temp files as a write killed before its rename leaves them (atomic_write's names)."""
+    (domains / f".{ghost}.xml.k1ll3d.tmp").write_text(_xml(ghost, 64))
+    (domains / f".{victim}.xml.t0rn00.tmp").write_text(_xml(victim, 99)[:57])
+    (domains / f"{ghost}.xml.tmp").write_text(_xml(ghost, 64))
+
+
+def _check_after_restart(d: DaemonProcess, owners: list[Owner], guests: dict[str, int],
+                         ghost: str) -> None:
+    domains = d.config_dir / "domains"
+    with d.connect() as conn:
+        listed = {dom.name: dom for dom in conn.list_domains()}
+        on_disk = {p.stem for p in domains.glob("*.xml")}
+        persistent = {n for n, dom in listed.items()}
+        assert persistent == on_disk, (persistent ^ on_disk)
+        assert ghost not in listed
+        for name, dom in listed.items():
+            for flags in (0, client.XML_INACTIVE):
+                root = ET.fromstring(dom.xml(flags))
+                assert root.findtext("name") == name
+        for owner in owners:
+            for name in owner.names:
+                allowed = owner.expected[name]
+                if name not in listed:
+                    seen: State = UNDEFINED
+                else:
+                    root = ET.fromstring(listed[name].xml(client.XML_INACTIVE))
+                    memory = int(root.findtext("memory")) // 1024
+                    seen = (True, memory, listed[name].autostart())
+                assert seen in allowed, f"{name}: after restart {seen}, expected one of " \
+                                        f"{allowed} (seed in the test output)"
+                owner.expected[name] = {seen}
+        running = {dom.name: dom for dom in conn.list_domains(client.ListFlags.ACTIVE)}
+        assert set(running) == set(guests), f"running after restart: {set(running)}"
+        for name, dom in running.items():
+            assert dom.id == guests[name], f"{name} changed id over the restart"
+            wait_for(lambda dom=dom: dom.state()[0] == DomainState.RUNNING, timeout=10,
+                     message=f"{name} running after the restart")
+    assert "skipping domain definition" not in d.log_text()
+
+
+@pytest.mark.integration
+def test_kill_during_config_changes_loses_nothing(short_tmp: Path, test_guest,
+                                                  qemu_cleanup) -> None:
+    tmp_path = short_tmp
+    seed = int(os.environ.get("QEMUD_FAULT_SEED", time.time_ns() % 2**32))
+    print(f"crash-consistency seed: QEMUD_FAULT_SEED={seed}")
+    rng = random.Random(seed)
+    d = DaemonProcess(tmp_path / "qemud", {"qemu": {"destroy_grace": 1.0}})
+    owners = [Owner(label, [guest_name(f"cc{label}", i) for i in range(NAMES_PER_CLIENT)])
+              for label in "ab"]
+    ghost = guest_name("ghost")
+    guests: dict[str, int] = {}
+    d.start()
+    try:
+        with d.connect() as conn:
+            for owner in owners:
+                for i, name in enumerate(owner.names):
+                    if i < DEFINED_AT_START:
+                        conn.define_xml(_xml(name, 64))
+                        owner.expected[name] = {(True, 64, False)}
+                    else:
+                        owner.expected[name] = {UNDEFINED}
+            for i in range(GUESTS):
+                name = guest_name("ccguest", i)
+                dom = conn.define_xml(guest_xml(name, test_guest, tmp_path / f"g{i}.sock",
+                                                memory_mib=128))
+                dom.create()
+                guests[name] = dom.refresh().id
+        for round_no in range(ROUNDS):
+            stop = threading.Event()
+            workers = [threading.Thread(target=_hammer, daemon=True,
+                                        args=(d, owner, random.Random(rng.random()), stop))
+                       for owner in owners]
+            for w in workers:
+                w.start()
+            time.sleep(rng.uniform(0.2, 1.2))
+            d.kill()  # SIGKILL, at whatever the daemon was doing
+            stop.set()
+            for w in workers:
+                w.join(15)
+                assert not w.is_alive(), "a hammering client hung after the kill"
+            for owner in owners:
+                assert owner.failure is None, f"client {owner.label}: {owner.failure!r}"
+            assert all(qemu_pids(name) for name in guests), "a guest died with the daemon"
+            in_flight = [n for o in owners for n, states in o.expected.items()
+                         if len(states) > 1]
+            debris = [p.name for p in (d.config_dir / "domains").glob(".*.tmp")]
+            print(f"round {round_no}: {sum(o.calls for o in owners)} calls so far; in flight "
+                  f"at the kill: {in_flight}; temp files left: {debris}")
+            if round_no == 0:
+                _plant_debris(d.config_dir / "domains", ghost, owners[0].names[0])
+            d.start()
+            _check_after_restart(d, owners, guests, ghost)
+        assert sum(o.calls for o in owners) > 50, "the clients hardly did anything"
+        # the guests are controllable, and nothing is left running once destroyed
+        with d.connect() as conn:
+            for name in guests:
+                dom = conn.lookup_by_name(name)
+                dom.suspend()
+                assert dom.state()[0] == DomainState.PAUSED
+                dom.resume()
+                assert dom.state()[0] == DomainState.RUNNING
+                dom.destroy()
+                assert dom.state()[0] == DomainState.SHUTOFF
+                assert qemu_pids(name) == []
+        assert_log_clean(d)
+    finally:
+        d.kill()
+
+
+# -- what a kill between two file operations leaves -----------------------------------------
+
+def test_undefine_removes_the_autostart_flag_before_the_definition(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Killed between the two unlinks, an undefine must leave a definition without a flag
+    (the domain is still there, not autostarted), never a flag without a definition."""
+    from qemud.driver.store import DomainStore
+    dirs = [tmp_path / n for n in ("domains", "autostart", "status")]
+    for x in dirs:
+        x.mkdir()
+    store = DomainStore(*dirs)
+    store.save_definition("a", "<domain/>")
+    store.set_autostart("a", True)
+    order: list[str] = []
+    real_unlink = Path.unlink
+
+    def recording_unlink(self: Path, missing_ok: bool = False) -> None:
+        order.append(self.parent.name)
+        real_unlink(self, missing_ok)
+    monkeypatch.setattr(Path, "unlink", recording_unlink)
+    store.delete_definition("a")
+    assert order == ["autostart", "domains"]
+
+
+def test_stale_autostart_flag_is_not_inherited_by_a_new_domain(daemon_factory) -> None:
+    """A flag whose definition is gone (an undefine cut short by a crash, a hand edit) must
+    not make a newly defined domain of that name autostart on the next daemon start."""
+    name = guest_name("stale")
+    d = daemon_factory()
+    d.stop()
+    (d.config_dir / "autostart" / name).touch()  # flag, no definition
+    d.start()
+    with d.connect() as conn:
+        dom = conn.define_xml(bare_domain_xml(name, emulator=EMULATOR))
+        assert dom.autostart() is False
+    assert not (d.config_dir / "autostart" / name).exists()
+    assert f"removing stale autostart flag of '{name}'" in d.log_text()
+    d.stop()
+    d.start()
+    with d.connect() as conn:
+        assert conn.lookup_by_name(name).autostart() is False
+    assert f"autostarting {name}" not in d.log_text()
+    assert_log_clean(d)
