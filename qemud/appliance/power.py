@@ -30,7 +30,9 @@ before that command got through, the RESET event that follows is handled the sam
 after the fact. ``set-action`` applies to host-requested resets as well, so around every
 reset the daemon itself makes (``qemush reboot``, a ``hook`` reboot in place) it switches
 back to ``reboot=reset`` until the firmware's own follow-up resets (SeaBIOS resets a
-warm-reset machine once more) are over; see ``_begin_settle``.
+warm-reset machine again) are over; see ``_begin_settle``. Guests with
+``<on_reboot>destroy``, which the command line starts with ``-action reboot=shutdown``,
+get the same care (without it ``qemush reboot`` would leave them stopped for good).
 
 Each action emits an appliance event ``power-action`` ("restart after guest shutdown")
 and writes one line to the audit log. Programs (hooks, host commands) are started with

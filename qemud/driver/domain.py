@@ -40,6 +40,9 @@ class DomainObj:
     stop_intent: StopIntent | None = None
     guest_shutdown: bool = False  # the guest powered itself off (QMP SHUTDOWN guest=true)
     fake_reboot: bool = False  # reboot requested by ACPI: reset instead of stopping
+    #: an admin asked for this ACPI shutdown (DOMAIN_SHUTDOWN): the guest's power-off is
+    #: then not the guest's own decision, so appliance power-following does not apply
+    shutdown_requested: bool = False
     started_at: float = 0.0
     stop_waiters: list[Deferred] = field(default_factory=list)
     device_waiters: dict[str, Deferred] = field(default_factory=dict)

@@ -124,8 +124,14 @@ class QemuDriver:
     # -- guest-initiated actions (policy) ------------------------------------------------
 
     def on_guest_power(self, dom: DomainObj, reason: str) -> None:
-        """The guest powered off (or reset with on_reboot=destroy): apply on_poweroff."""
-        for hook in self.power_hooks:
+        """The guest powered off (or reset with on_reboot=destroy): apply on_poweroff.
+
+        Appliance hooks only see power-offs the guest decided on itself: one that follows
+        an admin's DOMAIN_SHUTDOWN must not, say, power off the host (libvirt's
+        <on_poweroff> still applies, as it does in libvirt).
+        """
+        hooks = [] if dom.shutdown_requested else self.power_hooks
+        for hook in hooks:
             if hook(dom, reason):
                 return
         policy = dom.current().on_reboot if reason == "guest-reset" else \
@@ -293,6 +299,7 @@ class QemuDriver:
         if dom.state == DomainState.PAUSED:
             raise OperationInvalid(f"domain '{dom.name}' is paused: resume it before an ACPI "
                                    "shutdown (or destroy it)")
+        dom.shutdown_requested = True
         request = dom.monitor.execute("system_powerdown")
         if not args.flags & ShutdownFlags.DESTROY_ON_TIMEOUT:
             return self._empty_or(request)

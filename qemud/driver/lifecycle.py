@@ -129,10 +129,13 @@ class Lifecycle:
         self.registry.assign_id(dom)
         live.id = dom.id
         dom.live, dom.process = live, process
-        dom.guest_shutdown = dom.fake_reboot = False
+        dom.guest_shutdown = dom.fake_reboot = dom.shutdown_requested = False
         dom.stop_intent = None
         dom.started_at = time.time()
         self._set_state(dom, DomainState.PAUSED, PausedReason.STARTING_UP)
+        # recorded at once: a daemon killed before the start completes must find this
+        # QEMU on restart (to kill it), never leave it running unknown next to a new one
+        self.save_status(dom)
         result = Deferred()
         monitor = Monitor(self.loop, str(paths.qmp_socket), dom.name,
                           on_event=lambda ev: self._on_qmp_event(dom, ev),
@@ -394,6 +397,17 @@ class Lifecycle:
         live.id = dom.id
         dom.live, dom.process, dom.started_at = live, process, record.started_at
         self.driver.ports.claim(live)
+        if record.state == DomainState.PAUSED and record.reason == PausedReason.STARTING_UP:
+            # the last daemon died before this start completed: no client was told it
+            # started, so it is stopped as a failed start (as libvirt does)
+            log.warning("domain %s: QEMU (pid %d) was still starting when the last daemon "
+                        "stopped: killing it", record.name, record.pid)
+            self._set_state(dom, DomainState.PAUSED, PausedReason.STARTING_UP)
+            dom.job = "start"  # _on_exit: a failed start, no STOPPED event
+            dom.stop_intent = StopIntent(ShutoffReason.FAILED, StoppedDetail.FAILED)
+            process.add_exit_callback(lambda proc: self._on_exit(dom, proc))
+            process.kill()
+            return
         self._set_state(dom, DomainState(record.state), record.reason)
         monitor = Monitor(self.loop, record.qmp_path, dom.name,
                           on_event=lambda ev: self._on_qmp_event(dom, ev),

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from lxml import etree
 import client
 from client import appliance_images as images
 from client.errors import (
-    ConfigUnsupportedError,
     DomainExistsError,
     InvalidArgError,
     OperationInvalid,
@@ -44,7 +44,7 @@ from qemud.appliance.images import (
 )
 from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, bare_xml
+from tests.integration.domains import bare_xml
 from tests.integration.serial import SerialPort
 
 from .conftest import BOOT_TIMEOUT, EventLog, wait_state
@@ -444,18 +444,22 @@ class Vm:
         self.serial: SerialPort | None = None
 
     def attach(self) -> Vm:
+        """Connect to the (new) QEMU's serial socket and wait until the guest answers: its
+        READY marker, or a ping's answer when it finished booting before we connected."""
         wait_state(self.dom, DomainState.RUNNING, BOOT_TIMEOUT)
         if self.serial is not None:
             self.serial.close()
         self.serial = SerialPort(self.sock)
-        try:
-            self.serial.wait_for(READY, 40)
-        except TimeoutError:
-            import subprocess as sp
-            print("DEBUG", sp.run(f"ls -la {self.sock.parent}; ss -xp | grep -i console; ps aux | grep qemu-system | grep -c vm-", shell=True, capture_output=True, text=True).stdout)
-            print("DEBUG XML", self.dom.xml())
-            raise
-        return self
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while True:
+            mark = self.serial.mark()
+            self.serial.send("ping")
+            try:
+                self.serial.wait_for(r"QEMUD-GUEST-READY|QEMUD-PONG", 3, start=mark)
+                return self
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
 
     def command(self, line: str, answer: str) -> str:
         assert self.serial is not None
@@ -486,13 +490,13 @@ def test_update_confirm_rollback_and_reset(conn: client.Connection, qemud: Daemo
     try:
         # two VMs from one appliance, each with its own overlays
         a.attach()
-        assert a.read("vda", 9) == "SYSTEM-V1"
+        assert a.read("vda", 11) == "SYSTEM-V1.0"
         assert a.read("vdb", 13) == "DATA-ORIGINAL"
         a.write("vda", "VM-A-SYSTEM")
         a.write("vdb", "VM-A-DATA")
         a.write("vdc", "VM-A-SCRATCH")
         b.attach()
-        assert b.read("vda", 11) == "SYSTEM-V1.."  # vm-a's write is not in vm-b's disk
+        assert b.read("vda", 11) == "SYSTEM-V1.0"  # vm-a's write is not in vm-b's disk
         assert b.read("vdb", 9) == "DATA-ORIG"
         b.dom.destroy()
         b.close()
@@ -504,7 +508,7 @@ def test_update_confirm_rollback_and_reset(conn: client.Connection, qemud: Daemo
         a.attach()
         confirmed = events.wait("vm-a", "update-confirmed", timeout=UPDATE_DEADLINE)[0]
         assert "demo 1.0 -> 2.0" in confirmed.text
-        assert a.read("vda", 9) == "SYSTEM-V2"
+        assert a.read("vda", 11) == "SYSTEM-V2.0"
         assert a.read("vdb", 9) == "VM-A-DATA"
         assert a.read("vdc", 12) == "............"  # recreated empty
         assert origin(a.dom.xml()) == ("demo", "2.0")
@@ -520,7 +524,7 @@ def test_update_confirm_rollback_and_reset(conn: client.Connection, qemud: Daemo
         assert "3.0 -> back to 2.0" in rolled.text and "no heartbeat within" in rolled.text
         assert events.appliance("vm-a", "update-confirmed")[1:] == []
         a.attach()  # started again, on 2.0
-        assert a.read("vda", 9) == "SYSTEM-V2"
+        assert a.read("vda", 11) == "SYSTEM-V2.0"
         assert a.read("vdb", 9) == "VM-A-DATA"
         xml = a.dom.xml(client.XML_INACTIVE)
         assert origin(xml) == ("demo", "2.0") and "qemud.noheartbeat" not in xml
@@ -535,7 +539,7 @@ def test_update_confirm_rollback_and_reset(conn: client.Connection, qemud: Daemo
         reset = events.wait("vm-a", "factory-reset", timeout=10)[0]
         assert "back to demo:2.0" in reset.text
         a.attach()
-        assert a.read("vda", 9) == "SYSTEM-V2"
+        assert a.read("vda", 11) == "SYSTEM-V2.0"
         assert a.read("vdb", 9) == "VM-A-DATA"
         for version in ("1.0", "2.0", "3.0"):
             assert store_sums(qemud, version) == sums[version], version

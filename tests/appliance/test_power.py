@@ -237,3 +237,23 @@ def test_shutdown_and_reboot_host_commands(conn: client.Connection, events: Even
     assert "action=shutdown-host" in qemud.audit_file.read_text()
     for serial in serials.values():
         serial.close()
+
+
+def test_admin_shutdown_does_not_follow_the_power_policy(conn: client.Connection,
+                                                         events: EventLog, test_guest,
+                                                         scripts: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """`qemush shutdown` is the admin's decision, not the guest's: a guest whose policy is
+    shutdown-host must not take the host down with it."""
+    out = scripts["host_out"]
+    before = out.read_text() if out.exists() else ""
+    dom, serial = boot(conn, "pw-admin", test_guest, tmp_path / "serial.sock",
+                       power_metadata(shutdown="shutdown-host"))
+    dom.shutdown()
+    serial.wait_for("QEMUD-GUEST-POWEROFF")
+    wait_state(dom, DomainState.SHUTOFF)
+    events.drain(1.0)
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert "domain=pw-admin" not in (out.read_text() if out.exists() else "")[len(before):]
+    assert events.appliance("pw-admin", "power-action") == []
+    serial.close()

@@ -31,6 +31,7 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports():
     import construct  # noqa: E402,F401 - the codecs are built on it
+
     from protocol import (  # noqa: E402
         CLOSED,
         CURRENT_VERSION,

@@ -33,7 +33,6 @@ import pytest
 import client
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, wait_for
-
 from tests.integration.domains import guest_xml
 
 from .conftest import assert_log_clean, bare_domain_xml, guest_name, qemu_pids
@@ -266,3 +265,53 @@ def test_stale_autostart_flag_is_not_inherited_by_a_new_domain(daemon_factory) -
         assert conn.lookup_by_name(name).autostart() is False
     assert f"autostarting {name}" not in d.log_text()
     assert_log_clean(d)
+
+
+@pytest.mark.integration
+def test_kill_during_guest_start_leaves_no_orphan_qemu(short_tmp: Path, qemu_cleanup) -> None:
+    """Killed after launching QEMU but before the start completed, the daemon must find that
+    QEMU on restart (its status is recorded at launch) and stop it as a failed start, not
+    leave it running unknown (a second start would then run two QEMUs on one guest)."""
+    name = guest_name("halfstart")
+    wrapper = short_tmp / "slow-qemu"  # QEMU, after a pause the kill lands in
+    wrapper.write_text("#!/bin/sh\nsleep 3\nexec qemu-system-x86_64 \"$@\"\n")
+    wrapper.chmod(0o755)
+    d = DaemonProcess(short_tmp / "qemud", {"qemu": {"destroy_grace": 1.0}})
+    d.start()
+    try:
+        with d.connect() as conn:
+            conn.define_xml(bare_domain_xml(name, emulator=str(wrapper)))
+        starter = d.connect()
+        outcome: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                starter.lookup_by_name(name).create(flags=1)  # paused: no firmware boot
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        status = d.run_dir / "qemu" / f"{name}.status.json"
+        wait_for(lambda: qemu_pids(name) and status.exists(), timeout=10,
+                 message="QEMU launched and its status recorded")
+        (pid,) = qemu_pids(name)
+        d.kill()
+        thread.join(10)
+        assert outcome and isinstance(outcome[0], client.ConnectionLost), outcome
+        assert qemu_pids(name) == [pid], "QEMU must outlive the daemon"
+        d.start()
+        wait_for(lambda: not qemu_pids(name), timeout=10,
+                 message="the half-started QEMU killed by the restarted daemon")
+        with d.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            wait_for(lambda: dom.state()[0] == DomainState.SHUTOFF, timeout=5,
+                     message="shut off")
+            assert not status.exists()
+            dom.create(flags=1)  # a fresh start works, with exactly one QEMU
+            assert dom.state()[0] == DomainState.PAUSED and len(qemu_pids(name)) == 1
+            dom.destroy()
+            assert qemu_pids(name) == []
+        assert "was still starting when the last daemon stopped" in d.log_text()
+        assert_log_clean(d)
+    finally:
+        d.kill()

@@ -32,12 +32,10 @@ from protocol import (
     PROGRAM,
     Call,
     Connection,
-    MessageType,
     Procedure,
     ProtocolError,
     Reply,
     Role,
-    Status,
 )
 from protocol import payloads as pl
 from protocol.procedures import Kind, spec_for

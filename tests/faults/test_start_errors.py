@@ -18,7 +18,6 @@ import pytest
 import client
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess
-
 from tests.integration.domains import guest_xml
 
 from .conftest import (

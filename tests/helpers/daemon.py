@@ -7,6 +7,7 @@ run side by side; nothing touches the user's or the system's qemud.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -93,11 +94,17 @@ class DaemonProcess:
         return [sys.executable, "-m", "qemud", f"--{self.mode}", "--config",
                 str(self.config_file), *self.extra_args]
 
-    def start(self, wait: bool = True) -> DaemonProcess:
+    def start(self, wait: bool = True, nofile: int | None = None) -> DaemonProcess:
+        """Start the daemon; ``nofile`` sets its RLIMIT_NOFILE (the test's is untouched)."""
         self.write_config()
         stderr = open(self.root / "qemud.stderr", "ab")  # noqa: SIM115 - owned by the proc
+
+        def limit() -> None:
+            if nofile is not None:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
         self.proc = subprocess.Popen(self.command(), stdout=stderr, stderr=stderr,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=limit)
         stderr.close()
         if wait:
             self.wait_ready()

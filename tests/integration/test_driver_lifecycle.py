@@ -27,7 +27,6 @@ from protocol.constants import (
     StoppedDetail,
 )
 from tests.helpers.daemon import DaemonProcess, wait_for
-
 from tests.integration.domains import READY, bare_xml, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -68,12 +67,27 @@ def lifecycle_events(conn: client.Connection, dom: client.Domain, count: int,
     return seen
 
 
-def qemu_pids(name: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"guest={name},"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+def qemu_pids(name: str, run_dir: Path | None = None) -> list[int]:
+    """Live QEMU processes of guest ``name`` (of the daemon with ``run_dir``, if given).
+
+    Scoped by run dir because other test runs on the machine may use the same guest
+    names; zombies (exited, not yet reaped by their parent) do not count as running.
+    """
+    pattern = f"{run_dir}/qemu/{name}/" if run_dir is not None else f"guest={name},"
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    pids = []
+    for pid in map(int, out.stdout.split()):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            pids.append(pid)
+    return pids
 
 
-def test_full_lifecycle(conn: client.Connection, test_guest, tmp_path: Path) -> None:
+def test_full_lifecycle(conn: client.Connection, qemud: DaemonProcess, test_guest,
+                        tmp_path: Path) -> None:
     sock = tmp_path / "serial.sock"
     dom = conn.define_xml(guest_xml("life", test_guest, sock))
     conn.register_event(client.EventId.LIFECYCLE, domain=dom)
@@ -120,7 +134,7 @@ def test_full_lifecycle(conn: client.Connection, test_guest, tmp_path: Path) -> 
 
     dom.destroy()
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
-    assert qemu_pids("life") == []
+    assert qemu_pids("life", qemud.run_dir) == []
     dom.undefine()
     with pytest.raises(client.NoDomainError):
         conn.lookup_by_name("life")
@@ -156,13 +170,14 @@ def test_transient_guest_is_never_written(conn: client.Connection, qemud: Daemon
         conn.lookup_by_name("transient1")
 
 
-def test_guest_killed_from_outside_is_reported_crashed(conn: client.Connection, test_guest,
+def test_guest_killed_from_outside_is_reported_crashed(conn: client.Connection,
+                                                       qemud: DaemonProcess, test_guest,
                                                        tmp_path: Path) -> None:
     dom = conn.define_xml(guest_xml("victim", test_guest, tmp_path / "s.sock"))
     conn.register_event(client.EventId.LIFECYCLE, domain=dom)
     dom.create()
     assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
-    (pid,) = qemu_pids("victim")
+    (pid,) = qemu_pids("victim", qemud.run_dir)
     os.kill(pid, signal.SIGKILL)
     assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STOPPED, StoppedDetail.FAILED)]
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.CRASHED)
@@ -179,7 +194,7 @@ def test_failed_start_returns_qemu_error_and_leaves_nothing(
         dom.create()
     assert "no-such-disk.img" in str(info.value)  # QEMU's own text
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.FAILED)
-    assert qemu_pids("broken") == []
+    assert qemu_pids("broken", qemud.run_dir) == []
     assert not list((qemud.run_dir / "qemu" / "broken").glob("*.sock"))
     dom.undefine()
 
@@ -225,7 +240,8 @@ def test_cdrom_media_change(conn: client.Connection, test_guest, tmp_path: Path)
     dom.destroy()
 
 
-def test_save_and_restore(conn: client.Connection, test_guest, tmp_path: Path) -> None:
+def test_save_and_restore(conn: client.Connection, qemud: DaemonProcess, test_guest,
+                          tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
     dom = conn.define_xml(guest_xml("saver", test_guest, sock))
     dom.create()
@@ -235,7 +251,7 @@ def test_save_and_restore(conn: client.Connection, test_guest, tmp_path: Path) -
     dom.save(str(state_file))
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
     assert state_file.stat().st_size > 1 << 20
-    assert qemu_pids("saver") == []
+    assert qemu_pids("saver", qemud.run_dir) == []
     serial.close()
     restored = conn.restore(str(state_file))
     assert restored.name == "saver"
@@ -277,7 +293,7 @@ def test_daemon_killed_and_restarted_reconnects_running_guests(
             conn.create_xml(guest_xml("keep2", test_guest, tmp_path / "2.sock"))
             ids = {d.name: d.refresh().id for d in conn.list_domains()}
         daemon.kill()  # kill -9: no chance to clean up
-        assert qemu_pids("keep1") and qemu_pids("keep2")
+        assert qemu_pids("keep1", daemon.run_dir) and qemu_pids("keep2", daemon.run_dir)
         daemon.start()
         with daemon.connect() as conn:
             running = {d.name: d for d in conn.list_domains(client.ListFlags.ACTIVE)}
@@ -290,13 +306,14 @@ def test_daemon_killed_and_restarted_reconnects_running_guests(
             keep1.resume()
             for dom in running.values():
                 dom.destroy()
-            assert qemu_pids("keep1") == [] and qemu_pids("keep2") == []
+            assert qemu_pids("keep1", daemon.run_dir) == []
+            assert qemu_pids("keep2", daemon.run_dir) == []
             assert conn.lookup_by_name("keep1").state()[0] == DomainState.SHUTOFF
             with pytest.raises(client.NoDomainError):
                 conn.lookup_by_name("keep2")  # transient: gone once stopped
     finally:
         for name in ("keep1", "keep2"):
-            for pid in qemu_pids(name):
+            for pid in qemu_pids(name, daemon.run_dir):
                 os.kill(pid, signal.SIGKILL)
         daemon.stop()
 
@@ -309,9 +326,9 @@ def test_guest_that_died_while_daemon_was_down_is_marked_crashed(
         with daemon.connect() as conn:
             conn.define_xml(guest_xml("gone", test_guest, tmp_path / "g.sock")).create()
         daemon.kill()
-        for pid in qemu_pids("gone"):
+        for pid in qemu_pids("gone", daemon.run_dir):
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not qemu_pids("gone"), message="qemu gone")
+        wait_for(lambda: not qemu_pids("gone", daemon.run_dir), message="qemu gone")
         daemon.start()
         with daemon.connect() as conn:
             assert conn.lookup_by_name("gone").state() == (DomainState.SHUTOFF,
@@ -343,7 +360,7 @@ def test_autostart_guests_start_with_the_daemon(tmp_path: Path, test_guest) -> N
             assert not (daemon.config_dir / "autostart" / "auto1").exists()
             auto.destroy()
     finally:
-        for pid in qemu_pids("auto1"):
+        for pid in qemu_pids("auto1", daemon.run_dir):
             os.kill(pid, signal.SIGKILL)
         daemon.stop()
 

@@ -1,0 +1,131 @@
+"""SUPPORT_BUNDLE: the archive's members, redaction, no private keys, the shell command.
+
+The daemon's TLS key file exists (a PEM private key) and its audit log is configured
+inside the key's directory: neither may end up in the bundle.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from client import appliance_images as images
+from client.errors import ReadOnlyError
+from qemud.appliance.bundle import _redact, is_private_key_path, redact_xml
+from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
+from tests.integration.domains import bare_xml
+
+PEM = b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    root = tmp_path_factory.mktemp("qemud-bundle")
+    private = root / "pki" / "private"
+    private.mkdir(parents=True)
+    (private / "serverkey.pem").write_bytes(PEM)
+    daemon = DaemonProcess(root / "d", {
+        "tls": {"key_file": str(private / "serverkey.pem"),
+                "cert_file": str(root / "pki" / "servercert.pem")},
+        "log": {"audit_file": str(private / "audit.log")}})
+    daemon.start()
+    yield daemon
+    try:
+        with daemon.connect() as conn:
+            for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                dom.destroy()
+    finally:
+        daemon.stop()
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for m in tar.getmembers():
+            if m.isfile():
+                f = tar.extractfile(m)
+                assert f is not None
+                out[m.name.split("/", 1)[1]] = f.read()
+    return out
+
+
+def test_bundle_members_and_no_private_key(qemud: DaemonProcess) -> None:
+    with qemud.connect() as conn:
+        running = conn.create_xml(bare_xml("bundle-run"))
+        defined = conn.define_xml(bare_xml("bundle-def"))
+        try:
+            out = io.BytesIO()
+            size = images.support_bundle(conn, out)
+            # the connection is still usable afterwards
+            assert conn.lookup_by_name("bundle-def").name == "bundle-def"
+        finally:
+            running.destroy()
+            defined.undefine()
+    data = out.getvalue()
+    assert size == len(data) > 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+    assert len(tops) == 1 and tops.pop().startswith("qemud-support-")
+    files = members(data)
+    for name in ("MANIFEST.txt", "versions.txt", "config.toml", "capabilities.xml",
+                 "domains.txt", "appliances.json", "logs/qemud.log",
+                 "domains/bundle-def.xml", "domains/bundle-run.live.xml",
+                 "logs/qemu/bundle-run.log"):
+        assert name in files, (name, sorted(files))
+    assert "domains/bundle-run.xml" not in files  # transient: no persistent XML
+    versions = files["versions.txt"].decode()
+    for word in ("qemud:", "python:", "kernel:", "qemu x86_64:", "kvm:"):
+        assert word in versions
+    assert b"<capabilities>" in files["capabilities.xml"]
+    assert b"bundle-run\tstate=running" in files["domains.txt"]
+    assert b"starting: " in files["logs/qemu/bundle-run.log"]
+    config = files["config.toml"].decode()
+    assert "[tls]" in config and "serverkey.pem" in config  # the path, not the key
+    # no private key anywhere; the audit log under the key's directory is left out
+    for name, content in files.items():
+        assert b"PRIVATE KEY" not in content, name
+        assert not name.endswith("key.pem"), name
+    assert "logs/audit.log" not in files
+    manifest = files["MANIFEST.txt"].decode()
+    assert "audit.log: private key material" in manifest
+    # the daemon left no staging directory behind
+    assert not list(qemud.state_dir.glob(".bundle-*"))
+
+
+def test_bundle_needs_a_privileged_connection(qemud: DaemonProcess) -> None:
+    with qemud.connect(readonly=True) as ro, pytest.raises(ReadOnlyError):
+        images.support_bundle(ro, io.BytesIO())
+
+
+def test_shell_support_bundle(qemud: DaemonProcess, tmp_path: Path) -> None:
+    target = tmp_path / "bundle.tar.gz"
+    r = subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri,
+                        "support-bundle", "-o", str(target)], capture_output=True, text=True,
+                       timeout=120, env=env_without_daemon_vars(), stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"Support bundle written to {target} (")
+    assert "versions.txt" in members(target.read_bytes())
+    assert not Path(f"{target}.part").exists()
+
+
+def test_redaction_rules() -> None:
+    assert _redact({"password": "x", "nested": {"db_secret": "y", "user": "u"},
+                    "list": [{"passwd": "z"}], "key_file": "/k.pem"}) == {
+        "password": "<redacted>", "nested": {"db_secret": "<redacted>", "user": "u"},
+        "list": [{"passwd": "<redacted>"}], "key_file": "/k.pem"}
+    xml = redact_xml("<domain><devices><graphics type='vnc' passwd='hunter2'/>"
+                     "<secret>s3cr3t</secret></devices></domain>")
+    assert "hunter2" not in xml and "s3cr3t" not in xml and xml.count("&lt;redacted&gt;") == 2
+    keys = ["/etc/pki/qemud/private/serverkey.pem"]
+    assert is_private_key_path(Path("/etc/pki/qemud/private/serverkey.pem"), keys)
+    assert is_private_key_path(Path("/etc/pki/qemud/private/other.log"), keys)
+    assert is_private_key_path(Path("/var/log/qemud/clientkey.pem"), keys)
+    assert is_private_key_path(Path("/var/log/qemud/KEY.PEM"), keys)
+    assert not is_private_key_path(Path("/var/log/qemud/audit.log"), keys)
