@@ -8,9 +8,12 @@ cd "$here"
 
 # Debian packages: QEMU for the three architectures the driver supports, qemu-img,
 # libvirt's headers for libvirt-python (and libvirt0's RelaxNG schemas), the test-guest
-# builder's tools, and a compiler for libvirt-python's C extension.
+# builder's tools, a compiler for libvirt-python's C extension, and libvirtd itself (without
+# libvirt-daemon-system, so no service starts) for the side-by-side conformance test and
+# the benchmarks, which run a private libvirtd of their own.
 packages=(qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-utils libvirt-dev
-          pkg-config gcc busybox-static cpio kmod zstd xz-utils)
+          pkg-config gcc busybox-static cpio kmod zstd xz-utils
+          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

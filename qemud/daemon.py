@@ -19,8 +19,8 @@ from typing import Protocol
 from protocol import Procedure
 
 from .config import Config
-from .errors import ConfigError
 from .dispatch import Dispatcher, Handler, HelloPolicy
+from .errors import ConfigError
 from .events import EventBus
 from .handlers import core_handlers
 from .host import HostInfo, read_host_info

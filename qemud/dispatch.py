@@ -46,7 +46,7 @@ class Deferred:
     __slots__ = ("_callbacks", "result", "error", "done")
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[Deferred], None]] = []
+        self._callbacks: list[Callable[[Deferred], object]] = []
         self.result: Any = None
         self.error: QemudError | None = None
         self.done = False
@@ -65,7 +65,8 @@ class Deferred:
         for cb in callbacks:
             cb(self)
 
-    def add_done_callback(self, cb: Callable[[Deferred], None]) -> None:
+    def add_done_callback(self, cb: Callable[[Deferred], object]) -> None:
+        """Call ``cb(self)`` once done (now, if it already is); its return value is ignored."""
         if self.done:
             cb(self)
         else:

@@ -12,6 +12,7 @@ one bad connection must not take the daemon down.
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import itertools
 import logging
@@ -127,7 +128,7 @@ class EventLoop:
                 done, status = pid, 0  # reaped elsewhere or not our child
             if done == pid:
                 handler = self._child_handlers.pop(pid)
-                self._guard(lambda h=handler, s=status: h(s), f"child {pid} exit handler")
+                self._guard(functools.partial(handler, status), f"child {pid} exit handler")
 
     def _on_wakeup(self) -> None:
         while True:
@@ -140,7 +141,7 @@ class EventLoop:
             for signum in data:
                 handler = self._signal_handlers.get(signum)
                 if handler is not None:
-                    self._guard(lambda h=handler, s=signum: h(s), f"signal {signum} handler")
+                    self._guard(functools.partial(handler, signum), f"signal {signum} handler")
 
     # -- running -------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class EventLoop:
             ready = []
         for key, mask in ready:
             handler: FdHandler = key.data
-            self._guard(lambda h=handler, m=mask: h(m), f"fd {key.fd} handler")
+            self._guard(functools.partial(handler, mask), f"fd {key.fd} handler")
         self._run_timers()
 
     def _next_timeout(self) -> float | None:

@@ -19,6 +19,7 @@ Every limit is here, with what happens when it is hit:
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -296,7 +297,7 @@ class Server:
             return
         fd = client.transport.fileno()
         if events:
-            self.loop.add(fd, events, lambda mask, c=client: self._on_io(c, mask))
+            self.loop.add(fd, events, functools.partial(self._on_io, client))
         else:
             self.loop.remove(fd)
         client.interest = events
@@ -307,7 +308,7 @@ class Server:
             client.transport.handshake_step()
         except WouldBlock as wb:
             self.loop.add(client.transport.fileno(), wb.wants,
-                          lambda mask, c=client: self._handshake(c))
+                          functools.partial(self._handshake_ready, client))
             client.interest = -1  # not the I/O handler: force re-registration later
             return
         except (ssl.SSLError, OSError) as exc:
@@ -328,6 +329,9 @@ class Server:
         client.log.info("TLS client identified as %s (%s)", identity,
                         "read-only" if readonly else "full")
         self._update_interest(client)
+
+    def _handshake_ready(self, client: Client, mask: int) -> None:
+        self._handshake(client)
 
     def _on_io(self, client: Client, mask: int) -> None:
         if client.closed:
@@ -366,7 +370,7 @@ class Server:
                 not client.out or client.streams):
             if handled == MESSAGES_PER_TURN:
                 if client.turn is None:  # the rest after the other clients had theirs
-                    client.turn = self.loop.call_soon(lambda c=client: self._next_turn(c))
+                    client.turn = self.loop.call_soon(functools.partial(self._next_turn, client))
                 break
             handled += 1
             try:

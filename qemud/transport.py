@@ -56,7 +56,7 @@ class Transport:
         except (BlockingIOError, InterruptedError):
             raise WouldBlock(READ) from None
 
-    def send(self, data: bytes | memoryview) -> int:
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -87,12 +87,14 @@ class TLSTransport(Transport):
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         sock.setblocking(False)
         self.raw = sock
-        self.sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.tls: ssl.SSLSocket = context.wrap_socket(sock, server_side=True,
+                                                      do_handshake_on_connect=False)
+        self.sock = self.tls
         self.handshake_done = False
 
     def handshake_step(self) -> None:
         try:
-            self.sock.do_handshake()
+            self.tls.do_handshake()
         except ssl.SSLWantReadError:
             raise WouldBlock(READ) from None
         except ssl.SSLWantWriteError:
@@ -111,7 +113,7 @@ class TLSTransport(Transport):
         except (BlockingIOError, InterruptedError):
             raise WouldBlock(READ) from None
 
-    def send(self, data: bytes | memoryview) -> int:
+    def send(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self.sock.send(data)
         except ssl.SSLWantReadError:
@@ -122,10 +124,10 @@ class TLSTransport(Transport):
             raise WouldBlock(WRITE) from None
 
     def pending(self) -> int:
-        return self.sock.pending()
+        return self.tls.pending()
 
     def peer_certificate(self) -> bytes | None:
-        return self.sock.getpeercert(binary_form=True)
+        return self.tls.getpeercert(binary_form=True)
 
     def shutdown_write(self) -> None:
         """Send FIN after our last words (an alert or error frame); TLS is done with.

@@ -25,8 +25,9 @@ configuration keys and XML attributes named like ``*password*``, ``*passwd*`` or
 Nothing blocks the loop: the small generated files are written to a private staging
 directory, then one child (``sh`` running ``tail -c`` per log, then ``exec tar czf -``)
 copies the capped logs and writes the archive to a pipe the loop relays to the client.
-Relaying pauses while the client has more than 1 MiB unsent, so a slow reader never
-makes the daemon hold the whole archive (nor trips ``limits.max_queued_bytes``).
+Relaying pauses while the client has more than 1 MiB (at most half of
+``limits.max_queued_bytes``) unsent, so a slow reader never makes the daemon hold the
+whole archive, nor gets dropped for it.
 """
 
 from __future__ import annotations
@@ -200,12 +201,12 @@ class BundleStream(StreamHandler):
         if self.client.closed:
             self.abort("client gone")
             return
-        if len(self.client.out) > QUEUE_HIGH:
+        if len(self.client.out) > self.duty.queue_high():
             self.loop.remove(self.fd)
             self.timer = self.loop.call_later(0.05, self._resume)
             return
         try:
-            data = os.read(self.fd, CHUNK)
+            data = os.read(self.fd, self.duty.chunk())
         except BlockingIOError:
             return
         except OSError as exc:
@@ -295,6 +296,13 @@ class BundleDuty:
         self.server = ctx.daemon.server
         self.config = ctx.daemon.config
         self.active: set[BundleStream] = set()
+
+    def queue_high(self) -> int:
+        """Unsent bytes at which relaying pauses (well below ``max_queued_bytes``)."""
+        return min(QUEUE_HIGH, self.config.limits.max_queued_bytes // 2)
+
+    def chunk(self) -> int:
+        return max(4096, min(CHUNK, self.config.limits.max_queued_bytes // 4))
 
     def install(self) -> dict[Procedure, Handler]:
         for stale in self.config.paths.state_dir.glob(".bundle-*"):

@@ -70,7 +70,7 @@ class ApplianceSettings:
 
 
 def _choice(el: etree._Element, attr: str, choices: tuple[str, ...], default: str) -> str:
-    value = el.get(attr, default)
+    value = str(el.get(attr, default))
     if value not in choices:
         raise XMLError(f"XML error: metadata/qemud:appliance/qemud:{etree.QName(el).localname}"
                        f"/@{attr}: '{value}' is not one of {', '.join(choices)}")

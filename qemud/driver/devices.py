@@ -33,6 +33,12 @@ UNPLUG_TIMEOUT = 15.0
 _FORMATS = {"raw", "qcow2"}
 
 
+def _target_of(disk: Disk) -> str:
+    if not disk.target_dev:
+        raise InvalidArg("the <disk> needs <target dev='...'/> to be attached or detached")
+    return disk.target_dev
+
+
 class Devices:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
@@ -102,8 +108,9 @@ class Devices:
         if fmt not in _FORMATS:
             raise ConfigUnsupported(f"unsupported disk format '{fmt}'")
         disk.target_bus = "virtio"
-        storage, node = naming.disk_node_names(disk.target_dev)
-        device_id = naming.disk_device_id(disk.target_dev)
+        target = _target_of(disk)
+        storage, node = naming.disk_node_names(target)
+        device_id = naming.disk_device_id(target)
         monitor = dom.monitor
         result = Deferred()
         steps: list[tuple[str, dict[str, Any]]] = [
@@ -145,7 +152,7 @@ class Devices:
         live, config = self._targets(dom, flags)
         if config:
             definition = (dom.next_definition or dom.definition).copy()
-            found = self._find(definition, wanted.target_dev, dom.name)
+            found = self._find(definition, _target_of(wanted), dom.name)
             definition.remove_device(found)
             self.driver.registry.store.save_definition(definition.name, definition.to_xml())
             if dom.active:
@@ -156,9 +163,9 @@ class Devices:
             return None
         self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
-        disk = self._find(dom.live, wanted.target_dev, dom.name)
-        device_id = naming.disk_device_id(disk.target_dev)
-        storage, node = naming.disk_node_names(disk.target_dev)
+        disk = self._find(dom.live, _target_of(wanted), dom.name)
+        device_id = naming.disk_device_id(_target_of(disk))
+        storage, node = naming.disk_node_names(_target_of(disk))
         monitor = dom.monitor
         result = Deferred()
         gone = Deferred()

@@ -8,6 +8,7 @@ lives in :meth:`on_guest_power` and friends, so the appliance layer can hook in 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -30,9 +31,9 @@ from qemud.conf import ConfError, DomainDef, parse_domain_xml
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     InvalidArg,
-
     OperationFailed,
     OperationInvalid,
+    QemudError,
     XMLError,
 )
 from qemud.qemu.capabilities import Capabilities, probe_capabilities
@@ -112,8 +113,7 @@ class QemuDriver:
                 except Exception as exc:
                     log.error("autostart of %s failed: %s", dom.name, exc)
                     continue
-                started.add_done_callback(lambda d, n=dom.name: log.error(
-                    "autostart of %s failed: %s", n, d.error.message) if d.error else None)
+                started.add_done_callback(functools.partial(_log_failure, "autostart", dom.name))
 
     def shutdown(self) -> None:
         self.lifecycle.detach_all()
@@ -232,7 +232,7 @@ class QemuDriver:
         return self.registry.find(args.dom.name, args.dom.uuid)
 
     @staticmethod
-    def _empty_or(deferred: Deferred | None) -> Any:
+    def _empty_or(deferred: Deferred | None) -> Empty | Deferred:
         if deferred is None:
             return Empty()
         out = Deferred()
@@ -292,7 +292,7 @@ class QemuDriver:
     def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         return self._ref_reply(self.lifecycle.start(self._dom(args), paused=bool(args.flags & 1)))
 
-    def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Deferred:
+    def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Any:
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
         assert dom.monitor is not None
@@ -317,14 +317,14 @@ class QemuDriver:
         request.add_done_callback(lambda d: done.fail(d.error) if d.error else None)
         return self._empty_or(done)
 
-    def _reboot(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
+    def _reboot(self, ctx: Any, args: pl.DomainFlagsArgs) -> Any:
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
         assert dom.monitor is not None
         dom.fake_reboot = True  # like libvirt: ACPI power-off, then reset instead of stopping
         return self._empty_or(dom.monitor.execute("system_powerdown"))
 
-    def _destroy(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
+    def _destroy(self, ctx: Any, args: pl.DomainFlagsArgs) -> Any:
         return self._empty_or(self.lifecycle.destroy(self._dom(args)))
 
     def _suspend(self, ctx: Any, args: pl.DomainArgs) -> Deferred:
@@ -438,11 +438,17 @@ class QemuDriver:
             stopped.add_done_callback(moved)
 
         finished.add_done_callback(migrated)
-        monitor.execute("stop").add_done_callback(lambda d: fail(d.error) if d.error else (
+
+        def paused(d: Deferred) -> None:
+            if d.error is not None:
+                fail(d.error)
+                return
             monitor.execute("migrate-set-capabilities", {"capabilities": [
-                {"capability": "events", "state": True}]}),
-            monitor.execute("migrate", {"uri": "exec:cat >> " + shlex.quote(str(partial))})
-            .add_done_callback(lambda m: fail(m.error) if m.error else None)))
+                {"capability": "events", "state": True}]})
+            migrate = monitor.execute("migrate", {
+                "uri": "exec:cat >> " + shlex.quote(str(partial))})
+            migrate.add_done_callback(lambda m: fail(m.error) if m.error else None)
+        monitor.execute("stop").add_done_callback(paused)
         return out
 
     def _restore(self, ctx: Any, args: pl.RestoreArgs) -> Deferred:
@@ -504,8 +510,13 @@ class QemuDriver:
             try:
                 self.consoles.open(dom, ctx, serial, args.device, dict(sorted(paths.items())))
             except Exception as exc:
-                out.fail(exc if hasattr(exc, "code") else OperationFailed(str(exc)))
+                out.fail(exc if isinstance(exc, QemudError) else OperationFailed(str(exc)))
                 return
             out.resolve(Empty())
         dom.monitor.execute("query-chardev").add_done_callback(got)
         return out
+
+
+def _log_failure(what: str, name: str, done: Deferred) -> None:
+    if done.error is not None:
+        log.error("%s of %s failed: %s", what, name, done.error.message)

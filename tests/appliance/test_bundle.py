@@ -7,18 +7,22 @@ inside the key's directory: neither may end up in the bundle.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import client
+import protocol as P
 from client import appliance_images as images
 from client.errors import ReadOnlyError
-from qemud.appliance.bundle import _redact, is_private_key_path, redact_xml
+from qemud.appliance.bundle import LOG_CAP, _redact, is_private_key_path, redact_xml
+from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
 from tests.integration.domains import bare_xml
 
@@ -129,3 +133,30 @@ def test_redaction_rules() -> None:
     assert is_private_key_path(Path("/var/log/qemud/clientkey.pem"), keys)
     assert is_private_key_path(Path("/var/log/qemud/KEY.PEM"), keys)
     assert not is_private_key_path(Path("/var/log/qemud/audit.log"), keys)
+
+
+def test_big_bundle_small_queue_limit(daemon_factory: DaemonFactory) -> None:
+    """Logs are capped at their last 1 MiB each; relaying follows the client's pace, so a
+    128 KiB output queue limit does not get the client dropped."""
+    daemon = daemon_factory(config={"limits": {"max_queued_bytes": 128 * 1024}},
+                            start=False)
+    guest_logs = daemon.log_dir / "qemu"
+    guest_logs.mkdir(parents=True)
+    for i in range(4):
+        (guest_logs / f"ghost{i}.log").write_bytes(b"head" + os.urandom(2 * LOG_CAP))
+    daemon.start()
+    with daemon.connect() as conn:
+        stream = conn.open_stream(P.Procedure.SUPPORT_BUNDLE, P.Empty())
+        time.sleep(1.0)  # the daemon may queue only so much meanwhile
+        data = bytearray()
+        while True:
+            chunk = stream.recv(timeout=30)
+            assert chunk != b"", "bundle stalled"
+            if chunk is None:
+                break
+            data += chunk
+        files = members(bytes(data))
+        for i in range(4):
+            log = files[f"logs/qemu/ghost{i}.log"]
+            assert len(log) == LOG_CAP and not log.startswith(b"head")  # the end is kept
+        assert conn.list_domains(0) == []  # still connected

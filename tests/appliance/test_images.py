@@ -390,6 +390,7 @@ def test_deploy_two_vms_and_list(conn: client.Connection, qemud: DaemonProcess,
     assert not {"dep-a", "dep-b"} & {vm for i in images.list_appliances(conn) for vm in i.vms}
 
 
+@pytest.mark.integration
 def test_update_refusals_and_update_while_off(conn: client.Connection, qemud: DaemonProcess,
                                               stored: dict[str, Path], work: Path,
                                               test_guest: TestGuest) -> None:
@@ -427,9 +428,28 @@ def test_update_refusals_and_update_while_off(conn: client.Connection, qemud: Da
         with pytest.raises(OperationInvalid, match="waiting for the guest's heartbeat"):
             images.factory_reset(conn, dom)
         assert dom.state()[0] == DomainState.SHUTOFF
-    finally:
+    except BaseException:
         plain.undefine()
         dom.undefine()
+        raise
+    plain.undefine()
+    # the pending update outlives a daemon restart; the next start's heartbeat confirms it
+    qemud.stop()
+    qemud.start()
+    with qemud.connect() as again:
+        events = EventLog(again)
+        again.register_event(client.EventId.APPLIANCE)
+        dom = again.lookup_by_name("off-vm")
+        try:
+            dom.create()
+            confirmed = events.wait("off-vm", "update-confirmed",
+                                    timeout=UPDATE_DEADLINE + 10)[0]
+            assert "demo 1.0 -> 2.0: heartbeat seen" in confirmed.text
+            images.update(again, dom, "1.0")  # confirmed: it may be updated again (back)
+            assert origin(dom.xml()) == ("demo", "1.0")
+        finally:
+            dom.destroy()
+            dom.undefine()
 
 
 # -- the guest: originals, update, rollback, factory reset -------------------------------

@@ -37,7 +37,7 @@ from tests.integration.domains import guest_xml
 
 from .conftest import assert_log_clean, bare_domain_xml, guest_name, qemu_pids
 
-ROUNDS = 3
+ROUNDS = 5
 NAMES_PER_CLIENT = 14
 DEFINED_AT_START = 10  # per client: 20 in all
 GUESTS = 3
@@ -79,25 +79,29 @@ def _hammer(d: DaemonProcess, owner: Owner, rng: random.Random, stop: threading.
             name = rng.choice(owner.names)
             before = owner.certain(name)
             defined, memory, autostart = before
-            if not defined:
-                after: State = (True, rng.randrange(32, 256), False)
-                op = lambda: conn.define_xml(_xml(name, after[1]))  # noqa: E731
-            else:
-                kind = rng.choice(["undefine", "redefine", "autostart", "autostart"])
-                dom = conn.lookup_by_name(name)
-                if kind == "undefine":
-                    after = UNDEFINED
-                    op = dom.undefine
-                elif kind == "redefine":
-                    after = (True, rng.randrange(32, 256), autostart)
-                    xml = _xml(name, after[1]).replace(
-                        "<domain type='qemu'>", f"<domain type='qemu'><uuid>{dom.uuid}</uuid>")
-                    op = lambda xml=xml: conn.define_xml(xml)  # noqa: E731
-                else:
-                    after = (True, memory, not autostart)
-                    op = lambda dom=dom, a=after[2]: dom.set_autostart(a)  # noqa: E731
+            dom = conn.lookup_by_name(name) if defined else None
+            kind = rng.choice(["undefine", "redefine", "autostart", "autostart"]) \
+                if defined else "define"
+            after: State = {
+                "define": (True, rng.randrange(32, 256), False),
+                "undefine": UNDEFINED,
+                "redefine": (True, rng.randrange(32, 256), autostart),
+                "autostart": (True, memory, not autostart),
+            }[kind]
             owner.expected[name] = {before, after}  # in flight: either outcome
-            op()
+            if kind == "define":
+                conn.define_xml(_xml(name, after[1]))
+                owner.expected[name] = {after}
+                owner.calls += 1
+                continue
+            assert dom is not None
+            if kind == "undefine":
+                dom.undefine()
+            elif kind == "redefine":
+                conn.define_xml(_xml(name, after[1]).replace(
+                    "<domain type='qemu'>", f"<domain type='qemu'><uuid>{dom.uuid}</uuid>"))
+            else:
+                dom.set_autostart(after[2])
             owner.expected[name] = {after}
             owner.calls += 1
     except (client.ConnectionLost, client.ConnectFailed, OSError):
@@ -138,7 +142,7 @@ def _check_after_restart(d: DaemonProcess, owners: list[Owner], guests: dict[str
                     seen: State = UNDEFINED
                 else:
                     root = ET.fromstring(listed[name].xml(client.XML_INACTIVE))
-                    memory = int(root.findtext("memory")) // 1024
+                    memory = int(root.findtext("memory") or 0) // 1024
                     seen = (True, memory, listed[name].autostart())
                 assert seen in allowed, f"{name}: after restart {seen}, expected one of " \
                                         f"{allowed} (seed in the test output)"

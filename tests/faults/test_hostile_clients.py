@@ -28,7 +28,7 @@ import pytest
 from protocol import ErrorCode, Procedure, Reply
 from protocol.payloads import EventRegisterArgs
 from tests.helpers.daemon import DaemonProcess, wait_for
-from tests.qemud.wire import RawClient, hello_frame
+from tests.qemud.wire import RawClient, error_of, hello_frame
 
 from .conftest import (
     assert_log_clean,
@@ -222,7 +222,7 @@ def test_connection_flood_past_max_clients(daemon_factory) -> None:
     assert f"too many clients (max_clients={MAX_CLIENTS})" in d.log_text()
     with RawClient(d.rw_socket, hello=False) as extra:  # still at the limit
         seen = extra.expect_closed(timeout=5)
-        assert len(seen) == 1 and seen[0].error.code == ErrorCode.LIMIT_EXCEEDED
+        assert len(seen) == 1 and error_of(seen[0])[0] == ErrorCode.LIMIT_EXCEEDED
     admitted.pop().close()
 
     def admitted_now() -> bool:
