@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,3 +104,33 @@ def test_bad_appliance_metadata_refused_at_define(daemon: DaemonProcess) -> None
             conn.define_xml(xml)
         with pytest.raises(client.QemudClientError, match="needs a hook="):
             conn.define_xml(xml.replace("explode", "hook"))
+
+
+def _qemush(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_shell_appliance_generate_and_define(fake_host_daemon: DaemonProcess) -> None:
+    template = str(TEMPLATES / "router.xml")
+    shown = _qemush(fake_host_daemon, "appliance-generate", template)
+    assert shown.returncode == 0, shown.stderr
+    assert "<vcpu>4</vcpu>" in shown.stdout and "{{" not in shown.stdout
+    with fake_host_daemon.connect() as conn:
+        before = {d.name for d in conn.list_domains()}
+    defined = _qemush(fake_host_daemon, "appliance-generate", template, "--define")
+    assert defined.returncode == 0, defined.stderr
+    assert "defined from appliance template" in defined.stdout
+    with fake_host_daemon.connect() as conn:
+        new = {d.name for d in conn.list_domains()} - before
+    assert len(new) == 1
+    missing = _qemush(fake_host_daemon, "appliance-generate", "/nonexistent/template.xml")
+    assert missing.returncode == 1 and "cannot read '/nonexistent/template.xml'" in \
+        missing.stderr
+
+
+def test_shell_host_inspect(fake_host_daemon: DaemonProcess) -> None:
+    out = _qemush(fake_host_daemon, "-r", "host-inspect")
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert (facts["cores"], facts["memory_kib"]) == (4, 32768000)
