@@ -23,7 +23,9 @@ HEADER_SIZE = 20
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 ABSOLUTE_MAX_FRAME = 64 * 1024 * 1024
 MAX_STRING = 4 * 1024 * 1024
-MAX_LIST = 65536
+#: libvirt's cap on domain lists (REMOTE_DOMAIN_LIST_MAX): also bounds how long decoding one
+#: hostile-but-valid frame can hold the single-threaded daemon (docs/HARDENING.md)
+MAX_LIST = 16384
 
 
 class MessageType(enum.IntEnum):

@@ -107,6 +107,7 @@ class Limits:
     keepalive_interval: int = 5  # seconds of client silence before a ping; 0 = never
     keepalive_count: int = 5  # unanswered pings before the client is dropped
     max_queued_bytes: int = 8 * 1024 * 1024  # unsent replies+events per client
+    max_event_callbacks: int = 256  # event registrations one connection may hold
     tls_handshake_deadline: float = 10.0
     call_deadline: float = 300.0  # a deferred call (QEMU work) is failed after this
 
@@ -170,7 +171,8 @@ class Config:
         if not MIN_MAX_FRAME <= lim.max_frame <= ABSOLUTE_MAX_FRAME:
             raise ConfigError(f"limits.max_frame must be between {MIN_MAX_FRAME} and "
                               f"{ABSOLUTE_MAX_FRAME}, got {lim.max_frame}")
-        for name in ("max_clients", "keepalive_count", "max_queued_bytes"):
+        for name in ("max_clients", "keepalive_count", "max_queued_bytes",
+                     "max_event_callbacks"):
             if getattr(lim, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
         for name in ("frame_deadline", "tls_handshake_deadline", "call_deadline"):

@@ -18,6 +18,7 @@
      +-- NoSupport               not implemented here
      +-- InternalError           a bug; the message says where
      +-- AuthFailed              a TLS client certificate or DN was refused
+     +-- LimitExceeded           a per-client limit of the config was hit
 
 Handlers raise these; the dispatcher turns them into error replies. Anything else that
 escapes a handler is logged with its traceback and sent as INTERNAL_ERROR.
@@ -102,6 +103,11 @@ class NoSupport(QemudError):
 
 class InternalError(QemudError):
     code = ErrorCode.INTERNAL_ERROR
+
+
+class LimitExceeded(QemudError):
+    code = ErrorCode.LIMIT_EXCEEDED
+    domain = ErrorDomain.RPC
 
 
 class AuthFailed(QemudError):

@@ -25,7 +25,7 @@ from protocol.payloads import (
     WatchdogEventMsg,
 )
 
-from .errors import InvalidArg
+from .errors import InvalidArg, LimitExceeded
 
 if TYPE_CHECKING:
     from .server import Client, Server
@@ -56,6 +56,10 @@ class EventBus:
                              f"{', '.join(f'{e.name}={e.value}' for e in EventId)})") from None
         if args.uuid and len(args.uuid) != 16:
             raise InvalidArg("event filter uuid must be 16 bytes or empty")
+        limit = self.server.config.limits.max_event_callbacks
+        if len(client.callbacks) >= limit:
+            raise LimitExceeded(f"this connection already holds {limit} event callbacks "
+                                "(limits.max_event_callbacks); deregister some first")
         callback_id = next(self._ids)
         client.callbacks[callback_id] = (int(event_id), bytes(args.uuid))
         return CallbackReply(callback_id)

@@ -600,6 +600,11 @@ def run_task(loop: EventLoop, task: Task, what: str) -> Deferred:
         except QemudError as exc:
             out.fail(exc)
             return
+        except OSError as exc:
+            log.warning("%s: %s", what, exc)
+            out.fail(OperationFailed(f"{what}: {exc.strerror or exc}"
+                                     + (f": {exc.filename}" if exc.filename else "")))
+            return
         except Exception as exc:
             log.exception("%s crashed", what)
             out.fail(InternalError(f"internal error in {what}: {exc!r}"))
@@ -662,8 +667,12 @@ class ImagesDuty:
 
     def install(self) -> dict[Procedure, Handler]:
         for directory, mode in ((self.store.root, 0o755), (self.vms_dir, 0o700)):
-            directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(directory, mode)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chmod(directory, mode)
+            except OSError as exc:  # the calls say so again; the daemon serves on
+                log.error("appliance images: cannot use %s: %s", directory,
+                          exc.strerror or exc)
         for stale in self.store.root.glob(".staging-*"):
             log.info("image store: removing %s (an import the daemon did not finish)", stale)
             _rmtree(stale)
@@ -789,8 +798,12 @@ class ImagesDuty:
         return run_task(self.loop, self._import(path), "APPLIANCE_IMPORT")
 
     def _import(self, path: str) -> Task:
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.store.root))
+        try:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.store.root))
+        except OSError as exc:
+            raise OperationFailed(f"cannot unpack into the image store {self.store.root}: "
+                                  f"{exc.strerror or exc}") from None
         key = ""
         try:
             try:
@@ -879,6 +892,10 @@ class ImagesDuty:
         vmdir = self.vm_dir(vm)
         try:
             vmdir.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            self.deploying.discard(vm)
+            raise OperationFailed(f"cannot create {vmdir}: {exc.strerror or exc}") from None
+        try:
             disks: dict[str, dict[str, Any]] = {}
             for disk in desc.disks:
                 path = vmdir / _disk_file(disk, "a")

@@ -196,12 +196,13 @@ class Registry:
             detail = DefinedDetail.ADDED
         else:
             dom = existing
+            # libvirt: a transient domain made persistent gets its first definition: ADDED
+            detail = DefinedDetail.UPDATED if dom.persistent else DefinedDetail.ADDED
             if dom.active:
                 dom.next_definition = definition
             else:
                 dom.definition = definition
             dom.persistent = True
-            detail = DefinedDetail.UPDATED
         self.events.lifecycle(dom.ref(), LifecycleEvent.DEFINED, detail)
         return dom
 
