@@ -20,8 +20,9 @@ Every further missed heartbeat emits the appliance event ``heartbeat-missed``; a
   QEMUD_MISSED), without waiting for it; it runs again only after heartbeats came back;
 * ``none``: only the events.
 
-A paused guest sends nothing and is not counted against. When heartbeats come back after
-missed ones, ``heartbeat-resumed`` is emitted. The state shows in DOMAIN_STATS as
+A paused guest sends nothing and is not counted against. The first heartbeat after each
+start emits ``heartbeat-seen`` (what an A/B appliance update waits for before confirming);
+when heartbeats come back after missed ones, ``heartbeat-resumed`` is emitted. The state shows in DOMAIN_STATS as
 ``heartbeat.count``, ``heartbeat.missed``, ``heartbeat.connected`` and
 ``heartbeat.last_seconds_ago`` (-1 before the first heartbeat).
 
@@ -241,6 +242,9 @@ class Watcher:
         self.count += 1
         self.last_beat = now
         self.due = now + self.policy.interval
+        if self.count == 1:  # the guest's software is up (the A/B update waits for this)
+            self.duty.events.appliance(self.dom.ref(), "heartbeat-seen",
+                                       f"first heartbeat ({self.last_seq}) since start")
         if self.reported:
             self.duty.events.appliance(self.dom.ref(), "heartbeat-resumed",
                                        f"heartbeat {self.last_seq} after {self.reported} "

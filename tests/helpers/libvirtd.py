@@ -150,6 +150,13 @@ class PrivateLibvirtd:
     def log_file(self) -> Path:
         return self.root / "libvirtd.log"
 
+    @property
+    def virtlogd_pid(self) -> int | None:
+        try:
+            return int((self.root / "virtlogd.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     # -- configuration -------------------------------------------------------------------
 
     def _write_config(self) -> Path:

@@ -11,7 +11,7 @@ import pytest
 import client
 from protocol import EventId, Procedure, Reply
 from protocol.payloads import DomainRef, EventRegisterArgs
-from qemud.config import Config, Paths
+from qemud.config import Config, Limits, Paths
 from qemud.dispatch import Dispatcher, HelloPolicy
 from qemud.events import EventBus
 from qemud.loop import EventLoop
@@ -60,6 +60,7 @@ def test_callbacks_belong_to_their_connection(shared_daemon) -> None:
 class FakeServer:
     def __init__(self, clients) -> None:
         self.clients = {c.id: c for c in clients}
+        self.config = SimpleNamespace(limits=Limits())
         self.sent: list[tuple[int, object]] = []
 
     def send_event(self, client, event) -> None:
