@@ -155,6 +155,7 @@ class Monitor:
 
     def _on_message(self, msg: object) -> None:
         if isinstance(msg, QMPGreeting):
+            self.log.debug("<-- greeting (QEMU %s)", ".".join(map(str, msg.version.as_tuple())))
             cmd_id, data = self.qmp.command("qmp_capabilities")
             self._pending[cmd_id] = (Deferred(), "qmp_capabilities")
             self._pending[cmd_id][0].add_done_callback(

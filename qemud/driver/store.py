@@ -39,11 +39,16 @@ FAULT_ENV = "QEMUD_FAULT_BEFORE_RENAME"
 _fault_env_match = os.environ.get(FAULT_ENV, "")
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
+                 durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically and (by default) durably.
 
     Either the old content or the new content is there afterwards, never a mix, even
     if the daemon is killed or the disk fills up half-way (the temp file is removed).
+    ``durable=False`` skips the fsyncs: right for runtime state in the run directory,
+    which must survive a daemon crash (the page cache does) but not a power loss (which
+    takes the guests with it, and /run is normally tmpfs); it keeps ~15 ms of fsync off
+    every guest start and state change.
     """
     raw = data.encode() if isinstance(data, str) else data
     directory = path.parent
@@ -53,7 +58,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         if fault_before_rename is not None:
             fault_before_rename(path)
@@ -67,6 +73,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -157,7 +165,7 @@ class DomainStore:
         return self.status_dir / f"{name}.status.json"
 
     def save_status(self, record: StatusRecord) -> None:
-        atomic_write(self.status_path(record.name), record.to_json())
+        atomic_write(self.status_path(record.name), record.to_json(), durable=False)
 
     def delete_status(self, name: str) -> None:
         try:
