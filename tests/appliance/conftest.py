@@ -7,12 +7,13 @@ contrib/build-test-guest); each test module runs one daemon, each test its own g
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import client
+from tests.helpers.daemon import DaemonProcess
 from tests.integration.conftest import test_guest  # noqa: F401  (re-exported fixture)
 
 DATA = Path(__file__).parent / "data"
@@ -73,3 +74,17 @@ def wait_state(dom: client.Domain, state: client.DomainState, timeout: float = 6
             raise TimeoutError(f"{dom.name} not {state.name} within {timeout} s "
                                f"(is {dom.state()})")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
+    """A connection to the test module's ``qemud`` daemon fixture."""
+    with qemud.connect() as c:
+        yield c
+
+
+@pytest.fixture
+def events(conn: client.Connection) -> EventLog:
+    """Appliance events of ``conn``, kept for assertions."""
+    conn.register_event(client.EventId.APPLIANCE)
+    return EventLog(conn)

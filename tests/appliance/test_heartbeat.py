@@ -11,7 +11,7 @@ import pytest
 import client
 from client import appliance
 from protocol.constants import DomainState
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -34,26 +34,10 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     root = tmp_path_factory.mktemp("qemud-hb")
     daemon = DaemonProcess(root, {"appliance": {"restart_budget": 1,
                                                 "restart_window": 600.0}})
-    daemon.start()
-    yield daemon
-    try:
-        with daemon.connect() as conn:
-            for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                dom.destroy()
-    finally:
-        daemon.stop()
+    with serving(daemon):
+        yield daemon
 
 
-@pytest.fixture
-def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
-    with qemud.connect() as c:
-        yield c
-
-
-@pytest.fixture
-def events(conn: client.Connection) -> EventLog:
-    conn.register_event(client.EventId.APPLIANCE)
-    return EventLog(conn)
 
 
 def qemu_pid(qemud: DaemonProcess, name: str) -> int:

@@ -24,7 +24,7 @@ import pytest
 import client
 from client.domain import Domain
 from protocol.constants import DomainState
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -156,26 +156,10 @@ domain = "hp-live"
 target = "cdrom:hdd"
 """)
     daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}})
-    daemon.start()
-    yield daemon
-    try:
-        with daemon.connect() as conn:
-            for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                dom.destroy()
-    finally:
-        daemon.stop()
+    with serving(daemon):
+        yield daemon
 
 
-@pytest.fixture
-def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
-    with qemud.connect() as c:
-        yield c
-
-
-@pytest.fixture
-def events(conn: client.Connection) -> EventLog:
-    conn.register_event(client.EventId.APPLIANCE)
-    return EventLog(conn)
 
 
 def boot(conn: client.Connection, name: str, guest: object, sock: Path, extra: str = ""

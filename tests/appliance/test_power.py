@@ -17,7 +17,7 @@ import pytest
 import client
 from client.domain import Domain
 from protocol.constants import DomainState, ShutoffReason
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -60,26 +60,10 @@ def qemud(tmp_path_factory: pytest.TempPathFactory, scripts: dict[str, Path]
         "restart_budget": 1, "restart_window": 600.0,
         "shutdown_host_command": [str(scripts["host"]), "shutdown-host"],
         "reboot_host_command": [str(scripts["host"]), "reboot-host"]}})
-    daemon.start()
-    yield daemon
-    try:
-        with daemon.connect() as conn:
-            for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                dom.destroy()
-    finally:
-        daemon.stop()
+    with serving(daemon):
+        yield daemon
 
 
-@pytest.fixture
-def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
-    with qemud.connect() as c:
-        yield c
-
-
-@pytest.fixture
-def events(conn: client.Connection) -> EventLog:
-    conn.register_event(client.EventId.APPLIANCE)
-    return EventLog(conn)
 
 
 def boot(conn: client.Connection, name: str, guest: object, sock: Path,

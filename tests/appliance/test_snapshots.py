@@ -18,7 +18,7 @@ import client
 from client.domain import Domain
 from client.errors import ConfigUnsupportedError, NoSnapshotError, OperationInvalid
 from protocol.constants import DomainState
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
+from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, serving
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -118,20 +118,9 @@ class Guest:
 @pytest.fixture(scope="module")
 def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-snap"))
-    daemon.start()
-    yield daemon
-    try:
-        with daemon.connect() as conn:
-            for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                dom.destroy()
-    finally:
-        daemon.stop()
+    with serving(daemon):
+        yield daemon
 
-
-@pytest.fixture
-def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
-    with qemud.connect() as c:
-        yield c
 
 
 def qemush(qemud: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:

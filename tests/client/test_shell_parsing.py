@@ -23,7 +23,7 @@ EXPECTED = {
     "help", "quit", "exit", "connect",
 }
 JSON_COMMANDS = {"list", "dominfo", "domstate", "nodeinfo", "client-list", "snapshot-list",
-                 "hotplug-list", "appliance-list", "host-inspect",
+                 "hotplug-list", "appliance-list",
                  "domstats", "nodestats", "version"}
 
 

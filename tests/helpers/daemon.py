@@ -6,6 +6,7 @@ run side by side; nothing touches the user's or the system's qemud.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +170,22 @@ class DaemonProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
+
+
+@contextlib.contextmanager
+def serving(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    """Start ``daemon`` for a block; at the end destroy every guest it still runs, then
+    stop it (a module-scoped fixture's usual shape)."""
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        try:
+            with daemon.connect() as conn:
+                for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                    dom.destroy()
+        finally:
+            daemon.stop()
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02,

@@ -26,7 +26,7 @@ from protocol.constants import (
     StartedDetail,
     StoppedDetail,
 )
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.integration.domains import READY, bare_xml, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -37,14 +37,8 @@ pytestmark = pytest.mark.integration
 def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     root = tmp_path_factory.mktemp("qemud-driver")
     daemon = DaemonProcess(root, {"limits": {"keepalive_interval": 2}})
-    daemon.start()
-    yield daemon
-    try:
-        with daemon.connect() as conn:
-            for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                dom.destroy()
-    finally:
-        daemon.stop()
+    with serving(daemon):
+        yield daemon
 
 
 @pytest.fixture

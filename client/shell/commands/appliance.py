@@ -11,9 +11,10 @@ from .domain import _read_file
 
 
 @command("host-inspect", "host", "what the appliance layer sees of the daemon's host",
-         description=("Memory, physical cores (hyperthreads excluded), physical NICs with "
-                      "their MACs and the DMI/SMBIOS fields that appliance templates can "
-                      "use (host.memory, host.cores, host.nic0.mac, ...)."), json=True)
+         description=("Prints JSON: memory, physical cores (hyperthreads excluded), "
+                      "physical NICs with their MACs and the DMI/SMBIOS fields that "
+                      "appliance templates can "
+                      "use (host.memory, host.cores, host.nic0.mac, ...)."))
 def cmd_host_inspect(sh: Shell, args: Args) -> None:
     with sh.failing("failed to inspect the host"):
         facts = appliance.host_inspect(sh.conn())
