@@ -293,12 +293,18 @@ def best_rate(fn: Callable[[], Any], seconds: float, rounds: int, pid: int | Non
 
 
 def measure_rate(fn: Callable[[], Any], seconds: float, pid: int | None,
-                 max_calls: int) -> tuple[float, float | None]:
-    """Calls/s of ``fn`` back to back for ``seconds``; also the daemon's CPU µs per call."""
+                 max_calls: int, client_cpu: list[float] | None = None
+                 ) -> tuple[float, float | None]:
+    """Calls/s of ``fn`` back to back for ``seconds``; also the daemon's CPU µs per call.
+
+    With ``client_cpu``, this process's CPU µs per call (all its threads: the client
+    library's too) is appended to it.
+    """
     warm_until = time.perf_counter() + min(0.2, seconds / 5)
     while time.perf_counter() < warm_until:
         fn()
     cpu0 = proc_cpu(pid) if pid else None
+    own0 = time.process_time()
     n = 0
     t0 = time.perf_counter()
     deadline = t0 + seconds
@@ -308,6 +314,8 @@ def measure_rate(fn: Callable[[], Any], seconds: float, pid: int | None,
         if not n & 7 and time.perf_counter() >= deadline:
             break
     elapsed = time.perf_counter() - t0
+    if client_cpu is not None:
+        client_cpu.append((time.process_time() - own0) / n * 1e6)
     cpu_us = None
     if pid and cpu0 is not None:
         cpu_us = (proc_cpu(pid) - cpu0) / n * 1e6
@@ -1074,6 +1082,8 @@ class Bench:
                 for k, label in (("rw", "unix rw"), ("ro", "unix ro"), ("tls", "TLS"))}
         cpu_rows = {k: self.row(f"  daemon CPU per node-info call, {label}", "us")
                     for k, label in (("rw", "unix rw"), ("ro", "unix ro"), ("tls", "TLS"))}
+        client_row = self.row("  client-side CPU per node-info call, unix rw", "us")
+        client_cpus: dict[str, list[float]] = {}
         conns: dict[tuple[str, str], Any] = {}
         for side in self.live():
             for kind in rows:
@@ -1091,8 +1101,10 @@ class Bench:
                         if conn is None:
                             continue
                         try:
-                            rate, cpu_us = measure_rate(lambda s=side, c=conn: s.node_info(c),
-                                                        sz.rpc_seconds, side.pid(), sz.max_calls)
+                            rate, cpu_us = measure_rate(
+                                lambda s=side, c=conn: s.node_info(c), sz.rpc_seconds,
+                                side.pid(), sz.max_calls,
+                                client_cpus.setdefault(side.name, []) if kind == "rw" else None)
                         except Exception as exc:
                             rows[kind].notes[side.name] = short_error(exc)
                             conns.pop((side.name, kind), None)
@@ -1111,6 +1123,8 @@ class Bench:
             rows[kind].extra[side_name] = [round(x, 1) for x in xs]
         for (side_name, kind), xs in cpus.items():
             cpu_rows[kind].values[side_name] = min(xs)
+        for side_name, xs in client_cpus.items():
+            client_row.values[side_name] = min(xs)
 
     def wl_list(self) -> None:
         sz = self.sizes

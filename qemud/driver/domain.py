@@ -48,17 +48,24 @@ class DomainObj:
     device_waiters: dict[str, Deferred] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)  # automatic restarts (budget)
 
+    def __post_init__(self) -> None:
+        # A domain's name and uuid never change (renaming is refused at define time), and
+        # reading them from the XML tree on every listing costs an XPath each: keep them.
+        self._name = self.definition.name
+        self._uuid = self.definition.uuid
+        self._uuid_bytes = uuidlib.UUID(self._uuid).bytes
+
     @property
     def name(self) -> str:
-        return self.definition.name
+        return self._name
 
     @property
     def uuid(self) -> str:
-        return self.definition.uuid
+        return self._uuid
 
     @property
     def uuid_bytes(self) -> bytes:
-        return uuidlib.UUID(self.definition.uuid).bytes
+        return self._uuid_bytes
 
     @property
     def active(self) -> bool:
