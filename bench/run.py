@@ -228,15 +228,16 @@ def kill_pid_if(pid: int, must_contain: str, sig: int = signal.SIGKILL) -> bool:
     return False
 
 
-def kill_qemu_from_pidfiles(pidfiles: list[Path], root: Path) -> int:
-    """SIGKILL QEMUs that a daemon left behind (their command line names our temp dir)."""
+def kill_qemu_from_pidfiles(pidfiles: list[Path], marker: str) -> int:
+    """SIGKILL QEMUs a daemon left behind: pid from its pidfile, and only if the command
+    line still contains ``marker`` (our temp dir, or a bench guest's name)."""
     n = 0
     for pidfile in pidfiles:
         try:
             pid = int(pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        if "qemu-system" in cmdline(pid) and kill_pid_if(pid, str(root)):
+        if "qemu-system" in cmdline(pid) and kill_pid_if(pid, marker):
             n += 1
     return n
 
@@ -506,7 +507,7 @@ class QemudSide(Side):
                 d.stop(timeout=20)
             except Exception:
                 d.kill()
-        kill_qemu_from_pidfiles(list((d.run_dir / "qemu").glob("*/qemu.pid")), self.root)
+        kill_qemu_from_pidfiles(list((d.run_dir / "qemu").glob("*/qemu.pid")), str(self.root))
 
     def pid(self) -> int:
         return self.daemon.pid()
@@ -758,7 +759,9 @@ remember_owner = 0
                         break
                     time.sleep(0.1)
                 kill_pid_if(pid, "virtlogd")
-        kill_qemu_from_pidfiles(list((self.root / "run" / "qemu").glob("*.pid")), self.root)
+        # libvirt's QEMUs name the namespace's paths, not ours: match the guest name
+        kill_qemu_from_pidfiles(list((self.root / "run" / "qemu").glob("*.pid")),
+                                "guest=bench-")
         try:
             self.proc.wait(10)  # the reaper ends when nothing is left below it
         except subprocess.TimeoutExpired:

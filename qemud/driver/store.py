@@ -127,13 +127,14 @@ class DomainStore:
     def delete_definition(self, name: str) -> None:
         # the flag first: a crash in between must not leave a flag that a later domain
         # of the same name would inherit (see Registry.define)
+        # No directory fsyncs: unlinks survive a daemon crash (they are in the kernel at
+        # once), and one undone by a power cut resurrects a definition, never loses one.
+        # (Defines stay fully durable; this halves the fsyncs of a define+undefine pair.)
         for path in (self.autostart_dir / name, self.definition_path(name)):
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
-        _fsync_dir(self.autostart_dir)
-        _fsync_dir(self.domains_dir)
 
     def definitions(self) -> Iterator[tuple[Path, str]]:
         """(path, xml text) of every saved definition; unreadable files are logged."""
