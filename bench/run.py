@@ -566,222 +566,61 @@ class QemudSide(Side):
 class LibvirtSide(Side):
     """libvirtd + virtlogd as root, on a private configuration in a private mount namespace.
 
-    The QEMU driver of a root libvirtd always uses /etc/libvirt, /var/lib/libvirt,
-    /run/libvirt, /var/log/libvirt and /var/cache/libvirt, and needs the libvirt-qemu
-    user to exist (it resolves it before reading qemu.conf). ``unshare -m`` gives
-    libvirtd its own view where those directories, /etc/passwd and /etc/group are bind
-    mounts of files in our temp dir: nothing outside the temp dir is touched (apart from
-    creating those mount points if missing: empty directories).
+    Started and stopped by tests.helpers.libvirtd.PrivateLibvirtd (shared with the
+    conformance tests), listening on TLS with the bench's server certificate; this class
+    adds only the benchmark's client calls.
     """
 
     name = "libvirtd"
-    BIND_DIRS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "run": "/run/libvirt",
-                 "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"}
 
     def __init__(self, root: Path, pki: PKI, install: bool = True) -> None:
         super().__init__(root, pki)
+        from tests.helpers.libvirtd import PrivateLibvirtd
         self.install = install
-        self.proc: subprocess.Popen[bytes] | None = None  # the reaper
-        self.libvirtd_pid: int | None = None
-        self.event_thread: threading.Thread | None = None
+        self.lv = PrivateLibvirtd(root, tls_dir=pki.server_dir)
 
-    def _check(self) -> None:
-        if os.geteuid() != 0:
-            raise Unavailable("not run: needs root (qemu:///system with a private config)")
-        if not shutil.which("libvirtd") or not shutil.which("virtlogd"):
-            if self.install:
-                script = REPO / "bench" / "setup-libvirtd.sh"
-                proc = subprocess.run([str(script)], capture_output=True, text=True,
-                                      timeout=900, check=False)
-                if proc.returncode != 0:
-                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                    raise Unavailable(f"not run: setup-libvirtd.sh failed: {tail}")
-            if not shutil.which("libvirtd") or not shutil.which("virtlogd"):
-                raise Unavailable("not run: libvirtd not installed (bench/setup-libvirtd.sh)")
-        if not shutil.which("unshare") or not shutil.which("mount"):
-            raise Unavailable("not run: needs unshare(1) and mount(8) for a private config")
+    def _install_if_missing(self) -> None:
+        if self.install and (not shutil.which("libvirtd") or not shutil.which("virtlogd")):
+            script = REPO / "bench" / "setup-libvirtd.sh"
+            proc = subprocess.run([str(script)], capture_output=True, text=True,
+                                  timeout=900, check=False)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                raise Unavailable(f"not run: setup-libvirtd.sh failed: {tail}")
+
+    def start(self) -> None:
+        from tests.helpers.libvirtd import LibvirtdUnavailable
+        if os.geteuid() == 0:
+            self._install_if_missing()
         try:
-            import libvirt  # noqa: F401
-        except ImportError:
-            raise Unavailable("not run: libvirt-python missing (bench/setup-libvirtd.sh)") \
-                from None
+            self.lv.start()
+        except LibvirtdUnavailable as exc:
+            raise Unavailable(f"not run: {exc}") from None
+        except RuntimeError as exc:
+            raise Unavailable(f"not run: {exc}") from None
 
-    def _write_config(self) -> Path:
-        r = self.root
-        for d in [*self.BIND_DIRS, "sock"]:
-            (r / d).mkdir(parents=True, exist_ok=True)
-        self.sock_dir = r / "sock"
-        self.tls_port = free_port()
-        sd = self.pki.server_dir
-        (r / "etc" / "libvirtd.conf").write_text(f"""\
-unix_sock_dir = "{self.sock_dir}"
-unix_sock_group = "root"
-unix_sock_ro_perms = "0777"
-unix_sock_rw_perms = "0700"
-auth_unix_ro = "none"
-auth_unix_rw = "none"
-listen_tcp = 0
-listen_tls = 1
-listen_addr = "127.0.0.1"
-tls_port = "{self.tls_port}"
-auth_tls = "none"
-ca_file = "{sd / 'cacert.pem'}"
-cert_file = "{sd / 'servercert.pem'}"
-key_file = "{sd / 'serverkey.pem'}"
-max_clients = 5000
-max_anonymous_clients = 5000
-max_queued_clients = 1000
-log_outputs = "3:file:{r / 'libvirtd.log'}"
-""")
-        # Debian's defaults otherwise (workers, cgroups, virtlogd for guest output).
-        # user/group root: there is no libvirt-qemu user outside the namespace's passwd;
-        # no security driver and no per-guest mount namespace (containers may lack them).
-        (r / "etc" / "qemu.conf").write_text("""\
-user = "root"
-group = "root"
-dynamic_ownership = 0
-security_driver = "none"
-namespaces = [ ]
-remember_owner = 0
-""")
-        passwd = Path("/etc/passwd").read_text()
-        group = Path("/etc/group").read_text()
-        if "\nlibvirt-qemu:" not in "\n" + passwd:
-            passwd += "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/bin/false\n"
-        if "\nlibvirt-qemu:" not in "\n" + group:
-            group += "libvirt-qemu:x:64055:\n"
-        if "\nkvm:" not in "\n" + group:
-            group += "kvm:x:64056:\n"
-        if "\nlibvirt:" not in "\n" + group:
-            group += "libvirt:x:64057:\n"
-        (r / "passwd").write_text(passwd)
-        (r / "group").write_text(group)
-        lines = ["set -e"]
-        for src, dst in self.BIND_DIRS.items():
-            lines += [f"mkdir -p {dst}", f"mount --bind {r / src} {dst}"]
-        lines += [f"mount --bind {r / 'passwd'} /etc/passwd",
-                  f"mount --bind {r / 'group'} /etc/group",
-                  f"virtlogd -p {r / 'virtlogd.pid'} &",
-                  f"exec libvirtd --listen -f {r / 'etc' / 'libvirtd.conf'} "
-                  f"-p {r / 'libvirtd.pid'}"]
-        script = r / "start.sh"
-        script.write_text("\n".join(lines) + "\n")
-        return script
+    def stop(self) -> None:
+        self.lv.stop()
 
     @property
     def uri(self) -> str:
-        return f"qemu+unix:///system?socket={self.sock_dir / 'libvirt-sock'}"
-
-    @property
-    def ro_uri(self) -> str:
-        return f"qemu+unix:///system?socket={self.sock_dir / 'libvirt-sock-ro'}"
+        return self.lv.uri
 
     @property
     def tls_uri(self) -> str:
-        return (f"qemu+tls://localhost:{self.tls_port}/system?pkipath="
-                f"{self.pki.libvirt_client_dir}")
-
-    def start(self) -> None:
-        self._check()
-        import libvirt
-        libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised anyway
-        script = self._write_config()
-        out = open(self.root / "libvirtd.stderr", "ab")  # noqa: SIM115 - owned by the proc
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
-                                      "--_reaper", "unshare", "-m", "--propagation",
-                                      "private", "sh", str(script)],
-                                     stdout=out, stderr=out, start_new_session=True)
-        out.close()
-        deadline = time.monotonic() + 60
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise Unavailable(f"not run: libvirtd exited with {self.proc.returncode}: "
-                                  f"{self._log_tail()}")
-            if (self.sock_dir / "libvirt-sock").exists() and self._pidfile_pid():
-                try:
-                    conn = libvirt.open(self.uri)
-                    conn.getInfo()
-                    conn.close()
-                    self.libvirtd_pid = self._pidfile_pid()
-                    break
-                except libvirt.libvirtError as exc:
-                    last = exc
-            time.sleep(0.1)
-        else:
-            raise Unavailable(f"not run: libvirtd not ready in 60 s ({last}): "
-                              f"{self._log_tail()}")
-        # the TLS listener is set up before the unix one is served; check it answers
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.tls_port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    break  # the TLS row will say what failed
-                time.sleep(0.1)
-
-    def _pidfile_pid(self) -> int | None:
-        try:
-            pid = int((self.root / "libvirtd.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if "libvirtd" in cmdline(pid) else None
-
-    def _log_tail(self) -> str:
-        texts = []
-        for name in ("libvirtd.stderr", "libvirtd.log"):
-            p = self.root / name
-            if p.exists():
-                texts += [ln for ln in p.read_text(errors="replace").splitlines()
-                          if " error : " in ln or not ln.startswith("20")]
-        return " / ".join(texts[-2:])[:300] or "no log"
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.cleanup_domains()
-            self.proc.send_signal(signal.SIGTERM)  # the reaper passes it on to libvirtd
-            pid = getattr(self, "libvirtd_pid", None)
-            deadline = time.monotonic() + 20
-            while pid and "libvirtd" in cmdline(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid:
-                kill_pid_if(pid, "libvirtd")
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int((self.root / "virtlogd.pid").read_text().split()[0])
-            if kill_pid_if(pid, "virtlogd", signal.SIGTERM):
-                for _ in range(50):
-                    if "virtlogd" not in cmdline(pid):
-                        break
-                    time.sleep(0.1)
-                kill_pid_if(pid, "virtlogd")
-        # libvirt's QEMUs name the namespace's paths, not ours: match the guest name
-        kill_qemu_from_pidfiles(list((self.root / "run" / "qemu").glob("*.pid")),
-                                "guest=bench-")
-        try:
-            self.proc.wait(10)  # the reaper ends when nothing is left below it
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return self.lv.tls_uri(self.pki.libvirt_client_dir)
 
     def pid(self) -> int:
-        assert self.libvirtd_pid is not None
-        return self.libvirtd_pid
+        assert self.lv.libvirtd_pid is not None
+        return self.lv.libvirtd_pid
 
     def virtlogd_pid(self) -> int | None:
-        try:
-            return int((self.root / "virtlogd.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return self.lv.virtlogd_pid
 
     def connect(self, kind: str = "rw") -> Any:
         import libvirt
         if kind == "ro":
-            return libvirt.openReadOnly(self.ro_uri)
+            return libvirt.openReadOnly(self.lv.ro_uri)
         return libvirt.open(self.tls_uri if kind == "tls" else self.uri)
 
     def close(self, conn: Any) -> None:
@@ -819,16 +658,8 @@ remember_owner = 0
 
     def ensure_event_loop(self) -> None:
         """libvirt's default event loop on a thread (needed before opening the connection)."""
-        if self.event_thread is not None:
-            return
-        import libvirt
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-        self.event_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
-        self.event_thread.start()
+        from tests.helpers.libvirtd import ensure_event_loop
+        ensure_event_loop()
 
     def watch_lifecycle(self, conn: Any, callback: Callable[[int], None]) -> Any:
         import libvirt
@@ -841,47 +672,6 @@ remember_owner = 0
 
     def holder_args(self) -> list[str]:
         return ["libvirt", self.uri]
-
-
-# -- a subreaper for libvirtd (a child process) -----------------------------------------
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def reaper_main(cmd: list[str]) -> int:
-    """Run ``cmd`` as a child subreaper and reap every orphan below it at once.
-
-    libvirtd daemonizes its QEMUs, so they are reparented to the nearest subreaper, and
-    libvirt's destroy polls kill(pid, 0) every 200 ms until the QEMU is *gone* -- a
-    zombie still counts. On a normal host systemd (PID 1) reaps orphans immediately; the
-    PID 1 of some sandboxes reaps them only every couple of seconds, which would add that
-    delay to every libvirt destroy. This process plays systemd's part for libvirtd.
-    """
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        print("warning: PR_SET_CHILD_SUBREAPER failed", file=sys.stderr)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.execvp(cmd[0], cmd)
-        finally:
-            os._exit(127)
-
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    rc = 0
-    while True:
-        try:
-            done, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if done == pid:
-            rc = os.waitstatus_to_exitcode(status)
-    return rc
 
 
 # -- idle-connection holder (a child process) -------------------------------------------
@@ -1489,8 +1279,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_hold"]:
         return hold_main(argv[1], argv[2], int(argv[3]))
-    if argv[:1] == ["--_reaper"]:
-        return reaper_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[],
