@@ -22,8 +22,8 @@ Every further missed heartbeat emits the appliance event ``heartbeat-missed``; a
 
 A paused guest sends nothing and is not counted against. The first heartbeat after each
 start emits ``heartbeat-seen`` (what an A/B appliance update waits for before confirming);
-when heartbeats come back after missed ones, ``heartbeat-resumed`` is emitted. The state shows in DOMAIN_STATS as
-``heartbeat.count``, ``heartbeat.missed``, ``heartbeat.connected`` and
+when heartbeats come back after missed ones, ``heartbeat-resumed`` is emitted. The state
+shows in DOMAIN_STATS as ``heartbeat.count``, ``heartbeat.missed``, ``heartbeat.connected`` and
 ``heartbeat.last_seconds_ago`` (-1 before the first heartbeat).
 
 QEMU's own watchdog device (``<watchdog model='i6300esb' action='reset'/>``, passed to QEMU
