@@ -545,8 +545,8 @@ class HotplugDuty:
         if dom is None or not dom.active or dom.live is None or monitor is None or \
                 monitor.closed or monitor.sock is None:
             return False
-        ready = getattr(monitor, "_ready", None)  # QMP negotiated (see _when_ready)
-        return ready is None or (ready.done and ready.error is None)
+        ready = monitor.negotiated  # QMP negotiated (see _when_ready)
+        return ready.done and ready.error is None
 
     def _when_ready(self, dom: DomainObj, then: Callable[[DomainObj], None],
                     waited: float = 0.0) -> None:

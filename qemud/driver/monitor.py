@@ -46,6 +46,11 @@ class Monitor:
         self._retry: Timer | None = None
         self.closed = False
 
+    @property
+    def negotiated(self) -> Deferred:
+        """Resolved once QMP capabilities are negotiated (failed if that never happens)."""
+        return self._ready
+
     # -- connecting ----------------------------------------------------------------------
 
     def connect(self, timeout: float, alive: Callable[[], bool] = lambda: True) -> Deferred:
