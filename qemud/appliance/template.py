@@ -571,7 +571,9 @@ def render(template: str, host: HostInventory, reserve_mib: int = 512) -> str:
             el.text = _substitute(el.text, names, where)
         if el.tail and "{{" in el.tail:
             el.tail = _substitute(el.tail, names, where)
-        for attr, value in el.attrib.items():
+        for raw_name, raw_value in el.attrib.items():  # lxml's typing allows bytes
+            attr = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+            value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
             if "{{" in value:
                 el.set(attr, _substitute(value, names, f"{where}/@{attr}"))
     _nics(root, host)

@@ -53,7 +53,7 @@ class DomainObj:
         # reading them from the XML tree on every listing costs an XPath each: keep them.
         self._name = self.definition.name
         self._uuid = self.definition.uuid
-        self._uuid_bytes = uuidlib.UUID(self._uuid).bytes
+        self._uuid_bytes: bytes | None = None  # parsed on first use
 
     @property
     def name(self) -> str:
@@ -65,6 +65,8 @@ class DomainObj:
 
     @property
     def uuid_bytes(self) -> bytes:
+        if self._uuid_bytes is None:
+            self._uuid_bytes = uuidlib.UUID(self._uuid).bytes
         return self._uuid_bytes
 
     @property
