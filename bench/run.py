@@ -76,13 +76,14 @@ class Sizes:
     guest_mib: int = 64
     guests_running: bool = False  # False: started paused
     event_runs: int = 20
+    tls_connects: int = 20  # TLS connect + first call, timed one by one
     max_calls: int = 2_000_000  # hard cap on any rate loop
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(rpc_seconds=0.5, rpc_rounds=1, rate_rounds=1, list_counts=(50, 200),
                    list_seconds=0.5, define_seconds=1.0, lifecycle_runs=3, idle_clients=200,
-                   running_guests=4, event_runs=5)
+                   running_guests=4, event_runs=5, tls_connects=5)
 
 
 # -- results ----------------------------------------------------------------------------
@@ -918,6 +919,25 @@ class Bench:
             cpu_rows[kind].values[side_name] = min(xs)
         for side_name, xs in client_cpus.items():
             client_row.values[side_name] = min(xs)
+        self._tls_connect_latency()
+
+    def _tls_connect_latency(self) -> None:
+        """A remote admin's first answer: TCP + TLS handshake + hello + one call."""
+        row = self.row("TLS connect + first call (node info), median", "ms")
+        for side in self.live():
+            times: list[float] = []
+            try:
+                for _ in range(self.sizes.tls_connects):
+                    started = time.perf_counter()
+                    conn = side.connect("tls")
+                    side.node_info(conn)
+                    times.append((time.perf_counter() - started) * 1000)
+                    side.close(conn)
+            except Exception as exc:
+                row.notes[side.name] = short_error(exc)
+                continue
+            row.values[side.name] = median(times)
+            row.extra[side.name] = [round(x, 2) for x in times]
 
     def wl_list(self) -> None:
         sz = self.sizes

@@ -200,6 +200,7 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
                     "the port through?)")
         raise ConnectFailed(f"cannot connect to {uri.host}:{uri.port}: "
                             f"{exc.strerror or exc}{hint}") from None
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls
     try:
         tls = ctx.wrap_socket(raw, server_hostname=uri.host)
     except ssl.SSLCertVerificationError as exc:

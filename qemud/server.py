@@ -264,6 +264,9 @@ class Server:
         transport: Transport
         if listener.tls_context is not None:
             try:
+                # Small frames must not wait for ACKs: with Nagle on, a reply that follows
+                # TLS 1.3's session ticket waited ~40 ms for the client's delayed ACK.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 transport = TLSTransport(sock, listener.tls_context)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("TLS client %s refused: %s", addr, exc)
