@@ -20,6 +20,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class EventLoop:
         self._running = False
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._child_handlers: dict[int, Callable[[int], None]] = {}
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -116,6 +118,21 @@ class EventLoop:
             self.add_signal_handler(signal.SIGCHLD, lambda _s: self._reap_children())
         self._child_handlers[pid] = handler
         self.call_soon(self._reap_children)  # it may already be gone
+
+    def watch_popen(self, child: subprocess.Popen[bytes],
+                    on_exit: Callable[[int], None]) -> None:
+        """Call ``on_exit(exit_code)`` once ``child`` exits (negative: killed by a signal).
+
+        The Popen object is held until then: if it were garbage-collected while the child
+        runs, subprocess's own cleanup could reap it behind the loop's back.
+        """
+        self._popens[child.pid] = child
+
+        def exited(status: int) -> None:
+            self._popens.pop(child.pid, None)
+            child.returncode = os.waitstatus_to_exitcode(status)
+            on_exit(child.returncode)
+        self.watch_child(child.pid, exited)
 
     def forget_child(self, pid: int) -> None:
         self._child_handlers.pop(pid, None)
@@ -203,3 +220,20 @@ class EventLoop:
 
 def _noop_signal_handler(signum: int, frame: object) -> None:
     """Installed so the signal interrupts select(); the byte on the wakeup fd does the work."""
+
+
+def connect_unix(path: str) -> socket.socket | None:
+    """A non-blocking connect to a unix socket some child process listens on.
+
+    Returns the connected socket, or None while nobody listens there yet (ENOENT,
+    ECONNREFUSED, EAGAIN: try again from a timer); any other failure raises OSError.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    err = sock.connect_ex(path)
+    if err == 0:
+        return sock
+    sock.close()
+    if err in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+        return None
+    raise OSError(err, os.strerror(err), path)

@@ -55,7 +55,7 @@ from protocol.constants import (
 from qemud.conf import DomainDef
 from qemud.conf.devices import CharDevice
 from qemud.errors import QemudError, XMLError
-from qemud.loop import READ, Timer
+from qemud.loop import READ, Timer, connect_unix
 
 from .metadata import HeartbeatPolicy, read_settings
 from .power import ProgramRunner
@@ -182,18 +182,17 @@ class Watcher:
         self._retry = None
         if self.closed:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        err = sock.connect_ex(self.path)
-        if err == 0:
+        try:
+            sock = connect_unix(self.path)
+        except OSError as exc:
+            sock = None
+            log.warning("domain %s: cannot connect to the heartbeat channel %s: %s",
+                        self.dom.name, self.path, errno.errorcode.get(exc.errno or 0, exc.errno))
+        if sock is not None:
             self.sock = sock
             self.loop.add(sock.fileno(), READ, self._on_io)
             log.debug("domain %s: heartbeat channel connected (%s)", self.dom.name, self.path)
             return
-        sock.close()
-        if err not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
-            log.warning("domain %s: cannot connect to the heartbeat channel %s: %s",
-                        self.dom.name, self.path, errno.errorcode.get(err, err))
         self._retry = self.loop.call_later(CONNECT_RETRY, self._connect)
 
     def _disconnect(self) -> None:

@@ -543,7 +543,6 @@ class Runner:
 
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def run(self, argv: list[str], what: str) -> Deferred:
         result = Deferred()
@@ -559,14 +558,8 @@ class Runner:
             result.fail(OperationFailed(f"{what}: cannot run {argv[0]}: "
                                         f"{exc.strerror or exc}"))
             return result
-        # kept so subprocess's own cleanup never reaps it behind the loop's back
-        self._children[child.pid] = child
 
-        def exited(status: int) -> None:
-            popen = self._children.pop(child.pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if popen is not None:
-                popen.returncode = code
+        def exited(code: int) -> None:
             out.seek(0)
             err.seek(0)
             stdout = out.read(4 * 1024 * 1024).decode(errors="replace")
@@ -579,7 +572,7 @@ class Runner:
                 lines = [line for line in stderr.splitlines() if line.strip()][-4:]
                 result.fail(OperationFailed(f"{what}: {Path(argv[0]).name} failed (exit "
                                             f"{code}): {' / '.join(lines) or 'no message'}"))
-        self.loop.watch_child(child.pid, exited)
+        self.loop.watch_popen(child, exited)
         return result
 
 

@@ -84,7 +84,6 @@ class ProgramRunner:
     def __init__(self, loop: EventLoop, log_file: Path) -> None:
         self.loop = loop
         self.log_file = log_file
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def run(self, argv: list[str], env: dict[str, str], what: str,
             on_exit: Callable[[int], None] | None = None) -> int | None:
@@ -111,23 +110,16 @@ class ProgramRunner:
         finally:
             if out is not None:
                 out.close()
-        # keep the Popen object: if it were garbage-collected while the child runs,
-        # subprocess's own cleanup could reap it behind the loop's back
-        self._children[child.pid] = child
         log.info("%s: started %s (pid %d)", what, " ".join(argv), child.pid)
 
-        def exited(status: int) -> None:
-            popen = self._children.pop(child.pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if popen is not None:
-                popen.returncode = code
+        def exited(code: int) -> None:
             (log.info if code == 0 else log.warning)(
                 "%s: %s (pid %d) exited with %d", what, argv[0], child.pid, code)
             audit_log.info("appliance program=%r for=%r pid=%d result=exit %d", argv, what,
                            child.pid, code)
             if on_exit is not None:
                 on_exit(code)
-        self.loop.watch_child(child.pid, exited)
+        self.loop.watch_popen(child, exited)
         return child.pid
 
 

@@ -226,7 +226,6 @@ class ToolRunner:
 
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def run(self, argv: list[str]) -> Deferred:
         """Resolves with None on exit status 0, else fails with the tool's stderr."""
@@ -240,14 +239,8 @@ class ToolRunner:
             errors.close()
             result.fail(OperationFailed(f"cannot run {argv[0]}: {exc.strerror or exc}"))
             return result
-        # kept so subprocess's own cleanup never reaps it behind the loop's back
-        self._children[child.pid] = child
 
-        def exited(status: int) -> None:
-            popen = self._children.pop(child.pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if popen is not None:
-                popen.returncode = code
+        def exited(code: int) -> None:
             errors.seek(0)
             text = errors.read().decode(errors="replace").strip()
             errors.close()
@@ -256,7 +249,7 @@ class ToolRunner:
             else:
                 result.fail(OperationFailed(f"{Path(argv[0]).name} {argv[1]} failed (exit "
                                             f"{code}): {text or 'no message'}"))
-        self.loop.watch_child(child.pid, exited)
+        self.loop.watch_popen(child, exited)
         return result
 
 

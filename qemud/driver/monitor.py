@@ -17,7 +17,7 @@ from typing import Any
 
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, OperationTimeout
-from qemud.loop import READ, WRITE, EventLoop, Timer
+from qemud.loop import READ, WRITE, EventLoop, Timer, connect_unix
 from qemud.qemu.errors import QemuError
 from qemud.qemu.qmp import QMPErrorReply, QMPEvent, QMPGreeting, QMPProtocol, QMPReturn
 
@@ -66,18 +66,16 @@ class Monitor:
         self._retry = None
         if self.closed:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        err = sock.connect_ex(self.path)
-        if err == 0:
+        try:
+            sock = connect_unix(self.path)
+        except OSError as exc:
+            self._fail_connect(f"cannot connect to QEMU monitor {self.path}: "
+                               f"{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+            return
+        if sock is not None:
             self.sock = sock
             self.loop.add(sock.fileno(), READ, self._on_io)
             self.log.debug("connected to %s", self.path)
-            return
-        sock.close()
-        if err not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
-            self._fail_connect(f"cannot connect to QEMU monitor {self.path}: "
-                               f"{errno.errorcode.get(err, err)}")
             return
         if not alive():
             self._fail_connect("QEMU exited before its monitor was ready")

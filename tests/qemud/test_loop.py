@@ -6,12 +6,13 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from qemud.loop import READ, EventLoop
+from qemud.loop import READ, EventLoop, connect_unix
 
 
 @pytest.fixture
@@ -178,3 +179,29 @@ def test_two_children_each_reported_once(loop) -> None:
     loop.run_once(max_wait=0.05)
     assert [os.waitstatus_to_exitcode(s[0]) for s in seen.values()] == [4, 5]
     assert all(len(s) == 1 for s in seen.values())
+
+
+def test_watch_popen_reports_the_exit_code_and_sets_returncode(loop) -> None:
+    codes: list[int] = []
+    child = subprocess.Popen(["sh", "-c", "exit 7"])
+    loop.watch_popen(child, codes.append)
+    killed = subprocess.Popen(["sleep", "30"])
+    loop.watch_popen(killed, codes.append)
+    killed.kill()
+    run_until(loop, lambda: len(codes) == 2, timeout=5)
+    assert sorted(codes) == [-signal.SIGKILL, 7]
+    assert (child.returncode, killed.returncode) == (7, -signal.SIGKILL)
+
+
+def test_connect_unix_says_not_yet_then_connects(tmp_path) -> None:
+    path = str(tmp_path / "s.sock")
+    assert connect_unix(path) is None  # nobody there yet: retry later
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        assert connect_unix(path) is None  # bound but not listening: refused
+        server.listen()
+        sock = connect_unix(path)
+        assert sock is not None and not sock.getblocking()
+        sock.close()
+    with pytest.raises(OSError):
+        connect_unix(str(tmp_path / ("x" * 200)))  # too long for sun_path: a real error
