@@ -34,6 +34,10 @@ class DomainInfo:
 
 
 class Domain:
+    """A handle on one guest. Listings build thousands of these: slots keep them small."""
+
+    __slots__ = ("_conn", "ref", "summary")
+
     def __init__(self, conn: Connection, ref: pl.DomainRef,
                  summary: pl.DomainSummary | None = None) -> None:
         self._conn = conn

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import operator
-import struct
 import typing
 from collections.abc import Callable
 from struct import error as struct_error
@@ -25,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 import construct as cs
 
 from .constants import MAX_LIST, MAX_STRING
+from .fastpath import FastCodec
 
 __all__ = [
     "U8", "U16", "U32", "U64", "S32", "S64", "F64", "Bool", "Str", "Blob", "UUIDBytes",
@@ -100,17 +100,17 @@ class Codec(Generic[P]):
         #: parsers for the same payload without its trailing defaulted fields, longest
         #: first: what an older peer sends, from before those fields were appended
         self._older = [compiled_prefix.parsefunc for compiled_prefix in _older_forms(cls)]
-        #: a struct-based fast path for payloads with no lists (most calls and replies);
-        #: anything it does not handle falls back to construct, the reference
-        self._flat = _FlatCodec.build(cls)
+        #: generated struct-based functions for the same layout (protocol/fastpath.py);
+        #: anything they do not handle falls back to construct, the reference
+        self._fast = FastCodec.build(cls, _FIXED_CODES)
 
     def encode(self, obj: P) -> bytes:
         """Bytes for ``obj``; a value outside its field's range is a ValueError."""
         if self._empty:
             return b""
-        if self._flat is not None:
+        if self._fast is not None:
             try:
-                return self._flat.encode(obj)
+                return self._fast.encode(obj)
             except (struct_error, TypeError, ValueError, AttributeError, OverflowError,
                     UnicodeError):
                 pass  # construct says precisely what is wrong
@@ -127,9 +127,9 @@ class Codec(Generic[P]):
         if self._empty:
             result: P = self.cls()
             return result
-        if self._flat is not None:
+        if self._fast is not None:
             try:
-                fast: P = self._flat.decode(data)
+                fast: P = self._fast.decode(data)
                 return fast
             except (struct_error, ValueError, UnicodeError, IndexError):
                 pass  # malformed, or an older peer's shorter form: construct decides
@@ -159,121 +159,7 @@ class Codec(Generic[P]):
         return None
 
 
-_LEN = struct.Struct(">I")
 _FIXED_CODES: dict[int, str] = {}  # id(construct field) -> struct code, filled below
-
-
-class _FlatCodec:
-    """Encode/decode a payload without lists with ``struct``, as construct would.
-
-    construct's generated code costs ~10 us for a small reply; this costs ~2. It is an
-    optimisation, not a second definition: the layout is derived from the same
-    annotations, anything unusual raises so the construct codec takes over, and
-    tests/protocol/test_flat_codec.py checks both give identical bytes and values.
-    """
-
-    def __init__(self, cls: type, shape: Any, segments: list[tuple[str, Any, int]]) -> None:
-        self.cls = cls
-        self.shape = shape
-        self.segments = segments  # ("fixed", Struct, count) | ("str"|"blob", None, 1)
-
-    @classmethod
-    def build(cls, payload: type) -> _FlatCodec | None:
-        leaves: list[str] = []
-
-        def walk(tp: Any) -> Any:
-            if typing.get_origin(tp) is Annotated:
-                code = _FIXED_CODES.get(id(typing.get_args(tp)[1]))
-                if code is None:
-                    return None
-                leaves.append(code)
-                return code
-            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-                hints = typing.get_type_hints(tp, include_extras=True)
-                parts = []
-                for f in dataclasses.fields(tp):
-                    part = walk(hints[f.name])
-                    if part is None:
-                        return None
-                    parts.append((f.name, part))
-                return (tp, parts)
-            return None  # lists: construct
-
-        shape = walk(payload)
-        if shape is None or not leaves:
-            return None
-        segments: list[tuple[str, Any, int]] = []
-        run: list[str] = []
-        for code in leaves + ["end"]:
-            if code in ("str", "blob", "end"):
-                if run:
-                    segments.append(("fixed", struct.Struct(">" + "".join(run)), len(run)))
-                    run = []
-                if code != "end":
-                    segments.append((code, None, 1))
-            else:
-                run.append(code)
-        return cls(payload, shape, segments)
-
-    def _flatten(self, obj: Any, shape: Any, out: list[Any]) -> None:
-        if isinstance(shape, str):
-            if shape == "16s" and not (type(obj) is bytes and len(obj) == 16):
-                raise ValueError("uuid must be 16 bytes")
-            out.append(obj)
-            return
-        kind, parts = shape
-        if not isinstance(obj, kind):
-            raise TypeError(f"expected {kind.__name__}")
-        for name, part in parts:
-            self._flatten(getattr(obj, name), part, out)
-
-    def encode(self, obj: Any) -> bytes:
-        values: list[Any] = []
-        self._flatten(obj, self.shape, values)
-        out: list[bytes] = []
-        i = 0
-        for kind, packer, count in self.segments:
-            if kind == "fixed":
-                out.append(packer.pack(*values[i:i + count]))
-            else:
-                value = values[i]
-                if kind == "str":
-                    if type(value) is not str:
-                        raise TypeError("str expected")
-                    raw = value.encode("utf-8")
-                else:
-                    if type(value) is not bytes:
-                        raise TypeError("bytes expected")
-                    raw = value
-                if len(raw) > MAX_STRING:
-                    raise ValueError("too long")
-                out.append(_LEN.pack(len(raw)))
-                out.append(raw)
-            i += count
-        return b"".join(out)
-
-    def decode(self, data: bytes) -> Any:
-        values: list[Any] = []
-        offset = 0
-        for kind, packer, _count in self.segments:
-            if kind == "fixed":
-                values.extend(packer.unpack_from(data, offset))
-                offset += packer.size
-            else:
-                (length,) = _LEN.unpack_from(data, offset)
-                end = offset + 4 + length
-                if length > MAX_STRING or end > len(data):
-                    raise ValueError("bad length")
-                chunk = data[offset + 4:end]
-                values.append(chunk.decode("utf-8") if kind == "str" else bytes(chunk))
-                offset = end
-        return self._rebuild(self.shape, iter(values))
-
-    def _rebuild(self, shape: Any, values: Any) -> Any:
-        if isinstance(shape, str):
-            return next(values)
-        kind, parts = shape
-        return kind(*[self._rebuild(part, values) for _name, part in parts])
 
 
 def _make_context(parsing: bool) -> cs.Container:

@@ -240,9 +240,7 @@ class QemuDriver:
         return out
 
     def _list(self, ctx: Any, args: pl.ListDomainsArgs) -> pl.ListDomainsReply:
-        return pl.ListDomainsReply([
-            pl.DomainSummary(d.ref(), int(d.state), d.reason, d.persistent, d.autostart)
-            for d in self.registry.matching(args.flags)])
+        return pl.ListDomainsReply([d.summary() for d in self.registry.matching(args.flags)])
 
     def _undefine(self, ctx: Any, args: pl.DomainFlagsArgs) -> Empty:
         self.registry.undefine(self._dom(args))

@@ -49,6 +49,9 @@ class Registry:
         self._by_uuid: dict[str, DomainObj] = {}
         self._by_id: dict[int, DomainObj] = {}
         self._next_id = 1
+        #: every domain in listing order; None after a change that can move one (a
+        #: definition added or removed, an id assigned or released)
+        self._ordered: list[DomainObj] | None = None
         #: extra checks run on every new definition (the appliance layer's metadata)
         self.validators: list[Callable[[DomainDef], None]] = []
 
@@ -96,11 +99,11 @@ class Registry:
         1,000-domain listing (bench/run.py profile).
         """
         flags = int(flags)
-        doms = list(self._by_name.values())
+        if self._ordered is None:
+            self._ordered = sorted(self._by_name.values(), key=_list_order)
         if flags:
-            doms = [d for d in doms if _selected(d, flags)]
-        doms.sort(key=_list_order)
-        return doms
+            return [d for d in self._ordered if _selected(d, flags)]
+        return list(self._ordered)
 
     # -- ids -----------------------------------------------------------------------------
 
@@ -108,10 +111,12 @@ class Registry:
         dom.id = self._next_id if id is None else id
         self._next_id = max(self._next_id, dom.id + 1)
         self._by_id[dom.id] = dom
+        self._ordered = None
 
     def release_id(self, dom: DomainObj) -> None:
         self._by_id.pop(dom.id, None)
         dom.id = -1
+        self._ordered = None
 
     # -- parsing and checking ------------------------------------------------------------
 
@@ -148,10 +153,12 @@ class Registry:
     def add(self, dom: DomainObj) -> None:
         self._by_name[dom.name] = dom
         self._by_uuid[dom.uuid] = dom
+        self._ordered = None
 
     def remove(self, dom: DomainObj) -> None:
         self._by_name.pop(dom.name, None)
         self._by_uuid.pop(dom.uuid, None)
+        self._ordered = None
         if dom.active:
             self.release_id(dom)
 

@@ -381,3 +381,34 @@ def test_event_order_start_suspend_resume_destroy(conn: client.Connection, test_
                     ("ordered", LifecycleEvent.RESUMED, 0),
                     ("ordered", LifecycleEvent.STOPPED, StoppedDetail.DESTROYED)]
     dom.undefine()
+
+
+def test_listing_follows_starts_stops_and_autostart(conn: client.Connection) -> None:
+    """The daemon keeps its listing order and each domain's summary between calls:
+    both must change the moment a guest starts, stops or changes its autostart flag."""
+    names = ["list-c", "list-a", "list-b"]
+    doms = {n: conn.define_xml(bare_xml(n)) for n in names}
+
+    def listed() -> list[tuple[str, int, DomainState, bool]]:
+        return [(d.name, d.id, DomainState(d.summary.state), d.summary.autostart)
+                for d in conn.list_domains(0) if d.name in names]
+
+    try:
+        assert listed() == [(n, -1, DomainState.SHUTOFF, False)
+                            for n in ("list-a", "list-b", "list-c")]
+        started = doms["list-c"].create(flags=1)  # paused: no firmware boot needed
+        doms["list-a"].set_autostart(True)
+        assert listed() == [("list-c", started.id, DomainState.PAUSED, False),
+                            ("list-a", -1, DomainState.SHUTOFF, True),
+                            ("list-b", -1, DomainState.SHUTOFF, False)]
+        assert [d.name for d in conn.list_domains(client.ListFlags.ACTIVE)
+                if d.name in names] == ["list-c"]
+        doms["list-c"].destroy()
+        doms["list-a"].set_autostart(False)
+        assert listed() == [(n, -1, DomainState.SHUTOFF, False)
+                            for n in ("list-a", "list-b", "list-c")]
+    finally:
+        for dom in doms.values():
+            if dom.state()[0] != DomainState.SHUTOFF:
+                dom.destroy()
+            dom.undefine()
