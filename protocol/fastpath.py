@@ -23,14 +23,31 @@ import gc
 import struct
 import typing
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from .constants import MAX_LIST, MAX_STRING
 
-__all__ = ["FastCodec"]
+__all__ = ["FastCodec", "Encoded"]
+
+T = TypeVar("T")
 
 #: the struct codes of variable-length leaves (everything else is a struct format code)
 _VARIABLE = ("str", "blob")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoded(Generic[T]):
+    """A list item encoded ahead of time, written as is: ``data`` is ``value``'s bytes.
+
+    For records a sender keeps and sends again and again unchanged (the daemon's
+    listing of domains, one cached record per domain): both codecs accept one wherever
+    the list's item type is ``value``'s class; the fast path copies ``data``, construct
+    encodes ``value``. Make them with :func:`protocol.fields.encoded`, which guarantees
+    the two agree.
+    """
+
+    value: T
+    data: bytes
 
 
 class _Unsupported(Exception):
@@ -45,7 +62,7 @@ class _Emitter:
         self.env: dict[str, Any] = {
             "_L": struct.Struct(">I"), "_MAX_STRING": MAX_STRING, "_MAX_LIST": MAX_LIST,
             "_len": len, "_range": range, "_bytes": bytes,
-            "_type": type, "_new": object.__new__}
+            "_type": type, "_new": object.__new__, "_Encoded": Encoded}
         self._count = 0
         self._structs: dict[str, str] = {}
 
@@ -286,6 +303,10 @@ class _EncoderBuilder:
             emit(indent, f"if _len({expr}) > _MAX_LIST: raise ValueError('list too long')")
             emit(indent, f"w(_L.pack(_len({expr})))")
             emit(indent, f"for {item} in {expr}:")
+            if isinstance(item_tp, type) and dataclasses.is_dataclass(item_tp):
+                emit(indent + 1, f"if _type({item}) is _Encoded:")
+                emit(indent + 2, f"w({item}.data)")
+                emit(indent + 2, "continue")
             self.value(item_tp, item, indent + 1)
             self.flush(indent + 1)
             return

@@ -24,11 +24,11 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 import construct as cs
 
 from .constants import MAX_LIST, MAX_STRING
-from .fastpath import FastCodec
+from .fastpath import Encoded, FastCodec
 
 __all__ = [
     "U8", "U16", "U32", "U64", "S32", "S64", "F64", "Bool", "Str", "Blob", "UUIDBytes",
-    "Codec", "codec_for", "Payload", "Empty",
+    "Codec", "codec_for", "Payload", "Empty", "Encoded", "encoded",
 ]
 
 _string_len = cs.ExprValidator(cs.Int32ub, lambda obj, ctx: obj <= MAX_STRING)
@@ -174,6 +174,11 @@ _PARSE_CONTEXT = _make_context(True)
 _BUILD_CONTEXT = _make_context(False)
 
 
+def encoded(value: P) -> Encoded[P]:
+    """``value`` with its bytes, to be sent as an item of a list field (see Encoded)."""
+    return Encoded(value, codec_for(type(value)).encode(value))
+
+
 def codec_for(cls: type[P]) -> Codec[P]:
     """The (cached) codec of payload class ``cls``."""
     codec = Codec._cache.get(cls)
@@ -201,6 +206,9 @@ def _describe(tp: Any) -> tuple[cs.Construct, Converter | None, Converter | None
         if item_out is None and item_in is None:
             return array, None, list
         out, inn = item_out or _identity, item_in or _identity
+        if isinstance(item_tp, type) and dataclasses.is_dataclass(item_tp):
+            return (array, lambda v: [out(x.value if type(x) is Encoded else x) for x in v],
+                    lambda v: [inn(x) for x in v])
         return (array, lambda v: [out(x) for x in v], lambda v: [inn(x) for x in v])
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp, include_extras=True)

@@ -6,6 +6,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from protocol.constants import DomainState, ShutoffReason
+from protocol.fields import Encoded, encoded
 from protocol.payloads import DomainRef, DomainSummary
 from qemud.conf import DomainDef
 from qemud.dispatch import Deferred
@@ -54,7 +55,7 @@ class DomainObj:
         self._name = self.definition.name
         self._uuid = self.definition.uuid
         self._uuid_bytes: bytes | None = None  # parsed on first use
-        self._summary: DomainSummary | None = None
+        self._summary: Encoded[DomainSummary] | None = None
         self._summary_key: tuple[int, int, int, bool, bool] | None = None
 
     @property
@@ -78,17 +79,19 @@ class DomainObj:
     def ref(self) -> DomainRef:
         return DomainRef(self.name, self.uuid_bytes, self.id)
 
-    def summary(self) -> DomainSummary:
-        """This domain as a listing shows it, rebuilt only when something shown changed.
+    def summary(self) -> Encoded[DomainSummary]:
+        """This domain as a listing shows it, encoded; rebuilt only when something shown
+        changed.
 
-        A listing of 1,000 domains otherwise builds 2,000 payload objects per call; the
-        attributes are compared rather than invalidated at every assignment because
-        they are plain fields the driver sets in many places.
+        A listing of 1,000 domains otherwise built 2,000 payload objects and encoded
+        1,000 records per call (~0.5 ms). The attributes are compared rather than
+        invalidated at every assignment because they are plain fields the driver sets in
+        many places.
         """
         key = (self.state, self.reason, self.id, self.persistent, self.autostart)
         if key != self._summary_key or self._summary is None:
-            self._summary = DomainSummary(self.ref(), int(self.state), self.reason,
-                                          self.persistent, self.autostart)
+            self._summary = encoded(DomainSummary(self.ref(), int(self.state), self.reason,
+                                                  self.persistent, self.autostart))
             self._summary_key = key
         return self._summary
 

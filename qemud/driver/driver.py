@@ -240,7 +240,9 @@ class QemuDriver:
         return out
 
     def _list(self, ctx: Any, args: pl.ListDomainsArgs) -> pl.ListDomainsReply:
-        return pl.ListDomainsReply([d.summary() for d in self.registry.matching(args.flags)])
+        # Encoded records stand in for DomainSummary items (protocol.fields.Encoded)
+        records: list[Any] = [d.summary() for d in self.registry.matching(args.flags)]
+        return pl.ListDomainsReply(records)
 
     def _undefine(self, ctx: Any, args: pl.DomainFlagsArgs) -> Empty:
         self.registry.undefine(self._dom(args))

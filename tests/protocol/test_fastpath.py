@@ -16,7 +16,7 @@ from wire_helpers import FAST, strategy_for, wire_equal
 from protocol import payloads as p
 from protocol.constants import MAX_LIST
 from protocol.fastpath import FastCodec
-from protocol.fields import _FIXED_CODES, _PARSE_CONTEXT, Codec, codec_for
+from protocol.fields import _FIXED_CODES, _PARSE_CONTEXT, Codec, codec_for, encoded
 
 CLASSES = [*all_payload_classes(), Everything]
 FASTPATH = [c for c in CLASSES if FastCodec.build(c, _FIXED_CODES) is not None]
@@ -121,3 +121,24 @@ def test_decoded_frozen_records_behave_like_constructed_ones() -> None:
     assert repr(first) == repr(reply.domains[0])
     with pytest.raises(AttributeError):
         first.state = 3  # type: ignore[misc]
+
+
+def test_encoded_items_give_the_same_bytes_on_both_paths() -> None:
+    """A sender may hand over records it encoded earlier (the daemon's listing does);
+    the fast path copies their bytes, construct encodes their value: same result."""
+    reply = _summaries(5)
+    mixed = p.ListDomainsReply([encoded(s) if i % 2 else s
+                                for i, s in enumerate(reply.domains)])
+    codec = codec_for(p.ListDomainsReply)
+    expected = construct_encode(codec, reply)
+    assert fast(p.ListDomainsReply).encode(mixed) == expected
+    assert construct_encode(codec, mixed) == expected
+    assert codec.encode(mixed) == expected
+    assert codec.decode(expected) == reply  # the receiver sees plain records
+
+
+def test_an_encoded_item_carries_exactly_its_value_bytes() -> None:
+    record = _summaries(2).domains[1]
+    item = encoded(record)
+    assert item.value is record
+    assert item.data == codec_for(p.DomainSummary).encode(record)
