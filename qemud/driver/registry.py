@@ -239,6 +239,7 @@ class Registry:
 
     def load(self) -> None:
         """Read every saved definition; bad files are logged and left alone."""
+        self.store.remove_debris()
         for path, text in self.store.definitions():
             try:
                 # our own files: the schema was checked when they were defined

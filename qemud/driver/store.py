@@ -136,6 +136,29 @@ class DomainStore:
             except FileNotFoundError:
                 pass
 
+    def remove_debris(self) -> list[Path]:
+        """Delete the temp files of writes a killed daemon never renamed; return them.
+
+        Only names :func:`atomic_write` makes (``.<file>.<random>.tmp``) in the store's
+        own directories, and only at start-up: the pidfile lock guarantees no other
+        daemon is writing, so every such file is a dead write (the old file it would
+        have replaced is intact). Anything else is left alone.
+        """
+        removed = []
+        for directory in (self.domains_dir, self.autostart_dir, self.status_dir):
+            for path in directory.glob(".*.tmp"):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("cannot remove %s, left by an interrupted write: %s",
+                                path, exc)
+                    continue
+                log.info("removed %s, left by an interrupted write", path)
+                removed.append(path)
+        return removed
+
     def definitions(self) -> Iterator[tuple[Path, str]]:
         """(path, xml text) of every saved definition; unreadable files are logged."""
         for path in sorted(self.domains_dir.glob("*.xml")):

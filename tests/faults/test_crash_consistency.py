@@ -209,6 +209,11 @@ def test_kill_during_config_changes_loses_nothing(short_tmp: Path, test_guest,
                 _plant_debris(d.config_dir / "domains", ghost, owners[0].names[0])
             d.start()
             _check_after_restart(d, owners, guests, ghost)
+            domains = d.config_dir / "domains"
+            assert not list(domains.glob(".*.tmp")), "start-up leaves no dead temp files"
+            if round_no == 0:
+                assert (domains / f"{ghost}.xml.tmp").exists(), "not ours: must stay"
+                assert "left by an interrupted write" in d.log_text()
         assert sum(o.calls for o in owners) > 50, "the clients hardly did anything"
         # the guests are controllable, and nothing is left running once destroyed
         with d.connect() as conn:

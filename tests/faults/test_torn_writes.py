@@ -96,6 +96,10 @@ def test_process_killed_before_rename_leaves_old_file_and_ignored_debris(
         ("a.xml", "<domain><name>a</name>v1</domain>")]  # ...but never read as a domain
     store.save_definition("a", "<domain><name>a</name>v3</domain>")  # writes still work
     assert (domains / "a.xml").read_text().endswith("v3</domain>")
+    # the next daemon's start removes the debris (its own temp names only)
+    (domains / "a.xml.tmp").write_text("a user's file")
+    assert store.remove_debris() == [domains / debris[0]]
+    assert _files(domains) == ["a.xml", "a.xml.tmp"]
 
 
 # -- daemon-level -------------------------------------------------------------------------
