@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import client
+from qemud.config import Paths
 
 STARTUP_TIMEOUT = 30.0
 SHARED_CACHE = Path(tempfile.gettempdir()) / f"qemud-test-cache-{os.getuid()}"
@@ -49,6 +50,8 @@ class DaemonProcess:
         self.config_dir = root / "config"
         self.state_dir = root / "state"
         self.log_dir = root / "log"
+        #: the daemon's own idea of where things are (socket names, pidfile ...)
+        self.paths = Paths(self.run_dir, self.config_dir, self.state_dir, self.log_dir)
         self.mode = mode
         self.extra_args = extra_args or []
         self.config: dict[str, dict[str, Any]] = {
@@ -66,11 +69,11 @@ class DaemonProcess:
 
     @property
     def rw_socket(self) -> Path:
-        return self.run_dir / "qemud-sock"
+        return self.paths.rw_socket
 
     @property
     def ro_socket(self) -> Path:
-        return self.run_dir / "qemud-sock-ro"
+        return self.paths.ro_socket
 
     @property
     def uri(self) -> str:
