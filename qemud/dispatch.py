@@ -9,6 +9,7 @@ here, from the table's flags, and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +122,16 @@ class Dispatcher:
     def register_all(self, handlers: dict[Procedure, Handler]) -> None:
         for procedure, handler in handlers.items():
             self.register(procedure, handler)
+
+    def wrap(self, procedure: Procedure, around: Callable[[Handler, Any, Any],
+                                                          Payload | Deferred]) -> None:
+        """Call ``around(inner, ctx, args)`` for ``procedure`` instead of its registered
+        handler ``inner``: how the appliance layer checks a driver procedure first (undefine
+        vs snapshot metadata) without the driver knowing of it."""
+        inner = self._handlers.get(procedure)
+        if inner is None:
+            raise ValueError(f"{procedure.name} is not registered: nothing to wrap")
+        self._handlers[procedure] = functools.partial(around, inner)
 
     @property
     def handled(self) -> frozenset[Procedure]:

@@ -20,7 +20,7 @@ docs/APPLIANCE-IMAGES.md describes the descriptor and every rule below; in short
 * **reset**: the system overlay is replaced by an empty one on the original, data kept,
   scratch recreated.
 
-Every ``qemu-img``/``tar`` runs as a child process reaped by the loop (``watch_child``);
+Every ``qemu-img``/``tar`` runs as a child process reaped by the loop (``tools.ToolRunner``);
 multi-step operations are generator tasks resumed from the loop (:func:`run_task`).
 """
 
@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 import tomllib
@@ -70,6 +69,7 @@ from .metadata import (
     read_settings,
     write_settings,
 )
+from .tools import ToolRunner
 
 if TYPE_CHECKING:
     from qemud.dispatch import Handler
@@ -538,42 +538,10 @@ class VMState:
 # -- children and tasks ------------------------------------------------------------------
 
 
-class Runner:
-    """Runs a tool as a child the loop reaps; the Deferred resolves with its stdout."""
-
-    def __init__(self, loop: EventLoop) -> None:
-        self.loop = loop
-
-    def run(self, argv: list[str], what: str) -> Deferred:
-        result = Deferred()
-        out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in exited()
-        err = tempfile.TemporaryFile()  # noqa: SIM115
-        log.debug("running %s", " ".join(argv))
-        try:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     close_fds=True)
-        except OSError as exc:
-            out.close()
-            err.close()
-            result.fail(OperationFailed(f"{what}: cannot run {argv[0]}: "
-                                        f"{exc.strerror or exc}"))
-            return result
-
-        def exited(code: int) -> None:
-            out.seek(0)
-            err.seek(0)
-            stdout = out.read(4 * 1024 * 1024).decode(errors="replace")
-            stderr = err.read(64 * 1024).decode(errors="replace").strip()
-            out.close()
-            err.close()
-            if code == 0:
-                result.resolve(stdout)
-            else:
-                lines = [line for line in stderr.splitlines() if line.strip()][-4:]
-                result.fail(OperationFailed(f"{what}: {Path(argv[0]).name} failed (exit "
-                                            f"{code}): {' / '.join(lines) or 'no message'}"))
-        self.loop.watch_popen(child, exited)
-        return result
+def _tool_failure(argv: list[str], code: int, stderr: str) -> str:
+    """How an image operation words a tool's failure: its last lines of stderr."""
+    lines = [line for line in stderr.splitlines() if line.strip()][-4:]
+    return f"{Path(argv[0]).name} failed (exit {code}): {' / '.join(lines) or 'no message'}"
 
 
 Task = Generator[Deferred, Any, Any]
@@ -652,7 +620,7 @@ class ImagesDuty:
         store = self.config.appliance.image_store
         self.store = ImageStore(Path(store) if store else paths.state_dir / "images")
         self.vms_dir = paths.state_dir / "vms"
-        self.runner = Runner(self.loop)
+        self.runner = ToolRunner(self.loop, _tool_failure)
         self.busy: dict[str, str] = {}  # domain uuid -> what is in progress
         self.importing: set[str] = set()  # "name:version"
         self.deploying: set[str] = set()  # vm names
@@ -838,7 +806,8 @@ class ImagesDuty:
                     continue
                 text = yield self.runner.run(
                     [self.qemu_img(), "info", "--output=json", str(root / disk.file)],
-                    f"{path}: disks[{i}] '{disk.file}' is not a readable disk image")
+                    f"{path}: disks[{i}] '{disk.file}' is not a readable disk image",
+                    stdout=True)
                 images[disk.file] = _check_image(text, disk, f"{path}: disks[{i}] "
                                                              f"'{disk.file}'")
             atomic_write(root / INDEX_NAME, json.dumps({

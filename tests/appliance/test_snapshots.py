@@ -16,8 +16,14 @@ import pytest
 
 import client
 from client.domain import Domain
-from client.errors import ConfigUnsupportedError, NoSnapshotError, OperationInvalid
-from protocol.constants import DomainState
+from client.errors import (
+    ConfigUnsupportedError,
+    NoDomainError,
+    NoSnapshotError,
+    OperationFailed,
+    OperationInvalid,
+)
+from protocol.constants import DomainState, ErrorCode, UndefineFlags
 from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, serving
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
@@ -110,7 +116,7 @@ class Guest:
         try:
             if self.dom.is_active():
                 self.dom.destroy()
-            self.dom.undefine()
+            self.dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
         except client.QemudClientError:
             pass
 
@@ -120,7 +126,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-snap"))
     with serving(daemon):
         yield daemon
-
 
 
 def qemush(qemud: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -276,5 +281,143 @@ def test_shell_snapshot_commands_shut_off(conn: client.Connection, qemud: Daemon
         assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout
         proc = qemush(qemud, "snapshot-revert", "snap-shell", "first")
         assert proc.returncode != 0 and "first" in proc.stderr, proc.stderr
+    finally:
+        g.close()
+
+
+# -- undefine vs snapshot metadata (libvirt's rule) ------------------------------------
+
+REFUSED = "Requested operation is not valid: cannot delete inactive domain with {} snapshots"
+
+
+def qcow2_guest(conn: client.Connection, guest: TestGuest, tmp: Path, name: str
+                ) -> tuple[Guest, Path]:
+    """A shut-off test guest ``name`` with a new qcow2 disk vda; returns it and the image."""
+    data = make_image(tmp / f"{name}.qcow2")
+    return Guest(conn, guest, name, tmp, disk_xml(data)), data
+
+
+def test_undefine_with_snapshots_needs_the_flag(conn: client.Connection, qemud: DaemonProcess,
+                                                test_guest: TestGuest, tmp_path: Path) -> None:
+    g, data = qcow2_guest(conn, test_guest, tmp_path, "snap-undef")
+    try:
+        dom = g.dom
+        qemu_io_write(str(data), "A")
+        dom.snapshot_create("s1")
+        dom.snapshot_create("s2")
+        state = qemud.state_dir / "snapshots" / "snap-undef"
+        files = sorted(state.rglob("*"))
+
+        with pytest.raises(OperationInvalid) as info:
+            dom.undefine()
+        assert info.value.message == REFUSED.format(2)
+        assert info.value.code == ErrorCode.OPERATION_INVALID
+        proc = qemush(qemud, "undefine", "snap-undef")
+        assert proc.returncode != 0 and REFUSED.format(2) in proc.stderr, proc.stderr
+        # nothing was removed
+        assert conn.lookup_by_name("snap-undef").uuid == dom.uuid
+        assert [s.name for s in dom.snapshots()] == ["s1", "s2"]
+        assert sorted(state.rglob("*")) == files
+
+        # back to s1: the definition now uses a new overlay on s1's frozen image (data),
+        # and s2's frozen image (s1's overlay) is only kept for s2
+        dom.snapshot_revert("s1")
+        top = disk_source(dom.xml(client.XML_INACTIVE))
+        frozen_for_s2 = [p for p in (state / "images").iterdir() if str(p) != top]
+        assert len(frozen_for_s2) == 1, frozen_for_s2
+
+        proc = qemush(qemud, "undefine", "snap-undef", "--snapshots-metadata")
+        assert proc.returncode == 0, proc.stderr
+        assert "Domain 'snap-undef' has been undefined" in proc.stdout
+        with pytest.raises(NoDomainError):
+            conn.lookup_by_name("snap-undef")
+        assert not (state / "snapshots.json").exists()
+        # the disk the definition used stays, with its whole chain
+        assert data.is_file() and Path(top).is_file()
+        assert first_bytes(top, "qcow2", 1) == b"A"
+        assert not frozen_for_s2[0].exists()  # only the discarded snapshot needed it
+        audit = qemud.audit_file.read_text()
+        assert "discard=['s1', 's2']" in audit, audit
+    finally:
+        g.close()
+
+
+def test_undefine_flag_removes_the_snapshot_directory(conn: client.Connection,
+                                                      qemud: DaemonProcess,
+                                                      test_guest: TestGuest,
+                                                      tmp_path: Path) -> None:
+    g, data = qcow2_guest(conn, test_guest, tmp_path, "snap-undef-dir")
+    try:
+        g.dom.snapshot_create("s1")
+        overlay = disk_source(g.dom.xml(client.XML_INACTIVE))
+        # the user points the disk back at the original image: no definition needs the
+        # overlay any more, so nothing of the snapshot directory needs to stay
+        xml = g.dom.xml(client.XML_INACTIVE).replace(overlay, str(data))
+        g.dom = conn.define_xml(xml)
+        g.dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
+        with pytest.raises(NoDomainError):
+            conn.lookup_by_name("snap-undef-dir")
+        assert not (qemud.state_dir / "snapshots" / "snap-undef-dir").exists()
+        assert data.is_file()
+    finally:
+        g.close()
+
+
+def test_undefine_without_snapshots_as_before(conn: client.Connection, qemud: DaemonProcess,
+                                              test_guest: TestGuest, tmp_path: Path) -> None:
+    never, _ = qcow2_guest(conn, test_guest, tmp_path, "snap-none")
+    never.dom.undefine()
+    with pytest.raises(NoDomainError):
+        conn.lookup_by_name("snap-none")
+
+    # all snapshots deleted: the metadata file is still there, with none in it
+    g, data = qcow2_guest(conn, test_guest, tmp_path, "snap-gone")
+    try:
+        g.dom.snapshot_create("s1")
+        g.dom.snapshot_delete("s1")
+        top = disk_source(g.dom.xml(client.XML_INACTIVE))
+        g.dom.undefine()
+        with pytest.raises(NoDomainError):
+            conn.lookup_by_name("snap-gone")
+        assert (qemud.state_dir / "snapshots" / "snap-gone" / "snapshots.json").exists()
+        assert Path(top).is_file() and data.is_file()
+    finally:
+        g.close()
+
+
+def test_undefine_running_domain_keeps_its_snapshots(conn: client.Connection,
+                                                     test_guest: TestGuest,
+                                                     tmp_path: Path) -> None:
+    """As libvirt: the rule is for inactive domains; a running one goes on transient."""
+    g, _ = qcow2_guest(conn, test_guest, tmp_path, "snap-undef-run")
+    try:
+        g.dom = g.dom.create()
+        g.dom.snapshot_create("s1")
+        g.dom.undefine()
+        assert g.dom.is_active()
+        assert [s.name for s in g.dom.snapshots()] == ["s1"]
+        g.dom.destroy()
+        with pytest.raises(NoDomainError):
+            conn.lookup_by_name("snap-undef-run")
+    finally:
+        g.close()
+
+
+def test_undefine_refused_while_the_metadata_is_damaged(conn: client.Connection,
+                                                        qemud: DaemonProcess,
+                                                        test_guest: TestGuest,
+                                                        tmp_path: Path) -> None:
+    """How many snapshots it holds is unknown: fix it or move it away first."""
+    g, _ = qcow2_guest(conn, test_guest, tmp_path, "snap-damaged")
+    index = qemud.state_dir / "snapshots" / "snap-damaged" / "snapshots.json"
+    try:
+        index.parent.mkdir(parents=True)
+        index.write_text("{not json")
+        for flags in (0, UndefineFlags.SNAPSHOTS_METADATA):
+            with pytest.raises(OperationFailed, match="snapshots.json is damaged"):
+                g.dom.undefine(flags)
+        assert index.read_text() == "{not json"
+        index.unlink()
+        g.dom.undefine()
     finally:
         g.close()

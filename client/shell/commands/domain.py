@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from protocol.constants import DomainState, ListFlags
+from protocol.constants import DomainState, ListFlags, UndefineFlags
 
 from ...domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE, Domain
 from ...format import key_values, reason_name, state_name, state_text, table
@@ -243,11 +243,13 @@ def cmd_define(sh: Shell, args: Args) -> None:
 
 
 @command("undefine", "domain", "undefine a domain", description=(
-    "Undefine an inactive domain, or convert a persistent running domain to transient."),
+    "Undefine an inactive domain, or convert a persistent running domain to transient. "
+    "An inactive domain that has snapshots is only undefined with --snapshots-metadata, "
+    "which removes their metadata (its disks stay)."),
     args=(DOM,), opts=(Opt("snapshots-metadata", "remove all domain snapshot metadata too"),))
 def cmd_undefine(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
-    flags = 2 if args.flag("snapshots-metadata") else 0  # UndefineFlags.SNAPSHOTS_METADATA
+    flags = UndefineFlags.SNAPSHOTS_METADATA if args.flag("snapshots-metadata") else 0
     with sh.failing(f"Failed to undefine domain '{dom.name}'"):
         dom.undefine(flags)
     sh.print(f"Domain '{dom.name}' has been undefined")

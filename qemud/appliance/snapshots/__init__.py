@@ -1,0 +1,66 @@
+"""External disk snapshots, revert, delete and point-in-time backups — inside the loop.
+
+The seed's "Backup/Restore: periodically take guest's image snapshots" done with qcow2
+overlays instead of LVM. See docs/SNAPSHOTS.md for the user's view; in short:
+
+**Create** (DOMAIN_SNAPSHOT_CREATE). Every writable qcow2 disk (CD-ROMs and
+``<readonly/>`` disks are left out) gets a new, empty qcow2 overlay whose backing file is
+the disk's current image; from then on the guest writes to the overlay and the old
+image is frozen: it *is* the snapshot. With a running guest the overlays are created with
+``qemu-img create -u`` (sized from ``query-block``, the backing file is not opened: QEMU
+holds its lock), added with ``blockdev-add`` and switched to in one QMP ``transaction``
+of ``blockdev-snapshot`` actions, so all disks are cut at the same instant and the guest
+never stops. The live and the persistent definitions then point at the overlays (a
+restart boots on them). Raw disks are refused: a raw image cannot have a backing file.
+
+**Revert** (DOMAIN_SNAPSHOT_REVERT) to S: the guest is destroyed if it runs, each disk
+of S gets a NEW empty overlay on top of the image that was frozen when S was taken (S
+stays reusable: revert to it twice and get the same disks twice), the definition points
+there, and the guest is started again if it ran (paused if it was paused). What the
+guest wrote since is discarded, exactly as a revert in libvirt.
+
+**Delete** (DOMAIN_SNAPSHOT_DELETE) removes the metadata only; children of S get S's
+parent. Images are never merged. An overlay file the daemon created is removed once
+nothing needs it any more: no disk (persistent, pending or live definition) and no
+remaining snapshot has it in its backing chain. Images the daemon did not create (the
+user's originals) are never deleted.
+
+**Backup** (DOMAIN_BACKUP): ``blockdev-backup sync=full`` of the disk(s) to new target
+nodes in one ``transaction`` (one consistent instant for all disks; QEMU's
+copy-before-write keeps it consistent while the guest writes on), tracked by the
+BLOCK_JOB_COMPLETED event, progress from ``query-jobs`` every 0.5 s as appliance events
+``backup-progress`` ("NN%"), then ``backup-completed`` (or ``backup-failed``). A shut-off
+guest is backed up with ``qemu-img convert``. The reply comes when the copy is complete.
+
+**Undefine**: as libvirt, an inactive domain with snapshots is only undefined with
+``UndefineFlags.SNAPSHOTS_METADATA`` (``undefine --snapshots-metadata``), which removes
+its metadata and the overlays only snapshots needed; what a definition uses stays.
+
+Metadata lives in ``<state_dir>/snapshots/<domain>/snapshots.json`` (atomic writes), the
+overlays in ``<state_dir>/snapshots/<domain>/images/``. ``qemu-img`` runs as a child the
+loop reaps (``tools.ToolRunner``): nothing here blocks or waits.
+
+==========  ==========================================================================
+module      what
+==========  ==========================================================================
+records     metadata records and their store (``snapshots.json``, ``images/``)
+base        shared by the operations: disks, overlay files, chains, Deferred helpers
+create      DOMAIN_SNAPSHOT_CREATE, DOMAIN_SNAPSHOT_LIST
+revert      DOMAIN_SNAPSHOT_REVERT, DOMAIN_SNAPSHOT_DELETE, the undefine rule
+backup      DOMAIN_BACKUP and its block jobs
+duty        wiring: procedures, driver hooks, the DOMAIN_UNDEFINE check
+==========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from .backup import Backup, BackupOps, BackupTarget
+from .base import SnapshotOps, gather
+from .create import CreateOps
+from .duty import SnapshotDuty, install
+from .records import DiskRecord, DomainSnapshots, SnapshotRecord, SnapshotStore, check_name
+from .revert import RevertOps
+
+__all__ = ["SnapshotDuty", "SnapshotStore", "DomainSnapshots", "SnapshotRecord",
+           "DiskRecord", "install", "check_name", "gather", "SnapshotOps", "CreateOps",
+           "RevertOps", "BackupOps", "Backup", "BackupTarget"]

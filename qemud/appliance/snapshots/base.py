@@ -1,0 +1,215 @@
+"""What every snapshot operation shares: the domain's disks, the overlay files, the
+backing chains the garbage collection walks, ``qemu-img`` and small Deferred helpers.
+
+:class:`SnapshotOps` is the base of each operation's class (create, revert/delete,
+backup); the duty makes one of each over the same store and tool runner.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemud.dispatch import Deferred
+from qemud.errors import ConfigUnsupported, OperationFailed, OperationInvalid, QemudError
+
+from ..tools import ToolRunner, find_tool
+from .records import DomainSnapshots, SnapshotStore
+
+if TYPE_CHECKING:
+    from qemud.conf import Disk, DomainDef
+    from qemud.driver import QemuDriver
+    from qemud.driver.domain import DomainObj
+
+__all__ = ["SnapshotOps", "gather", "qemu_failure", "log_failure", "block_nodes",
+           "tool_failure"]
+
+log = logging.getLogger(__name__)
+
+
+def tool_failure(argv: list[str], code: int, stderr: str) -> str:
+    """How a snapshot operation words a ``qemu-img`` failure: the subcommand, all of
+    stderr."""
+    return f"{Path(argv[0]).name} {argv[1]} failed (exit {code}): {stderr or 'no message'}"
+
+
+def gather(items: list[Deferred]) -> Deferred:
+    """Resolves with every result once all are done; fails with the first error (but
+    only after all are done, so a caller can clean up knowing nothing is in flight)."""
+    out = Deferred()
+    results: list[Any] = [None] * len(items)
+    errors: list[QemudError] = []
+    remaining = [len(items)]
+    if not items:
+        out.resolve(results)
+        return out
+
+    def done(index: int, d: Deferred) -> None:
+        if d.error is not None:
+            errors.append(d.error)
+        results[index] = d.result
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            if errors:
+                out.fail(errors[0])
+            else:
+                out.resolve(results)
+    for i, item in enumerate(items):
+        item.add_done_callback(functools.partial(done, i))
+    return out
+
+
+def qemu_failure(what: str, error: QemudError) -> QemudError:
+    return OperationFailed(f"{what}: {error.message}")
+
+
+def log_failure(what: str, d: Deferred) -> None:
+    if d.error is not None:
+        log.warning("%s: %s", what, d.error.message)
+
+
+def block_nodes(result: Any) -> dict[str, tuple[str, int]]:
+    """query-block -> {device id: (top node name, virtual size)}."""
+    nodes: dict[str, tuple[str, int]] = {}
+    for entry in result or []:
+        inserted = entry.get("inserted")
+        if not inserted:
+            continue
+        qdev = str(entry.get("qdev") or entry.get("device") or "")
+        size = int(inserted.get("image", {}).get("virtual-size", 0))
+        for part in qdev.split("/"):
+            if part:
+                nodes.setdefault(part, (str(inserted.get("node-name", "")), size))
+    return nodes
+
+
+class SnapshotOps:
+    """The driver's pieces, the store, the tool runner and the disk/file helpers."""
+
+    def __init__(self, driver: QemuDriver, store: SnapshotStore, tools: ToolRunner) -> None:
+        self.driver = driver
+        self.loop = driver.loop
+        self.events = driver.events
+        self.lifecycle = driver.lifecycle
+        self.store = store
+        self.tools = tools
+
+    def _dom(self, args: Any) -> DomainObj:
+        return self.driver.registry.find(args.dom.name, args.dom.uuid)
+
+    @staticmethod
+    def qemu_img() -> str:
+        return find_tool("qemu-img", "to create snapshot overlays and backup images")
+
+    @staticmethod
+    def snapshot_disks(dom: DomainObj, definition: DomainDef) -> list[Disk]:
+        """The disks a snapshot covers; refuses what cannot have an overlay."""
+        disks = []
+        for disk in definition.disks:
+            if disk.device != "disk" or disk.readonly or not disk.source:
+                continue
+            if disk.type != "file":
+                raise ConfigUnsupported(
+                    f"unsupported configuration: disk '{disk.target_dev}' of domain "
+                    f"'{dom.name}' is a host block device ({disk.source}): external "
+                    "snapshots need qcow2 image files")
+            fmt = disk.driver_type or "raw"
+            if fmt != "qcow2":
+                raise ConfigUnsupported(
+                    f"unsupported configuration: cannot snapshot disk '{disk.target_dev}' "
+                    f"of domain '{dom.name}': {disk.source} is a {fmt} image; external "
+                    "snapshots need qcow2 disks (convert it with qemu-img convert -O qcow2 "
+                    "and use <driver name='qemu' type='qcow2'/>)")
+            disks.append(disk)
+        if not disks:
+            raise OperationInvalid(f"domain '{dom.name}' has no writable disk to snapshot")
+        return disks
+
+    def _overlay_path(self, dom: DomainObj, target: str, label: str) -> Path:
+        directory = self.store.images_dir(dom.name)
+        path = directory / f"{target}.{label}.qcow2"
+        n = 1
+        while path.exists():
+            n += 1
+            path = directory / f"{target}.{label}.{n}.qcow2"
+        return path
+
+    def _end_job(self, dom: DomainObj, meta: DomainSnapshots, out: Deferred) -> bool:
+        """The last step of ``dom``'s job: save ``meta``. The job is over either way; if
+        the save failed, ``out`` has failed with why (and False is returned)."""
+        dom.job = None
+        try:
+            self.store.save(meta)
+        except QemudError as exc:
+            out.fail(exc)
+            return False
+        return True
+
+    @staticmethod
+    def _unlink(paths: list[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("cannot remove %s: %s", path, exc)
+
+    def _point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]) -> None:
+        """Persistently point disk ``target`` at a new image: ``moves`` is target ->
+        (only if its source is this, or None for any; new source). Written before
+        memory changes; raises OperationFailed if the definition cannot be saved."""
+        if not dom.persistent:
+            return
+
+        def moved(definition: DomainDef | None) -> DomainDef | None:
+            if definition is None:
+                return None
+            new = definition.copy()
+            for disk in new.disks:
+                move = moves.get(disk.target_dev or "")
+                if move is None or disk.device != "disk":
+                    continue
+                if move[0] is not None and disk.source != move[0]:
+                    log.warning("domain %s: disk %s of the persistent definition uses %s, "
+                                "not %s: left alone", dom.name, disk.target_dev,
+                                disk.source, move[0])
+                    continue
+                disk.source = move[1]
+                disk.driver_type = "qcow2"
+            return new
+        old = (dom.definition, dom.next_definition)
+        definition, pending = moved(dom.definition), moved(dom.next_definition)
+        assert definition is not None
+        dom.definition, dom.next_definition = definition, pending
+        try:
+            self.driver.registry.save(dom)
+        except QemudError:
+            dom.definition, dom.next_definition = old
+            raise
+
+    def _collect(self, dom: DomainObj, meta: DomainSnapshots) -> list[Path]:
+        """Overlays (ours) no chain needs any more: forgotten in ``meta``, returned for
+        deletion once ``meta`` is saved."""
+        roots: set[str] = set()
+        for definition in (dom.definition, dom.next_definition, dom.live):
+            if definition is not None:
+                roots.update(d.source for d in definition.disks if d.source)
+        for snap in meta.snapshots.values():
+            roots.update(d.base for d in snap.disks.values())
+        needed: set[str] = set()
+        for root in roots:
+            link: str | None = root
+            while link is not None and link not in needed:
+                needed.add(link)
+                link = meta.images.get(link)
+        ours = self.store.images_dir(dom.name).resolve()
+        garbage: list[Path] = []
+        for path_text in [p for p in meta.images if p not in needed]:
+            del meta.images[path_text]
+            path = Path(path_text)
+            if path.resolve().parent == ours:  # never anything the daemon did not create
+                garbage.append(path)
+        return garbage

@@ -1,0 +1,176 @@
+"""Snapshot metadata: what a snapshot froze, and where a domain's records are kept.
+
+``<root>/<domain>/snapshots.json`` holds a :class:`DomainSnapshots` (atomic writes);
+``<root>/<domain>/images/`` the overlays the daemon created. A record that belongs to an
+earlier domain of the same name (another uuid) is never used nor overwritten: it is set
+aside as ``snapshots.<uuid>.json`` at the next change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemud.driver.store import atomic_write
+from qemud.errors import InvalidArg, NoSnapshot, OperationFailed
+
+if TYPE_CHECKING:
+    from qemud.driver.domain import DomainObj
+
+__all__ = ["DiskRecord", "SnapshotRecord", "DomainSnapshots", "SnapshotStore",
+           "check_name", "META_VERSION"]
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}\Z")
+META_VERSION = 1
+
+
+@dataclass
+class DiskRecord:
+    """One disk of a snapshot: ``base`` is the image frozen by the snapshot (the disk's
+    state at that instant), ``overlay`` the file the guest wrote to afterwards."""
+
+    target: str
+    base: str
+    format: str
+    overlay: str
+
+
+@dataclass
+class SnapshotRecord:
+    name: str
+    description: str
+    creation_time: int
+    state: int  # DomainState when taken
+    parent: str
+    disks: dict[str, DiskRecord]
+    xml: str  # the domain's definition when taken
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SnapshotRecord:
+        disks = {t: DiskRecord(**d) for t, d in data.get("disks", {}).items()}
+        return cls(name=data["name"], description=data.get("description", ""),
+                   creation_time=int(data.get("creation_time", 0)),
+                   state=int(data.get("state", 0)), parent=data.get("parent", ""),
+                   disks=disks, xml=data.get("xml", ""))
+
+
+@dataclass
+class DomainSnapshots:
+    """Everything known about one domain's snapshots; ``images`` maps every overlay file
+    the daemon created to its backing file (how the garbage collection walks chains)."""
+
+    domain: str
+    uuid: str
+    current: str = ""
+    snapshots: dict[str, SnapshotRecord] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
+    #: uuid of a previous domain of the same name whose metadata file is still there
+    #: (undefined, then a new domain defined): set aside, never reused, at the next save
+    stale_uuid: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"version": META_VERSION, "domain": self.domain, "uuid": self.uuid,
+                           "current": self.current,
+                           "snapshots": [asdict(s) for s in self.snapshots.values()],
+                           "images": self.images}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> DomainSnapshots:
+        data = json.loads(text)
+        snaps = [SnapshotRecord.from_dict(s) for s in data.get("snapshots", [])]
+        return cls(domain=data["domain"], uuid=data.get("uuid", ""),
+                   current=data.get("current", ""),
+                   snapshots={s.name: s for s in snaps},
+                   images={str(k): str(v) for k, v in data.get("images", {}).items()})
+
+    def get(self, name: str, domain: str) -> SnapshotRecord:
+        snap = self.snapshots.get(name)
+        if snap is None:
+            raise NoSnapshot(f"Domain snapshot not found: no domain snapshot with matching "
+                             f"name '{name}' (domain '{domain}')")
+        return snap
+
+
+class SnapshotStore:
+    """``<root>/<domain>/snapshots.json`` and ``<root>/<domain>/images/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, domain: str) -> Path:
+        return self.root / domain
+
+    def images_dir(self, domain: str) -> Path:
+        return self.dir(domain) / "images"
+
+    def index(self, domain: str) -> Path:
+        return self.dir(domain) / "snapshots.json"
+
+    def load(self, dom: DomainObj) -> DomainSnapshots:
+        path = self.index(dom.name)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return DomainSnapshots(dom.name, dom.uuid)
+        except OSError as exc:
+            raise OperationFailed(f"cannot read snapshot metadata {path}: "
+                                  f"{exc.strerror or exc}") from None
+        try:
+            meta = DomainSnapshots.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            # never overwrite it: every snapshot operation of this domain stops here
+            raise OperationFailed(f"snapshot metadata {path} is damaged ({exc}); fix or "
+                                  "move it away") from None
+        if meta.uuid and meta.uuid != dom.uuid:
+            log.warning("snapshot metadata %s belongs to an earlier domain '%s' (uuid %s), "
+                        "not to uuid %s: ignored (kept aside at the next change)", path,
+                        dom.name, meta.uuid, dom.uuid)
+            return DomainSnapshots(dom.name, dom.uuid, stale_uuid=meta.uuid)
+        return meta
+
+    def save(self, meta: DomainSnapshots) -> None:
+        path = self.index(meta.domain)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if meta.stale_uuid:  # never overwrite another domain's record: keep it aside
+                aside = path.with_name(f"snapshots.{meta.stale_uuid}.json")
+                if path.exists():
+                    os.replace(path, aside)
+                    log.warning("snapshot metadata of the earlier domain '%s' moved to %s",
+                                meta.domain, aside)
+                meta.stale_uuid = ""
+            atomic_write(path, meta.to_json())
+        except OSError as exc:
+            raise OperationFailed(f"cannot write snapshot metadata {path}: "
+                                  f"{exc.strerror or exc}") from None
+
+    def remove(self, domain: str) -> None:
+        """Forget ``domain``'s metadata (undefine --snapshots-metadata)."""
+        path = self.index(domain)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OperationFailed(f"cannot remove snapshot metadata {path}: "
+                                  f"{exc.strerror or exc}") from None
+
+    def prune(self, domain: str) -> None:
+        """Remove ``domain``'s directories if they are empty; what is left in them (an
+        overlay a definition still uses, an earlier domain's record) keeps them."""
+        for directory in (self.images_dir(domain), self.dir(domain)):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # not empty, or not there
+
+
+def check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise InvalidArg(f"invalid snapshot name '{name}': use letters, digits and _ . + - "
+                         "(up to 100, not starting with . + or -)")
