@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "DomainStore", "StatusRecord", "fault_before_rename"]
+__all__ = ["atomic_write", "remove_dead_writes", "DomainStore", "StatusRecord",
+           "fault_before_rename"]
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +140,10 @@ class DomainStore:
     def remove_debris(self) -> list[Path]:
         """Delete the temp files of writes a killed daemon never renamed; return them.
 
-        Only names :func:`atomic_write` makes (``.<file>.<random>.tmp``) in the store's
-        own directories, and only at start-up: the pidfile lock guarantees no other
-        daemon is writing, so every such file is a dead write (the old file it would
-        have replaced is intact). Anything else is left alone.
+        Called at start-up, before anything is written: see :func:`remove_dead_writes`.
         """
-        removed = []
-        for directory in (self.domains_dir, self.autostart_dir, self.status_dir):
-            for path in directory.glob(".*.tmp"):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    log.warning("cannot remove %s, left by an interrupted write: %s",
-                                path, exc)
-                    continue
-                log.info("removed %s, left by an interrupted write", path)
-                removed.append(path)
-        return removed
+        return [path for directory in (self.domains_dir, self.autostart_dir, self.status_dir)
+                for path in remove_dead_writes(directory)]
 
     def definitions(self) -> Iterator[tuple[Path, str]]:
         """(path, xml text) of every saved definition; unreadable files are logged."""
@@ -204,6 +190,28 @@ class DomainStore:
             except (OSError, ValueError, TypeError) as exc:
                 log.error("cannot read status file %s: %s", path, exc)
                 yield path, None
+
+
+def remove_dead_writes(directory: Path) -> list[Path]:
+    """Delete the temp files :func:`atomic_write` left in ``directory``; return them.
+
+    Only its names (``.<file>.<random>.tmp``), and only while no write can be in
+    flight: at start-up, when the pidfile lock guarantees no other daemon is writing,
+    every such file is a write killed before its rename (the file it would have
+    replaced is intact). Anything else is left alone.
+    """
+    removed = []
+    for path in directory.glob(".*.tmp"):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s, left by an interrupted write: %s", path, exc)
+            continue
+        log.info("removed %s, left by an interrupted write", path)
+        removed.append(path)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
