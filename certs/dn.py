@@ -21,61 +21,59 @@ order**:
   NUL as ``\\00``.  Other characters (including non-ASCII) appear literally.
   Binary values (e.g. x500UniqueIdentifier) are ``#`` followed by lower-case hex.
 
-Peer certificates should be passed as DER (``getpeercert(binary_form=True)``): it
-is always available and exact.  The ``getpeercert()`` dict is accepted too and gives
-the same string for the attribute types listed above; for types OpenSSL knows but
-this module does not, the dict only carries OpenSSL's long name, which is used
-verbatim (the DER path would give the dotted OID).
+Peer certificates are passed either as the ``getpeercert()`` dict or as DER
+(``getpeercert(binary_form=True)``).  The dict needs nothing beyond the standard
+library (the daemon uses it, so it never loads ``cryptography``); DER is parsed with
+``cryptography``, imported only then.  Both give the same string: the dict carries
+OpenSSL's long name for each type, mapped back to its OID through OpenSSL's own table
+(a name OpenSSL does not know is used verbatim).  Where the dict cannot say the same
+thing, it fails (:class:`PeerCertError`) rather than differ, and callers fall back to
+DER: binary values (OpenSSL drops the BIT STRING's unused-bits octet) and values
+OpenSSL cannot convert to text.  One difference remains: non-ASCII bytes in a
+one-byte string type (T61String, PrintableString, IA5String, ...), which RFC 5280
+forbids in new certificates, are Latin-1 for OpenSSL and UTF-8 for ``cryptography``.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
-from typing import Any
-
-from cryptography import x509
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from typing import TYPE_CHECKING, Any
 
 from certs.errors import PeerCertError
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 __all__ = ["escape_value", "format_name", "peer_dn"]
 
-_SHORT: dict[ObjectIdentifier, str] = {
-    NameOID.COMMON_NAME: "CN",
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.LOCALITY_NAME: "L",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.STREET_ADDRESS: "STREET",
-    NameOID.DOMAIN_COMPONENT: "DC",
-    NameOID.USER_ID: "UID",
-    NameOID.EMAIL_ADDRESS: "EMAIL",
+# Dotted OIDs with a short type name; every other type is written as its dotted OID.
+_SHORT: dict[str, str] = {
+    "2.5.4.3": "CN",  # commonName
+    "2.5.4.6": "C",  # countryName
+    "2.5.4.7": "L",  # localityName
+    "2.5.4.8": "ST",  # stateOrProvinceName
+    "2.5.4.10": "O",  # organizationName
+    "2.5.4.11": "OU",  # organizationalUnitName
+    "2.5.4.9": "STREET",  # streetAddress
+    "0.9.2342.19200300.100.1.25": "DC",  # domainComponent
+    "0.9.2342.19200300.100.1.1": "UID",  # userId
+    "1.2.840.113549.1.9.1": "EMAIL",  # emailAddress
 }
 
-# OpenSSL long names, as found in ssl.SSLSocket.getpeercert() dicts.
-_LONG: dict[str, ObjectIdentifier] = {
-    "commonName": NameOID.COMMON_NAME,
-    "countryName": NameOID.COUNTRY_NAME,
-    "localityName": NameOID.LOCALITY_NAME,
-    "stateOrProvinceName": NameOID.STATE_OR_PROVINCE_NAME,
-    "organizationName": NameOID.ORGANIZATION_NAME,
-    "organizationalUnitName": NameOID.ORGANIZATIONAL_UNIT_NAME,
-    "streetAddress": NameOID.STREET_ADDRESS,
-    "domainComponent": NameOID.DOMAIN_COMPONENT,
-    "userId": NameOID.USER_ID,
-    "emailAddress": NameOID.EMAIL_ADDRESS,
-    "serialNumber": NameOID.SERIAL_NUMBER,
-    "surname": NameOID.SURNAME,
-    "givenName": NameOID.GIVEN_NAME,
-    "title": NameOID.TITLE,
-    "generationQualifier": NameOID.GENERATION_QUALIFIER,
-    "dnQualifier": NameOID.DN_QUALIFIER,
-    "pseudonym": NameOID.PSEUDONYM,
-    "businessCategory": NameOID.BUSINESS_CATEGORY,
-    "postalAddress": NameOID.POSTAL_ADDRESS,
-    "postalCode": NameOID.POSTAL_CODE,
-    "organizationIdentifier": NameOID.ORGANIZATION_IDENTIFIER,
+# OpenSSL long names, as found in ssl.SSLSocket.getpeercert() dicts, of the types in
+# _SHORT; any other name is looked up in OpenSSL's table (:func:`_dotted`).
+_LONG: dict[str, str] = {
+    "commonName": "2.5.4.3",
+    "countryName": "2.5.4.6",
+    "localityName": "2.5.4.7",
+    "stateOrProvinceName": "2.5.4.8",
+    "organizationName": "2.5.4.10",
+    "organizationalUnitName": "2.5.4.11",
+    "streetAddress": "2.5.4.9",
+    "domainComponent": "0.9.2342.19200300.100.1.25",
+    "userId": "0.9.2342.19200300.100.1.1",
+    "emailAddress": "1.2.840.113549.1.9.1",
 }
 
 _SPECIAL = {"\\": "\\\\", '"': '\\"', "+": "\\+", ",": "\\,", ";": "\\;",
@@ -96,14 +94,29 @@ def escape_value(value: str | bytes) -> str:
     return "".join(out)
 
 
-def _type_name(oid: ObjectIdentifier) -> str:
-    return _SHORT.get(oid) or oid.dotted_string
+def _type_name(dotted: str) -> str:
+    return _SHORT.get(dotted) or dotted
+
+
+def _dotted(name: str) -> str | None:
+    """The dotted OID of an attribute type as ``getpeercert()`` names it (OpenSSL's long
+    name, its short name when it has no long one, or the dotted OID itself); None for a
+    name OpenSSL does not know."""
+    known = _LONG.get(name)
+    if known is not None:
+        return known
+    try:
+        obj = ssl._ASN1Object.fromname(name)
+    except ValueError:
+        return None
+    # fromname() also accepts a short name: only take the object that has this name
+    return obj.oid if name in (obj.longname, obj.shortname, obj.oid) else None
 
 
 def format_name(name: x509.Name) -> str:
     """The DN string of ``name`` (certificate order, libvirt style)."""
     return ",".join(
-        "+".join(f"{_type_name(a.oid)}={escape_value(a.value)}" for a in rdn)
+        "+".join(f"{_type_name(a.oid.dotted_string)}={escape_value(a.value)}" for a in rdn)
         for rdn in name.rdns
     )
 
@@ -120,8 +133,8 @@ def _from_dict(cert: Mapping[str, Any]) -> str:
                     and all(isinstance(p, str) for p in pair)):
                 raise PeerCertError(f"malformed subject attribute in peer certificate: {pair!r}")
             long_name, value = pair
-            oid = _LONG.get(long_name)
-            parts.append(f"{_type_name(oid) if oid else long_name}={escape_value(value)}")
+            dotted = _dotted(long_name)
+            parts.append(f"{_type_name(dotted) if dotted else long_name}={escape_value(value)}")
         if not parts:
             raise PeerCertError(f"malformed subject RDN in peer certificate: {rdn!r}")
         rdns.append("+".join(parts))
@@ -131,15 +144,18 @@ def _from_dict(cert: Mapping[str, Any]) -> str:
 def peer_dn(cert: bytes | bytearray | memoryview | Mapping[str, Any] | None) -> str:
     """The subject DN string of a TLS peer certificate.
 
-    ``cert`` is ``sslsock.getpeercert(binary_form=True)`` (DER; preferred) or
-    ``sslsock.getpeercert()`` (dict).  ``None`` or an empty dict -- what ``ssl``
-    returns when no certificate was presented or verified -- raise
-    :class:`PeerCertError`, so a missing certificate can never match ``*``.
+    ``cert`` is ``sslsock.getpeercert()`` (dict; no ``cryptography`` needed) or
+    ``sslsock.getpeercert(binary_form=True)`` (DER; handles every certificate).  ``None``
+    or an empty dict -- what ``ssl`` returns when no certificate was presented or
+    verified -- raise :class:`PeerCertError`, so a missing certificate can never match
+    ``*``; so does a dict that cannot give the DER string exactly (module docstring).
     """
     if cert is None or (isinstance(cert, Mapping) and not cert):
         raise PeerCertError("the peer presented no (verified) certificate")
     if isinstance(cert, Mapping):
         return _from_dict(cert)
+    from cryptography import x509  # only the DER path needs it
+
     try:
         parsed = x509.load_der_x509_certificate(bytes(cert))
     except ValueError as e:

@@ -8,11 +8,14 @@ the returned contexts; nothing here does I/O beyond reading the PKI files.
 Files are loaded with :mod:`certs.pem` and cross-checked (key matches certificate,
 certificate fits its role) *before* ``ssl`` sees them, so a misconfiguration is
 reported as a :class:`~certs.errors.CertError` naming the file instead of
-``[SSL] PEM lib``.
+``[SSL] PEM lib``.  Those checks need ``cryptography``, which is imported only when
+they run: the daemon runs them once in a short-lived child process
+(:func:`check_server_files`) and builds its context with ``check=False``, so it never
+holds ``cryptography``'s ~9 MiB.
 
 After a handshake the server obtains the client's identity with
-``peer_dn(sslsock.getpeercert(binary_form=True))`` (re-exported from
-:mod:`certs.dn`, which documents the exact DN format) and looks it up in a
+``peer_dn(sslsock.getpeercert())`` (re-exported from :mod:`certs.dn`, which documents
+the exact DN format and when to pass DER instead) and looks it up in a
 :class:`certs.allowlist.AllowList`.
 """
 
@@ -21,32 +24,60 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from certs.checks import check_endpoint_usage, check_is_ca, check_key_matches
 from certs.dn import format_name, peer_dn
 from certs.errors import CertFileError
 from certs.paths import Endpoint, PKIPaths
-from certs.pem import load_certs, load_key
 
-__all__ = ["client_context", "format_name", "peer_dn", "server_context"]
+__all__ = ["check_server_files", "client_context", "format_name", "peer_dn",
+           "server_context"]
 
 
-def _load_ca(ctx: ssl.SSLContext, ca: Path) -> None:
+def _check_ca(ca: Path) -> None:
+    from certs.checks import check_is_ca
+    from certs.pem import load_certs
+
     certs = load_certs(ca, "CA certificate")
     for i, cert in enumerate(certs):
         check_is_ca(cert, f"CA certificate {ca}" + (f" (entry {i + 1})" if i else ""))
-    try:
-        ctx.load_verify_locations(cafile=str(ca))
-    except (OSError, ssl.SSLError) as e:
-        raise CertFileError(f"cannot load CA certificate {ca}: {e}", ca) from None
 
 
-def _load_identity(ctx: ssl.SSLContext, paths: PKIPaths, endpoint: Endpoint) -> None:
+def _check_identity(paths: PKIPaths, endpoint: Endpoint) -> None:
+    from certs.checks import check_endpoint_usage, check_key_matches
+    from certs.pem import load_certs, load_key
+
     cert_path, key_path = paths.cert(endpoint), paths.key(endpoint)
     cert = load_certs(cert_path, f"{endpoint} certificate")[0]
     key = load_key(key_path, f"{endpoint} private key")
     check_key_matches(key, cert, f"{endpoint} private key {key_path}",
                       f"{endpoint} certificate {cert_path}")
     check_endpoint_usage(cert, endpoint, f"{endpoint} certificate {cert_path}")
+
+
+def check_server_files(paths: PKIPaths) -> None:
+    """The checks :func:`server_context` runs before ``ssl`` sees the daemon's files.
+
+    The CA file holds CA certificates; the server key is the certificate's key; the
+    certificate may be used by a server.  Imports ``cryptography``.  Raises
+    :class:`~certs.errors.CertError` naming the offending file.
+    """
+    _check_ca(paths.ca_cert)
+    _check_identity(paths, "server")
+
+
+def _load_ca(ctx: ssl.SSLContext, ca: Path, check: bool) -> None:
+    if check:
+        _check_ca(ca)
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except (OSError, ssl.SSLError) as e:
+        raise CertFileError(f"cannot load CA certificate {ca}: {e}", ca) from None
+
+
+def _load_identity(ctx: ssl.SSLContext, paths: PKIPaths, endpoint: Endpoint,
+                   check: bool) -> None:
+    cert_path, key_path = paths.cert(endpoint), paths.key(endpoint)
+    if check:
+        _check_identity(paths, endpoint)
     try:
         ctx.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
     except (OSError, ssl.SSLError) as e:
@@ -61,19 +92,22 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
 
 
-def server_context(paths: PKIPaths) -> ssl.SSLContext:
+def server_context(paths: PKIPaths, *, check: bool = True) -> ssl.SSLContext:
     """Context for the daemon's TLS listener.
 
     Presents ``paths.server_cert``/``server_key``; requires every client to present
     a certificate that verifies against ``paths.ca_cert``, is within its validity
     period and (if it has an extendedKeyUsage) allows clientAuth.  TLS >= 1.2.
     Raises :class:`~certs.errors.CertError` naming the offending file.
+
+    ``check=False`` skips :func:`check_server_files` (and with it ``cryptography``):
+    for a caller that ran it elsewhere.  What ``ssl`` itself refuses is still reported.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    _load_ca(ctx, paths.ca_cert)
-    _load_identity(ctx, paths, "server")
+    _load_ca(ctx, paths.ca_cert, check)
+    _load_identity(ctx, paths, "server", check)
     return ctx
 
 
@@ -95,9 +129,9 @@ def client_context(paths: PKIPaths, server_hostname_check: bool = True, *,
     if verify:
         ctx.check_hostname = server_hostname_check
         ctx.verify_mode = ssl.CERT_REQUIRED
-        _load_ca(ctx, paths.ca_cert)
+        _load_ca(ctx, paths.ca_cert, True)
     else:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    _load_identity(ctx, paths, "client")
+    _load_identity(ctx, paths, "client", True)
     return ctx

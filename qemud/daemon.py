@@ -3,21 +3,28 @@
 Start-up order matters: the lock first (so a second daemon fails before touching
 anything), then the driver (persistent guests loaded, running guests reconnected), then
 the sockets (so no client sees a half-loaded daemon), then autostart.
+
+Memory: an idle daemon should cost little, so what start-up freed is handed back to the
+OS (:func:`trim_heap`) and libvirt's domain schema, a few MiB used only to validate a
+define or attach, is dropped once unused for a while (:class:`SchemaRelease`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
 import time
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from protocol import Procedure
 
+from . import __version__
+from .conf import schema as domain_schema
 from .config import Config
 from .dispatch import Dispatcher, Handler, HelloPolicy
 from .errors import ConfigError
@@ -25,14 +32,16 @@ from .events import EventBus
 from .handlers import core_handlers
 from .host import HostInfo, read_host_info
 from .lockfile import PidfileLock
-from .loop import EventLoop
+from .loop import EventLoop, Timer
 from .server import Server
 
-__all__ = ["Daemon", "Driver"]
+__all__ = ["Daemon", "Driver", "SchemaRelease", "trim_heap"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+#: libvirt's domain schema is dropped after this long without a validation
+SCHEMA_IDLE_SECONDS = 60.0
 
 
 class Driver(Protocol):
@@ -51,10 +60,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.uri = f"qemud:///{config.mode}"
-        try:
-            self.version = metadata.version("qemud")
-        except metadata.PackageNotFoundError:  # pragma: no cover - running from a tree
-            self.version = "0.0.0"
+        self.version = __version__
         self.lock = PidfileLock(config.paths.pidfile)
         self.loop = EventLoop()
         self.host: HostInfo = read_host_info()
@@ -67,6 +73,7 @@ class Daemon:
         self.events = EventBus(self.server)
         self.driver: Driver | None = None
         self.tls_port: int | None = None
+        self.schema_release = SchemaRelease(self.loop, SCHEMA_IDLE_SECONDS)
         self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -103,6 +110,7 @@ class Daemon:
         self.loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         if self.driver is not None:
             self.driver.autostart()
+        trim_heap()  # what start-up parsed and probed and then let go
         log.info("qemud %s ready (%s mode, run dir %s)", self.version, self.config.mode,
                  paths.run_dir)
         _sd_notify("READY=1")
@@ -155,6 +163,7 @@ class Daemon:
         self.server.stop_listening()
         if self.driver is not None:
             self.driver.shutdown()
+        self.schema_release.close()
         self.loop.close()
         self.lock.release()
         log.info("qemud stopped")
@@ -169,6 +178,75 @@ class Daemon:
     def _tls_identify(self, transport: object) -> tuple[str, bool]:
         from .tls import identify_tls_client
         return identify_tls_client(self.config, transport)
+
+
+class SchemaRelease:
+    """Drops libvirt's domain schema once it has gone ``idle`` seconds unused.
+
+    The compiled schema (:mod:`qemud.conf.schema`) holds a few MiB for validations that
+    come seldom (define, attach); loading it again costs ~10 ms. A timer is armed only
+    when the schema gets loaded, so an idle daemon without it has nothing scheduled.
+    After the release the heap is trimmed, or the memory would stay with the process.
+    """
+
+    def __init__(self, loop: EventLoop, idle: float,
+                 on_release: Callable[[], None] | None = None) -> None:
+        self.loop = loop
+        self.idle = idle
+        self.on_release = on_release
+        self.timer: Timer | None = None
+        domain_schema.set_load_hook(self._loaded)
+        if domain_schema.idle_seconds() is not None:  # loaded before we were here
+            self._loaded()
+
+    def _loaded(self) -> None:
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.idle, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        idle = domain_schema.idle_seconds()
+        if idle is None:
+            return
+        if idle < self.idle:  # used since: look again when it may have become idle
+            self.timer = self.loop.call_later(self.idle - idle, self._check)
+            return
+        domain_schema.release_schema()
+        trim_heap()
+        if self.on_release is not None:
+            self.on_release()
+
+    def close(self) -> None:
+        domain_schema.set_load_hook(None)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+_malloc_trim: Callable[[int], int] | None = None
+_malloc_trim_missing = False
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free memory back to the OS (glibc's ``malloc_trim(0)``).
+
+    glibc keeps memory freed by Python and by C libraries (libxml2, OpenSSL) for reuse,
+    so an idle process stays at its peak; ``malloc_trim`` releases the free pages.
+    Returns False where there is no such call (another libc) or nothing was released.
+    """
+    global _malloc_trim, _malloc_trim_missing
+    if _malloc_trim is None:
+        if _malloc_trim_missing:
+            return False
+        try:
+            trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols, i.e. its libc
+        except (OSError, AttributeError):
+            _malloc_trim_missing = True
+            return False
+        trim.argtypes = [ctypes.c_size_t]
+        trim.restype = ctypes.c_int
+        _malloc_trim = trim
+    return bool(_malloc_trim(0))
 
 
 def _check_private_parent(run_dir: Path) -> None:

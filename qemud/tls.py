@@ -5,26 +5,43 @@ module then maps the verified certificate's DN to a role through ``tls.allowed_d
 equivalent of libvirt's ``tls_allowed_dn_list``. An empty list refuses every client: a
 TLS listener that lets in any certificate from the CA must be asked for explicitly
 (``pattern = "*"``).
+
+The daemon never imports ``cryptography`` (~9 MiB it could never give back: an extension
+module stays loaded). The start-up checks that need it (:func:`certs.tls.check_server_files`:
+CA flag, key matches certificate, server usage) run once in a short-lived child process,
+``python -m qemud.tls CA CERT KEY`` (~0.15 s), whose message becomes the start-up error;
+a client's DN is read from the ``getpeercert()`` dict, which ``ssl`` builds without it.
+Only a certificate whose subject the dict cannot carry exactly (a binary value; see
+:mod:`certs.dn`) is read from DER, through ``cryptography``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import certs
 from certs.allowlist import AllowList, Role
 from certs.errors import CertError
 from certs.paths import PKIPaths
-from certs.tls import peer_dn, server_context
+from certs.tls import check_server_files, peer_dn, server_context
 
 from .config import Config
 from .errors import AuthFailed, ConfigError
 
-__all__ = ["server_tls_context", "identify_tls_client"]
+__all__ = ["server_tls_context", "identify_tls_client", "check_in_child", "client_dn"]
 
 log = logging.getLogger(__name__)
+
+#: the child's exit status for a CertError (its message is on stdout)
+_CERT_ERROR_EXIT = 3
+#: how long the child may take (it imports cryptography and reads three small files)
+CHECK_TIMEOUT = 60.0
 
 
 def server_tls_context(config: Config) -> ssl.SSLContext:
@@ -33,11 +50,40 @@ def server_tls_context(config: Config) -> ssl.SSLContext:
                      server_key=Path(tls.key_file), client_cert=Path("/nonexistent"),
                      client_key=Path("/nonexistent"))
     try:
-        context = server_context(paths)
+        check_in_child(paths)
+        context = server_context(paths, check=False)
         allow_list(config)  # bad patterns/roles are start-up errors, not per-client ones
     except CertError as exc:
         raise ConfigError(f"TLS listener: {exc}") from None
     return context
+
+
+def check_in_child(paths: PKIPaths) -> None:
+    """:func:`certs.tls.check_server_files` in a child process, so that ``cryptography``
+    is loaded there and not here; raises its :class:`CertError` (same message).
+
+    Blocks for the child (~0.15 s): it runs once, at start-up, before the loop does.
+    """
+    argv = [sys.executable, "-m", __name__, str(paths.ca_cert), str(paths.server_cert),
+            str(paths.server_key)]
+    # the child imports this very tree, wherever it came from (installed or a checkout)
+    here = {str(Path(__file__).resolve().parents[1]),
+            str(Path(certs.__file__).resolve().parents[1])}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*sorted(here), *filter(None, [
+        env.get("PYTHONPATH")])])
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env=env, timeout=CHECK_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CertError(f"cannot run the certificate checks ({' '.join(argv)}): {exc}") \
+            from None
+    if done.returncode == 0:
+        return
+    if done.returncode == _CERT_ERROR_EXIT and done.stdout.strip():
+        raise CertError(done.stdout.strip())
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    raise CertError(f"the certificate checks failed (exit status {done.returncode}): {last}")
 
 
 def allow_list(config: Config) -> AllowList:
@@ -47,10 +93,23 @@ def allow_list(config: Config) -> AllowList:
         raise ConfigError(f"tls.allowed_dn: {exc}") from None
 
 
+def client_dn(transport: Any) -> str:
+    """The verified client certificate's DN string (:mod:`certs.dn`); CertError if none.
+
+    From the ``getpeercert()`` dict; from DER (loading ``cryptography``) only when the dict
+    cannot give the same string.
+    """
+    try:
+        return peer_dn(transport.tls.getpeercert())
+    except (CertError, ValueError, ssl.SSLError) as exc:
+        log.debug("client certificate subject read from DER (%s)", exc)
+        return peer_dn(transport.peer_certificate())
+
+
 def identify_tls_client(config: Config, transport: Any) -> tuple[str, bool]:
     """(identity, readonly) for a TLS client that completed its handshake."""
     try:
-        dn = peer_dn(transport.peer_certificate())
+        dn = client_dn(transport)
     except CertError as exc:
         raise AuthFailed(f"access denied: no usable client certificate ({exc})") from None
     role = allow_list(config).role_for(dn)
@@ -59,3 +118,20 @@ def identify_tls_client(config: Config, transport: Any) -> tuple[str, bool]:
                          "tls.allowed_dn list (ask the qemud admin to add a matching "
                          "pattern)")
     return dn, role is Role.READONLY
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m qemud.tls CA CERT KEY``: :func:`check_server_files` for the daemon."""
+    ca, cert, key = (Path(a) for a in argv)
+    try:
+        check_server_files(PKIPaths(ca_cert=ca, server_cert=cert, server_key=key,
+                                    client_cert=Path("/nonexistent"),
+                                    client_key=Path("/nonexistent")))
+    except CertError as exc:
+        print(exc)
+        return _CERT_ERROR_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -6,8 +6,12 @@ description of it — it catches typos in elements and attributes we do not mode
 We do not ship a copy (it is libvirt's, and must match the libvirt the user knows), so where
 it is absent only our semantic checks run.
 
-The schema is loaded once, lazily, on first validation and cached (loading takes ~15 ms,
-validating a typical domain ~50 µs).  ``QEMUD_DOMAIN_SCHEMA`` overrides the file to use; set
+The schema is loaded lazily, on first validation, and cached (loading takes ~10 ms,
+validating a typical domain ~50 µs).  Compiled, it holds a few MiB of libxml2 memory, so a
+long-running process that validates rarely (the daemon: on define and attach) drops it
+with :func:`release_schema` once :func:`idle_seconds` says it has not been used for a
+while; the next validation loads it again.  :func:`set_load_hook` tells such a process
+when there is something to drop.  ``QEMUD_DOMAIN_SCHEMA`` overrides the file to use; set
 to an empty string it disables schema validation.
 
 libxml2 reports interleave failures vaguely ("Extra element devices in interleave"), so on
@@ -22,6 +26,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lxml import etree
@@ -33,8 +39,11 @@ __all__ = [
     "DEFAULT_SCHEMA_PATHS",
     "SCHEMA_ENV",
     "domain_schema",
+    "idle_seconds",
+    "release_schema",
     "reset_schema",
     "schema_path",
+    "set_load_hook",
     "set_schema_path",
     "validate_device",
     "validate_domain",
@@ -56,6 +65,8 @@ _override_set = False
 _loaded = False
 _schema: etree.RelaxNG | None = None
 _schema_file: Path | None = None
+_last_use = 0.0  # time.monotonic() of the last domain_schema() that returned the schema
+_load_hook: Callable[[], None] | None = None
 
 # Minimal domain used to validate a stand-alone device (domain.rng only starts at <domain>).
 _SCAFFOLD = (
@@ -87,6 +98,36 @@ def _forget() -> None:
     _schema_file = None
 
 
+def set_load_hook(hook: Callable[[], None] | None) -> None:
+    """Call ``hook()`` each time the schema has been loaded (None: no hook).
+
+    The daemon arms its release timer from it, so nothing runs while no schema is held.
+    """
+    global _load_hook
+    _load_hook = hook
+
+
+def idle_seconds() -> float | None:
+    """Seconds since the loaded schema was last used; None when none is held."""
+    if _schema is None:
+        return None
+    return time.monotonic() - _last_use
+
+
+def release_schema() -> bool:
+    """Drop the loaded schema so its memory can be freed; the next validation loads it
+    again.  Returns whether there was one to drop.
+
+    A schema that failed to load stays "known bad" (not retried, not logged again).
+    """
+    if _schema is None:
+        return False
+    path = _schema_file
+    _forget()
+    log.debug("libvirt domain schema %s released", path)
+    return True
+
+
 def _candidate() -> Path | None:
     if _override_set:
         return _override
@@ -105,8 +146,9 @@ def domain_schema() -> etree.RelaxNG | None:
     A schema that exists but fails to compile (e.g. a libvirt newer than our libxml2 can
     handle) is logged once and then ignored rather than refusing every definition.
     """
-    global _loaded, _schema, _schema_file
+    global _loaded, _schema, _schema_file, _last_use
     if _loaded:
+        _last_use = time.monotonic()
         return _schema
     _loaded = True
     path = _candidate()
@@ -115,14 +157,20 @@ def domain_schema() -> etree.RelaxNG | None:
     if not path.is_file():
         log.info("libvirt domain schema %s not found; schema validation disabled", path)
         return None
+    started = time.monotonic()
     try:
-        _schema = etree.RelaxNG(etree.parse(str(path)))
+        schema = etree.RelaxNG(etree.parse(str(path)))
     except (etree.LxmlError, OSError) as exc:
         log.warning("cannot load libvirt domain schema %s (%s); schema validation disabled",
                     path, exc)
         return None
-    _schema_file = path
-    return _schema
+    _schema, _schema_file = schema, path
+    _last_use = time.monotonic()
+    log.debug("libvirt domain schema %s loaded in %.0f ms", path,
+              (_last_use - started) * 1000)
+    if _load_hook is not None:
+        _load_hook()
+    return schema
 
 
 def schema_path() -> Path | None:

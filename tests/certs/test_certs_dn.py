@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from hypothesis import given
 from hypothesis import strategies as st
@@ -115,3 +124,83 @@ def test_dn_string_is_unambiguous(n: x509.Name) -> None:
 def test_escaped_values_round_trip(value: str) -> None:
     parsed = x509.Name.from_rfc4514_string("CN=" + escape_value(value))
     assert parsed.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == value
+
+
+# -- the getpeercert() dict (what the daemon uses) against DER -------------------------
+
+def _self_signed(subject: x509.Name) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+
+
+def _peercert_dict(cert: x509.Certificate, tmp_path: Path) -> dict[str, Any]:
+    """The dict ``SSLSocket.getpeercert()`` returns for ``cert``: ``_test_decode_cert`` is
+    CPython's test hook around the very function getpeercert() calls."""
+    path = tmp_path / "cert.pem"
+    path.write_bytes(cert.public_bytes(Encoding.PEM))
+    decoded: dict[str, Any] = ssl._ssl._test_decode_cert(str(path))  # type: ignore[attr-defined]
+    return decoded
+
+
+_A = x509.NameAttribute
+_SUBJECTS = {
+    "issued": None,  # make_client_cert's O=...,CN=... with RFC 4514 specials in both
+    "specials": x509.Name([_A(NameOID.COMMON_NAME, 'a,b+c;d<e>f\\g"h=i')]),
+    "spaces and hash": x509.Name([_A(NameOID.ORGANIZATION_NAME, "#org"),
+                                  _A(NameOID.COMMON_NAME, " lead and trail ")]),
+    "non-ASCII and NUL": x509.Name([_A(NameOID.COMMON_NAME, "ünï€😀"),
+                                    _A(NameOID.ORGANIZATIONAL_UNIT_NAME, "x\0y")]),
+    "BMPString": x509.Name([_A(NameOID.COMMON_NAME, "bmp ü€", _type=_ASN1Type.BMPString)]),
+    "UniversalString": x509.Name([_A(NameOID.COMMON_NAME, "univ 😀",
+                                     _type=_ASN1Type.UniversalString)]),
+    "every short type": x509.Name([
+        _A(NameOID.DOMAIN_COMPONENT, "org"), _A(NameOID.COUNTRY_NAME, "GB"),
+        _A(NameOID.STATE_OR_PROVINCE_NAME, "S"), _A(NameOID.LOCALITY_NAME, "L"),
+        _A(NameOID.STREET_ADDRESS, "1 Road"), _A(NameOID.ORGANIZATION_NAME, "O"),
+        _A(NameOID.ORGANIZATIONAL_UNIT_NAME, "OU"), _A(NameOID.USER_ID, "u1"),
+        _A(NameOID.EMAIL_ADDRESS, "a@b.example"), _A(NameOID.COMMON_NAME, "cn")]),
+    # dotted OIDs: types outside the short list, known to OpenSSL or not
+    "other types": x509.Name([
+        _A(NameOID.SERIAL_NUMBER, "42"), _A(NameOID.PSEUDONYM, "p"),
+        _A(NameOID.JURISDICTION_COUNTRY_NAME, "GB"), _A(NameOID.INN, "1"),
+        _A(NameOID.X500_UNIQUE_IDENTIFIER, "text"),
+        _A(ObjectIdentifier("1.3.6.1.4.1.99999.1"), "private")]),
+    "multi-valued RDN": x509.Name([
+        x509.RelativeDistinguishedName([_A(NameOID.ORGANIZATION_NAME, "X")]),
+        x509.RelativeDistinguishedName([_A(NameOID.ORGANIZATIONAL_UNIT_NAME, "A+B"),
+                                        _A(NameOID.COMMON_NAME, "b,c")])]),
+}
+
+
+@pytest.mark.parametrize("case", list(_SUBJECTS))
+def test_peercert_dict_gives_the_der_string(case: str, ca: CA, tmp_path: Path) -> None:
+    subject = _SUBJECTS[case]
+    cert = make_client_cert(*ca, "adm,in #1", org="Ex+ample;<co>")[1] if subject is None \
+        else _self_signed(subject)
+    from_der = peer_dn(cert.public_bytes(Encoding.DER))
+    assert peer_dn(_peercert_dict(cert, tmp_path)) == from_der
+    if subject is None:
+        assert from_der == "O=Ex\\+ample\\;\\<co\\>,CN=adm\\,in #1"
+
+
+def test_binary_value_is_refused_from_the_dict_so_callers_use_der(tmp_path: Path) -> None:
+    """OpenSSL drops a BIT STRING's unused-bits octet: the dict cannot give the DER string,
+    so it must fail instead of giving another one."""
+    cert = _self_signed(x509.Name([_A(NameOID.X500_UNIQUE_IDENTIFIER, b"\x01\xff",
+                                      _type=_ASN1Type.BitString)]))
+    assert peer_dn(cert.public_bytes(Encoding.DER)) == "2.5.4.45=#01ff"
+    with pytest.raises(PeerCertError, match="malformed subject attribute"):
+        peer_dn(_peercert_dict(cert, tmp_path))
+
+
+def test_dict_path_and_contexts_do_not_import_cryptography() -> None:
+    code = ("import sys; from certs.dn import peer_dn; import certs.tls\n"
+            "assert peer_dn({'subject': ((('commonName', 'x'),),)}) == 'CN=x'\n"
+            "print(sorted(m for m in sys.modules if m.startswith('cryptography')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,50 @@ def test_custom_schema_file_is_honoured(isolated_schema: None, tmp_path: Path) -
     with pytest.raises(SchemaError) as info:
         parse_domain_xml(VALID.replace("type='kvm'", "type='qemu'", 1))
     assert info.value.path == "domain"
+
+
+# -- release and reload (the daemon drops an idle schema) --------------------------------
+
+def test_release_and_reload_give_the_same_verdicts(installed_schema: Path,
+                                                   isolated_schema: None) -> None:
+    loads: list[float | None] = []
+    schema.set_load_hook(lambda: loads.append(schema.idle_seconds()))
+    try:
+        assert schema.idle_seconds() is None and not schema.release_schema()
+        bad = SCHEMA_ONLY[0][1]
+        with pytest.raises(SchemaError) as first:
+            parse_domain_xml(bad)
+        assert len(loads) == 1 and loads[0] is not None  # held, and the hook was told
+        idle = schema.idle_seconds()
+        assert idle is not None and idle < 5
+        assert schema.release_schema()
+        assert schema.idle_seconds() is None and not schema.release_schema()
+        with pytest.raises(SchemaError) as again:  # loaded again, same words
+            parse_domain_xml(bad)
+        assert (again.value.path, again.value.message, again.value.details) == \
+            (first.value.path, first.value.message, first.value.details)
+        parse_device_xml("<watchdog model='ib700'/>")
+        assert len(loads) == 2 and schema.schema_path() == installed_schema
+    finally:
+        schema.set_load_hook(None)
+
+
+def test_each_use_counts_as_use(installed_schema: Path, isolated_schema: None) -> None:
+    parse_domain_xml(VALID)
+    time.sleep(0.05)
+    before = schema.idle_seconds()
+    assert before is not None and before >= 0.05
+    parse_device_xml("<watchdog model='ib700'/>")
+    after = schema.idle_seconds()
+    assert after is not None and after < before
+
+
+def test_no_schema_is_nothing_to_release(no_schema: None) -> None:
+    loads: list[int] = []
+    schema.set_load_hook(lambda: loads.append(1))
+    try:
+        parse_domain_xml(VALID)
+        assert schema.idle_seconds() is None and not schema.release_schema()
+        assert loads == []
+    finally:
+        schema.set_load_hook(None)
