@@ -193,7 +193,7 @@ class BundleStream(StreamHandler):
         self.started = time.monotonic()
         client.streams[serial] = self
         self.loop.add(self.fd, READ, self._on_read)
-        self.loop.watch_child(child.pid, self._exited)
+        self.loop.watch_popen(child, self._exited)
 
     def _on_read(self, mask: int) -> None:
         if self.done:
@@ -226,9 +226,8 @@ class BundleStream(StreamHandler):
         if not self.done and not self.eof:
             self.loop.add(self.fd, READ, self._on_read)
 
-    def _exited(self, status: int) -> None:
-        self.status = os.waitstatus_to_exitcode(status)
-        self.child.returncode = self.status
+    def _exited(self, code: int) -> None:
+        self.status = code
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -259,7 +258,7 @@ class BundleStream(StreamHandler):
             os.killpg(self.child.pid, signal.SIGKILL)
         except OSError:
             pass
-        # the loop still reaps it (watch_child); _exited then finds done set
+        # the loop still reaps it (watch_popen); _exited then finds done set
         self._cleanup()
         self.client.streams.pop(self.serial, None)
 
@@ -426,14 +425,13 @@ class BundleDuty:
     def _appliances(self) -> dict[str, Any]:
         out: dict[str, Any] = {"images": [], "vms": {}}
         try:
-            from .images import STATE_NAME, ImageStore
+            from .images import STATE_NAME, ImageStore, store_root, vms_root
         except ImportError:  # pragma: no cover - the images duty is optional
             return out
-        store = self.config.appliance.image_store
-        images = ImageStore(Path(store) if store else self.config.paths.state_dir / "images")
+        images = ImageStore(store_root(self.config))
         out["images"] = [{"name": d.name, "version": d.version, "arch": d.arch,
                           "path": str(p)} for d, p in images.entries()]
-        vms_dir = self.config.paths.state_dir / "vms"
+        vms_dir = vms_root(self.config)
         for dom in self.driver.registry:
             state = vms_dir / dom.name / STATE_NAME
             try:

@@ -1,0 +1,64 @@
+"""Appliance images: import, deploy, A/B update with rollback, factory reset.
+
+An appliance is a tarball (optionally gzip'ed) holding a descriptor (``appliance.json`` or
+``appliance.toml``), its disk images and, for direct kernel boot, a kernel and initrd.
+docs/APPLIANCE-IMAGES.md describes the descriptor and every rule below; in short:
+
+* **import** unpacks the tarball with ``tar`` (a child the loop reaps, never in the loop)
+  into a staging directory of the image store, checks the descriptor (every field, every
+  file, only regular files, images without backing/data files) and the host (an emulator
+  for the arch, every required feature), and renames it to ``<store>/<name>/<version>/``
+  with every file mode 0444: originals are never written again.
+* **deploy** gives a VM its own qcow2 overlays on the originals (system and data disks)
+  and fresh scratch disks in ``<state_dir>/vms/<vm>/``, then defines the domain with its
+  origin and disk classes in the metadata.
+* **update** (A/B): the VM is stopped (if running), its system disk gets a new overlay in
+  the other slot on the new version's image (the previous overlay is kept), data disks are
+  kept, scratch disks recreated; the guest is started again if it was running. The update
+  is confirmed by the guest's heartbeat within ``appliance.update_deadline`` of its start;
+  otherwise it is rolled back to the previous slot and version by itself.
+* **reset**: the system overlay is replaced by an empty one on the original, data kept,
+  scratch recreated.
+
+Every ``qemu-img``/``tar`` runs as a child process reaped by the loop (``tools.ToolRunner``);
+multi-step operations are generator tasks resumed from the loop (:func:`run_task`).
+
+==========  ==========================================================================
+module      what
+==========  ==========================================================================
+descriptor  the descriptor: its fields and checks, the host check, version order
+store       the image store (``<store>/<name>/<version>/``) and per-VM state records
+base        shared by the operations: tasks, VM state, ``qemu-img``, the busy map
+importer    APPLIANCE_IMPORT: unpack, check, store read-only
+deploy      APPLIANCE_DEPLOY, APPLIANCE_LIST, APPLIANCE_RESET
+update      APPLIANCE_UPDATE, its confirmation by heartbeat and the rollback
+duty        wiring: procedures, the event listener, the start-up clean-up
+==========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from .base import ImageOps, Task, run_task
+from .deploy import DEPLOY_START, DeployOps
+from .descriptor import (
+    KNOWN_FEATURES,
+    BootSpec,
+    Descriptor,
+    DescriptorError,
+    DiskSpec,
+    check_host,
+    load_descriptor_text,
+    parse_descriptor,
+    parse_size,
+    version_key,
+)
+from .duty import ImagesDuty, install
+from .importer import ImportOps
+from .store import INDEX_NAME, STATE_NAME, ImageStore, VMState, store_root, vms_root
+from .update import CONFIRM_KINDS, CONFIRM_POLL, UpdateOps
+
+__all__ = ["Descriptor", "DiskSpec", "BootSpec", "DescriptorError", "parse_descriptor",
+           "parse_size", "load_descriptor_text", "check_host", "ImageStore", "VMState",
+           "ImagesDuty", "install", "version_key", "KNOWN_FEATURES", "CONFIRM_KINDS",
+           "CONFIRM_POLL", "DEPLOY_START", "INDEX_NAME", "STATE_NAME", "store_root",
+           "vms_root", "ImageOps", "ImportOps", "DeployOps", "UpdateOps", "Task", "run_task"]

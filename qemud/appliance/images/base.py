@@ -1,0 +1,189 @@
+"""What every image operation shares: the generator tasks the loop drives, a deployed
+VM's state and disks, ``qemu-img``, and which VMs are busy.
+
+:class:`ImageOps` is the base of each operation's class (import, deploy/reset/list,
+update); the duty makes one of each over the same store, tool runner and ``busy`` map.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemud.dispatch import Deferred
+from qemud.driver.store import atomic_write
+from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
+
+from ..tools import ToolRunner, find_tool
+from .descriptor import DiskSpec
+from .store import STATE_NAME, ImageStore, VMState, vms_root
+
+if TYPE_CHECKING:
+    from qemud.conf import DomainDef
+    from qemud.config import Config
+    from qemud.driver import QemuDriver
+    from qemud.driver.domain import DomainObj
+    from qemud.loop import EventLoop
+
+__all__ = ["ImageOps", "Task", "run_task", "tool_failure", "rmtree", "disk_file"]
+
+log = logging.getLogger(__name__)
+
+#: a multi-step operation: yields the Deferreds it waits for (see :func:`run_task`)
+Task = Generator[Deferred, Any, Any]
+
+
+def tool_failure(argv: list[str], code: int, stderr: str) -> str:
+    """How an image operation words a tool's failure: its last lines of stderr."""
+    lines = [line for line in stderr.splitlines() if line.strip()][-4:]
+    return f"{Path(argv[0]).name} failed (exit {code}): {' / '.join(lines) or 'no message'}"
+
+
+def run_task(loop: EventLoop, task: Task, what: str) -> Deferred:
+    """Drive a generator that yields Deferreds; each result is sent back into it (an error
+    is thrown in) from a fresh loop turn. The Deferred completes with its return value."""
+    out = Deferred()
+
+    def step(value: Any = None, error: QemudError | None = None) -> None:
+        try:
+            waiting = task.throw(error) if error is not None else task.send(value)
+        except StopIteration as stop:
+            out.resolve(stop.value)
+            return
+        except QemudError as exc:
+            out.fail(exc)
+            return
+        except OSError as exc:
+            log.warning("%s: %s", what, exc)
+            out.fail(OperationFailed(f"{what}: {exc.strerror or exc}"
+                                     + (f": {exc.filename}" if exc.filename else "")))
+            return
+        except Exception as exc:
+            log.exception("%s crashed", what)
+            out.fail(InternalError(f"internal error in {what}: {exc!r}"))
+            return
+        def resume(d: Deferred) -> None:
+            loop.call_soon(lambda: step(d.result, d.error))
+        waiting.add_done_callback(resume)
+
+    step()
+    return out
+
+
+def rmtree(path: Path) -> None:
+    """Remove ``path`` and everything below it, read-only directories (a stored
+    appliance's) included."""
+    def writable(func: Callable[..., Any], p: str, exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            func(p)
+        except OSError:
+            pass
+    if path.exists():
+        shutil.rmtree(path, onerror=writable)
+
+
+def disk_file(disk: DiskSpec, slot: str) -> str:
+    """The file name of ``disk`` in a VM's directory (system disks: one per slot)."""
+    if disk.cls == "system":
+        return f"{disk.target}.{slot}.qcow2"
+    if disk.cls == "scratch":
+        return f"{disk.target}.scratch.qcow2"
+    return f"{disk.target}.qcow2"
+
+
+class ImageOps:
+    """The driver's pieces, the store, the tool runner and the per-VM helpers."""
+
+    def __init__(self, driver: QemuDriver, config: Config, store: ImageStore,
+                 runner: ToolRunner, busy: dict[str, str]) -> None:
+        self.driver = driver
+        self.loop = driver.loop
+        self.events = driver.events
+        self.config = config
+        self.store = store
+        self.vms_dir = vms_root(config)
+        self.runner = runner
+        #: domain uuid -> what is in progress (an update, a factory reset, a rollback)
+        self.busy = busy
+
+    @staticmethod
+    def qemu_img() -> str:
+        return find_tool("qemu-img", "for appliance disk images")
+
+    def vm_dir(self, name: str) -> Path:
+        return self.vms_dir / name
+
+    def load_state(self, dom: DomainObj) -> VMState | None:
+        path = self.vm_dir(dom.name) / STATE_NAME
+        try:
+            state = VMState.from_json(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("domain %s: unreadable appliance state %s: %s", dom.name, path, exc)
+            return None
+        return state if state.uuid == dom.uuid else None
+
+    def save_state(self, state: VMState) -> None:
+        try:
+            atomic_write(self.vm_dir(state.vm) / STATE_NAME, state.to_json())
+        except OSError as exc:
+            raise OperationFailed(f"cannot write the appliance state of '{state.vm}': "
+                                  f"{exc.strerror or exc}") from None
+
+    def state_for_change(self, dom: DomainObj, what: str) -> VMState:
+        """The state of a deployed VM that ``what`` may change now (else a clear error)."""
+        state = self.load_state(dom)
+        if state is None:
+            raise OperationInvalid(f"domain '{dom.name}' was not deployed from an appliance "
+                                   f"image: cannot {what} it")
+        if not dom.persistent:
+            raise OperationInvalid(f"domain '{dom.name}' is not persistent: cannot {what} it")
+        if dom.uuid in self.busy:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {self.busy[dom.uuid]} in "
+                                   "progress")
+        if dom.job is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
+        if state.pending is not None:
+            raise OperationInvalid(f"domain '{dom.name}': the update from "
+                                   f"{state.pending['from']} to {state.pending['to']} is "
+                                   "waiting for the guest's heartbeat: cannot " + what +
+                                   " before it is confirmed or rolled back")
+        definition = dom.next_definition or dom.definition
+        sources = {d.target_dev: d.source for d in definition.disks}
+        for target, disk in state.disks.items():
+            if sources.get(target) != disk["path"]:
+                raise OperationInvalid(
+                    f"domain '{dom.name}': disk {target} is {sources.get(target) or 'gone'}, "
+                    f"not the appliance's {disk['path']} (snapshots or a changed definition): "
+                    f"cannot {what} it")
+        return state
+
+    def _stop(self, dom: DomainObj) -> Deferred:
+        if not dom.active:
+            return Deferred.resolved(None)
+        log.info("domain %s: stopping it for an appliance image change", dom.name)
+        return self.driver.lifecycle.destroy(dom)
+
+    def _create_overlay(self, path: Path, backing: Path, fmt: str) -> Task:
+        """A new, empty qcow2 overlay ``path`` on ``backing`` (replacing ``path``)."""
+        return self._create(path, ["-F", fmt, "-b", str(backing)], [])
+
+    def _create_scratch(self, path: Path, size: int) -> Task:
+        """A new, empty qcow2 disk of ``size`` bytes (replacing ``path``)."""
+        return self._create(path, [], [str(size)])
+
+    def _create(self, path: Path, options: list[str], size: list[str]) -> Task:
+        tmp = path.with_name(path.name + ".new")
+        yield self.runner.run([self.qemu_img(), "create", "-q", "-f", "qcow2", *options,
+                               str(tmp), *size], f"cannot create {path.name}")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def _define(self, definition: DomainDef) -> DomainObj:
+        return self.driver.registry.define(definition.to_xml())

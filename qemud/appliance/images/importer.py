@@ -1,0 +1,192 @@
+"""Importing an appliance (APPLIANCE_IMPORT): unpack, check, store read-only.
+
+``tar`` unpacks the tarball (a child the loop reaps, never in the loop) into a staging
+directory ``<store>/.staging-*``; the descriptor is checked (every field, every file,
+only regular files, images without backing or data files, by ``qemu-img info``) and
+so is the host (an emulator for the arch, every required feature); the checked
+descriptor is written next to the files as ``.qemud-appliance.json``, every file made
+mode 0444, and the directory renamed to ``<store>/<name>/<version>/``. A version is
+never replaced. A staging directory a killed daemon left is removed at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import payloads as pl
+from qemud.dispatch import Deferred
+from qemud.driver.store import atomic_write
+from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
+
+from .base import ImageOps, Task, rmtree, run_task
+from .descriptor import DescriptorError, DiskSpec, check_host, load_descriptor_text
+from .store import INDEX_NAME
+
+if TYPE_CHECKING:
+    from qemud.config import Config
+    from qemud.driver import QemuDriver
+
+    from ..tools import ToolRunner
+    from .store import ImageStore
+
+__all__ = ["ImportOps", "DESCRIPTOR_NAMES", "MAX_DESCRIPTOR_BYTES", "STAGING_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTOR_NAMES = ("appliance.json", "appliance.toml")
+MAX_DESCRIPTOR_BYTES = 1024 * 1024
+#: an import in progress unpacks into ``<store>/.staging-XXXXXXXX``
+STAGING_PREFIX = ".staging-"
+
+
+class ImportOps(ImageOps):
+    """APPLIANCE_IMPORT."""
+
+    def __init__(self, driver: QemuDriver, config: Config, store: ImageStore,
+                 runner: ToolRunner, busy: dict[str, str]) -> None:
+        super().__init__(driver, config, store, runner, busy)
+        self.importing: set[str] = set()  # "name:version"
+
+    def handle_import(self, ctx: Any, args: pl.ImportArgs) -> Deferred:
+        path = args.path
+        if not path or not os.path.isabs(path):
+            raise InvalidArg(f"appliance tarball path must be absolute (a file on the "
+                             f"daemon's host), got '{path}'")
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise InvalidArg(f"cannot read appliance tarball {path}: "
+                             f"{exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArg(f"appliance tarball {path} is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise InvalidArg(f"cannot read appliance tarball {path}: permission denied")
+        return run_task(self.loop, self._import(path), "APPLIANCE_IMPORT")
+
+    def _import(self, path: str) -> Task:
+        try:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.store.root))
+        except OSError as exc:
+            raise OperationFailed(f"cannot unpack into the image store {self.store.root}: "
+                                  f"{exc.strerror or exc}") from None
+        key = ""
+        try:
+            try:
+                yield self.runner.run(["tar", "-x", "--no-same-owner", "--no-same-permissions",
+                                       "-f", path, "-C", str(staging)],
+                                      f"cannot unpack appliance tarball {path}")
+            except OperationFailed as exc:
+                raise DescriptorError(exc.message) from None
+            root = _find_root(staging, path)
+            _check_members(root, path)
+            names = [n for n in DESCRIPTOR_NAMES if (root / n).is_file()]
+            descriptor_file = root / names[0]
+            if descriptor_file.stat().st_size > MAX_DESCRIPTOR_BYTES:
+                raise DescriptorError(f"{path}: {names[0]} is larger than "
+                                      f"{MAX_DESCRIPTOR_BYTES} bytes")
+            try:
+                desc = load_descriptor_text(descriptor_file.read_text(), names[0])
+            except UnicodeDecodeError:
+                raise DescriptorError(f"{path}: {names[0]} is not UTF-8 text") from None
+            except DescriptorError as exc:
+                raise DescriptorError(f"{path}: {exc.message}") from None
+            for where, rel in desc.files():
+                member = root / rel
+                if not member.is_file() or member.is_symlink():
+                    raise DescriptorError(f"{path}: {names[0]}: {where}: file '{rel}' is not "
+                                          "in the tarball")
+            check_host(desc, self.driver.caps)
+            key = desc.ref
+            dest = self.store.dir(desc.name, desc.version)
+            if key in self.importing or dest.exists():
+                key = ""
+                raise OperationInvalid(f"appliance {desc.ref} is already imported ({dest}); "
+                                       "versions are never replaced: give the new one "
+                                       "another version")
+            self.importing.add(key)
+            images: dict[str, Any] = {}
+            for i, disk in enumerate(desc.disks):
+                if disk.file is None:
+                    continue
+                text = yield self.runner.run(
+                    [self.qemu_img(), "info", "--output=json", str(root / disk.file)],
+                    f"{path}: disks[{i}] '{disk.file}' is not a readable disk image",
+                    stdout=True)
+                images[disk.file] = _check_image(text, disk, f"{path}: disks[{i}] "
+                                                             f"'{disk.file}'")
+            atomic_write(root / INDEX_NAME, json.dumps({
+                "descriptor": desc.to_json(), "imported_at": int(time.time()),
+                "source": path, "images": images}, indent=1), 0o444)
+            for dirpath, _dirnames, filenames in os.walk(root):
+                for name in filenames:
+                    os.chmod(os.path.join(dirpath, name), 0o444)
+                os.chmod(dirpath, 0o755)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(root, dest)
+            log.info("appliance %s imported from %s into %s", desc.ref, path, dest)
+            return pl.StringReply(desc.ref)
+        finally:
+            if key:
+                self.importing.discard(key)
+            rmtree(staging)
+
+
+def _find_root(staging: Path, source: str) -> Path:
+    """Where the descriptor is: the top of the tarball, or its one top directory."""
+    entries = list(staging.iterdir())
+    candidates = [staging]
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        candidates.append(entries[0])
+    for candidate in candidates:
+        found = [n for n in DESCRIPTOR_NAMES
+                 if (candidate / n).is_file() and not (candidate / n).is_symlink()]
+        if len(found) > 1:
+            raise DescriptorError(f"{source}: holds both appliance.json and appliance.toml: "
+                                  "keep one")
+        if found:
+            return candidate
+    top = sorted(p.name for p in entries)[:8]
+    raise DescriptorError(f"{source}: no appliance.json (or appliance.toml) at the top of the "
+                          f"tarball (it holds: {', '.join(top) or 'nothing'})")
+
+
+def _check_members(root: Path, source: str) -> None:
+    """Only regular files and directories: a symlink or device could reach host files."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                continue
+            kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+            raise DescriptorError(f"{source}: member '{path.relative_to(root)}' is {kind}: an "
+                                  "appliance tarball may hold only regular files and "
+                                  "directories")
+
+
+def _check_image(text: str, disk: DiskSpec, where: str) -> dict[str, Any]:
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise DescriptorError(f"{where}: qemu-img info gave no JSON") from None
+    fmt = info.get("format")
+    if fmt != disk.format:
+        raise DescriptorError(f"{where}: the descriptor says format {disk.format} but the "
+                              f"image is {fmt}")
+    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    if backing:
+        raise DescriptorError(f"{where}: has a backing file ('{backing}'): appliance images "
+                              "must be self-contained")
+    data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
+    if data_file:
+        raise DescriptorError(f"{where}: has an external data file ('{data_file}'): "
+                              "appliance images must be self-contained")
+    return {"format": fmt, "virtual_size": int(info.get("virtual-size", 0))}

@@ -1,0 +1,136 @@
+"""Where appliance images and deployed VMs are kept, and what is recorded of them.
+
+``<store>/<name>/<version>/`` (``appliance.image_store``, default
+``<state_dir>/images``) holds an imported appliance, every file mode 0444, with its
+checked descriptor as ``.qemud-appliance.json``; ``<state_dir>/vms/<vm>/`` holds a
+deployed VM's overlays and scratch disks and its :class:`VMState`
+(``appliance-state.json``, atomic writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemud.errors import InvalidArg, QemudError
+
+from .descriptor import Descriptor, parse_descriptor, version_key
+
+if TYPE_CHECKING:
+    from qemud.config import Config
+
+__all__ = ["ImageStore", "VMState", "INDEX_NAME", "STATE_NAME", "store_root", "vms_root"]
+
+log = logging.getLogger(__name__)
+
+#: the checked descriptor as JSON, written into each stored version at import
+INDEX_NAME = ".qemud-appliance.json"
+STATE_NAME = "appliance-state.json"
+
+
+def store_root(config: Config) -> Path:
+    """The image store's directory (``appliance.image_store`` or ``<state_dir>/images``)."""
+    store = config.appliance.image_store
+    return Path(store) if store else config.paths.state_dir / "images"
+
+
+def vms_root(config: Config) -> Path:
+    """Where deployed VMs' disks and states are: ``<state_dir>/vms``."""
+    return config.paths.state_dir / "vms"
+
+
+class ImageStore:
+    """``<store>/<name>/<version>/``: unpacked appliances, files read-only."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[Path, tuple[int, Descriptor]] = {}
+
+    def dir(self, name: str, version: str) -> Path:
+        return self.root / name / version
+
+    def load(self, directory: Path) -> Descriptor | None:
+        index = directory / INDEX_NAME
+        try:
+            mtime = index.stat().st_mtime_ns
+        except OSError:
+            return None
+        cached = self._cache.get(directory)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            data = json.loads(index.read_text())
+            desc = parse_descriptor(data["descriptor"], str(index))
+        except (OSError, ValueError, KeyError, QemudError) as exc:
+            log.error("image store: ignoring %s: %s", directory, exc)
+            return None
+        self._cache[directory] = (mtime, desc)
+        return desc
+
+    def entries(self) -> list[tuple[Descriptor, Path]]:
+        out = []
+        try:
+            names = sorted(p for p in self.root.iterdir()
+                           if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return []
+        for name_dir in names:
+            for version_dir in name_dir.iterdir():
+                if version_dir.name.startswith("."):
+                    continue
+                desc = self.load(version_dir)
+                if desc is not None:
+                    out.append((desc, version_dir))
+        out.sort(key=lambda e: (e[0].name, version_key(e[0].version)))
+        return out
+
+    def versions(self, name: str) -> list[str]:
+        return [d.version for d, _ in self.entries() if d.name == name]
+
+    def get(self, name: str, version: str = "") -> tuple[Descriptor, Path]:
+        """The stored appliance (the newest version when ``version`` is "")."""
+        versions = self.versions(name)
+        if not versions:
+            have = sorted({d.name for d, _ in self.entries()})
+            raise InvalidArg(f"no appliance '{name}' in the image store (have: "
+                             f"{', '.join(have) or 'none'}; import it first)")
+        version = version or versions[-1]
+        if version not in versions:
+            raise InvalidArg(f"appliance '{name}' has no version '{version}' (have: "
+                             f"{', '.join(versions)})")
+        directory = self.dir(name, version)
+        desc = self.load(directory)
+        assert desc is not None
+        return desc, directory
+
+
+@dataclass
+class VMState:
+    """What the daemon remembers of a deployed VM (``<state_dir>/vms/<vm>/``)."""
+
+    vm: str
+    uuid: str
+    appliance: str
+    version: str
+    slot: str  # "a" | "b": the system overlay(s) in use
+    disks: dict[str, dict[str, Any]]  # target -> {"class", "path", "size"?}
+    previous: dict[str, Any] | None = None  # {"version", "slot", "system": {t: path}, "os"}
+    pending: dict[str, Any] | None = None  # {"from", "to", "since"}: unconfirmed update
+
+    def to_json(self) -> str:
+        return json.dumps({"vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
+                           "version": self.version, "slot": self.slot, "disks": self.disks,
+                           "previous": self.previous, "pending": self.pending}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> VMState:
+        data = json.loads(text)
+        return cls(vm=data["vm"], uuid=data["uuid"], appliance=data["appliance"],
+                   version=data["version"], slot=data["slot"], disks=data["disks"],
+                   previous=data.get("previous"), pending=data.get("pending"))
+
+    def targets(self, cls: str) -> list[str]:
+        return sorted(t for t, d in self.disks.items() if d["class"] == cls)

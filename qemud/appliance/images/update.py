@@ -1,0 +1,360 @@
+"""A/B update of a deployed VM (APPLIANCE_UPDATE), its confirmation by the guest's
+heartbeat, and the rollback when that does not come.
+
+The VM is stopped (if running), its system disk gets a new overlay in the other slot on
+the new version's image (the previous overlay is kept), data disks are kept, scratch
+disks recreated, and the guest started again if it was running. The update is pending
+until the guest's heartbeat is seen (an appliance event of :data:`CONFIRM_KINDS`, or the
+heartbeat duty's ``heartbeat.count`` stats, looked at every :data:`CONFIRM_POLL` s) within
+``appliance.update_deadline`` of its start; otherwise it is rolled back to the previous
+slot and version by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import Empty
+from protocol import payloads as pl
+from protocol.constants import EventId, LifecycleEvent
+from qemud.dispatch import Deferred
+from qemud.errors import InvalidArg, NoDomain, OperationFailed, OperationInvalid, QemudError
+from qemud.loop import Timer
+
+from ..metadata import Origin, read_settings, write_settings
+from .base import ImageOps, Task, disk_file, run_task
+from .descriptor import Descriptor, check_host
+from .store import STATE_NAME, VMState
+
+if TYPE_CHECKING:
+    from qemud.conf import DomainDef
+    from qemud.config import Config
+    from qemud.driver import QemuDriver
+    from qemud.driver.domain import DomainObj
+
+    from ..tools import ToolRunner
+    from .store import ImageStore
+
+__all__ = ["UpdateOps", "CONFIRM_KINDS", "CONFIRM_POLL"]
+
+log = logging.getLogger(__name__)
+
+#: appliance events that confirm a pending update of their domain (see the module docs)
+CONFIRM_KINDS = ("heartbeat-seen", "heartbeat", "heartbeat-ok", "heartbeat-resumed")
+#: seconds between looks at the heartbeat duty's published counters while confirming
+CONFIRM_POLL = 0.5
+
+
+@dataclass
+class _Watch:
+    """A started guest whose update waits for its heartbeat."""
+
+    uuid: str
+    since: float
+    deadline: Timer
+    poll: Timer | None = None
+
+
+class UpdateOps(ImageOps):
+    """APPLIANCE_UPDATE; confirmation and rollback (the duty routes events to
+    :meth:`on_event` and arms the guests it re-attached with :meth:`arm`)."""
+
+    def __init__(self, driver: QemuDriver, config: Config, store: ImageStore,
+                 runner: ToolRunner, busy: dict[str, str]) -> None:
+        super().__init__(driver, config, store, runner, busy)
+        self.watches: dict[str, _Watch] = {}  # domain uuid -> its pending confirmation
+
+    def handle_update(self, ctx: Any, args: pl.UpdateArgs) -> Deferred:
+        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        state = self.state_for_change(dom, "update")
+        if not args.version:
+            raise InvalidArg("give the version to update to")
+        if args.version == state.version:
+            raise OperationInvalid(f"domain '{dom.name}' already runs {state.appliance} "
+                                   f"{state.version}")
+        new, new_dir = self.store.get(state.appliance, args.version)
+        check_host(new, self.driver.caps)
+        _check_compatible(state, new)
+        self.qemu_img()
+        self.busy[dom.uuid] = f"update to {new.ref}"
+        return run_task(self.loop, self._update(dom, state, new, new_dir), "APPLIANCE_UPDATE")
+
+    def _update(self, dom: DomainObj, state: VMState, new: Descriptor, new_dir: Path) -> Task:
+        old_version = state.version
+        original = state.to_json()
+        was_running = dom.active
+        switched = False
+        try:
+            yield self._stop(dom)
+            vmdir = self.vm_dir(dom.name)
+            slot = "b" if state.slot == "a" else "a"
+            system: dict[str, str] = {}
+            for disk in new.disks_of("system"):
+                assert disk.file is not None
+                path = vmdir / disk_file(disk, slot)
+                yield from self._create_overlay(path, new_dir / disk.file, disk.format)
+                system[disk.target] = str(path)
+            for disk in new.disks_of("scratch"):
+                assert disk.size is not None
+                scratch = Path(state.disks[disk.target]["path"])
+                yield from self._create_scratch(scratch, disk.size)
+                state.disks[disk.target]["size"] = disk.size
+            definition = (dom.next_definition or dom.definition).copy()
+            state.previous = {
+                "version": old_version, "slot": state.slot,
+                "system": {t: state.disks[t]["path"] for t in state.targets("system")},
+                "os": _os_values(definition)}
+            for target, overlay in system.items():
+                state.disks[target]["path"] = overlay
+            state.version, state.slot = new.version, slot
+            state.pending = {"from": old_version, "to": new.version, "since": time.time()}
+            _switch(definition, system, _new_os(new, new_dir),
+                    Origin(state.appliance, new.version))
+            self.save_state(state)
+            try:
+                self._define(definition)
+            except QemudError:
+                self.save_state(VMState.from_json(original))
+                raise
+            switched = True
+            deadline = self.config.appliance.update_deadline
+            self.events.appliance(dom.ref(), "update-applied",
+                                  f"{state.appliance} {old_version} -> {new.version}: system "
+                                  f"disk(s) {', '.join(sorted(system))} switched to slot "
+                                  f"{slot}; heartbeat due within {deadline:g} s of the "
+                                  f"{'restart' if was_running else 'next start'}")
+            log.info("domain %s: updated %s %s -> %s (slot %s)", dom.name, state.appliance,
+                     old_version, new.version, slot)
+            if was_running:
+                try:
+                    yield self.driver.lifecycle.start(dom)
+                except QemudError as exc:
+                    why = f"the guest did not start on {new.version}: {exc.message}"
+                    yield from self._rollback(dom, why, restart=True)
+                    raise OperationFailed(f"update of '{dom.name}' to {new.ref} failed and "
+                                          f"was rolled back to {old_version}: {why}") from None
+        except QemudError:
+            if not switched and was_running and not dom.active:
+                try:  # nothing changed: the guest runs on as it was
+                    yield self.driver.lifecycle.start(dom)
+                except QemudError as exc:
+                    log.error("domain %s: restart after a failed update: %s", dom.name,
+                              exc.message)
+            raise
+        finally:
+            self.busy.pop(dom.uuid, None)
+        return Empty()
+
+    # -- confirmation and rollback -------------------------------------------------------
+
+    def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[object, ...]
+                 ) -> None:
+        if event_id == EventId.LIFECYCLE and data and data[0] == LifecycleEvent.STARTED:
+            if (self.vms_dir / ref.name / STATE_NAME).exists():
+                dom = self._find(ref)
+                if dom is not None:
+                    self.arm(dom)
+        elif event_id == EventId.APPLIANCE and data and data[0] in CONFIRM_KINDS:
+            watch = self.watches.get(_uuid_text(ref))
+            if watch is not None:
+                self._confirm(watch.uuid, f"appliance event '{data[0]}' "
+                                          f"{time.monotonic() - watch.since:.1f} s after "
+                                          "the start")
+
+    def arm(self, dom: DomainObj) -> None:
+        """A guest with an unconfirmed update started: its heartbeat is now due."""
+        if dom.uuid in self.watches:
+            return
+        state = self.load_state(dom)
+        if state is None or state.pending is None:
+            return
+        try:
+            policy = read_settings(dom.current()).heartbeat
+        except QemudError:
+            policy = None
+        if policy is None:
+            self._confirm(dom.uuid, "the guest has no heartbeat policy: confirmed when it "
+                                    "started")
+            return
+        deadline = self.config.appliance.update_deadline
+        uuid = dom.uuid
+        watch = _Watch(uuid, time.monotonic(),
+                       self.loop.call_later(deadline, lambda: self._expired(uuid)))
+        self.watches[uuid] = watch
+        watch.poll = self.loop.call_later(CONFIRM_POLL, lambda: self._poll(uuid))
+        log.info("domain %s: update %s -> %s waits for a heartbeat (%g s)", dom.name,
+                 state.pending["from"], state.pending["to"], deadline)
+
+    def _poll(self, uuid: str) -> None:
+        """The heartbeat duty's own counters (its DOMAIN_STATS params): a heartbeat seen
+        since this start confirms the update, as the events of CONFIRM_KINDS do."""
+        watch = self.watches.get(uuid)
+        if watch is None:
+            return
+        watch.poll = None
+        dom = self._by_uuid(uuid)
+        if dom is not None and dom.active:
+            for hook in list(self.driver.stats_hooks):
+                try:
+                    params = hook(dom)
+                except Exception:
+                    log.exception("domain %s: stats hook failed", dom.name)
+                    continue
+                for p in params:
+                    if p.name == "heartbeat.count" and p.int_value > 0:
+                        self._confirm(uuid, f"heartbeat seen "
+                                            f"{time.monotonic() - watch.since:.1f} s after "
+                                            "the start")
+                        return
+        watch.poll = self.loop.call_later(CONFIRM_POLL, lambda: self._poll(uuid))
+
+    def _disarm(self, uuid: str) -> _Watch | None:
+        watch = self.watches.pop(uuid, None)
+        if watch is not None:
+            watch.deadline.cancel()
+            if watch.poll is not None:
+                watch.poll.cancel()
+        return watch
+
+    def _confirm(self, uuid: str, how: str) -> None:
+        self._disarm(uuid)
+        dom = self._by_uuid(uuid)
+        if dom is None:
+            return
+        state = self.load_state(dom)
+        if state is None or state.pending is None:
+            return
+        pending, state.pending = state.pending, None
+        try:
+            self.save_state(state)
+        except QemudError as exc:
+            log.error("domain %s: %s", dom.name, exc.message)
+        log.info("domain %s: update %s -> %s confirmed (%s)", dom.name, pending["from"],
+                 pending["to"], how)
+        self.events.appliance(dom.ref(), "update-confirmed",
+                              f"{state.appliance} {pending['from']} -> {pending['to']}: {how}")
+
+    def _expired(self, uuid: str) -> None:
+        watch = self.watches.get(uuid)
+        dom = self._by_uuid(uuid)
+        if watch is None or dom is None:
+            self._disarm(uuid)
+            return
+        if uuid in self.busy or dom.job is not None:  # e.g. a start in progress: soon
+            watch.deadline = self.loop.call_later(1.0, lambda: self._expired(uuid))
+            return
+        self._disarm(uuid)
+        deadline = self.config.appliance.update_deadline
+        self.busy[uuid] = "rollback"
+        restart = dom.active
+
+        def task() -> Task:
+            try:
+                yield from self._rollback(dom, f"no heartbeat within {deadline:g} s of the "
+                                               "start", restart=restart)
+            finally:
+                self.busy.pop(uuid, None)
+
+        def done(d: Deferred) -> None:
+            if d.error is not None:
+                log.error("domain %s: rollback failed: %s", dom.name, d.error.message)
+                self.events.appliance(dom.ref(), "update-rollback-failed", d.error.message)
+        run_task(self.loop, task(), "appliance rollback").add_done_callback(done)
+
+    def _rollback(self, dom: DomainObj, why: str, restart: bool) -> Task:
+        """Back to the previous slot and version (the failed overlay is deleted)."""
+        self._disarm(dom.uuid)
+        state = self.load_state(dom)
+        if state is None or state.previous is None:
+            raise OperationFailed(f"domain '{dom.name}': no previous system disk to roll "
+                                  "back to")
+        yield self._stop(dom)
+        previous = state.previous
+        failed_version = state.version
+        failed = {t: state.disks[t]["path"] for t in state.targets("system")}
+        for target in state.targets("scratch"):
+            yield from self._create_scratch(Path(state.disks[target]["path"]),
+                                            int(state.disks[target]["size"]))
+        definition = (dom.next_definition or dom.definition).copy()
+        _switch(definition, previous["system"], previous["os"],
+                Origin(state.appliance, previous["version"]))
+        for target, path in previous["system"].items():
+            state.disks[target]["path"] = path
+        state.version, state.slot = previous["version"], previous["slot"]
+        state.previous = state.pending = None
+        self.save_state(state)
+        self._define(definition)
+        for path in failed.values():
+            if path not in previous["system"].values():
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        log.warning("domain %s: update to %s rolled back to %s: %s", dom.name,
+                    failed_version, previous["version"], why)
+        self.events.appliance(dom.ref(), "update-rolled-back",
+                              f"{state.appliance} {failed_version} -> back to "
+                              f"{previous['version']}: {why}")
+        if restart:
+            yield self.driver.lifecycle.start(dom)
+
+    def _find(self, ref: pl.DomainRef) -> DomainObj | None:
+        try:
+            return self.driver.registry.find(ref.name, ref.uuid)
+        except QemudError:
+            return None
+
+    def _by_uuid(self, uuid: str) -> DomainObj | None:
+        try:
+            return self.driver.registry.by_uuid(uuid)
+        except NoDomain:
+            return None
+
+
+def _uuid_text(ref: pl.DomainRef) -> str:
+    try:
+        return str(uuidlib.UUID(bytes=bytes(ref.uuid)))
+    except ValueError:
+        return ""
+
+
+def _check_compatible(state: VMState, new: Descriptor) -> None:
+    have = {t: d["class"] for t, d in state.disks.items()}
+    want = {d.target: d.cls for d in new.disks}
+    if have != want:
+        def show(m: dict[str, str]) -> str:
+            return ", ".join(f"{t}={c}" for t, c in sorted(m.items()))
+        raise OperationInvalid(f"appliance {new.ref} has other disks ({show(want)}) than the "
+                               f"VM ({show(have)}): an update keeps the disk layout")
+
+
+def _os_values(definition: DomainDef) -> dict[str, str | None]:
+    return {"kernel": definition.os.kernel, "initrd": definition.os.initrd,
+            "cmdline": definition.os.cmdline}
+
+
+def _new_os(desc: Descriptor, directory: Path) -> dict[str, str | None]:
+    if desc.boot.kernel is None:
+        return {"kernel": None, "initrd": None, "cmdline": None}
+    return {"kernel": str(directory / desc.boot.kernel),
+            "initrd": str(directory / desc.boot.initrd) if desc.boot.initrd else None,
+            "cmdline": desc.boot.cmdline or None}
+
+
+def _switch(definition: DomainDef, system: dict[str, str], os_values: dict[str, Any],
+            origin: Origin) -> None:
+    for disk in definition.disks:
+        if disk.target_dev in system:
+            disk.source = system[disk.target_dev]
+    definition.os.kernel = os_values.get("kernel")
+    definition.os.initrd = os_values.get("initrd")
+    definition.os.cmdline = os_values.get("cmdline")
+    settings = read_settings(definition)
+    settings.origin = origin
+    write_settings(definition, settings)
