@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "remove_dead_writes", "DomainStore", "StatusRecord",
-           "fault_before_rename"]
+__all__ = ["atomic_write", "remove_dead_writes", "remove_dead_writes_below", "DomainStore",
+           "StatusRecord", "fault_before_rename"]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,16 @@ def remove_dead_writes(directory: Path) -> list[Path]:
         log.info("removed %s, left by an interrupted write", path)
         removed.append(path)
     return removed
+
+
+def remove_dead_writes_below(root: Path) -> list[Path]:
+    """:func:`remove_dead_writes` in every directory directly under ``root`` (one per
+    domain or VM, as the appliance stores keep them); symlinks are not followed."""
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    return [path for directory in dirs for path in remove_dead_writes(directory)]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from protocol import Procedure
-from qemud.driver.store import remove_dead_writes
+from qemud.driver.store import remove_dead_writes_below
 
 from ..tools import ToolRunner
 from .base import rmtree, tool_failure
@@ -67,13 +67,7 @@ class ImagesDuty:
         for stale in self.store.root.glob(f"{STAGING_PREFIX}*"):
             log.info("image store: removing %s (an import the daemon did not finish)", stale)
             rmtree(stale)
-        try:
-            vm_dirs = sorted(p for p in self.vms_dir.iterdir()
-                             if p.is_dir() and not p.is_symlink())
-        except OSError:
-            return
-        for vm_dir in vm_dirs:
-            remove_dead_writes(vm_dir)
+        remove_dead_writes_below(self.vms_dir)
 
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:

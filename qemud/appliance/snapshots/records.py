@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemud.driver.store import atomic_write, remove_dead_writes
+from qemud.driver.store import atomic_write, remove_dead_writes_below
 from qemud.errors import InvalidArg, NoSnapshot, OperationFailed
 
 if TYPE_CHECKING:
@@ -113,11 +113,7 @@ class SnapshotStore:
     def remove_debris(self) -> list[Path]:
         """Delete ``atomic_write``'s temp files in every ``<root>/<domain>/``; return them
         (see ``remove_dead_writes``: only while no other daemon can write there)."""
-        try:
-            dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
-        except OSError:
-            return []
-        return [path for directory in dirs for path in remove_dead_writes(directory)]
+        return remove_dead_writes_below(self.root)
 
     def dir(self, domain: str) -> Path:
         return self.root / domain
