@@ -30,17 +30,19 @@ before that command got through, the RESET event that follows is handled the sam
 after the fact. ``set-action`` applies to host-requested resets as well, so around every
 reset the daemon itself makes (``qemush reboot``, a ``hook`` reboot in place) it switches
 back to ``reboot=reset`` until the firmware's own follow-up resets (SeaBIOS resets a
-warm-reset machine again) are over; see ``_begin_settle``. Guests with
+warm-reset machine again) are over; see ``_begin_settle``. (A guest with
 ``<on_reboot>destroy``, which the command line starts with ``-action reboot=shutdown``,
-get the same care (without it ``qemush reboot`` would leave them stopped for good).
+needs none of this: the driver, like libvirt, turns ``qemush reboot`` of such a guest into
+a shutdown, so the daemon never resets it.)
 
 Each action emits an appliance event ``power-action`` ("restart after guest shutdown")
 and writes one line to the audit log. Programs (hooks, host commands) are started with
 ``subprocess.Popen`` and reaped by the loop (``watch_child``): nothing waits for them;
 their exit status is logged, their output goes to ``<log_dir>/appliance-hooks.log``.
 
-A guest powering off after an ACPI request from the host (``qemush shutdown``) is a
-guest power-off like any other: like libvirt's ``<on_poweroff>``, the policy applies.
+A guest powering off after an ACPI request from the host (``qemush shutdown``, or
+``qemush reboot`` of a guest with ``<on_reboot>destroy``) is the admin's decision, not the
+guest's: the policy does not apply (the domain's ``<on_poweroff>`` does, as in libvirt).
 """
 
 from __future__ import annotations
@@ -159,11 +161,9 @@ class PowerDuty:
                 self._reboot_as_shutdown.add(dom.uuid)
 
     def _reboots_stop(self, dom: DomainObj) -> bool:
-        """Whether QEMU runs this guest with reboot=shutdown (set-action, or the command
-        line's ``-action reboot=shutdown`` for ``<on_reboot>destroy``)."""
+        """Whether this duty runs the guest with set-action reboot=shutdown."""
         policy = self.policy(dom)
-        return (policy is not None and policy.guest_reboot != "default") or \
-            dom.current().on_reboot == "destroy"
+        return policy is not None and policy.guest_reboot != "default"
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -361,15 +361,7 @@ class PowerDuty:
 
     def _started(self, ref: DomainRef) -> None:
         dom = self._find(ref)
-        if dom is None or dom.monitor is None:
-            return
-        if dom.current().on_reboot == "destroy":
-            # the command line has -action reboot=shutdown already; host resets need the
-            # same care (qemush reboot would otherwise leave the guest stopped for good)
-            self._reboot_as_shutdown.add(dom.uuid)
-            return
-        policy = self.policy(dom)
-        if policy is None or policy.guest_reboot == "default":
+        if dom is None or dom.monitor is None or not self._reboots_stop(dom):
             return
         self._reboot_as_shutdown.add(dom.uuid)
         dom.monitor.execute("set-action", {"reboot": "shutdown"}).add_done_callback(

@@ -37,6 +37,7 @@ from qemud.errors import (
     QemudError,
 )
 from qemud.qemu.arch import get_strategy
+from qemud.qemu.chardevs import pty_paths
 from qemud.qemu.command import GuestPaths, build_argv
 from qemud.qemu.errors import QemuError
 from qemud.qemu.qmp import QMPEvent
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 MONITOR_TIMEOUT = 30.0
 QMP_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: <on_reboot> values for which an admin's reboot is a shutdown (libvirt's qemuDomainReboot)
+REBOOT_IS_SHUTDOWN = ("destroy", "preserve")
 #: libvirt's VIR_DOMAIN_EVENT_WATCHDOG_* by QEMU's WATCHDOG event action
 WATCHDOG_ACTIONS = {"none": 0, "pause": 1, "reset": 2, "poweroff": 3, "shutdown": 4,
                     "debug": 5, "inject-nmi": 6}
@@ -117,7 +120,7 @@ class Lifecycle:
                 stale.unlink()
             except FileNotFoundError:
                 pass
-        guest_log = GuestLog(paths.log_file, self.config.qemu.log_max_bytes)
+        guest_log = GuestLog(paths.log_file, rotate_past=self.config.qemu.log_max_bytes)
         try:
             process = QemuProcess.launch(self.loop, argv, dom.name, guest_log)
         except OSError as exc:
@@ -155,6 +158,11 @@ class Lifecycle:
                 result.fail(self._start_error(error, process))
 
         def ready(_: Any) -> None:
+            # like libvirt, the ptys QEMU allocated are known before the guest runs
+            self._read_ptys(dom, monitor).add_done_callback(
+                lambda d: fail(d.error) if d.error else go())
+
+        def go() -> None:
             if incoming is not None:
                 monitor.execute("migrate-set-capabilities", {"capabilities": [
                     {"capability": "events", "state": True}]})
@@ -204,6 +212,30 @@ class Lifecycle:
                         ) -> None:
         dom.device_waiters["__migration__"] = waiter = Deferred()
         waiter.add_done_callback(lambda d: done(d.error))
+
+    def _read_ptys(self, dom: DomainObj, monitor: Monitor) -> Deferred:
+        """Put the ptys QEMU allocated into the live XML (``<source path>``, and ``tty``
+        on a console), as libvirt shows them; resolved at once when there are none."""
+        live = dom.live
+        if live is None or not pty_paths(live, None):  # (lists every pty device)
+            return Deferred.resolved(None)
+        done = Deferred()
+
+        def got(d: Deferred) -> None:
+            if d.error is not None:
+                done.fail(d.error)
+                return
+            if dom.live is live:  # (not stopped meanwhile)
+                devices = {"serial": live.serials, "console": live.consoles,
+                           "channel": live.channels}
+                for kind, index, path in pty_paths(live, d.result):
+                    dev = devices[kind][index]
+                    dev.source_path = path  # QEMU's word, never a path from the XML
+                    if kind == "console":
+                        dev.tty = path
+            done.resolve(None)
+        monitor.execute("query-chardev", timeout=QMP_TIMEOUT).add_done_callback(got)
+        return done
 
     # -- status file (for reconnect) -----------------------------------------------------
 
@@ -296,8 +328,13 @@ class Lifecycle:
         if name == "SHUTDOWN":
             if data.get("guest") and dom.fake_reboot:
                 dom.fake_reboot = False
-                self._reset_and_continue(dom)
-                return
+                if dom.current().on_reboot not in REBOOT_IS_SHUTDOWN:
+                    self._reset_and_continue(dom)
+                    return
+                # libvirt's qemuDomainReboot: a guest whose reboots stop it is not
+                # rebooted by an admin either, the ACPI power-off is a shutdown the
+                # admin asked for (then <on_poweroff> applies)
+                dom.shutdown_requested = True
             if data.get("guest"):
                 dom.guest_shutdown = True
                 self.events.lifecycle(dom.ref(), LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST)
@@ -388,8 +425,7 @@ class Lifecycle:
                 self.registry.remove(dom)
             self.events.lifecycle(dom.ref(), LifecycleEvent.STOPPED, StoppedDetail.FAILED)
             return
-        guest_log = GuestLog(self.guest_paths(dom.name).log_file,
-                             self.config.qemu.log_max_bytes)
+        guest_log = GuestLog(self.guest_paths(dom.name).log_file)  # QEMU has it: no rotation
         guest_log.note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} qemud re-attached to pid "
                        f"{record.pid}")
         process = QemuProcess(self.loop, record.pid, dom.name, guest_log)
@@ -416,6 +452,14 @@ class Lifecycle:
         process.add_exit_callback(lambda proc: self._on_exit(dom, proc))
 
         def refresh(_: Any) -> None:
+            # the ptys are in the status file's live XML; asked again for a status file
+            # written by a daemon that did not record them
+            self._read_ptys(dom, monitor).add_done_callback(query_status)
+
+        def query_status(ptys: Deferred) -> None:
+            if ptys.error is not None:
+                log.warning("domain %s: cannot read its ptys: %s", dom.name,
+                            ptys.error.message)
             status = monitor.execute("query-status")
             status.add_done_callback(lambda d: self._apply_status(dom, d.result)
                                      if d.error is None else None)

@@ -1,14 +1,16 @@
-"""A QEMU process as the loop sees it: its output pipe, its exit, its termination.
+"""A QEMU process as the loop sees it: its log, its exit, its termination.
 
 Exit is watched with a pidfd (``os.pidfd_open``), one more fd in the loop; it works the
 same for a QEMU this daemon forked and for one it re-attached to after a restart (which
 is no longer its child). Children are reaped with ``waitpid(WNOHANG)`` once the pidfd
 says they are gone, so nothing ever waits.
 
-QEMU's stdout/stderr go through a pipe the loop reads into the guest's log file, which is
-rotated by size; the last few KiB are kept in memory so a failed start can return QEMU's
-own error text. (A re-attached QEMU's output pipe died with the old daemon: QEMU ignores
-SIGPIPE, so the guest runs on, but its later output is lost — see docs.)
+QEMU's stdout and stderr are the guest's log file itself (opened ``O_APPEND`` by the
+daemon, which appends its own notes to it): QEMU's output reaches the log whether or not
+a daemon is running, also after a daemon restart (libvirt gets the same from virtlogd).
+A failed start's error text is QEMU's output since the launch, read back from the file
+once QEMU has exited. As QEMU holds the file open, it is rotated (past ``max_bytes``)
+only when a new QEMU is launched.
 """
 
 from __future__ import annotations
@@ -47,24 +49,36 @@ def proc_cmdline(pid: int) -> list[str]:
 
 
 class GuestLog:
-    """Append-only log file for one guest, rotated to ``.1`` past ``max_bytes``."""
+    """Append-only log file of one guest, shared with its QEMU (see the module doc)."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, *, rotate_past: int | None = None) -> None:
+        """``rotate_past``: first move a file larger than that to ``.1`` (only when no
+        QEMU writes it, i.e. before a launch)."""
         self.path = path
-        self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        if rotate_past is not None:
+            try:
+                if path.stat().st_size > rotate_past:
+                    os.replace(path, path.with_name(path.name + ".1"))
+            except FileNotFoundError:
+                pass
+        # read-write: a failed start's error is read back through it (pread)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @property
+    def fd(self) -> int:
+        """The open file (QEMU's stdout and stderr are copies of it)."""
+        return self._fd
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of the file QEMU writes (even if renamed meanwhile)."""
+        return os.pread(self._fd, max(0, end - start), start)
 
     def write(self, data: bytes) -> None:
-        if self._size + len(data) > self.max_bytes and self._size:
-            os.close(self._fd)
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                               0o600)
-            self._size = 0
         os.write(self._fd, data)
-        self._size += len(data)
 
     def note(self, text: str) -> None:
         self.write(text.encode() + b"\n")
@@ -79,13 +93,16 @@ class QemuProcess:
     """One running QEMU: launched here (child) or re-attached (not a child)."""
 
     def __init__(self, loop: EventLoop, pid: int, name: str, log: GuestLog,
-                 child: subprocess.Popen[bytes] | None = None) -> None:
+                 child: subprocess.Popen[bytes] | None = None,
+                 output_start: int | None = None) -> None:
         self.loop = loop
         self.pid = pid
         self.name = name
         self.log = log
         self.child = child
-        self.tail = bytearray()
+        #: where QEMU's output starts in the log (launched here), and where it ended
+        self._output_start = output_start
+        self._output_end: int | None = None
         self.exited = False
         self.exit_status: int | None = None  # os.waitpid status for children
         self._on_exit: list[Callable[[QemuProcess], None]] = []
@@ -95,9 +112,6 @@ class QemuProcess:
             self._pidfd: int | None = os.pidfd_open(pid)
         except ProcessLookupError:
             self._pidfd = None
-        if child is not None and child.stdout is not None:
-            os.set_blocking(child.stdout.fileno(), False)
-            self.loop.add_reader(child.stdout.fileno(), self._on_output)
         if self._pidfd is None:
             self.loop.call_soon(self._on_pidfd)
         else:
@@ -106,12 +120,13 @@ class QemuProcess:
     @classmethod
     def launch(cls, loop: EventLoop, argv: list[str], name: str, log: GuestLog,
                env: dict[str, str] | None = None) -> QemuProcess:
-        """fork+exec QEMU (raises OSError if the binary cannot be executed)."""
+        """fork+exec QEMU, its output into ``log`` (OSError if it cannot be executed)."""
         log.note(f"{_timestamp()} starting: {' '.join(argv)}")
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        start = log.size()
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.fd,
                                  stderr=subprocess.STDOUT, start_new_session=True,
                                  close_fds=True, env=env)
-        return cls(loop, child.pid, name, log, child)
+        return cls(loop, child.pid, name, log, child, output_start=start)
 
     def add_exit_callback(self, cb: Callable[[QemuProcess], None]) -> None:
         if self.exited:
@@ -124,31 +139,22 @@ class QemuProcess:
         return not self.exited
 
     def output_text(self) -> str:
-        """The last few KiB QEMU printed (its error, after a failed start)."""
-        return self.tail.decode(errors="replace").strip()
-
-    def _on_output(self) -> None:
-        assert self.child is not None and self.child.stdout is not None
-        fd = self.child.stdout.fileno()
+        """The last few KiB QEMU printed up to its exit (its error, after a failed start);
+        "" for a QEMU this daemon did not launch."""
+        start = self._output_start
+        if start is None:
+            return ""
         try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
+            end = self._output_end if self._output_end is not None else self.log.size()
+            data = self.log.read(max(start, end - TAIL_BYTES), end)
         except OSError:
-            data = b""
-        if not data:
-            self.loop.remove(fd)
-            return
-        self.log.write(data)
-        self.tail += data
-        if len(self.tail) > TAIL_BYTES:
-            del self.tail[:-TAIL_BYTES]
+            return ""
+        return data.decode(errors="replace").strip()
 
     def _on_pidfd(self) -> None:
         if self.exited:
             return
         if self.child is not None:
-            self._drain_output()
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
@@ -165,27 +171,12 @@ class QemuProcess:
             self._pidfd = None
         if self._kill_timer is not None:
             self._kill_timer.cancel()
+        if self._output_start is not None:
+            self._output_end = self.log.size()  # before the note below
         self.log.note(f"{_timestamp()} QEMU exited ({self.describe_exit()})")
         callbacks, self._on_exit = self._on_exit, []
         for cb in callbacks:
             cb(self)
-
-    def _drain_output(self) -> None:
-        if self.child is None or self.child.stdout is None or self.child.stdout.closed:
-            return
-        fd = self.child.stdout.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except (BlockingIOError, OSError):
-                break
-            if not data:
-                break
-            self.log.write(data)
-            self.tail += data
-        del self.tail[:-TAIL_BYTES]
-        self.loop.remove(fd)
-        self.child.stdout.close()
 
     def describe_exit(self) -> str:
         if self.exit_status is None:
@@ -220,13 +211,11 @@ class QemuProcess:
             pass
 
     def detach(self) -> None:
-        """Stop watching (daemon shutdown): the process keeps running."""
+        """Stop watching (daemon shutdown): the process keeps running (and logging)."""
         if self._pidfd is not None:
             self.loop.remove(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        if self.child is not None and self.child.stdout is not None:
-            self.loop.remove(self.child.stdout.fileno())
         self.log.close()
 
 

@@ -7,5 +7,6 @@
 * :mod:`qemud.qemu.command` – domain definition → QEMU argv
 * :mod:`qemud.qemu.domain` – the slice of the domain model this layer reads
 * :mod:`qemud.qemu.naming` – deterministic device ids and block node names
+* :mod:`qemud.qemu.chardevs` – which chardev a serial/console/channel is; its pty
 * :mod:`qemud.qemu.errors` – the error hierarchy
 """

@@ -35,6 +35,7 @@ from qemud.qemu import naming
 from qemud.qemu.arch import ACCELS, ArchStrategy
 from qemud.qemu.arch.base import disk_path
 from qemud.qemu.capabilities import Capabilities, EmulatorCaps
+from qemud.qemu.chardevs import console_is_serial0
 from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
 
@@ -385,9 +386,9 @@ class _Builder:
         virtio_nrs = iter(range(len(self.dom.channels) + 1, 1 << 16))
         next_virtio = 0
         for index, console in enumerate(self.dom.consoles):
-            is_serial = console.target_type in (None, "serial")
-            if index == 0 and is_serial and self.dom.serials:
+            if console_is_serial0(self.dom, index):
                 continue  # libvirt: the first console mirrors serial 0
+            is_serial = console.target_type in (None, "serial")
             chardev_id, device_id = naming.chardev_ids("console", index)
             self._chardev(console, chardev_id, f"devices/console[{index + 1}]")
             if is_serial:

@@ -117,15 +117,21 @@ def test_restart_after_poweroff_then_budget_exhausted(conn: client.Connection,
 
 def test_reboot_policy_none_leaves_guest_off(conn: client.Connection, events: EventLog,
                                             test_guest, qemud: DaemonProcess,
-                                            tmp_path: Path) -> None:
-    """Policy guest-reboot=none (QEMU told set-action reboot=shutdown at start), next to
-    a guest without policy but <on_reboot>destroy (-action reboot=shutdown on the command
-    line): a host reboot (qemush reboot) reboots both in place, a guest reboot stops both."""
+                                            scripts: dict[str, Path], tmp_path: Path) -> None:
+    """Policy guest-reboot=none (QEMU told set-action reboot=shutdown at start): a host
+    reboot (qemush reboot) reboots it in place, a guest reboot stops it. Next to it a
+    guest with <on_reboot>destroy (-action reboot=shutdown on the command line) and
+    guest-shutdown=shutdown-host: a host reboot powers it off, as libvirt's does, and
+    that power-off is the admin's, so the policy does not apply; a guest reboot stops it
+    (its on_reboot), with no policy either."""
+    out = scripts["host_out"]
+    before = out.read_text() if out.exists() else ""
     sock, other_sock = tmp_path / "serial.sock", tmp_path / "other.sock"
     dom = conn.define_xml(guest_xml("pw-none", test_guest, sock,
                                     metadata=power_metadata(reboot="none")))
     other = conn.define_xml(guest_xml("pw-destroy", test_guest, other_sock,
-                                      on_reboot="destroy"))
+                                      on_reboot="destroy",
+                                      metadata=power_metadata(shutdown="shutdown-host")))
     dom.create()
     other.create()
     serial, other_serial = SerialPort(sock), SerialPort(other_sock)
@@ -136,10 +142,16 @@ def test_reboot_policy_none_leaves_guest_off(conn: client.Connection, events: Ev
     dom.reboot()
     other.reboot()
     serial.wait_for(READY, start=marks[0], timeout=BOOT_TIMEOUT)
-    other_serial.wait_for(READY, start=marks[1], timeout=BOOT_TIMEOUT)
-    assert dom.state()[0] == other.state()[0] == DomainState.RUNNING
+    other_serial.wait_for("QEMUD-GUEST-POWEROFF", start=marks[1])
+    wait_state(other, DomainState.SHUTOFF)
+    assert dom.state()[0] == DomainState.RUNNING
+    assert other.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
     assert qemu_pid(qemud, "pw-none") == pid
     assert events.appliance("pw-none") == []
+    other_serial.close()
+    other.create()
+    other_serial = SerialPort(other_sock)
+    other_serial.wait_for(READY, timeout=BOOT_TIMEOUT)
 
     serial.send("reboot")
     other_serial.send("reboot")
@@ -150,7 +162,9 @@ def test_reboot_policy_none_leaves_guest_off(conn: client.Connection, events: Ev
     wait_state(other, DomainState.SHUTOFF)
     events.drain(1.5)  # and it stays off
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert other.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
     assert events.appliance("pw-destroy") == []
+    assert "domain=pw-destroy" not in (out.read_text() if out.exists() else "")[len(before):]
     serial.close()
     other_serial.close()
 

@@ -28,6 +28,8 @@ import client
 from protocol import constants as C
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.libvirtd import PrivateLibvirtd, ensure_event_loop
+from tests.integration.domains import READY
+from tests.integration.serial import SerialPort
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ TRANSIENT_UUID = "6a1f0c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5d"
 EVENT_TIMEOUT = 20.0  # for the event that ends a step
 EVENT_QUIET = 0.4  # then this long without another one
 START_PAUSED = 1  # VIR_DOMAIN_START_PAUSED (the client has no name for it)
+BOOT_TIMEOUT = 120.0  # the test guest under TCG on a busy 2-core machine
 
 Value = Any
 
@@ -155,6 +158,7 @@ class Side:
     def set_autostart(self, dom: Any, on: bool) -> None: raise NotImplementedError
     def xml(self, dom: Any, inactive: bool) -> str: raise NotImplementedError
     def start(self, dom: Any, paused: bool = False) -> None: raise NotImplementedError
+    def reboot(self, dom: Any) -> None: raise NotImplementedError
     def suspend(self, dom: Any) -> None: raise NotImplementedError
     def resume(self, dom: Any) -> None: raise NotImplementedError
     def destroy(self, dom: Any) -> None: raise NotImplementedError
@@ -216,6 +220,9 @@ class LibvirtSide(Side):
 
     def start(self, dom: Any, paused: bool = False) -> None:
         dom.createWithFlags(self.lib.VIR_DOMAIN_START_PAUSED if paused else 0)
+
+    def reboot(self, dom: Any) -> None:
+        dom.reboot(0)
 
     def suspend(self, dom: Any) -> None:
         dom.suspend()
@@ -296,6 +303,9 @@ class QemudSide(Side):
 
     def start(self, dom: Any, paused: bool = False) -> None:
         dom.create(START_PAUSED if paused else 0)
+
+    def reboot(self, dom: Any) -> None:
+        dom.reboot()
 
     def suspend(self, dom: Any) -> None:
         dom.suspend()
@@ -381,7 +391,25 @@ def xml_essentials(text: str) -> dict[str, Value]:
                    for s in root.findall("devices/serial")],
         "console": [(c.get("type"), c.find("target").get("type"))  # type: ignore[union-attr]
                     for c in root.findall("devices/console")],
+        "pty": pty_shape(root),
     }
+
+
+def pty_shape(root: ET.Element) -> list[tuple[str, str | None, str | None]]:
+    """(element, source path, tty) of each serial and console, every pty path renamed
+    ``pts#k`` in order of appearance: which device shows a pty, and which share one."""
+    names: dict[str, str] = {}
+
+    def name(path: str | None) -> str | None:
+        if path is None or not re.fullmatch(r"/dev/pts/\d+", path):
+            return path
+        return names.setdefault(path, f"pts#{len(names)}")
+    out = []
+    for el in root.findall("devices/serial") + root.findall("devices/console"):
+        source = el.find("source")
+        out.append((el.tag, name(None if source is None else source.get("path")),
+                    name(el.get("tty"))))
+    return out
 
 
 # -- the scenario --------------------------------------------------------------------------
@@ -522,6 +550,27 @@ def run_scenario(side: Side, guest: Any) -> dict[str, Value]:
     side.events.take("STOPPED")
     step_events("undefine_again", "UNDEFINED", lambda: side.undefine(dom))
 
+    # an admin's reboot of a guest whose reboots stop it (ACPI on: libvirt has none
+    # without <acpi/>, qemud always has it)
+    reboot_xml = xml.replace("<on_reboot>restart", "<on_reboot>destroy").replace(
+        "<on_poweroff>", "<features><acpi/></features>\n  <on_poweroff>")
+    dom = side.define(reboot_xml)
+    side.events.take("DEFINED")
+    side.start(dom)
+    side.events.take("STARTED")
+    pty = ET.fromstring(side.xml(dom, inactive=False)).find("devices/serial/source")
+    assert pty is not None, "no pty in the live XML"
+    console = SerialPort(Path(pty.get("path", "")), pty=True)
+    try:
+        console.wait_for(READY, timeout=BOOT_TIMEOUT)  # ACPI is heard from now on
+        step_events("reboot_destroy", "STOPPED", lambda: side.reboot(dom))
+    finally:
+        console.close()
+    rec["reboot_destroy.state"] = side.state(dom)
+    # looked up again: libvirt-python's object keeps the id it had at start
+    rec["reboot_destroy.id"] = side.dom_id(side.lookup(NAME))
+    step_events("undefine_rebooted", "UNDEFINED", lambda: side.undefine(dom))
+
     time.sleep(EVENT_QUIET)
     unexpected.extend(f"after undefine: {e}" for e in side.events.drain())
     rec["events.unexpected"] = unexpected
@@ -564,7 +613,7 @@ def compare(observed: dict[str, dict[str, Value]], prefix: str) -> None:
 @pytest.mark.parametrize("prefix", [
     "define.", "autostart.", "start.", "suspend.", "resume.", "destroy.", "transient.",
     "undefine.", "list.", "define_transient.", "redefine_running.", "undefine_running.",
-    "redefine.", "start_paused."])
+    "redefine.", "start_paused.", "reboot_destroy."])
 def test_states_info_and_xml(observed: dict[str, dict[str, Value]], prefix: str) -> None:
     compare(observed, prefix)
 
@@ -584,6 +633,8 @@ def test_expected_answers(observed: dict[str, dict[str, Value]]) -> None:
     assert q["define.info"] == ("SHUTOFF", 262144, 262144, 1)
     assert (q["define.persistent"], q["define.autostart"]) == (True, False)
     assert q["start.state"] == "RUNNING:BOOTED" and q["start.id_positive"]
+    assert q["start.xml.pty"] == [("serial", "pts#0", None), ("console", "pts#0", "pts#0")]
+    assert q["define.xml.pty"] == [("serial", None, None), ("console", None, None)]
     assert q["suspend.state"] == "PAUSED:USER"
     assert q["resume.state"] == "RUNNING:UNPAUSED"
     assert q["destroy.state"] == "SHUTOFF:DESTROYED"
@@ -595,6 +646,8 @@ def test_expected_answers(observed: dict[str, dict[str, Value]]) -> None:
     assert q["events.define_transient"] == ["DEFINED:ADDED"]
     assert q["events.redefine"] == q["events.redefine_running"] == ["DEFINED:UPDATED"]
     assert q["events.start_paused"] == ["STARTED:BOOTED", "SUSPENDED:PAUSED"]
+    assert q["events.reboot_destroy"] == ["SHUTDOWN:GUEST", "STOPPED:SHUTDOWN"]
+    assert q["reboot_destroy.state"] == "SHUTOFF:SHUTDOWN"
     assert q["events.unexpected"] == []
     assert q["error.readonly_define"] == "OPERATION_DENIED"
 

@@ -7,11 +7,24 @@ from pathlib import Path
 READY = r"QEMUD-GUEST-READY uptime="
 
 
-def guest_xml(name: str, guest: object, serial_sock: Path, *, extra: str = "",
+PTY_CONSOLE = """<serial type='pty'>
+      <target port='0'/>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>"""
+
+
+def guest_xml(name: str, guest: object, serial_sock: Path | None, *, extra: str = "",
               on_reboot: str = "restart", on_poweroff: str = "destroy",
               cmdline: str = "console=ttyS0 quiet", memory_mib: int = 256,
               metadata: str = "") -> str:
-    """The test guest with its first serial port on ``serial_sock`` (QEMU listens)."""
+    """The test guest with its first serial port on ``serial_sock`` (QEMU listens), or
+    with ``serial_sock=None`` on a pty, with a console on it (as virt-install makes it)."""
+    serial = PTY_CONSOLE if serial_sock is None else f"""<serial type='unix'>
+      <source mode='bind' path='{serial_sock}'/>
+      <target port='0'/>
+    </serial>"""
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{memory_mib}</memory>
@@ -27,10 +40,7 @@ def guest_xml(name: str, guest: object, serial_sock: Path, *, extra: str = "",
   <on_reboot>{on_reboot}</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <serial type='unix'>
-      <source mode='bind' path='{serial_sock}'/>
-      <target port='0'/>
-    </serial>
+    {serial}
     {extra}
   </devices>
 </domain>

@@ -1,20 +1,44 @@
-"""Talk to the test guest's serial port (a QEMU unix-socket chardev) from a test."""
+"""Talk to the test guest's serial port (a QEMU unix-socket or pty chardev) from a test."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
 import time
+import tty
 from pathlib import Path
+
+
+class _PtyFile:
+    """The slave side of a QEMU pty, in raw mode (no echo back into the guest)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd)
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self.fd, size)
+
+    def sendall(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class SerialPort:
     """Connects to a guest's serial unix socket and collects its lines in a thread."""
 
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+    def __init__(self, path: Path, timeout: float = 10.0, *, pty: bool = False) -> None:
+        """``pty=True``: ``path`` is the pty QEMU allocated (``/dev/pts/N``)."""
+        self.sock: socket.socket | _PtyFile
         deadline = time.monotonic() + timeout
-        while True:
+        while not pty:
             try:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.sock.connect(str(path))
@@ -24,6 +48,8 @@ class SerialPort:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
+        if pty:
+            self.sock = _PtyFile(str(path))
         self.text = ""
         self._lock = threading.Condition()
         self._closed = False

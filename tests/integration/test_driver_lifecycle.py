@@ -80,6 +80,13 @@ def qemu_pids(name: str, run_dir: Path | None = None) -> list[int]:
     return pids
 
 
+def kill_qemus(daemon: DaemonProcess, *names: str) -> None:
+    """Clean-up: SIGKILL any QEMU of the guests ``names`` of ``daemon`` still running."""
+    for name in names:
+        for pid in qemu_pids(name, daemon.run_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_full_lifecycle(conn: client.Connection, qemud: DaemonProcess, test_guest,
                         tmp_path: Path) -> None:
     sock = tmp_path / "serial.sock"
@@ -132,6 +139,37 @@ def test_full_lifecycle(conn: client.Connection, qemud: DaemonProcess, test_gues
     dom.undefine()
     with pytest.raises(client.NoDomainError):
         conn.lookup_by_name("life")
+
+
+def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection,
+                                                         qemud: DaemonProcess, test_guest,
+                                                         tmp_path: Path) -> None:
+    """libvirt 9.0's virDomainReboot (qemuDomainReboot) of a guest with
+    ``<on_reboot>destroy`` (or preserve) does no fake reboot: it presses the ACPI power
+    button and lets the guest power off, then ``<on_poweroff>`` applies. libvirtd 9.0 on
+    the test guest: SHUTDOWN:GUEST, STOPPED:SHUTDOWN, no REBOOT event, SHUTOFF:SHUTDOWN."""
+    sock = tmp_path / "s.sock"
+    dom = conn.define_xml(guest_xml("reboot-destroy", test_guest, sock, on_reboot="destroy"))
+    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+    conn.register_event(client.EventId.REBOOT, domain=dom)
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+    mark = serial.mark()
+    dom.reboot()
+    serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
+    seen: list[tuple[int, int, int]] = []
+    while not seen or seen[-1][1] != LifecycleEvent.STOPPED:
+        record = wait_for(lambda: conn.next_event(1.0), timeout=30, message="STOPPED event")
+        seen.append((record.event_id, record.event, record.detail))
+    assert seen == [(client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
+                    (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert qemu_pids("reboot-destroy", qemud.run_dir) == []
+    assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
+    serial.close()
+    dom.undefine()
 
 
 def test_wrong_state_errors_name_the_cause(conn: client.Connection, test_guest,
@@ -306,9 +344,7 @@ def test_daemon_killed_and_restarted_reconnects_running_guests(
             with pytest.raises(client.NoDomainError):
                 conn.lookup_by_name("keep2")  # transient: gone once stopped
     finally:
-        for name in ("keep1", "keep2"):
-            for pid in qemu_pids(name, daemon.run_dir):
-                os.kill(pid, signal.SIGKILL)
+        kill_qemus(daemon, "keep1", "keep2")
         daemon.stop()
 
 
@@ -320,8 +356,7 @@ def test_guest_that_died_while_daemon_was_down_is_marked_crashed(
         with daemon.connect() as conn:
             conn.define_xml(guest_xml("gone", test_guest, tmp_path / "g.sock")).create()
         daemon.kill()
-        for pid in qemu_pids("gone", daemon.run_dir):
-            os.kill(pid, signal.SIGKILL)
+        kill_qemus(daemon, "gone")
         wait_for(lambda: not qemu_pids("gone", daemon.run_dir), message="qemu gone")
         daemon.start()
         with daemon.connect() as conn:
@@ -354,8 +389,7 @@ def test_autostart_guests_start_with_the_daemon(tmp_path: Path, test_guest) -> N
             assert not (daemon.config_dir / "autostart" / "auto1").exists()
             auto.destroy()
     finally:
-        for pid in qemu_pids("auto1", daemon.run_dir):
-            os.kill(pid, signal.SIGKILL)
+        kill_qemus(daemon, "auto1")
         daemon.stop()
 
 
