@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -66,7 +67,8 @@ class Sizes:
     # by other processes. Every round is kept in the JSON output.
     rpc_seconds: float = 1.0  # per round
     rpc_rounds: int = 5
-    rate_rounds: int = 3  # list, define+undefine, idle clients
+    rate_rounds: int = 5  # list, define+undefine (rounds alternate between the daemons)
+    idle_cycles: int = 3  # (none, N idle clients) cycles
     list_counts: tuple[int, int] = (50, 1000)
     list_seconds: float = 1.0
     define_seconds: float = 1.5
@@ -81,7 +83,8 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(rpc_seconds=0.5, rpc_rounds=1, rate_rounds=1, list_counts=(50, 200),
+        return cls(rpc_seconds=0.5, rpc_rounds=1, rate_rounds=1, idle_cycles=1,
+                   list_counts=(50, 200),
                    list_seconds=0.5, define_seconds=1.0, lifecycle_runs=3, idle_clients=200,
                    running_guests=4, event_runs=5, tls_connects=5)
 
@@ -939,6 +942,33 @@ class Bench:
             row.values[side.name] = median(times)
             row.extra[side.name] = [round(x, 2) for x in times]
 
+    def interleaved_rates(self, rows: list[Row], fns: dict[str, Callable[[], Any]],
+                          seconds: float, rounds: int, max_calls: int
+                          ) -> dict[str, tuple[float, list[float], float | None]]:
+        """Like :func:`best_rate` for each daemon, their rounds alternating (qemud,
+        libvirtd, qemud, ...) as the node-info rounds do: a drift in the machine's load
+        then affects both sides alike instead of whichever happened to run second."""
+        rates: dict[str, list[float]] = {name: [] for name in fns}
+        cpus: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(max(1, rounds)):
+            for side in self.live():
+                fn = fns.get(side.name)
+                if fn is None:
+                    continue
+                try:
+                    rate, cpu = measure_rate(fn, seconds, side.pid(), max_calls)
+                except Exception as exc:
+                    self.log(f"{side.name}: {short_error(exc)}")
+                    for r in rows:
+                        r.notes[side.name] = r.notes[side.name] or short_error(exc)
+                    del fns[side.name]
+                    continue
+                rates[side.name].append(rate)
+                if cpu is not None:
+                    cpus[side.name].append(cpu)
+        return {name: (max(xs), xs, min(cpus[name]) if cpus[name] else None)
+                for name, xs in rates.items() if xs and name in fns}
+
     def wl_list(self) -> None:
         sz = self.sizes
         small, big = sz.list_counts
@@ -950,68 +980,93 @@ class Bench:
                          "<= 1x")
         r_growth = self.row(f"RSS growth per defined guest (10 -> {big:,})", "KiB")
         rows = [r_small, r_big, r_rss, r_growth]
+        conns: dict[str, Any] = {}
+        doms: dict[str, list[Any]] = {}
+        rss10: dict[str, float] = {}
 
-        def run(side: Side) -> None:
-            conn = side.connect()
-            doms: list[Any] = []
-            try:
-                def define_up_to(n: int) -> float:
-                    t0 = time.perf_counter()
-                    while len(doms) < n:
-                        doms.append(side.define(conn, bare_xml(f"bench-list-{len(doms):04d}",
-                                                               sz.guest_mib)))
-                    return time.perf_counter() - t0
-                define_up_to(10)
-                time.sleep(0.5)
-                rss10 = side.rss_threads()[0]
-                for n, row in ((small, r_small), (big, r_big)):
-                    took = define_up_to(n)
-                    row.extra[f"{side.name}_define_s"] = round(took, 2)
-                    got = len(side.list_all(conn))
-                    if got < n:
-                        raise RuntimeError(f"listed {got} domains, expected >= {n}")
-                    row.values[side.name], xs, cpu_us = best_rate(
-                        lambda: side.list_all(conn), sz.list_seconds, sz.rate_rounds,
-                        side.pid(), sz.max_calls)
-                    row.extra[side.name] = [round(x, 1) for x in xs]
-                    row.extra[f"{side.name}_daemon_cpu_us_per_call"] = round(cpu_us or 0)
-                    self.log(f"{side.name}: list {n}: {row.values[side.name]:,.1f}/s")
-                time.sleep(0.5)
-                rss_big = side.rss_threads()[0]
-                r_rss.values[side.name] = rss_big
-                r_growth.values[side.name] = (rss_big - rss10) * 1024 / (big - 10)
-            finally:
+        def define_up_to(n: int) -> None:
+            def run(side: Side) -> None:
+                if side.name not in conns:
+                    conns[side.name] = side.connect()
+                mine = doms.setdefault(side.name, [])
+                t0 = time.perf_counter()
+                while len(mine) < n:
+                    mine.append(side.define(conns[side.name], bare_xml(
+                        f"bench-list-{len(mine):04d}", sz.guest_mib)))
+                got = len(side.list_all(conns[side.name]))
+                if got < n:
+                    raise RuntimeError(f"listed {got} domains, expected >= {n}")
+                if n == 10:
+                    time.sleep(0.5)
+                    rss10[side.name] = side.rss_threads()[0]
+                else:
+                    row = r_small if n == small else r_big
+                    row.extra[f"{side.name}_define_s"] = round(time.perf_counter() - t0, 2)
+            self.run_for_sides(rows, run)
+
+        def rates(n: int, row: Row) -> None:
+            fns: dict[str, Callable[[], Any]] = {
+                side.name: functools.partial(side.list_all, conns[side.name])
+                for side in self.live() if side.name in conns}
+            for name, (best, xs, cpu_us) in self.interleaved_rates(
+                    rows, fns, sz.list_seconds, sz.rate_rounds, sz.max_calls).items():
+                row.values[name] = best
+                row.extra[name] = [round(x, 1) for x in xs]
+                row.extra[f"{name}_daemon_cpu_us_per_call"] = round(cpu_us or 0)
+                self.log(f"{name}: list {n}: {best:,.1f}/s")
+
+        try:
+            define_up_to(10)
+            define_up_to(small)
+            rates(small, r_small)
+            define_up_to(big)
+            rates(big, r_big)
+            time.sleep(0.5)
+            for side in self.live():
+                if side.name in rss10 and r_big.values[side.name] is not None:
+                    r_rss.values[side.name] = rss_big = side.rss_threads()[0]
+                    r_growth.values[side.name] = (rss_big - rss10[side.name]) * 1024 / (big - 10)
+        finally:
+            for side in self.sides:
                 deadline = time.monotonic() + 300
-                for dom in doms:
+                for dom in doms.get(side.name, []):
                     if time.monotonic() > deadline:
                         break
                     with contextlib.suppress(Exception):
                         side.undefine(dom)
-                side.close(conn)
-        self.run_for_sides(rows, run)
+                if side.name in conns:
+                    side.close(conns[side.name])
 
     def wl_define(self) -> None:
         sz = self.sizes
         row = self.row("define + undefine pairs/s", "pairs/s", "min_ratio", 2.0, ">= 2x")
+        conns: dict[str, Any] = {}
+        counter = [0]
 
-        def run(side: Side) -> None:
-            conn = side.connect()
-            try:
-                i = 0
+        def pair(side: Side) -> None:
+            dom = side.define(conns[side.name], bare_xml(f"bench-def-{counter[0]:06d}",
+                                                         sz.guest_mib))
+            counter[0] += 1
+            side.undefine(dom)
 
-                def pair() -> None:
-                    nonlocal i
-                    dom = side.define(conn, bare_xml(f"bench-def-{i:06d}", sz.guest_mib))
-                    i += 1
-                    side.undefine(dom)
-                row.values[side.name], xs, cpu_us = best_rate(
-                    pair, sz.define_seconds, sz.rate_rounds, side.pid(), 100_000)
-                row.extra[side.name] = [round(x, 1) for x in xs]
-                row.extra[f"{side.name}_daemon_cpu_us_per_pair"] = round(cpu_us or 0)
-                self.log(f"{side.name}: define+undefine {row.values[side.name]:,.1f}/s")
-            finally:
-                side.close(conn)
-        self.run_for_sides([row], run)
+        def connect(side: Side) -> None:
+            conns[side.name] = side.connect()
+        self.run_for_sides([row], connect)
+        try:
+            fns: dict[str, Callable[[], Any]] = {
+                side.name: functools.partial(pair, side) for side in self.live()
+                if side.name in conns}
+            for name, (best, xs, cpu_us) in self.interleaved_rates(
+                    [row], fns, sz.define_seconds, sz.rate_rounds, 100_000).items():
+                row.values[name] = best
+                row.extra[name] = [round(x, 1) for x in xs]
+                row.extra[f"{name}_daemon_cpu_us_per_pair"] = round(cpu_us or 0)
+                self.log(f"{name}: define+undefine {best:,.1f}/s")
+        finally:
+            for side in self.sides:
+                if side.name in conns:
+                    with contextlib.suppress(Exception):
+                        side.close(conns[side.name])
 
     def wl_lifecycle(self) -> None:
         sz = self.sizes
@@ -1095,7 +1150,7 @@ class Bench:
                 # cycles of (no idle clients, N idle clients), then none once more: on a
                 # shared machine, measurements taken close together are compared, and the
                 # best round of each kind is the least disturbed one
-                for i in range(sz.rate_rounds):
+                for i in range(sz.idle_cycles):
                     measure(base, cpu_base)
                     with idle_clients(side, n, self):
                         if i == 0:
@@ -1280,7 +1335,8 @@ def markdown_report(info: dict[str, Any], rows: list[Row], sizes: Sizes,
              f"- {info['qemu']}; {info['libvirtd'] or 'libvirtd not installed'}; "
              f"Python {info['python']}",
              f"- sizes: node-info rates best of {sizes.rpc_rounds} x {sizes.rpc_seconds:g} s "
-             f"(other rates best of {sizes.rate_rounds}), "
+             f"(list and define best of {sizes.rate_rounds}, alternating; "
+             f"{sizes.idle_cycles} idle-client cycles), "
              f"{sizes.lifecycle_runs} start/destroy runs, {sizes.idle_clients} idle clients, "
              f"{sizes.running_guests} x {sizes.guest_mib} MiB guests "
              f"({'running' if sizes.guests_running else 'paused'}), "
