@@ -398,23 +398,11 @@ class PKI:
         write_cert(p.client_dir / "cacert.pem", ca_cert)
         write_cert(p.client_dir / "clientcert.pem", c_cert)
         write_key(p.client_dir / "clientkey.pem", c_key)
-        # libvirt's client refuses its own certificate unless keyUsage has keyEncipherment
-        # too (virNetTLSContextCheckCertKeyUsage: "usage does not permit key encipherment")
-        # and qemud-certs issues client certificates with digitalSignature only; so the
-        # libvirt client gets one with libvirt's (certtool template) profile, same CA.
-        from cryptography import x509
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-        from certs import issue
-        start, end = issue._window(365, None, None)
-        lk, lc = issue._sign_leaf(ca_key, ca_cert, x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, CLIENT_ORG),
-            x509.NameAttribute(NameOID.COMMON_NAME, CLIENT_CN)]), start, end, [
-            (issue._key_usage(digital_signature=True, key_encipherment=True), True),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)])
+        # the same client certificate for libvirt's client: qemud-certs gives client
+        # certificates libvirt's key usage (digitalSignature + keyEncipherment)
         write_cert(p.libvirt_client_dir / "cacert.pem", ca_cert)
-        write_cert(p.libvirt_client_dir / "clientcert.pem", lc)
-        write_key(p.libvirt_client_dir / "clientkey.pem", lk)
+        write_cert(p.libvirt_client_dir / "clientcert.pem", c_cert)
+        write_key(p.libvirt_client_dir / "clientkey.pem", c_key)
         return p
 
 

@@ -234,7 +234,10 @@ def make_client_cert(
     return _sign_leaf(
         ca_key, ca_cert, x509.Name(attrs), start, end,
         [
-            (_key_usage(digital_signature=True), True),
+            # keyEncipherment as well, as libvirt's certtool template has it: libvirt's
+            # client refuses a certificate without it ("usage does not permit key
+            # encipherment"), so one client certificate now serves both daemons
+            (_key_usage(digital_signature=True, key_encipherment=True), True),
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
         ],
     )

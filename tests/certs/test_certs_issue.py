@@ -98,6 +98,12 @@ def test_client_profile(ca: CA) -> None:
     assert [a.value for a in cert.subject] == ["Example", "admin1"]
     eku = ext(cert, x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # type: ignore[call-overload]
+    # what libvirt's client library demands of its certificate (libvirt 9.0 refuses one
+    # without keyEncipherment), so the same client certificate works with libvirtd too
+    ku = ext(cert, x509.KeyUsage)
+    assert ku.critical and isinstance(ku.value, x509.KeyUsage)
+    assert ku.value.digital_signature and ku.value.key_encipherment
+    assert not ku.value.key_cert_sign
     bc = ext(cert, x509.BasicConstraints)
     assert bc.critical and not bc.value.ca  # type: ignore[attr-defined]
     ku = ext(cert, x509.KeyUsage).value
