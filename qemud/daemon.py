@@ -74,6 +74,9 @@ class Daemon:
         self.driver: Driver | None = None
         self.tls_port: int | None = None
         self.schema_release = SchemaRelease(self.loop, SCHEMA_IDLE_SECONDS)
+        #: called on SIGHUP after the limits, whether or not the config file reloaded:
+        #: each reloads its own files and logs (and keeps its old state) if they are bad
+        self.reload_hooks: list[Callable[[], None]] = []
         self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -146,6 +149,14 @@ class Daemon:
         check()
 
     def _on_reload_signal(self, signum: int) -> None:
+        self._reload_limits()
+        for hook in list(self.reload_hooks):
+            try:
+                hook()
+            except Exception:  # one broken reload must not stop the others or the loop
+                log.exception("SIGHUP: %s failed", getattr(hook, "__qualname__", hook))
+
+    def _reload_limits(self) -> None:
         from .config import load_config
         try:
             fresh = load_config(self.config.mode, self.config.source)

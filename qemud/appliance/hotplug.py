@@ -14,6 +14,15 @@ The first rule whose every ``match`` entry matches a device's udev property (exa
 as an ``fnmatch`` glob; a missing property never matches) wins. A bad rule is a start-up
 error naming the rule and the key. The full format is in docs/HOTPLUG.md.
 
+SIGHUP reads the file again (:meth:`HotplugDuty.reload`, one of the daemon's
+``reload_hooks``): a bad file is logged and the rules in force stay; good rules replace
+them and the devices are enumerated again, as at start-up (the duty starts listening then
+if it had no rules before). Rules decide where a device that is not attached goes; an
+attached device stays with its guest until it is released (removed, no medium, ``losetup
+-d``, the guest stops, or an admin detaches it), even if the rules no longer give it there
+("retired"): pulling a disk from a running guest because a file was edited could lose
+the guest's data. Once released, a retired device is matched with the rules in force.
+
 How it runs, inside the daemon's one loop:
 
 * a pyudev netlink monitor (source ``udev`` when udevd runs, i.e. ``/run/udev/control``
@@ -28,6 +37,10 @@ How it runs, inside the daemon's one loop:
   of the live definition (``Devices.attach``, AFFECT_LIVE), or for ``cdrom:`` rules put
   into that CD-ROM (``Devices.change_media``). A device that loses its medium or goes
   away (``remove``) is detached cleanly (device_del, then the block nodes), or ejected.
+* an attached device whose size changes (``change`` uevent, e.g. ``losetup -c``) is
+  resized in the guest: QMP ``block_resize`` of its format node to the new size (the
+  guest's virtio-blk sees a capacity change); a CD-ROM's medium is inserted again. QEMU
+  cannot resize a read-only node: that is a ``hotplug-failed`` event.
 * loop devices: ``losetup`` raises ``add``/``change`` before and after the backing file
   is attached, so only the size counts. ``losetup -d`` on a device QEMU holds open only
   sets the kernel's auto-clear flag and raises no uevent until the last close, so while
@@ -41,8 +54,9 @@ How it runs, inside the daemon's one loop:
 * never attached: a device (or one of its partitions) mounted, used as swap or held by
   another block device (dm, md) on the host: that is a ``hotplug-failed`` event.
 
-Every attach/detach emits an appliance event ``hotplug-attached`` / ``hotplug-detached``
-("/dev/loop3 as vdb") and writes an audit line; a failure is logged with its cause and
+Every attach/detach/resize emits an appliance event ``hotplug-attached`` /
+``hotplug-detached`` ("/dev/loop3 as vdb") / ``hotplug-resized`` ("/dev/loop3 as vdb:
+8388608 -> 16777216 bytes") and writes an audit line; a failure is logged with its cause and
 emitted as ``hotplug-failed`` ("attach /dev/loop3 as vdb: <cause>"), and the same action is
 not retried for that device until its next uevent or the guest's next start.
 HOTPLUG_LIST lists every matched host device: rule, device, domain, target, attached.
@@ -68,8 +82,10 @@ from qemud.dispatch import Deferred
 from qemud.driver.devices import AFFECT_LIVE
 from qemud.errors import ConfigError, QemudError
 from qemud.loop import Timer
+from qemud.qemu import naming
 
 if TYPE_CHECKING:
+    from qemud.conf import Disk
     from qemud.dispatch import Handler
     from qemud.driver.domain import DomainObj
 
@@ -93,6 +109,8 @@ READY_RETRY = 0.2
 #: uevents handled per wake-up (the rest on the next one: other fds get their turn)
 MAX_UEVENTS = 256
 STATE_FILE = "hotplug.json"
+_EVENT_KINDS = {"attach": "hotplug-attached", "detach": "hotplug-detached",
+                "resize": "hotplug-resized"}
 
 
 # -- rules -----------------------------------------------------------------------------
@@ -245,8 +263,13 @@ class HostDevice:
     released: bool = False  # a loop device detached on the host (auto-clear set)
     autoclear: bool = False  # loop/autoclear when its medium appeared
     baseline_known: bool = False  # autoclear comes from the state file (daemon restart)
-    busy: bool = False  # an attach/detach/media change in flight
+    busy: bool = False  # an attach/detach/resize/media change in flight
     failed: str = ""  # the action that failed; not retried before a new uevent
+    #: attached under ``rule``, which the rules in force no longer give it (rules reloaded
+    #: or edited while the daemon was down, properties changed): it stays until released,
+    #: then the rules in force are matched afresh
+    retired: bool = False
+    guest_size: int | None = None  # sectors the guest was given; None: not attached/known
     properties: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -318,12 +341,15 @@ def _device_properties(device: Any) -> dict[str, str]:
 
 
 class HotplugDuty:
-    def __init__(self, ctx: ApplianceContext, rules: list[Rule]) -> None:
+    def __init__(self, ctx: ApplianceContext, rules: list[Rule], rules_file: Path,
+                 rules_required: bool = True) -> None:
         self.driver = ctx.driver
         self.loop = ctx.driver.loop
         self.events = ctx.driver.events
         self.config = ctx.daemon.config
         self.rules = rules
+        self.rules_file, self.rules_required = rules_file, rules_required
+        self.started = False  # install() ran: listening to uevents (SIGHUP may start it)
         self.devices: dict[str, HostDevice] = {}  # by devname
         self.context: Any = None  # pyudev.Context
         self.monitor: Any = None  # pyudev.Monitor
@@ -343,6 +369,7 @@ class HotplugDuty:
             raise ConfigError(f"hotplug rules are configured but pyudev cannot be imported: "
                               f"{exc}") from None
         self.context = pyudev.Context()
+        self.started = True
         self.events.add_listener(self.on_event)
         self._open_monitor(pyudev)
         self._load_state()
@@ -378,6 +405,36 @@ class HotplugDuty:
     def handlers(self) -> dict[Procedure, Handler]:
         return {Procedure.HOTPLUG_LIST: self._list}
 
+    def reload(self) -> None:
+        """SIGHUP: read the rules file again; a bad one is logged and changes nothing.
+
+        New rules apply to every device as at start-up (a fresh enumeration: what matches
+        now is attached). A device attached under a rule that no longer gives it to its
+        guest stays attached (retired) until it is released: see :meth:`on_device`.
+        """
+        try:
+            rules = load_rules(self.rules_file, self.rules_required)
+        except ConfigError as exc:
+            log.error("SIGHUP: hotplug rules not reloaded (the %d rule(s) in force are "
+                      "kept): %s", len(self.rules), exc)
+            return
+        if rules == self.rules:
+            log.info("SIGHUP: hotplug rules %s unchanged", self.rules_file)
+            return
+        self.rules = rules
+        log.info("SIGHUP: hotplug rules reloaded from %s: %d rule(s)", self.rules_file,
+                 len(rules))
+        if not self.started:
+            if rules:
+                try:
+                    self.install()
+                except ConfigError as exc:  # pyudev missing
+                    log.error("SIGHUP: hotplug not started: %s", exc)
+            return
+        for known in self.devices.values():
+            known.failed = ""  # tried again under the new rules, as at start-up
+        self.scan()
+
     # -- state file (what we attached, for daemon restarts) ------------------------------
 
     def _load_state(self) -> None:
@@ -388,7 +445,6 @@ class HotplugDuty:
         except (OSError, ValueError) as exc:
             log.warning("hotplug: ignoring %s: %s", self.state_path, exc)
             return
-        rules = {r.name: r for r in self.rules}
         for entry in entries if isinstance(entries, list) else []:
             try:
                 devname, rule_name = str(entry["device"]), str(entry["rule"])
@@ -402,20 +458,24 @@ class HotplugDuty:
             if not dom.active:
                 continue
             self._ours[devname] = (rule_name, uuid, target)
-            rule = rules.get(rule_name) or Rule(rule_name, (), dom.name)
+            # where it is attached; the enumeration then matches it with the rules in
+            # force (on_device), or it stays there retired if they no longer give it there
+            rule = Rule(rule_name, (), dom.name, _attached_kind(dom, target))
+            size = entry.get("size")
             # present=False until the enumeration finds it: gone while we were down; the
             # auto-clear flag as it was at attach time tells a `losetup -d` meanwhile
             self.devices[devname] = HostDevice(
                 devname, f"/sys/class/block/{os.path.basename(devname)}", rule,
                 present=False, autoclear=bool(entry.get("autoclear", False)),
-                baseline_known=True)
+                baseline_known=True, guest_size=size if isinstance(size, int) else None)
 
     def _save_state(self) -> None:
         entries = []
         for dev, (rule, uuid, target) in sorted(self._ours.items()):
             known = self.devices.get(dev)
             entries.append({"device": dev, "rule": rule, "uuid": uuid, "target": target,
-                            "autoclear": bool(known is not None and known.autoclear)})
+                            "autoclear": bool(known is not None and known.autoclear),
+                            "size": known.guest_size if known is not None else None})
         tmp = self.state_path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(entries, indent=1) + "\n")
@@ -453,15 +513,26 @@ class HotplugDuty:
                 self.reconcile(known)
             return
         rule = first_match(self.rules, properties)
-        if rule is None:
-            if known is not None and known.rule.match:  # it no longer matches: gone for us
+        if known is not None and (known.busy or self._attached(known)):
+            if rule is not None and _same_place(rule, known.rule):
+                known.rule, known.retired = rule, False  # e.g. a renamed or edited rule
+            else:
+                if not known.retired:
+                    log.info("hotplug: %s is attached to %s under rule %s, which no longer "
+                             "gives it there: it stays until it is released", devname,
+                             known.rule.domain, known.rule.name)
+                known.retired = True
+                rule = known.rule
+        elif rule is None:
+            if known is not None:  # it no longer matches: gone for us
                 known.present = False
                 self.reconcile(known)
             elif action != "scan":
                 log.debug("hotplug: %s %s matches no rule: ignored", action, devname)
             return
-        if known is None or not known.rule.match:
+        if known is None:
             known = self.devices[devname] = HostDevice(devname, str(device.sys_path), rule)
+        known.rule = rule
         had_medium = known.has_medium
         known.present = True
         known.properties = properties
@@ -517,7 +588,7 @@ class HotplugDuty:
                 self._save_state()
             for known in list(self.devices.values()):
                 if known.rule.domain == ref.name:
-                    self._forget_if_done(known)
+                    self.reconcile(known)  # forgotten if gone; retired: matched afresh
 
     def reconcile_domain(self, dom: DomainObj, fresh: bool) -> None:
         if fresh:
@@ -564,6 +635,15 @@ class HotplugDuty:
 
     def attached_target(self, dom: DomainObj | None, known: HostDevice) -> str | None:
         """The guest target the device is attached as (from the live definition)."""
+        disk = self._live_disk(dom, known)
+        return None if disk is None else str(disk.target_dev)
+
+    def _attached(self, known: HostDevice) -> bool:
+        return self.attached_target(self._find(known.rule.domain), known) is not None
+
+    @staticmethod
+    def _live_disk(dom: DomainObj | None, known: HostDevice) -> Disk | None:
+        """The disk (or the rule's CD-ROM) of the live definition holding the device."""
         if dom is None or not dom.active or dom.live is None:
             return None
         cdrom = known.rule.cdrom
@@ -571,9 +651,9 @@ class HotplugDuty:
             if cdrom is not None:
                 if disk.target_dev == cdrom and disk.device == "cdrom" and \
                         disk.source == known.devname:
-                    return str(disk.target_dev)
+                    return disk
             elif disk.device == "disk" and disk.source == known.devname:
-                return str(disk.target_dev)
+                return disk
         return None
 
     # -- reconciling: what should be vs what is ------------------------------------------
@@ -582,14 +662,33 @@ class HotplugDuty:
         if known.busy:
             return
         dom = self._find(known.rule.domain)
+        target = self.attached_target(dom, known)
+        if known.retired and target is None:
+            self._rematch(known)
+            return
         if dom is not None and self._ready(dom):
-            target = self.attached_target(dom, known)
-            if known.has_medium and target is None and known.failed != "attach":
-                self._attach(dom, known)
-            elif not known.has_medium and target is not None and known.failed != "detach":
-                self._detach(dom, known, target)
+            if known.has_medium and target is None:
+                if known.failed != "attach":
+                    self._attach(dom, known)
+            elif target is not None and not known.has_medium:
+                if known.failed != "detach":
+                    self._detach(dom, known, target)
+            elif target is not None:
+                self._follow_size(dom, known, target)
         self._forget_if_done(known)
         self._arm_poll()
+
+    def _rematch(self, known: HostDevice) -> None:
+        """A retired device is no longer attached: the rules in force say where it goes."""
+        rule = first_match(self.rules, known.properties) if known.present else None
+        if rule is None:
+            if self.devices.get(known.devname) is known:
+                del self.devices[known.devname]
+            return
+        log.info("hotplug: %s released by %s: rule %s applies now", known.devname,
+                 known.rule.domain, rule.name)
+        known.rule, known.retired, known.failed = rule, False, ""
+        self.reconcile(known)
 
     def _forget_if_done(self, known: HostDevice) -> None:
         if known.present or known.busy:
@@ -609,6 +708,7 @@ class HotplugDuty:
         if why is not None:
             self._failed(dom, known, "attach", target, why)
             return
+        known.guest_size = known.size  # what QEMU opens; a change meanwhile follows after
         if cdrom is not None:
             self._run(dom, known, "attach", target, lambda: self.driver.devices.change_media(
                 dom, cdrom, known.devname, AFFECT_LIVE))
@@ -631,9 +731,42 @@ class HotplugDuty:
         self._run(dom, known, "detach", target, lambda: self.driver.devices.detach(
             dom, xml, AFFECT_LIVE))
 
+    def _follow_size(self, dom: DomainObj, known: HostDevice, target: str) -> None:
+        """An attached device whose size changed on the host: the guest gets the new one."""
+        if known.guest_size is None:  # attached before the daemon knew sizes: as it is
+            known.guest_size = known.size
+            return
+        if known.guest_size == known.size or known.failed == "resize":
+            return
+        size = known.size
+        detail = (f"{known.devname} as {target}: {known.guest_size * 512} -> {size * 512} "
+                  "bytes")
+        cdrom = known.rule.cdrom
+        if cdrom is None:
+            disk = self._live_disk(dom, known)
+            if disk is not None and disk.readonly:
+                self._failed(dom, known, "resize", target, "QEMU cannot resize a read-only "
+                             "disk: the guest sees the new size once the device is attached "
+                             "again")
+                return
+        monitor = dom.monitor
+        assert monitor is not None  # _ready
+
+        def start() -> Deferred | None:
+            if cdrom is not None:  # a CD-ROM has no resize: the medium is inserted again
+                return self.driver.devices.change_media(dom, cdrom, known.devname,
+                                                        AFFECT_LIVE)
+            node = naming.disk_node_names(target)[1]  # the format node, as libvirt does
+            return monitor.execute("block_resize", {"node-name": node, "size": size * 512})
+
+        def resized() -> None:
+            known.guest_size = size
+        self._run(dom, known, "resize", target, start, ok=resized, detail=detail)
+
     def _run(self, dom: DomainObj, known: HostDevice, action: str, target: str,
              start: Callable[[], Deferred | None],
-             release: Callable[[], None] | None = None) -> None:
+             release: Callable[[], None] | None = None,
+             ok: Callable[[], None] | None = None, detail: str = "") -> None:
         log.info("hotplug: %s %s as %s of %s (rule %s)", action, known.devname, target,
                  dom.name, known.rule.name)
         known.busy = True
@@ -643,7 +776,9 @@ class HotplugDuty:
             if release is not None:
                 release()
             if error is None:
-                self._succeeded(dom, known, action, target)
+                if ok is not None:
+                    ok()
+                self._succeeded(dom, known, action, target, detail)
             elif dom.active:
                 self._failed(dom, known, action, target, error.message)
             else:
@@ -661,14 +796,16 @@ class HotplugDuty:
         else:
             deferred.add_done_callback(lambda d: done(d.error))
 
-    def _succeeded(self, dom: DomainObj, known: HostDevice, action: str, target: str) -> None:
-        kind = "hotplug-attached" if action == "attach" else "hotplug-detached"
+    def _succeeded(self, dom: DomainObj, known: HostDevice, action: str, target: str,
+                   detail: str = "") -> None:
         if action == "attach":
             self._ours[known.devname] = (known.rule.name, dom.uuid, target)
-        else:
+        elif action == "detach":
             self._ours.pop(known.devname, None)
+            known.guest_size = None
         self._save_state()
-        self.events.appliance(dom.ref(), kind, f"{known.devname} as {target}")
+        self.events.appliance(dom.ref(), _EVENT_KINDS[action],
+                              detail or f"{known.devname} as {target}")
         audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s target=%s "
                        "action=%s result=ok", dom.name, dom.uuid, known.rule.name,
                        known.devname, target, action)
@@ -728,6 +865,19 @@ class HotplugDuty:
         return pl.HotplugListReply(self.rows())
 
 
+def _same_place(rule: Rule, other: Rule) -> bool:
+    """Both rules put a device in the same guest the same way (a disk, or that CD-ROM)."""
+    return rule.domain == other.domain and rule.cdrom == other.cdrom
+
+
+def _attached_kind(dom: DomainObj, target: str) -> str:
+    """The rule target (``virtio-disk`` or ``cdrom:<dev>``) of what ``target`` is."""
+    for disk in dom.live.disks if dom.live is not None else []:
+        if disk.target_dev == target and disk.device == "cdrom":
+            return f"cdrom:{target}"
+    return DISK_TARGET
+
+
 def _uuid_str(raw: bytes) -> str:
     import uuid
     return str(uuid.UUID(bytes=bytes(raw)))
@@ -752,10 +902,11 @@ def rules_path(config: Any) -> tuple[Path, bool]:
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     path, required = rules_path(ctx.daemon.config)
-    rules = load_rules(path, required)
-    if not rules:
-        log.debug("hotplug: no rules (%s): not listening to uevents", path)
-        return {Procedure.HOTPLUG_LIST: lambda c, a: pl.HotplugListReply([])}
-    duty = HotplugDuty(ctx, rules)
-    duty.install()
+    duty = HotplugDuty(ctx, load_rules(path, required), path, required)
+    if duty.rules:
+        duty.install()
+    else:
+        log.debug("hotplug: no rules (%s): not listening to uevents (until a SIGHUP finds "
+                  "some)", path)
+    ctx.daemon.reload_hooks.append(duty.reload)
     return duty.handlers()

@@ -35,11 +35,14 @@ pytestmark = pytest.mark.integration
 LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 FIRST_NUMBER = 96  # well above what `losetup -f` hands out on this host
-ROLES = ("live", "boot", "cd", "bad", "other")
+ROLES = ("live", "boot", "cd", "bad", "other", "grow", "grow-ro")
 #: uevent -> attach -> the guest's block monitor (polls every 0.5 s) under TCG
 ATTACH_TIMEOUT = 45.0
 #: losetup -d -> auto-clear poll (1 s) -> device_del -> ACPI unplug in the guest
 DETACH_TIMEOUT = 60.0
+#: the guest kernel's virtio-blk notices (KERN_NOTICE) on the serial console: its size
+#: of the disk when it appears and after a capacity change, i.e. /sys/block/vdX/size
+NOTICES = "console=ttyS0 loglevel=6"
 CDROM = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
          "<target dev='hdc' bus='ide'/><readonly/></disk>")
 
@@ -73,6 +76,11 @@ class LoopDevices:
     def bind(self, dev: str, backing: Path) -> None:
         assert dev in self.created
         subprocess.run(["losetup", dev, str(backing)], check=True, capture_output=True)
+
+    def refresh(self, dev: str) -> None:
+        """``losetup -c``: the kernel reads the backing file's size again (``change``)."""
+        assert dev in self.created
+        subprocess.run(["losetup", "-c", dev], check=True, capture_output=True)
 
     def unbind(self, dev: str) -> None:
         assert dev in self.created
@@ -111,13 +119,28 @@ def image(path: Path, mib: int, fill: bytes = b"\0") -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def loops() -> Iterator[dict[str, str]]:
+def grow(path: Path, mib: int) -> None:
+    os.truncate(path, mib << 20)
+
+
+def rule(name: str, dev: str, domain: str, extra: str = "") -> str:
+    """A rules-file entry matching the loop device ``dev`` by name."""
+    return f'\n[[rule]]\nname = "{name}"\nmatch = {{ DEVNAME = "{dev}" }}\n' \
+           f'domain = "{domain}"\n{extra}'
+
+
+def loop_devices(roles: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """A loop device per role (``"_"``: the LoopDevices), all cleaned up at the end."""
     devices = LoopDevices()
     try:
-        yield {role: devices.create() for role in ROLES} | {"_": devices}  # type: ignore
+        yield {role: devices.create() for role in roles} | {"_": devices}  # type: ignore
     finally:
         devices.cleanup()
+
+
+@pytest.fixture(scope="module")
+def loops() -> Iterator[dict[str, str]]:
+    yield from loop_devices(ROLES)
 
 
 def loopctl(loops: dict[str, object]) -> LoopDevices:
@@ -154,7 +177,8 @@ name = "bad"
 match = {{ DEVNAME = "{loops['bad']}" }}
 domain = "hp-live"
 target = "cdrom:hdd"
-""")
+""" + rule("grow", loops["grow"], "hp-grow") +
+                     rule("grow-ro", loops["grow-ro"], "hp-grow", "readonly = true\n"))
     daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}})
     with serving(daemon):
         yield daemon
@@ -162,9 +186,9 @@ target = "cdrom:hdd"
 
 
 
-def boot(conn: client.Connection, name: str, guest: object, sock: Path, extra: str = ""
-         ) -> tuple[Domain, SerialPort]:
-    dom = conn.define_xml(guest_xml(name, guest, sock, extra=extra))
+def boot(conn: client.Connection, name: str, guest: object, sock: Path, extra: str = "",
+         cmdline: str = "console=ttyS0 quiet") -> tuple[Domain, SerialPort]:
+    dom = conn.define_xml(guest_xml(name, guest, sock, extra=extra, cmdline=cmdline))
     dom.create()
     serial = SerialPort(sock)
     serial.wait_for(READY, timeout=BOOT_TIMEOUT)
@@ -328,6 +352,14 @@ def test_cdrom_medium_mirrored(conn: client.Connection, events: EventLog, test_g
     assert info is not None and (info.target, info.attached) == ("hdc", True)
     assert dev in dom.xml()
 
+    # the medium grows on the host: a CD-ROM has no resize, the medium is inserted again
+    mark = serial.mark()
+    grow(tmp_path / "disc.iso", 6)
+    ctl.refresh(dev)
+    serial.wait_for(r"sr0:12288\b", start=mark, timeout=ATTACH_TIMEOUT)  # 6 MiB
+    assert events.wait("hp-cd", "hotplug-resized", timeout=10)[0].text == \
+        f"{dev} as hdc: 4194304 -> 6291456 bytes"
+
     mark = serial.mark()
     ctl.unbind(dev)
     serial.wait_for(r"sr0:0\b", start=mark, timeout=DETACH_TIMEOUT)
@@ -335,4 +367,61 @@ def test_cdrom_medium_mirrored(conn: client.Connection, events: EventLog, test_g
     assert dev not in dom.xml()
     wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")
     assert events.appliance("hp-cd", "hotplug-failed") == []
+    dom.destroy()
+
+
+def test_size_change_reaches_the_guest(conn: client.Connection, events: EventLog, test_guest,
+                                       qemud: DaemonProcess, loops: dict[str, str],
+                                       tmp_path: Path) -> None:
+    dev, ro = loops["grow"], loops["grow-ro"]
+    ctl = loopctl(loops)
+    dom, serial = boot(conn, "hp-grow", test_guest, tmp_path / "serial.sock", cmdline=NOTICES)
+    mark = serial.mark()
+    ctl.bind(dev, image(tmp_path / "grow.img", 8))
+    serial.wait_for(r"\[vda\] 16384 512-byte logical blocks", start=mark,
+                    timeout=ATTACH_TIMEOUT)
+    assert events.wait("hp-grow", "hotplug-attached", timeout=10)[0].text == f"{dev} as vda"
+    mark = serial.mark()
+    ctl.bind(ro, image(tmp_path / "grow-ro.img", 4))
+    serial.wait_for(r"\[vdb\] 8192 512-byte logical blocks", start=mark,
+                    timeout=ATTACH_TIMEOUT)
+    events.wait("hp-grow", "hotplug-attached", count=2, timeout=10)
+
+    # the backing file grows and `losetup -c` tells the kernel: a `change` uevent
+    mark = serial.mark()
+    grow(tmp_path / "grow.img", 16)
+    ctl.refresh(dev)
+    serial.wait_for(r"\[vda\] new size: 32768 512-byte logical blocks", start=mark,
+                    timeout=ATTACH_TIMEOUT)
+    resized = events.wait("hp-grow", "hotplug-resized", timeout=10)[0]
+    assert resized.text == f"{dev} as vda: 8388608 -> 16777216 bytes"
+    audit = (f"appliance hotplug domain='hp-grow' uuid={dom.uuid} rule='grow' device={dev} "
+             "target=vda action=resize result=ok")
+    wait_for(lambda: audit in qemud.audit_file.read_text(), timeout=5, message="audit line")
+    assert f"hotplug: resize {dev} as vda of hp-grow (rule grow)" in qemud.log_text()
+    state = json.loads((qemud.run_dir / "hotplug.json").read_text())
+    assert {(e["device"], e["target"], e["size"]) for e in state} == {(dev, "vda", 32768),
+                                                                      (ro, "vdb", 8192)}
+    # the disk keeps working after the resize
+    serial.send("write-disk vda GROWN")
+    serial.wait_for("QEMUD-WROTE vda")
+    assert (tmp_path / "grow.img").read_bytes()[:5] == b"GROWN"
+
+    # QEMU cannot resize a read-only node: reported once, the disk stays as it was
+    grow(tmp_path / "grow-ro.img", 8)
+    ctl.refresh(ro)
+    failed = events.wait("hp-grow", "hotplug-failed", timeout=10)[0]
+    assert failed.text.startswith(f"resize {ro} as vdb: QEMU cannot resize a read-only disk")
+    events.drain(2.0)
+    assert len(events.appliance("hp-grow", "hotplug-failed")) == 1
+    assert len(events.appliance("hp-grow", "hotplug-resized")) == 1
+    info = row(conn, ro)
+    assert info is not None and (info.target, info.attached) == ("vdb", True)
+    assert "[vdb] new size" not in serial.text
+
+    mark = serial.mark()
+    ctl.unbind(dev)
+    ctl.unbind(ro)
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark, timeout=DETACH_TIMEOUT)
+    events.wait("hp-grow", "hotplug-detached", count=2, timeout=20)
     dom.destroy()
