@@ -7,7 +7,7 @@ reply of 1,000 domains took ~7 ms to encode and as long to decode, one nested
 and generates, once per payload class, a straight-line Python function per direction:
 runs of fixed-width fields become one ``struct`` call, strings and lists read or write
 their u32 length, nested dataclasses are built in place. ``DOMAIN_LIST`` with 1,000
-records goes from ~14 ms to ~1.5 ms per round trip (``bench/bench_codec.py``).
+records goes from ~14 ms to ~1.2 ms per round trip (``bench/bench_codec.py``).
 
 It is an optimisation, not a second definition. Anything it does not accept raises
 (``struct.error``, ``ValueError``, ``TypeError``...) and the caller falls back to
