@@ -69,3 +69,22 @@ def test_readonly_request_downgrades_a_full_certificate(tls_daemon: TLSDaemon,
     with client.connect(tls_daemon.tls_uri(pki.clients["admin"])) as conn:
         assert not conn.readonly  # without the request the full role stands
         conn.client_list()
+
+
+def test_a_renewed_client_certificate_is_used_by_the_next_connection(
+        tls_daemon: TLSDaemon, pki: PKI) -> None:
+    """The client keeps its TLS context between connections, but not past a change of
+    its certificate files: replacing them (as a renewal does) takes effect at once."""
+    from certs.issue import make_client_cert, write_cert, write_key
+    stranger_key, stranger_cert = make_client_cert(pki.ca_key, pki.ca_cert, "mallory2",
+                                                   "Other")
+    directory = pki.client_dir("renewed", stranger_key, stranger_cert)
+    uri = tls_daemon.tls_uri(directory)
+    for _ in range(2):  # refused twice: the second connect may use the kept context
+        with pytest.raises(client.AuthError, match="O=Other,CN=mallory2"):
+            client.connect(uri)
+    key, cert = make_client_cert(pki.ca_key, pki.ca_cert, "admin9", "Example")
+    write_key(directory / "clientkey.pem", key, force=True)  # atomic: a new file each
+    write_cert(directory / "clientcert.pem", cert, force=True)
+    with client.connect(uri) as conn:
+        assert not conn.readonly and conn.node_info().cpus >= 1
