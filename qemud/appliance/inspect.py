@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import Empty, Procedure
-from protocol.payloads import StringReply
+from protocol.payloads import RenderArgs, StringReply
 
 if TYPE_CHECKING:
     from qemud.dispatch import Handler
@@ -195,5 +195,8 @@ def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     def host_inspect(call: Any, args: Empty) -> StringReply:
         return StringReply(inspect_host(ctx.daemon.config.appliance.inspect_root).to_json())
 
-    from .template import install_render
-    return {Procedure.HOST_INSPECT: host_inspect, **install_render(ctx)}
+    def render(call: Any, args: RenderArgs) -> StringReply:
+        from .template import render_for_host  # on first use: see its docstring
+        return render_for_host(ctx, args)
+
+    return {Procedure.HOST_INSPECT: host_inspect, Procedure.APPLIANCE_RENDER: render}

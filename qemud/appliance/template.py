@@ -71,7 +71,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -83,12 +83,12 @@ from .inspect import HostInventory
 from .metadata import NS
 
 if TYPE_CHECKING:
-    from qemud.dispatch import Handler
+    from protocol.payloads import RenderArgs, StringReply
 
     from . import ApplianceContext
 
 __all__ = ["TemplateError", "ExpressionError", "evaluate", "host_names", "render",
-           "format_value", "UNITS", "install_render"]
+           "format_value", "UNITS", "render_for_host"]
 
 _Q = f"{{{NS}}}"
 Value = Fraction | str
@@ -608,22 +608,23 @@ def check_rendered(xml: str) -> None:
         raise TemplateError(f"the rendered template is not a valid domain: {exc}") from None
 
 
-def install_render(ctx: ApplianceContext) -> dict[Any, Handler]:
-    """The APPLIANCE_RENDER handler (installed with the inspect duty)."""
-    from protocol import Procedure
-    from protocol.payloads import RenderArgs, StringReply
+def render_for_host(ctx: ApplianceContext, args: RenderArgs) -> StringReply:
+    """APPLIANCE_RENDER: ``args.template`` rendered for this host, checked (a StringReply).
+
+    Installed with the inspect duty, which imports this module on the first render only:
+    exact arithmetic (``fractions``, hence ``decimal``) is ~1 MiB an idle daemon need not
+    carry.
+    """
+    from protocol.payloads import StringReply
     from qemud.errors import XMLError
 
     from .inspect import inspect_host
 
-    def render_call(call: Any, args: RenderArgs) -> StringReply:
-        config = ctx.daemon.config.appliance
-        host = inspect_host(config.inspect_root)
-        try:
-            xml = render(args.template, host, config.host_reserve_mib)
-            check_rendered(xml)
-        except TemplateError as exc:
-            raise XMLError(f"XML error: {exc}") from None
-        return StringReply(xml)
-
-    return {Procedure.APPLIANCE_RENDER: render_call}
+    config = ctx.daemon.config.appliance
+    host = inspect_host(config.inspect_root)
+    try:
+        xml = render(args.template, host, config.host_reserve_mib)
+        check_rendered(xml)
+    except TemplateError as exc:
+        raise XMLError(f"XML error: {exc}") from None
+    return StringReply(xml)

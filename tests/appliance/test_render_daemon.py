@@ -60,6 +60,21 @@ def test_render_then_define(fake_host_daemon: DaemonProcess) -> None:
     assert "guest-shutdown=\"shutdown-host\"" in defined  # the appliance metadata stays
 
 
+def test_template_arithmetic_is_loaded_by_the_first_render(
+        fake_host_daemon: DaemonProcess) -> None:
+    """Exact template arithmetic (fractions, hence the _decimal extension, ~1 MiB) is not
+    part of an idle daemon; the first render brings it in."""
+    def decimal_mapped() -> bool:
+        return "_decimal" in Path(f"/proc/{fake_host_daemon.pid()}/maps").read_text()
+
+    with fake_host_daemon.connect() as conn:
+        appliance.host_inspect(conn)
+        assert not decimal_mapped()
+        xml = appliance.render(conn, (TEMPLATES / "router.xml").read_text())
+        assert "<memory unit=\"MiB\">30976</memory>" in xml
+    assert decimal_mapped()
+
+
 def test_render_errors_name_formula_and_position(fake_host_daemon: DaemonProcess) -> None:
     template = (TEMPLATES / "router.xml").read_text().replace(
         'value="min(host.cores, 8)"', 'value="min(host.cores, 8) * hots.cores"')
