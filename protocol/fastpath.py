@@ -104,23 +104,14 @@ def _leaf_code(tp: Any, codes: Mapping[int, str]) -> str | None:
     return None
 
 
-def _first_leaf(tp: Any, codes: Mapping[int, str]) -> str | None:
-    """The struct code of the first value on the wire for ``tp`` (None: a list)."""
+def _edge_leaf(tp: Any, codes: Mapping[int, str], end: int) -> str | None:
+    """The struct code of the first (``end=0``) or last (``end=-1``) value on the wire
+    for ``tp``; None if that is a list."""
     code = _leaf_code(tp, codes)
     if code is not None:
         return code
     if isinstance(tp, type) and dataclasses.is_dataclass(tp) and _fields(tp):
-        return _first_leaf(_fields(tp)[0][1], codes)
-    return None
-
-
-def _last_leaf(tp: Any, codes: Mapping[int, str]) -> str | None:
-    """The struct code of the last value on the wire for ``tp`` (None: a list)."""
-    code = _leaf_code(tp, codes)
-    if code is not None:
-        return code
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and _fields(tp):
-        return _last_leaf(_fields(tp)[-1][1], codes)
+        return _edge_leaf(_fields(tp)[end][1], codes, end)
     return None
 
 
@@ -206,8 +197,8 @@ class _DecoderBuilder:
             emit(indent, f"if {count} > _MAX_LIST: raise ValueError('list too long')")
             emit(indent, f"{var} = []")
             emit(indent, f"{append} = {var}.append")
-            if not (_first_leaf(item_tp, self.codes) in _VARIABLE
-                    and _last_leaf(item_tp, self.codes) not in (*_VARIABLE, None)):
+            if not (_edge_leaf(item_tp, self.codes, 0) in _VARIABLE
+                    and _edge_leaf(item_tp, self.codes, -1) not in (*_VARIABLE, None)):
                 emit(indent, f"for _ in _range({count}):")
                 item = self.value(item_tp, indent + 1)
                 self.flush(indent + 1)
