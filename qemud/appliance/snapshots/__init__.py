@@ -19,11 +19,14 @@ stays reusable: revert to it twice and get the same disks twice), the definition
 there, and the guest is started again if it ran (paused if it was paused). What the
 guest wrote since is discarded, exactly as a revert in libvirt.
 
-**Delete** (DOMAIN_SNAPSHOT_DELETE) removes the metadata only; children of S get S's
-parent. Images are never merged. An overlay file the daemon created is removed once
-nothing needs it any more: no disk (persistent, pending or live definition) and no
-remaining snapshot has it in its backing chain. Images the daemon did not create (the
-user's originals) are never deleted.
+**Delete** (DOMAIN_SNAPSHOT_DELETE) of S discards the point in time S, as libvirt does:
+when S's frozen image is the direct backing file of the disks the domain uses now and
+nothing else reads from it, the top overlays are committed into it (``qemu-img commit``
+shut off; QMP active ``block-commit`` + ``block-job-complete`` running) and the disks
+point at it again. Otherwise only the metadata goes (children of S get S's parent). An
+overlay file the daemon created is removed once nothing needs it any more: no disk
+(persistent, pending or live definition) and no remaining snapshot has it in its backing
+chain. Images the daemon did not create (the user's originals) are never deleted.
 
 **Backup** (DOMAIN_BACKUP): ``blockdev-backup sync=full`` of the disk(s) to new target
 nodes in one ``transaction`` (one consistent instant for all disks; QEMU's
@@ -46,7 +49,8 @@ module      what
 records     metadata records and their store (``snapshots.json``, ``images/``)
 base        shared by the operations: disks, overlay files, chains, Deferred helpers
 create      DOMAIN_SNAPSHOT_CREATE, DOMAIN_SNAPSHOT_LIST
-revert      DOMAIN_SNAPSHOT_REVERT, DOMAIN_SNAPSHOT_DELETE, the undefine rule
+revert      DOMAIN_SNAPSHOT_REVERT, the undefine rule
+delete      DOMAIN_SNAPSHOT_DELETE and its merge (commit) jobs
 backup      DOMAIN_BACKUP and its block jobs
 duty        wiring: procedures, driver hooks, the DOMAIN_UNDEFINE check
 ==========  ==========================================================================
@@ -57,10 +61,11 @@ from __future__ import annotations
 from .backup import Backup, BackupOps, BackupTarget
 from .base import SnapshotOps, gather
 from .create import CreateOps
+from .delete import DeleteOps
 from .duty import SnapshotDuty, install
 from .records import DiskRecord, DomainSnapshots, SnapshotRecord, SnapshotStore, check_name
 from .revert import RevertOps
 
 __all__ = ["SnapshotDuty", "SnapshotStore", "DomainSnapshots", "SnapshotRecord",
            "DiskRecord", "install", "check_name", "gather", "SnapshotOps", "CreateOps",
-           "RevertOps", "BackupOps", "Backup", "BackupTarget"]
+           "RevertOps", "DeleteOps", "BackupOps", "Backup", "BackupTarget"]

@@ -23,9 +23,8 @@ from protocol import payloads as pl
 from protocol.constants import ShutoffReason
 from qemud.dispatch import Deferred
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
-from qemud.qemu import naming
 
-from .base import SnapshotOps, block_nodes, gather, log_failure, qemu_failure
+from .base import SnapshotOps, gather, log_failure, qemu_failure
 
 if TYPE_CHECKING:
     from qemud.conf import Disk
@@ -183,17 +182,11 @@ class BackupOps(SnapshotOps):
 
         def queried(d: Deferred) -> None:
             if d.error is not None:
-                fail(qemu_failure("cannot query the disks", d.error))
+                fail(d.error)
                 return
-            found = block_nodes(d.result)
             sources: dict[str, str] = {}
             for t in backup.targets:
-                entry = found.get(naming.disk_device_id(t.target))
-                if entry is None or not entry[0]:
-                    fail(OperationFailed(f"disk '{t.target}' of domain '{dom.name}' is not "
-                                         "open in QEMU"))
-                    return
-                sources[t.target], t.size = entry
+                sources[t.target], t.size = d.result[t.target]
                 t.job = f"backup-{t.target}-{token}"
             steps = [self._create_target(backup, t, qemu_img) for t in backup.targets]
             gather(steps).add_done_callback(
@@ -244,7 +237,7 @@ class BackupOps(SnapshotOps):
                 self._report(backup)
             progress_soon()
 
-        monitor.execute("query-block").add_done_callback(queried)
+        self._top_nodes(dom, [t.target for t in backup.targets]).add_done_callback(queried)
 
     def _create_target(self, backup: Backup, t: BackupTarget, qemu_img: str) -> Deferred:
         backup.created.append(t.path)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
 from qemud.errors import ConfigUnsupported, OperationFailed, OperationInvalid, QemudError
+from qemud.qemu import naming
 
 from ..tools import ToolRunner, find_tool
 from .records import DomainSnapshots, SnapshotStore
@@ -126,6 +127,30 @@ class SnapshotOps:
         if not disks:
             raise OperationInvalid(f"domain '{dom.name}' has no writable disk to snapshot")
         return disks
+
+    @staticmethod
+    def _top_nodes(dom: DomainObj, targets: list[str]) -> Deferred:
+        """QMP ``query-block``: resolves with {target: (top node name, virtual size)} of
+        each disk in ``targets``; fails if one is not open in QEMU."""
+        out = Deferred()
+        assert dom.monitor is not None
+
+        def queried(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(qemu_failure("cannot query the disks", d.error))
+                return
+            found = block_nodes(d.result)
+            nodes: dict[str, tuple[str, int]] = {}
+            for target in targets:
+                entry = found.get(naming.disk_device_id(target))
+                if entry is None or not entry[0]:
+                    out.fail(OperationFailed(f"disk '{target}' of domain '{dom.name}' is "
+                                             "not open in QEMU"))
+                    return
+                nodes[target] = entry
+            out.resolve(nodes)
+        dom.monitor.execute("query-block").add_done_callback(queried)
+        return out
 
     def _overlay_path(self, dom: DomainObj, target: str, label: str) -> Path:
         directory = self.store.images_dir(dom.name)

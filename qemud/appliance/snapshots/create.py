@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 from protocol import payloads as pl
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, OperationInvalid, QemudError
-from qemud.qemu import naming
 
-from .base import SnapshotOps, block_nodes, gather, qemu_failure
+from .base import SnapshotOps, gather, qemu_failure
 from .records import DiskRecord, DomainSnapshots, SnapshotRecord, check_name
 
 if TYPE_CHECKING:
@@ -135,18 +134,11 @@ class CreateOps(SnapshotOps):
 
         def queried(d: Deferred) -> None:
             if d.error is not None:
-                fail(qemu_failure("cannot query the disks", d.error))
+                fail(d.error)
                 return
-            found = block_nodes(d.result)
-            for target in record.disks:
-                entry = found.get(naming.disk_device_id(target))
-                if entry is None or not entry[0]:
-                    fail(OperationFailed(f"disk '{target}' of domain '{dom.name}' is not "
-                                         "open in QEMU"))
-                    return
-                nodes[target] = entry
+            nodes.update(d.result)
             overlays({t: n[1] for t, n in nodes.items()})
-        dom.monitor.execute("query-block").add_done_callback(queried)
+        self._top_nodes(dom, list(record.disks)).add_done_callback(queried)
         return out
 
     @staticmethod

@@ -11,6 +11,7 @@ from ..tools import ToolRunner
 from .backup import BackupOps
 from .base import tool_failure
 from .create import CreateOps
+from .delete import DeleteOps
 from .records import SnapshotStore
 from .revert import RevertOps
 
@@ -32,11 +33,14 @@ class SnapshotDuty:
         self.tools = ToolRunner(ctx.driver.loop, tool_failure)
         self.creating = CreateOps(self.driver, self.store, self.tools)
         self.reverting = RevertOps(self.driver, self.store, self.tools)
+        self.deleting = DeleteOps(self.driver, self.store, self.tools)
         self.backups = BackupOps(self.driver, self.store, self.tools)
 
     def install(self) -> dict[Procedure, Handler]:
         self.driver.qmp_event_hooks.append(self.backups.on_qmp_event)
         self.driver.stop_hooks.append(self.backups.on_stop)
+        self.driver.qmp_event_hooks.append(self.deleting.on_qmp_event)
+        self.driver.stop_hooks.append(self.deleting.on_stop)
         # the driver's handlers are registered before the appliance's: check them first
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefine)
         P = Procedure
@@ -44,7 +48,7 @@ class SnapshotDuty:
             P.DOMAIN_SNAPSHOT_CREATE: self.creating.create,
             P.DOMAIN_SNAPSHOT_LIST: self.creating.list_snapshots,
             P.DOMAIN_SNAPSHOT_REVERT: self.reverting.revert,
-            P.DOMAIN_SNAPSHOT_DELETE: self.reverting.delete,
+            P.DOMAIN_SNAPSHOT_DELETE: self.deleting.delete,
             P.DOMAIN_BACKUP: self.backups.backup,
         }
 

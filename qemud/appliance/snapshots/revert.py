@@ -1,14 +1,10 @@
-"""Going back to a snapshot (DOMAIN_SNAPSHOT_REVERT) and forgetting snapshots
-(DOMAIN_SNAPSHOT_DELETE, and all of them when a domain is undefined).
+"""Going back to a snapshot (DOMAIN_SNAPSHOT_REVERT) and forgetting all snapshots when a
+domain is undefined (deleting one is in ``delete``).
 
 **Revert** to S: the guest is destroyed if it runs, each disk of S gets a NEW empty
 overlay on the image S froze (S stays reusable), the definition points there, and the
 guest is started again if it ran (paused if it was paused). What it wrote since S is
 discarded, as in libvirt.
-
-**Delete** removes metadata only: children of S get S's parent; no image is merged. An
-overlay the daemon created is removed once no chain needs it (``SnapshotOps._collect``);
-the user's own images never are. The metadata is saved before any file is removed.
 
 **Undefine** (as libvirt): an inactive domain with snapshots is only undefined with
 ``UndefineFlags.SNAPSHOTS_METADATA``, which discards them all here first.
@@ -38,7 +34,7 @@ audit_log = logging.getLogger("qemud.audit")
 
 
 class RevertOps(SnapshotOps):
-    """DOMAIN_SNAPSHOT_REVERT, DOMAIN_SNAPSHOT_DELETE and the undefine check."""
+    """DOMAIN_SNAPSHOT_REVERT and the undefine check."""
 
     def revert(self, ctx: Any, args: pl.SnapshotArgs) -> Deferred:
         dom = self._dom(args)
@@ -118,25 +114,6 @@ class RevertOps(SnapshotOps):
         else:
             stopped()
         return out
-
-    def delete(self, ctx: Any, args: pl.SnapshotArgs) -> Empty:
-        dom = self._dom(args)
-        self.lifecycle.require_no_job(dom)
-        meta = self.store.load(dom)
-        snap = meta.get(args.name, dom.name)
-        for other in meta.snapshots.values():
-            if other.parent == snap.name:
-                other.parent = snap.parent
-        if meta.current == snap.name:
-            meta.current = snap.parent
-        del meta.snapshots[snap.name]
-        garbage = self._collect(dom, meta)
-        self.store.save(meta)  # metadata first: a crash leaves a stray file, never a hole
-        self._unlink(garbage)
-        audit_log.info("appliance snapshot domain=%r uuid=%s delete=%r removed=%r",
-                       dom.name, dom.uuid, snap.name, [str(p) for p in garbage])
-        self.events.appliance(dom.ref(), "snapshot-deleted", snap.name)
-        return Empty()
 
     def before_undefine(self, dom: DomainObj, flags: int) -> None:
         """Called before DOMAIN_UNDEFINE: libvirt's rule for snapshot metadata.
