@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import client
 import protocol as P
 from client import appliance_images as images
 from client.errors import ReadOnlyError
 from qemud.appliance.bundle import LOG_CAP, _redact, is_private_key_path, redact_xml
 from tests.conftest import DaemonFactory
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
+from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, serving
 from tests.integration.domains import bare_xml
 
 PEM = b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
@@ -39,14 +38,8 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         "tls": {"key_file": str(private / "serverkey.pem"),
                 "cert_file": str(root / "pki" / "servercert.pem")},
         "log": {"audit_file": str(private / "audit.log")}})
-    daemon.start()
-    yield daemon
-    try:
-        with daemon.connect() as conn:
-            for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                dom.destroy()
-    finally:
-        daemon.stop()
+    with serving(daemon):
+        yield daemon
 
 
 def members(data: bytes) -> dict[str, bytes]:

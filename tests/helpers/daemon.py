@@ -183,12 +183,17 @@ def serving(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
     try:
         yield daemon
     finally:
-        try:
-            with daemon.connect() as conn:
-                for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                    dom.destroy()
-        finally:
-            daemon.stop()
+        stop_destroying_guests(daemon)
+
+
+def stop_destroying_guests(daemon: DaemonProcess) -> None:
+    """Destroy every guest ``daemon`` still runs, then stop it (also if that fails)."""
+    try:
+        with daemon.connect() as conn:
+            for dom in conn.list_domains(client.ListFlags.ACTIVE):
+                dom.destroy()
+    finally:
+        daemon.stop()
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02,

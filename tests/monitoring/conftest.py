@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import client
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
+from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, stop_destroying_guests
 from tests.integration.conftest import test_guest  # noqa: F401  (session fixture)
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -85,11 +84,8 @@ def monitored(tmp_path_factory: pytest.TempPathFactory,
         if serial is not None:
             serial.close()
         try:
-            with daemon.connect() as conn:
-                for dom in conn.list_domains(client.ListFlags.ACTIVE):
-                    dom.destroy()
+            stop_destroying_guests(daemon)
         finally:
-            daemon.stop()
             if tap is not None:
                 subprocess.run(["ip", "link", "del", tap], capture_output=True, check=False)
 
