@@ -434,11 +434,21 @@ class Side:
     def node_info(self, conn: Any) -> Any: raise NotImplementedError
     def list_all(self, conn: Any) -> list[Any]: raise NotImplementedError
     def define(self, conn: Any, xml: str) -> Any: raise NotImplementedError
-    def undefine(self, dom: Any) -> None: raise NotImplementedError
     def create(self, dom: Any, paused: bool = False) -> None: raise NotImplementedError
-    def destroy(self, dom: Any) -> None: raise NotImplementedError
-    def suspend(self, dom: Any) -> None: raise NotImplementedError
-    def resume(self, dom: Any) -> None: raise NotImplementedError
+
+    # the same method names on a qemud client.Domain and a libvirt.virDomain
+    def undefine(self, dom: Any) -> None:
+        dom.undefine()
+
+    def destroy(self, dom: Any) -> None:
+        dom.destroy()
+
+    def suspend(self, dom: Any) -> None:
+        dom.suspend()
+
+    def resume(self, dom: Any) -> None:
+        dom.resume()
+
     def is_active(self, dom: Any) -> bool: raise NotImplementedError
     def domain_name(self, dom: Any) -> str: raise NotImplementedError
     def watch_lifecycle(self, conn: Any, callback: Callable[[int], None]) -> Any:
@@ -523,20 +533,8 @@ class QemudSide(Side):
     def define(self, conn: Any, xml: str) -> Any:
         return conn.define_xml(xml)
 
-    def undefine(self, dom: Any) -> None:
-        dom.undefine()
-
     def create(self, dom: Any, paused: bool = False) -> None:
         dom.create(START_PAUSED if paused else 0)
-
-    def destroy(self, dom: Any) -> None:
-        dom.destroy()
-
-    def suspend(self, dom: Any) -> None:
-        dom.suspend()
-
-    def resume(self, dom: Any) -> None:
-        dom.resume()
 
     def is_active(self, dom: Any) -> bool:
         return bool(dom.is_active())
@@ -627,20 +625,8 @@ class LibvirtSide(Side):
     def define(self, conn: Any, xml: str) -> Any:
         return conn.defineXML(xml)
 
-    def undefine(self, dom: Any) -> None:
-        dom.undefine()
-
     def create(self, dom: Any, paused: bool = False) -> None:
         dom.createWithFlags(START_PAUSED if paused else 0)
-
-    def destroy(self, dom: Any) -> None:
-        dom.destroy()
-
-    def suspend(self, dom: Any) -> None:
-        dom.suspend()
-
-    def resume(self, dom: Any) -> None:
-        dom.resume()
 
     def is_active(self, dom: Any) -> bool:
         return bool(dom.isActive())
