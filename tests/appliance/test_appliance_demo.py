@@ -100,7 +100,9 @@ def test_appliance_demo_runs_every_duty(tmp_path: Path, test_guest: TestGuest) -
     assert re.search(r"^\s*before-update\s+\d{4}-", snapshots, re.M), snapshots
     assert re.search(r"^backup: 0%$(.|\n)*^backup: 100%$", snapshots, re.M), snapshots
     assert "backed up to" in snapshots and "file format: qcow2" in snapshots, snapshots
-    # 7 A/B update, confirmed, and the guest reads the new system disk
+    # 7 refused while the disks are snapshot overlays; deleting the snapshot merges them
+    # back; then the A/B update, confirmed, and the guest reads the new system disk
+    assert "Domain snapshot before-update deleted" in update, update
     assert "switched to version 2.0" in update, update
     assert "update-confirmed: demo 1.0 -> 2.0" in update, update
     assert "QEMUD-READ vda DEMO-SYSTEM-2.0" in update, update
