@@ -4,8 +4,10 @@ Bytes in, typed messages out, and back; no sockets, threads or daemon imports
 (a test checks that). See docs/PROTOCOL.md for the format.
 """
 
+from typing import Any
+
 from . import constants, errors, payloads
-from .connection import HEADER, Connection, Role, decode_header, encode_header
+from .connection import Connection, Role, decode_header, encode_header
 from .constants import (
     CURRENT_VERSION,
     DEFAULT_MAX_FRAME,
@@ -49,3 +51,12 @@ __all__ = [
     "Ping", "Pong", "Reply", "StreamAbort", "StreamData", "StreamEnd", "PROCEDURES", "Kind",
     "Procedure", "ProcedureSpec", "spec_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``HEADER`` (construct's description of the frame header), imported on first access
+    so that ``import protocol`` does not import construct (see protocol/reference.py)."""
+    if name == "HEADER":
+        from .reference import HEADER
+        return HEADER
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

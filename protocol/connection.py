@@ -21,8 +21,6 @@ import enum
 import struct
 from typing import Any
 
-import construct as cs
-
 from . import errors
 from .constants import (
     ABSOLUTE_MAX_FRAME,
@@ -53,21 +51,12 @@ from .messages import (
 from .payloads import ErrorPayload, HelloArgs, HelloReply
 from .procedures import Kind, Procedure, spec_for
 
-__all__ = ["Role", "Connection", "HEADER", "encode_header", "decode_header"]
+__all__ = ["Role", "Connection", "encode_header", "decode_header"]
 
-#: The frame header, as construct describes it (docs and tests use this definition).
-HEADER = cs.Struct(
-    "length" / cs.Int32ub,
-    "program" / cs.Int32ub,
-    "version" / cs.Int16ub,
-    "type" / cs.Int8ub,
-    "status" / cs.Int8ub,
-    "procedure" / cs.Int32ub,
-    "serial" / cs.Int32ub,
-)
-# The hot path packs the same layout with struct; tests/protocol checks both agree.
+# The frame header; tests/protocol checks it against construct's description,
+# protocol.HEADER (protocol/reference.py).
 _HEADER = struct.Struct(">IIHBBII")
-assert _HEADER.size == HEADER_SIZE == HEADER.sizeof()
+assert _HEADER.size == HEADER_SIZE
 
 _ERROR_CODEC = codec_for(ErrorPayload)
 

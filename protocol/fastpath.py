@@ -1,7 +1,7 @@
 """Generated ``struct`` encoders and decoders: the fast path of the payload codec.
 
-construct (:mod:`protocol.fields`) is the reference codec: it defines the wire layout
-and says precisely what is wrong with a bad value. It is also slow per record: a list
+construct (:mod:`protocol.reference`) is the reference codec: it says precisely what is
+wrong with a bad value and reads older peers' payloads. It is also slow per record: a list
 reply of 1,000 domains took ~7 ms to encode and as long to decode, one nested
 ``Container`` per record. This module derives the same layout from the same annotations
 and generates, once per payload class, a straight-line Python function per direction:
@@ -14,6 +14,10 @@ It is an optimisation, not a second definition. Anything it does not accept rais
 construct, which then raises the error users see; a payload from an older peer (trailing
 defaulted fields absent) also falls back. tests/protocol/test_fastpath.py checks that
 both paths give identical bytes and values for every payload class.
+
+The leaf annotations carry a :class:`WireType` (defined here, re-exported by
+:mod:`protocol.fields`) rather than a construct object, so that building this codec
+needs no construct: a process that never falls back never imports it (~3 MiB).
 """
 
 from __future__ import annotations
@@ -22,17 +26,30 @@ import dataclasses
 import gc
 import struct
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 from .constants import MAX_LIST, MAX_STRING
 
-__all__ = ["FastCodec", "Encoded"]
+__all__ = ["FastCodec", "Encoded", "WireType"]
 
 T = TypeVar("T")
 
 #: the struct codes of variable-length leaves (everything else is a struct format code)
 _VARIABLE = ("str", "blob")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WireType:
+    """The wire type of a leaf field: the metadata of ``U32 = Annotated[int, WireType("I")]``.
+
+    ``code`` is the big-endian ``struct`` format code of a fixed-width value, or ``"str"``
+    / ``"blob"`` for a u32 length followed by that many bytes (UTF-8 text for ``"str"``).
+    Both codecs read it: this module directly, and :mod:`protocol.reference` maps it to
+    a construct field when construct is first needed.
+    """
+
+    code: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,23 +112,23 @@ class _Emitter:
         return function
 
 
-def _leaf_code(tp: Any, codes: Mapping[int, str]) -> str | None:
+def _leaf_code(tp: Any) -> str | None:
     if typing.get_origin(tp) is Annotated:
-        code = codes.get(id(typing.get_args(tp)[1]))
-        if code is None:
+        wire = typing.get_args(tp)[1]
+        if not isinstance(wire, WireType):
             raise _Unsupported(repr(tp))
-        return code
+        return wire.code
     return None
 
 
-def _edge_leaf(tp: Any, codes: Mapping[int, str], end: int) -> str | None:
+def _edge_leaf(tp: Any, end: int) -> str | None:
     """The struct code of the first (``end=0``) or last (``end=-1``) value on the wire
     for ``tp``; None if that is a list."""
-    code = _leaf_code(tp, codes)
+    code = _leaf_code(tp)
     if code is not None:
         return code
     if isinstance(tp, type) and dataclasses.is_dataclass(tp) and _fields(tp):
-        return _edge_leaf(_fields(tp)[end][1], codes, end)
+        return _edge_leaf(_fields(tp)[end][1], end)
     return None
 
 
@@ -123,8 +140,7 @@ def _fields(cls: type) -> list[tuple[str, Any]]:
 class _DecoderBuilder:
     """Generates ``decode(data) -> payload``: reads fields in order from offset 0."""
 
-    def __init__(self, codes: Mapping[int, str]) -> None:
-        self.codes = codes
+    def __init__(self) -> None:
         self.out = _Emitter()
         self.pending: list[tuple[str, str]] = []  # (struct code, variable) not yet read
         #: constructions waiting for the variables of ``pending``; deferring them lets the
@@ -167,7 +183,7 @@ class _DecoderBuilder:
 
     def value(self, tp: Any, indent: int) -> str:
         """Emit code reading one value of type ``tp``; return an expression for it."""
-        code = _leaf_code(tp, self.codes)
+        code = _leaf_code(tp)
         if code is not None and code not in _VARIABLE:
             var = self.out.name("v")
             self.pending.append((code, var))
@@ -197,8 +213,8 @@ class _DecoderBuilder:
             emit(indent, f"if {count} > _MAX_LIST: raise ValueError('list too long')")
             emit(indent, f"{var} = []")
             emit(indent, f"{append} = {var}.append")
-            if not (_edge_leaf(item_tp, self.codes, 0) in _VARIABLE
-                    and _edge_leaf(item_tp, self.codes, -1) not in (*_VARIABLE, None)):
+            if not (_edge_leaf(item_tp, 0) in _VARIABLE
+                    and _edge_leaf(item_tp, -1) not in (*_VARIABLE, None)):
                 emit(indent, f"for _ in _range({count}):")
                 item = self.value(item_tp, indent + 1)
                 self.flush(indent + 1)
@@ -252,8 +268,7 @@ class _DecoderBuilder:
 class _EncoderBuilder:
     """Generates ``encode(obj) -> bytes``: checks types, packs fields in order."""
 
-    def __init__(self, codes: Mapping[int, str]) -> None:
-        self.codes = codes
+    def __init__(self) -> None:
         self.out = _Emitter()
         self.pending: list[tuple[str, str]] = []  # (struct code, expression) not yet packed
 
@@ -268,7 +283,7 @@ class _EncoderBuilder:
     def value(self, tp: Any, expr: str, indent: int) -> None:
         """Emit code writing the value of expression ``expr`` (a local name) as ``tp``."""
         emit = self.out.emit
-        code = _leaf_code(tp, self.codes)
+        code = _leaf_code(tp)
         if code == "16s":  # struct pads or cuts a bytes value to 16; the wire must not
             emit(indent, f"if _type({expr}) is not _bytes or _len({expr}) != 16: "
                          "raise ValueError('uuid must be 16 bytes')")
@@ -354,14 +369,14 @@ class FastCodec:
         self.decode = decode
 
     @classmethod
-    def build(cls, payload: type, codes: Mapping[int, str]) -> FastCodec | None:
-        """The fast codec of ``payload``, or None if it has no fields or a leaf
-        (``codes`` maps ``id()`` of a construct field to its struct code) is unknown."""
+    def build(cls, payload: type) -> FastCodec | None:
+        """The fast codec of ``payload``, or None if it has no fields or an annotation
+        that is not a :class:`WireType`, a list or a dataclass."""
         if not dataclasses.fields(payload):
             return None
         try:
-            encode = _EncoderBuilder(codes).build(payload)
-            decode = _DecoderBuilder(codes).build(payload)
+            encode = _EncoderBuilder().build(payload)
+            decode = _DecoderBuilder().build(payload)
         except _Unsupported:
             return None
         return cls(encode, _gc_paused(decode) if _has_list(payload) else decode)

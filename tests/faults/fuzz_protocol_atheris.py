@@ -30,8 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    import construct  # noqa: E402,F401 - the codecs are built on it
+    # Malformed payloads go to the construct codec, which protocol imports only on first
+    # need (after this block, uninstrumented): import it here so that it is instrumented.
+    import construct  # noqa: E402,F401
 
+    import protocol.reference  # noqa: E402,F401
     from protocol import (  # noqa: E402
         CLOSED,
         CURRENT_VERSION,

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from wire_helpers import FAST, ConnectionPair, drain, frame
 
 import protocol
-from protocol import errors
+from protocol import HEADER, errors
 from protocol import payloads as p
-from protocol.connection import HEADER, decode_header, encode_header
+from protocol.connection import decode_header, encode_header
 from protocol.constants import (
     ABSOLUTE_MAX_FRAME,
     DEFAULT_MAX_FRAME,

@@ -31,9 +31,9 @@ from protocol.fields import (
     Payload,
     Str,
     UUIDBytes,
-    _describe,
     codec_for,
 )
+from protocol.reference import describe
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -225,8 +225,8 @@ def test_every_proper_prefix_of_a_payload_is_rejected(cls: type, data: st.DataOb
     encoded = codec.encode(value)
     fields = dataclasses.fields(cls)
     hints = typing.get_type_hints(cls, include_extras=True)
-    wire = codec._to_wire(value)
-    ends = [len(construct.Struct(*[f.name / _describe(hints[f.name])[0]
+    wire = codec.reference.to_wire(value)
+    ends = [len(construct.Struct(*[f.name / describe(hints[f.name])[0]
                                    for f in fields[:k + 1]]).build(wire))
             for k in range(len(fields))]
     required = [k for k, f in enumerate(fields) if f.default is dataclasses.MISSING

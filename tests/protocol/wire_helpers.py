@@ -3,6 +3,8 @@
 * :func:`strategy_for` derives a hypothesis strategy from a payload dataclass's
   annotations, so a payload or procedure added to the table is covered without editing
   any test. An annotation it does not know fails loudly: add the new wire type here.
+* :func:`sample_for` is one fixed valid value of the same, for checks that run outside
+  hypothesis (e.g. in a fresh interpreter).
 * :class:`ConnectionPair` is a client and a server :class:`protocol.Connection` wired
   back to back, in the style of h11's test helper, with the hello already done.
 """
@@ -72,6 +74,29 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.builds(tp, **{f.name: strategy_for(hints[f.name])
                                 for f in dataclasses.fields(tp)})
     raise TypeError(f"unsupported annotation {tp!r}")
+
+
+#: wire name -> one valid value, at an edge of the range where there is one
+_SAMPLES: dict[str, Any] = {
+    "u8": 2**8 - 1, "u16": 2**16 - 1, "u32": 2**32 - 1, "u64": 2**64 - 1, "s32": -(2**31),
+    "s64": -(2**63), "f64": -0.5, "bool": True, "string": "héllo", "blob": b"\x00\xff",
+    "uuid": bytes(range(16)),
+}
+
+
+def sample_for(tp: Any) -> Any:
+    """A valid value of annotation or payload dataclass ``tp``: every list has two items,
+    so the generated list code runs both its "more items follow" and its last-item path."""
+    if typing.get_origin(tp) is Annotated:
+        for alias, name, _strategy in WIRE_TYPES:
+            if tp == alias:
+                return _SAMPLES[name]
+        raise TypeError(f"no sample for wire type {tp!r}: add it to _SAMPLES")
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return [sample_for(item), sample_for(item)]
+    hints = typing.get_type_hints(tp, include_extras=True)
+    return tp(**{f.name: sample_for(hints[f.name]) for f in dataclasses.fields(tp)})
 
 
 def referenced_classes(tp: Any) -> set[type]:
