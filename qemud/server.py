@@ -24,12 +24,11 @@ import itertools
 import logging
 import os
 import socket
-import ssl
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from protocol import (
     CLOSED,
@@ -55,7 +54,12 @@ from .config import Config
 from .dispatch import Deferred, Dispatcher, error_payload
 from .errors import OperationTimeout, QemudError
 from .loop import READ, WRITE, EventLoop, Timer
-from .transport import TLSTransport, Transport, UnixTransport, WouldBlock, tls_failure_reason
+from .transport import Transport, UnixTransport, WouldBlock
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .tls_transport import TLSTransport
 
 __all__ = ["Server", "Client", "Listener"]
 
@@ -201,6 +205,7 @@ class Server:
 
     def listen_tls(self, address: str, port: int, context: ssl.SSLContext) -> int:
         """Listen for TLS clients; returns the bound port (useful when ``port`` is 0)."""
+        from . import tls_transport  # noqa: F401 - now, not in the loop at the first client
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -271,8 +276,9 @@ class Server:
                 # Small frames must not wait for ACKs: with Nagle on, a reply that follows
                 # TLS 1.3's session ticket waited ~40 ms for the client's delayed ACK.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                from .tls_transport import TLSTransport  # loaded by listen_tls
                 transport = TLSTransport(sock, listener.tls_context)
-            except (OSError, ssl.SSLError) as exc:
+            except OSError as exc:  # ssl.SSLError is an OSError
                 log.warning("TLS client %s refused: %s", addr, exc)
                 sock.close()
                 return
@@ -310,7 +316,7 @@ class Server:
         client.interest = events
 
     def _handshake(self, client: Client) -> None:
-        assert isinstance(client.transport, TLSTransport)
+        assert client.transport.kind == "tls"
         try:
             client.transport.handshake_step()
         except WouldBlock as wb:
@@ -318,14 +324,15 @@ class Server:
                           functools.partial(self._handshake_ready, client))
             client.interest = -1  # not the I/O handler: force re-registration later
             return
-        except (ssl.SSLError, OSError) as exc:
+        except OSError as exc:  # ssl.SSLError is an OSError
+            from .tls_transport import tls_failure_reason
             reason = tls_failure_reason(exc)
             client.log.warning("TLS handshake with %s refused: %s", client.identity, reason)
             self._linger(client, f"TLS handshake failed: {reason}")
             return
         assert self.tls_identify is not None
         try:
-            identity, readonly = self.tls_identify(client.transport)
+            identity, readonly = self.tls_identify(cast("TLSTransport", client.transport))
         except QemudError as exc:
             client.log.warning("TLS client %s refused: %s", client.identity, exc.message)
             self._queue(client, client.conn.send(ErrorReply(0, 0, error_payload(exc))))
@@ -360,11 +367,8 @@ class Server:
                 data += transport.recv(RECV_SIZE)
         except WouldBlock:
             return
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError included
             self.close_client(client, f"read error: {exc}")
-            return
-        except ssl.SSLError as exc:
-            self.close_client(client, f"TLS error: {exc}")
             return
         client.last_rx = time.monotonic()
         client.pings = 0
@@ -508,7 +512,7 @@ class Server:
                 sent = client.transport.send(out)
             except WouldBlock:
                 return True
-            except (OSError, ssl.SSLError) as exc:
+            except OSError as exc:  # ssl.SSLError included
                 self.close_client(client, f"write error: {exc}")
                 return False
             del out[:sent]
@@ -521,7 +525,7 @@ class Server:
         if client.out:
             return True
         if client.closing:
-            if isinstance(client.transport, TLSTransport):
+            if client.transport.kind == "tls":
                 self._linger(client, "closed after final reply")
             else:
                 self.close_client(client, "closed after final reply")
@@ -535,8 +539,8 @@ class Server:
         the kernel send RST, and the client may then never see the alert or error frame
         that says why it was refused.
         """
-        assert isinstance(client.transport, TLSTransport)
-        transport = client.transport
+        assert client.transport.kind == "tls"
+        transport = cast("TLSTransport", client.transport)
         client.closing = True
         try:
             transport.shutdown_write()

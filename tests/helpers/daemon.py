@@ -164,6 +164,17 @@ class DaemonProcess:
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def imported_modules(self, since: int = 0) -> set[str]:
+        """The modules the daemon imported, from its stderr after offset ``since``.
+
+        Only a daemon started with ``PYTHONPROFILEIMPORTTIME=1`` in its environment (it
+        inherits the test's) reports them: Python then writes one ``import time:`` line
+        to stderr per module, when it imports it.
+        """
+        return {line.rsplit("|", 1)[1].strip()
+                for line in self.stderr_text()[since:].splitlines()
+                if line.startswith("import time:")}
+
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid

@@ -52,20 +52,17 @@ create      DOMAIN_SNAPSHOT_CREATE, DOMAIN_SNAPSHOT_LIST
 revert      DOMAIN_SNAPSHOT_REVERT, the undefine rule
 delete      DOMAIN_SNAPSHOT_DELETE and its merge (commit) jobs
 backup      DOMAIN_BACKUP and its block jobs
-duty        wiring: procedures, driver hooks, the DOMAIN_UNDEFINE check
+operations  the store, the tool runner and the operations over them; their driver hooks
+duty        wiring: procedures, the DOMAIN_UNDEFINE check, the start-up clean-up
 ==========  ==========================================================================
+
+Only the duty is imported with the package: the other modules are imported by the first
+snapshot procedure or undefine (see :mod:`.duty`), so they are not re-exported here;
+import them by name (``from qemud.appliance.snapshots.records import SnapshotStore``).
 """
 
 from __future__ import annotations
 
-from .backup import Backup, BackupOps, BackupTarget
-from .base import SnapshotOps, gather
-from .create import CreateOps
-from .delete import DeleteOps
 from .duty import SnapshotDuty, install
-from .records import DiskRecord, DomainSnapshots, SnapshotRecord, SnapshotStore, check_name
-from .revert import RevertOps
 
-__all__ = ["SnapshotDuty", "SnapshotStore", "DomainSnapshots", "SnapshotRecord",
-           "DiskRecord", "install", "check_name", "gather", "SnapshotOps", "CreateOps",
-           "RevertOps", "DeleteOps", "BackupOps", "Backup", "BackupTarget"]
+__all__ = ["SnapshotDuty", "install"]

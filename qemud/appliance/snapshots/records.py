@@ -1,7 +1,7 @@
 """Snapshot metadata: what a snapshot froze, and where a domain's records are kept.
 
 ``<root>/<domain>/snapshots.json`` holds a :class:`DomainSnapshots` (atomic writes; what
-a killed write left is removed when the store is opened at start-up);
+a killed write left is removed by the duty at start-up);
 ``<root>/<domain>/images/`` the overlays the daemon created. A record that belongs to an
 earlier domain of the same name (another uuid) is never used nor overwritten: it is set
 aside as ``snapshots.<uuid>.json`` at the next change.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemud.driver.store import atomic_write, remove_dead_writes_below
+from qemud.driver.store import atomic_write
 from qemud.errors import InvalidArg, NoSnapshot, OperationFailed
 
 if TYPE_CHECKING:
@@ -102,18 +102,13 @@ class DomainSnapshots:
 class SnapshotStore:
     """``<root>/<domain>/snapshots.json`` and ``<root>/<domain>/images/``.
 
-    The duty opens it once, at start-up, with the pidfile lock held: opening it removes
-    the temp files of metadata writes a killed daemon never renamed (:meth:`remove_debris`).
+    The temp files of metadata writes a killed daemon never renamed are removed by the
+    duty at start-up, not here: the store is opened later, by the first snapshot
+    procedure or undefine.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.remove_debris()
-
-    def remove_debris(self) -> list[Path]:
-        """Delete ``atomic_write``'s temp files in every ``<root>/<domain>/``; return them
-        (see ``remove_dead_writes``: only while no other daemon can write there)."""
-        return remove_dead_writes_below(self.root)
 
     def dir(self, domain: str) -> Path:
         return self.root / domain

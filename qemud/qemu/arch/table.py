@@ -11,7 +11,7 @@ import fnmatch
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -122,7 +122,9 @@ class ArchTable:
 def load_tables(text: str | None = None) -> dict[str, ArchTable]:
     """Parse devices.toml (or ``text``) into one :class:`ArchTable` per arch."""
     if text is None:
-        text = resources.files(__package__).joinpath("devices.toml").read_text("utf-8")
+        # Next to this file (package data, never zipped): importlib.resources would
+        # import zipfile into every daemon for this one read.
+        text = Path(__file__).with_name("devices.toml").read_text("utf-8")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
