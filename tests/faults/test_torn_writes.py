@@ -71,6 +71,28 @@ def test_interrupt_before_rename_cleans_up(tmp_path: Path, monkeypatch) -> None:
     assert target.read_text() == "old" and _files(tmp_path) == ["dom.xml"]
 
 
+def test_a_dead_writers_temp_file_with_our_name_is_replaced(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """Temp names are ``.<file>.<pid>-<n>.tmp``; pids are reused, so a killed daemon's
+    leftover can carry the very name the next write picks. It is debris: overwritten,
+    not an error, and the write lands whole."""
+    monkeypatch.setattr(store_mod, "_temp_serial", iter([7]))
+    leftover = tmp_path / f".dom.xml.{os.getpid()}-7.tmp"
+    leftover.write_text("<domain>half of a dead daemon's wr")
+    atomic_write(tmp_path / "dom.xml", "<domain>new</domain>")
+    assert (tmp_path / "dom.xml").read_text() == "<domain>new</domain>"
+    assert _files(tmp_path) == ["dom.xml"]
+
+
+def test_written_files_get_exactly_their_mode_and_their_directory(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "a" / "b" / "flag", b"", 0o644)  # directories created
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "b" / "flag").stat().st_mode & 0o777 == 0o644
+
+
 def test_process_killed_before_rename_leaves_old_file_and_ignored_debris(
         tmp_path: Path) -> None:
     domains, autostart, status = tmp_path / "domains", tmp_path / "autostart", \
