@@ -15,6 +15,8 @@ from protocol.constants import (
     EventId,
     LifecycleEvent,
     ListFlags,
+    RebootFlags,
+    ShutdownFlags,
 )
 
 from .connection import ClientInfo, Connection, EventRecord, NodeInfo, Stream, connect
@@ -45,9 +47,10 @@ from .uri import default_uri, parse_uri
 __all__ = [
     "DomainState", "EventId", "LifecycleEvent", "ListFlags", "ClientInfo", "Connection",
     "EventRecord", "NodeInfo", "Stream", "connect", "AFFECT_CONFIG", "AFFECT_LIVE",
-    "XML_INACTIVE", "Domain", "DomainInfo", "AuthError", "ConfigUnsupportedError",
-    "ConnectFailed", "ConnectionLost", "DomainExistsError", "InvalidArgError", "InvalidURI",
-    "LimitExceeded", "NoDomainError", "NoSnapshotError", "NotSupportedError",
-    "OperationFailed", "OperationInvalid", "OperationTimeout", "ProtocolVersionError",
-    "QemudClientError", "ReadOnlyError", "RemoteError", "XMLError", "default_uri", "parse_uri",
+    "XML_INACTIVE", "Domain", "DomainInfo", "RebootFlags", "ShutdownFlags", "AuthError",
+    "ConfigUnsupportedError", "ConnectFailed", "ConnectionLost", "DomainExistsError",
+    "InvalidArgError", "InvalidURI", "LimitExceeded", "NoDomainError", "NoSnapshotError",
+    "NotSupportedError", "OperationFailed", "OperationInvalid", "OperationTimeout",
+    "ProtocolVersionError", "QemudClientError", "ReadOnlyError", "RemoteError", "XMLError",
+    "default_uri", "parse_uri",
 ]

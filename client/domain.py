@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 import protocol as P
 from protocol import payloads as pl
-from protocol.constants import DomainState, ShutdownFlags
+from protocol.constants import DomainState, RebootFlags, ShutdownFlags
 
 if TYPE_CHECKING:
     from .connection import Connection, Stream
 
-__all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "AFFECT_LIVE", "AFFECT_CONFIG"]
+__all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "AFFECT_LIVE", "AFFECT_CONFIG", "RebootFlags",
+           "ShutdownFlags"]
 
 #: libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_INACTIVE = 2
@@ -113,9 +114,14 @@ class Domain:
 
     start = create
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """ACPI power button; with ``timeout``, destroy if not off by then (waits for it)."""
-        flags = int(ShutdownFlags.ACPI_POWER_BTN)
+    def shutdown(self, timeout: float | None = None, flags: int = 0) -> None:
+        """Ask the guest to power off; with ``timeout``, destroy it if it is not off by
+        then (the call waits for that).
+
+        ``flags`` picks how, as libvirt's ``virDomainShutdownFlags`` does (ShutdownFlags:
+        0 or ACPI_POWER_BTN press the ACPI power button; GUEST_AGENT alone fails, as qemud
+        has no guest agent; other modes are refused, see docs/CONFORMANCE.md).
+        """
         ms = 0
         if timeout is not None:
             flags |= ShutdownFlags.DESTROY_ON_TIMEOUT
@@ -124,6 +130,7 @@ class Domain:
                          P.Empty, timeout=None)
 
     def reboot(self, flags: int = 0) -> None:
+        """Reboot the guest; ``flags`` (RebootFlags) picks how, as for :meth:`shutdown`."""
         self._conn._call(P.Procedure.DOMAIN_REBOOT, pl.DomainFlagsArgs(self.ref, flags),
                          P.Empty)
 

@@ -17,7 +17,8 @@
           +-- OperationFailed          VIR_ERR_OPERATION_FAILED
           +-- OperationTimeout         VIR_ERR_OPERATION_TIMEOUT
           +-- NoSnapshotError          VIR_ERR_NO_DOMAIN_SNAPSHOT
-          +-- NotSupportedError        VIR_ERR_NO_SUPPORT / OPERATION_UNSUPPORTED
+          +-- NotSupportedError        VIR_ERR_NO_SUPPORT / OPERATION_UNSUPPORTED /
+                                       ARGUMENT_UNSUPPORTED
           +-- AuthError                VIR_ERR_AUTH_FAILED / ACCESS_DENIED
           +-- ConfigUnsupportedError   VIR_ERR_CONFIG_UNSUPPORTED
           +-- LimitExceeded            a daemon limit (clients, frame size) was hit
@@ -128,6 +129,7 @@ _BY_CODE: dict[int, type[RemoteError]] = {
     ErrorCode.NO_DOMAIN_SNAPSHOT: NoSnapshotError,
     ErrorCode.NO_SUPPORT: NotSupportedError,
     ErrorCode.OPERATION_UNSUPPORTED: NotSupportedError,
+    ErrorCode.ARGUMENT_UNSUPPORTED: NotSupportedError,
     ErrorCode.AUTH_FAILED: AuthError,
     ErrorCode.ACCESS_DENIED: AuthError,
     ErrorCode.CONFIG_UNSUPPORTED: ConfigUnsupportedError,

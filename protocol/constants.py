@@ -81,6 +81,7 @@ class ErrorCode(enum.IntEnum):
     CONFIG_UNSUPPORTED = 67
     OPERATION_TIMEOUT = 68
     NO_DOMAIN_SNAPSHOT = 72
+    ARGUMENT_UNSUPPORTED = 74
     OPERATION_UNSUPPORTED = 84
     RESOURCE_BUSY = 87
     ACCESS_DENIED = 88
@@ -268,11 +269,33 @@ class ListFlags(enum.IntFlag):
 
 
 class ShutdownFlags(enum.IntFlag):
-    """DOMAIN_SHUTDOWN flags (libvirt's ACPI_POWER_BTN = 1; the rest are qemud's)."""
+    """DOMAIN_SHUTDOWN flags: libvirt's shutdown modes, and qemud's DESTROY_ON_TIMEOUT.
+
+    0 lets the daemon choose. The modes are libvirt's ``VIR_DOMAIN_SHUTDOWN_*`` bits so a
+    libvirt caller's flags mean the same here; which ones qemud can honour is up to the
+    daemon (docs/CONFORMANCE.md).
+    """
 
     ACPI_POWER_BTN = 1
+    GUEST_AGENT = 2
+    INITCTL = 4
+    SIGNAL = 8
+    PARAVIRT = 16
     #: with a non-zero timeout: destroy the guest if it has not stopped by then
     DESTROY_ON_TIMEOUT = 1 << 16
+
+
+class RebootFlags(enum.IntFlag):
+    """DOMAIN_REBOOT flags: libvirt's reboot modes (the same bits as ShutdownFlags').
+
+    0 lets the daemon choose; see ShutdownFlags for why these are libvirt's numbers.
+    """
+
+    ACPI_POWER_BTN = 1
+    GUEST_AGENT = 2
+    INITCTL = 4
+    SIGNAL = 8
+    PARAVIRT = 16
 
 
 class UndefineFlags(enum.IntFlag):

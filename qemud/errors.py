@@ -101,6 +101,13 @@ class NoSupport(QemudError):
     code = ErrorCode.NO_SUPPORT
 
 
+class ArgumentUnsupported(QemudError):
+    """A valid argument this host or guest cannot honour (libvirt's code for, e.g., the
+    guest agent mode of a guest without an agent)."""
+
+    code = ErrorCode.ARGUMENT_UNSUPPORTED
+
+
 class InternalError(QemudError):
     code = ErrorCode.INTERNAL_ERROR
 

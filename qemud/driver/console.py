@@ -92,7 +92,8 @@ class ConsoleManager:
 
     def open(self, dom: DomainObj, client: Any, serial: int, device: str,
              chardev_paths: dict[str, str]) -> Deferred:
-        """Attach ``client`` to the console ``device`` ("" = first serial/console)."""
+        """Attach ``client`` to the console ``device`` ("" = the first console, else the
+        first serial port)."""
         if dom.uuid in self.active:
             raise OperationInvalid(f"operation failed: an active console session exists for "
                                    f"domain '{dom.name}'")

@@ -21,6 +21,8 @@ from protocol import Empty, Procedure
 from protocol import payloads as pl
 from protocol.constants import (
     DomainState,
+    ErrorDomain,
+    RebootFlags,
     RunningReason,
     ShutdownFlags,
     ShutoffReason,
@@ -30,6 +32,7 @@ from protocol.constants import (
 from qemud.conf import ConfError, DomainDef, parse_domain_xml
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
+    ArgumentUnsupported,
     InvalidArg,
     OperationFailed,
     OperationInvalid,
@@ -37,6 +40,7 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.qemu.capabilities import Capabilities, probe_capabilities
+from qemud.qemu.chardevs import console_sources
 from qemud.qemu.qmp import QMPEvent
 
 from .console import ConsoleManager
@@ -59,6 +63,9 @@ XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 
 GuestHook = Callable[[DomainObj, str], bool]
+
+#: libvirt's reboot/shutdown modes: the same bits in RebootFlags and ShutdownFlags
+_PowerModes = type[RebootFlags] | type[ShutdownFlags]
 
 
 class QemuDriver:
@@ -293,8 +300,11 @@ class QemuDriver:
         return self._ref_reply(self.lifecycle.start(self._dom(args), paused=bool(args.flags & 1)))
 
     def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Any:
+        _check_power_modes("shutdown", args.flags, ShutdownFlags,
+                          ShutdownFlags.DESTROY_ON_TIMEOUT)
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
+        _refuse_agent_only("shutdown", args.flags, ShutdownFlags)
         assert dom.monitor is not None
         if dom.state == DomainState.PAUSED:
             raise OperationInvalid(f"domain '{dom.name}' is paused: resume it before an ACPI "
@@ -318,8 +328,10 @@ class QemuDriver:
         return self._empty_or(done)
 
     def _reboot(self, ctx: Any, args: pl.DomainFlagsArgs) -> Any:
+        _check_power_modes("reboot", args.flags, RebootFlags)
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
+        _refuse_agent_only("reboot", args.flags, RebootFlags)
         assert dom.monitor is not None
         dom.fake_reboot = True  # like libvirt: ACPI power-off, then reset instead of stopping
         return self._empty_or(dom.monitor.execute("system_powerdown"))
@@ -490,7 +502,8 @@ class QemuDriver:
     def _open_console(self, ctx: Any, args: pl.ConsoleArgs) -> Deferred:
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
-        assert dom.monitor is not None
+        assert dom.monitor is not None and dom.live is not None
+        live = dom.live
         serial = ctx.current_serial
         out = Deferred()
 
@@ -498,23 +511,53 @@ class QemuDriver:
             if d.error is not None:
                 out.fail(d.error)
                 return
-            paths: dict[str, str] = {}
-            for entry in d.result or []:
-                label, filename = entry.get("label", ""), entry.get("filename", "")
-                if label.startswith(("charserial", "charconsole")):
-                    device = label[4:]
-                    if filename.startswith("pty:"):
-                        paths[device] = filename[4:]
-                    elif filename.startswith("unix:"):
-                        paths[device] = "unix:" + filename[5:].split(",")[0]
             try:
-                self.consoles.open(dom, ctx, serial, args.device, dict(sorted(paths.items())))
+                self.consoles.open(dom, ctx, serial, args.device,
+                                   console_sources(live, d.result))
             except Exception as exc:
                 out.fail(exc if isinstance(exc, QemudError) else OperationFailed(str(exc)))
                 return
             out.resolve(Empty())
         dom.monitor.execute("query-chardev").add_done_callback(got)
         return out
+
+
+def _check_power_modes(verb: str, flags: int, modes: _PowerModes, own: int = 0) -> None:
+    """Refuse the flags of a reboot or shutdown that the QEMU driver cannot honour.
+
+    It knows libvirt's ACPI and AGENT modes (as libvirt's QEMU driver does) plus the
+    qemud bits in ``own``; anything else -- INITCTL, SIGNAL and PARAVIRT are for other
+    hypervisors' drivers -- is refused before the domain is even looked up, with
+    libvirt's code and words ("unsupported flags (0x4)", INVALID_ARG), so that a
+    libvirt user's error handling applies. Silently pressing the ACPI button instead
+    would not be the shutdown the caller asked for.
+    """
+    # (int: ~ of an IntFlag keeps only the bits the enum defines)
+    unsupported = flags & ~int(modes.ACPI_POWER_BTN | modes.GUEST_AGENT | own)
+    if not unsupported:
+        return
+    names = {int(mode): name.lower() for name, mode in modes.__members__.items()}
+    bits = [1 << i for i in range(unsupported.bit_length()) if unsupported >> i & 1]
+    what = ", ".join(f"mode '{names[bit]}'" if bit in names else f"unknown flag {bit:#x}"
+                     for bit in bits)
+    raise InvalidArg(f"unsupported flags ({unsupported:#x}) in {verb}: {what} (the QEMU "
+                     "driver has the 'acpi' and 'agent' modes)", domain=ErrorDomain.QEMU)
+
+
+def _refuse_agent_only(verb: str, flags: int, modes: _PowerModes) -> None:
+    """Refuse the AGENT mode on its own: qemud has no guest agent channel.
+
+    libvirt answers it with "QEMU guest agent is not configured" for a guest without an
+    agent channel, which is every qemud guest. AGENT together with ACPI is fine: libvirt
+    then tries the agent first and presses the ACPI button when that fails, so the
+    button is what happens. Called once the domain is known to be running, as libvirt
+    checks for the agent only then.
+    """
+    if flags & modes.GUEST_AGENT and not flags & modes.ACPI_POWER_BTN:
+        raise ArgumentUnsupported(
+            "argument unsupported: QEMU guest agent is not configured (qemud has no guest "
+            f"agent channel support): the 'agent' {verb} mode cannot work; use the 'acpi' "
+            "mode (alone, or with 'agent' to fall back to it)", domain=ErrorDomain.QEMU)
 
 
 def _log_failure(what: str, name: str, done: Deferred) -> None:

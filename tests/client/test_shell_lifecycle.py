@@ -92,8 +92,26 @@ def test_lifecycle(daemon: DaemonProcess, qemush: Qemush, shell_env: dict[str, s
         assert proc.stderr.splitlines()[0] == "error: Failed to resume domain 'life'"
 
         ok(qemush("-c", u, "start", "life"))
-        assert ok(qemush("-c", u, "shutdown", "life", "--timeout", "1")) == \
-            "Domain 'life' is shut off\n"
+        # virsh's --mode: what qemud cannot do is the daemon's error, in virsh's two lines
+        proc = qemush("-c", u, "reboot", "life", "--mode", "agent")
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[:2] == [
+            "error: Failed to reboot domain 'life'",
+            "error: argument unsupported: QEMU guest agent is not configured (qemud has no "
+            "guest agent channel support): the 'agent' reboot mode cannot work; use the "
+            "'acpi' mode (alone, or with 'agent' to fall back to it)"]
+        proc = qemush("-c", u, "shutdown", "life", "--mode", "initctl,signal")
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines()[:2] == [
+            "error: Failed to shutdown domain 'life'",
+            "error: unsupported flags (0xc) in shutdown: mode 'initctl', mode 'signal' (the "
+            "QEMU driver has the 'acpi' and 'agent' modes)"]
+        assert state(qemush, daemon) == "running (booted)"
+        # (no OS: the ACPI button does nothing, the timeout destroys it)
+        assert ok(qemush("-c", u, "reboot", "life", "--mode", "agent,acpi")) == \
+            "Domain 'life' is being rebooted\n"
+        assert ok(qemush("-c", u, "shutdown", "life", "--mode", "acpi,agent",
+                         "--timeout", "1")) == "Domain 'life' is shut off\n"
         assert state(qemush, daemon).startswith("shut off")
     finally:
         qemush("-c", u, "destroy", "life")

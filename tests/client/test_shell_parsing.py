@@ -151,7 +151,7 @@ def test_group_help() -> None:
 def test_command_help_page() -> None:
     text = command_help(REGISTRY["shutdown"])
     assert "  NAME\n    shutdown - gracefully shutdown a domain\n" in text
-    assert "  SYNOPSIS\n    shutdown <domain> [--timeout <seconds>]\n" in text
+    assert "  SYNOPSIS\n    shutdown <domain> [--mode <string>] [--timeout <seconds>]\n" in text
     assert "  DESCRIPTION\n" in text and "  OPTIONS\n" in text
     assert "[--domain] <string>" in text
     assert "--timeout <number>" in text
@@ -161,6 +161,16 @@ def test_command_help_flag_via_execute() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert execute(Shell(out=out, err=err), ["dominfo", "--help"])
     assert out.getvalue() == command_help(REGISTRY["dominfo"])
+
+
+@pytest.mark.parametrize("command", ["reboot", "shutdown"])
+def test_unknown_power_mode_is_refused_before_connecting(command: str) -> None:
+    """virsh's --mode list: every word must be a mode (the shell never connects here)."""
+    out, err = io.StringIO(), io.StringIO()
+    assert not execute(Shell(out=out, err=err), [command, "demo", "--mode", "acpi,bogus"])
+    assert err.getvalue() == ("error: Unknown mode bogus value, expecting 'acpi', 'agent', "
+                              "'initctl', 'signal', or 'paravirt'\n")
+    assert out.getvalue() == ""
 
 
 def test_attach_disk_print_xml_needs_no_daemon(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,3 +29,5 @@ def test_client_reexports_the_protocol_enums() -> None:
     assert client.LifecycleEvent is C.LifecycleEvent
     assert client.EventId is C.EventId
     assert client.ListFlags is C.ListFlags
+    assert client.RebootFlags is C.RebootFlags
+    assert client.ShutdownFlags is C.ShutdownFlags

@@ -19,6 +19,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,12 @@ KNOWN_DIFFERENCES: dict[str, tuple[Value, Value]] = {
     "error.define_other_name_same_uuid": ("OPERATION_FAILED", "DOM_EXIST"),
     "error.create_same_name_other_uuid": ("OPERATION_FAILED", "DOM_EXIST"),
 }
+
+#: libvirt's reboot/shutdown modes (VIR_DOMAIN_REBOOT_* = VIR_DOMAIN_SHUTDOWN_*) and a bit
+#: that is none of them
+POWER_MODES = {"agent": int(C.RebootFlags.GUEST_AGENT), "initctl": int(C.RebootFlags.INITCTL),
+               "signal": int(C.RebootFlags.SIGNAL), "paravirt": int(C.RebootFlags.PARAVIRT),
+               "unknown_flag": 1 << 6}
 
 
 # -- rendering libvirt's numbers readably (the same function for both sides) -------------
@@ -158,7 +165,8 @@ class Side:
     def set_autostart(self, dom: Any, on: bool) -> None: raise NotImplementedError
     def xml(self, dom: Any, inactive: bool) -> str: raise NotImplementedError
     def start(self, dom: Any, paused: bool = False) -> None: raise NotImplementedError
-    def reboot(self, dom: Any) -> None: raise NotImplementedError
+    def reboot(self, dom: Any, flags: int = 0) -> None: raise NotImplementedError
+    def shutdown(self, dom: Any, flags: int) -> None: raise NotImplementedError
     def suspend(self, dom: Any) -> None: raise NotImplementedError
     def resume(self, dom: Any) -> None: raise NotImplementedError
     def destroy(self, dom: Any) -> None: raise NotImplementedError
@@ -221,8 +229,11 @@ class LibvirtSide(Side):
     def start(self, dom: Any, paused: bool = False) -> None:
         dom.createWithFlags(self.lib.VIR_DOMAIN_START_PAUSED if paused else 0)
 
-    def reboot(self, dom: Any) -> None:
-        dom.reboot(0)
+    def reboot(self, dom: Any, flags: int = 0) -> None:
+        dom.reboot(flags)
+
+    def shutdown(self, dom: Any, flags: int) -> None:
+        dom.shutdownFlags(flags)
 
     def suspend(self, dom: Any) -> None:
         dom.suspend()
@@ -304,8 +315,11 @@ class QemudSide(Side):
     def start(self, dom: Any, paused: bool = False) -> None:
         dom.create(START_PAUSED if paused else 0)
 
-    def reboot(self, dom: Any) -> None:
-        dom.reboot()
+    def reboot(self, dom: Any, flags: int = 0) -> None:
+        dom.reboot(flags)
+
+    def shutdown(self, dom: Any, flags: int) -> None:
+        dom.shutdown(flags=flags)
 
     def suspend(self, dom: Any) -> None:
         dom.suspend()
@@ -468,6 +482,10 @@ def run_scenario(side: Side, guest: Any) -> dict[str, Value]:
     rec["error.suspend_shutoff"] = side.err(lambda: side.suspend(dom))
     rec["error.resume_shutoff"] = side.err(lambda: side.resume(dom))
     rec["error.destroy_shutoff"] = side.err(lambda: side.destroy(dom))
+    for verb, call in (("reboot", side.reboot), ("shutdown", side.shutdown)):
+        for mode in ("agent", "initctl"):
+            rec[f"error.{verb}_{mode}_shutoff"] = side.err(partial(call, dom,
+                                                                   POWER_MODES[mode]))
     rec["define.state_after_errors"] = side.state(dom)
 
     # start
@@ -485,6 +503,11 @@ def run_scenario(side: Side, guest: Any) -> dict[str, Value]:
     listing("running")
     rec["error.start_running"] = side.err(lambda: side.start(dom))
     rec["error.resume_running"] = side.err(lambda: side.resume(dom))
+    # reboot/shutdown modes: none of these may reach the guest
+    for verb, call in (("reboot", side.reboot), ("shutdown", side.shutdown)):
+        for mode, flag in POWER_MODES.items():
+            rec[f"error.{verb}_{mode}"] = side.err(partial(call, dom, flag))
+    rec["start.state_after_refused_modes"] = side.state(dom)
 
     # suspend / resume
     step_events("suspend", "SUSPENDED", lambda: side.suspend(dom))
@@ -650,6 +673,12 @@ def test_expected_answers(observed: dict[str, dict[str, Value]]) -> None:
     assert q["reboot_destroy.state"] == "SHUTOFF:SHUTDOWN"
     assert q["events.unexpected"] == []
     assert q["error.readonly_define"] == "OPERATION_DENIED"
+    for verb in ("reboot", "shutdown"):
+        assert q[f"error.{verb}_agent_shutoff"] == "OPERATION_INVALID"
+        for mode in ("initctl", "signal", "paravirt", "unknown_flag"):
+            assert q[f"error.{verb}_{mode}"] == "INVALID_ARG"
+        assert q[f"error.{verb}_initctl_shutoff"] == "INVALID_ARG"
+    assert q["start.state_after_refused_modes"] == "RUNNING:BOOTED"
 
 
 def test_known_differences_are_documented() -> None:

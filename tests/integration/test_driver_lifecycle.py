@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ import pytest
 import client
 from protocol.constants import (
     DomainState,
+    ErrorCode,
+    ErrorDomain,
     LifecycleEvent,
     PausedReason,
     RunningReason,
@@ -170,6 +172,78 @@ def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection
     assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
     serial.close()
     dom.undefine()
+
+
+def test_reboot_and_shutdown_modes(conn: client.Connection, qemud: DaemonProcess, test_guest,
+                                  tmp_path: Path) -> None:
+    """libvirt's mode flags, as libvirtd 9.0's QEMU driver takes them (checked by hand; the
+    error codes also in tests/conformance/): ACPI or none presses the power button; AGENT
+    alone fails, as qemud guests have no agent ("not configured"); AGENT with ACPI falls
+    back to the button; INITCTL, SIGNAL, PARAVIRT and unknown bits are refused before the
+    domain is looked at. A refused call leaves the guest alone."""
+    R, S = client.RebootFlags, client.ShutdownFlags
+    sock = tmp_path / "s.sock"
+    dom = conn.define_xml(guest_xml("modes", test_guest, sock))
+    with pytest.raises(client.InvalidArgError,
+                       match=r"^unsupported flags \(0x4\) in reboot: mode 'initctl' "):
+        dom.reboot(R.INITCTL)
+    with pytest.raises(client.OperationInvalid, match="not running"):
+        dom.shutdown(flags=S.GUEST_AGENT)  # libvirt: running is checked before the agent
+    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+    conn.register_event(client.EventId.REBOOT, domain=dom)
+    dom.create()
+    try:
+        serial = SerialPort(sock)
+        serial.wait_for(READY)
+        assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED,
+                                                   StartedDetail.BOOTED)]
+        refused: list[tuple[Callable[[], None], type[client.RemoteError], str]] = [
+            (lambda: dom.reboot(R.GUEST_AGENT), client.NotSupportedError,
+             r"QEMU guest agent is not configured .*'agent' reboot mode"),
+            (lambda: dom.shutdown(flags=S.GUEST_AGENT), client.NotSupportedError,
+             r"QEMU guest agent is not configured .*'agent' shutdown mode"),
+            (lambda: dom.reboot(R.SIGNAL | R.ACPI_POWER_BTN), client.InvalidArgError,
+             r"\(0x8\) in reboot: mode 'signal' "),
+            (lambda: dom.shutdown(flags=S.INITCTL | S.PARAVIRT), client.InvalidArgError,
+             r"\(0x14\) in shutdown: mode 'initctl', mode 'paravirt' "),
+            (lambda: dom.shutdown(flags=S.ACPI_POWER_BTN | 1 << 5), client.InvalidArgError,
+             r"\(0x20\) in shutdown: unknown flag 0x20 "),
+            # shutdown's own DESTROY_ON_TIMEOUT is no reboot flag
+            (lambda: dom.reboot(int(S.DESTROY_ON_TIMEOUT)), client.InvalidArgError,
+             r"\(0x10000\) in reboot: unknown flag 0x10000 "),
+        ]
+        for call, error, message in refused:
+            with pytest.raises(error, match=message) as info:
+                call()
+            assert info.value.domain == ErrorDomain.QEMU
+            if error is client.NotSupportedError:  # libvirt's code for a missing agent
+                assert info.value.code == ErrorCode.ARGUMENT_UNSUPPORTED
+        mark = serial.mark()
+        serial.send("ping")
+        serial.wait_for("QEMUD-PONG", start=mark)  # the guest noticed nothing
+        assert dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+        assert conn.next_event(1.0) is None
+
+        mark = serial.mark()
+        dom.reboot(R.GUEST_AGENT | R.ACPI_POWER_BTN)  # no agent: the ACPI button
+        serial.wait_for(READY, start=mark)
+        assert dom.state()[0] == DomainState.RUNNING
+        rebooted = []  # (and the lifecycle events of the reset's pause and continue)
+        while (record := conn.next_event(1.0)) is not None:
+            rebooted.append(record.event_id)
+        assert client.EventId.REBOOT in rebooted
+
+        mark = serial.mark()
+        dom.shutdown(flags=S.ACPI_POWER_BTN)
+        serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
+        assert lifecycle_events(conn, dom, 2) == [
+            (LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
+            (LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+        serial.close()
+    finally:
+        if dom.is_active():
+            dom.destroy()
+        dom.undefine()
 
 
 def test_wrong_state_errors_name_the_cause(conn: client.Connection, test_guest,

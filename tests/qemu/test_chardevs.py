@@ -1,10 +1,16 @@
-"""Which chardev a serial/console/channel is, and its pty from query-chardev (pure)."""
+"""Which chardev a serial/console/channel is, its pty from query-chardev, and what a
+console stream opens (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from qemud.qemu.chardevs import chardev_id_of, console_is_serial0, pty_paths
+from qemud.qemu.chardevs import (
+    chardev_id_of,
+    console_is_serial0,
+    console_sources,
+    pty_paths,
+)
 from tests.qemu.test_command import argv, option
 
 from .fakes import FakeChar, FakeDomain
@@ -78,3 +84,53 @@ def test_only_pty_devices_are_listed() -> None:
     """The console mirrors serial 0, but only shows a pty if it says type='pty'."""
     dom = FakeDomain(serials=[FakeChar()], consoles=[FakeChar(type="null")])
     assert pty_paths(dom, query_chardev()) == [("serial", 0, "/dev/pts/3")]
+
+
+# -- console_sources ---------------------------------------------------------------------
+
+
+def test_console_sources_consoles_first_and_console0_is_serial0() -> None:
+    """libvirt looks a console name up among the consoles, then the serial ports, and with
+    no name opens the first console: the first key. ``console0`` here is serial 0's
+    compatibility console, so it opens serial 0's pty (as ``virsh console g console0``
+    does on libvirtd 9.0); the null serial and the channels have nothing to open."""
+    sources = console_sources(virt_install_like(), query_chardev())
+    assert list(sources.items()) == [
+        ("console0", "/dev/pts/3"), ("console1", "/dev/pts/4"), ("serial0", "/dev/pts/3")]
+
+
+def test_console_sources_of_listening_unix_sockets() -> None:
+    """QEMU names a socket it listens on ``unix:PATH,server=on``, and while no client is
+    connected (the usual case when a console is opened) ``disconnected:unix:...``; a path
+    may hold a comma. A socket QEMU connects out on is someone else's server: left out."""
+    dom = FakeDomain(
+        serials=[FakeChar(type="unix", source_mode="bind", target_port=0),
+                 FakeChar(type="unix", source_mode="bind", target_port=1),
+                 FakeChar(type="unix", source_mode="connect", target_port=2)],
+        consoles=[FakeChar(type="unix", target_type="serial", target_port=0)])
+    reply = [
+        {"label": "charserial0", "filename": "disconnected:unix:/run/q/a,b.sock,server=on"},
+        {"label": "charserial1", "filename": "unix:/run/q/charserial1.sock,server=on"},
+        {"label": "charserial2", "filename": "unix:/run/elsewhere.sock"},
+    ]
+    assert list(console_sources(dom, reply).items()) == [
+        ("console0", "unix:/run/q/a,b.sock"), ("serial0", "unix:/run/q/a,b.sock"),
+        ("serial1", "unix:/run/q/charserial1.sock")]
+
+
+def test_console_sources_without_a_console_start_with_serial_0() -> None:
+    dom = FakeDomain(serials=[FakeChar(), FakeChar(target_port=1)])
+    reply = [{"label": "charserial0", "filename": "pty:/dev/pts/7"},
+             {"label": "charserial1", "filename": "pty:/dev/pts/8"}]
+    assert list(console_sources(dom, reply)) == ["serial0", "serial1"]
+
+
+@pytest.mark.parametrize("reply", [
+    None, {}, "pty:/dev/pts/1", [None, 3, {"label": 1}],
+    [{"label": "charserial0", "filename": "pty:"}],
+    [{"label": "charserial0", "filename": "unix:,server=on"}],
+    [{"label": "charserial0", "filename": "disconnected:unix:/run/a.sock"}],
+    [{"label": "charserial0", "filename": "file:/var/log/serial.log"}],
+    [{"label": "charchannel0", "filename": "pty:/dev/pts/5"}]])
+def test_console_sources_of_a_malformed_or_useless_answer_are_none(reply: object) -> None:
+    assert console_sources(virt_install_like(), reply) == {}

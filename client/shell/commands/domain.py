@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from protocol.constants import DomainState, ListFlags, UndefineFlags
+from protocol.constants import DomainState, ListFlags, RebootFlags, UndefineFlags
 
 from ...domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE, Domain
 from ...format import key_values, reason_name, state_name, state_text, table
@@ -20,6 +20,15 @@ LIVE = Opt("live", "affect the running domain")
 CONFIG = Opt("config", "affect the persistent definition")
 CURRENT = Opt("current", "affect the current state of the domain (the default)")
 PERSISTENT = Opt("persistent", "make the live change persistent too")
+
+#: virsh's --mode words for the reboot/shutdown modes (the same bits in both flag enums)
+POWER_MODES: dict[str, int] = {
+    "acpi": RebootFlags.ACPI_POWER_BTN, "agent": RebootFlags.GUEST_AGENT,
+    "initctl": RebootFlags.INITCTL, "signal": RebootFlags.SIGNAL,
+    "paravirt": RebootFlags.PARAVIRT,
+}
+MODE = Opt("mode", "shutdown mode: acpi|agent|initctl|signal|paravirt", "string",
+           suggest=tuple(POWER_MODES))
 
 
 def _read_file(path: str, context: str) -> str:
@@ -47,6 +56,22 @@ def _affect_flags(sh: Shell, args: Args, dom: Domain) -> int:
         with sh.failing(f"failed to get state of domain '{dom.name}'"):
             if dom.is_active():
                 flags |= AFFECT_LIVE
+    return flags
+
+
+def _mode_flags(args: Args) -> int:
+    """virsh's ``--mode acpi,agent``: the OR of the listed modes' flags (0 without it).
+
+    Every word is checked here, as virsh does; whether the daemon can do the mode is the
+    daemon's answer (qemud: acpi, and agent only together with acpi).
+    """
+    text = args.get("mode")
+    flags = 0
+    for word in [] if text is None else text.split(","):
+        if word not in POWER_MODES:
+            raise UsageError(f"Unknown mode {word} value, expecting 'acpi', 'agent', "
+                             "'initctl', 'signal', or 'paravirt'")
+        flags |= POWER_MODES[word]
     return flags
 
 
@@ -290,32 +315,43 @@ def cmd_start(sh: Shell, args: Args) -> None:
 
 
 @command("shutdown", "domain", "gracefully shutdown a domain", description=(
-    "Press the ACPI power button of the domain. With --timeout N, wait up to N seconds "
-    "for it to stop and destroy it if it has not."),
-    args=(DOM,), opts=(Opt("timeout", "seconds before the domain is destroyed", "seconds",
-                           integer=True),))
+    "Ask the domain to shut down: by default (or with --mode acpi) press its ACPI power "
+    "button. --mode takes virsh's comma-separated list of modes; qemud has no guest agent, "
+    "so 'agent' works only together with 'acpi', and initctl, signal and paravirt are "
+    "refused. With --timeout N, wait up to N seconds for it to stop and destroy it if it "
+    "has not."),
+    args=(DOM,), opts=(MODE, Opt("timeout", "seconds before the domain is destroyed",
+                                 "seconds", integer=True)))
 def cmd_shutdown(sh: Shell, args: Args) -> None:
-    dom = sh.domain(args.req("domain"))
+    flags = _mode_flags(args)
     timeout = args.number("timeout")
     if timeout is not None and timeout <= 0:
         raise UsageError("command 'shutdown': --timeout must be a positive number of seconds")
+    dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to shutdown domain '{dom.name}'"):
         if timeout is None:
-            dom.shutdown()
+            dom.shutdown(flags=flags)
         else:
             with Progress(sh.err, f"Shutting down domain '{dom.name}'"):
-                dom.shutdown(float(timeout))
+                dom.shutdown(float(timeout), flags)
     if timeout is None:
         sh.print(f"Domain '{dom.name}' is being shutdown")
     else:
         sh.print(f"Domain '{dom.name}' is shut off")
 
 
-@command("reboot", "domain", "reboot a domain", args=(DOM,))
+@command("reboot", "domain", "reboot a domain", description=(
+    "Reboot the domain: by default (or with --mode acpi) press its ACPI power button, then "
+    "reset it when the guest powers off (with on_reboot destroy or preserve, it stays off). "
+    "--mode takes virsh's comma-separated list of modes; qemud has no guest agent, so "
+    "'agent' works only together with 'acpi', and initctl, signal and paravirt are "
+    "refused."),
+    args=(DOM,), opts=(MODE,))
 def cmd_reboot(sh: Shell, args: Args) -> None:
+    flags = _mode_flags(args)
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to reboot domain '{dom.name}'"):
-        dom.reboot()
+        dom.reboot(flags)
     sh.print(f"Domain '{dom.name}' is being rebooted")
 
 

@@ -11,7 +11,7 @@ from protocol import Procedure
 from qemud.driver.store import remove_dead_writes_below
 
 from ..tools import ToolRunner
-from .base import rmtree, tool_failure
+from .base import remove_unfinished_disks, rmtree, tool_failure
 from .deploy import DeployOps
 from .importer import STAGING_PREFIX, ImportOps
 from .store import ImageStore, store_root, vms_root
@@ -61,13 +61,15 @@ class ImagesDuty:
                 P.APPLIANCE_LIST: self.deploys.handle_list}
 
     def remove_debris(self) -> None:
-        """What a killed daemon left: unfinished imports, and the temp files of VM state
-        writes it never renamed (see ``remove_dead_writes``; start-up only, under the
-        pidfile lock). An import's index is written inside its staging directory."""
+        """What a killed daemon left: unfinished imports, the temp files of VM state
+        writes it never renamed (see ``remove_dead_writes``) and the disks of VMs it never
+        finished creating (``remove_unfinished_disks``); start-up only, under the pidfile
+        lock. An import's index is written inside its staging directory."""
         for stale in self.store.root.glob(f"{STAGING_PREFIX}*"):
             log.info("image store: removing %s (an import the daemon did not finish)", stale)
             rmtree(stale)
         remove_dead_writes_below(self.vms_dir)
+        remove_unfinished_disks(self.vms_dir)
 
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
