@@ -40,8 +40,9 @@ __all__ = ["Daemon", "Driver", "SchemaRelease", "trim_heap"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
-#: libvirt's domain schema is dropped after this long without a validation
-SCHEMA_IDLE_SECONDS = 60.0
+#: libvirt's domain schema is dropped after this long without a validation: loading it
+#: again takes ~15 ms, holding it ~5 MiB; defines come in bursts (a script, a deploy)
+SCHEMA_IDLE_SECONDS = 10.0
 
 
 class Driver(Protocol):

@@ -62,6 +62,9 @@ def test_the_first_snapshot_call_imports_the_operations(daemon: DaemonProcess,
         assert dom.snapshots() == []
         assert operations_imported(daemon) == SNAPSHOT_OPERATIONS
         dom.snapshot_create("s1")
+        # node-name tokens are os.urandom, not secrets: no OpenSSL (libcrypto, ~4 MiB)
+        # in a daemon without a TLS listener
+        assert "_hashlib" not in daemon.imported_modules()
         assert [s.name for s in dom.snapshots()] == ["s1"]
         dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
 

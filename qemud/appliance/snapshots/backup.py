@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,7 +174,7 @@ class BackupOps(SnapshotOps):
         monitor = dom.monitor
         assert monitor is not None
         self._backups[dom.uuid] = backup
-        token = secrets.token_hex(3)
+        token = os.urandom(3).hex()  # unique, not secret: no secrets/hashlib import
 
         def fail(error: QemudError) -> None:
             self._finish_backup(backup, error)

@@ -10,7 +10,7 @@ point at them.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +158,7 @@ class CreateOps(SnapshotOps):
         if monitor is None or monitor.closed:
             out.fail(OperationFailed(f"domain '{dom.name}' stopped during the snapshot"))
             return out
-        token = secrets.token_hex(3)
+        token = os.urandom(3).hex()  # unique, not secret: no secrets/hashlib import
         new_nodes = {t: f"snap-{t}-{token}" for t in record.disks}
         adds = [monitor.execute("blockdev-add", {
             "driver": "qcow2", "node-name": new_nodes[t], "backing": None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,7 +142,7 @@ class DeleteOps(SnapshotOps):
         monitor = dom.monitor
         assert monitor is not None
         self._merges[dom.uuid] = merge
-        token = secrets.token_hex(3)
+        token = os.urandom(3).hex()  # unique, not secret: no secrets/hashlib import
 
         def queried(d: Deferred) -> None:
             if d.error is not None:
