@@ -126,7 +126,7 @@ class QemuConfig:
     vnc_port_min: int = 5900
     vnc_port_max: int = 6899
     destroy_grace: float = 3.0  # seconds between SIGTERM and SIGKILL
-    log_max_bytes: int = 1024 * 1024  # guest log moved to .1 past this, at its next start
+    log_max_bytes: int = 1024 * 1024  # guest log rotated to .1 past this (see driver/process)
     emulator_dirs: list[str] = field(default_factory=list)  # extra dirs searched first
     cache_dir: str = ""  # capabilities cache; "" = <state_dir>/cache
 

@@ -122,7 +122,8 @@ class Lifecycle:
                 pass
         guest_log = GuestLog(paths.log_file, rotate_past=self.config.qemu.log_max_bytes)
         try:
-            process = QemuProcess.launch(self.loop, argv, dom.name, guest_log)
+            process = QemuProcess.launch(self.loop, argv, dom.name, guest_log,
+                                         log_max_bytes=self.config.qemu.log_max_bytes)
         except OSError as exc:
             guest_log.close()
             self.driver.ports.release(live)
@@ -425,10 +426,12 @@ class Lifecycle:
                 self.registry.remove(dom)
             self.events.lifecycle(dom.ref(), LifecycleEvent.STOPPED, StoppedDetail.FAILED)
             return
-        guest_log = GuestLog(self.guest_paths(dom.name).log_file)  # QEMU has it: no rotation
+        # QEMU has it open: not renamed here, copy-truncated by the process's checks
+        guest_log = GuestLog(self.guest_paths(dom.name).log_file)
         guest_log.note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} qemud re-attached to pid "
                        f"{record.pid}")
-        process = QemuProcess(self.loop, record.pid, dom.name, guest_log)
+        process = QemuProcess(self.loop, record.pid, dom.name, guest_log,
+                              log_max_bytes=self.config.qemu.log_max_bytes)
         self.registry.assign_id(dom, record.id)
         live.id = dom.id
         dom.live, dom.process, dom.started_at = live, process, record.started_at
