@@ -1,15 +1,26 @@
 """Deleting a snapshot (DOMAIN_SNAPSHOT_DELETE), merging its data as libvirt does.
 
-Deleting S discards the *point in time* S and keeps the guest's current state. When S's
-frozen image is the direct backing file of every disk of S the domain uses now (S is the
-most recent snapshot, or the one just reverted to) and nothing else reads from those
-images, the top overlays are committed down into them and the disks point at them again
-(libvirt's external snapshot deletion): ``qemu-img commit`` for a shut-off guest, QMP
-``block-commit`` of the active layer, BLOCK_JOB_READY, ``block-job-complete`` (the
-pivot), BLOCK_JOB_COMPLETED for a running one. In every other case only the metadata is
-removed (children of S get S's parent) and the log says why. Either way an overlay the
-daemon created is removed once no chain needs it (``SnapshotOps._collect``); the
-metadata is saved before any file is removed.
+Deleting S discards the *point in time* S and keeps the guest's current state. Two cases
+merge, both only when nothing else reads from the images written (see ``_merge_plan``):
+
+* S's frozen image is the direct backing file of every disk of S the domain uses now (S
+  is the most recent snapshot, or the one just reverted to): the top overlays are
+  committed down into S's images and the disks point at them again (libvirt's external
+  snapshot deletion): ``qemu-img commit`` for a shut-off guest, QMP ``block-commit`` of
+  the active layer, BLOCK_JOB_READY, ``block-job-complete`` (the pivot),
+  BLOCK_JOB_COMPLETED for a running one.
+* S is deeper in every disk's chain, with exactly one layer C on its image (the overlay
+  taken with S) and one layer above C: C is committed into S's image and the layer above
+  reads from S's image instead (a non-active commit): ``qemu-img commit`` of C then
+  ``qemu-img rebase -u`` of the layer above for a shut-off guest; for a running one QMP
+  ``block-commit`` with ``top-node`` C, which ends with BLOCK_JOB_COMPLETED alone (QEMU
+  rewrites the above layer's backing link itself), then C's node is closed if QEMU kept
+  it. The disks keep their image; snapshots that froze C now name S's image, which holds
+  the same data.
+
+In every other case only the metadata is removed (children of S get S's parent) and the
+log says why. Either way an overlay the daemon created is removed once no chain needs it
+(``SnapshotOps._collect``); the metadata is saved before any file is removed.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from .base import SnapshotOps, gather, log_failure, qemu_failure
 
 if TYPE_CHECKING:
     from protocol.constants import ShutoffReason
+    from qemud.conf import DomainDef
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
     from qemud.qemu.qmp import QMPEvent
@@ -45,18 +57,32 @@ audit_log = logging.getLogger("qemud.audit")
 
 
 @dataclass
+class MergePlan:
+    """What deleting a snapshot merges: nothing (``why`` says why), the disks' top
+    overlays (``above`` empty), or the layer just above S's image on each disk
+    (``above``: the layer that reads from it, relinked to S's image)."""
+
+    tops: dict[str, str] = field(default_factory=dict)  # target -> layer into S's image
+    above: dict[str, str] = field(default_factory=dict)  # target -> layer reading from it
+    why: str = ""
+
+
+@dataclass
 class Merge:
-    """A live merge in flight: one active commit job per disk of the snapshot."""
+    """A live merge in flight: one commit job per disk of the snapshot, active (the top
+    overlays, ``above`` empty) or not (the layers on S's images, ``above`` per disk)."""
 
     dom: DomainObj
     snap: SnapshotRecord
     meta: DomainSnapshots
     tops: dict[str, str]  # target -> the overlay committed into the snapshot's image
     result: Deferred
+    above: dict[str, str] = field(default_factory=dict)  # non-active: the layer above
     jobs: dict[str, str] = field(default_factory=dict)  # job id -> target
     nodes: dict[str, str] = field(default_factory=dict)  # target -> top node name
     ready: set[str] = field(default_factory=set)  # job ids
-    done: set[str] = field(default_factory=set)  # targets pivoted to the image
+    done: set[str] = field(default_factory=set)  # targets merged (pivoted if active)
+    closed: set[str] = field(default_factory=set)  # non-active: targets whose C is closed
     completing: bool = False
     finished: bool = False
 
@@ -73,18 +99,22 @@ class DeleteOps(SnapshotOps):
         self.lifecycle.require_no_job(dom)
         meta = self.store.load(dom)
         snap = meta.get(args.name, dom.name)
-        tops, why = self._merge_plan(dom, meta, snap)
+        plan = self._merge_plan(dom, meta, snap)
+        tops = plan.tops
         if not tops:
             log.info("domain %s: snapshot %s: metadata only, no merge (%s)", dom.name,
-                     snap.name, why)
+                     snap.name, plan.why)
             self._finish(dom, meta, snap, {})
             return Empty()
+        qemu_img = "" if dom.active else self.qemu_img()
         out = Deferred()
         dom.job = "snapshot-delete"
         if dom.active:
-            self._merge_live(Merge(dom, snap, meta, tops, out))
+            self._merge_live(Merge(dom, snap, meta, tops, out, above=plan.above))
             return out
-        qemu_img = self.qemu_img()
+        if plan.above:
+            self._merge_below_off(dom, meta, snap, plan, qemu_img, out)
+            return out
         steps = [self.tools.run([qemu_img, "commit", "-q", "-d", "-f", "qcow2", top])
                  for top in tops.values()]
 
@@ -95,47 +125,141 @@ class DeleteOps(SnapshotOps):
         return out
 
     def _merge_plan(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord
-                    ) -> tuple[dict[str, str], str]:
-        """target -> the overlay to commit into S's image when S can be merged, else
-        ``({}, why not)``."""
+                    ) -> MergePlan:
+        """What deleting ``snap`` can merge (see :class:`MergePlan`), or why nothing.
+
+        Every disk of S is walked down its chain (the overlays the daemon recorded) to
+        S's image: right below the disk's image, the top overlays are merged; deeper in
+        every disk, the layer C on S's image is. Both write S's image (and, deeper, the
+        header of the layer above C), so they only go ahead when nothing else reads from
+        what they change: S's image is reached by no other chain than through C, C by no
+        other layer than the one above it (or as a snapshot's frozen image, which then
+        names S's image: same data), no other domain uses them and S's image is neither
+        read-only nor in the appliance image store (originals other VMs build on).
+        """
         if dom.active and (dom.monitor is None or dom.monitor.closed
                            or dom.stop_intent is not None):
-            return {}, "the guest is not ready or is stopping"
+            return MergePlan(why="the guest is not ready or is stopping")
         current = dom.live if dom.active and dom.live is not None else dom.definition
         disks = {d.target_dev: d for d in current.disks if d.device == "disk"}
         ours = self.store.images_dir(dom.name).resolve()
-        tops: dict[str, str] = {}
+        sources: dict[str, str] = {}  # target -> the image the disk uses now
+        plan = MergePlan()
         for target, d in snap.disks.items():
             disk = disks.get(target)
-            top = disk.source if disk is not None else None
-            if not top or meta.images.get(top) != d.base:
-                return {}, f"disk {target} does not use an overlay of the snapshot's image"
-            if Path(top).resolve().parent != ours or not Path(d.base).is_file():
-                return {}, f"disk {target}: {top} is not an overlay of the daemon"
-            tops[target] = top
+            source = disk.source if disk is not None else None
+            chain = [source] if source else []
+            while chain and chain[-1] != d.base and chain[-1] in meta.images \
+                    and meta.images[chain[-1]] not in chain:
+                chain.append(meta.images[chain[-1]])
+            if len(chain) < 2 or chain[-1] != d.base:
+                return MergePlan(why=f"disk {target} does not use an overlay of the "
+                                 "snapshot's image")
+            written = chain[-3:-1]  # C and the layer above it (its header), or the top
+            for path in written:
+                if Path(path).resolve().parent != ours or not Path(d.base).is_file():
+                    return MergePlan(why=f"disk {target}: {path} is not an overlay of the "
+                                     "daemon")
+            plan.tops[target] = chain[-2]
+            if len(chain) > 2:
+                plan.above[target] = chain[-3]
+            assert source is not None
+            sources[target] = source
+        if plan.above and len(plan.above) != len(plan.tops):
+            return MergePlan(why="the snapshot's image is right below the image of some "
+                             "disks and deeper in the others")
         for definition in (dom.definition, dom.next_definition, dom.live):
             for disk in definition.disks if definition is not None else []:
-                want = tops.get(disk.target_dev or "")
+                want = sources.get(disk.target_dev or "")
                 if want is not None and disk.device == "disk" and disk.source != want:
-                    return {}, (f"disk {disk.target_dev} of another definition uses "
-                                f"{disk.source}")
-        # the commit writes into S's images: nothing else may read from them
-        bases = {snap.disks[t].base for t in tops}
-        roots = [d.base for s in meta.snapshots.values() if s is not snap
-                 for d in s.disks.values()]
+                    return MergePlan(why=f"disk {disk.target_dev} of another definition "
+                                     f"uses {disk.source}")
+        why = self._shared(dom, meta, snap, plan)
+        return MergePlan(why=why) if why else plan
+
+    def _shared(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord,
+                plan: MergePlan) -> str:
+        """Why the images a merge writes are read by something else, or ""."""
+        bases = {snap.disks[t].base: t for t in plan.tops}  # S's images: written
+        layers = {plan.tops[t]: t for t in plan.above}  # the C's: dropped from the chain
+        roots: list[tuple[str, bool]] = [(d.base, True) for s in meta.snapshots.values()
+                                         if s is not snap for d in s.disks.values()]
         for definition in (dom.definition, dom.next_definition, dom.live):
             if definition is not None:
-                roots += [d.source for d in definition.disks
-                          if d.source and d.source not in tops.values()]
-        for root in roots:
+                # the top overlays merged into S's images are read by their disk alone
+                roots += [(d.source, False) for d in definition.disks if d.source
+                          and (plan.above or d.source not in plan.tops.values())]
+        for root, frozen in roots:
             link: str | None = root
+            below: str | None = None  # the layer that reads from ``link``
             seen: set[str] = set()
             while link is not None and link not in seen:
                 if link in bases:
-                    return {}, f"{link} is still needed by another snapshot or disk"
+                    target = bases[link]
+                    if target not in plan.above or below != plan.tops[target]:
+                        return f"{link} is still needed by another snapshot or disk"
+                elif link in layers:
+                    target = layers[link]
+                    if below != plan.above[target] and not (below is None and frozen):
+                        return f"{link} has another layer on it than {plan.above[target]}"
                 seen.add(link)
-                link = meta.images.get(link)
-        return tops, ""
+                below, link = link, meta.images.get(link)
+        config = self.driver.config
+        store = Path(config.appliance.image_store or config.paths.state_dir / "images")
+        written = {os.path.realpath(p) for p in [*bases, *layers]}
+        for base in bases:
+            if Path(os.path.realpath(base)).is_relative_to(store.resolve()):
+                return f"{base} is an image of the appliance image store"
+            if not os.access(base, os.W_OK):
+                return f"{base} is read-only"
+        for other in self.driver.registry:
+            if other is dom:
+                continue
+            definitions: tuple[DomainDef | None, ...] = (
+                other.definition, other.next_definition, other.live)
+            for definition in definitions:
+                for disk in definition.disks if definition is not None else []:
+                    if disk.source and os.path.realpath(disk.source) in written:
+                        return f"{disk.source} is used by domain {other.name}"
+        return ""
+
+    def _merge_below_off(self, dom: DomainObj, meta: DomainSnapshots,
+                         snap: SnapshotRecord, plan: MergePlan, qemu_img: str,
+                         out: Deferred) -> None:
+        """Shut off, S deeper in the chain: per disk ``qemu-img commit`` of C into S's
+        image, then ``qemu-img rebase -u`` of the layer above C onto S's image.
+
+        Unsafe rebase is right: after the commit S's image reads as C did, so only the
+        link changes. ``-d`` leaves C as it was: until the rebase the chain reads the
+        same through C, so a failure at any step leaves the disk intact. A disk is only
+        counted as merged once its rebase is done."""
+        merged: set[str] = set()
+
+        def one(target: str) -> Deferred:
+            step = Deferred()
+            layer, upper, d = plan.tops[target], plan.above[target], snap.disks[target]
+
+            def committed(c: Deferred) -> None:
+                if c.error is not None:
+                    step.fail(c.error)
+                    return
+                self.tools.run([qemu_img, "rebase", "-q", "-u", "-f", "qcow2", "-b", d.base,
+                                "-F", d.format, upper]).add_done_callback(rebased)
+
+            def rebased(r: Deferred) -> None:
+                if r.error is not None:
+                    step.fail(r.error)
+                    return
+                merged.add(target)
+                step.resolve(None)
+            self.tools.run([qemu_img, "commit", "-q", "-d", "-f", "qcow2", layer]
+                           ).add_done_callback(committed)
+            return step
+
+        gather([one(t) for t in plan.tops]).add_done_callback(
+            lambda g: self._settle(dom, meta, snap, {t: plan.tops[t] for t in plan.tops
+                                                     if t in merged}, g.error, out,
+                                   plan.above))
 
     def _merge_live(self, merge: Merge) -> None:
         dom = merge.dom
@@ -158,18 +282,27 @@ class DeleteOps(SnapshotOps):
                 return
             commits = []
             for target, top_node in merge.nodes.items():
-                base = os.path.realpath(merge.snap.disks[target].base)
-                base_node = next((str(n.get("node-name")) for n in d.result or []
-                                  if n.get("drv") != "file" and n.get("node-name") != top_node
-                                  and os.path.realpath(str(n.get("file", ""))) == base), "")
+                base = merge.snap.disks[target].base
+                layer_node = ""
+                if target in merge.above:  # non-active: C's node is the job's top
+                    layer_node = _format_node(d.result, merge.tops[target], {top_node})
+                    if not layer_node:
+                        self._end_merge(merge, OperationFailed(
+                            f"disk '{target}': {merge.tops[target]} is not open in QEMU"))
+                        return
+                base_node = _format_node(d.result, base, {top_node, layer_node})
                 if not base_node:
                     self._end_merge(merge, OperationFailed(
                         f"disk '{target}': {base} is not open in QEMU"))
                     return
                 job = f"commit-{target}-{token}"
                 merge.jobs[job] = target
-                commits.append(monitor.execute("block-commit", {
-                    "job-id": job, "device": top_node, "base-node": base_node}))
+                args = {"job-id": job, "device": top_node, "base-node": base_node}
+                if layer_node:
+                    # the link QEMU writes into the above layer's header: the path the
+                    # metadata (and a shut-off merge's rebase) uses, not QEMU's idea of it
+                    args.update({"top-node": layer_node, "backing-file": base})
+                commits.append(monitor.execute("block-commit", args))
             gather(commits).add_done_callback(
                 lambda g: self._end_merge(merge, qemu_failure("cannot start the merge",
                                                               g.error))
@@ -201,6 +334,9 @@ class DeleteOps(SnapshotOps):
                 f"merge of disk '{target}' failed: {error or 'cancelled'}"))
             return
         merge.done.add(target)
+        if target in merge.above:  # non-active: no pivot; C left the chain
+            self._close_layer(merge, target)
+            return
         if monitor is not None and not monitor.closed:
             node = merge.nodes[target]
             nodes = [node]
@@ -213,6 +349,44 @@ class DeleteOps(SnapshotOps):
                                       f"merged overlay node {n}"))
         if len(merge.done) == len(merge.tops):
             self._end_merge(merge, None)
+
+    def _close_layer(self, merge: Merge, target: str) -> None:
+        """After a non-active commit of disk ``target``: QEMU dropped C from the chain
+        and frees its node unless the monitor owns it (opened by ``blockdev-add`` for a
+        live snapshot, or at start-up with its file node): close what is left, then end
+        the merge once every disk is done. A close that fails is only logged."""
+        dom = merge.dom
+        monitor = dom.monitor
+        layer = os.path.realpath(merge.tops[target])
+
+        def closed(_: Deferred | None = None) -> None:
+            merge.closed.add(target)
+            if len(merge.closed) == len(merge.tops):
+                self._end_merge(merge, None)
+
+        def named(d: Deferred) -> None:
+            if merge.finished or monitor is None or monitor.closed:
+                return
+            if d.error is not None:
+                log.warning("domain %s: cannot query the block nodes after merging %s: %s",
+                            dom.name, layer, d.error.message)
+                closed()
+                return
+            left = [(str(n.get("node-name") or ""), n.get("drv")) for n in d.result or []
+                    if os.path.realpath(str(n.get("file", ""))) == layer]
+            storage, fmt = naming.disk_node_names(target)
+            nodes = [n for n, drv in left if n and drv != "file"]
+            if fmt in nodes:  # opened at start-up: its file node is a node of its own
+                nodes += [n for n, drv in left if n == storage]
+            dels = [monitor.execute("blockdev-del", {"node-name": n}) for n in nodes]
+            for n, deleted in zip(nodes, dels, strict=True):
+                deleted.add_done_callback(functools.partial(
+                    log_failure, f"domain {dom.name}: cannot close the merged layer's "
+                    f"node {n}"))
+            gather(dels).add_done_callback(closed)
+        if monitor is None or monitor.closed:
+            return  # on_stop ends the merge
+        monitor.execute("query-named-block-nodes", {"flat": True}).add_done_callback(named)
 
     def _complete_failed(self, merge: Merge, d: Deferred) -> None:
         if d.error is not None:
@@ -237,40 +411,68 @@ class DeleteOps(SnapshotOps):
                 if target not in merge.done:  # not pivoted: the disk stays on its overlay
                     monitor.execute("block-job-cancel", {"device": job, "force": True})
         moved = {t: top for t, top in merge.tops.items() if t in merge.done}
-        if moved and dom.live is not None:
+        pivoted = [t for t in moved if t not in merge.above]
+        if pivoted and dom.live is not None:
             for disk in dom.live.disks:
-                if disk.device == "disk" and (disk.target_dev or "") in moved:
+                if disk.device == "disk" and (disk.target_dev or "") in pivoted:
                     disk.source = merge.snap.disks[disk.target_dev or ""].base
             self.lifecycle.save_status(dom)
-        self._settle(dom, merge.meta, merge.snap, moved, error, merge.result)
+        self._settle(dom, merge.meta, merge.snap, moved, error, merge.result, merge.above)
 
     def _settle(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord,
-                moved: dict[str, str], error: QemudError | None, out: Deferred) -> None:
+                moved: dict[str, str], error: QemudError | None, out: Deferred,
+                above: dict[str, str] | None = None) -> None:
         """After the commits: the definition follows the ``moved`` disks (target -> old
-        overlay), then S is forgotten unless ``error``; ``out`` gets the outcome."""
+        overlay) whose top was merged; for those merged deeper (``above``: target -> the
+        layer above the merged one) the metadata's chains skip the merged layer. Then S
+        is forgotten unless ``error``; ``out`` gets the outcome."""
         dom.job = None
+        above = above or {}
+        points: dict[str, tuple[str | None, str]] = {
+            t: (top, snap.disks[t].base) for t, top in moved.items() if t not in above}
         try:
-            self._point_disks(dom, {t: (top, snap.disks[t].base) for t, top in moved.items()})
+            if points:
+                self._point_disks(dom, points)
         except QemudError as exc:
             error = error or exc
+        # whatever else fails, these disks now read S's image where they read the layer
+        self._relink(meta, snap, {t: (moved[t], above[t]) for t in moved if t in above})
         if error is not None:
             log.warning("domain %s: merging snapshot %s failed (the snapshot is kept%s): %s",
                         dom.name, snap.name, "; its image holds part of the later data"
                         if moved or dom.active else "", error.message)
             if moved:  # the disks that were merged no longer need their overlays
-                self._finish(dom, meta, None, moved)
+                try:
+                    self._finish(dom, meta, None, moved)
+                except QemudError as exc:
+                    log.error("domain %s: %s", dom.name, exc.message)
             out.fail(error)
             return
         try:
-            self._finish(dom, meta, snap, moved)
+            self._finish(dom, meta, snap, moved, above)
         except QemudError as exc:
             out.fail(exc)
             return
         out.resolve(Empty())
 
+    @staticmethod
+    def _relink(meta: DomainSnapshots, snap: SnapshotRecord,
+                links: dict[str, tuple[str, str]]) -> None:
+        """Disks merged deeper (target -> (merged layer C, the layer above it)): the
+        layer above reads S's image now, and a snapshot that froze C names S's image,
+        which holds C's data. C is then in no chain: ``_collect`` removes it."""
+        for target, (layer, upper) in links.items():
+            base = snap.disks[target].base
+            meta.images[upper] = base
+            for other in meta.snapshots.values():
+                record = other.disks.get(target)
+                if other is not snap and record is not None and record.base == layer:
+                    record.base = base
+
     def _finish(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord | None,
-                moved: dict[str, str]) -> None:
+                moved: dict[str, str], above: dict[str, str] | None = None) -> None:
         """Forget ``snap`` (if any), save the metadata, then remove what nothing needs."""
+        above = above or {}
         if snap is not None:
             for other in meta.snapshots.values():
                 if other.parent == snap.name:
@@ -289,5 +491,15 @@ class DeleteOps(SnapshotOps):
         if moved:
             log.info("domain %s: snapshot %s deleted, merged (%s)", dom.name, snap.name,
                      ", ".join(f"{t}: {top} -> {snap.disks[t].base}"
+                               + (f", {above[t]} now reads from it" if t in above else "")
                                for t, top in moved.items()))
         self.events.appliance(dom.ref(), "snapshot-deleted", snap.name)
+
+
+def _format_node(nodes: Any, path: str, exclude: set[str]) -> str:
+    """query-named-block-nodes -> the name of the format node that opened ``path`` (not
+    a protocol node, none of ``exclude``), or ""."""
+    want = os.path.realpath(path)
+    return next((str(n.get("node-name")) for n in nodes or []
+                 if n.get("drv") != "file" and n.get("node-name") not in exclude
+                 and os.path.realpath(str(n.get("file", ""))) == want), "")
