@@ -64,6 +64,17 @@ WATCHDOG_ACTIONS = {"none": 0, "pause": 1, "reset": 2, "poweroff": 3, "shutdown"
                     "debug": 5, "inject-nmi": 6}
 
 
+#: lines of QEMU's own output quoted when it exits unexpectedly (the rest is in its log)
+LAST_WORDS_LINES = 3
+
+
+def last_words(output: str) -> str:
+    """The last lines QEMU printed, on one line: what an admin reading the daemon's
+    warning about a crash wants first (``terminating on signal 15 from pid ...``, an
+    assertion); the guest's log has everything."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return " | ".join(lines[-LAST_WORDS_LINES:])
+
 class Lifecycle:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
@@ -278,8 +289,9 @@ class Lifecycle:
             reason, detail = ShutoffReason.SHUTDOWN, StoppedDetail.SHUTDOWN
         else:
             reason, detail = ShutoffReason.CRASHED, StoppedDetail.FAILED
-            log.warning("domain %s: QEMU exited unexpectedly (%s)", dom.name,
-                        process.describe_exit())
+            last = last_words(process.output_text())
+            log.warning("domain %s: QEMU exited unexpectedly (%s)%s", dom.name,
+                        process.describe_exit(), f"; its last output: {last}" if last else "")
         ref = dom.ref()
         self._cleanup(dom)
         self._set_state(dom, DomainState.SHUTOFF, reason)
@@ -430,7 +442,9 @@ class Lifecycle:
         guest_log = GuestLog(self.guest_paths(dom.name).log_file)
         guest_log.note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} qemud re-attached to pid "
                        f"{record.pid}")
+        # what QEMU prints from here on is its output as far as this daemon knows it
         process = QemuProcess(self.loop, record.pid, dom.name, guest_log,
+                              output_start=guest_log.size(),
                               log_max_bytes=self.config.qemu.log_max_bytes)
         self.registry.assign_id(dom, record.id)
         live.id = dom.id

@@ -22,6 +22,7 @@ import pytest
 import client
 from protocol.constants import DomainState, LifecycleEvent, ShutoffReason, StoppedDetail
 from qemud.driver import process as process_mod
+from qemud.driver.lifecycle import last_words
 from qemud.driver.process import GuestLog, QemuProcess
 from qemud.loop import EventLoop
 from tests.helpers.daemon import DaemonProcess, wait_for
@@ -285,6 +286,16 @@ def test_running_guest_log_is_rotated_also_after_a_restart_and_a_crash_still_log
         text = data.decode()
         assert text.index("log rotated past") < text.index(
             f"terminating on signal 15 from pid {os.getpid()}") < text.index("QEMU exited")
+        # and the daemon's warning quotes them, also for a guest it re-attached to
+        warning = next(line for line in daemon.log_text().splitlines()
+                       if "domain rotlog: QEMU exited unexpectedly" in line)
+        assert f"terminating on signal 15 from pid {os.getpid()}" in warning
     finally:
         kill_qemus(daemon, "rotlog")
         daemon.stop()
+
+
+def test_last_words_are_the_last_lines_qemu_printed_on_one_line() -> None:
+    output = "warning: a\n\nqemu: b\n  qemu: c  \nqemu: terminating on signal 15\n"
+    assert last_words(output) == "qemu: b | qemu: c | qemu: terminating on signal 15"
+    assert last_words("") == ""
