@@ -189,6 +189,11 @@ class Config:
         q = self.qemu
         if not 5900 <= q.vnc_port_min <= q.vnc_port_max <= 65535:
             raise ConfigError("qemu.vnc_port_min/max must satisfy 5900 <= min <= max <= 65535")
+        if q.log_max_bytes < 0:
+            raise ConfigError("qemu.log_max_bytes must be >= 0 (0 starts a fresh log at every "
+                              f"guest start), got {q.log_max_bytes}")
+        if q.destroy_grace < 0:
+            raise ConfigError(f"qemu.destroy_grace must be >= 0 seconds, got {q.destroy_grace}")
         if self.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log.level must be debug/info/warning/error, not {self.log.level!r}")
         for i, entry in enumerate(self.tls.allowed_dn):

@@ -159,6 +159,8 @@ allowed_dn = [{pattern = "CN=admin*", role = "full"}]
     ("[listen]\ntls_port = 70000\n", "listen.tls_port out of range"),
     ("[listen]\nro_socket_mode = 0o7777\n", "listen.ro_socket_mode must be a permission mode"),
     ("[qemu]\nvnc_port_min = 100\n", "qemu.vnc_port_min/max"),
+    ("[qemu]\nlog_max_bytes = -1\n", "qemu.log_max_bytes must be >= 0"),
+    ("[qemu]\ndestroy_grace = -0.5\n", "qemu.destroy_grace must be >= 0 seconds"),
     ("[log]\nlevel = 'loud'\n", "log.level must be debug/info/warning/error"),
     ("[limits\n", "qemud.toml"),  # TOML syntax error names the file
 ])
