@@ -425,7 +425,8 @@ class BundleDuty:
     def _appliances(self) -> dict[str, Any]:
         out: dict[str, Any] = {"images": [], "vms": {}}
         try:
-            from .images import STATE_NAME, ImageStore, store_root, vms_root
+            from .images.layout import STATE_NAME, store_root, vms_root
+            from .images.store import ImageStore
         except ImportError:  # pragma: no cover - the images duty is optional
             return out
         images = ImageStore(store_root(self.config))

@@ -148,6 +148,19 @@ class Devices:
     # -- detach --------------------------------------------------------------------------
 
     def detach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
+        """Unplug a disk: ``device_del``, DEVICE_DELETED, then close its block graph.
+
+        The graph is whatever QEMU holds for the disk at that moment, not the two nodes
+        it got at attach/start: a live snapshot puts overlay nodes on top, and leaving
+        them (they are the backing's parents, so nothing below closes either) would keep
+        the files open and the target's node names taken for the next attach. The top
+        node is asked from ``query-block`` before the unplug (afterwards QEMU no longer
+        says which device it served), the layers below from ``query-named-block-nodes``
+        once the guest released the device. The call resolves when the guest released
+        it; a node QEMU refuses to close is logged, it does not fail the call. The reply
+        waits for the closing (a few monitor round trips) so that an attach under the
+        same target sent after it finds the names free.
+        """
         wanted = self._parse_disk(xml)
         live, config = self._targets(dom, flags)
         if config:
@@ -164,31 +177,72 @@ class Devices:
         self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
         disk = self._find(dom.live, _target_of(wanted), dom.name)
-        device_id = naming.disk_device_id(_target_of(disk))
-        storage, node = naming.disk_node_names(_target_of(disk))
+        target = _target_of(disk)
+        device_id = naming.disk_device_id(target)
         monitor = dom.monitor
         result = Deferred()
         gone = Deferred()
-        dom.device_waiters[device_id] = gone
-        timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, lambda: gone.fail(OperationTimeout(
-            f"the guest did not release disk {disk.target_dev} within {UNPLUG_TIMEOUT:g} s")))
+        top = [naming.disk_node_names(target)[1]]  # until query-block says otherwise
 
-        def released(d: Deferred) -> None:
+        def queried(d: Deferred) -> None:
+            if d.error is not None:
+                result.fail(d.error)
+                return
+            for entry in d.result or []:
+                inserted = entry.get("inserted") or {}
+                qdev = str(entry.get("qdev") or entry.get("device") or "")
+                if device_id in qdev.split("/") and inserted.get("node-name"):
+                    top[0] = str(inserted["node-name"])
+            unplug()
+
+        def unplug() -> None:
+            dom.device_waiters[device_id] = gone
+            timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, lambda: gone.fail(
+                OperationTimeout(f"the guest did not release disk {target} within "
+                                 f"{UNPLUG_TIMEOUT:g} s")))
+            gone.add_done_callback(lambda d: released(d, timer))
+            monitor.execute("device_del", {"id": device_id}).add_done_callback(
+                lambda d: gone.fail(d.error) if d.error is not None else None)
+
+        def released(d: Deferred, timer: Any) -> None:
             timer.cancel()
             dom.device_waiters.pop(device_id, None)
             if d.error is not None:
                 result.fail(d.error)
                 return
-            monitor.execute("blockdev-del", {"node-name": node}).add_done_callback(
-                lambda _: monitor.execute("blockdev-del", {"node-name": storage}))
+            monitor.execute("query-named-block-nodes").add_done_callback(named)
+
+        def named(d: Deferred) -> None:
+            if d.error is not None:
+                log.warning("domain %s: cannot query the block nodes of unplugged disk %s "
+                            "(%s): closing %s alone", dom.name, target, d.error.message,
+                            ", ".join(dict.fromkeys([top[0], *naming.disk_node_names(target)
+                                                     [::-1]])))
+                nodes = list(dict.fromkeys([top[0], *naming.disk_node_names(target)[::-1]]))
+            else:
+                nodes = disk_nodes(d.result, top[0], target)
+            close(nodes)
+
+        def close(nodes: list[str]) -> None:
+            if not nodes or monitor.closed:
+                done()
+                return
+            node = nodes[0]
+
+            def deleted(d: Deferred) -> None:
+                if d.error is not None and not monitor.closed:
+                    log.warning("domain %s: disk %s was unplugged but QEMU keeps its block "
+                                "node %s open: %s", dom.name, target, node, d.error.message)
+                close(nodes[1:])
+            monitor.execute("blockdev-del", {"node-name": node}).add_done_callback(deleted)
+
+        def done() -> None:
             if dom.live is not None:
                 dom.live.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
             result.resolve(None)
 
-        gone.add_done_callback(released)
-        monitor.execute("device_del", {"id": device_id}).add_done_callback(
-            lambda d: gone.fail(d.error) if d.error is not None else None)
+        monitor.execute("query-block").add_done_callback(queried)
         return result
 
     @staticmethod

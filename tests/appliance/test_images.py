@@ -36,7 +36,7 @@ from client.errors import (
     ReadOnlyError,
 )
 from protocol.constants import DomainState
-from qemud.appliance.images import (
+from qemud.appliance.images.descriptor import (
     DescriptorError,
     load_descriptor_text,
     parse_descriptor,

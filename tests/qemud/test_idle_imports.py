@@ -86,3 +86,21 @@ def test_an_undefine_after_a_restart_still_keeps_the_snapshot_rule(daemon: Daemo
         assert operations_imported(daemon, offset) == SNAPSHOT_OPERATIONS
         dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
     assert not (daemon.state_dir / "snapshots" / "kept" / "snapshots.json").exists()
+
+
+#: the image operations' modules; the duty and its paths (``layout``) are imported at start
+IMAGE_OPERATIONS = frozenset(
+    f"qemud.appliance.images.{name}"
+    for name in ("base", "descriptor", "store", "importer", "deploy", "update"))
+
+
+def test_the_first_image_call_imports_the_image_operations(daemon: DaemonProcess,
+                                                           tmp_path: Path) -> None:
+    from client import appliance_images
+    assert {"qemud.appliance.images.duty", "qemud.appliance.images.layout"} <= \
+        daemon.imported_modules()
+    with daemon.connect() as conn:
+        define(conn, tmp_path, "plain").undefine()
+        assert daemon.imported_modules() & IMAGE_OPERATIONS == set()
+        assert appliance_images.list_appliances(conn) == []
+        assert daemon.imported_modules() & IMAGE_OPERATIONS == IMAGE_OPERATIONS

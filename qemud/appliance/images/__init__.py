@@ -26,39 +26,22 @@ multi-step operations are generator tasks resumed from the loop (:func:`run_task
 ==========  ==========================================================================
 module      what
 ==========  ==========================================================================
+layout      paths and file names on disk, the start-up sweep (all that start-up imports)
 descriptor  the descriptor: its fields and checks, the host check, version order
 store       the image store (``<store>/<name>/<version>/``) and per-VM state records
 base        shared by the operations: tasks, VM state, ``qemu-img``, the busy map
 importer    APPLIANCE_IMPORT: unpack, check, store read-only
 deploy      APPLIANCE_DEPLOY, APPLIANCE_LIST, APPLIANCE_RESET
 update      APPLIANCE_UPDATE, its confirmation by heartbeat and the rollback
-duty        wiring: procedures, the event listener, the start-up clean-up
+duty        wiring: procedures, the event listener, the start-up clean-up; builds the
+            operations on first use
 ==========  ==========================================================================
 """
 
 from __future__ import annotations
 
-from .base import ImageOps, Task, run_task
-from .deploy import DEPLOY_START, DeployOps
-from .descriptor import (
-    KNOWN_FEATURES,
-    BootSpec,
-    Descriptor,
-    DescriptorError,
-    DiskSpec,
-    check_host,
-    load_descriptor_text,
-    parse_descriptor,
-    parse_size,
-    version_key,
-)
+# Only the duty: re-exporting the other modules here would import them all at start-up,
+# which the duty defers to the first image call (see .duty). Import them by module name.
 from .duty import ImagesDuty, install
-from .importer import ImportOps
-from .store import INDEX_NAME, STATE_NAME, ImageStore, VMState, store_root, vms_root
-from .update import CONFIRM_KINDS, CONFIRM_POLL, UpdateOps
 
-__all__ = ["Descriptor", "DiskSpec", "BootSpec", "DescriptorError", "parse_descriptor",
-           "parse_size", "load_descriptor_text", "check_host", "ImageStore", "VMState",
-           "ImagesDuty", "install", "version_key", "KNOWN_FEATURES", "CONFIRM_KINDS",
-           "CONFIRM_POLL", "DEPLOY_START", "INDEX_NAME", "STATE_NAME", "store_root",
-           "vms_root", "ImageOps", "ImportOps", "DeployOps", "UpdateOps", "Task", "run_task"]
+__all__ = ["ImagesDuty", "install"]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import stat
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +18,9 @@ from qemud.driver.store import atomic_write
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
 
 from ..tools import ToolRunner, find_tool
-from .descriptor import TARGET_RE, DiskSpec
-from .store import STATE_NAME, ImageStore, VMState, vms_root
+from .descriptor import DiskSpec
+from .layout import STATE_NAME, UNFINISHED_SUFFIX, vms_root
+from .store import ImageStore, VMState
 
 if TYPE_CHECKING:
     from qemud.conf import DomainDef
@@ -30,19 +29,12 @@ if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
     from qemud.loop import EventLoop
 
-__all__ = ["ImageOps", "Task", "run_task", "tool_failure", "rmtree", "disk_file",
-           "remove_unfinished_disks"]
+__all__ = ["ImageOps", "Task", "run_task", "tool_failure", "disk_file"]
 
 log = logging.getLogger(__name__)
 
 #: a multi-step operation: yields the Deferreds it waits for (see :func:`run_task`)
 Task = Generator[Deferred, Any, Any]
-
-#: what :meth:`ImageOps._create` appends to a disk's name while qemu-img writes it
-UNFINISHED_SUFFIX = ".new"
-_QCOW2 = ".qcow2"
-#: what :func:`disk_file` puts between the target and ``.qcow2`` (slots, scratch, or none)
-_DISK_KINDS = ("a", "b", "scratch")
 
 
 def tool_failure(argv: list[str], code: int, stderr: str) -> str:
@@ -82,19 +74,6 @@ def run_task(loop: EventLoop, task: Task, what: str) -> Deferred:
     return out
 
 
-def rmtree(path: Path) -> None:
-    """Remove ``path`` and everything below it, read-only directories (a stored
-    appliance's) included."""
-    def writable(func: Callable[..., Any], p: str, exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-        except OSError:
-            pass
-    if path.exists():
-        shutil.rmtree(path, onerror=writable)
-
-
 def disk_file(disk: DiskSpec, slot: str) -> str:
     """The file name of ``disk`` in a VM's directory (system disks: one per slot)."""
     if disk.cls == "system":
@@ -102,49 +81,6 @@ def disk_file(disk: DiskSpec, slot: str) -> str:
     if disk.cls == "scratch":
         return f"{disk.target}.scratch.qcow2"
     return f"{disk.target}.qcow2"
-
-
-def _is_unfinished_disk(name: str) -> bool:
-    """Whether ``name`` is a name :func:`disk_file` gives, plus :data:`UNFINISHED_SUFFIX`."""
-    stem = name.removesuffix(_QCOW2 + UNFINISHED_SUFFIX)
-    if stem == name:
-        return False
-    target, dot, kind = stem.partition(".")
-    return bool(TARGET_RE.match(target)) and (not dot or kind in _DISK_KINDS)
-
-
-def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
-    """Delete the disks whose creation a killed daemon never finished; return them.
-
-    :meth:`ImageOps._create` has ``qemu-img create`` write ``<disk>.new`` and renames it
-    over the disk once complete, so the disk itself is never half-made -- but a daemon
-    killed in between leaves the ``.new`` file, which nothing would ever remove (the
-    next creation of that disk replaces it, a VM that is never updated keeps it).
-    Start-up only, under the pidfile lock: then no creation is in flight. Only regular
-    files with the names ``_create`` makes, directly in a deployed VM's directory
-    (symlinks are not followed), are removed; anything else there stays.
-    """
-    try:
-        vm_dirs = sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
-    removed = []
-    for vm_dir in vm_dirs:
-        for path in sorted(vm_dir.glob(f"*{_QCOW2}{UNFINISHED_SUFFIX}")):
-            try:
-                if not _is_unfinished_disk(path.name) or \
-                        not stat.S_ISREG(path.lstat().st_mode):
-                    continue
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("cannot remove %s, left by an interrupted disk creation: %s",
-                            path, exc.strerror or exc)
-                continue
-            log.info("removed %s, left by an interrupted disk creation", path)
-            removed.append(path)
-    return removed
 
 
 class ImageOps:

@@ -30,8 +30,9 @@ from qemud.errors import (
 )
 
 from ..metadata import Origin, read_settings, write_settings
-from .base import ImageOps, Task, disk_file, rmtree, run_task
+from .base import ImageOps, Task, disk_file, run_task
 from .descriptor import NAME_RE, Descriptor, check_host
+from .layout import rmtree
 from .store import VMState
 
 if TYPE_CHECKING:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from qemud.errors import ConfigUnsupported, InvalidArg
 
 from ..metadata import DISK_CLASSES, HEARTBEAT_ACTIONS, HeartbeatPolicy
+from .layout import TARGET_RE
 
 if TYPE_CHECKING:
     from qemud.qemu.capabilities import Capabilities
@@ -30,7 +31,6 @@ __all__ = ["Descriptor", "DiskSpec", "BootSpec", "DescriptorError", "parse_descr
 KNOWN_FEATURES = ("acpi", "kvm", "pae", "virtio")
 #: appliance names, versions and VM names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-TARGET_RE = re.compile(r"^(vd|sd|hd)[a-z]{1,2}$")
 DISK_FORMATS = ("qcow2", "raw")
 DISK_BUSES = ("virtio", "scsi", "sata", "ide")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)

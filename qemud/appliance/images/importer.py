@@ -25,8 +25,9 @@ from qemud.dispatch import Deferred
 from qemud.driver.store import atomic_write
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
 
-from .base import ImageOps, Task, rmtree, run_task
+from .base import ImageOps, Task, run_task
 from .descriptor import DescriptorError, DiskSpec, check_host, load_descriptor_text
+from .layout import STAGING_PREFIX, rmtree
 from .store import INDEX_NAME
 
 if TYPE_CHECKING:
@@ -36,14 +37,13 @@ if TYPE_CHECKING:
     from ..tools import ToolRunner
     from .store import ImageStore
 
-__all__ = ["ImportOps", "DESCRIPTOR_NAMES", "MAX_DESCRIPTOR_BYTES", "STAGING_PREFIX"]
+__all__ = ["ImportOps", "DESCRIPTOR_NAMES", "MAX_DESCRIPTOR_BYTES"]
 
 log = logging.getLogger(__name__)
 
 DESCRIPTOR_NAMES = ("appliance.json", "appliance.toml")
 MAX_DESCRIPTOR_BYTES = 1024 * 1024
 #: an import in progress unpacks into ``<store>/.staging-XXXXXXXX``
-STAGING_PREFIX = ".staging-"
 
 
 class ImportOps(ImageOps):

@@ -13,33 +13,18 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qemud.errors import InvalidArg, QemudError
 
 from .descriptor import Descriptor, parse_descriptor, version_key
 
-if TYPE_CHECKING:
-    from qemud.config import Config
-
-__all__ = ["ImageStore", "VMState", "INDEX_NAME", "STATE_NAME", "store_root", "vms_root"]
+__all__ = ["ImageStore", "VMState", "INDEX_NAME"]
 
 log = logging.getLogger(__name__)
 
 #: the checked descriptor as JSON, written into each stored version at import
 INDEX_NAME = ".qemud-appliance.json"
-STATE_NAME = "appliance-state.json"
-
-
-def store_root(config: Config) -> Path:
-    """The image store's directory (``appliance.image_store`` or ``<state_dir>/images``)."""
-    store = config.appliance.image_store
-    return Path(store) if store else config.paths.state_dir / "images"
-
-
-def vms_root(config: Config) -> Path:
-    """Where deployed VMs' disks and states are: ``<state_dir>/vms``."""
-    return config.paths.state_dir / "vms"
 
 
 class ImageStore:

@@ -30,7 +30,8 @@ from qemud.loop import Timer
 from ..metadata import Origin, read_settings, write_settings
 from .base import ImageOps, Task, disk_file, run_task
 from .descriptor import Descriptor, check_host
-from .store import STATE_NAME, VMState
+from .layout import STATE_NAME
+from .store import VMState
 
 if TYPE_CHECKING:
     from qemud.conf import DomainDef

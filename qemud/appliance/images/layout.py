@@ -1,0 +1,104 @@
+"""Where the images duty keeps things on disk, and what a killed daemon left there.
+
+The one module of the package a daemon imports at start-up: the duty needs these paths
+and names to clean up and to know which guests have an appliance state, and nothing else
+until the first image call or the start of such a guest (see :mod:`.duty`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qemud.config import Config
+
+__all__ = ["STAGING_PREFIX", "STATE_NAME", "TARGET_RE", "UNFINISHED_SUFFIX", "QCOW2",
+           "DISK_KINDS", "store_root", "vms_root", "rmtree", "remove_unfinished_disks"]
+
+log = logging.getLogger(__name__)
+
+#: a deployed VM's state record, in its directory under :func:`vms_root`
+STATE_NAME = "appliance-state.json"
+#: an import unpacks into ``<store>/<STAGING_PREFIX>...`` before it is renamed into place
+STAGING_PREFIX = ".staging-"
+#: a guest disk name as descriptors and VM directories use them (vda, sdb, hdaa...)
+TARGET_RE = re.compile(r"^(vd|sd|hd)[a-z]{1,2}$")
+#: what ``ImageOps._create`` appends to a disk's name while qemu-img writes it
+UNFINISHED_SUFFIX = ".new"
+QCOW2 = ".qcow2"
+#: what ``disk_file`` puts between the target and ``.qcow2`` (slots, scratch, or none)
+DISK_KINDS = ("a", "b", "scratch")
+
+
+def store_root(config: Config) -> Path:
+    """The image store's directory (``appliance.image_store`` or ``<state_dir>/images``)."""
+    store = config.appliance.image_store
+    return Path(store) if store else config.paths.state_dir / "images"
+
+
+def vms_root(config: Config) -> Path:
+    """Where deployed VMs' disks and states are: ``<state_dir>/vms``."""
+    return config.paths.state_dir / "vms"
+
+
+def rmtree(path: Path) -> None:
+    """Remove ``path`` and everything below it, read-only directories (a stored
+    appliance's) included."""
+    def writable(func: Callable[..., Any], p: str, exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            func(p)
+        except OSError:
+            pass
+    if path.exists():
+        shutil.rmtree(path, onerror=writable)
+
+
+def _is_unfinished_disk(name: str) -> bool:
+    """Whether ``name`` is a name ``disk_file`` gives, plus :data:`UNFINISHED_SUFFIX`."""
+    stem = name.removesuffix(QCOW2 + UNFINISHED_SUFFIX)
+    if stem == name:
+        return False
+    target, dot, kind = stem.partition(".")
+    return bool(TARGET_RE.match(target)) and (not dot or kind in DISK_KINDS)
+
+
+def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
+    """Delete the disks whose creation a killed daemon never finished; return them.
+
+    ``ImageOps._create`` has ``qemu-img create`` write ``<disk>.new`` and renames it
+    over the disk once complete, so the disk itself is never half-made -- but a daemon
+    killed in between leaves the ``.new`` file, which nothing would ever remove (the
+    next creation of that disk replaces it, a VM that is never updated keeps it).
+    Start-up only, under the pidfile lock: then no creation is in flight. Only regular
+    files with the names ``_create`` makes, directly in a deployed VM's directory
+    (symlinks are not followed), are removed; anything else there stays.
+    """
+    try:
+        vm_dirs = sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    removed = []
+    for vm_dir in vm_dirs:
+        for path in sorted(vm_dir.glob(f"*{QCOW2}{UNFINISHED_SUFFIX}")):
+            try:
+                if not _is_unfinished_disk(path.name) or \
+                        not stat.S_ISREG(path.lstat().st_mode):
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cannot remove %s, left by an interrupted disk creation: %s",
+                            path, exc.strerror or exc)
+                continue
+            log.info("removed %s, left by an interrupted disk creation", path)
+            removed.append(path)
+    return removed
