@@ -7,8 +7,8 @@ procedures. Everything runs inside the daemon's one loop.
 A duty's module is imported at every start-up and stays for the daemon's life, so it
 should hold only what an idle daemon uses (hooks and listeners that must be in place, the
 start-up clean-up). What only a procedure needs is better imported by its first call, as
-the snapshot operations and template rendering are: a few milliseconds of the loop, once,
-on a call that is slow anyway.
+the snapshot and image operations and template rendering are: a few milliseconds of the
+loop, once, on a call that is slow anyway.
 
 ==================  ====================================================================
 module              duty

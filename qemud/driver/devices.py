@@ -6,6 +6,7 @@ builder used at start, so a disk added at start and one hot-added later look ali
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from qemud.conf import ConfError, Disk, parse_device_xml
@@ -25,18 +26,73 @@ from .domain import DomainObj
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG"]
+__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "disk_nodes"]
+
+log = logging.getLogger(__name__)
 
 AFFECT_LIVE = 1
 AFFECT_CONFIG = 2
 UNPLUG_TIMEOUT = 15.0
 _FORMATS = {"raw", "qcow2"}
+#: the protocol drivers of the daemon's storage nodes ("file" also opens an overlay)
+_PROTOCOLS = {"file", "host_device"}
 
 
 def _target_of(disk: Disk) -> str:
     if not disk.target_dev:
         raise InvalidArg("the <disk> needs <target dev='...'/> to be attached or detached")
     return disk.target_dev
+
+
+def _chain(node: dict[str, Any]) -> list[str]:
+    """The files of a node's backing chain, itself first (its ``image`` info)."""
+    files = []
+    image = node.get("image")
+    while isinstance(image, dict):
+        files.append(str(image.get("filename", "")))
+        image = image.get("backing-image")
+    return files
+
+
+def disk_nodes(named: Any, top: str, target: str) -> list[str]:
+    """``query-named-block-nodes`` (not flat) -> the nodes to close for the disk
+    ``target`` whose top node is ``top``, in an order QEMU accepts: each layer's format
+    node, then its protocol node, then the layer below.
+
+    QEMU names neither a node's backing nor its file child there, only the files they
+    opened: a layer is the format node that opened the next file of ``top``'s chain and
+    whose own chain is the rest of it; a protocol node is the one on its format node's
+    file. Two fit only if two read-only disks share an image: the target's storage node
+    name decides, else that node is left out (and logged) rather than a guess closing
+    another disk's. Nodes QEMU named itself (``#block...``: an overlay's inline file
+    child, backing files opened from an image header) are not the monitor's to close:
+    they go with their parent.
+    """
+    nodes = [n for n in named or [] if isinstance(n, dict) and n.get("node-name")]
+    storage = naming.disk_node_names(target)[0]
+    order: list[str] = []
+    node = next((n for n in nodes if n["node-name"] == top), None)
+    files = _chain(node) if node is not None else []
+    for depth in range(len(files)):
+        if node is None:
+            log.warning("disk %s: no single block node opened %s below %s: not closed",
+                        target, files[depth], order[-1])
+            break
+        order.append(str(node["node-name"]))
+        protocols = [str(n["node-name"]) for n in nodes if n.get("drv") in _PROTOCOLS
+                     and n.get("file") == node.get("file") and n["node-name"] not in order]
+        if len(protocols) > 1:
+            protocols = [p for p in protocols if p == storage]
+            if not protocols:
+                log.warning("disk %s: several protocol nodes opened %s: not closed", target,
+                            node.get("file"))
+        order += protocols[:1]
+        rest = files[depth + 1:]
+        layers = [n for n in nodes if rest and n.get("drv") not in _PROTOCOLS
+                  and n.get("file") == rest[0] and _chain(n) == rest
+                  and n["node-name"] not in order]
+        node = layers[0] if len(layers) == 1 else None
+    return [n for n in order if not n.startswith("#")]
 
 
 class Devices:
@@ -180,6 +236,7 @@ class Devices:
         target = _target_of(disk)
         device_id = naming.disk_device_id(target)
         monitor = dom.monitor
+        live_def = dom.live
         result = Deferred()
         gone = Deferred()
         top = [naming.disk_node_names(target)[1]]  # until query-block says otherwise
@@ -213,14 +270,13 @@ class Devices:
             monitor.execute("query-named-block-nodes").add_done_callback(named)
 
         def named(d: Deferred) -> None:
-            if d.error is not None:
-                log.warning("domain %s: cannot query the block nodes of unplugged disk %s "
-                            "(%s): closing %s alone", dom.name, target, d.error.message,
-                            ", ".join(dict.fromkeys([top[0], *naming.disk_node_names(target)
-                                                     [::-1]])))
-                nodes = list(dict.fromkeys([top[0], *naming.disk_node_names(target)[::-1]]))
-            else:
-                nodes = disk_nodes(d.result, top[0], target)
+            if d.error is None:
+                close(disk_nodes(d.result, top[0], target))
+                return
+            nodes = list(dict.fromkeys([top[0], *reversed(naming.disk_node_names(target))]))
+            log.warning("domain %s: cannot query the block nodes of unplugged disk %s (%s): "
+                        "closing %s only", dom.name, target, d.error.message,
+                        ", ".join(nodes))
             close(nodes)
 
         def close(nodes: list[str]) -> None:
@@ -237,8 +293,8 @@ class Devices:
             monitor.execute("blockdev-del", {"node-name": node}).add_done_callback(deleted)
 
         def done() -> None:
-            if dom.live is not None:
-                dom.live.remove_device(disk)
+            if dom.live is live_def:  # not stopped (and started again) meanwhile
+                live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
             result.resolve(None)
 
