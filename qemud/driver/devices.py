@@ -24,6 +24,8 @@ from qemud.qemu import naming
 from .domain import DomainObj
 
 if TYPE_CHECKING:
+    from qemud.loop import Timer
+
     from .driver import QemuDriver
 
 __all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "disk_nodes"]
@@ -66,33 +68,37 @@ def disk_nodes(named: Any, top: str, target: str) -> list[str]:
     name decides, else that node is left out (and logged) rather than a guess closing
     another disk's. Nodes QEMU named itself (``#block...``: an overlay's inline file
     child, backing files opened from an image header) are not the monitor's to close:
-    they go with their parent.
+    they go with their parent, and so does everything below them (QEMU opened it from
+    their headers), so the walk ends at the first one.
     """
     nodes = [n for n in named or [] if isinstance(n, dict) and n.get("node-name")]
     storage = naming.disk_node_names(target)[0]
     order: list[str] = []
     node = next((n for n in nodes if n["node-name"] == top), None)
-    files = _chain(node) if node is not None else []
-    for depth in range(len(files)):
-        if node is None:
-            log.warning("disk %s: no single block node opened %s below %s: not closed",
-                        target, files[depth], order[-1])
-            break
+    rest = _chain(node) if node is not None else []
+    while node is not None and not str(node["node-name"]).startswith("#"):
         order.append(str(node["node-name"]))
         protocols = [str(n["node-name"]) for n in nodes if n.get("drv") in _PROTOCOLS
                      and n.get("file") == node.get("file") and n["node-name"] not in order]
         if len(protocols) > 1:
             protocols = [p for p in protocols if p == storage]
             if not protocols:
-                log.warning("disk %s: several protocol nodes opened %s: not closed", target,
-                            node.get("file"))
-        order += protocols[:1]
-        rest = files[depth + 1:]
-        layers = [n for n in nodes if rest and n.get("drv") not in _PROTOCOLS
+                log.warning("disk %s: several protocol nodes opened %s: none is closed",
+                            target, node.get("file"))
+        order += [p for p in protocols[:1] if not p.startswith("#")]
+        rest = rest[1:]
+        if not rest:
+            break
+        layers = [n for n in nodes if n.get("drv") not in _PROTOCOLS
                   and n.get("file") == rest[0] and _chain(n) == rest
                   and n["node-name"] not in order]
+        if layers and all(str(n["node-name"]).startswith("#") for n in layers):
+            break  # opened by QEMU: whichever it is, it goes with its parent
+        if len(layers) != 1:
+            log.warning("disk %s: %d block nodes opened %s below %s: none is closed",
+                        target, len(layers), rest[0], node["node-name"])
         node = layers[0] if len(layers) == 1 else None
-    return [n for n in order if not n.startswith("#")]
+    return order
 
 
 class Devices:
@@ -261,7 +267,7 @@ class Devices:
             monitor.execute("device_del", {"id": device_id}).add_done_callback(
                 lambda d: gone.fail(d.error) if d.error is not None else None)
 
-        def released(d: Deferred, timer: Any) -> None:
+        def released(d: Deferred, timer: Timer) -> None:
             timer.cancel()
             dom.device_waiters.pop(device_id, None)
             if d.error is not None:
@@ -293,7 +299,8 @@ class Devices:
             monitor.execute("blockdev-del", {"node-name": node}).add_done_callback(deleted)
 
         def done() -> None:
-            if dom.live is live_def:  # not stopped (and started again) meanwhile
+            # not stopped (and started again), nor detached by another call, meanwhile
+            if dom.live is live_def and live_def.find_device(disk) is not None:
                 live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
             result.resolve(None)

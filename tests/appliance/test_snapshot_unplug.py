@@ -42,6 +42,12 @@ def unplug(g: Guest, xml: str) -> None:
     assert "'vdb'" not in g.dom.xml()
 
 
+def overlays_of(qemud: DaemonProcess, name: str) -> list[str]:
+    """The overlay files snapshots of ``name`` made for its disk vdb."""
+    images = qemud.state_dir / "snapshots" / name / "images"
+    return sorted(str(p) for p in images.glob("vdb.*"))
+
+
 def read_vdb(g: Guest, n: int) -> str:
     line = g.command(f"read-disk vdb {n}", r"QEMUD-READ vdb [^\n]*\n")
     return line.rstrip("\n").split(" ", 2)[2]
@@ -51,7 +57,7 @@ def replug_and_check(g: Guest, qemud: DaemonProcess, tmp_path: Path,
                      gone: list[str]) -> None:
     """``gone`` are no longer open in QEMU; a new vdb plugs in and the guest reads it."""
     files = qemu_files(qemud, g.dom.name)
-    print("LEFT OPEN", [f for f in files if f in gone])
+    assert not [f for f in files if f in gone], files
     fresh = make_image(tmp_path / "fresh.qcow2")
     qemu_io_write(str(fresh), "N")
     plug(g, disk_xml(fresh, dev="vdb"))
@@ -76,32 +82,42 @@ def test_unplug_after_live_snapshot(conn: client.Connection, qemud: DaemonProces
         g.command("write-disk vdb OLD", r"QEMUD-WROTE vdb")
         g.dom.snapshot_create("s1")
         g.dom.snapshot_create("s2")  # two overlays: a chain of three images
-        overlay = disk_source(g.dom.xml(), "vdb")
-        assert overlay != str(vdb)
-        assert str(vdb) in qemu_files(qemud, name) and overlay in qemu_files(qemud, name)
+        overlays = overlays_of(qemud, name)
+        assert len(overlays) == 2 and disk_source(g.dom.xml(), "vdb") in overlays
+        assert set(overlays) | {str(vdb)} <= set(qemu_files(qemud, name))
         unplug(g, vdb_xml)
-        replug_and_check(g, qemud, tmp_path, [str(vdb), overlay])
+        replug_and_check(g, qemud, tmp_path, [str(vdb), *overlays])
         g.write("STILL-VDA")  # the other disk's graph was left alone
         assert g.read(9) == "STILL-VDA"
     finally:
         g.close()
 
 
+@pytest.mark.parametrize("merge", ["active", "below"])
 def test_unplug_after_live_merge(conn: client.Connection, qemud: DaemonProcess,
-                                 test_guest: TestGuest, tmp_path: Path) -> None:
+                                 test_guest: TestGuest, tmp_path: Path, merge: str) -> None:
+    name = f"unplug-merge-{merge}"
     vda = make_image(tmp_path / "vda.qcow2")
     vdb = make_image(tmp_path / "vdb.qcow2")
     vdb_xml = disk_xml(vdb, dev="vdb")
-    g = Guest(conn, test_guest, "unplug-merge", tmp_path, disk_xml(vda)).boot()
+    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda)).boot()
     try:
         plug(g, vdb_xml)
         g.dom.snapshot_create("s1")
         g.command("write-disk vdb MERGED", r"QEMUD-WROTE vdb")
-        g.dom.snapshot_delete("s1")  # live merge: commit of the overlays, pivot
-        assert disk_source(g.dom.xml(), "vdb") == str(vdb)
+        if merge == "below":
+            g.dom.snapshot_create("s2")
+        overlays = overlays_of(qemud, name)
+        # active: s1's overlay is committed into vdb.qcow2 and the disk pivots back to
+        # it; below: the layer on vdb.qcow2 (s1's overlay) is committed into it and s2's
+        # overlay reads from vdb.qcow2 directly
+        g.dom.snapshot_delete("s1")
+        top = disk_source(g.dom.xml(), "vdb")
+        assert top == (str(vdb) if merge == "active" else overlays[-1])
         assert read_vdb(g, 6) == "MERGED"
+        assert top in qemu_files(qemud, name)
         unplug(g, vdb_xml)
-        replug_and_check(g, qemud, tmp_path, [str(vdb)])
+        replug_and_check(g, qemud, tmp_path, [str(vdb), *overlays])
     finally:
         g.close()
 
