@@ -312,7 +312,9 @@ def test_device_present_before_start_and_daemon_restart(
     qemud.start()
     serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark, timeout=DETACH_TIMEOUT)
     wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")
-    assert "hotplug-detached: " + f"{dev} as vda" in qemud.log_text()
+    # the event follows the guest's release once QEMU closed the disk's block nodes
+    wait_for(lambda: "hotplug-detached: " + f"{dev} as vda" in qemud.log_text(), timeout=10,
+             message="hotplug-detached event")
     with qemud.connect() as again:
         again.register_event(client.EventId.APPLIANCE)
         log = EventLog(again)
