@@ -151,8 +151,12 @@ _TABLE = [
     _call(P.DOMAIN_CREATE, p.DomainFlagsArgs, p.DomainReply, mutates=True,
           doc="Start a defined domain; the reply carries its new id."),
     _call(P.DOMAIN_SHUTDOWN, p.ShutdownArgs, Empty, mutates=True,
-          doc="ACPI power button; optional destroy after timeout_ms."),
-    _call(P.DOMAIN_REBOOT, p.DomainFlagsArgs, Empty, mutates=True, doc=""),
+          doc="ACPI power button (ShutdownFlags: the ACPI mode; AGENT alone is "
+              "ARGUMENT_UNSUPPORTED, other modes INVALID_ARG); optional destroy after "
+              "timeout_ms."),
+    _call(P.DOMAIN_REBOOT, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="ACPI power button, then a reset instead of the power-off (RebootFlags: "
+              "as for DOMAIN_SHUTDOWN)."),
     _call(P.DOMAIN_DESTROY, p.DomainFlagsArgs, Empty, mutates=True, doc="Hard stop."),
     _call(P.DOMAIN_SUSPEND, p.DomainArgs, Empty, mutates=True, doc="Pause vCPUs."),
     _call(P.DOMAIN_RESUME, p.DomainArgs, Empty, mutates=True, doc="Resume vCPUs."),
