@@ -91,7 +91,7 @@ def test_an_undefine_after_a_restart_still_keeps_the_snapshot_rule(daemon: Daemo
 #: the image operations' modules; the duty and its paths (``layout``) are imported at start
 IMAGE_OPERATIONS = frozenset(
     f"qemud.appliance.images.{name}"
-    for name in ("base", "descriptor", "store", "importer", "deploy", "update"))
+    for name in ("operations", "base", "descriptor", "store", "importer", "deploy", "update"))
 
 
 def test_the_first_image_call_imports_the_image_operations(daemon: DaemonProcess,

@@ -33,6 +33,7 @@ base        shared by the operations: tasks, VM state, ``qemu-img``, the busy ma
 importer    APPLIANCE_IMPORT: unpack, check, store read-only
 deploy      APPLIANCE_DEPLOY, APPLIANCE_LIST, APPLIANCE_RESET
 update      APPLIANCE_UPDATE, its confirmation by heartbeat and the rollback
+operations  the operations above over one store, tool runner and busy map
 duty        wiring: procedures, the event listener, the start-up clean-up; builds the
             operations on first use
 ==========  ==========================================================================

@@ -1,7 +1,7 @@
 """The images duty's wiring: the procedures it answers, the event listener, and the
 start-up clean-up.
 
-The operations (:class:`Operations`: the store, the tool runner, ``busy`` and the
+The operations (:class:`.operations.Operations`: the store, the tool runner, ``busy`` and the
 import/deploy/update modules with the descriptor rules, ~0.5 MiB of RSS) are built by the
 first image call, or by the start of a guest that has an appliance state (its update may
 wait for a heartbeat), not at start-up (see :mod:`qemud.appliance`). At start-up only
@@ -29,36 +29,14 @@ from .layout import (
 
 if TYPE_CHECKING:
     from protocol import payloads as pl
-    from qemud.config import Config
     from qemud.dispatch import Handler
-    from qemud.driver import QemuDriver
 
     from .. import ApplianceContext
-    from .deploy import DeployOps
-    from .importer import ImportOps
-    from .update import UpdateOps
+    from .operations import Operations
 
-__all__ = ["ImagesDuty", "Operations", "install"]
+__all__ = ["ImagesDuty", "install"]
 
 log = logging.getLogger(__name__)
-
-
-class Operations:
-    """The image operations over one store, tool runner and ``busy`` map, built together."""
-
-    def __init__(self, driver: QemuDriver, config: Config) -> None:
-        from ..tools import ToolRunner
-        from .base import tool_failure
-        from .deploy import DeployOps
-        from .importer import ImportOps
-        from .store import ImageStore
-        from .update import UpdateOps
-        store = ImageStore(store_root(config))
-        runner = ToolRunner(driver.loop, tool_failure)
-        busy: dict[str, str] = {}  # domain uuid -> what is in progress
-        self.imports: ImportOps = ImportOps(driver, config, store, runner, busy)
-        self.deploys: DeployOps = DeployOps(driver, config, store, runner, busy)
-        self.updates: UpdateOps = UpdateOps(driver, config, store, runner, busy)
 
 
 class ImagesDuty:
@@ -73,6 +51,7 @@ class ImagesDuty:
     @property
     def ops(self) -> Operations:
         if self._ops is None:
+            from .operations import Operations
             self._ops = Operations(self.driver, self.config)
         return self._ops
 
