@@ -43,6 +43,9 @@ class Monitor:
         self._out = bytearray()
         self._pending: dict[int, tuple[Deferred, str]] = {}
         self._ready = Deferred()
+        # commands issued before the negotiation ended, sent (in order) once it has
+        self._queued: list[tuple[str, Mapping[str, Any] | None, Deferred]] = []
+        self._ready.add_done_callback(self._release_queued)
         self._retry: Timer | None = None
         self.closed = False
 
@@ -93,23 +96,50 @@ class Monitor:
 
     def execute(self, command: str, arguments: Mapping[str, Any] | None = None,
                 timeout: float | None = None) -> Deferred:
+        """Send ``command``; resolves with QMP's ``return`` value.
+
+        A command issued while the monitor is still connecting or negotiating (a guest
+        re-attached after a daemon restart is reported running before its monitor is)
+        waits for the negotiation and fails with its error; ``timeout`` counts from now.
+        """
         result = Deferred()
-        if self.closed or self.sock is None:
+        if self.closed:
             result.fail(OperationFailed(f"QEMU monitor of {self.name} is not connected"))
             return result
-        try:
-            cmd_id, data = self.qmp.command(command, arguments)
-        except (QemuError, ValueError, TypeError) as exc:
-            result.fail(OperationFailed(f"cannot send {command} to QEMU: {exc}"))
-            return result
-        self._pending[cmd_id] = (result, command)
-        self.log.debug("--> %s %s", command, arguments or "")
-        self._write(data)
         if timeout is not None:
             timer = self.loop.call_later(timeout, lambda: result.fail(OperationTimeout(
                 f"QEMU did not answer {command} within {timeout:g} s")))
             result.add_done_callback(lambda d: timer.cancel())
+        if self._ready.done:
+            self._send(command, arguments, result)
+        else:
+            self._queued.append((command, arguments, result))
         return result
+
+    def _release_queued(self, ready: Deferred) -> None:
+        """Negotiation ended: send what waited for it, or fail it with the reason."""
+        queued, self._queued = self._queued, []
+        for command, arguments, result in queued:
+            if ready.error is not None:
+                result.fail(ready.error)
+            else:
+                self._send(command, arguments, result)
+
+    def _send(self, command: str, arguments: Mapping[str, Any] | None,
+              result: Deferred) -> None:
+        if result.done:
+            return  # timed out while the monitor was negotiating
+        if self.closed or self.sock is None:
+            result.fail(OperationFailed(f"QEMU monitor of {self.name} is not connected"))
+            return
+        try:
+            cmd_id, data = self.qmp.command(command, arguments)
+        except (QemuError, ValueError, TypeError) as exc:
+            result.fail(OperationFailed(f"cannot send {command} to QEMU: {exc}"))
+            return
+        self._pending[cmd_id] = (result, command)
+        self.log.debug("--> %s %s", command, arguments or "")
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         self._out += data
@@ -204,6 +234,8 @@ class Monitor:
             self.sock.close()
             self.sock = None
         self.closed = True
-        pending, self._pending = self._pending, {}
-        for deferred, command in pending.values():
+        queued, self._queued = self._queued, []
+        pending = list(self._pending.values()) + [(d, c) for c, _, d in queued]
+        self._pending = {}
+        for deferred, command in pending:
             deferred.fail(OperationFailed(f"{command}: monitor detached"))
