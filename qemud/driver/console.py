@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure, StreamData, StreamEnd
 from qemud.dispatch import Deferred
-from qemud.errors import OperationFailed, OperationInvalid
+from qemud.errors import InternalError, OperationFailed
 from qemud.loop import READ, WRITE, EventLoop
 from qemud.server import StreamHandler
 
@@ -94,16 +94,19 @@ class ConsoleManager:
              chardev_paths: dict[str, str]) -> Deferred:
         """Attach ``client`` to the console ``device`` ("" = the first console, else the
         first serial port)."""
+        # error codes as libvirt's: OPERATION_FAILED for a taken console (virChrdevOpen),
+        # INTERNAL_ERROR for a name that is no console (qemuDomainOpenConsole)
         if dom.uuid in self.active:
-            raise OperationInvalid(f"operation failed: an active console session exists for "
-                                   f"domain '{dom.name}'")
+            raise OperationFailed(f"operation failed: an active console session exists for "
+                                  f"domain '{dom.name}'")
         if not chardev_paths:
-            raise OperationInvalid(f"domain '{dom.name}' has no serial console to open")
+            raise InternalError(f"cannot find character device: domain '{dom.name}' has no "
+                                "serial port or console to open")
         key = device or next(iter(chardev_paths))
         path = chardev_paths.get(key)
         if path is None:
-            raise OperationInvalid(f"cannot find console device '{device}' (have: "
-                                   f"{', '.join(chardev_paths)})")
+            raise InternalError(f"cannot find character device '{device}' (have: "
+                                f"{', '.join(chardev_paths)})")
         sock: socket.socket | None = None
         try:
             if path.startswith("unix:"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import client
+from protocol.constants import ErrorCode
 from tests.helpers.daemon import DaemonProcess, serving
 from tests.integration.domains import guest_xml
 
@@ -72,10 +73,11 @@ def test_console_names_of_a_pty_serial_and_its_console(qemud: DaemonProcess,
                 ping(dom, device)
             dom.open_console("console1").close()
             for device in ("channel0", "serial1"):
-                with pytest.raises(client.OperationInvalid,
-                                   match=rf"cannot find console device '{device}' \(have: "
-                                         r"console0, console1, serial0\)"):
+                with pytest.raises(client.RemoteError,
+                                   match=rf"cannot find character device '{device}' \(have: "
+                                         r"console0, console1, serial0\)") as refused:
                     dom.open_console(device).close()
+                assert refused.value.code == ErrorCode.INTERNAL_ERROR  # as libvirt's
         finally:
             dom.destroy()
 
@@ -91,6 +93,16 @@ def test_console_of_a_unix_socket_serial(qemud: DaemonProcess, test_guest,
         dom = conn.create_xml(guest_xml("console-unix", test_guest, sock))
         try:
             ping(dom, "")
+            ping(dom, "serial0")
+            # one session at a time (libvirt: OPERATION_FAILED); closing frees it
+            first = dom.open_console("")
+            try:
+                with pytest.raises(client.OperationFailed,
+                                   match="an active console session exists for domain "
+                                         "'console-unix'"):
+                    dom.open_console("serial0").close()
+            finally:
+                first.close()
             ping(dom, "serial0")
         finally:
             dom.destroy()
