@@ -106,6 +106,9 @@ LOOP_POLL = 1.0
 #: how long to wait for the monitor of a guest re-attached at daemon start
 READY_TIMEOUT = 60.0
 READY_RETRY = 0.2
+#: seconds between looks at a guest whose job (a snapshot, merge or backup) holds off
+#: a hotplug change: the driver refuses live attach/detach while one runs
+JOB_RETRY = 1.0
 #: uevents handled per wake-up (the rest on the next one: other fds get their turn)
 MAX_UEVENTS = 256
 STATE_FILE = "hotplug.json"
@@ -356,6 +359,8 @@ class HotplugDuty:
         self.source = ""
         self._reserved: dict[str, set[str]] = {}  # domain uuid -> targets being attached
         self._poll_timer: Timer | None = None
+        self._job_waiting: set[str] = set()  # devnames held off by their guest's job
+        self._job_timer: Timer | None = None
         self.state_path = self.config.paths.run_dir / STATE_FILE
         #: devices the daemon attached: devname -> (rule, domain uuid, target)
         self._ours: dict[str, tuple[str, str, str]] = {}
@@ -667,7 +672,9 @@ class HotplugDuty:
             self._rematch(known)
             return
         if dom is not None and self._ready(dom):
-            if known.has_medium and target is None:
+            if dom.job is not None and self._change_due(known, target):
+                self._wait_for_job(dom, known)
+            elif known.has_medium and target is None:
                 if known.failed != "attach":
                     self._attach(dom, known)
             elif target is not None and not known.has_medium:
@@ -677,6 +684,39 @@ class HotplugDuty:
                 self._follow_size(dom, known, target)
         self._forget_if_done(known)
         self._arm_poll()
+
+    @staticmethod
+    def _change_due(known: HostDevice, target: str | None) -> bool:
+        """Whether :meth:`reconcile` would ask the driver to attach, detach or resize."""
+        if known.has_medium and target is None:
+            return known.failed != "attach"
+        if target is not None and not known.has_medium:
+            return known.failed != "detach"
+        return target is not None and known.guest_size is not None and \
+            known.guest_size != known.size and known.failed != "resize"
+
+    def _wait_for_job(self, dom: DomainObj, known: HostDevice) -> None:
+        """Look again once the guest's job is over, instead of failing the change.
+
+        The driver refuses a live attach or detach while a snapshot, merge or backup
+        runs (it works on the disks' block graphs); a device that comes or goes
+        meanwhile is not an error, its change only waits. Jobs end without an event, so
+        the waiting devices are looked at every :data:`JOB_RETRY` seconds.
+        """
+        if known.devname not in self._job_waiting:
+            log.info("hotplug: %s waits for the %s of %s to end", known.devname, dom.job,
+                     dom.name)
+            self._job_waiting.add(known.devname)
+        if self._job_timer is None:
+            self._job_timer = self.loop.call_later(JOB_RETRY, self._after_jobs)
+
+    def _after_jobs(self) -> None:
+        self._job_timer = None
+        waiting, self._job_waiting = self._job_waiting, set()
+        for devname in sorted(waiting, key=_natural):
+            known = self.devices.get(devname)
+            if known is not None:
+                self.reconcile(known)
 
     def _rematch(self, known: HostDevice) -> None:
         """A retired device is no longer attached: the rules in force say where it goes."""

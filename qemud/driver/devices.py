@@ -7,6 +7,7 @@ builder used at start, so a disk added at start and one hot-added later look ali
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from qemud.conf import ConfError, Disk, parse_device_xml
@@ -24,8 +25,6 @@ from qemud.qemu import naming
 from .domain import DomainObj
 
 if TYPE_CHECKING:
-    from qemud.loop import Timer
-
     from .driver import QemuDriver
 
 __all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "disk_nodes"]
@@ -34,7 +33,25 @@ log = logging.getLogger(__name__)
 
 AFFECT_LIVE = 1
 AFFECT_CONFIG = 2
-UNPLUG_TIMEOUT = 15.0
+
+#: Test hook for a daemon run as a subprocess: ``QEMUD_UNPLUG_TIMEOUT=<seconds>`` in its
+#: environment (read once, at import) replaces the unplug timeout below, so that a test
+#: sees a detach time out and the guest release the disk afterwards. For tests only.
+UNPLUG_TIMEOUT_ENV = "QEMUD_UNPLUG_TIMEOUT"
+
+
+def _unplug_timeout(default: float) -> float:
+    """``default``, or the test hook's value; a bad value must not stop the daemon."""
+    try:
+        value = float(os.environ.get(UNPLUG_TIMEOUT_ENV, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+#: Seconds a live detach waits for the guest to release the disk before the call fails
+#: (the unplug itself goes on: a late release still closes the disk, see ``_unplug``).
+UNPLUG_TIMEOUT = _unplug_timeout(15.0)
 _FORMATS = {"raw", "qcow2"}
 #: the protocol drivers of the daemon's storage nodes ("file" also opens an overlay)
 _PROTOCOLS = {"file", "host_device"}
@@ -135,6 +152,10 @@ class Devices:
     def attach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
         disk = self._parse_disk(xml)
         live, config = self._targets(dom, flags)
+        if live:  # checked before the config changes: a refused call changes nothing
+            self._require_live_change(dom)
+            assert dom.live is not None
+            self._add(dom.live.copy(), disk)  # checks the target is free before QEMU
         if config:
             definition = (dom.next_definition or dom.definition).copy()
             self._add(definition, disk)
@@ -146,9 +167,47 @@ class Devices:
                 dom.definition = definition
         if not live:
             return None
-        assert dom.live is not None
-        self._add(dom.live.copy(), disk)  # checks the target is free before touching QEMU
         return self._hotplug(dom, disk)
+
+    def _require_live_change(self, dom: DomainObj) -> None:
+        """Refuse a live attach/detach while a job runs on the domain.
+
+        A snapshot, a merge (snapshot delete) or a backup works on the disks' block
+        graphs through QEMU block jobs and its own node names; plugging a disk in or out
+        under it would leave the job on nodes that are being closed (a merge or a backup
+        losing data) or miss the new disk. libvirt has device attach/detach take the
+        domain's modify job for the same reason. The config-only change of a shut-off
+        domain does not come here: it touches no QEMU.
+        """
+        self.driver.lifecycle.require_active(dom)
+        self.driver.lifecycle.require_no_job(dom)
+
+    @staticmethod
+    def unplugging(dom: DomainObj) -> list[str]:
+        """The targets of the disks a live detach is unplugging: from the call until the
+        guest released the disk (DEVICE_DELETED) or the domain stopped, also after the
+        detach call timed out."""
+        if dom.live is None or not dom.device_waiters:
+            return []
+        return [str(d.target_dev) for d in dom.live.disks if d.target_dev
+                and naming.disk_device_id(d.target_dev) in dom.device_waiters]
+
+    def require_no_unplug(self, dom: DomainObj) -> None:
+        """Refuse a snapshot, merge, revert or backup while a disk is being unplugged.
+
+        The converse of :meth:`_require_live_change`, as a job would be refused while
+        libvirt's detach holds the domain's job: once the guest releases the disk its
+        whole block graph is closed, overlays included, from the top node asked before
+        the unplug, so a job started meanwhile would see its nodes go (or put a layer
+        over them that stays open). Not a ``dom.job``: the wait for the guest lasts
+        seconds to forever (a guest that ignores the unplug), and a ``dom.job`` would
+        also hold off saves, state changes and the appliance's duties meanwhile.
+        """
+        targets = self.unplugging(dom)
+        if targets:
+            raise OperationInvalid(
+                f"domain '{dom.name}' is busy: detach of disk {', '.join(targets)} in "
+                "progress (waiting for the guest to release it)")
 
     @staticmethod
     def _add(definition: Any, disk: Disk) -> None:
@@ -210,7 +269,42 @@ class Devices:
     # -- detach --------------------------------------------------------------------------
 
     def detach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
-        """Unplug a disk: ``device_del``, DEVICE_DELETED, then close its block graph.
+        """Unplug a disk (live) and/or remove it from the persistent definition (config).
+
+        A live detach is refused while a job runs on the domain (see
+        :meth:`_require_live_change`) and while the same disk is already being unplugged:
+        the guest has one unplug request per device, and a second call would take over
+        the first's wait for DEVICE_DELETED (the first then timing out although the
+        guest released the disk). Both are checked before the config is changed, so a
+        refused call changes nothing.
+        """
+        wanted = self._parse_disk(xml)
+        target = _target_of(wanted)
+        live, config = self._targets(dom, flags)
+        disk: Disk | None = None
+        if live:
+            self._require_live_change(dom)
+            assert dom.live is not None
+            disk = self._find(dom.live, target, dom.name)
+            if naming.disk_device_id(target) in dom.device_waiters:
+                raise OperationInvalid(
+                    f"disk {target} of domain '{dom.name}' is already being detached: "
+                    "the guest has not released it yet")
+        if config:
+            definition = (dom.next_definition or dom.definition).copy()
+            found = self._find(definition, target, dom.name)
+            definition.remove_device(found)
+            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
+            if dom.active:
+                dom.next_definition = definition
+            else:
+                dom.definition = definition
+        if disk is None:
+            return None
+        return self._unplug(dom, disk)
+
+    def _unplug(self, dom: DomainObj, disk: Disk) -> Deferred:
+        """``device_del``, DEVICE_DELETED, then close the disk's block graph.
 
         The graph is whatever QEMU holds for the disk at that moment, not the two nodes
         it got at attach/start: a live snapshot puts overlay nodes on top, and leaving
@@ -222,23 +316,20 @@ class Devices:
         it; a node QEMU refuses to close is logged, it does not fail the call. The reply
         waits for the closing (a few monitor round trips) so that an attach under the
         same target sent after it finds the names free.
+
+        The wait for DEVICE_DELETED (``dom.device_waiters``) is registered at once, so
+        that a second detach of the disk or a job sent before the ``device_del`` is
+        refused too. It outlives the call's UNPLUG_TIMEOUT: the call then fails, but the
+        guest may still release the disk (QEMU keeps the unplug request pending), and
+        when it does the graph is closed and the disk leaves the live definition as on
+        time, as libvirt does on a late DEVICE_DELETED; otherwise the nodes would stay
+        open and the disk stay listed until the guest stops. The waiter leaves the dict
+        where it is resolved or failed (the DEVICE_DELETED branch of the lifecycle, its
+        stop, the failures here), never from its callbacks: the stop fails every waiter
+        while iterating over them.
         """
-        wanted = self._parse_disk(xml)
-        live, config = self._targets(dom, flags)
-        if config:
-            definition = (dom.next_definition or dom.definition).copy()
-            found = self._find(definition, _target_of(wanted), dom.name)
-            definition.remove_device(found)
-            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
-            if dom.active:
-                dom.next_definition = definition
-            else:
-                dom.definition = definition
-        if not live:
-            return None
         self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
-        disk = self._find(dom.live, _target_of(wanted), dom.name)
         target = _target_of(disk)
         device_id = naming.disk_device_id(target)
         monitor = dom.monitor
@@ -247,9 +338,14 @@ class Devices:
         gone = Deferred()
         top = [naming.disk_node_names(target)[1]]  # until query-block says otherwise
 
+        def give_up(error: QemudError) -> None:
+            if dom.device_waiters.get(device_id) is gone:
+                del dom.device_waiters[device_id]
+            gone.fail(error)
+
         def queried(d: Deferred) -> None:
             if d.error is not None:
-                result.fail(d.error)
+                give_up(d.error)
                 return
             for entry in d.result or []:
                 inserted = entry.get("inserted") or {}
@@ -259,20 +355,27 @@ class Devices:
             unplug()
 
         def unplug() -> None:
-            dom.device_waiters[device_id] = gone
-            timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, lambda: gone.fail(
-                OperationTimeout(f"the guest did not release disk {target} within "
-                                 f"{UNPLUG_TIMEOUT:g} s")))
-            gone.add_done_callback(lambda d: released(d, timer))
+            timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, timed_out)
+            gone.add_done_callback(lambda d: timer.cancel())
             monitor.execute("device_del", {"id": device_id}).add_done_callback(
-                lambda d: gone.fail(d.error) if d.error is not None else None)
+                lambda d: give_up(d.error) if d.error is not None else None)
 
-        def released(d: Deferred, timer: Timer) -> None:
-            timer.cancel()
-            dom.device_waiters.pop(device_id, None)
+        def timed_out() -> None:
+            log.warning("domain %s: the guest did not release disk %s within %g s: it is "
+                        "closed and removed when the guest does", dom.name, target,
+                        UNPLUG_TIMEOUT)
+            result.fail(OperationTimeout(
+                f"the guest did not release disk {target} within {UNPLUG_TIMEOUT:g} s "
+                "(the unplug request stays: the disk is removed when the guest releases "
+                "it)"))
+
+        def released(d: Deferred) -> None:
             if d.error is not None:
                 result.fail(d.error)
                 return
+            if result.done:
+                log.info("domain %s: the guest released disk %s after the detach timed "
+                         "out: closing its block nodes", dom.name, target)
             monitor.execute("query-named-block-nodes").add_done_callback(named)
 
         def named(d: Deferred) -> None:
@@ -303,8 +406,10 @@ class Devices:
             if dom.live is live_def and live_def.find_device(disk) is not None:
                 live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
-            result.resolve(None)
+            result.resolve(None)  # after a time-out: already failed, nothing to answer
 
+        dom.device_waiters[device_id] = gone
+        gone.add_done_callback(released)
         monitor.execute("query-block").add_done_callback(queried)
         return result
 

@@ -320,9 +320,9 @@ class Lifecycle:
             except FileNotFoundError:
                 pass
         self.driver.store.delete_status(dom.name)
-        for waiter in dom.device_waiters.values():
+        waiters, dom.device_waiters = dom.device_waiters, {}  # (callbacks may touch it)
+        for waiter in waiters.values():
             waiter.fail(OperationFailed(f"domain '{dom.name}' stopped"))
-        dom.device_waiters.clear()
         self.driver.consoles.close_for(dom)
         self.registry.release_id(dom)
         dom.live = dom.process = dom.monitor = None

@@ -7,6 +7,7 @@
 * :mod:`qemud.qemu.command` – domain definition → QEMU argv
 * :mod:`qemud.qemu.domain` – the slice of the domain model this layer reads
 * :mod:`qemud.qemu.naming` – deterministic device ids and block node names
+* :mod:`qemud.qemu.qcow2` – a qcow2 image's backing file, read from its header
 * :mod:`qemud.qemu.chardevs` – which chardev a serial/console/channel is; its pty
 * :mod:`qemud.qemu.errors` – the error hierarchy
 """

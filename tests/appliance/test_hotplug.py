@@ -25,6 +25,7 @@ import client
 from client.domain import Domain
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
+from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 FIRST_NUMBER = 96  # well above what `losetup -f` hands out on this host
-ROLES = ("live", "boot", "cd", "bad", "other", "grow", "grow-ro")
+ROLES = ("live", "boot", "cd", "bad", "other", "grow", "grow-ro", "job")
 #: uevent -> attach -> the guest's block monitor (polls every 0.5 s) under TCG
 ATTACH_TIMEOUT = 45.0
 #: losetup -d -> auto-clear poll (1 s) -> device_del -> ACPI unplug in the guest
@@ -178,8 +179,13 @@ match = {{ DEVNAME = "{loops['bad']}" }}
 domain = "hp-live"
 target = "cdrom:hdd"
 """ + rule("grow", loops["grow"], "hp-grow") +
-                     rule("grow-ro", loops["grow-ro"], "hp-grow", "readonly = true\n"))
+                     rule("grow-ro", loops["grow-ro"], "hp-grow", "readonly = true\n") +
+                     rule("job", loops["job"], "hp-job"))
     daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}})
+    qemu_img = HeldQemuImg.install(root)  # runs the real one unless a test holds it
+    with pytest.MonkeyPatch.context() as env:  # inherited by the daemon only
+        env.setenv("PATH", qemu_img.path_env())
+        daemon.start()
     with serving(daemon):
         yield daemon
 
@@ -427,3 +433,46 @@ def test_size_change_reaches_the_guest(conn: client.Connection, events: EventLog
     serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark, timeout=DETACH_TIMEOUT)
     events.wait("hp-grow", "hotplug-detached", count=2, timeout=20)
     dom.destroy()
+
+
+def test_device_arriving_during_a_snapshot_waits_for_it(
+        conn: client.Connection, events: EventLog, test_guest, qemud: DaemonProcess,
+        loops: dict[str, str], tmp_path: Path) -> None:
+    """The driver refuses a live attach while a snapshot runs; a device that appears
+    then is attached once the snapshot is done, not reported as failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .test_snapshots import disk_xml, make_image
+
+    dev = loops["job"]
+    ctl = loopctl(loops)
+    qemu_img = HeldQemuImg(qemud.root / "bin", qemud.root / "hold", qemud.root / "held")
+    dom, serial = boot(conn, "hp-job", test_guest, tmp_path / "serial.sock",
+                       extra=disk_xml(make_image(tmp_path / "vda.qcow2")))
+    try:
+        qemu_img.start_holding()
+        with qemud.connect() as other, ThreadPoolExecutor(1) as pool:
+            snapshot = pool.submit(other.lookup_by_name("hp-job").snapshot_create, "s1")
+            try:
+                wait_for(qemu_img.held.exists, timeout=60, message="snapshot under way")
+                mark = serial.mark()
+                ctl.bind(dev, image(tmp_path / "disk.img", 8))
+                wait_for(lambda: f"hotplug: {dev} waits for the snapshot of hp-job to end"
+                         in qemud.log_text(), timeout=20, message="the change held off")
+                events.drain(2.0)
+                assert events.appliance("hp-job") == []  # neither attached nor failed
+                info = row(conn, dev)
+                assert info is not None and not info.attached
+                assert not snapshot.done()
+            finally:
+                qemu_img.release()
+            assert snapshot.result(timeout=120) == "s1"
+        serial.wait_for(r"QEMUD-BLOCK: [^\n]*\bvdb\b", start=mark, timeout=ATTACH_TIMEOUT)
+        attached = events.wait("hp-job", "hotplug-attached", timeout=10)[0]
+        assert attached.text == f"{dev} as vdb"
+        assert [r.kind for r in events.appliance("hp-job")] == ["snapshot-created",
+                                                                "hotplug-attached"]
+    finally:
+        qemu_img.release()
+        ctl.unbind(dev)
+        dom.destroy()

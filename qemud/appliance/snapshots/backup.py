@@ -82,6 +82,7 @@ class BackupOps(SnapshotOps):
     def backup(self, ctx: Any, args: pl.BackupArgs) -> Deferred:
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
+        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         if dom.active:
             self.lifecycle.require_active(dom)
         target = Path(args.target)

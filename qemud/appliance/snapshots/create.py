@@ -46,6 +46,7 @@ class CreateOps(SnapshotOps):
     def create(self, ctx: Any, args: pl.SnapshotCreateArgs) -> Deferred:
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
+        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         meta = self.store.load(dom)
         name = args.name or self._auto_name(meta)
         check_name(name)

@@ -36,7 +36,7 @@ from protocol import Empty
 from protocol import payloads as pl
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, QemudError
-from qemud.qemu import naming
+from qemud.qemu import naming, qcow2
 
 from .base import SnapshotOps, gather, log_failure, qemu_failure
 
@@ -97,6 +97,7 @@ class DeleteOps(SnapshotOps):
     def delete(self, ctx: Any, args: pl.SnapshotArgs) -> Empty | Deferred:
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
+        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         meta = self.store.load(dom)
         snap = meta.get(args.name, dom.name)
         plan = self._merge_plan(dom, meta, snap)
@@ -134,8 +135,10 @@ class DeleteOps(SnapshotOps):
         header of the layer above C), so they only go ahead when nothing else reads from
         what they change: S's image is reached by no other chain than through C, C by no
         other layer than the one above it (or as a snapshot's frozen image, which then
-        names S's image: same data), no other domain uses them and S's image is neither
-        read-only nor in the appliance image store (originals other VMs build on).
+        names S's image: same data), no other domain's disk or snapshot reads them,
+        directly or down its backing chain as the qcow2 headers say (see
+        ``_other_domains``), and S's image is neither read-only nor in the appliance
+        image store (originals other VMs build on).
         """
         if dom.active and (dom.monitor is None or dom.monitor.closed
                            or dom.stop_intent is not None):
@@ -206,21 +209,54 @@ class DeleteOps(SnapshotOps):
                 below, link = link, meta.images.get(link)
         config = self.driver.config
         store = Path(config.appliance.image_store or config.paths.state_dir / "images")
-        written = {os.path.realpath(p) for p in [*bases, *layers]}
         for base in bases:
             if Path(os.path.realpath(base)).is_relative_to(store.resolve()):
                 return f"{base} is an image of the appliance image store"
             if not os.access(base, os.W_OK):
                 return f"{base} is read-only"
+        # what the merge writes, or removes once merged (the top overlays): by realpath
+        written = {os.path.realpath(p): p for p in [*bases, *layers, *plan.tops.values()]}
+        return self._other_domains(dom, written)
+
+    def _other_domains(self, dom: DomainObj, written: dict[str, str]) -> str:
+        """Why another domain reads an image of ``written`` (realpath -> path), or "".
+
+        Its disks (persistent, pending and live definitions) and the images of its
+        snapshot records are followed down their backing chains as the qcow2 headers
+        say (:mod:`qemud.qemu.qcow2`), not as any metadata does: a VM cloned by hand
+        (``qemu-img create -b A's image``) reads A's image without the daemon knowing,
+        and a merge into that image would change its disk under it. A chain that cannot
+        be followed may reach the images: the merge is refused then too (fail safe).
+        """
+        clear: set[tuple[str, str]] = set()  # (realpath, format): reaches none of them
         for other in self.driver.registry:
             if other is dom:
                 continue
+            roots: list[tuple[str, str | None, str]] = []  # image, format, who reads it
             definitions: tuple[DomainDef | None, ...] = (
                 other.definition, other.next_definition, other.live)
             for definition in definitions:
-                for disk in definition.disks if definition is not None else []:
-                    if disk.source and os.path.realpath(disk.source) in written:
-                        return f"{disk.source} is used by domain {other.name}"
+                roots += [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of "
+                           f"domain {other.name}")
+                          for d in (definition.disks if definition is not None else [])
+                          if d.source]
+            try:
+                meta = self.store.load(other)
+            except QemudError as exc:
+                return (f"cannot tell whether domain {other.name}'s snapshots read the "
+                        f"merged images: {exc.message}")
+            for s in meta.snapshots.values():
+                for t, d in s.disks.items():
+                    who = f"snapshot {s.name} (disk {t}) of domain {other.name}"
+                    roots += [(d.base, d.format, who), (d.overlay, "qcow2", who)]
+            roots += [(image, "qcow2", f"a snapshot overlay of domain {other.name}")
+                      for image in meta.images]
+            for root, fmt, who in roots:
+                if os.path.realpath(root) in written:
+                    return f"{root} is used by {who}"
+                why = _reaches(root, fmt, who, written, clear)
+                if why:
+                    return why
         return ""
 
     def _merge_below_off(self, dom: DomainObj, meta: DomainSnapshots,
@@ -494,6 +530,28 @@ class DeleteOps(SnapshotOps):
                                + (f", {above[t]} now reads from it" if t in above else "")
                                for t, top in moved.items()))
         self.events.appliance(dom.ref(), "snapshot-deleted", snap.name)
+
+
+def _reaches(root: str, fmt: str | None, who: str, written: dict[str, str],
+             clear: set[tuple[str, str]]) -> str:
+    """Why the backing chain of ``root`` (read by ``who``) reaches an image of
+    ``written`` or cannot be followed, or "". The files of a chain that reaches none are
+    added to ``clear`` (realpath, as opened: a file opened as raw reads nothing below
+    it, opened as qcow2 it may): a chain that joins one further on is not read again."""
+    path: list[tuple[str, str]] = []
+    try:
+        for link, kind in qcow2.backing_chain(root, fmt):
+            real = os.path.realpath(link)
+            if (real, kind) in clear:
+                break
+            if real in written:
+                return f"{written[real]} is in the backing chain of {who}"
+            path.append((real, kind))
+    except qcow2.ChainError as exc:
+        return (f"the backing chain of {who} cannot be read ({exc}): it may reach the "
+                "merged images")
+    clear.update(path)
+    return ""
 
 
 def _format_node(nodes: Any, path: str, exclude: set[str]) -> str:

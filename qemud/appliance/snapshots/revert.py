@@ -39,6 +39,7 @@ class RevertOps(SnapshotOps):
     def revert(self, ctx: Any, args: pl.SnapshotArgs) -> Deferred:
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
+        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         meta = self.store.load(dom)
         snap = meta.get(args.name, dom.name)
         if dom.active and not dom.persistent:

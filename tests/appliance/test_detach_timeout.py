@@ -1,0 +1,146 @@
+"""Live disk attach/detach against jobs and slow guests, with a daemon whose unplug
+timeout is short (the ``QEMUD_UNPLUG_TIMEOUT`` test hook) and whose ``qemu-img`` can be
+held (a wrapper first on its PATH), so that a snapshot stays in progress while the test
+tries a detach. Real QEMU and a real TCG test guest, as in test_snapshot_unplug."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import client
+from client.errors import OperationInvalid, OperationTimeout
+from qemud.driver.devices import UNPLUG_TIMEOUT_ENV
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.integration.conftest import TestGuest
+
+from .test_snapshot_delete import qemu_files
+from .test_snapshot_unplug import (
+    device_dels,
+    has_vdb,
+    overlays_of,
+    plug,
+    replug_in_qemu,
+    unplug,
+    wait_until,
+)
+from .test_snapshots import Guest, disk_xml, make_image
+
+pytestmark = pytest.mark.integration
+
+#: the daemon's unplug timeout (seconds): a paused guest outlasts it
+SHORT_TIMEOUT = 3
+
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    root = tmp_path_factory.mktemp("qemud-detach")
+    qemu_img = HeldQemuImg.install(root)
+    daemon = DaemonProcess(root)
+    with pytest.MonkeyPatch.context() as env:  # inherited by the daemon only
+        env.setenv(UNPLUG_TIMEOUT_ENV, str(SHORT_TIMEOUT))
+        env.setenv("PATH", qemu_img.path_env())
+        daemon.start()
+    try:
+        yield daemon
+    finally:
+        stop_destroying_guests(daemon)
+
+
+def test_live_attach_and_detach_refused_during_a_snapshot(
+        conn: client.Connection, qemud: DaemonProcess, test_guest: TestGuest,
+        tmp_path: Path) -> None:
+    name = "detach-in-job"
+    vda = make_image(tmp_path / "vda.qcow2")
+    vdb = make_image(tmp_path / "vdb.qcow2")
+    vdc = make_image(tmp_path / "vdc.qcow2")
+    vdb_xml, vdc_xml = disk_xml(vdb, dev="vdb"), disk_xml(vdc, dev="vdc")
+    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda) + vdb_xml).boot()
+    hold, held = qemud.root / "hold", qemud.root / "held"
+    held.unlink(missing_ok=True)
+    hold.touch()
+    try:
+        with qemud.connect() as other, ThreadPoolExecutor(1) as pool:
+            snapshot = pool.submit(other.lookup_by_name(name).snapshot_create, "s1")
+            try:
+                wait_until(held.exists)  # the snapshot's qemu-img create is running
+                busy = f"domain '{name}' is busy: snapshot in progress"
+                with pytest.raises(OperationInvalid, match=busy):
+                    g.dom.detach_device(vdb_xml)
+                with pytest.raises(OperationInvalid, match=busy):
+                    g.dom.detach_device(vdb_xml, client.AFFECT_LIVE | client.AFFECT_CONFIG)
+                with pytest.raises(OperationInvalid, match=busy):
+                    g.dom.attach_device(vdc_xml)
+                assert not snapshot.done()
+            finally:
+                hold.unlink()
+            assert snapshot.result(timeout=120) == "s1"
+        # nothing changed, neither live nor in the persistent definition
+        assert has_vdb(g.dom.xml()) and has_vdb(g.dom.xml(client.XML_INACTIVE))
+        assert "<target dev=\"vdc\"" not in g.dom.xml()
+        # once the snapshot is done, both work (the overlay of vdb is closed too)
+        overlays = overlays_of(qemud, name)
+        unplug(g, vdb_xml)
+        assert not [f for f in qemu_files(qemud, name) if f in overlays]
+        plug(g, vdc_xml)
+    finally:
+        hold.unlink(missing_ok=True)
+        g.close()
+
+
+def test_config_detach_of_a_shut_off_domain(conn: client.Connection,
+                                            test_guest: TestGuest, tmp_path: Path) -> None:
+    """The job checks are the live path's: a shut-off domain's definition still loses
+    the disk (a guard: this worked before them too)."""
+    vda = make_image(tmp_path / "vda.qcow2")
+    vdb_xml = disk_xml(make_image(tmp_path / "vdb.qcow2"), dev="vdb")
+    g = Guest(conn, test_guest, "detach-config", tmp_path, disk_xml(vda) + vdb_xml)
+    try:
+        g.dom.detach_device(vdb_xml, client.AFFECT_CONFIG)
+        assert not has_vdb(g.dom.xml(client.XML_INACTIVE))
+        assert "<target dev=\"vda\"" in g.dom.xml(client.XML_INACTIVE)
+    finally:
+        g.close()
+
+
+def test_late_release_closes_the_disk(conn: client.Connection, qemud: DaemonProcess,
+                                      test_guest: TestGuest, tmp_path: Path) -> None:
+    """A guest releasing a disk after the detach timed out: the disk then leaves the
+    live definition and QEMU closes its files (overlays included), as on time."""
+    name = "detach-late"
+    vda = make_image(tmp_path / "vda.qcow2")
+    vdb = make_image(tmp_path / "vdb.qcow2")
+    vdb_xml = disk_xml(vdb, dev="vdb")
+    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda)).boot()
+    try:
+        plug(g, vdb_xml)
+        g.dom.snapshot_create("s1")
+        overlays = overlays_of(qemud, name)
+        assert overlays and set(overlays) <= set(qemu_files(qemud, name))
+        sent = device_dels(qemud)
+        g.dom.suspend()  # the guest cannot release the disk until resumed
+        with pytest.raises(OperationTimeout,
+                           match=f"did not release disk vdb within {SHORT_TIMEOUT} s"):
+            g.dom.detach_device(vdb_xml)
+        assert has_vdb(g.dom.xml())  # not released: still there
+        assert str(vdb) in qemu_files(qemud, name)
+        # the unplug request is still pending in QEMU: no second one, no job meanwhile
+        with pytest.raises(OperationInvalid, match="disk vdb of domain .* already being "
+                                                   "detached"):
+            g.dom.detach_device(vdb_xml)
+        with pytest.raises(OperationInvalid, match="busy: detach of disk vdb in progress"):
+            g.dom.snapshot_create("s2")
+        assert device_dels(qemud) == sent + 1
+        g.dom.resume()
+        wait_until(lambda: not has_vdb(g.dom.xml()))
+        wait_until(lambda: not [f for f in qemu_files(qemud, name)
+                                if f in [str(vdb), *overlays]])
+        replug_in_qemu(g, qemud, tmp_path, [str(vdb), *overlays])
+        g.dom.snapshot_create("s2")  # no longer busy
+    finally:
+        g.close()
