@@ -7,9 +7,9 @@ builder used at start, so a disk added at start and one hot-added later look ali
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
+from qemud import testhooks
 from qemud.conf import ConfError, Disk, parse_device_xml
 from qemud.dispatch import Deferred
 from qemud.errors import (
@@ -38,20 +38,9 @@ AFFECT_CONFIG = 2
 #: environment (read once, at import) replaces the unplug timeout below, so that a test
 #: sees a detach time out and the guest release the disk afterwards. For tests only.
 UNPLUG_TIMEOUT_ENV = "QEMUD_UNPLUG_TIMEOUT"
-
-
-def _unplug_timeout(default: float) -> float:
-    """``default``, or the test hook's value; a bad value must not stop the daemon."""
-    try:
-        value = float(os.environ.get(UNPLUG_TIMEOUT_ENV, default))
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
 #: Seconds a live detach waits for the guest to release the disk before the call fails
 #: (the unplug itself goes on: a late release still closes the disk, see ``_unplug``).
-UNPLUG_TIMEOUT = _unplug_timeout(15.0)
+UNPLUG_TIMEOUT = testhooks.seconds(UNPLUG_TIMEOUT_ENV, 15.0)
 _FORMATS = {"raw", "qcow2"}
 #: the protocol drivers of the daemon's storage nodes ("file" also opens an overlay)
 _PROTOCOLS = {"file", "host_device"}

@@ -32,6 +32,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from qemud import testhooks
 from qemud.loop import EventLoop, Timer
 
 __all__ = ["QemuProcess", "proc_start_ticks", "proc_cmdline", "GuestLog"]
@@ -45,18 +46,9 @@ TAIL_BYTES = 8192
 LOG_CHECK_ENV = "QEMUD_LOG_CHECK_INTERVAL"
 
 
-def _check_interval(default: float) -> float:
-    """``default``, or the test hook's value; a bad value must not stop the daemon."""
-    try:
-        value = float(os.environ.get(LOG_CHECK_ENV, default))
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
 #: Seconds between two looks at a running guest's log size. One ``fstat`` per guest;
 #: at 30 s a guest printing flat out adds a few MiB past the limit at most.
-LOG_CHECK_INTERVAL = _check_interval(30.0)
+LOG_CHECK_INTERVAL = testhooks.seconds(LOG_CHECK_ENV, 30.0)
 #: Bytes copied per loop turn while a running guest's log is rotated: ~1 ms of kernel
 #: copying from the page cache, then the loop serves everyone else again.
 ROTATE_CHUNK = 1024 * 1024

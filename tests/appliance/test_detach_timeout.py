@@ -25,6 +25,7 @@ from .test_snapshot_unplug import (
     overlays_of,
     plug,
     replug_in_qemu,
+    snapshotted_vdb,
     unplug,
     wait_until,
 )
@@ -113,13 +114,8 @@ def test_late_release_closes_the_disk(conn: client.Connection, qemud: DaemonProc
     """A guest releasing a disk after the detach timed out: the disk then leaves the
     live definition and QEMU closes its files (overlays included), as on time."""
     name = "detach-late"
-    vda = make_image(tmp_path / "vda.qcow2")
-    vdb = make_image(tmp_path / "vdb.qcow2")
-    vdb_xml = disk_xml(vdb, dev="vdb")
-    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda)).boot()
+    g, vdb, vdb_xml = snapshotted_vdb(conn, test_guest, name, tmp_path)
     try:
-        plug(g, vdb_xml)
-        g.dom.snapshot_create("s1")
         overlays = overlays_of(qemud, name)
         assert overlays and set(overlays) <= set(qemu_files(qemud, name))
         sent = device_dels(qemud)

@@ -99,6 +99,23 @@ def replug_in_qemu(g: Guest, qemud: DaemonProcess, tmp_path: Path, gone: list[st
     assert str(fresh) in qemu_files(qemud, g.dom.name)
 
 
+def snapshotted_vdb(conn: client.Connection, test_guest: TestGuest, name: str,
+                    tmp_path: Path) -> tuple[Guest, Path, str]:
+    """A booted guest ``name`` with a hot-plugged vdb under a live snapshot ``s1`` (an
+    overlay on vdb's image), vdb's image and its XML; the caller closes the guest."""
+    vda = make_image(tmp_path / "vda.qcow2")
+    vdb = make_image(tmp_path / "vdb.qcow2")
+    vdb_xml = disk_xml(vdb, dev="vdb")
+    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda)).boot()
+    try:
+        plug(g, vdb_xml)
+        g.dom.snapshot_create("s1")
+    except BaseException:
+        g.close()
+        raise
+    return g, vdb, vdb_xml
+
+
 @pytest.mark.parametrize("how", ["hotplugged", "at-start"])
 def test_unplug_after_live_snapshot(conn: client.Connection, qemud: DaemonProcess,
                                     test_guest: TestGuest, tmp_path: Path,
@@ -130,13 +147,8 @@ def test_unplug_after_live_snapshot(conn: client.Connection, qemud: DaemonProces
 def test_unplug_after_live_merge(conn: client.Connection, qemud: DaemonProcess,
                                  test_guest: TestGuest, tmp_path: Path, merge: str) -> None:
     name = f"unplug-merge-{merge}"
-    vda = make_image(tmp_path / "vda.qcow2")
-    vdb = make_image(tmp_path / "vdb.qcow2")
-    vdb_xml = disk_xml(vdb, dev="vdb")
-    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda)).boot()
+    g, vdb, vdb_xml = snapshotted_vdb(conn, test_guest, name, tmp_path)
     try:
-        plug(g, vdb_xml)
-        g.dom.snapshot_create("s1")
         g.command("write-disk vdb MERGED", r"QEMUD-WROTE vdb")
         if merge == "below":
             g.dom.snapshot_create("s2")
@@ -176,13 +188,8 @@ def test_detach_waiting_for_the_guest_excludes_jobs_and_a_second_detach(
     detach of it and a snapshot, merge or backup are refused; the first detach then
     completes once the guest releases the disk."""
     name = "unplug-busy"
-    vda = make_image(tmp_path / "vda.qcow2")
-    vdb = make_image(tmp_path / "vdb.qcow2")
-    vdb_xml = disk_xml(vdb, dev="vdb")
-    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda)).boot()
+    g, vdb, vdb_xml = snapshotted_vdb(conn, test_guest, name, tmp_path)
     try:
-        plug(g, vdb_xml)
-        g.dom.snapshot_create("s1")
         overlays = overlays_of(qemud, name)
         sent = device_dels(qemud)
         g.dom.suspend()  # the guest answers the unplug request once resumed

@@ -1,0 +1,27 @@
+"""Intervals a test may shorten for a daemon it runs as a subprocess.
+
+Some waits of the daemon are long on purpose (a guest's log is looked at every 30 s, a
+guest gets 15 s to release an unplugged disk), and a test cannot set a module global in
+another process. Such a constant is read through :func:`seconds` from an environment
+variable, once, at import. These are test hooks, not configuration: they are documented
+where they are defined, never in the config reference, and must not be set in production.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["seconds"]
+
+
+def seconds(variable: str, default: float) -> float:
+    """``default``, or the positive number of seconds ``variable`` holds.
+
+    A value that is not a positive number is ignored: a stray test hook must never stop
+    the daemon or make a wait zero.
+    """
+    try:
+        value = float(os.environ.get(variable, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
