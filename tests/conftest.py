@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,36 @@ import pytest
 from tests.helpers.daemon import DaemonProcess
 
 DaemonFactory = Callable[..., DaemonProcess]
+
+
+def qemud_children() -> dict[int, str]:
+    """The qemud daemons this test process started that still run: pid -> command line."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and argv[1:3] == [b"-m", b"qemud"]:
+            found[int(entry.name)] = b" ".join(argv).decode(errors="replace")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_daemon_left_running() -> Iterator[None]:
+    """Every daemon a test or fixture starts is stopped by it: a leak (a fixture that
+    started one twice, a stop that was never reached) fails the run, naming the daemon's
+    config, and is killed so it cannot hold loop devices or ports for the next run.
+    Set up before, so torn down after, every other session fixture."""
+    yield
+    left = qemud_children()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "daemons left running (killed now): " + "; ".join(left.values())
 
 
 @pytest.fixture

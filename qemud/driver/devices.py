@@ -107,6 +107,15 @@ def disk_nodes(named: Any, top: str, target: str) -> list[str]:
     return order
 
 
+def _top_of(named: Any, source: str) -> str | None:
+    """The format node that opened ``source`` (a disk's current image), if exactly one
+    node of the monitor's did; the top node of that disk's graph."""
+    tops = [str(n["node-name"]) for n in named or [] if isinstance(n, dict)
+            and n.get("node-name") and not str(n["node-name"]).startswith("#")
+            and n.get("drv") not in _PROTOCOLS and n.get("file") == source]
+    return tops[0] if len(tops) == 1 else None
+
+
 class Devices:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
@@ -365,20 +374,43 @@ class Devices:
             if result.done:
                 log.info("domain %s: the guest released disk %s after the detach timed "
                          "out: closing its block nodes", dom.name, target)
-            monitor.execute("query-named-block-nodes").add_done_callback(named)
+            # after a time-out the call already failed: nothing more to answer
+            self._close_unplugged(dom, live_def, disk, top[0]).add_done_callback(
+                lambda c: result.resolve(None))
+
+        dom.device_waiters[device_id] = gone
+        gone.add_done_callback(released)
+        monitor.execute("query-block").add_done_callback(queried)
+        return result
+
+    def _close_unplugged(self, dom: DomainObj, live_def: Any, disk: Disk,
+                         top: str | None) -> Deferred:
+        """Close the block graph of ``disk``, which the guest released, top-down, and take
+        it out of the live definition ``live_def`` (if the domain still runs on it).
+
+        ``top`` is the top node ``query-block`` named before the unplug; None when
+        nobody asked (a release no detach of this daemon waits for): then it is the
+        format node that opened the disk's current source, as the live XML says.
+        Resolves when done; a node QEMU refuses to close is logged, not failed.
+        """
+        target = _target_of(disk)
+        monitor = dom.monitor
+        finished = Deferred()
 
         def named(d: Deferred) -> None:
             if d.error is None:
-                close(disk_nodes(d.result, top[0], target))
+                first = top if top is not None else _top_of(d.result, str(disk.source or ""))
+                close(disk_nodes(d.result, first, target) if first else [])
                 return
-            nodes = list(dict.fromkeys([top[0], *reversed(naming.disk_node_names(target))]))
+            nodes = list(dict.fromkeys([*([top] if top else []),
+                                        *reversed(naming.disk_node_names(target))]))
             log.warning("domain %s: cannot query the block nodes of unplugged disk %s (%s): "
                         "closing %s only", dom.name, target, d.error.message,
                         ", ".join(nodes))
             close(nodes)
 
         def close(nodes: list[str]) -> None:
-            if not nodes or monitor.closed:
+            if not nodes or monitor is None or monitor.closed:
                 done()
                 return
             node = nodes[0]
@@ -392,15 +424,33 @@ class Devices:
 
         def done() -> None:
             # not stopped (and started again), nor detached by another call, meanwhile
-            if dom.live is live_def and live_def.find_device(disk) is not None:
+            if dom.live is live_def and live_def is not None and \
+                    live_def.find_device(disk) is not None:
                 live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
-            result.resolve(None)  # after a time-out: already failed, nothing to answer
+            finished.resolve(None)
 
-        dom.device_waiters[device_id] = gone
-        gone.add_done_callback(released)
-        monitor.execute("query-block").add_done_callback(queried)
-        return result
+        if monitor is None or monitor.closed:
+            done()
+        else:
+            monitor.execute("query-named-block-nodes").add_done_callback(named)
+        return finished
+
+    def released_unawaited(self, dom: DomainObj, device_id: str) -> None:
+        """DEVICE_DELETED that no detach waits for: a detach sent by the daemon before it
+        restarted (its wait is not kept across a restart), released by the guest now.
+        The disk is closed and leaves the live XML, as a detach waiting for it would
+        have done (libvirt also removes a device on a DEVICE_DELETED it did not expect).
+        """
+        live = dom.live
+        disk = next((d for d in live.disks if d.target_dev and
+                     naming.disk_device_id(d.target_dev) == device_id), None) \
+            if live is not None else None
+        if disk is None:
+            return
+        log.info("domain %s: the guest released disk %s (a detach sent before the daemon "
+                 "restarted): closing its block nodes", dom.name, disk.target_dev)
+        self._close_unplugged(dom, live, disk, None)
 
     @staticmethod
     def _find(definition: Any, target: str, name: str) -> Disk:

@@ -387,6 +387,8 @@ class Lifecycle:
             waiter = dom.device_waiters.pop(device, None)
             if waiter is not None:
                 waiter.resolve(None)
+            else:
+                self.driver.devices.released_unawaited(dom, device)
             return
         if name == "MIGRATION":
             status = str(data.get("status", ""))

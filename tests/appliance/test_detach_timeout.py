@@ -14,7 +14,7 @@ import pytest
 import client
 from client.errors import OperationInvalid, OperationTimeout
 from qemud.driver.devices import UNPLUG_TIMEOUT_ENV
-from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.helpers.daemon import DaemonProcess, serving, stop_destroying_guests
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
 
@@ -42,15 +42,10 @@ SHORT_TIMEOUT = 3
 def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     root = tmp_path_factory.mktemp("qemud-detach")
     qemu_img = HeldQemuImg.install(root)
-    daemon = DaemonProcess(root)
-    with pytest.MonkeyPatch.context() as env:  # inherited by the daemon only
-        env.setenv(UNPLUG_TIMEOUT_ENV, str(SHORT_TIMEOUT))
-        env.setenv("PATH", qemu_img.path_env())
-        daemon.start()
-    try:
+    daemon = DaemonProcess(root, env={UNPLUG_TIMEOUT_ENV: str(SHORT_TIMEOUT),
+                                      "PATH": qemu_img.path_env()})
+    with serving(daemon):
         yield daemon
-    finally:
-        stop_destroying_guests(daemon)
 
 
 def test_live_attach_and_detach_refused_during_a_snapshot(
@@ -140,3 +135,40 @@ def test_late_release_closes_the_disk(conn: client.Connection, qemud: DaemonProc
         g.dom.snapshot_create("s2")  # no longer busy
     finally:
         g.close()
+
+
+def test_release_after_a_daemon_restart_closes_the_disk(test_guest: TestGuest,
+                                                        tmp_path: Path) -> None:
+    """The daemon is killed while a detach waits for the guest; the guest releases the
+    disk once the next daemon has re-attached to it. That daemon, which never sent the
+    unplug, still closes the disk's files and takes it out of the live definition."""
+    name = "detach-restart"
+    daemon = DaemonProcess(tmp_path / "d")
+    daemon.start()
+    try:
+        with daemon.connect() as first:
+            g, vdb, vdb_xml = snapshotted_vdb(first, test_guest, name, tmp_path)
+            overlays = overlays_of(daemon, name)
+            sent = device_dels(daemon)
+            g.dom.suspend()  # the guest cannot release the disk until resumed
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(g.dom.detach_device, vdb_xml)
+                wait_until(lambda: device_dels(daemon) == sent + 1)  # the unplug is asked
+                daemon.kill()  # kill -9: the wait for the guest dies with it
+                with pytest.raises(client.ConnectionLost):
+                    pending.result(timeout=60)
+        daemon.start()
+        with daemon.connect() as second:
+            g.dom = second.lookup_by_name(name)
+            assert has_vdb(g.dom.xml())  # re-attached: still there, not released
+            assert str(vdb) in qemu_files(daemon, name)
+            g.dom.resume()
+            wait_until(lambda: not has_vdb(g.dom.xml()))
+            assert f"domain {name}: the guest released disk vdb (a detach sent before the " \
+                   "daemon restarted)" in daemon.log_text()
+            wait_until(lambda: not [f for f in qemu_files(daemon, name)
+                                    if f in [str(vdb), *overlays]])
+            replug_in_qemu(g, daemon, tmp_path, [str(vdb), *overlays])
+            g.close()
+    finally:
+        stop_destroying_guests(daemon)

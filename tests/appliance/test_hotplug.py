@@ -181,11 +181,9 @@ target = "cdrom:hdd"
 """ + rule("grow", loops["grow"], "hp-grow") +
                      rule("grow-ro", loops["grow-ro"], "hp-grow", "readonly = true\n") +
                      rule("job", loops["job"], "hp-job"))
-    daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}})
     qemu_img = HeldQemuImg.install(root)  # runs the real one unless a test holds it
-    with pytest.MonkeyPatch.context() as env:  # inherited by the daemon only
-        env.setenv("PATH", qemu_img.path_env())
-        daemon.start()
+    daemon = DaemonProcess(root, {"appliance": {"hotplug_rules": str(rules)}},
+                           env={"PATH": qemu_img.path_env()})
     with serving(daemon):
         yield daemon
 
@@ -454,7 +452,9 @@ def test_device_arriving_during_a_snapshot_waits_for_it(
         with qemud.connect() as other, ThreadPoolExecutor(1) as pool:
             snapshot = pool.submit(other.lookup_by_name("hp-job").snapshot_create, "s1")
             try:
-                wait_for(qemu_img.held.exists, timeout=60, message="snapshot under way")
+                wait_for(lambda: qemu_img.held.exists() or snapshot.done(), timeout=60,
+                         message="snapshot under way")
+                assert not snapshot.done(), snapshot.result()  # (raises its error)
                 mark = serial.mark()
                 ctl.bind(dev, image(tmp_path / "disk.img", 8))
                 wait_for(lambda: f"hotplug: {dev} waits for the snapshot of hp-job to end"

@@ -44,7 +44,8 @@ class DaemonProcess:
     """A qemud subprocess; ``config`` is a dict of TOML sections to write."""
 
     def __init__(self, root: Path, config: dict[str, dict[str, Any]] | None = None,
-                 mode: str = "session", extra_args: list[str] | None = None) -> None:
+                 mode: str = "session", extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
         self.run_dir = root / "run"
         self.config_dir = root / "config"
@@ -54,6 +55,8 @@ class DaemonProcess:
         self.paths = Paths(self.run_dir, self.config_dir, self.state_dir, self.log_dir)
         self.mode = mode
         self.extra_args = extra_args or []
+        #: set in the daemon's environment at every start (on top of the test's own)
+        self.env = dict(env or {})
         self.config: dict[str, dict[str, Any]] = {
             "paths": {"run_dir": str(self.run_dir), "config_dir": str(self.config_dir),
                       "state_dir": str(self.state_dir), "log_dir": str(self.log_dir)},
@@ -109,7 +112,8 @@ class DaemonProcess:
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
         self.proc = subprocess.Popen(self.command(), stdout=stderr, stderr=stderr,
-                                     start_new_session=True, preexec_fn=limit)
+                                     start_new_session=True, preexec_fn=limit,
+                                     env={**os.environ, **self.env} if self.env else None)
         stderr.close()
         if wait:
             self.wait_ready()
