@@ -408,6 +408,8 @@ class QemuDriver:
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
         self.lifecycle.require_no_job(dom)
+        # a disk half unplugged would be restored plugged in, its unplug request lost
+        self.devices.require_no_unplug(dom)
         assert dom.monitor is not None and dom.live is not None
         target = Path(args.path)
         if not target.is_absolute():

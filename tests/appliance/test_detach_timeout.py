@@ -126,6 +126,9 @@ def test_late_release_closes_the_disk(conn: client.Connection, qemud: DaemonProc
             g.dom.detach_device(vdb_xml)
         with pytest.raises(OperationInvalid, match="busy: detach of disk vdb in progress"):
             g.dom.snapshot_create("s2")
+        with pytest.raises(OperationInvalid, match="busy: detach of disk vdb in progress"):
+            g.dom.save(str(tmp_path / "saved"))  # it would come back with vdb plugged in
+        assert not (tmp_path / "saved").exists()
         assert device_dels(qemud) == sent + 1
         g.dom.resume()
         wait_until(lambda: not has_vdb(g.dom.xml()))
