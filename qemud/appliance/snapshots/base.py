@@ -217,8 +217,13 @@ class SnapshotOps:
 
     def _collect(self, dom: DomainObj, meta: DomainSnapshots) -> list[Path]:
         """Overlays (ours) no chain needs any more: forgotten in ``meta``, returned for
-        deletion once ``meta`` is saved."""
-        roots: set[str] = set()
+        deletion once ``meta`` is saved.
+
+        The chains are those of the disks, of the snapshots, and of the images unplugged
+        disks used last (``meta.unplugged``): such an image holds what the guest wrote
+        to that disk since a snapshot, the user's data, as libvirt never deletes a
+        detached disk's files."""
+        roots: set[str] = set(meta.unplugged)
         for definition in (dom.definition, dom.next_definition, dom.live):
             if definition is not None:
                 roots.update(d.source for d in definition.disks if d.source)

@@ -20,7 +20,9 @@ merge, both only when nothing else reads from the images written (see ``_merge_p
 
 In every other case only the metadata is removed (children of S get S's parent) and the
 log says why. Either way an overlay the daemon created is removed once no chain needs it
-(``SnapshotOps._collect``); the metadata is saved before any file is removed.
+(``SnapshotOps._collect``); the metadata is saved before any file is removed. The image
+a disk used when it was unplugged (and its chain) is never removed nor merged into: it
+holds that disk's data (``DomainSnapshots.unplugged``).
 """
 
 from __future__ import annotations
@@ -192,6 +194,9 @@ class DeleteOps(SnapshotOps):
                 # the top overlays merged into S's images are read by their disk alone
                 roots += [(d.source, False) for d in definition.disks if d.source
                           and (plan.above or d.source not in plan.tops.values())]
+        # the image an unplugged disk used last reads its chain as a disk would: a merge
+        # into an image under it would change the data the user kept of that disk
+        roots += [(top, False) for top in meta.unplugged]
         for root, frozen in roots:
             link: str | None = root
             below: str | None = None  # the layer that reads from ``link``

@@ -75,12 +75,16 @@ class DomainSnapshots:
     #: uuid of a previous domain of the same name whose metadata file is still there
     #: (undefined, then a new domain defined): set aside, never reused, at the next save
     stale_uuid: str = ""
+    #: overlay -> target: the image a disk used last when it left the domain (hot-
+    #: unplugged after a snapshot gave it an overlay), kept with its chain for the user;
+    #: see :meth:`find_unplugged`
+    unplugged: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": META_VERSION, "domain": self.domain, "uuid": self.uuid,
                            "current": self.current,
                            "snapshots": [asdict(s) for s in self.snapshots.values()],
-                           "images": self.images}, indent=1)
+                           "images": self.images, "unplugged": self.unplugged}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> DomainSnapshots:
@@ -89,7 +93,58 @@ class DomainSnapshots:
         return cls(domain=data["domain"], uuid=data.get("uuid", ""),
                    current=data.get("current", ""),
                    snapshots={s.name: s for s in snaps},
-                   images={str(k): str(v) for k, v in data.get("images", {}).items()})
+                   images={str(k): str(v) for k, v in data.get("images", {}).items()},
+                   unplugged={str(k): str(v)
+                              for k, v in data.get("unplugged", {}).items()})
+
+    def find_unplugged(self, in_use: set[str], targets: set[str]) -> None:
+        """Update ``unplugged`` from the domain's definitions: ``in_use`` is every disk
+        source, ``targets`` every disk target of its persistent, pending and live
+        definitions.
+
+        A disk whose target is in none of them has left the domain outside the daemon's
+        snapshot code (hot-unplugged, or removed from the definition). If the image it
+        used last is a recorded overlay, that overlay is the top of a chain (no other
+        overlay reads from it, no snapshot froze it, no definition uses it) and holds
+        what the guest wrote to the disk after the snapshot, the only copy of it: it is
+        kept from then on, also once the snapshots that name its target are gone, or a
+        disk is plugged again under that target. It goes back to the normal rules when
+        a definition uses it again. A disk whose target is still there but points
+        elsewhere (the user redefined its source) is not kept: its old overlay is
+        discarded as before. Run when the metadata is loaded, before an operation
+        changes it (a merge leaves its layer C with nothing on it for a moment).
+        """
+        kept = {path: target for path, target in self.unplugged.items()
+                if path in self.images and path not in in_use}
+        backing = set(self.images.values())
+        frozen = {d.base for s in self.snapshots.values() for d in s.disks.values()}
+        for path in self.images:
+            if path in kept or path in backing or path in frozen or path in in_use:
+                continue
+            target = self._target_of(path)
+            if target not in targets:
+                kept[path] = target
+        self.unplugged = kept
+
+    def _target_of(self, path: str) -> str:
+        """The disk target an overlay belongs to: the one whose snapshot image its
+        recorded chain reaches, else the name the daemon gave it (``vdb.s1.qcow2``)."""
+        for snap in self.snapshots.values():
+            for target, d in snap.disks.items():
+                if d.overlay == path or self.chain_reaches(path, d.base):
+                    return target
+        return Path(path).name.split(".", 1)[0]
+
+    def chain_reaches(self, top: str, image: str) -> bool:
+        """Whether the recorded backing chain of ``top`` goes down to ``image``."""
+        link: str | None = top
+        seen: set[str] = set()
+        while link is not None and link not in seen:
+            if link == image:
+                return True
+            seen.add(link)
+            link = self.images.get(link)
+        return False
 
     def get(self, name: str, domain: str) -> SnapshotRecord:
         snap = self.snapshots.get(name)
@@ -139,6 +194,20 @@ class SnapshotStore:
                         "not to uuid %s: ignored (kept aside at the next change)", path,
                         dom.name, meta.uuid, dom.uuid)
             return DomainSnapshots(dom.name, dom.uuid, stale_uuid=meta.uuid)
+        disks = [disk for definition in (dom.definition, dom.next_definition, dom.live)
+                 if definition is not None for disk in definition.disks]
+        known = dict(meta.unplugged)
+        meta.find_unplugged({d.source for d in disks if d.source},
+                            {d.target_dev for d in disks if d.target_dev})
+        if meta.unplugged.keys() - known.keys():
+            # recorded at once, not only by the operation that loaded it (which may be
+            # refused, or only read): a disk plugged again under the same target would
+            # hide the unplugged one from the next load
+            try:
+                self.save(meta)
+            except OperationFailed as exc:
+                log.warning("%s (images of unplugged disks: %s)", exc.message,
+                            ", ".join(meta.unplugged))
         return meta
 
     def save(self, meta: DomainSnapshots) -> None:

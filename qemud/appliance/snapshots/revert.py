@@ -4,7 +4,12 @@ domain is undefined (deleting one is in ``delete``).
 **Revert** to S: the guest is destroyed if it runs, each disk of S gets a NEW empty
 overlay on the image S froze (S stays reusable), the definition points there, and the
 guest is started again if it ran (paused if it was paused). What it wrote since S is
-discarded, as in libvirt.
+discarded, as in libvirt. A disk of S the domain no longer has (hot-unplugged since, or
+taken out of the definition) refuses the revert, naming the disk, before anything
+changes: the revert would otherwise come back without it, or discard where its data is.
+
+The image an unplugged disk used last (an overlay of ours when a snapshot covered it)
+is kept by every garbage collection here, as by the deletes: it is the user's data.
 
 **Undefine** (as libvirt): an inactive domain with snapshots is only undefined with
 ``UndefineFlags.SNAPSHOTS_METADATA``, which discards them all here first.
@@ -27,6 +32,8 @@ from .base import SnapshotOps, gather
 if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
 
+    from .records import DomainSnapshots, SnapshotRecord
+
 __all__ = ["RevertOps"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,7 @@ class RevertOps(SnapshotOps):
         if dom.active and not dom.persistent:
             raise OperationInvalid(f"cannot revert transient domain '{dom.name}': it would "
                                    "vanish when stopped (define it first)")
+        self._require_disks(dom, meta, snap)
         for d in snap.disks.values():
             if not Path(d.base).is_file():
                 raise OperationFailed(f"cannot revert to snapshot '{snap.name}': image "
@@ -115,6 +123,35 @@ class RevertOps(SnapshotOps):
         else:
             stopped()
         return out
+
+    @staticmethod
+    def _require_disks(dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord) -> None:
+        """Refuse a revert to ``snap`` if a disk of it is not in the definition the
+        domain has after the revert (the pending one of a running domain, else the
+        persistent one).
+
+        A revert points the disks of ``snap`` at new overlays and keeps the rest of the
+        definition: a disk unplugged since (or only hot-plugged, live, when ``snap`` was
+        taken) has nothing to point, so the domain would come back without it while
+        ``snap`` had it, a half revert. Bringing the disk back instead (libvirt restores
+        the snapshot's whole definition) would re-add a device the user removed, maybe
+        under a target now used by another disk, and discard the disk's data since
+        ``snap``, which lives in an overlay the user may have moved on with. So the user
+        decides: attach the disk again with ``--config`` (then the revert resets it to
+        the snapshot), or delete the snapshot. Nothing has changed when this raises.
+        """
+        definition = dom.next_definition or dom.definition
+        present = {d.target_dev for d in definition.disks if d.device == "disk"}
+        for target, d in snap.disks.items():
+            if target in present:
+                continue
+            last = [p for p, t in meta.unplugged.items() if t == target]
+            where = (f"; what it held last is in {', '.join(last)}" if last else "")
+            raise OperationInvalid(
+                f"cannot revert domain '{dom.name}' to snapshot '{snap.name}': its disk "
+                f"'{target}' ({d.base}) is not in the domain's persistent definition "
+                f"(unplugged since, or attached live only){where}. Attach the disk with "
+                "--config to revert it too, or delete the snapshot")
 
     def before_undefine(self, dom: DomainObj, flags: int) -> None:
         """Called before DOMAIN_UNDEFINE: libvirt's rule for snapshot metadata.
