@@ -297,9 +297,20 @@ class Devices:
                 dom.next_definition = definition
             else:
                 dom.definition = definition
+            self._removed(dom)
         if disk is None:
             return None
         return self._unplug(dom, disk)
+
+    def _removed(self, dom: DomainObj) -> None:
+        """A disk left a definition of ``dom``: tell the hooks (an error there is logged,
+        the detach has happened)."""
+        for hook in self.driver.disk_removed_hooks:
+            try:
+                hook(dom)
+            except QemudError as exc:
+                log.warning("domain %s: after a disk was detached: %s", dom.name,
+                            exc.message)
 
     def _unplug(self, dom: DomainObj, disk: Disk) -> Deferred:
         """``device_del``, DEVICE_DELETED, then close the disk's block graph.
@@ -428,6 +439,7 @@ class Devices:
                     live_def.find_device(disk) is not None:
                 live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
+                self._removed(dom)
             finished.resolve(None)
 
         if monitor is None or monitor.closed:

@@ -103,6 +103,9 @@ class QemuDriver:
         self.stats_hooks: list[Callable[[DomainObj], list[pl.TypedParam]]] = []
         #: every QMP event of every guest, before the driver's own handling (block jobs)
         self.qmp_event_hooks: list[Callable[[DomainObj, QMPEvent], None]] = []
+        #: a disk left a definition of the domain (detach: live once the guest released
+        #: it, or --config); the snapshot duty records an unplugged disk's last image
+        self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
         self._restart_after_stop: set[str] = set()
 
     # -- daemon interface ----------------------------------------------------------------

@@ -216,3 +216,22 @@ def test_no_merge_under_the_unplugged_disk_image(
     finally:
         g.close()
     assert holds_after(top)
+
+
+def test_image_recorded_at_unplug_survives_a_replug_under_the_same_target(
+        conn: client.Connection, qemud: DaemonProcess, test_guest: TestGuest,
+        tmp_path: Path) -> None:
+    """The unplug itself records the disk's last image: a new disk plugged under the
+    same target before any snapshot call does not make it look like a source changed
+    by hand (whose old overlay is discarded). The image survives the snapshot's delete
+    and the undefine with the snapshot metadata."""
+    g, vdb, top = unplugged_after_write(conn, test_guest, "unplugged-replug", tmp_path)
+    try:
+        other = make_image(tmp_path / "other.qcow2")
+        plug(g, disk_xml(other, dev="vdb"))  # no snapshot call since the unplug
+        assert disk_source(g.dom.xml(), "vdb") == str(other)
+        g.dom.snapshot_delete("s1")
+        assert holds_after(top)
+    finally:
+        g.close()  # undefine with the snapshot metadata
+    assert holds_after(top) and vdb.is_file()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.fields import Payload
     from qemud.dispatch import Deferred, Handler
+    from qemud.driver.domain import DomainObj
 
     from .. import ApplianceContext
     from .operations import Operations
@@ -44,6 +45,7 @@ class SnapshotDuty:
         remove_dead_writes_below(self.root)
         # the driver's handlers are registered before the appliance's: check them first
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefine)
+        self.driver.disk_removed_hooks.append(self.disk_removed)
         P = Procedure
         return {
             P.DOMAIN_SNAPSHOT_CREATE: lambda c, a: self.ops.creating.create(c, a),
@@ -59,6 +61,18 @@ class SnapshotDuty:
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
         self.ops.reverting.before_undefine(dom, args.flags)
         return inner(ctx, args)
+
+
+    def disk_removed(self, dom: DomainObj) -> None:
+        """A disk was detached: if the domain has snapshots, read their metadata now.
+
+        Reading it records the image of a disk that left every definition (its data
+        since a snapshot, see ``DomainSnapshots.find_unplugged``) at once, not at the
+        next snapshot call, by which time a disk plugged again under the same target
+        would hide it. A domain without snapshot metadata costs a ``stat``.
+        """
+        if (self.root / dom.name / "snapshots.json").is_file():
+            self.ops.store.load(dom)
 
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:

@@ -26,7 +26,7 @@ __all__ = ["Operations"]
 
 class Operations:
     def __init__(self, driver: QemuDriver, root: Path) -> None:
-        store = SnapshotStore(root)
+        self.store = store = SnapshotStore(root)
         tools = ToolRunner(driver.loop, tool_failure)
         self.creating = CreateOps(driver, store, tools)
         self.reverting = RevertOps(driver, store, tools)
