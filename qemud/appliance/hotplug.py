@@ -672,28 +672,37 @@ class HotplugDuty:
             self._rematch(known)
             return
         if dom is not None and self._ready(dom):
-            if dom.job is not None and self._change_due(known, target):
+            due = self._due(known, target)
+            if due is not None and dom.job is not None:
                 self._wait_for_job(dom, known)
-            elif known.has_medium and target is None:
-                if known.failed != "attach":
-                    self._attach(dom, known)
-            elif target is not None and not known.has_medium:
-                if known.failed != "detach":
-                    self._detach(dom, known, target)
-            elif target is not None:
+            elif due == "attach":
+                self._attach(dom, known)
+            elif due == "detach":
+                assert target is not None
+                self._detach(dom, known, target)
+            elif due == "resize":
+                assert target is not None
                 self._follow_size(dom, known, target)
+            elif target is not None and known.has_medium and known.guest_size is None:
+                known.guest_size = known.size  # attached before the daemon knew sizes
         self._forget_if_done(known)
         self._arm_poll()
 
     @staticmethod
-    def _change_due(known: HostDevice, target: str | None) -> bool:
-        """Whether :meth:`reconcile` would ask the driver to attach, detach or resize."""
+    def _due(known: HostDevice, target: str | None) -> str | None:
+        """The change the guest's side needs: ``attach``, ``detach``, ``resize`` (an
+        attached device whose size changed on the host), or None; an action that failed
+        is not due again until something resets ``known.failed``."""
         if known.has_medium and target is None:
-            return known.failed != "attach"
-        if target is not None and not known.has_medium:
-            return known.failed != "detach"
-        return target is not None and known.guest_size is not None and \
-            known.guest_size != known.size and known.failed != "resize"
+            due = "attach"
+        elif target is not None and not known.has_medium:
+            due = "detach"
+        elif target is not None and known.guest_size is not None and \
+                known.guest_size != known.size:
+            due = "resize"
+        else:
+            return None
+        return None if known.failed == due else due
 
     def _wait_for_job(self, dom: DomainObj, known: HostDevice) -> None:
         """Look again once the guest's job is over, instead of failing the change.
@@ -772,12 +781,9 @@ class HotplugDuty:
             dom, xml, AFFECT_LIVE))
 
     def _follow_size(self, dom: DomainObj, known: HostDevice, target: str) -> None:
-        """An attached device whose size changed on the host: the guest gets the new one."""
-        if known.guest_size is None:  # attached before the daemon knew sizes: as it is
-            known.guest_size = known.size
-            return
-        if known.guest_size == known.size or known.failed == "resize":
-            return
+        """An attached device whose size changed on the host: the guest gets the new one
+        (:meth:`_due` said the size differs)."""
+        assert known.guest_size is not None
         size = known.size
         detail = (f"{known.devname} as {target}: {known.guest_size * 512} -> {size * 512} "
                   "bytes")

@@ -62,7 +62,6 @@ class SnapshotDuty:
         self.ops.reverting.before_undefine(dom, args.flags)
         return inner(ctx, args)
 
-
     def disk_removed(self, dom: DomainObj) -> None:
         """A disk was detached: if the domain has snapshots, read their metadata now.
 
