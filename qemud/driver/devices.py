@@ -411,6 +411,10 @@ class Devices:
         def named(d: Deferred) -> None:
             if d.error is None:
                 first = top if top is not None else _top_of(d.result, str(disk.source or ""))
+                if first is None:
+                    log.warning("domain %s: no single block node opened %s, the image of "
+                                "unplugged disk %s: none is closed", dom.name, disk.source,
+                                target)
                 close(disk_nodes(d.result, first, target) if first else [])
                 return
             nodes = list(dict.fromkeys([*([top] if top else []),
