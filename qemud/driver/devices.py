@@ -297,19 +297,19 @@ class Devices:
                 dom.next_definition = definition
             else:
                 dom.definition = definition
-            self._removed(dom)
+            self.disk_removed(dom)
         if disk is None:
             return None
         return self._unplug(dom, disk)
 
-    def _removed(self, dom: DomainObj) -> None:
-        """A disk left a definition of ``dom``: tell the hooks (an error there is logged,
-        the detach has happened)."""
+    def disk_removed(self, dom: DomainObj) -> None:
+        """A disk left a definition of ``dom`` (a detach, or a define without it): tell
+        the hooks (an error there is logged, the change has happened)."""
         for hook in self.driver.disk_removed_hooks:
             try:
                 hook(dom)
             except QemudError as exc:
-                log.warning("domain %s: after a disk was detached: %s", dom.name,
+                log.warning("domain %s: after a disk was removed: %s", dom.name,
                             exc.message)
 
     def _unplug(self, dom: DomainObj, disk: Disk) -> Deferred:
@@ -443,7 +443,7 @@ class Devices:
                     live_def.find_device(disk) is not None:
                 live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
-                self._removed(dom)
+                self.disk_removed(dom)
             finished.resolve(None)
 
         if monitor is None or monitor.closed:

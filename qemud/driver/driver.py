@@ -104,7 +104,8 @@ class QemuDriver:
         #: every QMP event of every guest, before the driver's own handling (block jobs)
         self.qmp_event_hooks: list[Callable[[DomainObj, QMPEvent], None]] = []
         #: a disk left a definition of the domain (detach: live once the guest released
-        #: it, or --config); the snapshot duty records an unplugged disk's last image
+        #: it, or --config; a define without it); the snapshot duty records an unplugged
+        #: disk's last image
         self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
         self._restart_after_stop: set[str] = set()
 
@@ -210,7 +211,8 @@ class QemuDriver:
                 self.registry.by_uuid(a.uuid).ref()),
             P.DOMAIN_LOOKUP_BY_ID: lambda c, a: pl.DomainReply(self.registry.by_id(a.id).ref()),
             P.DOMAIN_LIST: self._list,
-            P.DOMAIN_DEFINE_XML: lambda c, a: pl.DomainReply(self.registry.define(a.xml).ref()),
+            P.DOMAIN_DEFINE_XML: lambda c, a: pl.DomainReply(
+                self.registry.define(a.xml, self.devices.disk_removed).ref()),
             P.DOMAIN_UNDEFINE: self._undefine,
             P.DOMAIN_CREATE_XML: self._create_xml,
             P.DOMAIN_GET_XML: self._get_xml,

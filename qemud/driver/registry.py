@@ -174,9 +174,18 @@ class Registry:
                                f"with uuid {definition.uuid} (renaming is not supported)")
         return same_name
 
-    def define(self, xml: str) -> DomainObj:
+    def define(self, xml: str, disk_removed: Callable[[DomainObj], None] | None = None
+               ) -> DomainObj:
+        """Define (or redefine) a persistent domain from ``xml``.
+
+        ``disk_removed`` is called with the domain when the new definition drops a disk
+        target the persistent definition had (the driver's disk-removed hooks: the
+        snapshot duty records the image that disk used last, as after a detach).
+        """
         definition = self.parse(xml)
         existing = self.check_clash(definition)
+        dropped = existing is not None and bool(
+            _targets(existing.next_definition or existing.definition) - _targets(definition))
         if existing is None or not existing.persistent:
             self._drop_stale_autostart(definition.name)
         self._save(definition)
@@ -194,6 +203,8 @@ class Registry:
                 dom.definition = definition
             dom.persistent = True
         self.events.lifecycle(dom.ref(), LifecycleEvent.DEFINED, detail)
+        if dropped and disk_removed is not None:
+            disk_removed(dom)
         return dom
 
     def _drop_stale_autostart(self, name: str) -> None:
@@ -293,3 +304,8 @@ def _selected(dom: DomainObj, flags: int) -> bool:
 def _list_order(dom: DomainObj) -> tuple[bool, int, str]:
     """Running domains first by id, then the inactive ones by name (virsh's order)."""
     return (not dom.active, dom.id if dom.active else 0, dom.name)
+
+
+def _targets(definition: DomainDef) -> set[str]:
+    """The disk targets (``vda``, ``sdb``...) of ``definition``."""
+    return {disk.target_dev for disk in definition.disks if disk.target_dev}

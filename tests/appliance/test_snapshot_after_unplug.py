@@ -235,3 +235,42 @@ def test_image_recorded_at_unplug_survives_a_replug_under_the_same_target(
     finally:
         g.close()  # undefine with the snapshot metadata
     assert holds_after(top) and vdb.is_file()
+
+
+def without_disk(xml: str, dev: str) -> str:
+    """``xml`` with its disk ``dev`` removed."""
+    from lxml import etree
+    root = etree.fromstring(xml.encode())
+    for disk in root.iter("disk"):
+        if disk.find("target").get("dev") == dev:
+            disk.getparent().remove(disk)
+    return etree.tostring(root, encoding="unicode")
+
+
+def test_image_recorded_when_a_define_drops_the_disk(
+        conn: client.Connection, qemud: DaemonProcess, test_guest: TestGuest,
+        tmp_path: Path) -> None:
+    """A define without vdb removes it as a detach --config would: the image vdb used
+    last (written after s1) is recorded at once, so a second define that puts another
+    image under vdb, before any snapshot call, does not make it look discardable."""
+    name = "define-drops-vdb"
+    vda = make_image(tmp_path / "vda.qcow2")
+    vdb = make_image(tmp_path / "vdb.qcow2")
+    g = Guest(conn, test_guest, name, tmp_path, disk_xml(vda) + disk_xml(vdb, dev="vdb"))
+    try:
+        g.boot()
+        g.dom.snapshot_create("s1")
+        g.command("write-disk vdb AFTER", r"QEMUD-WROTE vdb")
+        top = disk_source(g.dom.xml(), "vdb")
+        g.dom.destroy()
+        assert disk_source(g.dom.xml(INACTIVE), "vdb") == top
+        conn.define_xml(without_disk(g.dom.xml(INACTIVE), "vdb"))
+        other = make_image(tmp_path / "other.qcow2")
+        conn.define_xml(without_disk(g.dom.xml(INACTIVE), "vdb").replace(
+            "</devices>", disk_xml(other, dev="vdb") + "</devices>"))
+        assert disk_source(g.dom.xml(INACTIVE), "vdb") == str(other)
+        g.dom.snapshot_delete("s1")
+        assert holds_after(top)
+    finally:
+        g.close()  # undefine with the snapshot metadata
+    assert holds_after(top) and vdb.is_file()
