@@ -38,6 +38,9 @@ class DomainObj:
     process: QemuProcess | None = None
     monitor: Monitor | None = None
     job: str | None = None  # an operation that excludes others ("start", "save", ...)
+    #: the file the job writes until it is complete (a save's temp file): in the status
+    #: file, so that a daemon restarted during the job can undo it
+    job_file: str = ""
     stop_intent: StopIntent | None = None
     guest_shutdown: bool = False  # the guest powered itself off (QMP SHUTDOWN guest=true)
     fake_reboot: bool = False  # reboot requested by ACPI: reset instead of stopping

@@ -419,39 +419,50 @@ class QemuDriver:
         target = Path(args.path)
         if not target.is_absolute():
             raise InvalidArg(f"save path must be absolute, got '{args.path}'")
-        partial = target.with_name(target.name + ".part")
+        # checked before the guest is touched: the rename at the end cannot replace these
+        if target.is_dir():
+            raise OperationFailed(f"cannot save to {target}: it is a directory")
+        if not target.parent.is_dir():
+            raise OperationFailed(f"cannot save to {target}: no directory {target.parent}")
+        partial = _save_temp(target)
         xml = dom.live.to_xml().encode()
         try:
-            partial.write_bytes(SAVE_MAGIC + f"{len(xml)}\n".encode() + xml)
+            _write_new(partial, SAVE_MAGIC + f"{len(xml)}\n".encode() + xml)
         except OSError as exc:
             raise OperationFailed(f"cannot write save file {partial}: {exc.strerror}") from None
-        dom.job = "save"
+        was_running = dom.state == DomainState.RUNNING  # a paused guest stays paused
+        dom.job, dom.job_file = "save", str(partial)
+        self.lifecycle.save_status(dom)  # a restarted daemon undoes it (see _reconnect)
         monitor = dom.monitor
         out = Deferred()
         finished = Deferred()
         dom.device_waiters["__migration__"] = finished
 
         def fail(error: Any) -> None:
-            dom.job = None
+            dom.job, dom.job_file = None, ""
             dom.device_waiters.pop("__migration__", None)
             partial.unlink(missing_ok=True)
-            if dom.state == DomainState.PAUSED and dom.monitor is not None:
+            # the save stopped the vCPUs (its STOP is not a state change: dom.job was set)
+            if was_running and dom.monitor is not None:
                 dom.monitor.execute("cont")
+            self.lifecycle.save_status(dom)
             out.fail(error)
 
         def migrated(d: Deferred) -> None:
             if d.error is not None:
                 fail(d.error)
                 return
-            dom.job = None
+            dom.job, dom.job_file = None, ""
             stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
                                                              StoppedDetail.SAVED))
 
             def moved(_: Deferred) -> None:
                 try:
                     os.replace(partial, target)
-                except OSError as exc:
-                    out.fail(OperationFailed(f"cannot finish save file {target}: {exc}"))
+                except OSError as exc:  # the guest is stopped: its state stays where it is
+                    out.fail(OperationFailed(f"cannot finish save file {target}: "
+                                             f"{exc.strerror or exc}; the saved state is in "
+                                             f"{partial}"))
                     return
                 out.resolve(Empty())
             stopped.add_done_callback(moved)
@@ -570,3 +581,20 @@ def _refuse_agent_only(verb: str, flags: int, modes: _PowerModes) -> None:
 def _log_failure(what: str, name: str, done: Deferred) -> None:
     if done.error is not None:
         log.error("%s of %s failed: %s", what, name, done.error.message)
+
+
+def _save_temp(target: Path) -> Path:
+    """Where a save to ``target`` writes until it is complete: a hidden name of this
+    daemon's in the same directory (the final rename stays on one file system), never
+    a file the user could have named (``target.part`` could be theirs)."""
+    return target.with_name(f".{target.name}.qemud-save-{os.getpid()}.part")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600, not following a symlink) holding ``data``; a leftover of
+    an earlier save by a daemon with the same pid is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -260,7 +260,7 @@ class Lifecycle:
             qmp_path=str(self.guest_paths(dom.name).qmp_socket),
             log_path=str(dom.process.log.path), live_xml=dom.live.to_xml(live=True),
             persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
-            started_at=dom.started_at)
+            started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file)
         try:
             self.driver.store.save_status(record)
         except OSError as exc:
@@ -435,6 +435,7 @@ class Lifecycle:
             log.warning("domain %s: QEMU (pid %d) is gone since the last daemon ran: marking "
                         "it shut off (crashed)", record.name, record.pid)
             self.driver.store.delete_status(record.name)
+            _remove_job_file(record)
             self._set_state(dom, DomainState.SHUTOFF, ShutoffReason.CRASHED)
             if not dom.persistent:
                 self.registry.remove(dom)
@@ -471,6 +472,8 @@ class Lifecycle:
         process.add_exit_callback(lambda proc: self._on_exit(dom, proc))
 
         def refresh(_: Any) -> None:
+            if record.job == "save":
+                self._undo_save(dom, monitor, record)
             # the ptys are in the status file's live XML; asked again for a status file
             # written by a daemon that did not record them
             self._read_ptys(dom, monitor).add_done_callback(query_status)
@@ -486,6 +489,19 @@ class Lifecycle:
             lambda d: refresh(d.result) if d.error is None else log.error(
                 "domain %s: cannot re-attach QMP: %s", dom.name, d.error.message))
         log.info("re-attached to domain %s (id %d, pid %d)", dom.name, dom.id, record.pid)
+
+    def _undo_save(self, dom: DomainObj, monitor: Monitor, record: StatusRecord) -> None:
+        """The last daemon stopped during a save of this guest: no client was told it
+        succeeded, so it is cancelled, as libvirt does when it re-attaches during a save
+        job. The migration stops, its file goes, and a guest that was running before
+        the save runs again (one the user had paused stays paused)."""
+        log.warning("domain %s: a save was in progress when the last daemon stopped: "
+                    "cancelled%s", dom.name,
+                    ", the guest resumed" if record.state == DomainState.RUNNING else "")
+        monitor.execute("migrate_cancel")
+        if record.state == DomainState.RUNNING:
+            monitor.execute("cont")
+        _remove_job_file(record)
 
     def _apply_status(self, dom: DomainObj, status: Any) -> None:
         if not isinstance(status, dict):
@@ -509,3 +525,19 @@ class Lifecycle:
                 dom.monitor.close()
             if dom.process is not None:
                 dom.process.detach()
+
+
+def _remove_job_file(record: StatusRecord) -> None:
+    """Remove what an unfinished job of the last daemon was writing (a save's temp file;
+    never the user's target, which it had not replaced yet)."""
+    if not record.job_file:
+        return
+    try:
+        os.unlink(record.job_file)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot remove %s, left by an unfinished %s: %s", record.job_file,
+                    record.job, exc)
+        return
+    log.info("removed %s, left by an unfinished %s", record.job_file, record.job)

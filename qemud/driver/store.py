@@ -107,6 +107,10 @@ class StatusRecord:
     state: int
     reason: int
     started_at: float
+    #: the job in progress ("save") and the file it writes: a restarted daemon undoes a
+    #: save that its predecessor could not finish (absent from older status files)
+    job: str = ""
+    job_file: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

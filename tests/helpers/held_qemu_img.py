@@ -3,6 +3,9 @@
 
 That keeps a snapshot or backup job of the daemon in progress for as long as the test
 needs (a live snapshot runs ``qemu-img create`` for its overlays), with no timing games.
+Any other command the daemon or its QEMU runs by name works the same way (``install(root,
+"cat")``: a save's ``exec:cat`` migration), and a *fail* file makes the wrapper fail
+instead of running the real command, once released.
 """
 
 from __future__ import annotations
@@ -21,27 +24,34 @@ if [ -e "{hold}" ]; then
     n=0
     while [ -e "{hold}" ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
 fi
+if [ -e "{fail}" ]; then
+    echo "{command} (held wrapper): failing as the test asked" >&2
+    exit 1
+fi
 exec "{real}" "$@"
 """
 
 
 @dataclass(frozen=True)
 class HeldQemuImg:
-    """The wrapper in ``bin_dir``; ``hold`` holds every call, ``held`` says one waits."""
+    """The wrapper in ``bin_dir``; ``hold`` holds every call, ``held`` says one waits,
+    ``fail`` makes every call fail."""
 
     bin_dir: Path
     hold: Path
     held: Path
+    fail: Path
 
     @classmethod
-    def install(cls, root: Path) -> HeldQemuImg:
-        real = shutil.which("qemu-img")
-        assert real is not None, "qemu-img is needed"
+    def install(cls, root: Path, command: str = "qemu-img") -> HeldQemuImg:
+        real = shutil.which(command)
+        assert real is not None, f"{command} is needed"
         bin_dir = root / "bin"
         bin_dir.mkdir(exist_ok=True)
-        made = cls(bin_dir, root / "hold", root / "held")
-        wrapper = bin_dir / "qemu-img"
-        wrapper.write_text(_WRAPPER.format(hold=made.hold, held=made.held, real=real))
+        made = cls(bin_dir, root / "hold", root / "held", root / "fail")
+        wrapper = bin_dir / command
+        wrapper.write_text(_WRAPPER.format(hold=made.hold, held=made.held, fail=made.fail,
+                                           command=command, real=real))
         wrapper.chmod(0o755)
         return made
 

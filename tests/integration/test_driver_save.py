@@ -1,0 +1,169 @@
+"""Saves that do not complete: the guest is left as it was, no file is left behind, and
+a daemon killed during a save cancels it when it comes back (as libvirt does when it
+re-attaches during a save job). Real QEMU guests under TCG; the save's ``exec:cat`` is a
+held wrapper (tests/helpers/held_qemu_img.py) that a test can hold or make fail."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from protocol.constants import DomainState, PausedReason, RunningReason
+from tests.helpers.daemon import DaemonProcess, serving, stop_destroying_guests, wait_for
+from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.integration.conftest import TestGuest
+from tests.integration.domains import READY, guest_xml
+from tests.integration.serial import SerialPort
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def held_cat(tmp_path_factory: pytest.TempPathFactory) -> HeldQemuImg:
+    return HeldQemuImg.install(tmp_path_factory.mktemp("held-cat"), "cat")
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory, held_cat: HeldQemuImg
+          ) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-save"),
+                           env={"PATH": held_cat.path_env()})
+    with serving(daemon):
+        yield daemon
+
+
+@pytest.fixture
+def held(held_cat: HeldQemuImg) -> Iterator[HeldQemuImg]:
+    """The ``cat`` wrapper, left neither holding nor failing after the test."""
+    yield held_cat
+    held_cat.release()
+    held_cat.fail.unlink(missing_ok=True)
+
+
+class Guest:
+    """A booted test guest whose serial line answers."""
+
+    def __init__(self, conn: client.Connection, test_guest: TestGuest, name: str,
+                 tmp: Path) -> None:
+        self.sock = tmp / f"{name}.serial"
+        self.dom = conn.define_xml(guest_xml(name, test_guest, self.sock))
+        self.dom.create()
+        self.serial = SerialPort(self.sock)
+        self.serial.wait_for(READY)
+
+    def answers(self, word: str) -> None:
+        """The guest runs: its init answers a line on the serial port."""
+        mark = self.serial.mark()
+        self.serial.send(word)
+        self.serial.wait_for(f"QEMUD-UNKNOWN {word}", timeout=30, start=mark)
+
+    def close(self) -> None:
+        self.serial.close()
+        try:
+            if self.dom.is_active():
+                self.dom.destroy()
+            self.dom.undefine()
+        except client.QemudClientError:
+            pass
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_save_to_a_directory_is_refused_before_the_guest_stops(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, held: HeldQemuImg
+        ) -> None:
+    target = tmp_path / "saves"
+    target.mkdir()
+    with qemud.connect() as conn:
+        g = Guest(conn, test_guest, "save-to-dir", tmp_path)
+        try:
+            with pytest.raises(client.OperationFailed,
+                               match=f"cannot save to {target}: it is a directory"):
+                g.dom.save(str(target))
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+            g.answers("still-here")
+            assert leftovers(tmp_path) == ["save-to-dir.serial", "saves"]
+        finally:
+            g.close()
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_failed_save_leaves_the_guest_as_it_was(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, held: HeldQemuImg,
+        paused: bool) -> None:
+    """The migration fails after the save stopped the vCPUs: a running guest runs again,
+    one the user had paused stays paused, and the temp file is gone."""
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    with qemud.connect() as conn:
+        g = Guest(conn, test_guest, f"save-fails-{'paused' if paused else 'running'}",
+                  tmp_path)
+        try:
+            if paused:
+                g.dom.suspend()
+            before = g.dom.state()
+            held.fail.touch()
+            with pytest.raises(client.QemudClientError):
+                g.dom.save(str(saves / "g.sav"))
+            assert g.dom.state() == before
+            assert leftovers(saves) == []
+            if paused:
+                assert before == (DomainState.PAUSED, PausedReason.USER)
+                g.dom.resume()
+            g.answers("after-failed-save")
+        finally:
+            g.close()
+
+
+def test_daemon_killed_during_save_cancels_it_at_restart(
+        tmp_path: Path, test_guest: TestGuest, held_cat: HeldQemuImg) -> None:
+    """kill -9 while the save's migration waits on its (held) writer: the restarted
+    daemon cancels the migration, resumes the guest and removes the temp file; the
+    user's target never appears."""
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    daemon = DaemonProcess(tmp_path / "d", env={"PATH": held_cat.path_env()})
+    daemon.start()
+    g = None
+    try:
+        with daemon.connect() as conn:
+            g = Guest(conn, test_guest, "save-killed", tmp_path)
+            held_cat.start_holding()
+            errors: list[BaseException] = []
+
+            def save() -> None:
+                try:
+                    with daemon.connect() as other:
+                        other.lookup_by_name("save-killed").save(str(saves / "g.sav"))
+                except BaseException as exc:  # noqa: BLE001 - the daemon dies under it
+                    errors.append(exc)
+            saving = threading.Thread(target=save)
+            saving.start()
+            wait_for(held_cat.held.exists, timeout=60, message="the save's cat held")
+            assert [p.name for p in saves.iterdir()] != []  # its temp file
+            daemon.kill()
+            saving.join(30)
+            assert errors  # the save never completed
+        daemon.start()
+        with daemon.connect() as conn:
+            dom = conn.lookup_by_name("save-killed")
+            g.dom = dom
+            wait_for(lambda: dom.state() == (DomainState.RUNNING, RunningReason.BOOTED),
+                     timeout=30, message="the guest running again")
+            g.answers("after-killed-save")
+            assert leftovers(saves) == []
+            assert "a save was in progress when the last daemon stopped: cancelled, the " \
+                   "guest resumed" in daemon.log_text()
+            g.close()
+            g = None
+    finally:
+        held_cat.release()
+        if g is not None:
+            g.serial.close()
+        stop_destroying_guests(daemon)
