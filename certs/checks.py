@@ -3,14 +3,18 @@
 Why check before use: a TLS stack reports a mismatched key as ``KEY_VALUES_MISMATCH``
 and a wrong CA as a handshake failure *on the other machine*.  Checking at issue,
 install and context-building time lets us name the two files that disagree.
-All failures raise :class:`CertMismatchError`.
+Failures raise :class:`CertMismatchError`, or :class:`CertValidityError` for a
+certificate used outside its validity period.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import TypeGuard, get_args
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
@@ -19,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certs.errors import CertMismatchError
+from certs.errors import CertMismatchError, CertValidityError
 from certs.paths import Endpoint
+from certs.validity import Validity, not_after, not_before, validity_status
 
 __all__ = [
     "can_sign",
@@ -28,6 +33,9 @@ __all__ = [
     "check_is_ca",
     "check_issued_by",
     "check_key_matches",
+    "check_not_ca",
+    "check_trusted_by",
+    "check_valid_now",
     "is_ca",
 ]
 
@@ -81,6 +89,80 @@ def check_issued_by(cert: x509.Certificate, ca: x509.Certificate, cert_name: str
         raise CertMismatchError(
             f"{cert_name} was not issued by CA {ca_name}: signature does not verify"
         ) from e
+
+
+def check_not_ca(cert: x509.Certificate, endpoint: Endpoint, cert_name: str) -> None:
+    """Raise if ``cert`` (to be used as ``endpoint``'s certificate) is a CA certificate.
+
+    A CA certificate as a server or client certificate means its key -- the key that
+    signs every certificate the daemons trust -- sits next to it on that machine.
+    libvirt refuses the same ("basic constraints show a CA").
+    """
+    if is_ca(cert):
+        raise CertMismatchError(
+            f"{cert_name} is a CA certificate (basicConstraints CA:TRUE), not a {endpoint} "
+            f"certificate; the CA's key must never be used as a {endpoint} key: issue one "
+            f"with 'qemud-certs {endpoint}'"
+        )
+
+
+def check_valid_now(cert: x509.Certificate, cert_name: str,
+                    now: datetime | None = None) -> None:
+    """Raise :class:`CertValidityError` unless ``now`` (default: the current time) is
+    within ``cert``'s validity period; the message gives the date that was missed."""
+    status = validity_status(cert, now)
+    if status is Validity.EXPIRED:
+        raise CertValidityError(
+            f"{cert_name} has expired (not after {not_after(cert):%Y-%m-%d %H:%M:%S} UTC)"
+        )
+    if status is Validity.NOT_YET_VALID:
+        raise CertValidityError(
+            f"{cert_name} is not yet valid (not before "
+            f"{not_before(cert):%Y-%m-%d %H:%M:%S} UTC; check the clocks of this machine "
+            "and of the CA's)"
+        )
+
+
+def check_trusted_by(cert: x509.Certificate, cas: Sequence[x509.Certificate],
+                     cert_name: str, ca_name: str,
+                     intermediates: Sequence[x509.Certificate] = ()) -> None:
+    """Raise unless ``cert`` chains up to one of ``cas`` by signatures, directly or
+    through ``intermediates`` (the rest of a chain file).
+
+    Names and signatures only: what a peer checking the certificate against ``cas``
+    checks first.  Raises :class:`CertMismatchError` naming both files.
+    """
+    current = cert
+    reason = f"its issuer {cert.issuer.rfc4514_string()} is not in that file"
+    pool = list(intermediates)
+    for _ in range(len(pool) + 1):
+        for ca in cas:
+            if ca.subject != current.issuer:
+                continue
+            try:
+                current.verify_directly_issued_by(ca)
+                return
+            except (ValueError, TypeError) as e:
+                reason = str(e)
+            except InvalidSignature:  # it has no message of its own
+                reason = ("its signature does not verify with the key of "
+                          f"{ca.subject.rfc4514_string()}")
+        parent = next((c for c in pool if c.subject == current.issuer and c is not current),
+                      None)
+        if parent is None:
+            break
+        try:
+            current.verify_directly_issued_by(parent)
+        except (InvalidSignature, ValueError, TypeError):  # a broken chain: not trusted
+            break
+        pool.remove(parent)
+        current = parent
+        reason = (f"its chain ends at issuer {current.issuer.rfc4514_string()}, which is "
+                  "not in that file")
+    raise CertMismatchError(
+        f"{cert_name} is not signed by the CA in {ca_name} ({reason}); every peer that "
+        "trusts that CA would refuse it"
+    )
 
 
 def check_endpoint_usage(cert: x509.Certificate, endpoint: Endpoint, cert_name: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -55,6 +56,7 @@ from certs.paths import (
 )
 from certs.pem import load_cert, load_certs, load_key
 from certs.validity import Validity, not_after, validity_status
+from qemud import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -139,6 +141,7 @@ def _load_ca(directory: Path) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Ce
             )
     cert = load_cert(cert_path, "CA certificate")
     key = load_key(key_path, "CA private key")
+    _warn_if_exposed(key_path)
     check_is_ca(cert, f"CA certificate {cert_path}")
     check_key_matches(key, cert, f"CA private key {key_path}", f"CA certificate {cert_path}")
     if not can_sign(key):
@@ -147,6 +150,20 @@ def _load_ca(directory: Path) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Ce
     if status is not Validity.VALID:
         raise CertFileError(f"CA certificate {cert_path} is {status.value}", cert_path)
     return key, cert
+
+
+def _warn_if_exposed(key_path: Path) -> None:
+    """Warn when users other than the owner may read the CA key it is about to sign with:
+    anyone who can read it can issue certificates every qemud trusting the CA accepts."""
+    try:
+        mode = stat.S_IMODE(key_path.stat().st_mode)
+    except OSError:
+        return  # it was just read; a race is not worth a second error
+    if mode & 0o077:
+        who = "all users" if mode & 0o007 else "its group"
+        _warn(f"CA private key {key_path} is open to {who} (mode {mode:04o}): anyone who "
+              f"can read it can issue certificates your daemons trust; "
+              f"run 'chmod 600 {key_path}'")
 
 
 def _warn_outlives_ca(cert: x509.Certificate, ca: x509.Certificate) -> None:
@@ -237,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create and manage the TLS certificates qemud uses for mutual TLS. "
                     "Keys are EC P-256; private keys are written mode 0600.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("ca", help="create a CA key and self-signed CA certificate",

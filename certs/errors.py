@@ -17,6 +17,7 @@ Hierarchy::
     │   └── CertFileExistsError  refused to replace an existing file (no force)
     ├── CertMismatchError        files are each valid but do not fit together
     │                            (key vs. certificate, certificate vs. CA, wrong role)
+    ├── CertValidityError        a certificate has expired or is not yet valid
     └── PeerCertError            a TLS peer certificate is missing or unparseable
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "CertFileExistsError",
     "CertMismatchError",
     "CertParamError",
+    "CertValidityError",
     "PeerCertError",
 ]
 
@@ -72,6 +74,14 @@ class CertMismatchError(CertError):
     Examples: a private key that is not the certificate's key, a leaf certificate not
     issued by the given CA, a "CA" certificate without ``CA:TRUE``, or a client-only
     certificate installed as a server certificate.
+    """
+
+
+class CertValidityError(CertError):
+    """A certificate is used outside its validity period: expired or not yet valid.
+
+    Separate from :class:`CertMismatchError` because the fix differs: a new certificate
+    (or a correct clock), not another file.
     """
 
 

@@ -1,7 +1,9 @@
 """Copying a CA certificate and a certificate/key pair into a :class:`PKIPaths` layout.
 
 Why not ``cp``: the files are checked first (the CA really is a CA, the key belongs
-to the certificate, the certificate was issued by the CA and is usable for its role),
+to the certificate, the certificate is not a CA certificate -- whose key must never
+leave the CA machine --, has not expired, was issued by the CA and is usable for its
+role: what the daemon checks at start for its own files),
 keys land mode 0600 in a 0700 directory, nothing half-written is ever visible, and
 existing files are only replaced when asked.  Everything is validated before the
 first file is written, so a failed install changes nothing.
@@ -13,11 +15,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from certs.checks import check_endpoint_usage, check_is_ca, check_issued_by, check_key_matches
+from certs.checks import (
+    check_endpoint_usage,
+    check_is_ca,
+    check_issued_by,
+    check_key_matches,
+    check_not_ca,
+    check_valid_now,
+)
 from certs.errors import CertFileExistsError, CertParamError
 from certs.fsutil import atomic_write, ensure_dir
 from certs.paths import Endpoint, PKIPaths
 from certs.pem import load_cert, parse_certs, parse_key, read_file
+from certs.validity import Validity, validity_status
 
 __all__ = ["InstalledFile", "install_files"]
 
@@ -47,7 +57,8 @@ def install_files(paths: PKIPaths, endpoint: Endpoint, *, ca: Path | None = None
 
     Any of them may be omitted, but ``cert`` and ``key`` go together.  The
     certificate is checked against ``ca`` or, if only the pair is installed, against
-    the already installed CA when there is one.  Raises
+    the already installed CA when there is one.  An expired certificate is refused; one
+    that is not yet valid is installed (it will be).  Raises
     :class:`~certs.errors.CertError`; writes nothing unless every check passes.
     """
     if (cert is None) != (key is None):
@@ -73,7 +84,11 @@ def install_files(paths: PKIPaths, endpoint: Endpoint, *, ca: Path | None = None
         key_data = read_file(key, f"{endpoint} private key")
         check_key_matches(parse_key(key_data, key, f"{endpoint} private key"), leaf,
                           f"private key {key}", f"certificate {cert}")
+        check_not_ca(leaf, endpoint, f"certificate {cert}")
         check_endpoint_usage(leaf, endpoint, f"certificate {cert}")
+        # expired can never work again; not yet valid will (the CLI warns about it)
+        if validity_status(leaf) is Validity.EXPIRED:
+            check_valid_now(leaf, f"certificate {cert}")
         if ca_cert is None and paths.ca_cert.exists():
             ca_cert = load_cert(paths.ca_cert, "installed CA certificate")
             ca_name = str(paths.ca_cert)

@@ -23,45 +23,62 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certs.dn import format_name, peer_dn
 from certs.errors import CertFileError
 from certs.paths import Endpoint, PKIPaths
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 __all__ = ["check_server_files", "client_context", "format_name", "peer_dn",
            "server_context"]
 
 
-def _check_ca(ca: Path) -> None:
+def _check_ca(ca: Path) -> list[x509.Certificate]:
     from certs.checks import check_is_ca
     from certs.pem import load_certs
 
     certs = load_certs(ca, "CA certificate")
     for i, cert in enumerate(certs):
         check_is_ca(cert, f"CA certificate {ca}" + (f" (entry {i + 1})" if i else ""))
+    return certs
 
 
-def _check_identity(paths: PKIPaths, endpoint: Endpoint) -> None:
-    from certs.checks import check_endpoint_usage, check_key_matches
+def _check_identity(paths: PKIPaths, endpoint: Endpoint) -> list[x509.Certificate]:
+    from certs.checks import check_endpoint_usage, check_key_matches, check_not_ca
     from certs.pem import load_certs, load_key
 
     cert_path, key_path = paths.cert(endpoint), paths.key(endpoint)
-    cert = load_certs(cert_path, f"{endpoint} certificate")[0]
+    chain = load_certs(cert_path, f"{endpoint} certificate")
     key = load_key(key_path, f"{endpoint} private key")
-    check_key_matches(key, cert, f"{endpoint} private key {key_path}",
+    check_key_matches(key, chain[0], f"{endpoint} private key {key_path}",
                       f"{endpoint} certificate {cert_path}")
-    check_endpoint_usage(cert, endpoint, f"{endpoint} certificate {cert_path}")
+    check_not_ca(chain[0], endpoint, f"{endpoint} certificate {cert_path}")
+    check_endpoint_usage(chain[0], endpoint, f"{endpoint} certificate {cert_path}")
+    return chain
 
 
 def check_server_files(paths: PKIPaths) -> None:
     """The checks :func:`server_context` runs before ``ssl`` sees the daemon's files.
 
     The CA file holds CA certificates; the server key is the certificate's key; the
-    certificate may be used by a server.  Imports ``cryptography``.  Raises
-    :class:`~certs.errors.CertError` naming the offending file.
+    certificate is not a CA certificate (whose key must stay off servers), may be used
+    by a server, is within its validity period and is signed by the CA file's CA (or
+    chains up to it through the rest of the certificate file).  ``ssl`` checks none of
+    the last three for the daemon's own certificate: a daemon started without them
+    would refuse nothing and be refused by every client, as libvirtd's start-up checks
+    prevent too.  Imports ``cryptography``.  Raises :class:`~certs.errors.CertError`
+    naming the offending file.
     """
-    _check_ca(paths.ca_cert)
-    _check_identity(paths, "server")
+    from certs.checks import check_trusted_by, check_valid_now
+
+    cas = _check_ca(paths.ca_cert)
+    chain = _check_identity(paths, "server")
+    name = f"server certificate {paths.server_cert}"
+    check_valid_now(chain[0], name)
+    check_trusted_by(chain[0], cas, name, str(paths.ca_cert), intermediates=chain[1:])
 
 
 def _load_ca(ctx: ssl.SSLContext, ca: Path, check: bool) -> None:
@@ -106,8 +123,10 @@ def server_context(paths: PKIPaths, *, check: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    _load_ca(ctx, paths.ca_cert, check)
-    _load_identity(ctx, paths, "server", check)
+    if check:
+        check_server_files(paths)
+    _load_ca(ctx, paths.ca_cert, False)
+    _load_identity(ctx, paths, "server", False)
     return ctx
 
 

@@ -8,7 +8,8 @@ TLS listener that lets in any certificate from the CA must be asked for explicit
 
 The daemon never imports ``cryptography`` (~9 MiB it could never give back: an extension
 module stays loaded). The start-up checks that need it (:func:`certs.tls.check_server_files`:
-CA flag, key matches certificate, server usage) run once in a short-lived child process,
+CA flag of the CA file, key matches certificate, the certificate is no CA, server usage,
+validity period, signed by the CA file's CA) run once in a short-lived child process,
 ``python -m qemud.tls CA CERT KEY`` (~0.15 s), whose message becomes the start-up error;
 a client's DN is read from the ``getpeercert()`` dict, which ``ssl`` builds without it.
 Only a certificate whose subject the dict cannot carry exactly (a binary value; see

@@ -16,8 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import qemud
 from certs.cli import build_parser, main
-from certs.issue import make_ca, make_client_cert, write_cert, write_key
+from certs.issue import make_ca, make_client_cert, make_server_cert, write_cert, write_key
 from certs.paths import PKIPaths
 from certs.pem import cert_to_pem, load_cert, load_key
 from certs.tls import client_context, server_context
@@ -244,14 +245,62 @@ def test_show_bundle(tmp_path: Path, ca: CA, other_ca: CA) -> None:
     assert "bundle.pem (certificate 1 of 2)" in out and "bundle.pem (certificate 2 of 2)" in out
 
 
-def test_install_warns_about_expired_certificate(tmp_path: Path, ca: CA,
-                                                 days_ago: Callable[[int], datetime]) -> None:
-    k, c = make_client_cert(*ca, "old", not_before=days_ago(30), not_after=days_ago(1))
+def test_install_warns_about_not_yet_valid_certificate(
+        tmp_path: Path, ca: CA, days_ago: Callable[[int], datetime]) -> None:
+    k, c = make_client_cert(*ca, "early", not_before=days_ago(-1), not_after=days_ago(-30))
     write_key(tmp_path / "k.pem", k)
     write_cert(tmp_path / "c.pem", c)
     r = run("install", "--session", "--prefix", "home", "--cert", "c.pem", "--key", "k.pem",
             cwd=tmp_path)
-    assert r.returncode == 0 and "warning:" in r.stderr and "EXPIRED" in r.stderr
+    assert r.returncode == 0 and "warning:" in r.stderr and "NOT YET VALID" in r.stderr
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_install_refuses_expired_certificate(tmp_path: Path, ca: CA, role: str,
+                                             days_ago: Callable[[int], datetime]) -> None:
+    make = make_client_cert if role == "client" else make_server_cert
+    k, c = make(*ca, "old", not_before=days_ago(30), not_after=days_ago(1))
+    write_key(tmp_path / "k.pem", k)
+    write_cert(tmp_path / "c.pem", c)
+    fails("install", "--session", "--role", role, "--prefix", "home", "--cert", "c.pem",
+          "--key", "k.pem", cwd=tmp_path, match="certificate c.pem has expired (not after ")
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_install_refuses_the_ca_as_server_or_client(tmp_path: Path, role: str) -> None:
+    """QA ops finding 3: ``--cert ca/cacert.pem --key ca/cakey.pem`` copied the CA's
+    signing key onto the server."""
+    ok("ca", "--dir", "ca", cwd=tmp_path)
+    last = fails("install", "--system", "--role", role, "--prefix", "root", "--force",
+                 "--dir", "ca", "--cert", "ca/cacert.pem", "--key", "ca/cakey.pem",
+                 cwd=tmp_path, match="certificate ca/cacert.pem is a CA certificate")
+    assert "CA's key must never be used" in last and f"qemud-certs {role}" in last
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize("key_mode", [0o644, 0o640, 0o604])
+def test_signing_with_an_exposed_ca_key_warns(tmp_path: Path, key_mode: int) -> None:
+    ok("ca", cwd=tmp_path)
+    (tmp_path / "cakey.pem").chmod(key_mode)
+    r = run("client", "--cn", "admin1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: CA private key cakey.pem is open to " in r.stderr
+    assert f"(mode {key_mode:04o})" in r.stderr and "chmod 600 cakey.pem" in r.stderr
+    r = run("server", "--hostname", "h", cwd=tmp_path)
+    assert r.returncode == 0 and "chmod 600 cakey.pem" in r.stderr
+
+
+def test_signing_with_a_private_ca_key_is_quiet(tmp_path: Path) -> None:
+    ok("ca", cwd=tmp_path)
+    assert mode(tmp_path / "cakey.pem") == 0o600
+    r = run("client", "--cn", "admin1", cwd=tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    r = run("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"qemud-certs {qemud.__version__}"
 
 
 def test_console_script(tmp_path: Path) -> None:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certs.errors import CertFileExistsError, CertMismatchError, CertParamError
+from certs.errors import (
+    CertFileExistsError,
+    CertMismatchError,
+    CertParamError,
+    CertValidityError,
+)
 from certs.install import install_files
 from certs.issue import make_client_cert, write_cert, write_key
-from certs.paths import PKIPaths
+from certs.paths import Endpoint, PKIPaths
 
 CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
 
@@ -70,11 +77,42 @@ def test_pair_checked_against_installed_ca(pki: PKIPaths, tmp_path: Path,
     ({"ca": "server_cert"}, CertMismatchError, "not a CA"),
     ({"cert": "client_cert", "key": "server_key"}, CertMismatchError, "does not match"),
     ({"cert": "server_cert", "key": "server_key"}, CertMismatchError, "lacks clientAuth"),
+    ({"cert": "ca_cert", "key": "ca_key"}, CertMismatchError, "is a CA certificate"),
 ])
 def test_invalid_installs(pki: PKIPaths, tmp_path: Path, kwargs: dict[str, str],
                           exc: type[Exception], match: str) -> None:
     target = PKIPaths.session(home=tmp_path / "home")
-    args = {k: getattr(pki, v) for k, v in kwargs.items()}
+    args = {k: pki.ca_cert.parent / "cakey.pem" if v == "ca_key" else getattr(pki, v)
+            for k, v in kwargs.items()}
     with pytest.raises(exc, match=match):
         install_files(target, "client", **args)
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("endpoint", ["server", "client"])
+def test_the_ca_pair_is_never_installed_as_an_identity(pki: PKIPaths, tmp_path: Path,
+                                                        endpoint: Endpoint) -> None:
+    """QA ops finding 3: the CA's signing key ended up as serverkey.pem."""
+    target = PKIPaths.system(prefix=tmp_path / "root")
+    with pytest.raises(CertMismatchError) as info:
+        install_files(target, endpoint, ca=pki.ca_cert, cert=pki.ca_cert,
+                      key=pki.ca_cert.parent / "cakey.pem", force=True)
+    assert str(info.value).startswith(f"certificate {pki.ca_cert} is a CA certificate")
+    assert not (tmp_path / "root").exists()
+
+
+def test_expired_pair_is_refused_not_yet_valid_installed(
+        pki: PKIPaths, ca: CA, tmp_path: Path, days_ago: Callable[[int], datetime]) -> None:
+    target = PKIPaths.session(home=tmp_path / "home")
+    for name, start, end in [("old", 30, 1), ("early", -1, -30)]:
+        key, cert = make_client_cert(*ca, name, not_before=days_ago(start),
+                                     not_after=days_ago(end))
+        write_key(tmp_path / f"{name}-k.pem", key)
+        write_cert(tmp_path / f"{name}-c.pem", cert)
+    with pytest.raises(CertValidityError, match="old-c.pem has expired"):
+        install_files(target, "client", ca=pki.ca_cert, cert=tmp_path / "old-c.pem",
+                      key=tmp_path / "old-k.pem")
+    assert not (tmp_path / "home").exists()
+    install_files(target, "client", ca=pki.ca_cert, cert=tmp_path / "early-c.pem",
+                  key=tmp_path / "early-k.pem")
+    assert target.client_cert.read_bytes() == (tmp_path / "early-c.pem").read_bytes()

@@ -14,18 +14,21 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from certs.allowlist import AllowList, Role
-from certs.errors import CertFileError, CertMismatchError
-from certs.issue import make_client_cert, make_server_cert, write_cert, write_key
+from certs.errors import CertFileError, CertMismatchError, CertValidityError
+from certs.issue import make_ca, make_client_cert, make_server_cert, write_cert, write_key
 from certs.paths import PKIPaths
-from certs.tls import client_context, peer_dn, server_context
+from certs.pem import cert_to_pem
+from certs.tls import check_server_files, client_context, peer_dn, server_context
 
 CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
 TIMEOUT = 10.0
@@ -96,6 +99,11 @@ def with_client(paths: PKIPaths, tmp_path: Path, key: ec.EllipticCurvePrivateKey
 
 def with_server(paths: PKIPaths, tmp_path: Path, key: ec.EllipticCurvePrivateKey,
                 cert: x509.Certificate) -> PKIPaths:
+    """``paths`` but presenting ``key``/``cert`` as the server identity.
+
+    A rogue server (certificate from another CA) needs ``server_context(check=False)``:
+    :func:`check_server_files` refuses to build it.
+    """
     write_key(tmp_path / "sk.pem", key)
     write_cert(tmp_path / "sc.pem", cert)
     return dataclasses.replace(paths, server_cert=tmp_path / "sc.pem",
@@ -200,7 +208,7 @@ def test_hostname_check_can_be_disabled_but_chain_is_still_verified(
 
     key, cert = make_server_cert(*other_ca, ["localhost"])
     rogue = server_context(dataclasses.replace(
-        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert))
+        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert), check=False)
     out = handshake(rogue, client_context(pki, server_hostname_check=False))
     assert isinstance(out.client_error, ssl.SSLCertVerificationError)
     assert out.server_dn is None
@@ -210,7 +218,7 @@ def test_server_cert_from_another_ca_is_refused_by_client(
         pki: PKIPaths, other_ca: CA, tmp_path: Path) -> None:
     key, cert = make_server_cert(*other_ca, ["localhost"])
     rogue = server_context(dataclasses.replace(
-        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert))
+        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert), check=False)
     out = handshake(rogue, client_context(pki))
     assert isinstance(out.client_error, ssl.SSLCertVerificationError)
     assert "unable to get local issuer certificate" in out.client_error.verify_message
@@ -221,7 +229,7 @@ def test_no_verify_accepts_any_server_and_still_presents_client_cert(
         pki: PKIPaths, other_ca: CA, tmp_path: Path) -> None:
     key, cert = make_server_cert(*other_ca, ["elsewhere.example"])
     rogue = server_context(dataclasses.replace(
-        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert))
+        with_server(pki, tmp_path, key, cert), ca_cert=pki.ca_cert), check=False)
     no_ca = dataclasses.replace(pki, ca_cert=tmp_path / "missing-cacert.pem")
     out = handshake(rogue, client_context(no_ca, verify=False), server_hostname="localhost")
     assert out.client_error is None
@@ -266,3 +274,131 @@ def test_garbage_ca_file(pki: PKIPaths, tmp_path: Path) -> None:
     with pytest.raises(CertFileError, match="bad.pem"):
         client_context(dataclasses.replace(pki, ca_cert=bad))
 
+
+
+# ------------------------------------------- start-up checks of the server's files
+# QA ops finding 3: each of these started a daemon that every client then refused (or
+# that held the CA's signing key); libvirtd refuses to start with them.
+
+
+def test_expired_server_cert_is_refused(pki: PKIPaths, ca: CA, tmp_path: Path,
+                                        days_ago: Callable[[int], datetime]) -> None:
+    key, cert = make_server_cert(*ca, ["localhost"], not_before=days_ago(30),
+                                 not_after=days_ago(1))
+    paths = with_server(pki, tmp_path, key, cert)
+    with pytest.raises(CertValidityError) as info:
+        check_server_files(paths)
+    assert str(info.value).startswith(f"server certificate {paths.server_cert} has expired "
+                                      f"(not after {days_ago(1):%Y-%m-%d}")
+    with pytest.raises(CertValidityError, match="has expired"):
+        server_context(paths)
+
+
+def test_not_yet_valid_server_cert_is_refused(pki: PKIPaths, ca: CA, tmp_path: Path,
+                                              days_ago: Callable[[int], datetime]) -> None:
+    key, cert = make_server_cert(*ca, ["localhost"], not_before=days_ago(-5),
+                                 not_after=days_ago(-30))
+    paths = with_server(pki, tmp_path, key, cert)
+    with pytest.raises(CertValidityError) as info:
+        check_server_files(paths)
+    assert str(info.value).startswith(
+        f"server certificate {paths.server_cert} is not yet valid (not before "
+        f"{days_ago(-5):%Y-%m-%d}")
+    assert "check the clocks" in str(info.value)
+
+
+def test_server_cert_not_signed_by_ca_file_is_refused(pki: PKIPaths, other_ca: CA,
+                                                      tmp_path: Path) -> None:
+    """``other_ca`` has the same name as ``ca``: only the signature tells them apart."""
+    key, cert = make_server_cert(*other_ca, ["localhost"])
+    paths = with_server(pki, tmp_path, key, cert)
+    with pytest.raises(CertMismatchError) as info:
+        server_context(paths)
+    assert str(info.value) == (
+        f"server certificate {paths.server_cert} is not signed by the CA in {pki.ca_cert} "
+        "(its signature does not verify with the key of CN=Test CA); every peer that "
+        "trusts that CA would refuse it")
+
+
+def test_server_cert_from_a_differently_named_ca_is_refused(pki: PKIPaths,
+                                                            tmp_path: Path) -> None:
+    key, cert = make_server_cert(*make_ca("Elsewhere CA"), ["localhost"])
+    with pytest.raises(CertMismatchError,
+                       match="its issuer CN=Elsewhere CA is not in that file"):
+        check_server_files(with_server(pki, tmp_path, key, cert))
+
+
+def test_ca_file_with_several_cas_accepts_a_server_cert_from_any(
+        pki: PKIPaths, ca: CA, other_ca: CA, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(cert_to_pem(make_ca("Old CA")[1]) + cert_to_pem(ca[1]))
+    check_server_files(dataclasses.replace(pki, ca_cert=bundle))
+    key, cert = make_server_cert(*other_ca, ["localhost"])
+    with pytest.raises(CertMismatchError, match=f"not signed by the CA in {bundle}"):
+        check_server_files(dataclasses.replace(with_server(pki, tmp_path, key, cert),
+                                               ca_cert=bundle))
+
+
+def _ca(cn: str, signer: CA | None = None) -> CA:
+    """A CA (self-signed, or signed by ``signer``) made with cryptography directly:
+    qemud-certs makes only CAs with pathlen 0, which cannot have intermediates."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    signer_key, issuer = signer if signer else (key, None)
+    cert = (x509.CertificateBuilder().subject_name(name)
+            .issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None if signer is None
+                                                 else 0), critical=True)
+            .sign(signer_key, hashes.SHA256()))
+    return key, cert
+
+
+def test_server_chain_file_through_an_intermediate_is_accepted(tmp_path: Path) -> None:
+    """servercert.pem holding leaf + intermediate, cacert.pem the root: a layout ``ssl``
+    serves (and libvirt's certificate checks accept); a TLS client verifies it."""
+    root = _ca("Root CA")
+    mid = _ca("Intermediate CA", root)
+    paths = write_pki_with_root(tmp_path, root, mid)
+    out = handshake(server_context(paths), client_context(paths))
+    assert out.client_error is None and out.server_dn == "O=Example,CN=admin1"
+
+    # without the intermediate in the chain file it is not trusted
+    key, cert = make_server_cert(*mid, ["localhost"])
+    alone = with_server(paths, tmp_path / "alone", key, cert)
+    with pytest.raises(CertMismatchError, match="its issuer CN=Intermediate CA is not in"):
+        check_server_files(alone)
+
+
+def write_pki_with_root(tmp_path: Path, root: CA, mid: CA) -> PKIPaths:
+    d = tmp_path / "chain"
+    paths = PKIPaths.from_dir(d)
+    write_cert(paths.ca_cert, root[1])
+    skey, scert = make_server_cert(*mid, ["localhost"])
+    write_key(paths.server_key, skey)
+    paths.server_cert.write_bytes(cert_to_pem(scert) + cert_to_pem(mid[1]))
+    ckey, ccert = make_client_cert(*mid, "admin1", org="Example")
+    write_key(paths.client_key, ckey)
+    paths.client_cert.write_bytes(cert_to_pem(ccert) + cert_to_pem(mid[1]))
+    return paths
+
+
+@pytest.mark.parametrize("endpoint", ["server", "client"])
+def test_ca_cert_and_key_refused_as_identity(pki: PKIPaths, endpoint: str) -> None:
+    """The CA pair as the daemon's (or a client's) own: its key signs everything."""
+    ca_key = pki.ca_cert.parent / "cakey.pem"
+    paths = dataclasses.replace(pki, **{f"{endpoint}_cert": pki.ca_cert,
+                                        f"{endpoint}_key": ca_key})
+    build = server_context if endpoint == "server" else client_context
+    with pytest.raises(CertMismatchError) as info:
+        build(paths)
+    assert str(info.value).startswith(
+        f"{endpoint} certificate {pki.ca_cert} is a CA certificate (basicConstraints "
+        f"CA:TRUE), not a {endpoint} certificate")
+
+
+def test_good_server_files_pass(pki: PKIPaths) -> None:
+    check_server_files(pki)

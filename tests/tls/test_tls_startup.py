@@ -1,0 +1,92 @@
+"""The daemon refuses to start its TLS listener with server files no client could accept,
+or that put the CA's signing key on the server (QA ops finding 3; libvirtd refuses the
+same at start). Each case is a real daemon that must exit with one ``qemud: error:`` line
+naming the file and the reason, and never listen."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from certs.issue import make_ca, make_server_cert, write_cert, write_key
+from tests.tls.conftest import PKI, TLSDaemon, free_port
+
+EXIT_TIMEOUT = 60.0
+
+
+def _server_dir(pki: PKI, root: Path, key: PrivateKeyTypes,
+                cert: x509.Certificate) -> dict[str, Path]:
+    root.mkdir(parents=True)
+    write_cert(root / "cacert.pem", pki.ca_cert)
+    write_key(root / "serverkey.pem", key)
+    write_cert(root / "servercert.pem", cert)
+    return {"ca_file": root / "cacert.pem", "cert_file": root / "servercert.pem",
+            "key_file": root / "serverkey.pem"}
+
+
+def _expired(pki: PKI, root: Path) -> tuple[dict[str, Path], str]:
+    now = datetime.now(UTC)
+    key, cert = make_server_cert(pki.ca_key, pki.ca_cert, ["localhost"], ["127.0.0.1"],
+                                 not_before=now - timedelta(days=30),
+                                 not_after=now - timedelta(days=1))
+    files = _server_dir(pki, root, key, cert)
+    return files, f"server certificate {files['cert_file']} has expired (not after "
+
+
+def _not_yet_valid(pki: PKI, root: Path) -> tuple[dict[str, Path], str]:
+    now = datetime.now(UTC)
+    key, cert = make_server_cert(pki.ca_key, pki.ca_cert, ["localhost"], ["127.0.0.1"],
+                                 not_before=now + timedelta(days=5),
+                                 not_after=now + timedelta(days=30))
+    files = _server_dir(pki, root, key, cert)
+    return files, f"server certificate {files['cert_file']} is not yet valid (not before "
+
+
+def _other_ca(pki: PKI, root: Path) -> tuple[dict[str, Path], str]:
+    other = make_ca("another qemud CA")
+    key, cert = make_server_cert(*other, ["localhost"], ["127.0.0.1"])
+    files = _server_dir(pki, root, key, cert)
+    return files, (f"server certificate {files['cert_file']} is not signed by the CA in "
+                   f"{files['ca_file']} (its issuer CN=another qemud CA is not in that file)")
+
+
+def _ca_pair(pki: PKI, root: Path) -> tuple[dict[str, Path], str]:
+    files = _server_dir(pki, root, pki.ca_key, pki.ca_cert)
+    return files, (f"server certificate {files['cert_file']} is a CA certificate "
+                   "(basicConstraints CA:TRUE), not a server certificate")
+
+
+CASES: dict[str, Callable[[PKI, Path], tuple[dict[str, Path], str]]] = {
+    "expired": _expired, "not yet valid": _not_yet_valid,
+    "signed by another CA": _other_ca, "CA certificate and key": _ca_pair,
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_daemon_refuses_to_start(case: str, pki: PKI, tmp_path: Path) -> None:
+    files, reason = CASES[case](pki, tmp_path / "pki")
+    port = free_port()
+    d = TLSDaemon(tmp_path / "qemud", {
+        "qemu": {"cache_dir": str(tmp_path.parent / "qemu-caps-cache")},
+        "listen": {"tls": True, "tls_address": "127.0.0.1", "tls_port": port},
+        "tls": {**{k: str(v) for k, v in files.items()},
+                "allowed_dn": [{"pattern": "*", "role": "full"}]},
+    })
+    d.start(wait=False)
+    assert d.proc is not None
+    try:
+        code = d.proc.wait(EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        d.kill()
+        raise AssertionError(f"qemud started with a {case} server certificate:\n"
+                             f"{d.log_text()[-2000:]}") from None
+    errors = [ln for ln in d.stderr_text().splitlines() if ln.startswith("qemud: error:")]
+    assert code != 0 and len(errors) == 1, d.stderr_text()
+    assert errors[0].startswith(f"qemud: error: TLS listener: {reason}"), errors[0]
+    assert "listening for TLS" not in d.log_text()
