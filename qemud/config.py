@@ -8,6 +8,7 @@ Unknown keys are an error naming the key (a typo must not silently fall back to 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -27,6 +28,40 @@ DEFAULT_SYSTEM_CONFIG = Path("/etc/qemud/qemud.toml")
 
 #: The smallest limits.max_frame accepted: below this even an error reply may not fit.
 MIN_MAX_FRAME = 1024
+
+#: The longest duration any key accepts, in seconds (a week): the loop's selector cannot
+#: wait much longer (epoll's timeout is an int of milliseconds, ~24 days), and longer
+#: deadlines or windows are typos rather than intentions.
+MAX_SECONDS = 7 * 24 * 3600
+
+#: Longest unix socket path (sun_path is 108 bytes on Linux, with the trailing NUL).
+MAX_UNIX_PATH = 107
+
+#: String keys that hold paths: ``~`` is expanded and the path must be absolute. The
+#: value says what ``""`` means, or is None where an empty value is refused.
+PATH_KEYS: dict[tuple[str, str], str | None] = {
+    ("tls", "ca_file"): None,
+    ("tls", "cert_file"): None,
+    ("tls", "key_file"): None,
+    ("qemu", "emulator_dirs"): None,  # a list: each item
+    ("qemu", "cache_dir"): "<state_dir>/cache",
+    ("appliance", "inspect_root"): None,
+    ("appliance", "hotplug_rules"): "<config_dir>/hotplug.toml",
+    ("appliance", "image_store"): "<state_dir>/images",
+    ("log", "file"): "stderr",
+    ("log", "audit_file"): "<log_dir>/audit.log",
+}
+
+#: Duration keys (seconds): finite, at most MAX_SECONDS; the value says whether 0 is allowed.
+_SECONDS_KEYS: dict[tuple[str, str], bool] = {
+    ("limits", "frame_deadline"): False,
+    ("limits", "tls_handshake_deadline"): False,
+    ("limits", "call_deadline"): False,
+    ("limits", "keepalive_interval"): True,  # 0: no pings
+    ("qemu", "destroy_grace"): True,  # 0: SIGKILL at once
+    ("appliance", "restart_window"): False,
+    ("appliance", "update_deadline"): False,
+}
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
                Path: "a path (string)"}
@@ -74,11 +109,17 @@ def session_paths(env: dict[str, str] | None = None) -> Paths:
     """Per-user paths, XDG style: runtime under $XDG_RUNTIME_DIR, config under ~/.config."""
     env = dict(os.environ) if env is None else env
     home = Path(env.get("HOME", str(Path.home())))
-    runtime = env.get("XDG_RUNTIME_DIR") or f"/tmp/qemud-{os.getuid()}"
-    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "qemud"
-    state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "qemud"
+    runtime = _xdg_dir(env, "XDG_RUNTIME_DIR") or f"/tmp/qemud-{os.getuid()}"
+    config = Path(_xdg_dir(env, "XDG_CONFIG_HOME") or home / ".config") / "qemud"
+    state = Path(_xdg_dir(env, "XDG_STATE_HOME") or home / ".local" / "state") / "qemud"
     return Paths(run_dir=Path(runtime) / "qemud", config_dir=config, state_dir=state,
                  log_dir=state / "log")
+
+
+def _xdg_dir(env: dict[str, str], name: str) -> str | None:
+    """``$name`` if set to an absolute path: the XDG spec says to ignore relative ones."""
+    value = env.get(name)
+    return value if value and os.path.isabs(value) else None
 
 
 def system_paths() -> Paths:
@@ -165,8 +206,12 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
     source: Path | None = None  # the file it was read from
+    #: the command-line overrides, applied again when the file is re-read on SIGHUP
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
+        self._validate_numbers()
+        self._validate_paths()
         lim = self.limits
         if not MIN_MAX_FRAME <= lim.max_frame <= ABSOLUTE_MAX_FRAME:
             raise ConfigError(f"limits.max_frame must be between {MIN_MAX_FRAME} and "
@@ -174,32 +219,84 @@ class Config:
         for name in ("max_clients", "keepalive_count", "max_queued_bytes",
                      "max_event_callbacks"):
             if getattr(lim, name) < 1:
-                raise ConfigError(f"limits.{name} must be at least 1")
-        for name in ("frame_deadline", "tls_handshake_deadline", "call_deadline"):
-            if getattr(lim, name) <= 0:
-                raise ConfigError(f"limits.{name} must be positive")
-        if lim.keepalive_interval < 0:
-            raise ConfigError("limits.keepalive_interval must be >= 0 (0 disables pings)")
+                raise ConfigError(f"limits.{name} must be at least 1, got {getattr(lim, name)}")
         for name in ("rw_socket_mode", "ro_socket_mode"):
-            if not 0 <= getattr(self.listen, name) <= 0o777:
+            mode = getattr(self.listen, name)
+            if not 0 <= mode <= 0o777:
+                shown = f"{mode:#o}" if mode >= 0 else f"-{-mode:#o}"
                 raise ConfigError(f"listen.{name} must be a permission mode such as 0o600, "
-                                  f"got {getattr(self.listen, name)!r}")
+                                  f"got {shown}")
         if not 0 < self.listen.tls_port < 65536:
             raise ConfigError(f"listen.tls_port out of range: {self.listen.tls_port}")
+        if not self.listen.tls_address.strip():
+            raise ConfigError("listen.tls_address must not be empty (\"0.0.0.0\" is every "
+                              "IPv4 address, \"::\" every IPv6 one)")
         q = self.qemu
         if not 5900 <= q.vnc_port_min <= q.vnc_port_max <= 65535:
             raise ConfigError("qemu.vnc_port_min/max must satisfy 5900 <= min <= max <= 65535")
         if q.log_max_bytes < 0:
             raise ConfigError("qemu.log_max_bytes must be >= 0 (0 starts a fresh log at every "
                               f"guest start), got {q.log_max_bytes}")
-        if q.destroy_grace < 0:
-            raise ConfigError(f"qemu.destroy_grace must be >= 0 seconds, got {q.destroy_grace}")
+        a = self.appliance
+        if a.host_reserve_mib < 0:
+            raise ConfigError(f"appliance.host_reserve_mib must be >= 0, got {a.host_reserve_mib}")
+        if a.restart_budget < 0:
+            raise ConfigError("appliance.restart_budget must be >= 0 (0 never restarts a guest "
+                              f"automatically), got {a.restart_budget}")
+        for name in ("shutdown_host_command", "reboot_host_command"):
+            command = getattr(a, name)
+            if not command or not command[0].strip():
+                raise ConfigError(f"appliance.{name} must name a command to run, "
+                                  f"got {command!r}")
         if self.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log.level must be debug/info/warning/error, not {self.log.level!r}")
         for i, entry in enumerate(self.tls.allowed_dn):
             if set(entry) != {"pattern", "role"} or entry["role"] not in ("full", "readonly"):
                 raise ConfigError(f"tls.allowed_dn[{i}] must be {{pattern = \"...\", role = "
                                   f"\"full\"|\"readonly\"}}, got {entry!r}")
+
+    def _validate_numbers(self) -> None:
+        """Every float is finite (NaN passes every comparison, so it must be caught first);
+        every duration is within 0 (or just above) and MAX_SECONDS."""
+        for section_name in _SECTIONS:
+            section = getattr(self, section_name)
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{section_name}.{f.name} must be a finite number, "
+                                      f"got {value!r}")
+        for (section_name, key), zero_ok in _SECONDS_KEYS.items():
+            value = getattr(getattr(self, section_name), key)
+            if value < 0 or (value == 0 and not zero_ok) or value > MAX_SECONDS:
+                bound = ">= 0" if zero_ok else "positive"
+                raise ConfigError(f"{section_name}.{key} must be {bound} (seconds, at most "
+                                  f"{MAX_SECONDS}), got {value!r}")
+
+    def _validate_paths(self) -> None:
+        """Paths are absolute (a relative one would depend on the daemon's cwd, which is
+        ``/`` under systemd); ``""`` only where it has a documented meaning."""
+        for f in dataclasses.fields(self.paths):
+            value = getattr(self.paths, f.name)
+            if not value.is_absolute():
+                raise ConfigError(f"paths.{f.name} must be an absolute path, got "
+                                  f"{str(value)!r}")
+        for (section_name, key), empty in PATH_KEYS.items():
+            value = getattr(getattr(self, section_name), key)
+            for item in value if isinstance(value, list) else [value]:
+                if item == "" and empty is not None:
+                    continue
+                if not os.path.isabs(item):
+                    what = ": every item" if isinstance(value, list) else ""
+                    also = f" (or \"\" for {empty})" if empty is not None else ""
+                    raise ConfigError(f"{section_name}.{key}{what} must be an absolute "
+                                      f"path{also}, got {item!r}")
+        listen = self.listen
+        for enabled, sock in ((listen.unix_rw, self.paths.rw_socket),
+                              (listen.unix_ro, self.paths.ro_socket)):
+            if enabled and len(os.fsencode(sock)) > MAX_UNIX_PATH:
+                raise ConfigError(f"paths.run_dir is too long: the socket path {sock} has "
+                                  f"{len(os.fsencode(sock))} bytes, a unix socket path at "
+                                  f"most {MAX_UNIX_PATH}")
 
 
 _SECTIONS = {"paths": Paths, "listen": Listen, "limits": Limits, "tls": TLSConfig,
@@ -227,6 +324,7 @@ def load_config(mode: str, path: Path | None = None,
         config.source = path
     for section_name, values in list(data.items()) + list((overrides or {}).items()):
         _apply(config, section_name, values, path)
+    config.overrides = overrides or {}
     try:
         config.validate()
     except ConfigError as exc:
@@ -252,6 +350,9 @@ def _apply(config: Config, section_name: str, values: Any, path: Path | None) ->
         current = getattr(section, key)
         expected = Path if isinstance(current, Path) else type(current)
         if isinstance(current, Path) and isinstance(value, str):
+            if not value:  # Path("") would be ".", the daemon's cwd
+                raise ConfigError(f"{where}{section_name}.{key} must be an absolute path, "
+                                  "got ''")
             value = Path(os.path.expanduser(value))
         elif isinstance(current, bool):
             if not isinstance(value, bool):
@@ -269,6 +370,9 @@ def _apply(config: Config, section_name: str, values: Any, path: Path | None) ->
                 if item_type is not None and not isinstance(item, item_type):
                     raise ConfigError(f"{where}{section_name}.{key}: every item must be "
                                       f"{_TYPE_NAMES.get(item_type, 'a table')}, got {item!r}")
+        if (section_name, key) in PATH_KEYS:
+            value = ([os.path.expanduser(v) for v in value] if isinstance(value, list)
+                     else os.path.expanduser(value))
         setattr(section, key, value)
 
 

@@ -12,6 +12,7 @@ define or attach, is dropped once unused for a while (:class:`SchemaRelease`).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -86,12 +87,19 @@ class Daemon:
         paths = self.config.paths
         if self.config.mode == "session":
             _check_private_parent(paths.run_dir)
-        paths.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(paths.run_dir, 0o755)  # the read-only socket must be reachable
+        _make_dir(paths.run_dir, "run_dir")
+        try:
+            os.chmod(paths.run_dir, 0o755)  # the read-only socket must be reachable
+        except OSError as exc:
+            raise ConfigError(f"paths.run_dir (--run-dir) {paths.run_dir}: cannot set its "
+                              f"mode to 0755: {exc.strerror}") from None
         self.lock.acquire()
-        for d in (paths.config_dir, paths.domains_dir, paths.autostart_dir, paths.state_dir,
-                  paths.log_dir, paths.guest_run_dir, paths.guest_log_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        for d, key in ((paths.config_dir, "config_dir"), (paths.domains_dir, "config_dir"),
+                       (paths.autostart_dir, "config_dir"), (paths.state_dir, "state_dir"),
+                       (paths.log_dir, "log_dir"), (paths.guest_run_dir, "run_dir"),
+                       (paths.guest_log_dir, "log_dir")):
+            _make_dir(d, key)
+        _warn_missing_dirs(self.config)
         self.driver = self._make_driver()
         if self.driver is not None:
             self.hypervisor_version = self.driver.hypervisor_version
@@ -128,7 +136,11 @@ class Daemon:
         return QemuDriver(self)
 
     def run(self) -> None:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self._abort_start()
+            raise
         try:
             self.loop.run()
         finally:
@@ -160,7 +172,9 @@ class Daemon:
     def _reload_limits(self) -> None:
         from .config import load_config
         try:
-            fresh = load_config(self.config.mode, self.config.source)
+            # the same file (or, if none was given, the default one, which may have been
+            # created since) and the same command-line overrides as at start
+            fresh = load_config(self.config.mode, self.config.source, self.config.overrides)
         except Exception as exc:
             log.error("SIGHUP: config not reloaded: %s", exc)
             return
@@ -168,7 +182,24 @@ class Daemon:
         self.server.config.limits = fresh.limits
         # new clients must be told the interval the server now pings at
         self.dispatcher.hello.keepalive_interval = fresh.limits.keepalive_interval
-        log.info("SIGHUP: limits reloaded from %s", self.config.source or "defaults")
+        log.info("SIGHUP: limits reloaded from %s", fresh.source or "defaults")
+        changed = _changed_keys(self.config, fresh, skip={"limits"})
+        if changed:
+            log.warning("SIGHUP: changed keys not applied until qemud restarts: %s",
+                        ", ".join(changed))
+
+    def _abort_start(self) -> None:
+        """Undo what a failed :meth:`start` set up: no socket or pidfile is left behind
+        (clients then hear "is qemud running?", not "connection refused")."""
+        self.server.stop_listening()
+        if self.driver is not None:
+            try:
+                self.driver.shutdown()
+            except Exception:
+                log.exception("driver shutdown after a failed start")
+        self.schema_release.close()
+        self.loop.close()
+        self.lock.release()
 
     def _finish(self) -> None:
         self.server.close_all("daemon shutting down")
@@ -261,14 +292,56 @@ def trim_heap() -> bool:
     return bool(_malloc_trim(0))
 
 
+def _changed_keys(old: Config, new: Config, skip: set[str]) -> list[str]:
+    """``section.key`` of every setting that differs between ``old`` and ``new``."""
+    from .config import _SECTIONS
+    changed = []
+    for section_name in _SECTIONS:
+        if section_name in skip:
+            continue
+        before, after = getattr(old, section_name), getattr(new, section_name)
+        for f in dataclasses.fields(before):
+            if getattr(before, f.name) != getattr(after, f.name):
+                changed.append(f"{section_name}.{f.name}")
+    return changed
+
+
+def _make_dir(path: Path, key: str) -> None:
+    """mkdir -p, or a ConfigError naming the key (and flag) the directory comes from."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        flag = "--" + key.replace("_", "-")
+        raise ConfigError(f"paths.{key} ({flag}): cannot create the directory {path}: "
+                          f"{exc.strerror}") from None
+
+
+def _warn_missing_dirs(config: Config) -> None:
+    """Directories that are only read are not created. Like libvirtd with a missing
+    emulator, the daemon starts anyway (they may appear later), but says so now rather
+    than at the first call that needs them."""
+    for d in config.qemu.emulator_dirs:
+        if not os.path.isdir(d):
+            log.warning("qemu.emulator_dirs: %s is not a directory (skipped when searching "
+                        "for emulators)", d)
+    root = config.appliance.inspect_root
+    if not os.path.isdir(os.path.join(root, "proc")):
+        log.warning("appliance.inspect_root: %s has no proc directory; host inspection "
+                    "(and appliance templates) will fail until it has", root)
+
+
 def _check_private_parent(run_dir: Path) -> None:
     """A session daemon's runtime dir must be ours: without $XDG_RUNTIME_DIR it falls back
     to /tmp/qemud-$UID, which another user could have created first to take our sockets."""
     parent = run_dir.parent
     if parent != Path(f"/tmp/qemud-{os.getuid()}"):
         return
-    parent.mkdir(mode=0o700, exist_ok=True)
-    st = parent.stat()
+    try:
+        parent.mkdir(mode=0o700, exist_ok=True)
+        st = parent.stat()
+    except OSError as exc:
+        raise ConfigError(f"paths.run_dir (--run-dir): cannot create {parent}: "
+                          f"{exc.strerror}") from None
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise ConfigError(f"{parent} is not private to this user (owner uid {st.st_uid}, "
                           f"mode {st.st_mode & 0o777:o}); remove it or set XDG_RUNTIME_DIR")

@@ -4,7 +4,7 @@
 
     QemudError                   root; .code (ErrorCode), .domain (ErrorDomain), .message
      +-- ConfigError             bad config file or flag (start-up only)
-     +-- AlreadyRunning          another daemon holds the state directory lock
+     +-- AlreadyRunning          another daemon holds the run directory lock
      +-- InvalidArg              a call's argument is malformed
      +-- OperationDenied         read-only connection / role
      +-- NoDomain                no domain matches the name/uuid/id

@@ -1,4 +1,4 @@
-"""One daemon per state directory: a pidfile held with flock for the daemon's lifetime."""
+"""One daemon per run directory: a pidfile held with flock for the daemon's lifetime."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import AlreadyRunning
+from .errors import AlreadyRunning, QemudError
 
 __all__ = ["PidfileLock"]
 
@@ -23,16 +23,20 @@ class PidfileLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise QemudError(f"cannot open the pidfile {self.path} (in paths.run_dir): "
+                                 f"{exc.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
                 raise AlreadyRunning(
-                    f"another qemud (pid {holder}) is already running with state directory "
+                    f"another qemud (pid {holder}) is already running with run directory "
                     f"{self.path.parent} (lock {self.path} is held)") from None
             # A holder that released between our open() and flock() unlinked the file
             # first: we then hold a lock on an orphan that the next daemon would not see.

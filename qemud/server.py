@@ -50,7 +50,7 @@ from protocol.errors import HelloRequired, ProtocolError, UnsupportedVersion, Ve
 from protocol.messages import Message
 from protocol.payloads import ErrorPayload
 
-from .config import Config
+from .config import MAX_UNIX_PATH, Config
 from .dispatch import Deferred, Dispatcher, error_payload
 from .errors import OperationTimeout, QemudError
 from .loop import READ, WRITE, EventLoop, Timer
@@ -183,22 +183,36 @@ class Server:
 
     def listen_unix(self, path: Path, mode: int, readonly: bool) -> None:
         """Bind a unix socket at ``path`` with permissions ``mode`` (stale file replaced)."""
+        key = "listen.unix_ro" if readonly else "listen.unix_rw"
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             if stat.S_ISSOCK(path.lstat().st_mode):
                 path.unlink()  # we hold the state-dir lock, so it is a stale socket
             else:
-                raise QemudError(f"{path} exists and is not a socket; refusing to replace it")
+                raise QemudError(f"{path} ({key}) exists and is not a socket; refusing to "
+                                 "replace it")
         except FileNotFoundError:
             pass
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise QemudError(f"cannot listen on {path} ({key}): the path has "
+                             f"{len(os.fsencode(path))} bytes, a unix socket path at most "
+                             f"{MAX_UNIX_PATH}; choose a shorter paths.run_dir (--run-dir)")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o777 ^ mode)
+        bound = False
         try:
             sock.bind(str(path))
+            bound = True
+            os.chmod(path, mode)
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            if bound:  # ours, and never served: no stale socket for clients to find
+                path.unlink(missing_ok=True)
+            raise QemudError(f"cannot listen on {path} ({key}): "
+                             f"{exc.strerror or exc}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, mode)
-        sock.listen(1024)
         self._add_listener(Listener(sock, "unix-ro" if readonly else "unix", readonly, path))
         log.info("listening on %s (%s, mode %o)", path,
                  "read-only" if readonly else "read-write", mode)
@@ -208,9 +222,15 @@ class Server:
         from . import tls_transport  # noqa: F401 - now, not in the loop at the first client
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        sock.listen(1024)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+            sock.listen(1024)
+        except OSError as exc:  # in use, not an address of this host, name not known ...
+            sock.close()
+            raise QemudError(f"cannot listen for TLS on {address}:{port} "
+                             f"(listen.tls_address, listen.tls_port): "
+                             f"{exc.strerror or exc}") from None
         bound = int(sock.getsockname()[1])
         self._add_listener(Listener(sock, "tls", False, None, context))
         log.info("listening for TLS on %s:%d", address, bound)

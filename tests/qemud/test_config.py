@@ -160,7 +160,48 @@ allowed_dn = [{pattern = "CN=admin*", role = "full"}]
     ("[listen]\nro_socket_mode = 0o7777\n", "listen.ro_socket_mode must be a permission mode"),
     ("[qemu]\nvnc_port_min = 100\n", "qemu.vnc_port_min/max"),
     ("[qemu]\nlog_max_bytes = -1\n", "qemu.log_max_bytes must be >= 0"),
-    ("[qemu]\ndestroy_grace = -0.5\n", "qemu.destroy_grace must be >= 0 seconds"),
+    ("[qemu]\ndestroy_grace = -0.5\n", "qemu.destroy_grace must be >= 0 (seconds"),
+    # NaN passes every comparison and inf is no deadline: both refused, naming the key
+    ("[limits]\ncall_deadline = nan\n", "limits.call_deadline must be a finite number, got nan"),
+    ("[limits]\nframe_deadline = nan\n", "limits.frame_deadline must be a finite number"),
+    ("[limits]\ntls_handshake_deadline = inf\n",
+     "limits.tls_handshake_deadline must be a finite number, got inf"),
+    ("[qemu]\ndestroy_grace = nan\n", "qemu.destroy_grace must be a finite number"),
+    ("[qemu]\ndestroy_grace = -inf\n", "qemu.destroy_grace must be a finite number"),
+    ("[appliance]\nrestart_window = nan\n", "appliance.restart_window must be a finite"),
+    ("[appliance]\nupdate_deadline = inf\n", "appliance.update_deadline must be a finite"),
+    ("[limits]\ncall_deadline = 1e9\n", "limits.call_deadline must be positive (seconds, "
+                                        "at most 604800), got 1000000000.0"),
+    ("[limits]\nkeepalive_interval = 700000\n", "limits.keepalive_interval must be >= 0"),
+    # values that used to be taken unchecked
+    ("[appliance]\nrestart_budget = -5\n", "appliance.restart_budget must be >= 0"),
+    ("[appliance]\nrestart_window = -5.0\n", "appliance.restart_window must be positive"),
+    ("[appliance]\nrestart_window = 0\n", "appliance.restart_window must be positive"),
+    ("[appliance]\nhost_reserve_mib = -5\n", "appliance.host_reserve_mib must be >= 0, got -5"),
+    ("[appliance]\nupdate_deadline = -1.0\n", "appliance.update_deadline must be positive"),
+    ("[appliance]\nshutdown_host_command = []\n",
+     "appliance.shutdown_host_command must name a command to run, got []"),
+    ("[appliance]\nreboot_host_command = ['']\n", "appliance.reboot_host_command must name"),
+    ("[listen]\nrw_socket_mode = 0o4777\n", "listen.rw_socket_mode must be a permission mode "
+                                            "such as 0o600, got 0o4777"),
+    ("[listen]\ntls_address = ''\n", "listen.tls_address must not be empty"),
+    # paths: absolute, "" only where documented
+    ("[paths]\nrun_dir = ''\n", "paths.run_dir must be an absolute path, got ''"),
+    ("[paths]\nstate_dir = 'state'\n", "paths.state_dir must be an absolute path, got 'state'"),
+    ("[log]\nfile = 'qemud.log'\n", "log.file must be an absolute path (or \"\" for stderr), "
+                                    "got 'qemud.log'"),
+    ("[log]\naudit_file = 'a/audit.log'\n", "log.audit_file must be an absolute path"),
+    ("[qemu]\ncache_dir = 'c'\n", "qemu.cache_dir must be an absolute path"),
+    ("[qemu]\nemulator_dirs = ['/ok', 'bin']\n",
+     "qemu.emulator_dirs: every item must be an absolute path, got 'bin'"),
+    ("[qemu]\nemulator_dirs = ['']\n", "qemu.emulator_dirs: every item must be an absolute"),
+    ("[appliance]\ninspect_root = ''\n", "appliance.inspect_root must be an absolute path, "
+                                         "got ''"),
+    ("[appliance]\nimage_store = 'img'\n", "appliance.image_store must be an absolute path"),
+    ("[appliance]\nhotplug_rules = 'h.toml'\n", "appliance.hotplug_rules must be an absolute"),
+    ("[tls]\nca_file = ''\n", "tls.ca_file must be an absolute path, got ''"),
+    ("[tls]\nkey_file = 'key.pem'\n", "tls.key_file must be an absolute path"),
+    ("[paths]\nrun_dir = '/tmp/" + "d" * 100 + "'\n", "paths.run_dir is too long"),
     ("[log]\nlevel = 'loud'\n", "log.level must be debug/info/warning/error"),
     ("[limits\n", "qemud.toml"),  # TOML syntax error names the file
 ])
@@ -203,3 +244,73 @@ def test_daemon_refuses_bad_flags(tmp_path) -> None:
     assert proc.returncode == 2 and "invalid choice: 'loud'" in proc.stderr
     proc = _run_qemud(tmp_path, "--session", "--system")
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
+def test_tilde_is_expanded_in_every_path_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    f = _write(tmp_path, """
+[paths]
+run_dir = "~/run"
+[log]
+file = "~/qemud.log"
+audit_file = "~/audit.log"
+[qemu]
+cache_dir = "~/cache"
+emulator_dirs = ["~/bin", "/opt/bin"]
+[tls]
+ca_file = "~/pki/ca.pem"
+cert_file = "~/pki/cert.pem"
+key_file = "~/pki/key.pem"
+[appliance]
+inspect_root = "~/root"
+hotplug_rules = "~/hotplug.toml"
+image_store = "~/images"
+""")
+    c = load_config("session", f)
+    home = str(tmp_path / "home")
+    assert c.paths.run_dir == Path(home, "run")
+    assert (c.log.file, c.log.audit_file) == (f"{home}/qemud.log", f"{home}/audit.log")
+    assert c.qemu.cache_dir == f"{home}/cache"
+    assert c.qemu.emulator_dirs == [f"{home}/bin", "/opt/bin"]
+    assert (c.tls.ca_file, c.tls.cert_file, c.tls.key_file) == (
+        f"{home}/pki/ca.pem", f"{home}/pki/cert.pem", f"{home}/pki/key.pem")
+    assert c.appliance.inspect_root == f"{home}/root"
+    assert c.appliance.hotplug_rules == f"{home}/hotplug.toml"
+    assert c.appliance.image_store == f"{home}/images"
+    # "" keeps its documented meaning
+    c = load_config("session", _write(tmp_path, "[log]\nfile = ''\n[qemu]\ncache_dir = ''\n"))
+    assert (c.log.file, c.qemu.cache_dir) == ("", "")
+
+
+def test_relative_xdg_variables_are_ignored() -> None:
+    # the XDG spec: a relative path in these variables is invalid and must be ignored
+    p = session_paths({"HOME": "/h", "XDG_RUNTIME_DIR": "run", "XDG_STATE_HOME": "st"})
+    assert p.run_dir == Path(f"/tmp/qemud-{os.getuid()}/qemud")
+    assert p.state_dir == Path("/h/.local/state/qemud")
+
+
+def test_path_flags_are_absolute_and_not_empty(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    f = _write(tmp_path, "")
+    c = config_from_args(build_parser().parse_args(
+        ["--config", str(f), "--run-dir", "r", "--log-file", "q.log", "--tls-address", "::1"]))
+    assert c.paths.run_dir == tmp_path / "r" and c.log.file == str(tmp_path / "q.log")
+    assert c.listen.tls_address == "::1"
+    assert c.overrides["paths"] == {"run_dir": str(tmp_path / "r")}  # kept for SIGHUP
+    # --log-file "" is stderr, overriding a file set in the config file
+    f2 = _write(tmp_path, "[log]\nfile = '/x/q.log'\n")
+    assert config_from_args(build_parser().parse_args(
+        ["--config", str(f2), "--log-file", ""])).log.file == ""
+    for flag in ("--run-dir", "--state-dir", "--tls-address"):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args([flag, ""])
+        assert info.value.code == 2
+        assert f"argument {flag}: must not be empty" in capsys.readouterr().err
+
+
+def test_version_flag(capsys) -> None:
+    from qemud import __version__
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"qemud (qemud) {__version__}\n"

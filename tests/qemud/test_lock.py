@@ -107,3 +107,4 @@ def test_cli_reports_lock_holder(tmp_path) -> None:
         holder.release()
     assert proc.returncode == 1
     assert "another qemud" in proc.stderr and str(path) in proc.stderr
+    assert f"already running with run directory {path.parent} " in proc.stderr
