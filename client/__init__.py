@@ -20,7 +20,15 @@ from protocol.constants import (
 )
 
 from .connection import ClientInfo, Connection, EventRecord, NodeInfo, Stream, connect
-from .domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE, Domain, DomainInfo
+from .domain import (
+    AFFECT_CONFIG,
+    AFFECT_LIVE,
+    START_PAUSED,
+    XML_INACTIVE,
+    XML_SECURE,
+    Domain,
+    DomainInfo,
+)
 from .errors import (
     AuthError,
     ConfigUnsupportedError,
@@ -28,6 +36,7 @@ from .errors import (
     ConnectionLost,
     DomainExistsError,
     InvalidArgError,
+    InvalidCall,
     InvalidURI,
     LimitExceeded,
     NoDomainError,
@@ -47,10 +56,11 @@ from .uri import default_uri, parse_uri
 __all__ = [
     "DomainState", "EventId", "LifecycleEvent", "ListFlags", "ClientInfo", "Connection",
     "EventRecord", "NodeInfo", "Stream", "connect", "AFFECT_CONFIG", "AFFECT_LIVE",
-    "XML_INACTIVE", "Domain", "DomainInfo", "RebootFlags", "ShutdownFlags", "AuthError",
-    "ConfigUnsupportedError", "ConnectFailed", "ConnectionLost", "DomainExistsError",
-    "InvalidArgError", "InvalidURI", "LimitExceeded", "NoDomainError", "NoSnapshotError",
-    "NotSupportedError", "OperationFailed", "OperationInvalid", "OperationTimeout",
-    "ProtocolVersionError", "QemudClientError", "ReadOnlyError", "RemoteError", "XMLError",
-    "default_uri", "parse_uri",
+    "START_PAUSED", "XML_INACTIVE", "XML_SECURE", "Domain", "DomainInfo", "RebootFlags",
+    "ShutdownFlags",
+    "AuthError", "ConfigUnsupportedError", "ConnectFailed", "ConnectionLost",
+    "DomainExistsError", "InvalidArgError", "InvalidCall", "InvalidURI", "LimitExceeded",
+    "NoDomainError", "NoSnapshotError", "NotSupportedError", "OperationFailed",
+    "OperationInvalid", "OperationTimeout", "ProtocolVersionError", "QemudClientError",
+    "ReadOnlyError", "RemoteError", "XMLError", "default_uri", "parse_uri",
 ]

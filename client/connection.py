@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import queue
+import re
 import select
 import socket
 import ssl
@@ -32,11 +33,12 @@ from protocol.constants import SUPPORTED_VERSIONS, EventId, HelloFlags, ListFlag
 from protocol.fields import Payload
 
 from .domain import Domain
-from .errors import ConnectionLost, QemudClientError, from_payload
+from .errors import ConnectionLost, InvalidCall, QemudClientError, from_payload
 from .transport import open_socket
 from .uri import ParsedURI, default_uri, parse_uri
 
-__all__ = ["Connection", "connect", "EventRecord", "Stream", "NodeInfo", "ClientInfo"]
+__all__ = ["Connection", "connect", "EventRecord", "Stream", "NodeInfo", "ClientInfo",
+           "domain_id", "domain_uuid"]
 
 log = logging.getLogger(__name__)
 #: after a call, the background reader waits this long before polling again, so a
@@ -46,6 +48,9 @@ IDLE_GRACE = 0.05
 #: bytes first (256 KiB cost an mmap + munmap, ~13 µs, per reply)
 _RECV_SIZE = 64 * 1024
 T = TypeVar("T", bound=Payload)
+#: what strtol (virStrToLong_i) takes as a whole number: optional blanks and sign, digits
+_ID = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+_INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,14 @@ class Stream:
         return item
 
     def send(self, data: bytes) -> None:
-        self._conn._send_raw(self._conn._proto.send(P.StreamData(self.procedure, self.serial,
-                                                                  data)))
+        self._conn._send_raw(self._conn._encode(P.StreamData(self.procedure, self.serial,
+                                                              data)))
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             try:
-                self._conn._send_raw(self._conn._proto.send(
+                self._conn._send_raw(self._conn._encode(
                     P.StreamEnd(self.procedure, self.serial)))
             except QemudClientError:
                 pass
@@ -160,6 +165,21 @@ class Connection:
 
     # -- the call machinery --------------------------------------------------------------
 
+    def _encode(self, message: P.Message) -> bytes:
+        """The bytes of ``message``; the protocol layer's refusal becomes InvalidCall.
+
+        The protocol refuses what it cannot carry (a string over MAX_STRING, a frame over
+        the limit) before anything is sent, so the connection is still usable: this is
+        the caller's error, not a lost connection.
+        """
+        try:
+            return self._proto.send(message)
+        except P.errors.LocalProtocolError as exc:
+            procedure = getattr(message, "procedure", None)
+            name = procedure.name if isinstance(procedure, P.Procedure) else ""
+            raise InvalidCall(f"cannot send {name or type(message).__name__}: {exc.message}",
+                              name) from None
+
     def _send_raw(self, data: bytes) -> None:
         if self._lost is not None:
             raise self._lost
@@ -189,6 +209,7 @@ class Connection:
         """Send ``call`` and read until its reply is in (this thread does the reading)."""
         if self._lost is not None:
             raise self._lost
+        data = self._encode(call)  # before the try: a refused call does not lose us
         self._in_call = True
         if self._polling:
             try:
@@ -198,7 +219,7 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with self._rx_lock:
-                self._send_raw(self._proto.send(call))
+                self._send_raw(data)
                 while call.serial not in self._replies:
                     if self._lost is not None:
                         raise self._lost
@@ -321,7 +342,7 @@ class Connection:
                                  f"the daemon for {silent:.0f} s")
         if silent > self.keepalive_interval:
             try:
-                self._send_raw(self._proto.send(P.Ping()))
+                self._send_raw(self._encode(P.Ping()))
             except QemudClientError:
                 pass
 
@@ -334,7 +355,7 @@ class Connection:
                 self._replies[msg.serial] = msg
                 self._cond.notify_all()
         elif isinstance(msg, P.Ping):
-            self._send_raw(self._proto.send(P.Pong()))
+            self._send_raw(self._encode(P.Pong()))
         elif isinstance(msg, P.Pong):
             pass
         elif isinstance(msg, P.Event):
@@ -476,23 +497,27 @@ class Connection:
                                        pl.DomainReply).dom)
 
     def lookup(self, key: str) -> Domain:
-        """By name, then uuid, then id — what virsh accepts for a domain argument."""
+        """The domain a virsh ``<domain>`` argument names, tried in virsh's order
+        (vshLookupDomainBy): an id if ``key`` is a non-negative integer, then a UUID if it
+        is 36 characters long, then a name. So a running domain with id 8 wins over a
+        domain named ``8``, as it does in virsh.
+
+        Raises the name lookup's NoDomainError (the daemon's message) if none matches.
+        """
         from .errors import NoDomainError
-        try:
-            return self.lookup_by_name(key)
-        except NoDomainError:
-            pass
-        try:
-            return self.lookup_by_uuid(str(uuidlib.UUID(key)))
-        except (ValueError, NoDomainError):
-            pass
-        if key.isdigit():
+        dom_id = domain_id(key)
+        if dom_id is not None:
             try:
-                return self.lookup_by_id(int(key))
+                return self.lookup_by_id(dom_id)
             except NoDomainError:
                 pass
-        raise NoDomainError(f"failed to get domain '{key}': no domain with matching name, "
-                            "uuid or id", code=42, domain=10)
+        uuid = domain_uuid(key)
+        if uuid is not None:
+            try:
+                return self.lookup_by_uuid(uuid)
+            except NoDomainError:
+                pass
+        return self.lookup_by_name(key)
 
     def define_xml(self, xml: str, flags: int = 0) -> Domain:
         return Domain(self, self._call(P.Procedure.DOMAIN_DEFINE_XML,
@@ -572,6 +597,25 @@ class Connection:
             self._streams.pop(serial, None)
             raise from_payload(reply.error)
         return stream
+
+
+def domain_id(key: str) -> int | None:
+    """``key`` as a domain id, the way virsh reads one (a whole decimal int, >= 0)."""
+    if not _ID.fullmatch(key):
+        return None
+    value = int(key)
+    return value if 0 <= value <= _INT_MAX else None
+
+
+def domain_uuid(key: str) -> str | None:
+    """``key`` as a canonical UUID if virsh would try it as one (36 characters that
+    parse), else None."""
+    if len(key) != 36:
+        return None
+    try:
+        return str(uuidlib.UUID(key))
+    except ValueError:
+        return None
 
 
 def _readable(fds: list[int], timeout: float) -> set[int]:

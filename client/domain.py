@@ -13,14 +13,20 @@ from protocol.constants import DomainState, RebootFlags, ShutdownFlags
 if TYPE_CHECKING:
     from .connection import Connection, Stream
 
-__all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "AFFECT_LIVE", "AFFECT_CONFIG", "RebootFlags",
-           "ShutdownFlags"]
+__all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "XML_SECURE", "AFFECT_LIVE",
+           "AFFECT_CONFIG", "START_PAUSED", "RebootFlags", "ShutdownFlags"]
 
 #: libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_INACTIVE = 2
+#: libvirt's VIR_DOMAIN_XML_SECURE: include secrets (the VNC password); refused on a
+#: read-only connection
+XML_SECURE = 1
 #: libvirt's VIR_DOMAIN_AFFECT_LIVE / _CONFIG
 AFFECT_LIVE = 1
 AFFECT_CONFIG = 2
+#: libvirt's VIR_DOMAIN_START_PAUSED (create / create_xml): QEMU starts with its vCPUs
+#: stopped, so the guest runs no instruction until ``resume``
+START_PAUSED = 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,8 @@ class Domain:
     # -- lifecycle -----------------------------------------------------------------------
 
     def create(self, flags: int = 0) -> Domain:
-        """Start the domain; returns a handle with its new id."""
+        """Start the domain (``START_PAUSED``: with its vCPUs stopped); returns a handle
+        with its new id."""
         self.ref = self._conn._call(P.Procedure.DOMAIN_CREATE,
                                     pl.DomainFlagsArgs(self.ref, flags), pl.DomainReply).dom
         return self

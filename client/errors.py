@@ -7,6 +7,9 @@
      +-- ConnectFailed               could not reach the daemon (names socket/host)
      +-- ConnectionLost              the daemon went away or stopped answering keepalives
      +-- ProtocolVersionError        no protocol version in common
+     +-- InvalidCall                 the protocol cannot carry the call's arguments (a
+                                     string or message over its size limits): nothing
+                                     was sent and the connection stays usable
      +-- RemoteError                 the daemon answered with an error (.code, .domain)
           +-- NoDomainError            VIR_ERR_NO_DOMAIN
           +-- DomainExistsError        VIR_ERR_DOM_EXIST
@@ -52,6 +55,18 @@ class ConnectionLost(QemudClientError):
 
 class ProtocolVersionError(QemudClientError):
     pass
+
+
+class InvalidCall(QemudClientError):
+    """A call this side may not send: the protocol layer refused to encode it.
+
+    Raised before a byte goes out, so unlike ConnectionLost the connection is still good:
+    an interactive shell reports it and carries on. ``procedure`` names the call.
+    """
+
+    def __init__(self, message: str, procedure: str = "") -> None:
+        super().__init__(message)
+        self.procedure = procedure
 
 
 class RemoteError(QemudClientError):

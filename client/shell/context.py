@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from protocol.errors import LocalProtocolError, ProtocolError
+
 from ..connection import Connection, connect
 from ..domain import Domain
-from ..errors import ConnectionLost, NoDomainError, QemudClientError
+from ..errors import ConnectionLost, QemudClientError
 from ..format import to_json
 from .registry import Args, CommandError
 
@@ -92,13 +93,21 @@ class Shell:
 
     @contextmanager
     def failing(self, context: str) -> Iterator[None]:
-        """Turn a library error into ``error: <context>`` + ``error: <daemon's message>``."""
+        """Turn a library error into ``error: <context>`` + ``error: <daemon's message>``.
+
+        Protocol-level errors are wrapped too (the library converts them, but a command
+        must never end an interactive session with a traceback).
+        """
         try:
             yield
         except QemudClientError as exc:
             if isinstance(exc, ConnectionLost):
                 self._conn_lost()
             raise CommandError(context, exc.message) from None
+        except ProtocolError as exc:
+            if not isinstance(exc, LocalProtocolError):
+                self.disconnect()
+            raise CommandError(context, f"protocol error: {exc.message}") from None
 
     def _conn_lost(self) -> None:
         if self._conn is not None and not self._conn.is_alive:
@@ -107,30 +116,14 @@ class Shell:
     # -- domains -------------------------------------------------------------------------
 
     def domain(self, key: str) -> Domain:
-        """Look a domain up by name, then uuid, then id — as virsh does for <domain>.
+        """The domain a ``<domain>`` argument names, in virsh's order: id (a non-negative
+        integer), then UUID, then name (see :meth:`Connection.lookup`).
 
         Failure reads ``error: failed to get domain 'KEY'`` + the daemon's message.
         """
         conn = self.conn()
-        context = f"failed to get domain '{key}'"
-        first: QemudClientError | None = None
-        with self.failing(context):
-            try:
-                return conn.lookup_by_name(key)
-            except NoDomainError as exc:
-                first = exc
-            try:
-                return conn.lookup_by_uuid(str(uuidlib.UUID(key)))
-            except ValueError:
-                pass
-            except NoDomainError:
-                pass
-            if key.lstrip("-").isdigit():
-                try:
-                    return conn.lookup_by_id(int(key))
-                except NoDomainError:
-                    pass
-        raise CommandError(context, first.message if first else "domain not found")
+        with self.failing(f"failed to get domain '{key}'"):
+            return conn.lookup(key)
 
     def domain_names(self) -> list[str]:
         """Names of all domains for completion, cached for a few seconds; never raises."""

@@ -6,6 +6,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from protocol.errors import LocalProtocolError, ProtocolError
+
 from ..errors import ConnectionLost, QemudClientError
 from . import commands as _commands  # noqa: F401 - registers the commands
 from .commands.host import client_version
@@ -67,6 +69,12 @@ def execute(sh: Shell, argv: Sequence[str]) -> bool:
         sh.disconnect()
     except QemudClientError as exc:
         sh.error(exc.message)
+    except ProtocolError as exc:
+        # The client library converts these (InvalidCall, ConnectionLost); one that gets
+        # through is still an error message, never a traceback that ends the session.
+        sh.error(f"protocol error: {exc.message}")
+        if not isinstance(exc, LocalProtocolError):  # what we received: stop trusting it
+            sh.disconnect()
     except KeyboardInterrupt:
         sh.error("interrupted")
     finally:

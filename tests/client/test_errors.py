@@ -13,6 +13,7 @@ from client.shell.context import Shell
 from client.shell.main import execute
 from client.shell.registry import REGISTRY, Args, Command, CommandError
 from protocol.constants import ErrorCode, ErrorDomain, ErrorLevel
+from protocol.errors import BadPayload, LocalProtocolError, ProtocolError
 from protocol.payloads import ErrorPayload
 
 
@@ -130,3 +131,31 @@ def test_connect_failure_is_virsh_worded(tmp_path: Path) -> None:
         sh.conn()
     assert info.value.lines[0] == "failed to connect to the hypervisor"
     assert "does not exist" in info.value.lines[1]
+
+
+# -- protocol-level errors never end the session with a traceback (QA lifecycle A2) -------
+
+
+@pytest.mark.parametrize("exc", [
+    LocalProtocolError("cannot encode XMLFlagsArgs: object failed validation: 5000192"),
+    BadPayload("malformed payload: too short"),
+])
+def test_protocol_errors_print_their_message(run_raising: RunRaising,
+                                             exc: ProtocolError) -> None:
+    ok, _, err = run_raising(exc)
+    assert not ok
+    assert err == f"error: protocol error: {exc.message}\n"
+
+
+def test_failing_context_wraps_protocol_errors() -> None:
+    sh = Shell(out=io.StringIO(), err=io.StringIO())
+    with pytest.raises(CommandError) as info, sh.failing("Failed to define domain from x"):
+        raise LocalProtocolError("message of 5000000 bytes exceeds the frame limit")
+    assert info.value.lines == ["Failed to define domain from x", "protocol error: message "
+                                "of 5000000 bytes exceeds the frame limit"]
+
+
+def test_invalid_call_is_a_client_error(run_raising: RunRaising) -> None:
+    ok, _, err = run_raising(E.InvalidCall("cannot send DOMAIN_DEFINE_XML: too big",
+                                           "DOMAIN_DEFINE_XML"))
+    assert not ok and err == "error: cannot send DOMAIN_DEFINE_XML: too big\n"

@@ -272,3 +272,103 @@ def test_interactive_domain_session(daemon: DaemonProcess, qemush: Qemush,
                            "t1\n"
                            "Domain 't1' has been undefined\n")
     assert proc.stderr.startswith("error: failed to get domain 'nope'\n")
+
+
+# -- XML files: encodings and sizes (QA lifecycle A1, A2) ---------------------------------
+
+LATIN1 = ('<?xml version="1.0" encoding="ISO-8859-1"?><domain type="qemu"><name>l\xe4t</name>'
+          '<memory unit="MiB">64</memory><vcpu>1</vcpu>'
+          '<os><type arch="x86_64">hvm</type></os></domain>\n').encode("latin-1")
+
+
+def test_define_latin1_file_as_it_declares(daemon: DaemonProcess, qemush: Qemush,
+                                           tmp_path: Path) -> None:
+    path = tmp_path / "latin.xml"
+    path.write_bytes(LATIN1)
+    assert ok(qemush("-c", daemon.uri, "define", str(path))) == \
+        f"Domain 'l\xe4t' defined from {path}\n"
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--name")) == "l\xe4t\n"
+
+
+@pytest.mark.parametrize("command", ["define", "create", "appliance-generate"])
+def test_binary_file_is_an_error_and_the_session_goes_on(
+        daemon: DaemonProcess, qemush: Qemush, tmp_path: Path, xml_file: Path,
+        command: str) -> None:
+    path = tmp_path / "bin.xml"
+    path.write_bytes(bytes(range(256)) * 8)  # not UTF-8, no declaration
+    proc = qemush("-c", daemon.uri, command, str(path))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: Failed to ")
+    assert lines[0].endswith(str(path))
+    assert lines[1].startswith(f"error: {path} is not an XML document: byte 0x80 ")
+    # interactive (piped): the error, then the next command still runs
+    proc = qemush("-c", daemon.uri, input=f"{command} {path}\ndefine {xml_file}\n")
+    assert proc.returncode == 0
+    assert proc.stdout == f"Domain 't1' defined from {xml_file}\n"
+    assert proc.stderr.splitlines()[1] == lines[1]
+
+
+def test_too_large_file_is_an_error_and_the_session_goes_on(
+        daemon: DaemonProcess, qemush: Qemush, tmp_path: Path, xml_file: Path) -> None:
+    big = tmp_path / "big.xml"
+    padding = "A" * 5_000_000
+    big.write_text(TINY.format(name="big").replace(
+        "<vcpu>", f"<description>{padding}</description><vcpu>"))
+    size = big.stat().st_size
+    for command in ("define", "create"):
+        proc = qemush("-c", daemon.uri, command, str(big))
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            f"error: Failed to {command} domain from {big}",
+            f"error: {big} is too large: {size} bytes, the protocol's limit is 4 MiB"]
+    proc = qemush("-c", daemon.uri, input=f"define {big}\ndefine {xml_file}\n")
+    assert proc.returncode == 0
+    assert proc.stdout == f"Domain 't1' defined from {xml_file}\n"
+    assert "too large" in proc.stderr
+
+
+def test_call_the_protocol_cannot_carry_keeps_the_connection(daemon: DaemonProcess) -> None:
+    """Under the shell's size check: the library refuses the call before sending it
+    (InvalidCall), and the connection goes on working."""
+    from client.errors import InvalidCall
+
+    with daemon.connect() as conn:
+        with pytest.raises(InvalidCall) as info:
+            conn.define_xml(TINY.format(name="x" * 5_000_000))
+        assert info.value.procedure == "DOMAIN_DEFINE_XML"
+        assert info.value.message.startswith("cannot send DOMAIN_DEFINE_XML: ")
+        # within MAX_STRING but over the frame limit: refused the same way
+        fill = 4 * 1024 * 1024 - len(TINY.format(name=""))
+        with pytest.raises(InvalidCall) as info:
+            conn.define_xml(TINY.format(name="x" * fill))
+        assert "frame limit" in info.value.message
+        assert conn.is_alive
+        assert conn.list_domains(0) == []
+
+
+def test_domblklist_domiflist_inactive(daemon: DaemonProcess, qemush: Qemush,
+                                       tmp_path: Path) -> None:
+    path = tmp_path / "dev.xml"
+    path.write_text(TINY.format(name="dev").replace("</os>", (
+        "</os><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='{tmp_path}/d.img'/><target dev='vda' bus='virtio'/></disk>"
+        "<interface type='user'><mac address='52:54:00:12:34:56'/>"
+        "<model type='virtio'/></interface></devices>")))
+    define(qemush, daemon, path, "dev")
+    u = daemon.uri
+    assert ok(qemush("-c", u, "domblklist", "dev", "--inactive")) == (
+        " Target   Source\n"
+        f"{'-' * (9 + len(str(tmp_path)) + 9)}\n"
+        f" vda      {tmp_path}/d.img\n"
+        "\n")
+    assert ok(qemush("-c", u, "domiflist", "dev")) == (
+        " Interface   Type   Source   Model    MAC\n"
+        f"{'-' * 57}\n"
+        " -           user   -        virtio   52:54:00:12:34:56\n"
+        "\n")
+    proc = qemush("-c", u, "domblklist", "nope")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: failed to get domain 'nope'\n")

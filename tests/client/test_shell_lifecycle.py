@@ -140,3 +140,58 @@ def _run_with_tty_stderr(args: list[str], env: dict[str, str]) -> tuple[str, str
     os.close(master)
     assert proc.returncode == 0, (out, err)
     return out, err.decode()
+
+
+NAMED = ("<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+         "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>\n")
+
+
+def test_start_paused_and_lookup_order(daemon: DaemonProcess, qemush: Qemush,
+                                       tmp_path: Path) -> None:
+    """start --paused; then virsh's lookup order: a running domain's id wins over a domain
+    whose name is that number (QA lifecycle B3)."""
+    u = daemon.uri
+    xml = tmp_path / "life.xml"
+    xml.write_text(GUEST)
+    ok(qemush("-c", u, "define", str(xml)))
+    try:
+        assert ok(qemush("-c", u, "start", "life", "--paused")) == "Domain 'life' started\n"
+        assert state(qemush, daemon).startswith("paused")
+        dom_id = ok(qemush("-c", u, "domid", "life")).strip()
+        life_uuid = ok(qemush("-c", u, "domuuid", "life")).strip()
+        named = tmp_path / "named.xml"
+        named.write_text(NAMED.format(name=dom_id))
+        assert ok(qemush("-c", u, "define", str(named))) == \
+            f"Domain '{dom_id}' defined from {named}\n"
+        other_uuid = ok(qemush("-c", u, "list", "--all", "--uuid", "--name")).split(
+            f"  {dom_id}\n")[0].splitlines()[-1]
+        assert ok(qemush("-c", u, "domname", dom_id)) == "life\n"
+        assert ok(qemush("-c", u, "domuuid", dom_id)) == f"{life_uuid}\n"
+        assert ok(qemush("-c", u, "domname", other_uuid)) == f"{dom_id}\n"
+        # the running domain's disks, from its live XML
+        assert ok(qemush("-c", u, "domblklist", dom_id, "--details")) == (
+            " Type   Device   Target   Source\n"
+            "----------------------------------\n"
+            " file   cdrom    sda      -\n"
+            "\n")
+        ok(qemush("-c", u, "destroy", "life"))
+        # no longer running: the number is only a name now
+        assert ok(qemush("-c", u, "domname", dom_id)) == f"{dom_id}\n"
+    finally:
+        qemush("-c", u, "destroy", "life")
+        qemush("-c", u, "undefine", "life")
+
+
+def test_create_paused(daemon: DaemonProcess, qemush: Qemush, tmp_path: Path) -> None:
+    u = daemon.uri
+    xml = tmp_path / "trans.xml"
+    xml.write_text(GUEST.replace("<name>life</name>", "<name>trans</name>"))
+    try:
+        proc = qemush("-c", u, "create", str(xml), "--paused")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == f"Domain 'trans' created from {xml}\n"
+        assert proc.stderr == ""
+        assert ok(qemush("-c", u, "domstate", "trans", "--reason")) == "paused (user)\n"
+        assert ok(qemush("-c", u, "resume", "trans")) == "Domain 'trans' resumed\n"
+    finally:
+        qemush("-c", u, "destroy", "trans")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from protocol.constants import DomainState, ListFlags, RebootFlags, UndefineFlags
 
-from ...domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE, Domain
+from ...domain import AFFECT_CONFIG, AFFECT_LIVE, START_PAUSED, XML_INACTIVE, XML_SECURE, Domain
+from ...errors import NoDomainError
 from ...format import key_values, reason_name, state_name, state_text, table
 from ..context import Shell
 from ..diskxml import build_disk_xml, find_disk_xml, graphics_display, os_type
 from ..progress import Progress
 from ..registry import DOMAIN, FILE, Arg, Args, CommandError, Opt, UsageError, command
+from ..xmlfile import XMLFileError, read_xml_file
 
 DOM = Arg("domain", "domain name, id or uuid", complete=DOMAIN)
 
@@ -31,11 +32,16 @@ MODE = Opt("mode", "shutdown mode: acpi|agent|initctl|signal|paravirt", "string"
            suggest=tuple(POWER_MODES))
 
 
-def _read_file(path: str, context: str) -> str:
+def _read_xml(path: str, context: str) -> str:
+    """An XML file for the daemon, decoded as it declares (see client/shell/xmlfile.py);
+    a file that cannot be read, is not XML text or is too large for the protocol fails
+    with ``error: CONTEXT`` + why, naming the file."""
     try:
-        return Path(path).read_text()
+        return read_xml_file(path)
     except OSError as exc:
         raise CommandError(context, f"cannot read '{path}': {exc.strerror or exc}") from None
+    except XMLFileError as exc:
+        raise CommandError(context, str(exc)) from None
 
 
 def _affect_flags(sh: Shell, args: Args, dom: Domain) -> int:
@@ -83,13 +89,16 @@ def _id_text(dom_id: int) -> str:
 
 @command("list", "monitor", "list domains", description=(
     "Returns the list of domains: active ones by default, with --all every one. The "
-    "--state-*, --persistent/--transient and --autostart/--no-autostart filters combine."),
+    "--state-*, --persistent/--transient, --autostart/--no-autostart and "
+    "--with-snapshot/--without-snapshot filters combine (the snapshot filters ask each "
+    "listed domain for its snapshots)."),
     opts=(
         Opt("inactive", "list inactive domains"),
         Opt("all", "list inactive & active domains"),
         Opt("transient", "list transient domains"),
         Opt("persistent", "list persistent domains"),
-        Opt("with-snapshot", "(accepted for virsh compatibility; ignored)"),
+        Opt("with-snapshot", "list domains with existing snapshot"),
+        Opt("without-snapshot", "list domains without a snapshot"),
         Opt("state-running", "list domains in running state"),
         Opt("state-paused", "list domains in paused state"),
         Opt("state-shutoff", "list domains in shutoff state"),
@@ -120,6 +129,8 @@ def cmd_list(sh: Shell, args: Args) -> None:
         raise UsageError("Options --table and --name/--uuid/--id are mutually exclusive")
     with sh.failing("failed to list domains"):
         doms = sh.conn().list_domains(int(flags))
+        doms = _snapshot_filter(doms, args.flag("with-snapshot"),
+                                args.flag("without-snapshot"))
     # virsh order: running domains by id, then the others by name
     doms.sort(key=lambda d: (d.id < 0, d.id if d.id >= 0 else 0, d.name))
     if sh.want_json(args):
@@ -144,6 +155,25 @@ def cmd_list(sh: Shell, args: Args) -> None:
         rows.append([_id_text(d.id), d.name, state_name(state)])
     sh.write(table(["Id", "Name", "State"], rows))
     sh.print()
+
+
+def _snapshot_filter(doms: list[Domain], with_snapshot: bool, without_snapshot: bool
+                     ) -> list[Domain]:
+    """virsh's --with-snapshot / --without-snapshot (VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT /
+    _NO_SNAPSHOT), done here because the daemon's DOMAIN_LIST does not filter on them:
+    each domain is asked for its snapshots. Both flags, like neither, keep every domain
+    (as in libvirt); a domain gone since the listing is left out."""
+    if with_snapshot == without_snapshot:
+        return doms
+    kept = []
+    for d in doms:
+        try:
+            has = bool(d.snapshots())
+        except NoDomainError:
+            continue
+        if has == with_snapshot:
+            kept.append(d)
+    return kept
 
 
 def _summary_json(d: Domain) -> dict[str, Any]:
@@ -231,12 +261,18 @@ def cmd_domuuid(sh: Shell, args: Args) -> None:
 
 @command("dumpxml", "domain", "domain information in XML", description=(
     "Output the domain information as an XML dump to stdout: the live definition of a "
-    "running domain, or with --inactive the persistent one."),
-    args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),))
+    "running domain, or with --inactive the persistent one. Secrets (the VNC password) "
+    "are left out unless --security-info is given, which a read-only connection may not "
+    "do."),
+    args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),
+                       Opt("security-info", "include security sensitive information in "
+                                            "XML dump")))
 def cmd_dumpxml(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
+    flags = (XML_INACTIVE if args.flag("inactive") else 0) | \
+        (XML_SECURE if args.flag("security-info") else 0)
     with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
-        xml = dom.xml(XML_INACTIVE if args.flag("inactive") else 0)
+        xml = dom.xml(flags)
     sh.write(xml if xml.endswith("\n") else xml + "\n")
 
 
@@ -261,7 +297,7 @@ def cmd_vncdisplay(sh: Shell, args: Args) -> None:
 def cmd_define(sh: Shell, args: Args) -> None:
     path = args.req("file")
     context = f"Failed to define domain from {path}"
-    xml = _read_file(path, context)
+    xml = _read_xml(path, context)
     with sh.failing(context):
         dom = sh.conn().define_xml(xml)
     sh.print(f"Domain '{dom.name}' defined from {path}")
@@ -281,14 +317,17 @@ def cmd_undefine(sh: Shell, args: Args) -> None:
 
 
 @command("create", "domain", "create a domain from an XML file", description=(
-    "Create and start a transient domain from an XML file."),
-    args=(Arg("file", "file containing an XML domain description", complete=FILE),))
+    "Create and start a transient domain from an XML file; with --paused its vCPUs stay "
+    "stopped until 'resume'."),
+    args=(Arg("file", "file containing an XML domain description", complete=FILE),),
+    opts=(Opt("paused", "leave the guest paused after creation"),))
 def cmd_create(sh: Shell, args: Args) -> None:
     path = args.req("file")
     context = f"Failed to create domain from {path}"
-    xml = _read_file(path, context)
+    xml = _read_xml(path, context)
+    paused = args.flag("paused")
     with sh.failing(context):
-        dom = sh.conn().create_xml(xml)
+        dom = sh.conn().create_xml(xml, START_PAUSED if paused else 0)
     sh.print(f"Domain '{dom.name}' created from {path}")
 
 
@@ -306,11 +345,14 @@ def cmd_autostart(sh: Shell, args: Args) -> None:
 
 # -- lifecycle ---------------------------------------------------------------------------
 
-@command("start", "domain", "start a (previously defined) inactive domain", args=(DOM,))
+@command("start", "domain", "start a (previously defined) inactive domain", description=(
+    "Start a (previously defined) inactive domain; with --paused its vCPUs stay stopped "
+    "until 'resume'."),
+    args=(DOM,), opts=(Opt("paused", "leave the guest paused after start"),))
 def cmd_start(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to start domain '{dom.name}'"):
-        dom.create()
+        dom.create(START_PAUSED if args.flag("paused") else 0)
     sh.print(f"Domain '{dom.name}' started")
 
 

@@ -13,9 +13,16 @@ SNAP = Arg("snapshotname", "snapshot name", complete=SNAPSHOT)
 
 @command("snapshot-create-as", "snapshot", "create a snapshot from a set of args",
          description="Create a snapshot of the domain; the daemon names it when NAME is "
-                     "not given.",
+                     "not given. qemud's snapshots are always external, disk-only (no RAM "
+                     "state) and atomic (all covered disks switch at one instant, or "
+                     "nothing changes; docs/SNAPSHOTS.md), so --disk-only and --atomic are "
+                     "accepted for virsh scripts and change nothing.",
          args=(DOM, Arg("name", "name of snapshot", required=False)),
-         opts=(Opt("description", "description of snapshot", "string"),))
+         opts=(Opt("description", "description of snapshot", "string"),
+               Opt("disk-only", "create a disk-only snapshot (qemud's only kind: no "
+                                "effect)"),
+               Opt("atomic", "require atomic operation (qemud's snapshots always are: "
+                             "no effect)")))
 def cmd_snapshot_create_as(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to create snapshot of domain '{dom.name}'"), \
