@@ -141,15 +141,24 @@ class ImageOps:
                                    f"{state.pending['from']} to {state.pending['to']} is "
                                    "waiting for the guest's heartbeat: cannot " + what +
                                    " before it is confirmed or rolled back")
+        foreign = self.foreign_disk(dom, state)
+        if foreign:
+            raise OperationInvalid(f"domain '{dom.name}': {foreign}: cannot {what} it")
+        return state
+
+    @staticmethod
+    def foreign_disk(dom: DomainObj, state: VMState) -> str:
+        """Why a disk of ``dom``'s definition is not the appliance's own (its overlay,
+        data or scratch image), e.g. an external snapshot's overlay; "" if all are. An
+        image change (update, reset, rollback) rewrites or deletes those images: it must
+        not touch a disk that no longer is one of them."""
         definition = dom.next_definition or dom.definition
         sources = {d.target_dev: d.source for d in definition.disks}
-        for target, disk in state.disks.items():
+        for target, disk in sorted(state.disks.items()):
             if sources.get(target) != disk["path"]:
-                raise OperationInvalid(
-                    f"domain '{dom.name}': disk {target} is {sources.get(target) or 'gone'}, "
-                    f"not the appliance's {disk['path']} (snapshots or a changed definition): "
-                    f"cannot {what} it")
-        return state
+                return (f"disk {target} is {sources.get(target) or 'gone'}, not the "
+                        f"appliance's {disk['path']} (snapshots or a changed definition)")
+        return ""
 
     def _stop(self, dom: DomainObj) -> Deferred:
         if not dom.active:

@@ -269,12 +269,29 @@ class UpdateOps(ImageOps):
         run_task(self.loop, task(), "appliance rollback").add_done_callback(done)
 
     def _rollback(self, dom: DomainObj, why: str, restart: bool) -> Task:
-        """Back to the previous slot and version (the failed overlay is deleted)."""
+        """Back to the previous slot and version (the failed overlay is deleted).
+
+        Only while every disk is still the appliance's (as update and reset check): a
+        disk on another image (an external snapshot's overlay, a changed definition) may
+        read from the failed overlay or a scratch image, which a rollback deletes or
+        recreates. Then nothing is touched (the guest keeps running) and the call fails
+        saying why; the update stays pending, and is confirmed or rolled back after the
+        VM's next start (see :meth:`arm`)."""
         self._disarm(dom.uuid)
         state = self.load_state(dom)
         if state is None or state.previous is None:
             raise OperationFailed(f"domain '{dom.name}': no previous system disk to roll "
                                   "back to")
+        foreign = self.foreign_disk(dom, state)
+        if foreign:
+            pending = state.pending or {"from": state.previous["version"],
+                                        "to": state.version}
+            message = (f"domain '{dom.name}': update from {pending['from']} to "
+                       f"{pending['to']} not rolled back ({why}), nothing was changed: "
+                       f"{foreign}. The update stays pending: give the disks back to the "
+                       "appliance (delete the snapshots, latest first) and the rollback "
+                       "is tried again after the VM's next start")
+            raise OperationFailed(message)  # logged and reported by the caller
         yield self._stop(dom)
         previous = state.previous
         failed_version = state.version

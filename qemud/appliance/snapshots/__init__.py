@@ -13,11 +13,13 @@ of ``blockdev-snapshot`` actions, so all disks are cut at the same instant and t
 never stops. The live and the persistent definitions then point at the overlays (a
 restart boots on them). Raw disks are refused: a raw image cannot have a backing file.
 
-**Revert** (DOMAIN_SNAPSHOT_REVERT) to S: the guest is destroyed if it runs, each disk
-of S gets a NEW empty overlay on top of the image that was frozen when S was taken (S
-stays reusable: revert to it twice and get the same disks twice), the definition points
-there, and the guest is started again if it ran (paused if it was paused). What the
-guest wrote since is discarded, exactly as a revert in libvirt.
+**Revert** (DOMAIN_SNAPSHOT_REVERT) to S: each disk of S gets a NEW empty overlay on
+top of the image that was frozen when S was taken (S stays reusable: revert to it twice
+and get the same disks twice), made while the guest runs on; then the guest is
+destroyed if it runs, the definition points at the overlays, and the guest is started
+again if it ran (paused if it was paused). What the guest wrote since is discarded,
+exactly as a revert in libvirt. A failure after the stop puts the disks back and starts
+the guest again as it was.
 
 **Delete** (DOMAIN_SNAPSHOT_DELETE) of S discards the point in time S, as libvirt does:
 when S's frozen image is the direct backing file of the disks the domain uses now and
@@ -26,7 +28,9 @@ shut off; QMP active ``block-commit`` + ``block-job-complete`` running) and the 
 point at it again. Otherwise only the metadata goes (children of S get S's parent). An
 overlay file the daemon created is removed once nothing needs it any more: no disk
 (persistent, pending or live definition) and no remaining snapshot has it in its backing
-chain. Images the daemon did not create (the user's originals) are never deleted.
+chain. Images the daemon did not create (the user's originals) are never deleted. A
+merge is marked in the metadata before it starts (``SnapshotRecord.merging``); a mark a
+killed daemon left makes the snapshot a failed merge (``merge_failed``: revert refused).
 
 **Backup** (DOMAIN_BACKUP): ``blockdev-backup sync=full`` of the disk(s) to new target
 nodes in one ``transaction`` (one consistent instant for all disks; QEMU's
@@ -34,6 +38,13 @@ copy-before-write keeps it consistent while the guest writes on), tracked by the
 BLOCK_JOB_COMPLETED event, progress from ``query-jobs`` every 0.5 s as appliance events
 ``backup-progress`` ("NN%"), then ``backup-completed`` (or ``backup-failed``). A shut-off
 guest is backed up with ``qemu-img convert``. The reply comes when the copy is complete.
+
+**Transient domains**: a transient domain's metadata goes with it when it stops (set
+aside as ``snapshots.<uuid>.transient-ended.json``; every image stays), as libvirt drops
+it; a domain created again with the same uuid starts without snapshots.
+
+**Appliance updates**: create and revert are refused while an A/B update of the domain
+waits for its confirmation (its rollback rewrites the disks a snapshot would build on).
 
 **Undefine**: as libvirt, an inactive domain with snapshots is only undefined with
 ``UndefineFlags.SNAPSHOTS_METADATA`` (``undefine --snapshots-metadata``), which removes

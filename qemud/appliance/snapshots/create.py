@@ -47,6 +47,7 @@ class CreateOps(SnapshotOps):
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
+        self.require_no_pending_update(dom, "create a snapshot")
         meta = self.store.load(dom)
         name = args.name or self._auto_name(meta)
         check_name(name)

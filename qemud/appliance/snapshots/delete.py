@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from qemud.errors import OperationFailed, QemudError
 from qemud.qemu import naming, qcow2
 
 from .base import SnapshotOps, gather, log_failure, qemu_failure
+from .records import RUN_ID
 
 if TYPE_CHECKING:
     from protocol.constants import ShutoffReason
@@ -110,6 +112,10 @@ class DeleteOps(SnapshotOps):
             self._finish(dom, meta, snap, {})
             return Empty()
         qemu_img = "" if dom.active else self.qemu_img()
+        # metadata first: a daemon killed during the merge leaves the mark, and the next
+        # one knows S's images may hold the later data (see SnapshotStore.load)
+        snap.merging = RUN_ID
+        self.store.save(meta)  # raises before anything changed
         out = Deferred()
         dom.job = "snapshot-delete"
         if dom.active:
@@ -479,14 +485,21 @@ class DeleteOps(SnapshotOps):
         # whatever else fails, these disks now read S's image where they read the layer
         self._relink(meta, snap, {t: (moved[t], above[t]) for t in moved if t in above})
         if error is not None:
+            written = bool(moved) or dom.active
             log.warning("domain %s: merging snapshot %s failed (the snapshot is kept%s): %s",
                         dom.name, snap.name, "; its image holds part of the later data"
-                        if moved or dom.active else "", error.message)
-            if moved:  # the disks that were merged no longer need their overlays
-                try:
+                        if written else "", error.message)
+            snap.merging = ""  # saved below either way: the merge is over
+            if written:  # S is no longer what it froze: a revert to it is refused
+                snap.merge_failed = (f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the merge of "
+                                     f"its deletion failed: {error.message}")
+            try:  # the disks that were merged no longer need their overlays
+                if moved:
                     self._finish(dom, meta, None, moved)
-                except QemudError as exc:
-                    log.error("domain %s: %s", dom.name, exc.message)
+                else:
+                    self.store.save(meta)
+            except QemudError as exc:
+                log.error("domain %s: %s", dom.name, exc.message)
             out.fail(error)
             return
         try:

@@ -1,5 +1,6 @@
-"""The snapshot duty's wiring: the procedures it answers, the DOMAIN_UNDEFINE check, and
-the start-up clean-up of the metadata directories.
+"""The snapshot duty's wiring: the procedures it answers, the DOMAIN_UNDEFINE check, the
+start-up clean-up of the metadata directories, and the end of a transient domain (its
+snapshot metadata goes with it, see :meth:`.records.SnapshotStore.set_aside`).
 
 The operations (:class:`.operations.Operations`: every other module of the package, with
 ``secrets`` and ``hashlib``, ~0.5 MiB of RSS) are built by the first snapshot procedure or
@@ -8,13 +9,16 @@ undefine, not at start-up (see :mod:`qemud.appliance`).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from qemud.driver.store import remove_dead_writes_below
+from qemud.errors import QemudError
 
 if TYPE_CHECKING:
     from protocol import payloads as pl
+    from protocol.constants import ShutoffReason
     from protocol.fields import Payload
     from qemud.dispatch import Deferred, Handler
     from qemud.driver.domain import DomainObj
@@ -23,6 +27,8 @@ if TYPE_CHECKING:
     from .operations import Operations
 
 __all__ = ["SnapshotDuty", "install"]
+
+log = logging.getLogger(__name__)
 
 
 class SnapshotDuty:
@@ -46,6 +52,12 @@ class SnapshotDuty:
         # the driver's handlers are registered before the appliance's: check them first
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefine)
         self.driver.disk_removed_hooks.append(self.disk_removed)
+        self.driver.stop_hooks.append(self.on_stop)
+        # transient domains that ended while no daemon watched (QEMU gone at reconnect,
+        # or a daemon killed before it set their metadata aside); the driver has loaded
+        # and reconnected every domain by now
+        self.set_aside_ended()
+        self.check_interrupted_merges()
         P = Procedure
         return {
             P.DOMAIN_SNAPSHOT_CREATE: lambda c, a: self.ops.creating.create(c, a),
@@ -72,6 +84,64 @@ class SnapshotDuty:
         """
         if (self.root / dom.name / "snapshots.json").is_file():
             self.ops.store.load(dom)
+
+    def on_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
+        """A guest stopped: if it was transient, its snapshot metadata goes with it.
+
+        Checked on the next loop turn: a transient domain that restarts by its
+        on_poweroff/on_crash policy is added back to the registry right after the stop
+        hooks, and keeps its snapshots then. A domain without metadata costs a ``stat``.
+        """
+        if dom.persistent or not (self.root / dom.name / "snapshots.json").is_file():
+            return
+        self.driver.loop.call_soon(lambda: self._ended(dom.name, dom.uuid))
+
+    def _ended(self, name: str, uuid: str) -> None:
+        if any(d.uuid == uuid or d.name == name for d in self.driver.registry):
+            return  # restarted (or a domain of that name exists again): still in use
+        from .records import SnapshotStore
+        SnapshotStore(self.root).set_aside(name, uuid)
+
+    def check_interrupted_merges(self) -> None:
+        """At start-up: a snapshot whose merge a killed daemon left half-done (its
+        ``qemu-img commit`` or QEMU's job may have finished without it) is reported now,
+        and recorded as a failed merge, by loading its domain's metadata (see
+        ``SnapshotStore.load``). Only files that hold a merge mark are read as JSON."""
+        for dom in self.driver.registry:
+            path = self.root / dom.name / "snapshots.json"
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            if text.count('"merging": "') == text.count('"merging": ""'):
+                continue  # no mark, or only empty ones
+            try:
+                self.ops.store.load(dom)
+            except QemudError as exc:  # damaged metadata: every snapshot call says so
+                log.warning("domain %s: %s", dom.name, exc.message)
+
+    def set_aside_ended(self) -> None:
+        """At start-up: the metadata of a domain the daemon no longer has and that has no
+        persistent definition file either (a transient domain that ended) is set aside.
+        A definition file that failed to load keeps its domain's metadata in place."""
+        try:
+            dirs = sorted(p for p in self.root.iterdir()
+                          if (p / "snapshots.json").is_file())
+        except OSError:
+            return
+        names = {d.name for d in self.driver.registry}
+        for directory in dirs:
+            name = directory.name
+            if name in names or self.driver.store.definition_path(name).exists():
+                continue
+            from .records import SnapshotStore
+            store = SnapshotStore(self.root)
+            uuid = store.owner(name)
+            if uuid:
+                store.set_aside(name, uuid)
+            else:
+                log.warning("snapshot metadata %s of no known domain names no uuid: left "
+                            "where it is", directory / "snapshots.json")
 
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:

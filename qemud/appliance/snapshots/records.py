@@ -4,7 +4,12 @@
 a killed write left is removed by the duty at start-up);
 ``<root>/<domain>/images/`` the overlays the daemon created. A record that belongs to an
 earlier domain of the same name (another uuid) is never used nor overwritten: it is set
-aside as ``snapshots.<uuid>.json`` at the next change.
+aside as ``snapshots.<uuid>.json`` at the next change. The record of a transient domain
+goes away with the domain (as libvirt drops it): it is set aside as
+``snapshots.<uuid>.transient-ended.json`` when the domain stops (:meth:`SnapshotStore.
+set_aside`), so a domain created again with the same name and uuid starts without
+snapshots. Setting a record aside never removes an image: the overlays stay in
+``images/``, and no later garbage collection knows them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +36,9 @@ log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}\Z")
 META_VERSION = 1
+#: this daemon run, as a merge mark names it (``SnapshotRecord.merging``): a mark of
+#: another run is a merge that daemon never finished (killed): see SnapshotStore.load
+RUN_ID = f"{os.getpid()}@{time.time():.6f}"
 
 
 @dataclass
@@ -52,6 +61,14 @@ class SnapshotRecord:
     parent: str
     disks: dict[str, DiskRecord]
     xml: str  # the domain's definition when taken
+    #: a merge into this snapshot's images (its deletion) is in progress: the daemon run
+    #: (:data:`RUN_ID`) that started it; written before the first commit, so a daemon
+    #: killed meanwhile leaves it, and the next one knows the images may have changed
+    merging: str = ""
+    #: why and when a merge into its images failed or was interrupted ("" if never): the
+    #: snapshot is kept but its images hold part (or all) of the later data, so it is no
+    #: longer the state it was taken in; a revert to it is refused
+    merge_failed: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SnapshotRecord:
@@ -59,7 +76,9 @@ class SnapshotRecord:
         return cls(name=data["name"], description=data.get("description", ""),
                    creation_time=int(data.get("creation_time", 0)),
                    state=int(data.get("state", 0)), parent=data.get("parent", ""),
-                   disks=disks, xml=data.get("xml", ""))
+                   disks=disks, xml=data.get("xml", ""),
+                   merging=str(data.get("merging", "")),
+                   merge_failed=str(data.get("merge_failed", "")))
 
 
 @dataclass
@@ -199,25 +218,47 @@ class SnapshotStore:
         known = dict(meta.unplugged)
         meta.find_unplugged({d.source for d in disks if d.source},
                             {d.target_dev for d in disks if d.target_dev})
-        if meta.unplugged.keys() - known.keys():
+        interrupted = self._interrupted_merges(dom, meta)
+        if meta.unplugged.keys() - known.keys() or interrupted:
             # recorded at once, not only by the operation that loaded it (which may be
             # refused, or only read): a disk plugged again under the same target would
             # hide the unplugged one from the next load
             try:
                 self.save(meta)
             except OperationFailed as exc:
-                log.warning("%s (images of unplugged disks: %s)", exc.message,
-                            ", ".join(meta.unplugged))
+                log.warning("%s (images of unplugged disks: %s; interrupted merges: %s)",
+                            exc.message, ", ".join(meta.unplugged) or "none",
+                            ", ".join(interrupted) or "none")
         return meta
+
+    @staticmethod
+    def _interrupted_merges(dom: DomainObj, meta: DomainSnapshots) -> list[str]:
+        """Snapshots whose merge an earlier daemon run started and never ended (killed:
+        its ``qemu-img commit`` or QEMU's job may have gone on and finished). Treated as
+        a failed merge is: the snapshot is kept, its images may hold the later data."""
+        found = []
+        for snap in meta.snapshots.values():
+            if not snap.merging or snap.merging == RUN_ID:
+                continue
+            snap.merge_failed = (f"the merge of its deletion was interrupted (the daemon "
+                                 f"run {snap.merging} that started it stopped)")
+            snap.merging = ""
+            found.append(snap.name)
+            log.warning("domain %s: snapshot %s: a merge into its image was in progress when "
+                        "an earlier daemon stopped: treated as a failed merge (the "
+                        "snapshot is kept; its image holds part of the later data, or all "
+                        "of it). A revert to it is refused; delete it again to finish the "
+                        "merge", dom.name, snap.name)
+        return found
 
     def save(self, meta: DomainSnapshots) -> None:
         path = self.index(meta.domain)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if meta.stale_uuid:  # never overwrite another domain's record: keep it aside
-                aside = path.with_name(f"snapshots.{meta.stale_uuid}.json")
+                aside = _free_name(path, f"snapshots.{meta.stale_uuid}")
                 if path.exists():
-                    os.replace(path, aside)
+                    os.rename(path, aside)
                     log.warning("snapshot metadata of the earlier domain '%s' moved to %s",
                                 meta.domain, aside)
                 meta.stale_uuid = ""
@@ -225,6 +266,47 @@ class SnapshotStore:
         except OSError as exc:
             raise OperationFailed(f"cannot write snapshot metadata {path}: "
                                   f"{exc.strerror or exc}") from None
+
+    def set_aside(self, domain: str, uuid: str) -> Path | None:
+        """The transient domain ``domain`` (``uuid``) went away: move its record aside.
+
+        libvirt drops a transient domain's snapshot metadata with the domain and never
+        deletes a disk file. Here the record is renamed (never deleted, never an image
+        touched): the overlays it names hold what the guest wrote, and with the record
+        gone no garbage collection of a later domain of the same name ever sees them.
+        Returns where it went; None if there was none, or it belongs to another uuid
+        (an earlier domain's record: set aside by the next :meth:`save`). A failure is
+        logged, not raised: the domain is gone either way.
+        """
+        path = self.index(domain)
+        if not path.exists():
+            return None
+        owner = self.owner(domain)
+        if owner and owner != uuid:
+            return None
+        aside = _free_name(path, f"snapshots.{uuid}.transient-ended")
+        try:
+            os.rename(path, aside)
+        except OSError as exc:
+            log.error("cannot set aside the snapshot metadata %s of the ended transient "
+                      "domain '%s': %s; a domain created again with uuid %s would get its "
+                      "snapshots back", path, domain, exc.strerror or exc, uuid)
+            return None
+        log.warning("transient domain '%s' (uuid %s) ended: its snapshot metadata was "
+                    "moved to %s (as libvirt, its snapshots go with it); every image stays "
+                    "in %s", domain, uuid, aside, self.images_dir(domain))
+        return aside
+
+    def owner(self, domain: str) -> str:
+        """The uuid ``domain``'s record names; "" if it names none or cannot be read."""
+        path = self.index(domain)
+        try:
+            return str(json.loads(path.read_text()).get("uuid", ""))
+        except FileNotFoundError:
+            return ""
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("snapshot metadata %s is unreadable: %s", path, exc)
+            return ""
 
     def remove(self, domain: str) -> None:
         """Forget ``domain``'s metadata (undefine --snapshots-metadata)."""
@@ -243,6 +325,17 @@ class SnapshotStore:
                 directory.rmdir()
             except OSError:
                 pass  # not empty, or not there
+
+
+def _free_name(index: Path, stem: str) -> Path:
+    """``<stem>.json`` next to ``index``, or ``<stem>.N.json`` if taken: a record set
+    aside never replaces another one set aside before (the same uuid can end twice)."""
+    path = index.with_name(f"{stem}.json")
+    n = 1
+    while path.exists():
+        n += 1
+        path = index.with_name(f"{stem}.{n}.json")
+    return path
 
 
 def check_name(name: str) -> None:

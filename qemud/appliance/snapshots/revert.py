@@ -1,12 +1,15 @@
 """Going back to a snapshot (DOMAIN_SNAPSHOT_REVERT) and forgetting all snapshots when a
 domain is undefined (deleting one is in ``delete``).
 
-**Revert** to S: the guest is destroyed if it runs, each disk of S gets a NEW empty
-overlay on the image S froze (S stays reusable), the definition points there, and the
-guest is started again if it ran (paused if it was paused). What it wrote since S is
-discarded, as in libvirt. A disk of S the domain no longer has (hot-unplugged since, or
-taken out of the definition) refuses the revert, naming the disk, before anything
-changes: the revert would otherwise come back without it, or discard where its data is.
+**Revert** to S: each disk of S gets a NEW empty overlay on the image S froze (S stays
+reusable; made first, while the guest runs on: a failure there changes nothing), then
+the guest is destroyed if it runs, the definition points at the overlays, and the guest
+is started again if it ran (paused if it was paused). A failure after the stop puts the
+disks back as they were and starts the guest again as it was; the error says so. What
+the guest wrote since S is discarded, as in libvirt. A disk of S the domain no longer
+has (hot-unplugged since, or taken out of the definition) refuses the revert, naming the
+disk, before anything changes: the revert would otherwise come back without it, or
+discard where its data is.
 
 The image an unplugged disk used last (an overlay of ours when a snapshot covered it)
 is kept by every garbage collection here, as by the deletes: it is the user's data.
@@ -47,8 +50,16 @@ class RevertOps(SnapshotOps):
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
+        self.require_no_pending_update(dom, "revert to a snapshot")
         meta = self.store.load(dom)
         snap = meta.get(args.name, dom.name)
+        if snap.merge_failed:
+            raise OperationInvalid(
+                f"cannot revert domain '{dom.name}' to snapshot '{snap.name}': its image "
+                f"holds part of the data written after it, or all of it ({snap.merge_failed}"
+                "), so it is no longer the state of the snapshot. Nothing was changed; "
+                f"delete the snapshot again (snapshot-delete {dom.name} {snap.name}) to "
+                "finish the merge")
         if dom.active and not dom.persistent:
             raise OperationInvalid(f"cannot revert transient domain '{dom.name}': it would "
                                    "vanish when stopped (define it first)")
@@ -63,38 +74,93 @@ class RevertOps(SnapshotOps):
         was_paused = dom.state == DomainState.PAUSED
         out = Deferred()
         created: list[Path] = []
+        definition = dom.next_definition or dom.definition
+        before = {d.target_dev: d.source for d in definition.disks if d.target_dev}
+        moves: dict[str, tuple[str | None, str]] = {}
 
         def fail(error: QemudError) -> None:
+            """Before the guest was stopped: nothing changed, it runs on as it was."""
             dom.job = None
             self._unlink(created)
             log.warning("domain %s: revert to %s failed: %s", dom.name, snap.name,
                         error.message)
             out.fail(error)
 
-        def stopped(_: Any = None) -> None:
-            dom.job = "snapshot-revert"
-            moves: dict[str, tuple[str | None, str]] = {}
-            steps = []
-            for target, d in snap.disks.items():
-                overlay = self._overlay_path(dom, target, f"{snap.name}-revert")
-                created.append(overlay)
-                moves[target] = (None, str(overlay))
-                meta.images[str(overlay)] = d.base
-                steps.append(self.tools.run([qemu_img, "create", "-q", "-f", "qcow2", "-F",
-                                             d.format, "-b", d.base, str(overlay)]))
-            gather(steps).add_done_callback(
-                lambda g: fail(g.error) if g.error else pointed(moves))
+        def fail_stopped(error: QemudError, pointed: bool) -> None:
+            """After the guest was stopped: the disks go back to what they were (if
+            they were pointed at the new overlays), and a guest that ran is started
+            again as it was; the error says so."""
+            if pointed:
+                try:
+                    self._point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
+                                            if (old := before.get(t))})
+                except QemudError as exc:  # the definition names the new overlays: keep
+                    log.error("domain %s: cannot point the disks back after a failed "
+                              "revert: %s", dom.name, exc.message)
+                    dom.job = None
+                    out.fail(OperationFailed(
+                        f"{error.message}; the definition now names the new overlays "
+                        f"({', '.join(n for _, n in moves.values())}) but the snapshot "
+                        f"metadata does not, and it could not be set back: "
+                        f"{exc.message}; the guest was stopped for the revert"))
+                    return
+            dom.job = None
+            self._unlink(created)
+            log.warning("domain %s: revert to %s failed after the guest was stopped: %s",
+                        dom.name, snap.name, error.message)
+            if not was_running:
+                out.fail(error)
+                return
+            what = "paused" if was_paused else "running"
+            try:
+                started = self.lifecycle.start(dom, paused=was_paused)
+            except QemudError as exc:
+                out.fail(OperationFailed(f"{error.message}; the disks are as they were, "
+                                         "but the guest, stopped for the revert, did not "
+                                         f"start again: {exc.message}"))
+                return
 
-        def pointed(moves: dict[str, tuple[str | None, str]]) -> None:
+            def restarted(d: Deferred) -> None:
+                if d.error is not None:
+                    out.fail(OperationFailed(
+                        f"{error.message}; the disks are as they were, but the guest, "
+                        f"stopped for the revert, did not start again: {d.error.message}"))
+                else:
+                    out.fail(OperationFailed(
+                        f"{error.message}; nothing was reverted: the guest was stopped "
+                        f"for the revert and started again ({what}) on its disks as they "
+                        "were (what it had not written to disk is lost)"))
+            started.add_done_callback(restarted)
+
+        def prepared(_: Any = None) -> None:
+            """The new overlays exist: only now is a running guest stopped (it may have
+            stopped by itself meanwhile, or be on its way down)."""
+            if dom.active and dom.process is not None and dom.stop_intent is None:
+                try:
+                    self.lifecycle.destroy(dom).add_done_callback(stopped)
+                except QemudError as exc:
+                    fail(exc)
+            elif dom.active:  # let it finish stopping (keeps its reason)
+                waiter = Deferred()
+                dom.stop_waiters.append(waiter)
+                waiter.add_done_callback(stopped)
+            else:
+                stopped()
+
+        def stopped(_: Any = None) -> None:
             try:
                 self._point_disks(dom, moves)
-            except QemudError as exc:
-                fail(exc)
+            except QemudError as exc:  # the definitions were left as they were
+                fail_stopped(exc, pointed=False)
                 return
             meta.current = snap.name
             garbage = self._collect(dom, meta)
-            if not self._end_job(dom, meta, out):
+            try:
+                self.store.save(meta)
+            except QemudError as exc:
+                fail_stopped(exc, pointed=True)
                 return
+            dom.job = None
             self._unlink(garbage)
             audit_log.info("appliance snapshot domain=%r uuid=%s revert=%r", dom.name,
                            dom.uuid, snap.name)
@@ -112,16 +178,17 @@ class RevertOps(SnapshotOps):
                 return
             started.chain(out, lambda _: Empty())
 
-        if was_running:
-            dom.job = "snapshot-revert"
-            self.lifecycle.destroy(dom).add_done_callback(stopped)
-        elif stopping:  # let it finish stopping (keeps its reason); it stays off after
-            dom.job = "snapshot-revert"
-            waiter = Deferred()
-            dom.stop_waiters.append(waiter)
-            waiter.add_done_callback(stopped)
-        else:
-            stopped()
+        # what can fail first, while the guest runs on: the frozen images are only read
+        dom.job = "snapshot-revert"
+        steps = []
+        for target, d in snap.disks.items():
+            overlay = self._overlay_path(dom, target, f"{snap.name}-revert")
+            created.append(overlay)
+            moves[target] = (None, str(overlay))
+            meta.images[str(overlay)] = d.base
+            steps.append(self.tools.run([qemu_img, "create", "-q", "-f", "qcow2", "-F",
+                                         d.format, "-b", d.base, str(overlay)]))
+        gather(steps).add_done_callback(lambda g: fail(g.error) if g.error else prepared())
         return out
 
     @staticmethod

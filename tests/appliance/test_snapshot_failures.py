@@ -1,0 +1,272 @@
+"""Snapshot revert and delete when something fails: nothing of the user's is lost, and
+what happened is said.
+
+* A revert of a running guest makes its new overlays before it stops the guest: a
+  ``qemu-img create`` that fails leaves the guest running on its disks. A failure after
+  the stop (the metadata cannot be written) puts the disks back and starts the guest
+  again; the error says so.
+* A daemon killed during an offline snapshot deletion (its ``qemu-img commit`` goes on
+  and finishes) leaves a mark in the metadata, written before the merge started: the
+  next daemon warns, and treats the snapshot as a failed merge (a revert to it is
+  refused; deleting it again finishes the merge).
+
+Real qemu-img (behind a wrapper that can fail or hold it) and the test guest (TCG).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+from client.errors import OperationFailed, OperationInvalid
+from protocol.constants import DomainState
+from tests.helpers.daemon import DaemonProcess, serving, wait_for
+from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.integration.conftest import TestGuest
+
+from .test_snapshots import Guest, disk_source, disk_xml, make_image, qemu_io_write
+
+pytestmark = pytest.mark.integration
+
+INACTIVE = client.XML_INACTIVE
+
+_FAILING = """#!/bin/sh
+# qemu-img for the daemon under test: "create" fails while {fail} exists
+if [ -e "{fail}" ] && [ "$1" = create ]; then
+    echo "qemu-img: simulated failure of the test" >&2
+    exit 1
+fi
+exec "{held}" "$@"
+"""
+
+
+class Tools:
+    """The daemon's qemu-img: fails ``create`` while ``fail`` exists, else held ones."""
+
+    def __init__(self, root: Path) -> None:
+        (root / "held").mkdir()
+        self.held = HeldQemuImg.install(root / "held")
+        self.fail = root / "fail"
+        self.bin_dir = root / "failing"
+        self.bin_dir.mkdir()
+        wrapper = self.bin_dir / "qemu-img"
+        wrapper.write_text(_FAILING.format(fail=self.fail,
+                                           held=self.held.bin_dir / "qemu-img"))
+        wrapper.chmod(0o755)
+
+    def path_env(self) -> str:
+        return f"{self.bin_dir}:{self.held.path_env()}"
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
+    return Tools(tmp_path_factory.mktemp("qemu-img-wrappers"))
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory, tools: Tools
+          ) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-snap-fail"),
+                           env={"PATH": tools.path_env()})
+    with serving(daemon):
+        yield daemon
+
+
+def in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``call`` (which makes its own connection) in a thread; its outcome lands in
+    the dict (``result`` or ``error``)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def readable_first_bytes(image: Path | str, n: int) -> bytes | None:
+    """The first bytes the guest would see, or None while a writer holds the image."""
+    proc = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", f"read -v 0 {n}",
+                           str(image)], capture_output=True, text=True)
+    if proc.returncode != 0 or "read " not in proc.stdout:
+        return None
+    data = bytearray()
+    for line in proc.stdout.splitlines():
+        if ":" in line and line[:8].strip("0123456789abcdef") == "":
+            for part in line.split(":", 1)[1].split()[:16]:
+                if len(part) == 2:
+                    data.append(int(part, 16))
+    return bytes(data[:n])
+
+
+def running_on(path: str) -> bool:
+    """Whether a process (the orphaned qemu-img and its wrappers) names ``path``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if path.encode() in cmdline.split(b"\0"):
+            return True
+    return False
+
+
+def revert_files(images: Path) -> list[str]:
+    return sorted(p.name for p in images.iterdir() if "-revert" in p.name)
+
+
+# -- revert --------------------------------------------------------------------------
+
+
+def test_failed_revert_keeps_the_guest_running(conn: client.Connection,
+                                               qemud: DaemonProcess, tools: Tools,
+                                               test_guest: TestGuest,
+                                               tmp_path: Path) -> None:
+    data = make_image(tmp_path / "data.qcow2")
+    g = Guest(conn, test_guest, "revert-fail", tmp_path, disk_xml(data)).boot()
+    images = qemud.state_dir / "snapshots" / "revert-fail" / "images"
+    index = images.parent / "snapshots.json"
+    try:
+        dom = g.dom
+        g.write("MARK-ONE")
+        dom.snapshot_create("s1")
+        g.write("MARK-TWO")
+        top = disk_source(dom.xml())
+        meta = index.read_text()
+
+        # qemu-img create fails: before anything else, the guest never stopped
+        tools.fail.touch()
+        try:
+            with pytest.raises(OperationFailed) as info:
+                dom.snapshot_revert("s1")
+        finally:
+            tools.fail.unlink()
+        message = str(info.value)
+        assert "qemu-img create failed" in message, message
+        assert "simulated failure of the test" in message, message
+        assert dom.state()[0] == DomainState.RUNNING
+        assert g.read(8) == "MARK-TWO"  # the same QEMU (same serial line) runs on
+        assert disk_source(dom.xml()) == top == disk_source(dom.xml(INACTIVE))
+        assert revert_files(images) == []
+        assert index.read_text() == meta
+
+        # the metadata cannot be written, after the stop: disks back, guest started
+        tools.held.start_holding()
+        thread, outcome = in_thread(
+            lambda: qemud.connect().lookup_by_name("revert-fail").snapshot_revert("s1"))
+        try:
+            wait_for(tools.held.held.exists, 30, message="the held qemu-img create")
+            aside = index.with_name("kept-by-test.json")
+            index.rename(aside)
+            index.mkdir()
+            (index / "in-the-way").touch()
+        finally:
+            tools.held.release()
+        thread.join(120)
+        assert not thread.is_alive()
+        error = outcome.get("error")
+        assert isinstance(error, OperationFailed), outcome
+        text = str(error)
+        assert "cannot write snapshot metadata" in text, text
+        assert "nothing was reverted" in text and "started again (running)" in text, text
+        shutil.rmtree(index)
+        aside.rename(index)
+        assert index.read_text() == meta
+        wait_for(lambda: dom.state()[0] == DomainState.RUNNING, 60)
+        assert disk_source(dom.xml(INACTIVE)) == top == disk_source(dom.xml())
+        assert revert_files(images) == []
+        g.attach()  # a new QEMU, on the disk as it was
+        assert g.read(8) == "MARK-TWO"
+
+        # nothing in the way: the revert goes through
+        dom.snapshot_revert("s1")
+        g.attach()
+        assert g.read(8) == "MARK-ONE"
+    finally:
+        tools.held.release()
+        tools.fail.unlink(missing_ok=True)
+        g.close()
+
+
+# -- delete, daemon killed -----------------------------------------------------------
+
+
+def test_killed_offline_merge_is_a_failed_merge(qemud: DaemonProcess, tools: Tools,
+                                                test_guest: TestGuest,
+                                                tmp_path: Path) -> None:
+    data = make_image(tmp_path / "data.qcow2")
+    conn = qemud.connect()
+    g = Guest(conn, test_guest, "merge-killed", tmp_path, disk_xml(data))
+    index = qemud.state_dir / "snapshots" / "merge-killed" / "snapshots.json"
+    try:
+        qemu_io_write(str(data), "A")
+        g.dom.snapshot_create("k1")
+        top = disk_source(g.dom.xml(INACTIVE))
+        qemu_io_write(top, "B")
+
+        tools.held.start_holding()
+        thread, outcome = in_thread(
+            lambda: qemud.connect().lookup_by_name("merge-killed").snapshot_delete("k1"))
+        try:
+            wait_for(tools.held.held.exists, 30, message="the held qemu-img commit")
+            # the mark is written before the merge starts
+            recorded = json.loads(index.read_text())
+            assert [s["merging"] for s in recorded["snapshots"]] != [""], recorded
+            conn.close()
+            qemud.kill()
+        finally:
+            tools.held.release()  # the orphaned qemu-img commit goes on and finishes
+        thread.join(60)
+        assert "error" in outcome, outcome
+        # the image is not opened until the orphan is done: a reader's lock would make it
+        # fail (a read-only open does not share writing)
+        wait_for(lambda: not running_on(top), 60, message="the orphaned commit to end")
+        assert readable_first_bytes(data, 1) == b"B"  # k1's image holds the later data
+        qemud.start()
+
+        conn = qemud.connect()
+        dom = conn.lookup_by_name("merge-killed")
+        log = qemud.log_text()
+        assert "snapshot k1: a merge into its image was in progress when an earlier " \
+               "daemon stopped" in log, log[-3000:]
+        assert [s.name for s in dom.snapshots()] == ["k1"]  # kept, as a failed merge
+        assert disk_source(dom.xml(INACTIVE)) == top
+        with pytest.raises(OperationInvalid) as info:
+            dom.snapshot_revert("k1")
+        message = str(info.value)
+        assert "no longer the state of the snapshot" in message, message
+        assert "interrupted" in message and "snapshot-delete merge-killed k1" in message
+        assert disk_source(dom.xml(INACTIVE)) == top and Path(top).is_file()
+        recorded = json.loads(index.read_text())
+        assert [(s["merging"], bool(s["merge_failed"])) for s in recorded["snapshots"]] \
+            == [("", True)]
+
+        # deleting it again finishes the merge
+        dom.snapshot_delete("k1")
+        assert dom.snapshots() == []
+        assert disk_source(dom.xml(INACTIVE)) == str(data)
+        assert readable_first_bytes(data, 1) == b"B"
+        assert not Path(top).exists()
+        g.dom = dom
+    finally:
+        tools.held.release()
+        if qemud.proc is None or qemud.proc.poll() is not None:
+            qemud.start()
+        try:
+            g.dom = qemud.connect().lookup_by_name("merge-killed")
+        except client.QemudClientError:
+            pass
+        g.close()

@@ -1,0 +1,98 @@
+"""The snapshots of a transient domain go away with it (as in libvirt), its images stay.
+
+A transient domain created again with the same XML (same name and uuid) must start
+without the first run's snapshots: otherwise it writes into the old snapshot's frozen
+image, and the next garbage collection removes the overlay that holds everything the
+first run wrote. Real qemu-img and a real TCG test guest, as in test_snapshots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import client
+from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.integration.conftest import TestGuest
+from tests.integration.domains import READY, guest_xml
+from tests.integration.serial import SerialPort
+
+from .conftest import BOOT_TIMEOUT
+from .test_snapshots import disk_source, disk_xml, first_bytes, make_image
+from .test_snapshots import qemud as qemud  # the module's daemon fixture
+
+pytestmark = pytest.mark.integration
+
+NAME = "snap-transient"
+
+
+def boot_transient(conn: client.Connection, test_guest: TestGuest, xml: str,
+                   sock: Path) -> tuple[client.Domain, SerialPort]:
+    dom = conn.create_xml(xml)
+    serial = SerialPort(sock)
+    serial.wait_for(READY, BOOT_TIMEOUT)
+    return dom, serial
+
+
+def write(serial: SerialPort, text: str) -> None:
+    mark = serial.mark()
+    serial.send(f"write-disk vda {text}")
+    serial.wait_for(r"QEMUD-WROTE vda", 30, start=mark)
+
+
+def test_transient_domain_snapshots_end_with_it(conn: client.Connection,
+                                                qemud: DaemonProcess,
+                                                test_guest: TestGuest,
+                                                tmp_path: Path) -> None:
+    data = make_image(tmp_path / "data.qcow2")
+    sock = tmp_path / "t.serial"
+    xml = guest_xml(NAME, test_guest, sock, extra=disk_xml(data))
+    state = qemud.state_dir / "snapshots" / NAME
+    index = state / "snapshots.json"
+    dom, serial = boot_transient(conn, test_guest, xml, sock)
+    try:
+        uuid = dom.uuid
+        dom.snapshot_create("t1snap")
+        first_top = disk_source(dom.xml())
+        assert first_top != str(data)
+        write(serial, "FIRST-RUN")
+        serial.close()
+        dom.destroy()
+        with pytest.raises(client.QemudClientError):
+            conn.lookup_by_name(NAME)
+        # the metadata went aside (under a name that says so), every image stayed
+        wait_for(lambda: not index.exists())
+        aside = sorted(state.glob("snapshots.*.transient-ended.json"))
+        assert len(aside) == 1, sorted(state.iterdir())
+        assert not index.exists()
+        recorded = json.loads(aside[0].read_text())
+        assert "t1snap" in {s["name"] for s in recorded["snapshots"]}
+        assert aside[0].name == f"snapshots.{uuid}.transient-ended.json"
+        assert first_bytes(first_top, "qcow2", 9) == b"FIRST-RUN"
+        assert f"its snapshot metadata was moved to {aside[0]}" in qemud.log_text()
+
+        # the same XML again: no snapshots; an unrelated create + delete leaves the
+        # first run's overlay alone
+        dom, serial = boot_transient(conn, test_guest, xml, sock)
+        assert dom.snapshots() == []
+        assert disk_source(dom.xml()) == str(data)
+        dom.snapshot_create("t2snap")
+        write(serial, "SECOND-RUN")
+        dom.snapshot_delete("t2snap")
+        assert dom.snapshots() == []
+        assert Path(first_top).is_file()
+        assert first_bytes(first_top, "qcow2", 9) == b"FIRST-RUN"
+        serial.close()
+        dom.destroy()
+        # ended twice with the same uuid: both records kept, neither replaced
+        wait_for(lambda: not index.exists())
+        assert len(sorted(state.glob("snapshots.*.transient-ended*.json"))) == 2
+        assert first_bytes(first_top, "qcow2", 9) == b"FIRST-RUN"
+    finally:
+        serial.close()
+        try:
+            conn.lookup_by_name(NAME).destroy()
+        except client.QemudClientError:
+            pass
