@@ -44,6 +44,7 @@ from .xmlmodel import (
 
 __all__ = [
     "DOMAIN_TYPES",
+    "QEMU_NS",
     "DomainDef",
     "OSDef",
     "normalise_uuid",
@@ -82,6 +83,14 @@ _UUID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-
 _BOOT_DEVS = ("fd", "hd", "cdrom", "network")
 _LIFECYCLE = ("destroy", "restart", "preserve", "rename-restart")
 _CRASH = (*_LIFECYCLE, "coredump-destroy", "coredump-restart")
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+"""libvirt's namespace for QEMU pass-through (``<qemu:commandline>``)."""
+_QEMU_COMMANDLINE = f"{{{QEMU_NS}}}commandline"
+_QEMU_ARG = f"{{{QEMU_NS}}}arg"
+_QEMU_ENV = f"{{{QEMU_NS}}}env"
+# libvirt's schema for <qemu:env name=...> (an environment variable name)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def normalise_uuid(text: str) -> str:
@@ -166,7 +175,10 @@ class DomainDef(XMLModel):
     _memory_unit = XMLProperty("./memory/@unit")
     _current_memory = XMLProperty("./currentMemory")
     _current_memory_unit = XMLProperty("./currentMemory/@unit")
-    vcpus = XMLIntProperty("./vcpu", default=1, doc="Number of vCPUs (libvirt default 1).")
+    max_vcpus = XMLIntProperty(
+        "./vcpu", default=1, doc="Maximum number of vCPUs, <vcpu> (libvirt default 1)."
+    )
+    _current_vcpus = XMLIntProperty("./vcpu/@current")
     on_poweroff = XMLProperty(
         "./on_poweroff", default="destroy", doc="Action on guest power-off."
     )
@@ -272,6 +284,34 @@ class DomainDef(XMLModel):
             self._memory, self._memory_unit = str(kib), "KiB"
         else:
             self._current_memory, self._current_memory_unit = str(kib), "KiB"
+
+    @property
+    def vcpus(self) -> int:
+        """vCPUs the guest starts with: ``<vcpu current=N>``, else the maximum.
+
+        This is libvirt's ``virDomainDefGetVcpus`` (``nrVirtCpu`` of ``virDomainGetInfo``).
+        Setting it gives the guest a fixed count: ``<vcpu>N</vcpu>`` without ``current``.
+        """
+        current = self._current_vcpus
+        return self.max_vcpus if current is None else current
+
+    @vcpus.setter
+    def vcpus(self, count: int) -> None:
+        self.max_vcpus = count
+        self._current_vcpus = None
+
+    @property
+    def qemu_args(self) -> list[str]:
+        """``<qemu:commandline><qemu:arg value=.../>`` values, in order (pass-through)."""
+        return [arg.get("value", "") for cmd in self.node.iterchildren(_QEMU_COMMANDLINE)
+                for arg in cmd.iterchildren(_QEMU_ARG)]
+
+    @property
+    def qemu_env(self) -> list[tuple[str, str]]:
+        """``<qemu:commandline><qemu:env name= value=/>`` pairs, in order (pass-through)."""
+        return [(env.get("name", ""), env.get("value", ""))
+                for cmd in self.node.iterchildren(_QEMU_COMMANDLINE)
+                for env in cmd.iterchildren(_QEMU_ENV)]
 
     @property
     def os(self) -> OSDef:
@@ -486,9 +526,8 @@ class DomainDef(XMLModel):
     def _check_all(self) -> None:
         self._check_header()
         self._check_memory()
-        vcpus = self.vcpus
-        if vcpus < 1:
-            raise DefinitionError(f"must be at least 1, got '{vcpus}'", path="vcpu")
+        self._check_vcpus()
+        self._check_qemu_commandline()
         self.os.check()
         for tag, allowed in (
             ("on_poweroff", _LIFECYCLE), ("on_reboot", _LIFECYCLE), ("on_crash", _CRASH)
@@ -541,16 +580,46 @@ class DomainDef(XMLModel):
         text = self._memory
         if text is None:
             raise DefinitionError("element is required", path="memory")
-        memory = self._memory_in_kib(text, self._memory_unit, "memory")
+        self._memory_in_kib(text, self._memory_unit, "memory")
         current_text = self._current_memory
         if current_text is not None:
-            current = self._memory_in_kib(
-                current_text, self._current_memory_unit, "currentMemory"
+            # more than <memory> is fine: normalise() clamps it, as libvirt's post-parse does
+            self._memory_in_kib(current_text, self._current_memory_unit, "currentMemory")
+
+    def _check_vcpus(self) -> None:
+        maximum = self.max_vcpus
+        if maximum < 1:
+            raise DefinitionError(f"must be at least 1, got '{maximum}'", path="vcpu")
+        current = self._current_vcpus
+        if current is None:
+            return
+        if current < 1:
+            raise DefinitionError(f"attribute current must be at least 1, got '{current}'",
+                                  path="vcpu")
+        if current > maximum:
+            # libvirt's words (virDomainDefSetVcpus), numbers in the order they read
+            raise DefinitionError(
+                f"maxvcpus must not be less than current vcpus ({maximum} < {current})",
+                path="vcpu",
             )
-            if current > memory:
-                raise DefinitionError(
-                    f"{current} KiB exceeds <memory> ({memory} KiB)", path="currentMemory"
-                )
+
+    def _check_qemu_commandline(self) -> None:
+        for cmd in self.node.iterchildren(_QEMU_COMMANDLINE):
+            for arg in cmd.iterchildren(_QEMU_ARG):
+                if arg.get("value") is None:
+                    raise DefinitionError("missing value attribute (the argument)",
+                                          path=element_path(arg))
+            for env in cmd.iterchildren(_QEMU_ENV):
+                name = env.get("name")
+                if name is None:
+                    raise DefinitionError("missing name attribute (the variable's name)",
+                                          path=element_path(env))
+                if not _ENV_NAME.fullmatch(name):
+                    raise DefinitionError(
+                        f"invalid environment name '{name}' (a letter or underscore, then"
+                        " letters, digits and underscores)",
+                        path=element_path(env),
+                    )
 
     def _check_devices_together(self, devices: list[Device] | None = None) -> None:
         """Checks across devices: duplicates and boot order consistency."""
@@ -633,8 +702,13 @@ class DomainDef(XMLModel):
             self._uuid = normalise_uuid(raw_uuid)
         if self._memory is not None and self._memory_unit != "KiB":
             self.memory_kib = self.memory_kib
-        if self._current_memory is not None and self._current_memory_unit != "KiB":
-            self.current_memory_kib = self.current_memory_kib
+        if self._current_memory is not None:
+            current, memory = self.current_memory_kib, self.memory_kib
+            if current > memory:
+                # libvirt's post-parse: the balloon target cannot exceed the memory
+                self.current_memory_kib = memory
+            elif self._current_memory_unit != "KiB":
+                self.current_memory_kib = current
         for dev in self.devices:
             dev.normalise()
 

@@ -205,6 +205,19 @@ def validate_device(node: etree._Element) -> None:
     _raise_located(schema, scaffold, devices, dev, _details(schema))
 
 
+def _shown(value: str) -> str:
+    """``value`` exactly as the document has it: quoted, spaces and newlines visible."""
+    return repr(value)
+
+
+def _whitespace_hint(value: str, *, parenthesised: bool = False) -> str:
+    # The value often looks fine once trimmed ('<memory> 100 </memory>'): say why.
+    if value == value.strip():
+        return ""
+    hint = "leading or trailing whitespace"
+    return f" ({hint})" if parenthesised else f"; note the {hint}"
+
+
 def _details(schema: etree.RelaxNG) -> tuple[str, ...]:
     return tuple(
         f"{entry.path}: {entry.message}" if entry.path else str(entry.message)
@@ -226,15 +239,16 @@ def _raise_located(
     node, attr = found
     path = element_path(node, top)
     if attr is not None:
-        value = node.get(attr)
+        value = node.get(attr) or ""
         message = (
-            f"attribute {_attr_name(attr)}='{value}' rejected by libvirt's domain schema"
-            " (unknown attribute or invalid value)"
+            f"attribute {_attr_name(attr)}={_shown(value)} rejected by libvirt's domain"
+            f" schema (unknown attribute or invalid value{_whitespace_hint(value)})"
         )
     elif len(node) == 0 and node.text and node.text.strip():
+        text = node.text
         message = (
-            f"<{local_name(node)}> value '{node.text.strip()}' rejected by libvirt's"
-            " domain schema"
+            f"<{local_name(node)}> value {_shown(text)} rejected by libvirt's"
+            f" domain schema{_whitespace_hint(text, parenthesised=True)}"
         )
     else:
         message = (

@@ -34,6 +34,7 @@ from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     ArgumentUnsupported,
     InvalidArg,
+    OperationDenied,
     OperationFailed,
     OperationInvalid,
     QemudError,
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
+XML_SECURE = 1  # libvirt's VIR_DOMAIN_XML_SECURE: include secrets (the VNC password)
 
 GuestHook = Callable[[DomainObj, str], bool]
 
@@ -134,17 +136,33 @@ class QemuDriver:
 
     # -- guest-initiated actions (policy) ------------------------------------------------
 
-    def on_guest_power(self, dom: DomainObj, reason: str) -> None:
+    def on_guest_power(self, dom: DomainObj, reason: str,
+                       announce: Callable[[], None] | None = None) -> None:
         """The guest powered off (or reset with on_reboot=destroy): apply on_poweroff.
 
         Appliance hooks only see power-offs the guest decided on itself: one that follows
         an admin's DOMAIN_SHUTDOWN must not, say, power off the host (libvirt's
         <on_poweroff> still applies, as it does in libvirt).
+
+        ``<on_poweroff>restart`` reboots the guest in the same QEMU, as libvirt's
+        qemuProcessShutdownOrReboot does (a fake reboot: same id, no STOPPED/STARTED);
+        its power-off is then not announced either (libvirt's qemuProcessHandleShutdown
+        sends no SHUTDOWN event for it). ``announce`` sends the SHUTDOWN event: first
+        thing, unless the guest may be rebooted in place.
         """
+        in_place = reason != "guest-reset" and dom.current().on_poweroff == "restart"
+        if announce is not None and not in_place:
+            announce()
+            announce = None
         hooks = [] if dom.shutdown_requested else self.power_hooks
         for hook in hooks:
             if hook(dom, reason):
+                if announce is not None:  # (a power policy stops it: a shutdown after all)
+                    announce()
                 return
+        if in_place:
+            self.lifecycle.reboot_in_place(dom)
+            return
         policy = dom.current().on_reboot if reason == "guest-reset" else \
             dom.current().on_poweroff
         if policy in ("restart", "rename-restart"):
@@ -271,7 +289,8 @@ class QemuDriver:
             dom = DomainObj(definition, persistent=False)
             self.registry.add(dom)
         try:
-            started = self.lifecycle.start(dom, definition)
+            # libvirt's VIR_DOMAIN_START_PAUSED (1), as for DOMAIN_CREATE
+            started = self.lifecycle.start(dom, definition, paused=bool(args.flags & 1))
         except Exception:
             if not dom.persistent:
                 self.registry.remove(dom)
@@ -285,10 +304,20 @@ class QemuDriver:
         return out
 
     def _get_xml(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.StringReply:
+        """The domain XML; secrets (the VNC password) only with XML_SECURE, which a
+        read-only connection may not ask for (libvirt's rule and words)."""
+        secure = bool(args.flags & XML_SECURE)
+        if secure and ctx.readonly:
+            raise OperationDenied("virDomainGetXMLDesc with secure flag")
         dom = self._dom(args)
-        if args.flags & XML_INACTIVE or dom.live is None:
-            return pl.StringReply((dom.next_definition or dom.definition).to_xml())
-        return pl.StringReply(dom.live.to_xml(live=True))
+        live = not (args.flags & XML_INACTIVE or dom.live is None)
+        definition = dom.live if live else (dom.next_definition or dom.definition)
+        assert definition is not None
+        if not secure and any(g.passwd is not None for g in definition.graphics):
+            definition = definition.copy()
+            for graphics in definition.graphics:
+                graphics.passwd = None
+        return pl.StringReply(definition.to_xml(live=True) if live else definition.to_xml())
 
     def _set_autostart(self, ctx: Any, args: pl.AutostartArgs) -> Empty:
         dom = self._dom(args)
@@ -315,6 +344,9 @@ class QemuDriver:
             raise OperationInvalid(f"domain '{dom.name}' is paused: resume it before an ACPI "
                                    "shutdown (or destroy it)")
         dom.shutdown_requested = True
+        # libvirt's qemuDomainShutdownFlagsMonitor: a shutdown ends a reboot request the
+        # guest ignored, else its power-off would reset it
+        dom.fake_reboot = False
         request = dom.monitor.execute("system_powerdown")
         if not args.flags & ShutdownFlags.DESTROY_ON_TIMEOUT:
             return self._empty_or(request)
@@ -344,12 +376,13 @@ class QemuDriver:
     def _destroy(self, ctx: Any, args: pl.DomainFlagsArgs) -> Any:
         return self._empty_or(self.lifecycle.destroy(self._dom(args)))
 
-    def _suspend(self, ctx: Any, args: pl.DomainArgs) -> Deferred:
+    def _suspend(self, ctx: Any, args: pl.DomainArgs) -> Empty | Deferred:
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
         self.lifecycle.require_no_job(dom)
         if dom.state == DomainState.PAUSED:
-            raise OperationInvalid(f"domain '{dom.name}' is already paused")
+            # libvirt's qemuDomainSuspend: already paused is done (no event, same reason)
+            return Empty()
         assert dom.monitor is not None
         return self._pause_resume(dom, "stop")
 
@@ -357,6 +390,8 @@ class QemuDriver:
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
         self.lifecycle.require_no_job(dom)
+        if dom.state == DomainState.RUNNING:  # libvirt's qemuDomainResume, same words
+            raise OperationInvalid(f"domain '{dom.name}' is already running")
         if dom.state != DomainState.PAUSED:
             raise OperationInvalid(f"domain '{dom.name}' is not paused")
         return self._pause_resume(dom, "cont")

@@ -38,7 +38,7 @@ from qemud.errors import (
 )
 from qemud.qemu.arch import get_strategy
 from qemud.qemu.chardevs import pty_paths
-from qemud.qemu.command import GuestPaths, build_argv
+from qemud.qemu.command import GuestPaths, build_argv, taints
 from qemud.qemu.errors import QemuError
 from qemud.qemu.qmp import QMPEvent
 
@@ -143,6 +143,9 @@ class Lifecycle:
         dom.job = "start"
         self.registry.assign_id(dom)
         live.id = dom.id
+        for taint in taints(live):  # libvirt's words, in the daemon's log as in libvirtd's
+            log.warning("Domain id=%d name='%s' uuid=%s is tainted: %s", dom.id, dom.name,
+                        dom.uuid, taint)
         dom.live, dom.process = live, process
         dom.guest_shutdown = dom.fake_reboot = dom.shutdown_requested = False
         dom.stop_intent = None
@@ -170,6 +173,13 @@ class Lifecycle:
                 result.fail(self._start_error(error, process))
 
         def ready(_: Any) -> None:
+            secured = _set_vnc_password(monitor, live)
+            if secured is None:
+                read_ptys()
+            else:
+                secured.add_done_callback(lambda d: fail(d.error) if d.error else read_ptys())
+
+        def read_ptys() -> None:
             # like libvirt, the ptys QEMU allocated are known before the guest runs
             self._read_ptys(dom, monitor).add_done_callback(
                 lambda d: fail(d.error) if d.error else go())
@@ -274,6 +284,7 @@ class Lifecycle:
         if not dom.active or dom.process is None:
             raise OperationInvalid(f"domain '{dom.name}' is not running")
         dom.stop_intent = intent or StopIntent(ShutoffReason.DESTROYED, StoppedDetail.DESTROYED)
+        dom.fake_reboot = False  # (libvirt's destroy clears a pending reboot too)
         waiter = Deferred()
         dom.stop_waiters.append(waiter)
         dom.process.terminate(self.config.qemu.destroy_grace)
@@ -339,21 +350,31 @@ class Lifecycle:
         data = event.data
         name = event.name
         if name == "SHUTDOWN":
-            if data.get("guest") and dom.fake_reboot:
+            if not data.get("guest"):
+                return
+            # QEMU (-no-shutdown) now pauses the guest in its shutdown state: the STOP
+            # that follows is part of the shutdown (or of the reboot in place below),
+            # never shown as a pause
+            dom.guest_shutdown = True
+            if dom.fake_reboot:
                 dom.fake_reboot = False
                 if dom.current().on_reboot not in REBOOT_IS_SHUTDOWN:
-                    self._reset_and_continue(dom)
+                    self.reboot_in_place(dom)
                     return
                 # libvirt's qemuDomainReboot: a guest whose reboots stop it is not
                 # rebooted by an admin either, the ACPI power-off is a shutdown the
                 # admin asked for (then <on_poweroff> applies)
                 dom.shutdown_requested = True
-            if data.get("guest"):
-                dom.guest_shutdown = True
-                self.events.lifecycle(dom.ref(), LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST)
-                self.driver.on_guest_power(dom, str(data.get("reason", "guest-shutdown")))
+            self.driver.on_guest_power(
+                dom, str(data.get("reason", "guest-shutdown")),
+                announce=lambda: self.events.lifecycle(dom.ref(), LifecycleEvent.SHUTDOWN,
+                                                       ShutdownDetail.GUEST))
             return
         if name == "RESET":
+            # libvirt's qemuProcessHandleReset: a reset (the guest's, or the firmware's
+            # after one) ends a reboot request the guest ignored
+            dom.fake_reboot = False
+            # the host's own system_reset (guest: false) was announced when it was sent
             if data.get("guest", True):
                 self.events.reboot(dom.ref())
                 self.driver.on_guest_reset(dom, str(data.get("reason", "guest-reset")))
@@ -400,11 +421,65 @@ class Lifecycle:
                 else:
                     waiter.fail(OperationFailed(f"migration {status}"))
 
-    def _reset_and_continue(self, dom: DomainObj) -> None:
-        assert dom.monitor is not None
+    def reboot_in_place(self, dom: DomainObj) -> None:
+        """libvirt's fake reboot: reset the guest QEMU holds paused in its shutdown
+        state, and run it again, in the same QEMU (same id, no STOPPED/STARTED).
+
+        The pause is not shown (no SUSPENDED/RESUMED; the state stays running) and the
+        guest runs as ``running (booted)`` after it, as in libvirt's
+        qemuProcessFakeReboot. The reboot event is sent before ``system_reset`` (whose
+        RESET, ``guest: false``, is then not announced again): the appliance's power
+        duty acts on it before the reset reaches QEMU. If the reset or the continue
+        fails, the guest is stopped as shut down, as libvirt kills it then. Until the
+        guest runs again it is busy (libvirt's fake reboot takes a job too): a suspend
+        in between would be undone by the continue.
+        """
+        monitor = dom.monitor
+        if monitor is None or monitor.closed:
+            return
+        dom.guest_shutdown = True  # (the STOP of the shutdown pause: not a user pause)
+        own_job = dom.job is None
+        if own_job:
+            dom.job = "reboot"
         self.events.reboot(dom.ref())
-        dom.monitor.execute("system_reset").add_done_callback(
-            lambda d: dom.monitor.execute("cont") if dom.monitor and not d.error else None)
+
+        def end_job() -> None:
+            if own_job and dom.job == "reboot":
+                dom.job = None
+
+        def failed(step: str, error: QemudError) -> None:
+            end_job()
+            log.error("domain %s: reboot in place failed (%s: %s): stopping it", dom.name,
+                      step, error.message)
+            if dom.monitor is monitor and dom.process is not None and dom.stop_intent is None:
+                dom.stop_intent = StopIntent(ShutoffReason.SHUTDOWN, StoppedDetail.SHUTDOWN)
+                dom.process.terminate(self.config.qemu.destroy_grace)
+
+        def reset(d: Deferred) -> None:
+            if d.error is not None:
+                failed("system_reset", d.error)
+                return
+            monitor.execute("cont", timeout=QMP_TIMEOUT).add_done_callback(running)
+
+        def running(d: Deferred) -> None:
+            if d.error is not None:
+                failed("cont", d.error)
+                return
+            end_job()
+            if dom.monitor is not monitor or dom.stop_intent is not None:
+                return  # stopped, or being stopped (destroy), meanwhile
+            # a new boot: what the admin asked of the guest before it is done
+            dom.guest_shutdown = dom.shutdown_requested = False
+            if dom.state == DomainState.RUNNING:
+                self._set_state(dom, DomainState.RUNNING, RunningReason.BOOTED)
+            self.save_status(dom)
+            # a shutdown waiting for the power-off (DESTROY_ON_TIMEOUT) has it: the guest
+            # powered off, <on_poweroff>restart started it again (it must not be
+            # destroyed when the wait times out)
+            waiters, dom.stop_waiters = dom.stop_waiters, []
+            for waiter in waiters:
+                waiter.resolve(None)
+        monitor.execute("system_reset", timeout=QMP_TIMEOUT).add_done_callback(reset)
 
     # -- reconnect -----------------------------------------------------------------------
 
@@ -525,6 +600,29 @@ class Lifecycle:
                 dom.monitor.close()
             if dom.process is not None:
                 dom.process.detach()
+
+
+def _set_vnc_password(monitor: Monitor, live: DomainDef) -> Deferred | None:
+    """Give VNC its password (``-vnc ...,password=on`` refuses everyone until then) and
+    its expiry, before the vCPUs start; None when the guest has no VNC password."""
+    vnc = next((g for g in live.graphics if g.passwd is not None), None)
+    if vnc is None:
+        return None
+    password = monitor.execute("set_password", {"protocol": "vnc", "password": vnc.passwd})
+    expiry = vnc.password_expiry()
+    if expiry is None:
+        return password
+    expire = monitor.execute("expire_password", {"protocol": "vnc", "time": str(expiry)})
+    both = Deferred()
+
+    def done(_: Deferred) -> None:  # the monitor answers in order: both are known now
+        error = password.error or expire.error
+        if error is not None:
+            both.fail(error)
+        else:
+            both.resolve(None)
+    expire.add_done_callback(done)
+    return both
 
 
 def _remove_job_file(record: StatusRecord) -> None:

@@ -33,11 +33,16 @@ from qemud.qemu.capabilities import Capabilities
 from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj
-from .store import DomainStore
+from .store import NAME_MAX, DomainStore
 
 __all__ = ["Registry"]
 
 log = logging.getLogger(__name__)
+
+#: The longest domain name, in bytes of UTF-8: the name is a file name in the store
+#: (``<name>.xml``, ``<name>.status.json``) and the guest log (``<name>.log``), and the
+#: longest of those must stay within NAME_MAX.
+MAX_NAME_BYTES = NAME_MAX - len(".status.json")
 
 
 class Registry:
@@ -126,6 +131,7 @@ class Registry:
             definition = parse_domain_xml(xml)
         except ConfError as exc:
             raise XMLError(f"XML error: {exc}") from None
+        check_name(definition.name)
         self.check_for_host(definition)
         for validate in self.validators:
             validate(definition)
@@ -266,6 +272,22 @@ class Registry:
                             autostart=self.store.autostart(definition.name))
             self.add(dom)
         log.info("loaded %d persistent domain(s)", len(self))
+
+
+def check_name(name: str) -> None:
+    """Refuse a name the daemon's file layout cannot hold (XMLError), before any write.
+
+    The model already refuses what libvirt does ('/', a newline, empty). ``.`` and ``..``
+    name directories, not files: ``<autostart>/..`` is the config directory itself.
+    """
+    if name in (".", ".."):
+        raise XMLError(f"XML error: name: '{name}' cannot be a domain name (it is a"
+                       " directory name)")
+    size = len(name.encode())
+    if size > MAX_NAME_BYTES:
+        raise XMLError(f"XML error: name: too long ({size} bytes in UTF-8; at most"
+                       f" {MAX_NAME_BYTES}, as it is part of file names such as"
+                       " <name>.status.json)")
 
 
 _ACTIVE, _INACTIVE = int(ListFlags.ACTIVE), int(ListFlags.INACTIVE)

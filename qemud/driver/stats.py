@@ -112,7 +112,7 @@ def basic_stats(dom: DomainObj) -> tuple[Params, Params, Params]:
                _int("balloon.maximum", current.memory_kib)]
     if pid is not None:
         balloon.append(_int("balloon.rss", _rss_kib(pid)))
-    vcpu = [_int("vcpu.current", current.vcpus), _int("vcpu.maximum", current.vcpus)]
+    vcpu = [_int("vcpu.current", current.vcpus), _int("vcpu.maximum", current.max_vcpus)]
     return head, balloon, vcpu
 
 

@@ -55,12 +55,14 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
     every guest start and state change.
 
     The temp file is ``.<name>.<pid>-<n>.tmp`` (see :func:`_create_temp`), which
-    :func:`remove_dead_writes` sweeps. Plain ``os.write`` on the descriptor skips the
+    :func:`remove_dead_writes` sweeps; for a ``<name>`` too long for that to be a file
+    name, a digest of it stands in (:func:`_temp_name`), so any name that can be stored
+    can be written. Plain ``os.write`` on the descriptor skips the
     buffered file object, whose set-up (an ioctl, an lseek) cost as much as the write.
     """
     raw = data.encode() if isinstance(data, str) else data
     directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}-{next(_temp_serial)}.tmp"
+    tmp = directory / _temp_name(path.name)
     fd = _create_temp(tmp, mode)
     try:
         try:
@@ -235,6 +237,19 @@ def remove_dead_writes_below(root: Path) -> list[Path]:
     except OSError:
         return []
     return [path for directory in dirs for path in remove_dead_writes(directory)]
+
+
+#: the longest file name most Linux file systems take (NAME_MAX)
+NAME_MAX = 255
+
+
+def _temp_name(name: str) -> str:
+    """``.<name>.<pid>-<n>.tmp``, or ``.<digest of name>.<pid>-<n>.tmp`` past NAME_MAX."""
+    suffix = f".{os.getpid()}-{next(_temp_serial)}.tmp"
+    if len(os.fsencode(f".{name}{suffix}")) <= NAME_MAX:
+        return f".{name}{suffix}"
+    import hashlib  # here: it loads OpenSSL (~4 MiB), otherwise only TLS needs it
+    return f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:32]}{suffix}"
 
 
 def _create_temp(tmp: Path, mode: int) -> int:

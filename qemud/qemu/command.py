@@ -20,6 +20,11 @@ Conventions, mostly libvirt's:
 * Every user-supplied string that lands inside a ``key=value,...`` option
   is comma-escaped (QEMU reads ``,,`` as a literal comma); JSON options
   (``-blockdev``) need no escaping.
+* ``<qemu:commandline>`` pass-through, as libvirt: its ``<qemu:arg>`` values
+  are appended verbatim, last; its ``<qemu:env>`` variables are set with
+  ``env(1)`` in front of the emulator (``/usr/bin/env NAME=VALUE... qemu``),
+  so the argv stays the whole description of the launch.  Such a domain is
+  what libvirt calls tainted (:func:`taints`; libvirt logs it at start).
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ from qemud.qemu.chardevs import console_is_serial0
 from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
 
-__all__ = ["GuestPaths", "argv_to_text", "build_argv", "qemu_opt_escape"]
+__all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "build_argv", "qemu_opt_escape",
+           "taints"]
 
 _VNC_BASE_PORT: Final = 5900
-_UNIX_PATH_MAX: Final = 107  # sizeof(sockaddr_un.sun_path) - 1
+_UNIX_PATH_MAX: Final = naming.UNIX_PATH_MAX
 _BOOT_DEVS: Final = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
 _DISK_FORMATS: Final = frozenset({"raw", "qcow2"})
 _STORAGE_DRIVERS: Final = {"file": "file", "block": "host_device"}
@@ -58,6 +64,8 @@ _WATCHDOG_ACTIONS: Final = {
     "dump": "pause",
 }
 _ACTION_OPTION_SINCE: Final = (6, 0, 0)
+#: what sets ``<qemu:env>`` variables for QEMU (it execs QEMU: same pid)
+ENV_PROGRAM: Final = "/usr/bin/env"
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,12 @@ class GuestPaths:
     def under(
         cls, run_root: str | os.PathLike[str], log_root: str | os.PathLike[str], name: str
     ) -> GuestPaths:
-        """The standard layout: ``RUN/NAME/{monitor.sock,qemu.pid}``, ``LOG/NAME.log``."""
-        run_dir = Path(run_root, name)
+        """The standard layout: ``RUN/NAME/{monitor.sock,qemu.pid}``, ``LOG/NAME.log``.
+
+        ``NAME`` in ``RUN`` is shortened when the sockets would not fit in a unix
+        socket path (:func:`qemud.qemu.naming.guest_dir_name`).
+        """
+        run_dir = Path(run_root, naming.guest_dir_name(run_root, name))
         return cls(
             qmp_socket=run_dir / "monitor.sock",
             pidfile=run_dir / "qemu.pid",
@@ -99,7 +111,8 @@ def qemu_opt_escape(value: str) -> str:
 def build_argv(
     dom: DomainView, strategy: ArchStrategy, caps: Capabilities, paths: GuestPaths
 ) -> list[str]:
-    """The full QEMU argv (``argv[0]`` is the emulator) for ``dom``.
+    """The full QEMU argv for ``dom`` (``argv[0]`` is the emulator, or with
+    ``<qemu:env>`` :data:`ENV_PROGRAM`, which execs it).
 
     Does not modify ``dom``: arch defaults are computed, not written (call
     :meth:`ArchStrategy.fill_defaults` at define time to persist them).
@@ -110,7 +123,29 @@ def build_argv(
     accel = _accel(dom, strategy, caps)
     emulator, emulator_caps = _emulator(dom, strategy, caps)
     _check_machine(dom, strategy, emulator_caps)
-    return _Builder(dom, strategy, paths, emulator_caps).build(emulator, accel)
+    argv = _Builder(dom, strategy, paths, emulator_caps).build(emulator, accel)
+    return _env_prefix(dom, emulator) + argv
+
+
+def taints(dom: DomainView) -> list[str]:
+    """libvirt's taint flags (``virDomainTaintFlags`` names) this definition earns.
+
+    ``custom-argv``: ``<qemu:commandline>`` passes arguments or environment to QEMU that
+    the daemon does not understand, so what the guest does is no longer its guarantee.
+    """
+    return ["custom-argv"] if dom.qemu_args or dom.qemu_env else []
+
+
+def _env_prefix(dom: DomainView, emulator: str) -> list[str]:
+    if not dom.qemu_env:
+        return []
+    if "=" in emulator:  # env(1) would take it for one more variable
+        raise GuestConfigError(
+            "devices/emulator",
+            f"emulator path {emulator!r} contains '=', which <qemu:env> cannot be combined"
+            " with",
+        )
+    return [ENV_PROGRAM, *(f"{name}={value}" for name, value in dom.qemu_env)]
 
 
 def _accel(dom: DomainView, strategy: ArchStrategy, caps: Capabilities) -> str:
@@ -177,6 +212,11 @@ class _Builder:
             raise GuestConfigError("uuid", "the domain has no UUID (call assign_missing_ids)")
         if dom.vcpus < 1:
             raise GuestConfigError("vcpu", f"need at least one vCPU, got {dom.vcpus}")
+        if dom.vcpus > dom.max_vcpus:
+            raise GuestConfigError(
+                "vcpu",
+                f"maxvcpus must not be less than current vcpus ({dom.max_vcpus} < {dom.vcpus})",
+            )
         if dom.memory_kib < 1:
             raise GuestConfigError("memory", f"memory must be positive, got {dom.memory_kib} KiB")
         self.add(emulator)
@@ -193,7 +233,7 @@ class _Builder:
         self.add(*strategy.machine_args(dom, accel))
         self.add(*strategy.cpu_args(dom, accel))
         self.add("-m", f"size={strategy.memory_kib(dom)}k")
-        self.add("-smp", str(dom.vcpus))
+        self._smp()
         self.add("-uuid", dom.uuid)
         self.add("-msg", "timestamp=on")
         self._display()
@@ -210,9 +250,19 @@ class _Builder:
         self._serials_and_consoles()
         self._channels()
         self._watchdog()
+        self.add(*dom.qemu_args)
         return self.argv
 
     # -- machine-wide -----------------------------------------------------------
+
+    def _smp(self) -> None:
+        current, maximum = self.dom.vcpus, self.dom.max_vcpus
+        if current == maximum:
+            self.add("-smp", str(current))
+            return
+        # libvirt without <cpu><topology>: one socket per possible vCPU, so the
+        # topology adds up to maxcpus and the offline ones can be plugged later
+        self.add("-smp", f"{current},maxcpus={maximum},sockets={maximum},cores=1,threads=1")
 
     def _display(self) -> None:
         graphics = self.dom.graphics
@@ -232,7 +282,10 @@ class _Builder:
         listen = vnc.listen or "127.0.0.1"
         if ":" in listen and not listen.startswith("["):
             listen = f"[{listen}]"
-        self.add("-vnc", f"{qemu_opt_escape(listen)}:{port - _VNC_BASE_PORT}")
+        # with a password, VNC refuses every client until QMP set_password gives it one
+        # (the daemon does that before the vCPUs start): never on the command line
+        password = ",password=on" if vnc.passwd is not None else ""
+        self.add("-vnc", f"{qemu_opt_escape(listen)}:{port - _VNC_BASE_PORT}{password}")
 
     def _actions(self) -> None:
         if self.dom.on_reboot == "destroy":

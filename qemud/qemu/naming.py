@@ -12,10 +12,16 @@ stored anywhere else.  Hence:
   assigned before start), not after their list position, which shifts;
 * everything else is a singleton or never hotplugged and uses libvirt's
   index-based names (``charserial0``, ``virtio-serial0``...).
+
+A guest's run directory (sockets, pidfile) is named after the domain too, but
+a unix socket path has at most 107 bytes, so a name too long for that (or one
+that is not a plain file name) gets a short stable form instead: see
+:func:`guest_dir_name`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Final
 
@@ -32,6 +38,7 @@ __all__ = [
     "disk_device_id",
     "disk_index",
     "disk_node_names",
+    "guest_dir_name",
     "is_valid_id",
     "nic_ids",
     "split_target_dev",
@@ -51,6 +58,36 @@ _TARGET_RE: Final = re.compile(r"(?P<prefix>xvd|ubd|hd|sd|vd|fd)(?P<letters>[a-z
 _MAC_RE: Final = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 # QEMU's node-name limit (BlockDriverState.node_name is char[32]).
 _NODE_NAME_MAX: Final = 31
+# sizeof(sockaddr_un.sun_path) - 1
+UNIX_PATH_MAX: Final = 107
+# Room kept for "/<file>" after a run directory: the longest socket put there
+# ("/charchannel12.sock", "/heartbeat.sock", "/monitor.sock") with a margin.
+_RUN_FILE_ROOM: Final = 24
+# A shortened run directory: as many bytes of the name as fit, "~", a digest.
+_DIGEST_HEX: Final = 16
+_DIGEST_HEX_MIN: Final = 8
+
+
+def guest_dir_name(run_root: str | os.PathLike[str], name: str) -> str:
+    """Name of the run directory of the domain ``name`` under ``run_root``.
+
+    The domain name itself when every socket the daemon puts in it fits in a unix
+    socket path; otherwise (and for ``.``/``..``) as much of the name's start as fits
+    plus a digest of the whole name (``nnnnnnnnnn~3f2a9c...``; the digest alone when the
+    run root leaves little room), as libvirt keeps its runtime paths short
+    (``domain-<id>-<first 20 characters>``).  A function of the two arguments only, so
+    a restarted daemon computes the same directory for a running guest.
+    """
+    raw = os.fsencode(name)
+    room = UNIX_PATH_MAX - len(os.fsencode(run_root)) - 1 - _RUN_FILE_ROOM
+    if name not in (".", "..") and len(raw) <= room:
+        return name
+    import hashlib  # here: it loads OpenSSL (~4 MiB), otherwise only TLS needs it
+    digest = hashlib.sha256(raw).hexdigest()
+    if room < _DIGEST_HEX + 2:  # no room for a readable prefix
+        return digest[:max(room, _DIGEST_HEX_MIN)]
+    prefix = raw[:room - _DIGEST_HEX - 1].decode("utf-8", "ignore")
+    return f"{prefix}~{digest[:_DIGEST_HEX]}"
 
 
 def is_valid_id(value: str) -> bool:

@@ -242,3 +242,43 @@ def test_root_must_be_an_element_tree_we_own() -> None:
     with pytest.raises(TypeError):
         from qemud.conf.xmlmodel import XMLModel
         XMLModel()
+
+
+# -- <vcpu current>, <currentMemory> above <memory>, <qemu:commandline> -------------------
+
+VCPU_XML = """<domain type='qemu'>
+  <name>v</name><memory unit='MiB'>64</memory>{current}<vcpu{attrs}>4</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+</domain>"""
+
+
+def test_vcpu_current_is_the_count_the_guest_runs_with() -> None:
+    """libvirt's virDomainDefGetVcpus (nrVirtCpu): current when given, else the maximum."""
+    dom = parse_domain_xml(VCPU_XML.format(current="", attrs=" current='2'"))
+    assert (dom.vcpus, dom.max_vcpus) == (2, 4)
+    again = parse_domain_xml(dom.to_xml())
+    assert (again.vcpus, again.max_vcpus) == (2, 4)
+    plain = parse_domain_xml(VCPU_XML.format(current="", attrs=""))
+    assert (plain.vcpus, plain.max_vcpus) == (4, 4)
+
+
+def test_setting_vcpus_gives_a_fixed_count() -> None:
+    dom = parse_domain_xml(VCPU_XML.format(current="", attrs=" current='2'"))
+    dom.vcpus = 3
+    assert (dom.vcpus, dom.max_vcpus) == (3, 3)
+    assert "current" not in dom.to_xml()
+
+
+def test_current_memory_above_memory_is_clamped_like_libvirt() -> None:
+    """libvirt's post-parse sets the balloon target to the memory instead of refusing."""
+    dom = parse_domain_xml(VCPU_XML.format(
+        current="<currentMemory unit='MiB'>128</currentMemory>", attrs=""))
+    assert (dom.memory_kib, dom.current_memory_kib) == (65536, 65536)
+    assert '<currentMemory unit="KiB">65536</currentMemory>' in dom.to_xml()
+
+
+def test_qemu_commandline_args_and_env_in_document_order() -> None:
+    dom = parse_domain_xml((DATA / "vcpu-passthrough-in.xml").read_text())
+    assert dom.qemu_args == ["-device", "pvpanic"]
+    assert dom.qemu_env == [("QEMUD_TEST", "a b,c")]
+    assert parse_domain_xml(VCPU_XML.format(current="", attrs="")).qemu_args == []

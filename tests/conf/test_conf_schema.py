@@ -209,3 +209,15 @@ def test_no_schema_is_nothing_to_release(no_schema: None) -> None:
         assert loads == []
     finally:
         schema.set_load_hook(None)
+
+
+def test_element_value_is_shown_as_given(installed_schema: Path,
+                                         isolated_schema: None) -> None:
+    """A value with spaces around it is quoted with its spaces: trimmed, it looks valid."""
+    text = VALID.replace("<memory unit='GiB'>2<", "<memory unit='GiB'> 2 <", 1)
+    assert text != VALID
+    with pytest.raises(SchemaError) as info:
+        parse_domain_xml(text)
+    assert info.value.path == "memory"
+    assert "<memory> value ' 2 '" in info.value.message
+    assert "(leading or trailing whitespace)" in info.value.message

@@ -52,6 +52,7 @@ class FakeGraphics:
     port: int | None = 5900
     autoport: bool = False
     listen: str | None = None
+    passwd: str | None = None
 
 
 @dataclass
@@ -89,6 +90,13 @@ class FakeDomain:
     consoles: list[FakeChar] = field(default_factory=list)
     channels: list[FakeChar] = field(default_factory=list)
     watchdog: FakeWatchdog | None = None
+    maximum_vcpus: int | None = None  # <vcpu> when <vcpu current> is set; None: vcpus
+    qemu_args: list[str] = field(default_factory=list)
+    qemu_env: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def max_vcpus(self) -> int:
+        return self.vcpus if self.maximum_vcpus is None else self.maximum_vcpus
 
 
 def _machines(*names: str, default: str | None = None) -> tuple[MachineType, ...]:

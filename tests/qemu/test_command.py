@@ -10,7 +10,14 @@ import pytest
 
 from qemud.qemu.arch import get_strategy
 from qemud.qemu.capabilities import EmulatorCaps
-from qemud.qemu.command import GuestPaths, argv_to_text, build_argv, qemu_opt_escape
+from qemud.qemu.command import (
+    ENV_PROGRAM,
+    GuestPaths,
+    argv_to_text,
+    build_argv,
+    qemu_opt_escape,
+    taints,
+)
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError, UnsupportedForArch
 from tests.qemu.fakes import (
     EMULATORS,
@@ -347,6 +354,10 @@ def test_vnc() -> None:
     assert option(args, "-device") == ["VGA,id=video0"]
     args = argv(FakeDomain(graphics=[FakeGraphics(port=5900, listen="::1")]))
     assert option(args, "-vnc") == ["[::1]:0"]
+    # a password: VNC asks for one, set through QMP, never on the command line
+    args = argv(FakeDomain(graphics=[FakeGraphics(port=5901, passwd="s3cret")]))
+    assert option(args, "-vnc") == ["127.0.0.1:1,password=on"]
+    assert not any("s3cret" in arg for arg in args)
 
 
 @pytest.mark.parametrize(
@@ -471,3 +482,68 @@ def test_watchdog_on_old_qemu_and_bad_action() -> None:
     assert option(args, "-watchdog-action") == ["shutdown"]
     with pytest.raises(GuestConfigError, match="devices/watchdog: unsupported watchdog action"):
         argv(FakeDomain(watchdog=FakeWatchdog("ib700", "explode")))
+
+
+# -- <vcpu current> -------------------------------------------------------------------
+
+
+def test_current_vcpus_below_the_maximum_start_with_maxcpus() -> None:
+    """libvirt: -smp current,maxcpus=max with a topology that adds up to max."""
+    args = argv(FakeDomain(vcpus=1, maximum_vcpus=2))
+    assert option(args, "-smp") == ["1,maxcpus=2,sockets=2,cores=1,threads=1"]
+    assert option(argv(FakeDomain(vcpus=3, maximum_vcpus=3)), "-smp") == ["3"]
+
+
+def test_current_vcpus_above_the_maximum_are_refused() -> None:
+    with pytest.raises(GuestConfigError, match=r"maxvcpus must not be less than current vcpus"
+                                               r" \(2 < 3\)"):
+        argv(FakeDomain(vcpus=3, maximum_vcpus=2))
+
+
+# -- <qemu:commandline> pass-through ----------------------------------------------------
+
+
+def test_qemu_args_are_appended_last_verbatim() -> None:
+    plain = argv(FakeDomain(watchdog=FakeWatchdog()))
+    args = argv(FakeDomain(watchdog=FakeWatchdog(), qemu_args=["-device", "pvpanic,a=b c"]))
+    assert args == [*plain, "-device", "pvpanic,a=b c"]
+    assert taints(FakeDomain(qemu_args=["-S"])) == ["custom-argv"]
+    assert taints(FakeDomain()) == []
+
+
+def test_qemu_env_is_set_through_env_in_front_of_the_emulator() -> None:
+    dom = FakeDomain(qemu_env=[("QEMUD_A", "x y"), ("B_", "")])
+    args = argv(dom)
+    assert args[:4] == [ENV_PROGRAM, "QEMUD_A=x y", "B_=", "/usr/bin/qemu-system-x86_64"]
+    assert args[3:] == argv(FakeDomain())
+    assert taints(dom) == ["custom-argv"]
+
+
+def test_qemu_env_with_an_emulator_path_env_would_misread_is_refused() -> None:
+    dom = FakeDomain(qemu_env=[("A", "1")], emulator="/opt/q=1/qemu-system-x86_64")
+    with pytest.raises(GuestConfigError, match="contains '='"):
+        argv(dom)
+
+
+# -- run directories of long names --------------------------------------------------------
+
+
+def test_run_dir_of_a_name_that_fits_is_the_name() -> None:
+    paths = GuestPaths.under("/run/qemud", "/log", "n" * 40)
+    assert paths.run_dir == Path("/run/qemud", "n" * 40)
+    assert paths.log_file == Path("/log", "n" * 40 + ".log")
+
+
+@pytest.mark.parametrize("name", ["n" * 80, "é" * 120, "x" * 243, ".", ".."])
+def test_run_dir_of_a_long_or_special_name_is_short_and_stable(name: str) -> None:
+    root = "/run/user/1000/some/deep/test/dir/qemud/qemu"
+    paths = GuestPaths.under(root, "/log", name)
+    assert paths.run_dir.parent == Path(root)
+    assert paths.run_dir.name not in (".", "..")
+    assert len(str(paths.socket_for("charchannel12")).encode()) <= 107
+    assert len(str(paths.qmp_socket).encode()) <= 107
+    assert paths == GuestPaths.under(root, "/log", name)  # a restarted daemon agrees
+    other = GuestPaths.under(root, "/log", name[:-1] + "y")
+    assert other.run_dir != paths.run_dir
+    dom = FakeDomain(name=name, serials=[FakeChar("unix")])
+    build_argv(dom, get_strategy("x86_64"), fake_caps(), paths)  # every socket fits

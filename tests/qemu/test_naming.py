@@ -51,3 +51,27 @@ def test_chardev_ids_and_validity() -> None:
     assert naming.chardev_ids("serial", 2) == ("charserial2", "serial2")
     assert naming.is_valid_id("disk-vda") and naming.is_valid_id("channel0")
     assert not naming.is_valid_id("0abc") and not naming.is_valid_id("a b")
+
+
+def test_guest_dir_name_keeps_a_name_that_fits() -> None:
+    assert naming.guest_dir_name("/run/qemud/qemu", "web-1") == "web-1"
+    assert naming.guest_dir_name("/run/qemud/qemu", "a" * 60) == "a" * 60
+
+
+def test_guest_dir_name_shortens_what_does_not_fit_and_keeps_its_start() -> None:
+    short = naming.guest_dir_name("/run/qemud/qemu", "a" * 90)
+    assert short.startswith("a" * 10) and "~" in short
+    assert len("/run/qemud/qemu/" + short + "/charchannel12.sock") <= naming.UNIX_PATH_MAX
+    assert naming.guest_dir_name("/run/qemud/qemu", "a" * 89 + "b") != short
+
+
+def test_guest_dir_name_of_dot_names_is_not_a_directory_alias() -> None:
+    for name in (".", ".."):
+        assert naming.guest_dir_name("/run", name) not in (".", "..")
+
+
+def test_guest_dir_name_under_a_deep_run_root_is_the_digest() -> None:
+    root = "/" + "r" * 80
+    short = naming.guest_dir_name(root, "x" * 30)
+    assert len(short) == 8 and set(short) <= set("0123456789abcdef")
+    assert len(f"{root}/{short}/monitor.sock") <= naming.UNIX_PATH_MAX

@@ -4,6 +4,7 @@
 
     <graphics type='vnc' port='5901' autoport='no' listen='127.0.0.1'/>
     <graphics type='vnc' port='-1' autoport='yes'/>      (port chosen at start-up)
+    <graphics type='vnc' port='-1' passwd='secret' passwdValidTo='2027-01-01T00:00:00'/>
 
 Canonical form follows libvirt: after parsing, ``autoport`` is always explicit and an
 automatic port is written as ``-1``.  The port QEMU actually got is runtime data: it shows
@@ -12,6 +13,7 @@ in the live XML only.
 
 from __future__ import annotations
 
+import datetime
 from typing import ClassVar
 
 from ..xmlmodel import XMLIntProperty, XMLProperty, XMLYesNoProperty
@@ -41,6 +43,12 @@ class Graphics(Device):
         "./@port", doc="TCP port; -1 means automatic, None when not given."
     )
     _autoport = XMLYesNoProperty("./@autoport")
+    passwd = XMLProperty(
+        "./@passwd",
+        doc="The VNC password (set through QMP at start); like libvirt, the domain XML shows "
+            "it only when asked for secure information on a read-write connection.")
+    passwd_valid_to = XMLProperty(
+        "./@passwdValidTo", doc="When the password expires: UTC, YYYY-MM-DDTHH:MM:SS.")
     _listen_attr = XMLProperty("./@listen")
     _listen_address = XMLProperty("./listen/@address")
 
@@ -87,6 +95,20 @@ class Graphics(Device):
             )
         if auto is False and (port is None or port == -1):
             raise self._error("autoport='no' needs a port")
+        if self.passwd_valid_to is not None:
+            self.password_expiry()  # raises on a bad time
+
+    def password_expiry(self) -> int | None:
+        """``passwdValidTo`` as seconds since the epoch (None when not given)."""
+        text = self.passwd_valid_to
+        if text is None:
+            return None
+        try:
+            when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            raise self._error(f"passwdValidTo must be a UTC time YYYY-MM-DDTHH:MM:SS, got "
+                              f"'{text}'") from None
+        return int(when.replace(tzinfo=datetime.UTC).timestamp())
 
     def normalise(self) -> None:
         """Make autoport explicit and write an automatic port as -1 (libvirt's form)."""
