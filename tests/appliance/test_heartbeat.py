@@ -41,7 +41,7 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 
 def qemu_pid(qemud: DaemonProcess, name: str) -> int:
-    return int((qemud.run_dir / "qemu" / name / "qemu.pid").read_text())
+    return int((qemud.guest_run_dir(name) / "qemu.pid").read_text())
 
 
 def test_silent_guest_restarted_healthy_one_left_alone(conn: client.Connection,

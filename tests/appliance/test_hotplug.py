@@ -444,7 +444,8 @@ def test_device_arriving_during_a_snapshot_waits_for_it(
 
     dev = loops["job"]
     ctl = loopctl(loops)
-    qemu_img = HeldQemuImg(qemud.root / "bin", qemud.root / "hold", qemud.root / "held")
+    qemu_img = HeldQemuImg(qemud.root / "bin", qemud.root / "hold", qemud.root / "held",
+                           qemud.root / "fail")
     dom, serial = boot(conn, "hp-job", test_guest, tmp_path / "serial.sock",
                        extra=disk_xml(make_image(tmp_path / "vda.qcow2")))
     try:

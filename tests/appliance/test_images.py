@@ -451,7 +451,7 @@ class Vm:
 
     def __init__(self, qemud: DaemonProcess, dom: client.Domain) -> None:
         self.dom = dom
-        self.sock = qemud.run_dir / "qemu" / dom.name / "console.sock"
+        self.sock = qemud.guest_run_dir(dom.name) / "console.sock"
         self.serial: SerialPort | None = None
 
     def attach(self) -> Vm:

@@ -76,7 +76,7 @@ def boot(conn: client.Connection, name: str, guest: object, sock: Path,
 
 
 def qemu_pid(qemud: DaemonProcess, name: str) -> int:
-    return int((qemud.run_dir / "qemu" / name / "qemu.pid").read_text())
+    return int((qemud.guest_run_dir(name) / "qemu.pid").read_text())
 
 
 def test_restart_after_poweroff_then_budget_exhausted(conn: client.Connection,

@@ -61,9 +61,7 @@ def digest(path: str | Path) -> str:
 
 def qemu_files(qemud: DaemonProcess, name: str) -> list[str]:
     """The files the guest's QEMU process has open."""
-    pidfiles = [p for p in qemud.run_dir.rglob("qemu.pid") if name in str(p)]
-    assert len(pidfiles) == 1, pidfiles
-    fds = Path("/proc") / pidfiles[0].read_text().strip() / "fd"
+    fds = Path("/proc") / (qemud.guest_run_dir(name) / "qemu.pid").read_text().strip() / "fd"
     files = []
     for fd in fds.iterdir():
         try:

@@ -194,7 +194,7 @@ def test_missing_disk_image_names_the_path(conn: client.Connection, qemud: Daemo
     assert str(missing) in str(info.value)
     assert "No such file or directory" in str(info.value)
     _assert_nothing_running(conn, dom)
-    assert not list((qemud.run_dir / "qemu").glob(f"{name}*/*.sock"))
+    assert not list(qemud.guest_run_dir(name).glob("*.sock"))
     dom.undefine()
 
 

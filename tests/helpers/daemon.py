@@ -165,6 +165,13 @@ class DaemonProcess:
         path = self.root / "qemud.stderr"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def guest_run_dir(self, name: str) -> Path:
+        """Where the daemon keeps guest ``name``'s sockets and pidfile: ``run/qemu/NAME``,
+        shortened when a socket path there would be too long (a deep tmp_path)."""
+        from qemud.qemu.naming import guest_dir_name
+        root = self.run_dir / "qemu"
+        return root / guest_dir_name(root, name)
+
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 

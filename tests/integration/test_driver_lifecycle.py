@@ -28,6 +28,7 @@ from protocol.constants import (
     StartedDetail,
     StoppedDetail,
 )
+from qemud.qemu.naming import guest_dir_name
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.integration.domains import READY, bare_xml, guest_xml
 from tests.integration.serial import SerialPort
@@ -69,7 +70,11 @@ def qemu_pids(name: str, run_dir: Path | None = None) -> list[int]:
     Scoped by run dir because other test runs on the machine may use the same guest
     names; zombies (exited, not yet reaped by their parent) do not count as running.
     """
-    pattern = f"{run_dir}/qemu/{name}/" if run_dir is not None else f"guest={name},"
+    if run_dir is not None:
+        root = run_dir / "qemu"
+        pattern = f"{root / guest_dir_name(root, name)}/"  # as the daemon names it
+    else:
+        pattern = f"guest={name},"
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     pids = []
     for pid in map(int, out.stdout.split()):
@@ -301,7 +306,7 @@ def test_failed_start_returns_qemu_error_and_leaves_nothing(
     assert "no-such-disk.img" in str(info.value)  # QEMU's own text
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.FAILED)
     assert qemu_pids("broken", qemud.run_dir) == []
-    assert not list((qemud.run_dir / "qemu" / "broken").glob("*.sock"))
+    assert not list(qemud.guest_run_dir("broken").glob("*.sock"))
     dom.undefine()
 
 
