@@ -250,6 +250,10 @@ target = "sdb"
     assert parse_descriptor(desc.to_json()) == desc  # the stored form reads back the same
     with pytest.raises(DescriptorError, match=r"appliance\.toml: not valid TOML"):
         load_descriptor_text("name = ", "appliance.toml")
+    with pytest.raises(DescriptorError, match=r"appliance\.json: not valid JSON: key "
+                                              r"'version' appears twice in one object"):
+        load_descriptor_text('{"name": "r", "version": "1", "version": "2"}',
+                             "appliance.json")
     assert sorted(["1.10", "1.9", "2.0", "1.9a"], key=version_key) == \
         ["1.9", "1.9a", "1.10", "2.0"]
 

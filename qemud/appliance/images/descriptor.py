@@ -319,11 +319,23 @@ def parse_descriptor(data: Any, source: str = "appliance.json") -> Descriptor:
 def load_descriptor_text(text: str, filename: str) -> Descriptor:
     """Parse the text of ``appliance.json`` / ``appliance.toml``."""
     try:
-        data = tomllib.loads(text) if filename.endswith(".toml") else json.loads(text)
+        data = tomllib.loads(text) if filename.endswith(".toml") else \
+            json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         kind = "TOML" if filename.endswith(".toml") else "JSON"
         raise DescriptorError(f"{filename}: not valid {kind}: {exc}") from None
     return parse_descriptor(data, filename)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (``json`` keeps the last of two silently;
+    TOML refuses them itself): two values for one key are a mistake the author must see."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"key '{key}' appears twice in one object")
+        data[key] = value
+    return data
 
 
 def check_host(desc: Descriptor, caps: Capabilities) -> None:
