@@ -82,6 +82,10 @@ class Lifecycle:
         self.events = driver.events
         self.registry = driver.registry
         self.config = driver.config
+        #: called once the QMP of a guest a previous daemon left running is up again, with
+        #: its status record and QEMU's block jobs (``query-block-jobs``): the appliance
+        #: ends the jobs that daemon started and never saw end (see ``_leftover_jobs``)
+        self.reattach_hooks: list[Callable[[DomainObj, StatusRecord, list[Any]], None]] = []
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -549,6 +553,7 @@ class Lifecycle:
         def refresh(_: Any) -> None:
             if record.job == "save":
                 self._undo_save(dom, monitor, record)
+            self._leftover_jobs(dom, monitor, record)
             # the ptys are in the status file's live XML; asked again for a status file
             # written by a daemon that did not record them
             self._read_ptys(dom, monitor).add_done_callback(query_status)
@@ -577,6 +582,31 @@ class Lifecycle:
         if record.state == DomainState.RUNNING:
             monitor.execute("cont")
         _remove_job_file(record)
+
+    def _leftover_jobs(self, dom: DomainObj, monitor: Monitor, record: StatusRecord
+                       ) -> None:
+        """QEMU's block jobs of a re-attached guest, to the ``reattach_hooks``: this
+        daemon started none of them, so each was started by the last daemon (a merge,
+        a backup) or by hand. Left alone, a merge's active commit waits forever for a
+        pivot and keeps the disk busy (libvirt reconciles its block jobs when it
+        re-attaches too). The hooks are called also when there is no job (a backup's
+        target may be left without one) or the query fails (with no job then)."""
+        def queried(d: Deferred) -> None:
+            jobs = d.result if d.error is None and isinstance(d.result, list) else []
+            if d.error is not None:
+                log.warning("domain %s: cannot list its block jobs: %s", dom.name,
+                            d.error.message)
+            if dom.monitor is not monitor:
+                return  # stopped meanwhile
+            for hook in self.reattach_hooks:
+                try:
+                    hook(dom, record, jobs)
+                except Exception:
+                    log.exception("domain %s: re-attach hook failed", dom.name)
+            if jobs and not self.reattach_hooks:
+                log.warning("domain %s: block jobs left running: %s", dom.name,
+                            ", ".join(str(j.get("device")) for j in jobs))
+        monitor.execute("query-block-jobs").add_done_callback(queried)
 
     def _apply_status(self, dom: DomainObj, status: Any) -> None:
         if not isinstance(status, dict):
@@ -626,10 +656,12 @@ def _set_vnc_password(monitor: Monitor, live: DomainDef) -> Deferred | None:
 
 
 def _remove_job_file(record: StatusRecord) -> None:
-    """Remove what an unfinished job of the last daemon was writing (a save's temp file;
-    never the user's target, which it had not replaced yet)."""
-    if not record.job_file:
-        return
+    """Remove what an unfinished job of the last daemon was writing: a save's temp file
+    (never the user's target, which it had not replaced yet), a live backup's target
+    (created by that backup, which refuses an existing file; no client was told it is
+    complete)."""
+    if not record.job_file or record.job not in ("save", "backup"):
+        return  # (a job that writes no file of its own names none)
     try:
         os.unlink(record.job_file)
     except FileNotFoundError:

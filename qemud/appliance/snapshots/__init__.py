@@ -30,7 +30,9 @@ overlay file the daemon created is removed once nothing needs it any more: no di
 (persistent, pending or live definition) and no remaining snapshot has it in its backing
 chain. Images the daemon did not create (the user's originals) are never deleted. A
 merge is marked in the metadata before it starts (``SnapshotRecord.merging``); a mark a
-killed daemon left makes the snapshot a failed merge (``merge_failed``: revert refused).
+killed daemon left makes the snapshot a failed merge (``merge_failed``: revert refused),
+and the next daemon cancels the commit jobs it left in QEMU when it re-attaches to the
+guest (``leftovers``; as it ends a killed daemon's backup and removes its target files).
 
 **Backup** (DOMAIN_BACKUP): ``blockdev-backup sync=full`` of the disk(s) to new target
 nodes in one ``transaction`` (one consistent instant for all disks; QEMU's
@@ -63,6 +65,7 @@ create      DOMAIN_SNAPSHOT_CREATE, DOMAIN_SNAPSHOT_LIST
 revert      DOMAIN_SNAPSHOT_REVERT, the undefine rule
 delete      DOMAIN_SNAPSHOT_DELETE and its merge (commit) jobs
 backup      DOMAIN_BACKUP and its block jobs
+leftovers   a killed daemon's merge and backup jobs, ended when a guest is re-attached
 operations  the store, the tool runner and the operations over them; their driver hooks
 duty        wiring: procedures, the DOMAIN_UNDEFINE check, the start-up clean-up
 ==========  ==========================================================================

@@ -23,7 +23,7 @@ from protocol.constants import ShutoffReason
 from qemud.dispatch import Deferred
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, gather, log_failure, qemu_failure
+from .base import SnapshotOps, gather, job_speed, log_failure, qemu_failure
 
 if TYPE_CHECKING:
     from qemud.conf import Disk
@@ -104,6 +104,13 @@ class BackupOps(SnapshotOps):
                 raise InvalidArg(f"backup target directory {t.path.parent} does not exist")
         qemu_img = self.qemu_img()
         dom.job = "backup"
+        if dom.active:
+            # in the status file: a daemon killed during the backup leaves QEMU's job and
+            # the target; the next one ends the job and removes the target's file (see
+            # .leftovers). One target: its path here, from before the file is created;
+            # several: QEMU's target nodes name their files once they are added
+            dom.job_file = str(targets[0].path) if len(targets) == 1 else ""
+            self.lifecycle.save_status(dom)
         out = Deferred()
         backup = Backup(dom, targets, out)
         self.events.appliance(dom.ref(), "backup-progress", "0%")
@@ -145,6 +152,11 @@ class BackupOps(SnapshotOps):
                                           f"backup node {t.node}"))
         if dom.job == "backup":
             dom.job = None
+        if dom.job_file in {str(t.path) for t in backup.targets}:
+            dom.job_file = ""
+        # before the reply: a status file that still named the backup would make a
+        # restarted daemon remove a file the client was told is complete
+        self.lifecycle.save_status(dom)
         files = ", ".join(str(t.path) for t in backup.targets)
         if error is not None:
             self._unlink(backup.created)
@@ -206,9 +218,9 @@ class BackupOps(SnapshotOps):
                 if g.error is not None:
                     fail(qemu_failure("cannot open the backup target", g.error))
                     return
-                actions = [{"type": "blockdev-backup", "data": {
+                actions = [{"type": "blockdev-backup", "data": job_speed({
                     "job-id": t.job, "device": sources[t.target], "target": t.node,
-                    "sync": "full"}} for t in backup.targets]
+                    "sync": "full"})} for t in backup.targets]
                 # jobs may complete before this answer: on_qmp_event already tracks them
                 monitor.execute("transaction", {"actions": actions}).add_done_callback(
                     lambda d: fail(qemu_failure("cannot start the backup", d.error))

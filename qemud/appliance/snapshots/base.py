@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qemud import testhooks
 from qemud.dispatch import Deferred
 from qemud.errors import ConfigUnsupported, OperationFailed, OperationInvalid, QemudError
 from qemud.qemu import naming
@@ -27,9 +28,23 @@ if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
 
 __all__ = ["SnapshotOps", "gather", "qemu_failure", "log_failure", "block_nodes",
-           "tool_failure"]
+           "tool_failure", "JOB_SPEED", "job_speed"]
 
 log = logging.getLogger(__name__)
+
+#: Test hook for a daemon run as a subprocess: ``QEMUD_TEST_JOB_SPEED=<bytes/s>`` in its
+#: environment (read once, at import) limits QEMU's live merge (``block-commit``) and
+#: backup (``blockdev-backup``) jobs to that speed, so that a test can kill the daemon
+#: while the job runs. For tests only; never set it in production.
+JOB_SPEED_ENV = "QEMUD_TEST_JOB_SPEED"
+JOB_SPEED = testhooks.rate(JOB_SPEED_ENV)
+
+
+def job_speed(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` of a block job, with the test hook's ``speed`` when it is set."""
+    if JOB_SPEED:
+        args["speed"] = JOB_SPEED
+    return args
 
 
 def tool_failure(argv: list[str], code: int, stderr: str) -> str:

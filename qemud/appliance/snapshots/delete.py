@@ -41,7 +41,7 @@ from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, QemudError
 from qemud.qemu import naming, qcow2
 
-from .base import SnapshotOps, gather, log_failure, qemu_failure
+from .base import SnapshotOps, gather, job_speed, log_failure, qemu_failure
 from .records import RUN_ID
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ class Merge:
     closed: set[str] = field(default_factory=set)  # non-active: targets whose C is closed
     completing: bool = False
     finished: bool = False
+    #: QEMU accepted a commit job: it may have written into S's images (a merge that
+    #: failed before that left them as they were)
+    started: bool = False
 
 
 class DeleteOps(SnapshotOps):
@@ -349,7 +352,9 @@ class DeleteOps(SnapshotOps):
                     # the link QEMU writes into the above layer's header: the path the
                     # metadata (and a shut-off merge's rebase) uses, not QEMU's idea of it
                     args.update({"top-node": layer_node, "backing-file": base})
-                commits.append(monitor.execute("block-commit", args))
+                started = monitor.execute("block-commit", job_speed(args))
+                started.add_done_callback(functools.partial(_started, merge))
+                commits.append(started)
             gather(commits).add_done_callback(
                 lambda g: self._end_merge(merge, qemu_failure("cannot start the merge",
                                                               g.error))
@@ -365,6 +370,7 @@ class DeleteOps(SnapshotOps):
         if merge is None or merge.finished or job not in merge.jobs:
             return
         target = merge.jobs[job]
+        merge.started = True  # (an event of the job may come before the command's reply)
         monitor = dom.monitor
         if event.name == "BLOCK_JOB_READY":
             merge.ready.add(job)
@@ -464,15 +470,18 @@ class DeleteOps(SnapshotOps):
                 if disk.device == "disk" and (disk.target_dev or "") in pivoted:
                     disk.source = merge.snap.disks[disk.target_dev or ""].base
             self.lifecycle.save_status(dom)
-        self._settle(dom, merge.meta, merge.snap, moved, error, merge.result, merge.above)
+        self._settle(dom, merge.meta, merge.snap, moved, error, merge.result, merge.above,
+                     started=merge.started)
 
     def _settle(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord,
                 moved: dict[str, str], error: QemudError | None, out: Deferred,
-                above: dict[str, str] | None = None) -> None:
+                above: dict[str, str] | None = None, *, started: bool = False) -> None:
         """After the commits: the definition follows the ``moved`` disks (target -> old
         overlay) whose top was merged; for those merged deeper (``above``: target -> the
         layer above the merged one) the metadata's chains skip the merged layer. Then S
-        is forgotten unless ``error``; ``out`` gets the outcome."""
+        is forgotten unless ``error``; ``out`` gets the outcome. ``started``: QEMU
+        accepted a commit job of this call (a live merge), which may have written into
+        S's images before it failed; a failure before that wrote nothing."""
         dom.job = None
         above = above or {}
         points: dict[str, tuple[str | None, str]] = {
@@ -485,10 +494,16 @@ class DeleteOps(SnapshotOps):
         # whatever else fails, these disks now read S's image where they read the layer
         self._relink(meta, snap, {t: (moved[t], above[t]) for t in moved if t in above})
         if error is not None:
-            written = bool(moved) or dom.active
+            written = bool(moved) or started
+            if written:
+                state = "; its image holds part of the later data"
+            elif snap.merge_failed:  # an earlier merge did, not this call
+                state = ("; nothing was merged now, its image may still hold part of the "
+                         "later data from an earlier merge")
+            else:
+                state = "; nothing was merged"
             log.warning("domain %s: merging snapshot %s failed (the snapshot is kept%s): %s",
-                        dom.name, snap.name, "; its image holds part of the later data"
-                        if written else "", error.message)
+                        dom.name, snap.name, state, error.message)
             snap.merging = ""  # saved below either way: the merge is over
             if written:  # S is no longer what it froze: a revert to it is refused
                 snap.merge_failed = (f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the merge of "
@@ -548,6 +563,11 @@ class DeleteOps(SnapshotOps):
                                + (f", {above[t]} now reads from it" if t in above else "")
                                for t, top in moved.items()))
         self.events.appliance(dom.ref(), "snapshot-deleted", snap.name)
+
+
+def _started(merge: Merge, d: Deferred) -> None:
+    if d.error is None:
+        merge.started = True
 
 
 def _reaches(root: str, fmt: str | None, who: str, written: dict[str, str],

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from protocol.fields import Payload
     from qemud.dispatch import Deferred, Handler
     from qemud.driver.domain import DomainObj
+    from qemud.driver.store import StatusRecord
 
     from .. import ApplianceContext
     from .operations import Operations
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["SnapshotDuty", "install"]
 
 log = logging.getLogger(__name__)
+
+#: the ids a live merge and a backup give their QEMU block jobs (see :mod:`.leftovers`)
+JOB_PREFIXES = ("commit-", "backup-")
 
 
 class SnapshotDuty:
@@ -53,6 +57,8 @@ class SnapshotDuty:
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefine)
         self.driver.disk_removed_hooks.append(self.disk_removed)
         self.driver.stop_hooks.append(self.on_stop)
+        # before any re-attached guest's QMP is up (it connects from the loop)
+        self.driver.lifecycle.reattach_hooks.append(self.reattached)
         # transient domains that ended while no daemon watched (QEMU gone at reconnect,
         # or a daemon killed before it set their metadata aside); the driver has loaded
         # and reconnected every domain by now
@@ -84,6 +90,17 @@ class SnapshotDuty:
         """
         if (self.root / dom.name / "snapshots.json").is_file():
             self.ops.store.load(dom)
+
+    def reattached(self, dom: DomainObj, record: StatusRecord, jobs: list[Any]) -> None:
+        """A guest the last daemon left running is attached again: the merge and backup
+        jobs that daemon left in its QEMU are ended, and what a backup left is removed
+        (see :mod:`.leftovers`, imported only then). Nothing to do for most guests."""
+        mine = [j for j in jobs if isinstance(j, dict)
+                and str(j.get("device", "")).startswith(JOB_PREFIXES)]
+        if not mine and record.job != "backup":
+            return
+        from .leftovers import Leftovers
+        Leftovers(self.driver, dom, record, mine).start()
 
     def on_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
         """A guest stopped: if it was transient, its snapshot metadata goes with it.
