@@ -23,7 +23,9 @@ from .connection import ClientInfo, Connection, EventRecord, NodeInfo, Stream, c
 from .domain import (
     AFFECT_CONFIG,
     AFFECT_LIVE,
+    MEM_MAXIMUM,
     START_PAUSED,
+    VCPU_MAXIMUM,
     XML_INACTIVE,
     XML_SECURE,
     Domain,
@@ -57,7 +59,7 @@ __all__ = [
     "DomainState", "EventId", "LifecycleEvent", "ListFlags", "ClientInfo", "Connection",
     "EventRecord", "NodeInfo", "Stream", "connect", "AFFECT_CONFIG", "AFFECT_LIVE",
     "START_PAUSED", "XML_INACTIVE", "XML_SECURE", "Domain", "DomainInfo", "RebootFlags",
-    "ShutdownFlags",
+    "ShutdownFlags", "MEM_MAXIMUM", "VCPU_MAXIMUM",
     "AuthError", "ConfigUnsupportedError", "ConnectFailed", "ConnectionLost",
     "DomainExistsError", "InvalidArgError", "InvalidCall", "InvalidURI", "LimitExceeded",
     "NoDomainError", "NoSnapshotError", "NotSupportedError", "OperationFailed",

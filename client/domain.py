@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from .connection import Connection, Stream
 
 __all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "XML_SECURE", "AFFECT_LIVE",
-           "AFFECT_CONFIG", "START_PAUSED", "RebootFlags", "ShutdownFlags"]
+           "AFFECT_CONFIG", "START_PAUSED", "RebootFlags", "ShutdownFlags", "MEM_MAXIMUM",
+           "VCPU_MAXIMUM"]
 
 #: libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_INACTIVE = 2
@@ -24,6 +25,10 @@ XML_SECURE = 1
 #: libvirt's VIR_DOMAIN_AFFECT_LIVE / _CONFIG
 AFFECT_LIVE = 1
 AFFECT_CONFIG = 2
+#: libvirt's VIR_DOMAIN_MEM_MAXIMUM (set_memory): change the maximum, <memory>
+MEM_MAXIMUM = 4
+#: libvirt's VIR_DOMAIN_VCPU_MAXIMUM (set_vcpus, with AFFECT_CONFIG): change the maximum
+VCPU_MAXIMUM = 4
 #: libvirt's VIR_DOMAIN_START_PAUSED (create / create_xml): QEMU starts with its vCPUs
 #: stopped, so the guest runs no instruction until ``resume``
 START_PAUSED = 1
@@ -201,6 +206,43 @@ class Domain:
         ``backup-progress`` appliance events."""
         self._conn._call(P.Procedure.DOMAIN_BACKUP,
                          pl.BackupArgs(self.ref, target, disk, flags), P.Empty)
+
+    # -- memory and vCPUs ----------------------------------------------------------------
+
+    def set_memory(self, kib: int, flags: int = AFFECT_LIVE) -> None:
+        """libvirt's ``setMemoryFlags``: the balloon target (AFFECT_LIVE: needs a virtio
+        balloon in the guest) and/or ``<currentMemory>`` (AFFECT_CONFIG), in KiB; 0 is
+        the current state. The default is ``setMemory``'s (live). With ``MEM_MAXIMUM``
+        it changes ``<memory>``, of the persistent definition only."""
+        self._conn._call(P.Procedure.DOMAIN_SET_MEMORY,
+                         pl.MemoryArgs(self.ref, kib, flags), P.Empty)
+
+    def set_max_memory(self, kib: int) -> None:
+        """libvirt's ``setMaxMemory``: ``<memory>`` of the current state's definition
+        (refused for a running domain: use ``set_memory(kib, AFFECT_CONFIG | MEM_MAXIMUM)``)."""
+        self.set_memory(kib, MEM_MAXIMUM)
+
+    def memory_stats(self) -> dict[str, int]:
+        """libvirt's ``memoryStats`` of a running domain: {"actual": KiB, "rss": KiB, ...}
+        with virsh's names, in the daemon's order; tags this client does not know are
+        left out."""
+        r = self._conn._call(P.Procedure.DOMAIN_MEMORY_STATS, pl.DomainFlagsArgs(self.ref),
+                             pl.MemoryStatsReply)
+        return {pl.MEMORY_STAT_TAGS[s.tag]: s.value for s in r.stats
+                if s.tag in pl.MEMORY_STAT_TAGS}
+
+    def set_vcpus(self, count: int, flags: int = AFFECT_LIVE) -> None:
+        """libvirt's ``setVcpusFlags``: the vCPU count (AFFECT_CONFIG: ``<vcpu current>``;
+        a live change is refused, qemud has no vCPU hotplug); with ``VCPU_MAXIMUM`` and
+        AFFECT_CONFIG the maximum. The default is ``setVcpus``'s (live)."""
+        self._conn._call(P.Procedure.DOMAIN_SET_VCPUS, pl.VcpusArgs(self.ref, count, flags),
+                         P.Empty)
+
+    def vcpus(self) -> list[pl.VcpuInfo]:
+        """libvirt's ``vcpus`` of a running domain: per vCPU its number, state, CPU time
+        (ns), the host CPU it ran on last and its affinity (libvirt's cpumap bytes)."""
+        return self._conn._call(P.Procedure.DOMAIN_GET_VCPUS, pl.DomainFlagsArgs(self.ref),
+                                pl.VcpuInfoReply).vcpus
 
     # -- stats ---------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ __all__ = [
     "WatchdogEventMsg", "ApplianceEventMsg", "ClientInfo", "ClientListReply", "ClientIdArgs",
     "StreamChunk", "RenderArgs", "BackupArgs", "ImportArgs", "DeployArgs", "UpdateArgs",
     "ApplianceInfo", "ApplianceListReply", "HotplugInfo", "HotplugListReply",
+    "MemoryArgs", "MemoryStat", "MemoryStatsReply", "VcpusArgs",
+    "VcpuInfo", "VcpuInfoReply",
 ]
 
 
@@ -434,3 +436,73 @@ class StreamChunk(Payload):
     """Not encoded with construct: STREAM frames carry raw bytes (documented here for the table)."""
 
     data: Blob
+
+
+# --- domains: memory and vCPUs (setmem, setmaxmem, dommemstat, setvcpus, vcpuinfo) --------
+
+@dataclass(frozen=True, slots=True)
+class MemoryArgs(Payload):
+    """libvirt's virDomainSetMemoryFlags: a size in KiB and flags (VIR_DOMAIN_AFFECT_LIVE 1,
+    VIR_DOMAIN_AFFECT_CONFIG 2, VIR_DOMAIN_MEM_MAXIMUM 4; 0 = the current state)."""
+
+    dom: DomainRef
+    memory_kib: U64
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStat(Payload):
+    """One of libvirt's virDomainMemoryStatStruct: a tag (:data:`MEMORY_STAT_TAGS`) and its
+    value (KiB for sizes, a count for faults, seconds since the epoch for last_update)."""
+
+    tag: U32
+    value: U64
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStatsReply(Payload):
+    """In the order the daemon collected them, as virsh prints them."""
+
+    stats: list[MemoryStat]
+
+
+#: libvirt's VIR_DOMAIN_MEMORY_STAT_* tags (MemoryStat.tag), with virsh dommemstat's
+#: names for them. Receivers tolerate tags they do not know. (Not in ``__all__``, which
+#: lists the payload classes.)
+MEMORY_STAT_TAGS: dict[int, str] = {
+    0: "swap_in", 1: "swap_out", 2: "major_fault", 3: "minor_fault", 4: "unused",
+    5: "available", 6: "actual", 7: "rss", 8: "usable", 9: "last_update",
+    10: "disk_caches", 11: "hugetlb_pgalloc", 12: "hugetlb_pgfail",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VcpusArgs(Payload):
+    """libvirt's virDomainSetVcpusFlags: a vCPU count and flags (VIR_DOMAIN_AFFECT_LIVE 1,
+    VIR_DOMAIN_AFFECT_CONFIG 2, VIR_DOMAIN_VCPU_MAXIMUM 4, VIR_DOMAIN_VCPU_GUEST 8;
+    0 = the current state)."""
+
+    dom: DomainRef
+    count: U32
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuInfo(Payload):
+    """libvirt's virVcpuInfo plus that vCPU's cpumap.
+
+    ``state`` is libvirt's virVcpuState (0 offline, 1 running, 2 blocked); ``cpu`` the
+    host CPU the vCPU thread ran on last (-1 unknown); ``cpumap`` the host CPUs it may
+    run on, libvirt's layout (bit ``n % 8`` of byte ``n // 8`` is host CPU ``n``).
+    """
+
+    number: U32
+    state: S32
+    cpu_time_ns: U64
+    cpu: S32
+    cpumap: Blob
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuInfoReply(Payload):
+    vcpus: list[VcpuInfo]

@@ -85,6 +85,11 @@ class Procedure(enum.IntEnum):
     APPLIANCE_LIST = 137
     HOTPLUG_LIST = 138
     SUPPORT_BUNDLE = 139
+    # domains: memory and vCPUs
+    DOMAIN_SET_MEMORY = 140
+    DOMAIN_MEMORY_STATS = 141
+    DOMAIN_SET_VCPUS = 142
+    DOMAIN_GET_VCPUS = 143
 
 
 class Kind(enum.Enum):
@@ -145,7 +150,9 @@ _TABLE = [
     _call(P.DOMAIN_CREATE_XML, p.XMLFlagsArgs, p.DomainReply, mutates=True,
           doc="Create and start a transient domain."),
     _call(P.DOMAIN_GET_XML, p.DomainFlagsArgs, p.StringReply, mutates=False,
-          doc="Domain XML; flags bit 2 (VIR_DOMAIN_XML_INACTIVE) asks for the persistent one."),
+          doc="Domain XML; flags bit 2 (VIR_DOMAIN_XML_INACTIVE) asks for the persistent one, "
+              "bit 1 (VIR_DOMAIN_XML_SECURE) for secrets (the VNC password), refused on a "
+              "read-only connection."),
     _call(P.DOMAIN_SET_AUTOSTART, p.AutostartArgs, Empty, mutates=True, doc=""),
     _call(P.DOMAIN_GET_AUTOSTART, p.DomainArgs, p.BoolReply, mutates=False, doc=""),
     _call(P.DOMAIN_CREATE, p.DomainFlagsArgs, p.DomainReply, mutates=True,
@@ -209,6 +216,18 @@ _TABLE = [
           doc="Host devices matched by udev hotplug rules and where they are attached."),
     _call(P.SUPPORT_BUNDLE, Empty, Empty, mutates=False, admin=True,
           doc="A tar.gz of logs, XML, capabilities and versions, sent as STREAM frames."),
+    _call(P.DOMAIN_SET_MEMORY, p.MemoryArgs, Empty, mutates=True,
+          doc="virDomainSetMemoryFlags: the balloon target (live, through a virtio balloon) "
+              "and/or <currentMemory> (config); with MEM_MAXIMUM (4) <memory> (config only)."),
+    _call(P.DOMAIN_MEMORY_STATS, p.DomainFlagsArgs, p.MemoryStatsReply, mutates=False,
+          doc="virDomainMemoryStats of a running domain: balloon stats (when it has a "
+              "balloon) and the QEMU process's RSS, libvirt's tags."),
+    _call(P.DOMAIN_SET_VCPUS, p.VcpusArgs, Empty, mutates=True,
+          doc="virDomainSetVcpusFlags: <vcpu current> (config), with VCPU_MAXIMUM (4) "
+              "<vcpu> (config only); live vCPU hotplug is refused (OPERATION_UNSUPPORTED)."),
+    _call(P.DOMAIN_GET_VCPUS, p.DomainFlagsArgs, p.VcpuInfoReply, mutates=False,
+          doc="virDomainGetVcpus of a running domain: per vCPU its state, CPU time, host "
+              "CPU and affinity."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

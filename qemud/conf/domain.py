@@ -300,6 +300,13 @@ class DomainDef(XMLModel):
         self.max_vcpus = count
         self._current_vcpus = None
 
+    def set_vcpus(self, current: int, maximum: int) -> None:
+        """``<vcpu current=CURRENT>MAXIMUM</vcpu>`` (no ``current`` when they are equal);
+        the caller has checked ``current <= maximum``."""
+        self.vcpus = maximum
+        if current < maximum:
+            self._current_vcpus = current
+
     @property
     def qemu_args(self) -> list[str]:
         """``<qemu:commandline><qemu:arg value=.../>`` values, in order (pass-through)."""

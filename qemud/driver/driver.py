@@ -50,6 +50,7 @@ from .domain import DomainObj, StopIntent
 from .lifecycle import CLK_TCK, Lifecycle
 from .ports import PortAllocator
 from .registry import Registry
+from .resources import Resources
 from .stats import domain_stats, node_stats
 from .store import DomainStore
 
@@ -110,6 +111,8 @@ class QemuDriver:
         #: disk's last image
         self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
         self._restart_after_stop: set[str] = set()
+        #: setmem/setmaxmem/dommemstat/setvcpus/vcpuinfo (after qmp_event_hooks: it hooks in)
+        self.resources = Resources(self)
 
     # -- daemon interface ----------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class QemuDriver:
             P.DOMAIN_OPEN_CONSOLE: self._open_console,
             P.DOMAIN_STATS: lambda c, a: domain_stats(self, a),
             P.NODE_STATS: lambda c, a: node_stats(a),
+            **self.resources.handlers(),
         }
 
     def _dom(self, args: Any) -> DomainObj:

@@ -46,7 +46,8 @@ from .domain import DomainObj
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["domain_stats", "node_stats", "basic_stats", "block_stats", "net_stats"]
+__all__ = ["domain_stats", "node_stats", "basic_stats", "block_stats", "net_stats", "rss_kib",
+           "thread_stat"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,22 @@ def _proc_cpu_ns(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _rss_kib(pid: int) -> int:
+def thread_stat(path: Path) -> tuple[int, int] | None:
+    """(user + system ns, the host CPU it ran on last) from a /proc/.../stat file; None if
+    unreadable (vcpuinfo's CPU time and CPU, as libvirt reads them)."""
+    try:
+        raw = path.read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    try:  # (fields[0] is stat's field 3: utime is 14, stime 15, processor 39)
+        return _ticks_ns(int(fields[11]) + int(fields[12])), int(fields[36])
+    except (IndexError, ValueError):
+        return None
+
+
+def rss_kib(pid: int) -> int:
+    """KiB resident in process ``pid`` (0 if unknown): balloon.rss, dommemstat's rss."""
     try:
         for line in (PROC / str(pid) / "status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -111,7 +127,7 @@ def basic_stats(dom: DomainObj) -> tuple[Params, Params, Params]:
     balloon = [_int("balloon.current", current.current_memory_kib),
                _int("balloon.maximum", current.memory_kib)]
     if pid is not None:
-        balloon.append(_int("balloon.rss", _rss_kib(pid)))
+        balloon.append(_int("balloon.rss", rss_kib(pid)))
     vcpu = [_int("vcpu.current", current.vcpus), _int("vcpu.maximum", current.max_vcpus)]
     return head, balloon, vcpu
 

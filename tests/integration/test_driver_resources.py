@@ -1,0 +1,241 @@
+"""Memory and vCPUs of real TCG guests: setmem, setmaxmem, dommemstat, setvcpus, vcpuinfo.
+
+The guests are diskless and boot to firmware (tests/integration/domains.py bare_xml):
+enough for QEMU to run its vCPU threads and, given ``-device virtio-balloon-pci`` through
+``<qemu:commandline>``, a balloon (qemud adds none itself, see docs/CONFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import client
+from client.domain import AFFECT_CONFIG, AFFECT_LIVE, MEM_MAXIMUM, VCPU_MAXIMUM, Domain
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.integration.domains import bare_xml
+
+pytestmark = pytest.mark.integration
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+BALLOON = f"""<qemu:commandline xmlns:qemu='{QEMU_NS}'>
+    <qemu:arg value='-device'/>
+    <qemu:arg value='virtio-balloon-pci,id=balloon0'/>
+  </qemu:commandline>
+</domain>"""
+VCPU_GUEST = 8  # libvirt's VIR_DOMAIN_VCPU_GUEST
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A daemon of the test's own; its guests are destroyed at the end."""
+    own = DaemonProcess(tmp_path / "d")
+    own.start()
+    yield own
+    try:
+        if own.proc is not None and own.proc.poll() is None:
+            stop_destroying_guests(own)
+    finally:
+        for status in (own.run_dir / "qemu").glob("*.status.json"):
+            try:
+                os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+
+def memory(dom: Domain, flags: int = 0) -> tuple[int, int]:
+    """(<memory>, <currentMemory>) in KiB of the live (0) or inactive XML."""
+    root = ET.fromstring(dom.xml(flags))
+
+    def kib(tag: str) -> int | None:
+        node = root.find(tag)
+        if node is None or node.text is None:
+            return None
+        return int(node.text) * {"KiB": 1, "MiB": 1024}[node.get("unit", "KiB")]
+    total = kib("memory")
+    assert total is not None
+    return total, kib("currentMemory") or total
+
+
+def vcpus(dom: Domain, flags: int = 0) -> tuple[int, int]:
+    """(current, maximum) vCPUs of the live (0) or inactive XML."""
+    node = ET.fromstring(dom.xml(flags)).find("vcpu")
+    assert node is not None and node.text is not None
+    return int(node.get("current", node.text)), int(node.text)
+
+
+INACTIVE = client.XML_INACTIVE
+
+
+def test_setmem_and_setmaxmem_of_the_persistent_definition(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("mem"))  # 128 MiB
+        assert memory(dom) == (131072, 131072)
+        dom.set_memory(65536, AFFECT_CONFIG)
+        assert memory(dom) == (131072, 65536)
+        dom.set_memory(98304, 0)  # the current state of a shut-off domain: its definition
+        assert memory(dom) == (131072, 98304)
+        with pytest.raises(client.InvalidArgError, match="cannot set memory higher than max"):
+            dom.set_memory(131073, AFFECT_CONFIG)
+        with pytest.raises(client.InvalidArgError, match="must not be zero"):
+            dom.set_memory(0, AFFECT_CONFIG)
+        with pytest.raises(client.OperationInvalid, match="not running"):
+            dom.set_memory(65536)  # virsh's setmem without options: the running domain
+        assert memory(dom) == (131072, 98304)
+
+        dom.set_max_memory(49152)  # currentMemory is lowered with it
+        assert memory(dom) == (49152, 49152)
+        dom.set_memory(196608, AFFECT_CONFIG | MEM_MAXIMUM)
+        assert memory(dom) == (196608, 49152)
+        assert dom.info().max_mem_kib == 196608
+
+
+def test_running_domain_without_a_balloon(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("mem"))
+        dom.set_memory(98304, AFFECT_CONFIG)
+        dom.create()
+        with pytest.raises(client.OperationInvalid,
+                           match="Unable to change memory of active domain without the "
+                                 "balloon device and guest OS balloon driver"):
+            dom.set_memory(65536, AFFECT_LIVE | AFFECT_CONFIG)
+        assert memory(dom, INACTIVE) == (131072, 98304)  # the refused call changed nothing
+        with pytest.raises(client.OperationInvalid,
+                           match="cannot resize the maximum memory on an active domain"):
+            dom.set_max_memory(65536)
+        with pytest.raises(client.InvalidArgError, match="higher than max memory"):
+            dom.set_memory(131073, AFFECT_LIVE)
+
+        # the persistent definition changes, the running guest keeps its memory
+        dom.set_memory(262144, AFFECT_CONFIG | MEM_MAXIMUM)
+        dom.set_memory(65536, AFFECT_CONFIG)
+        assert memory(dom, INACTIVE) == (262144, 65536)
+        assert memory(dom) == (131072, 98304)
+
+        stats = dom.memory_stats()  # libvirt without a balloon: the RSS only
+        assert list(stats) == ["rss"] and stats["rss"] > 0
+        dom.destroy()
+        with pytest.raises(client.OperationInvalid, match="not running"):
+            dom.memory_stats()
+        assert memory(dom) == (262144, 65536)  # the next definition applies now
+
+
+def test_setmem_live_through_a_virtio_balloon(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("bal").replace("</domain>", BALLOON))
+        dom.create()
+        dom.set_memory(65536)  # virsh setmem's default: live
+        assert memory(dom) == (131072, 65536)
+        assert dom.info().memory_kib == 65536
+        assert memory(dom, INACTIVE) == (131072, 131072)
+        dom.set_memory(98304, AFFECT_LIVE | AFFECT_CONFIG)
+        assert memory(dom) == (131072, 98304)
+        assert memory(dom, INACTIVE) == (131072, 98304)
+
+        stats = dom.memory_stats()
+        names = list(stats)
+        # the firmware has no balloon driver: the balloon stays empty, the guest sent no
+        # stats (QEMU's -1s are left out), last_update is 0
+        assert names[0] == "actual" and stats["actual"] == 131072
+        assert names[-1] == "rss" and stats["rss"] > 0
+        assert set(names) <= {"actual", "last_update", "rss"}, stats
+
+
+def test_setvcpus_of_the_persistent_definition(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("cpu").replace("<vcpu>1</vcpu>",
+                                                      "<vcpu current='1'>2</vcpu>"))
+        dom.set_vcpus(2, AFFECT_CONFIG)
+        assert vcpus(dom) == (2, 2) and dom.info().vcpus == 2
+        with pytest.raises(client.InvalidArgError,
+                           match=r"greater than max allowable vcpus for the persistent "
+                                 r"domain: 3 > 2"):
+            dom.set_vcpus(3, AFFECT_CONFIG)
+        dom.set_vcpus(4, AFFECT_CONFIG | VCPU_MAXIMUM)
+        assert vcpus(dom) == (2, 4)
+        dom.set_vcpus(1, AFFECT_CONFIG | VCPU_MAXIMUM)  # the count is lowered with it
+        assert vcpus(dom) == (1, 1)
+        assert 'current=' not in dom.xml()
+        dom.set_vcpus(2, AFFECT_CONFIG | VCPU_MAXIMUM)
+        assert vcpus(dom) == (1, 2)
+        dom.set_vcpus(2, 0)  # the current state of a shut-off domain: its definition
+        assert vcpus(dom) == (2, 2)
+
+        with pytest.raises(client.InvalidArgError, match="requires flag"):
+            dom.set_vcpus(2, VCPU_MAXIMUM)
+        with pytest.raises(client.InvalidArgError, match="must not be zero"):
+            dom.set_vcpus(0, AFFECT_CONFIG)
+        with pytest.raises(client.InvalidArgError, match=r"unsupported flags \(0x40\)"):
+            dom.set_vcpus(1, AFFECT_CONFIG | 0x40)
+        with pytest.raises(client.OperationInvalid, match="not running"):
+            dom.set_vcpus(1)  # virsh's setvcpus without options: the running domain
+        with pytest.raises(client.OperationInvalid,
+                           match="cannot retrieve vcpu information for inactive domain"):
+            dom.vcpus()
+        assert vcpus(dom) == (2, 2)
+
+
+def test_vcpuinfo_and_live_setvcpus(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("cpu").replace("<vcpu>1</vcpu>",
+                                                      "<vcpu current='2'>3</vcpu>"))
+        dom.create()
+        info = dom.vcpus()
+        assert [v.number for v in info] == [0, 1]
+        host_cpus = os.cpu_count() or 1
+        for v in info:
+            assert v.state == 1  # running
+            assert 0 <= v.cpu < host_cpus
+            assert len(v.cpumap) == (host_cpus + 7) // 8 and any(v.cpumap)
+
+        with pytest.raises(client.NotSupportedError, match="live vCPU hotplug"):
+            dom.set_vcpus(3)
+        dom.set_vcpus(2)  # what it runs: nothing to do
+        with pytest.raises(client.NotSupportedError,
+                           match="maximum vcpu count of a live domain can't be modified"):
+            dom.set_vcpus(4, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM)
+        with pytest.raises(client.InvalidArgError,
+                           match=r"greater than max allowable vcpus for the live domain: "
+                                 r"4 > 3"):
+            dom.set_vcpus(4, AFFECT_LIVE)
+        with pytest.raises(client.NotSupportedError, match="guest agent is not configured"):
+            dom.set_vcpus(1, VCPU_GUEST)
+        assert vcpus(dom) == (2, 3)
+
+        dom.set_vcpus(4, AFFECT_CONFIG | VCPU_MAXIMUM)
+        dom.set_vcpus(1, AFFECT_CONFIG)
+        assert vcpus(dom, INACTIVE) == (1, 4)
+        assert vcpus(dom) == (2, 3) and dom.info().vcpus == 2
+        dom.destroy()
+        dom.create()
+        assert [v.number for v in dom.vcpus()] == [0]
+        dom.destroy()
+
+
+def test_read_only_connections_may_read_but_not_set(daemon: DaemonProcess) -> None:
+    with daemon.connect() as conn:
+        conn.define_xml(bare_xml("ro")).create()
+        transient = conn.create_xml(bare_xml("tr"))
+        with pytest.raises(client.OperationInvalid,
+                           match="transient domains do not have any persistent config"):
+            transient.set_memory(65536, AFFECT_CONFIG)
+        with pytest.raises(client.OperationInvalid,
+                           match="transient domains do not have any persistent config"):
+            transient.set_vcpus(1, AFFECT_CONFIG)
+        with daemon.connect(readonly=True) as ro:
+            dom = ro.lookup_by_name("ro")
+            with pytest.raises(client.ReadOnlyError):
+                dom.set_memory(65536, AFFECT_CONFIG)
+            with pytest.raises(client.ReadOnlyError):
+                dom.set_max_memory(65536)
+            with pytest.raises(client.ReadOnlyError):
+                dom.set_vcpus(1, AFFECT_CONFIG)
+            assert "rss" in dom.memory_stats()
+            assert [v.number for v in dom.vcpus()] == [0]
+        assert memory(conn.lookup_by_name("ro"), INACTIVE) == (131072, 131072)
