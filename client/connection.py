@@ -33,7 +33,7 @@ from protocol.constants import SUPPORTED_VERSIONS, EventId, HelloFlags, ListFlag
 from protocol.fields import Payload
 
 from .domain import Domain
-from .errors import ConnectionLost, InvalidCall, QemudClientError, from_payload
+from .errors import ConnectFailed, ConnectionLost, InvalidCall, QemudClientError, from_payload
 from .transport import open_socket
 from .uri import ParsedURI, default_uri, parse_uri
 
@@ -47,6 +47,8 @@ IDLE_GRACE = 0.05
 #: bytes asked of one recv(): under glibc's mmap threshold, since recv(n) allocates n
 #: bytes first (256 KiB cost an mmap + munmap, ~13 µs, per reply)
 _RECV_SIZE = 64 * 1024
+#: how long closing waits for the reader thread to leave before it closes the wake pipe
+READER_EXIT = 2.0
 T = TypeVar("T", bound=Payload)
 #: what strtol (virStrToLong_i) takes as a whole number: optional blanks and sign, digits
 _ID = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
@@ -68,6 +70,19 @@ class EventRecord:
 
 NodeInfo = pl.NodeInfoReply
 ClientInfo = pl.ClientInfo
+
+
+class _ReplyTimeout(ConnectionLost):
+    """A call's own deadline passed without a reply: the connection is given up."""
+
+
+class _NoHelloReply(ConnectFailed):
+    """The daemon accepted the connection but did not answer the HELLO in time."""
+
+    def __init__(self, uri: ParsedURI, timeout: float) -> None:
+        super().__init__(f"cannot connect to {uri.uri}: the daemon accepted the connection "
+                         f"but did not answer within {timeout:g} s (is it stopped or hung? "
+                         "a stopped process shows state T in ps)")
 
 
 class Stream:
@@ -114,11 +129,18 @@ class Connection:
     """A connection to one qemud. Use :func:`connect` to make one."""
 
     def __init__(self, sock: socket.socket, uri: ParsedURI, readonly: bool,
-                 keepalive_count: int = 5, client_name: str = "qemud-client") -> None:
+                 keepalive_count: int = 5, client_name: str = "qemud-client",
+                 timeout: float | None = None) -> None:
+        """Run the HELLO exchange on ``sock``; ``timeout`` bounds it (None: no bound).
+
+        A daemon that accepted the connection but does not answer in time (stopped,
+        hung) is a ConnectFailed: before the HELLO reply there is no keepalive interval
+        yet, so nothing else would notice.
+        """
         self.uri_info = uri
         self.readonly = readonly
         self._sock = sock
-        sock.settimeout(1.0)
+        sock.settimeout(1.0 if timeout is None else min(1.0, max(timeout, 0.01)))
         self._proto = P.Connection(P.Role.CLIENT)
         self._serials = itertools.count(1)
         self._call_lock = threading.Lock()
@@ -143,6 +165,7 @@ class Connection:
         self._polling = False
         self._last_call_end = 0.0
         self._wake_r, self._wake_w = os.pipe()
+        self._pipe_closed = False
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._reader = threading.Thread(target=self._read_loop, name="qemud-client-reader",
@@ -152,8 +175,16 @@ class Connection:
         self._reader.start()
         self._dispatcher.start()
         flags = int(HelloFlags.READONLY) if readonly else 0
-        hello = self._call(P.Procedure.HELLO, pl.HelloArgs(list(SUPPORTED_VERSIONS),
-                                                           client_name, flags), pl.HelloReply)
+        try:
+            hello = self._call(P.Procedure.HELLO, pl.HelloArgs(
+                list(SUPPORTED_VERSIONS), client_name, flags), pl.HelloReply, timeout)
+        except _ReplyTimeout:
+            self._stop_threads()
+            assert timeout is not None
+            raise _NoHelloReply(uri, timeout) from None
+        except BaseException:
+            self._stop_threads()
+            raise
         self.protocol_version = hello.version
         self.server_name = hello.server_name
         self.keepalive_interval = float(hello.keepalive_interval)
@@ -224,8 +255,8 @@ class Connection:
                     if self._lost is not None:
                         raise self._lost
                     if deadline is not None and time.monotonic() > deadline:
-                        raise ConnectionLost(f"no reply to {call.procedure.name} within "
-                                             f"{timeout} s")
+                        raise _ReplyTimeout(f"no reply to {call.procedure.name} within "
+                                            f"{timeout:g} s")
                     self._receive(block=True)
                 return self._replies.pop(call.serial)
         except QemudClientError as exc:
@@ -441,6 +472,30 @@ class Connection:
         except OSError:
             pass
         self._sock.close()
+        self._stop_threads()
+
+    def _stop_threads(self) -> None:
+        """End the reader and event threads, and close the wake pipe once the reader is
+        out (a connection that failed its HELLO, or one closing, would leak 2 fds and a
+        thread each: a monitoring loop against a stopped daemon makes one per try)."""
+        self._closed = True
+        self._mark_lost(ConnectionLost("connection closed"))
+        with self._cond:
+            if self._pipe_closed:
+                return
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        self._dispatch_queue.put(None)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(READER_EXIT)
+        with self._cond:
+            if self._reader.is_alive() or self._pipe_closed:
+                return  # still polling the pipe: leave it open rather than race it
+            self._pipe_closed = True
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def __enter__(self) -> Connection:
         return self
@@ -640,11 +695,45 @@ def params_to_dict(params: list[pl.TypedParam]) -> dict[str, int | float | str]:
 
 def connect(uri: str | None = None, readonly: bool = False, *, keepalive_count: int = 5,
             client_name: str = "qemud-client", timeout: float = 10.0) -> Connection:
-    """Connect to a daemon; ``uri`` defaults as :func:`client.uri.default_uri` says."""
+    """Connect to a daemon; ``uri`` defaults as :func:`client.uri.default_uri` says.
+
+    ``timeout`` bounds the whole set-up: the socket's connect, the TLS handshake and the
+    HELLO exchange. A daemon that is stopped (SIGSTOP) or hung is a ConnectFailed after
+    it, not a wait forever. Once connected, keepalive notices such a daemon.
+    """
+    deadline = time.monotonic() + timeout
     parsed = parse_uri(uri or default_uri())
-    sock = open_socket(parsed, readonly, timeout)
     try:
-        return Connection(sock, parsed, readonly, keepalive_count, client_name)
+        sock = open_socket(parsed, readonly, timeout)
+    except ConnectFailed:
+        better = _no_readonly_socket(parsed, readonly)
+        if better is not None:
+            raise better from None
+        raise
+    try:
+        return Connection(sock, parsed, readonly, keepalive_count, client_name,
+                          timeout=max(deadline - time.monotonic(), 0.01))
+    except _NoHelloReply:
+        sock.close()
+        raise _NoHelloReply(parsed, timeout) from None  # the caller's timeout, not the rest
     except BaseException:
         sock.close()
         raise
+
+
+def _no_readonly_socket(uri: ParsedURI, readonly: bool) -> ConnectFailed | None:
+    """The error for a daemon that runs without its read-only socket (listen.unix_ro =
+    false), which open_socket would report as "not running"; None if that is not it."""
+    if uri.transport != "unix" or not readonly or uri.socket is None:
+        return None
+    ro_path = uri.socket_path(readonly=True)
+    try:
+        if ro_path == uri.socket or ro_path.exists() or not uri.socket.is_socket():
+            return None
+    except OSError:  # a directory we may not search: no diagnosis, the first error stands
+        return None
+    return ConnectFailed(
+        f"cannot connect to {uri.uri} read-only: the daemon has no read-only socket "
+        f"({ro_path} does not exist, {uri.socket} does: listen.unix_ro is off). Connect "
+        f"read-write, or, if you may use {uri.socket}, ask for a read-only session on it "
+        f"with the URI qemud+unix:///{uri.mode}?socket={uri.socket}")

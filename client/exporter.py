@@ -1,11 +1,16 @@
 """qemud-exporter: a Prometheus exporter for qemud, with libvirt-exporter's metric names.
 
-It connects to the daemon READ-ONLY (the ``qemud-sock-ro`` socket for local URIs, the
-read-only HELLO flag over TLS), so it can observe but never change anything, and serves
+It connects to the daemon READ-ONLY (the ``qemud-sock-ro`` socket for local URIs without
+``socket=``, else the read-only HELLO flag), so it can observe but never change anything, and serves
 ``/metrics`` over HTTP with ``prometheus_client``. Each scrape asks the daemon for
 DOMAIN_STATS (every domain) and NODE_STATS, unless ``--interval`` allows reusing a recent
 answer. When the daemon cannot be reached ``libvirt_up`` is 0 and no other qemud metric
 is exported; the next scrape connects again (so a restarted daemon is picked up).
+
+No scrape waits for the daemon longer than ``--scrape-timeout``: the query runs in a
+worker thread, and a daemon that does not answer in time (stopped, hung) is reported as
+``libvirt_up 0``. Concurrent scrapes share the query in flight instead of queueing one
+behind the other.
 
 See docs/MONITORING.md for the metric list.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -26,15 +32,20 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from qemud import __version__
+
 from . import connect, default_uri
 from .connection import Connection
-from .errors import QemudClientError, RemoteError
+from .errors import InvalidURI, QemudClientError, RemoteError
+from .uri import parse_uri
 
 __all__ = ["QemudCollector", "Snapshot", "main", "parse_listen"]
 
 log = logging.getLogger("qemud.exporter")
 
 DEFAULT_LISTEN = "127.0.0.1:9177"
+#: under Prometheus's default scrape_timeout (10 s), so it sees our libvirt_up 0
+DEFAULT_SCRAPE_TIMEOUT = 8.0
 NS = 1e-9
 KIB = 1024
 
@@ -53,19 +64,36 @@ class Snapshot:
     error: str = ""
 
 
+class _Query:
+    """One query of the daemon in flight; the scrapes waiting for it share its answer."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.result: Snapshot | None = None
+
+
 class QemudCollector(Collector):
-    """Collects from one daemon on demand; thread-safe (scrapes are serialised)."""
+    """Collects from one daemon on demand; thread-safe.
+
+    One worker thread at a time queries the daemon (it alone uses the connection); a
+    scrape waits at most ``scrape_timeout`` seconds for its answer, so a stuck daemon
+    costs each scrape a bounded wait and a ``libvirt_up 0``, never a hang.
+    """
 
     def __init__(self, uri: str | None, interval: float = 0.0, connect_timeout: float = 5.0,
-                 connector: Callable[..., Connection] = connect) -> None:
+                 connector: Callable[..., Connection] = connect,
+                 scrape_timeout: float = DEFAULT_SCRAPE_TIMEOUT) -> None:
         self.uri = uri
         self.interval = interval
         self.connect_timeout = connect_timeout
+        self.scrape_timeout = scrape_timeout
         self._connector = connector
-        self._conn: Connection | None = None
-        self._lock = threading.Lock()
+        self._conn: Connection | None = None  # used by the query thread only
+        self._lock = threading.Lock()  # guards what follows
         self._cached: Snapshot | None = None
         self._was_up: bool | None = None
+        self._query: _Query | None = None
 
     # -- talking to the daemon -----------------------------------------------------------
 
@@ -109,22 +137,59 @@ class QemudCollector(Collector):
         now = time.monotonic()
         return Snapshot(False, now, duration=now - started, error=error)
 
+    def _run_query(self, query: _Query) -> None:
+        """The query thread: fetch, publish the answer, wake the scrapes waiting for it."""
+        try:
+            snap = self._fetch()
+        except Exception as exc:  # a bug: report it as a failed scrape, never hang them
+            log.exception("querying qemud failed")
+            now = time.monotonic()
+            snap = Snapshot(False, now, duration=now - query.started,
+                            error=f"internal error: {exc!r}")
+        with self._lock:
+            self._cached = snap
+            self._query = None
+            self._note(snap)
+        query.result = snap
+        query.done.set()
+
+    def _note(self, snap: Snapshot) -> None:
+        """Log a change between up and down (the caller holds the lock)."""
+        if snap.up != self._was_up:
+            if snap.up:
+                log.info("connected to %s (read-only)", self.uri or default_uri())
+            else:
+                log.warning("qemud unreachable: %s", snap.error)
+            self._was_up = snap.up
+
     def snapshot(self) -> Snapshot:
+        """A fresh enough answer of the daemon, or a down one after ``scrape_timeout``."""
         with self._lock:
             cached = self._cached
-            if cached is None or time.monotonic() - cached.taken >= self.interval:
-                cached = self._cached = self._fetch()
-                if cached.up != self._was_up:
-                    if cached.up:
-                        log.info("connected to %s (read-only)", self.uri or default_uri())
-                    else:
-                        log.warning("qemud unreachable: %s", cached.error)
-                    self._was_up = cached.up
-            return cached
+            if cached is not None and time.monotonic() - cached.taken < self.interval:
+                return cached
+            query = self._query
+            if query is None:  # else join the query in flight rather than queue behind it
+                query = self._query = _Query()
+                threading.Thread(target=self._run_query, args=(query,), daemon=True,
+                                 name="qemud-exporter-query").start()
+        if query.done.wait(self.scrape_timeout):
+            assert query.result is not None
+            return query.result
+        now = time.monotonic()
+        snap = Snapshot(False, now, duration=now - query.started,
+                        error=f"qemud did not answer within {self.scrape_timeout:g} s "
+                              "(--scrape-timeout); is it stopped or hung?")
+        with self._lock:
+            self._note(snap)
+        return snap
 
     def close(self) -> None:
+        """Close the connection, unless a query still uses it (a stuck daemon: the
+        process exit ends that thread; closing would wait for it)."""
         with self._lock:
-            self._drop()
+            if self._query is None:
+                self._drop()
 
     # -- prometheus ----------------------------------------------------------------------
 
@@ -284,6 +349,8 @@ def _seconds(minimum: float, strict: bool) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(
                 f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
@@ -301,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
             "libvirt_domain_info_*, libvirt_domain_block_stats_*,\n"
             "libvirt_domain_interface_stats_*) plus qemud_node_* host metrics.\n\n"
             "The exporter connects READ-ONLY: through the daemon's read-only socket\n"
-            "(qemud-sock-ro) for local URIs, or with the read-only flag over TLS. It\n"
-            "reconnects by itself; while the daemon is unreachable libvirt_up is 0."),
+            "(qemud-sock-ro) for local URIs without socket=, else with the read-only\n"
+            "flag in its HELLO. It reconnects by itself; while the daemon is unreachable\n"
+            "or does not answer within --scrape-timeout, libvirt_up is 0."),
         epilog=(
             "examples:\n"
             "  qemud-exporter\n"
@@ -314,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--uri", metavar="URI", default=None,
         help="daemon to watch (default: $QEMUD_DEFAULT_URI, then uri_default from "
              "~/.config/qemud/client.toml, then qemud:///system as root or "
-             "qemud:///session otherwise); a unix URI is opened on its read-only socket")
+             "qemud:///session otherwise); a unix URI without socket= is opened on the "
+             "daemon's read-only socket")
     parser.add_argument(
         "--listen", metavar="HOST:PORT", type=parse_listen, default=parse_listen(DEFAULT_LISTEN),
         help=f"HTTP address to serve /metrics on (default: {DEFAULT_LISTEN}; use [::1]:PORT "
@@ -325,18 +394,36 @@ def build_parser() -> argparse.ArgumentParser:
              "query the daemon on every scrape); protects the daemon from many scrapers")
     parser.add_argument(
         "--connect-timeout", metavar="SECONDS", type=_seconds(0, strict=True), default=5.0,
-        help="give up connecting to the daemon after SECONDS (default: 5)")
+        help="give up connecting to the daemon after SECONDS, its HELLO answer included "
+             "(default: 5)")
+    parser.add_argument(
+        "--scrape-timeout", metavar="SECONDS", type=_seconds(0, strict=True),
+        default=DEFAULT_SCRAPE_TIMEOUT,
+        help="answer a scrape with libvirt_up 0 when the daemon has not answered within "
+             f"SECONDS (default: {DEFAULT_SCRAPE_TIMEOUT:g}; keep it under Prometheus's "
+             "scrape_timeout)")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="messages on stderr at this level and above (default: info)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (qemud) {__version__}",
+                        help="print the version and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="qemud-exporter: %(levelname)s: %(message)s")
-    collector = QemudCollector(args.uri, args.interval, args.connect_timeout)
+    # A malformed URI never gets better: refuse it now (exit 2, as for a bad option). An
+    # unreachable daemon is fine at start: it is libvirt_up 0 until it answers.
+    try:
+        uri = args.uri or default_uri()
+        parse_uri(uri)
+    except InvalidURI as exc:
+        parser.error(exc.message)
+    collector = QemudCollector(uri, args.interval, args.connect_timeout,
+                               scrape_timeout=args.scrape_timeout)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     host, port = args.listen
@@ -348,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"qemud-exporter: serving http://{shown}:{bound_port}/metrics for "
-          f"{args.uri or default_uri()}", file=sys.stderr, flush=True)
+    print(f"qemud-exporter: serving http://{shown}:{bound_port}/metrics for {uri}",
+          file=sys.stderr, flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -212,7 +212,8 @@ def open_socket(uri: ParsedURI, readonly: bool, timeout: float = 10.0) -> socket
                                 + ("" if readonly else " (try -r for read-only)")) from None
         except OSError as exc:
             sock.close()
-            raise ConnectFailed(f"cannot connect to {uri.uri}: {path}: {exc.strerror}") from None
+            raise ConnectFailed(f"cannot connect to {uri.uri}: {path}: "
+                                f"{exc.strerror or exc}") from None
         sock.settimeout(None)
         return sock
     assert uri.host is not None

@@ -360,8 +360,9 @@ class Server:
             self._flush(client)
             return
         client.identity, client.readonly = identity, readonly
-        client.log.info("TLS client identified as %s (%s)", identity,
-                        "read-only" if readonly else "full")
+        client.log.info("TLS client identified as %s (%s) by its certificate%s", identity,
+                        "read-only" if readonly else "full", "" if readonly else
+                        "; its HELLO may still ask for read-only")
         self._update_interest(client)
 
     def _handshake_ready(self, client: Client, mask: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client.errors import InvalidURI
 from client.uri import DEFAULT_TLS_PORT, default_uri, parse_uri
@@ -46,13 +48,22 @@ def test_explicit_socket() -> None:
     assert p.mode == "session"
 
 
-def test_readonly_socket_is_derived() -> None:
-    p = parse_uri("qemud+unix:///system?socket=/tmp/x/qemud-sock")
-    assert p.socket_path(readonly=False) == Path("/tmp/x/qemud-sock")
-    assert p.socket_path(readonly=True) == Path("/tmp/x/qemud-sock-ro")
-    # a socket with another name is used as it is for read-only too
-    other = parse_uri("qemud+unix:///system?socket=/tmp/x/custom")
-    assert other.socket_path(readonly=True) == Path("/tmp/x/custom")
+def test_readonly_socket_is_derived(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = parse_uri("qemud:///system")
+    assert not p.explicit_socket
+    assert p.socket_path(readonly=False) == Path("/run/qemud/qemud-sock")
+    assert p.socket_path(readonly=True) == Path("/run/qemud/qemud-sock-ro")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+    assert parse_uri("qemud+unix:///session").socket_path(readonly=True) == \
+        Path("/run/user/1234/qemud/qemud-sock-ro")
+
+
+@pytest.mark.parametrize("path", ["/tmp/x/qemud-sock", "/tmp/x/qemud-sock-ro", "/tmp/x/custom"])
+def test_explicit_socket_is_used_as_given_for_readonly_too(path: str) -> None:
+    # as libvirt does: read-only is then asked for in the HELLO, not by switching sockets
+    p = parse_uri(f"qemud+unix:///system?socket={path}")
+    assert p.explicit_socket
+    assert p.socket_path(readonly=False) == p.socket_path(readonly=True) == Path(path)
 
 
 def test_repeated_parameter_last_wins() -> None:
@@ -78,6 +89,8 @@ def test_tls_port_pkipath_no_verify() -> None:
 def test_tls_ipv6_host() -> None:
     p = parse_uri("qemud+tls://[::1]:16515/system")
     assert (p.host, p.port) == ("::1", 16515)
+    assert parse_uri("qemud+tls://[::1]/system").port == DEFAULT_TLS_PORT
+    assert parse_uri("qemud+tls://h:/system").port == DEFAULT_TLS_PORT  # empty port
 
 
 def test_tls_empty_pkipath_means_default() -> None:
@@ -101,6 +114,20 @@ def test_tls_empty_pkipath_means_default() -> None:
     ("qemud+tls://h:notaport/system", ["bad port", "'h:notaport'"]),
     ("qemud+tls://h:99999/system", ["bad port"]),
     ("qemud+tls://h/system?no_verify=yes", ["no_verify must be 0 or 1"]),
+    # malformed: InvalidURI, never urlsplit's ValueError or a later crash on connect
+    ("qemud+tls://[::1/system", ["malformed host part", "Invalid IPv6 URL"]),
+    ("qemud+tls://::1]/system", ["malformed host part"]),
+    ("qemud+tls://[abc]/system", ["malformed host part", "'abc'"]),
+    ("qemud://[/system", ["malformed host part"]),
+    ("qemud+tls://[::1]x/system", ["malformed host[:port]", "'[::1]x'"]),
+    ("qemud+tls://a..b/system", ["bad host name", "'a..b'", "label empty"]),
+    ("qemud+tls://" + "a" * 64 + ".example/system", ["bad host name", "too long"]),
+    ("qemud+tls://h:0/system", ["bad port", "'h:0'"]),
+    ("qemud+tls://root@h/system", ["user name", "'root@h'"]),
+    ("qemud+tls://h/system#x", ["unexpected fragment", "'#x'"]),
+    ("qemud+unix:///system?socket=/tmp/a#b", ["unexpected fragment", "%23"]),
+    ("qemud+unix:///system?socket=/tmp/a%00b", ["socket= contains a NUL byte"]),
+    ("qemud+tls://h/system?pkipath=/a%00b", ["pkipath= contains a NUL byte"]),
 ])
 def test_invalid_uri_names_the_part(uri: str, words: list[str]) -> None:
     with pytest.raises(InvalidURI) as info:
@@ -149,3 +176,17 @@ def test_default_uri_fallback(clean_env: Path, monkeypatch: pytest.MonkeyPatch) 
     assert default_uri() == "qemud:///session"
     monkeypatch.setattr("os.geteuid", lambda: 0)
     assert default_uri() == "qemud:///system"
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.sampled_from(["qemud://", "qemud+tls://", "qemud+unix://", "qemud:", ""]),
+       tail=st.text(max_size=40))
+def test_any_text_is_a_uri_or_invalid_uri(prefix: str, tail: str) -> None:
+    """Whatever a user types, parse_uri answers with a ParsedURI or InvalidURI."""
+    try:
+        p = parse_uri(prefix + tail)
+    except InvalidURI as exc:
+        assert exc.message.startswith("invalid URI ")
+        return
+    if p.host is not None and ":" not in p.host:
+        p.host.encode("idna")  # what connecting would do with it: must not raise either
