@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .events import EventBus
 from .handlers import core_handlers
 from .host import HostInfo, read_host_info
-from .lockfile import PidfileLock
+from .lockfile import DaemonLocks
 from .loop import EventLoop, Timer
 from .server import Server
 
@@ -63,7 +63,8 @@ class Daemon:
         self.config = config
         self.uri = f"qemud:///{config.mode}"
         self.version = __version__
-        self.lock = PidfileLock(config.paths.pidfile)
+        self.lock = DaemonLocks(config.paths.pidfile, config.paths.config_dir,
+                                config.paths.state_dir)
         self.loop = EventLoop()
         self.host: HostInfo = read_host_info()
         self.hypervisor_version = "0.0.0"
@@ -93,6 +94,9 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"paths.run_dir (--run-dir) {paths.run_dir}: cannot set its "
                               f"mode to 0755: {exc.strerror}") from None
+        # the directories the locks are in (an error names the key; mkdir touches nothing)
+        _make_dir(paths.config_dir, "config_dir")
+        _make_dir(paths.state_dir, "state_dir")
         self.lock.acquire()
         for d, key in ((paths.config_dir, "config_dir"), (paths.domains_dir, "config_dir"),
                        (paths.autostart_dir, "config_dir"), (paths.state_dir, "state_dir"),

@@ -1,4 +1,5 @@
-"""One daemon per run directory: a pidfile held with flock for the daemon's lifetime."""
+"""One daemon per run, config and state directory: files held with flock for the
+daemon's lifetime (the pidfile in the run directory, ``.qemud.lock`` in the others)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from .errors import AlreadyRunning, QemudError
 
-__all__ = ["PidfileLock"]
+__all__ = ["DaemonLocks", "PidfileLock"]
 
 
 class PidfileLock:
@@ -18,8 +19,10 @@ class PidfileLock:
     pidfile never blocks a restart.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, directory: str = "run directory",
+                 key: str = "paths.run_dir") -> None:
         self.path = path
+        self.directory, self.key = directory, key  # what the lock guards, for messages
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -28,7 +31,7 @@ class PidfileLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise QemudError(f"cannot open the pidfile {self.path} (in paths.run_dir): "
+                raise QemudError(f"cannot open the lock file {self.path} (in {self.key}): "
                                  f"{exc.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -36,7 +39,7 @@ class PidfileLock:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
                 raise AlreadyRunning(
-                    f"another qemud (pid {holder}) is already running with run directory "
+                    f"another qemud (pid {holder}) is already running with {self.directory} "
                     f"{self.path.parent} (lock {self.path} is held)") from None
             # A holder that released between our open() and flock() unlinked the file
             # first: we then hold a lock on an orphan that the next daemon would not see.
@@ -55,6 +58,34 @@ class PidfileLock:
                 pass
             os.close(self._fd)
             self._fd = None
+
+
+class DaemonLocks:
+    """The locks of one daemon: its run directory's pidfile, then its config and state
+    directories. Two daemons with different run directories but the same config (or
+    state) directory would otherwise both manage the same guests: start them twice,
+    merge the same snapshots. A directory given twice is locked once."""
+
+    def __init__(self, pidfile: Path, config_dir: Path, state_dir: Path) -> None:
+        self.locks = [PidfileLock(pidfile)]
+        for directory, kind, key in ((config_dir, "config directory", "paths.config_dir"),
+                                     (state_dir, "state directory", "paths.state_dir")):
+            path = directory / ".qemud.lock"
+            if all(lock.path != path for lock in self.locks):
+                self.locks.append(PidfileLock(path, kind, key))
+
+    def acquire(self) -> None:
+        """All of them, in order; none held if one is taken."""
+        try:
+            for lock in self.locks:
+                lock.acquire()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -136,8 +136,15 @@ class DaemonProcess:
             time.sleep(0.02)
         raise TimeoutError(f"qemud not ready within {timeout} s:\n{self.log_text()[-4000:]}")
 
+    @property
+    def ro_uri(self) -> str:
+        return f"qemud+unix:///{self.mode}?socket={self.ro_socket}"
+
     def connect(self, readonly: bool = False, **kwargs: Any) -> client.Connection:
-        return client.connect(self.uri, readonly=readonly, **kwargs)
+        """A connection on the read-write socket, or (``readonly``) on the read-only one,
+        as ``qemush -r`` makes it (an explicit ``socket=`` is used as given)."""
+        return client.connect(self.ro_uri if readonly else self.uri, readonly=readonly,
+                              **kwargs)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

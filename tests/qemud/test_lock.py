@@ -1,4 +1,4 @@
-"""One daemon per run directory, enforced by an flock'd pidfile."""
+"""One daemon per run, config and state directory, enforced by flock'd files."""
 
 from __future__ import annotations
 
@@ -30,6 +30,27 @@ def test_second_daemon_on_same_run_dir_refuses(shared_daemon, tmp_path) -> None:
     with RawClient(first.rw_socket) as c:
         assert isinstance(c.call(Procedure.NODE_INFO), Reply)
     assert pidfile.read_text().strip() == str(first.pid())
+
+
+@pytest.mark.parametrize("shared", ["config_dir", "state_dir"])
+def test_second_daemon_on_same_config_or_state_dir_refuses(shared_daemon, tmp_path,
+                                                           shared: str) -> None:
+    """Another run directory is not enough: a daemon sharing the first one's config
+    directory would manage the same guests (start them again, autostart them), one
+    sharing its state directory the same snapshots and images."""
+    first = shared_daemon
+    directory = getattr(first, shared)
+    second = DaemonProcess(tmp_path / "second", {"paths": {shared: str(directory)}})
+    second.start(wait=False)
+    assert second.proc.wait(30) != 0
+    err = second.stderr_text()
+    kind = shared.replace("_dir", "")
+    assert f"another qemud (pid {first.pid()}) is already running with {kind} directory " \
+           f"{directory} (lock {directory / '.qemud.lock'} is held)" in err, err
+    assert not second.rw_socket.exists()  # it stopped before listening
+    with RawClient(first.rw_socket) as c:
+        assert isinstance(c.call(Procedure.NODE_INFO), Reply)
+    assert (first.run_dir / "qemud.pid").read_text().strip() == str(first.pid())
 
 
 def test_killed_daemon_is_noticed_and_leaves_nothing_that_blocks_a_restart(
