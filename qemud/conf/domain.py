@@ -23,7 +23,16 @@ from typing import Any, ClassVar, TypeVar
 
 from lxml import etree
 
-from .devices import DEVICE_CLASSES, CharDevice, Device, Disk, Graphics, Interface, Watchdog
+from .devices import (
+    DEVICE_CLASSES,
+    CharDevice,
+    Device,
+    Disk,
+    Graphics,
+    Interface,
+    Memballoon,
+    Watchdog,
+)
 from .devices.interface import generate_mac
 from .errors import DefinitionError, XMLParseError
 from .schema import validate_domain
@@ -389,6 +398,29 @@ class DomainDef(XMLModel):
         found = self._wrap_all(Watchdog, "watchdog")
         return found[0] if found else None
 
+    @property
+    def memballoon(self) -> Memballoon | None:
+        """The ``<memballoon>``, if any (at most one); ``model='none'`` says "no balloon"."""
+        found = self._wrap_all(Memballoon, "memballoon")
+        return found[0] if found else None
+
+    def set_default_memballoon(self, model: str = "virtio") -> Memballoon:
+        """``<memballoon model=MODEL/>`` unless the definition has a ``<memballoon>``
+        (any model, ``none`` included); returns the domain's balloon element.
+
+        For the QEMU layer's define-time defaults (libvirt's
+        qemuDomainDefAddDefaultDevices adds a virtio balloon on some architectures).
+        """
+        existing = self.memballoon
+        if existing is not None:
+            return existing
+        balloon = Memballoon()
+        balloon.model = model
+        devices = self._devices_node(create=True)
+        assert devices is not None
+        insert_ordered(devices, balloon.node, _DEVICE_RANKS)
+        return balloon
+
     def find_device(self, dev: Device) -> Device | None:
         """The device of this domain that ``dev`` designates (libvirt's matching rules).
 
@@ -637,6 +669,7 @@ class DomainDef(XMLModel):
         boot_orders: dict[int, Device] = {}
         per_device_boot: Device | None = None
         watchdogs: list[Device] = []
+        balloons: list[Device] = []
         serial_ports: set[int] = set()
         channel_names: set[str] = set()
         for device in devices:
@@ -651,6 +684,10 @@ class DomainDef(XMLModel):
                 watchdogs.append(device)
                 if len(watchdogs) > 1:
                     raise DefinitionError("only one watchdog is supported", path=device.path)
+            elif isinstance(device, Memballoon):
+                balloons.append(device)
+                if len(balloons) > 1:
+                    raise DefinitionError("only one memballoon is supported", path=device.path)
             elif isinstance(device, CharDevice):
                 tag = device.tag
                 if tag == "serial":

@@ -36,6 +36,7 @@ from qemud.errors import (
     OperationInvalid,
     QemudError,
 )
+from qemud.qemu import naming
 from qemud.qemu.arch import get_strategy
 from qemud.qemu.chardevs import pty_paths
 from qemud.qemu.command import GuestPaths, build_argv, taints
@@ -186,7 +187,14 @@ class Lifecycle:
         def read_ptys() -> None:
             # like libvirt, the ptys QEMU allocated are known before the guest runs
             self._read_ptys(dom, monitor).add_done_callback(
-                lambda d: fail(d.error) if d.error else go())
+                lambda d: fail(d.error) if d.error else balloon())
+
+        def balloon() -> None:
+            step = _setup_balloon(monitor, live)
+            if step is None:
+                go()
+            else:
+                step.add_done_callback(lambda d: fail(d.error) if d.error else go())
 
         def go() -> None:
             if incoming is not None:
@@ -653,6 +661,27 @@ def _set_vnc_password(monitor: Monitor, live: DomainDef) -> Deferred | None:
             both.resolve(None)
     expire.add_done_callback(done)
     return both
+
+
+def _setup_balloon(monitor: Monitor, live: DomainDef) -> Deferred | None:
+    """libvirt's qemuProcessSetupBalloon, before the vCPUs start: the guest stats polling
+    period of ``<stats period>`` (a failure is only logged, as in libvirt), then the
+    balloon target ``<currentMemory>``; None when the guest has no balloon."""
+    balloon = live.memballoon
+    if balloon is None or not balloon.active:
+        return None
+    period = balloon.stats_period
+    if period:
+        def polled(d: Deferred) -> None:
+            if d.error is not None:
+                log.warning("domain %s: cannot set the balloon stats period: %s", live.name,
+                            d.error.message)
+        monitor.execute("qom-set", {"path": f"/machine/peripheral/{naming.BALLOON_ID}",
+                                    "property": "guest-stats-polling-interval",
+                                    "value": period},
+                        timeout=QMP_TIMEOUT).add_done_callback(polled)
+    return monitor.execute("balloon", {"value": live.current_memory_kib * 1024},
+                           timeout=QMP_TIMEOUT)
 
 
 def _remove_job_file(record: StatusRecord) -> None:

@@ -6,10 +6,13 @@ flags, the same checks in the same order, and libvirt's words in the errors, so 
 libvirt user's scripts and error handling apply. What qemud cannot do is refused, never
 faked:
 
-* the live memory of a guest is its virtio balloon's target (QMP ``balloon``). qemud
-  does not add a ``<memballoon>`` device the way libvirt does, so a guest has a balloon
-  only when its definition gives QEMU one (``<qemu:commandline>``); without it a live
-  change fails with libvirt's "without the balloon device" error, as in libvirt;
+* the live memory of a guest is its virtio balloon's target (QMP ``balloon``). Like
+  libvirt, qemud gives a definition without ``<memballoon>`` a virtio one at define time
+  on x86_64 and ppc64 (``ArchStrategy.fill_defaults``); with ``<memballoon
+  model='none'>``, or when QEMU has no balloon (an aarch64 guest, a definition stored
+  before that default), a live change fails with libvirt's "without the balloon device"
+  error. A balloon given through ``<qemu:commandline>`` to a definition without
+  ``<memballoon>`` works too (QEMU is asked, not the definition);
 * ``<memory>`` (the maximum) and the maximum vCPU count change only in the persistent
   definition, as in libvirt's QEMU driver;
 * live vCPU hotplug is not implemented: a live change of the vCPU count is refused
@@ -95,6 +98,14 @@ def _check_flags(flags: int, allowed: int, function: str) -> None:
                          domain=ErrorDomain.QEMU)
 
 
+def _has_balloon(live: DomainDef) -> bool:
+    """False for ``<memballoon model='none'>`` (libvirt's virDomainDefHasMemballoon); a
+    definition without ``<memballoon>`` may still have one through ``<qemu:commandline>``,
+    so QEMU decides then."""
+    balloon = live.memballoon
+    return balloon is None or balloon.active
+
+
 def _no_balloon(error: QemudError) -> bool:
     """QEMU's DeviceNotActive answer to ``balloon`` / ``query-balloon``."""
     return "No balloon device has been activated" in error.message
@@ -174,6 +185,8 @@ class Resources:
             config.current_memory_kib = newmem
             self._save_config(dom, config)
             return Empty()
+        if not _has_balloon(live):
+            raise OperationInvalid(_NO_BALLOON)
         return self._balloon(dom, newmem, config)
 
     def _balloon(self, dom: DomainObj, kib: int, config: DomainDef | None) -> Deferred:
@@ -263,6 +276,9 @@ class Resources:
             for parent in _PERIPHERALS:
                 monitor.execute("qom-list", {"path": parent},
                                 timeout=QMP_TIMEOUT).add_done_callback(got)
+        if dom.live is not None and not _has_balloon(dom.live):
+            finish()  # libvirt asks QEMU only when the definition has a balloon
+            return out
         monitor.execute("query-balloon", timeout=QMP_TIMEOUT).add_done_callback(balloon)
         return out
 

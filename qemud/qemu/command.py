@@ -250,6 +250,7 @@ class _Builder:
         self._serials_and_consoles()
         self._channels()
         self._watchdog()
+        self._memballoon()
         self.add(*dom.qemu_args)
         return self.argv
 
@@ -483,6 +484,15 @@ class _Builder:
             self.add("-action", f"watchdog={qemu_action}")
         else:
             self.add("-watchdog-action", qemu_action)
+
+    def _memballoon(self) -> None:
+        # libvirt's order (qemuBuildMemballoonCommandLine follows the watchdog); the
+        # stats polling period is not a device property: the daemon sets it over QMP
+        # (qom-set guest-stats-polling-interval) before the vCPUs start, as libvirt does
+        balloon = self.dom.memballoon
+        device = None if balloon is None else self.strategy.balloon_device(balloon)
+        if device is not None:
+            self.add("-device", device)
 
 
 # -- backends (dispatch tables, not if-chains) ---------------------------------------

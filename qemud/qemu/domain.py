@@ -24,6 +24,7 @@ __all__ = [
     "DomainView",
     "GraphicsView",
     "InterfaceView",
+    "MemballoonView",
     "OSView",
     "WatchdogView",
 ]
@@ -114,6 +115,17 @@ class WatchdogView(Protocol):
     def action(self) -> str | None: ...
 
 
+class MemballoonView(Protocol):
+    @property
+    def model(self) -> str: ...
+    @property
+    def stats_period(self) -> int | None: ...
+    @property
+    def autodeflate(self) -> str | None: ...
+    @property
+    def free_page_reporting(self) -> str | None: ...
+
+
 class DomainView(Protocol):
     memory_kib: int
 
@@ -151,6 +163,9 @@ class DomainView(Protocol):
     def channels(self) -> Sequence[CharDeviceView]: ...
     @property
     def watchdog(self) -> WatchdogView | None: ...
+    @property
+    def memballoon(self) -> MemballoonView | None: ...
+    def set_default_memballoon(self, model: str = ...) -> MemballoonView: ...
     @property
     def qemu_args(self) -> Sequence[str]: ...
     @property

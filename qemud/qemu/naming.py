@@ -26,6 +26,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "BALLOON_ID",
     "MONITOR_CHARDEV",
     "MONITOR_ID",
     "SATA_ID",
@@ -52,6 +53,7 @@ USB_ID: Final = "usb"
 SATA_ID: Final = "sata0"
 VIDEO_ID: Final = "video0"
 WATCHDOG_ID: Final = "watchdog0"
+BALLOON_ID: Final = "balloon0"
 
 _ID_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
 _TARGET_RE: Final = re.compile(r"(?P<prefix>xvd|ubd|hd|sd|vd|fd)(?P<letters>[a-z]+)\Z")

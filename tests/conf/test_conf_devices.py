@@ -14,6 +14,7 @@ from qemud.conf import (
     DomainDef,
     Graphics,
     Interface,
+    Memballoon,
     Watchdog,
     parse_device_xml,
     parse_domain_xml,
@@ -34,6 +35,7 @@ def _full() -> DomainDef:
     ("<console type='pty'/>", CharDevice, "console"),
     ("<channel type='unix'><target type='virtio' name='x'/></channel>", CharDevice, "channel"),
     ("<watchdog model='ib700'/>", Watchdog, "watchdog"),
+    ("<memballoon model='virtio'/>", Memballoon, "memballoon"),
 ])
 def test_parse_device_xml_kinds(text: str, cls: type[Device], tag: str) -> None:
     dev = parse_device_xml(text)
@@ -252,3 +254,30 @@ def test_device_copy_is_detached() -> None:
     assert dup.node.getparent() is None and dup != disk
     dup.target_dev = "vdz"
     assert dom.disks[0].target_dev == "vda"
+
+
+def test_memballoon_properties() -> None:
+    balloon = parse_device_xml((DATA / "devices" / "memballoon-in.xml").read_text())
+    assert isinstance(balloon, Memballoon)
+    assert (balloon.model, balloon.stats_period, balloon.alias) == ("virtio", 10, "balloon0")
+    assert (balloon.autodeflate, balloon.free_page_reporting) == ("on", "off")
+    assert balloon.active
+    none = parse_device_xml("<memballoon model='none'/>")
+    assert isinstance(none, Memballoon) and not none.active and none.stats_period is None
+
+
+def test_default_memballoon_goes_in_libvirt_order_and_never_replaces_one() -> None:
+    dom = _full()
+    assert dom.memballoon is None
+    added = dom.set_default_memballoon()
+    assert added.model == "virtio" and dom.memballoon == added
+    tags = [c.tag for c in dom.node.iterfind("devices/*")]
+    assert tags[-2:] == ["watchdog", "memballoon"]
+    assert dom.set_default_memballoon("none") == added  # the one it has stays
+    dom.validate()
+    assert "<memballoon model=\"virtio\"/>" in dom.to_xml()
+    dom.remove_device(parse_device_xml("<memballoon model='virtio'/>"))
+    dom.add_device(parse_device_xml("<memballoon model='none'/>"))
+    assert dom.set_default_memballoon().model == "none"
+    with pytest.raises(DefinitionError, match=r"devices/memballoon\[2\]: only one memballoon"):
+        dom.add_device(parse_device_xml("<memballoon model='virtio'/>"))

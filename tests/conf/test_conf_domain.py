@@ -31,7 +31,7 @@ DATA = Path(__file__).parent / "data"
 FULL = (DATA / "full-in.xml").read_text()
 CONTRACT_NAMES = [
     "DomainDef", "OSDef", "Disk", "Interface", "Graphics", "CharDevice", "Watchdog",
-    "ConfError", "XMLParseError", "SchemaError", "DefinitionError",
+    "Memballoon", "ConfError", "XMLParseError", "SchemaError", "DefinitionError",
     "parse_domain_xml", "parse_device_xml",
 ]
 

@@ -172,6 +172,15 @@ CASES: list[tuple[str, dict[str, str], str]] = [
      "devices/watchdog[1]: unsupported watchdog action 'explode'"),
     ("two watchdogs", {"devices": "<watchdog model='ib700'/><watchdog model='i6300esb'/>"},
      "devices/watchdog[2]: only one watchdog is supported"),
+    ("memballoon model", {"devices": "<memballoon model='bogus'/>"},
+     "devices/memballoon[1]: unsupported memballoon model 'bogus'"),
+    ("memballoon period", {"devices": "<memballoon model='virtio'><stats period='0'/>"
+                                      "</memballoon>"},
+     "devices/memballoon[1]/stats: stats period must be a positive integer, got '0'"),
+    ("memballoon switch", {"devices": "<memballoon model='virtio' autodeflate='yes'/>"},
+     "devices/memballoon[1]: unsupported autodeflate value 'yes'"),
+    ("two memballoons", {"devices": "<memballoon model='virtio'/><memballoon model='none'/>"},
+     "devices/memballoon[2]: only one memballoon is supported"),
     ("duplicate alias", {"devices": DISK.format("vda").replace("</disk>",
                                                                "<alias name='ua-x'/></disk>")
                          + "<interface type='user'><alias name='ua-x'/></interface>"},
@@ -269,6 +278,7 @@ def test_xml_declaration_and_bytes_are_accepted() -> None:
     ("<interface type='user'><mac address='ff:ff:ff:ff:ff:ff'/></interface>",
      "interface/mac: MAC address 'ff:ff:ff:ff:ff:ff' is multicast"),
     ("<watchdog/>", "watchdog: missing model attribute"),
+    ("<memballoon/>", "memballoon: missing model attribute"),
     ("<interface/>", "interface: missing type attribute"),
     ("<graphics/>", "graphics: missing type attribute"),
 ])

@@ -19,6 +19,7 @@ from qemud.conf import (
     DomainDef,
     Graphics,
     Interface,
+    Memballoon,
     OSDef,
     Watchdog,
     parse_device_xml,
@@ -62,7 +63,8 @@ def test_every_property_is_exercised_by_golden_files() -> None:
 
 def test_registry_knows_the_model_classes() -> None:
     owners = {p.owner for p in all_properties()}
-    for cls in (DomainDef, OSDef, Disk, Interface, Graphics, CharDevice, Watchdog):
+    for cls in (DomainDef, OSDef, Disk, Interface, Graphics, CharDevice, Watchdog,
+                Memballoon):
         assert cls in owners or any(issubclass(cls, o) for o in owners if o is not None)
     assert len(all_properties()) >= 40
 

@@ -1,8 +1,8 @@
 """Memory and vCPUs of real TCG guests: setmem, setmaxmem, dommemstat, setvcpus, vcpuinfo.
 
 The guests are diskless and boot to firmware (tests/integration/domains.py bare_xml):
-enough for QEMU to run its vCPU threads and, given ``-device virtio-balloon-pci`` through
-``<qemu:commandline>``, a balloon (qemud adds none itself, see docs/CONFORMANCE.md).
+enough for QEMU to run its vCPU threads and its virtio balloon, which an x86_64 guest
+defined without ``<memballoon>`` gets, as in libvirt (``<memballoon model='none'>``: none).
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from tests.integration.domains import bare_xml
 
 pytestmark = pytest.mark.integration
 
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-BALLOON = f"""<qemu:commandline xmlns:qemu='{QEMU_NS}'>
-    <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-balloon-pci,id=balloon0'/>
-  </qemu:commandline>
-</domain>"""
+NO_BALLOON = "</os><devices><memballoon model='none'/></devices>"
 VCPU_GUEST = 8  # libvirt's VIR_DOMAIN_VCPU_GUEST
 
 
@@ -96,9 +91,21 @@ def test_setmem_and_setmaxmem_of_the_persistent_definition(daemon: DaemonProcess
         assert dom.info().max_mem_kib == 196608
 
 
-def test_running_domain_without_a_balloon(daemon: DaemonProcess) -> None:
+def qemu_argv(daemon: DaemonProcess, name: str) -> list[str]:
+    """The running guest's QEMU command line (its pid from the daemon's status file)."""
+    status = json.loads((daemon.run_dir / "qemu" / f"{name}.status.json").read_text())
+    return Path(f"/proc/{status['pid']}/cmdline").read_bytes().decode().split("\0")
+
+
+def balloons(dom: Domain, flags: int = 0) -> list[dict[str, str]]:
+    """The <memballoon> elements of the live (0) or inactive XML, as attribute dicts."""
+    return [dict(b.attrib) for b in ET.fromstring(dom.xml(flags)).iterfind("devices/memballoon")]
+
+
+def test_running_domain_with_memballoon_none(daemon: DaemonProcess) -> None:
     with daemon.connect() as conn:
-        dom = conn.define_xml(bare_xml("mem"))
+        dom = conn.define_xml(bare_xml("mem").replace("</os>", NO_BALLOON))
+        assert balloons(dom) == [{"model": "none"}]  # no default in its place
         dom.set_memory(98304, AFFECT_CONFIG)
         dom.create()
         with pytest.raises(client.OperationInvalid,
@@ -117,6 +124,7 @@ def test_running_domain_without_a_balloon(daemon: DaemonProcess) -> None:
         dom.set_memory(65536, AFFECT_CONFIG)
         assert memory(dom, INACTIVE) == (262144, 65536)
         assert memory(dom) == (131072, 98304)
+        assert not any(arg.startswith("virtio-balloon") for arg in qemu_argv(daemon, "mem"))
 
         stats = dom.memory_stats()  # libvirt without a balloon: the RSS only
         assert list(stats) == ["rss"] and stats["rss"] > 0
@@ -126,10 +134,15 @@ def test_running_domain_without_a_balloon(daemon: DaemonProcess) -> None:
         assert memory(dom) == (262144, 65536)  # the next definition applies now
 
 
-def test_setmem_live_through_a_virtio_balloon(daemon: DaemonProcess) -> None:
+def test_setmem_live_through_the_default_balloon(daemon: DaemonProcess) -> None:
     with daemon.connect() as conn:
-        dom = conn.define_xml(bare_xml("bal").replace("</domain>", BALLOON))
+        dom = conn.define_xml(bare_xml("bal"))
+        # libvirt's default, written at define: dumpxml --inactive shows it
+        assert balloons(dom, INACTIVE) == [{"model": "virtio"}]
         dom.create()
+        assert balloons(dom) == [{"model": "virtio"}]
+        argv = qemu_argv(daemon, "bal")
+        assert argv[argv.index("virtio-balloon-pci,id=balloon0") - 1] == "-device"
         dom.set_memory(65536)  # virsh setmem's default: live
         assert memory(dom) == (131072, 65536)
         assert dom.info().memory_kib == 65536
@@ -145,6 +158,31 @@ def test_setmem_live_through_a_virtio_balloon(daemon: DaemonProcess) -> None:
         assert names[0] == "actual" and stats["actual"] == 131072
         assert names[-1] == "rss" and stats["rss"] > 0
         assert set(names) <= {"actual", "last_update", "rss"}, stats
+        assert "<-- balloon error" not in daemon.log_text()
+
+
+def test_balloon_target_and_stats_period_are_set_before_the_guest_runs(
+        daemon: DaemonProcess) -> None:
+    """libvirt's qemuProcessSetupBalloon: qom-set of the polling interval, then the
+    balloon target <currentMemory>, both before ``cont``."""
+    with daemon.connect() as conn:
+        xml = bare_xml("period").replace(
+            "</os>", "</os><devices><memballoon model='virtio'><stats period='3'/>"
+                     "</memballoon></devices>").replace(
+            "<vcpu>", "<currentMemory unit='MiB'>96</currentMemory><vcpu>")
+        dom = conn.define_xml(xml)
+        dom.create()
+        log = daemon.log_text()
+        polled = log.index("--> qom-set {'path': '/machine/peripheral/balloon0', "
+                           "'property': 'guest-stats-polling-interval', 'value': 3}")
+        target = log.index(f"--> balloon {{'value': {96 * 1024 * 1024}}}")
+        assert polled < target < log.index("--> cont", target)
+        assert "<-- qom-set ok" in log and "<-- balloon ok" in log
+        assert memory(dom) == (131072, 98304)
+        root = ET.fromstring(dom.xml(INACTIVE))
+        stats = root.find("devices/memballoon/stats")
+        assert stats is not None and stats.get("period") == "3"
+        assert "actual" in dom.memory_stats()
 
 
 def test_setvcpus_of_the_persistent_definition(daemon: DaemonProcess) -> None:

@@ -72,6 +72,14 @@ class FakeWatchdog:
 
 
 @dataclass
+class FakeMemballoon:
+    model: str = "virtio"
+    stats_period: int | None = None
+    autodeflate: str | None = None
+    free_page_reporting: str | None = None
+
+
+@dataclass
 class FakeDomain:
     type: str = "qemu"
     name: str = "guest"
@@ -90,6 +98,7 @@ class FakeDomain:
     consoles: list[FakeChar] = field(default_factory=list)
     channels: list[FakeChar] = field(default_factory=list)
     watchdog: FakeWatchdog | None = None
+    memballoon: FakeMemballoon | None = None
     maximum_vcpus: int | None = None  # <vcpu> when <vcpu current> is set; None: vcpus
     qemu_args: list[str] = field(default_factory=list)
     qemu_env: list[tuple[str, str]] = field(default_factory=list)
@@ -97,6 +106,11 @@ class FakeDomain:
     @property
     def max_vcpus(self) -> int:
         return self.vcpus if self.maximum_vcpus is None else self.maximum_vcpus
+
+    def set_default_memballoon(self, model: str = "virtio") -> FakeMemballoon:
+        if self.memballoon is None:
+            self.memballoon = FakeMemballoon(model)
+        return self.memballoon
 
 
 def _machines(*names: str, default: str | None = None) -> tuple[MachineType, ...]:

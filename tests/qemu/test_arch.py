@@ -31,6 +31,7 @@ from tests.qemu.fakes import (
     FakeDomain,
     FakeGraphics,
     FakeInterface,
+    FakeMemballoon,
     FakeOS,
     FakeWatchdog,
 )
@@ -98,6 +99,7 @@ cdrom_bus = "virtio"
 virtio_blk = "virtio-blk-pci"
 virtio_scsi = "virtio-scsi-pci"
 virtio_serial = "virtio-serial-pci"
+virtio_balloon = "virtio-balloon-pci"
 usb_controller = "qemu-xhci"
 sata_controller = "ich9-ahci"
 """
@@ -298,6 +300,12 @@ INVALID = [
     ),
     (
         "x86_64",
+        {"memballoon": FakeMemballoon("xen")},
+        UnsupportedForArch,
+        r"devices/memballoon: memballoon model 'xen' is not supported on x86_64",
+    ),
+    (
+        "x86_64",
         {"graphics": [FakeGraphics(type="spice")]},
         UnsupportedForArch,
         "graphics type 'spice'",
@@ -385,6 +393,47 @@ def test_fill_defaults_keeps_explicit_values_and_machine_decides_cdrom_bus() -> 
     assert dom.os.machine == "pc"
     assert [d.target_bus for d in dom.disks] == ["ide", "scsi"]
     assert dom.interfaces[0].model == "e1000"
+
+
+@pytest.mark.parametrize(
+    ("arch", "machine", "balloon"),
+    [
+        ("x86_64", None, True),
+        ("x86_64", "q35", True),
+        ("x86_64", "pc-i440fx-7.2", True),
+        ("x86_64", "isapc", False),
+        ("x86_64", "microvm", False),
+        ("aarch64", None, False),
+        ("ppc64", None, True),
+        ("ppc64", "powernv", True),
+    ],
+)
+def test_fill_defaults_adds_a_balloon_where_libvirt_does(
+    arch: str, machine: str | None, balloon: bool
+) -> None:
+    """libvirt's qemuDomainDefAddDefaultDevices: x86 (not isapc/microvm), ppc64; no arm."""
+    dom = dom_for(arch, machine=machine)
+    get_strategy(arch).fill_defaults(dom)
+    assert dom.memballoon == (FakeMemballoon("virtio") if balloon else None)
+
+
+def test_fill_defaults_keeps_the_balloon_written() -> None:
+    for model in ("none", "virtio"):
+        dom = dom_for("x86_64", memballoon=FakeMemballoon(model, stats_period=3))
+        get_strategy("x86_64").fill_defaults(dom)
+        assert dom.memballoon == FakeMemballoon(model, stats_period=3)
+
+
+def test_balloon_device() -> None:
+    for arch in ARCHS:
+        strategy = get_strategy(arch)
+        assert strategy.table.devices.virtio_balloon == "virtio-balloon-pci"
+        assert strategy.balloon_device(FakeMemballoon()) == "virtio-balloon-pci,id=balloon0"
+        assert strategy.balloon_device(FakeMemballoon("none")) is None
+    switches = FakeMemballoon(autodeflate="on", free_page_reporting="off", stats_period=10)
+    assert get_strategy("x86_64").balloon_device(switches) == (
+        "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=off"
+    )
 
 
 # -- argv hooks --------------------------------------------------------------------------

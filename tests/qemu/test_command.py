@@ -26,6 +26,7 @@ from tests.qemu.fakes import (
     FakeDomain,
     FakeGraphics,
     FakeInterface,
+    FakeMemballoon,
     FakeOS,
     FakeWatchdog,
     fake_caps,
@@ -88,8 +89,16 @@ def test_build_does_not_modify_the_definition_and_is_deterministic() -> None:
     assert argv(dom) == first
 
 
-@pytest.mark.parametrize("arch", ["x86_64", "aarch64", "ppc64"])
-def test_fill_defaults_does_not_change_the_argv(arch: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "balloon"),
+    [("x86_64", ["-device", "virtio-balloon-pci,id=balloon0"]), ("aarch64", []),
+     ("ppc64", ["-device", "virtio-balloon-pci,id=balloon0"])],
+)
+def test_fill_defaults_changes_the_argv_by_the_default_balloon_only(
+    arch: str, balloon: list[str]
+) -> None:
+    """The written defaults are what the argv builder assumed, except the balloon, which
+    libvirt adds (x86_64, ppc64) as a device of the definition at define time."""
     dom = FakeDomain(
         os=FakeOS(arch=arch),
         disks=[FakeDisk(), FakeDisk("sdb", device="cdrom", source=None)],
@@ -97,7 +106,7 @@ def test_fill_defaults_does_not_change_the_argv(arch: str) -> None:
     )
     expected = argv(dom, arch)
     get_strategy(arch).fill_defaults(dom)
-    assert argv(dom, arch) == expected
+    assert argv(dom, arch) == expected + balloon
 
 
 def test_argv_text_format() -> None:
@@ -126,7 +135,7 @@ def test_x86_64_default_machine_is_pc_and_a_cdrom_without_bus_is_on_its_ide() ->
     get_strategy("x86_64").fill_defaults(dom)
     assert (dom.os.arch, dom.os.machine) == ("x86_64", "pc")
     assert [d.target_bus for d in dom.disks] == ["ide", "ide"]
-    assert argv(dom) == args
+    assert argv(dom) == [*args, "-device", "virtio-balloon-pci,id=balloon0"]  # the default
 
 
 def test_kvm_requires_a_usable_kvm() -> None:
@@ -470,6 +479,28 @@ def test_watchdog(action: str | None, qemu_action: str) -> None:
     args = argv(FakeDomain(watchdog=FakeWatchdog("i6300esb", action)))
     assert option(args, "-device") == ["i6300esb,id=watchdog0"]
     assert option(args, "-action") == [f"watchdog={qemu_action}"]
+
+
+# -- memballoon -------------------------------------------------------------------------
+
+
+def test_memballoon_follows_the_watchdog_and_precedes_pass_through_arguments() -> None:
+    dom = FakeDomain(watchdog=FakeWatchdog("ib700"), memballoon=FakeMemballoon(stats_period=5),
+                     qemu_args=["-no-reboot"])
+    args = argv(dom)
+    assert option(args, "-device") == ["ib700,id=watchdog0", "virtio-balloon-pci,id=balloon0"]
+    assert args[-3:] == ["-device", "virtio-balloon-pci,id=balloon0", "-no-reboot"]
+    # the stats period is set over QMP after launch, never on the command line
+    assert not any("guest-stats-polling-interval" in a for a in args)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64", "ppc64"])
+def test_memballoon_none_or_absent_means_no_balloon(arch: str) -> None:
+    for balloon in (None, FakeMemballoon("none")):
+        args = argv(FakeDomain(os=FakeOS(arch=arch), memballoon=balloon), arch)
+        assert not any("balloon" in a for a in args)
+    args = argv(FakeDomain(os=FakeOS(arch=arch), memballoon=FakeMemballoon()), arch)
+    assert option(args, "-device")[-1] == "virtio-balloon-pci,id=balloon0"
 
 
 def test_watchdog_on_old_qemu_and_bad_action() -> None:

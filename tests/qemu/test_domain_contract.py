@@ -36,6 +36,7 @@ XML = """
     <console type='pty'/>
     <channel type='unix'><target type='virtio' name='a.b'/></channel>
     <watchdog model='i6300esb'/>
+    <memballoon model='virtio'><stats period='5'/></memballoon>
   </devices>
 </domain>
 """
@@ -58,6 +59,7 @@ def test_every_view_member_exists_on_the_real_model() -> None:
         (domain.CharDeviceView, dom.serials[0]),
         (domain.CharDeviceView, dom.channels[0]),
         (domain.WatchdogView, dom.watchdog),
+        (domain.MemballoonView, dom.memballoon),
     ]
     for view, obj in objects:
         for name in members(view):
@@ -78,3 +80,16 @@ def test_fill_defaults_writes_through_to_the_xml() -> None:
     ppc.disks[0].target_bus = "scsi"
     get_strategy("ppc64").fill_defaults(ppc)
     assert conf.parse_domain_xml(ppc.to_xml()).memory_kib == 256 * 1024
+
+
+def test_fill_defaults_writes_the_default_balloon_to_the_xml() -> None:
+    bare = XML.replace("<memballoon model='virtio'><stats period='5'/></memballoon>", "")
+    dom = conf.parse_domain_xml(bare)
+    assert dom.memballoon is None
+    get_strategy("x86_64").fill_defaults(dom)
+    reparsed = conf.parse_domain_xml(dom.to_xml())
+    assert reparsed.memballoon is not None and reparsed.memballoon.model == "virtio"
+    arm = conf.parse_domain_xml(bare.replace("x86_64", "aarch64")
+                                .replace("<watchdog model='i6300esb'/>", ""))
+    get_strategy("aarch64").fill_defaults(arm)
+    assert arm.memballoon is None  # libvirt adds none on arm

@@ -95,8 +95,9 @@ def _affect(args: Args, legacy: int) -> int:
     "Change the memory allocation of a domain, in KiB unless SIZE has a suffix (b, KB, "
     "KiB, M, MB, G, GiB...). --config changes the currentMemory of the persistent "
     "definition (at most its memory); --live the balloon target of the running guest, "
-    "which needs a virtio balloon device in QEMU (qemud adds none by default: see "
-    "docs/CONFORMANCE.md) and a guest balloon driver. Without --live, --config or "
+    "which needs the domain's virtio balloon (added at define on x86_64 and ppc64, as "
+    "libvirt does, unless <memballoon model='none'/>) and a guest balloon driver. "
+    "Without --live, --config or "
     "--current, the running domain is changed, as virsh does."),
     args=(DOM, SIZE), opts=(CONFIG, LIVE, CURRENT))
 def cmd_setmem(sh: Shell, args: Args) -> None:

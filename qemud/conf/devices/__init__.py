@@ -18,6 +18,7 @@ from .chardev import CharDevice
 from .disk import Disk
 from .graphics import Graphics
 from .interface import MAC_PREFIX, Interface, generate_mac, normalise_mac
+from .memballoon import Memballoon
 from .watchdog import Watchdog
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Disk",
     "Graphics",
     "Interface",
+    "Memballoon",
     "Watchdog",
     "generate_mac",
     "normalise_mac",
@@ -39,7 +41,7 @@ __all__ = [
 DEVICE_CLASSES: Mapping[str, type[Device]] = MappingProxyType(
     {
         tag: cls
-        for cls in (Disk, Interface, Graphics, CharDevice, Watchdog)
+        for cls in (Disk, Interface, Graphics, CharDevice, Watchdog, Memballoon)
         for tag in cls.XML_TAGS
     }
 )

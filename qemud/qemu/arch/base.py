@@ -19,13 +19,22 @@ from typing import ClassVar, Final
 
 from qemud.qemu import naming
 from qemud.qemu.arch.table import ArchTable, MachineProfile
-from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
+from qemud.qemu.domain import (
+    CharDeviceView,
+    DiskView,
+    DomainView,
+    InterfaceView,
+    MemballoonView,
+)
 from qemud.qemu.errors import GuestConfigError, UnsupportedForArch
 
-__all__ = ["ACCELS", "ArchStrategy", "DiskBus", "disk_path"]
+__all__ = ["ACCELS", "BALLOON_MODELS", "ArchStrategy", "DiskBus", "disk_path"]
 
 #: Accelerators a strategy can build for, keyed by libvirt ``<domain type>``.
 ACCELS: Final = {"qemu": "tcg", "kvm": "kvm"}
+
+#: <memballoon model> values the QEMU driver builds ('none': no balloon at all).
+BALLOON_MODELS: Final = ("virtio", "none")
 
 # Target dev prefixes that imply a bus, as in libvirt.
 _PREFIX_BUS: Final = {"hd": "ide", "sd": "scsi", "vd": "virtio"}
@@ -152,7 +161,8 @@ class ArchStrategy:
     # -- definition-time hooks ----------------------------------------------
 
     def fill_defaults(self, dom: DomainView) -> None:
-        """Write the arch defaults into ``dom`` (arch, machine, buses, NIC models, RAM size).
+        """Write the arch defaults into ``dom`` (arch, machine, buses, NIC models, RAM size,
+        the default memory balloon).
 
         Done once at define time, like libvirt's post-parse callbacks, so the
         persistent XML shows what the guest really gets and later changes of
@@ -171,6 +181,8 @@ class ArchStrategy:
         for iface in dom.interfaces:
             if iface.model is None:
                 iface.model = self.table.default_nic_model
+        if dom.memballoon is None and self.profile(dom).default_memballoon:
+            dom.set_default_memballoon("virtio")
 
     def validate(self, dom: DomainView) -> None:
         """Raise :class:`UnsupportedForArch` for anything this arch cannot run.
@@ -204,6 +216,13 @@ class ArchStrategy:
                 watchdog.model,
                 self.name,
                 list(self.table.watchdog_models),
+            )
+
+        balloon = dom.memballoon
+        if balloon is not None and balloon.model not in BALLOON_MODELS:
+            raise UnsupportedForArch(
+                "devices/memballoon", "memballoon model", balloon.model, self.name,
+                list(BALLOON_MODELS),
             )
 
     def _validate_disks(self, dom: DomainView) -> None:
@@ -393,6 +412,17 @@ class ArchStrategy:
 
     def watchdog_device(self, model: str) -> str:
         return f"{self.table.watchdog_models[model]},id={naming.WATCHDOG_ID}"
+
+    def balloon_device(self, balloon: MemballoonView) -> str | None:
+        """``-device`` value of the balloon; None for ``model='none'`` (no balloon)."""
+        if balloon.model == "none":
+            return None
+        props = [self.table.devices.virtio_balloon, f"id={naming.BALLOON_ID}"]
+        if balloon.autodeflate is not None:
+            props.append(f"deflate-on-oom={balloon.autodeflate}")
+        if balloon.free_page_reporting is not None:
+            props.append(f"free-page-reporting={balloon.free_page_reporting}")
+        return ",".join(props)
 
 
 def _bootindex(disk: DiskView) -> list[str]:

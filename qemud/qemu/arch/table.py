@@ -20,10 +20,18 @@ from qemud.qemu.errors import ArchTableError as TableError
 __all__ = ["ArchTable", "DeviceNames", "MachineProfile", "load_tables"]
 
 _PROFILE_KEYS: Final = frozenset(
-    {"disk_buses", "cdrom_bus", "builtin_ide", "builtin_sata", "machine_props", "tcg_machine_props"}
+    {
+        "disk_buses",
+        "cdrom_bus",
+        "builtin_ide",
+        "builtin_sata",
+        "machine_props",
+        "tcg_machine_props",
+        "default_memballoon",
+    }
 )
 _PROFILE_OPTIONAL: Final = frozenset(
-    {"builtin_ide", "builtin_sata", "machine_props", "tcg_machine_props"}
+    {"builtin_ide", "builtin_sata", "machine_props", "tcg_machine_props", "default_memballoon"}
 )
 _ARCH_KEYS: Final = frozenset(
     {
@@ -49,7 +57,14 @@ _ARCH_KEYS: Final = frozenset(
 )
 _ARCH_OPTIONAL: Final = frozenset({"video_model", "machine"})
 _DEVICE_KEYS: Final = frozenset(
-    {"virtio_blk", "virtio_scsi", "virtio_serial", "usb_controller", "sata_controller"}
+    {
+        "virtio_blk",
+        "virtio_scsi",
+        "virtio_serial",
+        "virtio_balloon",
+        "usb_controller",
+        "sata_controller",
+    }
 )
 
 
@@ -60,6 +75,7 @@ class DeviceNames:
     virtio_blk: str
     virtio_scsi: str
     virtio_serial: str
+    virtio_balloon: str
     usb_controller: str
     sata_controller: str
 
@@ -74,6 +90,7 @@ class MachineProfile:
     builtin_sata: str | None
     machine_props: tuple[str, ...]
     tcg_machine_props: tuple[str, ...]
+    default_memballoon: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,6 +220,7 @@ def _make_profile(where: str, raw: Mapping[str, Any]) -> MachineProfile:
         builtin_sata=_opt_str(where, "builtin_sata", raw.get("builtin_sata")),
         machine_props=_str_list(where, "machine_props", raw.get("machine_props", [])),
         tcg_machine_props=_str_list(where, "tcg_machine_props", raw.get("tcg_machine_props", [])),
+        default_memballoon=_bool(where, "default_memballoon", raw.get("default_memballoon", False)),
     )
 
 
@@ -214,6 +232,7 @@ def _profile_raw(profile: MachineProfile) -> dict[str, Any]:
         "builtin_sata": profile.builtin_sata,
         "machine_props": list(profile.machine_props),
         "tcg_machine_props": list(profile.tcg_machine_props),
+        "default_memballoon": profile.default_memballoon,
     }
 
 
