@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "XML_SECURE", "AFFECT_LIVE",
            "AFFECT_CONFIG", "START_PAUSED", "RebootFlags", "ShutdownFlags", "MEM_MAXIMUM",
-           "VCPU_MAXIMUM"]
+           "VCPU_MAXIMUM", "SNAPSHOT_DELETE_METADATA_ONLY", "SNAPSHOT_REVERT_RUNNING",
+           "SNAPSHOT_REVERT_PAUSED"]
 
 #: libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_INACTIVE = 2
@@ -32,6 +33,13 @@ VCPU_MAXIMUM = 4
 #: libvirt's VIR_DOMAIN_START_PAUSED (create / create_xml): QEMU starts with its vCPUs
 #: stopped, so the guest runs no instruction until ``resume``
 START_PAUSED = 1
+#: libvirt's VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY (snapshot_delete): forget the
+#: snapshot, merge or remove no image
+SNAPSHOT_DELETE_METADATA_ONLY = 2
+#: libvirt's VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING / _PAUSED (snapshot_revert): the guest
+#: runs / is paused after the revert, whatever it was before
+SNAPSHOT_REVERT_RUNNING = 1
+SNAPSHOT_REVERT_PAUSED = 2
 
 
 @dataclass(frozen=True)
@@ -193,10 +201,14 @@ class Domain:
                                 pl.SnapshotListReply).snapshots
 
     def snapshot_revert(self, name: str, flags: int = 0) -> None:
+        """Go back to snapshot ``name``; ``flags`` SNAPSHOT_REVERT_RUNNING or _PAUSED set
+        the guest's state afterwards (0: the state it had before)."""
         self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_REVERT,
                          pl.SnapshotArgs(self.ref, name, flags), P.Empty)
 
     def snapshot_delete(self, name: str, flags: int = 0) -> None:
+        """Delete snapshot ``name`` (merging its data as libvirt does); with
+        SNAPSHOT_DELETE_METADATA_ONLY only its metadata goes, every image stays."""
         self._conn._call(P.Procedure.DOMAIN_SNAPSHOT_DELETE,
                          pl.SnapshotArgs(self.ref, name, flags), P.Empty)
 

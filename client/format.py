@@ -131,17 +131,9 @@ _REASONS: dict[DomainState, tuple[str, ...]] = {
     DomainState.PMSUSPENDED: ("unknown",),
 }
 
-#: the state words of snapshot XML (``virDomainSnapshotState``), used by snapshot-list
-_SNAPSHOT_STATES = {
-    DomainState.NOSTATE: "nostate",
-    DomainState.RUNNING: "running",
-    DomainState.BLOCKED: "blocked",
-    DomainState.PAUSED: "paused",
-    DomainState.SHUTDOWN: "shutdown",
-    DomainState.SHUTOFF: "shutoff",
-    DomainState.CRASHED: "crashed",
-    DomainState.PMSUSPENDED: "pmsuspended",
-}
+#: libvirt's VIR_DOMAIN_SNAPSHOT_DISK_SNAPSHOT: the virDomainSnapshotState of a disk-only
+#: snapshot of an active domain (the virDomainState values are the others' states)
+SNAPSHOT_DISK_SNAPSHOT = 8
 
 
 def _state(state: int) -> DomainState | None:
@@ -182,8 +174,23 @@ def state_text(state: int, reason: int | None = None) -> str:
 
 
 def snapshot_state_name(state: int) -> str:
+    """virsh's word for a snapshot's state (the ``<state>`` of libvirt's snapshot XML).
+
+    qemud's snapshots are all external and disk-only, and the protocol carries the
+    domain's state when one was taken (``SnapshotInfo.state``). libvirt records a
+    disk-only snapshot of an active domain (running, paused ...) as ``disk-snapshot``
+    and one of an inactive domain as ``shutoff``: so does this.
+    """
+    if state == SNAPSHOT_DISK_SNAPSHOT:
+        return "disk-snapshot"
     known = _state(state)
-    return _SNAPSHOT_STATES[known] if known is not None else "unknown"
+    if known is None:
+        return "unknown"
+    if known == DomainState.NOSTATE:
+        return "nostate"  # a record that names no state
+    if known in (DomainState.SHUTOFF, DomainState.CRASHED):
+        return "shutoff"
+    return "disk-snapshot"
 
 
 # -- events (virsh event's words) --------------------------------------------------------

@@ -181,8 +181,13 @@ _TABLE = [
           doc="Open the serial console as a stream (STREAM frames with this call's serial)."),
     _call(P.DOMAIN_SNAPSHOT_CREATE, p.SnapshotCreateArgs, p.StringReply, mutates=True, doc=""),
     _call(P.DOMAIN_SNAPSHOT_LIST, p.DomainArgs, p.SnapshotListReply, mutates=False, doc=""),
-    _call(P.DOMAIN_SNAPSHOT_REVERT, p.SnapshotArgs, Empty, mutates=True, doc=""),
-    _call(P.DOMAIN_SNAPSHOT_DELETE, p.SnapshotArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_SNAPSHOT_REVERT, p.SnapshotArgs, Empty, mutates=True,
+          doc="Flags bit 1 (VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING) / bit 2 (_PAUSED): the "
+              "guest runs / is paused afterwards (both: INVALID_ARG); none: as it was "
+              "before. Other bits: INVALID_ARG."),
+    _call(P.DOMAIN_SNAPSHOT_DELETE, p.SnapshotArgs, Empty, mutates=True,
+          doc="Flags bit 2 (VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY): forget the "
+              "snapshot, merge or remove no image. Other bits: INVALID_ARG."),
     _call(P.DOMAIN_STATS, p.StatsArgs, p.StatsReply, mutates=False,
           doc="Per-domain stats (cpu, memory, block, net) as typed params."),
     _call(P.NODE_STATS, Empty, p.NodeStatsReply, mutates=False, doc="Host CPU and memory stats."),

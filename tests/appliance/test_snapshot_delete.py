@@ -243,7 +243,9 @@ def test_delete_deeper_failure_keeps_the_snapshot(conn: client.Connection,
         assert sorted(s.name for s in dom.snapshots()) == ["s1", "s2"]
         assert {p: digest(p) for p in files} == files  # nothing was written
         assert disk_source(dom.xml(client.XML_INACTIVE)) == top
-        assert "merging snapshot s1 failed (the snapshot is kept)" in qemud.log_text()
+        # qemu-img commit ran: it may have written part of C (here it wrote nothing)
+        assert "merging snapshot s1 failed (the snapshot is kept; its image may hold part " \
+               "of the later data)" in qemud.log_text()
 
         with open(layer, "r+b") as f:
             f.write(header)

@@ -147,7 +147,10 @@ def test_state_text_without_reason() -> None:
 
 def test_snapshot_state_words() -> None:
     assert snapshot_state_name(DomainState.SHUTOFF) == "shutoff"
-    assert snapshot_state_name(DomainState.RUNNING) == "running"
+    # virsh's words for a disk-only snapshot: of an active domain, of a shut-off one
+    assert snapshot_state_name(DomainState.RUNNING) == "disk-snapshot"
+    assert snapshot_state_name(DomainState.PAUSED) == "disk-snapshot"
+    assert snapshot_state_name(8) == "disk-snapshot"  # VIR_DOMAIN_SNAPSHOT_DISK_SNAPSHOT
     assert snapshot_state_name(77) == "unknown"
 
 

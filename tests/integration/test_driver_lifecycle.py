@@ -236,7 +236,7 @@ def test_reboot_and_shutdown_modes(conn: client.Connection, qemud: DaemonProcess
         rebooted = []  # the host's reset and the firmware's (test_driver_reboot.py)
         while (record := conn.next_event(1.0)) is not None:
             rebooted.append(record.event_id)
-        assert rebooted == [client.EventId.REBOOT, client.EventId.REBOOT]
+        assert rebooted in ([client.EventId.REBOOT] * 2, [client.EventId.REBOOT] * 3)
 
         mark = serial.mark()
         dom.shutdown(flags=S.ACPI_POWER_BTN)

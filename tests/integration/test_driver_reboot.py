@@ -5,9 +5,9 @@ libvirt's fake reboot (qemuDomainReboot, qemuProcessShutdownOrReboot,
 qemuProcessFakeReboot): the ACPI power button, and when the guest powers off, a
 ``system_reset`` and ``cont`` in the same QEMU. The guest's pause in between is not
 shown; libvirt sends a ``reboot`` event for every QEMU RESET (qemuProcessHandleReset).
-On QEMU 7.2 a reboot has two: the host's ``system_reset``, then SeaBIOS resets the
-machine once more right after the continue (RESET, ``guest: true``), so a client sees
-two ``reboot`` events, with libvirt as with qemud.
+On QEMU 7.2 a reboot usually has two: the host's ``system_reset``, then SeaBIOS resets
+the machine once more right after the continue (RESET, ``guest: true``), sometimes a
+third, so a client sees ``reboot`` events only, two or three, with libvirt as with qemud.
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ pytestmark = pytest.mark.integration
 LIFE, REBOOT = client.EventId.LIFECYCLE, client.EventId.REBOOT
 #: (event id, event, detail) of a reboot event
 REBOOTED = (REBOOT, 0, 0)
-#: what a client sees of one admin reboot (or of a power-off with on_poweroff=restart)
-A_REBOOT = [REBOOTED, REBOOTED]
+
+
+def is_a_reboot(seen: list[tuple[object, ...]]) -> bool:
+    """What a client sees of one admin reboot (or of a power-off with
+    on_poweroff=restart): ``reboot`` events only, one per QEMU RESET (the host's, then
+    the firmware's one or two), and no lifecycle event."""
+    return 2 <= len(seen) <= 3 and all(event == REBOOTED for event in seen)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +123,7 @@ def test_admin_reboot_hides_the_reset_pause(conn: client.Connection, qemud: Daem
             dom.reboot()
             serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)  # the ACPI button
             serial.wait_for(READY, start=mark)
-            assert events.take() == A_REBOOT
+            assert is_a_reboot(events.take())
             assert dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
             assert dom.refresh().id == domain_id
             assert qemu_pids("rb-admin", qemud.run_dir) == pids
@@ -187,7 +192,7 @@ def test_guest_reset_ends_an_ignored_reboot(conn: client.Connection, qemud: Daem
         mark = serial.mark()
         serial.send("reboot")
         serial.wait_for(READY, start=mark)
-        assert events.take() == A_REBOOT  # the guest's reset and the firmware's
+        assert is_a_reboot(events.take())  # the guest's reset and the firmware's
         mark = serial.mark()
         serial.send("poweroff")
         serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
@@ -222,7 +227,7 @@ def test_on_poweroff_restart_reboots_in_the_same_qemu(conn: client.Connection,
             power_off()
             serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
             serial.wait_for(READY, start=mark)
-            assert events.take() == A_REBOOT
+            assert is_a_reboot(events.take())
             assert dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
             assert dom.refresh().id == domain_id
             assert qemu_pids("rb-poweroff", qemud.run_dir) == pids

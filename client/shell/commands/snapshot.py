@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
-from ...format import format_time, snapshot_state_name, table
+from typing import TYPE_CHECKING
+
+from ...domain import (
+    SNAPSHOT_DELETE_METADATA_ONLY,
+    SNAPSHOT_REVERT_PAUSED,
+    SNAPSHOT_REVERT_RUNNING,
+    Domain,
+)
+from ...format import format_time, key_values, snapshot_state_name, table
 from ..context import Shell
 from ..progress import Progress
-from ..registry import SNAPSHOT, Arg, Args, Opt, command
+from ..registry import SNAPSHOT, Arg, Args, CommandError, Opt, UsageError, command
 from .domain import DOM
 
+if TYPE_CHECKING:
+    from protocol.payloads import SnapshotInfo
+
 SNAP = Arg("snapshotname", "snapshot name", complete=SNAPSHOT)
+#: libvirt's error for a domain without a current snapshot (VIR_ERR_NO_DOMAIN_SNAPSHOT)
+NO_CURRENT = "Domain snapshot not found: the domain does not have a current snapshot"
+
+
+def _snapshots(sh: Shell, dom: Domain) -> list[SnapshotInfo]:
+    with sh.failing(f"Failed to list snapshots of domain '{dom.name}'"):
+        return dom.snapshots()
+
+
+def _current(snaps: list[SnapshotInfo]) -> SnapshotInfo:
+    found = next((s for s in snaps if s.current), None)
+    if found is None:
+        raise CommandError(NO_CURRENT)
+    return found
+
+
+def _descendants(snaps: list[SnapshotInfo], name: str) -> int:
+    """How many snapshots have ``name`` as an ancestor (the listing is one tree walk)."""
+    children: dict[str, list[str]] = {}
+    for s in snaps:
+        children.setdefault(s.parent, []).append(s.name)
+    count, todo, seen = 0, list(children.get(name, [])), {name}
+    while todo:
+        child = todo.pop()
+        if child in seen:  # a damaged record's loop must not hang the shell
+            continue
+        seen.add(child)
+        count += 1
+        todo.extend(children.get(child, []))
+    return count
 
 
 @command("snapshot-create-as", "snapshot", "create a snapshot from a set of args",
@@ -32,13 +73,17 @@ def cmd_snapshot_create_as(sh: Shell, args: Args) -> None:
 
 
 @command("snapshot-list", "snapshot", "list snapshots for a domain", description=(
-    "Snapshot names, creation times and the domain state they captured."),
+    "Snapshot names, creation times and their state, in virsh's words: disk-snapshot "
+    "for a snapshot of a running or paused domain (qemud's snapshots are external and "
+    "disk-only), shutoff for one of a shut-off domain."),
     args=(DOM,), opts=(Opt("parent", "add a column showing parent snapshot"),
-                       Opt("name", "list snapshot names only")), json=True)
+                       Opt("name", "list snapshot names only"),
+                       Opt("current", "limit list to current snapshot")), json=True)
 def cmd_snapshot_list(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
-    with sh.failing(f"Failed to list snapshots of domain '{dom.name}'"):
-        snaps = dom.snapshots()
+    snaps = _snapshots(sh, dom)
+    if args.flag("current"):
+        snaps = [s for s in snaps if s.current]
     snaps.sort(key=lambda s: (s.creation_time, s.name))
     if sh.want_json(args):
         sh.print_json([{"name": s.name, "description": s.description,
@@ -61,20 +106,82 @@ def cmd_snapshot_list(sh: Shell, args: Args) -> None:
     sh.print()
 
 
-@command("snapshot-revert", "snapshot", "revert a domain to a snapshot", args=(DOM, SNAP))
+@command("snapshot-current", "snapshot", "get the current snapshot", description=(
+    "The name of the domain's current snapshot (--name). virsh prints the snapshot's "
+    "XML without --name; qemud has no snapshot XML (see snapshot-info --current)."),
+    args=(DOM,), opts=(Opt("name", "list the name, rather than the full xml"),))
+def cmd_snapshot_current(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    if not args.flag("name"):
+        raise UsageError("qemud has no snapshot XML: use snapshot-current --name, or "
+                         "snapshot-info --current")
+    sh.print(_current(_snapshots(sh, dom)).name)
+
+
+@command("snapshot-info", "snapshot", "snapshot information", description=(
+    "virsh's fields of one snapshot, from the snapshot listing. qemud's snapshots are "
+    "external (Location), disk-only (State: disk-snapshot, or shutoff when the domain "
+    "was shut off) and always have metadata."),
+    args=(DOM, Arg("snapshotname", "snapshot name", required=False, complete=SNAPSHOT)),
+    opts=(Opt("current", "info on current snapshot"),))
+def cmd_snapshot_info(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    name = args.get("snapshotname")
+    if name is not None and args.flag("current"):
+        raise UsageError("--snapshotname and --current are mutually exclusive")
+    if name is None and not args.flag("current"):
+        raise UsageError("--snapshotname or --current is required")
+    snaps = _snapshots(sh, dom)
+    if name is None:
+        snap = _current(snaps)
+    else:
+        found = next((s for s in snaps if s.name == name), None)
+        if found is None:
+            raise CommandError(f"Domain snapshot not found: no domain snapshot with "
+                               f"matching name '{name}'")
+        snap = found
+    sh.write(key_values([
+        ("Name:", snap.name), ("Domain:", dom.name),
+        ("Current:", "yes" if snap.current else "no"),
+        ("State:", snapshot_state_name(snap.state)), ("Location:", "external"),
+        ("Parent:", snap.parent or "-"),
+        ("Children:", sum(1 for s in snaps if s.parent == snap.name)),
+        ("Descendants:", _descendants(snaps, snap.name)), ("Metadata:", "yes")]))
+
+
+@command("snapshot-revert", "snapshot", "revert a domain to a snapshot", description=(
+    "Make the domain's disks what they were at the snapshot (docs/SNAPSHOTS.md). "
+    "Afterwards the guest runs with --running, is paused with --paused, and is otherwise "
+    "as it was before the revert (virsh: as the snapshot was; a disk-only snapshot "
+    "leaves it shut off, see docs/CONFORMANCE.md)."),
+    args=(DOM, SNAP),
+    opts=(Opt("running", "after reverting, change state to running"),
+          Opt("paused", "after reverting, change state to paused")))
 def cmd_snapshot_revert(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     name = args.req("snapshotname")
+    if args.flag("running") and args.flag("paused"):
+        raise UsageError("Options --running and --paused are mutually exclusive")
+    flags = (SNAPSHOT_REVERT_RUNNING if args.flag("running") else 0) | \
+        (SNAPSHOT_REVERT_PAUSED if args.flag("paused") else 0)
     with sh.failing(f"Failed to revert domain '{dom.name}' to snapshot {name}"), \
             Progress(sh.err, f"Reverting domain '{dom.name}' to snapshot {name}"):
-        dom.snapshot_revert(name)
+        dom.snapshot_revert(name, flags)
     sh.print(f"Domain '{dom.name}' reverted to snapshot {name}")
 
 
-@command("snapshot-delete", "snapshot", "delete a domain snapshot", args=(DOM, SNAP))
+@command("snapshot-delete", "snapshot", "delete a domain snapshot", description=(
+    "Discard the snapshot's point in time and keep the guest's current state, merging "
+    "images where that is safe (docs/SNAPSHOTS.md). With --metadata only the snapshot's "
+    "metadata goes: no image is merged, rewritten or removed, and the images it froze "
+    "are left to you."),
+    args=(DOM, SNAP),
+    opts=(Opt("metadata", "delete only libvirt metadata, leaving snapshot contents "
+                          "behind"),))
 def cmd_snapshot_delete(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     name = args.req("snapshotname")
+    flags = SNAPSHOT_DELETE_METADATA_ONLY if args.flag("metadata") else 0
     with sh.failing(f"Failed to delete snapshot {name}"):
-        dom.snapshot_delete(name)
+        dom.snapshot_delete(name, flags)
     sh.print(f"Domain snapshot {name} deleted")

@@ -17,7 +17,8 @@ restart boots on them). Raw disks are refused: a raw image cannot have a backing
 top of the image that was frozen when S was taken (S stays reusable: revert to it twice
 and get the same disks twice), made while the guest runs on; then the guest is
 destroyed if it runs, the definition points at the overlays, and the guest is started
-again if it ran (paused if it was paused). What the guest wrote since is discarded,
+again if it ran (paused if it was paused; REVERT_RUNNING / REVERT_PAUSED, libvirt's
+flags, choose instead). What the guest wrote since is discarded,
 exactly as a revert in libvirt. A failure after the stop puts the disks back and starts
 the guest again as it was.
 
@@ -33,6 +34,9 @@ merge is marked in the metadata before it starts (``SnapshotRecord.merging``); a
 killed daemon left makes the snapshot a failed merge (``merge_failed``: revert refused),
 and the next daemon cancels the commit jobs it left in QEMU when it re-attaches to the
 guest (``leftovers``; as it ends a killed daemon's backup and removes its target files).
+With METADATA_ONLY (libvirt's flag) only the metadata goes: no image is merged or
+removed, and the images S froze are recorded as the user's (``DomainSnapshots.kept``):
+no later collection removes them, no merge writes into or below them.
 
 **Backup** (DOMAIN_BACKUP): ``blockdev-backup sync=full`` of the disk(s) to new target
 nodes in one ``transaction`` (one consistent instant for all disks; QEMU's

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from qemud import testhooks
 from qemud.dispatch import Deferred
-from qemud.errors import ConfigUnsupported, OperationFailed, OperationInvalid, QemudError
+from qemud.errors import (
+    ConfigUnsupported,
+    InvalidArg,
+    OperationFailed,
+    OperationInvalid,
+    QemudError,
+)
 from qemud.qemu import naming
 
 from ..images.layout import STATE_NAME, vms_root
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
 
 __all__ = ["SnapshotOps", "gather", "qemu_failure", "log_failure", "block_nodes",
-           "tool_failure", "JOB_SPEED", "job_speed"]
+           "tool_failure", "JOB_SPEED", "job_speed", "check_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,19 @@ def tool_failure(argv: list[str], code: int, stderr: str) -> str:
     """How a snapshot operation words a ``qemu-img`` failure: the subcommand, all of
     stderr."""
     return f"{Path(argv[0]).name} {argv[1]} failed (exit {code}): {stderr or 'no message'}"
+
+
+def check_flags(flags: int, known: int, what: str, names: dict[int, str]) -> None:
+    """Refuse the bits of ``flags`` not in ``known``, as libvirt's ``virCheckFlags``
+    (INVALID_ARG, "unsupported flags (0x1) in ..."), before anything is looked up: a
+    flag ignored would do what the caller did not ask for (``names``: libvirt's names
+    of flags qemud does not have)."""
+    unknown = flags & ~known
+    if unknown:
+        bits = [1 << i for i in range(unknown.bit_length()) if unknown >> i & 1]
+        raise InvalidArg(f"unsupported flags ({unknown:#x}) in {what}: " + ", ".join(
+            f"'{names[b]}' is not supported" if b in names else f"unknown flag {b:#x}"
+            for b in bits))
 
 
 def gather(items: list[Deferred]) -> Deferred:
@@ -269,11 +288,12 @@ class SnapshotOps:
         """Overlays (ours) no chain needs any more: forgotten in ``meta``, returned for
         deletion once ``meta`` is saved.
 
-        The chains are those of the disks, of the snapshots, and of the images unplugged
+        The chains are those of the disks, of the snapshots, of the images unplugged
         disks used last (``meta.unplugged``): such an image holds what the guest wrote
         to that disk since a snapshot, the user's data, as libvirt never deletes a
-        detached disk's files."""
-        roots: set[str] = set(meta.unplugged)
+        detached disk's files; and of the images a metadata-only delete left to the
+        user (``meta.kept``)."""
+        roots: set[str] = set(meta.unplugged) | set(meta.kept)
         for definition in (dom.definition, dom.next_definition, dom.live):
             if definition is not None:
                 roots.update(d.source for d in definition.disks if d.source)

@@ -41,7 +41,7 @@ from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, QemudError
 from qemud.qemu import naming, qcow2
 
-from .base import SnapshotOps, gather, job_speed, log_failure, qemu_failure
+from .base import SnapshotOps, check_flags, gather, job_speed, log_failure, qemu_failure
 from .records import RUN_ID
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ __all__ = ["DeleteOps"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
+
+#: DOMAIN_SNAPSHOT_DELETE flags: libvirt's VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
+METADATA_ONLY = 2
 
 
 @dataclass
@@ -102,11 +105,16 @@ class DeleteOps(SnapshotOps):
         self._merges: dict[str, Merge] = {}  # domain uuid -> live merge in flight
 
     def delete(self, ctx: Any, args: pl.SnapshotArgs) -> Empty | Deferred:
+        check_flags(args.flags, METADATA_ONLY, "snapshot delete",
+                    {1: "children", 4: "children-only"})
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         meta = self.store.load(dom)
         snap = meta.get(args.name, dom.name)
+        if args.flags & METADATA_ONLY:
+            self._forget(dom, meta, snap)
+            return Empty()
         plan = self._merge_plan(dom, meta, snap)
         tops = plan.tops
         if not tops:
@@ -132,9 +140,41 @@ class DeleteOps(SnapshotOps):
 
         def committed(g: Deferred) -> None:
             # a failed commit changes no definition: the overlays still hold their data
-            self._settle(dom, meta, snap, tops if g.error is None else {}, g.error, out)
+            # (a qemu-img commit that failed may have written part of C into S's image)
+            self._settle(dom, meta, snap, tops if g.error is None else {}, g.error, out,
+                         started=True)
         gather(steps).add_done_callback(committed)
         return out
+
+    def _forget(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord) -> None:
+        """METADATA_ONLY (libvirt's VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY): forget
+        ``snap`` and touch no file: nothing is merged, rewritten or removed.
+
+        The images ``snap`` froze are the point in time the user asked to keep without
+        the daemon's record of it (to use or remove by hand). Those the daemon created
+        are recorded in ``meta.kept``: no later garbage collection (a revert, another
+        delete, ``undefine --snapshots-metadata``) removes them or the chain below them,
+        and no merge writes into them or below them, as for the last image of an
+        unplugged disk. The images its disks use now stay under the normal rules.
+        """
+        ours = self.store.images_dir(dom.name).resolve()
+        kept = [d.base for d in snap.disks.values()
+                if d.base in meta.images and Path(d.base).resolve().parent == ours]
+        for path in kept:
+            meta.kept[path] = snap.name
+        for other in meta.snapshots.values():
+            if other.parent == snap.name:
+                other.parent = snap.parent
+        if meta.current == snap.name:
+            meta.current = snap.parent
+        del meta.snapshots[snap.name]
+        self.store.save(meta)  # raises before anything changed: the snapshot stays
+        audit_log.info("appliance snapshot domain=%r uuid=%s delete=%r metadata_only=True "
+                       "kept=%r", dom.name, dom.uuid, snap.name, kept)
+        log.info("domain %s: snapshot %s deleted, metadata only (no image merged or "
+                 "removed)%s", dom.name, snap.name,
+                 f"; kept for the user: {', '.join(kept)}" if kept else "")
+        self.events.appliance(dom.ref(), "snapshot-deleted", snap.name)
 
     def _merge_plan(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord
                     ) -> MergePlan:
@@ -204,8 +244,14 @@ class DeleteOps(SnapshotOps):
                 roots += [(d.source, False) for d in definition.disks if d.source
                           and (plan.above or d.source not in plan.tops.values())]
         # the image an unplugged disk used last reads its chain as a disk would: a merge
-        # into an image under it would change the data the user kept of that disk
+        # into an image under it would change the data the user kept of that disk; so do
+        # the images a metadata-only delete left to the user
         roots += [(top, False) for top in meta.unplugged]
+        for image, name in meta.kept.items():
+            hit = next((x for x in [*bases, *layers] if meta.chain_reaches(image, x)), "")
+            if hit:
+                return (f"{hit} is in the backing chain of {image}, kept for the user by "
+                        f"a metadata-only delete of snapshot {name}")
         for root, frozen in roots:
             link: str | None = root
             below: str | None = None  # the layer that reads from ``link``
@@ -309,7 +355,7 @@ class DeleteOps(SnapshotOps):
         gather([one(t) for t in plan.tops]).add_done_callback(
             lambda g: self._settle(dom, meta, snap, {t: plan.tops[t] for t in plan.tops
                                                      if t in merged}, g.error, out,
-                                   plan.above))
+                                   plan.above, started=True))
 
     def _merge_live(self, merge: Merge) -> None:
         dom = merge.dom
@@ -479,9 +525,10 @@ class DeleteOps(SnapshotOps):
         """After the commits: the definition follows the ``moved`` disks (target -> old
         overlay) whose top was merged; for those merged deeper (``above``: target -> the
         layer above the merged one) the metadata's chains skip the merged layer. Then S
-        is forgotten unless ``error``; ``out`` gets the outcome. ``started``: QEMU
-        accepted a commit job of this call (a live merge), which may have written into
-        S's images before it failed; a failure before that wrote nothing."""
+        is forgotten unless ``error``; ``out`` gets the outcome. ``started``: a commit
+        of this call ran (QEMU accepted a live merge's job; a shut-off merge ran
+        ``qemu-img commit``), which may have written into S's images before it failed;
+        a failure before that wrote nothing."""
         dom.job = None
         above = above or {}
         points: dict[str, tuple[str | None, str]] = {
@@ -495,8 +542,10 @@ class DeleteOps(SnapshotOps):
         self._relink(meta, snap, {t: (moved[t], above[t]) for t in moved if t in above})
         if error is not None:
             written = bool(moved) or started
-            if written:
+            if written and (moved or dom.active):
                 state = "; its image holds part of the later data"
+            elif written:  # qemu-img commit failed: before writing, or part-way
+                state = "; its image may hold part of the later data"
             elif snap.merge_failed:  # an earlier merge did, not this call
                 state = ("; nothing was merged now, its image may still hold part of the "
                          "later data from an earlier merge")

@@ -98,12 +98,16 @@ class DomainSnapshots:
     #: unplugged after a snapshot gave it an overlay), kept with its chain for the user;
     #: see :meth:`find_unplugged`
     unplugged: dict[str, str] = field(default_factory=dict)
+    #: overlay -> snapshot name: an image of ours a snapshot froze, left to the user by a
+    #: metadata-only delete of that snapshot; never removed nor merged into (nor below)
+    kept: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": META_VERSION, "domain": self.domain, "uuid": self.uuid,
                            "current": self.current,
                            "snapshots": [asdict(s) for s in self.snapshots.values()],
-                           "images": self.images, "unplugged": self.unplugged}, indent=1)
+                           "images": self.images, "unplugged": self.unplugged,
+                           "kept": self.kept}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> DomainSnapshots:
@@ -114,7 +118,8 @@ class DomainSnapshots:
                    snapshots={s.name: s for s in snaps},
                    images={str(k): str(v) for k, v in data.get("images", {}).items()},
                    unplugged={str(k): str(v)
-                              for k, v in data.get("unplugged", {}).items()})
+                              for k, v in data.get("unplugged", {}).items()},
+                   kept={str(k): str(v) for k, v in data.get("kept", {}).items()})
 
     def find_unplugged(self, in_use: set[str], targets: set[str]) -> None:
         """Update ``unplugged`` from the domain's definitions: ``in_use`` is every disk
@@ -138,7 +143,8 @@ class DomainSnapshots:
         backing = set(self.images.values())
         frozen = {d.base for s in self.snapshots.values() for d in s.disks.values()}
         for path in self.images:
-            if path in kept or path in backing or path in frozen or path in in_use:
+            if path in kept or path in backing or path in frozen or path in in_use \
+                    or path in self.kept:
                 continue
             target = self._target_of(path)
             if target not in targets:

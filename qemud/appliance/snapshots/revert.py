@@ -4,12 +4,13 @@ domain is undefined (deleting one is in ``delete``).
 **Revert** to S: each disk of S gets a NEW empty overlay on the image S froze (S stays
 reusable; made first, while the guest runs on: a failure there changes nothing), then
 the guest is destroyed if it runs, the definition points at the overlays, and the guest
-is started again if it ran (paused if it was paused). A failure after the stop puts the
-disks back as they were and starts the guest again as it was; the error says so. What
-the guest wrote since S is discarded, as in libvirt. A disk of S the domain no longer
-has (hot-unplugged since, or taken out of the definition) refuses the revert, naming the
-disk, before anything changes: the revert would otherwise come back without it, or
-discard where its data is.
+is started again if it ran (paused if it was paused); with REVERT_RUNNING or
+REVERT_PAUSED it is started running or paused, whatever it was before. A failure after
+the stop puts the disks back as they were and starts the guest again as it was; the
+error says so. What the guest wrote since S is discarded, as in libvirt. A disk of S
+the domain no longer has (hot-unplugged since, or taken out of the definition) refuses
+the revert, naming the disk, before anything changes: the revert would otherwise come
+back without it, or discard where its data is.
 
 The image an unplugged disk used last (an overlay of ours when a snapshot covered it)
 is kept by every garbage collection here, as by the deletes: it is the user's data.
@@ -28,9 +29,9 @@ from protocol import Empty
 from protocol import payloads as pl
 from protocol.constants import DomainState, UndefineFlags
 from qemud.dispatch import Deferred
-from qemud.errors import OperationFailed, OperationInvalid, QemudError
+from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, gather
+from .base import SnapshotOps, check_flags, gather
 
 if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
@@ -42,11 +43,21 @@ __all__ = ["RevertOps"]
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
 
+#: DOMAIN_SNAPSHOT_REVERT flags: libvirt's VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING / _PAUSED
+#: (the guest runs, or is paused, after the revert, whatever it was before)
+REVERT_RUNNING = 1
+REVERT_PAUSED = 2
+
 
 class RevertOps(SnapshotOps):
     """DOMAIN_SNAPSHOT_REVERT and the undefine check."""
 
     def revert(self, ctx: Any, args: pl.SnapshotArgs) -> Deferred:
+        check_flags(args.flags, REVERT_RUNNING | REVERT_PAUSED, "snapshot revert",
+                    {4: "force", 8: "reset-nvram"})
+        if args.flags & REVERT_RUNNING and args.flags & REVERT_PAUSED:
+            raise InvalidArg("Flags 'VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING' and "
+                             "'VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED' are mutually exclusive")
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
@@ -72,6 +83,11 @@ class RevertOps(SnapshotOps):
         stopping = dom.active and dom.stop_intent is not None  # already on its way down
         was_running = dom.active and not stopping
         was_paused = dom.state == DomainState.PAUSED
+        # what the guest is after the revert: as the flag says, else as it was before
+        # (libvirt without a flag: the snapshot's state, see docs/CONFORMANCE.md)
+        start_after = was_running or bool(args.flags & (REVERT_RUNNING | REVERT_PAUSED))
+        paused_after = (bool(args.flags & REVERT_PAUSED) if args.flags
+                        else was_paused)
         out = Deferred()
         created: list[Path] = []
         definition = dom.next_definition or dom.definition
@@ -167,11 +183,11 @@ class RevertOps(SnapshotOps):
             log.info("domain %s: reverted to snapshot %s%s", dom.name, snap.name,
                      f"; discarded {', '.join(map(str, garbage))}" if garbage else "")
             self.events.appliance(dom.ref(), "snapshot-reverted", snap.name)
-            if not was_running:
+            if not start_after:
                 out.resolve(Empty())
                 return
             try:
-                started = self.lifecycle.start(dom, paused=was_paused)
+                started = self.lifecycle.start(dom, paused=paused_after)
             except QemudError as exc:
                 out.fail(OperationFailed(f"reverted to snapshot '{snap.name}', but the "
                                          f"guest did not start again: {exc.message}"))
