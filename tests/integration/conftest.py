@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "contrib" / "build-test-guest"
@@ -64,3 +70,21 @@ def test_guest() -> TestGuest:
     for path in (guest.kernel, guest.initrd):
         assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
     return guest
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """A daemon of the test's own; at the end its guests are destroyed (and any QEMU a
+    status file still names is killed), then it stops."""
+    own = DaemonProcess(tmp_path / "d")
+    own.start()
+    yield own
+    try:
+        if own.proc is not None and own.proc.poll() is None:
+            stop_destroying_guests(own)
+    finally:
+        for status in (own.run_dir / "qemu").glob("*.status.json"):
+            try:
+                os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass

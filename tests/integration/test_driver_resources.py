@@ -9,39 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import client
 from client.domain import AFFECT_CONFIG, AFFECT_LIVE, MEM_MAXIMUM, VCPU_MAXIMUM, Domain
-from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.helpers.daemon import DaemonProcess
 from tests.integration.domains import bare_xml
 
 pytestmark = pytest.mark.integration
 
 NO_BALLOON = "</os><devices><memballoon model='none'/></devices>"
 VCPU_GUEST = 8  # libvirt's VIR_DOMAIN_VCPU_GUEST
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """A daemon of the test's own; its guests are destroyed at the end."""
-    own = DaemonProcess(tmp_path / "d")
-    own.start()
-    yield own
-    try:
-        if own.proc is not None and own.proc.poll() is None:
-            stop_destroying_guests(own)
-    finally:
-        for status in (own.run_dir / "qemu").glob("*.status.json"):
-            try:
-                os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
-            except (OSError, ValueError, KeyError):
-                pass
 
 
 def memory(dom: Domain, flags: int = 0) -> tuple[int, int]:

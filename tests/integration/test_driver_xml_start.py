@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,30 +20,12 @@ import pytest
 import client
 from protocol.constants import DomainState
 from qemud.driver.registry import MAX_NAME_BYTES
-from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.helpers.daemon import DaemonProcess
 from tests.integration.domains import bare_xml
 
 pytestmark = pytest.mark.integration
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
-    """A daemon of the test's own; at the end its guests are destroyed (and any QEMU a
-    status file still names is killed), then it stops."""
-    own = DaemonProcess(tmp_path / "d")
-    own.start()
-    yield own
-    try:
-        if own.proc is not None and own.proc.poll() is None:
-            stop_destroying_guests(own)
-    finally:
-        for status in (own.run_dir / "qemu").glob("*.status.json"):
-            try:
-                os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
-            except (OSError, ValueError, KeyError):
-                pass
 
 
 def qemu_pid(daemon: DaemonProcess, name: str) -> int:

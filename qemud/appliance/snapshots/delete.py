@@ -162,12 +162,7 @@ class DeleteOps(SnapshotOps):
                 if d.base in meta.images and Path(d.base).resolve().parent == ours]
         for path in kept:
             meta.kept[path] = snap.name
-        for other in meta.snapshots.values():
-            if other.parent == snap.name:
-                other.parent = snap.parent
-        if meta.current == snap.name:
-            meta.current = snap.parent
-        del meta.snapshots[snap.name]
+        meta.forget(snap)
         self.store.save(meta)  # raises before anything changed: the snapshot stays
         audit_log.info("appliance snapshot domain=%r uuid=%s delete=%r metadata_only=True "
                        "kept=%r", dom.name, dom.uuid, snap.name, kept)
@@ -592,12 +587,7 @@ class DeleteOps(SnapshotOps):
         """Forget ``snap`` (if any), save the metadata, then remove what nothing needs."""
         above = above or {}
         if snap is not None:
-            for other in meta.snapshots.values():
-                if other.parent == snap.name:
-                    other.parent = snap.parent
-            if meta.current == snap.name:
-                meta.current = snap.parent
-            del meta.snapshots[snap.name]
+            meta.forget(snap)
         garbage = self._collect(dom, meta)
         self.store.save(meta)  # metadata first: a crash leaves a stray file, never a hole
         self._unlink(garbage)

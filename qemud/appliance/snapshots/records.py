@@ -178,6 +178,16 @@ class DomainSnapshots:
                              f"name '{name}' (domain '{domain}')")
         return snap
 
+    def forget(self, snap: SnapshotRecord) -> None:
+        """Take ``snap`` out of the tree: its children and, if it was current, the
+        current snapshot go to its parent (libvirt's order after a delete)."""
+        for other in self.snapshots.values():
+            if other.parent == snap.name:
+                other.parent = snap.parent
+        if self.current == snap.name:
+            self.current = snap.parent
+        del self.snapshots[snap.name]
+
 
 class SnapshotStore:
     """``<root>/<domain>/snapshots.json`` and ``<root>/<domain>/images/``.
