@@ -16,6 +16,8 @@
      +-- OperationTimeout        a deadline passed
      +-- NoSnapshot              no snapshot by that name
      +-- NoSupport               not implemented here
+     +-- ArgumentUnsupported     a valid argument this host or guest cannot honour
+     +-- OperationUnsupported    an operation the driver cannot do at all
      +-- InternalError           a bug; the message says where
      +-- AuthFailed              a TLS client certificate or DN was refused
      +-- LimitExceeded           a per-client limit of the config was hit
@@ -106,6 +108,14 @@ class ArgumentUnsupported(QemudError):
     guest agent mode of a guest without an agent)."""
 
     code = ErrorCode.ARGUMENT_UNSUPPORTED
+
+
+class OperationUnsupported(QemudError):
+    """libvirt's VIR_ERR_OPERATION_UNSUPPORTED: the driver cannot do that at all (a live
+    change of the vCPU count)."""
+
+    code = ErrorCode.OPERATION_UNSUPPORTED
+    domain = ErrorDomain.QEMU
 
 
 class InternalError(QemudError):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Empty, Procedure
 from protocol import payloads as pl
-from protocol.constants import ErrorCode, ErrorDomain
+from protocol.constants import ErrorDomain
 from qemud.conf import DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
@@ -39,6 +39,7 @@ from qemud.errors import (
     InvalidArg,
     OperationFailed,
     OperationInvalid,
+    OperationUnsupported,
     QemudError,
 )
 from qemud.qemu.qmp import QMPEvent
@@ -49,7 +50,7 @@ from .stats import QMP_TIMEOUT, rss_kib, thread_stat
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["Resources", "OperationUnsupported"]
+__all__ = ["Resources"]
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,6 @@ _PERIPHERALS = ("/machine/peripheral", "/machine/peripheral-anon")
 _NO_BALLOON = ("Unable to change memory of active domain without the balloon device and "
                "guest OS balloon driver")
 _VCPU_RUNNING = 1  # libvirt's VIR_VCPU_RUNNING
-
-
-class OperationUnsupported(QemudError):
-    """libvirt's VIR_ERR_OPERATION_UNSUPPORTED: this driver cannot do that."""
-
-    code = ErrorCode.OPERATION_UNSUPPORTED
-    domain = ErrorDomain.QEMU
 
 
 def _check_flags(flags: int, allowed: int, function: str) -> None:
