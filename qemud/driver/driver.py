@@ -312,7 +312,7 @@ class QemuDriver:
         read-only connection may not ask for (libvirt's rule and words)."""
         secure = bool(args.flags & XML_SECURE)
         if secure and ctx.readonly:
-            raise OperationDenied("virDomainGetXMLDesc with secure flag")
+            raise OperationDenied("operation forbidden: virDomainGetXMLDesc with secure flag")
         dom = self._dom(args)
         live = not (args.flags & XML_INACTIVE or dom.live is None)
         definition = dom.live if live else (dom.next_definition or dom.definition)

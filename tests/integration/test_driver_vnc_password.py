@@ -93,7 +93,7 @@ def test_vnc_password_is_required_and_kept_secret(qemud: DaemonProcess) -> None:
                 ro_dom = ro.lookup_by_name("vnc-passwd")
                 assert "passwd" not in graphics_attrs(ro_dom.xml())
                 with pytest.raises(client.RemoteError,
-                                   match="virDomainGetXMLDesc with secure flag"):
+                                   match="operation forbidden: virDomainGetXMLDesc with secure flag"):
                     ro_dom.xml(client.XML_SECURE)
             # what the admin saw without the flag must not have changed the definition
             dom.destroy()
