@@ -92,8 +92,8 @@ def test_vnc_password_is_required_and_kept_secret(qemud: DaemonProcess) -> None:
             with qemud.connect(readonly=True) as ro:
                 ro_dom = ro.lookup_by_name("vnc-passwd")
                 assert "passwd" not in graphics_attrs(ro_dom.xml())
-                with pytest.raises(client.RemoteError,
-                                   match="operation forbidden: virDomainGetXMLDesc with secure flag"):
+                with pytest.raises(client.RemoteError, match="operation forbidden: "
+                                   "virDomainGetXMLDesc with secure flag"):
                     ro_dom.xml(client.XML_SECURE)
             # what the admin saw without the flag must not have changed the definition
             dom.destroy()
