@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from tests.client.conftest import REPO_ROOT, Qemush, ok
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.tty import read_to_eof
 
 pytestmark = pytest.mark.integration
 
@@ -124,18 +124,7 @@ def _run_with_tty_stderr(args: list[str], env: dict[str, str]) -> tuple[str, str
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
                             env=env, cwd=REPO_ROOT, text=True)
     os.close(slave)
-    err = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        err += chunk
+    err = read_to_eof(master)
     out = proc.communicate(timeout=60)[0]
     os.close(master)
     assert proc.returncode == 0, (out, err)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from tests.client.conftest import REPO_ROOT, Qemush, ok
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.tty import read_to_eof
 
 pytestmark = pytest.mark.integration
 
@@ -89,18 +89,7 @@ def test_snapshot_list_json_on_a_terminal(daemon: DaemonProcess, shell_env: dict
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
                             env=shell_env, cwd=REPO_ROOT)
     os.close(slave)
-    out = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        out += chunk
+    out = read_to_eof(master)
     os.close(master)
     assert proc.wait(timeout=60) == 0, out
     assert out.endswith(b"]\r\n"), out
