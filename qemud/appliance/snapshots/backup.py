@@ -23,7 +23,14 @@ from protocol.constants import ShutoffReason
 from qemud.dispatch import Deferred
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, gather, job_speed, log_failure, qemu_failure
+from .base import (
+    SnapshotOps,
+    gather,
+    job_speed,
+    log_failure,
+    qemu_failure,
+    report_backup_failed,
+)
 
 if TYPE_CHECKING:
     from qemud.conf import Disk
@@ -161,9 +168,7 @@ class BackupOps(SnapshotOps):
         if error is not None:
             self._unlink(backup.created)
             log.warning("domain %s: backup failed: %s", dom.name, error.message)
-            audit_log.info("appliance backup domain=%r uuid=%s files=%r result=error %r",
-                           dom.name, dom.uuid, files, error.message)
-            self.events.appliance(dom.ref(), "backup-failed", error.message)
+            report_backup_failed(self.events, dom, files, error.message)
             backup.result.fail(error)
             return
         log.info("domain %s: backup written to %s", dom.name, files)

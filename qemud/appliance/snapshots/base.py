@@ -32,11 +32,13 @@ if TYPE_CHECKING:
     from qemud.conf import Disk, DomainDef
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
+    from qemud.events import EventBus
 
 __all__ = ["SnapshotOps", "gather", "qemu_failure", "log_failure", "block_nodes",
-           "tool_failure", "JOB_SPEED", "job_speed", "check_flags"]
+           "tool_failure", "JOB_SPEED", "job_speed", "check_flags", "report_backup_failed"]
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("qemud.audit")
 
 #: Test hook for a daemon run as a subprocess: ``QEMUD_TEST_JOB_SPEED=<bytes/s>`` in its
 #: environment (read once, at import) limits QEMU's live merge (``block-commit``) and
@@ -105,6 +107,14 @@ def qemu_failure(what: str, error: QemudError) -> QemudError:
 def log_failure(what: str, d: Deferred) -> None:
     if d.error is not None:
         log.warning("%s: %s", what, d.error.message)
+
+
+def report_backup_failed(events: EventBus, dom: DomainObj, files: str, why: str) -> None:
+    """A backup of ``dom`` to ``files`` failed (or a daemon restart ended it): the audit
+    line and the ``backup-failed`` event, the same for every way a backup can fail."""
+    audit_log.info("appliance backup domain=%r uuid=%s files=%r result=error %r",
+                   dom.name, dom.uuid, files, why)
+    events.appliance(dom.ref(), "backup-failed", why)
 
 
 def block_nodes(result: Any) -> dict[str, tuple[str, int]]:

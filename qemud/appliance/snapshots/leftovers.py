@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
 
-from .base import gather, log_failure
+from .base import gather, log_failure, report_backup_failed
 
 if TYPE_CHECKING:
     from qemud.driver import QemuDriver
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Leftovers", "CLEANUP_JOB"]
 
 log = logging.getLogger(__name__)
-audit_log = logging.getLogger("qemud.audit")
 
 #: the domain's job meanwhile (another snapshot call is refused: busy)
 CLEANUP_JOB = "clean-up of the block jobs the last daemon left"
@@ -183,9 +182,7 @@ class Leftovers:
                   "incomplete" if kept else "") + "; run the backup again")
         log.warning("domain %s: a backup was in progress when the last daemon stopped: its "
                     "jobs and target nodes are ended; %s", dom.name, why)
-        audit_log.info("appliance backup domain=%r uuid=%s files=%r result=error %r",
-                       dom.name, dom.uuid, ", ".join(files), why)
-        self.driver.events.appliance(dom.ref(), "backup-failed", why)
+        report_backup_failed(self.driver.events, dom, ", ".join(files), why)
         self._finish()
 
     def _timed_out(self) -> None:
