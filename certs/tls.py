@@ -37,12 +37,20 @@ __all__ = ["check_server_files", "client_context", "format_name", "peer_dn",
 
 
 def _check_ca(ca: Path) -> list[x509.Certificate]:
-    from certs.checks import check_is_ca
+    """Every certificate in the CA file is a CA certificate within its validity period.
+
+    libvirt checks the CA's dates as it checks the server's: an expired CA fails every
+    handshake later with OpenSSL's bare "certificate has expired", which names neither
+    the file nor which of the certificates it was.
+    """
+    from certs.checks import check_is_ca, check_valid_now
     from certs.pem import load_certs
 
     certs = load_certs(ca, "CA certificate")
     for i, cert in enumerate(certs):
-        check_is_ca(cert, f"CA certificate {ca}" + (f" (entry {i + 1})" if i else ""))
+        name = f"CA certificate {ca}" + (f" (entry {i + 1})" if i else "")
+        check_is_ca(cert, name)
+        check_valid_now(cert, name)
     return certs
 
 
@@ -63,14 +71,14 @@ def _check_identity(paths: PKIPaths, endpoint: Endpoint) -> list[x509.Certificat
 def check_server_files(paths: PKIPaths) -> None:
     """The checks :func:`server_context` runs before ``ssl`` sees the daemon's files.
 
-    The CA file holds CA certificates; the server key is the certificate's key; the
-    certificate is not a CA certificate (whose key must stay off servers), may be used
-    by a server, is within its validity period and is signed by the CA file's CA (or
-    chains up to it through the rest of the certificate file).  ``ssl`` checks none of
-    the last three for the daemon's own certificate: a daemon started without them
-    would refuse nothing and be refused by every client, as libvirtd's start-up checks
-    prevent too.  Imports ``cryptography``.  Raises :class:`~certs.errors.CertError`
-    naming the offending file.
+    The CA file holds CA certificates within their validity period; the server key is
+    the certificate's key; the certificate is not a CA certificate (whose key must stay
+    off servers), may be used by a server, is within its validity period and is signed
+    by the CA file's CA (or chains up to it through the rest of the certificate file).
+    ``ssl`` checks none of the last three for the daemon's own certificate: a daemon
+    started without them would refuse nothing and be refused by every client, as
+    libvirtd's start-up checks prevent too.  Imports ``cryptography``.  Raises
+    :class:`~certs.errors.CertError` naming the offending file.
     """
     from certs.checks import check_trusted_by, check_valid_now
 

@@ -307,6 +307,21 @@ def test_not_yet_valid_server_cert_is_refused(pki: PKIPaths, ca: CA, tmp_path: P
     assert "check the clocks" in str(info.value)
 
 
+def test_expired_ca_in_the_ca_file_is_named_on_both_sides(
+        pki: PKIPaths, ca: CA, tmp_path: Path, days_ago: Callable[[int], datetime]) -> None:
+    """An out-of-date CA next to a good one: libvirt checks every CA's dates at start-up,
+    and naming the entry beats OpenSSL's later "certificate has expired"."""
+    _, stale = make_ca("Stale CA", not_before=days_ago(60), not_after=days_ago(1))
+    bundle = tmp_path / "cacert.pem"
+    bundle.write_bytes(cert_to_pem(ca[1]) + cert_to_pem(stale))
+    paths = dataclasses.replace(pki, ca_cert=bundle)
+    expected = f"CA certificate {bundle} (entry 2) has expired (not after {days_ago(1):%Y-%m-%d}"
+    for check in (check_server_files, server_context, client_context):
+        with pytest.raises(CertValidityError) as info:
+            check(paths)
+        assert str(info.value).startswith(expected), (check.__name__, str(info.value))
+
+
 def test_server_cert_not_signed_by_ca_file_is_refused(pki: PKIPaths, other_ca: CA,
                                                       tmp_path: Path) -> None:
     """``other_ca`` has the same name as ``ca``: only the signature tells them apart."""

@@ -62,9 +62,30 @@ def _ca_pair(pki: PKI, root: Path) -> tuple[dict[str, Path], str]:
                    "(basicConstraints CA:TRUE), not a server certificate")
 
 
+def _ca_out_of_dates(pki: PKI, root: Path, *, expired: bool) -> tuple[dict[str, Path], str]:
+    """A server certificate valid now, from a CA whose own certificate is not."""
+    now = datetime.now(UTC)
+    window = ((now - timedelta(days=60), now - timedelta(days=1)) if expired
+              else (now + timedelta(days=1), now + timedelta(days=60)))
+    ca_key, ca_cert = make_ca("dated qemud CA", not_before=window[0], not_after=window[1])
+    key, cert = make_server_cert(ca_key, ca_cert, ["localhost"], ["127.0.0.1"],
+                                 not_before=now - timedelta(days=1),
+                                 not_after=now + timedelta(days=30))
+    root.mkdir(parents=True)
+    write_cert(root / "cacert.pem", ca_cert)
+    write_key(root / "serverkey.pem", key)
+    write_cert(root / "servercert.pem", cert)
+    files = {"ca_file": root / "cacert.pem", "cert_file": root / "servercert.pem",
+             "key_file": root / "serverkey.pem"}
+    reason = "has expired (not after " if expired else "is not yet valid (not before "
+    return files, f"CA certificate {files['ca_file']} {reason}"
+
+
 CASES: dict[str, Callable[[PKI, Path], tuple[dict[str, Path], str]]] = {
     "expired": _expired, "not yet valid": _not_yet_valid,
     "signed by another CA": _other_ca, "CA certificate and key": _ca_pair,
+    "expired CA": lambda pki, root: _ca_out_of_dates(pki, root, expired=True),
+    "CA not yet valid": lambda pki, root: _ca_out_of_dates(pki, root, expired=False),
 }
 
 
