@@ -32,7 +32,7 @@ from protocol import payloads as pl
 from protocol.constants import SUPPORTED_VERSIONS, EventId, HelloFlags, ListFlags
 from protocol.fields import Payload
 
-from .domain import Domain
+from .domain import Domain, DomainListing, ListedDomain
 from .errors import ConnectFailed, ConnectionLost, InvalidCall, QemudClientError, from_payload
 from .transport import open_socket
 from .uri import ParsedURI, default_uri, parse_uri
@@ -141,7 +141,8 @@ class Connection:
         self.readonly = readonly
         self._sock = sock
         sock.settimeout(1.0 if timeout is None else min(1.0, max(timeout, 0.01)))
-        self._proto = P.Connection(P.Role.CLIENT)
+        self._proto = P.Connection(P.Role.CLIENT,
+                                   reply_types={P.Procedure.DOMAIN_LIST: DomainListing})
         self._serials = itertools.count(1)
         self._call_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -529,8 +530,8 @@ class Connection:
     def list_domains(self, flags: int = 0) -> list[Domain]:
         """Domains matching ``flags`` (libvirt's VIR_CONNECT_LIST_DOMAINS_*; 0 = all)."""
         reply = self._call(P.Procedure.DOMAIN_LIST, pl.ListDomainsArgs(int(flags)),
-                           pl.ListDomainsReply)
-        return [Domain(self, s.dom, s) for s in reply.domains]
+                           DomainListing)
+        return ListedDomain.bind(reply.domains, self)
 
     def list_all(self) -> list[Domain]:
         return self.list_domains(0)

@@ -27,6 +27,11 @@
           +-- LimitExceeded            a daemon limit (clients, frame size) was hit
 
 Codes are libvirt's ``VIR_ERR_*`` numbers, so ``exc.code == libvirt.VIR_ERR_NO_DOMAIN``.
+A RemoteError's message is the daemon's, which words it as libvirt does for the code
+(``Requested operation is not valid: domain 'web' is already running``; see
+qemud/errors.py): ``str(exc)`` is what virsh prints after ``error:``. Codes without a
+class of their own (SYSTEM_ERROR: ``Failed to terminate process 4242 with SIGTERM:
+Device or resource busy``) are plain RemoteErrors.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ __all__ = [
     "display_width", "table", "key_values", "state_name", "reason_name", "state_text",
     "snapshot_state_name", "event_name", "event_detail_name", "watchdog_action_name",
     "lifecycle_text", "version_string", "format_time", "to_json", "parse_state_name",
+    "pretty_capacity",
 ]
 
 
@@ -94,6 +95,21 @@ def key_values(pairs: Iterable[tuple[str, object]], width: int = 15) -> str:
     """``label: value`` lines with the label left-justified to ``width`` (virsh's
     ``%-15s %s``; nodeinfo uses 20)."""
     return "".join(f"{label:<{width}} {value}\n" for label, value in pairs)
+
+
+_CAPACITY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def pretty_capacity(size: int) -> str:
+    """A byte count as virsh's ``--human`` prints it (vshPrettyCapacity, ``%.3lf %s``):
+    the largest binary unit that leaves at least 1, three decimals (``1.500 GiB``,
+    ``512.000 B``)."""
+    value = float(size)
+    unit = 0
+    while value >= 1024 and unit < len(_CAPACITY_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{value:.3f} {_CAPACITY_UNITS[unit]}"
 
 
 # -- states and reasons (virsh's words) --------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 from . import errors
@@ -81,10 +82,15 @@ class Connection:
     """One side of one qemud connection, with no I/O."""
 
     def __init__(self, role: Role, *, max_frame: int = DEFAULT_MAX_FRAME,
-                 versions: tuple[int, ...] = SUPPORTED_VERSIONS) -> None:
+                 versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+                 reply_types: Mapping[Procedure, type[Any]] | None = None) -> None:
+        """``reply_types``: a client's own payload class for a procedure's reply, with the
+        same wire layout as the procedure's reply type, decoded into instead of it (a
+        listing straight into the client's handle objects, one object per record)."""
         if not HEADER_SIZE < max_frame <= ABSOLUTE_MAX_FRAME:
             raise ValueError(f"max_frame must be in ({HEADER_SIZE}, {ABSOLUTE_MAX_FRAME}]")
         self.role = role
+        self._reply_types: dict[Procedure, type[Any]] = dict(reply_types or {})
         self.max_frame = max_frame
         self.versions = tuple(sorted(versions))
         #: negotiated protocol version; None until the hello completed
@@ -181,7 +187,8 @@ class Connection:
             if spec is None or spec.kind is not Kind.CALL:
                 raise errors.UnknownProcedure(f"reply for unknown procedure {procedure}",
                                               **where)
-            result = self._decode(spec.reply, payload, where)
+            result = self._decode(self._reply_types.get(spec.procedure, spec.reply),
+                                  payload, where)
             if spec.procedure is Procedure.HELLO and isinstance(result, HelloReply):
                 self.version = result.version
             return Reply(spec.procedure, serial, result)

@@ -24,7 +24,7 @@ __all__ = [
     "StreamChunk", "RenderArgs", "BackupArgs", "ImportArgs", "DeployArgs", "UpdateArgs",
     "ApplianceInfo", "ApplianceListReply", "HotplugInfo", "HotplugListReply",
     "MemoryArgs", "MemoryStat", "MemoryStatsReply", "VcpusArgs",
-    "VcpuInfo", "VcpuInfoReply",
+    "VcpuInfo", "VcpuInfoReply", "BlockInfoArgs", "BlockInfoReply",
 ]
 
 
@@ -506,3 +506,25 @@ class VcpuInfo(Payload):
 @dataclass(frozen=True, slots=True)
 class VcpuInfoReply(Payload):
     vcpus: list[VcpuInfo]
+
+
+# --- domains: block devices (domblkinfo) ---------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BlockInfoArgs(Payload):
+    """libvirt's virDomainGetBlockInfo: the disk by target dev ("vda") or source path."""
+
+    dom: DomainRef
+    disk: Str
+    flags: U32 = 0  # none defined (libvirt's neither)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInfoReply(Payload):
+    """libvirt's virDomainBlockInfo, in bytes: ``capacity`` the size the guest sees,
+    ``allocation`` the host storage the image occupies, ``physical`` the size of its
+    container (the file's size)."""
+
+    capacity: U64
+    allocation: U64
+    physical: U64

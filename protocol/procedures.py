@@ -90,6 +90,10 @@ class Procedure(enum.IntEnum):
     DOMAIN_MEMORY_STATS = 141
     DOMAIN_SET_VCPUS = 142
     DOMAIN_GET_VCPUS = 143
+    # domains: block devices
+    DOMAIN_GET_BLOCK_INFO = 144
+    # snapshots (continued)
+    DOMAIN_SNAPSHOT_GET_XML = 145
 
 
 class Kind(enum.Enum):
@@ -233,6 +237,19 @@ _TABLE = [
     _call(P.DOMAIN_GET_VCPUS, p.DomainFlagsArgs, p.VcpuInfoReply, mutates=False,
           doc="virDomainGetVcpus of a running domain: per vCPU its state, CPU time, host "
               "CPU and affinity."),
+    _call(P.DOMAIN_GET_BLOCK_INFO, p.BlockInfoArgs, p.BlockInfoReply, mutates=False,
+          doc="virDomainGetBlockInfo: capacity (what the guest sees), allocation (host "
+              "bytes in use) and physical size (the file's size) of one disk, named by "
+              "target dev or source path (else INVALID_ARG 'invalid path ... not "
+              "assigned to domain'; an empty cdrom: INVALID_ARG). Shut off: read from "
+              "the image (the qcow2 header's virtual size, stat). Running: QEMU's "
+              "virtual-size; allocation as libvirt's, QEMU's actual-size for a qcow2 file, "
+              "else its highest written offset. Flags must be 0."),
+    _call(P.DOMAIN_SNAPSHOT_GET_XML, p.SnapshotArgs, p.StringReply, mutates=False,
+          doc="virDomainSnapshotGetXMLDesc: libvirt's <domainsnapshot> XML of one snapshot; "
+              "flags bit 1 (VIR_DOMAIN_SNAPSHOT_XML_SECURE) keeps secrets (the VNC "
+              "password) in its <domain>, refused on a read-only connection. Other bits: "
+              "INVALID_ARG."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

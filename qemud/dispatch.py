@@ -144,7 +144,7 @@ class Dispatcher:
         if call.procedure is Procedure.HELLO:
             return self._hello(ctx, call)
         if ctx.readonly and not spec.readonly_ok:
-            exc = OperationDenied("operation forbidden: read-only connection")
+            exc = OperationDenied("read-only connection")
             self.audit(ctx, call, exc)
             return ErrorReply(call.procedure, call.serial, error_payload(exc))
         handler = self._handlers.get(call.procedure)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.loop import loop  # noqa: F401 (the fixture: a fresh qemud EventLoop)
 
 DaemonFactory = Callable[..., DaemonProcess]
 

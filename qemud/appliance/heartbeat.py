@@ -95,7 +95,7 @@ def check_definition(definition: DomainDef) -> None:
     if channel is None:
         return
     if channel.type != "unix" or (channel.source_mode or "bind") != "bind":
-        raise XMLError(f"XML error: devices/channel '{CHANNEL_NAME}': the heartbeat channel "
+        raise XMLError(f"devices/channel '{CHANNEL_NAME}': the heartbeat channel "
                        "must be <channel type='unix'> with <source mode='bind'> (QEMU "
                        "listens, the daemon connects); or leave it out and the daemon adds "
                        "one at start")

@@ -72,7 +72,7 @@ class ApplianceSettings:
 def _choice(el: etree._Element, attr: str, choices: tuple[str, ...], default: str) -> str:
     value = str(el.get(attr, default))
     if value not in choices:
-        raise XMLError(f"XML error: metadata/qemud:appliance/qemud:{etree.QName(el).localname}"
+        raise XMLError(f"metadata/qemud:appliance/qemud:{etree.QName(el).localname}"
                        f"/@{attr}: '{value}' is not one of {', '.join(choices)}")
     return value
 
@@ -86,7 +86,7 @@ def _number(el: etree._Element, attr: str, default: float, kind: type = float) -
     except ValueError:
         value = -1
     if value <= 0:
-        raise XMLError(f"XML error: metadata/qemud:appliance/qemud:"
+        raise XMLError(f"metadata/qemud:appliance/qemud:"
                        f"{etree.QName(el).localname}/@{attr}: must be a positive number, "
                        f"got '{raw}'")
     return float(value)
@@ -106,7 +106,7 @@ def read_settings(definition: DomainDef) -> ApplianceSettings:
             hook=power.get("hook", ""))
         if "hook" in (settings.power.guest_shutdown, settings.power.guest_reboot) and \
                 not settings.power.hook:
-            raise XMLError("XML error: metadata/qemud:appliance/qemud:power: action 'hook' "
+            raise XMLError("metadata/qemud:appliance/qemud:power: action 'hook' "
                            "needs a hook='/path/to/executable' attribute")
     beat = root.find(f"{_Q}heartbeat")
     if beat is not None:
@@ -115,7 +115,7 @@ def read_settings(definition: DomainDef) -> ApplianceSettings:
             action=_choice(beat, "action", HEARTBEAT_ACTIONS, "restart"),
             hook=beat.get("hook", ""), grace=_number(beat, "grace", 60.0))
         if settings.heartbeat.action == "hook" and not settings.heartbeat.hook:
-            raise XMLError("XML error: metadata/qemud:appliance/qemud:heartbeat: action "
+            raise XMLError("metadata/qemud:appliance/qemud:heartbeat: action "
                            "'hook' needs a hook='/path/to/executable' attribute")
     origin = root.find(f"{_Q}origin")
     if origin is not None:
@@ -123,7 +123,7 @@ def read_settings(definition: DomainDef) -> ApplianceSettings:
     for disk in root.findall(f"{_Q}disk"):
         target = disk.get("target", "")
         if not target:
-            raise XMLError("XML error: metadata/qemud:appliance/qemud:disk: missing target")
+            raise XMLError("metadata/qemud:appliance/qemud:disk: missing target")
         settings.disk_classes[target] = _choice(disk, "class", DISK_CLASSES, "data")
     return settings
 

@@ -626,5 +626,5 @@ def render_for_host(ctx: ApplianceContext, args: RenderArgs) -> StringReply:
         xml = render(args.template, host, config.host_reserve_mib)
         check_rendered(xml)
     except TemplateError as exc:
-        raise XMLError(f"XML error: {exc}") from None
+        raise XMLError(str(exc)) from None
     return StringReply(xml)

@@ -811,7 +811,7 @@ def parse_domain_xml(text: str | bytes, *, validate_schema: bool = True) -> Doma
     then canonicalisation.  ``validate_schema=False`` is for the daemon's own stored
     definitions, which were validated when defined.
     """
-    root = parse_document(text)
+    root = parse_document(text, source="(domain_definition)")
     if root.tag != "domain":
         raise XMLParseError(
             f"expected a <domain> document, got <{local_name(root)}>", path=local_name(root)

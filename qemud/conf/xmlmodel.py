@@ -86,12 +86,16 @@ def _parser() -> etree.XMLParser:
     return parser
 
 
-def parse_document(text: str | bytes) -> etree._Element:
+def parse_document(text: str | bytes, *, source: str = "[inline data]") -> etree._Element:
     """Parse client-supplied XML safely and return its root element.
 
     Refuses DOCTYPEs (entity tricks have no place in a definition) and tolerates an XML
     declaration in a ``str`` (which lxml would otherwise reject).  Raises
-    :class:`XMLParseError` with libxml2's line/column for syntax errors.
+    :class:`XMLParseError` for syntax errors, worded as libvirt's first line of one:
+    ``<source>:<line>: <libxml2's message>``, the place said once (``source`` names the
+    document as libvirt does, e.g. ``(domain_definition)``; the error's ``line`` and
+    ``column`` keep the place for callers). One line: error messages end up in one-line
+    records (the audit log, ``error: ...`` of qemush).
     """
     if isinstance(text, str):
         text = _XML_DECL.sub("", text, count=1)
@@ -101,8 +105,10 @@ def parse_document(text: str | bytes) -> etree._Element:
         root = etree.fromstring(text, _parser())
     except etree.XMLSyntaxError as exc:
         line, column = exc.position
+        # lxml appends ", line L, column C" to libxml2's message: the location is said once
+        cause = _LXML_POSITION.sub("", exc.msg or "syntax error")
         raise XMLParseError(
-            f"not well-formed XML (line {line}, column {column}): {exc.msg}",
+            f"not well-formed XML: {source}:{line}: {cause}",
             line=line,
             column=column,
         ) from None
@@ -110,6 +116,9 @@ def parse_document(text: str | bytes) -> etree._Element:
     if doctype:
         raise XMLParseError("DOCTYPE declarations are not allowed", path=local_name(root))
     return root
+
+
+_LXML_POSITION = re.compile(r",? line \d+, column \d+$")
 
 
 def serialize(node: etree._Element) -> str:

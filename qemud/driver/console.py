@@ -97,7 +97,7 @@ class ConsoleManager:
         # error codes as libvirt's: OPERATION_FAILED for a taken console (virChrdevOpen),
         # INTERNAL_ERROR for a name that is no console (qemuDomainOpenConsole)
         if dom.uuid in self.active:
-            raise OperationFailed(f"operation failed: an active console session exists for "
+            raise OperationFailed(f"an active console session exists for "
                                   f"domain '{dom.name}'")
         if not chardev_paths:
             raise InternalError(f"cannot find character device: domain '{dom.name}' has no "

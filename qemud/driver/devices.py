@@ -124,9 +124,9 @@ class Devices:
         try:
             dev = parse_device_xml(xml)
         except ConfError as exc:
-            raise XMLError(f"XML error: {exc}") from None
+            raise XMLError(str(exc)) from None
         if not isinstance(dev, Disk):
-            raise ConfigUnsupported("unsupported configuration: only <disk> devices can be "
+            raise ConfigUnsupported("only <disk> devices can be "
                                     "attached or detached here")
         return dev
 
@@ -212,13 +212,13 @@ class Devices:
         try:
             definition.add_device(disk.copy() if hasattr(disk, "copy") else disk)
         except ConfError as exc:
-            raise XMLError(f"XML error: {exc}") from None
+            raise XMLError(str(exc)) from None
 
     def _hotplug(self, dom: DomainObj, disk: Disk) -> Deferred:
         self.driver.lifecycle.require_active(dom)
         assert dom.monitor is not None and dom.live is not None
         if disk.device != "disk" or (disk.target_bus or "virtio") != "virtio":
-            raise ConfigUnsupported("unsupported configuration: only virtio disks can be "
+            raise ConfigUnsupported("only virtio disks can be "
                                     f"hot-plugged (got device={disk.device} bus="
                                     f"{disk.target_bus})")
         if not disk.source:

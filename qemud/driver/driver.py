@@ -44,10 +44,11 @@ from qemud.qemu.capabilities import Capabilities, probe_capabilities
 from qemud.qemu.chardevs import console_sources
 from qemud.qemu.qmp import QMPEvent
 
+from .blockinfo import BlockInfo
 from .console import ConsoleManager
 from .devices import Devices
 from .domain import DomainObj, StopIntent
-from .lifecycle import CLK_TCK, Lifecycle
+from .lifecycle import CLK_TCK, DESTROY_GRACEFUL, Lifecycle
 from .ports import PortAllocator
 from .registry import Registry
 from .resources import Resources
@@ -113,6 +114,8 @@ class QemuDriver:
         self._restart_after_stop: set[str] = set()
         #: setmem/setmaxmem/dommemstat/setvcpus/vcpuinfo (after qmp_event_hooks: it hooks in)
         self.resources = Resources(self)
+        #: domblkinfo
+        self.blockinfo = BlockInfo(self)
 
     # -- daemon interface ----------------------------------------------------------------
 
@@ -260,6 +263,7 @@ class QemuDriver:
             P.DOMAIN_STATS: lambda c, a: domain_stats(self, a),
             P.NODE_STATS: lambda c, a: node_stats(a),
             **self.resources.handlers(),
+            **self.blockinfo.handlers(),
         }
 
     def _dom(self, args: Any) -> DomainObj:
@@ -312,7 +316,7 @@ class QemuDriver:
         read-only connection may not ask for (libvirt's rule and words)."""
         secure = bool(args.flags & XML_SECURE)
         if secure and ctx.readonly:
-            raise OperationDenied("operation forbidden: virDomainGetXMLDesc with secure flag")
+            raise OperationDenied("virDomainGetXMLDesc with secure flag")
         dom = self._dom(args)
         live = not (args.flags & XML_INACTIVE or dom.live is None)
         definition = dom.live if live else (dom.next_definition or dom.definition)
@@ -378,7 +382,13 @@ class QemuDriver:
         return self._empty_or(dom.monitor.execute("system_powerdown"))
 
     def _destroy(self, ctx: Any, args: pl.DomainFlagsArgs) -> Any:
-        return self._empty_or(self.lifecycle.destroy(self._dom(args)))
+        # libvirt's qemuDomainDestroyFlags: GRACEFUL is SIGTERM only; other bits refused
+        unsupported = args.flags & ~DESTROY_GRACEFUL
+        if unsupported:
+            raise InvalidArg(f"unsupported flags ({unsupported:#x}) in destroy (the QEMU "
+                             "driver has 'graceful', 0x1)", domain=ErrorDomain.QEMU)
+        return self._empty_or(self.lifecycle.destroy(
+            self._dom(args), graceful=bool(args.flags & DESTROY_GRACEFUL)))
 
     def _suspend(self, ctx: Any, args: pl.DomainArgs) -> Empty | Deferred:
         dom = self._dom(args)
@@ -612,7 +622,7 @@ def _refuse_agent_only(verb: str, flags: int, modes: _PowerModes) -> None:
     """
     if flags & modes.GUEST_AGENT and not flags & modes.ACPI_POWER_BTN:
         raise ArgumentUnsupported(
-            "argument unsupported: QEMU guest agent is not configured (qemud has no guest "
+            "QEMU guest agent is not configured (qemud has no guest "
             f"agent channel support): the 'agent' {verb} mode cannot work; use the 'acpi' "
             "mode (alone, or with 'agent' to fall back to it)", domain=ErrorDomain.QEMU)
 

@@ -35,6 +35,7 @@ from qemud.errors import (
     OperationFailed,
     OperationInvalid,
     QemudError,
+    SystemCallFailed,
 )
 from qemud.qemu import naming
 from qemud.qemu.arch import get_strategy
@@ -56,6 +57,11 @@ __all__ = ["Lifecycle"]
 log = logging.getLogger(__name__)
 
 MONITOR_TIMEOUT = 30.0
+#: how long a graceful destroy waits for QEMU to act on its SIGTERM when qemu.destroy_grace
+#: is 0 (a plain destroy's SIGKILL at once): libvirt's virProcessKillPainfully wait
+GRACEFUL_DESTROY_GRACE = 10.0
+#: libvirt's VIR_DOMAIN_DESTROY_GRACEFUL (DOMAIN_DESTROY flags): SIGTERM only
+DESTROY_GRACEFUL = 1
 QMP_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: <on_reboot> values for which an admin's reboot is a shutdown (libvirt's qemuDomainReboot)
@@ -121,13 +127,17 @@ class Lifecycle:
         for hook in self.driver.start_hooks:
             hook(dom, live)
         strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+        if live.memory_kib > 0 and strategy.memory_kib(live) != live.memory_kib:
+            # libvirt's qemuDomainAlignMemorySizes: the running guest shows the RAM QEMU
+            # gets; the persistent definition keeps the user's KiB
+            live.memory_kib = strategy.memory_kib(live)
         paths = self.guest_paths(dom.name)
         self.driver.ports.assign(live)
         try:
             argv = build_argv(live, strategy, self.driver.caps, paths)
         except QemuError as exc:
             self.driver.ports.release(live)
-            raise ConfigUnsupported(f"unsupported configuration: {exc}") from None
+            raise ConfigUnsupported(str(exc)) from None
         if incoming is not None:
             argv += ["-incoming", "defer"]
         paths.run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +249,7 @@ class Lifecycle:
     def _start_error(self, error: QemudError, process: QemuProcess) -> QemudError:
         text = process.output_text()
         if text:
-            return OperationFailed(f"internal error: QEMU failed to start: {text}")
+            return OperationFailed(f"QEMU failed to start: {text}")
         return error
 
     def _after_incoming(self, dom: DomainObj, done: Callable[[QemudError | None], None]
@@ -291,15 +301,41 @@ class Lifecycle:
 
     # -- stopping ------------------------------------------------------------------------
 
-    def destroy(self, dom: DomainObj, intent: StopIntent | None = None) -> Deferred:
-        """Stop QEMU now (SIGTERM, then SIGKILL after the grace period)."""
+    def destroy(self, dom: DomainObj, intent: StopIntent | None = None, *,
+                graceful: bool = False) -> Deferred:
+        """Stop QEMU now (SIGTERM, then SIGKILL after the grace period); the Deferred
+        resolves once it has exited.
+
+        ``graceful`` (libvirt's VIR_DOMAIN_DESTROY_GRACEFUL): SIGTERM only, never
+        SIGKILL. A QEMU still there after the grace period fails the call in libvirt's
+        words and the domain stays running, as it is (unless a plain destroy meanwhile is
+        killing it: then this call ends with that one).
+        """
         if not dom.active or dom.process is None:
             raise OperationInvalid(f"domain '{dom.name}' is not running")
-        dom.stop_intent = intent or StopIntent(ShutoffReason.DESTROYED, StoppedDetail.DESTROYED)
+        stop_intent = intent or StopIntent(ShutoffReason.DESTROYED, StoppedDetail.DESTROYED)
+        dom.stop_intent = stop_intent
         dom.fake_reboot = False  # (libvirt's destroy clears a pending reboot too)
         waiter = Deferred()
         dom.stop_waiters.append(waiter)
-        dom.process.terminate(self.config.qemu.destroy_grace)
+        process = dom.process
+        if not graceful:
+            process.terminate(self.config.qemu.destroy_grace)
+            return waiter
+        grace = self.config.qemu.destroy_grace or GRACEFUL_DESTROY_GRACE
+
+        def still_running() -> None:
+            if process.killing or waiter.done:
+                return  # a plain destroy is killing it: the exit resolves the waiter
+            dom.stop_waiters.remove(waiter)
+            if dom.stop_intent is stop_intent:  # (not a later destroy's or save's)
+                dom.stop_intent = None  # the domain runs on: nothing is stopping it
+            log.warning("domain %s: QEMU (pid %d) did not exit within %g s of SIGTERM; "
+                        "graceful destroy failed, the domain stays running", dom.name,
+                        process.pid, grace)
+            waiter.fail(SystemCallFailed(f"Failed to terminate process {process.pid} with "
+                                         "SIGTERM: Device or resource busy"))
+        process.terminate_gently(grace, still_running)
         return waiter
 
     def _on_exit(self, dom: DomainObj, process: QemuProcess) -> None:

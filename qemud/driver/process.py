@@ -300,6 +300,8 @@ class QemuProcess:
         self.exit_status: int | None = None  # os.waitpid status for children
         self._on_exit: list[Callable[[QemuProcess], None]] = []
         self._kill_timer: Timer | None = None
+        #: the timers of :meth:`terminate_gently` calls (cancelled when QEMU exits)
+        self._gentle_timers: list[Timer] = []
         self.log_max_bytes = log_max_bytes
         self._log_timer: Timer | None = None
         self.logger = logging.getLogger(f"qemud.qemu.process.{name}")
@@ -372,6 +374,9 @@ class QemuProcess:
             self._pidfd = None
         if self._kill_timer is not None:
             self._kill_timer.cancel()
+        timers, self._gentle_timers = self._gentle_timers, []
+        for timer in timers:
+            timer.cancel()
         self._stop_log_checks()  # the offsets below must stay valid
         if self._output_start is not None:
             self._output_end = self.log.size()  # before the note below
@@ -422,6 +427,21 @@ class QemuProcess:
         self._signal(signal.SIGTERM)
         if self._kill_timer is None:
             self._kill_timer = self.loop.call_later(grace, lambda: self._signal(signal.SIGKILL))
+
+    def terminate_gently(self, grace: float, still_running: Callable[[], None]) -> None:
+        """SIGTERM now and never SIGKILL (virsh destroy --graceful): ``still_running()``
+        after ``grace`` seconds if QEMU has not exited by then (it ignored SIGTERM, or is
+        stopped with the signal pending); nothing if it has."""
+        if self.exited:
+            return
+        self._signal(signal.SIGTERM)
+        # (cancelled at the exit, so ``still_running`` is never called for an exited QEMU)
+        self._gentle_timers.append(self.loop.call_later(grace, still_running))
+
+    @property
+    def killing(self) -> bool:
+        """A SIGKILL is on its way (:meth:`terminate` was called): QEMU will exit."""
+        return self._kill_timer is not None and not self.exited
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)

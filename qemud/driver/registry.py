@@ -6,14 +6,19 @@ Persistent definitions are written to disk before memory changes, so a failed wr
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import platform
+import stat
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from protocol.constants import (
     DefinedDetail,
     DomainState,
+    ErrorDomain,
     LifecycleEvent,
     ListFlags,
     UndefinedDetail,
@@ -25,6 +30,7 @@ from qemud.errors import (
     NoDomain,
     OperationFailed,
     OperationInvalid,
+    SystemCallFailed,
     XMLError,
 )
 from qemud.events import EventBus
@@ -71,20 +77,20 @@ class Registry:
     def by_name(self, name: str) -> DomainObj:
         dom = self._by_name.get(name)
         if dom is None:
-            raise NoDomain(f"domain not found: no domain with matching name '{name}'")
+            raise NoDomain(f"no domain with matching name '{name}'")
         return dom
 
     def by_uuid(self, uuid: bytes | str) -> DomainObj:
         key = str(uuidlib.UUID(bytes=uuid)) if isinstance(uuid, bytes) else uuid
         dom = self._by_uuid.get(key)
         if dom is None:
-            raise NoDomain(f"domain not found: no domain with matching uuid '{key}'")
+            raise NoDomain(f"no domain with matching uuid '{key}'")
         return dom
 
     def by_id(self, id: int) -> DomainObj:
         dom = self._by_id.get(id)
         if dom is None:
-            raise NoDomain(f"domain not found: no domain with matching id {id}")
+            raise NoDomain(f"no domain with matching id {id}")
         return dom
 
     def find(self, name: str, uuid: bytes) -> DomainObj:
@@ -93,7 +99,7 @@ class Registry:
             dom = self._by_uuid.get(str(uuidlib.UUID(bytes=uuid)))
             if dom is not None:
                 return dom
-            raise NoDomain(f"domain not found: no domain with matching uuid "
+            raise NoDomain(f"no domain with matching uuid "
                            f"'{uuidlib.UUID(bytes=uuid)}' (name '{name}')")
         return self.by_name(name)
 
@@ -130,7 +136,7 @@ class Registry:
         try:
             definition = parse_domain_xml(xml)
         except ConfError as exc:
-            raise XMLError(f"XML error: {exc}") from None
+            raise XMLError(str(exc)) from None
         check_name(definition.name)
         self.check_for_host(definition)
         for validate in self.validators:
@@ -139,20 +145,40 @@ class Registry:
         return definition
 
     def check_for_host(self, definition: DomainDef) -> None:
+        """Fill in the arch defaults, then refuse what this host cannot run: libvirt's
+        post-parse and validation at define, so a guest that could never start is refused
+        at define (or create), not at its first start."""
         arch = definition.os.arch or platform.machine()
         try:
             strategy = get_strategy(arch)
             strategy.fill_defaults(definition)
             strategy.validate(definition)
         except QemuError as exc:
-            raise ConfigUnsupported(f"unsupported configuration: {exc}") from None
-        if self.caps.emulator(arch) is None and definition.emulator is None:
-            raise ConfigUnsupported(f"unsupported configuration: no emulator for arch "
+            raise ConfigUnsupported(str(exc)) from None
+        if definition.emulator is not None:
+            check_emulator(definition.emulator)
+        elif self.caps.emulator(arch) is None:
+            raise ConfigUnsupported(f"no emulator for arch "
                                     f"'{arch}' on this host (qemu-system-{arch} not found)")
+        self._check_vcpus(definition, arch)
         if definition.type == "kvm" and not self.caps.kvm_usable_for(arch):
-            raise ConfigUnsupported(f"unsupported configuration: domain type 'kvm' is not "
+            raise ConfigUnsupported(f"domain type 'kvm' is not "
                                     f"available here: {self.caps.kvm_reason} (use "
                                     "<domain type='qemu'>)")
+
+    def _check_vcpus(self, definition: DomainDef, arch: str) -> None:
+        """libvirt's qemuValidateDomainDefVcpus: no more vCPUs than the machine takes (its
+        probed ``cpu-max``), at define rather than when QEMU refuses them at start. No
+        check where the limit is unknown (an ``<emulator>`` other than the probed one)."""
+        probed = self.caps.emulator(arch)
+        if probed is None or (definition.emulator is not None and
+                              os.path.abspath(definition.emulator) != probed.path):
+            return
+        machine = probed.find_machine(definition.os.machine or "")
+        limit = machine.max_cpus if machine is not None else None
+        if limit and definition.max_vcpus > limit:
+            raise ConfigUnsupported(f"Maximum CPUs greater than specified machine type "
+                                    f"limit {limit}")
 
     # -- define / undefine ---------------------------------------------------------------
 
@@ -264,14 +290,44 @@ class Registry:
                 if definition.name != path.stem:
                     raise ConfError(f"file name {path.name} does not match domain name "
                                     f"'{definition.name}'")
+                definition.assign_missing_ids()  # a hand-written file may lack a uuid
                 self.check_clash(definition)
             except (ConfError, DomainExists) as exc:
                 log.error("skipping domain definition %s: %s (file left in place)", path, exc)
                 continue
+            self._fill_defaults_on_load(definition, path)
             dom = DomainObj(definition, persistent=True,
                             autostart=self.store.autostart(definition.name))
             self.add(dom)
         log.info("loaded %d persistent domain(s)", len(self))
+
+    def _fill_defaults_on_load(self, definition: DomainDef, path: Path) -> None:
+        """The defaults define fills in (the arch's machine, buses, NIC models, the default
+        memory balloon), also for a stored definition written without them (by an older
+        version, or by hand): libvirt runs its post-parse defaults on every load.
+
+        In memory only: the file is rewritten by the next change of the definition. Not
+        the host checks of :meth:`check_for_host`: a definition this host cannot run any
+        more (its emulator gone) stays defined, and its start says why, as in libvirt;
+        one the defaults cannot be filled into (an arch with no strategy) is kept as it is.
+        """
+        try:
+            get_strategy(definition.os.arch or platform.machine()).fill_defaults(definition)
+        except (QemuError, ConfError) as exc:
+            log.warning("domain definition %s: no arch defaults filled in: %s", path, exc)
+
+
+def check_emulator(path: str) -> None:
+    """Refuse an ``<emulator>`` that is not an executable file, in libvirt's words
+    (virQEMUCapsCacheLookup at define): ``Cannot check QEMU binary PATH: <errno text>``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise SystemCallFailed(f"Cannot check QEMU binary {path}: "
+                               f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
+    if not stat.S_ISREG(mode) or not os.access(path, os.X_OK):
+        raise SystemCallFailed(f"QEMU binary {path} is not executable: "
+                               f"{os.strerror(errno.EACCES)}", domain=ErrorDomain.QEMU)
 
 
 def check_name(name: str) -> None:
@@ -281,11 +337,11 @@ def check_name(name: str) -> None:
     name directories, not files: ``<autostart>/..`` is the config directory itself.
     """
     if name in (".", ".."):
-        raise XMLError(f"XML error: name: '{name}' cannot be a domain name (it is a"
+        raise XMLError(f"name: '{name}' cannot be a domain name (it is a"
                        " directory name)")
     size = len(name.encode())
     if size > MAX_NAME_BYTES:
-        raise XMLError(f"XML error: name: too long ({size} bytes in UTF-8; at most"
+        raise XMLError(f"name: too long ({size} bytes in UTF-8; at most"
                        f" {MAX_NAME_BYTES}, as it is part of file names such as"
                        " <name>.status.json)")
 

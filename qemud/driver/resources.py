@@ -296,7 +296,7 @@ class Resources:
         count = args.count
         if flags & VCPU_GUEST:
             raise ArgumentUnsupported(
-                "argument unsupported: QEMU guest agent is not configured (qemud has no "
+                "QEMU guest agent is not configured (qemud has no "
                 "guest agent channel support)", domain=ErrorDomain.QEMU)
         if flags & VCPU_MAXIMUM:
             if live is not None:

@@ -5,7 +5,8 @@ binaries exist, their versions and machine types, and whether KVM really
 runs guests (see :mod:`qemud.qemu.kvmprobe`).  Probing blocks, which is
 acceptable at start-up only, so it is made cheap:
 
-* every binary is run (``-version``, ``-machine help``) concurrently, and
+* every binary is run (``-version``, ``-machine help``, and QMP ``query-machines``
+  for each machine's vCPU limit, as libvirt probes it) concurrently, and
   concurrently with the KVM probe, so the wall time is that of the slowest
   child rather than the sum;
 * per-binary results are cached in a JSON file keyed by the binary's path,
@@ -33,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ __all__ = [
     "find_emulators",
     "host_uuid",
     "parse_machine_help",
+    "parse_query_machines",
     "parse_version",
     "probe_capabilities",
     "probe_emulator",
@@ -64,7 +66,11 @@ CACHE_FILE: Final = "qemu-capabilities.json"
 #: the KVM run probe's verdict, valid for one boot (keyed by boot_id and the device node)
 KVM_CACHE_FILE: Final = "kvm-verdict.json"
 # Bump when parsing changes so stale cache entries are re-probed.
-_CACHE_FORMAT: Final = 1
+_CACHE_FORMAT: Final = 2
+#: what the ``query-machines`` probe says to ``-qmp stdio``, all at once (QEMU answers the
+#: commands in order, then quits)
+_QMP_MACHINES: Final = "".join(json.dumps({"execute": cmd}) + "\n" for cmd in
+                               ("qmp_capabilities", "query-machines", "quit"))
 _BINARY_TIMEOUT: Final = 10.0
 _VERSION_RE: Final = re.compile(
     r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?\S*(?:\s*\((?P<package>[^)]*)\))?"
@@ -82,6 +88,8 @@ class MachineType:
     alias_of: str | None = None
     is_default: bool = False
     deprecated: bool = False
+    #: the most vCPUs the machine takes (QMP ``cpu-max``); None when unknown
+    max_cpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ class EmulatorCaps:
                     "alias_of": m.alias_of,
                     "default": m.is_default,
                     "deprecated": m.deprecated,
+                    "max_cpus": m.max_cpus,
                 }
                 for m in self.machines
             ],
@@ -135,6 +144,7 @@ class EmulatorCaps:
                     alias_of=None if m["alias_of"] is None else str(m["alias_of"]),
                     is_default=bool(m["default"]),
                     deprecated=bool(m["deprecated"]),
+                    max_cpus=None if m.get("max_cpus") is None else int(m["max_cpus"]),
                 )
                 for m in data["machines"]
             ),
@@ -208,6 +218,27 @@ def parse_machine_help(text: str) -> tuple[MachineType, ...]:
     return tuple(machines)
 
 
+def parse_query_machines(text: str) -> dict[str, int]:
+    """Machine name (and alias) -> ``cpu-max`` from a ``-qmp stdio`` transcript whose
+    commands included ``query-machines``; lines that are not its answer are skipped."""
+    limits: dict[str, int] = {}
+    for line in text.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        answer = message.get("return") if isinstance(message, dict) else None
+        if not isinstance(answer, list):
+            continue
+        for machine in answer:
+            if not isinstance(machine, dict) or not isinstance(machine.get("cpu-max"), int):
+                continue
+            for key in ("name", "alias"):
+                if isinstance(machine.get(key), str):
+                    limits[machine[key]] = machine["cpu-max"]
+    return limits
+
+
 # -- probing ----------------------------------------------------------------------
 
 
@@ -227,10 +258,10 @@ def find_emulators(
     return found
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[str]:
+def _spawn(argv: list[str], stdin: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
     return subprocess.Popen(
         argv,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -255,9 +286,10 @@ def _kill(proc: subprocess.Popen[str]) -> None:
             stream.close()
 
 
-def _collect(binary: str, what: str, proc: subprocess.Popen[str], deadline: float) -> str:
+def _collect(binary: str, what: str, proc: subprocess.Popen[str], deadline: float,
+             input: str | None = None) -> str:
     try:
-        out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        out, err = proc.communicate(input, timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         _kill(proc)
         raise CapabilitiesError(binary, f"{what} timed out") from None
@@ -268,27 +300,44 @@ def _collect(binary: str, what: str, proc: subprocess.Popen[str], deadline: floa
 
 
 class _EmulatorProbe:
-    """``-version`` and ``-machine help`` of one binary, started together."""
+    """``-version``, ``-machine help`` and QMP ``query-machines`` of one binary, started
+    together."""
 
     def __init__(self, arch: str, binary: str) -> None:
         self.arch = arch
         self.binary = binary
         self._version = _spawn([binary, "-version"])
         self._machines = _spawn([binary, "-machine", "help"])
+        self._qmp = _spawn([binary, "-S", "-nodefaults", "-display", "none", "-machine",
+                            "none", "-qmp", "stdio"], stdin=subprocess.PIPE)
 
     def result(self, deadline: float) -> EmulatorCaps:
         try:
             version_text = _collect(self.binary, "-version", self._version, deadline)
             machine_text = _collect(self.binary, "-machine help", self._machines, deadline)
+            limits = self._max_cpus(deadline)
         finally:
             _kill(self._version)
             _kill(self._machines)
+            _kill(self._qmp)
         try:
             version, version_string = parse_version(version_text)
             machines = parse_machine_help(machine_text)
         except ValueError as exc:
             raise CapabilitiesError(self.binary, str(exc)) from None
+        machines = tuple(replace(m, max_cpus=limits.get(m.alias_of or m.name))
+                         for m in machines)
         return EmulatorCaps(self.arch, self.binary, version, version_string, machines)
+
+    def _max_cpus(self, deadline: float) -> dict[str, int]:
+        """Machine name -> ``cpu-max``; empty when the binary would not say (the limits
+        are then unknown and not checked, as in libvirt: never a probe failure)."""
+        try:
+            text = _collect(self.binary, "query-machines", self._qmp, deadline, _QMP_MACHINES)
+        except CapabilitiesError as exc:
+            _log.debug("capabilities: %s", exc)
+            return {}
+        return parse_query_machines(text)
 
 
 def probe_emulator(arch: str, binary: str, timeout: float = _BINARY_TIMEOUT) -> EmulatorCaps:
@@ -467,6 +516,15 @@ def _save_kvm(path: Path, device: str, status: KvmStatus) -> None:
 # -- XML --------------------------------------------------------------------------
 
 
+def _default_first(emulator: EmulatorCaps, default: str) -> list[MachineType]:
+    """The machines, the one guests get by default (and its alias) first, as libvirt
+    lists its preferred machine first: a client taking the first ``maxCpus`` (virsh
+    maxvcpus) gets the default machine's."""
+    found = emulator.find_machine(default)
+    preferred = {default, found.alias_of if found is not None else None}
+    return sorted(emulator.machines, key=lambda m: m.name not in preferred)
+
+
 def capabilities_xml(caps: Capabilities) -> str:
     """libvirt-shaped ``<capabilities>`` document.
 
@@ -486,8 +544,10 @@ def capabilities_xml(caps: Capabilities) -> str:
         arch_el = etree.SubElement(guest, "arch", name=arch)
         etree.SubElement(arch_el, "wordsize").text = str(strategy.wordsize)
         etree.SubElement(arch_el, "emulator").text = emulator.path
-        for machine in emulator.machines:
+        for machine in _default_first(emulator, strategy.table.default_machine):
             machine_el = etree.SubElement(arch_el, "machine")
+            if machine.max_cpus is not None:
+                machine_el.set("maxCpus", str(machine.max_cpus))
             if machine.alias_of is not None:
                 machine_el.set("canonical", machine.alias_of)
             if machine.deprecated:

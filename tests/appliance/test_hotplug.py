@@ -239,7 +239,8 @@ def test_hot_add_and_remove_a_loop_device(conn: client.Connection, events: Event
     bad = loops["bad"]
     ctl.bind(bad, image(tmp_path / "bad.img", 1))
     failed = events.wait("hp-live", "hotplug-failed", timeout=10)[0]
-    assert failed.text == f"attach {bad} as hdd: no CD-ROM with target 'hdd' in domain 'hp-live'"
+    assert failed.text == (f"attach {bad} as hdd: invalid argument: no CD-ROM with target 'hdd' "
+                           "in domain 'hp-live'")
     events.drain(2.0)
     assert len(events.appliance("hp-live", "hotplug-failed")) == 1
     info = row(conn, bad)

@@ -223,7 +223,7 @@ def test_descriptor_errors_name_the_field(change: dict[str, Any], message: str) 
     with pytest.raises(DescriptorError) as err:
         parse_descriptor(desc)
     assert message in err.value.message
-    assert err.value.message.startswith("appliance.json: ")
+    assert err.value.detail.startswith("appliance.json: ")
 
 
 def test_descriptor_defaults_toml_and_versions() -> None:

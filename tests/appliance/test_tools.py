@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,13 +11,6 @@ from qemud.appliance.tools import ToolFailed, ToolRunner, find_tool
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed
 from qemud.loop import EventLoop
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop()
-    yield lp
-    lp.close()
 
 
 def wording(argv: list[str], code: int, stderr: str) -> str:
@@ -50,7 +42,7 @@ def test_failure_is_worded_by_the_caller(loop: EventLoop) -> None:
     runner = ToolRunner(loop, wording)
     d = finish(loop, runner.run(["/bin/sh", "-c", "echo oops >&2; exit 3"], "step one"))
     assert isinstance(d.error, ToolFailed) and isinstance(d.error, OperationFailed)
-    assert d.error.message == "step one: /bin/sh said 'oops' and exited 3"
+    assert d.error.detail == "step one: /bin/sh said 'oops' and exited 3"
     assert (d.error.exit_code, d.error.stderr) == (3, "oops")
     assert d.error.argv[0] == "/bin/sh"
 
@@ -58,7 +50,7 @@ def test_failure_is_worded_by_the_caller(loop: EventLoop) -> None:
 def test_a_tool_that_cannot_start(loop: EventLoop) -> None:
     d = ToolRunner(loop, wording).run(["/nonexistent/tool", "x"], "unpacking")
     assert d.done and isinstance(d.error, ToolFailed)  # at once: nothing to reap
-    assert d.error.message.startswith("unpacking: cannot run /nonexistent/tool: ")
+    assert d.error.detail.startswith("unpacking: cannot run /nonexistent/tool: ")
     assert d.error.exit_code is None
 
 

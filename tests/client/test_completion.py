@@ -33,7 +33,8 @@ def c(calls: list[str]) -> Completer:
 
 def test_command_names(c: Completer) -> None:
     assert c.candidates("") == sorted(REGISTRY)
-    assert c.candidates("dom") == ["domblklist", "domid", "domiflist", "dominfo",
+    assert c.candidates("dom") == ["domblkinfo", "domblklist", "domblkstat", "domdisplay",
+                                   "domid", "domiflist", "domifstat", "dominfo",
                                    "dommemstat", "domname", "domstate", "domstats", "domuuid"]
     assert c.candidates("snapshot-l") == ["snapshot-list"]
     assert c.candidates("nosuch") == []

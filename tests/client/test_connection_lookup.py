@@ -30,21 +30,21 @@ class FakeConnection(Connection):
         self.tried.append(f"id {id}")
         if id in self.ids:
             return self.ids[id]
-        raise NoDomainError(f"domain not found: no domain with matching id {id}", 42, 10)
+        raise NoDomainError(f"Domain not found: no domain with matching id {id}", 42, 10)
 
     def lookup_by_uuid(self, uuid: str | bytes) -> str:  # type: ignore[override]
         key = str(uuid)
         self.tried.append(f"uuid {key}")
         if key in self.uuids:
             return self.uuids[key]
-        raise NoDomainError(f"domain not found: no domain with matching uuid '{key}'",
+        raise NoDomainError(f"Domain not found: no domain with matching uuid '{key}'",
                             42, 10)
 
     def lookup_by_name(self, name: str) -> str:  # type: ignore[override]
         self.tried.append(f"name {name}")
         if name in self.names:
             return name
-        raise NoDomainError(f"domain not found: no domain with matching name '{name}'",
+        raise NoDomainError(f"Domain not found: no domain with matching name '{name}'",
                             42, 10)
 
 
@@ -76,7 +76,7 @@ def test_not_found_is_the_name_lookups_error() -> None:
     conn = FakeConnection({}, {}, set())
     with pytest.raises(NoDomainError) as info:
         conn.lookup("12")
-    assert info.value.message == "domain not found: no domain with matching name '12'"
+    assert info.value.message == "Domain not found: no domain with matching name '12'"
     assert conn.tried == ["id 12", "name 12"]
 
 
@@ -107,4 +107,4 @@ def test_shell_uses_the_same_order() -> None:
     with pytest.raises(CommandError) as info:
         sh.domain("nope")
     assert info.value.lines == ["failed to get domain 'nope'",
-                                "domain not found: no domain with matching name 'nope'"]
+                                "Domain not found: no domain with matching name 'nope'"]

@@ -104,8 +104,8 @@ def test_lifecycle(daemon: DaemonProcess, qemush: Qemush, shell_env: dict[str, s
         assert proc.returncode == 1
         assert proc.stderr.splitlines()[:2] == [
             "error: Failed to shutdown domain 'life'",
-            "error: unsupported flags (0xc) in shutdown: mode 'initctl', mode 'signal' (the "
-            "QEMU driver has the 'acpi' and 'agent' modes)"]
+            "error: invalid argument: unsupported flags (0xc) in shutdown: mode 'initctl', "
+            "mode 'signal' (the QEMU driver has the 'acpi' and 'agent' modes)"]
         assert state(qemush, daemon) == "running (booted)"
         # (no OS: the ACPI button does nothing, the timeout destroys it)
         assert ok(qemush("-c", u, "reboot", "life", "--mode", "agent,acpi")) == \

@@ -104,9 +104,10 @@ def test_memory_and_vcpu_commands(daemon: DaemonProcess, qemush: Qemush,
     assert _xml(qemush, daemon).findtext("memory") == "98304"
     proc = qemush("-c", u, "setmem", "res", "64M")  # virsh's default: the running domain
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr == "error: domain 'res' is not running\n", proc.stderr
+    assert proc.stderr == ("error: Requested operation is not valid: domain 'res' is not "
+                           "running\n"), proc.stderr
     proc = qemush("-c", u, "setmem", "res", "1G", "--config")
-    assert proc.stderr == "error: cannot set memory higher than max memory\n"
+    assert proc.stderr == "error: invalid argument: cannot set memory higher than max memory\n"
     assert ok(qemush("-c", u, "setvcpus", "res", "2", "--config")) == ""
     vcpu = _xml(qemush, daemon).find("vcpu")
     assert vcpu is not None and vcpu.attrib == {} and vcpu.text == "2"
@@ -139,12 +140,13 @@ def test_memory_and_vcpu_commands(daemon: DaemonProcess, qemush: Qemush,
         assert re.search(r"^CPU Affinity:   [\d,-]+ \(out of \d+\)$", pretty, re.M), pretty
 
         proc = qemush("-c", u, "setmem", "res", "32M")
-        assert proc.stderr == ("error: Unable to change memory of active domain without "
-                               "the balloon device and guest OS balloon driver\n")
+        assert proc.stderr == ("error: Requested operation is not valid: Unable to change "
+                               "memory of active domain without the balloon device and "
+                               "guest OS balloon driver\n")
         proc = qemush("-c", u, "setmaxmem", "res", "64M")
         assert proc.stderr == ("error: Unable to change MaxMemorySize\n"
-                               "error: cannot resize the maximum memory on an active "
-                               "domain\n")
+                               "error: Requested operation is not valid: cannot resize the "
+                               "maximum memory on an active domain\n")
         assert ok(qemush("-c", u, "setmaxmem", "res", "64M", "--config")) == ""
         proc = qemush("-c", u, "setvcpus", "res", "1")
         assert proc.returncode == 1 and "live vCPU hotplug is not supported" in proc.stderr

@@ -246,7 +246,7 @@ def test_structural_errors(text: str, expected: str, no_schema: None) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("", "empty document"),
     ("   ", "empty document"),
-    ("<domain type='kvm'><name>a</name>", "not well-formed XML (line 1"),
+    ("<domain type='kvm'><name>a</name>", "not well-formed XML: (domain_definition):1: "),
     ("<domain type='kvm'>&bogus;</domain>", "not well-formed XML"),
     ("<!DOCTYPE domain [<!ENTITY x 'y'>]><domain type='kvm'/>",
      "domain: DOCTYPE declarations are not allowed"),
@@ -262,6 +262,23 @@ def test_syntax_error_has_position() -> None:
     with pytest.raises(XMLParseError) as info:
         parse_domain_xml("<domain type='kvm'>\n  <name>a</nam>\n</domain>")
     assert info.value.line == 2 and info.value.column is not None
+
+
+def test_syntax_error_says_where_once_as_libvirt_does() -> None:
+    """``(domain_definition):LINE: <libxml2's message>``: the place once (lxml's own
+    ", line L, column C" suffix is dropped), on one line."""
+    with pytest.raises(XMLParseError) as info:
+        parse_domain_xml("<domain type='kvm'>\n  <name>a</nam>\n</domain>")
+    assert str(info.value) == (
+        "not well-formed XML: (domain_definition):2: Opening and ending tag mismatch: "
+        "name line 2 and nam")
+    assert (info.value.line, info.value.column) == (2, 16)
+
+
+def test_device_syntax_error_names_the_device_definition() -> None:
+    from qemud.conf import parse_device_xml
+    with pytest.raises(XMLParseError, match=r"^not well-formed XML: \(device_definition\):1: "):
+        parse_device_xml("<disk type='file'>")
 
 
 def test_xml_declaration_and_bytes_are_accepted() -> None:

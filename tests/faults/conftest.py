@@ -129,6 +129,11 @@ def nofile() -> Iterator[int]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+#: an ``<emulator>`` that define accepts (it is an executable file: define refuses a missing
+#: one, as libvirt's does) but that launches no guest: a start of it fails at once
+NO_GUEST_EMULATOR = "/bin/false"
+
+
 def bare_domain_xml(name: str, *, memory_mib: int = 64, emulator: str | None = None,
                     devices: str = "", machine: str | None = None) -> str:
     """A diskless, kernel-less guest; with ``emulator`` a (fake or missing) binary."""

@@ -35,13 +35,19 @@ from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.integration.domains import guest_xml
 
-from .conftest import assert_log_clean, bare_domain_xml, guest_name, qemu_pids
+from .conftest import (
+    NO_GUEST_EMULATOR,
+    assert_log_clean,
+    bare_domain_xml,
+    guest_name,
+    qemu_pids,
+)
 
 ROUNDS = 5
 NAMES_PER_CLIENT = 14
 DEFINED_AT_START = 10  # per client: 20 in all
 GUESTS = 3
-EMULATOR = "/nonexistent/qemu-crash-test"  # autostart after a restart launches nothing
+EMULATOR = NO_GUEST_EMULATOR  # autostart after a restart launches no guest
 
 #: (defined, memory MiB, autostart) of one name
 State = tuple[bool, int, bool]

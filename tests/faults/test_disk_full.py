@@ -19,7 +19,7 @@ import pytest
 
 import client
 
-from .conftest import assert_log_clean, bare_domain_xml, guest_name
+from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
 
 FS_SIZE = "256k"
 
@@ -74,19 +74,19 @@ def test_define_on_full_config_dir_fails_with_enospc(small_fs: Path, daemon_fact
     domains = small_fs / "domains"
     with d.connect() as conn:
         old = conn.define_xml(bare_domain_xml(existing, memory_mib=64,
-                                              emulator="/nonexistent/qemu-full"))
+                                              emulator=NO_GUEST_EMULATOR))
         _fill(small_fs)
         before = _xml_files(domains)
         assert list(before) == [f"{existing}.xml"]
 
         with pytest.raises(client.OperationFailed) as info:
-            conn.define_xml(bare_domain_xml(new, emulator="/nonexistent/qemu-full"))
+            conn.define_xml(bare_domain_xml(new, emulator=NO_GUEST_EMULATOR))
         message = str(info.value)
         assert "No space left on device" in message, message
         assert f"'{new}'" in message and "nothing was changed" in message
         assert new not in {x.name for x in conn.list_domains()}
 
-        redefined = bare_domain_xml(existing, memory_mib=96, emulator="/nonexistent/qemu-full")
+        redefined = bare_domain_xml(existing, memory_mib=96, emulator=NO_GUEST_EMULATOR)
         redefined = redefined.replace("<domain type='qemu'>",
                                       f"<domain type='qemu'><uuid>{old.uuid}</uuid>")
         with pytest.raises(client.OperationFailed, match="No space left on device"):
@@ -101,7 +101,7 @@ def test_define_on_full_config_dir_fails_with_enospc(small_fs: Path, daemon_fact
 
         # space back: defining works again
         (small_fs / "filler").unlink()
-        conn.define_xml(bare_domain_xml(new, emulator="/nonexistent/qemu-full"))
+        conn.define_xml(bare_domain_xml(new, emulator=NO_GUEST_EMULATOR))
         assert (domains / f"{new}.xml").exists()
     assert_log_clean(d)
     d.stop()

@@ -42,7 +42,7 @@ from protocol.procedures import Kind, spec_for
 from tests.helpers.daemon import DaemonProcess
 from tests.qemud.wire import RawClient, hello_frame, minimal_instance
 
-from .conftest import assert_log_clean, bare_domain_xml, guest_name
+from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
 
 EXAMPLES_RAW = 400
 EXAMPLES_MUTATED = 800
@@ -99,8 +99,8 @@ def _seed_frames() -> list[bytes]:
         serial += 1
         _SEEDS.append(conn.send(Call(proc, serial, minimal_instance(spec.args))))
     name = guest_name("fuzz")
-    # a definable domain whose emulator does not exist: a mutated create cannot start QEMU
-    xml = bare_domain_xml(name, emulator="/nonexistent/qemu-fuzz")
+    # a definable domain whose emulator launches no guest: a mutated create cannot start QEMU
+    xml = bare_domain_xml(name, emulator=NO_GUEST_EMULATOR)
     ref = pl.DomainRef(name, bytes(16), -1)
     realistic = [
         Call(Procedure.GET_URI, 1, pl.Empty()),

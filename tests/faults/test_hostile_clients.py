@@ -31,6 +31,7 @@ from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.qemud.wire import RawClient, error_of, hello_frame
 
 from .conftest import (
+    NO_GUEST_EMULATOR,
     assert_log_clean,
     assert_prompt,
     bare_domain_xml,
@@ -131,7 +132,7 @@ def test_client_that_never_reads_its_events_is_dropped(busy_daemon: DaemonProces
         assert isinstance(reply, Reply)
     # from now on the hog reads nothing
     name = guest_name("events")
-    xml = bare_domain_xml(name, emulator="/nonexistent/qemu-events")
+    xml = bare_domain_xml(name, emulator=NO_GUEST_EMULATOR)
     stop = threading.Event()
     emitted = [0]
     errors: list[BaseException] = []

@@ -118,15 +118,16 @@ def _fake_emulator(path: Path, body: str) -> Path:
 # -- the emulator ------------------------------------------------------------------------
 
 def test_missing_emulator_names_the_path(conn: client.Connection) -> None:
+    """Refused at define (and create), in libvirt's words: no domain that could never
+    start is defined."""
     name = guest_name("noemu")
-    dom = conn.define_xml(bare_domain_xml(name, emulator="/nonexistent/qemu-system-x86_64"))
-    with pytest.raises(client.OperationFailed) as info:
-        dom.create()
-    message = str(info.value)
-    assert "/nonexistent/qemu-system-x86_64" in message
-    assert "No such file or directory" in message
-    _assert_nothing_running(conn, dom)
-    dom.undefine()
+    xml = bare_domain_xml(name, emulator="/nonexistent/qemu-system-x86_64")
+    for call in (conn.define_xml, conn.create_xml):
+        with pytest.raises(client.QemudClientError) as info:
+            call(xml)
+        assert str(info.value) == ("Cannot check QEMU binary /nonexistent/qemu-system-x86_64: "
+                                   "No such file or directory")
+    assert name not in {d.name for d in conn.list_domains()}
 
 
 def test_emulator_not_executable_names_the_cause(conn: client.Connection,
@@ -135,10 +136,23 @@ def test_emulator_not_executable_names_the_cause(conn: client.Connection,
     emulator = tmp_path / "qemu-not-executable"
     emulator.write_text("#!/bin/sh\nexit 0\n")
     emulator.chmod(0o644)
+    with pytest.raises(client.QemudClientError) as info:
+        conn.define_xml(bare_domain_xml(name, emulator=str(emulator)))
+    assert str(emulator) in str(info.value) and "Permission denied" in str(info.value)
+    assert name not in {d.name for d in conn.list_domains()}
+
+
+def test_emulator_gone_after_define_fails_the_start(conn: client.Connection,
+                                                    tmp_path: Path) -> None:
+    """The binary removed after define: the domain stays defined and its start names the
+    path and the cause."""
+    name = guest_name("goneemu")
+    emulator = _fake_emulator(tmp_path / "qemu-gone", "exit 1")
     dom = conn.define_xml(bare_domain_xml(name, emulator=str(emulator)))
+    emulator.unlink()
     with pytest.raises(client.OperationFailed) as info:
         dom.create()
-    assert str(emulator) in str(info.value) and "Permission denied" in str(info.value)
+    assert str(emulator) in str(info.value) and "No such file or directory" in str(info.value)
     _assert_nothing_running(conn, dom)
     dom.undefine()
 

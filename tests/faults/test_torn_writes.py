@@ -23,7 +23,7 @@ import client
 from qemud.driver import store as store_mod
 from qemud.driver.store import FAULT_ENV, DomainStore, atomic_write
 
-from .conftest import assert_log_clean, bare_domain_xml, guest_name
+from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
 
 
 def _boom(path: Path) -> None:
@@ -130,8 +130,8 @@ def test_define_fails_cleanly_when_rename_fails(daemon_factory, monkeypatch) -> 
     victim = guest_name("victim")
     bystander = guest_name("bystander")
     d = daemon_factory()
-    # the domains' emulator does not exist: an autostart could never launch anything
-    v1 = bare_domain_xml(victim, memory_mib=64, emulator="/nonexistent/qemu-torn")
+    # the domains' emulator launches no guest: an autostart could never start anything
+    v1 = bare_domain_xml(victim, memory_mib=64, emulator=NO_GUEST_EMULATOR)
     with d.connect() as conn:
         conn.define_xml(v1)
     d.stop()
@@ -143,7 +143,7 @@ def test_define_fails_cleanly_when_rename_fails(daemon_factory, monkeypatch) -> 
     with d.connect() as conn:
         dom = conn.lookup_by_name(victim)
         # redefining an existing domain
-        v2 = bare_domain_xml(victim, memory_mib=96, emulator="/nonexistent/qemu-torn")
+        v2 = bare_domain_xml(victim, memory_mib=96, emulator=NO_GUEST_EMULATOR)
         with pytest.raises(client.OperationFailed) as info:
             conn.define_xml(v2.replace("<domain type='qemu'>",
                                        f"<domain type='qemu'><uuid>{dom.uuid}</uuid>"))
@@ -164,7 +164,7 @@ def test_define_fails_cleanly_when_rename_fails(daemon_factory, monkeypatch) -> 
         assert not (d.config_dir / "autostart" / victim).exists()
         # no temp file left, and the daemon serves everything else
         assert not [n for n in _files(domains) if n.endswith(".tmp")], _files(domains)
-        conn.define_xml(bare_domain_xml(bystander, emulator="/nonexistent/qemu-torn"))
+        conn.define_xml(bare_domain_xml(bystander, emulator=NO_GUEST_EMULATOR))
         assert {victim, bystander} <= {x.name for x in conn.list_domains()}
     assert f"{FAULT_ENV}: failing the write" in d.log_text()
     assert_log_clean(d)

@@ -190,7 +190,8 @@ def test_reboot_and_shutdown_modes(conn: client.Connection, qemud: DaemonProcess
     sock = tmp_path / "s.sock"
     dom = conn.define_xml(guest_xml("modes", test_guest, sock))
     with pytest.raises(client.InvalidArgError,
-                       match=r"^unsupported flags \(0x4\) in reboot: mode 'initctl' "):
+                       match=r"^invalid argument: unsupported flags \(0x4\) in reboot: "
+                             r"mode 'initctl' "):
         dom.reboot(R.INITCTL)
     with pytest.raises(client.OperationInvalid, match="not running"):
         dom.shutdown(flags=S.GUEST_AGENT)  # libvirt: running is checked before the agent

@@ -101,7 +101,7 @@ def test_queued_command_fails_with_the_reason_the_monitor_never_became_ready(
     alive[0] = False  # QEMU exits before creating its monitor
     run_until(loop, ready, queued)
     assert isinstance(queued.error, OperationFailed)
-    assert queued.error.message == "QEMU exited before its monitor was ready"
+    assert queued.error.detail == "QEMU exited before its monitor was ready"
 
 
 def test_queued_command_times_out_and_detaching_fails_the_rest(
@@ -116,4 +116,4 @@ def test_queued_command_times_out_and_detaching_fails_the_rest(
     assert not waiting.done
     monitor.close()  # detached while still connecting (daemon shutdown, guest stopped)
     assert isinstance(waiting.error, OperationFailed)
-    assert waiting.error.message == "query-name: monitor detached"
+    assert waiting.error.detail == "query-name: monitor detached"

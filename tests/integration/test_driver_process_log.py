@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,25 +24,12 @@ from qemud.driver.lifecycle import last_words
 from qemud.driver.process import GuestLog, QemuProcess
 from qemud.loop import EventLoop
 from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.loop import run_until
 from tests.integration.domains import guest_xml
 
 from .test_driver_lifecycle import kill_qemus, lifecycle_events, qemu_pids
 
 LIMIT = 4096
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop()
-    yield lp
-    lp.close()
-
-
-def run_until(loop: EventLoop, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        loop.run_once(max_wait=0.02)
 
 
 def append(path: Path, data: bytes) -> None:

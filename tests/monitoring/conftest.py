@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, stop_destroying_guests
+from tests.helpers.tap import make_tap
 from tests.integration.conftest import test_guest  # noqa: F401  (session fixture)
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -37,17 +38,6 @@ class Monitored:
     uuid: str
 
 
-def _make_tap(name: str) -> bool:
-    if os.geteuid() != 0 or not Path("/dev/net/tun").exists():
-        return False
-    made = subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"],
-                          capture_output=True, check=False)
-    if made.returncode != 0:
-        return False
-    subprocess.run(["ip", "link", "set", name, "up"], capture_output=True, check=False)
-    return True
-
-
 @pytest.fixture(scope="session")
 def monitored(tmp_path_factory: pytest.TempPathFactory,
               test_guest) -> Iterator[Monitored]:  # noqa: F811
@@ -55,7 +45,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory,
     image = root / "disk.img"
     image.write_bytes(DISK_TEXT.encode() + bytes(1024 * 1024 - len(DISK_TEXT)))
     tap = f"qmon{os.getpid() % 100000}"
-    if not _make_tap(tap):
+    if not make_tap(tap):
         tap = None
     nics = f"<interface type='user'><mac address='{MAC_USER}'/><model type='virtio'/>" \
         "</interface>"

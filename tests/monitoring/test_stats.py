@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from protocol.constants import DomainState
 from tests.helpers.daemon import env_without_daemon_vars, wait_for
+from tests.helpers.tap import send_frames
 from tests.monitoring.conftest import (
     DISK_TEXT,
     GUEST,
@@ -63,15 +63,6 @@ def test_block_stats_grow_when_the_guest_reads(monitored: Monitored) -> None:
     assert after[f"block.{i}.wr.bytes"] >= before[f"block.{i}.wr.bytes"]
 
 
-def _send_frames(ifname: str, count: int, size: int = 100) -> None:
-    """Broadcast ``count`` ethernet frames out of the host tap: the guest receives them."""
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((ifname, 0))
-        frame = b"\xff" * 6 + bytes.fromhex("020000000001") + b"\x88\xb5" + bytes(size - 14)
-        for _ in range(count):
-            s.send(frame)
-
-
 def test_net_stats(monitored: Monitored) -> None:
     stats = domain_stats(monitored.daemon)
     if monitored.tap is None:
@@ -96,7 +87,7 @@ def test_net_stats(monitored: Monitored) -> None:
     # what the host sends into the tap is what the guest receives (rx/tx swapped)
     host_tx = int(Path(f"/sys/class/net/{monitored.tap}/statistics/tx_bytes").read_text())
     assert stats["net.0.rx.bytes"] <= host_tx
-    _send_frames(monitored.tap, 10, 100)
+    send_frames(monitored.tap, 10, 100)
     after = wait_for(lambda: (s := domain_stats(monitored.daemon))["net.0.rx.pkts"] >=
                      stats["net.0.rx.pkts"] + 10 and s, timeout=10, message="rx.pkts grows")
     assert after["net.0.rx.bytes"] >= stats["net.0.rx.bytes"] + 1000

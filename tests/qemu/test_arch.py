@@ -471,10 +471,11 @@ def test_serial_wiring_differs_per_arch() -> None:
     ]
 
 
-def test_fill_defaults_aligns_memory() -> None:
+def test_fill_defaults_keeps_the_memory_size() -> None:
+    """libvirt keeps the user's KiB in the definition; only the running guest's is aligned."""
     dom = FakeDomain(memory_kib=300 * 1024)
     get_strategy("ppc64").fill_defaults(dom)
-    assert dom.memory_kib == 512 * 1024
+    assert dom.memory_kib == 300 * 1024
 
 
 def test_memory_alignment() -> None:

@@ -7,6 +7,7 @@ import os
 import stat
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from qemud.qemu.capabilities import (
     find_emulators,
     host_uuid,
     parse_machine_help,
+    parse_query_machines,
     parse_version,
     probe_capabilities,
     probe_emulator,
@@ -50,6 +52,20 @@ pseries              pSeries Logical Partition (PAPR compliant) (alias of pserie
 pseries-7.2          pSeries Logical Partition (PAPR compliant) (default)
 """
 OK_KVM = [sys.executable, "-c", "print('ok fake kvm works')"]
+#: what ``qemu-system-x86_64 -qmp stdio`` answers to qmp_capabilities, query-machines, quit
+#: (trimmed: QEMU 7.2 lists every versioned machine, with more keys)
+X86_QMP = "\n".join(json.dumps(message) for message in (
+    {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}},
+    {"return": {}},
+    {"return": [
+        {"name": "microvm", "cpu-max": 288, "deprecated": False},
+        {"name": "pc-i440fx-7.2", "alias": "pc", "is-default": True, "cpu-max": 255},
+        {"name": "pc-q35-7.2", "alias": "q35", "cpu-max": 288},
+        {"name": "none", "cpu-max": 1},
+    ]},
+    {"return": {}},
+    {"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN"},
+)) + "\n"
 
 
 def test_parse_version() -> None:
@@ -94,11 +110,14 @@ def test_combined_suffixes() -> None:
 
 def fake_qemu(
     directory: Path, arch: str, help_text: str, *, log: Path, delay: float = 0.0,
-    version: str = "7.2.5", fail: bool = False,
+    version: str = "7.2.5", fail: bool = False, qmp: str = "",
 ) -> Path:  # fmt: skip
+    """A fake binary; ``qmp`` is its answer to ``-qmp stdio`` (none: it says nothing)."""
     path = directory / f"qemu-system-{arch}"
     help_file = directory / f"{arch}.help"
     help_file.write_text(help_text)
+    qmp_file = directory / f"{arch}.qmp"
+    qmp_file.write_text(qmp)
     path.write_text(
         "#!/bin/sh\n"
         f'echo "$0 $*" >> "{log}"\n'
@@ -107,6 +126,7 @@ def fake_qemu(
         + 'case "$1" in\n'
         f"  -version) echo 'QEMU emulator version {version} (fake)'; echo 'Copyright';;\n"
         f'  -machine) cat "{help_file}";;\n'
+        f'  -S) cat > /dev/null; cat "{qmp_file}";;\n'
         "esac\n"
     )
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -157,7 +177,7 @@ def test_probe_runs_binaries_in_parallel_and_caches(bindir: Path, tmp_path: Path
     started = time.monotonic()
     caps = probe(bindir, cache)
     elapsed = time.monotonic() - started
-    assert len(calls(log)) == 6  # -version and -machine help, three binaries
+    assert len(calls(log)) == 9  # -version, -machine help and QMP, three binaries
     assert elapsed < 6 * 0.4 * 0.75, f"binaries were not run in parallel ({elapsed:.2f} s)"
     assert sorted(caps.emulators) == ["aarch64", "ppc64", "x86_64"]
     assert caps.emulators["x86_64"].version == (7, 2, 5)
@@ -170,14 +190,14 @@ def test_probe_runs_binaries_in_parallel_and_caches(bindir: Path, tmp_path: Path
                                       for a in ("x86_64", "aarch64", "ppc64")}  # fmt: skip
 
     again = probe(bindir, cache)
-    assert len(calls(log)) == 6, "an unchanged binary must not be re-run"
+    assert len(calls(log)) == 9, "an unchanged binary must not be re-run"
     assert again.emulators == caps.emulators
 
     # a changed binary (size and mtime) is probed again, the others are not
     fake_qemu(bindir, "x86_64", X86_HELP, log=log, version="8.0.0")
     os.utime(bindir / "qemu-system-x86_64", ns=(1, 1))
     third = probe(bindir, cache)
-    assert len(calls(log)) == 8
+    assert len(calls(log)) == 12
     assert third.emulators["x86_64"].version == (8, 0, 0)
     assert third.emulators["ppc64"] == caps.emulators["ppc64"]
 
@@ -197,13 +217,13 @@ def test_corrupt_or_foreign_cache_is_ignored(bindir: Path, tmp_path: Path) -> No
     cache.mkdir()
     (cache / CACHE_FILE).write_text("{not json")
     assert "x86_64" in probe(bindir, cache).emulators
-    assert len(calls(log)) == 2
+    assert len(calls(log)) == 3
     data = json.loads((cache / CACHE_FILE).read_text())
-    assert data["format"] == 1
+    assert data["format"] == 2
     data["format"] = 999
     (cache / CACHE_FILE).write_text(json.dumps(data))
     probe(bindir, cache)
-    assert len(calls(log)) == 4
+    assert len(calls(log)) == 6
 
 
 def test_no_cache_dir(bindir: Path, tmp_path: Path) -> None:
@@ -211,7 +231,32 @@ def test_no_cache_dir(bindir: Path, tmp_path: Path) -> None:
     fake_qemu(bindir, "x86_64", X86_HELP, log=log)
     probe(bindir, None)
     probe(bindir, None)
-    assert len(calls(log)) == 4
+    assert len(calls(log)) == 6
+
+
+def test_machine_vcpu_limits_come_from_query_machines(bindir: Path, tmp_path: Path) -> None:
+    """libvirt's maxCpus: QMP ``cpu-max`` per machine (an alias gets its machine's), kept
+    in the cache; a binary that will not answer QMP has no limits and no problem."""
+    log = tmp_path / "calls"
+    fake_qemu(bindir, "x86_64", X86_HELP, log=log, qmp=X86_QMP)
+    fake_qemu(bindir, "ppc64", PPC_HELP, log=log)  # says nothing to -qmp
+    cache = tmp_path / "cache"
+    for caps in (probe(bindir, cache), probe(bindir, cache)):  # probed, then cached
+        x86 = caps.emulators["x86_64"]
+        limits = {m.name: m.max_cpus for m in x86.machines}
+        assert limits == {"microvm": 288, "pc": 255, "pc-i440fx-7.2": 255,
+                          "pc-i440fx-1.4": None, "q35": 288, "pc-q35-7.2": 288, "none": 1}
+        assert {m.max_cpus for m in caps.emulators["ppc64"].machines} == {None}
+        assert caps.problems == ()
+    assert sum(line.endswith(" -S -nodefaults -display none -machine none -qmp stdio")
+               for line in calls(log)) == 2  # once per binary: the second probe was cached
+
+
+def test_parse_query_machines() -> None:
+    assert parse_query_machines(X86_QMP) == {
+        "microvm": 288, "pc-i440fx-7.2": 255, "pc": 255, "pc-q35-7.2": 288, "q35": 288,
+        "none": 1}
+    assert parse_query_machines("garbage\n{\"return\": {}}\n") == {}
 
 
 def test_failing_binary_is_a_problem_not_a_crash(bindir: Path, tmp_path: Path) -> None:
@@ -250,7 +295,8 @@ def test_host_uuid_is_a_uuid() -> None:
 def xml_caps(kvm: bool, host_arch: str = "x86_64") -> etree._Element:
     emulators = {
         "x86_64": EmulatorCaps("x86_64", "/usr/bin/qemu-system-x86_64", (7, 2, 0), "7.2.0",
-                               parse_machine_help(X86_HELP)),
+                               tuple(replace(m, max_cpus=255 if "pc" in m.name else None)
+                                     for m in parse_machine_help(X86_HELP))),
         "aarch64": EmulatorCaps("aarch64", "/usr/bin/qemu-system-aarch64", (7, 2, 0), "7.2.0",
                                 parse_machine_help(ARM_HELP)),
     }  # fmt: skip
@@ -273,7 +319,8 @@ def test_capabilities_xml_shape() -> None:
     assert x86.findtext("arch/emulator") == "/usr/bin/qemu-system-x86_64"
     machines = {m.text: m.attrib for m in x86.findall("arch/machine")}
     assert machines["q35"] == {"canonical": "pc-q35-7.2"}
-    assert machines["pc-i440fx-1.4"] == {"deprecated": "yes"}
+    assert machines["pc-i440fx-1.4"] == {"maxCpus": "255", "deprecated": "yes"}
+    assert machines["pc"] == {"maxCpus": "255", "canonical": "pc-i440fx-7.2"}
     assert [d.get("type") for d in x86.findall("arch/domain")] == ["qemu"]
 
 

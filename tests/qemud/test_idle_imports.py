@@ -22,7 +22,8 @@ from tests.helpers.daemon import DaemonProcess
 #: the modules of the snapshot operations; the duty (its wiring) is imported at start
 SNAPSHOT_OPERATIONS = frozenset(
     f"qemud.appliance.snapshots.{name}"
-    for name in ("operations", "records", "base", "create", "revert", "delete", "backup"))
+    for name in ("operations", "records", "base", "create", "revert", "delete", "backup",
+                 "snapshot_xml"))
 
 DOMAIN = """<domain type='qemu'>
   <name>{name}</name>

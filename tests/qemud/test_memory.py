@@ -7,7 +7,7 @@ import importlib.metadata
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from qemud.conf import SchemaError, parse_domain_xml, schema
 from qemud.daemon import SchemaRelease, trim_heap
 from qemud.loop import EventLoop
 from tests.conftest import DaemonFactory
+from tests.helpers.loop import run_until
 
 DOMAIN = """<domain type='qemu'>
   <name>{name}</name>
@@ -41,20 +42,6 @@ def installed_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     schema.reset_schema()
     yield path
     schema.reset_schema()
-
-
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop()
-    yield lp
-    lp.close()
-
-
-def run_until(loop: EventLoop, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        loop.run_once(max_wait=0.02)
 
 
 # -- the schema's idle release, in-process ----------------------------------------------

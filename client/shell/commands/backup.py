@@ -30,11 +30,17 @@ def cmd_backup(sh: Shell, args: Args) -> None:
     disk = args.get("disk") or ""
     conn = sh.conn()
     finished = threading.Event()
+    # a progress line the dispatch thread prints late must not come after the outcome
+    # (the error lines, or the success line): none is printed once the command is over
+    printing = threading.Lock()
+    over = [False]
 
     def on_event(record: EventRecord) -> None:
         if record.kind == "backup-progress":
-            sh.err.write(f"backup: {record.text}\n")
-            sh.err.flush()
+            with printing:
+                if not over[0]:
+                    sh.err.write(f"backup: {record.text}\n")
+                    sh.err.flush()
         elif record.kind in ("backup-completed", "backup-failed"):
             finished.set()
 
@@ -45,6 +51,8 @@ def cmd_backup(sh: Shell, args: Args) -> None:
             dom.backup(target, disk)
         finished.wait(EVENT_GRACE)
     finally:
+        with printing:
+            over[0] = True
         try:
             conn.deregister_event(callback)
         except Exception:  # best effort on the way out

@@ -6,7 +6,15 @@ from typing import Any
 
 from protocol.constants import DomainState, ListFlags, RebootFlags, UndefineFlags
 
-from ...domain import AFFECT_CONFIG, AFFECT_LIVE, START_PAUSED, XML_INACTIVE, XML_SECURE, Domain
+from ...domain import (
+    AFFECT_CONFIG,
+    AFFECT_LIVE,
+    DESTROY_GRACEFUL,
+    START_PAUSED,
+    XML_INACTIVE,
+    XML_SECURE,
+    Domain,
+)
 from ...errors import NoDomainError
 from ...format import key_values, reason_name, state_name, state_text, table
 from ..context import Shell
@@ -109,6 +117,7 @@ def _id_text(dom_id: int) -> str:
         Opt("name", "list domain names only"),
         Opt("id", "list domain IDs only"),
         Opt("table", "list table (default)"),
+        Opt("title", "show domain title"),
     ), json=True)
 def cmd_list(sh: Shell, args: Args) -> None:
     states = {"state-running": ListFlags.RUNNING, "state-paused": ListFlags.PAUSED,
@@ -134,7 +143,11 @@ def cmd_list(sh: Shell, args: Args) -> None:
     # virsh order: running domains by id, then the others by name
     doms.sort(key=lambda d: (d.id < 0, d.id if d.id >= 0 else 0, d.name))
     if sh.want_json(args):
-        sh.print_json([_summary_json(d) for d in doms])
+        entries = [_summary_json(d) for d in doms]
+        if args.flag("title"):
+            from .domxml import add_json_titles  # domxml imports this module
+            entries = add_json_titles(sh, doms, entries)
+        sh.print_json(entries)
         return
     if args.flag("id"):
         for d in doms:
@@ -153,7 +166,11 @@ def cmd_list(sh: Shell, args: Args) -> None:
     for d in doms:
         state = d.summary.state if d.summary else int(DomainState.NOSTATE)
         rows.append([_id_text(d.id), d.name, state_name(state)])
-    sh.write(table(["Id", "Name", "State"], rows))
+    headers = ["Id", "Name", "State"]
+    if args.flag("title"):
+        from .domxml import add_titles  # domxml imports this module
+        headers, rows = add_titles(sh, doms, headers, rows)
+    sh.write(table(headers, rows))
     sh.print()
 
 
@@ -263,16 +280,25 @@ def cmd_domuuid(sh: Shell, args: Args) -> None:
     "Output the domain information as an XML dump to stdout: the live definition of a "
     "running domain, or with --inactive the persistent one. Secrets (the VNC password) "
     "are left out unless --security-info is given, which a read-only connection may not "
-    "do."),
+    "do. --xpath prints only what the XPath expression selects (evaluated with <domain> "
+    "as the context node): elements as XML, attributes, text and numbers as text, one "
+    "per line; --wrap puts them all in one <nodes> element."),
     args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),
                        Opt("security-info", "include security sensitive information in "
-                                            "XML dump")))
+                                            "XML dump"),
+                       Opt("xpath", "xpath expression to filter the XML document", "string"),
+                       Opt("wrap", "wrap xpath results in an common root element")))
 def cmd_dumpxml(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = (XML_INACTIVE if args.flag("inactive") else 0) | \
         (XML_SECURE if args.flag("security-info") else 0)
     with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
         xml = dom.xml(flags)
+    expression = args.get("xpath")
+    if expression is not None:
+        from .domxml import xpath_output  # domxml imports this module
+        sh.write(xpath_output(xml, expression, args.flag("wrap")))
+        return
     sh.write(xml if xml.endswith("\n") else xml + "\n")
 
 
@@ -398,11 +424,16 @@ def cmd_reboot(sh: Shell, args: Args) -> None:
 
 
 @command("destroy", "domain", "destroy (stop) a domain", description=(
-    "Immediately terminate the domain, like pulling the power cord."), args=(DOM,))
+    "Immediately terminate the domain, like pulling the power cord: QEMU gets SIGTERM, "
+    "then SIGKILL if it has not exited within the daemon's grace period "
+    "(qemu.destroy_grace). With --graceful it gets SIGTERM only: if it has not exited "
+    "within that period (10 s when it is 0) the command fails (\"Failed to terminate "
+    "process PID with SIGTERM: Device or resource busy\") and the domain stays running."),
+    args=(DOM,), opts=(Opt("graceful", "terminate gracefully (SIGTERM only, never SIGKILL)"),))
 def cmd_destroy(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to destroy domain '{dom.name}'"):
-        dom.destroy()
+        dom.destroy(DESTROY_GRACEFUL if args.flag("graceful") else 0)
     sh.print(f"Domain '{dom.name}' destroyed")
 
 

@@ -8,8 +8,10 @@ from ...domain import (
     SNAPSHOT_DELETE_METADATA_ONLY,
     SNAPSHOT_REVERT_PAUSED,
     SNAPSHOT_REVERT_RUNNING,
+    SNAPSHOT_XML_SECURE,
     Domain,
 )
+from ...errors import NoSnapshotError
 from ...format import format_time, key_values, snapshot_state_name, table
 from ..context import Shell
 from ..progress import Progress
@@ -34,6 +36,53 @@ def _current(snaps: list[SnapshotInfo]) -> SnapshotInfo:
     if found is None:
         raise CommandError(NO_CURRENT)
     return found
+
+
+def _named(snaps: list[SnapshotInfo], name: str) -> SnapshotInfo:
+    found = next((s for s in snaps if s.name == name), None)
+    if found is None:
+        raise CommandError(f"Domain snapshot not found: no domain snapshot with matching "
+                           f"name '{name}'")
+    return found
+
+
+def _print_xml(sh: Shell, dom: Domain, name: str, secure: bool) -> None:
+    """The snapshot's XML as virsh prints it; an unknown snapshot is one line, as virsh's
+    lookup error."""
+    with sh.failing(f"failed to get the XML of snapshot '{name}' of domain '{dom.name}'"):
+        try:
+            xml = dom.snapshot_xml(name, SNAPSHOT_XML_SECURE if secure else 0)
+        except NoSnapshotError as exc:
+            raise CommandError(exc.message) from None
+    sh.write(xml if xml.endswith("\n") else xml + "\n")
+
+
+def _tree(snaps: list[SnapshotInfo]) -> str:
+    """virsh's ``--tree`` rendering (vshTreePrint): each root, then its children under
+    ``|`` and ``+-`` connectors, a blank line after each last leaf; siblings in name
+    order, case-insensitively (virsh sorts its listing so)."""
+    children: dict[str, list[str]] = {}
+    for s in sorted(snaps, key=lambda s: (s.name.lower(), s.name)):
+        children.setdefault(s.parent, []).append(s.name)
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def walk(name: str, indent: str, root: bool, last: bool) -> None:
+        seen.add(name)
+        lines.append(f"{indent}{'' if root else '+- '}{name}")
+        if not root:
+            indent += ("  " if last else "| ")
+        kids = [c for c in children.get(name, []) if c not in seen]  # a damaged loop
+        if kids:
+            lines.append(f"{indent}  |")
+        for kid in kids:
+            walk(kid, indent + "  ", False, kid == kids[-1])
+        if not kids and last:
+            lines.append(indent)
+
+    for root in children.get("", []):
+        walk(root, "", True, True)
+    return "".join(line + "\n" for line in lines)
 
 
 def _descendants(snaps: list[SnapshotInfo], name: str) -> int:
@@ -75,13 +124,22 @@ def cmd_snapshot_create_as(sh: Shell, args: Args) -> None:
 @command("snapshot-list", "snapshot", "list snapshots for a domain", description=(
     "Snapshot names, creation times and their state, in virsh's words: disk-snapshot "
     "for a snapshot of a running or paused domain (qemud's snapshots are external and "
-    "disk-only), shutoff for one of a shut-off domain."),
+    "disk-only), shutoff for one of a shut-off domain. --tree draws the snapshots as "
+    "virsh does, each under its parent (the JSON listing names each one's parent "
+    "instead)."),
     args=(DOM,), opts=(Opt("parent", "add a column showing parent snapshot"),
                        Opt("name", "list snapshot names only"),
-                       Opt("current", "limit list to current snapshot")), json=True)
+                       Opt("current", "limit list to current snapshot"),
+                       Opt("tree", "list snapshots in a tree")), json=True)
 def cmd_snapshot_list(sh: Shell, args: Args) -> None:
+    for one, other in (("parent", "tree"), ("tree", "name"), ("tree", "current")):
+        if args.flag(one) and args.flag(other):
+            raise UsageError(f"Options --{one} and --{other} are mutually exclusive")
     dom = sh.domain(args.req("domain"))
     snaps = _snapshots(sh, dom)
+    if args.flag("tree") and not sh.want_json(args):
+        sh.write(_tree(snaps))
+        return
     if args.flag("current"):
         snaps = [s for s in snaps if s.current]
     snaps.sort(key=lambda s: (s.creation_time, s.name))
@@ -107,15 +165,59 @@ def cmd_snapshot_list(sh: Shell, args: Args) -> None:
 
 
 @command("snapshot-current", "snapshot", "get the current snapshot", description=(
-    "The name of the domain's current snapshot (--name). virsh prints the snapshot's "
-    "XML without --name; qemud has no snapshot XML (see snapshot-info --current)."),
-    args=(DOM,), opts=(Opt("name", "list the name, rather than the full xml"),))
+    "The XML of the domain's current snapshot (as snapshot-dumpxml), or with --name its "
+    "name. Secrets (the VNC password) are left out of the XML unless --security-info "
+    "is given, which a read-only connection may not do."),
+    args=(DOM,), opts=(Opt("name", "list the name, rather than the full xml"),
+                       Opt("security-info", "include security sensitive information in "
+                                            "XML dump")))
 def cmd_snapshot_current(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
-    if not args.flag("name"):
-        raise UsageError("qemud has no snapshot XML: use snapshot-current --name, or "
-                         "snapshot-info --current")
-    sh.print(_current(_snapshots(sh, dom)).name)
+    current = _current(_snapshots(sh, dom))
+    if args.flag("name"):
+        sh.print(current.name)
+        return
+    _print_xml(sh, dom, current.name, args.flag("security-info"))
+
+
+@command("snapshot-dumpxml", "snapshot", "Dump XML for a domain snapshot", description=(
+    "libvirt's <domainsnapshot> XML of the snapshot: its name, description, state, "
+    "parent, creation time, the overlay each disk got (qemud's snapshots are external "
+    "and disk-only: <memory snapshot='no'/>), and the domain's definition when it was "
+    "taken. Secrets (the VNC password) are left out unless --security-info is given, "
+    "which a read-only connection may not do."),
+    args=(DOM, SNAP), opts=(Opt("security-info", "include security sensitive information "
+                                                 "in XML dump"),))
+def cmd_snapshot_dumpxml(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    _print_xml(sh, dom, args.req("snapshotname"), args.flag("security-info"))
+
+
+def _named_or_current(sh: Shell, dom: Domain,
+                      args: Args) -> tuple[SnapshotInfo, list[SnapshotInfo]]:
+    """The snapshot a ``<snapshotname> | --current`` pair of arguments names (virsh's
+    rule: exactly one of them), and all of the domain's."""
+    name = args.get("snapshotname")
+    if name is not None and args.flag("current"):
+        raise UsageError("--snapshotname and --current are mutually exclusive")
+    if name is None and not args.flag("current"):
+        raise UsageError("--snapshotname or --current is required")
+    snaps = _snapshots(sh, dom)
+    return (_current(snaps) if name is None else _named(snaps, name)), snaps
+
+
+@command("snapshot-parent", "snapshot", "Get the name of the parent of a snapshot",
+         description="The name of the snapshot's parent: the snapshot that was current "
+                     "when it was taken (see snapshot-list --tree).",
+         args=(DOM, Arg("snapshotname", "find parent of snapshot name", required=False,
+                        complete=SNAPSHOT)),
+         opts=(Opt("current", "find parent of current snapshot"),))
+def cmd_snapshot_parent(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    snap, _ = _named_or_current(sh, dom, args)
+    if not snap.parent:
+        raise CommandError(f"snapshot '{snap.name}' has no parent")
+    sh.print(snap.parent)
 
 
 @command("snapshot-info", "snapshot", "snapshot information", description=(
@@ -126,20 +228,7 @@ def cmd_snapshot_current(sh: Shell, args: Args) -> None:
     opts=(Opt("current", "info on current snapshot"),))
 def cmd_snapshot_info(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
-    name = args.get("snapshotname")
-    if name is not None and args.flag("current"):
-        raise UsageError("--snapshotname and --current are mutually exclusive")
-    if name is None and not args.flag("current"):
-        raise UsageError("--snapshotname or --current is required")
-    snaps = _snapshots(sh, dom)
-    if name is None:
-        snap = _current(snaps)
-    else:
-        found = next((s for s in snaps if s.name == name), None)
-        if found is None:
-            raise CommandError(f"Domain snapshot not found: no domain snapshot with "
-                               f"matching name '{name}'")
-        snap = found
+    snap, snaps = _named_or_current(sh, dom, args)
     sh.write(key_values([
         ("Name:", snap.name), ("Domain:", dom.name),
         ("Current:", "yes" if snap.current else "no"),

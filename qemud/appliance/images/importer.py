@@ -97,7 +97,7 @@ class ImportOps(ImageOps):
             except UnicodeDecodeError:
                 raise DescriptorError(f"{path}: {names[0]} is not UTF-8 text") from None
             except DescriptorError as exc:
-                raise DescriptorError(f"{path}: {exc.message}") from None
+                raise DescriptorError(f"{path}: {exc.detail}") from None
             for where, rel in desc.files():
                 member = root / rel
                 if not member.is_file() or member.is_symlink():

@@ -60,19 +60,20 @@ Metadata lives in ``<state_dir>/snapshots/<domain>/snapshots.json`` (atomic writ
 overlays in ``<state_dir>/snapshots/<domain>/images/``. ``qemu-img`` runs as a child the
 loop reaps (``tools.ToolRunner``): nothing here blocks or waits.
 
-==========  ==========================================================================
-module      what
-==========  ==========================================================================
-records     metadata records and their store (``snapshots.json``, ``images/``)
-base        shared by the operations: disks, overlay files, chains, Deferred helpers
-create      DOMAIN_SNAPSHOT_CREATE, DOMAIN_SNAPSHOT_LIST
-revert      DOMAIN_SNAPSHOT_REVERT, the undefine rule
-delete      DOMAIN_SNAPSHOT_DELETE and its merge (commit) jobs
-backup      DOMAIN_BACKUP and its block jobs
-leftovers   a killed daemon's merge and backup jobs, ended when a guest is re-attached
-operations  the store, the tool runner and the operations over them; their driver hooks
-duty        wiring: procedures, the DOMAIN_UNDEFINE check, the start-up clean-up
-==========  ==========================================================================
+============  ==========================================================================
+module        what
+============  ==========================================================================
+records       metadata records and their store (``snapshots.json``, ``images/``)
+base          shared by the operations: disks, overlay files, chains, Deferred helpers
+create        DOMAIN_SNAPSHOT_CREATE, DOMAIN_SNAPSHOT_LIST
+revert        DOMAIN_SNAPSHOT_REVERT, the undefine rule
+delete        DOMAIN_SNAPSHOT_DELETE and its merge (commit) jobs
+backup        DOMAIN_BACKUP and its block jobs
+leftovers     a killed daemon's merge and backup jobs, ended when a guest is re-attached
+snapshot_xml  DOMAIN_SNAPSHOT_GET_XML: libvirt's ``<domainsnapshot>`` XML of a snapshot
+operations    the store, the tool runner and the operations over them; their driver hooks
+duty          wiring: procedures, the DOMAIN_UNDEFINE check, the start-up clean-up
+============  ==========================================================================
 
 Only the duty is imported with the package: the other modules are imported by the first
 snapshot procedure or undefine (see :mod:`.duty`), so they are not re-exported here;

@@ -5,7 +5,13 @@ Running guest: ``blockdev-backup sync=full`` of the disk(s) to new target nodes 
 while the guest writes on), tracked by BLOCK_JOB_COMPLETED, progress from ``query-jobs``
 every 0.5 s as appliance events ``backup-progress`` ("NN%"), then ``backup-completed``
 (or ``backup-failed``). A shut-off guest is backed up with ``qemu-img convert``. The
-reply comes when the copy is complete.
+reply comes when the copy is complete and QEMU has closed the target files.
+
+A job QEMU fails (the target's filesystem full, an I/O error) fails the backup with
+QEMU's message; the other disks' jobs are cancelled, and once every job has ended (so
+that no job holds a target node) the target nodes are closed, the partial files removed
+and then the reply sent: the space is free again and the disks are not busy when the
+client hears of the failure.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
 
 PROGRESS_INTERVAL = 0.5
+#: a cancelled job whose end QEMU never reports holds the backup's end no longer than this
+END_TIMEOUT = 30.0
 
 
 @dataclass
@@ -60,6 +68,7 @@ class BackupTarget:
     size: int = 0
     current: int = 0
     done: bool = False
+    ended: bool = False  # QEMU reported the job's end (completed, failed or cancelled)
 
 
 @dataclass
@@ -70,7 +79,11 @@ class Backup:
     created: list[Path] = field(default_factory=list)
     timer: Timer | None = None
     last_pct: int = -1
-    finished: bool = False
+    started: bool = False  # the jobs' transaction was sent
+    finished: bool = False  # the outcome is known: ending the jobs, closing the nodes
+    error: QemudError | None = None  # why it failed (once finished)
+    closing: bool = False  # the target nodes are being closed
+    concluded: bool = False  # the result is sent
 
     def job(self, job_id: str) -> BackupTarget | None:
         for t in self.targets:
@@ -139,24 +152,88 @@ class BackupOps(SnapshotOps):
         return [BackupTarget(d.target_dev or "", target / f"{dom.name}-{d.target_dev}.qcow2",
                              "qcow2") for d in disks]
 
+    @staticmethod
+    def _live(dom: DomainObj) -> bool:
+        """QEMU's monitor is there to end jobs and close nodes (not while it stops)."""
+        monitor = dom.monitor
+        return monitor is not None and not monitor.closed and dom.stop_intent is None
+
     def _finish_backup(self, backup: Backup, error: QemudError | None) -> None:
+        """The outcome is known (``error``: why it failed). Jobs still running are
+        cancelled; once every job has ended the target nodes are closed (a node a job
+        still uses cannot be), then :meth:`_conclude` answers. Replying only then: QEMU
+        no longer holds the files (a partial one's space is free, a qcow2 target's
+        metadata is written out) and the disks are not busy when the client hears."""
         if backup.finished:
             return
         backup.finished = True
+        backup.error = error
+        if backup.timer is not None:
+            backup.timer.cancel()
+            backup.timer = None
+        dom = backup.dom
+        if not self._live(dom):
+            self._conclude(backup)  # QEMU stops: its jobs and nodes go with it
+            return
+        monitor = dom.monitor
+        assert monitor is not None
+        running = [t for t in backup.targets if backup.started and not t.ended]
+        for t in running:
+            monitor.execute("block-job-cancel", {"device": t.job, "force": True}
+                            ).add_done_callback(functools.partial(self._cancel_answered,
+                                                                  backup, t))
+        if running:
+            backup.timer = self.loop.call_later(END_TIMEOUT, functools.partial(
+                self._close_nodes, backup, True))
+        else:
+            self._close_nodes(backup)
+
+    def _cancel_answered(self, backup: Backup, t: BackupTarget, d: Deferred) -> None:
+        if d.error is not None:  # no such job (any more): it has ended
+            t.ended = True
+            self._job_ended(backup)
+
+    def _job_ended(self, backup: Backup) -> None:
+        if all(t.ended for t in backup.targets):
+            self._close_nodes(backup)
+
+    def _close_nodes(self, backup: Backup, timed_out: bool = False) -> None:
+        if backup.closing or backup.concluded:
+            return
+        backup.closing = True
+        dom = backup.dom
+        if backup.timer is not None:
+            backup.timer.cancel()
+            backup.timer = None
+        if timed_out:
+            log.warning("domain %s: backup jobs %s did not end within %g s of their cancel; "
+                        "closing the target nodes anyway", dom.name, ", ".join(
+                            t.job for t in backup.targets if not t.ended), END_TIMEOUT)
+        monitor = dom.monitor
+        if monitor is None or not self._live(dom):
+            self._conclude(backup)
+            return
+        steps = []
+        for t in backup.targets:
+            if t.node:
+                step = monitor.execute("blockdev-del", {"node-name": t.node})
+                step.add_done_callback(functools.partial(
+                    log_failure, f"domain {dom.name}: cannot remove backup node {t.node}"))
+                steps.append(step)
+        gather(steps).add_done_callback(lambda _: self._conclude(backup))
+
+    def _conclude(self, backup: Backup) -> None:
+        """The jobs and nodes are gone: remove a failed backup's files, report, reply."""
+        if backup.concluded:
+            return
+        backup.concluded = True
+        error = backup.error
         dom = backup.dom
         if self._backups.get(dom.uuid) is backup:
             del self._backups[dom.uuid]
         if backup.timer is not None:
             backup.timer.cancel()
-        monitor = dom.monitor
-        if monitor is not None and not monitor.closed and dom.stop_intent is None:
-            for t in backup.targets:
-                if error is not None and t.job and not t.done:
-                    monitor.execute("block-job-cancel", {"device": t.job, "force": True})
-                if t.node:
-                    monitor.execute("blockdev-del", {"node-name": t.node}).add_done_callback(
-                        functools.partial(log_failure, f"domain {dom.name}: cannot remove "
-                                          f"backup node {t.node}"))
+            backup.timer = None
         if dom.job == "backup":
             dom.job = None
         if dom.job_file in {str(t.path) for t in backup.targets}:
@@ -227,10 +304,18 @@ class BackupOps(SnapshotOps):
                     "job-id": t.job, "device": sources[t.target], "target": t.node,
                     "sync": "full"})} for t in backup.targets]
                 # jobs may complete before this answer: on_qmp_event already tracks them
+                backup.started = True
                 monitor.execute("transaction", {"actions": actions}).add_done_callback(
-                    lambda d: fail(qemu_failure("cannot start the backup", d.error))
-                    if d.error else progress_soon())
+                    started)
             gather(adds).add_done_callback(added)
+
+        def started(d: Deferred) -> None:
+            if d.error is None:
+                progress_soon()
+                return
+            for t in backup.targets:
+                t.ended = True  # a failed transaction started no job
+            fail(qemu_failure("cannot start the backup", d.error))
 
         def progress_soon() -> None:
             if not backup.finished:
@@ -286,10 +371,14 @@ class BackupOps(SnapshotOps):
         if event.name not in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
             return
         backup = self._backups.get(dom.uuid)
-        if backup is None or backup.finished:
+        if backup is None:
             return
         t = backup.job(str(event.data.get("device", "")))
         if t is None:
+            return
+        t.ended = True
+        if backup.finished:  # waiting for the cancelled jobs to end
+            self._job_ended(backup)
             return
         if event.name == "BLOCK_JOB_CANCELLED":
             why = f"domain '{dom.name}' stopped during the backup" if dom.stop_intent \
@@ -309,6 +398,10 @@ class BackupOps(SnapshotOps):
 
     def on_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
         backup = self._backups.get(dom.uuid)
-        if backup is not None:
+        if backup is None:
+            return
+        if backup.finished:
+            self._conclude(backup)  # its jobs and nodes ended with QEMU
+        else:
             self._finish_backup(backup, OperationFailed(
                 f"domain '{dom.name}' stopped during the backup"))

@@ -101,7 +101,7 @@ def gather(items: list[Deferred]) -> Deferred:
 
 
 def qemu_failure(what: str, error: QemudError) -> QemudError:
-    return OperationFailed(f"{what}: {error.message}")
+    return OperationFailed(f"{what}: {error.detail}")
 
 
 def log_failure(what: str, d: Deferred) -> None:
@@ -192,13 +192,13 @@ class SnapshotOps:
                 continue
             if disk.type != "file":
                 raise ConfigUnsupported(
-                    f"unsupported configuration: disk '{disk.target_dev}' of domain "
+                    f"disk '{disk.target_dev}' of domain "
                     f"'{dom.name}' is a host block device ({disk.source}): external "
                     "snapshots need qcow2 image files")
             fmt = disk.driver_type or "raw"
             if fmt != "qcow2":
                 raise ConfigUnsupported(
-                    f"unsupported configuration: cannot snapshot disk '{disk.target_dev}' "
+                    f"cannot snapshot disk '{disk.target_dev}' "
                     f"of domain '{dom.name}': {disk.source} is a {fmt} image; external "
                     "snapshots need qcow2 disks (convert it with qemu-img convert -O qcow2 "
                     "and use <driver name='qemu' type='qcow2'/>)")

@@ -70,6 +70,7 @@ class SnapshotDuty:
             P.DOMAIN_SNAPSHOT_LIST: lambda c, a: self.ops.creating.list_snapshots(c, a),
             P.DOMAIN_SNAPSHOT_REVERT: lambda c, a: self.ops.reverting.revert(c, a),
             P.DOMAIN_SNAPSHOT_DELETE: lambda c, a: self.ops.deleting.delete(c, a),
+            P.DOMAIN_SNAPSHOT_GET_XML: lambda c, a: self.ops.describing.get_xml(c, a),
             P.DOMAIN_BACKUP: lambda c, a: self.ops.backups.backup(c, a),
         }
 

@@ -15,6 +15,7 @@ from .create import CreateOps
 from .delete import DeleteOps
 from .records import SnapshotStore
 from .revert import RevertOps
+from .snapshot_xml import XMLOps
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,6 +33,7 @@ class Operations:
         self.reverting = RevertOps(driver, store, tools)
         self.deleting = DeleteOps(driver, store, tools)
         self.backups = BackupOps(driver, store, tools)
+        self.describing = XMLOps(driver, store, tools)
         driver.qmp_event_hooks.append(self.backups.on_qmp_event)
         driver.stop_hooks.append(self.backups.on_stop)
         driver.qmp_event_hooks.append(self.deleting.on_qmp_event)

@@ -174,7 +174,7 @@ class DomainSnapshots:
     def get(self, name: str, domain: str) -> SnapshotRecord:
         snap = self.snapshots.get(name)
         if snap is None:
-            raise NoSnapshot(f"Domain snapshot not found: no domain snapshot with matching "
+            raise NoSnapshot(f"no domain snapshot with matching "
                              f"name '{name}' (domain '{domain}')")
         return snap
 

@@ -253,7 +253,7 @@ class RevertOps(SnapshotOps):
             return
         names = sorted(meta.snapshots)
         if not flags & UndefineFlags.SNAPSHOTS_METADATA:
-            raise OperationInvalid(f"Requested operation is not valid: cannot delete "
+            raise OperationInvalid(f"cannot delete "
                                    f"inactive domain with {len(names)} snapshots")
         meta.snapshots.clear()
         meta.current = ""

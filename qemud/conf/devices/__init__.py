@@ -62,7 +62,7 @@ def parse_device_xml(text: str | bytes, *, validate_schema: bool = True) -> Devi
     (duplicate targets, ...) happen in ``DomainDef.add_device``.  Raises
     :class:`XMLParseError`, :class:`SchemaError` or :class:`DefinitionError`.
     """
-    root = parse_document(text)
+    root = parse_document(text, source="(device_definition)")
     dev = wrap_device(root)
     if dev is None:
         supported = ", ".join(f"<{t}>" for t in DEVICE_CLASSES)

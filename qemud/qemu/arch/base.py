@@ -161,20 +161,19 @@ class ArchStrategy:
     # -- definition-time hooks ----------------------------------------------
 
     def fill_defaults(self, dom: DomainView) -> None:
-        """Write the arch defaults into ``dom`` (arch, machine, buses, NIC models, RAM size,
-        the default memory balloon).
+        """Write the arch defaults into ``dom`` (arch, machine, buses, NIC models, the
+        default memory balloon).
 
-        Done once at define time, like libvirt's post-parse callbacks, so the
+        Done at define time, like libvirt's post-parse callbacks, so the
         persistent XML shows what the guest really gets and later changes of
-        the defaults do not silently change existing guests.
+        the defaults do not silently change existing guests.  The RAM size is
+        not among them: libvirt keeps the user's KiB in the definition and
+        aligns only the running guest's (:meth:`memory_kib`, at start).
         """
         if dom.os.arch is None:
             dom.os.arch = self.name
         if dom.os.machine is None:
             dom.os.machine = self.table.default_machine
-        aligned = self.memory_kib(dom)
-        if aligned != dom.memory_kib:
-            dom.memory_kib = aligned
         for disk in dom.disks:
             if disk.target_bus is None:
                 disk.target_bus = self.disk_bus(dom, disk)
