@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from protocol.constants import DomainState, ShutoffReason
 from protocol.fields import Encoded, encoded
@@ -25,8 +26,18 @@ class StopIntent:
     event_detail: int  # StoppedDetail
 
 
+#: the fields a listing shows of a domain (DomainSummary's, besides name and uuid)
+_LISTED_FIELDS = frozenset({"state", "reason", "id", "persistent", "autostart"})
+
+
 @dataclass
 class DomainObj:
+    #: bumped by every assignment to a listed field of any domain: a listing built at one
+    #: generation is still true while it lasts (QemuDriver caches the last one). An
+    #: assignment hook rather than invalidation at each place: the driver sets these
+    #: fields in many places, and a missed one would serve a stale listing.
+    listed_generation: ClassVar[int] = 0
+
     definition: DomainDef  # the persistent definition (or the transient one)
     persistent: bool
     autostart: bool = False
@@ -51,6 +62,11 @@ class DomainObj:
     stop_waiters: list[Deferred] = field(default_factory=list)
     device_waiters: dict[str, Deferred] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)  # automatic restarts (budget)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _LISTED_FIELDS:
+            DomainObj.listed_generation += 1
 
     def __post_init__(self) -> None:
         # A domain's name and uuid never change (renaming is refused at define time), and

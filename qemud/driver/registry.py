@@ -63,6 +63,9 @@ class Registry:
         #: every domain in listing order; None after a change that can move one (a
         #: definition added or removed, an id assigned or released)
         self._ordered: list[DomainObj] | None = None
+        #: bumped when a domain is added or removed (with DomainObj.listed_generation: the
+        #: key of a cached listing)
+        self.membership = 0
         #: extra checks run on every new definition (the appliance layer's metadata)
         self.validators: list[Callable[[DomainDef], None]] = []
 
@@ -186,11 +189,13 @@ class Registry:
         self._by_name[dom.name] = dom
         self._by_uuid[dom.uuid] = dom
         self._ordered = None
+        self.membership += 1
 
     def remove(self, dom: DomainObj) -> None:
         self._by_name.pop(dom.name, None)
         self._by_uuid.pop(dom.uuid, None)
         self._ordered = None
+        self.membership += 1
         if dom.active:
             self.release_id(dom)
 

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import protocol as P
-from client.domain import Domain, DomainListing, ListedDomain
+from client.domain import START_PAUSED, Domain, DomainListing, ListedDomain
 from protocol import payloads as pl
+from protocol.constants import ListFlags
 from protocol.fields import codec_for
 from tests.helpers.daemon import DaemonProcess
 
@@ -72,5 +73,51 @@ def test_listed_handles_work_like_looked_up_ones(tmp_path: Path) -> None:
             assert again.summary is not None and again.summary.autostart
             listed.undefine()
             assert conn.list_domains() == []
+    finally:
+        daemon.stop()
+
+
+def _bare(name: str) -> str:
+    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+            "<os><type arch='x86_64'>hvm</type></os></domain>")
+
+
+def test_a_listing_follows_every_change(tmp_path: Path) -> None:
+    """The daemon keeps its last listing while nothing listed changes (QemuDriver._list):
+    each change a listing shows must show in the next one, compared with the per-domain
+    calls that never use it."""
+    daemon = DaemonProcess(tmp_path).start()
+    try:
+        with daemon.connect() as conn:
+
+            def listed() -> list[tuple[str, int, int, bool, bool]]:
+                rows = []
+                for d in conn.list_domains():
+                    s = d.summary
+                    assert s is not None
+                    state, reason = d.state()
+                    assert (s.state, s.reason) == (int(state), reason), d.name
+                    rows.append((d.name, d.id, s.state, s.persistent, s.autostart))
+                return rows
+
+            a = conn.define_xml(_bare("a"))
+            assert listed() == [("a", -1, 5, True, False)]
+            assert listed() == listed()  # unchanged: the kept listing
+            conn.define_xml(_bare("b"))
+            assert [r[0] for r in listed()] == ["a", "b"]
+            a.create(START_PAUSED)
+            assert listed()[0] == ("a", a.id, 3, True, False) and a.id > 0
+            a.resume()
+            assert listed()[0][2] == 1
+            conn.lookup_by_name("b").set_autostart(True)
+            assert listed()[1] == ("b", -1, 5, True, True)
+            assert [d.name for d in conn.list_domains(ListFlags.ACTIVE)] == ["a"]
+            a.destroy()
+            assert listed()[0] == ("a", -1, 5, True, False)
+            t = conn.create_xml(_bare("t"), START_PAUSED)
+            assert ("t", t.id, 3, False, False) in listed()
+            t.destroy()
+            a.undefine()
+            assert [r[0] for r in listed()] == ["b"]
     finally:
         daemon.stop()
