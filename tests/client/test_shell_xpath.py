@@ -45,7 +45,7 @@ def test_xpath_selects_elements_attributes_and_values(uri: str, qemush: Qemush) 
                      '</disk>\n')
     # relative to <domain>, as virsh evaluates it
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--xpath", "./devices/disk/source/@file")) \
-        == "/var/lib/a.img\n/var/lib/b.qcow2\n"
+        == ' file="/var/lib/a.img"\n file="/var/lib/b.qcow2"\n'
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--xpath", "count(//disk)")) == "2\n"
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--xpath", "string(title)")) == "Build box\n"
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--xpath=name/text()")) == "xp\n"
@@ -63,7 +63,7 @@ def test_wrap(uri: str, qemush: Qemush) -> None:
 def test_xpath_applies_to_the_xml_the_other_options_select(uri: str, qemush: Qemush) -> None:
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--xpath", "//graphics/@passwd")) == ""
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--security-info", "--inactive",
-                     "--xpath", "//graphics/@passwd")) == "s3cret\n"
+                     "--xpath", "//graphics/@passwd")) == ' passwd="s3cret"\n'
     proc = qemush("-r", "-c", uri, "dumpxml", "xp", "--security-info", "--xpath", "//name")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.splitlines()[-1] == \
@@ -84,7 +84,10 @@ def test_invalid_expressions(uri: str, qemush: Qemush, expression: str, why: str
 def test_namespaces_declared_by_the_domain_may_be_used() -> None:
     xml = ("<domain xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>n</name>"
            "<qemu:commandline><qemu:arg value='-S'/></qemu:commandline></domain>")
-    assert xpath_output(xml, "//qemu:arg/@value", False) == "-S\n"
+    assert xpath_output(xml, "//qemu:arg/@value", False) == ' value="-S"\n'
+    # an attribute prints as libxml2 dumps it: double quotes, '"' and '<' escaped
+    assert xpath_output("<domain><name a='x\"&lt;'/></domain>", "//@a", False) == \
+        ' a="x&quot;&lt;"\n'
     with pytest.raises(CommandError, match="cannot parse the domain XML"):
         xpath_output("<domain>", "/", False)
 

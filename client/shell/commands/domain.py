@@ -281,8 +281,8 @@ def cmd_domuuid(sh: Shell, args: Args) -> None:
     "running domain, or with --inactive the persistent one. Secrets (the VNC password) "
     "are left out unless --security-info is given, which a read-only connection may not "
     "do. --xpath prints only what the XPath expression selects (evaluated with <domain> "
-    "as the context node): elements as XML, attributes, text and numbers as text, one "
-    "per line; --wrap puts them all in one <nodes> element."),
+    "as the context node): elements as XML, attributes as name=\"value\", text and "
+    "numbers as text, one per line; --wrap puts them all in one <nodes> element."),
     args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),
                        Opt("security-info", "include security sensitive information in "
                                             "XML dump"),

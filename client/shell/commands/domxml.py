@@ -24,6 +24,7 @@ import termios
 import tty
 from collections.abc import Sequence
 from typing import Any
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -68,10 +69,10 @@ def _serialise(node: Any) -> str:
 def xpath_output(xml: str, expression: str, wrap: bool) -> str:
     """virsh's ``dumpxml --xpath``: ``expression`` evaluated with the root element as the
     context node (so ``./devices/disk`` works as in virsh); each result on its own
-    line(s): elements serialised and re-indented, attribute values, text and scalars as
-    text. With ``wrap``, all of them inside one ``<nodes>`` element (an attribute
-    becomes an attribute of it, as virsh does). The namespace prefixes the root element
-    declares (``qemu:``) may be used."""
+    line(s): elements serialised and re-indented, attributes as `` name="value"`` (as
+    virsh's xmlNodeDump), text and scalars as text. With ``wrap``, all of them inside
+    one ``<nodes>`` element (an attribute becomes an attribute of it, as virsh does).
+    The namespace prefixes the root element declares (``qemu:``) may be used."""
     parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False,
                              no_network=True)
     try:
@@ -85,8 +86,7 @@ def xpath_output(xml: str, expression: str, wrap: bool) -> str:
         raise CommandError(f"invalid XPath expression '{expression}': {exc}") from None
     items: list[Any] = list(result) if isinstance(result, list) else [result]
     if not wrap:
-        return "".join((_serialise(item) if isinstance(item, etree._Element)
-                        else _xpath_text(item)) + "\n" for item in items)
+        return "".join(_unwrapped(item) + "\n" for item in items)
     nodes = etree.Element("nodes")
     for item in items:
         if isinstance(item, etree._Element):
@@ -99,6 +99,17 @@ def xpath_output(xml: str, expression: str, wrap: bool) -> str:
         else:
             nodes.text = (nodes.text or "") + _xpath_text(item)
     return _serialise(nodes) + "\n"
+
+
+def _unwrapped(item: Any) -> str:
+    """One result as virsh prints it without --wrap (libxml2's xmlNodeDump): an element
+    serialised, an attribute as `` name="value"``, text and scalars as text."""
+    if isinstance(item, etree._Element):
+        return _serialise(item)
+    if getattr(item, "is_attribute", False):
+        value = escape(str(item), {'"': "&quot;"})
+        return f' {item.attrname}="{value}"'
+    return _xpath_text(item)
 
 
 def _copy(element: Any) -> Any:
