@@ -163,21 +163,27 @@ class Registry:
         elif self.caps.emulator(arch) is None:
             raise ConfigUnsupported(f"no emulator for arch "
                                     f"'{arch}' on this host (qemu-system-{arch} not found)")
-        self._check_vcpus(definition, arch)
+        self._check_machine(definition, arch)
         if definition.type == "kvm" and not self.caps.kvm_usable_for(arch):
             raise ConfigUnsupported(f"domain type 'kvm' is not "
                                     f"available here: {self.caps.kvm_reason} (use "
                                     "<domain type='qemu'>)")
 
-    def _check_vcpus(self, definition: DomainDef, arch: str) -> None:
-        """libvirt's qemuValidateDomainDefVcpus: no more vCPUs than the machine takes (its
-        probed ``cpu-max``), at define rather than when QEMU refuses them at start. No
-        check where the limit is unknown (an ``<emulator>`` other than the probed one)."""
+    def _check_machine(self, definition: DomainDef, arch: str) -> None:
+        """libvirt's define-time checks against the emulator's capabilities: the machine
+        type is one the emulator has (virQEMUCapsIsMachineSupported) and the vCPUs are no
+        more than it takes (qemuValidateDomainDefVcpus, its probed ``cpu-max``), rather
+        than QEMU refusing them at start. Not checked where the capabilities are unknown
+        (an ``<emulator>`` other than the probed one)."""
         probed = self.caps.emulator(arch)
         if probed is None or (definition.emulator is not None and
                               os.path.abspath(definition.emulator) != probed.path):
             return
-        machine = probed.find_machine(definition.os.machine or "")
+        name = definition.os.machine or ""
+        machine = probed.find_machine(name)
+        if name and machine is None:
+            raise ConfigUnsupported(f"Emulator '{probed.path}' does not support machine "
+                                    f"type '{name}'")
         limit = machine.max_cpus if machine is not None else None
         if limit and definition.max_vcpus > limit:
             raise ConfigUnsupported(f"Maximum CPUs greater than specified machine type "
