@@ -126,7 +126,10 @@ class Lifecycle:
         live = (definition or dom.definition).copy()
         for hook in self.driver.start_hooks:
             hook(dom, live)
-        strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+        try:
+            strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+        except QemuError as exc:  # a stored definition of an arch this build lacks
+            raise ConfigUnsupported(str(exc)) from None
         if live.memory_kib > 0 and strategy.memory_kib(live) != live.memory_kib:
             # libvirt's qemuDomainAlignMemorySizes: the running guest shows the RAM QEMU
             # gets; the persistent definition keeps the user's KiB

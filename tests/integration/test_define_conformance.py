@@ -179,3 +179,21 @@ def test_a_stored_definition_whose_emulator_vanished_is_kept(
             dom.create()
         assert [d.name for d in conn.list_domains(client.ListFlags.INACTIVE)] == ["gone"]
     assert stored.read_text() == text
+
+
+def test_a_stored_definition_of_an_arch_this_build_lacks_is_kept(
+        daemon: DaemonProcess) -> None:
+    """Written by hand (or by a build with more architectures): loaded and kept; its start
+    says why it cannot run, as a config error, not an internal one."""
+    daemon.stop()
+    stored = daemon.paths.domains_dir / "odd.xml"
+    stored.write_text(bare_xml("odd").replace("arch='x86_64'", "arch='riscv64'"))
+    text = stored.read_text()
+    daemon.start()
+    with daemon.connect() as conn:
+        dom = conn.lookup_by_name("odd")
+        with pytest.raises(client.ConfigUnsupportedError) as info:
+            dom.create()
+        assert "riscv64" in str(info.value), str(info.value)
+        assert dom.state()[0] == client.DomainState.SHUTOFF
+    assert stored.read_text() == text
