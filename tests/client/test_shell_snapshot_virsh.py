@@ -119,3 +119,18 @@ def test_snapshot_delete_metadata_keeps_every_image(daemon: DaemonProcess, qemus
     out = subprocess.run(["qemu-img", "info", "-U", str(images / "vda.s1.qcow2")],
                          capture_output=True, text=True, check=True).stdout
     assert str(image) in out  # still reads from the original image
+
+
+def test_snapshot_list_is_sorted_by_name_as_virsh_sorts_it(
+        daemon: DaemonProcess, qemush: Qemush, tmp_path: Path) -> None:
+    """virsh sorts the listing by name, ignoring case (virshSnapSorter), not by creation
+    time; --tree shows the creation chain."""
+    u = daemon.uri
+    _define(daemon, qemush, tmp_path, "order")
+    for name in ("b-two", "A-one", "c-three"):
+        ok(qemush("-c", u, "snapshot-create-as", "order", name))
+    assert ok(qemush("-c", u, "snapshot-list", "order", "--name")) == \
+        "A-one\nb-two\nc-three\n"
+    table = ok(qemush("-c", u, "snapshot-list", "order")).splitlines()
+    assert [line.split()[0] for line in table[2:] if line.strip()] == \
+        ["A-one", "b-two", "c-three"]

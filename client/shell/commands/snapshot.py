@@ -124,7 +124,8 @@ def cmd_snapshot_create_as(sh: Shell, args: Args) -> None:
 @command("snapshot-list", "snapshot", "list snapshots for a domain", description=(
     "Snapshot names, creation times and their state, in virsh's words: disk-snapshot "
     "for a snapshot of a running or paused domain (qemud's snapshots are external and "
-    "disk-only), shutoff for one of a shut-off domain. --tree draws the snapshots as "
+    "disk-only), shutoff for one of a shut-off domain; sorted by name, as virsh sorts "
+    "them. --tree draws the snapshots as "
     "virsh does, each under its parent (the JSON listing names each one's parent "
     "instead)."),
     args=(DOM,), opts=(Opt("parent", "add a column showing parent snapshot"),
@@ -142,7 +143,8 @@ def cmd_snapshot_list(sh: Shell, args: Args) -> None:
         return
     if args.flag("current"):
         snaps = [s for s in snaps if s.current]
-    snaps.sort(key=lambda s: (s.creation_time, s.name))
+    # virsh's order (virshSnapSorter): by name, ignoring ASCII case
+    snaps.sort(key=lambda s: (s.name.lower(), s.name))
     if sh.want_json(args):
         sh.print_json([{"name": s.name, "description": s.description,
                         "creation_time": s.creation_time,
