@@ -106,6 +106,7 @@ def test_dumpxml_dominfo_domstate(daemon: DaemonProcess, qemush: Qemush,
         "Used memory:    65536 KiB\n"
         "Persistent:     yes\n"
         "Autostart:      disable\n"
+        "Managed save:   no\n"
         "\n"
     )
     data = json.loads(ok(qemush("-c", daemon.uri, "dominfo", "t1", "--json")))

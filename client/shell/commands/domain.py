@@ -242,6 +242,10 @@ def cmd_dominfo(sh: Shell, args: Args) -> None:
         ("Max memory:", f"{info.max_mem_kib} KiB"), ("Used memory:", f"{info.memory_kib} KiB"),
         ("Persistent:", "unknown" if persistent is None else "yes" if persistent else "no"),
         ("Autostart:", "enable" if autostart else "disable"),
+        # qemud has no managed save (virDomainManagedSave), so no domain has its image;
+        # no "Security model" lines: there is no security driver to name (virsh prints
+        # them only when one is active)
+        ("Managed save:", "no"),
     ]
     sh.write(key_values(pairs))
     sh.print()
