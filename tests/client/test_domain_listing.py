@@ -14,7 +14,7 @@ from client.domain import START_PAUSED, Domain, DomainListing, ListedDomain
 from protocol import payloads as pl
 from protocol.constants import ListFlags
 from protocol.fields import codec_for
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
 
 summaries = st.builds(
     pl.DomainSummary,
@@ -74,7 +74,7 @@ def test_listed_handles_work_like_looked_up_ones(tmp_path: Path) -> None:
             listed.undefine()
             assert conn.list_domains() == []
     finally:
-        daemon.stop()
+        stop_destroying_guests(daemon)
 
 
 def _bare(name: str) -> str:
@@ -120,4 +120,4 @@ def test_a_listing_follows_every_change(tmp_path: Path) -> None:
             a.undefine()
             assert [r[0] for r in listed()] == ["b"]
     finally:
-        daemon.stop()
+        stop_destroying_guests(daemon)
