@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from qemud.appliance.images.descriptor import (
     parse_descriptor,
     version_key,
 )
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, serving
+from tests.helpers.daemon import DaemonProcess, qemush, serving
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import bare_xml
 from tests.integration.serial import SerialPort
@@ -141,12 +140,6 @@ def backing_of(path: str) -> str:
     info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
                                      capture_output=True, text=True, check=True).stdout)
     return str(info.get("full-backing-filename") or info.get("backing-filename") or "")
-
-
-def qemush(qemud: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri, *args],
-                          capture_output=True, text=True, timeout=120,
-                          env=env_without_daemon_vars(), stdin=subprocess.DEVNULL)
 
 
 # -- fixtures --------------------------------------------------------------------------

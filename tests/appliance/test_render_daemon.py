@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 import client
 from client import appliance
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import qemush as _qemush
 
 from .conftest import TEMPLATES
 
@@ -119,11 +118,6 @@ def test_bad_appliance_metadata_refused_at_define(daemon: DaemonProcess) -> None
             conn.define_xml(xml)
         with pytest.raises(client.QemudClientError, match="needs a hook="):
             conn.define_xml(xml.replace("explode", "hook"))
-
-
-def _qemush(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_shell_appliance_generate_and_define(fake_host_daemon: DaemonProcess) -> None:

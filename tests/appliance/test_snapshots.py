@@ -8,7 +8,6 @@ guest writes/reads the first bytes of a disk on serial commands (``write-disk``,
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from client.errors import (
     OperationInvalid,
 )
 from protocol.constants import DomainState, ErrorCode, UndefineFlags
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, serving
+from tests.helpers.daemon import DaemonProcess, qemush, serving
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -126,12 +125,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-snap"))
     with serving(daemon):
         yield daemon
-
-
-def qemush(qemud: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri, *args],
-                          capture_output=True, text=True, timeout=120,
-                          env=env_without_daemon_vars(), stdin=subprocess.DEVNULL)
 
 
 # -- tests -----------------------------------------------------------------------------

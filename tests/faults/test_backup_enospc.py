@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import pytest
 
 import client
 from tests.appliance.conftest import BOOT_TIMEOUT, EventLog
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, wait_for
+from tests.helpers.daemon import DaemonProcess, qemush, wait_for
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -82,12 +81,6 @@ def domain_xml(name: str, guest: TestGuest, serial: Path, qmp: Path, disks: str)
     return xml.replace("</domain>", (
         "<qemu:commandline><qemu:arg value='-qmp'/>"
         f"<qemu:arg value='unix:{qmp},server=on,wait=off'/></qemu:commandline></domain>"))
-
-
-def qemush(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
-                          capture_output=True, text=True, timeout=120,
-                          env=env_without_daemon_vars(), stdin=subprocess.DEVNULL)
 
 
 def leftovers(qmp: QMPTestClient, small_fs: Path) -> list[Any]:

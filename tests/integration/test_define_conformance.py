@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import client
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars
+from tests.helpers.daemon import DaemonProcess, qemush
 from tests.integration.domains import bare_xml
 
 pytestmark = pytest.mark.integration
@@ -42,14 +41,6 @@ def odd_memory_xml(name: str) -> str:
 
 def memory_lines(xml: str) -> list[str]:
     return [line.strip() for line in xml.splitlines() if "emory" in line]
-
-
-def qemush(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = env_without_daemon_vars()
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT,
-                          stdin=subprocess.DEVNULL)
 
 
 def restart(daemon: DaemonProcess) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from client.domain import DESTROY_GRACEFUL
 from protocol.constants import DomainState, ErrorCode, RunningReason
 from qemud.driver.process import GuestLog, QemuProcess
 from qemud.loop import EventLoop
-from tests.helpers.daemon import DaemonProcess, env_without_daemon_vars, serving
+from tests.helpers.daemon import DaemonProcess, qemush, serving
 from tests.helpers.loop import run_for, run_until
 
 from .test_driver_lifecycle import qemu_pids
@@ -116,14 +115,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
                            {"qemu": {"destroy_grace": 1.0}})
     with serving(daemon):
         yield daemon
-
-
-def qemush(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = env_without_daemon_vars()
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT,
-                          stdin=subprocess.DEVNULL)
 
 
 def state(daemon: DaemonProcess, name: str) -> str:

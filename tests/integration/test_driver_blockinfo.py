@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import client
 from protocol.payloads import BlockInfoReply
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import DaemonProcess, qemush
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -31,14 +30,6 @@ def qemu_img(*args: str) -> None:
 
 def du(path: Path) -> int:
     return os.stat(path).st_blocks * 512
-
-
-def qemush(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop("QEMUD_DEFAULT_URI", None)
-    return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
-                          capture_output=True, text=True, timeout=60, env=env,
-                          cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
 
 
 def shell_ok(daemon: DaemonProcess, *args: str) -> str:
