@@ -25,7 +25,11 @@ qemush -c "$uri" uri >/dev/null || { echo "demo: the daemon did not start; see $
 xml="$state_dir/demo.xml"
 sed -e "s|@GUEST_DIR@|$guest_dir|g" -e "s|@STATE_DIR@|$state_dir|g" contrib/demo-guest.xml.in > "$xml"
 if qemush -c "$uri" domstate demo >/dev/null 2>&1; then
+  # a demo from an earlier run: redefine that domain (same uuid; a definition without
+  # one would be a new domain with a clashing name, refused as libvirt refuses it)
   qemush -c "$uri" destroy demo >/dev/null 2>&1 || true
+  uuid=$(qemush -c "$uri" domuuid demo)
+  sed -i "s|<name>demo</name>|<name>demo</name>\n  <uuid>$uuid</uuid>|" "$xml"
 fi
 qemush -c "$uri" define "$xml"
 : > "$state_dir/demo-serial.log"
