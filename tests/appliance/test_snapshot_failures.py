@@ -16,9 +16,12 @@ Real qemu-img (behind a wrapper that can fail or hold it) and the test guest (TC
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,8 +113,13 @@ def readable_first_bytes(image: Path | str, n: int) -> bytes | None:
     return bytes(data[:n])
 
 
-def running_on(path: str) -> bool:
-    """Whether a process (the orphaned qemu-img and its wrappers) names ``path``."""
+def processes_naming(path: str) -> list[int]:
+    """The processes (the held qemu-img behind its wrappers) with ``path`` as an argument.
+
+    Only asked while the process is held in its wrapper's loop: its command line is then
+    stable (during an ``exec`` it briefly reads empty, so polling command lines for the
+    end of the process could see it gone while it is only becoming qemu-img)."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -120,8 +128,26 @@ def running_on(path: str) -> bool:
         except OSError:
             continue
         if path.encode() in cmdline.split(b"\0"):
-            return True
-    return False
+            found.append(int(proc.name))
+    return found
+
+
+def wait_exited(pids: list[int], timeout: float) -> None:
+    """Wait until every process in ``pids`` has exited (a pidfd follows the process
+    through its ``exec``s, and is readable once it ends, reaped or not)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            left = max(0.0, deadline - time.monotonic())
+            assert poller.poll(left * 1000), f"process {pid} still runs after {timeout} s"
+        finally:
+            os.close(fd)
 
 
 def revert_files(images: Path) -> list[str]:
@@ -225,6 +251,8 @@ def test_killed_offline_merge_is_a_failed_merge(qemud: DaemonProcess, tools: Too
             # the mark is written before the merge starts
             recorded = json.loads(index.read_text())
             assert [s["merging"] for s in recorded["snapshots"]] != [""], recorded
+            orphans = processes_naming(top)
+            assert orphans, "the held qemu-img commit names the overlay"
             conn.close()
             qemud.kill()
         finally:
@@ -233,7 +261,7 @@ def test_killed_offline_merge_is_a_failed_merge(qemud: DaemonProcess, tools: Too
         assert "error" in outcome, outcome
         # the image is not opened until the orphan is done: a reader's lock would make it
         # fail (a read-only open does not share writing)
-        wait_for(lambda: not running_on(top), 60, message="the orphaned commit to end")
+        wait_exited(orphans, 60)
         assert readable_first_bytes(data, 1) == b"B"  # k1's image holds the later data
         qemud.start()
 
