@@ -112,6 +112,12 @@ class Daemon:
             from .appliance import install as install_appliance
             self.dispatcher.register_all(install_appliance(self, self.driver))  # type: ignore[arg-type]
         self.dispatcher.register_all(core_handlers(self))
+        # before the sockets: a client that sees them may signal at once (systemctl
+        # reload right after start), and SIGHUP's default action would end the daemon;
+        # signals that come before the loop runs are handled when it does
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self._on_stop_signal)
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         listen = self.config.listen
         if listen.unix_rw:
             self.server.listen_unix(paths.rw_socket, listen.rw_socket_mode, readonly=False)
@@ -121,9 +127,6 @@ class Daemon:
             from .tls import server_tls_context
             self.tls_port = self.server.listen_tls(listen.tls_address, listen.tls_port,
                                                    server_tls_context(self.config))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self._on_stop_signal)
-        self.loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         if self.driver is not None:
             self.driver.autostart()
         trim_heap()  # what start-up parsed and probed and then let go

@@ -57,7 +57,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
         d = DaemonProcess(root, config, **kwargs)
         started.append(d)
         if start:
-            d.start()
+            d.start()  # (waits for both unix sockets)
         return d
 
     yield make

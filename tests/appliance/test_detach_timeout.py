@@ -140,6 +140,11 @@ def test_late_release_closes_the_disk(conn: client.Connection, qemud: DaemonProc
         g.close()
 
 
+def qemu_answers(qemud: DaemonProcess, command: str) -> int:
+    """How many replies to ``command`` the daemon has had from QEMU (its debug log)."""
+    return sum(1 for line in qemud.log_text().splitlines() if f"<-- {command} " in line)
+
+
 def test_release_after_a_daemon_restart_closes_the_disk(test_guest: TestGuest,
                                                         tmp_path: Path) -> None:
     """The daemon is killed while a detach waits for the guest; the guest releases the
@@ -153,10 +158,14 @@ def test_release_after_a_daemon_restart_closes_the_disk(test_guest: TestGuest,
             g, vdb, vdb_xml = snapshotted_vdb(first, test_guest, name, tmp_path)
             overlays = overlays_of(daemon, name)
             sent = device_dels(daemon)
+            answered = qemu_answers(daemon, "device_del")
             g.dom.suspend()  # the guest cannot release the disk until resumed
             with ThreadPoolExecutor(1) as pool:
                 pending = pool.submit(g.dom.detach_device, vdb_xml)
                 wait_until(lambda: device_dels(daemon) == sent + 1)  # the unplug is asked
+                # ... and QEMU has it (the daemon logs the command just before writing
+                # it: a kill right after that line could come before QEMU got it)
+                wait_until(lambda: qemu_answers(daemon, "device_del") == answered + 1)
                 daemon.kill()  # kill -9: the wait for the guest dies with it
                 with pytest.raises(client.ConnectionLost):
                     pending.result(timeout=60)

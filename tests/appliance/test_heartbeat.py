@@ -44,6 +44,15 @@ def qemu_pid(qemud: DaemonProcess, name: str) -> int:
     return int((qemud.guest_run_dir(name) / "qemu.pid").read_text())
 
 
+def written_qemu_pid(qemud: DaemonProcess, name: str) -> int | None:
+    """The pid in ``name``'s pid file once QEMU wrote it, else None: QEMU creates the
+    file, then writes it (a read in between sees it empty)."""
+    try:
+        return int((qemud.guest_run_dir(name) / "qemu.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def test_silent_guest_restarted_healthy_one_left_alone(conn: client.Connection,
                                                       events: EventLog, test_guest,
                                                       qemud: DaemonProcess,
@@ -72,8 +81,8 @@ def test_silent_guest_restarted_healthy_one_left_alone(conn: client.Connection,
     assert missed[1].text.startswith("2 of 2 heartbeats missed")
     action = events.wait("hb-sick", "heartbeat-action")[0]
     assert action.text.startswith("restart: 2 heartbeats missed")
-    wait_for(lambda: (qemud.run_dir / "qemu/hb-sick/qemu.pid").exists() and
-             qemu_pid(qemud, "hb-sick") != first_pid, timeout=30, message="new QEMU")
+    wait_for(lambda: written_qemu_pid(qemud, "hb-sick") not in (None, first_pid), timeout=30,
+             message="new QEMU")
     sick_serial.close()
     sick_serial = SerialPort(sick_sock, timeout=30)
     sick_serial.wait_for(READY, timeout=BOOT_TIMEOUT)  # the second boot's ready marker

@@ -76,7 +76,7 @@ def test_sighup_reloads_the_rules(conn: client.Connection, events: EventLog, tes
     ctl = loopctl(loops)
     ctl.bind(dev, image(tmp_path / "disk.img", 8))
     dom, serial = boot(conn, "hp-reload", test_guest, tmp_path / "serial.sock")
-    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)")
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)[^\n]*\n")
     assert row(conn, dev) is None  # present, with a medium, but no rule matches it
 
     # a rule for it appears: it is attached at once, as at start-up
@@ -122,7 +122,7 @@ def test_sighup_reloads_the_rules(conn: client.Connection, events: EventLog, tes
     # released on the host: detached; from then on the rules in force say where it goes
     mark = serial.mark()
     ctl.unbind(dev)
-    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)", start=mark, timeout=DETACH_TIMEOUT)
+    serial.wait_for(r"QEMUD-BLOCK: (?![^\n]*vd)[^\n]*\n", start=mark, timeout=DETACH_TIMEOUT)
     assert events.wait("hp-reload", "hotplug-detached", timeout=20)[0].text == \
         f"{dev} as vda"
     wait_for(lambda: not ctl.bound(dev), timeout=10, message=f"{dev} unbound")

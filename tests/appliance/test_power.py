@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import client
 from client.domain import Domain
 from protocol.constants import DomainState, ShutoffReason
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
+from tests.helpers.procs import wait_pidfd
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
 
@@ -86,13 +86,13 @@ def test_restart_after_poweroff_then_budget_exhausted(conn: client.Connection,
     sock = tmp_path / "serial.sock"
     dom, serial = boot(conn, "pw-restart", test_guest, sock, power_metadata(shutdown="restart"))
     first_pid = qemu_pid(qemud, "pw-restart")
+    first_qemu = os.pidfd_open(first_pid)  # that process, whatever its pid is reused for
     serial.send("poweroff")
     serial.wait_for("QEMUD-GUEST-POWEROFF")
     action = events.wait("pw-restart", "power-action")[0]
     assert action.text == "restart after guest shutdown"
     # a new QEMU boots the guest again: the new boot's ready marker
-    wait_for(lambda: os.path.exists(f"/proc/{first_pid}") is False, timeout=30,
-             message="first QEMU gone")
+    wait_pidfd(first_qemu, 30, "the first QEMU")
     wait_state(dom, DomainState.RUNNING)
     serial.close()
     serial = SerialPort(sock, timeout=30)
@@ -231,8 +231,8 @@ def test_shutdown_and_reboot_host_commands(conn: client.Connection, events: Even
     assert "action=shutdown-host" in out.read_text()
     assert events.wait("pw-host-s", "power-action")[0].text == \
         "shutdown-host after guest shutdown"
-    time.sleep(0.2)
-    assert "action=shutdown-host" in qemud.audit_file.read_text()
+    wait_for(lambda: "action=shutdown-host" in qemud.audit_file.read_text(), timeout=10,
+             message="the power action audited")
     for serial in serials.values():
         serial.close()
 

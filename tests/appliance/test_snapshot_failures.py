@@ -16,12 +16,9 @@ Real qemu-img (behind a wrapper that can fail or hold it) and the test guest (TC
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from client.errors import OperationFailed, OperationInvalid
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.helpers.procs import wait_exited
 from tests.integration.conftest import TestGuest
 
 from .test_snapshots import Guest, disk_source, disk_xml, make_image, qemu_io_write
@@ -130,24 +128,6 @@ def processes_naming(path: str) -> list[int]:
         if path.encode() in cmdline.split(b"\0"):
             found.append(int(proc.name))
     return found
-
-
-def wait_exited(pids: list[int], timeout: float) -> None:
-    """Wait until every process in ``pids`` has exited (a pidfd follows the process
-    through its ``exec``s, and is readable once it ends, reaped or not)."""
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue  # already gone
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            left = max(0.0, deadline - time.monotonic())
-            assert poller.poll(left * 1000), f"process {pid} still runs after {timeout} s"
-        finally:
-            os.close(fd)
 
 
 def revert_files(images: Path) -> list[str]:

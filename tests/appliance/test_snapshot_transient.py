@@ -59,11 +59,15 @@ def test_transient_domain_snapshots_end_with_it(conn: client.Connection,
         assert first_top != str(data)
         write(serial, "FIRST-RUN")
         serial.close()
+        mark = len(qemud.log_text())
         dom.destroy()
         with pytest.raises(client.QemudClientError):
             conn.lookup_by_name(NAME)
-        # the metadata went aside (under a name that says so), every image stayed
-        wait_for(lambda: not index.exists())
+        # the metadata went aside (under a name that says so), every image stayed; on the
+        # loop turn after the stop, renamed first and logged just after: waited for by
+        # its log line, as the record being gone could be seen before that line
+        wait_for(lambda: "its snapshot metadata was moved to" in qemud.log_text()[mark:],
+                 message="the record set aside")
         aside = sorted(state.glob("snapshots.*.transient-ended.json"))
         assert len(aside) == 1, sorted(state.iterdir())
         assert not index.exists()

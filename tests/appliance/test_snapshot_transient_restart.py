@@ -22,6 +22,7 @@ import pytest
 
 import client
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
+from tests.helpers.procs import wait_pidfd
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
 
@@ -67,14 +68,6 @@ def qemu_pid(qemud: DaemonProcess, name: str, qemus: list[int]) -> int:
     return pid
 
 
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie (no command line any more)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes() == b""
-    except FileNotFoundError:
-        return True
-
-
 def test_transient_ended_while_no_daemon_ran(qemud: DaemonProcess, qemus: list[int],
                                              test_guest: TestGuest, tmp_path: Path) -> None:
     data = make_image(tmp_path / "data.qcow2")
@@ -94,10 +87,13 @@ def test_transient_ended_while_no_daemon_ran(qemud: DaemonProcess, qemus: list[i
         pid = qemu_pid(qemud, NAME, qemus)
         conn.close()
 
-        # the daemon dies, then the guest ends while no daemon runs
+        # the daemon dies, then the guest ends while no daemon runs; a pidfd says when it
+        # has ended, files and image locks closed (its command line reads empty as soon as
+        # its memory is gone, before that)
         qemud.kill()
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: gone(pid), 30, message=f"QEMU {pid} to end")
+        pidfd = os.pidfd_open(pid)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        wait_pidfd(pidfd, 30, f"QEMU {pid}")
         assert index.is_file()  # nobody has set it aside yet
 
         mark = len(qemud.log_text())

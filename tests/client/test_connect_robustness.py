@@ -20,11 +20,16 @@ import client
 from tests.client.conftest import READONLY_REFUSAL, Qemush, ok
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.sockets import wait_listening
 
 
 @contextmanager
 def stopped(daemon: DaemonProcess) -> Iterator[None]:
-    """``daemon`` stopped (SIGSTOP) for the block, and continued after it whatever happens."""
+    """``daemon`` stopped (SIGSTOP) for the block, and continued after it whatever happens.
+
+    Not before both its sockets listen: the read-only one comes just after the read-write
+    one that ``start`` waits for, and a daemon stopped in between would never make it."""
+    wait_listening(daemon.rw_socket, daemon.ro_socket)
     daemon.signal(signal.SIGSTOP)
     try:
         yield

@@ -9,9 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -201,13 +202,29 @@ def test_nodestats(daemon: DaemonProcess, qemush: Qemush) -> None:
     assert {line.partition("=")[0] for line in text.splitlines()} == set(data)
 
 
+def _collect_lines(stream: IO[str], into: list[str]) -> None:
+    for line in stream:
+        into.append(line.rstrip("\n"))
+
+
 def test_event_lifecycle(daemon: DaemonProcess, shell_env: dict[str, str],
-                         xml_file: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.shell", "-c", daemon.uri, "event", "--event",
-         "lifecycle", "--loop", "--timeout", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell_env,
-        cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+                         xml_file: Path, tmp_path: Path) -> None:
+    errors = tmp_path / "event.stderr"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client.shell", "-c", daemon.uri, "event", "--event",
+             "lifecycle", "--loop", "--timeout", "20"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=shell_env,
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+            # Ctrl+C's default action, whatever this run inherited: a suite started in
+            # the background by a shell has SIGINT ignored, and a Python started with it
+            # ignored never turns it into KeyboardInterrupt (qemush would run to its
+            # --timeout and say "timed out")
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None
+    out: list[str] = []
+    reader = threading.Thread(target=_collect_lines, args=(proc.stdout, out), daemon=True)
+    reader.start()
     try:
         with daemon.connect() as conn:
             # registered once its connection made HELLO + EVENT_REGISTER
@@ -216,13 +233,16 @@ def test_event_lifecycle(daemon: DaemonProcess, shell_env: dict[str, str],
                      message="qemush event registered")
             dom = conn.define_xml(xml_file.read_text())
             dom.undefine()
-        time.sleep(1.0)  # let the events reach qemush, then stop it as Ctrl+C would
+        # qemush prints (and flushes) each event as it comes: once both are out, stop it
+        # as Ctrl+C would (a fixed pause could end it before a loaded machine got them out)
+        wait_for(lambda: len(out) >= 2, timeout=20, message="both events printed")
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert err == ""
+        proc.wait(timeout=30)
+        reader.join(30)
+    assert errors.read_text() == ""
     assert proc.returncode == 0
-    assert out.splitlines() == [
+    assert out == [
         "event 'lifecycle' for domain 't1': Defined Added",
         "event 'lifecycle' for domain 't1': Undefined Removed",
         "event loop interrupted",

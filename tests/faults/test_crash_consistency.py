@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -33,6 +34,7 @@ import pytest
 import client
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.procs import wait_pidfd
 from tests.integration.domains import guest_xml
 
 from .conftest import (
@@ -307,16 +309,22 @@ def test_kill_during_guest_start_leaves_no_orphan_qemu(short_tmp: Path, qemu_cle
         thread = threading.Thread(target=start, daemon=True)
         thread.start()
         status = d.run_dir / "qemu" / f"{name}.status.json"
-        wait_for(lambda: qemu_pids(name) and status.exists(), timeout=10,
-                 message="QEMU launched and its status recorded")
-        (pid,) = qemu_pids(name)
+        # (one process: while the wrapper forks its ``sleep`` the child briefly has the
+        # wrapper's command line too)
+        def launched() -> int | None:
+            pids = qemu_pids(name)
+            return pids[0] if len(pids) == 1 and status.exists() else None
+        pid = wait_for(launched, timeout=10, message="QEMU launched and its status recorded")
+        # followed by pidfd, not by command line: the wrapper becomes QEMU by an exec,
+        # during which its command line reads empty
+        pidfd = os.pidfd_open(pid)
         d.kill()
         thread.join(10)
         assert outcome and isinstance(outcome[0], client.ConnectionLost), outcome
-        assert qemu_pids(name) == [pid], "QEMU must outlive the daemon"
+        assert not select.select([pidfd], [], [], 0)[0], "QEMU must outlive the daemon"
         d.start()
-        wait_for(lambda: not qemu_pids(name), timeout=10,
-                 message="the half-started QEMU killed by the restarted daemon")
+        wait_pidfd(pidfd, 10, "the half-started QEMU, which the restarted daemon must kill")
+        assert qemu_pids(name) == []
         with d.connect() as conn:
             dom = conn.lookup_by_name(name)
             wait_for(lambda: dom.state()[0] == DomainState.SHUTOFF, timeout=5,

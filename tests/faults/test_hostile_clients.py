@@ -67,6 +67,7 @@ def test_500_slow_drip_connections(busy_daemon: DaemonProcess) -> None:
     payload = hello_frame()
     drippers: list[socket.socket] = []
     stop = threading.Event()
+    dripping = threading.Event()  # every dripper has sent its first byte
     dropped: set[int] = set()
 
     def drip() -> None:
@@ -78,6 +79,7 @@ def test_500_slow_drip_connections(busy_daemon: DaemonProcess) -> None:
                     s.send(payload[i:i + 1])
                 except OSError:  # EPIPE/ECONNRESET once the daemon dropped it
                     dropped.add(n)
+            dripping.set()
             if stop.wait(DRIP_INTERVAL):
                 return
 
@@ -90,8 +92,11 @@ def test_500_slow_drip_connections(busy_daemon: DaemonProcess) -> None:
         thread = threading.Thread(target=drip, daemon=True)
         started = time.monotonic()
         thread.start()
-        time.sleep(DRIP_INTERVAL * 1.5)  # every dripper has sent a byte or two
-        assert _client_count(good) == DRIPPERS + 1
+        # every dripper mid-frame, and accepted (connect() returns once a connection is in
+        # the backlog, before the daemon accepted it)
+        assert dripping.wait(FRAME_DEADLINE), "the drippers never sent a byte"
+        wait_for(lambda: _client_count(good) == DRIPPERS + 1, timeout=FRAME_DEADLINE,
+                 interval=0.1, message="every dripper accepted")
         worst = assert_prompt(good, calls=100, each=0.5)
         assert time.monotonic() - started < FRAME_DEADLINE, \
             f"the calls (worst {worst:.3f} s) must run while all drippers are connected"

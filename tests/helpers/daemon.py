@@ -119,6 +119,14 @@ class DaemonProcess:
             self.wait_ready()
         return self
 
+    def _ro_listening(self) -> bool:
+        """The read-only socket listens too (unless disabled): the daemon binds it just
+        after the read-write one, and a read-only connection made in between fails."""
+        from tests.helpers.sockets import listening  # (it imports this module)
+        if not self.config.get("listen", {}).get("unix_ro", True):
+            return True
+        return listening(self.ro_socket)
+
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
@@ -126,7 +134,7 @@ class DaemonProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"qemud exited with {self.proc.returncode} during start-up:"
                                    f"\n{self.stderr_text()}\n{self.log_text()[-4000:]}")
-            if self.rw_socket.exists():
+            if self.rw_socket.exists() and self._ro_listening():
                 try:
                     with socket.socket(socket.AF_UNIX) as s:
                         s.connect(str(self.rw_socket))

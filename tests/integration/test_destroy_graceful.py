@@ -22,7 +22,7 @@ from client.domain import DESTROY_GRACEFUL
 from protocol.constants import DomainState, ErrorCode, RunningReason
 from qemud.driver.process import GuestLog, QemuProcess
 from qemud.loop import EventLoop
-from tests.helpers.daemon import DaemonProcess, qemush, serving
+from tests.helpers.daemon import DaemonProcess, qemush, serving, wait_for
 from tests.helpers.loop import run_for, run_until
 
 from .test_driver_lifecycle import qemu_pids
@@ -151,6 +151,9 @@ def test_graceful_destroy_of_a_qemu_that_does_not_exit_fails_and_leaves_it_runni
     pid = running_guest(qemud, tmp_path, "grace-hung")
     os.kill(pid, signal.SIGSTOP)  # hung: the SIGTERM stays pending
     try:
+        # (a SIGSTOP takes effect when the process next runs: on a loaded machine the
+        # SIGTERM could otherwise come first, and QEMU begin its shutdown)
+        wait_for(lambda: stopped(pid), timeout=10, message=f"QEMU {pid} stopped")
         proc = qemush(qemud, "destroy", "grace-hung", "--graceful")
         assert proc.returncode == 1 and proc.stdout == ""
         assert proc.stderr == (

@@ -27,6 +27,7 @@ from client.exporter import QemudCollector
 from qemud import __version__
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.sockets import wait_listening
 from tests.monitoring.conftest import REPO_ROOT, Exporter, names, value
 
 # -- the collector, with a connector that hangs -------------------------------------------
@@ -99,7 +100,11 @@ def test_a_bug_in_the_query_is_a_down_scrape_not_a_hang() -> None:
 
 @contextmanager
 def stopped(daemon: DaemonProcess) -> Iterator[None]:
-    """``daemon`` stopped (SIGSTOP) for the block, and continued after it whatever happens."""
+    """``daemon`` stopped (SIGSTOP) for the block, and continued after it whatever happens.
+
+    Not before both its sockets listen: the read-only one comes just after the read-write
+    one that ``start`` waits for, and a daemon stopped in between would never make it."""
+    wait_listening(daemon.rw_socket, daemon.ro_socket)
     daemon.signal(signal.SIGSTOP)
     try:
         yield

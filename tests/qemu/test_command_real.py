@@ -10,6 +10,7 @@ device wiring are valid for the installed QEMU, not just plausible.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -44,11 +45,19 @@ def need(caps: Capabilities, arch: str) -> None:
         pytest.skip(f"no emulator for {arch}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+def free_vnc_port() -> int:
+    """A VNC port (5901..25900) free on 127.0.0.1 now: other tests' guests (daemons
+    allocate VNC ports upwards from 5900) and other runs on the machine use that range
+    too, so a port is only taken once binding it succeeded."""
+    for _ in range(200):
+        port = random.randrange(5901, 25901)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError("no free VNC port")
 
 
 class Running:
@@ -194,7 +203,7 @@ def test_guest_with_devices_starts_and_ids_are_addressable(
 ) -> None:
     need(caps, arch)
     make_images(tmp_path)
-    xml = RICH.format(arch=arch, tmp=tmp_path, vnc=5900 + 1 + free_port() % 20000,
+    xml = RICH.format(arch=arch, tmp=tmp_path, vnc=free_vnc_port(),
                       **RICH_VARIANTS[arch])  # fmt: skip
     dom = conf.parse_domain_xml(xml)
     dom.assign_missing_ids()

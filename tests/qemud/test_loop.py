@@ -120,10 +120,16 @@ def test_signal_handler_runs_from_the_loop(loop) -> None:
 
 
 def test_close_restores_python_sigint_handler() -> None:
-    lp = EventLoop()
-    lp.add_signal_handler(signal.SIGINT, lambda s: None)
-    lp.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as in a run started from a terminal: a run started in the
+    # background by a shell inherits SIGINT ignored, and Python then installs none
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        lp = EventLoop()
+        lp.add_signal_handler(signal.SIGINT, lambda s: None)
+        lp.close()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_raising_signal_handler_does_not_stop_the_loop(loop) -> None:
