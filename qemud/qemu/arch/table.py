@@ -97,6 +97,9 @@ class MachineProfile:
 class _MachineFamily:
     patterns: tuple[str, ...]
     overrides: Mapping[str, Any]
+    #: the arch's profile with ``overrides`` applied, made once when the table is loaded
+    #: (define asks for it twice per domain)
+    profile: MachineProfile
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,7 @@ class ArchTable:
         """Effective profile of ``machine``: the arch's, overridden by its family."""
         for family in self.families:
             if any(fnmatch.fnmatchcase(machine, pattern) for pattern in family.patterns):
-                return _make_profile(
-                    f"{self.name}.machine{list(family.patterns)}",
-                    {**_profile_raw(self.base_profile), **family.overrides},
-                )
+                return family.profile
         return self.base_profile
 
 
@@ -162,6 +162,8 @@ def _make_table(name: str, body: Any) -> ArchTable:
     devices = body["devices"]
     if not isinstance(devices, dict) or set(devices) != _DEVICE_KEYS:
         raise TableError(f"{where}.devices: expected exactly the keys {sorted(_DEVICE_KEYS)}")
+    profile_raw = {k: v for k, v in body.items() if k in _PROFILE_KEYS}
+    base_profile = _make_profile(where, profile_raw)
     families = []
     for position, family in enumerate(body.get("machine", []), start=1):
         fwhere = f"{where}.machine[{position}]"
@@ -171,8 +173,11 @@ def _make_table(name: str, body: Any) -> ArchTable:
         overrides = {k: v for k, v in family.items() if k != "match"}
         if set(overrides) - _PROFILE_KEYS:
             raise TableError(f"{fwhere}: unknown keys {sorted(set(overrides) - _PROFILE_KEYS)}")
-        families.append(_MachineFamily(patterns=patterns, overrides=MappingProxyType(overrides)))
-    profile_raw = {k: v for k, v in body.items() if k in _PROFILE_KEYS}
+        # made now: a bad value fails the load, not the first guest of the family
+        profile = _make_profile(f"{where}.machine{list(patterns)}",
+                                {**_profile_raw(base_profile), **overrides})
+        families.append(_MachineFamily(patterns=patterns, overrides=MappingProxyType(overrides),
+                                       profile=profile))
     table = ArchTable(
         name=name,
         binary=_str(where, "binary", body["binary"]),
@@ -195,12 +200,9 @@ def _make_table(name: str, body: Any) -> ArchTable:
         ),
         watchdog_models=_str_map(where, "watchdog_models", body["watchdog_models"]),
         devices=DeviceNames(**{k: _str(f"{where}.devices", k, v) for k, v in devices.items()}),
-        base_profile=_make_profile(where, profile_raw),
+        base_profile=base_profile,
         families=tuple(families),
     )
-    # Fail now, not when a guest happens to use the family.
-    for family in table.families:
-        table.profile(family.patterns[0])
     if table.default_disk_bus not in table.base_profile.disk_buses:
         raise TableError(f"{where}: default_disk_bus is not one of disk_buses")
     if table.default_nic_model not in table.nic_models:
