@@ -42,6 +42,7 @@ from .errors import (
     InvalidURI,
     LimitExceeded,
     NoDomainError,
+    NoMetadataError,
     NoSnapshotError,
     NotSupportedError,
     OperationFailed,
@@ -62,7 +63,7 @@ __all__ = [
     "ShutdownFlags", "MEM_MAXIMUM", "VCPU_MAXIMUM",
     "AuthError", "ConfigUnsupportedError", "ConnectFailed", "ConnectionLost",
     "DomainExistsError", "InvalidArgError", "InvalidCall", "InvalidURI", "LimitExceeded",
-    "NoDomainError", "NoSnapshotError", "NotSupportedError", "OperationFailed",
-    "OperationInvalid", "OperationTimeout", "ProtocolVersionError", "QemudClientError",
-    "ReadOnlyError", "RemoteError", "XMLError", "default_uri", "parse_uri",
+    "NoDomainError", "NoMetadataError", "NoSnapshotError", "NotSupportedError",
+    "OperationFailed", "OperationInvalid", "OperationTimeout", "ProtocolVersionError",
+    "QemudClientError", "ReadOnlyError", "RemoteError", "XMLError", "default_uri", "parse_uri",
 ]

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["Domain", "DomainInfo", "XML_INACTIVE", "XML_SECURE", "AFFECT_LIVE",
            "AFFECT_CONFIG", "START_PAUSED", "RebootFlags", "ShutdownFlags", "MEM_MAXIMUM",
            "VCPU_MAXIMUM", "SNAPSHOT_DELETE_METADATA_ONLY", "SNAPSHOT_REVERT_RUNNING",
-           "SNAPSHOT_REVERT_PAUSED", "SNAPSHOT_XML_SECURE", "DESTROY_GRACEFUL"]
+           "SNAPSHOT_REVERT_PAUSED", "SNAPSHOT_XML_SECURE", "DESTROY_GRACEFUL",
+           "JobInfo", "ControlInfo"]
 
 #: libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_INACTIVE = 2
@@ -37,6 +38,11 @@ START_PAUSED = 1
 #: libvirt's VIR_DOMAIN_DESTROY_GRACEFUL (destroy): SIGTERM only, never SIGKILL; QEMU
 #: still there after the daemon's grace period fails the call and the domain runs on
 DESTROY_GRACEFUL = 1
+#: libvirt's VIR_DOMAIN_CONSOLE_FORCE / _SAFE (open_console): take the console over from
+#: the session holding it / only with safe handling of concurrent sessions (always so)
+CONSOLE_FORCE = 1
+CONSOLE_SAFE = 2
+__all__ += ["CONSOLE_FORCE", "CONSOLE_SAFE"]
 #: libvirt's VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY (snapshot_delete): forget the
 #: snapshot, merge or remove no image
 SNAPSHOT_DELETE_METADATA_ONLY = 2
@@ -47,6 +53,15 @@ SNAPSHOT_REVERT_PAUSED = 2
 #: libvirt's VIR_DOMAIN_SNAPSHOT_XML_SECURE (snapshot_xml): keep the secrets (the VNC
 #: password) of the snapshot's <domain>; refused on a read-only connection
 SNAPSHOT_XML_SECURE = 1
+#: libvirt's VIR_DOMAIN_START_FORCE_BOOT (create): discard a managed save image and boot
+START_FORCE_BOOT = 8
+#: libvirt's VIR_DOMAIN_SAVE_RUNNING / _PAUSED (managed_save): the state the guest comes
+#: back in at its next start (else the state it had)
+SAVE_RUNNING = 2
+SAVE_PAUSED = 4
+#: libvirt's VIR_DOMAIN_UNDEFINE_MANAGED_SAVE (undefine): remove a managed save image too
+UNDEFINE_MANAGED_SAVE = 1
+__all__ += ["START_FORCE_BOOT", "SAVE_RUNNING", "SAVE_PAUSED", "UNDEFINE_MANAGED_SAVE"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,32 @@ class DomainInfo:
     memory_kib: int
     vcpus: int
     cpu_time_ns: int
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """libvirt's virDomainJobInfo and the job's operation: ``type`` a
+    :class:`protocol.payloads.JobType` (NONE: no job), ``operation`` a
+    :class:`protocol.payloads.JobOperation`; times in ms, data in bytes (0: not known)."""
+
+    type: int
+    operation: int
+    time_elapsed_ms: int
+    time_remaining_ms: int
+    data_total: int
+    data_processed: int
+    data_remaining: int
+
+
+@dataclass(frozen=True)
+class ControlInfo:
+    """libvirt's virDomainControlInfo: ``state`` a :class:`protocol.payloads.ControlState`,
+    ``details`` a :class:`protocol.payloads.ControlErrorReason` (state ERROR), and how long
+    the domain has been in a JOB or OCCUPIED state (ms)."""
+
+    state: int
+    details: int
+    state_time_ms: int
 
 
 class Domain:
@@ -190,6 +231,28 @@ class Domain:
     def save(self, path: str, flags: int = 0) -> None:
         self._conn._call(P.Procedure.DOMAIN_SAVE, pl.SaveArgs(self.ref, path, flags), P.Empty)
 
+    # -- managed save --------------------------------------------------------------------
+
+    def managed_save(self, flags: int = 0) -> None:
+        """libvirt's ``managedSave``: save the state to the daemon's image for this domain
+        and stop it; the next :meth:`create` resumes it (SAVE_RUNNING / SAVE_PAUSED pick
+        the state it comes back in)."""
+        self._conn._call(P.Procedure.DOMAIN_MANAGED_SAVE, pl.DomainFlagsArgs(self.ref, flags),
+                         P.Empty)
+
+    def has_managed_save(self) -> bool:
+        return self._conn._call(P.Procedure.DOMAIN_HAS_MANAGED_SAVE,
+                                pl.DomainFlagsArgs(self.ref), pl.BoolReply).value
+
+    def managed_save_remove(self) -> None:
+        self._conn._call(P.Procedure.DOMAIN_MANAGED_SAVE_REMOVE, pl.DomainFlagsArgs(self.ref),
+                         P.Empty)
+
+    def managed_save_xml(self, flags: int = 0) -> str:
+        """The domain XML in the managed save image (XML_SECURE: with the VNC password)."""
+        return self._conn._call(P.Procedure.DOMAIN_MANAGED_SAVE_GET_XML,
+                                pl.DomainFlagsArgs(self.ref, flags), pl.StringReply).value
+
     # -- devices -------------------------------------------------------------------------
 
     def attach_device(self, xml: str, flags: int = 0) -> None:
@@ -205,9 +268,24 @@ class Domain:
         self._conn._call(P.Procedure.DOMAIN_CHANGE_MEDIA,
                          pl.ChangeMediaArgs(self.ref, target, source or "", flags), P.Empty)
 
-    def open_console(self, device: str = "") -> Stream:
+    def set_metadata(self, kind: int, text: str, flags: int = 0) -> None:
+        """virDomainSetMetadata: ``kind`` is MetadataType.DESCRIPTION or TITLE; "" removes
+        it; ``flags`` AFFECT_LIVE / AFFECT_CONFIG (0: live if running, else config)."""
+        self._conn._call(P.Procedure.DOMAIN_SET_METADATA,
+                         pl.SetMetadataArgs(self.ref, kind, text, "", "", flags), P.Empty)
+
+    def metadata(self, kind: int, flags: int = 0) -> str:
+        """virDomainGetMetadata: the domain's description or title; NoMetadataError when
+        it has none."""
+        return self._conn._call(P.Procedure.DOMAIN_GET_METADATA,
+                                pl.GetMetadataArgs(self.ref, kind, "", flags),
+                                pl.StringReply).value
+
+    def open_console(self, device: str = "", flags: int = 0) -> Stream:
+        """The serial console ``device`` ("" = the first) as a stream; one session per
+        domain: CONSOLE_FORCE takes it over from the session holding it."""
         return self._conn.open_stream(P.Procedure.DOMAIN_OPEN_CONSOLE,
-                                      pl.ConsoleArgs(self.ref, device))
+                                      pl.ConsoleArgs(self.ref, device, flags))
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -288,6 +366,29 @@ class Domain:
         disk whose target dev (``"vda"``) or source path is ``disk``."""
         return self._conn._call(P.Procedure.DOMAIN_GET_BLOCK_INFO,
                                 pl.BlockInfoArgs(self.ref, disk), pl.BlockInfoReply)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def job_info(self) -> JobInfo:
+        """libvirt's ``jobInfo``: the domain's background job (backup, save, snapshot...),
+        its operation, elapsed time and the data it has processed where that is known."""
+        r = self._conn._call(P.Procedure.DOMAIN_GET_JOB_INFO, pl.DomainFlagsArgs(self.ref),
+                             pl.JobInfoReply)
+        return JobInfo(r.type, r.operation, r.time_elapsed_ms, r.time_remaining_ms,
+                       r.data_total, r.data_processed, r.data_remaining)
+
+    def abort_job(self) -> None:
+        """libvirt's ``abortJob``: cancel the domain's backup or save (the call that started
+        it then fails as cancelled); no job, or one that cannot be aborted, raises
+        OperationInvalid. Refused on a read-only connection."""
+        self._conn._call(P.Procedure.DOMAIN_ABORT_JOB, pl.DomainFlagsArgs(self.ref), P.Empty)
+
+    def control_info(self) -> ControlInfo:
+        """libvirt's ``controlInfo``: whether the daemon can control the domain now (ok,
+        busy with a job, or its QEMU monitor failed)."""
+        r = self._conn._call(P.Procedure.DOMAIN_GET_CONTROL_INFO,
+                             pl.DomainFlagsArgs(self.ref), pl.ControlInfoReply)
+        return ControlInfo(r.state, r.details, r.state_time_ms)
 
     # -- stats ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@
           +-- OperationFailed          VIR_ERR_OPERATION_FAILED
           +-- OperationTimeout         VIR_ERR_OPERATION_TIMEOUT
           +-- NoSnapshotError          VIR_ERR_NO_DOMAIN_SNAPSHOT
+          +-- NoMetadataError          VIR_ERR_NO_DOMAIN_METADATA
           +-- NotSupportedError        VIR_ERR_NO_SUPPORT / OPERATION_UNSUPPORTED /
                                        ARGUMENT_UNSUPPORTED
           +-- AuthError                VIR_ERR_AUTH_FAILED / ACCESS_DENIED
@@ -120,6 +121,10 @@ class NoSnapshotError(RemoteError):
     pass
 
 
+class NoMetadataError(RemoteError):
+    pass
+
+
 class NotSupportedError(RemoteError):
     pass
 
@@ -147,6 +152,7 @@ _BY_CODE: dict[int, type[RemoteError]] = {
     ErrorCode.OPERATION_FAILED: OperationFailed,
     ErrorCode.OPERATION_TIMEOUT: OperationTimeout,
     ErrorCode.NO_DOMAIN_SNAPSHOT: NoSnapshotError,
+    ErrorCode.NO_DOMAIN_METADATA: NoMetadataError,
     ErrorCode.NO_SUPPORT: NotSupportedError,
     ErrorCode.OPERATION_UNSUPPORTED: NotSupportedError,
     ErrorCode.ARGUMENT_UNSUPPORTED: NotSupportedError,

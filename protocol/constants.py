@@ -81,6 +81,7 @@ class ErrorCode(enum.IntEnum):
     CONFIG_UNSUPPORTED = 67
     OPERATION_TIMEOUT = 68
     NO_DOMAIN_SNAPSHOT = 72
+    NO_DOMAIN_METADATA = 80
     ARGUMENT_UNSUPPORTED = 74
     OPERATION_UNSUPPORTED = 84
     RESOURCE_BUSY = 87
@@ -264,6 +265,8 @@ class ListFlags(enum.IntFlag):
     PAUSED = 32
     SHUTOFF = 64
     OTHER = 128
+    MANAGEDSAVE = 256
+    NO_MANAGEDSAVE = 512
     AUTOSTART = 1024
     NO_AUTOSTART = 2048
 
@@ -299,6 +302,9 @@ class RebootFlags(enum.IntFlag):
 
 
 class UndefineFlags(enum.IntFlag):
+    """DOMAIN_UNDEFINE flags: libvirt's ``VIR_DOMAIN_UNDEFINE_*``."""
+
+    MANAGED_SAVE = 1
     SNAPSHOTS_METADATA = 2
 
 
@@ -308,3 +314,13 @@ class TypedParamKind(enum.IntEnum):
     INT = 1
     FLOAT = 2
     STRING = 3
+
+
+class MetadataType(enum.IntEnum):
+    """DOMAIN_SET_METADATA / DOMAIN_GET_METADATA ``type``: libvirt's
+    ``VIR_DOMAIN_METADATA_*`` (qemud has no ELEMENT: custom ``<metadata>`` children are
+    kept as defined, edited through the XML)."""
+
+    DESCRIPTION = 0
+    TITLE = 1
+    ELEMENT = 2

@@ -197,6 +197,7 @@ LIBVIRT_EQUIVALENTS: list[tuple[type[enum.Enum], str | None, Callable[[enum.Enum
     (c.ShutdownFlags, "VIR_DOMAIN_SHUTDOWN_", _own_names("DESTROY_ON_TIMEOUT")),
     (c.RebootFlags, "VIR_DOMAIN_REBOOT_", _never),
     (c.UndefineFlags, "VIR_DOMAIN_UNDEFINE_", _never),
+    (c.MetadataType, "VIR_DOMAIN_METADATA_", _never),
     (c.TypedParamKind, None, _never),
 ]
 

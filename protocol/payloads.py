@@ -7,6 +7,7 @@ wire order; new fields are only ever appended (docs/PROTOCOL.md, "Evolution").
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from .fields import F64, S32, S64, U8, U16, U32, U64, Blob, Bool, Empty, Payload, Str, UUIDBytes
@@ -25,6 +26,7 @@ __all__ = [
     "ApplianceInfo", "ApplianceListReply", "HotplugInfo", "HotplugListReply",
     "MemoryArgs", "MemoryStat", "MemoryStatsReply", "VcpusArgs",
     "VcpuInfo", "VcpuInfoReply", "BlockInfoArgs", "BlockInfoReply",
+    "JobInfoReply", "ControlInfoReply", "SetMetadataArgs", "GetMetadataArgs",
 ]
 
 
@@ -528,3 +530,101 @@ class BlockInfoReply(Payload):
     capacity: U64
     allocation: U64
     physical: U64
+
+
+# --- jobs --- (domjobinfo, domjobabort, domcontrol) -----------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class JobInfoReply(Payload):
+    """libvirt's virDomainJobInfo (times in ms, data in bytes; 0 = not known) and the
+    job's virDomainJobOperation, which libvirt returns among virDomainGetJobStats'
+    typed parameters: ``type`` is :class:`JobType`, ``operation`` :class:`JobOperation`."""
+
+    type: S32
+    operation: S32
+    time_elapsed_ms: U64
+    time_remaining_ms: U64
+    data_total: U64
+    data_processed: U64
+    data_remaining: U64
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInfoReply(Payload):
+    """libvirt's virDomainControlInfo: ``state`` :class:`ControlState`, ``details`` a
+    :class:`ControlErrorReason` when the state is ERROR, ``state_time_ms`` how long the
+    domain has been in a JOB or OCCUPIED state."""
+
+    state: U32
+    details: U32
+    state_time_ms: U64
+
+
+class JobType(enum.IntEnum):
+    """libvirt's virDomainJobType (JobInfoReply.type)."""
+
+    NONE = 0
+    BOUNDED = 1
+    UNBOUNDED = 2
+    COMPLETED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+
+class JobOperation(enum.IntEnum):
+    """libvirt's virDomainJobOperation (JobInfoReply.operation)."""
+
+    UNKNOWN = 0
+    START = 1
+    SAVE = 2
+    RESTORE = 3
+    MIGRATION_IN = 4
+    MIGRATION_OUT = 5
+    SNAPSHOT = 6
+    SNAPSHOT_REVERT = 7
+    DUMP = 8
+    BACKUP = 9
+    SNAPSHOT_DELETE = 10
+
+
+class ControlState(enum.IntEnum):
+    """libvirt's virDomainControlState (ControlInfoReply.state)."""
+
+    OK = 0
+    JOB = 1
+    OCCUPIED = 2
+    ERROR = 3
+
+
+class ControlErrorReason(enum.IntEnum):
+    """libvirt's virDomainControlErrorReason (ControlInfoReply.details)."""
+
+    NONE = 0
+    UNKNOWN = 1
+    MONITOR = 2
+    INTERNAL = 3
+
+
+# --- metadata --- (desc) ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SetMetadataArgs(Payload):
+    """virDomainSetMetadata: ``type`` is :class:`~protocol.constants.MetadataType`;
+    ``metadata`` "" removes it; ``key`` and ``uri`` are for ELEMENT (unsupported)."""
+
+    dom: DomainRef
+    type: U32
+    metadata: Str = ""
+    key: Str = ""
+    uri: Str = ""
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GetMetadataArgs(Payload):
+    """virDomainGetMetadata: ``type`` is :class:`~protocol.constants.MetadataType`."""
+
+    dom: DomainRef
+    type: U32
+    uri: Str = ""
+    flags: U32 = 0

@@ -94,6 +94,18 @@ class Procedure(enum.IntEnum):
     DOMAIN_GET_BLOCK_INFO = 144
     # snapshots (continued)
     DOMAIN_SNAPSHOT_GET_XML = 145
+    # domains: jobs (domjobinfo, domjobabort, domcontrol)
+    DOMAIN_GET_JOB_INFO = 146
+    DOMAIN_ABORT_JOB = 147
+    DOMAIN_GET_CONTROL_INFO = 148
+    # domains: managed save (managedsave, managedsave-remove, managedsave-dumpxml)
+    DOMAIN_MANAGED_SAVE = 149
+    DOMAIN_HAS_MANAGED_SAVE = 150
+    DOMAIN_MANAGED_SAVE_REMOVE = 151
+    DOMAIN_MANAGED_SAVE_GET_XML = 152
+    # domains: title and description (desc)
+    DOMAIN_SET_METADATA = 153
+    DOMAIN_GET_METADATA = 154
 
 
 class Kind(enum.Enum):
@@ -250,6 +262,48 @@ _TABLE = [
               "flags bit 1 (VIR_DOMAIN_SNAPSHOT_XML_SECURE) keeps secrets (the VNC "
               "password) in its <domain>, refused on a read-only connection. Other bits: "
               "INVALID_ARG."),
+    _call(P.DOMAIN_GET_JOB_INFO, p.DomainFlagsArgs, p.JobInfoReply, mutates=False,
+          doc="virDomainGetJobInfo plus the job's virDomainJobOperation: the domain's "
+              "background job (backup, save, snapshot...), UNBOUNDED with its elapsed "
+              "time and, where QEMU reports it, data processed/remaining/total; type "
+              "NONE when there is none. Shut off with no job: OPERATION_INVALID. Flags "
+              "must be 0."),
+    _call(P.DOMAIN_ABORT_JOB, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="virDomainAbortJob: cancel the domain's backup (live or offline) or save; "
+              "the job's own call then fails as cancelled. No job, or one that cannot be "
+              "aborted (start, restore, snapshot operations): OPERATION_INVALID. Flags "
+              "must be 0."),
+    _call(P.DOMAIN_GET_CONTROL_INFO, p.DomainFlagsArgs, p.ControlInfoReply, mutates=False,
+          doc="virDomainGetControlInfo: ok, job (a background job, with its time), "
+              "occupied (a monitor command in flight, with its time) or error (details: "
+              "monitor failure) of a running domain. Flags must be 0."),
+    _call(P.DOMAIN_MANAGED_SAVE, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="virDomainManagedSave: save a running or paused persistent domain's memory "
+              "state to the daemon's image for it (<state_dir>/save/NAME.save) and shut "
+              "it off (reason saved); DOMAIN_CREATE then restores it. Flags: 2 "
+              "(VIR_DOMAIN_SAVE_RUNNING) / 4 (_PAUSED) pick the state it comes back in "
+              "(else the state it had), 1 (_BYPASS_CACHE) is accepted. A transient "
+              "domain: OPERATION_INVALID."),
+    _call(P.DOMAIN_HAS_MANAGED_SAVE, p.DomainFlagsArgs, p.BoolReply, mutates=False,
+          doc="virDomainHasManagedSaveImage: whether the domain has a managed save image. "
+              "Flags must be 0."),
+    _call(P.DOMAIN_MANAGED_SAVE_REMOVE, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="virDomainManagedSaveRemove: delete the domain's managed save image (none: "
+              "SYSTEM_ERROR, as libvirt's unlink fails). Flags must be 0."),
+    _call(P.DOMAIN_MANAGED_SAVE_GET_XML, p.DomainFlagsArgs, p.StringReply, mutates=False,
+          doc="virDomainManagedSaveGetXMLDesc: the domain XML stored in the managed save "
+              "image (none: OPERATION_INVALID); flags bit 1 (VIR_DOMAIN_SAVE_IMAGE_XML_"
+              "SECURE) keeps secrets (the VNC password), refused on a read-only "
+              "connection."),
+    _call(P.DOMAIN_SET_METADATA, p.SetMetadataArgs, Empty, mutates=True,
+          doc="virDomainSetMetadata for DESCRIPTION (0) and TITLE (1): sets the live "
+              "and/or persistent <description>/<title> (AFFECT flags as setmem's; 0: "
+              "live if running, else config); an empty text removes it. A title with a "
+              "newline: INVALID_ARG. ELEMENT (2): ARGUMENT_UNSUPPORTED."),
+    _call(P.DOMAIN_GET_METADATA, p.GetMetadataArgs, p.StringReply, mutates=False,
+          doc="virDomainGetMetadata for DESCRIPTION and TITLE of the live (AFFECT_LIVE) "
+              "or persistent (AFFECT_CONFIG) definition; not set: NO_DOMAIN_METADATA "
+              "('Requested metadata element is not present')."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

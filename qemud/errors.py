@@ -15,6 +15,7 @@
      +-- OperationFailed         the host or QEMU failed (carries QEMU's own text)
      +-- OperationTimeout        a deadline passed
      +-- NoSnapshot              no snapshot by that name
+     +-- NoMetadata              no <title>/<description> to get
      +-- NoSupport               not implemented here
      +-- ArgumentUnsupported     a valid argument this host or guest cannot honour
      +-- OperationUnsupported    an operation the driver cannot do at all
@@ -55,6 +56,7 @@ LIBVIRT_PREFIXES: dict[ErrorCode, str] = {
     ErrorCode.CONFIG_UNSUPPORTED: "unsupported configuration: ",
     ErrorCode.OPERATION_TIMEOUT: "Timed out during operation: ",
     ErrorCode.NO_DOMAIN_SNAPSHOT: "Domain snapshot not found: ",
+    ErrorCode.NO_DOMAIN_METADATA: "metadata not found: ",
     ErrorCode.ARGUMENT_UNSUPPORTED: "argument unsupported: ",
     ErrorCode.OPERATION_UNSUPPORTED: "Operation not supported: ",
 }
@@ -153,6 +155,11 @@ class OperationTimeout(QemudError):
 class NoSnapshot(QemudError):
     code = ErrorCode.NO_DOMAIN_SNAPSHOT
     domain = ErrorDomain.DOMAIN_SNAPSHOT
+
+
+class NoMetadata(QemudError):
+    code = ErrorCode.NO_DOMAIN_METADATA
+    domain = ErrorDomain.DOMAIN
 
 
 class NoSupport(QemudError):

@@ -16,7 +16,9 @@ stderr.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -60,6 +62,28 @@ class ToolFailed(OperationFailed):
         self.stderr = stderr
 
 
+class ChildGroup:
+    """The tools one operation runs (``ToolRunner.run(..., group=)``), so that it can be
+    cancelled: :meth:`kill` ends those still running; the loop reaps them, as always,
+    and their Deferreds fail (killed by a signal).
+
+    ``os.kill``, not ``Popen.kill``: that polls the child, behind the loop's back. A pid
+    here is one the loop has not reaped yet, so it cannot have been reused.
+    """
+
+    def __init__(self) -> None:
+        self.running: set[int] = set()
+
+    def kill(self) -> bool:
+        """SIGKILL every child still running; whether there was one."""
+        for pid in list(self.running):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return bool(self.running)
+
+
 class ToolRunner:
     """Starts tools as children of the daemon; the loop tells when they are done."""
 
@@ -67,10 +91,12 @@ class ToolRunner:
         self.loop = loop
         self.wording = wording
 
-    def run(self, argv: list[str], what: str = "", *, stdout: bool = False) -> Deferred:
+    def run(self, argv: list[str], what: str = "", *, stdout: bool = False,
+            group: ChildGroup | None = None) -> Deferred:
         """Run ``argv``: resolves once it exits with status 0, with its stdout (decoded)
         if ``stdout`` else None; otherwise fails with :class:`ToolFailed`, its message
-        prefixed with ``what: `` when ``what`` is given."""
+        prefixed with ``what: `` when ``what`` is given. ``group`` holds the child while
+        it runs (to be killed by the operation's cancel)."""
         result = Deferred()
         prefix = f"{what}: " if what else ""
         out: IO[bytes] | None = tempfile.TemporaryFile() if stdout else None  # noqa: SIM115
@@ -87,7 +113,12 @@ class ToolRunner:
                                    exit_code=None, stderr=reason))
             return result
 
+        if group is not None:
+            group.running.add(child.pid)
+
         def exited(code: int) -> None:
+            if group is not None:
+                group.running.discard(child.pid)
             text = _read(out, MAX_STDOUT) if out is not None else None
             stderr = _read(err, MAX_STDERR).strip()
             _close(out, err)

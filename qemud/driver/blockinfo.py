@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from protocol import payloads as pl
-from protocol.constants import ErrorDomain
 from qemud.conf import Disk, DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import InvalidArg, OperationFailed
@@ -42,6 +41,7 @@ from qemud.qemu import naming
 from qemud.qemu.qcow2 import MAGIC as QCOW2_MAGIC
 
 from .domain import DomainObj
+from .flags import check_flags
 from .stats import QMP_TIMEOUT
 
 if TYPE_CHECKING:
@@ -201,9 +201,7 @@ class BlockInfo:
 
     def get_block_info(self, ctx: Any, args: pl.BlockInfoArgs) -> pl.BlockInfoReply | Deferred:
         """libvirt's checks in libvirt's order: flags, the domain, the disk, its medium."""
-        if args.flags:
-            raise InvalidArg(f"unsupported flags ({args.flags:#x}) in function "
-                             "qemuDomainGetBlockInfo", domain=ErrorDomain.QEMU)
+        check_flags(args.flags, 0, "qemuDomainGetBlockInfo")
         dom = self.driver._dom(args)
         disk = find_disk(dom.current(), args.disk)
         if disk is None:

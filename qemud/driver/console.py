@@ -7,9 +7,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from protocol import Procedure, StreamData, StreamEnd
-from qemud.dispatch import Deferred
-from qemud.errors import InternalError, OperationFailed
+from protocol import Procedure, StreamAbort, StreamData, StreamEnd
+from qemud.dispatch import Deferred, error_payload
+from qemud.errors import InternalError, OperationFailed, QemudError
 from qemud.loop import READ, WRITE, EventLoop
 from qemud.server import StreamHandler
 
@@ -18,7 +18,13 @@ from .domain import DomainObj
 if TYPE_CHECKING:
     from qemud.server import Client, Server
 
-__all__ = ["ConsoleManager"]
+__all__ = ["CONSOLE_FORCE", "CONSOLE_SAFE", "ConsoleManager"]
+
+#: libvirt's VIR_DOMAIN_CONSOLE_FORCE: take the console over from the session holding it
+CONSOLE_FORCE = 1
+#: libvirt's VIR_DOMAIN_CONSOLE_SAFE: open only with safe handling of concurrent sessions,
+#: which qemud always has (one session per domain, see :meth:`ConsoleManager.open`)
+CONSOLE_SAFE = 2
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,14 @@ class ConsoleStream(StreamHandler):
     def on_end(self) -> None:
         self.close(notify=False)
 
+    def abort(self, error: QemudError) -> None:
+        """End the session with ``error`` for its client (another took the console)."""
+        if self.closed:
+            return
+        self.close(notify=False)
+        self.manager.server.send_stream(self.client, StreamAbort(
+            Procedure.DOMAIN_OPEN_CONSOLE, self.serial, error_payload(error)))
+
     def close(self, notify: bool) -> None:
         if self.closed:
             return
@@ -91,14 +105,18 @@ class ConsoleManager:
         self.active: dict[str, ConsoleStream] = {}
 
     def open(self, dom: DomainObj, client: Any, serial: int, device: str,
-             chardev_paths: dict[str, str]) -> Deferred:
+             chardev_paths: dict[str, str], *, force: bool = False) -> Deferred:
         """Attach ``client`` to the console ``device`` ("" = the first console, else the
-        first serial port)."""
+        first serial port).
+
+        One session per domain, as libvirt's virChrdevOpen: a second one is refused, or
+        with ``force`` takes over (the first session's client gets an error saying so).
+        """
         # error codes as libvirt's: OPERATION_FAILED for a taken console (virChrdevOpen),
         # INTERNAL_ERROR for a name that is no console (qemuDomainOpenConsole)
-        if dom.uuid in self.active:
-            raise OperationFailed(f"an active console session exists for "
-                                  f"domain '{dom.name}'")
+        holder = self.active.get(dom.uuid)
+        if holder is not None and not force:
+            raise OperationFailed("Active console session exists for this domain")
         if not chardev_paths:
             raise InternalError(f"cannot find character device: domain '{dom.name}' has no "
                                 "serial port or console to open")
@@ -107,6 +125,12 @@ class ConsoleManager:
         if path is None:
             raise InternalError(f"cannot find character device '{device}' (have: "
                                 f"{', '.join(chardev_paths)})")
+        if holder is not None:
+            # before opening: a unix socket serial takes one connection at a time
+            log.info("console of %s taken over by client %s (force)", dom.name,
+                     getattr(client, "id", "?"))
+            holder.abort(OperationFailed(f"console of domain '{dom.name}' was taken over "
+                                         "by another session (console --force)"))
         sock: socket.socket | None = None
         try:
             if path.startswith("unix:"):

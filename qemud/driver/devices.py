@@ -1,4 +1,6 @@
-"""Live device changes over QMP: disk hotplug/unplug and CD-ROM media.
+"""Device attach/detach (live over QMP, and in the persistent definition) and CD-ROM
+media: disks here, ``<interface>`` devices in :mod:`.nics`; other devices are refused,
+naming the element.
 
 Block nodes and device ids come from :mod:`qemud.qemu.naming`, the same names the argv
 builder used at start, so a disk added at start and one hot-added later look alike.
@@ -10,19 +12,21 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from qemud import testhooks
-from qemud.conf import ConfError, Disk, parse_device_xml
+from qemud.conf import ConfError, Device, Disk, Interface, parse_device_xml
 from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
     InvalidArg,
     OperationInvalid,
     OperationTimeout,
+    OperationUnsupported,
     QemudError,
     XMLError,
 )
 from qemud.qemu import naming
 
 from .domain import DomainObj
+from .nics import Nics
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -119,15 +123,21 @@ def _top_of(named: Any, source: str) -> str | None:
 class Devices:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
+        self.nics = Nics(driver, self)
 
-    def _parse_disk(self, xml: str) -> Disk:
+    @staticmethod
+    def _parse(xml: str) -> Device:
         try:
-            dev = parse_device_xml(xml)
+            return parse_device_xml(xml)
         except ConfError as exc:
             raise XMLError(str(exc)) from None
+
+    @staticmethod
+    def _disk_only(dev: Device, action: str, live: bool) -> Disk:
+        """``dev`` if it is a disk; else libvirt's refusal, naming the element."""
         if not isinstance(dev, Disk):
-            raise ConfigUnsupported("only <disk> devices can be "
-                                    "attached or detached here")
+            raise OperationUnsupported(f"{'live' if live else 'persistent'} {action} of "
+                                       f"device '{dev.tag}' is not supported")
         return dev
 
     @staticmethod
@@ -148,8 +158,11 @@ class Devices:
     # -- attach --------------------------------------------------------------------------
 
     def attach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
-        disk = self._parse_disk(xml)
+        dev = self._parse(xml)
         live, config = self._targets(dom, flags)
+        if isinstance(dev, Interface):
+            return self.nics.attach(dom, dev, live, config)
+        disk = self._disk_only(dev, "attach", live)
         if live:  # checked before the config changes: a refused call changes nothing
             self._require_live_change(dom)
             assert dom.live is not None
@@ -267,7 +280,8 @@ class Devices:
     # -- detach --------------------------------------------------------------------------
 
     def detach(self, dom: DomainObj, xml: str, flags: int) -> Deferred | None:
-        """Unplug a disk (live) and/or remove it from the persistent definition (config).
+        """Unplug a disk (live) and/or remove it from the persistent definition (config);
+        an ``<interface>`` goes to :meth:`Nics.detach`.
 
         A live detach is refused while a job runs on the domain (see
         :meth:`_require_live_change`) and while the same disk is already being unplugged:
@@ -276,9 +290,12 @@ class Devices:
         guest released the disk). Both are checked before the config is changed, so a
         refused call changes nothing.
         """
-        wanted = self._parse_disk(xml)
-        target = _target_of(wanted)
+        dev = self._parse(xml)
         live, config = self._targets(dom, flags)
+        if isinstance(dev, Interface):
+            return self.nics.detach(dom, dev, live, config)
+        wanted = self._disk_only(dev, "detach", live)
+        target = _target_of(wanted)
         disk: Disk | None = None
         if live:
             self._require_live_change(dom)
@@ -457,7 +474,10 @@ class Devices:
         restarted (its wait is not kept across a restart), released by the guest now.
         The disk is closed and leaves the live XML, as a detach waiting for it would
         have done (libvirt also removes a device on a DEVICE_DELETED it did not expect).
+        The same for a NIC (see :meth:`Nics.released_unawaited`).
         """
+        if self.nics.released_unawaited(dom, device_id):
+            return
         live = dom.live
         disk = next((d for d in live.disks if d.target_dev and
                      naming.disk_device_id(d.target_dev) == device_id), None) \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -27,7 +28,9 @@ class StopIntent:
 
 
 #: the fields a listing shows of a domain (DomainSummary's, besides name and uuid)
-_LISTED_FIELDS = frozenset({"state", "reason", "id", "persistent", "autostart"})
+#: (``managed_save`` is not in DomainSummary, but DOMAIN_LIST filters on it)
+_LISTED_FIELDS = frozenset({"state", "reason", "id", "persistent", "autostart",
+                            "managed_save"})
 
 
 @dataclass
@@ -49,6 +52,8 @@ class DomainObj:
     process: QemuProcess | None = None
     monitor: Monitor | None = None
     job: str | None = None  # an operation that excludes others ("start", "save", ...)
+    #: time.monotonic() when ``job`` was last set from None (domjobinfo's elapsed time)
+    job_started: float = 0.0
     #: the file the job writes until it is complete (a save's temp file): in the status
     #: file, so that a daemon restarted during the job can undo it
     job_file: str = ""
@@ -62,8 +67,12 @@ class DomainObj:
     stop_waiters: list[Deferred] = field(default_factory=list)
     device_waiters: dict[str, Deferred] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)  # automatic restarts (budget)
+    #: a managed save image exists (DomainStore.managed_save_path; see driver/saving.py)
+    managed_save: bool = False
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "job" and value is not None and getattr(self, "job", None) is None:
+            object.__setattr__(self, "job_started", time.monotonic())
         object.__setattr__(self, name, value)
         if name in _LISTED_FIELDS:
             DomainObj.listed_generation += 1

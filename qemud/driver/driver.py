@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +24,9 @@ from protocol.constants import (
     RunningReason,
     ShutdownFlags,
     ShutoffReason,
-    StartedDetail,
     StoppedDetail,
 )
-from qemud.conf import ConfError, DomainDef, parse_domain_xml
+from qemud.conf import DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     ArgumentUnsupported,
@@ -38,20 +35,23 @@ from qemud.errors import (
     OperationFailed,
     OperationInvalid,
     QemudError,
-    XMLError,
 )
 from qemud.qemu.capabilities import Capabilities, probe_capabilities
 from qemud.qemu.chardevs import console_sources
 from qemud.qemu.qmp import QMPEvent
 
 from .blockinfo import BlockInfo
-from .console import ConsoleManager
+from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
 from .devices import Devices
 from .domain import DomainObj, StopIntent
+from .flags import check_flags
+from .jobs import Jobs
 from .lifecycle import CLK_TCK, DESTROY_GRACEFUL, Lifecycle
+from .metadata import Metadata
 from .ports import PortAllocator
 from .registry import Registry
 from .resources import Resources
+from .saving import Saving
 from .stats import domain_stats, node_stats
 from .store import DomainStore
 
@@ -63,13 +63,16 @@ __all__ = ["QemuDriver"]
 log = logging.getLogger(__name__)
 
 XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
-SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 XML_SECURE = 1  # libvirt's VIR_DOMAIN_XML_SECURE: include secrets (the VNC password)
 
 GuestHook = Callable[[DomainObj, str], bool]
 
 #: libvirt's reboot/shutdown modes: the same bits in RebootFlags and ShutdownFlags
 _PowerModes = type[RebootFlags] | type[ShutdownFlags]
+
+
+#: libvirt's VIR_DOMAIN_DEFINE_VALIDATE / VIR_DOMAIN_START_PAUSED / _START_VALIDATE
+DEFINE_VALIDATE, START_PAUSED, START_VALIDATE = 1, 1, 16
 
 
 class QemuDriver:
@@ -90,7 +93,8 @@ class QemuDriver:
                  "usable" if self.caps.kvm_usable else "not usable", self.caps.kvm_reason)
         x86 = self.caps.emulator("x86_64") or next(iter(self.caps.emulators.values()), None)
         self.hypervisor_version = ".".join(map(str, x86.version)) if x86 else "0.0.0"
-        self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir)
+        self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir,
+                                 paths.state_dir / "save")
         self.registry = Registry(self.store, self.caps, self.events)
         #: the last listing and its key (flags, DomainObj.listed_generation, membership)
         self._listing: tuple[tuple[int, int, int], pl.ListDomainsReply] | None = None
@@ -118,6 +122,11 @@ class QemuDriver:
         self.resources = Resources(self)
         #: domblkinfo
         self.blockinfo = BlockInfo(self)
+        self.metadata = Metadata(self)
+        #: save / restore, managed save, and the start path that resumes a managed save
+        self.saving = Saving(self)
+        #: domjobinfo/domjobabort/domcontrol
+        self.jobs = Jobs(self)
 
     # -- daemon interface ----------------------------------------------------------------
 
@@ -130,7 +139,7 @@ class QemuDriver:
             if dom.autostart and not dom.active:
                 log.info("autostarting %s", dom.name)
                 try:
-                    started = self.lifecycle.start(dom)
+                    started = self.saving.start(dom)  # (resumes a managed save image)
                 except Exception as exc:
                     log.error("autostart of %s failed: %s", dom.name, exc)
                     continue
@@ -237,8 +246,7 @@ class QemuDriver:
                 self.registry.by_uuid(a.uuid).ref()),
             P.DOMAIN_LOOKUP_BY_ID: lambda c, a: pl.DomainReply(self.registry.by_id(a.id).ref()),
             P.DOMAIN_LIST: self._list,
-            P.DOMAIN_DEFINE_XML: lambda c, a: pl.DomainReply(
-                self.registry.define(a.xml, self.devices.disk_removed).ref()),
+            P.DOMAIN_DEFINE_XML: self._define_xml,
             P.DOMAIN_UNDEFINE: self._undefine,
             P.DOMAIN_CREATE_XML: self._create_xml,
             P.DOMAIN_GET_XML: self._get_xml,
@@ -253,8 +261,7 @@ class QemuDriver:
             P.DOMAIN_GET_INFO: self._get_info,
             P.DOMAIN_GET_STATE: lambda c, a: pl.DomainStateReply(
                 int(self._dom(a).state), self._dom(a).reason),
-            P.DOMAIN_SAVE: self._save,
-            P.DOMAIN_RESTORE: self._restore,
+            **self.saving.handlers(),
             P.DOMAIN_ATTACH_DEVICE: lambda c, a: self._empty_or(
                 self.devices.attach(self._dom(a), a.xml, a.flags)),
             P.DOMAIN_DETACH_DEVICE: lambda c, a: self._empty_or(
@@ -266,6 +273,8 @@ class QemuDriver:
             P.NODE_STATS: lambda c, a: node_stats(a),
             **self.resources.handlers(),
             **self.blockinfo.handlers(),
+            **self.metadata.handlers(),
+            **self.jobs.handlers(),
         }
 
     def _dom(self, args: Any) -> DomainObj:
@@ -292,10 +301,18 @@ class QemuDriver:
         return reply
 
     def _undefine(self, ctx: Any, args: pl.DomainFlagsArgs) -> Empty:
-        self.registry.undefine(self._dom(args))
+        dom = self._dom(args)
+        self.saving.before_undefine(dom, args.flags)  # (UNDEFINE_MANAGED_SAVE)
+        self.registry.undefine(dom)
         return Empty()
 
+    def _define_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> pl.DomainReply:
+        # VALIDATE is what every define does here (libvirt's schema, when installed)
+        check_flags(args.flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
+        return pl.DomainReply(self.registry.define(args.xml, self.devices.disk_removed).ref())
+
     def _create_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> Deferred:
+        check_flags(args.flags, START_PAUSED | START_VALIDATE, "qemuDomainCreateXML")
         definition = self.registry.parse(args.xml)
         existing = self.registry.check_clash(definition)
         if existing is not None:
@@ -348,7 +365,8 @@ class QemuDriver:
         return Empty()
 
     def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
-        return self._ref_reply(self.lifecycle.start(self._dom(args), paused=bool(args.flags & 1)))
+        """libvirt's START_PAUSED (1) and START_FORCE_BOOT (8): see Saving.start."""
+        return self._ref_reply(self.saving.start(self._dom(args), args.flags))
 
     def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Any:
         _check_power_modes("shutdown", args.flags, ShutdownFlags,
@@ -465,117 +483,10 @@ class QemuDriver:
         fields = raw[raw.rfind(")") + 2:].split()
         return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLK_TCK
 
-    # -- save / restore ------------------------------------------------------------------
-
-    def _save(self, ctx: Any, args: pl.SaveArgs) -> Deferred:
-        dom = self._dom(args)
-        self.lifecycle.require_active(dom)
-        self.lifecycle.require_no_job(dom)
-        # a disk half unplugged would be restored plugged in, its unplug request lost
-        self.devices.require_no_unplug(dom)
-        assert dom.monitor is not None and dom.live is not None
-        target = Path(args.path)
-        if not target.is_absolute():
-            raise InvalidArg(f"save path must be absolute, got '{args.path}'")
-        # checked before the guest is touched: the rename at the end cannot replace these
-        if target.is_dir():
-            raise OperationFailed(f"cannot save to {target}: it is a directory")
-        if not target.parent.is_dir():
-            raise OperationFailed(f"cannot save to {target}: no directory {target.parent}")
-        partial = _save_temp(target)
-        xml = dom.live.to_xml().encode()
-        try:
-            _write_new(partial, SAVE_MAGIC + f"{len(xml)}\n".encode() + xml)
-        except OSError as exc:
-            raise OperationFailed(f"cannot write save file {partial}: {exc.strerror}") from None
-        was_running = dom.state == DomainState.RUNNING  # a paused guest stays paused
-        dom.job, dom.job_file = "save", str(partial)
-        self.lifecycle.save_status(dom)  # a restarted daemon undoes it (see _reconnect)
-        monitor = dom.monitor
-        out = Deferred()
-        finished = Deferred()
-        dom.device_waiters["__migration__"] = finished
-
-        def fail(error: Any) -> None:
-            dom.job, dom.job_file = None, ""
-            dom.device_waiters.pop("__migration__", None)
-            partial.unlink(missing_ok=True)
-            # the save stopped the vCPUs (its STOP is not a state change: dom.job was set)
-            if was_running and dom.monitor is not None:
-                dom.monitor.execute("cont")
-            self.lifecycle.save_status(dom)
-            out.fail(error)
-
-        def migrated(d: Deferred) -> None:
-            if d.error is not None:
-                fail(d.error)
-                return
-            dom.job, dom.job_file = None, ""
-            stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
-                                                             StoppedDetail.SAVED))
-
-            def moved(_: Deferred) -> None:
-                try:
-                    os.replace(partial, target)
-                except OSError as exc:  # the guest is stopped: its state stays where it is
-                    out.fail(OperationFailed(f"cannot finish save file {target}: "
-                                             f"{exc.strerror or exc}; the saved state is in "
-                                             f"{partial}"))
-                    return
-                out.resolve(Empty())
-            stopped.add_done_callback(moved)
-
-        finished.add_done_callback(migrated)
-
-        def paused(d: Deferred) -> None:
-            if d.error is not None:
-                fail(d.error)
-                return
-            monitor.execute("migrate-set-capabilities", {"capabilities": [
-                {"capability": "events", "state": True}]})
-            migrate = monitor.execute("migrate", {
-                "uri": "exec:cat >> " + shlex.quote(str(partial))})
-            migrate.add_done_callback(lambda m: fail(m.error) if m.error else None)
-        monitor.execute("stop").add_done_callback(paused)
-        return out
-
-    def _restore(self, ctx: Any, args: pl.RestoreArgs) -> Deferred:
-        path = Path(args.path)
-        try:
-            with path.open("rb") as f:
-                if f.readline() != SAVE_MAGIC:
-                    raise InvalidArg(f"{path} is not a qemud save file")
-                length = int(f.readline())
-                xml = f.read(length).decode()
-                offset = f.tell()
-        except OSError as exc:
-            raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
-        except ValueError:
-            raise InvalidArg(f"{path} is not a valid qemud save file") from None
-        try:
-            definition = parse_domain_xml(xml, validate_schema=False)
-        except ConfError as exc:
-            raise XMLError(f"save file {path} holds bad XML: {exc}") from None
-        existing = self.registry.check_clash(definition)
-        if existing is not None and existing.active:
-            raise OperationInvalid(f"domain '{existing.name}' is already running")
-        dom = existing or DomainObj(definition, persistent=False)
-        if existing is None:
-            self.registry.add(dom)
-        incoming = f"exec:tail -c +{offset + 1} {shlex.quote(str(path))}"
-        try:
-            started = self.lifecycle.start(dom, definition, incoming=incoming,
-                                           reason=RunningReason.RESTORED,
-                                           detail=StartedDetail.RESTORED)
-        except Exception:
-            if existing is None:
-                self.registry.remove(dom)
-            raise
-        return self._ref_reply(started)
-
     # -- console -------------------------------------------------------------------------
 
     def _open_console(self, ctx: Any, args: pl.ConsoleArgs) -> Deferred:
+        check_flags(args.flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
         dom = self._dom(args)
         self.lifecycle.require_active(dom)
         assert dom.monitor is not None and dom.live is not None
@@ -589,7 +500,8 @@ class QemuDriver:
                 return
             try:
                 self.consoles.open(dom, ctx, serial, args.device,
-                                   console_sources(live, d.result))
+                                   console_sources(live, d.result),
+                                   force=bool(args.flags & CONSOLE_FORCE))
             except Exception as exc:
                 out.fail(exc if isinstance(exc, QemudError) else OperationFailed(str(exc)))
                 return
@@ -639,20 +551,3 @@ def _refuse_agent_only(verb: str, flags: int, modes: _PowerModes) -> None:
 def _log_failure(what: str, name: str, done: Deferred) -> None:
     if done.error is not None:
         log.error("%s of %s failed: %s", what, name, done.error.message)
-
-
-def _save_temp(target: Path) -> Path:
-    """Where a save to ``target`` writes until it is complete: a hidden name of this
-    daemon's in the same directory (the final rename stays on one file system), never
-    a file the user could have named (``target.part`` could be theirs)."""
-    return target.with_name(f".{target.name}.qemud-save-{os.getpid()}.part")
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (0600, not following a symlink) holding ``data``; a leftover of
-    an earlier save by a daemon with the same pid is replaced."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)

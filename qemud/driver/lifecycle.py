@@ -119,7 +119,9 @@ class Lifecycle:
               paused: bool = False, incoming: str | None = None,
               reason: RunningReason = RunningReason.BOOTED,
               detail: StartedDetail = StartedDetail.BOOTED) -> Deferred:
-        """Launch ``dom``; the Deferred resolves with its DomainRef once vCPUs run."""
+        """Launch ``dom``; the Deferred resolves with its DomainRef once vCPUs run (with
+        ``paused``: once QEMU is ready, its vCPUs stopped; also after an ``incoming``
+        migration, a restore)."""
         if dom.active:
             raise OperationInvalid(f"domain '{dom.name}' is already running")
         self.require_no_job(dom)
@@ -216,7 +218,10 @@ class Lifecycle:
                 dom.job = "restore"
                 step = monitor.execute("migrate-incoming", {"uri": incoming})
                 step.add_done_callback(lambda d: fail(d.error) if d.error else None)
-                self._after_incoming(dom, lambda err: fail(err) if err else resume())
+                # a restore with ``paused`` (a managed save of a paused guest, or
+                # start --paused) keeps the vCPUs stopped, as libvirt's restore does
+                self._after_incoming(dom, lambda err: fail(err) if err else
+                                     running(paused_now=True) if paused else resume())
             elif paused:
                 running(paused_now=True)
             else:

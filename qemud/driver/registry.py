@@ -233,7 +233,10 @@ class Registry:
             self._drop_stale_autostart(definition.name)
         self._save(definition)
         if existing is None:
-            dom = DomainObj(definition, persistent=True)
+            # an image left under this name (by hand) is this domain's, as libvirt sees it:
+            # a start tries it (and refuses one of another uuid)
+            dom = DomainObj(definition, persistent=True,
+                            managed_save=self.store.has_managed_save(definition.name))
             self.add(dom)
             detail = DefinedDetail.ADDED
         else:
@@ -308,7 +311,8 @@ class Registry:
                 continue
             self._fill_defaults_on_load(definition, path)
             dom = DomainObj(definition, persistent=True,
-                            autostart=self.store.autostart(definition.name))
+                            autostart=self.store.autostart(definition.name),
+                            managed_save=self.store.has_managed_save(definition.name))
             self.add(dom)
         log.info("loaded %d persistent domain(s)", len(self))
 
@@ -362,6 +366,7 @@ _PERSISTENT, _TRANSIENT = int(ListFlags.PERSISTENT), int(ListFlags.TRANSIENT)
 _RUNNING, _PAUSED = int(ListFlags.RUNNING), int(ListFlags.PAUSED)
 _SHUTOFF, _OTHER = int(ListFlags.SHUTOFF), int(ListFlags.OTHER)
 _AUTOSTART, _NO_AUTOSTART = int(ListFlags.AUTOSTART), int(ListFlags.NO_AUTOSTART)
+_MANAGEDSAVE, _NO_MANAGEDSAVE = int(ListFlags.MANAGEDSAVE), int(ListFlags.NO_MANAGEDSAVE)
 _STATE_BITS = _RUNNING | _PAUSED | _SHUTOFF | _OTHER
 _RUNNING_STATE, _PAUSED_STATE = int(DomainState.RUNNING), int(DomainState.PAUSED)
 _SHUTOFF_STATE = int(DomainState.SHUTOFF)
@@ -386,6 +391,10 @@ def _selected(dom: DomainObj, flags: int) -> bool:
     if flags & (_AUTOSTART | _NO_AUTOSTART) and not (
             (flags & _AUTOSTART and dom.autostart) or
             (flags & _NO_AUTOSTART and not dom.autostart)):
+        return False
+    if flags & (_MANAGEDSAVE | _NO_MANAGEDSAVE) and not (
+            (flags & _MANAGEDSAVE and dom.managed_save) or
+            (flags & _NO_MANAGEDSAVE and not dom.managed_save)):
         return False
     return True
 

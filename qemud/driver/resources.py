@@ -45,6 +45,7 @@ from qemud.errors import (
 from qemud.qemu.qmp import QMPEvent
 
 from .domain import DomainObj
+from .flags import check_flags
 from .stats import QMP_TIMEOUT, rss_kib, thread_stat
 
 if TYPE_CHECKING:
@@ -84,14 +85,6 @@ _NO_BALLOON = ("Unable to change memory of active domain without the balloon dev
 _VCPU_RUNNING = 1  # libvirt's VIR_VCPU_RUNNING
 
 
-def _check_flags(flags: int, allowed: int, function: str) -> None:
-    """libvirt's virCheckFlags: unknown bits are INVALID_ARG, in its words."""
-    unknown = flags & ~allowed
-    if unknown:
-        raise InvalidArg(f"unsupported flags ({unknown:#x}) in function {function}",
-                         domain=ErrorDomain.QEMU)
-
-
 def _has_balloon(live: DomainDef) -> bool:
     """False for ``<memballoon model='none'>`` (libvirt's virDomainDefHasMemballoon); a
     definition without ``<memballoon>`` may still have one through ``<qemu:commandline>``,
@@ -124,9 +117,11 @@ class Resources:
 
     # -- which definitions a call changes ------------------------------------------------
 
-    def _defs(self, dom: DomainObj, flags: int) -> tuple[DomainDef | None, DomainDef | None]:
+    def affected_defs(self, dom: DomainObj, flags: int
+                      ) -> tuple[DomainDef | None, DomainDef | None]:
         """(live, persistent copy) the AFFECT flags select, as libvirt's virDomainObjGetDefs:
-        0 means the live definition of a running domain, else the persistent one."""
+        0 means the live definition of a running domain, else the persistent one (also
+        for the other handlers that change a definition, e.g. :mod:`.metadata`)."""
         affect = flags & (AFFECT_LIVE | AFFECT_CONFIG)
         if not affect:
             affect = AFFECT_LIVE if dom.active else AFFECT_CONFIG
@@ -139,7 +134,7 @@ class Resources:
             if affect & AFFECT_CONFIG else None
         return live, config
 
-    def _save_config(self, dom: DomainObj, definition: DomainDef) -> None:
+    def save_config(self, dom: DomainObj, definition: DomainDef) -> None:
         """Write the persistent definition, then make it the domain's (the next one of a
         running domain)."""
         try:
@@ -155,12 +150,12 @@ class Resources:
     # -- setmem / setmaxmem --------------------------------------------------------------
 
     def set_memory(self, ctx: Any, args: pl.MemoryArgs) -> Empty | Deferred:
-        _check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM,
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM,
                      "qemuDomainSetMemoryFlags")
         if args.memory_kib == 0:
             raise InvalidArg("memory in virDomainSetMemoryFlags must not be zero")
         dom = self.driver._dom(args)
-        live, config = self._defs(dom, args.flags)
+        live, config = self.affected_defs(dom, args.flags)
         newmem = args.memory_kib
         if args.flags & MEM_MAXIMUM:
             if live is not None:
@@ -169,7 +164,7 @@ class Resources:
             config.memory_kib = newmem
             if config.current_memory_kib > newmem:
                 config.current_memory_kib = newmem
-            self._save_config(dom, config)
+            self.save_config(dom, config)
             return Empty()
         maximum = min(d.memory_kib for d in (live, config) if d is not None)
         if newmem > maximum:
@@ -177,7 +172,7 @@ class Resources:
         if live is None:
             assert config is not None
             config.current_memory_kib = newmem
-            self._save_config(dom, config)
+            self.save_config(dom, config)
             return Empty()
         if not _has_balloon(live):
             raise OperationInvalid(_NO_BALLOON)
@@ -199,7 +194,7 @@ class Resources:
             if config is not None:
                 config.current_memory_kib = kib
                 try:
-                    self._save_config(dom, config)
+                    self.save_config(dom, config)
                 except QemudError as exc:
                     out.fail(exc)
                     return
@@ -222,7 +217,7 @@ class Resources:
     def memory_stats(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """libvirt's order: the balloon's ``actual``, its guest stats (when QEMU has a
         balloon), then the QEMU process's RSS (always, as libvirt does)."""
-        _check_flags(args.flags, 0, "qemuDomainMemoryStats")
+        check_flags(args.flags, 0, "qemuDomainMemoryStats")
         dom = self.driver._dom(args)
         self.driver.lifecycle.require_active(dom)
         monitor = dom.monitor
@@ -289,10 +284,10 @@ class Resources:
                              "are mutually exclusive")
         if args.count == 0:
             raise InvalidArg("nvcpus in virDomainSetVcpusFlags must not be zero")
-        _check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM | VCPU_GUEST |
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM | VCPU_GUEST |
                      VCPU_HOTPLUGGABLE, "qemuDomainSetVcpusFlags")
         dom = self.driver._dom(args)
-        live, config = self._defs(dom, flags)
+        live, config = self.affected_defs(dom, flags)
         count = args.count
         if flags & VCPU_GUEST:
             raise ArgumentUnsupported(
@@ -305,7 +300,7 @@ class Resources:
             assert config is not None
             config.set_vcpus(min(config.vcpus, count), count)
             self.driver.registry.check_for_host(config)
-            self._save_config(dom, config)
+            self.save_config(dom, config)
             return Empty()
         for definition, which in ((live, "live"), (config, "persistent")):
             if definition is not None and count > definition.max_vcpus:
@@ -318,7 +313,7 @@ class Resources:
                 "restart the domain")
         if config is not None:
             config.set_vcpus(count, config.max_vcpus)
-            self._save_config(dom, config)
+            self.save_config(dom, config)
         return Empty()
 
     # -- vcpuinfo ------------------------------------------------------------------------
@@ -326,7 +321,7 @@ class Resources:
     def get_vcpus(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """Per vCPU thread (QMP query-cpus-fast): its state (running: libvirt reports every
         online vCPU so), CPU time, the host CPU it ran on last, and its affinity."""
-        _check_flags(args.flags, 0, "qemuDomainGetVcpus")
+        check_flags(args.flags, 0, "qemuDomainGetVcpus")
         dom = self.driver._dom(args)
         if not dom.active:
             raise OperationInvalid("cannot retrieve vcpu information for inactive domain")

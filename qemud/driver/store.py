@@ -4,7 +4,10 @@
   canonicalised, plus generated uuid/MACs);
 * ``<config_dir>/autostart/<name>``: an empty flag file per autostarted domain;
 * ``<run_dir>/qemu/<name>.status.json``: one per running guest (pid, QMP path, start
-  time, id, the live XML), so a restarted daemon can find and re-attach to it.
+  time, id, the live XML), so a restarted daemon can find and re-attach to it;
+* ``<state_dir>/save/<name>.save``: a domain's managed save image (libvirt keeps it as
+  ``/var/lib/libvirt/qemu/save/<name>.save``), written as ``.<name>.part`` and renamed
+  when complete (see :mod:`.saving`).
 
 Every write is temp file + fsync + rename + fsync of the directory (:func:`atomic_write`).
 A definition that fails to parse at load time is logged and left where it is, never
@@ -126,10 +129,13 @@ class StatusRecord:
 class DomainStore:
     """Files of persistent definitions, autostart flags and runtime status."""
 
-    def __init__(self, domains_dir: Path, autostart_dir: Path, status_dir: Path) -> None:
+    def __init__(self, domains_dir: Path, autostart_dir: Path, status_dir: Path,
+                 save_dir: Path | None = None) -> None:
         self.domains_dir = domains_dir
         self.autostart_dir = autostart_dir
         self.status_dir = status_dir
+        #: managed save images (the daemon passes ``<state_dir>/save``)
+        self.save_dir = save_dir if save_dir is not None else status_dir / "save"
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -182,6 +188,19 @@ class DomainStore:
             except FileNotFoundError:
                 pass
             _fsync_dir(self.autostart_dir)
+
+    # -- managed save images -------------------------------------------------------------
+
+    def managed_save_path(self, name: str) -> Path:
+        return self.save_dir / f"{name}.save"
+
+    def managed_save_temp(self, name: str) -> Path:
+        """Where a managed save writes until it is complete: a name no image has (and
+        short enough for the longest domain name: ``.<name>.part``)."""
+        return self.save_dir / f".{name}.part"
+
+    def has_managed_save(self, name: str) -> bool:
+        return self.managed_save_path(name).is_file()
 
     # -- runtime status ------------------------------------------------------------------
 

@@ -44,8 +44,8 @@ from qemud.qemu.chardevs import console_is_serial0
 from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
 
-__all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "build_argv", "qemu_opt_escape",
-           "taints"]
+__all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "build_argv", "netdev_arg",
+           "qemu_opt_escape", "taints"]
 
 _VNC_BASE_PORT: Final = 5900
 _UNIX_PATH_MAX: Final = naming.UNIX_PATH_MAX
@@ -403,13 +403,7 @@ class _Builder:
             if device_id in seen:
                 raise GuestConfigError(f"{where}/mac", f"duplicate MAC address {iface.mac!r}")
             seen.add(device_id)
-            backend = _NETDEVS.get(iface.type)
-            if backend is None:
-                raise GuestConfigError(
-                    where,
-                    f"unsupported interface type {iface.type!r} (supported: {', '.join(_NETDEVS)})",
-                )
-            self.add("-netdev", backend(iface, netdev_id, where))
+            self.add("-netdev", netdev_arg(iface, netdev_id, where))
             self.add("-device", self.strategy.nic_device(iface, iface.mac, device_id, netdev_id))
 
     # -- graphics, char devices, watchdog ----------------------------------------
@@ -518,6 +512,19 @@ _NETDEVS: Final[dict[str, Callable[[InterfaceView, str, str], str]]] = {
     "bridge": _netdev_bridge,
     "ethernet": _netdev_tap,
 }
+
+
+def netdev_arg(iface: InterfaceView, netdev_id: str, where: str) -> str:
+    """The ``-netdev`` value of ``iface``: at start, and (as QMP ``netdev_add`` arguments,
+    see :mod:`qemud.qemu.nicplug`) for a NIC plugged in later, so both get the same
+    backend. ``where`` is the interface's path in the XML, for errors."""
+    backend = _NETDEVS.get(iface.type)
+    if backend is None:
+        raise GuestConfigError(
+            where,
+            f"unsupported interface type {iface.type!r} (supported: {', '.join(_NETDEVS)})",
+        )
+    return backend(iface, netdev_id, where)
 
 
 def _chardev_pty(dev: CharDeviceView, chardev_id: str, paths: GuestPaths, where: str) -> str:

@@ -33,9 +33,10 @@ def c(calls: list[str]) -> Completer:
 
 def test_command_names(c: Completer) -> None:
     assert c.candidates("") == sorted(REGISTRY)
-    assert c.candidates("dom") == ["domblkinfo", "domblklist", "domblkstat", "domdisplay",
-                                   "domid", "domiflist", "domifstat", "dominfo",
-                                   "dommemstat", "domname", "domstate", "domstats", "domuuid"]
+    assert c.candidates("dom") == ["domblkinfo", "domblklist", "domblkstat", "domcontrol",
+                                   "domdisplay", "domid", "domiflist", "domifstat", "dominfo",
+                                   "domjobabort", "domjobinfo", "dommemstat", "domname",
+                                   "domstate", "domstats", "domuuid"]
     assert c.candidates("snapshot-l") == ["snapshot-list"]
     assert c.candidates("nosuch") == []
 

@@ -72,6 +72,10 @@ def test_lifecycle(daemon: DaemonProcess, qemush: Qemush, shell_env: dict[str, s
         # guest without an OS, and the command ends once stdin has ended
         proc = qemush("-c", u, "console", "life", input="\n", timeout=30)
         assert proc.returncode == 0, proc.stderr
+        # virsh's --safe and --force reach the daemon (it refuses flags it does not know)
+        proc = qemush("-c", u, "console", "life", "--safe", "--force", "--devname",
+                      "serial0", input="\n", timeout=30)
+        assert proc.returncode == 0, proc.stderr
 
         # save with stderr on a terminal: the progress line is drawn, then erased
         saved = tmp_path / "life.save"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import client
+from client.domain import CONSOLE_FORCE, CONSOLE_SAFE
 from protocol.constants import ErrorCode
 from tests.helpers.daemon import DaemonProcess, serving
 from tests.integration.domains import guest_xml
@@ -98,11 +99,55 @@ def test_console_of_a_unix_socket_serial(qemud: DaemonProcess, test_guest,
             first = dom.open_console("")
             try:
                 with pytest.raises(client.OperationFailed,
-                                   match="an active console session exists for domain "
-                                         "'console-unix'"):
+                                   match="^operation failed: Active console session "
+                                         "exists for this domain$"):
                     dom.open_console("serial0").close()
             finally:
                 first.close()
             ping(dom, "serial0")
+        finally:
+            dom.destroy()
+
+
+def test_console_force_takes_the_console_over(qemud: DaemonProcess, test_guest,
+                                              tmp_path: Path) -> None:
+    """virsh console --force (VIR_DOMAIN_CONSOLE_FORCE): the session holding the console
+    ends with an error saying why, the new one gets the guest (it answers on it);
+    --safe is accepted (one session per domain is safe handling); other flags are
+    refused in libvirt's words before anything is opened."""
+    sock = tmp_path / "serial.sock"
+    with qemud.connect() as conn:
+        dom = conn.create_xml(guest_xml("console-force", test_guest, sock))
+        try:
+            ping(dom, "")
+            first = dom.open_console("", CONSOLE_SAFE)
+            try:
+                second = dom.open_console("serial0", CONSOLE_FORCE)
+                try:
+                    with pytest.raises(client.OperationFailed,
+                                       match="console of domain 'console-force' was taken "
+                                             r"over by another session \(console --force\)"):
+                        deadline = time.monotonic() + 30
+                        while time.monotonic() < deadline:
+                            first.recv(0.5)  # data the guest sent before: read past it
+                    second.send(b"ping\n")
+                    seen = b""
+                    deadline = time.monotonic() + 30
+                    while b"QEMUD-PONG" not in seen and time.monotonic() < deadline:
+                        chunk = second.recv(0.5)
+                        assert chunk is not None, seen
+                        seen += chunk
+                        if not chunk:
+                            second.send(b"ping\n")
+                    assert b"QEMUD-PONG" in seen, seen
+                finally:
+                    second.close()
+            finally:
+                first.close()
+            with pytest.raises(client.InvalidArgError,
+                               match=r"unsupported flags \(0x4\) in function "
+                                     "qemuDomainOpenConsole"):
+                dom.open_console("", 4).close()
+            ping(dom, "")  # nothing was left holding it
         finally:
             dom.destroy()

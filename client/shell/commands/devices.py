@@ -1,8 +1,9 @@
-"""Device listings computed from the domain XML (no daemon procedure of their own)."""
+"""Device listings computed from the domain XML (no daemon procedure of their own), and
+device attach/detach from an XML file or, for interfaces, from options (as virsh)."""
 
 from __future__ import annotations
 
-from ...domain import XML_INACTIVE
+from ...domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE
 from ...format import table
 from ..context import Shell
 from ..devicelist import (
@@ -12,8 +13,11 @@ from ..devicelist import (
     block_rows,
     interface_rows,
 )
-from ..registry import Args, CommandError, Opt, command
-from .domain import DOM
+from ..ifacexml import InterfaceLookupError, build_interface_xml, find_interface_xml
+from ..registry import FILE, Arg, Args, CommandError, Opt, UsageError, command
+from .domain import CONFIG, CURRENT, DOM, LIVE, PERSISTENT, _affect_flags, _read_xml
+
+AFFECT = (PERSISTENT, CONFIG, LIVE, CURRENT)
 
 INACTIVE = Opt("inactive", "get inactive rather than running configuration")
 
@@ -54,3 +58,103 @@ def cmd_domiflist(sh: Shell, args: Args) -> None:
                            str(exc)) from None
     sh.write(table(INTERFACE_HEADERS, rows))
     sh.print()
+
+
+# -- attach / detach -----------------------------------------------------------------------
+
+FILE_ARG = Arg("file", "XML file", complete=FILE)
+
+
+@command("attach-device", "domain", "attach device from an XML file", description=(
+    "Attach the device described by the XML in FILE (a <disk> or an <interface>) to the "
+    "domain: by default to the running guest if it runs, else to its persistent "
+    "definition (--current); --config for the definition, --live for the guest, "
+    "--persistent for both."),
+    args=(DOM, FILE_ARG), opts=AFFECT)
+def cmd_attach_device(sh: Shell, args: Args) -> None:
+    path = args.req("file")
+    dom = sh.domain(args.req("domain"))
+    context = f"Failed to attach device from {path}"
+    xml = _read_xml(path, context)
+    flags = _affect_flags(sh, args, dom)
+    with sh.failing(context):
+        dom.attach_device(xml, flags)
+    sh.print("Device attached successfully")
+
+
+@command("detach-device", "domain", "detach device from an XML file", description=(
+    "Detach the device described by the XML in FILE from the domain (a disk is found by "
+    "its target, an interface by its MAC, else by its type); flags as attach-device."),
+    args=(DOM, FILE_ARG), opts=AFFECT)
+def cmd_detach_device(sh: Shell, args: Args) -> None:
+    path = args.req("file")
+    dom = sh.domain(args.req("domain"))
+    context = f"Failed to detach device from {path}"
+    xml = _read_xml(path, context)
+    flags = _affect_flags(sh, args, dom)
+    with sh.failing(context):
+        dom.detach_device(xml, flags)
+    sh.print("Device detached successfully")
+
+
+@command("attach-interface", "domain", "attach network interface", description=(
+    "Attach a new network interface; the <interface> XML is built from the options "
+    "(--print-xml shows it without attaching). TYPE bridge needs SOURCE (the host "
+    "bridge); user and ethernet take none (virsh refuses both types here, qemush takes "
+    "them: user networking needs no host set-up). Without --mac one is generated "
+    "(52:54:00:xx:xx:xx); without --model the architecture's default model is used."),
+    args=(DOM, Arg("type", "network interface type (user, bridge, ethernet)"),
+          Arg("source", "source of network interface (the bridge for type bridge)",
+              required=False)),
+    opts=(
+        Opt("target", "target network name (host tap device)", "string"),
+        Opt("mac", "MAC address", "string"),
+        Opt("model", "model type", "string", suggest=("virtio", "e1000", "rtl8139")),
+        Opt("alias", "custom alias name of interface device", "string"),
+        *AFFECT,
+        Opt("print-xml", "print XML document rather than attach the interface"),
+    ))
+def cmd_attach_interface(sh: Shell, args: Args) -> None:
+    try:
+        xml = build_interface_xml(args.req("type"), args.get("source"),
+                                  target=args.get("target"), mac=args.get("mac"),
+                                  model=args.get("model"), alias=args.get("alias"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.flag("print-xml"):
+        sh.write(xml)
+        return
+    dom = sh.domain(args.req("domain"))
+    flags = _affect_flags(sh, args, dom)
+    with sh.failing("Failed to attach interface"):
+        dom.attach_device(xml, flags)
+    sh.print("Interface attached successfully")
+
+
+@command("detach-interface", "domain", "detach network interface", description=(
+    "Detach the network interface of type TYPE: the one with --mac, or the only one of "
+    "that type. With --config it is looked up in the persistent definition, else in the "
+    "running configuration (in both with --persistent)."),
+    args=(DOM, Arg("type", "network interface type")),
+    opts=(Opt("mac", "MAC address", "string"), *AFFECT))
+def cmd_detach_interface(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    kind, mac = args.req("type"), args.get("mac")
+    flags = _affect_flags(sh, args, dom)
+    context = "Failed to detach interface"
+    # virsh: the config's element from the inactive XML, the guest's from the live one
+    steps = []
+    if flags & AFFECT_CONFIG:
+        steps.append((XML_INACTIVE, AFFECT_CONFIG))
+    if flags & AFFECT_LIVE or not flags:
+        steps.append((0, flags & ~AFFECT_CONFIG))
+    for xml_flags, detach_flags in steps:
+        with sh.failing(context):
+            domain_xml = dom.xml(xml_flags)
+        try:
+            xml = find_interface_xml(domain_xml, kind, mac)
+        except InterfaceLookupError as exc:
+            raise CommandError(str(exc), context) from None
+        with sh.failing(context):
+            dom.detach_device(xml, detach_flags)
+    sh.print("Interface detached successfully")

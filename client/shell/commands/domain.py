@@ -10,7 +10,9 @@ from ...domain import (
     AFFECT_CONFIG,
     AFFECT_LIVE,
     DESTROY_GRACEFUL,
+    START_FORCE_BOOT,
     START_PAUSED,
+    UNDEFINE_MANAGED_SAVE,
     XML_INACTIVE,
     XML_SECURE,
     Domain,
@@ -99,10 +101,14 @@ def _id_text(dom_id: int) -> str:
     "Returns the list of domains: active ones by default, with --all every one. The "
     "--state-*, --persistent/--transient, --autostart/--no-autostart and "
     "--with-snapshot/--without-snapshot filters combine (the snapshot filters ask each "
-    "listed domain for its snapshots)."),
+    "listed domain for its snapshots), as do --with-managed-save/--without-managed-save; "
+    "--managed-save shows a domain with a managed save image as 'saved'."),
     opts=(
         Opt("inactive", "list inactive domains"),
         Opt("all", "list inactive & active domains"),
+        Opt("managed-save", "mark inactive domains with managed save state"),
+        Opt("with-managed-save", "list domains with managed save state"),
+        Opt("without-managed-save", "list domains without managed save"),
         Opt("transient", "list transient domains"),
         Opt("persistent", "list persistent domains"),
         Opt("with-snapshot", "list domains with existing snapshot"),
@@ -131,7 +137,9 @@ def cmd_list(sh: Shell, args: Args) -> None:
         flags |= ListFlags.ACTIVE
     for name, bit in (*states.items(), ("persistent", ListFlags.PERSISTENT),
                       ("transient", ListFlags.TRANSIENT), ("autostart", ListFlags.AUTOSTART),
-                      ("no-autostart", ListFlags.NO_AUTOSTART)):
+                      ("no-autostart", ListFlags.NO_AUTOSTART),
+                      ("with-managed-save", ListFlags.MANAGEDSAVE),
+                      ("without-managed-save", ListFlags.NO_MANAGEDSAVE)):
         if args.flag(name):
             flags |= bit
     if args.flag("table") and (args.flag("name") or args.flag("uuid") or args.flag("id")):
@@ -140,6 +148,9 @@ def cmd_list(sh: Shell, args: Args) -> None:
         doms = sh.conn().list_domains(int(flags))
         doms = _snapshot_filter(doms, args.flag("with-snapshot"),
                                 args.flag("without-snapshot"))
+        # virsh asks each domain; one listing of the domains with an image does it here
+        saved = {d.uuid_bytes for d in sh.conn().list_domains(ListFlags.MANAGEDSAVE)} \
+            if args.flag("managed-save") else set()
     # virsh order: running domains by id, then the others by name
     doms.sort(key=lambda d: (d.id < 0, d.id if d.id >= 0 else 0, d.name))
     if sh.want_json(args):
@@ -165,7 +176,8 @@ def cmd_list(sh: Shell, args: Args) -> None:
     rows = []
     for d in doms:
         state = d.summary.state if d.summary else int(DomainState.NOSTATE)
-        rows.append([_id_text(d.id), d.name, state_name(state)])
+        rows.append([_id_text(d.id), d.name,
+                     "saved" if d.uuid_bytes in saved else state_name(state)])
     headers = ["Id", "Name", "State"]
     if args.flag("title"):
         from .domxml import add_titles  # domxml imports this module
@@ -213,6 +225,7 @@ def cmd_dominfo(sh: Shell, args: Args) -> None:
         info = dom.info()
         xml = dom.xml()
         autostart = dom.autostart()
+        managed_save = dom.has_managed_save()
         persistent: bool | None = None
         for d in sh.conn().list_domains(0):
             if d.uuid == dom.uuid and d.summary is not None:
@@ -242,10 +255,9 @@ def cmd_dominfo(sh: Shell, args: Args) -> None:
         ("Max memory:", f"{info.max_mem_kib} KiB"), ("Used memory:", f"{info.memory_kib} KiB"),
         ("Persistent:", "unknown" if persistent is None else "yes" if persistent else "no"),
         ("Autostart:", "enable" if autostart else "disable"),
-        # qemud has no managed save (virDomainManagedSave), so no domain has its image;
         # no "Security model" lines: there is no security driver to name (virsh prints
         # them only when one is active)
-        ("Managed save:", "no"),
+        ("Managed save:", "yes" if managed_save else "no"),
     ]
     sh.write(key_values(pairs))
     sh.print()
@@ -322,25 +334,36 @@ def cmd_vncdisplay(sh: Shell, args: Args) -> None:
 
 # -- definition --------------------------------------------------------------------------
 
+#: virsh's --validate (VIR_DOMAIN_DEFINE_VALIDATE / VIR_DOMAIN_START_VALIDATE): qemud
+#: validates every definition against libvirt's schema anyway (docs/CONFORMANCE.md)
+VALIDATE = Opt("validate", "validate the XML against the schema (qemud always does)")
+_DEFINE_VALIDATE, _START_VALIDATE = 1, 16
+
+
 @command("define", "domain", "define (but don't start) a domain from an XML file",
-         args=(Arg("file", "file containing an XML domain description", complete=FILE),))
+         args=(Arg("file", "file containing an XML domain description", complete=FILE),),
+         opts=(VALIDATE,))
 def cmd_define(sh: Shell, args: Args) -> None:
     path = args.req("file")
     context = f"Failed to define domain from {path}"
     xml = _read_xml(path, context)
     with sh.failing(context):
-        dom = sh.conn().define_xml(xml)
+        dom = sh.conn().define_xml(xml, _DEFINE_VALIDATE if args.flag("validate") else 0)
     sh.print(f"Domain '{dom.name}' defined from {path}")
 
 
 @command("undefine", "domain", "undefine a domain", description=(
     "Undefine an inactive domain, or convert a persistent running domain to transient. "
     "An inactive domain that has snapshots is only undefined with --snapshots-metadata, "
-    "which removes their metadata (its disks stay)."),
-    args=(DOM,), opts=(Opt("snapshots-metadata", "remove all domain snapshot metadata too"),))
+    "which removes their metadata (its disks stay); one with a managed save image only "
+    "with --managed-save, which removes the image."),
+    args=(DOM,), opts=(Opt("managed-save", "remove domain managed state file"),
+                       Opt("snapshots-metadata", "remove all domain snapshot metadata too")))
 def cmd_undefine(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = UndefineFlags.SNAPSHOTS_METADATA if args.flag("snapshots-metadata") else 0
+    if args.flag("managed-save"):
+        flags |= UNDEFINE_MANAGED_SAVE
     with sh.failing(f"Failed to undefine domain '{dom.name}'"):
         dom.undefine(flags)
     sh.print(f"Domain '{dom.name}' has been undefined")
@@ -350,15 +373,25 @@ def cmd_undefine(sh: Shell, args: Args) -> None:
     "Create and start a transient domain from an XML file; with --paused its vCPUs stay "
     "stopped until 'resume'."),
     args=(Arg("file", "file containing an XML domain description", complete=FILE),),
-    opts=(Opt("paused", "leave the guest paused after creation"),))
+    opts=(Opt("paused", "leave the guest paused after creation"),
+          Opt("console", "attach to console after creation"), VALIDATE))
 def cmd_create(sh: Shell, args: Args) -> None:
     path = args.req("file")
     context = f"Failed to create domain from {path}"
     xml = _read_xml(path, context)
-    paused = args.flag("paused")
+    flags = (START_PAUSED if args.flag("paused") else 0) | (
+        _START_VALIDATE if args.flag("validate") else 0)
     with sh.failing(context):
-        dom = sh.conn().create_xml(xml, START_PAUSED if paused else 0)
+        dom = sh.conn().create_xml(xml, flags)
     sh.print(f"Domain '{dom.name}' created from {path}")
+    if args.flag("console"):
+        _attach_console(sh, dom)
+
+
+def _attach_console(sh: Shell, dom: Domain) -> None:
+    """virsh's --console of create and start: the console, right after the start."""
+    from .console import run_console  # (it imports this module)
+    run_console(sh, dom)
 
 
 @command("autostart", "domain", "autostart a domain", description=(
@@ -377,13 +410,21 @@ def cmd_autostart(sh: Shell, args: Args) -> None:
 
 @command("start", "domain", "start a (previously defined) inactive domain", description=(
     "Start a (previously defined) inactive domain; with --paused its vCPUs stay stopped "
-    "until 'resume'."),
-    args=(DOM,), opts=(Opt("paused", "leave the guest paused after start"),))
+    "until 'resume'. A domain with a managed save image (managedsave) is restored from "
+    "it and the image removed; --force-boot discards the image and boots afresh."),
+    args=(DOM,), opts=(Opt("paused", "leave the guest paused after start"),
+                       Opt("console", "attach to console after start"),
+                       Opt("force-boot", "force fresh boot by discarding any managed "
+                                         "save")))
 def cmd_start(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
+    flags = (START_PAUSED if args.flag("paused") else 0) | \
+        (START_FORCE_BOOT if args.flag("force-boot") else 0)
     with sh.failing(f"Failed to start domain '{dom.name}'"):
-        dom.create(START_PAUSED if args.flag("paused") else 0)
+        dom.create(flags)
     sh.print(f"Domain '{dom.name}' started")
+    if args.flag("console"):
+        _attach_console(sh, dom)
 
 
 @command("shutdown", "domain", "gracefully shutdown a domain", description=(

@@ -144,6 +144,7 @@ class ImageOps:
         foreign = self.foreign_disk(dom, state)
         if foreign:
             raise OperationInvalid(f"domain '{dom.name}': {foreign}: cannot {what} it")
+        self.driver.saving.require_no_image(dom, what)
         return state
 
     @staticmethod

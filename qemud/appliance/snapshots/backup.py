@@ -12,6 +12,11 @@ QEMU's message; the other disks' jobs are cancelled, and once every job has ende
 that no job holds a target node) the target nodes are closed, the partial files removed
 and then the reply sent: the space is free again and the disks are not busy when the
 client hears of the failure.
+
+An abort (DOMAIN_ABORT_JOB, ``virsh domjobabort``; :meth:`BackupOps.abort`) ends a
+backup the same way, as cancelled: a ``qemu-img`` it runs (an offline backup's convert,
+a live one's target create) is killed (the loop reaps it), QEMU's jobs are cancelled,
+and the backup call fails saying it was cancelled once the partial files are removed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from protocol.constants import ShutoffReason
 from qemud.dispatch import Deferred
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
+from ..tools import ChildGroup
 from .base import (
     SnapshotOps,
     gather,
@@ -76,6 +82,7 @@ class Backup:
     dom: DomainObj
     targets: list[BackupTarget]
     result: Deferred
+    children: ChildGroup  # its qemu-img processes, killed by an abort
     created: list[Path] = field(default_factory=list)
     timer: Timer | None = None
     last_pct: int = -1
@@ -84,6 +91,7 @@ class Backup:
     error: QemudError | None = None  # why it failed (once finished)
     closing: bool = False  # the target nodes are being closed
     concluded: bool = False  # the result is sent
+    aborted: bool = False  # DOMAIN_ABORT_JOB: it ends as cancelled, whatever else fails
 
     def job(self, job_id: str) -> BackupTarget | None:
         for t in self.targets:
@@ -98,6 +106,9 @@ class BackupOps(SnapshotOps):
     def __init__(self, driver: QemuDriver, store: SnapshotStore, tools: ToolRunner) -> None:
         super().__init__(driver, store, tools)
         self._backups: dict[str, Backup] = {}  # domain uuid -> backup in flight
+        # DOMAIN_ABORT_JOB of a domain whose job is "backup" (there is one only once this
+        # exists: a backup is started here)
+        driver.jobs.aborters["backup"] = self.abort
 
     def backup(self, ctx: Any, args: pl.BackupArgs) -> Deferred:
         dom = self._dom(args)
@@ -132,7 +143,8 @@ class BackupOps(SnapshotOps):
             dom.job_file = str(targets[0].path) if len(targets) == 1 else ""
             self.lifecycle.save_status(dom)
         out = Deferred()
-        backup = Backup(dom, targets, out)
+        backup = Backup(dom, targets, out, ChildGroup())
+        self._backups[dom.uuid] = backup
         self.events.appliance(dom.ref(), "backup-progress", "0%")
         if dom.active:
             self._backup_live(backup, qemu_img)
@@ -158,6 +170,25 @@ class BackupOps(SnapshotOps):
         monitor = dom.monitor
         return monitor is not None and not monitor.closed and dom.stop_intent is None
 
+    def abort(self, dom: DomainObj) -> None:
+        """DOMAIN_ABORT_JOB: end the domain's backup as cancelled. A ``qemu-img`` it runs
+        is killed (its failure then ends the backup); else the backup ends now, QEMU's
+        jobs cancelled by :meth:`_finish_backup`. A backup whose outcome is known is
+        ending anyway: nothing to do."""
+        backup = self._backups.get(dom.uuid)
+        if backup is None or backup.finished:
+            return
+        backup.aborted = True
+        if backup.children.kill():
+            log.info("domain %s: backup aborted: its qemu-img was killed", dom.name)
+            return
+        self._finish_backup(backup, self._cancelled(dom))
+
+    @staticmethod
+    def _cancelled(dom: DomainObj) -> OperationFailed:
+        return OperationFailed(f"backup of domain '{dom.name}' was cancelled: its job was "
+                               "aborted")
+
     def _finish_backup(self, backup: Backup, error: QemudError | None) -> None:
         """The outcome is known (``error``: why it failed). Jobs still running are
         cancelled; once every job has ended the target nodes are closed (a node a job
@@ -166,6 +197,8 @@ class BackupOps(SnapshotOps):
         metadata is written out) and the disks are not busy when the client hears."""
         if backup.finished:
             return
+        if backup.aborted:  # a killed qemu-img's failure, a job's cancel: the abort's
+            error = self._cancelled(backup.dom)
         backup.finished = True
         backup.error = error
         if backup.timer is not None:
@@ -261,20 +294,22 @@ class BackupOps(SnapshotOps):
             disk = disks[t.target]
             backup.created.append(t.path)
             steps.append(self.tools.run([qemu_img, "convert", "-f", disk.driver_type or "raw",
-                                         "-O", t.fmt, disk.source or "", str(t.path)]))
+                                         "-O", t.fmt, disk.source or "", str(t.path)],
+                                        group=backup.children))
         gather(steps).add_done_callback(lambda g: self._finish_backup(backup, g.error))
 
     def _backup_live(self, backup: Backup, qemu_img: str) -> None:
         dom = backup.dom
         monitor = dom.monitor
         assert monitor is not None
-        self._backups[dom.uuid] = backup
         token = os.urandom(3).hex()  # unique, not secret: no secrets/hashlib import
 
         def fail(error: QemudError) -> None:
             self._finish_backup(backup, error)
 
         def queried(d: Deferred) -> None:
+            if backup.finished:  # aborted meanwhile
+                return
             if d.error is not None:
                 fail(d.error)
                 return
@@ -297,6 +332,8 @@ class BackupOps(SnapshotOps):
                     "file": {"driver": "file", "filename": str(t.path)}}))
 
             def added(g: Deferred) -> None:
+                if backup.finished:  # aborted meanwhile: the nodes are being closed
+                    return
                 if g.error is not None:
                     fail(qemu_failure("cannot open the backup target", g.error))
                     return
@@ -345,7 +382,7 @@ class BackupOps(SnapshotOps):
         backup.created.append(t.path)
         if t.fmt == "qcow2":
             return self.tools.run([qemu_img, "create", "-q", "-f", "qcow2", str(t.path),
-                                   str(t.size)])
+                                   str(t.size)], group=backup.children)
         try:
             fd = os.open(t.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:

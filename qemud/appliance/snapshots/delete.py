@@ -111,7 +111,7 @@ class DeleteOps(SnapshotOps):
         self.lifecycle.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         meta = self.store.load(dom)
-        snap = meta.get(args.name, dom.name)
+        snap = meta.get(args.name)
         if args.flags & METADATA_ONLY:
             self._forget(dom, meta, snap)
             return Empty()

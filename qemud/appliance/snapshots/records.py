@@ -171,11 +171,12 @@ class DomainSnapshots:
             link = self.images.get(link)
         return False
 
-    def get(self, name: str, domain: str) -> SnapshotRecord:
+    def get(self, name: str) -> SnapshotRecord:
         snap = self.snapshots.get(name)
         if snap is None:
-            raise NoSnapshot(f"no domain snapshot with matching "
-                             f"name '{name}' (domain '{domain}')")
+            # libvirt's words (virDomainSnapshotFindByName's caller): the domain is the
+            # one the client named, so the message does not repeat it
+            raise NoSnapshot(f"no domain snapshot with matching name '{name}'")
         return snap
 
     def forget(self, snap: SnapshotRecord) -> None:

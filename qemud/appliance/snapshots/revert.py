@@ -62,8 +62,9 @@ class RevertOps(SnapshotOps):
         self.lifecycle.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
         self.require_no_pending_update(dom, "revert to a snapshot")
+        self.driver.saving.require_no_image(dom, "revert to a snapshot")
         meta = self.store.load(dom)
-        snap = meta.get(args.name, dom.name)
+        snap = meta.get(args.name)
         if snap.merge_failed:
             raise OperationInvalid(
                 f"cannot revert domain '{dom.name}' to snapshot '{snap.name}': its image "

@@ -69,7 +69,7 @@ class XMLOps(SnapshotOps):
         check_flags(args.flags, SNAPSHOT_XML_SECURE, "snapshot XML", {})
         dom = self._dom(args)
         meta = self.store.load(dom)
-        snap = meta.get(args.name, dom.name)
+        snap = meta.get(args.name)
         parent = snap.parent if snap.parent in meta.snapshots else ""
         return pl.StringReply(snapshot_xml(snap, parent, secure, dom.name))
 

@@ -1,0 +1,473 @@
+"""A guest's memory state in a file: DOMAIN_SAVE / DOMAIN_RESTORE (a file the user
+names) and libvirt's managed save (a file the daemon keeps per domain).
+
+A save is a QMP migration to a file (``exec:cat >> <partial>``) behind a header that
+holds the domain XML; a restore starts QEMU with ``-incoming defer`` and feeds it the
+file from the end of the header (``exec:tail -c +N``). The file is written under a
+temporary name and renamed once complete, so a crash never leaves a half-written image
+under the final name, and a failed save leaves the guest as it was.
+
+Managed save (virDomainManagedSave and friends), as libvirt's QEMU driver does it:
+
+* the image is ``<state_dir>/save/<name>.save`` (DomainStore.managed_save_path); whether a
+  domain has one is ``DomainObj.managed_save``, derived from the file when the daemon
+  loads its definitions, so images survive daemon restarts;
+* only a running or paused persistent domain is saved; it is shut off as ``saved``;
+* DOMAIN_CREATE and autostart go through :meth:`Saving.start`, libvirt's
+  qemuDomainObjStart: an image is restored (running, or paused if the guest was paused,
+  or asked so at save or start time) and removed once the guest runs; with
+  VIR_DOMAIN_START_FORCE_BOOT it is removed first and the guest boots afresh. A
+  restore that fails is reported and the image stays, as in libvirt ("Unable to restore
+  from managed state ... Maybe the file is corrupted?" in its log): the user decides,
+  with ``start --force-boot`` or ``managedsave-remove``. (libvirt removes an image only
+  when its header says it is incomplete; qemud never has one under the final name.)
+* undefine refuses while an image exists, unless VIR_DOMAIN_UNDEFINE_MANAGED_SAVE, which
+  removes it too (:meth:`Saving.before_undefine`); a define over the domain keeps it.
+
+The image header: ``QEMUD-SAVE-1\\n<length>\\n<xml>`` for a plain save;
+``QEMUD-SAVE-2\\n<running|paused>\\n<length>\\n<xml>`` for a managed save, which records
+the state the guest comes back in (libvirt's header ``was_running``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import Empty, Procedure
+from protocol import payloads as pl
+from protocol.constants import (
+    DomainState,
+    RunningReason,
+    ShutoffReason,
+    StartedDetail,
+    StoppedDetail,
+    UndefineFlags,
+)
+from qemud.conf import ConfError, DomainDef, parse_domain_xml
+from qemud.dispatch import Deferred, Handler
+from qemud.errors import (
+    InvalidArg,
+    OperationDenied,
+    OperationFailed,
+    OperationInvalid,
+    QemudError,
+    SystemCallFailed,
+    XMLError,
+)
+
+from .domain import DomainObj, StopIntent
+from .flags import check_flags
+
+if TYPE_CHECKING:
+    from .driver import QemuDriver
+
+__all__ = ["Saving", "SaveImage", "read_image", "SAVE_MAGIC", "MANAGED_SAVE_MAGIC",
+           "START_FORCE_BOOT", "UNDEFINE_MANAGED_SAVE"]
+
+log = logging.getLogger(__name__)
+
+SAVE_MAGIC = b"QEMUD-SAVE-1\n"
+MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
+_RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
+
+#: libvirt's VIR_DOMAIN_SAVE_* flags (DOMAIN_MANAGED_SAVE): BYPASS_CACHE is a caching hint
+#: (O_DIRECT in libvirt), accepted and not needed here; RUNNING / PAUSED pick the state
+#: the guest comes back in (else the state it had)
+SAVE_BYPASS_CACHE, SAVE_RUNNING, SAVE_PAUSED = 1, 2, 4
+#: libvirt's VIR_DOMAIN_START_PAUSED / _FORCE_BOOT (DOMAIN_CREATE)
+START_PAUSED, START_FORCE_BOOT = 1, 8
+#: libvirt's VIR_DOMAIN_UNDEFINE_MANAGED_SAVE (DOMAIN_UNDEFINE)
+UNDEFINE_MANAGED_SAVE = int(UndefineFlags.MANAGED_SAVE)
+#: libvirt's VIR_DOMAIN_SAVE_IMAGE_XML_SECURE (= VIR_DOMAIN_XML_SECURE): the VNC password
+XML_SECURE = 1
+
+
+@dataclass(frozen=True)
+class SaveImage:
+    """What a save file's header says."""
+
+    xml: str
+    #: where QEMU's migration stream starts
+    offset: int
+    #: the guest runs after a restore (else it stays paused); a plain save's file: True
+    running: bool
+
+
+def read_image(path: Path) -> SaveImage:
+    """The header of save file ``path``; a file that is not one is INVALID_ARG, one that
+    cannot be read OPERATION_FAILED (only the header is read: a few KiB)."""
+    try:
+        with path.open("rb") as f:
+            magic = f.readline()
+            if magic not in (SAVE_MAGIC, MANAGED_SAVE_MAGIC):
+                raise InvalidArg(f"{path} is not a qemud save file")
+            running = True
+            if magic == MANAGED_SAVE_MAGIC:
+                state = f.readline()
+                if state not in (_RUNNING_LINE, _PAUSED_LINE):
+                    raise ValueError(state)
+                running = state == _RUNNING_LINE
+            length = int(f.readline())
+            xml = f.read(length).decode()
+            offset = f.tell()
+    except OSError as exc:
+        raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
+    except ValueError:
+        raise InvalidArg(f"{path} is not a valid qemud save file") from None
+    return SaveImage(xml, offset, running)
+
+
+def _image_definition(path: Path, image: SaveImage) -> DomainDef:
+    try:
+        return parse_domain_xml(image.xml, validate_schema=False)
+    except ConfError as exc:
+        raise XMLError(f"save file {path} holds bad XML: {exc}") from None
+
+
+class Saving:
+    """DOMAIN_SAVE, DOMAIN_RESTORE, the managed save procedures, and the start path that
+    resumes a managed save image."""
+
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+        self.registry = driver.registry
+        self.lifecycle = driver.lifecycle
+        self.store = driver.store
+
+    def handlers(self) -> dict[Procedure, Handler]:
+        P = Procedure
+        return {
+            P.DOMAIN_SAVE: self._save,
+            P.DOMAIN_RESTORE: self._restore,
+            P.DOMAIN_MANAGED_SAVE: self._managed_save,
+            P.DOMAIN_HAS_MANAGED_SAVE: self._has_managed_save,
+            P.DOMAIN_MANAGED_SAVE_REMOVE: self._managed_save_remove,
+            P.DOMAIN_MANAGED_SAVE_GET_XML: self._managed_save_xml,
+        }
+
+    def _dom(self, args: Any) -> DomainObj:
+        return self.registry.find(args.dom.name, args.dom.uuid)
+
+    # -- save ----------------------------------------------------------------------------
+
+    def _require_savable(self, dom: DomainObj) -> None:
+        self.lifecycle.require_active(dom)
+        self.lifecycle.require_no_job(dom)
+        # a disk half unplugged would be restored plugged in, its unplug request lost
+        self.driver.devices.require_no_unplug(dom)
+
+    def _save(self, ctx: Any, args: pl.SaveArgs) -> Deferred:
+        dom = self._dom(args)
+        self._require_savable(dom)
+        assert dom.live is not None
+        target = Path(args.path)
+        if not target.is_absolute():
+            raise InvalidArg(f"save path must be absolute, got '{args.path}'")
+        # checked before the guest is touched: the rename at the end cannot replace these
+        if target.is_dir():
+            raise OperationFailed(f"cannot save to {target}: it is a directory")
+        if not target.parent.is_dir():
+            raise OperationFailed(f"cannot save to {target}: no directory {target.parent}")
+        xml = dom.live.to_xml().encode()
+        return self._write(dom, target, _save_temp(target),
+                           SAVE_MAGIC + f"{len(xml)}\n".encode() + xml)
+
+    def _managed_save(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
+        """virDomainManagedSave: as a save, to the daemon's file for the domain."""
+        flags = int(args.flags)
+        check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED,
+                     "qemuDomainManagedSave")
+        if flags & SAVE_RUNNING and flags & SAVE_PAUSED:
+            raise InvalidArg("Flags 'VIR_DOMAIN_SAVE_RUNNING' and 'VIR_DOMAIN_SAVE_PAUSED' "
+                             "are mutually exclusive")
+        dom = self._dom(args)
+        self._require_savable(dom)
+        if not dom.persistent:
+            raise OperationInvalid("cannot do managed save for transient domain")
+        assert dom.live is not None
+        if flags & (SAVE_RUNNING | SAVE_PAUSED):
+            running = bool(flags & SAVE_RUNNING)
+        else:
+            running = dom.state == DomainState.RUNNING
+        target = self.store.managed_save_path(dom.name)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OperationFailed(f"cannot create {target.parent}: "
+                                  f"{exc.strerror or exc}") from None
+        xml = dom.live.to_xml().encode()
+        header = MANAGED_SAVE_MAGIC + (_RUNNING_LINE if running else _PAUSED_LINE) + \
+            f"{len(xml)}\n".encode() + xml
+
+        def saved() -> None:
+            dom.managed_save = True
+        return self._write(dom, target, self.store.managed_save_temp(dom.name), header,
+                           saved)
+
+    def _write(self, dom: DomainObj, target: Path, partial: Path, header: bytes,
+               saved: Callable[[], None] | None = None) -> Deferred:
+        """Migrate ``dom`` into ``partial`` after ``header``, stop it as saved, rename the
+        file to ``target``, then call ``saved``. A failure before the guest stopped
+        removes the file and leaves the guest as it was (running or paused)."""
+        assert dom.monitor is not None
+        try:
+            _write_new(partial, header)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write save file {partial}: {exc.strerror}") from None
+        was_running = dom.state == DomainState.RUNNING  # a paused guest stays paused
+        dom.job, dom.job_file = "save", str(partial)
+        self.lifecycle.save_status(dom)  # a restarted daemon undoes it (see _reconnect)
+        monitor = dom.monitor
+        out = Deferred()
+        finished = Deferred()
+        dom.device_waiters["__migration__"] = finished
+
+        def fail(error: Any) -> None:
+            dom.job, dom.job_file = None, ""
+            dom.device_waiters.pop("__migration__", None)
+            partial.unlink(missing_ok=True)
+            # the save stopped the vCPUs (its STOP is not a state change: dom.job was set)
+            if was_running and dom.monitor is not None:
+                dom.monitor.execute("cont")
+            self.lifecycle.save_status(dom)
+            out.fail(error)
+
+        def migrated(d: Deferred) -> None:
+            if d.error is not None:
+                fail(d.error)
+                return
+            dom.job, dom.job_file = None, ""
+            stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
+                                                             StoppedDetail.SAVED))
+
+            def moved(_: Deferred) -> None:
+                try:
+                    os.replace(partial, target)
+                except OSError as exc:  # the guest is stopped: its state stays where it is
+                    out.fail(OperationFailed(f"cannot finish save file {target}: "
+                                             f"{exc.strerror or exc}; the saved state is in "
+                                             f"{partial}"))
+                    return
+                if saved is not None:
+                    saved()
+                out.resolve(Empty())
+            stopped.add_done_callback(moved)
+
+        finished.add_done_callback(migrated)
+
+        def paused(d: Deferred) -> None:
+            if d.error is not None:
+                fail(d.error)
+                return
+            monitor.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "events", "state": True}]})
+            migrate = monitor.execute("migrate", {
+                "uri": "exec:cat >> " + shlex.quote(str(partial))})
+            migrate.add_done_callback(lambda m: fail(m.error) if m.error else None)
+        monitor.execute("stop").add_done_callback(paused)
+        return out
+
+    # -- restore -------------------------------------------------------------------------
+
+    def _restore(self, ctx: Any, args: pl.RestoreArgs) -> Deferred:
+        path = Path(args.path)
+        image = read_image(path)
+        definition = _image_definition(path, image)
+        existing = self.registry.check_clash(definition)
+        if existing is not None and existing.active:
+            raise OperationInvalid(f"domain '{existing.name}' is already running")
+        dom = existing or DomainObj(definition, persistent=False)
+        if existing is None:
+            self.registry.add(dom)
+        try:
+            started = self.lifecycle.start(dom, definition, incoming=_incoming(path, image),
+                                           reason=RunningReason.RESTORED,
+                                           detail=StartedDetail.RESTORED)
+        except Exception:
+            if existing is None:
+                self.registry.remove(dom)
+            raise
+        return _ref_reply(started)
+
+    # -- start (managed save aware) ------------------------------------------------------
+
+    def start(self, dom: DomainObj, flags: int = 0) -> Deferred:
+        """Start a defined domain: libvirt's qemuDomainObjStart (DOMAIN_CREATE, autostart).
+
+        With a managed save image the guest is restored from it (START_PAUSED, or a guest
+        saved paused, stays paused) and the image is removed once it runs; START_FORCE_BOOT
+        removes the image and boots. The Deferred resolves with the DomainRef.
+        """
+        paused = bool(flags & START_PAUSED)
+        if dom.active:  # before the image is touched (libvirt checks first too)
+            raise OperationInvalid(f"domain '{dom.name}' is already running")
+        self.lifecycle.require_no_job(dom)
+        path = self.store.managed_save_path(dom.name)
+        if not path.exists():
+            dom.managed_save = False  # (removed by hand: the file is the truth)
+            return self.lifecycle.start(dom, paused=paused)
+        if flags & START_FORCE_BOOT:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise SystemCallFailed(f"cannot remove managed save file {path}: "
+                                       f"{exc.strerror or exc}") from None
+            dom.managed_save = False
+            log.info("domain %s: managed save image %s discarded (force boot)", dom.name, path)
+            return self.lifecycle.start(dom, paused=paused)
+        dom.managed_save = True
+        return self._restore_managed(dom, path, paused)
+
+    def _restore_managed(self, dom: DomainObj, path: Path, paused: bool) -> Deferred:
+        def unable(error: QemudError) -> QemudError:
+            # libvirt logs this and returns the cause; the cause alone does not say that
+            # an image was restored, nor what the user can do about it
+            log.warning("Unable to restore from managed state %s. Maybe the file is "
+                        "corrupted? (%s)", path, error.message)
+            return OperationFailed(
+                f"Unable to restore domain '{dom.name}' from its managed save image "
+                f"{path} ({error.detail}); the image is kept: 'start --force-boot' boots "
+                "the domain afresh, 'managedsave-remove' discards it")
+
+        try:
+            image = read_image(path)
+            definition = _image_definition(path, image)
+            if definition.name != dom.name or definition.uuid != dom.uuid:
+                raise OperationFailed(
+                    f"cannot restore domain '{dom.name}' uuid {dom.uuid} from a file which "
+                    f"belongs to domain '{definition.name}' uuid {definition.uuid}")
+            started = self.lifecycle.start(
+                dom, definition, paused=paused or not image.running,
+                incoming=_incoming(path, image), reason=RunningReason.RESTORED,
+                detail=StartedDetail.RESTORED)
+        except QemudError as exc:
+            raise unable(exc) from None
+        out = Deferred()
+
+        def done(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(unable(d.error))
+                return
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                dom.managed_save = False
+            except OSError as exc:  # libvirt's words; it stays listed as an image then
+                log.warning("Failed to remove the managed state %s: %s", path, exc)
+            else:
+                dom.managed_save = False
+            out.resolve(d.result)
+        started.add_done_callback(done)
+        return out
+
+    # -- the other managed save procedures -----------------------------------------------
+
+    def _has_managed_save(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.BoolReply:
+        check_flags(args.flags, 0, "qemuDomainHasManagedSaveImage")
+        return pl.BoolReply(self._dom(args).managed_save)
+
+    def _managed_save_remove(self, ctx: Any, args: pl.DomainFlagsArgs) -> Empty:
+        """virDomainManagedSaveRemove: no image is an error, as in libvirt (virsh asks
+        DOMAIN_HAS_MANAGED_SAVE first and says it skipped the removal)."""
+        check_flags(args.flags, 0, "qemuDomainManagedSaveRemove")
+        dom = self._dom(args)
+        self.remove_image(dom)
+        return Empty()
+
+    def remove_image(self, dom: DomainObj) -> None:
+        path = self.store.managed_save_path(dom.name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            dom.managed_save = False
+            raise SystemCallFailed(f"Failed to remove managed save file '{path}': "
+                                   f"{os.strerror(errno.ENOENT)}") from None
+        except OSError as exc:
+            raise SystemCallFailed(f"Failed to remove managed save file '{path}': "
+                                   f"{exc.strerror or exc}") from None
+        dom.managed_save = False
+        log.info("domain %s: managed save image %s removed", dom.name, path)
+
+    def _managed_save_xml(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.StringReply:
+        """virDomainManagedSaveGetXMLDesc: the domain XML in the image; secrets (the VNC
+        password) only with XML_SECURE, which a read-only connection may not ask for."""
+        check_flags(args.flags, XML_SECURE, "qemuDomainManagedSaveGetXMLDesc")
+        secure = bool(args.flags & XML_SECURE)
+        if secure and ctx.readonly:
+            raise OperationDenied("virDomainManagedSaveGetXMLDesc with secure flag")
+        dom = self._dom(args)
+        path = self.store.managed_save_path(dom.name)
+        if not path.exists():
+            raise OperationInvalid("domain does not have managed save image")
+        definition = _image_definition(path, read_image(path))
+        if not secure:
+            for graphics in definition.graphics:
+                graphics.passwd = None
+        return pl.StringReply(definition.to_xml())
+
+    def require_no_image(self, dom: DomainObj, what: str) -> None:
+        """Refuse ``what`` (a change of the domain's disks: a snapshot revert, an
+        appliance update or reset) while the domain has a managed save image: the memory
+        state in it belongs to the disks as they are, and a later start would restore it
+        onto the changed ones. Nothing is discarded for the user; they choose."""
+        if dom.managed_save:
+            raise OperationInvalid(
+                f"domain '{dom.name}' has a managed save image, whose memory state belongs "
+                f"to its disks as they are now: no {what} while it exists; start the "
+                "domain to resume it first, or remove the image (managedsave-remove "
+                f"{dom.name})")
+
+    def check_undefine(self, dom: DomainObj, flags: int) -> bool:
+        """libvirt's rule at undefine: refused while an image exists, unless ``flags``
+        has UNDEFINE_MANAGED_SAVE; True when there is an image to remove. Changes
+        nothing: a wrapper of DOMAIN_UNDEFINE that removes things of its own (the
+        snapshot duty) can ask first."""
+        path = self.store.managed_save_path(dom.name)
+        if not dom.persistent or not path.exists():
+            return False  # (a transient domain: the registry refuses the undefine)
+        if not flags & UNDEFINE_MANAGED_SAVE:
+            raise OperationInvalid("Refusing to undefine while domain managed save image "
+                                   "exists")
+        return True
+
+    def before_undefine(self, dom: DomainObj, flags: int) -> None:
+        """:meth:`check_undefine`, then the image goes (before the definition, as in
+        libvirt)."""
+        if self.check_undefine(dom, flags):
+            self.remove_image(dom)
+
+
+def _incoming(path: Path, image: SaveImage) -> str:
+    return f"exec:tail -c +{image.offset + 1} {shlex.quote(str(path))}"
+
+
+def _ref_reply(deferred: Deferred) -> Deferred:
+    out = Deferred()
+    deferred.chain(out, lambda ref: pl.DomainReply(ref))
+    return out
+
+
+def _save_temp(target: Path) -> Path:
+    """Where a save to ``target`` writes until it is complete: a hidden name of this
+    daemon's in the same directory (the final rename stays on one file system), never
+    a file the user could have named (``target.part`` could be theirs)."""
+    return target.with_name(f".{target.name}.qemud-save-{os.getpid()}.part")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600, not following a symlink) holding ``data``; a leftover of
+    an earlier save by a daemon with the same pid is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
