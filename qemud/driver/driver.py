@@ -123,10 +123,10 @@ class QemuDriver:
         #: domblkinfo
         self.blockinfo = BlockInfo(self)
         self.metadata = Metadata(self)
+        #: domjobinfo/domjobabort/domcontrol (first: other parts register their aborters)
+        self.jobs = Jobs(self)
         #: save / restore, managed save, and the start path that resumes a managed save
         self.saving = Saving(self)
-        #: domjobinfo/domjobabort/domcontrol
-        self.jobs = Jobs(self)
 
     # -- daemon interface ----------------------------------------------------------------
 

@@ -19,8 +19,8 @@ would answer "domain is not running".
   type, operation and elapsed time only.
 * Aborting: a backup is aborted by the layer that runs it (the appliance registers an
   aborter in :attr:`Jobs.aborters`: it cancels QEMU's jobs or kills ``qemu-img``, and
-  the backup call then fails as cancelled); a save by ``migrate_cancel``, whose
-  ``MIGRATION cancelled`` event fails the save the way any failed migration does (the
+  the backup call then fails as cancelled); the save layer's aborter
+  (:meth:`Saving.abort`) sends ``migrate_cancel``, and the save fails as cancelled (the
   guest runs on, the partial file is removed). The other jobs cannot be aborted:
   libvirt's OPERATION_INVALID wording for each.
 """
@@ -37,7 +37,7 @@ from protocol import Empty, Procedure
 from protocol import payloads as pl
 from protocol.payloads import ControlErrorReason, ControlState, JobOperation, JobType
 from qemud.dispatch import Deferred, Handler
-from qemud.errors import OperationFailed, OperationInvalid
+from qemud.errors import OperationInvalid
 
 from .domain import DomainObj
 from .flags import check_flags
@@ -46,7 +46,7 @@ from .stats import QMP_TIMEOUT
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["Jobs", "Aborter", "OPERATIONS", "SYNC_JOBS"]
+__all__ = ["Jobs", "Aborter", "OPERATIONS", "SYNC_JOBS", "MIGRATING"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,7 @@ _NOT_ABORTABLE = {
 }
 
 #: query-migrate statuses of a migration that is running (migrate_cancel acts on it)
-_MIGRATING = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug"})
-#: a save's abort waits this long (in steps of _SAVE_RETRY) for its migration to begin
-_SAVE_RETRY = 0.05
-_SAVE_WAIT = 5.0
+MIGRATING = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug"})
 
 
 def _uint(value: Any) -> int:
@@ -90,7 +87,7 @@ def _progress(command: str, answer: Any) -> tuple[int, int] | None:
     """(processed, total) bytes of our jobs in a QMP answer; None if none is there."""
     if command == "query-migrate":
         ram = answer.get("ram") if isinstance(answer, dict) else None
-        if not isinstance(ram, dict) or answer.get("status") not in _MIGRATING:
+        if not isinstance(ram, dict) or answer.get("status") not in MIGRATING:
             return None
         return _uint(ram.get("transferred")), _uint(ram.get("total"))
     entries = [e for e in answer if isinstance(e, dict)] if isinstance(answer, list) else []
@@ -201,59 +198,11 @@ class Jobs:
             log.info("domain %s: aborting its %s job at the client's request", dom.name, job)
             done = aborter(dom)
             return Empty() if done is None else done
-        if job == "save":
-            return self._abort_save(dom)
         refusal = _NOT_ABORTABLE.get(job)
         if refusal is None:
             what = job.replace("-", " ") if job in OPERATIONS else f"the job '{job}'"
             refusal = f"cannot abort {what}"
         raise OperationInvalid(refusal)
-
-    def _abort_save(self, dom: DomainObj) -> Deferred:
-        """``migrate_cancel`` once the save's migration runs: a cancel sent before the
-        save's ``migrate`` would be lost (QEMU has no migration to cancel yet), so the
-        abort looks first and waits for it (a few ms: the save pauses the guest first).
-        """
-        out = Deferred()
-        deadline = time.monotonic() + _SAVE_WAIT
-        log.info("domain %s: aborting its save at the client's request", dom.name)
-
-        def look() -> None:
-            if dom.job != "save":
-                out.fail(OperationInvalid("no job is active on the domain"))
-                return
-            if not self._monitor_up(dom):
-                out.fail(OperationFailed(f"cannot abort the save of domain '{dom.name}': "
-                                         "QEMU's monitor is not connected"))
-                return
-            assert dom.monitor is not None
-            dom.monitor.execute("query-migrate", timeout=QMP_TIMEOUT).add_done_callback(
-                status)
-
-        def status(d: Deferred) -> None:
-            if d.error is not None:
-                out.fail(d.error)
-                return
-            state = d.result.get("status") if isinstance(d.result, dict) else None
-            if state in _MIGRATING and dom.monitor is not None:
-                dom.monitor.execute("migrate_cancel", timeout=QMP_TIMEOUT).add_done_callback(
-                    cancelled)
-            elif state == "cancelling":
-                out.resolve(Empty())
-            elif time.monotonic() < deadline and dom.job == "save":
-                self.driver.loop.call_later(_SAVE_RETRY, look)
-            else:
-                out.fail(OperationFailed(f"cannot abort the save of domain '{dom.name}': "
-                                         f"its migration is {state or 'not started'}"))
-
-        def cancelled(d: Deferred) -> None:
-            if d.error is not None:
-                out.fail(d.error)
-            else:
-                out.resolve(Empty())
-
-        look()
-        return out
 
     # -- domcontrol ----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import errno
 import logging
 import os
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ from qemud.errors import (
 
 from .domain import DomainObj, StopIntent
 from .flags import check_flags
+from .jobs import MIGRATING
+from .stats import QMP_TIMEOUT
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -76,6 +79,8 @@ log = logging.getLogger(__name__)
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
 _RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
+#: an abort waits this long (in steps of _ABORT_RETRY) for the save's migration to begin
+_ABORT_RETRY, _ABORT_WAIT = 0.05, 5.0
 
 #: libvirt's VIR_DOMAIN_SAVE_* flags (DOMAIN_MANAGED_SAVE): BYPASS_CACHE is a caching hint
 #: (O_DIRECT in libvirt), accepted and not needed here; RUNNING / PAUSED pick the state
@@ -140,6 +145,60 @@ class Saving:
         self.registry = driver.registry
         self.lifecycle = driver.lifecycle
         self.store = driver.store
+        #: uuids of the domains whose save DOMAIN_ABORT_JOB cancelled (its error says so)
+        self._aborted: set[str] = set()
+        driver.jobs.aborters["save"] = self.abort
+
+    # -- domjobabort of a save -----------------------------------------------------------
+
+    def abort(self, dom: DomainObj) -> Deferred:
+        """``migrate_cancel`` once the save's migration runs: a cancel sent before the
+        save's ``migrate`` would be lost (QEMU has no migration to cancel yet), so the
+        abort looks first and waits for it (a few ms: the save pauses the guest first).
+        The save then fails as any failed migration does (the guest runs on as it was,
+        the partial file is removed), saying it was cancelled.
+        """
+        out = Deferred()
+        deadline = time.monotonic() + _ABORT_WAIT
+        log.info("domain %s: aborting its save at the client's request", dom.name)
+
+        def look() -> None:
+            if dom.job != "save":
+                out.fail(OperationInvalid("no job is active on the domain"))
+                return
+            if dom.monitor is None or dom.monitor.closed:
+                out.fail(OperationFailed(f"cannot abort the save of domain '{dom.name}': "
+                                         "QEMU's monitor is not connected"))
+                return
+            dom.monitor.execute("query-migrate", timeout=QMP_TIMEOUT).add_done_callback(
+                status)
+
+        def status(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            state = d.result.get("status") if isinstance(d.result, dict) else None
+            if state in MIGRATING and dom.monitor is not None:
+                self._aborted.add(dom.uuid)
+                dom.monitor.execute("migrate_cancel", timeout=QMP_TIMEOUT).add_done_callback(
+                    cancelled)
+            elif state == "cancelling":
+                out.resolve(Empty())
+            elif time.monotonic() < deadline and dom.job == "save":
+                self.driver.loop.call_later(_ABORT_RETRY, look)
+            else:
+                out.fail(OperationFailed(f"cannot abort the save of domain '{dom.name}': "
+                                         f"its migration is {state or 'not started'}"))
+
+        def cancelled(d: Deferred) -> None:
+            if d.error is not None:
+                self._aborted.discard(dom.uuid)
+                out.fail(d.error)
+            else:
+                out.resolve(Empty())
+
+        look()
+        return out
 
     def handlers(self) -> dict[Procedure, Handler]:
         P = Procedure
@@ -230,6 +289,10 @@ class Saving:
         dom.device_waiters["__migration__"] = finished
 
         def fail(error: Any) -> None:
+            if dom.uuid in self._aborted:
+                self._aborted.discard(dom.uuid)
+                error = OperationFailed(f"save of domain '{dom.name}' was cancelled: its "
+                                        "job was aborted")
             dom.job, dom.job_file = None, ""
             dom.device_waiters.pop("__migration__", None)
             partial.unlink(missing_ok=True)
@@ -243,6 +306,7 @@ class Saving:
             if d.error is not None:
                 fail(d.error)
                 return
+            self._aborted.discard(dom.uuid)  # (a cancel that came too late)
             dom.job, dom.job_file = None, ""
             stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
                                                              StoppedDetail.SAVED))

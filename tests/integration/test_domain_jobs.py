@@ -303,8 +303,10 @@ def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: T
         dom.abort_job()
         held_cat.release()
         thread.join(60)
-        assert isinstance(outcome.get("error"), client.QemudClientError), outcome
-        assert "cancelled" in outcome["error"].message
+        assert isinstance(outcome.get("error"), client.OperationFailed), outcome
+        assert outcome["error"].message == (
+            f"operation failed: save of domain '{dom.name}' was cancelled: its job was "
+            "aborted"), outcome
         assert sorted(p.name for p in saves.iterdir()) == []
         assert dom.state()[0] == DomainState.RUNNING
         assert dom.job_info().type == JobType.NONE
