@@ -329,6 +329,11 @@ def measure_rate(fn: Callable[[], Any], seconds: float, pid: int | None,
 
 # -- guest XML --------------------------------------------------------------------------
 
+#: how long after the last define the settled RSS is read: past qemud's
+#: SCHEMA_IDLE_SECONDS (10 s), when it has dropped libvirt's schema and trimmed its heap
+_SETTLE_SECONDS = 13.0
+
+
 def bare_xml(name: str, mib: int) -> str:
     """A diskless x86_64 TCG guest without a kernel: boots to firmware (or stays paused)."""
     return f"""<domain type='qemu'>
@@ -1163,9 +1168,14 @@ class Bench:
         how = "running (firmware)" if sz.guests_running else "paused"
         r_rss = self.row(f"daemon RSS, {n} active guests ({how})", "MiB", "max_ratio", 1.0,
                          "<= 1x")
+        # informational: the same guests once qemud has dropped libvirt's RelaxNG schema,
+        # which it loads to validate every define (the defines above) and keeps for
+        # SCHEMA_IDLE_SECONDS; libvirtd validates only when asked (--validate)
+        r_settled = self.row(f"  daemon RSS, {n} active guests, {_SETTLE_SECONDS:.0f} s later "
+                             "(qemud's schema released)", "MiB")
         r_thr = self.row(f"daemon threads, {n} active guests", "threads")
         r_time = self.row(f"time to start {n} guests ({how}), total", "ms")
-        rows = [r_rss, r_thr, r_time]
+        rows = [r_rss, r_settled, r_thr, r_time]
 
         def run(side: Side) -> None:
             conn = side.connect()
@@ -1181,6 +1191,8 @@ class Bench:
                 r_rss.values[side.name], r_thr.values[side.name] = side.rss_threads()
                 self.log(f"{side.name}: {n} guests: {r_rss.values[side.name]:.1f} MiB, "
                          f"{r_thr.values[side.name]} threads")
+                time.sleep(_SETTLE_SECONDS - 2.0)
+                r_settled.values[side.name] = side.rss_threads()[0]
             finally:
                 for dom in doms:
                     with contextlib.suppress(Exception):
