@@ -158,13 +158,20 @@ _TABLE = [
     _call(P.DOMAIN_LOOKUP_BY_UUID, p.UUIDArgs, p.DomainReply, mutates=False, doc=""),
     _call(P.DOMAIN_LOOKUP_BY_ID, p.IdArgs, p.DomainReply, mutates=False, doc=""),
     _call(P.DOMAIN_LIST, p.ListDomainsArgs, p.ListDomainsReply, mutates=False,
-          doc="All domains matching ListFlags (0 = all), with state and reason."),
+          doc="All domains matching ListFlags (0 = all; MANAGEDSAVE / NO_MANAGEDSAVE "
+              "filter on a managed save image), with state and reason."),
     _call(P.DOMAIN_DEFINE_XML, p.XMLFlagsArgs, p.DomainReply, mutates=True,
-          doc="Define (or update) a persistent domain."),
+          doc="Define (or update) a persistent domain; flags: 1 (VIR_DOMAIN_DEFINE_"
+              "VALIDATE) is what every define does, other bits are INVALID_ARG."),
     _call(P.DOMAIN_UNDEFINE, p.DomainFlagsArgs, p.Empty, mutates=True,
-          doc="Remove a persistent definition; a running domain becomes transient."),
+          doc="Remove a persistent definition; a running domain becomes transient. "
+              "UndefineFlags: MANAGED_SAVE (1) removes a managed save image too (without "
+              "it an image makes the call OPERATION_INVALID), SNAPSHOTS_METADATA (2) the "
+              "snapshots' metadata (without it an inactive domain's snapshots make the "
+              "call OPERATION_INVALID)."),
     _call(P.DOMAIN_CREATE_XML, p.XMLFlagsArgs, p.DomainReply, mutates=True,
-          doc="Create and start a transient domain."),
+          doc="Create and start a transient domain; flags: 1 (START_PAUSED), 16 "
+              "(VIR_DOMAIN_START_VALIDATE, what every create does); other bits INVALID_ARG."),
     _call(P.DOMAIN_GET_XML, p.DomainFlagsArgs, p.StringReply, mutates=False,
           doc="Domain XML; flags bit 2 (VIR_DOMAIN_XML_INACTIVE) asks for the persistent one, "
               "bit 1 (VIR_DOMAIN_XML_SECURE) for secrets (the VNC password), refused on a "
@@ -172,7 +179,9 @@ _TABLE = [
     _call(P.DOMAIN_SET_AUTOSTART, p.AutostartArgs, Empty, mutates=True, doc=""),
     _call(P.DOMAIN_GET_AUTOSTART, p.DomainArgs, p.BoolReply, mutates=False, doc=""),
     _call(P.DOMAIN_CREATE, p.DomainFlagsArgs, p.DomainReply, mutates=True,
-          doc="Start a defined domain; the reply carries its new id."),
+          doc="Start a defined domain; the reply carries its new id. Flags: 1 "
+              "(START_PAUSED); 8 (VIR_DOMAIN_START_FORCE_BOOT) discards a managed save "
+              "image, which the start otherwise restores (and then removes)."),
     _call(P.DOMAIN_SHUTDOWN, p.ShutdownArgs, Empty, mutates=True,
           doc="ACPI power button (ShutdownFlags: the ACPI mode; AGENT alone is "
               "ARGUMENT_UNSUPPORTED, other modes INVALID_ARG); optional destroy after "

@@ -114,7 +114,7 @@ def test_dumpxml_dominfo_domstate(daemon: DaemonProcess, qemush: Qemush,
     assert data == {"id": None, "name": "t1", "uuid": dom.uuid, "os_type": "hvm",
                     "state": "shut off", "state_code": 5, "vcpus": 1, "cpu_time_ns": None,
                     "max_memory_kib": 65536, "used_memory_kib": 65536, "persistent": True,
-                    "autostart": False}
+                    "autostart": False, "managed_save": False}
     # a domain may be named by uuid too
     assert ok(qemush("-c", daemon.uri, "dominfo", dom.uuid)) == info
 

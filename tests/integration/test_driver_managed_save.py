@@ -8,6 +8,7 @@ on from where it was saved."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -132,6 +133,7 @@ def test_managedsave_then_start_resumes_the_guest(qemud: DaemonProcess, guest: G
     assert guest.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
     assert image(qemud, name).is_file()
     assert re.search(r"^Managed save: +yes$", shell(qemud, "dominfo", name), re.M)
+    assert json.loads(shell(qemud, "dominfo", name, "--json"))["managed_save"] is True
     assert list_state(qemud, name, "--all", "--managed-save") == "saved"
     assert list_state(qemud, name, "--all") == "shut off"
     dumped = shell(qemud, "managedsave-dumpxml", name)

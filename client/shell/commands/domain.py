@@ -242,7 +242,7 @@ def cmd_dominfo(sh: Shell, args: Args) -> None:
             "os_type": ostype, "state": state_name(info.state), "state_code": int(info.state),
             "vcpus": info.vcpus, "cpu_time_ns": info.cpu_time_ns if active else None,
             "max_memory_kib": info.max_mem_kib, "used_memory_kib": info.memory_kib,
-            "persistent": persistent, "autostart": autostart,
+            "persistent": persistent, "autostart": autostart, "managed_save": managed_save,
         })
         return
     pairs: list[tuple[str, object]] = [
