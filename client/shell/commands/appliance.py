@@ -7,7 +7,7 @@ import json
 from ... import appliance
 from ..context import Shell
 from ..registry import FILE, Arg, Args, Opt, command
-from .domain import _read_xml
+from .domain import read_xml
 
 
 @command("host-inspect", "host", "what the appliance layer sees of the daemon's host",
@@ -29,7 +29,7 @@ def cmd_host_inspect(sh: Shell, args: Args) -> None:
          opts=(Opt("define", "define the rendered domain too"),))
 def cmd_appliance_generate(sh: Shell, args: Args) -> None:
     path = args.req("template")
-    template = _read_xml(path, f"Failed to read template {path}")
+    template = read_xml(path, f"Failed to read template {path}")
     with sh.failing(f"Failed to render appliance template {path}"):
         xml = appliance.render(sh.conn(), template)
     if not args.flag("define"):

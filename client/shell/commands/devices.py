@@ -13,9 +13,10 @@ from ..devicelist import (
     block_rows,
     interface_rows,
 )
+from ..diskxml import build_disk_xml, find_disk_xml
 from ..ifacexml import InterfaceLookupError, build_interface_xml, find_interface_xml
 from ..registry import FILE, Arg, Args, CommandError, Opt, UsageError, command
-from .domain import CONFIG, CURRENT, DOM, LIVE, PERSISTENT, _affect_flags, _read_xml
+from .domain import CONFIG, CURRENT, DOM, LIVE, PERSISTENT, affect_flags, read_xml
 
 AFFECT = (PERSISTENT, CONFIG, LIVE, CURRENT)
 
@@ -62,6 +63,55 @@ def cmd_domiflist(sh: Shell, args: Args) -> None:
 
 # -- attach / detach -----------------------------------------------------------------------
 
+@command("attach-disk", "domain", "attach disk device", description=(
+    "Attach a new disk device to the domain; the <disk> XML is built from the options "
+    "(--print-xml shows it without attaching)."),
+    args=(DOM, Arg("source", "source of disk device (file or /dev path)", complete=FILE),
+          Arg("target", "target of disk device (e.g. vdb)")),
+    opts=(
+        Opt("driver", "driver of disk device", "string", suggest=("qemu",)),
+        Opt("subdriver", "subdriver of disk device (image format)", "string",
+            suggest=("raw", "qcow2")),
+        Opt("type", "target device type", "string", suggest=("disk", "cdrom")),
+        Opt("mode", "mode of device reading and writing", "string",
+            choices=("readonly", "shareable")),
+        Opt("sourcetype", "type of source (block|file)", "string", choices=("file", "block")),
+        Opt("targetbus", "target bus of disk device", "string",
+            suggest=("virtio", "sata", "scsi", "ide", "usb")),
+        Opt("print-xml", "print XML document rather than attach the disk"),
+        PERSISTENT, CONFIG, LIVE, CURRENT,
+    ))
+def cmd_attach_disk(sh: Shell, args: Args) -> None:
+    try:
+        xml = build_disk_xml(
+            args.req("source"), args.req("target"), driver=args.get("driver"),
+            subdriver=args.get("subdriver"), device=args.get("type"), mode=args.get("mode"),
+            targetbus=args.get("targetbus"), sourcetype=args.get("sourcetype"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _attach_built(sh, args, xml, "disk")
+
+
+@command("detach-disk", "domain", "detach disk device", description=(
+    "Detach the disk whose target (or source path) is TARGET from the domain."),
+    args=(DOM, Arg("target", "target of disk device (e.g. vdb)")),
+    opts=(PERSISTENT, CONFIG, LIVE, CURRENT))
+def cmd_detach_disk(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    target = args.req("target")
+    flags = affect_flags(sh, args, dom)
+    only_config = flags & AFFECT_CONFIG and not flags & AFFECT_LIVE
+    with sh.failing("Failed to detach disk"):
+        xml = dom.xml(XML_INACTIVE if only_config else 0)
+    disk = find_disk_xml(xml, target)
+    if disk is None:
+        raise CommandError("Failed to detach disk",
+                           f"No disk found whose source path or target is {target}")
+    with sh.failing("Failed to detach disk"):
+        dom.detach_device(disk, flags)
+    sh.print("Disk detached successfully")
+
+
 FILE_ARG = Arg("file", "XML file", complete=FILE)
 
 
@@ -72,14 +122,7 @@ FILE_ARG = Arg("file", "XML file", complete=FILE)
     "--persistent for both."),
     args=(DOM, FILE_ARG), opts=AFFECT)
 def cmd_attach_device(sh: Shell, args: Args) -> None:
-    path = args.req("file")
-    dom = sh.domain(args.req("domain"))
-    context = f"Failed to attach device from {path}"
-    xml = _read_xml(path, context)
-    flags = _affect_flags(sh, args, dom)
-    with sh.failing(context):
-        dom.attach_device(xml, flags)
-    sh.print("Device attached successfully")
+    _device_from_file(sh, args, "attach")
 
 
 @command("detach-device", "domain", "detach device from an XML file", description=(
@@ -87,14 +130,32 @@ def cmd_attach_device(sh: Shell, args: Args) -> None:
     "its target, an interface by its MAC, else by its type); flags as attach-device."),
     args=(DOM, FILE_ARG), opts=AFFECT)
 def cmd_detach_device(sh: Shell, args: Args) -> None:
+    _device_from_file(sh, args, "detach")
+
+
+def _device_from_file(sh: Shell, args: Args, verb: str) -> None:
+    """attach-device / detach-device: the device XML in FILE, virsh's words."""
     path = args.req("file")
     dom = sh.domain(args.req("domain"))
-    context = f"Failed to detach device from {path}"
-    xml = _read_xml(path, context)
-    flags = _affect_flags(sh, args, dom)
+    context = f"Failed to {verb} device from {path}"
+    xml = read_xml(path, context)
+    flags = affect_flags(sh, args, dom)
     with sh.failing(context):
-        dom.detach_device(xml, flags)
-    sh.print("Device detached successfully")
+        (dom.attach_device if verb == "attach" else dom.detach_device)(xml, flags)
+    sh.print(f"Device {verb}ed successfully")
+
+
+def _attach_built(sh: Shell, args: Args, xml: str, noun: str) -> None:
+    """attach-disk / attach-interface, once the XML is built from the options: print it
+    (--print-xml) or attach it."""
+    if args.flag("print-xml"):
+        sh.write(xml)
+        return
+    dom = sh.domain(args.req("domain"))
+    flags = affect_flags(sh, args, dom)
+    with sh.failing(f"Failed to attach {noun}"):
+        dom.attach_device(xml, flags)
+    sh.print(f"{noun.capitalize()} attached successfully")
 
 
 @command("attach-interface", "domain", "attach network interface", description=(
@@ -121,14 +182,7 @@ def cmd_attach_interface(sh: Shell, args: Args) -> None:
                                   model=args.get("model"), alias=args.get("alias"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.flag("print-xml"):
-        sh.write(xml)
-        return
-    dom = sh.domain(args.req("domain"))
-    flags = _affect_flags(sh, args, dom)
-    with sh.failing("Failed to attach interface"):
-        dom.attach_device(xml, flags)
-    sh.print("Interface attached successfully")
+    _attach_built(sh, args, xml, "interface")
 
 
 @command("detach-interface", "domain", "detach network interface", description=(
@@ -140,7 +194,7 @@ def cmd_attach_interface(sh: Shell, args: Args) -> None:
 def cmd_detach_interface(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     kind, mac = args.req("type"), args.get("mac")
-    flags = _affect_flags(sh, args, dom)
+    flags = affect_flags(sh, args, dom)
     context = "Failed to detach interface"
     # virsh: the config's element from the inactive XML, the guest's from the live one
     steps = []

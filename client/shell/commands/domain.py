@@ -20,7 +20,7 @@ from ...domain import (
 from ...errors import NoDomainError
 from ...format import key_values, reason_name, state_name, state_text, table
 from ..context import Shell
-from ..diskxml import build_disk_xml, find_disk_xml, graphics_display, os_type
+from ..diskxml import graphics_display, os_type
 from ..progress import Progress
 from ..registry import DOMAIN, FILE, Arg, Args, CommandError, Opt, UsageError, command
 from ..xmlfile import XMLFileError, read_xml_file
@@ -42,7 +42,7 @@ MODE = Opt("mode", "shutdown mode: acpi|agent|initctl|signal|paravirt", "string"
            suggest=tuple(POWER_MODES))
 
 
-def _read_xml(path: str, context: str) -> str:
+def read_xml(path: str, context: str) -> str:
     """An XML file for the daemon, decoded as it declares (see client/shell/xmlfile.py);
     a file that cannot be read, is not XML text or is too large for the protocol fails
     with ``error: CONTEXT`` + why, naming the file."""
@@ -54,7 +54,7 @@ def _read_xml(path: str, context: str) -> str:
         raise CommandError(context, str(exc)) from None
 
 
-def _affect_flags(sh: Shell, args: Args, dom: Domain) -> int:
+def affect_flags(sh: Shell, args: Args, dom: Domain) -> int:
     """virsh's --live/--config/--current/--persistent → VIR_DOMAIN_AFFECT_* flags."""
     live, config = args.flag("live"), args.flag("config")
     current, persistent = args.flag("current"), args.flag("persistent")
@@ -346,7 +346,7 @@ _DEFINE_VALIDATE, _START_VALIDATE = 1, 16
 def cmd_define(sh: Shell, args: Args) -> None:
     path = args.req("file")
     context = f"Failed to define domain from {path}"
-    xml = _read_xml(path, context)
+    xml = read_xml(path, context)
     with sh.failing(context):
         dom = sh.conn().define_xml(xml, _DEFINE_VALIDATE if args.flag("validate") else 0)
     sh.print(f"Domain '{dom.name}' defined from {path}")
@@ -378,7 +378,7 @@ def cmd_undefine(sh: Shell, args: Args) -> None:
 def cmd_create(sh: Shell, args: Args) -> None:
     path = args.req("file")
     context = f"Failed to create domain from {path}"
-    xml = _read_xml(path, context)
+    xml = read_xml(path, context)
     flags = (START_PAUSED if args.flag("paused") else 0) | (
         _START_VALIDATE if args.flag("validate") else 0)
     with sh.failing(context):
@@ -524,62 +524,6 @@ def cmd_restore(sh: Shell, args: Args) -> None:
 
 # -- devices -----------------------------------------------------------------------------
 
-@command("attach-disk", "domain", "attach disk device", description=(
-    "Attach a new disk device to the domain; the <disk> XML is built from the options "
-    "(--print-xml shows it without attaching)."),
-    args=(DOM, Arg("source", "source of disk device (file or /dev path)", complete=FILE),
-          Arg("target", "target of disk device (e.g. vdb)")),
-    opts=(
-        Opt("driver", "driver of disk device", "string", suggest=("qemu",)),
-        Opt("subdriver", "subdriver of disk device (image format)", "string",
-            suggest=("raw", "qcow2")),
-        Opt("type", "target device type", "string", suggest=("disk", "cdrom")),
-        Opt("mode", "mode of device reading and writing", "string",
-            choices=("readonly", "shareable")),
-        Opt("sourcetype", "type of source (block|file)", "string", choices=("file", "block")),
-        Opt("targetbus", "target bus of disk device", "string",
-            suggest=("virtio", "sata", "scsi", "ide", "usb")),
-        Opt("print-xml", "print XML document rather than attach the disk"),
-        PERSISTENT, CONFIG, LIVE, CURRENT,
-    ))
-def cmd_attach_disk(sh: Shell, args: Args) -> None:
-    try:
-        xml = build_disk_xml(
-            args.req("source"), args.req("target"), driver=args.get("driver"),
-            subdriver=args.get("subdriver"), device=args.get("type"), mode=args.get("mode"),
-            targetbus=args.get("targetbus"), sourcetype=args.get("sourcetype"))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.flag("print-xml"):
-        sh.write(xml)
-        return
-    dom = sh.domain(args.req("domain"))
-    flags = _affect_flags(sh, args, dom)
-    with sh.failing("Failed to attach disk"):
-        dom.attach_device(xml, flags)
-    sh.print("Disk attached successfully")
-
-
-@command("detach-disk", "domain", "detach disk device", description=(
-    "Detach the disk whose target (or source path) is TARGET from the domain."),
-    args=(DOM, Arg("target", "target of disk device (e.g. vdb)")),
-    opts=(PERSISTENT, CONFIG, LIVE, CURRENT))
-def cmd_detach_disk(sh: Shell, args: Args) -> None:
-    dom = sh.domain(args.req("domain"))
-    target = args.req("target")
-    flags = _affect_flags(sh, args, dom)
-    only_config = flags & AFFECT_CONFIG and not flags & AFFECT_LIVE
-    with sh.failing("Failed to detach disk"):
-        xml = dom.xml(XML_INACTIVE if only_config else 0)
-    disk = find_disk_xml(xml, target)
-    if disk is None:
-        raise CommandError("Failed to detach disk",
-                           f"No disk found whose source path or target is {target}")
-    with sh.failing("Failed to detach disk"):
-        dom.detach_device(disk, flags)
-    sh.print("Disk detached successfully")
-
-
 @command("change-media", "domain", "change media of CD or floppy drive", description=(
     "Insert, update or eject the medium of a CD-ROM drive. Without --eject/--insert/"
     "--update: update when SOURCE is given, eject otherwise."),
@@ -599,7 +543,7 @@ def cmd_change_media(sh: Shell, args: Args) -> None:
     if action == "insert" and not source:
         raise UsageError("command 'change-media': --insert requires <source>")
     dom = sh.domain(args.req("domain"))
-    flags = _affect_flags(sh, args, dom)
+    flags = affect_flags(sh, args, dom)
     target = args.req("path")
     if action == "update" and not source:
         action = "eject"
