@@ -178,6 +178,13 @@ class Args:
         value = self._values.get(name)
         return list(value) if isinstance(value, list) else []
 
+    def exclusive(self, *pairs: tuple[str, str]) -> None:
+        """virsh's VSH_EXCLUSIVE_OPTIONS_VAR: refuse each pair of flags given together, in
+        its words."""
+        for first, second in pairs:
+            if self.flag(first) and self.flag(second):
+                raise UsageError(f"Options --{first} and --{second} are mutually exclusive")
+
 
 def _convert(cmd: Command, opt: Opt, value: str) -> str | int:
     if opt.choices and value not in opt.choices:

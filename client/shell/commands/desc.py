@@ -8,7 +8,7 @@ from protocol.constants import MetadataType
 from ...domain import AFFECT_CONFIG, AFFECT_LIVE
 from ...errors import NoMetadataError
 from ..context import Shell
-from ..registry import Arg, Args, Opt, UsageError, command
+from ..registry import Arg, Args, Opt, command
 from .domain import CONFIG, CURRENT, DOM, LIVE
 
 
@@ -22,9 +22,7 @@ from .domain import CONFIG, CURRENT, DOM, LIVE
     args=(DOM, Arg("new-desc", "message", required=False, many=True)),
     opts=(LIVE, CONFIG, CURRENT, Opt("title", "modify/get the title instead of description")))
 def cmd_desc(sh: Shell, args: Args) -> None:
-    for first, second in (("current", "live"), ("current", "config")):
-        if args.flag(first) and args.flag(second):
-            raise UsageError(f"Options --{first} and --{second} are mutually exclusive")
+    args.exclusive(("current", "live"), ("current", "config"))
     flags = (AFFECT_LIVE if args.flag("live") else 0) | (
         AFFECT_CONFIG if args.flag("config") else 0)
     title = args.flag("title")

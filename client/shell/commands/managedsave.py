@@ -7,7 +7,7 @@ from __future__ import annotations
 from ...domain import SAVE_PAUSED, SAVE_RUNNING, XML_SECURE
 from ..context import Shell
 from ..progress import Progress
-from ..registry import Args, Opt, UsageError, command
+from ..registry import Args, Opt, command
 from .domain import DOM
 
 
@@ -20,9 +20,8 @@ from .domain import DOM
     args=(DOM,), opts=(Opt("running", "set domain to be running on next start"),
                        Opt("paused", "set domain to be paused on next start")))
 def cmd_managedsave(sh: Shell, args: Args) -> None:
+    args.exclusive(("running", "paused"))
     running, paused = args.flag("running"), args.flag("paused")
-    if running and paused:
-        raise UsageError("Options --running and --paused are mutually exclusive")
     flags = (SAVE_RUNNING if running else 0) | (SAVE_PAUSED if paused else 0)
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to save domain '{dom.name}' state"), \

@@ -72,17 +72,10 @@ def _uint(text: str, name: str) -> int:
     return int(match.group(1))
 
 
-def _exclusive(args: Args, *pairs: tuple[str, str]) -> None:
-    """virsh's VSH_EXCLUSIVE_OPTIONS_VAR, in its words."""
-    for first, second in pairs:
-        if args.flag(first) and args.flag(second):
-            raise UsageError(f"Options --{first} and --{second} are mutually exclusive")
-
-
 def _affect(args: Args, legacy: int) -> int:
     """--live/--config/--current -> VIR_DOMAIN_AFFECT_* flags; ``legacy`` without any
     (the flags libvirt's old call, which virsh uses then, passes to the driver)."""
-    _exclusive(args, ("current", "live"), ("current", "config"))
+    args.exclusive(("current", "live"), ("current", "config"))
     if not any(args.flag(o) for o in ("live", "config", "current")):
         return legacy
     return (AFFECT_LIVE if args.flag("live") else 0) | \
@@ -149,7 +142,7 @@ def cmd_dommemstat(sh: Shell, args: Args) -> None:
     opts=(Opt("maximum", "set maximum limit on next boot"), CONFIG, LIVE, CURRENT,
           Opt("guest", "modify cpu state in the guest")))
 def cmd_setvcpus(sh: Shell, args: Args) -> None:
-    _exclusive(args, ("current", "live"), ("current", "config"), ("guest", "config"))
+    args.exclusive(("current", "live"), ("current", "config"), ("guest", "config"))
     if args.flag("maximum") and not args.flag("config"):
         raise UsageError("Option --config is required by option --maximum")
     count = _uint(args.req("count"), "count")

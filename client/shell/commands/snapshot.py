@@ -133,9 +133,7 @@ def cmd_snapshot_create_as(sh: Shell, args: Args) -> None:
                        Opt("current", "limit list to current snapshot"),
                        Opt("tree", "list snapshots in a tree")), json=True)
 def cmd_snapshot_list(sh: Shell, args: Args) -> None:
-    for one, other in (("parent", "tree"), ("tree", "name"), ("tree", "current")):
-        if args.flag(one) and args.flag(other):
-            raise UsageError(f"Options --{one} and --{other} are mutually exclusive")
+    args.exclusive(("parent", "tree"), ("tree", "name"), ("tree", "current"))
     dom = sh.domain(args.req("domain"))
     snaps = _snapshots(sh, dom)
     if args.flag("tree") and not sh.want_json(args):
@@ -251,8 +249,7 @@ def cmd_snapshot_info(sh: Shell, args: Args) -> None:
 def cmd_snapshot_revert(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     name = args.req("snapshotname")
-    if args.flag("running") and args.flag("paused"):
-        raise UsageError("Options --running and --paused are mutually exclusive")
+    args.exclusive(("running", "paused"))
     flags = (SNAPSHOT_REVERT_RUNNING if args.flag("running") else 0) | \
         (SNAPSHOT_REVERT_PAUSED if args.flag("paused") else 0)
     with sh.failing(f"Failed to revert domain '{dom.name}' to snapshot {name}"), \
