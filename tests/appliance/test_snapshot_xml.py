@@ -23,7 +23,7 @@ import client
 from client.domain import SNAPSHOT_XML_SECURE
 from client.errors import InvalidArgError, NoDomainError, NoSnapshotError, ReadOnlyError
 from protocol.constants import DomainState, UndefineFlags
-from tests.helpers.daemon import DaemonProcess, serving
+from tests.helpers.daemon import DaemonProcess, remove_domain, serving
 from tests.integration.domains import bare_xml
 
 from .conftest import wait_state
@@ -57,12 +57,7 @@ def define(conn: client.Connection, tmp_path: Path, name: str) -> tuple[client.D
 
 
 def cleanup(dom: client.Domain) -> None:
-    try:
-        if dom.is_active():
-            dom.destroy()
-        dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
-    except client.QemudClientError:
-        pass
+    remove_domain(dom)
 
 
 def backing_file(image: str) -> str:

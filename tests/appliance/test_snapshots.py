@@ -23,7 +23,7 @@ from client.errors import (
     OperationInvalid,
 )
 from protocol.constants import DomainState, ErrorCode, UndefineFlags
-from tests.helpers.daemon import DaemonProcess, qemush, serving
+from tests.helpers.daemon import DaemonProcess, qemush, remove_domain, serving
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -112,12 +112,7 @@ class Guest:
     def close(self) -> None:
         if self.serial is not None:
             self.serial.close()
-        try:
-            if self.dom.is_active():
-                self.dom.destroy()
-            self.dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
-        except client.QemudClientError:
-            pass
+        remove_domain(self.dom)
 
 
 @pytest.fixture(scope="module")

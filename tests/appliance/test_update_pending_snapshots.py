@@ -19,8 +19,8 @@ import pytest
 import client
 from client import appliance_images as images
 from client.errors import OperationInvalid
-from protocol.constants import DomainState, UndefineFlags
-from tests.helpers.daemon import DaemonProcess, serving
+from protocol.constants import DomainState
+from tests.helpers.daemon import DaemonProcess, remove_domain, serving
 
 from .conftest import EventLog, wait_state
 from .test_images import disk_sources, origin
@@ -99,9 +99,4 @@ def test_pending_update_refuses_snapshots_and_rollback_spares_foreign_disks(
         assert dom.snapshot_create("after") == "after"  # nothing pending any more
         dom.snapshot_delete("after")
     finally:
-        try:
-            if dom.is_active():
-                dom.destroy()
-            dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
-        except client.QemudClientError:
-            pass
+        remove_domain(dom)

@@ -19,11 +19,11 @@ import pytest
 import client
 from client.domain import ControlInfo, Domain
 from client.errors import OperationFailed, OperationInvalid, ReadOnlyError
-from protocol.constants import DomainState, UndefineFlags
+from protocol.constants import DomainState
 from protocol.payloads import ControlState, JobOperation, JobType
 from tests.appliance.test_snapshot_failures import in_thread
 from tests.appliance.test_snapshots import Guest, disk_xml, first_bytes, make_image
-from tests.helpers.daemon import DaemonProcess, qemush, serving, wait_for
+from tests.helpers.daemon import DaemonProcess, qemush, remove_domain, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
@@ -277,7 +277,7 @@ def test_snapshot_delete_cannot_be_aborted(conn: client.Connection, qemud: Daemo
         assert dom.snapshots() == []
     finally:
         held.release()
-        dom.undefine(UndefineFlags.SNAPSHOTS_METADATA)
+        remove_domain(dom)
 
 
 def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: TestGuest,

@@ -27,6 +27,7 @@ from protocol.constants import (
 from tests.helpers.daemon import (
     DaemonProcess,
     qemush,
+    remove_domain,
     serving,
     stop_destroying_guests,
     wait_for,
@@ -105,12 +106,7 @@ class Guest:
 
     def close(self) -> None:
         self.serial.close()
-        try:
-            if self.dom.is_active():
-                self.dom.destroy()
-            self.dom.undefine(client.domain.UNDEFINE_MANAGED_SAVE)
-        except client.QemudClientError:
-            pass
+        remove_domain(self.dom, client.domain.UNDEFINE_MANAGED_SAVE)
 
 
 @pytest.fixture
@@ -432,7 +428,5 @@ def test_image_blocks_revert_and_undefine_keeps_snapshots(
             dom.snapshot_revert("s1")  # the user chose: the image is gone, the revert goes
             assert dom.state()[0] == DomainState.SHUTOFF  # a disk-only snapshot: shut off
         finally:
-            if dom.is_active():
-                dom.destroy()
-            dom.undefine(UndefineFlags.SNAPSHOTS_METADATA
-                         | client.domain.UNDEFINE_MANAGED_SAVE)
+            remove_domain(dom, UndefineFlags.SNAPSHOTS_METADATA
+                          | client.domain.UNDEFINE_MANAGED_SAVE)

@@ -29,7 +29,9 @@ def test_hanging_child_is_killed_at_the_deadline() -> None:
     assert status.usable is False
     assert "did not finish within 0.5 s" in status.reason
     assert "the first KVM_RUN never returned" in status.reason
-    assert 0.4 < elapsed < 2.0
+    # killed at its deadline, not waited for (the child sleeps 60 s); the upper bound is
+    # that generous so a loaded machine starting Python slowly cannot fail it
+    assert 0.4 < elapsed < 10.0
 
 
 def test_slow_loop_stage_is_named_in_the_reason() -> None:

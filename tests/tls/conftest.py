@@ -21,13 +21,15 @@ from cryptography import x509
 
 import client
 from certs.issue import make_ca, make_client_cert, make_server_cert, write_cert, write_key
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import STARTUP_TIMEOUT, DaemonProcess, wait_for
 
 ALLOWED_DN = [
     {"pattern": "O=Example,CN=admin*", "role": "full"},
     {"pattern": "O=Example,CN=viewer*", "role": "readonly"},
 ]
-HANDSHAKE_DEADLINE = 1.0
+#: long next to a TLS connect even on a loaded machine: the stalled-handshake tests prove
+#: other clients are served while a handshake stalls by serving them before it is dropped
+HANDSHAKE_DEADLINE = 3.0
 KEEPALIVE_INTERVAL = 1
 
 
@@ -84,9 +86,24 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 def free_port() -> int:
+    """A TCP port free just now. It is released before the daemon binds it, so something
+    else may take it meanwhile: callers retry on :func:`port_taken` (``PORT_ATTEMPTS``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: daemon starts tried, each on a new free_port(), before a taken port fails the test
+PORT_ATTEMPTS = 5
+
+
+def port_taken(daemon: DaemonProcess, stderr_offset: int) -> bool:
+    """Whether the daemon exited because its TLS port was taken (its one error line, in
+    stderr after ``stderr_offset``): the free_port() race, not what a test is about."""
+    assert daemon.proc is not None
+    return daemon.proc.poll() is not None and \
+        "(listen.tls_address, listen.tls_port): Address already in use" in \
+        daemon.stderr_text()[stderr_offset:]
 
 
 class TLSDaemon(DaemonProcess):
@@ -105,18 +122,26 @@ def start_tls_daemon(root: Path, server: dict[str, Path],
     All of them share one QEMU capabilities cache (next to ``root``), so only the first
     pays for probing the emulators.
     """
-    port = free_port()
     d = TLSDaemon(root, {
         "qemu": {"cache_dir": str(root.parent / "qemu-caps-cache")},
-        "listen": {"tls": True, "tls_address": "127.0.0.1", "tls_port": port},
+        "listen": {"tls": True, "tls_address": "127.0.0.1"},
         "limits": {"tls_handshake_deadline": HANDSHAKE_DEADLINE, **(limits or {})},
         "tls": {**{k: str(v) for k, v in server.items()}, "allowed_dn": ALLOWED_DN},
     })
-    d.tls_port = port
-    d.start()
-    # the unix socket comes first; the TLS listener follows it
-    wait_for(lambda: f"listening for TLS on 127.0.0.1:{port}" in d.log_text(),
-             message="TLS listener up")
+    for _ in range(PORT_ATTEMPTS):
+        d.tls_port = free_port()
+        d.config["listen"]["tls_port"] = d.tls_port
+        stderr_offset = len(d.stderr_text())
+        d.start(wait=False)
+        listening = f"listening for TLS on 127.0.0.1:{d.tls_port}"
+        # the unix sockets come first, the TLS listener after them: an exit over a
+        # taken port may come after the daemon looked ready
+        wait_for(lambda line=listening: line in d.log_text() or d.proc.poll() is not None,
+                 timeout=STARTUP_TIMEOUT, message="TLS listener up or qemud exited")
+        if not port_taken(d, stderr_offset):
+            break
+    d.wait_ready()  # (raises, with its stderr, if it exited for another reason)
+    assert listening in d.log_text(), d.log_text()[-4000:]
     return d
 
 
@@ -158,8 +183,13 @@ class LogWatch:
         return found[0]
 
 
-def assert_served_promptly(daemon: TLSDaemon, pki: PKI, within: float = 1.0) -> None:
-    """A good client connects and gets an answer within ``within`` seconds."""
+def assert_served(daemon: TLSDaemon, pki: PKI, within: float = 10.0) -> None:
+    """A good client connects and gets an answer (the daemon was not wedged).
+
+    ``within`` only keeps a wedged daemon from hanging the test: a tight bound would
+    measure the machine's load. Tests that prove a client is served *while* another
+    holds something (a stalled handshake) do it by order, not by this clock.
+    """
     start = time.monotonic()
     with client.connect(daemon.tls_uri(pki.clients["admin"]), timeout=within) as conn:
         assert conn.node_info().cpus >= 1
