@@ -62,10 +62,11 @@ class EventRecord:
     event_id: EventId
     domain: Domain
     callback_id: int
-    event: int = 0  # lifecycle: LifecycleEvent; watchdog: action
+    event: int = 0  # lifecycle: LifecycleEvent; watchdog: action; metadata: MetadataType
     detail: int = 0  # lifecycle: the detail enum value
     kind: str = ""  # appliance events
     text: str = ""  # appliance events
+    uri: str = ""  # metadata-change: the namespace of an ELEMENT ("" otherwise)
 
 
 NodeInfo = pl.NodeInfoReply
@@ -415,6 +416,9 @@ class Connection:
             record = EventRecord(EventId.REBOOT, dom, body.callback_id)
         elif isinstance(body, pl.WatchdogEventMsg):
             record = EventRecord(EventId.WATCHDOG, dom, body.callback_id, body.action)
+        elif isinstance(body, pl.MetadataChangeEventMsg):
+            record = EventRecord(EventId.METADATA_CHANGE, dom, body.callback_id, body.type,
+                                 uri=body.nsuri)
         elif isinstance(body, pl.ApplianceEventMsg):
             record = EventRecord(EventId.APPLIANCE, dom, body.callback_id, kind=body.kind,
                                  text=body.detail)

@@ -61,7 +61,14 @@ SAVE_RUNNING = 2
 SAVE_PAUSED = 4
 #: libvirt's VIR_DOMAIN_UNDEFINE_MANAGED_SAVE (undefine): remove a managed save image too
 UNDEFINE_MANAGED_SAVE = 1
-__all__ += ["START_FORCE_BOOT", "SAVE_RUNNING", "SAVE_PAUSED", "UNDEFINE_MANAGED_SAVE"]
+#: libvirt's VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP: the command is for the human monitor
+MONITOR_COMMAND_HMP = 1
+#: libvirt's VIR_DOMAIN_BLOCK_RESIZE_BYTES: block_resize's size is in bytes (else KiB)
+BLOCK_RESIZE_BYTES = 1
+#: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE (update_device)
+MODIFY_FORCE = 4
+__all__ += ["START_FORCE_BOOT", "SAVE_RUNNING", "SAVE_PAUSED", "UNDEFINE_MANAGED_SAVE",
+            "MONITOR_COMMAND_HMP", "BLOCK_RESIZE_BYTES", "MODIFY_FORCE"]
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,13 @@ class Domain:
         self._conn._call(P.Procedure.DOMAIN_UNDEFINE, pl.DomainFlagsArgs(self.ref, flags),
                          P.Empty)
 
+    def rename(self, new_name: str, flags: int = 0) -> None:
+        """libvirt's ``rename``: a shut-off persistent domain gets ``new_name`` (same
+        uuid); this handle takes the new name, as libvirt's virDomain does."""
+        reply = self._conn._call(P.Procedure.DOMAIN_RENAME,
+                                 pl.RenameArgs(self.ref, new_name, flags), pl.DomainReply)
+        self.name = reply.dom.name
+
     def save(self, path: str, flags: int = 0) -> None:
         self._conn._call(P.Procedure.DOMAIN_SAVE, pl.SaveArgs(self.ref, path, flags), P.Empty)
 
@@ -263,22 +277,32 @@ class Domain:
         self._conn._call(P.Procedure.DOMAIN_DETACH_DEVICE, pl.DeviceArgs(self.ref, xml, flags),
                          P.Empty)
 
+    def update_device(self, xml: str, flags: int = 0) -> None:
+        """libvirt's ``updateDeviceFlags``: change a device in place: a CD-ROM's or
+        floppy's medium, an interface's ``<link state>`` (found by its MAC)."""
+        self._conn._call(P.Procedure.DOMAIN_UPDATE_DEVICE, pl.DeviceArgs(self.ref, xml, flags),
+                         P.Empty)
+
     def change_media(self, target: str, source: str | None, flags: int = 0) -> None:
         """Insert ``source`` into CD-ROM ``target``; None or "" ejects."""
         self._conn._call(P.Procedure.DOMAIN_CHANGE_MEDIA,
                          pl.ChangeMediaArgs(self.ref, target, source or "", flags), P.Empty)
 
-    def set_metadata(self, kind: int, text: str, flags: int = 0) -> None:
-        """virDomainSetMetadata: ``kind`` is MetadataType.DESCRIPTION or TITLE; "" removes
-        it; ``flags`` AFFECT_LIVE / AFFECT_CONFIG (0: live if running, else config)."""
+    def set_metadata(self, kind: int, text: str, flags: int = 0, key: str = "",
+                     uri: str = "") -> None:
+        """virDomainSetMetadata: ``kind`` is a MetadataType; "" removes it; ``flags``
+        AFFECT_LIVE / AFFECT_CONFIG (0: live if running, else config). ELEMENT sets the
+        ``<metadata>`` child of namespace ``uri`` from the XML ``text``, whose elements
+        go into ``uri`` under the prefix ``key``."""
         self._conn._call(P.Procedure.DOMAIN_SET_METADATA,
-                         pl.SetMetadataArgs(self.ref, kind, text, "", "", flags), P.Empty)
+                         pl.SetMetadataArgs(self.ref, kind, text, key, uri, flags), P.Empty)
 
-    def metadata(self, kind: int, flags: int = 0) -> str:
-        """virDomainGetMetadata: the domain's description or title; NoMetadataError when
-        it has none."""
+    def metadata(self, kind: int, flags: int = 0, uri: str = "") -> str:
+        """virDomainGetMetadata: the domain's description, title, or (ELEMENT) the XML
+        of its ``<metadata>`` child of namespace ``uri``; NoMetadataError when it has
+        none."""
         return self._conn._call(P.Procedure.DOMAIN_GET_METADATA,
-                                pl.GetMetadataArgs(self.ref, kind, "", flags),
+                                pl.GetMetadataArgs(self.ref, kind, uri, flags),
                                 pl.StringReply).value
 
     def open_console(self, device: str = "", flags: int = 0) -> Stream:
@@ -366,6 +390,34 @@ class Domain:
         disk whose target dev (``"vda"``) or source path is ``disk``."""
         return self._conn._call(P.Procedure.DOMAIN_GET_BLOCK_INFO,
                                 pl.BlockInfoArgs(self.ref, disk), pl.BlockInfoReply)
+
+    def block_resize(self, disk: str, size: int, flags: int = 0) -> None:
+        """libvirt's ``blockResize``: the running domain's disk ``disk`` (target dev or
+        source path) gets the new size ``size``, in KiB, or bytes with
+        BLOCK_RESIZE_BYTES."""
+        self._conn._call(P.Procedure.DOMAIN_BLOCK_RESIZE,
+                         pl.BlockResizeArgs(self.ref, disk, size, flags), P.Empty)
+
+    # -- the reset button, NMI, QEMU monitor ---------------------------------------------
+
+    def reset(self, flags: int = 0) -> None:
+        """libvirt's ``reset``: reset the guest at once (the reset button), without
+        asking it."""
+        self._conn._call(P.Procedure.DOMAIN_RESET, pl.DomainFlagsArgs(self.ref, flags),
+                         P.Empty)
+
+    def inject_nmi(self, flags: int = 0) -> None:
+        """libvirt's ``injectNMI``: send the guest a non-maskable interrupt."""
+        self._conn._call(P.Procedure.DOMAIN_INJECT_NMI, pl.DomainFlagsArgs(self.ref, flags),
+                         P.Empty)
+
+    def qemu_monitor_command(self, cmd: str, flags: int = 0) -> str:
+        """libvirt_qemu's ``qemuMonitorCommand``: ``cmd`` (QMP JSON, or HMP text with
+        MONITOR_COMMAND_HMP) passed to the guest's QEMU; QEMU's reply as JSON text (its
+        error replies too), or the human monitor's output."""
+        return self._conn._call(P.Procedure.DOMAIN_QEMU_MONITOR_COMMAND,
+                                pl.MonitorCommandArgs(self.ref, cmd, flags),
+                                pl.StringReply).value
 
     # -- jobs ----------------------------------------------------------------------------
 

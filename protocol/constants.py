@@ -182,6 +182,7 @@ class EventId(enum.IntEnum):
     LIFECYCLE = 0
     REBOOT = 1
     WATCHDOG = 3
+    METADATA_CHANGE = 23  # a DOMAIN_SET_METADATA succeeded: its type and namespace uri
     APPLIANCE = 1000  # qemud: power-cycle, hotplug, heartbeat, update actions
 
 
@@ -208,6 +209,7 @@ class DefinedDetail(enum.IntEnum):
 
 class UndefinedDetail(enum.IntEnum):
     REMOVED = 0
+    RENAMED = 1  # DOMAIN_RENAME: the old name went (DEFINED RENAMED follows for the new)
 
 
 class StartedDetail(enum.IntEnum):
@@ -318,8 +320,7 @@ class TypedParamKind(enum.IntEnum):
 
 class MetadataType(enum.IntEnum):
     """DOMAIN_SET_METADATA / DOMAIN_GET_METADATA ``type``: libvirt's
-    ``VIR_DOMAIN_METADATA_*`` (qemud has no ELEMENT: custom ``<metadata>`` children are
-    kept as defined, edited through the XML)."""
+    ``VIR_DOMAIN_METADATA_*`` (ELEMENT: the ``<metadata>`` child of one namespace uri)."""
 
     DESCRIPTION = 0
     TITLE = 1

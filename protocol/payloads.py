@@ -21,12 +21,14 @@ __all__ = [
     "SnapshotCreateArgs", "SnapshotArgs", "SnapshotInfo", "SnapshotListReply", "ConsoleArgs",
     "TypedParam", "StatsRecord", "StatsArgs", "StatsReply", "NodeStatsReply", "EventRegisterArgs",
     "CallbackReply", "CallbackArgs", "LifecycleEventMsg", "RebootEventMsg",
-    "WatchdogEventMsg", "ApplianceEventMsg", "ClientInfo", "ClientListReply", "ClientIdArgs",
+    "WatchdogEventMsg", "ApplianceEventMsg", "MetadataChangeEventMsg", "ClientInfo",
+    "ClientListReply", "ClientIdArgs",
     "StreamChunk", "RenderArgs", "BackupArgs", "ImportArgs", "DeployArgs", "UpdateArgs",
     "ApplianceInfo", "ApplianceListReply", "HotplugInfo", "HotplugListReply",
     "MemoryArgs", "MemoryStat", "MemoryStatsReply", "VcpusArgs",
     "VcpuInfo", "VcpuInfoReply", "BlockInfoArgs", "BlockInfoReply",
     "JobInfoReply", "ControlInfoReply", "SetMetadataArgs", "GetMetadataArgs",
+    "RenameArgs", "MonitorCommandArgs", "BlockResizeArgs",
 ]
 
 
@@ -333,6 +335,18 @@ class WatchdogEventMsg(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class MetadataChangeEventMsg(Payload):
+    """libvirt's METADATA_CHANGE event: a DOMAIN_SET_METADATA of ``type``
+    (:class:`~protocol.constants.MetadataType`) succeeded; ``nsuri`` is the namespace of
+    an ELEMENT change, "" (libvirt's NULL) for the title and the description."""
+
+    callback_id: U32
+    dom: DomainRef
+    type: U32
+    nsuri: Str
+
+
+@dataclass(frozen=True, slots=True)
 class ApplianceEventMsg(Payload):
     """qemud's appliance duties (power-cycle, hotplug, heartbeat, update) report here."""
 
@@ -610,7 +624,8 @@ class ControlErrorReason(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class SetMetadataArgs(Payload):
     """virDomainSetMetadata: ``type`` is :class:`~protocol.constants.MetadataType`;
-    ``metadata`` "" removes it; ``key`` and ``uri`` are for ELEMENT (unsupported)."""
+    ``metadata`` "" removes it; ``key`` (the namespace prefix) and ``uri`` are for
+    ELEMENT, "" (libvirt's NULL) otherwise."""
 
     dom: DomainRef
     type: U32
@@ -622,9 +637,43 @@ class SetMetadataArgs(Payload):
 
 @dataclass(frozen=True, slots=True)
 class GetMetadataArgs(Payload):
-    """virDomainGetMetadata: ``type`` is :class:`~protocol.constants.MetadataType`."""
+    """virDomainGetMetadata: ``type`` is :class:`~protocol.constants.MetadataType`;
+    ``uri`` names the namespace of ELEMENT, "" otherwise."""
 
     dom: DomainRef
     type: U32
     uri: Str = ""
+    flags: U32 = 0
+
+
+# --- rename --- (domrename) -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RenameArgs(Payload):
+    """virDomainRename: the domain's new name (its uuid stays)."""
+
+    dom: DomainRef
+    new_name: Str
+    flags: U32 = 0
+
+
+# --- reset, NMI, QEMU monitor, block resize ---------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MonitorCommandArgs(Payload):
+    """virDomainQemuMonitorCommand: ``cmd`` is QMP JSON, or HMP text with flags bit 1."""
+
+    dom: DomainRef
+    cmd: Str
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlockResizeArgs(Payload):
+    """virDomainBlockResize: the disk by target dev ("vda") or source path; ``size`` in
+    KiB, or bytes with VIR_DOMAIN_BLOCK_RESIZE_BYTES (1)."""
+
+    dom: DomainRef
+    disk: Str
+    size: U64
     flags: U32 = 0

@@ -71,6 +71,7 @@ class Procedure(enum.IntEnum):
     EVENT_REBOOT = 101
     EVENT_WATCHDOG = 102
     EVENT_APPLIANCE = 103
+    EVENT_METADATA_CHANGE = 104
     # admin
     ADMIN_CLIENT_LIST = 120
     ADMIN_CLIENT_DISCONNECT = 121
@@ -106,6 +107,15 @@ class Procedure(enum.IntEnum):
     # domains: title and description (desc)
     DOMAIN_SET_METADATA = 153
     DOMAIN_GET_METADATA = 154
+    # domains: rename (domrename)
+    DOMAIN_RENAME = 155
+    # domains: the reset button, NMI, QEMU monitor pass-through, block resize
+    DOMAIN_RESET = 156
+    DOMAIN_INJECT_NMI = 157
+    DOMAIN_QEMU_MONITOR_COMMAND = 158
+    DOMAIN_BLOCK_RESIZE = 159
+    # domains: change a device in place (update-device, domif-setlink)
+    DOMAIN_UPDATE_DEVICE = 160
 
 
 class Kind(enum.Enum):
@@ -223,6 +233,9 @@ _TABLE = [
     _event(P.EVENT_REBOOT, p.RebootEventMsg, "The guest rebooted."),
     _event(P.EVENT_WATCHDOG, p.WatchdogEventMsg, "A watchdog device fired."),
     _event(P.EVENT_APPLIANCE, p.ApplianceEventMsg, "An appliance duty acted."),
+    _event(P.EVENT_METADATA_CHANGE, p.MetadataChangeEventMsg,
+           "A DOMAIN_SET_METADATA succeeded (libvirt's METADATA_CHANGE): its type and "
+           "namespace uri (\"\" for the title and the description)."),
     _call(P.ADMIN_CLIENT_LIST, Empty, p.ClientListReply, mutates=False, admin=True,
           doc="Connected clients (privileged connections only)."),
     _call(P.ADMIN_CLIENT_DISCONNECT, p.ClientIdArgs, Empty, mutates=True, admin=True, doc=""),
@@ -305,14 +318,57 @@ _TABLE = [
               "SECURE) keeps secrets (the VNC password), refused on a read-only "
               "connection."),
     _call(P.DOMAIN_SET_METADATA, p.SetMetadataArgs, Empty, mutates=True,
-          doc="virDomainSetMetadata for DESCRIPTION (0) and TITLE (1): sets the live "
-              "and/or persistent <description>/<title> (AFFECT flags as setmem's; 0: "
-              "live if running, else config); an empty text removes it. A title with a "
-              "newline: INVALID_ARG. ELEMENT (2): ARGUMENT_UNSUPPORTED."),
+          doc="virDomainSetMetadata: sets the live and/or persistent <description> "
+              "(DESCRIPTION, 0), <title> (TITLE, 1), or the <metadata> child in "
+              "namespace uri (ELEMENT, 2: the XML given, its elements without a "
+              "namespace put in uri with prefix key); AFFECT flags as setmem's (0: live "
+              "if running, else config); an empty text removes it. A title with a "
+              "newline, a uri (or key) with TITLE/DESCRIPTION, ELEMENT without uri, or "
+              "without key when setting: INVALID_ARG; bad XML: XML_ERROR. qemud's "
+              "appliance namespace changes only in the persistent definition, checked "
+              "as at define. Emits METADATA_CHANGE."),
     _call(P.DOMAIN_GET_METADATA, p.GetMetadataArgs, p.StringReply, mutates=False,
-          doc="virDomainGetMetadata for DESCRIPTION and TITLE of the live (AFFECT_LIVE) "
-              "or persistent (AFFECT_CONFIG) definition; not set: NO_DOMAIN_METADATA "
-              "('Requested metadata element is not present')."),
+          doc="virDomainGetMetadata: DESCRIPTION, TITLE, or the ELEMENT in namespace "
+              "uri (its XML, without that namespace, as libvirt gives it) of the live "
+              "(AFFECT_LIVE) or persistent (AFFECT_CONFIG) definition; not set: "
+              "NO_DOMAIN_METADATA ('Requested metadata element is not present')."),
+    _call(P.DOMAIN_RENAME, p.RenameArgs, p.DomainReply, mutates=True,
+          doc="virDomainRename: give a persistent, shut-off domain a new name (same "
+              "uuid); replies with its new reference. Its definition, autostart flag, "
+              "guest log and appliance state follow the name; lifecycle events UNDEFINED "
+              "(RENAMED) for the old name, DEFINED (RENAMED) for the new. Running or "
+              "transient, a managed save image, snapshots, or a name taken: "
+              "OPERATION_INVALID; a name with '/': XML_ERROR. Flags must be 0."),
+    _call(P.DOMAIN_RESET, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="virDomainReset: QEMU's system_reset (the reset button), without asking "
+              "the guest; emits REBOOT. A crashed guest kept by on_crash 'preserve' "
+              "becomes paused (crashed). Not running or busy with a job: "
+              "OPERATION_INVALID. Flags must be 0."),
+    _call(P.DOMAIN_INJECT_NMI, p.DomainFlagsArgs, Empty, mutates=True,
+          doc="virDomainInjectNMI: a non-maskable interrupt to the guest (QMP "
+              "inject-nmi). Not running or busy with a job: OPERATION_INVALID. Flags "
+              "must be 0."),
+    _call(P.DOMAIN_QEMU_MONITOR_COMMAND, p.MonitorCommandArgs, p.StringReply, mutates=True,
+          doc="virDomainQemuMonitorCommand: a QMP command (JSON text: execute and "
+              "arguments) passed to the guest's QEMU; the reply is QEMU's reply as JSON "
+              "text, an error reply included ({\"return\": ...} or {\"error\": {\"class\", "
+              "\"desc\"}}). Flags: 1 (VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP) sends cmd to "
+              "the human monitor and replies with its text (its failure is the call's "
+              "error). Text that is not JSON: INTERNAL_ERROR; not running: "
+              "OPERATION_INVALID. The domain is logged as tainted (custom-monitor)."),
+    _call(P.DOMAIN_BLOCK_RESIZE, p.BlockResizeArgs, Empty, mutates=True,
+          doc="virDomainBlockResize: the new size of a running domain's disk (by target "
+              "or source path), in KiB, or bytes with flags 1 (VIR_DOMAIN_BLOCK_RESIZE_"
+              "BYTES); a qcow2 size is rounded up to 512 bytes. QEMU's block_resize on "
+              "the disk's top layer. Unknown disk: INVALID_ARG; not running or busy: "
+              "OPERATION_INVALID."),
+    _call(P.DOMAIN_UPDATE_DEVICE, p.DeviceArgs, Empty, mutates=True,
+          doc="virDomainUpdateDeviceFlags: change a device in place, live and/or in the "
+              "persistent definition (AFFECT flags as attach's; 4, VIR_DOMAIN_DEVICE_"
+              "MODIFY_FORCE, accepted): a cdrom or floppy <disk> gets the medium of the "
+              "XML (as DOMAIN_CHANGE_MEDIA), an <interface> (found by MAC) its <link "
+              "state> (QMP set_link). Any other difference, or another device: "
+              "OPERATION_UNSUPPORTED; no such interface: OPERATION_FAILED."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

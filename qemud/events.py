@@ -21,6 +21,7 @@ from protocol.payloads import (
     DomainRef,
     EventRegisterArgs,
     LifecycleEventMsg,
+    MetadataChangeEventMsg,
     RebootEventMsg,
     WatchdogEventMsg,
 )
@@ -84,6 +85,13 @@ class EventBus:
         log.info("event %s: watchdog action %d", dom.name, action)
         self._emit(EventId.WATCHDOG, dom, (action,), lambda cb: Event(
             Procedure.EVENT_WATCHDOG, WatchdogEventMsg(cb, dom, action)))
+
+    def metadata_change(self, dom: DomainRef, kind: int, nsuri: str) -> None:
+        """libvirt's METADATA_CHANGE: a DOMAIN_SET_METADATA of MetadataType ``kind``
+        succeeded; ``nsuri`` is the ELEMENT's namespace, "" for the title/description."""
+        log.info("event %s: metadata change %d %s", dom.name, kind, nsuri or "-")
+        self._emit(EventId.METADATA_CHANGE, dom, (kind, nsuri), lambda cb: Event(
+            Procedure.EVENT_METADATA_CHANGE, MetadataChangeEventMsg(cb, dom, kind, nsuri)))
 
     def appliance(self, dom: DomainRef, kind: str, detail: str) -> None:
         log.info("event %s: %s: %s", dom.name, kind, detail)

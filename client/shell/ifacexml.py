@@ -82,3 +82,40 @@ def find_interface_xml(domain_xml: str, kind: str, mac: str | None) -> str:
     iface = found[0]
     iface.tail = None
     return ET.tostring(iface, encoding="unicode").strip() + "\n"
+
+
+def _looks_like_mac(text: str) -> bool:
+    parts = text.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdefABCDEF"
+                                                       for c in p) for p in parts)
+
+
+def find_link_interface(domain_xml: str, iface: str) -> ET.Element:
+    """The ``<interface>`` ``iface`` names for domif-setlink/getlink: by MAC if it is one,
+    else by host device (``<target dev>``). Raises :class:`InterfaceLookupError` with
+    virsh's words."""
+    by_mac = _looks_like_mac(iface)
+    for node in ET.fromstring(domain_xml).findall("./devices/interface"):
+        if by_mac and _mac_of(node) == iface.lower():
+            return node
+        target = node.find("target")
+        if not by_mac and target is not None and target.get("dev") == iface:
+            return node
+    raise InterfaceLookupError(f"interface ({'mac' if by_mac else 'target'}: {iface}) "
+                               "not found")
+
+
+def link_state(node: ET.Element) -> str:
+    """An interface's ``<link state>``; none is up."""
+    link = node.find("link")
+    return (link.get("state") if link is not None else None) or "up"
+
+
+def with_link_state(node: ET.Element, state: str) -> str:
+    """The interface element with ``<link state=STATE>``, as XML for update-device."""
+    link = node.find("link")
+    if link is None:
+        link = ET.SubElement(node, "link")
+    link.set("state", state)
+    node.tail = None
+    return ET.tostring(node, encoding="unicode").strip() + "\n"

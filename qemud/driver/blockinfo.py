@@ -32,7 +32,7 @@ import struct
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from protocol import Procedure
+from protocol import Empty, Procedure
 from protocol import payloads as pl
 from qemud.conf import Disk, DomainDef
 from qemud.dispatch import Deferred, Handler
@@ -190,14 +190,29 @@ def live_info(disk: Disk, block: dict[str, Any], blockstats: dict[str, Any] | No
                              physical=entry_physical if physical is None else physical)
 
 
+#: libvirt's VIR_DOMAIN_BLOCK_RESIZE_BYTES: the size is in bytes, not KiB
+RESIZE_BYTES = 1
+_SIZE_MAX = 2**64 - 1
+
+
+def _top_node(answer: Any, target: str) -> str | None:
+    """The node QEMU's guest device reads, i.e. the disk's top layer (an overlay once a
+    snapshot was taken), from query-block."""
+    entry = _entry(answer, target)
+    inserted = entry.get("inserted") if entry is not None else None
+    node = inserted.get("node-name") if isinstance(inserted, dict) else None
+    return node if isinstance(node, str) and node else None
+
+
 class BlockInfo:
-    """The handler of DOMAIN_GET_BLOCK_INFO."""
+    """The handlers of DOMAIN_GET_BLOCK_INFO and DOMAIN_BLOCK_RESIZE."""
 
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
 
     def handlers(self) -> dict[Procedure, Handler]:
-        return {Procedure.DOMAIN_GET_BLOCK_INFO: self.get_block_info}
+        return {Procedure.DOMAIN_GET_BLOCK_INFO: self.get_block_info,
+                Procedure.DOMAIN_BLOCK_RESIZE: self.block_resize}
 
     def get_block_info(self, ctx: Any, args: pl.BlockInfoArgs) -> pl.BlockInfoReply | Deferred:
         """libvirt's checks in libvirt's order: flags, the domain, the disk, its medium."""
@@ -248,4 +263,49 @@ class BlockInfo:
         for command in ("query-block", "query-blockstats"):
             monitor.execute(command, timeout=QMP_TIMEOUT).add_done_callback(
                 partial(got, command))
+        return out
+
+    def block_resize(self, ctx: Any, args: pl.BlockResizeArgs) -> Deferred:
+        """libvirt's qemuDomainBlockResize: a running domain's disk grows (or shrinks: as
+        libvirt, the caller's word is taken) through QEMU, on the layer the guest sees, so
+        an overlay from a snapshot is what changes and the snapshot keeps its size."""
+        check_flags(args.flags, RESIZE_BYTES, "qemuDomainBlockResize")
+        size = args.size
+        if not args.flags & RESIZE_BYTES:
+            if size > _SIZE_MAX // 1024:
+                raise InvalidArg(f"size must be less than {_SIZE_MAX // 1024}")
+            size *= 1024
+        dom = self.driver._dom(args)
+        self.driver.lifecycle.require_active(dom)
+        self.driver.lifecycle.require_no_job(dom)
+        disk = find_disk(dom.current(), args.disk)
+        if disk is None:
+            raise InvalidArg(f"disk '{args.disk}' was not found in the domain config")
+        if disk.driver_type in ("qcow2", "qed"):  # (their sizes count 512-byte sectors)
+            size = -(-size // 512) * 512
+        monitor = dom.monitor
+        assert monitor is not None
+        target = disk.target_dev or ""
+        out = Deferred()
+
+        def resize(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            node = _top_node(d.result, target)
+            if node is None:
+                out.fail(OperationFailed(f"cannot resize disk '{target}': QEMU has no "
+                                         "medium for it"))
+                return
+            monitor.execute("block_resize", {"node-name": node, "size": size},
+                            timeout=QMP_TIMEOUT).add_done_callback(done)
+
+        def done(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+            else:
+                log.info("domain %s: disk %s resized to %d bytes", dom.name, target, size)
+                out.resolve(Empty())
+
+        monitor.execute("query-block", timeout=QMP_TIMEOUT).add_done_callback(resize)
         return out

@@ -4,15 +4,19 @@ naming the element.
 
 Block nodes and device ids come from :mod:`qemud.qemu.naming`, the same names the argv
 builder used at start, so a disk added at start and one hot-added later look alike.
+On a machine whose root bus is PCIe (q35) a live attach or detach of a PCI device is
+refused before anything changes (:func:`require_pci_hotplug`).
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
 from qemud import testhooks
-from qemud.conf import ConfError, Device, Disk, Interface, parse_device_xml
+from qemud.conf import ConfError, Device, Disk, DomainDef, Interface, parse_device_xml
 from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
@@ -24,14 +28,17 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.qemu import naming
+from qemud.qemu.arch import get_strategy
 
 from .domain import DomainObj
 from .nics import Nics
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
+    from .store import StatusRecord
 
-__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "disk_nodes"]
+__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "PCIE_ROOT_MACHINES",
+           "disk_nodes", "require_pci_hotplug"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,40 @@ UNPLUG_TIMEOUT = testhooks.seconds(UNPLUG_TIMEOUT_ENV, 15.0)
 _FORMATS = {"raw", "qcow2"}
 #: the protocol drivers of the daemon's storage nodes ("file" also opens an overlay)
 _PROTOCOLS = {"file", "host_device"}
+#: Machine types whose root bus is PCI Express (``pcie.0``): QEMU plugs no device into
+#: it, and takes none out, while the guest runs ("Bus 'pcie.0' does not support
+#: hotplugging"); only a pcie-root-port can take a hot-plugged device. qemud's argv
+#: builder adds none (a ``<controller>`` of the definition is kept, not acted on), so on
+#: these machines every PCI device it starts sits on the root bus, and no live attach or
+#: detach of one can work. (A fact about machine types: it would sit in the arch table,
+#: devices.toml, if more than hotplug asked it.)
+PCIE_ROOT_MACHINES = ("q35", "pc-q35-*", "virt", "virt-*")
+
+
+def require_pci_hotplug(live: DomainDef, what: str, unplug: bool = False) -> None:
+    """Refuse a live attach (or, with ``unplug``, detach) of the PCI device ``what``
+    ("interface 52:54:00:...", "disk vdb") on a machine whose root bus is PCIe (see
+    :data:`PCIE_ROOT_MACHINES`), before QEMU or a definition is touched: QEMU's own
+    error would come only after the netdev or block nodes were added (and a --config
+    half already saved), and it names neither the cause nor a way out. libvirt, which
+    adds pcie-root-ports, fails the same way when none is free ("No more available PCI
+    slots"); its words start the message.
+    """
+    machine = get_strategy(live.os.arch or platform.machine()).machine_type(live)
+    if not any(fnmatch(machine, pattern) for pattern in PCIE_ROOT_MACHINES):
+        return
+    other = ", or use machine 'pc'" if "q35" in machine else ""
+    if unplug:
+        raise ConfigUnsupported(
+            f"cannot hot-unplug {what}: on machine '{machine}' it sits on the PCIe root "
+            "bus pcie.0, which takes no device out while the guest runs (qemud adds no "
+            f"pcie-root-port); detach it with --config to have it gone at the next "
+            f"start{other}")
+    raise ConfigUnsupported(
+        f"No more available PCI slots: cannot hot-plug {what}: machine '{machine}' has no "
+        "free PCIe hotplug slot (its root bus pcie.0 takes no hot-plugged device, and "
+        "qemud adds no pcie-root-port); attach it with --config to have it at the next "
+        f"start{other}")
 
 
 def _target_of(disk: Disk) -> str:
@@ -124,6 +165,10 @@ class Devices:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
         self.nics = Nics(driver, self)
+        driver.lifecycle.reattach_hooks.append(self._reattached)
+
+    #: (for :mod:`.nics`, which this module imports)
+    require_pci_hotplug = staticmethod(require_pci_hotplug)
 
     @staticmethod
     def _parse(xml: str) -> Device:
@@ -166,16 +211,13 @@ class Devices:
         if live:  # checked before the config changes: a refused call changes nothing
             self._require_live_change(dom)
             assert dom.live is not None
+            self._check_hotplug(dom.live, disk)
             self._add(dom.live.copy(), disk)  # checks the target is free before QEMU
         if config:
             definition = (dom.next_definition or dom.definition).copy()
             self._add(definition, disk)
             self.driver.registry.check_for_host(definition)
-            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
-            if dom.next_definition is not None or dom.active:
-                dom.next_definition = definition
-            else:
-                dom.definition = definition
+            self.driver.registry.save_persistent(dom, definition)
         if not live:
             return None
         return self._hotplug(dom, disk)
@@ -197,27 +239,45 @@ class Devices:
     def unplugging(dom: DomainObj) -> list[str]:
         """The targets of the disks a live detach is unplugging: from the call until the
         guest released the disk (DEVICE_DELETED) or the domain stopped, also after the
-        detach call timed out."""
+        detach call timed out. (The interfaces: :meth:`Nics.unplugging`.)"""
         if dom.live is None or not dom.device_waiters:
             return []
         return [str(d.target_dev) for d in dom.live.disks if d.target_dev
                 and naming.disk_device_id(d.target_dev) in dom.device_waiters]
 
-    def require_no_unplug(self, dom: DomainObj) -> None:
-        """Refuse a snapshot, merge, revert or backup while a disk is being unplugged.
+    def require_no_unplug(self, dom: DomainObj, *, disks_only: bool = False) -> None:
+        """Refuse a save, snapshot, merge, revert or backup while a device is being
+        unplugged; with ``disks_only``, only while a disk is.
 
-        The converse of :meth:`_require_live_change`, as a job would be refused while
-        libvirt's detach holds the domain's job: once the guest releases the disk its
-        whole block graph is closed, overlays included, from the top node asked before
-        the unplug, so a job started meanwhile would see its nodes go (or put a layer
-        over them that stays open). Not a ``dom.job``: the wait for the guest lasts
-        seconds to forever (a guest that ignores the unplug), and a ``dom.job`` would
-        also hold off saves, state changes and the appliance's duties meanwhile.
+        A disk: the converse of :meth:`_require_live_change`, as a job would be refused
+        while libvirt's detach holds the domain's job: once the guest releases the disk
+        its whole block graph is closed, overlays included, from the top node asked
+        before the unplug, so a job started meanwhile would see its nodes go (or put a
+        layer over them that stays open).
+
+        An interface: a save (or managed save) would write a migration stream and a live
+        XML that still have the NIC, half released, and the restored guest would get it
+        back on its command line with the unplug request lost (no daemon waits for it,
+        and the user's detach then never happens); refused as a disk's. The operations
+        that only work on the disks' block graphs (snapshot create and delete, backup:
+        qemud's snapshots are disk-only, their recorded ``<domain>`` is what the guest
+        had at that instant, and a revert restarts the guest from the persistent
+        definition) pass ``disks_only``: a NIC's unplug changes nothing they touch.
+
+        Not a ``dom.job``: the wait for the guest lasts seconds to forever (a guest that
+        ignores the unplug), and a ``dom.job`` would also hold off state changes and the
+        appliance's duties meanwhile.
         """
-        targets = self.unplugging(dom)
-        if targets:
+        busy = []
+        disks = self.unplugging(dom)
+        if disks:
+            busy.append(f"disk {', '.join(disks)}")
+        nics = [] if disks_only else self.nics.unplugging(dom)
+        if nics:
+            busy.append(f"interface {', '.join(nics)}")
+        if busy:
             raise OperationInvalid(
-                f"domain '{dom.name}' is busy: detach of disk {', '.join(targets)} in "
+                f"domain '{dom.name}' is busy: detach of {' and '.join(busy)} in "
                 "progress (waiting for the guest to release it)")
 
     @staticmethod
@@ -227,9 +287,11 @@ class Devices:
         except ConfError as exc:
             raise XMLError(str(exc)) from None
 
-    def _hotplug(self, dom: DomainObj, disk: Disk) -> Deferred:
-        self.driver.lifecycle.require_active(dom)
-        assert dom.monitor is not None and dom.live is not None
+    @staticmethod
+    def _check_hotplug(live: DomainDef, disk: Disk) -> None:
+        """What a live attach of ``disk`` needs, checked before anything changes: a
+        virtio disk with a source in a format the daemon opens, on a machine that takes
+        hot-plugged PCI devices."""
         if disk.device != "disk" or (disk.target_bus or "virtio") != "virtio":
             raise ConfigUnsupported("only virtio disks can be "
                                     f"hot-plugged (got device={disk.device} bus="
@@ -239,6 +301,13 @@ class Devices:
         fmt = disk.driver_type or "raw"
         if fmt not in _FORMATS:
             raise ConfigUnsupported(f"unsupported disk format '{fmt}'")
+        require_pci_hotplug(live, f"disk {_target_of(disk)}")
+
+    def _hotplug(self, dom: DomainObj, disk: Disk) -> Deferred:
+        self.driver.lifecycle.require_active(dom)
+        assert dom.monitor is not None and dom.live is not None
+        self._check_hotplug(dom.live, disk)
+        fmt = disk.driver_type or "raw"
         disk.target_bus = "virtio"
         target = _target_of(disk)
         storage, node = naming.disk_node_names(target)
@@ -261,6 +330,7 @@ class Devices:
                 live = dom.live
                 if live is not None:
                     self._add(live, disk)
+                    self.driver.saving.note_pci_change(dom, f"hot-plugged disk {target}")
                     self.driver.lifecycle.save_status(dom)
                 result.resolve(None)
                 return
@@ -305,15 +375,14 @@ class Devices:
                 raise OperationInvalid(
                     f"disk {target} of domain '{dom.name}' is already being detached: "
                     "the guest has not released it yet")
+            strategy = get_strategy(dom.live.os.arch or platform.machine())
+            if strategy.disk_bus(dom.live, disk) == "virtio":  # (a PCI device)
+                require_pci_hotplug(dom.live, f"disk {target}", unplug=True)
         if config:
             definition = (dom.next_definition or dom.definition).copy()
             found = self._find(definition, target, dom.name)
             definition.remove_device(found)
-            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
-            if dom.active:
-                dom.next_definition = definition
-            else:
-                dom.definition = definition
+            self.driver.registry.save_persistent(dom, definition)
             self.disk_removed(dom)
         if disk is None:
             return None
@@ -458,6 +527,8 @@ class Devices:
             # not stopped (and started again), nor detached by another call, meanwhile
             if dom.live is live_def and live_def is not None and \
                     live_def.find_device(disk) is not None:
+                self.driver.saving.note_pci_change(dom, f"hot-unplugged disk {target}",
+                                                   unplugged=naming.disk_device_id(target))
                 live_def.remove_device(disk)
                 self.driver.lifecycle.save_status(dom)
                 self.disk_removed(dom)
@@ -471,7 +542,8 @@ class Devices:
 
     def released_unawaited(self, dom: DomainObj, device_id: str) -> None:
         """DEVICE_DELETED that no detach waits for: a detach sent by the daemon before it
-        restarted (its wait is not kept across a restart), released by the guest now.
+        restarted (its wait is not kept across a restart), released by the guest now,
+        or found released when the daemon re-attached (:meth:`_reattached`).
         The disk is closed and leaves the live XML, as a detach waiting for it would
         have done (libvirt also removes a device on a DEVICE_DELETED it did not expect).
         The same for a NIC (see :meth:`Nics.released_unawaited`).
@@ -487,6 +559,40 @@ class Devices:
         log.info("domain %s: the guest released disk %s (a detach sent before the daemon "
                  "restarted): closing its block nodes", dom.name, disk.target_dev)
         self._close_unplugged(dom, live, disk, None)
+
+    def _reattached(self, dom: DomainObj, record: StatusRecord, jobs: list[Any]) -> None:
+        """A guest the last daemon left running is attached again: a device the guest
+        released while no daemon listened (a detach sent before, its DEVICE_DELETED
+        lost) is gone from QEMU but still in the live XML; it is closed and removed as
+        on the event (:meth:`released_unawaited`). Only the devices a detach can unplug
+        are compared (virtio disks, interfaces): each has its id in QEMU's
+        ``/machine/peripheral`` while plugged in. One released later sends the event."""
+        monitor, live = dom.monitor, dom.live
+        if monitor is None or live is None:
+            return
+        strategy = get_strategy(live.os.arch or platform.machine())
+        ids = [naming.disk_device_id(d.target_dev) for d in live.disks
+               if d.target_dev and strategy.disk_bus(live, d) == "virtio"]
+        ids += [naming.nic_ids(str(n.mac))[0] for n in live.interfaces if n.mac]
+        if not ids:
+            return
+
+        def listed(d: Deferred) -> None:
+            if dom.monitor is not monitor or dom.live is not live:
+                return  # stopped meanwhile
+            if d.error is not None or not isinstance(d.result, list):
+                log.warning("domain %s: cannot list its devices after the re-attach: %s",
+                            dom.name, d.error.message if d.error else d.result)
+                return
+            present = {str(p.get("name")) for p in d.result if isinstance(p, dict)
+                       and str(p.get("type", "")).startswith("child<")}
+            for device_id in ids:
+                if device_id not in present and device_id not in dom.device_waiters:
+                    log.info("domain %s: device %s was released while no daemon listened",
+                             dom.name, device_id)
+                    self.released_unawaited(dom, device_id)
+        monitor.execute("qom-list", {"path": "/machine/peripheral"}).add_done_callback(
+            listed)
 
     @staticmethod
     def _find(definition: Any, target: str, name: str) -> Disk:
@@ -504,11 +610,7 @@ class Devices:
             definition = (dom.next_definition or dom.definition).copy()
             disk = self._cdrom(definition, target, dom.name)
             disk.source = source or None
-            self.driver.registry.store.save_definition(definition.name, definition.to_xml())
-            if dom.active:
-                dom.next_definition = definition
-            else:
-                dom.definition = definition
+            self.driver.registry.save_persistent(dom, definition)
         if not live:
             return None
         self.driver.lifecycle.require_active(dom)

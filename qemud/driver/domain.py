@@ -69,6 +69,11 @@ class DomainObj:
     restarts: list[float] = field(default_factory=list)  # automatic restarts (budget)
     #: a managed save image exists (DomainStore.managed_save_path; see driver/saving.py)
     managed_save: bool = False
+    #: how the running QEMU's PCI devices changed since it started ("hot-plugged
+    #: interface 52:54:00:...", "hot-unplugged disk vdb"): while any, a save is refused,
+    #: since a restore would place the devices in other slots (Saving.note_pci_change);
+    #: emptied when QEMU stops, kept in the status file across daemon restarts
+    pci_changes: list[str] = field(default_factory=list)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "job" and value is not None and getattr(self, "job", None) is None:
@@ -78,8 +83,9 @@ class DomainObj:
             DomainObj.listed_generation += 1
 
     def __post_init__(self) -> None:
-        # A domain's name and uuid never change (renaming is refused at define time), and
-        # reading them from the XML tree on every listing costs an XPath each: keep them.
+        # A domain object's name and uuid never change (a define under another name is
+        # refused; a rename makes a new object, Registry.rename), and reading them from
+        # the XML tree on every listing costs an XPath each: keep them.
         self._name = self.definition.name
         self._uuid = self.definition.uuid
         self._uuid_bytes: bytes | None = None  # parsed on first use

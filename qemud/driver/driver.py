@@ -45,15 +45,18 @@ from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
 from .devices import Devices
 from .domain import DomainObj, StopIntent
 from .flags import check_flags
+from .guestcontrol import GuestControl
 from .jobs import Jobs
 from .lifecycle import CLK_TCK, DESTROY_GRACEFUL, Lifecycle
 from .metadata import Metadata
 from .ports import PortAllocator
 from .registry import Registry
+from .rename import Renamer
 from .resources import Resources
 from .saving import Saving
 from .stats import domain_stats, node_stats
 from .store import DomainStore
+from .update import DeviceUpdate
 
 if TYPE_CHECKING:
     from qemud.daemon import Daemon
@@ -127,6 +130,10 @@ class QemuDriver:
         self.jobs = Jobs(self)
         #: save / restore, managed save, and the start path that resumes a managed save
         self.saving = Saving(self)
+        #: reset, inject-nmi, qemu-monitor-command
+        self.guest_control = GuestControl(self)
+        #: update-device (a CD-ROM's medium, a NIC's link state)
+        self.device_update = DeviceUpdate(self)
 
     # -- daemon interface ----------------------------------------------------------------
 
@@ -274,7 +281,10 @@ class QemuDriver:
             **self.resources.handlers(),
             **self.blockinfo.handlers(),
             **self.metadata.handlers(),
+            **Renamer(self).handlers(),  # domrename
             **self.jobs.handlers(),
+            **self.guest_control.handlers(),
+            **self.device_update.handlers(),
         }
 
     def _dom(self, args: Any) -> DomainObj:

@@ -48,6 +48,7 @@ from .domain import DomainObj, StopIntent
 from .monitor import Monitor
 from .process import GuestLog, QemuProcess, proc_cmdline, proc_start_ticks
 from .store import StatusRecord
+from .update import set_link_states
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -207,6 +208,13 @@ class Lifecycle:
         def balloon() -> None:
             step = _setup_balloon(monitor, live)
             if step is None:
+                links()
+            else:
+                step.add_done_callback(lambda d: fail(d.error) if d.error else links())
+
+        def links() -> None:
+            step = set_link_states(monitor, live)
+            if step is None:
                 go()
             else:
                 step.add_done_callback(lambda d: fail(d.error) if d.error else go())
@@ -300,7 +308,8 @@ class Lifecycle:
             qmp_path=str(self.guest_paths(dom.name).qmp_socket),
             log_path=str(dom.process.log.path), live_xml=dom.live.to_xml(live=True),
             persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
-            started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file)
+            started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file,
+            pci_changes=list(dom.pci_changes))
         try:
             self.driver.store.save_status(record)
         except OSError as exc:
@@ -393,6 +402,7 @@ class Lifecycle:
         self.driver.consoles.close_for(dom)
         self.registry.release_id(dom)
         dom.live = dom.process = dom.monitor = None
+        dom.pci_changes = []  # (a new QEMU places its PCI devices afresh)
         dom.job = None
 
     # -- QMP events ----------------------------------------------------------------------
@@ -583,6 +593,7 @@ class Lifecycle:
         self.registry.assign_id(dom, record.id)
         live.id = dom.id
         dom.live, dom.process, dom.started_at = live, process, record.started_at
+        dom.pci_changes = [str(c) for c in record.pci_changes]  # (refuses a save still)
         self.driver.ports.claim(live)
         if record.state == DomainState.PAUSED and record.reason == PausedReason.STARTING_UP:
             # the last daemon died before this start completed: no client was told it

@@ -3,7 +3,8 @@
 Connecting is retried from timers until QEMU has created its socket (it does so a few
 milliseconds after exec), so launching never blocks the loop. Commands return a
 :class:`~qemud.dispatch.Deferred` resolved with QMP's ``return`` value or failed with
-:class:`~qemud.errors.OperationFailed` carrying QEMU's error text.
+:class:`CommandRejected` (an :class:`~qemud.errors.OperationFailed`) carrying QEMU's
+error text.
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ from qemud.loop import READ, WRITE, EventLoop, Timer, connect_unix
 from qemud.qemu.errors import QemuError
 from qemud.qemu.qmp import QMPErrorReply, QMPEvent, QMPGreeting, QMPProtocol, QMPReturn
 
-__all__ = ["Monitor"]
+__all__ = ["CommandRejected", "Monitor"]
 
 CONNECT_RETRY = 0.005
+
+
+class CommandRejected(OperationFailed):
+    """QEMU answered a command with an error reply. Its message is the one every caller
+    reports ("QEMU: <desc>"); the QMP ``class`` and ``desc`` are kept as well, for the
+    pass-through command, which hands QEMU's error reply back as it came."""
+
+    def __init__(self, error_class: str, desc: str) -> None:
+        super().__init__(f"QEMU: {desc}")
+        self.error_class = error_class
+        self.desc = desc
 
 
 class Monitor:
@@ -204,7 +216,7 @@ class Monitor:
             pending = self._pending.pop(msg.id, None)
             if pending is not None:
                 self.log.debug("<-- %s error %s: %s", pending[1], msg.error_class, msg.desc)
-                pending[0].fail(OperationFailed(f"QEMU: {msg.desc}"))
+                pending[0].fail(CommandRejected(msg.error_class, msg.desc))
         elif isinstance(msg, QMPEvent):
             self.log.debug("<-- event %s %s", msg.name, dict(msg.data))
             self.on_event(msg)

@@ -94,12 +94,13 @@ class Nics:
             self.devices._require_live_change(dom)
             assert dom.live is not None
             plugged = self._with_defaults(dom.live, iface, dom.name)
+            self.devices.require_pci_hotplug(dom.live, f"interface {iface.mac}")
         definition: DomainDef | None = None
         if config:
             definition = self._config_with(dom, iface)
         if plugged is None:
             assert definition is not None
-            self._commit(dom, definition)
+            self.driver.registry.save_persistent(dom, definition)
             return None
         return self._hotplug(dom, plugged, iface if config else None)
 
@@ -142,15 +143,6 @@ class Nics:
         self.driver.registry.check_for_host(definition)
         return definition
 
-    def _commit(self, dom: DomainObj, definition: DomainDef) -> None:
-        """Save ``definition`` as the persistent one (applies at the next stop if the
-        domain runs), through the registry's store, as disk attach/detach do."""
-        self.driver.registry.store.save_definition(definition.name, definition.to_xml())
-        if dom.next_definition is not None or dom.active:
-            dom.next_definition = definition
-        else:
-            dom.definition = definition
-
     def _hotplug(self, dom: DomainObj, iface: Interface, persist: Interface | None
                  ) -> Deferred:
         """``netdev_add`` then ``device_add``; the netdev is removed again if the device
@@ -173,12 +165,24 @@ class Nics:
                 monitor.execute("netdev_del", {"id": netdev["id"]})
                 result.fail(d.error)
                 return
+            if iface.link_down:  # the cable out from the start, as at the guest's start
+                monitor.execute("set_link", {"name": device["id"], "up": False}
+                                ).add_done_callback(plugged)
+            else:
+                plugged(d)
+
+        def plugged(d: Deferred) -> None:
+            if d.error is not None:  # (the NIC is in, its link up: the XML says so)
+                iface.link_state = None
+                log.warning("domain %s: interface %s plugged in with its link up: %s",
+                            dom.name, iface.mac, d.error.message)
             if dom.live is live_def:
                 live_def.add_device(iface.copy())
+                self.driver.saving.note_pci_change(dom, f"hot-plugged interface {iface.mac}")
                 self.driver.lifecycle.save_status(dom)
             if persist is not None:
                 try:
-                    self._commit(dom, self._config_with(dom, persist))
+                    self.driver.registry.save_persistent(dom, self._config_with(dom, persist))
                 except QemudError as exc:  # changed meanwhile: the guest has the NIC
                     result.fail(exc)
                     return
@@ -188,6 +192,16 @@ class Nics:
         return result
 
     # -- detach --------------------------------------------------------------------------
+
+    @staticmethod
+    def unplugging(dom: DomainObj) -> list[str]:
+        """The MACs of the interfaces a live detach is unplugging: from the call until
+        the guest released the device (DEVICE_DELETED) or the domain stopped, also after
+        the detach call timed out (see :meth:`Devices.require_no_unplug`)."""
+        if dom.live is None or not dom.device_waiters:
+            return []
+        return [str(n.mac) for n in dom.live.interfaces if n.mac
+                and naming.nic_ids(str(n.mac))[0] in dom.device_waiters]
 
     def detach(self, dom: DomainObj, wanted: Interface, live: bool, config: bool
                ) -> Deferred | None:
@@ -203,11 +217,12 @@ class Nics:
                 raise OperationInvalid(
                     f"interface {found.mac} of domain '{dom.name}' is already being "
                     "detached: the guest has not released it yet")
+            self.devices.require_pci_hotplug(dom.live, f"interface {found.mac}", unplug=True)
         if config:
             definition = (dom.next_definition or dom.definition).copy()
             gone = find_interface(definition, wanted)
             definition.remove_device(gone)
-            self._commit(dom, definition)
+            self.driver.registry.save_persistent(dom, definition)
         if found is None:
             return None
         return self._unplug(dom, found)
@@ -273,6 +288,9 @@ class Nics:
             if dom.live is live_def:
                 for nic in live_def.interfaces:
                     if nic.mac == mac:
+                        self.driver.saving.note_pci_change(
+                            dom, f"hot-unplugged interface {mac}",
+                            unplugged=naming.nic_ids(mac)[0])
                         live_def.remove_device(nic)
                         self.driver.lifecycle.save_status(dom)
                         break

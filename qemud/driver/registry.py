@@ -6,6 +6,7 @@ Persistent definitions are written to disk before memory changes, so a failed wr
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -39,6 +40,7 @@ from qemud.qemu.capabilities import Capabilities
 from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj
+from .rename import recover
 from .store import NAME_MAX, DomainStore
 
 __all__ = ["Registry"]
@@ -82,6 +84,9 @@ class Registry:
         if dom is None:
             raise NoDomain(f"no domain with matching name '{name}'")
         return dom
+
+    def has_name(self, name: str) -> bool:
+        return name in self._by_name
 
     def by_uuid(self, uuid: bytes | str) -> DomainObj:
         key = str(uuidlib.UUID(bytes=uuid)) if isinstance(uuid, bytes) else uuid
@@ -214,7 +219,7 @@ class Registry:
                                f"with uuid {same_name.uuid}")
         if same_uuid is not None and same_uuid.name != definition.name:
             raise DomainExists(f"operation failed: domain '{same_uuid.name}' already exists "
-                               f"with uuid {definition.uuid} (renaming is not supported)")
+                               f"with uuid {definition.uuid} (domrename renames a domain)")
         return same_name
 
     def define(self, xml: str, disk_removed: Callable[[DomainObj], None] | None = None
@@ -278,6 +283,29 @@ class Registry:
     def save(self, dom: DomainObj) -> None:
         self._save(dom.next_definition or dom.definition)
 
+    def save_persistent(self, dom: DomainObj, definition: DomainDef) -> None:
+        """Write ``definition`` as ``dom``'s persistent definition, then make it the
+        domain's: at once for a shut-off domain, at its stop for a running one (the
+        definition it runs from is the live one). A failed write changes nothing."""
+        self._save(definition)
+        if dom.active or dom.next_definition is not None:
+            dom.next_definition = definition
+        else:
+            dom.definition = definition
+
+    def rename(self, dom: DomainObj, definition: DomainDef) -> DomainObj:
+        """In memory: ``dom`` (inactive) is known by ``definition``'s name from now on.
+
+        A new DomainObj replaces it (its name is fixed at creation, and so is its cached
+        listing record); everything else about it is kept. The files were renamed before
+        (see :mod:`.rename`).
+        """
+        assert not dom.active and dom.uuid == definition.uuid
+        renamed = dataclasses.replace(dom, definition=definition, next_definition=None)
+        self.remove(dom)
+        self.add(renamed)
+        return renamed
+
     def undefine(self, dom: DomainObj) -> None:
         if not dom.persistent:
             raise OperationInvalid("cannot undefine transient domain")
@@ -295,8 +323,15 @@ class Registry:
         self.events.lifecycle(dom.ref(), LifecycleEvent.UNDEFINED, UndefinedDetail.REMOVED)
 
     def load(self) -> None:
-        """Read every saved definition; bad files are logged and left alone."""
+        """Read every saved definition; bad files are logged and left alone.
+
+        A rename a killed daemon left half-done is finished or undone first (see
+        :func:`.rename.recover`): the loader then sees each uuid once. Should two files
+        still name one uuid (copied by hand), the first by file name is loaded and the
+        other logged and left in place (:meth:`check_clash`).
+        """
         self.store.remove_debris()
+        recover(self.store)
         for path, text in self.store.definitions():
             try:
                 # our own files: the schema was checked when they were defined

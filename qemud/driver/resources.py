@@ -37,7 +37,6 @@ from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     ArgumentUnsupported,
     InvalidArg,
-    OperationFailed,
     OperationInvalid,
     OperationUnsupported,
     QemudError,
@@ -134,19 +133,6 @@ class Resources:
             if affect & AFFECT_CONFIG else None
         return live, config
 
-    def save_config(self, dom: DomainObj, definition: DomainDef) -> None:
-        """Write the persistent definition, then make it the domain's (the next one of a
-        running domain)."""
-        try:
-            self.driver.store.save_definition(definition.name, definition.to_xml())
-        except OSError as exc:
-            raise OperationFailed(f"cannot save the definition of '{dom.name}': "
-                                  f"{exc.strerror or exc} (nothing was changed)") from None
-        if dom.active:
-            dom.next_definition = definition
-        else:
-            dom.definition = definition
-
     # -- setmem / setmaxmem --------------------------------------------------------------
 
     def set_memory(self, ctx: Any, args: pl.MemoryArgs) -> Empty | Deferred:
@@ -164,7 +150,7 @@ class Resources:
             config.memory_kib = newmem
             if config.current_memory_kib > newmem:
                 config.current_memory_kib = newmem
-            self.save_config(dom, config)
+            self.driver.registry.save_persistent(dom, config)
             return Empty()
         maximum = min(d.memory_kib for d in (live, config) if d is not None)
         if newmem > maximum:
@@ -172,7 +158,7 @@ class Resources:
         if live is None:
             assert config is not None
             config.current_memory_kib = newmem
-            self.save_config(dom, config)
+            self.driver.registry.save_persistent(dom, config)
             return Empty()
         if not _has_balloon(live):
             raise OperationInvalid(_NO_BALLOON)
@@ -194,7 +180,7 @@ class Resources:
             if config is not None:
                 config.current_memory_kib = kib
                 try:
-                    self.save_config(dom, config)
+                    self.driver.registry.save_persistent(dom, config)
                 except QemudError as exc:
                     out.fail(exc)
                     return
@@ -300,7 +286,7 @@ class Resources:
             assert config is not None
             config.set_vcpus(min(config.vcpus, count), count)
             self.driver.registry.check_for_host(config)
-            self.save_config(dom, config)
+            self.driver.registry.save_persistent(dom, config)
             return Empty()
         for definition, which in ((live, "live"), (config, "persistent")):
             if definition is not None and count > definition.max_vcpus:
@@ -313,7 +299,7 @@ class Resources:
                 "restart the domain")
         if config is not None:
             config.set_vcpus(count, config.max_vcpus)
-            self.save_config(dom, config)
+            self.driver.registry.save_persistent(dom, config)
         return Empty()
 
     # -- vcpuinfo ------------------------------------------------------------------------

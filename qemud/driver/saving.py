@@ -62,6 +62,9 @@ from qemud.errors import (
     SystemCallFailed,
     XMLError,
 )
+from qemud.qemu.arch import get_strategy
+from qemud.qemu.command import build_argv
+from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj, StopIntent
 from .flags import check_flags
@@ -219,8 +222,74 @@ class Saving:
     def _require_savable(self, dom: DomainObj) -> None:
         self.lifecycle.require_active(dom)
         self.lifecycle.require_no_job(dom)
-        # a disk half unplugged would be restored plugged in, its unplug request lost
+        self.require_pci_unchanged(dom)
+        # a disk or NIC half unplugged would be restored plugged in, its unplug lost
         self.driver.devices.require_no_unplug(dom)
+
+    # -- the guest's PCI layout ----------------------------------------------------------
+
+    def require_pci_unchanged(self, dom: DomainObj) -> None:
+        """Refuse to write a migration stream of ``dom`` (a save, a managed save) once
+        its PCI devices changed since its QEMU started (``dom.pci_changes``).
+
+        qemud keeps no PCI addresses: a restore starts QEMU from the saved live XML and
+        QEMU places the devices in the order of that command line, while the running
+        guest has a hot-plugged device where a slot was free, or a hole where an
+        unplugged one was. The restore's QEMU then refuses the stream ("Unknown ramblock
+        0000:00:03.0/virtio-net-pci.rom") and the saved state is lost in practice.
+        (libvirt keeps ``<address type='pci'/>`` in the live XML for this.) Checked
+        before anything is written: the way out, a fresh QEMU, loses nothing the user
+        defined (a live-only device is in no definition anyway).
+        """
+        if dom.pci_changes:
+            raise OperationInvalid(
+                f"domain '{dom.name}' cannot be saved: its PCI devices changed since it "
+                f"started ({', '.join(dom.pci_changes)}), and a restore could not place "
+                "them as they are now: shut it down and start it again first")
+
+    def note_pci_change(self, dom: DomainObj, what: str, unplugged: str | None = None
+                        ) -> None:
+        """Record that the PCI devices of running ``dom`` changed: ``what`` was
+        hot-plugged ("hot-plugged interface 52:54:00:...") or, with ``unplugged`` (its
+        device id), hot-unplugged: the guest released it, and it is still in the live
+        XML. The caller saves the status afterwards (see :meth:`require_pci_unchanged`).
+
+        An unplug that leaves every other device where a fresh start would put it is not
+        a change: the device was the last PCI device of the command line, and nothing
+        changed before (the devices left are a prefix of those QEMU placed at start, in
+        the same order, so a restore gives each the same slot).
+        """
+        if dom.live is None:
+            return
+        if unplugged is not None and not dom.pci_changes and \
+                self._last_pci_device(dom, dom.live) == unplugged:
+            log.info("domain %s: %s, the last PCI device: the others keep their slots",
+                     dom.name, what)
+            return
+        if what not in dom.pci_changes:
+            dom.pci_changes.append(what)
+        log.info("domain %s: %s: no save until it is started again", dom.name, what)
+
+    def _last_pci_device(self, dom: DomainObj, live: DomainDef) -> str | None:
+        """The id of the device a start of ``live`` puts in the last PCI slot: the last
+        ``-device`` of its command line that is not one of the known non-PCI devices
+        (:data:`_NOT_PCI`; an unknown one counts as PCI); None if it cannot be told."""
+        try:
+            strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+            argv = build_argv(live, strategy, self.driver.caps,
+                              self.lifecycle.guest_paths(dom.name))
+        except QemuError as exc:
+            log.warning("domain %s: cannot tell its PCI layout: %s", dom.name, exc)
+            return None
+        last = None
+        for option, value in zip(argv, argv[1:], strict=False):
+            if option != "-device":
+                continue
+            driver, *props = value.replace(",,", "\0").split(",")
+            if driver in _NOT_PCI:
+                continue
+            last = next((p[3:] for p in props if p.startswith("id=")), None)
+        return last
 
     def _save(self, ctx: Any, args: pl.SaveArgs) -> Deferred:
         dom = self._dom(args)
@@ -508,6 +577,13 @@ class Saving:
         libvirt)."""
         if self.check_undefine(dom, flags):
             self.remove_image(dom)
+
+
+#: the ``-device`` drivers of the argv builder that sit on no PCI slot (ISA, IDE, SCSI,
+#: virtio-serial and USB buses): they do not move the PCI devices after them
+_NOT_PCI = frozenset({"isa-serial", "ib700", "ide-hd", "ide-cd", "scsi-hd", "scsi-cd",
+                      "virtconsole", "virtserialport", "usb-tablet", "usb-kbd",
+                      "usb-mouse", "usb-storage"})
 
 
 def _incoming(path: Path, image: SaveImage) -> str:

@@ -34,9 +34,10 @@ def c(calls: list[str]) -> Completer:
 def test_command_names(c: Completer) -> None:
     assert c.candidates("") == sorted(REGISTRY)
     assert c.candidates("dom") == ["domblkinfo", "domblklist", "domblkstat", "domcontrol",
-                                   "domdisplay", "domid", "domiflist", "domifstat", "dominfo",
+                                   "domdisplay", "domid", "domif-getlink", "domif-setlink",
+                                   "domiflist", "domifstat", "dominfo",
                                    "domjobabort", "domjobinfo", "dommemstat", "domname",
-                                   "domstate", "domstats", "domuuid"]
+                                   "domrename", "domstate", "domstats", "domuuid"]
     assert c.candidates("snapshot-l") == ["snapshot-list"]
     assert c.candidates("nosuch") == []
 
@@ -72,7 +73,8 @@ def test_used_flags_are_not_offered_again(c: Completer) -> None:
 
 
 def test_option_values(c: Completer) -> None:
-    assert c.candidates("event --event ") == ["appliance", "lifecycle", "reboot", "watchdog"]
+    assert c.candidates("event --event ") == ["appliance", "lifecycle", "metadata-change",
+                                              "reboot", "watchdog"]
     assert c.candidates("event --event l") == ["lifecycle"]
     assert c.candidates("event --event=re") == ["--event=reboot"]
     assert c.candidates("attach-disk demo /a vdb --subdriver q") == ["qcow2"]

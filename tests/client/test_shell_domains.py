@@ -254,7 +254,7 @@ def test_event_one_shot_and_timeout(daemon: DaemonProcess, qemush: Qemush) -> No
     assert ok(qemush("-c", daemon.uri, "event", "--all", "--timeout", "1")) == \
         "event loop timed out\nevents received: 0\n"
     assert ok(qemush("-c", daemon.uri, "event", "--list")) == \
-        "lifecycle\nreboot\nwatchdog\nappliance\n"
+        "lifecycle\nreboot\nwatchdog\nmetadata-change\nappliance\n"
     proc = qemush("-c", daemon.uri, "event", "--event", "bogus")
     assert proc.returncode == 1 and "--event" in proc.stderr
 

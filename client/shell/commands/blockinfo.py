@@ -1,4 +1,5 @@
-"""``domblkinfo DOMAIN [DEVICE] [--human] [--all]``: virsh's sizes of a domain's disks."""
+"""``domblkinfo DOMAIN [DEVICE] [--human] [--all]``: virsh's sizes of a domain's disks;
+``blockresize DOMAIN PATH SIZE``: a running domain's disk gets a new size."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from lxml import etree
 
 from protocol import payloads as pl
 
+from ...domain import BLOCK_RESIZE_BYTES
 from ...format import key_values, pretty_capacity, table
 from ..context import Shell
 from ..registry import Arg, Args, CommandError, Opt, UsageError, command
 from .domain import DOM
+from .resources import scaled_bytes
 
 
 def _sizes(info: pl.BlockInfoReply | None, human: bool) -> list[str]:
@@ -71,3 +74,19 @@ def cmd_domblkinfo(sh: Shell, args: Args) -> None:
                    [[target, *_sizes(info, human)] for target, info in rows]))
     sh.print()
 
+
+@command("blockresize", "domain", "Resize block device of domain.", description=(
+    "Give a running domain's disk a new size; the guest sees it at once (it may need "
+    "to rescan the disk). The size is a scaled integer (KiB without a suffix; 10G, "
+    "512MiB, 1TB...); a qcow2 disk's is rounded up to 512 bytes. A smaller size "
+    "shrinks the disk and loses what lay beyond it. After a snapshot the layer on top "
+    "is resized, not the snapshot's."),
+    args=(DOM, Arg("path", "Fully-qualified path of block device"),
+          Arg("size", "New size of the block device, as scaled integer (default KiB)")))
+def cmd_blockresize(sh: Shell, args: Args) -> None:
+    size = scaled_bytes(args.req("size"))
+    path = args.req("path")
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(f"Failed to resize block device '{path}'"):
+        dom.block_resize(path, size, BLOCK_RESIZE_BYTES)
+    sh.print(f"Block device '{path}' is resized")

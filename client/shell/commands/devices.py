@@ -3,7 +3,9 @@ device attach/detach from an XML file or, for interfaces, from options (as virsh
 
 from __future__ import annotations
 
-from ...domain import AFFECT_CONFIG, AFFECT_LIVE, XML_INACTIVE
+import xml.etree.ElementTree as ET
+
+from ...domain import AFFECT_CONFIG, AFFECT_LIVE, MODIFY_FORCE, XML_INACTIVE, Domain
 from ...format import table
 from ..context import Shell
 from ..devicelist import (
@@ -14,7 +16,14 @@ from ..devicelist import (
     interface_rows,
 )
 from ..diskxml import build_disk_xml, find_disk_xml
-from ..ifacexml import InterfaceLookupError, build_interface_xml, find_interface_xml
+from ..ifacexml import (
+    InterfaceLookupError,
+    build_interface_xml,
+    find_interface_xml,
+    find_link_interface,
+    link_state,
+    with_link_state,
+)
 from ..registry import FILE, Arg, Args, CommandError, Opt, UsageError, command
 from .domain import CONFIG, CURRENT, DOM, LIVE, PERSISTENT, affect_flags, read_xml
 
@@ -133,16 +142,75 @@ def cmd_detach_device(sh: Shell, args: Args) -> None:
     _device_from_file(sh, args, "detach")
 
 
+@command("update-device", "domain", "update device from an XML file", description=(
+    "Change a device of the domain in place from the XML in FILE: a CD-ROM's or "
+    "floppy's medium (<source>, none ejects), an interface's <link state> (found by "
+    "its MAC). Flags as attach-device; --force is accepted (virsh's eject of a locked "
+    "tray) and changes nothing here."),
+    args=(DOM, FILE_ARG), opts=(*AFFECT, Opt("force", "force device update")))
+def cmd_update_device(sh: Shell, args: Args) -> None:
+    _device_from_file(sh, args, "update")
+
+
+_VERBS = {"attach": "attached", "detach": "detached", "update": "updated"}
+
+
 def _device_from_file(sh: Shell, args: Args, verb: str) -> None:
-    """attach-device / detach-device: the device XML in FILE, virsh's words."""
+    """attach-device / detach-device / update-device: the device XML in FILE, virsh's
+    words."""
     path = args.req("file")
     dom = sh.domain(args.req("domain"))
     context = f"Failed to {verb} device from {path}"
     xml = read_xml(path, context)
-    flags = affect_flags(sh, args, dom)
+    flags = affect_flags(sh, args, dom) | (MODIFY_FORCE if args.flag("force") else 0)
+    call = {"attach": dom.attach_device, "detach": dom.detach_device,
+            "update": dom.update_device}[verb]
     with sh.failing(context):
-        (dom.attach_device if verb == "attach" else dom.detach_device)(xml, flags)
-    sh.print(f"Device {verb}ed successfully")
+        call(xml, flags)
+    sh.print(f"Device {_VERBS[verb]} successfully")
+
+
+# -- link state ------------------------------------------------------------------------------
+
+IFACE_ARG = Arg("interface", "interface device (MAC Address)")
+
+
+def _link_interface(sh: Shell, args: Args) -> tuple[Domain, ET.Element, bool]:
+    """(domain, its ``<interface>`` named by the argument, --config) for domif-*link:
+    the persistent definition with --config, else the running one (virsh's choice)."""
+    dom = sh.domain(args.req("domain"))
+    config = args.flag("config")
+    with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
+        xml = dom.xml(XML_INACTIVE if config else 0)
+    try:
+        return dom, find_link_interface(xml, args.req("interface")), config
+    except InterfaceLookupError as exc:
+        raise CommandError(str(exc)) from None
+
+
+@command("domif-setlink", "monitor", "set link state of a virtual interface", description=(
+    "Plug the virtual cable of an interface (named by its MAC or host device) in (up) "
+    "or out (down): in the running guest, or with --config in the persistent "
+    "definition (a shut-off domain: always there)."),
+    args=(DOM, IFACE_ARG, Arg("state", "new state of the device", choices=("up", "down"))),
+    opts=(Opt("config", "affect next boot"),))
+def cmd_domif_setlink(sh: Shell, args: Args) -> None:
+    state = args.req("state")
+    dom, node, config = _link_interface(sh, args)
+    with sh.failing(f"failed to get state of domain '{dom.name}'"):
+        flags = AFFECT_CONFIG if config or not dom.is_active() else AFFECT_LIVE
+    with sh.failing("Failed to update interface link state"):
+        dom.update_device(with_link_state(node, state), flags)
+    sh.print("Device updated successfully")
+
+
+@command("domif-getlink", "monitor", "get link state of a virtual interface", description=(
+    "Print an interface's link state (up: its virtual cable is plugged in), from the "
+    "running guest, or with --config from the persistent definition."),
+    args=(DOM, IFACE_ARG), opts=(Opt("config", "Get persistent interface state"),))
+def cmd_domif_getlink(sh: Shell, args: Args) -> None:
+    _, node, _ = _link_interface(sh, args)
+    sh.print(f"{args.req('interface')} {link_state(node)}")
 
 
 def _attach_built(sh: Shell, args: Args, xml: str, noun: str) -> None:

@@ -369,6 +369,19 @@ def cmd_undefine(sh: Shell, args: Args) -> None:
     sh.print(f"Domain '{dom.name}' has been undefined")
 
 
+@command("domrename", "domain", "rename a domain", description=(
+    "Rename an inactive domain: a persistent, shut-off domain without snapshots or a "
+    "managed save image. Its uuid stays; its definition, autostart flag, log and "
+    "appliance state follow the new name."),
+    args=(Arg("domain", "domain name or uuid", complete=DOMAIN),
+          Arg("new-name", "new domain name")))
+def cmd_domrename(sh: Shell, args: Args) -> None:
+    dom = sh.domain(args.req("domain"))
+    with sh.failing(""):  # virsh prints the daemon's error alone
+        dom.rename(args.req("new-name"))
+    sh.print("Domain successfully renamed")
+
+
 @command("create", "domain", "create a domain from an XML file", description=(
     "Create and start a transient domain from an XML file; with --paused its vCPUs stay "
     "stopped until 'resume'."),

@@ -1,5 +1,6 @@
-"""A domain's XML in the shell: ``edit``, and what ``dumpxml --xpath`` and
-``list --title`` read from it.
+"""A domain's XML in the shell: ``edit`` (and :func:`edit_text`, the same editing for
+``desc --edit`` and ``metadata --edit``), what ``dumpxml --xpath`` reads from it, and the
+titles of ``list --title``.
 
 ``edit`` is virsh's (tools/virsh-edit.c): the persistent definition with its secrets goes
 to a temporary file, ``$VISUAL`` / ``$EDITOR`` / ``vi`` runs on it through ``sh -c`` (so
@@ -22,19 +23,21 @@ import sys
 import tempfile
 import termios
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from protocol.constants import MetadataType
+
 from ...domain import XML_INACTIVE, XML_SECURE, Domain
-from ...errors import NoDomainError, QemudClientError
+from ...errors import NoDomainError, NoMetadataError, QemudClientError
 from ..context import Shell
 from ..registry import Args, CommandError, command
 from .domain import DOM
 
-__all__ = ["xpath_output", "add_titles", "add_json_titles", "domain_title"]
+__all__ = ["xpath_output", "add_titles", "add_json_titles", "domain_title", "edit_text"]
 
 #: what a temporary file name may contain to be passed to ``sh -c`` unquoted (virsh's
 #: ACCEPTED_CHARS): anything else means a strange $TMPDIR
@@ -122,18 +125,15 @@ def _copy(element: Any) -> Any:
 # -- list --title ----------------------------------------------------------------------
 
 def domain_title(dom: Domain) -> str | None:
-    """The ``<title>`` of a domain's XML as virsh shows it ("" when it has none; None
-    when the domain is gone since it was listed)."""
+    """A domain's title as virsh's ``list --title`` shows it, asked for alone
+    (virDomainGetMetadata, not the whole XML): "" when it has none; None when the domain
+    is gone since it was listed."""
     try:
-        xml = dom.xml()
+        return dom.metadata(MetadataType.TITLE)
+    except NoMetadataError:
+        return ""
     except NoDomainError:
         return None
-    try:
-        root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False,
-                                                              no_network=True))
-    except etree.XMLSyntaxError:
-        return ""
-    return root.findtext("title") or ""
 
 
 def _titles(sh: Shell, doms: Sequence[Domain]) -> list[str | None]:
@@ -313,3 +313,37 @@ def _edit(sh: Shell, path: str, doc: str) -> str | None:
     _run_editor(sh, path)
     edited = _read_back(path)
     return None if edited == doc else edited
+
+
+def edit_text(sh: Shell, doc: str, apply: Callable[[str], None], failure: str,
+              tidy: Callable[[str], str] = str) -> bool:
+    """virsh's editing of something other than a definition (``desc --edit``, ``metadata
+    --edit``): ``doc`` in a temporary file, the editor on it, ``tidy`` on what comes
+    back; False when that is ``doc`` still (nothing applied), else ``apply`` it and True.
+    When ``apply`` is refused and stdin is a terminal, virsh's "Try again?" (y: edit
+    again, f: apply again, n: give up); without one, ``failure`` and the error."""
+    path = _write_temp(doc)
+    try:
+        while True:
+            _run_editor(sh, path)
+            edited = tidy(_read_back(path))
+            if edited == doc:
+                return False
+            while True:
+                try:
+                    apply(edited)
+                    return True
+                except QemudClientError as exc:
+                    answer = _ask_reedit(sh, "Failed.", exc.message)
+                    if answer == "f":
+                        continue
+                    if answer == "n":
+                        raise CommandError() from None
+                    if answer != "y":  # no terminal to ask on
+                        raise CommandError(failure, exc.message) from None
+                    break
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -16,9 +16,12 @@ EVENT_TYPES: dict[str, EventId] = {
     "lifecycle": EventId.LIFECYCLE,
     "reboot": EventId.REBOOT,
     "watchdog": EventId.WATCHDOG,
+    "metadata-change": EventId.METADATA_CHANGE,
     "appliance": EventId.APPLIANCE,
 }
 _NAMES = {v: k for k, v in EVENT_TYPES.items()}
+#: virsh's names of the MetadataType a metadata-change event carries
+_METADATA_TYPES = ("description", "title", "element")
 
 
 def event_line(record: EventRecord) -> str:
@@ -32,6 +35,10 @@ def event_line(record: EventRecord) -> str:
         return f"{head}: {watchdog_action_name(record.event)}"
     if record.event_id == EventId.APPLIANCE:
         return f"{head}: {record.kind}" + (f": {record.text}" if record.text else "")
+    if record.event_id == EventId.METADATA_CHANGE:  # virsh: NULL uri as <null>
+        kind = _METADATA_TYPES[record.event] if 0 <= record.event < len(
+            _METADATA_TYPES) else "unknown"
+        return f"{head}: type {kind}, uri {record.uri or '<null>'}"
     return head
 
 

@@ -34,7 +34,13 @@ _VCPU_STATES = {0: "offline", 1: "running", 2: "blocked"}
 
 
 def scaled_kib(text: str, name: str = "size") -> int:
-    """virsh's scaled integer (vshCommandOptScaledInt with scale 1024) in KiB, rounded up.
+    """virsh's scaled integer (vshCommandOptScaledInt with scale 1024) in KiB, rounded
+    up; see :func:`scaled_bytes`."""
+    return -(-scaled_bytes(text, name) // 1024)
+
+
+def scaled_bytes(text: str, name: str = "size") -> int:
+    """virsh's scaled integer (vshCommandOptScaledInt with scale 1024) in bytes.
 
     No suffix is KiB; ``b``/``byte``/``bytes`` are bytes; ``k``/``KiB``, ``M``/``MiB``...
     are powers of 1024 and ``KB``, ``MB``... powers of 1000, whatever the case (as
@@ -60,7 +66,7 @@ def scaled_kib(text: str, name: str = "size") -> int:
         scale = (1000 if lower[1:] == "b" else 1024) ** power
     if value > _ULLONG_MAX // scale:
         raise UsageError(first, f"numerical overflow: value too large: {text}")
-    return -(-value * scale // 1024)
+    return value * scale
 
 
 def _uint(text: str, name: str) -> int:

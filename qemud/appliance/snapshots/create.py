@@ -46,7 +46,7 @@ class CreateOps(SnapshotOps):
     def create(self, ctx: Any, args: pl.SnapshotCreateArgs) -> Deferred:
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
-        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
+        self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         self.require_no_pending_update(dom, "create a snapshot")
         meta = self.store.load(dom)
         name = args.name or self._auto_name(meta)

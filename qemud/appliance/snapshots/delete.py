@@ -109,7 +109,7 @@ class DeleteOps(SnapshotOps):
                     {1: "children", 4: "children-only"})
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
-        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
+        self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         meta = self.store.load(dom)
         snap = meta.get(args.name)
         if args.flags & METADATA_ONLY:

@@ -60,7 +60,7 @@ class RevertOps(SnapshotOps):
                              "'VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED' are mutually exclusive")
         dom = self._dom(args)
         self.lifecycle.require_no_job(dom)
-        self.driver.devices.require_no_unplug(dom)  # a disk is being unplugged
+        self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         self.require_no_pending_update(dom, "revert to a snapshot")
         self.driver.saving.require_no_image(dom, "revert to a snapshot")
         meta = self.store.load(dom)

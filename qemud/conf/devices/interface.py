@@ -7,6 +7,7 @@
       <source bridge='br0'/>            (type='bridge')
       <target dev='tap0'/>
       <model type='virtio'/>
+      <link state='down'/>              (libvirt's virtual cable; absent: up)
       <boot order='2'/>
     </interface>
 
@@ -86,6 +87,14 @@ class Interface(Device):
     target_dev = XMLProperty("./target/@dev", doc="Host tap device name.")
     model = XMLProperty("./model/@type", doc="NIC model ('virtio', 'e1000', ...).")
     boot_order = XMLIntProperty("./boot/@order", doc="Per-device ``<boot order>``.")
+    link_state = XMLProperty("./link/@state", doc="'up' or 'down': whether the virtual "
+                             "cable is plugged in (QEMU's set_link); absent is up.")
+
+    LINK_STATES: ClassVar[tuple[str, ...]] = ("up", "down")
+
+    @property
+    def link_down(self) -> bool:
+        return self.link_state == "down"
 
     @property
     def mac(self) -> str | None:
@@ -126,6 +135,8 @@ class Interface(Device):
             # The model name ends up on QEMU's command line.
             raise self._error(f"invalid model type '{model}'", "model")
         self._check_positive(self.boot_order, "boot order", "boot")
+        if self.link_state is not None:
+            self._check_choice(self.link_state, self.LINK_STATES, "link state", "link")
 
     def normalise(self) -> None:
         if self._mac is not None:

@@ -1,0 +1,429 @@
+"""DOMAIN_RENAME (virsh ``domrename``): a shut-off persistent domain gets a new name.
+
+libvirt's rules (qemuDomainRename, virDomainObjListRename): only an inactive, persistent
+domain, with no managed save image and no snapshots, to a name no other domain has;
+flags must be 0; the uuid stays. The events are libvirt's: UNDEFINED (RENAMED) for the
+old name, then DEFINED (RENAMED) for the new.
+
+What the daemon keeps under a domain's name follows it:
+
+* ``<config_dir>/domains/<name>.xml`` and ``<config_dir>/autostart/<name>``;
+* ``<log_dir>/qemu/<name>.log`` (and its rotated ``.1``), when no log of the new name is
+  there already (a log is never overwritten);
+* the appliance layer's ``<state_dir>/vms/<name>/`` (a deployed VM's disks and its
+  ``appliance-state.json``, whose name and paths are rewritten, as are the definition's
+  disk sources under it) and an empty snapshot record ``<state_dir>/snapshots/<name>/
+  snapshots.json``. A record with snapshots refuses the rename (libvirt's rule); one that
+  still lists images of ours (overlays a snapshot left) refuses it too: their qcow2
+  backing chains name the directory, which cannot move.
+
+Runtime files (``<run_dir>/qemu/<name>*``, the managed save image) exist only for a
+running or saved domain, which cannot be renamed.
+
+**Crash safety.** A rename is several file operations; an intent record
+``<config_dir>/domains/.rename-<uuid>.json`` (:class:`RenamePlan`, written durably
+first) makes them one. The commit point is the durable write of the new definition
+file: before it the moves are undone, after it they are finished -- by the call itself,
+or, if the daemon died in between, by the next daemon before it loads any definition
+(:func:`recover`, from :meth:`.registry.Registry.load`). So after a crash at any point
+the domain is defined under exactly one of its two names, with its files where that
+name expects them, and the loader never meets two definitions of one uuid. Every step is
+idempotent (a step already done is skipped), so a recovery cut short is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import Procedure
+from protocol import payloads as pl
+from protocol.constants import DefinedDetail, LifecycleEvent, UndefinedDetail
+from qemud.conf import ConfError, DomainDef
+from qemud.dispatch import Handler
+from qemud.errors import OperationFailed, OperationInvalid, XMLError
+
+from .flags import check_flags
+from .store import DomainStore, atomic_write, fsync_dir
+
+if TYPE_CHECKING:
+    from .domain import DomainObj
+    from .driver import QemuDriver
+
+__all__ = ["Renamer", "RenamePlan", "recover", "JOURNAL_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+#: ``<domains_dir>/.rename-<uuid>.json``: a rename in progress (not ``*.xml``, not
+#: ``.*.tmp``: neither the loader nor the debris sweep takes it for something else)
+JOURNAL_PREFIX = ".rename-"
+
+#: the appliance layer's per-domain directories under ``<state_dir>`` (see
+#: qemud.appliance.images.layout and qemud.appliance.snapshots.records)
+VMS_DIR, VM_STATE = "vms", "appliance-state.json"
+SNAPSHOTS_DIR, SNAPSHOT_INDEX = "snapshots", "snapshots.json"
+#: what the images duty appends to a disk while ``qemu-img`` writes it
+UNFINISHED_DISK = ".qcow2.new"
+
+
+@dataclass
+class RenamePlan:
+    """Everything a rename does, with absolute paths: what :func:`recover` replays
+    without knowing the daemon's layout."""
+
+    uuid: str
+    old: str
+    new: str
+    xml: str  # the definition under the new name: the commit is its file
+    autostart: bool
+    #: [src, dst] renamed before the commit (directories or files)
+    moves: list[list[str]] = field(default_factory=list)
+    #: [json file (after the moves), its name key, old path prefix, new path prefix]
+    records: list[list[str]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RenamePlan:
+        data: dict[str, Any] = json.loads(text)
+        return cls(**data)
+
+
+def journal_path(store: DomainStore, uuid: str) -> Path:
+    return store.domains_dir / f"{JOURNAL_PREFIX}{uuid}.json"
+
+
+# -- the file operations (also run at start-up by recover) ---------------------------------
+
+def _committed(store: DomainStore, plan: RenamePlan) -> bool:
+    """Whether the new definition file is there, whole: the rename happened."""
+    try:
+        return store.definition_path(plan.new).read_text() == plan.xml
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _move(src: str, dst: str) -> None:
+    """``src`` -> ``dst`` unless done already (``src`` gone, ``dst`` there)."""
+    if not os.path.lexists(src):
+        return
+    if os.path.lexists(dst):
+        raise OSError(17, "the destination exists", dst)  # never replace anything
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dst)
+    fsync_dir(Path(src).parent)
+    fsync_dir(Path(dst).parent)
+
+
+def _rewrite_record(path: str, key: str, name: str, old_prefix: str, new_prefix: str
+                    ) -> None:
+    """Set ``key`` of the JSON file ``path`` to ``name`` and move every path in it from
+    ``old_prefix`` to ``new_prefix``; nothing to do, nothing written."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return
+    changed = _reprefix(data, old_prefix, new_prefix)
+    if isinstance(data, dict) and data.get(key) != name:
+        data[key] = name
+        changed = True
+    if changed:
+        atomic_write(Path(path), json.dumps(data, indent=1))
+
+
+def _reprefix(value: Any, old: str, new: str) -> bool:
+    """Replace the leading directory ``old`` by ``new`` in every string of ``value``
+    (a JSON tree, in place); whether anything changed."""
+    changed = False
+    items: Any = (value.items() if isinstance(value, dict) else
+                  enumerate(value) if isinstance(value, list) else ())
+    for key, item in list(items):
+        if isinstance(item, str):
+            moved = _moved_path(item, old, new)
+            if moved != item:
+                value[key] = moved
+                changed = True
+        elif _reprefix(item, old, new):
+            changed = True
+    return changed
+
+
+def _moved_path(path: str, old: str, new: str) -> str:
+    """``path`` with its leading directory ``old`` replaced by ``new`` (else as it is)."""
+    return new + path[len(old):] if _under(path, Path(old)) else path
+
+
+def _under(path: str, directory: Path) -> bool:
+    return path == str(directory) or path.startswith(f"{directory}/")
+
+
+def _forward(plan: RenamePlan) -> None:
+    """The moves and record rewrites, before the commit."""
+    for src, dst in plan.moves:
+        _move(src, dst)
+    for path, key, old_prefix, new_prefix in plan.records:
+        _rewrite_record(path, key, plan.new, old_prefix, new_prefix)
+
+
+def _undo(store: DomainStore, plan: RenamePlan) -> None:
+    """Put back what :func:`_forward` did (the rename did not commit)."""
+    for path, key, old_prefix, new_prefix in plan.records:
+        _rewrite_record(path, key, plan.old, new_prefix, old_prefix)
+    for src, dst in reversed(plan.moves):
+        _move(dst, src)
+    _remove(journal_path(store, plan.uuid))
+
+
+def _finish(store: DomainStore, plan: RenamePlan) -> None:
+    """After the commit: the autostart flag follows, the old name's files go, and the
+    intent record last (until then a restarted daemon finishes it)."""
+    _forward(plan)  # (all done already, unless a recovery is completing it)
+    if plan.autostart:
+        store.set_autostart(plan.new, True)
+    old = store.definition_path(plan.old)
+    if _names_uuid(old, plan.uuid):  # (not a domain defined under the old name since)
+        # the flag first, as undefine does: never a flag without its definition
+        _remove(store.autostart_dir / plan.old)
+        _remove(old)
+    fsync_dir(store.autostart_dir)
+    fsync_dir(store.domains_dir)
+    _remove(journal_path(store, plan.uuid))
+    fsync_dir(store.domains_dir)
+
+
+def _names_uuid(definition: Path, uuid: str) -> bool:
+    """Whether the stored definition file is the domain ``uuid``'s (written by the
+    daemon: canonical XML, one ``<uuid>`` element)."""
+    try:
+        return f"<uuid>{uuid}</uuid>" in definition.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def recover(store: DomainStore) -> None:
+    """At start-up, before the definitions are read: finish the renames a killed daemon
+    committed, undo the ones it did not (see the module doc). A rename that cannot be
+    completed now is logged and its intent record kept; the definition the record's
+    state calls for is loaded, the other is skipped (one uuid, one domain)."""
+    for path in sorted(store.domains_dir.glob(f"{JOURNAL_PREFIX}*.json")):
+        try:
+            plan = RenamePlan.from_json(path.read_text())
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("cannot read the rename record %s: %s (left in place)", path, exc)
+            continue
+        committed = _committed(store, plan)
+        try:
+            if committed:
+                _finish(store, plan)
+            else:
+                _undo(store, plan)
+        except OSError as exc:
+            log.error("domain '%s' (uuid %s): cannot %s its interrupted rename to '%s': "
+                      "%s (the record %s stays; the next start tries again)", plan.old,
+                      plan.uuid, "finish" if committed else "undo", plan.new,
+                      exc.strerror or exc, path)
+            continue
+        log.warning("domain '%s' (uuid %s): a rename to '%s' was interrupted; %s", plan.old,
+                    plan.uuid, plan.new, f"finished: the domain is '{plan.new}'" if committed
+                    else f"undone: the domain is '{plan.old}'")
+
+
+# -- the procedure ---------------------------------------------------------------------------
+
+class Renamer:
+    """DOMAIN_RENAME's handler: libvirt's checks, the plan, its execution."""
+
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+        self.store = driver.store
+        self.registry = driver.registry
+        paths = driver.config.paths
+        self.vms_dir = paths.state_dir / VMS_DIR
+        self.snapshots_dir = paths.state_dir / SNAPSHOTS_DIR
+        self.log_dir = paths.guest_log_dir
+
+    def handlers(self) -> dict[Procedure, Handler]:
+        return {Procedure.DOMAIN_RENAME: self.rename}
+
+    def rename(self, ctx: Any, args: pl.RenameArgs) -> pl.DomainReply:
+        check_flags(args.flags, 0, "qemuDomainRename")
+        dom = self.registry.find(args.dom.name, args.dom.uuid)
+        new = args.new_name
+        self._check_domain(dom)
+        definition = self._new_definition(dom, new)
+        plan = self._plan(dom, definition)
+        self._execute(plan)
+        old_ref = dom.ref()
+        renamed = self.registry.rename(dom, definition)
+        log.info("domain '%s' (uuid %s) renamed to '%s'", plan.old, plan.uuid, plan.new)
+        self.driver.events.lifecycle(old_ref, LifecycleEvent.UNDEFINED,
+                                     UndefinedDetail.RENAMED)
+        self.driver.events.lifecycle(renamed.ref(), LifecycleEvent.DEFINED,
+                                     DefinedDetail.RENAMED)
+        return pl.DomainReply(renamed.ref())
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _check_domain(self, dom: DomainObj) -> None:
+        """libvirt's refusals, in its order and words (qemuDomainRename)."""
+        if dom.active:
+            raise OperationInvalid("cannot rename active domain")
+        if not dom.persistent:
+            raise OperationInvalid("cannot rename a transient domain")
+        self.driver.lifecycle.require_no_job(dom)
+        if dom.managed_save or self.store.has_managed_save(dom.name):
+            raise OperationInvalid("domain with a managed saved state can't be renamed")
+        self._check_snapshots(dom)
+
+    def _check_snapshots(self, dom: DomainObj) -> None:
+        """Refused with snapshots (libvirt), and while the domain's snapshot record still
+        lists images of ours: their backing chains name its directory."""
+        index = self.snapshots_dir / dom.name / SNAPSHOT_INDEX
+        record = self._read_json(index, "snapshot metadata")
+        if record is None or record.get("uuid", dom.uuid) != dom.uuid:
+            return  # none, or an earlier domain's (set aside by the snapshot code)
+        if record.get("snapshots"):
+            raise OperationInvalid("cannot rename domain with snapshots")
+        images = sorted({*record.get("images", {}), *record.get("unplugged", {}),
+                         *record.get("kept", {})})
+        if images:
+            raise OperationInvalid(
+                f"cannot rename domain '{dom.name}': its snapshot metadata {index} still "
+                f"records disk images of its former snapshots ({', '.join(images)}), "
+                "whose backing chains name its directory")
+
+    @staticmethod
+    def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise OperationFailed(f"cannot rename: the {what} {path} is unreadable "
+                                  f"({exc}); fix or move it away") from None
+        if not isinstance(data, dict):
+            raise OperationFailed(f"cannot rename: the {what} {path} is damaged (not a "
+                                  "JSON object); fix or move it away")
+        return data
+
+    def _new_definition(self, dom: DomainObj, new: str) -> DomainDef:
+        """The persistent definition under ``new``, after the name checks of libvirt
+        (virDomainObjListRename, qemuDomainRenameCallback) and of the define path."""
+        if new == dom.name:
+            raise OperationInvalid("Can't rename domain to itself")
+        if "/" in new:
+            raise XMLError(f"name {new} cannot contain '/'")
+        if self.registry.has_name(new):
+            raise OperationInvalid(f"domain with name '{new}' already exists")
+        definition = dom.definition.copy()
+        definition.name = new
+        try:
+            definition.check()
+        except ConfError as exc:
+            raise XMLError(str(exc)) from None
+        from .registry import check_name
+        check_name(new)
+        path = self.store.definition_path(new)
+        if path.exists():  # a definition that did not load: never replaced
+            raise OperationInvalid(f"domain with name '{new}' already exists: its "
+                                   f"definition {path} is there (it did not load)")
+        return definition
+
+    # -- plan and execution -------------------------------------------------------------
+
+    def _plan(self, dom: DomainObj, definition: DomainDef) -> RenamePlan:
+        old, new = dom.name, definition.name
+        plan = RenamePlan(uuid=dom.uuid, old=old, new=new, xml="", autostart=dom.autostart)
+        self._plan_vm_dir(dom, definition, plan)
+        self._plan_snapshot_record(dom, plan)
+        for suffix in (".log", ".log.1"):
+            src, dst = self.log_dir / f"{old}{suffix}", self.log_dir / f"{new}{suffix}"
+            if src.exists() and not dst.exists():
+                plan.moves.append([str(src), str(dst)])
+            elif src.exists():
+                log.warning("domain '%s': %s stays (renamed to '%s', whose log %s is "
+                            "there already)", old, src, new, dst)
+        plan.xml = definition.to_xml()
+        return plan
+
+    def _plan_vm_dir(self, dom: DomainObj, definition: DomainDef, plan: RenamePlan) -> None:
+        """A deployed VM's directory follows, with its state record and the disk paths."""
+        src, dst = self.vms_dir / dom.name, self.vms_dir / definition.name
+        state = self._read_json(src / VM_STATE, "appliance state")
+        ours = state is not None and state.get("uuid") == dom.uuid
+        disks_inside = [d for d in definition.disks if d.source and _under(d.source, src)]
+        if not ours and not disks_inside:
+            return  # none, or an earlier VM's (the images duty ignores it too)
+        if dst.exists():
+            raise OperationInvalid(f"cannot rename domain '{dom.name}' to "
+                                   f"'{definition.name}': {dst} exists (disks of an earlier "
+                                   "VM of that name?); remove it first")
+        if any(src.glob(f"*{UNFINISHED_DISK}")):
+            raise OperationInvalid(f"domain '{dom.name}' is busy: an appliance disk is being "
+                                   f"written in {src}")
+        plan.moves.append([str(src), str(dst)])
+        for disk in disks_inside:
+            assert disk.source is not None
+            disk.source = _moved_path(disk.source, str(src), str(dst))
+        if ours:
+            plan.records.append([str(dst / VM_STATE), "vm", str(src), str(dst)])
+
+    def _plan_snapshot_record(self, dom: DomainObj, plan: RenamePlan) -> None:
+        """An empty snapshot record (checked by :meth:`_check_snapshots`) follows, unless
+        the new name has one of its own (an earlier domain's: it stays, and this empty
+        one is left to be set aside like any stale record)."""
+        src = self.snapshots_dir / dom.name / SNAPSHOT_INDEX
+        dst = self.snapshots_dir / plan.new / SNAPSHOT_INDEX
+        record = self._read_json(src, "snapshot metadata")
+        if record is None or record.get("uuid", dom.uuid) != dom.uuid:
+            return
+        if dst.exists():
+            log.warning("domain '%s': its (empty) snapshot record %s stays: %s is there",
+                        dom.name, src, dst)
+            return
+        plan.moves.append([str(src), str(dst)])
+        plan.records.append([str(dst), "domain", str(src.parent), str(dst.parent)])
+
+    def _execute(self, plan: RenamePlan) -> None:
+        """Intent record, moves, commit (the new definition), then the rest. A failure
+        before the commit undoes what was done and raises; one after it is only logged:
+        the domain is renamed, and the next daemon start finishes the clean-up."""
+        journal = journal_path(self.store, plan.uuid)
+        try:
+            atomic_write(journal, plan.to_json())
+        except OSError as exc:
+            raise OperationFailed(f"cannot rename domain '{plan.old}': cannot write "
+                                  f"{journal}: {exc.strerror or exc} (nothing was "
+                                  "changed)") from None
+        try:
+            _forward(plan)
+            self.store.save_definition(plan.new, plan.xml)  # the commit
+        except OSError as exc:
+            cause = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            try:
+                _remove(self.store.definition_path(plan.new))
+                _undo(self.store, plan)
+            except OSError as again:
+                log.error("domain '%s': cannot undo the rename to '%s': %s (the record %s "
+                          "stays: the next daemon start undoes it)", plan.old, plan.new,
+                          again.strerror or again, journal)
+            raise OperationFailed(f"cannot rename domain '{plan.old}' to '{plan.new}': "
+                                  f"{cause} (nothing was changed)") from None
+        try:
+            _finish(self.store, plan)
+        except OSError as exc:
+            log.error("domain '%s' renamed to '%s', but its old files could not all be "
+                      "removed: %s (the record %s stays: the next daemon start finishes "
+                      "it)", plan.old, plan.new, exc.strerror or exc, journal)
