@@ -21,7 +21,6 @@ appliance events: ``conn.register_event(client.EventId.APPLIANCE)``.
 
 from __future__ import annotations
 
-import time
 from typing import BinaryIO
 
 import protocol as P
@@ -29,7 +28,6 @@ from protocol import payloads as pl
 
 from .connection import Connection
 from .domain import Domain
-from .errors import ConnectionLost
 
 __all__ = ["import_appliance", "deploy", "update", "factory_reset", "list_appliances",
            "support_bundle", "ApplianceInfo", "DEPLOY_START"]
@@ -81,20 +79,4 @@ def support_bundle(conn: Connection, out: BinaryIO, idle_timeout: float = 120.0)
     sends nothing for ``idle_timeout`` seconds.
     """
     stream = conn.open_stream(P.Procedure.SUPPORT_BUNDLE, P.Empty())
-    size = 0
-    last = time.monotonic()
-    try:
-        while True:
-            chunk = stream.recv(timeout=1.0)
-            if chunk is None:
-                return size
-            if chunk:
-                out.write(chunk)
-                size += len(chunk)
-                last = time.monotonic()
-            elif time.monotonic() - last > idle_timeout:
-                raise ConnectionLost(f"support bundle: nothing received for {idle_timeout:g} "
-                                     "s")
-    finally:
-        if not stream.closed:
-            stream.close()
+    return stream.read_into(out, idle_timeout, "support bundle")

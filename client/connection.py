@@ -25,7 +25,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import protocol as P
 from protocol import payloads as pl
@@ -95,6 +95,8 @@ class Stream:
         self.serial = serial
         self._queue: queue.Queue[bytes | None | QemudClientError] = queue.Queue()
         self.closed = False
+        #: the reply of the call that opened the stream (e.g. a screenshot's MIME type)
+        self.reply: Payload | None = None
 
     def _deliver(self, item: bytes | None | QemudClientError) -> None:
         self._queue.put(item)
@@ -114,6 +116,28 @@ class Stream:
     def send(self, data: bytes) -> None:
         self._conn._send_raw(self._conn._encode(P.StreamData(self.procedure, self.serial,
                                                               data)))
+
+    def read_into(self, out: BinaryIO, idle_timeout: float, what: str) -> int:
+        """Write everything the daemon sends on this stream to ``out`` until its end;
+        returns the size. Raises ConnectionLost if nothing comes for ``idle_timeout``
+        seconds (``what`` names the transfer in that message), and the daemon's error if
+        it aborts the stream. The stream is closed in any case."""
+        size = 0
+        last = time.monotonic()
+        try:
+            while True:
+                chunk = self.recv(timeout=1.0)
+                if chunk is None:
+                    return size
+                if chunk:
+                    out.write(chunk)
+                    size += len(chunk)
+                    last = time.monotonic()
+                elif time.monotonic() - last > idle_timeout:
+                    raise ConnectionLost(f"{what}: nothing received for {idle_timeout:g} s")
+        finally:
+            if not self.closed:
+                self.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -656,6 +680,7 @@ class Connection:
         if isinstance(reply, P.ErrorReply):
             self._streams.pop(serial, None)
             raise from_payload(reply.error)
+        stream.reply = reply.result if isinstance(reply, P.Reply) else None
         return stream
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import protocol as P
 from protocol import payloads as pl
@@ -397,6 +397,17 @@ class Domain:
         BLOCK_RESIZE_BYTES."""
         self._conn._call(P.Procedure.DOMAIN_BLOCK_RESIZE,
                          pl.BlockResizeArgs(self.ref, disk, size, flags), P.Empty)
+
+    def screenshot(self, out: BinaryIO, screen: int = 0, flags: int = 0,
+                   idle_timeout: float = 60.0) -> str:
+        """libvirt's ``screenshot``: what the running guest's screen ``screen`` shows,
+        written to ``out`` as an image; returns its MIME type (QEMU's PPM,
+        ``image/x-portable-pixmap``)."""
+        stream = self._conn.open_stream(P.Procedure.DOMAIN_SCREENSHOT,
+                                        pl.ScreenshotArgs(self.ref, screen, flags))
+        mime = stream.reply.value if isinstance(stream.reply, pl.StringReply) else ""
+        stream.read_into(out, idle_timeout, "screenshot")
+        return mime
 
     # -- the reset button, NMI, QEMU monitor ---------------------------------------------
 

@@ -28,7 +28,7 @@ __all__ = [
     "MemoryArgs", "MemoryStat", "MemoryStatsReply", "VcpusArgs",
     "VcpuInfo", "VcpuInfoReply", "BlockInfoArgs", "BlockInfoReply",
     "JobInfoReply", "ControlInfoReply", "SetMetadataArgs", "GetMetadataArgs",
-    "RenameArgs", "MonitorCommandArgs", "BlockResizeArgs",
+    "RenameArgs", "MonitorCommandArgs", "BlockResizeArgs", "ScreenshotArgs",
 ]
 
 
@@ -676,4 +676,13 @@ class BlockResizeArgs(Payload):
     dom: DomainRef
     disk: Str
     size: U64
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenshotArgs(Payload):
+    """virDomainScreenshot: ``screen`` is the head (0: the first)."""
+
+    dom: DomainRef
+    screen: U32 = 0
     flags: U32 = 0

@@ -116,6 +116,8 @@ class Procedure(enum.IntEnum):
     DOMAIN_BLOCK_RESIZE = 159
     # domains: change a device in place (update-device, domif-setlink)
     DOMAIN_UPDATE_DEVICE = 160
+    # domains: what the guest's screen shows (screenshot)
+    DOMAIN_SCREENSHOT = 161
 
 
 class Kind(enum.Enum):
@@ -369,6 +371,12 @@ _TABLE = [
               "XML (as DOMAIN_CHANGE_MEDIA), an <interface> (found by MAC) its <link "
               "state> (QMP set_link). Any other difference, or another device: "
               "OPERATION_UNSUPPORTED; no such interface: OPERATION_FAILED."),
+    _call(P.DOMAIN_SCREENSHOT, p.ScreenshotArgs, p.StringReply, mutates=True,
+          doc="virDomainScreenshot: the running guest's screen as an image; the reply is "
+              "its MIME type (image/x-portable-pixmap: QEMU's screendump, PPM), then the "
+              "image comes as STREAM frames with this call's serial, ended by STREAM_END. "
+              "Screen 0 only; a guest without graphics: OPERATION_INVALID. Refused on a "
+              "read-only connection, as libvirt's. Flags must be 0."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

@@ -54,6 +54,7 @@ from .registry import Registry
 from .rename import Renamer
 from .resources import Resources
 from .saving import Saving
+from .screenshot import Screenshots
 from .stats import domain_stats, node_stats
 from .store import DomainStore
 from .update import DeviceUpdate
@@ -134,6 +135,8 @@ class QemuDriver:
         self.guest_control = GuestControl(self)
         #: update-device (a CD-ROM's medium, a NIC's link state)
         self.device_update = DeviceUpdate(self)
+        #: screenshot
+        self.screenshots = Screenshots(self)
 
     # -- daemon interface ----------------------------------------------------------------
 
@@ -285,6 +288,7 @@ class QemuDriver:
             **self.jobs.handlers(),
             **self.guest_control.handlers(),
             **self.device_update.handlers(),
+            **self.screenshots.handlers(),
         }
 
     def _dom(self, args: Any) -> DomainObj:

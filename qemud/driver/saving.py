@@ -222,9 +222,10 @@ class Saving:
     def _require_savable(self, dom: DomainObj) -> None:
         self.lifecycle.require_active(dom)
         self.lifecycle.require_no_job(dom)
-        self.require_pci_unchanged(dom)
         # a disk or NIC half unplugged would be restored plugged in, its unplug lost
+        # (first: it passes, where a changed PCI layout needs a restart)
         self.driver.devices.require_no_unplug(dom)
+        self.require_pci_unchanged(dom)
 
     # -- the guest's PCI layout ----------------------------------------------------------
 

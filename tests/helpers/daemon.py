@@ -277,13 +277,14 @@ def env_without_daemon_vars() -> dict[str, str]:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def qemush(daemon: DaemonProcess, *args: str,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def qemush(daemon: DaemonProcess, *args: str, timeout: float = 120,
+           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``qemush -c <daemon's URI> ARGS`` from this checkout (``python -m client.shell``),
-    without the caller's QEMUD_DEFAULT_URI, stdin closed, output captured as text."""
+    without the caller's QEMUD_DEFAULT_URI, stdin closed, output captured as text; run in
+    ``cwd`` (default: the checkout)."""
     env = env_without_daemon_vars()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                       env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
                           capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+                          cwd=cwd or REPO_ROOT, stdin=subprocess.DEVNULL)

@@ -1,10 +1,12 @@
-"""``reset``, ``inject-nmi``, ``qemu-monitor-command`` and ``blockresize`` on a real daemon
-and the test guest: what the guest and QEMU show afterwards, the events, libvirt's
-refusals, and the shell's output as virsh prints it."""
+"""``reset``, ``inject-nmi``, ``screenshot``, ``qemu-monitor-command`` and ``blockresize`` on
+a real daemon and the test guest: what the guest and QEMU show afterwards, the events,
+libvirt's refusals, and the shell's output as virsh prints it."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,3 +196,79 @@ def test_blockresize_needs_a_running_domain(daemon: DaemonProcess) -> None:
     assert shell(daemon, "blockresize", "off", "vda", "1G") == (
         1, "", "error: Failed to resize block device 'vda'\nerror: Requested operation is "
                "not valid: domain 'off' is not running\n")
+
+
+VNC = "<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>"
+
+
+def ppm_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a binary PPM whose pixels are all there."""
+    m = re.match(rb"P6\n(\d+) (\d+)\n255\n", data)
+    assert m is not None, data[:32]
+    width, height = int(m.group(1)), int(m.group(2))
+    assert len(data) == m.end() + width * height * 3
+    return width, height
+
+
+def test_screenshot_of_the_guests_screen(daemon: DaemonProcess, test_guest: TestGuest,
+                                         tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    with daemon.connect() as conn:
+        dom = conn.define_xml(guest_xml("shot", test_guest, sock, extra=VNC))
+        dom.create()
+        serial = SerialPort(sock)
+        try:
+            serial.wait_for(READY)
+            image = io.BytesIO()
+            assert dom.screenshot(image) == "image/x-portable-pixmap"
+            width, height = ppm_size(image.getvalue())
+            assert width >= 320 and height >= 200
+            with pytest.raises(client.InvalidArgError, match="Screen ID 1 too big"):
+                dom.screenshot(io.BytesIO(), 1)
+            # the shell: a file named as virsh names it, in the current directory
+            code, out, err = shell_in(daemon, tmp_path, "screenshot", "shot")
+            assert (code, err) == (0, ""), err
+            m = re.fullmatch(r"Screenshot saved to (shot-\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d"
+                             r"\.ppm), with type of image/x-portable-pixmap\n", out)
+            assert m is not None, out
+            assert ppm_size((tmp_path / m.group(1)).read_bytes()) == (width, height)
+            target = tmp_path / "screen.ppm"
+            assert shell(daemon, "screenshot", "shot", str(target)) == (
+                0, f"Screenshot saved to {target}, with type of image/x-portable-pixmap\n",
+                "")
+            assert ppm_size(target.read_bytes()) == (width, height)
+            # nothing of the daemon's is left in the guest's run directory
+            assert not list(daemon.run_dir.rglob("screendump-*"))
+        finally:
+            serial.close()
+            dom.destroy()
+    with daemon.connect(readonly=True) as ro:  # libvirt refuses it read-only too
+        with pytest.raises(client.ReadOnlyError):
+            ro.lookup("shot").screenshot(io.BytesIO())
+
+
+def shell_in(daemon: DaemonProcess, cwd: Path, *args: str) -> tuple[int, str, str]:
+    proc = qemush(daemon, *args, cwd=cwd)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_screenshot_refusals_leave_files_alone(daemon: DaemonProcess, tmp_path: Path) -> None:
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("blind"))
+        dom.create(flags=client.domain.START_PAUSED)
+        try:
+            with pytest.raises(client.OperationInvalid, match="no screens to take "):
+                dom.screenshot(io.BytesIO())
+            shots = tmp_path / "shots"
+            shots.mkdir()
+            kept = shots / "kept.ppm"
+            kept.write_bytes(b"mine")
+            assert shell(daemon, "screenshot", "blind", str(kept)) == (
+                1, "", "error: could not take a screenshot of blind\nerror: Requested "
+                       "operation is not valid: no screens to take screenshot from\n")
+            assert kept.read_bytes() == b"mine"  # an existing file is not lost
+            assert [p.name for p in shots.iterdir()] == ["kept.ppm"]  # no partial file
+        finally:
+            dom.destroy()
+        with pytest.raises(client.OperationInvalid, match="is not running"):
+            dom.screenshot(io.BytesIO())

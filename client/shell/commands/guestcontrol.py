@@ -1,15 +1,18 @@
-"""``reset``, ``inject-nmi`` and ``qemu-monitor-command``: virsh's commands that act on a
-running guest's hardware or talk to its QEMU directly (tools/virsh-domain.c)."""
+"""``reset``, ``inject-nmi``, ``screenshot`` and ``qemu-monitor-command``: virsh's
+commands that act on a running guest's hardware, look at its screen or talk to its QEMU
+directly (tools/virsh-domain.c)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from typing import Any
 
 from ...domain import MONITOR_COMMAND_HMP
 from ..context import Shell
-from ..registry import Arg, Args, CommandError, Opt, UsageError, command
+from ..registry import FILE, Arg, Args, CommandError, Opt, UsageError, command
 from .domain import DOM
 
 #: a QMP command name (qapi: letters, digits, '-' and '_'; some start with x-)
@@ -33,6 +36,50 @@ def cmd_inject_nmi(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to inject NMI to domain '{dom.name}'"):
         dom.inject_nmi()
+
+
+#: virsh's file name extensions by MIME type (virshGenFileName)
+_EXTENSIONS = {"image/x-portable-pixmap": ".ppm", "image/png": ".png"}
+
+
+@command("screenshot", "domain", "take a screenshot of a current domain console and store it "
+         "into a file", description=(
+             "Take a screenshot of the running guest's screen (its graphics console) and "
+             "store it into FILE, by default DOMAIN-YYYY-MM-DD-HH:MM:SS.ppm here (QEMU "
+             "makes PPM images). A guest without graphics has no screen to take."),
+         args=(DOM, Arg("file", "where to store the screenshot", required=False,
+                        complete=FILE)),
+         opts=(Opt("screen", "ID of a screen to take screenshot of", "number",
+                   integer=True),))
+def cmd_screenshot(sh: Shell, args: Args) -> None:
+    """Written to a temporary file beside the target and renamed at the end: a failed
+    screenshot leaves no partial image and never costs an existing file."""
+    dom = sh.domain(args.req("domain"))
+    screen = args.number("screen") or 0
+    path = args.get("file")
+    part = os.path.join(os.path.dirname(path or "") or ".",
+                        f".{os.path.basename(path or dom.name)}.{os.getpid()}.part")
+    try:
+        out = open(part, "wb")  # noqa: SIM115 - closed below, before the rename
+    except OSError as exc:
+        raise CommandError(f"cannot create file {path or part}: {exc.strerror or exc}"
+                           ) from None
+    try:
+        with out, sh.failing(f"could not take a screenshot of {dom.name}"):
+            mime = dom.screenshot(out, screen)
+        if path is None:  # virsh's name, once the type is known
+            path = (f"{dom.name}-{time.strftime('%Y-%m-%d-%H:%M:%S')}"
+                    f"{_EXTENSIONS.get(mime, '')}")
+        try:
+            os.replace(part, path)
+        except OSError as exc:
+            raise CommandError(f"cannot create file {path}: {exc.strerror or exc}"
+                               ) from None
+    except BaseException:
+        if os.path.exists(part):
+            os.unlink(part)
+        raise
+    sh.print(f"Screenshot saved to {path}, with type of {mime}")
 
 
 def _json_value(text: str) -> Any:

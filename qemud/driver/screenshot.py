@@ -1,0 +1,162 @@
+"""DOMAIN_SCREENSHOT (``virsh screenshot``): what the guest's screen shows, as an image.
+
+QEMU's ``screendump`` writes the image (PPM, as libvirt asks for it) into the guest's
+private run directory before it answers; the daemon opens the file, unlinks it at once
+(nothing is left behind, whatever happens next) and sends it to the client as STREAM
+frames after the reply, which carries the MIME type, as libvirt's call returns it.
+
+The file is read a chunk per loop turn while the client keeps up (a regular file cannot
+be polled; it is in the page cache, QEMU has just written it), so a large screen never
+holds the loop, and a client that does not read stops the reading instead of growing its
+queue without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from itertools import count
+from typing import TYPE_CHECKING, Any
+
+from protocol import Procedure, StreamAbort, StreamData, StreamEnd
+from protocol import payloads as pl
+from qemud.dispatch import Deferred, Handler, error_payload
+from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
+from qemud.server import StreamHandler
+
+from .flags import check_flags
+
+if TYPE_CHECKING:
+    from qemud.loop import Timer
+    from qemud.server import Client
+
+    from .driver import QemuDriver
+
+__all__ = ["Screenshots", "PPM_MIME"]
+
+log = logging.getLogger(__name__)
+
+#: what QEMU's screendump writes by default, and libvirt's name for it
+PPM_MIME = "image/x-portable-pixmap"
+#: bytes read and sent per loop turn; unsent bytes at which reading pauses
+CHUNK = 256 * 1024
+QUEUE_HIGH = 1024 * 1024
+#: how long QEMU has to write the image
+QMP_TIMEOUT = 30.0
+
+_names = count(1)
+
+
+class FileStream(StreamHandler):
+    """Sends an open file to one client as STREAM frames, then STREAM_END; closes it."""
+
+    def __init__(self, driver: QemuDriver, client: Client, serial: int, fd: int) -> None:
+        self.loop = driver.loop
+        self.server = driver.daemon.server
+        self.client = client
+        self.serial = serial
+        self.fd = fd
+        self.queue_high = min(QUEUE_HIGH, driver.config.limits.max_queued_bytes // 2)
+        self.chunk = max(4096, min(CHUNK, driver.config.limits.max_queued_bytes // 4))
+        self.timer: Timer | None = None
+        self.done = False
+        client.streams[serial] = self
+
+    def start(self) -> None:
+        """From the next loop turn on (the call's reply goes out first)."""
+        self.timer = self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.client.closed:
+            self._close("client gone")
+            return
+        if len(self.client.out) > self.queue_high:
+            self.timer = self.loop.call_later(0.05, self._pump)
+            return
+        try:
+            data = os.read(self.fd, self.chunk)
+        except OSError as exc:
+            self._close(f"read failed: {exc.strerror or exc}")
+            self.server.send_stream(self.client, StreamAbort(
+                Procedure.DOMAIN_SCREENSHOT, self.serial, error_payload(OperationFailed(
+                    f"cannot read the screenshot: {exc.strerror or exc}"))))
+            return
+        if not data:
+            self._close()
+            self.server.send_stream(self.client, StreamEnd(Procedure.DOMAIN_SCREENSHOT,
+                                                           self.serial))
+            return
+        self.server.send_stream(self.client, StreamData(Procedure.DOMAIN_SCREENSHOT,
+                                                        self.serial, data))
+        self.timer = self.loop.call_soon(self._pump)
+
+    def _close(self, why: str = "") -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        os.close(self.fd)
+        self.client.streams.pop(self.serial, None)
+        if why:
+            log.info("screenshot for client %s abandoned: %s", self.client.id, why)
+
+    # -- StreamHandler: the client's side --------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        pass  # one way only
+
+    def on_end(self) -> None:
+        self._close("client ended the stream")
+
+
+class Screenshots:
+    """The handler of DOMAIN_SCREENSHOT."""
+
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+
+    def handlers(self) -> dict[Procedure, Handler]:
+        return {Procedure.DOMAIN_SCREENSHOT: self.screenshot}
+
+    def screenshot(self, ctx: Any, args: pl.ScreenshotArgs) -> Deferred:
+        """libvirt's qemuDomainScreenshot: the domain running, with a screen."""
+        check_flags(args.flags, 0, "qemuDomainScreenshot")
+        dom = self.driver._dom(args)
+        self.driver.lifecycle.require_active(dom)
+        assert dom.live is not None and dom.monitor is not None
+        if not dom.live.graphics:
+            raise OperationInvalid("no screens to take screenshot from")
+        if args.screen != 0:
+            raise InvalidArg(f"Screen ID {args.screen} too big (the guest has one screen)")
+        client, serial = ctx, ctx.current_serial
+        path = self.driver.lifecycle.guest_paths(dom.name).run_dir / \
+            f"screendump-{next(_names)}.ppm"
+        out = Deferred()
+
+        def written(d: Deferred) -> None:
+            error, fd = d.error, -1
+            if error is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    error = OperationFailed(f"cannot open the screenshot QEMU wrote: "
+                                            f"{exc.strerror or exc}")
+            try:
+                os.unlink(path)  # (the open fd keeps it readable)
+            except OSError:
+                pass
+            if error is not None:
+                out.fail(error)
+                return
+            stream = FileStream(self.driver, client, serial, fd)
+            out.resolve(pl.StringReply(PPM_MIME))
+            stream.start()
+
+        dom.monitor.execute("screendump", {"filename": str(path)},
+                            timeout=QMP_TIMEOUT).add_done_callback(written)
+        return out
