@@ -114,10 +114,9 @@ class GuestControl:
             if d.error is not None:
                 out.fail(d.error)
                 return
-            lifecycle = self.driver.lifecycle
             if dom.state == DomainState.CRASHED:
-                lifecycle._set_state(dom, DomainState.PAUSED, PausedReason.CRASHED)
-                lifecycle.save_status(dom)
+                dom.state, dom.reason = DomainState.PAUSED, int(PausedReason.CRASHED)
+                self.driver.lifecycle.save_status(dom)
             self.driver.events.reboot(dom.ref())
             out.resolve(Empty())
 
