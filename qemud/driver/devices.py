@@ -6,12 +6,20 @@ Block nodes and device ids come from :mod:`qemud.qemu.naming`, the same names th
 builder used at start, so a disk added at start and one hot-added later look alike.
 On a machine whose root bus is PCIe (q35) a live attach or detach of a PCI device is
 refused before anything changes (:func:`require_pci_hotplug`).
+
+A device plugged in keeps its PCI slot, as under libvirt: the slot is chosen before
+anything changes (its own ``<address type='pci'>``, checked against the live definition,
+else a free one: :func:`plug_slot`), QEMU is told it, and the live XML keeps it, so a
+save is restored with every device where the running guest has it. The persistent copy
+of a ``--config`` attach gets an address too (the live slot when it is free there:
+:func:`prefer_slot`).
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+from collections.abc import Sequence
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +35,10 @@ from qemud.errors import (
     QemudError,
     XMLError,
 )
-from qemud.qemu import naming
+from qemud.qemu import naming, pci
 from qemud.qemu.arch import get_strategy
+from qemud.qemu.errors import QemuError
+from qemud.qemu.nicplug import slot_props
 
 from .domain import DomainObj
 from .nics import Nics
@@ -37,8 +47,8 @@ if TYPE_CHECKING:
     from .driver import QemuDriver
     from .store import StatusRecord
 
-__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "PCIE_ROOT_MACHINES",
-           "disk_nodes", "require_pci_hotplug"]
+__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "PCIE_ROOT_MACHINES", "PciSlot",
+           "disk_nodes", "place", "plug_slot", "prefer_slot", "require_pci_hotplug"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,84 @@ def require_pci_hotplug(live: DomainDef, what: str, unplug: bool = False) -> Non
         "free PCIe hotplug slot (its root bus pcie.0 takes no hot-plugged device, and "
         "qemud adds no pcie-root-port); attach it with --config to have it at the next "
         f"start{other}")
+
+
+#: where a live attach has QEMU put a PCI device: (QEMU's id of the root bus, slot)
+PciSlot = tuple[str, int]
+
+
+def plug_slot(dom: DomainObj, device: Device, what: str, plugging: Sequence[Device] = ()
+              ) -> PciSlot | None:
+    """The slot a live attach puts the PCI device ``device`` ("disk vdb", "interface
+    52:54:00:...": ``what``) in, chosen before anything changes; ``device`` is not yet in
+    the live definition, and is not changed here. ``plugging``: the devices other live
+    attaches are plugging in meanwhile (slots chosen, not yet in the live XML), whose
+    slots are taken as well.
+
+    Its own ``<address type='pci'>``, checked against the live definition as a define
+    checks it (a slot another device holds is libvirt's "Attempted double use of PCI
+    Address"), else the lowest free slot (:func:`pci.free_slot`, libvirt's "No more
+    available PCI slots" when none is). QEMU is told the slot (``bus``/``addr`` of
+    ``device_add``), and the live XML keeps it (:func:`place`).
+
+    None for a guest whose QEMU placed its PCI devices itself (``dom.pci_addressed``
+    false: started by an older qemud, or restored from its save image): QEMU picks the
+    first free slot, as it did for the others, and the save guard
+    (``Saving.note_pci_change``) applies. An address asked for is then refused: the
+    live XML of such a guest does not say which slots its QEMU has free.
+    """
+    live = dom.live
+    assert live is not None
+    wanted = device.pci_address
+    if not dom.pci_addressed:
+        if wanted is not None or device.address_type not in (None, "pci"):
+            raise ConfigUnsupported(
+                f"cannot put {what} at the <address> it asks for: domain '{dom.name}' "
+                "was started by an older qemud, which let QEMU place its PCI devices; "
+                "attach it without <address>, or start the domain again first")
+        return None
+    strategy = get_strategy(live.os.arch or platform.machine())
+    base = live.copy()
+    try:
+        for other in plugging:
+            base.add_device(other)
+        with_device = base.copy()
+        with_device.add_device(device)
+        chosen = pci.plan(with_device, strategy)  # (checks the device's own address)
+        if wanted is not None and chosen is not None:
+            return chosen.bus, wanted.slot
+        return pci.free_slot(base, strategy, what)
+    except ConfError as exc:
+        raise XMLError(str(exc)) from None
+    except QemuError as exc:
+        raise ConfigUnsupported(str(exc)) from None
+
+
+def place(device: Device, slot: PciSlot | None) -> None:
+    """Write the slot :func:`plug_slot` chose into ``device``, the copy the live XML
+    gets; with None (QEMU picks) any ``<address>`` goes: the live XML names no slot it
+    cannot vouch for."""
+    if slot is None:
+        device.pci_address = None
+    else:
+        device.assign_pci_slot(slot[1])
+
+
+def prefer_slot(definition: DomainDef, added: Device, slot: PciSlot | None) -> None:
+    """For an attach with ``--live --config``: give ``added`` (just put into a copy of
+    the persistent definition, without an address of its own) the slot the live attach
+    chose, when that slot is free in ``definition``, so both XMLs show the device in the
+    same place; else the arch defaults (``Registry.check_for_host``) give it the lowest
+    free slot there, as for a ``--config`` attach alone. An address of its own is kept
+    (and checked there)."""
+    if slot is None or added.pci_address is not None or \
+            added.address_type not in (None, "pci"):
+        return
+    added.assign_pci_slot(slot[1])
+    try:
+        pci.plan(definition, get_strategy(definition.os.arch or platform.machine()))
+    except QemuError:  # taken there (or refused for a reason of its own, said later)
+        added.pci_address = None
 
 
 def _target_of(disk: Disk) -> str:
@@ -165,10 +253,34 @@ class Devices:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
         self.nics = Nics(driver, self)
+        #: per domain (uuid): the PCI devices live attaches are plugging in, their slots
+        #: chosen, not yet in the live XML (see :meth:`choose_slot`)
+        self._plugging: dict[str, list[Device]] = {}
         driver.lifecycle.reattach_hooks.append(self._reattached)
 
     #: (for :mod:`.nics`, which this module imports)
     require_pci_hotplug = staticmethod(require_pci_hotplug)
+    place = staticmethod(place)
+    prefer_slot = staticmethod(prefer_slot)
+
+    def choose_slot(self, dom: DomainObj, device: Device, what: str) -> PciSlot | None:
+        """:func:`plug_slot` for a live attach of ``device`` to ``dom``, keeping off the
+        slots of the devices other attaches are plugging in meanwhile (two attaches
+        pipelined by clients would otherwise choose the same free slot)."""
+        return plug_slot(dom, device, what, self._plugging.get(dom.uuid, ()))
+
+    def plugging(self, dom: DomainObj, device: Device, done: Deferred) -> None:
+        """``device`` (with its slot) is being plugged into ``dom`` until ``done``: its
+        slot is not free for :meth:`choose_slot` meanwhile."""
+        pending = self._plugging.setdefault(dom.uuid, [])
+        pending.append(device)
+
+        def finished(_: Deferred) -> None:
+            pending.remove(device)
+            if not pending and self._plugging.get(dom.uuid) is pending:
+                del self._plugging[dom.uuid]
+
+        done.add_done_callback(finished)
 
     @staticmethod
     def _parse(xml: str) -> Device:
@@ -208,19 +320,24 @@ class Devices:
         if isinstance(dev, Interface):
             return self.nics.attach(dom, dev, live, config)
         disk = self._disk_only(dev, "attach", live)
+        slot: PciSlot | None = None
         if live:  # checked before the config changes: a refused call changes nothing
             self._require_live_change(dom)
             assert dom.live is not None
             self._check_hotplug(dom.live, disk)
             self._add(dom.live.copy(), disk)  # checks the target is free before QEMU
+            slot = self.choose_slot(dom, disk, f"disk {_target_of(disk)}")
         if config:
             definition = (dom.next_definition or dom.definition).copy()
-            self._add(definition, disk)
-            self.driver.registry.check_for_host(definition)
+            prefer_slot(definition, self._add(definition, disk), slot)
+            self.driver.registry.check_for_host(definition)  # (assigns its address)
             self.driver.registry.save_persistent(dom, definition)
         if not live:
             return None
-        return self._hotplug(dom, disk)
+        place(disk, slot)
+        plugged = self._hotplug(dom, disk, slot)
+        self.plugging(dom, disk, plugged)
+        return plugged
 
     def _require_live_change(self, dom: DomainObj) -> None:
         """Refuse a live attach/detach while a job runs on the domain.
@@ -281,9 +398,10 @@ class Devices:
                 "progress (waiting for the guest to release it)")
 
     @staticmethod
-    def _add(definition: Any, disk: Disk) -> None:
+    def _add(definition: DomainDef, disk: Disk) -> Device:
+        """Put a copy of ``disk`` into ``definition``; the copy in it."""
         try:
-            definition.add_device(disk.copy() if hasattr(disk, "copy") else disk)
+            return definition.add_device(disk.copy())
         except ConfError as exc:
             raise XMLError(str(exc)) from None
 
@@ -303,7 +421,10 @@ class Devices:
             raise ConfigUnsupported(f"unsupported disk format '{fmt}'")
         require_pci_hotplug(live, f"disk {_target_of(disk)}")
 
-    def _hotplug(self, dom: DomainObj, disk: Disk) -> Deferred:
+    def _hotplug(self, dom: DomainObj, disk: Disk, slot: PciSlot | None) -> Deferred:
+        """Open the disk's block nodes and plug it in (into ``slot``, or where QEMU
+        chooses for None); then the live XML has it (with its slot). The nodes are
+        closed again if a step fails."""
         self.driver.lifecycle.require_active(dom)
         assert dom.monitor is not None and dom.live is not None
         self._check_hotplug(dom.live, disk)
@@ -320,7 +441,8 @@ class Devices:
                               "read-only": bool(disk.readonly)}),
             ("blockdev-add", {"driver": fmt, "file": storage, "node-name": node,
                               "read-only": bool(disk.readonly)}),
-            ("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id}),
+            ("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id,
+                            **slot_props(slot)}),
         ]
         rollback = [("blockdev-del", {"node-name": node}),
                     ("blockdev-del", {"node-name": storage})]

@@ -74,6 +74,12 @@ class DomainObj:
     #: since a restore would place the devices in other slots (Saving.note_pci_change);
     #: emptied when QEMU stops, kept in the status file across daemon restarts
     pci_changes: list[str] = field(default_factory=list)
+    #: the running QEMU was started with every PCI device in the slot of its
+    #: ``<address type='pci'>`` (qemud.qemu.pci): a device plugged later gets a slot of
+    #: its own and a save is restored as it is. False for a QEMU an older qemud started
+    #: (found again through its status record) or restored from such a version's save
+    #: image: QEMU chose the slots, and ``pci_changes`` guards its saves
+    pci_addressed: bool = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "job" and value is not None and getattr(self, "job", None) is None:

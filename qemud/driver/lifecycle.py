@@ -42,6 +42,7 @@ from qemud.qemu.arch import get_strategy
 from qemud.qemu.chardevs import pty_paths
 from qemud.qemu.command import GuestPaths, build_argv, taints
 from qemud.qemu.errors import QemuError
+from qemud.qemu.pci import assign_addresses
 from qemud.qemu.qmp import QMPEvent
 
 from .domain import DomainObj, StopIntent
@@ -117,12 +118,13 @@ class Lifecycle:
     # -- start ---------------------------------------------------------------------------
 
     def start(self, dom: DomainObj, definition: DomainDef | None = None, *,
-              paused: bool = False, incoming: str | None = None,
+              paused: bool = False, incoming: str | None = None, pci_addresses: bool = True,
               reason: RunningReason = RunningReason.BOOTED,
               detail: StartedDetail = StartedDetail.BOOTED) -> Deferred:
         """Launch ``dom``; the Deferred resolves with its DomainRef once vCPUs run (with
         ``paused``: once QEMU is ready, its vCPUs stopped; also after an ``incoming``
-        migration, a restore)."""
+        migration, a restore). ``pci_addresses`` false: QEMU places the PCI devices
+        itself (the restore of an older qemud's save image, see ``build_argv``)."""
         if dom.active:
             raise OperationInvalid(f"domain '{dom.name}' is already running")
         self.require_no_job(dom)
@@ -140,7 +142,12 @@ class Lifecycle:
         paths = self.guest_paths(dom.name)
         self.driver.ports.assign(live)
         try:
-            argv = build_argv(live, strategy, self.driver.caps, paths)
+            if pci_addresses:
+                # (a definition has them since its define or load; what the live XML
+                # shows is where QEMU puts each device, so a restore can do the same)
+                assign_addresses(live, strategy)
+            argv = build_argv(live, strategy, self.driver.caps, paths,
+                              pci_addresses=pci_addresses)
         except QemuError as exc:
             self.driver.ports.release(live)
             raise ConfigUnsupported(str(exc)) from None
@@ -168,6 +175,7 @@ class Lifecycle:
             log.warning("Domain id=%d name='%s' uuid=%s is tainted: %s", dom.id, dom.name,
                         dom.uuid, taint)
         dom.live, dom.process = live, process
+        dom.pci_addressed = pci_addresses
         dom.guest_shutdown = dom.fake_reboot = dom.shutdown_requested = False
         dom.stop_intent = None
         dom.started_at = time.time()
@@ -309,7 +317,7 @@ class Lifecycle:
             log_path=str(dom.process.log.path), live_xml=dom.live.to_xml(live=True),
             persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
             started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file,
-            pci_changes=list(dom.pci_changes))
+            pci_changes=list(dom.pci_changes), pci_addressed=dom.pci_addressed)
         try:
             self.driver.store.save_status(record)
         except OSError as exc:
@@ -594,6 +602,7 @@ class Lifecycle:
         live.id = dom.id
         dom.live, dom.process, dom.started_at = live, process, record.started_at
         dom.pci_changes = [str(c) for c in record.pci_changes]  # (refuses a save still)
+        dom.pci_addressed = bool(record.pci_addressed)
         self.driver.ports.claim(live)
         if record.state == DomainState.PAUSED and record.reason == PausedReason.STARTING_UP:
             # the last daemon died before this start completed: no client was told it

@@ -3,7 +3,10 @@
 A NIC plugged into a running guest gets what one present at start gets: its MAC (given,
 or generated in 52:54:00 and unique in the domain, the same for the live and the
 persistent definition), the arch's default model, the ids named after its MAC and the
-``-netdev``/``-device`` of the argv builder (:mod:`qemud.qemu.nicplug`). A live detach
+``-netdev``/``-device`` of the argv builder (:mod:`qemud.qemu.nicplug`), in a PCI slot
+chosen before anything changes and kept in the live XML (its own address, else a free
+slot: :meth:`Devices.choose_slot`; the persistent copy of ``--live --config`` takes the
+same slot when it is free there). A live detach
 asks the guest to release the device (``device_del``) and waits for DEVICE_DELETED
 without blocking the loop, as a disk's does (:meth:`Devices._unplug`), then removes the
 backend (``netdev_del``) and the interface from the live XML.
@@ -38,7 +41,7 @@ from qemud.qemu.nicplug import nic_plug_args
 from .domain import DomainObj
 
 if TYPE_CHECKING:
-    from .devices import Devices
+    from .devices import Devices, PciSlot
     from .driver import QemuDriver
 
 __all__ = ["Nics", "find_interface"]
@@ -83,26 +86,32 @@ class Nics:
         """Plug ``iface`` in (live) and/or add it to the persistent definition (config).
 
         Everything is checked before anything changes: the live and the config copy each
-        take the interface (no MAC twice), the arch has its model. The config is saved
-        once the guest has the NIC (libvirt's order), so a refused hotplug changes
-        nothing.
+        take the interface (no MAC twice, its PCI slot free: see
+        :meth:`Devices.choose_slot`), the arch has its model. The config is saved once
+        the guest has the NIC (libvirt's order), so a refused hotplug changes nothing.
         """
         if iface.mac is None:
             iface.mac = generate_mac(taken=self._macs(dom))
         plugged: Interface | None = None
+        slot: PciSlot | None = None
         if live:
             self.devices._require_live_change(dom)
             assert dom.live is not None
+            what = f"interface {iface.mac}"
             plugged = self._with_defaults(dom.live, iface, dom.name)
-            self.devices.require_pci_hotplug(dom.live, f"interface {iface.mac}")
+            self.devices.require_pci_hotplug(dom.live, what)
+            slot = self.devices.choose_slot(dom, iface, what)
+            self.devices.place(plugged, slot)
         definition: DomainDef | None = None
         if config:
-            definition = self._config_with(dom, iface)
+            definition = self._config_with(dom, iface, slot)
         if plugged is None:
             assert definition is not None
             self.driver.registry.save_persistent(dom, definition)
             return None
-        return self._hotplug(dom, plugged, iface if config else None)
+        done = self._hotplug(dom, plugged, slot, iface if config else None)
+        self.devices.plugging(dom, plugged, done)
+        return done
 
     def _macs(self, dom: DomainObj) -> list[str]:
         """MACs of every definition of ``dom``: a generated one is new to all of them."""
@@ -135,22 +144,25 @@ class Nics:
             raise ConfigUnsupported(str(exc)) from None
         return added
 
-    def _config_with(self, dom: DomainObj, iface: Interface) -> DomainDef:
+    def _config_with(self, dom: DomainObj, iface: Interface, slot: PciSlot | None
+                     ) -> DomainDef:
         """A copy of the persistent definition with ``iface`` added, checked for the host
-        as a define is (the arch's default model filled in)."""
+        as a define is (the arch's default model filled in, a PCI address: ``slot``, the
+        live one, when it is free there, see :func:`prefer_slot`)."""
         definition = (dom.next_definition or dom.definition).copy()
-        self._insert(definition, iface, dom.name)
+        self.devices.prefer_slot(definition, self._insert(definition, iface, dom.name), slot)
         self.driver.registry.check_for_host(definition)
         return definition
 
-    def _hotplug(self, dom: DomainObj, iface: Interface, persist: Interface | None
-                 ) -> Deferred:
-        """``netdev_add`` then ``device_add``; the netdev is removed again if the device
-        is refused. Then the live XML has the NIC and, with ``persist``, the persistent
-        definition too (added to the definition as it is then)."""
+    def _hotplug(self, dom: DomainObj, iface: Interface, slot: PciSlot | None,
+                 persist: Interface | None) -> Deferred:
+        """``netdev_add`` then ``device_add`` (into ``slot``; None: where QEMU chooses);
+        the netdev is removed again if the device is refused. Then the live XML has the
+        NIC and, with ``persist``, the persistent definition too (added to the
+        definition as it is then)."""
         assert dom.monitor is not None and dom.live is not None
         strategy = get_strategy(dom.live.os.arch or platform.machine())
-        netdev, device = nic_plug_args(iface, strategy)
+        netdev, device = nic_plug_args(iface, strategy, slot=slot)
         monitor, live_def = dom.monitor, dom.live
         result = Deferred()
 
@@ -182,7 +194,8 @@ class Nics:
                 self.driver.lifecycle.save_status(dom)
             if persist is not None:
                 try:
-                    self.driver.registry.save_persistent(dom, self._config_with(dom, persist))
+                    self.driver.registry.save_persistent(
+                        dom, self._config_with(dom, persist, slot))
                 except QemudError as exc:  # changed meanwhile: the guest has the NIC
                     result.fail(exc)
                     return

@@ -24,9 +24,13 @@ Managed save (virDomainManagedSave and friends), as libvirt's QEMU driver does i
 * undefine refuses while an image exists, unless VIR_DOMAIN_UNDEFINE_MANAGED_SAVE, which
   removes it too (:meth:`Saving.before_undefine`); a define over the domain keeps it.
 
-The image header: ``QEMUD-SAVE-1\\n<length>\\n<xml>`` for a plain save;
-``QEMUD-SAVE-2\\n<running|paused>\\n<length>\\n<xml>`` for a managed save, which records
-the state the guest comes back in (libvirt's header ``was_running``).
+The image header: ``QEMUD-SAVE-1\\n[pci\\n]<length>\\n<xml>`` for a plain save;
+``QEMUD-SAVE-2\\n<running|paused>\\n[pci\\n]<length>\\n<xml>`` for a managed save, which
+records the state the guest comes back in (libvirt's header ``was_running``). The
+``pci`` line says the guest's QEMU placed its PCI devices where the XML's addresses say,
+so the restore's QEMU is started the same way; an image without it (written by a qemud
+that kept no addresses) is restored with QEMU placing the devices itself, as then
+(``DomainObj.pci_addressed``).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ log = logging.getLogger(__name__)
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
 _RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
+_PCI_LINE = b"pci\n"
 #: an abort waits this long (in steps of _ABORT_RETRY) for the save's migration to begin
 _ABORT_RETRY, _ABORT_WAIT = 0.05, 5.0
 
@@ -106,6 +111,8 @@ class SaveImage:
     offset: int
     #: the guest runs after a restore (else it stays paused); a plain save's file: True
     running: bool
+    #: the saved QEMU had its PCI devices in the XML's slots (the header's ``pci`` line)
+    pci_addressed: bool = False
 
 
 def read_image(path: Path) -> SaveImage:
@@ -122,14 +129,24 @@ def read_image(path: Path) -> SaveImage:
                 if state not in (_RUNNING_LINE, _PAUSED_LINE):
                     raise ValueError(state)
                 running = state == _RUNNING_LINE
-            length = int(f.readline())
+            line = f.readline()
+            pci_addressed = line == _PCI_LINE
+            length = int(f.readline() if pci_addressed else line)
             xml = f.read(length).decode()
             offset = f.tell()
     except OSError as exc:
         raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
     except ValueError:
         raise InvalidArg(f"{path} is not a valid qemud save file") from None
-    return SaveImage(xml, offset, running)
+    return SaveImage(xml, offset, running, pci_addressed)
+
+
+def _header(dom: DomainObj, magic: bytes, *lines: bytes) -> bytes:
+    """A save image's header for running ``dom`` (see the module docstring)."""
+    assert dom.live is not None
+    xml = dom.live.to_xml().encode()
+    pci = _PCI_LINE if dom.pci_addressed else b""
+    return magic + b"".join(lines) + pci + f"{len(xml)}\n".encode() + xml
 
 
 def _image_definition(path: Path, image: SaveImage) -> DomainDef:
@@ -231,16 +248,18 @@ class Saving:
 
     def require_pci_unchanged(self, dom: DomainObj) -> None:
         """Refuse to write a migration stream of ``dom`` (a save, a managed save) once
-        its PCI devices changed since its QEMU started (``dom.pci_changes``).
+        its PCI devices changed since its QEMU started (``dom.pci_changes``), when that
+        QEMU placed them itself (``dom.pci_addressed`` false: started by a qemud that
+        kept no PCI addresses, or restored from such a version's image).
 
-        qemud keeps no PCI addresses: a restore starts QEMU from the saved live XML and
-        QEMU places the devices in the order of that command line, while the running
-        guest has a hot-plugged device where a slot was free, or a hole where an
-        unplugged one was. The restore's QEMU then refuses the stream ("Unknown ramblock
-        0000:00:03.0/virtio-net-pci.rom") and the saved state is lost in practice.
-        (libvirt keeps ``<address type='pci'/>`` in the live XML for this.) Checked
-        before anything is written: the way out, a fresh QEMU, loses nothing the user
-        defined (a live-only device is in no definition anyway).
+        A restore of such a guest starts QEMU from the saved live XML and QEMU places
+        the devices in the order of that command line, while the running guest has a
+        hot-plugged device where a slot was free, or a hole where an unplugged one was.
+        The restore's QEMU then refuses the stream ("Unknown ramblock
+        0000:00:03.0/virtio-net-pci.rom") and the saved state is lost in practice. A
+        guest started with addresses (:mod:`qemud.qemu.pci`) is restored with each
+        device in its slot and never gets here. Checked before anything is written: the
+        way out, a fresh QEMU, loses nothing the user defined.
         """
         if dom.pci_changes:
             raise OperationInvalid(
@@ -260,8 +279,8 @@ class Saving:
         changed before (the devices left are a prefix of those QEMU placed at start, in
         the same order, so a restore gives each the same slot).
         """
-        if dom.live is None:
-            return
+        if dom.live is None or dom.pci_addressed:
+            return  # (each device has its slot in the live XML: a restore keeps them)
         if unplugged is not None and not dom.pci_changes and \
                 self._last_pci_device(dom, dom.live) == unplugged:
             log.info("domain %s: %s, the last PCI device: the others keep their slots",
@@ -278,7 +297,7 @@ class Saving:
         try:
             strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
             argv = build_argv(live, strategy, self.driver.caps,
-                              self.lifecycle.guest_paths(dom.name))
+                              self.lifecycle.guest_paths(dom.name), pci_addresses=False)
         except QemuError as exc:
             log.warning("domain %s: cannot tell its PCI layout: %s", dom.name, exc)
             return None
@@ -304,9 +323,7 @@ class Saving:
             raise OperationFailed(f"cannot save to {target}: it is a directory")
         if not target.parent.is_dir():
             raise OperationFailed(f"cannot save to {target}: no directory {target.parent}")
-        xml = dom.live.to_xml().encode()
-        return self._write(dom, target, _save_temp(target),
-                           SAVE_MAGIC + f"{len(xml)}\n".encode() + xml)
+        return self._write(dom, target, _save_temp(target), _header(dom, SAVE_MAGIC))
 
     def _managed_save(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """virDomainManagedSave: as a save, to the daemon's file for the domain."""
@@ -331,9 +348,7 @@ class Saving:
         except OSError as exc:
             raise OperationFailed(f"cannot create {target.parent}: "
                                   f"{exc.strerror or exc}") from None
-        xml = dom.live.to_xml().encode()
-        header = MANAGED_SAVE_MAGIC + (_RUNNING_LINE if running else _PAUSED_LINE) + \
-            f"{len(xml)}\n".encode() + xml
+        header = _header(dom, MANAGED_SAVE_MAGIC, _RUNNING_LINE if running else _PAUSED_LINE)
 
         def saved() -> None:
             dom.managed_save = True
@@ -422,6 +437,7 @@ class Saving:
             self.registry.add(dom)
         try:
             started = self.lifecycle.start(dom, definition, incoming=_incoming(path, image),
+                                           pci_addresses=image.pci_addressed,
                                            reason=RunningReason.RESTORED,
                                            detail=StartedDetail.RESTORED)
         except Exception:
@@ -481,8 +497,8 @@ class Saving:
                     f"belongs to domain '{definition.name}' uuid {definition.uuid}")
             started = self.lifecycle.start(
                 dom, definition, paused=paused or not image.running,
-                incoming=_incoming(path, image), reason=RunningReason.RESTORED,
-                detail=StartedDetail.RESTORED)
+                incoming=_incoming(path, image), pci_addresses=image.pci_addressed,
+                reason=RunningReason.RESTORED, detail=StartedDetail.RESTORED)
         except QemudError as exc:
             raise unable(exc) from None
         out = Deferred()

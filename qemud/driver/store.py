@@ -119,6 +119,9 @@ class StatusRecord:
     #: DomainObj.pci_changes: a guest whose PCI devices changed since its QEMU started
     #: stays unsavable after a daemon restart (absent from older status files: none)
     pci_changes: list[str] = field(default_factory=list)
+    #: DomainObj.pci_addressed: QEMU was started with qemud's PCI addresses (absent from
+    #: the status files of older versions, which started guests without: False)
+    pci_addressed: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

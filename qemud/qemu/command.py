@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from qemud.qemu import naming
+from qemud.qemu import naming, pci
 from qemud.qemu.arch import ACCELS, ArchStrategy
 from qemud.qemu.arch.base import disk_path
 from qemud.qemu.capabilities import Capabilities, EmulatorCaps
@@ -109,7 +109,8 @@ def qemu_opt_escape(value: str) -> str:
 
 
 def build_argv(
-    dom: DomainView, strategy: ArchStrategy, caps: Capabilities, paths: GuestPaths
+    dom: DomainView, strategy: ArchStrategy, caps: Capabilities, paths: GuestPaths, *,
+    pci_addresses: bool = True,
 ) -> list[str]:
     """The full QEMU argv for ``dom`` (``argv[0]`` is the emulator, or with
     ``<qemu:env>`` :data:`ENV_PROGRAM`, which execs it).
@@ -118,12 +119,18 @@ def build_argv(
     :meth:`ArchStrategy.fill_defaults` at define time to persist them).
     Raises :class:`~qemud.qemu.errors.GuestConfigError` (and its subclasses)
     for anything QEMU would reject or that the host cannot do.
+
+    Each PCI device gets its slot (``bus=...,addr=...``, :mod:`qemud.qemu.pci`); with
+    ``pci_addresses`` false none does, and QEMU places them in command-line order: how
+    qemud started guests before it kept addresses, for the restore of a save image of
+    that time (whose devices sit where that order put them).
     """
     strategy.validate(dom)
     accel = _accel(dom, strategy, caps)
     emulator, emulator_caps = _emulator(dom, strategy, caps)
     _check_machine(dom, strategy, emulator_caps)
-    argv = _Builder(dom, strategy, paths, emulator_caps).build(emulator, accel)
+    slots = pci.plan(dom, strategy) if pci_addresses else None
+    argv = _Builder(dom, strategy, paths, emulator_caps, slots).build(emulator, accel)
     return _env_prefix(dom, emulator) + argv
 
 
@@ -194,15 +201,21 @@ class _Builder:
         strategy: ArchStrategy,
         paths: GuestPaths,
         emulator_caps: EmulatorCaps | None,
+        slots: pci.PciPlan | None,
     ) -> None:
         self.dom = dom
         self.strategy = strategy
         self.paths = paths
         self.emulator_caps = emulator_caps
+        self.slots = slots
         self.argv: list[str] = []
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
+
+    def add_device(self, value: str, key: pci.DeviceKey) -> None:
+        """``-device value``, in its PCI slot when ``key`` names a PCI device."""
+        self.add("-device", value if self.slots is None else value + self.slots.props(key))
 
     def build(self, emulator: str, accel: str) -> list[str]:
         dom, strategy = self.dom, self.strategy
@@ -241,9 +254,9 @@ class _Builder:
         self._actions()
         self._kernel()
         self._boot()
-        self.add(*strategy.controller_args(dom))
+        self.add(*strategy.controller_args(dom, self.slots))
         if dom.channels or any(c.target_type == "virtio" for c in dom.consoles):
-            self.add("-device", strategy.virtio_serial_controller())
+            self.add_device(strategy.virtio_serial_controller(), ("implicit", "virtio_serial"))
         self._disks()
         self._interfaces()
         self._graphics_devices()
@@ -350,7 +363,7 @@ class _Builder:
                 continue
             self._blockdev(position, disk, storage, fmt, readonly=disk.readonly or is_cdrom)
             make = self.strategy.cdrom_device if is_cdrom else self.strategy.disk_device
-            self.add("-device", make(self.dom, disk, fmt, device_id))
+            self.add_device(make(self.dom, disk, fmt, device_id), ("disk", target))
 
     def _blockdev(
         self, position: int, disk: DiskView, storage: str, fmt: str, *, readonly: bool
@@ -404,7 +417,8 @@ class _Builder:
                 raise GuestConfigError(f"{where}/mac", f"duplicate MAC address {iface.mac!r}")
             seen.add(device_id)
             self.add("-netdev", netdev_arg(iface, netdev_id, where))
-            self.add("-device", self.strategy.nic_device(iface, iface.mac, device_id, netdev_id))
+            self.add_device(self.strategy.nic_device(iface, iface.mac, device_id, netdev_id),
+                            ("interface", iface.mac))
 
     # -- graphics, char devices, watchdog ----------------------------------------
 
@@ -412,7 +426,7 @@ class _Builder:
         if self.dom.graphics:
             video = self.strategy.video_device()
             if video is not None:
-                self.add("-device", video)
+                self.add_device(video, ("implicit", "video"))
 
     def _chardev(self, dev: CharDeviceView, chardev_id: str, where: str) -> None:
         backend = _CHARDEVS.get(dev.type)
@@ -472,7 +486,7 @@ class _Builder:
                 f"unsupported watchdog action {action!r} "
                 f"(supported: {', '.join(sorted(_WATCHDOG_ACTIONS))})",
             )
-        self.add("-device", self.strategy.watchdog_device(watchdog.model))
+        self.add_device(self.strategy.watchdog_device(watchdog.model), ("watchdog", ""))
         version = self.emulator_caps.version if self.emulator_caps else _ACTION_OPTION_SINCE
         if version >= _ACTION_OPTION_SINCE:
             self.add("-action", f"watchdog={qemu_action}")
@@ -486,7 +500,7 @@ class _Builder:
         balloon = self.dom.memballoon
         device = None if balloon is None else self.strategy.balloon_device(balloon)
         if device is not None:
-            self.add("-device", device)
+            self.add_device(device, ("memballoon", ""))
 
 
 # -- backends (dispatch tables, not if-chains) ---------------------------------------

@@ -26,8 +26,34 @@ __all__ = [
     "InterfaceView",
     "MemballoonView",
     "OSView",
+    "PciAddressView",
+    "PciDeviceView",
     "WatchdogView",
 ]
+
+
+class PciAddressView(Protocol):
+    @property
+    def domain(self) -> int: ...
+    @property
+    def bus(self) -> int: ...
+    @property
+    def slot(self) -> int: ...
+    @property
+    def function(self) -> int: ...
+    @property
+    def multifunction(self) -> bool: ...
+
+
+class PciDeviceView(Protocol):
+    """What every device that can sit on PCI has (see :mod:`qemud.qemu.pci`)."""
+
+    @property
+    def address_type(self) -> str | None: ...
+    @property
+    def pci_address(self) -> PciAddressView | None: ...
+    def assign_pci_slot(self, slot: int) -> None: ...
+    def describe(self) -> str: ...
 
 
 class OSView(Protocol):
@@ -46,7 +72,7 @@ class OSView(Protocol):
     def boot_devs(self) -> Sequence[str]: ...
 
 
-class DiskView(Protocol):
+class DiskView(PciDeviceView, Protocol):
     target_bus: str | None
 
     @property
@@ -67,7 +93,7 @@ class DiskView(Protocol):
     def alias(self) -> str | None: ...
 
 
-class InterfaceView(Protocol):
+class InterfaceView(PciDeviceView, Protocol):
     model: str | None
 
     @property
@@ -108,14 +134,14 @@ class CharDeviceView(Protocol):
     def target_name(self) -> str | None: ...
 
 
-class WatchdogView(Protocol):
+class WatchdogView(PciDeviceView, Protocol):
     @property
     def model(self) -> str: ...
     @property
     def action(self) -> str | None: ...
 
 
-class MemballoonView(Protocol):
+class MemballoonView(PciDeviceView, Protocol):
     @property
     def model(self) -> str: ...
     @property

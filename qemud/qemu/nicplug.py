@@ -2,11 +2,13 @@
 
 A NIC hot-added later must be the same QEMU device as one present at start: same ids
 (:func:`naming.nic_ids`, from its MAC), same backend and the same ``-device`` the arch
-strategy gives it (model per arch, no fixed PCI address: QEMU places it in the first free
-slot, as at start). So the arguments are not built a second way here: the argv
-builder's own ``-netdev`` / ``-device`` values are taken apart into the dictionaries
+strategy gives it (model per arch). So the arguments are not built a second way here: the
+argv builder's own ``-netdev`` / ``-device`` values are taken apart into the dictionaries
 ``netdev_add`` and ``device_add`` take (QemuOpts ``key=value`` pairs, ``,,`` for a comma
-inside a value).
+inside a value). The PCI slot is the caller's choice (:mod:`qemud.qemu.pci`: the NIC's
+own address or a free slot), given as ``bus``/``addr`` as the argv builder gives a NIC
+present at start its slot; without one QEMU picks the first free slot (a guest whose QEMU
+placed its devices itself).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from qemud.qemu.command import netdev_arg
 from qemud.qemu.domain import InterfaceView
 from qemud.qemu.errors import GuestConfigError
 
-__all__ = ["nic_plug_args", "split_qemu_opts"]
+__all__ = ["nic_plug_args", "slot_props", "split_qemu_opts"]
 
 
 def split_qemu_opts(text: str) -> list[str]:
@@ -54,9 +56,11 @@ def _props(parts: list[str], where: str) -> dict[str, Any]:
     return props
 
 
-def nic_plug_args(iface: InterfaceView, strategy: ArchStrategy, where: str = "interface"
+def nic_plug_args(iface: InterfaceView, strategy: ArchStrategy, where: str = "interface",
+                  slot: tuple[str, int] | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(netdev_add arguments, device_add arguments)`` for ``iface``, which has its MAC.
+    """``(netdev_add arguments, device_add arguments)`` for ``iface``, which has its MAC;
+    with ``slot`` (QEMU's id of the bus, slot number) the device goes into that slot.
 
     Raises :class:`GuestConfigError` (a QemuError) for what the argv builder refuses too
     (an interface type without backend, a model the arch does not have).
@@ -74,4 +78,11 @@ def nic_plug_args(iface: InterfaceView, strategy: ArchStrategy, where: str = "in
     backend = split_qemu_opts(netdev_arg(iface, netdev_id, where))
     netdev = {"type": backend[0], **_props(backend[1:], where)}
     device = split_qemu_opts(strategy.nic_device(iface, iface.mac, device_id, netdev_id))
-    return netdev, {"driver": device[0], **_props(device[1:], where)}
+    return netdev, {"driver": device[0], **_props(device[1:], where), **slot_props(slot)}
+
+
+def slot_props(slot: tuple[str, int] | None) -> dict[str, str]:
+    """The ``device_add`` arguments that put a PCI device in ``slot`` (QEMU's id of the
+    bus, slot number): ``bus`` and ``addr`` as the argv builder writes them; none for
+    None (QEMU picks the first free slot)."""
+    return {} if slot is None else {"bus": slot[0], "addr": f"{slot[1]:#x}"}

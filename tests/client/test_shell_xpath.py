@@ -42,6 +42,9 @@ def test_xpath_selects_elements_attributes_and_values(uri: str, qemush: Qemush) 
                      '  <driver name="qemu" type="qcow2"/>\n'
                      '  <source file="/var/lib/b.qcow2"/>\n'
                      '  <target dev="vdb" bus="virtio"/>\n'
+                     # (its PCI slot, assigned at define as libvirt does)
+                     '  <address type="pci" domain="0x0000" bus="0x00" slot="0x04" '
+                     'function="0x0"/>\n'
                      '</disk>\n')
     # relative to <domain>, as virsh evaluates it
     assert ok(qemush("-c", uri, "dumpxml", "xp", "--xpath", "./devices/disk/source/@file")) \

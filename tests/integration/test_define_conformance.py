@@ -100,7 +100,8 @@ def test_a_stored_definition_gets_defines_defaults_when_loaded(
 
     proc = qemush(daemon, "dumpxml", "--inactive", "old")
     assert proc.returncode == 0, proc
-    assert "<memballoon model=\"virtio\"/>" in proc.stdout
+    assert "<memballoon model=\"virtio\">\n      <address type=\"pci\" domain=\"0x0000\" " \
+        "bus=\"0x00\" slot=\"0x03\" function=\"0x0\"/>" in proc.stdout  # (and its slot)
     assert "machine=\"pc\"" in proc.stdout
     assert stored.read_text() == text  # loading rewrites nothing
     with daemon.connect() as conn:  # and the guest starts with the balloon it shows

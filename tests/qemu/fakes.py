@@ -24,8 +24,30 @@ class FakeOS:
     boot_devs: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class FakePciAddress:
+    domain: int = 0
+    bus: int = 0
+    slot: int = 0
+    function: int = 0
+    multifunction: bool = False
+
+
+class FakePciDevice:
+    """What every PCI-capable fake has: an optional PCI address (see qemud.qemu.pci)."""
+
+    address_type: str | None = None
+    pci_address: FakePciAddress | None = None
+
+    def assign_pci_slot(self, slot: int) -> None:
+        self.address_type, self.pci_address = "pci", FakePciAddress(slot=slot)
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
 @dataclass
-class FakeDisk:
+class FakeDisk(FakePciDevice):
     target_dev: str | None = "vda"
     target_bus: str | None = None
     type: str = "file"
@@ -38,7 +60,7 @@ class FakeDisk:
 
 
 @dataclass
-class FakeInterface:
+class FakeInterface(FakePciDevice):
     type: str = "user"
     mac: str | None = "52:54:00:00:00:01"
     model: str | None = None
@@ -66,13 +88,13 @@ class FakeChar:
 
 
 @dataclass
-class FakeWatchdog:
+class FakeWatchdog(FakePciDevice):
     model: str = "i6300esb"
     action: str | None = None
 
 
 @dataclass
-class FakeMemballoon:
+class FakeMemballoon(FakePciDevice):
     model: str = "virtio"
     stats_period: int | None = None
     autodeflate: str | None = None

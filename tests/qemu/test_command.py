@@ -35,8 +35,12 @@ from tests.qemu.fakes import (
 PATHS = GuestPaths.under("/run/qemud", "/var/log/qemud", "guest")
 
 
-def argv(dom: FakeDomain, arch: str = "x86_64", kvm: bool = False) -> list[str]:
-    return build_argv(dom, get_strategy(arch), fake_caps(kvm=kvm), PATHS)
+def argv(dom: FakeDomain, arch: str = "x86_64", kvm: bool = False, pci: bool = False
+         ) -> list[str]:
+    """The argv of ``dom``; without ``pci`` no device names its PCI slot, so each rule's
+    test shows only its rule (the slots have their own tests: tests/qemu/test_pci.py, and
+    the golden files)."""
+    return build_argv(dom, get_strategy(arch), fake_caps(kvm=kvm), PATHS, pci_addresses=pci)
 
 
 def option(args: list[str], name: str) -> list[str]:
@@ -84,15 +88,16 @@ def test_build_does_not_modify_the_definition_and_is_deterministic() -> None:
         channels=[FakeChar(type="unix", target_type="virtio", target_name="a.b")],
     )
     before = copy.deepcopy(dom)
-    first = argv(dom)
-    assert dom == before
-    assert argv(dom) == first
+    first = argv(dom, pci=True)
+    assert dom == before  # (the PCI slots too are computed, not written)
+    assert argv(dom, pci=True) == first
 
 
 @pytest.mark.parametrize(
     ("arch", "balloon"),
-    [("x86_64", ["-device", "virtio-balloon-pci,id=balloon0"]), ("aarch64", []),
-     ("ppc64", ["-device", "virtio-balloon-pci,id=balloon0"])],
+    [("x86_64", ["-device", "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x5"]),
+     ("aarch64", []),
+     ("ppc64", ["-device", "virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x4"])],
 )
 def test_fill_defaults_changes_the_argv_by_the_default_balloon_only(
     arch: str, balloon: list[str]
@@ -104,9 +109,10 @@ def test_fill_defaults_changes_the_argv_by_the_default_balloon_only(
         disks=[FakeDisk(), FakeDisk("sdb", device="cdrom", source=None)],
         interfaces=[FakeInterface()],
     )
-    expected = argv(dom, arch)
+    expected = argv(dom, arch, pci=True)
     get_strategy(arch).fill_defaults(dom)
-    assert argv(dom, arch) == expected + balloon
+    # the balloon is the last PCI device: the others keep the slots they had
+    assert argv(dom, arch, pci=True) == expected + balloon
 
 
 def test_argv_text_format() -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 from typing import ClassVar, Self
 
-from ..xmlmodel import XMLModel, XMLProperty, serialize
+from ..xmlmodel import XMLModel, XMLProperty, insert_ordered, serialize
+from .address import PciAddress, parse_pci_address, pci_address_element
 
 __all__ = ["USER_ALIAS_PREFIX", "Device"]
 
@@ -40,6 +41,37 @@ class Device(XMLModel):
         "given by the user with a 'ua-' prefix.",
     )
 
+    address_type = XMLProperty(
+        "./address/@type",
+        doc="``<address type>``: 'pci' for a device on a PCI bus ('drive' for a disk on an "
+        "IDE/SATA/SCSI controller, ...); None when the device has no address.",
+    )
+
+    @property
+    def pci_address(self) -> PciAddress | None:
+        """The device's PCI address (``<address type='pci'>``), None when it has none or
+        asks for one to be assigned (all zero, see :class:`PciAddress`)."""
+        node = self.node.find("address")
+        if node is None or node.get("type") != "pci":
+            return None
+        address = parse_pci_address(node, lambda: f"{self.path}/address")
+        return None if address.wanted else address
+
+    @pci_address.setter
+    def pci_address(self, address: PciAddress | None) -> None:
+        old = self.node.find("address")
+        if address is None:
+            if old is not None:
+                self.node.remove(old)
+        elif old is not None:
+            self.node.replace(old, pci_address_element(address))
+        else:
+            insert_ordered(self.node, pci_address_element(address), self._child_ranks("."))
+
+    def assign_pci_slot(self, slot: int) -> None:
+        """Put this device in ``slot`` of the root PCI bus (the QEMU layer's choice)."""
+        self.pci_address = PciAddress(slot=slot)
+
     @property
     def tag(self) -> str:
         """Element name (``disk``, ``serial``, ``channel``, ...)."""
@@ -59,6 +91,7 @@ class Device(XMLModel):
         alias = self.alias
         if alias is not None and (not alias or not set(alias) <= _ALIAS_CHARS):
             raise self._error(f"invalid alias '{alias}'", "alias")
+        _ = self.pci_address  # parsed here: a bad number is an error at define
 
     def matches(self, other: Device) -> bool:
         """Whether ``other`` (typically parsed from a detach request) designates ``self``.

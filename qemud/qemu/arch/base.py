@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from qemud.qemu import naming
+from qemud.qemu import naming, pci
 from qemud.qemu.arch.table import ArchTable, MachineProfile
 from qemud.qemu.domain import (
     CharDeviceView,
@@ -162,7 +162,7 @@ class ArchStrategy:
 
     def fill_defaults(self, dom: DomainView) -> None:
         """Write the arch defaults into ``dom`` (arch, machine, buses, NIC models, the
-        default memory balloon).
+        default memory balloon, the PCI devices' addresses: :mod:`qemud.qemu.pci`).
 
         Done at define time, like libvirt's post-parse callbacks, so the
         persistent XML shows what the guest really gets and later changes of
@@ -182,6 +182,7 @@ class ArchStrategy:
                 iface.model = self.table.default_nic_model
         if dom.memballoon is None and self.profile(dom).default_memballoon:
             dom.set_default_memballoon("virtio")
+        pci.assign_addresses(dom, self)
 
     def validate(self, dom: DomainView) -> None:
         """Raise :class:`UnsupportedForArch` for anything this arch cannot run.
@@ -341,18 +342,23 @@ class ArchStrategy:
     def cpu_args(self, dom: DomainView, accel: str) -> list[str]:
         return ["-cpu", self.table.kvm_cpu if accel == "kvm" else self.table.tcg_cpu]
 
-    def controller_args(self, dom: DomainView) -> list[str]:
-        """Controllers the disks need that the machine does not have built in."""
+    def controller_args(self, dom: DomainView, slots: pci.PciPlan | None = None) -> list[str]:
+        """Controllers the disks need that the machine does not have built in (each in
+        its fixed slot of ``slots``, when given)."""
         profile = self.profile(dom)
         used = {self.disk_bus(dom, disk) for disk in dom.disks}
         devices = self.table.devices
-        argv: list[str] = []
+        wanted = []
         if "sata" in used and profile.builtin_sata is None:
-            argv += ["-device", f"{devices.sata_controller},id={naming.SATA_ID}"]
+            wanted.append(("sata", f"{devices.sata_controller},id={naming.SATA_ID}"))
         if "scsi" in used:
-            argv += ["-device", f"{devices.virtio_scsi},id={naming.SCSI_ID}"]
+            wanted.append(("scsi", f"{devices.virtio_scsi},id={naming.SCSI_ID}"))
         if "usb" in used:
-            argv += ["-device", f"{devices.usb_controller},id={naming.USB_ID}"]
+            wanted.append(("usb", f"{devices.usb_controller},id={naming.USB_ID}"))
+        argv: list[str] = []
+        for kind, device in wanted:
+            argv += ["-device", device + ("" if slots is None else
+                                          slots.props(("implicit", kind)))]
         return argv
 
     def disk_device(self, dom: DomainView, disk: DiskView, drive: str, device_id: str) -> str:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from qemud.qemu.errors import ArchTableError as TableError
 
-__all__ = ["ArchTable", "DeviceNames", "MachineProfile", "load_tables"]
+__all__ = ["PCI_IMPLICIT", "ArchTable", "DeviceNames", "MachineProfile", "load_tables"]
 
 _PROFILE_KEYS: Final = frozenset(
     {
@@ -28,11 +28,19 @@ _PROFILE_KEYS: Final = frozenset(
         "machine_props",
         "tcg_machine_props",
         "default_memballoon",
+        "pci_bus",
+        "pci_builtin_slots",
+        "pci_slots",
     }
 )
 _PROFILE_OPTIONAL: Final = frozenset(
-    {"builtin_ide", "builtin_sata", "machine_props", "tcg_machine_props", "default_memballoon"}
+    {"builtin_ide", "builtin_sata", "machine_props", "tcg_machine_props", "default_memballoon",
+     "pci_bus", "pci_builtin_slots", "pci_slots"}
 )
+#: the devices qemud adds by itself (no element of theirs in the definition), each of
+#: which gets a fixed slot of ``pci_slots``
+PCI_IMPLICIT: Final = ("video", "virtio_serial", "sata", "scsi", "usb")
+_PCI_SLOTS: Final = range(1, 32)
 _ARCH_KEYS: Final = frozenset(
     {
         "binary",
@@ -91,6 +99,12 @@ class MachineProfile:
     machine_props: tuple[str, ...]
     tcg_machine_props: tuple[str, ...]
     default_memballoon: bool = False
+    #: QEMU's id of the root PCI bus (``pci.0``, ``pcie.0``); None: the machine has none
+    pci_bus: str | None = None
+    #: root-bus slots the machine's own devices take (PIIX3 in slot 1, ICH9 in 0x1f)
+    pci_builtin_slots: tuple[int, ...] = ()
+    #: fixed slot of each device qemud adds by itself (:data:`PCI_IMPLICIT`)
+    pci_slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -223,7 +237,30 @@ def _make_profile(where: str, raw: Mapping[str, Any]) -> MachineProfile:
         machine_props=_str_list(where, "machine_props", raw.get("machine_props", [])),
         tcg_machine_props=_str_list(where, "tcg_machine_props", raw.get("tcg_machine_props", [])),
         default_memballoon=_bool(where, "default_memballoon", raw.get("default_memballoon", False)),
+        **_pci_facts(where, raw),
     )
+
+
+def _pci_facts(where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``pci_bus`` ("none": no PCI bus), ``pci_builtin_slots`` and ``pci_slots``, checked:
+    every implicit device has a slot of its own, none of them a built-in one."""
+    bus = _str(where, "pci_bus", raw.get("pci_bus", "none"))
+    if bus == "none":
+        return {"pci_bus": None}
+    builtin = raw.get("pci_builtin_slots", [])
+    if not isinstance(builtin, list) or not all(
+            isinstance(v, int) and v in _PCI_SLOTS for v in builtin):
+        raise TableError(f"{where}.pci_builtin_slots: expected a list of slots 1..31")
+    slots = raw.get("pci_slots")
+    if not isinstance(slots, dict) or set(slots) != set(PCI_IMPLICIT):
+        raise TableError(f"{where}.pci_slots: expected exactly the keys {list(PCI_IMPLICIT)}")
+    taken = [_int(f"{where}.pci_slots", k, v) for k, v in slots.items()]
+    if len(set(taken)) != len(taken) or set(taken) & set(builtin) or \
+            not all(v in _PCI_SLOTS for v in taken):
+        raise TableError(f"{where}.pci_slots: slots must be distinct, in 1..31 and not "
+                         "built in")
+    return {"pci_bus": bus, "pci_builtin_slots": tuple(builtin),
+            "pci_slots": MappingProxyType(dict(slots))}
 
 
 def _profile_raw(profile: MachineProfile) -> dict[str, Any]:
@@ -235,6 +272,9 @@ def _profile_raw(profile: MachineProfile) -> dict[str, Any]:
         "machine_props": list(profile.machine_props),
         "tcg_machine_props": list(profile.tcg_machine_props),
         "default_memballoon": profile.default_memballoon,
+        "pci_bus": profile.pci_bus or "none",
+        "pci_builtin_slots": list(profile.pci_builtin_slots),
+        "pci_slots": dict(profile.pci_slots),
     }
 
 
