@@ -63,37 +63,57 @@ class PciPlan:
 
 def pci_devices(dom: DomainView, strategy: ArchStrategy
                 ) -> list[tuple[DeviceKey, PciDeviceView]]:
-    """The modelled devices of ``dom`` that sit on PCI, in libvirt's assignment order."""
-    found: list[tuple[DeviceKey, PciDeviceView]] = []
-    for iface in dom.interfaces:
-        found.append((("interface", iface.mac or ""), iface))
-    for disk in dom.disks:
-        if disk.device == "disk" and strategy.disk_bus(dom, disk) == "virtio":
-            found.append((("disk", disk.target_dev or ""), disk))
-    balloon = dom.memballoon
-    if balloon is not None and balloon.model != "none":
-        found.append((("memballoon", ""), balloon))
-    watchdog = dom.watchdog
-    if watchdog is not None and \
-            strategy.table.watchdog_models.get(watchdog.model) in _PCI_WATCHDOGS:
-        found.append((("watchdog", ""), watchdog))
-    return found
+    """The modelled devices of ``dom`` that sit on PCI, in libvirt's assignment order.
+
+    Raises :class:`GuestConfigError` for a PCI address on one that does not (a disk on
+    an IDE, SATA, SCSI or USB bus, an ISA watchdog): it would be ignored; libvirt
+    refuses it too."""
+    return _scan(dom, strategy)[0]
 
 
 def implicit_devices(dom: DomainView, strategy: ArchStrategy) -> list[str]:
     """The PCI devices the argv builder adds for ``dom`` with no element of their own
     (the ``pci_slots`` kinds of devices.toml)."""
-    profile = strategy.profile(dom)
-    buses = {strategy.disk_bus(dom, disk) for disk in dom.disks}
+    return _scan(dom, strategy)[1]
+
+
+def _scan(dom: DomainView, strategy: ArchStrategy
+          ) -> tuple[list[tuple[DeviceKey, PciDeviceView]], list[str]]:
+    """:func:`pci_devices` and :func:`implicit_devices` in one pass over the definition
+    (a define runs this: each device list is a walk of the XML)."""
+    found: list[tuple[DeviceKey, PciDeviceView]] = []
+    for iface in dom.interfaces:
+        found.append((("interface", iface.mac or ""), iface))
+    buses = set()
+    for disk in dom.disks:
+        bus = strategy.disk_bus(dom, disk)
+        buses.add(bus)
+        if disk.device == "disk" and bus == "virtio":
+            found.append((("disk", disk.target_dev or ""), disk))
+        elif disk.address_type == "pci":
+            raise GuestConfigError(
+                "devices", f"{disk.describe()} is on bus '{bus}', not PCI: it cannot have a "
+                "PCI address")
+    balloon = dom.memballoon
+    if balloon is not None and balloon.model != "none":
+        found.append((("memballoon", ""), balloon))
+    watchdog = dom.watchdog
+    if watchdog is not None:
+        if strategy.table.watchdog_models.get(watchdog.model) in _PCI_WATCHDOGS:
+            found.append((("watchdog", ""), watchdog))
+        elif watchdog.address_type == "pci":
+            raise GuestConfigError(
+                "devices", f"{watchdog.describe()} is not a PCI device: it cannot have a "
+                "PCI address")
     kinds = []
     if dom.graphics and strategy.video_device() is not None:
         kinds.append("video")
     if dom.channels or any(c.target_type == "virtio" for c in dom.consoles):
         kinds.append("virtio_serial")
-    if "sata" in buses and profile.builtin_sata is None:
+    if "sata" in buses and strategy.profile(dom).builtin_sata is None:
         kinds.append("sata")
     kinds += [bus for bus in ("scsi", "usb") if bus in buses]
-    return kinds
+    return found, kinds
 
 
 def plan(dom: DomainView, strategy: ArchStrategy) -> PciPlan | None:
@@ -103,9 +123,13 @@ def plan(dom: DomainView, strategy: ArchStrategy) -> PciPlan | None:
     Raises :class:`GuestConfigError` naming the device for an address the guest cannot
     have (see :func:`_checked_address`). Runs at every define: messages are made only
     when one is raised."""
+    return _plan(dom, strategy, *_scan(dom, strategy))
+
+
+def _plan(dom: DomainView, strategy: ArchStrategy,
+          devices: list[tuple[DeviceKey, PciDeviceView]], implicit: list[str]
+          ) -> PciPlan | None:
     profile = strategy.profile(dom)
-    devices = pci_devices(dom, strategy)
-    _refuse_pci_off_pci(dom, strategy)
     if profile.pci_bus is None:
         for _, device in devices:
             address = device.pci_address
@@ -115,17 +139,20 @@ def plan(dom: DomainView, strategy: ArchStrategy) -> PciPlan | None:
                     f"but machine '{strategy.machine_type(dom)}' has no PCI bus")
         return None
     slots: dict[DeviceKey, int] = {("implicit", kind): profile.pci_slots[kind]
-                                   for kind in implicit_devices(dom, strategy)}
+                                   for kind in implicit}
     holders: dict[int, PciDeviceView | str] = {
         slot: f"qemud's {kind.replace('_', '-')} device" for (_, kind), slot in slots.items()}
+    unplaced = []
     for key, device in devices:
         address = _checked_address(dom, strategy, profile, device, holders)
-        if address is not None:
+        if address is None:
+            unplaced.append((key, device))
+        else:
             holders[address.slot] = device
             slots[key] = address.slot
-    free = _free_slots(profile, set(slots.values()))
-    for key, device in devices:
-        if key not in slots:
+    if unplaced:
+        free = _free_slots(profile, set(slots.values()))
+        for key, device in unplaced:
             slots[key] = _next_free(free, dom, strategy, device.describe)
     return PciPlan(profile.pci_bus, slots)
 
@@ -133,11 +160,12 @@ def plan(dom: DomainView, strategy: ArchStrategy) -> PciPlan | None:
 def assign_addresses(dom: DomainView, strategy: ArchStrategy) -> None:
     """Give each PCI device of ``dom`` without an address the slot :func:`plan` chose,
     as ``<address type='pci'>`` in the definition (libvirt does this at define)."""
-    chosen = plan(dom, strategy)
+    devices, implicit = _scan(dom, strategy)
+    chosen = _plan(dom, strategy, devices, implicit)
     if chosen is None:
         return
-    for key, device in pci_devices(dom, strategy):
-        if device.pci_address is None:
+    for key, device in devices:
+        if device.address_type is None or device.pci_address is None:
             device.assign_pci_slot(chosen.slots[key])
 
 
@@ -209,24 +237,6 @@ def _checked_address(dom: DomainView, strategy: ArchStrategy, profile: MachinePr
     space = "" if problem.startswith(":") else " "
     raise GuestConfigError(
         "devices", f"PCI address {_text(address)} of {device.describe()}{space}{problem}")
-
-
-def _refuse_pci_off_pci(dom: DomainView, strategy: ArchStrategy) -> None:
-    """A PCI address on a device that is not on PCI (a disk on an IDE, SATA, SCSI or USB
-    bus, an ISA watchdog) would be silently ignored: refused instead, as libvirt does."""
-    for disk in dom.disks:
-        if disk.address_type == "pci":
-            bus = strategy.disk_bus(dom, disk)
-            if disk.device != "disk" or bus != "virtio":
-                raise GuestConfigError(
-                    "devices", f"{disk.describe()} is on bus '{bus}', not PCI: it cannot "
-                    "have a PCI address")
-    watchdog = dom.watchdog
-    if watchdog is not None and watchdog.address_type == "pci" and \
-            strategy.table.watchdog_models.get(watchdog.model) not in _PCI_WATCHDOGS:
-        raise GuestConfigError(
-            "devices", f"{watchdog.describe()} is not a PCI device: it cannot have a PCI "
-            "address")
 
 
 def _text(address: PciAddressView) -> str:
