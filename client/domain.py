@@ -372,8 +372,9 @@ class Domain:
 
     def set_vcpus(self, count: int, flags: int = AFFECT_LIVE) -> None:
         """libvirt's ``setVcpusFlags``: the vCPU count (AFFECT_CONFIG: ``<vcpu current>``;
-        a live change is refused, qemud has no vCPU hotplug); with ``VCPU_MAXIMUM`` and
-        AFFECT_CONFIG the maximum. The default is ``setVcpus``'s (live)."""
+        AFFECT_LIVE: vCPUs plugged into or out of the running guest); with
+        ``VCPU_MAXIMUM`` and AFFECT_CONFIG the maximum. The default is ``setVcpus``'s
+        (live)."""
         self._conn._call(P.Procedure.DOMAIN_SET_VCPUS, pl.VcpusArgs(self.ref, count, flags),
                          P.Empty)
 

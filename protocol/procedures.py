@@ -269,7 +269,8 @@ _TABLE = [
               "balloon) and the QEMU process's RSS, libvirt's tags."),
     _call(P.DOMAIN_SET_VCPUS, p.VcpusArgs, Empty, mutates=True,
           doc="virDomainSetVcpusFlags: <vcpu current> (config), with VCPU_MAXIMUM (4) "
-              "<vcpu> (config only); live vCPU hotplug is refused (OPERATION_UNSUPPORTED)."),
+              "<vcpu> (config only); live: vCPUs plugged (device_add of the next sockets) "
+              "or unplugged (only those plugged live; refused under TCG)."),
     _call(P.DOMAIN_GET_VCPUS, p.DomainFlagsArgs, p.VcpuInfoReply, mutates=False,
           doc="virDomainGetVcpus of a running domain: per vCPU its state, CPU time, host "
               "CPU and affinity."),

@@ -103,6 +103,38 @@ class StreamHandler:
         raise NotImplementedError
 
 
+class StreamPacing:
+    """How fast the daemon feeds an outgoing stream (a screenshot, a support bundle).
+
+    The source is read a :attr:`chunk` per loop turn, so a large one never holds the
+    loop, and reading pauses (for :data:`RETRY` seconds at a time) while the client has
+    more than :attr:`queue_high` unsent, so a slow reader neither makes the daemon hold
+    the whole thing nor gets dropped for going over ``limits.max_queued_bytes``: both are
+    kept well below that limit, the one in force (a SIGHUP reloads the limits).
+    """
+
+    #: unsent bytes at which reading pauses, bytes read per turn (before the limit's say)
+    QUEUE_HIGH = 1024 * 1024
+    CHUNK = 256 * 1024
+    #: seconds between looks at a paused client's queue
+    RETRY = 0.05
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @property
+    def queue_high(self) -> int:
+        return min(self.QUEUE_HIGH, self.config.limits.max_queued_bytes // 2)
+
+    @property
+    def chunk(self) -> int:
+        return max(4096, min(self.CHUNK, self.config.limits.max_queued_bytes // 4))
+
+    def paused(self, client: Client) -> bool:
+        """True while the client has too much unsent to be given more."""
+        return len(client.out) > self.queue_high
+
+
 class Client:
     """One connected client: its transport, protocol state, queue and timers."""
 

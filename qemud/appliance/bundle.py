@@ -26,8 +26,9 @@ Nothing blocks the loop: the small generated files are written to a private stag
 directory, then one child (``sh`` running ``tail -c`` per log, then ``exec tar czf -``)
 copies the capped logs and writes the archive to a pipe the loop relays to the client.
 Relaying pauses while the client has more than 1 MiB (at most half of
-``limits.max_queued_bytes``) unsent, so a slow reader never makes the daemon hold the
-whole archive, nor gets dropped for it.
+``limits.max_queued_bytes``) unsent (:class:`qemud.server.StreamPacing`, as for a
+screenshot), so a slow reader never makes the daemon hold the whole archive, nor gets
+dropped for it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from protocol.constants import DomainState
 from qemud.dispatch import error_payload
 from qemud.errors import OperationFailed, QemudError
 from qemud.loop import READ, Timer
-from qemud.server import StreamHandler
+from qemud.server import StreamHandler, StreamPacing
 
 if TYPE_CHECKING:
     from qemud.config import Config
@@ -72,9 +73,6 @@ log = logging.getLogger(__name__)
 
 #: bytes kept of each log file (its end)
 LOG_CAP = 1024 * 1024
-#: relaying pauses while the client has more than this unsent
-QUEUE_HIGH = 1024 * 1024
-CHUNK = 256 * 1024
 SECRET_RE = re.compile(r"passw(or)?d|secret", re.IGNORECASE)
 REDACTED = "<redacted>"
 
@@ -201,12 +199,12 @@ class BundleStream(StreamHandler):
         if self.client.closed:
             self.abort("client gone")
             return
-        if len(self.client.out) > self.duty.queue_high():
+        if self.duty.pacing.paused(self.client):
             self.loop.remove(self.fd)
-            self.timer = self.loop.call_later(0.05, self._resume)
+            self.timer = self.loop.call_later(StreamPacing.RETRY, self._resume)
             return
         try:
-            data = os.read(self.fd, self.duty.chunk())
+            data = os.read(self.fd, self.duty.pacing.chunk)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -295,13 +293,8 @@ class BundleDuty:
         self.server = ctx.daemon.server
         self.config = ctx.daemon.config
         self.active: set[BundleStream] = set()
-
-    def queue_high(self) -> int:
-        """Unsent bytes at which relaying pauses (well below ``max_queued_bytes``)."""
-        return min(QUEUE_HIGH, self.config.limits.max_queued_bytes // 2)
-
-    def chunk(self) -> int:
-        return max(4096, min(CHUNK, self.config.limits.max_queued_bytes // 4))
+        #: relaying pauses while a client has more than ``pacing.queue_high`` unsent
+        self.pacing = StreamPacing(self.config)
 
     def install(self) -> dict[Procedure, Handler]:
         for stale in self.config.paths.state_dir.glob(".bundle-*"):

@@ -66,7 +66,7 @@ OPERATIONS: dict[str, JobOperation] = {
 }
 
 #: jobs that are one monitor round trip, libvirt's sync jobs (no job for domjobinfo)
-SYNC_JOBS = frozenset({"stop", "cont", "reboot"})
+SYNC_JOBS = frozenset({"stop", "cont", "reboot", "setvcpus"})
 
 #: libvirt's refusals of jobs it cannot abort (qemuDomainAbortJobFlags)
 _NOT_ABORTABLE = {

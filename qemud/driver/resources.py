@@ -15,8 +15,8 @@ faked:
   ``<memballoon>`` works too (QEMU is asked, not the definition);
 * ``<memory>`` (the maximum) and the maximum vCPU count change only in the persistent
   definition, as in libvirt's QEMU driver;
-* live vCPU hotplug is not implemented: a live change of the vCPU count is refused
-  (OPERATION_UNSUPPORTED) before anything changes, see docs/CONFORMANCE.md.
+* a live change of the vCPU count plugs vCPUs in and out (QMP ``device_add`` /
+  ``device_del``), as libvirt does: :mod:`.vcpu_hotplug`.
 
 A config change writes the persistent definition before memory changes (a failed write
 leaves both as they were); like libvirt, it sends no lifecycle event.
@@ -46,6 +46,7 @@ from qemud.qemu.qmp import QMPEvent
 from .domain import DomainObj
 from .flags import check_flags
 from .stats import QMP_TIMEOUT, rss_kib, thread_stat
+from .vcpu_hotplug import VcpuHotplug
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -104,6 +105,8 @@ class Resources:
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
         driver.qmp_event_hooks.append(self._on_qmp_event)
+        #: the live half of setvcpus, and the live vCPU count kept as QEMU has it
+        self.vcpu_hotplug = VcpuHotplug(driver)
 
     def handlers(self) -> dict[Procedure, Handler]:
         P = Procedure
@@ -259,7 +262,7 @@ class Resources:
 
     # -- setvcpus ------------------------------------------------------------------------
 
-    def set_vcpus(self, ctx: Any, args: pl.VcpusArgs) -> Empty:
+    def set_vcpus(self, ctx: Any, args: pl.VcpusArgs) -> Empty | Deferred:
         flags = args.flags
         # virDomainSetVcpusFlags' checks, then the QEMU driver's
         if flags & VCPU_MAXIMUM and not flags & AFFECT_CONFIG:
@@ -292,13 +295,19 @@ class Resources:
             if definition is not None and count > definition.max_vcpus:
                 raise InvalidArg(f"requested vcpus is greater than max allowable vcpus for "
                                  f"the {which} domain: {count} > {definition.max_vcpus}")
-        if live is not None and live.vcpus != count:
-            raise OperationUnsupported(
-                f"live vCPU hotplug is not supported by qemud: domain '{dom.name}' runs "
-                f"{live.vcpus} vCPU(s); change the persistent definition (--config) and "
-                "restart the domain")
         if config is not None:
             config.set_vcpus(count, config.max_vcpus)
+        if live is not None and live.vcpus != count:
+            # live first, as libvirt's qemuDomainSetVcpusInternal: the persistent
+            # definition changes only once the guest has the new count
+            persistent = config
+            out = Deferred()
+            self.vcpu_hotplug.set_live(
+                dom, count, None if persistent is None else
+                lambda: self.driver.registry.save_persistent(dom, persistent)
+            ).chain(out, lambda _: Empty())
+            return out
+        if config is not None:
             self.driver.registry.save_persistent(dom, config)
         return Empty()
 

@@ -6,9 +6,9 @@ private run directory before it answers; the daemon opens the file, unlinks it a
 frames after the reply, which carries the MIME type, as libvirt's call returns it.
 
 The file is read a chunk per loop turn while the client keeps up (a regular file cannot
-be polled; it is in the page cache, QEMU has just written it), so a large screen never
-holds the loop, and a client that does not read stops the reading instead of growing its
-queue without bound.
+be polled; it is in the page cache, QEMU has just written it), paced by
+:class:`qemud.server.StreamPacing`, so a large screen never holds the loop, and a client
+that does not read stops the reading instead of growing its queue without bound.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from protocol import Procedure, StreamAbort, StreamData, StreamEnd
 from protocol import payloads as pl
 from qemud.dispatch import Deferred, Handler, error_payload
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
-from qemud.server import StreamHandler
+from qemud.server import StreamHandler, StreamPacing
 
 from .flags import check_flags
 
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 #: what QEMU's screendump writes by default, and libvirt's name for it
 PPM_MIME = "image/x-portable-pixmap"
-#: bytes read and sent per loop turn; unsent bytes at which reading pauses
-CHUNK = 256 * 1024
-QUEUE_HIGH = 1024 * 1024
 #: how long QEMU has to write the image
 QMP_TIMEOUT = 30.0
 
@@ -56,8 +53,7 @@ class FileStream(StreamHandler):
         self.client = client
         self.serial = serial
         self.fd = fd
-        self.queue_high = min(QUEUE_HIGH, driver.config.limits.max_queued_bytes // 2)
-        self.chunk = max(4096, min(CHUNK, driver.config.limits.max_queued_bytes // 4))
+        self.pacing = StreamPacing(driver.config)
         self.timer: Timer | None = None
         self.done = False
         client.streams[serial] = self
@@ -73,11 +69,11 @@ class FileStream(StreamHandler):
         if self.client.closed:
             self._close("client gone")
             return
-        if len(self.client.out) > self.queue_high:
-            self.timer = self.loop.call_later(0.05, self._pump)
+        if self.pacing.paused(self.client):
+            self.timer = self.loop.call_later(StreamPacing.RETRY, self._pump)
             return
         try:
-            data = os.read(self.fd, self.chunk)
+            data = os.read(self.fd, self.pacing.chunk)
         except OSError as exc:
             self._close(f"read failed: {exc.strerror or exc}")
             self.server.send_stream(self.client, StreamAbort(

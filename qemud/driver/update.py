@@ -98,12 +98,12 @@ class DeviceUpdate:
         changes, the persistent one is saved first (it needs no QEMU), then the live
         link is set (the live XML records it once QEMU has)."""
         state = new.link_state or "up"
-        targets: list[tuple[DomainDef, Interface]] = []
+        live_nic: Interface | None = None
         if live:
             self.driver.lifecycle.require_active(dom)
             self.driver.lifecycle.require_no_job(dom)
             assert dom.live is not None
-            targets.append((dom.live, _unchanged_but_link(dom.live, new)))
+            live_nic = _unchanged_but_link(dom.live, new)
         definition: DomainDef | None = None
         if config:
             definition = (dom.next_definition or dom.definition).copy()
@@ -111,10 +111,10 @@ class DeviceUpdate:
                 None if state == "up" else state
         if definition is not None:
             self.driver.registry.save_persistent(dom, definition)
-        if not live:
+        if live_nic is None:
             return None
         assert dom.monitor is not None and dom.live is not None
-        live_def, mac = dom.live, str(targets[0][1].mac)
+        live_def, mac = dom.live, str(live_nic.mac)
         out = Deferred()
 
         def done(d: Deferred) -> None:

@@ -140,10 +140,11 @@ def cmd_dommemstat(sh: Shell, args: Args) -> None:
 @command("setvcpus", "domain", "change number of virtual CPUs", description=(
     "Change the number of vCPUs of a domain. --config sets the count the persistent "
     "definition starts with (vcpu current='N', at most the maximum); with --maximum "
-    "(which needs --config) the maximum itself (the vcpu value), the count lowered to it. qemud "
-    "has no vCPU hotplug: a live change of the count is refused (docs/CONFORMANCE.md), "
-    "and so is --guest (no guest agent). Without --live, --config or --current, the "
-    "running domain is changed, as virsh does."),
+    "(which needs --config) the maximum itself (the vcpu value), the count lowered to it. "
+    "--live plugs vCPUs into the running guest, or unplugs those it plugged (KVM guests "
+    "only; the guest must release them), see docs/CONFORMANCE.md; --guest is refused (no "
+    "guest agent). Without --live, --config or --current, the running domain is changed, "
+    "as virsh does."),
     args=(DOM, Arg("count", "number of virtual CPUs")),
     opts=(Opt("maximum", "set maximum limit on next boot"), CONFIG, LIVE, CURRENT,
           Opt("guest", "modify cpu state in the guest")))
