@@ -55,6 +55,9 @@ SNAPSHOT_REVERT_PAUSED = 2
 SNAPSHOT_XML_SECURE = 1
 #: libvirt's VIR_DOMAIN_START_FORCE_BOOT (create): discard a managed save image and boot
 START_FORCE_BOOT = 8
+#: libvirt's VIR_DOMAIN_START_RESET_NVRAM (create): a UEFI domain's NVRAM file recreated
+#: from its template before the start
+START_RESET_NVRAM = 32
 #: libvirt's VIR_DOMAIN_SAVE_RUNNING / _PAUSED (managed_save): the state the guest comes
 #: back in at its next start (else the state it had)
 SAVE_RUNNING = 2
@@ -67,7 +70,8 @@ MONITOR_COMMAND_HMP = 1
 BLOCK_RESIZE_BYTES = 1
 #: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE (update_device)
 MODIFY_FORCE = 4
-__all__ += ["START_FORCE_BOOT", "SAVE_RUNNING", "SAVE_PAUSED", "UNDEFINE_MANAGED_SAVE",
+__all__ += ["START_FORCE_BOOT", "START_RESET_NVRAM", "SAVE_RUNNING", "SAVE_PAUSED",
+            "UNDEFINE_MANAGED_SAVE",
             "MONITOR_COMMAND_HMP", "BLOCK_RESIZE_BYTES", "MODIFY_FORCE"]
 
 

@@ -10,9 +10,10 @@ cd "$here"
 # libvirt's headers for libvirt-python (and libvirt0's RelaxNG schemas), the test-guest
 # builder's tools, a compiler for libvirt-python's C extension, and libvirtd itself (without
 # libvirt-daemon-system, so no service starts) for the side-by-side conformance test and
-# the benchmarks, which run a private libvirtd of their own.
+# the benchmarks, which run a private libvirtd of their own. ovmf and qemu-efi-aarch64: the
+# UEFI firmware (and its QEMU descriptors) that <os firmware='efi'> selects from.
 packages=(qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-utils libvirt-dev
-          pkg-config gcc busybox-static cpio kmod zstd xz-utils
+          ovmf qemu-efi-aarch64 pkg-config gcc busybox-static cpio kmod zstd xz-utils
           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 missing=()
 for p in "${packages[@]}"; do

@@ -308,6 +308,8 @@ class UndefineFlags(enum.IntFlag):
 
     MANAGED_SAVE = 1
     SNAPSHOTS_METADATA = 2
+    NVRAM = 4
+    KEEP_NVRAM = 8
 
 
 class TypedParamKind(enum.IntEnum):

@@ -180,7 +180,9 @@ _TABLE = [
               "UndefineFlags: MANAGED_SAVE (1) removes a managed save image too (without "
               "it an image makes the call OPERATION_INVALID), SNAPSHOTS_METADATA (2) the "
               "snapshots' metadata (without it an inactive domain's snapshots make the "
-              "call OPERATION_INVALID)."),
+              "call OPERATION_INVALID), NVRAM (4) removes a UEFI domain's NVRAM file, "
+              "KEEP_NVRAM (8) keeps it (with neither, an existing NVRAM file makes the call "
+              "OPERATION_INVALID)."),
     _call(P.DOMAIN_CREATE_XML, p.XMLFlagsArgs, p.DomainReply, mutates=True,
           doc="Create and start a transient domain; flags: 1 (START_PAUSED), 16 "
               "(VIR_DOMAIN_START_VALIDATE, what every create does); other bits INVALID_ARG."),
@@ -193,7 +195,9 @@ _TABLE = [
     _call(P.DOMAIN_CREATE, p.DomainFlagsArgs, p.DomainReply, mutates=True,
           doc="Start a defined domain; the reply carries its new id. Flags: 1 "
               "(START_PAUSED); 8 (VIR_DOMAIN_START_FORCE_BOOT) discards a managed save "
-              "image, which the start otherwise restores (and then removes)."),
+              "image, which the start otherwise restores (and then removes); 32 "
+              "(VIR_DOMAIN_START_RESET_NVRAM) recreates a UEFI domain's NVRAM file from its "
+              "template first."),
     _call(P.DOMAIN_SHUTDOWN, p.ShutdownArgs, Empty, mutates=True,
           doc="ACPI power button (ShutdownFlags: the ACPI mode; AGENT alone is "
               "ARGUMENT_UNSUPPORTED, other modes INVALID_ARG); optional destroy after "

@@ -31,6 +31,7 @@ from .devices import (
     Graphics,
     Interface,
     Memballoon,
+    Panic,
     Watchdog,
 )
 from .devices.interface import generate_mac
@@ -41,7 +42,9 @@ from .xmlmodel import (
     XMLIntProperty,
     XMLListProperty,
     XMLModel,
+    XMLPresenceProperty,
     XMLProperty,
+    XMLYesNoProperty,
     element_path,
     first_child,
     insert_ordered,
@@ -90,6 +93,9 @@ _DEVICE_CLASSES: dict[Any, builtins.type[Device]] = dict(DEVICE_CLASSES)  # fast
 
 _UUID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _BOOT_DEVS = ("fd", "hd", "cdrom", "network")
+_FIRMWARES = ("bios", "efi")
+_LOADER_TYPES = ("pflash", "rom")
+_FIRMWARE_FEATURES = ("enrolled-keys", "secure-boot")
 _LIFECYCLE = ("destroy", "restart", "preserve", "rename-restart")
 _CRASH = (*_LIFECYCLE, "coredump-destroy", "coredump-restart")
 
@@ -134,10 +140,47 @@ class OSDef(XMLModel):
     boot_devs = XMLListProperty(
         "./os/boot/@dev", doc="BIOS boot order: 'hd', 'cdrom', 'network', 'fd'."
     )
+    firmware = XMLProperty(
+        "./os/@firmware", doc="Firmware autoselection: 'efi' or 'bios' (None: manual)."
+    )
+    loader = XMLProperty("./os/loader", doc="Host path of the firmware image (<loader>).")
+    loader_type = XMLProperty("./os/loader/@type", doc="'pflash' or 'rom'.")
+    loader_readonly = XMLYesNoProperty(
+        "./os/loader/@readonly", doc="The firmware image is mapped read-only."
+    )
+    loader_secure = XMLYesNoProperty(
+        "./os/loader/@secure", doc="The firmware implements Secure Boot (needs SMM on x86)."
+    )
+    has_nvram = XMLPresenceProperty(
+        "./os/nvram", doc="An <nvram> element, possibly empty (the default path)."
+    )
+    nvram = XMLProperty("./os/nvram", doc="Host path of the guest's UEFI variable store.")
+    nvram_template = XMLProperty(
+        "./os/nvram/@template", doc="Host path the variable store is first copied from."
+    )
+    firmware_feature_names = XMLListProperty(
+        "./os/firmware/feature/@name",
+        doc="Names of the <firmware><feature> requests (see firmware_features).",
+    )
 
     @property
     def path(self) -> str:
         return "os"
+
+    @property
+    def firmware_features(self) -> dict[str, bool]:
+        """``<firmware><feature name= enabled=/>`` requests: name -> wanted (yes/no)."""
+        return {node.get("name", ""): node.get("enabled") == "yes"
+                for node in type(self).firmware_feature_names.nodes(self)}
+
+    def set_firmware_features(self, features: dict[str, bool]) -> None:
+        """Replace the ``<firmware>`` feature list (libvirt's order: by name)."""
+        names = sorted(features)
+        type(self).firmware_feature_names.__set__(self, names)
+        for node in type(self).firmware_feature_names.nodes(self):
+            name = str(node.attrib.pop("name"))
+            node.set("enabled", "yes" if features[name] else "no")
+            node.set("name", name)
 
     def check(self) -> None:
         """hvm only; known boot devices."""
@@ -157,6 +200,92 @@ class OSDef(XMLModel):
                     f"unsupported boot device '{dev}' (expected one of {choices})",
                     path=element_path(boot),
                 )
+        self._check_firmware()
+
+    def _check_firmware(self) -> None:
+        """libvirt's rules for <os firmware>, <loader>, <nvram> and <firmware> features."""
+        cls = type(self)
+        firmware = self.firmware
+        if firmware is not None and firmware not in _FIRMWARES:
+            raise DefinitionError(f"unsupported firmware '{firmware}' (expected 'bios' or"
+                                  " 'efi')", path="os")
+        loader_node = cls.loader.find_node(self)
+        if loader_node is not None:
+            ltype = self.loader_type
+            if ltype is not None and ltype not in _LOADER_TYPES:
+                raise DefinitionError(f"unsupported loader type '{ltype}' (expected 'pflash'"
+                                      " or 'rom')", path="os/loader")
+            # (decoding raises the yes/no errors with the element's path)
+            readonly, secure = self.loader_readonly, self.loader_secure
+            path = (self.loader or "").strip()
+            if not path and firmware != "efi":
+                raise DefinitionError("the firmware image path is missing (or use"
+                                      " <os firmware='efi'> to have one selected)",
+                                      path="os/loader")
+            if path and not path.startswith("/"):
+                raise DefinitionError(f"the firmware path must be absolute, got '{path}'",
+                                      path="os/loader")
+            if ltype == "rom" and secure:
+                raise DefinitionError("secure='yes' needs a loader of type 'pflash'",
+                                      path="os/loader")
+            fmt = loader_node.get("format")
+            if fmt is not None and fmt != "raw":
+                raise DefinitionError(f"unsupported loader format '{fmt}' (qemud supports"
+                                      " 'raw' firmware images)", path="os/loader")
+            if loader_node.get("stateless") == "yes":
+                raise DefinitionError("stateless firmware (<loader stateless='yes'>) is not"
+                                      " supported by qemud", path="os/loader")
+        else:
+            readonly = secure = None
+        if self.has_nvram:
+            nvram_node = cls.has_nvram.find_node(self)
+            assert nvram_node is not None
+            if firmware == "bios":
+                raise DefinitionError("<nvram> is for UEFI firmware, not firmware='bios'",
+                                      path="os/nvram")
+            if firmware != "efi" and (loader_node is None or self.loader_type == "rom"):
+                raise DefinitionError("<nvram> needs a <loader type='pflash'> (or"
+                                      " <os firmware='efi'>)", path="os/nvram")
+            if readonly is False:
+                raise DefinitionError("<nvram> needs a read-only loader (readonly='yes'): a"
+                                      " writable loader keeps its variables itself",
+                                      path="os/nvram")
+            if nvram_node.get("type") not in (None, "file") or len(nvram_node):
+                raise DefinitionError("only a plain file path is supported as <nvram>",
+                                      path="os/nvram")
+            for label, value in (("path", self.nvram), ("template", self.nvram_template)):
+                if value is not None and value.strip() and not value.startswith("/"):
+                    raise DefinitionError(f"the NVRAM {label} must be absolute, got"
+                                          f" '{value}'", path="os/nvram")
+        names = cls.firmware_feature_names.nodes(self)
+        if names and firmware != "efi":
+            raise DefinitionError("firmware features need <os firmware='efi'>",
+                                  path="os/firmware")
+        seen: set[str] = set()
+        for node in names:
+            name, enabled = node.get("name"), node.get("enabled")
+            where = element_path(node)
+            if name not in _FIRMWARE_FEATURES:
+                raise DefinitionError(f"unsupported firmware feature '{name}' (expected"
+                                      " 'secure-boot' or 'enrolled-keys')", path=where)
+            if enabled not in ("yes", "no"):
+                raise DefinitionError(f"attribute enabled must be 'yes' or 'no', got"
+                                      f" '{enabled}'", path=where)
+            if name in seen:
+                raise DefinitionError(f"duplicate firmware feature '{name}'", path=where)
+            seen.add(name)
+        wanted = self.firmware_features
+        if wanted.get("enrolled-keys") and wanted.get("secure-boot") is False:
+            # libvirt's rule (qemuValidateDomainDefBoot)
+            raise DefinitionError("firmware feature 'enrolled-keys' cannot be enabled when"
+                                  " firmware feature 'secure-boot' is disabled",
+                                  path="os/firmware")
+        if secure is not None and "secure-boot" in wanted and wanted["secure-boot"] != secure:
+            raise DefinitionError("loader secure='{}' contradicts firmware feature"
+                                  " 'secure-boot' enabled='{}'".format(
+                                      "yes" if secure else "no",
+                                      "yes" if wanted["secure-boot"] else "no"),
+                                  path="os/loader")
 
 
 class DomainDef(XMLModel):
@@ -403,6 +532,11 @@ class DomainDef(XMLModel):
         """The ``<memballoon>``, if any (at most one); ``model='none'`` says "no balloon"."""
         found = self._wrap_all(Memballoon, "memballoon")
         return found[0] if found else None
+
+    @property
+    def panics(self) -> list[Panic]:
+        """``<panic>`` devices in document order (at most one per model)."""
+        return self._wrap_all(Panic, "panic")
 
     def set_default_memballoon(self, model: str = "virtio") -> Memballoon:
         """``<memballoon model=MODEL/>`` unless the definition has a ``<memballoon>``
@@ -672,6 +806,7 @@ class DomainDef(XMLModel):
         balloons: list[Device] = []
         serial_ports: set[int] = set()
         channel_names: set[str] = set()
+        panic_models: set[str] = set()
         for device in devices:
             if isinstance(device, Disk):
                 target = device.target_dev
@@ -688,6 +823,14 @@ class DomainDef(XMLModel):
                 balloons.append(device)
                 if len(balloons) > 1:
                     raise DefinitionError("only one memballoon is supported", path=device.path)
+            elif isinstance(device, Panic):
+                model = device.model
+                if model is not None:
+                    if model in panic_models:
+                        # libvirt's words (virDomainDefRejectDuplicatePanics)
+                        raise DefinitionError(f"Multiple panic devices with model '{model}'",
+                                              path=device.path)
+                    panic_models.add(model)
             elif isinstance(device, CharDevice):
                 tag = device.tag
                 if tag == "serial":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
@@ -240,6 +240,15 @@ def disk_nodes(named: Any, top: str, target: str) -> list[str]:
     return order
 
 
+def _unpluggable_ids(live: DomainDef) -> list[str]:
+    """The QEMU ids of the devices of ``live`` a live detach unplugs (``device_del``):
+    its virtio disks and its interfaces."""
+    strategy = get_strategy(live.os.arch or platform.machine())
+    ids = [naming.disk_device_id(d.target_dev) for d in live.disks
+           if d.target_dev and strategy.disk_bus(live, d) == "virtio"]
+    return ids + [naming.nic_ids(str(n.mac))[0] for n in live.interfaces if n.mac]
+
+
 def _top_of(named: Any, source: str) -> str | None:
     """The format node that opened ``source`` (a disk's current image), if exactly one
     node of the monitor's did; the top node of that disk's graph."""
@@ -356,7 +365,8 @@ class Devices:
     def unplugging(dom: DomainObj) -> list[str]:
         """The targets of the disks a live detach is unplugging: from the call until the
         guest released the disk (DEVICE_DELETED) or the domain stopped, also after the
-        detach call timed out. (The interfaces: :meth:`Nics.unplugging`.)"""
+        detach call timed out or the daemon restarted (:meth:`remember_unplugs`). (The
+        interfaces: :meth:`Nics.unplugging`.)"""
         if dom.live is None or not dom.device_waiters:
             return []
         return [str(d.target_dev) for d in dom.live.disks if d.target_dev
@@ -543,7 +553,8 @@ class Devices:
         open and the disk stay listed until the guest stops. The waiter leaves the dict
         where it is resolved or failed (the DEVICE_DELETED branch of the lifecycle, its
         stop, the failures here), never from its callbacks: the stop fails every waiter
-        while iterating over them.
+        while iterating over them. Once QEMU has the request, the status file says so
+        (:meth:`unplug_requested`): a restarted daemon waits for the guest again.
         """
         self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
@@ -575,7 +586,8 @@ class Devices:
             timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, timed_out)
             gone.add_done_callback(lambda d: timer.cancel())
             monitor.execute("device_del", {"id": device_id}).add_done_callback(
-                lambda d: give_up(d.error) if d.error is not None else None)
+                lambda d: give_up(d.error) if d.error is not None
+                else self.unplug_requested(dom, device_id, gone))
 
         def timed_out() -> None:
             log.warning("domain %s: the guest did not release disk %s within %g s: it is "
@@ -662,10 +674,66 @@ class Devices:
             monitor.execute("query-named-block-nodes").add_done_callback(named)
         return finished
 
+    def unplug_requested(self, dom: DomainObj, device_id: str, gone: Deferred) -> None:
+        """QEMU took the unplug request (``device_del`` answered) of the disk or NIC
+        ``device_id`` that ``gone`` waits for: recorded in ``dom.unplugs`` and the
+        status file (a restarted daemon waits for it again: :meth:`remember_unplugs`),
+        unless the guest released it already.
+
+        Only now, not when the wait starts: a status file that named an unplug QEMU
+        never got would have the next daemon refuse saves and detaches of that device
+        for as long as the guest runs."""
+        if dom.device_waiters.get(device_id) is not gone or device_id in dom.unplugs:
+            return
+        dom.unplugs.append(device_id)
+        self.driver.lifecycle.save_status(dom)
+
+    def remember_unplugs(self, dom: DomainObj, device_ids: list[str]) -> None:
+        """The daemon re-attaches to ``dom``, whose status record names ``device_ids``:
+        unplugs the last daemon requested, which the guest had not finished (QEMU 7.2
+        has no command that lists them). Each gets its wait again in
+        ``dom.device_waiters``, before QMP is up, so that it is as before the restart:
+        a save, a snapshot and a second detach of the device are refused (see
+        :meth:`require_no_unplug`), and the DEVICE_DELETED that comes later closes the
+        device and takes it out of the live XML (:meth:`released_unawaited`, the
+        detach call being gone). One the guest released while no daemon ran ends when
+        the daemon finds it gone from QEMU (:meth:`_reattached`). An id that is not a
+        device of the live XML is dropped."""
+        live = dom.live
+        if live is None or not device_ids:
+            return
+        try:
+            known = set(_unpluggable_ids(live))
+        except (QemuError, ValueError) as exc:  # (never fails the re-attach itself)
+            log.warning("domain %s: cannot tell its devices: unplugs %s not waited for "
+                        "(%s)", dom.name, ", ".join(device_ids), exc)
+            return
+        for device_id in dict.fromkeys(device_ids):
+            if device_id not in known or device_id in dom.device_waiters:
+                continue
+            log.info("domain %s: device %s is still being unplugged (a detach sent "
+                     "before the daemon restarted): waiting for the guest to release it",
+                     dom.name, device_id)
+            dom.unplugs.append(device_id)
+            waiter = Deferred()
+            dom.device_waiters[device_id] = waiter
+            waiter.add_done_callback(self._released_after_restart(dom, device_id))
+
+    def _released_after_restart(self, dom: DomainObj, device_id: str
+                                ) -> Callable[[Deferred], None]:
+        """The callback of a wait :meth:`remember_unplugs` made again: the guest released
+        the device (not: the domain stopped)."""
+        def released(d: Deferred) -> None:
+            if d.error is None:
+                self.released_unawaited(dom, device_id)
+        return released
+
     def released_unawaited(self, dom: DomainObj, device_id: str) -> None:
-        """DEVICE_DELETED that no detach waits for: a detach sent by the daemon before it
-        restarted (its wait is not kept across a restart), released by the guest now,
-        or found released when the daemon re-attached (:meth:`_reattached`).
+        """DEVICE_DELETED that no detach call waits for: a detach sent by the daemon
+        before it restarted, released by the guest now (its wait kept across the
+        restart, :meth:`remember_unplugs`, or not: a status file of an older version, a
+        daemon killed before QEMU answered the ``device_del``), or found released when
+        the daemon re-attached (:meth:`_reattached`).
         The disk is closed and leaves the live XML, as a detach waiting for it would
         have done (libvirt also removes a device on a DEVICE_DELETED it did not expect).
         The same for a NIC (see :meth:`Nics.released_unawaited`).
@@ -686,16 +754,14 @@ class Devices:
         """A guest the last daemon left running is attached again: a device the guest
         released while no daemon listened (a detach sent before, its DEVICE_DELETED
         lost) is gone from QEMU but still in the live XML; it is closed and removed as
-        on the event (:meth:`released_unawaited`). Only the devices a detach can unplug
-        are compared (virtio disks, interfaces): each has its id in QEMU's
+        on the event (``Lifecycle.device_deleted``: a wait kept across the restart,
+        :meth:`remember_unplugs`, ends too). Only the devices a detach can unplug are
+        compared (virtio disks, interfaces): each has its id in QEMU's
         ``/machine/peripheral`` while plugged in. One released later sends the event."""
         monitor, live = dom.monitor, dom.live
         if monitor is None or live is None:
             return
-        strategy = get_strategy(live.os.arch or platform.machine())
-        ids = [naming.disk_device_id(d.target_dev) for d in live.disks
-               if d.target_dev and strategy.disk_bus(live, d) == "virtio"]
-        ids += [naming.nic_ids(str(n.mac))[0] for n in live.interfaces if n.mac]
+        ids = _unpluggable_ids(live)
         if not ids:
             return
 
@@ -709,10 +775,10 @@ class Devices:
             present = {str(p.get("name")) for p in d.result if isinstance(p, dict)
                        and str(p.get("type", "")).startswith("child<")}
             for device_id in ids:
-                if device_id not in present and device_id not in dom.device_waiters:
+                if device_id not in present:
                     log.info("domain %s: device %s was released while no daemon listened",
                              dom.name, device_id)
-                    self.released_unawaited(dom, device_id)
+                    self.driver.lifecycle.device_deleted(dom, device_id)
         monitor.execute("qom-list", {"path": "/machine/peripheral"}).add_done_callback(
             listed)
 

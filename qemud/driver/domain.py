@@ -66,6 +66,11 @@ class DomainObj:
     started_at: float = 0.0
     stop_waiters: list[Deferred] = field(default_factory=list)
     device_waiters: dict[str, Deferred] = field(default_factory=dict)
+    #: the ids of the disks and interfaces QEMU has an unplug request for (``device_del``
+    #: answered) whose DEVICE_DELETED has not come: kept in the status file, so that a
+    #: restarted daemon waits for them again (QEMU cannot list them), see
+    #: ``Devices.remember_unplugs``; emptied when QEMU stops
+    unplugs: list[str] = field(default_factory=list)
     restarts: list[float] = field(default_factory=list)  # automatic restarts (budget)
     #: a managed save image exists (DomainStore.managed_save_path; see driver/saving.py)
     managed_save: bool = False

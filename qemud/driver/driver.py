@@ -44,6 +44,7 @@ from .blockinfo import BlockInfo
 from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
 from .devices import Devices
 from .domain import DomainObj, StopIntent
+from .firmware import START_RESET_NVRAM, UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
 from .flags import check_flags
 from .guestcontrol import GuestControl
 from .jobs import Jobs
@@ -53,7 +54,7 @@ from .ports import PortAllocator
 from .registry import Registry
 from .rename import Renamer
 from .resources import Resources
-from .saving import Saving
+from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_stats
 from .store import DomainStore
@@ -137,6 +138,8 @@ class QemuDriver:
         self.device_update = DeviceUpdate(self)
         #: screenshot
         self.screenshots = Screenshots(self)
+        #: UEFI: firmware='efi' at define, the NVRAM file at start, undefine's NVRAM rule
+        self.firmware = Firmware(self)
 
     # -- daemon interface ----------------------------------------------------------------
 
@@ -204,10 +207,26 @@ class QemuDriver:
                 return
 
     def on_guest_crash(self, dom: DomainObj) -> None:
+        """The guest panicked (QMP GUEST_PANICKED, from its ``<panic>`` device; the state
+        is already crashed (panicked)): apply ``<on_crash>``.
+
+        ``preserve`` keeps QEMU, the guest stopped in its panic, for the admin to look at,
+        then ``reset`` (it becomes paused (crashed): ``resume`` runs it again) or
+        ``destroy``. ``destroy`` stops it as crashed. ``restart`` stops it and starts a
+        new QEMU (libvirt resets the guest in the same QEMU instead), within the restart
+        budget. libvirt's ``coredump-destroy``/``coredump-restart`` first dump the guest's
+        memory to its auto-dump directory; qemud has no core dumps: it says so in the log
+        and destroys or restarts the guest without one.
+        """
         policy = dom.current().on_crash
         if policy == "preserve" or dom.process is None:
             return
-        if policy in ("restart", "coredump-restart", "rename-restart"):
+        restart = policy in ("restart", "coredump-restart", "rename-restart")
+        if policy.startswith("coredump-"):
+            log.warning("domain %s: <on_crash>%s</on_crash>: qemud writes no core dump of "
+                        "the guest's memory; %s it without one", dom.name, policy,
+                        "restarting" if restart else "destroying")
+        if restart:
             self._restart_after_stop.add(dom.uuid)
         dom.stop_intent = StopIntent(ShutoffReason.CRASHED, StoppedDetail.CRASHED)
         dom.process.terminate(self.config.qemu.destroy_grace)
@@ -315,8 +334,13 @@ class QemuDriver:
         return reply
 
     def _undefine(self, ctx: Any, args: pl.DomainFlagsArgs) -> Empty:
+        # libvirt's MANAGED_SAVE, SNAPSHOTS_METADATA, NVRAM, KEEP_NVRAM
+        check_flags(args.flags, 1 | 2 | UNDEFINE_NVRAM | UNDEFINE_KEEP_NVRAM,
+                    "qemuDomainUndefineFlags")
         dom = self._dom(args)
+        self.firmware.check_undefine(dom, args.flags)  # (refused: nothing removed yet)
         self.saving.before_undefine(dom, args.flags)  # (UNDEFINE_MANAGED_SAVE)
+        self.firmware.before_undefine(dom, args.flags)  # (UNDEFINE_NVRAM)
         self.registry.undefine(dom)
         return Empty()
 
@@ -379,8 +403,13 @@ class QemuDriver:
         return Empty()
 
     def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
-        """libvirt's START_PAUSED (1) and START_FORCE_BOOT (8): see Saving.start."""
-        return self._ref_reply(self.saving.start(self._dom(args), args.flags))
+        """libvirt's START_PAUSED (1) and START_FORCE_BOOT (8): see Saving.start;
+        START_RESET_NVRAM (32): the NVRAM file recreated from its template first."""
+        dom = self._dom(args)
+        flags = int(args.flags)
+        if flags & START_RESET_NVRAM:
+            self.firmware.reset_nvram(dom, force_boot=bool(flags & START_FORCE_BOOT))
+        return self._ref_reply(self.saving.start(dom, flags & ~START_RESET_NVRAM))
 
     def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Any:
         _check_power_modes("shutdown", args.flags, ShutdownFlags,

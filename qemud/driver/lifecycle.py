@@ -317,7 +317,8 @@ class Lifecycle:
             log_path=str(dom.process.log.path), live_xml=dom.live.to_xml(live=True),
             persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
             started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file,
-            pci_changes=list(dom.pci_changes), pci_addressed=dom.pci_addressed)
+            pci_changes=list(dom.pci_changes), pci_addressed=dom.pci_addressed,
+            unplugs=list(dom.unplugs))
         try:
             self.driver.store.save_status(record)
         except OSError as exc:
@@ -411,6 +412,7 @@ class Lifecycle:
         self.registry.release_id(dom)
         dom.live = dom.process = dom.monitor = None
         dom.pci_changes = []  # (a new QEMU places its PCI devices afresh)
+        dom.unplugs = []  # (QEMU's unplug requests went with it)
         dom.job = None
 
     # -- QMP events ----------------------------------------------------------------------
@@ -478,12 +480,7 @@ class Lifecycle:
             self.driver.on_watchdog(dom, str(data.get("action", "")))
             return
         if name == "DEVICE_DELETED":
-            device = str(data.get("device", ""))
-            waiter = dom.device_waiters.pop(device, None)
-            if waiter is not None:
-                waiter.resolve(None)
-            else:
-                self.driver.devices.released_unawaited(dom, device)
+            self.device_deleted(dom, str(data.get("device", "")))
             return
         if name == "MIGRATION":
             status = str(data.get("status", ""))
@@ -494,6 +491,20 @@ class Lifecycle:
                     waiter.resolve(None)
                 else:
                     waiter.fail(OperationFailed(f"migration {status}"))
+
+    def device_deleted(self, dom: DomainObj, device: str) -> None:
+        """The guest released ``device`` (QMP DEVICE_DELETED, or found gone when the
+        daemon re-attached: ``Devices._reattached``): its unplug request is no more, and
+        the detach waiting for it goes on (else the device is removed as one would have:
+        ``Devices.released_unawaited``). The status is saved once the device left the
+        live XML."""
+        if device in dom.unplugs:
+            dom.unplugs.remove(device)
+        waiter = dom.device_waiters.pop(device, None)
+        if waiter is not None:
+            waiter.resolve(None)
+        else:
+            self.driver.devices.released_unawaited(dom, device)
 
     def reboot_in_place(self, dom: DomainObj) -> None:
         """libvirt's fake reboot: reset the guest QEMU holds paused in its shutdown
@@ -616,6 +627,8 @@ class Lifecycle:
             process.kill()
             return
         self._set_state(dom, DomainState(record.state), record.reason)
+        # before QMP is up: a DEVICE_DELETED then finds its wait, a save is refused
+        self.driver.devices.remember_unplugs(dom, [str(u) for u in record.unplugs])
         monitor = Monitor(self.loop, record.qmp_path, dom.name,
                           on_event=lambda ev: self._on_qmp_event(dom, ev),
                           on_close=lambda why: None)

@@ -210,7 +210,8 @@ class Nics:
     def unplugging(dom: DomainObj) -> list[str]:
         """The MACs of the interfaces a live detach is unplugging: from the call until
         the guest released the device (DEVICE_DELETED) or the domain stopped, also after
-        the detach call timed out (see :meth:`Devices.require_no_unplug`)."""
+        the detach call timed out or the daemon restarted (see
+        :meth:`Devices.require_no_unplug`, :meth:`Devices.remember_unplugs`)."""
         if dom.live is None or not dom.device_waiters:
             return []
         return [str(n.mac) for n in dom.live.interfaces if n.mac
@@ -245,7 +246,9 @@ class Nics:
 
         The same shape as a disk's unplug (see :meth:`Devices._unplug`): the wait is in
         ``dom.device_waiters`` from the start, the call fails after UNPLUG_TIMEOUT but the
-        request stays, and a late release still removes the backend and the interface.
+        request stays (in the status file too, once QEMU has it: a restarted daemon
+        waits for it again), and a late release still removes the backend and the
+        interface.
         """
         from .devices import UNPLUG_TIMEOUT  # (devices imports this module)
 
@@ -282,7 +285,8 @@ class Nics:
         gone.add_done_callback(lambda d: timer.cancel())
         gone.add_done_callback(released)
         monitor.execute("device_del", {"id": device_id}).add_done_callback(
-            lambda d: give_up(d.error) if d.error is not None else None)
+            lambda d: give_up(d.error) if d.error is not None
+            else self.devices.unplug_requested(dom, device_id, gone))
         return result
 
     def _remove_unplugged(self, dom: DomainObj, live_def: DomainDef, mac: str) -> Deferred:
@@ -316,7 +320,7 @@ class Nics:
         return finished
 
     def released_unawaited(self, dom: DomainObj, device_id: str) -> bool:
-        """DEVICE_DELETED for a NIC no detach waits for (one sent before the daemon
+        """DEVICE_DELETED for a NIC no detach call waits for (one sent before the daemon
         restarted): remove it as the detach would have. False if ``device_id`` is not a
         NIC of the live XML."""
         live = dom.live

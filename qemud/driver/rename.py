@@ -10,6 +10,8 @@ What the daemon keeps under a domain's name follows it:
 * ``<config_dir>/domains/<name>.xml`` and ``<config_dir>/autostart/<name>``;
 * ``<log_dir>/qemu/<name>.log`` (and its rotated ``.1``), when no log of the new name is
   there already (a log is never overwritten);
+* a UEFI domain's NVRAM file at the default ``<state_dir>/nvram/<name>_VARS.fd`` (and
+  the definition's ``<nvram>`` path), as libvirt moves it;
 * the appliance layer's ``<state_dir>/vms/<name>/`` (a deployed VM's disks and its
   ``appliance-state.json``, whose name and paths are rewritten, as are the definition's
   disk sources under it) and an empty snapshot record ``<state_dir>/snapshots/<name>/
@@ -47,6 +49,7 @@ from qemud.conf import ConfError, DomainDef
 from qemud.dispatch import Handler
 from qemud.errors import OperationFailed, OperationInvalid, XMLError
 
+from .firmware import nvram_default_path
 from .flags import check_flags
 from .store import DomainStore, atomic_write, fsync_dir
 
@@ -348,6 +351,7 @@ class Renamer:
         plan = RenamePlan(uuid=dom.uuid, old=old, new=new, xml="", autostart=dom.autostart)
         self._plan_vm_dir(dom, definition, plan)
         self._plan_snapshot_record(dom, plan)
+        self._plan_nvram(dom, definition, plan)
         for suffix in (".log", ".log.1"):
             src, dst = self.log_dir / f"{old}{suffix}", self.log_dir / f"{new}{suffix}"
             if src.exists() and not dst.exists():
@@ -379,6 +383,21 @@ class Renamer:
             disk.source = _moved_path(disk.source, str(src), str(dst))
         if ours:
             plan.records.append([str(dst / VM_STATE), "vm", str(src), str(dst)])
+
+    def _plan_nvram(self, dom: DomainObj, definition: DomainDef, plan: RenamePlan) -> None:
+        """A UEFI domain's NVRAM at the default path follows the name (libvirt's
+        qemuDomainRenameCallback); one at a path of the user's stays where it is."""
+        nvram_dir = self.driver.firmware.nvram_dir
+        src = nvram_default_path(nvram_dir, dom.name)
+        if definition.os.nvram != str(src):
+            return
+        dst = nvram_default_path(nvram_dir, definition.name)
+        if dst.exists():
+            raise OperationInvalid(f"cannot rename domain '{dom.name}' to "
+                                   f"'{definition.name}': the NVRAM file {dst} exists")
+        definition.os.nvram = str(dst)
+        if src.exists():
+            plan.moves.append([str(src), str(dst)])
 
     def _plan_snapshot_record(self, dom: DomainObj, plan: RenamePlan) -> None:
         """An empty snapshot record (checked by :meth:`_check_snapshots`) follows, unless

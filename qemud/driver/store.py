@@ -122,6 +122,9 @@ class StatusRecord:
     #: DomainObj.pci_addressed: QEMU was started with qemud's PCI addresses (absent from
     #: the status files of older versions, which started guests without: False)
     pci_addressed: bool = False
+    #: DomainObj.unplugs: the unplugs QEMU still has requested, waited for again by the
+    #: next daemon (absent from older status files: none known)
+    unplugs: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

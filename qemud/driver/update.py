@@ -140,6 +140,10 @@ def _unchanged_but_link(definition: DomainDef, new: Interface) -> Interface:
         if value is not None and value != "" and value != getattr(old, attr):
             raise OperationUnsupported(f"cannot modify network device {what} from "
                                        f"'{getattr(old, attr)}' to '{value}'")
+    if new.address_type is not None and (new.address_type != old.address_type
+                                         or new.pci_address != old.pci_address):
+        # (libvirt's qemuDomainChangeNet: an update without <address> keeps the old one)
+        raise OperationUnsupported("cannot modify network device guest address")
     if new.link_state is not None and new.link_state not in Interface.LINK_STATES:
         raise OperationUnsupported(f"unknown interface link state '{new.link_state}'")
     return old

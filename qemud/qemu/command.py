@@ -43,6 +43,7 @@ from qemud.qemu.capabilities import Capabilities, EmulatorCaps
 from qemud.qemu.chardevs import console_is_serial0
 from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceView
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
+from qemud.qemu.firmware import machine_has_smm
 
 __all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "build_argv", "netdev_arg",
            "qemu_opt_escape", "taints"]
@@ -243,8 +244,10 @@ class _Builder:
         )
         self.add("-mon", f"chardev={naming.MONITOR_CHARDEV},id={naming.MONITOR_ID},mode=control")
         self.add("-pidfile", str(self.paths.pidfile))
-        self.add(*strategy.machine_args(dom, accel))
+        machine, secure = _firmware(self, dom, strategy.machine_args(dom, accel))
+        self.add(*machine)
         self.add(*strategy.cpu_args(dom, accel))
+        self.add(*secure)
         self.add("-m", f"size={strategy.memory_kib(dom)}k")
         self._smp()
         self.add("-uuid", dom.uuid)
@@ -264,6 +267,7 @@ class _Builder:
         self._channels()
         self._watchdog()
         self._memballoon()
+        self._panics()
         self.add(*dom.qemu_args)
         return self.argv
 
@@ -502,6 +506,14 @@ class _Builder:
         if device is not None:
             self.add_device(device, ("memballoon", ""))
 
+    def _panics(self) -> None:
+        # near the end, as libvirt's qemuBuildPanicCommandLine; not on PCI (no slot: the
+        # ISA pvpanic sits at its I/O port, pseries's is the firmware's, no -device)
+        for panic in self.dom.panics:
+            device = self.strategy.panic_device(self.dom, panic)
+            if device is not None:
+                self.add("-device", device)
+
 
 # -- backends (dispatch tables, not if-chains) ---------------------------------------
 
@@ -570,6 +582,53 @@ _CHARDEVS: Final[dict[str, Callable[[CharDeviceView, str, GuestPaths, str], str]
     "unix": _chardev_unix,
     "null": _chardev_null,
 }
+
+
+def _firmware(builder: _Builder, dom: DomainView, machine: list[str]
+              ) -> tuple[list[str], list[str]]:
+    """The ``<loader>``/``<nvram>`` of ``dom``, as libvirt 9 gives them to QEMU: a pflash
+    loader is a read-only ``-blockdev`` pair and the NVRAM a read-write one, named by the
+    ``-machine`` properties ``pflash0``/``pflash1`` (the blockdevs are added before
+    ``-machine``, which is returned with them); ``type='rom'`` is ``-bios PATH``. Secure
+    Boot (``secure='yes'``) also gets ``smm=on`` and the flash locked to SMM: the second
+    list, for after ``-cpu``. The firmware files must exist at start (QEMU says so)."""
+    os_ = dom.os
+    loader = os_.loader
+    if not loader:
+        if os_.firmware == "efi":
+            raise GuestConfigError("os", "firmware='efi' has no <loader> yet (the daemon "
+                                   "selects one at define or start)")
+        if os_.nvram:
+            raise GuestConfigError("os/nvram", "<nvram> without a <loader> (firmware='efi' "
+                                   "fills it in at define)")
+        return machine, []
+    if os_.loader_type == "rom" or (os_.loader_type is None and not os_.nvram
+                                    and os_.firmware != "efi"):
+        # a bare <loader>PATH</loader>: QEMU's BIOS file, as libvirt documents it
+        return [*machine, "-bios", loader], []
+    props: list[str] = []
+    readonly = os_.loader_readonly is True
+    for index, path in enumerate((loader, os_.nvram)):
+        if path is None:
+            continue
+        storage, fmt = f"pflash{index}-storage", f"pflash{index}-format"
+        builder.add("-blockdev", _json({"driver": "file", "filename": path,
+                                        "node-name": storage, "auto-read-only": True,
+                                        "discard": "unmap"}))
+        builder.add("-blockdev", _json({"node-name": fmt, "read-only": readonly and index == 0,
+                                        "driver": "raw", "file": storage}))
+        props.append(f"pflash{index}={fmt}")
+    secure: list[str] = []
+    machine_type = machine[1].split(",", 1)[0]
+    if os_.loader_secure and not machine_has_smm(builder.strategy.name, [machine_type]):
+        # libvirt's words (qemuValidateDomainDefBoot), then why
+        raise GuestConfigError("os/loader", "Secure boot is supported with q35 machine "
+                               f"types only (secure='yes' needs SMM; machine "
+                               f"'{machine_type}' has none)")
+    if os_.loader_secure:
+        props.insert(0, "smm=on")
+        secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    return [machine[0], ",".join([machine[1], *props])], secure
 
 
 def _socket_path(path: str | os.PathLike[str], where: str) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "InterfaceView",
     "MemballoonView",
     "OSView",
+    "PanicView",
     "PciAddressView",
     "PciDeviceView",
     "WatchdogView",
@@ -70,6 +71,18 @@ class OSView(Protocol):
     def cmdline(self) -> str | None: ...
     @property
     def boot_devs(self) -> Sequence[str]: ...
+    @property
+    def firmware(self) -> str | None: ...
+    @property
+    def loader(self) -> str | None: ...
+    @property
+    def loader_type(self) -> str | None: ...
+    @property
+    def loader_readonly(self) -> bool | None: ...
+    @property
+    def loader_secure(self) -> bool | None: ...
+    @property
+    def nvram(self) -> str | None: ...
 
 
 class DiskView(PciDeviceView, Protocol):
@@ -152,6 +165,19 @@ class MemballoonView(PciDeviceView, Protocol):
     def free_page_reporting(self) -> str | None: ...
 
 
+class PanicView(Protocol):
+    """A ``<panic>``: never on PCI here (x86's pvpanic is an ISA device, pseries's is
+    the firmware's), so not a :class:`PciDeviceView`."""
+
+    model: str | None
+
+    @property
+    def address_type(self) -> str | None: ...
+    @property
+    def iobase(self) -> int | None: ...
+    def describe(self) -> str: ...
+
+
 class DomainView(Protocol):
     memory_kib: int
 
@@ -192,6 +218,8 @@ class DomainView(Protocol):
     @property
     def memballoon(self) -> MemballoonView | None: ...
     def set_default_memballoon(self, model: str = ...) -> MemballoonView: ...
+    @property
+    def panics(self) -> Sequence[PanicView]: ...
     @property
     def qemu_args(self) -> Sequence[str]: ...
     @property

@@ -108,6 +108,12 @@ def test_update_device_refusals_change_nothing(qemud: DaemonProcess,
         running.update_device(model, client.AFFECT_LIVE | client.AFFECT_CONFIG)
     assert exc.value.message == ("Operation not supported: cannot modify network device "
                                  "model from 'virtio' to 'e1000'")
+    moved = DOWN_NIC.replace("</interface>", "<address type='pci' domain='0x0000' "
+                             "bus='0x00' slot='0x09' function='0x0'/></interface>")
+    with pytest.raises(client.NotSupportedError) as exc:
+        running.update_device(moved, client.AFFECT_LIVE | client.AFFECT_CONFIG)
+    assert exc.value.message == ("Operation not supported: cannot modify network device "
+                                 "guest address")
     with pytest.raises(client.OperationFailed, match=f"no device matching MAC address "
                        f"{MAC2} found"):
         running.update_device(DOWN_NIC.replace(MAC, MAC2))

@@ -22,6 +22,12 @@ class FakeOS:
     initrd: str | None = None
     cmdline: str | None = None
     boot_devs: list[str] = field(default_factory=list)
+    firmware: str | None = None
+    loader: str | None = None
+    loader_type: str | None = None
+    loader_readonly: bool | None = None
+    loader_secure: bool | None = None
+    nvram: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,18 @@ class FakeMemballoon(FakePciDevice):
 
 
 @dataclass
+class FakePanic:
+    """Not a FakePciDevice: no panic device sits on PCI."""
+
+    model: str | None = "isa"
+    address_type: str | None = None
+    iobase: int | None = None
+
+    def describe(self) -> str:
+        return f"panic '{self.model}'" if self.model else "panic"
+
+
+@dataclass
 class FakeDomain:
     type: str = "qemu"
     name: str = "guest"
@@ -121,6 +139,7 @@ class FakeDomain:
     channels: list[FakeChar] = field(default_factory=list)
     watchdog: FakeWatchdog | None = None
     memballoon: FakeMemballoon | None = None
+    panics: list[FakePanic] = field(default_factory=list)
     maximum_vcpus: int | None = None  # <vcpu> when <vcpu current> is set; None: vcpus
     qemu_args: list[str] = field(default_factory=list)
     qemu_env: list[tuple[str, str]] = field(default_factory=list)

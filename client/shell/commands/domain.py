@@ -12,6 +12,7 @@ from ...domain import (
     DESTROY_GRACEFUL,
     START_FORCE_BOOT,
     START_PAUSED,
+    START_RESET_NVRAM,
     UNDEFINE_MANAGED_SAVE,
     XML_INACTIVE,
     XML_SECURE,
@@ -352,18 +353,30 @@ def cmd_define(sh: Shell, args: Args) -> None:
     sh.print(f"Domain '{dom.name}' defined from {path}")
 
 
+#: libvirt's VIR_DOMAIN_UNDEFINE_NVRAM / VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+_UNDEFINE_NVRAM, _UNDEFINE_KEEP_NVRAM = 4, 8
+
+
 @command("undefine", "domain", "undefine a domain", description=(
     "Undefine an inactive domain, or convert a persistent running domain to transient. "
     "An inactive domain that has snapshots is only undefined with --snapshots-metadata, "
     "which removes their metadata (its disks stay); one with a managed save image only "
-    "with --managed-save, which removes the image."),
+    "with --managed-save, which removes the image; a UEFI domain whose NVRAM file (its "
+    "firmware variables) exists only with --nvram, which removes the file, or "
+    "--keep-nvram, which keeps it."),
     args=(DOM,), opts=(Opt("managed-save", "remove domain managed state file"),
-                       Opt("snapshots-metadata", "remove all domain snapshot metadata too")))
+                       Opt("snapshots-metadata", "remove all domain snapshot metadata too"),
+                       Opt("nvram", "remove nvram file"),
+                       Opt("keep-nvram", "keep nvram file")))
 def cmd_undefine(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = UndefineFlags.SNAPSHOTS_METADATA if args.flag("snapshots-metadata") else 0
     if args.flag("managed-save"):
         flags |= UNDEFINE_MANAGED_SAVE
+    if args.flag("nvram"):
+        flags |= _UNDEFINE_NVRAM
+    if args.flag("keep-nvram"):
+        flags |= _UNDEFINE_KEEP_NVRAM
     with sh.failing(f"Failed to undefine domain '{dom.name}'"):
         dom.undefine(flags)
     sh.print(f"Domain '{dom.name}' has been undefined")
@@ -424,15 +437,20 @@ def cmd_autostart(sh: Shell, args: Args) -> None:
 @command("start", "domain", "start a (previously defined) inactive domain", description=(
     "Start a (previously defined) inactive domain; with --paused its vCPUs stay stopped "
     "until 'resume'. A domain with a managed save image (managedsave) is restored from "
-    "it and the image removed; --force-boot discards the image and boots afresh."),
+    "it and the image removed; --force-boot discards the image and boots afresh. "
+    "--reset-nvram recreates a UEFI domain's NVRAM file (its firmware variables) from its "
+    "template first."),
     args=(DOM,), opts=(Opt("paused", "leave the guest paused after start"),
                        Opt("console", "attach to console after start"),
                        Opt("force-boot", "force fresh boot by discarding any managed "
-                                         "save")))
+                                         "save"),
+                       Opt("reset-nvram", "re-initialize NVRAM from its pristine "
+                                          "template")))
 def cmd_start(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = (START_PAUSED if args.flag("paused") else 0) | \
-        (START_FORCE_BOOT if args.flag("force-boot") else 0)
+        (START_FORCE_BOOT if args.flag("force-boot") else 0) | \
+        (START_RESET_NVRAM if args.flag("reset-nvram") else 0)
     with sh.failing(f"Failed to start domain '{dom.name}'"):
         dom.create(flags)
     sh.print(f"Domain '{dom.name}' started")

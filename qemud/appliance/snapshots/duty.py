@@ -78,10 +78,12 @@ class SnapshotDuty:
                  ) -> Payload | Deferred:
         """DOMAIN_UNDEFINE: the snapshot metadata rule first, then the driver's own.
 
-        The driver's managed save refusal is asked before anything of the snapshots is
-        removed: an undefine it refuses must leave the snapshots as they were."""
+        The driver's managed save and NVRAM refusals are asked before anything of the
+        snapshots is removed: an undefine they refuse must leave the snapshots as they
+        were."""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
         self.driver.saving.check_undefine(dom, args.flags)
+        self.driver.firmware.check_undefine(dom, args.flags)
         self.ops.reverting.before_undefine(dom, args.flags)
         return inner(ctx, args)
 

@@ -19,6 +19,7 @@ from .disk import Disk
 from .graphics import Graphics
 from .interface import MAC_PREFIX, Interface, generate_mac, normalise_mac
 from .memballoon import Memballoon
+from .panic import Panic
 from .watchdog import Watchdog
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Graphics",
     "Interface",
     "Memballoon",
+    "Panic",
     "Watchdog",
     "generate_mac",
     "normalise_mac",
@@ -41,7 +43,7 @@ __all__ = [
 DEVICE_CLASSES: Mapping[str, type[Device]] = MappingProxyType(
     {
         tag: cls
-        for cls in (Disk, Interface, Graphics, CharDevice, Watchdog, Memballoon)
+        for cls in (Disk, Interface, Graphics, CharDevice, Watchdog, Memballoon, Panic)
         for tag in cls.XML_TAGS
     }
 )

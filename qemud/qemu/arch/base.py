@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from qemud.qemu import naming, pci
-from qemud.qemu.arch.table import ArchTable, MachineProfile
+from qemud.qemu.arch.table import PANIC_BUILTIN, ArchTable, MachineProfile
 from qemud.qemu.domain import (
     CharDeviceView,
     DiskView,
     DomainView,
     InterfaceView,
     MemballoonView,
+    PanicView,
 )
 from qemud.qemu.errors import GuestConfigError, UnsupportedForArch
 
@@ -38,6 +39,20 @@ BALLOON_MODELS: Final = ("virtio", "none")
 
 # Target dev prefixes that imply a bus, as in libvirt.
 _PREFIX_BUS: Final = {"hd": "ide", "sd": "scsi", "vd": "virtio"}
+
+#: QEMU's own I/O port of the ISA pvpanic (libvirt writes it as iobase='0x505')
+_PVPANIC_IOPORT: Final = 0x505
+# Why qemud builds no such panic device where the table has none: said with the refusal.
+_PANIC_WHY: Final = {
+    "pvpanic": "QEMU's pvpanic-pci would need a PCI slot, and qemud gives panic devices "
+               "none",
+    "hyperv": "it is Hyper-V's crash notification (<features><hyperv><crash>), which qemud "
+              "does not build",
+    "s390": "it is the s390 machine's own, and qemud runs no s390 guests",
+    "isa": "QEMU's ISA pvpanic exists on x86 only",
+    # libvirt's words (qemuValidateDomainDeviceDefPanic)
+    "pseries": "only pSeries guests support panic device of model 'pseries'",
+}
 
 
 def disk_path(position: int, leaf: str = "target") -> str:
@@ -182,6 +197,10 @@ class ArchStrategy:
                 iface.model = self.table.default_nic_model
         if dom.memballoon is None and self.profile(dom).default_memballoon:
             dom.set_default_memballoon("virtio")
+        default_panic = self.table.default_panic_model
+        for panic in dom.panics:
+            if panic.model is None and default_panic is not None:
+                panic.model = default_panic  # (libvirt's post-parse does too)
         pci.assign_addresses(dom, self)
 
     def validate(self, dom: DomainView) -> None:
@@ -224,6 +243,46 @@ class ArchStrategy:
                 "devices/memballoon", "memballoon model", balloon.model, self.name,
                 list(BALLOON_MODELS),
             )
+        self._validate_panics(dom)
+
+    def panic_model(self, panic: PanicView) -> str | None:
+        """The model of ``panic``: its own, else the arch's default (None: no default)."""
+        return panic.model or self.table.default_panic_model
+
+    def _validate_panics(self, dom: DomainView) -> None:
+        """Models this machine has, one device per model, an address the model takes."""
+        profile = self.profile(dom)
+        seen: set[str] = set()
+        for position, panic in enumerate(dom.panics, start=1):
+            path = f"devices/panic[{position}]"
+            model = self.panic_model(panic)
+            if model is None:
+                raise GuestConfigError(path, f"{self.name} has no default panic model: "
+                                             "give <panic model=...>")
+            if model in seen:
+                # libvirt's words (virDomainDefRejectDuplicatePanics)
+                raise GuestConfigError(path, f"Multiple panic devices with model '{model}'")
+            seen.add(model)
+            device = profile.panic_models.get(model)
+            if device is None:
+                where = self.name
+                if any(model in self.table.profile(family.patterns[0]).panic_models
+                       for family in self.table.families):
+                    where = f"{self.name} machine '{self.machine_type(dom)}'"
+                refusal = UnsupportedForArch(path, "panic model", model, where,
+                                             list(profile.panic_models))
+                why = _PANIC_WHY.get(model)
+                if why is None:
+                    raise refusal
+                raise GuestConfigError(path, f"{refusal.detail}: {why}")
+            if device == PANIC_BUILTIN:
+                if panic.address_type is not None:
+                    # libvirt's words (qemuValidateDomainDeviceDefPanic)
+                    raise GuestConfigError(
+                        path, "setting the panic device address is not supported for "
+                              f"model '{model}'")
+            elif panic.address_type not in (None, "isa"):
+                raise GuestConfigError(path, "panic is supported only with ISA address type")
 
     def _validate_disks(self, dom: DomainView) -> None:
         profile = self.profile(dom)
@@ -417,6 +476,20 @@ class ArchStrategy:
 
     def watchdog_device(self, model: str) -> str:
         return f"{self.table.watchdog_models[model]},id={naming.WATCHDOG_ID}"
+
+    def panic_device(self, dom: DomainView, panic: PanicView) -> str | None:
+        """``-device`` value of a panic device :meth:`validate` accepted; None for one the
+        machine has itself (pseries). An ISA one at QEMU's own port 0x505 gets no
+        ``ioport``."""
+        device = self.profile(dom).panic_models.get(self.panic_model(panic) or "")
+        if device is None:  # validate() refuses this first
+            raise GuestConfigError("devices/panic", f"unsupported {panic.describe()}")
+        if device == PANIC_BUILTIN:
+            return None
+        iobase = panic.iobase
+        if iobase is not None and iobase != _PVPANIC_IOPORT:
+            return f"{device},ioport={iobase}"
+        return device
 
     def balloon_device(self, balloon: MemballoonView) -> str | None:
         """``-device`` value of the balloon; None for ``model='none'`` (no balloon)."""

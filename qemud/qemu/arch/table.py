@@ -17,7 +17,8 @@ from typing import Any, Final
 
 from qemud.qemu.errors import ArchTableError as TableError
 
-__all__ = ["PCI_IMPLICIT", "ArchTable", "DeviceNames", "MachineProfile", "load_tables"]
+__all__ = ["PANIC_BUILTIN", "PCI_IMPLICIT", "ArchTable", "DeviceNames", "MachineProfile",
+           "load_tables"]
 
 _PROFILE_KEYS: Final = frozenset(
     {
@@ -31,12 +32,15 @@ _PROFILE_KEYS: Final = frozenset(
         "pci_bus",
         "pci_builtin_slots",
         "pci_slots",
+        "panic_models",
     }
 )
 _PROFILE_OPTIONAL: Final = frozenset(
     {"builtin_ide", "builtin_sata", "machine_props", "tcg_machine_props", "default_memballoon",
-     "pci_bus", "pci_builtin_slots", "pci_slots"}
+     "pci_bus", "pci_builtin_slots", "pci_slots", "panic_models"}
 )
+#: the ``panic_models`` value of a model the machine provides itself (no -device)
+PANIC_BUILTIN: Final = "builtin"
 #: the devices qemud adds by itself (no element of theirs in the definition), each of
 #: which gets a fixed slot of ``pci_slots``
 PCI_IMPLICIT: Final = ("video", "virtio_serial", "sata", "scsi", "usb")
@@ -59,11 +63,12 @@ _ARCH_KEYS: Final = frozenset(
         "powerdown",
         "graphics",
         "watchdog_models",
+        "default_panic_model",
         "devices",
         "machine",
     }
 )
-_ARCH_OPTIONAL: Final = frozenset({"video_model", "machine"})
+_ARCH_OPTIONAL: Final = frozenset({"video_model", "machine", "default_panic_model"})
 _DEVICE_KEYS: Final = frozenset(
     {
         "virtio_blk",
@@ -105,6 +110,9 @@ class MachineProfile:
     pci_builtin_slots: tuple[int, ...] = ()
     #: fixed slot of each device qemud adds by itself (:data:`PCI_IMPLICIT`)
     pci_slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: libvirt ``<panic model>`` -> QEMU device, or :data:`PANIC_BUILTIN` for one the
+    #: machine has itself; empty: no panic device
+    panic_models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,8 @@ class ArchTable:
     graphics: tuple[str, ...]
     video_model: str | None
     watchdog_models: Mapping[str, str]
+    #: model of a ``<panic>`` without one (libvirt's per-arch default); None: none
+    default_panic_model: str | None
     devices: DeviceNames
     base_profile: MachineProfile
     families: tuple[_MachineFamily, ...]
@@ -213,6 +223,8 @@ def _make_table(name: str, body: Any) -> ArchTable:
             _str(where, "video_model", body["video_model"]) if "video_model" in body else None
         ),
         watchdog_models=_str_map(where, "watchdog_models", body["watchdog_models"]),
+        default_panic_model=_opt_str(where, "default_panic_model",
+                                     body.get("default_panic_model")),
         devices=DeviceNames(**{k: _str(f"{where}.devices", k, v) for k, v in devices.items()}),
         base_profile=base_profile,
         families=tuple(families),
@@ -237,6 +249,7 @@ def _make_profile(where: str, raw: Mapping[str, Any]) -> MachineProfile:
         machine_props=_str_list(where, "machine_props", raw.get("machine_props", [])),
         tcg_machine_props=_str_list(where, "tcg_machine_props", raw.get("tcg_machine_props", [])),
         default_memballoon=_bool(where, "default_memballoon", raw.get("default_memballoon", False)),
+        panic_models=_str_map(where, "panic_models", raw.get("panic_models", {})),
         **_pci_facts(where, raw),
     )
 
@@ -275,6 +288,7 @@ def _profile_raw(profile: MachineProfile) -> dict[str, Any]:
         "pci_bus": profile.pci_bus or "none",
         "pci_builtin_slots": list(profile.pci_builtin_slots),
         "pci_slots": dict(profile.pci_slots),
+        "panic_models": dict(profile.panic_models),
     }
 
 

@@ -1,0 +1,265 @@
+"""UEFI guests: firmware autoselection at define, the NVRAM file, undefine's NVRAM rule.
+
+libvirt's behaviour (9.x), for qemud's layout:
+
+* ``<os firmware='efi'>`` is resolved **at define** (libvirt >= 9.2, "make firmware
+  selection persistent"): the chosen descriptor's image becomes ``<loader>``, its NVRAM
+  template ``<nvram template=...>``, and the features it has are written into
+  ``<firmware>``, so ``dumpxml`` shows what the guest boots and a later change of the
+  installed descriptors cannot switch the guest's firmware (and orphan its variables).
+  A definition stored before that (no ``<loader>``) is resolved at each start, in the
+  live definition only.
+* A read-only pflash loader gets an NVRAM file; without a path it is the per-domain
+  default ``<state_dir>/nvram/<name>_VARS.fd`` (libvirt's
+  ``/var/lib/libvirt/qemu/nvram/<name>_VARS.fd``).
+* Before QEMU starts, a missing NVRAM file is created from the template (the
+  ``template`` attribute, else the descriptor of the loader image), mode 0600, written
+  atomically. An existing one is never touched: it is the guest's.
+* ``undefine`` of a domain whose NVRAM file exists is refused unless
+  ``VIR_DOMAIN_UNDEFINE_NVRAM`` (remove it) or ``VIR_DOMAIN_UNDEFINE_KEEP_NVRAM``
+  (keep it) is given, in libvirt's words.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from protocol.constants import ErrorDomain
+from qemud.conf import DomainDef
+from qemud.conf.domain import _DOMAIN_ORDER
+from qemud.conf.xmlmodel import first_child, insert_ordered
+from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, SystemCallFailed
+from qemud.qemu import firmware as fw
+
+from .store import atomic_write
+
+if TYPE_CHECKING:
+    from .domain import DomainObj
+    from .driver import QemuDriver
+
+__all__ = ["Firmware", "START_RESET_NVRAM", "UNDEFINE_KEEP_NVRAM", "UNDEFINE_NVRAM",
+           "nvram_default_path"]
+
+log = logging.getLogger(__name__)
+
+#: libvirt's VIR_DOMAIN_UNDEFINE_NVRAM / VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 4, 8
+#: libvirt's VIR_DOMAIN_START_RESET_NVRAM (DOMAIN_CREATE)
+START_RESET_NVRAM = 32
+
+_DOMAIN_RANKS = {tag: i for i, tag in enumerate(_DOMAIN_ORDER)}
+
+
+def nvram_default_path(nvram_dir: Path, name: str) -> Path:
+    """``<state_dir>/nvram/<name>_VARS.fd``: where a domain's variables live by default."""
+    return nvram_dir / f"{name}_VARS.fd"
+
+
+class Firmware:
+    """Registers itself with the driver: a definition validator (define and create) and
+    a start hook; the driver's undefine asks :meth:`before_undefine`."""
+
+    def __init__(self, driver: QemuDriver, dirs: tuple[Path, ...] = fw.DEFAULT_DIRS) -> None:
+        self.driver = driver
+        self.dirs = dirs
+        self.nvram_dir = driver.config.paths.state_dir / "nvram"
+        driver.registry.validators.append(self.fill)
+        driver.start_hooks.append(self.before_start)
+
+    # -- define ----------------------------------------------------------------------------
+
+    def fill(self, definition: DomainDef) -> None:
+        """Resolve ``firmware='efi'`` and give a read-only pflash loader its NVRAM path
+        and template (libvirt's post-parse). Raises OperationFailed when no installed
+        firmware fits, in libvirt's words."""
+        os_ = definition.os
+        if os_.firmware == "efi" and not os_.loader:
+            self._select(definition)
+        elif os_.loader and os_.loader_type is None and os_.loader_readonly is None:
+            # a bare path: what its descriptor says it is (a ROM, or flash with NVRAM);
+            # for firmware='efi' flash in any case
+            found = fw.find_executable(fw.load_descriptors(self.dirs), os_.loader)
+            if found is not None and found.device == "memory":
+                os_.loader_type = "rom"
+            elif found is not None or os_.firmware == "efi":
+                os_.loader_type, os_.loader_readonly = "pflash", True
+        elif os_.firmware == "efi" and os_.loader_type == "pflash" and \
+                os_.loader_readonly is None:
+            os_.loader_readonly = True
+        if not os_.loader or os_.loader_type == "rom" or os_.loader_readonly is not True:
+            return
+        if not os_.nvram:
+            os_.nvram = str(nvram_default_path(self.nvram_dir, definition.name))
+        if os_.nvram_template is None:
+            found = fw.find_executable(fw.load_descriptors(self.dirs), os_.loader)
+            if found is not None and found.nvram_template:
+                os_.nvram_template = found.nvram_template
+
+    def _select(self, definition: DomainDef) -> None:
+        os_ = definition.os
+        arch = os_.arch or platform.machine()
+        machines = self._machine_names(arch, os_.machine or "")
+        wanted = dict(os_.firmware_features)
+        if os_.loader_secure is not None and fw.SECURE_BOOT not in wanted:
+            wanted[fw.SECURE_BOOT] = os_.loader_secure  # libvirt's compatibility rule
+        smm_off = _smm_state(definition) == "off"
+        try:
+            chosen = fw.select(fw.load_descriptors(self.dirs), arch=arch, machines=machines,
+                               features=wanted, smm=False if smm_off else None)
+        except fw.FirmwareNotFound as exc:
+            raise OperationFailed(str(exc)) from None
+        log.info("domain %s: firmware 'efi' is %s (%s)", definition.name, chosen.executable,
+                 chosen.name)
+        os_.loader = chosen.executable
+        if chosen.device == "memory":
+            os_.loader_type = "rom"
+            return
+        os_.loader_readonly = True
+        os_.loader_type = "pflash"
+        if chosen.requires_smm:
+            os_.loader_secure = True
+            _set_smm_on(definition)
+        os_.set_firmware_features({
+            fw.ENROLLED_KEYS: fw.ENROLLED_KEYS in chosen.features,
+            fw.SECURE_BOOT: chosen.secure_boot,
+        })
+        if chosen.nvram_template and os_.nvram_template is None:
+            os_.nvram_template = chosen.nvram_template
+
+    def _machine_names(self, arch: str, machine: str) -> list[str]:
+        """The machine and what it is an alias of (descriptors name versioned types)."""
+        emulator = self.driver.caps.emulator(arch)
+        found = emulator.find_machine(machine) if emulator is not None and machine else None
+        if found is not None and found.alias_of:
+            return [machine, found.alias_of]
+        return [machine]
+
+    # -- start -----------------------------------------------------------------------------
+
+    def before_start(self, dom: DomainObj, live: DomainDef) -> None:
+        """Resolve a definition stored before define did it, then create the NVRAM file
+        from its template if it is not there (never overwriting one)."""
+        os_ = live.os
+        if os_.firmware == "efi" and not os_.loader:
+            self.fill(live)
+        if not os_.loader or os_.loader_type == "rom" or not os_.nvram:
+            return
+        self.create_nvram(Path(os_.nvram), os_.nvram_template, os_.loader)
+
+    def reset_nvram(self, dom: DomainObj, force_boot: bool) -> None:
+        """``start --reset-nvram`` (VIR_DOMAIN_START_RESET_NVRAM): the domain's NVRAM
+        file recreated from its template, before the start. Refused for a running domain
+        and for one that a managed save image would be restored from (its firmware state
+        is in the image), unless ``force_boot`` discards that; a domain without NVRAM has
+        nothing to reset."""
+        if dom.active:
+            raise OperationInvalid(f"domain '{dom.name}' is already running")
+        if dom.managed_save and not force_boot:
+            raise OperationInvalid(
+                f"cannot reset the NVRAM of domain '{dom.name}': it has a managed save "
+                "image, which a start restores with the firmware state it holds (use "
+                "--force-boot to discard the image)")
+        definition = dom.next_definition or dom.definition
+        os_ = definition.os
+        if not os_.loader or os_.loader_type == "rom" or not os_.nvram:
+            return
+        self.create_nvram(Path(os_.nvram), os_.nvram_template, os_.loader, replace=True)
+
+    def create_nvram(self, path: Path, template: str | None, loader: str,
+                     replace: bool = False) -> bool:
+        """Copy ``template`` to ``path`` (0600, atomically) unless ``path`` exists (with
+        ``replace``: over it); whether it was written. The template defaults to the
+        loader's descriptor's."""
+        if path.exists() and not replace:
+            return False
+        if not template:
+            found = fw.find_executable(fw.load_descriptors(self.dirs), loader)
+            template = found.nvram_template if found is not None else None
+        if not template:
+            # libvirt's words (qemuPrepareNVRAMFile), then what to do
+            raise OperationFailed(f"unable to find any master var store for loader: {loader}"
+                                  " (give one with <nvram template='PATH'>)")
+        try:
+            data = Path(template).read_bytes()
+        except OSError as exc:
+            raise SystemCallFailed(f"Failed to open file '{template}': "
+                                   f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
+        try:
+            atomic_write(path, data, 0o600)
+        except OSError as exc:
+            raise SystemCallFailed(f"Failed to create NVRAM file '{path}': "
+                                   f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
+        log.info("%s NVRAM %s from %s", "reset" if replace else "created", path, template)
+        return True
+
+    # -- undefine --------------------------------------------------------------------------
+
+    def nvram_file(self, dom: DomainObj) -> Path | None:
+        """The domain's NVRAM file if it exists (its persistent definition's path)."""
+        definition = dom.next_definition or dom.definition
+        path = definition.os.nvram
+        if not path and definition.os.firmware == "efi":
+            path = str(nvram_default_path(self.nvram_dir, dom.name))
+        if path and os.path.exists(path):
+            return Path(path)
+        return None
+
+    def check_undefine(self, dom: DomainObj, flags: int) -> Path | None:
+        """libvirt's rule: refused while the NVRAM file exists, unless ``flags`` says
+        what to do with it; the file to remove (UNDEFINE_NVRAM), else None."""
+        if flags & UNDEFINE_NVRAM and flags & UNDEFINE_KEEP_NVRAM:
+            raise InvalidArg("Flags 'VIR_DOMAIN_UNDEFINE_KEEP_NVRAM' and "
+                             "'VIR_DOMAIN_UNDEFINE_NVRAM' are mutually exclusive",
+                             domain=ErrorDomain.QEMU)
+        if not dom.persistent:
+            return None  # (the registry refuses the undefine)
+        path = self.nvram_file(dom)
+        if path is None:
+            return None
+        if flags & UNDEFINE_NVRAM:
+            return path
+        if not flags & UNDEFINE_KEEP_NVRAM:
+            # libvirt's words (qemuDomainUndefineFlags), then the way out
+            raise OperationInvalid(f"cannot undefine domain with nvram ({path}: use --nvram "
+                                   "to remove it or --keep-nvram to keep it)")
+        return None
+
+    def before_undefine(self, dom: DomainObj, flags: int) -> None:
+        """:meth:`check_undefine`, then remove the file if asked (before the definition,
+        as libvirt does)."""
+        path = self.check_undefine(dom, flags)
+        if path is None:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SystemCallFailed(f"failed to remove nvram: {path}: "
+                                   f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
+        log.info("domain %s: removed its NVRAM %s", dom.name, path)
+
+
+def _smm_state(definition: DomainDef) -> str | None:
+    """``<features><smm state=...>`` (qemud keeps ``<features>`` verbatim)."""
+    features = first_child(definition.node, "features")
+    smm = first_child(features, "smm") if features is not None else None
+    return smm.get("state") if smm is not None else None
+
+
+def _set_smm_on(definition: DomainDef) -> None:
+    """``<features><smm state='on'/>``, as libvirt adds for firmware that needs SMM."""
+    features = first_child(definition.node, "features")
+    if features is None:
+        features = etree.Element("features")
+        insert_ordered(definition.node, features, _DOMAIN_RANKS)
+    smm = first_child(features, "smm")
+    if smm is None:
+        smm = etree.SubElement(features, "smm")
+    smm.set("state", "on")
