@@ -553,6 +553,20 @@ class Connection:
         reply = self._call(P.Procedure.NODE_STATS, P.Empty(), pl.NodeStatsReply)
         return params_to_dict(reply.params)
 
+    def node_cpu_stats(self, cpu: int = -1) -> dict[str, int | float | str]:
+        """virNodeGetCPUStats: libvirt's fields (kernel, user, idle, iowait; ns) of host
+        CPU ``cpu``, or of all CPUs (-1)."""
+        reply = self._call(P.Procedure.NODE_GET_CPU_STATS, pl.NodeGetStatsArgs(cpu),
+                           pl.NodeStatsReply)
+        return params_to_dict(reply.params)
+
+    def node_memory_stats(self, cell: int = -1) -> dict[str, int | float | str]:
+        """virNodeGetMemoryStats: libvirt's fields (KiB) of NUMA cell ``cell``, or of the
+        whole host (-1), in the daemon's order."""
+        reply = self._call(P.Procedure.NODE_GET_MEMORY_STATS, pl.NodeGetStatsArgs(cell),
+                           pl.NodeStatsReply)
+        return params_to_dict(reply.params)
+
     # -- domains -------------------------------------------------------------------------
 
     def list_domains(self, flags: int = 0) -> list[Domain]:

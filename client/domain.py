@@ -388,6 +388,37 @@ class Domain:
         return self._conn._call(P.Procedure.DOMAIN_GET_VCPUS, pl.DomainFlagsArgs(self.ref),
                                 pl.VcpuInfoReply).vcpus
 
+    # -- CPU pinning ---------------------------------------------------------------------
+
+    def pin_vcpu(self, vcpu: int, cpumap: bytes, flags: int = AFFECT_LIVE) -> None:
+        """libvirt's ``pinVcpuFlags``: vCPU ``vcpu`` may run on the host CPUs of
+        ``cpumap`` (libvirt's layout: bit ``n % 8`` of byte ``n // 8`` is CPU ``n``);
+        AFFECT_LIVE sets the running thread, AFFECT_CONFIG the persistent definition's
+        ``<vcpupin>``; 0 is the current state. The default is ``pinVcpu``'s (live)."""
+        self._conn._call(P.Procedure.DOMAIN_PIN_VCPU,
+                         pl.PinVcpuArgs(self.ref, vcpu, cpumap, flags), P.Empty)
+
+    def vcpu_pin_info(self, flags: int = 0) -> list[bytes]:
+        """libvirt's ``vcpuPinInfo``: per vCPU up to the maximum, the cpumap the live
+        (AFFECT_LIVE) or persistent (AFFECT_CONFIG) definition gives it; 0 is the
+        current state."""
+        reply = self._conn._call(P.Procedure.DOMAIN_GET_VCPU_PIN_INFO,
+                                 pl.DomainFlagsArgs(self.ref, flags), pl.VcpuPinInfoReply)
+        return [v.cpumap for v in sorted(reply.vcpus, key=lambda v: v.number)]
+
+    def pin_emulator(self, cpumap: bytes, flags: int = 0) -> None:
+        """libvirt's ``pinEmulator``: the host CPUs of QEMU's threads that are not vCPUs
+        (``<emulatorpin>``); flags as :meth:`pin_vcpu`'s, 0 the current state."""
+        self._conn._call(P.Procedure.DOMAIN_PIN_EMULATOR,
+                         pl.PinEmulatorArgs(self.ref, cpumap, flags), P.Empty)
+
+    def emulator_pin_info(self, flags: int = 0) -> bytes:
+        """libvirt's ``emulatorPinInfo``: the emulator threads' cpumap in the live
+        (AFFECT_LIVE) or persistent (AFFECT_CONFIG) definition; 0 the current state."""
+        return self._conn._call(P.Procedure.DOMAIN_GET_EMULATOR_PIN_INFO,
+                                pl.DomainFlagsArgs(self.ref, flags),
+                                pl.EmulatorPinInfoReply).cpumap
+
     # -- block devices -------------------------------------------------------------------
 
     def block_info(self, disk: str) -> pl.BlockInfoReply:

@@ -29,6 +29,9 @@ __all__ = [
     "VcpuInfo", "VcpuInfoReply", "BlockInfoArgs", "BlockInfoReply",
     "JobInfoReply", "ControlInfoReply", "SetMetadataArgs", "GetMetadataArgs",
     "RenameArgs", "MonitorCommandArgs", "BlockResizeArgs", "ScreenshotArgs",
+    "PinVcpuArgs", "VcpuPinInfo", "VcpuPinInfoReply", "PinEmulatorArgs",
+    "EmulatorPinInfoReply",
+    "NodeGetStatsArgs",
 ]
 
 
@@ -686,3 +689,53 @@ class ScreenshotArgs(Payload):
     dom: DomainRef
     screen: U32 = 0
     flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGetStatsArgs(Payload):
+    """virNodeGetCPUStats / virNodeGetMemoryStats: which host CPU or NUMA cell (``number``;
+    -1, VIR_NODE_CPU_STATS_ALL_CPUS / VIR_NODE_MEMORY_STATS_ALL_CELLS, for the whole
+    host)."""
+
+    number: S32 = -1
+    flags: U32 = 0
+
+
+# --- CPU pinning (vcpupin, emulatorpin) -------------------------------------------------
+# A cpumap is libvirt's: bit ``n % 8`` of byte ``n // 8`` is host CPU ``n``.
+
+@dataclass(frozen=True, slots=True)
+class PinVcpuArgs(Payload):
+    """virDomainPinVcpuFlags: vCPU ``vcpu`` may run on the host CPUs of ``cpumap``."""
+
+    dom: DomainRef
+    vcpu: U32
+    cpumap: Blob
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuPinInfo(Payload):
+    """One vCPU's pinning (virDomainGetVcpuPinInfo's cpumaps, one per vCPU)."""
+
+    number: U32
+    cpumap: Blob
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuPinInfoReply(Payload):
+    vcpus: list[VcpuPinInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class PinEmulatorArgs(Payload):
+    """virDomainPinEmulator: QEMU's non-vCPU threads may run on the CPUs of ``cpumap``."""
+
+    dom: DomainRef
+    cpumap: Blob
+    flags: U32 = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorPinInfoReply(Payload):
+    cpumap: Blob

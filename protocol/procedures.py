@@ -118,6 +118,14 @@ class Procedure(enum.IntEnum):
     DOMAIN_UPDATE_DEVICE = 160
     # domains: what the guest's screen shows (screenshot)
     DOMAIN_SCREENSHOT = 161
+    # domains: CPU pinning (vcpupin, emulatorpin)
+    DOMAIN_PIN_VCPU = 170
+    DOMAIN_GET_VCPU_PIN_INFO = 171
+    DOMAIN_PIN_EMULATOR = 172
+    DOMAIN_GET_EMULATOR_PIN_INFO = 173
+    # host: per-CPU and per-cell stats (nodecpustats --cpu, nodememstats --cell)
+    NODE_GET_CPU_STATS = 180
+    NODE_GET_MEMORY_STATS = 181
 
 
 class Kind(enum.Enum):
@@ -189,7 +197,9 @@ _TABLE = [
     _call(P.DOMAIN_GET_XML, p.DomainFlagsArgs, p.StringReply, mutates=False,
           doc="Domain XML; flags bit 2 (VIR_DOMAIN_XML_INACTIVE) asks for the persistent one, "
               "bit 1 (VIR_DOMAIN_XML_SECURE) for secrets (the VNC password), refused on a "
-              "read-only connection."),
+              "read-only connection; bit 8 (VIR_DOMAIN_XML_MIGRATABLE) leaves out a lone "
+              "default USB controller and pci-root, as libvirt's migratable XML does. "
+              "Other bits: INVALID_ARG."),
     _call(P.DOMAIN_SET_AUTOSTART, p.AutostartArgs, Empty, mutates=True, doc=""),
     _call(P.DOMAIN_GET_AUTOSTART, p.DomainArgs, p.BoolReply, mutates=False, doc=""),
     _call(P.DOMAIN_CREATE, p.DomainFlagsArgs, p.DomainReply, mutates=True,
@@ -382,6 +392,37 @@ _TABLE = [
               "image comes as STREAM frames with this call's serial, ended by STREAM_END. "
               "Screen 0 only; a guest without graphics: OPERATION_INVALID. Refused on a "
               "read-only connection, as libvirt's. Flags must be 0."),
+    _call(P.DOMAIN_PIN_VCPU, p.PinVcpuArgs, Empty, mutates=True,
+          doc="virDomainPinVcpuFlags: the host CPUs (cpumap) vCPU vcpu may run on; "
+              "AFFECT flags as setmem's (0: live if running, else config). Live: the vCPU "
+              "thread's affinity now (an offline vCPU's when plugged) and <vcpupin> in the "
+              "live XML; config: <vcpupin> of the persistent definition. An empty cpumap, "
+              "or a vcpu at or above the maximum: INVALID_ARG; live, a CPU the host does "
+              "not have: SYSTEM_ERROR (\"Invalid value '7' for 'cpuset.cpus'\")."),
+    _call(P.DOMAIN_GET_VCPU_PIN_INFO, p.DomainFlagsArgs, p.VcpuPinInfoReply, mutates=False,
+          doc="virDomainGetVcpuPinInfo: per vCPU up to the maximum, the host CPUs the live "
+              "(AFFECT_LIVE) or persistent (AFFECT_CONFIG; 0: the current state) "
+              "definition gives it: its <vcpupin>, else <vcpu cpuset>, else every host "
+              "CPU. Both flags: INVALID_ARG."),
+    _call(P.DOMAIN_PIN_EMULATOR, p.PinEmulatorArgs, Empty, mutates=True,
+          doc="virDomainPinEmulator: the host CPUs of QEMU's threads that are not vCPUs "
+              "(<emulatorpin>), live and/or config as DOMAIN_PIN_VCPU; the same errors."),
+    _call(P.DOMAIN_GET_EMULATOR_PIN_INFO, p.DomainFlagsArgs, p.EmulatorPinInfoReply,
+          mutates=False,
+          doc="virDomainGetEmulatorPinInfo: the emulator threads' host CPUs in the live or "
+              "persistent definition: <emulatorpin>, else <vcpu cpuset>, else every host "
+              "CPU."),
+    _call(P.NODE_GET_CPU_STATS, p.NodeGetStatsArgs, p.NodeStatsReply, mutates=False,
+          doc="virNodeGetCPUStats: libvirt's fields (kernel, user, idle, iowait; ns, from "
+              "/proc/stat) of host CPU number, or of all CPUs summed (-1). A CPU the host "
+              "does not have: INVALID_ARG 'Invalid cpuNum in virHostCPUGetStatsLinux'; "
+              "another negative number: INVALID_ARG. Flags must be 0."),
+    _call(P.NODE_GET_MEMORY_STATS, p.NodeGetStatsArgs, p.NodeStatsReply, mutates=False,
+          doc="virNodeGetMemoryStats: libvirt's fields in KiB: total, free, buffers and "
+              "cached of the host (-1, /proc/meminfo), or total and free of NUMA cell "
+              "number (its node meminfo; cell 0 of a host without NUMA: the host's). A "
+              "cell the host does not have: INVALID_ARG 'cellNum in virHostMemGetStats "
+              "must be less than or equal to N'. Flags must be 0."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

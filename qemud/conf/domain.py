@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 from lxml import etree
 
+from . import cputune
 from .devices import (
     DEVICE_CLASSES,
     CharDevice,
@@ -437,6 +438,7 @@ class DomainDef(XMLModel):
     def vcpus(self, count: int) -> None:
         self.max_vcpus = count
         self._current_vcpus = None
+        cputune.prune_vcpupins(self.node, count)
 
     def set_vcpus(self, current: int, maximum: int) -> None:
         """``<vcpu current=CURRENT>MAXIMUM</vcpu>`` (no ``current`` when they are equal);
@@ -444,6 +446,37 @@ class DomainDef(XMLModel):
         self.vcpus = maximum
         if current < maximum:
             self._current_vcpus = current
+
+    # -- CPU pinning (<vcpu cpuset>, <cputune>): see .cputune
+
+    @property
+    def cpuset(self) -> frozenset[int] | None:
+        """``<vcpu cpuset>``: the host CPUs vCPUs without a ``<vcpupin>`` and the emulator
+        threads without ``<emulatorpin>`` may use; None: no restriction."""
+        return cputune.vcpu_cpuset(self.node)
+
+    @cpuset.setter
+    def cpuset(self, cpus: frozenset[int] | None) -> None:
+        cputune.set_vcpu_cpuset(self.node, cpus)
+
+    @property
+    def vcpupins(self) -> dict[int, frozenset[int]]:
+        """``<cputune><vcpupin vcpu= cpuset=>``: vCPU number -> its host CPUs."""
+        return cputune.vcpupins(self.node)
+
+    def set_vcpupin(self, vcpu: int, cpus: frozenset[int] | None) -> None:
+        """Pin vCPU ``vcpu`` to ``cpus`` (None: remove its pin); the caller checked
+        ``vcpu`` against the maximum."""
+        cputune.set_vcpupin(self.node, vcpu, cpus, self._ranks["."])
+
+    @property
+    def emulatorpin(self) -> frozenset[int] | None:
+        """``<cputune><emulatorpin cpuset=>``: the host CPUs of QEMU's other threads."""
+        return cputune.emulatorpin(self.node)
+
+    @emulatorpin.setter
+    def emulatorpin(self, cpus: frozenset[int] | None) -> None:
+        cputune.set_emulatorpin(self.node, cpus, self._ranks["."])
 
     @property
     def qemu_args(self) -> list[str]:
@@ -764,6 +797,7 @@ class DomainDef(XMLModel):
         if maximum < 1:
             raise DefinitionError(f"must be at least 1, got '{maximum}'", path="vcpu")
         current = self._current_vcpus
+        cputune.check_cputune(self.node, maximum)
         if current is None:
             return
         if current < 1:
@@ -896,6 +930,7 @@ class DomainDef(XMLModel):
                 self.current_memory_kib = memory
             elif self._current_memory_unit != "KiB":
                 self.current_memory_kib = current
+        cputune.canonicalise(self.node)
         for dev in self.devices:
             dev.normalise()
 

@@ -50,13 +50,15 @@ from .guestcontrol import GuestControl
 from .jobs import Jobs
 from .lifecycle import CLK_TCK, DESTROY_GRACEFUL, Lifecycle
 from .metadata import Metadata
+from .migratable import XML_MIGRATABLE, migratable
+from .pinning import Pinning
 from .ports import PortAllocator
 from .registry import Registry
 from .rename import Renamer
 from .resources import Resources
 from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
-from .stats import domain_stats, node_stats
+from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
 from .update import DeviceUpdate
 
@@ -300,6 +302,8 @@ class QemuDriver:
             P.DOMAIN_OPEN_CONSOLE: self._open_console,
             P.DOMAIN_STATS: lambda c, a: domain_stats(self, a),
             P.NODE_STATS: lambda c, a: node_stats(a),
+            P.NODE_GET_CPU_STATS: lambda c, a: node_cpu_stats(a),
+            P.NODE_GET_MEMORY_STATS: lambda c, a: node_memory_stats(a),
             **self.resources.handlers(),
             **self.blockinfo.handlers(),
             **self.metadata.handlers(),
@@ -308,6 +312,7 @@ class QemuDriver:
             **self.guest_control.handlers(),
             **self.device_update.handlers(),
             **self.screenshots.handlers(),
+            **Pinning(self).handlers(),  # vcpupin, emulatorpin
         }
 
     def _dom(self, args: Any) -> DomainObj:
@@ -377,10 +382,13 @@ class QemuDriver:
 
     def _get_xml(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.StringReply:
         """The domain XML; secrets (the VNC password) only with XML_SECURE, which a
-        read-only connection may not ask for (libvirt's rule and words)."""
+        read-only connection may not ask for (libvirt's rule and words); XML_MIGRATABLE:
+        libvirt's migratable form (module migratable)."""
         secure = bool(args.flags & XML_SECURE)
         if secure and ctx.readonly:
             raise OperationDenied("virDomainGetXMLDesc with secure flag")
+        check_flags(args.flags, XML_SECURE | XML_INACTIVE | XML_MIGRATABLE,
+                    "qemuDomainGetXMLDesc")
         dom = self._dom(args)
         live = not (args.flags & XML_INACTIVE or dom.live is None)
         definition = dom.live if live else (dom.next_definition or dom.definition)
@@ -389,6 +397,8 @@ class QemuDriver:
             definition = definition.copy()
             for graphics in definition.graphics:
                 graphics.passwd = None
+        if args.flags & XML_MIGRATABLE:
+            definition = migratable(definition)
         return pl.StringReply(definition.to_xml(live=True) if live else definition.to_xml())
 
     def _set_autostart(self, ctx: Any, args: pl.AutostartArgs) -> Empty:

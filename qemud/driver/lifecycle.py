@@ -47,6 +47,7 @@ from qemud.qemu.qmp import QMPEvent
 
 from .domain import DomainObj, StopIntent
 from .monitor import Monitor
+from .pinning import start_pins
 from .process import GuestLog, QemuProcess, proc_cmdline, proc_start_ticks
 from .store import StatusRecord
 from .update import set_link_states
@@ -189,10 +190,18 @@ class Lifecycle:
                           on_close=lambda why: None)
         dom.monitor = monitor
 
+        failing: list[QemudError] = []
+
         def fail(error: QemudError) -> None:
             # dom.job stays set: _on_exit then knows the start failed (no STOPPED event)
             if result.done:
                 return
+            if failing:
+                # the QEMU a failed step killed has exited: QEMU's own words if it left
+                # any, else the step's error (not "QEMU exited during start")
+                result.fail(self._start_error(failing[0], process))
+                return
+            failing.append(error)
             log.warning("start of %s failed: %s", dom.name, error.message)
             dom.stop_intent = StopIntent(ShutoffReason.FAILED, StoppedDetail.FAILED)
             if process.alive:
@@ -222,6 +231,14 @@ class Lifecycle:
 
         def links() -> None:
             step = set_link_states(monitor, live)
+            if step is None:
+                pin()
+            else:
+                step.add_done_callback(lambda d: fail(d.error) if d.error else pin())
+
+        def pin() -> None:
+            # <vcpupin>, <emulatorpin>, <vcpu cpuset>: before a vCPU runs, as libvirt
+            step = start_pins(monitor, live, process.pid)
             if step is None:
                 go()
             else:

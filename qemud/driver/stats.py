@@ -1,4 +1,5 @@
-"""DOMAIN_STATS and NODE_STATS: libvirt's ``virsh domstats`` / ``nodecpustats`` names.
+"""DOMAIN_STATS and NODE_STATS: libvirt's ``virsh domstats`` / ``nodecpustats`` names;
+NODE_GET_CPU_STATS / NODE_GET_MEMORY_STATS: one host CPU or NUMA cell, libvirt's fields.
 
 Domain records (only what applies is present; "active" = QEMU runs)::
 
@@ -39,15 +40,17 @@ from typing import TYPE_CHECKING, Any
 from protocol import payloads as pl
 from protocol.constants import TypedParamKind
 from qemud.dispatch import Deferred
+from qemud.errors import InternalError, InvalidArg, SystemCallFailed
 from qemud.qemu import naming
 
 from .domain import DomainObj
+from .flags import check_flags
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["domain_stats", "node_stats", "basic_stats", "block_stats", "net_stats", "rss_kib",
-           "thread_stat"]
+__all__ = ["domain_stats", "node_stats", "node_cpu_stats", "node_memory_stats", "basic_stats",
+           "block_stats", "net_stats", "rss_kib", "thread_stat"]
 
 log = logging.getLogger(__name__)
 
@@ -391,3 +394,94 @@ def node_stats(args: Any = None) -> pl.NodeStatsReply:
     params += [_int(f"memory.{name}", memory[name]) for name in _MEM_FIELDS.values()
                if name in memory]
     return pl.NodeStatsReply(params)
+
+
+# -- per-CPU and per-cell host stats (virNodeGetCPUStats / virNodeGetMemoryStats) ---------
+
+ALL = -1  # VIR_NODE_CPU_STATS_ALL_CPUS / VIR_NODE_MEMORY_STATS_ALL_CELLS
+NUMA_NODES = Path("/sys/devices/system/node")
+
+
+def _refuse_negative(number: int, name: str, function: str) -> None:
+    """libvirt's public API check: -1 is the only negative number that means anything."""
+    if number < 0 and number != ALL:
+        raise InvalidArg(f"{name} in {function} only accepts {ALL} as a negative value")
+
+
+def _mode_ns(ticks: dict[str, int], *modes: str) -> int:
+    """ns of the /proc/stat ``modes`` summed, as libvirt sums them for its four fields."""
+    return _ticks_ns(sum(ticks.get(m, 0) for m in modes))
+
+
+def node_cpu_stats(args: pl.NodeGetStatsArgs) -> pl.NodeStatsReply:
+    """NODE_GET_CPU_STATS: libvirt's four fields of one host CPU (its ``cpuN`` line of
+    /proc/stat) or of all of them (the ``cpu`` line), summed as libvirt sums them."""
+    check_flags(args.flags, 0, "virHostCPUGetStats")
+    number = int(args.number)
+    _refuse_negative(number, "cpuNum", "virNodeGetCPUStats")
+    label = "cpu" if number == ALL else f"cpu{number}"
+    try:
+        lines = (PROC / "stat").read_text().splitlines()
+    except OSError as exc:
+        raise SystemCallFailed(f"cannot open {PROC / 'stat'}: {exc.strerror}") from None
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0] != label:
+            continue
+        try:
+            ticks = dict(zip(_CPU_FIELDS, (int(v) for v in fields[1:]), strict=False))
+        except ValueError:
+            break
+        return pl.NodeStatsReply([
+            _int("kernel", _mode_ns(ticks, "system", "irq", "softirq")),
+            _int("user", _mode_ns(ticks, "user", "nice")),
+            _int("idle", _mode_ns(ticks, "idle")), _int("iowait", _mode_ns(ticks, "iowait"))])
+    raise InvalidArg("Invalid cpuNum in virHostCPUGetStatsLinux")
+
+
+def _max_numa_node() -> int | None:
+    """The highest NUMA node number the kernel shows, or None without NUMA in sysfs."""
+    try:
+        nodes = [int(p.name[4:]) for p in NUMA_NODES.iterdir()
+                 if p.name.startswith("node") and p.name[4:].isdigit()]
+    except OSError:
+        return None
+    return max(nodes) if nodes else None
+
+
+def _meminfo(path: Path, fields: dict[str, str]) -> list[pl.TypedParam]:
+    """The ``fields`` of a meminfo file (KiB), in the file's order; a node's meminfo has
+    "Node N " before each name."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemCallFailed(f"cannot open {path}: {exc.strerror}") from None
+    out: list[pl.TypedParam] = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["Node"]:
+            words = words[2:]
+        if len(words) >= 2 and words[0].rstrip(":") in fields and words[1].isdigit():
+            out.append(_int(fields[words[0].rstrip(":")], int(words[1])))
+    if not out:
+        raise InternalError("no available memory line found")
+    return out
+
+
+def node_memory_stats(args: pl.NodeGetStatsArgs) -> pl.NodeStatsReply:
+    """NODE_GET_MEMORY_STATS: total, free, buffers and cached of the host (KiB), or, as
+    libvirt gives a NUMA cell, total and free from that node's meminfo. A host whose
+    sysfs shows no NUMA nodes is one cell: cell 0 is the whole host, as in libvirt."""
+    check_flags(args.flags, 0, "virHostMemGetStats")
+    number = int(args.number)
+    _refuse_negative(number, "cellNum", "virNodeGetMemoryStats")
+    max_node = _max_numa_node() if number != ALL else None
+    if number == ALL or (number == 0 and max_node is None):
+        fields = {"MemTotal": "total", "MemFree": "free", "Buffers": "buffers",
+                  "Cached": "cached"}
+        return pl.NodeStatsReply(_meminfo(PROC / "meminfo", fields))
+    if max_node is None or number > max_node:
+        raise InvalidArg(f"cellNum in virHostMemGetStats must be less than or equal to "
+                         f"{0 if max_node is None else max_node}")
+    return pl.NodeStatsReply(_meminfo(NUMA_NODES / f"node{number}" / "meminfo",
+                                      {"MemTotal": "total", "MemFree": "free"}))

@@ -56,6 +56,7 @@ from qemud.qemu.qmp import QMPEvent
 
 from .devices import UNPLUG_TIMEOUT
 from .domain import DomainObj
+from .pinning import pin_plugged_vcpu
 from .stats import QMP_TIMEOUT
 
 if TYPE_CHECKING:
@@ -301,6 +302,7 @@ class _Change:
             if d.error is not None:
                 self.end(d.error)
             else:
+                pin_plugged_vcpu(self.dom, slot.number)  # its <vcpupin>, as libvirt
                 self.plug(chosen, index + 1)
         self.monitor.execute("device_add", {"driver": slot.driver, "id": slot.alias,
                                             **slot.props}).add_done_callback(added)

@@ -35,11 +35,10 @@ from tests.helpers.daemon import (
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
+from tests.integration.guest import BootedGuest as Guest
 from tests.integration.serial import SerialPort
 
 pytestmark = pytest.mark.integration
-
-PONG = r"QEMUD-PONG uptime=(\d+(?:\.\d+)?)"
 
 
 @pytest.fixture(scope="module")
@@ -76,42 +75,6 @@ def list_state(daemon: DaemonProcess, name: str, *flags: str) -> str | None:
     return None
 
 
-class Guest:
-    """A booted test guest whose serial line answers."""
-
-    def __init__(self, conn: client.Connection, test_guest: TestGuest, name: str,
-                 tmp: Path) -> None:
-        self.sock = tmp / "s.sock"  # short: a unix socket path has 107 bytes at most
-        self.xml = guest_xml(name, test_guest, self.sock)
-        self.dom = conn.define_xml(self.xml)
-        self.dom.create()
-        self.serial = SerialPort(self.sock)
-        self.serial.wait_for(READY)
-
-    def uptime(self) -> float:
-        mark = self.serial.mark()
-        self.serial.send("ping")
-        return float(self.serial.wait_for(PONG, timeout=30, start=mark).group(1))
-
-    def reconnect(self) -> None:
-        """The serial line of the guest's new QEMU (after a start)."""
-        self.serial.close()
-        self.serial = SerialPort(self.sock)
-
-    def resumed(self) -> None:
-        """The guest runs on from a saved state: it answers without having booted again
-        (a boot prints READY before its command loop answers, and the serial line was
-        connected again as the restore returned, long before a boot gets that far).
-        Its uptime is not compared: under TCG a restored guest's clock can read earlier
-        than before the save (seen in CI: 2.0 s after it against 2.64 s before)."""
-        self.uptime()
-        assert "QEMUD-GUEST-READY" not in self.serial.text  # (all it said since reconnect)
-
-    def close(self) -> None:
-        self.serial.close()
-        remove_domain(self.dom, client.domain.UNDEFINE_MANAGED_SAVE)
-
-
 @pytest.fixture
 def guest(qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path,
           request: pytest.FixtureRequest) -> Iterator[Guest]:
@@ -143,7 +106,6 @@ def test_managedsave_then_start_resumes_the_guest(qemud: DaemonProcess, guest: G
     assert not image(qemud, name).exists()
     assert not guest.dom.has_managed_save()
     assert re.search(r"^Managed save: +no$", shell(qemud, "dominfo", name), re.M)
-    guest.reconnect()
     guest.resumed()
 
 
@@ -160,14 +122,12 @@ def test_paused_guest_comes_back_paused_unless_saved_running(
     assert guest.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
     guest.dom.create()
     assert guest.dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
-    guest.reconnect()
     guest.resumed()
     # and --paused, the other way round: start --paused also keeps it paused
     guest.dom.managed_save(client.domain.SAVE_PAUSED)
     guest.dom.create()
     assert guest.dom.state()[0] == DomainState.PAUSED
     guest.dom.resume()
-    guest.reconnect()
     guest.resumed()
     err = shell(qemud, "managedsave", name, "--running", "--paused", ok=False)
     assert "Options --running and --paused are mutually exclusive" in err
@@ -347,7 +307,6 @@ def test_image_survives_restart_define_and_autostart_resumes(
             assert dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
             assert not dom.has_managed_save()
             assert not image(daemon, "ms-restart").exists()
-            g.reconnect()
             g.resumed()
     finally:
         if g is not None:

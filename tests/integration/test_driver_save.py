@@ -16,8 +16,7 @@ from protocol.constants import DomainState, PausedReason, RunningReason
 from tests.helpers.daemon import DaemonProcess, serving, stop_destroying_guests, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, guest_xml
-from tests.integration.serial import SerialPort
+from tests.integration.guest import BootedGuest
 
 pytestmark = pytest.mark.integration
 
@@ -44,31 +43,11 @@ def held(held_cat: HeldQemuImg) -> Iterator[HeldQemuImg]:
     held_cat.fail.unlink(missing_ok=True)
 
 
-class Guest:
-    """A booted test guest whose serial line answers."""
-
-    def __init__(self, conn: client.Connection, test_guest: TestGuest, name: str,
-                 tmp: Path) -> None:
-        self.sock = tmp / f"{name}.serial"
-        self.dom = conn.define_xml(guest_xml(name, test_guest, self.sock))
-        self.dom.create()
-        self.serial = SerialPort(self.sock)
-        self.serial.wait_for(READY)
-
-    def answers(self, word: str) -> None:
-        """The guest runs: its init answers a line on the serial port."""
-        mark = self.serial.mark()
-        self.serial.send(word)
-        self.serial.wait_for(f"QEMUD-UNKNOWN {word}", timeout=30, start=mark)
-
-    def close(self) -> None:
-        self.serial.close()
-        try:
-            if self.dom.is_active():
-                self.dom.destroy()
-            self.dom.undefine()
-        except client.QemudClientError:
-            pass
+def booted(conn: client.Connection, test_guest: TestGuest, name: str, tmp: Path
+           ) -> BootedGuest:
+    """A booted test guest, its serial socket ``tmp/NAME.serial`` (the tests list what
+    the directory holds)."""
+    return BootedGuest(conn, test_guest, name, tmp, sock=tmp / f"{name}.serial")
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -81,7 +60,7 @@ def test_save_to_a_directory_is_refused_before_the_guest_stops(
     target = tmp_path / "saves"
     target.mkdir()
     with qemud.connect() as conn:
-        g = Guest(conn, test_guest, "save-to-dir", tmp_path)
+        g = booted(conn, test_guest, "save-to-dir", tmp_path)
         try:
             with pytest.raises(client.OperationFailed,
                                match=f"cannot save to {target}: it is a directory"):
@@ -102,7 +81,7 @@ def test_failed_save_leaves_the_guest_as_it_was(
     saves = tmp_path / "saves"
     saves.mkdir()
     with qemud.connect() as conn:
-        g = Guest(conn, test_guest, f"save-fails-{'paused' if paused else 'running'}",
+        g = booted(conn, test_guest, f"save-fails-{'paused' if paused else 'running'}",
                   tmp_path)
         try:
             if paused:
@@ -133,7 +112,7 @@ def test_daemon_killed_during_save_cancels_it_at_restart(
     g = None
     try:
         with daemon.connect() as conn:
-            g = Guest(conn, test_guest, "save-killed", tmp_path)
+            g = booted(conn, test_guest, "save-killed", tmp_path)
             held_cat.start_holding()
             errors: list[BaseException] = []
 

@@ -27,15 +27,14 @@ import client
 from client.domain import MONITOR_COMMAND_HMP
 from protocol.constants import DomainState, RunningReason
 from tests.appliance.test_snapshots import disk_xml, make_image
-from tests.helpers.daemon import DaemonProcess, qemush, remove_domain, serving
+from tests.helpers.daemon import DaemonProcess, qemush, serving
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, guest_xml
-from tests.integration.serial import SerialPort
+from tests.integration.domains import READY
+from tests.integration.guest import BootedGuest
 
 pytestmark = pytest.mark.integration
 
 LIVE, CONFIG = client.AFFECT_LIVE, client.AFFECT_CONFIG
-PONG = r"QEMUD-PONG uptime=(\d+(?:\.\d+)?)"
 
 
 def address(slot: int) -> str:
@@ -78,17 +77,13 @@ def macs(xml: str) -> list[str]:
     return re.findall(r"<mac address=['\"]([0-9a-f:]+)['\"]", xml)
 
 
-class Guest:
-    """A defined test guest, booted, its serial line answering."""
+class Guest(BootedGuest):
+    """A booted test guest, and where QEMU and its live XML have its PCI devices."""
 
     def __init__(self, daemon: DaemonProcess, conn: client.Connection,
                  test_guest: TestGuest, name: str, tmp: Path, extra: str = "") -> None:
         self.daemon = daemon
-        self.sock = tmp / "s.sock"  # short: a unix socket path has 107 bytes at most
-        self.dom = conn.define_xml(guest_xml(name, test_guest, self.sock, extra=extra))
-        self.dom.create()
-        self.serial = SerialPort(self.sock)
-        self.serial.wait_for(READY)
+        super().__init__(conn, test_guest, name, tmp, extra=extra)
 
     def qemu_slots(self) -> dict[str, int]:
         """qdev id -> slot of each device with an id on QEMU's root bus."""
@@ -104,26 +99,6 @@ class Guest:
         slots = xml_slots(self.dom.xml())
         assert {k: v for k, v in self.qemu_slots().items() if k in slots} == slots
         return slots
-
-    def uptime(self) -> float:
-        mark = self.serial.mark()
-        self.serial.send("ping")
-        return float(self.serial.wait_for(PONG, timeout=30, start=mark).group(1))
-
-    def reconnect(self) -> None:
-        self.serial.close()
-        self.serial = SerialPort(self.sock)
-
-    def resumed(self) -> None:
-        """The guest runs on from where it was saved: it answers, and has not booted
-        again to do so (a boot says READY before it takes commands)."""
-        self.reconnect()
-        self.uptime()
-        assert "QEMUD-GUEST-READY" not in self.serial.text
-
-    def close(self) -> None:
-        self.serial.close()
-        remove_domain(self.dom, client.domain.UNDEFINE_MANAGED_SAVE)
 
 
 @pytest.fixture(scope="module")

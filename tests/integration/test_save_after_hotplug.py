@@ -31,10 +31,10 @@ import pytest
 import client
 from protocol.constants import DomainState, RunningReason
 from tests.appliance.test_snapshots import disk_xml, make_image
-from tests.helpers.daemon import DaemonProcess, qemush, remove_domain
+from tests.helpers.daemon import DaemonProcess, qemush
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, guest_xml
-from tests.integration.serial import SerialPort
+from tests.integration.domains import READY
+from tests.integration.guest import BootedGuest
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,6 @@ USER_NIC = "<interface type='user'><model type='virtio'/></interface>"
 PCI_ADDRESS = re.compile(r"<address type=.pci.[^>]*/>\s*")
 PCI_09 = "<address type='pci' domain='0x0000' bus='0x00' slot='0x09' function='0x0'/>"
 LIVE = client.AFFECT_LIVE
-PONG = r"QEMUD-PONG uptime=(\d+(?:\.\d+)?)"
 
 
 def refusal(name: str, changes: str) -> str:
@@ -55,27 +54,18 @@ def macs(xml: str) -> list[str]:
     return re.findall(r"<mac address=['\"]([0-9a-f:]+)['\"]", xml)
 
 
-class Guest:
-    """A defined test guest (the x86 default balloon after its other PCI devices),
-    booted, its serial line answering."""
+class Guest(BootedGuest):
+    """A booted test guest (the x86 default balloon after its other PCI devices), and
+    its managed save image."""
 
     def __init__(self, daemon: DaemonProcess, conn: client.Connection,
                  test_guest: TestGuest, name: str, tmp: Path, extra: str = "") -> None:
         self.daemon = daemon
-        self.sock = tmp / "s.sock"  # short: a unix socket path has 107 bytes at most
-        self.dom = conn.define_xml(guest_xml(name, test_guest, self.sock, extra=extra))
-        self.dom.create()
-        self.serial = SerialPort(self.sock)
-        self.serial.wait_for(READY)
+        super().__init__(conn, test_guest, name, tmp, extra=extra)
 
     @property
     def image(self) -> Path:
         return self.daemon.state_dir / "save" / f"{self.dom.name}.save"
-
-    def uptime(self) -> float:
-        mark = self.serial.mark()
-        self.serial.send("ping")
-        return float(self.serial.wait_for(PONG, timeout=30, start=mark).group(1))
 
     def restart(self) -> None:
         """A fresh QEMU (destroy, start), booted."""
@@ -83,10 +73,6 @@ class Guest:
         self.dom.create()
         self.reconnect()
         self.serial.wait_for(READY)
-
-    def reconnect(self) -> None:
-        self.serial.close()
-        self.serial = SerialPort(self.sock)
 
     def refused(self, message: str, tmp: Path) -> None:
         """Managed save, save (API and qemush) are refused with ``message``; nothing is
@@ -109,10 +95,6 @@ class Guest:
         assert not save_dir.exists() or list(save_dir.iterdir()) == []
         assert self.dom.state()[0] == DomainState.RUNNING
         self.uptime()  # (answers: it ran on)
-
-    def close(self) -> None:
-        self.serial.close()
-        remove_domain(self.dom, client.domain.UNDEFINE_MANAGED_SAVE)
 
 
 def as_an_older_qemud_left_it(daemon: DaemonProcess, guest: Guest) -> None:
@@ -187,9 +169,7 @@ def test_nic_attach_refuses_save_until_restarted(daemon: DaemonProcess,
         assert guest.dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
         assert not guest.image.exists()
         assert len(macs(guest.dom.xml())) == 1
-        guest.reconnect()
-        guest.uptime()  # it answers, and has not booted again to do so: resumed
-        assert "QEMUD-GUEST-READY" not in guest.serial.text
+        guest.resumed()
 
 
 def test_disk_attach_refuses_save(daemon: DaemonProcess, test_guest: TestGuest,

@@ -14,10 +14,9 @@ import pytest
 
 import client
 from protocol.constants import DomainState
-from tests.helpers.daemon import DaemonProcess, remove_domain, serving
+from tests.helpers.daemon import DaemonProcess, serving
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, guest_xml
-from tests.integration.serial import SerialPort
+from tests.integration.guest import BootedGuest
 
 pytestmark = pytest.mark.integration
 
@@ -42,39 +41,20 @@ def pci_slots(dom: client.Domain) -> dict[str, int]:
     return {d["qdev_id"]: d["slot"] for d in reply["return"][0]["devices"] if d["qdev_id"]}
 
 
-def boot(conn: client.Connection, test_guest: TestGuest, name: str, tmp: Path
-         ) -> tuple[client.Domain, SerialPort]:
-    sock = tmp / f"{name}.serial"
-    dom = conn.define_xml(guest_xml(name, test_guest, sock, extra=BALLOON_IN_SLOT_2))
-    dom.create()
-    serial = SerialPort(sock)
-    serial.wait_for(READY)
-    return dom, serial
-
-
-def answers(serial: SerialPort, word: str) -> None:
-    mark = serial.mark()
-    serial.send(word)
-    serial.wait_for(f"QEMUD-UNKNOWN {word}", timeout=30, start=mark)
-
-
 def test_an_image_records_that_its_devices_had_qemuds_slots(
         qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path) -> None:
     with qemud.connect() as conn:
-        dom, serial = boot(conn, test_guest, "image-pci", tmp_path)
+        guest = BootedGuest(conn, test_guest, "image-pci", tmp_path, extra=BALLOON_IN_SLOT_2)
         try:
-            assert pci_slots(dom) == {"balloon0": 2}
+            assert pci_slots(guest.dom) == {"balloon0": 2}
             image = tmp_path / "g.sav"
-            dom.save(str(image))
+            guest.dom.save(str(image))
             assert image.read_bytes().split(b"\n")[1] == b"pci"
             conn.restore(str(image))
-            serial.close()
-            serial = SerialPort(tmp_path / "image-pci.serial")
-            answers(serial, "restored")
-            assert pci_slots(dom) == {"balloon0": 2}
+            guest.resumed()
+            assert pci_slots(guest.dom) == {"balloon0": 2}
         finally:
-            serial.close()
-            remove_domain(dom)
+            guest.close()
 
 
 def test_an_older_qemuds_image_restores_and_keeps_the_old_save_guard(
@@ -83,24 +63,20 @@ def test_an_older_qemuds_image_restores_and_keeps_the_old_save_guard(
     QEMU place the devices (here it puts the balloon in slot 2 too), and a NIC plugged
     in afterwards goes where QEMU puts it, so a save is refused, as it was then."""
     with qemud.connect() as conn:
-        dom, serial = boot(conn, test_guest, "image-old", tmp_path)
+        guest = BootedGuest(conn, test_guest, "image-old", tmp_path, extra=BALLOON_IN_SLOT_2)
         try:
             image = tmp_path / "g.sav"
-            dom.save(str(image))
-            data = image.read_bytes()
-            magic, pci, rest = data.split(b"\n", 2)
+            guest.dom.save(str(image))
+            magic, pci, rest = image.read_bytes().split(b"\n", 2)
             assert pci == b"pci"
             image.write_bytes(magic + b"\n" + rest)
             conn.restore(str(image))
-            serial.close()
-            serial = SerialPort(tmp_path / "image-old.serial")
-            answers(serial, "restored-old")
-            assert pci_slots(dom) == {"balloon0": 2}
-            dom.attach_device(NIC)
+            guest.resumed()
+            assert pci_slots(guest.dom) == {"balloon0": 2}
+            guest.dom.attach_device(NIC)
             with pytest.raises(client.OperationInvalid, match="its PCI devices changed"):
-                dom.save(str(tmp_path / "again.sav"))
-            assert dom.state()[0] == DomainState.RUNNING
-            answers(serial, "still-running")
+                guest.dom.save(str(tmp_path / "again.sav"))
+            assert guest.dom.state()[0] == DomainState.RUNNING
+            guest.answers("still-running")
         finally:
-            serial.close()
-            remove_domain(dom)
+            guest.close()

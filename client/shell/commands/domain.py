@@ -25,6 +25,7 @@ from ..diskxml import graphics_display, os_type
 from ..progress import Progress
 from ..registry import DOMAIN, FILE, Arg, Args, CommandError, Opt, UsageError, command
 from ..xmlfile import XMLFileError, read_xml_file
+from .undefine_storage import selected_volumes, split_volume_list
 
 DOM = Arg("domain", "domain name, id or uuid", complete=DOMAIN)
 
@@ -293,22 +294,31 @@ def cmd_domuuid(sh: Shell, args: Args) -> None:
     sh.print(sh.domain(args.req("domain")).uuid)
 
 
+#: libvirt's VIR_DOMAIN_XML_MIGRATABLE
+_XML_MIGRATABLE = 8
+
+
 @command("dumpxml", "domain", "domain information in XML", description=(
     "Output the domain information as an XML dump to stdout: the live definition of a "
     "running domain, or with --inactive the persistent one. Secrets (the VNC password) "
     "are left out unless --security-info is given, which a read-only connection may not "
-    "do. --xpath prints only what the XPath expression selects (evaluated with <domain> "
+    "do. --migratable gives libvirt's XML suitable for migrations: a lone default USB "
+    "controller and pci-root are left out (older libvirt added them by itself); the "
+    "rest, device aliases and runtime data included, is as without it. "
+    "--xpath prints only what the XPath expression selects (evaluated with <domain> "
     "as the context node): elements as XML, attributes as name=\"value\", text and "
     "numbers as text, one per line; --wrap puts them all in one <nodes> element."),
     args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),
                        Opt("security-info", "include security sensitive information in "
                                             "XML dump"),
+                       Opt("migratable", "provide XML suitable for migrations"),
                        Opt("xpath", "xpath expression to filter the XML document", "string"),
                        Opt("wrap", "wrap xpath results in an common root element")))
 def cmd_dumpxml(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = (XML_INACTIVE if args.flag("inactive") else 0) | \
-        (XML_SECURE if args.flag("security-info") else 0)
+        (XML_SECURE if args.flag("security-info") else 0) | \
+        (_XML_MIGRATABLE if args.flag("migratable") else 0)
     with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
         xml = dom.xml(flags)
     expression = args.get("xpath")
@@ -363,12 +373,34 @@ _UNDEFINE_NVRAM, _UNDEFINE_KEEP_NVRAM = 4, 8
     "which removes their metadata (its disks stay); one with a managed save image only "
     "with --managed-save, which removes the image; a UEFI domain whose NVRAM file (its "
     "firmware variables) exists only with --nvram, which removes the file, or "
-    "--keep-nvram, which keeps it."),
+    "--keep-nvram, which keeps it. --storage (disks by target or source path, "
+    "comma-separated) and --remove-all-storage (every disk) are virsh's: they remove "
+    "the storage volumes a libvirt storage pool manages. qemud has no storage pools, so "
+    "for each disk they select qemush says, as virsh does for an unmanaged disk, that it "
+    "'is not managed by libvirt. Remove it manually.', then undefines the domain; the "
+    "files stay (--wipe-storage and --delete-storage-volume-snapshots have no volume "
+    "to act on). A name --storage finds no disk for is refused before anything is done."),
     args=(DOM,), opts=(Opt("managed-save", "remove domain managed state file"),
+                       Opt("storage", "remove associated storage volumes (comma separated "
+                                      "list of targets or source paths) (see domblklist)",
+                           "string"),
+                       Opt("remove-all-storage", "remove all associated storage volumes "
+                                                 "(use with caution)"),
+                       Opt("delete-storage-volume-snapshots",
+                           "delete snapshots associated with volume(s), requires "
+                           "--remove-all-storage (must be supported by storage driver)"),
+                       Opt("wipe-storage", "wipe data on the removed volumes"),
                        Opt("snapshots-metadata", "remove all domain snapshot metadata too"),
                        Opt("nvram", "remove nvram file"),
                        Opt("keep-nvram", "keep nvram file")))
 def cmd_undefine(sh: Shell, args: Args) -> None:
+    storage, remove_all = args.get("storage"), args.flag("remove-all-storage")
+    if args.flag("delete-storage-volume-snapshots") and not remove_all:
+        raise UsageError("Option --remove-all-storage is required by option "
+                         "--delete-storage-volume-snapshots")
+    if args.flag("wipe-storage") and storage is None and not remove_all:
+        raise CommandError("'--wipe-storage' requires '--storage <string>' or "
+                           "'--remove-all-storage'")
     dom = sh.domain(args.req("domain"))
     flags = UndefineFlags.SNAPSHOTS_METADATA if args.flag("snapshots-metadata") else 0
     if args.flag("managed-save"):
@@ -377,9 +409,37 @@ def cmd_undefine(sh: Shell, args: Args) -> None:
         flags |= _UNDEFINE_NVRAM
     if args.flag("keep-nvram"):
         flags |= _UNDEFINE_KEEP_NVRAM
+    if storage is not None or remove_all:
+        _unmanaged_storage(sh, dom, storage, remove_all)
     with sh.failing(f"Failed to undefine domain '{dom.name}'"):
         dom.undefine(flags)
     sh.print(f"Domain '{dom.name}' has been undefined")
+
+
+def _unmanaged_storage(sh: Shell, dom: Domain, storage: str | None,
+                       remove_all: bool) -> None:
+    """virsh's checks and words for undefine's storage options, before the undefine: no
+    disk of a qemud domain is a pool's volume, so each selected one is reported as one to
+    remove by hand (module undefine_storage)."""
+    with sh.failing(""):  # virsh prints the daemon's error alone
+        running = dom.is_active()
+    if running:
+        raise CommandError("Storage volume deletion is supported only on stopped domains")
+    if storage is not None and remove_all:
+        raise CommandError("Specified both --storage and --remove-all-storage")
+    with sh.failing("Could not retrieve domain XML description"):
+        xml = dom.xml()
+    wanted = split_volume_list(storage) if storage is not None else None
+    volumes, missing = selected_volumes(xml, wanted)
+    if missing:
+        raise CommandError(*(f"Volume '{name}' was not found in domain's definition."
+                             for name in missing))
+    for volume in volumes:
+        line, error = volume.messages()
+        if line is not None:
+            sh.print(line)
+        if error is not None:
+            sh.error(error)
 
 
 @command("domrename", "domain", "rename a domain", description=(

@@ -2,8 +2,9 @@
 domifstat, vcpucount, domdisplay, ttyconsole (Domain Monitoring) and maxvcpus,
 nodememstats, nodecpustats (Host and Hypervisor).
 
-Counters come from DOMAIN_STATS / NODE_STATS and the rest from the domain XML and the
-capabilities, so these commands need no procedure of their own. Output, option checks
+Counters come from DOMAIN_STATS, the host's from NODE_GET_CPU_STATS / NODE_GET_MEMORY_STATS
+(virNodeGetCPUStats / virNodeGetMemoryStats, per CPU or cell) and the rest from the domain
+XML and the capabilities. Output, option checks
 and refusals follow virsh's (tools/virsh-domain-monitor.c, virsh-domain.c, virsh-host.c);
 where the daemon reports an error itself its words are used, and where the shell has to
 make one up it uses the daemon's wording for the same condition.
@@ -260,7 +261,16 @@ def display_uri(domain_xml: str, kind: str | None = None, server: str | None = N
     schemes with the port itself. A wildcard listen address is replaced by ``server``
     (the connection's host), else ``localhost``; the password is in the XML only when it
     was asked for with the secure flag."""
+    uris = display_uris(domain_xml, kind, server)
+    return uris[0] if uris else None
+
+
+def display_uris(domain_xml: str, kind: str | None = None, server: str | None = None
+                 ) -> list[str]:
+    """What ``domdisplay --all`` prints: the URI of each scheme's first graphics device
+    with a port (as :func:`display_uri` makes it), in virsh's scheme order."""
     root = ET.fromstring(domain_xml)
+    uris: list[str] = []
     for scheme in DISPLAY_SCHEMES:
         if kind is not None and kind != scheme:
             continue
@@ -286,8 +296,9 @@ def display_uri(domain_xml: str, kind: str | None = None, server: str | None = N
             auth = f":{passwd}@" if scheme == "vnc" and passwd is not None else ""
             if scheme == "vnc":
                 port -= 5900
-            return f"{scheme}://{auth}{host}:{port}"
-    return None
+            uris.append(f"{scheme}://{auth}{host}:{port}")
+            break
+    return uris
 
 
 @command("domdisplay", "monitor", "domain display connection URI", description=(
@@ -295,12 +306,15 @@ def display_uri(domain_xml: str, kind: str | None = None, server: str | None = N
     "domain, e.g. vnc://127.0.0.1:0 (the VNC display number, port 5900 + N). "
     "--include-password puts the VNC password in it (vnc://:PASSWORD@HOST:N), which needs "
     "the domain's secrets: a read-only connection is refused, as for dumpxml "
-    "--security-info."),
+    "--security-info. --all prints every graphical display, one URI a line, as virsh "
+    "does for a domain with several (--type is then not a filter, as in virsh); a qemud "
+    "domain has at most one, its VNC display."),
     args=(DOM,),
     opts=(Opt("include-password", "includes the password into the connection URI if "
                                   "available"),
           Opt("type", "select particular graphical display (e.g. \"vnc\", \"spice\", "
-                      "\"rdp\")", "string", suggest=DISPLAY_SCHEMES)))
+                      "\"rdp\")", "string", suggest=DISPLAY_SCHEMES),
+          Opt("all", "show all possible graphical displays")))
 def cmd_domdisplay(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = XML_SECURE if args.flag("include-password") else 0
@@ -310,11 +324,13 @@ def cmd_domdisplay(sh: Shell, args: Args) -> None:
         xml = dom.xml(flags)
         server = urlsplit(sh.conn().uri()).hostname
     kind = args.get("type")
-    uri = display_uri(xml, kind, server)
-    if uri is None:
+    every = args.flag("all")
+    uris = display_uris(xml, None if every else kind, server)
+    if not uris:
         raise CommandError(f"No graphical display with type '{kind}' found" if kind else
                            "No graphical display found")
-    sh.print(uri)
+    for uri in uris if every else uris[:1]:
+        sh.print(uri)
 
 
 def console_tty(domain_xml: str) -> str | None:
@@ -391,18 +407,19 @@ def cmd_maxvcpus(sh: Shell, args: Args) -> None:
     sh.print(str(limit))
 
 
-def _node_stats(sh: Shell, context: str) -> Stats:
-    with sh.failing(context):
-        return sh.conn().node_stats()
-
-
 @command("nodememstats", "host", "Prints memory stats of the node.", description=(
-    "Returns memory stats of the node, in KiB: total, free, buffers and cached (the "
-    "host's /proc/meminfo, read by the daemon), as virsh prints them."))
+    "Returns memory stats of the node, in KiB, as virsh prints them: total, free, buffers "
+    "and cached of the host (its /proc/meminfo, read by the daemon); with --cell N those "
+    "of NUMA cell N, which libvirt reads from the node's own meminfo: total and free only "
+    "(a host without NUMA in sysfs is one cell, 0, with the host's four). A cell the host "
+    "does not have is refused in libvirt's words."),
+    opts=(Opt("cell", "prints specified cell statistics only.", "number", integer=True),))
 def cmd_nodememstats(sh: Shell, args: Args) -> None:
-    stats = _node_stats(sh, "Unable to get memory stats")
-    for name in ("total", "free", "buffers", "cached"):
-        value = stats.get(f"memory.{name}")
+    cell = args.number("cell")
+    # virsh's first call (how many fields) is the one that fails for a bad cell
+    with sh.failing("Unable to get number of memory stats"):
+        stats = sh.conn().node_memory_stats(-1 if cell is None else cell)
+    for name, value in stats.items():
         if isinstance(value, int):
             sh.print(f"{name:<7}: {value:>20} KiB")
 
@@ -410,7 +427,7 @@ def cmd_nodememstats(sh: Shell, args: Args) -> None:
 def cpu_times(stats: Stats) -> dict[str, int]:
     """virsh's nodecpustats fields (ns, all CPUs) from NODE_STATS' per-mode times, summed
     as libvirt sums /proc/stat on Linux: user = user + nice, system = system + irq +
-    softirq."""
+    softirq (for NODE_STATS readers; nodecpustats itself uses :func:`libvirt_cpu_times`)."""
     def ns(*modes: str) -> int:
         return sum(int(v) for m in modes if isinstance(v := stats.get(f"cpu.{m}"), int))
     if not any(isinstance(stats.get(f"cpu.{m}"), int) for m in ("user", "system", "idle")):
@@ -430,15 +447,34 @@ def cpu_percent(first: dict[str, int], second: dict[str, int]) -> list[tuple[str
             ("iowait", share["iowait"])]
 
 
+def libvirt_cpu_times(stats: Stats) -> dict[str, int]:
+    """virsh's nodecpustats rows from virNodeGetCPUStats' fields: libvirt's "kernel" is
+    virsh's "system:"; rows the daemon did not give are left out, as virsh does."""
+    rows = {"user": "user", "system": "kernel", "idle": "idle", "iowait": "iowait"}
+    return {row: int(value) for row, field in rows.items()
+            if isinstance(value := stats.get(field), int)}
+
+
 @command("nodecpustats", "host", "Prints cpu stats of the node.", description=(
-    "Returns cpu stats of the node, in nanoseconds summed over every CPU: user, system, "
-    "idle and iowait (as libvirt reads /proc/stat). --percent instead samples twice, one "
-    "second apart, and prints each one's share of that second and the usage "
-    "(user + system)."),
-    opts=(Opt("percent", "prints by percentage during 1 second"),))
+    "Returns cpu stats of the node, in nanoseconds summed over every CPU, or with --cpu N "
+    "those of host CPU N: user, system, idle and iowait (as libvirt reads /proc/stat). "
+    "--percent instead samples twice, one second apart, and prints each one's share of "
+    "that second and the usage (user + system). A CPU the host does not have is refused "
+    "in libvirt's words."),
+    opts=(Opt("cpu", "prints specified cpu statistics only.", "number", integer=True),
+          Opt("percent", "prints by percentage during 1 second"),))
 def cmd_nodecpustats(sh: Shell, args: Args) -> None:
-    context = "Unable to get node cpu stats"
-    first = cpu_times(_node_stats(sh, context))
+    cpu = args.number("cpu")
+    number = -1 if cpu is None else cpu
+    # virsh first asks how many fields there are, which fails only for a negative number
+    # other than -1; a CPU the host lacks fails the call that reads the stats
+    context = "Unable to get number of cpu stats" if number < -1 else \
+        "Unable to get node cpu stats"
+
+    def sample() -> dict[str, int]:
+        with sh.failing(context):
+            return libvirt_cpu_times(sh.conn().node_cpu_stats(number))
+    first = sample()
     if not first:
         raise CommandError(context, "the daemon reported no CPU times")
     if not args.flag("percent"):
@@ -446,6 +482,6 @@ def cmd_nodecpustats(sh: Shell, args: Args) -> None:
             sh.print(f"{name + ':':<15} {value:>20}")
         return
     time.sleep(1)  # virsh's own sampling interval (the shell, never the daemon, waits)
-    second = cpu_times(_node_stats(sh, context))
+    second = sample()
     for name, share in cpu_percent(first, second):
         sh.print(f"{name + ':':<15} {share:5.1f}%")

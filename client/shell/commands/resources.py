@@ -193,14 +193,15 @@ def cmd_vcpuinfo(sh: Shell, args: Args) -> None:
     with sh.failing(""):
         maxcpu = sh.conn().node_info().cpus
         info = dom.info()
+        pins: list[bytes] = []
         try:
             vcpus = dom.vcpus()
         except QemudClientError:
             if info.state != DomainState.SHUTOFF:
                 raise
             vcpus = None
-    # a shut-off domain: qemud pins no vCPU, so each may run on every host CPU
-    every = bytes([0xFF] * ((maxcpu + 7) // 8))
+            # a shut-off domain: the pinning its definition gives, as virsh shows it
+            pins = dom.vcpu_pin_info(AFFECT_CONFIG)
     blocks: list[list[tuple[str, object]]] = []
     if vcpus is not None:
         for v in vcpus:
@@ -216,7 +217,7 @@ def cmd_vcpuinfo(sh: Shell, args: Args) -> None:
             # ("CPU time" without a colon: virsh's own spelling in this case)
             blocks.append([("VCPU:", n), ("CPU:", "N/A"), ("State:", "N/A"),
                            ("CPU time", "N/A"),
-                           ("CPU Affinity:", _affinity(every, maxcpu, pretty))])
+                           ("CPU Affinity:", _affinity(pins[n], maxcpu, pretty))])
     sh.write("\n".join("".join(f"{key:<15} {value}\n" for key, value in rows)
                        for rows in blocks))
     sh.print()

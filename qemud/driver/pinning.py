@@ -1,0 +1,338 @@
+"""CPU pinning: ``<vcpu cpuset>``, ``<cputune>``'s ``<vcpupin>`` / ``<emulatorpin>``, and
+``vcpupin`` / ``emulatorpin`` (DOMAIN_PIN_VCPU, DOMAIN_GET_VCPU_PIN_INFO,
+DOMAIN_PIN_EMULATOR, DOMAIN_GET_EMULATOR_PIN_INFO).
+
+libvirt's QEMU driver is the reference (``qemuProcessSetupVcpus``,
+``qemuProcessSetupEmulator``, ``qemuDomainPinVcpuFlags``, ``qemuDomainPinEmulator``,
+``virDomainDefGetVcpuPinInfoHelper``), without cgroups: qemud sets each thread's
+affinity (``sched_setaffinity``, a syscall that never blocks the loop).
+
+* At start, after QEMU is up and before its vCPUs first run (the start step between
+  ``ready`` and ``cont``), each vCPU thread (QMP ``query-cpus-fast``) gets its
+  ``<vcpupin>``, else ``<vcpu cpuset>``; every other thread of QEMU (the emulator
+  threads, ``/proc/PID/task``) gets ``<emulatorpin>``, else ``<vcpu cpuset>``; threads
+  QEMU creates later inherit their creator's. A set naming a CPU the host does not have
+  fails the start, in the words of libvirt's cgroup error ("Invalid value '7' for
+  'cpuset.cpus': Invalid argument").
+* A vCPU plugged live (``setvcpus --live``) gets its pin right after QEMU added it.
+* A live pin sets the thread(s) now and records the pin in the live XML (the status
+  record); ``--config`` changes the persistent definition. A daemon restart re-applies
+  nothing: the kernel keeps the affinities.
+* The pin info is the definition's, as libvirt's: a vCPU's pin, else ``<vcpu cpuset>``,
+  else every host CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import Empty, Procedure
+from protocol import payloads as pl
+from qemud.conf import DomainDef
+from qemud.conf.cputune import format_cpuset, parse_cpuset
+from qemud.dispatch import Deferred, Handler
+from qemud.errors import InvalidArg, OperationFailed, QemudError, SystemCallFailed
+
+from .domain import DomainObj
+from .flags import check_flags
+from .monitor import Monitor
+from .stats import QMP_TIMEOUT
+
+if TYPE_CHECKING:
+    from .driver import QemuDriver
+
+__all__ = ["Pinning", "cpumap_of", "cpus_of", "host_cpus", "pin_plugged_vcpu", "start_pins"]
+
+log = logging.getLogger(__name__)
+
+#: libvirt's VIR_DOMAIN_AFFECT_LIVE / _CONFIG (0 = the current state)
+AFFECT_LIVE = 1
+AFFECT_CONFIG = 2
+_ONLINE = Path("/sys/devices/system/cpu/online")
+
+
+# -- host CPUs and cpumaps ---------------------------------------------------------------
+
+def host_cpus() -> frozenset[int]:
+    """The host's online CPUs (libvirt's virHostCPUGetAvailableCPUsBitmap)."""
+    try:
+        return parse_cpuset(_ONLINE.read_text().strip())
+    except (OSError, ValueError):
+        return frozenset(range(os.cpu_count() or 1))
+
+
+def cpus_of(cpumap: bytes) -> frozenset[int]:
+    """The host CPUs of libvirt's cpumap: bit ``n % 8`` of byte ``n // 8`` is CPU ``n``."""
+    return frozenset(i * 8 + bit for i, byte in enumerate(cpumap) for bit in range(8)
+                     if byte >> bit & 1)
+
+
+def cpumap_of(cpus: Iterable[int]) -> bytes:
+    """libvirt's cpumap of ``cpus``, long enough for every host CPU."""
+    wanted = set(cpus)
+    size = max(max(host_cpus(), default=0), max(wanted, default=0)) + 1
+    data = bytearray((size + 7) // 8)
+    for cpu in wanted:
+        data[cpu // 8] |= 1 << (cpu % 8)
+    return bytes(data)
+
+
+def require_on_host(cpus: frozenset[int]) -> None:
+    """Refuse a set naming a CPU the host does not have, in the words libvirt's cgroup
+    setting uses (``Invalid value '0,7' for 'cpuset.cpus': Invalid argument``)."""
+    if not cpus <= host_cpus():
+        raise SystemCallFailed(f"Invalid value '{format_cpuset(cpus)}' for 'cpuset.cpus': "
+                               "Invalid argument")
+
+
+# -- what each thread gets ---------------------------------------------------------------
+
+def vcpu_affinity(definition: DomainDef, vcpu: int) -> frozenset[int] | None:
+    """vCPU ``vcpu``'s host CPUs: its ``<vcpupin>``, else ``<vcpu cpuset>`` (None: any)."""
+    return definition.vcpupins.get(vcpu, definition.cpuset)
+
+
+def emulator_affinity(definition: DomainDef) -> frozenset[int] | None:
+    """The emulator threads' host CPUs: ``<emulatorpin>``, else ``<vcpu cpuset>``."""
+    pin = definition.emulatorpin
+    return definition.cpuset if pin is None else pin
+
+
+def _set_affinity(tid: int, cpus: frozenset[int], *, gone_ok: bool = False) -> None:
+    """sched_setaffinity, libvirt's words when the kernel refuses; a thread that ended
+    meanwhile (``gone_ok``: an emulator worker) is no error."""
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except ProcessLookupError:
+        if not gone_ok:
+            raise SystemCallFailed(f"cannot set CPU affinity on process {tid}: "
+                                   "No such process") from None
+    except OSError as exc:
+        raise SystemCallFailed(f"cannot set CPU affinity on process {tid}: "
+                               f"{exc.strerror or exc}") from None
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(name) for name in os.listdir(f"/proc/{pid}/task") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _vcpu_threads(answer: Any) -> dict[int, int]:
+    """query-cpus-fast's answer: vCPU number (cpu-index) -> thread id."""
+    threads: dict[int, int] = {}
+    for cpu in answer if isinstance(answer, list) else []:
+        if isinstance(cpu, dict) and isinstance(cpu.get("thread-id"), int):
+            threads[int(cpu.get("cpu-index", 0))] = int(cpu["thread-id"])
+    return threads
+
+
+def _pin_emulator(pid: int, vcpu_tids: Iterable[int], cpus: frozenset[int]) -> None:
+    skip = set(vcpu_tids)
+    for tid in _threads(pid):
+        if tid not in skip:
+            _set_affinity(tid, cpus, gone_ok=True)
+
+
+def start_pins(monitor: Monitor, live: DomainDef, pid: int) -> Deferred | None:
+    """The start step: every thread of the new QEMU gets the affinity ``live`` asks
+    for; None when it asks for none (nothing to do, no QMP round trip)."""
+    if live.cpuset is None and live.emulatorpin is None and not live.vcpupins:
+        return None
+    try:
+        for cpus in (live.cpuset, live.emulatorpin, *live.vcpupins.values()):
+            if cpus is not None:
+                require_on_host(cpus)
+    except QemudError as exc:
+        return Deferred.failed(exc)
+    out = Deferred()
+
+    def got(d: Deferred) -> None:
+        if d.error is not None:
+            out.fail(d.error)
+            return
+        threads = _vcpu_threads(d.result)
+        try:
+            for vcpu, tid in sorted(threads.items()):
+                cpus = vcpu_affinity(live, vcpu)
+                if cpus is not None:
+                    _set_affinity(tid, cpus)
+            emulator = emulator_affinity(live)
+            if emulator is not None:
+                _pin_emulator(pid, threads.values(), emulator)
+        except QemudError as exc:
+            out.fail(exc)
+            return
+        log.debug("domain %s: vCPU and emulator threads pinned", live.name)
+        out.resolve(None)
+    monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
+    return out
+
+
+def pin_plugged_vcpu(dom: DomainObj, vcpu: int) -> None:
+    """A vCPU ``setvcpus --live`` just plugged gets its pin (libvirt applies it at
+    hotplug); a failure is logged (the vCPU is in the guest, which is what was asked)."""
+    live, monitor = dom.live, dom.monitor
+    if live is None or monitor is None:
+        return
+    cpus = vcpu_affinity(live, vcpu)
+    if cpus is None:
+        return
+
+    def got(d: Deferred) -> None:
+        tid = _vcpu_threads(d.result).get(vcpu) if d.error is None else None
+        if tid is None:
+            log.warning("domain %s: cannot pin plugged vCPU %d: QEMU did not list its "
+                        "thread", dom.name, vcpu)
+            return
+        try:
+            _set_affinity(tid, cpus)
+        except QemudError as exc:
+            log.warning("domain %s: cannot pin plugged vCPU %d: %s", dom.name, vcpu,
+                        exc.message)
+    monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
+
+
+# -- the procedures ----------------------------------------------------------------------
+
+class Pinning:
+    """The handlers of DOMAIN_PIN_VCPU, DOMAIN_GET_VCPU_PIN_INFO, DOMAIN_PIN_EMULATOR and
+    DOMAIN_GET_EMULATOR_PIN_INFO."""
+
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+
+    def handlers(self) -> dict[Procedure, Handler]:
+        P = Procedure
+        return {
+            P.DOMAIN_PIN_VCPU: self.pin_vcpu,
+            P.DOMAIN_GET_VCPU_PIN_INFO: self.vcpu_pin_info,
+            P.DOMAIN_PIN_EMULATOR: self.pin_emulator,
+            P.DOMAIN_GET_EMULATOR_PIN_INFO: self.emulator_pin_info,
+        }
+
+    def _one_def(self, dom: DomainObj, flags: int) -> DomainDef:
+        """virDomainObjGetOneDefState: the live or the persistent definition (both
+        flags: libvirt's exclusive-flags error)."""
+        if flags & AFFECT_LIVE and flags & AFFECT_CONFIG:
+            raise InvalidArg("Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG'"
+                             " are mutually exclusive")
+        live, config = self.driver.resources.affected_defs(dom, flags)
+        chosen = live if live is not None else config
+        assert chosen is not None
+        return chosen
+
+    def _finish(self, dom: DomainObj, config: DomainDef | None, out: Deferred) -> None:
+        """After the live change: the status record, then the persistent definition."""
+        self.driver.lifecycle.save_status(dom)
+        if config is not None:
+            try:
+                self.driver.registry.save_persistent(dom, config)
+            except QemudError as exc:
+                out.fail(exc)
+                return
+        out.resolve(Empty())
+
+    # -- vcpupin -----------------------------------------------------------------------
+
+    def pin_vcpu(self, ctx: Any, args: pl.PinVcpuArgs) -> Empty | Deferred:
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainPinVcpuFlags")
+        dom = self.driver._dom(args)
+        live, config = self.driver.resources.affected_defs(dom, args.flags)
+        vcpu = args.vcpu
+        if config is not None and vcpu >= config.max_vcpus:
+            raise InvalidArg(f"vcpu {vcpu} is out of range of persistent cpu count "
+                             f"{config.vcpus}")
+        cpus = cpus_of(args.cpumap)
+        if not cpus:
+            raise InvalidArg("Empty cpu list for pinning")
+        if live is None:
+            assert config is not None
+            config.set_vcpupin(vcpu, cpus)
+            self.driver.registry.save_persistent(dom, config)
+            return Empty()
+        if vcpu >= live.max_vcpus:
+            raise InvalidArg(f"vcpu {vcpu} is out of range of live cpu count "
+                             f"{live.max_vcpus}")
+        require_on_host(cpus)
+        self.driver.lifecycle.require_no_job(dom)
+        assert dom.monitor is not None
+        out = Deferred()
+
+        def got(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            if dom.live is not live:
+                out.fail(OperationFailed(f"domain '{dom.name}' stopped"))
+                return
+            tid = _vcpu_threads(d.result).get(vcpu)
+            try:
+                if tid is not None:  # (an offline vCPU gets the pin when plugged)
+                    _set_affinity(tid, cpus)
+            except QemudError as exc:
+                out.fail(exc)
+                return
+            live.set_vcpupin(vcpu, cpus)
+            if config is not None:
+                config.set_vcpupin(vcpu, cpus)
+            self._finish(dom, config, out)
+        dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
+        return out
+
+    def vcpu_pin_info(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.VcpuPinInfoReply:
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetVcpuPinInfo")
+        definition = self._one_def(self.driver._dom(args), args.flags)
+        every = host_cpus()
+        return pl.VcpuPinInfoReply([
+            pl.VcpuPinInfo(n, cpumap_of(vcpu_affinity(definition, n) or every))
+            for n in range(definition.max_vcpus)])
+
+    # -- emulatorpin -------------------------------------------------------------------
+
+    def pin_emulator(self, ctx: Any, args: pl.PinEmulatorArgs) -> Empty | Deferred:
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainPinEmulator")
+        dom = self.driver._dom(args)
+        live, config = self.driver.resources.affected_defs(dom, args.flags)
+        cpus = cpus_of(args.cpumap)
+        if not cpus:
+            raise InvalidArg("Empty cpu list for pinning")
+        if live is None:
+            assert config is not None
+            config.emulatorpin = cpus
+            self.driver.registry.save_persistent(dom, config)
+            return Empty()
+        require_on_host(cpus)
+        self.driver.lifecycle.require_no_job(dom)
+        assert dom.monitor is not None and dom.process is not None
+        pid = dom.process.pid
+        out = Deferred()
+
+        def got(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            if dom.live is not live:
+                out.fail(OperationFailed(f"domain '{dom.name}' stopped"))
+                return
+            try:
+                _pin_emulator(pid, _vcpu_threads(d.result).values(), cpus)
+            except QemudError as exc:
+                out.fail(exc)
+                return
+            live.emulatorpin = cpus
+            if config is not None:
+                config.emulatorpin = cpus
+            self._finish(dom, config, out)
+        dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
+        return out
+
+    def emulator_pin_info(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.EmulatorPinInfoReply:
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetEmulatorPinInfo")
+        definition = self._one_def(self.driver._dom(args), args.flags)
+        return pl.EmulatorPinInfoReply(cpumap_of(emulator_affinity(definition) or host_cpus()))
