@@ -244,17 +244,7 @@ def set_vcpupin(domain: etree._Element, vcpu: int, cpus: Iterable[int] | None,
     cputune = first_child(domain, "cputune")
     existing = None if cputune is None else next(
         (n for n in cputune.iterchildren("vcpupin") if n.get("vcpu") == str(vcpu)), None)
-    if cpus is None:
-        if cputune is not None and existing is not None:
-            cputune.remove(existing)
-            _drop_empty(domain, cputune)
-        return
-    text = _checked_text(cpus, "cputune/vcpupin")
-    if existing is not None:
-        existing.set("cpuset", text)
-        return
-    node = etree.Element("vcpupin", vcpu=str(vcpu), cpuset=text)
-    _place(_cputune(domain, ranks), node)
+    _set_pin(domain, cputune, existing, cpus, ranks, "vcpupin", vcpu=str(vcpu))
 
 
 def set_emulatorpin(domain: etree._Element, cpus: Iterable[int] | None,
@@ -262,16 +252,28 @@ def set_emulatorpin(domain: etree._Element, cpus: Iterable[int] | None,
     """Pin the emulator threads to ``cpus`` (None: remove ``<emulatorpin>``)."""
     cputune = first_child(domain, "cputune")
     existing = None if cputune is None else first_child(cputune, "emulatorpin")
+    _set_pin(domain, cputune, existing, cpus, ranks, "emulatorpin")
+
+
+def _set_pin(domain: etree._Element, cputune: etree._Element | None,
+             existing: etree._Element | None, cpus: Iterable[int] | None,
+             ranks: Mapping[str, int], tag: str, **attrs: str) -> None:
+    """Set ``existing`` (a ``<tag>`` of ``cputune``, or None) to ``cpus``: its cpuset
+    changed, a new ``<tag attrs... cpuset=>`` placed, or with None the element removed
+    (and ``<cputune>`` with it once empty)."""
     if cpus is None:
         if cputune is not None and existing is not None:
             cputune.remove(existing)
             _drop_empty(domain, cputune)
         return
-    text = _checked_text(cpus, "cputune/emulatorpin")
+    text = _checked_text(cpus, f"cputune/{tag}")
     if existing is not None:
         existing.set("cpuset", text)
         return
-    _place(_cputune(domain, ranks), etree.Element("emulatorpin", cpuset=text))
+    node = etree.Element(tag)
+    for key, value in (*attrs.items(), ("cpuset", text)):
+        node.set(key, value)
+    _place(_cputune(domain, ranks), node)
 
 
 def prune_vcpupins(domain: etree._Element, max_vcpus: int) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,16 +227,41 @@ class Pinning:
         assert chosen is not None
         return chosen
 
-    def _finish(self, dom: DomainObj, config: DomainDef | None, out: Deferred) -> None:
-        """After the live change: the status record, then the persistent definition."""
-        self.driver.lifecycle.save_status(dom)
-        if config is not None:
+    def _live_pin(self, dom: DomainObj, live: DomainDef, config: DomainDef | None,
+                  apply: Callable[[dict[int, int]], None],
+                  record: Callable[[DomainDef], None]) -> Deferred:
+        """A live pin: QEMU's vCPU threads (``query-cpus-fast``) to ``apply`` (vCPU number
+        -> thread id), then ``record`` into the live definition and ``config``, the
+        status record, the persistent definition. Fails as the first step fails; a
+        guest that stopped meanwhile changes nothing."""
+        self.driver.lifecycle.require_no_job(dom)
+        assert dom.monitor is not None
+        out = Deferred()
+
+        def got(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            if dom.live is not live:
+                out.fail(OperationFailed(f"domain '{dom.name}' stopped"))
+                return
             try:
-                self.driver.registry.save_persistent(dom, config)
+                apply(_vcpu_threads(d.result))
             except QemudError as exc:
                 out.fail(exc)
                 return
-        out.resolve(Empty())
+            record(live)
+            self.driver.lifecycle.save_status(dom)
+            if config is not None:
+                record(config)
+                try:
+                    self.driver.registry.save_persistent(dom, config)
+                except QemudError as exc:
+                    out.fail(exc)
+                    return
+            out.resolve(Empty())
+        dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
+        return out
 
     # -- vcpupin -----------------------------------------------------------------------
 
@@ -260,30 +285,13 @@ class Pinning:
             raise InvalidArg(f"vcpu {vcpu} is out of range of live cpu count "
                              f"{live.max_vcpus}")
         require_on_host(cpus)
-        self.driver.lifecycle.require_no_job(dom)
-        assert dom.monitor is not None
-        out = Deferred()
 
-        def got(d: Deferred) -> None:
-            if d.error is not None:
-                out.fail(d.error)
-                return
-            if dom.live is not live:
-                out.fail(OperationFailed(f"domain '{dom.name}' stopped"))
-                return
-            tid = _vcpu_threads(d.result).get(vcpu)
-            try:
-                if tid is not None:  # (an offline vCPU gets the pin when plugged)
-                    _set_affinity(tid, cpus)
-            except QemudError as exc:
-                out.fail(exc)
-                return
-            live.set_vcpupin(vcpu, cpus)
-            if config is not None:
-                config.set_vcpupin(vcpu, cpus)
-            self._finish(dom, config, out)
-        dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
-        return out
+        def apply(threads: dict[int, int]) -> None:
+            tid = threads.get(vcpu)
+            if tid is not None:  # (an offline vCPU gets the pin when plugged)
+                _set_affinity(tid, cpus)
+        return self._live_pin(dom, live, config, apply,
+                              lambda definition: definition.set_vcpupin(vcpu, cpus))
 
     def vcpu_pin_info(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.VcpuPinInfoReply:
         check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetVcpuPinInfo")
@@ -308,29 +316,14 @@ class Pinning:
             self.driver.registry.save_persistent(dom, config)
             return Empty()
         require_on_host(cpus)
-        self.driver.lifecycle.require_no_job(dom)
-        assert dom.monitor is not None and dom.process is not None
+        assert dom.process is not None
         pid = dom.process.pid
-        out = Deferred()
 
-        def got(d: Deferred) -> None:
-            if d.error is not None:
-                out.fail(d.error)
-                return
-            if dom.live is not live:
-                out.fail(OperationFailed(f"domain '{dom.name}' stopped"))
-                return
-            try:
-                _pin_emulator(pid, _vcpu_threads(d.result).values(), cpus)
-            except QemudError as exc:
-                out.fail(exc)
-                return
-            live.emulatorpin = cpus
-            if config is not None:
-                config.emulatorpin = cpus
-            self._finish(dom, config, out)
-        dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
-        return out
+        def record(definition: DomainDef) -> None:
+            definition.emulatorpin = cpus
+        return self._live_pin(
+            dom, live, config, lambda threads: _pin_emulator(pid, threads.values(), cpus),
+            record)
 
     def emulator_pin_info(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.EmulatorPinInfoReply:
         check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetEmulatorPinInfo")
