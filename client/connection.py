@@ -567,6 +567,13 @@ class Connection:
                            pl.NodeStatsReply)
         return params_to_dict(reply.params)
 
+    def domain_xml_to_native(self, fmt: str, xml: str) -> str:
+        """virConnectDomainXMLToNative: the command line the daemon would run for domain
+        ``xml`` (defined or not), one line; ``fmt`` "qemu-argv" is the only format. A
+        dry run: nothing is defined or started. Refused on a read-only connection."""
+        return self._call(P.Procedure.CONNECT_DOMAIN_XML_TO_NATIVE,
+                          pl.XMLToNativeArgs(fmt, xml), pl.StringReply).value
+
     # -- domains -------------------------------------------------------------------------
 
     def list_domains(self, flags: int = 0) -> list[Domain]:

@@ -31,7 +31,7 @@ __all__ = [
     "RenameArgs", "MonitorCommandArgs", "BlockResizeArgs", "ScreenshotArgs",
     "PinVcpuArgs", "VcpuPinInfo", "VcpuPinInfoReply", "PinEmulatorArgs",
     "EmulatorPinInfoReply",
-    "NodeGetStatsArgs",
+    "NodeGetStatsArgs", "XMLToNativeArgs",
 ]
 
 
@@ -698,6 +698,18 @@ class NodeGetStatsArgs(Payload):
     host)."""
 
     number: S32 = -1
+    flags: U32 = 0
+
+
+# --- domxml-to-native -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class XMLToNativeArgs(Payload):
+    """virConnectDomainXMLToNative: ``format`` names the native format ("qemu-argv", the
+    only one); ``xml`` is domain XML, defined or not."""
+
+    format: Str
+    xml: Str
     flags: U32 = 0
 
 

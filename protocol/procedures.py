@@ -126,6 +126,8 @@ class Procedure(enum.IntEnum):
     # host: per-CPU and per-cell stats (nodecpustats --cpu, nodememstats --cell)
     NODE_GET_CPU_STATS = 180
     NODE_GET_MEMORY_STATS = 181
+    # connection: the QEMU command line of domain XML (domxml-to-native)
+    CONNECT_DOMAIN_XML_TO_NATIVE = 182
 
 
 class Kind(enum.Enum):
@@ -423,6 +425,16 @@ _TABLE = [
               "number (its node meminfo; cell 0 of a host without NUMA: the host's). A "
               "cell the host does not have: INVALID_ARG 'cellNum in virHostMemGetStats "
               "must be less than or equal to N'. Flags must be 0."),
+    # (changes nothing, but libvirt's ACL is connect:write: refused read-only, as there)
+    _call(P.CONNECT_DOMAIN_XML_TO_NATIVE, p.XMLToNativeArgs, p.StringReply, mutates=True,
+          doc="virConnectDomainXMLToNative: the QEMU command line a start of the domain "
+              "XML would run, on one line (shell-quoted words; with <qemu:env>, env(1) and "
+              "the assignments first), checked as DOMAIN_DEFINE_XML checks it. A dry "
+              "run: nothing is defined, started or created (no NVRAM file, directory or "
+              "VNC port; an autoport display is shown as :0, as libvirt does). Format "
+              "other than 'qemu-argv': INVALID_ARG 'unsupported config type FORMAT'; "
+              "bad XML: XML_ERROR; flags must be 0. Refused on a read-only connection, "
+              "as libvirt's."),
 ]
 
 PROCEDURES: dict[int, ProcedureSpec] = {spec.procedure.value: spec for spec in _TABLE}

@@ -1,9 +1,10 @@
-"""Intervals (and rates) a test may change for a daemon it runs as a subprocess.
+"""Intervals, rates and switches a test may change for a daemon it runs as a subprocess.
 
 Some waits of the daemon are long on purpose (a guest's log is looked at every 30 s, a
 guest gets 15 s to release an unplugged disk), and a test cannot set a module global in
 another process. Such a constant is read through :func:`seconds` (or :func:`rate`: a
-QEMU block job slowed down, so a test can kill the daemon while it runs) from an
+QEMU block job slowed down, so a test can kill the daemon while it runs; or
+:func:`flag`: a path the daemon refuses in production, opened for a test) from an
 environment variable, once, at import. These are test hooks, not configuration: they
 are documented where they are defined, never in the config reference, and must not be
 set in production.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["seconds", "rate"]
+__all__ = ["seconds", "rate", "flag"]
 
 
 def seconds(variable: str, default: float) -> float:
@@ -40,3 +41,13 @@ def rate(variable: str) -> int:
     except ValueError:
         return 0
     return max(value, 0)
+
+
+def flag(variable: str) -> bool:
+    """Whether ``variable`` holds exactly ``1`` (a switch, e.g. one that lets a test reach
+    a path the daemon refuses otherwise).
+
+    Any other value, ``true`` or ``yes`` too, leaves the switch off: a stray test hook
+    must never open such a path.
+    """
+    return os.environ.get(variable) == "1"

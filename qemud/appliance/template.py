@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from qemud.conf import ConfError, parse_domain_xml
-from qemud.conf.domain import _DEVICE_ORDER, _DOMAIN_ORDER, _OS_ORDER
+from qemud.conf.domain import DEVICE_CHILD_ORDER, DOMAIN_CHILD_ORDER, OS_CHILD_ORDER
 from qemud.conf.xmlmodel import element_path, insert_ordered, parse_document, serialize
 
 from .inspect import HostInventory
@@ -468,8 +468,8 @@ def _nics(root: etree._Element, host: HostInventory) -> None:
             for iface in interfaces:
                 directive.addprevious(iface)
         else:
-            devices = _child(root, "devices", _DOMAIN_ORDER)
-            ranks = {t: i for i, t in enumerate(_DEVICE_ORDER)}
+            devices = _child(root, "devices", DOMAIN_CHILD_ORDER)
+            ranks = {t: i for i, t in enumerate(DEVICE_CHILD_ORDER)}
             for iface in interfaces:
                 insert_ordered(devices, iface, ranks)
         _remove(directive)
@@ -513,7 +513,7 @@ def _smbios(root: etree._Element, host: HostInventory) -> None:
                         raise TemplateError(
                             f"<qemud:smbios uuid='inherit'>: the template's <uuid> {current} "
                             f"differs from the host's {host_uuid} (remove one)")
-                    _child(root, "uuid", _DOMAIN_ORDER).text = host_uuid
+                    _child(root, "uuid", DOMAIN_CHILD_ORDER).text = host_uuid
                     entries.append(("uuid", host_uuid))
             if not entries:
                 continue
@@ -522,9 +522,9 @@ def _smbios(root: etree._Element, host: HostInventory) -> None:
                 etree.SubElement(el, "entry", name=name).text = value
         if len(sysinfo) == 0:
             continue
-        insert_ordered(root, sysinfo, {t: i for i, t in enumerate(_DOMAIN_ORDER)})
-        os_el = _child(root, "os", _DOMAIN_ORDER)
-        _child(os_el, "smbios", _OS_ORDER).set("mode", "sysinfo")
+        insert_ordered(root, sysinfo, {t: i for i, t in enumerate(DOMAIN_CHILD_ORDER)})
+        os_el = _child(root, "os", DOMAIN_CHILD_ORDER)
+        _child(os_el, "smbios", OS_CHILD_ORDER).set("mode", "sysinfo")
 
 
 def _host_uuid(dmi: Mapping[str, str]) -> str | None:

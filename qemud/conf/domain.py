@@ -27,6 +27,7 @@ from . import cputune
 from .devices import (
     DEVICE_CLASSES,
     CharDevice,
+    Controller,
     Device,
     Disk,
     Graphics,
@@ -56,9 +57,12 @@ from .xmlmodel import (
 )
 
 __all__ = [
+    "DEVICE_CHILD_ORDER",
+    "DOMAIN_CHILD_ORDER",
     "DOMAIN_TYPES",
     "QEMU_NS",
     "DomainDef",
+    "OS_CHILD_ORDER",
     "OSDef",
     "normalise_uuid",
     "parse_domain_xml",
@@ -89,6 +93,10 @@ _DEVICE_ORDER = (
     "video", "hostdev", "redirdev", "redirfilter", "hub", "watchdog", "memballoon", "rng",
     "panic", "shmem", "memory", "iommu", "vsock", "crypto",
 )
+#: Public names of the child orders above, for code outside qemud.conf that places elements.
+DOMAIN_CHILD_ORDER = _DOMAIN_ORDER
+OS_CHILD_ORDER = _OS_ORDER
+DEVICE_CHILD_ORDER = _DEVICE_ORDER
 _DEVICE_RANKS = {tag: i for i, tag in enumerate(_DEVICE_ORDER)}
 _DEVICE_CLASSES: dict[Any, builtins.type[Device]] = dict(DEVICE_CLASSES)  # faster than a proxy
 
@@ -571,6 +579,25 @@ class DomainDef(XMLModel):
         """``<panic>`` devices in document order (at most one per model)."""
         return self._wrap_all(Panic, "panic")
 
+    @property
+    def pci_controllers(self) -> list[Controller]:
+        """The ``<controller type='pci'>`` elements (root bus, root ports, bridges)."""
+        return [c for c in self._wrap_all(Controller, "controller") if c.is_pci]
+
+    def add_pcie_root_port(self, index: int) -> Controller:
+        """A new ``<controller type='pci' index=INDEX model='pcie-root-port'>`` with
+        ``<model name='pcie-root-port'/>`` as libvirt writes it, after the other
+        controllers; its target and address are the QEMU layer's to fill in."""
+        port = Controller()
+        port.type = "pci"
+        port.assign_index(index)
+        port.model = "pcie-root-port"
+        port.model_name = "pcie-root-port"
+        devices = self._devices_node(create=True)
+        assert devices is not None
+        insert_ordered(devices, port.node, _DEVICE_RANKS)
+        return port
+
     def set_default_memballoon(self, model: str = "virtio") -> Memballoon:
         """``<memballoon model=MODEL/>`` unless the definition has a ``<memballoon>``
         (any model, ``none`` included); returns the domain's balloon element.
@@ -841,6 +868,7 @@ class DomainDef(XMLModel):
         serial_ports: set[int] = set()
         channel_names: set[str] = set()
         panic_models: set[str] = set()
+        controllers: set[tuple[str | None, str]] = set()
         for device in devices:
             if isinstance(device, Disk):
                 target = device.target_dev
@@ -865,6 +893,15 @@ class DomainDef(XMLModel):
                         raise DefinitionError(f"Multiple panic devices with model '{model}'",
                                               path=device.path)
                     panic_models.add(model)
+            elif isinstance(device, Controller):
+                index = device.raw_index
+                if index is not None and device.is_pci:  # (USB companions share one)
+                    key = (device.type, str(device.index))
+                    if key in controllers:
+                        # libvirt's words (virDomainDefRejectDuplicateControllers)
+                        raise DefinitionError(f"Multiple '{device.type}' controllers with "
+                                              f"index '{index}'", path=device.path)
+                    controllers.add(key)
             elif isinstance(device, CharDevice):
                 tag = device.tag
                 if tag == "serial":

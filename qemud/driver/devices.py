@@ -20,11 +20,18 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Callable, Sequence
-from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
 from qemud import testhooks
-from qemud.conf import ConfError, Device, Disk, DomainDef, Interface, parse_device_xml
+from qemud.conf import (
+    ConfError,
+    Controller,
+    Device,
+    Disk,
+    DomainDef,
+    Interface,
+    parse_device_xml,
+)
 from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
@@ -40,6 +47,7 @@ from qemud.qemu.arch import get_strategy
 from qemud.qemu.errors import QemuError
 from qemud.qemu.nicplug import slot_props
 
+from .controllers import attach_controller, detach_controller
 from .domain import DomainObj
 from .nics import Nics
 
@@ -47,7 +55,7 @@ if TYPE_CHECKING:
     from .driver import QemuDriver
     from .store import StatusRecord
 
-__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "PCIE_ROOT_MACHINES", "PciSlot",
+__all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "PciSlot",
            "disk_nodes", "place", "plug_slot", "prefer_slot", "require_pci_hotplug"]
 
 log = logging.getLogger(__name__)
@@ -65,44 +73,48 @@ UNPLUG_TIMEOUT = testhooks.seconds(UNPLUG_TIMEOUT_ENV, 15.0)
 _FORMATS = {"raw", "qcow2"}
 #: the protocol drivers of the daemon's storage nodes ("file" also opens an overlay)
 _PROTOCOLS = {"file", "host_device"}
-#: Machine types whose root bus is PCI Express (``pcie.0``): QEMU plugs no device into
-#: it, and takes none out, while the guest runs ("Bus 'pcie.0' does not support
-#: hotplugging"); only a pcie-root-port can take a hot-plugged device. qemud's argv
-#: builder adds none (a ``<controller>`` of the definition is kept, not acted on), so on
-#: these machines every PCI device it starts sits on the root bus, and no live attach or
-#: detach of one can work. (A fact about machine types: it would sit in the arch table,
-#: devices.toml, if more than hotplug asked it.)
-PCIE_ROOT_MACHINES = ("q35", "pc-q35-*", "virt", "virt-*")
+def require_pci_hotplug(live: DomainDef, what: str, *, addressed: bool,
+                        unplugged: Device | None = None) -> None:
+    """Refuse a live attach (or the detach of ``unplugged``) of the PCI device ``what``
+    ("interface 52:54:00:...", "disk vdb") on a machine whose root bus is PCI Express
+    (:func:`pci.express`: QEMU's "Bus 'pcie.0' does not support hotplugging") when no
+    root port can take it, before QEMU or a
+    definition is touched: QEMU's own error would come only after the netdev or block
+    nodes were added (and a --config half already saved), and it names neither the
+    cause nor a way out.
 
-
-def require_pci_hotplug(live: DomainDef, what: str, unplug: bool = False) -> None:
-    """Refuse a live attach (or, with ``unplug``, detach) of the PCI device ``what``
-    ("interface 52:54:00:...", "disk vdb") on a machine whose root bus is PCIe (see
-    :data:`PCIE_ROOT_MACHINES`), before QEMU or a definition is touched: QEMU's own
-    error would come only after the netdev or block nodes were added (and a --config
-    half already saved), and it names neither the cause nor a way out. libvirt, which
-    adds pcie-root-ports, fails the same way when none is free ("No more available PCI
-    slots"); its words start the message.
+    A device comes out of such a guest only from behind a pcie-root-port (not one with
+    ``hotplug='off'``); one goes in only into a free port, which :func:`plug_slot`
+    chooses (libvirt's "No more available PCI slots" when none is), and only for a
+    guest whose ports qemud started (``addressed``: not one an older qemud started,
+    which built none).
     """
-    machine = get_strategy(live.os.arch or platform.machine()).machine_type(live)
-    if not any(fnmatch(machine, pattern) for pattern in PCIE_ROOT_MACHINES):
+    strategy = get_strategy(live.os.arch or platform.machine())
+    if not pci.express(live, strategy):
         return
-    other = ", or use machine 'pc'" if "q35" in machine else ""
-    if unplug:
+    machine = strategy.machine_type(live)
+    if unplugged is None:
+        if addressed:
+            return
         raise ConfigUnsupported(
-            f"cannot hot-unplug {what}: on machine '{machine}' it sits on the PCIe root "
-            "bus pcie.0, which takes no device out while the guest runs (qemud adds no "
-            f"pcie-root-port); detach it with --config to have it gone at the next "
-            f"start{other}")
+            f"No more available PCI slots: cannot hot-plug {what}: domain was started by "
+            f"an older qemud, which built no pcie-root-port for machine '{machine}' (its "
+            "root bus pcie.0 takes no hot-plugged device); start the domain again first, "
+            "or attach it with --config to have it at the next start")
+    address = unplugged.pci_address
+    port = _root_port(live, 0 if address is None else address.bus)
+    if port is not None and port.hotplug != "off":
+        return
+    where = ("behind a pcie-root-port with hotplug='off'" if port is not None else
+             "on the PCIe root bus pcie.0, which takes no device out while the guest runs")
     raise ConfigUnsupported(
-        f"No more available PCI slots: cannot hot-plug {what}: machine '{machine}' has no "
-        "free PCIe hotplug slot (its root bus pcie.0 takes no hot-plugged device, and "
-        "qemud adds no pcie-root-port); attach it with --config to have it at the next "
-        f"start{other}")
+        f"cannot hot-unplug {what}: on machine '{machine}' it sits {where}; detach it with "
+        "--config to have it gone at the next start (a device behind a pcie-root-port of "
+        "its own can be unplugged live)")
 
 
-#: where a live attach has QEMU put a PCI device: (QEMU's id of the root bus, slot)
-PciSlot = tuple[str, int]
+#: where a live attach has QEMU put a PCI device: (QEMU's id of its bus, its slot)
+PciSlot = tuple[str, pci.Slot]
 
 
 def plug_slot(dom: DomainObj, device: Device, what: str, plugging: Sequence[Device] = ()
@@ -115,7 +127,9 @@ def plug_slot(dom: DomainObj, device: Device, what: str, plugging: Sequence[Devi
 
     Its own ``<address type='pci'>``, checked against the live definition as a define
     checks it (a slot another device holds is libvirt's "Attempted double use of PCI
-    Address"), else the lowest free slot (:func:`pci.free_slot`, libvirt's "No more
+    Address"; on a PCI Express machine, only a free pcie-root-port's takes a device
+    while the guest runs), else a free slot (:func:`pci.free_slot`: a free root port's
+    on a PCI Express machine, the lowest root-bus slot on another, libvirt's "No more
     available PCI slots" when none is). QEMU is told the slot (``bus``/``addr`` of
     ``device_add``), and the live XML keeps it (:func:`place`).
 
@@ -144,12 +158,33 @@ def plug_slot(dom: DomainObj, device: Device, what: str, plugging: Sequence[Devi
         with_device.add_device(device)
         chosen = pci.plan(with_device, strategy)  # (checks the device's own address)
         if wanted is not None and chosen is not None:
-            return chosen.bus, wanted.slot
+            if pci.express(live, strategy):
+                _require_hotplug_bus(live, strategy.machine_type(live), what, wanted.bus)
+            return chosen.bus_id(wanted.bus), pci.Slot(wanted.bus, wanted.slot)
         return pci.free_slot(base, strategy, what)
     except ConfError as exc:
         raise XMLError(str(exc)) from None
     except QemuError as exc:
         raise ConfigUnsupported(str(exc)) from None
+
+
+def _require_hotplug_bus(live: DomainDef, machine: str, what: str, bus: int) -> None:
+    """On a PCI Express machine, an address asked for must be a root port's that takes
+    devices while the guest runs (QEMU's "Bus 'pcie.0' does not support hotplugging")."""
+    port = _root_port(live, bus)
+    if port is None or port.hotplug == "off":
+        where = ("a pcie-root-port with hotplug='off'" if port is not None else
+                 "the PCIe root bus pcie.0")
+        raise ConfigUnsupported(
+            f"cannot hot-plug {what} at the <address> it asks for: on machine '{machine}' "
+            f"that is on {where}, which takes no device while the guest runs; give it a "
+            "free pcie-root-port's bus, or no <address>")
+
+
+def _root_port(live: DomainDef, bus: int) -> Controller | None:
+    """The pcie-root-port that makes PCI bus ``bus`` (None for the root bus, 0)."""
+    return next((c for c in live.pci_controllers if bus and c.is_root_port
+                 and c.index == bus), None)
 
 
 def place(device: Device, slot: PciSlot | None) -> None:
@@ -159,7 +194,7 @@ def place(device: Device, slot: PciSlot | None) -> None:
     if slot is None:
         device.pci_address = None
     else:
-        device.assign_pci_slot(slot[1])
+        device.assign_pci_slot(slot[1].slot, slot[1].bus)
 
 
 def prefer_slot(definition: DomainDef, added: Device, slot: PciSlot | None) -> None:
@@ -172,7 +207,7 @@ def prefer_slot(definition: DomainDef, added: Device, slot: PciSlot | None) -> N
     if slot is None or added.pci_address is not None or \
             added.address_type not in (None, "pci"):
         return
-    added.assign_pci_slot(slot[1])
+    added.assign_pci_slot(slot[1].slot, slot[1].bus)
     try:
         pci.plan(definition, get_strategy(definition.os.arch or platform.machine()))
     except QemuError:  # taken there (or refused for a reason of its own, said later)
@@ -328,12 +363,15 @@ class Devices:
         live, config = self._targets(dom, flags)
         if isinstance(dev, Interface):
             return self.nics.attach(dom, dev, live, config)
+        if isinstance(dev, Controller):
+            attach_controller(self.driver, dom, dev, live, config)
+            return None
         disk = self._disk_only(dev, "attach", live)
         slot: PciSlot | None = None
         if live:  # checked before the config changes: a refused call changes nothing
             self._require_live_change(dom)
             assert dom.live is not None
-            self._check_hotplug(dom.live, disk)
+            self._check_hotplug(dom.live, disk, dom.pci_addressed)
             self._add(dom.live.copy(), disk)  # checks the target is free before QEMU
             slot = self.choose_slot(dom, disk, f"disk {_target_of(disk)}")
         if config:
@@ -416,7 +454,7 @@ class Devices:
             raise XMLError(str(exc)) from None
 
     @staticmethod
-    def _check_hotplug(live: DomainDef, disk: Disk) -> None:
+    def _check_hotplug(live: DomainDef, disk: Disk, addressed: bool) -> None:
         """What a live attach of ``disk`` needs, checked before anything changes: a
         virtio disk with a source in a format the daemon opens, on a machine that takes
         hot-plugged PCI devices."""
@@ -429,7 +467,7 @@ class Devices:
         fmt = disk.driver_type or "raw"
         if fmt not in _FORMATS:
             raise ConfigUnsupported(f"unsupported disk format '{fmt}'")
-        require_pci_hotplug(live, f"disk {_target_of(disk)}")
+        require_pci_hotplug(live, f"disk {_target_of(disk)}", addressed=addressed)
 
     def _hotplug(self, dom: DomainObj, disk: Disk, slot: PciSlot | None) -> Deferred:
         """Open the disk's block nodes and plug it in (into ``slot``, or where QEMU
@@ -437,7 +475,7 @@ class Devices:
         closed again if a step fails."""
         self.driver.lifecycle.require_active(dom)
         assert dom.monitor is not None and dom.live is not None
-        self._check_hotplug(dom.live, disk)
+        self._check_hotplug(dom.live, disk, dom.pci_addressed)
         fmt = disk.driver_type or "raw"
         disk.target_bus = "virtio"
         target = _target_of(disk)
@@ -496,6 +534,9 @@ class Devices:
         live, config = self._targets(dom, flags)
         if isinstance(dev, Interface):
             return self.nics.detach(dom, dev, live, config)
+        if isinstance(dev, Controller):
+            detach_controller(self.driver, dom, dev, live, config)
+            return None
         wanted = self._disk_only(dev, "detach", live)
         target = _target_of(wanted)
         disk: Disk | None = None
@@ -509,7 +550,8 @@ class Devices:
                     "the guest has not released it yet")
             strategy = get_strategy(dom.live.os.arch or platform.machine())
             if strategy.disk_bus(dom.live, disk) == "virtio":  # (a PCI device)
-                require_pci_hotplug(dom.live, f"disk {target}", unplug=True)
+                require_pci_hotplug(dom.live, f"disk {target}", addressed=dom.pci_addressed,
+                                    unplugged=disk)
         if config:
             definition = (dom.next_definition or dom.definition).copy()
             found = self._find(definition, target, dom.name)

@@ -51,6 +51,7 @@ from .jobs import Jobs
 from .lifecycle import CLK_TCK, DESTROY_GRACEFUL, Lifecycle
 from .metadata import Metadata
 from .migratable import XML_MIGRATABLE, migratable
+from .native import handler as xml_to_native_handler
 from .pinning import Pinning
 from .ports import PortAllocator
 from .registry import Registry
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 
 XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_SECURE = 1  # libvirt's VIR_DOMAIN_XML_SECURE: include secrets (the VNC password)
+#: libvirt's VIR_DOMAIN_XML_UPDATE_CPU: a host-model CPU given as the model it expands to.
+#: qemud has no host-model CPU, so the XML is the same with the flag as without it.
+XML_UPDATE_CPU = 4
 
 GuestHook = Callable[[DomainObj, str], bool]
 
@@ -304,6 +308,7 @@ class QemuDriver:
             P.NODE_STATS: lambda c, a: node_stats(a),
             P.NODE_GET_CPU_STATS: lambda c, a: node_cpu_stats(a),
             P.NODE_GET_MEMORY_STATS: lambda c, a: node_memory_stats(a),
+            P.CONNECT_DOMAIN_XML_TO_NATIVE: xml_to_native_handler(self),  # domxml-to-native
             **self.resources.handlers(),
             **self.blockinfo.handlers(),
             **self.metadata.handlers(),
@@ -383,11 +388,12 @@ class QemuDriver:
     def _get_xml(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.StringReply:
         """The domain XML; secrets (the VNC password) only with XML_SECURE, which a
         read-only connection may not ask for (libvirt's rule and words); XML_MIGRATABLE:
-        libvirt's migratable form (module migratable)."""
+        libvirt's migratable form (module migratable); XML_UPDATE_CPU: accepted, as
+        libvirt does, and changes nothing (no host-model CPU to update)."""
         secure = bool(args.flags & XML_SECURE)
         if secure and ctx.readonly:
             raise OperationDenied("virDomainGetXMLDesc with secure flag")
-        check_flags(args.flags, XML_SECURE | XML_INACTIVE | XML_MIGRATABLE,
+        check_flags(args.flags, XML_SECURE | XML_INACTIVE | XML_UPDATE_CPU | XML_MIGRATABLE,
                     "qemuDomainGetXMLDesc")
         dom = self._dom(args)
         live = not (args.flags & XML_INACTIVE or dom.live is None)

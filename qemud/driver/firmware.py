@@ -32,7 +32,7 @@ from lxml import etree
 
 from protocol.constants import ErrorDomain
 from qemud.conf import DomainDef
-from qemud.conf.domain import _DOMAIN_ORDER
+from qemud.conf.domain import DOMAIN_CHILD_ORDER
 from qemud.conf.xmlmodel import first_child, insert_ordered
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, SystemCallFailed
 from qemud.qemu import firmware as fw
@@ -53,7 +53,7 @@ UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 4, 8
 #: libvirt's VIR_DOMAIN_START_RESET_NVRAM (DOMAIN_CREATE)
 START_RESET_NVRAM = 32
 
-_DOMAIN_RANKS = {tag: i for i, tag in enumerate(_DOMAIN_ORDER)}
+_DOMAIN_RANKS = {tag: i for i, tag in enumerate(DOMAIN_CHILD_ORDER)}
 
 
 def nvram_default_path(nvram_dir: Path, name: str) -> Path:

@@ -53,9 +53,12 @@ from .store import StatusRecord
 from .update import set_link_states
 
 if TYPE_CHECKING:
+    from qemud.qemu.arch import ArchStrategy
+    from qemud.qemu.capabilities import Capabilities
+
     from .driver import QemuDriver
 
-__all__ = ["Lifecycle"]
+__all__ = ["Lifecycle", "command_line"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,22 @@ def last_words(output: str) -> str:
     assertion); the guest's log has everything."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     return " | ".join(lines[-LAST_WORDS_LINES:])
+
+
+def command_line(live: DomainDef, strategy: ArchStrategy, caps: Capabilities,
+                 paths: GuestPaths, *, pci_addresses: bool = True) -> list[str]:
+    """The QEMU command line a start runs for ``live`` (the copy of the definition the
+    guest runs from, which this completes): its RAM aligned as QEMU gets it (libvirt's
+    qemuDomainAlignMemorySizes: the running guest shows the RAM QEMU gets; the
+    persistent definition keeps the user's KiB), its PCI addresses assigned (a
+    definition has them since its define or load; what the live XML shows is where QEMU
+    puts each device, so a restore can do the same; not with ``pci_addresses`` false,
+    see ``build_argv``). Raises :class:`QemuError` for what QEMU cannot be given."""
+    if live.memory_kib > 0 and strategy.memory_kib(live) != live.memory_kib:
+        live.memory_kib = strategy.memory_kib(live)
+    if pci_addresses:
+        assign_addresses(live, strategy)
+    return build_argv(live, strategy, caps, paths, pci_addresses=pci_addresses)
 
 class Lifecycle:
     def __init__(self, driver: QemuDriver) -> None:
@@ -136,19 +155,11 @@ class Lifecycle:
             strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
         except QemuError as exc:  # a stored definition of an arch this build lacks
             raise ConfigUnsupported(str(exc)) from None
-        if live.memory_kib > 0 and strategy.memory_kib(live) != live.memory_kib:
-            # libvirt's qemuDomainAlignMemorySizes: the running guest shows the RAM QEMU
-            # gets; the persistent definition keeps the user's KiB
-            live.memory_kib = strategy.memory_kib(live)
         paths = self.guest_paths(dom.name)
         self.driver.ports.assign(live)
         try:
-            if pci_addresses:
-                # (a definition has them since its define or load; what the live XML
-                # shows is where QEMU puts each device, so a restore can do the same)
-                assign_addresses(live, strategy)
-            argv = build_argv(live, strategy, self.driver.caps, paths,
-                              pci_addresses=pci_addresses)
+            argv = command_line(live, strategy, self.driver.caps, paths,
+                                pci_addresses=pci_addresses)
         except QemuError as exc:
             self.driver.ports.release(live)
             raise ConfigUnsupported(str(exc)) from None

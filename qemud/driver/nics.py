@@ -99,7 +99,7 @@ class Nics:
             assert dom.live is not None
             what = f"interface {iface.mac}"
             plugged = self._with_defaults(dom.live, iface, dom.name)
-            self.devices.require_pci_hotplug(dom.live, what)
+            self.devices.require_pci_hotplug(dom.live, what, addressed=dom.pci_addressed)
             slot = self.devices.choose_slot(dom, iface, what)
             self.devices.place(plugged, slot)
         definition: DomainDef | None = None
@@ -231,7 +231,8 @@ class Nics:
                 raise OperationInvalid(
                     f"interface {found.mac} of domain '{dom.name}' is already being "
                     "detached: the guest has not released it yet")
-            self.devices.require_pci_hotplug(dom.live, f"interface {found.mac}", unplug=True)
+            self.devices.require_pci_hotplug(dom.live, f"interface {found.mac}",
+                                             addressed=dom.pci_addressed, unplugged=found)
         if config:
             definition = (dom.next_definition or dom.definition).copy()
             gone = find_interface(definition, wanted)

@@ -40,7 +40,7 @@ from qemud.errors import InvalidArg, OperationFailed, QemudError, SystemCallFail
 from .domain import DomainObj
 from .flags import check_flags
 from .monitor import Monitor
-from .stats import QMP_TIMEOUT
+from .stats import QMP_TIMEOUT, vcpu_threads
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -123,15 +123,6 @@ def _threads(pid: int) -> list[int]:
         return []
 
 
-def _vcpu_threads(answer: Any) -> dict[int, int]:
-    """query-cpus-fast's answer: vCPU number (cpu-index) -> thread id."""
-    threads: dict[int, int] = {}
-    for cpu in answer if isinstance(answer, list) else []:
-        if isinstance(cpu, dict) and isinstance(cpu.get("thread-id"), int):
-            threads[int(cpu.get("cpu-index", 0))] = int(cpu["thread-id"])
-    return threads
-
-
 def _pin_emulator(pid: int, vcpu_tids: Iterable[int], cpus: frozenset[int]) -> None:
     skip = set(vcpu_tids)
     for tid in _threads(pid):
@@ -156,7 +147,7 @@ def start_pins(monitor: Monitor, live: DomainDef, pid: int) -> Deferred | None:
         if d.error is not None:
             out.fail(d.error)
             return
-        threads = _vcpu_threads(d.result)
+        threads = vcpu_threads(d.result)
         try:
             for vcpu, tid in sorted(threads.items()):
                 cpus = vcpu_affinity(live, vcpu)
@@ -185,7 +176,7 @@ def pin_plugged_vcpu(dom: DomainObj, vcpu: int) -> None:
         return
 
     def got(d: Deferred) -> None:
-        tid = _vcpu_threads(d.result).get(vcpu) if d.error is None else None
+        tid = vcpu_threads(d.result).get(vcpu) if d.error is None else None
         if tid is None:
             log.warning("domain %s: cannot pin plugged vCPU %d: QEMU did not list its "
                         "thread", dom.name, vcpu)
@@ -246,7 +237,7 @@ class Pinning:
                 out.fail(OperationFailed(f"domain '{dom.name}' stopped"))
                 return
             try:
-                apply(_vcpu_threads(d.result))
+                apply(vcpu_threads(d.result))
             except QemudError as exc:
                 out.fail(exc)
                 return

@@ -45,7 +45,7 @@ from qemud.qemu.qmp import QMPEvent
 
 from .domain import DomainObj
 from .flags import check_flags
-from .stats import QMP_TIMEOUT, rss_kib, thread_stat
+from .stats import QMP_TIMEOUT, rss_kib, thread_stat, vcpu_threads
 from .vcpu_hotplug import VcpuHotplug
 
 if TYPE_CHECKING:
@@ -329,8 +329,8 @@ class Resources:
             if d.error is not None:
                 out.fail(d.error)
                 return
-            cpus = sorted(d.result or [], key=lambda c: c.get("cpu-index", 0))
-            out.resolve(pl.VcpuInfoReply([_vcpu_info(pid, cpu) for cpu in cpus]))
+            out.resolve(pl.VcpuInfoReply([_vcpu_info(pid, vcpu, tid) for vcpu, tid
+                                          in vcpu_threads(d.result).items()]))
         dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
         return out
 
@@ -363,17 +363,17 @@ def _cpumap(cpus: set[int]) -> bytes:
     return bytes(data)
 
 
-def _vcpu_info(pid: int, cpu: dict[str, Any]) -> pl.VcpuInfo:
-    tid = cpu.get("thread-id")
+def _vcpu_info(pid: int, vcpu: int, tid: int) -> pl.VcpuInfo:
+    """vCPU ``vcpu``, QEMU thread ``tid``: its CPU time, last host CPU and affinity
+    (time 0, CPU -1 and an empty map when the thread is gone)."""
     time_ns, host_cpu = 0, -1
     affinity: set[int] = set()
-    if isinstance(tid, int):
-        stat = thread_stat(Path(f"/proc/{pid}/task/{tid}/stat"))
-        if stat is not None:
-            time_ns, host_cpu = stat
-        try:
-            affinity = os.sched_getaffinity(tid)
-        except OSError:
-            pass
-    return pl.VcpuInfo(number=int(cpu.get("cpu-index", 0)), state=_VCPU_RUNNING,
-                       cpu_time_ns=time_ns, cpu=host_cpu, cpumap=_cpumap(affinity))
+    stat = thread_stat(Path(f"/proc/{pid}/task/{tid}/stat"))
+    if stat is not None:
+        time_ns, host_cpu = stat
+    try:
+        affinity = os.sched_getaffinity(tid)
+    except OSError:
+        pass
+    return pl.VcpuInfo(number=vcpu, state=_VCPU_RUNNING, cpu_time_ns=time_ns,
+                       cpu=host_cpu, cpumap=_cpumap(affinity))

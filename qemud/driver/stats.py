@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .driver import QemuDriver
 
 __all__ = ["domain_stats", "node_stats", "node_cpu_stats", "node_memory_stats", "basic_stats",
-           "block_stats", "net_stats", "rss_kib", "thread_stat"]
+           "block_stats", "net_stats", "rss_kib", "thread_stat", "vcpu_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +135,24 @@ def basic_stats(dom: DomainObj) -> tuple[Params, Params, Params]:
     return head, balloon, vcpu
 
 
+def vcpu_threads(answer: Any) -> dict[int, int]:
+    """QMP ``query-cpus-fast``'s answer as vCPU number (``cpu-index``) -> host thread id,
+    in vCPU order: what domstats, vcpuinfo and the pinning code read from it. QEMU's
+    schema makes both fields mandatory; an entry without a thread id (or an answer that
+    is not a list) gives nothing rather than an error."""
+    threads: dict[int, int] = {}
+    for cpu in answer if isinstance(answer, list) else []:
+        if isinstance(cpu, dict) and isinstance(cpu.get("thread-id"), int):
+            threads[int(cpu.get("cpu-index", 0))] = int(cpu["thread-id"])
+    return dict(sorted(threads.items()))
+
+
 def vcpu_thread_stats(pid: int, cpus: Any) -> Params:
     """vcpu.N.state/time from query-cpus-fast's thread ids."""
     params: Params = []
-    for i, cpu in enumerate(sorted(cpus or [], key=lambda c: c.get("cpu-index", 0))):
-        index = cpu.get("cpu-index", i)
+    for index, tid in vcpu_threads(cpus).items():
         params.append(_int(f"vcpu.{index}.state", 1))
-        tid = cpu.get("thread-id")
-        times = _proc_cpu_ns(PROC / str(pid) / "task" / str(tid) / "stat") \
-            if isinstance(tid, int) else None
+        times = _proc_cpu_ns(PROC / str(pid) / "task" / str(tid) / "stat")
         if times is not None:
             params.append(_int(f"vcpu.{index}.time", times[0] + times[1]))
     return params

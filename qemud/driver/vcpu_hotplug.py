@@ -38,12 +38,12 @@ snapshot or another change waits for it. Machines whose QEMU lists no hot-plugga
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qemud import testhooks
 from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
@@ -84,7 +84,7 @@ TCG_UNPLUG_ENV = "QEMUD_TCG_VCPU_UNPLUG"
 #: vCPUs come and go as libvirt plugs them. So a decrease is refused for TCG guests
 #: before anything changes, unless the test hook is set (its tests never plug after an
 #: unplug).
-TCG_UNPLUG = os.environ.get(TCG_UNPLUG_ENV) == "1"
+TCG_UNPLUG = testhooks.flag(TCG_UNPLUG_ENV)
 #: ACPI's _OST source event of an eject request (status 0: done)
 _OST_EJECT = 3
 _CHILD_OF_ALIAS = re.compile(re.escape(PERIPHERAL) + r"(vcpu\d+)/")

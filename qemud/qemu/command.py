@@ -257,6 +257,8 @@ class _Builder:
         self._actions()
         self._kernel()
         self._boot()
+        if self.slots is not None:  # (a guest started without slots had no ports either)
+            self.add(*pci.root_port_args(self.slots))
         self.add(*strategy.controller_args(dom, self.slots))
         if dom.channels or any(c.target_type == "virtio" for c in dom.consoles):
             self.add_device(strategy.virtio_serial_controller(), ("implicit", "virtio_serial"))

@@ -20,6 +20,7 @@ from qemud.qemu.arch import ArchStrategy
 from qemud.qemu.command import netdev_arg
 from qemud.qemu.domain import InterfaceView
 from qemud.qemu.errors import GuestConfigError
+from qemud.qemu.pci import Slot
 
 __all__ = ["nic_plug_args", "slot_props", "split_qemu_opts"]
 
@@ -57,10 +58,10 @@ def _props(parts: list[str], where: str) -> dict[str, Any]:
 
 
 def nic_plug_args(iface: InterfaceView, strategy: ArchStrategy, where: str = "interface",
-                  slot: tuple[str, int] | None = None
+                  slot: tuple[str, Slot] | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(netdev_add arguments, device_add arguments)`` for ``iface``, which has its MAC;
-    with ``slot`` (QEMU's id of the bus, slot number) the device goes into that slot.
+    with ``slot`` (QEMU's id of the bus, the slot) the device goes into that slot.
 
     Raises :class:`GuestConfigError` (a QemuError) for what the argv builder refuses too
     (an interface type without backend, a model the arch does not have).
@@ -81,8 +82,10 @@ def nic_plug_args(iface: InterfaceView, strategy: ArchStrategy, where: str = "in
     return netdev, {"driver": device[0], **_props(device[1:], where), **slot_props(slot)}
 
 
-def slot_props(slot: tuple[str, int] | None) -> dict[str, str]:
+def slot_props(slot: tuple[str, Slot] | None) -> dict[str, str]:
     """The ``device_add`` arguments that put a PCI device in ``slot`` (QEMU's id of the
-    bus, slot number): ``bus`` and ``addr`` as the argv builder writes them; none for
-    None (QEMU picks the first free slot)."""
-    return {} if slot is None else {"bus": slot[0], "addr": f"{slot[1]:#x}"}
+    bus, the slot): ``bus`` and ``addr`` as the argv builder writes them; none for None
+    (QEMU picks the first free slot)."""
+    if slot is None:
+        return {}
+    return {"bus": slot[0], "addr": slot[1].addr}

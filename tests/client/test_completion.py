@@ -37,7 +37,8 @@ def test_command_names(c: Completer) -> None:
                                    "domdisplay", "domid", "domif-getlink", "domif-setlink",
                                    "domiflist", "domifstat", "dominfo",
                                    "domjobabort", "domjobinfo", "dommemstat", "domname",
-                                   "domrename", "domstate", "domstats", "domuuid"]
+                                   "domrename", "domstate", "domstats", "domuuid",
+                                   "domxml-to-native"]
     assert c.candidates("snapshot-l") == ["snapshot-list"]
     assert c.candidates("nosuch") == []
 

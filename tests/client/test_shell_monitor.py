@@ -17,9 +17,9 @@ from client.shell.commands.monitor import (
     block_counters,
     console_tty,
     cpu_percent,
-    cpu_times,
     display_uri,
     interface_index,
+    libvirt_cpu_times,
     machine_max_cpus,
     vcpu_counts,
 )
@@ -122,14 +122,14 @@ def test_machine_max_cpus() -> None:
 
 
 def test_cpu_times_and_percent() -> None:
-    times = cpu_times({"cpu.user": 10, "cpu.nice": 5, "cpu.system": 7, "cpu.irq": 1,
-                       "cpu.softirq": 2, "cpu.idle": 70, "cpu.iowait": 5, "cpu.steal": 3})
+    times = libvirt_cpu_times({"user": 15, "kernel": 10, "idle": 70, "iowait": 5,
+                               "utilization": 0.5})
     assert times == {"user": 15, "system": 10, "idle": 70, "iowait": 5}
     later = {"user": 45, "system": 20, "idle": 130, "iowait": 5}
     assert cpu_percent(times, later) == [("usage", 40.0), ("user", 30.0),
                                          ("system", 10.0), ("idle", 60.0),
                                          ("iowait", 0.0)]
-    assert cpu_times({"memory.total": 1}) == {}
+    assert libvirt_cpu_times({"user": 1, "iowait": "n/a"}) == {"user": 1}
 
 
 # -- against a daemon --------------------------------------------------------------------

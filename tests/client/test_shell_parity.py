@@ -1,6 +1,7 @@
 """virsh parity of qemush's smaller options, against a real daemon: nodecpustats --cpu,
 nodememstats --cell, undefine's storage options, domdisplay --all and dumpxml
---migratable. Output and refusals are virsh's (tools/virsh-host.c, virsh-domain.c)."""
+--migratable / --update-cpu. Output and refusals are virsh's (tools/virsh-host.c,
+virsh-domain.c)."""
 
 from __future__ import annotations
 
@@ -294,13 +295,20 @@ def _check_migratable(qemush: Qemush, u: str) -> None:
 
 
 def test_get_xml_flags(daemon: DaemonProcess, qemush: Qemush, tmp_path: Path) -> None:
-    """DOMAIN_GET_XML takes libvirt's SECURE, INACTIVE and MIGRATABLE; another bit is
-    refused in libvirt's words instead of being ignored."""
+    """DOMAIN_GET_XML takes libvirt's SECURE, INACTIVE, UPDATE_CPU and MIGRATABLE;
+    UPDATE_CPU (no host-model CPU to update) gives the XML without it, and so does
+    dumpxml --update-cpu; another bit is refused in libvirt's words instead of being
+    ignored."""
     _define(qemush, daemon.uri, tmp_path, "fl", "<controller type='usb' index='0'/>")
     with connect(daemon.uri) as conn:
         dom = conn.lookup_by_name("fl")
         assert "<controller" in dom.xml(2) and "<controller" not in dom.xml(2 | 8)
+        plain = dom.xml(0)
+        assert dom.xml(4) == plain and dom.xml(2 | 4) == dom.xml(2)
+        assert dom.xml(2 | 4 | 8) == dom.xml(2 | 8)
         with pytest.raises(InvalidArgError) as info:
-            dom.xml(4)
+            dom.xml(16)
         assert info.value.message == \
-            "invalid argument: unsupported flags (0x4) in function qemuDomainGetXMLDesc"
+            "invalid argument: unsupported flags (0x10) in function qemuDomainGetXMLDesc"
+    assert ok(qemush("-c", daemon.uri, "dumpxml", "fl", "--update-cpu")) == \
+        ok(qemush("-c", daemon.uri, "dumpxml", "fl")) == plain.rstrip("\n") + "\n"

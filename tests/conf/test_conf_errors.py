@@ -290,7 +290,12 @@ def test_xml_declaration_and_bytes_are_accepted() -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("<controller type='usb'/>", "controller: unsupported device <controller>"),
+    ("<video/>", "video: unsupported device <video>"),
+    ("<controller/>", "controller: missing type attribute"),
+    ("<controller type='pci' index='x'/>", "controller: Invalid index 'x' (expected a "
+     "number 0 to 255)"),
+    ("<controller type='pci' index='1' model='pcie-root-port'><target port='0x100'/>"
+     "</controller>", "controller/target: Invalid port '0x100'"),
     ("<disk type='file' device='cdrom'/>", "disk/target: cdrom needs <target dev='...'>"),
     ("<interface type='user'><mac address='ff:ff:ff:ff:ff:ff'/></interface>",
      "interface/mac: MAC address 'ff:ff:ff:ff:ff:ff' is multicast"),

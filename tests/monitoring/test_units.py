@@ -1,4 +1,4 @@
-"""Pieces of the stats code and the exporter that need no daemon: QMP entry mapping,
+"""Pieces of the stats code and the exporter that need no daemon: QMP answer mapping,
 block/net params of a definition, metric conversion, reconnect logic."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from client.exporter import QemudCollector, domain_metrics, node_metrics, parse_
 from protocol.constants import DomainState
 from qemud.conf import parse_domain_xml
 from qemud.driver.domain import DomainObj
-from qemud.driver.stats import _disk_target, block_stats, net_stats
+from qemud.driver.stats import _disk_target, block_stats, net_stats, vcpu_threads
 
 XML = """<domain type='qemu'><name>u</name><memory unit='MiB'>64</memory>
 <os><type arch='x86_64'>hvm</type></os><devices>
@@ -36,6 +36,24 @@ def _params(params: list[Any]) -> dict[str, Any]:
 ])
 def test_disk_target(entry: dict[str, str], target: str) -> None:
     assert _disk_target(entry) == target
+
+
+def test_vcpu_threads_in_vcpu_order() -> None:
+    answer = [  # query-cpus-fast of a guest whose vCPU 2 was plugged before vCPU 1
+        {"cpu-index": 0, "thread-id": 101, "qom-path": "/machine/unattached/device[0]"},
+        {"cpu-index": 2, "thread-id": 303, "qom-path": "/machine/peripheral/vcpu2"},
+        {"cpu-index": 1, "thread-id": 202, "qom-path": "/machine/peripheral/vcpu1"},
+    ]
+    threads = vcpu_threads(answer)
+    assert threads == {0: 101, 1: 202, 2: 303}
+    assert list(threads) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("answer", [
+    None, {}, "x", [None, "cpu"], [{"cpu-index": 0}], [{"cpu-index": 0, "thread-id": "7"}],
+])
+def test_vcpu_threads_of_an_odd_answer(answer: Any) -> None:
+    assert vcpu_threads(answer) == {}
 
 
 def test_block_stats_follow_the_definition() -> None:

@@ -45,11 +45,36 @@ class FakePciDevice:
     address_type: str | None = None
     pci_address: FakePciAddress | None = None
 
-    def assign_pci_slot(self, slot: int) -> None:
-        self.address_type, self.pci_address = "pci", FakePciAddress(slot=slot)
+    def assign_pci_slot(self, slot: int, bus: int = 0, function: int = 0,
+                        multifunction: bool = False) -> None:
+        self.address_type = "pci"
+        self.pci_address = FakePciAddress(bus=bus, slot=slot, function=function,
+                                          multifunction=multifunction)
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+@dataclass
+class FakeController(FakePciDevice):
+    """A pcie-root-port (the real model's controllers: tests/qemu/test_pci.py)."""
+
+    raw_index: str | None = None
+    model: str | None = "pcie-root-port"
+    model_name: str | None = "pcie-root-port"
+    chassis: int | None = None
+    port: int | None = None
+    hotplug: str | None = None
+
+    @property
+    def index(self) -> int | None:
+        return None if self.raw_index is None else int(self.raw_index)
+
+    def assign_index(self, value: int) -> None:
+        self.raw_index = str(value)
+
+    def set_target(self, chassis: int, port: int) -> None:
+        self.chassis, self.port = chassis, port
 
 
 @dataclass
@@ -140,6 +165,7 @@ class FakeDomain:
     watchdog: FakeWatchdog | None = None
     memballoon: FakeMemballoon | None = None
     panics: list[FakePanic] = field(default_factory=list)
+    pci_controllers: list[FakeController] = field(default_factory=list)
     maximum_vcpus: int | None = None  # <vcpu> when <vcpu current> is set; None: vcpus
     qemu_args: list[str] = field(default_factory=list)
     qemu_env: list[tuple[str, str]] = field(default_factory=list)
@@ -147,6 +173,11 @@ class FakeDomain:
     @property
     def max_vcpus(self) -> int:
         return self.vcpus if self.maximum_vcpus is None else self.maximum_vcpus
+
+    def add_pcie_root_port(self, index: int) -> FakeController:
+        port = FakeController(raw_index=str(index))
+        self.pci_controllers.append(port)
+        return port
 
     def set_default_memballoon(self, model: str = "virtio") -> FakeMemballoon:
         if self.memballoon is None:

@@ -1,4 +1,5 @@
-"""qemud.testhooks: a test hook shortens a wait, a stray value never breaks one."""
+"""qemud.testhooks: a test hook shortens a wait, a stray value never breaks one, and a
+switch is on only when set to 1."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def test_seconds(monkeypatch: pytest.MonkeyPatch, value: str | None, expected: f
     else:
         monkeypatch.setenv("QEMUD_TEST_WAIT", value)
     assert testhooks.seconds("QEMUD_TEST_WAIT", 15.0) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, False), ("1", True), ("0", False), ("true", False), ("yes", False), ("", False),
+    (" 1", False),
+])
+def test_flag(monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool) -> None:
+    if value is None:
+        monkeypatch.delenv("QEMUD_TEST_SWITCH", raising=False)
+    else:
+        monkeypatch.setenv("QEMUD_TEST_SWITCH", value)
+    assert testhooks.flag("QEMUD_TEST_SWITCH") is expected

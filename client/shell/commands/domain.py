@@ -294,6 +294,8 @@ def cmd_domuuid(sh: Shell, args: Args) -> None:
     sh.print(sh.domain(args.req("domain")).uuid)
 
 
+#: libvirt's VIR_DOMAIN_XML_UPDATE_CPU
+_XML_UPDATE_CPU = 4
 #: libvirt's VIR_DOMAIN_XML_MIGRATABLE
 _XML_MIGRATABLE = 8
 
@@ -302,15 +304,18 @@ _XML_MIGRATABLE = 8
     "Output the domain information as an XML dump to stdout: the live definition of a "
     "running domain, or with --inactive the persistent one. Secrets (the VNC password) "
     "are left out unless --security-info is given, which a read-only connection may not "
-    "do. --migratable gives libvirt's XML suitable for migrations: a lone default USB "
-    "controller and pci-root are left out (older libvirt added them by itself); the "
-    "rest, device aliases and runtime data included, is as without it. "
+    "do. --update-cpu is accepted, as by virsh, and changes nothing: qemud has no "
+    "host-model CPU to update. --migratable gives libvirt's XML suitable for "
+    "migrations: a lone default USB controller and pci-root are left out (older libvirt "
+    "added them by itself); the rest, device aliases and runtime data included, is as "
+    "without it. "
     "--xpath prints only what the XPath expression selects (evaluated with <domain> "
     "as the context node): elements as XML, attributes as name=\"value\", text and "
     "numbers as text, one per line; --wrap puts them all in one <nodes> element."),
     args=(DOM,), opts=(Opt("inactive", "show inactive defined XML"),
                        Opt("security-info", "include security sensitive information in "
                                             "XML dump"),
+                       Opt("update-cpu", "update guest CPU according to host CPU"),
                        Opt("migratable", "provide XML suitable for migrations"),
                        Opt("xpath", "xpath expression to filter the XML document", "string"),
                        Opt("wrap", "wrap xpath results in an common root element")))
@@ -318,6 +323,7 @@ def cmd_dumpxml(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = (XML_INACTIVE if args.flag("inactive") else 0) | \
         (XML_SECURE if args.flag("security-info") else 0) | \
+        (_XML_UPDATE_CPU if args.flag("update-cpu") else 0) | \
         (_XML_MIGRATABLE if args.flag("migratable") else 0)
     with sh.failing(f"failed to get the XML of domain '{dom.name}'"):
         xml = dom.xml(flags)

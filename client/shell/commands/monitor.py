@@ -424,18 +424,6 @@ def cmd_nodememstats(sh: Shell, args: Args) -> None:
             sh.print(f"{name:<7}: {value:>20} KiB")
 
 
-def cpu_times(stats: Stats) -> dict[str, int]:
-    """virsh's nodecpustats fields (ns, all CPUs) from NODE_STATS' per-mode times, summed
-    as libvirt sums /proc/stat on Linux: user = user + nice, system = system + irq +
-    softirq (for NODE_STATS readers; nodecpustats itself uses :func:`libvirt_cpu_times`)."""
-    def ns(*modes: str) -> int:
-        return sum(int(v) for m in modes if isinstance(v := stats.get(f"cpu.{m}"), int))
-    if not any(isinstance(stats.get(f"cpu.{m}"), int) for m in ("user", "system", "idle")):
-        return {}
-    return {"user": ns("user", "nice"), "system": ns("system", "irq", "softirq"),
-            "idle": ns("idle"), "iowait": ns("iowait")}
-
-
 def cpu_percent(first: dict[str, int], second: dict[str, int]) -> list[tuple[str, float]]:
     """virsh nodecpustats --percent: each mode's share of the time between two samples,
     and usage = user + system."""

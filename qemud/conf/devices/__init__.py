@@ -15,6 +15,7 @@ from ..schema import validate_device
 from ..xmlmodel import local_name, parse_document
 from .base import USER_ALIAS_PREFIX, Device
 from .chardev import CharDevice
+from .controller import Controller
 from .disk import Disk
 from .graphics import Graphics
 from .interface import MAC_PREFIX, Interface, generate_mac, normalise_mac
@@ -27,6 +28,7 @@ __all__ = [
     "MAC_PREFIX",
     "USER_ALIAS_PREFIX",
     "CharDevice",
+    "Controller",
     "Device",
     "Disk",
     "Graphics",
@@ -43,7 +45,8 @@ __all__ = [
 DEVICE_CLASSES: Mapping[str, type[Device]] = MappingProxyType(
     {
         tag: cls
-        for cls in (Disk, Interface, Graphics, CharDevice, Watchdog, Memballoon, Panic)
+        for cls in (Disk, Interface, Graphics, CharDevice, Watchdog, Memballoon, Panic,
+                    Controller)
         for tag in cls.XML_TAGS
     }
 )

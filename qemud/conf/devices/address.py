@@ -23,7 +23,7 @@ from lxml import etree
 
 from ..errors import DefinitionError
 
-__all__ = ["PciAddress", "parse_pci_address", "pci_address_element"]
+__all__ = ["PciAddress", "c_int", "parse_pci_address", "pci_address_element"]
 
 #: attribute -> largest value (libvirt's virPCIDeviceAddress limits)
 _LIMITS: Final = {"domain": 0xFFFF, "bus": 0xFF, "slot": 0x1F, "function": 0x7}
@@ -60,7 +60,7 @@ def parse_pci_address(node: etree._Element, where: Callable[[], str]) -> PciAddr
             values[name] = 0
             continue
         try:
-            value = _c_int(raw)
+            value = c_int(raw)
         except ValueError:
             raise DefinitionError(f"Cannot parse <address> '{name}' attribute: "
                                   f"'{raw}' is not a number", path=where()) from None
@@ -75,7 +75,7 @@ def parse_pci_address(node: etree._Element, where: Callable[[], str]) -> PciAddr
     return PciAddress(multifunction=multifunction == "on", **values)
 
 
-def _c_int(raw: str) -> int:
+def c_int(raw: str) -> int:
     """``strtoul(raw, 0)``'s reading: ``0x`` hex, a leading ``0`` octal, else decimal."""
     text = raw.strip()
     if text[:2].lower() == "0x":

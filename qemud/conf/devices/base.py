@@ -68,9 +68,12 @@ class Device(XMLModel):
         else:
             insert_ordered(self.node, pci_address_element(address), self._child_ranks("."))
 
-    def assign_pci_slot(self, slot: int) -> None:
-        """Put this device in ``slot`` of the root PCI bus (the QEMU layer's choice)."""
-        self.pci_address = PciAddress(slot=slot)
+    def assign_pci_slot(self, slot: int, bus: int = 0, function: int = 0,
+                        multifunction: bool = False) -> None:
+        """Put this device in ``slot`` (and ``function``) of PCI bus ``bus``: 0 the root
+        bus, N the bus of pcie-root-port N (the QEMU layer's choice)."""
+        self.pci_address = PciAddress(bus=bus, slot=slot, function=function,
+                                      multifunction=multifunction)
 
     @property
     def tag(self) -> str:
