@@ -63,6 +63,15 @@ def test_define_gives_each_pci_device_libvirts_slot_nics_first() -> None:
     assert "<address" not in dom.disks[2].to_xml()  # an IDE cdrom is not a PCI device
 
 
+#: a NIC, a disk and the balloon, each behind a root port of its own (declared or added)
+THREE_PORTS = {
+    "controller 'pci' model 'pcie-root-port' index 1": "0000:00:02.0",
+    "controller 'pci' model 'pcie-root-port' index 2": "0000:00:02.1",
+    "controller 'pci' model 'pcie-root-port' index 3": "0000:00:02.2",
+    "interface '52:54:00:00:00:01'": "0000:01:00.0", "disk 'vda'": "0000:02:00.0",
+    "memballoon 'virtio'": "0000:03:00.0"}
+
+
 @pytest.mark.parametrize(("machine", "arch"), [("q35", "x86_64"), ("virt", "aarch64")])
 def test_pci_express_machines_put_each_device_behind_a_root_port_of_its_own(
         machine: str, arch: str) -> None:
@@ -70,12 +79,7 @@ def test_pci_express_machines_put_each_device_behind_a_root_port_of_its_own(
     (slot 1 is the video's), so each can be unplugged while the guest runs."""
     dom = defined(NIC.format(1, "") + DISK.format("vda", "")
                   + "<memballoon model='virtio'/>", machine, arch)
-    assert places(dom) == {
-        "controller 'pci' model 'pcie-root-port' index 1": "0000:00:02.0",
-        "controller 'pci' model 'pcie-root-port' index 2": "0000:00:02.1",
-        "controller 'pci' model 'pcie-root-port' index 3": "0000:00:02.2",
-        "interface '52:54:00:00:00:01'": "0000:01:00.0", "disk 'vda'": "0000:02:00.0",
-        "memballoon 'virtio'": "0000:03:00.0"}
+    assert places(dom) == THREE_PORTS
     assert [(p.chassis, p.port) for p in dom.pci_controllers] == [
         (1, 0x10), (2, 0x11), (3, 0x12)]
     # defined again, nothing moves and nothing is added
@@ -212,12 +216,7 @@ def test_devices_go_behind_free_root_ports_first_then_behind_added_ones() -> Non
     balloon, with no port left, behind one added for it; an i6300esb on pcie.0."""
     dom = defined(PORT * 2 + NIC.format(1, "") + DISK.format("vda", "")
                   + "<watchdog model='i6300esb'/>", machine="q35")
-    assert places(dom) == {
-        "controller 'pci' model 'pcie-root-port' index 1": "0000:00:02.0",
-        "controller 'pci' model 'pcie-root-port' index 2": "0000:00:02.1",
-        "controller 'pci' model 'pcie-root-port' index 3": "0000:00:02.2",
-        "interface '52:54:00:00:00:01'": "0000:01:00.0", "disk 'vda'": "0000:02:00.0",
-        "memballoon 'virtio'": "0000:03:00.0"}
+    assert places(dom) == THREE_PORTS
     assert str(dom.watchdog.pci_address) == "0000:00:03.0"  # type: ignore[union-attr]
     ports = dom.pci_controllers
     assert [(p.chassis, p.port) for p in ports] == [(1, 0x10), (2, 0x11), (3, 0x12)]
