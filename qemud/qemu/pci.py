@@ -54,8 +54,9 @@ _FUNCTIONS: Final = range(8)
 #: the root bus controller each kind of machine has (libvirt's models)
 _ROOT_MODELS: Final = {"pcie.0": "pcie-root"}
 _DEFAULT_ROOT_MODEL: Final = "pci-root"
-#: ``<model name>`` of a pcie-root-port -> QEMU device: QEMU's generic port, Intel's
-ROOT_PORT_MODELS: Final = {"pcie-root-port": "pcie-root-port", "ioh3420": "ioh3420"}
+#: ``<model name>`` of a pcie-root-port, which is also QEMU's device: QEMU's generic
+#: port, Intel's
+ROOT_PORT_MODELS: Final = ("pcie-root-port", "ioh3420")
 
 #: (kind, key) naming one device in a plan: ("interface", mac), ("disk", target dev),
 #: ("memballoon", ""), ("watchdog", ""), ("controller", index) or ("implicit", what
@@ -189,7 +190,7 @@ def assign_addresses(dom: DomainView, strategy: ArchStrategy) -> None:
         if port is None:  # added, as libvirt adds one for a PCIe device
             port = dom.add_pcie_root_port(index)
             port.assign_pci_slot(place.slot, place.bus, place.function, place.multifunction)
-        elif port.raw_index is None:
+        elif port.index is None:
             port.assign_index(index)
         if port.chassis is None or port.port is None:
             port.set_target(*_target(index, port, place))
@@ -236,8 +237,7 @@ def root_port_args(chosen: PciPlan) -> list[str]:
     for index, port in chosen.ports:
         key = ("controller", str(index))
         chassis, number = _target(index, port, chosen.slots[key])
-        model = ROOT_PORT_MODELS[port.model_name or "pcie-root-port"] if port else \
-            ROOT_PORT_MODELS["pcie-root-port"]
+        model = (port.model_name if port is not None else None) or ROOT_PORT_MODELS[0]
         props = [model, f"port={number:#x}", f"chassis={chassis}",
                  f"id={chosen.bus_id(index)}"]
         if port is not None and port.hotplug == "off":

@@ -59,19 +59,15 @@ class FakePciDevice:
 class FakeController(FakePciDevice):
     """A pcie-root-port (the real model's controllers: tests/qemu/test_pci.py)."""
 
-    raw_index: str | None = None
+    index: int | None = None
     model: str | None = "pcie-root-port"
     model_name: str | None = "pcie-root-port"
     chassis: int | None = None
     port: int | None = None
     hotplug: str | None = None
 
-    @property
-    def index(self) -> int | None:
-        return None if self.raw_index is None else int(self.raw_index)
-
     def assign_index(self, value: int) -> None:
-        self.raw_index = str(value)
+        self.index = value
 
     def set_target(self, chassis: int, port: int) -> None:
         self.chassis, self.port = chassis, port
@@ -175,7 +171,7 @@ class FakeDomain:
         return self.vcpus if self.maximum_vcpus is None else self.maximum_vcpus
 
     def add_pcie_root_port(self, index: int) -> FakeController:
-        port = FakeController(raw_index=str(index))
+        port = FakeController(index=index)
         self.pci_controllers.append(port)
         return port
 
