@@ -6,6 +6,11 @@ The duties that need a tool's outcome (snapshots, images) start it with
 loop has nothing to drain while it runs; ``EventLoop.watch_popen`` reaps it and the files
 are read once, when it has exited.
 
+Files that may take seconds to remove (a large, fragmented disk image: ``unlink`` frees
+its extents before it returns) are not unlinked on the loop: :func:`discard` renames each
+to a hidden name in its directory (instant) and an ``rm`` child removes them;
+:func:`remove_discarded_below` removes those a killed daemon left, at start-up.
+
 Each duty words a failure its own way (what its users and tests read), so a runner is
 made with a :data:`Wording` for "exited with status N"; "could not start" reads
 ``cannot run TOOL: REASON`` everywhere. Either way the Deferred fails with
@@ -15,13 +20,16 @@ stderr.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from qemud.dispatch import Deferred
@@ -30,7 +38,8 @@ from qemud.errors import OperationFailed
 if TYPE_CHECKING:
     from qemud.loop import EventLoop
 
-__all__ = ["ToolFailed", "ToolRunner", "Wording", "find_tool"]
+__all__ = ["ToolFailed", "ToolRunner", "Wording", "find_tool", "discard",
+           "remove_discarded_below", "DISCARD_MARK"]
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +150,108 @@ def _close(*files: IO[bytes] | None) -> None:
     for file in files:
         if file is not None:
             file.close()
+
+
+# -- removing files off the loop -------------------------------------------------------
+
+#: in the name :func:`discard` gives a file: ``.<name>.qemud-discard-<pid>-<n>``
+DISCARD_MARK = ".qemud-discard-"
+#: the longest file name most Linux file systems take (NAME_MAX)
+_NAME_MAX = 255
+_discard_serial = itertools.count(1)
+
+
+def _rm_failure(argv: list[str], code: int, stderr: str) -> str:
+    return f"rm exited with status {code}: {stderr or 'no message'}"
+
+
+def _discard_name(path: Path, directory: Path) -> Path:
+    """A free hidden name for ``path`` in ``directory``: never an existing file, which
+    the rename would replace (and unlink, on the loop)."""
+    while True:
+        suffix = f"{DISCARD_MARK}{os.getpid()}-{next(_discard_serial)}"
+        name = f".{path.name}{suffix}"
+        if len(os.fsencode(name)) > _NAME_MAX:
+            name = f".image{suffix}"
+        target = directory / name
+        if not os.path.lexists(target):
+            return target
+
+
+def _rename_away(path: Path, spool: Path | None) -> Path | None:
+    """Rename ``path`` to a hidden name (in ``spool`` if it is below it, else in its own
+    directory); the new name, or None if it is gone or cannot be renamed (logged)."""
+    directory = spool if spool is not None and path.is_relative_to(spool) else path.parent
+    if path.is_dir() and not path.is_symlink():  # as unlink would: left, and logged
+        log.error("cannot remove %s: %s", path, os.strerror(errno.EISDIR))
+        return None
+    while True:
+        target = _discard_name(path, directory)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV and directory != path.parent:
+                directory = path.parent  # the spool is on another file system
+                continue
+            log.error("cannot remove %s: %s", path, exc)
+            return None
+        log.debug("removing %s (renamed to %s)", path, target)
+        return target
+
+
+def _remove_in_child(loop: EventLoop, paths: list[Path], why: str) -> None:
+    """One ``rm -f`` child removes ``paths``; the loop reaps it, a failure is logged."""
+    argv = ["rm", "-f", "--", *map(str, paths)]
+
+    def done(d: Deferred) -> None:
+        if d.error is not None:
+            log.error("cannot remove %s (%s): %s", ", ".join(map(str, paths)), why,
+                      d.error.message)
+    ToolRunner(loop, _rm_failure).run(argv).add_done_callback(done)
+
+
+def discard(loop: EventLoop, paths: Iterable[Path], spool: Path | None = None
+            ) -> list[Path]:
+    """Remove the files ``paths`` without blocking the loop; returns the hidden names the
+    child removes.
+
+    Each is renamed at once to ``.<name>.qemud-discard-<token>`` on its own file system
+    (an atomic rename, whatever the file's size), so ``path`` no longer exists when this
+    returns; then one ``rm -f`` child, reaped by the loop, frees the space. The new name
+    is in ``spool`` for a path below ``spool`` (a directory the caller may remove at
+    once must not hold it), else in the path's own directory. A file already gone is
+    skipped silently; a rename that fails is logged (the file stays). A daemon killed
+    before the child is done leaves hidden names: :func:`remove_discarded_below` removes
+    them at the next start.
+    """
+    hidden = [target for target in (_rename_away(Path(p), spool) for p in paths)
+              if target is not None]
+    if hidden:
+        _remove_in_child(loop, hidden, "discarded")
+    return hidden
+
+
+def remove_discarded_below(loop: EventLoop, root: Path, sub: str = "") -> list[Path]:
+    """At start-up: remove (in an ``rm`` child) the files :func:`discard` renamed whose
+    child a killed daemon never saw done, in ``root`` (a spool) and in
+    ``<root>/<each directory>/<sub>`` (symlinks not followed); returns them. Only while no
+    discard can be in flight (the pidfile lock: every such file is an earlier
+    daemon's)."""
+    try:
+        dirs = [root] + sorted(p / sub if sub else p for p in root.iterdir()
+                               if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    found = []
+    for directory in dirs:
+        try:
+            found.extend(sorted(directory.glob(f".*{DISCARD_MARK}*")))
+        except OSError:
+            continue
+    if found:
+        log.info("removing %d file(s) an earlier daemon discarded but did not remove: %s",
+                 len(found), ", ".join(map(str, found)))
+        _remove_in_child(loop, found, "left by an earlier daemon")
+    return found

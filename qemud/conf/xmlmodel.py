@@ -53,6 +53,7 @@ __all__ = [
     "parse_document",
     "read_only_scope",
     "serialize",
+    "single_quoted",
 ]
 
 _T = TypeVar("_T")
@@ -122,13 +123,60 @@ _LXML_POSITION = re.compile(r",? line \d+, column \d+$")
 
 
 def serialize(node: etree._Element) -> str:
-    """Canonical text of ``node``: 2-space indentation, no declaration, trailing newline.
+    """Canonical text of ``node``: 2-space indentation, no declaration, trailing newline,
+    attributes in single quotes as libvirt writes them (see :func:`single_quoted`).
 
     Modifies ``node``'s whitespace, so callers pass a copy.
     """
     etree.indent(node, space="  ")
     text: str = etree.tostring(node, encoding="unicode", with_tail=False)
-    return text + "\n"
+    return single_quoted(text) + "\n"
+
+
+#: one piece of markup in serialised XML: a comment, a processing instruction, a CDATA
+#: section (all left alone), or a tag (groups: "/" of an end tag, name, attributes).
+#: Safe on lxml's output: text and attribute values carry ``<`` and ``>`` escaped.
+_MARKUP = re.compile(r"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[.*?\]\]>|<(/?)([^\s/>]+)([^>]*)>",
+                     re.DOTALL)
+_DOUBLE_QUOTED = re.compile(r'="([^"]*)"')
+
+
+def _to_single(match: re.Match[str]) -> str:
+    # lxml has already written a '"' in a value as &quot;; a "'" needs escaping now
+    return "='" + match.group(1).replace("'", "&apos;") + "'"
+
+
+def single_quoted(text: str) -> str:
+    """``text`` (lxml's serialisation) with its attributes in single quotes.
+
+    Why: libvirt formats its XML with ``attr='value'`` (``<domain type='qemu'>``), and
+    scripts written against ``virsh dumpxml`` grep for exactly that. Inside ``<metadata>``
+    the double quotes stay, as libvirt's own output has them there: libvirt writes that
+    subtree with libxml2, which quotes as lxml does. Text, comments and processing
+    instructions are not touched, so the document means exactly what it meant.
+    """
+    if '"' not in text:
+        return text
+    pieces: list[str] = []
+    done = 0
+    in_metadata = 0
+    for markup in _MARKUP.finditer(text):
+        name = markup.group(2)
+        if name is None:  # comment, PI or CDATA
+            continue
+        attrs = markup.group(3)
+        if markup.group(1):  # end tag
+            if name == "metadata" and in_metadata:
+                in_metadata -= 1
+            continue
+        if not in_metadata and '"' in attrs:
+            pieces.append(text[done:markup.start(3)])
+            pieces.append(_DOUBLE_QUOTED.sub(_to_single, attrs))
+            done = markup.end(3)
+        if name == "metadata" and not attrs.endswith("/"):
+            in_metadata += 1
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 # --------------------------------------------------------------------------- paths

@@ -39,6 +39,7 @@ import errno
 import logging
 import os
 import shlex
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from protocol import Empty, Procedure
 from protocol import payloads as pl
 from protocol.constants import (
+    MAX_STRING,
     DomainState,
     RunningReason,
     ShutoffReason,
@@ -87,6 +89,12 @@ SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
 _RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
 _PCI_LINE = b"pci\n"
+#: the longest header line read_image reads (the magic, the state, ``pci``, the XML's
+#: length): a longer one is no header of a qemud save file
+_MAX_LINE = 64
+#: the longest XML a header may hold: no definition is larger than the protocol carries
+#: (a string of MAX_STRING bytes), and read_image reads it whole on the loop
+_MAX_XML = MAX_STRING
 #: an abort waits this long (in steps of _ABORT_RETRY) for the save's migration to begin
 _ABORT_RETRY, _ABORT_WAIT = 0.05, 5.0
 
@@ -117,26 +125,52 @@ class SaveImage:
 
 def read_image(path: Path) -> SaveImage:
     """The header of save file ``path``; a file that is not one is INVALID_ARG, one that
-    cannot be read OPERATION_FAILED (only the header is read: a few KiB)."""
+    cannot be read OPERATION_FAILED (only the header is read: a few KiB).
+
+    ``path`` may be the client's (DOMAIN_RESTORE) and this runs on the loop, so nothing
+    here may block or read without bound: only a regular file is opened (a FIFO, a
+    device such as ``/dev/zero``, a socket are refused, before the open and again after
+    it, on the open file), every header line is read with a small limit, and the XML's
+    length is checked against :data:`_MAX_XML` and the file's size before it is read.
+    """
     try:
-        with path.open("rb") as f:
-            magic = f.readline()
+        if not stat.S_ISREG(os.stat(path).st_mode):  # no open of a FIFO or a device
+            raise InvalidArg(f"{path} is not a qemud save file (not a regular file)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # (replaced since the stat above)
+                raise InvalidArg(f"{path} is not a qemud save file (not a regular file)")
+            magic = f.readline(_MAX_LINE)
             if magic not in (SAVE_MAGIC, MANAGED_SAVE_MAGIC):
                 raise InvalidArg(f"{path} is not a qemud save file")
             running = True
             if magic == MANAGED_SAVE_MAGIC:
-                state = f.readline()
+                state = f.readline(_MAX_LINE)
                 if state not in (_RUNNING_LINE, _PAUSED_LINE):
                     raise ValueError(state)
                 running = state == _RUNNING_LINE
-            line = f.readline()
+            line = f.readline(_MAX_LINE)
             pci_addressed = line == _PCI_LINE
-            length = int(f.readline() if pci_addressed else line)
-            xml = f.read(length).decode()
+            if pci_addressed:
+                line = f.readline(_MAX_LINE)
+            digits = line[:-1] if line.endswith(b"\n") else b""
+            if not digits.isdigit():  # (ASCII digits only, unlike int())
+                raise ValueError(line)
+            length = int(digits)
+            if length > _MAX_XML or f.tell() + length > st.st_size:
+                raise ValueError(length)
+            data = f.read(length)
+            if len(data) != length:  # (shrunk since the fstat)
+                raise ValueError(length)
+            xml = data.decode()
             offset = f.tell()
     except OSError as exc:
         raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
-    except ValueError:
+    except ValueError:  # (UnicodeDecodeError too)
         raise InvalidArg(f"{path} is not a valid qemud save file") from None
     return SaveImage(xml, offset, running, pci_addressed)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from .driver import QemuDriver
 
-__all__ = ["Screenshots", "PPM_MIME"]
+__all__ = ["Screenshots", "PPM_MIME", "open_screendump"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,29 @@ PPM_MIME = "image/x-portable-pixmap"
 QMP_TIMEOUT = 30.0
 
 _names = count(1)
+
+
+def open_screendump(path: str | os.PathLike[str]) -> int:
+    """The image QEMU wrote, opened read-only: O_NONBLOCK, so that whatever sits at the
+    path (a FIFO put there by someone who can write the run directory) cannot block the
+    loop in open(2) or read(2), and refused unless it is a regular file. Raises
+    :class:`OperationFailed` naming the cause."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise OperationFailed(f"cannot open the screenshot QEMU wrote: "
+                              f"{exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise OperationFailed(f"cannot open the screenshot QEMU wrote: "
+                              f"{exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OperationFailed(f"cannot open the screenshot QEMU wrote: '{path}' is not a "
+                              "regular file")
+    return fd
 
 
 class FileStream(StreamHandler):
@@ -138,10 +162,9 @@ class Screenshots:
             error, fd = d.error, -1
             if error is None:
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as exc:
-                    error = OperationFailed(f"cannot open the screenshot QEMU wrote: "
-                                            f"{exc.strerror or exc}")
+                    fd = open_screendump(path)
+                except OperationFailed as exc:
+                    error = exc
             try:
                 os.unlink(path)  # (the open fd keeps it readable)
             except OSError:

@@ -351,17 +351,31 @@ def _collect(driver: QemuDriver, dom: DomainObj) -> Deferred:
 
 
 def domain_stats(driver: QemuDriver, args: pl.StatsArgs) -> Deferred:
-    """DOMAIN_STATS: one record per named domain (every domain when none is named)."""
+    """DOMAIN_STATS: one record per named domain, in the order named (every domain when
+    none is named). A domain named more than once (the protocol allows MAX_LIST refs) is
+    collected once, its record repeated, as libvirt's virDomainListGetStats repeats it:
+    each collection costs /proc reads, a look at QEMU's fd table and QMP commands."""
     doms = [driver.registry.find(r.name, r.uuid) for r in args.domains] if args.domains \
         else list(driver.registry)
     out = Deferred()
-    records: list[Params | None] = [None] * len(doms)
+    unique: list[DomainObj] = []  # each domain once, in the order first named
+    first: dict[int, int] = {}  # id(DomainObj) -> its index in ``unique``
+    slots: list[int] = []  # for each ref, the index of its domain's record
+    for dom in doms:
+        if id(dom) not in first:
+            first[id(dom)] = len(unique)
+            unique.append(dom)
+        slots.append(first[id(dom)])
+    records: list[Params | None] = [None] * len(unique)
     refs = [d.ref() for d in doms]  # as of the call (a domain may stop meanwhile)
-    remaining = [len(doms)]
+    remaining = [len(unique)]
+    if len(unique) < len(doms):
+        log.debug("DOMAIN_STATS: %d domain refs name %d distinct domains, each collected "
+                  "once", len(doms), len(unique))
 
     def finish() -> None:
-        out.resolve(pl.StatsReply([pl.StatsRecord(ref, params or [])
-                                   for ref, params in zip(refs, records, strict=True)]))
+        out.resolve(pl.StatsReply([pl.StatsRecord(ref, records[slot] or [])
+                                   for ref, slot in zip(refs, slots, strict=True)]))
     if not doms:
         finish()
         return out
@@ -371,7 +385,8 @@ def domain_stats(driver: QemuDriver, args: pl.StatsArgs) -> Deferred:
         remaining[0] -= 1
         if remaining[0] == 0:
             finish()
-    for i, dom in enumerate(doms):
+    for i, dom in enumerate(unique):
+        log.debug("DOMAIN_STATS: collecting domain %s", dom.name)
         _collect(driver, dom).add_done_callback(partial(got, i))
     return out
 

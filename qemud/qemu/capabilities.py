@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from lxml import etree
 
+from qemud.conf.xmlmodel import single_quoted
 from qemud.qemu.arch import get_strategy, registered_archs
 from qemud.qemu.errors import CapabilitiesError
 from qemud.qemu.kvmprobe import DEFAULT_TIMEOUT, KvmProbe, KvmStatus
@@ -556,4 +557,4 @@ def capabilities_xml(caps: Capabilities) -> str:
         etree.SubElement(arch_el, "domain", type="qemu")
         if caps.kvm_usable_for(arch):
             etree.SubElement(arch_el, "domain", type="kvm")
-    return str(etree.tostring(root, pretty_print=True, encoding="unicode"))
+    return single_quoted(str(etree.tostring(root, pretty_print=True, encoding="unicode")))

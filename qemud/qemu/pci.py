@@ -116,16 +116,11 @@ def pci_devices(dom: DomainView, strategy: ArchStrategy
     return _scan(dom, strategy)[0]
 
 
-def implicit_devices(dom: DomainView, strategy: ArchStrategy) -> list[str]:
-    """The PCI devices the argv builder adds for ``dom`` with no element of their own
-    (the ``pci_slots`` kinds of devices.toml)."""
-    return _scan(dom, strategy)[1]
-
-
 def _scan(dom: DomainView, strategy: ArchStrategy
           ) -> tuple[list[tuple[DeviceKey, PciDeviceView]], list[str]]:
-    """:func:`pci_devices` and :func:`implicit_devices` in one pass over the definition
-    (a define runs this: each device list is a walk of the XML)."""
+    """:func:`pci_devices`, and the PCI devices the argv builder adds for ``dom`` with no
+    element of their own (the ``pci_slots`` kinds of devices.toml), in one pass over the
+    definition (a define runs this: each device list is a walk of the XML)."""
     found: list[tuple[DeviceKey, PciDeviceView]] = []
     for iface in dom.interfaces:
         found.append((("interface", iface.mac or ""), iface))

@@ -17,14 +17,21 @@ in QEMU; all fields big-endian)::
 Whatever cannot be followed for sure raises :class:`ChainError` (the caller must then
 assume the worst): a ``json:`` or protocol (``nbd:``...) backing name, a header that is
 truncated or inconsistent, an image format that can have a backing file but is not
-qcow2 (qed, vmdk), an unreadable file, a loop, a chain deeper than :data:`MAX_DEPTH`.
-A file that does not exist ends the chain: nothing reads from it.
+qcow2 (qed, vmdk), an unreadable file, a file that is neither a regular file nor a block
+device (a FIFO, a socket, a character device), a loop, a chain deeper than
+:data:`MAX_DEPTH`. A file that does not exist ends the chain: nothing reads from it.
+
+The chains read include the disks of other domains, on the daemon's loop: every file
+is opened with ``O_NONBLOCK`` (which regular files and block devices ignore) and checked
+with ``fstat`` before any read, so that a FIFO named as a disk cannot stall the loop.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,12 +86,31 @@ def _read(fd: int, offset: int, size: int, path: str, what: str) -> bytes:
     return data
 
 
+def _open_image(path: str) -> int:
+    """``path`` opened read-only for :func:`pread`: O_NONBLOCK, so that opening (or
+    reading) a FIFO cannot block the loop, then refused unless it is a regular file or a
+    block device. Raises :class:`OSError` as ``open`` does (IsADirectoryError for a
+    directory) and :class:`ChainError` for a FIFO, socket or character device."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise ChainError(f"{path}: not a regular file or a block device")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_backing(path: str) -> Backing:
     """The backing link in the header of the qcow2 (or qcow v1) image ``path``.
 
-    Raises :class:`ChainError` when ``path`` is not a qcow2 image or its header cannot
-    be trusted, and :class:`OSError` when it cannot be read."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    Raises :class:`ChainError` when ``path`` is not a qcow2 image (nor a regular file or
+    a block device) or its header cannot be trusted, and :class:`OSError` when it cannot
+    be read."""
+    fd = _open_image(path)
     try:
         head = os.pread(fd, HEADER_READ, 0)
         if len(head) < 4 or head[:4] != MAGIC:
@@ -164,9 +190,13 @@ def _backing_format(fd: int, head: bytes, version: int, path: str) -> str | None
 def probe_format(path: str) -> str:
     """What QEMU's probing makes of ``path``, as far as chains go: "qcow2" (or qcow),
     "raw" (no backing file), or raises :class:`ChainError` for a format that may have a
-    backing file this module does not read (qed, vmdk)."""
-    with open(path, "rb") as f:
-        head = f.read(32)
+    backing file this module does not read (qed, vmdk) or for a file that is not a
+    regular file or a block device; :class:`OSError` when it cannot be read."""
+    fd = _open_image(path)
+    try:
+        head = os.pread(fd, 32, 0)
+    finally:
+        os.close(fd)
     if head.startswith(MAGIC):
         return "qcow2"
     if head.startswith(_OTHER_BACKING_MAGICS):

@@ -47,15 +47,15 @@ def test_render_then_define(fake_host_daemon: DaemonProcess) -> None:
     with fake_host_daemon.connect() as conn:
         xml = appliance.render(conn, template)
         # host.reserve is 1024 MiB here: 32000 MiB - 1024 MiB
-        assert "<memory unit=\"MiB\">30976</memory>" in xml
-        assert "<entry name=\"serial\">SN12345</entry>" in xml
+        assert "<memory unit='MiB'>30976</memory>" in xml
+        assert "<entry name='serial'>SN12345</entry>" in xml
         assert "{{" not in xml and "qemud:formulas" not in xml
         dom = conn.define_xml(xml)
         defined = dom.xml(client.XML_INACTIVE)
     assert "<vcpu>4</vcpu>" in defined
     assert "00:1e:67:aa:bb:01" in defined  # the first NIC's physical MAC
-    assert defined.count("<interface type=\"bridge\">") == 3
-    assert "<smbios mode=\"sysinfo\"/>" in defined and "<sysinfo type=\"smbios\">" in defined
+    assert defined.count("<interface type='bridge'>") == 3
+    assert "<smbios mode='sysinfo'/>" in defined and "<sysinfo type='smbios'>" in defined
     assert "guest-shutdown=\"shutdown-host\"" in defined  # the appliance metadata stays
 
 
@@ -70,7 +70,7 @@ def test_template_arithmetic_is_loaded_by_the_first_render(
         appliance.host_inspect(conn)
         assert not decimal_mapped()
         xml = appliance.render(conn, (TEMPLATES / "router.xml").read_text())
-        assert "<memory unit=\"MiB\">30976</memory>" in xml
+        assert "<memory unit='MiB'>30976</memory>" in xml
     assert decimal_mapped()
 
 

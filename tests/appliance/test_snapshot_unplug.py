@@ -30,7 +30,7 @@ UNPLUG_TIMEOUT = 60.0
 
 
 def has_vdb(xml: str) -> bool:
-    return "<target dev=\"vdb\"" in xml
+    return "<target dev='vdb'" in xml
 
 
 def plug(g: Guest, xml: str) -> None:

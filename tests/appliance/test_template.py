@@ -75,8 +75,8 @@ def test_placeholders_in_attributes_and_strings() -> None:
     xml = render(domain("<devices><interface type='bridge'><mac address='{{host.nic1.mac}}'/>"
                         "<source bridge='br-{{host.nic1.name}}'/></interface></devices>"),
                  host())
-    assert "<mac address=\"00:11:22:33:44:01\"/>" in xml
-    assert "<source bridge=\"br-eth1\"/>" in xml
+    assert "<mac address='00:11:22:33:44:01'/>" in xml
+    assert "<source bridge='br-eth1'/>" in xml
 
 
 def test_string_in_arithmetic_is_an_error() -> None:
@@ -122,7 +122,7 @@ def test_nics_outside_devices_go_in_device_order() -> None:
     xml = render(domain("<devices><serial type='pty'/></devices>",
                         "<qemud:formulas><qemud:nics/></qemud:formulas>"), host(nics=1))
     assert xml.index("<interface") < xml.index("<serial")  # libvirt's device order
-    assert "<source bridge=\"br0\"/>" in xml and "<mac" not in xml
+    assert "<source bridge='br0'/>" in xml and "<mac" not in xml
 
 
 def test_nics_without_host_nics_and_bad_first_mac() -> None:
@@ -145,12 +145,12 @@ def test_smbios_absent_dmi_is_nothing() -> None:
 def test_smbios_entries_and_uuid() -> None:
     xml = render(domain("<qemud:smbios/>"), host(dmi=DMI))
     dom = parse_domain_xml(xml)
-    assert "<entry name=\"manufacturer\">V</entry>" in xml and "uuid" not in xml
-    assert "<smbios mode=\"sysinfo\"/>" in xml and "<bios>" not in xml  # no bios_* in DMI
+    assert "<entry name='manufacturer'>V</entry>" in xml and "uuid" not in xml
+    assert "<smbios mode='sysinfo'/>" in xml and "<bios>" not in xml  # no bios_* in DMI
     assert dom.uuid == ""
     xml = render(domain("<qemud:smbios uuid='inherit'/>"), host(dmi=DMI))
     assert parse_domain_xml(xml).uuid == DMI["product_uuid"]
-    assert f"<entry name=\"uuid\">{DMI['product_uuid']}</entry>" in xml
+    assert f"<entry name='uuid'>{DMI['product_uuid']}</entry>" in xml
     clash = domain("<qemud:smbios uuid='inherit'/>").replace(
         "<name>t</name>", "<name>t</name><uuid>00000000-0000-0000-0000-000000000001</uuid>")
     with pytest.raises(TemplateError, match="differs from the host's"):
@@ -161,7 +161,7 @@ def test_existing_os_smbios_is_set_to_sysinfo() -> None:
     xml = render(domain("<qemud:smbios/>").replace(
         "<type arch='x86_64'>hvm</type>", "<type arch='x86_64'>hvm</type><smbios mode='host'/>"),
         host(dmi=DMI))
-    assert xml.count("<smbios") == 1 and "mode=\"sysinfo\"" in xml
+    assert xml.count("<smbios") == 1 and "mode='sysinfo'" in xml
 
 
 def test_not_a_domain_and_bad_xml() -> None:

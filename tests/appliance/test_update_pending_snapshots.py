@@ -67,7 +67,7 @@ def test_pending_update_refuses_snapshots_and_rollback_spares_foreign_disks(
         mine = tmp_path / "vdc.mine.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                         str(scratch), str(mine)], check=True)
-        xml = dom.xml(client.XML_INACTIVE).replace(f'file="{scratch}"', f'file="{mine}"')
+        xml = dom.xml(client.XML_INACTIVE).replace(f"file='{scratch}'", f"file='{mine}'")
         assert str(mine) in xml
         dom = conn.define_xml(xml)
         scratch_inode = scratch.stat().st_ino
@@ -89,7 +89,7 @@ def test_pending_update_refuses_snapshots_and_rollback_spares_foreign_disks(
 
         # disks given back: the next start's deadline rolls it back
         dom.destroy()
-        dom = conn.define_xml(xml.replace(f'file="{mine}"', f'file="{scratch}"'))
+        dom = conn.define_xml(xml.replace(f"file='{mine}'", f"file='{scratch}'"))
         dom.create()
         rolled = events.wait("vm-pend", "update-rolled-back",
                              timeout=UPDATE_DEADLINE + 60)[0]

@@ -86,7 +86,10 @@ def test_dumpxml_dominfo_domstate(daemon: DaemonProcess, qemush: Qemush,
         state, reason = dom.state()
 
     for extra in ([], ["--inactive"]):
-        root = ET.fromstring(ok(qemush("-c", daemon.uri, "dumpxml", "t1", *extra)))
+        text = ok(qemush("-c", daemon.uri, "dumpxml", "t1", *extra))
+        # quoted as virsh prints it, for scripts that grep for <domain type='qemu'
+        assert text.startswith("<domain type='qemu'") and '="' not in text
+        root = ET.fromstring(text)
         assert root.tag == "domain" and root.get("type") == "qemu"
         assert root.findtext("name") == "t1"
         assert root.findtext("uuid") == dom.uuid

@@ -130,6 +130,12 @@ def test_cpu_times_and_percent() -> None:
                                          ("system", 10.0), ("idle", 60.0),
                                          ("iowait", 0.0)]
     assert libvirt_cpu_times({"user": 1, "iowait": "n/a"}) == {"user": 1}
+    # a mode the daemon left out (of either sample) is no time, not a KeyError
+    partial = libvirt_cpu_times({"user": 15, "kernel": 10, "idle": 70})
+    assert cpu_percent(partial, later) == [("usage", 40.0), ("user", 30.0),
+                                           ("system", 10.0), ("idle", 60.0),
+                                           ("iowait", 0.0)]
+    assert dict(cpu_percent(times, {"user": 45, "idle": 130}))["system"] == 0.0
 
 
 # -- against a daemon --------------------------------------------------------------------

@@ -47,8 +47,8 @@ def test_an_index_assigned_later_goes_right_after_the_type() -> None:
     [port] = dom.pci_controllers
     assert port.index is None
     port.assign_index(5)
-    assert port.to_xml().startswith('<controller type="pci" index="5" '
-                                    'model="pcie-root-port"')
+    assert port.to_xml().startswith("<controller type='pci' index='5' "
+                                    "model='pcie-root-port'")
 
 
 @pytest.mark.parametrize(("devices", "message"), [

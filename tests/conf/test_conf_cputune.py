@@ -57,9 +57,9 @@ def test_pins_are_parsed_and_written_back_canonically() -> None:
     assert dom.vcpupins == {0: {0}, 3: {1, 2}}
     assert dom.emulatorpin == {1}
     text = dom.to_xml()
-    assert "<vcpu placement=\"static\" cpuset=\"0-1,3\" current=\"1\">4</vcpu>" in text
-    assert ("<cputune>\n    <shares>2048</shares>\n    <vcpupin vcpu=\"3\" cpuset=\"1-2\"/>\n"
-            "    <vcpupin vcpu=\"0\" cpuset=\"0\"/>\n    <emulatorpin cpuset=\"1\"/>\n"
+    assert "<vcpu placement='static' cpuset='0-1,3' current='1'>4</vcpu>" in text
+    assert ("<cputune>\n    <shares>2048</shares>\n    <vcpupin vcpu='3' cpuset='1-2'/>\n"
+            "    <vcpupin vcpu='0' cpuset='0'/>\n    <emulatorpin cpuset='1'/>\n"
             "    <period>100000</period>\n  </cputune>") in text
     assert parse_domain_xml(text).to_xml() == text
 
@@ -77,9 +77,9 @@ def test_editing_pins() -> None:
     dom.emulatorpin = frozenset({0})
     dom.cpuset = frozenset({1})
     text = dom.to_xml()
-    assert "<vcpu cpuset=\"1\" current=\"1\">3</vcpu>\n  <cputune>\n" \
-           "    <vcpupin vcpu=\"0\" cpuset=\"0-1\"/>\n    <vcpupin vcpu=\"2\" cpuset=\"1\"/>\n" \
-           "    <emulatorpin cpuset=\"0\"/>\n  </cputune>\n  <os>" in text
+    assert "<vcpu cpuset='1' current='1'>3</vcpu>\n  <cputune>\n" \
+           "    <vcpupin vcpu='0' cpuset='0-1'/>\n    <vcpupin vcpu='2' cpuset='1'/>\n" \
+           "    <emulatorpin cpuset='0'/>\n  </cputune>\n  <os>" in text
     dom.set_vcpupin(2, frozenset({0}))
     assert dom.vcpupins == {0: {0, 1}, 2: {0}}
     dom.validate(schema=False)

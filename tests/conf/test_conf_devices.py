@@ -175,7 +175,7 @@ def test_edit_properties_write_the_tree() -> None:
     cdrom = dom.disks[2]
     cdrom.source = "/new.iso"
     assert dom.disks[2].source == "/new.iso"
-    assert '<source file="/new.iso"/>' in dom.to_xml()
+    assert "<source file='/new.iso'/>" in dom.to_xml()
     cdrom.source = None
     assert dom.disks[2].node.find("source") is None
     cdrom.readonly = False
@@ -227,7 +227,7 @@ def test_live_runtime_state_stripped_from_inactive_device() -> None:
     assert "pts" not in serial.to_xml() and "alias" not in serial.to_xml()
     assert "/dev/pts/3" in serial.to_xml(live=True)
     unix = parse_device_xml("<serial type='unix'><source mode='bind' path='/s'/></serial>")
-    assert 'path="/s"' in unix.to_xml()  # only pty paths are runtime data
+    assert "path='/s'" in unix.to_xml()  # only pty paths are runtime data
     nic = parse_device_xml("<interface type='ethernet'><target dev='vnet0'/></interface>")
     assert "vnet0" not in nic.to_xml() and "vnet0" in nic.to_xml(live=True)
 
@@ -275,7 +275,7 @@ def test_default_memballoon_goes_in_libvirt_order_and_never_replaces_one() -> No
     assert tags[-2:] == ["watchdog", "memballoon"]
     assert dom.set_default_memballoon("none") == added  # the one it has stays
     dom.validate()
-    assert "<memballoon model=\"virtio\"/>" in dom.to_xml()
+    assert "<memballoon model='virtio'/>" in dom.to_xml()
     dom.remove_device(parse_device_xml("<memballoon model='virtio'/>"))
     dom.add_device(parse_device_xml("<memballoon model='none'/>"))
     assert dom.set_default_memballoon().model == "none"

@@ -102,7 +102,7 @@ def test_id_is_live_only() -> None:
     dom.id = 3
     assert dom.id == 3
     assert "id=" not in dom.to_xml().splitlines()[0]
-    assert 'id="3"' in dom.to_xml(live=True).splitlines()[0]
+    assert "id='3'" in dom.to_xml(live=True).splitlines()[0]
     dom.id = None
     assert "id=" not in dom.to_xml(live=True).splitlines()[0]
 
@@ -110,10 +110,10 @@ def test_id_is_live_only() -> None:
 def test_live_vnc_port_is_runtime_data() -> None:
     dom = parse_domain_xml(FULL)
     dom.graphics[0].port = 5903
-    assert 'port="5903"' in dom.to_xml(live=True)
-    assert 'port="-1"' in dom.to_xml() and "5903" not in dom.to_xml()
+    assert "port='5903'" in dom.to_xml(live=True)
+    assert "port='-1'" in dom.to_xml() and "5903" not in dom.to_xml()
     fixed = parse_domain_xml((DATA / "unknown-elements-in.xml").read_text())
-    assert 'port="5907" autoport="no"' in fixed.to_xml()  # a fixed port is configuration
+    assert "port='5907' autoport='no'" in fixed.to_xml()  # a fixed port is configuration
 
 
 def test_pty_path_is_runtime_data() -> None:
@@ -274,7 +274,7 @@ def test_current_memory_above_memory_is_clamped_like_libvirt() -> None:
     dom = parse_domain_xml(VCPU_XML.format(
         current="<currentMemory unit='MiB'>128</currentMemory>", attrs=""))
     assert (dom.memory_kib, dom.current_memory_kib) == (65536, 65536)
-    assert '<currentMemory unit="KiB">65536</currentMemory>' in dom.to_xml()
+    assert "<currentMemory unit='KiB'>65536</currentMemory>" in dom.to_xml()
 
 
 def test_qemu_commandline_args_and_env_in_document_order() -> None:

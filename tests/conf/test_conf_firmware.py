@@ -43,8 +43,8 @@ def test_set_firmware_features_writes_libvirt_order() -> None:
     dom.os.loader = "/fw/CODE.fd"
     dom.validate()
     text = dom.to_xml()
-    assert ("<firmware>\n      <feature enabled=\"no\" name=\"enrolled-keys\"/>\n"
-            "      <feature enabled=\"no\" name=\"secure-boot\"/>\n    </firmware>\n"
+    assert ("<firmware>\n      <feature enabled='no' name='enrolled-keys'/>\n"
+            "      <feature enabled='no' name='secure-boot'/>\n    </firmware>\n"
             "    <loader>/fw/CODE.fd</loader>") in text
 
 

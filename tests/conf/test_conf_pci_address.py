@@ -53,13 +53,13 @@ def test_an_assigned_slot_is_written_as_libvirt_writes_it_in_place() -> None:
     dev = parse_device_xml(NIC.format("<address type='pci'/><acpi index='1'/>"))
     dev.assign_pci_slot(5)
     assert dev.to_xml() == (
-        '<interface type="user">\n  <mac address="52:54:00:00:00:01"/>\n'
-        '  <address type="pci" domain="0x0000" bus="0x00" slot="0x05" function="0x0"/>\n'
-        '  <acpi index="1"/>\n</interface>\n')
+        "<interface type='user'>\n  <mac address='52:54:00:00:00:01'/>\n"
+        "  <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>\n"
+        "  <acpi index='1'/>\n</interface>\n")
     assert dev.pci_address == PciAddress(slot=5)
     assert str(dev.pci_address) == "0000:00:05.0"
     fresh = parse_device_xml(NIC.format("<model type='virtio'/>"))
     fresh.assign_pci_slot(0x1e)
-    assert fresh.to_xml().index("<model") < fresh.to_xml().index('slot="0x1e"')
+    assert fresh.to_xml().index("<model") < fresh.to_xml().index("slot='0x1e'")
     fresh.pci_address = None
     assert "<address" not in fresh.to_xml()

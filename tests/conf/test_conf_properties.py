@@ -153,7 +153,7 @@ def test_unknown_tags_and_comments_do_not_move() -> None:
         "  <name>x</name>",
         "  <!--c-->",
         "  <description>d</description>",
-        "  <memory unit=\"KiB\">1024</memory>",
+        "  <memory unit='KiB'>1024</memory>",
     ]
 
 

@@ -136,14 +136,14 @@ def test_memory_units_round_trip_through_domain_xml(
     assert dom.current_memory_kib == current
     again = parse_domain_xml(dom.to_xml(), validate_schema=False)
     assert (again.memory_kib, again.current_memory_kib) == (expected, current)
-    assert 'unit="KiB"' in dom.to_xml()
+    assert "unit='KiB'" in dom.to_xml()
 
 
 def test_setting_memory_writes_kib() -> None:
     dom = DomainDef.new("m", memory_kib=4096)
     dom.memory_kib = 8192
     dom.current_memory_kib = 2048
-    assert dom.to_xml().count('unit="KiB"') == 2
+    assert dom.to_xml().count("unit='KiB'") == 2
     assert (dom.memory_kib, dom.current_memory_kib) == (8192, 2048)
     with pytest.raises(ValueError, match="^memory: must be a positive integer, got '0'$"):
         dom.memory_kib = 0

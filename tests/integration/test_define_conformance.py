@@ -50,7 +50,7 @@ def restart(daemon: DaemonProcess) -> None:
 
 def test_memory_keeps_the_users_kib_and_only_the_live_xml_is_aligned(
         daemon: DaemonProcess) -> None:
-    kept = "<memory unit=\"KiB\">100001</memory>"
+    kept = "<memory unit='KiB'>100001</memory>"
     with daemon.connect() as conn:
         dom = conn.define_xml(odd_memory_xml("mem"))
         assert kept in memory_lines(dom.xml(INACTIVE))
@@ -60,7 +60,7 @@ def test_memory_keeps_the_users_kib_and_only_the_live_xml_is_aligned(
         status = json.loads((daemon.run_dir / "qemu" / "mem.status.json").read_text())
         argv = Path(f"/proc/{status['pid']}/cmdline").read_bytes().decode().split("\0")
         assert argv[argv.index("-m") + 1] == "size=100352k"  # 98 MiB: what QEMU runs
-        assert "<memory unit=\"KiB\">100352</memory>" in memory_lines(dom.xml())
+        assert "<memory unit='KiB'>100352</memory>" in memory_lines(dom.xml())
         assert kept in memory_lines(dom.xml(INACTIVE))
         dom.destroy()
         assert kept in memory_lines(dom.xml())
@@ -100,14 +100,14 @@ def test_a_stored_definition_gets_defines_defaults_when_loaded(
 
     proc = qemush(daemon, "dumpxml", "--inactive", "old")
     assert proc.returncode == 0, proc
-    assert "<memballoon model=\"virtio\">\n      <address type=\"pci\" domain=\"0x0000\" " \
-        "bus=\"0x00\" slot=\"0x03\" function=\"0x0\"/>" in proc.stdout  # (and its slot)
-    assert "machine=\"pc\"" in proc.stdout
+    assert "<memballoon model='virtio'>\n      <address type='pci' domain='0x0000' " \
+        "bus='0x00' slot='0x03' function='0x0'/>" in proc.stdout  # (and its slot)
+    assert "machine='pc'" in proc.stdout
     assert stored.read_text() == text  # loading rewrites nothing
     with daemon.connect() as conn:  # and the guest starts with the balloon it shows
         dom = conn.lookup_by_name("old")
         dom.create(PAUSED)
-        assert "<memballoon model=\"virtio\"" in dom.xml()
+        assert "<memballoon model='virtio'" in dom.xml()
         dom.destroy()
 
 

@@ -295,7 +295,11 @@ def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: T
         wait_for(held_cat.held.exists, 60, message="the save's cat held")
         info = dom.job_info()
         assert (info.type, info.operation) == (JobType.UNBOUNDED, JobOperation.SAVE)
-        assert info.data_total > 0  # query-migrate's RAM figures
+        # query-migrate's RAM figures: QEMU has none while the migration is still in its
+        # 'setup' state, which can outlast the start of the cat by a few ms
+        info = wait_for(lambda: (lambda i: i if i.data_total else None)(dom.job_info()),
+                        30, message="the save's RAM figures")
+        assert (info.type, info.operation) == (JobType.UNBOUNDED, JobOperation.SAVE)
         code, out, err = shell(qemud, "domjobinfo", "jobs-save")
         assert out[1] == "Operation:        Save        ", out
         assert out[5].startswith("Data total:       "), out

@@ -259,7 +259,7 @@ def test_appliance_state_follows_the_name(daemon: DaemonProcess,
     assert state.disks["vda"]["path"] == str(new_dir / "vda.a.qcow2")
     assert state.previous is not None
     assert state.previous["system"]["vda"] == str(new_dir / "vda.b.qcow2")
-    assert f'<source file="{new_dir / "vda.a.qcow2"}"/>' in dom.xml(client.XML_INACTIVE)
+    assert f"<source file='{new_dir / 'vda.a.qcow2'}'/>" in dom.xml(client.XML_INACTIVE)
     # the images duty finds its state under the new name: a factory reset gets as far as
     # the image store (which has no 'demo' here), not "was not deployed from an appliance"
     with pytest.raises(client.QemudClientError, match="no appliance 'demo' in the image"):
@@ -291,7 +291,7 @@ def test_a_failed_commit_undoes_every_move(daemon: DaemonProcess) -> None:
         with pytest.raises(OperationFailed, match="nothing was changed"):
             dom.rename("fail-b")
         assert conn.lookup_by_name("fail-a").uuid == dom.uuid
-        assert f'<source file="{old_dir / "vda.a.qcow2"}"/>' in dom.xml(client.XML_INACTIVE)
+        assert f"<source file='{old_dir / 'vda.a.qcow2'}'/>" in dom.xml(client.XML_INACTIVE)
     after = files(daemon.root)
     assert [f for f in after if not f.startswith(("log/", "qemud"))] == \
         [f for f in before if not f.startswith(("log/", "qemud"))]

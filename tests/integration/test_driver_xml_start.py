@@ -47,7 +47,7 @@ def test_vcpu_current_starts_that_many_vcpus(daemon: DaemonProcess) -> None:
         args = cmdline(qemu_pid(daemon, "vc"))
         assert args[args.index("-smp") + 1] == "1,maxcpus=2,sockets=2,cores=1,threads=1"
         assert dom.info().vcpus == 1
-        assert "<vcpu current=\"1\">2</vcpu>" in dom.xml()
+        assert "<vcpu current='1'>2</vcpu>" in dom.xml()
         dom.destroy()
 
         with pytest.raises(client.XMLError,

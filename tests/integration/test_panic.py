@@ -93,7 +93,7 @@ def test_on_crash_destroy_stops_the_guest_as_crashed(
     name = f"panic-{policy}"
     sock = tmp_path / "s.sock"
     dom = conn.define_xml(panic_xml(name, test_guest, sock, policy))
-    assert "<panic model=\"isa\"/>" in dom.xml()
+    assert "<panic model='isa'/>" in dom.xml()
     conn.register_event(client.EventId.LIFECYCLE, domain=dom)
     serial = boot(conn, dom, sock)
     log_mark = len(qemud.log_text())
@@ -203,7 +203,7 @@ def test_panic_at_another_io_port_still_reports_the_crash(
     sock = tmp_path / "s.sock"
     panic = "<panic><address type='isa' iobase='0x506'/></panic>"
     dom = conn.define_xml(panic_xml(name, test_guest, sock, "destroy", panic))
-    assert "<panic model=\"isa\">" in dom.xml()
+    assert "<panic model='isa'>" in dom.xml()
     conn.register_event(client.EventId.LIFECYCLE, domain=dom)
     serial = boot(conn, dom, sock)
     serial.send("panic")

@@ -75,7 +75,7 @@ def shown_everywhere(daemon: DaemonProcess, name: str, count: int, maximum: int)
     vcpu = re.search(r"<vcpu[^>]*>\d+</vcpu>", ok(daemon, "dumpxml", name))
     assert vcpu is not None
     if count < maximum:
-        assert f"current='{count}'" in vcpu.group(0) or f'current="{count}"' in vcpu.group(0)
+        assert f"current='{count}'" in vcpu.group(0)
     else:
         assert "current" not in vcpu.group(0)
     assert vcpu.group(0).endswith(f">{maximum}</vcpu>")
@@ -106,6 +106,14 @@ class Guest:
     def reconnect(self) -> None:
         self.serial.close()
         self.serial = SerialPort(self.sock)
+
+    def resumed(self) -> None:
+        """Running on from the saved state, not booted again: it answers without the
+        READY a boot prints first. (Its uptime is not compared: under TCG a restored
+        guest's clock can read earlier than before the save, see guest.py ``resumed``.)"""
+        self.reconnect()
+        self.uptime()
+        assert READY not in self.serial.text
 
 
 @pytest.fixture
@@ -207,13 +215,11 @@ def test_save_and_restore_after_a_plug(daemon: DaemonProcess, test_guest: TestGu
     guest = Guest(daemon, test_guest, "saved", tmp_path, current=1, maximum=3)
     ok(daemon, "setvcpus", "saved", "2", "--live")
     guest.serial.wait_for(r"CPU1 has been hot-added", timeout=30)
-    before = guest.uptime()
 
     image = tmp_path / "saved.img"
     ok(daemon, "save", "saved", str(image))
     ok(daemon, "restore", str(image))  # QEMU: -smp 2,maxcpus=3, then the saved state
-    guest.reconnect()
-    assert guest.uptime() >= before  # the same guest, running on
+    guest.resumed()  # the same guest, running on
     shown_everywhere(daemon, "saved", 2, 3)
     assert len(qemu_cpus(daemon, "saved")) == 2
 
@@ -224,8 +230,7 @@ def test_save_and_restore_after_a_plug(daemon: DaemonProcess, test_guest: TestGu
 
     ok(daemon, "managedsave", "saved")
     ok(daemon, "start", "saved")
-    guest.reconnect()
-    assert guest.uptime() >= before
+    guest.resumed()
     shown_everywhere(daemon, "saved", 3, 3)
     assert len(qemu_cpus(daemon, "saved")) == 3
     assert config_count(daemon, "saved") == 1

@@ -177,3 +177,41 @@ def test_qemush_domstats_nodestats_json(monitored: Monitored) -> None:
     assert {"cpu.user", "cpu.system", "cpu.idle", "cpu.iowait", "memory.total",
             "memory.free", "memory.available", "memory.buffers", "memory.cached"} <= set(node)
     assert all(isinstance(v, int) for v in node.values())
+
+
+def _read_syscalls(pid: int) -> int:
+    """How many read syscalls process ``pid`` made (``syscr`` of /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no syscr in /proc/{pid}/io")
+
+
+def test_a_domain_named_many_times_is_collected_once(monitored: Monitored) -> None:
+    """DOMAIN_STATS naming the same domain 2,000 times (through name and UUID lookups)
+    gets 2,000 records, in order, all the same, from one collection: the daemon's debug
+    log shows the domain collected once, and the daemon makes no more read syscalls than
+    for one ref (each collection reads ~40 /proc files; 2,000 would be 80,000 reads)."""
+    daemon = monitored.daemon
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    collecting = f"DOMAIN_STATS: collecting domain {GUEST}"
+    with daemon.connect(readonly=True) as conn:
+        by_name, by_uuid = conn.lookup_by_name(GUEST), conn.lookup_by_uuid(monitored.uuid)
+        reads = _read_syscalls(pid)
+        conn.domain_stats([by_name])
+        one = _read_syscalls(pid) - reads
+        before = daemon.log_text().count(collecting)
+        reads = _read_syscalls(pid)
+        records = conn.domain_stats([by_name, by_uuid] * 1000)
+        many = _read_syscalls(pid) - reads
+    assert len(records) == 2000
+    assert {(dom.name, dom.uuid) for dom, _ in records} == {(GUEST, monitored.uuid)}
+    first = records[0][1]
+    assert first["state.state"] == DomainState.RUNNING and "block.0.rd.reqs" in first
+    assert all(stats == first for _, stats in records)
+    log = daemon.log_text()
+    assert log.count(collecting) - before == 1
+    assert "DOMAIN_STATS: 2000 domain refs name 1 distinct domains" in log
+    # one collection's reads, give or take the loop's own (a keepalive, an event)
+    assert many < one + 1000, (one, many)

@@ -140,7 +140,7 @@ def test_the_real_model_is_a_panic_view_and_the_default_lands_in_the_xml() -> No
     assert view.describe() == "panic"
     dom.assign_missing_ids()
     get_strategy("x86_64").fill_defaults(dom)
-    assert "<panic model=\"isa\">" in dom.to_xml()
+    assert "<panic model='isa'>" in dom.to_xml()
     reparsed = conf.parse_domain_xml(dom.to_xml())
     assert reparsed.panics[0].model == "isa"
     assert reparsed.panics[0].pci_address is None  # no slot assigned

@@ -58,7 +58,7 @@ def test_define_gives_each_pci_device_libvirts_slot_nics_first() -> None:
                   + "<disk type='file' device='cdrom'><target dev='hdc'/></disk>")
     assert slots(dom) == {"interface '52:54:00:00:00:01'": 3, "disk 'vda'": 4,
                           "disk 'vdb'": 5, "disk 'hdc'": None, "memballoon 'virtio'": 6}
-    assert ('<address type="pci" domain="0x0000" bus="0x00" slot="0x03" function="0x0"/>'
+    assert ("<address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>"
             in dom.interfaces[0].to_xml())
     assert "<address" not in dom.disks[2].to_xml()  # an IDE cdrom is not a PCI device
 

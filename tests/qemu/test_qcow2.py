@@ -214,3 +214,23 @@ def test_other_formats_with_a_backing_file_are_not_guessed(tmp_path: Path) -> No
         paths(backing_chain(str(top), "qcow2"))
     with pytest.raises(ChainError, match="not read here"):
         paths(backing_chain(str(qed), None))
+
+
+@pytest.mark.timeout(20)  # a regression blocks in open(2) forever: fail, do not hang
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO named as a disk (or as a backing file) is opened with O_NONBLOCK and
+    refused: nobody ever opens its write end, so a blocking open would never return."""
+    fifo = tmp_path / "disk.fifo"
+    os.mkfifo(fifo)
+    top = create(tmp_path / "top.qcow2")
+    rebase_unsafe(top, str(fifo), "raw")
+    with pytest.raises(ChainError, match="disk.fifo: not a regular file or a block device"):
+        read_backing(str(fifo))
+    with pytest.raises(ChainError, match="disk.fifo: not a regular file or a block device"):
+        qcow2.probe_format(str(fifo))
+    for fmt in (None, "qcow2"):
+        with pytest.raises(ChainError, match="not a regular file or a block device"):
+            paths(backing_chain(str(fifo), fmt))
+    rebase_unsafe(top, str(fifo), "qcow2")
+    with pytest.raises(ChainError, match="disk.fifo: not a regular file or a block device"):
+        paths(backing_chain(str(top), "qcow2"))

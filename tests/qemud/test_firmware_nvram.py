@@ -75,7 +75,7 @@ def test_smm_firmware_turns_smm_on_and_smm_off_excludes_it(tmp_path: Path) -> No
     dom = definition(secure, " firmware='efi'")
     firmware.fill(dom)
     assert dom.os.loader_secure is True
-    assert "<features>\n    <smm state=\"on\"/>\n  </features>" in dom.to_xml()
+    assert "<features>\n    <smm state='on'/>\n  </features>" in dom.to_xml()
     off = parse_domain_xml(definition(secure, " firmware='efi'").to_xml().replace(
         "</os>", "</os><features><smm state='off'/></features>"))
     with pytest.raises(OperationFailed, match="Unable to find any firmware to satisfy 'efi'"):

@@ -42,4 +42,4 @@ def test_the_definition_itself_is_untouched() -> None:
            "<devices><controller type='usb' index='0'/></devices></domain>")
     definition = parse_domain_xml(xml, validate_schema=False)
     migratable(definition)
-    assert '<controller type="usb" index="0"/>' in definition.to_xml()
+    assert "<controller type='usb' index='0'/>" in definition.to_xml()

@@ -426,8 +426,10 @@ def cmd_nodememstats(sh: Shell, args: Args) -> None:
 
 def cpu_percent(first: dict[str, int], second: dict[str, int]) -> list[tuple[str, float]]:
     """virsh nodecpustats --percent: each mode's share of the time between two samples,
-    and usage = user + system."""
-    delta = {k: second[k] - first[k] for k in first}
+    and usage = user + system. A mode missing from either sample counts as no time, as
+    in virsh, whose counters start at 0 for fields the daemon does not send."""
+    modes = ("user", "system", "idle", "iowait")
+    delta = {k: second[k] - first[k] if k in first and k in second else 0 for k in modes}
     total = sum(delta.values()) or 1
     share = {k: v / total * 100 for k, v in delta.items()}
     return [("usage", share["user"] + share["system"]), ("user", share["user"]),

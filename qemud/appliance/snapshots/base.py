@@ -25,7 +25,7 @@ from qemud.errors import (
 from qemud.qemu import naming
 
 from ..images.layout import STATE_NAME, vms_root
-from ..tools import ToolRunner, find_tool
+from ..tools import ToolRunner, discard, find_tool
 from .records import DomainSnapshots, SnapshotStore
 
 if TYPE_CHECKING:
@@ -251,15 +251,15 @@ class SnapshotOps:
             return False
         return True
 
-    @staticmethod
-    def _unlink(paths: list[Path]) -> None:
-        for path in paths:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot remove %s: %s", path, exc)
+    def _unlink(self, paths: list[Path]) -> None:
+        """Remove image files without blocking the loop (unlinking a large fragmented
+        image takes seconds): each path is renamed away at once, so it is gone when
+        this returns, and an ``rm`` child frees the space (see ``tools.discard``).
+
+        An overlay of the store is renamed into the store's root, not into its images
+        directory: an undefine prunes that directory right after, and a directory a
+        snapshot delete emptied reads as empty at once."""
+        discard(self.loop, paths, spool=self.store.root)
 
     def _point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]) -> None:
         """Persistently point disk ``target`` at a new image: ``moves`` is target ->

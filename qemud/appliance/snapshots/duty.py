@@ -16,6 +16,8 @@ from protocol import Procedure
 from qemud.driver.store import remove_dead_writes_below
 from qemud.errors import QemudError
 
+from ..tools import remove_discarded_below
+
 if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.constants import ShutoffReason
@@ -53,6 +55,8 @@ class SnapshotDuty:
         # the temp files of metadata writes a killed daemon never renamed: only now, while
         # the pidfile lock guarantees no write is in flight (see remove_dead_writes)
         remove_dead_writes_below(self.root)
+        # images a killed daemon had renamed for removal but not removed yet (see discard)
+        remove_discarded_below(self.driver.loop, self.root, "images")
         # the driver's handlers are registered before the appliance's: check them first
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefine)
         self.driver.disk_removed_hooks.append(self.disk_removed)
