@@ -83,6 +83,16 @@ def domain_xml(name: str, guest: TestGuest, serial: Path, qmp: Path, disks: str)
         f"<qemu:arg value='unix:{qmp},server=on,wait=off'/></qemu:commandline></domain>"))
 
 
+def space_back(fs: Path) -> None:
+    """A failed backup's partial files are gone from ``fs``: renamed away by the time the
+    call returned (no visible name left), removed with their space soon after (an ``rm``
+    child of the daemon frees it, off the loop)."""
+    assert [p for p in fs.iterdir() if not p.name.startswith(".")] == []
+    wait_for(lambda: list(fs.iterdir()) == []
+             and os.statvfs(fs).f_bfree == os.statvfs(fs).f_blocks,
+             30, message=f"the partial backup files in {fs} removed")
+
+
 def leftovers(qmp: QMPTestClient, small_fs: Path) -> list[Any]:
     """What a backup may leave in QEMU: jobs, its target nodes, a copy-before-write
     filter, a node on a file of the tmpfs."""
@@ -130,8 +140,8 @@ def test_backup_fails_on_full_target_fs(small_fs: Path, qemu_cleanup: None,
         with pytest.raises(client.OperationFailed) as info:
             dom.backup(str(target), "vda")
         # at the reply QEMU has closed the partial file: it is gone, and its space back
-        assert list(small_fs.iterdir()) == []
-        assert os.statvfs(small_fs).f_bfree == os.statvfs(small_fs).f_blocks
+        # once the daemon's rm child has removed it (it is renamed away at once)
+        space_back(small_fs)
         message = str(info.value)
         assert ENOSPC in message and "'vda'" in message, message
         failed = events.wait(name, "backup-failed")
@@ -146,8 +156,7 @@ def test_backup_fails_on_full_target_fs(small_fs: Path, qemu_cleanup: None,
         # -- both disks into a directory there: one job fails, the other one is ended ----
         with pytest.raises(client.OperationFailed, match=ENOSPC):
             dom.backup(str(small_fs))
-        assert list(small_fs.iterdir()) == []
-        assert os.statvfs(small_fs).f_bfree == os.statvfs(small_fs).f_blocks
+        space_back(small_fs)
         assert leftovers(qmp, small_fs) == []
         events.wait(name, "backup-failed", 2)
         events.drain(1.0)
@@ -166,8 +175,7 @@ def test_backup_fails_on_full_target_fs(small_fs: Path, qemu_cleanup: None,
         assert lines[-2] == f"error: Failed to back up domain '{name}' to {target}", lines
         assert lines[-1].startswith("error: ") and ENOSPC in lines[-1], lines
         assert "backed up" not in proc.stdout
-        assert list(small_fs.iterdir()) == []
-        assert os.statvfs(small_fs).f_bfree == os.statvfs(small_fs).f_blocks
+        space_back(small_fs)
         assert len(audit_errors(daemon, target)) == 2
         assert leftovers(qmp, small_fs) == []
 
