@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from qemud.dispatch import Deferred
+from qemud.driver.store import NAME_MAX, directories_below
 from qemud.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ def _close(*files: IO[bytes] | None) -> None:
 
 #: in the name :func:`discard` gives a file: ``.<name>.qemud-discard-<pid>-<n>``
 DISCARD_MARK = ".qemud-discard-"
-#: the longest file name most Linux file systems take (NAME_MAX)
-_NAME_MAX = 255
 _discard_serial = itertools.count(1)
 
 
@@ -171,7 +170,7 @@ def _discard_name(path: Path, directory: Path) -> Path:
     while True:
         suffix = f"{DISCARD_MARK}{os.getpid()}-{next(_discard_serial)}"
         name = f".{path.name}{suffix}"
-        if len(os.fsencode(name)) > _NAME_MAX:
+        if len(os.fsencode(name)) > NAME_MAX:
             name = f".image{suffix}"
         target = directory / name
         if not os.path.lexists(target):
@@ -239,11 +238,9 @@ def remove_discarded_below(loop: EventLoop, root: Path, sub: str = "") -> list[P
     ``<root>/<each directory>/<sub>`` (symlinks not followed); returns them. Only while no
     discard can be in flight (the pidfile lock: every such file is an earlier
     daemon's)."""
-    try:
-        dirs = [root] + sorted(p / sub if sub else p for p in root.iterdir()
-                               if p.is_dir() and not p.is_symlink())
-    except OSError:
+    if not root.is_dir():
         return []
+    dirs = [root] + [p / sub if sub else p for p in directories_below(root)]
     found = []
     for directory in dirs:
         try:

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "remove_dead_writes", "remove_dead_writes_below", "DomainStore",
-           "StatusRecord", "fault_before_rename", "fsync_dir"]
+__all__ = ["atomic_write", "directories_below", "remove_dead_writes",
+           "remove_dead_writes_below", "DomainStore", "StatusRecord", "fault_before_rename",
+           "fsync_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +258,20 @@ def remove_dead_writes(directory: Path) -> list[Path]:
     return removed
 
 
-def remove_dead_writes_below(root: Path) -> list[Path]:
-    """:func:`remove_dead_writes` in every directory directly under ``root`` (one per
-    domain or VM, as the appliance stores keep them); symlinks are not followed."""
+def directories_below(root: Path) -> list[Path]:
+    """The directories directly under ``root`` (one per domain or VM, as the appliance
+    stores keep them), sorted; symlinks are not followed; none if ``root`` cannot be
+    read."""
     try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
     except OSError:
         return []
-    return [path for directory in dirs for path in remove_dead_writes(directory)]
+
+
+def remove_dead_writes_below(root: Path) -> list[Path]:
+    """:func:`remove_dead_writes` in every directory of :func:`directories_below`."""
+    return [path for directory in directories_below(root)
+            for path in remove_dead_writes(directory)]
 
 
 #: the longest file name most Linux file systems take (NAME_MAX)
