@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from .xmltext import virsh_xml
+
 __all__ = ["build_disk_xml", "find_disk_xml", "graphics_display", "os_type"]
 
 
@@ -38,8 +40,7 @@ def build_disk_xml(source: str, target: str, *, driver: str | None = None,
     ET.SubElement(disk, "target", target_attrs)
     if mode:
         ET.SubElement(disk, mode)
-    ET.indent(disk, "  ")
-    return ET.tostring(disk, encoding="unicode") + "\n"
+    return virsh_xml(disk)
 
 
 def find_disk_xml(domain_xml: str, target: str) -> str | None:

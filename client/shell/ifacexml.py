@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from .xmltext import virsh_xml
+
 __all__ = ["SOURCE_ATTRS", "NO_SOURCE_TYPES", "InterfaceLookupError", "build_interface_xml",
            "find_interface_xml"]
 
@@ -51,8 +53,7 @@ def build_interface_xml(kind: str, source: str | None, *, target: str | None = N
         ET.SubElement(iface, "model", {"type": model})
     if alias:
         ET.SubElement(iface, "alias", {"name": alias})
-    ET.indent(iface, "  ")
-    return ET.tostring(iface, encoding="unicode") + "\n"
+    return virsh_xml(iface)
 
 
 def _mac_of(iface: ET.Element) -> str:

@@ -37,6 +37,7 @@ from protocol import payloads as pl
 from qemud.conf import Disk, DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import InvalidArg, OperationFailed
+from qemud.fileopen import WrongFileKind, open_for_reading
 from qemud.qemu import naming
 from qemud.qemu.qcow2 import MAGIC as QCOW2_MAGIC
 
@@ -72,25 +73,25 @@ def find_disk(definition: DomainDef, name: str) -> Disk | None:
     return found
 
 
-def _open(path: str) -> int:
-    """Open an image read-only; O_NONBLOCK so that a FIFO named as a source cannot stall
-    the loop (regular files and block devices ignore it)."""
+def _open(path: str) -> tuple[int, os.stat_result]:
+    """Open an image (a regular file or a block device) read-only, without blocking the
+    loop: a FIFO named as a source cannot stall it (:mod:`qemud.fileopen`)."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return open_for_reading(path, block_devices=True)
+    except WrongFileKind:
+        raise OperationFailed(f"cannot read the size of '{path}': not a regular file or a "
+                              "block device") from None
     except OSError as exc:
         raise OperationFailed(f"cannot open file '{path}': {exc.strerror or exc}") from None
 
 
-def _physical(fd: int, st: os.stat_result, path: str) -> tuple[int, int]:
+def _physical(fd: int, st: os.stat_result) -> tuple[int, int]:
     """(physical size, allocation) of an open image: a regular file's size and blocks,
     or a block device's size for both (libvirt's virStorageSourceUpdateBackingSizes)."""
     if stat.S_ISREG(st.st_mode):
         return st.st_size, st.st_blocks * _SECTOR
-    if stat.S_ISBLK(st.st_mode):
-        end = os.lseek(fd, 0, os.SEEK_END)
-        return end, end
-    raise OperationFailed(f"cannot read the size of '{path}': not a regular file or a "
-                          "block device")
+    end = os.lseek(fd, 0, os.SEEK_END)  # a block device (the only other kind _open keeps)
+    return end, end
 
 
 def _qcow2_virtual_size(fd: int, path: str) -> int:
@@ -105,11 +106,10 @@ def _qcow2_virtual_size(fd: int, path: str) -> int:
 def image_info(path: str, fmt: str | None) -> pl.BlockInfoReply:
     """The sizes of the image ``path`` opened as ``fmt`` (None: raw, as the QEMU command
     line opens it), read from the file."""
-    fd = _open(path)
+    fd, st = _open(path)
     try:
         try:
-            st = os.fstat(fd)
-            physical, allocation = _physical(fd, st, path)
+            physical, allocation = _physical(fd, st)
             capacity = _qcow2_virtual_size(fd, path) if fmt == "qcow2" else physical
         except OSError as exc:
             raise OperationFailed(f"cannot read '{path}': {exc.strerror or exc}") from None
@@ -124,12 +124,12 @@ def _physical_size(path: str | None) -> int | None:
     if not path or not path.startswith("/"):
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+        fd, st = open_for_reading(path, block_devices=True)
+    except (OSError, WrongFileKind):
         return None
     try:
-        return _physical(fd, os.fstat(fd), path)[0]
-    except (OSError, OperationFailed):
+        return _physical(fd, st)[0]
+    except OSError:
         return None
     finally:
         os.close(fd)

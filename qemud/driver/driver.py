@@ -61,6 +61,7 @@ from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
+from .tools import remove_discarded_below
 from .update import DeviceUpdate
 
 if TYPE_CHECKING:
@@ -151,6 +152,8 @@ class QemuDriver:
 
     def start(self) -> None:
         self.registry.load()
+        # managed save images an earlier daemon was removing (tools.discard) when killed
+        remove_discarded_below(self.loop, self.store.save_dir, depth=0)
         self.lifecycle.reconnect_all()
 
     def autostart(self) -> None:

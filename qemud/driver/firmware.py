@@ -35,6 +35,7 @@ from qemud.conf import DomainDef
 from qemud.conf.domain import DOMAIN_CHILD_ORDER
 from qemud.conf.xmlmodel import first_child, insert_ordered
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, SystemCallFailed
+from qemud.fileopen import WrongFileKind, open_for_reading
 from qemud.qemu import firmware as fw
 
 from .store import atomic_write
@@ -185,11 +186,7 @@ class Firmware:
             # libvirt's words (qemuPrepareNVRAMFile), then what to do
             raise OperationFailed(f"unable to find any master var store for loader: {loader}"
                                   " (give one with <nvram template='PATH'>)")
-        try:
-            data = Path(template).read_bytes()
-        except OSError as exc:
-            raise SystemCallFailed(f"Failed to open file '{template}': "
-                                   f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
+        data = _read_template(template)
         try:
             atomic_write(path, data, 0o600)
         except OSError as exc:
@@ -263,3 +260,31 @@ def _set_smm_on(definition: DomainDef) -> None:
     if smm is None:
         smm = etree.SubElement(features, "smm")
     smm.set("state", "on")
+
+
+#: the largest NVRAM template read (aarch64's AAVMF_VARS.fd is 64 MiB, x86's 128 KiB-4 MiB)
+MAX_NVRAM_TEMPLATE = 256 * 1024 * 1024
+
+
+def _read_template(template: str) -> bytes:
+    """The NVRAM template's bytes, read on the loop: the path is the definition's, so it
+    is opened without blocking (a FIFO there would stall the daemon), only a regular
+    file is read, and at most :data:`MAX_NVRAM_TEMPLATE` bytes of it."""
+    def failed(reason: str) -> SystemCallFailed:
+        return SystemCallFailed(f"Failed to open file '{template}': {reason}",
+                                domain=ErrorDomain.QEMU)
+    try:
+        fd, st = open_for_reading(template)
+    except WrongFileKind as exc:
+        raise failed(f"it is {exc.kind}, not a regular file (an NVRAM template)") from None
+    except OSError as exc:
+        raise failed(str(exc.strerror or exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_NVRAM_TEMPLATE:
+            raise failed(f"{st.st_size} bytes, more than an NVRAM template's "
+                         f"{MAX_NVRAM_TEMPLATE}")
+        try:
+            return f.read(st.st_size)
+        except OSError as exc:
+            raise failed(str(exc.strerror or exc)) from None
+

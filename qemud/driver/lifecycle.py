@@ -50,9 +50,13 @@ from .monitor import Monitor
 from .pinning import start_pins
 from .process import GuestLog, QemuProcess, proc_cmdline, proc_start_ticks
 from .store import StatusRecord
+from .tools import discard
 from .update import set_link_states
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from qemud.loop import EventLoop
     from qemud.qemu.arch import ArchStrategy
     from qemud.qemu.capabilities import Capabilities
 
@@ -623,7 +627,7 @@ class Lifecycle:
             log.warning("domain %s: QEMU (pid %d) is gone since the last daemon ran: marking "
                         "it shut off (crashed)", record.name, record.pid)
             self.driver.store.delete_status(record.name)
-            _remove_job_file(record)
+            _remove_job_file(self.driver.loop, record)
             self._set_state(dom, DomainState.SHUTOFF, ShutoffReason.CRASHED)
             if not dom.persistent:
                 self.registry.remove(dom)
@@ -694,7 +698,7 @@ class Lifecycle:
         monitor.execute("migrate_cancel")
         if record.state == DomainState.RUNNING:
             monitor.execute("cont")
-        _remove_job_file(record)
+        _remove_job_file(self.driver.loop, record)
 
     def _leftover_jobs(self, dom: DomainObj, monitor: Monitor, record: StatusRecord
                        ) -> None:
@@ -789,19 +793,17 @@ def _setup_balloon(monitor: Monitor, live: DomainDef) -> Deferred | None:
                            timeout=QMP_TIMEOUT)
 
 
-def _remove_job_file(record: StatusRecord) -> None:
+def _remove_job_file(loop: EventLoop, record: StatusRecord) -> None:
     """Remove what an unfinished job of the last daemon was writing: a save's temp file
     (never the user's target, which it had not replaced yet), a live backup's target
     (created by that backup, which refuses an existing file; no client was told it is
-    complete)."""
+    complete). Off the loop (``tools.discard``): either may be gigabytes."""
     if not record.job_file or record.job not in ("save", "backup"):
         return  # (a job that writes no file of its own names none)
-    try:
-        os.unlink(record.job_file)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        log.warning("cannot remove %s, left by an unfinished %s: %s", record.job_file,
-                    record.job, exc)
+    failed: dict[Path, OSError] = {}
+    if not discard(loop, [record.job_file], failed=failed):
+        for exc in failed.values():
+            log.warning("cannot remove %s, left by an unfinished %s: %s", record.job_file,
+                        record.job, exc.strerror or exc)
         return
     log.info("removed %s, left by an unfinished %s", record.job_file, record.job)

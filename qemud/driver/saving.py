@@ -68,6 +68,7 @@ from qemud.errors import (
     SystemCallFailed,
     XMLError,
 )
+from qemud.fileopen import WrongFileKind, open_for_reading
 from qemud.qemu.arch import get_strategy
 from qemud.qemu.command import build_argv
 from qemud.qemu.errors import QemuError
@@ -76,6 +77,7 @@ from .domain import DomainObj, StopIntent
 from .flags import check_flags
 from .jobs import MIGRATING
 from .stats import QMP_TIMEOUT
+from .tools import discard, replace_keeping
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -133,17 +135,17 @@ def read_image(path: Path) -> SaveImage:
     it, on the open file), every header line is read with a small limit, and the XML's
     length is checked against :data:`_MAX_XML` and the file's size before it is read.
     """
+    not_a_file = InvalidArg(f"{path} is not a qemud save file (not a regular file)")
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # no open of a FIFO or a device
-            raise InvalidArg(f"{path} is not a qemud save file (not a regular file)")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+            raise not_a_file
+        fd, st = open_for_reading(path)
+    except WrongFileKind:  # (replaced since the stat above)
+        raise not_a_file from None
     except OSError as exc:
         raise OperationFailed(f"cannot read save file {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):  # (replaced since the stat above)
-                raise InvalidArg(f"{path} is not a qemud save file (not a regular file)")
             magic = f.readline(_MAX_LINE)
             if magic not in (SAVE_MAGIC, MANAGED_SAVE_MAGIC):
                 raise InvalidArg(f"{path} is not a qemud save file")
@@ -414,7 +416,7 @@ class Saving:
                                         "job was aborted")
             dom.job, dom.job_file = None, ""
             dom.device_waiters.pop("__migration__", None)
-            partial.unlink(missing_ok=True)
+            discard(self.driver.loop, [partial])
             # the save stopped the vCPUs (its STOP is not a state change: dom.job was set)
             if was_running and dom.monitor is not None:
                 dom.monitor.execute("cont")
@@ -432,7 +434,7 @@ class Saving:
 
             def moved(_: Deferred) -> None:
                 try:
-                    os.replace(partial, target)
+                    replace_keeping(self.driver.loop, partial, target)
                 except OSError as exc:  # the guest is stopped: its state stays where it is
                     out.fail(OperationFailed(f"cannot finish save file {target}: "
                                              f"{exc.strerror or exc}; the saved state is in "
@@ -498,13 +500,10 @@ class Saving:
             dom.managed_save = False  # (removed by hand: the file is the truth)
             return self.lifecycle.start(dom, paused=paused)
         if flags & START_FORCE_BOOT:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
+            failed = self._discard(path)
+            if failed is not None and not isinstance(failed, FileNotFoundError):
                 raise SystemCallFailed(f"cannot remove managed save file {path}: "
-                                       f"{exc.strerror or exc}") from None
+                                       f"{failed.strerror or failed}") from None
             dom.managed_save = False
             log.info("domain %s: managed save image %s discarded (force boot)", dom.name, path)
             return self.lifecycle.start(dom, paused=paused)
@@ -541,14 +540,11 @@ class Saving:
             if d.error is not None:
                 out.fail(unable(d.error))
                 return
-            try:
-                path.unlink()
-            except FileNotFoundError:
+            failed = self._discard(path)
+            if failed is None or isinstance(failed, FileNotFoundError):
                 dom.managed_save = False
-            except OSError as exc:  # libvirt's words; it stays listed as an image then
-                log.warning("Failed to remove the managed state %s: %s", path, exc)
-            else:
-                dom.managed_save = False
+            else:  # libvirt's words; it stays listed as an image then
+                log.warning("Failed to remove the managed state %s: %s", path, failed)
             out.resolve(d.result)
         started.add_done_callback(done)
         return out
@@ -569,17 +565,23 @@ class Saving:
 
     def remove_image(self, dom: DomainObj) -> None:
         path = self.store.managed_save_path(dom.name)
-        try:
-            path.unlink()
-        except FileNotFoundError:
+        failed = self._discard(path)
+        if isinstance(failed, FileNotFoundError):
             dom.managed_save = False
+        if failed is not None:
             raise SystemCallFailed(f"Failed to remove managed save file '{path}': "
-                                   f"{os.strerror(errno.ENOENT)}") from None
-        except OSError as exc:
-            raise SystemCallFailed(f"Failed to remove managed save file '{path}': "
-                                   f"{exc.strerror or exc}") from None
+                                   f"{failed.strerror or failed}") from None
         dom.managed_save = False
         log.info("domain %s: managed save image %s removed", dom.name, path)
+
+    def _discard(self, path: Path) -> OSError | None:
+        """Remove a save image off the loop (``tools.discard``: it is the guest's RAM,
+        gigabytes): None once its name is gone, else why not (FileNotFoundError: there was
+        none)."""
+        failed: dict[Path, OSError] = {}
+        if discard(self.driver.loop, [path], failed=failed) or failed:
+            return failed.get(path)
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
     def _managed_save_xml(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.StringReply:
         """virDomainManagedSaveGetXMLDesc: the domain XML in the image; secrets (the VNC

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from protocol import Procedure, StreamAbort, StreamData, StreamEnd
 from protocol import payloads as pl
 from qemud.dispatch import Deferred, Handler, error_payload
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
+from qemud.fileopen import WrongFileKind, open_for_reading
 from qemud.server import StreamHandler, StreamPacing
 
 from .flags import check_flags
@@ -46,26 +46,18 @@ _names = count(1)
 
 
 def open_screendump(path: str | os.PathLike[str]) -> int:
-    """The image QEMU wrote, opened read-only: O_NONBLOCK, so that whatever sits at the
-    path (a FIFO put there by someone who can write the run directory) cannot block the
-    loop in open(2) or read(2), and refused unless it is a regular file. Raises
+    """The image QEMU wrote, opened read-only without blocking the loop (whatever sits
+    at the path, a FIFO put there by someone who can write the run directory, say: see
+    :mod:`qemud.fileopen`), and refused unless it is a regular file. Raises
     :class:`OperationFailed` naming the cause."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise OperationFailed(f"cannot open the screenshot QEMU wrote: "
-                              f"{exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        os.close(fd)
-        raise OperationFailed(f"cannot open the screenshot QEMU wrote: "
-                              f"{exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        os.close(fd)
+        return open_for_reading(path)[0]
+    except WrongFileKind:
         raise OperationFailed(f"cannot open the screenshot QEMU wrote: '{path}' is not a "
-                              "regular file")
-    return fd
+                              "regular file") from None
+    except OSError as exc:
+        raise OperationFailed(f"cannot open the screenshot QEMU wrote: "
+                              f"{exc.strerror or exc}") from None
 
 
 class FileStream(StreamHandler):

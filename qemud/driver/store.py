@@ -88,13 +88,26 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
         except FileNotFoundError:
             pass
         raise
-    if not durable:
-        return
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    if durable:
+        _sync_directory(directory, path)
+
+
+def _sync_directory(directory: Path, path: Path) -> None:
+    """fsync ``directory`` after ``path`` was renamed into it, so that the rename
+    survives a power loss. A failure here (EIO, or no fd left to open the directory) is
+    logged, not raised: the new file is in place and every reader sees it, the daemon
+    that restarts included, so a caller told "nothing was changed" would be told wrong
+    (its memory would then disagree with the disk). Only the rename's durability is in
+    doubt, and the log says so."""
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        log.error("%s is written, but its directory could not be synced (%s): the change "
+                  "may not survive a power loss", path, exc.strerror or exc)
 
 
 @dataclass

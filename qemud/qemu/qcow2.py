@@ -31,11 +31,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
+
+from qemud.fileopen import WrongFileKind, open_for_reading
 
 __all__ = ["MAGIC", "MAX_DEPTH", "Backing", "ChainError", "read_backing", "probe_format",
            "backing_chain"]
@@ -87,21 +88,16 @@ def _read(fd: int, offset: int, size: int, path: str, what: str) -> bytes:
 
 
 def _open_image(path: str) -> int:
-    """``path`` opened read-only for :func:`pread`: O_NONBLOCK, so that opening (or
-    reading) a FIFO cannot block the loop, then refused unless it is a regular file or a
-    block device. Raises :class:`OSError` as ``open`` does (IsADirectoryError for a
-    directory) and :class:`ChainError` for a FIFO, socket or character device."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    """``path`` opened read-only for :func:`pread`, without blocking the loop
+    (:func:`~qemud.fileopen.open_for_reading`). Raises :class:`OSError` as ``open`` does
+    (IsADirectoryError for a directory) and :class:`ChainError` for a FIFO, socket or
+    character device."""
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            raise ChainError(f"{path}: not a regular file or a block device")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_for_reading(path, block_devices=True)[0]
+    except WrongFileKind as exc:
+        if exc.is_dir:
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path) from None
+        raise ChainError(f"{path}: not a regular file or a block device") from None
 
 
 def read_backing(path: str) -> Backing:

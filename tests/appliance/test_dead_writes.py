@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DaemonFactory
+from tests.helpers.daemon import DISCARD_MARK, wait_for
 
 #: names atomic_write does not use: never touched
 KEPT = ("x.json.abc123.tmp", ".x.json", "x.json", ".x.json.abc123.tmp.keep")
@@ -99,5 +100,39 @@ def test_start_up_removes_disks_whose_creation_was_interrupted(
         for path in dead:
             assert f"removed {path}, left by an interrupted disk creation" in log
         assert log.count("left by an interrupted disk creation") == len(dead)
+    finally:
+        daemon.stop()
+
+
+def test_start_up_removes_what_a_killed_daemon_was_discarding(
+        daemon_factory: DaemonFactory) -> None:
+    """A daemon killed before its removal child ended leaves the hidden names it gave a
+    failed deploy's VM directory, a rolled-back disk and a refused import's staging tree;
+    and one killed mid-import leaves the staging tree itself, read-only directories and
+    all. The next start removes them (a child again) and nothing else."""
+    daemon = daemon_factory(start=False)
+    store, vms = daemon.state_dir / "images", daemon.state_dir / "vms"
+    gone = [vms / f".vm9{DISCARD_MARK}4242-1",            # a failed deploy's directory
+            vms / "vm1" / f".vda.b.qcow2{DISCARD_MARK}4242-2",  # a rolled-back overlay
+            store / f"..staging-ab12{DISCARD_MARK}4242-3",  # a refused import
+            store / ".staging-cd34"]                       # an import cut short
+    for tree in (gone[0], gone[2], gone[3]):
+        (tree / "boot").mkdir(parents=True)
+        (tree / "boot" / "vmlinuz").write_text("k")
+        (tree / "boot").chmod(0o555)
+    gone[1].parent.mkdir(parents=True)
+    gone[1].write_text("overlay")
+    kept = [vms / "vm1" / "vda.a.qcow2", store / "demo" / "1.0" / "system.qcow2",
+            store / "demo" / "1.0" / f".notes{DISCARD_MARK}1-1"]  # not where one is made
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("kept")
+    daemon.start()
+    try:
+        wait_for(lambda: not [p for p in gone if p.exists()],
+                 message=f"the discarded files removed (left: {[p for p in gone if p.exists()]})")
+        assert all(p.read_text() == "kept" for p in kept)
+        assert f"image store: removing {gone[3]} (an import the daemon did not finish)" in \
+            daemon.log_text()
     finally:
         daemon.stop()

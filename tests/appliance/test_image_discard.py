@@ -1,5 +1,5 @@
 """Images the snapshot operations drop are removed off the loop (see
-``qemud.appliance.tools.discard``): renamed away at once, so the path is gone when the
+``qemud.driver.tools.discard``): renamed away at once, so the path is gone when the
 call returns, then removed by an ``rm`` child; what a killed daemon left of them is
 removed at the next start.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import client
-from tests.helpers.daemon import DaemonProcess, serving, wait_for
+from tests.helpers.daemon import DISCARD_MARK, DaemonProcess, serving, wait_for
 from tests.integration.conftest import TestGuest
 
 from .test_snapshots import disk_source, qcow2_guest, qemu_io_write
@@ -19,8 +19,7 @@ from .test_snapshots import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 
-#: in the names the daemon gives a file it is removing (``.<name>.qemud-discard-<token>``)
-MARK = ".qemud-discard-"
+MARK = DISCARD_MARK
 
 
 def discarded(*roots: Path) -> list[Path]:

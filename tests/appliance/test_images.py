@@ -41,7 +41,7 @@ from qemud.appliance.images.descriptor import (
     parse_descriptor,
     version_key,
 )
-from tests.helpers.daemon import DaemonProcess, qemush, serving
+from tests.helpers.daemon import DaemonProcess, qemush, serving, wait_for
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import bare_xml
 from tests.integration.serial import SerialPort
@@ -88,8 +88,10 @@ def marked_qcow2(path: Path, marker: str, size: int = 16 * 1024 * 1024) -> Path:
 
 def build_appliance(work: Path, guest: TestGuest, desc: dict[str, Any], *,
                     marker: str = "", omit: tuple[str, ...] = (), gzip: bool = False,
-                    extra: dict[str, bytes] | None = None, top_dir: bool = False) -> Path:
-    """A tarball of ``desc`` with the test guest's kernel/initrd and marked disks."""
+                    extra: dict[str, bytes] | None = None, top_dir: bool = False,
+                    modes: dict[str, int] | None = None) -> Path:
+    """A tarball of ``desc`` with the test guest's kernel/initrd and marked disks;
+    ``modes`` sets a member's mode (``tar`` stores it)."""
     label = f"{desc.get('name', 'x')}-{desc.get('version', 'x')}-{len(list(work.glob('*')))}"
     d = work / f"build-{label}"
     root = d / "demo" if top_dir else d
@@ -100,12 +102,16 @@ def build_appliance(work: Path, guest: TestGuest, desc: dict[str, Any], *,
     marked_qcow2(root / "data.qcow2", "DATA-ORIGINAL")
     (root / "appliance.json").write_text(json.dumps(desc, indent=1))
     for name, content in (extra or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
     for name in omit:
         (root / name).unlink()
+    for name, mode in sorted((modes or {}).items(), key=lambda m: -len(m[0])):
+        (root / name).chmod(mode)
     out = work / f"{label}.tar{'.gz' if gzip else ''}"
     subprocess.run(["tar", "-czf" if gzip else "-cf", str(out), "-C", str(d), "."],
                    check=True)
+    subprocess.run(["chmod", "-R", "u+rwx", str(d)], check=True)
     shutil.rmtree(d)
     return out
 
@@ -309,9 +315,12 @@ def test_import_refusals(conn: client.Connection, qemud: DaemonProcess, work: Pa
         tar.add(link_dir, arcname=".")
     with pytest.raises(InvalidArgError, match="member 'system.qcow2' is a symlink"):
         images.import_appliance(conn, str(work / "linked.tar"))
-    # nothing of the refused ones stays behind
+    # nothing of the refused ones stays behind: each staging tree is renamed away at
+    # once and removed by a child
     store = qemud.state_dir / "images"
     assert not list(store.glob(".staging-*"))
+    wait_for(lambda: not list(store.glob(".*.qemud-discard-*")),
+             message="the refused imports' staging trees to be removed")
     names = {i.name for i in images.list_appliances(conn)}
     assert not names & {"odd", "fast", "magic", "partial", "lies", "sneaky", "linked"}
     # read-only connections may not import
@@ -333,6 +342,23 @@ def test_import_stores_read_only(conn: client.Connection, qemud: DaemonProcess,
         assert stat.S_IMODE(p.stat().st_mode) == 0o444, p
     with pytest.raises(OperationInvalid, match="already imported"):
         images.import_appliance(conn, str(stored["1.0"]))
+
+
+def test_import_read_only_and_closed_directories(conn: client.Connection, work: Path,
+                                                 qemud: DaemonProcess,
+                                                 test_guest: TestGuest) -> None:
+    """A tarball may carry directories that are read-only, or unreadable: the store's
+    copy is 0755 directories and 0444 files all the same, made so by a child."""
+    path = build_appliance(work, test_guest, descriptor(name="closed"), top_dir=True,
+                           extra={"docs/a/notes.txt": b"n"},
+                           modes={"boot": 0o555, "docs/a": 0, "docs": 0o500})
+    assert images.import_appliance(conn, str(path)) == "closed:1.0"
+    directory = qemud.state_dir / "images" / "closed" / "1.0"
+    modes = {p.relative_to(directory).as_posix(): stat.S_IMODE(p.lstat().st_mode)
+             for p in directory.rglob("*")}
+    assert modes["boot"] == modes["docs"] == modes["docs/a"] == 0o755
+    assert modes["docs/a/notes.txt"] == modes["boot/vmlinuz"] == 0o444
+    assert {m for name, m in modes.items() if (directory / name).is_file()} == {0o444}
 
 
 # -- deploy ----------------------------------------------------------------------------

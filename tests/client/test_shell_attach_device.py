@@ -122,8 +122,8 @@ def test_attach_and_detach_interface(defined: str, qemush: Qemush) -> None:
 def test_attach_interface_print_xml_and_usage(qemush: Qemush) -> None:
     assert ok(qemush("attach-interface", "t1", "bridge", "br0", "--mac", "52:54:00:00:00:03",
                      "--model", "virtio", "--print-xml")) == (
-        '<interface type="bridge">\n  <source bridge="br0" />\n'
-        '  <mac address="52:54:00:00:00:03" />\n  <model type="virtio" />\n</interface>\n')
+        "<interface type='bridge'>\n  <source bridge='br0'/>\n"
+        "  <mac address='52:54:00:00:00:03'/>\n  <model type='virtio'/>\n</interface>\n")
     proc = qemush("attach-interface", "t1", "vhostuser", "/tmp/sock", "--print-xml")
     assert (proc.returncode, proc.stderr) == (
         1, "error: No support for vhostuser in command 'attach-interface'\n")

@@ -14,6 +14,7 @@ from client.errors import ConnectionLost
 from client.shell.console import ESCAPE, pipe_console
 from client.shell.diskxml import build_disk_xml, find_disk_xml, graphics_display, os_type
 from client.shell.progress import Progress
+from client.shell.xmltext import virsh_xml
 
 # -- attach-disk's XML -------------------------------------------------------------------
 
@@ -22,13 +23,28 @@ def test_disk_xml_full() -> None:
     xml = build_disk_xml("/var/lib/img/a.qcow2", "vdb", driver="qemu", subdriver="qcow2",
                          device="disk", mode="readonly", targetbus="virtio")
     assert xml == (
-        '<disk type="file" device="disk">\n'
-        '  <driver name="qemu" type="qcow2" />\n'
-        '  <source file="/var/lib/img/a.qcow2" />\n'
-        '  <target dev="vdb" bus="virtio" />\n'
-        '  <readonly />\n'
-        '</disk>\n'
+        "<disk type='file' device='disk'>\n"
+        "  <driver name='qemu' type='qcow2'/>\n"
+        "  <source file='/var/lib/img/a.qcow2'/>\n"
+        "  <target dev='vdb' bus='virtio'/>\n"
+        "  <readonly/>\n"
+        "</disk>\n"
     )
+
+
+def test_disk_xml_quotes_as_virsh() -> None:
+    """A quote, an ampersand or a newline in a path is escaped; the text reads back."""
+    path = "/img/it's \"a\" & <b>\n.qcow2"
+    xml = build_disk_xml(path, "vdb")
+    assert "<source file='/img/it&apos;s &quot;a&quot; &amp; &lt;b&gt;&#10;.qcow2'/>" in xml
+    assert ET.fromstring(xml).find("source").get("file") == path  # type: ignore[union-attr]
+
+
+def test_virsh_xml_text_and_mixed_content() -> None:
+    root = ET.fromstring("<a x='1'><b>t &amp; u</b><c/></a>")
+    assert virsh_xml(root) == "<a x='1'>\n  <b>t &amp; u</b>\n  <c/>\n</a>\n"
+    with pytest.raises(ValueError, match="<a> holds both text and elements"):
+        virsh_xml(ET.fromstring("<a>text<b/></a>"))
 
 
 def test_disk_xml_minimal() -> None:

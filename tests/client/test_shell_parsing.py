@@ -177,8 +177,8 @@ def test_attach_disk_print_xml_needs_no_daemon(capsys: pytest.CaptureFixture[str
     assert main(["attach-disk", "demo", "/img/a.qcow2", "vdb", "--subdriver", "qcow2",
                  "--print-xml"]) == 0
     out = capsys.readouterr().out
-    assert '<source file="/img/a.qcow2" />' in out
-    assert '<driver name="qemu" type="qcow2" />' in out
+    assert "<source file='/img/a.qcow2'/>" in out
+    assert "<driver name='qemu' type='qcow2'/>" in out
 
 
 def test_global_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,9 @@ on disk or in memory.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,30 @@ def test_a_dead_writers_temp_file_with_our_name_is_replaced(tmp_path: Path,
     atomic_write(tmp_path / "dom.xml", "<domain>new</domain>")
     assert (tmp_path / "dom.xml").read_text() == "<domain>new</domain>"
     assert _files(tmp_path) == ["dom.xml"]
+
+
+def test_a_failed_directory_sync_after_the_rename_is_not_a_failed_write(
+        tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the rename is done the new file is what everyone reads, the next daemon
+    included: a write that then fails to sync the directory (EIO) returns, so its
+    caller keeps memory and disk alike, and the doubt about durability is logged."""
+    target = tmp_path / "dom.xml"
+    atomic_write(target, "<domain>old</domain>")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = len(os.listdir("/proc/self/fd"))
+    with caplog.at_level(logging.ERROR, logger="qemud.driver.store"):
+        atomic_write(target, "<domain>new</domain>")
+    assert target.read_text() == "<domain>new</domain>"
+    assert _files(tmp_path) == ["dom.xml"]
+    assert len(os.listdir("/proc/self/fd")) == before  # the directory's fd was closed
+    assert f"{target} is written, but its directory could not be synced " \
+        "(Input/output error): the change may not survive a power loss" in caplog.text
 
 
 def test_written_files_get_exactly_their_mode_and_their_directory(tmp_path: Path) -> None:

@@ -267,6 +267,21 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02,
         time.sleep(interval)
 
 
+#: in the name the daemon gives a file it is removing (``.<name>.qemud-discard-<token>``)
+DISCARD_MARK = ".qemud-discard-"
+
+
+def after_discards(directory: Path, timeout: float = 30.0) -> list[str]:
+    """The names in ``directory``, as they were at the call, apart from files the daemon
+    is removing; returns once those are gone too. (A file the daemon removes may be
+    large: it is renamed to ``.<name>.qemud-discard-*`` before the call that removes it
+    returns, and a child of the daemon removes it, off the loop, soon after.)"""
+    now = sorted(p.name for p in directory.iterdir() if DISCARD_MARK not in p.name)
+    wait_for(lambda: not [p for p in directory.iterdir() if DISCARD_MARK in p.name],
+             timeout, message=f"the files discarded in {directory} removed")
+    return now
+
+
 def env_without_daemon_vars() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("QEMUD_DEFAULT_URI", None)

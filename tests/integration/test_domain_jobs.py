@@ -23,7 +23,14 @@ from protocol.constants import DomainState
 from protocol.payloads import ControlState, JobOperation, JobType
 from tests.appliance.test_snapshot_failures import in_thread
 from tests.appliance.test_snapshots import Guest, disk_xml, first_bytes, make_image
-from tests.helpers.daemon import DaemonProcess, qemush, remove_domain, serving, wait_for
+from tests.helpers.daemon import (
+    DaemonProcess,
+    after_discards,
+    qemush,
+    remove_domain,
+    serving,
+    wait_for,
+)
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
@@ -311,7 +318,7 @@ def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: T
         assert outcome["error"].message == (
             f"operation failed: save of domain '{dom.name}' was cancelled: its job was "
             "aborted"), outcome
-        assert sorted(p.name for p in saves.iterdir()) == []
+        assert after_discards(saves) == []
         assert dom.state()[0] == DomainState.RUNNING
         assert dom.job_info().type == JobType.NONE
         g.command("ping", r"QEMUD-PONG")

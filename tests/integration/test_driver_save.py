@@ -13,7 +13,13 @@ import pytest
 
 import client
 from protocol.constants import DomainState, PausedReason, RunningReason
-from tests.helpers.daemon import DaemonProcess, serving, stop_destroying_guests, wait_for
+from tests.helpers.daemon import (
+    DaemonProcess,
+    after_discards,
+    serving,
+    stop_destroying_guests,
+    wait_for,
+)
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
 from tests.integration.guest import BootedGuest
@@ -51,7 +57,7 @@ def booted(conn: client.Connection, test_guest: TestGuest, name: str, tmp: Path
 
 
 def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir())
+    return after_discards(directory)
 
 
 def test_save_to_a_directory_is_refused_before_the_guest_stops(

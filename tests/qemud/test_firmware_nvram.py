@@ -4,6 +4,8 @@ descriptors and with the test's own), and the NVRAM file's creation rules."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,8 +14,9 @@ from typing import Any
 import pytest
 
 from qemud.conf import DomainDef, parse_domain_xml
+from qemud.driver import firmware as firmware_mod
 from qemud.driver.firmware import Firmware
-from qemud.errors import OperationFailed
+from qemud.errors import OperationFailed, SystemCallFailed
 from qemud.qemu import firmware as fw
 from tests.qemu.fakes import fake_caps
 
@@ -93,6 +96,31 @@ def test_nvram_is_created_once_0600_from_the_template(tmp_path: Path) -> None:
     assert not firmware.create_nvram(path, str(template), "/fw/CODE.fd")
     assert path.read_bytes() == b"the guest's variables"
     assert [p.name for p in path.parent.iterdir()] == ["vm_VARS.fd"]  # no temp left
+
+
+@pytest.mark.timeout(30)  # a blocking open of the FIFO would hang here
+def test_a_template_that_is_not_a_file_is_refused_at_once(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """The template path is the definition's: a FIFO (or a device) there is refused
+    without being waited on, a missing one says so, a huge one is not read."""
+    firmware, _ = make(tmp_path)
+    fifo = tmp_path / "VARS.fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "state" / "nvram" / "vm_VARS.fd"
+    cases = {str(fifo): "it is a FIFO, not a regular file (an NVRAM template)",
+             "/dev/zero": "it is a character device, not a regular file",
+             str(tmp_path): "it is a directory, not a regular file",
+             str(tmp_path / "missing.fd"): "No such file or directory"}
+    for template, reason in cases.items():
+        with pytest.raises(SystemCallFailed, match=re.escape(
+                f"Failed to open file '{template}': {reason}")):
+            firmware.create_nvram(path, template, "/fw/CODE.fd")
+    big = tmp_path / "BIG_VARS.fd"
+    big.write_bytes(b"v" * 100)
+    monkeypatch.setattr(firmware_mod, "MAX_NVRAM_TEMPLATE", 99)
+    with pytest.raises(SystemCallFailed, match="100 bytes, more than an NVRAM template's 99"):
+        firmware.create_nvram(path, str(big), "/fw/CODE.fd")
+    assert not path.exists()
 
 
 def test_template_from_the_loader_descriptor_or_a_clear_error(tmp_path: Path) -> None:

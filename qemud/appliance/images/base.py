@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
 from qemud.driver.store import atomic_write
+from qemud.driver.tools import ToolRunner, discard_tree, find_tool
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
 
-from ..tools import ToolRunner, find_tool
 from .descriptor import DiskSpec
 from .layout import STATE_NAME, UNFINISHED_SUFFIX, vms_root
 from .store import ImageStore, VMState
@@ -104,6 +104,15 @@ class ImageOps:
 
     def vm_dir(self, name: str) -> Path:
         return self.vms_dir / name
+
+    def remove_tree(self, path: Path) -> None:
+        """Remove a directory this daemon made (a VM's it did not finish deploying, an
+        import's staging tree) off the loop (``tools.discard_tree``); a failure is
+        logged."""
+        try:
+            discard_tree(self.loop, path)
+        except OSError as exc:
+            log.error("cannot remove %s: %s", path, exc.strerror or exc)
 
     def load_state(self, dom: DomainObj) -> VMState | None:
         path = self.vm_dir(dom.name) / STATE_NAME

@@ -32,15 +32,14 @@ from qemud.errors import (
 from ..metadata import Origin, read_settings, write_settings
 from .base import ImageOps, Task, disk_file, run_task
 from .descriptor import NAME_RE, Descriptor, check_host
-from .layout import rmtree
 from .store import VMState
 
 if TYPE_CHECKING:
     from qemud.config import Config
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
+    from qemud.driver.tools import ToolRunner
 
-    from ..tools import ToolRunner
     from .store import ImageStore
 
 __all__ = ["DeployOps", "DEPLOY_START"]
@@ -122,7 +121,7 @@ class DeployOps(ImageOps):
             self.save_state(state)
             dom = self._define(definition)
         except BaseException:
-            rmtree(vmdir)
+            self.remove_tree(vmdir)
             raise
         finally:
             self.deploying.discard(vm)

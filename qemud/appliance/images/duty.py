@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
 from qemud.driver.store import remove_dead_writes_below
+from qemud.driver.tools import discard_tree, remove_discarded_below
 
 from .layout import (
     STAGING_PREFIX,
     STATE_NAME,
     remove_unfinished_disks,
-    rmtree,
     store_root,
     vms_root,
 )
@@ -89,13 +89,21 @@ class ImagesDuty:
         return (self.vms_dir / name / STATE_NAME).exists()
 
     def remove_debris(self) -> None:
-        """What a killed daemon left: unfinished imports, the temp files of VM state
-        writes it never renamed (see ``remove_dead_writes``) and the disks of VMs it never
-        finished creating (``remove_unfinished_disks``); start-up only, under the pidfile
-        lock. An import's index is written inside its staging directory."""
+        """What a killed daemon left: unfinished imports, what it was removing (trees
+        and disks renamed away, ``tools.discard``), the temp files of VM state writes it
+        never renamed (see ``remove_dead_writes``) and the disks of VMs it never finished
+        creating (``remove_unfinished_disks``); start-up only, under the pidfile lock. An
+        import's index is written inside its staging directory. Trees are removed by a
+        child, not here: an unpacked tarball may hold many files."""
+        loop = self.driver.loop
         for stale in self.store_dir.glob(f"{STAGING_PREFIX}*"):
             log.info("image store: removing %s (an import the daemon did not finish)", stale)
-            rmtree(stale)
+            try:
+                discard_tree(loop, stale)
+            except OSError as exc:
+                log.error("cannot remove %s: %s", stale, exc.strerror or exc)
+        remove_discarded_below(loop, self.store_dir, depth=0)
+        remove_discarded_below(loop, self.vms_dir)
         remove_dead_writes_below(self.vms_dir)
         remove_unfinished_disks(self.vms_dir)
 

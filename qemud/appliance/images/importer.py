@@ -11,6 +11,7 @@ never replaced. A staging directory a killed daemon left is removed at start-up.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -27,14 +28,14 @@ from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
 
 from .base import ImageOps, Task, run_task
 from .descriptor import DescriptorError, DiskSpec, check_host, load_descriptor_text
-from .layout import STAGING_PREFIX, rmtree
+from .layout import STAGING_PREFIX
 from .store import INDEX_NAME
 
 if TYPE_CHECKING:
     from qemud.config import Config
     from qemud.driver import QemuDriver
+    from qemud.driver.tools import ToolRunner
 
-    from ..tools import ToolRunner
     from .store import ImageStore
 
 __all__ = ["ImportOps", "DESCRIPTOR_NAMES", "MAX_DESCRIPTOR_BYTES"]
@@ -86,7 +87,9 @@ class ImportOps(ImageOps):
             except OperationFailed as exc:
                 raise DescriptorError(exc.message) from None
             root = _find_root(staging, path)
-            _check_members(root, path)
+            odd = yield self.runner.run(_odd_member_argv(root),
+                                        f"cannot check the members of {path}", stdout=True)
+            _refuse_odd_member(odd, path)
             names = [n for n in DESCRIPTOR_NAMES if (root / n).is_file()]
             descriptor_file = root / names[0]
             if descriptor_file.stat().st_size > MAX_DESCRIPTOR_BYTES:
@@ -125,10 +128,8 @@ class ImportOps(ImageOps):
             atomic_write(root / INDEX_NAME, json.dumps({
                 "descriptor": desc.to_json(), "imported_at": int(time.time()),
                 "source": path, "images": images}, indent=1), 0o444)
-            for dirpath, _dirnames, filenames in os.walk(root):
-                for name in filenames:
-                    os.chmod(os.path.join(dirpath, name), 0o444)
-                os.chmod(dirpath, 0o755)
+            yield self.runner.run(_read_only_argv(root),
+                                  f"cannot make the files of {path} read-only")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(root, dest)
             log.info("appliance %s imported from %s into %s", desc.ref, path, dest)
@@ -136,12 +137,14 @@ class ImportOps(ImageOps):
         finally:
             if key:
                 self.importing.discard(key)
-            rmtree(staging)
+            self.remove_tree(staging)
 
 
 def _find_root(staging: Path, source: str) -> Path:
-    """Where the descriptor is: the top of the tarball, or its one top directory."""
-    entries = list(staging.iterdir())
+    """Where the descriptor is: the top of the tarball, or its one top directory. (At
+    most 9 entries of the top are read: it may hold any number, and this is the loop.)"""
+    with os.scandir(staging) as listing:
+        entries = [Path(e.path) for e in itertools.islice(listing, 9)]
     candidates = [staging]
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         candidates.append(entries[0])
@@ -158,18 +161,30 @@ def _find_root(staging: Path, source: str) -> Path:
                           f"tarball (it holds: {', '.join(top) or 'nothing'})")
 
 
-def _check_members(root: Path, source: str) -> None:
-    """Only regular files and directories: a symlink or device could reach host files."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            mode = path.lstat().st_mode
-            if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
-                continue
-            kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
-            raise DescriptorError(f"{source}: member '{path.relative_to(root)}' is {kind}: an "
-                                  "appliance tarball may hold only regular files and "
-                                  "directories")
+def _odd_member_argv(root: Path) -> list[str]:
+    """``find`` printing the first member below ``root`` that is neither a directory nor
+    a regular file, as ``TYPE PATH`` (``l`` a symlink): the tree may be large, so it is
+    walked by a child, not on the loop."""
+    return ["find", str(root), "-mindepth", "1", "!", "-type", "d", "!", "-type", "f",
+            "-printf", "%y %P\\n", "-quit"]
+
+
+def _read_only_argv(root: Path) -> list[str]:
+    """A child that makes every directory below ``root`` 0755 and every file 0444
+    (``chmod -R`` fixes a directory the tarball made unreadable before reading it)."""
+    return ["sh", "-c", 'chmod -R a=rX,u+w -- "$1" && exec find "$1" -type f -exec chmod '
+            '0444 {} +', "qemud-import", str(root)]
+
+
+def _refuse_odd_member(found: str, source: str) -> None:
+    """Only regular files and directories: a symlink or device could reach host files.
+    ``found`` is what :func:`_odd_member_argv` printed."""
+    if not found:
+        return
+    kind, _, name = found.rstrip("\n").partition(" ")
+    what = "a symlink" if kind == "l" else "not a regular file"
+    raise DescriptorError(f"{source}: member '{name}' is {what}: an appliance tarball may "
+                          "hold only regular files and directories")
 
 
 def _check_image(text: str, disk: DiskSpec, where: str) -> dict[str, Any]:

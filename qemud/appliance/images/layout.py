@@ -8,19 +8,16 @@ until the first image call or the start of such a guest (see :mod:`.duty`).
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import stat
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qemud.config import Config
 
 __all__ = ["STAGING_PREFIX", "STATE_NAME", "TARGET_RE", "UNFINISHED_SUFFIX", "QCOW2",
-           "DISK_KINDS", "store_root", "vms_root", "rmtree", "remove_unfinished_disks"]
+           "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks"]
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +43,6 @@ def store_root(config: Config) -> Path:
 def vms_root(config: Config) -> Path:
     """Where deployed VMs' disks and states are: ``<state_dir>/vms``."""
     return config.paths.state_dir / "vms"
-
-
-def rmtree(path: Path) -> None:
-    """Remove ``path`` and everything below it, read-only directories (a stored
-    appliance's) included."""
-    def writable(func: Callable[..., Any], p: str, exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-        except OSError:
-            pass
-    if path.exists():
-        shutil.rmtree(path, onerror=writable)
 
 
 def _is_unfinished_disk(name: str) -> bool:

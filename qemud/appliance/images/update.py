@@ -13,7 +13,6 @@ slot and version by itself.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from protocol import Empty
 from protocol import payloads as pl
 from protocol.constants import EventId, LifecycleEvent
 from qemud.dispatch import Deferred
+from qemud.driver.tools import discard
 from qemud.errors import InvalidArg, NoDomain, OperationFailed, OperationInvalid, QemudError
 from qemud.loop import Timer
 
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from qemud.config import Config
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
+    from qemud.driver.tools import ToolRunner
 
-    from ..tools import ToolRunner
     from .store import ImageStore
 
 __all__ = ["UpdateOps", "CONFIRM_KINDS", "CONFIRM_POLL"]
@@ -308,12 +308,8 @@ class UpdateOps(ImageOps):
         state.previous = state.pending = None
         self.save_state(state)
         self._define(definition)
-        for path in failed.values():
-            if path not in previous["system"].values():
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        discard(self.loop, [p for p in failed.values()
+                            if p not in previous["system"].values()])
         log.warning("domain %s: update to %s rolled back to %s: %s", dom.name,
                     failed_version, previous["version"], why)
         self.events.appliance(dom.ref(), "update-rolled-back",

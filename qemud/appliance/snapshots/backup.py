@@ -32,9 +32,9 @@ from protocol import Empty
 from protocol import payloads as pl
 from protocol.constants import ShutoffReason
 from qemud.dispatch import Deferred
+from qemud.driver.tools import ChildGroup
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
-from ..tools import ChildGroup
 from .base import (
     SnapshotOps,
     gather,
@@ -48,10 +48,10 @@ if TYPE_CHECKING:
     from qemud.conf import Disk
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
+    from qemud.driver.tools import ToolRunner
     from qemud.loop import Timer
     from qemud.qemu.qmp import QMPEvent
 
-    from ..tools import ToolRunner
     from .records import SnapshotStore
 
 __all__ = ["BackupOps", "Backup", "BackupTarget"]

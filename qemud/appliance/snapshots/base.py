@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from qemud import testhooks
 from qemud.dispatch import Deferred
+from qemud.driver.tools import ToolRunner, discard, find_tool
 from qemud.errors import (
     ConfigUnsupported,
     InvalidArg,
@@ -25,7 +26,6 @@ from qemud.errors import (
 from qemud.qemu import naming
 
 from ..images.layout import STATE_NAME, vms_root
-from ..tools import ToolRunner, discard, find_tool
 from .records import DomainSnapshots, SnapshotStore
 
 if TYPE_CHECKING:

@@ -49,9 +49,9 @@ if TYPE_CHECKING:
     from qemud.conf import DomainDef
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
+    from qemud.driver.tools import ToolRunner
     from qemud.qemu.qmp import QMPEvent
 
-    from ..tools import ToolRunner
     from .records import DomainSnapshots, SnapshotRecord, SnapshotStore
 
 __all__ = ["DeleteOps"]

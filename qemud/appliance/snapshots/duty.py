@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from qemud.driver.store import remove_dead_writes_below
+from qemud.driver.tools import remove_discarded_below
 from qemud.errors import QemudError
-
-from ..tools import remove_discarded_below
 
 if TYPE_CHECKING:
     from protocol import payloads as pl

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
+from qemud.driver.tools import discard
 
 from .base import gather, log_failure, report_backup_failed
 
@@ -165,16 +166,9 @@ class Leftovers:
 
     def _remove(self, files: list[str]) -> None:
         dom = self.dom
-        removed, kept = [], []
-        for path in files:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                kept.append(f"{path} ({exc.strerror or exc})")
-                continue
-            removed.append(path)
+        failed: dict[Path, OSError] = {}
+        removed = [str(p) for p in discard(self.driver.loop, files, failed=failed)]
+        kept = [f"{p} ({exc.strerror or exc})" for p, exc in failed.items()]
         why = ("interrupted: the daemon stopped during the backup; "
                + (f"its partial file(s) were removed: {', '.join(removed)}" if removed
                   else "no file of it was left")

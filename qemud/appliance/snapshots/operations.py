@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..tools import ToolRunner
+from qemud.driver.tools import ToolRunner
+
 from .backup import BackupOps
 from .base import tool_failure
 from .create import CreateOps

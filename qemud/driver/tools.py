@@ -9,7 +9,10 @@ are read once, when it has exited.
 Files that may take seconds to remove (a large, fragmented disk image: ``unlink`` frees
 its extents before it returns) are not unlinked on the loop: :func:`discard` renames each
 to a hidden name in its directory (instant) and an ``rm`` child removes them;
-:func:`remove_discarded_below` removes those a killed daemon left, at start-up.
+:func:`discard_tree` does the same for a directory the daemon made (a deployed VM's, an
+import's staging tree), and :func:`replace_keeping` renames a file over another without
+dropping the old one's last link on the loop. :func:`remove_discarded_below` removes what
+a killed daemon left, at start-up.
 
 Each duty words a failure its own way (what its users and tests read), so a runner is
 made with a :data:`Wording` for "exited with status N"; "could not start" reads
@@ -26,6 +29,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
@@ -39,8 +43,8 @@ from qemud.errors import OperationFailed
 if TYPE_CHECKING:
     from qemud.loop import EventLoop
 
-__all__ = ["ToolFailed", "ToolRunner", "Wording", "find_tool", "discard",
-           "remove_discarded_below", "DISCARD_MARK"]
+__all__ = ["ToolFailed", "ToolRunner", "Wording", "find_tool", "discard", "discard_tree",
+           "replace_keeping", "remove_discarded_below", "DISCARD_MARK"]
 
 log = logging.getLogger(__name__)
 
@@ -177,70 +181,130 @@ def _discard_name(path: Path, directory: Path) -> Path:
             return target
 
 
-def _rename_away(path: Path, spool: Path | None) -> Path | None:
-    """Rename ``path`` to a hidden name (in ``spool`` if it is below it, else in its own
-    directory); the new name, or None if it is gone or cannot be renamed (logged)."""
-    directory = spool if spool is not None and path.is_relative_to(spool) else path.parent
-    if path.is_dir() and not path.is_symlink():  # as unlink would: left, and logged
-        log.error("cannot remove %s: %s", path, os.strerror(errno.EISDIR))
-        return None
+def _rename_away(path: Path, directory: Path) -> Path | None:
+    """Rename ``path`` to a free hidden name in ``directory`` (on its file system); the
+    new name, or None if ``path`` is gone. Raises OSError as ``rename`` does."""
     while True:
         target = _discard_name(path, directory)
         try:
             os.rename(path, target)
         except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.EXDEV and directory != path.parent:
-                directory = path.parent  # the spool is on another file system
-                continue
-            log.error("cannot remove %s: %s", path, exc)
+            if os.path.lexists(target):
+                continue  # (taken since _discard_name looked)
             return None
         log.debug("removing %s (renamed to %s)", path, target)
         return target
 
 
-def _remove_in_child(loop: EventLoop, paths: list[Path], why: str) -> None:
-    """One ``rm -f`` child removes ``paths``; the loop reaps it, a failure is logged."""
-    argv = ["rm", "-f", "--", *map(str, paths)]
+def _discard_one(path: Path, spool: Path | None) -> Path | None:
+    """:func:`_rename_away` into ``spool`` for a path below it, else into its own
+    directory (also when the spool is on another file system). A directory is refused
+    (EISDIR), as ``unlink`` would: a file the caller names is never a tree."""
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if spool is not None and path.is_relative_to(spool):
+        try:
+            return _rename_away(path, spool)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    return _rename_away(path, path.parent)
 
+
+#: removes what it is given, files and trees; a directory a tarball made read-only (or
+#: unreadable) is made the owner's first, without following symlinks (``find`` runs
+#: ``chmod`` on each such directory before it reads it)
+_REMOVE_ARGV = ["sh", "-c", 'find "$@" -type d ! -perm -u=rwx -exec chmod u+rwx {} \\; ; '
+                'exec rm -rf -- "$@"', "qemud-discard"]
+
+
+def _remove_in_child(loop: EventLoop, paths: list[Path], why: str) -> None:
+    """One child removes ``paths`` (names this module gave); the loop reaps it, a
+    failure is logged."""
     def done(d: Deferred) -> None:
         if d.error is not None:
             log.error("cannot remove %s (%s): %s", ", ".join(map(str, paths)), why,
                       d.error.message)
-    ToolRunner(loop, _rm_failure).run(argv).add_done_callback(done)
+    ToolRunner(loop, _rm_failure).run([*_REMOVE_ARGV, *map(str, paths)]) \
+        .add_done_callback(done)
 
 
-def discard(loop: EventLoop, paths: Iterable[Path], spool: Path | None = None
-            ) -> list[Path]:
-    """Remove the files ``paths`` without blocking the loop; returns the hidden names the
-    child removes.
+def discard(loop: EventLoop, paths: Iterable[Path | str], spool: Path | None = None, *,
+            failed: dict[Path, OSError] | None = None) -> dict[Path, Path]:
+    """Remove the files ``paths`` without blocking the loop; returns each renamed path
+    with the hidden name the child removes.
 
     Each is renamed at once to ``.<name>.qemud-discard-<token>`` on its own file system
     (an atomic rename, whatever the file's size), so ``path`` no longer exists when this
-    returns; then one ``rm -f`` child, reaped by the loop, frees the space. The new name
-    is in ``spool`` for a path below ``spool`` (a directory the caller may remove at
-    once must not hold it), else in the path's own directory. A file already gone is
-    skipped silently; a rename that fails is logged (the file stays). A daemon killed
-    before the child is done leaves hidden names: :func:`remove_discarded_below` removes
-    them at the next start.
+    returns; then one child, reaped by the loop, frees the space. The new name is in
+    ``spool`` for a path below ``spool`` (a directory the caller may remove at once must
+    not hold it), else in the path's own directory. A file already gone is skipped
+    silently. A file that cannot be renamed (or is a directory) stays: it is put in
+    ``failed`` with the error when the caller passes that dict, else logged. A daemon
+    killed before the child is done leaves hidden names: :func:`remove_discarded_below`
+    removes them at the next start.
     """
-    hidden = [target for target in (_rename_away(Path(p), spool) for p in paths)
-              if target is not None]
+    hidden: dict[Path, Path] = {}
+    for p in map(Path, paths):
+        try:
+            target = _discard_one(p, spool)
+        except OSError as exc:
+            if failed is None:
+                log.error("cannot remove %s: %s", p, exc.strerror or exc)
+            else:
+                failed[p] = exc
+            continue
+        if target is not None:
+            hidden[p] = target
     if hidden:
-        _remove_in_child(loop, hidden, "discarded")
+        _remove_in_child(loop, list(hidden.values()), "discarded")
     return hidden
 
 
-def remove_discarded_below(loop: EventLoop, root: Path, sub: str = "") -> list[Path]:
-    """At start-up: remove (in an ``rm`` child) the files :func:`discard` renamed whose
-    child a killed daemon never saw done, in ``root`` (a spool) and in
-    ``<root>/<each directory>/<sub>`` (symlinks not followed); returns them. Only while no
-    discard can be in flight (the pidfile lock: every such file is an earlier
-    daemon's)."""
+def discard_tree(loop: EventLoop, path: Path) -> Path | None:
+    """Remove the directory ``path`` (one the daemon made) and all below it without
+    blocking the loop: renamed at once to a hidden name next to it, then removed by a
+    child, read-only directories included. Returns the hidden name (None: ``path`` did
+    not exist). A symlink or a file at ``path`` is removed itself, not followed. Raises
+    OSError if the rename fails (then nothing was removed)."""
+    target = _rename_away(path, path.parent)
+    if target is not None:
+        _remove_in_child(loop, [target], "discarded")
+    return target
+
+
+def replace_keeping(loop: EventLoop, src: Path, dst: Path) -> None:
+    """``os.replace(src, dst)``, except that a file at ``dst`` (a save image of
+    gigabytes, say) is not freed by the rename on the loop: it is first linked to a hidden
+    name, which a child removes after. Raises OSError as ``os.replace`` does. Where the
+    link cannot be made (a file system without hard links), the plain replace is
+    done."""
+    held: Path | None = None
+    try:
+        if stat.S_ISREG(os.lstat(dst).st_mode):
+            held = _discard_name(dst, dst.parent)
+            os.link(dst, held, follow_symlinks=False)
+    except OSError:
+        held = None
+    try:
+        os.replace(src, dst)
+    finally:
+        if held is not None:
+            _remove_in_child(loop, [held], "replaced")
+
+
+def remove_discarded_below(loop: EventLoop, root: Path, sub: str = "", *,
+                           depth: int = 1) -> list[Path]:
+    """At start-up: remove (in a child) the files and trees :func:`discard` and
+    :func:`discard_tree` renamed whose child a killed daemon never saw done, in ``root``
+    (a spool) and, with ``depth`` 1, in ``<root>/<each directory>/<sub>`` (symlinks not
+    followed); returns them. Only while no discard can be in flight (the pidfile lock:
+    every such file is an earlier daemon's)."""
     if not root.is_dir():
         return []
-    dirs = [root] + [p / sub if sub else p for p in directories_below(root)]
+    dirs = [root]
+    if depth:
+        dirs += [p / sub if sub else p for p in directories_below(root)]
     found = []
     for directory in dirs:
         try:

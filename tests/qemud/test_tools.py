@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from qemud.appliance.tools import ToolFailed, ToolRunner, find_tool
 from qemud.dispatch import Deferred
+from qemud.driver.tools import ToolFailed, ToolRunner, find_tool
 from qemud.errors import OperationFailed
 from qemud.loop import EventLoop
 
