@@ -40,7 +40,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -55,8 +54,9 @@ from lxml import etree
 from protocol import Empty, Procedure, StreamAbort, StreamData, StreamEnd
 from protocol.constants import DomainState
 from qemud.dispatch import error_payload
+from qemud.driver.tools import discard_tree, remove_discarded_below
 from qemud.errors import OperationFailed, QemudError
-from qemud.loop import READ, Timer
+from qemud.loop import READ, EventLoop, Timer
 from qemud.server import StreamHandler, StreamPacing
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class BundleStream(StreamHandler):
         except OSError:
             pass
         self.errors.close()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        _remove(self.loop, self.staging)
         self.duty.active.discard(self)
 
     # -- StreamHandler: the client's side --------------------------------------------------
@@ -298,7 +298,8 @@ class BundleDuty:
 
     def install(self) -> dict[Procedure, Handler]:
         for stale in self.config.paths.state_dir.glob(".bundle-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(self.loop, stale)
+        remove_discarded_below(self.loop, self.config.paths.state_dir, depth=0)
         return {Procedure.SUPPORT_BUNDLE: self.handle}
 
     def handle(self, ctx: Any, args: Empty) -> Empty:
@@ -323,7 +324,7 @@ class BundleDuty:
                                      stderr=errors, close_fds=True, start_new_session=True)
         except (OSError, QemudError) as exc:
             errors.close()
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove(self.loop, staging)
             if isinstance(exc, QemudError):
                 raise
             raise OperationFailed(f"cannot prepare the support bundle: "
@@ -441,3 +442,12 @@ def _member_name(name: str) -> str:
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     return BundleDuty(ctx).install()
+
+
+def _remove(loop: EventLoop, staging: Path) -> None:
+    """Remove a staging directory (the logs' copies, up to 1 MiB each) off the loop."""
+    try:
+        discard_tree(loop, staging)
+    except OSError as exc:
+        log.error("cannot remove %s: %s", staging, exc.strerror or exc)
+

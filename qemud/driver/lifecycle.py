@@ -28,6 +28,7 @@ from protocol.constants import (
     StoppedDetail,
     SuspendedDetail,
 )
+from qemud import testhooks
 from qemud.conf import DomainDef
 from qemud.dispatch import Deferred
 from qemud.errors import (
@@ -66,7 +67,11 @@ __all__ = ["Lifecycle", "command_line"]
 
 log = logging.getLogger(__name__)
 
-MONITOR_TIMEOUT = 30.0
+#: test hook (:mod:`qemud.testhooks`): seconds instead of :data:`MONITOR_TIMEOUT`
+MONITOR_TIMEOUT_ENV = "QEMUD_MONITOR_TIMEOUT"
+#: how long a starting QEMU has to open its QMP socket before the start fails and it is
+#: killed (a QEMU hung in its set-up, an emulator that is not QEMU)
+MONITOR_TIMEOUT = testhooks.seconds(MONITOR_TIMEOUT_ENV, 30.0)
 #: how long a graceful destroy waits for QEMU to act on its SIGTERM when qemu.destroy_grace
 #: is 0 (a plain destroy's SIGKILL at once): libvirt's virProcessKillPainfully wait
 GRACEFUL_DESTROY_GRACE = 10.0

@@ -74,10 +74,10 @@ class Monitor:
         ``alive`` is asked before each retry, so a QEMU that died at start fails fast.
         """
         deadline = time.monotonic() + timeout
-        self._attempt(deadline, alive)
+        self._attempt(deadline, alive, timeout)
         return self._ready
 
-    def _attempt(self, deadline: float, alive: Callable[[], bool]) -> None:
+    def _attempt(self, deadline: float, alive: Callable[[], bool], timeout: float) -> None:
         self._retry = None
         if self.closed:
             return
@@ -96,9 +96,11 @@ class Monitor:
             self._fail_connect("QEMU exited before its monitor was ready")
             return
         if time.monotonic() > deadline:
-            self._fail_connect(f"QEMU monitor {self.path} did not appear in time")
+            self._fail_connect(f"QEMU monitor {self.path} did not appear within "
+                               f"{timeout:g} s: QEMU did not get as far as opening it")
             return
-        self._retry = self.loop.call_later(CONNECT_RETRY, lambda: self._attempt(deadline, alive))
+        self._retry = self.loop.call_later(
+            CONNECT_RETRY, lambda: self._attempt(deadline, alive, timeout))
 
     def _fail_connect(self, message: str) -> None:
         self.closed = True

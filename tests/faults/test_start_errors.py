@@ -17,6 +17,7 @@ import pytest
 
 import client
 from protocol.constants import DomainState
+from qemud.driver.lifecycle import MONITOR_TIMEOUT_ENV
 from tests.helpers.daemon import DaemonProcess
 from tests.integration.domains import guest_xml
 
@@ -183,6 +184,30 @@ def test_qemu_crashing_at_start_returns_its_message(conn: client.Connection,
         dom.create()
     _assert_nothing_running(conn, dom)
     dom.undefine()
+
+
+def test_qemu_that_never_opens_its_monitor_is_killed(tmp_path: Path) -> None:
+    """A QEMU hung before it opens QMP (or an emulator that is not QEMU): the start
+    fails once the monitor wait is over (30 s, 2 s here through its test hook), naming
+    the monitor and the wait; the process is killed and the domain is shut off."""
+    root = make_short_dir()
+    daemon = DaemonProcess(root / "d", env={MONITOR_TIMEOUT_ENV: "2"}).start()
+    try:
+        with daemon.connect() as conn:
+            name = guest_name("qhang")
+            emulator = _fake_emulator(tmp_path / "qemu-hangs", "while :; do sleep 1; done")
+            dom = conn.define_xml(bare_domain_xml(name, emulator=str(emulator)))
+            with pytest.raises(client.OperationFailed) as info:
+                dom.create()
+            message = str(info.value)
+            assert "QEMU monitor " in message and message.endswith(
+                "did not appear within 2 s: QEMU did not get as far as opening it"), message
+            _assert_nothing_running(conn, dom)
+            dom.undefine()
+    finally:
+        kill_qemus()
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_unknown_machine_type_is_refused_at_define(conn: client.Connection) -> None:
