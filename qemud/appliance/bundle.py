@@ -56,7 +56,7 @@ from protocol.constants import DomainState
 from qemud.dispatch import error_payload
 from qemud.driver.tools import discard_tree, remove_discarded_below
 from qemud.errors import OperationFailed, QemudError
-from qemud.loop import READ, EventLoop, Timer
+from qemud.loop import READ, Timer
 from qemud.server import StreamHandler, StreamPacing
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class BundleStream(StreamHandler):
         except OSError:
             pass
         self.errors.close()
-        _remove(self.loop, self.staging)
+        discard_tree(self.loop, self.staging)
         self.duty.active.discard(self)
 
     # -- StreamHandler: the client's side --------------------------------------------------
@@ -298,7 +298,7 @@ class BundleDuty:
 
     def install(self) -> dict[Procedure, Handler]:
         for stale in self.config.paths.state_dir.glob(".bundle-*"):
-            _remove(self.loop, stale)
+            discard_tree(self.loop, stale)
         remove_discarded_below(self.loop, self.config.paths.state_dir, depth=0)
         return {Procedure.SUPPORT_BUNDLE: self.handle}
 
@@ -324,7 +324,7 @@ class BundleDuty:
                                      stderr=errors, close_fds=True, start_new_session=True)
         except (OSError, QemudError) as exc:
             errors.close()
-            _remove(self.loop, staging)
+            discard_tree(self.loop, staging)
             if isinstance(exc, QemudError):
                 raise
             raise OperationFailed(f"cannot prepare the support bundle: "
@@ -442,12 +442,4 @@ def _member_name(name: str) -> str:
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     return BundleDuty(ctx).install()
-
-
-def _remove(loop: EventLoop, staging: Path) -> None:
-    """Remove a staging directory (the logs' copies, up to 1 MiB each) off the loop."""
-    try:
-        discard_tree(loop, staging)
-    except OSError as exc:
-        log.error("cannot remove %s: %s", staging, exc.strerror or exc)
 

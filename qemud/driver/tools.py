@@ -265,9 +265,13 @@ def discard_tree(loop: EventLoop, path: Path) -> Path | None:
     """Remove the directory ``path`` (one the daemon made) and all below it without
     blocking the loop: renamed at once to a hidden name next to it, then removed by a
     child, read-only directories included. Returns the hidden name (None: ``path`` did
-    not exist). A symlink or a file at ``path`` is removed itself, not followed. Raises
-    OSError if the rename fails (then nothing was removed)."""
-    target = _rename_away(path, path.parent)
+    not exist, or could not be renamed: that is logged and nothing is removed). A
+    symlink or a file at ``path`` is removed itself, not followed."""
+    try:
+        target = _rename_away(path, path.parent)
+    except OSError as exc:
+        log.error("cannot remove %s: %s", path, exc.strerror or exc)
+        return None
     if target is not None:
         _remove_in_child(loop, [target], "discarded")
     return target

@@ -112,6 +112,16 @@ def test_discard_tree_read_only_and_symlinks(loop: EventLoop, tmp_path: Path) ->
     assert discard_tree(loop, vmdir) is None  # gone already
 
 
+def test_a_tree_that_cannot_be_renamed_is_logged_and_left(
+        loop: EventLoop, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with caplog.at_level(logging.ERROR, logger="qemud.driver.tools"):
+        assert discard_tree(loop, not_a_dir / "tree") is None
+    assert f"cannot remove {not_a_dir / 'tree'}: Not a directory" in caplog.text
+    assert not_a_dir.read_text() == "x" and hidden_in(tmp_path) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
                     reason="needs root to run the child as another user")
 def test_the_child_removes_a_read_only_tree_as_its_owner(

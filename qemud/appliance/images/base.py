@@ -107,12 +107,8 @@ class ImageOps:
 
     def remove_tree(self, path: Path) -> None:
         """Remove a directory this daemon made (a VM's it did not finish deploying, an
-        import's staging tree) off the loop (``tools.discard_tree``); a failure is
-        logged."""
-        try:
-            discard_tree(self.loop, path)
-        except OSError as exc:
-            log.error("cannot remove %s: %s", path, exc.strerror or exc)
+        import's staging tree) off the loop (``tools.discard_tree``)."""
+        discard_tree(self.loop, path)
 
     def load_state(self, dom: DomainObj) -> VMState | None:
         path = self.vm_dir(dom.name) / STATE_NAME

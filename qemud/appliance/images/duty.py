@@ -98,10 +98,7 @@ class ImagesDuty:
         loop = self.driver.loop
         for stale in self.store_dir.glob(f"{STAGING_PREFIX}*"):
             log.info("image store: removing %s (an import the daemon did not finish)", stale)
-            try:
-                discard_tree(loop, stale)
-            except OSError as exc:
-                log.error("cannot remove %s: %s", stale, exc.strerror or exc)
+            discard_tree(loop, stale)
         remove_discarded_below(loop, self.store_dir, depth=0)
         remove_discarded_below(loop, self.vms_dir)
         remove_dead_writes_below(self.vms_dir)
