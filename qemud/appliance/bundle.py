@@ -54,7 +54,7 @@ from lxml import etree
 from protocol import Empty, Procedure, StreamAbort, StreamData, StreamEnd
 from protocol.constants import DomainState
 from qemud.dispatch import error_payload
-from qemud.driver.tools import discard_tree, remove_discarded_below
+from qemud.driver.discard import discard_tree, remove_discarded_below
 from qemud.errors import OperationFailed, QemudError
 from qemud.loop import READ, Timer
 from qemud.server import StreamHandler, StreamPacing

@@ -43,6 +43,7 @@ from qemud.qemu.qmp import QMPEvent
 from .blockinfo import BlockInfo
 from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
 from .devices import Devices
+from .discard import remove_discarded_below
 from .domain import DomainObj, StopIntent
 from .firmware import START_RESET_NVRAM, UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
 from .flags import check_flags
@@ -61,7 +62,6 @@ from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
-from .tools import remove_discarded_below
 from .update import DeviceUpdate
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class QemuDriver:
 
     def start(self) -> None:
         self.registry.load()
-        # managed save images an earlier daemon was removing (tools.discard) when killed
+        # managed save images an earlier daemon was removing (driver.discard) when killed
         remove_discarded_below(self.loop, self.store.save_dir, depth=0)
         self.lifecycle.reconnect_all()
 

@@ -46,12 +46,12 @@ from qemud.qemu.errors import QemuError
 from qemud.qemu.pci import assign_addresses
 from qemud.qemu.qmp import QMPEvent
 
+from .discard import discard
 from .domain import DomainObj, StopIntent
 from .monitor import Monitor
 from .pinning import start_pins
 from .process import GuestLog, QemuProcess, proc_cmdline, proc_start_ticks
 from .store import StatusRecord
-from .tools import discard
 from .update import set_link_states
 
 if TYPE_CHECKING:
@@ -802,7 +802,7 @@ def _remove_job_file(loop: EventLoop, record: StatusRecord) -> None:
     """Remove what an unfinished job of the last daemon was writing: a save's temp file
     (never the user's target, which it had not replaced yet), a live backup's target
     (created by that backup, which refuses an existing file; no client was told it is
-    complete). Off the loop (``tools.discard``): either may be gigabytes."""
+    complete). Off the loop (``discard.discard``): either may be gigabytes."""
     if not record.job_file or record.job not in ("save", "backup"):
         return  # (a job that writes no file of its own names none)
     failed: dict[Path, OSError] = {}

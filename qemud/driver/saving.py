@@ -73,11 +73,11 @@ from qemud.qemu.arch import get_strategy
 from qemud.qemu.command import build_argv
 from qemud.qemu.errors import QemuError
 
+from .discard import discard, replace_keeping
 from .domain import DomainObj, StopIntent
 from .flags import check_flags
 from .jobs import MIGRATING
 from .stats import QMP_TIMEOUT
-from .tools import discard, replace_keeping
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -575,7 +575,7 @@ class Saving:
         log.info("domain %s: managed save image %s removed", dom.name, path)
 
     def _discard(self, path: Path) -> OSError | None:
-        """Remove a save image off the loop (``tools.discard``: it is the guest's RAM,
+        """Remove a save image off the loop (``discard.discard``: it is the guest's RAM,
         gigabytes): None once its name is gone, else why not (FileNotFoundError: there was
         none)."""
         failed: dict[Path, OSError] = {}

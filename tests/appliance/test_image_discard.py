@@ -1,5 +1,5 @@
 """Images the snapshot operations drop are removed off the loop (see
-``qemud.driver.tools.discard``): renamed away at once, so the path is gone when the
+``qemud.driver.discard.discard``): renamed away at once, so the path is gone when the
 call returns, then removed by an ``rm`` child; what a killed daemon left of them is
 removed at the next start.
 """

@@ -1,4 +1,4 @@
-"""Removing files and trees off the loop (``qemud.driver.tools``): the name is gone when
+"""Removing files and trees off the loop (``qemud.driver.discard``): the name is gone when
 the call returns, a child frees the space, read-only trees and symlinks are handled, and
 what a killed daemon left is found at the next start. A real loop and real children."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from qemud.driver.tools import (
+from qemud.driver.discard import (
     _REMOVE_ARGV,
     DISCARD_MARK,
     discard,
@@ -90,7 +90,7 @@ def test_what_cannot_be_discarded_stays(loop: EventLoop, tmp_path: Path,
     assert discard(loop, [directory], failed=failed) == {}
     assert isinstance(failed[directory], IsADirectoryError)
     assert (directory / "inside").is_dir()  # a file was asked for: a tree is never removed
-    with caplog.at_level(logging.ERROR, logger="qemud.driver.tools"):
+    with caplog.at_level(logging.ERROR, logger="qemud.driver.discard"):
         assert discard(loop, [directory]) == {}
     assert f"cannot remove {directory}: Is a directory" in caplog.text
 
@@ -116,7 +116,7 @@ def test_a_tree_that_cannot_be_renamed_is_logged_and_left(
         loop: EventLoop, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    with caplog.at_level(logging.ERROR, logger="qemud.driver.tools"):
+    with caplog.at_level(logging.ERROR, logger="qemud.driver.discard"):
         assert discard_tree(loop, not_a_dir / "tree") is None
     assert f"cannot remove {not_a_dir / 'tree'}: Not a directory" in caplog.text
     assert not_a_dir.read_text() == "x" and hidden_in(tmp_path) == []

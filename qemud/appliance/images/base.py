@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
+from qemud.driver.discard import discard_tree
 from qemud.driver.store import atomic_write
-from qemud.driver.tools import ToolRunner, discard_tree, find_tool
+from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
 
 from .descriptor import DiskSpec
@@ -107,7 +108,7 @@ class ImageOps:
 
     def remove_tree(self, path: Path) -> None:
         """Remove a directory this daemon made (a VM's it did not finish deploying, an
-        import's staging tree) off the loop (``tools.discard_tree``)."""
+        import's staging tree) off the loop (``discard.discard_tree``)."""
         discard_tree(self.loop, path)
 
     def load_state(self, dom: DomainObj) -> VMState | None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
+from qemud.driver.discard import discard_tree, remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
-from qemud.driver.tools import discard_tree, remove_discarded_below
 
 from .layout import (
     STAGING_PREFIX,
@@ -90,7 +90,7 @@ class ImagesDuty:
 
     def remove_debris(self) -> None:
         """What a killed daemon left: unfinished imports, what it was removing (trees
-        and disks renamed away, ``tools.discard``), the temp files of VM state writes it
+        and disks renamed away, ``discard.discard``), the temp files of VM state writes it
         never renamed (see ``remove_dead_writes``) and the disks of VMs it never finished
         creating (``remove_unfinished_disks``); start-up only, under the pidfile lock. An
         import's index is written inside its staging directory. Trees are removed by a

@@ -23,7 +23,7 @@ from protocol import Empty
 from protocol import payloads as pl
 from protocol.constants import EventId, LifecycleEvent
 from qemud.dispatch import Deferred
-from qemud.driver.tools import discard
+from qemud.driver.discard import discard
 from qemud.errors import InvalidArg, NoDomain, OperationFailed, OperationInvalid, QemudError
 from qemud.loop import Timer
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from qemud import testhooks
 from qemud.dispatch import Deferred
-from qemud.driver.tools import ToolRunner, discard, find_tool
+from qemud.driver.discard import discard
+from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import (
     ConfigUnsupported,
     InvalidArg,
@@ -254,7 +255,7 @@ class SnapshotOps:
     def _unlink(self, paths: list[Path]) -> None:
         """Remove image files without blocking the loop (unlinking a large fragmented
         image takes seconds): each path is renamed away at once, so it is gone when
-        this returns, and an ``rm`` child frees the space (see ``tools.discard``).
+        this returns, and an ``rm`` child frees the space (see ``discard.discard``).
 
         An overlay of the store is renamed into the store's root, not into its images
         directory: an undefine prunes that directory right after, and a directory a

@@ -13,8 +13,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
+from qemud.driver.discard import remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
-from qemud.driver.tools import remove_discarded_below
 from qemud.errors import QemudError
 
 if TYPE_CHECKING:

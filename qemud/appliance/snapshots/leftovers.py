@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
-from qemud.driver.tools import discard
+from qemud.driver.discard import discard
 
 from .base import gather, log_failure, report_backup_failed
 
