@@ -442,4 +442,3 @@ def _member_name(name: str) -> str:
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     return BundleDuty(ctx).install()
-

@@ -287,4 +287,3 @@ def _read_template(template: str) -> bytes:
             return f.read(st.st_size)
         except OSError as exc:
             raise failed(str(exc.strerror or exc)) from None
-
