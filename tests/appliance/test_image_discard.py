@@ -19,12 +19,11 @@ from .test_snapshots import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 
-MARK = DISCARD_MARK
 
 
 def discarded(*roots: Path) -> list[Path]:
     """The files being removed below ``roots``."""
-    return sorted(p for root in roots for p in root.rglob(f".*{MARK}*"))
+    return sorted(p for root in roots for p in root.rglob(f".*{DISCARD_MARK}*"))
 
 
 def test_deleted_overlay_is_gone_at_once_and_removed(conn: client.Connection,
@@ -45,7 +44,8 @@ def test_deleted_overlay_is_gone_at_once_and_removed(conn: client.Connection,
         images = store / "discard-del" / "images"
         assert sorted(images.iterdir()) == []  # nothing of it is left in its directory
         wait_for(lambda: discarded(store, tmp_path) == [],
-                 message=f"no {MARK} file left (seen: {discarded(store, tmp_path)})")
+                 message=f"no {DISCARD_MARK} file left "
+                         f"(seen: {discarded(store, tmp_path)})")
         assert disk_source(dom.xml(client.XML_INACTIVE)) == str(data)
         assert "cannot remove" not in qemud.log_text()
     finally:
@@ -57,8 +57,8 @@ def test_discarded_files_left_behind_are_removed_at_start(tmp_path: Path) -> Non
     store = daemon.state_dir / "snapshots"
     images = store / "gone" / "images"
     images.mkdir(parents=True)
-    left = [store / f".vda.s1.qcow2{MARK}4242-1",  # renamed into the store's root
-            images / f".vda.s2.qcow2{MARK}4242-2"]  # renamed in its own directory
+    left = [store / f".vda.s1.qcow2{DISCARD_MARK}4242-1",  # into the store's root
+            images / f".vda.s2.qcow2{DISCARD_MARK}4242-2"]  # in its own directory
     for path in left:
         path.write_bytes(b"\0" * 65536)
     kept = [images / "vda.s3.qcow2", images / ".vda.s4.qcow2"]
@@ -66,5 +66,6 @@ def test_discarded_files_left_behind_are_removed_at_start(tmp_path: Path) -> Non
         path.write_bytes(b"x")
     with serving(daemon):
         wait_for(lambda: discarded(store) == [],
-                 message=f"the left {MARK} files removed (seen: {discarded(store)})")
+                 message=f"the left {DISCARD_MARK} files removed "
+                         f"(seen: {discarded(store)})")
         assert all(path.is_file() for path in kept)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
-from qemud.driver.discard import discard_tree
 from qemud.driver.store import atomic_write
 from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
@@ -105,11 +104,6 @@ class ImageOps:
 
     def vm_dir(self, name: str) -> Path:
         return self.vms_dir / name
-
-    def remove_tree(self, path: Path) -> None:
-        """Remove a directory this daemon made (a VM's it did not finish deploying, an
-        import's staging tree) off the loop (``discard.discard_tree``)."""
-        discard_tree(self.loop, path)
 
     def load_state(self, dom: DomainObj) -> VMState | None:
         path = self.vm_dir(dom.name) / STATE_NAME

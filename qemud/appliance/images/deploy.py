@@ -19,6 +19,7 @@ from protocol import Empty
 from protocol import payloads as pl
 from qemud.conf import ConfError, DomainDef, parse_domain_xml
 from qemud.dispatch import Deferred
+from qemud.driver.discard import discard_tree
 from qemud.errors import (
     DomainExists,
     InvalidArg,
@@ -121,7 +122,7 @@ class DeployOps(ImageOps):
             self.save_state(state)
             dom = self._define(definition)
         except BaseException:
-            self.remove_tree(vmdir)
+            discard_tree(self.loop, vmdir)
             raise
         finally:
             self.deploying.discard(vm)

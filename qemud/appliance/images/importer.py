@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import payloads as pl
 from qemud.dispatch import Deferred
+from qemud.driver.discard import discard_tree
 from qemud.driver.store import atomic_write
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
 
@@ -137,7 +138,7 @@ class ImportOps(ImageOps):
         finally:
             if key:
                 self.importing.discard(key)
-            self.remove_tree(staging)
+            discard_tree(self.loop, staging)
 
 
 def _find_root(staging: Path, source: str) -> Path:
