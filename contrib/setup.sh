@@ -14,7 +14,7 @@ cd "$here"
 # UEFI firmware (and its QEMU descriptors) that <os firmware='efi'> selects from.
 packages=(qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-utils libvirt-dev
           ovmf qemu-efi-aarch64 pkg-config gcc busybox-static cpio kmod zstd xz-utils
-          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+          libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libfuse3-3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

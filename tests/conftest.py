@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.loop import loop  # noqa: F401 (the fixture: a fresh qemud EventLoop)
+from tests.helpers.slowfs import SlowFS, available
 
 DaemonFactory = Callable[..., DaemonProcess]
 
@@ -72,3 +73,15 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
 def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """One running daemon with default limits."""
     return daemon_factory()
+
+
+@pytest.fixture
+def slowfs(tmp_path: Path) -> Iterator[SlowFS]:
+    """A FUSE file system at ``slowfs.mount`` whose fsyncs the test holds, lets go or
+    fails (tests/helpers/slowfs.py). Ask for it before ``daemon_factory``: it is then
+    unmounted after the daemons stop."""
+    why = available()
+    if why:
+        pytest.skip(why)
+    with SlowFS(tmp_path / "slowfs") as fs:
+        yield fs

@@ -26,6 +26,7 @@ from protocol.constants import (
     ShutoffReason,
     StoppedDetail,
 )
+from qemud.asyncfsync import AsyncFsync
 from qemud.conf import DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
@@ -105,8 +106,10 @@ class QemuDriver:
                  "usable" if self.caps.kvm_usable else "not usable", self.caps.kvm_reason)
         x86 = self.caps.emulator("x86_64") or next(iter(self.caps.emulators.values()), None)
         self.hypervisor_version = ".".join(map(str, x86.version)) if x86 else "0.0.0"
+        #: fsyncs off the loop (a define's), closed at shutdown
+        self.fsync = AsyncFsync(self.loop)
         self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir,
-                                 paths.state_dir / "save")
+                                 paths.state_dir / "save", self.fsync)
         self.registry = Registry(self.store, self.caps, self.events)
         #: the last listing and its key (flags, DomainObj.listed_generation, membership)
         self._listing: tuple[tuple[int, int, int], pl.ListDomainsReply] | None = None
@@ -169,6 +172,7 @@ class QemuDriver:
 
     def shutdown(self) -> None:
         self.lifecycle.detach_all()
+        self.fsync.close()
 
     def capabilities_xml(self) -> str:
         return self.caps.to_xml()
@@ -357,10 +361,13 @@ class QemuDriver:
         self.registry.undefine(dom)
         return Empty()
 
-    def _define_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> pl.DomainReply:
+    def _define_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> Deferred:
         # VALIDATE is what every define does here (libvirt's schema, when installed)
         check_flags(args.flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
-        return pl.DomainReply(self.registry.define(args.xml, self.devices.disk_removed).ref())
+        defined = Deferred()
+        self.registry.define(args.xml, self.devices.disk_removed).chain(
+            defined, lambda dom: pl.DomainReply(dom.ref()))
+        return defined
 
     def _create_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> Deferred:
         check_flags(args.flags, START_PAUSED | START_VALIDATE, "qemuDomainCreateXML")

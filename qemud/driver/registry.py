@@ -2,6 +2,7 @@
 
 Persistent definitions are written to disk before memory changes, so a failed write
 (disk full, permissions) leaves both exactly as they were and the caller gets the cause.
+A define waits for the disk off the loop (:meth:`Registry.define`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from protocol.constants import (
     UndefinedDetail,
 )
 from qemud.conf import ConfError, DomainDef, parse_domain_xml
+from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
     DomainExists,
+    InternalError,
     NoDomain,
     OperationFailed,
     OperationInvalid,
+    QemudError,
     SystemCallFailed,
     XMLError,
 )
@@ -41,7 +45,7 @@ from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj
 from .rename import recover
-from .store import NAME_MAX, DomainStore
+from .store import NAME_MAX, DomainStore, commit_async
 
 __all__ = ["Registry"]
 
@@ -223,20 +227,58 @@ class Registry:
         return same_name
 
     def define(self, xml: str, disk_removed: Callable[[DomainObj], None] | None = None
-               ) -> DomainObj:
-        """Define (or redefine) a persistent domain from ``xml``.
+               ) -> Deferred:
+        """Define (or redefine) a persistent domain from ``xml``; the Deferred resolves
+        with the domain once its definition is on disk, durably.
 
-        ``disk_removed`` is called with the domain when the new definition drops a disk
-        target the persistent definition had (the driver's disk-removed hooks: the
-        snapshot duty records the image that disk used last, as after a detach).
+        The disk's work (two fsyncs) is waited for off the loop (:func:`commit_async`),
+        so other calls run meanwhile. Memory changes only when the file is renamed into
+        place, after the name and uuid are checked again: a define, undefine or rename
+        that ran in between is seen, as if it had come first. A failed write changes
+        nothing. ``disk_removed`` is called with the domain when the new definition
+        drops a disk target the persistent definition had (the driver's disk-removed
+        hooks: the snapshot duty records the image that disk used last, as after a
+        detach).
         """
         definition = self.parse(xml)
-        existing = self.check_clash(definition)
+        self.check_clash(definition)  # refused before anything is written
+        name = definition.name
+        try:
+            temp = self.store.begin_definition(name, definition.to_xml())
+        except OSError as exc:
+            raise self._save_failed(name, exc) from None
+
+        def check() -> DomainObj | None:
+            existing = self.check_clash(definition)
+            if existing is None or not existing.persistent:
+                self._drop_stale_autostart(name)
+            return existing
+
+        out = Deferred()
+
+        def done(dom: DomainObj | None, error: BaseException | None) -> None:
+            if dom is not None:
+                out.resolve(dom)
+            elif isinstance(error, QemudError):
+                out.fail(error)
+            elif isinstance(error, OSError):
+                out.fail(self._save_failed(name, error))
+            else:
+                log.error("define of '%s' failed: %r", name, error)
+                out.fail(InternalError(f"internal error in the define of '{name}': "
+                                       f"{error!r}"))
+
+        assert self.store.fsync is not None, "the driver's store has one"
+        commit_async(self.store.fsync, temp, check,
+                     lambda existing: self._install(definition, existing, disk_removed),
+                     done)
+        return out
+
+    def _install(self, definition: DomainDef, existing: DomainObj | None,
+                 disk_removed: Callable[[DomainObj], None] | None) -> DomainObj:
+        """Make ``definition`` (just written) the persistent one, in memory."""
         dropped = existing is not None and bool(
             _targets(existing.next_definition or existing.definition) - _targets(definition))
-        if existing is None or not existing.persistent:
-            self._drop_stale_autostart(definition.name)
-        self._save(definition)
         if existing is None:
             # an image left under this name (by hand) is this domain's, as libvirt sees it:
             # a start tries it (and refuses one of another uuid)
@@ -277,8 +319,12 @@ class Registry:
         try:
             self.store.save_definition(definition.name, definition.to_xml())
         except OSError as exc:
-            raise OperationFailed(f"cannot save the definition of '{definition.name}': "
-                                  f"{exc.strerror or exc} (nothing was changed)") from None
+            raise self._save_failed(definition.name, exc) from None
+
+    @staticmethod
+    def _save_failed(name: str, exc: OSError) -> OperationFailed:
+        return OperationFailed(f"cannot save the definition of '{name}': "
+                               f"{exc.strerror or exc} (nothing was changed)")
 
     def save(self, dom: DomainObj) -> None:
         self._save(dom.next_definition or dom.definition)

@@ -9,7 +9,8 @@
   ``/var/lib/libvirt/qemu/save/<name>.save``), written as ``.<name>.part`` and renamed
   when complete (see :mod:`.saving`).
 
-Every write is temp file + fsync + rename + fsync of the directory (:func:`atomic_write`).
+Every write is temp file + fsync + rename + fsync of the directory (:func:`atomic_write`;
+a define's fsyncs wait off the loop, :func:`commit_async`).
 A definition that fails to parse at load time is logged and left where it is, never
 deleted: the admin may want it back.
 """
@@ -24,9 +25,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["atomic_write", "directories_below", "remove_dead_writes",
+if TYPE_CHECKING:
+    from qemud.asyncfsync import AsyncFsync
+
+__all__ = ["atomic_write", "commit_async", "TempFile", "directories_below", "remove_dead_writes",
            "remove_dead_writes_below", "DomainStore", "StatusRecord", "fault_before_rename",
            "fsync_dir"]
 
@@ -43,6 +47,9 @@ fault_before_rename: Callable[[Path], None] | None = None
 FAULT_ENV = "QEMUD_FAULT_BEFORE_RENAME"
 _fault_env_match = os.environ.get(FAULT_ENV, "")
 
+_Token = TypeVar("_Token")
+_Result = TypeVar("_Result")
+
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _temp_serial = itertools.count()
 
@@ -56,40 +63,125 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
     ``durable=False`` skips the fsyncs: right for runtime state in the run directory,
     which must survive a daemon crash (the page cache does) but not a power loss (which
     takes the guests with it, and /run is normally tmpfs); it keeps ~15 ms of fsync off
-    every guest start and state change.
+    every guest start and state change. The fsyncs here wait on the loop; a define
+    waits for them off it (:func:`commit_async`).
+    """
+    temp = TempFile(path, data, mode)
+    try:
+        if durable:
+            os.fsync(temp.fd)
+        temp.rename()
+    except BaseException:
+        temp.abandon()
+        raise
+    if durable:
+        _sync_directory(path.parent, path)
+
+
+class TempFile:
+    """The first half of an atomic write: ``data`` written to a temp file next to
+    ``path``, not yet synced or renamed; :meth:`rename` puts it in place, :meth:`abandon`
+    removes it.
 
     The temp file is ``.<name>.<pid>-<n>.tmp`` (see :func:`_create_temp`), which
     :func:`remove_dead_writes` sweeps; for a ``<name>`` too long for that to be a file
     name, a digest of it stands in (:func:`_temp_name`), so any name that can be stored
-    can be written. Plain ``os.write`` on the descriptor skips the
-    buffered file object, whose set-up (an ioctl, an lseek) cost as much as the write.
+    can be written. Plain ``os.write`` on the descriptor skips the buffered file object,
+    whose set-up (an ioctl, an lseek) cost as much as the write. The descriptor stays
+    open until the rename, for an fsync in between.
     """
-    raw = data.encode() if isinstance(data, str) else data
-    directory = path.parent
-    tmp = directory / _temp_name(path.name)
-    fd = _create_temp(tmp, mode)
-    try:
+
+    __slots__ = ("path", "tmp", "fd")
+
+    def __init__(self, path: Path, data: bytes | str, mode: int = 0o600) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        self.path = path
+        self.tmp = path.parent / _temp_name(path.name)
+        self.fd = _create_temp(self.tmp, mode)
         try:
-            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
-            _write_all(fd, raw)
-            if durable:
-                os.fsync(fd)
-        finally:
+            os.fchmod(self.fd, mode)  # exactly ``mode``, whatever the umask
+            _write_all(self.fd, raw)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
             os.close(fd)
+
+    def rename(self) -> None:
+        """Close the temp file and rename it over ``path`` (the test hooks fail here)."""
+        self._close()
         if fault_before_rename is not None:
-            fault_before_rename(path)
-        if _fault_env_match and _fault_env_match in str(path):
-            log.warning("%s: failing the write of %s before its rename", FAULT_ENV, path)
-            raise OSError(errno.EIO, f"injected fault before rename ({FAULT_ENV})", str(path))
-        os.rename(tmp, path)
-    except BaseException:
+            fault_before_rename(self.path)
+        if _fault_env_match and _fault_env_match in str(self.path):
+            log.warning("%s: failing the write of %s before its rename", FAULT_ENV, self.path)
+            raise OSError(errno.EIO, f"injected fault before rename ({FAULT_ENV})",
+                          str(self.path))
+        os.rename(self.tmp, self.path)
+
+    def abandon(self) -> None:
+        """Close and remove the temp file (after a failure: ``path`` is untouched)."""
+        self._close()
         try:
-            os.unlink(tmp)
+            os.unlink(self.tmp)
         except FileNotFoundError:
             pass
-        raise
-    if durable:
-        _sync_directory(directory, path)
+
+
+def commit_async(fsync: AsyncFsync, temp: TempFile, check: Callable[[], _Token],
+                 apply: Callable[[_Token], _Result],
+                 done: Callable[[_Result | None, BaseException | None], None]) -> None:
+    """The second half of a durable write, without waiting on the loop.
+
+    The temp file is fsynced off the loop; then, in one loop turn, ``check()`` (it may
+    raise, to refuse the write: what it checked may have changed while the disk
+    worked), the rename and ``apply(check's result)`` (the caller's memory follows the
+    disk at once, so every later call sees the two alike); then the directory is
+    fsynced, off the loop too, and ``done(apply's result, None)`` says the write is
+    durable. ``done(None, error)`` after a failed fsync, a refusal or a failed rename:
+    the temp file is gone and ``path`` untouched. A failed directory fsync is logged,
+    as in :func:`atomic_write`, and counts as done.
+    """
+    def synced(error: OSError | None) -> None:
+        if error is not None:
+            temp.abandon()
+            done(None, error)
+            return
+        try:
+            token = check()
+            temp.rename()
+        except BaseException as exc:
+            temp.abandon()
+            done(None, exc)
+            return
+        try:
+            result = apply(token)
+        except Exception as exc:  # a bug: the file is in place, memory did not follow
+            done(None, exc)
+            return
+        _sync_directory_async(fsync, temp.path, lambda: done(result, None))
+
+    fsync.fsync(temp.fd, synced)
+
+
+def _sync_directory_async(fsync: AsyncFsync, path: Path, then: Callable[[], None]) -> None:
+    """:func:`_sync_directory` off the loop, then ``then()`` (whatever the outcome)."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        _directory_not_synced(path, exc)
+        then()
+        return
+
+    def synced(error: OSError | None) -> None:
+        os.close(dir_fd)
+        if error is not None:
+            _directory_not_synced(path, error)
+        then()
+
+    fsync.fsync(dir_fd, synced)
 
 
 def _sync_directory(directory: Path, path: Path) -> None:
@@ -106,8 +198,12 @@ def _sync_directory(directory: Path, path: Path) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        log.error("%s is written, but its directory could not be synced (%s): the change "
-                  "may not survive a power loss", path, exc.strerror or exc)
+        _directory_not_synced(path, exc)
+
+
+def _directory_not_synced(path: Path, exc: OSError) -> None:
+    log.error("%s is written, but its directory could not be synced (%s): the change "
+              "may not survive a power loss", path, exc.strerror or exc)
 
 
 @dataclass
@@ -153,7 +249,9 @@ class DomainStore:
     """Files of persistent definitions, autostart flags and runtime status."""
 
     def __init__(self, domains_dir: Path, autostart_dir: Path, status_dir: Path,
-                 save_dir: Path | None = None) -> None:
+                 save_dir: Path | None = None, fsync: AsyncFsync | None = None) -> None:
+        #: how a define's fsyncs wait off the loop (the driver passes the daemon's)
+        self.fsync = fsync
         self.domains_dir = domains_dir
         self.autostart_dir = autostart_dir
         self.status_dir = status_dir
@@ -167,6 +265,10 @@ class DomainStore:
 
     def save_definition(self, name: str, xml: str) -> None:
         atomic_write(self.definition_path(name), xml)
+
+    def begin_definition(self, name: str, xml: str) -> TempFile:
+        """The first half of :meth:`save_definition`, for :func:`commit_async`."""
+        return TempFile(self.definition_path(name), xml)
 
     def delete_definition(self, name: str) -> None:
         # the flag first: a crash in between must not leave a flag that a later domain

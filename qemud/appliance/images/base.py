@@ -184,5 +184,6 @@ class ImageOps:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
-    def _define(self, definition: DomainDef) -> DomainObj:
+    def _define(self, definition: DomainDef) -> Deferred:
+        """Define ``definition``; the Deferred resolves with the domain (a task yields it)."""
         return self.driver.registry.define(definition.to_xml())

@@ -120,7 +120,7 @@ class DeployOps(ImageOps):
             state = VMState(vm=vm, uuid=uuid, appliance=desc.name, version=desc.version,
                             slot="a", disks=disks)
             self.save_state(state)
-            dom = self._define(definition)
+            dom = yield self._define(definition)
         except BaseException:
             discard_tree(self.loop, vmdir)
             raise

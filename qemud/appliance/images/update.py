@@ -119,7 +119,7 @@ class UpdateOps(ImageOps):
                     Origin(state.appliance, new.version))
             self.save_state(state)
             try:
-                self._define(definition)
+                yield self._define(definition)
             except QemudError:
                 self.save_state(VMState.from_json(original))
                 raise
@@ -307,7 +307,7 @@ class UpdateOps(ImageOps):
         state.version, state.slot = previous["version"], previous["slot"]
         state.previous = state.pending = None
         self.save_state(state)
-        self._define(definition)
+        yield self._define(definition)
         discard(self.loop, [p for p in failed.values()
                             if p not in previous["system"].values()])
         log.warning("domain %s: update to %s rolled back to %s: %s", dom.name,

@@ -1,0 +1,228 @@
+"""A define on a disk that takes its time: the daemon waits for the fsyncs off its loop.
+
+The daemon's config directory is on a real FUSE file system whose fsyncs the test holds
+(:mod:`tests.helpers.slowfs`). While a define's fsyncs wait, other clients are answered
+and see the registry as it was; the definition appears, in memory and on disk at once,
+when its temp file is synced and renamed; the caller's reply waits for the directory's
+fsync too. A failed fsync changes nothing. Calls that ran in between are seen by the
+define as if they had come first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+from tests.conftest import DaemonFactory
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.slowfs import SlowFS
+
+from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
+
+UUID_A = "6a0d2c3e-1111-4c5b-9c1d-0123456789ab"
+UUID_B = "6a0d2c3e-2222-4c5b-9c1d-0123456789ab"
+
+
+class Background:
+    """A client call on its own connection and thread: ``result`` or ``error`` once done."""
+
+    def __init__(self, daemon: DaemonProcess, call: Callable[[Any], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._conn = daemon.connect()
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[Any], Any]) -> None:
+        try:
+            self.result = call(self._conn)
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def answered(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> Any:
+        self._thread.join(30)
+        assert self.answered, "the call was never answered"
+        self._conn.close()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def domain_xml(name: str, uuid: str, memory_mib: int = 64) -> str:
+    return bare_domain_xml(name, memory_mib=memory_mib, emulator=NO_GUEST_EMULATOR).replace(
+        "<domain type='qemu'>", f"<domain type='qemu'><uuid>{uuid}</uuid>")
+
+
+def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
+    """A daemon whose config directory (definitions, autostart flags) is on ``slowfs``."""
+    return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
+
+
+def definitions(slowfs: SlowFS) -> list[str]:
+    """The files in the domains directory, as the backing directory has them."""
+    return sorted(p.name for p in (slowfs.backing / "config" / "domains").iterdir())
+
+
+def names(conn: Any) -> set[str]:
+    return {d.name for d in conn.list_domains()}
+
+
+def test_other_clients_are_answered_while_a_define_waits_for_the_disk(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("slow")
+    with d.connect() as other:
+        slowfs.hold()
+        define = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+        try:
+            [temp] = slowfs.wait_held()
+            assert temp.startswith(f"/config/domains/.{name}.xml.") and temp.endswith(".tmp")
+            # the temp file's fsync waits: others are answered, nothing is defined yet
+            assert other.node_info().cpus >= 1
+            assert name not in names(other)
+            with pytest.raises(client.NoDomainError):
+                other.lookup_by_name(name)
+            assert not define.answered
+            slowfs.let()
+            # renamed: memory and disk have it; the caller still waits for the directory
+            assert slowfs.wait_held() == ["/config/domains"]
+            assert name in names(other)
+            assert f"{name}.xml" in definitions(slowfs)
+            assert not define.answered
+        finally:
+            slowfs.release()
+        assert define.wait().name == name
+    assert [n for n in definitions(slowfs) if n.endswith(".tmp")] == []
+    assert_log_clean(d)
+
+
+def test_a_failed_fsync_defines_nothing(slowfs: SlowFS,
+                                        daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("eio")
+    slowfs.hold()
+    define = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+    try:
+        slowfs.wait_held()
+        slowfs.fail()
+        with pytest.raises(client.OperationFailed) as info:
+            define.wait()
+    finally:
+        slowfs.release()
+    assert str(info.value) == (f"operation failed: cannot save the definition of '{name}': "
+                               "Input/output error (nothing was changed)")
+    assert definitions(slowfs) == []  # neither the definition nor its temp file
+    with d.connect() as conn:
+        assert name not in names(conn)
+        conn.define_xml(domain_xml(name, UUID_A))  # the disk is back: it works
+        assert name in names(conn)
+    assert definitions(slowfs) == [f"{name}.xml"]
+
+
+def test_a_failed_directory_fsync_is_logged_and_the_define_stands(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("dirfail")
+    slowfs.hold()
+    define = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+    try:
+        slowfs.wait_held()
+        slowfs.let()
+        assert slowfs.wait_held() == ["/config/domains"]
+        slowfs.fail()
+        assert define.wait().name == name
+    finally:
+        slowfs.release()
+    assert definitions(slowfs) == [f"{name}.xml"]
+    assert "is written, but its directory could not be synced (Input/output error)" \
+        in d.log_text()
+
+
+def test_an_undefine_while_a_redefine_waits_comes_first(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("undef")
+    backing = slowfs.backing / "config" / "domains" / f"{name}.xml"
+    with d.connect() as other:
+        other.define_xml(domain_xml(name, UUID_A))
+        slowfs.hold()
+        redefine = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A, 96)))
+        try:
+            slowfs.wait_held()
+            other.lookup_by_name(name).undefine()  # answered while the redefine waits
+            assert name not in names(other) and not backing.exists()
+        finally:
+            slowfs.release()
+        # the redefine lands after it: a new definition, as if it had come second
+        assert redefine.wait().name == name
+        assert "<memory unit='KiB'>98304</memory>" in other.lookup_by_name(name).xml()
+    assert "98304" in backing.read_text()
+    d.stop()
+    d.start()
+    with d.connect() as conn:
+        assert conn.lookup_by_name(name).uuid == UUID_A
+    assert_log_clean(d)
+
+
+def test_two_defines_of_one_name_with_different_uuids_one_wins(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("race")
+    slowfs.hold()
+    first = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+    try:
+        slowfs.wait_held(1)
+        # checked against the registry now, it passes: the first is not defined yet
+        second = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_B)))
+        slowfs.wait_held(2)
+    finally:
+        slowfs.release()
+    outcomes: dict[str, Any] = {}
+    for uuid, call in ((UUID_A, first), (UUID_B, second)):
+        try:
+            outcomes[uuid] = call.wait().uuid
+        except client.RemoteError as exc:
+            outcomes[uuid] = exc
+    [winner] = [u for u, o in outcomes.items() if o == u]
+    [loser] = [u for u in outcomes if u != winner]
+    assert isinstance(outcomes[loser], client.DomainExistsError), outcomes
+    assert f"domain '{name}' already exists with uuid {winner}" in str(outcomes[loser])
+    assert definitions(slowfs) == [f"{name}.xml"]
+    assert f"<uuid>{winner}</uuid>" in (slowfs.backing / "config" / "domains" /
+                                       f"{name}.xml").read_text()
+    with d.connect() as conn:
+        assert conn.lookup_by_name(name).uuid == winner
+    assert_log_clean(d)
+
+
+def test_a_define_that_never_got_its_fsync_leaves_the_old_definition(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """kill -9 while the temp file's fsync waits: the next daemon loads the old
+    definition and removes the temp file."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("kill")
+    with d.connect() as conn:
+        conn.define_xml(domain_xml(name, UUID_A))
+    slowfs.hold()
+    redefine = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A, 96)))
+    slowfs.wait_held()
+    assert d.proc is not None
+    d.proc.kill()  # the process cannot finish dying before the kernel's fsync does
+    slowfs.release()
+    d.proc.wait()
+    with pytest.raises(client.ConnectionLost):
+        redefine.wait()  # the connection closed without a reply
+    assert len(definitions(slowfs)) == 2  # the definition and the temp file
+    d.start()
+    with d.connect() as conn:
+        assert "<memory unit='KiB'>65536</memory>" in conn.lookup_by_name(name).xml()
+    assert definitions(slowfs) == [f"{name}.xml"]
