@@ -12,6 +12,8 @@ cd "$here"
 # libvirt-daemon-system, so no service starts) for the side-by-side conformance test and
 # the benchmarks, which run a private libvirtd of their own. ovmf and qemu-efi-aarch64: the
 # UEFI firmware (and its QEMU descriptors) that <os firmware='efi'> selects from.
+# libfuse3-3: the library mfusepy loads for the tests' slow-disk file system
+# (tests/helpers/slowfs.py; mounted as root, so fusermount3 is not needed).
 packages=(qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-utils libvirt-dev
           ovmf qemu-efi-aarch64 pkg-config gcc busybox-static cpio kmod zstd xz-utils
           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libfuse3-3)

@@ -150,7 +150,7 @@ class Limits:
     max_queued_bytes: int = 8 * 1024 * 1024  # unsent replies+events per client
     max_event_callbacks: int = 256  # event registrations one connection may hold
     tls_handshake_deadline: float = 10.0
-    call_deadline: float = 300.0  # a deferred call (QEMU work) is failed after this
+    call_deadline: float = 300.0  # a deferred call (QEMU work, a define's fsyncs) fails after
 
 
 @dataclass

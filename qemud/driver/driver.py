@@ -417,16 +417,8 @@ class QemuDriver:
             definition = migratable(definition)
         return pl.StringReply(definition.to_xml(live=True) if live else definition.to_xml())
 
-    def _set_autostart(self, ctx: Any, args: pl.AutostartArgs) -> Empty:
-        dom = self._dom(args)
-        if not dom.persistent:
-            raise OperationInvalid("cannot set autostart for transient domain")
-        try:
-            self.store.set_autostart(dom.name, args.autostart)
-        except OSError as exc:
-            raise OperationFailed(f"cannot change autostart of '{dom.name}': {exc}") from None
-        dom.autostart = args.autostart
-        return Empty()
+    def _set_autostart(self, ctx: Any, args: pl.AutostartArgs) -> Empty | Deferred:
+        return self._empty_or(self.registry.set_autostart(self._dom(args), args.autostart))
 
     def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """libvirt's START_PAUSED (1) and START_FORCE_BOOT (8): see Saving.start;

@@ -45,7 +45,7 @@ from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj
 from .rename import recover
-from .store import NAME_MAX, DomainStore, commit_async
+from .store import NAME_MAX, DomainStore, commit_async, sync_directory_async
 
 __all__ = ["Registry"]
 
@@ -274,6 +274,58 @@ class Registry:
                      done)
         return out
 
+    def set_autostart(self, dom: DomainObj, enabled: bool) -> Deferred:
+        """Write or remove ``dom``'s autostart flag; the Deferred resolves (with None)
+        once the change is durable, waited for off the loop as a define's.
+
+        Enabling: the flag's temp file is synced, then, if ``dom`` is still the persistent
+        domain of its name (an undefine or rename may have run meanwhile: then the call
+        fails as if it had come after, and no flag is left), renamed into place.
+        Disabling: the flag goes at once; the directory's fsync is waited for.
+        """
+        if not dom.persistent:
+            raise OperationInvalid("cannot set autostart for transient domain")
+        name = dom.name
+        out = Deferred()
+        if not enabled:
+            try:
+                self.store.clear_autostart(name)
+            except OSError as exc:
+                raise _autostart_failed(name, exc) from None
+            dom.autostart = False
+            assert self.store.fsync is not None, "the driver's store has one"
+            sync_directory_async(self.store.fsync, self.store.autostart_path(name),
+                                 lambda: out.resolve(None))
+            return out
+        try:
+            temp = self.store.begin_autostart(name)
+        except OSError as exc:
+            raise _autostart_failed(name, exc) from None
+
+        def check() -> None:
+            if self._by_name.get(name) is not dom or not dom.persistent:
+                raise NoDomain(f"no domain with matching name '{name}' (it was undefined "
+                               "or renamed while its autostart flag was written)")
+
+        def apply(_: None) -> None:
+            dom.autostart = True
+
+        def done(_: None, error: BaseException | None) -> None:
+            if error is None:
+                out.resolve(None)
+            elif isinstance(error, QemudError):
+                out.fail(error)
+            elif isinstance(error, OSError):
+                out.fail(_autostart_failed(name, error))
+            else:
+                log.error("autostart of '%s' failed: %r", name, error)
+                out.fail(InternalError(f"internal error in the autostart of '{name}': "
+                                       f"{error!r}"))
+
+        assert self.store.fsync is not None, "the driver's store has one"
+        commit_async(self.store.fsync, temp, check, apply, done)
+        return out
+
     def _install(self, definition: DomainDef, existing: DomainObj | None,
                  disk_removed: Callable[[DomainObj], None] | None) -> DomainObj:
         """Make ``definition`` (just written) the persistent one, in memory."""
@@ -488,3 +540,7 @@ def _list_order(dom: DomainObj) -> tuple[bool, int, str]:
 def _targets(definition: DomainDef) -> set[str]:
     """The disk targets (``vda``, ``sdb``...) of ``definition``."""
     return {disk.target_dev for disk in definition.disks if disk.target_dev}
+
+
+def _autostart_failed(name: str, exc: OSError) -> OperationFailed:
+    return OperationFailed(f"cannot change autostart of '{name}': {exc}")

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from qemud.asyncfsync import AsyncFsync
 
-__all__ = ["atomic_write", "commit_async", "TempFile", "directories_below", "remove_dead_writes",
-           "remove_dead_writes_below", "DomainStore", "StatusRecord", "fault_before_rename",
-           "fsync_dir"]
+__all__ = ["atomic_write", "commit_async", "sync_directory_async", "TempFile",
+           "directories_below", "remove_dead_writes", "remove_dead_writes_below",
+           "DomainStore", "StatusRecord", "fault_before_rename", "fsync_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +161,12 @@ def commit_async(fsync: AsyncFsync, temp: TempFile, check: Callable[[], _Token],
         except Exception as exc:  # a bug: the file is in place, memory did not follow
             done(None, exc)
             return
-        _sync_directory_async(fsync, temp.path, lambda: done(result, None))
+        sync_directory_async(fsync, temp.path, lambda: done(result, None))
 
     fsync.fsync(temp.fd, synced)
 
 
-def _sync_directory_async(fsync: AsyncFsync, path: Path, then: Callable[[], None]) -> None:
+def sync_directory_async(fsync: AsyncFsync, path: Path, then: Callable[[], None]) -> None:
     """:func:`_sync_directory` off the loop, then ``then()`` (whatever the outcome)."""
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -300,18 +300,29 @@ class DomainStore:
 
     # -- autostart -----------------------------------------------------------------------
 
+    def autostart_path(self, name: str) -> Path:
+        return self.autostart_dir / name
+
     def autostart(self, name: str) -> bool:
-        return (self.autostart_dir / name).exists()
+        return self.autostart_path(name).exists()
+
+    def begin_autostart(self, name: str) -> TempFile:
+        """The first half of enabling :meth:`set_autostart`, for :func:`commit_async`."""
+        return TempFile(self.autostart_path(name), b"", 0o644)
+
+    def clear_autostart(self, name: str) -> None:
+        """Remove the flag, without the directory's fsync (the caller waits for it)."""
+        try:
+            self.autostart_path(name).unlink()
+        except FileNotFoundError:
+            pass
 
     def set_autostart(self, name: str, enabled: bool) -> None:
         flag = self.autostart_dir / name
         if enabled:
             atomic_write(flag, b"", 0o644)
         else:
-            try:
-                flag.unlink()
-            except FileNotFoundError:
-                pass
+            self.clear_autostart(name)
             fsync_dir(self.autostart_dir)
 
     # -- managed save images -------------------------------------------------------------

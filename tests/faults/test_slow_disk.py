@@ -67,6 +67,15 @@ def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
     return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
 
 
+def define_held(slowfs: SlowFS, d: DaemonProcess, xml: str) -> Background:
+    """A define on its own connection, once its temp file's fsync is held by ``slowfs``
+    (and every later fsync until the test lets them go)."""
+    slowfs.hold()
+    define = Background(d, lambda c: c.define_xml(xml))
+    slowfs.wait_held()
+    return define
+
+
 def definitions(slowfs: SlowFS) -> list[str]:
     """The files in the domains directory, as the backing directory has them."""
     return sorted(p.name for p in (slowfs.backing / "config" / "domains").iterdir())
@@ -109,10 +118,8 @@ def test_a_failed_fsync_defines_nothing(slowfs: SlowFS,
                                         daemon_factory: DaemonFactory) -> None:
     d = on_slowfs(slowfs, daemon_factory)
     name = guest_name("eio")
-    slowfs.hold()
-    define = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+    define = define_held(slowfs, d, domain_xml(name, UUID_A))
     try:
-        slowfs.wait_held()
         slowfs.fail()
         with pytest.raises(client.OperationFailed) as info:
             define.wait()
@@ -132,10 +139,8 @@ def test_a_failed_directory_fsync_is_logged_and_the_define_stands(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
     d = on_slowfs(slowfs, daemon_factory)
     name = guest_name("dirfail")
-    slowfs.hold()
-    define = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+    define = define_held(slowfs, d, domain_xml(name, UUID_A))
     try:
-        slowfs.wait_held()
         slowfs.let()
         assert slowfs.wait_held() == ["/config/domains"]
         slowfs.fail()
@@ -154,10 +159,8 @@ def test_an_undefine_while_a_redefine_waits_comes_first(
     backing = slowfs.backing / "config" / "domains" / f"{name}.xml"
     with d.connect() as other:
         other.define_xml(domain_xml(name, UUID_A))
-        slowfs.hold()
-        redefine = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A, 96)))
+        redefine = define_held(slowfs, d, domain_xml(name, UUID_A, 96))
         try:
-            slowfs.wait_held()
             other.lookup_by_name(name).undefine()  # answered while the redefine waits
             assert name not in names(other) and not backing.exists()
         finally:
@@ -177,10 +180,8 @@ def test_two_defines_of_one_name_with_different_uuids_one_wins(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
     d = on_slowfs(slowfs, daemon_factory)
     name = guest_name("race")
-    slowfs.hold()
-    first = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A)))
+    first = define_held(slowfs, d, domain_xml(name, UUID_A))
     try:
-        slowfs.wait_held(1)
         # checked against the registry now, it passes: the first is not defined yet
         second = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_B)))
         slowfs.wait_held(2)
@@ -212,9 +213,7 @@ def test_a_define_that_never_got_its_fsync_leaves_the_old_definition(
     name = guest_name("kill")
     with d.connect() as conn:
         conn.define_xml(domain_xml(name, UUID_A))
-    slowfs.hold()
-    redefine = Background(d, lambda c: c.define_xml(domain_xml(name, UUID_A, 96)))
-    slowfs.wait_held()
+    redefine = define_held(slowfs, d, domain_xml(name, UUID_A, 96))
     assert d.proc is not None
     d.proc.kill()  # the process cannot finish dying before the kernel's fsync does
     slowfs.release()
@@ -226,3 +225,51 @@ def test_a_define_that_never_got_its_fsync_leaves_the_old_definition(
     with d.connect() as conn:
         assert "<memory unit='KiB'>65536</memory>" in conn.lookup_by_name(name).xml()
     assert definitions(slowfs) == [f"{name}.xml"]
+
+
+def test_autostart_waits_for_the_disk_and_an_undefine_meanwhile_comes_first(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("auto")
+    flag = slowfs.backing / "config" / "autostart" / name
+    with d.connect() as other:
+        other.define_xml(domain_xml(name, UUID_A))
+        slowfs.hold()
+        enable = Background(d, lambda c: c.lookup_by_name(name).set_autostart(True))
+        try:
+            [temp] = slowfs.wait_held()
+            assert temp.startswith(f"/config/autostart/.{name}.") and temp.endswith(".tmp")
+            assert other.lookup_by_name(name).autostart() is False
+            slowfs.let()
+            assert slowfs.wait_held() == ["/config/autostart"]
+            assert other.lookup_by_name(name).autostart() is True and flag.exists()
+            assert not enable.answered
+        finally:
+            slowfs.release()
+        enable.wait()
+        # disabling: the flag goes at once, the reply waits for the directory
+        slowfs.hold()
+        disable = Background(d, lambda c: c.lookup_by_name(name).set_autostart(False))
+        try:
+            assert slowfs.wait_held() == ["/config/autostart"]
+            assert not flag.exists() and other.lookup_by_name(name).autostart() is False
+        finally:
+            slowfs.release()
+        disable.wait()
+        # an undefine while enabling waits: the enable fails, no flag is left behind
+        slowfs.hold()
+        enable = Background(d, lambda c: c.lookup_by_name(name).set_autostart(True))
+        try:
+            slowfs.wait_held()
+            other.lookup_by_name(name).undefine()
+        finally:
+            slowfs.release()
+        with pytest.raises(client.NoDomainError, match="undefined or renamed while its "
+                                                       "autostart flag was written"):
+            enable.wait()
+    assert list(flag.parent.iterdir()) == []
+    d.stop()
+    d.start()
+    with d.connect() as conn:
+        assert name not in names(conn)
+    assert_log_clean(d)
