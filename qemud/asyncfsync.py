@@ -113,9 +113,12 @@ class _Kernel:
             pass
         done: list[tuple[int, int]] = []
         while True:
-            n = self._call(self._getevents, self.ctx, ctypes.c_long(0),
-                           ctypes.c_long(MAX_IN_FLIGHT), self._events,
-                           ctypes.byref(self._no_wait))
+            try:
+                n = self._call(self._getevents, self.ctx, ctypes.c_long(0),
+                               ctypes.c_long(MAX_IN_FLIGHT), self._events,
+                               ctypes.byref(self._no_wait))
+            except InterruptedError:  # a signal: the events are still there
+                continue
             done.extend((self._events[i].data, self._events[i].res) for i in range(n))
             if n < MAX_IN_FLIGHT:
                 return done
