@@ -34,17 +34,37 @@ WRITE = selectors.EVENT_WRITE
 FdHandler = Callable[[int], None]  # called with the ready mask
 
 
+#: cancelled timers the heap may hold before it is compacted (and at least half of it)
+COMPACT_CANCELLED = 256
+
+
+def _nothing() -> None:
+    pass
+
+
 @dataclass(order=True)
 class Timer:
-    """A scheduled callback; ``cancel()`` makes it a no-op."""
+    """A scheduled callback; ``cancel()`` makes it a no-op.
+
+    A cancelled timer lets go of its callback at once: a call's deadline (300 s) is
+    cancelled when the call completes, and its closure holds the call; kept until the
+    deadline passed, every deferred call would stay in memory for five minutes.
+    """
 
     when: float
     seq: int
     callback: Callable[[], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    #: the loop whose heap holds it (None once it ran or was removed from the heap)
+    loop: EventLoop | None = field(default=None, compare=False, repr=False)
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.callback = _nothing
+        if self.loop is not None:
+            self.loop._timer_cancelled()
 
 
 class EventLoop:
@@ -53,6 +73,8 @@ class EventLoop:
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._timers: list[Timer] = []
+        #: cancelled timers still in the heap
+        self._cancelled = 0
         self._seq = itertools.count()
         self._running = False
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
@@ -94,8 +116,31 @@ class EventLoop:
     # -- timers --------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + max(0.0, delay), next(self._seq), callback)
+        timer = Timer(time.monotonic() + max(0.0, delay), next(self._seq), callback,
+                      loop=self)
         heapq.heappush(self._timers, timer)
+        return timer
+
+    def _timer_cancelled(self) -> None:
+        """Drop the cancelled timers from the heap once they are most of it (as asyncio
+        does), so that many cancelled long deadlines do not pile up."""
+        self._cancelled += 1
+        if self._cancelled > COMPACT_CANCELLED and 2 * self._cancelled > len(self._timers):
+            kept = []
+            for timer in self._timers:
+                if timer.cancelled:
+                    timer.loop = None
+                else:
+                    kept.append(timer)
+            heapq.heapify(kept)
+            self._timers = kept
+            self._cancelled = 0
+
+    def _pop_timer(self) -> Timer:
+        timer = heapq.heappop(self._timers)
+        timer.loop = None
+        if timer.cancelled:
+            self._cancelled -= 1
         return timer
 
     def call_soon(self, callback: Callable[[], None]) -> Timer:
@@ -188,7 +233,7 @@ class EventLoop:
 
     def _next_timeout(self) -> float | None:
         while self._timers and self._timers[0].cancelled:
-            heapq.heappop(self._timers)
+            self._pop_timer()
         if not self._timers:
             return None
         return max(0.0, self._timers[0].when - time.monotonic())
@@ -196,7 +241,7 @@ class EventLoop:
     def _run_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0].when <= now:
-            timer = heapq.heappop(self._timers)
+            timer = self._pop_timer()
             if not timer.cancelled:
                 self._guard(timer.callback, "timer")
 

@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from qemud.loop import READ, EventLoop, connect_unix
+from qemud.loop import COMPACT_CANCELLED, READ, EventLoop, connect_unix
 
 
 @pytest.fixture
@@ -48,6 +49,32 @@ def test_cancelled_timer_never_runs(loop) -> None:
     run_until(loop, lambda: ran)
     loop.run_once(max_wait=0.03)
     assert ran == ["kept"]
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback_and_leaves_the_heap(loop) -> None:
+    """A call's 300 s deadline is cancelled when the call completes: neither the timer
+    nor what its callback holds (the call) may stay in memory until then."""
+
+    class Held:
+        pass
+
+    count = COMPACT_CANCELLED * 4
+    held = [Held() for _ in range(count)]
+    timers = [loop.call_later(300.0, lambda h=h: h) for h in held]
+    held_refs = [weakref.ref(h) for h in held]
+    timer_refs = [weakref.ref(t) for t in timers]
+    del held
+    kept = loop.call_later(0.01, lambda: ran.append("kept"))
+    ran: list[str] = []
+    for t in timers:
+        t.cancel()
+    del timers, t
+    assert [r for r in held_refs if r() is not None] == []  # freed at the cancel
+    alive = [r for r in timer_refs if r() is not None]
+    assert len(alive) <= COMPACT_CANCELLED  # the heap was compacted along the way
+    run_until(loop, lambda: ran)
+    assert ran == ["kept"] and kept.cancelled is False
+    kept.cancel()  # after it ran: nothing to do, nothing breaks
 
 
 def test_loop_sleeps_until_the_next_timer_not_longer(loop) -> None:
