@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import platform
@@ -257,16 +258,11 @@ class Registry:
         out = Deferred()
 
         def done(dom: DomainObj | None, error: BaseException | None) -> None:
-            if dom is not None:
+            if error is None:
                 out.resolve(dom)
-            elif isinstance(error, QemudError):
-                out.fail(error)
-            elif isinstance(error, OSError):
-                out.fail(self._save_failed(name, error))
             else:
-                log.error("define of '%s' failed: %r", name, error)
-                out.fail(InternalError(f"internal error in the define of '{name}': "
-                                       f"{error!r}"))
+                _fail(out, error, functools.partial(self._save_failed, name),
+                      f"the define of '{name}'")
 
         assert self.store.fsync is not None, "the driver's store has one"
         commit_async(self.store.fsync, temp, check,
@@ -313,14 +309,9 @@ class Registry:
         def done(_: None, error: BaseException | None) -> None:
             if error is None:
                 out.resolve(None)
-            elif isinstance(error, QemudError):
-                out.fail(error)
-            elif isinstance(error, OSError):
-                out.fail(_autostart_failed(name, error))
             else:
-                log.error("autostart of '%s' failed: %r", name, error)
-                out.fail(InternalError(f"internal error in the autostart of '{name}': "
-                                       f"{error!r}"))
+                _fail(out, error, functools.partial(_autostart_failed, name),
+                      f"the autostart of '{name}'")
 
         assert self.store.fsync is not None, "the driver's store has one"
         commit_async(self.store.fsync, temp, check, apply, done)
@@ -544,3 +535,17 @@ def _targets(definition: DomainDef) -> set[str]:
 
 def _autostart_failed(name: str, exc: OSError) -> OperationFailed:
     return OperationFailed(f"cannot change autostart of '{name}': {exc}")
+
+
+def _fail(out: Deferred, error: BaseException, os_error: Callable[[OSError], QemudError],
+          what: str) -> None:
+    """Fail ``out`` with what a :func:`commit_async` ended with: a QemudError (a check
+    refused the write) as it is, an OSError as ``os_error`` words it, anything else (a
+    bug) as an internal error naming ``what``."""
+    if isinstance(error, QemudError):
+        out.fail(error)
+    elif isinstance(error, OSError):
+        out.fail(os_error(error))
+    else:
+        log.error("%s failed: %r", what, error)
+        out.fail(InternalError(f"internal error in {what}: {error!r}"))

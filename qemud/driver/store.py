@@ -152,10 +152,13 @@ def commit_async(fsync: AsyncFsync, temp: TempFile, check: Callable[[], _Token],
         try:
             token = check()
             temp.rename()
-        except BaseException as exc:
+        except Exception as exc:
             temp.abandon()
             done(None, exc)
             return
+        except BaseException:  # (KeyboardInterrupt: the daemon is stopping)
+            temp.abandon()
+            raise
         try:
             result = apply(token)
         except Exception as exc:  # a bug: the file is in place, memory did not follow
