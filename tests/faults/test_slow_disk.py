@@ -67,13 +67,22 @@ def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
     return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
 
 
-def define_held(slowfs: SlowFS, d: DaemonProcess, xml: str) -> Background:
-    """A define on its own connection, once its temp file's fsync is held by ``slowfs``
-    (and every later fsync until the test lets them go)."""
+def held_call(slowfs: SlowFS, d: DaemonProcess, call: Callable[[Any], Any]) -> Background:
+    """``call`` on its own connection, once its first fsync is held by ``slowfs`` (and
+    every later fsync, until the test lets them go)."""
     slowfs.hold()
-    define = Background(d, lambda c: c.define_xml(xml))
+    background = Background(d, call)
     slowfs.wait_held()
-    return define
+    return background
+
+
+def define_held(slowfs: SlowFS, d: DaemonProcess, xml: str) -> Background:
+    """A define whose temp file's fsync is held (see :func:`held_call`)."""
+    return held_call(slowfs, d, lambda c: c.define_xml(xml))
+
+
+def autostart_held(slowfs: SlowFS, d: DaemonProcess, name: str, on: bool) -> Background:
+    return held_call(slowfs, d, lambda c: c.lookup_by_name(name).set_autostart(on))
 
 
 def definitions(slowfs: SlowFS) -> list[str]:
@@ -234,10 +243,9 @@ def test_autostart_waits_for_the_disk_and_an_undefine_meanwhile_comes_first(
     flag = slowfs.backing / "config" / "autostart" / name
     with d.connect() as other:
         other.define_xml(domain_xml(name, UUID_A))
-        slowfs.hold()
-        enable = Background(d, lambda c: c.lookup_by_name(name).set_autostart(True))
+        enable = autostart_held(slowfs, d, name, True)
         try:
-            [temp] = slowfs.wait_held()
+            [temp] = slowfs.held()
             assert temp.startswith(f"/config/autostart/.{name}.") and temp.endswith(".tmp")
             assert other.lookup_by_name(name).autostart() is False
             slowfs.let()
@@ -248,19 +256,16 @@ def test_autostart_waits_for_the_disk_and_an_undefine_meanwhile_comes_first(
             slowfs.release()
         enable.wait()
         # disabling: the flag goes at once, the reply waits for the directory
-        slowfs.hold()
-        disable = Background(d, lambda c: c.lookup_by_name(name).set_autostart(False))
+        disable = autostart_held(slowfs, d, name, False)
         try:
-            assert slowfs.wait_held() == ["/config/autostart"]
+            assert slowfs.held() == ["/config/autostart"]
             assert not flag.exists() and other.lookup_by_name(name).autostart() is False
         finally:
             slowfs.release()
         disable.wait()
         # an undefine while enabling waits: the enable fails, no flag is left behind
-        slowfs.hold()
-        enable = Background(d, lambda c: c.lookup_by_name(name).set_autostart(True))
+        enable = autostart_held(slowfs, d, name, True)
         try:
-            slowfs.wait_held()
             other.lookup_by_name(name).undefine()
         finally:
             slowfs.release()
