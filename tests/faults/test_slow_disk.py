@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,7 +214,7 @@ def test_two_defines_of_one_name_with_different_uuids_one_wins(
 
 
 def test_a_define_that_never_got_its_fsync_leaves_the_old_definition(
-        slowfs: SlowFS, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
     """kill -9 while the temp file's fsync waits: the next daemon loads the old
     definition and removes the temp file."""
     d = on_slowfs(slowfs, daemon_factory)
