@@ -321,9 +321,8 @@ class DomainStore:
             pass
 
     def set_autostart(self, name: str, enabled: bool) -> None:
-        flag = self.autostart_dir / name
         if enabled:
-            atomic_write(flag, b"", 0o644)
+            atomic_write(self.autostart_path(name), b"", 0o644)
         else:
             self.clear_autostart(name)
             fsync_dir(self.autostart_dir)

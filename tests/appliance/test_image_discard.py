@@ -20,7 +20,6 @@ from .test_snapshots import qemud as qemud  # the module's daemon fixture
 pytestmark = pytest.mark.integration
 
 
-
 def discarded(*roots: Path) -> list[Path]:
     """The files being removed below ``roots``."""
     return sorted(p for root in roots for p in root.rglob(f".*{DISCARD_MARK}*"))
