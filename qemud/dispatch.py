@@ -23,7 +23,7 @@ from protocol.payloads import ErrorPayload, HelloArgs, HelloReply
 
 from .errors import InternalError, NoSupport, OperationDenied, OperationInvalid, QemudError
 
-__all__ = ["Deferred", "Dispatcher", "CallContext", "Handler", "error_payload"]
+__all__ = ["Deferred", "Dispatcher", "CallContext", "Handler", "ReplyWaits", "error_payload"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
@@ -96,6 +96,58 @@ class Deferred:
         return d
 
 
+class ReplyWaits:
+    """Work a handler started that its reply waits for, beyond the handler's own result.
+
+    A change to a persistent definition is in memory at once (the handler's next steps,
+    and every later call, build on it) while its file is fsynced off the loop; the
+    caller must still hear of it only once it is durable. The registry hands each such
+    write's Deferred to :meth:`add`; the dispatcher collects them around the handler
+    and replies when both they and the handler's result are done (the first error
+    wins: the handler's, then the writes'). Outside a call (a QMP answer's callback)
+    nothing is collected: such code chains the write's Deferred itself.
+    """
+
+    __slots__ = ("_collected",)
+
+    def __init__(self) -> None:
+        self._collected: list[Deferred] | None = None
+
+    def add(self, deferred: Deferred) -> None:
+        if self._collected is not None and not deferred.done:
+            self._collected.append(deferred)
+
+    def run(self, handler: Handler, ctx: Any, args: Any) -> Payload | Deferred:
+        """``handler(ctx, args)``, its result held back until what it started is done."""
+        collected: list[Deferred] = []
+        self._collected = collected
+        try:
+            result = handler(ctx, args)
+        finally:
+            self._collected = None
+        return _after(result, collected) if collected else result
+
+
+def _after(result: Payload | Deferred, waits: list[Deferred]) -> Deferred:
+    """A Deferred done once ``result`` (a payload or a Deferred) and ``waits`` are."""
+    out = Deferred()
+    pending = [result, *waits] if isinstance(result, Deferred) else list(waits)
+    left = [len(pending)]
+
+    def one_done(_: Deferred) -> None:
+        left[0] -= 1
+        if left[0]:
+            return
+        for d in pending:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+        out.resolve(result.result if isinstance(result, Deferred) else result)
+    for d in pending:
+        d.add_done_callback(one_done)
+    return out
+
+
 def error_payload(exc: QemudError) -> ErrorPayload:
     return ErrorPayload(code=int(exc.code), domain=int(exc.domain),
                         level=int(ErrorLevel.ERROR), message=exc.message)
@@ -113,6 +165,8 @@ class Dispatcher:
     def __init__(self, hello: HelloPolicy) -> None:
         self._handlers: dict[Procedure, Handler] = {}
         self.hello = hello
+        #: what a handler started that its reply waits for (durable config writes)
+        self.reply_waits = ReplyWaits()
 
     def register(self, procedure: Procedure, handler: Handler) -> None:
         if procedure in self._handlers:
@@ -152,7 +206,7 @@ class Dispatcher:
             if handler is None:
                 raise NoSupport(f"procedure {call.procedure.name} is not supported by this "
                                 "daemon")
-            result = handler(ctx, call.args)
+            result = self.reply_waits.run(handler, ctx, call.args)
         except QemudError as exc:
             if spec.mutates:
                 self.audit(ctx, call, exc)

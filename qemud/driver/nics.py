@@ -194,11 +194,13 @@ class Nics:
                 self.driver.lifecycle.save_status(dom)
             if persist is not None:
                 try:
-                    self.driver.registry.save_persistent(
+                    saved = self.driver.registry.save_persistent(
                         dom, self._config_with(dom, persist, slot))
                 except QemudError as exc:  # changed meanwhile: the guest has the NIC
                     result.fail(exc)
                     return
+                saved.chain(result, lambda _: None)
+                return
             result.resolve(None)
 
         monitor.execute("netdev_add", netdev).add_done_callback(added_netdev)

@@ -246,10 +246,12 @@ class Pinning:
             if config is not None:
                 record(config)
                 try:
-                    self.driver.registry.save_persistent(dom, config)
+                    saved = self.driver.registry.save_persistent(dom, config)
                 except QemudError as exc:
                     out.fail(exc)
                     return
+                saved.chain(out, lambda _: Empty())
+                return
             out.resolve(Empty())
         dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
         return out

@@ -27,7 +27,7 @@ from protocol.constants import (
     UndefinedDetail,
 )
 from qemud.conf import ConfError, DomainDef, parse_domain_xml
-from qemud.dispatch import Deferred
+from qemud.dispatch import Deferred, ReplyWaits
 from qemud.errors import (
     ConfigUnsupported,
     DomainExists,
@@ -45,6 +45,7 @@ from qemud.qemu.capabilities import Capabilities
 from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj
+from .persist import PersistentWrites
 from .rename import recover
 from .store import NAME_MAX, DomainStore, commit_async, sync_directory_async
 
@@ -75,6 +76,10 @@ class Registry:
         self.membership = 0
         #: extra checks run on every new definition (the appliance layer's metadata)
         self.validators: list[Callable[[DomainDef], None]] = []
+        #: changes to persistent definitions, written off the loop one domain at a time
+        self.writes = PersistentWrites(store, self._by_name.get, self._save_failed)
+        #: where a call's writes are handed for its reply to wait on (the dispatcher's)
+        self.reply_waits = ReplyWaits()
 
     # -- lookup --------------------------------------------------------------------------
 
@@ -372,15 +377,16 @@ class Registry:
     def save(self, dom: DomainObj) -> None:
         self._save(dom.next_definition or dom.definition)
 
-    def save_persistent(self, dom: DomainObj, definition: DomainDef) -> None:
-        """Write ``definition`` as ``dom``'s persistent definition, then make it the
-        domain's: at once for a shut-off domain, at its stop for a running one (the
-        definition it runs from is the live one). A failed write changes nothing."""
-        self._save(definition)
-        if dom.active or dom.next_definition is not None:
-            dom.next_definition = definition
-        else:
-            dom.definition = definition
+    def save_persistent(self, dom: DomainObj, definition: DomainDef) -> Deferred:
+        """Make ``definition`` ``dom``'s persistent definition: in memory at once (at its
+        stop for a running domain, which runs from its live definition), on disk without
+        waiting on the loop (:mod:`.persist`). The Deferred resolves once the file is
+        durable; inside a call the reply waits for it anyway (:class:`ReplyWaits`), so
+        only code running after the call returned (a QMP answer's callback) chains it.
+        A write refused at once (a full disk) raises and changes nothing."""
+        done = self.writes.save(dom, definition)
+        self.reply_waits.add(done)
+        return done
 
     def rename(self, dom: DomainObj, definition: DomainDef) -> DomainObj:
         """In memory: ``dom`` (inactive) is known by ``definition``'s name from now on.

@@ -183,10 +183,12 @@ class Resources:
             if config is not None:
                 config.current_memory_kib = kib
                 try:
-                    self.driver.registry.save_persistent(dom, config)
+                    saved = self.driver.registry.save_persistent(dom, config)
                 except QemudError as exc:
                     out.fail(exc)
                     return
+                saved.chain(out, lambda _: Empty())
+                return
             out.resolve(Empty())
         dom.monitor.execute("balloon", {"value": kib * 1024}).add_done_callback(done)
         return out

@@ -10,7 +10,7 @@
   when complete (see :mod:`.saving`).
 
 Every write is temp file + fsync + rename + fsync of the directory (:func:`atomic_write`;
-a define's fsyncs wait off the loop, :func:`commit_async`).
+a define's and a ``--config`` change's fsyncs wait off the loop, :func:`commit_async`).
 A definition that fails to parse at load time is logged and left where it is, never
 deleted: the admin may want it back.
 """

@@ -138,7 +138,7 @@ class VcpuHotplug:
     # -- the call --------------------------------------------------------------------
 
     def set_live(self, dom: DomainObj, count: int,
-                 then: Callable[[], None] | None = None) -> Deferred:
+                 then: Callable[[], Deferred | None] | None = None) -> Deferred:
         """Make the running ``dom`` have ``count`` vCPUs; resolves with None once it has
         (``then``, e.g. the persistent definition's change, runs first, and fails the
         call if it raises), or fails saying why, the live count truthful either way."""
@@ -252,7 +252,7 @@ class _Change:
     the count read again, the job ended, and the answer."""
 
     def __init__(self, hotplug: VcpuHotplug, dom: DomainObj,
-                 then: Callable[[], None] | None) -> None:
+                 then: Callable[[], Deferred | None] | None) -> None:
         assert dom.monitor is not None and dom.live is not None
         self.hotplug = hotplug
         self.loop = hotplug.driver.loop
@@ -364,9 +364,13 @@ class _Change:
             failure = error or d.error
             if failure is None and self.then is not None:
                 try:
-                    self.then()
+                    saved = self.then()
                 except QemudError as exc:
                     failure = exc
+                else:
+                    if saved is not None:  # (the answer waits for the file)
+                        saved.chain(self.result)
+                        return
             if failure is not None:
                 self.result.fail(failure)
             else:

@@ -109,3 +109,28 @@ def test_define_on_full_config_dir_fails_with_enospc(small_fs: Path, daemon_fact
     with d.connect() as conn:
         assert {existing, new} <= {x.name for x in conn.list_domains()}
     assert "skipping domain definition" not in d.log_text()
+
+
+def test_a_config_change_on_a_full_config_dir_changes_nothing(small_fs: Path,
+                                                              daemon_factory) -> None:
+    """setmem --config: the temp file cannot be written, so the change is refused before
+    memory moves (its fsync would otherwise wait off the loop)."""
+    d = daemon_factory(config={"paths": {"config_dir": str(small_fs)}})
+    name = guest_name("full-setmem")
+    domains = small_fs / "domains"
+    with d.connect() as conn:
+        dom = conn.define_xml(bare_domain_xml(name, memory_mib=64, emulator=NO_GUEST_EMULATOR))
+        filler = _fill(small_fs)
+        before = _xml_files(domains)
+        with pytest.raises(client.OperationFailed) as info:
+            dom.set_memory(32768, client.AFFECT_CONFIG)
+        assert str(info.value) == (f"operation failed: cannot save the definition of "
+                                   f"'{name}': No space left on device (nothing was changed)")
+        assert "<currentMemory" not in dom.xml()  # still 64 MiB, all of it
+        assert _xml_files(domains) == before
+        filler.unlink()
+        dom.set_memory(32768, client.AFFECT_CONFIG)
+        assert "<currentMemory unit='KiB'>32768</currentMemory>" in dom.xml()
+    assert "<currentMemory unit='KiB'>32768</currentMemory>" in \
+        (domains / f"{name}.xml").read_text()
+    assert_log_clean(d)

@@ -7,8 +7,8 @@ data) is not repeatable. A FUSE file system is real: the daemon's ``open``, ``wr
 which asks this process, a passthrough to a backing directory (``mfusepy`` over
 ``libfuse3``). What it adds: while the test says "hold", every fsync (of a file or a
 directory) waits until the test says "pass" (it then fsyncs the backing file), "let"
-(the ones waiting go on, later ones wait again) or "fail" (it returns EIO), and the test
-can ask which paths are waiting.
+(the ones waiting go on, later ones wait again; "let PATH": those of one path) or
+"fail" (it returns EIO), and the test can ask which paths are waiting.
 
 Run as ``python -m tests.helpers.slowfs BACKING MOUNTPOINT CONTROL_SOCKET``;
 :class:`SlowFS` does that, and unmounts at exit. Root only (mount(2) without
@@ -78,6 +78,14 @@ class _Gate:
                 return "ok"
             if line == "let":  # the fsyncs waiting now go on; later ones still wait
                 self.held.clear()
+                self.cond.notify_all()
+                return "ok"
+            if line.startswith("let "):  # only those of one path
+                path = line[len("let "):]
+                left = [h for h in self.held if h[1] != path]
+                if len(left) == len(self.held):
+                    return f"no fsync of {path!r} is held"
+                self.held = left
                 self.cond.notify_all()
                 return "ok"
             if line == "held":
@@ -227,9 +235,11 @@ class SlowFS:
         """Let the held fsyncs (and all later ones) complete."""
         assert self._command("pass") == "ok"
 
-    def let(self) -> None:
-        """Let the fsyncs held now complete; later ones are held again."""
-        assert self._command("let") == "ok"
+    def let(self, path: str = "") -> None:
+        """Let the fsyncs held now (only those of ``path``, if given) complete; later ones
+        are held again."""
+        reply = self._command(f"let {path}" if path else "let")
+        assert reply == "ok", reply
 
     def fail(self) -> None:
         """Fail the held fsyncs (and all later ones) with EIO."""

@@ -1,0 +1,200 @@
+"""Changes to a domain's persistent definition, made durable without waiting on the loop.
+
+A ``--config`` change (setmem, attach-device, vcpupin, metadata...) reads the persistent
+definition, changes a copy and hands it to :meth:`PersistentWrites.save`. The copy
+becomes the domain's persistent definition in memory at once: the handler's next steps
+(the live half of ``--live --config``) and every later call build on it, so two changes
+in a row never start from the same old definition (libvirt gets the same from its job
+lock). Its file is written as a define's is (temp file, fsync, rename, directory fsync:
+:func:`.store.commit_async`), with the fsyncs off the loop, and the caller's Deferred
+resolves once the file is durable; the dispatcher holds the reply until then
+(:class:`qemud.dispatch.ReplyWaits`).
+
+One write per domain is in flight at a time. Changes made meanwhile are coalesced: when
+the write ends, the next one writes the definition memory holds by then and answers all
+of them, so the file only ever moves forward. When its fsync ends, a write is renamed
+into place if memory still holds its definition, or a change made on top of it (the
+next write follows). It is dropped if a define replaced the definition meanwhile (the
+define's file must not be undone), or the domain was undefined or renamed (they wrote
+the files themselves); its callers are answered by the next write, or at once if none
+is coming.
+
+The first change's temp file is written in the call, so a full disk refuses it before
+memory moves. A write that fails later (a queued change's temp file; a fsync or rename)
+fails the callers it carried. If no change came after it, memory goes back to the last
+definition known on disk, so a failed change changes nothing; a change that came after
+it is written next, and that write carries the failed change too (it was built on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from qemud.conf import DomainDef
+from qemud.dispatch import Deferred
+from qemud.errors import OperationFailed, QemudError
+
+from .domain import DomainObj
+from .store import DomainStore, TempFile, commit_async
+
+__all__ = ["PersistentWrites", "persistent_definition"]
+
+log = logging.getLogger(__name__)
+
+
+def persistent_definition(dom: DomainObj) -> DomainDef:
+    """What ``dom``'s next start runs from (a running domain keeps it aside)."""
+    return dom.next_definition or dom.definition
+
+
+def _set_persistent(dom: DomainObj, definition: DomainDef) -> None:
+    """Make ``definition`` ``dom``'s persistent definition: at once for a shut-off
+    domain, at its stop for a running one (it runs from its live definition)."""
+    if dom.active or dom.next_definition is not None:
+        dom.next_definition = None if definition is dom.definition else definition
+    else:
+        dom.definition = definition
+
+
+class _Superseded(Exception):
+    """The write's definition is no longer the domain's: someone else wrote the file."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Chain:
+    """One domain's writes while any is in flight."""
+
+    dom: DomainObj
+    #: the definition the file holds (as far as this chain knows)
+    durable: DomainDef
+    #: the newest definition a change gave
+    latest: DomainDef
+    #: callers the write in flight answers
+    waiting: list[Deferred]
+    #: callers whose change came after it started (the next write answers them)
+    queued: list[Deferred] = dataclasses.field(default_factory=list)
+    #: something else (a define) replaced the definition since the write in flight
+    #: started: that write must not land after it
+    replaced: bool = False
+
+
+class PersistentWrites:
+    """The per-domain write queue; see the module docstring."""
+
+    def __init__(self, store: DomainStore, current: Callable[[str], DomainObj | None],
+                 failed: Callable[[str, OSError], QemudError]) -> None:
+        self.store = store
+        #: the registry's domain of a name (None: none)
+        self._current = current
+        #: the registry's error for a write of a name that failed
+        self._failed = failed
+        self._chains: dict[int, _Chain] = {}
+
+    def save(self, dom: DomainObj, definition: DomainDef) -> Deferred:
+        """Make ``definition`` ``dom``'s persistent definition now; the Deferred resolves
+        (with None) once it is on disk, durably.
+
+        Raises :class:`QemudError` without changing anything when the temp file cannot
+        be written (the disk is full): the common failure is reported before memory
+        moves.
+        """
+        out = Deferred()
+        chain = self._chains.get(id(dom))
+        if chain is not None:  # one is in flight: the next write carries this one
+            chain.replaced = chain.replaced or persistent_definition(dom) is not chain.latest
+            chain.latest = definition
+            chain.queued.append(out)
+            _set_persistent(dom, definition)
+            return out
+        temp = self._begin(dom, definition)  # (raises: nothing changed)
+        chain = _Chain(dom, durable=persistent_definition(dom), latest=definition,
+                       waiting=[out])
+        self._chains[id(dom)] = chain
+        _set_persistent(dom, definition)
+        self._commit(chain, temp, definition)
+        return out
+
+    def _begin(self, dom: DomainObj, definition: DomainDef) -> TempFile:
+        try:
+            return self.store.begin_definition(dom.name, definition.to_xml())
+        except OSError as exc:
+            raise self._failed(dom.name, exc) from None
+
+    def _commit(self, chain: _Chain, temp: TempFile, definition: DomainDef) -> None:
+        dom = chain.dom
+        chain.replaced = False
+
+        def check() -> None:
+            # The file may move forward to ``definition`` while memory holds it, or a
+            # later change built on it (the next write follows); not past a define.
+            now = persistent_definition(dom)
+            if self._current(dom.name) is not dom or not dom.persistent or not (
+                    now is definition or (now is chain.latest and not chain.replaced)):
+                raise _Superseded
+
+        def done(_: None, error: BaseException | None) -> None:
+            self._ended(chain, definition, error)
+
+        assert self.store.fsync is not None, "the driver's store has one"
+        commit_async(self.store.fsync, temp, check, lambda _: None, done)
+
+    def _ended(self, chain: _Chain, written: DomainDef, error: BaseException | None
+               ) -> None:
+        """The write of ``written`` ended: answer its callers, start the next one."""
+        dom = chain.dom
+        waiting, chain.waiting = chain.waiting, []
+        failed = error is not None and not isinstance(error, _Superseded)
+        if isinstance(error, _Superseded) and chain.queued:
+            chain.queued[:0] = waiting  # the next write carries their changes too
+        elif failed:
+            assert error is not None
+            err = self._async_failure(dom.name, error, carried_on=bool(chain.queued))
+            log.error("%s", err.message)
+            for d in waiting:
+                d.fail(err)
+        else:
+            if error is None:
+                chain.durable = written
+            for d in waiting:
+                d.resolve(None)
+        if not chain.queued or self._current(dom.name) is not dom or not dom.persistent:
+            self._finish(chain, failed)
+            return
+        chain.waiting, chain.queued = chain.queued, []
+        latest = chain.latest = persistent_definition(dom)  # (a define's, maybe)
+        try:
+            temp = self._begin(dom, latest)
+        except QemudError as exc:
+            log.error("%s", exc.message)
+            for d in chain.waiting:
+                d.fail(exc)
+            chain.waiting = []
+            self._finish(chain, failed=True)
+            return
+        self._commit(chain, temp, latest)
+
+    @staticmethod
+    def _async_failure(name: str, error: BaseException, carried_on: bool) -> QemudError:
+        if isinstance(error, OSError):
+            why = error.strerror or str(error)
+        else:  # (a bug in a check: the file was left as it was)
+            why = repr(error)
+        # (the live half of --live --config went ahead meanwhile: it stays)
+        outcome = ("the change stays in memory: a later change to the domain, made on top "
+                   "of it, is written next" if carried_on else
+                   "the persistent definition was not changed")
+        return OperationFailed(f"cannot save the definition of '{name}': {why} ({outcome})")
+
+    def _finish(self, chain: _Chain, failed: bool) -> None:
+        """No write left: after a failure, memory goes back to what the file holds
+        (unless something else replaced the definition meanwhile)."""
+        del self._chains[id(chain.dom)]
+        for d in chain.queued:  # (the domain was undefined or renamed meanwhile)
+            d.resolve(None)
+        chain.queued = []
+        dom = chain.dom
+        if failed and persistent_definition(dom) is chain.latest \
+                and self._current(dom.name) is dom:
+            _set_persistent(dom, chain.durable)
