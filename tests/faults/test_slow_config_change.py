@@ -17,6 +17,7 @@ import client
 from client.domain import AFFECT_CONFIG
 from protocol.constants import MetadataType
 from tests.conftest import DaemonFactory
+from tests.helpers.daemon import DaemonProcess
 from tests.helpers.slowfs import SlowFS
 
 from .conftest import assert_log_clean, guest_name
@@ -42,6 +43,16 @@ def set_title(name: str, title: str) -> Any:
                                                          AFFECT_CONFIG)
 
 
+def with_domain(slowfs: SlowFS, daemon_factory: DaemonFactory, tag: str
+                ) -> tuple[DaemonProcess, str]:
+    """A daemon on ``slowfs`` and the name of a domain it has defined (64 MiB)."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name(tag)
+    with d.connect() as conn:
+        conn.define_xml(domain_xml(name, UUID_A))
+    return d, name
+
+
 def on_disk(slowfs: SlowFS, name: str) -> str:
     return (slowfs.backing / "config" / "domains" / f"{name}.xml").read_text()
 
@@ -55,10 +66,9 @@ def current_memory(xml: str) -> int:
 
 def test_a_config_change_is_seen_at_once_and_answered_once_durable(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
-    d = on_slowfs(slowfs, daemon_factory)
-    name = guest_name("setmem")
+    d, name = with_domain(slowfs, daemon_factory, "setmem")
     with d.connect() as other:
-        dom = other.define_xml(domain_xml(name, UUID_A))
+        dom = other.lookup_by_name(name)
         change = held_call(slowfs, d, set_current_memory(name, KIB_48))
         try:
             [temp] = slowfs.held()
@@ -85,10 +95,7 @@ def test_a_config_change_is_seen_at_once_and_answered_once_durable(
 
 def test_changes_made_while_one_is_written_go_into_the_next_write_together(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
-    d = on_slowfs(slowfs, daemon_factory)
-    name = guest_name("coalesce")
-    with d.connect() as conn:
-        conn.define_xml(domain_xml(name, UUID_A))
+    d, name = with_domain(slowfs, daemon_factory, "coalesce")
     first = held_call(slowfs, d, set_current_memory(name, KIB_48))
     try:
         # both build on the first change, and wait for a write that has them
@@ -123,10 +130,7 @@ def test_a_change_written_when_a_define_has_landed_does_not_undo_it(
     """setmem --config's fsync waits; a redefine lands; a change on top of it is made;
     then setmem's fsync ends: its file (built on the old definition) must not go over
     the define's. The next write has the define and the change after it."""
-    d = on_slowfs(slowfs, daemon_factory)
-    name = guest_name("redef")
-    with d.connect() as conn:
-        conn.define_xml(domain_xml(name, UUID_A))
+    d, name = with_domain(slowfs, daemon_factory, "redef")
     change = held_call(slowfs, d, set_current_memory(name, KIB_48))
     try:
         [change_temp] = slowfs.held()
@@ -160,10 +164,9 @@ def test_a_change_written_when_a_define_has_landed_does_not_undo_it(
 
 def test_a_failed_write_puts_memory_back(slowfs: SlowFS,
                                          daemon_factory: DaemonFactory) -> None:
-    d = on_slowfs(slowfs, daemon_factory)
-    name = guest_name("eio")
+    d, name = with_domain(slowfs, daemon_factory, "eio")
     with d.connect() as other:
-        dom = other.define_xml(domain_xml(name, UUID_A))
+        dom = other.lookup_by_name(name)
         change = held_call(slowfs, d, set_current_memory(name, KIB_48))
         try:
             assert current_memory(dom.xml()) == KIB_48
@@ -185,10 +188,8 @@ def test_a_failed_write_puts_memory_back(slowfs: SlowFS,
 
 def test_an_undefine_while_a_change_is_written_wins(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
-    d = on_slowfs(slowfs, daemon_factory)
-    name = guest_name("undef")
+    d, name = with_domain(slowfs, daemon_factory, "undef")
     with d.connect() as other:
-        other.define_xml(domain_xml(name, UUID_A))
         change = held_call(slowfs, d, set_current_memory(name, KIB_48))
         try:
             queued = Background(d, set_title(name, "gone soon"))
@@ -211,10 +212,7 @@ def test_an_undefine_while_a_change_is_written_wins(
 
 def test_a_daemon_killed_while_a_change_waits_keeps_the_old_definition(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
-    d = on_slowfs(slowfs, daemon_factory)
-    name = guest_name("kill")
-    with d.connect() as conn:
-        conn.define_xml(domain_xml(name, UUID_A))
+    d, name = with_domain(slowfs, daemon_factory, "kill")
     change = held_call(slowfs, d, set_current_memory(name, KIB_48))
     assert d.proc is not None
     d.proc.kill()
