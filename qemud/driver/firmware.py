@@ -14,7 +14,9 @@ libvirt's behaviour (9.x), for qemud's layout:
   ``/var/lib/libvirt/qemu/nvram/<name>_VARS.fd``).
 * Before QEMU starts, a missing NVRAM file is created from the template (the
   ``template`` attribute, else the descriptor of the loader image), mode 0600, written
-  atomically. An existing one is never touched: it is the guest's.
+  atomically and sparsely (its all-zero blocks are holes: aarch64's 64 MiB template is
+  all zeros, and writing it whole held the loop). An existing one is never touched: it
+  is the guest's.
 * ``undefine`` of a domain whose NVRAM file exists is refused unless
   ``VIR_DOMAIN_UNDEFINE_NVRAM`` (remove it) or ``VIR_DOMAIN_UNDEFINE_KEEP_NVRAM``
   (keep it) is given, in libvirt's words.
@@ -188,7 +190,7 @@ class Firmware:
                                   " (give one with <nvram template='PATH'>)")
         data = _read_template(template)
         try:
-            atomic_write(path, data, 0o600)
+            atomic_write(path, data, 0o600, sparse=True)
         except OSError as exc:
             raise SystemCallFailed(f"Failed to create NVRAM file '{path}': "
                                    f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None

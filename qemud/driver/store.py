@@ -55,7 +55,7 @@ _temp_serial = itertools.count()
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
-                 durable: bool = True) -> None:
+                 durable: bool = True, sparse: bool = False) -> None:
     """Replace ``path`` with ``data`` atomically and (by default) durably.
 
     Either the old content or the new content is there afterwards, never a mix, even
@@ -64,9 +64,9 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
     which must survive a daemon crash (the page cache does) but not a power loss (which
     takes the guests with it, and /run is normally tmpfs); it keeps ~15 ms of fsync off
     every guest start and state change. The fsyncs here wait on the loop; a define
-    waits for them off it (:func:`commit_async`).
+    waits for them off it (:func:`commit_async`). ``sparse``: see :class:`TempFile`.
     """
-    temp = TempFile(path, data, mode)
+    temp = TempFile(path, data, mode, sparse=sparse)
     try:
         if durable:
             os.fsync(temp.fd)
@@ -89,18 +89,27 @@ class TempFile:
     can be written. Plain ``os.write`` on the descriptor skips the buffered file object,
     whose set-up (an ioctl, an lseek) cost as much as the write. The descriptor stays
     open until the rename, for an fsync in between.
+
+    ``sparse``: blocks of :data:`SPARSE_BLOCK` zero bytes are left as holes (they read
+    back as zeros). For an NVRAM copy: aarch64's 64 MiB variable store template is all
+    zeros but a few KiB, and writing and syncing it whole kept the loop ~0.2 s (seconds
+    on an eMMC) at a UEFI guest's first start.
     """
 
     __slots__ = ("path", "tmp", "fd")
 
-    def __init__(self, path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    def __init__(self, path: Path, data: bytes | str, mode: int = 0o600, *,
+                 sparse: bool = False) -> None:
         raw = data.encode() if isinstance(data, str) else data
         self.path = path
         self.tmp = path.parent / _temp_name(path.name)
         self.fd = _create_temp(self.tmp, mode)
         try:
             os.fchmod(self.fd, mode)  # exactly ``mode``, whatever the umask
-            _write_all(self.fd, raw)
+            if sparse:
+                _write_sparse(self.fd, raw)
+            else:
+                _write_all(self.fd, raw)
         except BaseException:
             self.abandon()
             raise
@@ -433,11 +442,30 @@ def _create_temp(tmp: Path, mode: int) -> int:
     return os.open(tmp, _TEMP_FLAGS, mode)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     """``os.write`` until all of ``data`` is written (a short write is legal)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+#: the unit :class:`TempFile` ``sparse`` leaves out when it is all zeros (a multiple of
+#: every file system's block size)
+SPARSE_BLOCK = 64 * 1024
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
+
+
+def _write_sparse(fd: int, data: bytes) -> None:
+    """``data`` written with its all-zero :data:`SPARSE_BLOCK` blocks left as holes."""
+    view = memoryview(data)
+    for start in range(0, len(data), SPARSE_BLOCK):
+        block = data[start:start + SPARSE_BLOCK]  # (bytes == bytes is a memcmp: ~5 µs)
+        if block.count(0) == len(block) if len(block) < SPARSE_BLOCK else \
+                block == _ZERO_BLOCK:
+            os.lseek(fd, len(block), os.SEEK_CUR)
+        else:
+            _write_all(fd, view[start:start + len(block)])
+    os.ftruncate(fd, len(data))  # (a hole at the end is a size, not a write)
 
 
 def fsync_dir(directory: Path) -> None:

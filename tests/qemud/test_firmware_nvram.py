@@ -99,6 +99,30 @@ def test_nvram_is_created_once_0600_from_the_template(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)  # a blocking open of the FIFO would hang here
+def test_the_zeros_of_a_template_take_no_disk_space_in_the_copy(tmp_path: Path) -> None:
+    """aarch64's variable store template is 64 MiB of (nearly all) zeros: the copy has
+    the same bytes, with the all-zero 64 KiB blocks left as holes, so creating it writes
+    and syncs a few KiB, not 64 MiB, while the daemon's loop waits."""
+    firmware, _ = make(tmp_path)
+    block = 64 * 1024
+    content = (b"\0" * (3 * block) + b"VARSTORE" + b"\0" * (block - 8)  # 1 block of data
+               + b"\0" * (60 * block) + b"\xff" * 100 + b"\0" * 5)  # and a short tail
+    template = tmp_path / "AAVMF_VARS.fd"
+    template.write_bytes(content)
+    assert template.stat().st_blocks * 512 >= len(content)  # (written whole: no holes)
+    path = tmp_path / "state" / "nvram" / "arm_VARS.fd"
+    assert firmware.create_nvram(path, str(template), "/fw/AAVMF_CODE.fd")
+    assert path.read_bytes() == content
+    allocated = path.stat().st_blocks * 512
+    assert allocated <= 4 * block, f"{allocated} bytes allocated for {len(content)}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # a size that is no multiple of the block, ending in zeros: the size is kept
+    template.write_bytes(b"x" + b"\0" * (2 * block + 10))
+    other = path.with_name("arm2_VARS.fd")
+    assert firmware.create_nvram(other, str(template), "/fw/AAVMF_CODE.fd")
+    assert other.read_bytes() == template.read_bytes()
+
+
 def test_a_template_that_is_not_a_file_is_refused_at_once(tmp_path: Path,
                                                           monkeypatch) -> None:
     """The template path is the definition's: a FIFO (or a device) there is refused
