@@ -4,7 +4,8 @@ As with a define (test_slow_disk.py), the file's fsyncs wait off the loop on a F
 system the test holds. Unlike a define, the change is in memory at once (the next change
 builds on it); the caller is answered once the file is durable. Changes made while one
 is written go into the next write, together; a failed write puts memory back; an
-undefine meanwhile wins, and nothing is written after it.
+undefine meanwhile wins, and nothing is written after it. With a running guest, the
+definition saved from a QMP answer's callback is waited for too.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Any
 import pytest
 
 import client
-from client.domain import AFFECT_CONFIG
+from client.domain import AFFECT_CONFIG, AFFECT_LIVE, START_PAUSED, XML_INACTIVE
 from protocol.constants import MetadataType
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.slowfs import SlowFS
 
-from .conftest import assert_log_clean, guest_name
+from .conftest import assert_log_clean, bare_domain_xml, guest_name
 from .test_slow_disk import (
     UUID_A,
     Background,
@@ -224,3 +225,31 @@ def test_a_daemon_killed_while_a_change_waits_keeps_the_old_definition(
     with d.connect() as conn:
         assert current_memory(conn.lookup_by_name(name).xml()) == KIB_64
     assert definitions(slowfs) == [f"{name}.xml"]
+
+
+@pytest.mark.usefixtures("qemu_cleanup")
+def test_a_live_and_config_change_is_answered_once_the_file_is_durable(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """setmem --live --config on a running guest: the persistent definition is saved from
+    the QMP answer's callback, after the handler returned; the reply still waits for
+    the file (the balloon, NIC hotplug, vCPU pinning and setvcpus paths chain it)."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("live")
+    with d.connect() as other:
+        dom = other.define_xml(bare_domain_xml(name, memory_mib=128))
+        dom.create(START_PAUSED)
+        change = held_call(slowfs, d, lambda c: c.lookup_by_name(name).set_memory(
+            98304, AFFECT_LIVE | AFFECT_CONFIG))
+        try:
+            [temp] = slowfs.held()  # (QEMU took the balloon target first)
+            assert temp.startswith(f"/config/domains/.{name}.xml.")
+            assert current_memory(dom.xml(XML_INACTIVE)) == 98304
+            assert current_memory(on_disk(slowfs, name)) == 131072
+            assert not change.answered
+        finally:
+            slowfs.release()
+        change.wait()
+        assert current_memory(dom.xml()) == 98304  # live
+        dom.destroy()
+    assert current_memory(on_disk(slowfs, name)) == 98304
+    assert_log_clean(d)
