@@ -110,8 +110,8 @@ class QemuDriver:
         self.fsync = AsyncFsync(self.loop)
         self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir,
                                  paths.state_dir / "save", self.fsync)
-        self.registry = Registry(self.store, self.caps, self.events)
-        self.registry.reply_waits = daemon.dispatcher.reply_waits
+        self.registry = Registry(self.store, self.caps, self.events,
+                                 daemon.dispatcher.reply_waits)
         #: the last listing and its key (flags, DomainObj.listed_generation, membership)
         self._listing: tuple[tuple[int, int, int], pl.ListDomainsReply] | None = None
         self.ports = PortAllocator(self.config.qemu.vnc_port_min, self.config.qemu.vnc_port_max)

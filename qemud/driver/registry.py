@@ -60,7 +60,8 @@ MAX_NAME_BYTES = NAME_MAX - len(".status.json")
 
 
 class Registry:
-    def __init__(self, store: DomainStore, caps: Capabilities, events: EventBus) -> None:
+    def __init__(self, store: DomainStore, caps: Capabilities, events: EventBus,
+                 reply_waits: ReplyWaits) -> None:
         self.store = store
         self.caps = caps
         self.events = events
@@ -79,7 +80,7 @@ class Registry:
         #: changes to persistent definitions, written off the loop one domain at a time
         self.writes = PersistentWrites(store, self._by_name.get, self._save_failed)
         #: where a call's writes are handed for its reply to wait on (the dispatcher's)
-        self.reply_waits = ReplyWaits()
+        self.reply_waits = reply_waits
 
     # -- lookup --------------------------------------------------------------------------
 

@@ -442,7 +442,7 @@ def _create_temp(tmp: Path, mode: int) -> int:
     return os.open(tmp, _TEMP_FLAGS, mode)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes) -> None:
     """``os.write`` until all of ``data`` is written (a short write is legal)."""
     view = memoryview(data)
     while view:
@@ -457,14 +457,12 @@ _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 
 def _write_sparse(fd: int, data: bytes) -> None:
     """``data`` written with its all-zero :data:`SPARSE_BLOCK` blocks left as holes."""
-    view = memoryview(data)
     for start in range(0, len(data), SPARSE_BLOCK):
-        block = data[start:start + SPARSE_BLOCK]  # (bytes == bytes is a memcmp: ~5 µs)
-        if block.count(0) == len(block) if len(block) < SPARSE_BLOCK else \
-                block == _ZERO_BLOCK:
+        block = data[start:start + SPARSE_BLOCK]
+        if block == _ZERO_BLOCK[:len(block)]:  # (a memcmp: ~7 µs a block)
             os.lseek(fd, len(block), os.SEEK_CUR)
         else:
-            _write_all(fd, view[start:start + len(block)])
+            _write_all(fd, block)
     os.ftruncate(fd, len(data))  # (a hole at the end is a size, not a write)
 
 
