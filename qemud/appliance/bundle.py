@@ -361,7 +361,7 @@ class BundleDuty:
             safe = _member_name(dom.name)
             if dom.persistent:
                 write(f"domains/{safe}.xml",
-                      redact_xml((dom.next_definition or dom.definition).to_xml()))
+                      redact_xml(dom.persistent_definition.to_xml()))
             if dom.live is not None:
                 write(f"domains/{safe}.live.xml", redact_xml(dom.live.to_xml(live=True)))
         write("domains.txt", "\n".join(rows) + ("\n" if rows else ""))

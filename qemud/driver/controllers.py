@@ -33,7 +33,7 @@ def attach_controller(driver: QemuDriver, dom: DomainObj, controller: Controller
     """Add ``controller`` to ``dom``'s persistent definition (``config``)."""
     _refuse_live(controller, live)
     assert config
-    definition = (dom.next_definition or dom.definition).copy()
+    definition = dom.persistent_definition.copy()
     try:
         definition.add_device(controller.copy())
     except ConfError as exc:
@@ -49,7 +49,7 @@ def detach_controller(driver: QemuDriver, dom: DomainObj, wanted: Controller,
     PCI bus it makes."""
     _refuse_live(wanted, live)
     assert config
-    definition = (dom.next_definition or dom.definition).copy()
+    definition = dom.persistent_definition.copy()
     try:
         found = definition.find_device(wanted)
     except ConfError as exc:

@@ -375,7 +375,7 @@ class Devices:
             self._add(dom.live.copy(), disk)  # checks the target is free before QEMU
             slot = self.choose_slot(dom, disk, f"disk {_target_of(disk)}")
         if config:
-            definition = (dom.next_definition or dom.definition).copy()
+            definition = dom.persistent_definition.copy()
             prefer_slot(definition, self._add(definition, disk), slot)
             self.driver.registry.check_for_host(definition)  # (assigns its address)
             self.driver.registry.save_persistent(dom, definition)
@@ -553,7 +553,7 @@ class Devices:
                 require_pci_hotplug(dom.live, f"disk {target}", addressed=dom.pci_addressed,
                                     unplugged=disk)
         if config:
-            definition = (dom.next_definition or dom.definition).copy()
+            definition = dom.persistent_definition.copy()
             found = self._find(definition, target, dom.name)
             definition.remove_device(found)
             self.driver.registry.save_persistent(dom, definition)
@@ -837,7 +837,7 @@ class Devices:
                      ) -> Deferred | None:
         live, config = self._targets(dom, flags)
         if config:
-            definition = (dom.next_definition or dom.definition).copy()
+            definition = dom.persistent_definition.copy()
             disk = self._cdrom(definition, target, dom.name)
             disk.source = source or None
             self.driver.registry.save_persistent(dom, definition)

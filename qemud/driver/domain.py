@@ -118,6 +118,12 @@ class DomainObj:
         return self._uuid_bytes
 
     @property
+    def persistent_definition(self) -> DomainDef:
+        """What the next start runs from, and what ``--config`` changes: a running
+        domain keeps it aside until it stops (libvirt's virDomainObjGetPersistentDef)."""
+        return self.next_definition or self.definition
+
+    @property
     def active(self) -> bool:
         return self.id != -1
 

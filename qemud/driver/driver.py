@@ -408,7 +408,7 @@ class QemuDriver:
                     "qemuDomainGetXMLDesc")
         dom = self._dom(args)
         live = not (args.flags & XML_INACTIVE or dom.live is None)
-        definition = dom.live if live else (dom.next_definition or dom.definition)
+        definition = dom.live if live else dom.persistent_definition
         assert definition is not None
         if not secure and any(g.passwd is not None for g in definition.graphics):
             definition = definition.copy()

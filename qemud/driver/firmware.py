@@ -168,7 +168,7 @@ class Firmware:
                 f"cannot reset the NVRAM of domain '{dom.name}': it has a managed save "
                 "image, which a start restores with the firmware state it holds (use "
                 "--force-boot to discard the image)")
-        definition = dom.next_definition or dom.definition
+        definition = dom.persistent_definition
         os_ = definition.os
         if not os_.loader or os_.loader_type == "rom" or not os_.nvram:
             return
@@ -201,7 +201,7 @@ class Firmware:
 
     def nvram_file(self, dom: DomainObj) -> Path | None:
         """The domain's NVRAM file if it exists (its persistent definition's path)."""
-        definition = dom.next_definition or dom.definition
+        definition = dom.persistent_definition
         path = definition.os.nvram
         if not path and definition.os.firmware == "efi":
             path = str(nvram_default_path(self.nvram_dir, dom.name))

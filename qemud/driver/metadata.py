@@ -195,7 +195,7 @@ class Metadata:
         dom = self.driver._dom(args)
         definition: DomainDef
         if args.flags & AFFECT_CONFIG:
-            definition = dom.next_definition or dom.definition
+            definition = dom.persistent_definition
         elif args.flags & AFFECT_LIVE:
             self.driver.lifecycle.require_active(dom)
             assert dom.live is not None

@@ -104,7 +104,8 @@ class Nics:
             self.devices.place(plugged, slot)
         definition: DomainDef | None = None
         if config:
-            definition = self._config_with(dom, iface, slot)
+            definition = dom.persistent_definition.copy()
+            self._add_to_config(definition, iface, slot, dom.name)
         if plugged is None:
             assert definition is not None
             self.driver.registry.save_persistent(dom, definition)
@@ -144,15 +145,13 @@ class Nics:
             raise ConfigUnsupported(str(exc)) from None
         return added
 
-    def _config_with(self, dom: DomainObj, iface: Interface, slot: PciSlot | None
-                     ) -> DomainDef:
-        """A copy of the persistent definition with ``iface`` added, checked for the host
-        as a define is (the arch's default model filled in, a PCI address: ``slot``, the
-        live one, when it is free there, see :func:`prefer_slot`)."""
-        definition = (dom.next_definition or dom.definition).copy()
-        self.devices.prefer_slot(definition, self._insert(definition, iface, dom.name), slot)
+    def _add_to_config(self, definition: DomainDef, iface: Interface, slot: PciSlot | None,
+                       name: str) -> None:
+        """``iface`` added to ``definition`` (a copy of the persistent one), checked for
+        the host as a define is (the arch's default model filled in, a PCI address:
+        ``slot``, the live one, when it is free there, see :func:`prefer_slot`)."""
+        self.devices.prefer_slot(definition, self._insert(definition, iface, name), slot)
         self.driver.registry.check_for_host(definition)
-        return definition
 
     def _hotplug(self, dom: DomainObj, iface: Interface, slot: PciSlot | None,
                  persist: Interface | None) -> Deferred:
@@ -194,8 +193,8 @@ class Nics:
                 self.driver.lifecycle.save_status(dom)
             if persist is not None:
                 try:
-                    saved = self.driver.registry.save_persistent(
-                        dom, self._config_with(dom, persist, slot))
+                    saved = self.driver.registry.change_persistent(
+                        dom, lambda d: self._add_to_config(d, persist, slot, dom.name))
                 except QemudError as exc:  # changed meanwhile: the guest has the NIC
                     result.fail(exc)
                     return
@@ -236,7 +235,7 @@ class Nics:
             self.devices.require_pci_hotplug(dom.live, f"interface {found.mac}",
                                              addressed=dom.pci_addressed, unplugged=found)
         if config:
-            definition = (dom.next_definition or dom.definition).copy()
+            definition = dom.persistent_definition.copy()
             gone = find_interface(definition, wanted)
             definition.remove_device(gone)
             self.driver.registry.save_persistent(dom, definition)

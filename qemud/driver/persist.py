@@ -39,14 +39,9 @@ from qemud.errors import OperationFailed, QemudError
 from .domain import DomainObj
 from .store import DomainStore, TempFile, commit_async
 
-__all__ = ["PersistentWrites", "persistent_definition"]
+__all__ = ["PersistentWrites"]
 
 log = logging.getLogger(__name__)
-
-
-def persistent_definition(dom: DomainObj) -> DomainDef:
-    """What ``dom``'s next start runs from (a running domain keeps it aside)."""
-    return dom.next_definition or dom.definition
 
 
 def _set_persistent(dom: DomainObj, definition: DomainDef) -> None:
@@ -103,13 +98,13 @@ class PersistentWrites:
         out = Deferred()
         chain = self._chains.get(id(dom))
         if chain is not None:  # one is in flight: the next write carries this one
-            chain.replaced = chain.replaced or persistent_definition(dom) is not chain.latest
+            chain.replaced = chain.replaced or dom.persistent_definition is not chain.latest
             chain.latest = definition
             chain.queued.append(out)
             _set_persistent(dom, definition)
             return out
         temp = self._begin(dom, definition)  # (raises: nothing changed)
-        chain = _Chain(dom, durable=persistent_definition(dom), latest=definition,
+        chain = _Chain(dom, durable=dom.persistent_definition, latest=definition,
                        waiting=[out])
         self._chains[id(dom)] = chain
         _set_persistent(dom, definition)
@@ -129,7 +124,7 @@ class PersistentWrites:
         def check() -> None:
             # The file may move forward to ``definition`` while memory holds it, or a
             # later change built on it (the next write follows); not past a define.
-            now = persistent_definition(dom)
+            now = dom.persistent_definition
             if self._current(dom.name) is not dom or not dom.persistent or not (
                     now is definition or (now is chain.latest and not chain.replaced)):
                 raise _Superseded
@@ -163,7 +158,7 @@ class PersistentWrites:
             self._finish(chain, failed)
             return
         chain.waiting, chain.queued = chain.queued, []
-        latest = chain.latest = persistent_definition(dom)  # (a define's, maybe)
+        latest = chain.latest = dom.persistent_definition  # (a define's, maybe)
         try:
             temp = self._begin(dom, latest)
         except QemudError as exc:
@@ -195,6 +190,6 @@ class PersistentWrites:
             d.resolve(None)
         chain.queued = []
         dom = chain.dom
-        if failed and persistent_definition(dom) is chain.latest \
+        if failed and dom.persistent_definition is chain.latest \
                 and self._current(dom.name) is dom:
             _set_persistent(dom, chain.durable)

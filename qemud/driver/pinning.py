@@ -218,13 +218,13 @@ class Pinning:
         assert chosen is not None
         return chosen
 
-    def _live_pin(self, dom: DomainObj, live: DomainDef, config: DomainDef | None,
+    def _live_pin(self, dom: DomainObj, live: DomainDef, config: bool,
                   apply: Callable[[dict[int, int]], None],
                   record: Callable[[DomainDef], None]) -> Deferred:
         """A live pin: QEMU's vCPU threads (``query-cpus-fast``) to ``apply`` (vCPU number
-        -> thread id), then ``record`` into the live definition and ``config``, the
-        status record, the persistent definition. Fails as the first step fails; a
-        guest that stopped meanwhile changes nothing."""
+        -> thread id), then ``record`` into the live definition, the status record and,
+        with ``config``, the persistent definition as it is then. Fails as the first
+        step fails; a guest that stopped meanwhile changes nothing."""
         self.driver.lifecycle.require_no_job(dom)
         assert dom.monitor is not None
         out = Deferred()
@@ -243,10 +243,9 @@ class Pinning:
                 return
             record(live)
             self.driver.lifecycle.save_status(dom)
-            if config is not None:
-                record(config)
+            if config:
                 try:
-                    saved = self.driver.registry.save_persistent(dom, config)
+                    saved = self.driver.registry.change_persistent(dom, record)
                 except QemudError as exc:
                     out.fail(exc)
                     return
@@ -263,15 +262,23 @@ class Pinning:
         dom = self.driver._dom(args)
         live, config = self.driver.resources.affected_defs(dom, args.flags)
         vcpu = args.vcpu
-        if config is not None and vcpu >= config.max_vcpus:
-            raise InvalidArg(f"vcpu {vcpu} is out of range of persistent cpu count "
-                             f"{config.vcpus}")
+
+        def in_range(definition: DomainDef) -> None:
+            if vcpu >= definition.max_vcpus:
+                raise InvalidArg(f"vcpu {vcpu} is out of range of persistent cpu count "
+                                 f"{definition.vcpus}")
+
+        def pin(definition: DomainDef) -> None:
+            in_range(definition)  # (again for --live --config: after QEMU answered)
+            definition.set_vcpupin(vcpu, cpus)
+        if config is not None:
+            in_range(config)
         cpus = cpus_of(args.cpumap)
         if not cpus:
             raise InvalidArg("Empty cpu list for pinning")
         if live is None:
             assert config is not None
-            config.set_vcpupin(vcpu, cpus)
+            pin(config)
             self.driver.registry.save_persistent(dom, config)
             return Empty()
         if vcpu >= live.max_vcpus:
@@ -283,8 +290,7 @@ class Pinning:
             tid = threads.get(vcpu)
             if tid is not None:  # (an offline vCPU gets the pin when plugged)
                 _set_affinity(tid, cpus)
-        return self._live_pin(dom, live, config, apply,
-                              lambda definition: definition.set_vcpupin(vcpu, cpus))
+        return self._live_pin(dom, live, config is not None, apply, pin)
 
     def vcpu_pin_info(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.VcpuPinInfoReply:
         check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetVcpuPinInfo")
@@ -315,8 +321,8 @@ class Pinning:
         def record(definition: DomainDef) -> None:
             definition.emulatorpin = cpus
         return self._live_pin(
-            dom, live, config, lambda threads: _pin_emulator(pid, threads.values(), cpus),
-            record)
+            dom, live, config is not None,
+            lambda threads: _pin_emulator(pid, threads.values(), cpus), record)
 
     def emulator_pin_info(self, ctx: Any, args: pl.DomainFlagsArgs) -> pl.EmulatorPinInfoReply:
         check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetEmulatorPinInfo")

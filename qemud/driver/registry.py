@@ -327,7 +327,7 @@ class Registry:
                  disk_removed: Callable[[DomainObj], None] | None) -> DomainObj:
         """Make ``definition`` (just written) the persistent one, in memory."""
         dropped = existing is not None and bool(
-            _targets(existing.next_definition or existing.definition) - _targets(definition))
+            _targets(existing.persistent_definition) - _targets(definition))
         if existing is None:
             # an image left under this name (by hand) is this domain's, as libvirt sees it:
             # a start tries it (and refuses one of another uuid)
@@ -376,7 +376,7 @@ class Registry:
                                f"{exc.strerror or exc} (nothing was changed)")
 
     def save(self, dom: DomainObj) -> None:
-        self._save(dom.next_definition or dom.definition)
+        self._save(dom.persistent_definition)
 
     def save_persistent(self, dom: DomainObj, definition: DomainDef) -> Deferred:
         """Make ``definition`` ``dom``'s persistent definition: in memory at once (at its
@@ -388,6 +388,29 @@ class Registry:
         done = self.writes.save(dom, definition)
         self.reply_waits.add(done)
         return done
+
+    def change_persistent(self, dom: DomainObj, change: Callable[[DomainDef], None]
+                          ) -> Deferred:
+        """The ``--config`` half of a ``--live --config`` call, once QEMU has made the
+        live half: ``change`` is made to a copy of the persistent definition as it is
+        *now*, and saved (:meth:`save_persistent`).
+
+        A copy taken before the QMP round trip would overwrite a ``--config`` change
+        another client made during it (libvirt's job lock makes that client wait
+        instead). ``change`` checks again what depends on the definition (a maximum
+        lowered meanwhile) and raises to refuse; the error then says the live half was
+        made, since it was.
+        """
+        if not dom.persistent or self._by_name.get(dom.name) is not dom:
+            raise OperationInvalid(f"the live change was made, not the persistent one: "
+                                   f"domain '{dom.name}' was undefined meanwhile")
+        definition = dom.persistent_definition.copy()
+        try:
+            change(definition)
+        except QemudError as exc:
+            raise OperationInvalid(f"the live change was made, not the persistent one: "
+                                   f"{exc.detail}") from None
+        return self.save_persistent(dom, definition)
 
     def rename(self, dom: DomainObj, definition: DomainDef) -> DomainObj:
         """In memory: ``dom`` (inactive) is known by ``definition``'s name from now on.

@@ -93,6 +93,12 @@ def _has_balloon(live: DomainDef) -> bool:
     return balloon is None or balloon.active
 
 
+def _check_vcpu_count(definition: DomainDef, count: int, which: str) -> None:
+    if count > definition.max_vcpus:
+        raise InvalidArg(f"requested vcpus is greater than max allowable vcpus for the "
+                         f"{which} domain: {count} > {definition.max_vcpus}")
+
+
 def _no_balloon(error: QemudError) -> bool:
     """QEMU's DeviceNotActive answer to ``balloon`` / ``query-balloon``."""
     return "No balloon device has been activated" in error.message
@@ -132,7 +138,7 @@ class Resources:
         if affect & AFFECT_CONFIG and not dom.persistent:
             raise OperationInvalid("transient domains do not have any persistent config")
         live = dom.live if affect & AFFECT_LIVE else None
-        config = (dom.next_definition or dom.definition).copy() \
+        config = dom.persistent_definition.copy() \
             if affect & AFFECT_CONFIG else None
         return live, config
 
@@ -165,13 +171,18 @@ class Resources:
             return Empty()
         if not _has_balloon(live):
             raise OperationInvalid(_NO_BALLOON)
-        return self._balloon(dom, newmem, config)
+        return self._balloon(dom, newmem, config is not None)
 
-    def _balloon(self, dom: DomainObj, kib: int, config: DomainDef | None) -> Deferred:
+    def _balloon(self, dom: DomainObj, kib: int, config: bool) -> Deferred:
         """Set the balloon target; then the live <currentMemory> and, with ``config``,
         the persistent one (nothing changes when QEMU refuses)."""
         assert dom.monitor is not None
         out = Deferred()
+
+        def current_memory(definition: DomainDef) -> None:
+            if kib > definition.memory_kib:  # (a setmaxmem --config meanwhile)
+                raise InvalidArg("cannot set memory higher than max memory")
+            definition.current_memory_kib = kib
 
         def done(d: Deferred) -> None:
             if d.error is not None:
@@ -180,10 +191,9 @@ class Resources:
             if dom.live is not None:
                 dom.live.current_memory_kib = kib
                 self.driver.lifecycle.save_status(dom)
-            if config is not None:
-                config.current_memory_kib = kib
+            if config:
                 try:
-                    saved = self.driver.registry.save_persistent(dom, config)
+                    saved = self.driver.registry.change_persistent(dom, current_memory)
                 except QemudError as exc:
                     out.fail(exc)
                     return
@@ -293,20 +303,20 @@ class Resources:
             self.driver.registry.check_for_host(config)
             self.driver.registry.save_persistent(dom, config)
             return Empty()
-        for definition, which in ((live, "live"), (config, "persistent")):
-            if definition is not None and count > definition.max_vcpus:
-                raise InvalidArg(f"requested vcpus is greater than max allowable vcpus for "
-                                 f"the {which} domain: {count} > {definition.max_vcpus}")
+        def set_count(definition: DomainDef) -> None:
+            _check_vcpu_count(definition, count, "persistent")
+            definition.set_vcpus(count, definition.max_vcpus)
+        if live is not None:
+            _check_vcpu_count(live, count, "live")
         if config is not None:
-            config.set_vcpus(count, config.max_vcpus)
+            set_count(config)
         if live is not None and live.vcpus != count:
             # live first, as libvirt's qemuDomainSetVcpusInternal: the persistent
             # definition changes only once the guest has the new count
-            persistent = config
             out = Deferred()
             self.vcpu_hotplug.set_live(
-                dom, count, None if persistent is None else
-                lambda: self.driver.registry.save_persistent(dom, persistent)
+                dom, count, None if config is None else
+                lambda: self.driver.registry.change_persistent(dom, set_count)
             ).chain(out, lambda _: Empty())
             return out
         if config is not None:

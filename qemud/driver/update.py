@@ -106,7 +106,7 @@ class DeviceUpdate:
             live_nic = _unchanged_but_link(dom.live, new)
         definition: DomainDef | None = None
         if config:
-            definition = (dom.next_definition or dom.definition).copy()
+            definition = dom.persistent_definition.copy()
             _unchanged_but_link(definition, new).link_state = \
                 None if state == "up" else state
         if definition is not None:

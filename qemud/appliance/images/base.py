@@ -153,7 +153,7 @@ class ImageOps:
         data or scratch image), e.g. an external snapshot's overlay; "" if all are. An
         image change (update, reset, rollback) rewrites or deletes those images: it must
         not touch a disk that no longer is one of them."""
-        definition = dom.next_definition or dom.definition
+        definition = dom.persistent_definition
         sources = {d.target_dev: d.source for d in definition.disks}
         for target, disk in sorted(state.disks.items()):
             if sources.get(target) != disk["path"]:

@@ -181,7 +181,7 @@ class DeployOps(ImageOps):
         vms: dict[tuple[str, str], list[str]] = {}
         for dom in self.driver.registry:
             try:
-                origin = read_settings(dom.next_definition or dom.definition).origin
+                origin = read_settings(dom.persistent_definition).origin
             except QemudError:
                 continue
             if origin is not None:

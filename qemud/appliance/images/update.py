@@ -106,7 +106,7 @@ class UpdateOps(ImageOps):
                 scratch = Path(state.disks[disk.target]["path"])
                 yield from self._create_scratch(scratch, disk.size)
                 state.disks[disk.target]["size"] = disk.size
-            definition = (dom.next_definition or dom.definition).copy()
+            definition = dom.persistent_definition.copy()
             state.previous = {
                 "version": old_version, "slot": state.slot,
                 "system": {t: state.disks[t]["path"] for t in state.targets("system")},
@@ -299,7 +299,7 @@ class UpdateOps(ImageOps):
         for target in state.targets("scratch"):
             yield from self._create_scratch(Path(state.disks[target]["path"]),
                                             int(state.disks[target]["size"]))
-        definition = (dom.next_definition or dom.definition).copy()
+        definition = dom.persistent_definition.copy()
         _switch(definition, previous["system"], previous["os"],
                 Origin(state.appliance, previous["version"]))
         for target, path in previous["system"].items():

@@ -91,7 +91,7 @@ class RevertOps(SnapshotOps):
                         else was_paused)
         out = Deferred()
         created: list[Path] = []
-        definition = dom.next_definition or dom.definition
+        definition = dom.persistent_definition
         before = {d.target_dev: d.source for d in definition.disks if d.target_dev}
         moves: dict[str, tuple[str | None, str]] = {}
 
@@ -224,7 +224,7 @@ class RevertOps(SnapshotOps):
         decides: attach the disk again with ``--config`` (then the revert resets it to
         the snapshot), or delete the snapshot. Nothing has changed when this raises.
         """
-        definition = dom.next_definition or dom.definition
+        definition = dom.persistent_definition
         present = {d.target_dev for d in definition.disks if d.device == "disk"}
         for target, d in snap.disks.items():
             if target in present:

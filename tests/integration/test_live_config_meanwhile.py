@@ -1,0 +1,199 @@
+"""A ``--live --config`` call whose QEMU answer is slow, and another client's
+``--config`` change made while it waits.
+
+setmem, setvcpus, vcpupin and emulatorpin with ``--live --config`` change the persistent
+definition once QEMU has made the live change. That change must be made to the
+definition as it is then: a copy taken before the QMP round trip would undo what another
+client changed during it. QEMU is stopped (SIGSTOP) so that the round trip lasts until
+the test has made its change; the guests are real TCG QEMUs booting to firmware.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+from client.domain import AFFECT_CONFIG, AFFECT_LIVE, MEM_MAXIMUM, Domain
+from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.integration.domains import bare_xml
+
+from .test_driver_lifecycle import qemu_pids
+
+pytestmark = pytest.mark.integration
+
+BOTH = AFFECT_LIVE | AFFECT_CONFIG
+TITLE = 1  # VIR_DOMAIN_METADATA_TITLE
+
+
+def stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+@contextmanager
+def qemu_held(daemon: DaemonProcess, name: str) -> Iterator[None]:
+    """QEMU of ``name`` stopped: its QMP answers wait until the block ends."""
+    [pid] = qemu_pids(name, daemon.run_dir)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: stopped(pid), message=f"QEMU {pid} stopped")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def while_waiting(daemon: DaemonProcess, name: str, command: str,
+                  call: Callable[[Domain], Any], meanwhile: Callable[[Domain], Any]
+                  ) -> BaseException | None:
+    """``call`` on one connection, ``meanwhile`` on another once the daemon has sent
+    QEMU ``command`` for it (the debug log says so) and waits for the answer; then QEMU
+    answers. Returns the error ``call`` raised (None: it succeeded)."""
+    sent = f"--> {command}"
+    before = daemon.log_text().count(sent)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            with daemon.connect() as conn:
+                call(conn.lookup_by_name(name))
+        except BaseException as exc:  # noqa: BLE001 (handed to the test)
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+    with daemon.connect() as conn:
+        other = conn.lookup_by_name(name)
+        with qemu_held(daemon, name):
+            caller = threading.Thread(target=run)
+            caller.start()
+            wait_for(lambda: daemon.log_text().count(sent) > before,
+                     message=f"the daemon sent {command}")
+            assert not outcome, "the call did not wait for QEMU"
+            meanwhile(other)
+        caller.join(timeout=30)
+    assert not caller.is_alive(), "the call did not end once QEMU answered"
+    [result] = outcome
+    return result
+
+
+@pytest.fixture
+def running(daemon: DaemonProcess) -> Iterator[Domain]:
+    """Guest ``meanwhile``, 2 vCPUs at most (1 at start), running."""
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("meanwhile").replace(
+            "<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>"))
+        dom.create()
+        yield dom
+    with daemon.connect() as conn:  # (a new one: a test may restart the daemon)
+        dom = conn.lookup_by_name("meanwhile")
+        dom.destroy()
+        dom.undefine()
+
+
+def inactive(dom: Domain) -> ET.Element:
+    return ET.fromstring(dom.xml(client.XML_INACTIVE))
+
+
+def current_memory(root: ET.Element) -> int:
+    """<currentMemory> in KiB (no element: all of <memory>)."""
+    node = root.find("currentMemory")
+    if node is None:
+        node = root.find("memory")
+    assert node is not None and node.text is not None and node.get("unit") == "KiB"
+    return int(node.text)
+
+
+def test_setmem_keeps_a_title_set_meanwhile(daemon: DaemonProcess, running: Domain) -> None:
+    error = while_waiting(daemon, "meanwhile", "balloon",
+                          lambda dom: dom.set_memory(65536, BOTH),
+                          lambda dom: dom.set_metadata(TITLE, "set meanwhile", AFFECT_CONFIG))
+    assert error is None
+    root = inactive(running)
+    assert root.findtext("title") == "set meanwhile"
+    assert current_memory(root) == 65536
+    assert current_memory(ET.fromstring(running.xml())) == 65536
+    daemon.stop()  # and from the file
+    daemon.start()
+    with daemon.connect() as conn:
+        root = inactive(conn.lookup_by_name("meanwhile"))
+    assert root.findtext("title") == "set meanwhile" and current_memory(root) == 65536
+
+
+def test_setmem_refused_for_the_config_when_the_maximum_was_lowered_meanwhile(
+        daemon: DaemonProcess, running: Domain) -> None:
+    error = while_waiting(daemon, "meanwhile", "balloon",
+                          lambda dom: dom.set_memory(98304, BOTH),
+                          lambda dom: dom.set_memory(65536, AFFECT_CONFIG | MEM_MAXIMUM))
+    assert isinstance(error, client.OperationInvalid)
+    assert str(error) == ("Requested operation is not valid: the live change was made, "
+                          "not the persistent one: cannot set memory higher than max memory")
+    assert current_memory(ET.fromstring(running.xml())) == 98304  # the balloon's
+    root = inactive(running)
+    assert root.findtext("memory") == "65536" and current_memory(root) == 65536
+
+
+def test_setvcpus_keeps_a_title_set_meanwhile(daemon: DaemonProcess,
+                                              running: Domain) -> None:
+    error = while_waiting(daemon, "meanwhile", "query-hotpluggable-cpus",
+                          lambda dom: dom.set_vcpus(2, BOTH),
+                          lambda dom: dom.set_metadata(TITLE, "set meanwhile", AFFECT_CONFIG))
+    assert error is None
+    root = inactive(running)
+    assert root.findtext("title") == "set meanwhile"
+    vcpu = root.find("vcpu")
+    assert vcpu is not None and (vcpu.get("current"), vcpu.text) == (None, "2")
+
+
+def test_vcpupin_and_emulatorpin_keep_a_title_set_meanwhile(
+        daemon: DaemonProcess, running: Domain) -> None:
+    for n, pin in enumerate((lambda dom: dom.pin_vcpu(0, b"\x01", BOTH),
+                             lambda dom: dom.pin_emulator(b"\x01", BOTH))):
+        error = while_waiting(
+            daemon, "meanwhile", "query-cpus-fast", pin,
+            lambda dom, title=f"title {n}": dom.set_metadata(TITLE, title, AFFECT_CONFIG))
+        assert error is None
+        assert inactive(running).findtext("title") == f"title {n}"
+    cputune = inactive(running).find("cputune")
+    assert cputune is not None
+    assert [(e.tag, e.get("cpuset")) for e in cputune] == [("vcpupin", "0"),
+                                                           ("emulatorpin", "0")]
+
+
+def test_setmem_on_a_guest_undefined_meanwhile(daemon: DaemonProcess,
+                                               running: Domain) -> None:
+    error = while_waiting(daemon, "meanwhile", "balloon",
+                          lambda dom: dom.set_memory(65536, BOTH),
+                          lambda dom: dom.undefine())
+    assert isinstance(error, client.OperationInvalid)
+    assert str(error) == ("Requested operation is not valid: the live change was made, "
+                          "not the persistent one: domain 'meanwhile' was undefined "
+                          "meanwhile")
+    with daemon.connect() as conn:
+        [listed] = conn.list_all()
+        assert (listed.name, listed.listed_persistent) == ("meanwhile", False)
+    assert current_memory(ET.fromstring(running.xml())) == 65536  # it runs on, transient
+    assert not (daemon.config_dir / "domains" / "meanwhile.xml").exists()
+    running.destroy()
+    with daemon.connect() as conn:  # (for the fixture's destroy and undefine)
+        conn.define_xml(bare_xml("meanwhile")).create()
+
+
+def test_nic_attach_keeps_a_title_set_meanwhile(daemon: DaemonProcess,
+                                                running: Domain) -> None:
+    nic = "<interface type='user'><mac address='52:54:00:0a:0b:0c'/></interface>"
+    error = while_waiting(daemon, "meanwhile", "netdev_add",
+                          lambda dom: dom.attach_device(nic, BOTH),
+                          lambda dom: dom.set_metadata(TITLE, "set meanwhile", AFFECT_CONFIG))
+    assert error is None
+    for root in (inactive(running), ET.fromstring(running.xml())):
+        assert [m.get("address") for m in root.iterfind("devices/interface/mac")] == [
+            "52:54:00:0a:0b:0c"]
+    assert inactive(running).findtext("title") == "set meanwhile"
