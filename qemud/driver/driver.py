@@ -31,6 +31,7 @@ from qemud.conf import DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     ArgumentUnsupported,
+    InternalError,
     InvalidArg,
     OperationDenied,
     OperationFailed,
@@ -423,8 +424,26 @@ class QemuDriver:
 
     def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """libvirt's START_PAUSED (1) and START_FORCE_BOOT (8): see Saving.start;
-        START_RESET_NVRAM (32): the NVRAM file recreated from its template first."""
+        START_RESET_NVRAM (32): the NVRAM file recreated from its template first.
+
+        A ``--config`` change whose file is still being written is waited for (a few
+        ms): if that write failed, the change would be taken back, and the guest must
+        not be running it by then."""
         dom = self._dom(args)
+        written = self.registry.writes.pending(dom)
+        if written is not None:
+            out = Deferred()
+
+            def then(_: Deferred) -> None:
+                try:
+                    self._create(ctx, args).chain(out)
+                except QemudError as exc:
+                    out.fail(exc)
+                except Exception as exc:  # (a bug: the dispatcher's words for it)
+                    log.exception("DOMAIN_CREATE crashed")
+                    out.fail(InternalError(f"internal error in DOMAIN_CREATE: {exc!r}"))
+            written.add_done_callback(then)
+            return out
         flags = int(args.flags)
         if flags & START_RESET_NVRAM:
             self.firmware.reset_nvram(dom, force_boot=bool(flags & START_FORCE_BOOT))

@@ -16,14 +16,23 @@ of them, so the file only ever moves forward. When its fsync ends, a write is re
 into place if memory still holds its definition, or a change made on top of it (the
 next write follows). It is dropped if a define replaced the definition meanwhile (the
 define's file must not be undone), or the domain was undefined or renamed (they wrote
-the files themselves); its callers are answered by the next write, or at once if none
-is coming.
+the files themselves); its callers are answered by the next write, or if none
+is coming, once the domains directory is synced (what overtook the write may still wait
+for its own directory fsync).
 
 The first change's temp file is written in the call, so a full disk refuses it before
 memory moves. A write that fails later (a queued change's temp file; a fsync or rename)
 fails the callers it carried. If no change came after it, memory goes back to the last
-definition known on disk, so a failed change changes nothing; a change that came after
-it is written next, and that write carries the failed change too (it was built on it).
+definition known on disk (the other writers, a define and the snapshot code, say what
+they wrote: :meth:`PersistentWrites.written`), so a failed change changes nothing; a
+change that came after it is written next, and that write carries the failed change too
+(it was built on it). A write that fails after another writer replaced the file, or
+after the domain was renamed or undefined, is overtaken, not failed: what they did
+stands. A start waits for the domain's writes (:meth:`PersistentWrites.pending`), so
+that a guest never runs a change that is then taken back.
+
+Callers are answered last, once memory and the chain are settled and the next write has
+begun: an answer's callbacks may run the caller's next call at once.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, QemudError
 
 from .domain import DomainObj
-from .store import DomainStore, TempFile, commit_async
+from .store import DomainStore, TempFile, commit_async, sync_directory_async
 
 __all__ = ["PersistentWrites"]
 
@@ -62,7 +71,8 @@ class _Chain:
     """One domain's writes while any is in flight."""
 
     dom: DomainObj
-    #: the definition the file holds (as far as this chain knows)
+    #: the definition the file holds (as far as this chain knows; another writer tells
+    #: it through :meth:`PersistentWrites.written`)
     durable: DomainDef
     #: the newest definition a change gave
     latest: DomainDef
@@ -70,9 +80,28 @@ class _Chain:
     waiting: list[Deferred]
     #: callers whose change came after it started (the next write answers them)
     queued: list[Deferred] = dataclasses.field(default_factory=list)
-    #: something else (a define) replaced the definition since the write in flight
-    #: started: that write must not land after it
+    #: something else (a define, the snapshot code) wrote the file since the write in
+    #: flight started: that write must not land after it, and what it wrote is what
+    #: the file holds
     replaced: bool = False
+    #: callers waiting for the domain's writes to end (:meth:`PersistentWrites.pending`)
+    settled: list[Deferred] = dataclasses.field(default_factory=list)
+
+
+_Answers = list[tuple[Deferred, "QemudError | None"]]
+
+
+def _answer(answers: _Answers) -> None:
+    """Resolve or fail each Deferred; a callback's bug does not keep the others
+    unanswered."""
+    for deferred, error in answers:
+        try:
+            if error is None:
+                deferred.resolve(None)
+            else:
+                deferred.fail(error)
+        except Exception:
+            log.exception("a callback failed after a definition was written")
 
 
 class PersistentWrites:
@@ -111,6 +140,26 @@ class PersistentWrites:
         self._commit(chain, temp, definition)
         return out
 
+    def written(self, dom: DomainObj, definition: DomainDef) -> None:
+        """Another writer (a define, the snapshot code) has just written ``definition``
+        as ``dom``'s file: a write in flight must not land after it, and a failed one
+        puts memory back to it, not to what the file held before."""
+        chain = self._chains.get(id(dom))
+        if chain is not None:
+            chain.durable = definition
+            chain.replaced = True
+
+    def pending(self, dom: DomainObj) -> Deferred | None:
+        """None when no write of ``dom``'s is in flight; else a Deferred that resolves
+        (with None) once the last one has ended, however it ended. A start waits for
+        it: a guest must not run a change whose write may still fail."""
+        chain = self._chains.get(id(dom))
+        if chain is None:
+            return None
+        done = Deferred()
+        chain.settled.append(done)
+        return done
+
     def _begin(self, dom: DomainObj, definition: DomainDef) -> TempFile:
         try:
             return self.store.begin_definition(dom.name, definition.to_xml())
@@ -137,25 +186,47 @@ class PersistentWrites:
 
     def _ended(self, chain: _Chain, written: DomainDef, error: BaseException | None
                ) -> None:
-        """The write of ``written`` ended: answer its callers, start the next one."""
+        """The write of ``written`` ended: memory and the chain are settled and the next
+        write started first, its callers answered last. An answer's callbacks may run
+        the caller's next call at once (the server reads on), which must find the
+        domain as it now is. The callers of an overtaken write wait for a directory
+        fsync, asked for after the next write's temp file exists (on FUSE, a directory
+        fsync holds the directory's lock: a file created in it meanwhile would wait)."""
+        answers: _Answers = []
+        overtaken: list[Deferred] = []
+        try:
+            self._settle(chain, written, error, answers, overtaken)
+        finally:
+            _answer(answers)
+            self._after_directory_sync(chain.dom, overtaken)
+
+    def _settle(self, chain: _Chain, written: DomainDef, error: BaseException | None,
+                answers: _Answers, overtaken: list[Deferred]) -> None:
         dom = chain.dom
         waiting, chain.waiting = chain.waiting, []
+        current = self._current(dom.name) is dom and dom.persistent
+        if error is not None and not isinstance(error, _Superseded) and (
+                chain.replaced or not current):
+            # another writer wrote the file meanwhile (a define, the snapshot code, a
+            # rename), or an undefine removed it: what they did stands, as after a
+            # write they overtook
+            log.info("a write of the definition of '%s' failed after it was replaced "
+                     "(%s): the replacement stands", dom.name, error)
+            error = _Superseded()
         failed = error is not None and not isinstance(error, _Superseded)
-        if isinstance(error, _Superseded) and chain.queued:
-            chain.queued[:0] = waiting  # the next write carries their changes too
-        elif failed:
+        if failed:
             assert error is not None
             err = self._async_failure(dom.name, error, carried_on=bool(chain.queued))
             log.error("%s", err.message)
-            for d in waiting:
-                d.fail(err)
-        else:
-            if error is None:
+            answers += [(d, err) for d in waiting]
+        elif error is None:
+            if not chain.replaced:  # (else a define landed after it: the file has that)
                 chain.durable = written
-            for d in waiting:
-                d.resolve(None)
-        if not chain.queued or self._current(dom.name) is not dom or not dom.persistent:
-            self._finish(chain, failed)
+            answers += [(d, None) for d in waiting]
+        else:  # overtaken: as if their changes had come before what overtook them
+            overtaken += waiting
+        if not chain.queued or not current:
+            self._finish(chain, failed, answers, overtaken)
             return
         chain.waiting, chain.queued = chain.queued, []
         latest = chain.latest = dom.persistent_definition  # (a define's, maybe)
@@ -163,12 +234,22 @@ class PersistentWrites:
             temp = self._begin(dom, latest)
         except QemudError as exc:
             log.error("%s", exc.message)
-            for d in chain.waiting:
-                d.fail(exc)
+            answers += [(d, exc) for d in chain.waiting]
             chain.waiting = []
-            self._finish(chain, failed=True)
+            self._finish(chain, True, answers, overtaken)
             return
         self._commit(chain, temp, latest)
+
+    def _after_directory_sync(self, dom: DomainObj, callers: list[Deferred]) -> None:
+        """Answer ``callers``, whose write was overtaken, once the domains directory is
+        synced: what overtook it (a define's rename, an undefine's unlink) may still be
+        waiting for its own directory fsync, and a caller must not hear of its change
+        before what now stands in its place is durable."""
+        if not callers:
+            return
+        assert self.store.fsync is not None, "the driver's store has one"
+        sync_directory_async(self.store.fsync, self.store.definition_path(dom.name),
+                             lambda: _answer([(d, None) for d in callers]))
 
     @staticmethod
     def _async_failure(name: str, error: BaseException, carried_on: bool) -> QemudError:
@@ -182,14 +263,15 @@ class PersistentWrites:
                    "the persistent definition was not changed")
         return OperationFailed(f"cannot save the definition of '{name}': {why} ({outcome})")
 
-    def _finish(self, chain: _Chain, failed: bool) -> None:
+    def _finish(self, chain: _Chain, failed: bool, answers: _Answers,
+                overtaken: list[Deferred]) -> None:
         """No write left: after a failure, memory goes back to what the file holds
         (unless something else replaced the definition meanwhile)."""
         del self._chains[id(chain.dom)]
-        for d in chain.queued:  # (the domain was undefined or renamed meanwhile)
-            d.resolve(None)
+        overtaken += chain.queued  # (the domain was undefined or renamed meanwhile)
         chain.queued = []
         dom = chain.dom
         if failed and dom.persistent_definition is chain.latest \
                 and self._current(dom.name) is dom:
             _set_persistent(dom, chain.durable)
+        answers += [(d, None) for d in chain.settled]

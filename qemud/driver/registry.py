@@ -344,6 +344,7 @@ class Registry:
             else:
                 dom.definition = definition
             dom.persistent = True
+            self.writes.written(dom, definition)  # (a --config write in flight: dropped)
         self.events.lifecycle(dom.ref(), LifecycleEvent.DEFINED, detail)
         if dropped and disk_removed is not None:
             disk_removed(dom)
@@ -376,7 +377,10 @@ class Registry:
                                f"{exc.strerror or exc} (nothing was changed)")
 
     def save(self, dom: DomainObj) -> None:
+        """Write ``dom``'s persistent definition as memory holds it, on the loop (the
+        snapshot code, which changed it in memory)."""
         self._save(dom.persistent_definition)
+        self.writes.written(dom, dom.persistent_definition)
 
     def save_persistent(self, dom: DomainObj, definition: DomainDef) -> Deferred:
         """Make ``definition`` ``dom``'s persistent definition: in memory at once (at its

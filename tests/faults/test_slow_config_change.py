@@ -18,7 +18,7 @@ import client
 from client.domain import AFFECT_CONFIG, AFFECT_LIVE, START_PAUSED, XML_INACTIVE
 from protocol.constants import MetadataType
 from tests.conftest import DaemonFactory
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.slowfs import SlowFS
 
 from .conftest import assert_log_clean, bare_domain_xml, guest_name
@@ -149,10 +149,14 @@ def test_a_change_written_when_a_define_has_landed_does_not_undo_it(
                 pass
         assert current_memory(on_disk(slowfs, name)) == 98304
         slowfs.let(change_temp)  # setmem's write ends: dropped; the next one starts
-        [next_temp] = slowfs.wait_held()  # (not renamed: no directory fsync)
+        # setmem is answered after a directory fsync (what overtook it must be durable)
+        held = slowfs.wait_held(2)
+        [next_temp] = [p for p in held if p != "/config/domains"]
+        assert "/config/domains" in held
         assert next_temp.endswith(".tmp") and next_temp != change_temp
         xml = on_disk(slowfs, name)
         assert current_memory(xml) == 98304 and "<title>" not in xml
+        assert not change.answered
     finally:
         slowfs.release()
     change.wait()  # (as if it had come before the define)
@@ -253,3 +257,33 @@ def test_a_live_and_config_change_is_answered_once_the_file_is_durable(
         dom.destroy()
     assert current_memory(on_disk(slowfs, name)) == 98304
     assert_log_clean(d)
+
+
+@pytest.mark.usefixtures("qemu_cleanup")
+def test_a_start_waits_for_a_change_being_written(slowfs: SlowFS,
+                                                  daemon_factory: DaemonFactory) -> None:
+    """A start while a ``--config`` change's fsync waits is answered after the write:
+    the write fails here (EIO) and the change is taken back, so the guest runs what the
+    file holds, not the change."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("start")
+    with d.connect() as other:
+        dom = other.define_xml(bare_domain_xml(name, memory_mib=128))
+        change = held_call(slowfs, d, lambda c: c.lookup_by_name(name).set_memory(
+            98304, AFFECT_CONFIG))
+        try:
+            sent = d.log_text().count("--> DOMAIN_CREATE ")
+            start = Background(d, lambda c: c.lookup_by_name(name).create(START_PAUSED))
+            wait_for(lambda: d.log_text().count("--> DOMAIN_CREATE ") > sent,
+                     message="the start reached the daemon")
+            assert other.node_info().cpus >= 1  # (the loop serves others meanwhile)
+            assert not start.answered and not dom.is_active()
+            slowfs.fail()
+            with pytest.raises(client.OperationFailed, match="Input/output error"):
+                change.wait()
+        finally:
+            slowfs.release()
+        start.wait()
+        assert current_memory(dom.xml()) == 131072  # the file's, not the failed change's
+        assert current_memory(dom.xml(XML_INACTIVE)) == 131072
+        dom.destroy()
