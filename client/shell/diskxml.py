@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 
 from .xmltext import virsh_xml
 
-__all__ = ["build_disk_xml", "find_disk_xml", "graphics_display", "os_type"]
+__all__ = ["build_disk_xml", "disk_has_media", "find_disk_xml", "graphics_display",
+           "os_type"]
 
 
 def build_disk_xml(source: str, target: str, *, driver: str | None = None,
@@ -53,6 +54,18 @@ def find_disk_xml(domain_xml: str, target: str) -> str | None:
         if (tgt is not None and tgt.get("dev") == target) or target in sources:
             disk.tail = None
             return ET.tostring(disk, encoding="unicode").strip() + "\n"
+    return None
+
+
+def disk_has_media(domain_xml: str, target: str) -> bool | None:
+    """Whether the disk ``target`` of ``domain_xml`` has a ``<source>`` with a path
+    (None: there is no such disk)."""
+    root = ET.fromstring(domain_xml)
+    for disk in root.iterfind("./devices/disk"):
+        tgt = disk.find("target")
+        if tgt is not None and tgt.get("dev") == target:
+            src = disk.find("source")
+            return src is not None and bool(src.get("file") or src.get("dev"))
     return None
 
 

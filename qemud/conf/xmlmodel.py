@@ -50,11 +50,25 @@ __all__ = [
     "insert_ordered",
     "iter_model_properties",
     "local_name",
+    "not_xml_text",
     "parse_document",
     "read_only_scope",
     "serialize",
     "single_quoted",
 ]
+
+#: the characters XML 1.0 cannot hold, of those a Python string may have: C0 controls
+#: but tab, newline and carriage return, lone surrogates, U+FFFE and U+FFFF
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def not_xml_text(text: str) -> str:
+    """What in ``text`` XML cannot hold ("U+0001: XML has no such character"), or ""."""
+    bad = _NOT_XML.search(text)
+    if bad is None:
+        return ""
+    return f"U+{ord(bad.group()):04X}: XML has no such character"
+
 
 _T = TypeVar("_T")
 
@@ -460,6 +474,10 @@ class XMLPropertyBase:
                 node.text = None
             _prune(node, obj.node)
             return
+        bad = not_xml_text(raw)
+        if bad:  # (lxml would refuse it with a bare ValueError)
+            where = f"attribute '{self.attr}'" if self.attr is not None else "text"
+            raise self.error(obj, f"{where} cannot hold {bad}")
         node = obj._ensure(self.steps)
         if self.attr is not None:
             node.set(self.attr, raw)

@@ -18,6 +18,7 @@ of a ``--config`` attach gets an address too (the live slot when it is free ther
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from qemud.conf import (
     Interface,
     parse_device_xml,
 )
+from qemud.conf.xmlmodel import not_xml_text
 from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
@@ -835,13 +837,24 @@ class Devices:
 
     def change_media(self, dom: DomainObj, target: str, source: str, flags: int
                      ) -> Deferred | None:
+        """``source`` in the CD-ROM drive ``target`` ("": eject). As libvirt, the live
+        drive first; the persistent definition changes once QEMU has done it (a refused
+        medium changes neither), made to that definition as it is then."""
         live, config = self._targets(dom, flags)
+        if source and not os.path.isabs(source):  # (a define refuses it: the schema)
+            raise InvalidArg(f"the media source must be an absolute path, got '{source}'")
+        bad = not_xml_text(source)
+        if bad:
+            raise InvalidArg(f"the media source cannot hold {bad}")
+
+        def insert(definition: DomainDef) -> None:
+            self._cdrom(definition, target, dom.name).source = source or None
         if config:
-            definition = dom.persistent_definition.copy()
-            disk = self._cdrom(definition, target, dom.name)
-            disk.source = source or None
-            self.driver.registry.save_persistent(dom, definition)
+            insert(dom.persistent_definition.copy())  # (the checks, before QEMU)
         if not live:
+            definition = dom.persistent_definition.copy()
+            insert(definition)
+            self.driver.registry.save_persistent(dom, definition)
             return None
         self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
@@ -861,7 +874,15 @@ class Devices:
                 return
             disk.source = source or None
             self.driver.lifecycle.save_status(dom)
-            result.resolve(None)
+            if not config:
+                result.resolve(None)
+                return
+            try:
+                saved = self.driver.registry.change_persistent(dom, insert)
+            except QemudError as exc:
+                result.fail(exc)
+                return
+            saved.chain(result)
         step.add_done_callback(done)
         return result
 

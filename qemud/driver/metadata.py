@@ -32,7 +32,7 @@ from protocol import payloads as pl
 from protocol.constants import MetadataType
 from qemud.appliance.metadata import NS as APPLIANCE_NS
 from qemud.conf import DomainDef, XMLParseError
-from qemud.conf.xmlmodel import parse_document
+from qemud.conf.xmlmodel import not_xml_text, parse_document
 from qemud.dispatch import Handler
 from qemud.errors import InvalidArg, NoMetadata, OperationInvalid, XMLError
 
@@ -159,6 +159,9 @@ class Metadata:
             text = args.metadata or None  # libvirt: an empty text removes the element
             if kind == MetadataType.TITLE and text is not None and "\n" in text:
                 raise InvalidArg("Domain title can't contain newlines")
+            bad = not_xml_text(text or "")
+            if bad:
+                raise InvalidArg(f"the {_FIELDS[kind]} cannot hold {bad}")
         dom = self.driver._dom(args)
         appliance = kind == MetadataType.ELEMENT and args.uri == APPLIANCE_NS
         live, config = self.driver.resources.affected_defs(dom, args.flags)
@@ -171,8 +174,8 @@ class Metadata:
         def change(definition: DomainDef) -> None:
             if kind == MetadataType.ELEMENT:
                 _set_element(definition, args.uri, element)
-            else:
-                setattr(definition, _FIELDS[kind], text)
+                return
+            setattr(definition, _FIELDS[kind], text)
 
         if config is not None:  # first: a failed write changes nothing
             change(config)

@@ -331,8 +331,8 @@ class Renamer:
         if self.registry.has_name(new):
             raise OperationInvalid(f"domain with name '{new}' already exists")
         definition = dom.definition.copy()
-        definition.name = new
         try:
+            definition.name = new
             definition.check()
         except ConfError as exc:
             raise XMLError(str(exc)) from None

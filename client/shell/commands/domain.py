@@ -21,7 +21,7 @@ from ...domain import (
 from ...errors import NoDomainError
 from ...format import key_values, reason_name, state_name, state_text, table
 from ..context import Shell
-from ..diskxml import graphics_display, os_type
+from ..diskxml import disk_has_media, graphics_display, os_type
 from ..progress import Progress
 from ..registry import DOMAIN, FILE, Arg, Args, CommandError, Opt, UsageError, command
 from ..xmlfile import XMLFileError, read_xml_file
@@ -642,8 +642,14 @@ def cmd_change_media(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
     flags = affect_flags(sh, args, dom)
     target = args.req("path")
-    if action == "update" and not source:
-        action = "eject"
+    if action in ("eject", "insert"):  # virsh's checks, on the XML the flags change
+        with sh.failing(f"Failed to complete action {action} on media"):
+            has_media = disk_has_media(dom.xml(XML_INACTIVE if flags & AFFECT_CONFIG
+                                               else 0), target)
+        if action == "eject" and has_media is False:
+            raise CommandError(f"The disk device '{target}' doesn't have media")
+        if action == "insert" and has_media:
+            raise CommandError(f"The disk device '{target}' already has media")
     with sh.failing(f"Failed to complete action {action} on media"):
         dom.change_media(target, source if action != "eject" else None, flags)
     words = {"eject": "ejected", "insert": "inserted", "update": "updated"}
