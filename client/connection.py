@@ -633,7 +633,10 @@ class Connection:
                                        pl.XMLFlagsArgs(xml, flags), pl.DomainReply).dom)
 
     def restore(self, path: str, flags: int = 0) -> Domain:
-        return Domain(self, self._call(P.Procedure.DOMAIN_RESTORE, pl.RestoreArgs(path, flags),
+        """Start a guest from the state :meth:`Domain.save` wrote to ``path`` (made
+        absolute here, as libvirt's virDomainRestore does)."""
+        return Domain(self, self._call(P.Procedure.DOMAIN_RESTORE,
+                                       pl.RestoreArgs(os.path.abspath(path), flags),
                                        pl.DomainReply).dom)
 
     def domain_stats(self, domains: list[Domain] | None = None, flags: int = 0

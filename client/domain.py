@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid as uuidlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -247,7 +248,11 @@ class Domain:
         self.name = reply.dom.name
 
     def save(self, path: str, flags: int = 0) -> None:
-        self._conn._call(P.Procedure.DOMAIN_SAVE, pl.SaveArgs(self.ref, path, flags), P.Empty)
+        """Save the guest's state to ``path`` and stop it. A relative ``path`` is made
+        absolute here, against this process's working directory, as libvirt's
+        virDomainSave does: the daemon, which writes the file, has another one."""
+        self._conn._call(P.Procedure.DOMAIN_SAVE,
+                         pl.SaveArgs(self.ref, os.path.abspath(path), flags), P.Empty)
 
     # -- managed save --------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ arguments may also be given by name (``dominfo --domain demo``); ``--`` ends opt
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -69,6 +70,10 @@ class Opt:
     choices: tuple[str, ...] = ()  # accepted values (checked)
     suggest: tuple[str, ...] = ()  # offered by completion only (not checked)
     integer: bool = False
+    #: the values an ``integer`` option takes (virsh's int by default; narrower where
+    #: the call's field is)
+    minimum: int = -(2**31)
+    maximum: int = 2**31 - 1
     complete: str | None = None
 
     @property
@@ -186,16 +191,20 @@ class Args:
                 raise UsageError(f"Options --{first} and --{second} are mutually exclusive")
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _convert(cmd: Command, opt: Opt, value: str) -> str | int:
     if opt.choices and value not in opt.choices:
         raise UsageError(f"command '{cmd.name}': invalid value '{value}' for --{opt.name} "
                          f"(expected {'|'.join(opt.choices)})")
     if opt.integer:
-        try:
-            return int(value)
-        except ValueError:
-            raise UsageError(f"command '{cmd.name}': option --{opt.name} expects a number, "
-                             f"not '{value}'") from None
+        # (not int(): it takes "1_0" and " 1")
+        if not _INTEGER.fullmatch(value) or not \
+                opt.minimum <= int(value) <= opt.maximum:
+            raise UsageError(f"Numeric value '{value}' for <{opt.name}> option is malformed "
+                             "or out of range")
+        return int(value)
     return value
 
 
@@ -225,6 +234,8 @@ def parse_args(cmd: Command, argv: Sequence[str]) -> Args:
         if opt is not None and not opt.takes_value:
             if eq:
                 raise UsageError(f"command '{cmd.name}': option --{name} takes no value")
+            if name in values:
+                raise UsageError(f"option --{name} already seen")
             values[name] = True
             continue
         if eq:
@@ -237,7 +248,7 @@ def parse_args(cmd: Command, argv: Sequence[str]) -> Args:
                              f"<{opt.metavar if opt else 'string'}>")
         if opt is not None:
             if name in values:
-                raise UsageError(f"command '{cmd.name}': option --{name} given twice")
+                raise UsageError(f"option --{name} already seen")
             values[name] = _convert(cmd, opt, value)
         else:
             assert arg is not None
@@ -247,7 +258,7 @@ def parse_args(cmd: Command, argv: Sequence[str]) -> Args:
                 current.append(value)
             else:
                 if name in values:
-                    raise UsageError(f"command '{cmd.name}': option --{name} given twice")
+                    raise UsageError(f"option --{name} already seen")
                 values[name] = value
     # fill positional arguments in order, skipping those given by name
     slots = [a for a in cmd.args if a.name not in values or a.many]

@@ -463,6 +463,8 @@ class Saving:
 
     def _restore(self, ctx: Any, args: pl.RestoreArgs) -> Deferred:
         path = Path(args.path)
+        if not path.is_absolute():  # (the daemon's working directory is nobody's)
+            raise InvalidArg(f"restore path must be absolute, got '{args.path}'")
         image = read_image(path)
         definition = _image_definition(path, image)
         existing = self.registry.check_clash(definition)

@@ -110,8 +110,9 @@ def test_client_disconnect(daemon: DaemonProcess, qemush: Qemush) -> None:
         proc = qemush("-c", daemon.uri, "client-disconnect", "99999")
         assert proc.returncode == 1
         assert proc.stderr.splitlines()[0] == "error: Failed to disconnect client '99999'"
-        proc = qemush("-c", daemon.uri, "client-disconnect", "abc")
-        assert proc.returncode == 1 and "Invalid client ID 'abc'" in proc.stderr
+        for bad in ("abc", "1_0", str(2**64)):  # (the id is 64 bits on the wire)
+            proc = qemush("-c", daemon.uri, "client-disconnect", bad)
+            assert proc.returncode == 1 and f"Invalid client ID '{bad}'" in proc.stderr
 
 
 def _answers(conn: client.Connection) -> bool:

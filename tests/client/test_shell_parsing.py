@@ -86,10 +86,23 @@ def test_double_dash_ends_options() -> None:
     ("dominfo", [], "command 'dominfo' requires <domain> option"),
     ("dominfo", ["a", "b"], "command 'dominfo': unexpected data 'b'"),
     ("shutdown", ["d", "--timeout"], "expected syntax: --timeout <seconds>"),
-    ("shutdown", ["d", "--timeout", "soon"], "option --timeout expects a number, not 'soon'"),
+    # virsh's words for a number it cannot take
+    ("shutdown", ["d", "--timeout", "soon"],
+     "Numeric value 'soon' for <timeout> option is malformed or out of range"),
+    ("shutdown", ["d", "--timeout", "4294968"],  # (its milliseconds must fit 32 bits)
+     "Numeric value '4294968' for <timeout> option is malformed or out of range"),
+    ("nodecpustats", ["--cpu", "99999999999999999999"],
+     "Numeric value '99999999999999999999' for <cpu> option is malformed or out of range"),
+    ("nodecpustats", ["--cpu=1_0"],  # (Python's int() would take these)
+     "Numeric value '1_0' for <cpu> option is malformed or out of range"),
+    ("nodememstats", ["--cell", " 1"],
+     "Numeric value ' 1' for <cell> option is malformed or out of range"),
+    ("screenshot", ["d", "--screen", "-1"],
+     "Numeric value '-1' for <screen> option is malformed or out of range"),
     ("event", ["--event", "bogus"], "invalid value 'bogus' for --event"),
     ("list", ["--all=yes"], "option --all takes no value"),
-    ("shutdown", ["d", "--timeout", "1", "--timeout", "2"], "option --timeout given twice"),
+    ("shutdown", ["d", "--timeout", "1", "--timeout", "2"], "option --timeout already seen"),
+    ("list", ["--all", "--all"], "option --all already seen"),
     ("attach-disk", ["d", "s", "t", "--mode", "rw"], "invalid value 'rw' for --mode"),
 ])
 def test_usage_errors_name_the_bad_option(name: str, argv: list[str], message: str) -> None:

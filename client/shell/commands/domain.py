@@ -531,7 +531,8 @@ def cmd_start(sh: Shell, args: Args) -> None:
     "refused. With --timeout N, wait up to N seconds for it to stop and destroy it if it "
     "has not."),
     args=(DOM,), opts=(MODE, Opt("timeout", "seconds before the domain is destroyed",
-                                 "seconds", integer=True)))
+                                 "seconds", integer=True,
+                                 maximum=(2**32 - 1) // 1000)))
 def cmd_shutdown(sh: Shell, args: Args) -> None:
     flags = _mode_flags(args)
     timeout = args.number("timeout")
@@ -623,7 +624,11 @@ def cmd_restore(sh: Shell, args: Args) -> None:
 
 @command("change-media", "domain", "change media of CD or floppy drive", description=(
     "Insert, update or eject the medium of a CD-ROM drive. Without --eject/--insert/"
-    "--update: update when SOURCE is given, eject otherwise."),
+    "--update: update when SOURCE is given, eject otherwise. SOURCE is an absolute path. "
+    "As virsh, --insert refuses a drive that has media and --eject one that has none "
+    "(checked in the persistent definition with --config, else the live one). With "
+    "--live --config the running drive changes first, the persistent definition once "
+    "QEMU took the medium."),
     args=(DOM, Arg("path", "fully-qualified path or target of disk device"),
           Arg("source", "source of the media", required=False, complete=FILE)),
     opts=(Opt("eject", "eject the media"), Opt("insert", "insert the media"),

@@ -50,7 +50,7 @@ _EXTENSIONS = {"image/x-portable-pixmap": ".ppm", "image/png": ".png"}
          args=(DOM, Arg("file", "where to store the screenshot", required=False,
                         complete=FILE)),
          opts=(Opt("screen", "ID of a screen to take screenshot of", "number",
-                   integer=True),))
+                   integer=True, minimum=0),))
 def cmd_screenshot(sh: Shell, args: Args) -> None:
     """Written to a temporary file beside the target and renamed at the end: a failed
     screenshot leaves no partial image and never costs an existing file."""

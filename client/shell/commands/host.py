@@ -144,12 +144,9 @@ def cmd_client_list(sh: Shell, args: Args) -> None:
          args=(Arg("client", "client which to disconnect, specified by ID"),))
 def cmd_client_disconnect(sh: Shell, args: Args) -> None:
     text = args.req("client")
-    try:
-        client_id = int(text)
-        if client_id < 0:
-            raise ValueError
-    except ValueError:
-        raise CommandError(f"Invalid client ID '{text}' (a client-list Id)") from None
+    if not text.isascii() or not text.isdigit() or int(text) >= 2**64:
+        raise CommandError(f"Invalid client ID '{text}' (a client-list Id)")
+    client_id = int(text)
     with sh.failing(f"Failed to disconnect client '{client_id}'"):
         sh.conn().client_disconnect(client_id)
     sh.print(f"Client '{client_id}' disconnected")

@@ -1,9 +1,12 @@
-"""Text the domain XML cannot hold, and change-media's checks, through qemush.
+"""Bad input through qemush and the client library: text the domain XML cannot hold,
+change-media's checks, relative save and restore paths.
 
 A control character in a description, title, new name or media path used to reach lxml
 and come back as "internal error ... ValueError"; change-media took a relative path
 (which a define refuses) into the persistent definition, replaced media on ``--insert``
-and "ejected" an empty drive. virsh refuses the last two itself, with these words.
+and "ejected" an empty drive. virsh refuses the last two itself, with these words. A
+relative save or restore path was taken against the daemon's working directory; the
+client makes it absolute against its own, as libvirt's library does.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 import pytest
 
 import client
+import protocol as P
 from client.domain import AFFECT_CONFIG, AFFECT_LIVE
+from protocol import payloads as pl
 from tests.client.conftest import Qemush, ok
 from tests.helpers.daemon import DaemonProcess
 
@@ -119,3 +124,22 @@ def test_a_medium_qemu_refuses_leaves_the_persistent_definition(
         assert f"<source file='{present}'" in defined.xml()
     finally:
         defined.destroy()
+
+
+def test_save_and_restore_paths_are_the_callers(daemon: DaemonProcess, defined: client.Domain,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    defined.create()
+    monkeypatch.chdir(tmp_path)
+    defined.save("rel.save")
+    assert (tmp_path / "rel.save").stat().st_size > 0
+    with daemon.connect() as conn:
+        # the daemon refuses a relative path it is given (another client library's)
+        with pytest.raises(client.InvalidArgError,
+                           match="^invalid argument: restore path must be absolute, got "
+                                 "'rel.save'$"):
+            conn._call(P.Procedure.DOMAIN_RESTORE, pl.RestoreArgs("rel.save", 0),
+                       pl.DomainReply)
+        restored = conn.restore("rel.save")
+        assert restored.is_active()
+        restored.destroy()
