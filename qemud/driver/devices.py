@@ -376,17 +376,28 @@ class Devices:
             self._check_hotplug(dom.live, disk, dom.pci_addressed)
             self._add(dom.live.copy(), disk)  # checks the target is free before QEMU
             slot = self.choose_slot(dom, disk, f"disk {_target_of(disk)}")
+        add_to_config: Callable[[DomainDef], None] | None = None
         if config:
-            definition = dom.persistent_definition.copy()
-            prefer_slot(definition, self._add(definition, disk), slot)
-            self.driver.registry.check_for_host(definition)  # (assigns its address)
-            self.driver.registry.save_persistent(dom, definition)
+            unplaced = disk.copy()
+
+            def add_to_config(definition: DomainDef) -> None:
+                prefer_slot(definition, self._add(definition, unplaced), slot)
+                self.driver.registry.check_for_host(definition)  # (assigns its address)
+            add_to_config(dom.persistent_definition.copy())  # (the checks, before QEMU)
         if not live:
+            assert add_to_config is not None
+            definition = dom.persistent_definition.copy()
+            add_to_config(definition)
+            self.driver.registry.save_persistent(dom, definition)
             return None
         place(disk, slot)
         plugged = self._hotplug(dom, disk, slot)
         self.plugging(dom, disk, plugged)
-        return plugged
+        if add_to_config is None:
+            return plugged
+        # as libvirt: the persistent definition once QEMU has the disk (a refused
+        # hotplug changes neither), made to that definition as it is then
+        return self.driver.registry.after_live(dom, plugged, add_to_config)
 
     def _require_live_change(self, dom: DomainObj) -> None:
         """Refuse a live attach/detach while a job runs on the domain.
@@ -874,17 +885,9 @@ class Devices:
                 return
             disk.source = source or None
             self.driver.lifecycle.save_status(dom)
-            if not config:
-                result.resolve(None)
-                return
-            try:
-                saved = self.driver.registry.change_persistent(dom, insert)
-            except QemudError as exc:
-                result.fail(exc)
-                return
-            saved.chain(result)
+            result.resolve(None)
         step.add_done_callback(done)
-        return result
+        return self.driver.registry.after_live(dom, result, insert) if config else result
 
     @staticmethod
     def _cdrom(definition: Any, target: str, name: str) -> Disk:

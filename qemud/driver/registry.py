@@ -393,6 +393,26 @@ class Registry:
         self.reply_waits.add(done)
         return done
 
+    def after_live(self, dom: DomainObj, live: Deferred,
+                   change: Callable[[DomainDef], None]) -> Deferred:
+        """``live`` (the live half of a ``--live --config`` call, done by QEMU), then
+        :meth:`change_persistent` with ``change``; resolves with ``live``'s result once
+        both are done, fails as the first fails."""
+        out = Deferred()
+
+        def then(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            try:
+                saved = self.change_persistent(dom, change)
+            except QemudError as exc:
+                out.fail(exc)
+                return
+            saved.chain(out, lambda _: d.result)
+        live.add_done_callback(then)
+        return out
+
     def change_persistent(self, dom: DomainObj, change: Callable[[DomainDef], None]
                           ) -> Deferred:
         """The ``--config`` half of a ``--live --config`` call, once QEMU has made the

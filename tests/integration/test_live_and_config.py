@@ -1,11 +1,13 @@
-"""A ``--live --config`` call whose QEMU answer is slow, and another client's
-``--config`` change made while it waits.
+"""``--live --config`` calls: the persistent half comes after QEMU's, and is made to the
+persistent definition as it is then.
 
-setmem, setvcpus, vcpupin and emulatorpin with ``--live --config`` change the persistent
-definition once QEMU has made the live change. That change must be made to the
-definition as it is then: a copy taken before the QMP round trip would undo what another
-client changed during it. QEMU is stopped (SIGSTOP) so that the round trip lasts until
-the test has made its change; the guests are real TCG QEMUs booting to firmware.
+setmem, setvcpus, vcpupin, emulatorpin, a NIC or disk attach and change-media with
+``--live --config`` change the persistent definition once QEMU has made the live change
+(as libvirt: a change QEMU refuses changes neither definition). That change must be
+made to the definition as it is then: a copy taken before the QMP round trip would undo
+what another client changed during it. QEMU is stopped (SIGSTOP) so that the round trip
+lasts until the test has made its change; the guests are real TCG QEMUs booting to
+firmware.
 """
 
 from __future__ import annotations
@@ -197,3 +199,27 @@ def test_nic_attach_keeps_a_title_set_meanwhile(daemon: DaemonProcess,
         assert [m.get("address") for m in root.iterfind("devices/interface/mac")] == [
             "52:54:00:0a:0b:0c"]
     assert inactive(running).findtext("title") == "set meanwhile"
+
+
+def test_a_disk_qemu_refuses_changes_neither_definition(running: Domain,
+                                                        tmp_path: Path) -> None:
+    bad, good = tmp_path / "bad.qcow2", tmp_path / "good.img"
+    bad.write_bytes(b"\0" * (1 << 20))  # not a qcow2 image: QEMU's blockdev-add refuses it
+    good.write_bytes(b"\0" * (1 << 20))
+
+    def disk(path: Path, fmt: str) -> str:
+        return (f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
+                f"<source file='{path}'/><target dev='vdb' bus='virtio'/></disk>")
+    with pytest.raises(client.QemudClientError, match="qcow2"):
+        running.attach_device(disk(bad, "qcow2"), BOTH)
+    for root in (inactive(running), ET.fromstring(running.xml())):
+        assert root.find("devices/disk") is None
+    running.attach_device(disk(good, "raw"), BOTH)
+    slots = []
+    for root in (inactive(running), ET.fromstring(running.xml())):
+        [added] = root.findall("devices/disk")
+        source, address = added.find("source"), added.find("address")
+        assert source is not None and source.get("file") == str(good)
+        assert address is not None
+        slots.append(address.get("slot"))
+    assert slots[0] == slots[1]  # the slot the live attach chose, in both
