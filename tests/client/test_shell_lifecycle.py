@@ -115,8 +115,9 @@ def test_lifecycle(daemon: DaemonProcess, qemush: Qemush, shell_env: dict[str, s
         assert ok(qemush("-c", u, "reboot", "life", "--mode", "agent,acpi")) == \
             "Domain 'life' is being rebooted\n"
         assert ok(qemush("-c", u, "shutdown", "life", "--mode", "acpi,agent",
-                         "--timeout", "1")) == "Domain 'life' is shut off\n"
-        assert state(qemush, daemon).startswith("shut off")
+                         "--timeout", "1")) == \
+            "Domain 'life' did not shut down within 1 s: destroyed\n"
+        assert state(qemush, daemon) == "shut off (destroyed)"
     finally:
         qemush("-c", u, "destroy", "life")
         qemush("-c", u, "undefine", "life")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.constants import DomainState, ListFlags, RebootFlags, UndefineFlags
+from protocol.constants import (
+    DomainState,
+    ListFlags,
+    RebootFlags,
+    ShutoffReason,
+    UndefineFlags,
+)
 
 from ...domain import (
     AFFECT_CONFIG,
@@ -529,7 +535,7 @@ def cmd_start(sh: Shell, args: Args) -> None:
     "button. --mode takes virsh's comma-separated list of modes; qemud has no guest agent, "
     "so 'agent' works only together with 'acpi', and initctl, signal and paravirt are "
     "refused. With --timeout N, wait up to N seconds for it to stop and destroy it if it "
-    "has not."),
+    "has not (the output then says 'did not shut down within N s: destroyed')."),
     args=(DOM,), opts=(MODE, Opt("timeout", "seconds before the domain is destroyed",
                                  "seconds", integer=True,
                                  maximum=(2**32 - 1) // 1000)))
@@ -547,6 +553,12 @@ def cmd_shutdown(sh: Shell, args: Args) -> None:
                 dom.shutdown(float(timeout), flags)
     if timeout is None:
         sh.print(f"Domain '{dom.name}' is being shutdown")
+        return
+    with sh.failing(f"failed to get state of domain '{dom.name}'"):
+        state, reason = dom.state()
+    if state == DomainState.SHUTOFF and reason == ShutoffReason.DESTROYED:
+        # (a hard stop can lose what the guest had not written: say it was one)
+        sh.print(f"Domain '{dom.name}' did not shut down within {timeout} s: destroyed")
     else:
         sh.print(f"Domain '{dom.name}' is shut off")
 
