@@ -198,6 +198,9 @@ class Metadata:
         dom = self.driver._dom(args)
         definition: DomainDef
         if args.flags & AFFECT_CONFIG:
+            if not dom.persistent:  # (libvirt's virDomainObjGetOneDefState)
+                raise OperationInvalid("transient domains do not have any persistent "
+                                       "config")
             definition = dom.persistent_definition
         elif args.flags & AFFECT_LIVE:
             self.driver.lifecycle.require_active(dom)

@@ -123,6 +123,22 @@ def test_live_and_config_of_a_running_domain(qemud: DaemonProcess) -> None:
                 d.undefine()
 
 
+def test_a_transient_domain_has_no_persistent_metadata(qemud: DaemonProcess) -> None:
+    with qemud.connect() as conn:
+        dom = conn.create_xml(bare_xml("meta-tr"), client.START_PAUSED)
+        try:
+            dom.set_metadata(TITLE, "live")
+            assert dom.metadata(TITLE) == "live"
+            for call in (lambda: dom.metadata(TITLE, AFFECT_CONFIG),
+                         lambda: dom.set_metadata(TITLE, "x", AFFECT_CONFIG)):
+                with pytest.raises(client.OperationInvalid,
+                                   match="transient domains do not have any persistent "
+                                         "config"):
+                    call()
+        finally:
+            dom.destroy()
+
+
 def test_readonly_connection_reads_but_cannot_set(qemud: DaemonProcess) -> None:
     with qemud.connect() as conn:
         dom = conn.define_xml(bare_xml("meta-ro"))
