@@ -16,9 +16,9 @@ of them, so the file only ever moves forward. When its fsync ends, a write is re
 into place if memory still holds its definition, or a change made on top of it (the
 next write follows). It is dropped if a define replaced the definition meanwhile (the
 define's file must not be undone), or the domain was undefined or renamed (they wrote
-the files themselves); its callers are answered by the next write, or if none
-is coming, once the domains directory is synced (what overtook the write may still wait
-for its own directory fsync).
+the files themselves); its callers are answered as if their change had come first,
+once the domains directory is synced (what overtook the write may still wait for its
+own directory fsync).
 
 The first change's temp file is written in the call, so a full disk refuses it before
 memory moves. A write that fails later (a queued change's temp file; a fsync or rename)
