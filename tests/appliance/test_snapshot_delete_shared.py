@@ -206,3 +206,40 @@ def test_other_domains_snapshot_on_the_image_is_not_merged_into(
     finally:
         b.close()
         a.close()
+
+
+def test_a_revert_keeps_an_overlay_a_clone_reads(
+        conn: client.Connection, qemud: DaemonProcess, test_guest: TestGuest,
+        tmp_path: Path) -> None:
+    """A's snapshots s1, s2; B is cloned on s2's image (A's overlay of s1); deleting s2
+    is metadata only (B reads the image), and a revert of A to s1 then leaves that
+    overlay unneeded by A: it stays, since B reads it (the old code discarded it, and
+    B's disk lost its backing file)."""
+    a, data = qcow2_guest(conn, test_guest, tmp_path, "rvk-a")
+    b: Guest | None = None
+    try:
+        qemu_io_write(str(data), "A")
+        a.dom.snapshot_create("s1")
+        s1_overlay = disk_source(a.dom.xml(client.XML_INACTIVE))
+        qemu_io_write(s1_overlay, "B")
+        a.dom.snapshot_create("s2")
+        clone = overlay(tmp_path / "rvk-b.qcow2", s1_overlay)
+        b = Guest(conn, test_guest, "rvk-b", tmp_path, disk_xml(clone))
+        a.dom.snapshot_delete("s2")  # (metadata only: B reads s1's overlay)
+        a.dom.snapshot_revert("s1")
+        assert Path(s1_overlay).exists()
+        assert backing_chain(str(clone)) == [str(clone), s1_overlay, str(data)]
+        assert first_bytes(clone, "qcow2", 1) == b"B"
+        assert (f"domain rvk-a: {s1_overlay} is kept although no snapshot of it needs it: "
+                f"it is in the backing chain of disk vda of domain rvk-b") \
+            in qemud.log_text()
+        b.close()
+        b = None
+        # nothing reads it any more: the next clean-up takes it
+        a.dom.snapshot_create("s3")
+        a.dom.snapshot_delete("s3")
+        assert not Path(s1_overlay).exists()
+    finally:
+        if b is not None:
+            b.close()
+        a.close()

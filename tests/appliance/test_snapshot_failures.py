@@ -1,10 +1,9 @@
 """Snapshot revert and delete when something fails: nothing of the user's is lost, and
 what happened is said.
 
-* A revert of a running guest makes its new overlays before it stops the guest: a
-  ``qemu-img create`` that fails leaves the guest running on its disks. A failure after
-  the stop (the metadata cannot be written) puts the disks back and starts the guest
-  again; the error says so.
+* A revert of a running guest makes its new overlays, and writes their backing links
+  into the metadata, before it stops the guest: a ``qemu-img create`` that fails, or
+  metadata that cannot be written, leaves the guest running on its disks.
 * A daemon killed during an offline snapshot deletion (its ``qemu-img commit`` goes on
   and finishes) leaves a mark in the metadata, written before the merge started: the
   next daemon warns, and treats the snapshot as a failed merge (a revert to it is
@@ -169,7 +168,8 @@ def test_failed_revert_keeps_the_guest_running(conn: client.Connection,
         assert revert_files(images) == []
         assert index.read_text() == meta
 
-        # the metadata cannot be written, after the stop: disks back, guest started
+        # the metadata cannot be written (the new overlays' links go in before the guest
+        # is stopped): the guest never stopped
         tools.held.start_holding()
         thread, outcome = in_thread(
             lambda: qemud.connect().lookup_by_name("revert-fail").snapshot_revert("s1"))
@@ -187,15 +187,14 @@ def test_failed_revert_keeps_the_guest_running(conn: client.Connection,
         assert isinstance(error, OperationFailed), outcome
         text = str(error)
         assert "cannot write snapshot metadata" in text, text
-        assert "nothing was reverted" in text and "started again (running)" in text, text
+        assert "started again" not in text, text
         shutil.rmtree(index)
         aside.rename(index)
         assert index.read_text() == meta
-        wait_for(lambda: dom.state()[0] == DomainState.RUNNING, 60)
+        assert dom.state()[0] == DomainState.RUNNING
+        assert g.read(8) == "MARK-TWO"  # the same QEMU (same serial line) runs on
         assert disk_source(dom.xml(INACTIVE)) == top == disk_source(dom.xml())
         assert revert_files(images) == []
-        g.attach()  # a new QEMU, on the disk as it was
-        assert g.read(8) == "MARK-TWO"
 
         # nothing in the way: the revert goes through
         dom.snapshot_revert("s1")
@@ -204,6 +203,52 @@ def test_failed_revert_keeps_the_guest_running(conn: client.Connection,
     finally:
         tools.held.release()
         tools.fail.unlink(missing_ok=True)
+        g.close()
+
+
+# -- create ------------------------------------------------------------------------
+
+
+def test_a_snapshot_whose_metadata_cannot_be_written_changes_nothing(
+        conn: client.Connection, qemud: DaemonProcess, tools: Tools,
+        test_guest: TestGuest, tmp_path: Path) -> None:
+    """The new overlays' backing links are written before the definition names them: a
+    metadata file that cannot be written leaves the definition on its image (the old
+    code had already pointed it at the new overlay, whose link the metadata then
+    lacked, so a later delete took the image below it as garbage)."""
+    data = make_image(tmp_path / "create-fail.qcow2")
+    g = Guest(conn, test_guest, "create-fail", tmp_path, disk_xml(data))  # shut off
+    index = qemud.state_dir / "snapshots" / "create-fail" / "snapshots.json"
+    images = index.parent / "images"
+    try:
+        g.dom.snapshot_create("s1")
+        top = disk_source(g.dom.xml(INACTIVE))
+        qemu_io_write(top, "K")  # written after s1: in s1's overlay
+        meta = index.read_text()
+        tools.held.start_holding()
+        thread, outcome = in_thread(lambda: qemud.connect().lookup_by_name(
+            "create-fail").snapshot_create("s2"))
+        try:
+            wait_for(tools.held.held.exists, 30, message="the held qemu-img create")
+            aside = index.with_name("kept-by-test.json")
+            index.rename(aside)
+            index.mkdir()
+        finally:
+            tools.held.release()
+        thread.join(120)
+        assert not thread.is_alive()
+        error = outcome.get("error")
+        assert isinstance(error, OperationFailed), outcome
+        assert "cannot write snapshot metadata" in str(error), error
+        index.rmdir()
+        aside.rename(index)
+        assert index.read_text() == meta
+        assert disk_source(g.dom.xml(INACTIVE)) == top  # not moved to s2's overlay
+        assert sorted(p.name for p in images.iterdir()) == [Path(top).name]
+        g.dom.snapshot_delete("s1")  # merges s1's overlay, data and all
+        assert readable_first_bytes(disk_source(g.dom.xml(INACTIVE)), 1) == b"K"
+    finally:
+        tools.held.release()
         g.close()
 
 

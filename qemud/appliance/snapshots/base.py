@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from qemud.errors import (
     OperationInvalid,
     QemudError,
 )
-from qemud.qemu import naming
+from qemud.qemu import naming, qcow2
 
 from ..images.layout import STATE_NAME, vms_root
 from .records import DomainSnapshots, SnapshotStore
@@ -317,10 +318,72 @@ class SnapshotOps:
                 needed.add(link)
                 link = meta.images.get(link)
         ours = self.store.images_dir(dom.name).resolve()
+        unneeded = [p for p in meta.images if p not in needed]
+        candidates = {os.path.realpath(p): p for p in unneeded
+                      if Path(p).resolve().parent == ours}  # (never what it did not create)
+        readers = self._readers(dom, candidates) if candidates else {}
         garbage: list[Path] = []
-        for path_text in [p for p in meta.images if p not in needed]:
+        for path_text in unneeded:
+            why = readers.get(path_text)
+            if why:  # (stays in meta.images: collected once nothing reads it)
+                log.warning("domain %s: %s is kept although no snapshot of it needs it: %s",
+                            dom.name, path_text, why)
+                continue
             del meta.images[path_text]
-            path = Path(path_text)
-            if path.resolve().parent == ours:  # never anything the daemon did not create
-                garbage.append(path)
+            if path_text in candidates.values():
+                garbage.append(Path(path_text))
         return garbage
+
+    def _readers(self, dom: DomainObj, images: dict[str, str]) -> dict[str, str]:
+        """Which of ``images`` (realpath -> path) a disk still reads through its backing
+        chain as the qcow2 headers say, path -> who: a disk of ``dom`` (its metadata may
+        lack a link that a daemon killed between two writes did not record), or a disk,
+        snapshot or overlay of another domain (a clone made by hand with ``qemu-img
+        create -b``). A chain that cannot be followed counts as reading them all."""
+        roots, unknown = self.chain_roots(dom, "it")
+        if unknown:
+            return {path: unknown for path in images.values()}
+        roots += [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of domain "
+                   f"{dom.name}") for definition in (dom.definition, dom.next_definition,
+                                                     dom.live)
+                  if definition is not None for d in definition.disks if d.source]
+        found: dict[str, str] = {}
+        for root, fmt, who in roots:
+            try:
+                for link, _ in qcow2.backing_chain(root, fmt):
+                    path = images.get(os.path.realpath(link))
+                    if path is not None:
+                        found.setdefault(path, f"it is in the backing chain of {who}")
+            except qcow2.ChainError as exc:
+                why = f"the backing chain of {who} cannot be read ({exc})"
+                return {path: why for path in images.values()}
+        return found
+
+    def chain_roots(self, dom: DomainObj, what: str
+                    ) -> tuple[list[tuple[str, str | None, str]], str]:
+        """The images the other domains read, (image, format or None to probe, who reads
+        it): their disks (persistent, pending and live definitions), the images of their
+        snapshot records and their snapshot overlays; and why they cannot all be known,
+        worded for ``what`` is asked about ("" when they can: a snapshot metadata file
+        that does not load)."""
+        roots: list[tuple[str, str | None, str]] = []
+        for other in self.driver.registry:
+            if other is dom:
+                continue
+            for definition in (other.definition, other.next_definition, other.live):
+                roots += [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of "
+                           f"domain {other.name}")
+                          for d in (definition.disks if definition is not None else [])
+                          if d.source]
+            try:
+                meta = self.store.load(other)
+            except QemudError as exc:
+                return [], (f"cannot tell whether domain {other.name}'s snapshots read "
+                            f"{what}: {exc.message}")
+            for s in meta.snapshots.values():
+                for t, d in s.disks.items():
+                    who = f"snapshot {s.name} (disk {t}) of domain {other.name}"
+                    roots += [(d.base, d.format, who), (d.overlay, "qcow2", who)]
+            roots += [(image, "qcow2", f"a snapshot overlay of domain {other.name}")
+                      for image in meta.images]
+        return roots, ""

@@ -96,8 +96,24 @@ class CreateOps(SnapshotOps):
                 created.append(Path(d.overlay))
                 steps.append(self.tools.run(argv))
             gather(steps).add_done_callback(
-                lambda g: fail(g.error) if g.error else (
-                    switch() if running else finish()))
+                lambda g: fail(g.error) if g.error else linked())
+
+        def linked() -> None:
+            """The overlays' backing links go into the metadata file before any
+            definition names an overlay: a chain the metadata does not know is one a
+            later delete or revert could cut (a daemon killed in between, a failed
+            save). Links of overlays that end up unused are collected later."""
+            for d in record.disks.values():
+                meta.images[d.overlay] = d.base
+            try:
+                self.store.save(meta)
+            except QemudError as exc:
+                fail(exc)
+                return
+            if running:
+                switch()
+            else:
+                finish()
 
         def switch() -> None:
             self._switch_live(dom, record, nodes).add_done_callback(
@@ -118,8 +134,6 @@ class CreateOps(SnapshotOps):
                 return
             meta.snapshots[name] = record
             meta.current = name
-            for d in record.disks.values():
-                meta.images[d.overlay] = d.base
             if not self._end_job(dom, meta, out):
                 return
             audit_log.info("appliance snapshot domain=%r uuid=%s create=%r disks=%s",

@@ -46,7 +46,6 @@ from .records import RUN_ID
 
 if TYPE_CHECKING:
     from protocol.constants import ShutoffReason
-    from qemud.conf import DomainDef
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
     from qemud.driver.tools import ToolRunner
@@ -283,35 +282,16 @@ class DeleteOps(SnapshotOps):
         and a merge into that image would change its disk under it. A chain that cannot
         be followed may reach the images: the merge is refused then too (fail safe).
         """
+        roots, unknown = self.chain_roots(dom, "the merged images")
+        if unknown:
+            return unknown
         clear: set[tuple[str, str]] = set()  # (realpath, format): reaches none of them
-        for other in self.driver.registry:
-            if other is dom:
-                continue
-            roots: list[tuple[str, str | None, str]] = []  # image, format, who reads it
-            definitions: tuple[DomainDef | None, ...] = (
-                other.definition, other.next_definition, other.live)
-            for definition in definitions:
-                roots += [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of "
-                           f"domain {other.name}")
-                          for d in (definition.disks if definition is not None else [])
-                          if d.source]
-            try:
-                meta = self.store.load(other)
-            except QemudError as exc:
-                return (f"cannot tell whether domain {other.name}'s snapshots read the "
-                        f"merged images: {exc.message}")
-            for s in meta.snapshots.values():
-                for t, d in s.disks.items():
-                    who = f"snapshot {s.name} (disk {t}) of domain {other.name}"
-                    roots += [(d.base, d.format, who), (d.overlay, "qcow2", who)]
-            roots += [(image, "qcow2", f"a snapshot overlay of domain {other.name}")
-                      for image in meta.images]
-            for root, fmt, who in roots:
-                if os.path.realpath(root) in written:
-                    return f"{root} is used by {who}"
-                why = _reaches(root, fmt, who, written, clear)
-                if why:
-                    return why
+        for root, fmt, who in roots:
+            if os.path.realpath(root) in written:
+                return f"{root} is used by {who}"
+            why = _reaches(root, fmt, who, written, clear)
+            if why:
+                return why
         return ""
 
     def _merge_below_off(self, dom: DomainObj, meta: DomainSnapshots,

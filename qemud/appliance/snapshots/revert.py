@@ -150,14 +150,23 @@ class RevertOps(SnapshotOps):
             started.add_done_callback(restarted)
 
         def prepared(_: Any = None) -> None:
-            """The new overlays exist: only now is a running guest stopped (it may have
-            stopped by itself meanwhile, or be on its way down)."""
-            if dom.active and dom.process is not None and dom.stop_intent is None:
+            """The new overlays exist, their backing links are in the metadata file
+            (before any definition names them: see create's ``linked``): only now is a
+            running guest stopped (it may have stopped by itself meanwhile, or be on its
+            way down)."""
+            try:
+                self.store.save(meta)
+            except QemudError as exc:
+                fail(exc)
+                return
+            if dom.active and dom.process is not None:
+                # (a stop under way keeps its reason; a graceful destroy that gives up
+                # would otherwise leave this call waiting for a stop that never comes)
                 try:
-                    self.lifecycle.destroy(dom).add_done_callback(stopped)
+                    self.lifecycle.destroy(dom, dom.stop_intent).add_done_callback(stopped)
                 except QemudError as exc:
                     fail(exc)
-            elif dom.active:  # let it finish stopping (keeps its reason)
+            elif dom.active:  # let it finish stopping
                 waiter = Deferred()
                 dom.stop_waiters.append(waiter)
                 waiter.add_done_callback(stopped)
