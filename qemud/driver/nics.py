@@ -110,9 +110,14 @@ class Nics:
             assert definition is not None
             self.driver.registry.save_persistent(dom, definition)
             return None
-        done = self._hotplug(dom, plugged, slot, iface if config else None)
+        done = self._hotplug(dom, plugged, slot)
         self.devices.plugging(dom, plugged, done)
-        return done
+        if not config:
+            return done
+        # the persistent definition once the guest has the NIC, added to it as it is
+        # then (a refused hotplug changes neither)
+        return self.driver.registry.after_live(
+            dom, done, lambda d: self._add_to_config(d, iface, slot, dom.name))
 
     def _macs(self, dom: DomainObj) -> list[str]:
         """MACs of every definition of ``dom``: a generated one is new to all of them."""
@@ -153,12 +158,11 @@ class Nics:
         self.devices.prefer_slot(definition, self._insert(definition, iface, name), slot)
         self.driver.registry.check_for_host(definition)
 
-    def _hotplug(self, dom: DomainObj, iface: Interface, slot: PciSlot | None,
-                 persist: Interface | None) -> Deferred:
+    def _hotplug(self, dom: DomainObj, iface: Interface, slot: PciSlot | None
+                 ) -> Deferred:
         """``netdev_add`` then ``device_add`` (into ``slot``; None: where QEMU chooses);
         the netdev is removed again if the device is refused. Then the live XML has the
-        NIC and, with ``persist``, the persistent definition too (added to the
-        definition as it is then)."""
+        NIC."""
         assert dom.monitor is not None and dom.live is not None
         strategy = get_strategy(dom.live.os.arch or platform.machine())
         netdev, device = nic_plug_args(iface, strategy, slot=slot)
@@ -191,15 +195,6 @@ class Nics:
                 live_def.add_device(iface.copy())
                 self.driver.saving.note_pci_change(dom, f"hot-plugged interface {iface.mac}")
                 self.driver.lifecycle.save_status(dom)
-            if persist is not None:
-                try:
-                    saved = self.driver.registry.change_persistent(
-                        dom, lambda d: self._add_to_config(d, persist, slot, dom.name))
-                except QemudError as exc:  # changed meanwhile: the guest has the NIC
-                    result.fail(exc)
-                    return
-                saved.chain(result, lambda _: None)
-                return
             result.resolve(None)
 
         monitor.execute("netdev_add", netdev).add_done_callback(added_netdev)

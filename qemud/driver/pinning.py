@@ -243,17 +243,9 @@ class Pinning:
                 return
             record(live)
             self.driver.lifecycle.save_status(dom)
-            if config:
-                try:
-                    saved = self.driver.registry.change_persistent(dom, record)
-                except QemudError as exc:
-                    out.fail(exc)
-                    return
-                saved.chain(out, lambda _: Empty())
-                return
             out.resolve(Empty())
         dom.monitor.execute("query-cpus-fast", timeout=QMP_TIMEOUT).add_done_callback(got)
-        return out
+        return self.driver.registry.after_live(dom, out, record) if config else out
 
     # -- vcpupin -----------------------------------------------------------------------
 

@@ -191,17 +191,9 @@ class Resources:
             if dom.live is not None:
                 dom.live.current_memory_kib = kib
                 self.driver.lifecycle.save_status(dom)
-            if config:
-                try:
-                    saved = self.driver.registry.change_persistent(dom, current_memory)
-                except QemudError as exc:
-                    out.fail(exc)
-                    return
-                saved.chain(out, lambda _: Empty())
-                return
             out.resolve(Empty())
         dom.monitor.execute("balloon", {"value": kib * 1024}).add_done_callback(done)
-        return out
+        return self.driver.registry.after_live(dom, out, current_memory) if config else out
 
     def _on_qmp_event(self, dom: DomainObj, event: QMPEvent) -> None:
         """BALLOON_CHANGE: the guest reached a new size; the live <currentMemory> says so
@@ -303,6 +295,7 @@ class Resources:
             self.driver.registry.check_for_host(config)
             self.driver.registry.save_persistent(dom, config)
             return Empty()
+
         def set_count(definition: DomainDef) -> None:
             _check_vcpu_count(definition, count, "persistent")
             definition.set_vcpus(count, definition.max_vcpus)
@@ -313,11 +306,11 @@ class Resources:
         if live is not None and live.vcpus != count:
             # live first, as libvirt's qemuDomainSetVcpusInternal: the persistent
             # definition changes only once the guest has the new count
+            done = self.vcpu_hotplug.set_live(dom, count)
+            if config is not None:
+                done = self.driver.registry.after_live(dom, done, set_count)
             out = Deferred()
-            self.vcpu_hotplug.set_live(
-                dom, count, None if config is None else
-                lambda: self.driver.registry.change_persistent(dom, set_count)
-            ).chain(out, lambda _: Empty())
+            done.chain(out, lambda _: Empty())
             return out
         if config is not None:
             self.driver.registry.save_persistent(dom, config)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,15 +136,13 @@ class VcpuHotplug:
 
     # -- the call --------------------------------------------------------------------
 
-    def set_live(self, dom: DomainObj, count: int,
-                 then: Callable[[], Deferred | None] | None = None) -> Deferred:
-        """Make the running ``dom`` have ``count`` vCPUs; resolves with None once it has
-        (``then``, e.g. the persistent definition's change, runs first, and fails the
-        call if it raises), or fails saying why, the live count truthful either way."""
+    def set_live(self, dom: DomainObj, count: int) -> Deferred:
+        """Make the running ``dom`` have ``count`` vCPUs; resolves with None once it has,
+        or fails saying why, the live count truthful either way."""
         lifecycle = self.driver.lifecycle
         lifecycle.require_active(dom)
         lifecycle.require_no_job(dom)
-        change = _Change(self, dom, then)
+        change = _Change(self, dom)
         assert dom.monitor is not None
         dom.monitor.execute("query-hotpluggable-cpus", timeout=QMP_TIMEOUT
                             ).add_done_callback(lambda d: change.listed(d, count))
@@ -251,15 +248,13 @@ class _Change:
     """One live setvcpus: its device_add or device_del steps, one after the other, then
     the count read again, the job ended, and the answer."""
 
-    def __init__(self, hotplug: VcpuHotplug, dom: DomainObj,
-                 then: Callable[[], Deferred | None] | None) -> None:
+    def __init__(self, hotplug: VcpuHotplug, dom: DomainObj) -> None:
         assert dom.monitor is not None and dom.live is not None
         self.hotplug = hotplug
         self.loop = hotplug.driver.loop
         self.dom = dom
         self.monitor = dom.monitor
         self.live = dom.live
-        self.then = then
         self.result = Deferred()
         self.ending = False
         dom.job = JOB
@@ -351,8 +346,7 @@ class _Change:
         self.hotplug.sync(self.dom).add_done_callback(asked)
 
     def end(self, error: QemudError | None) -> None:
-        """Read the count again, end the job, then answer (the persistent change first,
-        when the live one succeeded)."""
+        """Read the count again, end the job, then answer."""
         if self.ending:
             return
         self.ending = True
@@ -362,15 +356,6 @@ class _Change:
             if dom.job == JOB and dom.live is self.live:
                 dom.job = None
             failure = error or d.error
-            if failure is None and self.then is not None:
-                try:
-                    saved = self.then()
-                except QemudError as exc:
-                    failure = exc
-                else:
-                    if saved is not None:  # (the answer waits for the file)
-                        saved.chain(self.result)
-                        return
             if failure is not None:
                 self.result.fail(failure)
             else:
