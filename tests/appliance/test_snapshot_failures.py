@@ -129,6 +129,30 @@ def processes_naming(path: str) -> list[int]:
     return found
 
 
+def metadata_unwritable(tools: Tools, index: Path, call: Any) -> str:
+    """``call`` (on its own connection) while the metadata file ``index`` cannot be
+    written: once the call's ``qemu-img create`` is held (the call has read the file by
+    then) a directory takes its place, until the call has failed. Returns the error."""
+    tools.held.start_holding()
+    thread, outcome = in_thread(call)
+    aside = index.with_name("kept-by-test.json")
+    try:
+        wait_for(tools.held.held.exists, 30, message="the held qemu-img create")
+        index.rename(aside)
+        index.mkdir()
+        (index / "in-the-way").touch()
+    finally:
+        tools.held.release()
+    thread.join(120)
+    assert not thread.is_alive()
+    shutil.rmtree(index)
+    aside.rename(index)
+    error = outcome.get("error")
+    assert isinstance(error, OperationFailed), outcome
+    assert "cannot write snapshot metadata" in str(error), error
+    return str(error)
+
+
 def revert_files(images: Path) -> list[str]:
     return sorted(p.name for p in images.iterdir() if "-revert" in p.name)
 
@@ -170,26 +194,9 @@ def test_failed_revert_keeps_the_guest_running(conn: client.Connection,
 
         # the metadata cannot be written (the new overlays' links go in before the guest
         # is stopped): the guest never stopped
-        tools.held.start_holding()
-        thread, outcome = in_thread(
-            lambda: qemud.connect().lookup_by_name("revert-fail").snapshot_revert("s1"))
-        try:
-            wait_for(tools.held.held.exists, 30, message="the held qemu-img create")
-            aside = index.with_name("kept-by-test.json")
-            index.rename(aside)
-            index.mkdir()
-            (index / "in-the-way").touch()
-        finally:
-            tools.held.release()
-        thread.join(120)
-        assert not thread.is_alive()
-        error = outcome.get("error")
-        assert isinstance(error, OperationFailed), outcome
-        text = str(error)
-        assert "cannot write snapshot metadata" in text, text
+        text = metadata_unwritable(tools, index, lambda: qemud.connect().lookup_by_name(
+            "revert-fail").snapshot_revert("s1"))
         assert "started again" not in text, text
-        shutil.rmtree(index)
-        aside.rename(index)
         assert index.read_text() == meta
         assert dom.state()[0] == DomainState.RUNNING
         assert g.read(8) == "MARK-TWO"  # the same QEMU (same serial line) runs on
@@ -225,23 +232,8 @@ def test_a_snapshot_whose_metadata_cannot_be_written_changes_nothing(
         top = disk_source(g.dom.xml(INACTIVE))
         qemu_io_write(top, "K")  # written after s1: in s1's overlay
         meta = index.read_text()
-        tools.held.start_holding()
-        thread, outcome = in_thread(lambda: qemud.connect().lookup_by_name(
+        metadata_unwritable(tools, index, lambda: qemud.connect().lookup_by_name(
             "create-fail").snapshot_create("s2"))
-        try:
-            wait_for(tools.held.held.exists, 30, message="the held qemu-img create")
-            aside = index.with_name("kept-by-test.json")
-            index.rename(aside)
-            index.mkdir()
-        finally:
-            tools.held.release()
-        thread.join(120)
-        assert not thread.is_alive()
-        error = outcome.get("error")
-        assert isinstance(error, OperationFailed), outcome
-        assert "cannot write snapshot metadata" in str(error), error
-        index.rmdir()
-        aside.rename(index)
         assert index.read_text() == meta
         assert disk_source(g.dom.xml(INACTIVE)) == top  # not moved to s2's overlay
         assert sorted(p.name for p in images.iterdir()) == [Path(top).name]
