@@ -25,6 +25,7 @@ import client
 from client.errors import OperationInvalid
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.integration.conftest import TestGuest
+from tests.qemu.qmpclient import QMPTestClient
 
 from .test_snapshot_delete import qemu_files
 from .test_snapshot_failures import in_thread
@@ -200,6 +201,71 @@ def test_killed_live_backup_is_ended_at_restart(qemud: DaemonProcess,
         restart(qemud)
         try:
             g.dom = qemud.connect().lookup_by_name("backup-reattach")
+        except client.QemudClientError:
+            pass
+        g.close()
+
+
+def test_a_pivot_made_while_no_daemon_listened_is_adopted(qemud: DaemonProcess,
+                                                          test_guest: TestGuest,
+                                                          tmp_path: Path) -> None:
+    """The daemon is killed while a live merge's commit copies; the test then completes
+    QEMU's job itself, as the daemon's ``block-job-complete`` sent just before a kill
+    would have: QEMU's disk reads the snapshot's image, and no job is left to list. The
+    next daemon sees that (``query-block``) and makes the definitions follow QEMU, so
+    what the guest writes from then on is in the chain its next cold start opens."""
+    data = make_image(tmp_path / "data.qcow2", size="64M")
+    conn = qemud.connect()
+    g = Guest(conn, test_guest, "pivot-adopt", tmp_path, disk_xml(data))
+    try:
+        g.dom.snapshot_create("p1")
+        top = disk_source(g.dom.xml(INACTIVE))
+        fill(top, "B")
+        g.boot()
+        mark = len(qemud.log_text())
+        thread, outcome = in_thread(
+            lambda: qemud.connect().lookup_by_name("pivot-adopt").snapshot_delete("p1"))
+        conn.close()
+        kill_when(qemud, mark, "<-- block-commit ok")
+        thread.join(30)
+        assert "error" in outcome, outcome
+
+        qmp = QMPTestClient(qemud.guest_run_dir("pivot-adopt") / "monitor.sock")
+        try:
+            qmp.execute("qmp_capabilities")
+            [job] = qmp.execute("query-block-jobs")
+            qmp.execute("block-job-set-speed", {"device": job["device"], "speed": 0})
+            wait_for(lambda: qmp.execute("query-block-jobs")[0]["ready"], 60,
+                     message="the commit job ready")
+            qmp.execute("block-job-complete", {"device": job["device"]})
+            qmp.wait_event("BLOCK_JOB_COMPLETED")
+            [disk] = [b for b in qmp.execute("query-block") if b.get("inserted")
+                      and "vda" in str(b.get("qdev"))]
+            assert disk["inserted"]["file"] == str(data)
+        finally:
+            qmp.close()
+
+        mark = len(qemud.log_text())
+        qemud.start()
+        conn = qemud.connect()
+        dom = g.dom = conn.lookup_by_name("pivot-adopt")
+        wait_for(lambda: disk_source(dom.xml()) == str(data), 30,
+                 message="the live definition to follow QEMU")
+        assert disk_source(dom.xml(INACTIVE)) == str(data)
+        assert (f"domain pivot-adopt: QEMU's disk vda reads {data}, the image of a "
+                "snapshot whose merge the last daemon started") in log_since(qemud, mark)
+        assert g.read(1) == "B"  # (merged into data.qcow2 before the pivot)
+        g.write("AFTER")
+        dom.destroy()
+        g.boot()  # a cold start opens the chain the definition names
+        assert g.read(5) == "AFTER"
+        dom.snapshot_delete("p1")  # a failed merge whose disk left its overlay: forgotten
+        assert dom.snapshots() == []
+        assert not Path(top).exists()
+    finally:
+        restart(qemud)
+        try:
+            g.dom = qemud.connect().lookup_by_name("pivot-adopt")
         except client.QemudClientError:
             pass
         g.close()

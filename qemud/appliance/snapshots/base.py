@@ -134,6 +134,20 @@ def block_nodes(result: Any) -> dict[str, tuple[str, int]]:
     return nodes
 
 
+def block_files(result: Any) -> dict[str, str]:
+    """query-block -> {device id: the image file its top node reads}."""
+    files: dict[str, str] = {}
+    for entry in result or []:
+        inserted = entry.get("inserted")
+        if not inserted or not inserted.get("file"):
+            continue
+        qdev = str(entry.get("qdev") or entry.get("device") or "")
+        for part in qdev.split("/"):
+            if part:
+                files.setdefault(part, str(inserted["file"]))
+    return files
+
+
 class SnapshotOps:
     """The driver's pieces, the store, the tool runner and the disk/file helpers."""
 
@@ -263,7 +277,7 @@ class SnapshotOps:
         snapshot delete emptied reads as empty at once."""
         discard(self.loop, paths, spool=self.store.root)
 
-    def _point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]) -> None:
+    def point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]) -> None:
         """Persistently point disk ``target`` at a new image: ``moves`` is target ->
         (only if its source is this, or None for any; new source). Written before
         memory changes; raises OperationFailed if the definition cannot be saved."""

@@ -510,7 +510,7 @@ class DeleteOps(SnapshotOps):
             t: (top, snap.disks[t].base) for t, top in moved.items() if t not in above}
         try:
             if points:
-                self._point_disks(dom, points)
+                self.point_disks(dom, points)
         except QemudError as exc:
             error = error or exc
         # whatever else fails, these disks now read S's image where they read the layer

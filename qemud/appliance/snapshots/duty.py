@@ -107,10 +107,14 @@ class SnapshotDuty:
         (see :mod:`.leftovers`, imported only then). Nothing to do for most guests."""
         mine = [j for j in jobs if isinstance(j, dict)
                 and str(j.get("device", "")).startswith(JOB_PREFIXES)]
-        if not mine and record.job != "backup":
+        merged = (self.root / dom.name / "snapshots.json").is_file()
+        if not mine and record.job != "backup" and not merged:
             return
-        from .leftovers import Leftovers
-        Leftovers(self.driver, dom, record, mine).start()
+        from .leftovers import Leftovers, adopt_pivots
+        if mine or record.job == "backup":
+            Leftovers(self.driver, dom, record, mine).start()
+        if merged:  # (a guest with snapshots: a pivot no daemon recorded?)
+            adopt_pivots(self.ops.deleting, dom)
 
     def on_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
         """A guest stopped: if it was transient, its snapshot metadata goes with it.

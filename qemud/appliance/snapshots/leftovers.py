@@ -12,6 +12,14 @@ then too). Until this is done the domain is busy; it takes a moment.
   snapshot is already recorded as a failed merge (its merge mark, see
   ``SnapshotStore.load``): deleting it again redoes the merge, and a revert to it is
   refused.
+* A merge's pivot QEMU made while no daemon listened (the daemon had sent
+  ``block-job-complete`` and was killed before it handled ``BLOCK_JOB_COMPLETED``): no
+  job is left to list, QEMU's disk reads S's image, and the definitions still name the
+  top overlay, so what the guest writes from then on would not be in the chain the next
+  cold start opens. :func:`adopt_pivots` compares QEMU's disks (``query-block``) with
+  the live definition of a guest whose snapshot is a failed merge, and makes both
+  definitions follow QEMU. The snapshot stays a failed merge; deleting it again forgets
+  it (its disks no longer use an overlay of its image), and the overlay is collected.
 * A backup's jobs (``backup-<disk>-<token>``, see :mod:`.backup`) are cancelled, its
   target nodes (``bk-<disk>-<token>``) closed (``blockdev-del``: QEMU no longer holds
   nor locks the files), and the target files **removed**: the backup created them (it
@@ -28,13 +36,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
+from qemud.errors import QemudError
+from qemud.qemu import naming
 
-from .base import gather, log_failure, report_backup_failed
+from .base import block_files, gather, log_failure, report_backup_failed
 
 if TYPE_CHECKING:
     from qemud.driver import QemuDriver
@@ -43,7 +54,9 @@ if TYPE_CHECKING:
     from qemud.loop import Timer
     from qemud.qemu.qmp import QMPEvent
 
-__all__ = ["Leftovers", "CLEANUP_JOB"]
+    from .base import SnapshotOps
+
+__all__ = ["Leftovers", "CLEANUP_JOB", "adopt_pivots"]
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +217,48 @@ class Leftovers:
         if dom.job_file == self.record.job_file:
             dom.job_file = ""
         self.driver.lifecycle.save_status(dom)  # (none once the guest stopped)
+
+
+def adopt_pivots(ops: SnapshotOps, dom: DomainObj) -> None:
+    """The re-attached ``dom``'s disks that QEMU pivoted onto the image of a snapshot
+    whose merge failed (see the module docstring): the live and persistent definitions
+    follow QEMU. Nothing to do for most guests (no failed merge: no QMP call)."""
+    try:
+        meta = ops.store.load(dom)
+    except QemudError:
+        return  # (damaged metadata: every snapshot call says so)
+    bases: dict[str, set[str]] = {}  # target -> realpaths of failed merges' images
+    for snap in meta.snapshots.values():
+        if snap.merge_failed:
+            for target, d in snap.disks.items():
+                bases.setdefault(target, set()).add(os.path.realpath(d.base))
+    monitor, live = dom.monitor, dom.live
+    if not bases or monitor is None or monitor.closed or live is None:
+        return
+
+    def queried(d: Deferred) -> None:
+        if d.error is not None or dom.live is not live:
+            return
+        files = block_files(d.result)
+        moves: dict[str, tuple[str | None, str]] = {}
+        for disk in live.disks:
+            target = disk.target_dev or ""
+            now = files.get(naming.disk_device_id(target))
+            if disk.device != "disk" or not now or now == disk.source \
+                    or os.path.realpath(now) not in bases.get(target, ()):
+                continue
+            log.warning("domain %s: QEMU's disk %s reads %s, the image of a snapshot whose "
+                        "merge the last daemon started (it made the pivot while no daemon "
+                        "listened); the definitions named %s and now follow QEMU",
+                        dom.name, target, now, disk.source)
+            moves[target] = (disk.source, now)
+            disk.source, disk.driver_type = now, "qcow2"
+        if not moves:
+            return
+        ops.lifecycle.save_status(dom)
+        try:
+            ops.point_disks(dom, moves)
+        except QemudError as exc:
+            log.error("domain %s: the persistent definition could not follow QEMU's "
+                      "disks: %s", dom.name, exc.message)
+    monitor.execute("query-block").add_done_callback(queried)

@@ -109,7 +109,7 @@ class RevertOps(SnapshotOps):
             again as it was; the error says so."""
             if pointed:
                 try:
-                    self._point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
+                    self.point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
                                             if (old := before.get(t))})
                 except QemudError as exc:  # the definition names the new overlays: keep
                     log.error("domain %s: cannot point the disks back after a failed "
@@ -175,7 +175,7 @@ class RevertOps(SnapshotOps):
 
         def stopped(_: Any = None) -> None:
             try:
-                self._point_disks(dom, moves)
+                self.point_disks(dom, moves)
             except QemudError as exc:  # the definitions were left as they were
                 fail_stopped(exc, pointed=False)
                 return
