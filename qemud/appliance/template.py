@@ -133,6 +133,13 @@ class _Token:
     value: Fraction | None = None
 
 
+#: the most bits a number a formula computes may have, numerator and denominator each
+#: (a size in bytes needs 64; a ratio of two of them, 128)
+MAX_BITS = 256
+#: the longest number a formula may write (digits and decimal point)
+MAX_DIGITS = 64
+
+
 def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     i = 0
@@ -143,6 +150,9 @@ def _tokenize(text: str) -> list[_Token]:
             continue
         number = _NUMBER_RE.match(text, i)
         if number:
+            if len(number.group()) > MAX_DIGITS:
+                raise ExpressionError(f"number too long (more than {MAX_DIGITS} "
+                                      "characters)", i + 1)
             value = Fraction(number.group())
             end = number.end()
             unit = _UNIT_RE.match(text, end)
@@ -233,7 +243,8 @@ class _Parser:
                 right = self.term()
                 left = self._number(value, first, f"'{op.text}'")
                 right_n = self._number(right, right_tok, f"'{op.text}'")
-                value = left + right_n if op.text == "+" else left - right_n
+                value = self._bounded(left + right_n if op.text == "+" else left - right_n,
+                                      op)
             return value
         finally:
             self.depth -= 1
@@ -249,11 +260,25 @@ class _Parser:
             left = self._number(value, first, f"'{op.text}'")
             right_n = self._number(right, right_tok, f"'{op.text}'")
             if op.text == "*":
-                value = left * right_n
+                value = self._bounded(left * right_n, op)
                 continue
             if right_n == 0:
                 raise self._error("division by zero", op)
-            value = left / right_n if op.text == "/" else Fraction(math.floor(left / right_n))
+            value = self._bounded(left / right_n if op.text == "/"
+                                  else Fraction(math.floor(left / right_n)), op)
+        return value
+
+    def _bounded(self, value: Fraction, op: _Token) -> Fraction:
+        """``value``, if its numerator and denominator fit :data:`MAX_BITS` bits.
+
+        A template is rendered on the daemon's loop, and any client may ask for it
+        (a read-only one too): without a bound, formulas that square the one before
+        grow a number's size exponentially, and twenty-odd of them stop the daemon for
+        seconds, thirty for minutes or all its memory."""
+        if value.numerator.bit_length() > MAX_BITS or \
+                value.denominator.bit_length() > MAX_BITS:
+            raise self._error(f"the result of '{op.text}' is too large (more than "
+                              f"{MAX_BITS} bits)", op)
         return value
 
     def unary(self) -> Value:

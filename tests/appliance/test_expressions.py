@@ -70,6 +70,28 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
         evaluate("-" * 500 + "1", NAMES)
 
 
+def test_numbers_are_bounded() -> None:
+    """Formulas are evaluated on the daemon's loop, for any client (a read-only one
+    too): a number may not grow past MAX_BITS, nor be written longer than MAX_DIGITS."""
+    big = Fraction(2) ** 254
+    assert evaluate("x * 2", {"x": big}) == big * 2  # (2**255 has 256 bits: the limit)
+    with pytest.raises(ExpressionError, match=r"the result of '\*' is too large "
+                       r"\(more than 256 bits\)") as info:
+        evaluate("x * 4", {"x": big})
+    assert info.value.position == 3
+    with pytest.raises(ExpressionError, match="too large"):
+        evaluate("x + x + x", {"x": big * 2})
+    with pytest.raises(ExpressionError, match="too large"):
+        evaluate("1 / x", {"x": big * 4})
+    with pytest.raises(ExpressionError, match=r"number too long \(more than 64 "):
+        evaluate("1" * 65, NAMES)
+    # formulas that square the one before stop at once, not after minutes
+    names: dict[str, Fraction | str] = {"a0": Fraction(2 * 2**40)}
+    with pytest.raises(ExpressionError, match="too large"):
+        for k in range(1, 40):
+            names[f"a{k}"] = evaluate(f"a{k - 1} * a{k - 1}", names)
+
+
 def test_no_python_evaluation() -> None:
     for text in ("__import__('os')", "x.__class__", "[1]", "1 if 1 else 2", "x ** 2", "'a'"):
         with pytest.raises(ExpressionError):
