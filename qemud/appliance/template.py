@@ -25,7 +25,8 @@ Formulas
   it. Expressions: numbers (``2``, ``1.5``) with an optional size unit glued on (``512MiB``,
   ``2GiB``, ``4G``, ``100MB``: they become bytes), names, ``+ - * / //``, unary minus,
   parentheses, ``min(a, b, ...)`` and ``max(a, b, ...)``. No ``eval``: a small
-  recursive-descent parser over exact fractions. Errors name the formula and the
+  recursive-descent parser over exact fractions, each at most 256 bits over 256 bits
+  (a number written at most 64 characters long). Errors name the formula and the
   1-based position in its value, e.g. ``formula 'memory' (value "host.memory -"),
   position 14: expected a number, a name or '('``.
 
