@@ -131,6 +131,12 @@ def server_context(paths: PKIPaths, *, check: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # No session resumption: a resumed session skips the certificate checks of a full
+    # handshake (its validity period above all), and each resumption handed out a new
+    # ticket, so a client could go on past its certificate's expiry for ever.
+    # (libvirt's GnuTLS setup has no server tickets either.)
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     if check:
         check_server_files(paths)
     _load_ca(ctx, paths.ca_cert, False)

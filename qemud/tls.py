@@ -23,6 +23,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,33 @@ def client_dn(transport: Any) -> str:
         return peer_dn(transport.peer_certificate())
 
 
+def _check_validity(transport: Any) -> None:
+    """Refuse a client certificate outside its validity period, now.
+
+    The handshake checks it, but only a full one: a resumed TLS session carries the
+    certificate of the handshake it resumes (the server context turns resumption off;
+    this holds whatever a client or an OpenSSL version negotiates)."""
+    cert = transport.tls.getpeercert()
+    if not cert:
+        return  # (no certificate: client_dn says so)
+    try:
+        not_before = ssl.cert_time_to_seconds(cert["notBefore"])
+        not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+    except (KeyError, TypeError, ValueError, ssl.SSLError) as exc:
+        raise AuthFailed(f"access denied: the client certificate's validity period "
+                         f"cannot be read ({exc!r})") from None
+    now = time.time()
+    if now > not_after:
+        raise AuthFailed(f"access denied: the client certificate has expired (not after "
+                         f"{cert['notAfter']})")
+    if now < not_before:
+        raise AuthFailed(f"access denied: the client certificate is not valid yet (not "
+                         f"before {cert['notBefore']})")
+
+
 def identify_tls_client(config: Config, transport: Any) -> tuple[str, bool]:
     """(identity, readonly) for a TLS client that completed its handshake."""
+    _check_validity(transport)
     try:
         dn = client_dn(transport)
     except CertError as exc:

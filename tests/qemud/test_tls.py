@@ -7,6 +7,7 @@ reports in-process; the DN comes from the ``getpeercert()`` dict, DER only as a 
 
 from __future__ import annotations
 
+import re
 import ssl
 import subprocess
 import sys
@@ -128,7 +129,9 @@ c.tls.allowed_dn = [{{"pattern": "*", "role": "full"}}]
 tls.server_tls_context(c)
 class Sock:
     def getpeercert(self):
-        return {{"subject": ((("commonName", "x"),),)}}
+        return {{"subject": ((("commonName", "x"),),),
+                 "notBefore": "Jan  1 00:00:00 2020 GMT",
+                 "notAfter": "Jan  1 00:00:00 2100 GMT"}}
 class Transport:
     tls = Sock()
 assert tls.identify_tls_client(c, Transport()) == ("CN=x", False)
@@ -206,3 +209,19 @@ def test_dn_not_in_the_list_is_refused(ca: CA, tmp_path: Path) -> None:
                         [{"pattern": "O=Example,CN=*", "role": "full"}])
     with pytest.raises(AuthFailed, match="certificate DN 'O=Other,CN=mallory' is not in"):
         tls.identify_tls_client(config, transport)
+
+
+@pytest.mark.parametrize(("days", "says"), [
+    ((-30, -1), "the client certificate has expired (not after "),
+    ((1, 30), "the client certificate is not valid yet (not before "),
+])
+def test_a_certificate_outside_its_validity_is_refused_whatever_the_handshake(
+        ca: CA, tmp_path: Path, days: tuple[int, int], says: str) -> None:
+    """The handshake checks the validity period, but a resumed session skips that: the
+    daemon checks it on every connection too."""
+    now = datetime.now(UTC)
+    cert = make_client_cert(*ca, "admin1", "Example", not_before=now + timedelta(days[0]),
+                            not_after=now + timedelta(days[1]))[1]
+    config = config_for(PKIPaths.from_dir(tmp_path))
+    with pytest.raises(AuthFailed, match=re.escape(says)):
+        tls.identify_tls_client(config, FakeTransport(cert, tmp_path))

@@ -87,12 +87,18 @@ assert PROGRAM  # (re-exported for tests that craft headers by hand)
 class RawClient:
     """One connection; every method blocks with a timeout."""
 
-    def __init__(self, path: Path | str, *, hello: bool = True, timeout: float = 10.0,
-                 name: str = "raw-test") -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def __init__(self, path: Path | str | None, *, hello: bool = True,
+                 timeout: float = 10.0, name: str = "raw-test",
+                 sock: socket.socket | None = None) -> None:
+        """Connects to the unix socket ``path``, or talks over ``sock`` (connected: a
+        TLS socket, say)."""
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+        self.sock = sock
         self.sock.settimeout(timeout)
         self.timeout = timeout
-        self.sock.connect(str(path))
         self.proto = Connection(Role.CLIENT)
         self._serials = itertools.count(1)
         self.eof = False

@@ -7,14 +7,17 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import client
 import protocol as P
+from certs.issue import make_client_cert
 from protocol import payloads as pl
 from protocol.constants import SUPPORTED_VERSIONS
+from tests.qemud.wire import RawClient
 from tests.tls.conftest import (
     HANDSHAKE_DEADLINE,
     PKI,
@@ -154,3 +157,50 @@ def test_tls12_client_gets_the_same_answers(tls_daemon: TLSDaemon, pki: PKI,
         _connect_with(tls_daemon, pki.clients["foreign"])
     with pytest.raises(client.AuthError, match="O=Other,CN=mallory"):
         _connect_with(tls_daemon, pki.clients["stranger"])
+
+
+def _raw_tls(daemon: TLSDaemon, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+             ) -> tuple[RawClient, ssl.SSLSocket]:
+    """A raw protocol client over TLS with ``ctx``, offering ``session`` for resumption
+    (the client library never does)."""
+    raw = socket.create_connection(("127.0.0.1", daemon.tls_port), timeout=5)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    return RawClient(None, sock=tls, hello=False), tls
+
+
+def test_a_certificate_expired_since_is_refused_on_a_resumed_session(
+        tls_daemon: TLSDaemon, pki: PKI) -> None:
+    """A client keeps its TLS session and comes back after its certificate expired: the
+    daemon resumes no sessions (a resumed one skips the handshake's certificate checks),
+    and checks the validity period of every connection's certificate itself."""
+    now = datetime.now(UTC)
+    soon = pki.client_dir("expiring", *make_client_cert(
+        pki.ca_key, pki.ca_cert, "admin1", "Example", not_before=now - timedelta(days=1),
+        not_after=now + timedelta(seconds=3)))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(soon / "cacert.pem")
+    ctx.load_cert_chain(soon / "clientcert.pem", soon / "clientkey.pem")
+    first, tls = _raw_tls(tls_daemon, ctx)
+    reply = first.call(P.Procedure.HELLO, pl.HelloArgs(list(SUPPORTED_VERSIONS), "raw"))
+    assert isinstance(reply, P.Reply), reply
+    assert isinstance(first.call(P.Procedure.NODE_INFO), P.Reply)
+    session = tls.session
+    first.sock.close()
+    time.sleep(max(0.0, (now + timedelta(seconds=3.5) - datetime.now(UTC)).total_seconds()))
+    log = LogWatch(tls_daemon)
+    try:
+        again, tls = _raw_tls(tls_daemon, ctx, session)
+    except (ssl.SSLError, OSError):
+        pass  # a full handshake: refused there (the expired case above)
+    else:
+        assert not tls.session_reused
+        try:
+            reply = again.call(P.Procedure.HELLO,
+                               pl.HelloArgs(list(SUPPORTED_VERSIONS), "raw"))
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        else:
+            assert isinstance(reply, P.ErrorReply), reply
+        again.sock.close()
+    log.wait(r"client certificate has expired")
+    assert_served(tls_daemon, pki)
