@@ -410,3 +410,26 @@ def test_undefine_refused_while_the_metadata_is_damaged(conn: client.Connection,
         g.dom.undefine()
     finally:
         g.close()
+
+
+def test_the_snapshot_store_is_private(tmp_path: Path, test_guest: TestGuest) -> None:
+    """The overlays hold what the guests wrote since their snapshots: the store is the
+    daemon's user's alone (mode 0700), also one an earlier version made 0755."""
+    daemon = DaemonProcess(tmp_path / "d")
+    store = daemon.state_dir / "snapshots"
+    store.mkdir(parents=True)
+    store.chmod(0o755)
+    with serving(daemon):
+        assert store.stat().st_mode & 0o777 == 0o700
+        data = make_image(tmp_path / "priv.qcow2")
+        with daemon.connect() as conn:
+            g = Guest(conn, test_guest, "priv", tmp_path, disk_xml(data))
+            try:
+                g.dom.snapshot_create("s1")
+                overlay = Path(disk_source(g.dom.xml(client.XML_INACTIVE)))
+                assert overlay.is_relative_to(store)
+                peek = subprocess.run(["runuser", "-u", "nobody", "--", "cat",
+                                       str(overlay)], capture_output=True)
+                assert peek.returncode != 0 and b"Permission denied" in peek.stderr
+            finally:
+                g.close()

@@ -10,6 +10,7 @@ undefine, not at start-up (see :mod:`qemud.appliance`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
@@ -51,6 +52,7 @@ class SnapshotDuty:
         return self._ops
 
     def install(self) -> dict[Procedure, Handler]:
+        self._make_private()
         # the temp files of metadata writes a killed daemon never renamed: only now, while
         # the pidfile lock guarantees no write is in flight (see remove_dead_writes)
         remove_dead_writes_below(self.root)
@@ -76,6 +78,19 @@ class SnapshotDuty:
             P.DOMAIN_SNAPSHOT_GET_XML: lambda c, a: self.ops.describing.get_xml(c, a),
             P.DOMAIN_BACKUP: lambda c, a: self.ops.backups.backup(c, a),
         }
+
+    def _make_private(self) -> None:
+        """The snapshot store holds what the guests wrote since their snapshots (the
+        overlays, made by ``qemu-img`` under the daemon's umask): only the daemon's user
+        may enter it, as the other guest data the daemon makes (save images, appliance
+        VM directories, backups) is its user's alone. An existing store made by an
+        earlier version (0755) is closed too."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            log.error("cannot make the snapshot store %s private (mode 0700): %s",
+                      self.root, exc.strerror or exc)
 
     def undefine(self, inner: Handler, ctx: Any, args: pl.DomainFlagsArgs
                  ) -> Payload | Deferred:
