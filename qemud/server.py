@@ -23,6 +23,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import socket
 import stat
 import time
@@ -91,6 +92,18 @@ def _client_logger(client_id: int) -> logging.Logger:
     logger = logging.Logger(f"{_CLIENT_LOG.name}.{client_id}")
     logger.parent = _CLIENT_LOG
     return logger
+
+
+
+#: a password attribute in XML as a payload's repr shows it (``passwd='x'``, or with the
+#: quote escaped when the string holds both kinds)
+_SECRET_ATTR = re.compile(r"""(passwd=)(\\?['"])(.*?)\2""")
+
+
+def redacted(text: str) -> str:
+    """``text`` (a call's arguments, for the debug log) without the passwords its XML
+    may set (a VNC ``<graphics passwd=...>``): the log file outlives the call."""
+    return _SECRET_ATTR.sub(r"\1\2***\2", text)
 
 
 class StreamHandler:
@@ -469,7 +482,9 @@ class Server:
         if isinstance(msg, Call):
             client.calls += 1
             client.current_serial = msg.serial
-            client.log.debug("--> %s serial=%d %r", msg.procedure.name, msg.serial, msg.args)
+            if client.log.isEnabledFor(logging.DEBUG):
+                client.log.debug("--> %s serial=%d %s", msg.procedure.name, msg.serial,
+                                 redacted(repr(msg.args)))
             outcome = self.dispatcher.dispatch(client, msg)
             if isinstance(outcome, Deferred):
                 self._await(client, msg, outcome)

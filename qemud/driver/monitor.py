@@ -152,7 +152,10 @@ class Monitor:
             result.fail(OperationFailed(f"cannot send {command} to QEMU: {exc}"))
             return
         self._pending[cmd_id] = (result, command)
-        self.log.debug("--> %s %s", command, arguments or "")
+        if self.log.isEnabledFor(logging.DEBUG):  # (set_password's: not in the log file)
+            shown = {k: "***" if k == "password" else v for k, v in arguments.items()} \
+                if arguments else ""
+            self.log.debug("--> %s %s", command, shown)
         self._write(data)
 
     def _write(self, data: bytes) -> None:

@@ -99,6 +99,11 @@ def test_vnc_password_is_required_and_kept_secret(qemud: DaemonProcess) -> None:
             dom.destroy()
             dom.create(flags=client.START_PAUSED)
             assert vnc_login(vnc_port(dom), PASSWORD) == ([VNC_AUTH], AUTH_OK)
+            # nor is it in the daemon's log, at debug level (the define's arguments, QMP
+            # set_password): the log file outlives the call
+            text = qemud.log_text()
+            assert "--> DOMAIN_DEFINE_XML" in text and "--> set_password" in text
+            assert PASSWORD not in text
         finally:
             if dom.is_active():
                 dom.destroy()
