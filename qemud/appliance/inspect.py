@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,11 @@ DMI_FIELDS = ("sys_vendor", "product_name", "product_version", "product_serial",
               "product_uuid", "product_sku", "product_family", "board_vendor", "board_name",
               "board_version", "board_serial", "board_asset_tag", "bios_vendor",
               "bios_version", "bios_date")
+
+
+#: the DMI files only root may read (the host's serial numbers and UUID): not shown to
+#: read-only clients, nor inherited by the templates they render
+PRIVATE_DMI = frozenset({"product_serial", "product_uuid", "board_serial"})
 
 
 @dataclass
@@ -66,6 +71,15 @@ class HostInventory:
     @property
     def memory_bytes(self) -> int:
         return self.memory_kib * 1024
+
+    def public(self) -> HostInventory:
+        """This inventory without the DMI fields the kernel lets only root read
+        (:data:`PRIVATE_DMI`): what a read-only client gets. The daemon runs as root
+        and reads them; the read-only socket is open to every local user."""
+        if not self.dmi:
+            return self
+        dmi = {k: v for k, v in self.dmi.items() if k not in PRIVATE_DMI}
+        return replace(self, dmi=dmi)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -193,10 +207,11 @@ def inspect_host(root: str | os.PathLike[str] = "/") -> HostInventory:
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     def host_inspect(call: Any, args: Empty) -> StringReply:
-        return StringReply(inspect_host(ctx.daemon.config.appliance.inspect_root).to_json())
+        host = inspect_host(ctx.daemon.config.appliance.inspect_root)
+        return StringReply((host.public() if call.readonly else host).to_json())
 
     def render(call: Any, args: RenderArgs) -> StringReply:
         from .template import render_for_host  # on first use: see its docstring
-        return render_for_host(ctx, args)
+        return render_for_host(ctx, args, readonly=call.readonly)
 
     return {Procedure.HOST_INSPECT: host_inspect, Procedure.APPLIANCE_RENDER: render}

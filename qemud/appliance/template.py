@@ -634,8 +634,11 @@ def check_rendered(xml: str) -> None:
         raise TemplateError(f"the rendered template is not a valid domain: {exc}") from None
 
 
-def render_for_host(ctx: ApplianceContext, args: RenderArgs) -> StringReply:
+def render_for_host(ctx: ApplianceContext, args: RenderArgs, readonly: bool = False
+                    ) -> StringReply:
     """APPLIANCE_RENDER: ``args.template`` rendered for this host, checked (a StringReply).
+    For a ``readonly`` caller without the host's root-only DMI fields (its serial
+    numbers and UUID: ``HostInventory.public``).
 
     Installed with the inspect duty, which imports this module on the first render only:
     exact arithmetic (``fractions``, hence ``decimal``) is ~1 MiB an idle daemon need not
@@ -648,6 +651,8 @@ def render_for_host(ctx: ApplianceContext, args: RenderArgs) -> StringReply:
 
     config = ctx.daemon.config.appliance
     host = inspect_host(config.inspect_root)
+    if readonly:
+        host = host.public()
     try:
         xml = render(args.template, host, config.host_reserve_mib)
         check_rendered(xml)

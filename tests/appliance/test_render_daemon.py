@@ -36,10 +36,20 @@ def test_host_inspect_reads_the_configured_tree(fake_host_daemon: DaemonProcess)
 
 
 def test_host_inspect_allowed_read_only(fake_host_daemon: DaemonProcess) -> None:
+    """A read-only client (any local user, on the 0666 socket) gets the inventory and
+    renders, without the DMI fields the kernel lets only root read (the host's serial
+    numbers and UUID), which the daemon, as root, can read."""
     with fake_host_daemon.connect(readonly=True) as conn:
-        assert appliance.host_inspect(conn)["cores"] == 4
+        host = appliance.host_inspect(conn)
+        assert host["cores"] == 4
         xml = appliance.render(conn, (TEMPLATES / "router.xml").read_text())
     assert "<vcpu>4</vcpu>" in xml
+    assert host["dmi"]["sys_vendor"] == "Acme Appliances Inc."
+    assert not {"product_serial", "product_uuid", "board_serial"} & set(host["dmi"])
+    assert "SN12345" not in xml
+    with fake_host_daemon.connect() as conn:  # (the admin's connection has them)
+        assert appliance.host_inspect(conn)["dmi"]["product_serial"] == "SN12345"
+        assert "SN12345" in appliance.render(conn, (TEMPLATES / "router.xml").read_text())
 
 
 def test_render_then_define(fake_host_daemon: DaemonProcess) -> None:

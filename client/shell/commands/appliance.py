@@ -14,7 +14,9 @@ from .domain import read_xml
          description=("Prints JSON: memory, physical cores (hyperthreads excluded), "
                       "physical NICs with their MACs and the DMI/SMBIOS fields that "
                       "appliance templates can "
-                      "use (host.memory, host.cores, host.nic0.mac, ...)."))
+                      "use (host.memory, host.cores, host.nic0.mac, ...). A read-only "
+                      "connection gets no product_serial, product_uuid or board_serial "
+                      "(files only root may read), nor do the templates it renders."))
 def cmd_host_inspect(sh: Shell, args: Args) -> None:
     with sh.failing("failed to inspect the host"):
         facts = appliance.host_inspect(sh.conn())
