@@ -95,9 +95,19 @@ def _client_logger(client_id: int) -> logging.Logger:
 
 
 
+#: the client slots kept for the read-write socket and TLS (see :func:`kept_for_admins`)
+ADMIN_SLOTS = 16
+
 #: a password attribute in XML as a payload's repr shows it (``passwd='x'``, or with the
 #: quote escaped when the string holds both kinds)
 _SECRET_ATTR = re.compile(r"""(passwd=)(\\?['"])(.*?)\2""")
+
+
+def kept_for_admins(max_clients: int) -> int:
+    """How many of ``max_clients`` the read-only unix socket may not take: any local
+    user can connect there, and filling every slot would lock root out of the
+    read-write socket (libvirt keeps its admin socket apart for the same reason)."""
+    return min(ADMIN_SLOTS, max_clients // 2)
 
 
 def redacted(text: str) -> str:
@@ -221,6 +231,9 @@ class Server:
         self.tls_identify = tls_identify
         self.listeners: list[Listener] = []
         self.clients: dict[int, Client] = {}
+        #: the clients of the read-only unix socket (0666: any local user), which may
+        #: not take the slots :func:`kept_for_admins` keeps
+        self.unix_ro_clients = 0
         self.accepting = True
         self._housekeeping: Timer | None = None
 
@@ -311,6 +324,13 @@ class Server:
                             listener.kind, limit)
                 self._refuse(sock, listener, f"too many clients (max_clients={limit})")
                 continue
+            kept = kept_for_admins(limit)
+            if listener.kind == "unix-ro" and self.unix_ro_clients >= limit - kept:
+                why = (f"too many read-only clients (max_clients={limit}, of which {kept} "
+                       "are kept for the read-write socket and TLS)")
+                log.warning("refusing %s client: %s", listener.kind, why)
+                self._refuse(sock, listener, why)
+                continue
             self._admit(sock, addr, listener)
 
     def _pause_listener(self, listener: Listener) -> None:
@@ -354,6 +374,8 @@ class Server:
             identity = f"pid={cred.pid} uid={cred.uid}"
         client = Client(self, transport, listener.kind, listener.readonly, identity)
         self.clients[client.id] = client
+        if client.kind == "unix-ro":
+            self.unix_ro_clients += 1
         client.log.info("connected via %s (%s)", listener.kind, identity)
         if transport.handshake_done:
             self._update_interest(client)
@@ -656,7 +678,8 @@ class Server:
             client.turn = None
         self.loop.remove(client.transport.fileno())
         client.transport.close()
-        self.clients.pop(client.id, None)
+        if self.clients.pop(client.id, None) is not None and client.kind == "unix-ro":
+            self.unix_ro_clients -= 1
         if client.busy is not None:
             client.busy = None  # the work goes on; its reply has nowhere to go
         for handler in list(client.streams.values()):

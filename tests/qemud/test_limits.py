@@ -76,6 +76,37 @@ def test_thousand_idle_connections_do_not_slow_others(quiet_daemon, nofile) -> N
             c.close()
 
 
+def test_read_only_clients_leave_room_for_admins(daemon_factory) -> None:
+    """The read-only socket is open to every local user: it may not take the last
+    slots (min(16, max_clients // 2)), so root can still connect read-write."""
+    d = daemon_factory(config={"limits": {"max_clients": 5}})
+    readers = [RawClient(d.ro_socket) for _ in range(3)]  # 5 - 2 kept
+    try:
+        with RawClient(d.ro_socket, hello=False) as fourth:
+            seen = fourth.expect_closed(timeout=5)
+            code, message = error_of(seen[0])
+            assert code == ErrorCode.LIMIT_EXCEEDED
+            assert message == ("too many read-only clients (max_clients=5, of which 2 are "
+                               "kept for the read-write socket and TLS)")
+        admins = [RawClient(d.rw_socket) for _ in range(2)]  # the two kept slots
+        for c in admins:
+            assert isinstance(c.call(Procedure.NODE_INFO), Reply)
+            c.close()
+        readers.pop().close()  # a read-only slot comes free
+        wait_for(lambda: _ro_admitted(d), timeout=10, message="a read-only client again")
+    finally:
+        for c in readers:
+            c.close()
+
+
+def _ro_admitted(d: DaemonProcess) -> bool:
+    try:
+        with RawClient(d.ro_socket, timeout=2) as c:
+            return isinstance(c.call(Procedure.NODE_INFO), Reply)
+    except (ConnectionError, AssertionError, TimeoutError):
+        return False
+
+
 def test_max_clients_refuses_with_error_frame(daemon_factory) -> None:
     d = daemon_factory(config={"limits": {"max_clients": 5}})
     admitted = [RawClient(d.rw_socket) for _ in range(5)]
