@@ -463,6 +463,7 @@ class QemuDriver:
         # libvirt's qemuDomainShutdownFlagsMonitor: a shutdown ends a reboot request the
         # guest ignored, else its power-off would reset it
         dom.fake_reboot = False
+        self.lifecycle.save_status(dom)  # (a daemon restarted meanwhile knows it too)
         request = dom.monitor.execute("system_powerdown")
         if not args.flags & ShutdownFlags.DESTROY_ON_TIMEOUT:
             return self._empty_or(request)
@@ -487,6 +488,7 @@ class QemuDriver:
         _refuse_agent_only("reboot", args.flags, RebootFlags)
         assert dom.monitor is not None
         dom.fake_reboot = True  # like libvirt: ACPI power-off, then reset instead of stopping
+        self.lifecycle.save_status(dom)  # (libvirt keeps fakeReboot in its status XML too)
         return self._empty_or(dom.monitor.execute("system_powerdown"))
 
     def _destroy(self, ctx: Any, args: pl.DomainFlagsArgs) -> Any:

@@ -355,7 +355,8 @@ class Lifecycle:
             persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
             started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file,
             pci_changes=list(dom.pci_changes), pci_addressed=dom.pci_addressed,
-            unplugs=list(dom.unplugs))
+            unplugs=list(dom.unplugs), shutdown_requested=dom.shutdown_requested,
+            fake_reboot=dom.fake_reboot)
         try:
             self.driver.store.save_status(record)
         except OSError as exc:
@@ -468,20 +469,9 @@ class Lifecycle:
             # QEMU (-no-shutdown) now pauses the guest in its shutdown state: the STOP
             # that follows is part of the shutdown (or of the reboot in place below),
             # never shown as a pause
-            dom.guest_shutdown = True
-            if dom.fake_reboot:
-                dom.fake_reboot = False
-                if dom.current().on_reboot not in REBOOT_IS_SHUTDOWN:
-                    self.reboot_in_place(dom)
-                    return
-                # libvirt's qemuDomainReboot: a guest whose reboots stop it is not
-                # rebooted by an admin either, the ACPI power-off is a shutdown the
-                # admin asked for (then <on_poweroff> applies)
-                dom.shutdown_requested = True
-            self.driver.on_guest_power(
-                dom, str(data.get("reason", "guest-shutdown")),
-                announce=lambda: self.events.lifecycle(dom.ref(), LifecycleEvent.SHUTDOWN,
-                                                       ShutdownDetail.GUEST))
+            self._powered_off(dom, str(data.get("reason", "guest-shutdown")),
+                              announce=lambda: self.events.lifecycle(
+                                  dom.ref(), LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST))
             return
         if name == "RESET":
             # libvirt's qemuProcessHandleReset: a reset (the guest's, or the firmware's
@@ -651,6 +641,10 @@ class Lifecycle:
         dom.live, dom.process, dom.started_at = live, process, record.started_at
         dom.pci_changes = [str(c) for c in record.pci_changes]  # (refuses a save still)
         dom.pci_addressed = bool(record.pci_addressed)
+        # an admin's shutdown or reboot in progress: the guest's power-off that follows
+        # is not its own decision (appliance power-following), a reboot resets it
+        dom.shutdown_requested = bool(record.shutdown_requested)
+        dom.fake_reboot = bool(record.fake_reboot)
         self.driver.ports.claim(live)
         if record.state == DomainState.PAUSED and record.reason == PausedReason.STARTING_UP:
             # the last daemon died before this start completed: no client was told it
@@ -730,6 +724,23 @@ class Lifecycle:
                             ", ".join(str(j.get("device")) for j in jobs))
         monitor.execute("query-block-jobs").add_done_callback(queried)
 
+    def _powered_off(self, dom: DomainObj, reason: str,
+                     announce: Callable[[], None] | None = None) -> None:
+        """The guest powered off (QMP SHUTDOWN, guest: true; or found so at re-attach):
+        a reboot an admin asked for resets it, else ``<on_poweroff>`` and the appliance
+        hooks apply (see ``QemuDriver.on_guest_power``)."""
+        dom.guest_shutdown = True
+        if dom.fake_reboot:
+            dom.fake_reboot = False
+            if dom.current().on_reboot not in REBOOT_IS_SHUTDOWN:
+                self.reboot_in_place(dom)
+                return
+            # libvirt's qemuDomainReboot: a guest whose reboots stop it is not rebooted
+            # by an admin either, the ACPI power-off is a shutdown the admin asked for
+            # (then <on_poweroff> applies)
+            dom.shutdown_requested = True
+        self.driver.on_guest_power(dom, reason, announce=announce)
+
     def _apply_status(self, dom: DomainObj, status: Any) -> None:
         if not isinstance(status, dict):
             return
@@ -737,8 +748,9 @@ class Lifecycle:
             if dom.state != DomainState.RUNNING:
                 self._set_state(dom, DomainState.RUNNING, RunningReason.UNPAUSED)
         elif status.get("status") == "shutdown":
-            dom.guest_shutdown = True
-            self.driver.on_guest_power(dom, "guest-shutdown")
+            # (powered off while no daemon listened: an admin's reboot or shutdown in
+            # progress is in the status record)
+            self._powered_off(dom, "guest-shutdown")
         elif dom.state == DomainState.RUNNING:
             self._set_state(dom, DomainState.PAUSED, PausedReason.UNKNOWN)
         self.save_status(dom)

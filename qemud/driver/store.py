@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -247,14 +247,31 @@ class StatusRecord:
     #: DomainObj.unplugs: the unplugs QEMU still has requested, waited for again by the
     #: next daemon (absent from older status files: none known)
     unplugs: list[str] = field(default_factory=list)
+    #: DomainObj.shutdown_requested: an admin asked for the ACPI shutdown in progress,
+    #: so the guest's power-off is not its own decision (appliance power-following
+    #: must not act on it) after a daemon restart either (absent: none asked)
+    shutdown_requested: bool = False
+    #: DomainObj.fake_reboot: the power-off in progress is a reboot an admin asked for
+    #: (QEMU is reset then, not stopped), also after a daemon restart
+    fake_reboot: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> StatusRecord:
+        """A record from its file; keys this version does not know (a newer daemon's,
+        after a downgrade) are left out, so that its QEMU is still re-attached rather
+        than left running unaccounted for (and started a second time)."""
         data: dict[str, Any] = json.loads(text)
-        return cls(**data)
+        if not isinstance(data, dict):
+            raise ValueError("a status record is a JSON object")
+        known = {f.name for f in fields(cls)}
+        ignored = sorted(set(data) - known)
+        if ignored:
+            log.warning("status record of %r: ignoring keys this version does not know: %s",
+                        data.get("name"), ", ".join(ignored))
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class DomainStore:

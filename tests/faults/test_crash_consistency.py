@@ -20,6 +20,7 @@ The random seed is printed (and can be forced with QEMUD_FAULT_SEED) to replay a
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -347,3 +348,34 @@ def test_kill_during_guest_start_leaves_no_orphan_qemu(short_tmp: Path, qemu_cle
         assert_log_clean(d)
     finally:
         d.kill()
+
+
+def test_a_status_record_with_keys_this_version_does_not_know_is_re_attached(
+        short_tmp: Path, qemu_cleanup) -> None:
+    """A status file a newer daemon wrote (keys this version does not know, as after a
+    downgrade): the QEMU is re-attached all the same, not left running unaccounted for
+    while the guest reads as shut off (a start would then run a second QEMU)."""
+    name = guest_name("newerstatus")
+    d = DaemonProcess(short_tmp / "qemud")
+    d.start()
+    try:
+        with d.connect() as conn:
+            conn.define_xml(bare_domain_xml(name)).create(flags=1)  # paused
+        [pid] = qemu_pids(name)
+        d.kill()
+        status = d.run_dir / "qemu" / f"{name}.status.json"
+        record = json.loads(status.read_text())
+        record["a_future_key"] = {"anything": 1}
+        status.write_text(json.dumps(record))
+        d.start()
+        with d.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            assert dom.is_active() and dom.state()[0] == DomainState.PAUSED
+            with pytest.raises(client.OperationInvalid, match="already running"):
+                dom.create(flags=1)
+            assert qemu_pids(name) == [pid]
+            dom.destroy()
+        assert "ignoring keys this version does not know: a_future_key" in d.log_text()
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()

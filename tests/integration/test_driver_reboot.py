@@ -275,3 +275,32 @@ def test_suspend_of_a_paused_domain_is_a_no_op(conn: client.Connection,
             dom.destroy()
         dom.undefine()
         kill_qemus(qemud, "rb-pause")
+
+
+def test_a_reboot_in_progress_survives_a_daemon_restart(qemud: DaemonProcess,
+                                                        test_guest, tmp_path: Path) -> None:
+    """The daemon is killed (``kill -9``) right after an admin's reboot pressed the ACPI
+    button: the guest powers off while no daemon listens (QEMU waits, -no-shutdown).
+    The reboot in progress is in the status record, so the next daemon resets the
+    guest, as the one that was asked would have; it used to apply <on_poweroff>
+    (destroy) instead, and the guest stayed off."""
+    sock = tmp_path / "s.sock"
+    with qemud.connect() as conn:
+        dom, events, serial = boot(conn, guest_xml("reboot-kill", test_guest, sock), sock)
+        serial.close()
+        dom.reboot()
+        qemud.kill()  # (the guest takes a moment to power off: no daemon hears it)
+    qemud.start()
+    try:
+        serial = SerialPort(sock)
+        serial.wait_for(READY)  # booted again
+        with qemud.connect() as conn:
+            dom = conn.lookup_by_name("reboot-kill")
+            assert dom.state()[0] == DomainState.RUNNING
+        serial.close()
+    finally:
+        with qemud.connect() as conn:
+            dom = conn.lookup_by_name("reboot-kill")
+            if dom.is_active():
+                dom.destroy()
+            dom.undefine()
