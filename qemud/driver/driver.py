@@ -73,6 +73,9 @@ __all__ = ["QemuDriver"]
 
 log = logging.getLogger(__name__)
 
+#: in the run directory: the autostart domains were started since the host booted
+AUTOSTARTED = "autostarted"
+
 XML_INACTIVE = 2  # libvirt's VIR_DOMAIN_XML_INACTIVE
 XML_SECURE = 1  # libvirt's VIR_DOMAIN_XML_SECURE: include secrets (the VNC password)
 #: libvirt's VIR_DOMAIN_XML_UPDATE_CPU: a host-model CPU given as the model it expands to.
@@ -162,6 +165,20 @@ class QemuDriver:
         self.lifecycle.reconnect_all()
 
     def autostart(self) -> None:
+        """Start the autostart domains, once per host boot (libvirt's
+        virDriverShouldAutostart): a daemon restarted later (a crash, an upgrade) must
+        not start again the guests an admin has stopped since. The mark is a file in
+        the run directory, which a reboot empties (tmpfs)."""
+        mark = Path(self.config.paths.run_dir) / AUTOSTARTED
+        if mark.exists():
+            log.info("autostart: already done since the host started (%s exists)", mark)
+            return
+        try:
+            mark.touch()
+        except OSError as exc:
+            log.error("cannot mark the autostart as done (%s: %s): a daemon restarted "
+                      "before the host reboots will autostart again", mark,
+                      exc.strerror or exc)
         for dom in self.registry:
             if dom.autostart and not dom.active:
                 log.info("autostarting %s", dom.name)

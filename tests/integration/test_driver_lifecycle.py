@@ -474,11 +474,23 @@ def test_autostart_guests_start_with_the_daemon(tmp_path: Path, test_guest) -> N
             assert auto.autostart()
             assert (daemon.config_dir / "autostart" / "auto1").exists()
         daemon.stop()
+        # the host reboots: its run directory (tmpfs) is empty again
+        (daemon.run_dir / "autostarted").unlink()
         daemon.start()
         with daemon.connect() as conn:
             auto = conn.lookup_by_name("auto1")
             wait_for(lambda: auto.state()[0] == DomainState.RUNNING, timeout=30,
                      message="autostarted guest running")
+            auto.destroy()  # an admin stops it
+        # the daemon restarts (a crash, an upgrade), the host does not: autostart is
+        # once per host boot, as libvirt's, so the guest stays as the admin left it
+        daemon.kill()
+        daemon.start()
+        assert "autostart: already done since the host started" in daemon.log_text()
+        with daemon.connect() as conn:
+            auto = conn.lookup_by_name("auto1")
+            assert auto.state()[0] == DomainState.SHUTOFF
+            auto.create()
             assert conn.lookup_by_name("manual1").state()[0] == DomainState.SHUTOFF
             listed = conn.list_domains(client.ListFlags.AUTOSTART)
             assert [d.name for d in listed] == ["auto1"]

@@ -298,6 +298,7 @@ def test_image_survives_restart_define_and_autostart_resumes(
             assert dom.has_managed_save()
             dom.set_autostart(True)
         daemon.stop()
+        (daemon.run_dir / "autostarted").unlink()  # a host reboot: autostart again
         daemon.start()
         with daemon.connect() as conn:
             dom = conn.lookup_by_name("ms-restart")

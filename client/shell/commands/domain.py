@@ -493,7 +493,9 @@ def _attach_console(sh: Shell, dom: Domain) -> None:
 
 
 @command("autostart", "domain", "autostart a domain", description=(
-    "Configure a domain to be automatically started when the daemon starts."),
+    "Configure a domain to be automatically started when the daemon starts, once per "
+    "host boot as libvirt's: a daemon restarted later (a crash, an upgrade) does not "
+    "start again the guests stopped since."),
     args=(DOM,), opts=(Opt("disable", "disable autostarting"),))
 def cmd_autostart(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
