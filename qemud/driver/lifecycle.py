@@ -498,6 +498,7 @@ class Lifecycle:
             return
         if name == "GUEST_PANICKED":
             self._set_state(dom, DomainState.CRASHED, CrashedReason.PANICKED)
+            self.save_status(dom)  # (a restarted daemon shows it crashed too)
             self.events.lifecycle(dom.ref(), LifecycleEvent.CRASHED, CrashedDetail.PANICKED)
             self.driver.on_guest_crash(dom)
             return
@@ -751,6 +752,12 @@ class Lifecycle:
             # (powered off while no daemon listened: an admin's reboot or shutdown in
             # progress is in the status record)
             self._powered_off(dom, "guest-shutdown")
+        elif status.get("status") == "guest-panicked":
+            if dom.state != DomainState.CRASHED:  # (panicked while no daemon listened)
+                self._set_state(dom, DomainState.CRASHED, CrashedReason.PANICKED)
+                self.events.lifecycle(dom.ref(), LifecycleEvent.CRASHED,
+                                      CrashedDetail.PANICKED)
+                self.driver.on_guest_crash(dom)
         elif dom.state == DomainState.RUNNING:
             self._set_state(dom, DomainState.PAUSED, PausedReason.UNKNOWN)
         self.save_status(dom)

@@ -195,6 +195,32 @@ def test_on_crash_preserve_keeps_the_crashed_guest_for_reset_or_destroy(
         dom.undefine()
 
 
+def test_a_preserved_crash_is_still_one_after_a_daemon_restart(
+        qemud: DaemonProcess, test_guest, tmp_path: Path) -> None:
+    """The crashed (panicked) state is in the status record, and QEMU's own status says
+    so too: a daemon killed after the panic and restarted shows it as before, not as
+    the pause QEMU's STOP left in the record."""
+    name = "panic-restart"
+    sock = tmp_path / "s.sock"
+    with qemud.connect() as conn:
+        dom = conn.define_xml(panic_xml(name, test_guest, sock, "preserve"))
+        conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+        serial = boot(conn, dom, sock)
+        serial.send("panic")
+        assert events(conn, dom, 1) == [CRASHED]
+        serial.close()
+    try:
+        qemud.kill()  # (a clean stop writes every guest's status anyway)
+        qemud.start()
+        assert domstate(qemud, name) == "crashed (panicked)"
+    finally:
+        with qemud.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            if dom.is_active():
+                dom.destroy()
+            dom.undefine()
+
+
 def test_panic_at_another_io_port_still_reports_the_crash(
         conn: client.Connection, qemud: DaemonProcess, test_guest, tmp_path: Path) -> None:
     """The guest's pvpanic driver finds the device where ``iobase`` put it (ACPI tells it),
