@@ -682,9 +682,21 @@ class Lifecycle:
             status = monitor.execute("query-status")
             status.add_done_callback(lambda d: self._apply_status(dom, d.result)
                                      if d.error is None else None)
+        def connected(d: Deferred) -> None:
+            if d.error is None:
+                refresh(d.result)
+                return
+            # As libvirt's qemuProcessReconnect: a QEMU no daemon can talk to is stopped,
+            # else it runs on unmanaged (no pause, no shutdown, a power-off unseen) and
+            # a later start would run a second one
+            log.error("domain %s: cannot re-attach QMP: %s; stopping its QEMU (pid %d), "
+                      "which no daemon could manage", dom.name, d.error.message,
+                      record.pid)
+            if dom.process is process and process.alive:
+                dom.stop_intent = StopIntent(ShutoffReason.CRASHED, StoppedDetail.FAILED)
+                process.terminate(self.config.qemu.destroy_grace)
         monitor.connect(MONITOR_TIMEOUT, alive=lambda: process.alive).add_done_callback(
-            lambda d: refresh(d.result) if d.error is None else log.error(
-                "domain %s: cannot re-attach QMP: %s", dom.name, d.error.message))
+            connected)
         log.info("re-attached to domain %s (id %d, pid %d)", dom.name, dom.id, record.pid)
 
     def _undo_save(self, dom: DomainObj, monitor: Monitor, record: StatusRecord) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 import client
-from protocol.constants import DomainState
+from protocol.constants import DomainState, ShutoffReason
 from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.procs import wait_pidfd
 from tests.integration.domains import guest_xml
@@ -376,6 +376,36 @@ def test_a_status_record_with_keys_this_version_does_not_know_is_re_attached(
             assert qemu_pids(name) == [pid]
             dom.destroy()
         assert "ignoring keys this version does not know: a_future_key" in d.log_text()
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+
+
+def test_a_qemu_whose_monitor_is_gone_is_stopped_at_re_attach(
+        short_tmp: Path, qemu_cleanup) -> None:
+    """QEMU runs, but its monitor socket is gone when the next daemon re-attaches: no
+    daemon can manage it (pause, shutdown, a power-off), so it is stopped and the guest
+    is shut off (crashed), as libvirt does, instead of reading as running for ever."""
+    name = guest_name("nomonitor")
+    d = DaemonProcess(short_tmp / "qemud", env={"QEMUD_MONITOR_TIMEOUT": "2"})
+    d.start()
+    try:
+        with d.connect() as conn:
+            conn.define_xml(bare_domain_xml(name)).create(flags=1)
+        [pid] = qemu_pids(name)
+        d.kill()
+        [socket_path] = (d.run_dir / "qemu").rglob("monitor.sock")
+        socket_path.unlink()
+        d.start()
+        with d.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            wait_for(lambda: dom.state() == (DomainState.SHUTOFF, ShutoffReason.CRASHED),
+                     timeout=30, message="shut off (crashed)")
+            assert qemu_pids(name) == []
+            dom.create(flags=1)  # a start works again, with one QEMU
+            assert len(qemu_pids(name)) == 1 and qemu_pids(name) != [pid]
+            dom.destroy()
+        assert "cannot re-attach QMP" in d.log_text()
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
