@@ -3,8 +3,9 @@
 While the update is pending its rollback may delete the new slot's overlay and recreate
 the scratch disks: a snapshot taken then would freeze the overlay that is deleted, and its
 overlays would sit on a recreated, empty scratch image. So snapshot create and revert are
-refused while an update is pending, and the rollback itself leaves disks that are no
-longer the appliance's alone. Real qemu-img and the test guest (TCG), with the appliances
+refused while an update is pending, and so are save and managed save (the saved memory
+state would belong to disks the rollback deletes); the rollback itself leaves disks that
+are no longer the appliance's alone. Real qemu-img and the test guest (TCG), with the appliances
 of test_images.
 """
 
@@ -72,6 +73,15 @@ def test_pending_update_refuses_snapshots_and_rollback_spares_foreign_disks(
         dom = conn.define_xml(xml)
         scratch_inode = scratch.stat().st_ino
         dom.create()  # 3.0 sends no heartbeat: the rollback comes at the deadline
+        # nor is the memory state saved meanwhile: the rollback would delete the disk
+        # it belongs to (a managed save image could no longer be restored)
+        for call in (lambda: dom.managed_save(), lambda: dom.save(str(tmp_path / "s"))):
+            with pytest.raises(OperationInvalid) as info:
+                call()
+            assert str(info.value).startswith(
+                "Requested operation is not valid: cannot save the memory state of "
+                "domain 'vm-pend': its appliance update from 1.0 to 3.0 is pending")
+        assert not dom.has_managed_save() and not (tmp_path / "s").exists()
         failed = events.wait("vm-pend", "update-rollback-failed",
                              timeout=UPDATE_DEADLINE + 60)[0]
         assert "not rolled back" in failed.text and "nothing was changed" in failed.text

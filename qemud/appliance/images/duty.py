@@ -23,13 +23,15 @@ from .layout import (
     STAGING_PREFIX,
     STATE_NAME,
     remove_unfinished_disks,
+    require_no_pending_update,
     store_root,
     vms_root,
 )
 
 if TYPE_CHECKING:
     from protocol import payloads as pl
-    from qemud.dispatch import Handler
+    from protocol.fields import Payload
+    from qemud.dispatch import Deferred, Handler
 
     from .. import ApplianceContext
     from .operations import Operations
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 class ImagesDuty:
     def __init__(self, ctx: ApplianceContext) -> None:
         self.driver = ctx.driver
+        self.dispatcher = ctx.daemon.dispatcher
         self.events = ctx.driver.events
         self.config = ctx.daemon.config
         self.store_dir = store_root(self.config)
@@ -65,6 +68,9 @@ class ImagesDuty:
                           exc.strerror or exc)
         self.remove_debris()
         self.events.add_listener(self.on_event)
+        # the driver's handlers are registered before the appliance's: checked first
+        self.dispatcher.wrap(Procedure.DOMAIN_SAVE, self.saving)
+        self.dispatcher.wrap(Procedure.DOMAIN_MANAGED_SAVE, self.saving)
         for dom in self.driver.registry:  # a pending update of a guest that was re-attached
             if dom.active and self._has_state(dom.name):
                 self.ops.updates.arm(dom)
@@ -74,6 +80,15 @@ class ImagesDuty:
                 P.APPLIANCE_UPDATE: lambda c, a: self.ops.updates.handle_update(c, a),
                 P.APPLIANCE_RESET: lambda c, a: self.ops.deploys.handle_reset(c, a),
                 P.APPLIANCE_LIST: lambda c, a: self.ops.deploys.handle_list(c, a)}
+
+    def saving(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
+        """DOMAIN_SAVE, DOMAIN_MANAGED_SAVE: refused while an update waits for its
+        confirmation. Its rollback would delete the new slot's overlay and recreate the
+        scratch disks, and the saved memory state belongs to those disks: it could no
+        longer be restored (a rollback at the deadline of a managed-saved VM did so)."""
+        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        require_no_pending_update(self.config, dom, "save the memory state")
+        return inner(ctx, args)
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:
         """The update's listener (a started guest's heartbeat, the guest's confirming

@@ -7,17 +7,22 @@ until the first image call or the start of such a guest (see :mod:`.duty`).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qemud.errors import OperationInvalid
+
 if TYPE_CHECKING:
     from qemud.config import Config
+    from qemud.driver.domain import DomainObj
 
 __all__ = ["STAGING_PREFIX", "STATE_NAME", "TARGET_RE", "UNFINISHED_SUFFIX", "QCOW2",
-           "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks"]
+           "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
+           "require_no_pending_update"]
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +91,35 @@ def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
             log.info("removed %s, left by an interrupted disk creation", path)
             removed.append(path)
     return removed
+
+
+def require_no_pending_update(config: Config, dom: DomainObj, what: str) -> None:
+    """Refuse ``what`` while an A/B appliance update of ``dom`` waits for its
+    confirmation (``pending`` in the VM's appliance state).
+
+    The update's rollback puts the system disks back on the previous slot, deletes the
+    new slot's overlay and recreates the scratch disks: whatever was built on them
+    meanwhile (a snapshot, a saved memory state) would then belong to disks that are
+    gone. Nothing changes when this raises.
+    """
+    path = vms_root(config) / dom.name / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        log.warning("domain %s: cannot read the appliance state %s (%s): taken as no "
+                    "update pending", dom.name, path, exc)
+        return
+    if not isinstance(state, dict) or state.get("uuid") != dom.uuid:
+        return
+    pending = state.get("pending")
+    if not isinstance(pending, dict):
+        return
+    deadline = config.appliance.update_deadline
+    raise OperationInvalid(
+        f"cannot {what} of domain '{dom.name}': its appliance update from "
+        f"{pending.get('from', '?')} to {pending.get('to', '?')} is pending (waiting "
+        "for the guest's heartbeat). It ends when the heartbeat confirms it, or with "
+        f"its rollback {deadline:g} s after the start (appliance.update_deadline); "
+        "a shut-off VM waits for its next start")

@@ -8,7 +8,6 @@ backup); the duty makes one of each over the same store and tool runner.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ from qemud.errors import (
 )
 from qemud.qemu import naming, qcow2
 
-from ..images.layout import STATE_NAME, vms_root
+from ..images.layout import require_no_pending_update
 from .records import DomainSnapshots, SnapshotStore
 
 if TYPE_CHECKING:
@@ -163,37 +162,11 @@ class SnapshotOps:
         return self.driver.registry.find(args.dom.name, args.dom.uuid)
 
     def require_no_pending_update(self, dom: DomainObj, what: str) -> None:
-        """Refuse ``what`` while an A/B appliance update of ``dom`` waits for its
-        confirmation (``pending`` in the VM's appliance state).
-
-        The update's rollback puts the system disks back on the previous slot, deletes
-        the new slot's overlay and recreates the scratch disks: a snapshot taken
-        meanwhile would freeze the overlay that is deleted, and its overlays would sit on
-        a recreated, empty scratch image; a revert would move the disks off the
-        appliance's images, so the rollback could not run. A delete is not refused: its
-        merge gives the disks back to the appliance. Nothing changes when this raises.
-        """
-        path = vms_root(self.driver.config) / dom.name / STATE_NAME
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("domain %s: cannot read the appliance state %s (%s): taken as no "
-                        "update pending", dom.name, path, exc)
-            return
-        if not isinstance(state, dict) or state.get("uuid") != dom.uuid:
-            return
-        pending = state.get("pending")
-        if not isinstance(pending, dict):
-            return
-        deadline = self.driver.config.appliance.update_deadline
-        raise OperationInvalid(
-            f"cannot {what} of domain '{dom.name}': its appliance update from "
-            f"{pending.get('from', '?')} to {pending.get('to', '?')} is pending (waiting "
-            "for the guest's heartbeat). It ends when the heartbeat confirms it, or with "
-            f"its rollback {deadline:g} s after the start (appliance.update_deadline); "
-            "a shut-off VM waits for its next start")
+        """See :func:`..images.layout.require_no_pending_update` (a snapshot would
+        freeze the overlay the rollback deletes; a revert would move the disks off the
+        appliance's images, so the rollback could not run; a delete is not refused: its
+        merge gives the disks back to the appliance)."""
+        require_no_pending_update(self.driver.config, dom, what)
 
     @staticmethod
     def qemu_img() -> str:
