@@ -80,7 +80,7 @@ from protocol import payloads as pl
 from protocol.constants import EventId, LifecycleEvent
 from qemud.dispatch import Deferred
 from qemud.driver.devices import AFFECT_LIVE
-from qemud.errors import ConfigError, QemudError
+from qemud.errors import ConfigError, OperationInvalid, QemudError
 from qemud.loop import Timer
 from qemud.qemu import naming
 
@@ -409,6 +409,22 @@ class HotplugDuty:
 
     def handlers(self) -> dict[Procedure, Handler]:
         return {Procedure.HOTPLUG_LIST: self._list}
+
+    def saving(self, inner: Handler, ctx: Any, args: Any) -> Any:
+        """DOMAIN_SAVE, DOMAIN_MANAGED_SAVE: refused while the guest holds host devices
+        the rules attached. A restore reopens a device by its /dev name, without the
+        rules (nor the checks that it is not mounted or in use): whatever device has
+        the name by then, another stick or a host disk, would go to the guest."""
+        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        held = sorted(f"{dev} as {target}" for dev, (_, uuid, target) in self._ours.items()
+                      if uuid == dom.uuid)
+        if held:
+            raise OperationInvalid(
+                f"cannot save the memory state of domain '{dom.name}': it holds host "
+                f"devices the hotplug rules attached ({', '.join(held)}), which a restore "
+                "would open again by name, whatever device has the name then; remove "
+                "them from the host (or detach them) first")
+        return inner(ctx, args)
 
     def reload(self) -> None:
         """SIGHUP: read the rules file again; a bad one is logged and changes nothing.
@@ -955,4 +971,7 @@ def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
         log.debug("hotplug: no rules (%s): not listening to uevents (until a SIGHUP finds "
                   "some)", path)
     ctx.daemon.reload_hooks.append(duty.reload)
+    # the driver's handlers are registered before the appliance's: checked first
+    for procedure in (Procedure.DOMAIN_SAVE, Procedure.DOMAIN_MANAGED_SAVE):
+        ctx.daemon.dispatcher.wrap(procedure, duty.saving)
     return duty.handlers()

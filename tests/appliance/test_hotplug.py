@@ -232,6 +232,14 @@ def test_hot_add_and_remove_a_loop_device(conn: client.Connection, events: Event
     wait_for(lambda: f"{other} matches no rule: ignored" in qemud.log_text(), timeout=10,
              message="the device matching no rule ignored")
 
+    # no save while it holds the device: a restore would reopen it by its name
+    for call in (dom.managed_save, lambda: dom.save(str(tmp_path / "saved"))):
+        with pytest.raises(client.OperationInvalid,
+                           match=f"holds host devices the hotplug rules attached "
+                                 f"\\({dev} as vda\\)"):
+            call()
+    assert dom.is_active()
+
     # the guest really writes to the host's device
     serial.send("write-disk vda HELLO-FROM-THE-GUEST")
     serial.wait_for("QEMUD-WROTE vda")
