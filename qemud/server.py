@@ -94,7 +94,6 @@ def _client_logger(client_id: int) -> logging.Logger:
     return logger
 
 
-
 #: the client slots kept for the read-write socket and TLS (see :func:`kept_for_admins`)
 ADMIN_SLOTS = 16
 

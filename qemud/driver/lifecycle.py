@@ -682,6 +682,7 @@ class Lifecycle:
             status = monitor.execute("query-status")
             status.add_done_callback(lambda d: self._apply_status(dom, d.result)
                                      if d.error is None else None)
+
         def connected(d: Deferred) -> None:
             if d.error is None:
                 refresh(d.result)

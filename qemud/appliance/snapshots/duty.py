@@ -122,14 +122,24 @@ class SnapshotDuty:
         (see :mod:`.leftovers`, imported only then). Nothing to do for most guests."""
         mine = [j for j in jobs if isinstance(j, dict)
                 and str(j.get("device", "")).startswith(JOB_PREFIXES)]
-        merged = (self.root / dom.name / "snapshots.json").is_file()
-        if not mine and record.job != "backup" and not merged:
+        failed = self._has_failed_merge(dom)  # (a pivot no daemon recorded?)
+        if not mine and record.job != "backup" and not failed:
             return
         from .leftovers import Leftovers, adopt_pivots
         if mine or record.job == "backup":
             Leftovers(self.driver, dom, record, mine).start()
-        if merged:  # (a guest with snapshots: a pivot no daemon recorded?)
+        if failed:
             adopt_pivots(self.ops.deleting, dom)
+
+    def _has_failed_merge(self, dom: DomainObj) -> bool:
+        """Whether ``dom``'s snapshot metadata records a failed or interrupted merge,
+        from its text (the snapshot modules are not loaded for a guest without)."""
+        try:
+            text = (self.root / dom.name / "snapshots.json").read_text()
+        except OSError:
+            return False
+        return any(text.count(f'"{key}": "') != text.count(f'"{key}": ""')
+                   for key in ("merge_failed", "merging"))
 
     def on_stop(self, dom: DomainObj, reason: ShutoffReason) -> None:
         """A guest stopped: if it was transient, its snapshot metadata goes with it.
