@@ -383,13 +383,11 @@ class Devices:
             def add_to_config(definition: DomainDef) -> None:
                 prefer_slot(definition, self._add(definition, unplaced), slot)
                 self.driver.registry.check_for_host(definition)  # (assigns its address)
-            add_to_config(dom.persistent_definition.copy())  # (the checks, before QEMU)
-        if not live:
-            assert add_to_config is not None
             definition = dom.persistent_definition.copy()
-            add_to_config(definition)
-            self.driver.registry.save_persistent(dom, definition)
-            return None
+            add_to_config(definition)  # (the checks, before QEMU)
+            if not live:
+                self.driver.registry.save_persistent(dom, definition)
+                return None
         place(disk, slot)
         plugged = self._hotplug(dom, disk, slot)
         self.plugging(dom, disk, plugged)
@@ -861,12 +859,11 @@ class Devices:
         def insert(definition: DomainDef) -> None:
             self._cdrom(definition, target, dom.name).source = source or None
         if config:
-            insert(dom.persistent_definition.copy())  # (the checks, before QEMU)
-        if not live:
             definition = dom.persistent_definition.copy()
-            insert(definition)
-            self.driver.registry.save_persistent(dom, definition)
-            return None
+            insert(definition)  # (the checks, before QEMU)
+            if not live:
+                self.driver.registry.save_persistent(dom, definition)
+                return None
         self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
         disk = self._cdrom(dom.live, target, dom.name)
