@@ -396,7 +396,7 @@ class Registry:
     def after_live(self, dom: DomainObj, live: Deferred,
                    change: Callable[[DomainDef], None]) -> Deferred:
         """``live`` (the live half of a ``--live --config`` call, done by QEMU), then
-        :meth:`change_persistent` with ``change``; resolves with ``live``'s result once
+        :meth:`_change_persistent` with ``change``; resolves with ``live``'s result once
         both are done, fails as the first fails."""
         out = Deferred()
 
@@ -405,7 +405,7 @@ class Registry:
                 out.fail(d.error)
                 return
             try:
-                saved = self.change_persistent(dom, change)
+                saved = self._change_persistent(dom, change)
             except QemudError as exc:
                 out.fail(exc)
                 return
@@ -413,8 +413,8 @@ class Registry:
         live.add_done_callback(then)
         return out
 
-    def change_persistent(self, dom: DomainObj, change: Callable[[DomainDef], None]
-                          ) -> Deferred:
+    def _change_persistent(self, dom: DomainObj, change: Callable[[DomainDef], None]
+                           ) -> Deferred:
         """The ``--config`` half of a ``--live --config`` call, once QEMU has made the
         live half: ``change`` is made to a copy of the persistent definition as it is
         *now*, and saved (:meth:`save_persistent`).

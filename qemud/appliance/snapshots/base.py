@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,33 +119,43 @@ def report_backup_failed(events: EventBus, dom: DomainObj, files: str, why: str)
     events.appliance(dom.ref(), "backup-failed", why)
 
 
-def block_nodes(result: Any) -> dict[str, tuple[str, int]]:
-    """query-block -> {device id: (top node name, virtual size)}."""
-    nodes: dict[str, tuple[str, int]] = {}
+def _inserted(result: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """query-block -> (device id, its ``inserted`` medium), each id of a device path
+    (``/machine/peripheral/disk-vda/virtio-backend``: both parts)."""
     for entry in result or []:
         inserted = entry.get("inserted")
         if not inserted:
             continue
         qdev = str(entry.get("qdev") or entry.get("device") or "")
-        size = int(inserted.get("image", {}).get("virtual-size", 0))
         for part in qdev.split("/"):
             if part:
-                nodes.setdefault(part, (str(inserted.get("node-name", "")), size))
+                yield part, inserted
+
+
+def block_nodes(result: Any) -> dict[str, tuple[str, int]]:
+    """query-block -> {device id: (top node name, virtual size)}."""
+    nodes: dict[str, tuple[str, int]] = {}
+    for device, inserted in _inserted(result):
+        size = int(inserted.get("image", {}).get("virtual-size", 0))
+        nodes.setdefault(device, (str(inserted.get("node-name", "")), size))
     return nodes
 
 
 def block_files(result: Any) -> dict[str, str]:
     """query-block -> {device id: the image file its top node reads}."""
     files: dict[str, str] = {}
-    for entry in result or []:
-        inserted = entry.get("inserted")
-        if not inserted or not inserted.get("file"):
-            continue
-        qdev = str(entry.get("qdev") or entry.get("device") or "")
-        for part in qdev.split("/"):
-            if part:
-                files.setdefault(part, str(inserted["file"]))
+    for device, inserted in _inserted(result):
+        if inserted.get("file"):
+            files.setdefault(device, str(inserted["file"]))
     return files
+
+
+def disk_roots(dom: DomainObj) -> list[tuple[str, str | None, str]]:
+    """The images ``dom``'s disks open (persistent, pending and live definitions), as
+    (image, format, who reads it): the roots of the backing chains it reads."""
+    return [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of domain {dom.name}")
+            for definition in (dom.definition, dom.next_definition, dom.live)
+            if definition is not None for d in definition.disks if d.source]
 
 
 class SnapshotOps:
@@ -330,10 +341,7 @@ class SnapshotOps:
         roots, unknown = self.chain_roots(dom, "it")
         if unknown:
             return {path: unknown for path in images.values()}
-        roots += [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of domain "
-                   f"{dom.name}") for definition in (dom.definition, dom.next_definition,
-                                                     dom.live)
-                  if definition is not None for d in definition.disks if d.source]
+        roots += disk_roots(dom)
         found: dict[str, str] = {}
         for root, fmt, who in roots:
             try:
@@ -357,11 +365,7 @@ class SnapshotOps:
         for other in self.driver.registry:
             if other is dom:
                 continue
-            for definition in (other.definition, other.next_definition, other.live):
-                roots += [(d.source, d.driver_type or "raw", f"disk {d.target_dev} of "
-                           f"domain {other.name}")
-                          for d in (definition.disks if definition is not None else [])
-                          if d.source]
+            roots += disk_roots(other)
             try:
                 meta = self.store.load(other)
             except QemudError as exc:
