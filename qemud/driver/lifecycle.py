@@ -354,6 +354,7 @@ class Lifecycle:
             log_path=str(dom.process.log.path), live_xml=dom.live.to_xml(live=True),
             persistent=dom.persistent, state=int(dom.state), reason=dom.reason,
             started_at=dom.started_at, job=dom.job or "", job_file=dom.job_file,
+            job_target=dom.job_target,
             pci_changes=list(dom.pci_changes), pci_addressed=dom.pci_addressed,
             unplugs=list(dom.unplugs), shutdown_requested=dom.shutdown_requested,
             fake_reboot=dom.fake_reboot)
@@ -451,7 +452,7 @@ class Lifecycle:
         dom.live = dom.process = dom.monitor = None
         dom.pci_changes = []  # (a new QEMU places its PCI devices afresh)
         dom.unplugs = []  # (QEMU's unplug requests went with it)
-        dom.job = None
+        dom.job, dom.job_file, dom.job_target = None, "", ""
 
     # -- QMP events ----------------------------------------------------------------------
 
@@ -619,15 +620,21 @@ class Lifecycle:
             self.registry.add(dom)
         alive = proc_start_ticks(record.pid) == record.start_ticks and \
             f"guest={record.name}" in " ".join(proc_cmdline(record.pid))
+        saved = record.job == "save" and bool(record.job_target)  # its migration completed
         if not alive:
-            log.warning("domain %s: QEMU (pid %d) is gone since the last daemon ran: marking "
-                        "it shut off (crashed)", record.name, record.pid)
+            if saved:  # (QEMU exited as the save asked, or died after the state was out)
+                self.driver.saving.finish_completed(dom, record.job_file, record.job_target)
+                reason, detail = ShutoffReason.SAVED, StoppedDetail.SAVED
+            else:
+                log.warning("domain %s: QEMU (pid %d) is gone since the last daemon ran: "
+                            "marking it shut off (crashed)", record.name, record.pid)
+                _remove_job_file(self.driver.loop, record)
+                reason, detail = ShutoffReason.CRASHED, StoppedDetail.FAILED
             self.driver.store.delete_status(record.name)
-            _remove_job_file(self.driver.loop, record)
-            self._set_state(dom, DomainState.SHUTOFF, ShutoffReason.CRASHED)
+            self._set_state(dom, DomainState.SHUTOFF, reason)
             if not dom.persistent:
                 self.registry.remove(dom)
-            self.events.lifecycle(dom.ref(), LifecycleEvent.STOPPED, StoppedDetail.FAILED)
+            self.events.lifecycle(dom.ref(), LifecycleEvent.STOPPED, detail)
             return
         # QEMU has it open: not renamed here, copy-truncated by the process's checks
         guest_log = GuestLog(self.guest_paths(dom.name).log_file)
@@ -659,6 +666,16 @@ class Lifecycle:
             process.kill()
             return
         self._set_state(dom, DomainState(record.state), record.reason)
+        if saved:
+            # the save's file is complete: QEMU is stopped as the save would have (no
+            # monitor needed to send it SIGTERM), and the save finished
+            dom.job, dom.job_file, dom.job_target = "save", record.job_file, record.job_target
+            process.add_exit_callback(lambda proc: self._on_exit(dom, proc))
+            self.driver.saving.finish_completed(dom, record.job_file, record.job_target)
+            self.destroy(dom, StopIntent(ShutoffReason.SAVED, StoppedDetail.SAVED))
+            log.info("re-attached to domain %s (id %d, pid %d) to stop it as saved",
+                     dom.name, dom.id, record.pid)
+            return
         # before QMP is up: a DEVICE_DELETED then finds its wait, a save is refused
         self.driver.devices.remember_unplugs(dom, [str(u) for u in record.unplugs])
         monitor = Monitor(self.loop, record.qmp_path, dom.name,

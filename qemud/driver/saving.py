@@ -428,22 +428,25 @@ class Saving:
                 fail(d.error)
                 return
             self._aborted.discard(dom.uuid)  # (a cancel that came too late)
-            dom.job, dom.job_file = None, ""
+            # The file holds the guest's whole state now. Recorded first: a daemon killed
+            # from here on finishes this save when it comes back (finish_completed),
+            # where before it would undo it and remove the file.
+            dom.job_target = str(target)
+            self.lifecycle.save_status(dom)
+            moved = self._move_complete(dom, partial, target)
             stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
                                                              StoppedDetail.SAVED))
 
-            def moved(_: Deferred) -> None:
-                try:
-                    replace_keeping(self.driver.loop, partial, target)
-                except OSError as exc:  # the guest is stopped: its state stays where it is
-                    out.fail(OperationFailed(f"cannot finish save file {target}: "
-                                             f"{exc.strerror or exc}; the saved state is in "
-                                             f"{partial}"))
+            def stopped_as_saved(_: Deferred) -> None:
+                dom.job_file = dom.job_target = ""
+                if moved is not None:  # the guest is stopped: its state stays where it is
+                    out.fail(OperationFailed(f"cannot finish save file {target}: {moved}; "
+                                             f"the saved state is in {partial}"))
                     return
                 if saved is not None:
                     saved()
                 out.resolve(Empty())
-            stopped.add_done_callback(moved)
+            stopped.add_done_callback(stopped_as_saved)
 
         finished.add_done_callback(migrated)
 
@@ -458,6 +461,37 @@ class Saving:
             migrate.add_done_callback(lambda m: fail(m.error) if m.error else None)
         monitor.execute("stop").add_done_callback(paused)
         return out
+
+    def _move_complete(self, dom: DomainObj, partial: Path, target: Path) -> str | None:
+        """Rename a complete save file to its target; the reason it failed, or None.
+
+        Done as soon as QEMU reports the migration complete, before the guest stops: the
+        status file says so by then (``job_target``), so a daemon killed before or after
+        the rename finishes the save either way, and the image is never left under its
+        temporary name for a later start-up to sweep away."""
+        try:
+            replace_keeping(self.driver.loop, partial, target)
+        except OSError as exc:
+            log.error("domain %s: cannot rename its save file %s to %s: %s", dom.name,
+                      partial, target, exc.strerror or exc)
+            return str(exc.strerror or exc)
+        return None
+
+    def finish_completed(self, dom: DomainObj, job_file: str, job_target: str) -> None:
+        """The last daemon stopped after a save's migration had completed, before the
+        guest had stopped: the file holds the guest's whole state, so the save is
+        finished rather than undone (undoing it would throw the state away, and resume a
+        guest whose QEMU may have had its SIGTERM). The file goes to its target if it is
+        not there yet, and a managed save is known as one. The caller stops QEMU if it
+        still runs, as the save would have (shut off, saved)."""
+        partial, target = Path(job_file), Path(job_target)
+        if os.path.lexists(partial) and self._move_complete(dom, partial, target) is not None:
+            log.error("domain %s: its saved state is in %s", dom.name, partial)
+            return
+        if target == self.store.managed_save_path(dom.name) and target.is_file():
+            dom.managed_save = True
+        log.warning("domain %s: a save had completed when the last daemon stopped: "
+                    "finished, the saved state is in %s", dom.name, target)
 
     # -- restore -------------------------------------------------------------------------
 

@@ -238,6 +238,9 @@ class StatusRecord:
     #: save that its predecessor could not finish (absent from older status files)
     job: str = ""
     job_file: str = ""
+    #: DomainObj.job_target: the save's migration completed, its file is complete and
+    #: goes here once QEMU has stopped (absent from older status files: not completed)
+    job_target: str = ""
     #: DomainObj.pci_changes: a guest whose PCI devices changed since its QEMU started
     #: stays unsavable after a daemon restart (absent from older status files: none)
     pci_changes: list[str] = field(default_factory=list)

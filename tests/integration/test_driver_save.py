@@ -5,6 +5,9 @@ held wrapper (tests/helpers/held_qemu_img.py) that a test can hold or make fail.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import client
-from protocol.constants import DomainState, PausedReason, RunningReason
+from protocol.constants import DomainState, PausedReason, RunningReason, ShutoffReason
 from tests.helpers.daemon import (
     DaemonProcess,
     after_discards,
@@ -21,6 +24,7 @@ from tests.helpers.daemon import (
     wait_for,
 )
 from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.helpers.procs import wait_exited
 from tests.integration.conftest import TestGuest
 from tests.integration.guest import BootedGuest
 
@@ -149,6 +153,90 @@ def test_daemon_killed_during_save_cancels_it_at_restart(
             g = None
     finally:
         held_cat.release()
+        if g is not None:
+            g.serial.close()
+        stop_destroying_guests(daemon)
+
+
+#: a qemu-system-x86_64 that starts with SIGTERM blocked (a blocked signal stays blocked
+#: across exec, and QEMU does not unblock it): the SIGTERM a save sends once its file is
+#: complete stays pending, so a test can kill the daemon before QEMU has exited
+_DEAF_QEMU = """#!{python}
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
+os.execv({real!r}, [{real!r}] + sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("how,qemu", [("save", "alive"), ("managedsave", "alive"),
+                                      ("save", "gone")])
+def test_daemon_killed_after_the_save_file_is_complete_finishes_the_save(
+        tmp_path: Path, test_guest: TestGuest, how: str, qemu: str) -> None:
+    """kill -9 after QEMU finished writing the save file but before it exited: the saved
+    state is the guest's, so the restarted daemon finishes the save (QEMU stopped, the
+    domain shut off as saved, the image where the user asked) instead of resuming the
+    guest and removing the image. ``gone``: QEMU exited too before the restart."""
+    real = "/usr/bin/qemu-system-x86_64"
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    deaf = wrappers / "qemu-system-x86_64"
+    deaf.write_text(_DEAF_QEMU.format(python=sys.executable, real=real))
+    deaf.chmod(0o755)
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    # a SIGTERM QEMU never sees: SIGKILL after destroy_grace (long enough to kill the
+    # daemon meanwhile)
+    daemon = DaemonProcess(tmp_path / "d", config={"qemu": {
+        "emulator_dirs": [str(wrappers)], "destroy_grace": 10}})
+    daemon.start()
+    name = f"saved-{how}-{qemu}"
+    g = None
+    try:
+        with daemon.connect() as conn:
+            g = booted(conn, test_guest, name, tmp_path)
+            pid = int((daemon.guest_run_dir(name) / "qemu.pid").read_text())
+            target = saves / "g.sav" if how == "save" else \
+                daemon.state_dir / "save" / f"{name}.save"
+
+            def save() -> None:
+                try:
+                    with daemon.connect() as other:
+                        dom = other.lookup_by_name(name)
+                        if how == "save":
+                            dom.save(str(target))
+                        else:
+                            dom.managed_save()
+                except client.QemudClientError:  # the daemon dies under it
+                    pass
+            saving = threading.Thread(target=save)
+            saving.start()
+            wait_for(target.exists, timeout=60, message="the complete save file")
+            daemon.kill()
+            saving.join(30)
+            assert os.path.exists(f"/proc/{pid}")  # QEMU outlived the daemon
+            if qemu == "gone":
+                os.kill(pid, signal.SIGKILL)
+                wait_exited([pid], timeout=30)
+        daemon.config["qemu"]["destroy_grace"] = 1
+        daemon.start()
+        with daemon.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            wait_for(lambda: dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED),
+                     timeout=30, message="the domain shut off as saved")
+            wait_exited([pid], timeout=30)
+            assert "a save had completed when the last daemon stopped: finished" \
+                in daemon.log_text()
+            assert [p.name for p in target.parent.iterdir()] == [target.name]
+            if how == "save":
+                g.dom = conn.restore(str(target))
+            else:
+                assert dom.has_managed_save()
+                dom.create()
+                g.dom = dom
+            g.resumed()
+            g.close()
+            g = None
+    finally:
         if g is not None:
             g.serial.close()
         stop_destroying_guests(daemon)
