@@ -563,15 +563,66 @@ class Devices:
             if strategy.disk_bus(dom.live, disk) == "virtio":  # (a PCI device)
                 require_pci_hotplug(dom.live, f"disk {target}", addressed=dom.pci_addressed,
                                     unplugged=disk)
+        def remove_from_config(definition: DomainDef) -> None:
+            definition.remove_device(self._find(definition, target, dom.name))
         if config:
             definition = dom.persistent_definition.copy()
-            found = self._find(definition, target, dom.name)
-            definition.remove_device(found)
-            self.driver.registry.save_persistent(dom, definition)
-            self.disk_removed(dom)
+            remove_from_config(definition)  # (the checks, before QEMU)
+            if disk is None:
+                self.driver.registry.save_persistent(dom, definition)
+                self.disk_removed(dom)
+                return None
         if disk is None:
             return None
-        return self._unplug(dom, disk)
+        if not config:
+            return self._unplug(dom, disk)
+        requested = Deferred()
+        released = self._unplug(dom, disk, requested)
+        return self.detach_live_and_config(dom, requested, released, remove_from_config,
+                                           then=lambda: self.disk_removed(dom))
+
+    def detach_live_and_config(self, dom: DomainObj, requested: Deferred,
+                               released: Deferred, change: Callable[[DomainDef], None],
+                               then: Callable[[], None] | None = None) -> Deferred:
+        """The two halves of a ``--live --config`` detach (a disk's or a NIC's), in
+        libvirt's order: the persistent definition loses the device once QEMU has the
+        unplug request (``requested``; a refused unplug changes neither), made to that
+        definition as it is then (``Registry.after_live``), and ``then`` runs once it is
+        saved. The call answers when the guest has released the device (``released``)
+        and the definition is saved.
+
+        A guest that does not release the device in time fails the call as a live
+        detach does, and the error then says the persistent definition changed (QEMU
+        keeps the request: the device goes when the guest releases it). A call answered
+        before QEMU took the request (it timed out waiting for QEMU) leaves the
+        persistent definition alone, as a failed call should."""
+        out = Deferred()
+
+        def change_unless_answered(definition: DomainDef) -> None:
+            if out.done:
+                raise OperationInvalid("the detach was answered before QEMU took its "
+                                       "unplug request")
+            change(definition)
+        saved = self.driver.registry.after_live(dom, requested, change_unless_answered)
+        if then is not None:
+            saved.add_done_callback(lambda d: then() if d.error is None else None)
+
+        def settle(_: Deferred) -> None:
+            if not released.done or (requested.done and not saved.done):
+                return
+            error = released.error
+            if error is not None:
+                if saved.done and saved.error is None:
+                    error = type(error)(f"{error.detail}; the persistent definition no "
+                                        "longer has it")
+                out.fail(error)
+            elif saved.error is not None:
+                out.fail(saved.error)
+            else:
+                out.resolve(None)
+        released.add_done_callback(settle)
+        saved.add_done_callback(settle)
+        return out
 
     def disk_removed(self, dom: DomainObj) -> None:
         """A disk left a definition of ``dom`` (a detach, or a define without it): tell
@@ -583,8 +634,11 @@ class Devices:
                 log.warning("domain %s: after a disk was removed: %s", dom.name,
                             exc.message)
 
-    def _unplug(self, dom: DomainObj, disk: Disk) -> Deferred:
-        """``device_del``, DEVICE_DELETED, then close the disk's block graph.
+    def _unplug(self, dom: DomainObj, disk: Disk, requested: Deferred | None = None
+                ) -> Deferred:
+        """``device_del``, DEVICE_DELETED, then close the disk's block graph;
+        ``requested`` (if given) resolves once QEMU has the unplug request, or fails as
+        the call does before.
 
         The graph is whatever QEMU holds for the disk at that moment, not the two nodes
         it got at attach/start: a live snapshot puts overlay nodes on top, and leaving
@@ -622,7 +676,17 @@ class Devices:
         def give_up(error: QemudError) -> None:
             if dom.device_waiters.get(device_id) is gone:
                 del dom.device_waiters[device_id]
+            if requested is not None:
+                requested.fail(error)
             gone.fail(error)
+
+        def taken(d: Deferred) -> None:
+            if d.error is not None:
+                give_up(d.error)
+                return
+            self.unplug_requested(dom, device_id, gone)
+            if requested is not None:
+                requested.resolve(None)
 
         def queried(d: Deferred) -> None:
             if d.error is not None:
@@ -638,9 +702,7 @@ class Devices:
         def unplug() -> None:
             timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, timed_out)
             gone.add_done_callback(lambda d: timer.cancel())
-            monitor.execute("device_del", {"id": device_id}).add_done_callback(
-                lambda d: give_up(d.error) if d.error is not None
-                else self.unplug_requested(dom, device_id, gone))
+            monitor.execute("device_del", {"id": device_id}).add_done_callback(taken)
 
         def timed_out() -> None:
             log.warning("domain %s: the guest did not release disk %s within %g s: it is "

@@ -229,17 +229,28 @@ class Nics:
                     "detached: the guest has not released it yet")
             self.devices.require_pci_hotplug(dom.live, f"interface {found.mac}",
                                              addressed=dom.pci_addressed, unplugged=found)
+        def remove_from_config(definition: DomainDef) -> None:
+            definition.remove_device(find_interface(definition, wanted))
         if config:
             definition = dom.persistent_definition.copy()
-            gone = find_interface(definition, wanted)
-            definition.remove_device(gone)
-            self.driver.registry.save_persistent(dom, definition)
+            remove_from_config(definition)  # (the checks, before QEMU)
+            if found is None:
+                self.driver.registry.save_persistent(dom, definition)
+                return None
         if found is None:
             return None
-        return self._unplug(dom, found)
+        if not config:
+            return self._unplug(dom, found)
+        requested = Deferred()
+        released = self._unplug(dom, found, requested)
+        return self.devices.detach_live_and_config(dom, requested, released,
+                                                   remove_from_config)
 
-    def _unplug(self, dom: DomainObj, iface: Interface) -> Deferred:
-        """``device_del``, DEVICE_DELETED, then ``netdev_del`` and out of the live XML.
+    def _unplug(self, dom: DomainObj, iface: Interface,
+                requested: Deferred | None = None) -> Deferred:
+        """``device_del``, DEVICE_DELETED, then ``netdev_del`` and out of the live XML;
+        ``requested`` (if given) resolves once QEMU has the unplug request, or fails as
+        the call does before.
 
         The same shape as a disk's unplug (see :meth:`Devices._unplug`): the wait is in
         ``dom.device_waiters`` from the start, the call fails after UNPLUG_TIMEOUT but the
@@ -260,7 +271,17 @@ class Nics:
         def give_up(error: QemudError) -> None:
             if dom.device_waiters.get(device_id) is gone:
                 del dom.device_waiters[device_id]
+            if requested is not None:
+                requested.fail(error)
             gone.fail(error)
+
+        def taken(d: Deferred) -> None:
+            if d.error is not None:
+                give_up(d.error)
+                return
+            self.devices.unplug_requested(dom, device_id, gone)
+            if requested is not None:
+                requested.resolve(None)
 
         def timed_out() -> None:
             log.warning("domain %s: the guest did not release interface %s within %g s: "
@@ -281,9 +302,7 @@ class Nics:
         timer = self.driver.loop.call_later(UNPLUG_TIMEOUT, timed_out)
         gone.add_done_callback(lambda d: timer.cancel())
         gone.add_done_callback(released)
-        monitor.execute("device_del", {"id": device_id}).add_done_callback(
-            lambda d: give_up(d.error) if d.error is not None
-            else self.devices.unplug_requested(dom, device_id, gone))
+        monitor.execute("device_del", {"id": device_id}).add_done_callback(taken)
         return result
 
     def _remove_unplugged(self, dom: DomainObj, live_def: DomainDef, mac: str) -> Deferred:

@@ -223,3 +223,74 @@ def test_a_disk_qemu_refuses_changes_neither_definition(running: Domain,
         assert address is not None
         slots.append(address.get("slot"))
     assert slots[0] == slots[1]  # the slot the live attach chose, in both
+
+
+def disk_on(bus: str, path: Path, dev: str) -> str:
+    return (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{path}'/><target dev='{dev}' bus='{bus}'/></disk>")
+
+
+def disk_targets(root: ET.Element) -> list[str | None]:
+    return [t.get("dev") for t in root.iterfind("devices/disk/target")]
+
+
+def test_a_detach_qemu_refuses_changes_neither_definition(daemon: DaemonProcess,
+                                                          tmp_path: Path) -> None:
+    """An IDE disk cannot be hot-unplugged: QEMU refuses the ``device_del``. As in
+    libvirt, the persistent definition keeps the disk too (before, it lost it although
+    the call failed)."""
+    image = tmp_path / "ide.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    ide = disk_on("ide", image, "hdb")
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("no-unplug").replace(
+            "<os>", f"<devices>{ide}</devices><os>"))
+        dom.create()
+        try:
+            with pytest.raises(client.QemudClientError, match="hotplug"):
+                dom.detach_device(ide, BOTH)
+            assert disk_targets(inactive(dom)) == ["hdb"]
+            assert disk_targets(ET.fromstring(dom.xml())) == ["hdb"]
+        finally:
+            dom.destroy()
+    daemon.stop()  # and in the file
+    daemon.start()
+    with daemon.connect() as conn:
+        dom = conn.lookup_by_name("no-unplug")
+        assert disk_targets(inactive(dom)) == ["hdb"]
+        dom.undefine()
+
+
+@pytest.mark.parametrize("device", ["disk", "interface"])
+def test_a_detach_the_guest_does_not_release_in_time_says_the_config_changed(
+        tmp_path: Path, device: str) -> None:
+    """A guest booted to firmware never releases a device (no OS answers the unplug):
+    the call times out, and since QEMU had taken the unplug request the persistent
+    definition has lost the device (libvirt's order), which the error says."""
+    from qemud.driver.devices import UNPLUG_TIMEOUT_ENV
+    daemon = DaemonProcess(tmp_path / "d", env={UNPLUG_TIMEOUT_ENV: "1"})
+    daemon.start()
+    image = tmp_path / "vdb.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    mac = "52:54:00:0a:0b:0d"
+    xml = disk_on("virtio", image, "vdb") if device == "disk" else \
+        f"<interface type='user'><mac address='{mac}'/><model type='virtio'/></interface>"
+    try:
+        with daemon.connect() as conn:
+            dom = conn.define_xml(bare_xml("unreleased").replace(
+                "<os>", f"<devices>{xml}</devices><os>"))
+            dom.create()
+            with pytest.raises(client.OperationTimeout) as raised:
+                dom.detach_device(xml, BOTH)
+            what = "disk vdb" if device == "disk" else f"interface {mac}"
+            assert str(raised.value).endswith(
+                f"the guest did not release {what} within 1 s (the unplug request "
+                f"stays: the {device} is removed when the guest releases it); the "
+                "persistent definition no longer has it")
+            path = "devices/disk" if device == "disk" else "devices/interface"
+            assert inactive(dom).find(path) is None
+            assert ET.fromstring(dom.xml()).find(path) is not None  # (not released)
+            dom.destroy()
+            dom.undefine()
+    finally:
+        daemon.stop()
