@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ from .discard import discard
 from .domain import DomainObj, StopIntent
 from .monitor import Monitor
 from .pinning import start_pins
-from .process import GuestLog, QemuProcess, proc_cmdline, proc_start_ticks
+from .process import GuestLog, QemuProcess, guest_qemus, proc_cmdline, proc_start_ticks
 from .store import StatusRecord
 from .update import set_link_states
 
@@ -72,6 +73,11 @@ MONITOR_TIMEOUT_ENV = "QEMUD_MONITOR_TIMEOUT"
 #: how long a starting QEMU has to open its QMP socket before the start fails and it is
 #: killed (a QEMU hung in its set-up, an emulator that is not QEMU)
 MONITOR_TIMEOUT = testhooks.seconds(MONITOR_TIMEOUT_ENV, 30.0)
+#: Test hook: ``QEMUD_TEST_DIE_AFTER_LAUNCH=1`` makes the daemon SIGKILL itself right after
+#: it launched a QEMU, before any status file names it (the window
+#: :meth:`Lifecycle._kill_unrecorded` covers). For tests only.
+DIE_AFTER_LAUNCH_ENV = "QEMUD_TEST_DIE_AFTER_LAUNCH"
+_DIE_AFTER_LAUNCH = testhooks.flag(DIE_AFTER_LAUNCH_ENV)
 #: how long a graceful destroy waits for QEMU to act on its SIGTERM when qemu.destroy_grace
 #: is 0 (a plain destroy's SIGKILL at once): libvirt's virProcessKillPainfully wait
 GRACEFUL_DESTROY_GRACE = 10.0
@@ -189,6 +195,8 @@ class Lifecycle:
             self.driver.ports.release(live)
             raise OperationFailed(f"cannot start QEMU for '{dom.name}': {argv[0]}: "
                                   f"{exc.strerror or exc}") from None
+        if _DIE_AFTER_LAUNCH:  # (a test hook: the window _kill_unrecorded covers)
+            os.kill(os.getpid(), signal.SIGKILL)
         dom.job = "start"
         self.registry.assign_id(dom)
         live.id = dom.id
@@ -606,6 +614,24 @@ class Lifecycle:
                 self._reconnect(record)
             except Exception:
                 log.exception("cannot reconnect to %s (status file %s)", record.name, path)
+        self._kill_unrecorded()
+
+    def _kill_unrecorded(self) -> None:
+        """Kill every QEMU of this daemon's run directory that no status file names: the
+        last daemon stopped between launching it and recording it (the first status
+        write of a start). No client was told it started, so it is a failed start, as
+        at STARTING_UP in :meth:`_reconnect`; left running it would hold the guest's
+        disks unaccounted for, next to the QEMU of the guest's next start. A status file
+        this daemon cannot read keeps its QEMU alive (:meth:`_reconnect` says why)."""
+        for pid, name in guest_qemus(self.config.paths.guest_run_dir):
+            if self.driver.store.status_path(name).exists():
+                continue
+            log.warning("domain %s: QEMU (pid %d) was being started when the last daemon "
+                        "stopped, before it was recorded: killing it", name, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _reconnect(self, record: StatusRecord) -> None:
         from qemud.conf import ConfError, parse_domain_xml

@@ -35,7 +35,7 @@ from pathlib import Path
 from qemud import testhooks
 from qemud.loop import EventLoop, Timer
 
-__all__ = ["QemuProcess", "proc_start_ticks", "proc_cmdline", "GuestLog"]
+__all__ = ["QemuProcess", "proc_start_ticks", "proc_cmdline", "guest_qemus", "GuestLog"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,27 @@ def proc_cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def guest_qemus(run_root: Path) -> list[tuple[int, str]]:
+    """(pid, guest name) of every QEMU whose QMP socket is under ``run_root`` (a
+    daemon's guest run directory), found by its command line (``-chardev
+    socket,...,path=RUN/NAME/monitor.sock`` and ``-name guest=NAME,...``, as
+    ``qemud.qemu.command`` writes them), whether or not any status file names it."""
+    from qemud.qemu.command import qemu_opt_escape
+    under = f"path={qemu_opt_escape(str(run_root).rstrip('/'))}/"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        argv = proc_cmdline(int(entry.name))
+        ours = any(a.startswith("socket,") and under in a and "/monitor.sock," in a
+                   for a in argv)
+        named = [a for a in argv if a.startswith("guest=") and a.endswith(",debug-threads=on")]
+        if ours and len(named) == 1:
+            name = named[0][len("guest="):-len(",debug-threads=on")].replace(",,", ",")
+            found.append((int(entry.name), name))
+    return found
 
 
 class GuestLog:

@@ -350,6 +350,43 @@ def test_kill_during_guest_start_leaves_no_orphan_qemu(short_tmp: Path, qemu_cle
         d.kill()
 
 
+@pytest.mark.integration
+def test_kill_right_after_the_launch_leaves_no_orphan_qemu(short_tmp: Path,
+                                                           qemu_cleanup) -> None:
+    """Killed between launching QEMU and its first status write (a test hook makes the
+    daemon SIGKILL itself exactly there): no status file names that QEMU, so the
+    restarted daemon finds it by its command line, under its own run directory, and
+    kills it. Before, it ran on paused, holding the guest's disks, and the next start
+    ran a second QEMU next to it."""
+    from qemud.driver.lifecycle import DIE_AFTER_LAUNCH_ENV
+    name = guest_name("unrecorded")
+    d = DaemonProcess(short_tmp / "qemud", env={DIE_AFTER_LAUNCH_ENV: "1"})
+    d.start()
+    try:
+        with d.connect() as conn:
+            dom = conn.define_xml(bare_domain_xml(name))
+            with pytest.raises(client.ConnectionLost):
+                dom.create(flags=1)  # paused: no firmware boot
+        [pid] = qemu_pids(name)
+        pidfd = os.pidfd_open(pid)
+        assert not (d.run_dir / "qemu" / f"{name}.status.json").exists()
+        d.env.pop(DIE_AFTER_LAUNCH_ENV)
+        d.start()
+        wait_pidfd(pidfd, 10, "the unrecorded QEMU, which the restarted daemon must kill")
+        with d.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            assert dom.state()[0] == DomainState.SHUTOFF
+            dom.create(flags=1)  # a fresh start works, with exactly one QEMU
+            assert dom.state()[0] == DomainState.PAUSED
+            assert len(qemu_pids(name)) == 1
+            dom.destroy()
+        assert "was being started when the last daemon stopped, before it was recorded: " \
+            "killing it" in d.log_text()
+        assert_log_clean(d)
+    finally:
+        d.kill()
+
+
 def test_a_status_record_with_keys_this_version_does_not_know_is_re_attached(
         short_tmp: Path, qemu_cleanup) -> None:
     """A status file a newer daemon wrote (keys this version does not know, as after a
