@@ -51,7 +51,14 @@ from .discard import discard
 from .domain import DomainObj, StopIntent
 from .monitor import Monitor
 from .pinning import start_pins
-from .process import GuestLog, QemuProcess, guest_qemus, proc_cmdline, proc_start_ticks
+from .process import (
+    GuestLog,
+    QemuProcess,
+    guest_name,
+    guest_qemus,
+    proc_cmdline,
+    proc_start_ticks,
+)
 from .store import StatusRecord
 from .update import set_link_states
 
@@ -614,7 +621,10 @@ class Lifecycle:
                 self._reconnect(record)
             except Exception:
                 log.exception("cannot reconnect to %s (status file %s)", record.name, path)
-        self._kill_unrecorded()
+        try:
+            self._kill_unrecorded()
+        except Exception:  # (the daemon serves the guests it knows all the same)
+            log.exception("cannot look for QEMUs no status file names")
 
     def _kill_unrecorded(self) -> None:
         """Kill every QEMU of this daemon's run directory that no status file names: the
@@ -626,12 +636,22 @@ class Lifecycle:
         for pid, name in guest_qemus(self.config.paths.guest_run_dir):
             if self.driver.store.status_path(name).exists():
                 continue
-            log.warning("domain %s: QEMU (pid %d) was being started when the last daemon "
-                        "stopped, before it was recorded: killing it", name, pid)
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue  # (gone)
+            try:
+                # the same process still (a pid is not reused while its pidfd is open)
+                if guest_name(proc_cmdline(pid)) != name:
+                    continue
+                log.warning("domain %s: QEMU (pid %d) was being started when the last "
+                            "daemon stopped, before it was recorded: killing it", name, pid)
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError as exc:
+                log.error("domain %s: cannot kill QEMU (pid %d), which no status file "
+                          "names: %s", name, pid, exc.strerror or exc)
+            finally:
+                os.close(pidfd)
 
     def _reconnect(self, record: StatusRecord) -> None:
         from qemud.conf import ConfError, parse_domain_xml
@@ -645,7 +665,7 @@ class Lifecycle:
             dom = DomainObj(live.copy(), persistent=False)
             self.registry.add(dom)
         alive = proc_start_ticks(record.pid) == record.start_ticks and \
-            f"guest={record.name}" in " ".join(proc_cmdline(record.pid))
+            guest_name(proc_cmdline(record.pid)) == record.name
         saved = record.job == "save" and bool(record.job_target)  # its migration completed
         if not alive:
             if saved:  # (QEMU exited as the save asked, or died after the state was out)

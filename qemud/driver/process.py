@@ -35,7 +35,8 @@ from pathlib import Path
 from qemud import testhooks
 from qemud.loop import EventLoop, Timer
 
-__all__ = ["QemuProcess", "proc_start_ticks", "proc_cmdline", "guest_qemus", "GuestLog"]
+__all__ = ["QemuProcess", "proc_start_ticks", "proc_cmdline", "guest_name", "guest_qemus",
+           "GuestLog"]
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +77,44 @@ def proc_cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def guest_name(argv: list[str]) -> str | None:
+    """The guest name of a QEMU command line as ``qemud.qemu.command`` writes it
+    (``-name guest=NAME,debug-threads=on``, commas in NAME doubled), or None when it
+    has no such argument or more than one."""
+    named = [a for a in argv if a.startswith("guest=") and a.endswith(_NAME_END)]
+    if len(named) != 1:
+        return None
+    return named[0][len("guest="):-len(_NAME_END)].replace(",,", ",")
+
+
+_NAME_END = ",debug-threads=on"
+
+
 def guest_qemus(run_root: Path) -> list[tuple[int, str]]:
-    """(pid, guest name) of every QEMU whose QMP socket is under ``run_root`` (a
-    daemon's guest run directory), found by its command line (``-chardev
-    socket,...,path=RUN/NAME/monitor.sock`` and ``-name guest=NAME,...``, as
-    ``qemud.qemu.command`` writes them), whether or not any status file names it."""
+    """(pid, guest name) of every QEMU of this daemon's user whose QMP socket is under
+    ``run_root`` (a daemon's guest run directory), found by its command line
+    (``-chardev socket,...,path=RUN/NAME/monitor.sock`` and :func:`guest_name`), whether
+    or not any status file names it. Any user can start a process with such a command
+    line (``/proc/PID/cmdline`` is world-readable, a session's run directory
+    predictable): only the daemon's own user's processes are QEMUs it started."""
     from qemud.qemu.command import qemu_opt_escape
     under = f"path={qemu_opt_escape(str(run_root).rstrip('/'))}/"
+    uid = os.geteuid()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue  # (gone)
         argv = proc_cmdline(int(entry.name))
-        ours = any(a.startswith("socket,") and under in a and "/monitor.sock," in a
-                   for a in argv)
-        named = [a for a in argv if a.startswith("guest=") and a.endswith(",debug-threads=on")]
-        if ours and len(named) == 1:
-            name = named[0][len("guest="):-len(",debug-threads=on")].replace(",,", ",")
+        if not any(a.startswith("socket,") and under in a and "/monitor.sock," in a
+                   for a in argv):
+            continue
+        name = guest_name(argv)
+        if name is not None:
             found.append((int(entry.name), name))
     return found
 

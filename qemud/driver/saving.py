@@ -434,15 +434,15 @@ class Saving:
             dom.job_target = str(target)
             self.lifecycle.save_status(dom)
             moved = self._move_complete(dom, partial, target)
+            if moved is not None:  # the guest is not stopped yet: it goes on as it was
+                dom.job_target = ""
+                fail(OperationFailed(f"cannot finish save file {target}: {moved}"))
+                return
             stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
                                                              StoppedDetail.SAVED))
 
             def stopped_as_saved(_: Deferred) -> None:
                 dom.job_file = dom.job_target = ""
-                if moved is not None:  # the guest is stopped: its state stays where it is
-                    out.fail(OperationFailed(f"cannot finish save file {target}: {moved}; "
-                                             f"the saved state is in {partial}"))
-                    return
                 if saved is not None:
                     saved()
                 out.resolve(Empty())
@@ -468,7 +468,9 @@ class Saving:
         Done as soon as QEMU reports the migration complete, before the guest stops: the
         status file says so by then (``job_target``), so a daemon killed before or after
         the rename finishes the save either way, and the image is never left under its
-        temporary name for a later start-up to sweep away."""
+        temporary name for a later start-up to sweep away. A rename that fails (the
+        target replaced by a directory meanwhile) fails the save while the guest can
+        still go on as it was."""
         try:
             replace_keeping(self.driver.loop, partial, target)
         except OSError as exc:
@@ -600,6 +602,8 @@ class Saving:
         return Empty()
 
     def remove_image(self, dom: DomainObj) -> None:
+        if dom.job == "save":  # its image may be in place already, the guest stopping
+            raise OperationInvalid(f"domain '{dom.name}' is busy: save in progress")
         path = self.store.managed_save_path(dom.name)
         failed = self._discard(path)
         if isinstance(failed, FileNotFoundError):

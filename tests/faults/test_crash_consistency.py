@@ -24,6 +24,7 @@ import json
 import os
 import random
 import select
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -384,6 +385,61 @@ def test_kill_right_after_the_launch_leaves_no_orphan_qemu(short_tmp: Path,
             "killing it" in d.log_text()
         assert_log_clean(d)
     finally:
+        d.kill()
+
+
+@pytest.mark.integration
+def test_a_guest_whose_name_has_a_comma_is_re_attached(short_tmp: Path,
+                                                       qemu_cleanup) -> None:
+    """QEMU's command line doubles the commas of a name (``guest=web,,prod,...``): the
+    restarted daemon still recognises its QEMU, re-attaches it and leaves it running
+    (before, it took it for gone, marked the guest crashed, and the start-up sweep of
+    unrecorded QEMUs then killed it)."""
+    name = guest_name("web,prod")
+    d = DaemonProcess(short_tmp / "qemud")
+    d.start()
+    try:
+        with d.connect() as conn:
+            conn.define_xml(bare_domain_xml(name)).create(flags=1)  # paused
+        [pid] = qemu_pids(name.replace(",", ",,"))
+        d.stop()
+        d.start()
+        with d.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            assert dom.state()[0] == DomainState.PAUSED
+            assert qemu_pids(name.replace(",", ",,")) == [pid]
+            dom.destroy()
+        assert "re-attached to domain" in d.log_text()
+        assert_log_clean(d)
+    finally:
+        d.kill()
+
+
+def test_a_process_of_another_user_that_looks_like_a_qemu_is_left_alone(
+        short_tmp: Path, qemu_cleanup) -> None:
+    """Any user can start a process whose command line looks like one of the daemon's
+    QEMUs (its run directory is no secret): the start-up sweep of unrecorded QEMUs
+    leaves other users' processes alone (a session daemon could not signal them and
+    stopped with EPERM; a root one killed them)."""
+    d = DaemonProcess(short_tmp / "qemud")
+    fake = [f"socket,id=mon,path={d.run_dir}/qemu/x/monitor.sock,server=on,wait=off",
+            "guest=x,debug-threads=on"]
+
+    def nobody() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+    planted = subprocess.Popen(["sh", "-c", "sleep 600; :", *fake], preexec_fn=nobody)
+    try:
+        wait_for(lambda: fake[1] in Path(f"/proc/{planted.pid}/cmdline").read_text(),
+                 message="the planted process running")
+        d.start()
+        with d.connect() as conn:
+            assert conn.list_all() == []
+        assert planted.poll() is None, "the daemon killed another user's process"
+        assert "was being started when the last daemon stopped" not in d.log_text()
+    finally:
+        planted.kill()
+        planted.wait()
         d.kill()
 
 

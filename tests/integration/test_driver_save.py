@@ -168,6 +168,18 @@ os.execv({real!r}, [{real!r}] + sys.argv[1:])
 """
 
 
+def deaf_qemu(tmp_path: Path) -> Path:
+    """A directory holding :data:`_DEAF_QEMU` as ``qemu-system-x86_64`` (for the
+    daemon's ``qemu.emulator_dirs``)."""
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    deaf = wrappers / "qemu-system-x86_64"
+    deaf.write_text(_DEAF_QEMU.format(python=sys.executable,
+                                      real="/usr/bin/qemu-system-x86_64"))
+    deaf.chmod(0o755)
+    return wrappers
+
+
 @pytest.mark.parametrize("how,qemu", [("save", "alive"), ("managedsave", "alive"),
                                       ("save", "gone")])
 def test_daemon_killed_after_the_save_file_is_complete_finishes_the_save(
@@ -176,18 +188,12 @@ def test_daemon_killed_after_the_save_file_is_complete_finishes_the_save(
     state is the guest's, so the restarted daemon finishes the save (QEMU stopped, the
     domain shut off as saved, the image where the user asked) instead of resuming the
     guest and removing the image. ``gone``: QEMU exited too before the restart."""
-    real = "/usr/bin/qemu-system-x86_64"
-    wrappers = tmp_path / "bin"
-    wrappers.mkdir()
-    deaf = wrappers / "qemu-system-x86_64"
-    deaf.write_text(_DEAF_QEMU.format(python=sys.executable, real=real))
-    deaf.chmod(0o755)
     saves = tmp_path / "saves"
     saves.mkdir()
     # a SIGTERM QEMU never sees: SIGKILL after destroy_grace (long enough to kill the
     # daemon meanwhile)
     daemon = DaemonProcess(tmp_path / "d", config={"qemu": {
-        "emulator_dirs": [str(wrappers)], "destroy_grace": 10}})
+        "emulator_dirs": [str(deaf_qemu(tmp_path))], "destroy_grace": 10}})
     daemon.start()
     name = f"saved-{how}-{qemu}"
     g = None
@@ -240,3 +246,69 @@ def test_daemon_killed_after_the_save_file_is_complete_finishes_the_save(
         if g is not None:
             g.serial.close()
         stop_destroying_guests(daemon)
+
+
+def test_managed_save_image_cannot_be_removed_while_the_guest_stops(
+        tmp_path: Path, test_guest: TestGuest) -> None:
+    """The managed save image is in place before QEMU has exited (its SIGTERM blocked
+    here, so the window lasts): managedsave-remove is refused as busy then, rather than
+    deleting the image of a managed save that then reports success."""
+    daemon = DaemonProcess(tmp_path / "d", config={"qemu": {
+        "emulator_dirs": [str(deaf_qemu(tmp_path))], "destroy_grace": 2}})
+    name = "msave-stopping"
+    target = daemon.state_dir / "save" / f"{name}.save"
+    with serving(daemon), daemon.connect() as conn:
+        g = booted(conn, test_guest, name, tmp_path)
+        try:
+            with daemon.connect() as other:
+                saving = threading.Thread(
+                    target=other.lookup_by_name(name).managed_save)
+                saving.start()
+                wait_for(target.exists, timeout=60, message="the managed save image")
+                with pytest.raises(client.OperationInvalid,
+                                   match=f"domain '{name}' is busy: save in progress"):
+                    g.dom.managed_save_remove()
+                saving.join(60)
+            assert g.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            assert g.dom.has_managed_save() and target.is_file()
+            g.dom.create()
+            g.resumed()
+        finally:
+            g.close()
+
+
+def test_a_save_whose_rename_fails_leaves_the_guest_running(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, held: HeldQemuImg
+        ) -> None:
+    """The target became a directory while the migration ran, so the complete file
+    cannot be renamed to it: the save fails as any failed save does (the guest was not
+    stopped yet and runs on, the temp file is removed)."""
+    saves = tmp_path / "saves"
+    saves.mkdir()
+    target = saves / "g.sav"
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, "save-rename-fails", tmp_path)
+        try:
+            held.start_holding()
+            errors: list[BaseException] = []
+
+            def save() -> None:
+                try:
+                    with qemud.connect() as other:
+                        other.lookup_by_name("save-rename-fails").save(str(target))
+                except client.QemudClientError as exc:
+                    errors.append(exc)
+            saving = threading.Thread(target=save)
+            saving.start()
+            wait_for(held.held.exists, timeout=60, message="the save's cat held")
+            target.mkdir()
+            held.release()
+            saving.join(60)
+            [error] = errors
+            assert isinstance(error, client.OperationFailed)
+            assert str(error).endswith(f"cannot finish save file {target}: Is a directory")
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+            g.answers("after-failed-rename")
+            assert leftovers(saves) == ["g.sav"]  # (the directory)
+        finally:
+            g.close()
