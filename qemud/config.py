@@ -34,6 +34,14 @@ MIN_MAX_FRAME = 1024
 #: deadlines or windows are typos rather than intentions.
 MAX_SECONDS = 7 * 24 * 3600
 
+#: appliance.import_max_bytes by default: 64 GiB. An import unpacks into the image store
+#: (by default on state_dir, with the guests' disks, saved states and snapshots), and a
+#: tarball of a few KiB can declare terabytes (compressed zeros, sparse members). An
+#: appliance is a few disk images and a kernel: 64 GiB holds a raw (fully allocated)
+#: 32 GiB system disk and as large a data disk, past what appliances ship, while a
+#: compression bomb of a 100 MiB download (gzip reaches 1000:1) is refused.
+DEFAULT_IMPORT_MAX_BYTES = 64 << 30
+
 #: Longest unix socket path (sun_path is 108 bytes on Linux, with the trailing NUL).
 MAX_UNIX_PATH = 107
 
@@ -186,6 +194,8 @@ class ApplianceConfig:
     hotplug_rules: str = ""  # TOML file of udev hotplug rules; "" = <config_dir>/hotplug.toml
     image_store: str = ""  # appliance images; "" = <state_dir>/images
     update_deadline: float = 120.0  # heartbeats must resume this soon after an A/B update
+    #: the most an appliance tarball may unpack to (the sum of its files' sizes)
+    import_max_bytes: int = DEFAULT_IMPORT_MAX_BYTES
 
 
 @dataclass
@@ -240,6 +250,9 @@ class Config:
         a = self.appliance
         if a.host_reserve_mib < 0:
             raise ConfigError(f"appliance.host_reserve_mib must be >= 0, got {a.host_reserve_mib}")
+        if a.import_max_bytes < 1:
+            raise ConfigError("appliance.import_max_bytes must be at least 1 (bytes an "
+                              f"appliance tarball may unpack to), got {a.import_max_bytes}")
         if a.restart_budget < 0:
             raise ConfigError("appliance.restart_budget must be >= 0 (0 never restarts a guest "
                               f"automatically), got {a.restart_budget}")

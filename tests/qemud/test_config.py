@@ -179,6 +179,10 @@ allowed_dn = [{pattern = "CN=admin*", role = "full"}]
     ("[appliance]\nrestart_window = 0\n", "appliance.restart_window must be positive"),
     ("[appliance]\nhost_reserve_mib = -5\n", "appliance.host_reserve_mib must be >= 0, got -5"),
     ("[appliance]\nupdate_deadline = -1.0\n", "appliance.update_deadline must be positive"),
+    ("[appliance]\nimport_max_bytes = 0\n", "appliance.import_max_bytes must be at least 1 "
+                                            "(bytes an appliance tarball may unpack to), got 0"),
+    ("[appliance]\nimport_max_bytes = '64G'\n",
+     "appliance.import_max_bytes must be an integer, got '64G'"),
     ("[appliance]\nshutdown_host_command = []\n",
      "appliance.shutdown_host_command must name a command to run, got []"),
     ("[appliance]\nreboot_host_command = ['']\n", "appliance.reboot_host_command must name"),

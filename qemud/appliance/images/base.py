@@ -19,7 +19,7 @@ from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
 
 from .descriptor import DiskSpec
-from .layout import STATE_NAME, UNFINISHED_SUFFIX, vms_root
+from .layout import STATE_NAME, UNFINISHED_SUFFIX, settle_switch, vms_root
 from .store import ImageStore, VMState
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
     from qemud.loop import EventLoop
 
-__all__ = ["ImageOps", "Task", "run_task", "tool_failure", "disk_file"]
+__all__ = ["ImageOps", "Task", "run_task", "tool_failure", "disk_file", "abandon_prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ def disk_file(disk: DiskSpec, slot: str) -> str:
     return f"{disk.target}.qcow2"
 
 
+def abandon_prepared(prepared: list[tuple[Path, Path]]) -> None:
+    """Remove the disks ``ImageOps._prepare_scratch`` made that were not renamed into
+    place (``(prepared, disk)`` pairs; the list is emptied)."""
+    for tmp, _ in prepared:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError as exc:  # (removed at the next start: remove_unfinished_disks)
+            log.warning("cannot remove %s: %s", tmp, exc.strerror or exc)
+    prepared.clear()
+
+
 class ImageOps:
     """The driver's pieces, the store, the tool runner and the per-VM helpers."""
 
@@ -105,10 +116,20 @@ class ImageOps:
     def vm_dir(self, name: str) -> Path:
         return self.vms_dir / name
 
-    def load_state(self, dom: DomainObj) -> VMState | None:
+    def load_state(self, dom: DomainObj, settle: bool | None = None) -> VMState | None:
+        """The VM's state. One with a switch an update or rollback left (a failed write)
+        is settled first (``layout.settle_switch``), unless an image operation runs on
+        the VM (its own switch may be in progress) or ``settle`` is False; ``settle``
+        True: settled whatever runs (the caller is that operation, before its switch)."""
         path = self.vm_dir(dom.name) / STATE_NAME
+        if settle is None:
+            settle = dom.uuid not in self.busy
         try:
             state = VMState.from_json(path.read_text())
+            if state.uuid == dom.uuid and state.switch is not None and settle:
+                settled = settle_switch(path, dom)
+                if settled is not None:
+                    state = VMState.from_dict(settled)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as exc:
@@ -175,13 +196,26 @@ class ImageOps:
         """A new, empty qcow2 disk of ``size`` bytes (replacing ``path``)."""
         return self._create(path, [], [str(size)])
 
-    def _create(self, path: Path, options: list[str], size: list[str]) -> Task:
-        """qemu-img writes ``<path>.new``, renamed over ``path`` once complete (what a
-        killed daemon leaves of it goes at the next start: remove_unfinished_disks)."""
+    def _prepare_scratch(self, path: Path, size: int) -> Task:
+        """A new, empty qcow2 disk of ``size`` bytes beside ``path`` (``path`` itself is
+        untouched); returns its path, to be renamed over ``path`` (``os.replace``) or
+        removed (:func:`abandon_prepared`). An update or rollback prepares the scratch
+        disks so, and renames them only once its define succeeded: a failed one leaves
+        the scratch disks as they were."""
+        return self._prepare(path, [], [str(size)])
+
+    def _prepare(self, path: Path, options: list[str], size: list[str]) -> Task:
+        """qemu-img writes ``<path>.new`` (what a killed daemon leaves of it goes at the
+        next start: remove_unfinished_disks); returns that path, once complete."""
         tmp = path.with_name(path.name + UNFINISHED_SUFFIX)
         yield self.runner.run([self.qemu_img(), "create", "-q", "-f", "qcow2", *options,
                                str(tmp), *size], f"cannot create {path.name}")
         os.chmod(tmp, 0o600)
+        return tmp
+
+    def _create(self, path: Path, options: list[str], size: list[str]) -> Task:
+        """:meth:`_prepare`, then the new disk is renamed over ``path``."""
+        tmp = yield from self._prepare(path, options, size)
         os.replace(tmp, path)
 
     def _define(self, definition: DomainDef) -> Deferred:

@@ -24,6 +24,7 @@ from .layout import (
     STATE_NAME,
     remove_unfinished_disks,
     require_no_pending_update,
+    settle_switch,
     store_root,
     vms_root,
 )
@@ -66,6 +67,7 @@ class ImagesDuty:
             except OSError as exc:  # the calls say so again; the daemon serves on
                 log.error("appliance images: cannot use %s: %s", directory,
                           exc.strerror or exc)
+        self.settle_switches()
         self.remove_debris()
         self.events.add_listener(self.on_event)
         # the driver's handlers are registered before the appliance's: checked first
@@ -102,6 +104,15 @@ class ImagesDuty:
 
     def _has_state(self, name: str) -> bool:
         return (self.vms_dir / name / STATE_NAME).exists()
+
+    def settle_switches(self) -> None:
+        """The states of VMs whose update or rollback a killed daemon cut short between
+        its two writes (state, definition) made to agree with the definition again
+        (``settle_switch``); start-up only, before ``remove_debris`` (a switch that
+        happened still has its prepared scratch images to rename into place)."""
+        for dom in self.driver.registry:
+            if dom.persistent and self._has_state(dom.name):
+                settle_switch(self.vms_dir / dom.name / STATE_NAME, dom)
 
     def remove_debris(self) -> None:
         """What a killed daemon left: unfinished imports, what it was removing (trees

@@ -1,12 +1,15 @@
 """Importing an appliance (APPLIANCE_IMPORT): unpack, check, store read-only.
 
-``tar`` unpacks the tarball (a child the loop reaps, never in the loop) into a staging
-directory ``<store>/.staging-*``; the descriptor is checked (every field, every file,
-only regular files, images without backing or data files, by ``qemu-img info``) and
-so is the host (an emulator for the arch, every required feature); the checked
-descriptor is written next to the files as ``.qemud-appliance.json``, every file made
-mode 0444, and the directory renamed to ``<store>/<name>/<version>/``. A version is
-never replaced. A staging directory a killed daemon left is removed at start-up.
+:mod:`.unpack` unpacks the tarball (a child the loop reaps, never in the loop: the
+daemon's Python running that file) into a staging directory ``<store>/.staging-*``,
+at most ``appliance.import_max_bytes`` of it (the declared sizes are checked before
+anything is written, the bytes counted while writing); the descriptor is checked
+(every field, every file, only regular files, images without backing or data files, by
+``qemu-img info``) and so is the host (an emulator for the arch, every required
+feature); the checked descriptor is written next to the files as
+``.qemud-appliance.json``, every file made mode 0444, and the directory renamed to
+``<store>/<name>/<version>/``. A version is never replaced. Whatever is refused, the
+staging directory is discarded; one a killed daemon left is removed at start-up.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +29,14 @@ from protocol import payloads as pl
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard_tree
 from qemud.driver.store import atomic_write
+from qemud.driver.tools import ToolFailed
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
 
 from .base import ImageOps, Task, run_task
 from .descriptor import DescriptorError, DiskSpec, check_host, load_descriptor_text
 from .layout import STAGING_PREFIX
 from .store import INDEX_NAME
+from .unpack import EXIT_BAD_MEMBER, EXIT_TOO_BIG
 
 if TYPE_CHECKING:
     from qemud.config import Config
@@ -81,12 +87,11 @@ class ImportOps(ImageOps):
                                   f"{exc.strerror or exc}") from None
         key = ""
         try:
+            limit = self.config.appliance.import_max_bytes
             try:
-                yield self.runner.run(["tar", "-x", "--no-same-owner", "--no-same-permissions",
-                                       "-f", path, "-C", str(staging)],
-                                      f"cannot unpack appliance tarball {path}")
-            except OperationFailed as exc:
-                raise DescriptorError(exc.message) from None
+                yield self.runner.run(_unpack_argv(path, staging, limit))
+            except ToolFailed as exc:
+                raise DescriptorError(_unpack_refusal(path, exc, limit)) from None
             root = _find_root(staging, path)
             odd = yield self.runner.run(_odd_member_argv(root),
                                         f"cannot check the members of {path}", stdout=True)
@@ -160,6 +165,43 @@ def _find_root(staging: Path, source: str) -> Path:
     top = sorted(p.name for p in entries)[:8]
     raise DescriptorError(f"{source}: no appliance.json (or appliance.toml) at the top of the "
                           f"tarball (it holds: {', '.join(top) or 'nothing'})")
+
+
+def _unpack_argv(path: str, staging: Path, limit: int) -> list[str]:
+    """The child that unpacks ``path`` into ``staging``, at most ``limit`` bytes: the
+    daemon's own Python (isolated: no environment, no user site) running
+    :mod:`.unpack`, which imports nothing but the standard library."""
+    script = Path(__file__).with_name("unpack.py")
+    return [sys.executable, "-I", str(script), str(limit), path, str(staging)]
+
+
+def _unpack_refusal(path: str, exc: ToolFailed, limit: int) -> str:
+    """What a failed :func:`_unpack_argv` child means, for the user."""
+    lines = [line for line in exc.stderr.splitlines() if line.strip()]
+    reason = " / ".join(lines) or exc.message
+    if exc.exit_code == EXIT_TOO_BIG and lines:  # "declared|written BYTES MEMBER"
+        how, _, rest = lines[-1].partition(" ")
+        count, _, member = rest.partition(" ")
+        bound = f"appliance.import_max_bytes = {limit} ({_size(limit)})"
+        if how == "declared" and count.isdigit():
+            return (f"appliance tarball {path} unpacks to more than {bound}: its files "
+                    f"declare at least {count} bytes ({_size(int(count))}), the limit "
+                    f"passed at member '{member}'; refused before unpacking, nothing was "
+                    "kept")
+        return (f"appliance tarball {path}: member '{member}' unpacked past {bound}, "
+                "more than the tarball declared; unpacking stopped, nothing was kept")
+    if exc.exit_code == EXIT_BAD_MEMBER:
+        return f"{path}: {reason}"
+    return f"cannot unpack appliance tarball {path}: {reason}"
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for a reader: ``64 GiB``, ``1.5 MiB``, ``512 bytes``."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                        ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n} bytes"
 
 
 def _odd_member_argv(root: Path) -> list[str]:

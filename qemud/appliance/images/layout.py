@@ -1,33 +1,40 @@
 """Where the images duty keeps things on disk, and what a killed daemon left there.
 
 The one module of the package a daemon imports at start-up: the duty needs these paths
-and names to clean up and to know which guests have an appliance state, and nothing else
-until the first image call or the start of such a guest (see :mod:`.duty`).
+and names to clean up, to settle the state of a VM whose update or rollback a killed
+daemon cut short (:func:`settle_switch`) and to know which guests have an appliance
+state, and nothing else until the first image call or the start of such a guest (see
+:mod:`.duty`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from qemud.driver.store import atomic_write
 from qemud.errors import OperationInvalid
 
 if TYPE_CHECKING:
     from qemud.config import Config
     from qemud.driver.domain import DomainObj
 
-__all__ = ["STAGING_PREFIX", "STATE_NAME", "TARGET_RE", "UNFINISHED_SUFFIX", "QCOW2",
-           "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
-           "require_no_pending_update"]
+__all__ = ["STAGING_PREFIX", "STATE_NAME", "SWITCH_KEY", "TARGET_RE", "UNFINISHED_SUFFIX",
+           "QCOW2", "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
+           "settle_switch", "require_no_pending_update"]
 
 log = logging.getLogger(__name__)
 
 #: a deployed VM's state record, in its directory under :func:`vms_root`
 STATE_NAME = "appliance-state.json"
+#: the key of that record under which an update or rollback writes the state it switches
+#: to, before it defines the definition that goes with it (see :func:`settle_switch`)
+SWITCH_KEY = "switch"
 #: an import unpacks into ``<store>/<STAGING_PREFIX>...`` before it is renamed into place
 STAGING_PREFIX = ".staging-"
 #: a guest disk name as descriptors and VM directories use them (vda, sdb, hdaa...)
@@ -93,9 +100,87 @@ def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
     return removed
 
 
+def settle_switch(path: Path, dom: DomainObj) -> dict[str, Any] | None:
+    """Make the state record ``path`` of ``dom`` agree with its definition again, after
+    an update or rollback that wrote its :data:`SWITCH_KEY` and was cut short; return
+    the settled record (None: nothing to settle).
+
+    An update or rollback writes the state it switches to under that key *before* its
+    define (the record's own fields stay those of the definition in place), and the
+    record without it once the define is on disk. A daemon killed in between, or a
+    write that failed, leaves the key. The definition on disk (the daemon's persistent
+    one: what the next start runs) then says which state is true: if its system disks
+    are the switch's, the define happened and the switch becomes the state (the scratch
+    images the switch had prepared as ``<disk>.new`` are renamed into place, as the
+    update would have: they were complete before the switch was written); otherwise it
+    did not, and the key is dropped. Start-up (for every domain with a record, before
+    ``remove_unfinished_disks``) and any read of a record with the key while no image
+    operation runs on the VM call this. A record that cannot be rewritten is logged and
+    settled again next time; the settled record is returned all the same.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("domain %s: unreadable appliance state %s: %s", dom.name, path, exc)
+        return None
+    if not isinstance(data, dict) or data.get("uuid") != dom.uuid:
+        return None
+    switch = data.get(SWITCH_KEY)
+    if not isinstance(switch, dict):
+        return None
+    sources = {d.target_dev: d.source for d in dom.persistent_definition.disks}
+    disks = switch.get("disks")
+    if not isinstance(disks, dict):
+        disks = {}
+    system = {t: d.get("path") for t, d in disks.items()
+              if isinstance(d, dict) and d.get("class") == "system"}
+    landed = bool(system) and all(sources.get(t) == p for t, p in system.items())
+    if landed:
+        settled = {k: v for k, v in switch.items() if k != SWITCH_KEY}
+        settled["vm"] = data.get("vm", dom.name)  # (a rename rewrites the record's own)
+        _install_prepared_scratch(dom, disks)
+    else:
+        settled = {k: v for k, v in data.items() if k != SWITCH_KEY}
+    log.warning("domain %s: an appliance image change to %s %s was cut short: its "
+                "definition %s, so the VM is on %s", dom.name, switch.get("appliance"),
+                switch.get("version"),
+                "was saved" if landed else "was not saved (the previous one is in place)",
+                settled.get("version"))
+    try:
+        atomic_write(path, json.dumps(settled, indent=1))
+    except OSError as exc:
+        log.error("domain %s: cannot write the appliance state %s: %s (settled again "
+                  "next time)", dom.name, path, exc.strerror or exc)
+    return settled
+
+
+def _install_prepared_scratch(dom: DomainObj, disks: dict[str, Any]) -> None:
+    """The scratch images a switch that happened prepared (``<disk>.new``, complete):
+    renamed over the scratch disks, as the operation would have after its define."""
+    for target, disk in sorted(disks.items()):
+        if not isinstance(disk, dict) or disk.get("class") != "scratch":
+            continue
+        path = Path(str(disk.get("path")))
+        prepared = path.with_name(path.name + UNFINISHED_SUFFIX)
+        try:
+            if not stat.S_ISREG(prepared.lstat().st_mode):
+                continue
+            os.replace(prepared, path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.error("domain %s: cannot put the new scratch image %s in place: %s",
+                      dom.name, prepared, exc.strerror or exc)
+            continue
+        log.info("domain %s: scratch disk %s recreated (%s)", dom.name, target, path)
+
+
 def require_no_pending_update(config: Config, dom: DomainObj, what: str) -> None:
     """Refuse ``what`` while an A/B appliance update of ``dom`` waits for its
-    confirmation (``pending`` in the VM's appliance state).
+    confirmation (``pending`` in the VM's appliance state, or in the :data:`SWITCH_KEY`
+    state of an update being defined, or cut short and not settled yet).
 
     The update's rollback puts the system disks back on the previous slot, deletes the
     new slot's overlay and recreates the scratch disks: whatever was built on them
@@ -114,6 +199,9 @@ def require_no_pending_update(config: Config, dom: DomainObj, what: str) -> None
     if not isinstance(state, dict) or state.get("uuid") != dom.uuid:
         return
     pending = state.get("pending")
+    switch = state.get(SWITCH_KEY)
+    if not isinstance(pending, dict) and isinstance(switch, dict):
+        pending = switch.get("pending")  # an update being defined, or not yet settled
     if not isinstance(pending, dict):
         return
     deadline = config.appliance.update_deadline

@@ -9,6 +9,7 @@ deployed VM's overlays and scratch disks and its :class:`VMState`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from qemud.errors import InvalidArg, QemudError
 
 from .descriptor import Descriptor, parse_descriptor, version_key
+from .layout import SWITCH_KEY
 
 __all__ = ["ImageStore", "VMState", "INDEX_NAME"]
 
@@ -94,7 +96,13 @@ class ImageStore:
 
 @dataclass
 class VMState:
-    """What the daemon remembers of a deployed VM (``<state_dir>/vms/<vm>/``)."""
+    """What the daemon remembers of a deployed VM (``<state_dir>/vms/<vm>/``).
+
+    ``switch`` is set only while an update or a rollback defines the VM's new
+    definition: the state that definition goes with (the fields above stay the ones of
+    the definition in place until then). Start-up settles a switch a killed daemon left
+    (``layout.settle_switch``): see ``UpdateOps._commit_switch`` for why.
+    """
 
     vm: str
     uuid: str
@@ -104,18 +112,38 @@ class VMState:
     disks: dict[str, dict[str, Any]]  # target -> {"class", "path", "size"?}
     previous: dict[str, Any] | None = None  # {"version", "slot", "system": {t: path}, "os"}
     pending: dict[str, Any] | None = None  # {"from", "to", "since"}: unconfirmed update
+    switch: dict[str, Any] | None = None  # the state of a definition being defined
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
+               "version": self.version, "slot": self.slot, "disks": self.disks,
+               "previous": self.previous, "pending": self.pending}
+        if self.switch is not None:  # (absent from most files, and from older ones)
+            out[SWITCH_KEY] = self.switch
+        return out
 
     def to_json(self) -> str:
-        return json.dumps({"vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
-                           "version": self.version, "slot": self.slot, "disks": self.disks,
-                           "previous": self.previous, "pending": self.pending}, indent=1)
+        return json.dumps(self.as_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VMState:
+        return cls(vm=data["vm"], uuid=data["uuid"], appliance=data["appliance"],
+                   version=data["version"], slot=data["slot"], disks=data["disks"],
+                   previous=data.get("previous"), pending=data.get("pending"),
+                   switch=data.get(SWITCH_KEY))
 
     @classmethod
     def from_json(cls, text: str) -> VMState:
-        data = json.loads(text)
-        return cls(vm=data["vm"], uuid=data["uuid"], appliance=data["appliance"],
-                   version=data["version"], slot=data["slot"], disks=data["disks"],
-                   previous=data.get("previous"), pending=data.get("pending"))
+        return cls.from_dict(json.loads(text))
+
+    def copy(self) -> VMState:
+        """A deep copy (the nested records too)."""
+        return VMState.from_json(self.to_json())
+
+    def switching_to(self, after: VMState) -> VMState:
+        """This state, recording that a define of ``after``'s definition is under way."""
+        return dataclasses.replace(self.copy(), switch=dataclasses.replace(
+            after.copy(), switch=None).as_dict())
 
     def targets(self, cls: str) -> list[str]:
         return sorted(t for t, d in self.disks.items() if d["class"] == cls)

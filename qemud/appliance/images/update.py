@@ -12,7 +12,9 @@ slot and version by itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from qemud.errors import InvalidArg, NoDomain, OperationFailed, OperationInvalid
 from qemud.loop import Timer
 
 from ..metadata import Origin, read_settings, write_settings
-from .base import ImageOps, Task, disk_file, run_task
+from .base import ImageOps, Task, abandon_prepared, disk_file, run_task
 from .descriptor import Descriptor, check_host
 from .layout import STATE_NAME
 from .store import VMState
@@ -87,10 +89,14 @@ class UpdateOps(ImageOps):
         return run_task(self.loop, self._update(dom, state, new, new_dir), "APPLIANCE_UPDATE")
 
     def _update(self, dom: DomainObj, state: VMState, new: Descriptor, new_dir: Path) -> Task:
+        """Stop, new overlays in the other slot, new scratch images beside the scratch
+        disks, then the definition and the state switched by :meth:`_commit_switch`
+        (the scratch images renamed into place only once the define succeeded: a failed
+        update leaves the VM as it was, scratch contents included), and the restart."""
         old_version = state.version
-        original = state.to_json()
         was_running = dom.active
         switched = False
+        prepared: list[tuple[Path, Path]] = []  # (new scratch image, scratch disk)
         try:
             yield self._stop(dom)
             vmdir = self.vm_dir(dom.name)
@@ -101,28 +107,25 @@ class UpdateOps(ImageOps):
                 path = vmdir / disk_file(disk, slot)
                 yield from self._create_overlay(path, new_dir / disk.file, disk.format)
                 system[disk.target] = str(path)
+            after = state.copy()
             for disk in new.disks_of("scratch"):
                 assert disk.size is not None
                 scratch = Path(state.disks[disk.target]["path"])
-                yield from self._create_scratch(scratch, disk.size)
-                state.disks[disk.target]["size"] = disk.size
+                tmp = yield from self._prepare_scratch(scratch, disk.size)
+                prepared.append((tmp, scratch))
+                after.disks[disk.target]["size"] = disk.size
             definition = dom.persistent_definition.copy()
-            state.previous = {
+            after.previous = {
                 "version": old_version, "slot": state.slot,
                 "system": {t: state.disks[t]["path"] for t in state.targets("system")},
                 "os": _os_values(definition)}
             for target, overlay in system.items():
-                state.disks[target]["path"] = overlay
-            state.version, state.slot = new.version, slot
-            state.pending = {"from": old_version, "to": new.version, "since": time.time()}
+                after.disks[target]["path"] = overlay
+            after.version, after.slot = new.version, slot
+            after.pending = {"from": old_version, "to": new.version, "since": time.time()}
             _switch(definition, system, _new_os(new, new_dir),
                     Origin(state.appliance, new.version))
-            self.save_state(state)
-            try:
-                yield self._define(definition)
-            except QemudError:
-                self.save_state(VMState.from_json(original))
-                raise
+            yield from self._commit_switch(state, after, definition, prepared)
             switched = True
             deadline = self.config.appliance.update_deadline
             self.events.appliance(dom.ref(), "update-applied",
@@ -149,8 +152,54 @@ class UpdateOps(ImageOps):
                               exc.message)
             raise
         finally:
+            abandon_prepared(prepared)
             self.busy.pop(dom.uuid, None)
         return Empty()
+
+    def _commit_switch(self, before: VMState, after: VMState, definition: DomainDef,
+                       prepared: list[tuple[Path, Path]]) -> Task:
+        """Define ``definition`` and make ``after`` the VM's state (``before`` is the
+        state of the definition in place), then rename the ``prepared`` scratch images
+        over the scratch disks; the new overlays must exist already.
+
+        The state file and the definition are two files, written one after the other:
+        a daemon killed between the two writes must not leave them disagreeing for
+        good. Written first, the new state would say a version, slot and pending update
+        the definition never got (the heartbeat then confirms the old version as the
+        new, or a rollback finds disks that are "not the appliance's" and never runs);
+        written second, a new definition would run with a state that calls its disks
+        foreign (every later update or reset refused) and no update pending (no
+        confirmation, no rollback). So the new state is written *ahead*, under the
+        record's ``switch`` key, the record itself staying ``before``; then the define;
+        then ``after`` alone. Whatever point a crash hits, the record holds the state of
+        the definition on disk, or a switch that start-up settles by looking at that
+        definition (``layout.settle_switch``: its system disks are the switch's, or
+        they are not). A failed define writes ``before`` back (should that fail too,
+        the switch is settled at the next read of the state, or the next start).
+
+        The scratch images are renamed only after the define, so a failed one leaves
+        the scratch disks' contents as they were, and before the final write: a switch
+        that start-up finds to have happened renames those still waiting (they were
+        complete before the switch was written), one that did not leaves them to
+        ``remove_unfinished_disks``. (A failed define also leaves the new overlays in
+        the other slot: unused, replaced by the next update's.)
+        """
+        before = dataclasses.replace(before, switch=None)  # (only this switch is recorded)
+        after = dataclasses.replace(after, switch=None)
+        self.save_state(before.switching_to(after))
+        try:
+            yield self._define(definition)
+        except QemudError:
+            try:
+                self.save_state(before)
+            except QemudError as exc:
+                log.error("domain %s: %s (the state is settled at its next use)",
+                          before.vm, exc.message)
+            raise
+        for tmp, scratch in prepared:
+            os.replace(tmp, scratch)
+        prepared.clear()
+        self.save_state(after)
 
     # -- confirmation and rollback -------------------------------------------------------
 
@@ -271,6 +320,11 @@ class UpdateOps(ImageOps):
     def _rollback(self, dom: DomainObj, why: str, restart: bool) -> Task:
         """Back to the previous slot and version (the failed overlay is deleted).
 
+        Switched as an update is (:meth:`_commit_switch`): the scratch disks are
+        recreated beside them and renamed into place after the define, and the failed
+        overlay deleted after the state is written: a rollback whose define fails
+        changes nothing but the guest's stop (the update stays pending).
+
         Only while every disk is still the appliance's (as update and reset check): a
         disk on another image (an external snapshot's overlay, a changed definition) may
         read from the failed overlay or a scratch image, which a rollback deletes or
@@ -278,7 +332,7 @@ class UpdateOps(ImageOps):
         saying why; the update stays pending, and is confirmed or rolled back after the
         VM's next start (see :meth:`arm`)."""
         self._disarm(dom.uuid)
-        state = self.load_state(dom)
+        state = self.load_state(dom, settle=True)  # (busy: this rollback's)
         if state is None or state.previous is None:
             raise OperationFailed(f"domain '{dom.name}': no previous system disk to roll "
                                   "back to")
@@ -296,18 +350,24 @@ class UpdateOps(ImageOps):
         previous = state.previous
         failed_version = state.version
         failed = {t: state.disks[t]["path"] for t in state.targets("system")}
-        for target in state.targets("scratch"):
-            yield from self._create_scratch(Path(state.disks[target]["path"]),
-                                            int(state.disks[target]["size"]))
-        definition = dom.persistent_definition.copy()
-        _switch(definition, previous["system"], previous["os"],
-                Origin(state.appliance, previous["version"]))
-        for target, path in previous["system"].items():
-            state.disks[target]["path"] = path
-        state.version, state.slot = previous["version"], previous["slot"]
-        state.previous = state.pending = None
-        self.save_state(state)
-        yield self._define(definition)
+        prepared: list[tuple[Path, Path]] = []  # renamed into place by _commit_switch
+        try:
+            for target in state.targets("scratch"):
+                scratch = Path(state.disks[target]["path"])
+                tmp = yield from self._prepare_scratch(scratch,
+                                                       int(state.disks[target]["size"]))
+                prepared.append((tmp, scratch))
+            definition = dom.persistent_definition.copy()
+            _switch(definition, previous["system"], previous["os"],
+                    Origin(state.appliance, previous["version"]))
+            after = state.copy()
+            for target, path in previous["system"].items():
+                after.disks[target]["path"] = path
+            after.version, after.slot = previous["version"], previous["slot"]
+            after.previous = after.pending = None
+            yield from self._commit_switch(state, after, definition, prepared)
+        finally:
+            abandon_prepared(prepared)
         discard(self.loop, [p for p in failed.values()
                             if p not in previous["system"].values()])
         log.warning("domain %s: update to %s rolled back to %s: %s", dom.name,

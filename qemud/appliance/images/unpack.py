@@ -1,0 +1,191 @@
+"""Unpacking an appliance tarball within a size limit, as a child of the daemon:
+``python -I unpack.py LIMIT TARBALL DEST`` (see ``importer``). Standard library only: it
+runs as a script, not as part of the package, and never in the daemon's loop.
+
+Why not ``tar -x``: nothing bounds what it writes. A tarball of a few KiB can declare
+(gzip'ed zeros) or expand to (a sparse member: the header gives the stored size, the
+sparse map the real one) far more than the file system holds, and ``state_dir`` is
+the file system the guests' disks, saved states and snapshots live on. Here:
+
+1. every header is read first, and the tarball refused as soon as the regular files'
+   declared sizes (their real sizes, for sparse members) add up to more than LIMIT
+   bytes, before anything is written; the members' names and types are checked on the
+   way (only regular files, directories and hard links to earlier regular files;
+   no absolute names, no ``..``);
+2. the members are then written, counting every byte: the one that would take the
+   count past LIMIT is not written, and unpacking stops. A header that claims less
+   than its member unpacks to (or a tarball rewritten between the two passes) cannot
+   write past the limit.
+
+Runs of zeros are left as holes (a sparse raw image stays sparse). Files are made 0600
+and directories 0700; the importer makes them read-only afterwards. The daemon removes
+DEST, whatever this left in it, when the import fails.
+
+Exit status, with one line on stderr: 0 unpacked; :data:`EXIT_BAD_TARBALL` (not a
+tarball, a damaged one, a write error: the reason); :data:`EXIT_BAD_MEMBER` (a member
+refused: the reason); :data:`EXIT_TOO_BIG` (``declared BYTES NAME`` or ``written BYTES
+NAME``: the count that passed the limit, at member NAME).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tarfile
+from typing import IO
+
+__all__ = ["Refused", "check", "extract", "main", "EXIT_BAD_TARBALL", "EXIT_BAD_MEMBER",
+           "EXIT_TOO_BIG"]
+
+EXIT_BAD_TARBALL = 1
+EXIT_BAD_MEMBER = 2
+EXIT_TOO_BIG = 3
+
+#: bytes read and written at a time
+CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """The tarball is refused: ``code`` is the exit status, ``message`` the stderr line."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def member_path(name: str) -> str:
+    """``name`` below the destination, normalised (``""`` for the top, ``./``);
+    absolute names and ``..`` are refused."""
+    if name.startswith("/"):
+        raise Refused(EXIT_BAD_MEMBER, f"member '{name}' has an absolute name: an "
+                                       "appliance tarball holds relative names only")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Refused(EXIT_BAD_MEMBER, f"member '{name}' has '..' in its name: an "
+                                       "appliance tarball holds names below its top only")
+    return "/".join(parts)
+
+
+def _check_type(member: tarfile.TarInfo, rel: str) -> None:
+    if member.isreg() or member.isdir():
+        return
+    if member.islnk():
+        member_path(member.linkname)
+        return
+    what = "a symlink" if member.issym() else "not a regular file"
+    raise Refused(EXIT_BAD_MEMBER, f"member '{rel or member.name}' is {what}: an appliance "
+                                   "tarball may hold only regular files and directories")
+
+
+def _members(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """The next member; the ones before are not kept (a tarball may hold millions)."""
+    member = tar.next()
+    # TarFile keeps every member it read in ``members`` (undocumented, but stable since
+    # Python 2), for random access this does not need
+    tar.members.clear()  # type: ignore[attr-defined]
+    return member
+
+
+def check(tar: tarfile.TarFile, limit: int) -> int:
+    """Pass 1: the regular files' declared sizes, added up; refused past ``limit`` (or
+    for a member's name or type) at the member that goes past it."""
+    total = 0
+    while (member := _members(tar)) is not None:
+        rel = member_path(member.name)
+        _check_type(member, rel)
+        if member.isreg():
+            total += member.size
+            if total > limit:
+                raise Refused(EXIT_TOO_BIG, f"declared {total} {rel}")
+    return total
+
+
+def extract(tar: tarfile.TarFile, dest: str, limit: int) -> int:
+    """Pass 2: write the members below ``dest``; returns the bytes written. Refused when
+    the count would pass ``limit`` (what was written stays, for the caller to remove)."""
+    written = 0
+    while (member := _members(tar)) is not None:
+        rel = member_path(member.name)
+        _check_type(member, rel)
+        target = os.path.join(dest, rel) if rel else dest
+        if member.isdir():
+            os.makedirs(target, 0o700, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
+        _unlink_file(target)
+        if member.islnk():
+            source = os.path.join(dest, member_path(member.linkname))
+            if not stat.S_ISREG(os.lstat(source).st_mode):
+                raise Refused(EXIT_BAD_MEMBER, f"member '{rel}' links to "
+                                               f"'{member.linkname}', not a regular file")
+            os.link(source, target, follow_symlinks=False)
+            continue
+        data = tar.extractfile(member)
+        assert data is not None  # (a regular file)
+        written = _write(data, target, rel, written, limit)
+    return written
+
+
+def _unlink_file(path: str) -> None:
+    """A later member of the same name replaces a file (as ``tar`` does), not a
+    directory."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write(data: IO[bytes], target: str, rel: str, written: int, limit: int) -> int:
+    size = 0
+    with os.fdopen(os.open(target, _CREATE, 0o600), "wb") as out:
+        while chunk := data.read(CHUNK):
+            if written + len(chunk) > limit:
+                raise Refused(EXIT_TOO_BIG, f"written {written + len(chunk)} {rel}")
+            written += len(chunk)
+            size += len(chunk)
+            if chunk == _ZEROS[:len(chunk)]:
+                out.seek(len(chunk), os.SEEK_CUR)  # a hole
+            else:
+                out.write(chunk)
+        out.truncate(size)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    try:
+        limit, source, dest = int(argv[1]), argv[2], argv[3]
+    except (IndexError, ValueError):
+        print("usage: unpack.py LIMIT TARBALL DEST", file=sys.stderr)
+        return EXIT_BAD_TARBALL
+    try:
+        with open(source, "rb") as f:  # one open file for both passes
+            with tarfile.open(fileobj=f, mode="r:*") as tar:
+                check(tar, limit)
+            f.seek(0)
+            with tarfile.open(fileobj=f, mode="r:*") as tar:
+                extract(tar, dest, limit)
+    except Refused as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
+    except tarfile.ReadError as exc:
+        detail = str(exc)  # (several lines when no compression fits: left out)
+        print("not a tar archive (plain, gzip, bzip2 or xz), or a damaged one"
+              + (f": {detail}" if detail and "\n" not in detail else ""), file=sys.stderr)
+        return EXIT_BAD_TARBALL
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_BAD_TARBALL
+    except Exception as exc:  # a damaged stream: zlib, lzma, EOFError...
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_BAD_TARBALL
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,146 @@
+"""An appliance tarball may unpack to at most ``appliance.import_max_bytes``: one that
+declares more is refused before anything is written, naming the limit and the tarball,
+and leaves nothing behind; the bytes written are counted too, so a member that unpacks
+to more than its header said cannot pass the limit either (qemud/appliance/images/unpack.py,
+the child that unpacks). Tarballs of a few KiB that declare far more: GNU tar's sparse
+members (``tar -S``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import appliance_images as images
+from client.errors import InvalidArgError
+from qemud.appliance.images import unpack
+from tests.helpers.daemon import DaemonProcess, serving, wait_for
+
+MIB = 1 << 20
+LIMIT = 32 * MIB
+
+
+@pytest.fixture(scope="module")
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-img-limit"),
+                           {"appliance": {"import_max_bytes": LIMIT}})
+    with serving(daemon):
+        yield daemon
+
+
+def sparse_appliance(directory: Path, name: str, size: int) -> Path:
+    """A tar.gz of an appliance booting from a raw system disk of ``size`` bytes, all
+    holes but its first bytes: a few KiB whatever ``size`` is."""
+    root = directory / f"build-{name}"
+    root.mkdir(parents=True)
+    (root / "appliance.json").write_text(json.dumps({
+        "name": name, "version": "1.0", "arch": "x86_64", "memory": 64,
+        "boot": {"disk": "vda"},
+        "disks": [{"file": "system.raw", "class": "system", "format": "raw",
+                   "target": "vda"}]}))
+    with open(root / "system.raw", "wb") as f:
+        f.write(b"SYSTEM")
+        f.truncate(size)
+    out = directory / f"{name}.tar.gz"
+    subprocess.run(["tar", "-S", "-czf", str(out), "-C", str(root), "."], check=True)
+    return out
+
+
+def store_is_clean(qemud: DaemonProcess, name: str) -> None:
+    """No trace of the import ``name`` in the image store (its staging tree is renamed
+    away at once and removed by a child)."""
+    store = qemud.state_dir / "images"
+    assert not (store / name).exists()
+    assert not list(store.glob(".staging-*"))
+    wait_for(lambda: not list(store.glob(".*.qemud-discard-*")),
+             message="the refused import's staging tree to be removed")
+
+
+def test_a_tarball_over_the_limit_is_refused_and_leaves_nothing(
+        qemud: DaemonProcess, tmp_path: Path) -> None:
+    huge = sparse_appliance(tmp_path, "huge", 1 << 30)
+    assert huge.stat().st_size < 64 * 1024  # what was downloaded: a few KiB
+    with qemud.connect() as conn:
+        with pytest.raises(InvalidArgError) as info:
+            images.import_appliance(conn, str(huge))
+        message = str(info.value)
+        assert f"appliance tarball {huge} unpacks to more than appliance.import_max_bytes " \
+               f"= {LIMIT} (32 MiB)" in message, message
+        assert "the limit passed at member 'system.raw'" in message, message
+        assert "refused before unpacking, nothing was kept" in message, message
+        store_is_clean(qemud, "huge")
+        assert "huge" not in {i.name for i in images.list_appliances(conn)}
+        # within the limit (sparse members count at their full size): imported
+        fits = sparse_appliance(tmp_path, "fits", LIMIT - MIB)
+        assert images.import_appliance(conn, str(fits)) == "fits:1.0"
+        stored = qemud.state_dir / "images" / "fits" / "1.0" / "system.raw"
+        assert stored.stat().st_size == LIMIT - MIB
+        assert stored.read_bytes()[:6] == b"SYSTEM"
+
+
+def test_names_outside_the_tarball_are_refused(qemud: DaemonProcess,
+                                               tmp_path: Path) -> None:
+    """Absolute names and ``..`` are refused, naming the member; nothing is written
+    outside the staging directory (nor kept in it)."""
+    for bad in ("../escaped.txt", "/tmp/escaped.txt", "a/../../escaped.txt"):
+        path = tmp_path / "bad.tar"
+        with tarfile.open(path, "w") as tar:
+            data = b"{}"
+            info = tarfile.TarInfo("appliance.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(bad)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        with qemud.connect() as conn, pytest.raises(InvalidArgError) as err:
+            images.import_appliance(conn, str(path))
+        assert f"member '{bad}' has " in str(err.value), err.value
+        assert not (qemud.state_dir / "images" / "escaped.txt").exists()
+        assert not (qemud.state_dir / "escaped.txt").exists()
+        store_is_clean(qemud, "bad")
+
+
+# -- the unpacking child, on its own -----------------------------------------------------
+
+
+def test_unpacking_counts_what_it_writes_and_stops_at_the_limit(tmp_path: Path) -> None:
+    """The second line of defence: whatever the headers declared (pass 1 is skipped
+    here, as a tarball rewritten between the passes or a lying header would get past
+    it), no more than the limit is written, and the member that would pass it is named."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (source / name).write_bytes(os.urandom(3 * MIB))
+    path = tmp_path / "t.tar"
+    subprocess.run(["tar", "-cf", str(path), "-C", str(source), "a.bin", "b.bin"],
+                   check=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    limit = 4 * MIB
+    with tarfile.open(path) as tar, pytest.raises(unpack.Refused) as info:
+        unpack.extract(tar, str(dest), limit)
+    assert info.value.code == unpack.EXIT_TOO_BIG
+    assert info.value.message.startswith("written ") and info.value.message.endswith(" b.bin")
+    assert sum(p.stat().st_size for p in dest.rglob("*")) <= limit
+    # as the daemon runs it: refused by the declared sizes, before writing anything
+    dest2 = tmp_path / "dest2"
+    dest2.mkdir()
+    child = subprocess.run([sys.executable, "-I", unpack.__file__, str(limit), str(path),
+                            str(dest2)], capture_output=True, text=True)
+    assert child.returncode == unpack.EXIT_TOO_BIG, child.stderr
+    assert child.stderr == f"declared {6 * MIB} b.bin\n"
+    assert list(dest2.iterdir()) == []
+    # and within the limit: unpacked whole
+    child = subprocess.run([sys.executable, "-I", unpack.__file__, str(6 * MIB), str(path),
+                            str(dest2)], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    for name in ("a.bin", "b.bin"):
+        assert (dest2 / name).read_bytes() == (source / name).read_bytes()

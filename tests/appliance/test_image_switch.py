@@ -1,0 +1,241 @@
+"""An A/B update (or its rollback) that cannot save its definition, or whose daemon is
+killed while it does: the VM's appliance state and its definition still agree, and no
+scratch disk is emptied for an update that did not happen.
+
+* The new scratch images are made beside the scratch disks and renamed into place only
+  once the definition is saved: a define that fails (``QEMUD_FAULT_BEFORE_RENAME``, as
+  tests/faults uses it) leaves the scratch contents, the state file and the definition
+  as they were, for an update and for a rollback (whose update then stays pending).
+* The state is written ahead under a ``switch`` key, the definition saved, then the
+  state alone: a daemon killed (kill -9) while the define's fsync waits (the config
+  directory on a FUSE file system whose fsyncs the test holds, tests/helpers/slowfs.py)
+  comes back on the old version, state and all; one killed once the definition was
+  renamed into place (its directory's fsync held) comes back on the new version, the
+  update pending and the scratch disks recreated.
+
+Real daemons, real qemu-img; the appliances of test_images (no guest boots, but the
+rollback test starts one).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+from client import appliance_images as images
+from client.errors import OperationInvalid
+from protocol.constants import DomainState
+from qemud.driver.store import FAULT_ENV
+from tests.conftest import DaemonFactory
+from tests.faults.test_slow_disk import held_call
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.helpers.slowfs import SlowFS
+from tests.integration.conftest import TestGuest
+
+from .conftest import EventLog, wait_state
+from .test_images import build_appliance, descriptor, disk_sources, origin
+from .test_images import work as work  # the module's directory for tarballs
+
+pytestmark = pytest.mark.integration
+
+INACTIVE = client.XML_INACTIVE
+#: what the test writes into a scratch disk: 4 KiB of this byte at offset 0
+MARK = 0x4B
+#: short: the rollback needs the guest started, not booted
+UPDATE_DEADLINE = 6.0
+
+
+@pytest.fixture(scope="module")
+def tarballs(work: Path, test_guest: TestGuest) -> dict[str, Path]:
+    """demo 1.0, 2.0 and 3.0 (which sends no heartbeat), not imported."""
+    return {
+        "1.0": build_appliance(work, test_guest, descriptor("1.0")),
+        "2.0": build_appliance(work, test_guest, descriptor("2.0")),
+        "3.0": build_appliance(work, test_guest, descriptor("3.0", boot={
+            "kernel": "boot/vmlinuz", "initrd": "boot/initramfs.img",
+            "cmdline": "console=ttyS0 quiet qemud.noheartbeat"})),
+    }
+
+
+def deployed(d: DaemonProcess, tarballs: dict[str, Path], name: str,
+             versions: tuple[str, ...] = ("1.0", "2.0")) -> Path:
+    """Import ``versions`` into ``d``, deploy ``name`` from 1.0 (shut off), mark its
+    scratch disk; returns the VM's directory."""
+    with d.connect() as conn:
+        for version in versions:
+            assert images.import_appliance(conn, str(tarballs[version])) == f"demo:{version}"
+        images.deploy(conn, "demo", name, "1.0")
+    vmdir = d.state_dir / "vms" / name
+    mark(vmdir / "vdc.scratch.qcow2")
+    return vmdir
+
+
+def mark(image: Path) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {MARK} 0 4096", str(image)],
+                   check=True, capture_output=True)
+
+
+def marked(image: Path) -> bool:
+    """Whether the disk still holds what :func:`mark` wrote (a recreated one is zeros)."""
+    return subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-U", "-c",
+                           f"read -P {MARK} 0 4096", str(image)],
+                          capture_output=True).returncode == 0
+
+
+def state_of(vmdir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((vmdir / "appliance-state.json").read_text())
+    return data
+
+
+def listed_under(conn: client.Connection, name: str) -> list[str]:
+    """The versions ``appliance-list`` shows ``name`` under."""
+    return [i.version for i in images.list_appliances(conn) if name in i.vms]
+
+
+def restart(d: DaemonProcess, env: dict[str, str]) -> None:
+    d.stop()
+    d.env = env
+    d.start()
+
+
+def test_a_failed_update_changes_nothing_scratch_contents_included(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    d = daemon_factory()
+    vmdir = deployed(d, tarballs, "upd-fail")
+    scratch = vmdir / "vdc.scratch.qcow2"
+    before = state_of(vmdir)
+    restart(d, {FAULT_ENV: "domains/upd-fail.xml"})  # its define fails at the rename
+    with d.connect() as conn:
+        dom = conn.lookup_by_name("upd-fail")
+        with pytest.raises(client.QemudClientError) as info:
+            images.update(conn, dom, "2.0")
+        assert "injected fault before rename" in str(info.value), info.value
+        # the VM is as it was: its scratch contents, its state and its definition
+        assert marked(scratch)
+        assert state_of(vmdir) == before
+        assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+        assert disk_sources(dom.xml(INACTIVE))["vda"] == str(vmdir / "vda.a.qcow2")
+        assert listed_under(conn, "upd-fail") == ["1.0"]
+        assert sorted(vmdir.glob("*.new")) == []
+    restart(d, {})
+    with d.connect() as conn:  # the same update goes through now
+        dom = conn.lookup_by_name("upd-fail")
+        images.update(conn, dom, "2.0")
+        assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
+        assert not marked(scratch)  # recreated empty
+        state = state_of(vmdir)
+        assert (state["version"], state["slot"]) == ("2.0", "b") and "switch" not in state
+        assert (state["pending"]["from"], state["pending"]["to"]) == ("1.0", "2.0")
+
+
+def test_a_failed_rollback_changes_nothing_and_the_update_stays_pending(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    d = daemon_factory(config={"appliance": {"update_deadline": UPDATE_DEADLINE}})
+    vmdir = deployed(d, tarballs, "rb-fail", ("1.0", "3.0"))
+    scratch = vmdir / "vdc.scratch.qcow2"
+    with d.connect() as conn:
+        images.update(conn, conn.lookup_by_name("rb-fail"), "3.0")  # off: switched now
+    mark(scratch)  # (the update recreated it)
+    pending = state_of(vmdir)
+    assert pending["pending"]["to"] == "3.0"
+    restart(d, {FAULT_ENV: "domains/rb-fail.xml"})
+    try:
+        with d.connect() as conn:
+            events = EventLog(conn)
+            conn.register_event(client.EventId.APPLIANCE)
+            dom = conn.lookup_by_name("rb-fail")
+            dom.create()  # 3.0 sends no heartbeat: the rollback comes at the deadline
+            failed = events.wait("rb-fail", "update-rollback-failed",
+                                 timeout=UPDATE_DEADLINE + 60)[0]
+            assert "injected fault before rename" in failed.text, failed.text
+            wait_state(dom, DomainState.SHUTOFF)  # (stopped by the rollback)
+            assert events.appliance("rb-fail", "update-rolled-back") == []
+            # still 3.0, pending, in the definition and in the state; scratch kept
+            assert marked(scratch)
+            assert state_of(vmdir) == pending
+            assert origin(dom.xml(INACTIVE)) == ("demo", "3.0")
+            assert disk_sources(dom.xml(INACTIVE))["vda"] == str(vmdir / "vda.b.qcow2")
+            assert (vmdir / "vda.b.qcow2").is_file()  # the failed overlay is not deleted
+            assert listed_under(conn, "rb-fail") == ["3.0"]
+            assert sorted(vmdir.glob("*.new")) == []
+            with pytest.raises(OperationInvalid, match="waiting for the guest's heartbeat"):
+                images.update(conn, dom, "1.0")
+    finally:
+        stop_destroying_guests(d)
+
+
+def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
+    """A daemon whose config directory (the definitions) is on ``slowfs``."""
+    return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
+
+
+def kill_during_update(slowfs: SlowFS, d: DaemonProcess, name: str, saved: bool) -> None:
+    """Update ``name`` to 2.0 and kill -9 the daemon while the define's first fsync (its
+    temp file: the definition is not saved) or, ``saved``, its second one (the
+    directory's, after the rename: the definition is on disk) waits; then restart."""
+    update = held_call(slowfs, d, lambda c: images.update(c, c.lookup_by_name(name), "2.0"))
+    try:
+        [temp] = slowfs.held()
+        assert temp.startswith(f"/config/domains/.{name}.xml.") and temp.endswith(".tmp")
+        if saved:
+            slowfs.let()
+            assert slowfs.wait_held() == ["/config/domains"]
+        assert d.proc is not None
+        d.proc.kill()  # the process cannot finish dying before the kernel's fsync does
+    finally:
+        slowfs.release()
+    d.proc.wait()
+    with pytest.raises(client.ConnectionLost):
+        update.wait()
+    d.start()
+
+
+def test_daemon_killed_before_the_updated_definition_is_saved(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    vmdir = deployed(d, tarballs, "kill-early")
+    before = state_of(vmdir)
+    kill_during_update(slowfs, d, "kill-early", saved=False)
+    with d.connect() as conn:
+        dom = conn.lookup_by_name("kill-early")
+        # the definition is 1.0's, and so is the state: no update, none pending
+        assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+        assert disk_sources(dom.xml(INACTIVE))["vda"] == str(vmdir / "vda.a.qcow2")
+        assert state_of(vmdir) == before
+        assert listed_under(conn, "kill-early") == ["1.0"]
+        assert marked(vmdir / "vdc.scratch.qcow2")
+        assert sorted(vmdir.glob("*.new")) == []
+        assert "an appliance image change to demo 2.0 was cut short: its definition was " \
+               "not saved" in d.log_text()
+        images.update(conn, dom, "2.0")  # not "waiting for the guest's heartbeat"
+        assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
+        assert state_of(vmdir)["version"] == "2.0"
+
+
+def test_daemon_killed_after_the_updated_definition_is_saved(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    vmdir = deployed(d, tarballs, "kill-late")
+    kill_during_update(slowfs, d, "kill-late", saved=True)
+    with d.connect() as conn:
+        dom = conn.lookup_by_name("kill-late")
+        # the definition is 2.0's, and so is the state: updated, pending its heartbeat
+        assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
+        assert disk_sources(dom.xml(INACTIVE))["vda"] == str(vmdir / "vda.b.qcow2")
+        state = state_of(vmdir)
+        assert (state["version"], state["slot"]) == ("2.0", "b") and "switch" not in state
+        assert (state["pending"]["from"], state["pending"]["to"]) == ("1.0", "2.0")
+        assert state["previous"]["version"] == "1.0"
+        assert state["disks"]["vda"]["path"] == str(vmdir / "vda.b.qcow2")
+        assert listed_under(conn, "kill-late") == ["2.0"]
+        assert not marked(vmdir / "vdc.scratch.qcow2")  # recreated, as the update does
+        assert sorted(vmdir.glob("*.new")) == []
+        assert "an appliance image change to demo 2.0 was cut short: its definition was " \
+               "saved, so the VM is on 2.0" in d.log_text()
+        with pytest.raises(OperationInvalid, match="waiting for the guest's heartbeat"):
+            images.update(conn, dom, "1.0")
