@@ -25,7 +25,7 @@ import pytest
 
 import client
 from client.domain import AFFECT_CONFIG, AFFECT_LIVE, MEM_MAXIMUM, Domain
-from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
 from tests.integration.domains import bare_xml
 
 from .test_driver_lifecycle import qemu_pids
@@ -293,4 +293,4 @@ def test_a_detach_the_guest_does_not_release_in_time_says_the_config_changed(
             dom.destroy()
             dom.undefine()
     finally:
-        daemon.stop()
+        stop_destroying_guests(daemon)  # (also after a failure: no QEMU left behind)
