@@ -18,6 +18,7 @@ from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
 from qemud.driver.discard import discard_tree, remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
+from qemud.errors import OperationInvalid
 
 from .layout import (
     STAGING_PREFIX,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.fields import Payload
     from qemud.dispatch import Deferred, Handler
+    from qemud.driver.domain import DomainObj
 
     from .. import ApplianceContext
     from .operations import Operations
@@ -73,6 +75,8 @@ class ImagesDuty:
         # the driver's handlers are registered before the appliance's: checked first
         self.dispatcher.wrap(Procedure.DOMAIN_SAVE, self.saving)
         self.dispatcher.wrap(Procedure.DOMAIN_MANAGED_SAVE, self.saving)
+        for procedure in (Procedure.DOMAIN_CREATE, Procedure.DOMAIN_UNDEFINE):
+            self.dispatcher.wrap(procedure, self.not_while_busy)
         for dom in self.driver.registry:  # a pending update of a guest that was re-attached
             if dom.active and self._has_state(dom.name):
                 self.ops.updates.arm(dom)
@@ -84,13 +88,30 @@ class ImagesDuty:
                 P.APPLIANCE_LIST: lambda c, a: self.ops.deploys.handle_list(c, a)}
 
     def saving(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
-        """DOMAIN_SAVE, DOMAIN_MANAGED_SAVE: refused while an update waits for its
-        confirmation. Its rollback would delete the new slot's overlay and recreate the
-        scratch disks, and the saved memory state belongs to those disks: it could no
-        longer be restored (a rollback at the deadline of a managed-saved VM did so)."""
+        """DOMAIN_SAVE, DOMAIN_MANAGED_SAVE: refused while an image operation runs on the
+        VM (:meth:`not_while_busy`), and while an update waits for its confirmation. Its
+        rollback would delete the new slot's overlay and recreate the scratch disks, and
+        the saved memory state belongs to those disks: it could no longer be restored (a
+        rollback at the deadline of a managed-saved VM did so)."""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        self._require_not_busy(dom)
         require_no_pending_update(self.config, dom, "save the memory state")
         return inner(ctx, args)
+
+    def not_while_busy(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
+        """DOMAIN_CREATE, DOMAIN_UNDEFINE: refused while an update, rollback or factory
+        reset runs on the VM. It stops the VM, builds the new disks and defines the VM
+        on them, then starts it again itself: a client's start meanwhile would run the
+        old system disk while its scratch disk is replaced under it (and the operation's
+        own start then fail), an undefine would leave the operation defining the VM
+        again. The operation's own starts do not come through here."""
+        self._require_not_busy(self.driver.registry.find(args.dom.name, args.dom.uuid))
+        return inner(ctx, args)
+
+    def _require_not_busy(self, dom: DomainObj) -> None:
+        busy = None if self._ops is None else self._ops.busy.get(dom.uuid)
+        if busy is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:
         """The update's listener (a started guest's heartbeat, the guest's confirming

@@ -28,7 +28,9 @@ class Operations:
     def __init__(self, driver: QemuDriver, config: Config) -> None:
         store = ImageStore(store_root(config))
         runner = ToolRunner(driver.loop, tool_failure)
-        busy: dict[str, str] = {}  # domain uuid -> what is in progress
+        #: domain uuid -> the image operation in progress on it ("update to demo:2.0")
+        self.busy: dict[str, str] = {}
+        busy = self.busy
         self.imports = ImportOps(driver, config, store, runner, busy)
         self.deploys = DeployOps(driver, config, store, runner, busy)
         self.updates = UpdateOps(driver, config, store, runner, busy)
