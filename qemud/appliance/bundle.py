@@ -391,8 +391,12 @@ class BundleDuty:
         except OSError:
             guest_logs = []
         for path in guest_logs:
-            if path.name.endswith((".log", ".log.1")):
-                add_log(path, f"logs/qemu/{_member_name(path.name)}")
+            if not path.name.endswith((".log", ".log.1")):
+                continue
+            if path.is_symlink():  # (the daemon writes files there, never links)
+                skipped.append(f"{path}: a symbolic link, not a guest log")
+                continue
+            add_log(path, f"logs/qemu/{_member_name(path.name)}")
         text = [f"qemud support bundle, made {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
                 "included:"] + [f"  {m}" for m in manifest + ["MANIFEST.txt"]]
         if skipped:

@@ -102,6 +102,28 @@ def test_bundle_members_and_no_private_key(qemud: DaemonProcess) -> None:
     assert not [n for n in after_discards(qemud.state_dir) if n.startswith(".bundle-")]
 
 
+def test_a_symlink_among_the_guest_logs_is_left_out(qemud: DaemonProcess,
+                                                    tmp_path: Path) -> None:
+    """A link in the guest log directory (the daemon writes only files there) is not
+    followed: the file it points at could be anything the daemon's user can read, and
+    the bundle goes to a remote admin."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the bundle\n")
+    link = qemud.log_dir / "qemu" / "linked.log"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(secret)
+    try:
+        with qemud.connect() as conn:
+            out = io.BytesIO()
+            images.support_bundle(conn, out)
+        files = members(out.getvalue())
+        assert "logs/qemu/linked.log" not in files
+        assert all(b"not for the bundle" not in content for content in files.values())
+        assert f"{link}: a symbolic link, not a guest log" in files["MANIFEST.txt"].decode()
+    finally:
+        link.unlink()
+
+
 def test_bundle_needs_a_privileged_connection(qemud: DaemonProcess) -> None:
     with qemud.connect(readonly=True) as ro, pytest.raises(ReadOnlyError):
         images.support_bundle(ro, io.BytesIO())
