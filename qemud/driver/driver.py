@@ -137,6 +137,11 @@ class QemuDriver:
         #: it, or --config; a define without it); the snapshot duty records an unplugged
         #: disk's last image
         self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
+        #: domain uuid -> a long operation of the appliance layer that runs on it (an
+        #: image update, rollback or factory reset, "update to demo:2.0"): it stops and
+        #: starts the domain itself, so it is no ``dom.job``, but other layers' calls that
+        #: would change the domain meanwhile (a client's start, a snapshot) are refused
+        self.busy: dict[str, str] = {}
         self._restart_after_stop: set[str] = set()
         #: setmem/setmaxmem/dommemstat/setvcpus/vcpuinfo (after qmp_event_hooks: it hooks in)
         self.resources = Resources(self)

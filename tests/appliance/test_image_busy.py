@@ -3,7 +3,8 @@
 An update (or rollback, or factory reset) stops the VM, builds the new disks with
 ``qemu-img`` and defines the VM on them, then starts it again itself. A client's start
 or undefine in the middle would run the old system disk while the scratch disk is
-replaced under it, or have the update define the VM again. The update's ``qemu-img``
+replaced under it, or have the update define the VM again; a snapshot's overlays would
+be dropped by the update's define, made from the definition before them. The update's ``qemu-img``
 is held (a wrapper first on the daemon's PATH) so the test can call in the middle.
 Real qemu-img, the appliances of test_images.
 """
@@ -44,7 +45,7 @@ def qemud(tmp_path_factory: pytest.TempPathFactory, held_img: HeldQemuImg
         yield daemon
 
 
-def test_start_save_and_undefine_are_refused_during_an_update(
+def test_start_save_undefine_and_snapshots_are_refused_during_an_update(
         conn: client.Connection, qemud: DaemonProcess, stored: dict[str, Path],
         held_img: HeldQemuImg, tmp_path: Path) -> None:
     dom = images.deploy(conn, "demo", "vm-busy", "1.0")
@@ -66,10 +67,12 @@ def test_start_save_and_undefine_are_refused_during_an_update(
             wait_for(held_img.held.exists, timeout=60, message="the update's qemu-img held")
             busy = "domain 'vm-busy' is busy: update to demo:2.0 in progress"
             for call in (dom.create, dom.undefine, dom.managed_save,
-                         lambda: dom.save(str(tmp_path / "vm.save"))):
+                         lambda: dom.save(str(tmp_path / "vm.save")),
+                         lambda: dom.snapshot_create("mid-update")):
                 with pytest.raises(OperationInvalid, match=busy):
                     call()
             assert dom.state()[0] == DomainState.SHUTOFF
+            assert dom.snapshots() == []
         finally:
             held_img.release()
             updating.join(120)

@@ -109,7 +109,7 @@ class ImagesDuty:
         return inner(ctx, args)
 
     def _require_not_busy(self, dom: DomainObj) -> None:
-        busy = None if self._ops is None else self._ops.busy.get(dom.uuid)
+        busy = self.driver.busy.get(dom.uuid)
         if busy is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
 

@@ -28,9 +28,7 @@ class Operations:
     def __init__(self, driver: QemuDriver, config: Config) -> None:
         store = ImageStore(store_root(config))
         runner = ToolRunner(driver.loop, tool_failure)
-        #: domain uuid -> the image operation in progress on it ("update to demo:2.0")
-        self.busy: dict[str, str] = {}
-        busy = self.busy
+        busy = driver.busy  # (domain uuid -> the image operation in progress on it)
         self.imports = ImportOps(driver, config, store, runner, busy)
         self.deploys = DeployOps(driver, config, store, runner, busy)
         self.updates = UpdateOps(driver, config, store, runner, busy)

@@ -176,7 +176,12 @@ class SnapshotOps:
         """See :func:`..images.layout.require_no_pending_update` (a snapshot would
         freeze the overlay the rollback deletes; a revert would move the disks off the
         appliance's images, so the rollback could not run; a delete is not refused: its
-        merge gives the disks back to the appliance)."""
+        merge gives the disks back to the appliance). Also while an image update,
+        rollback or factory reset runs on the VM (``QemuDriver.busy``): it defines the
+        VM on new disks from a definition read before the snapshot's."""
+        busy = self.driver.busy.get(dom.uuid)
+        if busy is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
         require_no_pending_update(self.driver.config, dom, what)
 
     @staticmethod
