@@ -108,6 +108,22 @@ def test_names_outside_the_tarball_are_refused(qemud: DaemonProcess,
         store_is_clean(qemud, "bad")
 
 
+def test_a_tarball_of_too_many_members_is_refused(qemud: DaemonProcess,
+                                                 tmp_path: Path) -> None:
+    """Empty files cost no bytes but an inode each: more than ``unpack.MAX_MEMBERS``
+    members are refused before anything is written."""
+    path = tmp_path / "many.tar"
+    with tarfile.open(path, "w") as tar:
+        for n in range(unpack.MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"f{n}"))
+    with qemud.connect() as conn, pytest.raises(InvalidArgError) as err:
+        images.import_appliance(conn, str(path))
+    assert str(err.value).endswith(
+        f"{path}: the tarball holds more than {unpack.MAX_MEMBERS} members: an appliance "
+        "tarball holds a descriptor and a few files"), err.value
+    store_is_clean(qemud, "many")
+
+
 # -- the unpacking child, on its own -----------------------------------------------------
 
 

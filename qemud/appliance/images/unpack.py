@@ -9,7 +9,7 @@ the file system the guests' disks, saved states and snapshots live on. Here:
 
 1. every header is read first, and the tarball refused as soon as the regular files'
    declared sizes (their real sizes, for sparse members) add up to more than LIMIT
-   bytes, before anything is written; the members' names and types are checked on the
+   bytes, or it holds more than :data:`MAX_MEMBERS` members, before anything is written; the members' names and types are checked on the
    way (only regular files, directories and hard links to earlier regular files;
    no absolute names, no ``..``);
 2. the members are then written, counting every byte: the one that would take the
@@ -42,6 +42,10 @@ EXIT_BAD_TARBALL = 1
 EXIT_BAD_MEMBER = 2
 EXIT_TOO_BIG = 3
 
+#: members (files, directories, links) a tarball may hold: an appliance is a descriptor,
+#: a few disk images and perhaps a kernel, and the byte limit does not bound the inodes
+#: (and the staging tree's removal) that millions of empty files take
+MAX_MEMBERS = 10_000
 #: bytes read and written at a time
 CHUNK = 1 << 20
 _ZEROS = bytes(CHUNK)
@@ -93,8 +97,13 @@ def _members(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
 def check(tar: tarfile.TarFile, limit: int) -> int:
     """Pass 1: the regular files' declared sizes, added up; refused past ``limit`` (or
     for a member's name or type) at the member that goes past it."""
-    total = 0
+    total = count = 0
     while (member := _members(tar)) is not None:
+        count += 1
+        if count > MAX_MEMBERS:
+            raise Refused(EXIT_BAD_MEMBER, f"the tarball holds more than {MAX_MEMBERS} "
+                                           "members: an appliance tarball holds a "
+                                           "descriptor and a few files")
         rel = member_path(member.name)
         _check_type(member, rel)
         if member.isreg():
