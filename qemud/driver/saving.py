@@ -490,7 +490,11 @@ class Saving:
         if os.path.lexists(partial) and self._move_complete(dom, partial, target) is not None:
             log.error("domain %s: its saved state is in %s", dom.name, partial)
             return
-        if target == self.store.managed_save_path(dom.name) and target.is_file():
+        if not target.is_file():  # (removed by hand since)
+            log.error("domain %s: a save had completed when the last daemon stopped, but "
+                      "its file %s is gone", dom.name, target)
+            return
+        if target == self.store.managed_save_path(dom.name):
             dom.managed_save = True
         log.warning("domain %s: a save had completed when the last daemon stopped: "
                     "finished, the saved state is in %s", dom.name, target)
