@@ -119,9 +119,56 @@ def test_a_tarball_of_too_many_members_is_refused(qemud: DaemonProcess,
     with qemud.connect() as conn, pytest.raises(InvalidArgError) as err:
         images.import_appliance(conn, str(path))
     assert str(err.value).endswith(
-        f"{path}: the tarball holds more than {unpack.MAX_MEMBERS} members: an appliance "
-        "tarball holds a descriptor and a few files"), err.value
+        f"{path}: the tarball holds more than {unpack.MAX_MEMBERS} members (files and "
+        "directories): an appliance tarball holds a descriptor and a few files"), err.value
     store_is_clean(qemud, "many")
+
+
+def test_deep_names_and_the_directories_they_imply_are_refused(
+        qemud: DaemonProcess, tmp_path: Path) -> None:
+    """Each missing parent of a member is made too: names nested too deep, or the
+    directories many names imply, are refused before anything is written (a few hundred
+    members of a few KiB made hundreds of thousands of directories)."""
+    deep, many = tmp_path / "deep.tar", tmp_path / "implied.tar"
+    with tarfile.open(deep, "w") as tar:
+        tar.addfile(tarfile.TarInfo("/".join(["d"] * (unpack.MAX_DEPTH + 1)) + "/f"))
+    with tarfile.open(many, "w") as tar:  # 400 x 30 directories: past MAX_MEMBERS
+        for n in range(400):
+            tar.addfile(tarfile.TarInfo(f"top{n}/" + "/".join(["d"] * 29) + "/f"))
+    with qemud.connect() as conn:
+        with pytest.raises(InvalidArgError) as err:
+            images.import_appliance(conn, str(deep))
+        assert f"has a name of more than {unpack.MAX_DEPTH} levels or {unpack.MAX_NAME} " \
+               "characters" in str(err.value), err.value
+        with pytest.raises(InvalidArgError) as err:
+            images.import_appliance(conn, str(many))
+        assert f"holds more than {unpack.MAX_MEMBERS} members (files and directories)" \
+            in str(err.value), err.value
+    store_is_clean(qemud, "deep")
+
+
+def test_links_a_file_named_twice_and_a_link_to_a_later_member(
+        qemud: DaemonProcess, tmp_path: Path) -> None:
+    """GNU tar stores a file named twice as a hard link to itself: unpacked once, as
+    ``tar -x`` does. A link to a member that comes later is refused, naming it."""
+    appliance = sparse_appliance(tmp_path, "twice", MIB)
+    root = tmp_path / "build-twice"
+    twice = tmp_path / "twice.tar"
+    subprocess.run(["tar", "-cf", str(twice), "-C", str(root), "appliance.json", "."],
+                   check=True)
+    assert appliance.exists()
+    forward = tmp_path / "forward.tar"
+    with tarfile.open(forward, "w") as tar:
+        link = tarfile.TarInfo("early.bin")
+        link.type, link.linkname = tarfile.LNKTYPE, "late.bin"
+        tar.addfile(link)
+        tar.addfile(tarfile.TarInfo("late.bin"))
+    with qemud.connect() as conn:
+        assert images.import_appliance(conn, str(twice)) == "twice:1.0"
+        with pytest.raises(InvalidArgError) as err:
+            images.import_appliance(conn, str(forward))
+        assert "member 'early.bin' links to 'late.bin', which is no earlier file of the " \
+               "tarball" in str(err.value), err.value
 
 
 # -- the unpacking child, on its own -----------------------------------------------------

@@ -9,9 +9,10 @@ the file system the guests' disks, saved states and snapshots live on. Here:
 
 1. every header is read first, and the tarball refused as soon as the regular files'
    declared sizes (their real sizes, for sparse members) add up to more than LIMIT
-   bytes, or it holds more than :data:`MAX_MEMBERS` members, before anything is written; the members' names and types are checked on the
-   way (only regular files, directories and hard links to earlier regular files;
-   no absolute names, no ``..``);
+   bytes, or it holds more than :data:`MAX_MEMBERS` members and implied directories,
+   or a name deeper than :data:`MAX_DEPTH`, before anything is written; the members'
+   names and types are checked on the way (only regular files, directories and hard
+   links to earlier regular files; no absolute names, no ``..``);
 2. the members are then written, counting every byte: the one that would take the
    count past LIMIT is not written, and unpacking stops. A header that claims less
    than its member unpacks to (or a tarball rewritten between the two passes) cannot
@@ -46,6 +47,9 @@ EXIT_TOO_BIG = 3
 #: a few disk images and perhaps a kernel, and the byte limit does not bound the inodes
 #: (and the staging tree's removal) that millions of empty files take
 MAX_MEMBERS = 10_000
+#: the longest member name, and the most levels of directories in it
+MAX_NAME = 1024
+MAX_DEPTH = 32
 #: bytes read and written at a time
 CHUNK = 1 << 20
 _ZEROS = bytes(CHUNK)
@@ -94,45 +98,87 @@ def _members(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     return member
 
 
-def check(tar: tarfile.TarFile, limit: int) -> int:
-    """Pass 1: the regular files' declared sizes, added up; refused past ``limit`` (or
-    for a member's name or type) at the member that goes past it."""
-    total = count = 0
-    while (member := _members(tar)) is not None:
-        count += 1
-        if count > MAX_MEMBERS:
-            raise Refused(EXIT_BAD_MEMBER, f"the tarball holds more than {MAX_MEMBERS} "
-                                           "members: an appliance tarball holds a "
+class _Tally:
+    """What the members read so far add up to, counted the same way in both passes (a
+    tarball rewritten between them gets no further in the second): members and the
+    directories their names imply (``os.makedirs`` creates every missing parent, so a
+    few members with deep names would otherwise make millions of directories), the
+    regular files' declared sizes, and the files a hard link may name."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit  # (None: the declared sizes are not checked)
+        self.declared = 0
+        self.members = 0
+        self.dirs: set[str] = set()
+        self.files: set[str] = set()
+
+    def add(self, member: tarfile.TarInfo) -> str:
+        """``member``'s checked name below the destination (see :func:`member_path`);
+        raises :class:`Refused` at the member that passes a limit or is refused."""
+        self.members += 1
+        if len(member.name) > MAX_NAME or member.name.count("/") > MAX_DEPTH:
+            raise Refused(EXIT_BAD_MEMBER, f"member '{member.name[:64]}...' has a name of "
+                                           f"more than {MAX_DEPTH} levels or {MAX_NAME} "
+                                           "characters: an appliance tarball holds a "
                                            "descriptor and a few files")
         rel = member_path(member.name)
         _check_type(member, rel)
-        if member.isreg():
-            total += member.size
-            if total > limit:
-                raise Refused(EXIT_TOO_BIG, f"declared {total} {rel}")
-    return total
+        parts = rel.split("/") if rel else []
+        for depth in range(1, len(parts) + (1 if member.isdir() else 0)):
+            self.dirs.add("/".join(parts[:depth]))
+        if self.members + len(self.dirs) > MAX_MEMBERS:
+            raise Refused(EXIT_BAD_MEMBER, f"the tarball holds more than {MAX_MEMBERS} "
+                                           "members (files and directories): an appliance "
+                                           "tarball holds a descriptor and a few files")
+        if member.islnk():
+            source = member_path(member.linkname)
+            if source != rel and source not in self.files:
+                raise Refused(EXIT_BAD_MEMBER, f"member '{rel}' links to "
+                                               f"'{member.linkname}', which is no earlier "
+                                               "file of the tarball")
+            self.files.add(rel)
+        elif member.isreg():
+            self.declared += member.size
+            if self.limit is not None and self.declared > self.limit:
+                raise Refused(EXIT_TOO_BIG, f"declared {self.declared} {rel}")
+            self.files.add(rel)
+        return rel
+
+
+def check(tar: tarfile.TarFile, limit: int) -> int:
+    """Pass 1: every member's name, type and link checked, the regular files' declared
+    sizes added up; refused past ``limit`` or :data:`MAX_MEMBERS` (or for a member's
+    name, type or link) at the member that goes past it."""
+    tally = _Tally(limit)
+    while (member := _members(tar)) is not None:
+        tally.add(member)
+    return tally.declared
 
 
 def extract(tar: tarfile.TarFile, dest: str, limit: int) -> int:
     """Pass 2: write the members below ``dest``; returns the bytes written. Refused when
-    the count would pass ``limit`` (what was written stays, for the caller to remove)."""
+    the count would pass ``limit``, or as :func:`check` refuses (what was written stays,
+    for the caller to remove)."""
+    tally = _Tally(None)  # (the bytes written are what count here)
     written = 0
     while (member := _members(tar)) is not None:
-        rel = member_path(member.name)
-        _check_type(member, rel)
+        rel = tally.add(member)
         target = os.path.join(dest, rel) if rel else dest
         if member.isdir():
             os.makedirs(target, 0o700, exist_ok=True)
             continue
         os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
-        _unlink_file(target)
         if member.islnk():
             source = os.path.join(dest, member_path(member.linkname))
+            if source == target:  # (GNU tar: a file named twice, stored as a link to itself)
+                continue
             if not stat.S_ISREG(os.lstat(source).st_mode):
                 raise Refused(EXIT_BAD_MEMBER, f"member '{rel}' links to "
                                                f"'{member.linkname}', not a regular file")
+            _unlink_file(target)
             os.link(source, target, follow_symlinks=False)
             continue
+        _unlink_file(target)
         data = tar.extractfile(member)
         assert data is not None  # (a regular file)
         written = _write(data, target, rel, written, limit)
