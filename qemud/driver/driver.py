@@ -388,6 +388,10 @@ class QemuDriver:
     def _define_xml(self, ctx: Any, args: pl.XMLFlagsArgs) -> Deferred:
         # VALIDATE is what every define does here (libvirt's schema, when installed)
         check_flags(args.flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
+        if self.busy:  # (parsed a second time only while an image operation runs)
+            existing = self.registry.check_clash(self.registry.parse(args.xml))
+            if existing is not None:
+                self.lifecycle.require_not_busy(existing)
         defined = Deferred()
         self.registry.define(args.xml, self.devices.disk_removed).chain(
             defined, lambda dom: pl.DomainReply(dom.ref()))

@@ -157,19 +157,35 @@ class Lifecycle:
         if dom.job is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
 
+    def require_not_busy(self, dom: DomainObj) -> None:
+        """:meth:`require_no_job`, and no long operation of the appliance layer on the
+        domain (``QemuDriver.busy``: an image update that stops, redefines and starts
+        it itself)."""
+        self.require_no_job(dom)
+        busy = self.driver.busy.get(dom.uuid)
+        if busy is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
+
     # -- start ---------------------------------------------------------------------------
 
     def start(self, dom: DomainObj, definition: DomainDef | None = None, *,
               paused: bool = False, incoming: str | None = None, pci_addresses: bool = True,
               reason: RunningReason = RunningReason.BOOTED,
-              detail: StartedDetail = StartedDetail.BOOTED) -> Deferred:
+              detail: StartedDetail = StartedDetail.BOOTED, busy_ok: bool = False
+              ) -> Deferred:
         """Launch ``dom``; the Deferred resolves with its DomainRef once vCPUs run (with
         ``paused``: once QEMU is ready, its vCPUs stopped; also after an ``incoming``
         migration, a restore). ``pci_addresses`` false: QEMU places the PCI devices
-        itself (the restore of an older qemud's save image, see ``build_argv``)."""
+        itself (the restore of an older qemud's save image, see ``build_argv``).
+        Refused while the domain is busy (:meth:`require_not_busy`: any start, a
+        client's, a restore, an automatic restart), unless ``busy_ok``: the start is
+        the busy operation's own."""
         if dom.active:
             raise OperationInvalid(f"domain '{dom.name}' is already running")
-        self.require_no_job(dom)
+        if busy_ok:
+            self.require_no_job(dom)
+        else:
+            self.require_not_busy(dom)
         live = (definition or dom.definition).copy()
         for hook in self.driver.start_hooks:
             hook(dom, live)

@@ -285,7 +285,7 @@ class Renamer:
             raise OperationInvalid("cannot rename active domain")
         if not dom.persistent:
             raise OperationInvalid("cannot rename a transient domain")
-        self.driver.lifecycle.require_no_job(dom)
+        self.driver.lifecycle.require_not_busy(dom)
         if dom.managed_save or self.store.has_managed_save(dom.name):
             raise OperationInvalid("domain with a managed saved state can't be renamed")
         self._check_snapshots(dom)

@@ -1,4 +1,6 @@
-"""Calls refused while an image operation runs on a VM.
+"""Calls refused while an image operation runs on a VM: start (also through create-xml
+and restore: any start but the operation's own), define over it, rename, undefine,
+save, managed save, snapshot create and revert.
 
 An update (or rollback, or factory reset) stops the VM, builds the new disks with
 ``qemu-img`` and defines the VM on them, then starts it again itself. A client's start
@@ -45,7 +47,7 @@ def qemud(tmp_path_factory: pytest.TempPathFactory, held_img: HeldQemuImg
         yield daemon
 
 
-def test_start_save_undefine_and_snapshots_are_refused_during_an_update(
+def test_calls_that_would_change_the_vm_are_refused_during_an_update(
         conn: client.Connection, qemud: DaemonProcess, stored: dict[str, Path],
         held_img: HeldQemuImg, tmp_path: Path) -> None:
     dom = images.deploy(conn, "demo", "vm-busy", "1.0")
@@ -66,9 +68,13 @@ def test_start_save_undefine_and_snapshots_are_refused_during_an_update(
         try:
             wait_for(held_img.held.exists, timeout=60, message="the update's qemu-img held")
             busy = "domain 'vm-busy' is busy: update to demo:2.0 in progress"
+            xml = dom.xml(client.XML_INACTIVE)
             for call in (dom.create, dom.undefine, dom.managed_save,
                          lambda: dom.save(str(tmp_path / "vm.save")),
-                         lambda: dom.snapshot_create("mid-update")):
+                         lambda: dom.snapshot_create("mid-update"),
+                         lambda: conn.create_xml(xml),  # (starts the defined VM)
+                         lambda: conn.define_xml(xml),
+                         lambda: dom.rename("vm-renamed")):
                 with pytest.raises(OperationInvalid, match=busy):
                     call()
             assert dom.state()[0] == DomainState.SHUTOFF

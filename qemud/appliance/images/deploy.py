@@ -221,7 +221,7 @@ class DeployOps(ImageOps):
                                   f"system disk(s) {', '.join(state.targets('system'))} back "
                                   f"to {desc.ref}; data disks kept, scratch disks emptied")
             if was_running:
-                yield self.driver.lifecycle.start(dom)
+                yield self.driver.lifecycle.start(dom, busy_ok=True)
         finally:
             self.busy.pop(dom.uuid, None)
         return Empty()

@@ -75,8 +75,7 @@ class ImagesDuty:
         # the driver's handlers are registered before the appliance's: checked first
         self.dispatcher.wrap(Procedure.DOMAIN_SAVE, self.saving)
         self.dispatcher.wrap(Procedure.DOMAIN_MANAGED_SAVE, self.saving)
-        for procedure in (Procedure.DOMAIN_CREATE, Procedure.DOMAIN_UNDEFINE):
-            self.dispatcher.wrap(procedure, self.not_while_busy)
+        self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.not_while_busy)
         for dom in self.driver.registry:  # a pending update of a guest that was re-attached
             if dom.active and self._has_state(dom.name):
                 self.ops.updates.arm(dom)
@@ -99,12 +98,11 @@ class ImagesDuty:
         return inner(ctx, args)
 
     def not_while_busy(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
-        """DOMAIN_CREATE, DOMAIN_UNDEFINE: refused while an update, rollback or factory
-        reset runs on the VM. It stops the VM, builds the new disks and defines the VM
-        on them, then starts it again itself: a client's start meanwhile would run the
-        old system disk while its scratch disk is replaced under it (and the operation's
-        own start then fail), an undefine would leave the operation defining the VM
-        again. The operation's own starts do not come through here."""
+        """DOMAIN_UNDEFINE: refused while an update, rollback or factory reset runs on
+        the VM (it would leave the operation defining the VM again). The operation stops
+        the VM, builds the new disks and defines the VM on them, then starts it again
+        itself: starts (``Lifecycle.start``), defines over the VM and renames are
+        refused by the driver meanwhile (``QemuDriver.busy``)."""
         self._require_not_busy(self.driver.registry.find(args.dom.name, args.dom.uuid))
         return inner(ctx, args)
 

@@ -137,7 +137,7 @@ class UpdateOps(ImageOps):
                      old_version, new.version, slot)
             if was_running:
                 try:
-                    yield self.driver.lifecycle.start(dom)
+                    yield self.driver.lifecycle.start(dom, busy_ok=True)
                 except QemudError as exc:
                     why = f"the guest did not start on {new.version}: {exc.message}"
                     yield from self._rollback(dom, why, restart=True)
@@ -146,7 +146,7 @@ class UpdateOps(ImageOps):
         except QemudError:
             if not switched and was_running and not dom.active:
                 try:  # nothing changed: the guest runs on as it was
-                    yield self.driver.lifecycle.start(dom)
+                    yield self.driver.lifecycle.start(dom, busy_ok=True)
                 except QemudError as exc:
                     log.error("domain %s: restart after a failed update: %s", dom.name,
                               exc.message)
@@ -376,7 +376,7 @@ class UpdateOps(ImageOps):
                               f"{state.appliance} {failed_version} -> back to "
                               f"{previous['version']}: {why}")
         if restart:
-            yield self.driver.lifecycle.start(dom)
+            yield self.driver.lifecycle.start(dom, busy_ok=True)
 
     def _find(self, ref: pl.DomainRef) -> DomainObj | None:
         try:
