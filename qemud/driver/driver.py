@@ -391,7 +391,7 @@ class QemuDriver:
         if self.busy:  # (parsed a second time only while an image operation runs)
             existing = self.registry.check_clash(self.registry.parse(args.xml))
             if existing is not None:
-                self.lifecycle.require_not_busy(existing)
+                self.lifecycle.require_no_operation(existing)
         defined = Deferred()
         self.registry.define(args.xml, self.devices.disk_removed).chain(
             defined, lambda dom: pl.DomainReply(dom.ref()))

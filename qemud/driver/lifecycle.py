@@ -157,14 +157,18 @@ class Lifecycle:
         if dom.job is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
 
-    def require_not_busy(self, dom: DomainObj) -> None:
-        """:meth:`require_no_job`, and no long operation of the appliance layer on the
-        domain (``QemuDriver.busy``: an image update that stops, redefines and starts
-        it itself)."""
-        self.require_no_job(dom)
+    def require_no_operation(self, dom: DomainObj) -> None:
+        """No long operation of the appliance layer runs on the domain
+        (``QemuDriver.busy``: an image update that stops, redefines and starts it
+        itself)."""
         busy = self.driver.busy.get(dom.uuid)
         if busy is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
+
+    def require_not_busy(self, dom: DomainObj) -> None:
+        """:meth:`require_no_job` and :meth:`require_no_operation`."""
+        self.require_no_job(dom)
+        self.require_no_operation(dom)
 
     # -- start ---------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
 from qemud.driver.discard import discard_tree, remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
-from qemud.errors import OperationInvalid
 
 from .layout import (
     STAGING_PREFIX,
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.fields import Payload
     from qemud.dispatch import Deferred, Handler
-    from qemud.driver.domain import DomainObj
 
     from .. import ApplianceContext
     from .operations import Operations
@@ -93,7 +91,7 @@ class ImagesDuty:
         the saved memory state belongs to those disks: it could no longer be restored (a
         rollback at the deadline of a managed-saved VM did so)."""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
-        self._require_not_busy(dom)
+        self.driver.lifecycle.require_no_operation(dom)
         require_no_pending_update(self.config, dom, "save the memory state")
         return inner(ctx, args)
 
@@ -103,13 +101,9 @@ class ImagesDuty:
         the VM, builds the new disks and defines the VM on them, then starts it again
         itself: starts (``Lifecycle.start``), defines over the VM and renames are
         refused by the driver meanwhile (``QemuDriver.busy``)."""
-        self._require_not_busy(self.driver.registry.find(args.dom.name, args.dom.uuid))
+        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        self.driver.lifecycle.require_no_operation(dom)
         return inner(ctx, args)
-
-    def _require_not_busy(self, dom: DomainObj) -> None:
-        busy = self.driver.busy.get(dom.uuid)
-        if busy is not None:
-            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:
         """The update's listener (a started guest's heartbeat, the guest's confirming

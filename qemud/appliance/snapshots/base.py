@@ -179,9 +179,7 @@ class SnapshotOps:
         merge gives the disks back to the appliance). Also while an image update,
         rollback or factory reset runs on the VM (``QemuDriver.busy``): it defines the
         VM on new disks from a definition read before the snapshot's."""
-        busy = self.driver.busy.get(dom.uuid)
-        if busy is not None:
-            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
+        self.driver.lifecycle.require_no_operation(dom)
         require_no_pending_update(self.driver.config, dom, what)
 
     @staticmethod
