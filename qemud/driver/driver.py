@@ -139,8 +139,9 @@ class QemuDriver:
         self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
         #: domain uuid -> a long operation of the appliance layer that runs on it (an
         #: image update, rollback or factory reset, "update to demo:2.0"): it stops and
-        #: starts the domain itself, so it is no ``dom.job``, but other layers' calls that
-        #: would change the domain meanwhile (a client's start, a snapshot) are refused
+        #: starts the domain itself, so it is no ``dom.job``, but the calls that would
+        #: change the domain meanwhile are refused (``Lifecycle.require_no_operation``:
+        #: start, define over it, rename, undefine, save, snapshot create and revert)
         self.busy: dict[str, str] = {}
         self._restart_after_stop: set[str] = set()
         #: setmem/setmaxmem/dommemstat/setvcpus/vcpuinfo (after qmp_event_hooks: it hooks in)
@@ -379,6 +380,7 @@ class QemuDriver:
         check_flags(args.flags, 1 | 2 | UNDEFINE_NVRAM | UNDEFINE_KEEP_NVRAM,
                     "qemuDomainUndefineFlags")
         dom = self._dom(args)
+        self.lifecycle.require_no_operation(dom)  # (an image update defines it again)
         self.firmware.check_undefine(dom, args.flags)  # (refused: nothing removed yet)
         self.saving.before_undefine(dom, args.flags)  # (UNDEFINE_MANAGED_SAVE)
         self.firmware.before_undefine(dom, args.flags)  # (UNDEFINE_NVRAM)

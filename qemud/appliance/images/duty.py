@@ -73,7 +73,6 @@ class ImagesDuty:
         # the driver's handlers are registered before the appliance's: checked first
         self.dispatcher.wrap(Procedure.DOMAIN_SAVE, self.saving)
         self.dispatcher.wrap(Procedure.DOMAIN_MANAGED_SAVE, self.saving)
-        self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.not_while_busy)
         for dom in self.driver.registry:  # a pending update of a guest that was re-attached
             if dom.active and self._has_state(dom.name):
                 self.ops.updates.arm(dom)
@@ -85,24 +84,14 @@ class ImagesDuty:
                 P.APPLIANCE_LIST: lambda c, a: self.ops.deploys.handle_list(c, a)}
 
     def saving(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
-        """DOMAIN_SAVE, DOMAIN_MANAGED_SAVE: refused while an image operation runs on the
-        VM (:meth:`not_while_busy`), and while an update waits for its confirmation. Its
-        rollback would delete the new slot's overlay and recreate the scratch disks, and
-        the saved memory state belongs to those disks: it could no longer be restored (a
-        rollback at the deadline of a managed-saved VM did so)."""
+        """DOMAIN_SAVE, DOMAIN_MANAGED_SAVE: refused while an update waits for its
+        confirmation. Its rollback would delete the new slot's overlay and recreate the
+        scratch disks, and the saved memory state belongs to those disks: it could no
+        longer be restored (a rollback at the deadline of a managed-saved VM did so).
+        (While an image operation runs on the VM, the driver refuses a save itself, as
+        it refuses starts, defines, renames and undefines: ``QemuDriver.busy``.)"""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
-        self.driver.lifecycle.require_no_operation(dom)
         require_no_pending_update(self.config, dom, "save the memory state")
-        return inner(ctx, args)
-
-    def not_while_busy(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
-        """DOMAIN_UNDEFINE: refused while an update, rollback or factory reset runs on
-        the VM (it would leave the operation defining the VM again). The operation stops
-        the VM, builds the new disks and defines the VM on them, then starts it again
-        itself: starts (``Lifecycle.start``), defines over the VM and renames are
-        refused by the driver meanwhile (``QemuDriver.busy``)."""
-        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
-        self.driver.lifecycle.require_no_operation(dom)
         return inner(ctx, args)
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:

@@ -122,7 +122,7 @@ class CreateOps(SnapshotOps):
         def finish() -> None:
             try:
                 self.point_disks(dom, {t: (d.base, d.overlay)
-                                        for t, d in record.disks.items()})
+                                       for t, d in record.disks.items()})
             except QemudError as exc:
                 if running:  # QEMU already writes to the overlays: keep them
                     dom.job = None

@@ -110,7 +110,7 @@ class RevertOps(SnapshotOps):
             if pointed:
                 try:
                     self.point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
-                                            if (old := before.get(t))})
+                                           if (old := before.get(t))})
                 except QemudError as exc:  # the definition names the new overlays: keep
                     log.error("domain %s: cannot point the disks back after a failed "
                               "revert: %s", dom.name, exc.message)
