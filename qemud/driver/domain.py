@@ -57,9 +57,9 @@ class DomainObj:
     #: the file the job writes until it is complete (a save's temp file): in the status
     #: file, so that a daemon restarted during the job can undo it
     job_file: str = ""
-    #: where ``job_file`` goes once the guest has stopped: set when a save's migration
-    #: has completed (the file holds the whole state), so that a daemon restarted
-    #: before QEMU exited finishes the save rather than undoing it
+    #: where ``job_file`` goes: set when a save's migration has completed (the file
+    #: holds the whole state; it is renamed there before QEMU is stopped), so that a
+    #: daemon restarted before QEMU exited finishes the save rather than undoing it
     job_target: str = ""
     stop_intent: StopIntent | None = None
     guest_shutdown: bool = False  # the guest powered itself off (QMP SHUTDOWN guest=true)

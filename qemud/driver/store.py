@@ -239,7 +239,8 @@ class StatusRecord:
     job: str = ""
     job_file: str = ""
     #: DomainObj.job_target: the save's migration completed, its file is complete and
-    #: goes here once QEMU has stopped (absent from older status files: not completed)
+    #: is (being) renamed here; a restarted daemon finishes the save rather than undo
+    #: it (absent from older status files: not completed)
     job_target: str = ""
     #: DomainObj.pci_changes: a guest whose PCI devices changed since its QEMU started
     #: stays unsavable after a daemon restart (absent from older status files: none)
