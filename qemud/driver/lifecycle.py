@@ -533,10 +533,7 @@ class Lifecycle:
                 self.save_status(dom)
             return
         if name == "GUEST_PANICKED":
-            self._set_state(dom, DomainState.CRASHED, CrashedReason.PANICKED)
-            self.save_status(dom)  # (a restarted daemon shows it crashed too)
-            self.events.lifecycle(dom.ref(), LifecycleEvent.CRASHED, CrashedDetail.PANICKED)
-            self.driver.on_guest_crash(dom)
+            self._panicked(dom)
             return
         if name == "WATCHDOG":
             action = WATCHDOG_ACTIONS.get(str(data.get("action", "none")), 0)
@@ -838,6 +835,15 @@ class Lifecycle:
             dom.shutdown_requested = True
         self.driver.on_guest_power(dom, reason, announce=announce)
 
+    def _panicked(self, dom: DomainObj) -> None:
+        """The guest panicked (QMP GUEST_PANICKED, or found so at re-attach): crashed
+        (panicked), recorded so that a restarted daemon shows it too, and ``<on_crash>``
+        applies (``QemuDriver.on_guest_crash``)."""
+        self._set_state(dom, DomainState.CRASHED, CrashedReason.PANICKED)
+        self.save_status(dom)
+        self.events.lifecycle(dom.ref(), LifecycleEvent.CRASHED, CrashedDetail.PANICKED)
+        self.driver.on_guest_crash(dom)
+
     def _apply_status(self, dom: DomainObj, status: Any) -> None:
         if not isinstance(status, dict):
             return
@@ -850,10 +856,7 @@ class Lifecycle:
             self._powered_off(dom, "guest-shutdown")
         elif status.get("status") == "guest-panicked":
             if dom.state != DomainState.CRASHED:  # (panicked while no daemon listened)
-                self._set_state(dom, DomainState.CRASHED, CrashedReason.PANICKED)
-                self.events.lifecycle(dom.ref(), LifecycleEvent.CRASHED,
-                                      CrashedDetail.PANICKED)
-                self.driver.on_guest_crash(dom)
+                self._panicked(dom)
         elif dom.state == DomainState.RUNNING:
             self._set_state(dom, DomainState.PAUSED, PausedReason.UNKNOWN)
         self.save_status(dom)
