@@ -251,6 +251,15 @@ class Lifecycle:
             # dom.job stays set: _on_exit then knows the start failed (no STOPPED event)
             if result.done:
                 return
+            intent = dom.stop_intent
+            if intent is not None and intent.shutoff_reason == ShutoffReason.DESTROYED:
+                # a client's destroy ended the start: its reason (and STOPPED event)
+                # stand, and QEMU's last words are only those of its signal. Failed once
+                # QEMU has exited (its exit calls this again)
+                if not process.alive:
+                    result.fail(OperationFailed(f"domain '{dom.name}' was destroyed "
+                                                "during its start"))
+                return
             if failing:
                 # the QEMU a failed step killed has exited: QEMU's own words if it left
                 # any, else the step's error (not "QEMU exited during start")

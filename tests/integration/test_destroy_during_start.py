@@ -1,0 +1,72 @@
+"""A client's destroy while another client's start is still in progress: the start
+fails saying the domain was destroyed (not "QEMU exited during start", nor QEMU's words
+about the signal), and the domain is shut off as destroyed, as its STOPPED event says.
+
+The daemon's QEMU is a wrapper that a test can hold before it runs the real one
+(tests/helpers/held_qemu_img.py, installed as ``qemu-system-x86_64`` in the daemon's
+``qemu.emulator_dirs``), so the destroy lands in the start with no timing games.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import client
+from protocol.constants import DomainState, LifecycleEvent, ShutoffReason, StoppedDetail
+from tests.helpers.daemon import DaemonProcess, remove_domain, serving, wait_for
+from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.integration.conftest import TestGuest
+from tests.integration.domains import guest_xml
+
+pytestmark = pytest.mark.integration
+
+
+def held_qemu(root: Path) -> HeldQemuImg:
+    """A ``qemu-system-x86_64`` the test can hold, in ``root``/bin."""
+    root.mkdir()
+    return HeldQemuImg.install(root, "qemu-system-x86_64")
+
+
+def test_a_destroy_during_the_start_fails_the_start_saying_so(
+        tmp_path: Path, test_guest: TestGuest) -> None:
+    held = held_qemu(tmp_path / "held")
+    daemon = DaemonProcess(tmp_path / "d",
+                           {"qemu": {"emulator_dirs": [str(held.bin_dir)]}})
+    with serving(daemon), daemon.connect() as conn:
+        dom = conn.define_xml(guest_xml("cut-short", test_guest, None))
+        try:
+            conn.register_event(client.EventId.LIFECYCLE)
+            held.start_holding()
+            outcome: list[BaseException | None] = []
+
+            def start() -> None:
+                try:
+                    with daemon.connect() as other:
+                        other.lookup_by_name("cut-short").create()
+                except BaseException as exc:  # noqa: BLE001 (handed to the test)
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+            starting = threading.Thread(target=start)
+            starting.start()
+            try:
+                wait_for(held.held.exists, timeout=60, message="the start's QEMU held")
+                dom.destroy()
+            finally:
+                held.release()
+                starting.join(60)
+            [error] = outcome
+            assert isinstance(error, client.OperationFailed), error
+            assert "domain 'cut-short' was destroyed during its start" in str(error)
+            assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+            record = conn.next_event(10)
+            assert record is not None and record.domain.name == "cut-short"
+            assert (record.event, record.detail) == (LifecycleEvent.STOPPED,
+                                                     StoppedDetail.DESTROYED)
+            dom.create()  # nothing is left of the start that was cut short
+            assert dom.state()[0] == DomainState.RUNNING
+        finally:
+            remove_domain(dom)
