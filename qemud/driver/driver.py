@@ -137,12 +137,8 @@ class QemuDriver:
         #: it, or --config; a define without it); the snapshot duty records an unplugged
         #: disk's last image
         self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
-        #: domain uuid -> a long operation of the appliance layer that runs on it (an
-        #: image update, rollback or factory reset, "update to demo:2.0"): it stops and
-        #: starts the domain itself, so it is no ``dom.job``, but the calls that would
-        #: change the domain meanwhile are refused (``Lifecycle.require_no_operation``:
-        #: start, define over it, rename, undefine, save, snapshot create and revert)
-        self.busy: dict[str, str] = {}
+        #: the appliance layer's long operations on domains (``Registry.operations``)
+        self.busy = self.registry.operations
         self._restart_after_stop: set[str] = set()
         #: setmem/setmaxmem/dommemstat/setvcpus/vcpuinfo (after qmp_event_hooks: it hooks in)
         self.resources = Resources(self)

@@ -159,11 +159,9 @@ class Lifecycle:
 
     def require_no_operation(self, dom: DomainObj) -> None:
         """No long operation of the appliance layer runs on the domain
-        (``QemuDriver.busy``: an image update that stops, redefines and starts it
+        (``Registry.operations``: an image update that stops, redefines and starts it
         itself)."""
-        busy = self.driver.busy.get(dom.uuid)
-        if busy is not None:
-            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
+        self.registry.require_no_operation(dom)
 
     def require_not_busy(self, dom: DomainObj) -> None:
         """:meth:`require_no_job` and :meth:`require_no_operation`."""

@@ -81,6 +81,14 @@ class Registry:
         self.writes = PersistentWrites(store, self._by_name.get, self._save_failed)
         #: where a call's writes are handed for its reply to wait on (the dispatcher's)
         self.reply_waits = reply_waits
+        #: domain uuid -> a long operation of the appliance layer that runs on it (an
+        #: image update, rollback or factory reset, "update to demo:2.0"): it stops,
+        #: defines and starts the domain itself, so it is no ``dom.job``, but the calls
+        #: that would change the domain meanwhile are refused
+        #: (:meth:`require_no_operation`): start, define over it, rename, undefine,
+        #: save, snapshot create and revert, and every change to its persistent
+        #: definition (the operation's define would drop it)
+        self.operations: dict[str, str] = {}
 
     # -- lookup --------------------------------------------------------------------------
 
@@ -382,13 +390,21 @@ class Registry:
         self._save(dom.persistent_definition)
         self.writes.written(dom, dom.persistent_definition)
 
+    def require_no_operation(self, dom: DomainObj) -> None:
+        """No long operation of the appliance layer runs on ``dom`` (:attr:`operations`)."""
+        busy = self.operations.get(dom.uuid)
+        if busy is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
+
     def save_persistent(self, dom: DomainObj, definition: DomainDef) -> Deferred:
         """Make ``definition`` ``dom``'s persistent definition: in memory at once (at its
         stop for a running domain, which runs from its live definition), on disk without
         waiting on the loop (:mod:`.persist`). The Deferred resolves once the file is
         durable; inside a call the reply waits for it anyway (:class:`ReplyWaits`), so
         only code running after the call returned (a QMP answer's callback) chains it.
-        A write refused at once (a full disk) raises and changes nothing."""
+        A write refused at once (a full disk; an image operation on the domain, whose
+        define would drop it) raises and changes nothing."""
+        self.require_no_operation(dom)
         done = self.writes.save(dom, definition)
         self.reply_waits.add(done)
         return done
@@ -430,6 +446,7 @@ class Registry:
                                    f"domain '{dom.name}' was undefined meanwhile")
         definition = dom.persistent_definition.copy()
         try:
+            self.require_no_operation(dom)  # (one that began meanwhile)
             change(definition)
         except QemudError as exc:
             raise OperationInvalid(f"the live change was made, not the persistent one: "

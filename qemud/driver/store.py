@@ -43,9 +43,12 @@ fault_before_rename: Callable[[Path], None] | None = None
 #: Test hook for a daemon run as a subprocess, where the global above cannot be set: with
 #: ``QEMUD_FAULT_BEFORE_RENAME=<text>`` in the daemon's environment (read once, at
 #: import), every :func:`atomic_write` whose target path contains ``<text>`` fails with
-#: EIO at the same point. For tests/faults only; never set it in production.
+#: EIO at the same point; with ``<text>#<n>``, only the n-th such write since the start
+#: (counted from 1: a later write of a multi-step change). For tests only; never set it
+#: in production.
 FAULT_ENV = "QEMUD_FAULT_BEFORE_RENAME"
-_fault_env_match = os.environ.get(FAULT_ENV, "")
+_fault_env_match, _, _fault_env_nth = os.environ.get(FAULT_ENV, "").partition("#")
+_fault_env_seen = itertools.count(1)
 
 _Token = TypeVar("_Token")
 _Result = TypeVar("_Result")
@@ -124,7 +127,8 @@ class TempFile:
         self._close()
         if fault_before_rename is not None:
             fault_before_rename(self.path)
-        if _fault_env_match and _fault_env_match in str(self.path):
+        if _fault_env_match and _fault_env_match in str(self.path) and (
+                not _fault_env_nth or next(_fault_env_seen) == int(_fault_env_nth)):
             log.warning("%s: failing the write of %s before its rename", FAULT_ENV, self.path)
             raise OSError(errno.EIO, f"injected fault before rename ({FAULT_ENV})",
                           str(self.path))

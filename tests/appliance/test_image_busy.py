@@ -1,6 +1,7 @@
 """Calls refused while an image operation runs on a VM: start (also through create-xml
 and restore: any start but the operation's own), define over it, rename, undefine,
-save, managed save, snapshot create and revert.
+save, managed save, snapshot create and revert, and every ``--config`` change (the
+update's define, made from the definition before it, would drop it).
 
 An update (or rollback, or factory reset) stops the VM, builds the new disks with
 ``qemu-img`` and defines the VM on them, then starts it again itself. A client's start
@@ -22,7 +23,7 @@ import pytest
 import client
 from client import appliance_images as images
 from client.errors import OperationInvalid
-from protocol.constants import DomainState
+from protocol.constants import DomainState, MetadataType
 from tests.helpers.daemon import DaemonProcess, remove_domain, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 
@@ -31,6 +32,12 @@ from .test_images import stored as stored  # the appliances 1.0, 2.0, 3.0
 from .test_images import work as work
 
 pytestmark = pytest.mark.integration
+
+
+#: what the --config calls mid-update would add and remove
+_NIC = "<interface type='user'><model type='virtio'/></interface>"
+_DATA_DISK = ("<disk type='file' device='disk'><source file='{vmdir}/vdb.qcow2'/>"
+              "<target dev='vdb' bus='virtio'/></disk>")
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +76,26 @@ def test_calls_that_would_change_the_vm_are_refused_during_an_update(
             wait_for(held_img.held.exists, timeout=60, message="the update's qemu-img held")
             busy = "domain 'vm-busy' is busy: update to demo:2.0 in progress"
             xml = dom.xml(client.XML_INACTIVE)
+            vmdir = qemud.state_dir / "vms" / "vm-busy"
             for call in (dom.create, dom.undefine, dom.managed_save,
                          lambda: dom.save(str(tmp_path / "vm.save")),
                          lambda: dom.snapshot_create("mid-update"),
                          lambda: conn.create_xml(xml),  # (starts the defined VM)
                          lambda: conn.define_xml(xml),
-                         lambda: dom.rename("vm-renamed")):
+                         lambda: dom.rename("vm-renamed"),
+                         # --config changes, which the update's define would drop
+                         lambda: dom.attach_device(_NIC, client.AFFECT_CONFIG),
+                         lambda: dom.detach_device(_DATA_DISK.format(vmdir=vmdir),
+                                                   client.AFFECT_CONFIG),
+                         lambda: dom.set_metadata(MetadataType.DESCRIPTION, "mid-update",
+                                                  client.AFFECT_CONFIG),
+                         lambda: dom.set_memory(96 * 1024, client.AFFECT_CONFIG),
+                         lambda: dom.set_vcpus(1, client.AFFECT_CONFIG)):
                 with pytest.raises(OperationInvalid, match=busy):
                     call()
             assert dom.state()[0] == DomainState.SHUTOFF
             assert dom.snapshots() == []
+            assert dom.xml(client.XML_INACTIVE) == xml
         finally:
             held_img.release()
             updating.join(120)

@@ -12,6 +12,9 @@ scratch disk is emptied for an update that did not happen.
   comes back on the old version, state and all; one killed once the definition was
   renamed into place (its directory's fsync held) comes back on the new version, the
   update pending and the scratch disks recreated.
+* Once the definition is saved the update has happened: a failed last write of the
+  state does not fail it, and a client's destroy during its restart does not roll it
+  back.
 
 Real daemons, real qemu-img; the appliances of test_images (no guest boots, but the
 rollback test starts one).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +33,16 @@ import pytest
 import client
 from client import appliance_images as images
 from client.errors import OperationInvalid
-from protocol.constants import DomainState
+from protocol.constants import DomainState, ShutoffReason
 from qemud.driver.store import FAULT_ENV
 from tests.conftest import DaemonFactory
 from tests.faults.test_slow_disk import held_call
-from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
+from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
+from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.slowfs import SlowFS
 from tests.integration.conftest import TestGuest
 
-from .conftest import EventLog, wait_state
+from .conftest import BOOT_TIMEOUT, EventLog, wait_state
 from .test_images import build_appliance, descriptor, disk_sources, origin
 from .test_images import work as work  # the module's directory for tarballs
 
@@ -239,3 +244,94 @@ def test_daemon_killed_after_the_updated_definition_is_saved(
                "saved, so the VM is on 2.0" in d.log_text()
         with pytest.raises(OperationInvalid, match="waiting for the guest's heartbeat"):
             images.update(conn, dom, "1.0")
+
+
+def running_deployed(d: DaemonProcess, tarballs: dict[str, Path], name: str) -> Path:
+    """:func:`deployed`, then started (the VM directory)."""
+    vmdir = deployed(d, tarballs, name)
+    with d.connect() as conn:
+        conn.lookup_by_name(name).create()
+    return vmdir
+
+
+def test_a_failed_final_state_write_does_not_fail_the_update(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """The define is the point of no return: once the new definition is saved, a failed
+    last write of the state (the record without its ``switch``) is logged, the guest is
+    started on the new version, and its start settles the switch and arms the
+    confirmation, which its heartbeat gives."""
+    d = daemon_factory()
+    try:
+        vmdir = deployed(d, tarballs, "last-write")
+        # after the restart: the switch written ahead is write 1, the final one write 2
+        restart(d, {FAULT_ENV: "vms/last-write/appliance-state.json#2"})
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("last-write")
+            dom.create()
+            events = EventLog(conn)
+            conn.register_event(client.EventId.APPLIANCE)
+            images.update(conn, dom, "2.0")
+            assert f"{FAULT_ENV}: failing the write" in d.log_text()
+            assert dom.state()[0] == DomainState.RUNNING
+            assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
+            confirmed = events.wait("last-write", "update-confirmed", timeout=BOOT_TIMEOUT)
+            assert "1.0 -> 2.0" in confirmed[0].text, confirmed[0].text
+            state = state_of(vmdir)
+            assert (state["version"], state["slot"], state["pending"]) == ("2.0", "b", None)
+            assert "switch" not in state
+            assert events.appliance("last-write", "update-rolled-back") == []
+    finally:
+        stop_destroying_guests(d)
+
+
+def test_a_destroy_during_the_updates_restart_keeps_the_update(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path], tmp_path: Path) -> None:
+    """A client's destroy while the update starts the VM again is not the new version
+    failing to start: nothing is rolled back, the VM stays off on the new version with
+    the update pending, and its next start arms the confirmation. (Its QEMU is a wrapper
+    the test holds before it runs the real one, so the destroy lands in the start.)"""
+    (tmp_path / "held").mkdir()
+    held = HeldQemuImg.install(tmp_path / "held", "qemu-system-x86_64")
+    d = daemon_factory(config={"qemu": {"emulator_dirs": [str(held.bin_dir)]}})
+    try:
+        vmdir = running_deployed(d, tarballs, "upd-destroyed")
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("upd-destroyed")
+            events = EventLog(conn)
+            conn.register_event(client.EventId.APPLIANCE)
+            held.start_holding()
+            outcome: list[BaseException | None] = []
+
+            def update() -> None:
+                try:
+                    with d.connect() as other:
+                        images.update(other, other.lookup_by_name("upd-destroyed"), "2.0")
+                except BaseException as exc:  # noqa: BLE001 (handed to the test)
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+            updating = threading.Thread(target=update)
+            updating.start()
+            try:
+                wait_for(held.held.exists, timeout=60, message="the restart's QEMU held")
+                dom.destroy()
+            finally:
+                held.release()
+                updating.join(60)
+            [error] = outcome
+            assert isinstance(error, client.OperationFailed), error
+            assert ("update of 'upd-destroyed' to demo:2.0 is installed, but the guest was "
+                    "destroyed during its restart") in str(error), error
+            assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+            assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
+            state = state_of(vmdir)
+            assert (state["version"], state["slot"]) == ("2.0", "b")
+            assert (state["pending"]["from"], state["pending"]["to"]) == ("1.0", "2.0")
+            events.drain(0.5)
+            assert events.appliance("upd-destroyed", "update-rolled-back") == []
+            dom.create()  # the next start arms the confirmation; 2.0's heartbeat gives it
+            events.wait("upd-destroyed", "update-confirmed", timeout=BOOT_TIMEOUT)
+            assert state_of(vmdir)["pending"] is None
+    finally:
+        held.release()
+        stop_destroying_guests(d)

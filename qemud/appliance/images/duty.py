@@ -89,7 +89,8 @@ class ImagesDuty:
         scratch disks, and the saved memory state belongs to those disks: it could no
         longer be restored (a rollback at the deadline of a managed-saved VM did so).
         (While an image operation runs on the VM, the driver refuses a save itself, as
-        it refuses starts, defines, renames and undefines: ``QemuDriver.busy``.)"""
+        it refuses starts, defines, renames, undefines and ``--config`` changes:
+        ``Registry.operations``.)"""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
         require_no_pending_update(self.config, dom, "save the memory state")
         return inner(ctx, args)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Empty
 from protocol import payloads as pl
-from protocol.constants import EventId, LifecycleEvent
+from protocol.constants import DomainState, EventId, LifecycleEvent, ShutoffReason
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
 from qemud.errors import InvalidArg, NoDomain, OperationFailed, OperationInvalid, QemudError
@@ -139,6 +139,12 @@ class UpdateOps(ImageOps):
                 try:
                     yield self.driver.lifecycle.start(dom, busy_ok=True)
                 except QemudError as exc:
+                    if _destroyed(dom):  # by a client: not the new version's failure
+                        raise OperationFailed(
+                            f"update of '{dom.name}' to {new.ref} is installed, but the "
+                            "guest was destroyed during its restart: it stays shut off "
+                            f"on {new.version}, and the update is confirmed or rolled "
+                            "back after its next start") from None
                     why = f"the guest did not start on {new.version}: {exc.message}"
                     yield from self._rollback(dom, why, restart=True)
                     raise OperationFailed(f"update of '{dom.name}' to {new.ref} failed and "
@@ -182,7 +188,9 @@ class UpdateOps(ImageOps):
         that start-up finds to have happened renames those still waiting (they were
         complete before the switch was written), one that did not leaves them to
         ``remove_unfinished_disks``. (A failed define also leaves the new overlays in
-        the other slot: unused, replaced by the next update's.)
+        the other slot: unused, replaced by the next update's.) Once the define
+        succeeded, a failed final write is logged, not raised: the change happened, and
+        the switch left in the record is settled by its next read.
         """
         before = dataclasses.replace(before, switch=None)  # (only this switch is recorded)
         after = dataclasses.replace(after, switch=None)
@@ -199,7 +207,13 @@ class UpdateOps(ImageOps):
         for tmp, scratch in prepared:
             os.replace(tmp, scratch)
         prepared.clear()
-        self.save_state(after)
+        try:
+            self.save_state(after)
+        except QemudError as exc:
+            # the define was the point of no return: the change happened, and the
+            # record's switch says so to its next settling read (``arm`` settles)
+            log.error("domain %s: %s (the switch to %s %s is settled at the state's next "
+                      "read)", before.vm, exc.message, after.appliance, after.version)
 
     # -- confirmation and rollback -------------------------------------------------------
 
@@ -221,7 +235,9 @@ class UpdateOps(ImageOps):
         """A guest with an unconfirmed update started: its heartbeat is now due."""
         if dom.uuid in self.watches:
             return
-        state = self.load_state(dom)
+        # settled even during the operation's own restart: its switch, if its final
+        # write failed, is complete (the define is on disk)
+        state = self.load_state(dom, settle=True)
         if state is None or state.pending is None:
             return
         try:
@@ -376,7 +392,12 @@ class UpdateOps(ImageOps):
                               f"{state.appliance} {failed_version} -> back to "
                               f"{previous['version']}: {why}")
         if restart:
-            yield self.driver.lifecycle.start(dom, busy_ok=True)
+            try:
+                yield self.driver.lifecycle.start(dom, busy_ok=True)
+            except QemudError as exc:
+                raise OperationFailed(f"domain '{dom.name}' was rolled back to "
+                                      f"{previous['version']}, but did not start again: "
+                                      f"{exc.message}") from None
 
     def _find(self, ref: pl.DomainRef) -> DomainObj | None:
         try:
@@ -396,6 +417,12 @@ def _uuid_text(ref: pl.DomainRef) -> str:
         return str(uuidlib.UUID(bytes=bytes(ref.uuid)))
     except ValueError:
         return ""
+
+
+def _destroyed(dom: DomainObj) -> bool:
+    """Whether ``dom`` is shut off by a client's destroy (e.g. during a start)."""
+    return (not dom.active and dom.state == DomainState.SHUTOFF
+            and dom.reason == ShutoffReason.DESTROYED)
 
 
 def _check_compatible(state: VMState, new: Descriptor) -> None:

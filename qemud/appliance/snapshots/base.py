@@ -177,7 +177,7 @@ class SnapshotOps:
         freeze the overlay the rollback deletes; a revert would move the disks off the
         appliance's images, so the rollback could not run; a delete is not refused: its
         merge gives the disks back to the appliance). Also while an image update,
-        rollback or factory reset runs on the VM (``QemuDriver.busy``): it defines the
+        rollback or factory reset runs on the VM (``Registry.operations``): it defines the
         VM on new disks from a definition read before the snapshot's."""
         self.driver.lifecycle.require_no_operation(dom)
         require_no_pending_update(self.driver.config, dom, what)
