@@ -1,9 +1,11 @@
 """An appliance tarball may unpack to at most ``appliance.import_max_bytes``: one that
-declares more is refused before anything is written, naming the limit and the tarball,
-and leaves nothing behind; the bytes written are counted too, so a member that unpacks
-to more than its header said cannot pass the limit either (qemud/appliance/images/unpack.py,
-the child that unpacks). Tarballs of a few KiB that declare far more: GNU tar's sparse
-members (``tar -S``).
+declares more is refused at the member that passes it, before writing it, naming the
+limit and the tarball, and leaves nothing behind; the bytes written are counted too, so
+a member that unpacks to more than its header said cannot pass the limit either
+(qemud/appliance/images/unpack.py, the child that unpacks). A plain tarball is read
+twice (every header first, so nothing is written when it is refused), a compressed one
+once (the members before the refused one are written, then removed). Tarballs of a few
+KiB that declare far more: GNU tar's sparse members (``tar -S``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +58,38 @@ def sparse_appliance(directory: Path, name: str, size: int) -> Path:
     return out
 
 
+#: tar's option and the suffix of each compression an appliance tarball may use
+COMPRESSIONS = {"gz": "-z", "bz2": "-j", "xz": "-J"}
+
+
+def compressed_appliance(directory: Path, name: str, compression: str, first: int,
+                         then: int) -> Path:
+    """A compressed tarball of an appliance whose members come in this order: its
+    descriptor, ``first.bin`` (``first`` random bytes: real data, written as unpacked)
+    and ``system.raw`` (``then`` bytes, all holes but its first: a few KiB stored)."""
+    root = directory / f"build-{name}"
+    root.mkdir(parents=True)
+    (root / "appliance.json").write_text(json.dumps({
+        "name": name, "version": "1.0", "arch": "x86_64", "memory": 64,
+        "boot": {"disk": "vda"},
+        "disks": [{"file": "system.raw", "class": "system", "format": "raw",
+                   "target": "vda"}]}))
+    (root / "first.bin").write_bytes(os.urandom(first))
+    with open(root / "system.raw", "wb") as f:
+        f.write(b"SYSTEM")
+        f.truncate(then)
+    out = directory / f"{name}.tar.{compression}"
+    subprocess.run(["tar", "-S", COMPRESSIONS[compression], "-cf", str(out), "-C",
+                    str(root), "appliance.json", "first.bin", "system.raw"], check=True)
+    return out
+
+
+def nothing_named(qemud: DaemonProcess, name: str) -> None:
+    """No file ``name`` (one no other test's tarball holds) anywhere in the daemon's
+    state directory: not kept in the store, nor left beside it."""
+    assert not list(qemud.state_dir.rglob(name))
+
+
 def store_is_clean(qemud: DaemonProcess, name: str) -> None:
     """No trace of the import ``name`` in the image store (its staging tree is renamed
     away at once and removed by a child)."""
@@ -75,7 +111,8 @@ def test_a_tarball_over_the_limit_is_refused_and_leaves_nothing(
         assert f"appliance tarball {huge} unpacks to more than appliance.import_max_bytes " \
                f"= {LIMIT} (32 MiB)" in message, message
         assert "the limit passed at member 'system.raw'" in message, message
-        assert "refused before unpacking, nothing was kept" in message, message
+        assert "refused at that member, before writing it; nothing was kept" in message, \
+            message
         store_is_clean(qemud, "huge")
         assert "huge" not in {i.name for i in images.list_appliances(conn)}
         # within the limit (sparse members count at their full size): imported
@@ -84,6 +121,51 @@ def test_a_tarball_over_the_limit_is_refused_and_leaves_nothing(
         stored = qemud.state_dir / "images" / "fits" / "1.0" / "system.raw"
         assert stored.stat().st_size == LIMIT - MIB
         assert stored.read_bytes()[:6] == b"SYSTEM"
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
+def test_a_later_member_of_a_compressed_tarball_past_the_limit_is_refused(
+        qemud: DaemonProcess, tmp_path: Path, compression: str) -> None:
+    """A compressed tarball is read in one pass: its first members are written before
+    the one whose declared size passes the limit is read. That one is refused, named,
+    before it is written, and what was written before it is not kept."""
+    name = f"later-{compression}"
+    path = compressed_appliance(tmp_path, name, compression, MIB, 1 << 30)
+    declared = sum(p.stat().st_size for p in (tmp_path / f"build-{name}").iterdir())
+    with qemud.connect() as conn:
+        with pytest.raises(InvalidArgError) as info:
+            images.import_appliance(conn, str(path))
+        message = str(info.value)
+        assert f"appliance tarball {path} unpacks to more than appliance.import_max_bytes " \
+               f"= {LIMIT} (32 MiB): its files declare at least {declared} bytes" \
+            in message, message
+        assert "the limit passed at member 'system.raw'; refused at that member, before " \
+               "writing it; nothing was kept" in message, message
+        store_is_clean(qemud, name)
+        nothing_named(qemud, "first.bin")
+        assert name not in {i.name for i in images.list_appliances(conn)}
+
+
+def test_a_symlink_after_a_file_of_a_compressed_tarball_is_refused(
+        qemud: DaemonProcess, tmp_path: Path) -> None:
+    """In the one pass over a compressed tarball each member is checked before it is
+    written: a symlink after a regular file is refused, named, and neither is kept."""
+    path = tmp_path / "symlink.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for member, data in (("appliance.json", b"{}"), ("data.bin", os.urandom(MIB))):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with qemud.connect() as conn, pytest.raises(InvalidArgError) as err:
+        images.import_appliance(conn, str(path))
+    assert str(err.value).endswith(f"{path}: member 'link' is a symlink: an appliance "
+                                   "tarball may hold only regular files and directories"), \
+        err.value
+    store_is_clean(qemud, "symlink")
+    nothing_named(qemud, "data.bin")
 
 
 def test_names_outside_the_tarball_are_refused(qemud: DaemonProcess,
@@ -207,3 +289,85 @@ def test_unpacking_counts_what_it_writes_and_stops_at_the_limit(tmp_path: Path) 
     assert child.returncode == 0, child.stderr
     for name in ("a.bin", "b.bin"):
         assert (dest2 / name).read_bytes() == (source / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tarballs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same two members (``a.bin``, ``b.bin``: 3 MiB of random bytes each, in this
+    order; the files are in ``src`` beside the tarballs) as a plain tarball (key ``""``)
+    and compressed each way (:data:`COMPRESSIONS`)."""
+    directory = tmp_path_factory.mktemp("tarballs")
+    source = directory / "src"
+    source.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (source / name).write_bytes(os.urandom(3 * MIB))
+    paths = {}
+    for compression in ("", *sorted(COMPRESSIONS)):
+        path = directory / ("t.tar" + (f".{compression}" if compression else ""))
+        flags = [COMPRESSIONS[compression]] if compression else []
+        subprocess.run(["tar", *flags, "-cf", str(path), "-C", str(source), "a.bin",
+                        "b.bin"], check=True)
+        paths[compression] = path
+    return paths
+
+
+def test_compression_is_told_by_the_first_bytes(tarballs: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    """gzip, bzip2 and xz are compressed, whatever the file's name; a plain tarball is
+    not; the file is left at its start for tarfile to read."""
+    for compression, path in tarballs.items():
+        renamed = tmp_path / f"renamed-{compression or 'plain'}"
+        shutil.copyfile(path, renamed)
+        with open(renamed, "rb") as f:
+            assert unpack.is_compressed(f) is bool(compression), compression
+            assert f.tell() == 0
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with open(empty, "rb") as f:
+        assert not unpack.is_compressed(f)
+
+
+@pytest.mark.parametrize("compression", ["", *sorted(COMPRESSIONS)])
+def test_a_compressed_tarball_is_read_once_a_plain_one_twice(
+        tarballs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        compression: str) -> None:
+    """A compressed tarball's members cannot be skipped without decompressing them: it
+    is opened (decompressed) once, never read by ``check`` first; a plain one, which
+    ``check`` reads by seeking over its members, twice."""
+    path = tarballs[compression]
+    opened: list[str] = []
+    real_open = tarfile.open
+
+    def counting_open(*args: Any, **kwargs: Any) -> tarfile.TarFile:
+        opened.append(str(kwargs.get("mode")))
+        return real_open(*args, **kwargs)
+
+    def no_check(tar: tarfile.TarFile, limit: int) -> int:
+        raise AssertionError("a compressed tarball read by check before unpacking")
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    if compression:
+        monkeypatch.setattr(unpack, "check", no_check)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert unpack.main(["unpack.py", str(8 * MIB), str(path), str(dest)]) == 0
+    assert len(opened) == (1 if compression else 2), opened
+    assert sorted(p.name for p in dest.iterdir()) == ["a.bin", "b.bin"]
+    for name in ("a.bin", "b.bin"):
+        assert (dest / name).read_bytes() == path.with_name("src").joinpath(name).read_bytes()
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
+def test_a_compressed_tarball_is_refused_at_the_member_past_the_limit(
+        tarballs: dict[str, Path], tmp_path: Path, compression: str) -> None:
+    """As the daemon runs it: in the one pass, the member whose declared size passes
+    the limit is refused before it is written (the members before it were written, for
+    the daemon to remove), with the line the importer reads."""
+    path = tarballs[compression]
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    child = subprocess.run([sys.executable, "-I", unpack.__file__, str(4 * MIB),
+                            str(path), str(dest)], capture_output=True, text=True)
+    assert child.returncode == unpack.EXIT_TOO_BIG, child.stderr
+    assert child.stderr == f"declared {6 * MIB} b.bin\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["a.bin"]

@@ -1,7 +1,8 @@
 """Appliance images: import, deploy, A/B update with rollback, factory reset.
 
-An appliance is a tarball (optionally gzip'ed) holding a descriptor (``appliance.json`` or
-``appliance.toml``), its disk images and, for direct kernel boot, a kernel and initrd.
+An appliance is a tarball (optionally gzip'ed, bzip2'ed or xz'ed) holding a descriptor
+(``appliance.json`` or ``appliance.toml``), its disk images and, for direct kernel boot,
+a kernel and initrd.
 docs/APPLIANCE-IMAGES.md describes the descriptor and every rule below; in short:
 
 * **import** unpacks the tarball with :mod:`.unpack` (a child the loop reaps, never in

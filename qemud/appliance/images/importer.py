@@ -3,7 +3,8 @@
 :mod:`.unpack` unpacks the tarball (a child the loop reaps, never in the loop: the
 daemon's Python running that file) into a staging directory ``<store>/.staging-*``,
 at most ``appliance.import_max_bytes`` of it (the declared sizes are checked before
-anything is written, the bytes counted while writing); the descriptor is checked
+anything is written, or for a compressed tarball, read in one pass, before each member
+is; the bytes counted while writing); the descriptor is checked
 (every field, every file, only regular files, images without backing or data files, by
 ``qemu-img info``) and so is the host (an emulator for the arch, every required
 feature); the checked descriptor is written next to the files as
@@ -176,7 +177,10 @@ def _unpack_argv(path: str, staging: Path, limit: int) -> list[str]:
 
 
 def _unpack_refusal(path: str, exc: ToolFailed, limit: int) -> str:
-    """What a failed :func:`_unpack_argv` child means, for the user."""
+    """What a failed :func:`_unpack_argv` child means, for the user. A declared size
+    past the limit is refused at that member before it is written, but the members
+    before it may have been (a compressed tarball is read in one pass): they are removed
+    with the staging directory, so nothing is kept either way."""
     lines = [line for line in exc.stderr.splitlines() if line.strip()]
     reason = " / ".join(lines) or exc.message
     if exc.exit_code == EXIT_TOO_BIG and lines:  # "declared|written BYTES MEMBER"
@@ -186,8 +190,8 @@ def _unpack_refusal(path: str, exc: ToolFailed, limit: int) -> str:
         if how == "declared" and count.isdigit():
             return (f"appliance tarball {path} unpacks to more than {bound}: its files "
                     f"declare at least {count} bytes ({_size(int(count))}), the limit "
-                    f"passed at member '{member}'; refused before unpacking, nothing was "
-                    "kept")
+                    f"passed at member '{member}'; refused at that member, before "
+                    "writing it; nothing was kept")
         return (f"appliance tarball {path}: member '{member}' unpacked past {bound}, "
                 "more than the tarball declared; unpacking stopped, nothing was kept")
     if exc.exit_code == EXIT_BAD_MEMBER:

@@ -5,18 +5,29 @@ runs as a script, not as part of the package, and never in the daemon's loop.
 Why not ``tar -x``: nothing bounds what it writes. A tarball of a few KiB can declare
 (gzip'ed zeros) or expand to (a sparse member: the header gives the stored size, the
 sparse map the real one) far more than the file system holds, and ``state_dir`` is
-the file system the guests' disks, saved states and snapshots live on. Here:
+the file system the guests' disks, saved states and snapshots live on. Here every
+member is checked (:class:`_Tally`): its name (relative, no ``..``, at most
+:data:`MAX_NAME` characters and :data:`MAX_DEPTH` levels), its type (only regular files,
+directories and hard links to earlier regular files), the members and implied
+directories so far (at most :data:`MAX_MEMBERS`) and the regular files' declared sizes
+added up (their real sizes, for sparse members: at most LIMIT bytes); and every byte
+written is counted, the chunk that would take the count past LIMIT not written. How
+often the tarball is read depends on whether it is compressed:
 
-1. every header is read first, and the tarball refused as soon as the regular files'
-   declared sizes (their real sizes, for sparse members) add up to more than LIMIT
-   bytes, or it holds more than :data:`MAX_MEMBERS` members and implied directories,
-   or a name deeper than :data:`MAX_DEPTH`, before anything is written; the members'
-   names and types are checked on the way (only regular files, directories and hard
-   links to earlier regular files; no absolute names, no ``..``);
-2. the members are then written, counting every byte: the one that would take the
-   count past LIMIT is not written, and unpacking stops. A header that claims less
-   than its member unpacks to (or a tarball rewritten between the two passes) cannot
-   write past the limit.
+* a plain tarball is read twice: (1, :func:`check`) every header first, refused at the
+  member that passes a limit or is refused, before anything is written; then (2,
+  :func:`extract`) the members are written, checked and counted again (a header that
+  claims less than its member unpacks to, or a tarball rewritten between the two
+  passes, cannot write past the limit). ``tarfile`` seeks over the members' data in
+  pass 1, so it costs little;
+* a compressed one (gzip, bzip2, xz: :func:`is_compressed`) is read once, by
+  :func:`extract` alone, each member checked just before it is written: refused at the
+  member that passes a limit or is refused, before writing it (the members before it
+  were written: the daemon removes them with DEST). Its members' data cannot be
+  skipped without decompressing it, so a pass 1 would cost as much as unpacking: an
+  import took about twice as long as ``tar -x`` (2.6 s against 1.8 s for 256 MiB
+  gzip'ed, 4.3 s against 2.1 s for 64 MiB xz'ed), and reached the daemon's call
+  deadline at ~30 GiB gzip'ed or ~4-5 GiB xz'ed, well below the default limit.
 
 Runs of zeros are left as holes (a sparse raw image stays sparse). Files are made 0600
 and directories 0700; the importer makes them read-only afterwards. The daemon removes
@@ -36,8 +47,8 @@ import sys
 import tarfile
 from typing import IO
 
-__all__ = ["Refused", "check", "extract", "main", "EXIT_BAD_TARBALL", "EXIT_BAD_MEMBER",
-           "EXIT_TOO_BIG"]
+__all__ = ["Refused", "is_compressed", "check", "extract", "unpack_tarball", "main",
+           "EXIT_BAD_TARBALL", "EXIT_BAD_MEMBER", "EXIT_TOO_BIG"]
 
 EXIT_BAD_TARBALL = 1
 EXIT_BAD_MEMBER = 2
@@ -54,6 +65,8 @@ MAX_DEPTH = 32
 CHUNK = 1 << 20
 _ZEROS = bytes(CHUNK)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: how the compressed streams ``tarfile`` reads (mode ``r:*``) begin: gzip, bzip2, xz
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
 class Refused(Exception):
@@ -98,9 +111,22 @@ def _members(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     return member
 
 
+def is_compressed(f: IO[bytes]) -> bool:
+    """Whether ``f`` (read from its start, and left there) holds a gzip, bzip2 or xz
+    stream: one whose members' data cannot be skipped without decompressing it, so that
+    it is unpacked in one pass (see the module's docstring). A wrong guess costs time,
+    not safety: a plain tarball whose first name begins like a compressed stream is
+    checked member by member as it is written, and a compressed stream not recognised
+    here (``tarfile`` guesses on its own) is decompressed twice."""
+    head = f.read(max(len(magic) for magic in COMPRESSED_MAGIC))
+    f.seek(0)
+    return head.startswith(COMPRESSED_MAGIC)
+
+
 class _Tally:
-    """What the members read so far add up to, counted the same way in both passes (a
-    tarball rewritten between them gets no further in the second): members and the
+    """What the members read so far add up to, counted the same way in every pass (a
+    tarball rewritten between the two of a plain tarball gets no further in the second,
+    and the one pass of a compressed tarball refuses what both would): members and the
     directories their names imply (``os.makedirs`` creates every missing parent, so a
     few members with deep names would otherwise make millions of directories), the
     regular files' declared sizes, and the files a hard link may name."""
@@ -146,20 +172,27 @@ class _Tally:
 
 
 def check(tar: tarfile.TarFile, limit: int) -> int:
-    """Pass 1: every member's name, type and link checked, the regular files' declared
-    sizes added up; refused past ``limit`` or :data:`MAX_MEMBERS` (or for a member's
-    name, type or link) at the member that goes past it."""
+    """Pass 1 of a plain tarball: every member's name, type and link checked, the
+    regular files' declared sizes added up; refused past ``limit`` or
+    :data:`MAX_MEMBERS` (or for a member's name, type or link) at the member that goes
+    past it, before anything is written."""
     tally = _Tally(limit)
     while (member := _members(tar)) is not None:
         tally.add(member)
     return tally.declared
 
 
-def extract(tar: tarfile.TarFile, dest: str, limit: int) -> int:
-    """Pass 2: write the members below ``dest``; returns the bytes written. Refused when
-    the count would pass ``limit``, or as :func:`check` refuses (what was written stays,
-    for the caller to remove)."""
-    tally = _Tally(None)  # (the bytes written are what count here)
+def extract(tar: tarfile.TarFile, dest: str, limit: int, *,
+            check_declared: bool = False) -> int:
+    """Write the members below ``dest``; returns the bytes written. Refused when the
+    count would pass ``limit``, or for a member's name, type or link or past
+    :data:`MAX_MEMBERS` as :func:`check` refuses; with ``check_declared`` (the one pass
+    of a compressed tarball, which :func:`check` did not read first) also at the regular
+    file whose declared size takes the sum past ``limit``, before writing it. What was
+    written stays, for the caller to remove."""
+    # (without check_declared, pass 2 of a plain tarball: pass 1 added the declared
+    # sizes up, and the bytes written are what count here)
+    tally = _Tally(limit if check_declared else None)
     written = 0
     while (member := _members(tar)) is not None:
         rel = tally.add(member)
@@ -211,6 +244,20 @@ def _write(data: IO[bytes], target: str, rel: str, written: int, limit: int) -> 
     return written
 
 
+def unpack_tarball(f: IO[bytes], dest: str, limit: int) -> int:
+    """Unpack the tarball ``f`` below ``dest`` within ``limit`` bytes; returns the bytes
+    written. Two passes (:func:`check`, then :func:`extract`) over a plain tarball, one
+    over a compressed one (see the module's docstring); raises :class:`Refused`."""
+    if is_compressed(f):
+        with tarfile.open(fileobj=f, mode="r:*") as tar:
+            return extract(tar, dest, limit, check_declared=True)
+    with tarfile.open(fileobj=f, mode="r:*") as tar:  # one open file for both passes
+        check(tar, limit)
+    f.seek(0)
+    with tarfile.open(fileobj=f, mode="r:*") as tar:
+        return extract(tar, dest, limit)
+
+
 def main(argv: list[str]) -> int:
     try:
         limit, source, dest = int(argv[1]), argv[2], argv[3]
@@ -218,12 +265,8 @@ def main(argv: list[str]) -> int:
         print("usage: unpack.py LIMIT TARBALL DEST", file=sys.stderr)
         return EXIT_BAD_TARBALL
     try:
-        with open(source, "rb") as f:  # one open file for both passes
-            with tarfile.open(fileobj=f, mode="r:*") as tar:
-                check(tar, limit)
-            f.seek(0)
-            with tarfile.open(fileobj=f, mode="r:*") as tar:
-                extract(tar, dest, limit)
+        with open(source, "rb") as f:
+            unpack_tarball(f, dest, limit)
     except Refused as exc:
         print(exc.message, file=sys.stderr)
         return exc.code
