@@ -11,7 +11,8 @@ scratch disk is emptied for an update that did not happen.
   directory on a FUSE file system whose fsyncs the test holds, tests/helpers/slowfs.py)
   comes back on the old version, state and all; one killed once the definition was
   renamed into place (its directory's fsync held) comes back on the new version, the
-  update pending and the scratch disks recreated.
+  update pending and the scratch disks recreated. A rollback killed the same way comes
+  back on the previous version, its failed overlay deleted.
 * Once the definition is saved the update has happened: a failed last write of the
   state does not fail it, and a client's destroy during its restart does not roll it
   back.
@@ -334,4 +335,44 @@ def test_a_destroy_during_the_updates_restart_keeps_the_update(
             assert state_of(vmdir)["pending"] is None
     finally:
         held.release()
+        stop_destroying_guests(d)
+
+
+def test_daemon_killed_after_the_rollbacks_definition_is_saved(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """A rollback at the deadline, the daemon killed once its definition was renamed
+    into place (the directory's fsync held): the restarted daemon settles the state on
+    the previous version and deletes the failed overlay, as the rollback would have."""
+    d = daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")},
+                               "appliance": {"update_deadline": UPDATE_DEADLINE}})
+    try:
+        vmdir = deployed(d, tarballs, "kill-rb", ("1.0", "3.0"))
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("kill-rb")
+            images.update(conn, dom, "3.0")  # (off: switched, pending)
+            assert (vmdir / "vda.b.qcow2").is_file()
+            slowfs.hold()
+            dom.create()  # 3.0 sends no heartbeat: the rollback comes at the deadline
+        try:
+            [temp] = slowfs.wait_held(timeout=UPDATE_DEADLINE + 60)
+            assert temp.startswith("/config/domains/.kill-rb.xml.") and temp.endswith(".tmp")
+            slowfs.let()
+            assert slowfs.wait_held() == ["/config/domains"]
+            assert d.proc is not None
+            d.proc.kill()
+        finally:
+            slowfs.release()
+        d.proc.wait()
+        d.start()
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("kill-rb")
+            assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+            state = state_of(vmdir)
+            assert (state["version"], state["slot"]) == ("1.0", "a") and "switch" not in state
+            assert state["pending"] is None and state["previous"] is None
+            wait_for(lambda: not (vmdir / "vda.b.qcow2").exists(), timeout=30,
+                     message="the failed overlay removed")
+            assert (vmdir / "vda.a.qcow2").is_file()
+            assert "removing " + str(vmdir / "vda.b.qcow2") in d.log_text()
+    finally:
         stop_destroying_guests(d)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
+from qemud.driver.discard import discard
 from qemud.driver.store import atomic_write
 from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
@@ -127,7 +128,7 @@ class ImageOps:
         try:
             state = VMState.from_json(path.read_text())
             if state.uuid == dom.uuid and state.switch is not None and settle:
-                settled = settle_switch(path, dom)
+                settled = settle_switch(path, dom, lambda paths: discard(self.loop, paths))
                 if settled is not None:
                     state = VMState.from_dict(settled)
         except FileNotFoundError:

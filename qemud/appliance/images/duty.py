@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
-from qemud.driver.discard import discard_tree, remove_discarded_below
+from qemud.driver.discard import discard, discard_tree, remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
 
 from .layout import (
@@ -115,7 +115,8 @@ class ImagesDuty:
         happened still has its prepared scratch images to rename into place)."""
         for dom in self.driver.registry:
             if dom.persistent and self._has_state(dom.name):
-                settle_switch(self.vms_dir / dom.name / STATE_NAME, dom)
+                settle_switch(self.vms_dir / dom.name / STATE_NAME, dom,
+                              lambda paths: discard(self.driver.loop, paths))
 
     def remove_debris(self) -> None:
         """What a killed daemon left: unfinished imports, what it was removing (trees

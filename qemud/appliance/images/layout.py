@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,9 @@ def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
     return removed
 
 
-def settle_switch(path: Path, dom: DomainObj) -> dict[str, Any] | None:
+def settle_switch(path: Path, dom: DomainObj,
+                  discard: Callable[[list[str]], object] | None = None
+                  ) -> dict[str, Any] | None:
     """Make the state record ``path`` of ``dom`` agree with its definition again, after
     an update or rollback that wrote its :data:`SWITCH_KEY` and was cut short; return
     the settled record (None: nothing to settle).
@@ -113,7 +116,12 @@ def settle_switch(path: Path, dom: DomainObj) -> dict[str, Any] | None:
     are the switch's, the define happened and the switch becomes the state (the scratch
     images the switch had prepared as ``<disk>.new`` are renamed into place, as the
     update would have: they were complete before the switch was written); otherwise it
-    did not, and the key is dropped. Start-up (for every domain with a record, before
+    did not, and the key is dropped. A switch that happened also leaves system disks
+    no state names any more: a rollback's failed overlay, which the rollback deletes
+    after its define. Those are handed to ``discard`` (the daemon's ``discard``, which
+    renames them away at once and removes them in a child: an overlay may be large); an
+    update's previous overlay is the new state's ``previous`` and stays. Start-up (for
+    every domain with a record, before
     ``remove_unfinished_disks``) and any read of a record with the key while no image
     operation runs on the VM call this. A record that cannot be rewritten is logged and
     settled again next time; the settled record is returned all the same.
@@ -141,6 +149,11 @@ def settle_switch(path: Path, dom: DomainObj) -> dict[str, Any] | None:
         settled = {k: v for k, v in switch.items() if k != SWITCH_KEY}
         settled["vm"] = data.get("vm", dom.name)  # (a rename rewrites the record's own)
         _install_prepared_scratch(dom, disks)
+        unused = _unused_system_disks(data, settled)
+        if unused and discard is not None:
+            log.info("domain %s: removing %s (no longer a disk of the VM)", dom.name,
+                     ", ".join(unused))
+            discard(unused)
     else:
         settled = {k: v for k, v in data.items() if k != SWITCH_KEY}
     log.warning("domain %s: an appliance image change to %s %s was cut short: its "
@@ -154,6 +167,24 @@ def settle_switch(path: Path, dom: DomainObj) -> dict[str, Any] | None:
         log.error("domain %s: cannot write the appliance state %s: %s (settled again "
                   "next time)", dom.name, path, exc.strerror or exc)
     return settled
+
+
+def _system_paths(record: dict[str, Any]) -> set[str]:
+    disks = record.get("disks")
+    if not isinstance(disks, dict):
+        return set()
+    return {str(d.get("path")) for d in disks.values()
+            if isinstance(d, dict) and d.get("class") == "system"}
+
+
+def _unused_system_disks(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The system disks of the record ``before`` that the state ``after`` neither uses
+    nor keeps as its ``previous`` slot."""
+    previous = after.get("previous")
+    kept = _system_paths(after)
+    if isinstance(previous, dict) and isinstance(previous.get("system"), dict):
+        kept |= {str(p) for p in previous["system"].values()}
+    return sorted(_system_paths(before) - kept)
 
 
 def _install_prepared_scratch(dom: DomainObj, disks: dict[str, Any]) -> None:
