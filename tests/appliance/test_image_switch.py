@@ -376,3 +376,76 @@ def test_daemon_killed_after_the_rollbacks_definition_is_saved(
             assert "removing " + str(vmdir / "vda.b.qcow2") in d.log_text()
     finally:
         stop_destroying_guests(d)
+
+
+def kill_during_deploy(slowfs: SlowFS, d: DaemonProcess, tarballs: dict[str, Path],
+                       name: str, saved: bool) -> None:
+    """Deploy ``name`` from 1.0 and kill -9 the daemon while its define's first fsync
+    (``saved`` False: the definition is not on disk) or its second one waits; then
+    restart."""
+    with d.connect() as conn:
+        assert images.import_appliance(conn, str(tarballs["1.0"])) == "demo:1.0"
+    deploy = held_call(slowfs, d, lambda c: images.deploy(c, "demo", name, "1.0"))
+    try:
+        [temp] = slowfs.held()
+        assert temp.startswith(f"/config/domains/.{name}.xml.") and temp.endswith(".tmp")
+        if saved:
+            slowfs.let()
+            assert slowfs.wait_held() == ["/config/domains"]
+        assert d.proc is not None
+        d.proc.kill()
+    finally:
+        slowfs.release()
+    d.proc.wait()
+    with pytest.raises(client.ConnectionLost):
+        deploy.wait()
+    d.start()
+
+
+def test_daemon_killed_before_the_deployed_definition_is_saved(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """No domain was defined and no one was told of the VM: the restarted daemon removes
+    its directory, and the same deploy works again (before: refused, naming the
+    directory to remove by hand)."""
+    d = on_slowfs(slowfs, daemon_factory)
+    kill_during_deploy(slowfs, d, tarballs, "dep-early", saved=False)
+    vmdir = d.state_dir / "vms" / "dep-early"
+    assert "a deploy of 'dep-early' was cut short before its domain was defined: " \
+           f"removing {vmdir}" in d.log_text()
+    assert not vmdir.exists()
+    with d.connect() as conn:
+        assert "dep-early" not in {dom.name for dom in conn.list_domains()}
+        dom = images.deploy(conn, "demo", "dep-early", "1.0")
+        assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+        assert "deploying" not in state_of(vmdir)
+
+
+def test_daemon_killed_after_the_deployed_definition_is_saved(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """The domain is defined: the restarted daemon keeps the VM and drops the mark."""
+    d = on_slowfs(slowfs, daemon_factory)
+    kill_during_deploy(slowfs, d, tarballs, "dep-late", saved=True)
+    vmdir = d.state_dir / "vms" / "dep-late"
+    state = state_of(vmdir)
+    assert "deploying" not in state and state["version"] == "1.0"
+    with d.connect() as conn:
+        dom = conn.lookup_by_name("dep-late")
+        assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+        assert listed_under(conn, "dep-late") == ["1.0"]
+
+
+def test_a_deploy_whose_last_state_write_fails_is_undone(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """Its state would keep the deploy's mark: the deploy fails, its domain undefined
+    and its directory removed, rather than leave a mark that would remove the
+    directory at a later start should the VM be undefined meanwhile."""
+    d = daemon_factory(env={FAULT_ENV: "vms/dep-undo/appliance-state.json#2"})
+    with d.connect() as conn:
+        assert images.import_appliance(conn, str(tarballs["1.0"])) == "demo:1.0"
+        with pytest.raises(client.QemudClientError, match="injected fault before rename"):
+            images.deploy(conn, "demo", "dep-undo", "1.0")
+        assert "dep-undo" not in {dom.name for dom in conn.list_domains()}
+        wait_for(lambda: not (d.state_dir / "vms" / "dep-undo").exists(), timeout=30,
+                 message="the VM directory removed")
+        dom = images.deploy(conn, "demo", "dep-undo", "1.0")  # (write 3: fine)
+        assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")

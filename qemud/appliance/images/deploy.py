@@ -118,9 +118,11 @@ class DeployOps(ImageOps):
             uuid = str(uuidlib.uuid4())
             definition = self._build_definition(desc, directory, vm, uuid, disks)
             state = VMState(vm=vm, uuid=uuid, appliance=desc.name, version=desc.version,
-                            slot="a", disks=disks)
+                            slot="a", disks=disks, deploying=True)
             self.save_state(state)
             dom = yield self._define(definition)
+            state.deploying = False
+            self._settle_deploy(dom, state)
         except BaseException:
             discard_tree(self.loop, vmdir)
             raise
@@ -133,6 +135,21 @@ class DeployOps(ImageOps):
         if start:
             yield self.driver.lifecycle.start(dom)
         return pl.DomainReply(dom.ref())
+
+    def _settle_deploy(self, dom: DomainObj, state: VMState) -> None:
+        """The state's final write, without its ``deploying`` mark. Should it fail, the
+        deploy is undone (the domain undefined, the directory removed by the caller)
+        rather than left marked: the mark of a VM undefined before the next start would
+        have its directory, and the data disks in it, removed then (``settle_deploys``)."""
+        try:
+            self.save_state(state)
+        except QemudError:
+            try:
+                self.driver.registry.undefine(dom)
+            except QemudError as exc:  # (defined: the next start drops the mark)
+                log.error("domain %s: cannot undo its deploy: %s", dom.name, exc.message)
+                return
+            raise
 
     def _build_definition(self, desc: Descriptor, directory: Path, vm: str, uuid: str,
                           disks: dict[str, dict[str, Any]]) -> DomainDef:

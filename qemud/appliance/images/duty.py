@@ -24,6 +24,7 @@ from .layout import (
     STATE_NAME,
     remove_unfinished_disks,
     require_no_pending_update,
+    settle_deploys,
     settle_switch,
     store_root,
     vms_root,
@@ -68,6 +69,9 @@ class ImagesDuty:
                 log.error("appliance images: cannot use %s: %s", directory,
                           exc.strerror or exc)
         self.settle_switches()
+        settle_deploys(self.vms_dir, {d.uuid for d in self.driver.registry},
+                       {d.name for d in self.driver.registry},
+                       lambda path: discard_tree(self.driver.loop, path))
         self.remove_debris()
         self.events.add_listener(self.on_event)
         # the driver's handlers are registered before the appliance's: checked first

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STAGING_PREFIX", "STATE_NAME", "SWITCH_KEY", "TARGET_RE", "UNFINISHED_SUFFIX",
            "QCOW2", "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
-           "settle_switch", "require_no_pending_update"]
+           "DEPLOYING_KEY", "settle_switch", "settle_deploys", "require_no_pending_update"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ STATE_NAME = "appliance-state.json"
 #: the key of that record under which an update or rollback writes the state it switches
 #: to, before it defines the definition that goes with it (see :func:`settle_switch`)
 SWITCH_KEY = "switch"
+#: the key (true) of that record from a deploy's first write of it until its define is
+#: on disk (see :func:`settle_deploys`)
+DEPLOYING_KEY = "deploying"
 #: an import unpacks into ``<store>/<STAGING_PREFIX>...`` before it is renamed into place
 STAGING_PREFIX = ".staging-"
 #: a guest disk name as descriptors and VM directories use them (vda, sdb, hdaa...)
@@ -167,6 +170,49 @@ def settle_switch(path: Path, dom: DomainObj,
         log.error("domain %s: cannot write the appliance state %s: %s (settled again "
                   "next time)", dom.name, path, exc.strerror or exc)
     return settled
+
+
+def settle_deploys(vms_dir: Path, uuids: Container[str], names: Container[str],
+                   remove: Callable[[Path], object]) -> None:
+    """Finish or undo the deploys a killed daemon cut short; start-up only.
+
+    A deploy makes the VM's directory and disks, writes its state record with
+    :data:`DEPLOYING_KEY`, defines the domain, then writes the record without the key.
+    A record that still has it names a domain that was defined (``uuids``: the key is
+    dropped) or one that never was: then no one was told of the VM, nothing but the
+    deploy made the directory, and it is handed to ``remove`` (the daemon's
+    ``discard_tree``), so that a deploy under that name works again. A directory whose
+    name a domain of another uuid has (``names``) is left alone, and logged.
+    """
+    try:
+        vm_dirs = sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return
+    for vm_dir in vm_dirs:
+        path = vm_dir / STATE_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.error("unreadable appliance state %s: %s", path, exc)
+            continue
+        if not isinstance(data, dict) or data.get(DEPLOYING_KEY) is not True:
+            continue
+        if data.get("uuid") in uuids:
+            try:
+                atomic_write(path, json.dumps(
+                    {k: v for k, v in data.items() if k != DEPLOYING_KEY}, indent=1))
+            except OSError as exc:
+                log.error("cannot write the appliance state %s: %s (settled again next "
+                          "time)", path, exc.strerror or exc)
+        elif vm_dir.name in names:
+            log.error("%s: a deploy cut short, but a domain of another uuid is named "
+                      "'%s': left as it is", vm_dir, vm_dir.name)
+        else:
+            log.warning("a deploy of '%s' was cut short before its domain was defined: "
+                        "removing %s", vm_dir.name, vm_dir)
+            remove(vm_dir)
 
 
 def _system_paths(record: dict[str, Any]) -> set[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from qemud.errors import InvalidArg, QemudError
 
 from .descriptor import Descriptor, parse_descriptor, version_key
-from .layout import SWITCH_KEY
+from .layout import DEPLOYING_KEY, SWITCH_KEY
 
 __all__ = ["ImageStore", "VMState", "INDEX_NAME"]
 
@@ -102,6 +102,10 @@ class VMState:
     definition: the state that definition goes with (the fields above stay the ones of
     the definition in place until then). Start-up settles a switch a killed daemon left
     (``layout.settle_switch``): see ``UpdateOps._commit_switch`` for why.
+
+    ``deploying`` is set only between a deploy's first write of the state and its
+    define: a VM directory whose state still says so at start-up and names no domain is
+    a deploy a killed daemon cut short (``layout.settle_deploys``).
     """
 
     vm: str
@@ -113,13 +117,16 @@ class VMState:
     previous: dict[str, Any] | None = None  # {"version", "slot", "system": {t: path}, "os"}
     pending: dict[str, Any] | None = None  # {"from", "to", "since"}: unconfirmed update
     switch: dict[str, Any] | None = None  # the state of a definition being defined
+    deploying: bool = False  # written before the deploy's define, cleared after it
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
+        out: dict[str, Any] = {"vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
                "version": self.version, "slot": self.slot, "disks": self.disks,
                "previous": self.previous, "pending": self.pending}
         if self.switch is not None:  # (absent from most files, and from older ones)
             out[SWITCH_KEY] = self.switch
+        if self.deploying:
+            out[DEPLOYING_KEY] = True
         return out
 
     def to_json(self) -> str:
@@ -130,7 +137,7 @@ class VMState:
         return cls(vm=data["vm"], uuid=data["uuid"], appliance=data["appliance"],
                    version=data["version"], slot=data["slot"], disks=data["disks"],
                    previous=data.get("previous"), pending=data.get("pending"),
-                   switch=data.get(SWITCH_KEY))
+                   switch=data.get(SWITCH_KEY), deploying=bool(data.get(DEPLOYING_KEY)))
 
     @classmethod
     def from_json(cls, text: str) -> VMState:
