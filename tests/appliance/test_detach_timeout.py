@@ -18,8 +18,9 @@ from tests.helpers.daemon import DaemonProcess, serving, stop_destroying_guests
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.integration.conftest import TestGuest
 
-from .test_snapshot_delete import qemu_files
-from .test_snapshot_unplug import (
+from .snapshot_chains import qemu_files
+from .snapshot_guests import Guest, disk_xml, make_image
+from .vdb_hotplug import (
     device_dels,
     has_vdb,
     overlays_of,
@@ -29,7 +30,6 @@ from .test_snapshot_unplug import (
     unplug,
     wait_until,
 )
-from .test_snapshots import Guest, disk_xml, make_image
 
 pytestmark = pytest.mark.integration
 

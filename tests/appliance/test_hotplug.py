@@ -9,38 +9,35 @@ DEVNAME, so no other loop device of the host is ever touched.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import client
-from client.domain import Domain
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
-from tests.integration.domains import READY, guest_xml
-from tests.integration.serial import SerialPort
 
-from .conftest import BOOT_TIMEOUT, EventLog, wait_state
+from .conftest import EventLog, wait_state
+from .hotplug_loops import (
+    ATTACH_TIMEOUT,
+    DETACH_TIMEOUT,
+    boot,
+    image,
+    loop_devices,
+    loopctl,
+    row,
+    rule,
+)
 
 pytestmark = pytest.mark.integration
 
-LOOP_CTL_ADD = 0x4C80
-LOOP_CTL_REMOVE = 0x4C81
-FIRST_NUMBER = 96  # well above what `losetup -f` hands out on this host
 ROLES = ("live", "boot", "cd", "bad", "other", "grow", "grow-ro", "job")
-#: uevent -> attach -> the guest's block monitor (polls every 0.5 s) under TCG
-ATTACH_TIMEOUT = 45.0
-#: losetup -d -> auto-clear poll (1 s) -> device_del -> ACPI unplug in the guest
-DETACH_TIMEOUT = 60.0
 #: the guest kernel's virtio-blk notices (KERN_NOTICE) on the serial console: its size
 #: of the disk when it appears and after a capacity change, i.e. /sys/block/vdX/size
 NOTICES = "console=ttyS0 loglevel=6"
@@ -48,106 +45,13 @@ CDROM = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
          "<target dev='hdc' bus='ide'/><readonly/></disk>")
 
 
-class LoopDevices:
-    """Loop devices this test created; ``cleanup`` unbinds and removes every one."""
-
-    def __init__(self) -> None:
-        self.created: list[str] = []
-
-    def create(self) -> str:
-        fd = os.open("/dev/loop-control", os.O_RDWR)
-        try:
-            for number in range(FIRST_NUMBER, FIRST_NUMBER + 400):
-                if os.path.exists(f"/sys/block/loop{number}"):
-                    continue
-                try:
-                    fcntl.ioctl(fd, LOOP_CTL_ADD, number)
-                except OSError as exc:
-                    if exc.errno == errno.EEXIST:  # another process was quicker
-                        continue
-                    raise
-                dev = f"/dev/loop{number}"
-                self.created.append(dev)
-                wait_for(lambda d=dev: os.path.exists(d), timeout=10, message=f"{dev} node")
-                return dev
-        finally:
-            os.close(fd)
-        raise RuntimeError("no unused loop device number")
-
-    def bind(self, dev: str, backing: Path) -> None:
-        assert dev in self.created
-        subprocess.run(["losetup", dev, str(backing)], check=True, capture_output=True)
-
-    def refresh(self, dev: str) -> None:
-        """``losetup -c``: the kernel reads the backing file's size again (``change``)."""
-        assert dev in self.created
-        subprocess.run(["losetup", "-c", dev], check=True, capture_output=True)
-
-    def unbind(self, dev: str) -> None:
-        assert dev in self.created
-        subprocess.run(["losetup", "-d", dev], check=True, capture_output=True)
-
-    @staticmethod
-    def bound(dev: str) -> bool:
-        return os.path.exists(f"/sys/block/{os.path.basename(dev)}/loop")
-
-    def cleanup(self) -> None:
-        for dev in self.created:
-            if self.bound(dev):
-                subprocess.run(["losetup", "-d", dev], capture_output=True)
-        fd = os.open("/dev/loop-control", os.O_RDWR)
-        try:
-            for dev in self.created:
-                number = int(dev.removeprefix("/dev/loop"))
-                deadline = time.monotonic() + 15
-                while True:
-                    try:
-                        fcntl.ioctl(fd, LOOP_CTL_REMOVE, number)
-                        break
-                    except OSError as exc:
-                        if exc.errno == errno.ENODEV:
-                            break
-                        if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                            print(f"cannot remove {dev}: {exc}", file=sys.stderr)
-                            break
-                        time.sleep(0.1)  # still open (QEMU exiting): auto-clear pending
-        finally:
-            os.close(fd)
-
-
-def image(path: Path, mib: int, fill: bytes = b"\0") -> Path:
-    path.write_bytes(fill * (mib << 20))
-    return path
-
-
 def grow(path: Path, mib: int) -> None:
     os.truncate(path, mib << 20)
-
-
-def rule(name: str, dev: str, domain: str, extra: str = "") -> str:
-    """A rules-file entry matching the loop device ``dev`` by name."""
-    return f'\n[[rule]]\nname = "{name}"\nmatch = {{ DEVNAME = "{dev}" }}\n' \
-           f'domain = "{domain}"\n{extra}'
-
-
-def loop_devices(roles: tuple[str, ...]) -> Iterator[dict[str, str]]:
-    """A loop device per role (``"_"``: the LoopDevices), all cleaned up at the end."""
-    devices = LoopDevices()
-    try:
-        yield {role: devices.create() for role in roles} | {"_": devices}  # type: ignore
-    finally:
-        devices.cleanup()
 
 
 @pytest.fixture(scope="module")
 def loops() -> Iterator[dict[str, str]]:
     yield from loop_devices(ROLES)
-
-
-def loopctl(loops: dict[str, object]) -> LoopDevices:
-    devices = loops["_"]
-    assert isinstance(devices, LoopDevices)
-    return devices
 
 
 @pytest.fixture(scope="module")
@@ -186,24 +90,6 @@ target = "cdrom:hdd"
                            env={"PATH": qemu_img.path_env()})
     with serving(daemon):
         yield daemon
-
-
-
-
-def boot(conn: client.Connection, name: str, guest: object, sock: Path, extra: str = "",
-         cmdline: str = "console=ttyS0 quiet") -> tuple[Domain, SerialPort]:
-    dom = conn.define_xml(guest_xml(name, guest, sock, extra=extra, cmdline=cmdline))
-    dom.create()
-    serial = SerialPort(sock)
-    serial.wait_for(READY, timeout=BOOT_TIMEOUT)
-    return dom, serial
-
-
-def row(conn: client.Connection, dev: str) -> client.connection.pl.HotplugInfo | None:
-    for info in conn.hotplug_list():
-        if info.device == dev:
-            return info
-    return None
 
 
 def test_hot_add_and_remove_a_loop_device(conn: client.Connection, events: EventLog,
@@ -451,7 +337,7 @@ def test_device_arriving_during_a_snapshot_waits_for_it(
     then is attached once the snapshot is done, not reported as failed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .test_snapshots import disk_xml, make_image
+    from .snapshot_guests import disk_xml, make_image
 
     dev = loops["job"]
     ctl = loopctl(loops)

@@ -18,7 +18,7 @@ from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 
 from .conftest import EventLog
-from .test_hotplug import (
+from .hotplug_loops import (
     ATTACH_TIMEOUT,
     DETACH_TIMEOUT,
     boot,

@@ -27,9 +27,9 @@ from protocol.constants import DomainState, MetadataType
 from tests.helpers.daemon import DaemonProcess, remove_domain, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 
-from .test_images import origin
-from .test_images import stored as stored  # the appliances 1.0, 2.0, 3.0
-from .test_images import work as work
+from .appliances import origin
+from .appliances import stored as stored  # the appliances 1.0, 2.0, 3.0
+from .appliances import work as work
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import client
 from tests.helpers.daemon import DISCARD_MARK, DaemonProcess, serving, wait_for
 from tests.integration.conftest import TestGuest
 
-from .test_snapshots import disk_source, qcow2_guest, qemu_io_write
-from .test_snapshots import qemud as qemud  # the module's daemon fixture
+from .snapshot_guests import disk_source, qcow2_guest, qemu_io_write
+from .snapshot_guests import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 

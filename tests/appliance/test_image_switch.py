@@ -37,15 +37,15 @@ from client.errors import OperationInvalid
 from protocol.constants import DomainState, ShutoffReason
 from qemud.driver.store import FAULT_ENV
 from tests.conftest import DaemonFactory
-from tests.faults.test_slow_disk import held_call
+from tests.faults.slow_disk import held_call
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.slowfs import SlowFS
 from tests.integration.conftest import TestGuest
 
+from .appliances import build_appliance, descriptor, disk_sources, origin
+from .appliances import work as work  # the module's directory for tarballs
 from .conftest import BOOT_TIMEOUT, EventLog, wait_state
-from .test_images import build_appliance, descriptor, disk_sources, origin
-from .test_images import work as work  # the module's directory for tarballs
 
 pytestmark = pytest.mark.integration
 

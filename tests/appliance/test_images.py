@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lxml import etree
 
 import client
 from client import appliance_images as images
@@ -46,74 +44,18 @@ from tests.integration.conftest import TestGuest
 from tests.integration.domains import bare_xml
 from tests.integration.serial import SerialPort
 
+from .appliances import build_appliance, descriptor, disk_sources, origin
+from .appliances import stored as stored  # demo 1.0, 2.0 and 3.0, imported
+from .appliances import work as work  # the module's directory for tarballs
 from .conftest import BOOT_TIMEOUT, EventLog, wait_state
 
 REPO = Path(__file__).resolve().parents[2]
 #: seconds a switched guest has to send its first heartbeat (short: the rollback test
 #: waits it out; the test guest boots in ~7-15 s under TCG)
 UPDATE_DEADLINE = 30.0
-CMDLINE = "console=ttyS0 quiet"
 
 
 # -- building appliances ---------------------------------------------------------------
-
-
-def descriptor(version: str = "1.0", **overrides: Any) -> dict[str, Any]:
-    desc: dict[str, Any] = {
-        "name": "demo", "version": version, "arch": "x86_64", "features": ["virtio"],
-        "memory": 256, "vcpus": 1,
-        "boot": {"kernel": "boot/vmlinuz", "initrd": "boot/initramfs.img",
-                 "cmdline": CMDLINE},
-        "disks": [
-            {"file": "system.qcow2", "class": "system", "format": "qcow2", "target": "vda"},
-            {"file": "data.qcow2", "class": "data", "format": "qcow2", "target": "vdb"},
-            {"class": "scratch", "size": "16M", "target": "vdc"},
-        ],
-        "heartbeat": {"interval": 1, "misses": 5, "action": "none", "grace": 60},
-    }
-    desc.update(overrides)
-    return desc
-
-
-def marked_qcow2(path: Path, marker: str, size: int = 16 * 1024 * 1024) -> Path:
-    raw = path.with_suffix(".raw")
-    with open(raw, "wb") as f:
-        f.write(marker.encode())
-        f.truncate(size)
-    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
-                    str(path)], check=True)
-    raw.unlink()
-    return path
-
-
-def build_appliance(work: Path, guest: TestGuest, desc: dict[str, Any], *,
-                    marker: str = "", omit: tuple[str, ...] = (), gzip: bool = False,
-                    extra: dict[str, bytes] | None = None, top_dir: bool = False,
-                    modes: dict[str, int] | None = None) -> Path:
-    """A tarball of ``desc`` with the test guest's kernel/initrd and marked disks;
-    ``modes`` sets a member's mode (``tar`` stores it)."""
-    label = f"{desc.get('name', 'x')}-{desc.get('version', 'x')}-{len(list(work.glob('*')))}"
-    d = work / f"build-{label}"
-    root = d / "demo" if top_dir else d
-    (root / "boot").mkdir(parents=True)
-    shutil.copyfile(guest.kernel, root / "boot" / "vmlinuz")
-    shutil.copyfile(guest.initrd, root / "boot" / "initramfs.img")
-    marked_qcow2(root / "system.qcow2", marker or f"SYSTEM-V{desc.get('version', '')}")
-    marked_qcow2(root / "data.qcow2", "DATA-ORIGINAL")
-    (root / "appliance.json").write_text(json.dumps(desc, indent=1))
-    for name, content in (extra or {}).items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(content)
-    for name in omit:
-        (root / name).unlink()
-    for name, mode in sorted((modes or {}).items(), key=lambda m: -len(m[0])):
-        (root / name).chmod(mode)
-    out = work / f"{label}.tar{'.gz' if gzip else ''}"
-    subprocess.run(["tar", "-czf" if gzip else "-cf", str(out), "-C", str(d), "."],
-                   check=True)
-    subprocess.run(["chmod", "-R", "u+rwx", str(d)], check=True)
-    shutil.rmtree(d)
-    return out
 
 
 def sha256(path: Path) -> str:
@@ -127,19 +69,6 @@ def sha256(path: Path) -> str:
 def store_sums(qemud: DaemonProcess, version: str) -> dict[str, str]:
     directory = qemud.state_dir / "images" / "demo" / version
     return {p.name: sha256(p) for p in directory.rglob("*") if p.is_file()}
-
-
-def disk_sources(xml: str) -> dict[str, str]:
-    root = etree.fromstring(xml.encode())
-    return {d.find("target").get("dev"): d.find("source").get("file")
-            for d in root.iter("disk")}
-
-
-def origin(xml: str) -> tuple[str, str]:
-    root = etree.fromstring(xml.encode())
-    el = root.find(".//{http://qemud.org/xmlns/appliance/1}origin")
-    assert el is not None, xml
-    return el.get("appliance"), el.get("version")
 
 
 def backing_of(path: str) -> str:
@@ -157,28 +86,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
                            {"appliance": {"update_deadline": UPDATE_DEADLINE}})
     with serving(daemon):
         yield daemon
-
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("appliances")
-
-
-@pytest.fixture(scope="module")
-def stored(qemud: DaemonProcess, work: Path, test_guest: TestGuest) -> dict[str, Path]:
-    """demo 1.0 (tar.gz), 2.0 (tar, in a top directory) and 3.0 (no heartbeat), imported."""
-    tarballs = {
-        "1.0": build_appliance(work, test_guest, descriptor("1.0"), gzip=True),
-        "2.0": build_appliance(work, test_guest, descriptor("2.0"), top_dir=True),
-        "3.0": build_appliance(work, test_guest, descriptor("3.0", boot={
-            "kernel": "boot/vmlinuz", "initrd": "boot/initramfs.img",
-            "cmdline": f"{CMDLINE} qemud.noheartbeat"})),
-    }
-    with qemud.connect() as c:
-        for version, path in tarballs.items():
-            assert images.import_appliance(c, str(path)) == f"demo:{version}"
-    return tarballs
 
 
 # -- the descriptor (no daemon) --------------------------------------------------------

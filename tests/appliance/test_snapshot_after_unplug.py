@@ -17,7 +17,9 @@ from protocol.constants import UndefineFlags
 from tests.helpers.daemon import DaemonProcess
 from tests.integration.conftest import TestGuest
 
-from .test_snapshot_unplug import (
+from .snapshot_guests import Guest, disk_source, disk_xml, first_bytes, make_image
+from .snapshot_guests import qemud as qemud  # the module's daemon fixture
+from .vdb_hotplug import (
     has_vdb,
     overlays_of,
     plug,
@@ -25,8 +27,6 @@ from .test_snapshot_unplug import (
     snapshotted_vdb,
     unplug,
 )
-from .test_snapshots import Guest, disk_source, disk_xml, first_bytes, make_image
-from .test_snapshots import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 

@@ -4,9 +4,6 @@ Real qemu-img and a real TCG test guest, as in test_snapshots."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,57 +15,24 @@ from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess
 from tests.integration.conftest import TestGuest
 
-from .test_snapshots import disk_source, first_bytes, qcow2_guest, qemu_io_write
-from .test_snapshots import qemud as qemud  # the module's daemon fixture
+from .snapshot_chains import (
+    backing_chain,
+    digest,
+    flat_copy,
+    qemu_files,
+    qemu_io_write_at,
+    same_content,
+)
+from .snapshot_guests import disk_source, first_bytes, qcow2_guest, qemu_io_write
+from .snapshot_guests import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
-
-
-def qemu_io_write_at(image: str, char: str, offset: int) -> None:
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {ord(char)} {offset} 512",
-                    image], check=True, capture_output=True)
-
-
-def backing_chain(image: str) -> list[str]:
-    """The files of ``image``'s chain as its headers say, top first (-U: a running
-    QEMU holds the lock)."""
-    out = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json",
-                          image], check=True, capture_output=True, text=True).stdout
-    return [entry["filename"] for entry in json.loads(out)]
 
 
 def check_clean(image: str) -> None:
     proc = subprocess.run(["qemu-img", "check", "-U", image], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and "No errors were found" in proc.stdout, proc.stdout
-
-
-def flat_copy(image: str, target: Path) -> Path:
-    """What the guest sees of ``image`` (its whole chain) as a raw file."""
-    subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", image,
-                    str(target)], check=True)
-    return target
-
-
-def same_content(raw: Path, image: str) -> bool:
-    return subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2",
-                           str(raw), image], capture_output=True).returncode == 0
-
-
-def digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def qemu_files(qemud: DaemonProcess, name: str) -> list[str]:
-    """The files the guest's QEMU process has open."""
-    fds = Path("/proc") / (qemud.guest_run_dir(name) / "qemu.pid").read_text().strip() / "fd"
-    files = []
-    for fd in fds.iterdir():
-        try:
-            files.append(os.readlink(fd))
-        except OSError:
-            pass  # closed meanwhile
-    return files
 
 
 def test_delete_merges_shut_off(conn: client.Connection, qemud: DaemonProcess,

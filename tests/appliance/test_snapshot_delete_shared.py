@@ -14,8 +14,8 @@ import client
 from tests.helpers.daemon import DaemonProcess
 from tests.integration.conftest import TestGuest
 
-from .test_snapshot_delete import backing_chain, digest, flat_copy, qemu_io_write_at, same_content
-from .test_snapshots import (
+from .snapshot_chains import backing_chain, digest, flat_copy, qemu_io_write_at, same_content
+from .snapshot_guests import (
     Guest,
     disk_source,
     disk_xml,
@@ -24,7 +24,7 @@ from .test_snapshots import (
     qcow2_guest,
     qemu_io_write,
 )
-from .test_snapshots import qemud as qemud  # the module's daemon fixture
+from .snapshot_guests import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,10 @@ from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.procs import wait_exited
+from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
 
-from .test_snapshots import Guest, disk_source, disk_xml, make_image, qemu_io_write
+from .snapshot_guests import Guest, disk_source, disk_xml, make_image, qemu_io_write
 
 pytestmark = pytest.mark.integration
 
@@ -78,21 +78,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory, tools: Tools
                            env={"PATH": tools.path_env()})
     with serving(daemon):
         yield daemon
-
-
-def in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run ``call`` (which makes its own connection) in a thread; its outcome lands in
-    the dict (``result`` or ``error``)."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = call()
-        except Exception as exc:
-            outcome["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def readable_first_bytes(image: Path | str, n: int) -> bytes | None:

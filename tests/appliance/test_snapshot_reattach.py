@@ -24,12 +24,12 @@ import pytest
 import client
 from client.errors import OperationInvalid
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
+from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
 from tests.qemu.qmpclient import QMPTestClient
 
-from .test_snapshot_delete import qemu_files
-from .test_snapshot_failures import in_thread
-from .test_snapshots import (
+from .snapshot_chains import qemu_files
+from .snapshot_guests import (
     Guest,
     disk_source,
     disk_xml,

@@ -16,30 +16,14 @@ import pytest
 import client
 from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, guest_xml
-from tests.integration.serial import SerialPort
+from tests.integration.domains import guest_xml
 
-from .conftest import BOOT_TIMEOUT
-from .test_snapshots import disk_source, disk_xml, first_bytes, make_image
-from .test_snapshots import qemud as qemud  # the module's daemon fixture
+from .snapshot_guests import boot_transient, disk_source, disk_xml, first_bytes, make_image, write
+from .snapshot_guests import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 
 NAME = "snap-transient"
-
-
-def boot_transient(conn: client.Connection, test_guest: TestGuest, xml: str,
-                   sock: Path) -> tuple[client.Domain, SerialPort]:
-    dom = conn.create_xml(xml)
-    serial = SerialPort(sock)
-    serial.wait_for(READY, BOOT_TIMEOUT)
-    return dom, serial
-
-
-def write(serial: SerialPort, text: str) -> None:
-    mark = serial.mark()
-    serial.send(f"write-disk vda {text}")
-    serial.wait_for(r"QEMUD-WROTE vda", 30, start=mark)
 
 
 def test_transient_domain_snapshots_end_with_it(conn: client.Connection,

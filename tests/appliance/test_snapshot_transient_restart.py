@@ -26,8 +26,7 @@ from tests.helpers.procs import wait_pidfd
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
 
-from .test_snapshot_transient import boot_transient, write
-from .test_snapshots import disk_source, disk_xml, first_bytes, make_image
+from .snapshot_guests import boot_transient, disk_source, disk_xml, first_bytes, make_image, write
 
 pytestmark = pytest.mark.integration
 

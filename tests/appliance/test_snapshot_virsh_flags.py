@@ -23,8 +23,8 @@ from tests.helpers.daemon import DaemonProcess
 from tests.integration.conftest import TestGuest
 
 from .conftest import wait_state
-from .test_snapshots import Guest, disk_source, disk_xml, first_bytes, make_image
-from .test_snapshots import qemud as qemud  # the module's daemon fixture
+from .snapshot_guests import Guest, disk_source, disk_xml, first_bytes, make_image
+from .snapshot_guests import qemud as qemud  # the module's daemon fixture
 
 pytestmark = pytest.mark.integration
 

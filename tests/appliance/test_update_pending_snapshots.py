@@ -23,10 +23,10 @@ from client.errors import OperationInvalid
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess, remove_domain, serving
 
+from .appliances import disk_sources, origin
+from .appliances import stored as stored  # the appliances 1.0, 2.0, 3.0 (no heartbeat)
+from .appliances import work as work
 from .conftest import EventLog, wait_state
-from .test_images import disk_sources, origin
-from .test_images import stored as stored  # the appliances 1.0, 2.0, 3.0 (no heartbeat)
-from .test_images import work as work
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.conftest import Qemush, ok
-from tests.client.test_shell_tty import PtyShell
+from tests.client.pty_shell import PtyShell
 from tests.helpers.daemon import DaemonProcess
 
 GUEST = ("<domain type='qemu'><name>ed</name><memory unit='KiB'>131072</memory>"

@@ -22,7 +22,7 @@ from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.slowfs import SlowFS
 
 from .conftest import assert_log_clean, bare_domain_xml, guest_name
-from .test_slow_disk import (
+from .slow_disk import (
     UUID_A,
     Background,
     definitions,

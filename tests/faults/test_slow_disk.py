@@ -10,8 +10,6 @@ define as if they had come first.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,58 +19,18 @@ from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.slowfs import SlowFS
 
-from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
+from .conftest import assert_log_clean, guest_name
+from .slow_disk import (
+    UUID_A,
+    Background,
+    definitions,
+    domain_xml,
+    held_call,
+    names,
+    on_slowfs,
+)
 
-UUID_A = "6a0d2c3e-1111-4c5b-9c1d-0123456789ab"
 UUID_B = "6a0d2c3e-2222-4c5b-9c1d-0123456789ab"
-
-
-class Background:
-    """A client call on its own connection and thread: ``result`` or ``error`` once done."""
-
-    def __init__(self, daemon: DaemonProcess, call: Callable[[Any], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._conn = daemon.connect()
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[Any], Any]) -> None:
-        try:
-            self.result = call(self._conn)
-        except BaseException as exc:
-            self.error = exc
-
-    @property
-    def answered(self) -> bool:
-        return not self._thread.is_alive()
-
-    def wait(self) -> Any:
-        self._thread.join(30)
-        assert self.answered, "the call was never answered"
-        self._conn.close()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def domain_xml(name: str, uuid: str, memory_mib: int = 64) -> str:
-    return bare_domain_xml(name, memory_mib=memory_mib, emulator=NO_GUEST_EMULATOR).replace(
-        "<domain type='qemu'>", f"<domain type='qemu'><uuid>{uuid}</uuid>")
-
-
-def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
-    """A daemon whose config directory (definitions, autostart flags) is on ``slowfs``."""
-    return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
-
-
-def held_call(slowfs: SlowFS, d: DaemonProcess, call: Callable[[Any], Any]) -> Background:
-    """``call`` on its own connection, once its first fsync is held by ``slowfs`` (and
-    every later fsync, until the test lets them go)."""
-    slowfs.hold()
-    background = Background(d, call)
-    slowfs.wait_held()
-    return background
 
 
 def define_held(slowfs: SlowFS, d: DaemonProcess, xml: str) -> Background:
@@ -82,15 +40,6 @@ def define_held(slowfs: SlowFS, d: DaemonProcess, xml: str) -> Background:
 
 def autostart_held(slowfs: SlowFS, d: DaemonProcess, name: str, on: bool) -> Background:
     return held_call(slowfs, d, lambda c: c.lookup_by_name(name).set_autostart(on))
-
-
-def definitions(slowfs: SlowFS) -> list[str]:
-    """The files in the domains directory, as the backing directory has them."""
-    return sorted(p.name for p in (slowfs.backing / "config" / "domains").iterdir())
-
-
-def names(conn: Any) -> set[str]:
-    return {d.name for d in conn.list_domains()}
 
 
 def test_other_clients_are_answered_while_a_define_waits_for_the_disk(

@@ -24,8 +24,7 @@ from qemud.driver.process import GuestLog, QemuProcess
 from qemud.loop import EventLoop
 from tests.helpers.daemon import DaemonProcess, qemush, serving, wait_for
 from tests.helpers.loop import run_for, run_until
-
-from .test_driver_lifecycle import qemu_pids
+from tests.helpers.procs import qemu_pids
 
 pytestmark = pytest.mark.integration
 

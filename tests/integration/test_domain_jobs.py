@@ -21,8 +21,7 @@ from client.domain import ControlInfo, Domain
 from client.errors import OperationFailed, OperationInvalid, ReadOnlyError
 from protocol.constants import DomainState
 from protocol.payloads import ControlState, JobOperation, JobType
-from tests.appliance.test_snapshot_failures import in_thread
-from tests.appliance.test_snapshots import Guest, disk_xml, first_bytes, make_image
+from tests.appliance.snapshot_guests import Guest, disk_xml, first_bytes, make_image
 from tests.helpers.daemon import (
     DaemonProcess,
     after_discards,
@@ -32,6 +31,7 @@ from tests.helpers.daemon import (
     wait_for,
 )
 from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,10 +26,10 @@ from protocol.constants import (
     StartedDetail,
     StoppedDetail,
 )
-from qemud.qemu.naming import guest_dir_name
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
-from tests.helpers.procs import wait_exited
+from tests.helpers.procs import kill_qemus, qemu_pids, wait_exited
 from tests.integration.domains import READY, bare_xml, guest_xml
+from tests.integration.lifecycle import lifecycle_events, resets_since
 from tests.integration.serial import SerialPort
 
 pytestmark = pytest.mark.integration
@@ -49,60 +47,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
     with qemud.connect() as c:
         yield c
-
-
-def lifecycle_events(conn: client.Connection, dom: client.Domain, count: int,
-                     timeout: float = 60.0) -> list[tuple[int, int]]:
-    """The next ``count`` lifecycle events of ``dom`` as (event, detail)."""
-    seen: list[tuple[int, int]] = []
-    deadline = time.monotonic() + timeout
-    while len(seen) < count:
-        record = conn.next_event(max(0.1, deadline - time.monotonic()))
-        if record is None:
-            raise TimeoutError(f"only saw {seen} of {count} events for {dom.name}")
-        if record.event_id == client.EventId.LIFECYCLE and record.domain.name == dom.name:
-            seen.append((record.event, record.detail))
-    return seen
-
-
-def resets_since(qemud: DaemonProcess, name: str, offset: int) -> int:
-    """The resets of guest ``name`` since log offset ``offset``: each ``system_reset``
-    the daemon sent and each RESET the guest (or its firmware) made (its debug log of
-    QMP traffic; the host's own reset's RESET, ``guest: false``, is not counted again)."""
-    prefix = f"qemud.qemu.monitor.{name}: "
-    return sum(1 for line in qemud.log_text()[offset:].splitlines()
-               if prefix + "--> system_reset" in line or
-               prefix + "<-- event RESET {'guest': True" in line)
-
-
-def qemu_pids(name: str, run_dir: Path | None = None) -> list[int]:
-    """Live QEMU processes of guest ``name`` (of the daemon with ``run_dir``, if given).
-
-    Scoped by run dir because other test runs on the machine may use the same guest
-    names; zombies (exited, not yet reaped by their parent) do not count as running.
-    """
-    if run_dir is not None:
-        root = run_dir / "qemu"
-        pattern = f"{root / guest_dir_name(root, name)}/"  # as the daemon names it
-    else:
-        pattern = f"guest={name},"
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    pids = []
-    for pid in map(int, out.stdout.split()):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            pids.append(pid)
-    return pids
-
-
-def kill_qemus(daemon: DaemonProcess, *names: str) -> None:
-    """Clean-up: SIGKILL any QEMU of the guests ``names`` of ``daemon`` still running."""
-    for name in names:
-        for pid in qemu_pids(name, daemon.run_dir):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_full_lifecycle(conn: client.Connection, qemud: DaemonProcess, test_guest,

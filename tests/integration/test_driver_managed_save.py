@@ -367,7 +367,7 @@ def test_image_blocks_revert_and_undefine_keeps_snapshots(
     disks), and an undefine refused for the image leaves the snapshots alone (the
     snapshot duty's part of the undefine asks the driver's rule first)."""
     from protocol.constants import UndefineFlags
-    from tests.appliance.test_snapshots import disk_xml, make_image
+    from tests.appliance.snapshot_guests import disk_xml, make_image
     data = make_image(tmp_path / "data.qcow2")
     sock = tmp_path / "ms-snap.serial"
     with qemud.connect() as conn:

@@ -25,9 +25,10 @@ from qemud.driver.process import GuestLog, QemuProcess
 from qemud.loop import EventLoop
 from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.loop import run_until
+from tests.helpers.procs import kill_qemus, qemu_pids
 from tests.integration.domains import guest_xml
 
-from .test_driver_lifecycle import kill_qemus, lifecycle_events, qemu_pids
+from .lifecycle import lifecycle_events
 
 LIMIT = 4096
 

@@ -20,10 +20,9 @@ import client
 from protocol.constants import DomainState
 from qemud.driver.process import GuestLog
 from tests.helpers.daemon import DaemonProcess, wait_for
+from tests.helpers.procs import kill_qemus
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
-
-from .test_driver_lifecycle import kill_qemus
 
 pytestmark = pytest.mark.integration
 

@@ -34,9 +34,10 @@ from protocol.constants import (
     SuspendedDetail,
 )
 from tests.helpers.daemon import DaemonProcess, serving
+from tests.helpers.procs import kill_qemus, qemu_pids
 from tests.integration.domains import READY, bare_xml, guest_xml
+from tests.integration.lifecycle import resets_since
 from tests.integration.serial import SerialPort
-from tests.integration.test_driver_lifecycle import kill_qemus, qemu_pids, resets_since
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from client.domain import BLOCK_RESIZE_BYTES, MONITOR_COMMAND_HMP
 from tests.helpers.daemon import DaemonProcess, qemush, wait_for
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, bare_xml, guest_xml
+from tests.integration.lifecycle import resets_since
 from tests.integration.serial import SerialPort
-from tests.integration.test_driver_lifecycle import resets_since
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,8 @@ import pytest
 import client
 from client.domain import AFFECT_CONFIG, AFFECT_LIVE, MEM_MAXIMUM, Domain
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
+from tests.helpers.procs import qemu_pids
 from tests.integration.domains import bare_xml
-
-from .test_driver_lifecycle import qemu_pids
 
 pytestmark = pytest.mark.integration
 

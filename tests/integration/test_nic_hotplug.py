@@ -14,7 +14,6 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,14 +21,13 @@ import client
 from qemud.driver.devices import UNPLUG_TIMEOUT_ENV
 from tests.helpers.daemon import DaemonProcess, qemush, serving, wait_for
 from tests.integration.conftest import TestGuest
-from tests.integration.domains import READY, guest_xml
+from tests.integration.domains import READY
+from tests.integration.nic_monitor import USER_NIC, Qemu, domain_xml, ids, macs
 from tests.integration.serial import SerialPort
 from tests.qemu.qmpclient import QMPTestClient
 
 pytestmark = pytest.mark.integration
 
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-USER_NIC = "<interface type='user'><model type='virtio'/></interface>"
 MAC_RE = re.compile(r"52:54:00(:[0-9a-f]{2}){3}\Z")
 LIVE, CONFIG = client.AFFECT_LIVE, client.AFFECT_CONFIG
 
@@ -44,48 +42,6 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
     with qemud.connect() as c:
         yield c
-
-
-def domain_xml(name: str, guest: TestGuest, serial: Path, qmp: Path, extra: str = "") -> str:
-    """The test guest with a second QMP monitor on ``qmp`` for the test."""
-    xml = guest_xml(name, guest, serial, extra=extra)
-    xml = xml.replace("<domain type='qemu'>", f"<domain type='qemu' xmlns:qemu='{QEMU_NS}'>")
-    return xml.replace("</domain>", (
-        "<qemu:commandline><qemu:arg value='-qmp'/>"
-        f"<qemu:arg value='unix:{qmp},server=on,wait=off'/></qemu:commandline></domain>"))
-
-
-def macs(xml: str) -> list[str]:
-    return [str(m.get("address")) for m in ET.fromstring(xml).iterfind(
-        "./devices/interface/mac")]
-
-
-def ids(mac: str) -> tuple[str, str]:
-    suffix = mac.replace(":", "")
-    return f"net-{suffix}", f"hostnet-{suffix}"
-
-
-class Qemu:
-    """The guest's QEMU as its test monitor shows it."""
-
-    def __init__(self, path: Path) -> None:
-        self.qmp = QMPTestClient(path)
-        self.qmp.execute("qmp_capabilities")
-
-    def devices(self) -> set[str]:
-        found: Any = self.qmp.execute("qom-list", {"path": "/machine/peripheral"})
-        return {str(p["name"]) for p in found}
-
-    def netdevs(self) -> str:
-        return str(self.qmp.execute("human-monitor-command",
-                                    {"command-line": "info network"}))
-
-    def pci_ids(self) -> set[str]:
-        found: Any = self.qmp.execute("query-pci")
-        return {str(d.get("qdev_id")) for bus in found for d in bus["devices"]}
-
-    def close(self) -> None:
-        self.qmp.close()
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from protocol.constants import (
     StoppedDetail,
 )
 from tests.helpers.daemon import DaemonProcess, qemush, serving
+from tests.helpers.procs import qemu_pids
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
-from tests.integration.test_driver_lifecycle import qemu_pids
 
 pytestmark = pytest.mark.integration
 

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 import client
-from tests.appliance.test_snapshots import disk_xml, make_image
+from tests.appliance.snapshot_guests import disk_xml, make_image
 from tests.helpers.daemon import DaemonProcess, qemush, serving
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY
+from tests.integration.nic_monitor import Qemu, domain_xml
 from tests.integration.serial import SerialPort
-from tests.integration.test_nic_hotplug import Qemu, domain_xml
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ import pytest
 
 import client
 from protocol.constants import DomainState, RunningReason
-from tests.appliance.test_snapshots import disk_xml, make_image
+from tests.appliance.snapshot_guests import disk_xml, make_image
 from tests.helpers.daemon import DaemonProcess, qemush
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY

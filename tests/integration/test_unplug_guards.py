@@ -18,7 +18,7 @@ import pytest
 
 import client
 from qemud.driver.devices import UNPLUG_TIMEOUT_ENV
-from tests.appliance.test_snapshots import disk_xml, make_image
+from tests.appliance.snapshot_guests import disk_xml, make_image
 from tests.helpers.daemon import DaemonProcess, qemush, serving, wait_for
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml

@@ -22,12 +22,12 @@ import pytest
 import client
 from client.domain import MONITOR_COMMAND_HMP
 from qemud.driver.devices import UNPLUG_TIMEOUT_ENV
-from tests.appliance.test_snapshots import disk_xml, make_image
+from tests.appliance.snapshot_guests import disk_xml, make_image
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
+from tests.integration.pci_addresses import macs, nic, xml_slots
 from tests.integration.serial import SerialPort
-from tests.integration.test_pci_slots import macs, nic, xml_slots
 from tests.qemu.qmpclient import QMPTestClient
 
 pytestmark = pytest.mark.integration

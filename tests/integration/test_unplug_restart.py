@@ -17,8 +17,8 @@ import client
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY
+from tests.integration.nic_monitor import USER_NIC, Qemu, domain_xml, ids, macs
 from tests.integration.serial import SerialPort
-from tests.integration.test_nic_hotplug import USER_NIC, Qemu, domain_xml, ids, macs
 
 pytestmark = pytest.mark.integration
 

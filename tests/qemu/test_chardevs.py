@@ -11,7 +11,7 @@ from qemud.qemu.chardevs import (
     console_sources,
     pty_paths,
 )
-from tests.qemu.test_command import argv, option
+from tests.qemu.fake_argv import argv, option
 
 from .fakes import FakeChar, FakeDomain
 

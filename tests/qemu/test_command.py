@@ -19,6 +19,7 @@ from qemud.qemu.command import (
     taints,
 )
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError, UnsupportedForArch
+from tests.qemu.fake_argv import PATHS, argv, option
 from tests.qemu.fakes import (
     EMULATORS,
     FakeChar,
@@ -31,21 +32,6 @@ from tests.qemu.fakes import (
     FakeWatchdog,
     fake_caps,
 )
-
-PATHS = GuestPaths.under("/run/qemud", "/var/log/qemud", "guest")
-
-
-def argv(dom: FakeDomain, arch: str = "x86_64", kvm: bool = False, pci: bool = False
-         ) -> list[str]:
-    """The argv of ``dom``; without ``pci`` no device names its PCI slot, so each rule's
-    test shows only its rule (the slots have their own tests: tests/qemu/test_pci.py, and
-    the golden files)."""
-    return build_argv(dom, get_strategy(arch), fake_caps(kvm=kvm), PATHS, pci_addresses=pci)
-
-
-def option(args: list[str], name: str) -> list[str]:
-    """All values of ``name`` in ``args``."""
-    return [args[i + 1] for i, arg in enumerate(args) if arg == name]
 
 
 def test_minimal_x86_64() -> None:

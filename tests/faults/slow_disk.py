@@ -1,0 +1,76 @@
+"""Client calls on a daemon whose config directory is on a disk that takes its time
+(:class:`tests.helpers.slowfs.SlowFS`), for test_slow_disk, test_slow_config_change and
+tests/appliance/test_image_switch: a call in the background whose fsyncs the test holds,
+the daemon on the slow file system, and what it has defined, in memory and on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import DaemonFactory
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.slowfs import SlowFS
+
+from .conftest import NO_GUEST_EMULATOR, bare_domain_xml
+
+UUID_A = "6a0d2c3e-1111-4c5b-9c1d-0123456789ab"
+
+
+class Background:
+    """A client call on its own connection and thread: ``result`` or ``error`` once done."""
+
+    def __init__(self, daemon: DaemonProcess, call: Callable[[Any], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._conn = daemon.connect()
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[Any], Any]) -> None:
+        try:
+            self.result = call(self._conn)
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def answered(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> Any:
+        self._thread.join(30)
+        assert self.answered, "the call was never answered"
+        self._conn.close()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def domain_xml(name: str, uuid: str, memory_mib: int = 64) -> str:
+    return bare_domain_xml(name, memory_mib=memory_mib, emulator=NO_GUEST_EMULATOR).replace(
+        "<domain type='qemu'>", f"<domain type='qemu'><uuid>{uuid}</uuid>")
+
+
+def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
+    """A daemon whose config directory (definitions, autostart flags) is on ``slowfs``."""
+    return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
+
+
+def held_call(slowfs: SlowFS, d: DaemonProcess, call: Callable[[Any], Any]) -> Background:
+    """``call`` on its own connection, once its first fsync is held by ``slowfs`` (and
+    every later fsync, until the test lets them go)."""
+    slowfs.hold()
+    background = Background(d, call)
+    slowfs.wait_held()
+    return background
+
+
+def definitions(slowfs: SlowFS) -> list[str]:
+    """The files in the domains directory, as the backing directory has them."""
+    return sorted(p.name for p in (slowfs.backing / "config" / "domains").iterdir())
+
+
+def names(conn: Any) -> set[str]:
+    return {d.name for d in conn.list_domains()}
