@@ -13,6 +13,7 @@
      +-- XMLError                the domain/device XML is rejected (names the element)
      +-- ConfigUnsupported       valid XML the host/arch cannot do
      +-- OperationFailed         the host or QEMU failed (carries QEMU's own text)
+     |    +-- StartInterrupted   a client's destroy ended a start in progress
      +-- OperationTimeout        a deadline passed
      +-- NoSnapshot              no snapshot by that name
      +-- NoMetadata              no <title>/<description> to get
@@ -145,6 +146,11 @@ class ConfigUnsupported(QemudError):
 class OperationFailed(QemudError):
     code = ErrorCode.OPERATION_FAILED
     domain = ErrorDomain.QEMU
+
+
+class StartInterrupted(OperationFailed):
+    """A start that a client's destroy ended: not the guest's or QEMU's failure (an
+    image update's restart does not roll back for it)."""
 
 
 class OperationTimeout(QemudError):

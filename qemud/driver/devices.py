@@ -343,8 +343,7 @@ class Devices:
                                        f"device '{dev.tag}' is not supported")
         return dev
 
-    @staticmethod
-    def _targets(dom: DomainObj, flags: int) -> tuple[bool, bool]:
+    def _targets(self, dom: DomainObj, flags: int) -> tuple[bool, bool]:
         """(live, config) as libvirt's VIR_DOMAIN_AFFECT_* flags say (0 = current)."""
         live = bool(flags & AFFECT_LIVE) or (flags & (AFFECT_LIVE | AFFECT_CONFIG) == 0
                                              and dom.active)
@@ -356,6 +355,8 @@ class Devices:
         if config and not dom.persistent:
             raise OperationInvalid(f"cannot change the persistent config of transient domain "
                                    f"'{dom.name}'")
+        if config:  # (refused before a live half is made: save_persistent would refuse)
+            self.driver.registry.require_no_operation(dom)
         return live, config
 
     # -- attach --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from qemud.errors import (
     OperationFailed,
     OperationInvalid,
     QemudError,
+    StartInterrupted,
     SystemCallFailed,
 )
 from qemud.qemu import naming
@@ -249,19 +250,31 @@ class Lifecycle:
             # dom.job stays set: _on_exit then knows the start failed (no STOPPED event)
             if result.done:
                 return
-            intent = dom.stop_intent
-            if intent is not None and intent.shutoff_reason == ShutoffReason.DESTROYED:
-                # a client's destroy ended the start: its reason (and STOPPED event)
-                # stand, and QEMU's last words are only those of its signal. Failed once
-                # QEMU has exited (its exit calls this again)
-                if not process.alive:
-                    result.fail(OperationFailed(f"domain '{dom.name}' was destroyed "
-                                                "during its start"))
-                return
             if failing:
                 # the QEMU a failed step killed has exited: QEMU's own words if it left
-                # any, else the step's error (not "QEMU exited during start")
+                # any, else the step's error (not "QEMU exited during start"), also if
+                # a destroy came meanwhile
                 result.fail(self._start_error(failing[0], process))
+                return
+            intent = dom.stop_intent
+            if intent is not None and intent.shutoff_reason == ShutoffReason.DESTROYED:
+                # a client's destroy is ending the start: its reason (and STOPPED event)
+                # stand, and QEMU's last words are only those of its signal
+                if not process.alive:
+                    result.fail(StartInterrupted(f"domain '{dom.name}' was destroyed "
+                                                 "during its start"))
+                elif not process.killing:
+                    # a graceful destroy (SIGTERM only): a QEMU exiting on it closes its
+                    # monitor, and its exit calls this again; one still there after the
+                    # grace has failed this start on its own, and goes as any would
+                    grace = self.config.qemu.destroy_grace or GRACEFUL_DESTROY_GRACE
+                    self.loop.call_later(grace, lambda: stop_failed_start(error)
+                                         if process.alive else None)
+                return  # (a plain destroy: its SIGKILL follows, and the exit)
+            stop_failed_start(error)
+
+        def stop_failed_start(error: QemudError) -> None:
+            if result.done or failing:
                 return
             failing.append(error)
             log.warning("start of %s failed: %s", dom.name, error.message)

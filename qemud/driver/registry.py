@@ -87,7 +87,8 @@ class Registry:
         #: that would change the domain meanwhile are refused
         #: (:meth:`require_no_operation`): start, define over it, rename, undefine,
         #: save, snapshot create and revert, and every change to its persistent
-        #: definition (the operation's define would drop it)
+        #: definition (an update's or rollback's define would drop it; a factory
+        #: reset, which defines nothing, refuses the same calls, for one rule)
         self.operations: dict[str, str] = {}
 
     # -- lookup --------------------------------------------------------------------------

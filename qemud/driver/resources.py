@@ -137,6 +137,8 @@ class Resources:
             self.driver.lifecycle.require_active(dom)
         if affect & AFFECT_CONFIG and not dom.persistent:
             raise OperationInvalid("transient domains do not have any persistent config")
+        if affect & AFFECT_CONFIG:  # (before a live half is made: save_persistent refuses)
+            self.driver.registry.require_no_operation(dom)
         live = dom.live if affect & AFFECT_LIVE else None
         config = dom.persistent_definition.copy() \
             if affect & AFFECT_CONFIG else None

@@ -374,6 +374,8 @@ def test_daemon_killed_after_the_rollbacks_definition_is_saved(
                      message="the failed overlay removed")
             assert (vmdir / "vda.a.qcow2").is_file()
             assert "removing " + str(vmdir / "vda.b.qcow2") in d.log_text()
+            # (removed once, not also taken for an earlier daemon's leftover)
+            assert "an earlier daemon discarded" not in d.log_text()
     finally:
         stop_destroying_guests(d)
 
@@ -413,6 +415,7 @@ def test_daemon_killed_before_the_deployed_definition_is_saved(
     assert "a deploy of 'dep-early' was cut short before its domain was defined: " \
            f"removing {vmdir}" in d.log_text()
     assert not vmdir.exists()
+    assert "an earlier daemon discarded" not in d.log_text()
     with d.connect() as conn:
         assert "dep-early" not in {dom.name for dom in conn.list_domains()}
         dom = images.deploy(conn, "demo", "dep-early", "1.0")
@@ -449,3 +452,60 @@ def test_a_deploy_whose_last_state_write_fails_is_undone(
                  message="the VM directory removed")
         dom = images.deploy(conn, "demo", "dep-undo", "1.0")  # (write 3: fine)
         assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+
+
+def test_an_update_whose_restart_fails_before_qemu_runs_is_rolled_back(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path], tmp_path: Path) -> None:
+    """The update's own stop leaves the VM shut off as destroyed: a restart that fails
+    before QEMU is even launched (here the emulator is gone) is still the new version's
+    start failing, not a client's destroy, and the update is rolled back (its restart
+    fails too, and the call says both). The emulator is removed while the update's
+    ``qemu-img`` is held."""
+    (tmp_path / "img").mkdir()
+    held_img = HeldQemuImg.install(tmp_path / "img")
+    emulators = tmp_path / "emulators"
+    emulators.mkdir()
+    emulator = emulators / "qemu-system-x86_64"
+    emulator.symlink_to("/usr/bin/qemu-system-x86_64")
+    d = daemon_factory(config={"qemu": {"emulator_dirs": [str(emulators)]}},
+                       env={"PATH": held_img.path_env()})
+    try:
+        vmdir = running_deployed(d, tarballs, "upd-nolaunch")
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("upd-nolaunch")
+            events = EventLog(conn)
+            conn.register_event(client.EventId.APPLIANCE)
+            held_img.start_holding()
+            outcome: list[BaseException | None] = []
+
+            def update() -> None:
+                try:
+                    with d.connect() as other:
+                        images.update(other, other.lookup_by_name("upd-nolaunch"), "2.0")
+                except BaseException as exc:  # noqa: BLE001 (handed to the test)
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+            updating = threading.Thread(target=update)
+            updating.start()
+            try:
+                wait_for(held_img.held.exists, timeout=60, message="the update's qemu-img")
+                emulator.unlink()
+            finally:
+                held_img.release()
+                updating.join(60)
+            [error] = outcome
+            assert isinstance(error, client.OperationFailed), error
+            assert "domain 'upd-nolaunch' was rolled back to 1.0, but did not start " \
+                   "again: " in str(error), error
+            assert "cannot start QEMU" in str(error), error
+            assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
+            state = state_of(vmdir)
+            assert (state["version"], state["slot"], state["pending"]) == ("1.0", "a", None)
+            events.wait("upd-nolaunch", "update-rolled-back")
+            emulator.symlink_to("/usr/bin/qemu-system-x86_64")
+            dom.create()
+            assert dom.state()[0] == DomainState.RUNNING
+    finally:
+        held_img.release()
+        stop_destroying_guests(d)

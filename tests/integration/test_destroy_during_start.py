@@ -1,6 +1,8 @@
 """A client's destroy while another client's start is still in progress: the start
 fails saying the domain was destroyed (not "QEMU exited during start", nor QEMU's words
 about the signal), and the domain is shut off as destroyed, as its STOPPED event says.
+A graceful destroy (SIGTERM only) that QEMU outlasts while the start fails on its own
+does not keep the start from ending: it fails with its own error.
 
 The daemon's QEMU is a wrapper that a test can hold before it runs the real one
 (tests/helpers/held_qemu_img.py, installed as ``qemu-system-x86_64`` in the daemon's
@@ -15,9 +17,12 @@ from pathlib import Path
 import pytest
 
 import client
+from client.domain import DESTROY_GRACEFUL
 from protocol.constants import DomainState, LifecycleEvent, ShutoffReason, StoppedDetail
+from qemud.driver.lifecycle import MONITOR_TIMEOUT_ENV
 from tests.helpers.daemon import DaemonProcess, remove_domain, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.helpers.procs import qemu_pids
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
 
@@ -68,5 +73,60 @@ def test_a_destroy_during_the_start_fails_the_start_saying_so(
                                                      StoppedDetail.DESTROYED)
             dom.create()  # nothing is left of the start that was cut short
             assert dom.state()[0] == DomainState.RUNNING
+        finally:
+            remove_domain(dom)
+
+
+#: a qemu-system-x86_64 whose guests never answer: a guest's process ignores SIGTERM
+#: and never opens its QMP socket (the capabilities probe gets the real QEMU)
+_DEAF_GUEST_QEMU = """#!/bin/sh
+case "$*" in
+    *"-name guest="*) trap '' TERM; while :; do sleep 1; done ;;
+esac
+exec {real} "$@"
+"""
+
+
+def test_a_graceful_destroy_that_qemu_outlasts_does_not_hang_a_failing_start(
+        tmp_path: Path, test_guest: TestGuest) -> None:
+    """The start's monitor connection times out (2 s) while a graceful destroy waits
+    for a QEMU that ignores SIGTERM (6 s): once the grace is over the graceful destroy
+    fails, and the start fails with its own error and QEMU is killed, as a start whose
+    step fails always is. Before, the start waited for an exit that never came."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "qemu-system-x86_64"
+    wrapper.write_text(_DEAF_GUEST_QEMU.format(real="/usr/bin/qemu-system-x86_64"))
+    wrapper.chmod(0o755)
+    daemon = DaemonProcess(tmp_path / "d", {"qemu": {"emulator_dirs": [str(bin_dir)],
+                                                     "destroy_grace": 6}},
+                           env={MONITOR_TIMEOUT_ENV: "2"})
+    with serving(daemon), daemon.connect() as conn:
+        dom = conn.define_xml(guest_xml("deaf-start", test_guest, None))
+        try:
+            outcome: list[BaseException | None] = []
+
+            def start() -> None:
+                try:
+                    with daemon.connect() as other:
+                        other.lookup_by_name("deaf-start").create()
+                except BaseException as exc:  # noqa: BLE001 (handed to the test)
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+            starting = threading.Thread(target=start)
+            starting.start()
+            wait_for(lambda: dom.state()[0] == DomainState.PAUSED, timeout=30,
+                     message="the start under way")
+            with pytest.raises(client.QemudClientError, match="SIGTERM"):
+                dom.destroy(DESTROY_GRACEFUL)
+            starting.join(30)
+            assert not starting.is_alive(), "the start still waits"
+            [error] = outcome
+            assert isinstance(error, client.QemudClientError), error
+            assert "destroyed during its start" not in str(error), error
+            assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.FAILED)
+            wait_for(lambda: qemu_pids("deaf-start", daemon.run_dir) == [], timeout=10,
+                     message="the deaf QEMU killed")
         finally:
             remove_domain(dom)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
@@ -68,11 +70,18 @@ class ImagesDuty:
             except OSError as exc:  # the calls say so again; the daemon serves on
                 log.error("appliance images: cannot use %s: %s", directory,
                           exc.strerror or exc)
-        self.settle_switches()
+        unused: list[str] = []  # disks no settled state names (a rollback's overlay)
+        cut_short: list[Path] = []  # the directories of deploys never defined
+        self.settle_switches(unused.extend)
         settle_deploys(self.vms_dir, {d.uuid for d in self.driver.registry},
-                       {d.name for d in self.driver.registry},
-                       lambda path: discard_tree(self.driver.loop, path))
+                       {d.name for d in self.driver.registry}, cut_short.append)
         self.remove_debris()
+        # removed after remove_debris, which takes any removal in flight for a killed
+        # daemon's (and would start its own)
+        if unused:
+            discard(self.driver.loop, unused)
+        for path in cut_short:
+            discard_tree(self.driver.loop, path)
         self.events.add_listener(self.on_event)
         # the driver's handlers are registered before the appliance's: checked first
         self.dispatcher.wrap(Procedure.DOMAIN_SAVE, self.saving)
@@ -112,15 +121,15 @@ class ImagesDuty:
     def _has_state(self, name: str) -> bool:
         return (self.vms_dir / name / STATE_NAME).exists()
 
-    def settle_switches(self) -> None:
+    def settle_switches(self, unused: Callable[[list[str]], object]) -> None:
         """The states of VMs whose update or rollback a killed daemon cut short between
         its two writes (state, definition) made to agree with the definition again
-        (``settle_switch``); start-up only, before ``remove_debris`` (a switch that
-        happened still has its prepared scratch images to rename into place)."""
+        (``settle_switch``; the disks no state names any more go to ``unused``);
+        start-up only, before ``remove_debris`` (a switch that happened still has its
+        prepared scratch images to rename into place)."""
         for dom in self.driver.registry:
             if dom.persistent and self._has_state(dom.name):
-                settle_switch(self.vms_dir / dom.name / STATE_NAME, dom,
-                              lambda paths: discard(self.driver.loop, paths))
+                settle_switch(self.vms_dir / dom.name / STATE_NAME, dom, unused)
 
     def remove_debris(self) -> None:
         """What a killed daemon left: unfinished imports, what it was removing (trees

@@ -121,8 +121,8 @@ def settle_switch(path: Path, dom: DomainObj,
     update would have: they were complete before the switch was written); otherwise it
     did not, and the key is dropped. A switch that happened also leaves system disks
     no state names any more: a rollback's failed overlay, which the rollback deletes
-    after its define. Those are handed to ``discard`` (the daemon's ``discard``, which
-    renames them away at once and removes them in a child: an overlay may be large); an
+    after its define. Those are handed to ``discard``, for the daemon to remove without
+    blocking (``qemud.driver.discard``: an overlay may be large); an
     update's previous overlay is the new state's ``previous`` and stays. Start-up (for
     every domain with a record, before
     ``remove_unfinished_disks``) and any read of a record with the key while no image
@@ -180,7 +180,7 @@ def settle_deploys(vms_dir: Path, uuids: Container[str], names: Container[str],
     :data:`DEPLOYING_KEY`, defines the domain, then writes the record without the key.
     A record that still has it names a domain that was defined (``uuids``: the key is
     dropped) or one that never was: then no one was told of the VM, nothing but the
-    deploy made the directory, and it is handed to ``remove`` (the daemon's
+    deploy made the directory, and it is handed to ``remove`` (for the daemon's
     ``discard_tree``), so that a deploy under that name works again. A directory whose
     name a domain of another uuid has (``names``) is left alone, and logged.
     """

@@ -23,10 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Empty
 from protocol import payloads as pl
-from protocol.constants import DomainState, EventId, LifecycleEvent, ShutoffReason
+from protocol.constants import EventId, LifecycleEvent
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
-from qemud.errors import InvalidArg, NoDomain, OperationFailed, OperationInvalid, QemudError
+from qemud.errors import (
+    InvalidArg,
+    NoDomain,
+    OperationFailed,
+    OperationInvalid,
+    QemudError,
+    StartInterrupted,
+)
 from qemud.loop import Timer
 
 from ..metadata import Origin, read_settings, write_settings
@@ -139,7 +146,8 @@ class UpdateOps(ImageOps):
                 try:
                     yield self.driver.lifecycle.start(dom, busy_ok=True)
                 except QemudError as exc:
-                    if _destroyed(dom):  # by a client: not the new version's failure
+                    # a client's destroy ended the start: not the new version's failure
+                    if isinstance(exc, StartInterrupted):
                         raise OperationFailed(
                             f"update of '{dom.name}' to {new.ref} is installed, but the "
                             "guest was destroyed during its restart: it stays shut off "
@@ -205,7 +213,12 @@ class UpdateOps(ImageOps):
                           before.vm, exc.message)
             raise
         for tmp, scratch in prepared:
-            os.replace(tmp, scratch)
+            try:
+                os.replace(tmp, scratch)
+            except OSError as exc:  # (after the point of no return: logged, as below)
+                log.error("domain %s: cannot put the new scratch image %s in place: %s "
+                          "(removed at the next start; the old contents stay)", before.vm,
+                          tmp, exc.strerror or exc)
         prepared.clear()
         try:
             self.save_state(after)
@@ -417,12 +430,6 @@ def _uuid_text(ref: pl.DomainRef) -> str:
         return str(uuidlib.UUID(bytes=bytes(ref.uuid)))
     except ValueError:
         return ""
-
-
-def _destroyed(dom: DomainObj) -> bool:
-    """Whether ``dom`` is shut off by a client's destroy (e.g. during a start)."""
-    return (not dom.active and dom.state == DomainState.SHUTOFF
-            and dom.reason == ShutoffReason.DESTROYED)
 
 
 def _check_compatible(state: VMState, new: Descriptor) -> None:
