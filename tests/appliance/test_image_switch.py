@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from tests.faults.slow_disk import held_call
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
 from tests.integration.conftest import TestGuest
 
 from .appliances import build_appliance, descriptor, disk_sources, origin
@@ -301,28 +301,17 @@ def test_a_destroy_during_the_updates_restart_keeps_the_update(
             events = EventLog(conn)
             conn.register_event(client.EventId.APPLIANCE)
             held.start_holding()
-            outcome: list[BaseException | None] = []
-
-            def update() -> None:
-                try:
-                    with d.connect() as other:
-                        images.update(other, other.lookup_by_name("upd-destroyed"), "2.0")
-                except BaseException as exc:  # noqa: BLE001 (handed to the test)
-                    outcome.append(exc)
-                else:
-                    outcome.append(None)
-            updating = threading.Thread(target=update)
-            updating.start()
+            update = Background(d, lambda c: images.update(
+                c, c.lookup_by_name("upd-destroyed"), "2.0"))
             try:
                 wait_for(held.held.exists, timeout=60, message="the restart's QEMU held")
                 dom.destroy()
             finally:
                 held.release()
-                updating.join(60)
-            [error] = outcome
-            assert isinstance(error, client.OperationFailed), error
-            assert ("update of 'upd-destroyed' to demo:2.0 is installed, but the guest was "
-                    "destroyed during its restart") in str(error), error
+            with pytest.raises(client.OperationFailed,
+                               match="update of 'upd-destroyed' to demo:2.0 is installed, but "
+                                     "the guest was destroyed during its restart"):
+                update.wait(60)
             assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
             assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
             state = state_of(vmdir)
@@ -476,29 +465,17 @@ def test_an_update_whose_restart_fails_before_qemu_runs_is_rolled_back(
             events = EventLog(conn)
             conn.register_event(client.EventId.APPLIANCE)
             held_img.start_holding()
-            outcome: list[BaseException | None] = []
-
-            def update() -> None:
-                try:
-                    with d.connect() as other:
-                        images.update(other, other.lookup_by_name("upd-nolaunch"), "2.0")
-                except BaseException as exc:  # noqa: BLE001 (handed to the test)
-                    outcome.append(exc)
-                else:
-                    outcome.append(None)
-            updating = threading.Thread(target=update)
-            updating.start()
+            update = Background(d, lambda c: images.update(
+                c, c.lookup_by_name("upd-nolaunch"), "2.0"))
             try:
                 wait_for(held_img.held.exists, timeout=60, message="the update's qemu-img")
                 emulator.unlink()
             finally:
                 held_img.release()
-                updating.join(60)
-            [error] = outcome
-            assert isinstance(error, client.OperationFailed), error
-            assert "domain 'upd-nolaunch' was rolled back to 1.0, but did not start " \
-                   "again: " in str(error), error
-            assert "cannot start QEMU" in str(error), error
+            with pytest.raises(client.OperationFailed,
+                               match="domain 'upd-nolaunch' was rolled back to 1.0, but did "
+                                     "not start again: .*cannot start QEMU"):
+                update.wait(60)
             assert origin(dom.xml(INACTIVE)) == ("demo", "1.0")
             state = state_of(vmdir)
             assert (state["version"], state["slot"], state["pending"]) == ("1.0", "a", None)

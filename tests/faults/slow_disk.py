@@ -6,46 +6,17 @@ the daemon on the slow file system, and what it has defined, in memory and on di
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
 
 from .conftest import NO_GUEST_EMULATOR, bare_domain_xml
 
 UUID_A = "6a0d2c3e-1111-4c5b-9c1d-0123456789ab"
-
-
-class Background:
-    """A client call on its own connection and thread: ``result`` or ``error`` once done."""
-
-    def __init__(self, daemon: DaemonProcess, call: Callable[[Any], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._conn = daemon.connect()
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[Any], Any]) -> None:
-        try:
-            self.result = call(self._conn)
-        except BaseException as exc:
-            self.error = exc
-
-    @property
-    def answered(self) -> bool:
-        return not self._thread.is_alive()
-
-    def wait(self) -> Any:
-        self._thread.join(30)
-        assert self.answered, "the call was never answered"
-        self._conn.close()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def domain_xml(name: str, uuid: str, memory_mib: int = 64) -> str:

@@ -20,11 +20,11 @@ from protocol.constants import MetadataType
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
 
 from .conftest import assert_log_clean, bare_domain_xml, guest_name
 from .slow_disk import (
     UUID_A,
-    Background,
     definitions,
     domain_xml,
     held_call,

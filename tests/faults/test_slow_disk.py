@@ -18,11 +18,11 @@ import client
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
 
 from .conftest import assert_log_clean, guest_name
 from .slow_disk import (
     UUID_A,
-    Background,
     definitions,
     domain_xml,
     held_call,

@@ -11,7 +11,6 @@ The daemon's QEMU is a wrapper that a test can hold before it runs the real one
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from qemud.driver.lifecycle import MONITOR_TIMEOUT_ENV
 from tests.helpers.daemon import DaemonProcess, remove_domain, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.procs import qemu_pids
+from tests.helpers.threads import Background
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
 
@@ -45,27 +45,15 @@ def test_a_destroy_during_the_start_fails_the_start_saying_so(
         try:
             conn.register_event(client.EventId.LIFECYCLE)
             held.start_holding()
-            outcome: list[BaseException | None] = []
-
-            def start() -> None:
-                try:
-                    with daemon.connect() as other:
-                        other.lookup_by_name("cut-short").create()
-                except BaseException as exc:  # noqa: BLE001 (handed to the test)
-                    outcome.append(exc)
-                else:
-                    outcome.append(None)
-            starting = threading.Thread(target=start)
-            starting.start()
+            start = Background(daemon, lambda c: c.lookup_by_name("cut-short").create())
             try:
                 wait_for(held.held.exists, timeout=60, message="the start's QEMU held")
                 dom.destroy()
             finally:
                 held.release()
-                starting.join(60)
-            [error] = outcome
-            assert isinstance(error, client.OperationFailed), error
-            assert "domain 'cut-short' was destroyed during its start" in str(error)
+            with pytest.raises(client.OperationFailed,
+                               match="domain 'cut-short' was destroyed during its start"):
+                start.wait(60)
             assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
             record = conn.next_event(10)
             assert record is not None and record.domain.name == "cut-short"
@@ -104,27 +92,14 @@ def test_a_graceful_destroy_that_qemu_outlasts_does_not_hang_a_failing_start(
     with serving(daemon), daemon.connect() as conn:
         dom = conn.define_xml(guest_xml("deaf-start", test_guest, None))
         try:
-            outcome: list[BaseException | None] = []
-
-            def start() -> None:
-                try:
-                    with daemon.connect() as other:
-                        other.lookup_by_name("deaf-start").create()
-                except BaseException as exc:  # noqa: BLE001 (handed to the test)
-                    outcome.append(exc)
-                else:
-                    outcome.append(None)
-            starting = threading.Thread(target=start)
-            starting.start()
+            start = Background(daemon, lambda c: c.lookup_by_name("deaf-start").create())
             wait_for(lambda: dom.state()[0] == DomainState.PAUSED, timeout=30,
                      message="the start under way")
             with pytest.raises(client.QemudClientError, match="SIGTERM"):
                 dom.destroy(DESTROY_GRACEFUL)
-            starting.join(30)
-            assert not starting.is_alive(), "the start still waits"
-            [error] = outcome
-            assert isinstance(error, client.QemudClientError), error
-            assert "destroyed during its start" not in str(error), error
+            with pytest.raises(client.QemudClientError) as info:
+                start.wait(30)  # (asserts that it was answered)
+            assert "destroyed during its start" not in str(info.value), info.value
             assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.FAILED)
             wait_for(lambda: qemu_pids("deaf-start", daemon.run_dir) == [], timeout=10,
                      message="the deaf QEMU killed")

@@ -8,7 +8,6 @@ event, then applies ``<on_crash>``. The panic device comes from the definition a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from protocol.constants import (
 from tests.helpers.daemon import DaemonProcess, qemush, serving
 from tests.helpers.procs import qemu_pids
 from tests.integration.domains import READY, guest_xml
+from tests.integration.lifecycle import lifecycle_events as events
 from tests.integration.serial import SerialPort
 
 pytestmark = pytest.mark.integration
@@ -55,20 +55,6 @@ def panic_xml(name: str, test_guest: object, sock: Path, on_crash: str,
               panic: str = "<panic model='isa'/>") -> str:
     xml = guest_xml(name, test_guest, sock, extra=panic)
     return xml.replace("<on_crash>destroy</on_crash>", f"<on_crash>{on_crash}</on_crash>")
-
-
-def events(conn: client.Connection, dom: client.Domain, count: int,
-           timeout: float = 60.0) -> list[tuple[int, int]]:
-    """The next ``count`` lifecycle events of ``dom`` as (event, detail)."""
-    seen: list[tuple[int, int]] = []
-    deadline = time.monotonic() + timeout
-    while len(seen) < count:
-        record = conn.next_event(max(0.1, deadline - time.monotonic()))
-        if record is None:
-            raise TimeoutError(f"only saw {seen} of {count} events for {dom.name}")
-        if record.event_id == client.EventId.LIFECYCLE and record.domain.name == dom.name:
-            seen.append((record.event, record.detail))
-    return seen
 
 
 def boot(conn: client.Connection, dom: client.Domain, sock: Path) -> SerialPort:
