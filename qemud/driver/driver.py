@@ -376,7 +376,7 @@ class QemuDriver:
         check_flags(args.flags, 1 | 2 | UNDEFINE_NVRAM | UNDEFINE_KEEP_NVRAM,
                     "qemuDomainUndefineFlags")
         dom = self._dom(args)
-        self.lifecycle.require_no_operation(dom)  # (an image update defines it again)
+        self.registry.require_no_operation(dom)  # (an image update defines it again)
         self.firmware.check_undefine(dom, args.flags)  # (refused: nothing removed yet)
         self.saving.before_undefine(dom, args.flags)  # (UNDEFINE_MANAGED_SAVE)
         self.firmware.before_undefine(dom, args.flags)  # (UNDEFINE_NVRAM)
@@ -389,7 +389,7 @@ class QemuDriver:
         if self.busy:  # (parsed a second time only while an image operation runs)
             existing = self.registry.check_clash(self.registry.parse(args.xml))
             if existing is not None:
-                self.lifecycle.require_no_operation(existing)
+                self.registry.require_no_operation(existing)
         defined = Deferred()
         self.registry.define(args.xml, self.devices.disk_removed).chain(
             defined, lambda dom: pl.DomainReply(dom.ref()))

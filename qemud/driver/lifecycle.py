@@ -158,16 +158,12 @@ class Lifecycle:
         if dom.job is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
 
-    def require_no_operation(self, dom: DomainObj) -> None:
-        """No long operation of the appliance layer runs on the domain
-        (``Registry.operations``: an image update that stops, redefines and starts it
-        itself)."""
-        self.registry.require_no_operation(dom)
-
     def require_not_busy(self, dom: DomainObj) -> None:
-        """:meth:`require_no_job` and :meth:`require_no_operation`."""
+        """:meth:`require_no_job`, and no long operation of the appliance layer on the
+        domain (``Registry.require_no_operation``: an image update that stops, redefines
+        and starts it itself)."""
         self.require_no_job(dom)
-        self.require_no_operation(dom)
+        self.registry.require_no_operation(dom)
 
     # -- start ---------------------------------------------------------------------------
 

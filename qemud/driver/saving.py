@@ -273,7 +273,7 @@ class Saving:
     # -- save ----------------------------------------------------------------------------
 
     def _require_savable(self, dom: DomainObj) -> None:
-        self.lifecycle.require_no_operation(dom)  # (an image update stops the VM itself)
+        self.registry.require_no_operation(dom)  # (an image update stops the VM itself)
         self.lifecycle.require_active(dom)
         self.lifecycle.require_no_job(dom)
         # a disk or NIC half unplugged would be restored plugged in, its unplug lost

@@ -40,9 +40,9 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         yield daemon
 
 
-def sparse_appliance(directory: Path, name: str, size: int) -> Path:
-    """A tar.gz of an appliance booting from a raw system disk of ``size`` bytes, all
-    holes but its first bytes: a few KiB whatever ``size`` is."""
+def sparse_tree(directory: Path, name: str, size: int) -> Path:
+    """The files of an appliance booting from a raw system disk of ``size`` bytes, all
+    holes but its first bytes, in ``directory``/build-``name`` (returned)."""
     root = directory / f"build-{name}"
     root.mkdir(parents=True)
     (root / "appliance.json").write_text(json.dumps({
@@ -53,6 +53,12 @@ def sparse_appliance(directory: Path, name: str, size: int) -> Path:
     with open(root / "system.raw", "wb") as f:
         f.write(b"SYSTEM")
         f.truncate(size)
+    return root
+
+
+def sparse_appliance(directory: Path, name: str, size: int) -> Path:
+    """A tar.gz of :func:`sparse_tree`: a few KiB whatever ``size`` is."""
+    root = sparse_tree(directory, name, size)
     out = directory / f"{name}.tar.gz"
     subprocess.run(["tar", "-S", "-czf", str(out), "-C", str(root), "."], check=True)
     return out
@@ -67,17 +73,8 @@ def compressed_appliance(directory: Path, name: str, compression: str, first: in
     """A compressed tarball of an appliance whose members come in this order: its
     descriptor, ``first.bin`` (``first`` random bytes: real data, written as unpacked)
     and ``system.raw`` (``then`` bytes, all holes but its first: a few KiB stored)."""
-    root = directory / f"build-{name}"
-    root.mkdir(parents=True)
-    (root / "appliance.json").write_text(json.dumps({
-        "name": name, "version": "1.0", "arch": "x86_64", "memory": 64,
-        "boot": {"disk": "vda"},
-        "disks": [{"file": "system.raw", "class": "system", "format": "raw",
-                   "target": "vda"}]}))
+    root = sparse_tree(directory, name, then)
     (root / "first.bin").write_bytes(os.urandom(first))
-    with open(root / "system.raw", "wb") as f:
-        f.write(b"SYSTEM")
-        f.truncate(then)
     out = directory / f"{name}.tar.{compression}"
     subprocess.run(["tar", "-S", COMPRESSIONS[compression], "-cf", str(out), "-C",
                     str(root), "appliance.json", "first.bin", "system.raw"], check=True)

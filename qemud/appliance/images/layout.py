@@ -81,12 +81,8 @@ def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
     files with the names ``_create`` makes, directly in a deployed VM's directory
     (symlinks are not followed), are removed; anything else there stays.
     """
-    try:
-        vm_dirs = sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
     removed = []
-    for vm_dir in vm_dirs:
+    for vm_dir in _vm_dirs(vms_dir):
         for path in sorted(vm_dir.glob(f"*{QCOW2}{UNFINISHED_SUFFIX}")):
             try:
                 if not _is_unfinished_disk(path.name) or \
@@ -122,21 +118,15 @@ def settle_switch(path: Path, dom: DomainObj,
     did not, and the key is dropped. A switch that happened also leaves system disks
     no state names any more: a rollback's failed overlay, which the rollback deletes
     after its define. Those are handed to ``discard``, for the daemon to remove without
-    blocking (``qemud.driver.discard``: an overlay may be large); an
-    update's previous overlay is the new state's ``previous`` and stays. Start-up (for
-    every domain with a record, before
-    ``remove_unfinished_disks``) and any read of a record with the key while no image
-    operation runs on the VM call this. A record that cannot be rewritten is logged and
-    settled again next time; the settled record is returned all the same.
+    blocking (``qemud.driver.discard``: an overlay may be large); an update's previous
+    overlay is the new state's ``previous`` and stays. Start-up (for every domain with
+    a record, before ``remove_unfinished_disks``) and any read of a record with the key
+    while no image operation runs on the VM call this. A record that cannot be
+    rewritten is logged and settled again next time; the settled record is returned
+    all the same.
     """
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.error("domain %s: unreadable appliance state %s: %s", dom.name, path, exc)
-        return None
-    if not isinstance(data, dict) or data.get("uuid") != dom.uuid:
+    data = _read_record(path, f"domain {dom.name}: ")
+    if data is None or data.get("uuid") != dom.uuid:
         return None
     switch = data.get(SWITCH_KEY)
     if not isinstance(switch, dict):
@@ -184,20 +174,10 @@ def settle_deploys(vms_dir: Path, uuids: Container[str], names: Container[str],
     ``discard_tree``), so that a deploy under that name works again. A directory whose
     name a domain of another uuid has (``names``) is left alone, and logged.
     """
-    try:
-        vm_dirs = sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return
-    for vm_dir in vm_dirs:
+    for vm_dir in _vm_dirs(vms_dir):
         path = vm_dir / STATE_NAME
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as exc:
-            log.error("unreadable appliance state %s: %s", path, exc)
-            continue
-        if not isinstance(data, dict) or data.get(DEPLOYING_KEY) is not True:
+        data = _read_record(path)
+        if data is None or data.get(DEPLOYING_KEY) is not True:
             continue
         if data.get("uuid") in uuids:
             try:
@@ -213,6 +193,28 @@ def settle_deploys(vms_dir: Path, uuids: Container[str], names: Container[str],
             log.warning("a deploy of '%s' was cut short before its domain was defined: "
                         "removing %s", vm_dir.name, vm_dir)
             remove(vm_dir)
+
+
+def _vm_dirs(vms_dir: Path) -> list[Path]:
+    """The VM directories below ``vms_dir`` (symlinks are not followed; none if it
+    cannot be read)."""
+    try:
+        return sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def _read_record(path: Path, who: str = "") -> dict[str, Any] | None:
+    """The state record ``path``; None if there is none, or none that is readable
+    (logged, after ``who``)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("%sunreadable appliance state %s: %s", who, path, exc)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _system_paths(record: dict[str, Any]) -> set[str]:

@@ -120,9 +120,10 @@ class VMState:
     deploying: bool = False  # written before the deploy's define, cleared after it
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
-               "version": self.version, "slot": self.slot, "disks": self.disks,
-               "previous": self.previous, "pending": self.pending}
+        out: dict[str, Any] = {
+            "vm": self.vm, "uuid": self.uuid, "appliance": self.appliance,
+            "version": self.version, "slot": self.slot, "disks": self.disks,
+            "previous": self.previous, "pending": self.pending}
         if self.switch is not None:  # (absent from most files, and from older ones)
             out[SWITCH_KEY] = self.switch
         if self.deploying:

@@ -145,14 +145,13 @@ class UpdateOps(ImageOps):
             if was_running:
                 try:
                     yield self.driver.lifecycle.start(dom, busy_ok=True)
+                except StartInterrupted:  # a client's destroy: not the new version's fault
+                    raise OperationFailed(
+                        f"update of '{dom.name}' to {new.ref} is installed, but the guest "
+                        "was destroyed during its restart: it stays shut off on "
+                        f"{new.version}, and the update is confirmed or rolled back after "
+                        "its next start") from None
                 except QemudError as exc:
-                    # a client's destroy ended the start: not the new version's failure
-                    if isinstance(exc, StartInterrupted):
-                        raise OperationFailed(
-                            f"update of '{dom.name}' to {new.ref} is installed, but the "
-                            "guest was destroyed during its restart: it stays shut off "
-                            f"on {new.version}, and the update is confirmed or rolled "
-                            "back after its next start") from None
                     why = f"the guest did not start on {new.version}: {exc.message}"
                     yield from self._rollback(dom, why, restart=True)
                     raise OperationFailed(f"update of '{dom.name}' to {new.ref} failed and "

@@ -179,7 +179,7 @@ class SnapshotOps:
         merge gives the disks back to the appliance). Also while an image update,
         rollback or factory reset runs on the VM (``Registry.operations``): it defines the
         VM on new disks from a definition read before the snapshot's."""
-        self.driver.lifecycle.require_no_operation(dom)
+        self.driver.registry.require_no_operation(dom)
         require_no_pending_update(self.driver.config, dom, what)
 
     @staticmethod
