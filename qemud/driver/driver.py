@@ -47,6 +47,7 @@ from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
 from .devices import Devices
 from .discard import remove_discarded_below
 from .domain import DomainObj, StopIntent
+from .filewrites import FileWrites
 from .firmware import START_RESET_NVRAM, UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
 from .flags import check_flags
 from .guestcontrol import GuestControl
@@ -112,6 +113,8 @@ class QemuDriver:
         self.hypervisor_version = ".".join(map(str, x86.version)) if x86 else "0.0.0"
         #: fsyncs off the loop (a define's), closed at shutdown
         self.fsync = AsyncFsync(self.loop)
+        #: the appliance layer's records (snapshot metadata), written the same way
+        self.files = FileWrites(self.fsync)
         self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir,
                                  paths.state_dir / "save", self.fsync)
         self.registry = Registry(self.store, self.caps, self.events,

@@ -1,7 +1,8 @@
 """Changes to a domain's persistent definition, made durable without waiting on the loop.
 
-A ``--config`` change (setmem, attach-device, vcpupin, metadata...) reads the persistent
-definition, changes a copy and hands it to :meth:`PersistentWrites.save`. The copy
+A ``--config`` change (setmem, attach-device, vcpupin, metadata...; the snapshot code
+pointing disks at new overlays) reads the persistent definition, changes a copy and
+hands it to :meth:`PersistentWrites.save`. The copy
 becomes the domain's persistent definition in memory at once: the handler's next steps
 (the live half of ``--live --config``) and every later call build on it, so two changes
 in a row never start from the same old definition (libvirt gets the same from its job
@@ -23,8 +24,8 @@ own directory fsync).
 The first change's temp file is written in the call, so a full disk refuses it before
 memory moves. A write that fails later (a queued change's temp file; a fsync or rename)
 fails the callers it carried. If no change came after it, memory goes back to the last
-definition known on disk (the other writers, a define and the snapshot code, say what
-they wrote: :meth:`PersistentWrites.written`), so a failed change changes nothing; a
+definition known on disk (the other writer, a define, says what it wrote:
+:meth:`PersistentWrites.written`), so a failed change changes nothing; a
 change that came after it is written next, and that write carries the failed change too
 (it was built on it). A write that fails after another writer replaced the file, or
 after the domain was renamed or undefined, is overtaken, not failed: what they did
@@ -80,7 +81,7 @@ class _Chain:
     waiting: list[Deferred]
     #: callers whose change came after it started (the next write answers them)
     queued: list[Deferred] = dataclasses.field(default_factory=list)
-    #: something else (a define, the snapshot code) wrote the file since the write in
+    #: something else (a define) wrote the file since the write in
     #: flight started: that write must not land after it, and what it wrote is what
     #: the file holds
     replaced: bool = False
@@ -141,7 +142,7 @@ class PersistentWrites:
         return out
 
     def written(self, dom: DomainObj, definition: DomainDef) -> None:
-        """Another writer (a define, the snapshot code) has just written ``definition``
+        """Another writer (a define) has just written ``definition``
         as ``dom``'s file: a write in flight must not land after it, and a failed one
         puts memory back to it, not to what the file held before."""
         chain = self._chains.get(id(dom))
@@ -207,9 +208,8 @@ class PersistentWrites:
         current = self._current(dom.name) is dom and dom.persistent
         if error is not None and not isinstance(error, _Superseded) and (
                 chain.replaced or not current):
-            # another writer wrote the file meanwhile (a define, the snapshot code, a
-            # rename), or an undefine removed it: what they did stands, as after a
-            # write they overtook
+            # another writer wrote the file meanwhile (a define, a rename), or an
+            # undefine removed it: what they did stands, as after a write they overtook
             log.info("a write of the definition of '%s' failed after it was replaced "
                      "(%s): the replacement stands", dom.name, error)
             error = _Superseded()

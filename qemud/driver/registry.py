@@ -374,22 +374,10 @@ class Registry:
             raise OperationFailed(f"cannot remove the stale autostart flag of '{name}': "
                                   f"{exc.strerror or exc} (nothing was changed)") from None
 
-    def _save(self, definition: DomainDef) -> None:
-        try:
-            self.store.save_definition(definition.name, definition.to_xml())
-        except OSError as exc:
-            raise self._save_failed(definition.name, exc) from None
-
     @staticmethod
     def _save_failed(name: str, exc: OSError) -> OperationFailed:
         return OperationFailed(f"cannot save the definition of '{name}': "
                                f"{exc.strerror or exc} (nothing was changed)")
-
-    def save(self, dom: DomainObj) -> None:
-        """Write ``dom``'s persistent definition as memory holds it, on the loop (the
-        snapshot code, which changed it in memory)."""
-        self._save(dom.persistent_definition)
-        self.writes.written(dom, dom.persistent_definition)
 
     def require_no_operation(self, dom: DomainObj) -> None:
         """No long operation of the appliance layer runs on ``dom`` (:attr:`operations`)."""

@@ -23,8 +23,9 @@ class _Store:
     def __init__(self) -> None:
         self.saved: list[str] = []
 
-    def save(self, meta: DomainSnapshots) -> None:
+    def save(self, meta: DomainSnapshots) -> Deferred:
         self.saved.append(meta.to_json())
+        return Deferred.resolved(None)
 
 
 class _Dom:

@@ -1,4 +1,4 @@
-"""PersistentWrites (qemud/driver/persist.py) against defines, snapshot writes, renames
+"""PersistentWrites (qemud/driver/persist.py) against defines, renames
 and undefines that land while a ``--config`` write waits for its fsync.
 
 A real Registry and DomainStore write real files in a temp dir; only the completion of
@@ -143,23 +143,6 @@ def test_a_failed_write_after_a_define_keeps_the_define(setup: Setup, failure: s
     setup.fsync.release_all()
     assert outcome(third) == "ok" and "131072" in setup.on_disk()
     assert not setup.registry.writes._chains
-
-
-def test_a_failed_write_after_a_snapshot_write_keeps_what_the_snapshot_wrote(
-        setup: Setup) -> None:
-    dom = setup.defined(64)
-    first = setup.change(dom, title="A")
-    second = setup.change(dom, title="B")  # queued
-    moved = dom.persistent_definition.copy()  # what the snapshot code does on the loop
-    moved.memory_kib = moved.current_memory_kib = 96 * 1024
-    dom.definition = moved
-    setup.registry.save(dom)
-    setup.fsync.release()  # the first write: overtaken
-    setup.fsync.release(error=EIO)  # the next write (carries B, on the snapshot's)
-    setup.fsync.release_all()
-    assert outcome(first) == "ok"  # (overtaken by the snapshot's write)
-    assert "Input/output error" in outcome(second)
-    assert memory_mib(dom) == 96 and "98304" in setup.on_disk()
 
 
 def test_a_write_that_fails_after_the_domain_was_renamed_is_not_reported_failed(

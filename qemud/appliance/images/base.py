@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
-from qemud.driver.store import atomic_write
 from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
 
@@ -125,9 +124,13 @@ class ImageOps:
         path = self.vm_dir(dom.name) / STATE_NAME
         if settle is None:
             settle = dom.uuid not in self.busy
+        # a write in flight is newer than the file, and the one to settle it if need be
+        pending = self.driver.files.newest(path)
         try:
-            state = VMState.from_json(path.read_text())
-            if state.uuid == dom.uuid and state.switch is not None and settle:
+            state = VMState.from_json(pending.decode() if pending is not None
+                                      else path.read_text())
+            if state.uuid == dom.uuid and state.switch is not None and settle \
+                    and pending is None:
                 settled = settle_switch(path, dom, lambda paths: discard(self.loop, paths))
                 if settled is not None:
                     state = VMState.from_dict(settled)
@@ -138,12 +141,13 @@ class ImageOps:
             return None
         return state if state.uuid == dom.uuid else None
 
-    def save_state(self, state: VMState) -> None:
-        try:
-            atomic_write(self.vm_dir(state.vm) / STATE_NAME, state.to_json())
-        except OSError as exc:
-            raise OperationFailed(f"cannot write the appliance state of '{state.vm}': "
-                                  f"{exc.strerror or exc}") from None
+    def save_state(self, state: VMState) -> Deferred:
+        """Write the VM's state record. The Deferred resolves once the file is durable,
+        its fsyncs having waited off the loop, after the VM's earlier state writes
+        (:mod:`qemud.driver.filewrites`); or fails with OperationFailed, the file as it
+        was. :meth:`load_state` reads a write in flight."""
+        return self.driver.files.write(self.vm_dir(state.vm) / STATE_NAME, state.to_json(),
+                                       f"the appliance state of '{state.vm}'")
 
     def state_for_change(self, dom: DomainObj, what: str) -> VMState:
         """The state of a deployed VM that ``what`` may change now (else a clear error)."""

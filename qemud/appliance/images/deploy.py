@@ -119,10 +119,10 @@ class DeployOps(ImageOps):
             definition = self._build_definition(desc, directory, vm, uuid, disks)
             state = VMState(vm=vm, uuid=uuid, appliance=desc.name, version=desc.version,
                             slot="a", disks=disks, deploying=True)
-            self.save_state(state)
+            yield self.save_state(state)
             dom = yield self._define(definition)
             state.deploying = False
-            self._settle_deploy(dom, state)
+            yield from self._settle_deploy(dom, state)
         except BaseException:
             discard_tree(self.loop, vmdir)
             raise
@@ -136,13 +136,13 @@ class DeployOps(ImageOps):
             yield self.driver.lifecycle.start(dom)
         return pl.DomainReply(dom.ref())
 
-    def _settle_deploy(self, dom: DomainObj, state: VMState) -> None:
+    def _settle_deploy(self, dom: DomainObj, state: VMState) -> Task:
         """The state's final write, without its ``deploying`` mark. Should it fail, the
         deploy is undone (the domain undefined, the directory removed by the caller)
         rather than left marked: the mark of a VM undefined before the next start would
         have its directory, and the data disks in it, removed then (``settle_deploys``)."""
         try:
-            self.save_state(state)
+            yield self.save_state(state)
         except QemudError:
             try:
                 self.driver.registry.undefine(dom)

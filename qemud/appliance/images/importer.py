@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from protocol import payloads as pl
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard_tree
-from qemud.driver.store import atomic_write
 from qemud.driver.tools import ToolFailed
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
 
@@ -132,9 +131,9 @@ class ImportOps(ImageOps):
                     stdout=True)
                 images[disk.file] = _check_image(text, disk, f"{path}: disks[{i}] "
                                                              f"'{disk.file}'")
-            atomic_write(root / INDEX_NAME, json.dumps({
+            yield self.driver.files.write(root / INDEX_NAME, json.dumps({
                 "descriptor": desc.to_json(), "imported_at": int(time.time()),
-                "source": path, "images": images}, indent=1), 0o444)
+                "source": path, "images": images}, indent=1), f"the index of {path}", 0o444)
             yield self.runner.run(_read_only_argv(root),
                                   f"cannot make the files of {path} read-only")
             dest.parent.mkdir(parents=True, exist_ok=True)

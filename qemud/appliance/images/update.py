@@ -201,12 +201,12 @@ class UpdateOps(ImageOps):
         """
         before = dataclasses.replace(before, switch=None)  # (only this switch is recorded)
         after = dataclasses.replace(after, switch=None)
-        self.save_state(before.switching_to(after))
+        yield self.save_state(before.switching_to(after))
         try:
             yield self._define(definition)
         except QemudError:
             try:
-                self.save_state(before)
+                yield self.save_state(before)
             except QemudError as exc:
                 log.error("domain %s: %s (the state is settled at its next use)",
                           before.vm, exc.message)
@@ -220,7 +220,7 @@ class UpdateOps(ImageOps):
                           tmp, exc.strerror or exc)
         prepared.clear()
         try:
-            self.save_state(after)
+            yield self.save_state(after)
         except QemudError as exc:
             # the define was the point of no return: the change happened, and the
             # record's switch says so to its next settling read (``arm`` settles)
@@ -309,14 +309,15 @@ class UpdateOps(ImageOps):
         if state is None or state.pending is None:
             return
         pending, state.pending = state.pending, None
-        try:
-            self.save_state(state)
-        except QemudError as exc:
-            log.error("domain %s: %s", dom.name, exc.message)
-        log.info("domain %s: update %s -> %s confirmed (%s)", dom.name, pending["from"],
-                 pending["to"], how)
-        self.events.appliance(dom.ref(), "update-confirmed",
-                              f"{state.appliance} {pending['from']} -> {pending['to']}: {how}")
+
+        def saved(d: Deferred) -> None:
+            if d.error is not None:
+                log.error("domain %s: %s", dom.name, d.error.message)
+            log.info("domain %s: update %s -> %s confirmed (%s)", dom.name,
+                     pending["from"], pending["to"], how)
+            self.events.appliance(dom.ref(), "update-confirmed", f"{state.appliance} "
+                                  f"{pending['from']} -> {pending['to']}: {how}")
+        self.save_state(state).add_done_callback(saved)
 
     def _expired(self, uuid: str) -> None:
         watch = self.watches.get(uuid)

@@ -112,7 +112,7 @@ class BackupOps(SnapshotOps):
 
     def backup(self, ctx: Any, args: pl.BackupArgs) -> Deferred:
         dom = self._dom(args)
-        self.lifecycle.require_no_job(dom)
+        self.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         if dom.active:
             self.lifecycle.require_active(dom)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
     from qemud.events import EventBus
 
-__all__ = ["SnapshotOps", "gather", "qemu_failure", "log_failure", "block_nodes",
+__all__ = ["SnapshotOps", "gather", "then", "qemu_failure", "log_failure", "block_nodes",
            "tool_failure", "JOB_SPEED", "job_speed", "check_flags", "report_backup_failed"]
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ def check_flags(flags: int, known: int, what: str, names: dict[int, str]) -> Non
         raise InvalidArg(f"unsupported flags ({unknown:#x}) in {what}: " + ", ".join(
             f"'{names[b]}' is not supported" if b in names else f"unknown flag {b:#x}"
             for b in bits))
+
+
+def then(d: Deferred, failed: Callable[[QemudError], object],
+         succeeded: Callable[[], object]) -> None:
+    """Once ``d`` is done: ``failed(its error)``, or ``succeeded()``."""
+    d.add_done_callback(lambda d: failed(d.error) if d.error is not None else succeeded())
 
 
 def gather(items: list[Deferred]) -> Deferred:
@@ -243,16 +249,18 @@ class SnapshotOps:
             path = directory / f"{target}.{label}.{n}.qcow2"
         return path
 
-    def _end_job(self, dom: DomainObj, meta: DomainSnapshots, out: Deferred) -> bool:
-        """The last step of ``dom``'s job: save ``meta``. The job is over either way; if
-        the save failed, ``out`` has failed with why (and False is returned)."""
-        dom.job = None
-        try:
-            self.store.save(meta)
-        except QemudError as exc:
-            out.fail(exc)
-            return False
-        return True
+    def _end_job(self, dom: DomainObj, meta: DomainSnapshots, out: Deferred,
+                 saved: Callable[[], object]) -> None:
+        """The last step of ``dom``'s job: save ``meta``, then ``saved()``. The job ends
+        once the file is written, not before: the next operation reads it. If the save
+        failed, ``out`` fails with why instead."""
+        def ended(d: Deferred) -> None:
+            dom.job = None
+            if d.error is not None:
+                out.fail(d.error)
+            else:
+                saved()
+        self.store.save(meta).add_done_callback(ended)
 
     def _unlink(self, paths: list[Path]) -> None:
         """Remove image files without blocking the loop (unlinking a large fragmented
@@ -264,16 +272,19 @@ class SnapshotOps:
         snapshot delete emptied reads as empty at once."""
         discard(self.loop, paths, spool=self.store.root)
 
-    def point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]) -> None:
+    def point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]
+                    ) -> Deferred:
         """Persistently point disk ``target`` at a new image: ``moves`` is target ->
-        (only if its source is this, or None for any; new source). Written before
-        memory changes; raises OperationFailed if the definition cannot be saved."""
-        if not dom.persistent:
-            return
+        (only if its source is this, or None for any; new source).
 
-        def moved(definition: DomainDef | None) -> DomainDef | None:
-            if definition is None:
-                return None
+        The persistent definition changes in memory at once and its file is written
+        with its fsyncs off the loop (``Registry.save_persistent``). The Deferred
+        resolves once the file is durable, or fails with OperationFailed, memory back
+        to what the file holds. Resolved at once for a transient domain."""
+        if not dom.persistent:
+            return Deferred.resolved(None)
+
+        def moved(definition: DomainDef) -> DomainDef:
             new = definition.copy()
             for disk in new.disks:
                 move = moves.get(disk.target_dev or "")
@@ -287,15 +298,25 @@ class SnapshotOps:
                 disk.source = move[1]
                 disk.driver_type = "qcow2"
             return new
-        old = (dom.definition, dom.next_definition)
-        definition, pending = moved(dom.definition), moved(dom.next_definition)
-        assert definition is not None
-        dom.definition, dom.next_definition = definition, pending
         try:
-            self.driver.registry.save(dom)
-        except QemudError:
-            dom.definition, dom.next_definition = old
-            raise
+            saved = self.driver.registry.save_persistent(dom, moved(dom.persistent_definition))
+        except QemudError as exc:
+            return Deferred.failed(exc)
+        if dom.active and dom.next_definition is not None:
+            # the definition it started with follows too: the merge plan and the garbage
+            # collection read every definition of the domain. (Memory's persistent one
+            # is then the pending one, which a failed write puts back.)
+            dom.definition = moved(dom.definition)
+        return saved
+
+    def require_no_job(self, dom: DomainObj) -> None:
+        """No job on ``dom`` (``Lifecycle.require_no_job``), and no snapshot operation
+        that ended its job still writing the definition before its metadata
+        (``SnapshotStore.settling``): what it then writes would undo this call's."""
+        self.lifecycle.require_no_job(dom)
+        busy = self.store.settling.get(dom.uuid)
+        if busy is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
 
     def _collect(self, dom: DomainObj, meta: DomainSnapshots) -> list[Path]:
         """Overlays (ours) no chain needs any more: forgotten in ``meta``, returned for

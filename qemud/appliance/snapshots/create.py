@@ -19,7 +19,7 @@ from protocol import payloads as pl
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, gather, qemu_failure
+from .base import SnapshotOps, gather, qemu_failure, then
 from .records import DiskRecord, DomainSnapshots, SnapshotRecord, check_name
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class CreateOps(SnapshotOps):
 
     def create(self, ctx: Any, args: pl.SnapshotCreateArgs) -> Deferred:
         dom = self._dom(args)
-        self.lifecycle.require_no_job(dom)
+        self.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         self.require_no_pending_update(dom, "create a snapshot")
         meta = self.store.load(dom)
@@ -105,37 +105,32 @@ class CreateOps(SnapshotOps):
             save). Links of overlays that end up unused are collected later."""
             for d in record.disks.values():
                 meta.images[d.overlay] = d.base
-            try:
-                self.store.save(meta)
-            except QemudError as exc:
-                fail(exc)
-                return
-            if running:
-                switch()
-            else:
-                finish()
+            then(self.store.save(meta), fail, switch if running else finish)
 
         def switch() -> None:
             self._switch_live(dom, record, nodes).add_done_callback(
                 lambda d: fail(d.error) if d.error else finish())
 
         def finish() -> None:
-            try:
-                self.point_disks(dom, {t: (d.base, d.overlay)
-                                       for t, d in record.disks.items()})
-            except QemudError as exc:
-                if running:  # QEMU already writes to the overlays: keep them
-                    dom.job = None
-                    out.fail(OperationFailed(
-                        f"the guest now writes to new overlays, but its definition could "
-                        f"not be saved: {exc.message}"))
-                else:
-                    fail(exc)
-                return
+            then(self.point_disks(dom, {t: (d.base, d.overlay)
+                                        for t, d in record.disks.items()}),
+                 not_pointed, pointed)
+
+        def not_pointed(error: QemudError) -> None:
+            if running:  # QEMU already writes to the overlays: keep them
+                dom.job = None
+                out.fail(OperationFailed(
+                    f"the guest now writes to new overlays, but its definition could "
+                    f"not be saved: {error.message}"))
+            else:
+                fail(error)
+
+        def pointed() -> None:
             meta.snapshots[name] = record
             meta.current = name
-            if not self._end_job(dom, meta, out):
-                return
+            self._end_job(dom, meta, out, saved)
+
+        def saved() -> None:
             audit_log.info("appliance snapshot domain=%r uuid=%s create=%r disks=%s",
                            dom.name, dom.uuid, name, ",".join(record.disks))
             log.info("domain %s: snapshot %s taken (%s)", dom.name, name,

@@ -41,7 +41,15 @@ from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, QemudError
 from qemud.qemu import naming, qcow2
 
-from .base import SnapshotOps, check_flags, gather, job_speed, log_failure, qemu_failure
+from .base import (
+    SnapshotOps,
+    check_flags,
+    gather,
+    job_speed,
+    log_failure,
+    qemu_failure,
+    then,
+)
 from .records import RUN_ID
 
 if TYPE_CHECKING:
@@ -107,33 +115,56 @@ class DeleteOps(SnapshotOps):
         check_flags(args.flags, METADATA_ONLY, "snapshot delete",
                     {1: "children", 4: "children-only"})
         dom = self._dom(args)
-        self.lifecycle.require_no_job(dom)
+        self.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         meta = self.store.load(dom)
         snap = meta.get(args.name)
         if args.flags & METADATA_ONLY:
-            self._forget(dom, meta, snap)
-            return Empty()
+            return self._job(dom, self._forget(dom, meta, snap))
         plan = self._merge_plan(dom, meta, snap)
         tops = plan.tops
         if not tops:
             log.info("domain %s: snapshot %s: metadata only, no merge (%s)", dom.name,
                      snap.name, plan.why)
-            self._finish(dom, meta, snap, {})
-            return Empty()
+            return self._job(dom, self._finish(dom, meta, snap, {}))
         qemu_img = "" if dom.active else self.qemu_img()
         # metadata first: a daemon killed during the merge leaves the mark, and the next
         # one knows S's images may hold the later data (see SnapshotStore.load)
         snap.merging = RUN_ID
-        self.store.save(meta)  # raises before anything changed
         out = Deferred()
         dom.job = "snapshot-delete"
+
+        def failed(error: QemudError) -> None:  # nothing changed: the snapshot stays
+            dom.job = None
+            out.fail(error)
+        then(self.store.save(meta), failed,
+             lambda: self._merge(dom, meta, snap, plan, qemu_img, out))
+        return out
+
+    def _job(self, dom: DomainObj, work: Deferred) -> Deferred:
+        """``dom``'s job while ``work`` (a save of its metadata) runs; Empty after."""
+        out = Deferred()
+        dom.job = "snapshot-delete"
+
+        def ended(d: Deferred) -> None:
+            dom.job = None
+            if d.error is not None:
+                out.fail(d.error)
+            else:
+                out.resolve(Empty())
+        work.add_done_callback(ended)
+        return out
+
+    def _merge(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord,
+               plan: MergePlan, qemu_img: str, out: Deferred) -> None:
+        """The merge of ``plan``, once the metadata marks it (see :meth:`delete`)."""
+        tops = plan.tops
         if dom.active:
             self._merge_live(Merge(dom, snap, meta, tops, out, above=plan.above))
-            return out
+            return
         if plan.above:
             self._merge_below_off(dom, meta, snap, plan, qemu_img, out)
-            return out
+            return
         steps = [self.tools.run([qemu_img, "commit", "-q", "-d", "-f", "qcow2", top])
                  for top in tops.values()]
 
@@ -143,9 +174,9 @@ class DeleteOps(SnapshotOps):
             self._settle(dom, meta, snap, tops if g.error is None else {}, g.error, out,
                          started=True)
         gather(steps).add_done_callback(committed)
-        return out
 
-    def _forget(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord) -> None:
+    def _forget(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord
+                ) -> Deferred:
         """METADATA_ONLY (libvirt's VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY): forget
         ``snap`` and touch no file: nothing is merged, rewritten or removed.
 
@@ -162,7 +193,11 @@ class DeleteOps(SnapshotOps):
         for path in kept:
             meta.kept[path] = snap.name
         meta.forget(snap)
-        self.store.save(meta)  # raises before anything changed: the snapshot stays
+        saved = self.store.save(meta)  # failed: nothing changed, the snapshot stays
+        then(saved, lambda _: None, lambda: self._forgotten(dom, snap, kept))
+        return saved
+
+    def _forgotten(self, dom: DomainObj, snap: SnapshotRecord, kept: list[str]) -> None:
         audit_log.info("appliance snapshot domain=%r uuid=%s delete=%r metadata_only=True "
                        "kept=%r", dom.name, dom.uuid, snap.name, kept)
         log.info("domain %s: snapshot %s deleted, metadata only (no image merged or "
@@ -503,16 +538,32 @@ class DeleteOps(SnapshotOps):
         is forgotten unless ``error``; ``out`` gets the outcome. ``started``: a commit
         of this call ran (QEMU accepted a live merge's job; a shut-off merge ran
         ``qemu-img commit``), which may have written into S's images before it failed;
-        a failure before that wrote nothing."""
+        a failure before that wrote nothing.
+
+        The job ends here, not once the files are written: called from the stop of a
+        guest, an ``<on_poweroff>restart`` starts it right after. Snapshot calls stay
+        refused while the definition is written (``SnapshotStore.settling``); the
+        metadata write is then in flight, and the next operation reads it
+        (``SnapshotStore.load``). ``out`` waits for both."""
         dom.job = None
         above = above or {}
         points: dict[str, tuple[str | None, str]] = {
             t: (top, snap.disks[t].base) for t, top in moved.items() if t not in above}
-        try:
-            if points:
-                self.point_disks(dom, points)
-        except QemudError as exc:
-            error = error or exc
+        if not points:
+            self._settled(dom, meta, snap, moved, error, out, above, started)
+            return
+        self.store.settling[dom.uuid] = "snapshot-delete"
+
+        def pointed(d: Deferred) -> None:
+            del self.store.settling[dom.uuid]
+            self._settled(dom, meta, snap, moved, error or d.error, out, above, started)
+        self.point_disks(dom, points).add_done_callback(pointed)
+
+    def _settled(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord,
+                 moved: dict[str, str], error: QemudError | None, out: Deferred,
+                 above: dict[str, str], started: bool) -> None:
+        """:meth:`_settle` once the definition follows the merged disks (``error``: or
+        why not): the metadata, then the images nothing needs any more."""
         # whatever else fails, these disks now read S's image where they read the layer
         self._relink(meta, snap, {t: (moved[t], above[t]) for t in moved if t in above})
         if error is not None:
@@ -532,21 +583,16 @@ class DeleteOps(SnapshotOps):
             if written:  # S is no longer what it froze: a revert to it is refused
                 snap.merge_failed = (f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the merge of "
                                      f"its deletion failed: {error.message}")
-            try:  # the disks that were merged no longer need their overlays
-                if moved:
-                    self._finish(dom, meta, None, moved)
-                else:
-                    self.store.save(meta)
-            except QemudError as exc:
-                log.error("domain %s: %s", dom.name, exc.message)
-            out.fail(error)
+            # the disks that were merged no longer need their overlays
+            saved = self._finish(dom, meta, None, moved) if moved else self.store.save(meta)
+
+            def reported(d: Deferred) -> None:
+                if d.error is not None:
+                    log.error("domain %s: %s", dom.name, d.error.message)
+                out.fail(error)
+            saved.add_done_callback(reported)
             return
-        try:
-            self._finish(dom, meta, snap, moved, above)
-        except QemudError as exc:
-            out.fail(exc)
-            return
-        out.resolve(Empty())
+        self._finish(dom, meta, snap, moved, above).chain(out, lambda _: Empty())
 
     @staticmethod
     def _relink(meta: DomainSnapshots, snap: SnapshotRecord,
@@ -563,13 +609,20 @@ class DeleteOps(SnapshotOps):
                     record.base = base
 
     def _finish(self, dom: DomainObj, meta: DomainSnapshots, snap: SnapshotRecord | None,
-                moved: dict[str, str], above: dict[str, str] | None = None) -> None:
-        """Forget ``snap`` (if any), save the metadata, then remove what nothing needs."""
+                moved: dict[str, str], above: dict[str, str] | None = None) -> Deferred:
+        """Forget ``snap`` (if any), save the metadata, then remove what nothing needs.
+        The Deferred is the save's: nothing is removed if it failed."""
         above = above or {}
         if snap is not None:
             meta.forget(snap)
         garbage = self._collect(dom, meta)
-        self.store.save(meta)  # metadata first: a crash leaves a stray file, never a hole
+        saved = self.store.save(meta)  # metadata first: a crash leaves a stray file, no hole
+        then(saved, lambda _: None,
+             lambda: self._finished(dom, snap, moved, above, garbage))
+        return saved
+
+    def _finished(self, dom: DomainObj, snap: SnapshotRecord | None, moved: dict[str, str],
+                  above: dict[str, str], garbage: list[Path]) -> None:
         self._unlink(garbage)
         if snap is None:
             return

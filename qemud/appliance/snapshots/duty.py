@@ -156,7 +156,12 @@ class SnapshotDuty:
         if any(d.uuid == uuid or d.name == name for d in self.driver.registry):
             return  # restarted (or a domain of that name exists again): still in use
         from .records import SnapshotStore
-        SnapshotStore(self.root).set_aside(name, uuid)
+        store = SnapshotStore(self.root, self.driver.files)
+        index = store.index(name)
+        if store.files.pending(index):  # (a merge its stop ended is writing it: after that)
+            store.files.settled(index).add_done_callback(lambda _: self._ended(name, uuid))
+            return
+        store.set_aside(name, uuid)
 
     def check_interrupted_merges(self) -> None:
         """At start-up: a snapshot whose merge a killed daemon left half-done (its
@@ -191,7 +196,7 @@ class SnapshotDuty:
             if name in names or self.driver.store.definition_path(name).exists():
                 continue
             from .records import SnapshotStore
-            store = SnapshotStore(self.root)
+            store = SnapshotStore(self.root, self.driver.files)
             uuid = store.owner(name)
             if uuid:
                 store.set_aside(name, uuid)

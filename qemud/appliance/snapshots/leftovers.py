@@ -256,9 +256,10 @@ def adopt_pivots(ops: SnapshotOps, dom: DomainObj) -> None:
         if not moves:
             return
         ops.lifecycle.save_status(dom)
-        try:
-            ops.point_disks(dom, moves)
-        except QemudError as exc:
-            log.error("domain %s: the persistent definition could not follow QEMU's "
-                      "disks: %s", dom.name, exc.message)
+
+        def pointed(d: Deferred) -> None:
+            if d.error is not None:
+                log.error("domain %s: the persistent definition could not follow QEMU's "
+                          "disks: %s", dom.name, d.error.message)
+        ops.point_disks(dom, moves).add_done_callback(pointed)
     monitor.execute("query-block").add_done_callback(queried)

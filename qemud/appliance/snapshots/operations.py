@@ -28,7 +28,7 @@ __all__ = ["Operations"]
 
 class Operations:
     def __init__(self, driver: QemuDriver, root: Path) -> None:
-        self.store = store = SnapshotStore(root)
+        self.store = store = SnapshotStore(root, driver.files)
         tools = ToolRunner(driver.loop, tool_failure)
         self.creating = CreateOps(driver, store, tools)
         self.reverting = RevertOps(driver, store, tools)

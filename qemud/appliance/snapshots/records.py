@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qemud.driver.store import atomic_write
-from qemud.errors import InvalidArg, NoSnapshot, OperationFailed
+from qemud.dispatch import Deferred
+from qemud.errors import InvalidArg, NoSnapshot, OperationFailed, OperationInvalid
 
 if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
+    from qemud.driver.filewrites import FileWrites
 
 __all__ = ["DiskRecord", "SnapshotRecord", "DomainSnapshots", "SnapshotStore",
            "check_name", "META_VERSION"]
@@ -198,8 +199,15 @@ class SnapshotStore:
     procedure or undefine.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, files: FileWrites) -> None:
         self.root = root
+        #: how :meth:`save` writes (the driver's: fsyncs off the loop, in order per file)
+        self.files = files
+        #: uuid -> the job: domains whose snapshot operation has ended its job (a merge
+        #: the guest's stop ended: ``<on_poweroff>restart`` must not find it busy) but is
+        #: still writing the definition before it writes the metadata; until then the
+        #: file is stale and a load would build on it (``SnapshotOps.require_no_job``)
+        self.settling: dict[str, str] = {}
 
     def dir(self, domain: str) -> Path:
         return self.root / domain
@@ -210,10 +218,16 @@ class SnapshotStore:
     def index(self, domain: str) -> Path:
         return self.dir(domain) / "snapshots.json"
 
-    def load(self, dom: DomainObj) -> DomainSnapshots:
+    def load(self, dom: DomainObj, *, record: bool = True) -> DomainSnapshots:
+        """``dom``'s metadata: what the newest write of the file in flight writes, else
+        the file (see :mod:`qemud.driver.filewrites`); an empty record if there is
+        none. Raises OperationFailed if it cannot be read or is damaged. What it finds
+        that the file lacks (an unplugged disk's image, an interrupted merge) is
+        written at once, unless ``record`` is false: the caller removes the file."""
         path = self.index(dom.name)
+        pending = self.files.newest(path)
         try:
-            text = path.read_text()
+            text = pending.decode() if pending is not None else path.read_text()
         except FileNotFoundError:
             return DomainSnapshots(dom.name, dom.uuid)
         except OSError as exc:
@@ -236,17 +250,22 @@ class SnapshotStore:
         meta.find_unplugged({d.source for d in disks if d.source},
                             {d.target_dev for d in disks if d.target_dev})
         interrupted = self._interrupted_merges(dom, meta)
-        if meta.unplugged.keys() - known.keys() or interrupted:
+        if record and (meta.unplugged.keys() - known.keys() or interrupted):
             # recorded at once, not only by the operation that loaded it (which may be
             # refused, or only read): a disk plugged again under the same target would
             # hide the unplugged one from the next load
-            try:
-                self.save(meta)
-            except OperationFailed as exc:
-                log.warning("%s (images of unplugged disks: %s; interrupted merges: %s)",
-                            exc.message, ", ".join(meta.unplugged) or "none",
-                            ", ".join(interrupted) or "none")
+            self._record(meta, interrupted)
         return meta
+
+    def _record(self, meta: DomainSnapshots, interrupted: list[str]) -> None:
+        """Write what :meth:`load` found; a failure is logged (the next load finds the
+        same again)."""
+        def saved(d: Deferred) -> None:
+            if d.error is not None:
+                log.warning("%s (images of unplugged disks: %s; interrupted merges: %s)",
+                            d.error.message, ", ".join(meta.unplugged) or "none",
+                            ", ".join(interrupted) or "none")
+        self.save(meta).add_done_callback(saved)
 
     @staticmethod
     def _interrupted_merges(dom: DomainObj, meta: DomainSnapshots) -> list[str]:
@@ -268,7 +287,12 @@ class SnapshotStore:
                         "merge", dom.name, snap.name)
         return found
 
-    def save(self, meta: DomainSnapshots) -> None:
+    def save(self, meta: DomainSnapshots) -> Deferred:
+        """Write ``meta`` as its domain's metadata file. The Deferred resolves once the
+        file is durable, its fsyncs having waited off the loop (:mod:`qemud.driver.
+        filewrites`), or fails with OperationFailed, the file as it was. Until then a
+        load still reads the file as it was: an operation keeps its domain's job until
+        its save has ended, so that the next one reads what it wrote."""
         path = self.index(meta.domain)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -279,10 +303,10 @@ class SnapshotStore:
                     log.warning("snapshot metadata of the earlier domain '%s' moved to %s",
                                 meta.domain, aside)
                 meta.stale_uuid = ""
-            atomic_write(path, meta.to_json())
         except OSError as exc:
-            raise OperationFailed(f"cannot write snapshot metadata {path}: "
-                                  f"{exc.strerror or exc}") from None
+            return Deferred.failed(OperationFailed(
+                f"cannot write snapshot metadata {path}: {exc.strerror or exc}"))
+        return self.files.write(path, meta.to_json(), "snapshot metadata")
 
     def set_aside(self, domain: str, uuid: str) -> Path | None:
         """The transient domain ``domain`` (``uuid``) went away: move its record aside.
@@ -326,8 +350,12 @@ class SnapshotStore:
             return ""
 
     def remove(self, domain: str) -> None:
-        """Forget ``domain``'s metadata (undefine --snapshots-metadata)."""
+        """Forget ``domain``'s metadata (undefine --snapshots-metadata). Refused while
+        a write of it is under way (it would bring the file back)."""
         path = self.index(domain)
+        if self.files.pending(path):
+            raise OperationInvalid(f"domain '{domain}' is busy: its snapshot metadata is "
+                                   "being written; nothing was changed")
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:

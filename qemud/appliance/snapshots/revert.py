@@ -31,7 +31,7 @@ from protocol.constants import DomainState, UndefineFlags
 from qemud.dispatch import Deferred
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, check_flags, gather
+from .base import SnapshotOps, check_flags, gather, then
 
 if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
@@ -59,7 +59,7 @@ class RevertOps(SnapshotOps):
             raise InvalidArg("Flags 'VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING' and "
                              "'VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED' are mutually exclusive")
         dom = self._dom(args)
-        self.lifecycle.require_no_job(dom)
+        self.require_no_job(dom)
         self.driver.devices.require_no_unplug(dom, disks_only=True)  # a disk is being unplugged
         self.require_no_pending_update(dom, "revert to a snapshot")
         self.driver.saving.require_no_image(dom, "revert to a snapshot")
@@ -107,20 +107,25 @@ class RevertOps(SnapshotOps):
             """After the guest was stopped: the disks go back to what they were (if
             they were pointed at the new overlays), and a guest that ran is started
             again as it was; the error says so."""
-            if pointed:
-                try:
-                    self.point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
-                                           if (old := before.get(t))})
-                except QemudError as exc:  # the definition names the new overlays: keep
-                    log.error("domain %s: cannot point the disks back after a failed "
-                              "revert: %s", dom.name, exc.message)
-                    dom.job = None
-                    out.fail(OperationFailed(
-                        f"{error.message}; the definition now names the new overlays "
-                        f"({', '.join(n for _, n in moves.values())}) but the snapshot "
-                        f"metadata does not, and it could not be set back: "
-                        f"{exc.message}; the guest was stopped for the revert"))
-                    return
+            if not pointed:
+                restore(error)
+                return
+
+            def not_back(exc: QemudError) -> None:  # the definition names the new overlays
+                log.error("domain %s: cannot point the disks back after a failed "
+                          "revert: %s", dom.name, exc.message)
+                dom.job = None
+                out.fail(OperationFailed(
+                    f"{error.message}; the definition now names the new overlays "
+                    f"({', '.join(n for _, n in moves.values())}) but the snapshot "
+                    f"metadata does not, and it could not be set back: "
+                    f"{exc.message}; the guest was stopped for the revert"))
+            then(self.point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
+                                        if (old := before.get(t))}),
+                 not_back, lambda: restore(error))
+
+        def restore(error: QemudError) -> None:
+            """The definition as it was: a guest that ran starts again."""
             dom.job = None
             self._unlink(created)
             log.warning("domain %s: revert to %s failed after the guest was stopped: %s",
@@ -154,11 +159,9 @@ class RevertOps(SnapshotOps):
             (before any definition names them: see create's ``linked``): only now is a
             running guest stopped (it may have stopped by itself meanwhile, or be on its
             way down)."""
-            try:
-                self.store.save(meta)
-            except QemudError as exc:
-                fail(exc)
-                return
+            then(self.store.save(meta), fail, stop)
+
+        def stop() -> None:
             if dom.active and dom.process is not None:
                 # (a stop under way keeps its reason; a graceful destroy that gives up
                 # would otherwise leave this call waiting for a stop that never comes)
@@ -174,18 +177,17 @@ class RevertOps(SnapshotOps):
                 stopped()
 
         def stopped(_: Any = None) -> None:
-            try:
-                self.point_disks(dom, moves)
-            except QemudError as exc:  # the definitions were left as they were
-                fail_stopped(exc, pointed=False)
-                return
+            # failed: the definitions were left as they were
+            then(self.point_disks(dom, moves), lambda exc: fail_stopped(exc, pointed=False),
+                 pointed)
+
+        def pointed() -> None:
             meta.current = snap.name
             garbage = self._collect(dom, meta)
-            try:
-                self.store.save(meta)
-            except QemudError as exc:
-                fail_stopped(exc, pointed=True)
-                return
+            then(self.store.save(meta), lambda exc: fail_stopped(exc, pointed=True),
+                 lambda: reverted(garbage))
+
+        def reverted(garbage: list[Path]) -> None:
             dom.job = None
             self._unlink(garbage)
             audit_log.info("appliance snapshot domain=%r uuid=%s revert=%r", dom.name,
@@ -257,8 +259,9 @@ class RevertOps(SnapshotOps):
         """
         if dom.active or not dom.persistent:
             return
-        self.lifecycle.require_no_job(dom)  # a qemu-img of ours may be about to finish
-        meta = self.store.load(dom)  # damaged metadata: refused, until fixed or moved away
+        self.require_no_job(dom)  # a qemu-img of ours may be about to finish
+        # damaged metadata: refused, until fixed or moved away
+        meta = self.store.load(dom, record=False)
         if not meta.snapshots:
             return
         names = sorted(meta.snapshots)

@@ -1,0 +1,70 @@
+"""A deploy on a disk that takes its time: the VM's appliance state waits for its fsyncs
+off the daemon's loop.
+
+The daemon's state directory (image store, VM directories and their
+``appliance-state.json``) is on a real FUSE file system whose fsyncs the test holds
+(:mod:`tests.helpers.slowfs`). While a state write waits, other clients are answered and
+the deploy's caller waits; the domain is defined only once the first state write (the
+one with the ``deploying`` mark) is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from client import appliance_images as images
+from tests.conftest import DaemonFactory
+from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
+from tests.integration.conftest import TestGuest
+
+from .appliances import build_appliance, descriptor
+from .appliances import work as work  # the module's directory for tarballs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tarball(work: Path, test_guest: TestGuest) -> Path:
+    return build_appliance(work, test_guest, descriptor("1.0"))
+
+
+def held_state_write(slowfs: SlowFS, vm: str) -> None:
+    """Wait until the fsync of ``vm``'s state temp file is held; the others that come
+    first (qemu-img's flush of a new overlay) are let go."""
+    prefix = f"/state/vms/{vm}/.appliance-state.json."
+    while True:
+        held = slowfs.wait_held()
+        if any(p.startswith(prefix) and p.endswith(".tmp") for p in held):
+            return
+        for path in held:
+            slowfs.let(path)
+
+
+def test_a_deploy_waits_for_its_state_writes_off_the_loop(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarball: Path) -> None:
+    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state")}})
+    vm = "slow-state"
+    state = slowfs.backing / "state" / "vms" / vm / "appliance-state.json"
+    with d.connect() as other:
+        assert images.import_appliance(other, str(tarball)) == "demo:1.0"
+        slowfs.hold()
+        deploy = Background(d, lambda c: images.deploy(c, "demo", vm, "1.0"))
+        try:
+            held_state_write(slowfs, vm)  # the first one, marked "deploying"
+            assert other.node_info().cpus >= 1  # the loop serves others meanwhile
+            assert vm not in {dom.name for dom in other.list_domains()}  # not defined yet
+            assert not state.exists()
+            slowfs.let()
+            held_state_write(slowfs, vm)  # defined; the mark is being dropped
+            assert other.node_info().cpus >= 1
+            assert vm in {dom.name for dom in other.list_domains()}
+            assert json.loads(state.read_text())["deploying"] is True
+            assert not deploy.answered
+        finally:
+            slowfs.release()
+        assert deploy.wait().name == vm
+        assert "deploying" not in json.loads(state.read_text())
