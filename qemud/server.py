@@ -533,7 +533,8 @@ class Server:
             self.config.limits.call_deadline,
             lambda: deferred.fail(OperationTimeout(
                 f"{call.procedure.name} did not complete within "
-                f"{self.config.limits.call_deadline:g} s")))
+                f"{self.config.limits.call_deadline:g} s (limits.call_deadline); the work "
+                "goes on and may still complete: look at the domain before trying again")))
 
         def done(d: Deferred) -> None:
             deadline.cancel()

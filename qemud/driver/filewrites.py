@@ -20,6 +20,7 @@ one, which was built on it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from qemud.asyncfsync import AsyncFsync
@@ -31,13 +32,26 @@ from .store import TempFile, commit_async
 __all__ = ["FileWrites"]
 
 
+class _Write:
+    """One write: what it writes, its caller's Deferred, and the write of the same file
+    made after it (started when this one ends)."""
+
+    __slots__ = ("data", "done", "start", "next")
+
+    def __init__(self, data: bytes, done: Deferred, start: Callable[[], None]) -> None:
+        self.data = data
+        self.done = done
+        self.start = start
+        self.next: _Write | None = None
+
+
 class FileWrites:
     """Durable atomic writes of whole files, their fsyncs off the loop, in order per path."""
 
     def __init__(self, fsync: AsyncFsync) -> None:
         self._fsync = fsync
-        #: the newest write of each path, and its data, while any of that path is in flight
-        self._newest: dict[Path, tuple[Deferred, bytes]] = {}
+        #: the newest write of each path while any of that path is in flight
+        self._newest: dict[Path, _Write] = {}
 
     def pending(self, path: Path) -> bool:
         """Whether a write of ``path`` has not ended yet."""
@@ -45,17 +59,17 @@ class FileWrites:
 
     def newest(self, path: Path) -> bytes | None:
         """What the newest write of ``path`` in flight writes; None when none is."""
-        entry = self._newest.get(path)
-        return entry[1] if entry is not None else None
+        write = self._newest.get(path)
+        return write.data if write is not None else None
 
     def settled(self, path: Path) -> Deferred:
         """Resolves (with None) once every write of ``path`` made so far has ended."""
-        entry = self._newest.get(path)
+        write = self._newest.get(path)
         out = Deferred()
-        if entry is None:
+        if write is None:
             out.resolve(None)
         else:
-            entry[0].add_done_callback(lambda _: out.resolve(None))
+            write.done.add_done_callback(lambda _: out.resolve(None))
         return out
 
     def write(self, path: Path, data: str | bytes, what: str, mode: int = 0o600) -> Deferred:
@@ -71,14 +85,14 @@ class FileWrites:
         except OSError as exc:
             out.fail(_failure(what, path, exc))
             return out
-        before = self._newest.get(path)
-        self._newest[path] = (out, raw)
-        out.add_done_callback(lambda _: self._ended(path, out))
-
-        def commit(_: object = None) -> None:
-            commit_async(self._fsync, temp, _no_check, _nothing, finished)
 
         def finished(_: None, error: BaseException | None) -> None:
+            # the next write of the file goes first, and the path's record is settled,
+            # before the caller hears: nothing its callbacks do can hold them back
+            if write.next is not None:
+                write.next.start()
+            elif self._newest.get(path) is write:
+                del self._newest[path]
             if error is None:
                 out.resolve(None)
             elif isinstance(error, OSError):
@@ -86,18 +100,15 @@ class FileWrites:
             else:  # (no check, no apply: nothing else raises in commit_async)
                 out.fail(OperationFailed(f"cannot write {what} {path}: {error}"))
 
+        write = _Write(raw, out, lambda: commit_async(self._fsync, temp, _no_check,
+                                                      _nothing, finished))
+        before = self._newest.get(path)
+        self._newest[path] = write
         if before is None:
-            commit()
+            write.start()
         else:
-            before[0].add_done_callback(commit)
+            before.next = write
         return out
-
-    def _ended(self, path: Path, write: Deferred) -> None:
-        # the first callback of each write: its caller's continuation sees the path as
-        # no longer pending, unless a later write of it is queued
-        entry = self._newest.get(path)
-        if entry is not None and entry[0] is write:
-            del self._newest[path]
 
 
 def _no_check() -> None:

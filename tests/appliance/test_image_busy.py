@@ -1,6 +1,6 @@
 """Calls refused while an image operation runs on a VM: start (also through create-xml
 and restore: any start but the operation's own), define over it, rename, undefine,
-save, managed save, snapshot create and revert, and every ``--config`` change (the
+save, managed save, snapshot create, revert and delete, and every ``--config`` change (the
 update's define, made from the definition before it, would drop it).
 
 An update (or rollback, or factory reset) stops the VM, builds the new disks with
@@ -80,6 +80,8 @@ def test_calls_that_would_change_the_vm_are_refused_during_an_update(
             for call in (dom.create, dom.undefine, dom.managed_save,
                          lambda: dom.save(str(tmp_path / "vm.save")),
                          lambda: dom.snapshot_create("mid-update"),
+                         lambda: dom.snapshot_delete("mid-update"),
+                         lambda: dom.snapshot_revert("mid-update"),
                          lambda: conn.create_xml(xml),  # (starts the defined VM)
                          lambda: conn.define_xml(xml),
                          lambda: dom.rename("vm-renamed"),

@@ -16,7 +16,7 @@ import pytest
 
 import client
 from tests.conftest import DaemonFactory
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import Background
 
@@ -226,3 +226,28 @@ def test_autostart_waits_for_the_disk_and_an_undefine_meanwhile_comes_first(
     with d.connect() as conn:
         assert name not in names(conn)
     assert_log_clean(d)
+
+
+def test_a_call_past_its_deadline_fails_and_its_work_still_lands(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """``limits.call_deadline``: a define whose fsync waits longer fails with
+    OPERATION_TIMEOUT, naming the limit and that the work goes on; the same connection
+    makes its next call at once, and the define lands once the disk has it."""
+    d = daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")},
+                               "limits": {"call_deadline": 1.0}})
+    name = guest_name("deadline")
+    with d.connect() as conn:
+        slowfs.hold()
+        try:
+            with pytest.raises(client.OperationTimeout) as late:
+                conn.define_xml(domain_xml(name, UUID_A))
+            assert str(late.value) == (
+                "Timed out during operation: DOMAIN_DEFINE_XML did not complete within 1 s "
+                "(limits.call_deadline); the work goes on and may still complete: look "
+                "at the domain before trying again")
+            assert conn.node_info().cpus >= 1  # the connection is free again
+            assert name not in names(conn)
+        finally:
+            slowfs.release()
+        wait_for(lambda: name in names(conn), timeout=10, message="the define landed")
+    assert definitions(slowfs) == [f"{name}.xml"]

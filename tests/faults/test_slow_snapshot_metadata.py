@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import client
-from protocol.constants import UndefineFlags
+from protocol.constants import DomainState, MetadataType, UndefineFlags
 from tests.appliance.snapshot_guests import Guest, disk_source, disk_xml, make_image
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess, stop_destroying_guests
@@ -52,6 +52,16 @@ def held_until(slowfs: SlowFS, wanted: Callable[[str], bool]) -> str:
             slowfs.let(path)
 
 
+def held_snapshot_call(slowfs: SlowFS, d: DaemonProcess, name: str,
+                       call: Callable[[client.Domain], object]) -> Background:
+    """``call`` on domain ``name``, on its own connection, with every fsync held from
+    now on; returned once its first metadata write's fsync waits."""
+    slowfs.hold()
+    background = Background(d, lambda c: call(c.lookup_by_name(name)))
+    held_until(slowfs, metadata_temp(name))
+    return background
+
+
 def recorded(index: Path) -> list[str]:
     """The snapshots ``snapshots.json`` names, as the backing directory has it."""
     return [s["name"] for s in json.loads(index.read_text())["snapshots"]]
@@ -70,11 +80,9 @@ def test_a_snapshot_waits_for_its_metadata_off_the_loop(
     index = slowfs.backing / "state" / "snapshots" / name / "snapshots.json"
     with d.connect() as other:
         dom = shut_off_domain(other, name, image)
-        slowfs.hold()
-        create = Background(d, lambda c: c.lookup_by_name(name).snapshot_create("s1"))
+        # first the overlay's backing link, before any definition names the overlay
+        create = held_snapshot_call(slowfs, d, name, lambda dom: dom.snapshot_create("s1"))
         try:
-            # first the overlay's backing link, before any definition names the overlay
-            held_until(slowfs, metadata_temp(name))
             assert other.node_info().cpus >= 1  # the loop serves others meanwhile
             assert not index.exists()
             assert dom.snapshots() == []
@@ -87,7 +95,10 @@ def test_a_snapshot_waits_for_its_metadata_off_the_loop(
             assert other.node_info().cpus >= 1
             assert disk_source(dom.xml(client.XML_INACTIVE)).endswith("/vda.s1.qcow2")
             assert "vda.s1.qcow2" not in (slowfs.backing / "config" / "domains" /
-                                           f"{name}.xml").read_text()
+                                          f"{name}.xml").read_text()
+            # a change queued on that write would carry it even if it failed
+            with pytest.raises(client.OperationInvalid, match="busy: snapshot in progress"):
+                dom.set_metadata(MetadataType.TITLE, "mid-snapshot", client.AFFECT_CONFIG)
             slowfs.let()
             # then the snapshot itself
             held_until(slowfs, metadata_temp(name))
@@ -114,10 +125,8 @@ def test_a_failed_metadata_fsync_takes_no_snapshot(
     images = slowfs.backing / "state" / "snapshots" / name / "images"
     with d.connect() as other:
         dom = shut_off_domain(other, name, image)
-        slowfs.hold()
-        create = Background(d, lambda c: c.lookup_by_name(name).snapshot_create("s1"))
+        create = held_snapshot_call(slowfs, d, name, lambda dom: dom.snapshot_create("s1"))
         try:
-            held_until(slowfs, metadata_temp(name))
             slowfs.fail()
             with pytest.raises(client.OperationFailed) as failed:
                 create.wait()
@@ -146,11 +155,9 @@ def test_a_delete_removes_no_image_before_its_metadata_is_written(
         dom = shut_off_domain(other, name, image)
         assert dom.snapshot_create("s1") == "s1"
         overlay = Path(disk_source(dom.xml(client.XML_INACTIVE)))
-        slowfs.hold()
-        delete = Background(d, lambda c: c.lookup_by_name(name).snapshot_delete("s1"))
+        # the merge's mark, before qemu-img commit writes into the image
+        delete = held_snapshot_call(slowfs, d, name, lambda dom: dom.snapshot_delete("s1"))
         try:
-            # the merge's mark, before qemu-img commit writes into the image
-            held_until(slowfs, metadata_temp(name))
             assert other.node_info().cpus >= 1
             with pytest.raises(client.OperationInvalid,
                                match="busy: snapshot-delete in progress"):
@@ -181,10 +188,9 @@ def test_a_revert_removes_no_image_before_its_metadata_is_written(
         dom = shut_off_domain(other, name, image)
         assert dom.snapshot_create("s1") == "s1"
         first = Path(disk_source(dom.xml(client.XML_INACTIVE)))
-        slowfs.hold()
-        revert = Background(d, lambda c: c.lookup_by_name(name).snapshot_revert("s1"))
+        # the new overlay's backing link
+        revert = held_snapshot_call(slowfs, d, name, lambda dom: dom.snapshot_revert("s1"))
         try:
-            held_until(slowfs, metadata_temp(name))  # the new overlay's backing link
             assert other.node_info().cpus >= 1
             with pytest.raises(client.OperationInvalid,
                                match="busy: snapshot-revert in progress"):
@@ -219,10 +225,10 @@ def test_a_live_merge_keeps_snapshot_calls_out_until_its_metadata_is_under_way(
             g = Guest(conn, test_guest, name, tmp_path, disk_xml(image)).boot()
             try:
                 assert g.dom.snapshot_create("s1") == "s1"
-                slowfs.hold()
-                delete = Background(d, lambda c: c.lookup_by_name(name).snapshot_delete("s1"))
+                # the merge's mark
+                delete = held_snapshot_call(slowfs, d, name,
+                                            lambda dom: dom.snapshot_delete("s1"))
                 try:
-                    held_until(slowfs, metadata_temp(name))  # the merge's mark
                     slowfs.let()
                     # merged and pivoted; the definition follows the disk
                     held_until(slowfs, lambda p: p.startswith(f"/config/domains/.{name}.xml."))
@@ -241,6 +247,40 @@ def test_a_live_merge_keeps_snapshot_calls_out_until_its_metadata_is_under_way(
                 assert disk_source(g.dom.xml(client.XML_INACTIVE)) == str(image)
                 g.write("AFTER")
                 assert g.read(5) == "AFTER"
+            finally:
+                g.close()
+    finally:
+        stop_destroying_guests(d)
+
+
+def test_a_guest_stopped_while_a_delete_marks_its_merge_is_not_merged(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, test_guest: TestGuest,
+        tmp_path: Path) -> None:
+    """The delete of a running guest's snapshot writes the merge's mark first; a guest
+    destroyed meanwhile is not merged as a shut-off one would be (its plan was the live
+    one): the call fails saying so, and the snapshot stays, revertible."""
+    d = on_slow_state(slowfs, daemon_factory)
+    name = guest_name("stopmark")
+    image = make_image(tmp_path / "vda.qcow2")
+    try:
+        with d.connect() as conn:
+            g = Guest(conn, test_guest, name, tmp_path, disk_xml(image)).boot()
+            try:
+                assert g.dom.snapshot_create("s1") == "s1"
+                delete = held_snapshot_call(slowfs, d, name,
+                                            lambda dom: dom.snapshot_delete("s1"))
+                try:
+                    g.dom.destroy()
+                finally:
+                    slowfs.release()
+                with pytest.raises(client.OperationFailed,
+                                   match=f"domain '{name}' stopped during the snapshot "
+                                         "deletion"):
+                    delete.wait()
+                assert g.dom.state()[0] == DomainState.SHUTOFF
+                [snap] = g.dom.snapshots()
+                assert snap.name == "s1"
+                g.dom.snapshot_revert("s1")  # (not marked as a failed merge)
             finally:
                 g.close()
     finally:

@@ -145,3 +145,19 @@ def test_writes_of_different_files_do_not_wait_for_each_other(
     slowfs.release()
     ended(loop, held_write)
     assert (slowfs.mount / "a.json").read_text() == "a"
+
+
+def test_a_callback_that_raises_holds_back_no_later_write(
+        tmp_path: Path, loop: EventLoop, files: FileWrites,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "meta.json"
+    first = files.write(path, "first", "test record")
+
+    def broken(_: Deferred) -> None:
+        raise RuntimeError("a caller's bug")
+    first.add_done_callback(broken)
+    second = files.write(path, "second", "test record")
+    ended(loop, first, second)
+    assert second.error is None and path.read_text() == "second"
+    assert not files.pending(path)
+    assert "a caller's bug" in caplog.text  # (the loop logs it and goes on)

@@ -133,7 +133,7 @@ class ImportOps(ImageOps):
                                                              f"'{disk.file}'")
             yield self.driver.files.write(root / INDEX_NAME, json.dumps({
                 "descriptor": desc.to_json(), "imported_at": int(time.time()),
-                "source": path, "images": images}, indent=1), f"the index of {path}", 0o444)
+                "source": path, "images": images}, indent=1), "the appliance index", 0o444)
             yield self.runner.run(_read_only_argv(root),
                                   f"cannot make the files of {path} read-only")
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
     from qemud.events import EventBus
 
-__all__ = ["SnapshotOps", "gather", "then", "qemu_failure", "log_failure", "block_nodes",
-           "tool_failure", "JOB_SPEED", "job_speed", "check_flags", "report_backup_failed"]
+__all__ = ["SnapshotOps", "JobToken", "end_job", "gather", "then", "qemu_failure",
+           "log_failure", "block_nodes", "tool_failure", "JOB_SPEED", "job_speed",
+           "check_flags", "report_backup_failed"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
@@ -74,6 +75,22 @@ def check_flags(flags: int, known: int, what: str, names: dict[int, str]) -> Non
         raise InvalidArg(f"unsupported flags ({unknown:#x}) in {what}: " + ", ".join(
             f"'{names[b]}' is not supported" if b in names else f"unknown flag {b:#x}"
             for b in bits))
+
+
+class JobToken(str):
+    """A snapshot operation's ``dom.job``: its name, one object per operation.
+
+    A guest's stop clears ``dom.job`` (``Lifecycle``), and the job set after that (the
+    start of an ``<on_poweroff>restart``, another client's call) is not this operation's
+    to end: :func:`end_job` ends only its own, compared by identity."""
+
+    __slots__ = ()
+
+
+def end_job(dom: DomainObj, job: JobToken) -> None:
+    """End ``job`` if it is still ``dom``'s."""
+    if dom.job is job:
+        dom.job = None
 
 
 def then(d: Deferred, failed: Callable[[QemudError], object],
@@ -249,13 +266,13 @@ class SnapshotOps:
             path = directory / f"{target}.{label}.{n}.qcow2"
         return path
 
-    def _end_job(self, dom: DomainObj, meta: DomainSnapshots, out: Deferred,
-                 saved: Callable[[], object]) -> None:
-        """The last step of ``dom``'s job: save ``meta``, then ``saved()``. The job ends
-        once the file is written, not before: the next operation reads it. If the save
-        failed, ``out`` fails with why instead."""
+    def _end_job(self, dom: DomainObj, job: JobToken, meta: DomainSnapshots,
+                 out: Deferred, saved: Callable[[], object]) -> None:
+        """The last step of ``dom``'s ``job``: save ``meta``, then ``saved()``. The job
+        ends once the file is written, not before: the next operation reads it. If the
+        save failed, ``out`` fails with why instead."""
         def ended(d: Deferred) -> None:
-            dom.job = None
+            end_job(dom, job)
             if d.error is not None:
                 out.fail(d.error)
             else:
@@ -272,15 +289,20 @@ class SnapshotOps:
         snapshot delete emptied reads as empty at once."""
         discard(self.loop, paths, spool=self.store.root)
 
-    def point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]]
-                    ) -> Deferred:
+    def point_disks(self, dom: DomainObj, moves: dict[str, tuple[str | None, str]],
+                    job: str | None = None) -> Deferred:
         """Persistently point disk ``target`` at a new image: ``moves`` is target ->
         (only if its source is this, or None for any; new source).
 
         The persistent definition changes in memory at once and its file is written
         with its fsyncs off the loop (``Registry.save_persistent``). The Deferred
         resolves once the file is durable, or fails with OperationFailed, memory back
-        to what the file holds. Resolved at once for a transient domain."""
+        to what the file holds. Resolved at once for a transient domain.
+
+        With ``job``, the calls that change the persistent definition are refused as
+        busy with it until the file is written (``Registry.operations``): a change
+        queued on this write would carry it even if this write failed, and the
+        caller then removes the images it names."""
         if not dom.persistent:
             return Deferred.resolved(None)
 
@@ -298,10 +320,15 @@ class SnapshotOps:
                 disk.source = move[1]
                 disk.driver_type = "qcow2"
             return new
+        registry = self.driver.registry
         try:
-            saved = self.driver.registry.save_persistent(dom, moved(dom.persistent_definition))
+            saved = registry.save_persistent(dom, moved(dom.persistent_definition))
         except QemudError as exc:
             return Deferred.failed(exc)
+        if job is not None and not saved.done:
+            mark = registry.operations[dom.uuid] = JobToken(job)  # (none was: not refused)
+            saved.add_done_callback(lambda _: registry.operations.pop(dom.uuid)
+                                    if registry.operations.get(dom.uuid) is mark else None)
         if dom.active and dom.next_definition is not None:
             # the definition it started with follows too: the merge plan and the garbage
             # collection read every definition of the domain. (Memory's persistent one
@@ -310,10 +337,13 @@ class SnapshotOps:
         return saved
 
     def require_no_job(self, dom: DomainObj) -> None:
-        """No job on ``dom`` (``Lifecycle.require_no_job``), and no snapshot operation
-        that ended its job still writing the definition before its metadata
-        (``SnapshotStore.settling``): what it then writes would undo this call's."""
+        """No job on ``dom`` (``Lifecycle.require_no_job``), no appliance image operation
+        (``Registry.require_no_operation``), and no snapshot operation that ended its
+        job still writing the definition before its metadata (``SnapshotStore.
+        settling``): what it then writes would undo this call's."""
         self.lifecycle.require_no_job(dom)
+        # an appliance image operation: its define would drop what the snapshot points
+        self.driver.registry.require_no_operation(dom)
         busy = self.store.settling.get(dom.uuid)
         if busy is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")

@@ -19,7 +19,7 @@ from protocol import payloads as pl
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, gather, qemu_failure, then
+from .base import JobToken, SnapshotOps, end_job, gather, qemu_failure, then
 from .records import DiskRecord, DomainSnapshots, SnapshotRecord, check_name
 
 if TYPE_CHECKING:
@@ -74,13 +74,13 @@ class CreateOps(SnapshotOps):
         except OSError as exc:
             raise OperationFailed(f"cannot create {self.store.images_dir(dom.name)}: "
                                   f"{exc.strerror or exc}") from None
-        dom.job = "snapshot"
+        job = dom.job = JobToken("snapshot")
         out = Deferred()
         created: list[Path] = []
         nodes: dict[str, tuple[str, int]] = {}  # target -> (top node, size) when running
 
         def fail(error: QemudError) -> None:
-            dom.job = None
+            end_job(dom, job)
             self._unlink(created)
             log.warning("domain %s: snapshot %s failed: %s", dom.name, name, error.message)
             out.fail(error)
@@ -113,12 +113,12 @@ class CreateOps(SnapshotOps):
 
         def finish() -> None:
             then(self.point_disks(dom, {t: (d.base, d.overlay)
-                                        for t, d in record.disks.items()}),
+                                        for t, d in record.disks.items()}, job),
                  not_pointed, pointed)
 
         def not_pointed(error: QemudError) -> None:
             if running:  # QEMU already writes to the overlays: keep them
-                dom.job = None
+                end_job(dom, job)
                 out.fail(OperationFailed(
                     f"the guest now writes to new overlays, but its definition could "
                     f"not be saved: {error.message}"))
@@ -128,7 +128,7 @@ class CreateOps(SnapshotOps):
         def pointed() -> None:
             meta.snapshots[name] = record
             meta.current = name
-            self._end_job(dom, meta, out, saved)
+            self._end_job(dom, job, meta, out, saved)
 
         def saved() -> None:
             audit_log.info("appliance snapshot domain=%r uuid=%s create=%r disks=%s",

@@ -42,8 +42,10 @@ from qemud.errors import OperationFailed, QemudError
 from qemud.qemu import naming, qcow2
 
 from .base import (
+    JobToken,
     SnapshotOps,
     check_flags,
+    end_job,
     gather,
     job_speed,
     log_failure,
@@ -132,22 +134,34 @@ class DeleteOps(SnapshotOps):
         # one knows S's images may hold the later data (see SnapshotStore.load)
         snap.merging = RUN_ID
         out = Deferred()
-        dom.job = "snapshot-delete"
+        job = dom.job = JobToken("snapshot-delete")
+        process = dom.process  # (the QEMU whose disks the plan merges, if running)
 
         def failed(error: QemudError) -> None:  # nothing changed: the snapshot stays
-            dom.job = None
+            end_job(dom, job)
             out.fail(error)
-        then(self.store.save(meta), failed,
-             lambda: self._merge(dom, meta, snap, plan, qemu_img, out))
+
+        def marked() -> None:
+            if process is not None and (dom.process is not process or dom.monitor is None
+                                        or dom.monitor.closed
+                                        or dom.stop_intent is not None):
+                # stopped while the mark was written (its stop ended the job): no merge
+                end_job(dom, job)
+                self._settled(dom, meta, snap, {}, OperationFailed(
+                    f"domain '{dom.name}' stopped during the snapshot deletion"), out, {},
+                    started=False)
+                return
+            self._merge(dom, meta, snap, plan, qemu_img, out)
+        then(self.store.save(meta), failed, marked)
         return out
 
     def _job(self, dom: DomainObj, work: Deferred) -> Deferred:
         """``dom``'s job while ``work`` (a save of its metadata) runs; Empty after."""
         out = Deferred()
-        dom.job = "snapshot-delete"
+        job = dom.job = JobToken("snapshot-delete")
 
         def ended(d: Deferred) -> None:
-            dom.job = None
+            end_job(dom, job)
             if d.error is not None:
                 out.fail(d.error)
             else:
@@ -555,7 +569,7 @@ class DeleteOps(SnapshotOps):
         self.store.settling[dom.uuid] = "snapshot-delete"
 
         def pointed(d: Deferred) -> None:
-            del self.store.settling[dom.uuid]
+            self.store.settling.pop(dom.uuid, None)
             self._settled(dom, meta, snap, moved, error or d.error, out, above, started)
         self.point_disks(dom, points).add_done_callback(pointed)
 

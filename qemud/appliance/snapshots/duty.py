@@ -148,7 +148,8 @@ class SnapshotDuty:
         on_poweroff/on_crash policy is added back to the registry right after the stop
         hooks, and keeps its snapshots then. A domain without metadata costs a ``stat``.
         """
-        if dom.persistent or not (self.root / dom.name / "snapshots.json").is_file():
+        index = self.root / dom.name / "snapshots.json"
+        if dom.persistent or not (index.is_file() or self.driver.files.pending(index)):
             return
         self.driver.loop.call_soon(lambda: self._ended(dom.name, dom.uuid))
 

@@ -31,7 +31,7 @@ from protocol.constants import DomainState, UndefineFlags
 from qemud.dispatch import Deferred
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, QemudError
 
-from .base import SnapshotOps, check_flags, gather, then
+from .base import JobToken, SnapshotOps, check_flags, end_job, gather, then
 
 if TYPE_CHECKING:
     from qemud.driver.domain import DomainObj
@@ -94,10 +94,11 @@ class RevertOps(SnapshotOps):
         definition = dom.persistent_definition
         before = {d.target_dev: d.source for d in definition.disks if d.target_dev}
         moves: dict[str, tuple[str | None, str]] = {}
+        job = JobToken("snapshot-revert")
 
         def fail(error: QemudError) -> None:
             """Before the guest was stopped: nothing changed, it runs on as it was."""
-            dom.job = None
+            end_job(dom, job)
             self._unlink(created)
             log.warning("domain %s: revert to %s failed: %s", dom.name, snap.name,
                         error.message)
@@ -114,19 +115,19 @@ class RevertOps(SnapshotOps):
             def not_back(exc: QemudError) -> None:  # the definition names the new overlays
                 log.error("domain %s: cannot point the disks back after a failed "
                           "revert: %s", dom.name, exc.message)
-                dom.job = None
+                end_job(dom, job)
                 out.fail(OperationFailed(
                     f"{error.message}; the definition now names the new overlays "
                     f"({', '.join(n for _, n in moves.values())}) but the snapshot "
                     f"metadata does not, and it could not be set back: "
                     f"{exc.message}; the guest was stopped for the revert"))
             then(self.point_disks(dom, {t: (new, old) for t, (_, new) in moves.items()
-                                        if (old := before.get(t))}),
+                                        if (old := before.get(t))}, job),
                  not_back, lambda: restore(error))
 
         def restore(error: QemudError) -> None:
             """The definition as it was: a guest that ran starts again."""
-            dom.job = None
+            end_job(dom, job)
             self._unlink(created)
             log.warning("domain %s: revert to %s failed after the guest was stopped: %s",
                         dom.name, snap.name, error.message)
@@ -177,9 +178,13 @@ class RevertOps(SnapshotOps):
                 stopped()
 
         def stopped(_: Any = None) -> None:
+            # the guest's stop ended the job: the revert's again until its files are
+            # written (a start, a snapshot call would build on the disks as they were)
+            if dom.job is None:
+                dom.job = job
             # failed: the definitions were left as they were
-            then(self.point_disks(dom, moves), lambda exc: fail_stopped(exc, pointed=False),
-                 pointed)
+            then(self.point_disks(dom, moves, job),
+                 lambda exc: fail_stopped(exc, pointed=False), pointed)
 
         def pointed() -> None:
             meta.current = snap.name
@@ -188,7 +193,7 @@ class RevertOps(SnapshotOps):
                  lambda: reverted(garbage))
 
         def reverted(garbage: list[Path]) -> None:
-            dom.job = None
+            end_job(dom, job)
             self._unlink(garbage)
             audit_log.info("appliance snapshot domain=%r uuid=%s revert=%r", dom.name,
                            dom.uuid, snap.name)
@@ -207,7 +212,7 @@ class RevertOps(SnapshotOps):
             started.chain(out, lambda _: Empty())
 
         # what can fail first, while the guest runs on: the frozen images are only read
-        dom.job = "snapshot-revert"
+        dom.job = job
         steps = []
         for target, d in snap.disks.items():
             overlay = self._overlay_path(dom, target, f"{snap.name}-revert")
