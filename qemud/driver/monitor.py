@@ -10,10 +10,13 @@ error text.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
+import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qemud.dispatch import Deferred
@@ -53,10 +56,15 @@ class Monitor:
         self.sock: socket.socket | None = None
         self.qmp = QMPProtocol()
         self._out = bytearray()
+        #: bytes sent so far on this connection: where ``_out`` starts in the stream
+        self._sent = 0
+        #: (stream offset of a command, the descriptors that go with its first byte):
+        #: duplicates this monitor owns until they are sent (SCM_RIGHTS) or it closes
+        self._fds: deque[tuple[int, list[int]]] = deque()
         self._pending: dict[int, tuple[Deferred, str]] = {}
         self._ready = Deferred()
         # commands issued before the negotiation ended, sent (in order) once it has
-        self._queued: list[tuple[str, Mapping[str, Any] | None, Deferred]] = []
+        self._queued: list[tuple[str, Mapping[str, Any] | None, Deferred, list[int]]] = []
         self._ready.add_done_callback(self._release_queued)
         self._retry: Timer | None = None
         self.closed = False
@@ -109,12 +117,14 @@ class Monitor:
     # -- commands ------------------------------------------------------------------------
 
     def execute(self, command: str, arguments: Mapping[str, Any] | None = None,
-                timeout: float | None = None) -> Deferred:
+                timeout: float | None = None, fds: Sequence[int] = ()) -> Deferred:
         """Send ``command``; resolves with QMP's ``return`` value.
 
         A command issued while the monitor is still connecting or negotiating (a guest
         re-attached after a daemon restart is reported running before its monitor is)
         waits for the negotiation and fails with its error; ``timeout`` counts from now.
+        ``fds`` go to QEMU with the command (SCM_RIGHTS), as ``getfd`` wants them: the
+        monitor sends duplicates, so the caller keeps (and closes) its own.
         """
         result = Deferred()
         if self.closed:
@@ -124,38 +134,51 @@ class Monitor:
             timer = self.loop.call_later(timeout, lambda: result.fail(OperationTimeout(
                 f"QEMU did not answer {command} within {timeout:g} s")))
             result.add_done_callback(lambda d: timer.cancel())
+        try:
+            owned = [os.dup(fd) for fd in fds]
+        except OSError as exc:
+            result.fail(OperationFailed(f"cannot pass a file to QEMU for {command}: "
+                                        f"{exc.strerror or exc}"))
+            return result
         if self._ready.done:
-            self._send(command, arguments, result)
+            self._send(command, arguments, result, owned)
         else:
-            self._queued.append((command, arguments, result))
+            self._queued.append((command, arguments, result, owned))
         return result
 
     def _release_queued(self, ready: Deferred) -> None:
         """Negotiation ended: send what waited for it, or fail it with the reason."""
         queued, self._queued = self._queued, []
-        for command, arguments, result in queued:
+        for command, arguments, result, fds in queued:
             if ready.error is not None:
+                _close_all(fds)
                 result.fail(ready.error)
             else:
-                self._send(command, arguments, result)
+                self._send(command, arguments, result, fds)
 
     def _send(self, command: str, arguments: Mapping[str, Any] | None,
-              result: Deferred) -> None:
+              result: Deferred, fds: list[int]) -> None:
         if result.done:
+            _close_all(fds)
             return  # timed out while the monitor was negotiating
         if self.closed or self.sock is None:
+            _close_all(fds)
             result.fail(OperationFailed(f"QEMU monitor of {self.name} is not connected"))
             return
         try:
             cmd_id, data = self.qmp.command(command, arguments)
         except (QemuError, ValueError, TypeError) as exc:
+            _close_all(fds)
             result.fail(OperationFailed(f"cannot send {command} to QEMU: {exc}"))
             return
         self._pending[cmd_id] = (result, command)
         if self.log.isEnabledFor(logging.DEBUG):  # (set_password's: not in the log file)
             shown = {k: "***" if k == "password" else v for k, v in arguments.items()} \
                 if arguments else ""
-            self.log.debug("--> %s %s", command, shown)
+            self.log.debug("--> %s %s%s", command, shown,
+                           f" (with {len(fds)} file descriptor(s))" if fds else "")
+        if fds:
+            self._fds.append((self._sent + len(self._out), fds))
         self._write(data)
 
     def _write(self, data: bytes) -> None:
@@ -166,14 +189,26 @@ class Monitor:
         if self.sock is None:
             return
         while self._out:
+            # a command with descriptors starts a sendmsg of its own, which carries them;
+            # no sendmsg goes past the start of the next such command
+            fds = self._fds[0][1] if self._fds and self._fds[0][0] == self._sent else None
+            marks = [at for at, _ in itertools.islice(self._fds, 1 if fds else 0, None)]
+            data = self._out[:marks[0] - self._sent] if marks else self._out
             try:
-                sent = self.sock.send(self._out)
+                if fds is not None:
+                    sent = socket.send_fds(self.sock, [bytes(data)], fds)
+                else:
+                    sent = self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self._closed(f"write to QEMU monitor failed: {exc}")
                 return
+            if fds is not None and sent:
+                self._fds.popleft()
+                _close_all(fds)  # (QEMU has its own now)
             del self._out[:sent]
+            self._sent += sent
         self.loop.add(self.sock.fileno(), READ | (WRITE if self._out else 0), self._on_io)
 
     # -- receiving -----------------------------------------------------------------------
@@ -235,6 +270,7 @@ class Monitor:
             self.loop.remove(self.sock.fileno())
             self.sock.close()
             self.sock = None
+        self._drop_fds()
         pending, self._pending = self._pending, {}
         for deferred, command in pending.values():
             deferred.fail(OperationFailed(f"{command}: {reason}"))
@@ -251,8 +287,21 @@ class Monitor:
             self.sock.close()
             self.sock = None
         self.closed = True
+        self._drop_fds()
         queued, self._queued = self._queued, []
-        pending = list(self._pending.values()) + [(d, c) for c, _, d in queued]
+        for *_, fds in queued:
+            _close_all(fds)
+        pending = list(self._pending.values()) + [(d, c) for c, _, d, _ in queued]
         self._pending = {}
         for deferred, command in pending:
             deferred.fail(OperationFailed(f"{command}: monitor detached"))
+
+    def _drop_fds(self) -> None:
+        """Close the duplicates of descriptors never sent (the monitor is gone)."""
+        while self._fds:
+            _close_all(self._fds.popleft()[1])
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

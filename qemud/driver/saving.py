@@ -1,11 +1,16 @@
 """A guest's memory state in a file: DOMAIN_SAVE / DOMAIN_RESTORE (a file the user
 names) and libvirt's managed save (a file the daemon keeps per domain).
 
-A save is a QMP migration to a file (``exec:cat >> <partial>``) behind a header that
-holds the domain XML; a restore starts QEMU with ``-incoming defer`` and feeds it the
+A save is a QMP migration to a file behind a header that holds the domain XML: the
+daemon opens the file and passes QEMU a descriptor (``getfd``, ``migrate fd:NAME``), so
+that QEMU writes it itself and every byte is in it once QEMU reports the migration
+complete (``exec:cat >> FILE`` would leave the last bytes to a child QEMU kills 10 ms
+after closing its pipe). A restore starts QEMU with ``-incoming defer`` and feeds it the
 file from the end of the header (``exec:tail -c +N``). The file is written under a
-temporary name and renamed once complete, so a crash never leaves a half-written image
-under the final name, and a failed save leaves the guest as it was.
+temporary name, fsynced (off the loop), renamed once complete and its directory synced
+before the guest is stopped, so a crash never leaves a half-written image under the
+final name, a power cut never takes the only copy of a stopped guest's state, and a
+failed save leaves the guest as it was.
 
 Managed save (virDomainManagedSave and friends), as libvirt's QEMU driver does it:
 
@@ -78,6 +83,7 @@ from .domain import DomainObj, StopIntent
 from .flags import check_flags
 from .jobs import MIGRATING
 from .stats import QMP_TIMEOUT
+from .store import sync_directory_async
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -87,6 +93,8 @@ __all__ = ["Saving", "SaveImage", "read_image", "SAVE_MAGIC", "MANAGED_SAVE_MAGI
 
 log = logging.getLogger(__name__)
 
+#: the name a save's file descriptor has in QEMU (``getfd``), for ``migrate fd:<name>``
+SAVE_FD_NAME = "qemud-save"
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
 _RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
@@ -418,6 +426,8 @@ class Saving:
             dom.job, dom.job_file = None, ""
             dom.device_waiters.pop("__migration__", None)
             discard(self.driver.loop, [partial])
+            if dom.monitor is not None:  # (QEMU's copy, if the migration did not take it)
+                dom.monitor.execute("closefd", {"fdname": SAVE_FD_NAME})
             # the save stopped the vCPUs (its STOP is not a state change: dom.job was set)
             if was_running and dom.monitor is not None:
                 dom.monitor.execute("cont")
@@ -434,20 +444,35 @@ class Saving:
             # where before it would undo it and remove the file.
             dom.job_target = str(target)
             self.lifecycle.save_status(dom)
+            # on disk before the guest is stopped: a power cut must not take the only
+            # copy of its state with the page cache (the fsync waits off the loop)
+            self._sync(partial).add_done_callback(synced)
+
+        def synced(d: Deferred) -> None:
+            if d.error is not None:  # the guest is not stopped yet: it goes on as it was
+                dom.job_target = ""
+                fail(d.error)
+                return
             moved = self._move_complete(dom, partial, target)
-            if moved is not None:  # the guest is not stopped yet: it goes on as it was
+            if moved is not None:
                 dom.job_target = ""
                 fail(OperationFailed(f"cannot finish save file {target}: {moved}"))
                 return
-            stopped = self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED,
-                                                             StoppedDetail.SAVED))
+            assert self.driver.fsync is not None
+            sync_directory_async(self.driver.fsync, target, stop)
 
-            def stopped_as_saved(_: Deferred) -> None:
-                dom.job_file = dom.job_target = ""
-                if saved is not None:
-                    saved()
-                out.resolve(Empty())
-            stopped.add_done_callback(stopped_as_saved)
+        def stop() -> None:
+            if not dom.active:  # (destroyed meanwhile: the file holds its state all the same)
+                stopped_as_saved(Deferred.resolved(None))
+                return
+            self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED, StoppedDetail.SAVED)
+                                   ).add_done_callback(stopped_as_saved)
+
+        def stopped_as_saved(_: Deferred) -> None:
+            dom.job_file = dom.job_target = ""
+            if saved is not None:
+                saved()
+            out.resolve(Empty())
 
         finished.add_done_callback(migrated)
 
@@ -457,10 +482,48 @@ class Saving:
                 return
             monitor.execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "events", "state": True}]})
-            migrate = monitor.execute("migrate", {
-                "uri": "exec:cat >> " + shlex.quote(str(partial))})
-            migrate.add_done_callback(lambda m: fail(m.error) if m.error else None)
+            # QEMU writes the file itself, through a descriptor of ours: when it reports
+            # the migration complete, every byte is in the file (a ``cat`` child, as
+            # ``exec:`` would run, could still hold some, and QEMU kills it on close)
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except OSError as exc:
+                fail(OperationFailed(f"cannot open save file {partial}: "
+                                     f"{exc.strerror or exc}"))
+                return
+            try:
+                passed = monitor.execute("getfd", {"fdname": SAVE_FD_NAME}, fds=[fd])
+            finally:
+                os.close(fd)
+
+            def got_fd(g: Deferred) -> None:
+                if g.error is not None:
+                    fail(g.error)
+                    return
+                monitor.execute("migrate", {"uri": f"fd:{SAVE_FD_NAME}"}).add_done_callback(
+                    lambda m: fail(m.error) if m.error else None)
+            passed.add_done_callback(got_fd)
         monitor.execute("stop").add_done_callback(paused)
+        return out
+
+    def _sync(self, path: Path) -> Deferred:
+        """fsync ``path`` off the loop; fails with OperationFailed naming it."""
+        out = Deferred()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            out.fail(OperationFailed(f"cannot sync save file {path}: {exc.strerror or exc}"))
+            return out
+
+        def synced(error: OSError | None) -> None:
+            os.close(fd)
+            if error is not None:
+                out.fail(OperationFailed(f"cannot sync save file {path}: "
+                                         f"{error.strerror or error}"))
+            else:
+                out.resolve(None)
+        assert self.driver.fsync is not None
+        self.driver.fsync.fsync(fd, synced)
         return out
 
     def _move_complete(self, dom: DomainObj, partial: Path, target: Path) -> str | None:
@@ -488,6 +551,10 @@ class Saving:
         not there yet, and a managed save is known as one. The caller stops QEMU if it
         still runs, as the save would have (shut off, saved)."""
         partial, target = Path(job_file), Path(job_target)
+        for path in (partial, target):  # (a rare path: synced here, at start-up)
+            if os.path.lexists(path):
+                _sync_now(path)
+                break
         if os.path.lexists(partial) and self._move_complete(dom, partial, target) is not None:
             log.error("domain %s: its saved state is in %s", dom.name, partial)
             return
@@ -699,6 +766,19 @@ def _save_temp(target: Path) -> Path:
     daemon's in the same directory (the final rename stays on one file system), never
     a file the user could have named (``target.part`` could be theirs)."""
     return target.with_name(f".{target.name}.qemud-save-{os.getpid()}.part")
+
+
+def _sync_now(path: Path) -> None:
+    """fsync ``path`` in place (start-up's finishing of a save a killed daemon left);
+    a failure is logged: the file is what there is of the guest's state."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.error("cannot sync save file %s: %s", path, exc.strerror or exc)
 
 
 def _write_new(path: Path, data: bytes) -> None:

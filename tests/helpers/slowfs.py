@@ -8,7 +8,10 @@ which asks this process, a passthrough to a backing directory (``mfusepy`` over
 ``libfuse3``). What it adds: while the test says "hold", every fsync (of a file or a
 directory) waits until the test says "pass" (it then fsyncs the backing file), "let"
 (the ones waiting go on, later ones wait again; "let PATH": those of one path) or
-"fail" (it returns EIO), and the test can ask which paths are waiting.
+"fail" (it returns EIO), and the test can ask which paths are waiting. Writes have a
+gate of their own ("writes hold", "writes pass", "writes fail", "writes held"), which
+applies to writes at or past an offset ("writes from N"): a QEMU writing a save image
+through a descriptor of the daemon's is held, or fails, after the daemon's header.
 
 Run as ``python -m tests.helpers.slowfs BACKING MOUNTPOINT CONTROL_SOCKET``;
 :class:`SlowFS` does that, and unmounts at exit. Root only (mount(2) without
@@ -97,6 +100,10 @@ def _serve(backing: str, mountpoint: str, control: str) -> None:
     import mfusepy as fuse
 
     gate = _Gate()
+    #: the same for writes at or past an offset (``writes from N``: 0 by default), so
+    #: that a file's first bytes (a save image's header) go through
+    writes = _Gate()
+    writes_from = [0]
 
     class Passthrough(fuse.Operations):  # type: ignore[misc]
         use_ns = True
@@ -121,6 +128,10 @@ def _serve(backing: str, mountpoint: str, control: str) -> None:
             return os.pread(fh, size, offset)
 
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+            if offset >= writes_from[0]:
+                failure = writes.wait(path)
+                if failure:
+                    raise fuse.FuseOSError(failure)
             return os.pwrite(fh, data, offset)
 
         def release(self, path: str, fh: int) -> int:
@@ -185,8 +196,16 @@ def _serve(backing: str, mountpoint: str, control: str) -> None:
             conn, _ = listener.accept()
             with conn, conn.makefile("rw") as stream:
                 for line in stream:
-                    stream.write(gate.command(line.strip()) + "\n")
+                    stream.write(command(line.strip()) + "\n")
                     stream.flush()
+
+    def command(line: str) -> str:
+        if line.startswith("writes from "):
+            writes_from[0] = int(line[len("writes from "):])
+            return "ok"
+        if line.startswith("writes "):
+            return writes.command(line[len("writes "):])
+        return gate.command(line)
 
     threading.Thread(target=controller, daemon=True).start()
     fuse.FUSE(Passthrough(), mountpoint, foreground=True, nothreads=False,
@@ -250,6 +269,30 @@ class SlowFS:
         reply = self._command("held")
         return reply.split("\t") if reply else []
 
+    def hold_writes(self, from_offset: int = 1) -> None:
+        """From now on every write at or past ``from_offset`` waits, as fsyncs do with
+        :meth:`hold` (the first bytes of a file, a save image's header, go through)."""
+        assert self._command(f"writes from {from_offset}") == "ok"
+        assert self._command("writes hold") == "ok"
+
+    def release_writes(self) -> None:
+        """Let the held writes (and all later ones) complete."""
+        assert self._command("writes pass") == "ok"
+
+    def fail_writes(self, from_offset: int = 1) -> None:
+        """Fail every write at or past ``from_offset`` with EIO (the held ones too)."""
+        assert self._command(f"writes from {from_offset}") == "ok"
+        assert self._command("writes fail") == "ok"
+
+    def wait_held_write(self, timeout: float = 60.0) -> list[str]:
+        """The paths of the held writes, once one waits."""
+        deadline = time.monotonic() + timeout
+        while not (held := self._command("writes held")):
+            if time.monotonic() > deadline:
+                raise AssertionError("no write was held")
+            time.sleep(0.01)
+        return held.split("\t")
+
     def wait_held(self, count: int = 1, timeout: float = 20.0) -> list[str]:
         """The held paths once at least ``count`` fsyncs wait."""
         deadline = time.monotonic() + timeout
@@ -263,6 +306,7 @@ class SlowFS:
         if self._control is not None:
             try:
                 self._command("pass")
+                self._command("writes pass")
             except OSError:
                 pass
             self._control.close()

@@ -2,14 +2,15 @@
 
 Jobs are held in progress with no timing games: the daemon's ``qemu-img`` (an offline
 backup's convert, a live qcow2 backup's target create, an offline snapshot-delete's
-commit) and a save's ``cat`` are wrappers that wait while a hold file exists
-(tests/helpers/held_qemu_img.py); QEMU's own backup jobs are slowed down by the
+commit) is a wrapper that waits while a hold file exists
+(tests/helpers/held_qemu_img.py), and a save's image goes to a FUSE file system whose
+writes past the daemon's header wait while the test holds them
+(tests/helpers/slowfs.py); QEMU's own backup jobs are slowed down by the
 ``QEMUD_TEST_JOB_SPEED`` test hook so that they run while the test looks at them.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.helpers.daemon import (
     wait_for,
 )
 from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import guest_xml
@@ -43,20 +45,16 @@ NO_JOB = "Requested operation is not valid: no job is active on the domain"
 
 
 @pytest.fixture(scope="module")
-def tools(tmp_path_factory: pytest.TempPathFactory) -> tuple[HeldQemuImg, HeldQemuImg]:
-    """The daemon's held ``qemu-img`` and ``cat`` (each with its own hold file)."""
-    return (HeldQemuImg.install(tmp_path_factory.mktemp("held-qemu-img")),
-            HeldQemuImg.install(tmp_path_factory.mktemp("held-cat"), "cat"))
+def tool(tmp_path_factory: pytest.TempPathFactory) -> HeldQemuImg:
+    """The daemon's held ``qemu-img``."""
+    return HeldQemuImg.install(tmp_path_factory.mktemp("held-qemu-img"))
 
 
 @pytest.fixture(scope="module")
-def qemud(tmp_path_factory: pytest.TempPathFactory,
-          tools: tuple[HeldQemuImg, HeldQemuImg]) -> Iterator[DaemonProcess]:
-    qemu_img, cat = tools
-    path = os.pathsep.join([str(qemu_img.bin_dir), str(cat.bin_dir),
-                            os.environ.get("PATH", "")])
+def qemud(tmp_path_factory: pytest.TempPathFactory, tool: HeldQemuImg
+          ) -> Iterator[DaemonProcess]:
     daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-jobs"),
-                           env={"PATH": path, "QEMUD_TEST_JOB_SPEED": str(SPEED)})
+                           env={"PATH": tool.path_env(), "QEMUD_TEST_JOB_SPEED": str(SPEED)})
     with serving(daemon):
         yield daemon
 
@@ -68,16 +66,10 @@ def conn(qemud: DaemonProcess) -> Iterator[client.Connection]:
 
 
 @pytest.fixture
-def held(tools: tuple[HeldQemuImg, HeldQemuImg]) -> Iterator[HeldQemuImg]:
+def held(tool: HeldQemuImg) -> Iterator[HeldQemuImg]:
     """The held ``qemu-img``, released after the test."""
-    yield tools[0]
-    tools[0].release()
-
-
-@pytest.fixture
-def held_cat(tools: tuple[HeldQemuImg, HeldQemuImg]) -> Iterator[HeldQemuImg]:
-    yield tools[1]
-    tools[1].release()
+    yield tool
+    tool.release()
 
 
 def shell(qemud: DaemonProcess, *args: str) -> tuple[int, list[str], str]:
@@ -288,22 +280,23 @@ def test_snapshot_delete_cannot_be_aborted(conn: client.Connection, qemud: Daemo
 
 
 def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: TestGuest,
-                    tmp_path: Path, held_cat: HeldQemuImg) -> None:
-    """The save's migration waits on its held ``cat``: the abort cancels the migration;
+                    tmp_path: Path, slowfs: SlowFS) -> None:
+    """The save's migration waits on its held writes: the abort cancels the migration;
     the save fails saying so, the guest runs on, no file is left."""
     g = Guest(conn, test_guest, "jobs-save", tmp_path, "").boot()
-    saves = tmp_path / "saves"
+    saves = slowfs.mount / "saves"
     saves.mkdir()
     try:
         dom = g.dom
-        held_cat.start_holding()
+        # past the first MiB: QEMU is through its set-up then (the RAM figures)
+        slowfs.hold_writes(from_offset=1 << 20)
         thread, outcome = in_thread(
             lambda: qemud.connect().lookup_by_name("jobs-save").save(str(saves / "g.sav")))
-        wait_for(held_cat.held.exists, 60, message="the save's cat held")
+        slowfs.wait_held_write()
         info = dom.job_info()
         assert (info.type, info.operation) == (JobType.UNBOUNDED, JobOperation.SAVE)
         # query-migrate's RAM figures: QEMU has none while the migration is still in its
-        # 'setup' state, which can outlast the start of the cat by a few ms
+        # 'setup' state, which can outlast its first write by a few ms
         info = wait_for(lambda: (lambda i: i if i.data_total else None)(dom.job_info()),
                         30, message="the save's RAM figures")
         assert (info.type, info.operation) == (JobType.UNBOUNDED, JobOperation.SAVE)
@@ -312,7 +305,7 @@ def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: T
         assert out[5].startswith("Data total:       "), out
 
         dom.abort_job()
-        held_cat.release()
+        slowfs.release_writes()  # (the cancel takes once QEMU's write returns)
         thread.join(60)
         assert isinstance(outcome.get("error"), client.OperationFailed), outcome
         assert outcome["error"].message == (
@@ -323,5 +316,5 @@ def test_abort_save(conn: client.Connection, qemud: DaemonProcess, test_guest: T
         assert dom.job_info().type == JobType.NONE
         g.command("ping", r"QEMUD-PONG")
     finally:
-        held_cat.release()
+        slowfs.release_writes()
         g.close()

@@ -33,7 +33,7 @@ from tests.helpers.daemon import (
     stop_destroying_guests,
     wait_for,
 )
-from tests.helpers.held_qemu_img import HeldQemuImg
+from tests.helpers.slowfs import SlowFS
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.guest import BootedGuest as Guest
@@ -43,17 +43,17 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def held_cat(tmp_path_factory: pytest.TempPathFactory) -> HeldQemuImg:
-    return HeldQemuImg.install(tmp_path_factory.mktemp("held-cat"), "cat")
-
-
-@pytest.fixture(scope="module")
-def qemud(tmp_path_factory: pytest.TempPathFactory, held_cat: HeldQemuImg
-          ) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-msave"),
-                           env={"PATH": held_cat.path_env()})
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-msave"))
     with serving(daemon):
         yield daemon
+
+
+def on_slow_state(tmp_path: Path, slowfs: SlowFS) -> DaemonProcess:
+    """A daemon whose state directory (the managed save images in ``save/``) is on the
+    FUSE file system, whose writes past a file's first byte the test holds or fails
+    (QEMU's, of the image, after the daemon's header)."""
+    return DaemonProcess(tmp_path / "d", {"paths": {"state_dir": str(slowfs.mount / "state")}})
 
 
 def image(daemon: DaemonProcess, name: str) -> Path:
@@ -234,20 +234,28 @@ def test_read_only_connection(qemud: DaemonProcess, guest: Guest) -> None:
     assert guest.dom.has_managed_save()
 
 
-def test_failed_managedsave_leaves_no_image(qemud: DaemonProcess, guest: Guest,
-                                             held_cat: HeldQemuImg) -> None:
-    """The migration to the image fails: the guest runs on, and no file (half or not)
-    is left where an image would be found."""
-    held_cat.fail.touch()
+def test_failed_managedsave_leaves_no_image(tmp_path: Path, test_guest: TestGuest,
+                                             slowfs: SlowFS) -> None:
+    """The migration to the image fails (QEMU's writes get EIO): the guest runs on, and
+    no file (half or not) is left where an image would be found."""
+    daemon = on_slow_state(tmp_path, slowfs)
+    daemon.start()
     try:
-        with pytest.raises(client.QemudClientError):
-            guest.dom.managed_save()
+        with daemon.connect() as conn:
+            g = Guest(conn, test_guest, "ms-fails", tmp_path)
+            try:
+                slowfs.fail_writes()
+                with pytest.raises(client.QemudClientError):
+                    g.dom.managed_save()
+                assert g.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+                assert not g.dom.has_managed_save()
+                assert after_discards(slowfs.mount / "state" / "save") == []
+                g.uptime()
+            finally:
+                g.serial.close()
     finally:
-        held_cat.fail.unlink(missing_ok=True)
-    assert guest.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
-    assert not guest.dom.has_managed_save()
-    assert after_discards(qemud.state_dir / "save") == []
-    guest.uptime()
+        slowfs.release_writes()
+        stop_destroying_guests(daemon)
 
 
 def test_corrupt_image_is_reported_and_kept(qemud: DaemonProcess, guest: Guest) -> None:
@@ -317,17 +325,18 @@ def test_image_survives_restart_define_and_autostart_resumes(
 
 
 def test_daemon_killed_during_managedsave_leaves_no_image(
-        tmp_path: Path, test_guest: TestGuest, held_cat: HeldQemuImg) -> None:
-    """kill -9 while the managed save's migration waits on its (held) writer: the
+        tmp_path: Path, test_guest: TestGuest, slowfs: SlowFS) -> None:
+    """kill -9 while the managed save's migration waits on its (held) writes: the
     restarted daemon cancels it and resumes the guest; its partial file is gone, and no
     image is left to be found."""
-    daemon = DaemonProcess(tmp_path / "d", env={"PATH": held_cat.path_env()})
+    daemon = on_slow_state(tmp_path, slowfs)
+    saves = slowfs.mount / "state" / "save"
     daemon.start()
     g = None
     try:
         with daemon.connect() as conn:
             g = Guest(conn, test_guest, "ms-killed", tmp_path)
-            held_cat.start_holding()
+            slowfs.hold_writes()
             errors: list[BaseException] = []
 
             def save() -> None:
@@ -338,23 +347,24 @@ def test_daemon_killed_during_managedsave_leaves_no_image(
                     errors.append(exc)
             saving = threading.Thread(target=save)
             saving.start()
-            wait_for(held_cat.held.exists, timeout=60, message="the save's cat held")
-            assert [p.name for p in (daemon.state_dir / "save").iterdir()] == \
-                [".ms-killed.part"]
+            slowfs.wait_held_write()
+            assert [p.name for p in saves.iterdir()] == [".ms-killed.part"]
             daemon.kill()
             saving.join(30)
             assert errors  # the save never completed
         daemon.start()
+        # (QEMU's migration thread waits in its write: the cancel takes once it returns)
+        slowfs.release_writes()
         with daemon.connect() as conn:
             dom = conn.lookup_by_name("ms-killed")
             g.dom = dom
             wait_for(lambda: dom.state() == (DomainState.RUNNING, RunningReason.BOOTED),
                      timeout=30, message="the guest running again")
             assert not dom.has_managed_save()
-            assert after_discards(daemon.state_dir / "save") == []
+            assert after_discards(saves) == []
             g.uptime()
     finally:
-        held_cat.release()
+        slowfs.release_writes()
         if g is not None:
             g.serial.close()
         stop_destroying_guests(daemon)

@@ -3,11 +3,14 @@
 What these pin down: a command issued before the monitor has finished connecting and
 negotiating (a re-attached guest is reported running before its monitor is) waits for
 the negotiation instead of being refused, and fails with a clear reason when the
-negotiation never completes.
+negotiation never completes; a file descriptor given with a command (a save's image,
+``getfd``) reaches QEMU with that command, and the monitor's duplicate is closed once
+sent or when the monitor goes.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -117,3 +120,57 @@ def test_queued_command_times_out_and_detaching_fails_the_rest(
     monitor.close()  # detached while still connecting (daemon shutdown, guest stopped)
     assert isinstance(waiting.error, OperationFailed)
     assert waiting.error.detail == "query-name: monitor detached"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_file_descriptor_goes_to_qemu_with_its_command(
+        loop: EventLoop, tmp_path: Path) -> None:
+    """``getfd`` with a descriptor (SCM_RIGHTS), queued behind other commands while the
+    monitor negotiates: QEMU has it under its name (``closefd`` finds it once, then not),
+    the caller's own descriptor stays open, and the monitor's duplicate is closed once
+    sent."""
+    sock = tmp_path / "qmp.sock"
+    monitor = new_monitor(loop, sock, [])
+    proc = start_qemu(sock)
+    fd = os.open(tmp_path / "image", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        before = open_fds()
+        ready = monitor.connect(10.0, alive=lambda: proc.poll() is None)
+        first = monitor.execute("query-status")
+        passed = monitor.execute("getfd", {"fdname": "image"}, fds=[fd])
+        # right behind it: each descriptor goes with its own command's bytes
+        second = monitor.execute("getfd", {"fdname": "second"}, fds=[fd])
+        closed = monitor.execute("closefd", {"fdname": "image"})
+        closed_second = monitor.execute("closefd", {"fdname": "second"})
+        again = monitor.execute("closefd", {"fdname": "image"})
+        run_until(loop, ready, first, passed, second, closed, closed_second, again)
+        assert first.error is None and passed.error is None and second.error is None
+        assert closed.error is None and closed_second.error is None
+        assert again.error is not None and "image" in again.error.message
+        assert open_fds() == before + 1  # the monitor's socket; its duplicate is closed
+        monitor.close()
+        assert open_fds() == before
+        os.fstat(fd)  # (still the caller's)
+    finally:
+        os.close(fd)
+        monitor.close()
+        stop_process(proc)
+
+
+def test_a_descriptor_never_sent_is_closed_with_the_monitor(
+        loop: EventLoop, tmp_path: Path) -> None:
+    monitor = new_monitor(loop, tmp_path / "no-qemu.sock", [])
+    fd = os.open(tmp_path / "image", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        before = open_fds()
+        monitor.connect(10.0)  # (no QEMU: it keeps trying)
+        passed = monitor.execute("getfd", {"fdname": "image"}, fds=[fd])
+        assert open_fds() == before + 1  # the monitor's duplicate, queued
+        monitor.close()
+        assert passed.error is not None
+        assert open_fds() == before
+    finally:
+        os.close(fd)

@@ -1,7 +1,9 @@
 """Saves that do not complete: the guest is left as it was, no file is left behind, and
 a daemon killed during a save cancels it when it comes back (as libvirt does when it
-re-attaches during a save job). Real QEMU guests under TCG; the save's ``exec:cat`` is a
-held wrapper (tests/helpers/held_qemu_img.py) that a test can hold or make fail."""
+re-attaches during a save job). Real QEMU guests under TCG. QEMU writes the image itself,
+through a descriptor the daemon passes it (``getfd``, ``migrate fd:``); the saves go to
+a FUSE file system whose writes past the daemon's header the test holds or fails
+(tests/helpers/slowfs.py), and whose fsync of the complete image it can hold too."""
 
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from tests.helpers.daemon import (
     stop_destroying_guests,
     wait_for,
 )
-from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.procs import wait_exited
+from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
 from tests.integration.guest import BootedGuest
 
@@ -32,25 +35,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def held_cat(tmp_path_factory: pytest.TempPathFactory) -> HeldQemuImg:
-    return HeldQemuImg.install(tmp_path_factory.mktemp("held-cat"), "cat")
-
-
-@pytest.fixture(scope="module")
-def qemud(tmp_path_factory: pytest.TempPathFactory, held_cat: HeldQemuImg
-          ) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-save"),
-                           env={"PATH": held_cat.path_env()})
+def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("qemud-save"))
     with serving(daemon):
         yield daemon
 
 
 @pytest.fixture
-def held(held_cat: HeldQemuImg) -> Iterator[HeldQemuImg]:
-    """The ``cat`` wrapper, left neither holding nor failing after the test."""
-    yield held_cat
-    held_cat.release()
-    held_cat.fail.unlink(missing_ok=True)
+def saves(slowfs: SlowFS) -> Path:
+    """A directory for save images on the FUSE file system."""
+    directory = slowfs.mount / "saves"
+    directory.mkdir()
+    return directory
 
 
 def booted(conn: client.Connection, test_guest: TestGuest, name: str, tmp: Path
@@ -65,8 +61,7 @@ def leftovers(directory: Path) -> list[str]:
 
 
 def test_save_to_a_directory_is_refused_before_the_guest_stops(
-        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, held: HeldQemuImg
-        ) -> None:
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path) -> None:
     target = tmp_path / "saves"
     target.mkdir()
     with qemud.connect() as conn:
@@ -84,12 +79,10 @@ def test_save_to_a_directory_is_refused_before_the_guest_stops(
 
 @pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
 def test_failed_save_leaves_the_guest_as_it_was(
-        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, held: HeldQemuImg,
-        paused: bool) -> None:
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path, paused: bool) -> None:
     """The migration fails after the save stopped the vCPUs: a running guest runs again,
     one the user had paused stays paused, and the temp file is gone."""
-    saves = tmp_path / "saves"
-    saves.mkdir()
     with qemud.connect() as conn:
         g = booted(conn, test_guest, f"save-fails-{'paused' if paused else 'running'}",
                   tmp_path)
@@ -97,7 +90,7 @@ def test_failed_save_leaves_the_guest_as_it_was(
             if paused:
                 g.dom.suspend()
             before = g.dom.state()
-            held.fail.touch()
+            slowfs.fail_writes()  # QEMU's, past the daemon's header
             with pytest.raises(client.QemudClientError):
                 g.dom.save(str(saves / "g.sav"))
             assert g.dom.state() == before
@@ -111,19 +104,17 @@ def test_failed_save_leaves_the_guest_as_it_was(
 
 
 def test_daemon_killed_during_save_cancels_it_at_restart(
-        tmp_path: Path, test_guest: TestGuest, held_cat: HeldQemuImg) -> None:
-    """kill -9 while the save's migration waits on its (held) writer: the restarted
+        tmp_path: Path, test_guest: TestGuest, slowfs: SlowFS, saves: Path) -> None:
+    """kill -9 while the save's migration waits on its (held) writes: the restarted
     daemon cancels the migration, resumes the guest and removes the temp file; the
     user's target never appears."""
-    saves = tmp_path / "saves"
-    saves.mkdir()
-    daemon = DaemonProcess(tmp_path / "d", env={"PATH": held_cat.path_env()})
+    daemon = DaemonProcess(tmp_path / "d")
     daemon.start()
     g = None
     try:
         with daemon.connect() as conn:
             g = booted(conn, test_guest, "save-killed", tmp_path)
-            held_cat.start_holding()
+            slowfs.hold_writes()
             errors: list[BaseException] = []
 
             def save() -> None:
@@ -134,12 +125,14 @@ def test_daemon_killed_during_save_cancels_it_at_restart(
                     errors.append(exc)
             saving = threading.Thread(target=save)
             saving.start()
-            wait_for(held_cat.held.exists, timeout=60, message="the save's cat held")
+            slowfs.wait_held_write()
             assert [p.name for p in saves.iterdir()] != []  # its temp file
             daemon.kill()
             saving.join(30)
             assert errors  # the save never completed
         daemon.start()
+        # (QEMU's migration thread waits in its write: the cancel takes once it returns)
+        slowfs.release_writes()
         with daemon.connect() as conn:
             dom = conn.lookup_by_name("save-killed")
             g.dom = dom
@@ -152,7 +145,7 @@ def test_daemon_killed_during_save_cancels_it_at_restart(
             g.close()
             g = None
     finally:
-        held_cat.release()
+        slowfs.release_writes()
         if g is not None:
             g.serial.close()
         stop_destroying_guests(daemon)
@@ -278,18 +271,16 @@ def test_managed_save_image_cannot_be_removed_while_the_guest_stops(
 
 
 def test_a_save_whose_rename_fails_leaves_the_guest_running(
-        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, held: HeldQemuImg
-        ) -> None:
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path) -> None:
     """The target became a directory while the migration ran, so the complete file
     cannot be renamed to it: the save fails as any failed save does (the guest was not
     stopped yet and runs on, the temp file is removed)."""
-    saves = tmp_path / "saves"
-    saves.mkdir()
     target = saves / "g.sav"
     with qemud.connect() as conn:
         g = booted(conn, test_guest, "save-rename-fails", tmp_path)
         try:
-            held.start_holding()
+            slowfs.hold_writes()
             errors: list[BaseException] = []
 
             def save() -> None:
@@ -300,9 +291,9 @@ def test_a_save_whose_rename_fails_leaves_the_guest_running(
                     errors.append(exc)
             saving = threading.Thread(target=save)
             saving.start()
-            wait_for(held.held.exists, timeout=60, message="the save's cat held")
+            slowfs.wait_held_write()
             target.mkdir()
-            held.release()
+            slowfs.release_writes()
             saving.join(60)
             [error] = errors
             assert isinstance(error, client.OperationFailed)
@@ -311,4 +302,56 @@ def test_a_save_whose_rename_fails_leaves_the_guest_running(
             g.answers("after-failed-rename")
             assert leftovers(saves) == ["g.sav"]  # (the directory)
         finally:
+            g.close()
+
+
+def test_the_guest_stops_only_once_its_image_is_on_disk(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path) -> None:
+    """The migration has written the whole image; the guest is stopped only after the
+    image's fsync (waited for off the loop), so a power cut cannot take the only copy of
+    its state with the page cache. Meanwhile other calls are answered."""
+    target = saves / "g.sav"
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, "save-synced", tmp_path)
+        try:
+            slowfs.hold()
+            thread, outcome = in_thread(
+                lambda: qemud.connect().lookup_by_name("save-synced").save(str(target)))
+            [held] = slowfs.wait_held(timeout=60)
+            assert held.startswith("/saves/")  # the complete image, under its temp name
+            assert not target.exists()
+            assert g.dom.state()[0] != DomainState.SHUTOFF  # not stopped yet
+            assert conn.node_info().cpus >= 1
+            slowfs.release()
+            thread.join(60)
+            assert outcome == {"result": None}, outcome
+            assert g.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            assert target.is_file()
+        finally:
+            slowfs.release()
+            g.close()
+
+
+def test_a_save_whose_image_cannot_be_synced_leaves_the_guest_running(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path) -> None:
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, "save-eio", tmp_path)
+        try:
+            slowfs.hold()
+            thread, outcome = in_thread(
+                lambda: qemud.connect().lookup_by_name("save-eio").save(str(saves / "g.sav")))
+            [held] = slowfs.wait_held(timeout=60)
+            slowfs.fail()
+            thread.join(60)
+            error = outcome.get("error")
+            assert isinstance(error, client.OperationFailed), outcome
+            assert str(error) == (f"operation failed: cannot sync save file "
+                                  f"{slowfs.mount}{held}: Input/output error")
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+            g.answers("after-eio")
+            assert leftovers(saves) == []
+        finally:
+            slowfs.release()
             g.close()
