@@ -60,6 +60,7 @@ from .process import (
     proc_cmdline,
     proc_start_ticks,
 )
+from .saving import SAVE_FD_NAME
 from .store import StatusRecord
 from .update import set_link_states
 
@@ -700,8 +701,12 @@ class Lifecycle:
         alive = proc_start_ticks(record.pid) == record.start_ticks and \
             guest_name(proc_cmdline(record.pid)) == record.name
         saved = record.job == "save" and bool(record.job_target)  # its migration completed
+        if saved and alive and not self.driver.saving.sync_completed(
+                dom, record.job_file, record.job_target):
+            saved = False  # not on disk: cancelled below, as a save cut short
         if not alive:
             if saved:  # (QEMU exited as the save asked, or died after the state was out)
+                self.driver.saving.sync_completed(dom, record.job_file, record.job_target)
                 self.driver.saving.finish_completed(dom, record.job_file, record.job_target)
                 reason, detail = ShutoffReason.SAVED, StoppedDetail.SAVED
             else:
@@ -805,6 +810,8 @@ class Lifecycle:
                     "cancelled%s", dom.name,
                     ", the guest resumed" if record.state == DomainState.RUNNING else "")
         monitor.execute("migrate_cancel")
+        # (the descriptor of its file, if QEMU still has it: the migration did not start)
+        monitor.execute("closefd", {"fdname": SAVE_FD_NAME})
         if record.state == DomainState.RUNNING:
             monitor.execute("cont")
         _remove_job_file(self.driver.loop, record)

@@ -83,7 +83,7 @@ from .domain import DomainObj, StopIntent
 from .flags import check_flags
 from .jobs import MIGRATING
 from .stats import QMP_TIMEOUT
-from .store import sync_directory_async
+from .store import fsync_dir, sync_directory_async
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -248,6 +248,9 @@ class Saving:
                     cancelled)
             elif state == "cancelling":
                 out.resolve(Empty())
+            elif state == "completed":  # (the image is being synced: the save finishes)
+                out.fail(OperationFailed(f"cannot abort the save of domain '{dom.name}': "
+                                         "its migration is completed"))
             elif time.monotonic() < deadline and dom.job == "save":
                 self.driver.loop.call_later(_ABORT_RETRY, look)
             else:
@@ -414,15 +417,26 @@ class Saving:
         dom.job, dom.job_file = "save", str(partial)
         self.lifecycle.save_status(dom)  # a restarted daemon undoes it (see _reconnect)
         monitor = dom.monitor
+        process = dom.process
         out = Deferred()
         finished = Deferred()
         dom.device_waiters["__migration__"] = finished
+
+        def gone() -> bool:
+            """The guest stopped since the save began (destroyed, crashed, maybe started
+            again while the image was synced): the save no longer speaks for it."""
+            return dom.process is not process
 
         def fail(error: Any) -> None:
             if dom.uuid in self._aborted:
                 self._aborted.discard(dom.uuid)
                 error = OperationFailed(f"save of domain '{dom.name}' was cancelled: its "
                                         "job was aborted")
+            if gone():  # (its stop reset the job; a new QEMU's state is not this save's)
+                if dom.job_file != str(partial):  # (else a new save's file, same name)
+                    discard(self.driver.loop, [partial])
+                out.fail(error)
+                return
             dom.job, dom.job_file = None, ""
             dom.device_waiters.pop("__migration__", None)
             discard(self.driver.loop, [partial])
@@ -449,6 +463,9 @@ class Saving:
             self._sync(partial).add_done_callback(synced)
 
         def synced(d: Deferred) -> None:
+            if gone():
+                fail(OperationFailed(f"domain '{dom.name}' stopped during its save"))
+                return
             if d.error is not None:  # the guest is not stopped yet: it goes on as it was
                 dom.job_target = ""
                 fail(d.error)
@@ -462,8 +479,9 @@ class Saving:
             sync_directory_async(self.driver.fsync, target, stop)
 
         def stop() -> None:
-            if not dom.active:  # (destroyed meanwhile: the file holds its state all the same)
-                stopped_as_saved(Deferred.resolved(None))
+            if gone():  # (in the directory's fsync: no start may restore this image)
+                discard(self.driver.loop, [target])
+                out.fail(OperationFailed(f"domain '{dom.name}' stopped during its save"))
                 return
             self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED, StoppedDetail.SAVED)
                                    ).add_done_callback(stopped_as_saved)
@@ -551,13 +569,11 @@ class Saving:
         not there yet, and a managed save is known as one. The caller stops QEMU if it
         still runs, as the save would have (shut off, saved)."""
         partial, target = Path(job_file), Path(job_target)
-        for path in (partial, target):  # (a rare path: synced here, at start-up)
-            if os.path.lexists(path):
-                _sync_now(path)
-                break
-        if os.path.lexists(partial) and self._move_complete(dom, partial, target) is not None:
-            log.error("domain %s: its saved state is in %s", dom.name, partial)
-            return
+        if os.path.lexists(partial):
+            if self._move_complete(dom, partial, target) is not None:
+                log.error("domain %s: its saved state is in %s", dom.name, partial)
+                return
+            fsync_dir(target.parent)  # (at start-up: on the loop)
         if not target.is_file():  # (removed by hand since)
             log.error("domain %s: a save had completed when the last daemon stopped, but "
                       "its file %s is gone", dom.name, target)
@@ -566,6 +582,28 @@ class Saving:
             dom.managed_save = True
         log.warning("domain %s: a save had completed when the last daemon stopped: "
                     "finished, the saved state is in %s", dom.name, target)
+
+    def sync_completed(self, dom: DomainObj, job_file: str, job_target: str) -> bool:
+        """At start-up, before :meth:`finish_completed`: fsync the complete image the last
+        daemon was syncing when it stopped (the temp file, or the target if renamed);
+        whether it is on disk. Where it is not (EIO) and its QEMU runs, the caller
+        cancels the save instead, as the daemon would have: the image (renamed or not)
+        is removed, so that no start restores it."""
+        partial, target = Path(job_file), Path(job_target)
+        path = partial if os.path.lexists(partial) else target
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)  # (a rare path, at start-up: on the loop)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("domain %s: cannot sync save file %s: %s", dom.name, path,
+                      exc.strerror or exc)
+            if path == target:
+                discard(self.driver.loop, [target])
+            return False
+        return True
 
     # -- restore -------------------------------------------------------------------------
 
@@ -766,19 +804,6 @@ def _save_temp(target: Path) -> Path:
     daemon's in the same directory (the final rename stays on one file system), never
     a file the user could have named (``target.part`` could be theirs)."""
     return target.with_name(f".{target.name}.qemud-save-{os.getpid()}.part")
-
-
-def _sync_now(path: Path) -> None:
-    """fsync ``path`` in place (start-up's finishing of a save a killed daemon left);
-    a failure is logged: the file is what there is of the guest's state."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        log.error("cannot sync save file %s: %s", path, exc.strerror or exc)
 
 
 def _write_new(path: Path, data: bytes) -> None:

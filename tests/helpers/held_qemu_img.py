@@ -4,8 +4,8 @@
 That keeps a snapshot or backup job of the daemon in progress for as long as the test
 needs (a live snapshot runs ``qemu-img create`` for its overlays), with no timing games.
 Any other command the daemon or its QEMU runs by name works the same way (``install(root,
-"cat")``: a save's ``exec:cat`` migration), and a *fail* file makes the wrapper fail
-instead of running the real command, once released.
+"qemu-system-x86_64")``: a start held before QEMU runs), and a *fail* file makes the
+wrapper fail instead of running the real command, once released.
 """
 
 from __future__ import annotations

@@ -355,3 +355,84 @@ def test_a_save_whose_image_cannot_be_synced_leaves_the_guest_running(
         finally:
             slowfs.release()
             g.close()
+
+
+@pytest.mark.parametrize("synced", [True, False], ids=["synced", "eio"])
+def test_daemon_killed_while_the_image_is_synced(
+        tmp_path: Path, test_guest: TestGuest, slowfs: SlowFS, saves: Path,
+        synced: bool) -> None:
+    """kill -9 while the complete image's fsync waits. The restarted daemon syncs it
+    first: on disk, it finishes the save (the guest shut off as saved, the image at its
+    target); where that fsync fails (EIO), it cancels the save as one cut short (the
+    guest runs on, no image is left to restore)."""
+    target = saves / "g.sav"
+    daemon = DaemonProcess(tmp_path / "d")
+    daemon.start()
+    g = None
+    try:
+        with daemon.connect() as conn:
+            g = booted(conn, test_guest, "save-sync-killed", tmp_path)
+            slowfs.hold()
+            thread, outcome = in_thread(lambda: daemon.connect().lookup_by_name(
+                "save-sync-killed").save(str(target)))
+            slowfs.wait_held(timeout=60)
+            assert daemon.proc is not None
+            daemon.proc.kill()  # (it dies once the kernel's fsync has returned)
+            if synced:
+                slowfs.release()
+            else:
+                slowfs.fail()  # that fsync, and the restarted daemon's
+            daemon.proc.wait()
+            thread.join(30)
+            assert "error" in outcome  # the save never answered
+        daemon.start()
+        with daemon.connect() as conn:
+            dom = conn.lookup_by_name("save-sync-killed")
+            g.dom = dom
+            if synced:
+                wait_for(lambda: dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED),
+                         timeout=30, message="the guest shut off as saved")
+                assert leftovers(saves) == ["g.sav"]
+                g = None
+            else:
+                wait_for(lambda: dom.state() == (DomainState.RUNNING, RunningReason.BOOTED),
+                         timeout=30, message="the guest running again")
+                g.answers("after-failed-sync")
+                assert leftovers(saves) == []
+                assert "cannot sync save file" in daemon.log_text()
+    finally:
+        slowfs.release()
+        if g is not None:
+            g.serial.close()
+        stop_destroying_guests(daemon)
+
+
+def test_a_guest_restarted_while_its_image_is_synced_is_not_saved(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path) -> None:
+    """destroy and start while the image's fsync waits: the save fails (the guest it
+    would stop is not the one it saved), the new guest runs on, and no image is left
+    that a restore would put over its disks."""
+    target = saves / "g.sav"
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, "save-restarted", tmp_path)
+        try:
+            slowfs.hold()
+            thread, outcome = in_thread(lambda: qemud.connect().lookup_by_name(
+                "save-restarted").save(str(target)))
+            slowfs.wait_held(timeout=60)
+            g.dom.destroy()
+            g.dom.create()
+            g.reconnect()
+            g.serial.wait_for("QEMUD-GUEST-READY", timeout=60)
+            slowfs.release()
+            thread.join(60)
+            error = outcome.get("error")
+            assert isinstance(error, client.OperationFailed), outcome
+            assert str(error).endswith("domain 'save-restarted' stopped during its save")
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+            g.answers("the-new-one")
+            assert leftovers(saves) == []
+        finally:
+            slowfs.release()
+            g.close()

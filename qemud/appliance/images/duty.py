@@ -105,7 +105,8 @@ class ImagesDuty:
         it refuses starts, defines, renames, undefines and ``--config`` changes:
         ``Registry.operations``.)"""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
-        require_no_pending_update(self.config, dom, "save the memory state")
+        require_no_pending_update(self.config, dom, "save the memory state",
+                                  self.driver.files)
         return inner(ctx, args)
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:

@@ -24,6 +24,7 @@ from qemud.errors import OperationInvalid
 if TYPE_CHECKING:
     from qemud.config import Config
     from qemud.driver.domain import DomainObj
+    from qemud.driver.filewrites import FileWrites
 
 __all__ = ["STAGING_PREFIX", "STATE_NAME", "SWITCH_KEY", "TARGET_RE", "UNFINISHED_SUFFIX",
            "QCOW2", "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
@@ -256,7 +257,8 @@ def _install_prepared_scratch(dom: DomainObj, disks: dict[str, Any]) -> None:
         log.info("domain %s: scratch disk %s recreated (%s)", dom.name, target, path)
 
 
-def require_no_pending_update(config: Config, dom: DomainObj, what: str) -> None:
+def require_no_pending_update(config: Config, dom: DomainObj, what: str,
+                              files: FileWrites | None = None) -> None:
     """Refuse ``what`` while an A/B appliance update of ``dom`` waits for its
     confirmation (``pending`` in the VM's appliance state, or in the :data:`SWITCH_KEY`
     state of an update being defined, or cut short and not settled yet).
@@ -264,11 +266,13 @@ def require_no_pending_update(config: Config, dom: DomainObj, what: str) -> None
     The update's rollback puts the system disks back on the previous slot, deletes the
     new slot's overlay and recreates the scratch disks: whatever was built on them
     meanwhile (a snapshot, a saved memory state) would then belong to disks that are
-    gone. Nothing changes when this raises.
+    gone. Nothing changes when this raises. With ``files`` (the daemon's writes), a
+    state write in flight is read rather than the file (a confirmation just made).
     """
     path = vms_root(config) / dom.name / STATE_NAME
+    pending = files.newest(path) if files is not None else None
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(pending if pending is not None else path.read_text())
     except FileNotFoundError:
         return
     except (OSError, ValueError) as exc:

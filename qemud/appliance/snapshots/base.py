@@ -203,7 +203,7 @@ class SnapshotOps:
         rollback or factory reset runs on the VM (``Registry.operations``): it defines the
         VM on new disks from a definition read before the snapshot's."""
         self.driver.registry.require_no_operation(dom)
-        require_no_pending_update(self.driver.config, dom, what)
+        require_no_pending_update(self.driver.config, dom, what, self.driver.files)
 
     @staticmethod
     def qemu_img() -> str:
