@@ -702,11 +702,12 @@ class Lifecycle:
             guest_name(proc_cmdline(record.pid)) == record.name
         saved = record.job == "save" and bool(record.job_target)  # its migration completed
         if saved and alive and not self.driver.saving.sync_completed(
-                dom, record.job_file, record.job_target):
+                dom, record.job_file, record.job_target, alive=True):
             saved = False  # not on disk: cancelled below, as a save cut short
         if not alive:
             if saved:  # (QEMU exited as the save asked, or died after the state was out)
-                self.driver.saving.sync_completed(dom, record.job_file, record.job_target)
+                self.driver.saving.sync_completed(dom, record.job_file, record.job_target,
+                                                  alive=False)
                 self.driver.saving.finish_completed(dom, record.job_file, record.job_target)
                 reason, detail = ShutoffReason.SAVED, StoppedDetail.SAVED
             else:

@@ -583,12 +583,14 @@ class Saving:
         log.warning("domain %s: a save had completed when the last daemon stopped: "
                     "finished, the saved state is in %s", dom.name, target)
 
-    def sync_completed(self, dom: DomainObj, job_file: str, job_target: str) -> bool:
+    def sync_completed(self, dom: DomainObj, job_file: str, job_target: str,
+                       alive: bool) -> bool:
         """At start-up, before :meth:`finish_completed`: fsync the complete image the last
         daemon was syncing when it stopped (the temp file, or the target if renamed);
-        whether it is on disk. Where it is not (EIO) and its QEMU runs, the caller
-        cancels the save instead, as the daemon would have: the image (renamed or not)
-        is removed, so that no start restores it."""
+        whether it is on disk. Where it is not (EIO) and its QEMU runs (``alive``), the
+        caller cancels the save instead, as the daemon would have: the image (renamed or
+        not) is removed, so that no start restores it. Where QEMU is gone, the image is
+        all there is of the guest's state: it stays, and the save is finished."""
         partial, target = Path(job_file), Path(job_target)
         path = partial if os.path.lexists(partial) else target
         try:
@@ -600,7 +602,7 @@ class Saving:
         except OSError as exc:
             log.error("domain %s: cannot sync save file %s: %s", dom.name, path,
                       exc.strerror or exc)
-            if path == target:
+            if alive and path == target:
                 discard(self.driver.loop, [target])
             return False
         return True
