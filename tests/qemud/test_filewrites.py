@@ -14,6 +14,7 @@ from qemud.asyncfsync import AsyncFsync
 from qemud.dispatch import Deferred
 from qemud.driver.filewrites import FileWrites
 from qemud.loop import EventLoop
+from tests.helpers.daemon import wait_for
 from tests.helpers.loop import run_for, run_until
 from tests.helpers.slowfs import SlowFS
 
@@ -101,7 +102,9 @@ def test_a_failed_fsync_leaves_the_file_and_the_next_write_lands(
     later = files.write(path, "later", "test record")
     slowfs.wait_held()
     slowfs.fail()
-    run_until(loop, lambda: slowfs.held() == [])  # (its EIO is decided)
+    # its EIO decided; the loop is not turned meanwhile, so the next write's fsync is
+    # asked for only after the release
+    wait_for(lambda: slowfs.held() == [], timeout=10, message="the fsync failed")
     slowfs.release()
     ended(loop, failing)
     assert failing.error is not None
