@@ -113,7 +113,8 @@ class QemuDriver:
         self.hypervisor_version = ".".join(map(str, x86.version)) if x86 else "0.0.0"
         #: fsyncs off the loop (a define's), closed at shutdown
         self.fsync = AsyncFsync(self.loop)
-        #: the appliance layer's records (snapshot metadata), written the same way
+        #: the appliance layer's records (snapshot metadata, VM state, image indexes),
+        #: written the same way
         self.files = FileWrites(self.fsync)
         self.store = DomainStore(paths.domains_dir, paths.autostart_dir, paths.guest_run_dir,
                                  paths.state_dir / "save", self.fsync)

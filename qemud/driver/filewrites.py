@@ -2,7 +2,8 @@
 per file.
 
 The appliance layer keeps small records beside the definitions (a domain's snapshot
-metadata, ``snapshots.json``). Each write is temp file + fsync + rename + fsync of the
+metadata ``snapshots.json``, a deployed VM's ``appliance-state.json``, an imported
+appliance's index). Each write is temp file + fsync + rename + fsync of the
 directory, like a define's (:func:`.store.commit_async`): the temp file is written in the
 call (the page cache; a full disk fails it there, before anything changed), both fsyncs
 wait off the loop, and the returned Deferred resolves once the new file is durable. On a
@@ -12,7 +13,7 @@ loop it stalled every client, QEMU monitor and heartbeat for as long.
 Two writes of one file never overtake each other: a write renames its temp file only
 after the write made before it has ended, whatever its outcome. So the file ends as
 the last write left it, as it would on the loop. Until then the file still holds what
-it held; a reader in the daemon asks :meth:`FileWrites.newest` first, so that what it
+it held; a reader in the daemon reads through :meth:`FileWrites.read_text`, so that what it
 reads, changes and writes back builds on every write made before it (as
 :mod:`.persist` does for definitions: a write that then fails is carried by the next
 one, which was built on it).
@@ -61,6 +62,12 @@ class FileWrites:
         """What the newest write of ``path`` in flight writes; None when none is."""
         write = self._newest.get(path)
         return write.data if write is not None else None
+
+    def read_text(self, path: Path) -> str:
+        """``path`` as the daemon's next read must see it: what the newest write in
+        flight writes, else the file (raising as ``Path.read_text`` does)."""
+        data = self.newest(path)
+        return data.decode() if data is not None else path.read_text()
 
     def settled(self, path: Path) -> Deferred:
         """Resolves (with None) once every write of ``path`` made so far has ended."""

@@ -125,12 +125,11 @@ class ImageOps:
         if settle is None:
             settle = dom.uuid not in self.busy
         # a write in flight is newer than the file, and the one to settle it if need be
-        pending = self.driver.files.newest(path)
+        files = self.driver.files
         try:
-            state = VMState.from_json(pending.decode() if pending is not None
-                                      else path.read_text())
+            state = VMState.from_json(files.read_text(path))
             if state.uuid == dom.uuid and state.switch is not None and settle \
-                    and pending is None:
+                    and not files.pending(path):
                 settled = settle_switch(path, dom, lambda paths: discard(self.loop, paths))
                 if settled is not None:
                     state = VMState.from_dict(settled)

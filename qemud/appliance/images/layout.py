@@ -258,7 +258,7 @@ def _install_prepared_scratch(dom: DomainObj, disks: dict[str, Any]) -> None:
 
 
 def require_no_pending_update(config: Config, dom: DomainObj, what: str,
-                              files: FileWrites | None = None) -> None:
+                              files: FileWrites) -> None:
     """Refuse ``what`` while an A/B appliance update of ``dom`` waits for its
     confirmation (``pending`` in the VM's appliance state, or in the :data:`SWITCH_KEY`
     state of an update being defined, or cut short and not settled yet).
@@ -266,13 +266,12 @@ def require_no_pending_update(config: Config, dom: DomainObj, what: str,
     The update's rollback puts the system disks back on the previous slot, deletes the
     new slot's overlay and recreates the scratch disks: whatever was built on them
     meanwhile (a snapshot, a saved memory state) would then belong to disks that are
-    gone. Nothing changes when this raises. With ``files`` (the daemon's writes), a
-    state write in flight is read rather than the file (a confirmation just made).
+    gone. Nothing changes when this raises. A state write in flight (``files``, the
+    daemon's: a confirmation just made) is read rather than the file.
     """
     path = vms_root(config) / dom.name / STATE_NAME
-    pending = files.newest(path) if files is not None else None
     try:
-        state = json.loads(pending if pending is not None else path.read_text())
+        state = json.loads(files.read_text(path))
     except FileNotFoundError:
         return
     except (OSError, ValueError) as exc:

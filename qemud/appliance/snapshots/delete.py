@@ -142,9 +142,8 @@ class DeleteOps(SnapshotOps):
             out.fail(error)
 
         def marked() -> None:
-            if process is not None and (dom.process is not process or dom.monitor is None
-                                        or dom.monitor.closed
-                                        or dom.stop_intent is not None):
+            if process is not None and (dom.process is not process
+                                        or not _ready_to_merge(dom)):
                 # stopped while the mark was written (its stop ended the job): no merge
                 end_job(dom, job)
                 self._settled(dom, meta, snap, {}, OperationFailed(
@@ -234,8 +233,7 @@ class DeleteOps(SnapshotOps):
         ``_other_domains``), and S's image is neither read-only nor in the appliance
         image store (originals other VMs build on).
         """
-        if dom.active and (dom.monitor is None or dom.monitor.closed
-                           or dom.stop_intent is not None):
+        if dom.active and not _ready_to_merge(dom):
             return MergePlan(why="the guest is not ready or is stopping")
         current = dom.live if dom.active and dom.live is not None else dom.definition
         disks = {d.target_dev: d for d in current.disks if d.device == "disk"}
@@ -649,6 +647,12 @@ class DeleteOps(SnapshotOps):
                                + (f", {above[t]} now reads from it" if t in above else "")
                                for t, top in moved.items()))
         self.events.appliance(dom.ref(), "snapshot-deleted", snap.name)
+
+
+def _ready_to_merge(dom: DomainObj) -> bool:
+    """Whether a running guest can take a live merge: its monitor is up and it is not
+    on its way down."""
+    return dom.monitor is not None and not dom.monitor.closed and dom.stop_intent is None
 
 
 def _started(merge: Merge, d: Deferred) -> None:

@@ -225,9 +225,8 @@ class SnapshotStore:
         that the file lacks (an unplugged disk's image, an interrupted merge) is
         written at once, unless ``record`` is false: the caller removes the file."""
         path = self.index(dom.name)
-        pending = self.files.newest(path)
         try:
-            text = pending.decode() if pending is not None else path.read_text()
+            text = self.files.read_text(path)
         except FileNotFoundError:
             return DomainSnapshots(dom.name, dom.uuid)
         except OSError as exc:
@@ -290,9 +289,9 @@ class SnapshotStore:
     def save(self, meta: DomainSnapshots) -> Deferred:
         """Write ``meta`` as its domain's metadata file. The Deferred resolves once the
         file is durable, its fsyncs having waited off the loop (:mod:`qemud.driver.
-        filewrites`), or fails with OperationFailed, the file as it was. Until then a
-        load still reads the file as it was: an operation keeps its domain's job until
-        its save has ended, so that the next one reads what it wrote."""
+        filewrites`), or fails with OperationFailed, the file as it was. Until then
+        :meth:`load` reads this write, not the file; an operation keeps its domain's
+        job until its save has ended."""
         path = self.index(meta.domain)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
