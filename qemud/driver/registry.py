@@ -81,15 +81,19 @@ class Registry:
         self.writes = PersistentWrites(store, self._by_name.get, self._save_failed)
         #: where a call's writes are handed for its reply to wait on (the dispatcher's)
         self.reply_waits = reply_waits
-        #: domain uuid -> a long operation of the appliance layer that runs on it (an
-        #: image update, rollback or factory reset, "update to demo:2.0"): it stops,
-        #: defines and starts the domain itself, so it is no ``dom.job``, but the calls
-        #: that would change the domain meanwhile are refused
-        #: (:meth:`require_no_operation`): start, define over it, rename, undefine,
-        #: save, snapshot create and revert, and every change to its persistent
-        #: definition (an update's or rollback's define would drop it; a factory
-        #: reset, which defines nothing, refuses the same calls, for one rule)
+        #: domain uuid -> a long operation that runs on it: an appliance image update,
+        #: rollback or factory reset ("update to demo:2.0"), which stops, defines and
+        #: starts the domain itself, so it is no ``dom.job``, or a rename
+        #: (:mod:`.rename`). The calls that would change the domain meanwhile are
+        #: refused (:meth:`require_no_operation`): start, define over it, rename,
+        #: undefine, autostart, save, snapshot create and revert, and every change to
+        #: its persistent definition (an update's or rollback's define would drop it; a
+        #: factory reset, which defines nothing, refuses the same calls, for one rule)
         self.operations: dict[str, str] = {}
+        #: a new name -> the domain being renamed to it (:mod:`.rename`, whose file work
+        #: waits off the loop): taken until the rename ends, for every define, create
+        #: and restore (:meth:`check_clash`) and every other rename
+        self.renaming: dict[str, DomainObj] = {}
 
     # -- lookup --------------------------------------------------------------------------
 
@@ -232,6 +236,10 @@ class Registry:
 
     def check_clash(self, definition: DomainDef) -> DomainObj | None:
         """The existing domain this definition updates, or None; raises on a clash."""
+        renamed = self.renaming.get(definition.name)
+        if renamed is not None:
+            raise DomainExists(f"operation failed: domain '{definition.name}' already exists:"
+                               f" domain '{renamed.name}' is being renamed to it")
         same_name = self._by_name.get(definition.name)
         same_uuid = self._by_uuid.get(definition.uuid)
         if same_name is not None and same_name.uuid != definition.uuid:
@@ -296,6 +304,7 @@ class Registry:
         """
         if not dom.persistent:
             raise OperationInvalid("cannot set autostart for transient domain")
+        self.require_no_operation(dom)  # (a rename moves the flag, an update redefines)
         name = dom.name
         out = Deferred()
         if not enabled:
@@ -380,7 +389,7 @@ class Registry:
                                f"{exc.strerror or exc} (nothing was changed)")
 
     def require_no_operation(self, dom: DomainObj) -> None:
-        """No long operation of the appliance layer runs on ``dom`` (:attr:`operations`)."""
+        """No long operation runs on ``dom`` (:attr:`operations`)."""
         busy = self.operations.get(dom.uuid)
         if busy is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")

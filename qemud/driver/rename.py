@@ -31,6 +31,18 @@ or, if the daemon died in between, by the next daemon before it loads any defini
 the domain is defined under exactly one of its two names, with its files where that
 name expects them, and the loader never meets two definitions of one uuid. Every step is
 idempotent (a step already done is skipped), so a recovery cut short is simply run again.
+
+**Off the loop.** A rename makes up to a dozen fsyncs (each move's two directories, the
+intent record, the new definition, the clean-up); on a disk busy with a guest's writes
+one takes seconds. The steps are written once, as generators that yield what they wait
+for (:data:`Steps`): the call runs them as a task whose fsyncs wait off the loop
+(:func:`waited`), start-up's recovery runs them in place (:func:`run_now`). Meanwhile
+the domain is busy (``Registry.operations``: start, define over it, undefine, autostart,
+snapshots and every ``--config`` change are refused) and the new name is taken
+(``Registry.renaming``: a define, create or restore of it is refused). Before it plans,
+the rename waits for the writes in flight of the records it moves (the snapshot
+metadata, a deployed VM's state, :class:`.filewrites.FileWrites`), so that no such
+write lands under the old name after its directory moved.
 """
 
 from __future__ import annotations
@@ -38,26 +50,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protocol import Procedure
 from protocol import payloads as pl
 from protocol.constants import DefinedDetail, LifecycleEvent, UndefinedDetail
 from qemud.conf import ConfError, DomainDef
-from qemud.dispatch import Handler
+from qemud.dispatch import Deferred, Handler
 from qemud.errors import OperationFailed, OperationInvalid, XMLError
+from qemud.tasks import Task, run_task
 
 from .firmware import nvram_default_path
 from .flags import check_flags
-from .store import DomainStore, atomic_write, fsync_dir
+from .store import DomainStore, TempFile
 
 if TYPE_CHECKING:
     from .domain import DomainObj
     from .driver import QemuDriver
 
-__all__ = ["Renamer", "RenamePlan", "recover", "JOURNAL_PREFIX"]
+__all__ = ["Renamer", "RenamePlan", "recover", "JOURNAL_PREFIX", "RENAME_BUSY"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +85,8 @@ VMS_DIR, VM_STATE = "vms", "appliance-state.json"
 SNAPSHOTS_DIR, SNAPSHOT_INDEX = "snapshots", "snapshots.json"
 #: what the images duty appends to a disk while ``qemu-img`` writes it
 UNFINISHED_DISK = ".qcow2.new"
+#: the domain's mark in ``Registry.operations`` while it is renamed ("busy: ... in progress")
+RENAME_BUSY = "rename"
 
 
 @dataclass
@@ -103,6 +119,93 @@ def journal_path(store: DomainStore, uuid: str) -> Path:
 
 # -- the file operations (also run at start-up by recover) ---------------------------------
 
+#: a sequence of file operations that yields what it waits for between them: a temp
+#: file (its fsync, before its rename) or a directory (its fsync, after a rename or
+#: removal in it); a failed fsync is thrown back in at the ``yield``
+Steps = Generator["TempFile | Path", None, None]
+
+
+class _Fsync(Protocol):
+    """What :func:`waited` needs of :class:`qemud.asyncfsync.AsyncFsync`."""
+
+    def fsync(self, fd: int, done: Any) -> None: ...
+
+
+class _InPlace:
+    """:class:`_Fsync` done at once, on the caller's stack (start-up, before the loop)."""
+
+    @staticmethod
+    def fsync(fd: int, done: Any) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            done(exc)
+            return
+        done(None)
+
+
+def waited(fsync: _Fsync, steps: Steps) -> Task:
+    """``steps`` as a task (:mod:`qemud.tasks`): each fsync it yields waits off the loop,
+    its error, if any, raised back in ``steps``."""
+    error: OSError | None = None
+    while True:
+        try:
+            item = steps.throw(error) if error is not None else next(steps)
+        except StopIteration:
+            return
+        error = yield _synced(fsync, item)
+
+
+def run_now(steps: Steps) -> None:
+    """``steps`` with every fsync done in place: start-up's recovery, before the loop
+    serves anyone."""
+    task = waited(_InPlace, steps)
+    result: Any = None
+    while True:
+        try:
+            deferred = task.send(result)
+        except StopIteration:
+            return
+        assert deferred.done, "an in-place fsync is done once asked for"
+        result = deferred.result
+
+
+def _synced(fsync: _Fsync, item: TempFile | Path) -> Deferred:
+    """The fsync of a temp file or a directory (one gone: nothing to do); resolves with
+    its error, or None."""
+    out = Deferred()
+    if isinstance(item, TempFile):
+        fsync.fsync(item.fd, out.resolve)
+        return out
+    try:
+        dir_fd = os.open(item, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        out.resolve(None)
+        return out
+    except OSError as exc:
+        out.resolve(exc)
+        return out
+
+    def done(error: OSError | None) -> None:
+        os.close(dir_fd)
+        out.resolve(error)
+    fsync.fsync(dir_fd, done)
+    return out
+
+
+def _write(path: Path, text: str, mode: int = 0o600) -> Steps:
+    """An atomic, durable write (as :func:`.store.atomic_write`, but a failed fsync of
+    the directory fails it too: a rename undoes or is finished again)."""
+    temp = TempFile(path, text, mode)
+    try:
+        yield temp
+        temp.rename()
+    except BaseException:
+        temp.abandon()
+        raise
+    yield path.parent
+
+
 def _committed(store: DomainStore, plan: RenamePlan) -> bool:
     """Whether the new definition file is there, whole: the rename happened."""
     try:
@@ -111,7 +214,7 @@ def _committed(store: DomainStore, plan: RenamePlan) -> bool:
         return False
 
 
-def _move(src: str, dst: str) -> None:
+def _move(src: str, dst: str) -> Steps:
     """``src`` -> ``dst`` unless done already (``src`` gone, ``dst`` there)."""
     if not os.path.lexists(src):
         return
@@ -119,12 +222,12 @@ def _move(src: str, dst: str) -> None:
         raise OSError(17, "the destination exists", dst)  # never replace anything
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     os.rename(src, dst)
-    fsync_dir(Path(src).parent)
-    fsync_dir(Path(dst).parent)
+    yield Path(src).parent
+    yield Path(dst).parent
 
 
 def _rewrite_record(path: str, key: str, name: str, old_prefix: str, new_prefix: str
-                    ) -> None:
+                    ) -> Steps:
     """Set ``key`` of the JSON file ``path`` to ``name`` and move every path in it from
     ``old_prefix`` to ``new_prefix``; nothing to do, nothing written."""
     try:
@@ -136,7 +239,7 @@ def _rewrite_record(path: str, key: str, name: str, old_prefix: str, new_prefix:
         data[key] = name
         changed = True
     if changed:
-        atomic_write(Path(path), json.dumps(data, indent=1))
+        yield from _write(Path(path), json.dumps(data, indent=1))
 
 
 def _reprefix(value: Any, old: str, new: str) -> bool:
@@ -165,38 +268,38 @@ def _under(path: str, directory: Path) -> bool:
     return path == str(directory) or path.startswith(f"{directory}/")
 
 
-def _forward(plan: RenamePlan) -> None:
+def _forward(plan: RenamePlan) -> Steps:
     """The moves and record rewrites, before the commit."""
     for src, dst in plan.moves:
-        _move(src, dst)
+        yield from _move(src, dst)
     for path, key, old_prefix, new_prefix in plan.records:
-        _rewrite_record(path, key, plan.new, old_prefix, new_prefix)
+        yield from _rewrite_record(path, key, plan.new, old_prefix, new_prefix)
 
 
-def _undo(store: DomainStore, plan: RenamePlan) -> None:
+def _undo(store: DomainStore, plan: RenamePlan) -> Steps:
     """Put back what :func:`_forward` did (the rename did not commit)."""
     for path, key, old_prefix, new_prefix in plan.records:
-        _rewrite_record(path, key, plan.old, new_prefix, old_prefix)
+        yield from _rewrite_record(path, key, plan.old, new_prefix, old_prefix)
     for src, dst in reversed(plan.moves):
-        _move(dst, src)
+        yield from _move(dst, src)
     _remove(journal_path(store, plan.uuid))
 
 
-def _finish(store: DomainStore, plan: RenamePlan) -> None:
+def _finish(store: DomainStore, plan: RenamePlan) -> Steps:
     """After the commit: the autostart flag follows, the old name's files go, and the
     intent record last (until then a restarted daemon finishes it)."""
-    _forward(plan)  # (all done already, unless a recovery is completing it)
+    yield from _forward(plan)  # (all done already, unless a recovery is completing it)
     if plan.autostart:
-        store.set_autostart(plan.new, True)
+        yield from _write(store.autostart_path(plan.new), "", 0o644)
     old = store.definition_path(plan.old)
     if _names_uuid(old, plan.uuid):  # (not a domain defined under the old name since)
         # the flag first, as undefine does: never a flag without its definition
         _remove(store.autostart_dir / plan.old)
         _remove(old)
-    fsync_dir(store.autostart_dir)
-    fsync_dir(store.domains_dir)
+    yield store.autostart_dir
+    yield store.domains_dir
     _remove(journal_path(store, plan.uuid))
-    fsync_dir(store.domains_dir)
+    yield store.domains_dir
 
 
 def _names_uuid(definition: Path, uuid: str) -> bool:
@@ -228,10 +331,7 @@ def recover(store: DomainStore) -> None:
             continue
         committed = _committed(store, plan)
         try:
-            if committed:
-                _finish(store, plan)
-            else:
-                _undo(store, plan)
+            run_now(_finish(store, plan) if committed else _undo(store, plan))
         except OSError as exc:
             log.error("domain '%s' (uuid %s): cannot %s its interrupted rename to '%s': "
                       "%s (the record %s stays; the next start tries again)", plan.old,
@@ -260,16 +360,32 @@ class Renamer:
     def handlers(self) -> dict[Procedure, Handler]:
         return {Procedure.DOMAIN_RENAME: self.rename}
 
-    def rename(self, ctx: Any, args: pl.RenameArgs) -> pl.DomainReply:
+    def rename(self, ctx: Any, args: pl.RenameArgs) -> Deferred:
         check_flags(args.flags, 0, "qemuDomainRename")
         dom = self.registry.find(args.dom.name, args.dom.uuid)
-        new = args.new_name
         self._check_domain(dom)
-        definition = self._new_definition(dom, new)
-        plan = self._plan(dom, definition)
-        self._execute(plan)
-        old_ref = dom.ref()
-        renamed = self.registry.rename(dom, definition)
+        definition = self._new_definition(dom, args.new_name)
+        return run_task(self.driver.loop, self._rename(dom, definition),
+                        f"the rename of '{dom.name}'")
+
+    def _rename(self, dom: DomainObj, definition: DomainDef) -> Task:
+        """The rename, with the domain busy and the new name taken until it ends."""
+        registry, new = self.registry, definition.name
+        registry.operations[dom.uuid] = RENAME_BUSY
+        registry.renaming[new] = dom
+        try:
+            # the records it moves, as their writes in flight leave them
+            for record in (self.snapshots_dir / dom.name / SNAPSHOT_INDEX,
+                           self.vms_dir / dom.name / VM_STATE):
+                yield self.driver.files.settled(record)
+            self._check_snapshots(dom)  # (again: a snapshot may have been written)
+            plan = self._plan(dom, definition)
+            yield from self._execute(plan)
+            old_ref = dom.ref()
+            renamed = registry.rename(dom, definition)
+        finally:
+            registry.operations.pop(dom.uuid, None)
+            registry.renaming.pop(new, None)
         log.info("domain '%s' (uuid %s) renamed to '%s'", plan.old, plan.uuid, plan.new)
         self.driver.events.lifecycle(old_ref, LifecycleEvent.UNDEFINED,
                                      UndefinedDetail.RENAMED)
@@ -307,10 +423,10 @@ class Renamer:
                 f"records disk images of its former snapshots ({', '.join(images)}), "
                 "whose backing chains name its directory")
 
-    @staticmethod
-    def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    def _read_json(self, path: Path, what: str) -> dict[str, Any] | None:
+        """A record of the appliance layer, as its newest write in flight has it."""
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(self.driver.files.read_text(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -328,7 +444,7 @@ class Renamer:
             raise OperationInvalid("Can't rename domain to itself")
         if "/" in new:
             raise XMLError(f"name {new} cannot contain '/'")
-        if self.registry.has_name(new):
+        if self.registry.has_name(new) or new in self.registry.renaming:
             raise OperationInvalid(f"domain with name '{new}' already exists")
         definition = dom.definition.copy()
         try:
@@ -415,25 +531,30 @@ class Renamer:
         plan.moves.append([str(src), str(dst)])
         plan.records.append([str(dst), "domain", str(src.parent), str(dst.parent)])
 
-    def _execute(self, plan: RenamePlan) -> None:
-        """Intent record, moves, commit (the new definition), then the rest. A failure
-        before the commit undoes what was done and raises; one after it is only logged:
-        the domain is renamed, and the next daemon start finishes the clean-up."""
-        journal = journal_path(self.store, plan.uuid)
+    def _execute(self, plan: RenamePlan) -> Task:
+        """Intent record, moves, commit (the new definition), then the rest, each fsync
+        waited for off the loop. A failure before the commit undoes what was done and
+        raises; one after it is only logged: the domain is renamed, and the next daemon
+        start finishes the clean-up."""
+        store = self.store
+        assert store.fsync is not None, "the driver's store has one"
+        journal = journal_path(store, plan.uuid)
         try:
-            atomic_write(journal, plan.to_json())
+            yield from waited(store.fsync, _write(journal, plan.to_json()))
         except OSError as exc:
+            _remove(journal)
             raise OperationFailed(f"cannot rename domain '{plan.old}': cannot write "
                                   f"{journal}: {exc.strerror or exc} (nothing was "
                                   "changed)") from None
         try:
-            _forward(plan)
-            self.store.save_definition(plan.new, plan.xml)  # the commit
+            yield from waited(store.fsync, _forward(plan))
+            yield from waited(store.fsync, _write(store.definition_path(plan.new),
+                                                  plan.xml))  # the commit
         except OSError as exc:
             cause = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
             try:
-                _remove(self.store.definition_path(plan.new))
-                _undo(self.store, plan)
+                _remove(store.definition_path(plan.new))
+                yield from waited(store.fsync, _undo(store, plan))
             except OSError as again:
                 log.error("domain '%s': cannot undo the rename to '%s': %s (the record %s "
                           "stays: the next daemon start undoes it)", plan.old, plan.new,
@@ -441,7 +562,7 @@ class Renamer:
             raise OperationFailed(f"cannot rename domain '{plan.old}' to '{plan.new}': "
                                   f"{cause} (nothing was changed)") from None
         try:
-            _finish(self.store, plan)
+            yield from waited(store.fsync, _finish(store, plan))
         except OSError as exc:
             log.error("domain '%s' renamed to '%s', but its old files could not all be "
                       "removed: %s (the record %s stays: the next daemon start finishes "

@@ -1,12 +1,15 @@
 """Client calls on a daemon whose config directory is on a disk that takes its time
 (:class:`tests.helpers.slowfs.SlowFS`), for test_slow_disk, test_slow_config_change and
 tests/appliance/test_image_switch: a call in the background whose fsyncs the test holds,
-the daemon on the slow file system, and what it has defined, in memory and on disk.
+the daemon on the slow file system, and what it has defined, in memory and on disk;
+for the snapshot metadata and rename tests, the held fsync of one file.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import DaemonFactory
@@ -45,3 +48,25 @@ def definitions(slowfs: SlowFS) -> list[str]:
 
 def names(conn: Any) -> set[str]:
     return {d.name for d in conn.list_domains()}
+
+
+def held_until(slowfs: SlowFS, wanted: Callable[[str], bool]) -> str:
+    """The held fsync ``wanted`` picks, once it comes; the others (``qemu-img``'s own
+    flush of an overlay) are let go meanwhile."""
+    while True:
+        held = slowfs.wait_held()
+        for path in held:
+            if wanted(path):
+                return path
+        for path in held:
+            slowfs.let(path)
+
+
+def metadata_temp(name: str) -> Callable[[str], bool]:
+    prefix = f"/state/snapshots/{name}/.snapshots.json."
+    return lambda path: path.startswith(prefix) and path.endswith(".tmp")
+
+
+def recorded(index: Path) -> list[str]:
+    """The snapshots ``snapshots.json`` names, as the backing directory has it."""
+    return [s["name"] for s in json.loads(index.read_text())["snapshots"]]

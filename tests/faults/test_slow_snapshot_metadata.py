@@ -10,7 +10,6 @@ waits; a failed fsync fails the call with the file named, and the snapshot is no
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.helpers.threads import Background
 from tests.integration.conftest import TestGuest
 
 from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
+from .slow_disk import held_until, metadata_temp, recorded
 
 
 def on_slow_state(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
@@ -40,18 +40,6 @@ def shut_off_domain(conn: client.Connection, name: str, image: Path) -> client.D
                                            devices=disk_xml(image)))
 
 
-def held_until(slowfs: SlowFS, wanted: Callable[[str], bool]) -> str:
-    """The held fsync ``wanted`` picks, once it comes; the others (``qemu-img``'s own
-    flush of an overlay) are let go meanwhile."""
-    while True:
-        held = slowfs.wait_held()
-        for path in held:
-            if wanted(path):
-                return path
-        for path in held:
-            slowfs.let(path)
-
-
 def held_snapshot_call(slowfs: SlowFS, d: DaemonProcess, name: str,
                        call: Callable[[client.Domain], object]) -> Background:
     """``call`` on domain ``name``, on its own connection, with every fsync held from
@@ -60,16 +48,6 @@ def held_snapshot_call(slowfs: SlowFS, d: DaemonProcess, name: str,
     background = Background(d, lambda c: call(c.lookup_by_name(name)))
     held_until(slowfs, metadata_temp(name))
     return background
-
-
-def recorded(index: Path) -> list[str]:
-    """The snapshots ``snapshots.json`` names, as the backing directory has it."""
-    return [s["name"] for s in json.loads(index.read_text())["snapshots"]]
-
-
-def metadata_temp(name: str) -> Callable[[str], bool]:
-    prefix = f"/state/snapshots/{name}/.snapshots.json."
-    return lambda path: path.startswith(prefix) and path.endswith(".tmp")
 
 
 def test_a_snapshot_waits_for_its_metadata_off_the_loop(

@@ -1,5 +1,5 @@
-"""What every image operation shares: the generator tasks the loop drives, a deployed
-VM's state and disks, ``qemu-img``, and which VMs are busy.
+"""What every image operation shares: a deployed VM's state and disks, ``qemu-img``, and
+which VMs are busy (the operations are generator tasks, :mod:`qemud.tasks`).
 
 :class:`ImageOps` is the base of each operation's class (import, deploy/reset/list,
 update); the duty makes one of each over the same store, tool runner and ``busy`` map.
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
 from qemud.driver.tools import ToolRunner, find_tool
-from qemud.errors import InternalError, OperationFailed, OperationInvalid, QemudError
+from qemud.errors import OperationInvalid
+from qemud.tasks import Task
 
 from .descriptor import DiskSpec
 from .layout import STATE_NAME, UNFINISHED_SUFFIX, settle_switch, vms_root
@@ -27,51 +27,16 @@ if TYPE_CHECKING:
     from qemud.config import Config
     from qemud.driver import QemuDriver
     from qemud.driver.domain import DomainObj
-    from qemud.loop import EventLoop
 
-__all__ = ["ImageOps", "Task", "run_task", "tool_failure", "disk_file", "abandon_prepared"]
+__all__ = ["ImageOps", "tool_failure", "disk_file", "abandon_prepared"]
 
 log = logging.getLogger(__name__)
-
-#: a multi-step operation: yields the Deferreds it waits for (see :func:`run_task`)
-Task = Generator[Deferred, Any, Any]
 
 
 def tool_failure(argv: list[str], code: int, stderr: str) -> str:
     """How an image operation words a tool's failure: its last lines of stderr."""
     lines = [line for line in stderr.splitlines() if line.strip()][-4:]
     return f"{Path(argv[0]).name} failed (exit {code}): {' / '.join(lines) or 'no message'}"
-
-
-def run_task(loop: EventLoop, task: Task, what: str) -> Deferred:
-    """Drive a generator that yields Deferreds; each result is sent back into it (an error
-    is thrown in) from a fresh loop turn. The Deferred completes with its return value."""
-    out = Deferred()
-
-    def step(value: Any = None, error: QemudError | None = None) -> None:
-        try:
-            waiting = task.throw(error) if error is not None else task.send(value)
-        except StopIteration as stop:
-            out.resolve(stop.value)
-            return
-        except QemudError as exc:
-            out.fail(exc)
-            return
-        except OSError as exc:
-            log.warning("%s: %s", what, exc)
-            out.fail(OperationFailed(f"{what}: {exc.strerror or exc}"
-                                     + (f": {exc.filename}" if exc.filename else "")))
-            return
-        except Exception as exc:
-            log.exception("%s crashed", what)
-            out.fail(InternalError(f"internal error in {what}: {exc!r}"))
-            return
-        def resume(d: Deferred) -> None:
-            loop.call_soon(lambda: step(d.result, d.error))
-        waiting.add_done_callback(resume)
-
-    step()
-    return out
 
 
 def disk_file(disk: DiskSpec, slot: str) -> str:

@@ -29,9 +29,10 @@ from qemud.errors import (
     QemudError,
     XMLError,
 )
+from qemud.tasks import Task, run_task
 
 from ..metadata import Origin, read_settings, write_settings
-from .base import ImageOps, Task, disk_file, run_task
+from .base import ImageOps, disk_file
 from .descriptor import NAME_RE, Descriptor, check_host
 from .store import VMState
 

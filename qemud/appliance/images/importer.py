@@ -31,8 +31,9 @@ from qemud.dispatch import Deferred
 from qemud.driver.discard import discard_tree
 from qemud.driver.tools import ToolFailed
 from qemud.errors import InvalidArg, OperationFailed, OperationInvalid
+from qemud.tasks import Task, run_task
 
-from .base import ImageOps, Task, run_task
+from .base import ImageOps
 from .descriptor import DescriptorError, DiskSpec, check_host, load_descriptor_text
 from .layout import STAGING_PREFIX
 from .store import INDEX_NAME

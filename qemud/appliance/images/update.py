@@ -35,9 +35,10 @@ from qemud.errors import (
     StartInterrupted,
 )
 from qemud.loop import Timer
+from qemud.tasks import Task, run_task
 
 from ..metadata import Origin, read_settings, write_settings
-from .base import ImageOps, Task, abandon_prepared, disk_file, run_task
+from .base import ImageOps, abandon_prepared, disk_file
 from .descriptor import Descriptor, check_host
 from .layout import STATE_NAME
 from .store import VMState

@@ -1,0 +1,170 @@
+"""domrename on a disk that takes its time: its fsyncs wait off the loop.
+
+The daemon's config directory (and, for the last test, its state directory) is on a FUSE
+file system whose fsyncs the test holds (:mod:`tests.helpers.slowfs`). While a rename
+waits for the disk, other clients are answered, the domain is busy and the new name is
+taken; a failed fsync before the commit fails the call and changes nothing. A rename
+waits for a snapshot metadata write in flight before it moves the record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import client
+from qemud.driver.rename import JOURNAL_PREFIX
+from tests.appliance.snapshot_guests import disk_source, disk_xml, make_image
+from tests.conftest import DaemonFactory
+from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
+
+from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
+from .slow_disk import (
+    UUID_A,
+    definitions,
+    domain_xml,
+    held_call,
+    held_until,
+    metadata_temp,
+    names,
+    on_slowfs,
+    recorded,
+)
+
+UUID_B = "6a0d2c3e-2222-4c5b-9c1d-0123456789ab"
+
+
+def renamed(name: str, new: str) -> Callable[[Any], None]:
+    return lambda c: c.lookup_by_name(name).rename(new)
+
+
+def test_a_rename_waits_off_the_loop_with_the_domain_busy_and_the_name_taken(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    old, new = guest_name("ren-a"), guest_name("ren-b")
+    with d.connect() as other:
+        dom = other.define_xml(domain_xml(old, UUID_A))
+        dom.set_autostart(True)
+        third = other.define_xml(domain_xml(guest_name("ren-c"), UUID_B))
+        rename = held_call(slowfs, d, renamed(old, new))
+        try:
+            [journal] = slowfs.held()
+            assert journal.startswith(f"/config/domains/..rename-{UUID_A}.json.")
+            assert other.node_info().cpus >= 1  # the loop serves others meanwhile
+            assert names(other) == {old, third.name}
+            with pytest.raises(client.OperationInvalid,
+                               match=f"domain '{old}' is busy: rename in progress"):
+                dom.create()
+            with pytest.raises(client.OperationInvalid, match="busy: rename in progress"):
+                dom.set_autostart(False)
+            with pytest.raises(client.OperationInvalid, match="busy: rename in progress"):
+                dom.undefine()
+            with pytest.raises(client.DomainExistsError,
+                               match=f"domain '{new}' already exists: domain '{old}' is "
+                                     "being renamed to it"):
+                other.define_xml(domain_xml(new, "6a0d2c3e-3333-4c5b-9c1d-0123456789ab"))
+            with pytest.raises(client.OperationInvalid,
+                               match=f"domain with name '{new}' already exists"):
+                third.rename(new)
+            # the journal, its directory, then the new definition: the commit
+            slowfs.let()
+            assert slowfs.wait_held() == ["/config/domains"]
+            slowfs.let()
+            [commit] = slowfs.wait_held()
+            assert commit.startswith(f"/config/domains/.{new}.xml.")
+            assert not rename.answered
+        finally:
+            slowfs.release()
+        rename.wait()
+        assert names(other) == {new, third.name}
+        assert other.lookup_by_name(new).uuid == UUID_A
+        assert other.lookup_by_name(new).autostart() is True
+    assert definitions(slowfs) == [f"{new}.xml", f"{third.name}.xml"]
+    assert sorted(p.name for p in (slowfs.backing / "config" / "autostart").iterdir()) == [
+        new]
+    assert_log_clean(d)
+
+
+def test_a_failed_fsync_of_the_new_definition_changes_nothing(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    old, new = guest_name("reneio-a"), guest_name("reneio-b")
+    with d.connect() as other:
+        dom = other.define_xml(domain_xml(old, UUID_A))
+        rename = held_call(slowfs, d, renamed(old, new))
+        try:
+            slowfs.let()  # the journal
+            slowfs.wait_held()
+            slowfs.let()  # its directory
+            [commit] = slowfs.wait_held()
+            assert commit.startswith(f"/config/domains/.{new}.xml.")
+            slowfs.fail()
+            with pytest.raises(client.OperationFailed) as info:
+                rename.wait()
+        finally:
+            slowfs.release()
+        assert str(info.value) == (f"operation failed: cannot rename domain '{old}' to "
+                                   f"'{new}': Input/output error (nothing was changed)")
+        assert names(other) == {old}
+        assert definitions(slowfs) == [f"{old}.xml"]  # no journal, no temp file left
+        # nothing is busy any more, and the name is free
+        dom.set_autostart(True)
+        dom.rename(new)
+        assert names(other) == {new}
+    assert definitions(slowfs) == [f"{new}.xml"]
+
+
+def test_a_rename_waits_for_the_snapshot_metadata_write_in_flight(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The delete of a domain's last snapshot has merged it and writes the record without
+    it (held here): the rename reads that write, not the file, so it is not refused, and
+    moves the record only once the write has landed (else the write would land under
+    the old name, after the record moved)."""
+    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state"),
+                                         "config_dir": str(slowfs.mount / "config")}})
+    old, new = guest_name("rensnap-a"), guest_name("rensnap-b")
+    image = make_image(tmp_path / "vda.qcow2")
+    snapshots = slowfs.backing / "state" / "snapshots"
+    with d.connect() as other:
+        dom = other.define_xml(bare_domain_xml(old, emulator=NO_GUEST_EMULATOR,
+                                               devices=disk_xml(image)))
+        assert dom.snapshot_create("s1") == "s1"
+        slowfs.hold()
+        delete = Background(d, lambda c: c.lookup_by_name(old).snapshot_delete("s1"))
+        rename = None
+        try:
+            held_until(slowfs, metadata_temp(old))  # the merge's mark
+            slowfs.let()
+            forgotten = held_until(slowfs, metadata_temp(old))  # merged: s1 forgotten
+            rename = Background(d, renamed(old, new))
+            assert other.node_info().cpus >= 1
+            # every other fsync goes through: a rename that did not wait for the write
+            # held would be done well within this second
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline and not rename.answered:
+                for path in slowfs.held():
+                    if path != forgotten:
+                        slowfs.let(path)
+                time.sleep(0.02)
+            assert not rename.answered
+            assert slowfs.held() == [forgotten]
+            assert recorded(snapshots / old / "snapshots.json") == ["s1"]
+        finally:
+            slowfs.release()
+        delete.wait()
+        assert rename is not None
+        rename.wait()
+        assert names(other) == {new}
+        assert disk_source(other.lookup_by_name(new).xml(client.XML_INACTIVE)) == str(image)
+    assert not (snapshots / old / "snapshots.json").exists()
+    record = json.loads((snapshots / new / "snapshots.json").read_text())
+    assert record["domain"] == new and record["snapshots"] == []
+    assert not any(p.name.startswith(JOURNAL_PREFIX)
+                   for p in (slowfs.backing / "config" / "domains").iterdir())
+    assert_log_clean(d)
