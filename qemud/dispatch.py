@@ -23,7 +23,8 @@ from protocol.payloads import ErrorPayload, HelloArgs, HelloReply
 
 from .errors import InternalError, NoSupport, OperationDenied, OperationInvalid, QemudError
 
-__all__ = ["Deferred", "Dispatcher", "CallContext", "Handler", "ReplyWaits", "error_payload"]
+__all__ = ["Deferred", "Dispatcher", "CallContext", "Handler", "ReplyWaits", "all_ended",
+           "error_payload"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("qemud.audit")
@@ -126,6 +127,22 @@ class ReplyWaits:
         finally:
             self._collected = None
         return _after(result, collected) if collected else result
+
+
+def all_ended(items: list[Deferred]) -> Deferred:
+    """Resolves (with None) once every one of ``items`` has ended, however it ended."""
+    out = Deferred()
+    left = [len(items)]
+    if not items:
+        out.resolve(None)
+
+    def one_ended(_: Deferred) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            out.resolve(None)
+    for item in items:
+        item.add_done_callback(one_ended)
+    return out
 
 
 def _after(result: Payload | Deferred, waits: list[Deferred]) -> Deferred:

@@ -434,7 +434,8 @@ class BundleDuty:
         for dom in self.driver.registry:
             state = vms_dir / dom.name / STATE_NAME
             try:
-                out["vms"][dom.name] = json.loads(state.read_text())
+                # (the newest write in flight, as the daemon itself reads it)
+                out["vms"][dom.name] = json.loads(self.driver.files.read_text(state))
             except (OSError, ValueError):
                 continue
         return out

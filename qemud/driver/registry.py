@@ -27,7 +27,7 @@ from protocol.constants import (
     UndefinedDetail,
 )
 from qemud.conf import ConfError, DomainDef, parse_domain_xml
-from qemud.dispatch import Deferred, ReplyWaits
+from qemud.dispatch import Deferred, ReplyWaits, all_ended
 from qemud.errors import (
     ConfigUnsupported,
     DomainExists,
@@ -94,6 +94,9 @@ class Registry:
         #: waits off the loop): taken until the rename ends, for every define, create
         #: and restore (:meth:`check_clash`) and every other rename
         self.renaming: dict[str, DomainObj] = {}
+        #: domain uuid -> its defines and autostart changes whose files are in flight
+        #: (:meth:`in_flight`)
+        self._writing: dict[str, list[Deferred]] = {}
 
     # -- lookup --------------------------------------------------------------------------
 
@@ -291,6 +294,7 @@ class Registry:
         commit_async(self.store.fsync, temp, check,
                      lambda existing: self._install(definition, existing, disk_removed),
                      done)
+        self._track(definition.uuid, out)
         return out
 
     def set_autostart(self, dom: DomainObj, enabled: bool) -> Deferred:
@@ -316,6 +320,7 @@ class Registry:
             assert self.store.fsync is not None, "the driver's store has one"
             sync_directory_async(self.store.fsync, self.store.autostart_path(name),
                                  lambda: out.resolve(None))
+            self._track(dom.uuid, out)
             return out
         try:
             temp = self.store.begin_autostart(name)
@@ -339,7 +344,30 @@ class Registry:
 
         assert self.store.fsync is not None, "the driver's store has one"
         commit_async(self.store.fsync, temp, check, apply, done)
+        self._track(dom.uuid, out)
         return out
+
+    def _track(self, uuid: str, out: Deferred) -> None:
+        """``out`` (a define's or an autostart change's) is in flight until it ends."""
+        writes = self._writing.setdefault(uuid, [])
+        writes.append(out)
+
+        def ended(_: Deferred) -> None:
+            writes.remove(out)
+            if not writes and self._writing.get(uuid) is writes:
+                del self._writing[uuid]
+        out.add_done_callback(ended)
+
+    def in_flight(self, dom: DomainObj) -> Deferred | None:
+        """None when no define, autostart change or ``--config`` change of ``dom`` has its
+        file in flight; else a Deferred that resolves once those made so far have ended.
+        A rename waits for them: their checks, made before its own, would let them land
+        under the old name while it moves the files."""
+        waits = list(self._writing.get(dom.uuid, ()))
+        pending = self.writes.pending(dom)
+        if pending is not None:
+            waits.append(pending)
+        return all_ended(waits) if waits else None
 
     def _install(self, definition: DomainDef, existing: DomainObj | None,
                  disk_removed: Callable[[DomainObj], None] | None) -> DomainObj:

@@ -214,11 +214,15 @@ def _committed(store: DomainStore, plan: RenamePlan) -> bool:
         return False
 
 
-def _move(src: str, dst: str) -> Steps:
-    """``src`` -> ``dst`` unless done already (``src`` gone, ``dst`` there)."""
+def _move(src: str, dst: str, undoing: bool = False) -> Steps:
+    """``src`` -> ``dst`` unless done already (``src`` gone, ``dst`` there). Undoing, a
+    ``dst`` that is there too means the move being undone never happened (its own
+    destination was taken): both are left as they are."""
     if not os.path.lexists(src):
         return
     if os.path.lexists(dst):
+        if undoing:
+            return
         raise OSError(17, "the destination exists", dst)  # never replace anything
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     os.rename(src, dst)
@@ -226,13 +230,16 @@ def _move(src: str, dst: str) -> Steps:
     yield Path(dst).parent
 
 
-def _rewrite_record(path: str, key: str, name: str, old_prefix: str, new_prefix: str
-                    ) -> Steps:
+def _rewrite_record(path: str, key: str, name: str, old_prefix: str, new_prefix: str,
+                    uuid: str) -> Steps:
     """Set ``key`` of the JSON file ``path`` to ``name`` and move every path in it from
-    ``old_prefix`` to ``new_prefix``; nothing to do, nothing written."""
+    ``old_prefix`` to ``new_prefix``; nothing to do, nothing written. A record of
+    another domain (its ``uuid``; one the rename's move never reached) is left alone."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
+        return
+    if isinstance(data, dict) and data.get("uuid", uuid) != uuid:
         return
     changed = _reprefix(data, old_prefix, new_prefix)
     if isinstance(data, dict) and data.get(key) != name:
@@ -273,15 +280,15 @@ def _forward(plan: RenamePlan) -> Steps:
     for src, dst in plan.moves:
         yield from _move(src, dst)
     for path, key, old_prefix, new_prefix in plan.records:
-        yield from _rewrite_record(path, key, plan.new, old_prefix, new_prefix)
+        yield from _rewrite_record(path, key, plan.new, old_prefix, new_prefix, plan.uuid)
 
 
 def _undo(store: DomainStore, plan: RenamePlan) -> Steps:
     """Put back what :func:`_forward` did (the rename did not commit)."""
     for path, key, old_prefix, new_prefix in plan.records:
-        yield from _rewrite_record(path, key, plan.old, new_prefix, old_prefix)
+        yield from _rewrite_record(path, key, plan.old, new_prefix, old_prefix, plan.uuid)
     for src, dst in reversed(plan.moves):
-        yield from _move(dst, src)
+        yield from _move(dst, src, undoing=True)
     _remove(journal_path(store, plan.uuid))
 
 
@@ -364,21 +371,27 @@ class Renamer:
         check_flags(args.flags, 0, "qemuDomainRename")
         dom = self.registry.find(args.dom.name, args.dom.uuid)
         self._check_domain(dom)
-        definition = self._new_definition(dom, args.new_name)
-        return run_task(self.driver.loop, self._rename(dom, definition),
+        new = args.new_name
+        self._check_name(dom, new)
+        self._new_definition(dom, new)  # (refused now if it will be)
+        return run_task(self.driver.loop, self._rename(dom, new),
                         f"the rename of '{dom.name}'")
 
-    def _rename(self, dom: DomainObj, definition: DomainDef) -> Task:
+    def _rename(self, dom: DomainObj, new: str) -> Task:
         """The rename, with the domain busy and the new name taken until it ends."""
-        registry, new = self.registry, definition.name
+        registry = self.registry
         registry.operations[dom.uuid] = RENAME_BUSY
         registry.renaming[new] = dom
         try:
-            # the records it moves, as their writes in flight leave them
+            # what was under way when the call came, its checks made, lands first: a
+            # define, an autostart or --config change, the records the rename moves
+            while (writes := registry.in_flight(dom)) is not None:
+                yield writes
             for record in (self.snapshots_dir / dom.name / SNAPSHOT_INDEX,
                            self.vms_dir / dom.name / VM_STATE):
                 yield self.driver.files.settled(record)
-            self._check_snapshots(dom)  # (again: a snapshot may have been written)
+            self._check_snapshots(dom)  # (again, on what landed)
+            definition = self._new_definition(dom, new)
             plan = self._plan(dom, definition)
             yield from self._execute(plan)
             old_ref = dom.ref()
@@ -437,27 +450,31 @@ class Renamer:
                                   "JSON object); fix or move it away")
         return data
 
-    def _new_definition(self, dom: DomainObj, new: str) -> DomainDef:
-        """The persistent definition under ``new``, after the name checks of libvirt
-        (virDomainObjListRename, qemuDomainRenameCallback) and of the define path."""
+    def _check_name(self, dom: DomainObj, new: str) -> None:
+        """The name checks of libvirt (virDomainObjListRename, qemuDomainRenameCallback)
+        and of the define path."""
         if new == dom.name:
             raise OperationInvalid("Can't rename domain to itself")
         if "/" in new:
             raise XMLError(f"name {new} cannot contain '/'")
         if self.registry.has_name(new) or new in self.registry.renaming:
             raise OperationInvalid(f"domain with name '{new}' already exists")
-        definition = dom.definition.copy()
-        try:
-            definition.name = new
-            definition.check()
-        except ConfError as exc:
-            raise XMLError(str(exc)) from None
         from .registry import check_name
         check_name(new)
         path = self.store.definition_path(new)
         if path.exists():  # a definition that did not load: never replaced
             raise OperationInvalid(f"domain with name '{new}' already exists: its "
                                    f"definition {path} is there (it did not load)")
+
+    @staticmethod
+    def _new_definition(dom: DomainObj, new: str) -> DomainDef:
+        """The persistent definition under ``new``."""
+        definition = dom.definition.copy()
+        try:
+            definition.name = new
+            definition.check()
+        except ConfError as exc:
+            raise XMLError(str(exc)) from None
         return definition
 
     # -- plan and execution -------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import client
 from client import appliance_images as images
 from tests.conftest import DaemonFactory
 from tests.helpers.slowfs import SlowFS
@@ -68,3 +69,28 @@ def test_a_deploy_waits_for_its_state_writes_off_the_loop(
             slowfs.release()
         assert deploy.wait().name == vm
         assert "deploying" not in json.loads(state.read_text())
+
+
+def test_a_deploy_under_a_name_a_rename_is_taking_is_refused(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarball: Path) -> None:
+    """While a rename's files wait for the disk, the new name is taken for a deploy too:
+    its directory would otherwise be where the rename moves the VM's."""
+    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state"),
+                                         "config_dir": str(slowfs.mount / "config")}})
+    with d.connect() as other:
+        assert images.import_appliance(other, str(tarball)) == "demo:1.0"
+        other.define_xml("<domain type='qemu'><name>plain-a</name><memory unit='MiB'>64"
+                         "</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+        slowfs.hold()
+        rename = Background(d, lambda c: c.lookup_by_name("plain-a").rename("plain-b"))
+        try:
+            [journal] = slowfs.wait_held()
+            assert "/config/domains/..rename-" in journal
+            with pytest.raises(client.DomainExistsError,
+                               match="domain 'plain-b' already exists"):
+                images.deploy(other, "demo", "plain-b", "1.0")
+            assert not (slowfs.backing / "state" / "vms" / "plain-b").exists()
+        finally:
+            slowfs.release()
+        rename.wait()
+        assert {dom.name for dom in other.list_domains()} == {"plain-b"}

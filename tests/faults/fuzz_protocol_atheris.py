@@ -90,13 +90,13 @@ def test_one_input(data: bytes) -> None:
 
 
 def write_seeds(directory: Path) -> None:
-    from tests.faults.test_fuzz_protocol import _seed_frames
+    from tests.faults.fuzz_seeds import seed_frames
     from tests.qemud.wire import hello_frame
     directory.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(_seed_frames()):
+    for i, frame in enumerate(seed_frames()):
         (directory / f"seed-negotiated-{i}").write_bytes(b"\x01" + frame)
         (directory / f"seed-hello-{i}").write_bytes(b"\x00" + hello_frame() + frame)
-    print(f"wrote {2 * len(_seed_frames())} seeds to {directory}")
+    print(f"wrote {2 * len(seed_frames())} seeds to {directory}")
 
 
 def main() -> None:

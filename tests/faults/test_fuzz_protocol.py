@@ -38,11 +38,11 @@ from protocol import (
     Role,
 )
 from protocol import payloads as pl
-from protocol.procedures import Kind, spec_for
 from tests.helpers.daemon import DaemonProcess
-from tests.qemud.wire import RawClient, hello_frame, minimal_instance
+from tests.qemud.wire import RawClient, hello_frame
 
-from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
+from .conftest import assert_log_clean, bare_domain_xml, guest_name
+from .fuzz_seeds import client_conn, seed_frames
 
 EXAMPLES_RAW = 400
 EXAMPLES_MUTATED = 800
@@ -66,55 +66,13 @@ def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc
     }).start()
     # warm up allocator pools and import paths before the RSS baseline
     for _ in range(100):
-        _exchange(d, hello_frame() + _seed_frames()[0])
+        _exchange(d, hello_frame() + seed_frames()[0])
     d.baseline_rss = d.rss_kib()  # type: ignore[attr-defined]
     yield d
     try:
         d.stop()
     except Exception:
         d.kill()
-
-
-# -- seeds: valid frames ---------------------------------------------------------------
-
-def _client_conn() -> Connection:
-    conn = Connection(Role.CLIENT)
-    conn.version = CURRENT_VERSION  # as if HELLO had been answered
-    return conn
-
-
-_SEEDS: list[bytes] = []
-
-
-def _seed_frames() -> list[bytes]:
-    """One valid CALL frame per procedure (minimal args) plus realistic ones."""
-    if _SEEDS:
-        return _SEEDS
-    conn = _client_conn()
-    serial = 100
-    for proc in Procedure:
-        spec = spec_for(proc)
-        if spec is None or spec.kind is not Kind.CALL:
-            continue
-        serial += 1
-        _SEEDS.append(conn.send(Call(proc, serial, minimal_instance(spec.args))))
-    name = guest_name("fuzz")
-    # a definable domain whose emulator launches no guest: a mutated create cannot start QEMU
-    xml = bare_domain_xml(name, emulator=NO_GUEST_EMULATOR)
-    ref = pl.DomainRef(name, bytes(16), -1)
-    realistic = [
-        Call(Procedure.GET_URI, 1, pl.Empty()),
-        Call(Procedure.NODE_INFO, 2, pl.Empty()),
-        Call(Procedure.DOMAIN_DEFINE_XML, 3, pl.XMLFlagsArgs(xml, 0)),
-        Call(Procedure.DOMAIN_LOOKUP_BY_NAME, 4, pl.NameArgs(name)),
-        Call(Procedure.DOMAIN_GET_XML, 5, pl.DomainFlagsArgs(ref, 0)),
-        Call(Procedure.DOMAIN_LIST, 6, pl.ListDomainsArgs(0)),
-        Call(Procedure.EVENT_REGISTER, 7, pl.EventRegisterArgs(0, b"")),
-        Call(Procedure.DOMAIN_SET_AUTOSTART, 8, pl.AutostartArgs(ref, False)),
-        Call(Procedure.HELLO, 9, pl.HelloArgs([CURRENT_VERSION], "again")),
-    ]
-    _SEEDS.extend(conn.send(c) for c in realistic)
-    return _SEEDS
 
 
 # -- one connection --------------------------------------------------------------------
@@ -246,10 +204,10 @@ def test_random_bytes_before_hello(fuzz_daemon: DaemonProcess, data: bytes) -> N
 def test_mutated_frames_after_hello(fuzz_daemon: DaemonProcess,
                                     picks: list[tuple[int, list[Mutation]]],
                                     trailer: bool) -> None:
-    seeds = _seed_frames()
+    seeds = seed_frames()
     body = b"".join(_mutate(seeds[i % len(seeds)], muts) for i, muts in picks)
     if trailer:  # a valid call after the damage: answered if the damage was not fatal
-        body += _client_conn().send(Call(Procedure.GET_URI, 0xBEEF, pl.Empty()))
+        body += client_conn().send(Call(Procedure.GET_URI, 0xBEEF, pl.Empty()))
     _fuzz_one(fuzz_daemon, hello_frame() + body)
 
 

@@ -168,3 +168,52 @@ def test_a_rename_waits_for_the_snapshot_metadata_write_in_flight(
     assert not any(p.name.startswith(JOURNAL_PREFIX)
                    for p in (slowfs.backing / "config" / "domains").iterdir())
     assert_log_clean(d)
+
+
+@pytest.mark.parametrize("change", ["define", "autostart"])
+def test_a_change_in_flight_when_the_rename_comes_lands_first(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, change: str) -> None:
+    """A redefine (or an autostart enable) whose file waits for the disk when the rename
+    is called, its checks made: the rename waits for it and renames what it wrote (it
+    would otherwise land under the old name, and be lost or undo the rename)."""
+    d = on_slowfs(slowfs, daemon_factory)
+    old, new = guest_name(f"ren{change}-a"), guest_name(f"ren{change}-b")
+    with d.connect() as other:
+        other.define_xml(domain_xml(old, UUID_A))
+        if change == "define":
+            first = held_call(slowfs, d, lambda c: c.define_xml(
+                domain_xml(old, UUID_A, memory_mib=128)))
+        else:
+            first = held_call(slowfs, d, lambda c: c.lookup_by_name(old).set_autostart(True))
+        [waiting] = slowfs.held()
+        rename = Background(d, renamed(old, new))
+        try:
+            assert other.node_info().cpus >= 1
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline and not rename.answered:
+                for path in slowfs.held():
+                    if path != waiting:
+                        slowfs.let(path)
+                time.sleep(0.02)
+            assert not rename.answered
+            assert slowfs.held() == [waiting]  # the rename has not begun its writes
+        finally:
+            slowfs.release()
+        first.wait()
+        rename.wait()
+        assert names(other) == {new}
+        dom = other.lookup_by_name(new)
+        if change == "define":
+            assert "<memory unit='KiB'>131072</memory>" in dom.xml(client.XML_INACTIVE)
+        else:
+            assert dom.autostart() is True
+    assert definitions(slowfs) == [f"{new}.xml"]
+    on_disk = (slowfs.backing / "config" / "domains" / f"{new}.xml").read_text()
+    assert ("<memory unit='KiB'>131072</memory>" in on_disk) == (change == "define")
+    autostart = slowfs.backing / "config" / "autostart"
+    flags = sorted(p.name for p in autostart.iterdir()) if autostart.exists() else []
+    assert flags == ([new] if change == "autostart" else [])
+    d.stop()
+    d.start()
+    with d.connect() as again:
+        assert [(dom.name, dom.uuid) for dom in again.list_all()] == [(new, UUID_A)]

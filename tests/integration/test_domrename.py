@@ -354,6 +354,36 @@ def test_a_crash_before_the_commit_is_undone_by_the_next_daemon(daemon: DaemonPr
     assert "a rename to 'half-b' was interrupted; undone" in daemon.log_text()
 
 
+def test_an_undo_leaves_what_the_rename_never_moved_alone(daemon: DaemonProcess,
+                                                          conn: client.Connection) -> None:
+    """A rename whose move found its destination taken (another VM's directory under
+    the new name) and whose undo was cut short: the next daemon undoes it without
+    touching that directory or rewriting its VM's state as the renamed domain's."""
+    dom, old_dir = deployed(daemon, conn, "taken-a")
+    conn.close()
+    daemon.stop()
+    new_dir = daemon.state_dir / "vms" / "taken-b"
+    new_dir.mkdir()
+    theirs = VMState(vm="taken-b", uuid="6a0d2c3e-9999-4c5b-9c1d-0123456789ab",
+                     appliance="demo", version="2.0", slot="a",
+                     disks={"vda": {"class": "system", "path": str(new_dir / "vda.a.qcow2")}})
+    (new_dir / "appliance-state.json").write_text(theirs.to_json())
+    plan = RenamePlan(uuid=dom.uuid, old="taken-a", new="taken-b", xml=tiny("taken-b"),
+                      autostart=False, moves=[[str(old_dir), str(new_dir)]],
+                      records=[[str(new_dir / "appliance-state.json"), "vm", str(old_dir),
+                                str(new_dir)]])
+    (daemon.config_dir / "domains" / f"{JOURNAL_PREFIX}{dom.uuid}.json").write_text(
+        plan.to_json())
+
+    daemon.start()
+    with daemon.connect() as again:
+        assert [(d.name, d.uuid) for d in again.list_all()] == [("taken-a", dom.uuid)]
+    assert VMState.from_json((new_dir / "appliance-state.json").read_text()) == theirs
+    assert json.loads((old_dir / "appliance-state.json").read_text())["vm"] == "taken-a"
+    assert files(daemon.config_dir) == ["domains/taken-a.xml"]
+    assert "a rename to 'taken-b' was interrupted; undone" in daemon.log_text()
+
+
 def test_a_domain_defined_under_the_old_name_meanwhile_survives_the_recovery(
         daemon: DaemonProcess) -> None:
     """A rename whose clean-up failed (the record stays) and a new domain then defined

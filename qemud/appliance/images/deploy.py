@@ -84,7 +84,7 @@ class DeployOps(ImageOps):
             existing = self.driver.registry.by_name(vm)
         except NoDomain:
             existing = None
-        if existing is not None or vm in self.deploying:
+        if existing is not None or vm in self.deploying or vm in self.driver.registry.renaming:
             raise DomainExists(f"operation failed: domain '{vm}' already exists")
         if self.vm_dir(vm).exists():
             raise OperationInvalid(f"{self.vm_dir(vm)} exists (disks of an earlier VM "
