@@ -90,10 +90,11 @@ class Registry:
         #: its persistent definition (an update's or rollback's define would drop it; a
         #: factory reset, which defines nothing, refuses the same calls, for one rule)
         self.operations: dict[str, str] = {}
-        #: a new name -> the domain being renamed to it (:mod:`.rename`, whose file work
-        #: waits off the loop): taken until the rename ends, for every define, create
-        #: and restore (:meth:`check_clash`) and every other rename
-        self.renaming: dict[str, DomainObj] = {}
+        #: a name no domain has yet -> what is taking it ("domain 'X' is being renamed to
+        #: it": :mod:`.rename`, whose file work waits off the loop; "an appliance is being
+        #: deployed under it"): refused meanwhile to every define, create and restore
+        #: (:meth:`check_clash`), rename and deploy
+        self.reserved: dict[str, str] = {}
         #: domain uuid -> its defines and autostart changes whose files are in flight
         #: (:meth:`in_flight`)
         self._writing: dict[str, list[Deferred]] = {}
@@ -114,6 +115,11 @@ class Registry:
 
     def has_name(self, name: str) -> bool:
         return name in self._by_name
+
+    def holds(self, dom: DomainObj) -> bool:
+        """Whether ``dom`` is still the domain of its name (not undefined, renamed or
+        replaced since a caller looked it up)."""
+        return self._by_name.get(dom.name) is dom
 
     def by_uuid(self, uuid: bytes | str) -> DomainObj:
         key = str(uuidlib.UUID(bytes=uuid)) if isinstance(uuid, bytes) else uuid
@@ -239,10 +245,10 @@ class Registry:
 
     def check_clash(self, definition: DomainDef) -> DomainObj | None:
         """The existing domain this definition updates, or None; raises on a clash."""
-        renamed = self.renaming.get(definition.name)
-        if renamed is not None:
+        taken = self.reserved.get(definition.name)
+        if taken is not None:
             raise DomainExists(f"operation failed: domain '{definition.name}' already exists:"
-                               f" domain '{renamed.name}' is being renamed to it")
+                               f" {taken}")
         same_name = self._by_name.get(definition.name)
         same_uuid = self._by_uuid.get(definition.uuid)
         if same_name is not None and same_name.uuid != definition.uuid:

@@ -39,10 +39,12 @@ for (:data:`Steps`): the call runs them as a task whose fsyncs wait off the loop
 (:func:`waited`), start-up's recovery runs them in place (:func:`run_now`). Meanwhile
 the domain is busy (``Registry.operations``: start, define over it, undefine, autostart,
 snapshots and every ``--config`` change are refused) and the new name is taken
-(``Registry.renaming``: a define, create or restore of it is refused). Before it plans,
-the rename waits for the writes in flight of the records it moves (the snapshot
-metadata, a deployed VM's state, :class:`.filewrites.FileWrites`), so that no such
-write lands under the old name after its directory moved.
+(``Registry.reserved``: a define, create, restore or deploy of it is refused). Before
+it plans, the rename waits for what was under way when it came, checks made: a define,
+an autostart or ``--config`` change of the domain (``Registry.in_flight``) and a write
+of the records it moves (the snapshot metadata, a deployed VM's state,
+:class:`.filewrites.FileWrites`). So none lands under the old name after the files
+moved, and the rename renames what they wrote.
 """
 
 from __future__ import annotations
@@ -381,7 +383,7 @@ class Renamer:
         """The rename, with the domain busy and the new name taken until it ends."""
         registry = self.registry
         registry.operations[dom.uuid] = RENAME_BUSY
-        registry.renaming[new] = dom
+        registry.reserved[new] = f"domain '{dom.name}' is being renamed to it"
         try:
             # what was under way when the call came, its checks made, lands first: a
             # define, an autostart or --config change, the records the rename moves
@@ -390,6 +392,7 @@ class Renamer:
             for record in (self.snapshots_dir / dom.name / SNAPSHOT_INDEX,
                            self.vms_dir / dom.name / VM_STATE):
                 yield self.driver.files.settled(record)
+            self._check_still(dom)
             self._check_snapshots(dom)  # (again, on what landed)
             definition = self._new_definition(dom, new)
             plan = self._plan(dom, definition)
@@ -398,7 +401,7 @@ class Renamer:
             renamed = registry.rename(dom, definition)
         finally:
             registry.operations.pop(dom.uuid, None)
-            registry.renaming.pop(new, None)
+            registry.reserved.pop(new, None)
         log.info("domain '%s' (uuid %s) renamed to '%s'", plan.old, plan.uuid, plan.new)
         self.driver.events.lifecycle(old_ref, LifecycleEvent.UNDEFINED,
                                      UndefinedDetail.RENAMED)
@@ -418,6 +421,16 @@ class Renamer:
         if dom.managed_save or self.store.has_managed_save(dom.name):
             raise OperationInvalid("domain with a managed saved state can't be renamed")
         self._check_snapshots(dom)
+
+    def _check_still(self, dom: DomainObj) -> None:
+        """After the waits: the domain is still the shut-off persistent one of its name
+        (what landed meanwhile may have undone it: a deploy whose last write failed
+        undefines its VM)."""
+        if not self.registry.holds(dom) or not dom.persistent:
+            raise OperationInvalid(f"cannot rename domain '{dom.name}': it was undefined "
+                                   "meanwhile")
+        if dom.active:
+            raise OperationInvalid("cannot rename active domain")
 
     def _check_snapshots(self, dom: DomainObj) -> None:
         """Refused with snapshots (libvirt), and while the domain's snapshot record still
@@ -457,8 +470,11 @@ class Renamer:
             raise OperationInvalid("Can't rename domain to itself")
         if "/" in new:
             raise XMLError(f"name {new} cannot contain '/'")
-        if self.registry.has_name(new) or new in self.registry.renaming:
+        if self.registry.has_name(new):
             raise OperationInvalid(f"domain with name '{new}' already exists")
+        taken = self.registry.reserved.get(new)
+        if taken is not None:
+            raise OperationInvalid(f"domain with name '{new}' already exists: {taken}")
         from .registry import check_name
         check_name(new)
         path = self.store.definition_path(new)

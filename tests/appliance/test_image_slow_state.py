@@ -33,6 +33,11 @@ def tarball(work: Path, test_guest: TestGuest) -> Path:
     return build_appliance(work, test_guest, descriptor("1.0"))
 
 
+#: a domain of no appliance, to rename
+PLAIN_XML = ("<domain type='qemu'><name>plain-a</name><memory unit='MiB'>64</memory>"
+             "<os><type arch='x86_64'>hvm</type></os></domain>")
+
+
 def held_state_write(slowfs: SlowFS, vm: str) -> None:
     """Wait until the fsync of ``vm``'s state temp file is held; the others that come
     first (qemu-img's flush of a new overlay) are let go."""
@@ -52,6 +57,7 @@ def test_a_deploy_waits_for_its_state_writes_off_the_loop(
     state = slowfs.backing / "state" / "vms" / vm / "appliance-state.json"
     with d.connect() as other:
         assert images.import_appliance(other, str(tarball)) == "demo:1.0"
+        plain = other.define_xml(PLAIN_XML)
         slowfs.hold()
         deploy = Background(d, lambda c: images.deploy(c, "demo", vm, "1.0"))
         try:
@@ -59,11 +65,21 @@ def test_a_deploy_waits_for_its_state_writes_off_the_loop(
             assert other.node_info().cpus >= 1  # the loop serves others meanwhile
             assert vm not in {dom.name for dom in other.list_domains()}  # not defined yet
             assert not state.exists()
+            with pytest.raises(client.OperationInvalid,
+                               match=f"domain with name '{vm}' already exists: an "
+                                     "appliance is being deployed under it"):
+                plain.rename(vm)
             slowfs.let()
             held_state_write(slowfs, vm)  # defined; the mark is being dropped
             assert other.node_info().cpus >= 1
             assert vm in {dom.name for dom in other.list_domains()}
             assert json.loads(state.read_text())["deploying"] is True
+            # what the deploy still writes to (and undoes, should that write fail) stays
+            deployed = other.lookup_by_name(vm)
+            for call in (lambda: deployed.rename("moved"), deployed.undefine):
+                with pytest.raises(client.OperationInvalid,
+                                   match=f"domain '{vm}' is busy: deploy in progress"):
+                    call()
             assert not deploy.answered
         finally:
             slowfs.release()
@@ -79,15 +95,15 @@ def test_a_deploy_under_a_name_a_rename_is_taking_is_refused(
                                          "config_dir": str(slowfs.mount / "config")}})
     with d.connect() as other:
         assert images.import_appliance(other, str(tarball)) == "demo:1.0"
-        other.define_xml("<domain type='qemu'><name>plain-a</name><memory unit='MiB'>64"
-                         "</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+        other.define_xml(PLAIN_XML)
         slowfs.hold()
         rename = Background(d, lambda c: c.lookup_by_name("plain-a").rename("plain-b"))
         try:
             [journal] = slowfs.wait_held()
             assert "/config/domains/..rename-" in journal
             with pytest.raises(client.DomainExistsError,
-                               match="domain 'plain-b' already exists"):
+                               match="domain 'plain-b' already exists: domain 'plain-a' is "
+                                     "being renamed to it"):
                 images.deploy(other, "demo", "plain-b", "1.0")
             assert not (slowfs.backing / "state" / "vms" / "plain-b").exists()
         finally:

@@ -23,7 +23,6 @@ from qemud.driver.discard import discard_tree
 from qemud.errors import (
     DomainExists,
     InvalidArg,
-    NoDomain,
     OperationFailed,
     OperationInvalid,
     QemudError,
@@ -64,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: DeployArgs.flags: start the VM once it is defined
 DEPLOY_START = 1
+#: what a deploy's name reservation says (``Registry.reserved``)
+DEPLOYING = "an appliance is being deployed under it"
 
 
 class DeployOps(ImageOps):
@@ -72,7 +73,6 @@ class DeployOps(ImageOps):
     def __init__(self, driver: QemuDriver, config: Config, store: ImageStore,
                  runner: ToolRunner, busy: dict[str, str]) -> None:
         super().__init__(driver, config, store, runner, busy)
-        self.deploying: set[str] = set()  # vm names
 
     def handle_deploy(self, ctx: Any, args: pl.DeployArgs) -> Deferred:
         vm = args.vm_name
@@ -80,29 +80,35 @@ class DeployOps(ImageOps):
             raise InvalidArg(f"VM name '{vm}' may only hold letters, digits and . _ + - "
                              "(at most 64, not starting with a punctuation mark)")
         desc, directory = self.store.get(args.name, args.version)
-        try:
-            existing = self.driver.registry.by_name(vm)
-        except NoDomain:
-            existing = None
-        if existing is not None or vm in self.deploying or vm in self.driver.registry.renaming:
+        registry = self.driver.registry
+        if registry.has_name(vm):
             raise DomainExists(f"operation failed: domain '{vm}' already exists")
+        taken = registry.reserved.get(vm)
+        if taken is not None:
+            raise DomainExists(f"operation failed: domain '{vm}' already exists: {taken}")
         if self.vm_dir(vm).exists():
             raise OperationInvalid(f"{self.vm_dir(vm)} exists (disks of an earlier VM "
                                    f"'{vm}'?): remove it or deploy under another name")
         check_host(desc, self.driver.caps)
         self.qemu_img()
-        self.deploying.add(vm)
+        registry.reserved[vm] = DEPLOYING
         return run_task(self.loop, self._deploy(desc, directory, vm,
                                                 bool(args.flags & DEPLOY_START)),
                         "APPLIANCE_DEPLOY")
 
     def _deploy(self, desc: Descriptor, directory: Path, vm: str, start: bool) -> Task:
+        """The name is reserved until the define is asked for; from then until the
+        state's last write, the new domain is busy (``Registry.operations``): a rename
+        or an undefine meanwhile would move or remove what the deploy still writes to,
+        or undo."""
         vmdir = self.vm_dir(vm)
+        registry = self.driver.registry
         try:
             vmdir.mkdir(parents=True, mode=0o700)
         except OSError as exc:
-            self.deploying.discard(vm)
+            registry.reserved.pop(vm, None)
             raise OperationFailed(f"cannot create {vmdir}: {exc.strerror or exc}") from None
+        uuid = str(uuidlib.uuid4())
         try:
             disks: dict[str, dict[str, Any]] = {}
             for disk in desc.disks:
@@ -116,11 +122,12 @@ class DeployOps(ImageOps):
                     assert disk.file is not None
                     yield from self._create_overlay(path, directory / disk.file, disk.format)
                     disks[disk.target] = {"class": disk.cls, "path": str(path)}
-            uuid = str(uuidlib.uuid4())
             definition = self._build_definition(desc, directory, vm, uuid, disks)
             state = VMState(vm=vm, uuid=uuid, appliance=desc.name, version=desc.version,
                             slot="a", disks=disks, deploying=True)
             yield self.save_state(state)
+            self.busy[uuid] = "deploy"
+            registry.reserved.pop(vm, None)  # (the define's own checks take it from here)
             dom = yield self._define(definition)
             state.deploying = False
             yield from self._settle_deploy(dom, state)
@@ -128,7 +135,8 @@ class DeployOps(ImageOps):
             discard_tree(self.loop, vmdir)
             raise
         finally:
-            self.deploying.discard(vm)
+            registry.reserved.pop(vm, None)
+            self.busy.pop(uuid, None)
         log.info("domain %s deployed from appliance %s", vm, desc.ref)
         self.events.appliance(dom.ref(), "appliance-deployed",
                               f"deployed from appliance {desc.ref} ({len(disks)} disk(s) in "
