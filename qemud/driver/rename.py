@@ -224,6 +224,9 @@ def _move(src: str, dst: str, undoing: bool = False) -> Steps:
         return
     if os.path.lexists(dst):
         if undoing:
+            log.warning("undoing a rename: %s and %s are both there, so %s was never moved "
+                        "to %s (its destination was taken) or has been made again since: "
+                        "both are left as they are", dst, src, dst, src)
             return
         raise OSError(17, "the destination exists", dst)  # never replace anything
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
@@ -585,6 +588,7 @@ class Renamer:
                                                   plan.xml))  # the commit
         except OSError as exc:
             cause = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            outcome = "nothing was changed"
             try:
                 _remove(store.definition_path(plan.new))
                 yield from waited(store.fsync, _undo(store, plan))
@@ -592,8 +596,11 @@ class Renamer:
                 log.error("domain '%s': cannot undo the rename to '%s': %s (the record %s "
                           "stays: the next daemon start undoes it)", plan.old, plan.new,
                           again.strerror or again, journal)
+                outcome = (f"the undo failed too, {again.strerror or again}: the domain "
+                           "keeps its name, and the next daemon start moves back what was "
+                           "moved")
             raise OperationFailed(f"cannot rename domain '{plan.old}' to '{plan.new}': "
-                                  f"{cause} (nothing was changed)") from None
+                                  f"{cause} ({outcome})") from None
         try:
             yield from waited(store.fsync, _finish(store, plan))
         except OSError as exc:

@@ -217,3 +217,40 @@ def test_a_change_in_flight_when_the_rename_comes_lands_first(
     d.start()
     with d.connect() as again:
         assert [(dom.name, dom.uuid) for dom in again.list_all()] == [(new, UUID_A)]
+
+
+def test_a_failed_undo_says_so_and_the_next_daemon_undoes(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The new definition's fsync fails, and so does the undo (the disk is gone for
+    good): the caller hears that the domain keeps its name and that what was moved is
+    moved back at the next start, which does it."""
+    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state"),
+                                         "config_dir": str(slowfs.mount / "config")}})
+    old, new = guest_name("renundo-a"), guest_name("renundo-b")
+    snapshots = slowfs.backing / "state" / "snapshots"
+    with d.connect() as other:
+        dom = other.define_xml(bare_domain_xml(old, emulator=NO_GUEST_EMULATOR,
+                                               devices=disk_xml(make_image(tmp_path / "a"))))
+        dom.snapshot_create("s1")
+        dom.snapshot_delete("s1")  # an empty record: it moves with the name
+        rename = held_call(slowfs, d, renamed(old, new))
+        try:
+            held_until(slowfs, lambda path: path.startswith(f"/config/domains/.{new}.xml."))
+            assert (snapshots / new / "snapshots.json").exists()  # moved, not committed
+            slowfs.fail()
+            with pytest.raises(client.OperationFailed) as info:
+                rename.wait()
+        finally:
+            slowfs.release()
+        assert str(info.value) == (
+            f"operation failed: cannot rename domain '{old}' to '{new}': Input/output error"
+            " (the undo failed too, Input/output error: the domain keeps its name, and the"
+            " next daemon start moves back what was moved)")
+        assert names(other) == {old}
+    d.stop()
+    d.start()
+    with d.connect() as again:
+        assert [dom.name for dom in again.list_all()] == [old]
+    assert json.loads((snapshots / old / "snapshots.json").read_text())["domain"] == old
+    assert not (snapshots / new).exists() or not any((snapshots / new).iterdir())
+    assert f"a rename to '{new}' was interrupted; undone" in d.log_text()

@@ -381,6 +381,8 @@ def test_an_undo_leaves_what_the_rename_never_moved_alone(daemon: DaemonProcess,
     assert VMState.from_json((new_dir / "appliance-state.json").read_text()) == theirs
     assert json.loads((old_dir / "appliance-state.json").read_text())["vm"] == "taken-a"
     assert files(daemon.config_dir) == ["domains/taken-a.xml"]
+    assert f"{old_dir} and {new_dir} are both there, so {old_dir} was never moved to " \
+        f"{new_dir}" in daemon.log_text()
     assert "a rename to 'taken-b' was interrupted; undone" in daemon.log_text()
 
 
