@@ -44,6 +44,20 @@ def renamed(name: str, new: str) -> Callable[[Any], None]:
     return lambda c: c.lookup_by_name(name).rename(new)
 
 
+def assert_waits_for(slowfs: SlowFS, held: str, rename: Background) -> None:
+    """Every fsync but ``held``'s goes through for a second, and ``rename`` is still not
+    answered, nor has it asked for one: a rename that did not wait for that write would
+    be done well within the second."""
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline and not rename.answered:
+        for path in slowfs.held():
+            if path != held:
+                slowfs.let(path)
+        time.sleep(0.02)
+    assert not rename.answered
+    assert slowfs.held() == [held]
+
+
 def test_a_rename_waits_off_the_loop_with_the_domain_busy_and_the_name_taken(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
     d = on_slowfs(slowfs, daemon_factory)
@@ -144,16 +158,7 @@ def test_a_rename_waits_for_the_snapshot_metadata_write_in_flight(
             forgotten = held_until(slowfs, metadata_temp(old))  # merged: s1 forgotten
             rename = Background(d, renamed(old, new))
             assert other.node_info().cpus >= 1
-            # every other fsync goes through: a rename that did not wait for the write
-            # held would be done well within this second
-            deadline = time.monotonic() + 1
-            while time.monotonic() < deadline and not rename.answered:
-                for path in slowfs.held():
-                    if path != forgotten:
-                        slowfs.let(path)
-                time.sleep(0.02)
-            assert not rename.answered
-            assert slowfs.held() == [forgotten]
+            assert_waits_for(slowfs, forgotten, rename)
             assert recorded(snapshots / old / "snapshots.json") == ["s1"]
         finally:
             slowfs.release()
@@ -189,14 +194,7 @@ def test_a_change_in_flight_when_the_rename_comes_lands_first(
         rename = Background(d, renamed(old, new))
         try:
             assert other.node_info().cpus >= 1
-            deadline = time.monotonic() + 1
-            while time.monotonic() < deadline and not rename.answered:
-                for path in slowfs.held():
-                    if path != waiting:
-                        slowfs.let(path)
-                time.sleep(0.02)
-            assert not rename.answered
-            assert slowfs.held() == [waiting]  # the rename has not begun its writes
+            assert_waits_for(slowfs, waiting, rename)  # (it has not begun its writes)
         finally:
             slowfs.release()
         first.wait()
