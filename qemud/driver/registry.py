@@ -274,12 +274,19 @@ class Registry:
         detach).
         """
         definition = self.parse(xml)
-        self.check_clash(definition)  # refused before anything is written
+        existing = self.check_clash(definition)  # refused before anything is written
         name = definition.name
+        stale = (existing is None or not existing.persistent) and self.store.autostart(name)
         try:
             temp = self.store.begin_definition(name, definition.to_xml())
         except OSError as exc:
             raise self._save_failed(name, exc) from None
+        if stale:
+            try:
+                self._clear_stale_autostart(name)
+            except QemudError:
+                temp.abandon()
+                raise
 
         def check() -> DomainObj | None:
             existing = self.check_clash(definition)
@@ -296,10 +303,17 @@ class Registry:
                 _fail(out, error, functools.partial(self._save_failed, name),
                       f"the define of '{name}'")
 
-        assert self.store.fsync is not None, "the driver's store has one"
-        commit_async(self.store.fsync, temp, check,
-                     lambda existing: self._install(definition, existing, disk_removed),
-                     done)
+        fsync = self.store.fsync
+        assert fsync is not None, "the driver's store has one"
+
+        def commit() -> None:
+            commit_async(fsync, temp, check,
+                         lambda existing: self._install(definition, existing, disk_removed),
+                         done)
+        if stale:  # its removal durable before the definition is in place, off the loop
+            sync_directory_async(fsync, self.store.autostart_path(name), commit)
+        else:
+            commit()
         self._track(definition.uuid, out)
         return out
 
@@ -402,20 +416,30 @@ class Registry:
             disk_removed(dom)
         return dom
 
-    def _drop_stale_autostart(self, name: str) -> None:
+    def _clear_stale_autostart(self, name: str) -> None:
         """A new definition starts without autostart, on disk as in memory.
 
         A flag left without its definition (an undefine cut short, a hand edit) would
-        otherwise make the next daemon autostart a domain nobody asked to autostart.
-        """
+        otherwise make the next daemon autostart a domain nobody asked to autostart. The
+        define removes it when called, and renames its definition into place only once
+        the removal is durable (the directory's fsync waits off the loop)."""
+        log.warning("removing stale autostart flag of '%s' (it had no definition)", name)
+        try:
+            self.store.clear_autostart(name)
+        except OSError as exc:
+            raise _stale_flag_failed(name, exc) from None
+
+    def _drop_stale_autostart(self, name: str) -> None:
+        """:meth:`_clear_stale_autostart` at the define's commit, for a flag that came
+        while its fsyncs waited (none does but by hand): synced on the loop, as rare as
+        that is."""
         if not self.store.autostart(name):
             return
         log.warning("removing stale autostart flag of '%s' (it had no definition)", name)
         try:
             self.store.set_autostart(name, False)
         except OSError as exc:
-            raise OperationFailed(f"cannot remove the stale autostart flag of '{name}': "
-                                  f"{exc.strerror or exc} (nothing was changed)") from None
+            raise _stale_flag_failed(name, exc) from None
 
     @staticmethod
     def _save_failed(name: str, exc: OSError) -> OperationFailed:
@@ -634,6 +658,11 @@ def _list_order(dom: DomainObj) -> tuple[bool, int, str]:
 def _targets(definition: DomainDef) -> set[str]:
     """The disk targets (``vda``, ``sdb``...) of ``definition``."""
     return {disk.target_dev for disk in definition.disks if disk.target_dev}
+
+
+def _stale_flag_failed(name: str, exc: OSError) -> OperationFailed:
+    return OperationFailed(f"cannot remove the stale autostart flag of '{name}': "
+                           f"{exc.strerror or exc} (nothing was changed)")
 
 
 def _autostart_failed(name: str, exc: OSError) -> OperationFailed:

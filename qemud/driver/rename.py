@@ -426,9 +426,9 @@ class Renamer:
         self._check_snapshots(dom)
 
     def _check_still(self, dom: DomainObj) -> None:
-        """After the waits: the domain is still the shut-off persistent one of its name
-        (what landed meanwhile may have undone it: a deploy whose last write failed
-        undefines its VM)."""
+        """After the waits: the domain is still the shut-off persistent one of its name.
+        (Every call that could change that is refused meanwhile; this holds the rename
+        to it should a write that landed during the waits have done so.)"""
         if not self.registry.holds(dom) or not dom.persistent:
             raise OperationInvalid(f"cannot rename domain '{dom.name}': it was undefined "
                                    "meanwhile")

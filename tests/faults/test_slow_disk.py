@@ -251,3 +251,31 @@ def test_a_call_past_its_deadline_fails_and_its_work_still_lands(
             slowfs.release()
         wait_for(lambda: name in names(conn), timeout=10, message="the define landed")
     assert definitions(slowfs) == [f"{name}.xml"]
+
+
+def test_a_stale_autostart_flag_goes_off_the_loop_before_the_definition_lands(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """A flag with no definition (an undefine cut short, a hand edit) is removed when the
+    define is called, and its removal is durable before the definition is renamed into
+    place: the directory's fsync waits off the loop, first."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("staleflag")
+    flag = slowfs.backing / "config" / "autostart" / name
+    flag.parent.mkdir(exist_ok=True)
+    flag.touch()
+    with d.connect() as other:
+        define = define_held(slowfs, d, domain_xml(name, UUID_A))
+        try:
+            assert slowfs.held() == ["/config/autostart"]  # the flag's removal, first
+            assert other.node_info().cpus >= 1
+            assert not flag.exists()
+            assert name not in names(other)
+            slowfs.let()
+            [temp] = slowfs.wait_held()  # then the definition's own
+            assert temp.startswith(f"/config/domains/.{name}.xml.")
+        finally:
+            slowfs.release()
+        assert define.wait().name == name
+        assert other.lookup_by_name(name).autostart() is False
+    assert definitions(slowfs) == [f"{name}.xml"]
+    assert f"removing stale autostart flag of '{name}'" in d.log_text()
