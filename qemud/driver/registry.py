@@ -243,9 +243,10 @@ class Registry:
         if dom.active:
             self.release_id(dom)
 
-    def check_clash(self, definition: DomainDef) -> DomainObj | None:
-        """The existing domain this definition updates, or None; raises on a clash."""
-        taken = self.reserved.get(definition.name)
+    def check_clash(self, definition: DomainDef, claimed: bool = False) -> DomainObj | None:
+        """The existing domain this definition updates, or None; raises on a clash (a
+        name :attr:`reserved` too, unless the caller holds it: ``claimed``)."""
+        taken = None if claimed else self.reserved.get(definition.name)
         if taken is not None:
             raise DomainExists(f"operation failed: domain '{definition.name}' already exists:"
                                f" {taken}")
@@ -259,8 +260,8 @@ class Registry:
                                f"with uuid {definition.uuid} (domrename renames a domain)")
         return same_name
 
-    def define(self, xml: str, disk_removed: Callable[[DomainObj], None] | None = None
-               ) -> Deferred:
+    def define(self, xml: str, disk_removed: Callable[[DomainObj], None] | None = None, *,
+               claimed: bool = False) -> Deferred:
         """Define (or redefine) a persistent domain from ``xml``; the Deferred resolves
         with the domain once its definition is on disk, durably.
 
@@ -271,10 +272,10 @@ class Registry:
         nothing. ``disk_removed`` is called with the domain when the new definition
         drops a disk target the persistent definition had (the driver's disk-removed
         hooks: the snapshot duty records the image that disk used last, as after a
-        detach).
+        detach). ``claimed``: the caller holds the name's reservation (a deploy).
         """
         definition = self.parse(xml)
-        existing = self.check_clash(definition)  # refused before anything is written
+        existing = self.check_clash(definition, claimed)  # refused before anything is written
         name = definition.name
         stale = (existing is None or not existing.persistent) and self.store.autostart(name)
         try:
@@ -289,7 +290,7 @@ class Registry:
                 raise
 
         def check() -> DomainObj | None:
-            existing = self.check_clash(definition)
+            existing = self.check_clash(definition, claimed)
             if existing is None or not existing.persistent:
                 self._drop_stale_autostart(name)
             return existing

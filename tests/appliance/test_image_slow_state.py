@@ -18,6 +18,7 @@ import pytest
 import client
 from client import appliance_images as images
 from tests.conftest import DaemonFactory
+from tests.faults.slow_disk import held_until
 from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import Background
 from tests.integration.conftest import TestGuest
@@ -52,7 +53,8 @@ def held_state_write(slowfs: SlowFS, vm: str) -> None:
 
 def test_a_deploy_waits_for_its_state_writes_off_the_loop(
         slowfs: SlowFS, daemon_factory: DaemonFactory, tarball: Path) -> None:
-    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state")}})
+    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state"),
+                                         "config_dir": str(slowfs.mount / "config")}})
     vm = "slow-state"
     state = slowfs.backing / "state" / "vms" / vm / "appliance-state.json"
     with d.connect() as other:
@@ -65,11 +67,16 @@ def test_a_deploy_waits_for_its_state_writes_off_the_loop(
             assert other.node_info().cpus >= 1  # the loop serves others meanwhile
             assert vm not in {dom.name for dom in other.list_domains()}  # not defined yet
             assert not state.exists()
+            slowfs.let()
+            # the define's own fsync: the name is still the deploy's
+            held_until(slowfs, lambda path: path.startswith(f"/config/domains/.{vm}.xml."))
+            assert vm not in {dom.name for dom in other.list_domains()}
             with pytest.raises(client.OperationInvalid,
                                match=f"domain with name '{vm}' already exists: an "
                                      "appliance is being deployed under it"):
                 plain.rename(vm)
-            slowfs.let()
+            with pytest.raises(client.DomainExistsError, match="being deployed under it"):
+                other.define_xml(PLAIN_XML.replace("plain-a", vm))
             held_state_write(slowfs, vm)  # defined; the mark is being dropped
             assert other.node_info().cpus >= 1
             assert vm in {dom.name for dom in other.list_domains()}

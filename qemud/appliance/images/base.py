@@ -187,6 +187,7 @@ class ImageOps:
         tmp = yield from self._prepare(path, options, size)
         os.replace(tmp, path)
 
-    def _define(self, definition: DomainDef) -> Deferred:
-        """Define ``definition``; the Deferred resolves with the domain (a task yields it)."""
-        return self.driver.registry.define(definition.to_xml())
+    def _define(self, definition: DomainDef, claimed: bool = False) -> Deferred:
+        """Define ``definition``; the Deferred resolves with the domain (a task yields it).
+        ``claimed``: the caller holds the name's reservation (``Registry.reserved``)."""
+        return self.driver.registry.define(definition.to_xml(), claimed=claimed)

@@ -97,10 +97,10 @@ class DeployOps(ImageOps):
                         "APPLIANCE_DEPLOY")
 
     def _deploy(self, desc: Descriptor, directory: Path, vm: str, start: bool) -> Task:
-        """The name is reserved until the define is asked for; from then until the
-        state's last write, the new domain is busy (``Registry.operations``): a rename
-        or an undefine meanwhile would move or remove what the deploy still writes to,
-        or undo."""
+        """The name is reserved until the define has landed (a define, rename or deploy
+        of it meanwhile is refused); from the define until the state's last write, the
+        new domain is busy (``Registry.operations``): a rename or an undefine meanwhile
+        would move or remove what the deploy still writes to, or undoes."""
         vmdir = self.vm_dir(vm)
         registry = self.driver.registry
         try:
@@ -127,8 +127,8 @@ class DeployOps(ImageOps):
                             slot="a", disks=disks, deploying=True)
             yield self.save_state(state)
             self.busy[uuid] = "deploy"
-            registry.reserved.pop(vm, None)  # (the define's own checks take it from here)
-            dom = yield self._define(definition)
+            dom = yield self._define(definition, claimed=True)
+            registry.reserved.pop(vm, None)  # (the domain has the name now)
             state.deploying = False
             yield from self._settle_deploy(dom, state)
         except BaseException:
