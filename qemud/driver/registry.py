@@ -83,8 +83,9 @@ class Registry:
         self.reply_waits = reply_waits
         #: domain uuid -> a long operation that runs on it: an appliance image update,
         #: rollback or factory reset ("update to demo:2.0"), which stops, defines and
-        #: starts the domain itself, so it is no ``dom.job``, or a rename
-        #: (:mod:`.rename`). The calls that would change the domain meanwhile are
+        #: starts the domain itself, so it is no ``dom.job``; a deploy, from its define
+        #: to its state's last write; a rename (:mod:`.rename`), while its files wait
+        #: for the disk. The calls that would change the domain meanwhile are
         #: refused (:meth:`require_no_operation`): start, define over it, rename,
         #: undefine, autostart, save, snapshot create and revert, and every change to
         #: its persistent definition (an update's or rollback's define would drop it; a
