@@ -149,19 +149,14 @@ def _after(result: Payload | Deferred, waits: list[Deferred]) -> Deferred:
     """A Deferred done once ``result`` (a payload or a Deferred) and ``waits`` are."""
     out = Deferred()
     pending = [result, *waits] if isinstance(result, Deferred) else list(waits)
-    left = [len(pending)]
 
-    def one_done(_: Deferred) -> None:
-        left[0] -= 1
-        if left[0]:
-            return
+    def all_done(_: Deferred) -> None:
         for d in pending:
             if d.error is not None:
                 out.fail(d.error)
                 return
         out.resolve(result.result if isinstance(result, Deferred) else result)
-    for d in pending:
-        d.add_done_callback(one_done)
+    all_ended(pending).add_done_callback(all_done)
     return out
 
 

@@ -350,7 +350,7 @@ class Registry:
             raise _autostart_failed(name, exc) from None
 
         def check() -> None:
-            if self._by_name.get(name) is not dom or not dom.persistent:
+            if not self.holds(dom) or not dom.persistent:
                 raise NoDomain(f"no domain with matching name '{name}' (it was undefined "
                                "or renamed while its autostart flag was written)")
 
@@ -499,7 +499,7 @@ class Registry:
         lowered meanwhile) and raises to refuse; the error then says the live half was
         made, since it was.
         """
-        if not dom.persistent or self._by_name.get(dom.name) is not dom:
+        if not dom.persistent or not self.holds(dom):
             raise OperationInvalid(f"the live change was made, not the persistent one: "
                                    f"domain '{dom.name}' was undefined meanwhile")
         definition = dom.persistent_definition.copy()

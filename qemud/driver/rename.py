@@ -52,10 +52,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from protocol import payloads as pl
@@ -67,7 +67,7 @@ from qemud.tasks import Task, run_task
 
 from .firmware import nvram_default_path
 from .flags import check_flags
-from .store import DomainStore, TempFile
+from .store import DomainStore, Fsyncs, TempFile, fsync_directory_async
 
 if TYPE_CHECKING:
     from .domain import DomainObj
@@ -127,17 +127,12 @@ def journal_path(store: DomainStore, uuid: str) -> Path:
 Steps = Generator["TempFile | Path", None, None]
 
 
-class _Fsync(Protocol):
-    """What :func:`waited` needs of :class:`qemud.asyncfsync.AsyncFsync`."""
-
-    def fsync(self, fd: int, done: Any) -> None: ...
-
-
 class _InPlace:
-    """:class:`_Fsync` done at once, on the caller's stack (start-up, before the loop)."""
+    """:class:`.store.Fsyncs` done at once, on the caller's stack (start-up, before the
+    loop)."""
 
     @staticmethod
-    def fsync(fd: int, done: Any) -> None:
+    def fsync(fd: int, done: Callable[[OSError | None], None]) -> None:
         try:
             os.fsync(fd)
         except OSError as exc:
@@ -146,7 +141,7 @@ class _InPlace:
         done(None)
 
 
-def waited(fsync: _Fsync, steps: Steps) -> Task:
+def waited(fsync: Fsyncs, steps: Steps) -> Task:
     """``steps`` as a task (:mod:`qemud.tasks`): each fsync it yields waits off the loop,
     its error, if any, raised back in ``steps``."""
     error: OSError | None = None
@@ -172,26 +167,15 @@ def run_now(steps: Steps) -> None:
         result = deferred.result
 
 
-def _synced(fsync: _Fsync, item: TempFile | Path) -> Deferred:
+def _synced(fsync: Fsyncs, item: TempFile | Path) -> Deferred:
     """The fsync of a temp file or a directory (one gone: nothing to do); resolves with
     its error, or None."""
     out = Deferred()
     if isinstance(item, TempFile):
         fsync.fsync(item.fd, out.resolve)
-        return out
-    try:
-        dir_fd = os.open(item, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        out.resolve(None)
-        return out
-    except OSError as exc:
-        out.resolve(exc)
-        return out
-
-    def done(error: OSError | None) -> None:
-        os.close(dir_fd)
-        out.resolve(error)
-    fsync.fsync(dir_fd, done)
+    else:
+        fsync_directory_async(fsync, item, lambda error: out.resolve(
+            None if isinstance(error, FileNotFoundError) else error))
     return out
 
 

@@ -25,12 +25,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from qemud.asyncfsync import AsyncFsync
 
-__all__ = ["atomic_write", "commit_async", "sync_directory_async", "TempFile",
+__all__ = ["atomic_write", "commit_async", "sync_directory_async", "fsync_directory_async",
+           "Fsyncs", "TempFile",
            "directories_below", "remove_dead_writes", "remove_dead_writes_below",
            "DomainStore", "StatusRecord", "fault_before_rename", "fsync_dir"]
 
@@ -182,22 +183,38 @@ def commit_async(fsync: AsyncFsync, temp: TempFile, check: Callable[[], _Token],
     fsync.fsync(temp.fd, synced)
 
 
-def sync_directory_async(fsync: AsyncFsync, path: Path, then: Callable[[], None]) -> None:
-    """:func:`_sync_directory` off the loop, then ``then()`` (whatever the outcome)."""
+class Fsyncs(Protocol):
+    """What the async writers need of :class:`qemud.asyncfsync.AsyncFsync`: ``fsync(fd,
+    done)``, ``done`` called with the error or None once the fd is flushed."""
+
+    def fsync(self, fd: int, done: Callable[[OSError | None], None]) -> None: ...
+
+
+def fsync_directory_async(fsync: Fsyncs, directory: Path,
+                          done: Callable[[OSError | None], None]) -> None:
+    """fsync ``directory`` off the loop, then ``done(error or None)``; a directory that
+    cannot be opened (gone, no fd left) is ``done(that error)`` at once."""
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        _directory_not_synced(path, exc)
-        then()
+        done(exc)
         return
 
     def synced(error: OSError | None) -> None:
         os.close(dir_fd)
+        done(error)
+
+    fsync.fsync(dir_fd, synced)
+
+
+def sync_directory_async(fsync: AsyncFsync, path: Path, then: Callable[[], None]) -> None:
+    """:func:`_sync_directory` off the loop, then ``then()`` (whatever the outcome)."""
+    def synced(error: OSError | None) -> None:
         if error is not None:
             _directory_not_synced(path, error)
         then()
 
-    fsync.fsync(dir_fd, synced)
+    fsync_directory_async(fsync, path.parent, synced)
 
 
 def _sync_directory(directory: Path, path: Path) -> None:
