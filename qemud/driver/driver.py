@@ -48,7 +48,7 @@ from .devices import Devices
 from .discard import remove_discarded_below
 from .domain import DomainObj, StopIntent
 from .filewrites import FileWrites
-from .firmware import START_RESET_NVRAM, UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
+from .firmware import UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
 from .flags import check_flags
 from .guestcontrol import GuestControl
 from .jobs import Jobs
@@ -61,7 +61,7 @@ from .ports import PortAllocator
 from .registry import Registry
 from .rename import Renamer
 from .resources import Resources
-from .saving import START_FORCE_BOOT, Saving
+from .saving import Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
@@ -166,6 +166,7 @@ class QemuDriver:
 
     def start(self) -> None:
         self.registry.load()
+        self.firmware.remove_dead_copies()
         # managed save images an earlier daemon was removing (driver.discard) when killed
         remove_discarded_below(self.loop, self.store.save_dir, depth=0)
         self.lifecycle.reconnect_all()
@@ -451,8 +452,8 @@ class QemuDriver:
         return self._empty_or(self.registry.set_autostart(self._dom(args), args.autostart))
 
     def _create(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
-        """libvirt's START_PAUSED (1) and START_FORCE_BOOT (8): see Saving.start;
-        START_RESET_NVRAM (32): the NVRAM file recreated from its template first.
+        """libvirt's START_PAUSED (1), START_FORCE_BOOT (8) and START_RESET_NVRAM (32,
+        the NVRAM file copied afresh from its template first): see Saving.start.
 
         A ``--config`` change whose file is still being written is waited for (a few
         ms): if that write failed, the change would be taken back, and the guest must
@@ -472,10 +473,7 @@ class QemuDriver:
                     out.fail(InternalError(f"internal error in DOMAIN_CREATE: {exc!r}"))
             written.add_done_callback(then)
             return out
-        flags = int(args.flags)
-        if flags & START_RESET_NVRAM:
-            self.firmware.reset_nvram(dom, force_boot=bool(flags & START_FORCE_BOOT))
-        return self._ref_reply(self.saving.start(dom, flags & ~START_RESET_NVRAM))
+        return self._ref_reply(self.saving.start(dom, int(args.flags)))
 
     def _shutdown(self, ctx: Any, args: pl.ShutdownArgs) -> Any:
         _check_power_modes("shutdown", args.flags, ShutdownFlags,

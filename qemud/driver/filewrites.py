@@ -28,7 +28,7 @@ from qemud.asyncfsync import AsyncFsync
 from qemud.dispatch import Deferred
 from qemud.errors import OperationFailed
 
-from .store import TempFile, commit_async
+from .store import TempFile, land_async
 
 __all__ = ["FileWrites"]
 
@@ -93,7 +93,7 @@ class FileWrites:
             out.fail(_failure(what, path, exc))
             return out
 
-        def finished(_: None, error: BaseException | None) -> None:
+        def finished(error: BaseException | None) -> None:
             # the next write of the file goes first, and the path's record is settled,
             # before the caller hears: nothing its callbacks do can hold them back
             if write.next is not None:
@@ -104,11 +104,10 @@ class FileWrites:
                 out.resolve(None)
             elif isinstance(error, OSError):
                 out.fail(_failure(what, path, error))
-            else:  # (no check, no apply: nothing else raises in commit_async)
+            else:  # (nothing else raises in land_async)
                 out.fail(OperationFailed(f"cannot write {what} {path}: {error}"))
 
-        write = _Write(raw, out, lambda: commit_async(self._fsync, temp, _no_check,
-                                                      _nothing, finished))
+        write = _Write(raw, out, lambda: land_async(self._fsync, temp, finished))
         before = self._newest.get(path)
         self._newest[path] = write
         if before is None:
@@ -116,14 +115,6 @@ class FileWrites:
         else:
             before.next = write
         return out
-
-
-def _no_check() -> None:
-    return None
-
-
-def _nothing(_: None) -> None:
-    return None
 
 
 def _failure(what: str, path: Path, exc: OSError) -> OperationFailed:

@@ -15,8 +15,15 @@ libvirt's behaviour (9.x), for qemud's layout:
 * Before QEMU starts, a missing NVRAM file is created from the template (the
   ``template`` attribute, else the descriptor of the loader image), mode 0600, written
   atomically and sparsely (its all-zero blocks are holes: aarch64's 64 MiB template is
-  all zeros, and writing it whole held the loop). An existing one is never touched: it
-  is the guest's.
+  all zeros but a few KiB). An existing one is never touched: it is the guest's (one
+  that appears while the copy runs wins over the copy). ``start --reset-nvram``
+  replaces it with a fresh copy.
+* The copy does not hold the loop: the template is opened and checked in the call,
+  then a child (``dd ... conv=sparse``) copies it from that descriptor into the temp
+  file, and both fsyncs wait off the loop (:func:`.store.land_async`). Reading
+  aarch64's template took ~50 ms here and the fsyncs as long as the disk makes them;
+  the start waits for it, with the domain busy ("start in progress"), and launches
+  QEMU once the file is durable (:meth:`.lifecycle.Lifecycle.start`).
 * ``undefine`` of a domain whose NVRAM file exists is refused unless
   ``VIR_DOMAIN_UNDEFINE_NVRAM`` (remove it) or ``VIR_DOMAIN_UNDEFINE_KEEP_NVRAM``
   (keep it) is given, in libvirt's words.
@@ -36,11 +43,19 @@ from protocol.constants import ErrorDomain
 from qemud.conf import DomainDef
 from qemud.conf.domain import DOMAIN_CHILD_ORDER
 from qemud.conf.xmlmodel import first_child, insert_ordered
-from qemud.errors import InvalidArg, OperationFailed, OperationInvalid, SystemCallFailed
+from qemud.dispatch import Deferred
+from qemud.errors import (
+    InvalidArg,
+    OperationFailed,
+    OperationInvalid,
+    QemudError,
+    SystemCallFailed,
+)
 from qemud.fileopen import WrongFileKind, open_for_reading
 from qemud.qemu import firmware as fw
 
-from .store import atomic_write
+from .store import TempFile, land_async, remove_dead_writes, remove_dead_writes_of
+from .tools import ToolRunner, find_tool
 
 if TYPE_CHECKING:
     from .domain import DomainObj
@@ -72,6 +87,7 @@ class Firmware:
         self.driver = driver
         self.dirs = dirs
         self.nvram_dir = driver.config.paths.state_dir / "nvram"
+        self.tools = ToolRunner(driver.loop, _copy_failure)
         driver.registry.validators.append(self.fill)
         driver.start_hooks.append(self.before_start)
 
@@ -146,41 +162,44 @@ class Firmware:
     # -- start -----------------------------------------------------------------------------
 
     def before_start(self, dom: DomainObj, live: DomainDef) -> None:
-        """Resolve a definition stored before define did it, then create the NVRAM file
-        from its template if it is not there (never overwriting one)."""
+        """Resolve a definition stored before define did it (``firmware='efi'`` without
+        a loader), in the live definition."""
         os_ = live.os
         if os_.firmware == "efi" and not os_.loader:
             self.fill(live)
-        if not os_.loader or os_.loader_type == "rom" or not os_.nvram:
-            return
-        self.create_nvram(Path(os_.nvram), os_.nvram_template, os_.loader)
 
-    def reset_nvram(self, dom: DomainObj, force_boot: bool) -> None:
-        """``start --reset-nvram`` (VIR_DOMAIN_START_RESET_NVRAM): the domain's NVRAM
-        file recreated from its template, before the start. Refused for a running domain
-        and for one that a managed save image would be restored from (its firmware state
-        is in the image), unless ``force_boot`` discards that; a domain without NVRAM has
-        nothing to reset."""
-        if dom.active:
-            raise OperationInvalid(f"domain '{dom.name}' is already running")
-        if dom.managed_save and not force_boot:
-            raise OperationInvalid(
-                f"cannot reset the NVRAM of domain '{dom.name}': it has a managed save "
-                "image, which a start restores with the firmware state it holds (use "
-                "--force-boot to discard the image)")
-        definition = dom.persistent_definition
-        os_ = definition.os
+    @staticmethod
+    def managed_save_refusal(dom: DomainObj) -> OperationInvalid:
+        """``start --reset-nvram`` of a domain that a managed save image would be
+        restored from: its firmware state is in the image (``--force-boot`` discards it)."""
+        return OperationInvalid(
+            f"cannot reset the NVRAM of domain '{dom.name}': it has a managed save "
+            "image, which a start restores with the firmware state it holds (use "
+            "--force-boot to discard the image)")
+
+    def prepare_nvram(self, live: DomainDef, *, reset: bool = False) -> Deferred | None:
+        """The NVRAM file a start of ``live`` needs: None when there is nothing to do
+        (no NVRAM, or its file is there and no ``reset``: ``start --reset-nvram``,
+        VIR_DOMAIN_START_RESET_NVRAM), else :meth:`create_nvram`'s Deferred."""
+        os_ = live.os
         if not os_.loader or os_.loader_type == "rom" or not os_.nvram:
-            return
-        self.create_nvram(Path(os_.nvram), os_.nvram_template, os_.loader, replace=True)
+            return None
+        return self.create_nvram(Path(os_.nvram), os_.nvram_template, os_.loader,
+                                 replace=reset)
 
     def create_nvram(self, path: Path, template: str | None, loader: str,
-                     replace: bool = False) -> bool:
-        """Copy ``template`` to ``path`` (0600, atomically) unless ``path`` exists (with
-        ``replace``: over it); whether it was written. The template defaults to the
-        loader's descriptor's."""
-        if path.exists() and not replace:
-            return False
+                     replace: bool = False) -> Deferred | None:
+        """Copy ``template`` to ``path`` (0600, atomically, durably) unless ``path``
+        exists (with ``replace``: over it); None when it exists. The template defaults
+        to the loader's descriptor's.
+
+        What can be refused at once is raised here (no template, one that is no regular
+        file or too big, a temp file that cannot be created); the copy and its fsyncs
+        run off the loop, and the Deferred resolves with whether the file was written
+        (False: one appeared at ``path`` meanwhile, and is left as it is) or fails with
+        the reason the file could not be created."""
+        if not replace and path.exists():
+            return None
         if not template:
             found = fw.find_executable(fw.load_descriptors(self.dirs), loader)
             template = found.nvram_template if found is not None else None
@@ -188,14 +207,63 @@ class Firmware:
             # libvirt's words (qemuPrepareNVRAMFile), then what to do
             raise OperationFailed(f"unable to find any master var store for loader: {loader}"
                                   " (give one with <nvram template='PATH'>)")
-        data = _read_template(template)
+        dd = find_tool("dd", "to copy an NVRAM template")
+        source, size = _open_template(template)
         try:
-            atomic_write(path, data, 0o600, sparse=True)
+            temp = TempFile(path, b"", 0o600, replace=replace)
         except OSError as exc:
-            raise SystemCallFailed(f"Failed to create NVRAM file '{path}': "
-                                   f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
-        log.info("%s NVRAM %s from %s", "reset" if replace else "created", path, template)
-        return True
+            os.close(source)
+            raise _create_failed(path, exc) from None
+        # blocks of zeros are seeked over, not written (conv=sparse); exactly the size
+        # the template had when it was checked is copied (count_bytes)
+        copying = self.tools.run([dd, "bs=64K", f"count={size}", "iflag=count_bytes",
+                                  "conv=sparse", "status=none"],
+                                 f"copying {template}", stdin=source, into=temp.fd)
+        result = Deferred()
+
+        def copied(d: Deferred) -> None:
+            os.close(source)
+            try:
+                if d.error is not None:
+                    raise d.error
+                written = os.fstat(temp.fd).st_size
+                if written != size:
+                    raise OperationFailed(f"copying {template}: {written} bytes copied "
+                                          f"of {size} (the template changed meanwhile)")
+            except (QemudError, OSError) as exc:
+                temp.abandon()
+                reason = exc.detail if isinstance(exc, QemudError) else exc.strerror or exc
+                result.fail(SystemCallFailed(f"Failed to create NVRAM file '{path}': "
+                                             f"{reason}", domain=ErrorDomain.QEMU))
+                return
+            land_async(self.driver.fsync, temp, landed)
+
+        def landed(error: BaseException | None) -> None:
+            if error is None:
+                log.info("%s NVRAM %s from %s", "reset" if replace else "created", path,
+                         template)
+                result.resolve(True)
+            elif isinstance(error, FileExistsError):
+                log.info("NVRAM %s appeared while its template was copied: it is left "
+                         "as it is", path)
+                result.resolve(False)
+            elif isinstance(error, OSError):
+                result.fail(_create_failed(path, error))
+            else:  # (a bug)
+                result.fail(error if isinstance(error, QemudError)
+                            else OperationFailed(f"cannot create NVRAM {path}: {error!r}"))
+        copying.add_done_callback(copied)
+        return result
+
+    def remove_dead_copies(self) -> None:
+        """At start-up, before anything is written (see :func:`.store.remove_dead_writes`):
+        the temp files of NVRAM copies a killed daemon left, in the default directory
+        and next to each defined domain's NVRAM file elsewhere (only that file's)."""
+        remove_dead_writes(self.nvram_dir)
+        for dom in self.driver.registry:
+            path = dom.persistent_definition.os.nvram if dom.persistent else None
+            if path and Path(path).parent != self.nvram_dir:
+                remove_dead_writes_of(Path(path))
 
     # -- undefine --------------------------------------------------------------------------
 
@@ -268,10 +336,11 @@ def _set_smm_on(definition: DomainDef) -> None:
 MAX_NVRAM_TEMPLATE = 256 * 1024 * 1024
 
 
-def _read_template(template: str) -> bytes:
-    """The NVRAM template's bytes, read on the loop: the path is the definition's, so it
-    is opened without blocking (a FIFO there would stall the daemon), only a regular
-    file is read, and at most :data:`MAX_NVRAM_TEMPLATE` bytes of it."""
+def _open_template(template: str) -> tuple[int, int]:
+    """The NVRAM template, open for reading, and its size. The path is the
+    definition's, so it is opened without blocking (a FIFO there would stall the
+    daemon), and only a regular file of at most :data:`MAX_NVRAM_TEMPLATE` bytes is
+    taken; the copy reads this descriptor, never the path again."""
     def failed(reason: str) -> SystemCallFailed:
         return SystemCallFailed(f"Failed to open file '{template}': {reason}",
                                 domain=ErrorDomain.QEMU)
@@ -281,11 +350,17 @@ def _read_template(template: str) -> bytes:
         raise failed(f"it is {exc.kind}, not a regular file (an NVRAM template)") from None
     except OSError as exc:
         raise failed(str(exc.strerror or exc)) from None
-    with os.fdopen(fd, "rb") as f:
-        if st.st_size > MAX_NVRAM_TEMPLATE:
-            raise failed(f"{st.st_size} bytes, more than an NVRAM template's "
-                         f"{MAX_NVRAM_TEMPLATE}")
-        try:
-            return f.read(st.st_size)
-        except OSError as exc:
-            raise failed(str(exc.strerror or exc)) from None
+    if st.st_size > MAX_NVRAM_TEMPLATE:
+        os.close(fd)
+        raise failed(f"{st.st_size} bytes, more than an NVRAM template's "
+                     f"{MAX_NVRAM_TEMPLATE}")
+    return fd, st.st_size
+
+
+def _create_failed(path: Path, exc: OSError) -> SystemCallFailed:
+    return SystemCallFailed(f"Failed to create NVRAM file '{path}': {exc.strerror or exc}",
+                            domain=ErrorDomain.QEMU)
+
+
+def _copy_failure(argv: list[str], code: int, stderr: str) -> str:
+    return f"{argv[0]} exited with status {code}" + (f": {stderr}" if stderr else "")

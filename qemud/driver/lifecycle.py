@@ -34,6 +34,7 @@ from qemud.conf import DomainDef
 from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
+    InternalError,
     OperationFailed,
     OperationInvalid,
     QemudError,
@@ -93,6 +94,9 @@ GRACEFUL_DESTROY_GRACE = 10.0
 #: libvirt's VIR_DOMAIN_DESTROY_GRACEFUL (DOMAIN_DESTROY flags): SIGTERM only
 DESTROY_GRACEFUL = 1
 QMP_TIMEOUT = 30.0
+#: ``Registry.operations``' mark while a start waits for its NVRAM file (before QEMU):
+#: "domain 'X' is busy: start in progress"
+START_BUSY = "start"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: <on_reboot> values for which an admin's reboot is a shutdown (libvirt's qemuDomainReboot)
 REBOOT_IS_SHUTDOWN = ("destroy", "preserve")
@@ -171,15 +175,20 @@ class Lifecycle:
     def start(self, dom: DomainObj, definition: DomainDef | None = None, *,
               paused: bool = False, incoming: str | None = None, pci_addresses: bool = True,
               reason: RunningReason = RunningReason.BOOTED,
-              detail: StartedDetail = StartedDetail.BOOTED, busy_ok: bool = False
-              ) -> Deferred:
+              detail: StartedDetail = StartedDetail.BOOTED, busy_ok: bool = False,
+              reset_nvram: bool = False) -> Deferred:
         """Launch ``dom``; the Deferred resolves with its DomainRef once vCPUs run (with
         ``paused``: once QEMU is ready, its vCPUs stopped; also after an ``incoming``
         migration, a restore). ``pci_addresses`` false: QEMU places the PCI devices
         itself (the restore of an older qemud's save image, see ``build_argv``).
         Refused while the domain is busy (:meth:`require_not_busy`: any start, a
         client's, a restore, an automatic restart), unless ``busy_ok``: the start is
-        the busy operation's own."""
+        the busy operation's own. ``reset_nvram``: a UEFI guest's NVRAM file is
+        copied afresh from its template first (``start --reset-nvram``).
+
+        What is refused before anything happens raises here; a start that must first
+        create the NVRAM file (:meth:`_after_nvram`) reports what fails after that
+        through the Deferred, as it does QEMU's own failures."""
         if dom.active:
             raise OperationInvalid(f"domain '{dom.name}' is already running")
         if busy_ok:
@@ -193,6 +202,54 @@ class Lifecycle:
             strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
         except QemuError as exc:  # a stored definition of an arch this build lacks
             raise ConfigUnsupported(str(exc)) from None
+
+        def launch() -> Deferred:
+            return self._launch(dom, live, strategy, paused=paused, incoming=incoming,
+                                pci_addresses=pci_addresses, reason=reason, detail=detail)
+        nvram = self.driver.firmware.prepare_nvram(live, reset=reset_nvram)
+        if nvram is None:
+            return launch()
+        return self._after_nvram(dom, nvram, launch)
+
+    def _after_nvram(self, dom: DomainObj, nvram: Deferred,
+                     launch: Callable[[], Deferred]) -> Deferred:
+        """Launch once the NVRAM file is in place: its template is copied and synced off
+        the loop (``Firmware.create_nvram``), and meanwhile the domain is busy ("start
+        in progress", ``Registry.operations``, unless the operation that started it
+        holds the mark): a second start, an undefine, a define over it or a rename
+        would act on a domain whose start has begun. A failure, of the copy or of what
+        the launch refuses at once, fails the Deferred; a transient domain then goes,
+        as at any failed start."""
+        registry = self.registry
+        marked = dom.uuid not in registry.operations
+        if marked:
+            registry.operations[dom.uuid] = START_BUSY
+        result = Deferred()
+
+        def ready(d: Deferred) -> None:
+            if marked:
+                registry.operations.pop(dom.uuid, None)
+            error = d.error
+            if error is None:
+                try:
+                    launch().chain(result)
+                    return
+                except QemudError as exc:
+                    error = exc
+                except Exception as exc:  # (a bug: the dispatcher's words for it)
+                    log.exception("start of %s crashed", dom.name)
+                    error = InternalError(f"internal error in the start of '{dom.name}': "
+                                          f"{exc!r}")
+            if not dom.persistent and not dom.active and registry.holds(dom):
+                registry.remove(dom)
+            result.fail(error)
+        nvram.add_done_callback(ready)
+        return result
+
+    def _launch(self, dom: DomainObj, live: DomainDef, strategy: ArchStrategy, *,
+                paused: bool, incoming: str | None, pci_addresses: bool,
+                reason: RunningReason, detail: StartedDetail) -> Deferred:
+        """QEMU for ``live``, and the steps that take it to running (see :meth:`start`)."""
         paths = self.guest_paths(dom.name)
         self.driver.ports.assign(live)
         try:

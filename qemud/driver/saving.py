@@ -80,6 +80,7 @@ from qemud.qemu.errors import QemuError
 
 from .discard import discard, replace_keeping
 from .domain import DomainObj, StopIntent
+from .firmware import START_RESET_NVRAM
 from .flags import check_flags
 from .jobs import MIGRATING
 from .stats import QMP_TIMEOUT
@@ -639,16 +640,22 @@ class Saving:
 
         With a managed save image the guest is restored from it (START_PAUSED, or a guest
         saved paused, stays paused) and the image is removed once it runs; START_FORCE_BOOT
-        removes the image and boots. The Deferred resolves with the DomainRef.
+        removes the image and boots. START_RESET_NVRAM: the NVRAM file is copied afresh
+        from its template before the boot; refused with an image to restore, which holds
+        the firmware state the guest was saved with. The Deferred resolves with the
+        DomainRef.
         """
         paused = bool(flags & START_PAUSED)
+        reset_nvram = bool(flags & START_RESET_NVRAM)
         if dom.active:  # before the image is touched (libvirt checks first too)
             raise OperationInvalid(f"domain '{dom.name}' is already running")
         self.lifecycle.require_no_job(dom)
         path = self.store.managed_save_path(dom.name)
         if not path.exists():
             dom.managed_save = False  # (removed by hand: the file is the truth)
-            return self.lifecycle.start(dom, paused=paused)
+            return self.lifecycle.start(dom, paused=paused, reset_nvram=reset_nvram)
+        if reset_nvram and not flags & START_FORCE_BOOT:
+            raise self.driver.firmware.managed_save_refusal(dom)
         if flags & START_FORCE_BOOT:
             failed = self._discard(path)
             if failed is not None and not isinstance(failed, FileNotFoundError):
@@ -656,7 +663,7 @@ class Saving:
                                        f"{failed.strerror or failed}") from None
             dom.managed_save = False
             log.info("domain %s: managed save image %s discarded (force boot)", dom.name, path)
-            return self.lifecycle.start(dom, paused=paused)
+            return self.lifecycle.start(dom, paused=paused, reset_nvram=reset_nvram)
         dom.managed_save = True
         return self._restore_managed(dom, path, paused)
 

@@ -18,10 +18,12 @@ deleted: the admin may want it back.
 from __future__ import annotations
 
 import errno
+import glob
 import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from qemud.asyncfsync import AsyncFsync
 
-__all__ = ["atomic_write", "commit_async", "sync_directory_async", "fsync_directory_async",
-           "Fsyncs", "TempFile",
+__all__ = ["atomic_write", "commit_async", "land_async", "sync_directory_async",
+           "fsync_directory_async", "Fsyncs", "TempFile",
            "directories_below", "remove_dead_writes", "remove_dead_writes_below",
+           "remove_dead_writes_of",
            "DomainStore", "StatusRecord", "fault_before_rename", "fsync_dir"]
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ _temp_serial = itertools.count()
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
-                 durable: bool = True, sparse: bool = False) -> None:
+                 durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically and (by default) durably.
 
     Either the old content or the new content is there afterwards, never a mix, even
@@ -68,9 +71,9 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600, *,
     which must survive a daemon crash (the page cache does) but not a power loss (which
     takes the guests with it, and /run is normally tmpfs); it keeps ~15 ms of fsync off
     every guest start and state change. The fsyncs here wait on the loop; a define
-    waits for them off it (:func:`commit_async`). ``sparse``: see :class:`TempFile`.
+    waits for them off it (:func:`commit_async`).
     """
-    temp = TempFile(path, data, mode, sparse=sparse)
+    temp = TempFile(path, data, mode)
     try:
         if durable:
             os.fsync(temp.fd)
@@ -94,26 +97,23 @@ class TempFile:
     whose set-up (an ioctl, an lseek) cost as much as the write. The descriptor stays
     open until the rename, for an fsync in between.
 
-    ``sparse``: blocks of :data:`SPARSE_BLOCK` zero bytes are left as holes (they read
-    back as zeros). For an NVRAM copy: aarch64's 64 MiB variable store template is all
-    zeros but a few KiB, and writing and syncing it whole kept the loop ~0.2 s (seconds
-    on an eMMC) at a UEFI guest's first start.
+    ``replace=False``: :meth:`rename` never replaces a file at ``path``; one there then
+    (which appeared after the caller looked) raises FileExistsError and stays. For a
+    file that is the guest's once it exists (an NVRAM file).
     """
 
-    __slots__ = ("path", "tmp", "fd")
+    __slots__ = ("path", "tmp", "fd", "replace")
 
     def __init__(self, path: Path, data: bytes | str, mode: int = 0o600, *,
-                 sparse: bool = False) -> None:
+                 replace: bool = True) -> None:
         raw = data.encode() if isinstance(data, str) else data
         self.path = path
+        self.replace = replace
         self.tmp = path.parent / _temp_name(path.name)
         self.fd = _create_temp(self.tmp, mode)
         try:
             os.fchmod(self.fd, mode)  # exactly ``mode``, whatever the umask
-            if sparse:
-                _write_sparse(self.fd, raw)
-            else:
-                _write_all(self.fd, raw)
+            _write_all(self.fd, raw)
         except BaseException:
             self.abandon()
             raise
@@ -133,7 +133,10 @@ class TempFile:
             log.warning("%s: failing the write of %s before its rename", FAULT_ENV, self.path)
             raise OSError(errno.EIO, f"injected fault before rename ({FAULT_ENV})",
                           str(self.path))
-        os.rename(self.tmp, self.path)
+        if self.replace:
+            os.rename(self.tmp, self.path)
+        else:
+            _rename_new(self.tmp, self.path)
 
     def abandon(self) -> None:
         """Close and remove the temp file (after a failure: ``path`` is untouched)."""
@@ -142,6 +145,24 @@ class TempFile:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+
+
+def _rename_new(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless ``path`` exists (FileExistsError). A hard link
+    is the atomic no-replace rename (Python has no ``renameat2``); a file system without
+    hard links gets a look, then a plain rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def commit_async(fsync: AsyncFsync, temp: TempFile, check: Callable[[], _Token],
@@ -181,6 +202,22 @@ def commit_async(fsync: AsyncFsync, temp: TempFile, check: Callable[[], _Token],
         sync_directory_async(fsync, temp.path, lambda: done(result, None))
 
     fsync.fsync(temp.fd, synced)
+
+
+def land_async(fsync: AsyncFsync, temp: TempFile,
+               done: Callable[[BaseException | None], None]) -> None:
+    """:func:`commit_async` for a file no memory follows (nothing to check or apply):
+    ``done(None)`` once ``temp`` is in place and durable, ``done(error)`` when it is
+    not (the temp file is gone and ``path`` untouched)."""
+    commit_async(fsync, temp, _no_check, _nothing, lambda _, error: done(error))
+
+
+def _no_check() -> None:
+    return None
+
+
+def _nothing(_: None) -> None:
+    return None
 
 
 class Fsyncs(Protocol):
@@ -423,18 +460,32 @@ def remove_dead_writes(directory: Path) -> list[Path]:
     write killed before its rename (the file it would have replaced is intact).
     Anything else is left alone.
     """
-    removed = []
-    for path in directory.glob(".*.tmp"):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("cannot remove %s, left by an interrupted write: %s", path, exc)
-            continue
-        log.info("removed %s, left by an interrupted write", path)
-        removed.append(path)
-    return removed
+    return [path for path in directory.glob(".*.tmp") if _remove_dead_write(path)]
+
+
+def _remove_dead_write(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot remove %s, left by an interrupted write: %s", path, exc)
+        return False
+    log.info("removed %s, left by an interrupted write", path)
+    return True
+
+
+def remove_dead_writes_of(path: Path) -> list[Path]:
+    """:func:`remove_dead_writes` for one file's temp files only (``.<name>.<pid>-<n>
+    .tmp`` next to it): for a file in a directory the daemon does not own, where
+    anything else is somebody else's."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9]+-[0-9]+\.tmp")
+    try:
+        found = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+                 if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+    return [p for p in found if _remove_dead_write(p)]
 
 
 def directories_below(root: Path) -> list[Path]:
@@ -489,23 +540,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-#: the unit :class:`TempFile` ``sparse`` leaves out when it is all zeros (a multiple of
-#: every file system's block size)
-SPARSE_BLOCK = 64 * 1024
-_ZERO_BLOCK = bytes(SPARSE_BLOCK)
-
-
-def _write_sparse(fd: int, data: bytes) -> None:
-    """``data`` written with its all-zero :data:`SPARSE_BLOCK` blocks left as holes."""
-    for start in range(0, len(data), SPARSE_BLOCK):
-        block = data[start:start + SPARSE_BLOCK]
-        if block == _ZERO_BLOCK[:len(block)]:  # (a memcmp: ~7 µs a block)
-            os.lseek(fd, len(block), os.SEEK_CUR)
-        else:
-            _write_all(fd, block)
-    os.ftruncate(fd, len(data))  # (a hole at the end is a size, not a write)
 
 
 def fsync_dir(directory: Path) -> None:

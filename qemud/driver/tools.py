@@ -94,20 +94,27 @@ class ToolRunner:
         self.wording = wording
 
     def run(self, argv: list[str], what: str = "", *, stdout: bool = False,
-            group: ChildGroup | None = None) -> Deferred:
+            group: ChildGroup | None = None, stdin: int | None = None,
+            into: int | None = None) -> Deferred:
         """Run ``argv``: resolves once it exits with status 0, with its stdout (decoded)
         if ``stdout`` else None; otherwise fails with :class:`ToolFailed`, its message
         prefixed with ``what: `` when ``what`` is given. ``group`` holds the child while
-        it runs (to be killed by the operation's cancel)."""
+        it runs (to be killed by the operation's cancel). ``stdin`` and ``into``: file
+        descriptors of the caller's that the child reads as its stdin and writes as its
+        stdout (a file the caller opened and checked: the child never opens a path
+        that could have changed since); they stay open, the caller's to close."""
+        if stdout and into is not None:
+            raise ValueError("stdout is either kept or written into a descriptor")
         result = Deferred()
         prefix = f"{what}: " if what else ""
         out: IO[bytes] | None = tempfile.TemporaryFile() if stdout else None  # noqa: SIM115
         err = tempfile.TemporaryFile()  # noqa: SIM115 - both closed in exited()
         log.debug("running %s", " ".join(argv))
         try:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=out or subprocess.DEVNULL, stderr=err,
-                                     close_fds=True)
+            child = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                stdout=out or (subprocess.DEVNULL if into is None else into), stderr=err,
+                close_fds=True)
         except OSError as exc:
             _close(out, err)
             reason = str(exc.strerror or exc)

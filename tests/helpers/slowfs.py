@@ -155,6 +155,10 @@ def _serve(backing: str, mountpoint: str, control: str) -> None:
             os.rename(self._p(old), self._p(new))
             return 0
 
+        def link(self, target: str, source: str) -> int:  # (ln SOURCE TARGET)
+            os.link(self._p(source), self._p(target))
+            return 0
+
         def unlink(self, path: str) -> int:
             os.unlink(self._p(path))
             return 0

@@ -47,6 +47,23 @@ def test_failure_is_worded_by_the_caller(loop: EventLoop) -> None:
     assert d.error.argv[0] == "/bin/sh"
 
 
+def test_stdin_and_stdout_can_be_the_callers_descriptors(loop: EventLoop,
+                                                         tmp_path) -> None:
+    """A file the caller opened (and checked) is what the child reads and writes; the
+    descriptors stay the caller's, open."""
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.write_bytes(b"abc")
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        d = finish(loop, ToolRunner(loop, wording).run(["/bin/sh", "-c", "tr a-z A-Z"],
+                                                       stdin=src.fileno(),
+                                                       into=dst.fileno()))
+        assert d.error is None and d.result is None
+        os.fstat(src.fileno()), os.fstat(dst.fileno())  # (still open)
+    assert target.read_bytes() == b"ABC"
+    with pytest.raises(ValueError, match="stdout is either kept or written into"):
+        ToolRunner(loop, wording).run(["/bin/true"], stdout=True, into=1)
+
+
 def test_a_tool_that_cannot_start(loop: EventLoop) -> None:
     d = ToolRunner(loop, wording).run(["/nonexistent/tool", "x"], "unpacking")
     assert d.done and isinstance(d.error, ToolFailed)  # at once: nothing to reap

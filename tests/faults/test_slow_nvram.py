@@ -1,0 +1,146 @@
+"""A UEFI guest's first start on a disk that takes its time: the NVRAM file's copy waits
+off the daemon's loop, and QEMU is launched only once the file is durable.
+
+The daemon's state directory (where ``<state_dir>/nvram/<name>_VARS.fd`` lives) is on a
+real FUSE file system whose fsyncs the test holds (:mod:`tests.helpers.slowfs`). The
+guest is a diskless q35 machine under OVMF (the host's real firmware), started paused:
+QEMU runs, nothing needs to boot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import client
+from tests.conftest import DaemonFactory
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import Background
+
+from .conftest import assert_log_clean, bare_domain_xml, guest_name, qemu_pids
+from .slow_disk import held_until
+
+pytestmark = pytest.mark.integration
+
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: libvirt's VIR_DOMAIN_START_PAUSED
+PAUSED = 1
+
+
+def efi_xml(name: str) -> str:
+    return bare_domain_xml(name, machine="q35").replace("<os>", "<os firmware='efi'>")
+
+
+def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
+    return daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state")}})
+
+
+def nvram_temp(name: str):  # noqa: ANN201 - a predicate for held_until
+    prefix = f"/state/nvram/.{name}_VARS.fd."
+    return lambda path: path.startswith(prefix) and path.endswith(".tmp")
+
+
+def test_a_first_start_waits_for_its_nvram_off_the_loop(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("nvram")
+    nvram = slowfs.backing / "state" / "nvram" / f"{name}_VARS.fd"
+    with d.connect() as other:
+        dom = other.define_xml(efi_xml(name))
+        slowfs.hold()
+        start = Background(d, lambda c: c.lookup_by_name(name).create(PAUSED))
+        try:
+            held_until(slowfs, nvram_temp(name))
+            # the copy waits for the disk: others are answered, QEMU is not launched,
+            # and the calls that would act on the domain meanwhile are refused
+            assert other.node_info().cpus >= 1
+            assert dom.state()[0] == client.DomainState.SHUTOFF
+            assert qemu_pids(name) == []
+            assert not nvram.exists()
+            for call in (dom.undefine, dom.create, lambda: dom.set_autostart(True)):
+                with pytest.raises(client.OperationInvalid,
+                                   match=f"domain '{name}' is busy: start in progress"):
+                    call()
+            assert not start.answered
+            held_until(slowfs, lambda path: path == "/state/nvram")
+            assert nvram.read_bytes() == OVMF_VARS.read_bytes()  # in place before QEMU
+            assert qemu_pids(name) == []
+        finally:
+            slowfs.release()
+        start.wait()
+        assert dom.state()[0] == client.DomainState.PAUSED
+        assert len(qemu_pids(name)) == 1
+        dom.destroy()
+        # the next start finds the guest's file and copies nothing
+        before = nvram.stat().st_ino
+        dom.create(PAUSED)
+        assert nvram.stat().st_ino == before
+        dom.destroy()
+    assert sorted(p.name for p in nvram.parent.iterdir()) == [nvram.name]
+    assert_log_clean(d)
+
+
+def test_a_failed_nvram_write_fails_the_start_and_launches_nothing(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    d = on_slowfs(slowfs, daemon_factory)
+    name, transient = guest_name("nvfail"), guest_name("nvfailt")
+    nvram_dir = slowfs.backing / "state" / "nvram"
+    with d.connect() as conn:
+        dom = conn.define_xml(efi_xml(name))
+        for call, who in ((lambda c: c.lookup_by_name(name).create(PAUSED), name),
+                          (lambda c: c.create_xml(efi_xml(transient), PAUSED), transient)):
+            slowfs.hold()
+            start = Background(d, call)
+            try:
+                held_until(slowfs, nvram_temp(who))
+                slowfs.fail()
+                with pytest.raises(client.RemoteError) as info:
+                    start.wait()
+            finally:
+                slowfs.release()
+            assert str(info.value).endswith(
+                f"Failed to create NVRAM file '{slowfs.mount}/state/nvram/{who}_VARS.fd': "
+                "Input/output error")
+            assert qemu_pids(who) == []
+            assert list(nvram_dir.iterdir()) == []  # neither the file nor its temp file
+        assert dom.state()[0] == client.DomainState.SHUTOFF
+        # the transient guest is gone, as after any failed start
+        with pytest.raises(client.NoDomainError):
+            conn.lookup_by_name(transient)
+        # the disk is back: the start works, and the busy mark is gone
+        dom.create(PAUSED)
+        assert dom.state()[0] == client.DomainState.PAUSED
+        dom.destroy()
+    assert (nvram_dir / f"{name}_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
+
+
+def test_a_reset_waits_too_and_replaces_the_guests_variables(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """``start --reset-nvram`` (VIR_DOMAIN_START_RESET_NVRAM, 32): a fresh copy over the
+    guest's file, through the same wait; refused with a managed save image to restore."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("nvreset")
+    nvram = slowfs.backing / "state" / "nvram" / f"{name}_VARS.fd"
+    with d.connect() as conn:
+        dom = conn.define_xml(efi_xml(name))
+        dom.create(PAUSED)
+        dom.destroy()
+        nvram.write_bytes(b"\xa5" * OVMF_VARS.stat().st_size)  # the guest's variables
+        slowfs.hold()
+        start = Background(d, lambda c: c.lookup_by_name(name).create(PAUSED | 32))
+        try:
+            held_until(slowfs, nvram_temp(name))
+            assert nvram.read_bytes()[:1] == b"\xa5"  # until the copy is durable
+            assert not start.answered
+        finally:
+            slowfs.release()
+        start.wait()
+        assert nvram.read_bytes() == OVMF_VARS.read_bytes()
+        dom.managed_save()
+        with pytest.raises(client.OperationInvalid,
+                           match="cannot reset the NVRAM of domain .* managed save image"):
+            dom.create(32)
+        dom.create(32 | 8)  # with --force-boot: the image goes, the NVRAM is reset
+        dom.destroy()
