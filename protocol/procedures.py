@@ -209,7 +209,8 @@ _TABLE = [
               "(START_PAUSED); 8 (VIR_DOMAIN_START_FORCE_BOOT) discards a managed save "
               "image, which the start otherwise restores (and then removes); 32 "
               "(VIR_DOMAIN_START_RESET_NVRAM) recreates a UEFI domain's NVRAM file from its "
-              "template first."),
+              "template first. Other bits (AUTODESTROY 2, BYPASS_CACHE 4: not offered): "
+              "INVALID_ARG."),
     _call(P.DOMAIN_SHUTDOWN, p.ShutdownArgs, Empty, mutates=True,
           doc="ACPI power button (ShutdownFlags: the ACPI mode; AGENT alone is "
               "ARGUMENT_UNSUPPORTED, other modes INVALID_ARG); optional destroy after "

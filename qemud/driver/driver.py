@@ -48,7 +48,7 @@ from .devices import Devices
 from .discard import remove_discarded_below
 from .domain import DomainObj, StopIntent
 from .filewrites import FileWrites
-from .firmware import UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
+from .firmware import START_RESET_NVRAM, UNDEFINE_KEEP_NVRAM, UNDEFINE_NVRAM, Firmware
 from .flags import check_flags
 from .guestcontrol import GuestControl
 from .jobs import Jobs
@@ -61,7 +61,7 @@ from .ports import PortAllocator
 from .registry import Registry
 from .rename import Renamer
 from .resources import Resources
-from .saving import Saving
+from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
@@ -457,7 +457,10 @@ class QemuDriver:
 
         A ``--config`` change whose file is still being written is waited for (a few
         ms): if that write failed, the change would be taken back, and the guest must
-        not be running it by then."""
+        not be running it by then. Other bits (AUTODESTROY, BYPASS_CACHE: not offered)
+        are refused, in libvirt's words."""
+        check_flags(args.flags, START_PAUSED | START_FORCE_BOOT | START_RESET_NVRAM,
+                    "qemuDomainCreateWithFlags")
         dom = self._dom(args)
         written = self.registry.writes.pending(dom)
         if written is not None:

@@ -48,6 +48,13 @@ def test_validate_flags(daemon: DaemonProcess, qemush: Qemush, tmp_path: Path) -
         with pytest.raises(client.InvalidArgError,
                            match=r"unsupported flags \(0x2\) in function qemuDomainCreateXML"):
             conn.create_xml(GUEST.format(name="val3"), 2)  # (AUTODESTROY: not offered)
+        defined = conn.lookup_by_name("val")
+        for flag in (2, 4, 64):  # AUTODESTROY, BYPASS_CACHE, unknown
+            with pytest.raises(client.InvalidArgError,
+                               match=rf"^invalid argument: unsupported flags \({flag:#x}\) "
+                                     "in function qemuDomainCreateWithFlags$"):
+                defined.create(flag | client.START_PAUSED)
+        assert not defined.is_active()
         assert [d.name for d in conn.list_domains(0)] == ["val"]  # nothing was made
         dom = conn.create_xml(GUEST.format(name="val4"), 16 | client.START_PAUSED)
         try:
