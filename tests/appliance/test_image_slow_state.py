@@ -19,6 +19,7 @@ import client
 from client import appliance_images as images
 from tests.conftest import DaemonFactory
 from tests.faults.slow_disk import held_until
+from tests.helpers.daemon import wait_for
 from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import Background
 from tests.integration.conftest import TestGuest
@@ -117,3 +118,39 @@ def test_a_deploy_under_a_name_a_rename_is_taking_is_refused(
             slowfs.release()
         rename.wait()
         assert {dom.name for dom in other.list_domains()} == {"plain-b"}
+
+
+def test_a_switch_left_by_a_failed_write_is_settled_off_the_loop(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarball: Path) -> None:
+    """A state record still carrying the ``switch`` of an update whose last write failed
+    is settled at the VM's next image call; its rewrite waits for the disk off the
+    loop: the call is answered (here: refused, the VM being on that version already)
+    while the settled record's fsync is held, and the next read sees the settled
+    record before it lands."""
+    d = daemon_factory(config={"paths": {"state_dir": str(slowfs.mount / "state")}})
+    vm = "slow-settle"
+    state = slowfs.backing / "state" / "vms" / vm / "appliance-state.json"
+    with d.connect() as conn:
+        assert images.import_appliance(conn, str(tarball)) == "demo:1.0"
+        dom = images.deploy(conn, "demo", vm, "1.0")
+        record = json.loads(state.read_text())
+        # an update to 9.9 whose define never happened: its system disks are not the
+        # definition's, so settling drops the switch and keeps 1.0
+        switch = dict(record, version="9.9", disks={
+            t: dict(disk, path=disk["path"] + ".never") for t, disk in
+            record["disks"].items()})
+        state.write_text(json.dumps(dict(record, switch=switch)))
+        slowfs.hold()
+        try:
+            for _ in range(2):  # the second read sees the settled record in flight
+                with pytest.raises(client.OperationInvalid,
+                                   match=f"domain '{vm}' already runs demo 1.0"):
+                    images.update(conn, dom, "1.0")
+            held_state_write(slowfs, vm)
+            assert "switch" in json.loads(state.read_text())  # until the write lands
+        finally:
+            slowfs.release()
+        wait_for(lambda: "switch" not in json.loads(state.read_text()))
+        assert json.loads(state.read_text())["version"] == "1.0"
+    assert d.log_text().count(f"domain {vm}: an appliance image change to demo 9.9 was "
+                              "cut short") == 1

@@ -95,7 +95,9 @@ class ImageOps:
             state = VMState.from_json(files.read_text(path))
             if state.uuid == dom.uuid and state.switch is not None and settle \
                     and not files.pending(path):
-                settled = settle_switch(path, dom, lambda paths: discard(self.loop, paths))
+                settled = settle_switch(path, dom, lambda paths: discard(self.loop, paths),
+                                        write=lambda p, text: self._write_settled(dom, p,
+                                                                                  text))
                 if settled is not None:
                     state = VMState.from_dict(settled)
         except FileNotFoundError:
@@ -104,6 +106,14 @@ class ImageOps:
             log.error("domain %s: unreadable appliance state %s: %s", dom.name, path, exc)
             return None
         return state if state.uuid == dom.uuid else None
+
+    def _write_settled(self, dom: DomainObj, path: Path, text: str) -> None:
+        """A settled state record (``load_state``), written off the loop; a failure is
+        logged, and the next read settles it again."""
+        written = self.driver.files.write(path, text, f"the appliance state of '{dom.name}'")
+        written.add_done_callback(lambda d: log.error(
+            "domain %s: %s (settled again next time)", dom.name, d.error.detail)
+            if d.error is not None else None)
 
     def save_state(self, state: VMState) -> Deferred:
         """Write the VM's state record. The Deferred resolves once the file is durable,

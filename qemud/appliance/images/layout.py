@@ -102,7 +102,8 @@ def remove_unfinished_disks(vms_dir: Path) -> list[Path]:
 
 
 def settle_switch(path: Path, dom: DomainObj,
-                  discard: Callable[[list[str]], object] | None = None
+                  discard: Callable[[list[str]], object] | None = None,
+                  write: Callable[[Path, str], object] | None = None
                   ) -> dict[str, Any] | None:
     """Make the state record ``path`` of ``dom`` agree with its definition again, after
     an update or rollback that wrote its :data:`SWITCH_KEY` and was cut short; return
@@ -122,9 +123,11 @@ def settle_switch(path: Path, dom: DomainObj,
     blocking (``qemud.driver.discard``: an overlay may be large); an update's previous
     overlay is the new state's ``previous`` and stays. Start-up (for every domain with
     a record, before ``remove_unfinished_disks``) and any read of a record with the key
-    while no image operation runs on the VM call this. A record that cannot be
-    rewritten is logged and settled again next time; the settled record is returned
-    all the same.
+    while no image operation runs on the VM call this. The settled record is written
+    by ``write(path, text)`` when given (the running daemon's: off the loop, through
+    its file writes, which a later read sees in flight), else in place (start-up); one
+    that cannot be written is logged and settled again next time, and the settled
+    record is returned all the same.
     """
     data = _read_record(path, f"domain {dom.name}: ")
     if data is None or data.get("uuid") != dom.uuid:
@@ -155,8 +158,12 @@ def settle_switch(path: Path, dom: DomainObj,
                 switch.get("version"),
                 "was saved" if landed else "was not saved (the previous one is in place)",
                 settled.get("version"))
+    text = json.dumps(settled, indent=1)
+    if write is not None:
+        write(path, text)
+        return settled
     try:
-        atomic_write(path, json.dumps(settled, indent=1))
+        atomic_write(path, text)
     except OSError as exc:
         log.error("domain %s: cannot write the appliance state %s: %s (settled again "
                   "next time)", dom.name, path, exc.strerror or exc)
