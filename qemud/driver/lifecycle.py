@@ -315,8 +315,9 @@ class Lifecycle:
                 # a client's destroy is ending the start: its reason (and STOPPED event)
                 # stand, and QEMU's last words are only those of its signal
                 if not process.alive:
+                    what = "start" if incoming is None else "restore"
                     result.fail(StartInterrupted(f"domain '{dom.name}' was destroyed "
-                                                 "during its start"))
+                                                 f"during its {what}"))
                 elif not process.killing:
                     # a graceful destroy (SIGTERM only): a QEMU exiting on it closes its
                     # monitor, and its exit calls this again; one still there after the

@@ -17,7 +17,13 @@ import pytest
 
 import client
 from client.domain import DESTROY_GRACEFUL
-from protocol.constants import DomainState, LifecycleEvent, ShutoffReason, StoppedDetail
+from protocol.constants import (
+    DomainState,
+    LifecycleEvent,
+    ShutoffReason,
+    StoppedDetail,
+    UndefineFlags,
+)
 from qemud.driver.lifecycle import MONITOR_TIMEOUT_ENV
 from tests.helpers.daemon import DaemonProcess, remove_domain, serving, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
@@ -63,6 +69,34 @@ def test_a_destroy_during_the_start_fails_the_start_saying_so(
             assert dom.state()[0] == DomainState.RUNNING
         finally:
             remove_domain(dom)
+
+
+def test_a_destroy_during_a_restore_says_restore(tmp_path: Path,
+                                                 test_guest: TestGuest) -> None:
+    """The same for a restore (here a managed save's, which DOMAIN_CREATE runs): the
+    error names what was cut short, and the image stays for the next start."""
+    held = held_qemu(tmp_path / "held")
+    daemon = DaemonProcess(tmp_path / "d",
+                           {"qemu": {"emulator_dirs": [str(held.bin_dir)]}})
+    with serving(daemon), daemon.connect() as conn:
+        dom = conn.define_xml(guest_xml("cut-restore", test_guest, None))
+        try:
+            dom.create(client.START_PAUSED)
+            dom.managed_save()
+            held.start_holding()
+            start = Background(daemon, lambda c: c.lookup_by_name("cut-restore").create())
+            try:
+                wait_for(held.held.exists, timeout=60, message="the restore's QEMU held")
+                dom.destroy()
+            finally:
+                held.release()
+            with pytest.raises(client.OperationFailed, match="domain 'cut-restore' was "
+                               "destroyed during its restore"):
+                start.wait(60)
+            assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+            assert dom.has_managed_save()
+        finally:
+            remove_domain(dom, UndefineFlags.SNAPSHOTS_METADATA | UndefineFlags.MANAGED_SAVE)
 
 
 #: a qemu-system-x86_64 whose guests never answer: a guest's process ignores SIGTERM
