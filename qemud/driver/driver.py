@@ -133,6 +133,10 @@ class QemuDriver:
         #: called with (dom, live definition) before the QEMU command line is built; a hook
         #: may add devices to the live definition (the heartbeat channel)
         self.start_hooks: list[Callable[[DomainObj, DomainDef], None]] = []
+        #: called after autostart with whether it ran (the daemon's first start since
+        #: the host started) or not (a daemon restarted since): the appliance layer
+        #: starts again the guests its operations stopped when a killed daemon cut them short
+        self.autostart_hooks: list[Callable[[bool], None]] = []
         #: extra DOMAIN_STATS params of a domain (the heartbeat state)
         self.stats_hooks: list[Callable[[DomainObj], list[pl.TypedParam]]] = []
         #: every QMP event of every guest, before the driver's own handling (block jobs)
@@ -177,9 +181,15 @@ class QemuDriver:
         not start again the guests an admin has stopped since. The mark is a file in
         the run directory, which a reboot empties (tmpfs)."""
         mark = Path(self.config.paths.run_dir) / AUTOSTARTED
-        if mark.exists():
+        first = not mark.exists()
+        if first:
+            self._autostart(mark)
+        else:
             log.info("autostart: already done since the host started (%s exists)", mark)
-            return
+        for hook in self.autostart_hooks:
+            hook(first)
+
+    def _autostart(self, mark: Path) -> None:
         try:
             mark.touch()
         except OSError as exc:

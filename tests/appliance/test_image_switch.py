@@ -16,6 +16,8 @@ scratch disk is emptied for an update that did not happen.
 * Once the definition is saved the update has happened: a failed last write of the
   state does not fail it, and a client's destroy during its restart does not roll it
   back.
+* A running VM that an update, rollback or factory reset stopped and a killed daemon
+  never started again is started by the next daemon (not after a host reboot).
 
 Real daemons, real qemu-img; the appliances of test_images (no guest boots, but the
 rollback test starts one).
@@ -180,10 +182,13 @@ def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
     return daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")}})
 
 
-def kill_during_update(slowfs: SlowFS, d: DaemonProcess, name: str, saved: bool) -> None:
+def kill_during_update(slowfs: SlowFS, d: DaemonProcess, name: str, saved: bool,
+                       host_rebooted: bool = False) -> None:
     """Update ``name`` to 2.0 and kill -9 the daemon while the define's first fsync (its
     temp file: the definition is not saved) or, ``saved``, its second one (the
-    directory's, after the rename: the definition is on disk) waits; then restart."""
+    directory's, after the rename: the definition is on disk) waits; then restart (as
+    after a host reboot, with ``host_rebooted``: autostart's once-per-boot mark gone
+    from the run directory)."""
     update = held_call(slowfs, d, lambda c: images.update(c, c.lookup_by_name(name), "2.0"))
     try:
         [temp] = slowfs.held()
@@ -198,6 +203,8 @@ def kill_during_update(slowfs: SlowFS, d: DaemonProcess, name: str, saved: bool)
     d.proc.wait()
     with pytest.raises(client.ConnectionLost):
         update.wait()
+    if host_rebooted:
+        (d.run_dir / "autostarted").unlink()
     d.start()
 
 
@@ -255,6 +262,88 @@ def running_deployed(d: DaemonProcess, tarballs: dict[str, Path], name: str) -> 
     return vmdir
 
 
+@pytest.mark.parametrize("saved", [False, True], ids=["before-define", "after-define"])
+def test_a_running_vm_whose_update_a_killed_daemon_cut_short_runs_again(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path],
+        saved: bool) -> None:
+    """The update stopped the guest; the daemon was killed before it started it again:
+    the next daemon starts it, on the version its definition settled on (1.0 when the
+    define had not landed, 2.0 pending its heartbeat when it had), and drops the mark."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = f"kill-run-{int(saved)}"
+    try:
+        vmdir = running_deployed(d, tarballs, name)
+        kill_during_update(slowfs, d, name, saved=saved)
+        with d.connect() as conn:
+            dom = conn.lookup_by_name(name)
+            wait_state(dom, DomainState.RUNNING)
+            assert origin(dom.xml(INACTIVE)) == ("demo", "2.0" if saved else "1.0")
+            wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                     message="the restart mark dropped")
+            assert (state_of(vmdir)["pending"] is not None) is saved
+            assert f"domain {name}: its appliance update had stopped it when the daemon " \
+                   "ended: starting it again" in d.log_text()
+    finally:
+        stop_destroying_guests(d)
+
+
+def test_after_a_host_reboot_the_cut_short_update_starts_nothing(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """After a host reboot the guests that run are the autostarted ones, as for any
+    guest: the mark is dropped, the VM (not autostarted) stays off."""
+    d = on_slowfs(slowfs, daemon_factory)
+    try:
+        vmdir = running_deployed(d, tarballs, "kill-boot")
+        kill_during_update(slowfs, d, "kill-boot", saved=False, host_rebooted=True)
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("kill-boot")
+            wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                     message="the restart mark dropped")
+            assert dom.state()[0] == DomainState.SHUTOFF
+            assert "starting it again" not in d.log_text()
+    finally:
+        stop_destroying_guests(d)
+
+
+def test_a_running_vm_whose_factory_reset_a_killed_daemon_cut_short_runs_again(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path], tmp_path: Path) -> None:
+    """The same for a factory reset, killed while its qemu-img (held) makes the new
+    system overlay: the next daemon starts the VM on its disks as they are (the reset
+    had not replaced any: the unfinished overlay is removed at start-up)."""
+    (tmp_path / "held-img").mkdir()
+    held = HeldQemuImg.install(tmp_path / "held-img")
+    d = daemon_factory(env={"PATH": held.path_env()})
+    try:
+        vmdir = running_deployed(d, tarballs, "kill-reset")
+        held.hold.touch()
+        reset = Background(d, lambda c: images.factory_reset(c, c.lookup_by_name(
+            "kill-reset")))
+        try:
+            wait_for(held.held.exists, timeout=60, message="the reset's qemu-img held")
+            assert state_of(vmdir)["restart"] == "factory reset"
+            assert d.proc is not None
+            d.proc.kill()
+            d.proc.wait()
+        finally:
+            held.hold.unlink()
+        with pytest.raises(client.ConnectionLost):
+            reset.wait()
+        d.start()
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("kill-reset")
+            wait_state(dom, DomainState.RUNNING)
+            wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                     message="the restart mark dropped")
+            assert "its appliance factory reset had stopped it when the daemon ended" \
+                in d.log_text()
+            # a reset that completes drops its mark too, and the VM runs again
+            images.factory_reset(conn, dom)
+            assert dom.state()[0] == DomainState.RUNNING
+            assert "restart" not in state_of(vmdir)
+    finally:
+        stop_destroying_guests(d)
+
+
 def test_a_failed_final_state_write_does_not_fail_the_update(
         daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
     """The define is the point of no return: once the new definition is saved, a failed
@@ -264,8 +353,9 @@ def test_a_failed_final_state_write_does_not_fail_the_update(
     d = daemon_factory()
     try:
         vmdir = deployed(d, tarballs, "last-write")
-        # after the restart: the switch written ahead is write 1, the final one write 2
-        restart(d, {FAULT_ENV: "vms/last-write/appliance-state.json#2"})
+        # after the restart: the restart mark (the guest runs) is write 1, the switch
+        # written ahead write 2, the final one write 3
+        restart(d, {FAULT_ENV: "vms/last-write/appliance-state.json#3"})
         with d.connect() as conn:
             dom = conn.lookup_by_name("last-write")
             dom.create()
@@ -331,7 +421,8 @@ def test_daemon_killed_after_the_rollbacks_definition_is_saved(
         slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
     """A rollback at the deadline, the daemon killed once its definition was renamed
     into place (the directory's fsync held): the restarted daemon settles the state on
-    the previous version and deletes the failed overlay, as the rollback would have."""
+    the previous version and deletes the failed overlay, as the rollback would have,
+    and starts the guest the rollback had stopped."""
     d = daemon_factory(config={"paths": {"config_dir": str(slowfs.mount / "config")},
                                "appliance": {"update_deadline": UPDATE_DEADLINE}})
     try:
@@ -365,6 +456,10 @@ def test_daemon_killed_after_the_rollbacks_definition_is_saved(
             assert "removing " + str(vmdir / "vda.b.qcow2") in d.log_text()
             # (removed once, not also taken for an earlier daemon's leftover)
             assert "an earlier daemon discarded" not in d.log_text()
+            # the rollback had stopped the guest: it runs again, on 1.0
+            wait_state(dom, DomainState.RUNNING)
+            assert "its appliance rollback had stopped it when the daemon ended" \
+                in d.log_text()
     finally:
         stop_destroying_guests(d)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
 from qemud.driver.tools import ToolRunner, find_tool
-from qemud.errors import OperationInvalid
+from qemud.errors import OperationInvalid, QemudError
 from qemud.tasks import Task
 
 from .descriptor import DiskSpec
@@ -166,6 +166,33 @@ class ImageOps:
             return Deferred.resolved(None)
         log.info("domain %s: stopping it for an appliance image change", dom.name)
         return self.driver.lifecycle.destroy(dom)
+
+    def _stop_to_restart(self, dom: DomainObj, state: VMState, what: str) -> Task:
+        """Stop ``dom`` for the image operation ``what`` if it runs, and return whether
+        it did. Before the stop, ``state`` (the operation's own, which its later writes
+        copy) records durably that the VM is to run again (``VMState.restart``): a
+        daemon killed before the operation starts it again does so at its next start.
+        The operation drops the mark with :meth:`_restart_handled` once it has started
+        the VM again, or decided not to."""
+        if not dom.active:
+            return False
+        state.restart = what
+        yield self.save_state(state)
+        yield self._stop(dom)
+        return True
+
+    def _restart_handled(self, dom: DomainObj) -> Task:
+        """Drop the VM's restart mark (:meth:`_stop_to_restart`) from the newest state,
+        after the operation's own writes, and wait for it; a failed write is logged
+        (the next daemon then finds the VM running, or starts it)."""
+        state = self.load_state(dom, settle=False)
+        if state is None or state.restart is None:
+            return
+        state.restart = None
+        try:
+            yield self.save_state(state)
+        except QemudError as exc:
+            log.error("domain %s: %s", dom.name, exc.message)
 
     def _create_overlay(self, path: Path, backing: Path, fmt: str) -> Task:
         """A new, empty qcow2 overlay ``path`` on ``backing`` (replacing ``path``)."""

@@ -230,9 +230,9 @@ class DeployOps(ImageOps):
 
     def _reset(self, dom: DomainObj, state: VMState, desc: Descriptor, directory: Path
                ) -> Task:
+        was_running = dom.active
         try:
-            was_running = dom.active
-            yield self._stop(dom)
+            yield from self._stop_to_restart(dom, state, "factory reset")
             for target in state.targets("system"):
                 disk = desc.disk(target)
                 if disk is None or disk.file is None:
@@ -249,5 +249,7 @@ class DeployOps(ImageOps):
             if was_running:
                 yield self.driver.lifecycle.start(dom, busy_ok=True)
         finally:
+            if was_running:
+                yield from self._restart_handled(dom)
             self.busy.pop(dom.uuid, None)
         return Empty()

@@ -10,6 +10,7 @@ wait for a heartbeat), not at start-up (see :mod:`qemud.appliance`). At start-up
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -22,10 +23,12 @@ from qemud.driver.discard import discard, discard_tree, remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
 
 from .layout import (
+    RESTART_KEY,
     STAGING_PREFIX,
     STATE_NAME,
     remove_unfinished_disks,
     require_no_pending_update,
+    restart_marks,
     settle_deploys,
     settle_switch,
     store_root,
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.fields import Payload
     from qemud.dispatch import Deferred, Handler
+    from qemud.driver.domain import DomainObj
 
     from .. import ApplianceContext
     from .operations import Operations
@@ -73,6 +77,10 @@ class ImagesDuty:
         unused: list[str] = []  # disks no settled state names (a rollback's overlay)
         cut_short: list[Path] = []  # the directories of deploys never defined
         self.settle_switches(unused.extend)
+        marked = restart_marks(self.vms_dir, [d for d in self.driver.registry if d.persistent])
+        if marked:
+            self.driver.autostart_hooks.append(lambda first: self.restart_cut_short(marked,
+                                                                                   first))
         settle_deploys(self.vms_dir, {d.uuid for d in self.driver.registry},
                        {d.name for d in self.driver.registry}, cut_short.append)
         self.remove_debris()
@@ -131,6 +139,54 @@ class ImagesDuty:
         for dom in self.driver.registry:
             if dom.persistent and self._has_state(dom.name):
                 settle_switch(self.vms_dir / dom.name / STATE_NAME, dom, unused)
+
+    def restart_cut_short(self, marked: list[tuple[DomainObj, str, Path]],
+                          first: bool) -> None:
+        """After autostart (``QemuDriver.autostart_hooks``): start the VMs that an
+        update, rollback or factory reset had stopped when a killed daemon cut it short
+        (``layout.restart_marks``), as the operation would have, and drop their marks.
+        Not after a host reboot (``first``): the guests that run then are the
+        autostarted ones, as for any guest; nor one that runs already (the operation
+        had started it again, or autostart did)."""
+        for dom, what, path in marked:
+            if not self.driver.registry.holds(dom):
+                continue
+            if dom.active or first:
+                self._drop_restart_mark(dom, path)
+                continue
+            log.warning("domain %s: its appliance %s had stopped it when the daemon ended: "
+                        "starting it again", dom.name, what)
+            try:
+                started = self.driver.saving.start(dom)
+            except Exception as exc:
+                log.error("domain %s: start after its appliance %s: %s", dom.name, what,
+                          exc)
+                self._drop_restart_mark(dom, path)
+                continue
+
+            def done(d: Deferred, dom: DomainObj = dom, what: str = what,
+                     path: Path = path) -> None:
+                if d.error is not None:
+                    log.error("domain %s: start after its appliance %s: %s", dom.name,
+                              what, d.error.message)
+                self._drop_restart_mark(dom, path)
+            started.add_done_callback(done)
+
+    def _drop_restart_mark(self, dom: DomainObj, path: Path) -> None:
+        """The record without its :data:`RESTART_KEY`, written off the loop (a failure
+        is logged: the next daemon finds the mark again)."""
+        files = self.driver.files
+        try:
+            data = json.loads(files.read_text(path))
+        except (OSError, ValueError) as exc:
+            log.error("domain %s: cannot read %s: %s", dom.name, path, exc)
+            return
+        if not isinstance(data, dict) or data.pop(RESTART_KEY, None) is None:
+            return
+        files.write(path, json.dumps(data, indent=1), f"the appliance state of '{dom.name}'"
+                    ).add_done_callback(lambda d: log.error("domain %s: %s", dom.name,
+                                                            d.error.message)
+                                        if d.error is not None else None)
 
     def remove_debris(self) -> None:
         """What a killed daemon left: unfinished imports, what it was removing (trees

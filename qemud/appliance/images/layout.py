@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["STAGING_PREFIX", "STATE_NAME", "SWITCH_KEY", "TARGET_RE", "UNFINISHED_SUFFIX",
            "QCOW2", "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
-           "DEPLOYING_KEY", "settle_switch", "settle_deploys", "require_no_pending_update"]
+           "DEPLOYING_KEY", "RESTART_KEY", "settle_switch", "settle_deploys",
+           "require_no_pending_update", "restart_marks"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ SWITCH_KEY = "switch"
 #: the key (true) of that record from a deploy's first write of it until its define is
 #: on disk (see :func:`settle_deploys`)
 DEPLOYING_KEY = "deploying"
+#: the key of that record naming the image operation that stopped the running VM, from
+#: before that stop until the operation started it again (see :func:`restart_marks`)
+RESTART_KEY = "restart"
 #: an import unpacks into ``<store>/<STAGING_PREFIX>...`` before it is renamed into place
 STAGING_PREFIX = ".staging-"
 #: a guest disk name as descriptors and VM directories use them (vda, sdb, hdaa...)
@@ -210,6 +214,20 @@ def _vm_dirs(vms_dir: Path) -> list[Path]:
         return sorted(p for p in vms_dir.iterdir() if p.is_dir() and not p.is_symlink())
     except OSError:
         return []
+
+
+def restart_marks(vms_dir: Path, domains: Iterable[DomainObj]
+                  ) -> list[tuple[DomainObj, str, Path]]:
+    """The VMs an image operation stopped and a killed daemon never started again:
+    (domain, the operation, its state record) for each record of ``domains`` (after
+    :func:`settle_switch`) whose :data:`RESTART_KEY` is set; start-up only."""
+    marked = []
+    for dom in domains:
+        path = vms_dir / dom.name / STATE_NAME
+        data = _read_record(path, f"domain {dom.name}: ") if path.exists() else None
+        if data is not None and data.get("uuid") == dom.uuid and data.get(RESTART_KEY):
+            marked.append((dom, str(data[RESTART_KEY]), path))
+    return marked
 
 
 def _read_record(path: Path, who: str = "") -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import Any
 from qemud.errors import InvalidArg, QemudError
 
 from .descriptor import Descriptor, parse_descriptor, version_key
-from .layout import DEPLOYING_KEY, SWITCH_KEY
+from .layout import DEPLOYING_KEY, RESTART_KEY, SWITCH_KEY
 
 __all__ = ["ImageStore", "VMState", "INDEX_NAME"]
 
@@ -106,6 +106,12 @@ class VMState:
     ``deploying`` is set only between a deploy's first write of the state and its
     define: a VM directory whose state still says so at start-up and names no domain is
     a deploy a killed daemon cut short (``layout.settle_deploys``).
+
+    ``restart`` names the image operation ("update", "rollback", "factory reset") that
+    stopped the running VM to change its disks, from before that stop until the
+    operation has started it again (or decided not to): a daemon killed in between
+    starts it at its next start (``layout.restart_marks``), so the guest does not stay
+    off because its daemon died mid-way.
     """
 
     vm: str
@@ -118,6 +124,7 @@ class VMState:
     pending: dict[str, Any] | None = None  # {"from", "to", "since"}: unconfirmed update
     switch: dict[str, Any] | None = None  # the state of a definition being defined
     deploying: bool = False  # written before the deploy's define, cleared after it
+    restart: str | None = None  # the operation that stopped the VM, until it restarted it
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -128,6 +135,8 @@ class VMState:
             out[SWITCH_KEY] = self.switch
         if self.deploying:
             out[DEPLOYING_KEY] = True
+        if self.restart is not None:
+            out[RESTART_KEY] = self.restart
         return out
 
     def to_json(self) -> str:
@@ -138,7 +147,8 @@ class VMState:
         return cls(vm=data["vm"], uuid=data["uuid"], appliance=data["appliance"],
                    version=data["version"], slot=data["slot"], disks=data["disks"],
                    previous=data.get("previous"), pending=data.get("pending"),
-                   switch=data.get(SWITCH_KEY), deploying=bool(data.get(DEPLOYING_KEY)))
+                   switch=data.get(SWITCH_KEY), deploying=bool(data.get(DEPLOYING_KEY)),
+                   restart=data.get(RESTART_KEY))
 
     @classmethod
     def from_json(cls, text: str) -> VMState:

@@ -106,7 +106,7 @@ class UpdateOps(ImageOps):
         switched = False
         prepared: list[tuple[Path, Path]] = []  # (new scratch image, scratch disk)
         try:
-            yield self._stop(dom)
+            yield from self._stop_to_restart(dom, state, "update")
             vmdir = self.vm_dir(dom.name)
             slot = "b" if state.slot == "a" else "a"
             system: dict[str, str] = {}
@@ -167,6 +167,8 @@ class UpdateOps(ImageOps):
             raise
         finally:
             abandon_prepared(prepared)
+            if was_running:
+                yield from self._restart_handled(dom)
             self.busy.pop(dom.uuid, None)
         return Empty()
 
@@ -376,8 +378,19 @@ class UpdateOps(ImageOps):
                        "appliance (delete the snapshots, latest first) and the rollback "
                        "is tried again after the VM's next start")
             raise OperationFailed(message)  # logged and reported by the caller
-        yield self._stop(dom)
+        # (a rollback after an update's failed restart stops nothing: the update's own
+        # restart mark is in the state it copies, and the update drops it)
+        stopped = yield from self._stop_to_restart(dom, state, "rollback")
+        try:
+            yield from self._roll_back(dom, state, why, restart)
+        finally:
+            if stopped:
+                yield from self._restart_handled(dom)
+
+    def _roll_back(self, dom: DomainObj, state: VMState, why: str, restart: bool) -> Task:
+        """:meth:`_rollback`'s work once the guest is stopped."""
         previous = state.previous
+        assert previous is not None
         failed_version = state.version
         failed = {t: state.disks[t]["path"] for t in state.targets("system")}
         prepared: list[tuple[Path, Path]] = []  # renamed into place by _commit_switch
