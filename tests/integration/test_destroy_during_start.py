@@ -41,6 +41,20 @@ def held_qemu(root: Path) -> HeldQemuImg:
     return HeldQemuImg.install(root, "qemu-system-x86_64")
 
 
+def destroyed_while_held(daemon: DaemonProcess, held: HeldQemuImg,
+                         dom: client.Domain) -> Background:
+    """``dom``'s start (DOMAIN_CREATE) on its own connection, destroyed while its QEMU
+    is held before it runs."""
+    held.start_holding()
+    start = Background(daemon, lambda c: c.lookup_by_name(dom.name).create())
+    try:
+        wait_for(held.held.exists, timeout=60, message="the start's QEMU held")
+        dom.destroy()
+    finally:
+        held.release()
+    return start
+
+
 def test_a_destroy_during_the_start_fails_the_start_saying_so(
         tmp_path: Path, test_guest: TestGuest) -> None:
     held = held_qemu(tmp_path / "held")
@@ -50,13 +64,7 @@ def test_a_destroy_during_the_start_fails_the_start_saying_so(
         dom = conn.define_xml(guest_xml("cut-short", test_guest, None))
         try:
             conn.register_event(client.EventId.LIFECYCLE)
-            held.start_holding()
-            start = Background(daemon, lambda c: c.lookup_by_name("cut-short").create())
-            try:
-                wait_for(held.held.exists, timeout=60, message="the start's QEMU held")
-                dom.destroy()
-            finally:
-                held.release()
+            start = destroyed_while_held(daemon, held, dom)
             with pytest.raises(client.OperationFailed,
                                match="domain 'cut-short' was destroyed during its start"):
                 start.wait(60)
@@ -83,13 +91,7 @@ def test_a_destroy_during_a_restore_says_restore(tmp_path: Path,
         try:
             dom.create(client.START_PAUSED)
             dom.managed_save()
-            held.start_holding()
-            start = Background(daemon, lambda c: c.lookup_by_name("cut-restore").create())
-            try:
-                wait_for(held.held.exists, timeout=60, message="the restore's QEMU held")
-                dom.destroy()
-            finally:
-                held.release()
+            start = destroyed_while_held(daemon, held, dom)  # (the restore's QEMU)
             with pytest.raises(client.OperationFailed, match="domain 'cut-restore' was "
                                "destroyed during its restore"):
                 start.wait(60)
