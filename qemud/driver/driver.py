@@ -425,7 +425,9 @@ class QemuDriver:
             # libvirt's VIR_DOMAIN_START_PAUSED (1), as for DOMAIN_CREATE
             started = self.lifecycle.start(dom, definition, paused=bool(args.flags & 1))
         except Exception:
-            if not dom.persistent:
+            # only the domain this call added: an inactive transient one found here is
+            # another create's, whose start waits for its NVRAM file
+            if existing is None:
                 self.registry.remove(dom)
             raise
         return self._ref_reply(started)

@@ -216,9 +216,14 @@ class Firmware:
             raise _create_failed(path, exc) from None
         # blocks of zeros are seeked over, not written (conv=sparse); exactly the size
         # the template had when it was checked is copied (count_bytes)
-        copying = self.tools.run([dd, "bs=64K", f"count={size}", "iflag=count_bytes",
-                                  "conv=sparse", "status=none"],
-                                 f"copying {template}", stdin=source, into=temp.fd)
+        try:
+            copying = self.tools.run([dd, "bs=64K", f"count={size}", "iflag=count_bytes",
+                                      "conv=sparse", "status=none"],
+                                     f"copying {template}", stdin=source, into=temp.fd)
+        except OSError as exc:  # (no descriptor left for its stderr file, say)
+            os.close(source)
+            temp.abandon()
+            raise _create_failed(path, exc) from None
         result = Deferred()
 
         def copied(d: Deferred) -> None:
@@ -363,4 +368,5 @@ def _create_failed(path: Path, exc: OSError) -> SystemCallFailed:
 
 
 def _copy_failure(argv: list[str], code: int, stderr: str) -> str:
-    return f"{argv[0]} exited with status {code}" + (f": {stderr}" if stderr else "")
+    return f"{os.path.basename(argv[0])} exited with status {code}" + (
+        f": {stderr}" if stderr else "")

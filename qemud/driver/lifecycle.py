@@ -230,6 +230,9 @@ class Lifecycle:
             if marked:
                 registry.operations.pop(dom.uuid, None)
             error = d.error
+            if error is None and not registry.holds(dom):  # (nothing should do it, but)
+                error = StartInterrupted(f"domain '{dom.name}' was undefined during its "
+                                         "start")
             if error is None:
                 try:
                     launch().chain(result)

@@ -649,7 +649,9 @@ class Saving:
         reset_nvram = bool(flags & START_RESET_NVRAM)
         if dom.active:  # before the image is touched (libvirt checks first too)
             raise OperationInvalid(f"domain '{dom.name}' is already running")
-        self.lifecycle.require_no_job(dom)
+        # before the image is touched too: a start waiting for its NVRAM file (the
+        # domain inactive meanwhile) may be restoring that image
+        self.lifecycle.require_not_busy(dom)
         path = self.store.managed_save_path(dom.name)
         if not path.exists():
             dom.managed_save = False  # (removed by hand: the file is the truth)
@@ -721,8 +723,12 @@ class Saving:
         return Empty()
 
     def remove_image(self, dom: DomainObj) -> None:
-        if dom.job == "save":  # its image may be in place already, the guest stopping
-            raise OperationInvalid(f"domain '{dom.name}' is busy: save in progress")
+        # a save: its image may be in place already, the guest stopping; a start or a
+        # restore: the image is (to be) read; a start waiting for its NVRAM file first
+        # (Registry.operations) restores it then
+        if dom.job in ("save", "start", "restore"):
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
+        self.driver.registry.require_no_operation(dom)
         path = self.store.managed_save_path(dom.name)
         failed = self._discard(path)
         if isinstance(failed, FileNotFoundError):

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 import client
+from protocol.constants import PausedReason
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import Background
 
 from .conftest import assert_log_clean, bare_domain_xml, guest_name, qemu_pids
-from .slow_disk import held_until
+from .slow_disk import UUID_A, held_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +145,76 @@ def test_a_reset_waits_too_and_replaces_the_guests_variables(
             dom.create(32)
         dom.create(32 | 8)  # with --force-boot: the image goes, the NVRAM is reset
         dom.destroy()
+
+
+def test_calls_on_a_guest_whose_start_waits_for_its_nvram_leave_it_alone(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """While the copy waits, the domain is inactive, but its start has begun: a second
+    create of the same transient guest is refused without removing the first one's
+    domain; a managed save image the start restores is neither discarded by
+    ``start --force-boot`` nor by ``managedsave-remove``."""
+    d = on_slowfs(slowfs, daemon_factory)
+    transient, saved = guest_name("nvtwice"), guest_name("nvsaved")
+    nvram_dir = slowfs.backing / "state" / "nvram"
+    xml = efi_xml(transient).replace("<name>", f"<uuid>{UUID_A}</uuid><name>")
+    with d.connect() as conn:
+        slowfs.hold()
+        first = Background(d, lambda c: c.create_xml(xml, PAUSED))
+        try:
+            held_until(slowfs, nvram_temp(transient))
+            with pytest.raises(client.OperationInvalid,
+                               match=f"domain '{transient}' is busy: start in progress"):
+                conn.create_xml(xml, PAUSED)
+            assert conn.lookup_by_name(transient).state()[0] == client.DomainState.SHUTOFF
+        finally:
+            slowfs.release()
+        first.wait()
+        dom = conn.lookup_by_name(transient)  # listed, and running what was launched
+        assert dom.state()[0] == client.DomainState.PAUSED
+        assert len(qemu_pids(transient)) == 1
+        dom.destroy()
+
+        dom = conn.define_xml(efi_xml(saved))
+        dom.create(PAUSED)
+        dom.managed_save()
+        (nvram_dir / f"{saved}_VARS.fd").unlink()  # the next start copies it again
+        slowfs.hold()
+        restore = Background(d, lambda c: c.lookup_by_name(saved).create(PAUSED))
+        try:
+            held_until(slowfs, nvram_temp(saved))
+            for call in (lambda: dom.create(8), dom.managed_save_remove):
+                with pytest.raises(client.OperationInvalid,
+                                   match=f"domain '{saved}' is busy: start in progress"):
+                    call()
+            assert dom.has_managed_save()
+        finally:
+            slowfs.release()
+        restore.wait()
+        assert dom.state() == (client.DomainState.PAUSED, PausedReason.USER)
+        assert not dom.has_managed_save()  # restored, then removed as usual
+        dom.destroy()
+    assert_log_clean(d)
+
+
+def test_the_temp_copies_a_killed_daemon_left_go_at_its_next_start(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """In ``<state_dir>/nvram/`` every temp file name is the daemon's; next to a
+    definition's NVRAM file elsewhere, only that file's own temp names are removed."""
+    d = daemon_factory()
+    name = guest_name("nvdead")
+    elsewhere = tmp_path / "vars"
+    elsewhere.mkdir()
+    with d.connect() as conn:
+        conn.define_xml(efi_xml(name).replace(
+            "<os firmware='efi'>", f"<os firmware='efi'><nvram>{elsewhere}/x.fd</nvram>"))
+    d.stop()
+    nvram_dir = d.state_dir / "nvram"
+    nvram_dir.mkdir(exist_ok=True)
+    dead = [nvram_dir / f".{name}_VARS.fd.4242-0.tmp", elsewhere / ".x.fd.4242-1.tmp"]
+    kept = [elsewhere / ".y.fd.4242-1.tmp", elsewhere / "notes.txt"]
+    for path in dead + kept:
+        path.write_bytes(b"")
+    d.start()
+    assert [p for p in dead if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert f"removed {dead[1]}, left by an interrupted write" in d.log_text()
