@@ -287,6 +287,63 @@ def test_a_running_vm_whose_update_a_killed_daemon_cut_short_runs_again(
         stop_destroying_guests(d)
 
 
+def test_a_vm_whose_restart_by_the_update_a_killed_daemon_cut_short_runs_again(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path], tmp_path: Path) -> None:
+    """The daemon killed while the update's own start of the VM was under way (its
+    QEMU held before it runs): the next daemon re-attaches that QEMU and kills it as a
+    start cut short, then starts the VM on 2.0 once it has exited."""
+    (tmp_path / "held-qemu").mkdir()
+    held = HeldQemuImg.install(tmp_path / "held-qemu", "qemu-system-x86_64")
+    d = daemon_factory(config={"qemu": {"emulator_dirs": [str(held.bin_dir)]}})
+    try:
+        vmdir = running_deployed(d, tarballs, "kill-start")
+        held.start_holding()
+        update = Background(d, lambda c: images.update(c, c.lookup_by_name("kill-start"),
+                                                       "2.0"))
+        try:
+            wait_for(held.held.exists, timeout=60, message="the update's start held")
+            assert d.proc is not None
+            d.proc.kill()
+            d.proc.wait()
+        finally:
+            held.release()
+        with pytest.raises(client.ConnectionLost):
+            update.wait()
+        d.start()
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("kill-start")
+            wait_state(dom, DomainState.RUNNING)
+            assert origin(dom.xml(INACTIVE)) == ("demo", "2.0")
+            wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                     message="the restart mark dropped")
+            log = d.log_text()
+            assert "was still starting when the last daemon stopped: killing it" in log
+            assert "its appliance update had stopped it when the daemon ended: starting " \
+                   "it again" in log
+    finally:
+        stop_destroying_guests(d)
+
+
+def test_a_mark_no_operation_holds_is_dropped_by_the_next_image_call(
+        daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """A mark left in a running daemon (its drop failed) would start the VM at a later
+    daemon start although the admin stopped it: the VM's next image call drops it."""
+    d = daemon_factory()
+    vmdir = deployed(d, tarballs, "stale-mark")
+    state = vmdir / "appliance-state.json"
+    state.write_text(json.dumps(dict(state_of(vmdir), restart="update")))
+    with d.connect() as conn:
+        dom = conn.lookup_by_name("stale-mark")
+        with pytest.raises(OperationInvalid, match="already runs demo 1.0"):
+            images.update(conn, dom, "1.0")
+        wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                 message="the stale mark dropped")
+    restart(d, {})
+    with d.connect() as conn:
+        assert conn.lookup_by_name("stale-mark").state()[0] == DomainState.SHUTOFF
+    assert "starting it again" not in d.log_text()
+
+
 def test_after_a_host_reboot_the_cut_short_update_starts_nothing(
         slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
     """After a host reboot the guests that run are the autostarted ones, as for any
@@ -334,8 +391,8 @@ def test_a_running_vm_whose_factory_reset_a_killed_daemon_cut_short_runs_again(
             wait_state(dom, DomainState.RUNNING)
             wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
                      message="the restart mark dropped")
-            assert "its appliance factory reset had stopped it when the daemon ended" \
-                in d.log_text()
+            assert "its factory reset had stopped it when the daemon ended, and may not " \
+                   "have replaced every disk (run it again): starting it again" in d.log_text()
             # a reset that completes drops its mark too, and the VM runs again
             images.factory_reset(conn, dom)
             assert dom.state()[0] == DomainState.RUNNING

@@ -100,6 +100,13 @@ class ImageOps:
                                                                                   text))
                 if settled is not None:
                     state = VMState.from_dict(settled)
+            if state.uuid == dom.uuid and state.restart is not None \
+                    and dom.uuid not in self.busy and not files.pending(path):
+                # a restart mark no operation holds: one whose drop failed (the last
+                # daemon's were handled at start-up); left, it would start the VM at a
+                # later daemon start after the admin stopped it
+                state.restart = None
+                self._write_settled(dom, path, state.to_json())
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as exc:
@@ -184,7 +191,7 @@ class ImageOps:
     def _restart_handled(self, dom: DomainObj) -> Task:
         """Drop the VM's restart mark (:meth:`_stop_to_restart`) from the newest state,
         after the operation's own writes, and wait for it; a failed write is logged
-        (the next daemon then finds the VM running, or starts it)."""
+        (the VM's next read, :meth:`load_state`, drops a mark no operation holds)."""
         state = self.load_state(dom, settle=False)
         if state is None or state.restart is None:
             return

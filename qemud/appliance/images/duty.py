@@ -10,6 +10,7 @@ wait for a heartbeat), not at start-up (see :mod:`qemud.appliance`). At start-up
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
+from qemud.dispatch import Deferred
 from qemud.driver.discard import discard, discard_tree, remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
 
@@ -38,7 +40,7 @@ from .layout import (
 if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.fields import Payload
-    from qemud.dispatch import Deferred, Handler
+    from qemud.dispatch import Handler
     from qemud.driver.domain import DomainObj
 
     from .. import ApplianceContext
@@ -146,31 +148,50 @@ class ImagesDuty:
         update, rollback or factory reset had stopped when a killed daemon cut it short
         (``layout.restart_marks``), as the operation would have, and drop their marks.
         Not after a host reboot (``first``): the guests that run then are the
-        autostarted ones, as for any guest; nor one that runs already (the operation
-        had started it again, or autostart did)."""
+        autostarted ones, as for any guest; nor one that runs (the operation had
+        started it again). One whose QEMU the re-attach is stopping (the operation's
+        own start was cut short too) is started once that QEMU has exited."""
         for dom, what, path in marked:
             if not self.driver.registry.holds(dom):
                 continue
-            if dom.active or first:
+            if first or (dom.active and dom.stop_intent is None):
                 self._drop_restart_mark(dom, path)
-                continue
+            elif dom.active:
+                stopped = Deferred()
+                dom.stop_waiters.append(stopped)
+                stopped.add_done_callback(functools.partial(self._after_stop, dom, what,
+                                                            path))
+            else:
+                self._restart(dom, what, path)
+
+    def _after_stop(self, dom: DomainObj, what: str, path: Path, _: Deferred) -> None:
+        # on a later turn: after the stop's own handling (_on_exit) has run
+        self.driver.loop.call_soon(lambda: self._restart(dom, what, path))
+
+    def _restart(self, dom: DomainObj, what: str, path: Path) -> None:
+        if not self.driver.registry.holds(dom) or dom.active:
+            self._drop_restart_mark(dom, path)
+            return
+        if what == "factory reset":  # (its disks are replaced one by one)
+            log.warning("domain %s: its factory reset had stopped it when the daemon ended, "
+                        "and may not have replaced every disk (run it again): starting it "
+                        "again", dom.name)
+        else:
             log.warning("domain %s: its appliance %s had stopped it when the daemon ended: "
                         "starting it again", dom.name, what)
-            try:
-                started = self.driver.saving.start(dom)
-            except Exception as exc:
-                log.error("domain %s: start after its appliance %s: %s", dom.name, what,
-                          exc)
-                self._drop_restart_mark(dom, path)
-                continue
+        try:
+            started = self.driver.saving.start(dom)
+        except Exception as exc:
+            log.error("domain %s: start after its appliance %s: %s", dom.name, what, exc)
+            self._drop_restart_mark(dom, path)
+            return
 
-            def done(d: Deferred, dom: DomainObj = dom, what: str = what,
-                     path: Path = path) -> None:
-                if d.error is not None:
-                    log.error("domain %s: start after its appliance %s: %s", dom.name,
-                              what, d.error.message)
-                self._drop_restart_mark(dom, path)
-            started.add_done_callback(done)
+        def done(d: Deferred) -> None:
+            if d.error is not None:
+                log.error("domain %s: start after its appliance %s: %s", dom.name, what,
+                          d.error.message)
+            self._drop_restart_mark(dom, path)
+        started.add_done_callback(done)
 
     def _drop_restart_mark(self, dom: DomainObj, path: Path) -> None:
         """The record without its :data:`RESTART_KEY`, written off the loop (a failure

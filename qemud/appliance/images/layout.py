@@ -147,8 +147,10 @@ def settle_switch(path: Path, dom: DomainObj,
               if isinstance(d, dict) and d.get("class") == "system"}
     landed = bool(system) and all(sources.get(t) == p for t, p in system.items())
     if landed:
-        settled = {k: v for k, v in switch.items() if k != SWITCH_KEY}
+        settled = {k: v for k, v in switch.items() if k not in (SWITCH_KEY, RESTART_KEY)}
         settled["vm"] = data.get("vm", dom.name)  # (a rename rewrites the record's own)
+        if data.get(RESTART_KEY):  # (the record's own, as the name)
+            settled[RESTART_KEY] = data[RESTART_KEY]
         _install_prepared_scratch(dom, disks)
         unused = _unused_system_disks(data, settled)
         if unused and discard is not None:

@@ -159,9 +159,11 @@ class VMState:
         return VMState.from_json(self.to_json())
 
     def switching_to(self, after: VMState) -> VMState:
-        """This state, recording that a define of ``after``'s definition is under way."""
+        """This state, recording that a define of ``after``'s definition is under way.
+        The restart mark is the record's own, not the switch's: dropping it from the
+        record drops it, whichever state the switch settles on (``settle_switch``)."""
         return dataclasses.replace(self.copy(), switch=dataclasses.replace(
-            after.copy(), switch=None).as_dict())
+            after.copy(), switch=None, restart=None).as_dict())
 
     def targets(self, cls: str) -> list[str]:
         return sorted(t for t, d in self.disks.items() if d["class"] == cls)

@@ -380,11 +380,12 @@ class UpdateOps(ImageOps):
             raise OperationFailed(message)  # logged and reported by the caller
         # (a rollback after an update's failed restart stops nothing: the update's own
         # restart mark is in the state it copies, and the update drops it)
-        stopped = yield from self._stop_to_restart(dom, state, "rollback")
+        was_running = dom.active
         try:
+            yield from self._stop_to_restart(dom, state, "rollback")
             yield from self._roll_back(dom, state, why, restart)
         finally:
-            if stopped:
+            if was_running:
                 yield from self._restart_handled(dom)
 
     def _roll_back(self, dom: DomainObj, state: VMState, why: str, restart: bool) -> Task:
