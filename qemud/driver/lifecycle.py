@@ -61,7 +61,7 @@ from .process import (
     proc_cmdline,
     proc_start_ticks,
 )
-from .saving import SAVE_FD_NAME
+from .saving import RESTORE_FD_NAME, SAVE_FD_NAME, Incoming
 from .store import StatusRecord
 from .update import set_link_states
 
@@ -173,7 +173,8 @@ class Lifecycle:
     # -- start ---------------------------------------------------------------------------
 
     def start(self, dom: DomainObj, definition: DomainDef | None = None, *,
-              paused: bool = False, incoming: str | None = None, pci_addresses: bool = True,
+              paused: bool = False, incoming: Incoming | None = None,
+              pci_addresses: bool = True,
               reason: RunningReason = RunningReason.BOOTED,
               detail: StartedDetail = StartedDetail.BOOTED, busy_ok: bool = False,
               reset_nvram: bool = False) -> Deferred:
@@ -250,7 +251,7 @@ class Lifecycle:
         return result
 
     def _launch(self, dom: DomainObj, live: DomainDef, strategy: ArchStrategy, *,
-                paused: bool, incoming: str | None, pci_addresses: bool,
+                paused: bool, incoming: Incoming | None, pci_addresses: bool,
                 reason: RunningReason, detail: StartedDetail) -> Deferred:
         """QEMU for ``live``, and the steps that take it to running (see :meth:`start`)."""
         paths = self.guest_paths(dom.name)
@@ -382,7 +383,18 @@ class Lifecycle:
                 monitor.execute("migrate-set-capabilities", {"capabilities": [
                     {"capability": "events", "state": True}]})
                 dom.job = "restore"
-                step = monitor.execute("migrate-incoming", {"uri": incoming})
+                try:
+                    fd = incoming.open()
+                except QemudError as exc:
+                    fail(exc)
+                    return
+                try:  # (the monitor passes a duplicate: ours is closed at once)
+                    passed = monitor.execute("getfd", {"fdname": RESTORE_FD_NAME}, fds=[fd])
+                finally:
+                    os.close(fd)
+                passed.add_done_callback(lambda d: fail(d.error) if d.error else None)
+                step = monitor.execute("migrate-incoming",
+                                       {"uri": f"fd:{RESTORE_FD_NAME}"})
                 step.add_done_callback(lambda d: fail(d.error) if d.error else None)
                 # a restore with ``paused`` (a managed save of a paused guest, or
                 # start --paused) keeps the vCPUs stopped, as libvirt's restore does

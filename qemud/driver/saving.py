@@ -5,8 +5,12 @@ A save is a QMP migration to a file behind a header that holds the domain XML: t
 daemon opens the file and passes QEMU a descriptor (``getfd``, ``migrate fd:NAME``), so
 that QEMU writes it itself and every byte is in it once QEMU reports the migration
 complete (``exec:cat >> FILE`` would leave the last bytes to a child QEMU kills 10 ms
-after closing its pipe). A restore starts QEMU with ``-incoming defer`` and feeds it the
-file from the end of the header (``exec:tail -c +N``). The file is written under a
+after closing its pipe). A restore starts QEMU with ``-incoming defer`` and passes it a
+descriptor of the file at the end of the header (``getfd``, ``migrate-incoming
+fd:NAME``): an image that ends early or cannot be read fails the restore, QEMU saying
+so as it exits, where ``exec:tail`` of a file that was gone left QEMU's incoming
+migration waiting for ever (QEMU 7.2 never noticed the empty pipe's end). The file is
+written under a
 temporary name, fsynced (off the loop), renamed once complete and its directory synced
 before the guest is stopped, so a crash never leaves a half-written image under the
 final name, a power cut never takes the only copy of a stopped guest's state, and a
@@ -43,7 +47,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shlex
 import stat
 import time
 from collections.abc import Callable
@@ -89,13 +92,15 @@ from .store import fsync_dir, sync_directory_async
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["Saving", "SaveImage", "read_image", "SAVE_MAGIC", "MANAGED_SAVE_MAGIC",
+__all__ = ["Saving", "SaveImage", "Incoming", "read_image", "SAVE_MAGIC", "MANAGED_SAVE_MAGIC",
            "START_FORCE_BOOT", "UNDEFINE_MANAGED_SAVE"]
 
 log = logging.getLogger(__name__)
 
 #: the name a save's file descriptor has in QEMU (``getfd``), for ``migrate fd:<name>``
 SAVE_FD_NAME = "qemud-save"
+#: the name a restore's file descriptor has in QEMU, for ``migrate-incoming fd:<name>``
+RESTORE_FD_NAME = "qemud-restore"
 SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
 _RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
@@ -195,10 +200,15 @@ def _header(dom: DomainObj, magic: bytes, *lines: bytes) -> bytes:
 
 
 def _image_definition(path: Path, image: SaveImage) -> DomainDef:
+    """The domain XML of the image. qemud writes it with its uuid and MAC addresses; a
+    file made otherwise gets them as a define would (libvirt's parser does the same),
+    not an internal error at the start."""
     try:
-        return parse_domain_xml(image.xml, validate_schema=False)
+        definition = parse_domain_xml(image.xml, validate_schema=False)
     except ConfError as exc:
         raise XMLError(f"save file {path} holds bad XML: {exc}") from None
+    definition.assign_missing_ids()
+    return definition
 
 
 class Saving:
@@ -804,8 +814,39 @@ _NOT_PCI = frozenset({"isa-serial", "ib700", "ide-hd", "ide-cd", "scsi-hd", "scs
                       "usb-mouse", "usb-storage"})
 
 
-def _incoming(path: Path, image: SaveImage) -> str:
-    return f"exec:tail -c +{image.offset + 1} {shlex.quote(str(path))}"
+@dataclass(frozen=True)
+class Incoming:
+    """What a restore's QEMU reads: the save image ``path`` from ``offset`` (the end of
+    its header) on, through a descriptor the daemon passes it (``Lifecycle.start``)."""
+
+    path: Path
+    offset: int
+
+    def open(self) -> int:
+        """The image, open for reading at :attr:`offset`. Opened without blocking and
+        only if it is still a regular file (the path is the user's: it was checked when
+        the header was read, and may have changed since), then made blocking again for
+        QEMU."""
+        try:
+            fd, _ = open_for_reading(self.path)
+        except WrongFileKind as exc:
+            raise OperationFailed(f"cannot read save file {self.path}: it is {exc.kind}, "
+                                  "not a regular file") from None
+        except OSError as exc:
+            raise OperationFailed(f"cannot read save file {self.path}: "
+                                  f"{exc.strerror or exc}") from None
+        try:
+            os.set_blocking(fd, True)
+            os.lseek(fd, self.offset, os.SEEK_SET)
+        except OSError as exc:
+            os.close(fd)
+            raise OperationFailed(f"cannot read save file {self.path}: "
+                                  f"{exc.strerror or exc}") from None
+        return fd
+
+
+def _incoming(path: Path, image: SaveImage) -> Incoming:
+    return Incoming(path, image.offset)
 
 
 def _ref_reply(deferred: Deferred) -> Deferred:

@@ -12,7 +12,9 @@ is refused without being opened, and every header read is bounded:
 * a 64 MiB file of zeros (no newline), or one whose header has a huge or garbage line or
   XML length, is INVALID_ARG naming the file, and the daemon's peak RSS (VmHWM) does not
   grow by anything like the file's size;
-* a FIFO as a domain's managed save image fails its start with the managed-save error.
+* a FIFO as a domain's managed save image fails its start with the managed-save error;
+* a valid header with no memory state after it fails the restore with QEMU's words
+  (QEMU reads the image through the daemon's descriptor), where ``exec:tail`` hung.
 
 A valid save still restores: tests/integration/test_driver_lifecycle.py
 (``test_save_and_restore``), test_driver_managed_save.py and test_save_image_pci.py.
@@ -34,7 +36,7 @@ from client.errors import InvalidArgError, OperationFailed
 from protocol.constants import DomainState
 from tests.helpers.daemon import DaemonProcess
 
-from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name
+from .conftest import NO_GUEST_EMULATOR, assert_log_clean, bare_domain_xml, guest_name, qemu_pids
 
 #: a file this big without a newline was read whole by the old header reader
 BIG = 64 * 1024 * 1024
@@ -220,3 +222,29 @@ def test_fifo_as_a_managed_save_image_fails_the_start(
         writer.release()
     dom.undefine(client.domain.UNDEFINE_MANAGED_SAVE)
     assert not image.exists()
+
+
+@pytest.mark.timeout(120)  # the old exec:tail restore of such an image never ended
+def test_an_image_whose_memory_state_is_missing_fails_the_restore(
+        daemon_factory, tmp_path: Path) -> None:
+    """A valid header and nothing after it (a file cut short, or emptied after the
+    header was read): QEMU reads the image through the daemon's descriptor, finds no
+    migration stream and exits saying so; the restore fails with its words, no QEMU is
+    left and the transient domain is gone. Through ``exec:tail`` QEMU waited for ever
+    on the empty pipe. (The header's XML has no uuid, as a file qemud did not write
+    may lack: it gets one, as a define's would.) A daemon of its own: the fixture's
+    address-space limit would leave QEMU no room."""
+    d = daemon_factory()
+    name = guest_name("nostream")
+    xml = bare_domain_xml(name).encode()
+    path = tmp_path / "cut.save"
+    path.write_bytes(b"QEMUD-SAVE-1\n%d\n" % len(xml) + xml)
+    with d.connect() as conn, d.connect() as other:
+        with pytest.raises(OperationFailed) as info:
+            conn.restore(str(path))
+        assert "Not a migration stream" in str(info.value), info.value
+        assert qemu_pids(name) == []
+        with pytest.raises(client.NoDomainError):
+            conn.lookup_by_name(name)
+        assert other.node_info().cpus >= 1
+    assert_log_clean(d)
