@@ -262,6 +262,25 @@ def running_deployed(d: DaemonProcess, tarballs: dict[str, Path], name: str) -> 
     return vmdir
 
 
+def kill_while_held(d: DaemonProcess, held: HeldQemuImg, call: Any,
+                    check: Any = lambda: True) -> None:
+    """``call`` on its own connection; once the tool it runs is held (``held``) and
+    ``check()`` holds, kill -9 the daemon, let the tool go, and restart the daemon."""
+    held.start_holding()
+    background = Background(d, call)
+    try:
+        wait_for(held.held.exists, timeout=60, message="the operation's tool held")
+        assert check()
+        assert d.proc is not None
+        d.proc.kill()
+        d.proc.wait()
+    finally:
+        held.release()
+    with pytest.raises(client.ConnectionLost):
+        background.wait()
+    d.start()
+
+
 @pytest.mark.parametrize("saved", [False, True], ids=["before-define", "after-define"])
 def test_a_running_vm_whose_update_a_killed_daemon_cut_short_runs_again(
         slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path],
@@ -297,19 +316,8 @@ def test_a_vm_whose_restart_by_the_update_a_killed_daemon_cut_short_runs_again(
     d = daemon_factory(config={"qemu": {"emulator_dirs": [str(held.bin_dir)]}})
     try:
         vmdir = running_deployed(d, tarballs, "kill-start")
-        held.start_holding()
-        update = Background(d, lambda c: images.update(c, c.lookup_by_name("kill-start"),
-                                                       "2.0"))
-        try:
-            wait_for(held.held.exists, timeout=60, message="the update's start held")
-            assert d.proc is not None
-            d.proc.kill()
-            d.proc.wait()
-        finally:
-            held.release()
-        with pytest.raises(client.ConnectionLost):
-            update.wait()
-        d.start()
+        kill_while_held(d, held, lambda c: images.update(c, c.lookup_by_name("kill-start"),
+                                                         "2.0"))
         with d.connect() as conn:
             dom = conn.lookup_by_name("kill-start")
             wait_state(dom, DomainState.RUNNING)
@@ -372,20 +380,8 @@ def test_a_running_vm_whose_factory_reset_a_killed_daemon_cut_short_runs_again(
     d = daemon_factory(env={"PATH": held.path_env()})
     try:
         vmdir = running_deployed(d, tarballs, "kill-reset")
-        held.hold.touch()
-        reset = Background(d, lambda c: images.factory_reset(c, c.lookup_by_name(
-            "kill-reset")))
-        try:
-            wait_for(held.held.exists, timeout=60, message="the reset's qemu-img held")
-            assert state_of(vmdir)["restart"] == "factory reset"
-            assert d.proc is not None
-            d.proc.kill()
-            d.proc.wait()
-        finally:
-            held.hold.unlink()
-        with pytest.raises(client.ConnectionLost):
-            reset.wait()
-        d.start()
+        kill_while_held(d, held, lambda c: images.factory_reset(c, c.lookup_by_name(
+            "kill-reset")), check=lambda: state_of(vmdir)["restart"] == "factory reset")
         with d.connect() as conn:
             dom = conn.lookup_by_name("kill-reset")
             wait_state(dom, DomainState.RUNNING)
