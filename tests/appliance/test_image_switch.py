@@ -183,12 +183,11 @@ def on_slowfs(slowfs: SlowFS, daemon_factory: DaemonFactory) -> DaemonProcess:
 
 
 def kill_during_update(slowfs: SlowFS, d: DaemonProcess, name: str, saved: bool,
-                       host_rebooted: bool = False) -> None:
+                       before_restart: Any = None) -> None:
     """Update ``name`` to 2.0 and kill -9 the daemon while the define's first fsync (its
     temp file: the definition is not saved) or, ``saved``, its second one (the
-    directory's, after the rename: the definition is on disk) waits; then restart (as
-    after a host reboot, with ``host_rebooted``: autostart's once-per-boot mark gone
-    from the run directory)."""
+    directory's, after the rename: the definition is on disk) waits; then
+    ``before_restart()``, if given, and restart."""
     update = held_call(slowfs, d, lambda c: images.update(c, c.lookup_by_name(name), "2.0"))
     try:
         [temp] = slowfs.held()
@@ -203,8 +202,8 @@ def kill_during_update(slowfs: SlowFS, d: DaemonProcess, name: str, saved: bool,
     d.proc.wait()
     with pytest.raises(client.ConnectionLost):
         update.wait()
-    if host_rebooted:
-        (d.run_dir / "autostarted").unlink()
+    if before_restart is not None:
+        before_restart()
     d.start()
 
 
@@ -352,6 +351,31 @@ def test_a_mark_no_operation_holds_is_dropped_by_the_next_image_call(
     assert "starting it again" not in d.log_text()
 
 
+def test_a_cut_short_update_whose_restart_fails_is_rolled_back(
+        slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
+    """The define had landed, and the next daemon's start of the VM on 2.0 fails (its
+    new system overlay is broken here): the update is rolled back, as when its own
+    restart fails, and the VM runs again on 1.0."""
+    d = on_slowfs(slowfs, daemon_factory)
+    try:
+        vmdir = running_deployed(d, tarballs, "kill-broken")
+        kill_during_update(slowfs, d, "kill-broken", saved=True,
+                           before_restart=lambda: (vmdir / "vda.b.qcow2").write_bytes(b""))
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("kill-broken")
+            wait_for(lambda: origin(dom.xml(INACTIVE)) == ("demo", "1.0"), timeout=60,
+                     message="the update rolled back")
+            wait_state(dom, DomainState.RUNNING)
+            state = state_of(vmdir)
+            assert (state["version"], state["pending"]) == ("1.0", None)
+            wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                     message="the restart mark dropped")
+            assert "rolled back to 1.0: the guest did not start again after the daemon " \
+                   "ended during its update" in d.log_text()
+    finally:
+        stop_destroying_guests(d)
+
+
 def test_after_a_host_reboot_the_cut_short_update_starts_nothing(
         slowfs: SlowFS, daemon_factory: DaemonFactory, tarballs: dict[str, Path]) -> None:
     """After a host reboot the guests that run are the autostarted ones, as for any
@@ -359,7 +383,9 @@ def test_after_a_host_reboot_the_cut_short_update_starts_nothing(
     d = on_slowfs(slowfs, daemon_factory)
     try:
         vmdir = running_deployed(d, tarballs, "kill-boot")
-        kill_during_update(slowfs, d, "kill-boot", saved=False, host_rebooted=True)
+        # as after a host reboot: autostart's once-per-boot mark is gone from /run
+        kill_during_update(slowfs, d, "kill-boot", saved=False,
+                           before_restart=(d.run_dir / "autostarted").unlink)
         with d.connect() as conn:
             dom = conn.lookup_by_name("kill-boot")
             wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,

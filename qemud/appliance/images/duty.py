@@ -187,11 +187,20 @@ class ImagesDuty:
             return
 
         def done(d: Deferred) -> None:
+            self._drop_restart_mark(dom, path)  # (first: what a rollback reads builds on it)
             if d.error is not None:
                 log.error("domain %s: start after its appliance %s: %s", dom.name, what,
                           d.error.message)
-            self._drop_restart_mark(dom, path)
+                # an update whose define had landed: back to the previous version, as
+                # the update itself does when its restart fails (on a later turn: the
+                # failed start's QEMU is still being cleaned up when this is called)
+                why = (f"the guest did not start again after the daemon ended during its "
+                       f"{what}: {d.error.message}")
+                self.driver.loop.call_soon(functools.partial(self._roll_back, dom, why))
         started.add_done_callback(done)
+
+    def _roll_back(self, dom: DomainObj, why: str) -> None:
+        self.ops.updates.roll_back_unstartable(dom, why)
 
     def _drop_restart_mark(self, dom: DomainObj, path: Path) -> None:
         """The record without its :data:`RESTART_KEY`, written off the loop (a failure

@@ -333,13 +333,30 @@ class UpdateOps(ImageOps):
             return
         self._disarm(uuid)
         deadline = self.config.appliance.update_deadline
+        self._roll_back_in_background(dom, f"no heartbeat within {deadline:g} s of the "
+                                           "start", restart=dom.active)
+
+    def roll_back_unstartable(self, dom: DomainObj, why: str) -> bool:
+        """A VM whose update is pending and whose start failed outside the update (the
+        next daemon's restart of an update a killed daemon cut short): rolled back and
+        started again on the previous version, as the update does when its own restart
+        fails; whether a rollback began (not: nothing pending, or an operation runs)."""
+        state = self.load_state(dom)
+        if state is None or state.pending is None or dom.uuid in self.busy or dom.active:
+            return False
+        self._disarm(dom.uuid)
+        self._roll_back_in_background(dom, why, restart=True)
+        return True
+
+    def _roll_back_in_background(self, dom: DomainObj, why: str, restart: bool) -> None:
+        """:meth:`_rollback` as a task of its own, the VM busy meanwhile; a failure is
+        logged and reported (event ``update-rollback-failed``)."""
+        uuid = dom.uuid
         self.busy[uuid] = "rollback"
-        restart = dom.active
 
         def task() -> Task:
             try:
-                yield from self._rollback(dom, f"no heartbeat within {deadline:g} s of the "
-                                               "start", restart=restart)
+                yield from self._rollback(dom, why, restart=restart)
             finally:
                 self.busy.pop(uuid, None)
 
