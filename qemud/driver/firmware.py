@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from protocol.constants import ErrorDomain
+from qemud import testhooks
 from qemud.conf import DomainDef
 from qemud.conf.domain import DOMAIN_CHILD_ORDER
 from qemud.conf.xmlmodel import first_child, insert_ordered
@@ -55,7 +56,7 @@ from qemud.fileopen import WrongFileKind, open_for_reading
 from qemud.qemu import firmware as fw
 
 from .store import TempFile, land_async, remove_dead_writes, remove_dead_writes_of
-from .tools import ToolRunner, find_tool
+from .tools import ChildGroup, ToolRunner, find_tool
 
 if TYPE_CHECKING:
     from .domain import DomainObj
@@ -216,18 +217,33 @@ class Firmware:
             raise _create_failed(path, exc) from None
         # blocks of zeros are seeked over, not written (conv=sparse); exactly the size
         # the template had when it was checked is copied (count_bytes)
+        child = ChildGroup()
         try:
             copying = self.tools.run([dd, "bs=64K", f"count={size}", "iflag=count_bytes",
                                       "conv=sparse", "status=none"],
-                                     f"copying {template}", stdin=source, into=temp.fd)
+                                     f"copying {template}", stdin=source, into=temp.fd,
+                                     group=child)
         except OSError as exc:  # (no descriptor left for its stderr file, say)
             os.close(source)
             temp.abandon()
             raise _create_failed(path, exc) from None
         result = Deferred()
 
+        def too_long() -> None:
+            # killed; a child a hung mount holds in the kernel ends later (copied() then
+            # only closes the template), and the start fails now, no longer busy
+            child.kill()
+            temp.abandon()
+            result.fail(SystemCallFailed(
+                f"Failed to create NVRAM file '{path}': copying {template} did not "
+                f"complete within {NVRAM_COPY_TIMEOUT:g} s", domain=ErrorDomain.QEMU))
+        deadline = self.driver.loop.call_later(NVRAM_COPY_TIMEOUT, too_long)
+
         def copied(d: Deferred) -> None:
             os.close(source)
+            deadline.cancel()
+            if result.done:  # (too_long came first)
+                return
             try:
                 if d.error is not None:
                     raise d.error
@@ -339,6 +355,12 @@ def _set_smm_on(definition: DomainDef) -> None:
 
 #: the largest NVRAM template read (aarch64's AAVMF_VARS.fd is 64 MiB, x86's 128 KiB-4 MiB)
 MAX_NVRAM_TEMPLATE = 256 * 1024 * 1024
+#: test hook (:mod:`qemud.testhooks`): seconds instead of :data:`NVRAM_COPY_TIMEOUT`
+NVRAM_COPY_TIMEOUT_ENV = "QEMUD_NVRAM_COPY_TIMEOUT"
+#: how long the template's copy may take (a template on a hung network mount): past it
+#: the child is killed and the start fails, no longer busy. The copy reads at most 256
+#: MiB; its fsyncs are not counted (they wait for the disk as a define's do)
+NVRAM_COPY_TIMEOUT = testhooks.seconds(NVRAM_COPY_TIMEOUT_ENV, 60.0)
 
 
 def _open_template(template: str) -> tuple[int, int]:

@@ -15,8 +15,10 @@ import pytest
 
 import client
 from protocol.constants import PausedReason
+from qemud.driver.firmware import NVRAM_COPY_TIMEOUT_ENV
 from tests.conftest import DaemonFactory
 from tests.helpers.daemon import DaemonProcess
+from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import Background
 
@@ -218,3 +220,33 @@ def test_the_temp_copies_a_killed_daemon_left_go_at_its_next_start(
     assert [p for p in dead if p.exists()] == []
     assert all(p.exists() for p in kept)
     assert f"removed {dead[1]}, left by an interrupted write" in d.log_text()
+
+
+def test_a_copy_that_never_ends_fails_the_start_at_its_deadline(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The copy (``dd``) held as one reading a template on a hung mount would be: at the
+    deadline (cut to 2 s by the test hook) it is killed and the start fails saying so,
+    the domain no longer busy; the next start copies the template and runs."""
+    (tmp_path / "held-dd").mkdir()
+    held = HeldQemuImg.install(tmp_path / "held-dd", "dd")
+    d = daemon_factory(env={"PATH": held.path_env(), NVRAM_COPY_TIMEOUT_ENV: "2"})
+    name = guest_name("nvhung")
+    nvram_dir = d.state_dir / "nvram"
+    with d.connect() as conn:
+        dom = conn.define_xml(efi_xml(name))
+        held.start_holding()
+        try:
+            with pytest.raises(client.RemoteError) as info:
+                dom.create(PAUSED)
+            assert str(info.value).endswith(
+                f"Failed to create NVRAM file '{nvram_dir}/{name}_VARS.fd': copying "
+                f"{OVMF_VARS} did not complete within 2 s"), info.value
+            assert held.held.exists()  # (it was the copy that waited)
+            assert qemu_pids(name) == []
+            assert list(nvram_dir.iterdir()) == []
+        finally:
+            held.release()
+        dom.create(PAUSED)  # not busy any more, and the copy works
+        assert dom.state()[0] == client.DomainState.PAUSED
+        dom.destroy()
+    assert (nvram_dir / f"{name}_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
