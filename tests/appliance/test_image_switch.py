@@ -165,7 +165,10 @@ def test_a_failed_rollback_changes_nothing_and_the_update_stays_pending(
             assert events.appliance("rb-fail", "update-rolled-back") == []
             # still 3.0, pending, in the definition and in the state; scratch kept
             assert marked(scratch)
-            assert state_of(vmdir) == pending
+            # (once the rollback's restart mark, written as it stopped the guest, is
+            # dropped again: not waited for by the rollback)
+            wait_for(lambda: state_of(vmdir) == pending, timeout=10,
+                     message="the state as it was")
             assert origin(dom.xml(INACTIVE)) == ("demo", "3.0")
             assert disk_sources(dom.xml(INACTIVE))["vda"] == str(vmdir / "vda.b.qcow2")
             assert (vmdir / "vda.b.qcow2").is_file()  # the failed overlay is not deleted
@@ -418,7 +421,8 @@ def test_a_running_vm_whose_factory_reset_a_killed_daemon_cut_short_runs_again(
             # a reset that completes drops its mark too, and the VM runs again
             images.factory_reset(conn, dom)
             assert dom.state()[0] == DomainState.RUNNING
-            assert "restart" not in state_of(vmdir)
+            wait_for(lambda: "restart" not in state_of(vmdir), timeout=10,
+                     message="the reset's own mark dropped")
     finally:
         stop_destroying_guests(d)
 

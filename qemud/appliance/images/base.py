@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard
 from qemud.driver.tools import ToolRunner, find_tool
-from qemud.errors import OperationInvalid, QemudError
+from qemud.errors import OperationInvalid
 from qemud.tasks import Task
 
 from .descriptor import DiskSpec
@@ -188,18 +188,19 @@ class ImageOps:
         yield self._stop(dom)
         return True
 
-    def _restart_handled(self, dom: DomainObj) -> Task:
+    def _restart_handled(self, dom: DomainObj) -> None:
         """Drop the VM's restart mark (:meth:`_stop_to_restart`) from the newest state,
-        after the operation's own writes, and wait for it; a failed write is logged
-        (the VM's next read, :meth:`load_state`, drops a mark no operation holds)."""
+        written after the operation's own writes. Not waited for, so that the VM is not
+        busy any longer than its change: a mark that outlives the operation is harmless
+        once it has started the VM again (a next daemon finds it running and drops it)
+        or decided not to (the VM's next read, :meth:`load_state`, drops a mark no
+        operation holds). A failed write is logged."""
         state = self.load_state(dom, settle=False)
         if state is None or state.restart is None:
             return
         state.restart = None
-        try:
-            yield self.save_state(state)
-        except QemudError as exc:
-            log.error("domain %s: %s", dom.name, exc.message)
+        self.save_state(state).add_done_callback(lambda d: log.error(
+            "domain %s: %s", dom.name, d.error.message) if d.error is not None else None)
 
     def _create_overlay(self, path: Path, backing: Path, fmt: str) -> Task:
         """A new, empty qcow2 overlay ``path`` on ``backing`` (replacing ``path``)."""

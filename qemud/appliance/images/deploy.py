@@ -250,6 +250,6 @@ class DeployOps(ImageOps):
                 yield self.driver.lifecycle.start(dom, busy_ok=True)
         finally:
             if was_running:
-                yield from self._restart_handled(dom)
+                self._restart_handled(dom)
             self.busy.pop(dom.uuid, None)
         return Empty()

@@ -168,7 +168,7 @@ class UpdateOps(ImageOps):
         finally:
             abandon_prepared(prepared)
             if was_running:
-                yield from self._restart_handled(dom)
+                self._restart_handled(dom)
             self.busy.pop(dom.uuid, None)
         return Empty()
 
@@ -403,7 +403,7 @@ class UpdateOps(ImageOps):
             yield from self._roll_back(dom, state, why, restart)
         finally:
             if was_running:
-                yield from self._restart_handled(dom)
+                self._restart_handled(dom)
 
     def _roll_back(self, dom: DomainObj, state: VMState, why: str, restart: bool) -> Task:
         """:meth:`_rollback`'s work once the guest is stopped."""
