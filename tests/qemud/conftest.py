@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from qemud.asyncfsync import AsyncFsync
+from qemud.loop import EventLoop
 from tests.helpers.daemon import DaemonProcess
 
 QUIET = {"limits": {"keepalive_interval": 0, "frame_deadline": 1.0}}
@@ -37,3 +39,13 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPr
 def quiet_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """keepalive_interval = 0 (idle raw clients are never pinged), frame_deadline = 1 s."""
     yield from _session_daemon(tmp_path_factory, "quiet-qemud", QUIET)
+
+
+@pytest.fixture
+def fsyncs(loop: EventLoop) -> Iterator[AsyncFsync]:
+    """Linux AIO fsyncs on the test's loop (this machine has them: a fallback to fsyncs
+    in place would hide what the tests look at), closed after the test."""
+    fsync = AsyncFsync(loop)
+    assert fsync.unavailable == "", fsync.unavailable
+    yield fsync
+    fsync.close()

@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from qemud.asyncfsync import MAX_IN_FLIGHT, AsyncFsync
 from qemud.loop import EventLoop
 from tests.helpers.loop import run_until
 from tests.helpers.slowfs import SlowFS
-
-
-@pytest.fixture
-def fsyncs(loop: EventLoop) -> Iterator[AsyncFsync]:
-    fsync = AsyncFsync(loop)
-    assert fsync.unavailable == "", fsync.unavailable  # this machine has Linux AIO
-    yield fsync
-    fsync.close()
 
 
 class Outcomes:

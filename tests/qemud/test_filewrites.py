@@ -5,7 +5,6 @@ temp dir's disk and on a FUSE file system whose fsyncs the test holds, lets go o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,8 @@ from tests.helpers.slowfs import SlowFS
 
 
 @pytest.fixture
-def files(loop: EventLoop) -> Iterator[FileWrites]:
-    fsync = AsyncFsync(loop)
-    assert fsync.unavailable == "", fsync.unavailable  # this machine has Linux AIO
-    yield FileWrites(fsync)
-    fsync.close()
+def files(fsyncs: AsyncFsync) -> FileWrites:
+    return FileWrites(fsyncs)
 
 
 def ended(loop: EventLoop, *writes: Deferred) -> None:

@@ -10,7 +10,6 @@ import os
 import re
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,21 +30,13 @@ from tests.qemu.fakes import fake_caps
 
 
 @pytest.fixture
-def fsync(loop: EventLoop) -> Iterator[AsyncFsync]:
-    done = AsyncFsync(loop)
-    assert done.unavailable == "", done.unavailable  # this machine has Linux AIO
-    yield done
-    done.close()
-
-
-@pytest.fixture
-def driver(tmp_path: Path, loop: EventLoop, fsync: AsyncFsync) -> Any:
+def driver(tmp_path: Path, loop: EventLoop, fsyncs: AsyncFsync) -> Any:
     """The parts of a driver a Firmware uses: real capabilities of a fake host, a real
     state directory, loop and AIO."""
     return SimpleNamespace(
         config=SimpleNamespace(paths=SimpleNamespace(state_dir=tmp_path / "state")),
         registry=SimpleNamespace(validators=[]), start_hooks=[], caps=fake_caps(),
-        loop=loop, fsync=fsync)
+        loop=loop, fsync=fsyncs)
 
 
 def make(driver: Any, dirs: tuple[Path, ...] = fw.DEFAULT_DIRS) -> Firmware:
