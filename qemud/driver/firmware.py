@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,7 +179,7 @@ class Firmware:
             "image, which a start restores with the firmware state it holds (use "
             "--force-boot to discard the image)")
 
-    def prepare_nvram(self, live: DomainDef, *, reset: bool = False) -> Deferred | None:
+    def prepare_nvram(self, live: DomainDef, *, reset: bool = False) -> NvramCopy | None:
         """The NVRAM file a start of ``live`` needs: None when there is nothing to do
         (no NVRAM, or its file is there and no ``reset``: ``start --reset-nvram``,
         VIR_DOMAIN_START_RESET_NVRAM), else :meth:`create_nvram`'s Deferred."""
@@ -189,7 +190,7 @@ class Firmware:
                                  replace=reset)
 
     def create_nvram(self, path: Path, template: str | None, loader: str,
-                     replace: bool = False) -> Deferred | None:
+                     replace: bool = False) -> NvramCopy | None:
         """Copy ``template`` to ``path`` (0600, atomically, durably) unless ``path``
         exists (with ``replace``: over it); None when it exists. The template defaults
         to the loader's descriptor's.
@@ -198,7 +199,8 @@ class Firmware:
         file or too big, a temp file that cannot be created); the copy and its fsyncs
         run off the loop, and the Deferred resolves with whether the file was written
         (False: one appeared at ``path`` meanwhile, and is left as it is) or fails with
-        the reason the file could not be created."""
+        the reason the file could not be created. :meth:`NvramCopy.cancel` ends it
+        early (a destroy of the domain whose start waits for it)."""
         if not replace and path.exists():
             return None
         if not template:
@@ -227,22 +229,31 @@ class Firmware:
             os.close(source)
             temp.abandon()
             raise _create_failed(path, exc) from None
-        result = Deferred()
+        landing = False
 
-        def too_long() -> None:
-            # killed; a child a hung mount holds in the kernel ends later (copied() then
-            # only closes the template), and the start fails now, no longer busy
-            child.kill()
-            temp.abandon()
-            result.fail(SystemCallFailed(
-                f"Failed to create NVRAM file '{path}': copying {template} did not "
-                f"complete within {NVRAM_COPY_TIMEOUT:g} s", domain=ErrorDomain.QEMU))
-        deadline = self.driver.loop.call_later(NVRAM_COPY_TIMEOUT, too_long)
+        def stop(error: QemudError) -> None:
+            # the child is killed; one a hung mount holds in the kernel ends later
+            # (copied() then only closes the template), and the start fails now, no
+            # longer busy. Once the copy is whole its landing (the fsyncs, the link)
+            # goes on: a complete file at the path is as good as none to the next start
+            if result.done:
+                return
+            if not landing:
+                deadline.cancel()
+                child.kill()
+                temp.abandon()
+            result.fail(error)
+        result = NvramCopy(stop)
+        deadline = self.driver.loop.call_later(NVRAM_COPY_TIMEOUT, lambda: stop(
+            SystemCallFailed(f"Failed to create NVRAM file '{path}': copying {template} "
+                             f"did not complete within {NVRAM_COPY_TIMEOUT:g} s",
+                             domain=ErrorDomain.QEMU)))
 
         def copied(d: Deferred) -> None:
+            nonlocal landing
             os.close(source)
             deadline.cancel()
-            if result.done:  # (too_long came first)
+            if result.done:  # (stopped: by its deadline or a destroy)
                 return
             try:
                 if d.error is not None:
@@ -257,6 +268,7 @@ class Firmware:
                 result.fail(SystemCallFailed(f"Failed to create NVRAM file '{path}': "
                                              f"{reason}", domain=ErrorDomain.QEMU))
                 return
+            landing = True
             land_async(self.driver.fsync, temp, landed)
 
         def landed(error: BaseException | None) -> None:
@@ -332,6 +344,21 @@ class Firmware:
             raise SystemCallFailed(f"failed to remove nvram: {path}: "
                                    f"{exc.strerror or exc}", domain=ErrorDomain.QEMU) from None
         log.info("domain %s: removed its NVRAM %s", dom.name, path)
+
+
+class NvramCopy(Deferred):
+    """:meth:`Firmware.create_nvram`'s Deferred, which its caller can end early."""
+
+    __slots__ = ("_stop",)
+
+    def __init__(self, stop: Callable[[QemudError], None]) -> None:
+        super().__init__()
+        self._stop = stop
+
+    def cancel(self, error: QemudError) -> None:
+        """Fail with ``error`` now: a copy still running is killed and its temp file
+        removed (a copy already whole lands all the same); nothing if done."""
+        self._stop(error)
 
 
 def _smm_state(definition: DomainDef) -> str | None:

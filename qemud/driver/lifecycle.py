@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from qemud.qemu.capabilities import Capabilities
 
     from .driver import QemuDriver
+    from .firmware import NvramCopy
 
 __all__ = ["Lifecycle", "command_line"]
 
@@ -143,6 +144,9 @@ class Lifecycle:
         #: its status record and QEMU's block jobs (``query-block-jobs``): the appliance
         #: ends the jobs that daemon started and never saw end (see ``_leftover_jobs``)
         self.reattach_hooks: list[Callable[[DomainObj, StatusRecord, list[Any]], None]] = []
+        #: the NVRAM copies starts wait for, by domain uuid, with the start's word for
+        #: itself ("start", "restore"): a destroy meanwhile cancels the copy
+        self.nvram_waits: dict[str, tuple[NvramCopy, str]] = {}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -210,26 +214,32 @@ class Lifecycle:
         nvram = self.driver.firmware.prepare_nvram(live, reset=reset_nvram)
         if nvram is None:
             return launch()
-        return self._after_nvram(dom, nvram, launch)
+        return self._after_nvram(dom, nvram, launch,
+                                 "start" if incoming is None else "restore")
 
-    def _after_nvram(self, dom: DomainObj, nvram: Deferred,
-                     launch: Callable[[], Deferred]) -> Deferred:
+    def _after_nvram(self, dom: DomainObj, nvram: NvramCopy,
+                     launch: Callable[[], Deferred], what: str) -> Deferred:
         """Launch once the NVRAM file is in place: its template is copied and synced off
         the loop (``Firmware.create_nvram``), and meanwhile the domain is busy ("start
         in progress", ``Registry.operations``, unless the operation that started it
         holds the mark): a second start, an undefine, a define over it or a rename
         would act on a domain whose start has begun. A failure, of the copy or of what
         the launch refuses at once, fails the Deferred; a transient domain then goes,
-        as at any failed start."""
+        as at any failed start. A destroy meanwhile cancels the copy
+        (:meth:`destroy`, :attr:`nvram_waits`): the start fails as one a destroy cut
+        short after QEMU ran (``what``: "start" or "restore", for its words)."""
         registry = self.registry
         marked = dom.uuid not in registry.operations
         if marked:
             registry.operations[dom.uuid] = START_BUSY
+        self.nvram_waits[dom.uuid] = (nvram, what)
         result = Deferred()
 
         def ready(d: Deferred) -> None:
             if marked:
                 registry.operations.pop(dom.uuid, None)
+            if self.nvram_waits.get(dom.uuid, (None,))[0] is nvram:
+                del self.nvram_waits[dom.uuid]
             error = d.error
             if error is None and not registry.holds(dom):  # (nothing should do it, but)
                 error = StartInterrupted(f"domain '{dom.name}' was undefined during its "
@@ -500,10 +510,26 @@ class Lifecycle:
         SIGKILL. A QEMU still there after the grace period fails the call in libvirt's
         words and the domain stays running, as it is (unless a plain destroy meanwhile is
         killing it: then this call ends with that one).
+
+        A domain whose start still waits for its NVRAM copy (:attr:`nvram_waits`) has
+        no QEMU yet: the copy is cancelled, and the start fails at once.
         """
-        if not dom.active or dom.process is None:
-            raise OperationInvalid(f"domain '{dom.name}' is not running")
         stop_intent = intent or StopIntent(ShutoffReason.DESTROYED, StoppedDetail.DESTROYED)
+        if not dom.active or dom.process is None:
+            waiting = self.nvram_waits.get(dom.uuid)
+            if waiting is None or dom.active:
+                raise OperationInvalid(f"domain '{dom.name}' is not running")
+            # a start still copying the NVRAM template, before QEMU: it ends here, as
+            # libvirt's destroy ends a start at any step, with the reason and event a
+            # destroy of a start whose QEMU runs has (the copy is killed)
+            copy, what = waiting
+            log.info("domain %s destroyed while its %s waited for its NVRAM file",
+                     dom.name, what)
+            self._set_state(dom, DomainState.SHUTOFF, stop_intent.shutoff_reason)
+            self.events.lifecycle(dom.ref(), LifecycleEvent.STOPPED, stop_intent.event_detail)
+            copy.cancel(StartInterrupted(f"domain '{dom.name}' was destroyed during its "
+                                         f"{what}"))
+            return Deferred.resolved(None)
         dom.stop_intent = stop_intent
         dom.fake_reboot = False  # (libvirt's destroy clears a pending reboot too)
         waiter = Deferred()

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import client
-from protocol.constants import PausedReason
+from client.domain import DESTROY_GRACEFUL
+from protocol.constants import LifecycleEvent, PausedReason, ShutoffReason, StoppedDetail
 from qemud.driver.firmware import NVRAM_COPY_TIMEOUT_ENV
 from tests.conftest import DaemonFactory
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import DaemonProcess, wait_for
 from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.slowfs import SlowFS
 from tests.helpers.threads import Background
@@ -250,3 +251,91 @@ def test_a_copy_that_never_ends_fails_the_start_at_its_deadline(
         assert dom.state()[0] == client.DomainState.PAUSED
         dom.destroy()
     assert (nvram_dir / f"{name}_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
+
+
+def test_a_destroy_while_the_copy_waits_ends_the_start(
+        daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """The copy (``dd``) held before it runs: a destroy (plain or graceful) kills it and
+    ends the start at once, as libvirt's destroy ends a start at any step: the start
+    fails saying so, the domain is shut off (destroyed, with the STOPPED event), no
+    temp file is left and nothing is copied later; a transient guest goes, a managed
+    save image whose restore waited stays. The next start copies and runs."""
+    (tmp_path / "held-dd").mkdir()
+    held = HeldQemuImg.install(tmp_path / "held-dd", "dd")
+    d = daemon_factory(env={"PATH": held.path_env()})
+    name, transient, saved = (guest_name("nvdestroy"), guest_name("nvdestroyt"),
+                              guest_name("nvdestroys"))
+    nvram_dir = d.state_dir / "nvram"
+    with d.connect() as conn:
+        dom = conn.define_xml(efi_xml(name))
+        saved_dom = conn.define_xml(efi_xml(saved))
+        saved_dom.create(PAUSED)
+        saved_dom.managed_save()
+        (nvram_dir / f"{saved}_VARS.fd").unlink()  # its restore copies it again
+        conn.register_event(client.EventId.LIFECYCLE)
+        for who, call, flags, what in (
+                (name, lambda c: c.lookup_by_name(name).create(PAUSED), 0, "start"),
+                (transient, lambda c: c.create_xml(efi_xml(transient), PAUSED),
+                 DESTROY_GRACEFUL, "start"),
+                (saved, lambda c: c.lookup_by_name(saved).create(PAUSED), 0, "restore")):
+            held.start_holding()
+            start = Background(d, call)
+            try:
+                wait_for(held.held.exists, timeout=30, message="the NVRAM copy held")
+                conn.lookup_by_name(who).destroy(flags)
+                with pytest.raises(client.OperationFailed,
+                                   match=f"domain '{who}' was destroyed during its {what}"):
+                    start.wait()
+                event = conn.next_event(10)
+                assert event is not None and event.domain.name == who
+                assert (event.event, event.detail) == (LifecycleEvent.STOPPED,
+                                                       StoppedDetail.DESTROYED)
+            finally:
+                held.release()
+            assert qemu_pids(who) == []
+            assert sorted(p.name for p in nvram_dir.iterdir() if who in p.name) == []
+        assert dom.state() == (client.DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+        with pytest.raises(client.NoDomainError):
+            conn.lookup_by_name(transient)
+        assert saved_dom.has_managed_save()
+        with pytest.raises(client.OperationInvalid, match=f"domain '{name}' is not running"):
+            dom.destroy()  # nothing is starting any more
+        for each in (dom, saved_dom):
+            each.create(PAUSED)  # not busy, and the copy works (the restore restores)
+            assert each.state()[0] == client.DomainState.PAUSED
+            each.destroy()
+        assert not saved_dom.has_managed_save()
+    assert (nvram_dir / f"{name}_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
+    assert_log_clean(d)
+
+
+def test_a_destroy_after_the_copy_is_whole_lets_the_file_land(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """The copy has run and its fsync waits for the disk: a destroy ends the start the
+    same way, and the whole copy still lands (a complete file is what the next start
+    would write), which that start then uses as it is."""
+    d = on_slowfs(slowfs, daemon_factory)
+    name = guest_name("nvland")
+    nvram = slowfs.backing / "state" / "nvram" / f"{name}_VARS.fd"
+    with d.connect() as conn:
+        dom = conn.define_xml(efi_xml(name))
+        slowfs.hold()
+        start = Background(d, lambda c: c.lookup_by_name(name).create(PAUSED))
+        try:
+            held_until(slowfs, nvram_temp(name))
+            dom.destroy()
+            with pytest.raises(client.OperationFailed,
+                               match=f"domain '{name}' was destroyed during its start"):
+                start.wait()
+            assert dom.state() == (client.DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+        finally:
+            slowfs.release()
+        wait_for(nvram.exists, timeout=30, message="the copy landed")
+        assert nvram.read_bytes() == OVMF_VARS.read_bytes()
+        before = nvram.stat().st_ino
+        dom.create(PAUSED)
+        assert nvram.stat().st_ino == before
+        assert qemu_pids(name) != []
+        dom.destroy()
+    assert sorted(p.name for p in nvram.parent.iterdir()) == [nvram.name]
+    assert_log_clean(d)

@@ -585,7 +585,9 @@ def cmd_reboot(sh: Shell, args: Args) -> None:
     "then SIGKILL if it has not exited within the daemon's grace period "
     "(qemu.destroy_grace). With --graceful it gets SIGTERM only: if it has not exited "
     "within that period (10 s when it is 0) the command fails (\"Failed to terminate "
-    "process PID with SIGTERM: Device or resource busy\") and the domain stays running."),
+    "process PID with SIGTERM: Device or resource busy\") and the domain stays running. "
+    "A domain still starting (QEMU launched, or its NVRAM file still being copied) is "
+    "destroyed too, and its start fails saying so."),
     args=(DOM,), opts=(Opt("graceful", "terminate gracefully (SIGTERM only, never SIGKILL)"),))
 def cmd_destroy(sh: Shell, args: Args) -> None:
     dom = sh.domain(args.req("domain"))
