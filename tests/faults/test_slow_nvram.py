@@ -9,6 +9,8 @@ QEMU runs, nothing needs to boot.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,21 @@ def nvram_temp(name: str):  # noqa: ANN201 - a predicate for held_until
     return lambda path: path.startswith(prefix) and path.endswith(".tmp")
 
 
+@contextmanager
+def copy_held(slowfs: SlowFS, d: DaemonProcess, name: str,
+              call: Callable[[client.Connection], object] | None = None, *,
+              flags: int = PAUSED) -> Iterator[Background]:
+    """``call`` (a start of ``name``; by default DOMAIN_CREATE with ``flags``) on its
+    own connection, its NVRAM copy held at its fsync until the block ends."""
+    slowfs.hold()
+    started = Background(d, call or (lambda c: c.lookup_by_name(name).create(flags)))
+    try:
+        held_until(slowfs, nvram_temp(name))
+        yield started
+    finally:
+        slowfs.release()
+
+
 def test_a_first_start_waits_for_its_nvram_off_the_loop(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
     d = on_slowfs(slowfs, daemon_factory)
@@ -53,10 +70,7 @@ def test_a_first_start_waits_for_its_nvram_off_the_loop(
     nvram = slowfs.backing / "state" / "nvram" / f"{name}_VARS.fd"
     with d.connect() as other:
         dom = other.define_xml(efi_xml(name))
-        slowfs.hold()
-        start = Background(d, lambda c: c.lookup_by_name(name).create(PAUSED))
-        try:
-            held_until(slowfs, nvram_temp(name))
+        with copy_held(slowfs, d, name) as start:
             # the copy waits for the disk: others are answered, QEMU is not launched,
             # and the calls that would act on the domain meanwhile are refused
             assert other.node_info().cpus >= 1
@@ -71,8 +85,6 @@ def test_a_first_start_waits_for_its_nvram_off_the_loop(
             held_until(slowfs, lambda path: path == "/state/nvram")
             assert nvram.read_bytes() == OVMF_VARS.read_bytes()  # in place before QEMU
             assert qemu_pids(name) == []
-        finally:
-            slowfs.release()
         start.wait()
         assert dom.state()[0] == client.DomainState.PAUSED
         assert len(qemu_pids(name)) == 1
@@ -95,15 +107,10 @@ def test_a_failed_nvram_write_fails_the_start_and_launches_nothing(
         dom = conn.define_xml(efi_xml(name))
         for call, who in ((lambda c: c.lookup_by_name(name).create(PAUSED), name),
                           (lambda c: c.create_xml(efi_xml(transient), PAUSED), transient)):
-            slowfs.hold()
-            start = Background(d, call)
-            try:
-                held_until(slowfs, nvram_temp(who))
+            with copy_held(slowfs, d, who, call) as start:
                 slowfs.fail()
                 with pytest.raises(client.RemoteError) as info:
                     start.wait()
-            finally:
-                slowfs.release()
             assert str(info.value).endswith(
                 f"Failed to create NVRAM file '{slowfs.mount}/state/nvram/{who}_VARS.fd': "
                 "Input/output error")
@@ -132,14 +139,9 @@ def test_a_reset_waits_too_and_replaces_the_guests_variables(
         dom.create(PAUSED)
         dom.destroy()
         nvram.write_bytes(b"\xa5" * OVMF_VARS.stat().st_size)  # the guest's variables
-        slowfs.hold()
-        start = Background(d, lambda c: c.lookup_by_name(name).create(PAUSED | 32))
-        try:
-            held_until(slowfs, nvram_temp(name))
+        with copy_held(slowfs, d, name, flags=PAUSED | 32) as start:
             assert nvram.read_bytes()[:1] == b"\xa5"  # until the copy is durable
             assert not start.answered
-        finally:
-            slowfs.release()
         start.wait()
         assert nvram.read_bytes() == OVMF_VARS.read_bytes()
         dom.managed_save()
@@ -161,16 +163,11 @@ def test_calls_on_a_guest_whose_start_waits_for_its_nvram_leave_it_alone(
     nvram_dir = slowfs.backing / "state" / "nvram"
     xml = efi_xml(transient).replace("<name>", f"<uuid>{UUID_A}</uuid><name>")
     with d.connect() as conn:
-        slowfs.hold()
-        first = Background(d, lambda c: c.create_xml(xml, PAUSED))
-        try:
-            held_until(slowfs, nvram_temp(transient))
+        with copy_held(slowfs, d, transient, lambda c: c.create_xml(xml, PAUSED)) as first:
             with pytest.raises(client.OperationInvalid,
                                match=f"domain '{transient}' is busy: start in progress"):
                 conn.create_xml(xml, PAUSED)
             assert conn.lookup_by_name(transient).state()[0] == client.DomainState.SHUTOFF
-        finally:
-            slowfs.release()
         first.wait()
         dom = conn.lookup_by_name(transient)  # listed, and running what was launched
         assert dom.state()[0] == client.DomainState.PAUSED
@@ -181,17 +178,12 @@ def test_calls_on_a_guest_whose_start_waits_for_its_nvram_leave_it_alone(
         dom.create(PAUSED)
         dom.managed_save()
         (nvram_dir / f"{saved}_VARS.fd").unlink()  # the next start copies it again
-        slowfs.hold()
-        restore = Background(d, lambda c: c.lookup_by_name(saved).create(PAUSED))
-        try:
-            held_until(slowfs, nvram_temp(saved))
+        with copy_held(slowfs, d, saved) as restore:
             for call in (lambda: dom.create(8), dom.managed_save_remove):
                 with pytest.raises(client.OperationInvalid,
                                    match=f"domain '{saved}' is busy: start in progress"):
                     call()
             assert dom.has_managed_save()
-        finally:
-            slowfs.release()
         restore.wait()
         assert dom.state() == (client.DomainState.PAUSED, PausedReason.USER)
         assert not dom.has_managed_save()  # restored, then removed as usual
@@ -319,17 +311,12 @@ def test_a_destroy_after_the_copy_is_whole_lets_the_file_land(
     nvram = slowfs.backing / "state" / "nvram" / f"{name}_VARS.fd"
     with d.connect() as conn:
         dom = conn.define_xml(efi_xml(name))
-        slowfs.hold()
-        start = Background(d, lambda c: c.lookup_by_name(name).create(PAUSED))
-        try:
-            held_until(slowfs, nvram_temp(name))
+        with copy_held(slowfs, d, name) as start:
             dom.destroy()
             with pytest.raises(client.OperationFailed,
                                match=f"domain '{name}' was destroyed during its start"):
                 start.wait()
             assert dom.state() == (client.DomainState.SHUTOFF, ShutoffReason.DESTROYED)
-        finally:
-            slowfs.release()
         wait_for(nvram.exists, timeout=30, message="the copy landed")
         assert nvram.read_bytes() == OVMF_VARS.read_bytes()
         before = nvram.stat().st_ino
