@@ -193,11 +193,13 @@ def _write(path: Path, text: str, mode: int = 0o600) -> Steps:
 
 
 def _committed(store: DomainStore, plan: RenamePlan) -> bool:
-    """Whether the new definition file is there, whole: the rename happened."""
-    try:
-        return store.definition_path(plan.new).read_text() == plan.xml
-    except (OSError, UnicodeDecodeError):
-        return False
+    """Whether the rename happened: a definition of the new name names the domain's
+    uuid. Before the commit there is none (the rename is refused when a file of that
+    name exists, and the name is taken while it runs); the commit puts it there whole
+    (a rename of a temp file), and the failed commit's undo removes it first. Its text
+    is not compared with the plan's: once renamed, the domain may have been changed
+    (a define, a ``--config`` change) before a next start finishes the clean-up."""
+    return _names_uuid(store.definition_path(plan.new), plan.uuid)
 
 
 def _move(src: str, dst: str, undoing: bool = False) -> Steps:
@@ -285,15 +287,18 @@ def _finish(store: DomainStore, plan: RenamePlan) -> Steps:
     """After the commit: the autostart flag follows, the old name's files go, and the
     intent record last (until then a restarted daemon finishes it)."""
     yield from _forward(plan)  # (all done already, unless a recovery is completing it)
-    if plan.autostart:
-        yield from _write(store.autostart_path(plan.new), "", 0o644)
     old = store.definition_path(plan.old)
     if _names_uuid(old, plan.uuid):  # (not a domain defined under the old name since)
         # the flag first, as undefine does: never a flag without its definition
         _remove(store.autostart_dir / plan.old)
         _remove(old)
+    # the old definition goes before anything here can fail: a record this leaves (a
+    # failed write) is then either finished, or, should the renamed domain be
+    # undefined meanwhile, dropped by the next start, never undone (:func:`recover`)
     yield store.autostart_dir
     yield store.domains_dir
+    if plan.autostart:
+        yield from _write(store.autostart_path(plan.new), "", 0o644)
     _remove(journal_path(store, plan.uuid))
     yield store.domains_dir
 
@@ -326,6 +331,14 @@ def recover(store: DomainStore) -> None:
             log.error("cannot read the rename record %s: %s (left in place)", path, exc)
             continue
         committed = _committed(store, plan)
+        if not committed and not _names_uuid(store.definition_path(plan.old), plan.uuid):
+            # neither name's definition is the domain's: it was renamed, its clean-up
+            # failed, and it was undefined since; there is nothing to finish or undo
+            log.warning("domain '%s' (uuid %s): the record %s of its rename to '%s' is "
+                        "left from a rename whose domain has been undefined since: "
+                        "removed", plan.old, plan.uuid, path, plan.new)
+            _remove(path)
+            continue
         try:
             run_now(_finish(store, plan) if committed else _undo(store, plan))
         except OSError as exc:
@@ -588,6 +601,7 @@ class Renamer:
         try:
             yield from waited(store.fsync, _finish(store, plan))
         except OSError as exc:
-            log.error("domain '%s' renamed to '%s', but its old files could not all be "
-                      "removed: %s (the record %s stays: the next daemon start finishes "
-                      "it)", plan.old, plan.new, exc.strerror or exc, journal)
+            log.error("domain '%s' renamed to '%s', but its clean-up (the old name's "
+                      "files, the autostart flag) failed: %s (the record %s stays: the "
+                      "next daemon start finishes it)", plan.old, plan.new,
+                      exc.strerror or exc, journal)

@@ -252,3 +252,53 @@ def test_a_failed_undo_says_so_and_the_next_daemon_undoes(
     assert json.loads((snapshots / old / "snapshots.json").read_text())["domain"] == old
     assert not (snapshots / new).exists() or not any((snapshots / new).iterdir())
     assert f"a rename to '{new}' was interrupted; undone" in d.log_text()
+
+
+def test_a_rename_whose_clean_up_failed_is_finished_not_undone_after_later_changes(
+        slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
+    """The new definition is durable, then the new autostart flag's fsync fails: the
+    call succeeds (the domain is renamed) and the intent record stays. A change of the
+    renamed domain rewrites its definition, and the next start still finishes the
+    rename (it had undone it, moving the domain's files back under the old name while
+    the definition kept the new one). A second domain renamed the same way and then
+    undefined is neither finished nor undone: its record is dropped, and it does not
+    come back under its old name."""
+    d = on_slowfs(slowfs, daemon_factory)
+    old, new = guest_name("renfin-a"), guest_name("renfin-b")
+    gone_old, gone_new = guest_name("renfin-c"), guest_name("renfin-d")
+    with d.connect() as other:
+        for name, uuid, new_name in ((old, UUID_A, new), (gone_old, UUID_B, gone_new)):
+            other.define_xml(domain_xml(name, uuid)).set_autostart(True)
+            rename = held_call(slowfs, d, renamed(name, new_name))
+            try:
+                held_until(slowfs, lambda path, n=new_name: path.startswith(
+                    f"/config/autostart/.{n}."))
+                slowfs.fail()
+                rename.wait()
+            finally:
+                slowfs.release()
+            assert (f"domain '{name}' renamed to '{new_name}', but its clean-up (the old "
+                    "name's files, the autostart flag) failed: Input/output error"
+                    in d.log_text())
+        assert names(other) == {new, gone_new}
+        other.define_xml(domain_xml(new, UUID_A, memory_mib=128))  # changed since
+        other.lookup_by_name(gone_new).undefine()
+    domains = slowfs.backing / "config" / "domains"
+    assert sorted(p.name for p in domains.glob(".rename-*")) == sorted(
+        f".rename-{uuid}.json" for uuid in (UUID_A, UUID_B))
+    d.stop()
+    d.start()
+    with d.connect() as again:
+        assert [(dom.name, dom.uuid) for dom in again.list_all()] == [(new, UUID_A)]
+        dom = again.lookup_by_name(new)
+        assert "<memory unit='KiB'>131072</memory>" in dom.xml(client.XML_INACTIVE)
+        assert dom.autostart() is True
+    assert definitions(slowfs) == [f"{new}.xml"]
+    assert sorted(p.name for p in (slowfs.backing / "config" / "autostart").iterdir()) \
+        == [new]
+    text = d.log_text()
+    assert f"a rename to '{new}' was interrupted; finished: the domain is '{new}'" in text
+    assert (f"domain '{gone_old}' (uuid {UUID_B}): the record " in text
+            and "is left from a rename whose domain has been undefined since: removed"
+            in text)
+    assert list(domains.glob(".rename-*")) == []
