@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,10 @@ from qemud.errors import (
 )
 from qemud.qemu import naming, pci
 from qemud.qemu.arch import get_strategy
+from qemud.qemu.command import blockdev_nodes
 from qemud.qemu.errors import QemuError
 from qemud.qemu.nicplug import slot_props
+from qemud.tasks import Task, run_task
 
 from .controllers import attach_controller, detach_controller
 from .domain import DomainObj
@@ -55,6 +58,7 @@ from .nics import Nics
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
+    from .monitor import Monitor
     from .store import StatusRecord
 
 __all__ = ["Devices", "AFFECT_LIVE", "AFFECT_CONFIG", "PciSlot",
@@ -220,6 +224,77 @@ def _target_of(disk: Disk) -> str:
     if not disk.target_dev:
         raise InvalidArg("the <disk> needs <target dev='...'/> to be attached or detached")
     return disk.target_dev
+
+
+def _storage_driver(disk: Disk) -> str:
+    return _STORAGE_DRIVERS[disk.type or "file"]
+
+
+#: QEMU's storage driver by disk type
+_STORAGE_DRIVERS = {"file": "file", "block": "host_device"}
+
+
+def _medium_kind(source: str) -> str | None:
+    """'block' for a block device (a host's CD-ROM drive, a loop device: the appliance
+    hotplug's media), 'file' otherwise; None for no medium, or one that cannot be
+    looked at (QEMU then says what is wrong with it)."""
+    if not source:
+        return None
+    try:
+        return "block" if stat.S_ISBLK(os.stat(source).st_mode) else "file"
+    except OSError:
+        return None
+
+
+def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None) -> Task:
+    """``source`` (of ``kind``: see :func:`_medium_kind`) into the CD-ROM drive ``disk``
+    ("": none), as libvirt changes a medium on a ``-blockdev`` drive: tray open, medium
+    out, its block nodes closed (they are the monitor's: QEMU would keep the file open,
+    and its lock, until the guest stops), the new medium's nodes opened under the
+    drive's node names, in, tray closed. Should the new medium not open or go in, the
+    old one is put back."""
+    target = str(disk.target_dev)
+    device_id = naming.disk_device_id(target)
+    storage, node = naming.disk_node_names(target)
+    fmt = disk.driver_type or "raw"
+
+    def nodes(path: str, kind: str | None) -> list[dict[str, object]]:
+        driver = _STORAGE_DRIVERS[kind] if kind is not None else _storage_driver(disk)
+        return blockdev_nodes(driver, path, fmt, storage, node, readonly=True)
+
+    def close_nodes() -> Task:
+        for name in (node, storage):
+            try:
+                yield monitor.execute("blockdev-del", {"node-name": name})
+            except QemudError as exc:  # (none of that name: nothing to close)
+                log.debug("media change of %s: blockdev-del %s: %s", target, name,
+                          exc.message)
+
+    def insert(path: str, kind: str | None) -> Task:
+        for props in nodes(path, kind):
+            yield monitor.execute("blockdev-add", props)
+        yield monitor.execute("blockdev-insert-medium", {"id": device_id,
+                                                         "node-name": node})
+
+    yield monitor.execute("blockdev-open-tray", {"id": device_id, "force": True})
+    yield monitor.execute("blockdev-remove-medium", {"id": device_id})
+    yield from close_nodes()
+    if source:
+        try:
+            yield from insert(source, kind)
+        except QemudError:
+            yield from close_nodes()
+            if disk.source:
+                try:
+                    yield from insert(disk.source, None)  # the old medium back
+                except QemudError as again:
+                    log.warning("media change of %s: the medium %s could not be put back "
+                                "either: %s (the drive is empty)", target, disk.source,
+                                again.message)
+                    disk.source = None
+            yield monitor.execute("blockdev-close-tray", {"id": device_id})
+            raise
+    yield monitor.execute("blockdev-close-tray", {"id": device_id})
 
 
 def _chain(node: dict[str, Any]) -> list[str]:
@@ -495,12 +570,10 @@ class Devices:
         device_id = naming.disk_device_id(target)
         monitor = dom.monitor
         result = Deferred()
+        nodes = blockdev_nodes(_storage_driver(disk), disk.source or "", fmt, storage, node,
+                               readonly=bool(disk.readonly))
         steps: list[tuple[str, dict[str, Any]]] = [
-            ("blockdev-add", {"driver": "host_device" if disk.type == "block" else "file",
-                              "filename": disk.source, "node-name": storage,
-                              "read-only": bool(disk.readonly)}),
-            ("blockdev-add", {"driver": fmt, "file": storage, "node-name": node,
-                              "read-only": bool(disk.readonly)}),
+            *(("blockdev-add", props) for props in nodes),
             ("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id,
                             **slot_props(slot)}),
         ]
@@ -911,42 +984,40 @@ class Devices:
                      ) -> Deferred | None:
         """``source`` in the CD-ROM drive ``target`` ("": eject). As libvirt, the live
         drive first; the persistent definition changes once QEMU has done it (a refused
-        medium changes neither), made to that definition as it is then."""
+        medium changes neither), made to that definition as it is then. The live change
+        is refused while a job runs (a save would restore the medium its image
+        recorded at its start)."""
         live, config = self._targets(dom, flags)
+        if live:
+            self._require_live_change(dom)
         if source and not os.path.isabs(source):  # (a define refuses it: the schema)
             raise InvalidArg(f"the media source must be an absolute path, got '{source}'")
         bad = not_xml_text(source)
         if bad:
             raise InvalidArg(f"the media source cannot hold {bad}")
 
+        kind = _medium_kind(source)
+
         def insert(definition: DomainDef) -> None:
-            self._cdrom(definition, target, dom.name).source = source or None
+            self._cdrom(definition, target, dom.name).change_medium(source or None, kind)
         if config:
             definition = dom.persistent_definition.copy()
             insert(definition)  # (the checks, before QEMU)
             if not live:
                 self.driver.registry.save_persistent(dom, definition)
                 return None
-        self.driver.lifecycle.require_active(dom)
         assert dom.live is not None and dom.monitor is not None
         disk = self._cdrom(dom.live, target, dom.name)
-        device_id = naming.disk_device_id(target)
-        if source:
-            step = dom.monitor.execute("blockdev-change-medium", {
-                "id": device_id, "filename": source, "format": disk.driver_type or "raw",
-                "read-only-mode": "read-only"})
-        else:
-            step = dom.monitor.execute("eject", {"id": device_id, "force": True})
-        result = Deferred()
+        monitor, live_def = dom.monitor, dom.live
 
-        def done(d: Deferred) -> None:
-            if d.error is not None:
-                result.fail(d.error)
-                return
-            disk.source = source or None
-            self.driver.lifecycle.save_status(dom)
-            result.resolve(None)
-        step.add_done_callback(done)
+        def changed(d: Deferred) -> None:
+            if dom.live is live_def:  # (not stopped meanwhile)
+                if d.error is None:
+                    disk.change_medium(source or None, kind)
+                self.driver.lifecycle.save_status(dom)  # (a failure may have emptied it)
+        result = run_task(self.driver.loop, _change_medium(monitor, disk, source, kind),
+                          f"the media change of {target} in '{dom.name}'")
+        result.add_done_callback(changed)
         return self.driver.registry.after_live(dom, result, insert) if config else result
 
     @staticmethod

@@ -45,8 +45,8 @@ from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceVie
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
 from qemud.qemu.firmware import machine_has_smm
 
-__all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "build_argv", "netdev_arg",
-           "qemu_opt_escape", "taints"]
+__all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "blockdev_nodes", "build_argv",
+           "netdev_arg", "qemu_opt_escape", "taints"]
 
 _VNC_BASE_PORT: Final = 5900
 _UNIX_PATH_MAX: Final = naming.UNIX_PATH_MAX
@@ -387,23 +387,10 @@ class _Builder:
                 f"unsupported disk format {fmt_driver!r} (supported: "
                 f"{', '.join(sorted(_DISK_FORMATS))})",
             )
-        self.add(
-            "-blockdev",
-            _json(
-                {
-                    "driver": driver,
-                    "filename": disk.source,
-                    "node-name": storage,
-                    "auto-read-only": True,
-                    "discard": "unmap",
-                    "read-only": readonly,
-                }
-            ),
-        )
-        self.add(
-            "-blockdev",
-            _json({"node-name": fmt, "read-only": readonly, "driver": fmt_driver, "file": storage}),
-        )
+        assert disk.source is not None
+        for node in blockdev_nodes(driver, disk.source, fmt_driver, storage, fmt,
+                                   readonly=readonly):
+            self.add("-blockdev", _json(node))
 
     # -- network ----------------------------------------------------------------
 
@@ -647,3 +634,15 @@ def _json(value: object) -> str:
 def argv_to_text(argv: Sequence[str]) -> str:
     """One argument per line: the golden-file format, and readable in logs."""
     return "".join(f"{arg}\n" for arg in argv)
+
+
+def blockdev_nodes(driver: str, source: str, fmt_driver: str, storage: str, fmt: str, *,
+                   readonly: bool) -> list[dict[str, object]]:
+    """The two block nodes of a disk's image, storage then format, as ``-blockdev`` at
+    start and ``blockdev-add`` for a hot-plugged disk or a CD-ROM's new medium take
+    them: a disk added later looks like one the guest started with (discards reach the
+    image; a file QEMU may only read is opened read-only)."""
+    return [{"driver": driver, "filename": source, "node-name": storage,
+             "auto-read-only": True, "discard": "unmap", "read-only": readonly},
+            {"node-name": fmt, "read-only": readonly, "driver": fmt_driver,
+             "file": storage}]

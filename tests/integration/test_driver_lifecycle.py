@@ -309,6 +309,58 @@ def test_cdrom_media_change(conn: client.Connection, test_guest, tmp_path: Path)
     dom.destroy()
 
 
+def open_files(pid: int) -> set[str]:
+    """The files QEMU ``pid`` has open."""
+    fds = Path(f"/proc/{pid}/fd")
+    names = set()
+    for fd in fds.iterdir():
+        try:
+            names.add(os.readlink(fd))
+        except FileNotFoundError:
+            pass
+    return names
+
+
+def test_a_medium_change_closes_the_old_medium_and_a_bad_one_keeps_it(
+        conn: client.Connection, qemud: DaemonProcess, test_guest, tmp_path: Path) -> None:
+    """The drive's medium is swapped through its block nodes: QEMU closes the old
+    medium's file (it had kept it open, and locked, until the guest stopped); a medium
+    QEMU cannot open fails the change and the one in the drive stays, for the guest
+    too; an eject closes the last one."""
+    sock = tmp_path / "s.sock"
+    old, new = tmp_path / "old.iso", tmp_path / "new.iso"
+    old.write_bytes(b"\1" * (1 << 20))
+    new.write_bytes(b"\2" * (2 << 20))
+    cdrom = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+             f"<source file='{old}'/><target dev='hdc' bus='ide'/><readonly/></disk>")
+    dom = conn.create_xml(guest_xml("cdswap", test_guest, sock, extra=cdrom))
+    try:
+        serial = SerialPort(sock)
+        serial.wait_for(READY)
+        (pid,) = qemu_pids("cdswap", qemud.run_dir)
+        assert str(old) in open_files(pid)
+        mark = serial.mark()
+        dom.change_media("hdc", str(new))
+        serial.wait_for(r"sr0:4096", start=mark)  # 2 MiB = 4096 sectors of 512 bytes
+        assert str(new) in open_files(pid) and str(old) not in open_files(pid)
+        missing = tmp_path / "missing.iso"
+        with pytest.raises(client.RemoteError, match=str(missing)):
+            dom.change_media("hdc", str(missing))
+        assert str(new) in dom.xml() and str(new) in open_files(pid)
+        mark = serial.mark()
+        dom.change_media("hdc", None)
+        serial.wait_for(r"sr0:0", start=mark)
+        assert str(new) not in dom.xml()
+        assert not any(name.startswith(str(tmp_path)) and name.endswith(".iso")
+                       for name in open_files(pid))
+        mark = serial.mark()
+        dom.change_media("hdc", str(old))  # into the empty drive
+        serial.wait_for(r"sr0:2048", start=mark)
+        assert str(old) in dom.xml()
+    finally:
+        dom.destroy()
+
+
 def test_save_and_restore(conn: client.Connection, qemud: DaemonProcess, test_guest,
                           tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"

@@ -436,3 +436,39 @@ def test_a_guest_restarted_while_its_image_is_synced_is_not_saved(
         finally:
             slowfs.release()
             g.close()
+
+
+def test_a_medium_change_is_refused_while_a_save_runs(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path) -> None:
+    """The save writes the guest's live XML (with the medium then in the drive) into its
+    image when it starts: a medium changed meanwhile would be gone after the restore,
+    so the change (change-media, update-device) is refused as busy, as attach and
+    detach are; the restored guest has the medium it was saved with."""
+    target = saves / "g.sav"
+    medium = tmp_path / "m.iso"
+    medium.write_bytes(b"\1" * (1 << 20))
+    cdrom = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+             f"<source file='{medium}'/><target dev='hdc' bus='ide'/><readonly/></disk>")
+    with qemud.connect() as conn:
+        g = BootedGuest(conn, test_guest, "save-media", tmp_path, extra=cdrom,
+                        sock=tmp_path / "save-media.serial")
+        try:
+            slowfs.hold_writes()
+            thread, outcome = in_thread(
+                lambda: qemud.connect().lookup_by_name("save-media").save(str(target)))
+            slowfs.wait_held_write()
+            for change in (lambda: g.dom.change_media("hdc", None),
+                           lambda: g.dom.update_device(cdrom.replace(f"<source file='{medium}'/>",
+                                                                     ""))):
+                with pytest.raises(client.OperationInvalid,
+                                   match="domain 'save-media' is busy: save in progress"):
+                    change()
+            slowfs.release_writes()
+            thread.join(60)
+            assert outcome == {"result": None}, outcome
+            g.dom = conn.restore(str(target))
+            assert str(medium) in g.dom.xml()
+            g.resumed()
+        finally:
+            g.close()

@@ -78,6 +78,14 @@ class Disk(Device):
         else:
             self._source_file = value
 
+    def change_medium(self, source: str | None, kind: str | None = None) -> None:
+        """A CD-ROM's new medium (None: the drive is empty), of ``kind`` ('file' or
+        'block': the source attribute follows; None keeps the drive's type)."""
+        self.source = None
+        if kind is not None:
+            self.type = kind
+        self.source = source
+
     def describe(self) -> str:
         return f"disk '{self.target_dev}'" if self.target_dev else "disk"
 
