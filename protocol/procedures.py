@@ -227,10 +227,15 @@ _TABLE = [
           doc="Save memory state to a file and stop the domain."),
     _call(P.DOMAIN_RESTORE, p.RestoreArgs, p.DomainReply, mutates=True,
           doc="Start a domain from a saved state file."),
-    _call(P.DOMAIN_ATTACH_DEVICE, p.DeviceArgs, Empty, mutates=True, doc=""),
-    _call(P.DOMAIN_DETACH_DEVICE, p.DeviceArgs, Empty, mutates=True, doc=""),
+    _call(P.DOMAIN_ATTACH_DEVICE, p.DeviceArgs, Empty, mutates=True,
+          doc="virDomainAttachDeviceFlags. Flags: 1 (VIR_DOMAIN_AFFECT_LIVE), 2 (_CONFIG), "
+              "neither: the domain's current state; other bits: INVALID_ARG."),
+    _call(P.DOMAIN_DETACH_DEVICE, p.DeviceArgs, Empty, mutates=True,
+          doc="virDomainDetachDeviceFlags. Flags as DOMAIN_ATTACH_DEVICE."),
     _call(P.DOMAIN_CHANGE_MEDIA, p.ChangeMediaArgs, Empty, mutates=True,
-          doc="Insert (source set) or eject (source empty) CD-ROM media."),
+          doc="Insert (source set) or eject (source empty) CD-ROM media. Flags as "
+              "DOMAIN_ATTACH_DEVICE, and 4 (VIR_DOMAIN_DEVICE_MODIFY_FORCE: the tray is "
+              "always opened, also when the guest locked it)."),
     _call(P.DOMAIN_OPEN_CONSOLE, p.ConsoleArgs, Empty, mutates=True,
           doc="Open the serial console as a stream (STREAM frames with this call's serial)."),
     _call(P.DOMAIN_SNAPSHOT_CREATE, p.SnapshotCreateArgs, p.StringReply, mutates=True, doc=""),

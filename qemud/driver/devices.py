@@ -445,6 +445,15 @@ class Devices:
             attach_controller(self.driver, dom, dev, live, config)
             return None
         disk = self._disk_only(dev, "attach", live)
+        if disk.target_bus is None:
+            # the bus its name implies (sdX: scsi, hdX: ide), else the arch's default,
+            # for the live attach as for the definition (which the define path fills)
+            on = dom.live if live and dom.live is not None else dom.persistent_definition
+            try:
+                disk.target_bus = get_strategy(on.os.arch or platform.machine()).disk_bus(
+                    on, disk)
+            except QemuError as exc:
+                raise ConfigUnsupported(str(exc)) from None
         slot: PciSlot | None = None
         if live:  # checked before the config changes: a refused call changes nothing
             self._require_live_change(dom)

@@ -44,7 +44,7 @@ from qemud.qemu.qmp import QMPEvent
 
 from .blockinfo import BlockInfo
 from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
-from .devices import Devices
+from .devices import AFFECT_CONFIG, AFFECT_LIVE, Devices
 from .discard import remove_discarded_below
 from .domain import DomainObj, StopIntent
 from .filewrites import FileWrites
@@ -65,7 +65,7 @@ from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
-from .update import DeviceUpdate
+from .update import MODIFY_FORCE, DeviceUpdate
 
 if TYPE_CHECKING:
     from qemud.daemon import Daemon
@@ -340,12 +340,9 @@ class QemuDriver:
             P.DOMAIN_GET_STATE: lambda c, a: pl.DomainStateReply(
                 int(self._dom(a).state), self._dom(a).reason),
             **self.saving.handlers(),
-            P.DOMAIN_ATTACH_DEVICE: lambda c, a: self._empty_or(
-                self.devices.attach(self._dom(a), a.xml, a.flags)),
-            P.DOMAIN_DETACH_DEVICE: lambda c, a: self._empty_or(
-                self.devices.detach(self._dom(a), a.xml, a.flags)),
-            P.DOMAIN_CHANGE_MEDIA: lambda c, a: self._empty_or(
-                self.devices.change_media(self._dom(a), a.target, a.source, a.flags)),
+            P.DOMAIN_ATTACH_DEVICE: self._attach_device,
+            P.DOMAIN_DETACH_DEVICE: self._detach_device,
+            P.DOMAIN_CHANGE_MEDIA: self._change_media,
             P.DOMAIN_OPEN_CONSOLE: self._open_console,
             P.DOMAIN_STATS: lambda c, a: domain_stats(self, a),
             P.NODE_STATS: lambda c, a: node_stats(a),
@@ -540,6 +537,21 @@ class QemuDriver:
                              "driver has 'graceful', 0x1)", domain=ErrorDomain.QEMU)
         return self._empty_or(self.lifecycle.destroy(
             self._dom(args), graceful=bool(args.flags & DESTROY_GRACEFUL)))
+
+    def _attach_device(self, ctx: Any, args: pl.DeviceArgs) -> Any:
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainAttachDeviceFlags")
+        return self._empty_or(self.devices.attach(self._dom(args), args.xml, args.flags))
+
+    def _detach_device(self, ctx: Any, args: pl.DeviceArgs) -> Any:
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceFlags")
+        return self._empty_or(self.devices.detach(self._dom(args), args.xml, args.flags))
+
+    def _change_media(self, ctx: Any, args: pl.ChangeMediaArgs) -> Any:
+        # (libvirt changes media through virDomainUpdateDeviceFlags)
+        check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG | MODIFY_FORCE,
+                    "qemuDomainUpdateDeviceFlags")
+        return self._empty_or(self.devices.change_media(self._dom(args), args.target,
+                                                        args.source, args.flags))
 
     def _suspend(self, ctx: Any, args: pl.DomainArgs) -> Empty | Deferred:
         dom = self._dom(args)

@@ -106,6 +106,32 @@ def test_change_media_checks(daemon: DaemonProcess, qemush: Qemush,
     assert "<source" not in inactive_xml(daemon)
 
 
+def test_device_calls_refuse_flags_they_do_not_act_on(
+        daemon: DaemonProcess, defined: client.Domain, tmp_path: Path) -> None:
+    """As libvirt's virCheckFlags in qemuDomainAttachDeviceFlags and
+    qemuDomainDetachDeviceFlags (and the update-device path a media change is in
+    libvirt): a bit beyond LIVE and CONFIG (and FORCE, for a medium) is refused, and
+    nothing changes; before, it was ignored."""
+    before = inactive_xml(daemon)
+    disk = (f"<disk type='file' device='disk'><source file='{tmp_path}/d.img'/>"
+            "<target dev='vdb' bus='virtio'/></disk>")
+    for call, function in (
+            (lambda: defined.attach_device(disk, AFFECT_CONFIG | 0x40),
+             "qemuDomainAttachDeviceFlags"),
+            (lambda: defined.detach_device(disk, AFFECT_CONFIG | 0x40),
+             "qemuDomainDetachDeviceFlags"),
+            (lambda: defined.change_media("sda", str(tmp_path / "m.iso"),
+                                          AFFECT_CONFIG | 0x40),
+             "qemuDomainUpdateDeviceFlags")):
+        with pytest.raises(client.InvalidArgError,
+                           match=rf"^invalid argument: unsupported flags \(0x40\) in "
+                                 rf"function {function}$"):
+            call()
+    assert inactive_xml(daemon) == before
+    defined.change_media("sda", str(tmp_path / "m.iso"), AFFECT_CONFIG | 4)  # FORCE
+    assert f"<source file='{tmp_path}/m.iso'/>" in inactive_xml(daemon)
+
+
 def test_a_medium_qemu_refuses_leaves_the_persistent_definition(
         daemon: DaemonProcess, defined: client.Domain, tmp_path: Path) -> None:
     """--live --config: the live drive first, as libvirt; QEMU cannot open the file, so

@@ -224,6 +224,35 @@ def test_a_disk_qemu_refuses_changes_neither_definition(running: Domain,
     assert slots[0] == slots[1]  # the slot the live attach chose, in both
 
 
+def test_a_disk_without_a_bus_gets_the_same_one_live_and_in_the_config(
+        running: Domain, tmp_path: Path) -> None:
+    """No ``bus``: the one its name implies (``sdX``: scsi), else the arch's default
+    (virtio), for the live attach as for the definition. An ``sdb`` is therefore
+    refused live (only virtio disks hot-plug) before anything changes; before, it was
+    plugged as a virtio disk while the definition said scsi, so the guest got another
+    kind of disk at its next start."""
+    image = tmp_path / "d.img"
+    image.write_bytes(b"\0" * (1 << 20))
+
+    def disk(dev: str) -> str:
+        return (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+                f"<source file='{image}'/><target dev='{dev}'/></disk>")
+    with pytest.raises(client.errors.ConfigUnsupportedError,
+                       match=r"only virtio disks can be hot-plugged \(got device=disk "
+                             r"bus=scsi\)"):
+        running.attach_device(disk("sdb"), BOTH)
+    for root in (inactive(running), ET.fromstring(running.xml())):
+        assert root.find("devices/disk") is None
+    running.attach_device(disk("vdb"), BOTH)
+    for root in (inactive(running), ET.fromstring(running.xml())):
+        [target] = root.findall("devices/disk/target")
+        assert (target.get("dev"), target.get("bus")) == ("vdb", "virtio")
+    running.attach_device(disk("sdc"), AFFECT_CONFIG)
+    targets = {t.get("dev"): t.get("bus") for t in inactive(running).iterfind(
+        "devices/disk/target")}
+    assert targets == {"vdb": "virtio", "sdc": "scsi"}
+
+
 def disk_on(bus: str, path: Path, dev: str) -> str:
     return (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
             f"<source file='{path}'/><target dev='{dev}' bus='{bus}'/></disk>")
