@@ -302,17 +302,20 @@ def test_a_failed_commit_undoes_every_move(daemon: DaemonProcess) -> None:
 
 def test_a_crash_after_the_commit_is_finished_by_the_next_daemon(daemon: DaemonProcess
                                                                   ) -> None:
-    """The daemon is killed with both definition files on disk (the autostart flag of the
-    new name could not be written: the fault hook): the next daemon finishes the rename
-    before it loads anything, so the domain is defined once, under its new name."""
+    """The daemon is killed with the rename committed and its clean-up not done (the
+    autostart flag of the new name could not be written: the fault hook; the old
+    definition went before it): the next daemon finishes the rename before it loads
+    anything, so the domain is defined once, under its new name, autostarted."""
     restart(daemon, {FAULT_ENV: "autostart/crash-b"})
     with daemon.connect() as conn:
         dom = conn.define_xml(tiny("crash-a"))
         dom.set_autostart(True)
-        dom.rename("crash-b")  # renamed; its old files are left for the next start
+        dom.rename("crash-b")  # renamed; its flag and record are left for the next start
     domains = daemon.config_dir / "domains"
     assert sorted(p.name for p in domains.iterdir() if p.name != ".qemud.lock") == [
-        f"{JOURNAL_PREFIX}{dom.uuid}.json", "crash-a.xml", "crash-b.xml"]
+        f"{JOURNAL_PREFIX}{dom.uuid}.json", "crash-b.xml"]
+    assert files(daemon.config_dir) == [f"domains/{JOURNAL_PREFIX}{dom.uuid}.json",
+                                        "domains/crash-b.xml"]  # (no flag of either name)
     daemon.signal(signal.SIGKILL)
     assert daemon.proc is not None
     daemon.proc.wait(10)
