@@ -12,6 +12,7 @@ Event callbacks run on a separate dispatch thread, so a callback may make calls.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -68,6 +69,10 @@ class EventRecord:
     text: str = ""  # appliance events
     uri: str = ""  # metadata-change: the namespace of an ELEMENT ("" otherwise)
 
+
+#: events kept for a registration whose callback is not stored yet (it is, right after
+#: the registration's reply: only a burst that comes with that reply waits here)
+MAX_EARLY_EVENTS = 10_000
 
 NodeInfo = pl.NodeInfoReply
 ClientInfo = pl.ClientInfo
@@ -178,7 +183,11 @@ class Connection:
         self._keepalive_count = keepalive_count
         self.keepalive_interval = 0.0
         self._last_rx = time.monotonic()
-        self._events: queue.Queue[EventRecord] = queue.Queue()
+        # events for next_event (registrations without a callback), and those that came
+        # before their registration's callback was stored (the reader handles the
+        # registration's reply and the event after it in one read); both under _cond
+        self._events: collections.deque[EventRecord] = collections.deque()
+        self._early: dict[int, list[EventRecord]] = {}
         self._callbacks: dict[int, Callable[[EventRecord], None] | None] = {}
         self._dispatch_queue: queue.Queue[tuple[Callable[[EventRecord], None], EventRecord]
                                           | None] = queue.Queue()
@@ -448,9 +457,20 @@ class Connection:
                                  text=body.detail)
         else:  # pragma: no cover - the table has no other events
             return
-        callback = self._callbacks.get(body.callback_id)
+        with self._cond:
+            if body.callback_id in self._callbacks:
+                self._route(self._callbacks[body.callback_id], record)
+            else:  # its registration's reply came first: register_event routes it
+                early = self._early.setdefault(body.callback_id, [])
+                if len(early) < MAX_EARLY_EVENTS:
+                    early.append(record)
+
+    def _route(self, callback: Callable[[EventRecord], None] | None,
+               record: EventRecord) -> None:
+        """``record`` to its callback, or to :meth:`next_event` (with ``_cond`` held)."""
         if callback is None:
-            self._events.put(record)
+            self._events.append(record)
+            self._cond.notify_all()
         else:
             self._dispatch_queue.put((callback, record))
 
@@ -654,21 +674,38 @@ class Connection:
         :meth:`next_event` / :meth:`iter_events` when no callback is given."""
         reply = self._call(P.Procedure.EVENT_REGISTER, pl.EventRegisterArgs(
             int(event_id), domain.uuid_bytes if domain else b""), pl.CallbackReply)
-        self._callbacks[reply.callback_id] = callback
+        with self._cond:
+            self._callbacks[reply.callback_id] = callback
+            for record in self._early.pop(reply.callback_id, []):
+                self._route(callback, record)
         return reply.callback_id
 
     def deregister_event(self, callback_id: int) -> None:
+        """Unsubscribe; its events not yet taken by :meth:`next_event` go too (a later
+        reader must not get them)."""
         self._call(P.Procedure.EVENT_DEREGISTER, pl.CallbackArgs(callback_id), P.Empty)
-        self._callbacks.pop(callback_id, None)
+        with self._cond:
+            self._callbacks.pop(callback_id, None)
+            self._early.pop(callback_id, None)
+            self._events = collections.deque(
+                r for r in self._events if r.callback_id != callback_id)
 
     def next_event(self, timeout: float | None = None) -> EventRecord | None:
-        """The next queued event, or None after ``timeout`` seconds."""
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            if self._lost is not None and not self._closed:
-                raise self._lost from None
-            return None
+        """The next queued event, or None after ``timeout`` seconds (None: wait as long
+        as it takes). The events queued before the connection was lost are still
+        returned; then :class:`ConnectionLost` is raised (None once closed here)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._events:
+                if self._closed:
+                    return None
+                if self._lost is not None:
+                    raise self._lost
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._events.popleft()
 
     def iter_events(self, timeout: float) -> Iterator[EventRecord]:
         """Events until none arrives for ``timeout`` seconds."""
