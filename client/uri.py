@@ -148,6 +148,8 @@ def default_uri() -> str:
     if client_conf.exists():
         try:
             value = tomllib.loads(client_conf.read_text()).get("uri_default")
+        except UnicodeDecodeError:
+            raise InvalidURI(f"{client_conf}: not UTF-8 text") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidURI(f"{client_conf}: {exc}") from None
         if value:

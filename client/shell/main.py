@@ -77,6 +77,13 @@ def execute(sh: Shell, argv: Sequence[str]) -> bool:
             sh.disconnect()
     except KeyboardInterrupt:
         sh.error("interrupted")
+    except BrokenPipeError:
+        raise  # (our own output is gone: main's handler ends quietly)
+    except OSError as exc:
+        # a local file a command reads or writes (the daemon's errors come as
+        # QemudClientError): an error line, never a traceback that ends the session
+        where = f"'{exc.filename}': " if exc.filename else ""
+        sh.error(f"{where}{exc.strerror or exc}")
     finally:
         sh.forget_names()
         try:

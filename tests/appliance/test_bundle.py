@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -138,6 +139,33 @@ def test_shell_support_bundle(qemud: DaemonProcess, tmp_path: Path) -> None:
     assert r.stdout.startswith(f"Support bundle written to {target} (")
     assert "versions.txt" in members(target.read_bytes())
     assert not Path(f"{target}.part").exists()
+
+
+def test_shell_support_bundle_local_file_errors_are_error_lines(
+        qemud: DaemonProcess, tmp_path: Path) -> None:
+    """A target that is a directory, and a write past the file size limit (as a full
+    disk would fail it): virsh's error lines and exit 1, no traceback, no partial file
+    left. Before, both were Python tracebacks."""
+    def bundle(target: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "client.shell", "-c", qemud.uri,
+                               "support-bundle", "-o", str(target)], capture_output=True,
+                              text=True, timeout=120, env=env_without_daemon_vars(),
+                              stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    directory = tmp_path / "adir"
+    directory.mkdir()
+    r = bundle(directory)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.splitlines() == [
+        "error: Failed to write the support bundle",
+        f"error: cannot rename '{directory}.part' to '{directory}': Is a directory"]
+    small = tmp_path / "small.tar.gz"
+    r = bundle(small, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                            (1024, 1024)))
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr.splitlines() == [
+        "error: Failed to write the support bundle",
+        f"error: cannot write '{small}.part': File too large"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
 
 
 def test_redaction_rules() -> None:

@@ -169,6 +169,9 @@ def test_default_uri_bad_client_toml_names_the_file(clean_env: Path) -> None:
     conf.write_text("uri_default = \n")
     with pytest.raises(InvalidURI, match=str(conf)):
         default_uri()
+    conf.write_bytes(b"\xff\xfe")  # not UTF-8: it was a UnicodeDecodeError traceback
+    with pytest.raises(InvalidURI, match=f"^{conf}: not UTF-8 text$"):
+        default_uri()
 
 
 def test_default_uri_fallback(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

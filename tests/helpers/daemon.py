@@ -293,13 +293,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def qemush(daemon: DaemonProcess, *args: str, timeout: float = 120,
-           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+           cwd: Path | None = None, max_file_size: int | None = None
+           ) -> subprocess.CompletedProcess[str]:
     """``qemush -c <daemon's URI> ARGS`` from this checkout (``python -m client.shell``),
     without the caller's QEMUD_DEFAULT_URI, stdin closed, output captured as text; run in
-    ``cwd`` (default: the checkout)."""
+    ``cwd`` (default: the checkout); ``max_file_size``: a file size limit in bytes (its
+    writes past it fail with EFBIG, as on a full disk)."""
     env = env_without_daemon_vars()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                       env.get("PYTHONPATH")]))
+
+    def limit() -> None:
+        if max_file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
     return subprocess.run([sys.executable, "-m", "client.shell", "-c", daemon.uri, *args],
                           capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=cwd or REPO_ROOT, stdin=subprocess.DEVNULL)
+                          cwd=cwd or REPO_ROOT, stdin=subprocess.DEVNULL, preexec_fn=limit)

@@ -237,6 +237,13 @@ def test_screenshot_of_the_guests_screen(daemon: DaemonProcess, test_guest: Test
                 0, f"Screenshot saved to {target}, with type of image/x-portable-pixmap\n",
                 "")
             assert ppm_size(target.read_bytes()) == (width, height)
+            # a write that fails (a file size limit, as a full disk would): an error
+            # line, no traceback, no partial image, the earlier file kept
+            proc = qemush(daemon, "screenshot", "shot", str(target), max_file_size=4096)
+            assert (proc.returncode, proc.stdout, proc.stderr) == (
+                1, "", "error: File too large\n")
+            assert ppm_size(target.read_bytes()) == (width, height)
+            assert sorted(p.name for p in tmp_path.iterdir() if ".part" in p.name) == []
             # nothing of the daemon's is left in the guest's run directory
             assert not list(daemon.run_dir.rglob("screendump-*"))
         finally:

@@ -121,19 +121,24 @@ def cmd_support_bundle(sh: Shell, args: Args) -> None:
     except OSError as exc:
         raise CommandError("Failed to write the support bundle",
                            f"cannot open '{partial}': {exc.strerror or exc}") from None
-    ok = False
     try:
-        with sh.failing("Failed to get the support bundle"), \
-                Progress(sh.err, "Collecting the support bundle"):
-            size = images.support_bundle(sh.conn(), out)
-        ok = True
-    finally:
-        out.close()
-        if ok:
+        try:
+            with out, sh.failing("Failed to get the support bundle"), \
+                    Progress(sh.err, "Collecting the support bundle"):
+                size = images.support_bundle(sh.conn(), out)
+        except OSError as exc:  # (the local file: a full disk, a file size limit)
+            raise CommandError("Failed to write the support bundle",
+                               f"cannot write '{partial}': {exc.strerror or exc}") from None
+        try:
             os.replace(partial, target)
-        else:
-            try:
-                os.unlink(partial)
-            except OSError:
-                pass
+        except OSError as exc:
+            raise CommandError("Failed to write the support bundle",
+                               f"cannot rename '{partial}' to '{target}': "
+                               f"{exc.strerror or exc}") from None
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
     sh.print(f"Support bundle written to {target} ({size} bytes)")
