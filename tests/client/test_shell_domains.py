@@ -62,6 +62,14 @@ def test_define_list_undefine(daemon: DaemonProcess, qemush: Qemush, xml_file: P
         uuid = conn.lookup_by_name("t1").uuid
     assert ok(qemush("-c", daemon.uri, "list", "--all", "--uuid")) == f"{uuid}\n"
     assert ok(qemush("-c", daemon.uri, "list", "--all", "--id")) == ""  # not running
+    # inactive domains by name, ignoring case, as virsh's strcasecmp
+    for name in ("Zeta", "alpha"):
+        path = xml_file.parent / f"{name}.xml"
+        path.write_text(TINY.format(name=name))
+        define(qemush, daemon, path, name)
+    assert ok(qemush("-c", daemon.uri, "list", "--all", "--name")) == "alpha\nt1\nZeta\n"
+    for name in ("Zeta", "alpha"):
+        ok(qemush("-c", daemon.uri, "undefine", name))
 
     data = json.loads(ok(qemush("-c", daemon.uri, "list", "--all", "--json")))
     assert data == [{"id": None, "name": "t1", "uuid": uuid, "state": "shut off",

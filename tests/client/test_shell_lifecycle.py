@@ -158,7 +158,13 @@ def test_start_paused_and_lookup_order(daemon: DaemonProcess, qemush: Qemush,
         assert ok(qemush("-c", u, "define", str(named))) == \
             f"Domain '{dom_id}' defined from {named}\n"
         other_uuid = ok(qemush("-c", u, "list", "--all", "--uuid", "--name")).split(
-            f"  {dom_id}\n")[0].splitlines()[-1]
+            f" {dom_id}\n")[0].splitlines()[-1]
+        # virsh's columns in its order, one space apart; an inactive domain's id is "-"
+        assert ok(qemush("-c", u, "list", "--all", "--id", "--name")) == \
+            f"{dom_id} life\n- {dom_id}\n"
+        assert ok(qemush("-c", u, "list", "--all", "--name", "--uuid", "--id")) == \
+            f"{life_uuid} {dom_id} life\n{other_uuid} - {dom_id}\n"
+        assert ok(qemush("-c", u, "list", "--all", "--id")) == f"{dom_id}\n"
         assert ok(qemush("-c", u, "domname", dom_id)) == "life\n"
         assert ok(qemush("-c", u, "domuuid", dom_id)) == f"{life_uuid}\n"
         assert ok(qemush("-c", u, "domname", other_uuid)) == f"{dom_id}\n"

@@ -159,8 +159,10 @@ def cmd_list(sh: Shell, args: Args) -> None:
         # virsh asks each domain; one listing of the domains with an image does it here
         saved = {d.uuid_bytes for d in sh.conn().list_domains(ListFlags.MANAGEDSAVE)} \
             if args.flag("managed-save") else set()
-    # virsh order: running domains by id, then the others by name
-    doms.sort(key=lambda d: (d.id < 0, d.id if d.id >= 0 else 0, d.name))
+    # virsh order (virshDomainSorter): running domains by id, then the others by name,
+    # ignoring ASCII case (strcasecmp)
+    doms.sort(key=lambda d: (d.id < 0, d.id if d.id >= 0 else 0,
+                             d.name.encode().lower(), d.name))
     if sh.want_json(args):
         entries = [_summary_json(d) for d in doms]
         if args.flag("title"):
@@ -168,18 +170,16 @@ def cmd_list(sh: Shell, args: Args) -> None:
             entries = add_json_titles(sh, doms, entries)
         sh.print_json(entries)
         return
-    if args.flag("id"):
+    if args.flag("uuid") or args.flag("name") or args.flag("id"):
+        # virsh's columns, in its order (uuid, id, name) and one space apart; --id
+        # alone lists only the running domains
+        alone = not (args.flag("uuid") or args.flag("name"))
         for d in doms:
-            if d.id >= 0:
-                sh.print(str(d.id))
-        return
-    if args.flag("uuid") and args.flag("name"):
-        for d in doms:
-            sh.print(f"{d.uuid}  {d.name}")
-        return
-    if args.flag("uuid") or args.flag("name"):
-        for d in doms:
-            sh.print(d.uuid if args.flag("uuid") else d.name)
+            if alone and d.id < 0:
+                continue
+            sh.print(" ".join(value for wanted, value in (
+                ("uuid", d.uuid), ("id", _id_text(d.id)), ("name", d.name))
+                if args.flag(wanted)))
         return
     rows = []
     for d in doms:
