@@ -1,8 +1,10 @@
 """Splitting a command line into commands and words, as virsh does.
 
-Words are separated by blanks; ``'...'`` quotes literally, ``"..."`` allows ``\\"`` and
-``\\\\``; a backslash outside quotes escapes the next character; ``;`` or a newline ends a
-command; ``#`` at the start of a word starts a comment.
+Words are separated by blanks; ``'...'`` quotes literally; a backslash, outside quotes
+and inside ``"..."``, escapes the next character (any: ``"C:\\temp"`` is ``C:temp``, as in
+virsh's vshCommandStringGetArg), a backslash-newline is dropped (a continued line) and
+one at the very end is an error ("dangling \\"); ``;`` or a newline ends a command; ``#``
+at the start of a word starts a comment.
 """
 
 from __future__ import annotations
@@ -40,13 +42,21 @@ def scan(line: str, lenient: bool = False) -> Scan:
                 assert word is not None
                 word.append(ch)
             continue
+        if ch == "\\":
+            if i == n:
+                if lenient:
+                    break
+                raise LexError("dangling \\")
+            escaped = line[i]
+            i += 1
+            if escaped != "\n":  # (a backslash-newline is dropped: the line goes on)
+                if word is None:
+                    word = []
+                word.append(escaped)
+            continue
         if quote == '"':
             if ch == '"':
                 quote = None
-            elif ch == "\\" and i < n and line[i] in '"\\':
-                assert word is not None
-                word.append(line[i])
-                i += 1
             else:
                 assert word is not None
                 word.append(ch)
@@ -72,10 +82,6 @@ def scan(line: str, lenient: bool = False) -> Scan:
             word = []
         if ch in "'\"":
             quote = ch
-        elif ch == "\\":
-            if i < n:
-                word.append(line[i])
-                i += 1
         else:
             word.append(ch)
     if quote is not None and not lenient:

@@ -123,6 +123,21 @@ def test_split_commands() -> None:
     assert split_commands("uri\nhostname") == [["uri"], ["hostname"]]
 
 
+def test_backslashes_as_virsh_reads_them() -> None:
+    """vshCommandStringGetArg: inside double quotes a backslash escapes any character (a
+    Windows path loses its backslashes, as in virsh), a backslash-newline is dropped
+    (a continued line), and one at the very end is an error."""
+    assert split_commands(r'desc d1 "C:\temp"') == [["desc", "d1", "C:temp"]]
+    assert split_commands(r'desc d1 "C:\\temp"') == [["desc", "d1", "C:\\temp"]]
+    assert split_commands("list \\\n --all") == [["list", "--all"]]
+    assert split_commands("dom\\\ninfo 'a\\\nb'") == [["dominfo", "a\\\nb"]]
+    for line in ("desc d1 abc\\", 'desc d1 "abc\\'):
+        with pytest.raises(LexError, match=r"^dangling \\$"):
+            split_commands(line)
+    s = scan("desc d1 abc\\", lenient=True)  # (completion: a word being typed)
+    assert s.commands == [["desc", "d1"]] and s.partial == "abc"
+
+
 def test_missing_quote() -> None:
     with pytest.raises(LexError, match='missing "'):
         split_commands('dominfo "demo')
