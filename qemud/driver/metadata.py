@@ -158,7 +158,7 @@ class Metadata:
         else:
             text = args.metadata or None  # libvirt: an empty text removes the element
             if kind == MetadataType.TITLE and text is not None and "\n" in text:
-                raise InvalidArg("Domain title can't contain newlines")
+                raise InvalidArg("metadata title can't contain newlines")  # (libvirt's)
             bad = not_xml_text(text or "")
             if bad:
                 raise InvalidArg(f"the {_FIELDS[kind]} cannot hold {bad}")
@@ -190,10 +190,12 @@ class Metadata:
         return Empty()
 
     def get_metadata(self, ctx: Any, args: pl.GetMetadataArgs) -> pl.StringReply:
+        if args.flags & AFFECT_LIVE and args.flags & AFFECT_CONFIG:
+            # virDomainGetMetadata's VIR_EXCLUSIVE_FLAGS_GOTO, before the driver's checks
+            raise InvalidArg("Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' "
+                             "are mutually exclusive")
         check_flags(args.flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetMetadata")
         kind = _kind(args.type)
-        if args.flags & AFFECT_LIVE and args.flags & AFFECT_CONFIG:
-            raise InvalidArg("Flags 'live' and 'config' are mutually exclusive")
         _check_args(kind, args.uri, None, "virDomainGetMetadata")
         dom = self.driver._dom(args)
         definition: DomainDef

@@ -147,7 +147,7 @@ def test_desc_edit(daemon: DaemonProcess, qemush: Qemush, shell_env: dict[str, s
     assert (code, out) == (1, "")
     assert err.splitlines() == [
         "error: Failed to set new domain title",
-        "error: invalid argument: Domain title can't contain newlines"]
+        "error: invalid argument: metadata title can't contain newlines"]
     assert not list(tmp_path.glob("qemush*.xml"))
 
 

@@ -52,7 +52,7 @@ def test_config_title_and_description(qemud: DaemonProcess) -> None:
 
             # libvirt's refusals, nothing changed by them
             with pytest.raises(client.InvalidArgError,
-                               match="^invalid argument: Domain title can't contain "
+                               match="^invalid argument: metadata title can't contain "
                                      "newlines$"):
                 dom.set_metadata(TITLE, "two\nlines")
             with pytest.raises(client.OperationInvalid, match="is not running"):
@@ -99,7 +99,9 @@ def test_live_and_config_of_a_running_domain(qemud: DaemonProcess) -> None:
             assert dom.metadata(TITLE, AFFECT_LIVE) == "both"
             assert dom.metadata(TITLE, AFFECT_CONFIG) == "both"
             assert "<title>both</title>" in stored(qemud, "meta-run")
-            with pytest.raises(client.InvalidArgError, match="mutually exclusive"):
+            with pytest.raises(client.InvalidArgError, match=(
+                    "^invalid argument: Flags 'VIR_DOMAIN_AFFECT_LIVE' and "
+                    "'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive$")):
                 dom.metadata(TITLE, AFFECT_LIVE | AFFECT_CONFIG)
 
             # the live one is in the status file: a restarted daemon still has it
@@ -174,7 +176,7 @@ def test_qemush_desc(qemud: DaemonProcess) -> None:
         assert (code, out) == (1, "")
         assert err.splitlines() == [
             "error: Failed to set new domain title",
-            "error: invalid argument: Domain title can't contain newlines"]
+            "error: invalid argument: metadata title can't contain newlines"]
         code, _, err = run("--live", "x")
         assert code == 1 and "is not running" in err
         assert run("--current", "--live") == (
