@@ -147,6 +147,7 @@ _BY_CODE: dict[int, type[RemoteError]] = {
     ErrorCode.OPERATION_INVALID: OperationInvalid,
     ErrorCode.OPERATION_DENIED: ReadOnlyError,
     ErrorCode.INVALID_ARG: InvalidArgError,
+    ErrorCode.OVERFLOW: InvalidArgError,  # (a number too large is an invalid argument)
     ErrorCode.XML_ERROR: XMLError,
     ErrorCode.XML_DETAIL: XMLError,
     ErrorCode.OPERATION_FAILED: OperationFailed,

@@ -58,6 +58,7 @@ LIBVIRT_PREFIXES: dict[ErrorCode, str] = {
     ErrorCode.OPERATION_TIMEOUT: "Timed out during operation: ",
     ErrorCode.NO_DOMAIN_SNAPSHOT: "Domain snapshot not found: ",
     ErrorCode.NO_DOMAIN_METADATA: "metadata not found: ",
+    ErrorCode.OVERFLOW: "value too large: ",
     ErrorCode.ARGUMENT_UNSUPPORTED: "argument unsupported: ",
     ErrorCode.OPERATION_UNSUPPORTED: "Operation not supported: ",
 }
@@ -111,6 +112,12 @@ class AlreadyRunning(QemudError):
 
 class InvalidArg(QemudError):
     code = ErrorCode.INVALID_ARG
+
+
+class InputTooLarge(InvalidArg):
+    """A number past what the call takes (libvirt's VIR_ERR_OVERFLOW, "input too large")."""
+
+    code = ErrorCode.OVERFLOW
 
 
 class OperationDenied(QemudError):

@@ -36,6 +36,7 @@ from qemud.conf import DomainDef
 from qemud.dispatch import Deferred, Handler
 from qemud.errors import (
     ArgumentUnsupported,
+    InputTooLarge,
     InvalidArg,
     OperationInvalid,
     OperationUnsupported,
@@ -60,6 +61,9 @@ AFFECT_LIVE = 1
 AFFECT_CONFIG = 2
 #: libvirt's VIR_DOMAIN_MEM_MAXIMUM (setmaxmem)
 MEM_MAXIMUM = 4
+#: setmem/setmaxmem refuse this many KiB and more: libvirt's virMemoryMaxValue(true) /
+#: 1024 (an off_t of bytes, 2^63 - 1, on a 64-bit host), "input too large: N"
+MAX_MEMORY_KIB = (2**63 - 1) // 1024
 #: libvirt's VIR_DOMAIN_VCPU_MAXIMUM, _GUEST, _HOTPLUGGABLE
 VCPU_MAXIMUM = 4
 VCPU_GUEST = 8
@@ -151,6 +155,8 @@ class Resources:
                      "qemuDomainSetMemoryFlags")
         if args.memory_kib == 0:
             raise InvalidArg("memory in virDomainSetMemoryFlags must not be zero")
+        if args.memory_kib >= MAX_MEMORY_KIB:  # (libvirt's public API checks it first)
+            raise InputTooLarge(f"input too large: {args.memory_kib}")
         dom = self.driver._dom(args)
         live, config = self.affected_defs(dom, args.flags)
         newmem = args.memory_kib
