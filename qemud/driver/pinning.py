@@ -130,10 +130,22 @@ def _pin_emulator(pid: int, vcpu_tids: Iterable[int], cpus: frozenset[int]) -> N
             _set_affinity(tid, cpus, gone_ok=True)
 
 
+def _daemon_everywhere() -> bool:
+    """Whether the daemon may run on every host CPU: then a QEMU thread that inherits
+    its affinity (from the daemon, or from QEMU's main thread before any pin) may too."""
+    try:
+        return frozenset(os.sched_getaffinity(0)) >= host_cpus()
+    except OSError:
+        return True
+
+
 def start_pins(monitor: Monitor, live: DomainDef, pid: int) -> Deferred | None:
     """The start step: every thread of the new QEMU gets the affinity ``live`` asks
-    for; None when it asks for none (nothing to do, no QMP round trip)."""
-    if live.cpuset is None and live.emulatorpin is None and not live.vcpupins:
+    for, and a thread it asks nothing for every host CPU (libvirt's
+    qemuProcessSetupPid: a QEMU does not inherit a restricted daemon's affinity);
+    None when there is nothing to change (no QMP round trip)."""
+    if live.cpuset is None and live.emulatorpin is None and not live.vcpupins \
+            and _daemon_everywhere():
         return None
     try:
         for cpus in (live.cpuset, live.emulatorpin, *live.vcpupins.values()):
@@ -148,14 +160,11 @@ def start_pins(monitor: Monitor, live: DomainDef, pid: int) -> Deferred | None:
             out.fail(d.error)
             return
         threads = vcpu_threads(d.result)
+        everywhere = host_cpus()
         try:
             for vcpu, tid in sorted(threads.items()):
-                cpus = vcpu_affinity(live, vcpu)
-                if cpus is not None:
-                    _set_affinity(tid, cpus)
-            emulator = emulator_affinity(live)
-            if emulator is not None:
-                _pin_emulator(pid, threads.values(), emulator)
+                _set_affinity(tid, vcpu_affinity(live, vcpu) or everywhere)
+            _pin_emulator(pid, threads.values(), emulator_affinity(live) or everywhere)
         except QemudError as exc:
             out.fail(exc)
             return
@@ -167,13 +176,17 @@ def start_pins(monitor: Monitor, live: DomainDef, pid: int) -> Deferred | None:
 
 def pin_plugged_vcpu(dom: DomainObj, vcpu: int) -> None:
     """A vCPU ``setvcpus --live`` just plugged gets its pin (libvirt applies it at
-    hotplug); a failure is logged (the vCPU is in the guest, which is what was asked)."""
+    hotplug), or every host CPU without one: its thread inherits the affinity of the
+    QEMU thread that made it, an ``<emulatorpin>``'s. A failure is logged (the vCPU is
+    in the guest, which is what was asked)."""
     live, monitor = dom.live, dom.monitor
     if live is None or monitor is None:
         return
     cpus = vcpu_affinity(live, vcpu)
     if cpus is None:
-        return
+        if emulator_affinity(live) is None and _daemon_everywhere():
+            return  # (it inherits every CPU)
+        cpus = host_cpus()
 
     def got(d: Deferred) -> None:
         tid = vcpu_threads(d.result).get(vcpu) if d.error is None else None

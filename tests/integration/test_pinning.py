@@ -192,6 +192,33 @@ def test_a_plugged_vcpu_gets_its_pin(daemon: DaemonProcess) -> None:
         dom.set_vcpus(2)
         assert affinities(daemon, "plug")[0] == {0: ALL, 1: "0"}
         dom.destroy()
+        # a vCPU without a pin gets every host CPU, not the <emulatorpin> of the QEMU
+        # thread that made it (libvirt's qemuProcessSetupPid)
+        dom = conn.define_xml(bare_xml("plug-emu").replace(
+            "<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>"
+            "<cputune><emulatorpin cpuset='0'/></cputune>"))
+        dom.create()
+        dom.set_vcpus(2)
+        vcpus, others = affinities(daemon, "plug-emu")
+        assert (vcpus, others) == ({0: ALL, 1: ALL}, {"0"})
+        dom.destroy()
+
+
+def test_a_restricted_daemon_does_not_restrict_its_guests(daemon: DaemonProcess) -> None:
+    """A daemon that may run on CPU 0 only (taskset, a systemd CPUAffinity=): its QEMU
+    inherits that, and each thread of a guest that asks for no pinning still gets every
+    host CPU, as libvirt sets them."""
+    assert daemon.proc is not None
+    os.sched_setaffinity(daemon.proc.pid, {0})
+    try:
+        with daemon.connect() as conn:
+            dom = conn.define_xml(bare_xml("free").replace("<vcpu>1</vcpu>",
+                                                           "<vcpu>2</vcpu>"))
+            dom.create()
+            assert affinities(daemon, "free") == ({0: ALL, 1: ALL}, {ALL})
+            dom.destroy()
+    finally:
+        os.sched_setaffinity(daemon.proc.pid, range(HOST_CPUS))
 
 
 def test_errors(daemon: DaemonProcess) -> None:
