@@ -294,6 +294,13 @@ class Resources:
             raise ArgumentUnsupported(
                 "QEMU guest agent is not configured (qemud has no "
                 "guest agent channel support)", domain=ErrorDomain.QEMU)
+        if flags & VCPU_HOTPLUGGABLE and config is not None:
+            # (a live plug is hot-pluggable anyway: the flag changes only the definition)
+            raise ArgumentUnsupported(
+                "hot-pluggable vCPUs in the persistent definition (VIR_DOMAIN_VCPU_"
+                "HOTPLUGGABLE with --config) are not supported: qemud's definitions have "
+                "no per-vCPU <vcpus> list, so vCPUs added there are boot vCPUs",
+                domain=ErrorDomain.QEMU)
         if flags & VCPU_MAXIMUM:
             if live is not None:
                 raise OperationUnsupported("maximum vcpu count of a live domain can't be "

@@ -205,6 +205,11 @@ def test_setvcpus_of_the_persistent_definition(daemon: DaemonProcess) -> None:
             dom.set_vcpus(0, AFFECT_CONFIG)
         with pytest.raises(client.InvalidArgError, match=r"unsupported flags \(0x40\)"):
             dom.set_vcpus(1, AFFECT_CONFIG | 0x40)
+        with pytest.raises(client.NotSupportedError,
+                           match=r"^argument unsupported: hot-pluggable vCPUs in the "
+                                 r"persistent definition \(VIR_DOMAIN_VCPU_HOTPLUGGABLE"):
+            dom.set_vcpus(1, AFFECT_CONFIG | 16)  # (was accepted, and ignored)
+        assert vcpus(dom) == (2, 2)
         with pytest.raises(client.OperationInvalid, match="not running"):
             dom.set_vcpus(1)  # virsh's setvcpus without options: the running domain
         with pytest.raises(client.OperationInvalid,
