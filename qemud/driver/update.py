@@ -16,7 +16,7 @@ from protocol import Procedure
 from protocol import payloads as pl
 from qemud.conf import Disk, DomainDef, Interface
 from qemud.dispatch import Deferred, Handler
-from qemud.errors import OperationUnsupported
+from qemud.errors import OperationInvalid, OperationUnsupported
 from qemud.qemu import naming
 
 from .flags import check_flags
@@ -95,22 +95,30 @@ class DeviceUpdate:
     def _interface(self, dom: DomainObj, new: Interface, live: bool, config: bool
                    ) -> Deferred | None:
         """Only the link state may change; each definition is checked before any of them
-        changes, the persistent one is saved first (it needs no QEMU), then the live
-        link is set (the live XML records it once QEMU has)."""
+        changes. As libvirt (qemuDomainUpdateDeviceLiveAndConfig), the live link first
+        (the live XML records it once QEMU has), then the persistent definition as it
+        is then: a ``set_link`` QEMU refuses changes neither."""
         state = new.link_state or "up"
+        link = None if state == "up" else state
         live_nic: Interface | None = None
         if live:
             self.driver.lifecycle.require_active(dom)
             self.driver.lifecycle.require_no_job(dom)
             assert dom.live is not None
             live_nic = _unchanged_but_link(dom.live, new)
-        definition: DomainDef | None = None
+            if str(live_nic.mac) in self.driver.devices.nics.unplugging(dom):
+                raise OperationInvalid(
+                    f"domain '{dom.name}' is busy: detach of interface {live_nic.mac} in "
+                    "progress (waiting for the guest to release it)")
+
+        def change_config(definition: DomainDef) -> None:
+            _unchanged_but_link(definition, new).link_state = link
         if config:
             definition = dom.persistent_definition.copy()
-            _unchanged_but_link(definition, new).link_state = \
-                None if state == "up" else state
-        if definition is not None:
-            self.driver.registry.save_persistent(dom, definition)
+            change_config(definition)  # (the checks, before QEMU)
+            if live_nic is None:
+                self.driver.registry.save_persistent(dom, definition)
+                return None
         if live_nic is None:
             return None
         assert dom.monitor is not None and dom.live is not None
@@ -122,13 +130,13 @@ class DeviceUpdate:
                 out.fail(d.error)
                 return
             if dom.live is live_def:
-                find_interface(live_def, new).link_state = None if state == "up" else state
+                find_interface(live_def, new).link_state = link
                 self.driver.lifecycle.save_status(dom)
             out.resolve(None)
 
         dom.monitor.execute("set_link", {"name": naming.nic_ids(mac)[0],
                                          "up": state == "up"}).add_done_callback(done)
-        return out
+        return self.driver.registry.after_live(dom, out, change_config) if config else out
 
 
 def _unchanged_but_link(definition: DomainDef, new: Interface) -> Interface:

@@ -200,6 +200,31 @@ def test_nic_attach_keeps_a_title_set_meanwhile(daemon: DaemonProcess,
     assert inactive(running).findtext("title") == "set meanwhile"
 
 
+def test_update_device_sets_the_live_link_before_the_persistent_one(
+        daemon: DaemonProcess, running: Domain) -> None:
+    """``update-device --live --config`` of a NIC's link, as libvirt's
+    qemuDomainUpdateDeviceLiveAndConfig: the persistent definition changes once QEMU
+    has set the link (before, it was saved first, and kept the change when set_link
+    failed), made to it as it is then (a title set meanwhile stays)."""
+    nic = "<interface type='user'><mac address='52:54:00:0a:0b:0d'/></interface>"
+    running.attach_device(nic, BOTH)
+    down = nic.replace("</interface>", "<link state='down'/></interface>")
+    seen: list[str | None] = []
+
+    def meanwhile(dom: Domain) -> None:
+        link = inactive(dom).find("devices/interface/link")
+        seen.append(None if link is None else link.get("state"))
+        dom.set_metadata(TITLE, "set meanwhile", AFFECT_CONFIG)
+    error = while_waiting(daemon, "meanwhile", "set_link",
+                          lambda dom: dom.update_device(down, BOTH), meanwhile)
+    assert error is None
+    assert seen == [None]  # still up in the definition while QEMU had not answered
+    for root in (inactive(running), ET.fromstring(running.xml())):
+        link = root.find("devices/interface/link")
+        assert link is not None and link.get("state") == "down"
+    assert inactive(running).findtext("title") == "set meanwhile"
+
+
 def test_a_disk_qemu_refuses_changes_neither_definition(running: Domain,
                                                         tmp_path: Path) -> None:
     bad, good = tmp_path / "bad.qcow2", tmp_path / "good.img"
