@@ -343,6 +343,13 @@ def test_a_detach_the_guest_does_not_release_in_time_says_the_config_changed(
             path = "devices/disk" if device == "disk" else "devices/interface"
             assert inactive(dom).find(path) is None
             assert ET.fromstring(dom.xml()).find(path) is not None  # (not released)
+            if device == "interface":  # its link cannot change while it is unplugged
+                with pytest.raises(client.OperationInvalid,
+                                   match=f"domain 'unreleased' is busy: detach of "
+                                         f"interface {mac} in progress"):
+                    dom.update_device(xml.replace("</interface>",
+                                                  "<link state='down'/></interface>"),
+                                      AFFECT_LIVE)
             dom.destroy()
             dom.undefine()
     finally:
