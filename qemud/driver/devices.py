@@ -584,7 +584,10 @@ class Devices:
         steps: list[tuple[str, dict[str, Any]]] = [
             *(("blockdev-add", props) for props in nodes),
             ("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id,
-                            **slot_props(slot)}),
+                            **slot_props(slot),
+                            # (as at start: a reboot in place boots by it)
+                            **({} if disk.boot_order is None
+                               else {"bootindex": disk.boot_order})}),
         ]
         rollback = [("blockdev-del", {"node-name": node}),
                     ("blockdev-del", {"node-name": storage})]

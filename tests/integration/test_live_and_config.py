@@ -12,6 +12,7 @@ firmware.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -276,6 +277,28 @@ def test_a_disk_without_a_bus_gets_the_same_one_live_and_in_the_config(
     targets = {t.get("dev"): t.get("bus") for t in inactive(running).iterfind(
         "devices/disk/target")}
     assert targets == {"vdb": "virtio", "sdc": "scsi"}
+
+
+def test_a_hot_plugged_disk_is_plugged_as_one_the_guest_started_with(
+        running: Domain, tmp_path: Path) -> None:
+    """Its boot order is QEMU's bootindex (a reboot in place boots by it), as the start
+    gives every disk; its nodes are named as the start names them."""
+    image = tmp_path / "b.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    running.attach_device(
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='{image}'/><target dev='vdb' bus='virtio'/><boot order='2'/>"
+        "</disk>", AFFECT_LIVE)
+
+    def qmp(command: str, **arguments: Any) -> Any:
+        return json.loads(running.qemu_monitor_command(json.dumps(
+            {"execute": command, "arguments": arguments})))["return"]
+    assert qmp("qom-get", path="/machine/peripheral/disk-vdb", property="bootindex") == 2
+    [storage] = [n for n in qmp("query-named-block-nodes")
+                 if n["node-name"] == "drive-vdb-storage"]
+    assert storage["file"] == str(image)
+    assert qmp("qom-get", path="/machine/peripheral/disk-vdb", property="drive") == \
+        "drive-vdb-format"
 
 
 def disk_on(bus: str, path: Path, dev: str) -> str:
