@@ -255,7 +255,7 @@ def cmd_snapshot_revert(sh: Shell, args: Args) -> None:
     with sh.failing(f"Failed to revert domain '{dom.name}' to snapshot {name}"), \
             Progress(sh.err, f"Reverting domain '{dom.name}' to snapshot {name}"):
         dom.snapshot_revert(name, flags)
-    sh.print(f"Domain '{dom.name}' reverted to snapshot {name}")
+    # (virsh's cmdDomainSnapshotRevert prints nothing on success either)
 
 
 @command("snapshot-delete", "snapshot", "delete a domain snapshot", description=(
