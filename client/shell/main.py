@@ -96,11 +96,13 @@ def execute(sh: Shell, argv: Sequence[str]) -> bool:
 
 
 def run_commands(sh: Shell, commands: list[list[str]]) -> bool:
-    """Run commands in order, stopping at the first failure."""
+    """Run every command in order, as virsh's vshCommandRun: a failure is reported and
+    the next command runs (``destroy x; undefine x`` undefines a shut-off ``x``); the
+    outcome is the last command's (``quit`` and ``exit`` end the run)."""
+    ok = True
     for argv in commands:
-        if not execute(sh, argv):
-            return False
-    return True
+        ok = execute(sh, argv)
+    return ok
 
 
 def run_line(sh: Shell, line: str) -> bool:

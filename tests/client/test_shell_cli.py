@@ -164,9 +164,12 @@ def test_unknown_command_and_bad_options(daemon: DaemonProcess, qemush: Qemush) 
     assert proc.returncode == 1
     assert "error: unsupported option '--frobnicate'" in proc.stderr
 
-    # one-shot: the first failure stops the rest
+    # one-shot, as virsh: a failure does not stop the rest, the last one's status counts
     proc = qemush("-c", daemon.uri, "frobnicate; uri")
-    assert (proc.returncode, proc.stdout) == (1, "")
+    assert (proc.returncode, proc.stdout) == (0, "qemud:///session\n"), proc.stderr
+    assert proc.stderr == "error: unknown command: 'frobnicate'\n"
+    proc = qemush("-c", daemon.uri, "uri; frobnicate")
+    assert (proc.returncode, proc.stdout) == (1, "qemud:///session\n")
 
 
 def test_missing_domain(daemon: DaemonProcess, qemush: Qemush) -> None:
