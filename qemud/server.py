@@ -53,7 +53,7 @@ from protocol.payloads import ErrorPayload
 
 from .config import MAX_UNIX_PATH, Config
 from .dispatch import Deferred, Dispatcher, error_payload
-from .errors import OperationTimeout, QemudError
+from .errors import AuthFailed, OperationTimeout, QemudError
 from .loop import READ, WRITE, EventLoop, Timer
 from .transport import Transport, UnixTransport, WouldBlock
 
@@ -371,7 +371,9 @@ class Server:
             transport = UnixTransport(sock)
             cred = transport.peercred()
             identity = f"pid={cred.pid} uid={cred.uid}"
-        client = Client(self, transport, listener.kind, listener.readonly, identity)
+        # a TLS client is read-only until its certificate says otherwise (_handshake)
+        client = Client(self, transport, listener.kind,
+                        listener.readonly or not transport.handshake_done, identity)
         self.clients[client.id] = client
         if client.kind == "unix-ro":
             self.unix_ro_clients += 1
@@ -419,7 +421,11 @@ class Server:
         assert self.tls_identify is not None
         try:
             identity, readonly = self.tls_identify(cast("TLSTransport", client.transport))
-        except QemudError as exc:
+        except Exception as exc:  # whatever fails, the client is refused, never let in
+            if not isinstance(exc, QemudError):
+                client.log.exception("identifying TLS client %s failed", client.identity)
+                exc = AuthFailed(f"access denied: the client certificate cannot be "
+                                 f"read ({exc!r})")
             client.log.warning("TLS client %s refused: %s", client.identity, exc.message)
             self._queue(client, client.conn.send(ErrorReply(0, 0, error_payload(exc))))
             client.closing = True

@@ -114,31 +114,61 @@ def _check_validity(transport: Any) -> None:
     The handshake checks it, but only a full one: a resumed TLS session carries the
     certificate of the handshake it resumes (the server context turns resumption off;
     this holds whatever a client or an OpenSSL version negotiates)."""
-    cert = transport.tls.getpeercert()
-    if not cert:
-        return  # (no certificate: client_dn says so)
     try:
-        not_before = ssl.cert_time_to_seconds(cert["notBefore"])
-        not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+        not_before, not_after = _validity(transport)
     except (KeyError, TypeError, ValueError, ssl.SSLError) as exc:
         raise AuthFailed(f"access denied: the client certificate's validity period "
                          f"cannot be read ({exc!r})") from None
+    if not_before is None or not_after is None:
+        return  # (no certificate: client_dn says so)
     now = time.time()
     if now > not_after:
         raise AuthFailed(f"access denied: the client certificate has expired (not after "
-                         f"{cert['notAfter']})")
+                         f"{_utc(not_after)})")
     if now < not_before:
         raise AuthFailed(f"access denied: the client certificate is not valid yet (not "
-                         f"before {cert['notBefore']})")
+                         f"before {_utc(not_before)})")
+
+
+def _validity(transport: Any) -> tuple[float | None, float | None]:
+    """The client certificate's (notBefore, notAfter) as epoch seconds; (None, None)
+    without one. From the ``getpeercert()`` dict, else (a name OpenSSL verifies but
+    Python cannot turn into text: ``getpeercert()`` raises) from DER."""
+    try:
+        cert = transport.tls.getpeercert()
+    except (ValueError, ssl.SSLError) as exc:
+        log.debug("client certificate validity read from DER (%s)", exc)
+        der = transport.peer_certificate()
+        if not der:
+            return None, None
+        from cryptography import x509  # (rare: as for the DN, certs/dn.py)
+        parsed = x509.load_der_x509_certificate(der)
+        return (parsed.not_valid_before_utc.timestamp(),
+                parsed.not_valid_after_utc.timestamp())
+    if not cert:
+        return None, None
+    return (ssl.cert_time_to_seconds(cert["notBefore"]),
+            ssl.cert_time_to_seconds(cert["notAfter"]))
+
+
+def _utc(seconds: float) -> str:
+    """A validity bound as ``getpeercert()`` words it (``Jan  5 09:00:00 2027 GMT``)."""
+    return time.strftime("%b %e %H:%M:%S %Y GMT", time.gmtime(seconds))
 
 
 def identify_tls_client(config: Config, transport: Any) -> tuple[str, bool]:
-    """(identity, readonly) for a TLS client that completed its handshake."""
+    """(identity, readonly) for a TLS client that completed its handshake. Any failure
+    to read its certificate refuses it (AuthFailed): never a client let through
+    unidentified."""
     _check_validity(transport)
     try:
         dn = client_dn(transport)
     except CertError as exc:
         raise AuthFailed(f"access denied: no usable client certificate ({exc})") from None
+    except Exception as exc:  # (the DER fallback failing too: cryptography's errors)
+        log.warning("cannot read a client certificate's subject: %r", exc)
+        raise AuthFailed(f"access denied: the client certificate's subject cannot be "
+                         f"read ({exc!r})") from None
     role = allow_list(config).role_for(dn)
     if role is None:
         raise AuthFailed(f"access denied: certificate DN '{dn}' is not in the daemon's "

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import client
 from certs.issue import make_ca, make_client_cert, make_server_cert, write_cert, write_key
@@ -60,6 +62,42 @@ class PKI:
                 "key_file": d / "serverkey.pem"}
 
 
+def _der_tlv(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    length = bytes([size]) if size < 0x80 else \
+        bytes([0x80 | (size.bit_length() + 7) // 8]) + size.to_bytes((size.bit_length() + 7) // 8,
+                                                                      "big")
+    return bytes([tag]) + length + body
+
+
+def _der_span(data: bytes, at: int) -> tuple[int, int]:
+    """(start of the body, end) of the DER element at ``at``."""
+    size, body = data[at + 1], at + 2
+    if size & 0x80:
+        count = size & 0x7F
+        size, body = int.from_bytes(data[body:body + count], "big"), body + count
+    return body, body + size
+
+
+def unreadable_name_cert(ca_key: Any, ca_cert: x509.Certificate, cn: str
+                         ) -> tuple[Any, x509.Certificate]:
+    """A client certificate the CA signed whose CN is an ASN.1 ObjectDescriptor (tag 7)
+    instead of a UTF8String: OpenSSL verifies it, but neither Python's
+    ``getpeercert()`` nor ``cryptography`` can turn the subject into text."""
+    key, cert = make_client_cert(ca_key, ca_cert, cn, "Other")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    body, _ = _der_span(der, 0)
+    tbs_body, tbs_end = _der_span(der, body)
+    tbs = der[body:tbs_end]
+    utf8 = b"\x0c" + bytes([len(cn)]) + cn.encode()
+    assert tbs.count(utf8) == 1
+    tbs = tbs.replace(utf8, b"\x07" + utf8[1:])
+    algorithm_end = _der_span(der, tbs_end)[1]
+    signature = ca_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return key, x509.load_der_x509_certificate(_der_tlv(0x30, tbs + der[tbs_end:algorithm_end]
+                                                        + _der_tlv(0x03, b"\0" + signature)))
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     root = tmp_path_factory.mktemp("pki")
@@ -76,6 +114,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     p.client_dir("future", *make_client_cert(
         ca_key, ca_cert, "admin3", "Example", not_before=now + timedelta(days=1),
         not_after=now + timedelta(days=30)))
+    p.client_dir("unreadable", *unreadable_name_cert(ca_key, ca_cert, "zzweird"))
     other_key, other_ca = make_ca("some other CA")
     # signed by another CA, but trusts the daemon's CA (so only the daemon objects)
     p.client_dir("foreign", *make_client_cert(other_key, other_ca, "admin4", "Example"))

@@ -20,6 +20,7 @@ from protocol.constants import SUPPORTED_VERSIONS
 from tests.qemud.wire import RawClient
 from tests.tls.conftest import (
     HANDSHAKE_DEADLINE,
+    KEEPALIVE_INTERVAL,
     PKI,
     LogWatch,
     TLSDaemon,
@@ -61,6 +62,26 @@ def test_refused_certificate(tls_daemon: TLSDaemon, pki: PKI, name: str,
         _connect_with(tls_daemon, pki.clients[name])
     log.wait(log_says)
     assert "Traceback" not in log.text()
+    assert_served(tls_daemon, pki)
+
+
+def test_a_certificate_whose_subject_cannot_be_read_is_refused(
+        tls_daemon: TLSDaemon, pki: PKI) -> None:
+    """Signed by the CA, verified by OpenSSL, but its subject cannot be read as text:
+    refused. It was let in with the listener's full role: the exception left the
+    handshake, and the next keepalive ping armed the client's I/O."""
+    log = LogWatch(tls_daemon)
+    with pytest.raises(client.AuthError,
+                       match=r"access denied: the client certificate's subject cannot be "
+                             r"read"):
+        with client.connect(tls_daemon.tls_uri(pki.clients["unreadable"]),
+                            timeout=5) as conn:
+            conn.node_info()
+            time.sleep(2 * KEEPALIVE_INTERVAL)  # (past a ping: still not served)
+            conn.list_domains()
+    log.wait(rf"TLS client {ADDR} refused: access denied: the client certificate's "
+             r"subject cannot be read")
+    assert "unhandled error" not in log.text()
     assert_served(tls_daemon, pki)
 
 
