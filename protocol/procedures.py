@@ -235,7 +235,7 @@ _TABLE = [
     _call(P.DOMAIN_CHANGE_MEDIA, p.ChangeMediaArgs, Empty, mutates=True,
           doc="Insert (source set) or eject (source empty) CD-ROM media. Flags as "
               "DOMAIN_ATTACH_DEVICE, and 4 (VIR_DOMAIN_DEVICE_MODIFY_FORCE: the tray is "
-              "always opened, also when the guest locked it)."),
+              "opened also when the guest locked it; without it such a change fails)."),
     _call(P.DOMAIN_OPEN_CONSOLE, p.ConsoleArgs, Empty, mutates=True,
           doc="Open the serial console as a stream (STREAM frames with this call's serial)."),
     _call(P.DOMAIN_SNAPSHOT_CREATE, p.SnapshotCreateArgs, p.StringReply, mutates=True, doc=""),

@@ -79,7 +79,7 @@ from protocol import Procedure
 from protocol import payloads as pl
 from protocol.constants import EventId, LifecycleEvent
 from qemud.dispatch import Deferred
-from qemud.driver.devices import AFFECT_LIVE
+from qemud.driver.devices import AFFECT_LIVE, MODIFY_FORCE
 from qemud.errors import ConfigError, OperationInvalid, QemudError
 from qemud.loop import Timer
 from qemud.qemu import naming
@@ -776,7 +776,7 @@ class HotplugDuty:
         known.guest_size = known.size  # what QEMU opens; a change meanwhile follows after
         if cdrom is not None:
             self._run(dom, known, "attach", target, lambda: self.driver.devices.change_media(
-                dom, cdrom, known.devname, AFFECT_LIVE))
+                dom, cdrom, known.devname, AFFECT_LIVE | MODIFY_FORCE))
             return
         readonly = "<readonly/>" if known.rule.readonly else ""
         xml = (f"<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
@@ -789,7 +789,7 @@ class HotplugDuty:
     def _detach(self, dom: DomainObj, known: HostDevice, target: str) -> None:
         if known.rule.cdrom is not None:
             self._run(dom, known, "detach", target, lambda: self.driver.devices.change_media(
-                dom, target, "", AFFECT_LIVE))
+                dom, target, "", AFFECT_LIVE | MODIFY_FORCE))  # (the host's medium went)
             return
         xml = (f"<disk type='block' device='disk'><source dev='{_xml_attr(known.devname)}'/>"
                f"<target dev='{target}' bus='virtio'/></disk>")
@@ -817,7 +817,7 @@ class HotplugDuty:
         def start() -> Deferred | None:
             if cdrom is not None:  # a CD-ROM has no resize: the medium is inserted again
                 return self.driver.devices.change_media(dom, cdrom, known.devname,
-                                                        AFFECT_LIVE)
+                                                        AFFECT_LIVE | MODIFY_FORCE)
             node = naming.disk_node_names(target)[1]  # the format node, as libvirt does
             return monitor.execute("block_resize", {"node-name": node, "size": size * 512})
 

@@ -39,6 +39,7 @@ from qemud.dispatch import Deferred
 from qemud.errors import (
     ConfigUnsupported,
     InvalidArg,
+    OperationFailed,
     OperationInvalid,
     OperationTimeout,
     OperationUnsupported,
@@ -230,6 +231,11 @@ def _storage_driver(disk: Disk) -> str:
     return _STORAGE_DRIVERS[disk.type or "file"]
 
 
+#: ``dom.job`` while a CD-ROM's medium changes: "busy: media change in progress"
+MEDIA_JOB = "media change"
+#: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE: the tray opens also when the guest locked it
+MODIFY_FORCE = 4
+
 #: QEMU's storage driver by disk type
 _STORAGE_DRIVERS = {"file": "file", "block": "host_device"}
 
@@ -246,55 +252,97 @@ def _medium_kind(source: str) -> str | None:
         return None
 
 
-def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None) -> Task:
+def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None,
+                   force: bool) -> Task:
     """``source`` (of ``kind``: see :func:`_medium_kind`) into the CD-ROM drive ``disk``
-    ("": none), as libvirt changes a medium on a ``-blockdev`` drive: tray open, medium
-    out, its block nodes closed (they are the monitor's: QEMU would keep the file open,
-    and its lock, until the guest stops), the new medium's nodes opened under the
-    drive's node names, in, tray closed. Should the new medium not open or go in, the
-    old one is put back."""
+    ("": none), as libvirt changes a medium on a ``-blockdev`` drive
+    (qemuDomainChangeMediaBlockdev): the new medium's nodes are opened first, under the
+    drive's other pair of node names (a medium QEMU cannot open changes nothing, the
+    guest sees no tray move); then tray open (``force``: also when the guest locked
+    it), medium out, the new one in, tray closed; then the old medium's nodes are
+    closed (they are the monitor's: QEMU would keep the file open, and its lock, until
+    the guest stops). Should the new medium not go in, the old one, still open, is put
+    back."""
     target = str(disk.target_dev)
     device_id = naming.disk_device_id(target)
-    storage, node = naming.disk_node_names(target)
-    fmt = disk.driver_type or "raw"
-
-    def nodes(path: str, kind: str | None) -> list[dict[str, object]]:
-        driver = _STORAGE_DRIVERS[kind] if kind is not None else _storage_driver(disk)
-        return blockdev_nodes(driver, path, fmt, storage, node, readonly=True)
-
-    def close_nodes() -> Task:
-        for name in (node, storage):
-            try:
-                yield monitor.execute("blockdev-del", {"node-name": name})
-            except QemudError as exc:  # (none of that name: nothing to close)
-                log.debug("media change of %s: blockdev-del %s: %s", target, name,
-                          exc.message)
-
-    def insert(path: str, kind: str | None) -> Task:
-        for props in nodes(path, kind):
-            yield monitor.execute("blockdev-add", props)
-        yield monitor.execute("blockdev-insert-medium", {"id": device_id,
-                                                         "node-name": node})
-
-    yield monitor.execute("blockdev-open-tray", {"id": device_id, "force": True})
-    yield monitor.execute("blockdev-remove-medium", {"id": device_id})
-    yield from close_nodes()
+    pairs = [naming.disk_node_names(target, medium) for medium in (0, 1)]
+    inserted = _inserted_node((yield monitor.execute("query-block")), device_id)
+    named = {str(n.get("node-name")) for n in
+             (yield monitor.execute("query-named-block-nodes", {"flat": True}))
+             if isinstance(n, dict)}
+    old = next((pair for pair in pairs if pair[1] == inserted), None)
+    # the other pair (the start's, unless it holds the medium); nodes of it still open
+    # (left by a failure, or by an older daemon's blockdev-change-medium) go first
+    new = pairs[1] if old is pairs[0] else pairs[0]
+    for name in (new[1], new[0]):
+        if name in named:
+            yield from _close_node(monitor, name, target)
     if source:
+        driver = _STORAGE_DRIVERS[kind] if kind is not None else _storage_driver(disk)
+        opened: list[str] = []
         try:
-            yield from insert(source, kind)
+            for props in blockdev_nodes(driver, source, disk.driver_type or "raw", *new,
+                                        readonly=True):
+                yield monitor.execute("blockdev-add", props)
+                opened.append(str(props["node-name"]))
         except QemudError:
-            yield from close_nodes()
-            if disk.source:
-                try:
-                    yield from insert(disk.source, None)  # the old medium back
-                except QemudError as again:
-                    log.warning("media change of %s: the medium %s could not be put back "
-                                "either: %s (the drive is empty)", target, disk.source,
-                                again.message)
-                    disk.source = None
-            yield monitor.execute("blockdev-close-tray", {"id": device_id})
+            for name in reversed(opened):
+                yield from _close_node(monitor, name, target)
+            raise  # (nothing changed: the old medium stays in, the tray shut)
+    yield monitor.execute("blockdev-open-tray", {"id": device_id, "force": force})
+    try:
+        try:
+            yield monitor.execute("blockdev-remove-medium", {"id": device_id})
+        except QemudError as exc:
+            if "is not open" in exc.message:  # (a tray the guest locked, no force)
+                raise OperationFailed(f"the guest has locked the tray of CD-ROM {target}: "
+                                      "the medium was not changed (--force opens it "
+                                      "anyway)") from None
             raise
-    yield monitor.execute("blockdev-close-tray", {"id": device_id})
+        if source:
+            yield monitor.execute("blockdev-insert-medium", {"id": device_id,
+                                                             "node-name": new[1]})
+    except QemudError:
+        if old is not None:  # (still open: back in, if it went out)
+            try:
+                yield monitor.execute("blockdev-insert-medium", {"id": device_id,
+                                                                 "node-name": old[1]})
+            except QemudError:
+                pass
+        try:
+            yield monitor.execute("blockdev-close-tray", {"id": device_id})
+        except QemudError:
+            pass
+        if source:
+            for name in (new[1], new[0]):
+                yield from _close_node(monitor, name, target)
+        raise
+    try:
+        yield monitor.execute("blockdev-close-tray", {"id": device_id})
+    except QemudError as exc:  # (the medium is in: the change happened)
+        log.warning("media change of %s: the tray did not close: %s", target, exc.message)
+    if old is not None:
+        for name in (old[1], old[0]):
+            yield from _close_node(monitor, name, target)
+
+
+def _inserted_node(answer: Any, device_id: str) -> str | None:
+    """The node ``query-block`` says is in the drive ``device_id`` (None: empty)."""
+    for entry in answer if isinstance(answer, list) else []:
+        if isinstance(entry, dict) and device_id in str(entry.get("qdev") or "").split("/"):
+            inserted = entry.get("inserted")
+            return str(inserted.get("node-name")) if isinstance(inserted, dict) else None
+    return None
+
+
+def _close_node(monitor: Monitor, name: str, target: str) -> Task:
+    """``blockdev-del`` of a medium's node; a failure is logged (the node stays open
+    until the guest stops), never the media change's."""
+    try:
+        yield monitor.execute("blockdev-del", {"node-name": name})
+    except QemudError as exc:
+        log.warning("media change of %s: cannot close block node %s: %s", target, name,
+                    exc.message)
 
 
 def _chain(node: dict[str, Any]) -> list[str]:
@@ -998,7 +1046,9 @@ class Devices:
         drive first; the persistent definition changes once QEMU has done it (a refused
         medium changes neither), made to that definition as it is then. The live change
         is refused while a job runs (a save would restore the medium its image
-        recorded at its start)."""
+        recorded at its start) and is one itself (``dom.job``: a second change, a save
+        or a snapshot meanwhile is refused as busy). Without ``MODIFY_FORCE`` a tray the
+        guest locked stays shut and the change fails."""
         live, config = self._targets(dom, flags)
         if live:
             self._require_live_change(dom)
@@ -1021,13 +1071,18 @@ class Devices:
         assert dom.live is not None and dom.monitor is not None
         disk = self._cdrom(dom.live, target, dom.name)
         monitor, live_def = dom.monitor, dom.live
+        dom.job = MEDIA_JOB  # (one change at a time, and no save or snapshot meanwhile)
 
         def changed(d: Deferred) -> None:
             if dom.live is live_def:  # (not stopped meanwhile)
+                if dom.job == MEDIA_JOB:
+                    dom.job = None
                 if d.error is None:
                     disk.change_medium(source or None, kind)
-                self.driver.lifecycle.save_status(dom)  # (a failure may have emptied it)
-        result = run_task(self.driver.loop, _change_medium(monitor, disk, source, kind),
+                    self.driver.lifecycle.save_status(dom)
+        result = run_task(self.driver.loop,
+                          _change_medium(monitor, disk, source, kind,
+                                         force=bool(flags & MODIFY_FORCE)),
                           f"the media change of {target} in '{dom.name}'")
         result.add_done_callback(changed)
         return self.driver.registry.after_live(dom, result, insert) if config else result

@@ -44,7 +44,7 @@ from qemud.qemu.qmp import QMPEvent
 
 from .blockinfo import BlockInfo
 from .console import CONSOLE_FORCE, CONSOLE_SAFE, ConsoleManager
-from .devices import AFFECT_CONFIG, AFFECT_LIVE, Devices
+from .devices import AFFECT_CONFIG, AFFECT_LIVE, MODIFY_FORCE, Devices
 from .discard import remove_discarded_below
 from .domain import DomainObj, StopIntent
 from .filewrites import FileWrites
@@ -65,7 +65,7 @@ from .saving import START_FORCE_BOOT, Saving
 from .screenshot import Screenshots
 from .stats import domain_stats, node_cpu_stats, node_memory_stats, node_stats
 from .store import DomainStore
-from .update import MODIFY_FORCE, DeviceUpdate
+from .update import DeviceUpdate
 
 if TYPE_CHECKING:
     from qemud.daemon import Daemon

@@ -19,6 +19,7 @@ from qemud.dispatch import Deferred, Handler
 from qemud.errors import OperationInvalid, OperationUnsupported
 from qemud.qemu import naming
 
+from .devices import MODIFY_FORCE
 from .flags import check_flags
 from .nics import find_interface
 from .resources import AFFECT_CONFIG, AFFECT_LIVE
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DeviceUpdate", "set_link_states"]
 
-#: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE (a CD-ROM's medium goes even if locked)
-MODIFY_FORCE = 4
 
 #: (attribute, libvirt's name for it) of what an interface update may not change
 _FIXED = (("type", "type"), ("model", "model"), ("source_bridge", "source bridge"),

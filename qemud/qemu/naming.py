@@ -115,10 +115,14 @@ def disk_index(target_dev: str) -> int | None:
     return None if parsed is None else parsed[1]
 
 
-def disk_node_names(target_dev: str) -> tuple[str, str]:
-    """Block node names ``(storage, format)`` for the disk ``target_dev``."""
-    storage, fmt = f"drive-{target_dev}-storage", f"drive-{target_dev}-format"
-    if not is_valid_id(fmt) or len(fmt) > _NODE_NAME_MAX:
+def disk_node_names(target_dev: str, medium: int = 0) -> tuple[str, str]:
+    """Block node names ``(storage, format)`` for the disk ``target_dev``. A CD-ROM's
+    media alternate between the start's pair (``medium`` 0) and a second one (1), so
+    that a new medium's nodes are open before the old one's close."""
+    suffix = str(medium) if medium else ""
+    storage = f"drive-{target_dev}-storage{suffix}"
+    fmt = f"drive-{target_dev}-format{suffix}"
+    if not all(is_valid_id(name) and len(name) <= _NODE_NAME_MAX for name in (storage, fmt)):
         raise ValueError(f"target dev {target_dev!r} does not make a valid node name")
     return storage, fmt
 

@@ -6,6 +6,7 @@ its own guest name so they do not interfere.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -343,10 +344,21 @@ def test_a_medium_change_closes_the_old_medium_and_a_bad_one_keeps_it(
         dom.change_media("hdc", str(new))
         serial.wait_for(r"sr0:4096", start=mark)  # 2 MiB = 4096 sectors of 512 bytes
         assert str(new) in open_files(pid) and str(old) not in open_files(pid)
+        # a medium QEMU cannot open changes nothing, also for the guest (no tray move),
+        # even with the medium in the drive gone from the host meanwhile (its nodes are
+        # still open: nothing reopens it by its path)
+        new.unlink()
         missing = tmp_path / "missing.iso"
+        mark = serial.mark()
         with pytest.raises(client.RemoteError, match=str(missing)):
             dom.change_media("hdc", str(missing))
-        assert str(new) in dom.xml() and str(new) in open_files(pid)
+        assert str(new) in dom.xml() and f"{new} (deleted)" in open_files(pid)
+        [drive] = [d for d in json.loads(dom.qemu_monitor_command(
+            '{"execute": "query-block"}'))["return"] if d["qdev"].endswith("disk-hdc")]
+        assert drive["tray_open"] is False and drive["inserted"]["file"] == str(new)
+        serial.send("ping")  # (the guest's next line comes after any media event)
+        serial.wait_for(r"QEMUD-PONG", start=mark)
+        assert "sr0:" not in serial.text[mark:]
         mark = serial.mark()
         dom.change_media("hdc", None)
         serial.wait_for(r"sr0:0", start=mark)

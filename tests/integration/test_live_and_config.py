@@ -226,6 +226,42 @@ def test_update_device_sets_the_live_link_before_the_persistent_one(
     assert inactive(running).findtext("title") == "set meanwhile"
 
 
+def test_a_media_change_is_one_at_a_time(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A media change is several QMP steps (new nodes, tray, old nodes): while one waits
+    for QEMU, a second change of the domain's media, a save or a snapshot is refused as
+    busy (two that overlapped emptied the drive and left the old medium open)."""
+    one, two = tmp_path / "one.iso", tmp_path / "two.iso"
+    for path in (one, two):
+        path.write_bytes(b"\0" * 65536)
+    cdrom = ("<disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/>"
+             "</disk>")
+    with daemon.connect() as conn:
+        dom = conn.define_xml(bare_xml("media").replace("<os>",
+                                                        f"<devices>{cdrom}</devices><os>"))
+        dom.create()
+        try:
+            refusals: list[str] = []
+
+            def meanwhile(other: Domain) -> None:
+                for call in (lambda: other.change_media("sda", str(two), AFFECT_LIVE),
+                             lambda: other.managed_save()):
+                    with pytest.raises(client.OperationInvalid) as info:
+                        call()
+                    refusals.append(str(info.value))
+            error = while_waiting(daemon, "media", "query-block",
+                                  lambda d: d.change_media("sda", str(one), AFFECT_LIVE),
+                                  meanwhile)
+            assert error is None
+            assert refusals == ["Requested operation is not valid: domain 'media' is "
+                                "busy: media change in progress"] * 2
+            assert f"<source file='{one}'/>" in dom.xml()
+            dom.change_media("sda", str(two), AFFECT_LIVE)  # (the job is over)
+            assert f"<source file='{two}'/>" in dom.xml()
+        finally:
+            dom.destroy()
+            dom.undefine()
+
+
 def test_a_disk_qemu_refuses_changes_neither_definition(running: Domain,
                                                         tmp_path: Path) -> None:
     bad, good = tmp_path / "bad.qcow2", tmp_path / "good.img"

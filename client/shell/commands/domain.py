@@ -16,6 +16,7 @@ from ...domain import (
     AFFECT_CONFIG,
     AFFECT_LIVE,
     DESTROY_GRACEFUL,
+    MODIFY_FORCE,
     START_FORCE_BOOT,
     START_PAUSED,
     START_RESET_NVRAM,
@@ -644,12 +645,14 @@ def cmd_restore(sh: Shell, args: Args) -> None:
     "As virsh, --insert refuses a drive that has media and --eject one that has none "
     "(checked in the persistent definition with --config, else the live one). With "
     "--live --config the running drive changes first, the persistent definition once "
-    "QEMU took the medium."),
+    "QEMU took the medium. A tray the guest locked stays shut (the change fails) unless "
+    "--force."),
     args=(DOM, Arg("path", "fully-qualified path or target of disk device"),
           Arg("source", "source of the media", required=False, complete=FILE)),
     opts=(Opt("eject", "eject the media"), Opt("insert", "insert the media"),
           Opt("update", "update the media"), LIVE, CONFIG, CURRENT,
-          Opt("force", "(accepted for virsh compatibility)")))
+          Opt("force", "force media changing (open the tray also when the guest "
+                       "locked it)")))
 def cmd_change_media(sh: Shell, args: Args) -> None:
     actions = [a for a in ("eject", "insert", "update") if args.flag(a)]
     if len(actions) > 1:
@@ -671,6 +674,8 @@ def cmd_change_media(sh: Shell, args: Args) -> None:
             raise CommandError(f"The disk device '{target}' doesn't have media")
         if action == "insert" and has_media:
             raise CommandError(f"The disk device '{target}' already has media")
+    if args.flag("force"):
+        flags |= MODIFY_FORCE
     with sh.failing(f"Failed to complete action {action} on media"):
         dom.change_media(target, source if action != "eject" else None, flags)
     words = {"eject": "ejected", "insert": "inserted", "update": "updated"}
