@@ -235,13 +235,15 @@ class Firmware:
             # the child is killed; one a hung mount holds in the kernel ends later
             # (copied() then only closes the template), and the start fails now, no
             # longer busy. Once the copy is whole its landing (the fsyncs, the link)
-            # goes on: a complete file at the path is as good as none to the next start
+            # goes on: a complete file at the path is as good as none to the next start;
+            # ``settled`` says when it is there (the domain stays busy until then)
             if result.done:
                 return
             if not landing:
                 deadline.cancel()
                 child.kill()
                 temp.abandon()
+                result.settled.resolve(None)
             result.fail(error)
         result = NvramCopy(stop)
         deadline = self.driver.loop.call_later(NVRAM_COPY_TIMEOUT, lambda: stop(
@@ -264,6 +266,7 @@ class Firmware:
                                           f"of {size} (the template changed meanwhile)")
             except (QemudError, OSError) as exc:
                 temp.abandon()
+                result.settled.resolve(None)
                 reason = exc.detail if isinstance(exc, QemudError) else exc.strerror or exc
                 result.fail(SystemCallFailed(f"Failed to create NVRAM file '{path}': "
                                              f"{reason}", domain=ErrorDomain.QEMU))
@@ -272,6 +275,7 @@ class Firmware:
             land_async(self.driver.fsync, temp, landed)
 
         def landed(error: BaseException | None) -> None:
+            result.settled.resolve(None)
             if error is None:
                 log.info("%s NVRAM %s from %s", "reset" if replace else "created", path,
                          template)
@@ -347,17 +351,21 @@ class Firmware:
 
 
 class NvramCopy(Deferred):
-    """:meth:`Firmware.create_nvram`'s Deferred, which its caller can end early."""
+    """:meth:`Firmware.create_nvram`'s Deferred, which its caller can end early;
+    ``settled`` resolves once nothing of the copy is under way any more (after a
+    :meth:`cancel` that came while a whole copy was landing: once it has landed)."""
 
-    __slots__ = ("_stop",)
+    __slots__ = ("_stop", "settled")
 
     def __init__(self, stop: Callable[[QemudError], None]) -> None:
         super().__init__()
         self._stop = stop
+        self.settled = Deferred()
 
     def cancel(self, error: QemudError) -> None:
         """Fail with ``error`` now: a copy still running is killed and its temp file
-        removed (a copy already whole lands all the same); nothing if done."""
+        removed (a copy already whole lands all the same: see ``settled``); nothing if
+        done."""
         self._stop(error)
 
 

@@ -235,11 +235,19 @@ class Lifecycle:
         self.nvram_waits[dom.uuid] = (nvram, what)
         result = Deferred()
 
-        def ready(d: Deferred) -> None:
-            if marked:
+        def unmark(_: object = None) -> None:
+            if marked and registry.operations.get(dom.uuid) == START_BUSY:
                 registry.operations.pop(dom.uuid, None)
+
+        def ready(d: Deferred) -> None:
             if self.nvram_waits.get(dom.uuid, (None,))[0] is nvram:
                 del self.nvram_waits[dom.uuid]
+            if d.error is not None:
+                # (cut short while a whole copy lands: busy until the file is there, so
+                # that an undefine or rename meanwhile does not miss it)
+                nvram.settled.add_done_callback(unmark)
+            else:
+                unmark()
             error = d.error
             if error is None and not registry.holds(dom):  # (nothing should do it, but)
                 error = StartInterrupted(f"domain '{dom.name}' was undefined during its "

@@ -9,6 +9,7 @@ QEMU runs, nothing needs to boot.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -250,8 +251,8 @@ def test_a_destroy_while_the_copy_waits_ends_the_start(
     """The copy (``dd``) held before it runs: a destroy (plain or graceful) kills it and
     ends the start at once, as libvirt's destroy ends a start at any step: the start
     fails saying so, the domain is shut off (destroyed, with the STOPPED event), no
-    temp file is left and nothing is copied later; a transient guest goes, a managed
-    save image whose restore waited stays. The next start copies and runs."""
+    temp file is left and the copy is killed before it copied; a transient guest goes,
+    a managed save image whose restore waited stays. The next start copies and runs."""
     (tmp_path / "held-dd").mkdir()
     held = HeldQemuImg.install(tmp_path / "held-dd", "dd")
     d = daemon_factory(env={"PATH": held.path_env()})
@@ -282,6 +283,9 @@ def test_a_destroy_while_the_copy_waits_ends_the_start(
                 assert event is not None and event.domain.name == who
                 assert (event.event, event.detail) == (LifecycleEvent.STOPPED,
                                                        StoppedDetail.DESTROYED)
+                # the copy was killed while held (still holding it: so it never ran dd)
+                wait_for(lambda: not _running(held.bin_dir / "dd"), timeout=10,
+                         message="the held copy killed")
             finally:
                 held.release()
             assert qemu_pids(who) == []
@@ -305,7 +309,9 @@ def test_a_destroy_after_the_copy_is_whole_lets_the_file_land(
         slowfs: SlowFS, daemon_factory: DaemonFactory) -> None:
     """The copy has run and its fsync waits for the disk: a destroy ends the start the
     same way, and the whole copy still lands (a complete file is what the next start
-    would write), which that start then uses as it is."""
+    would write), which that start then uses as it is. Until it has landed the domain
+    stays busy: an undefine meanwhile (which, without --nvram, checks for the file
+    that is not there yet) would leave it behind for a later domain of that name."""
     d = on_slowfs(slowfs, daemon_factory)
     name = guest_name("nvland")
     nvram = slowfs.backing / "state" / "nvram" / f"{name}_VARS.fd"
@@ -317,7 +323,12 @@ def test_a_destroy_after_the_copy_is_whole_lets_the_file_land(
                                match=f"domain '{name}' was destroyed during its start"):
                 start.wait()
             assert dom.state() == (client.DomainState.SHUTOFF, ShutoffReason.DESTROYED)
+            with pytest.raises(client.OperationInvalid,
+                               match=f"domain '{name}' is busy: start in progress"):
+                dom.undefine()
         wait_for(nvram.exists, timeout=30, message="the copy landed")
+        wait_for(lambda: _undefine_refused_for_nvram(dom), timeout=30,
+                 message="the domain no longer busy")
         assert nvram.read_bytes() == OVMF_VARS.read_bytes()
         before = nvram.stat().st_ino
         dom.create(PAUSED)
@@ -326,3 +337,20 @@ def test_a_destroy_after_the_copy_is_whole_lets_the_file_land(
         dom.destroy()
     assert sorted(p.name for p in nvram.parent.iterdir()) == [nvram.name]
     assert_log_clean(d)
+
+
+def _undefine_refused_for_nvram(dom: client.Domain) -> bool:
+    """Whether an undefine (without --nvram) is refused for the NVRAM file, not as busy."""
+    try:
+        dom.undefine()
+    except client.OperationInvalid as exc:
+        if "busy" in str(exc):
+            return False
+        assert "cannot undefine domain with nvram" in str(exc), exc
+        return True
+    raise AssertionError("undefined, its NVRAM file left behind")
+
+
+def _running(program: Path) -> bool:
+    """Whether a process runs ``program`` (a script: it is in the command line)."""
+    return subprocess.run(["pgrep", "-f", str(program)], capture_output=True).returncode == 0
