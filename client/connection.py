@@ -70,9 +70,10 @@ class EventRecord:
     uri: str = ""  # metadata-change: the namespace of an ELEMENT ("" otherwise)
 
 
-#: events kept for a registration whose callback is not stored yet (it is, right after
-#: the registration's reply: only a burst that comes with that reply waits here)
-MAX_EARLY_EVENTS = 10_000
+#: events kept, in all, for registrations whose callback is not stored yet (it is right
+#: after the registration's reply: only a burst that comes with that reply waits here;
+#: a registration whose caller was interrupted before it stored one keeps no more)
+MAX_EARLY_EVENTS = 1_000
 
 NodeInfo = pl.NodeInfoReply
 ClientInfo = pl.ClientInfo
@@ -461,9 +462,8 @@ class Connection:
             if body.callback_id in self._callbacks:
                 self._route(self._callbacks[body.callback_id], record)
             else:  # its registration's reply came first: register_event routes it
-                early = self._early.setdefault(body.callback_id, [])
-                if len(early) < MAX_EARLY_EVENTS:
-                    early.append(record)
+                if sum(map(len, self._early.values())) < MAX_EARLY_EVENTS:
+                    self._early.setdefault(body.callback_id, []).append(record)
 
     def _route(self, callback: Callable[[EventRecord], None] | None,
                record: EventRecord) -> None:
