@@ -46,7 +46,7 @@ from qemud.qemu.errors import QemuError
 
 from .domain import DomainObj
 from .persist import PersistentWrites
-from .rename import recover
+from .rename import drop_finished_record, recover
 from .store import NAME_MAX, DomainStore, commit_async, sync_directory_async
 
 __all__ = ["Registry"]
@@ -331,6 +331,7 @@ class Registry:
         if not dom.persistent:
             raise OperationInvalid("cannot set autostart for transient domain")
         self.require_no_operation(dom)  # (a rename moves the flag, an update redefines)
+        drop_finished_record(self.store, dom.uuid)
         name = dom.name
         out = Deferred()
         if not enabled:

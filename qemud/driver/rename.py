@@ -73,7 +73,8 @@ if TYPE_CHECKING:
     from .domain import DomainObj
     from .driver import QemuDriver
 
-__all__ = ["Renamer", "RenamePlan", "recover", "JOURNAL_PREFIX", "RENAME_BUSY"]
+__all__ = ["Renamer", "RenamePlan", "recover", "drop_finished_record", "JOURNAL_PREFIX",
+           "RENAME_BUSY"]
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +332,10 @@ def recover(store: DomainStore) -> None:
             log.error("cannot read the rename record %s: %s (left in place)", path, exc)
             continue
         committed = _committed(store, plan)
-        if not committed and not _names_uuid(store.definition_path(plan.old), plan.uuid):
-            # neither name's definition is the domain's: it was renamed, its clean-up
-            # failed, and it was undefined since; there is nothing to finish or undo
+        if not committed and not store.definition_path(plan.old).exists():
+            # no definition of the new name names the domain and the old name has none:
+            # it was renamed, its clean-up failed, and it was undefined since; there is
+            # nothing to finish or undo
             log.warning("domain '%s' (uuid %s): the record %s of its rename to '%s' is "
                         "left from a rename whose domain has been undefined since: "
                         "removed", plan.old, plan.uuid, path, plan.new)
@@ -350,6 +352,25 @@ def recover(store: DomainStore) -> None:
         log.warning("domain '%s' (uuid %s): a rename to '%s' was interrupted; %s", plan.old,
                     plan.uuid, plan.new, f"finished: the domain is '{plan.new}'" if committed
                     else f"undone: the domain is '{plan.old}'")
+
+
+def drop_finished_record(store: DomainStore, uuid: str) -> None:
+    """Before an autostart change of the domain ``uuid``: a rename record its failed
+    clean-up left, with only the new name's autostart flag still to write (committed,
+    the old definition gone), is dropped, so that the next start does not write the
+    flag the rename planned over the admin's choice. (A record whose old definition
+    is still there stays: the next start must remove that.)"""
+    path = journal_path(store, uuid)
+    try:
+        plan = RenamePlan.from_json(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, TypeError):
+        return  # (the next start says what is wrong with it)
+    if _committed(store, plan) and not _names_uuid(store.definition_path(plan.old), uuid):
+        _remove(path)
+        log.info("domain '%s': the record of its rename from '%s' is dropped: its autostart "
+                 "is set anew", plan.new, plan.old)
 
 
 # -- the procedure ---------------------------------------------------------------------------
