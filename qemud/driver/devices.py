@@ -480,6 +480,8 @@ class Devices:
                                    f"'{dom.name}'")
         if config:  # (refused before a live half is made: save_persistent would refuse)
             self.driver.registry.require_no_operation(dom)
+            for guard in self.driver.config_change_guards:
+                guard(dom)
         return live, config
 
     # -- attach --------------------------------------------------------------------------

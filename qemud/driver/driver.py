@@ -145,6 +145,11 @@ class QemuDriver:
         #: it, or --config; a define without it); the snapshot duty records an unplugged
         #: disk's last image
         self.disk_removed_hooks: list[Callable[[DomainObj], None]] = []
+        #: checks a change of a domain's devices in its persistent definition (attach,
+        #: detach, update or change-media --config; a define over it) must pass first,
+        #: raising to refuse it (the snapshot duty: not during a snapshot job, whose
+        #: metadata write would drop what the change recorded)
+        self.config_change_guards: list[Callable[[DomainObj], None]] = []
         #: the appliance layer's long operations on domains (``Registry.operations``)
         self.busy = self.registry.operations
         self._restart_after_stop: set[str] = set()
@@ -403,7 +408,8 @@ class QemuDriver:
             if existing is not None:
                 self.registry.require_no_operation(existing)
         defined = Deferred()
-        self.registry.define(args.xml, self.devices.disk_removed).chain(
+        self.registry.define(args.xml, self.devices.disk_removed,
+                             guards=self.config_change_guards).chain(
             defined, lambda dom: pl.DomainReply(dom.ref()))
         return defined
 

@@ -15,7 +15,7 @@ import os
 import platform
 import stat
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from protocol.constants import (
@@ -262,7 +262,8 @@ class Registry:
         return same_name
 
     def define(self, xml: str, disk_removed: Callable[[DomainObj], None] | None = None, *,
-               claimed: bool = False) -> Deferred:
+               claimed: bool = False,
+               guards: Sequence[Callable[[DomainObj], None]] = ()) -> Deferred:
         """Define (or redefine) a persistent domain from ``xml``; the Deferred resolves
         with the domain once its definition is on disk, durably.
 
@@ -274,9 +275,14 @@ class Registry:
         drops a disk target the persistent definition had (the driver's disk-removed
         hooks: the snapshot duty records the image that disk used last, as after a
         detach). ``claimed``: the caller holds the name's reservation (a deploy).
+        ``guards``: checks a redefine of an existing domain must pass (the driver's
+        ``config_change_guards``).
         """
         definition = self.parse(xml)
         existing = self.check_clash(definition, claimed)  # refused before anything is written
+        if existing is not None:
+            for guard in guards:
+                guard(existing)
         name = definition.name
         stale = (existing is None or not existing.persistent) and self.store.autostart(name)
         try:

@@ -31,6 +31,7 @@ from tests.helpers.held_qemu_img import HeldQemuImg
 from tests.helpers.procs import wait_exited
 from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
+from tests.integration.domains import bare_xml
 
 from .snapshot_guests import Guest, disk_source, disk_xml, make_image, qemu_io_write
 
@@ -300,3 +301,57 @@ def test_killed_offline_merge_is_a_failed_merge(qemud: DaemonProcess, tools: Too
         except client.QemudClientError:
             pass
         g.close()
+
+
+def test_disk_config_changes_wait_for_a_snapshot_job(qemud: DaemonProcess, tools: Tools,
+                                                     tmp_path: Path) -> None:
+    """A revert of a shut-off domain holds its metadata from its start to its end; a
+    ``detach-device --config`` of a disk meanwhile recorded the disk's image as unplugged,
+    the revert then wrote its own metadata over that and removed the image as unused.
+    Such a change (and a define over the domain) is refused as busy while the job runs;
+    afterwards it works, and the detached disk's image is kept."""
+    vda, vdb = make_image(tmp_path / "a.qcow2"), make_image(tmp_path / "b.qcow2")
+    second = disk_xml(vdb, dev="vdb")
+    xml = bare_xml("snap-busy").replace(
+        "<os>", f"<devices>{disk_xml(vda)}{second}</devices><os>")
+    with qemud.connect() as conn:
+        dom = conn.define_xml(xml)
+        try:
+            dom.snapshot_create("s1")
+            top = disk_source(dom.xml(INACTIVE), "vdb")
+            qemu_io_write(top, "K")  # what vdb holds since s1
+            without_vdb = _without_disk(dom.xml(INACTIVE), "vdb")
+            tools.held.start_holding()
+            thread, outcome = in_thread(
+                lambda: qemud.connect().lookup_by_name("snap-busy").snapshot_revert("s1"))
+            try:
+                wait_for(tools.held.held.exists, 30, message="the revert's qemu-img held")
+                for change in (lambda: dom.detach_device(second, client.AFFECT_CONFIG),
+                               lambda: conn.define_xml(without_vdb)):
+                    with pytest.raises(OperationInvalid,
+                                       match="domain 'snap-busy' is busy: snapshot-revert "
+                                             "in progress"):
+                        change()
+            finally:
+                tools.held.release()
+                thread.join(120)
+            assert outcome.get("error") is None, outcome
+            reverted = disk_source(dom.xml(INACTIVE), "vdb")  # vdb's image since the revert
+            dom.detach_device(second, client.AFFECT_CONFIG)  # (the job is over)
+            assert [s.name for s in dom.snapshots()] == ["s1"]
+            assert Path(reverted).is_file()  # the detached disk's image is kept
+        finally:
+            for s in dom.snapshots():
+                dom.snapshot_delete(s.name)
+            dom.undefine()
+
+
+def _without_disk(xml: str, target: str) -> str:
+    """The domain XML ``xml`` without its disk ``target``."""
+    from lxml import etree
+    root = etree.fromstring(xml.encode())
+    for disk in root.iter("disk"):
+        found = disk.find("target")
+        if found is not None and found.get("dev") == target:
+            disk.getparent().remove(disk)
+    return etree.tostring(root, encoding="unicode")

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from protocol import Procedure
 from qemud.driver.discard import remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
-from qemud.errors import QemudError
+from qemud.errors import OperationInvalid, QemudError
+
+from .base import JobToken
 
 if TYPE_CHECKING:
     from protocol import payloads as pl
@@ -61,6 +63,7 @@ class SnapshotDuty:
         # the driver's handlers are registered before the appliance's: check them first
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefine)
         self.driver.disk_removed_hooks.append(self.disk_removed)
+        self.driver.config_change_guards.append(self.no_snapshot_job)
         self.driver.stop_hooks.append(self.on_stop)
         # before any re-attached guest's QMP is up (it connects from the loop)
         self.driver.lifecycle.reattach_hooks.append(self.reattached)
@@ -104,6 +107,17 @@ class SnapshotDuty:
         self.driver.firmware.check_undefine(dom, args.flags)
         self.ops.reverting.before_undefine(dom, args.flags)
         return inner(ctx, args)
+
+    def no_snapshot_job(self, dom: DomainObj) -> None:
+        """Refuse a change of ``dom``'s devices in its persistent definition while a
+        snapshot create, revert or delete runs on it (or still writes its definition
+        before its metadata): the job writes the metadata it read at its start, and a
+        detached disk's image the change recorded as unplugged would be lost, then
+        removed as no longer used."""
+        job = dom.job
+        busy = job if isinstance(job, JobToken) else self.ops.store.settling.get(dom.uuid)
+        if busy is not None:
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
 
     def disk_removed(self, dom: DomainObj) -> None:
         """A disk was detached: if the domain has snapshots, read their metadata now.
