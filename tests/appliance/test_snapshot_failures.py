@@ -355,3 +355,39 @@ def _without_disk(xml: str, target: str) -> str:
         if found is not None and found.get("dev") == target:
             disk.getparent().remove(disk)
     return etree.tostring(root, encoding="unicode")
+
+
+def test_two_backups_to_one_target_leave_the_finished_one(
+        qemud: DaemonProcess, tools: Tools, tmp_path: Path) -> None:
+    """Two shut-off domains backed up to the same file, the first one's qemu-img held:
+    the first made its file when it began (exclusively), so the second fails saying
+    the target exists, and removes nothing. Before, both passed the call's check, the
+    second's qemu-img failed on the first's lock, and its failure removed the first
+    one's file, which then reported success."""
+    target = tmp_path / "out.qcow2"
+    doms = []
+    with qemud.connect() as conn:
+        for name in ("bk-one", "bk-two"):
+            image = make_image(tmp_path / f"{name}.qcow2")
+            doms.append(conn.define_xml(bare_xml(name).replace(
+                "<os>", f"<devices>{disk_xml(image)}</devices><os>")))
+        try:
+            tools.held.start_holding()
+            try:
+                first, first_outcome = in_thread(
+                    lambda: qemud.connect().lookup_by_name("bk-one").backup(str(target)))
+                wait_for(tools.held.held.exists, 30, message="the first backup held")
+                with pytest.raises(client.RemoteError,
+                                   match=f"backup target {target} already exists"):
+                    doms[1].backup(str(target))
+            finally:
+                tools.held.release()
+                first.join(120)
+            assert first_outcome.get("error") is None, first_outcome
+            assert target.is_file() and target.stat().st_size > 0
+            info = subprocess.run(["qemu-img", "info", "--output=json", str(target)],
+                                  capture_output=True, text=True, check=True)
+            assert json.loads(info.stdout)["format"] == "qcow2"
+        finally:
+            for dom in doms:
+                dom.undefine()

@@ -292,7 +292,11 @@ class BackupOps(SnapshotOps):
         steps = []
         for t in backup.targets:
             disk = disks[t.target]
-            backup.created.append(t.path)
+            try:
+                _claim(backup, t)
+            except OperationFailed as exc:
+                steps.append(Deferred.failed(exc))
+                continue
             steps.append(self.tools.run([qemu_img, "convert", "-f", disk.driver_type or "raw",
                                          "-O", t.fmt, disk.source or "", str(t.path)],
                                         group=backup.children))
@@ -379,21 +383,14 @@ class BackupOps(SnapshotOps):
         self._top_nodes(dom, [t.target for t in backup.targets]).add_done_callback(queried)
 
     def _create_target(self, backup: Backup, t: BackupTarget, qemu_img: str) -> Deferred:
-        backup.created.append(t.path)
+        try:
+            size = 0 if t.fmt == "qcow2" else t.size
+            _claim(backup, t, size)
+        except OperationFailed as exc:
+            return Deferred.failed(exc)
         if t.fmt == "qcow2":
             return self.tools.run([qemu_img, "create", "-q", "-f", "qcow2", str(t.path),
                                    str(t.size)], group=backup.children)
-        try:
-            fd = os.open(t.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.ftruncate(fd, t.size)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if exc.errno == 17:  # EEXIST: not ours, never removed
-                backup.created.remove(t.path)
-            return Deferred.failed(OperationFailed(f"cannot create backup target {t.path}: "
-                                                   f"{exc.strerror or exc}"))
         return Deferred.resolved(None)
 
     def _report(self, backup: Backup) -> None:
@@ -442,3 +439,26 @@ class BackupOps(SnapshotOps):
         else:
             self._finish_backup(backup, OperationFailed(
                 f"domain '{dom.name}' stopped during the backup"))
+
+
+def _claim(backup: Backup, t: BackupTarget, size: int = 0) -> None:
+    """Create ``t``'s file, exclusively (0600, ``size`` bytes), before anything writes
+    it: two backups to one path, or a file that appeared since the call's check, fail
+    this one with "already exists", and a failed backup removes only files it made."""
+    try:
+        fd = os.open(t.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise OperationFailed(f"backup target {t.path} already exists (another backup "
+                              "writes it, or it appeared since the call began)") from None
+    except OSError as exc:
+        raise OperationFailed(f"cannot create backup target {t.path}: "
+                              f"{exc.strerror or exc}") from None
+    backup.created.append(t.path)
+    try:
+        if size:
+            os.ftruncate(fd, size)
+    except OSError as exc:
+        raise OperationFailed(f"cannot create backup target {t.path}: "
+                              f"{exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
