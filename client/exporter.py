@@ -117,7 +117,10 @@ class QemudCollector(Collector):
         started = time.monotonic()
         error = ""
         for _ in range(2):  # a connection that died since the last scrape: one new try
-            fresh = self._conn is None
+            # (fresh: this try makes the connection, also when it replaces one found
+            # dead: a failed connect is not retried, so a stopped daemon costs one
+            # connect_timeout, not two)
+            fresh = self._conn is None or not self._conn.is_alive
             try:
                 conn = self._connection()
                 records = conn.domain_stats()

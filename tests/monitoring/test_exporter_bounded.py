@@ -95,6 +95,29 @@ def test_a_bug_in_the_query_is_a_down_scrape_not_a_hang() -> None:
     assert not snap.up and "internal error" in snap.error and "boom" in snap.error
 
 
+def test_a_dead_connection_is_replaced_by_one_connect_per_scrape() -> None:
+    """The kept connection died (keepalive marked it lost); the daemon is gone too, so
+    the new connect fails: that is not retried (it was, and a scrape took two
+    connect timeouts, longer than the scrape's own, and said "did not answer" instead
+    of the connect's error)."""
+    attempts: list[float] = []
+    first = StuckConn(threading.Event())
+    first.release.set()
+
+    def connector(uri: Any, readonly: bool, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            return first
+        raise client.ConnectFailed("cannot connect to qemud:///session: refused")
+
+    collector = QemudCollector("qemud:///session", connector=connector, scrape_timeout=5)
+    assert collector.snapshot().up
+    first.is_alive = False  # (the daemon went away since)
+    snap = collector.snapshot()
+    assert not snap.up and "refused" in snap.error, snap.error
+    assert len(attempts) == 2  # the first scrape's connect, then one
+
+
 # -- the exporter against a stopped daemon -------------------------------------------------
 
 
