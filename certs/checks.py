@@ -135,12 +135,14 @@ def check_trusted_by(cert: x509.Certificate, cas: Sequence[x509.Certificate],
     current = cert
     reason = f"its issuer {cert.issuer.rfc4514_string()} is not in that file"
     pool = list(intermediates)
+    path: list[x509.Certificate] = []  # the intermediates used, from the leaf's side
     for _ in range(len(pool) + 1):
         for ca in cas:
             if ca.subject != current.issuer:
                 continue
             try:
                 current.verify_directly_issued_by(ca)
+                _check_path(path, ca, cert_name)
                 return
             except (ValueError, TypeError) as e:
                 reason = str(e)
@@ -156,6 +158,7 @@ def check_trusted_by(cert: x509.Certificate, cas: Sequence[x509.Certificate],
         except (InvalidSignature, ValueError, TypeError):  # a broken chain: not trusted
             break
         pool.remove(parent)
+        path.append(parent)
         current = parent
         reason = (f"its chain ends at issuer {current.issuer.rfc4514_string()}, which is "
                   "not in that file")
@@ -165,11 +168,50 @@ def check_trusted_by(cert: x509.Certificate, cas: Sequence[x509.Certificate],
     )
 
 
+def _check_path(path: Sequence[x509.Certificate], anchor: x509.Certificate,
+                cert_name: str) -> None:
+    """What a peer checks of the CAs between ``cert_name`` and the trusted ``anchor``
+    beyond signatures (RFC 5280): each intermediate is a CA certificate valid now, each
+    CA may sign certificates (keyUsage keyCertSign, when it has keyUsage), and no CA's
+    pathLenConstraint is below the number of intermediates under it."""
+    for below, ca in enumerate([*path, anchor]):
+        name = f"CA certificate {ca.subject.rfc4514_string()} in the chain of {cert_name}"
+        if ca is not anchor:
+            check_is_ca(ca, name)
+            check_valid_now(ca, name)
+        try:
+            usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.key_cert_sign:
+            raise CertMismatchError(f"{name} may not sign certificates (its keyUsage lacks "
+                                    "keyCertSign); every peer would refuse the chain")
+        try:
+            limit = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        if limit.path_length is not None and limit.path_length < below:
+            raise CertMismatchError(
+                f"{name} allows {limit.path_length} intermediate CA(s) below it "
+                f"(pathlen), the chain has {below}: every peer would refuse it (path "
+                "length constraint exceeded)")
+
+
 def check_endpoint_usage(cert: x509.Certificate, endpoint: Endpoint, cert_name: str) -> None:
     """Raise if ``cert``'s extendedKeyUsage forbids use as ``endpoint``.
 
     A certificate without the extension is accepted (any purpose), as TLS stacks do.
     """
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.digital_signature:
+        # TLS 1.3 signs every handshake with it, and so do TLS 1.2's ECDHE suites: a
+        # peer on either refuses it, or the handshake finds no cipher in common
+        raise CertMismatchError(
+            f"{cert_name} cannot be used as a {endpoint} certificate (its keyUsage lacks "
+            "digitalSignature, which TLS needs to sign the handshake)")
     wanted = (
         ExtendedKeyUsageOID.SERVER_AUTH if endpoint == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
     )

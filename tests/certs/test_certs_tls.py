@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certs.allowlist import AllowList, Role
-from certs.errors import CertFileError, CertMismatchError, CertValidityError
+from certs.errors import CertError, CertFileError, CertMismatchError, CertValidityError
 from certs.issue import make_ca, make_client_cert, make_server_cert, write_cert, write_key
 from certs.paths import PKIPaths
 from certs.pem import cert_to_pem
@@ -354,22 +355,78 @@ def test_ca_file_with_several_cas_accepts_a_server_cert_from_any(
                                                ca_cert=bundle))
 
 
-def _ca(cn: str, signer: CA | None = None) -> CA:
+def _ca(cn: str, signer: CA | None = None, *, pathlen: int | None = -1,
+        is_ca: bool = True, expired: bool = False, key: Any = None) -> CA:
     """A CA (self-signed, or signed by ``signer``) made with cryptography directly:
-    qemud-certs makes only CAs with pathlen 0, which cannot have intermediates."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    qemud-certs makes only CAs with pathlen 0, which cannot have intermediates.
+    ``pathlen`` -1: none for a root, 0 for an intermediate; ``key``: the CA's (a new
+    one by default)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     signer_key, issuer = signer if signer else (key, None)
+    if pathlen == -1:
+        pathlen = None if signer is None else 0
     cert = (x509.CertificateBuilder().subject_name(name)
             .issuer_name(issuer.subject if issuer else name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None if signer is None
-                                                 else 0), critical=True)
+            .not_valid_before(now - timedelta(days=60 if expired else 0, minutes=5))
+            .not_valid_after(now + (timedelta(days=-1) if expired else timedelta(days=30)))
+            .add_extension(x509.BasicConstraints(ca=is_ca,
+                                                 path_length=pathlen if is_ca else None),
+                           critical=True)
             .sign(signer_key, hashes.SHA256()))
     return key, cert
+
+
+@pytest.mark.parametrize("root_pathlen, mid, says", [
+    (0, {}, r"CA certificate CN=Root CA in the chain of server certificate .* allows 0 "
+            r"intermediate CA\(s\) below it \(pathlen\), the chain has 1: every peer "
+            r"would refuse it \(path length constraint exceeded\)"),
+    (None, {"is_ca": False}, r"CA certificate CN=Intermediate CA in the chain of server "
+                             r"certificate .* is not a CA certificate"),
+    (None, {"expired": True}, r"CA certificate CN=Intermediate CA in the chain of server "
+                              r"certificate .* has expired"),
+], ids=["root-pathlen-0", "intermediate-not-a-ca", "intermediate-expired"])
+def test_a_chain_peers_refuse_is_refused_at_start(
+        tmp_path: Path, root_pathlen: int | None, mid: dict[str, Any], says: str) -> None:
+    """Signatures that verify are not enough: each of these chains fails every TLS
+    client's verification (OpenSSL: path length exceeded, invalid CA certificate,
+    expired), so the daemon must not start with it (it started, and every client was
+    refused)."""
+    root = _ca("Root CA", pathlen=root_pathlen)
+    intermediate = _ca("Intermediate CA", root, **mid)
+    # (qemud-certs issues only from a valid CA: leaves from a twin with the same key)
+    issuer = _ca("Intermediate CA", root, key=intermediate[0])
+    paths = write_pki_with_root(tmp_path, root, issuer, chain=intermediate[1])
+    with pytest.raises(CertError, match=says):
+        check_server_files(paths)
+    out = handshake(server_context(paths, check=False), client_context(paths))
+    assert out.client_error is not None  # (what the check spares a client)
+
+
+def test_a_leaf_without_digital_signature_usage_is_refused(pki: PKIPaths, ca: CA,
+                                                           tmp_path: Path) -> None:
+    """keyUsage keyEncipherment only (old templates): TLS 1.3 clients took it, TLS 1.2
+    ones found no cipher in common; the daemon now says what is wrong at start."""
+    key, cert = make_server_cert(*ca, ["localhost"])
+    builder = (x509.CertificateBuilder().subject_name(cert.subject)
+               .issuer_name(cert.issuer).public_key(cert.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(cert.not_valid_before_utc)
+               .not_valid_after(cert.not_valid_after_utc))
+    for ext in cert.extensions:
+        if isinstance(ext.value, x509.KeyUsage):
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=True,
+                data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(ext.value, ext.critical)
+    odd = builder.sign(ca[0], hashes.SHA256())
+    with pytest.raises(CertMismatchError, match=r"cannot be used as a server certificate "
+                       r"\(its keyUsage lacks digitalSignature"):
+        check_server_files(with_server(pki, tmp_path, key, odd))
 
 
 def test_server_chain_file_through_an_intermediate_is_accepted(tmp_path: Path) -> None:
@@ -388,16 +445,20 @@ def test_server_chain_file_through_an_intermediate_is_accepted(tmp_path: Path) -
         check_server_files(alone)
 
 
-def write_pki_with_root(tmp_path: Path, root: CA, mid: CA) -> PKIPaths:
+def write_pki_with_root(tmp_path: Path, root: CA, mid: CA,
+                        chain: x509.Certificate | None = None) -> PKIPaths:
+    """Leaves issued by ``mid``, their chain files holding ``chain`` (default: mid's
+    certificate) after them, ``root`` the CA file."""
     d = tmp_path / "chain"
     paths = PKIPaths.from_dir(d)
     write_cert(paths.ca_cert, root[1])
+    rest = cert_to_pem(chain or mid[1])
     skey, scert = make_server_cert(*mid, ["localhost"])
     write_key(paths.server_key, skey)
-    paths.server_cert.write_bytes(cert_to_pem(scert) + cert_to_pem(mid[1]))
+    paths.server_cert.write_bytes(cert_to_pem(scert) + rest)
     ckey, ccert = make_client_cert(*mid, "admin1", org="Example")
     write_key(paths.client_key, ckey)
-    paths.client_cert.write_bytes(cert_to_pem(ccert) + cert_to_pem(mid[1]))
+    paths.client_cert.write_bytes(cert_to_pem(ccert) + rest)
     return paths
 
 
