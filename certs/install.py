@@ -15,18 +15,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from certs.checks import (
     check_endpoint_usage,
     check_is_ca,
-    check_issued_by,
     check_key_matches,
     check_not_ca,
+    check_trusted_by,
     check_valid_now,
 )
 from certs.errors import CertFileExistsError, CertParamError
 from certs.fsutil import atomic_write, ensure_dir
 from certs.paths import Endpoint, PKIPaths
-from certs.pem import load_cert, parse_certs, parse_key, read_file
+from certs.pem import load_certs, parse_certs, parse_key, read_file
 from certs.validity import Validity, validity_status
 
 __all__ = ["InstalledFile", "install_files"]
@@ -70,17 +72,23 @@ def install_files(paths: PKIPaths, endpoint: Endpoint, *, ca: Path | None = None
     if ca is None and cert is None:
         raise CertParamError("nothing to install: give a CA certificate and/or a cert/key pair")
     plan: list[_Copy] = []
-    ca_cert = None
+    ca_certs: list[x509.Certificate] = []
     ca_name = ""
     if ca is not None:
         data = read_file(ca, "CA certificate")
-        ca_cert = parse_certs(data, ca, "CA certificate")[0]
+        ca_certs = parse_certs(data, ca, "CA certificate")
         ca_name = str(ca)
-        check_is_ca(ca_cert, f"CA certificate {ca}")
+        # every entry, as the daemon and clients load them (a bundle during a rollover)
+        for i, entry in enumerate(ca_certs):
+            name = f"CA certificate {ca}" + (f" (entry {i + 1})" if i else "")
+            check_is_ca(entry, name)
+            if validity_status(entry) is Validity.EXPIRED:
+                check_valid_now(entry, name)
         plan.append(_Copy(ca, paths.ca_cert, data, 0o644, 0o755))
     if cert is not None and key is not None:
         cert_data = read_file(cert, f"{endpoint} certificate")
-        leaf = parse_certs(cert_data, cert, f"{endpoint} certificate")[0]
+        chain = parse_certs(cert_data, cert, f"{endpoint} certificate")
+        leaf = chain[0]
         key_data = read_file(key, f"{endpoint} private key")
         check_key_matches(parse_key(key_data, key, f"{endpoint} private key"), leaf,
                           f"private key {key}", f"certificate {cert}")
@@ -89,11 +97,12 @@ def install_files(paths: PKIPaths, endpoint: Endpoint, *, ca: Path | None = None
         # expired can never work again; not yet valid will (the CLI warns about it)
         if validity_status(leaf) is Validity.EXPIRED:
             check_valid_now(leaf, f"certificate {cert}")
-        if ca_cert is None and paths.ca_cert.exists():
-            ca_cert = load_cert(paths.ca_cert, "installed CA certificate")
+        if not ca_certs and paths.ca_cert.exists():
+            ca_certs = load_certs(paths.ca_cert, "installed CA certificate")
             ca_name = str(paths.ca_cert)
-        if ca_cert is not None:
-            check_issued_by(leaf, ca_cert, f"certificate {cert}", ca_name)
+        if ca_certs:  # any CA of the file, through the chain file's intermediates
+            check_trusted_by(leaf, ca_certs, f"certificate {cert}", ca_name,
+                             intermediates=chain[1:])
         plan.append(_Copy(cert, paths.cert(endpoint), cert_data, 0o644, 0o755))
         plan.append(_Copy(key, paths.key(endpoint), key_data, 0o600, 0o700))
     if not force:

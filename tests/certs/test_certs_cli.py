@@ -213,7 +213,7 @@ def test_file_errors(tmp_path: Path, ca: CA, other_ca: CA,
     home = str(tmp_path / "home")
     fails("install", "--session", "--prefix", home, "--ca", "good/cacert.pem",
           "--cert", "fc.pem", "--key", "fk.pem", cwd=tmp_path,
-          match="certificate fc.pem was not issued by CA good/cacert.pem")
+          match="certificate fc.pem is not signed by the CA in good/cacert.pem")
     fails("install", "--session", "--prefix", home, "--cert", "good/clientcert.pem",
           "--key", "fk.pem", cwd=tmp_path,
           match="private key fk.pem does not match certificate good/clientcert.pem")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,9 @@ from certs.errors import (
     CertValidityError,
 )
 from certs.install import install_files
-from certs.issue import make_client_cert, write_cert, write_key
+from certs.issue import make_ca, make_client_cert, write_cert, write_key
 from certs.paths import Endpoint, PKIPaths
+from certs.pem import cert_to_pem
 
 CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
 
@@ -66,7 +67,7 @@ def test_pair_checked_against_installed_ca(pki: PKIPaths, tmp_path: Path,
     key, cert = make_client_cert(*other_ca, "x")
     write_key(tmp_path / "k.pem", key)
     write_cert(tmp_path / "c.pem", cert)
-    with pytest.raises(CertMismatchError, match=f"not issued by CA {target.ca_cert}"):
+    with pytest.raises(CertMismatchError, match=f"not signed by the CA in {target.ca_cert}"):
         install_files(target, "client", cert=tmp_path / "c.pem", key=tmp_path / "k.pem")
     assert not target.client_cert.exists()
 
@@ -116,3 +117,27 @@ def test_expired_pair_is_refused_not_yet_valid_installed(
     install_files(target, "client", ca=pki.ca_cert, cert=tmp_path / "early-c.pem",
                   key=tmp_path / "early-k.pem")
     assert target.client_cert.read_bytes() == (tmp_path / "early-c.pem").read_bytes()
+
+
+def test_a_ca_bundle_and_a_chain_file_install_as_the_daemon_takes_them(
+        tmp_path: Path, other_ca: CA) -> None:
+    """During a CA rollover cacert.pem holds the old and the new CA, the certificate
+    signed by the new one (entry 2): install checks it against every entry (it only
+    looked at the first, and refused what the daemon's start-up check accepts); an
+    expired entry is refused whichever it is."""
+    old, new = make_ca("Old CA"), other_ca
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(cert_to_pem(old[1]) + cert_to_pem(new[1]))
+    key, cert = make_client_cert(*new, "admin1", "Example")
+    write_key(tmp_path / "k.pem", key)
+    write_cert(tmp_path / "c.pem", cert)
+    target = PKIPaths.session(home=tmp_path / "home")
+    install_files(target, "client", ca=bundle, cert=tmp_path / "c.pem", key=tmp_path / "k.pem")
+    assert target.client_cert.read_bytes() == (tmp_path / "c.pem").read_bytes()
+    now = datetime.now(UTC)
+    stale = make_ca("Stale CA", not_before=now - timedelta(days=30),
+                    not_after=now - timedelta(days=1))
+    bundle.write_bytes(cert_to_pem(new[1]) + cert_to_pem(stale[1]))
+    with pytest.raises(CertValidityError, match=rf"CA certificate {bundle} \(entry 2\) has "
+                                                r"expired"):
+        install_files(PKIPaths.session(home=tmp_path / "again"), "client", ca=bundle)
