@@ -297,15 +297,15 @@ class SnapshotOps:
         The persistent definition changes in memory at once and its file is written
         with its fsyncs off the loop (``Registry.save_persistent``). The Deferred
         resolves once the file is durable, or fails with OperationFailed, memory back
-        to what the file holds. Resolved at once for a transient domain.
+        to what the file holds. A transient domain has no file: the definition it
+        restarts from (``on_crash``/``on_poweroff`` restart, the heartbeat's) follows in
+        memory, and the Deferred is resolved at once (it restarted on the image the
+        snapshot froze, and wrote into it).
 
         With ``job``, the calls that change the persistent definition are refused as
         busy with it until the file is written (``Registry.operations``): a change
         queued on this write would carry it even if this write failed, and the
         caller then removes the images it names."""
-        if not dom.persistent:
-            return Deferred.resolved(None)
-
         def moved(definition: DomainDef) -> DomainDef:
             new = definition.copy()
             for disk in new.disks:
@@ -320,6 +320,9 @@ class SnapshotOps:
                 disk.source = move[1]
                 disk.driver_type = "qcow2"
             return new
+        if not dom.persistent:
+            dom.definition = moved(dom.definition)
+            return Deferred.resolved(None)
         registry = self.driver.registry
         try:
             saved = registry.save_persistent(dom, moved(dom.persistent_definition))
