@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.daemon import DaemonProcess
 from tests.helpers.loop import loop  # noqa: F401 (the fixture: a fresh qemud EventLoop)
+from tests.helpers.procs import kill_left_qemus
 from tests.helpers.slowfs import SlowFS, available
 
 DaemonFactory = Callable[..., DaemonProcess]
@@ -67,6 +68,9 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
             d.stop()
         except Exception:
             d.kill()
+        # guests outlive their daemon by design: a test that failed half-way must not
+        # leave its QEMUs running for the rest of the suite
+        kill_left_qemus(d.run_dir)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 from qemud.qemu.naming import guest_dir_name
 from tests.helpers.daemon import DaemonProcess
 
-__all__ = ["kill_qemus", "qemu_pids", "wait_exited", "wait_pidfd"]
+__all__ = ["kill_left_qemus", "kill_qemus", "qemu_pids", "wait_exited", "wait_pidfd"]
 
 
 def wait_pidfd(fd: int, timeout: float, what: str = "the process") -> None:
@@ -71,6 +71,22 @@ def qemu_pids(name: str, run_dir: Path | None = None) -> list[int]:
             continue
         if state != "Z":
             pids.append(pid)
+    return pids
+
+
+def kill_left_qemus(run_dir: Path) -> list[int]:
+    """Clean-up: SIGKILL every QEMU whose files are under ``run_dir`` (a daemon's: its
+    guests keep running when it stops, also those a failed test left); their pids."""
+    out = subprocess.run(["pgrep", "-f", f"{run_dir}/"], capture_output=True, text=True)
+    pids = []
+    for word in out.stdout.split():
+        pid = int(word)
+        try:
+            if Path(f"/proc/{pid}/exe").resolve().name.startswith("qemu-system"):
+                os.kill(pid, signal.SIGKILL)
+                pids.append(pid)
+        except OSError:
+            pass
     return pids
 
 
