@@ -233,6 +233,12 @@ def _storage_driver(disk: Disk) -> str:
 
 #: ``dom.job`` while a CD-ROM's medium changes: "busy: media change in progress"
 MEDIA_JOB = "media change"
+#: test hook (:mod:`qemud.testhooks`): seconds instead of :data:`MEDIA_QMP_TIMEOUT`
+MEDIA_QMP_TIMEOUT_ENV = "QEMUD_MEDIA_QMP_TIMEOUT"
+#: seconds each QMP step of a media change may take: a medium on a hung mount blocks
+#: QEMU's ``blockdev-add``, and the job (which holds off saves, snapshots and the
+#: heartbeat duty) must end, with the step's timeout error
+MEDIA_QMP_TIMEOUT = testhooks.seconds(MEDIA_QMP_TIMEOUT_ENV, 30.0)
 #: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE: the tray opens also when the guest locked it
 MODIFY_FORCE = 4
 
@@ -262,37 +268,42 @@ def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None,
     it), medium out, the new one in, tray closed; then the old medium's nodes are
     closed (they are the monitor's: QEMU would keep the file open, and its lock, until
     the guest stops). Should the new medium not go in, the old one, still open, is put
-    back."""
+    back. Each step may take :data:`MEDIA_QMP_TIMEOUT`."""
     target = str(disk.target_dev)
     device_id = naming.disk_device_id(target)
+
+    def qmp(command: str, arguments: dict[str, Any] | None = None) -> Deferred:
+        return monitor.execute(command, arguments, timeout=MEDIA_QMP_TIMEOUT)
     pairs = [naming.disk_node_names(target, medium) for medium in (0, 1)]
-    inserted = _inserted_node((yield monitor.execute("query-block")), device_id)
+    inserted = _inserted_node((yield qmp("query-block")), device_id)
     named = {str(n.get("node-name")) for n in
-             (yield monitor.execute("query-named-block-nodes", {"flat": True}))
-             if isinstance(n, dict)}
+             (yield qmp("query-named-block-nodes", {"flat": True})) if isinstance(n, dict)}
     old = next((pair for pair in pairs if pair[1] == inserted), None)
-    # the other pair (the start's, unless it holds the medium); nodes of it still open
-    # (left by a failure, or by an older daemon's blockdev-change-medium) go first
+    # the other pair (the start's, unless it holds the medium); nodes of ours that no
+    # medium in the drive uses go first (left by a failure, a daemon killed mid-change,
+    # or an older daemon's blockdev-change-medium)
     new = pairs[1] if old is pairs[0] else pairs[0]
-    for name in (new[1], new[0]):
-        if name in named:
-            yield from _close_node(monitor, name, target)
+    for pair in pairs:
+        if pair is not old:
+            for name in (pair[1], pair[0]):
+                if name in named:
+                    yield from _close_node(monitor, name, target)
     if source:
         driver = _STORAGE_DRIVERS[kind] if kind is not None else _storage_driver(disk)
         opened: list[str] = []
         try:
             for props in blockdev_nodes(driver, source, disk.driver_type or "raw", *new,
                                         readonly=True):
-                yield monitor.execute("blockdev-add", props)
+                yield qmp("blockdev-add", props)
                 opened.append(str(props["node-name"]))
         except QemudError:
             for name in reversed(opened):
                 yield from _close_node(monitor, name, target)
             raise  # (nothing changed: the old medium stays in, the tray shut)
-    yield monitor.execute("blockdev-open-tray", {"id": device_id, "force": force})
+    yield qmp("blockdev-open-tray", {"id": device_id, "force": force})
     try:
         try:
-            yield monitor.execute("blockdev-remove-medium", {"id": device_id})
+            yield qmp("blockdev-remove-medium", {"id": device_id})
         except QemudError as exc:
             if "is not open" in exc.message:  # (a tray the guest locked, no force)
                 raise OperationFailed(f"the guest has locked the tray of CD-ROM {target}: "
@@ -300,17 +311,18 @@ def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None,
                                       "anyway)") from None
             raise
         if source:
-            yield monitor.execute("blockdev-insert-medium", {"id": device_id,
-                                                             "node-name": new[1]})
+            yield qmp("blockdev-insert-medium", {"id": device_id, "node-name": new[1]})
     except QemudError:
         if old is not None:  # (still open: back in, if it went out)
             try:
-                yield monitor.execute("blockdev-insert-medium", {"id": device_id,
-                                                                 "node-name": old[1]})
-            except QemudError:
-                pass
+                yield qmp("blockdev-insert-medium", {"id": device_id, "node-name": old[1]})
+            except QemudError as exc:
+                if "already has" not in exc.message:  # (it went out, and stays out)
+                    log.warning("media change of %s: the medium could not be put back: "
+                                "%s (the drive is empty)", target, exc.message)
+                    disk.change_medium(None)
         try:
-            yield monitor.execute("blockdev-close-tray", {"id": device_id})
+            yield qmp("blockdev-close-tray", {"id": device_id})
         except QemudError:
             pass
         if source:
@@ -318,7 +330,7 @@ def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None,
                 yield from _close_node(monitor, name, target)
         raise
     try:
-        yield monitor.execute("blockdev-close-tray", {"id": device_id})
+        yield qmp("blockdev-close-tray", {"id": device_id})
     except QemudError as exc:  # (the medium is in: the change happened)
         log.warning("media change of %s: the tray did not close: %s", target, exc.message)
     if old is not None:
@@ -339,7 +351,7 @@ def _close_node(monitor: Monitor, name: str, target: str) -> Task:
     """``blockdev-del`` of a medium's node; a failure is logged (the node stays open
     until the guest stops), never the media change's."""
     try:
-        yield monitor.execute("blockdev-del", {"node-name": name})
+        yield monitor.execute("blockdev-del", {"node-name": name}, timeout=MEDIA_QMP_TIMEOUT)
     except QemudError as exc:
         log.warning("media change of %s: cannot close block node %s: %s", target, name,
                     exc.message)
@@ -1081,7 +1093,7 @@ class Devices:
                     dom.job = None
                 if d.error is None:
                     disk.change_medium(source or None, kind)
-                    self.driver.lifecycle.save_status(dom)
+                self.driver.lifecycle.save_status(dom)  # (a failure may have emptied it)
         result = run_task(self.driver.loop,
                           _change_medium(monitor, disk, source, kind,
                                          force=bool(flags & MODIFY_FORCE)),

@@ -52,6 +52,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import uuid as uuidlib
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -313,6 +315,16 @@ def _names_uuid(definition: Path, uuid: str) -> bool:
         return False
 
 
+def _names_another_uuid(definition: Path, uuid: str) -> bool:
+    """Whether the definition file names a uuid, and not ``uuid`` (one that cannot be
+    read, or names none: False)."""
+    try:
+        found = re.search(r"<uuid>\s*([0-9A-Fa-f-]+)\s*</uuid>", definition.read_text())
+        return found is not None and uuidlib.UUID(found.group(1)) != uuidlib.UUID(uuid)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def _remove(path: Path) -> None:
     try:
         path.unlink()
@@ -332,10 +344,13 @@ def recover(store: DomainStore) -> None:
             log.error("cannot read the rename record %s: %s (left in place)", path, exc)
             continue
         committed = _committed(store, plan)
-        if not committed and not store.definition_path(plan.old).exists():
-            # no definition of the new name names the domain and the old name has none:
-            # it was renamed, its clean-up failed, and it was undefined since; there is
-            # nothing to finish or undo
+        old_definition = store.definition_path(plan.old)
+        if not committed and (not old_definition.exists()
+                              or _names_another_uuid(old_definition, plan.uuid)):
+            # no definition of the new name names the domain and the old name has none
+            # of it (none at all, or another domain's defined under it since): it was
+            # renamed, its clean-up failed, and it was undefined since; there is nothing
+            # to finish, and an undo would hand its files to the other domain
             log.warning("domain '%s' (uuid %s): the record %s of its rename to '%s' is "
                         "left from a rename whose domain has been undefined since: "
                         "removed", plan.old, plan.uuid, path, plan.new)

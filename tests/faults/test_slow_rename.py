@@ -39,6 +39,7 @@ from .slow_disk import (
 
 UUID_B = "6a0d2c3e-2222-4c5b-9c1d-0123456789ab"
 UUID_C = "6a0d2c3e-3333-4c5b-9c1d-0123456789ab"
+UUID_D = "6a0d2c3e-4444-4c5b-9c1d-0123456789ab"
 
 
 def renamed(name: str, new: str) -> Callable[[Any], None]:
@@ -262,9 +263,10 @@ def test_a_rename_whose_clean_up_failed_is_finished_not_undone_after_later_chang
     renamed domain rewrites its definition, and the next start still finishes the
     rename (it had undone it, moving the domain's files back under the old name while
     the definition kept the new one). A second domain renamed the same way and then
-    undefined is neither finished nor undone: its record is dropped, and it does not
-    come back under its old name. A third one whose autostart the admin turns off
-    meanwhile stays off (the record, with only the flag left to write, is dropped)."""
+    undefined is neither finished nor undone, also once another domain is defined under
+    its old name: its record is dropped, and it does not come back under its old name.
+    A third one whose autostart the admin turns off meanwhile stays off (the record,
+    with only the flag left to write, is dropped)."""
     d = on_slowfs(slowfs, daemon_factory)
     old, new = guest_name("renfin-a"), guest_name("renfin-b")
     gone_old, gone_new = guest_name("renfin-c"), guest_name("renfin-d")
@@ -287,6 +289,7 @@ def test_a_rename_whose_clean_up_failed_is_finished_not_undone_after_later_chang
         assert names(other) == {new, gone_new, off_new}
         other.define_xml(domain_xml(new, UUID_A, memory_mib=128))  # changed since
         other.lookup_by_name(gone_new).undefine()
+        other.define_xml(domain_xml(gone_old, UUID_D))  # another domain, the old name
         other.lookup_by_name(off_new).set_autostart(False)
     domains = slowfs.backing / "config" / "domains"
     assert sorted(p.name for p in domains.glob(".rename-*")) == sorted(
@@ -294,13 +297,13 @@ def test_a_rename_whose_clean_up_failed_is_finished_not_undone_after_later_chang
     d.stop()
     d.start()
     with d.connect() as again:
-        assert sorted((dom.name, dom.uuid) for dom in again.list_all()) == [
-            (new, UUID_A), (off_new, UUID_C)]
+        assert sorted((dom.name, dom.uuid) for dom in again.list_all()) == sorted([
+            (new, UUID_A), (off_new, UUID_C), (gone_old, UUID_D)])
         dom = again.lookup_by_name(new)
         assert "<memory unit='KiB'>131072</memory>" in dom.xml(client.XML_INACTIVE)
         assert dom.autostart() is True
         assert again.lookup_by_name(off_new).autostart() is False
-    assert definitions(slowfs) == sorted([f"{new}.xml", f"{off_new}.xml"])
+    assert definitions(slowfs) == sorted([f"{new}.xml", f"{off_new}.xml", f"{gone_old}.xml"])
     assert sorted(p.name for p in (slowfs.backing / "config" / "autostart").iterdir()) \
         == [new]
     text = d.log_text()

@@ -262,6 +262,35 @@ def test_a_media_change_is_one_at_a_time(daemon: DaemonProcess, tmp_path: Path) 
             dom.undefine()
 
 
+def test_a_media_change_qemu_does_not_answer_ends_at_its_timeout(tmp_path: Path) -> None:
+    """QEMU does not answer a step of a media change (stopped here; a medium on a hung
+    mount blocks its blockdev-add): the step's timeout (cut to 2 s by the test hook)
+    fails the call and ends the job, which otherwise held off saves, snapshots and the
+    heartbeat duty for as long as QEMU stayed stuck."""
+    from qemud.driver.devices import MEDIA_QMP_TIMEOUT_ENV
+    daemon = DaemonProcess(tmp_path / "d", env={MEDIA_QMP_TIMEOUT_ENV: "2"})
+    daemon.start()
+    medium = tmp_path / "m.iso"
+    medium.write_bytes(b"\0" * 65536)
+    cdrom = ("<disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/>"
+             "</disk>")
+    try:
+        with daemon.connect() as conn:
+            dom = conn.define_xml(bare_xml("stuck-media").replace(
+                "<os>", f"<devices>{cdrom}</devices><os>"))
+            dom.create()
+            with qemu_held(daemon, "stuck-media"):
+                with pytest.raises(client.OperationTimeout):
+                    dom.change_media("sda", str(medium), AFFECT_LIVE)
+                assert "<source" not in dom.xml()
+            dom.change_media("sda", str(medium), AFFECT_LIVE)  # the job ended with it
+            assert f"<source file='{medium}'/>" in dom.xml()
+            dom.destroy()
+            dom.undefine()
+    finally:
+        stop_destroying_guests(daemon)
+
+
 def test_a_disk_qemu_refuses_changes_neither_definition(running: Domain,
                                                         tmp_path: Path) -> None:
     bad, good = tmp_path / "bad.qcow2", tmp_path / "good.img"
