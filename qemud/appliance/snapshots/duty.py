@@ -18,8 +18,6 @@ from qemud.driver.discard import remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
 from qemud.errors import OperationInvalid, QemudError
 
-from .base import JobToken
-
 if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.constants import ShutoffReason
@@ -35,6 +33,9 @@ __all__ = ["SnapshotDuty", "install"]
 
 log = logging.getLogger(__name__)
 
+#: ``dom.job`` of a snapshot create, revert and delete (``JobToken``s: :mod:`.base`,
+#: not imported here, so that an idle daemon does not load the operations)
+SNAPSHOT_JOBS = ("snapshot", "snapshot-revert", "snapshot-delete")
 #: the ids a live merge and a backup give their QEMU block jobs (see :mod:`.leftovers`)
 JOB_PREFIXES = ("commit-", "backup-")
 
@@ -115,7 +116,12 @@ class SnapshotDuty:
         detached disk's image the change recorded as unplugged would be lost, then
         removed as no longer used."""
         job = dom.job
-        busy = job if isinstance(job, JobToken) else self.ops.store.settling.get(dom.uuid)
+        if job in SNAPSHOT_JOBS:
+            busy: str | None = job
+        elif self._ops is not None:  # (no snapshot call since the start: none settles)
+            busy = self._ops.store.settling.get(dom.uuid)
+        else:
+            busy = None
         if busy is not None:
             raise OperationInvalid(f"domain '{dom.name}' is busy: {busy} in progress")
 
