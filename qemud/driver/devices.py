@@ -48,7 +48,7 @@ from qemud.errors import (
 )
 from qemud.qemu import naming, pci
 from qemud.qemu.arch import get_strategy
-from qemud.qemu.command import blockdev_nodes
+from qemud.qemu.command import DISK_FORMATS, STORAGE_DRIVERS, blockdev_nodes
 from qemud.qemu.errors import QemuError
 from qemud.qemu.nicplug import slot_props
 from qemud.tasks import Task, run_task
@@ -77,9 +77,8 @@ UNPLUG_TIMEOUT_ENV = "QEMUD_UNPLUG_TIMEOUT"
 #: Seconds a live detach waits for the guest to release the disk before the call fails
 #: (the unplug itself goes on: a late release still closes the disk, see ``_unplug``).
 UNPLUG_TIMEOUT = testhooks.seconds(UNPLUG_TIMEOUT_ENV, 15.0)
-_FORMATS = {"raw", "qcow2"}
 #: the protocol drivers of the daemon's storage nodes ("file" also opens an overlay)
-_PROTOCOLS = {"file", "host_device"}
+_PROTOCOLS = frozenset(STORAGE_DRIVERS.values())
 def require_pci_hotplug(live: DomainDef, what: str, *, addressed: bool,
                         unplugged: Device | None = None) -> None:
     """Refuse a live attach (or the detach of ``unplugged``) of the PCI device ``what``
@@ -228,7 +227,7 @@ def _target_of(disk: Disk) -> str:
 
 
 def _storage_driver(disk: Disk) -> str:
-    return _STORAGE_DRIVERS[disk.type or "file"]
+    return STORAGE_DRIVERS[disk.type or "file"]
 
 
 #: ``dom.job`` while a CD-ROM's medium changes: "busy: media change in progress"
@@ -241,9 +240,6 @@ MEDIA_QMP_TIMEOUT_ENV = "QEMUD_MEDIA_QMP_TIMEOUT"
 MEDIA_QMP_TIMEOUT = testhooks.seconds(MEDIA_QMP_TIMEOUT_ENV, 30.0)
 #: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE: the tray opens also when the guest locked it
 MODIFY_FORCE = 4
-
-#: QEMU's storage driver by disk type
-_STORAGE_DRIVERS = {"file": "file", "block": "host_device"}
 
 
 def _medium_kind(source: str) -> str | None:
@@ -289,7 +285,7 @@ def _change_medium(monitor: Monitor, disk: Disk, source: str, kind: str | None,
                 if name in named:
                     yield from _close_node(monitor, name, target)
     if source:
-        driver = _STORAGE_DRIVERS[kind] if kind is not None else _storage_driver(disk)
+        driver = STORAGE_DRIVERS[kind] if kind is not None else _storage_driver(disk)
         opened: list[str] = []
         try:
             for props in blockdev_nodes(driver, source, disk.driver_type or "raw", *new,
@@ -623,7 +619,7 @@ class Devices:
         if not disk.source:
             raise InvalidArg("a hot-plugged disk needs a source")
         fmt = disk.driver_type or "raw"
-        if fmt not in _FORMATS:
+        if fmt not in DISK_FORMATS:
             raise ConfigUnsupported(f"unsupported disk format '{fmt}'")
         require_pci_hotplug(live, f"disk {_target_of(disk)}", addressed=addressed)
 

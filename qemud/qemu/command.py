@@ -45,14 +45,16 @@ from qemud.qemu.domain import CharDeviceView, DiskView, DomainView, InterfaceVie
 from qemud.qemu.errors import AccelUnavailable, GuestConfigError
 from qemud.qemu.firmware import machine_has_smm
 
-__all__ = ["ENV_PROGRAM", "GuestPaths", "argv_to_text", "blockdev_nodes", "build_argv",
-           "netdev_arg", "qemu_opt_escape", "taints"]
+__all__ = ["DISK_FORMATS", "ENV_PROGRAM", "STORAGE_DRIVERS", "GuestPaths", "argv_to_text",
+           "blockdev_nodes", "build_argv", "netdev_arg", "qemu_opt_escape", "taints"]
 
 _VNC_BASE_PORT: Final = 5900
 _UNIX_PATH_MAX: Final = naming.UNIX_PATH_MAX
 _BOOT_DEVS: Final = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
-_DISK_FORMATS: Final = frozenset({"raw", "qcow2"})
-_STORAGE_DRIVERS: Final = {"file": "file", "block": "host_device"}
+#: the disk image formats the daemon opens
+DISK_FORMATS: Final = frozenset({"raw", "qcow2"})
+#: QEMU's storage (protocol) driver of a disk's image, by disk type
+STORAGE_DRIVERS: Final = {"file": "file", "block": "host_device"}
 # libvirt <watchdog action> -> QEMU -action watchdog=...  ('dump' is done by
 # the daemon on the resulting pause, as libvirt does).
 _WATCHDOG_ACTIONS: Final = {
@@ -374,18 +376,18 @@ class _Builder:
     def _blockdev(
         self, position: int, disk: DiskView, storage: str, fmt: str, *, readonly: bool
     ) -> None:
-        driver = _STORAGE_DRIVERS.get(disk.type)
+        driver = STORAGE_DRIVERS.get(disk.type)
         if driver is None:
             raise GuestConfigError(
                 f"devices/disk[{position + 1}]",
-                f"unsupported disk type {disk.type!r} (supported: {', '.join(_STORAGE_DRIVERS)})",
+                f"unsupported disk type {disk.type!r} (supported: {', '.join(STORAGE_DRIVERS)})",
             )
         fmt_driver = disk.driver_type or "raw"
-        if fmt_driver not in _DISK_FORMATS:
+        if fmt_driver not in DISK_FORMATS:
             raise GuestConfigError(
                 disk_path(position, "driver"),
                 f"unsupported disk format {fmt_driver!r} (supported: "
-                f"{', '.join(sorted(_DISK_FORMATS))})",
+                f"{', '.join(sorted(DISK_FORMATS))})",
             )
         assert disk.source is not None
         for node in blockdev_nodes(driver, disk.source, fmt_driver, storage, fmt,
