@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TypeGuard, get_args
 
 from cryptography import x509
@@ -29,6 +30,7 @@ from certs.validity import Validity, not_after, not_before, validity_status
 
 __all__ = [
     "can_sign",
+    "check_ca_entries",
     "check_endpoint_usage",
     "check_is_ca",
     "check_issued_by",
@@ -76,6 +78,18 @@ def check_is_ca(cert: x509.Certificate, cert_name: str) -> None:
         raise CertMismatchError(
             f"{cert_name} is not a CA certificate (no basicConstraints CA:TRUE)"
         )
+
+
+def check_ca_entries(cas: Sequence[x509.Certificate], ca_file: Path, *,
+                     not_yet_valid_ok: bool = False) -> None:
+    """Every certificate of the CA file ``ca_file`` (its entries ``cas``, in order) is
+    a CA certificate within its validity period (``not_yet_valid_ok``: or before it);
+    an error names the file and, past the first, the entry."""
+    for i, cert in enumerate(cas):
+        name = f"CA certificate {ca_file}" + (f" (entry {i + 1})" if i else "")
+        check_is_ca(cert, name)
+        if not not_yet_valid_ok or validity_status(cert) is Validity.EXPIRED:
+            check_valid_now(cert, name)
 
 
 def check_issued_by(cert: x509.Certificate, ca: x509.Certificate, cert_name: str,

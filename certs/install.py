@@ -18,8 +18,8 @@ from pathlib import Path
 from cryptography import x509
 
 from certs.checks import (
+    check_ca_entries,
     check_endpoint_usage,
-    check_is_ca,
     check_key_matches,
     check_not_ca,
     check_trusted_by,
@@ -78,12 +78,9 @@ def install_files(paths: PKIPaths, endpoint: Endpoint, *, ca: Path | None = None
         data = read_file(ca, "CA certificate")
         ca_certs = parse_certs(data, ca, "CA certificate")
         ca_name = str(ca)
-        # every entry, as the daemon and clients load them (a bundle during a rollover)
-        for i, entry in enumerate(ca_certs):
-            name = f"CA certificate {ca}" + (f" (entry {i + 1})" if i else "")
-            check_is_ca(entry, name)
-            if validity_status(entry) is Validity.EXPIRED:
-                check_valid_now(entry, name)
+        # every entry, as the daemon and clients load them (a bundle during a rollover);
+        # one not valid yet is installed (it will be)
+        check_ca_entries(ca_certs, ca, not_yet_valid_ok=True)
         plan.append(_Copy(ca, paths.ca_cert, data, 0o644, 0o755))
     if cert is not None and key is not None:
         cert_data = read_file(cert, f"{endpoint} certificate")

@@ -43,14 +43,11 @@ def _check_ca(ca: Path) -> list[x509.Certificate]:
     handshake later with OpenSSL's bare "certificate has expired", which names neither
     the file nor which of the certificates it was.
     """
-    from certs.checks import check_is_ca, check_valid_now
+    from certs.checks import check_ca_entries
     from certs.pem import load_certs
 
     certs = load_certs(ca, "CA certificate")
-    for i, cert in enumerate(certs):
-        name = f"CA certificate {ca}" + (f" (entry {i + 1})" if i else "")
-        check_is_ca(cert, name)
-        check_valid_now(cert, name)
+    check_ca_entries(certs, ca)
     return certs
 
 
