@@ -339,6 +339,88 @@ class SnapshotOps:
             dom.definition = moved(dom.definition)
         return saved
 
+    @staticmethod
+    def record_follow(meta: DomainSnapshots, moves: dict[str, tuple[str | None, str]]
+                      ) -> None:
+        """The guest now runs on ``moves``' new images (target -> (image the persistent
+        definition names, new image)) but the definition's write failed: recorded in
+        ``meta.follow`` (the caller saves ``meta``), so that the next start boots the
+        new image and the next snapshot operation writes the definition first. A move
+        on top of a recorded one keeps the image the definition names."""
+        for target, (old, new) in moves.items():
+            if old is None:
+                continue
+            earlier = meta.follow.get(target)
+            meta.follow[target] = [earlier[0] if earlier and earlier[1] == old else old,
+                                   new]
+
+    def follow_definition(self, dom: DomainObj, what: str, *, job_ok: bool = False
+                          ) -> Deferred:
+        """Write ``dom``'s persistent definition on the images its guest moved to if an
+        earlier write failed (``DomainSnapshots.follow``; nothing to do otherwise):
+        resolves once the definition and then the metadata without the record are
+        written, or fails with why, worded for ``what`` is refused ("create a
+        snapshot"). Refused while a job runs on the domain, unless ``job_ok`` (the
+        start's own, which leaves the persistent definition alone); the domain is busy
+        with the write meanwhile (``Registry.operations``)."""
+        meta = self.store.load(dom)
+        if not meta.follow:
+            return Deferred.resolved(None)
+        if not job_ok:
+            self.require_no_job(dom)
+        now = {d.target_dev: d.source for d in dom.persistent_definition.disks
+               if d.device == "disk"}
+        moves: dict[str, tuple[str | None, str]] = {
+            t: (old, new) for t, (old, new) in meta.follow.items() if now.get(t) != new}
+        out = Deferred()
+
+        def failed(error: QemudError) -> None:
+            out.fail(OperationFailed(
+                f"cannot {what}: the persistent definition of domain '{dom.name}' still "
+                "names images its guest has left ("
+                + ", ".join(f"disk {t}: {old}, now {new}" for t, (old, new) in
+                            sorted(meta.follow.items()))
+                + f"; an earlier write failed), and writing it failed again: "
+                  f"{error.detail}"))
+
+        def pointed() -> None:
+            log.info("domain %s: the persistent definition follows its guest's disks now "
+                     "(%s)", dom.name, ", ".join(f"{t} -> {new}" for t, (_, new)
+                                                 in sorted(meta.follow.items())))
+            meta.follow.clear()
+            then(self.store.save(meta), failed, lambda: out.resolve(None))
+        then(self.point_disks(dom, moves, "definition update") if moves
+             else Deferred.resolved(None), failed, pointed)
+        return out
+
+    def follow_live(self, dom: DomainObj, live: DomainDef) -> None:
+        """A start hook: ``live`` (what ``dom`` is about to start from) names the images
+        its guest moved to where the persistent definition still names the ones it
+        left (``DomainSnapshots.follow``), and the definition is written again once
+        the start is under way (a failure is logged: the next start follows again).
+        Raises OperationFailed, refusing the start, if the metadata cannot be read:
+        the image the definition names may be a snapshot's, frozen."""
+        meta = self.store.load(dom)
+        for disk in live.disks:
+            move = meta.follow.get(disk.target_dev or "")
+            if move is None or disk.device != "disk" or disk.source != move[0]:
+                continue
+            log.warning("domain %s: disk %s starts on %s, where the guest last ran, not on "
+                        "%s, which the persistent definition names (its write failed)",
+                        dom.name, disk.target_dev, move[1], move[0])
+            disk.source, disk.driver_type = move[1], "qcow2"
+
+        def write() -> None:  # (outside the start's call: its reply does not wait for it)
+            registry = self.driver.registry
+            if not registry.holds(dom) or dom.uuid in registry.operations:
+                return  # (busy: a UEFI start's NVRAM copy, an image operation's start)
+            try:
+                written = self.follow_definition(dom, "follow the disks", job_ok=True)
+            except QemudError as exc:
+                written = Deferred.failed(exc)
+            written.add_done_callback(lambda d: log_failure(f"domain {dom.name}", d))
+        self.loop.call_soon(write)
+
     def require_no_job(self, dom: DomainObj) -> None:
         """No job on ``dom`` (``Lifecycle.require_no_job``), no appliance image operation
         (``Registry.require_no_operation``), and no snapshot operation that ended its
@@ -361,6 +443,7 @@ class SnapshotOps:
         detached disk's files; and of the images a metadata-only delete left to the
         user (``meta.kept``)."""
         roots: set[str] = set(meta.unplugged) | set(meta.kept)
+        roots.update(new for _, new in meta.follow.values())
         for definition in (dom.definition, dom.next_definition, dom.live):
             if definition is not None:
                 roots.update(d.source for d in definition.disks if d.source)

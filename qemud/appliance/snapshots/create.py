@@ -117,25 +117,50 @@ class CreateOps(SnapshotOps):
                  not_pointed, pointed)
 
         def not_pointed(error: QemudError) -> None:
-            if running:  # QEMU already writes to the overlays: keep them
-                end_job(dom, job)
-                out.fail(OperationFailed(
-                    f"the guest now writes to new overlays, but its definition could "
-                    f"not be saved: {error.message}"))
-            else:
+            """The definition's write failed. A shut-off domain: nothing happened. A
+            running guest writes to the overlays already: the snapshot is taken, and
+            the metadata records that the definition must follow (its next start boots
+            the overlays, its next snapshot operation writes it first); the call still
+            fails, saying so."""
+            if not running:
                 fail(error)
+                return
+            meta.snapshots[name] = record
+            meta.current = name
+            self.record_follow(meta, {t: (d.base, d.overlay)
+                                      for t, d in record.disks.items()})
+
+            def recorded(d: Deferred) -> None:
+                end_job(dom, job)
+                if d.error is not None:
+                    log.error("domain %s: snapshot %s: %s", dom.name, name, d.error.message)
+                    out.fail(OperationFailed(
+                        f"the guest now writes to new overlays, but neither its "
+                        f"definition nor the snapshot metadata could be saved: "
+                        f"{error.detail}; {d.error.detail}"))
+                    return
+                announce()
+                out.fail(OperationFailed(
+                    f"snapshot '{name}' was taken and the guest writes to its overlays, "
+                    f"but its persistent definition could not be saved: {error.detail}. "
+                    "The domain's next start uses the overlays, and its next snapshot "
+                    "operation saves the definition first"))
+            self.store.save(meta).add_done_callback(recorded)
 
         def pointed() -> None:
             meta.snapshots[name] = record
             meta.current = name
             self._end_job(dom, job, meta, out, saved)
 
-        def saved() -> None:
+        def announce() -> None:
             audit_log.info("appliance snapshot domain=%r uuid=%s create=%r disks=%s",
                            dom.name, dom.uuid, name, ",".join(record.disks))
             log.info("domain %s: snapshot %s taken (%s)", dom.name, name,
                      ", ".join(f"{t} -> {d.overlay}" for t, d in record.disks.items()))
             self.events.appliance(dom.ref(), "snapshot-created", name)
+
+        def saved() -> None:
+            announce()
             out.resolve(pl.StringReply(name))
 
         if not running:

@@ -568,6 +568,8 @@ class DeleteOps(SnapshotOps):
 
         def pointed(d: Deferred) -> None:
             self.store.settling.pop(dom.uuid, None)
+            if d.error is not None:  # the disks read S's images: the definition must too
+                self.record_follow(meta, points)
             self._settled(dom, meta, snap, moved, error or d.error, out, above, started)
         self.point_disks(dom, points).add_done_callback(pointed)
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
+from qemud.dispatch import Deferred
 from qemud.driver.discard import remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
 from qemud.errors import OperationInvalid, QemudError
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
     from protocol import payloads as pl
     from protocol.constants import ShutoffReason
     from protocol.fields import Payload
-    from qemud.dispatch import Deferred, Handler
+    from qemud.conf import DomainDef
+    from qemud.dispatch import Handler
     from qemud.driver.domain import DomainObj
     from qemud.driver.store import StatusRecord
 
@@ -66,6 +69,7 @@ class SnapshotDuty:
         self.driver.disk_removed_hooks.append(self.disk_removed)
         self.driver.config_change_guards.append(self.no_snapshot_job)
         self.driver.stop_hooks.append(self.on_stop)
+        self.driver.start_hooks.append(self.follow_at_start)
         # before any re-attached guest's QMP is up (it connects from the loop)
         self.driver.lifecycle.reattach_hooks.append(self.reattached)
         # transient domains that ended while no daemon watched (QEMU gone at reconnect,
@@ -75,13 +79,57 @@ class SnapshotDuty:
         self.check_interrupted_merges()
         P = Procedure
         return {
-            P.DOMAIN_SNAPSHOT_CREATE: lambda c, a: self.ops.creating.create(c, a),
+            P.DOMAIN_SNAPSHOT_CREATE: lambda c, a: self.followed(
+                a, "create a snapshot", lambda: self.ops.creating.create(c, a)),
             P.DOMAIN_SNAPSHOT_LIST: lambda c, a: self.ops.creating.list_snapshots(c, a),
-            P.DOMAIN_SNAPSHOT_REVERT: lambda c, a: self.ops.reverting.revert(c, a),
-            P.DOMAIN_SNAPSHOT_DELETE: lambda c, a: self.ops.deleting.delete(c, a),
+            P.DOMAIN_SNAPSHOT_REVERT: lambda c, a: self.followed(
+                a, "revert to a snapshot", lambda: self.ops.reverting.revert(c, a)),
+            P.DOMAIN_SNAPSHOT_DELETE: lambda c, a: self.followed(
+                a, "delete a snapshot", lambda: self.ops.deleting.delete(c, a)),
             P.DOMAIN_SNAPSHOT_GET_XML: lambda c, a: self.ops.describing.get_xml(c, a),
-            P.DOMAIN_BACKUP: lambda c, a: self.ops.backups.backup(c, a),
+            P.DOMAIN_BACKUP: lambda c, a: self.followed(
+                a, "back up", lambda: self.ops.backups.backup(c, a)),
         }
+
+    def followed(self, args: Any, what: str, call: Callable[[], Payload | Deferred]
+                 ) -> Payload | Deferred:
+        """``call()`` once the persistent definition of the domain ``args`` names
+        the images its guest moved to, if an earlier write of it failed
+        (``SnapshotOps.follow_definition``): the operation reads that definition, and
+        would build on images the guest has left. Nothing to wait for otherwise."""
+        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        written = self.ops.creating.follow_definition(dom, what)
+        if written.done and written.error is None:
+            return call()
+        out = Deferred()
+
+        def then_call(d: Deferred) -> None:
+            if d.error is not None:
+                out.fail(d.error)
+                return
+            try:
+                result = call()
+            except QemudError as exc:
+                out.fail(exc)
+                return
+            if isinstance(result, Deferred):
+                result.chain(out)
+            else:
+                out.resolve(result)
+        written.add_done_callback(then_call)
+        return out
+
+    def follow_at_start(self, dom: DomainObj, live: DomainDef) -> None:
+        """A start hook: if the persistent definition could not follow the guest's disks
+        the last time (see ``DomainSnapshots.follow``), ``live`` does
+        (``SnapshotOps.follow_live``). A domain without snapshot metadata costs a failed
+        ``open``, one with metadata a read of its text."""
+        try:
+            text = self.driver.files.read_text(self.root / dom.name / "snapshots.json")
+        except OSError:
+            return
+        if '"follow": {' in text and '"follow": {}' not in text:
+            self.ops.creating.follow_live(dom, live)
 
     def _make_private(self) -> None:
         """The snapshot store holds what the guests wrote since their snapshots (the

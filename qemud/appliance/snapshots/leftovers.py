@@ -258,8 +258,17 @@ def adopt_pivots(ops: SnapshotOps, dom: DomainObj) -> None:
         ops.lifecycle.save_status(dom)
 
         def pointed(d: Deferred) -> None:
-            if d.error is not None:
-                log.error("domain %s: the persistent definition could not follow QEMU's "
-                          "disks: %s", dom.name, d.error.message)
+            if d.error is None:
+                return
+            log.error("domain %s: the persistent definition could not follow QEMU's "
+                      "disks: %s", dom.name, d.error.message)
+            try:  # the next start and snapshot operation follow them (see DomainSnapshots)
+                now = ops.store.load(dom)
+            except QemudError as exc:
+                log.error("domain %s: %s", dom.name, exc.message)
+                return
+            ops.record_follow(now, moves)
+            ops.store.save(now).add_done_callback(
+                lambda d: log_failure(f"domain {dom.name}", d))
         ops.point_disks(dom, moves).add_done_callback(pointed)
     monitor.execute("query-block").add_done_callback(queried)

@@ -102,13 +102,20 @@ class DomainSnapshots:
     #: overlay -> snapshot name: an image of ours a snapshot froze, left to the user by a
     #: metadata-only delete of that snapshot; never removed nor merged into (nor below)
     kept: dict[str, str] = field(default_factory=dict)
+    #: disk target -> [image the persistent definition names, image it must name]: the
+    #: guest moved to the second (a live snapshot's overlay, a live merge's pivot) but
+    #: the definition's write failed. Until a write succeeds the guest starts on the
+    #: second anyway, and every snapshot operation first writes the definition
+    #: (:meth:`.base.SnapshotOps.follow_definition`): the first is a snapshot's frozen
+    #: image, or a layer already merged below, and booting it would write into it
+    follow: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"version": META_VERSION, "domain": self.domain, "uuid": self.uuid,
                            "current": self.current,
                            "snapshots": [asdict(s) for s in self.snapshots.values()],
                            "images": self.images, "unplugged": self.unplugged,
-                           "kept": self.kept}, indent=1)
+                           "kept": self.kept, "follow": self.follow}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> DomainSnapshots:
@@ -120,7 +127,8 @@ class DomainSnapshots:
                    images={str(k): str(v) for k, v in data.get("images", {}).items()},
                    unplugged={str(k): str(v)
                               for k, v in data.get("unplugged", {}).items()},
-                   kept={str(k): str(v) for k, v in data.get("kept", {}).items()})
+                   kept={str(k): str(v) for k, v in data.get("kept", {}).items()},
+                   follow={str(k): _move(v) for k, v in data.get("follow", {}).items()})
 
     def find_unplugged(self, in_use: set[str], targets: set[str]) -> None:
         """Update ``unplugged`` from the domain's definitions: ``in_use`` is every disk
@@ -189,6 +197,14 @@ class DomainSnapshots:
         if self.current == snap.name:
             self.current = snap.parent
         del self.snapshots[snap.name]
+
+
+def _move(value: Any) -> list[str]:
+    """A ``follow`` entry as read: [from, to], two paths."""
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(p, str) and p for p in value)):
+        raise ValueError(f"a follow entry is not [image, image]: {value!r}")
+    return [value[0], value[1]]
 
 
 class SnapshotStore:
