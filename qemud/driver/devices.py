@@ -538,7 +538,8 @@ class Devices:
             return plugged
         # as libvirt: the persistent definition once QEMU has the disk (a refused
         # hotplug changes neither), made to that definition as it is then
-        return self.driver.registry.after_live(dom, plugged, add_to_config)
+        return self.driver.registry.after_live(dom, plugged, add_to_config,
+                                               self.driver.config_change_guards)
 
     def _require_live_change(self, dom: DomainObj) -> None:
         """Refuse a live attach/detach while a job runs on the domain.
@@ -747,7 +748,8 @@ class Devices:
                 raise OperationInvalid("the detach was answered before QEMU took its "
                                        "unplug request")
             change(definition)
-        saved = self.driver.registry.after_live(dom, requested, change_unless_answered)
+        saved = self.driver.registry.after_live(dom, requested, change_unless_answered,
+                                                self.driver.config_change_guards)
         if then is not None:
             saved.add_done_callback(lambda d: then() if d.error is None else None)
 
@@ -1095,7 +1097,9 @@ class Devices:
                                          force=bool(flags & MODIFY_FORCE)),
                           f"the media change of {target} in '{dom.name}'")
         result.add_done_callback(changed)
-        return self.driver.registry.after_live(dom, result, insert) if config else result
+        return (self.driver.registry.after_live(dom, result, insert,
+                                                self.driver.config_change_guards)
+                if config else result)
 
     @staticmethod
     def _cdrom(definition: Any, target: str, name: str) -> Disk:

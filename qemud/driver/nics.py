@@ -117,7 +117,8 @@ class Nics:
         # the persistent definition once the guest has the NIC, added to it as it is
         # then (a refused hotplug changes neither)
         return self.driver.registry.after_live(
-            dom, done, lambda d: self._add_to_config(d, iface, slot, dom.name))
+            dom, done, lambda d: self._add_to_config(d, iface, slot, dom.name),
+            self.driver.config_change_guards)
 
     def _macs(self, dom: DomainObj) -> list[str]:
         """MACs of every definition of ``dom``: a generated one is new to all of them."""

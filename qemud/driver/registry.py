@@ -475,10 +475,13 @@ class Registry:
         return done
 
     def after_live(self, dom: DomainObj, live: Deferred,
-                   change: Callable[[DomainDef], None]) -> Deferred:
+                   change: Callable[[DomainDef], None],
+                   guards: Sequence[Callable[[DomainObj], None]] = ()) -> Deferred:
         """``live`` (the live half of a ``--live --config`` call, done by QEMU), then
         :meth:`_change_persistent` with ``change``; resolves with ``live``'s result once
-        both are done, fails as the first fails."""
+        both are done, fails as the first fails. ``guards``: checks the persistent
+        change must pass then (a device change: the driver's ``config_change_guards``;
+        a snapshot job may have begun during the QMP round trips)."""
         out = Deferred()
 
         def then(d: Deferred) -> None:
@@ -486,7 +489,7 @@ class Registry:
                 out.fail(d.error)
                 return
             try:
-                saved = self._change_persistent(dom, change)
+                saved = self._change_persistent(dom, change, guards)
             except QemudError as exc:
                 out.fail(exc)
                 return
@@ -494,8 +497,8 @@ class Registry:
         live.add_done_callback(then)
         return out
 
-    def _change_persistent(self, dom: DomainObj, change: Callable[[DomainDef], None]
-                           ) -> Deferred:
+    def _change_persistent(self, dom: DomainObj, change: Callable[[DomainDef], None],
+                           guards: Sequence[Callable[[DomainObj], None]] = ()) -> Deferred:
         """The ``--config`` half of a ``--live --config`` call, once QEMU has made the
         live half: ``change`` is made to a copy of the persistent definition as it is
         *now*, and saved (:meth:`save_persistent`).
@@ -512,6 +515,8 @@ class Registry:
         definition = dom.persistent_definition.copy()
         try:
             self.require_no_operation(dom)  # (one that began meanwhile)
+            for guard in guards:
+                guard(dom)
             change(definition)
         except QemudError as exc:
             raise OperationInvalid(f"the live change was made, not the persistent one: "

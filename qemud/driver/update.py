@@ -135,7 +135,9 @@ class DeviceUpdate:
 
         dom.monitor.execute("set_link", {"name": naming.nic_ids(mac)[0],
                                          "up": state == "up"}).add_done_callback(done)
-        return self.driver.registry.after_live(dom, out, change_config) if config else out
+        return (self.driver.registry.after_live(dom, out, change_config,
+                                                self.driver.config_change_guards)
+                if config else out)
 
 
 def _unchanged_but_link(definition: DomainDef, new: Interface) -> Interface:

@@ -15,7 +15,9 @@ Real qemu-img (behind a wrapper that can fail or hold it) and the test guest (TC
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,6 +346,56 @@ def test_disk_config_changes_wait_for_a_snapshot_job(qemud: DaemonProcess, tools
             for s in dom.snapshots():
                 dom.snapshot_delete(s.name)
             dom.undefine()
+
+
+def test_a_live_and_config_attach_refuses_its_config_half_to_a_snapshot_begun_meanwhile(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path) -> None:
+    """``attach-device --live --config`` changes the persistent definition once QEMU has
+    the device; a snapshot create that began during that QMP round trip (QEMU stopped,
+    so both wait) holds its job by then, and the config half is refused as the same
+    change with ``--config`` alone would have been. The live half stays, and the error
+    says so."""
+    name = "snap-attach-race"
+    nic = "<interface type='user'><model type='virtio'/></interface>"
+    with qemud.connect() as conn:
+        g = Guest(conn, test_guest, name, tmp_path,
+                  disk_xml(make_image(tmp_path / "vda.qcow2"))).boot()
+        [pid] = [int(p) for p in subprocess.run(
+            ["pgrep", "-f", f"guest={name},"], capture_output=True, text=True
+        ).stdout.split()]
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                attach, attached = in_thread(lambda: qemud.connect().lookup_by_name(
+                    name).attach_device(nic, client.AFFECT_LIVE | client.AFFECT_CONFIG))
+                wait_for(lambda: "--> netdev_add" in qemud.log_text(), 30,
+                         message="the attach's QMP request")
+                create, created = in_thread(
+                    lambda: qemud.connect().lookup_by_name(name).snapshot_create("s1"))
+
+                def busy() -> bool:  # (a delete of no snapshot: refused as busy first)
+                    try:
+                        g.dom.snapshot_delete("none")
+                    except OperationInvalid as exc:
+                        return "busy: snapshot in progress" in str(exc)
+                    except client.NoSnapshotError:
+                        return False
+                    raise AssertionError("a snapshot 'none' was deleted")
+                wait_for(busy, 30, message="the snapshot's job")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            attach.join(60)
+            create.join(60)
+            assert created.get("result") == "s1", created
+            error = attached.get("error")
+            assert isinstance(error, OperationInvalid), attached
+            assert str(error) == (
+                "Requested operation is not valid: the live change was made, not the "
+                f"persistent one: domain '{name}' is busy: snapshot in progress")
+            assert "<interface type='user'>" in g.dom.xml()
+            assert "<interface type='user'>" not in g.dom.xml(INACTIVE)
+        finally:
+            g.close()
 
 
 def _without_disk(xml: str, target: str) -> str:
