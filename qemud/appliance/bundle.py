@@ -8,7 +8,8 @@ failed). The archive holds one directory ``qemud-support-<host>-<time>/``::
     versions.txt          qemud, QEMU (per emulator), KVM verdict, kernel, Python
     config.toml           the effective configuration, secrets redacted
     capabilities.xml      the capabilities XML
-    domains.txt           every domain: state, id, persistent, autostart
+    domains.txt           every domain: state, id, persistent, autostart, uuid, and the
+                          members holding its XML and QEMU logs
     domains/NAME.xml      persistent definition (secrets redacted)
     domains/NAME.live.xml live definition of a running guest (secrets redacted)
     appliances.json       stored appliance images and deployed VMs' image state
@@ -16,6 +17,10 @@ failed). The archive holds one directory ``qemud-support-<host>-<time>/``::
     logs/audit.log        the audit log, last 1 MiB
     logs/appliance-hooks.log
     logs/qemu/NAME.log    each guest's QEMU log (and the rotated .log.1), last 1 MiB each
+
+NAME is the guest's name when it is made of ``A-Za-z0-9._+-`` alone and no other guest's
+member has it; else ``<name, other characters as _>-<first 8 hex digits of the uuid>``
+(:class:`MemberNames`), so that no guest's files overwrite another's.
 
 Never included: private keys. A file is skipped if it is a TLS key file, lies under the
 directory of one (``tls.key_file``), or its name matches ``*key*.pem``; values of
@@ -75,6 +80,8 @@ log = logging.getLogger(__name__)
 LOG_CAP = 1024 * 1024
 SECRET_RE = re.compile(r"passw(or)?d|secret", re.IGNORECASE)
 REDACTED = "<redacted>"
+#: a guest's QEMU log and its rotated part, ``<guest_log_dir>/NAME.log``/``NAME.log.1``
+LOG_SUFFIXES = (".log", ".log.1")
 
 _SCRIPT = r"""
 set -u
@@ -346,37 +353,50 @@ class BundleDuty:
         manifest: list[str] = []
         skipped: list[str] = []
 
-        def write(name: str, text: str) -> None:
+        def write(name: str, text: str, note: str = "") -> None:
             (out / name).write_text(text)
-            manifest.append(name)
+            manifest.append(name + note)
 
         write("versions.txt", self._versions())
         write("config.toml", redact_config(config))
         write("capabilities.xml", self.driver.capabilities_xml())
+        domains = sorted(self.driver.registry, key=lambda d: d.name)
+        try:
+            guest_logs = sorted(paths.guest_log_dir.iterdir())
+        except OSError:
+            guest_logs = []
+        owners = {o for p in guest_logs if (o := _log_owner(p.name)) is not None}
+        stems = MemberNames().stems([(d.name, d.uuid) for d in domains],
+                                    sorted(owners - {d.name for d in domains}))
         rows = []
-        for dom in sorted(self.driver.registry, key=lambda d: d.name):
+        for dom in domains:
+            stem = stems[dom.name]
+            note = "" if stem == dom.name else f" (domain '{dom.name}')"
+            xml = live = "-"
+            if dom.persistent:
+                xml = f"domains/{stem}.xml"
+                write(xml, redact_xml(dom.persistent_definition.to_xml()), note)
+            if dom.live is not None:
+                live = f"domains/{stem}.live.xml"
+                write(live, redact_xml(dom.live.to_xml(live=True)), note)
             rows.append(f"{dom.name}\tstate={DomainState(dom.state).name.lower()}\t"
                         f"id={dom.id}\tpersistent={'yes' if dom.persistent else 'no'}\t"
-                        f"autostart={'yes' if dom.autostart else 'no'}\tuuid={dom.uuid}")
-            safe = _member_name(dom.name)
-            if dom.persistent:
-                write(f"domains/{safe}.xml",
-                      redact_xml(dom.persistent_definition.to_xml()))
-            if dom.live is not None:
-                write(f"domains/{safe}.live.xml", redact_xml(dom.live.to_xml(live=True)))
-        write("domains.txt", "\n".join(rows) + ("\n" if rows else ""))
+                        f"autostart={'yes' if dom.autostart else 'no'}\tuuid={dom.uuid}\t"
+                        f"xml={xml}\tlive_xml={live}")
         write("appliances.json", json.dumps(self._appliances(), indent=1) + "\n")
 
         logs: list[tuple[Path, str]] = []
+        guest_members: dict[str, list[str]] = {}
 
-        def add_log(src: Path, member: str) -> None:
+        def add_log(src: Path, member: str) -> bool:
             if is_private_key_path(src, key_files):
                 skipped.append(f"{src}: private key material (TLS key path or *key*.pem)")
-                return
+                return False
             if not src.is_file():
-                return
+                return False
             logs.append((src, member))
             manifest.append(f"{member} (last {LOG_CAP} bytes of {src})")
+            return True
 
         if config.log.file:
             add_log(Path(config.log.file), "logs/qemud.log")
@@ -386,17 +406,20 @@ class BundleDuty:
             paths.log_dir / "audit.log"
         add_log(audit, "logs/audit.log")
         add_log(paths.log_dir / "appliance-hooks.log", "logs/appliance-hooks.log")
-        try:
-            guest_logs = sorted(paths.guest_log_dir.iterdir())
-        except OSError:
-            guest_logs = []
         for path in guest_logs:
-            if not path.name.endswith((".log", ".log.1")):
+            owner = _log_owner(path.name)
+            if owner is None:
                 continue
             if path.is_symlink():  # (the daemon writes files there, never links)
                 skipped.append(f"{path}: a symbolic link, not a guest log")
                 continue
-            add_log(path, f"logs/qemu/{_member_name(path.name)}")
+            member = f"logs/qemu/{stems[owner]}{path.name[len(owner):]}"
+            if add_log(path, member):
+                guest_members.setdefault(owner, []).append(member)
+        # (after the logs: a row names the log members that made it in)
+        write("domains.txt", "".join(
+            f"{row}\tlogs={','.join(guest_members.get(dom.name, [])) or '-'}\n"
+            for dom, row in zip(domains, rows, strict=True)))
         text = [f"qemud support bundle, made {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
                 "included:"] + [f"  {m}" for m in manifest + ["MANIFEST.txt"]]
         if skipped:
@@ -443,6 +466,68 @@ class BundleDuty:
 
 def _member_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "_"
+
+
+def _log_owner(filename: str) -> str | None:
+    """The guest a QEMU log file of the log directory belongs to (``NAME.log``,
+    ``NAME.log.1``), or None for a file that is no guest log."""
+    for suffix in LOG_SUFFIXES:
+        if filename.endswith(suffix) and len(filename) > len(suffix):
+            return filename[:-len(suffix)]
+    return None
+
+
+class MemberNames:
+    """The stem each guest's files have in the archive, no two alike.
+
+    A guest name is any text but ``/``: "web 1", "web?1" and "web_1" all sanitise to
+    ``web_1``, every non-ASCII name of one length to the same underscores, and the live
+    XML of "domain" (``domain.live.xml``) is the persistent XML of "domain.live". Had
+    two guests one member, the one written last would hide the other while the index
+    still listed both. So a name that sanitising leaves as it is keeps its files'
+    names (what readers of earlier bundles know), unless an earlier guest's file has one
+    of them (guests go in name order: "domain" before "domain.live"); any other name
+    gets its sanitised form behind a suffix, the first 8 hex digits of its uuid (for a
+    log whose guest is gone: a counter), then a counter should that be taken too.
+    ``domains.txt`` gives each guest's members.
+    """
+
+    #: the files of a defined guest's stem; a gone guest's logs have only the last two
+    DOMAIN_FILES = (".xml", ".live.xml") + LOG_SUFFIXES
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def take(self, stem: str, suffixes: tuple[str, ...]) -> bool:
+        """Claim ``stem`` with ``suffixes``, unless one of those names is taken."""
+        files = {stem + suffix for suffix in suffixes}
+        if self.taken & files:
+            return False
+        self.taken |= files
+        return True
+
+    def stems(self, domains: list[tuple[str, str]], gone: list[str]) -> dict[str, str]:
+        """Guest name -> stem, for ``domains`` (name, uuid) and the guests ``gone`` that
+        left only logs. Plain names first (defined guests before gone ones), so that an
+        unusual name never moves a plain one."""
+        wanted = ([(name, uuid, self.DOMAIN_FILES) for name, uuid in domains]
+                  + [(name, "", LOG_SUFFIXES) for name in gone])
+        out: dict[str, str] = {}
+        for name, _, suffixes in wanted:
+            if _member_name(name) == name and self.take(name, suffixes):
+                out[name] = name
+        for name, uuid, suffixes in wanted:
+            if name in out:
+                continue
+            base = _member_name(name)
+            tag = uuid.replace("-", "")[:8]
+            n = 1
+            stem = f"{base}-{tag}" if tag else f"{base}-{n}"
+            while not self.take(stem, suffixes):
+                n += 1
+                stem = f"{base}-{tag}-{n}" if tag else f"{base}-{n}"
+            out[name] = stem
+        return out
 
 
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:

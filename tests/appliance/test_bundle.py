@@ -209,3 +209,76 @@ def test_big_bundle_small_queue_limit(daemon_factory: DaemonFactory) -> None:
             log = files[f"logs/qemu/ghost{i}.log"]
             assert len(log) == LOG_CAP and not log.startswith(b"head")  # the end is kept
         assert conn.list_domains(0) == []  # still connected
+
+
+def index(files: dict[str, bytes]) -> dict[str, dict[str, str]]:
+    """domains.txt: domain name -> its fields (``state``, ``uuid``, ``xml``...)."""
+    out = {}
+    for line in files["domains.txt"].decode().splitlines():
+        name, *fields = line.split("\t")
+        out[name] = dict(f.split("=", 1) for f in fields)
+    return out
+
+
+def test_names_that_sanitise_alike_keep_their_own_members(qemud: DaemonProcess) -> None:
+    """"web 1", "web?1" and "web_1" all sanitise to web_1, "дом" and "кот" to ___, and
+    the live XML of "domain" is named as the persistent XML of "domain.live": each guest
+    has its own members, named in domains.txt, and a plain name keeps its plain ones.
+    Before, the guest written last replaced the others, MANIFEST still listing them."""
+    names = ["web 1", "web_1", "web?1", "дом", "кот", "domain.live"]
+    gone = ["gh 1", "gh?1", "gh_1"]  # logs of guests no longer defined
+    guest_logs = qemud.log_dir / "qemu"
+    guest_logs.mkdir(parents=True, exist_ok=True)
+    for name in names + gone:
+        (guest_logs / f"{name}.log").write_text(f"log of {name}\n")
+    (guest_logs / "web 1.log.1").write_text("rotated log of web 1\n")
+    with qemud.connect() as conn:
+        defined = [conn.define_xml(bare_xml(name)) for name in names]
+        uuids = {d.name: d.uuid for d in defined}
+        running = conn.create_xml(bare_xml("domain"))
+        try:
+            out = io.BytesIO()
+            images.support_bundle(conn, out)
+        finally:
+            running.destroy()
+            for dom in defined:
+                dom.undefine()
+            for name in names + gone:
+                (guest_logs / f"{name}.log").unlink()
+            (guest_logs / "web 1.log.1").unlink()
+    files = members(out.getvalue())
+    # as many members as the guests have files: none written over another
+    assert len([m for m in files if m.startswith("domains/")]) == len(names) + 1
+    assert len([m for m in files if m.startswith("logs/qemu/")]) >= len(names) + len(gone) + 2
+    rows = index(files)
+    assert set(names) | {"domain"} <= set(rows)
+    # plain names keep the members they always had
+    assert rows["web_1"]["xml"] == "domains/web_1.xml"
+    assert rows["web_1"]["logs"] == "logs/qemu/web_1.log"
+    assert rows["domain"]["live_xml"] == "domains/domain.live.xml"
+    assert rows["domain"]["xml"] == "-"
+    assert rows["domain"]["logs"] == "logs/qemu/domain.log"
+    # the others: their sanitised name and the start of their uuid
+    for name, base in (("web 1", "web_1"), ("web?1", "web_1"), ("дом", "___"),
+                       ("кот", "___"), ("domain.live", "domain.live")):
+        stem = f"{base}-{uuids[name][:8]}"
+        assert rows[name]["xml"] == f"domains/{stem}.xml", (name, rows[name])
+        assert rows[name]["live_xml"] == "-"
+    assert rows["web 1"]["logs"] == (f"logs/qemu/web_1-{uuids['web 1'][:8]}.log,"
+                                     f"logs/qemu/web_1-{uuids['web 1'][:8]}.log.1")
+    # every guest's definition and log is there, each in its own member
+    for name, row in rows.items():
+        if name not in names:
+            continue
+        assert f"<name>{name}</name>".encode() in files[row["xml"]], name
+        assert files[row["logs"].split(",")[0]] == f"log of {name}\n".encode()
+    assert files[rows["web 1"]["logs"].split(",")[1]] == b"rotated log of web 1\n"
+    assert b"<name>domain</name>" in files["domains/domain.live.xml"]
+    assert b"starting: " in files["logs/qemu/domain.log"]
+    # the logs of gone guests: a plain name as it is, the others with a counter
+    assert {files[f"logs/qemu/{m}"] for m in ("gh_1.log", "gh_1-1.log", "gh_1-2.log")} == {
+        f"log of {name}\n".encode() for name in gone}
+    manifest = files["MANIFEST.txt"].decode()
+    assert f"domains/___-{uuids['дом'][:8]}.xml (domain 'дом')" in manifest
+    assert f"logs/qemu/___-{uuids['кот'][:8]}.log (last {LOG_CAP} bytes of " \
+           f"{guest_logs / 'кот.log'})" in manifest
