@@ -37,13 +37,17 @@ def cmd_appliance_import(sh: Shell, args: Args) -> None:
          args=(Arg("name", "appliance name"),),
          opts=(Opt("as", "name of the new VM", "vm"),
                Opt("version", "appliance version (default: the newest)", "version"),
-               Opt("start", "start the VM once it is defined")))
+               Opt("start", "start the VM once it is defined (a VM whose start fails "
+                            "stays defined)")))
 def cmd_appliance_deploy(sh: Shell, args: Args) -> None:
     name = args.req("name")
     vm = args.get("as")
     if not vm:
         raise UsageError("command 'appliance-deploy' requires --as <vm>")
-    with sh.failing(f"Failed to deploy appliance '{name}' as '{vm}'"), \
+    # (with --start the daemon's message says which part failed: a VM whose start fails
+    # is kept, deployed)
+    what = "deploy and start" if args.flag("start") else "deploy"
+    with sh.failing(f"Failed to {what} appliance '{name}' as '{vm}'"), \
             Progress(sh.err, f"Deploying appliance {name} as {vm}"):
         images.deploy(sh.conn(), name, vm, args.get("version") or "",
                       start=args.flag("start"))

@@ -61,6 +61,18 @@ def quoteattr(text: str) -> str:
 
 log = logging.getLogger(__name__)
 
+
+def _start_failed(error: QemudError, what: str) -> QemudError:
+    """``error`` of a start, its detail behind ``what``, of the same class (code) as far
+    as :mod:`qemud.errors` goes: a class of another module (a QEMU command's
+    CommandRejected) may take other arguments."""
+    cls: type[QemudError] = QemudError
+    for c in type(error).__mro__:
+        if issubclass(c, QemudError) and c.__module__ == QemudError.__module__:
+            cls = c
+            break
+    return cls(f"{what}: {error.detail}", domain=error.domain)
+
 #: DeployArgs.flags: start the VM once it is defined
 DEPLOY_START = 1
 #: what a deploy's name reservation says (``Registry.reserved``)
@@ -100,7 +112,13 @@ class DeployOps(ImageOps):
         """The name is reserved until the define has landed (a define, rename or deploy
         of it meanwhile is refused); from the define until the state's last write, the
         new domain is busy (``Registry.operations``): a rename or an undefine meanwhile
-        would move or remove what the deploy still writes to, or undoes."""
+        would move or remove what the deploy still writes to, or undoes.
+
+        A ``start`` comes after all that, outside the undo: its failure (too much memory
+        for the host, say) is no fault of the deployed VM, whose disks and definition are
+        whole, so the VM is kept, as virsh keeps a defined domain whose start failed, and
+        the error says it was deployed but did not start (a retry of the same deploy would
+        meet "already exists"; a ``start`` after fixing the cause is what is needed)."""
         vmdir = self.vm_dir(vm)
         registry = self.driver.registry
         try:
@@ -142,7 +160,11 @@ class DeployOps(ImageOps):
                               f"deployed from appliance {desc.ref} ({len(disks)} disk(s) in "
                               f"{vmdir})")
         if start:
-            yield self.driver.lifecycle.start(dom)
+            try:
+                yield self.driver.lifecycle.start(dom)
+            except QemudError as exc:
+                raise _start_failed(exc, f"appliance '{desc.name}' was deployed as '{vm}', "
+                                        "but it did not start") from None
         return pl.DomainReply(dom.ref())
 
     def _settle_deploy(self, dom: DomainObj, state: VMState) -> Task:
