@@ -28,9 +28,10 @@ reboot=shutdown`` as soon as it has started, so a reboot stops the guest like a 
 watchdog with action ``reset`` then counts as a guest reboot too.) Should a reboot happen
 before that command got through, the RESET event that follows is handled the same way,
 after the fact. ``set-action`` applies to host-requested resets as well, so around every
-reset the daemon itself makes (``qemush reboot``, a ``hook`` reboot in place) it switches
-back to ``reboot=reset`` until the firmware's own follow-up resets (SeaBIOS resets a
-warm-reset machine again) are over; see ``_begin_settle``. (A guest with
+reset the daemon itself makes (``qemush reboot`` and ``reset``, a ``hook`` reboot in
+place) it switches back to ``reboot=reset`` until the firmware's own follow-up resets
+(SeaBIOS resets a warm-reset machine again) are over; see ``_begin_settle``. A daemon
+restarted meanwhile sets ``reboot=shutdown`` again for each guest it re-attaches. (A guest with
 ``<on_reboot>destroy``, which the command line starts with ``-action reboot=shutdown``,
 needs none of this: the driver, like libvirt, turns ``qemush reboot`` of such a guest into
 a shutdown, so the daemon never resets it.)
@@ -153,12 +154,17 @@ class PowerDuty:
     def install(self) -> None:
         self.driver.power_hooks.append(self.on_guest_power)
         self.driver.reset_hooks.append(self.on_guest_reset)
+        self.driver.host_reset_hooks.append(self._before_host_reset)
         self.driver.stop_hooks.append(self.on_stop)
         self.driver.registry.validators.append(check_definition)  # bad metadata: refused
         self.events.add_listener(self.on_event)
-        for dom in self.driver.registry:  # re-attached after a daemon restart: QEMU kept
-            if dom.active and self._reboots_stop(dom):  # the action set at its start
+        for dom in self.driver.registry:  # re-attached after a daemon restart
+            if dom.active and self._reboots_stop(dom):
                 self._reboot_as_shutdown.add(dom.uuid)
+                # QEMU kept the action set at its start, unless the last daemon stopped
+                # within a reset's settling window (reboot=reset, in memory only): set
+                # it again (the command waits for the monitor's negotiation)
+                self._set_reboot_action(dom)
 
     def _reboots_stop(self, dom: DomainObj) -> bool:
         """Whether this duty runs the guest with set-action reboot=shutdown."""
@@ -364,6 +370,15 @@ class PowerDuty:
         if dom is None or dom.monitor is None or not self._reboots_stop(dom):
             return
         self._reboot_as_shutdown.add(dom.uuid)
+        self._set_reboot_action(dom)
+
+    @staticmethod
+    def _set_reboot_action(dom: DomainObj) -> None:
+        """QMP ``set-action reboot=shutdown``: the guest's reboots stop it (see the
+        module docstring); a failure is logged (reboots are then handled after the
+        fact, from QEMU's RESET event)."""
+        if dom.monitor is None or dom.monitor.closed:
+            return
         dom.monitor.execute("set-action", {"reboot": "shutdown"}).add_done_callback(
             lambda d: log.error("domain %s: set-action reboot=shutdown failed (%s): reboots "
                                 "are handled after the fact", dom.name, d.error.message)
@@ -375,8 +390,15 @@ class PowerDuty:
         system_reset right after emitting the event, so reboot=reset gets there first), or
         QEMU reset it (then on_guest_reset follows at once, in this same event)."""
         dom = self._find(ref)
-        if dom is None or dom.uuid in self._own_reset or dom.monitor is None or \
-                dom.uuid in self._settle:
+        if dom is not None:
+            self._before_host_reset(dom)
+
+    def _before_host_reset(self, dom: DomainObj) -> None:
+        """The daemon resets the guest now (a reboot in place, ``qemush reset``: the
+        driver's ``host_reset_hooks``, before its ``system_reset``): reboot=reset until
+        the firmware's resets are over (``_begin_settle``), else QEMU would turn the
+        reset into a shutdown."""
+        if dom.uuid in self._own_reset or dom.monitor is None or dom.uuid in self._settle:
             return
         if dom.uuid not in self._reboot_as_shutdown:
             return

@@ -129,6 +129,10 @@ class QemuDriver:
         #: appliance-layer hooks; a hook returning True has handled the guest's action
         self.power_hooks: list[GuestHook] = []
         self.reset_hooks: list[GuestHook] = []
+        #: called with the domain right before the daemon resets its guest itself
+        #: (DOMAIN_RESET's system_reset): the power duty lets that reset through QEMU's
+        #: reboot=shutdown action first
+        self.host_reset_hooks: list[Callable[[DomainObj], None]] = []
         self.stop_hooks: list[Callable[[DomainObj, ShutoffReason], None]] = []
         #: called with (dom, live definition) before the QEMU command line is built; a hook
         #: may add devices to the live definition (the heartbeat channel)

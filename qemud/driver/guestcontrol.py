@@ -24,6 +24,7 @@ from qemud.dispatch import Deferred, Handler
 from qemud.errors import InternalError
 
 from .flags import check_flags
+from .lifecycle import REBOOT_IS_SHUTDOWN
 from .monitor import CommandRejected
 
 if TYPE_CHECKING:
@@ -108,6 +109,12 @@ class GuestControl:
         dom = self._running(args)
         assert dom.monitor is not None
         dom.fake_reboot = False
+        # QEMU turns the reset of a guest whose reboots stop it (-action reboot=shutdown)
+        # into a shutdown: the guest is then shut down (Lifecycle._host_shutdown), as in
+        # libvirt, and no reboot is announced
+        stops = dom.current().on_reboot in REBOOT_IS_SHUTDOWN
+        for hook in self.driver.host_reset_hooks:
+            hook(dom)
         out = Deferred()
 
         def done(d: Deferred) -> None:
@@ -117,7 +124,8 @@ class GuestControl:
             if dom.state == DomainState.CRASHED:
                 dom.state, dom.reason = DomainState.PAUSED, int(PausedReason.CRASHED)
                 self.driver.lifecycle.save_status(dom)
-            self.driver.events.reboot(dom.ref())
+            if not stops:
+                self.driver.events.reboot(dom.ref())
             out.resolve(Empty())
 
         dom.monitor.execute("system_reset", timeout=QMP_TIMEOUT).add_done_callback(done)

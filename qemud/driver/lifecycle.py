@@ -101,6 +101,9 @@ START_BUSY = "start"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: <on_reboot> values for which an admin's reboot is a shutdown (libvirt's qemuDomainReboot)
 REBOOT_IS_SHUTDOWN = ("destroy", "preserve")
+#: QMP SHUTDOWN reasons (``guest: false``) after which QEMU exits: a signal (destroy),
+#: the ``quit`` command
+HOST_EXITS = ("host-signal", "host-qmp-quit")
 #: libvirt's VIR_DOMAIN_EVENT_WATCHDOG_* by QEMU's WATCHDOG event action
 WATCHDOG_ACTIONS = {"none": 0, "pause": 1, "reset": 2, "poweroff": 3, "shutdown": 4,
                     "debug": 5, "inject-nmi": 6}
@@ -625,6 +628,7 @@ class Lifecycle:
         name = event.name
         if name == "SHUTDOWN":
             if not data.get("guest"):
+                self._host_shutdown(dom, str(data.get("reason", "")))
                 return
             # QEMU (-no-shutdown) now pauses the guest in its shutdown state: the STOP
             # that follows is part of the shutdown (or of the reboot in place below),
@@ -948,6 +952,25 @@ class Lifecycle:
                 log.warning("domain %s: block jobs left running: %s", dom.name,
                             ", ".join(str(j.get("device")) for j in jobs))
         monitor.execute("query-block-jobs").add_done_callback(queried)
+
+    def _host_shutdown(self, dom: DomainObj, reason: str) -> None:
+        """QMP SHUTDOWN, ``guest: false``: the host's request. A destroy's signal and
+        ``quit`` end QEMU (its exit is handled then). Any other (a ``system_reset`` of a
+        guest whose reboots stop it, which QEMU's ``-action reboot=shutdown`` turns into
+        a shutdown) leaves QEMU paused in its shutdown state: the guest is shut down as
+        an admin's shutdown is (``<on_poweroff>``, no appliance power policy), with
+        libvirt's SHUTDOWN event, detail host (qemuProcessHandleShutdown). Before, the
+        STOP that follows read as a pause the guest could never be resumed from. One
+        that comes while a shutdown is being handled already (a reboot in place whose
+        reset QEMU turned into a shutdown: it stops the guest when its ``cont`` fails)
+        changes nothing."""
+        if reason in HOST_EXITS or dom.guest_shutdown or dom.stop_intent is not None:
+            return
+        log.info("domain %s: QEMU shut the guest down at the host's request (%s)",
+                 dom.name, reason or "no reason given")
+        dom.shutdown_requested = True
+        self._powered_off(dom, reason or "host", announce=lambda: self.events.lifecycle(
+            dom.ref(), LifecycleEvent.SHUTDOWN, ShutdownDetail.HOST))
 
     def _powered_off(self, dom: DomainObj, reason: str,
                      announce: Callable[[], None] | None = None) -> None:

@@ -16,7 +16,8 @@ import pytest
 import client
 from client.domain import Domain
 from protocol.constants import DomainState, ShutoffReason
-from tests.helpers.daemon import DaemonProcess, serving, wait_for
+from tests.conftest import DaemonFactory
+from tests.helpers.daemon import DaemonProcess, serving, stop_destroying_guests, wait_for
 from tests.helpers.procs import wait_pidfd
 from tests.integration.domains import READY, guest_xml
 from tests.integration.serial import SerialPort
@@ -255,3 +256,66 @@ def test_admin_shutdown_does_not_follow_the_power_policy(conn: client.Connection
     assert "domain=pw-admin" not in (out.read_text() if out.exists() else "")[len(before):]
     assert events.appliance("pw-admin", "power-action") == []
     serial.close()
+
+
+def test_admin_reset_reboots_a_guest_whose_reboots_stop_it(conn: client.Connection,
+                                                           events: EventLog, test_guest,
+                                                           qemud: DaemonProcess,
+                                                           tmp_path: Path) -> None:
+    """`qemush reset` of a guest whose policy runs it with set-action reboot=shutdown: the
+    duty lets the reset through first (reboot=reset until the firmware's resets are
+    over), so the guest boots again in the same QEMU and no policy applies; its own
+    reboot afterwards still follows the policy. Before, QEMU turned the reset into a
+    shutdown and the guest stayed paused for good."""
+    dom, serial = boot(conn, "pw-reset", test_guest, tmp_path / "serial.sock",
+                       power_metadata(reboot="none"))
+    pid = qemu_pid(qemud, "pw-reset")
+    mark = serial.mark()
+    dom.reset()
+    serial.wait_for(READY, start=mark, timeout=BOOT_TIMEOUT)
+    assert dom.state() == (DomainState.RUNNING, 1)  # running (booted)
+    assert qemu_pid(qemud, "pw-reset") == pid
+    assert events.appliance("pw-reset") == []
+    sent = "pw-reset: --> set-action {'reboot': 'shutdown'}"
+    wait_for(lambda: qemud.log_text().count(sent) == 2, timeout=10,
+             message="reboot=shutdown set again after the reset")
+    serial.send("reboot")
+    serial.wait_for("QEMUD-GUEST-REBOOT")
+    action = events.wait("pw-reset", "power-action")[0]
+    assert action.text.startswith("none after guest reboot")
+    wait_state(dom, DomainState.SHUTOFF)
+    serial.close()
+
+
+def test_a_daemon_killed_within_a_reset_sets_reboots_to_stop_again(
+        daemon_factory: DaemonFactory, test_guest, tmp_path: Path) -> None:
+    """Around a reset of its own the daemon runs the guest with reboot=reset for a few
+    seconds, in memory only. A daemon killed then, the next one sets reboot=shutdown
+    again when it re-attaches: the guest's next reboot stops it before it runs on, and
+    its policy applies (none: it stays off). Before, QEMU kept reboot=reset: every
+    later reboot was caught only after QEMU had reset the guest (its RESET event)."""
+    d = daemon_factory()
+    try:
+        with d.connect() as conn:
+            dom, serial = boot(conn, "pw-settle", test_guest, tmp_path / "serial.sock",
+                               power_metadata(reboot="none"))
+            mark = serial.mark()
+            dom.reset()
+            d.kill()  # (within the settling window: QEMU is at reboot=reset)
+        serial.wait_for(READY, start=mark, timeout=BOOT_TIMEOUT)
+        d.start()
+        sent = "pw-settle: --> set-action {'reboot': 'shutdown'}"
+        wait_for(lambda: sent in d.log_text(), timeout=30,
+                 message="reboot=shutdown set again at re-attach")
+        with d.connect() as conn:
+            dom = conn.lookup_by_name("pw-settle")
+            serial.send("reboot")
+            serial.wait_for("QEMUD-GUEST-REBOOT")
+            wait_state(dom, DomainState.SHUTOFF)
+            assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+        text = d.log_text()
+        assert "domain pw-settle: guest reboot (guest-reset), policy none" in text
+        assert "pw-settle: guest reset before set-action applied" not in text
+        serial.close()
+    finally:
+        stop_destroying_guests(d)

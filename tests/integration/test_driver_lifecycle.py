@@ -135,6 +135,37 @@ def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection
     dom.undefine()
 
 
+def test_reset_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection,
+                                                        qemud: DaemonProcess, test_guest,
+                                                        tmp_path: Path) -> None:
+    """virDomainReset of a guest with ``<on_reboot>destroy``: QEMU, started with ``-action
+    reboot=shutdown``, turns the ``system_reset`` into a shutdown (SHUTDOWN, ``guest:
+    false``, reason host-qmp-system-reset) and holds the guest paused in it, as libvirt's
+    qemuProcessHandleShutdown then has it: SHUTDOWN:HOST, STOPPED:SHUTDOWN, no REBOOT
+    event, SHUTOFF:SHUTDOWN. Before, the guest stayed paused for good ("Resetting the
+    Virtual Machine is required" on resume) and a REBOOT event was sent."""
+    sock = tmp_path / "s.sock"
+    dom = conn.define_xml(guest_xml("reset-destroy", test_guest, sock, on_reboot="destroy"))
+    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+    conn.register_event(client.EventId.REBOOT, domain=dom)
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+    dom.reset()
+    seen: list[tuple[int, int, int]] = []
+    while not seen or seen[-1][1] != LifecycleEvent.STOPPED:
+        record = wait_for(lambda: conn.next_event(1.0), timeout=30, message="STOPPED event")
+        seen.append((record.event_id, record.event, record.detail))
+    assert seen == [(client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.HOST),
+                    (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert qemu_pids("reset-destroy", qemud.run_dir) == []
+    assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
+    serial.close()
+    dom.undefine()
+
+
 def test_reboot_and_shutdown_modes(conn: client.Connection, qemud: DaemonProcess, test_guest,
                                   tmp_path: Path) -> None:
     """libvirt's mode flags, as libvirtd 9.0's QEMU driver takes them (checked by hand; the
