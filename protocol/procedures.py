@@ -366,7 +366,9 @@ _TABLE = [
               "OPERATION_INVALID; a name with '/': XML_ERROR. Flags must be 0."),
     _call(P.DOMAIN_RESET, p.DomainFlagsArgs, Empty, mutates=True,
           doc="virDomainReset: QEMU's system_reset (the reset button), without asking "
-              "the guest; emits REBOOT. A crashed guest kept by on_crash 'preserve' "
+              "the guest; emits REBOOT. A guest with on_reboot 'destroy' or 'preserve' "
+              "is shut down instead (QEMU turns the reset into a shutdown), as in "
+              "libvirt. A crashed guest kept by on_crash 'preserve' "
               "becomes paused (crashed). Not running or busy with a job: "
               "OPERATION_INVALID. Flags must be 0."),
     _call(P.DOMAIN_INJECT_NMI, p.DomainFlagsArgs, Empty, mutates=True,
