@@ -62,6 +62,7 @@ from .process import (
     proc_start_ticks,
 )
 from .saving import RESTORE_FD_NAME, SAVE_FD_NAME, Incoming
+from .screenshot import remove_screendumps
 from .store import StatusRecord
 from .update import set_link_states
 
@@ -605,6 +606,7 @@ class Lifecycle:
                 path.unlink()
             except FileNotFoundError:
                 pass
+        remove_screendumps(paths.run_dir)  # (one a timed-out screenshot left)
         self.driver.store.delete_status(dom.name)
         waiters, dom.device_waiters = dom.device_waiters, {}  # (callbacks may touch it)
         for waiter in waiters.values():

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from itertools import count
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure, StreamAbort, StreamData, StreamEnd
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
     from .driver import QemuDriver
 
-__all__ = ["Screenshots", "PPM_MIME", "open_screendump"]
+__all__ = ["Screenshots", "PPM_MIME", "open_screendump", "remove_screendumps"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,20 @@ PPM_MIME = "image/x-portable-pixmap"
 QMP_TIMEOUT = 30.0
 
 _names = count(1)
+#: the files QEMU's screendump writes for the daemon, in a guest's run directory
+SCREENDUMP_GLOB = "screendump-*.ppm"
+
+
+def remove_screendumps(run_dir: Path, keep: Collection[Path] = ()) -> None:
+    """Remove the screendump files in ``run_dir`` but ``keep`` (those of calls QEMU has
+    not answered yet): a call that timed out leaves the file QEMU writes after it (MBs,
+    in ``/run``); the next screenshot of the guest, or its stop, removes it."""
+    for path in run_dir.glob(SCREENDUMP_GLOB):
+        if path not in keep:
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
 
 def open_screendump(path: str | os.PathLike[str]) -> int:
@@ -131,6 +147,8 @@ class Screenshots:
 
     def __init__(self, driver: QemuDriver) -> None:
         self.driver = driver
+        #: the screendump files of calls QEMU has not answered (nor timed out) yet
+        self._pending: set[Path] = set()
 
     def handlers(self) -> dict[Procedure, Handler]:
         return {Procedure.DOMAIN_SCREENSHOT: self.screenshot}
@@ -146,11 +164,14 @@ class Screenshots:
         if args.screen != 0:
             raise InvalidArg(f"Screen ID {args.screen} too big (the guest has one screen)")
         client, serial = ctx, ctx.current_serial
-        path = self.driver.lifecycle.guest_paths(dom.name).run_dir / \
-            f"screendump-{next(_names)}.ppm"
+        run_dir = self.driver.lifecycle.guest_paths(dom.name).run_dir
+        remove_screendumps(run_dir, self._pending)
+        path = run_dir / f"screendump-{next(_names)}.ppm"
+        self._pending.add(path)
         out = Deferred()
 
         def written(d: Deferred) -> None:
+            self._pending.discard(path)
             error, fd = d.error, -1
             if error is None:
                 try:

@@ -219,8 +219,13 @@ def test_screenshot_of_the_guests_screen(daemon: DaemonProcess, test_guest: Test
         serial = SerialPort(sock)
         try:
             serial.wait_for(READY)
+            # what a screenshot QEMU answered too late leaves (its call timed out): the
+            # next one removes it
+            run_dir = daemon.guest_run_dir("shot")
+            (run_dir / "screendump-999998.ppm").write_bytes(b"P6\n" + bytes(1 << 20))
             image = io.BytesIO()
             assert dom.screenshot(image) == "image/x-portable-pixmap"
+            assert not (run_dir / "screendump-999998.ppm").exists()
             width, height = ppm_size(image.getvalue())
             assert width >= 320 and height >= 200
             with pytest.raises(client.InvalidArgError, match="Screen ID 1 too big"):
@@ -246,9 +251,14 @@ def test_screenshot_of_the_guests_screen(daemon: DaemonProcess, test_guest: Test
             assert sorted(p.name for p in tmp_path.iterdir() if ".part" in p.name) == []
             # nothing of the daemon's is left in the guest's run directory
             assert not list(daemon.run_dir.rglob("screendump-*"))
+            # nor after the guest's stop
+            (run_dir / "screendump-999999.ppm").write_bytes(b"P6\n")
+            dom.destroy()
+            assert not list(daemon.run_dir.rglob("screendump-*"))
         finally:
             serial.close()
-            dom.destroy()
+            if dom.state()[0] != client.DomainState.SHUTOFF:
+                dom.destroy()
     with daemon.connect(readonly=True) as ro:  # libvirt refuses it read-only too
         with pytest.raises(client.ReadOnlyError):
             ro.lookup("shot").screenshot(io.BytesIO())
