@@ -18,7 +18,7 @@ from protocol import Procedure
 from qemud.dispatch import Deferred
 from qemud.driver.discard import remove_discarded_below
 from qemud.driver.store import remove_dead_writes_below
-from qemud.errors import OperationInvalid, QemudError
+from qemud.errors import OperationFailed, OperationInvalid, QemudError
 
 if TYPE_CHECKING:
     from protocol import payloads as pl
@@ -88,17 +88,24 @@ class SnapshotDuty:
                 a, "delete a snapshot", lambda: self.ops.deleting.delete(c, a)),
             P.DOMAIN_SNAPSHOT_GET_XML: lambda c, a: self.ops.describing.get_xml(c, a),
             P.DOMAIN_BACKUP: lambda c, a: self.followed(
-                a, "back up", lambda: self.ops.backups.backup(c, a)),
+                a, "back up", lambda: self.ops.backups.backup(c, a), uses_metadata=False),
         }
 
-    def followed(self, args: Any, what: str, call: Callable[[], Payload | Deferred]
-                 ) -> Payload | Deferred:
+    def followed(self, args: Any, what: str, call: Callable[[], Payload | Deferred], *,
+                 uses_metadata: bool = True) -> Payload | Deferred:
         """``call()`` once the persistent definition of the domain ``args`` names
         the images its guest moved to, if an earlier write of it failed
         (``SnapshotOps.follow_definition``): the operation reads that definition, and
-        would build on images the guest has left. Nothing to wait for otherwise."""
+        would build on images the guest has left. Nothing to wait for otherwise. A call
+        that does not use the snapshot metadata (a backup) is not refused when the
+        metadata cannot be read."""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
-        written = self.ops.creating.follow_definition(dom, what)
+        try:
+            written = self.ops.creating.follow_definition(dom, what)
+        except OperationFailed:  # (damaged metadata: every snapshot call says so)
+            if uses_metadata:
+                raise
+            return call()
         if written.done and written.error is None:
             return call()
         out = Deferred()
