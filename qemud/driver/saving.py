@@ -47,6 +47,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ from .firmware import START_RESET_NVRAM
 from .flags import check_flags
 from .jobs import MIGRATING
 from .stats import QMP_TIMEOUT
-from .store import fsync_dir, sync_directory_async
+from .store import NAME_MAX, fsync_dir, sync_directory_async
 
 if TYPE_CHECKING:
     from .driver import QemuDriver
@@ -222,6 +223,9 @@ class Saving:
         self.store = driver.store
         #: uuids of the domains whose save DOMAIN_ABORT_JOB cancelled (its error says so)
         self._aborted: set[str] = set()
+        #: the targets of the saves in progress (:func:`_target_key`): the name of the
+        #: domain each saves, until its call is answered
+        self._writing: dict[tuple[int, int, str], str] = {}
         driver.jobs.aborters["save"] = self.abort
 
     # -- domjobabort of a save -----------------------------------------------------------
@@ -382,7 +386,7 @@ class Saving:
             raise OperationFailed(f"cannot save to {target}: it is a directory")
         if not target.parent.is_dir():
             raise OperationFailed(f"cannot save to {target}: no directory {target.parent}")
-        return self._write(dom, target, _save_temp(target), _header(dom, SAVE_MAGIC))
+        return self._write(dom, target, _header(dom, SAVE_MAGIC))
 
     def _managed_save(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """virDomainManagedSave: as a save, to the daemon's file for the domain."""
@@ -411,25 +415,45 @@ class Saving:
 
         def saved() -> None:
             dom.managed_save = True
-        return self._write(dom, target, self.store.managed_save_temp(dom.name), header,
-                           saved)
+        return self._write(dom, target, header, saved,
+                           temp=self.store.managed_save_temp(dom.name))
 
-    def _write(self, dom: DomainObj, target: Path, partial: Path, header: bytes,
-               saved: Callable[[], None] | None = None) -> Deferred:
-        """Migrate ``dom`` into ``partial`` after ``header``, stop it as saved, rename the
-        file to ``target``, then call ``saved``. A failure before the guest stopped
-        removes the file and leaves the guest as it was (running or paused)."""
+    def _write(self, dom: DomainObj, target: Path, header: bytes,
+               saved: Callable[[], None] | None = None, *,
+               temp: Path | None = None) -> Deferred:
+        """Migrate ``dom`` into a temp file after ``header``, stop it as saved, rename
+        the file to ``target``, then call ``saved``. A failure before the guest stopped
+        removes the file and leaves the guest as it was (running or paused).
+
+        The temp file is ``temp`` (a managed save's: its domain's name, which only
+        that domain's save writes, one at a time: a killed daemon's leftover is
+        replaced), else a fresh name next to ``target`` that no other save has. A save
+        to a target another save in progress writes is refused before anything is done:
+        each would rename its own image over the other's, and one guest, stopped as
+        saved, would have lost its state."""
         assert dom.monitor is not None
+        key = _target_key(target)
+        other = self._writing.get(key)
+        if other is not None:
+            raise OperationInvalid(f"cannot save domain '{dom.name}' to {target}: a save of "
+                                   f"domain '{other}' to that file is in progress")
         try:
-            _write_new(partial, header)
+            if temp is not None:
+                _write_new(temp, header, replace=True)
+                partial = temp
+            else:
+                partial = self._new_temp(target, header)
         except OSError as exc:
-            raise OperationFailed(f"cannot write save file {partial}: {exc.strerror}") from None
+            raise OperationFailed(f"cannot write save file {temp or target}: "
+                                  f"{exc.strerror or exc}") from None
         was_running = dom.state == DomainState.RUNNING  # a paused guest stays paused
         dom.job, dom.job_file = "save", str(partial)
         self.lifecycle.save_status(dom)  # a restarted daemon undoes it (see _reconnect)
         monitor = dom.monitor
         process = dom.process
         out = Deferred()
+        self._writing[key] = dom.name  # (until the call is answered, whatever the outcome)
+        out.add_done_callback(lambda _: self._writing.pop(key, None))
         finished = Deferred()
         dom.device_waiters["__migration__"] = finished
 
@@ -444,7 +468,7 @@ class Saving:
                 error = OperationFailed(f"save of domain '{dom.name}' was cancelled: its "
                                         "job was aborted")
             if gone():  # (its stop reset the job; a new QEMU's state is not this save's)
-                if dom.job_file != str(partial):  # (else a new save's file, same name)
+                if dom.job_file != str(partial):  # (else a new managed save's file)
                     discard(self.driver.loop, [partial])
                 out.fail(error)
                 return
@@ -534,6 +558,19 @@ class Saving:
             passed.add_done_callback(got_fd)
         monitor.execute("stop").add_done_callback(paused)
         return out
+
+    @staticmethod
+    def _new_temp(target: Path, header: bytes) -> Path:
+        """A new temp file for a save to ``target``, holding ``header``: a free name
+        (:func:`_save_temp`), never one another save writes."""
+        for _ in range(8):
+            partial = _save_temp(target)
+            try:
+                _write_new(partial, header)
+            except FileExistsError:  # (64 random bits: as good as never)
+                continue
+            return partial
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
 
     def _sync(self, path: Path) -> Deferred:
         """fsync ``path`` off the loop; fails with OperationFailed naming it."""
@@ -856,17 +893,36 @@ def _ref_reply(deferred: Deferred) -> Deferred:
 
 
 def _save_temp(target: Path) -> Path:
-    """Where a save to ``target`` writes until it is complete: a hidden name of this
-    daemon's in the same directory (the final rename stays on one file system), never
-    a file the user could have named (``target.part`` could be theirs)."""
-    return target.with_name(f".{target.name}.qemud-save-{os.getpid()}.part")
+    """A name a save to ``target`` may write under until it is complete: hidden, in the
+    same directory (the final rename stays on one file system), never a file the user
+    could have named (``target.part`` could be theirs), and random: unique to this
+    save, so that no other save (another daemon's, one of a daemon that had the same
+    pid) writes it. :func:`_write_new` takes it only if it is free."""
+    suffix = f".qemud-save-{secrets.token_hex(8)}.part"
+    name = f".{target.name}{suffix}"
+    if len(os.fsencode(name)) > NAME_MAX:  # (a target name near the limit)
+        name = suffix
+    return target.with_name(name)
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (0600, not following a symlink) holding ``data``; a leftover of
-    an earlier save by a daemon with the same pid is replaced."""
-    path.unlink(missing_ok=True)
+def _write_new(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Create ``path`` (0600, not following a symlink) holding ``data``. An existing
+    file is another save's (FileExistsError), unless ``replace``: a name only one save
+    at a time writes (a domain's managed save temp file), left by a killed daemon."""
+    if replace:
+        path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def _target_key(target: Path) -> tuple[int, int, str]:
+    """What a save's target is, however its path is spelt (``..``, a symlink to its
+    directory, a bind mount): its directory's device and inode, and its name there (the
+    name the final rename replaces)."""
+    try:
+        st = os.stat(target.parent)
+    except OSError as exc:
+        raise OperationFailed(f"cannot save to {target}: {exc.strerror or exc}") from None
+    return st.st_dev, st.st_ino, target.name

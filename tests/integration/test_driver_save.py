@@ -472,3 +472,58 @@ def test_a_medium_change_is_refused_while_a_save_runs(
             g.resumed()
         finally:
             g.close()
+
+
+def test_a_save_to_a_file_another_save_writes_is_refused(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path, slowfs: SlowFS,
+        saves: Path) -> None:
+    """Two guests saved to one file: while the first save runs, the second is refused
+    before it touches anything (the first's temp file, its own guest), naming the file
+    and the save in progress, also when its path is spelt another way (through a
+    symlink to the directory). The first save completes and its image restores its
+    guest; then the file is free for the second. Before, the second save removed the
+    first's temp file while QEMU wrote it: the first renamed the second guest's
+    half-written image into place, reported success and stopped its guest as saved (its
+    state lost), and the second failed with ENOENT."""
+    target = saves / "same.sav"
+    link = tmp_path / "link"
+    link.symlink_to(saves)
+    with qemud.connect() as conn:
+        first = booted(conn, test_guest, "save-same-1", tmp_path)
+        second = booted(conn, test_guest, "save-same-2", tmp_path)
+        try:
+            slowfs.hold_writes()
+            thread, outcome = in_thread(
+                lambda: qemud.connect().lookup_by_name("save-same-1").save(str(target)))
+            slowfs.wait_held_write()
+            [temp] = [p.name for p in saves.iterdir()]
+            assert temp.startswith(".same.sav.qemud-save-") and temp.endswith(".part")
+            for path in (target, link / "same.sav"):
+                refusal, refused = in_thread(
+                    lambda path=path: qemud.connect().lookup_by_name("save-same-2").save(
+                        str(path)))
+                refusal.join(30)  # (it used to wait for QEMU's held writes)
+                error = refused.get("error")
+                assert isinstance(error, client.OperationInvalid), refused
+                assert error.message == (
+                    f"Requested operation is not valid: cannot save domain 'save-same-2' "
+                    f"to {path}: a save of domain 'save-same-1' to that file is in "
+                    "progress")
+            assert second.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+            second.answers("not-saved")
+            assert [p.name for p in saves.iterdir()] == [temp]  # the first's, untouched
+            slowfs.release_writes()
+            thread.join(60)
+            assert outcome == {"result": None}, outcome
+            assert first.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            assert leftovers(saves) == ["same.sav"]
+            first.dom = conn.restore(str(target))
+            first.resumed()
+            second.dom.save(str(target))  # (the file is free again)
+            assert second.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            second.dom = conn.restore(str(target))
+            second.resumed()
+        finally:
+            slowfs.release_writes()
+            first.close()
+            second.close()
