@@ -31,7 +31,9 @@ Managed save (virDomainManagedSave and friends), as libvirt's QEMU driver does i
   with ``start --force-boot`` or ``managedsave-remove``. (libvirt removes an image only
   when its header says it is incomplete; qemud never has one under the final name.)
 * undefine refuses while an image exists, unless VIR_DOMAIN_UNDEFINE_MANAGED_SAVE, which
-  removes it too (:meth:`Saving.before_undefine`); a define over the domain keeps it.
+  removes it too (:meth:`Saving.before_undefine`), and while a managed save runs (busy:
+  its image is not in place yet, and the domain would vanish as the save stops it,
+  leaving an orphan image); a define over the domain keeps it.
 
 The image header: ``QEMUD-SAVE-1\\n[pci\\n]<length>\\n<xml>`` for a plain save;
 ``QEMUD-SAVE-2\\n<running|paused>\\n[pci\\n]<length>\\n<xml>`` for a managed save, which
@@ -415,15 +417,30 @@ class Saving:
 
         def saved() -> None:
             dom.managed_save = True
-        return self._write(dom, target, header, saved,
+
+        def unwanted() -> QemudError | None:
+            """The last guard (check_undefine refuses an undefine while this runs): a
+            domain undefined meanwhile is transient, and its image would be an orphan
+            no start restores, its guest, stopped, gone with its definition. The save
+            fails then, the guest goes on: the user loses nothing."""
+            if dom.persistent:
+                return None
+            return OperationInvalid(
+                f"cannot do managed save for domain '{dom.name}': it was undefined during "
+                "the save, and a transient domain has no managed save image; the image is "
+                "discarded and the domain runs on as it was")
+        return self._write(dom, target, header, saved, unwanted,
                            temp=self.store.managed_save_temp(dom.name))
 
     def _write(self, dom: DomainObj, target: Path, header: bytes,
-               saved: Callable[[], None] | None = None, *,
+               saved: Callable[[], None] | None = None,
+               unwanted: Callable[[], QemudError | None] | None = None, *,
                temp: Path | None = None) -> Deferred:
         """Migrate ``dom`` into a temp file after ``header``, stop it as saved, rename
         the file to ``target``, then call ``saved``. A failure before the guest stopped
-        removes the file and leaves the guest as it was (running or paused).
+        removes the file and leaves the guest as it was (running or paused); so does
+        ``unwanted`` saying why the image is no longer wanted, asked before the rename
+        and again before the guest is stopped.
 
         The temp file is ``temp`` (a managed save's: its domain's name, which only
         that domain's save writes, one at a time: a killed daemon's leftover is
@@ -501,9 +518,10 @@ class Saving:
             if gone():
                 fail(OperationFailed(f"domain '{dom.name}' stopped during its save"))
                 return
-            if d.error is not None:  # the guest is not stopped yet: it goes on as it was
+            error = d.error if d.error is not None else unwanted() if unwanted else None
+            if error:  # the guest is not stopped yet: it goes on as it was
                 dom.job_target = ""
-                fail(d.error)
+                fail(error)
                 return
             moved = self._move_complete(dom, partial, target)
             if moved is not None:
@@ -517,6 +535,12 @@ class Saving:
             if gone():  # (in the directory's fsync: no start may restore this image)
                 discard(self.driver.loop, [target])
                 out.fail(OperationFailed(f"domain '{dom.name}' stopped during its save"))
+                return
+            error = unwanted() if unwanted else None
+            if error:  # (in the directory's fsync)
+                discard(self.driver.loop, [target])
+                dom.job_target = ""
+                fail(error)
                 return
             self.lifecycle.destroy(dom, StopIntent(ShutoffReason.SAVED, StoppedDetail.SAVED)
                                    ).add_done_callback(stopped_as_saved)
@@ -828,7 +852,14 @@ class Saving:
         """libvirt's rule at undefine: refused while an image exists, unless ``flags``
         has UNDEFINE_MANAGED_SAVE; True when there is an image to remove. Changes
         nothing: a wrapper of DOMAIN_UNDEFINE that removes things of its own (the
-        snapshot duty) can ask first."""
+        snapshot duty) can ask first.
+
+        Refused as busy too while a managed save of the domain runs (whatever the
+        flags): its image is not in place yet (libvirt writes it under its final name,
+        and refuses for it then), and an undefine would leave the guest transient, to
+        vanish as the save stops it, its image an orphan no start restores."""
+        if self.managed_save_running(dom):
+            raise OperationInvalid(f"domain '{dom.name}' is busy: {dom.job} in progress")
         path = self.store.managed_save_path(dom.name)
         if not dom.persistent or not path.exists():
             return False  # (a transient domain: the registry refuses the undefine)
@@ -836,6 +867,12 @@ class Saving:
             raise OperationInvalid("Refusing to undefine while domain managed save image "
                                    "exists")
         return True
+
+    def managed_save_running(self, dom: DomainObj) -> bool:
+        """A managed save of ``dom`` runs (its image written, synced, or in place while
+        the guest stops)."""
+        return dom.job == "save" and \
+            dom.job_file == str(self.store.managed_save_temp(dom.name))
 
     def before_undefine(self, dom: DomainObj, flags: int) -> None:
         """:meth:`check_undefine`, then the image goes (before the definition, as in

@@ -23,6 +23,7 @@ from protocol.constants import (
     PausedReason,
     RunningReason,
     ShutoffReason,
+    UndefineFlags,
 )
 from tests.helpers.daemon import (
     DaemonProcess,
@@ -34,6 +35,7 @@ from tests.helpers.daemon import (
     wait_for,
 )
 from tests.helpers.slowfs import SlowFS
+from tests.helpers.threads import in_thread
 from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, guest_xml
 from tests.integration.guest import BootedGuest as Guest
@@ -404,3 +406,48 @@ def test_image_blocks_revert_and_undefine_keeps_snapshots(
         finally:
             remove_domain(dom, UndefineFlags.SNAPSHOTS_METADATA
                           | client.domain.UNDEFINE_MANAGED_SAVE)
+
+
+def test_undefine_is_refused_while_a_managed_save_runs(
+        tmp_path: Path, test_guest: TestGuest, slowfs: SlowFS) -> None:
+    """While the managed save's image is still written (under its temp name: there is
+    no image yet), undefine is refused as busy, with or without --managed-save (and
+    through the snapshot duty's part of it); the save completes, the domain stays
+    defined with its image, and a start resumes it. Before, the undefine was accepted:
+    the domain became transient, the save then stopped it, it vanished, and its image
+    stayed in state/save/, an orphan no start would restore."""
+    daemon = on_slow_state(tmp_path, slowfs)
+    saves = slowfs.mount / "state" / "save"
+    name = "ms-undefined"
+    daemon.start()
+    try:
+        with daemon.connect() as conn:
+            g = Guest(conn, test_guest, name, tmp_path)
+            slowfs.hold_writes()
+            thread, outcome = in_thread(
+                lambda: daemon.connect().lookup_by_name(name).managed_save())
+            slowfs.wait_held_write()
+            assert not image(daemon, name).exists()
+            err = shell(daemon, "undefine", name, ok=False)
+            assert f"error: Failed to undefine domain '{name}'" in err
+            assert f"Requested operation is not valid: domain '{name}' is busy: save in " \
+                   "progress" in err
+            for flags in (client.domain.UNDEFINE_MANAGED_SAVE,
+                          UndefineFlags.SNAPSHOTS_METADATA):
+                with pytest.raises(client.OperationInvalid) as refused:
+                    g.dom.undefine(flags)
+                assert refused.value.message == "Requested operation is not valid: " \
+                    f"domain '{name}' is busy: save in progress"
+            slowfs.release_writes()
+            thread.join(60)
+            assert outcome == {"result": None}, outcome
+            assert g.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            assert list_state(daemon, name, "--all", "--managed-save") == "saved"
+            assert g.dom.has_managed_save()
+            assert after_discards(saves) == [f"{name}.save"]
+            assert shell(daemon, "start", name) == f"Domain '{name}' started\n"
+            g.resumed()
+            g.close()
+    finally:
+        slowfs.release_writes()
+        stop_destroying_guests(daemon)
