@@ -654,7 +654,8 @@ class Connection:
 
     def restore(self, path: str, flags: int = 0) -> Domain:
         """Start a guest from the state :meth:`Domain.save` wrote to ``path`` (made
-        absolute here, as libvirt's virDomainRestore does)."""
+        absolute here, as libvirt's virDomainRestore does): running or paused as the
+        image records, unless ``flags`` has SAVE_RUNNING or SAVE_PAUSED."""
         return Domain(self, self._call(P.Procedure.DOMAIN_RESTORE,
                                        pl.RestoreArgs(os.path.abspath(path), flags),
                                        pl.DomainReply).dom)

@@ -59,8 +59,12 @@ START_FORCE_BOOT = 8
 #: libvirt's VIR_DOMAIN_START_RESET_NVRAM (create): a UEFI domain's NVRAM file recreated
 #: from its template before the start
 START_RESET_NVRAM = 32
-#: libvirt's VIR_DOMAIN_SAVE_RUNNING / _PAUSED (managed_save): the state the guest comes
-#: back in at its next start (else the state it had)
+#: libvirt's VIR_DOMAIN_SAVE_BYPASS_CACHE (save, restore, managed_save): a caching hint,
+#: accepted by the daemon and not needed there
+SAVE_BYPASS_CACHE = 1
+#: libvirt's VIR_DOMAIN_SAVE_RUNNING / _PAUSED: the state the guest comes back in at its
+#: restore (save, managed_save: recorded in the image; restore: whatever it records);
+#: without either, the state it had at the save
 SAVE_RUNNING = 2
 SAVE_PAUSED = 4
 #: libvirt's VIR_DOMAIN_UNDEFINE_MANAGED_SAVE (undefine): remove a managed save image too
@@ -71,7 +75,8 @@ MONITOR_COMMAND_HMP = 1
 BLOCK_RESIZE_BYTES = 1
 #: libvirt's VIR_DOMAIN_DEVICE_MODIFY_FORCE (update_device)
 MODIFY_FORCE = 4
-__all__ += ["START_FORCE_BOOT", "START_RESET_NVRAM", "SAVE_RUNNING", "SAVE_PAUSED",
+__all__ += ["START_FORCE_BOOT", "START_RESET_NVRAM", "SAVE_BYPASS_CACHE", "SAVE_RUNNING",
+            "SAVE_PAUSED",
             "UNDEFINE_MANAGED_SAVE",
             "MONITOR_COMMAND_HMP", "BLOCK_RESIZE_BYTES", "MODIFY_FORCE"]
 
@@ -248,9 +253,11 @@ class Domain:
         self.name = reply.dom.name
 
     def save(self, path: str, flags: int = 0) -> None:
-        """Save the guest's state to ``path`` and stop it. A relative ``path`` is made
-        absolute here, against this process's working directory, as libvirt's
-        virDomainSave does: the daemon, which writes the file, has another one."""
+        """Save the guest's state to ``path`` and stop it; a restore brings it back
+        running or paused as it was (SAVE_RUNNING / SAVE_PAUSED: as they say). A
+        relative ``path`` is made absolute here, against this process's working
+        directory, as libvirt's virDomainSave does: the daemon, which writes the file,
+        has another one."""
         self._conn._call(P.Procedure.DOMAIN_SAVE,
                          pl.SaveArgs(self.ref, os.path.abspath(path), flags), P.Empty)
 

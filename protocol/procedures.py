@@ -224,9 +224,18 @@ _TABLE = [
     _call(P.DOMAIN_GET_INFO, p.DomainArgs, p.DomainInfoReply, mutates=False, doc=""),
     _call(P.DOMAIN_GET_STATE, p.DomainFlagsArgs, p.DomainStateReply, mutates=False, doc=""),
     _call(P.DOMAIN_SAVE, p.SaveArgs, Empty, mutates=True,
-          doc="Save memory state to a file and stop the domain."),
+          doc="virDomainSaveFlags: save a running or paused domain's memory state to a "
+              "file and stop it (reason saved). The file records whether the guest ran, "
+              "so a restore brings a paused one back paused. Flags: 2 "
+              "(VIR_DOMAIN_SAVE_RUNNING) / 4 (_PAUSED) pick the state it comes back in "
+              "(recorded in the file), 1 (_BYPASS_CACHE) is accepted; 2 with 4, other "
+              "bits: INVALID_ARG. A file another save in progress writes: "
+              "OPERATION_INVALID."),
     _call(P.DOMAIN_RESTORE, p.RestoreArgs, p.DomainReply, mutates=True,
-          doc="Start a domain from a saved state file."),
+          doc="virDomainRestoreFlags: start a domain from a saved state file, running or "
+              "paused as the file records (a file of a qemud that did not record it: "
+              "running). Flags: 2 (VIR_DOMAIN_SAVE_RUNNING) / 4 (_PAUSED) override it, 1 "
+              "(_BYPASS_CACHE) is accepted; 2 with 4, other bits: INVALID_ARG."),
     _call(P.DOMAIN_ATTACH_DEVICE, p.DeviceArgs, Empty, mutates=True,
           doc="virDomainAttachDeviceFlags. Flags: 1 (VIR_DOMAIN_AFFECT_LIVE), 2 (_CONFIG), "
               "neither: the domain's current state; other bits: INVALID_ARG."),

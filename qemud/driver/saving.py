@@ -35,9 +35,13 @@ Managed save (virDomainManagedSave and friends), as libvirt's QEMU driver does i
   its image is not in place yet, and the domain would vanish as the save stops it,
   leaving an orphan image); a define over the domain keeps it.
 
-The image header: ``QEMUD-SAVE-1\\n[pci\\n]<length>\\n<xml>`` for a plain save;
-``QEMUD-SAVE-2\\n<running|paused>\\n[pci\\n]<length>\\n<xml>`` for a managed save, which
-records the state the guest comes back in (libvirt's header ``was_running``). The
+The image header: ``QEMUD-SAVE-2\\n<running|paused>\\n[pci\\n]<length>\\n<xml>``, for a
+save and a managed save: it records the state the guest comes back in (libvirt's header
+``was_running``): the state it had, or the one VIR_DOMAIN_SAVE_RUNNING / _PAUSED asked
+for; those flags at the restore (DOMAIN_RESTORE) override it, as START_PAUSED does at
+a start.
+``QEMUD-SAVE-1\\n[pci\\n]<length>\\n<xml>``, a plain save of a qemud that recorded no
+state, is still read: restored running, as then. The
 ``pci`` line says the guest's QEMU placed its PCI devices where the XML's addresses say,
 so the restore's QEMU is started the same way; an image without it (written by a qemud
 that kept no addresses) is restored with QEMU placing the devices itself, as then
@@ -95,7 +99,7 @@ from .store import NAME_MAX, fsync_dir, sync_directory_async
 if TYPE_CHECKING:
     from .driver import QemuDriver
 
-__all__ = ["Saving", "SaveImage", "Incoming", "read_image", "SAVE_MAGIC", "MANAGED_SAVE_MAGIC",
+__all__ = ["Saving", "SaveImage", "Incoming", "read_image", "SAVE_MAGIC", "OLD_SAVE_MAGIC",
            "START_FORCE_BOOT", "UNDEFINE_MANAGED_SAVE"]
 
 log = logging.getLogger(__name__)
@@ -104,8 +108,10 @@ log = logging.getLogger(__name__)
 SAVE_FD_NAME = "qemud-save"
 #: the name a restore's file descriptor has in QEMU, for ``migrate-incoming fd:<name>``
 RESTORE_FD_NAME = "qemud-restore"
-SAVE_MAGIC = b"QEMUD-SAVE-1\n"
-MANAGED_SAVE_MAGIC = b"QEMUD-SAVE-2\n"
+#: the header of every image written now: the state the guest comes back in follows
+SAVE_MAGIC = b"QEMUD-SAVE-2\n"
+#: a plain save's header before qemud recorded that state in it: restored running
+OLD_SAVE_MAGIC = b"QEMUD-SAVE-1\n"
 _RUNNING_LINE, _PAUSED_LINE = b"running\n", b"paused\n"
 _PCI_LINE = b"pci\n"
 #: the longest header line read_image reads (the magic, the state, ``pci``, the XML's
@@ -117,9 +123,10 @@ _MAX_XML = MAX_STRING
 #: an abort waits this long (in steps of _ABORT_RETRY) for the save's migration to begin
 _ABORT_RETRY, _ABORT_WAIT = 0.05, 5.0
 
-#: libvirt's VIR_DOMAIN_SAVE_* flags (DOMAIN_MANAGED_SAVE): BYPASS_CACHE is a caching hint
-#: (O_DIRECT in libvirt), accepted and not needed here; RUNNING / PAUSED pick the state
-#: the guest comes back in (else the state it had)
+#: libvirt's VIR_DOMAIN_SAVE_* flags (DOMAIN_SAVE, DOMAIN_RESTORE, DOMAIN_MANAGED_SAVE):
+#: BYPASS_CACHE is a caching hint (O_DIRECT in libvirt), accepted and not needed here;
+#: RUNNING / PAUSED pick the state the guest comes back in (else the state it had at the
+#: save, which the image records)
 SAVE_BYPASS_CACHE, SAVE_RUNNING, SAVE_PAUSED = 1, 2, 4
 #: libvirt's VIR_DOMAIN_START_PAUSED / _FORCE_BOOT (DOMAIN_CREATE)
 START_PAUSED, START_FORCE_BOOT = 1, 8
@@ -136,7 +143,8 @@ class SaveImage:
     xml: str
     #: where QEMU's migration stream starts
     offset: int
-    #: the guest runs after a restore (else it stays paused); a plain save's file: True
+    #: the guest runs after a restore (else it stays paused): it ran at the save, or the
+    #: save was asked so; an image of a qemud that did not record it (QEMUD-SAVE-1): True
     running: bool
     #: the saved QEMU had its PCI devices in the XML's slots (the header's ``pci`` line)
     pci_addressed: bool = False
@@ -164,10 +172,10 @@ def read_image(path: Path) -> SaveImage:
     try:
         with os.fdopen(fd, "rb") as f:
             magic = f.readline(_MAX_LINE)
-            if magic not in (SAVE_MAGIC, MANAGED_SAVE_MAGIC):
+            if magic not in (SAVE_MAGIC, OLD_SAVE_MAGIC):
                 raise InvalidArg(f"{path} is not a qemud save file")
             running = True
-            if magic == MANAGED_SAVE_MAGIC:
+            if magic == SAVE_MAGIC:
                 state = f.readline(_MAX_LINE)
                 if state not in (_RUNNING_LINE, _PAUSED_LINE):
                     raise ValueError(state)
@@ -194,12 +202,28 @@ def read_image(path: Path) -> SaveImage:
     return SaveImage(xml, offset, running, pci_addressed)
 
 
-def _header(dom: DomainObj, magic: bytes, *lines: bytes) -> bytes:
-    """A save image's header for running ``dom`` (see the module docstring)."""
+def _header(dom: DomainObj, running: bool) -> bytes:
+    """A save image's header for active ``dom``, whose guest comes back running (else
+    paused) at the restore (see the module docstring)."""
     assert dom.live is not None
     xml = dom.live.to_xml().encode()
     pci = _PCI_LINE if dom.pci_addressed else b""
-    return magic + b"".join(lines) + pci + f"{len(xml)}\n".encode() + xml
+    state = _RUNNING_LINE if running else _PAUSED_LINE
+    return SAVE_MAGIC + state + pci + f"{len(xml)}\n".encode() + xml
+
+
+def _state_flags(flags: int, function: str) -> bool | None:
+    """The VIR_DOMAIN_SAVE_* ``flags`` of a save, restore or managed save, checked as
+    libvirt does (``function``'s virCheckFlags, and its public API's "mutually
+    exclusive"): the state asked for, True (RUNNING) or False (PAUSED), or None (the
+    guest's own: the one it has at a save, the one the image records at a restore)."""
+    if flags & SAVE_RUNNING and flags & SAVE_PAUSED:  # (the public API's check: first)
+        raise InvalidArg("Flags 'VIR_DOMAIN_SAVE_RUNNING' and 'VIR_DOMAIN_SAVE_PAUSED' "
+                         "are mutually exclusive")
+    check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED, function)
+    if flags & (SAVE_RUNNING | SAVE_PAUSED):
+        return bool(flags & SAVE_RUNNING)
+    return None
 
 
 def _image_definition(path: Path, image: SaveImage) -> DomainDef:
@@ -377,6 +401,9 @@ class Saving:
         return last
 
     def _save(self, ctx: Any, args: pl.SaveArgs) -> Deferred:
+        """virDomainSaveFlags: the image records whether the guest runs (a paused one is
+        restored paused), unless SAVE_RUNNING / SAVE_PAUSED say how it comes back."""
+        asked = _state_flags(int(args.flags), "qemuDomainSaveFlags")
         dom = self._dom(args)
         self._require_savable(dom)
         assert dom.live is not None
@@ -388,32 +415,25 @@ class Saving:
             raise OperationFailed(f"cannot save to {target}: it is a directory")
         if not target.parent.is_dir():
             raise OperationFailed(f"cannot save to {target}: no directory {target.parent}")
-        return self._write(dom, target, _header(dom, SAVE_MAGIC))
+        running = dom.state == DomainState.RUNNING if asked is None else asked
+        return self._write(dom, target, _header(dom, running))
 
     def _managed_save(self, ctx: Any, args: pl.DomainFlagsArgs) -> Deferred:
         """virDomainManagedSave: as a save, to the daemon's file for the domain."""
-        flags = int(args.flags)
-        check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED,
-                     "qemuDomainManagedSave")
-        if flags & SAVE_RUNNING and flags & SAVE_PAUSED:
-            raise InvalidArg("Flags 'VIR_DOMAIN_SAVE_RUNNING' and 'VIR_DOMAIN_SAVE_PAUSED' "
-                             "are mutually exclusive")
+        asked = _state_flags(int(args.flags), "qemuDomainManagedSave")
         dom = self._dom(args)
         self._require_savable(dom)
         if not dom.persistent:
             raise OperationInvalid("cannot do managed save for transient domain")
         assert dom.live is not None
-        if flags & (SAVE_RUNNING | SAVE_PAUSED):
-            running = bool(flags & SAVE_RUNNING)
-        else:
-            running = dom.state == DomainState.RUNNING
+        running = dom.state == DomainState.RUNNING if asked is None else asked
         target = self.store.managed_save_path(dom.name)
         try:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise OperationFailed(f"cannot create {target.parent}: "
                                   f"{exc.strerror or exc}") from None
-        header = _header(dom, MANAGED_SAVE_MAGIC, _RUNNING_LINE if running else _PAUSED_LINE)
+        header = _header(dom, running)
 
         def saved() -> None:
             dom.managed_save = True
@@ -682,6 +702,9 @@ class Saving:
     # -- restore -------------------------------------------------------------------------
 
     def _restore(self, ctx: Any, args: pl.RestoreArgs) -> Deferred:
+        """virDomainRestoreFlags: the guest comes back in the state its image records,
+        unless SAVE_RUNNING / SAVE_PAUSED say otherwise."""
+        asked = _state_flags(int(args.flags), "qemuDomainRestoreFlags")
         path = Path(args.path)
         if not path.is_absolute():  # (the daemon's working directory is nobody's)
             raise InvalidArg(f"restore path must be absolute, got '{args.path}'")
@@ -694,7 +717,9 @@ class Saving:
         if existing is None:
             self.registry.add(dom)
         try:
+            running = image.running if asked is None else asked
             started = self.lifecycle.start(dom, definition, incoming=_incoming(path, image),
+                                           paused=not running,
                                            pci_addresses=image.pci_addressed,
                                            reason=RunningReason.RESTORED,
                                            detail=StartedDetail.RESTORED)

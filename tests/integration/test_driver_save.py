@@ -3,7 +3,9 @@ a daemon killed during a save cancels it when it comes back (as libvirt does whe
 re-attaches during a save job). Real QEMU guests under TCG. QEMU writes the image itself,
 through a descriptor the daemon passes it (``getfd``, ``migrate fd:``); the saves go to
 a FUSE file system whose writes past the daemon's header the test holds or fails
-(tests/helpers/slowfs.py), and whose fsync of the complete image it can hold too."""
+(tests/helpers/slowfs.py), and whose fsync of the complete image it can hold too. Also:
+two saves to one file, and the state (running or paused) a restored guest comes back
+in."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from protocol.constants import DomainState, PausedReason, RunningReason, Shutoff
 from tests.helpers.daemon import (
     DaemonProcess,
     after_discards,
+    qemush,
     serving,
     stop_destroying_guests,
     wait_for,
@@ -58,6 +61,13 @@ def booted(conn: client.Connection, test_guest: TestGuest, name: str, tmp: Path
 
 def leftovers(directory: Path) -> list[str]:
     return after_discards(directory)
+
+
+def shell(daemon: DaemonProcess, *args: str, ok: bool = True) -> str:
+    """qemush's stdout (``ok``) or stderr (a failing command)."""
+    done = qemush(daemon, *args)
+    assert (done.returncode == 0) is ok, (args, done.stdout, done.stderr)
+    return done.stdout if ok else done.stderr
 
 
 def test_save_to_a_directory_is_refused_before_the_guest_stops(
@@ -527,3 +537,108 @@ def test_a_save_to_a_file_another_save_writes_is_refused(
             slowfs.release_writes()
             first.close()
             second.close()
+
+
+def test_a_restored_guest_is_running_or_paused_as_saved_or_as_asked(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path) -> None:
+    """As libvirt: the image records whether the guest ran, so a guest paused at its
+    save comes back paused; ``save --running/--paused`` record another state, and
+    ``restore --running/--paused`` override the one recorded (``--bypass-cache`` is
+    accepted). Before, every restore of a save resumed the guest, and the flags were
+    ignored."""
+    name = "save-states"
+    target = tmp_path / "g.sav"
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, name, tmp_path)
+        try:
+            g.dom.suspend()
+            assert shell(qemud, "save", name, str(target)) == \
+                f"Domain '{name}' saved to {target}\n"
+            assert g.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            assert shell(qemud, "restore", str(target)) == f"Domain restored from {target}\n"
+            assert g.dom.state()[0] == DomainState.PAUSED  # as it was saved
+            g.dom.resume()
+            g.resumed()
+
+            shell(qemud, "save", name, str(target), "--paused", "--bypass-cache")
+            g.dom = conn.restore(str(target))
+            assert g.dom.state()[0] == DomainState.PAUSED  # as the save asked
+
+            g.dom.save(str(target), client.domain.SAVE_RUNNING)  # (a paused guest)
+            g.dom = conn.restore(str(target))
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
+            g.resumed()
+
+            g.dom.save(str(target))  # (a running guest)
+            g.dom = conn.restore(str(target), client.domain.SAVE_PAUSED)
+            assert g.dom.state()[0] == DomainState.PAUSED  # as the restore asked
+            g.dom.save(str(target))  # (recorded paused)
+            shell(qemud, "restore", str(target), "--running", "--bypass-cache")
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
+            g.resumed()
+        finally:
+            g.close()
+
+
+def test_save_and_restore_flags_are_checked(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path) -> None:
+    """--running with --paused, and flags the daemon does not know, are refused with
+    libvirt's words, before the guest or a file is touched."""
+    name = "save-flags"
+    target = tmp_path / "g.sav"
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, name, tmp_path)
+        try:
+            for command in (("save", name, str(target)), ("restore", str(target))):
+                err = shell(qemud, *command, "--running", "--paused", ok=False)
+                assert "Options --running and --paused are mutually exclusive" in err
+            both = client.domain.SAVE_RUNNING | client.domain.SAVE_PAUSED
+            exclusive = "invalid argument: Flags 'VIR_DOMAIN_SAVE_RUNNING' and " \
+                        "'VIR_DOMAIN_SAVE_PAUSED' are mutually exclusive"
+            with pytest.raises(client.InvalidArgError) as refused:
+                g.dom.save(str(target), both)
+            assert refused.value.message == exclusive
+            with pytest.raises(client.InvalidArgError) as refused:
+                g.dom.save(str(target), 8)
+            assert refused.value.message == \
+                "invalid argument: unsupported flags (0x8) in function qemuDomainSaveFlags"
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.BOOTED)
+            assert not target.exists()
+            g.dom.save(str(target))
+            with pytest.raises(client.InvalidArgError) as refused:
+                conn.restore(str(target), both)
+            assert refused.value.message == exclusive
+            with pytest.raises(client.InvalidArgError) as refused:
+                conn.restore(str(target), 16)  # (libvirt's _RESET_NVRAM: not supported)
+            assert refused.value.message == "invalid argument: unsupported flags (0x10) " \
+                                            "in function qemuDomainRestoreFlags"
+            assert g.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
+            g.dom = conn.restore(str(target))
+            g.resumed()
+        finally:
+            g.close()
+
+
+def test_an_image_of_an_older_qemud_is_restored_running(
+        qemud: DaemonProcess, test_guest: TestGuest, tmp_path: Path) -> None:
+    """An image whose header records no state (``QEMUD-SAVE-1``, as a qemud before
+    this one wrote a plain save) is still restored, running as it was then, unless
+    --paused."""
+    name = "save-old-image"
+    target = tmp_path / "g.sav"
+    with qemud.connect() as conn:
+        g = booted(conn, test_guest, name, tmp_path)
+        try:
+            g.dom.suspend()
+            g.dom.save(str(target))
+            data = target.read_bytes()
+            assert data.startswith(b"QEMUD-SAVE-2\npaused\n")
+            target.write_bytes(b"QEMUD-SAVE-1\n" + data[len(b"QEMUD-SAVE-2\npaused\n"):])
+            g.dom = conn.restore(str(target))
+            assert g.dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)
+            g.resumed()
+            g.dom.destroy()
+            g.dom = conn.restore(str(target), client.domain.SAVE_PAUSED)
+            assert g.dom.state()[0] == DomainState.PAUSED
+        finally:
+            g.close()

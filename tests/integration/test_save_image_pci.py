@@ -49,7 +49,7 @@ def test_an_image_records_that_its_devices_had_qemuds_slots(
             assert pci_slots(guest.dom) == {"balloon0": 2}
             image = tmp_path / "g.sav"
             guest.dom.save(str(image))
-            assert image.read_bytes().split(b"\n")[1] == b"pci"
+            assert image.read_bytes().split(b"\n")[:3] == [b"QEMUD-SAVE-2", b"running", b"pci"]
             conn.restore(str(image))
             guest.resumed()
             assert pci_slots(guest.dom) == {"balloon0": 2}
@@ -67,9 +67,9 @@ def test_an_older_qemuds_image_restores_and_keeps_the_old_save_guard(
         try:
             image = tmp_path / "g.sav"
             guest.dom.save(str(image))
-            magic, pci, rest = image.read_bytes().split(b"\n", 2)
-            assert pci == b"pci"
-            image.write_bytes(magic + b"\n" + rest)
+            magic, state, pci, rest = image.read_bytes().split(b"\n", 3)
+            assert (magic, state, pci) == (b"QEMUD-SAVE-2", b"running", b"pci")
+            image.write_bytes(b"QEMUD-SAVE-1\n" + rest)  # (no state, no pci line)
             conn.restore(str(image))
             guest.resumed()
             assert pci_slots(guest.dom) == {"balloon0": 2}

@@ -17,6 +17,9 @@ from ...domain import (
     AFFECT_LIVE,
     DESTROY_GRACEFUL,
     MODIFY_FORCE,
+    SAVE_BYPASS_CACHE,
+    SAVE_PAUSED,
+    SAVE_RUNNING,
     START_FORCE_BOOT,
     START_PAUSED,
     START_RESET_NVRAM,
@@ -614,26 +617,50 @@ def cmd_resume(sh: Shell, args: Args) -> None:
     sh.print(f"Domain '{dom.name}' resumed")
 
 
+def _save_state_flags(args: Args) -> int:
+    """The VIR_DOMAIN_SAVE_* flags of ``--bypass-cache``, ``--running``, ``--paused``
+    (save, restore), the last two refused together as virsh does."""
+    args.exclusive(("running", "paused"))
+    return (SAVE_BYPASS_CACHE if args.flag("bypass-cache") else 0) | \
+        (SAVE_RUNNING if args.flag("running") else 0) | \
+        (SAVE_PAUSED if args.flag("paused") else 0)
+
+
 @command("save", "domain", "save a domain state to a file", description=(
-    "Save the RAM state of a running domain to a file and stop it."),
-    args=(DOM, Arg("file", "where to save the data", complete=FILE)))
+    "Save the RAM state of a running or paused domain to a file and stop it. 'restore' "
+    "brings it back in the state it had (a paused domain stays paused), unless "
+    "--running or --paused, recorded in the file, say otherwise. --bypass-cache is "
+    "accepted and changes nothing."),
+    args=(DOM, Arg("file", "where to save the data", complete=FILE)),
+    opts=(Opt("bypass-cache", "avoid file system cache when saving"),
+          Opt("running", "set domain to be running on restore"),
+          Opt("paused", "set domain to be paused on restore")))
 def cmd_save(sh: Shell, args: Args) -> None:
+    flags = _save_state_flags(args)
     dom = sh.domain(args.req("domain"))
     path = args.req("file")
     with sh.failing(f"Failed to save domain '{dom.name}' to {path}"), \
             Progress(sh.err, f"Saving domain '{dom.name}'"):
-        dom.save(path)
+        dom.save(path, flags)
     sh.print(f"Domain '{dom.name}' saved to {path}")
 
 
 @command("restore", "domain", "restore a domain from a saved state in a file",
-         args=(Arg("file", "the state to restore", complete=FILE),))
+         description=(
+             "Start a domain from the state 'save' wrote to a file: running or paused as "
+             "it was saved (or as 'save --running/--paused' asked), unless --running or "
+             "--paused say otherwise. --bypass-cache is accepted and changes nothing."),
+         args=(Arg("file", "the state to restore", complete=FILE),),
+         opts=(Opt("bypass-cache", "avoid file system cache when restoring"),
+               Opt("running", "restore domain into running state"),
+               Opt("paused", "restore domain into paused state")))
 def cmd_restore(sh: Shell, args: Args) -> None:
+    flags = _save_state_flags(args)
     path = args.req("file")
     conn = sh.conn()
     with sh.failing(f"Failed to restore domain from {path}"), \
             Progress(sh.err, f"Restoring domain from {path}"):
-        conn.restore(path)
+        conn.restore(path, flags)
     sh.print(f"Domain restored from {path}")
 
 
