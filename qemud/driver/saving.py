@@ -53,7 +53,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -960,7 +959,8 @@ def _save_temp(target: Path) -> Path:
     could have named (``target.part`` could be theirs), and random: unique to this
     save, so that no other save (another daemon's, one of a daemon that had the same
     pid) writes it. :func:`_write_new` takes it only if it is free."""
-    suffix = f".qemud-save-{secrets.token_hex(8)}.part"
+    # (os.urandom, not secrets: that imports OpenSSL's libcrypto, ~4 MiB of RSS)
+    suffix = f".qemud-save-{os.urandom(8).hex()}.part"
     name = f".{target.name}{suffix}"
     if len(os.fsencode(name)) > NAME_MAX:  # (a target name near the limit)
         name = suffix
