@@ -121,7 +121,8 @@ def test_paused_guest_comes_back_paused_unless_saved_running(
     guest.dom.create()
     assert guest.dom.state() == (DomainState.PAUSED, PausedReason.USER)
     assert not image(qemud, name).exists()
-    assert shell(qemud, "managedsave", name, "--running").endswith("saved by qemud\n")
+    assert shell(qemud, "managedsave", name, "--running",
+                 "--bypass-cache").endswith("saved by qemud\n")
     assert guest.dom.state() == (DomainState.SHUTOFF, ShutoffReason.SAVED)
     guest.dom.create()
     assert guest.dom.state() == (DomainState.RUNNING, RunningReason.RESTORED)

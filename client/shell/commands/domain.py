@@ -617,9 +617,9 @@ def cmd_resume(sh: Shell, args: Args) -> None:
     sh.print(f"Domain '{dom.name}' resumed")
 
 
-def _save_state_flags(args: Args) -> int:
+def save_state_flags(args: Args) -> int:
     """The VIR_DOMAIN_SAVE_* flags of ``--bypass-cache``, ``--running``, ``--paused``
-    (save, restore), the last two refused together as virsh does."""
+    (save, restore, managedsave), the last two refused together as virsh does."""
     args.exclusive(("running", "paused"))
     return (SAVE_BYPASS_CACHE if args.flag("bypass-cache") else 0) | \
         (SAVE_RUNNING if args.flag("running") else 0) | \
@@ -636,7 +636,7 @@ def _save_state_flags(args: Args) -> int:
           Opt("running", "set domain to be running on restore"),
           Opt("paused", "set domain to be paused on restore")))
 def cmd_save(sh: Shell, args: Args) -> None:
-    flags = _save_state_flags(args)
+    flags = save_state_flags(args)
     dom = sh.domain(args.req("domain"))
     path = args.req("file")
     with sh.failing(f"Failed to save domain '{dom.name}' to {path}"), \
@@ -655,7 +655,7 @@ def cmd_save(sh: Shell, args: Args) -> None:
                Opt("running", "restore domain into running state"),
                Opt("paused", "restore domain into paused state")))
 def cmd_restore(sh: Shell, args: Args) -> None:
-    flags = _save_state_flags(args)
+    flags = save_state_flags(args)
     path = args.req("file")
     conn = sh.conn()
     with sh.failing(f"Failed to restore domain from {path}"), \

@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-from ...domain import SAVE_PAUSED, SAVE_RUNNING, XML_SECURE
+from ...domain import XML_SECURE
 from ..context import Shell
 from ..progress import Progress
 from ..registry import Args, Opt, command
-from .domain import DOM
+from .domain import DOM, save_state_flags
 
 
 @command("managedsave", "domain", "managed save of a domain state", description=(
@@ -16,13 +16,13 @@ from .domain import DOM
     "keeps (<state_dir>/save/DOMAIN.save) and stop it (state shut off, reason saved). "
     "The next 'start' (or autostart) resumes the domain from the image and removes it; "
     "'start --force-boot' discards it and boots. --running / --paused pick the state the "
-    "domain comes back in (else the state it had)."),
-    args=(DOM,), opts=(Opt("running", "set domain to be running on next start"),
+    "domain comes back in (else the state it had). --bypass-cache is accepted and "
+    "changes nothing."),
+    args=(DOM,), opts=(Opt("bypass-cache", "avoid file system cache when saving"),
+                       Opt("running", "set domain to be running on next start"),
                        Opt("paused", "set domain to be paused on next start")))
 def cmd_managedsave(sh: Shell, args: Args) -> None:
-    args.exclusive(("running", "paused"))
-    running, paused = args.flag("running"), args.flag("paused")
-    flags = (SAVE_RUNNING if running else 0) | (SAVE_PAUSED if paused else 0)
+    flags = save_state_flags(args)
     dom = sh.domain(args.req("domain"))
     with sh.failing(f"Failed to save domain '{dom.name}' state"), \
             Progress(sh.err, f"Saving domain '{dom.name}'"):
