@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,7 +46,7 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.qemu import naming, pci
-from qemud.qemu.arch import get_strategy
+from qemud.qemu.arch import strategy_for
 from qemud.qemu.command import DISK_FORMATS, STORAGE_DRIVERS, blockdev_nodes
 from qemud.qemu.errors import QemuError
 from qemud.qemu.nicplug import slot_props
@@ -95,7 +94,7 @@ def require_pci_hotplug(live: DomainDef, what: str, *, addressed: bool,
     guest whose ports qemud started (``addressed``: not one an older qemud started,
     which built none).
     """
-    strategy = get_strategy(live.os.arch or platform.machine())
+    strategy = strategy_for(live)
     if not pci.express(live, strategy):
         return
     machine = strategy.machine_type(live)
@@ -155,7 +154,7 @@ def plug_slot(dom: DomainObj, device: Device, what: str, plugging: Sequence[Devi
                 "was started by an older qemud, which let QEMU place its PCI devices; "
                 "attach it without <address>, or start the domain again first")
         return None
-    strategy = get_strategy(live.os.arch or platform.machine())
+    strategy = strategy_for(live)
     base = live.copy()
     try:
         for other in plugging:
@@ -215,7 +214,7 @@ def prefer_slot(definition: DomainDef, added: Device, slot: PciSlot | None) -> N
         return
     added.assign_pci_slot(slot[1].slot, slot[1].bus)
     try:
-        pci.plan(definition, get_strategy(definition.os.arch or platform.machine()))
+        pci.plan(definition, strategy_for(definition))
     except QemuError:  # taken there (or refused for a reason of its own, said later)
         added.pci_address = None
 
@@ -411,7 +410,7 @@ def disk_nodes(named: Any, top: str, target: str) -> list[str]:
 def _unpluggable_ids(live: DomainDef) -> list[str]:
     """The QEMU ids of the devices of ``live`` a live detach unplugs (``device_del``):
     its virtio disks and its interfaces."""
-    strategy = get_strategy(live.os.arch or platform.machine())
+    strategy = strategy_for(live)
     ids = [naming.disk_device_id(d.target_dev) for d in live.disks
            if d.target_dev and strategy.disk_bus(live, d) == "virtio"]
     return ids + [naming.nic_ids(str(n.mac))[0] for n in live.interfaces if n.mac]
@@ -508,7 +507,7 @@ class Devices:
             # for the live attach as for the definition (which the define path fills)
             on = dom.live if live and dom.live is not None else dom.persistent_definition
             try:
-                disk.target_bus = get_strategy(on.os.arch or platform.machine()).disk_bus(
+                disk.target_bus = strategy_for(on).disk_bus(
                     on, disk)
             except QemuError as exc:
                 raise ConfigUnsupported(str(exc)) from None
@@ -704,7 +703,7 @@ class Devices:
                 raise OperationInvalid(
                     f"disk {target} of domain '{dom.name}' is already being detached: "
                     "the guest has not released it yet")
-            strategy = get_strategy(dom.live.os.arch or platform.machine())
+            strategy = strategy_for(dom.live)
             if strategy.disk_bus(dom.live, disk) == "virtio":  # (a PCI device)
                 require_pci_hotplug(dom.live, f"disk {target}", addressed=dom.pci_addressed,
                                     unplugged=disk)

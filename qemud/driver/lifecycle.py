@@ -42,7 +42,7 @@ from qemud.errors import (
     SystemCallFailed,
 )
 from qemud.qemu import naming
-from qemud.qemu.arch import get_strategy
+from qemud.qemu.arch import strategy_for
 from qemud.qemu.chardevs import pty_paths
 from qemud.qemu.command import GuestPaths, build_argv, taints
 from qemud.qemu.errors import QemuError
@@ -208,7 +208,7 @@ class Lifecycle:
         for hook in self.driver.start_hooks:
             hook(dom, live)
         try:
-            strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+            strategy = strategy_for(live, self.driver.caps.host_arch)
         except QemuError as exc:  # a stored definition of an arch this build lacks
             raise ConfigUnsupported(str(exc)) from None
 

@@ -29,7 +29,7 @@ from protocol.constants import ErrorDomain
 from qemud.conf import DomainDef
 from qemud.dispatch import Handler
 from qemud.errors import ConfigUnsupported, InvalidArg
-from qemud.qemu.arch import get_strategy
+from qemud.qemu.arch import strategy_for
 from qemud.qemu.errors import QemuError
 
 from .flags import check_flags
@@ -61,7 +61,7 @@ def native_argv(driver: QemuDriver, definition: DomainDef) -> list[str]:
     registry), computed on a copy and creating nothing."""
     live = definition.copy()
     try:
-        strategy = get_strategy(live.os.arch or driver.caps.host_arch)
+        strategy = strategy_for(live, driver.caps.host_arch)
     except QemuError as exc:
         raise ConfigUnsupported(str(exc)) from None
     for graphics in live.graphics:

@@ -19,7 +19,6 @@ of the request's type; none or several is an error worded as libvirt's.
 from __future__ import annotations
 
 import logging
-import platform
 from typing import TYPE_CHECKING
 
 from qemud.conf import ConfError, DomainDef, Interface, generate_mac
@@ -34,7 +33,7 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.qemu import naming
-from qemud.qemu.arch import get_strategy
+from qemud.qemu.arch import strategy_for
 from qemud.qemu.errors import QemuError
 from qemud.qemu.nicplug import nic_plug_args
 
@@ -143,7 +142,7 @@ class Nics:
         copy = live.copy()
         added = self._insert(copy, iface, name)
         try:
-            strategy = get_strategy(copy.os.arch or platform.machine())
+            strategy = strategy_for(copy)
             strategy.fill_defaults(copy)
             strategy.validate(copy)
             nic_plug_args(added, strategy)
@@ -165,7 +164,7 @@ class Nics:
         the netdev is removed again if the device is refused. Then the live XML has the
         NIC."""
         assert dom.monitor is not None and dom.live is not None
-        strategy = get_strategy(dom.live.os.arch or platform.machine())
+        strategy = strategy_for(dom.live)
         netdev, device = nic_plug_args(iface, strategy, slot=slot)
         monitor, live_def = dom.monitor, dom.live
         result = Deferred()

@@ -40,7 +40,7 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.events import EventBus
-from qemud.qemu.arch import get_strategy
+from qemud.qemu.arch import get_strategy, strategy_for
 from qemud.qemu.capabilities import Capabilities
 from qemud.qemu.errors import QemuError
 
@@ -592,7 +592,7 @@ class Registry:
         one the defaults cannot be filled into (an arch with no strategy) is kept as it is.
         """
         try:
-            get_strategy(definition.os.arch or platform.machine()).fill_defaults(definition)
+            strategy_for(definition).fill_defaults(definition)
         except (QemuError, ConfError) as exc:
             log.warning("domain definition %s: no arch defaults filled in: %s", path, exc)
 

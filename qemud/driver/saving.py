@@ -83,7 +83,7 @@ from qemud.errors import (
     XMLError,
 )
 from qemud.fileopen import WrongFileKind, open_for_reading
-from qemud.qemu.arch import get_strategy
+from qemud.qemu.arch import strategy_for
 from qemud.qemu.command import build_argv
 from qemud.qemu.errors import QemuError
 
@@ -383,7 +383,7 @@ class Saving:
         ``-device`` of its command line that is not one of the known non-PCI devices
         (:data:`_NOT_PCI`; an unknown one counts as PCI); None if it cannot be told."""
         try:
-            strategy = get_strategy(live.os.arch or self.driver.caps.host_arch)
+            strategy = strategy_for(live, self.driver.caps.host_arch)
             argv = build_argv(live, strategy, self.driver.caps,
                               self.lifecycle.guest_paths(dom.name), pci_addresses=False)
         except QemuError as exc:

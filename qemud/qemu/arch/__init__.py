@@ -2,7 +2,7 @@
 
 Usage::
 
-    strategy = get_strategy(dom.os.arch or host_arch)
+    strategy = strategy_for(dom, host_arch)
     strategy.fill_defaults(dom)   # at define time
     strategy.validate(dom)        # raises UnsupportedForArch
 
@@ -16,7 +16,7 @@ from qemud.qemu.arch import aarch64, ppc64, x86_64
 from qemud.qemu.arch.aarch64 import AArch64
 from qemud.qemu.arch.base import ACCELS, ArchStrategy, DiskBus
 from qemud.qemu.arch.ppc64 import PPC64
-from qemud.qemu.arch.registry import get_strategy, register, registered_archs
+from qemud.qemu.arch.registry import get_strategy, register, registered_archs, strategy_for
 from qemud.qemu.arch.table import ArchTable, DeviceNames, MachineProfile, load_tables
 from qemud.qemu.arch.x86_64 import X86_64
 
@@ -36,5 +36,6 @@ __all__ = [
     "ppc64",
     "register",
     "registered_archs",
+    "strategy_for",
     "x86_64",
 ]

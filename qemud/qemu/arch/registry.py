@@ -7,14 +7,18 @@ one, so an unknown arch fails in exactly one place with a clear error.
 
 from __future__ import annotations
 
+import platform
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from qemud.qemu.arch.base import ArchStrategy
 from qemud.qemu.arch.table import ArchTable, load_tables
 from qemud.qemu.errors import ArchTableError, UnknownArchError
 
-__all__ = ["get_strategy", "register", "registered_archs"]
+if TYPE_CHECKING:
+    from qemud.conf import DomainDef
+
+__all__ = ["get_strategy", "strategy_for", "register", "registered_archs"]
 
 _S = TypeVar("_S", bound=type[ArchStrategy])
 _REGISTRY: dict[str, type[ArchStrategy]] = {}
@@ -56,3 +60,10 @@ def get_strategy(arch: str) -> ArchStrategy:
     if arch not in _REGISTRY:
         raise UnknownArchError(arch, list(_REGISTRY))
     return _instance(arch)
+
+
+def strategy_for(definition: DomainDef, host_arch: str = "") -> ArchStrategy:
+    """The strategy for ``definition``'s guest: its ``<os><type arch=...>``, else the
+    host's architecture (``host_arch``, the capabilities' when the caller has them; else
+    this machine's)."""
+    return get_strategy(definition.os.arch or host_arch or platform.machine())
