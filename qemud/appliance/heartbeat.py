@@ -20,10 +20,13 @@ Every further missed heartbeat emits the appliance event ``heartbeat-missed``; a
   QEMUD_MISSED), without waiting for it; it runs again only after heartbeats came back;
 * ``none``: only the events.
 
-A paused guest sends nothing and is not counted against. The first heartbeat after each
-start emits ``heartbeat-seen`` (what an A/B appliance update waits for before confirming);
-when heartbeats come back after missed ones, ``heartbeat-resumed`` is emitted. The state
-shows in DOMAIN_STATS as ``heartbeat.count``, ``heartbeat.missed``, ``heartbeat.connected`` and
+A paused guest sends nothing and is not counted against, nor one shutting down or
+rebooting at an admin's request (``qemush shutdown``, an ACPI ``reboot``; for up to
+5 minutes: a guest that ignored the request is counted against again). The first
+heartbeat after each start emits ``heartbeat-seen`` (what an A/B appliance update waits
+for before confirming); when heartbeats come back after missed ones,
+``heartbeat-resumed`` is emitted. The state shows in DOMAIN_STATS as
+``heartbeat.count``, ``heartbeat.missed``, ``heartbeat.connected`` and
 ``heartbeat.last_seconds_ago`` (-1 before the first heartbeat).
 
 QEMU's own watchdog device (``<watchdog model='i6300esb' action='reset'/>``, passed to QEMU
@@ -75,6 +78,10 @@ CHANNEL_NAME = "org.qemud.heartbeat.0"
 SOCKET_NAME = "heartbeat.sock"
 CONNECT_RETRY = 0.2
 MAX_LINE = 4096
+#: how long an admin's shutdown or reboot request holds the heartbeat count (libvirt-
+#: guests' default shutdown timeout): a guest still silent after it has ignored the
+#: request and is acted on
+SHUTDOWN_WAIT = 300.0
 #: libvirt's VIR_DOMAIN_EVENT_WATCHDOG_* -> QEMU's action names
 WATCHDOG_NAMES = {0: "none", 1: "pause", 2: "reset", 3: "poweroff", 4: "shutdown",
                   5: "debug", 6: "inject-nmi"}
@@ -120,6 +127,9 @@ class Watcher:
         self.reported = 0
         self.acted = False
         self.closed = False
+        #: when the daemon first saw an admin's shutdown or reboot request in progress
+        #: (see :meth:`check`), None when there is none
+        self.winding_down: float | None = None
         self._retry: Timer | None = None
         self._tick: Timer | None = None
         self.rearm()
@@ -134,6 +144,7 @@ class Watcher:
         self.last_beat = None
         self.reported = 0
         self.acted = False
+        self.winding_down = None
 
     def missed(self, now: float) -> int:
         slack = self.policy.interval / 2
@@ -157,8 +168,10 @@ class Watcher:
 
     def check(self, now: float) -> None:
         dom = self.dom
-        if dom.state != DomainState.RUNNING or dom.job is not None or dom.guest_shutdown:
-            # paused, powered off (QEMU about to go), busy saving...: no heartbeat expected
+        if dom.state != DomainState.RUNNING or dom.job is not None or dom.guest_shutdown \
+                or self._winding_down(now):
+            # paused, powered off (QEMU about to go), busy saving, shutting down at an
+            # admin's request...: no heartbeat expected
             self.due = max(self.due, now + self.policy.interval)
             return
         if self.acted:
@@ -175,6 +188,20 @@ class Watcher:
         if missed >= self.policy.misses:
             self.acted = True
             self.duty.act(self, missed, ago)
+
+    def _winding_down(self, now: float) -> bool:
+        """Whether an admin's shutdown or reboot (``qemush shutdown``, an ACPI ``reboot``)
+        is under way, for at most :data:`SHUTDOWN_WAIT`: the guest's heartbeat agent
+        stops early in a graceful shutdown, and the action must not cut the power while
+        it flushes its disks, nor start again the appliance the admin is turning off. A
+        guest that ignored the request and went silent is acted on after that wait."""
+        dom = self.dom
+        if not (dom.shutdown_requested or dom.fake_reboot):
+            self.winding_down = None
+            return False
+        if self.winding_down is None:
+            self.winding_down = now
+        return now - self.winding_down < SHUTDOWN_WAIT
 
     # -- the channel ---------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import pytest
 
 from protocol.constants import DomainState, EventId
 from protocol.payloads import DomainRef
-from qemud.appliance.heartbeat import HeartbeatDuty, Watcher, check_definition
+from qemud.appliance.heartbeat import SHUTDOWN_WAIT, HeartbeatDuty, Watcher, check_definition
 from qemud.appliance.metadata import HeartbeatPolicy
 from qemud.appliance.power import ProgramRunner
 from qemud.conf import parse_domain_xml
@@ -30,6 +30,8 @@ class FakeDom:
     state: DomainState = DomainState.RUNNING
     job: str | None = None
     guest_shutdown: bool = False
+    shutdown_requested: bool = False
+    fake_reboot: bool = False
 
     def ref(self) -> DomainRef:
         return DomainRef(self.name, uuidlib.UUID(self.uuid).bytes, 1)
@@ -123,6 +125,28 @@ def test_paused_or_busy_guest_is_not_counted_against(loop: EventLoop) -> None:
     assert duty.seen == []
     watcher.check(now + 201.6)
     assert [k for k, _ in duty.seen] == ["heartbeat-missed"]
+    watcher.close()
+
+
+@pytest.mark.parametrize("request_kind", ["shutdown_requested", "fake_reboot"])
+def test_an_admins_shutdown_or_reboot_is_not_counted_against(loop: EventLoop,
+                                                             request_kind: str) -> None:
+    """`qemush shutdown` (or an ACPI reboot) under way: the guest's heartbeat agent stops
+    early in its shutdown, and the action must not destroy it while it flushes (nor
+    start again what the admin turns off); for up to SHUTDOWN_WAIT, after which a guest
+    that ignored the request and went silent is acted on."""
+    watcher, duty, dom = make_watcher(loop)
+    now = time.monotonic()
+    watcher.line("HEARTBEAT 1 uptime=1", now)
+    duty.seen.clear()
+    setattr(dom, request_kind, True)
+    for t in range(1, int(SHUTDOWN_WAIT) + 2):  # (the wait began at the first check)
+        watcher.check(now + t)
+    assert duty.seen == [] and duty.acted == []
+    watcher.check(now + SHUTDOWN_WAIT + 1.6)
+    assert [k for k, _ in duty.seen] == ["heartbeat-missed"]
+    watcher.check(now + SHUTDOWN_WAIT + 2.6)
+    assert duty.acted == [2]
     watcher.close()
 
 
