@@ -96,6 +96,8 @@ class ImagesDuty:
         # the driver's handlers are registered before the appliance's: checked first
         self.dispatcher.wrap(Procedure.DOMAIN_SAVE, self.saving)
         self.dispatcher.wrap(Procedure.DOMAIN_MANAGED_SAVE, self.saving)
+        # (after the snapshot duty's wrapper: asked before it removes any metadata)
+        self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefining)
         for dom in self.driver.registry:  # a pending update of a guest that was re-attached
             if dom.active and self._has_state(dom.name):
                 self.ops.updates.arm(dom)
@@ -117,6 +119,25 @@ class ImagesDuty:
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
         require_no_pending_update(self.config, dom, "save the memory state",
                                   self.driver.files)
+        return inner(ctx, args)
+
+    def undefining(self, inner: Handler, ctx: Any, args: Any) -> Payload | Deferred:
+        """DOMAIN_UNDEFINE of a running VM: refused while an update waits for its
+        confirmation. The guest would run on as a transient domain, and the rollback at
+        the deadline would stop it and define the previous version again: a definition
+        the user had removed, on a failed overlay just deleted (a guest that could not
+        start, its domain gone until a daemon restart brought it back). A shut-off VM's
+        undefine is not refused: nothing is armed for it (its update waits for a start
+        that no longer comes), and refusing it would leave a VM whose new version
+        cannot start with no way out. (While an image operation runs on the VM the
+        driver refuses an undefine itself: ``Registry.operations``.)"""
+        dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        if dom.active and dom.persistent:
+            require_no_pending_update(
+                self.config, dom, "undefine the definition", self.driver.files,
+                why=", whose confirmation or rollback needs the definition while the "
+                    "guest runs",
+                remedy="or destroy the domain first")
         return inner(ctx, args)
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:

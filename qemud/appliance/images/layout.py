@@ -285,7 +285,8 @@ def _install_prepared_scratch(dom: DomainObj, disks: dict[str, Any]) -> None:
 
 
 def require_no_pending_update(config: Config, dom: DomainObj, what: str,
-                              files: FileWrites) -> None:
+                              files: FileWrites, *, why: str = "",
+                              remedy: str = "a shut-off VM waits for its next start") -> None:
     """Refuse ``what`` while an A/B appliance update of ``dom`` waits for its
     confirmation (``pending`` in the VM's appliance state, or in the :data:`SWITCH_KEY`
     state of an update being defined, or cut short and not settled yet).
@@ -293,8 +294,11 @@ def require_no_pending_update(config: Config, dom: DomainObj, what: str,
     The update's rollback puts the system disks back on the previous slot, deletes the
     new slot's overlay and recreates the scratch disks: whatever was built on them
     meanwhile (a snapshot, a saved memory state) would then belong to disks that are
-    gone. Nothing changes when this raises. A state write in flight (``files``, the
-    daemon's: a confirmation just made) is read rather than the file.
+    gone; and it defines the previous version's definition, which an undefine of the
+    running guest would have taken away. Nothing changes when this raises. A state
+    write in flight (``files``, the daemon's: a confirmation just made) is read rather
+    than the file. ``why`` follows the pending update in the message (what the refused
+    call would break), ``remedy`` ends it (what the user can do meanwhile).
     """
     path = vms_root(config) / dom.name / STATE_NAME
     try:
@@ -317,6 +321,6 @@ def require_no_pending_update(config: Config, dom: DomainObj, what: str,
     raise OperationInvalid(
         f"cannot {what} of domain '{dom.name}': its appliance update from "
         f"{pending.get('from', '?')} to {pending.get('to', '?')} is pending (waiting "
-        "for the guest's heartbeat). It ends when the heartbeat confirms it, or with "
+        f"for the guest's heartbeat){why}. It ends when the heartbeat confirms it, or with "
         f"its rollback {deadline:g} s after the start (appliance.update_deadline); "
-        "a shut-off VM waits for its next start")
+        + remedy)

@@ -133,7 +133,7 @@ class UpdateOps(ImageOps):
             after.pending = {"from": old_version, "to": new.version, "since": time.time()}
             _switch(definition, system, _new_os(new, new_dir),
                     Origin(state.appliance, new.version))
-            yield from self._commit_switch(state, after, definition, prepared)
+            yield from self._commit_switch(dom, state, after, definition, prepared)
             switched = True
             deadline = self.config.appliance.update_deadline
             self.events.appliance(dom.ref(), "update-applied",
@@ -172,11 +172,13 @@ class UpdateOps(ImageOps):
             self.busy.pop(dom.uuid, None)
         return Empty()
 
-    def _commit_switch(self, before: VMState, after: VMState, definition: DomainDef,
-                       prepared: list[tuple[Path, Path]]) -> Task:
-        """Define ``definition`` and make ``after`` the VM's state (``before`` is the
-        state of the definition in place), then rename the ``prepared`` scratch images
-        over the scratch disks; the new overlays must exist already.
+    def _commit_switch(self, dom: DomainObj, before: VMState, after: VMState,
+                       definition: DomainDef, prepared: list[tuple[Path, Path]]) -> Task:
+        """Define ``definition`` of ``dom`` and make ``after`` the VM's state (``before``
+        is the state of the definition in place), then rename the ``prepared`` scratch
+        images over the scratch disks; the new overlays must exist already. Refused
+        (nothing written) when ``dom`` is no longer the persistent domain of its name:
+        the define would bring back a domain the user undefined.
 
         The state file and the definition are two files, written one after the other:
         a daemon killed between the two writes must not leave them disagreeing for
@@ -202,6 +204,9 @@ class UpdateOps(ImageOps):
         succeeded, a failed final write is logged, not raised: the change happened, and
         the switch left in the record is settled by its next read.
         """
+        if not self._still_defined(dom):
+            raise OperationFailed(f"domain '{dom.name}' is no longer defined: its "
+                                  f"definition is not switched to {after.version}")
         before = dataclasses.replace(before, switch=None)  # (only this switch is recorded)
         after = dataclasses.replace(after, switch=None)
         yield self.save_state(before.switching_to(after))
@@ -239,6 +244,11 @@ class UpdateOps(ImageOps):
                 dom = self._find(ref)
                 if dom is not None:
                     self.arm(dom)
+        elif event_id == EventId.LIFECYCLE and data and data[0] == LifecycleEvent.UNDEFINED:
+            # (undefined, or renamed: a shut-off VM, whose update waits for its next start)
+            if self._disarm(_uuid_text(ref)) is not None:
+                log.info("domain %s: no longer defined under this name while its update "
+                         "waited for a heartbeat: its deadline is dropped", ref.name)
         elif event_id == EventId.APPLIANCE and data and data[0] in CONFIRM_KINDS:
             watch = self.watches.get(_uuid_text(ref))
             if watch is not None:
@@ -248,8 +258,8 @@ class UpdateOps(ImageOps):
 
     def arm(self, dom: DomainObj) -> None:
         """A guest with an unconfirmed update started: its heartbeat is now due."""
-        if dom.uuid in self.watches:
-            return
+        if dom.uuid in self.watches or not dom.persistent:
+            return  # (a transient domain: no definition to roll back, see _still_defined)
         # settled even during the operation's own restart: its switch, if its final
         # write failed, is complete (the define is on disk)
         state = self.load_state(dom, settle=True)
@@ -325,7 +335,7 @@ class UpdateOps(ImageOps):
     def _expired(self, uuid: str) -> None:
         watch = self.watches.get(uuid)
         dom = self._by_uuid(uuid)
-        if watch is None or dom is None:
+        if watch is None or dom is None or not self._still_defined(dom):
             self._disarm(uuid)
             return
         if uuid in self.busy or dom.job is not None:  # e.g. a start in progress: soon
@@ -342,7 +352,8 @@ class UpdateOps(ImageOps):
         started again on the previous version, as the update does when its own restart
         fails; whether a rollback began (not: nothing pending, or an operation runs)."""
         state = self.load_state(dom)
-        if state is None or state.pending is None or dom.uuid in self.busy or dom.active:
+        if state is None or state.pending is None or dom.uuid in self.busy or dom.active \
+                or not self._still_defined(dom):
             return False
         self._disarm(dom.uuid)
         self._roll_back_in_background(dom, why, restart=True)
@@ -400,6 +411,9 @@ class UpdateOps(ImageOps):
         was_running = dom.active
         try:
             yield from self._stop_to_restart(dom, state, "rollback")
+            if not self._still_defined(dom):  # (undefined meanwhile: nothing to put back)
+                raise OperationFailed(f"domain '{dom.name}': update not rolled back "
+                                      f"({why}): the domain is no longer defined")
             yield from self._roll_back(dom, state, why, restart)
         finally:
             if was_running:
@@ -426,7 +440,7 @@ class UpdateOps(ImageOps):
                 after.disks[target]["path"] = path
             after.version, after.slot = previous["version"], previous["slot"]
             after.previous = after.pending = None
-            yield from self._commit_switch(state, after, definition, prepared)
+            yield from self._commit_switch(dom, state, after, definition, prepared)
         finally:
             abandon_prepared(prepared)
         discard(self.loop, [p for p in failed.values()
@@ -436,13 +450,19 @@ class UpdateOps(ImageOps):
         self.events.appliance(dom.ref(), "update-rolled-back",
                               f"{state.appliance} {failed_version} -> back to "
                               f"{previous['version']}: {why}")
-        if restart:
+        if restart and self._still_defined(dom):
             try:
                 yield self.driver.lifecycle.start(dom, busy_ok=True)
             except QemudError as exc:
                 raise OperationFailed(f"domain '{dom.name}' was rolled back to "
                                       f"{previous['version']}, but did not start again: "
                                       f"{exc.message}") from None
+
+    def _still_defined(self, dom: DomainObj) -> bool:
+        """Whether ``dom`` is still the persistent domain of its name: a confirmation or
+        rollback of one that was undefined (or runs on as a transient domain) must not
+        define it again, nor start an object the registry no longer holds."""
+        return self.driver.registry.holds(dom) and dom.persistent
 
     def _find(self, ref: pl.DomainRef) -> DomainObj | None:
         try:
