@@ -1,13 +1,16 @@
 """A deployed VM's appliance state against the driver's own calls: an undefine while an
-A/B update waits for its confirmation.
+A/B update waits for its confirmation; the restore of a memory state saved before an
+update or factory reset replaced the disks; a guest on the previous slot's disks whose
+heartbeat must not confirm the update.
 
-Real daemon, real qemu-img and the test guest (TCG). The appliances: demo 1.0 (with a
-heartbeat) and 3.0 (its guest sends none: its update is rolled back at the deadline),
-built as in test_images.
+Real daemon, real qemu-img and the test guest (TCG). The appliances: demo 1.0 and 2.0
+(with a heartbeat) and 3.0 (its guest sends none: its update is rolled back at the
+deadline), built as in test_images.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +49,8 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 @pytest.fixture(scope="module")
 def stored(qemud: DaemonProcess, work: Path, test_guest: TestGuest) -> None:
     with qemud.connect() as c:
-        for desc in (descriptor("1.0"), descriptor("3.0", boot=NO_HEARTBEAT)):
+        for desc in (descriptor("1.0"), descriptor("2.0"),
+                     descriptor("3.0", boot=NO_HEARTBEAT)):
             images.import_appliance(c, str(build_appliance(work, test_guest, desc)))
 
 
@@ -115,3 +119,93 @@ def test_a_pending_update_of_an_undefined_vm_defines_nothing(
     finally:
         remove_domain(dom)
     assert "undef-off" not in listed(conn) and not xml_file.exists()
+
+
+def state_of(qemud: DaemonProcess, vm: str) -> dict[str, object]:
+    text = (qemud.state_dir / "vms" / vm / "appliance-state.json").read_text()
+    return dict(json.loads(text))
+
+
+def test_restore_of_a_memory_state_older_than_the_disks_is_refused(
+        conn: client.Connection, events: EventLog, qemud: DaemonProcess, stored: None,
+        tmp_path: Path) -> None:
+    """A save image holds the definition it ran (the old slot, the old kernel) and the
+    guest's memory of the disks as they were: restored after an update, or after a
+    factory reset recreated the system overlay and the scratch disk in place, it would
+    run on disks it does not know. Refused, naming the domain, the file and why; an
+    image saved since restores."""
+    dom = images.deploy(conn, "demo", "rs-vm", "1.0", start=True)
+    vmdir = qemud.state_dir / "vms" / "rs-vm"
+    before_update, before_reset, since = (str(tmp_path / n) for n in ("u.save", "r.save",
+                                                                      "s.save"))
+    try:
+        dom.save(before_update)
+        images.update(conn, dom, "2.0")  # shut off (saved): pending until its next start
+        with pytest.raises(OperationInvalid) as info:
+            conn.restore(before_update)
+        message = str(info.value)
+        assert (f"cannot restore domain 'rs-vm' from the save file {before_update}: its "
+                f"system disk vda is {vmdir / 'vda.b.qcow2'} now, the image's "
+                f"{vmdir / 'vda.a.qcow2'} (an appliance update or rollback since") \
+            in message, message
+        assert "boot the domain afresh (start rs-vm)" in message, message
+        assert dom.state()[0] == DomainState.SHUTOFF
+        assert state_of(qemud, "rs-vm")["pending"] is not None
+        assert events.appliance("rs-vm", "update-confirmed") == []
+
+        dom.create()  # 2.0 boots, its heartbeat confirms the update
+        events.wait("rs-vm", "update-confirmed", timeout=UPDATE_DEADLINE + 60)
+        dom.save(before_reset)
+        images.factory_reset(conn, dom)  # shut off: the system overlay and scratch disk anew
+        with pytest.raises(OperationInvalid) as info:
+            conn.restore(before_reset)
+        message = str(info.value)
+        assert (f"cannot restore domain 'rs-vm' from the save file {before_reset}: its "
+                "disks were replaced by the appliance factory reset to demo:2.0 at ") \
+            in message, message
+        assert dom.state()[0] == DomainState.SHUTOFF
+        assert state_of(qemud, "rs-vm")["changed"] == {
+            "at": pytest.approx(time.time(), abs=120), "by": "factory reset to demo:2.0"}
+
+        dom.create()
+        wait_state(dom, DomainState.RUNNING)
+        dom.save(since)
+        conn.restore(since)  # saved after the reset: its disks
+        wait_state(dom, DomainState.RUNNING)
+        assert disk_sources(dom.xml())["vda"] == str(vmdir / "vda.b.qcow2")
+    finally:
+        remove_domain(dom)
+
+
+def test_a_guest_on_the_previous_disks_does_not_confirm_the_update(
+        conn: client.Connection, events: EventLog, qemud: DaemonProcess,
+        stored: None) -> None:
+    """The VM's previous XML (slot A, 1.0, whose guest sends heartbeats) run over its
+    definition while the update to 2.0 is pending: its heartbeat vouches for 1.0, not
+    2.0. The update is neither confirmed nor rolled back; the start of its own
+    definition confirms it."""
+    dom = images.deploy(conn, "demo", "cf-vm", "1.0")
+    vmdir = qemud.state_dir / "vms" / "cf-vm"
+    try:
+        old_xml = dom.xml(client.XML_INACTIVE)
+        images.update(conn, dom, "2.0")  # shut off: pending until its next start
+        conn.create_xml(old_xml)  # the defined domain runs the old XML
+        assert disk_sources(dom.xml())["vda"] == str(vmdir / "vda.a.qcow2")
+        events.wait("cf-vm", "heartbeat-seen", timeout=90)
+        time.sleep(UPDATE_DEADLINE + 2)
+        events.drain(0.5)
+        assert events.appliance("cf-vm", "update-confirmed") == []
+        assert events.appliance("cf-vm", "update-rolled-back") == []
+        state = state_of(qemud, "cf-vm")
+        assert state["pending"] is not None and state["version"] == "2.0"
+        assert "update 1.0 -> 2.0 not armed: its live system disk vda is" \
+            in qemud.log_text()
+
+        dom.destroy()
+        dom.create()  # its definition: 2.0 on slot B
+        confirmed = events.wait("cf-vm", "update-confirmed", timeout=UPDATE_DEADLINE + 60)
+        assert "1.0 -> 2.0" in confirmed[0].text
+        assert state_of(qemud, "cf-vm")["pending"] is None
+        assert disk_sources(dom.xml())["vda"] == str(vmdir / "vda.b.qcow2")
+    finally:
+        remove_domain(dom)

@@ -255,6 +255,10 @@ class DeployOps(ImageOps):
         was_running = dom.active
         try:
             yield from self._stop_to_restart(dom, state, "factory reset")
+            # (durably before the first disk is replaced: a memory state saved before
+            # must no longer be restored, layout.require_restorable)
+            state.disks_changed(f"factory reset to {desc.ref}")
+            yield self.save_state(state)
             for target in state.targets("system"):
                 disk = desc.disk(target)
                 if disk is None or disk.file is None:

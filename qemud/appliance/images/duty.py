@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import Procedure
 from protocol.constants import EventId, LifecycleEvent
+from qemud.conf import ConfError, parse_domain_xml
 from qemud.dispatch import Deferred
 from qemud.driver.discard import discard, discard_tree, remove_discarded_below
+from qemud.driver.saving import read_image
 from qemud.driver.store import remove_dead_writes_below
+from qemud.errors import NoDomain, QemudError
 
 from .layout import (
     RESTART_KEY,
@@ -30,6 +33,7 @@ from .layout import (
     STATE_NAME,
     remove_unfinished_disks,
     require_no_pending_update,
+    require_restorable,
     restart_marks,
     settle_deploys,
     settle_switch,
@@ -98,6 +102,7 @@ class ImagesDuty:
         self.dispatcher.wrap(Procedure.DOMAIN_MANAGED_SAVE, self.saving)
         # (after the snapshot duty's wrapper: asked before it removes any metadata)
         self.dispatcher.wrap(Procedure.DOMAIN_UNDEFINE, self.undefining)
+        self.dispatcher.wrap(Procedure.DOMAIN_RESTORE, self.restoring)
         for dom in self.driver.registry:  # a pending update of a guest that was re-attached
             if dom.active and self._has_state(dom.name):
                 self.ops.updates.arm(dom)
@@ -138,6 +143,34 @@ class ImagesDuty:
                 why=", whose confirmation or rollback needs the definition while the "
                     "guest runs",
                 remedy="or destroy the domain first")
+        return inner(ctx, args)
+
+    def restoring(self, inner: Handler, ctx: Any, args: pl.RestoreArgs
+                  ) -> Payload | Deferred:
+        """DOMAIN_RESTORE of a deployed VM's save file: refused when an update, rollback
+        or factory reset replaced its disks since the file was saved
+        (``layout.require_restorable``). (A managed save image needs no such check: an
+        update or reset is refused while one exists, and a managed save while an update
+        is pending, so no rollback comes after one either.) A file that is not a save
+        image, or names no deployed VM, is left to the restore itself."""
+        path = Path(args.path)
+        if path.is_absolute():
+            try:
+                image = read_image(path)
+                definition = parse_domain_xml(image.xml, validate_schema=False)
+            except (QemudError, ConfError):
+                definition = None  # (the restore says why)
+            if definition is not None and definition.uuid:
+                try:
+                    dom: DomainObj | None = self.driver.registry.by_uuid(definition.uuid)
+                except NoDomain:
+                    dom = None
+                if dom is None or not dom.active:  # (a running one: the restore refuses)
+                    require_restorable(self.config, self.driver.files, path,
+                                       dom.name if dom is not None else definition.name,
+                                       definition.uuid,
+                                       {d.target_dev: d.source for d in definition.disks
+                                        if d.target_dev})
         return inner(ctx, args)
 
     def on_event(self, event_id: EventId, ref: pl.DomainRef, data: tuple[Any, ...]) -> None:

@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Container, Iterable
+import time
+from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["STAGING_PREFIX", "STATE_NAME", "SWITCH_KEY", "TARGET_RE", "UNFINISHED_SUFFIX",
            "QCOW2", "DISK_KINDS", "store_root", "vms_root", "remove_unfinished_disks",
            "DEPLOYING_KEY", "RESTART_KEY", "settle_switch", "settle_deploys",
-           "require_no_pending_update", "restart_marks"]
+           "require_no_pending_update", "restart_marks", "CHANGED_KEY",
+           "require_restorable"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ DEPLOYING_KEY = "deploying"
 #: the key of that record naming the image operation that stopped the running VM, from
 #: before that stop until the operation started it again (see :func:`restart_marks`)
 RESTART_KEY = "restart"
+#: the key of that record saying when and by what the VM's disks were last replaced (an
+#: update, a rollback, a factory reset; see :func:`require_restorable`)
+CHANGED_KEY = "changed"
 #: an import unpacks into ``<store>/<STAGING_PREFIX>...`` before it is renamed into place
 STAGING_PREFIX = ".staging-"
 #: a guest disk name as descriptors and VM directories use them (vda, sdb, hdaa...)
@@ -324,3 +329,56 @@ def require_no_pending_update(config: Config, dom: DomainObj, what: str,
         f"for the guest's heartbeat){why}. It ends when the heartbeat confirms it, or with "
         f"its rollback {deadline:g} s after the start (appliance.update_deadline); "
         + remedy)
+
+
+def require_restorable(config: Config, files: FileWrites, image: Path, vm: str, uuid: str,
+                       sources: Mapping[str, str | None]) -> None:
+    """Refuse the restore of the save file ``image`` of the deployed VM ``vm`` (``uuid``;
+    ``sources``: the disk sources of the definition inside the image, by target) when
+    the VM's disks were replaced since the image was saved.
+
+    An update switches the system disks to the other slot's overlay and recreates the
+    scratch disks, a rollback does so back, a factory reset recreates the system
+    overlay and the scratch disks in place. The memory state in an older image belongs
+    to the disks as they were: restored, the guest would run the definition in the
+    image (the old slot, the old kernel) over the recreated scratch disks, or with its
+    page cache of a system disk that was replaced under it (file-system corruption),
+    and its heartbeat would confirm an update it does not run. Known when the image's
+    system disks are not the VM's (an update or rollback since), or the file is older
+    than the state's :data:`CHANGED_KEY` (any of the three; a copy of an image made
+    since, its modification time new, is not recognised that way). Nothing changes when
+    this raises; a VM without a readable state of this uuid is not checked.
+    """
+    path = vms_root(config) / vm / STATE_NAME
+    try:
+        state = json.loads(files.read_text(path))
+        saved = os.stat(image).st_mtime
+    except (OSError, ValueError):  # (no state: not a deployed VM; no file: the restore says so)
+        return
+    if not isinstance(state, dict) or state.get("uuid") != uuid:
+        return
+    why = ""
+    disks = state.get("disks")
+    for target, disk in sorted(disks.items() if isinstance(disks, dict) else ()):
+        if isinstance(disk, dict) and disk.get("class") == "system" \
+                and sources.get(target) != disk.get("path"):
+            why = (f"its system disk {target} is {disk.get('path')} now, the image's "
+                   f"{sources.get(target) or 'none'} (an appliance update or rollback since "
+                   "the image was saved)")
+            break
+    switch = state.get(SWITCH_KEY)
+    for record in (state, switch if isinstance(switch, dict) else {}):
+        changed = record.get(CHANGED_KEY)
+        if not why and isinstance(changed, dict) and isinstance(changed.get("at"), (int, float)) \
+                and saved < changed["at"]:
+            why = (f"its disks were replaced by the appliance {changed.get('by', 'change')} "
+                   f"at {_when(changed['at'])}, after the image was saved ({_when(saved)})")
+    if why:
+        raise OperationInvalid(
+            f"cannot restore domain '{vm}' from the save file {image}: {why}. The memory "
+            "state in it belongs to the disks as they were before: boot the domain "
+            f"afresh (start {vm}), or restore an image saved since")
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))

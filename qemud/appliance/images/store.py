@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from qemud.errors import InvalidArg, QemudError
 
 from .descriptor import Descriptor, parse_descriptor, version_key
-from .layout import DEPLOYING_KEY, RESTART_KEY, SWITCH_KEY
+from .layout import CHANGED_KEY, DEPLOYING_KEY, RESTART_KEY, SWITCH_KEY
 
 __all__ = ["ImageStore", "VMState", "INDEX_NAME"]
 
@@ -112,6 +113,11 @@ class VMState:
     operation has started it again (or decided not to): a daemon killed in between
     starts it at its next start (``layout.restart_marks``), so the guest does not stay
     off because its daemon died mid-way.
+
+    ``changed`` records the last time an update, rollback or factory reset replaced the
+    VM's disks (``{"at": time.time(), "by": "update from 1.0 to 2.0"}``): a memory state
+    saved before then belongs to disks that are gone, and its restore is refused
+    (``layout.require_restorable``).
     """
 
     vm: str
@@ -125,6 +131,7 @@ class VMState:
     switch: dict[str, Any] | None = None  # the state of a definition being defined
     deploying: bool = False  # written before the deploy's define, cleared after it
     restart: str | None = None  # the operation that stopped the VM, until it restarted it
+    changed: dict[str, Any] | None = None  # {"at", "by"}: the disks' last replacement
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -137,6 +144,8 @@ class VMState:
             out[DEPLOYING_KEY] = True
         if self.restart is not None:
             out[RESTART_KEY] = self.restart
+        if self.changed is not None:  # (absent from a new VM's file, and older ones)
+            out[CHANGED_KEY] = self.changed
         return out
 
     def to_json(self) -> str:
@@ -148,7 +157,7 @@ class VMState:
                    version=data["version"], slot=data["slot"], disks=data["disks"],
                    previous=data.get("previous"), pending=data.get("pending"),
                    switch=data.get(SWITCH_KEY), deploying=bool(data.get(DEPLOYING_KEY)),
-                   restart=data.get(RESTART_KEY))
+                   restart=data.get(RESTART_KEY), changed=data.get(CHANGED_KEY))
 
     @classmethod
     def from_json(cls, text: str) -> VMState:
@@ -164,6 +173,10 @@ class VMState:
         record drops it, whichever state the switch settles on (``settle_switch``)."""
         return dataclasses.replace(self.copy(), switch=dataclasses.replace(
             after.copy(), switch=None, restart=None).as_dict())
+
+    def disks_changed(self, by: str) -> None:
+        """Record that ``by`` (an update, rollback or reset) replaces the disks now."""
+        self.changed = {"at": time.time(), "by": by}
 
     def targets(self, cls: str) -> list[str]:
         return sorted(t for t, d in self.disks.items() if d["class"] == cls)

@@ -131,6 +131,7 @@ class UpdateOps(ImageOps):
                 after.disks[target]["path"] = overlay
             after.version, after.slot = new.version, slot
             after.pending = {"from": old_version, "to": new.version, "since": time.time()}
+            after.disks_changed(f"update from {old_version} to {new.version}")
             _switch(definition, system, _new_os(new, new_dir),
                     Origin(state.appliance, new.version))
             yield from self._commit_switch(dom, state, after, definition, prepared)
@@ -265,6 +266,12 @@ class UpdateOps(ImageOps):
         state = self.load_state(dom, settle=True)
         if state is None or state.pending is None:
             return
+        other = _live_system_disks_differ(dom, state)
+        if other:
+            log.warning("domain %s: update %s -> %s not armed: %s (the guest does not run "
+                        "the new version; it is armed at a start that does)", dom.name,
+                        state.pending["from"], state.pending["to"], other)
+            return
         try:
             policy = read_settings(dom.current()).heartbeat
         except QemudError:
@@ -320,6 +327,11 @@ class UpdateOps(ImageOps):
             return
         state = self.load_state(dom)
         if state is None or state.pending is None:
+            return
+        other = _live_system_disks_differ(dom, state)
+        if other:  # (armed for the new disks: a guest on others vouches for nothing)
+            log.warning("domain %s: update %s -> %s not confirmed (%s): %s", dom.name,
+                        state.pending["from"], state.pending["to"], how, other)
             return
         pending, state.pending = state.pending, None
 
@@ -440,6 +452,7 @@ class UpdateOps(ImageOps):
                 after.disks[target]["path"] = path
             after.version, after.slot = previous["version"], previous["slot"]
             after.previous = after.pending = None
+            after.disks_changed(f"rollback from {failed_version} to {previous['version']}")
             yield from self._commit_switch(dom, state, after, definition, prepared)
         finally:
             abandon_prepared(prepared)
@@ -482,6 +495,22 @@ def _uuid_text(ref: pl.DomainRef) -> str:
         return str(uuidlib.UUID(bytes=bytes(ref.uuid)))
     except ValueError:
         return ""
+
+
+def _live_system_disks_differ(dom: DomainObj, state: VMState) -> str:
+    """Why running ``dom`` does not run ``state``'s system disks ("" if it does, or
+    does not run). Its heartbeat vouches for the disks it runs: a guest started from
+    an older definition (its XML, a save image) on the previous slot must not confirm
+    the new version, which it never booted."""
+    live = dom.live if dom.active else None
+    if live is None:
+        return ""
+    sources = {d.target_dev: d.source for d in live.disks}
+    for target in state.targets("system"):
+        if sources.get(target) != state.disks[target]["path"]:
+            return (f"its live system disk {target} is {sources.get(target) or 'none'}, not "
+                    f"the update's {state.disks[target]['path']}")
+    return ""
 
 
 def _check_compatible(state: VMState, new: Descriptor) -> None:
