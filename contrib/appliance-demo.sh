@@ -98,7 +98,7 @@ wait_until() {
 }
 
 # The guest's serial port: a relay (the venv's Python, in the background) stays connected
-# to <run_dir>/qemu/VM/console.sock across guest restarts, appends what the guest prints
+# to <run_dir>/qemu/VM/charserial0.sock across guest restarts, appends what the guest prints
 # to WORK/serial.log and writes the lines that arrive on the fifo WORK/serial.in to the
 # guest. `serial wait REGEX SECONDS OFFSET LOG` waits for a line of LOG after byte OFFSET.
 serial_py=$(cat <<'PY'
@@ -405,12 +405,12 @@ qrun define "$work/$vm-power.xml"
 qsh dumpxml "$vm" --inactive | grep -q 'guest-reboot="hook"' || fail "the power policy in $vm's definition"
 mkfifo "$work/serial.in"
 [ -p "$work/serial.in" ] || fail "a fifo $work/serial.in"
-"$py" -c "$serial_py" relay "$work/run/qemu/$vm/console.sock" "$work/serial.log" \
+"$py" -c "$serial_py" relay "$work/run/qemu/$vm/charserial0.sock" "$work/serial.log" \
     "$work/serial.in" </dev/null >/dev/null 2>&1 &
 echo $! > "$work/serial-relay.pid"
 mark=$(serial_mark)
 qrun start "$vm"
-echo "(the guest boots under TCG; its serial console: $work/run/qemu/$vm/console.sock)"
+echo "(the guest boots under TCG; its serial console: $work/run/qemu/$vm/charserial0.sock)"
 serial_wait 'QEMUD-GUEST-READY' 120 "$mark"
 serial_wait 'QEMUD-BLOCK: ' 10 "$mark"
 

@@ -12,6 +12,8 @@ What the daemon keeps under a domain's name follows it:
   there already (a log is never overwritten);
 * a UEFI domain's NVRAM file at the default ``<state_dir>/nvram/<name>_VARS.fd`` (and
   the definition's ``<nvram>`` path), as libvirt moves it;
+* the path of a unix socket of a serial, console or channel in the domain's run
+  directory ``<run_dir>/qemu/<name>/`` (nothing there to move: the domain is shut off);
 * the appliance layer's ``<state_dir>/vms/<name>/`` (a deployed VM's disks and its
   ``appliance-state.json``, whose name and paths are rewritten, as are the definition's
   disk sources under it) and an empty snapshot record ``<state_dir>/snapshots/<name>/
@@ -537,6 +539,7 @@ class Renamer:
         self._plan_vm_dir(dom, definition, plan)
         self._plan_snapshot_record(dom, plan)
         self._plan_nvram(dom, definition, plan)
+        self._plan_sockets(dom, definition)
         for suffix in (".log", ".log.1"):
             src, dst = self.log_dir / f"{old}{suffix}", self.log_dir / f"{new}{suffix}"
             if src.exists() and not dst.exists():
@@ -583,6 +586,21 @@ class Renamer:
         definition.os.nvram = str(dst)
         if src.exists():
             plan.moves.append([str(src), str(dst)])
+
+    def _plan_sockets(self, dom: DomainObj, definition: DomainDef) -> None:
+        """A unix socket of a serial, console or channel in the domain's own run
+        directory (``<run_dir>/qemu/<name>/``, the driver's per-name layout that each
+        start makes: what the appliance layer's deploys wrote for the console before
+        they left the path to the driver) follows the name. Left there, it would be
+        shared with a later domain of the old name, and missing once the run directory
+        is emptied (a tmpfs at boot: "Failed to bind socket"). Nothing moves: the
+        domain is shut off, its runtime files are gone."""
+        lifecycle = self.driver.lifecycle
+        old = str(lifecycle.guest_paths(dom.name).run_dir)
+        new = str(lifecycle.guest_paths(definition.name).run_dir)
+        for dev in (*definition.serials, *definition.consoles, *definition.channels):
+            if dev.type == "unix" and dev.source_path and _under(dev.source_path, Path(old)):
+                dev.source_path = _moved_path(dev.source_path, old, new)
 
     def _plan_snapshot_record(self, dom: DomainObj, plan: RenamePlan) -> None:
         """An empty snapshot record (checked by :meth:`_check_snapshots`) follows, unless

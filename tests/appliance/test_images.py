@@ -377,11 +377,11 @@ def test_update_refusals_and_update_while_off(conn: client.Connection, qemud: Da
 
 
 class Vm:
-    """A deployed VM with a serial line (the console socket the deploy gave it)."""
+    """A deployed VM with a serial line (the driver's socket of its serial port 0)."""
 
     def __init__(self, qemud: DaemonProcess, dom: client.Domain) -> None:
         self.dom = dom
-        self.sock = qemud.guest_run_dir(dom.name) / "console.sock"
+        self.sock = qemud.guest_run_dir(dom.name) / "charserial0.sock"
         self.serial: SerialPort | None = None
 
     def attach(self) -> Vm:

@@ -201,9 +201,10 @@ class DeployOps(ImageOps):
                 f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
                 f"<source file={quoteattr(disks[disk.target]['path'])}/>"
                 f"<target dev='{disk.target}' bus='{disk.bus}'/>{order}</disk>")
-        console = self.driver.lifecycle.guest_paths(vm).run_dir / "console.sock"
-        devices.append(f"<serial type='unix'><source mode='bind' path={quoteattr(str(console))}"
-                       f"/><target port='0'/></serial>")
+        # no path: the driver's socket for it, computed from the domain's name at each
+        # start (GuestPaths.socket_for). A path of this name written here would stay
+        # with the VM through a rename, to be shared with a later VM of the name
+        devices.append("<serial type='unix'><target port='0'/></serial>")
         xml = (f"<domain type='{domain_type}'><name>{escape(vm)}</name><uuid>{uuid}</uuid>"
                f"<description>{escape(desc.description or f'appliance {desc.ref}')}"
                f"</description><memory unit='MiB'>{desc.memory_mib}</memory>"
