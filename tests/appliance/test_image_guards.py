@@ -1,16 +1,17 @@
 """A deployed VM's appliance state against the driver's own calls: an undefine while an
 A/B update waits for its confirmation; the restore of a memory state saved before an
 update or factory reset replaced the disks; a guest on the previous slot's disks whose
-heartbeat must not confirm the update.
+heartbeat must not confirm the update; the scratch disk's size after a rollback.
 
 Real daemon, real qemu-img and the test guest (TCG). The appliances: demo 1.0 and 2.0
-(with a heartbeat) and 3.0 (its guest sends none: its update is rolled back at the
-deadline), built as in test_images.
+(with a heartbeat), 3.0 (its guest sends none: its update is rolled back at the
+deadline) and 5.0 (as 3.0, with a 32 MiB scratch disk), built as in test_images.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.integration
 UPDATE_DEADLINE = 6.0
 #: how long past the deadline a rollback that should not come is waited for
 SETTLE = 8.0
+MIB = 1024 * 1024
 NO_HEARTBEAT = {"kernel": "boot/vmlinuz", "initrd": "boot/initramfs.img",
                 "cmdline": f"{CMDLINE} qemud.noheartbeat"}
 
@@ -49,8 +51,10 @@ def qemud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 @pytest.fixture(scope="module")
 def stored(qemud: DaemonProcess, work: Path, test_guest: TestGuest) -> None:
     with qemud.connect() as c:
+        bigger = descriptor("5.0", boot=NO_HEARTBEAT)
+        bigger["disks"][2]["size"] = "32M"  # (1.0's: 16M)
         for desc in (descriptor("1.0"), descriptor("2.0"),
-                     descriptor("3.0", boot=NO_HEARTBEAT)):
+                     descriptor("3.0", boot=NO_HEARTBEAT), bigger):
             images.import_appliance(c, str(build_appliance(work, test_guest, desc)))
 
 
@@ -207,5 +211,35 @@ def test_a_guest_on_the_previous_disks_does_not_confirm_the_update(
         assert "1.0 -> 2.0" in confirmed[0].text
         assert state_of(qemud, "cf-vm")["pending"] is None
         assert disk_sources(dom.xml())["vda"] == str(vmdir / "vda.b.qcow2")
+    finally:
+        remove_domain(dom)
+
+
+def virtual_size(path: Path) -> int:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out)["virtual-size"])
+
+
+def test_a_rollback_gives_the_scratch_disk_its_previous_size_back(
+        conn: client.Connection, events: EventLog, qemud: DaemonProcess,
+        stored: None) -> None:
+    """5.0's scratch disk is 32 MiB, 1.0's 16 MiB: rolled back to 1.0, the VM gets a
+    scratch disk of 1.0's size again (recreated), and its state says so."""
+    dom = images.deploy(conn, "demo", "size-vm", "1.0")
+    scratch = qemud.state_dir / "vms" / "size-vm" / "vdc.scratch.qcow2"
+    try:
+        assert virtual_size(scratch) == 16 * MIB
+        images.update(conn, dom, "5.0")  # shut off: pending until its next start
+        assert virtual_size(scratch) == 32 * MIB
+        assert state_of(qemud, "size-vm")["previous"]["scratch"] == {"vdc": 16 * MIB}
+        dom.create()  # 5.0 sends no heartbeat: rolled back at the deadline
+        rolled = events.wait("size-vm", "update-rolled-back", timeout=UPDATE_DEADLINE + 60)
+        assert "5.0 -> back to 1.0" in rolled[0].text
+        wait_state(dom, DomainState.RUNNING)
+        assert origin(dom.xml(client.XML_INACTIVE)) == ("demo", "1.0")
+        assert virtual_size(scratch) == 16 * MIB
+        disks = state_of(qemud, "size-vm")["disks"]
+        assert disks["vdc"]["size"] == 16 * MIB, disks
     finally:
         remove_domain(dom)

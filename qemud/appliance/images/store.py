@@ -126,7 +126,8 @@ class VMState:
     version: str
     slot: str  # "a" | "b": the system overlay(s) in use
     disks: dict[str, dict[str, Any]]  # target -> {"class", "path", "size"?}
-    previous: dict[str, Any] | None = None  # {"version", "slot", "system": {t: path}, "os"}
+    previous: dict[str, Any] | None = None  # {"version", "slot", "system": {t: path},
+    #                                          "scratch": {t: size}, "os"}
     pending: dict[str, Any] | None = None  # {"from", "to", "since"}: unconfirmed update
     switch: dict[str, Any] | None = None  # the state of a definition being defined
     deploying: bool = False  # written before the deploy's define, cleared after it

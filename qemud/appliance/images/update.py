@@ -126,6 +126,8 @@ class UpdateOps(ImageOps):
             after.previous = {
                 "version": old_version, "slot": state.slot,
                 "system": {t: state.disks[t]["path"] for t in state.targets("system")},
+                # (a rollback recreates the scratch disks at these sizes, not the new ones)
+                "scratch": {t: state.disks[t]["size"] for t in state.targets("scratch")},
                 "os": _os_values(definition)}
             for target, overlay in system.items():
                 after.disks[target]["path"] = overlay
@@ -439,10 +441,13 @@ class UpdateOps(ImageOps):
         failed = {t: state.disks[t]["path"] for t in state.targets("system")}
         prepared: list[tuple[Path, Path]] = []  # renamed into place by _commit_switch
         try:
-            for target in state.targets("scratch"):
+            # the previous version's sizes (a previous record from before they were
+            # recorded: the current ones)
+            sizes = {t: int(previous.get("scratch", {}).get(t, state.disks[t]["size"]))
+                     for t in state.targets("scratch")}
+            for target, size in sizes.items():
                 scratch = Path(state.disks[target]["path"])
-                tmp = yield from self._prepare_scratch(scratch,
-                                                       int(state.disks[target]["size"]))
+                tmp = yield from self._prepare_scratch(scratch, size)
                 prepared.append((tmp, scratch))
             definition = dom.persistent_definition.copy()
             _switch(definition, previous["system"], previous["os"],
@@ -450,6 +455,8 @@ class UpdateOps(ImageOps):
             after = state.copy()
             for target, path in previous["system"].items():
                 after.disks[target]["path"] = path
+            for target, size in sizes.items():
+                after.disks[target]["size"] = size
             after.version, after.slot = previous["version"], previous["slot"]
             after.previous = after.pending = None
             after.disks_changed(f"rollback from {failed_version} to {previous['version']}")
