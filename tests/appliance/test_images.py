@@ -247,6 +247,8 @@ def test_import_stores_read_only(conn: client.Connection, qemud: DaemonProcess,
         "appliance.json", "system.qcow2", "data.qcow2", "boot/vmlinuz", "boot/initramfs.img"}
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o444, p
+    # flushed to disk before the import was answered (a power loss keeps it)
+    assert f"running sync -f {directory}\n" in qemud.log_text()
     with pytest.raises(OperationInvalid, match="already imported"):
         images.import_appliance(conn, str(stored["1.0"]))
 

@@ -9,7 +9,10 @@ is; the bytes counted while writing); the descriptor is checked
 ``qemu-img info``) and so is the host (an emulator for the arch, every required
 feature); the checked descriptor is written next to the files as
 ``.qemud-appliance.json``, every file made mode 0444, and the directory renamed to
-``<store>/<name>/<version>/``. A version is never replaced. Whatever is refused, the
+``<store>/<name>/<version>/``, then flushed to disk (``sync -f``, a child: the
+unpacked files, the rename) before the call is answered: VMs deployed from it build
+their overlays on those files, and a rename a power loss undid would leave a staging
+directory the next start removes. A version is never replaced. Whatever is refused, the
 staging directory is discarded; one a killed daemon left is removed at start-up.
 """
 
@@ -139,6 +142,11 @@ class ImportOps(ImageOps):
                                   f"cannot make the files of {path} read-only")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.rename(root, dest)
+            try:  # (the unpacked files, the rename and the new directories, off the loop)
+                yield self.runner.run(["sync", "-f", str(dest)])
+            except ToolFailed as exc:  # (in place and usable: a power loss may lose it)
+                log.error("appliance %s imported into %s, but not flushed to disk: %s",
+                          desc.ref, dest, exc.message)
             log.info("appliance %s imported from %s into %s", desc.ref, path, dest)
             return pl.StringReply(desc.ref)
         finally:
