@@ -181,6 +181,56 @@ def test_restore_of_a_memory_state_older_than_the_disks_is_refused(
         remove_domain(dom)
 
 
+def test_restore_of_a_vm_on_a_snapshot_overlay_is_not_refused(
+        conn: client.Connection, qemud: DaemonProcess, stored: None,
+        tmp_path: Path) -> None:
+    """A snapshot moves the running VM's system disk to an overlay in the snapshot store:
+    no update or reset replaced the appliance's disks, and its save image restores."""
+    dom = images.deploy(conn, "demo", "rs-snap", "1.0", start=True)
+    image = str(tmp_path / "snap.save")
+    try:
+        dom.snapshot_create("s1")
+        overlay = disk_sources(dom.xml())["vda"]
+        assert "/snapshots/rs-snap/images/" in overlay
+        dom.save(image)
+        conn.restore(image)
+        wait_state(dom, DomainState.RUNNING)
+        assert disk_sources(dom.xml())["vda"] == overlay
+    finally:
+        remove_domain(dom)
+
+
+def test_a_vm_whose_definition_must_follow_a_snapshot_is_not_reset(
+        conn: client.Connection, qemud: DaemonProcess, stored: None) -> None:
+    """The snapshot metadata records that the persistent definition must still follow the
+    guest onto a snapshot's overlay (its write failed; see test_snapshot_definition_
+    follow): the definition names the appliance's slot, which the snapshot froze. A
+    factory reset (or update) would recreate that image under the overlay the next start
+    boots: refused, saying why, and nothing changes."""
+    dom = images.deploy(conn, "demo", "rs-follow", "1.0")
+    vmdir = qemud.state_dir / "vms" / "rs-follow"
+    index = qemud.state_dir / "snapshots" / "rs-follow" / "snapshots.json"
+    overlay = str(qemud.state_dir / "snapshots" / "rs-follow" / "images" / "vda.s1.qcow2")
+    try:
+        index.parent.mkdir(parents=True)
+        index.write_text(json.dumps({  # (as a create whose definition write failed leaves)
+            "version": 1, "domain": "rs-follow", "uuid": dom.uuid,
+            "current": "", "snapshots": [], "images": {}, "unplugged": {}, "kept": {},
+            "follow": {"vda": [str(vmdir / "vda.a.qcow2"), overlay]}}, indent=1))
+        before = (vmdir / "vda.a.qcow2").stat().st_ino
+        for call in (lambda: images.factory_reset(conn, dom),
+                     lambda: images.update(conn, dom, "2.0")):
+            with pytest.raises(OperationInvalid) as info:
+                call()
+            assert ("its guest last ran on a snapshot's overlays, which its persistent "
+                    "definition does not name yet") in str(info.value), info.value
+        assert (vmdir / "vda.a.qcow2").stat().st_ino == before
+        assert state_of(qemud, "rs-follow")["version"] == "1.0"
+    finally:
+        index.unlink()
+        remove_domain(dom)
+
+
 def test_a_guest_on_the_previous_disks_does_not_confirm_the_update(
         conn: client.Connection, events: EventLog, qemud: DaemonProcess,
         stored: None) -> None:

@@ -18,6 +18,7 @@ from qemud.driver.tools import ToolRunner, find_tool
 from qemud.errors import OperationInvalid
 from qemud.tasks import Task
 
+from ..snapshots.duty import follow_pending
 from .descriptor import DiskSpec
 from .layout import STATE_NAME, UNFINISHED_SUFFIX, settle_switch, vms_root
 from .store import ImageStore, VMState
@@ -154,18 +155,30 @@ class ImageOps:
         self.driver.saving.require_no_image(dom, what)
         return state
 
-    @staticmethod
-    def foreign_disk(dom: DomainObj, state: VMState) -> str:
-        """Why a disk of ``dom``'s definition is not the appliance's own (its overlay,
-        data or scratch image), e.g. an external snapshot's overlay; "" if all are. An
-        image change (update, reset, rollback) rewrites or deletes those images: it must
-        not touch a disk that no longer is one of them."""
-        definition = dom.persistent_definition
-        sources = {d.target_dev: d.source for d in definition.disks}
-        for target, disk in sorted(state.disks.items()):
-            if sources.get(target) != disk["path"]:
-                return (f"disk {target} is {sources.get(target) or 'gone'}, not the "
-                        f"appliance's {disk['path']} (snapshots or a changed definition)")
+    def foreign_disk(self, dom: DomainObj, state: VMState) -> str:
+        """Why a disk of ``dom`` is not the appliance's own (its overlay, data or scratch
+        image), e.g. an external snapshot's overlay; "" if all are. An image change
+        (update, reset, rollback) rewrites or deletes those images: it must not touch a
+        disk that no longer is one of them, nor one a snapshot froze. Checked in the
+        persistent definition, the live one of a running guest, and the snapshot
+        metadata's record of a definition that could not follow the guest's move to a
+        snapshot's overlay (its write failed: the definition still names the image the
+        snapshot froze, and the next start boots the overlay)."""
+        live = dom.live if dom.active else None
+        for definition in (dom.persistent_definition, live):
+            if definition is None:
+                continue
+            sources = {d.target_dev: d.source for d in definition.disks}
+            for target, disk in sorted(state.disks.items()):
+                if sources.get(target) != disk["path"]:
+                    return (f"disk {target} is {sources.get(target) or 'gone'}, not the "
+                            f"appliance's {disk['path']} (snapshots or a changed "
+                            "definition)")
+        if follow_pending(self.driver.files, self.config.paths.state_dir / "snapshots",
+                          dom.name):
+            return ("its guest last ran on a snapshot's overlays, which its persistent "
+                    "definition does not name yet (its write failed; the next start or "
+                    "snapshot operation writes it)")
         return ""
 
     def _stop(self, dom: DomainObj) -> Deferred:

@@ -344,8 +344,8 @@ def require_restorable(config: Config, files: FileWrites, image: Path, vm: str, 
     image (the old slot, the old kernel) over the recreated scratch disks, or with its
     page cache of a system disk that was replaced under it (file-system corruption),
     and its heartbeat would confirm an update it does not run. Known when the image's
-    system disks are not the VM's (an update or rollback since), or the file is older
-    than the state's :data:`CHANGED_KEY` (any of the three; a copy of an image made
+    system disks are another slot of the VM's (an update or rollback since), or the
+    file is older than the state's :data:`CHANGED_KEY` (any of the three; a copy of an image made
     since, its modification time new, is not recognised that way). Nothing changes when
     this raises; a VM without a readable state of this uuid is not checked.
     """
@@ -359,12 +359,15 @@ def require_restorable(config: Config, files: FileWrites, image: Path, vm: str, 
         return
     why = ""
     disks = state.get("disks")
+    own = vms_root(config) / vm
     for target, disk in sorted(disks.items() if isinstance(disks, dict) else ()):
-        if isinstance(disk, dict) and disk.get("class") == "system" \
-                and sources.get(target) != disk.get("path"):
+        source = sources.get(target)
+        # (another slot of the VM's own: an update or rollback since; a source elsewhere,
+        # a snapshot's overlay on the slot, is left to the time check below)
+        if isinstance(disk, dict) and disk.get("class") == "system" and source \
+                and source != disk.get("path") and Path(source).parent == own:
             why = (f"its system disk {target} is {disk.get('path')} now, the image's "
-                   f"{sources.get(target) or 'none'} (an appliance update or rollback since "
-                   "the image was saved)")
+                   f"{source} (an appliance update or rollback since the image was saved)")
             break
     switch = state.get(SWITCH_KEY)
     for record in (state, switch if isinstance(switch, dict) else {}):

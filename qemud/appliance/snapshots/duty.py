@@ -21,18 +21,21 @@ from qemud.driver.store import remove_dead_writes_below
 from qemud.errors import OperationFailed, OperationInvalid, QemudError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from protocol import payloads as pl
     from protocol.constants import ShutoffReason
     from protocol.fields import Payload
     from qemud.conf import DomainDef
     from qemud.dispatch import Handler
     from qemud.driver.domain import DomainObj
+    from qemud.driver.filewrites import FileWrites
     from qemud.driver.store import StatusRecord
 
     from .. import ApplianceContext
     from .operations import Operations
 
-__all__ = ["SnapshotDuty", "install"]
+__all__ = ["SnapshotDuty", "install", "follow_pending"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,19 @@ log = logging.getLogger(__name__)
 SNAPSHOT_JOBS = ("snapshot", "snapshot-revert", "snapshot-delete")
 #: the ids a live merge and a backup give their QEMU block jobs (see :mod:`.leftovers`)
 JOB_PREFIXES = ("commit-", "backup-")
+
+
+def follow_pending(files: FileWrites, root: Path, domain: str) -> bool:
+    """Whether ``domain``'s snapshot metadata (under the store ``root``; a write in
+    flight read rather than the file) records that its persistent definition must still
+    follow the images its guest moved to (``DomainSnapshots.follow``). Read from the
+    text: the snapshot modules are not loaded for it. A domain without metadata costs a
+    failed ``open``."""
+    try:
+        text = files.read_text(root / domain / "snapshots.json")
+    except OSError:
+        return False
+    return '"follow": {' in text and '"follow": {}' not in text
 
 
 class SnapshotDuty:
@@ -131,11 +147,7 @@ class SnapshotDuty:
         the last time (see ``DomainSnapshots.follow``), ``live`` does
         (``SnapshotOps.follow_live``). A domain without snapshot metadata costs a failed
         ``open``, one with metadata a read of its text."""
-        try:
-            text = self.driver.files.read_text(self.root / dom.name / "snapshots.json")
-        except OSError:
-            return
-        if '"follow": {' in text and '"follow": {}' not in text:
+        if follow_pending(self.driver.files, self.root, dom.name):
             self.ops.creating.follow_live(dom, live)
 
     def _make_private(self) -> None:
