@@ -373,22 +373,28 @@ class SnapshotOps:
         moves: dict[str, tuple[str | None, str]] = {
             t: (old, new) for t, (old, new) in meta.follow.items() if now.get(t) != new}
         out = Deferred()
+        recorded = sorted(meta.follow.items())
 
         def failed(error: QemudError) -> None:
             out.fail(OperationFailed(
                 f"cannot {what}: the persistent definition of domain '{dom.name}' still "
                 "names images its guest has left ("
-                + ", ".join(f"disk {t}: {old}, now {new}" for t, (old, new) in
-                            sorted(meta.follow.items()))
+                + ", ".join(f"disk {t}: {old}, now {new}" for t, (old, new) in recorded)
                 + f"; an earlier write failed), and writing it failed again: "
                   f"{error.detail}"))
+
+        def unrecorded(error: QemudError) -> None:  # (the definition is right: only this)
+            out.fail(OperationFailed(
+                f"cannot {what}: the persistent definition of domain '{dom.name}' now "
+                f"names the images its guest runs on, but the snapshot metadata could not "
+                f"record it: {error.detail}"))
 
         def pointed() -> None:
             log.info("domain %s: the persistent definition follows its guest's disks now "
                      "(%s)", dom.name, ", ".join(f"{t} -> {new}" for t, (_, new)
-                                                 in sorted(meta.follow.items())))
+                                                 in recorded))
             meta.follow.clear()
-            then(self.store.save(meta), failed, lambda: out.resolve(None))
+            then(self.store.save(meta), unrecorded, lambda: out.resolve(None))
         then(self.point_disks(dom, moves, "definition update") if moves
              else Deferred.resolved(None), failed, pointed)
         return out
