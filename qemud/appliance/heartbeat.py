@@ -191,10 +191,12 @@ class Watcher:
 
     def _winding_down(self, now: float) -> bool:
         """Whether an admin's shutdown or reboot (``qemush shutdown``, an ACPI ``reboot``)
-        is under way, for at most :data:`SHUTDOWN_WAIT`: the guest's heartbeat agent
-        stops early in a graceful shutdown, and the action must not cut the power while
-        it flushes its disks, nor start again the appliance the admin is turning off. A
-        guest that ignored the request and went silent is acted on after that wait."""
+        is under way, for at most :data:`SHUTDOWN_WAIT` after the last heartbeat: the
+        guest's heartbeat agent stops early in a graceful shutdown, and the action must
+        not cut the power while it flushes its disks, nor start again the appliance the
+        admin is turning off. A guest that ignored the request and went silent is acted
+        on after that wait; one that beats on through it (ignoring it, or a later one)
+        holds the count again for the wait after its last heartbeat."""
         dom = self.dom
         if not (dom.shutdown_requested or dom.fake_reboot):
             self.winding_down = None
@@ -277,6 +279,7 @@ class Watcher:
                                        "missed")
         self.reported = 0
         self.acted = False
+        self.winding_down = None  # (a request it still beats through: the hold counts anew)
 
     def close(self) -> None:
         self.closed = True

@@ -147,6 +147,15 @@ def test_an_admins_shutdown_or_reboot_is_not_counted_against(loop: EventLoop,
     assert [k for k, _ in duty.seen] == ["heartbeat-missed"]
     watcher.check(now + SHUTDOWN_WAIT + 2.6)
     assert duty.acted == [2]
+    # heartbeats again through the request (it was ignored), then a second request the
+    # guest acts on: the hold counts from its last heartbeat
+    later = now + SHUTDOWN_WAIT + 10
+    watcher.line("HEARTBEAT 2 uptime=400", later)
+    duty.seen.clear()
+    duty.acted.clear()
+    for t in range(1, int(SHUTDOWN_WAIT) + 2):
+        watcher.check(later + t)
+    assert duty.seen == [] and duty.acted == []
     watcher.close()
 
 
