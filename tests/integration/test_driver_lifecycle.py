@@ -104,6 +104,15 @@ def test_full_lifecycle(conn: client.Connection, qemud: DaemonProcess, test_gues
         conn.lookup_by_name("life")
 
 
+def events_until_stopped(conn: client.Connection) -> list[tuple[int, int, int]]:
+    """(event id, event, detail) of each event ``conn`` gets, up to a STOPPED one."""
+    seen: list[tuple[int, int, int]] = []
+    while not seen or seen[-1][1] != LifecycleEvent.STOPPED:
+        record = wait_for(lambda: conn.next_event(1.0), timeout=30, message="STOPPED event")
+        seen.append((record.event_id, record.event, record.detail))
+    return seen
+
+
 def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection,
                                                          qemud: DaemonProcess, test_guest,
                                                          tmp_path: Path) -> None:
@@ -122,12 +131,9 @@ def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection
     mark = serial.mark()
     dom.reboot()
     serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
-    seen: list[tuple[int, int, int]] = []
-    while not seen or seen[-1][1] != LifecycleEvent.STOPPED:
-        record = wait_for(lambda: conn.next_event(1.0), timeout=30, message="STOPPED event")
-        seen.append((record.event_id, record.event, record.detail))
-    assert seen == [(client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
-                    (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+    assert events_until_stopped(conn) == [
+        (client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
+        (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
     assert qemu_pids("reboot-destroy", qemud.run_dir) == []
     assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
@@ -153,12 +159,9 @@ def test_reset_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection,
     serial.wait_for(READY)
     assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
     dom.reset()
-    seen: list[tuple[int, int, int]] = []
-    while not seen or seen[-1][1] != LifecycleEvent.STOPPED:
-        record = wait_for(lambda: conn.next_event(1.0), timeout=30, message="STOPPED event")
-        seen.append((record.event_id, record.event, record.detail))
-    assert seen == [(client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.HOST),
-                    (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+    assert events_until_stopped(conn) == [
+        (client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.HOST),
+        (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
     assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
     assert qemu_pids("reset-destroy", qemud.run_dir) == []
     assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
