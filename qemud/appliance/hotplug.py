@@ -53,6 +53,10 @@ How it runs, inside the daemon's one loop:
   detached when it comes back.
 * never attached: a device (or one of its partitions) mounted, used as swap or held by
   another block device (dm, md) on the host: that is a ``hotplug-failed`` event.
+* a disk that leaves the guest another way (an admin's detach, the late release of a
+  detach that timed out: the driver's ``disk_removed_hooks``) is forgotten as the duty's
+  own detach would (``hotplug-detached``, hotplug.json, the save check), then the rules
+  in force decide; a detach is not asked again while one is pending in QEMU.
 
 Every attach/detach/resize emits an appliance event ``hotplug-attached`` /
 ``hotplug-detached`` ("/dev/loop3 as vdb") / ``hotplug-resized`` ("/dev/loop3 as vdb:
@@ -376,6 +380,7 @@ class HotplugDuty:
         self.context = pyudev.Context()
         self.started = True
         self.events.add_listener(self.on_event)
+        self.driver.disk_removed_hooks.append(self.disk_removed)
         self._open_monitor(pyudev)
         self._load_state()
         self.scan()
@@ -416,6 +421,7 @@ class HotplugDuty:
         rules (nor the checks that it is not mounted or in use): whatever device has
         the name by then, another stick or a host disk, would go to the guest."""
         dom = self.driver.registry.find(args.dom.name, args.dom.uuid)
+        self.forget_released(dom)  # (e.g. a CD-ROM an admin emptied: no hook says so)
         held = sorted(f"{dev} as {target}" for dev, (_, uuid, target) in self._ours.items()
                       if uuid == dom.uuid)
         if held:
@@ -695,7 +701,15 @@ class HotplugDuty:
                 self._attach(dom, known)
             elif due == "detach":
                 assert target is not None
-                self._detach(dom, known, target)
+                if target in self.driver.devices.unplugging(dom):
+                    # a detach (ours that timed out, or an admin's) already asked the
+                    # guest: a second device_del would fail or take over its wait; the
+                    # release removes the disk and disk_removed follows it up
+                    log.info("hotplug: %s as %s of %s is being unplugged already: it "
+                             "goes when the guest releases it", known.devname, target,
+                             dom.name)
+                else:
+                    self._detach(dom, known, target)
             elif due == "resize":
                 assert target is not None
                 self._follow_size(dom, known, target)
@@ -841,11 +855,18 @@ class HotplugDuty:
                 if ok is not None:
                     ok()
                 self._succeeded(dom, known, action, target, detail)
-            elif dom.active:
-                self._failed(dom, known, action, target, error.message)
-            else:
+            elif not dom.active:
                 log.debug("hotplug: %s %s: %s stopped meanwhile (%s)", action, known.devname,
                           dom.name, error.message)
+            elif action == "detach" and not _holds(dom, known.devname, target):
+                # the guest released it meanwhile (a detach of ours that timed out, whose
+                # release came while this one was asked): the disk is gone, as wanted
+                log.info("hotplug: detach %s as %s of %s: released meanwhile (%s)",
+                         known.devname, target, dom.name, error.message)
+                self._succeeded(dom, known, action, target, detail)
+            else:
+                self._failed(dom, known, action, target, error.message)
+            self.forget_released(dom)  # (a release while it was busy: skipped there)
             self.reconcile(known)
 
         try:
@@ -882,6 +903,61 @@ class HotplugDuty:
         audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s target=%s "
                        "action=%s result=error %r", dom.name, dom.uuid, known.rule.name,
                        known.devname, target, action, why)
+
+    # -- disks that left the guest another way ------------------------------------------
+
+    def disk_removed(self, dom: DomainObj) -> None:
+        """One of the driver's ``disk_removed_hooks``: a disk left a definition of
+        ``dom`` (a live detach once the guest released it, a ``--config`` detach, a
+        define without it). See :meth:`forget_released`."""
+        self.forget_released(dom)
+
+    def forget_released(self, dom: DomainObj) -> None:
+        """Forget what the rules attached to ``dom`` that its live definition no longer
+        holds, and say so (``hotplug-detached``, the audit log, ``hotplug.json``).
+
+        The duty's own detach forgets its device when it ends (:meth:`_succeeded`);
+        this covers a disk that left any other way: an admin's ``detach-disk``, or the
+        late release of a detach that timed out (the driver still closes the disk and
+        takes it out of the live XML then). Without it the entry would stay, refusing
+        saves of the guest (:meth:`saving`) until it stops, and ``hotplug.json`` and
+        ``hotplug-list`` would keep the device under its old rule and guest. A device
+        whose action is in flight is left to that action's end, which calls this again.
+
+        The device is then reconciled: a retired one is matched with the rules in
+        force (it may go to another guest); one the rules still give to this guest is
+        *not* attached again at once, which would undo the admin's detach: as after a
+        failure, not before its next uevent, the guest's next start or a reload that
+        changes the rules.
+        """
+        if not dom.active or dom.live is None:
+            return  # (a stopped guest's entries go with its STOPPED event: on_event)
+        gone: list[tuple[str, str, str]] = []
+        for devname, (rule_name, uuid, target) in sorted(self._ours.items()):
+            known = self.devices.get(devname)
+            if uuid != dom.uuid or (known is not None and known.busy) or \
+                    _holds(dom, devname, target):
+                continue
+            gone.append((devname, rule_name, target))
+        if not gone:
+            return
+        for devname, _, _ in gone:
+            del self._ours[devname]
+        self._save_state()
+        for devname, rule_name, target in gone:
+            log.info("hotplug: %s as %s left %s without the rules' detach (an admin's "
+                     "detach, or a late release)", devname, target, dom.name)
+            self.events.appliance(dom.ref(), _EVENT_KINDS["detach"], f"{devname} as {target}")
+            audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s "
+                           "target=%s action=detach result=ok", dom.name, dom.uuid,
+                           rule_name, devname, target)
+            known = self.devices.get(devname)
+            if known is None:
+                continue
+            known.guest_size = None
+            if known.has_medium and not known.retired:
+                known.failed = "attach"  # (see above: the admin's detach stands)
+            self.reconcile(known)
 
     # -- loop devices released on the host -----------------------------------------------
 
@@ -930,6 +1006,15 @@ class HotplugDuty:
 def _same_place(rule: Rule, other: Rule) -> bool:
     """Both rules put a device in the same guest the same way (a disk, or that CD-ROM)."""
     return rule.domain == other.domain and rule.cdrom == other.cdrom
+
+
+def _holds(dom: DomainObj, devname: str, target: str) -> bool:
+    """Whether the live definition of ``dom`` has ``devname`` as the source of
+    ``target`` (a disk, or a CD-ROM holding its medium)."""
+    if not dom.active or dom.live is None:
+        return False
+    return any(disk.target_dev == target and disk.source == devname
+               for disk in dom.live.disks)
 
 
 def _attached_kind(dom: DomainObj, target: str) -> str:
