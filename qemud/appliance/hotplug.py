@@ -37,6 +37,8 @@ How it runs, inside the daemon's one loop:
   of the live definition (``Devices.attach``, AFFECT_LIVE), or for ``cdrom:`` rules put
   into that CD-ROM (``Devices.change_media``). A device that loses its medium or goes
   away (``remove``) is detached cleanly (device_del, then the block nodes), or ejected.
+  A CD-ROM takes one drive at a time: a second drive for a CD-ROM holding another
+  tracked drive's medium is a ``hotplug-failed`` event, and goes in once it is emptied.
 * an attached device whose size changes (``change`` uevent, e.g. ``losetup -c``) is
   resized in the guest: QMP ``block_resize`` of its format node to the new size (the
   guest's virtio-blk sees a capacity change); a CD-ROM's medium is inserted again. QEMU
@@ -781,6 +783,12 @@ class HotplugDuty:
         assert dom.live is not None
         if cdrom is not None:
             target = cdrom
+            holder = self._cdrom_holder(dom, cdrom, known)
+            if holder is not None:
+                self._failed(dom, known, "attach", target, f"CD-ROM {cdrom} holds the medium "
+                             f"of {holder}, another drive of the rules: a CD-ROM takes one "
+                             "drive at a time (this one goes in when it is emptied)")
+                return
         else:
             target = next_target([str(d.target_dev) for d in dom.live.disks] + list(reserved))
         why = known.host_use()
@@ -799,6 +807,45 @@ class HotplugDuty:
         reserved.add(target)
         self._run(dom, known, "attach", target, lambda: self.driver.devices.attach(
             dom, xml, AFFECT_LIVE), release=lambda: reserved.discard(target))
+
+    def _cdrom_holder(self, dom: DomainObj, cdrom: str, known: HostDevice) -> str | None:
+        """Another drive of the rules whose medium the CD-ROM ``cdrom`` holds, or is
+        being given; None if it is free for ``known``.
+
+        A CD-ROM has one medium: putting a second drive's in would silently replace the
+        first's (whose drive is still there, and still recorded as attached), and
+        ejecting it when the second drive goes would leave the CD-ROM empty. A medium
+        that is not a tracked drive's (an admin's ISO) is replaced, as before."""
+        for disk in dom.live.disks if dom.live is not None else []:
+            if disk.target_dev == cdrom and disk.device == "cdrom":
+                source = disk.source
+                if source and source != known.devname and \
+                        (source in self.devices or source in self._ours):
+                    return str(source)
+        for other in self.devices.values():
+            if other is not known and other.busy and other.rule.domain == dom.name and \
+                    other.rule.cdrom == cdrom:
+                return other.devname
+        return None
+
+    def _cdrom_emptied(self, dom: DomainObj, cdrom: str, devname: str) -> None:
+        """The drive ``devname`` left the CD-ROM ``cdrom``: the next present drive the
+        rules give to it goes in (one refused while ``devname`` held it failed, and
+        would otherwise wait for its own next uevent). Not if it holds another medium
+        now (an admin's)."""
+        if any(disk.target_dev == cdrom and disk.source for disk in
+               (dom.live.disks if dom.active and dom.live is not None else [])):
+            return
+        for devname_other in sorted(self.devices, key=_natural):
+            other = self.devices[devname_other]
+            if devname_other == devname or other.rule.domain != dom.name or \
+                    other.rule.cdrom != cdrom or not other.has_medium:
+                continue
+            if other.failed == "attach":
+                other.failed = ""
+            self.reconcile(other)
+            if other.busy or self._attached(other):
+                return
 
     def _detach(self, dom: DomainObj, known: HostDevice, target: str) -> None:
         if known.rule.cdrom is not None:
@@ -892,6 +939,8 @@ class HotplugDuty:
         audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s target=%s "
                        "action=%s result=ok", dom.name, dom.uuid, known.rule.name,
                        known.devname, target, action)
+        if action == "detach" and _attached_kind(dom, target) != DISK_TARGET:
+            self._cdrom_emptied(dom, target, known.devname)
 
     def _failed(self, dom: DomainObj, known: HostDevice, action: str, target: str,
                 why: str) -> None:
@@ -951,6 +1000,8 @@ class HotplugDuty:
             audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s "
                            "target=%s action=detach result=ok", dom.name, dom.uuid,
                            rule_name, devname, target)
+            if _attached_kind(dom, target) != DISK_TARGET:
+                self._cdrom_emptied(dom, target, devname)
             known = self.devices.get(devname)
             if known is None:
                 continue
