@@ -52,7 +52,8 @@ How it runs, inside the daemon's one loop:
   enumeration with ``Context.list_devices``), and at daemon start for running guests once
   their monitor is back. What the daemon attached is also recorded in
   ``<run_dir>/hotplug.json``, so a device that vanished while the daemon was down is
-  detached when it comes back.
+  detached when it comes back, also from a guest the rules no longer name (with no
+  rules at all, the duty starts for that if the file lists devices).
 * never attached: a device (or one of its partitions) mounted, used as swap or held by
   another block device (dm, md) on the host: that is a ``hotplug-failed`` event.
 * a disk that leaves the guest another way (an admin's detach, the late release of a
@@ -386,8 +387,13 @@ class HotplugDuty:
         self._open_monitor(pyudev)
         self._load_state()
         self.scan()
-        for dom in list(self.driver.registry):  # guests re-attached after a daemon restart
-            if dom.active and dom.name in {r.domain for r in self.rules}:
+        # guests re-attached after a daemon restart: those the rules name, and those
+        # holding devices the last daemon attached (hotplug.json), which the rules may
+        # no longer name: a device of theirs that went meanwhile is detached then
+        named = {r.domain for r in self.rules}
+        held = {uuid for _, uuid, _ in self._ours.values()}
+        for dom in list(self.driver.registry):
+            if dom.active and (dom.name in named or dom.uuid in held):
                 self._when_ready(dom, lambda d: self.reconcile_domain(d, fresh=True))
         log.info("hotplug: %d rule(s), %s uevents, %d matching device(s) now", len(self.rules),
                  self.source or "no", len(self.devices))
@@ -497,6 +503,15 @@ class HotplugDuty:
                 devname, f"/sys/class/block/{os.path.basename(devname)}", rule,
                 present=False, autoclear=bool(entry.get("autoclear", False)),
                 baseline_known=True, guest_size=size if isinstance(size, int) else None)
+
+    def recorded(self) -> bool:
+        """Whether the state file lists devices a daemon attached (it is kept in the run
+        directory: none after a host reboot)."""
+        try:
+            entries = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(entries, list) and bool(entries)
 
     def _save_state(self) -> None:
         entries = []
@@ -1101,8 +1116,9 @@ def rules_path(config: Any) -> tuple[Path, bool]:
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     path, required = rules_path(ctx.daemon.config)
     duty = HotplugDuty(ctx, load_rules(path, required), path, required)
-    if duty.rules:
-        duty.install()
+    if duty.rules or duty.recorded():
+        duty.install()  # (without rules: to detach what went of what the last daemon
+        # attached, which stays with its guest until released as after a reload)
     else:
         log.debug("hotplug: no rules (%s): not listening to uevents (until a SIGHUP finds "
                   "some)", path)

@@ -35,7 +35,7 @@ from .hotplug_loops import (
 
 pytestmark = pytest.mark.integration
 
-ROLES = ("admin", "late")
+ROLES = ("admin", "late", "gone", "empty")
 NO_DISK = r"QEMUD-BLOCK: (?![^\n]*vd)[^\n]*\n"
 #: the driver's unplug timeout (its default) plus the auto-clear poll and some slack
 UNPLUG_FAILS = 40.0
@@ -193,3 +193,58 @@ def test_a_late_release_after_the_detach_timed_out(
     assert state(qemud) == []
     managed_save_works(dom)
     dom.destroy()
+
+
+@pytest.mark.parametrize(("name", "rules_then"), [
+    ("hr-gone", rule("elsewhere", "/dev/qemud-test-no-such-device", "hr-nobody")),
+    ("hr-gone-norules", "# no rules at all\n"),
+], ids=["other-rules", "no-rules"])
+def test_gone_while_the_daemon_was_down_and_the_rules_changed(
+        conn: client.Connection, test_guest, qemud: DaemonProcess, rules_file: Path,
+        loops: dict[str, str], tmp_path: Path, name: str, rules_then: str) -> None:
+    """Devices the last daemon attached (hotplug.json) that went while no daemon ran are
+    detached at its start, also when the rules no longer name their guest, or are
+    none at all."""
+    gone, empty = loops["gone"], loops["empty"]
+    ctl = loopctl(loops)
+    try:
+        rules_file.write_text(rule("gone", gone, name) + rule("empty", empty, name))
+        seen = qemud.log_text().count("SIGHUP: hotplug rules reloaded")
+        qemud.signal(signal.SIGHUP)
+        wait_for(lambda: qemud.log_text().count("SIGHUP: hotplug rules reloaded") > seen,
+                 timeout=10, message="rules reloaded")
+        dom, serial = boot(conn, name, test_guest, tmp_path / "serial.sock")
+        mark = serial.mark()
+        ctl.bind(gone, image(tmp_path / "gone.img", 8))
+        serial.wait_for(r"QEMUD-BLOCK: [^\n]*\bvda\b", start=mark, timeout=ATTACH_TIMEOUT)
+        mark = serial.mark()
+        ctl.bind(empty, image(tmp_path / "empty.img", 4))
+        serial.wait_for(r"QEMUD-BLOCK: [^\n]*\bvdb\b", start=mark, timeout=ATTACH_TIMEOUT)
+        assert state(qemud) == [(gone, dom.uuid, "vda"), (empty, dom.uuid, "vdb")]
+
+        # the daemon dies; meanwhile one device is detached on the host, the other loses
+        # its medium (size 0), and the rules are edited to no longer name the guest
+        conn.close()
+        qemud.kill()
+        ctl.unbind(gone)  # (auto-clear only: QEMU holds it)
+        os.truncate(tmp_path / "empty.img", 0)
+        ctl.refresh(empty)
+        rules_file.write_text(rules_then)
+        mark = serial.mark()
+        qemud.start()
+        serial.wait_for(NO_DISK, start=mark, timeout=DETACH_TIMEOUT)
+        for dev, target in ((gone, "vda"), (empty, "vdb")):
+            wait_for(lambda d=dev, t=target: f"hotplug-detached: {d} as {t}" in qemud.log_text(),
+                     timeout=20, message=f"hotplug-detached of {dev}")
+        wait_for(lambda: not ctl.bound(gone), timeout=10, message=f"{gone} unbound")
+        assert state(qemud) == []
+        with qemud.connect() as again:
+            dom = again.lookup_by_name(name)
+            assert gone not in dom.xml() and empty not in dom.xml()
+            assert row(again, gone) is None and row(again, empty) is None
+            managed_save_works(dom)
+            dom.destroy()
+    finally:  # (a failure here must not leave them bound for the next run)
+        for dev in (gone, empty):
+            if ctl.bound(dev):
+                ctl.unbind(dev)
