@@ -191,19 +191,21 @@ class Watcher:
 
     def _winding_down(self, now: float) -> bool:
         """Whether an admin's shutdown or reboot (``qemush shutdown``, an ACPI ``reboot``)
-        is under way, for at most :data:`SHUTDOWN_WAIT` after the last heartbeat: the
-        guest's heartbeat agent stops early in a graceful shutdown, and the action must
-        not cut the power while it flushes its disks, nor start again the appliance the
-        admin is turning off. A guest that ignored the request and went silent is acted
-        on after that wait; one that beats on through it (ignoring it, or a later one)
-        holds the count again for the wait after its last heartbeat."""
+        is under way, for at most :data:`SHUTDOWN_WAIT` after the request: the guest's
+        heartbeat agent stops early in a graceful shutdown, and the action must not cut
+        the power while it flushes its disks, nor start again the appliance the admin is
+        turning off. A guest that ignored the request and went silent is acted on after
+        that wait; a later request holds the count again (``DomainObj.
+        power_requested_at``; one a restarted daemon does not know the time of counts
+        from when this watcher first saw it)."""
         dom = self.dom
         if not (dom.shutdown_requested or dom.fake_reboot):
             self.winding_down = None
             return False
         if self.winding_down is None:
             self.winding_down = now
-        return now - self.winding_down < SHUTDOWN_WAIT
+        since = max(self.winding_down, dom.power_requested_at)
+        return now - since < SHUTDOWN_WAIT
 
     # -- the channel ---------------------------------------------------------------------
 
@@ -279,7 +281,6 @@ class Watcher:
                                        "missed")
         self.reported = 0
         self.acted = False
-        self.winding_down = None  # (a request it still beats through: the hold counts anew)
 
     def close(self) -> None:
         self.closed = True

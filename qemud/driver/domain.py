@@ -67,6 +67,10 @@ class DomainObj:
     #: an admin asked for this ACPI shutdown (DOMAIN_SHUTDOWN): the guest's power-off is
     #: then not the guest's own decision, so appliance power-following does not apply
     shutdown_requested: bool = False
+    #: when (time.monotonic) an admin last asked for an ACPI shutdown or reboot
+    #: (DOMAIN_SHUTDOWN, DOMAIN_REBOOT): the heartbeat watchdog holds its count from
+    #: then on (not kept across a daemon restart: 0)
+    power_requested_at: float = 0.0
     started_at: float = 0.0
     stop_waiters: list[Deferred] = field(default_factory=list)
     device_waiters: dict[str, Deferred] = field(default_factory=dict)

@@ -508,6 +508,7 @@ class QemuDriver:
             raise OperationInvalid(f"domain '{dom.name}' is paused: resume it before an ACPI "
                                    "shutdown (or destroy it)")
         dom.shutdown_requested = True
+        dom.power_requested_at = time.monotonic()
         # libvirt's qemuDomainShutdownFlagsMonitor: a shutdown ends a reboot request the
         # guest ignored, else its power-off would reset it
         dom.fake_reboot = False
@@ -536,6 +537,7 @@ class QemuDriver:
         _refuse_agent_only("reboot", args.flags, RebootFlags)
         assert dom.monitor is not None
         dom.fake_reboot = True  # like libvirt: ACPI power-off, then reset instead of stopping
+        dom.power_requested_at = time.monotonic()
         self.lifecycle.save_status(dom)  # (libvirt keeps fakeReboot in its status XML too)
         return self._empty_or(dom.monitor.execute("system_powerdown"))
 

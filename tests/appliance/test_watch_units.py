@@ -32,6 +32,7 @@ class FakeDom:
     guest_shutdown: bool = False
     shutdown_requested: bool = False
     fake_reboot: bool = False
+    power_requested_at: float = 0.0
 
     def ref(self) -> DomainRef:
         return DomainRef(self.name, uuidlib.UUID(self.uuid).bytes, 1)
@@ -147,13 +148,20 @@ def test_an_admins_shutdown_or_reboot_is_not_counted_against(loop: EventLoop,
     assert [k for k, _ in duty.seen] == ["heartbeat-missed"]
     watcher.check(now + SHUTDOWN_WAIT + 2.6)
     assert duty.acted == [2]
-    # heartbeats again through the request (it was ignored), then a second request the
-    # guest acts on: the hold counts from its last heartbeat
+    # heartbeats again (the request was ignored): a silence later is acted on as usual
     later = now + SHUTDOWN_WAIT + 10
     watcher.line("HEARTBEAT 2 uptime=400", later)
     duty.seen.clear()
     duty.acted.clear()
-    for t in range(1, int(SHUTDOWN_WAIT) + 2):
+    watcher.check(later + 2.6)
+    watcher.check(later + 3.6)
+    assert duty.acted == [2]
+    # a second request (its time known): held again
+    watcher.line("HEARTBEAT 3 uptime=410", later + 10)
+    duty.seen.clear()
+    duty.acted.clear()
+    dom.power_requested_at = later + 10.5
+    for t in range(11, int(SHUTDOWN_WAIT) + 10):
         watcher.check(later + t)
     assert duty.seen == [] and duty.acted == []
     watcher.close()
