@@ -72,6 +72,7 @@ HOTPLUG_LIST lists every matched host device: rule, device, domain, target, atta
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -275,6 +276,14 @@ class HostDevice:
     baseline_known: bool = False  # autoclear comes from the state file (daemon restart)
     busy: bool = False  # an attach/detach/resize/media change in flight
     failed: str = ""  # the action that failed; not retried before a new uevent
+    #: an admin took it out of its guest (forget_released): not attached again before
+    #: its next uevent (add, remove, a change: ``losetup -c``), the guest starts again or
+    #: the rules are reloaded; a synthetic change uevent that changes nothing (the one
+    #: udevd makes when QEMU closes the node, its inotify watch) does not count
+    held_back: bool = False
+    #: its attach was refused because another drive of the rules held its CD-ROM: it
+    #: goes in when the duty ejects that one (``_cdrom_emptied``)
+    waiting_cdrom: bool = False
     #: attached under ``rule``, which the rules in force no longer give it (rules reloaded
     #: or edited while the daemon was down, properties changed): it stays until released,
     #: then the rules in force are matched afresh
@@ -468,6 +477,7 @@ class HotplugDuty:
             return
         for known in self.devices.values():
             known.failed = ""  # tried again under the new rules, as at start-up
+            known.held_back = False
         self.scan()
 
     # -- state file (what we attached, for daemon restarts) ------------------------------
@@ -480,17 +490,17 @@ class HotplugDuty:
         except (OSError, ValueError) as exc:
             log.warning("hotplug: ignoring %s: %s", self.state_path, exc)
             return
+        dropped = False
         for entry in entries if isinstance(entries, list) else []:
             try:
                 devname, rule_name = str(entry["device"]), str(entry["rule"])
                 uuid, target = str(entry["uuid"]), str(entry["target"])
             except (KeyError, TypeError):
+                dropped = True
                 continue
-            try:
-                dom = self.driver.registry.by_uuid(uuid)
-            except QemudError:
-                continue
-            if not dom.active:
+            dom = self._active_by_uuid(uuid)
+            if dom is None:  # (stopped, or gone, while no daemon ran)
+                dropped = True
                 continue
             self._ours[devname] = (rule_name, uuid, target)
             # where it is attached; the enumeration then matches it with the rules in
@@ -503,15 +513,26 @@ class HotplugDuty:
                 devname, f"/sys/class/block/{os.path.basename(devname)}", rule,
                 present=False, autoclear=bool(entry.get("autoclear", False)),
                 baseline_known=True, guest_size=size if isinstance(size, int) else None)
+        if dropped:  # (else the next daemon start reads them again, for nothing)
+            self._save_state()
+
+    def _active_by_uuid(self, uuid: str) -> DomainObj | None:
+        try:
+            dom = self.driver.registry.by_uuid(uuid)
+        except (QemudError, ValueError):
+            return None
+        return dom if dom.active else None
 
     def recorded(self) -> bool:
-        """Whether the state file lists devices a daemon attached (it is kept in the run
-        directory: none after a host reboot)."""
+        """Whether the state file lists devices a daemon attached to guests running now
+        (it is kept in the run directory: none after a host reboot)."""
         try:
             entries = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             return False
-        return isinstance(entries, list) and bool(entries)
+        return isinstance(entries, list) and any(
+            isinstance(e, dict) and self._active_by_uuid(str(e.get("uuid", ""))) is not None
+            for e in entries)
 
     def _save_state(self) -> None:
         entries = []
@@ -554,6 +575,7 @@ class HotplugDuty:
                 log.info("hotplug: %s removed", devname)
                 known.present = False
                 known.failed = ""
+                known.held_back = False
                 self.reconcile(known)
             return
         rule = first_match(self.rules, properties)
@@ -578,6 +600,7 @@ class HotplugDuty:
             known = self.devices[devname] = HostDevice(devname, str(device.sys_path), rule)
         known.rule = rule
         had_medium = known.has_medium
+        before = (known.present, known.size, known.cdrom_media)
         known.present = True
         known.properties = properties
         known.sys_path = str(device.sys_path)
@@ -592,6 +615,11 @@ class HotplugDuty:
                 known.autoclear = known.read_autoclear()
         if action != "scan":
             known.failed = ""
+            # (a synthetic change, "change" written to its uevent file, as udevd's watch
+            # does when a writer closes the node, QEMU's at a detach: no change)
+            if action != "change" or "SYNTH_UUID" not in properties or \
+                    before != (True, known.size, known.cdrom_media):
+                known.held_back = False
             log.info("hotplug: %s %s (rule %s, %d sectors)", action, devname, rule.name,
                      known.size)
         self.reconcile(known)
@@ -639,6 +667,7 @@ class HotplugDuty:
             for known in self.devices.values():
                 if known.rule.domain == dom.name:
                     known.failed = ""
+                    known.held_back = False
             self.scan()
         for known in list(self.devices.values()):
             if known.rule.domain == dom.name:
@@ -749,6 +778,8 @@ class HotplugDuty:
             due = "resize"
         else:
             return None
+        if due == "attach" and known.held_back:
+            return None
         return None if known.failed == due else due
 
     def _wait_for_job(self, dom: DomainObj, known: HostDevice) -> None:
@@ -784,6 +815,7 @@ class HotplugDuty:
         log.info("hotplug: %s released by %s: rule %s applies now", known.devname,
                  known.rule.domain, rule.name)
         known.rule, known.retired, known.failed = rule, False, ""
+        known.held_back = False
         self.reconcile(known)
 
     def _forget_if_done(self, known: HostDevice) -> None:
@@ -800,6 +832,7 @@ class HotplugDuty:
             target = cdrom
             holder = self._cdrom_holder(dom, cdrom, known)
             if holder is not None:
+                known.waiting_cdrom = True
                 self._failed(dom, known, "attach", target, f"CD-ROM {cdrom} holds the medium "
                              f"of {holder}, another drive of the rules: a CD-ROM takes one "
                              "drive at a time (this one goes in when it is emptied)")
@@ -834,13 +867,16 @@ class HotplugDuty:
         for disk in dom.live.disks if dom.live is not None else []:
             if disk.target_dev == cdrom and disk.device == "cdrom":
                 source = disk.source
+                holder = self.devices.get(source or "")
+                if holder is not None and holder.busy and not holder.has_medium:
+                    continue  # (being ejected: this one waits for that job, not fails)
                 if source and source != known.devname and \
                         (source in self.devices or source in self._ours):
                     return str(source)
         for other in self.devices.values():
-            if other is not known and other.busy and other.rule.domain == dom.name and \
-                    other.rule.cdrom == cdrom:
-                return other.devname
+            if other is not known and other.busy and other.has_medium and \
+                    other.rule.domain == dom.name and other.rule.cdrom == cdrom:
+                return other.devname  # (its medium is going in)
         return None
 
     def _cdrom_emptied(self, dom: DomainObj, cdrom: str, devname: str) -> None:
@@ -856,6 +892,9 @@ class HotplugDuty:
             if devname_other == devname or other.rule.domain != dom.name or \
                     other.rule.cdrom != cdrom or not other.has_medium:
                 continue
+            if not other.waiting_cdrom:
+                continue  # (refused for another reason: not before its next uevent)
+            other.waiting_cdrom = False
             if other.failed == "attach":
                 other.failed = ""
             self.reconcile(other)
@@ -988,11 +1027,14 @@ class HotplugDuty:
         ``hotplug-list`` would keep the device under its old rule and guest. A device
         whose action is in flight is left to that action's end, which calls this again.
 
-        The device is then reconciled: a retired one is matched with the rules in
-        force (it may go to another guest); one the rules still give to this guest is
-        *not* attached again at once, which would undo the admin's detach: as after a
-        failure, not before its next uevent, the guest's next start or a reload that
-        changes the rules.
+        The device is then reconciled, on the next loop turn (this runs inside a save's
+        check too, which must not start an action on the guest): a retired one is
+        matched with the rules in force (it may go to another guest); one the rules
+        still give to this guest is *not* attached again, which would undo the admin's
+        detach, before the device really changes (``HostDevice.held_back``), the guest
+        starts again or the rules are reloaded. Nor is another drive of the rules put
+        into a CD-ROM an admin emptied. The late release of the duty's own detach that
+        timed out holds nothing back.
         """
         if not dom.active or dom.live is None:
             return  # (a stopped guest's entries go with its STOPPED event: on_event)
@@ -1015,15 +1057,15 @@ class HotplugDuty:
             audit_log.info("appliance hotplug domain=%r uuid=%s rule=%r device=%s "
                            "target=%s action=detach result=ok", dom.name, dom.uuid,
                            rule_name, devname, target)
-            if _attached_kind(dom, target) != DISK_TARGET:
-                self._cdrom_emptied(dom, target, devname)
             known = self.devices.get(devname)
             if known is None:
                 continue
             known.guest_size = None
-            if known.has_medium and not known.retired:
-                known.failed = "attach"  # (see above: the admin's detach stands)
-            self.reconcile(known)
+            if known.failed == "detach":  # (the duty's own, timed out: released now)
+                known.failed = ""
+            elif known.has_medium and not known.retired:
+                known.held_back = True  # (see above: the admin's detach stands)
+            self.loop.call_soon(functools.partial(self.reconcile, known))
 
     # -- loop devices released on the host -----------------------------------------------
 
@@ -1116,9 +1158,16 @@ def rules_path(config: Any) -> tuple[Path, bool]:
 def install(ctx: ApplianceContext) -> dict[Procedure, Handler]:
     path, required = rules_path(ctx.daemon.config)
     duty = HotplugDuty(ctx, load_rules(path, required), path, required)
-    if duty.rules or duty.recorded():
-        duty.install()  # (without rules: to detach what went of what the last daemon
-        # attached, which stays with its guest until released as after a reload)
+    if duty.rules:
+        duty.install()
+    elif duty.recorded():
+        # without rules: to detach what went of what the last daemon attached, which
+        # stays with its guest until released as after a reload
+        try:
+            duty.install()
+        except ConfigError as exc:  # (pyudev gone with the rules: the daemon starts)
+            log.error("hotplug: devices the last daemon attached are not followed: %s",
+                      exc.message)
     else:
         log.debug("hotplug: no rules (%s): not listening to uevents (until a SIGHUP finds "
                   "some)", path)

@@ -8,6 +8,7 @@ loop devices and uevents, the TCG test guest, as in test_hotplug.py.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,46 @@ def test_two_drives_for_one_cdrom(conn: client.Connection, events: EventLog, tes
     assert len(events.appliance("hc-cd", "hotplug-failed")) == 1
     dom.managed_save()  # not refused
     dom.managed_save_remove()
+
+
+def test_an_admins_eject_stands(conn: client.Connection, events: EventLog, test_guest,
+                                qemud: DaemonProcess, loops: dict[str, str],
+                                tmp_path: Path) -> None:
+    """Two drives for one CD-ROM, the first's medium in it: an admin ejects it
+    (change-media). The duty forgets the first drive, puts neither in again behind the
+    admin's back, and a save, which looks at what the rules hold first, is not refused
+    (as busy with a media change it would have started itself)."""
+    first, second = loops["first"], loops["second"]
+    ctl = loopctl(loops)
+    dom, serial = boot(conn, "hc-eject", test_guest, tmp_path / "serial.sock", extra=CDROM)
+    serial.wait_for(r"QEMUD-BLOCK: [^\n]*sr0:0\b")
+    try:
+        # (the module's rules give both drives to hc-cd: this guest's come from a reload)
+        rules = qemud.config["appliance"]["hotplug_rules"]
+        original = Path(rules).read_text()
+        Path(rules).write_text(original.replace('"hc-cd"', '"hc-eject"'))
+        qemud.signal(signal.SIGHUP)
+        mark = serial.mark()
+        ctl.bind(first, image(tmp_path / "first.iso", 4, b"\1"))
+        serial.wait_for(r"sr0:8192\b", start=mark, timeout=ATTACH_TIMEOUT)
+        ctl.bind(second, image(tmp_path / "second.iso", 6, b"\2"))
+        events.wait("hc-eject", "hotplug-failed", timeout=ATTACH_TIMEOUT)
+
+        mark = serial.mark()
+        dom.change_media("hdc", None)  # the admin's eject
+        serial.wait_for(r"sr0:0\b", start=mark, timeout=DETACH_TIMEOUT)
+        dom.managed_save()  # not refused: nothing of the rules' in it, no job started
+        assert not dom.is_active()
+        events.drain(3.0)
+        kinds = [r.kind for r in events.appliance("hc-eject")]
+        assert kinds == ["hotplug-attached", "hotplug-failed", "hotplug-detached"], kinds
+        assert recorded(qemud) == []
+        dom.managed_save_remove()
+    finally:
+        Path(rules).write_text(original)
+        qemud.signal(signal.SIGHUP)
+        ctl.unbind(first)
+        ctl.unbind(second)
+        if dom.is_active():
+            dom.destroy()
+

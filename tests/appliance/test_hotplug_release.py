@@ -132,7 +132,17 @@ def test_an_admins_detach_is_followed(conn: client.Connection, events: EventLog,
     assert info is not None and (info.rule, info.domain, info.attached) == ("admin-b",
                                                                             "hr-b", False)
     assert state(qemud) == []
-    # its next uevent (`losetup -c`) matches it again
+    # a synthetic change uevent (what udevd's inotify watch writes when QEMU closes the
+    # node) changes nothing: the admin's detach stands
+    seen = qemud.log_text().count(f"hotplug: change {dev} ")
+    Path(f"/sys/class/block/{os.path.basename(dev)}/uevent").write_text("change")
+    wait_for(lambda: qemud.log_text().count(f"hotplug: change {dev} ") > seen, timeout=10,
+             message="the synthetic change uevent")
+    events.drain(3.0)
+    assert [r.kind for r in events.appliance("hr-b")] == ["hotplug-attached",
+                                                          "hotplug-detached"]
+    assert dev not in b.xml()
+    # its next real uevent (`losetup -c`) matches it again
     mark = serial_b.mark()
     ctl.refresh(dev)
     serial_b.wait_for(r"QEMUD-BLOCK: [^\n]*\bvda\b", start=mark, timeout=ATTACH_TIMEOUT)
