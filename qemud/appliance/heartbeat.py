@@ -195,16 +195,16 @@ class Watcher:
         heartbeat agent stops early in a graceful shutdown, and the action must not cut
         the power while it flushes its disks, nor start again the appliance the admin is
         turning off. A guest that ignored the request and went silent is acted on after
-        that wait; a later request holds the count again (``DomainObj.
-        power_requested_at``; one a restarted daemon does not know the time of counts
-        from when this watcher first saw it)."""
+        that wait, also after a reboot; a later request holds the count again
+        (``DomainObj.power_requested_at``; one a restarted daemon does not know the time
+        of counts from when this watcher first saw it)."""
         dom = self.dom
         if not (dom.shutdown_requested or dom.fake_reboot):
             self.winding_down = None
             return False
         if self.winding_down is None:
             self.winding_down = now
-        since = max(self.winding_down, dom.power_requested_at)
+        since = dom.power_requested_at or self.winding_down
         return now - since < SHUTDOWN_WAIT
 
     # -- the channel ---------------------------------------------------------------------

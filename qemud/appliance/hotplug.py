@@ -278,12 +278,16 @@ class HostDevice:
     failed: str = ""  # the action that failed; not retried before a new uevent
     #: an admin took it out of its guest (forget_released): not attached again before
     #: its next uevent (add, remove, a change: ``losetup -c``), the guest starts again or
-    #: the rules are reloaded; a synthetic change uevent that changes nothing (the one
-    #: udevd makes when QEMU closes the node, its inotify watch) does not count
+    #: a reload changes the rules; a synthetic change uevent that changes nothing (the
+    #: one udevd makes when QEMU closes the node, its inotify watch) does not count. In
+    #: memory only: a daemon restart applies the rules again
     held_back: bool = False
     #: its attach was refused because another drive of the rules held its CD-ROM: it
     #: goes in when the duty ejects that one (``_cdrom_emptied``)
     waiting_cdrom: bool = False
+    #: the duty asked QEMU to unplug it (its own detach, perhaps timed out): its release
+    #: is the duty's, not an admin's detach (see forget_released)
+    own_detach: bool = False
     #: attached under ``rule``, which the rules in force no longer give it (rules reloaded
     #: or edited while the daemon was down, properties changed): it stays until released,
     #: then the rules in force are matched afresh
@@ -660,6 +664,7 @@ class HotplugDuty:
                 self._save_state()
             for known in list(self.devices.values()):
                 if known.rule.domain == ref.name:
+                    known.own_detach = False  # (QEMU's unplug requests went with it)
                     self.reconcile(known)  # forgotten if gone; retired: matched afresh
 
     def reconcile_domain(self, dom: DomainObj, fresh: bool) -> None:
@@ -734,6 +739,15 @@ class HotplugDuty:
     def reconcile(self, known: HostDevice) -> None:
         if known.busy:
             return
+        entry = self._ours.get(known.devname)
+        if entry is not None:
+            held_by = self._active_by_uuid(entry[1])
+            if held_by is not None and not _holds(held_by, known.devname, entry[2]):
+                # it left the guest without a hook saying so (an admin's change-media
+                # eject): followed up first, so that it is not put back behind the
+                # admin's back (forget_released reconciles it again, held back)
+                self.forget_released(held_by)
+                return
         dom = self._find(known.rule.domain)
         target = self.attached_target(dom, known)
         if known.retired and target is None:
@@ -821,7 +835,8 @@ class HotplugDuty:
     def _forget_if_done(self, known: HostDevice) -> None:
         if known.present or known.busy:
             return
-        if self.attached_target(self._find(known.rule.domain), known) is None:
+        if self.attached_target(self._find(known.rule.domain), known) is None and \
+                self.devices.get(known.devname) is known:  # (not a newer one of the name)
             self.devices.pop(known.devname, None)
 
     def _attach(self, dom: DomainObj, known: HostDevice) -> None:
@@ -831,8 +846,8 @@ class HotplugDuty:
         if cdrom is not None:
             target = cdrom
             holder = self._cdrom_holder(dom, cdrom, known)
+            known.waiting_cdrom = holder is not None
             if holder is not None:
-                known.waiting_cdrom = True
                 self._failed(dom, known, "attach", target, f"CD-ROM {cdrom} holds the medium "
                              f"of {holder}, another drive of the rules: a CD-ROM takes one "
                              "drive at a time (this one goes in when it is emptied)")
@@ -902,6 +917,7 @@ class HotplugDuty:
                 return
 
     def _detach(self, dom: DomainObj, known: HostDevice, target: str) -> None:
+        known.own_detach = True
         if known.rule.cdrom is not None:
             self._run(dom, known, "detach", target, lambda: self.driver.devices.change_media(
                 dom, target, "", AFFECT_LIVE | MODIFY_FORCE))  # (the host's medium went)
@@ -987,6 +1003,7 @@ class HotplugDuty:
         elif action == "detach":
             self._ours.pop(known.devname, None)
             known.guest_size = None
+            known.own_detach = False
         self._save_state()
         self.events.appliance(dom.ref(), _EVENT_KINDS[action],
                               detail or f"{known.devname} as {target}")
@@ -999,6 +1016,8 @@ class HotplugDuty:
     def _failed(self, dom: DomainObj, known: HostDevice, action: str, target: str,
                 why: str) -> None:
         known.failed = action
+        if action == "detach" and target not in self.driver.devices.unplugging(dom):
+            known.own_detach = False  # (refused: no release of ours will come)
         log.error("hotplug: cannot %s %s as %s of %s (rule %s): %s", action, known.devname,
                   target, dom.name, known.rule.name, why)
         self.events.appliance(dom.ref(), "hotplug-failed",
@@ -1032,7 +1051,7 @@ class HotplugDuty:
         matched with the rules in force (it may go to another guest); one the rules
         still give to this guest is *not* attached again, which would undo the admin's
         detach, before the device really changes (``HostDevice.held_back``), the guest
-        starts again or the rules are reloaded. Nor is another drive of the rules put
+        starts again or a reload changes the rules. Nor is another drive of the rules put
         into a CD-ROM an admin emptied. The late release of the duty's own detach that
         timed out holds nothing back.
         """
@@ -1061,11 +1080,19 @@ class HotplugDuty:
             if known is None:
                 continue
             known.guest_size = None
-            if known.failed == "detach":  # (the duty's own, timed out: released now)
-                known.failed = ""
+            if known.own_detach:  # (the duty's own, timed out: released now)
+                known.own_detach = False
+                if known.failed == "detach":
+                    known.failed = ""
             elif known.has_medium and not known.retired:
                 known.held_back = True  # (see above: the admin's detach stands)
-            self.loop.call_soon(functools.partial(self.reconcile, known))
+            self.loop.call_soon(functools.partial(self._reconcile_if_current, known))
+
+    def _reconcile_if_current(self, known: HostDevice) -> None:
+        """:meth:`reconcile` ``known`` unless a newer device of its name replaced it
+        meanwhile (a remove and an add in one batch of uevents)."""
+        if self.devices.get(known.devname) is known:
+            self.reconcile(known)
 
     # -- loop devices released on the host -----------------------------------------------
 

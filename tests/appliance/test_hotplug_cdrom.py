@@ -143,6 +143,14 @@ def test_an_admins_eject_stands(conn: client.Connection, events: EventLog, test_
         mark = serial.mark()
         dom.change_media("hdc", None)  # the admin's eject
         serial.wait_for(r"sr0:0\b", start=mark, timeout=DETACH_TIMEOUT)
+        # a uevent of the first drive before anything noticed the eject (a synthetic
+        # change: `udevadm trigger`): the eject is followed up first, not undone
+        seen = qemud.log_text().count(f"hotplug: change {first} ")
+        Path(f"/sys/class/block/{Path(first).name}/uevent").write_text("change")
+        wait_for(lambda: qemud.log_text().count(f"hotplug: change {first} ") > seen,
+                 timeout=10, message="the synthetic change uevent")
+        events.drain(3.0)
+        assert first not in dom.xml()
         dom.managed_save()  # not refused: nothing of the rules' in it, no job started
         assert not dom.is_active()
         events.drain(3.0)

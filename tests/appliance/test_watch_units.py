@@ -167,6 +167,21 @@ def test_an_admins_shutdown_or_reboot_is_not_counted_against(loop: EventLoop,
     watcher.close()
 
 
+def test_a_reboot_does_not_hold_the_count_again_for_an_old_request(loop: EventLoop) -> None:
+    """A guest that ignored an admin's shutdown keeps its flag until it boots afresh; a
+    reboot (rearm) after the request's wait is not another hold: a hang is acted on
+    after the grace and the misses, as usual."""
+    watcher, duty, dom = make_watcher(loop, grace=2.0)
+    now = time.monotonic()
+    dom.shutdown_requested, dom.power_requested_at = True, now - SHUTDOWN_WAIT - 10
+    watcher.rearm()  # (a reboot: the first heartbeat due after the grace)
+    t0 = watcher.due - 2.0
+    for t in (1.0, 2.0, 2.6, 3.6, 4.6):
+        watcher.check(t0 + t)
+    assert duty.acted == [2]
+    watcher.close()
+
+
 def test_reads_lines_from_the_socket(loop: EventLoop, tmp_path: Path) -> None:
     path = tmp_path / "hb.sock"
     watcher, duty, _ = make_watcher(loop, str(path))  # no socket yet: retried from timers
