@@ -29,6 +29,7 @@ from protocol.constants import (
 )
 from tests.helpers.daemon import DaemonProcess, serving, wait_for
 from tests.helpers.procs import kill_qemus, qemu_pids, wait_exited
+from tests.integration.conftest import TestGuest
 from tests.integration.domains import READY, bare_xml, guest_xml
 from tests.integration.lifecycle import lifecycle_events, resets_since
 from tests.integration.serial import SerialPort
@@ -113,6 +114,33 @@ def events_until_stopped(conn: client.Connection) -> list[tuple[int, int, int]]:
     return seen
 
 
+def boot_destroying_reboots(conn: client.Connection, name: str, test_guest: TestGuest,
+                            tmp_path: Path) -> tuple[client.Domain, SerialPort]:
+    """The test guest ``name`` with ``<on_reboot>destroy``, booted, its lifecycle and
+    reboot events registered on ``conn`` (the STARTED one read)."""
+    sock = tmp_path / "s.sock"
+    dom = conn.define_xml(guest_xml(name, test_guest, sock, on_reboot="destroy"))
+    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
+    conn.register_event(client.EventId.REBOOT, domain=dom)
+    dom.create()
+    serial = SerialPort(sock)
+    serial.wait_for(READY)
+    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+    return dom, serial
+
+
+def assert_shut_down(conn: client.Connection, qemud: DaemonProcess, dom: client.Domain,
+                     detail: ShutdownDetail) -> None:
+    """``dom`` was shut down (SHUTDOWN with ``detail``, STOPPED:SHUTDOWN, no REBOOT
+    event), its QEMU is gone, and nothing restarts it (on_poweroff=destroy)."""
+    assert events_until_stopped(conn) == [
+        (client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, detail),
+        (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
+    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert qemu_pids(dom.name, qemud.run_dir) == []
+    assert conn.next_event(1.0) is None
+
+
 def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection,
                                                          qemud: DaemonProcess, test_guest,
                                                          tmp_path: Path) -> None:
@@ -120,23 +148,11 @@ def test_reboot_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection
     ``<on_reboot>destroy`` (or preserve) does no fake reboot: it presses the ACPI power
     button and lets the guest power off, then ``<on_poweroff>`` applies. libvirtd 9.0 on
     the test guest: SHUTDOWN:GUEST, STOPPED:SHUTDOWN, no REBOOT event, SHUTOFF:SHUTDOWN."""
-    sock = tmp_path / "s.sock"
-    dom = conn.define_xml(guest_xml("reboot-destroy", test_guest, sock, on_reboot="destroy"))
-    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
-    conn.register_event(client.EventId.REBOOT, domain=dom)
-    dom.create()
-    serial = SerialPort(sock)
-    serial.wait_for(READY)
-    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+    dom, serial = boot_destroying_reboots(conn, "reboot-destroy", test_guest, tmp_path)
     mark = serial.mark()
     dom.reboot()
     serial.wait_for("QEMUD-GUEST-POWEROFF", start=mark)
-    assert events_until_stopped(conn) == [
-        (client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.GUEST),
-        (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
-    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
-    assert qemu_pids("reboot-destroy", qemud.run_dir) == []
-    assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
+    assert_shut_down(conn, qemud, dom, ShutdownDetail.GUEST)
     serial.close()
     dom.undefine()
 
@@ -150,21 +166,9 @@ def test_reset_of_on_reboot_destroy_guest_shuts_it_down(conn: client.Connection,
     qemuProcessHandleShutdown then has it: SHUTDOWN:HOST, STOPPED:SHUTDOWN, no REBOOT
     event, SHUTOFF:SHUTDOWN. Before, the guest stayed paused for good ("Resetting the
     Virtual Machine is required" on resume) and a REBOOT event was sent."""
-    sock = tmp_path / "s.sock"
-    dom = conn.define_xml(guest_xml("reset-destroy", test_guest, sock, on_reboot="destroy"))
-    conn.register_event(client.EventId.LIFECYCLE, domain=dom)
-    conn.register_event(client.EventId.REBOOT, domain=dom)
-    dom.create()
-    serial = SerialPort(sock)
-    serial.wait_for(READY)
-    assert lifecycle_events(conn, dom, 1) == [(LifecycleEvent.STARTED, StartedDetail.BOOTED)]
+    dom, serial = boot_destroying_reboots(conn, "reset-destroy", test_guest, tmp_path)
     dom.reset()
-    assert events_until_stopped(conn) == [
-        (client.EventId.LIFECYCLE, LifecycleEvent.SHUTDOWN, ShutdownDetail.HOST),
-        (client.EventId.LIFECYCLE, LifecycleEvent.STOPPED, StoppedDetail.SHUTDOWN)]
-    assert dom.state() == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
-    assert qemu_pids("reset-destroy", qemud.run_dir) == []
-    assert conn.next_event(1.0) is None  # nothing restarts it (on_poweroff=destroy)
+    assert_shut_down(conn, qemud, dom, ShutdownDetail.HOST)
     serial.close()
     dom.undefine()
 
